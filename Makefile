@@ -1,0 +1,28 @@
+# The README's two commands are `make dev` and `make test`; both set themselves up.
+.PHONY: bootstrap dev test test-unit lint typecheck schemas bench clean
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+dev: bootstrap
+	.venv/bin/talkstream dev
+
+test: bootstrap
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	.venv/bin/python -m pytest tests/unit tests/functional $(PYTEST_ARGS)
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: bootstrap
+	.venv/bin/mypy
+
+bench: bootstrap
+	.venv/bin/talkstream bench
+
+clean:
+	-.venv/bin/talkstream kafka stop
+	rm -rf .data

@@ -1,0 +1,378 @@
+"""Request bodies as plain trees, before the contract (``models.params``) types them.
+
+- :func:`decode_body`: JSON, ``application/x-www-form-urlencoded`` or ``multipart/form-data``
+  by media type (415 otherwise); an empty body is ``{}``.
+- :func:`unwrap_legacy`: a legacy Talkable webhook (``key``, ``site``, ``type``, ``extras``,
+  ``payload``) becomes its params.
+- :func:`decode_query`: query-string params, nested like a form.
+- :func:`merge`: deep merge, the override wins.
+
+JSON is read strictly: UTF-8/16/32, no NaN or Infinity, no lone surrogates, at most
+``MAX_JSON_DEPTH`` levels; last duplicate key wins (as ``JSON.parse`` does).
+
+Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values stay strings:
+
+- ``a=1`` sets a key; a repeated scalar key keeps the last value.
+- ``a[b]=1`` nests a hash; ``a[]=1`` appends to an array.
+- ``a[][b]=1`` appends hashes to an array: the value joins the array's last hash unless that
+  hash already has ``b``, in which case a new hash starts (so ``[][role]=…&[][content]=…`` pairs
+  up, and the next ``[][role]`` begins the next element).
+- A scalar and a container under one name (``a=1&a[b]=2``, ``a[]=1&a[b]=2``, in either order)
+  conflict: 400 (Rack raises for some orders and silently overwrites in others; we refuse
+  both, since either is a template mistake).
+- After nesting, a hash whose keys are all decimal indices (``messages[0][role]``) becomes a
+  list in index order, except under keys whose values are maps keyed by numbers
+  (``logit_bias``, ``metadata``).
+
+Pure: no IO. Every malformed input raises :class:`DecodeError`, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import collapse_rfc2231_value
+from typing import Any
+from urllib.parse import parse_qsl
+
+MAX_JSON_DEPTH = 64
+MAX_FORM_DEPTH = 32
+MAX_FIELDS = 1000
+# Keys whose values are maps keyed by numbers (token ids), never index lists.
+MAP_KEYS = frozenset({"logit_bias", "metadata"})
+ENVELOPE = frozenset({"key", "site", "type", "extras", "payload"})
+
+_JSON_TYPES = frozenset({"", "application/json", "text/json"})
+_FORM = "application/x-www-form-urlencoded"
+_MULTIPART = "multipart/form-data"
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii"})
+_NAME = re.compile(r"[\[\]]*([^\[\]]+)\]*")
+_ARRAY_OF_HASH = re.compile(r"\[\]\[([^\[\]]+)\]")
+_ARRAY_NESTED = re.compile(r"\[\](.+)", re.DOTALL)
+_SPLIT = re.compile(r"[\[\]]+")
+_CONFLICT = "given both as a value and as nested fields"
+_NOT_MULTIPART = "not a valid multipart/form-data body"
+
+
+class DecodeError(ValueError):
+    """The request cannot become a tree; ``status`` is the HTTP answer (400, 415 or 422).
+
+    ``field`` names where (``body``, ``content-type``, ``query``, ``extras``, ``payload``);
+    ``path`` is the nesting path of a conflicting form name. Names are client input: the
+    caller decides which of them are safe to repeat. Never raised while another exception is
+    being handled, so it carries no chained exception (those can hold the raw body).
+    """
+
+    def __init__(self, status: int, field: str, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+        self.path = path
+
+
+def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
+    """The body as a tree, by media type."""
+    media, options = _media_type(content_type)
+    if media in _JSON_TYPES or media.endswith("+json"):
+        if not body.strip():
+            return {}
+        data = load_json(body, "body", 400)
+        if not isinstance(data, dict):
+            raise DecodeError(400, "body", "must be a JSON object")
+        return data
+    if media not in (_FORM, _MULTIPART):
+        raise DecodeError(415, "content-type", "unsupported; send JSON or form data")
+    if options.get("charset", "utf-8").lower() not in _UTF8:
+        raise DecodeError(415, "content-type", "form bodies must be UTF-8")
+    pairs = _urlencoded_pairs(body) if media == _FORM else _multipart_pairs(content_type, body)
+    return nest(pairs)
+
+
+def load_json(text: bytes | str, field: str, status: int) -> Any:
+    """Strict JSON; a failure is ``DecodeError(status, field)``."""
+    problem = ""
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        problem = "nested too deeply"
+    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        problem = "not valid JSON"
+    if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
+        raise DecodeError(status, field, problem)
+    if not _sound(data, MAX_JSON_DEPTH):
+        raise DecodeError(status, field, "nested too deeply or not valid Unicode")
+    return data
+
+
+def unwrap_legacy(tree: dict[str, Any]) -> dict[str, Any]:
+    """A legacy webhook's params: ``payload``, then ``extras``, then other top-level fields.
+
+    Deep merge, later wins; ``extras``/``payload`` may be objects or JSON strings (blank or
+    null is empty). ``site`` falls back to the envelope's when the params lack one or it is
+    blank. The envelope's ``key`` (a security key) and ``type`` never become params. A tree
+    without ``extras`` and ``payload`` is returned as is.
+    """
+    if "extras" not in tree and "payload" not in tree:
+        return tree
+    explicit = {k: v for k, v in tree.items() if k not in ENVELOPE}
+    merged = merge(merge(_legacy_part(tree, "payload"), _legacy_part(tree, "extras")), explicit)
+    site = merged.get("site")
+    if (site is None or (isinstance(site, str) and not site.strip())) and "site" in tree:
+        merged["site"] = tree["site"]
+    return merged
+
+
+def decode_query(query: Mapping[str, str] | Mapping[str, list[str]]) -> dict[str, Any]:
+    """Query params (one value or a list per name, or a multidict's pairs) as a tree."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in query.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if not isinstance(name, str) or not isinstance(item, str):
+                raise DecodeError(400, "query", "names and values must be strings")
+            if not _sound(name, 1) or not _sound(item, 1):
+                raise DecodeError(400, "query", "not valid Unicode")
+            pairs.append((name, item))
+    try:
+        return nest(pairs)
+    except DecodeError as exc:
+        error = exc
+    error.field = "query"
+    raise error
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge, ``override`` wins; objects merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _media_type(content_type: str) -> tuple[str, dict[str, str]]:
+    media, _, rest = content_type.partition(";")
+    options: dict[str, str] = {}
+    for item in rest.split(";"):
+        name, eq, value = item.partition("=")
+        if eq:
+            options[name.strip().lower()] = value.strip().strip('"')
+    return media.strip().lower(), options
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _sound(data: Any, max_depth: int) -> bool:
+    """At most ``max_depth`` levels of containers, and every string valid Unicode."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > max_depth:
+                return False
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(node, str) and not _encodable(node):
+            return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
+def _legacy_part(tree: dict[str, Any], name: str) -> dict[str, Any]:
+    value = tree.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        value = load_json(value, name, 422)
+    if not isinstance(value, dict):
+        raise DecodeError(422, name, "must be a JSON object")
+    return value
+
+
+def _urlencoded_pairs(body: bytes) -> list[tuple[str, str]]:
+    problem = ""
+    try:
+        return parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
+    except UnicodeError:
+        problem = "not valid UTF-8"
+    except ValueError:
+        problem = f"more than {MAX_FIELDS} fields"
+    raise DecodeError(400, "body", problem)
+
+
+def _multipart_pairs(content_type: str, body: bytes) -> list[tuple[str, str]]:
+    """Text parts (UTF-8) of a ``multipart/form-data`` body; file parts are read as text."""
+    if not content_type.isascii() or any(ch in content_type for ch in "\r\n\0"):
+        raise DecodeError(400, "content-type", "malformed")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("ascii")
+    # The stdlib MIME parser is lenient and documents no exception contract: this one boundary
+    # turns whatever it raises into a malformed-body answer.
+    problem = _NOT_MULTIPART
+    try:
+        pairs = _parts(BytesParser().parsebytes(head + body))
+    except DecodeError as exc:
+        problem = exc.message
+    except UnicodeError:
+        problem = "not valid UTF-8"
+    except Exception:
+        problem = _NOT_MULTIPART
+    else:
+        if len(pairs) <= MAX_FIELDS:
+            return pairs
+        problem = f"more than {MAX_FIELDS} fields"
+    raise DecodeError(400, "body", problem)
+
+
+def _parts(message: Message) -> list[tuple[str, str]]:
+    if not message.is_multipart() or message.defects:
+        raise DecodeError(400, "body", _NOT_MULTIPART)
+    pairs = []
+    for part in message.get_payload():
+        if not isinstance(part, Message) or part.defects or part.is_multipart():
+            raise DecodeError(400, "body", _NOT_MULTIPART)
+        name = part.get_param("name", header="content-disposition")
+        if name is None or part.get_content_disposition() != "form-data":
+            continue
+        if str(part.get_param("charset") or "utf-8").lower() not in _UTF8:
+            raise DecodeError(400, "body", "parts must be UTF-8")
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            raise DecodeError(400, "body", _NOT_MULTIPART)
+        pairs.append((collapse_rfc2231_value(name), payload.decode("utf-8")))
+    return pairs
+
+
+def nest(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Rack's nesting over ``(name, value)`` pairs, then index hashes to lists."""
+    params: dict[str, Any] = {}
+    for name, value in pairs:
+        _normalize(params, name, value, MAX_FORM_DEPTH, ())
+    return {key: _index_lists(key, value) for key, value in params.items()}
+
+
+def _normalize(
+    params: dict[str, Any], name: str, value: str, depth: int, path: tuple[str, ...]
+) -> Any:
+    """Rack's ``normalize_params``: put ``value`` at ``name`` inside ``params``.
+
+    Returns the container to store (``params`` itself, or a one-element list for a bare
+    ``[]``), or ``None`` when the name has no key and the pair is ignored.
+    """
+    if depth <= 0:
+        raise DecodeError(400, "body", f"nested deeper than {MAX_FORM_DEPTH} levels", path)
+    match = _NAME.match(name)
+    key = match.group(1) if match else ""
+    after = name[match.end() :] if match else ""
+    if not key:
+        return [value] if name == "[]" else None
+    here = (*path, key)
+
+    if after == "":
+        _set_scalar(params, key, value, here)
+    elif after == "[":
+        _set_scalar(params, name, value, here)
+    elif after == "[]":
+        _list_at(params, key, here).append(value)
+    elif nested := (_ARRAY_OF_HASH.fullmatch(after) or _ARRAY_NESTED.fullmatch(after)):
+        child_key = nested.group(1)
+        items = _list_at(params, key, here)
+        last = items[-1] if items else None
+        if isinstance(last, dict) and not _has_key(last, child_key):
+            _normalize(last, child_key, value, depth - 1, here)
+        else:
+            child = _normalize({}, child_key, value, depth - 1, here)
+            if child is not None:
+                items.append(child)
+    else:
+        created = key not in params
+        child = _dict_at(params, key, here)
+        result = _normalize(child, after, value, depth - 1, here)
+        if result is None and created and not child:
+            del params[key]
+        elif result is not None and result is not child:
+            params[key] = result
+    return params
+
+
+def _set_scalar(params: dict[str, Any], key: str, value: str, path: tuple[str, ...]) -> None:
+    if isinstance(params.get(key), dict | list):
+        raise DecodeError(400, "body", _CONFLICT, path)
+    params[key] = value
+
+
+def _list_at(params: dict[str, Any], key: str, path: tuple[str, ...]) -> list[Any]:
+    current = params.setdefault(key, [])
+    if not isinstance(current, list):
+        raise DecodeError(400, "body", _CONFLICT, path)
+    return current
+
+
+def _dict_at(params: dict[str, Any], key: str, path: tuple[str, ...]) -> dict[str, Any]:
+    current = params.setdefault(key, {})
+    if not isinstance(current, dict):
+        raise DecodeError(400, "body", _CONFLICT, path)
+    return current
+
+
+def _has_key(hash_: dict[str, Any], key: str) -> bool:
+    """Rack's ``params_hash_has_key?``: does the nested path ``key`` already exist?"""
+    if "[]" in key:
+        return False
+    node: Any = hash_
+    for part in _SPLIT.split(key):
+        if part == "":
+            continue
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _index_lists(key: str, value: Any) -> Any:
+    """``{"0": a, "1": b}`` → ``[a, b]`` (index order), recursively; maps stay maps."""
+    if isinstance(value, list):
+        return [_index_lists("", item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    nested = {k: _index_lists(k, v) for k, v in value.items()}
+    if key in MAP_KEYS or not nested or not all(k.isascii() and k.isdigit() for k in nested):
+        return nested
+    return [nested[k] for k in sorted(nested, key=_index_order)]
+
+
+def _index_order(index: str) -> tuple[int, str, str]:
+    # numeric order without int(): indices may be longer than int() accepts
+    digits = index.lstrip("0")
+    return len(digits), digits, index

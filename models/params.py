@@ -1,0 +1,440 @@
+"""The webhook contract (DESIGN.md §1) and its parsing.
+
+Parse, don't validate: whatever shape Talkable sent becomes one :class:`GenerateParams`, or a
+:class:`ParamsError` whose ``errors`` name every offending field (dotted paths such as
+``usage_limit.current_time`` or ``openai.messages.0.role``). Error messages never repeat an
+input value, so a secret cannot leak through a 4xx body or a log line.
+
+The same params in any shape (JSON, Rails-style form, legacy webhook, query string) give equal
+:class:`GenerateParams` and the same :func:`request_fingerprint`.
+
+Liquid renders every value as a string, so the contract types values itself:
+
+- integers (``usage_limit.*``, ``openai.max_tokens``, ``openai.n``, …) accept ints and digit
+  strings; floats, negatives, blanks and words are refused (``openai.seed`` may be negative);
+- the well-known numeric and boolean Chat Completions params (``temperature``, ``top_p``,
+  ``presence_penalty``, ``frequency_penalty``; ``n``, ``seed``, ``max_completion_tokens``,
+  ``top_logprobs``; ``logprobs``, ``parallel_tool_calls``, ``store``) accept their JSON type or
+  a string of it (``"0.7"``, ``"true"``); ``stream: true`` is refused (the generator reads one
+  whole completion); every other ``openai.*`` key passes through unchanged;
+- ``usage_limit`` absent, ``null``, ``{}`` or a blank string means *no limit* (it carries no
+  limit at all). Any other object must carry all five fields, each valid: an object whose
+  values rendered blank is a broken limit, refused with 422 rather than silently unlimited;
+- ``trigger_criteria`` is kept as rendered: a blank string (the seed's ``{% if %}`` when the
+  condition is false) is *not* absent, and does not trigger (:func:`trigger_met`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from models.forms import ENVELOPE, DecodeError, decode_body, decode_query, merge, unwrap_legacy
+
+DEFAULT_MODEL = "gpt-3.5-turbo"
+DEFAULT_MAX_TOKENS = 150
+DEFAULT_EVENT_NUMBER = "generate_text_complete"
+INT64_MAX = 2**63 - 1
+
+_SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
+_DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- value types ----------------------------------------------------------------------------
+
+
+def _digits(value: Any) -> Any:
+    """Liquid renders integers as strings: accept ``"3"``, refuse ``"3.5"``, ``"-1"``, ``""``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a non-negative integer")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or not text.isdigit():
+            raise ValueError("must be a non-negative integer (a string of digits)")
+        if len(text.lstrip("0")) > 19:
+            raise ValueError("is too large")
+        return int(text)
+    if isinstance(value, int):
+        return value
+    raise ValueError("must be a non-negative integer")
+
+
+def _signed(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _SIGNED_INT.fullmatch(text):
+            raise ValueError("must be an integer (a string of digits)")
+        return int(text)
+    if isinstance(value, int):
+        return value
+    raise ValueError("must be an integer")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError("must be a number")
+        value = float(text)
+    elif isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError("is too large") from None
+    if not isinstance(value, float):
+        raise ValueError("must be a number")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def _no_stream(value: bool) -> bool:
+    if value:
+        raise ValueError("streaming is not supported")
+    return value
+
+
+def _secret_text(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+    return value
+
+
+def _lower_text(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+NonNegativeInt = Annotated[int, BeforeValidator(_digits), Field(ge=0, le=INT64_MAX)]
+PositiveInt = Annotated[int, BeforeValidator(_digits), Field(gt=0, le=INT64_MAX)]
+SignedInt = Annotated[int, BeforeValidator(_signed), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+FiniteFloat = Annotated[float, BeforeValidator(_number)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Secret = Annotated[SecretStr, BeforeValidator(_secret_text), Field(min_length=1)]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    message: str
+
+
+class ParamsError(Exception):
+    """The request cannot become :class:`GenerateParams`; ``status`` is the HTTP answer.
+
+    400 unparseable body (``body``, ``query``, or the form field that conflicts), 413 body over
+    the limit (``body``), 415 unsupported content type (``content-type``), 422 invalid params.
+    """
+
+    def __init__(self, status: int, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.status = status
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        return {"errors": [e.model_dump() for e in self.errors]}
+
+
+def _error(status: int, field: str, message: str) -> ParamsError:
+    return ParamsError(status, [FieldError(field=field, message=message)])
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Annotated[
+        Literal["system", "user", "assistant", "developer", "tool"], BeforeValidator(_lower_text)
+    ]
+    content: str
+
+
+# Typed passthrough params: coerced from strings, sent only when given.
+_TYPED_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "seed",
+    "max_completion_tokens",
+    "top_logprobs",
+    "logprobs",
+    "parallel_tool_calls",
+    "store",
+    "stream",
+)
+
+
+class OpenAIParams(BaseModel):
+    """``openai.*``; unknown keys (stop, user, tools, …) pass through unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    messages: list[Message] = Field(min_length=1)
+    api_key: Secret
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    max_tokens: PositiveInt = DEFAULT_MAX_TOKENS
+
+    temperature: FiniteFloat | None = None
+    top_p: FiniteFloat | None = None
+    presence_penalty: FiniteFloat | None = None
+    frequency_penalty: FiniteFloat | None = None
+    n: PositiveInt | None = None
+    seed: SignedInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    top_logprobs: NonNegativeInt | None = None
+    logprobs: Flag | None = None
+    parallel_tool_calls: Flag | None = None
+    store: Flag | None = None
+    stream: Annotated[bool, BeforeValidator(_flag), AfterValidator(_no_stream)] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    def passthrough(self) -> dict[str, Any]:
+        """The other Chat Completions params the request carried (never ``api_key``)."""
+        given = {name: getattr(self, name) for name in _TYPED_PASSTHROUGH}
+        return {
+            **{k: v for k, v in given.items() if v is not None},
+            **(self.__pydantic_extra__ or {}),
+        }
+
+
+class UsageLimit(BaseModel):
+    """All-or-nothing: when present, every field is required."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    amount: NonNegativeInt
+    duration_in_seconds: NonNegativeInt
+    start_time: NonNegativeInt
+    current_time: NonNegativeInt
+    current_usage_amount: NonNegativeInt
+
+
+class GenerateParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    site: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=320)
+    api_key: Secret
+    event_number: str | None = Field(None, max_length=200)
+    openai: OpenAIParams
+    usage_limit: UsageLimit | None = None
+    trigger_criteria: str | None = None
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if _CONTROL.search(value) or " " in value:
+            raise ValueError("must be a site slug")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        value = value.strip().lower()
+        if "@" not in value or value.startswith("@") or value.endswith("@"):
+            raise ValueError("must be an email address")
+        if _CONTROL.search(value):
+            raise ValueError("must be an email address")
+        return value
+
+    @field_validator("event_number")
+    @classmethod
+    def _event_number(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value.strip() or None
+
+    @field_validator("usage_limit", mode="before")
+    @classmethod
+    def _usage_limit(cls, value: Any) -> Any:
+        """``null``, ``{}`` and ``""`` carry no limit: absent. Anything else is validated."""
+        if value is None or (isinstance(value, dict | str) and not value):
+            return None
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("trigger_criteria", mode="before")
+    @classmethod
+    def _trigger_criteria(cls, value: Any) -> Any:
+        return ("true" if value else "false") if isinstance(value, bool) else value
+
+    @property
+    def person(self) -> str:
+        """The key of all per-person state: site and normalized email."""
+        return person_key(self.site, self.email)
+
+
+def person_key(site: str, email: str) -> str:
+    return f"{site}:{email}"
+
+
+def trigger_met(trigger_criteria: str | None) -> bool:
+    """Generate only when the criteria are absent or, trimmed and lower-cased, ``true``."""
+    return trigger_criteria is None or trigger_criteria.strip().lower() == "true"
+
+
+def completion_event_number(params: GenerateParams, request_id: str) -> str:
+    """The completion event's number: the given one, else unique per request (DESIGN §1)."""
+    return params.event_number or f"{DEFAULT_EVENT_NUMBER}-{request_id}"
+
+
+def request_fingerprint(params: GenerateParams) -> str:
+    """A stable id (32 hex chars of SHA-256) of the person and every param, secrets included.
+
+    Canonical JSON (sorted keys, compact, ASCII) of the parsed params, so the same params in
+    any shape give the same id and any change gives another. Secrets enter only the hash.
+    """
+    canonical = {
+        "v": 1,
+        "site": params.site,
+        "email": params.email,
+        "params": params.model_dump(mode="python"),
+    }
+    text = json.dumps(
+        canonical, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_reveal
+    )
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    raise TypeError(f"not canonical JSON: {type(value).__name__}")
+
+
+def from_mapping(data: Mapping[str, Any]) -> GenerateParams:
+    """Validate an already-decoded mapping; :class:`ParamsError` (422) names every bad field."""
+    try:
+        return GenerateParams.model_validate(dict(data))
+    except ValidationError as exc:
+        errors = _field_errors(exc)
+    # raised outside the handler: no chained ValidationError (its text shows the inputs)
+    raise ParamsError(422, errors)
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = "is required"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
+            message = "has a field that is not allowed"
+        error = FieldError(field=_field_name(err["loc"], "body"), message=message)
+        if error not in errors:
+            errors.append(error)
+    return errors
+
+
+def _field_name(path: Sequence[str | int], fallback: str) -> str:
+    """The dotted path, cut at the first name the contract does not know.
+
+    Names are client input and could be anything, even a secret; only the contract's own
+    vocabulary and list indices are ever repeated back.
+    """
+    known: list[str] = []
+    for part in path:
+        if isinstance(part, int) or part in _VOCABULARY or (part.isascii() and part.isdigit()):
+            known.append(str(part))
+        else:
+            break
+    return ".".join(known)[:200] or fallback
+
+
+# --- parsing one HTTP request ---------------------------------------------------------------
+
+_VOCABULARY = ENVELOPE.union(
+    *(model.model_fields for model in (GenerateParams, OpenAIParams, UsageLimit, Message))
+)
+
+
+def parse_request(
+    content_type: str,
+    body: bytes,
+    query: Mapping[str, str] | Mapping[str, list[str]] | None = None,
+    *,
+    max_body_bytes: int | None = None,
+) -> GenerateParams:
+    """Turn one HTTP request's content into :class:`GenerateParams`, or raise ParamsError.
+
+    Body shapes, by media type: JSON (``application/json``, ``text/json``, ``*+json``, or no
+    content type), ``application/x-www-form-urlencoded`` and ``multipart/form-data`` with
+    Rails-style nesting (``models.forms``). Anything else is 415. An empty body is ``{}``.
+
+    A legacy Talkable webhook (a body with ``extras`` and/or ``payload``, as objects or as JSON
+    strings, beside ``key``/``site``/``type``) is unwrapped by deep merge, later wins:
+    ``payload`` (Talkable's event data: lowest), then ``extras`` (the marketer's configured
+    params), then any other top-level fields (explicit params: highest). ``site`` comes from the
+    webhook's own ``site`` only when the merged params lack one (or it is blank); the webhook's
+    ``key`` (its security key) and ``type`` never become params.
+
+    Query-string params are decoded like a form and merged under the body (the body wins).
+    ``query`` may be a multidict (every pair, in order, as aiohttp gives it) or a mapping of
+    names to one value or a list of values; a plain mapping loses the order *between* names,
+    so arrays of hashes in it need indices (``m[0][role]``) rather than ``m[][role]``.
+    Merging is deep: objects merge key by key; lists and scalars replace whole.
+
+    Statuses: 413 body over ``max_body_bytes`` (checked first), 415 unsupported content type,
+    400 unparseable body or query, 422 invalid params (``extras``/``payload`` that are not JSON
+    objects included).
+    """
+    if max_body_bytes is not None and len(body) > max_body_bytes:
+        raise _error(413, "body", f"larger than {max_body_bytes} bytes")
+    try:
+        tree = unwrap_legacy(decode_body(content_type or "", body))
+        if query:
+            tree = merge(decode_query(query), tree)
+    except DecodeError as exc:
+        error = _error(exc.status, _field_name(exc.path, exc.field), exc.message)
+    else:
+        return from_mapping(tree)
+    raise error  # outside the handler: nothing chained

@@ -1,0 +1,1 @@
+"""The running talkstream system: faust app, agents, ingress, adapters, projection, CLI."""

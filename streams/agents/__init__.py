@@ -1,0 +1,1 @@
+"""faust agents: thin loops that decode, call the domain, persist and emit."""

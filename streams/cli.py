@@ -1,0 +1,200 @@
+"""The ``talkstream`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.dev.kafka import EmbeddedKafka
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+def main() -> None:
+    """talkstream: Talkable webhooks → OpenAI text → Talkable, over Kafka."""
+
+
+# --- kafka ------------------------------------------------------------------------------------
+
+
+def _broker(settings: Settings) -> EmbeddedKafka:
+    from streams.dev.supervisor import embedded_broker
+
+    return embedded_broker(settings)
+
+
+@main.group()
+def kafka() -> None:
+    """The embedded single-node Kafka broker (KRaft), for development and tests."""
+
+
+@kafka.command("start")
+@click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for ready")
+def kafka_start(timeout: float) -> None:
+    """Start the broker (no-op when it runs already) and create the topics."""
+    from streams.dev.kafka import KafkaLauncherError
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    broker = _broker(settings)
+    try:
+        status = broker.start(timeout=timeout)
+    except KafkaLauncherError as exc:
+        raise click.ClickException(str(exc)) from None
+    created = asyncio.run(ensure_topics(settings))
+    click.echo(status.describe())
+    if created:
+        click.echo(f"created topics: {', '.join(created)}")
+
+
+@kafka.command("stop")
+def kafka_stop() -> None:
+    """Stop the broker started by `kafka start`."""
+    broker = _broker(_settings())
+    click.echo("stopped" if broker.stop() else "not running")
+
+
+@kafka.command("status")
+def kafka_status() -> None:
+    """Say whether the broker runs, where, and where its log is."""
+    broker = _broker(_settings())
+    status = broker.status()
+    click.echo(status.describe())
+    sys.exit(0 if status.running else 3)
+
+
+@kafka.command("fetch-jars")
+def kafka_fetch_jars() -> None:
+    """Resolve the broker's jars from Maven Central (no-op when present)."""
+    from streams.dev.kafka import KafkaLauncherError
+
+    broker = _broker(_settings())
+    try:
+        path = broker.fetch_jars()
+    except KafkaLauncherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"kafka jars: {path}")
+
+
+@main.command("topics")
+def topics_cmd() -> None:
+    """Create any missing topic (every process also does this at start)."""
+    from streams.errors import BrokerUnavailable
+    from streams.topics import ensure_topics
+
+    try:
+        created = asyncio.run(ensure_topics(_settings()))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+# --- the running system -----------------------------------------------------------------------
+
+
+@main.command()
+def worker() -> None:
+    """Run the faust worker: ledger, generator, publisher, projector."""
+    import faust
+
+    from streams.app import build
+    from streams.errors import BrokerUnavailable
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        asyncio.run(ensure_topics(settings))
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    runtime = build(settings)
+    faust.Worker(runtime.app, loglevel=settings.log_level.upper()).execute_from_commandline()
+
+
+@main.command()
+def ingress() -> None:
+    """Serve POST /chat-gpt/generate, /healthz and /metrics."""
+    from aiohttp import web
+
+    from streams.ingress import KafkaSink, build_ingress
+    from streams.secrets import load_secret_box
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+
+    async def app() -> web.Application:
+        try:
+            await ensure_topics(settings)
+        except Exception as exc:  # the ingress answers 503 until Kafka is back
+            logging.getLogger(__name__).warning("topics not ensured: %s", exc)
+        return build_ingress(
+            settings, KafkaSink(settings.kafka_bootstrap), load_secret_box(settings)
+        )
+
+    web.run_app(
+        app(), host=settings.ingress_host, port=settings.ingress_port, print=lambda *_: None
+    )
+
+
+@main.group()
+def standin() -> None:
+    """Local stand-ins for OpenAI and Talkable (dev mode, tests, benchmarks)."""
+
+
+@standin.command("openai")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8081, show_default=True)
+@click.option("--latency", default=0.0, show_default=True, help="seconds per completion")
+def standin_openai(host: str, port: int, latency: float) -> None:
+    """OpenAI Chat Completions stand-in."""
+    from streams.dev import openai_standin
+
+    _setup_logging("info")
+    config = openai_standin.OpenAIStandinConfig(latency_seconds=latency)
+    openai_standin.run(
+        host, port, config, on_ready=lambda h: click.echo(f"openai stand-in at {h.url}")
+    )
+
+
+@standin.command("talkable")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8082, show_default=True)
+@click.option("--latency", default=0.0, show_default=True, help="seconds per call")
+def standin_talkable(host: str, port: int, latency: float) -> None:
+    """Talkable API v2 stand-in."""
+    from streams.dev import talkable_standin
+
+    _setup_logging("info")
+    config = talkable_standin.TalkableStandinConfig(latency_seconds=latency)
+    talkable_standin.run(
+        host, port, config, on_ready=lambda h: click.echo(f"talkable stand-in at {h.url}")
+    )
+
+
+@main.command()
+@click.option("--openai-port", default=8081, show_default=True)
+@click.option("--talkable-port", default=8082, show_default=True)
+def dev(openai_port: int, talkable_port: int) -> None:
+    """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
+    from streams.dev.supervisor import run_dev
+
+    sys.exit(run_dev(_settings(), openai_port=openai_port, talkable_port=talkable_port))

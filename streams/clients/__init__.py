@@ -1,0 +1,1 @@
+"""Adapters to the outside services; each wraps its library's errors into ``streams.errors``."""

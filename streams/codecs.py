@@ -1,0 +1,45 @@
+"""The one place topic values become bytes and back (pydantic JSON)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from models.events import RequestsValue
+from streams.errors import DecodeError
+
+M = TypeVar("M", bound=BaseModel)
+
+_requests = TypeAdapter[RequestsValue](RequestsValue)
+
+
+def encode(value: BaseModel) -> bytes:
+    return value.model_dump_json(exclude_none=False).encode()
+
+
+def decode(model: type[M], raw: bytes | None) -> M:
+    if raw is None:
+        raise DecodeError("empty value (tombstone)")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeError(_reason(exc)) from None
+
+
+def decode_requests(raw: bytes | None) -> RequestsValue:
+    if raw is None:
+        raise DecodeError("empty value (tombstone)")
+    try:
+        return _requests.validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeError(_reason(exc)) from None
+
+
+def _reason(exc: ValidationError) -> str:
+    """Field paths and messages only: a poison message may contain anything."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{loc}: {err['msg']}")
+    return "does not decode: " + "; ".join(parts)

@@ -1,0 +1,259 @@
+"""A stand-in for OpenAI's Chat Completions API (``POST /v1/chat/completions``).
+
+Speaks the real wire format (response object, ``{"error": {...}}`` envelope, ``retry-after`` and
+``x-ratelimit-*`` headers), so the official ``openai`` SDK works against it unchanged. The text is
+deterministic: derived from the model and messages, cut to ``max_tokens`` whitespace-split words.
+
+Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in this order:
+``latency_seconds`` → ``fail_next`` → ``hang_every`` → auth (missing key, ``unauthorized_keys``)
+→ ``rate_limit_every``/``rate_limit_fraction`` → ``fail_500_every`` → body validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from streams.dev.standin_common import (
+    JSON,
+    CallLog,
+    StandinHandle,
+    add_control_routes,
+    bearer_key,
+    common_faults,
+    every,
+    fraction_hit,
+    key_tail,
+    new_app,
+    read_json,
+    run_blocking,
+    start,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+REQUEST_LIMIT = 10_000
+
+
+@dataclass
+class OpenAIStandinConfig:
+    latency_seconds: float = 0.0
+    rate_limit_every: int = 0  # 429 every N-th call; 0 = off
+    rate_limit_fraction: float = 0.0  # 429 on this fraction of calls, evenly spread
+    retry_after: str = "1"  # seconds, sent as the retry-after header of a 429
+    fail_500_every: int = 0
+    hang_every: int = 0  # never answer every N-th call (well: after hang_seconds)
+    hang_seconds: float = 600.0
+    unauthorized_keys: set[str] = field(default_factory=set)
+    fail_next: list[int] = field(default_factory=list)  # statuses for the next calls, FIFO
+
+
+@dataclass
+class _State:
+    config: OpenAIStandinConfig
+    calls: CallLog
+
+
+STATE = web.AppKey("openai_standin", _State)
+
+
+def _error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _rate_headers(remaining: int, retry_after: str | None = None) -> dict[str, str]:
+    headers = {
+        "x-request-id": f"req_{uuid.uuid4().hex}",
+        "x-ratelimit-limit-requests": str(REQUEST_LIMIT),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-tokens": "2000000" if remaining else "0",
+        "x-ratelimit-reset-tokens": "1s",
+    }
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    return headers
+
+
+def _status_error(status: int, config: OpenAIStandinConfig) -> web.Response:
+    """The error OpenAI sends for ``status`` (used by ``fail_next`` and the schedules)."""
+    if status == 429:
+        message = "Rate limit reached for requests (stand-in). Please try again later."
+        headers = _rate_headers(0, config.retry_after)
+        return _error(429, message, "requests", code="rate_limit_exceeded", headers=headers)
+    if status == 401:
+        return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+    if status >= 500:
+        message = "The server had an error while processing your request. Sorry about that!"
+        return _error(status, message, "server_error")
+    return _error(status, f"Injected failure with status {status}.")
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _validate(body: Any) -> web.Response | None:
+    if not isinstance(body, dict):
+        return _error(400, "We could not parse the JSON body of your request.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return _error(400, "you must provide a model parameter")
+    messages = body.get("messages")
+    if messages is None:
+        message = "Missing required parameter: 'messages'."
+        return _error(400, message, param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        message = "Invalid 'messages': expected a non-empty array of message objects."
+        return _error(400, message, param="messages", code="empty_array")
+    for i, msg in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            role = msg.get("role") if isinstance(msg, dict) else None
+            message = f"Invalid value: {role!r}. Supported values are: {', '.join(ROLES)}."
+            return _error(400, message, param=f"{param}.role", code="invalid_value")
+        content = msg.get("content")
+        if content is None and msg["role"] != "assistant":
+            message = f"Missing required parameter: '{param}.content'."
+            return _error(400, message, param=f"{param}.content", code="missing_required_parameter")
+        if content is not None and not isinstance(content, str | list):
+            message = f"Invalid type for '{param}.content': expected a string or array."
+            return _error(400, message, param=f"{param}.content", code="invalid_type")
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(name)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            return _error(400, f"Invalid type for '{name}': expected an integer.", param=name)
+        if isinstance(limit, int) and limit < 1:
+            return _error(400, f"Invalid '{name}': must be at least 1.", param=name)
+    if body.get("stream"):
+        return _error(400, "stream=true is not supported by the stand-in.", param="stream")
+    return None
+
+
+def completion_text(model: str, messages: list[JSON], max_tokens: int | None) -> tuple[str, bool]:
+    """The deterministic reply and whether it was cut short by ``max_tokens`` (words)."""
+    users = [m for m in messages if m.get("role") == "user"]
+    last = _content_text((users or messages)[-1].get("content"))
+    canonical = json.dumps([model, messages], sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    text = f"Generated for: {last[:60]} [{digest}]"
+    words = text.split()
+    if max_tokens is not None and len(words) > max_tokens:
+        return " ".join(words[:max_tokens]), True
+    return text, False
+
+
+def _completion(body: JSON) -> JSON:
+    model: str = body["model"]
+    messages: list[JSON] = body["messages"]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    text, truncated = completion_text(model, messages, max_tokens)
+    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
+    completion_tokens = len(text.split())
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length" if truncated else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": "fp_standin",
+    }
+
+
+async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -> web.Response:
+    config, n = app[STATE].config, rec["n"]
+    injected = await common_faults(app, config, rec, lambda s: _status_error(s, config))
+    if injected is not None:
+        return injected
+    if key is None:
+        rec["fault"] = "no_key"
+        return _error(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>'.")
+    if key in config.unauthorized_keys:
+        rec["fault"] = "unauthorized"
+        return _status_error(401, config)
+    if every(config.rate_limit_every, n) or fraction_hit(config.rate_limit_fraction, n):
+        rec["fault"] = "rate_limit"
+        return _status_error(429, config)
+    if every(config.fail_500_every, n):
+        rec["fault"] = "fail_500"
+        return _status_error(500, config)
+    invalid = _validate(body)
+    if invalid is not None:
+        return invalid
+    return web.json_response(_completion(body), headers=_rate_headers(REQUEST_LIMIT - 1))
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await read_json(request)
+    key = bearer_key(request)
+    model = body.get("model") if isinstance(body, dict) else None
+    rec = state.calls.start(
+        method=request.method, path=request.path, model=model, key_tail=key_tail(key)
+    )
+    response = await _answer(request.app, key, body, rec)
+    state.calls.finish(rec, response.status)
+    logger.debug("chat completion n=%s status=%s fault=%s", rec["n"], response.status, rec["fault"])
+    return response
+
+
+def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
+    state = _State(config or OpenAIStandinConfig(), CallLog())
+    app = new_app()
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    add_control_routes(app, state.config, state.calls, frozenset({"unauthorized_keys"}))
+    return app
+
+
+async def serve(
+    config: OpenAIStandinConfig | None = None, host: str = "127.0.0.1", port: int = 0
+) -> StandinHandle[OpenAIStandinConfig]:
+    """Start on a real socket; ``handle.url`` (``.../v1``) is the SDK's ``base_url``."""
+    app = build_app(config)
+    state = app[STATE]
+    return await start(app, state.config, state.calls, host, port, "/v1")
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    config: OpenAIStandinConfig | None = None,
+    on_ready: Callable[[StandinHandle[OpenAIStandinConfig]], None] | None = None,
+) -> None:
+    """Serve until interrupted (the ``talkstream standin openai`` command)."""
+    run_blocking(lambda: serve(config, host, port), on_ready)

@@ -1,0 +1,163 @@
+"""``talkstream dev``: the whole system on one machine, stopped together by Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+from streams.secrets import load_secret_box
+from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def embedded_broker(settings: Settings) -> EmbeddedKafka:
+    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    return EmbeddedKafka(
+        settings.data_dir,
+        host=host or "127.0.0.1",
+        port=int(port),
+        controller_port=settings.kafka_controller_port or int(port) + 1,
+    )
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    out = (logs / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def curl_example(port: int) -> str:
+    body = {
+        "site": "my-site",
+        "email": "ada@example.com",
+        "api_key": "talkable-api-key",
+        "openai": {
+            "messages": [{"role": "user", "content": "Write a one-line referral note for Ada."}],
+            "api_key": "sk-local-dev",
+            "max_tokens": 60,
+        },
+        "usage_limit": {
+            "amount": "3",
+            "duration_in_seconds": "3600",
+            "start_time": str(int(time.time())),
+            "current_time": str(int(time.time())),
+            "current_usage_amount": "0",
+        },
+        "trigger_criteria": "true",
+    }
+    return (
+        f"curl -s -X POST http://127.0.0.1:{port}/chat-gpt/generate "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+    )
+
+
+def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    broker = embedded_broker(settings)
+    started_kafka = not broker.status().running
+    try:
+        status = broker.start()
+    except KafkaLauncherError as exc:
+        print(f"talkstream dev: {exc}", file=sys.stderr)
+        return 1
+    asyncio.run(ensure_topics(settings))
+    load_secret_box(settings)  # creates the dev key once, before the children race for it
+
+    env = dict(os.environ)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    lines = [f"kafka      {status.bootstrap}   (log {status.log_file})"]
+    if settings.openai_base_url == DEFAULT_OPENAI_BASE_URL:
+        procs["openai"] = _spawn(
+            "openai-standin", ["standin", "openai", "--port", str(openai_port)], env, logs
+        )
+        env["TALKSTREAM_OPENAI_BASE_URL"] = f"http://127.0.0.1:{openai_port}/v1"
+        lines.append(f"openai     http://127.0.0.1:{openai_port}/v1   (stand-in)")
+    else:
+        lines.append(f"openai     {settings.openai_base_url}")
+    if settings.talkable_base_url == DEFAULT_TALKABLE_BASE_URL:
+        procs["talkable"] = _spawn(
+            "talkable-standin", ["standin", "talkable", "--port", str(talkable_port)], env, logs
+        )
+        env["TALKSTREAM_TALKABLE_BASE_URL"] = f"http://127.0.0.1:{talkable_port}/api/v2"
+        lines.append(
+            f"talkable   http://127.0.0.1:{talkable_port}/api/v2   "
+            f"(stand-in; recorded calls: http://127.0.0.1:{talkable_port}/_events)"
+        )
+    else:
+        lines.append(f"talkable   {settings.talkable_base_url}")
+    procs["worker"] = _spawn("worker", ["worker"], env, logs)
+    procs["ingress"] = _spawn("ingress", ["ingress"], env, logs)
+    port = settings.ingress_port
+    lines.append(f"ingress    http://{settings.ingress_host}:{port}/chat-gpt/generate")
+    lines.append(f"database   {settings.resolved_database_url}")
+    lines.append(f"logs       {logs}/")
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        if not _wait_http(f"http://{settings.ingress_host}:{port}/healthz", procs["ingress"], 60):
+            print(
+                f"talkstream dev: ingress did not come up; see {logs}/ingress.log", file=sys.stderr
+            )
+            return 1
+        print("talkstream dev is running:\n  " + "\n  ".join(lines))
+        print("\nTry it:\n  " + curl_example(port))
+        print(
+            f"\nthen: talkstream audit --request-id <id>   or   sqlite3 "
+            f"{settings.resolved_database_url.removeprefix('sqlite:///')}"
+            " 'select request_id,state from requests'"
+        )
+        print("\nCtrl-C stops everything.", flush=True)
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(
+                        f"talkstream dev: {name} exited with {proc.returncode}; see {logs}/",
+                        file=sys.stderr,
+                    )
+                    code = 1
+                    raise KeyboardInterrupt
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if started_kafka:
+            broker.stop()
+        print("talkstream dev: stopped", flush=True)
+    return code

@@ -1,0 +1,227 @@
+"""The HTTP webhook: ``POST /chat-gpt/generate`` → [requests], durable before 2xx.
+
+Parse (any shape Talkable sends) → check the signature → seal the secrets → produce keyed by
+person with ``acks=all`` → ``202 {"request_id": ...}`` only once the broker acknowledged.
+Bad input: 4xx naming each field, nothing produced. Kafka unavailable: 503 with Retry-After,
+so Talkable retries and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Protocol
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from models.events import ChatRequest, RequestReceived, RequestSpec, SealedSecrets
+from models.params import (
+    FieldError,
+    GenerateParams,
+    ParamsError,
+    parse_request,
+    request_fingerprint,
+)
+from models.signature import verify_signature
+from streams.codecs import encode
+from streams.errors import BrokerUnavailable
+from streams.secrets import SecretBox
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PATH = "/chat-gpt/generate"
+RETRY_AFTER_SECONDS = "5"
+
+
+class Sink(Protocol):
+    async def send(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class KafkaSink:
+    """An idempotent ``acks=all`` producer, started lazily so the ingress runs without Kafka."""
+
+    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
+        self._bootstrap = bootstrap
+        self._timeout = timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=1,
+                    request_timeout_ms=int(self._timeout * 1000),
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), self._timeout)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await producer.stop()
+                    raise BrokerUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
+                self._producer = producer
+            return self._producer
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        producer = await self._started()
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, value=value, key=key), self._timeout
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "talkstream_ingress_requests",
+            "Webhooks by HTTP outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "talkstream_ingress_latency_seconds",
+            "Time to answer a webhook",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+
+def site_keys(settings: Settings) -> dict[str, bytes]:
+    if settings.site_security_keys is None:
+        return {}
+    keys = {}
+    for pair in settings.site_security_keys.get_secret_value().split(","):
+        site, sep, key = pair.partition("=")
+        if sep and site.strip() and key.strip():
+            keys[site.strip()] = key.strip().encode()
+    return keys
+
+
+def build_ingress(
+    settings: Settings, sink: Sink, secrets: SecretBox, clock: type[time] = time
+) -> web.Application:
+    keys = site_keys(settings)
+    metrics = Metrics()
+    topic = settings.topic("requests")
+
+    async def generate(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await _generate(request)
+        metrics.requests.labels(outcome=str(response.status)).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    async def _generate(request: web.Request) -> web.Response:
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            params = parse_request(
+                request.content_type, body, request.query, max_body_bytes=settings.max_body_bytes
+            )
+        except ParamsError as exc:
+            return web.json_response(exc.body(), status=exc.status)
+        key = keys.get(params.site)
+        if key is not None or settings.require_signature:
+            signature = request.headers.get("x-talkable-signature")
+            if key is None or not verify_signature(key, body, signature):
+                error = ParamsError(
+                    401,
+                    [
+                        FieldError(
+                            field="x-talkable-signature",
+                            message="missing or wrong" if key else "no security key for this site",
+                        )
+                    ],
+                )
+                return web.json_response(error.body(), status=401)
+        received = _received(params, secrets, int(clock.time() * 1000))
+        try:
+            await sink.send(topic, received.person.encode(), encode(received))
+        except BrokerUnavailable as exc:
+            log.warning("ingress could not produce request_id=%s: %s", received.request_id, exc)
+            return web.json_response(
+                {"errors": [{"field": "kafka", "message": "temporarily unavailable, retry"}]},
+                status=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        log.info("accepted request_id=%s site=%s", received.request_id, params.site)
+        return web.json_response({"request_id": received.request_id}, status=202)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def close_sink(_: web.Application) -> None:
+        await sink.close()
+
+    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app.router.add_post(PATH, generate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    app.on_cleanup.append(close_sink)
+    return app
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ParamsError(413, [FieldError(field="body", message=f"larger than {limit} bytes")])
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ParamsError(
+            413, [FieldError(field="body", message=f"larger than {limit} bytes")]
+        ) from None
+
+
+def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> RequestReceived:
+    openai = params.openai
+    return RequestReceived(
+        request_id=request_fingerprint(params),
+        delivery_id=uuid.uuid4().hex,
+        person=params.person,
+        at_ms=at_ms,
+        spec=RequestSpec(
+            site=params.site,
+            email=params.email,
+            event_number=params.event_number,
+            chat=ChatRequest(
+                model=openai.model,
+                messages=[m.model_dump() for m in openai.messages],
+                max_tokens=openai.max_tokens,
+                extra=openai.passthrough(),
+            ),
+            usage_limit=params.usage_limit,
+            trigger_criteria=params.trigger_criteria,
+        ),
+        secrets=SealedSecrets(
+            talkable_api_key=secrets.seal(params.api_key.get_secret_value()),
+            openai_api_key=secrets.seal(openai.api_key.get_secret_value()),
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The SQL projection of the lifecycle topic (SQLAlchemy 2.0; SQLite or PostgreSQL)."""

@@ -1,0 +1,80 @@
+"""Secrets inside topics: Fernet tokens (MultiFernet, so keys can rotate).
+
+``TALKSTREAM_SECRET_KEYS`` holds comma-separated Fernet keys: the first encrypts, all decrypt.
+Without it, a key is generated once under the data directory (dev mode) with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from streams.errors import ConfigError, SecretError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEV_KEY_FILE = "secret.key"
+
+
+class SecretBox:
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys:
+            raise ConfigError("at least one secret key is required")
+        try:
+            self._fernet = MultiFernet([Fernet(key) for key in keys])
+        except (ValueError, TypeError):
+            raise ConfigError(
+                "TALKSTREAM_SECRET_KEYS must be Fernet keys (32 url-safe base64 bytes), "
+                "comma separated"
+            ) from None
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode("ascii")
+
+    def open(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode()
+        except (InvalidToken, UnicodeError):
+            raise SecretError("sealed secret cannot be opened with the configured keys") from None
+
+    def rotate(self, token: str) -> str:
+        """Re-encrypt with the first (newest) key."""
+        return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode("ascii")
+
+
+def load_secret_box(settings: Settings) -> SecretBox:
+    if settings.secret_keys is not None:
+        raw = settings.secret_keys.get_secret_value()
+        keys = [part.strip().encode() for part in raw.split(",") if part.strip()]
+        return SecretBox(keys)
+    path = settings.data_dir / DEV_KEY_FILE
+    if not path.exists():
+        _write_dev_key(path)
+        log.warning(
+            "TALKSTREAM_SECRET_KEYS is not set: generated a development key at %s. "
+            "Set TALKSTREAM_SECRET_KEYS in production (every worker and ingress the same).",
+            path,
+        )
+    return SecretBox([path.read_bytes().strip()])
+
+
+def _write_dev_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_key())
+    try:
+        os.link(tmp, path)  # first writer wins when processes race
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()

@@ -1,0 +1,96 @@
+"""The one settings object (pydantic-settings, env prefix ``TALKSTREAM_``).
+
+Read nowhere else: the composition root builds a :class:`Settings` and hands it down.
+Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TALKABLE_BASE_URL = "https://www.talkable.com/api/v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TALKSTREAM_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int | None = Field(
+        None, description="embedded broker's KRaft controller port; default: broker port + 1"
+    )
+    app_id: str = Field(
+        "talkstream",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="faust app id and the prefix of every topic name",
+    )
+    partitions: int = Field(8, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+
+    # where the worker keeps local state (table stores) and dev mode its files
+    data_dir: Path = Path(".data")
+
+    # HTTP
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # outside services
+    openai_base_url: str = DEFAULT_OPENAI_BASE_URL
+    talkable_base_url: str = DEFAULT_TALKABLE_BASE_URL
+
+    # SQL projection; default: a SQLite file under data_dir
+    database_url: str | None = None
+
+    # Fernet keys, comma separated; the first encrypts, all decrypt (rotation)
+    secret_keys: SecretStr | None = None
+
+    # per-site Talkable security keys for x-talkable-signature, "site=key,site2=key2"
+    site_security_keys: SecretStr | None = None
+    require_signature: bool = False
+
+    # semantics
+    dedupe_window_seconds: int = Field(24 * 3600, ge=0)
+    generation_deadline_seconds: float = Field(120.0, gt=0)
+    publish_deadline_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    deadline_check_interval_seconds: float = Field(1.0, gt=0)
+
+    # executors
+    generator_max_in_flight: int = Field(256, ge=1)
+    publisher_max_in_flight: int = Field(64, ge=1)
+    openai_timeout_seconds: float = Field(60.0, gt=0)
+    openai_max_attempts: int = Field(5, ge=1)
+    openai_total_deadline_seconds: float = Field(90.0, gt=0)
+    talkable_timeout_seconds: float = Field(15.0, gt=0)
+    talkable_max_attempts: int = Field(6, ge=1)
+    talkable_total_deadline_seconds: float = Field(45.0, gt=0)
+    retry_base_seconds: float = Field(0.25, gt=0)
+    retry_max_seconds: float = Field(10.0, gt=0)
+
+    # worker
+    worker_name: str = Field(
+        "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
+    )
+    table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'talkstream.sqlite3'}"
+
+    def topic(self, name: str) -> str:
+        """The full name of one of our topics (app id as prefix, so deployments can share)."""
+        return f"{self.app_id}-{name}"

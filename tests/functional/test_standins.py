@@ -1,0 +1,350 @@
+"""The OpenAI and Talkable stand-ins, on real loopback ports, driven by real clients."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import openai
+import pytest
+
+from streams.dev import openai_standin, talkable_standin
+from streams.dev.openai_standin import OpenAIStandinConfig
+from streams.dev.standin_common import StandinHandle
+from streams.dev.talkable_standin import TalkableStandinConfig
+
+KEY = "sk-test-alpha-1234"
+MESSAGES = [
+    {"role": "system", "content": "You write short referral greetings."},
+    {"role": "user", "content": "Write a greeting for Alice who loves hiking"},
+]
+
+
+@pytest.fixture
+async def oai() -> AsyncIterator[StandinHandle[OpenAIStandinConfig]]:
+    handle = await openai_standin.serve(OpenAIStandinConfig())
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def client(oai: StandinHandle[OpenAIStandinConfig]) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=oai.url, api_key=KEY, max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def complete(sdk: openai.AsyncOpenAI, **kwargs: object) -> str:
+    response = await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **kwargs)  # type: ignore[call-overload]
+    return str(response.choices[0].message.content)
+
+
+# --- OpenAI ---------------------------------------------------------------------------------
+
+
+async def test_sdk_gets_deterministic_text_and_usage(oai, client) -> None:
+    first = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    second = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    text = first.choices[0].message.content
+    assert text is not None
+    assert text.startswith("Generated for: Write a greeting for Alice who loves hiking [")
+    assert second.choices[0].message.content == text
+    assert first.id.startswith("chatcmpl-") and first.model == "gpt-4o-mini"
+    assert first.choices[0].finish_reason == "stop"
+    assert first.usage is not None
+    assert first.usage.completion_tokens == len(text.split())
+    assert first.usage.prompt_tokens == 13
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    other = [{"role": "user", "content": "Write a greeting for Bob"}]
+    different = await client.chat.completions.create(model="gpt-4o-mini", messages=other)
+    assert different.choices[0].message.content != text
+
+
+async def test_max_tokens_cuts_text_and_reports_length(client) -> None:
+    response = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=3
+    )
+    assert response.choices[0].message.content == "Generated for: Write"
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None and response.usage.completion_tokens == 3
+
+
+async def test_unauthorized_key_raises_authentication_error(oai, client) -> None:
+    oai.config.unauthorized_keys.add(KEY)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await complete(client)
+    assert caught.value.status_code == 401
+    assert caught.value.code == "invalid_api_key"
+
+
+async def test_missing_key_is_401_with_openai_error_envelope(oai, http) -> None:
+    async with http.post(f"{oai.url}/chat/completions", json={"model": "m"}) as resp:
+        assert resp.status == 401
+        body = await resp.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_invalid_body_raises_bad_request(client) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert caught.value.param == "messages"
+
+
+async def test_every_nth_call_is_rate_limited_with_retry_after(oai, client) -> None:
+    oai.config.rate_limit_every = 2
+    oai.config.retry_after = "7"
+    assert await complete(client)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await complete(client)
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert caught.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert await complete(client)
+
+
+async def test_rate_limit_fraction_is_deterministic(oai, client) -> None:
+    oai.config.rate_limit_fraction = 0.5
+    outcomes = []
+    for _ in range(6):
+        try:
+            await complete(client)
+            outcomes.append("ok")
+        except openai.RateLimitError:
+            outcomes.append("429")
+    assert outcomes == ["ok", "429"] * 3
+
+
+async def test_fail_next_queue_then_recovers(oai, client) -> None:
+    oai.config.fail_next = [500, 503]
+    with pytest.raises(openai.InternalServerError):
+        await complete(client)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await complete(client)
+    assert caught.value.status_code == 503
+    assert await complete(client)
+
+
+async def test_fail_500_every(oai, client) -> None:
+    oai.config.fail_500_every = 3
+    assert await complete(client)
+    assert await complete(client)
+    with pytest.raises(openai.InternalServerError):
+        await complete(client)
+
+
+async def test_hang_makes_client_time_out_and_close_is_prompt(oai) -> None:
+    oai.config.hang_every = 1
+    async with openai.AsyncOpenAI(base_url=oai.url, api_key=KEY, max_retries=0, timeout=0.3) as sdk:
+        with pytest.raises(openai.APITimeoutError):
+            await complete(sdk)
+    started = time.monotonic()
+    await oai.close()
+    assert time.monotonic() - started < 2.0
+
+
+async def test_calls_recorded_with_key_tail_only(oai, client, http) -> None:
+    oai.config.unauthorized_keys.add("sk-revoked-9999")
+    await complete(client)
+    async with http.get(f"{oai.root_url}/_calls") as resp:
+        raw = await resp.text()
+    async with http.get(f"{oai.root_url}/_control") as resp:
+        raw_config = await resp.text()
+    assert KEY not in raw and "sk-revoked-9999" not in raw_config
+    (call,) = oai.calls.records
+    assert call["key_tail"] == "1234" and call["status"] == 200
+    assert (call["method"], call["path"], call["model"]) == (
+        "POST",
+        "/v1/chat/completions",
+        "gpt-4o-mini",
+    )
+
+
+async def test_control_endpoint_reconfigures_and_resets(oai, client, http) -> None:
+    control = {"fail_next": [429], "retry_after": "3", "latency_seconds": 0}
+    async with http.post(f"{oai.root_url}/_control", json=control) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["fail_next"] == [429]
+    with pytest.raises(openai.RateLimitError) as caught:
+        await complete(client)
+    assert caught.value.response.headers["retry-after"] == "3"
+    assert await complete(client)
+    async with http.get(f"{oai.root_url}/_stats") as resp:
+        stats = await resp.json()
+    assert stats["calls"] == 2 and stats["by_status"] == {"429": 1, "200": 1}
+    async with http.post(f"{oai.root_url}/_control", json={"no_such": 1}) as resp:
+        assert resp.status == 400
+    async with http.post(f"{oai.root_url}/_control", json={"hang_every": "x"}) as resp:
+        assert resp.status == 400
+    async with http.delete(f"{oai.root_url}/_calls") as resp:
+        assert resp.status == 200
+    async with http.get(f"{oai.root_url}/_calls") as resp:
+        assert await resp.json() == []
+
+
+# --- Talkable -------------------------------------------------------------------------------
+
+SITE = "my-store"
+TKEY = "talkable-key-5678"
+
+
+@pytest.fixture
+async def tk() -> AsyncIterator[StandinHandle[TalkableStandinConfig]]:
+    handle = await talkable_standin.serve(TalkableStandinConfig(api_keys={SITE: TKEY}))
+    yield handle
+    await handle.close()
+
+
+def event(number: str = "req-1", text: str = "Hello Alice") -> dict[str, object]:
+    return {
+        "site_slug": SITE,
+        "data": {
+            "email": "alice@example.com",
+            "event_category": "generate_text_complete",
+            "event_number": number,
+            "subtotal": 0,
+            "custom_properties": {"generated_text": text, "__current_usage_amount": "1"},
+        },
+    }
+
+
+async def post_event(
+    http: aiohttp.ClientSession, tk: StandinHandle[TalkableStandinConfig], body: object, key=TKEY
+) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.post(f"{tk.url}/origins/event", json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_event_accepted_and_properties_attach_to_person(tk, http) -> None:
+    status, body = await post_event(http, tk, event())
+    assert status == 201 and body["ok"] is True
+    origin = body["result"]["origin"]  # type: ignore[index]
+    assert origin["type"] == "Event" and origin["event_number"] == "req-1"
+    assert origin["email"] == "alice@example.com"
+
+    async with http.get(f"{tk.root_url}/_events") as resp:
+        (accepted,) = await resp.json()
+    assert accepted["custom_properties"]["generated_text"] == "Hello Alice"
+    assert accepted["event_category"] == "generate_text_complete"
+
+    url = f"{tk.url}/people/alice@example.com"
+    headers = {"Authorization": f"Bearer {TKEY}"}
+    async with http.get(url, params={"site_slug": SITE}, headers=headers) as resp:
+        person = (await resp.json())["result"]["person"]
+    assert person["custom_properties"] == {
+        "generated_text": "Hello Alice",
+        "__current_usage_amount": "1",
+    }
+
+
+async def test_repeated_identical_event_is_idempotent(tk, http) -> None:
+    _, first = await post_event(http, tk, event())
+    status, again = await post_event(http, tk, event())
+    assert status == 200 and again == first
+    assert len(talkable_standin.events(tk)) == 1
+
+
+async def test_same_event_number_different_data_is_duplicate_entity(tk, http) -> None:
+    await post_event(http, tk, event(text="Hello Alice"))
+    status, body = await post_event(http, tk, event(text="Hi again"))
+    assert status == 400 and body["ok"] is False
+    assert str(body["error_message"]).startswith("Duplicate entity")
+    assert [e["custom_properties"]["generated_text"] for e in talkable_standin.events(tk)] == [
+        "Hello Alice"
+    ]
+
+
+@pytest.mark.parametrize("key", ["wrong-key-0000", None])
+async def test_bad_or_missing_bearer_is_401(tk, http, key) -> None:
+    status, body = await post_event(http, tk, event(), key=key)
+    assert status == 401 and body["ok"] is False and body["error_message"]
+    assert talkable_standin.events(tk) == []
+    assert tk.calls.records[0]["key_tail"] == ("0000" if key else None)
+
+
+async def test_any_key_accepted_when_no_keys_configured(tk, http) -> None:
+    tk.config.api_keys = None
+    status, _ = await post_event(http, tk, event(), key="whatever-key")
+    assert status == 201
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b["data"].pop("event_category"), "`event_category` is required"),
+        (lambda b: b["data"].update(email="not-an-email"), "Email isn't valid"),
+        (lambda b: b.update(type="Purchase"), '`type` must be within ["Event"]'),
+        (lambda b: b.pop("data"), "`data` is required"),
+    ],
+)
+async def test_invalid_event_is_400_with_error_message(tk, http, mutate, message) -> None:
+    body = event()
+    mutate(body)
+    status, answer = await post_event(http, tk, body)
+    assert (status, answer) == (400, {"ok": False, "error_message": message})
+
+
+async def test_down_answers_503_until_turned_off_via_control(tk, http) -> None:
+    async with http.post(f"{tk.root_url}/_control", json={"down": True}) as resp:
+        assert resp.status == 200
+    status, body = await post_event(http, tk, event())
+    assert status == 503 and body["ok"] is False
+    async with http.post(f"{tk.root_url}/_control", json={"down": False}) as resp:
+        assert resp.status == 200
+    status, _ = await post_event(http, tk, event())
+    assert status == 201
+    async with http.get(f"{tk.root_url}/_stats") as resp:
+        assert (await resp.json())["by_status"] == {"503": 1, "201": 1}
+
+
+async def test_fail_next_429_carries_retry_after(tk, http) -> None:
+    tk.config.fail_next = [429]
+    tk.config.retry_after = "2"
+    headers = {"Authorization": f"Bearer {TKEY}"}
+    async with http.post(f"{tk.url}/origins/event", json=event(), headers=headers) as resp:
+        assert resp.status == 429 and resp.headers["Retry-After"] == "2"
+    status, _ = await post_event(http, tk, event())
+    assert status == 201
+
+
+async def test_put_person_merges_custom_properties(tk, http) -> None:
+    await post_event(http, tk, event())
+    headers = {"Authorization": f"Bearer {TKEY}"}
+    body = {"site_slug": SITE, "data": {"custom_properties": {"__start_time": "1700000000"}}}
+    async with http.put(f"{tk.url}/people/alice@example.com", json=body, headers=headers) as r:
+        assert r.status == 200
+        props = (await r.json())["result"]["person"]["custom_properties"]
+    assert props["__start_time"] == "1700000000" and props["generated_text"] == "Hello Alice"
+    bad = {"site_slug": SITE, "data": {"foo": 1}}
+    async with http.put(f"{tk.url}/people/bob@example.com", json=bad, headers=headers) as r:
+        assert (await r.json())["error_message"] == "found unpermitted parameter: :foo"
+    params = {"site_slug": SITE}
+    async with http.get(f"{tk.url}/people/bob@example.com", params=params, headers=headers) as r:
+        assert r.status == 400
+
+
+async def test_calls_record_event_fields_and_key_tail_only(tk, http) -> None:
+    await post_event(http, tk, event())
+    async with http.get(f"{tk.root_url}/_calls") as resp:
+        raw = await resp.text()
+        (call,) = await resp.json()
+    async with http.get(f"{tk.root_url}/_control") as resp:
+        raw_config = await resp.text()
+    assert TKEY not in raw and TKEY not in raw_config
+    assert call["key_tail"] == "5678" and call["status"] == 201
+    assert (call["site_slug"], call["email"], call["event_number"]) == (
+        SITE,
+        "alice@example.com",
+        "req-1",
+    )
+    assert call["custom_properties"]["generated_text"] == "Hello Alice"
+    async with http.delete(f"{tk.root_url}/_calls") as resp:
+        assert resp.status == 200
+    assert tk.calls.records == type(tk.calls.records)() and tk.calls.count == 0

@@ -1,0 +1,86 @@
+"""The embedded broker really starts, serves a topic, and stops (one real start, a few seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+
+pytestmark = pytest.mark.integration
+
+
+def _free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+async def _round_trip(bootstrap: str, topic: str) -> bytes:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await admin.start()
+    try:
+        # faust declares its topics with CreateTopics sent to the controller the metadata names
+        assert (await admin.describe_cluster())["controller_id"] == 1
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        await producer.start()
+        await producer.send_and_wait(topic, b"hello")
+        await consumer.start()
+        message = await asyncio.wait_for(consumer.getone(), timeout=30)
+        # no auto-creation: asking about a misspelt topic does not make it
+        await admin.describe_topics([f"{topic}-typo"])
+        assert f"{topic}-typo" not in await admin.list_topics()
+        assert message.value is not None
+        return message.value
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()
+
+
+async def test_the_broker_starts_once_serves_a_topic_and_stops(tmp_path):
+    port, controller_port = _free_ports(2)
+    kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
+    try:
+        first = kafka.start(timeout=90)
+        assert first.running
+        assert first.pid is not None
+        assert first.bootstrap == f"127.0.0.1:{port}"
+        assert kafka.status().running
+        assert (tmp_path / "kafka" / "logs" / "meta.properties").is_file()
+
+        again = kafka.start(timeout=90)
+        assert again.pid == first.pid
+
+        assert await _round_trip(kafka.bootstrap, "launcher-check") == b"hello"
+    finally:
+        stopped = kafka.stop()
+
+    assert stopped
+    assert not kafka.status().running
+    assert kafka.status().pid is None
+    assert not kafka.pid_file.exists()
+    assert kafka.stop() is False
+
+
+def test_a_broker_that_dies_while_starting_says_why(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))  # bound, not listening: looks free, cannot be bound
+        port = squatter.getsockname()[1]
+        (controller_port,) = _free_ports(1)
+        kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
+
+        with pytest.raises(KafkaLauncherError, match="Address already in use"):
+            kafka.start(timeout=90)
+
+    assert kafka.status().pid is None
+    assert not kafka.pid_file.exists()

@@ -1,0 +1,992 @@
+"""The per-person decision function ``models.ledger.handle``: trigger, usage window, dedupe,
+results with attempts and deadlines, and what it sends to the executors (DESIGN.md §2-§4)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.events import (
+    COMPLETION_EVENT_CATEGORY,
+    DeadlineExpired,
+    GenerateText,
+    GenerationFailed,
+    GenerationSucceeded,
+    LifecycleEvent,
+    PublicationFailed,
+    PublicationSucceeded,
+    PublishCompletion,
+    RequestReceived,
+    RequestsValue,
+)
+from models.ledger import Outcome, PersonState, Policy, handle
+from models.lifecycle import TERMINAL, State, check_transition
+from models.usage import Window
+from tests.unit.domain_builders import (
+    EMAIL,
+    PERSON,
+    SEALED_OPENAI,
+    SEALED_TALKABLE,
+    SITE,
+    T0,
+    Ledger,
+    expired,
+    generated,
+    generation_failed,
+    limit,
+    publication_failed,
+    published,
+    received,
+    types_of,
+)
+
+FAST = settings(max_examples=200, deadline=None)
+HAPPY = ["RequestReceived", "RequestAdmitted", "GenerationStarted"]
+
+
+def admit(ledger: Ledger, request_id: str = "req-1", **kwargs: object) -> Outcome:
+    outcome = ledger.send(received(request_id, **kwargs))  # type: ignore[arg-type]
+    assert types_of(outcome) == HAPPY, types_of(outcome)
+    return outcome
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_a_request_goes_from_received_to_published() -> None:
+    ledger = Ledger()
+    first = admit(ledger, "req-1", usage_limit=limit(amount=3, used=1))
+    [generate] = first.commands
+    assert isinstance(generate, GenerateText)
+    assert (generate.request_id, generate.attempt, generate.site, generate.person) == (
+        "req-1",
+        1,
+        SITE,
+        PERSON,
+    )
+    assert generate.openai_api_key == SEALED_OPENAI
+    assert generate.chat.model == "gpt-4o-mini"
+
+    second = ledger.send(generated("req-1", text="Roses are red."))
+    assert types_of(second) == ["TextGenerated", "PublicationStarted"]
+    [publish] = second.commands
+    assert isinstance(publish, PublishCompletion)
+    assert publish.talkable_api_key == SEALED_TALKABLE
+    assert publish.custom_properties["generated_text"] == "Roses are red."
+
+    third = ledger.send(published("req-1"))
+    assert types_of(third) == ["CompletionPublished"]
+    assert third.commands == []
+    assert ledger.states("req-1") == [
+        State.RECEIVED,
+        State.ADMITTED,
+        State.GENERATING,
+        State.GENERATED,
+        State.PUBLISHING,
+        State.PUBLISHED,
+    ]
+    assert ledger.state is not None
+    assert ledger.state.inflight == {}
+    assert ledger.state.window == Window(start=T0, count=2)  # a published request keeps its slot
+
+
+def test_lifecycle_events_name_the_person_site_and_event_time() -> None:
+    ledger = Ledger()
+    outcome = ledger.send(received("req-1", at_ms=5, usage_limit=limit(now=T0 + 42)))
+    for event in outcome.events:
+        assert (event.request_id, event.person, event.site) == ("req-1", PERSON, SITE)
+        assert event.at_ms == (T0 + 42) * 1000  # usage_limit.current_time, not ingress time
+    without_limit = ledger.send(received("req-2", at_ms=777))
+    assert {event.at_ms for event in without_limit.events} == {777}
+
+
+# --- the trigger rule -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("criteria", "generates"),
+    [
+        (None, True),
+        ("true", True),
+        ("TRUE", True),
+        ("True", True),
+        ("  true  ", True),
+        ("\ttrue\n", True),
+        ("", False),
+        ("   ", False),
+        ("false", False),
+        ("yes", False),
+        ("1", False),
+        ("true true", False),
+        ("t rue", False),
+        ("{% if x %}true{% endif %}", False),
+    ],
+)
+def test_the_trigger_rule(criteria: str | None, generates: bool) -> None:
+    ledger = Ledger()
+    outcome = ledger.send(received(trigger=criteria, usage_limit=limit(amount=1)))
+    if generates:
+        assert types_of(outcome) == HAPPY
+        assert len(outcome.commands) == 1
+    else:
+        assert types_of(outcome) == ["RequestReceived", "RequestSkipped"]
+        assert outcome.events[-1].state is State.SKIPPED
+        assert outcome.commands == []
+        # a skipped request neither takes a slot nor seeds the window
+        assert outcome.state.window is None
+        assert outcome.state.inflight == {}
+
+
+# --- the usage window through the ledger ------------------------------------------------------
+
+
+def test_the_snapshot_seeds_a_person_the_ledger_does_not_know() -> None:
+    ledger = Ledger()
+    outcome = admit(ledger, "req-1", usage_limit=limit(amount=3, start=T0 - 60, now=T0, used=2))
+    admitted = outcome.events[1]
+    assert (admitted.window_start, admitted.window_count) == (T0 - 60, 3)
+    limited = ledger.send(received("req-2", usage_limit=limit(amount=3, start=T0 - 60, now=T0)))
+    assert types_of(limited) == ["RequestReceived", "UsageLimited"]
+    assert limited.events[-1].state is State.LIMITED
+    assert limited.commands == []
+
+
+def test_the_snapshot_never_overrides_the_ledger() -> None:
+    """Liquid renders an unwritten ``__start_time`` as now, with a count of 0."""
+    ledger = Ledger()
+    for n in range(3):
+        admit(ledger, f"req-{n}", usage_limit=limit(amount=3, now=T0 + n))
+    fresh_looking = limit(amount=3, start=T0 + 10, now=T0 + 10, used=0)
+    outcome = ledger.send(received("req-3", usage_limit=fresh_looking))
+    assert types_of(outcome) == ["RequestReceived", "UsageLimited"]
+    assert outcome.state.window == Window(start=T0, count=3)
+
+
+def test_a_limited_first_sight_still_records_the_window() -> None:
+    ledger = Ledger()
+    outcome = ledger.send(received("req-1", usage_limit=limit(amount=3, used=3)))
+    assert types_of(outcome) == ["RequestReceived", "UsageLimited"]
+    assert outcome.state.window == Window(start=T0, count=3)
+    # Talkable's copy later claims 0 used: the ledger knows better
+    again = ledger.send(received("req-2", usage_limit=limit(amount=3, now=T0 + 5, used=0)))
+    assert types_of(again) == ["RequestReceived", "UsageLimited"]
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "admitted", "window_start"),
+    [(3599, False, T0), (3600, True, T0 + 3600), (7200, True, T0 + 7200)],
+)
+def test_window_boundaries_are_exact(elapsed: int, admitted: bool, window_start: int) -> None:
+    ledger = Ledger()
+    for n in range(2):
+        admit(ledger, f"req-{n}", usage_limit=limit(amount=2, duration=3600))
+    later = limit(amount=2, duration=3600, now=T0 + elapsed)
+    outcome = ledger.send(received("req-late", usage_limit=later))
+    assert outcome.state.window is not None
+    assert outcome.state.window.start == window_start
+    if admitted:
+        assert types_of(outcome) == HAPPY
+        assert outcome.state.window.count == 1
+    else:
+        assert types_of(outcome) == ["RequestReceived", "UsageLimited"]
+        assert outcome.state.window.count == 2
+
+
+def test_exactly_the_limit_is_admitted_from_a_burst() -> None:
+    """50 webhooks for one person at once, each carrying the same stale snapshot."""
+    ledger = Ledger()
+    snapshot = limit(amount=3, used=0)
+    for n in range(50):
+        ledger.send(received(f"req-{n:02}", delivery_id=f"d-{n}", usage_limit=snapshot))
+    counts = Counter(ledger.types())
+    assert counts["RequestAdmitted"] == 3
+    assert counts["UsageLimited"] == 47
+    assert counts["RequestReceived"] == 50
+    assert sum(len(outcome.commands) for _, outcome in ledger.history) == 3
+    assert ledger.state is not None
+    assert ledger.state.window == Window(start=T0, count=3)
+
+
+@FAST
+@given(
+    burst=st.integers(1, 60),
+    amount=st.integers(0, 6),
+    used=st.integers(0, 7),
+    duration=st.integers(1, 86_400),
+)
+def test_any_burst_admits_exactly_the_free_slots(
+    burst: int, amount: int, used: int, duration: int
+) -> None:
+    ledger = Ledger()
+    snapshot = limit(amount=amount, duration=duration, used=used)
+    for n in range(burst):
+        ledger.send(received(f"req-{n}", usage_limit=snapshot))
+    free = max(0, amount - used)
+    counts = Counter(ledger.types())
+    assert counts["RequestAdmitted"] == min(burst, free)
+    assert counts["UsageLimited"] == burst - min(burst, free)
+
+
+def test_a_failed_generation_gives_its_slot_back() -> None:
+    ledger = Ledger()
+    for n in range(3):
+        admit(ledger, f"req-{n}", usage_limit=limit(amount=3))
+    assert types_of(ledger.send(received("req-3", usage_limit=limit(amount=3)))) == [
+        "RequestReceived",
+        "UsageLimited",
+    ]
+    failed = ledger.send(generation_failed("req-1"))
+    assert types_of(failed) == ["GenerationFailed"]
+    assert failed.events[0].state is State.GENERATION_FAILED
+    assert failed.state.window == Window(start=T0, count=2)
+
+    admit(ledger, "req-4", usage_limit=limit(amount=3, now=T0 + 1))  # the freed slot
+    again = ledger.send(received("req-5", usage_limit=limit(amount=3, now=T0 + 2)))
+    assert types_of(again) == ["RequestReceived", "UsageLimited"]
+
+
+def test_a_published_or_publish_failed_request_keeps_its_slot() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=2))
+    admit(ledger, "req-2", usage_limit=limit(amount=2))
+    ledger.send(generated("req-1"))
+    ledger.send(published("req-1"))
+    ledger.send(generated("req-2"))
+    ledger.send(publication_failed("req-2"))
+    assert ledger.state is not None
+    assert ledger.state.window == Window(start=T0, count=2)
+
+
+def test_a_slot_is_released_only_in_the_window_it_was_taken_from() -> None:
+    ledger = Ledger()
+    admit(ledger, "old", usage_limit=limit(amount=1, duration=60))
+    admit(ledger, "new", usage_limit=limit(amount=1, duration=60, now=T0 + 60))
+    assert ledger.state is not None
+    assert ledger.state.window == Window(start=T0 + 60, count=1)
+
+    outcome = ledger.send(generation_failed("old"))
+    assert types_of(outcome) == ["GenerationFailed"]
+    assert outcome.state.window == Window(start=T0 + 60, count=1)  # not released into "new"'s
+    limited = ledger.send(received("next", usage_limit=limit(amount=1, duration=60, now=T0 + 61)))
+    assert types_of(limited) == ["RequestReceived", "UsageLimited"]
+
+
+def test_a_deadline_exhausted_generation_releases_its_slot() -> None:
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1", usage_limit=limit(amount=1))
+    ledger.send(expired("req-1", 1, "generating"))
+    outcome = ledger.send(expired("req-1", 2, "generating"))
+    assert types_of(outcome) == ["GenerationFailed"]
+    assert outcome.events[0].error_class == "DeadlineExpired"
+    assert outcome.state.window == Window(start=T0, count=0)
+    admit(ledger, "req-2", usage_limit=limit(amount=1, now=T0 + 1))
+
+
+def test_requests_without_a_limit_never_touch_the_window() -> None:
+    ledger = Ledger()
+    admit(ledger, "limited-1", usage_limit=limit(amount=1))
+    outcome = admit(ledger, "free-1")
+    admitted = outcome.events[1]
+    assert (admitted.window_start, admitted.window_count) == (None, None)
+    failed = ledger.send(generation_failed("free-1"))
+    assert failed.state.window == Window(start=T0, count=1)
+    assert (failed.events[0].window_start, failed.events[0].window_count) == (None, None)
+
+
+# --- duplicates -------------------------------------------------------------------------------
+
+
+def test_the_same_request_from_another_delivery_is_rejected_as_a_duplicate() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", delivery_id="d1", usage_limit=limit(amount=5))
+    outcome = ledger.send(
+        received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 60_000, usage_limit=limit(amount=5))
+    )
+    assert types_of(outcome) == ["RequestReceived", "DuplicateRejected"]
+    entity = outcome.events[0].request_id
+    assert entity != "req-1"  # its own lifecycle entity: the original's stays whole
+    assert {event.request_id for event in outcome.events} == {entity}
+    assert [e.duplicate_of for e in outcome.events] == ["req-1", "req-1"]
+    assert outcome.events[1].state is State.REJECTED_DUPLICATE
+    assert outcome.commands == []
+    assert outcome.state.window == Window(start=T0, count=1)  # no second slot
+    assert ledger.states("req-1") == [State.RECEIVED, State.ADMITTED, State.GENERATING]
+
+
+@pytest.mark.parametrize("finish", ["published", "skipped", "limited", "generation_failed"])
+def test_a_duplicate_is_rejected_whatever_became_of_the_original(finish: str) -> None:
+    ledger = Ledger()
+    usage = limit(amount=0) if finish == "limited" else None
+    first = ledger.send(
+        received(
+            "req-1", delivery_id="d1", usage_limit=usage, trigger="no" if finish == "skipped" else None
+        )
+    )
+    if finish == "published":
+        ledger.send(generated("req-1"))
+        ledger.send(published("req-1"))
+    elif finish == "generation_failed":
+        ledger.send(generation_failed("req-1"))
+    assert first.events[-1].state in (State.GENERATING, State.SKIPPED, State.LIMITED)
+
+    outcome = ledger.send(received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 1))
+    assert types_of(outcome) == ["RequestReceived", "DuplicateRejected"]
+
+
+def test_the_very_same_delivery_redelivered_emits_nothing() -> None:
+    ledger = Ledger()
+    message = received("req-1", delivery_id="d1", usage_limit=limit(amount=3))
+    ledger.send(message)
+    before = ledger.state
+    outcome = ledger.send(message)
+    assert outcome == Outcome(state=before)
+
+
+def test_a_redelivered_duplicate_emits_nothing_again() -> None:
+    """A crash after rejecting a duplicate redelivers it; its entity must not be reopened."""
+    ledger = Ledger()
+    admit(ledger, "req-1", delivery_id="d1")
+    duplicate = received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 1)
+    assert types_of(ledger.send(duplicate)) == ["RequestReceived", "DuplicateRejected"]
+    before = ledger.state
+    assert ledger.send(duplicate) == Outcome(state=before)
+
+
+def test_the_same_request_after_the_dedupe_window_is_a_new_request() -> None:
+    policy = Policy(dedupe_window_ms=1000)
+    ledger = Ledger(policy=policy)
+    admit(ledger, "req-1", delivery_id="d1")
+    ledger.send(generated("req-1"))
+    ledger.send(published("req-1"))
+    just_inside = received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 999)
+    assert types_of(ledger.send(just_inside)) == ["RequestReceived", "DuplicateRejected"]
+
+    outcome = ledger.send(received("req-1", delivery_id="d3", at_ms=T0 * 1000 + 1000))
+    assert types_of(outcome) == HAPPY
+    entity = outcome.events[0].request_id
+    assert entity not in ("req-1", just_inside.request_id)
+    assert outcome.commands[0].request_id == entity
+    # and its own redelivery is recognised
+    assert ledger.send(received("req-1", delivery_id="d3", at_ms=T0 * 1000 + 1000)).events == []
+
+
+def test_a_request_still_in_flight_is_a_duplicate_even_after_the_dedupe_window() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
+    admit(ledger, "req-1", delivery_id="d1")
+    late = ledger.send(received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 5000))
+    assert types_of(late) == ["RequestReceived", "DuplicateRejected"]
+
+
+def test_a_readmitted_request_still_in_flight_is_a_duplicate() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
+    admit(ledger, "req-1", delivery_id="d1")
+    ledger.send(generation_failed("req-1"))
+    again = admit(ledger, "req-1", delivery_id="d2", at_ms=T0 * 1000 + 2000)
+    assert again.events[0].request_id != "req-1"
+    late = ledger.send(received("req-1", delivery_id="d3", at_ms=T0 * 1000 + 4000))
+    assert types_of(late) == ["RequestReceived", "DuplicateRejected"]
+
+
+def test_fingerprints_of_requests_in_flight_survive_pruning() -> None:
+    ledger = Ledger(policy=Policy(max_fingerprints=2))
+    admit(ledger, "req-1", delivery_id="d1")
+    for n in range(2, 6):
+        ledger.send(received(f"req-{n}", at_ms=T0 * 1000 + n))
+    assert ledger.state is not None
+    assert "req-1" in ledger.state.seen
+    # the in-flight original redelivered: still nothing; another delivery: a separate entity
+    assert ledger.send(received("req-1", delivery_id="d1")).events == []
+    duplicate = ledger.send(received("req-1", delivery_id="d9", at_ms=T0 * 1000 + 9))
+    assert types_of(duplicate) == ["RequestReceived", "DuplicateRejected"]
+    assert duplicate.events[0].request_id != "req-1"
+
+
+@pytest.mark.parametrize("bound", [1, 2, 5])
+def test_the_fingerprint_memory_is_bounded(bound: int) -> None:
+    ledger = Ledger(policy=Policy(max_fingerprints=bound))
+    for n in range(12):
+        outcome = ledger.send(received(f"req-{n}", at_ms=T0 * 1000 + n, trigger="false"))
+        assert len(outcome.state.seen) <= bound
+        assert f"req-{n}" in outcome.state.seen  # the newest is always remembered
+
+
+def test_fingerprints_expire_after_the_retention() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, fingerprint_retention_ms=10_000))
+    ledger.send(received("req-1", trigger="false"))
+    outcome = ledger.send(received("req-2", at_ms=T0 * 1000 + 10_000, trigger="false"))
+    assert set(outcome.state.seen) == {"req-2"}
+
+
+# --- results: late, duplicate, stale ---------------------------------------------------------
+
+
+def _generating() -> Ledger:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3))
+    ledger.send(expired("req-1", 1, "generating"))  # now at attempt 2
+    return ledger
+
+
+def _publishing() -> Ledger:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3))
+    ledger.send(generated("req-1"))
+    ledger.send(publication_failed("req-1", 1, retriable=True))  # now at attempt 2
+    return ledger
+
+
+def _finished() -> Ledger:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3))
+    ledger.send(generated("req-1"))
+    ledger.send(published("req-1"))
+    return ledger
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (_generating, generation_failed("req-1", 1)),  # the attempt was re-issued
+        (_generating, generation_failed("req-1", 1, retriable=True)),
+        (_generating, generation_failed("req-1", 3)),  # never issued
+        (_generating, generated("req-1", 3)),
+        (_generating, expired("req-1", 1, "generating")),
+        (_generating, expired("req-1", 2, "publishing")),
+        (_generating, published("req-1", 1)),
+        (_generating, publication_failed("req-1", 2)),
+        (_generating, generated("someone-else", 1)),
+        (_publishing, generated("req-1", 1)),
+        (_publishing, generated("req-1", 2)),
+        (_publishing, generation_failed("req-1", 2)),
+        (_publishing, expired("req-1", 2, "generating")),
+        (_publishing, expired("req-1", 1, "publishing")),
+        (_publishing, publication_failed("req-1", 1)),
+        (_publishing, published("req-1", 3)),
+        (_finished, generated("req-1", 1)),
+        (_finished, generation_failed("req-1", 1)),
+        (_finished, published("req-1", 1)),
+        (_finished, publication_failed("req-1", 1)),
+        (_finished, expired("req-1", 1, "publishing")),
+        (_finished, expired("req-1", 1, "generating")),
+    ],
+    ids=lambda v: getattr(v, "__name__", None) or f"{v.kind}#{getattr(v, 'attempt', '')}",
+)
+def test_late_and_duplicate_results_change_nothing(
+    setup: object, message: RequestsValue
+) -> None:
+    ledger = setup()  # type: ignore[operator]
+    before = ledger.state
+    assert ledger.send(message) == Outcome(state=before)
+
+
+def test_a_result_for_an_unknown_person_state_changes_nothing() -> None:
+    outcome = handle(None, generated("req-1"), Policy(), 0)
+    assert outcome == Outcome(state=PersonState())
+
+
+def test_a_success_from_an_earlier_attempt_is_taken() -> None:
+    ledger = _generating()
+    outcome = ledger.send(generated("req-1", 1, text="slow but real"))
+    assert types_of(outcome) == ["TextGenerated", "PublicationStarted"]
+    assert outcome.commands[0].custom_properties["generated_text"] == "slow but real"  # type: ignore[union-attr]
+    # the later attempt's success arrives too: nothing more happens
+    assert ledger.send(generated("req-1", 2)).events == []
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3, 5])
+def test_retriable_generation_failures_are_reissued_up_to_max_attempts(max_attempts: int) -> None:
+    ledger = Ledger(policy=Policy(max_attempts=max_attempts))
+    admit(ledger, "req-1", usage_limit=limit(amount=1))
+    for attempt in range(1, max_attempts):
+        outcome = ledger.send(generation_failed("req-1", attempt, retriable=True))
+        assert types_of(outcome) == ["GenerationStarted"]
+        assert outcome.events[0].attempt == attempt + 1
+        [command] = outcome.commands
+        assert isinstance(command, GenerateText)
+        assert command.attempt == attempt + 1
+    final = ledger.send(generation_failed("req-1", max_attempts, retriable=True))
+    assert types_of(final) == ["GenerationFailed"]
+    assert final.state.inflight == {}
+    assert final.state.window == Window(start=T0, count=0)
+
+
+def test_a_non_retriable_generation_failure_is_final_at_once() -> None:
+    ledger = Ledger(policy=Policy(max_attempts=5))
+    admit(ledger, "req-1")
+    outcome = ledger.send(generation_failed("req-1", 1, retriable=False))
+    assert types_of(outcome) == ["GenerationFailed"]
+    assert outcome.events[0].error_class == "BadRequest"
+    assert outcome.commands == []
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 4])
+def test_publication_retries_then_fails(max_attempts: int) -> None:
+    ledger = Ledger(policy=Policy(max_attempts=max_attempts))
+    admit(ledger, "req-1")
+    ledger.send(generated("req-1"))
+    for attempt in range(1, max_attempts):
+        outcome = ledger.send(publication_failed("req-1", attempt, retriable=True))
+        assert types_of(outcome) == ["PublicationStarted"]
+        assert [c.attempt for c in outcome.commands] == [attempt + 1]
+    final = ledger.send(publication_failed("req-1", max_attempts, retriable=True))
+    assert types_of(final) == ["PublicationFailed"]
+    assert final.events[0].state is State.PUBLISH_FAILED
+    assert final.state.inflight == {}
+
+
+def test_a_duplicate_entity_answer_counts_as_published() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1")
+    ledger.send(generated("req-1"))
+    outcome = ledger.send(published("req-1", duplicate=True))
+    assert types_of(outcome) == ["CompletionPublished"]
+    assert outcome.events[0].state is State.PUBLISHED
+
+
+def test_overdue_publication_is_reissued_then_parked() -> None:
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1")
+    ledger.send(generated("req-1"))
+    retry = ledger.send(expired("req-1", 1, "publishing"))
+    assert types_of(retry) == ["PublicationStarted"]
+    assert [c.attempt for c in retry.commands] == [2]
+    final = ledger.send(expired("req-1", 2, "publishing"))
+    assert types_of(final) == ["PublicationFailed"]
+    assert final.events[0].error_class == "DeadlineExpired"
+    [parked] = final.parked
+    assert isinstance(parked.command, PublishCompletion)
+    assert parked.command.request_id == "req-1"
+    assert final.state.inflight == {}
+
+
+def test_deadlines_follow_the_worker_clock_and_decisions_do_not() -> None:
+    policy = Policy(generation_deadline_ms=1000, publish_deadline_ms=500)
+    early = handle(None, received("req-1"), policy, now_ms=10)
+    late = handle(None, received("req-1"), policy, now_ms=99_000)
+    assert early.state.inflight["req-1"].deadline_ms == 1010
+    assert late.state.inflight["req-1"].deadline_ms == 100_000
+    assert early.events == late.events
+
+
+# --- what goes to Talkable --------------------------------------------------------------------
+
+
+def _publish_command(ledger: Ledger, request_id: str = "req-1") -> PublishCompletion:
+    outcome = ledger.send(generated(request_id, text="Hi Alice!"))
+    [command] = outcome.commands
+    assert isinstance(command, PublishCompletion)
+    return command
+
+
+def test_the_completion_carries_the_text_and_the_window_as_strings() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3, start=T0 - 30, now=T0, used=1))
+    command = _publish_command(ledger)
+    assert command.custom_properties == {
+        "generated_text": "Hi Alice!",
+        "__start_time": str(T0 - 30),
+        "__current_usage_amount": "2",
+    }
+    assert all(isinstance(v, str) for v in command.custom_properties.values())
+    assert command.event_category == COMPLETION_EVENT_CATEGORY == "generate_text_complete"
+    assert (command.site, command.email, command.person) == (SITE, EMAIL, PERSON)
+    assert command.talkable_api_key == SEALED_TALKABLE
+
+
+def test_the_completion_writes_back_the_ledger_window_at_publish_time() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3))
+    admit(ledger, "req-2", usage_limit=limit(amount=3, now=T0 + 1))
+    assert _publish_command(ledger)["__current_usage_amount" if False else "custom_properties"]  # type: ignore[index]
+
+
+def test_without_a_limit_the_completion_carries_only_the_text() -> None:
+    ledger = Ledger()
+    admit(ledger, "limited", usage_limit=limit(amount=3))  # the person does have a window
+    admit(ledger, "req-1")
+    assert _publish_command(ledger).custom_properties == {"generated_text": "Hi Alice!"}
+
+
+@pytest.mark.parametrize(
+    ("given_number", "published_number"),
+    [
+        (None, "generate_text_complete-req-1"),
+        ("order-42-complete", "order-42-complete"),
+    ],
+)
+def test_the_event_number(given_number: str | None, published_number: str) -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number=given_number)
+    assert _publish_command(ledger).event_number == published_number
+
+
+def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
+    admit(ledger, "req-1", delivery_id="d1")
+    ledger.send(generation_failed("req-1"))
+    again = admit(ledger, "req-1", delivery_id="d2", at_ms=T0 * 1000 + 5000)
+    entity = again.events[0].request_id
+    command = _publish_command(ledger, entity)
+    assert command.event_number == f"generate_text_complete-{entity}"
+
+
+def test_no_lifecycle_field_can_carry_a_secret() -> None:
+    names = set(LifecycleEvent.model_fields)
+    assert not {n for n in names if any(w in n for w in ("key", "secret", "sealed", "token"))} - {
+        "prompt_tokens",
+        "completion_tokens",
+    }
+    for name, info in LifecycleEvent.model_fields.items():
+        assert "Fernet" not in (info.description or ""), name
+
+
+# --- properties over any interleaving ---------------------------------------------------------
+
+RIDS = ["r0", "r1", "r2", "r3"]
+DEDUPE_S = 30
+TRIGGERS = [None, None, None, "true", " TRUE\n", "false", "", "yes"]
+RESULT_KINDS = ["generated", "generation_failed", "published", "publication_failed", "expired"]
+
+
+@dataclass
+class Model:
+    """What DESIGN.md §2-§3 say must happen, kept apart from ``models.ledger``."""
+
+    amount: int
+    duration: int
+    policy: Policy
+    window: tuple[int, int] | None = None
+    seen: dict[str, int] = field(default_factory=dict)  # request_id -> first at_ms
+    answered: set[tuple[str, str]] = field(default_factory=set)  # (request_id, delivery_id)
+    inflight: dict[str, tuple[str, int]] = field(default_factory=dict)  # entity -> stage, try
+    webhook: dict[str, str] = field(default_factory=dict)  # entity -> request_id
+    slot: dict[str, int | None] = field(default_factory=dict)  # entity -> window start
+
+    def receive(self, r: RequestReceived) -> tuple[str | None, list[str]]:
+        """The entity and the event types expected for ``r`` (None: nothing at all)."""
+        key = (r.request_id, r.delivery_id)
+        if key in self.answered:
+            return None, []
+        self.answered.add(key)
+        first = self.seen.get(r.request_id)
+        entity = r.request_id if first is None else f"{r.request_id}~{r.delivery_id}"
+        in_flight = r.request_id in {self.webhook[e] for e in self.inflight}
+        if in_flight or (first is not None and r.at_ms - first < self.policy.dedupe_window_ms):
+            return entity, ["RequestReceived", "DuplicateRejected"]
+        self.seen[r.request_id] = r.at_ms
+        if r.spec.trigger_criteria is not None and r.spec.trigger_criteria.strip().lower() != (
+            "true"
+        ):
+            return entity, ["RequestReceived", "RequestSkipped"]
+        taken: int | None = None
+        usage = r.spec.usage_limit
+        if usage is not None:
+            start, count = self.window or (usage.start_time, usage.current_usage_amount)
+            if usage.current_time - start >= usage.duration_in_seconds:
+                start, count = usage.current_time, 0
+            self.window = (start, count)
+            if count >= usage.amount:
+                return entity, ["RequestReceived", "UsageLimited"]
+            self.window = (start, count + 1)
+            taken = start
+        self.inflight[entity] = ("generating", 1)
+        self.webhook[entity] = r.request_id
+        self.slot[entity] = taken
+        return entity, HAPPY
+
+    def result(self, m: RequestsValue) -> list[str]:
+        flight = self.inflight.get(m.request_id)
+        if flight is None:
+            return []
+        stage, attempt = flight
+        retry = getattr(m, "retriable", False) and attempt < self.policy.max_attempts
+        if isinstance(m, GenerationSucceeded) and stage == "generating" and m.attempt <= attempt:
+            self.inflight[m.request_id] = ("publishing", 1)
+            return ["TextGenerated", "PublicationStarted"]
+        if isinstance(m, GenerationFailed) and stage == "generating" and m.attempt == attempt:
+            return self._retry(m.request_id) if retry else self._failed(m.request_id)
+        if isinstance(m, PublicationSucceeded) and stage == "publishing" and m.attempt <= attempt:
+            del self.inflight[m.request_id]
+            return ["CompletionPublished"]
+        if isinstance(m, PublicationFailed) and stage == "publishing" and m.attempt == attempt:
+            if retry:
+                return self._retry(m.request_id)
+            del self.inflight[m.request_id]
+            return ["PublicationFailed"]
+        if isinstance(m, DeadlineExpired) and stage == m.stage and m.attempt == attempt:
+            if attempt < self.policy.max_attempts:
+                return self._retry(m.request_id)
+            if stage == "generating":
+                return self._failed(m.request_id)
+            del self.inflight[m.request_id]
+            return ["PublicationFailed"]
+        return []
+
+    def _retry(self, entity: str) -> list[str]:
+        stage, attempt = self.inflight[entity]
+        self.inflight[entity] = (stage, attempt + 1)
+        return ["GenerationStarted" if stage == "generating" else "PublicationStarted"]
+
+    def _failed(self, entity: str) -> list[str]:
+        del self.inflight[entity]
+        taken = self.slot[entity]
+        if self.window is not None and taken == self.window[0] and self.window[1] > 0:
+            self.window = (taken, self.window[1] - 1)
+        return ["GenerationFailed"]
+
+
+@dataclass
+class Run:
+    """Feeds one person's ledger and checks every outcome against the model and the rules."""
+
+    model: Model
+    ledger: Ledger
+    clock: int = T0
+    deliveries: int = 0
+    sent: list[tuple[RequestsValue, int]] = field(default_factory=list)
+    lifecycle: dict[str, list[State]] = field(default_factory=dict)
+
+    def send(self, message: RequestsValue) -> Outcome:
+        before = self.ledger.state or PersonState()
+        self.ledger.now_ms = self.clock * 1000
+        self.sent.append((message, self.ledger.now_ms))
+        outcome = self.ledger.send(message)
+        if isinstance(message, RequestReceived):
+            entity, expected = self.model.receive(message)
+            assert [e.request_id for e in outcome.events] == [entity] * len(expected)
+        else:
+            expected = self.model.result(message)
+        assert types_of(outcome) == expected, (message, types_of(outcome), expected)
+        if not expected:  # late, duplicate, stale or redelivered: nothing changes
+            assert outcome == Outcome(state=before)
+        self._check(outcome)
+        return outcome
+
+    def _check(self, outcome: Outcome) -> None:
+        state = outcome.state
+        window = state.window
+        assert (window.start, window.count) if window else self.model.window == None
+        assert {e: (f.state.value, f.attempt) for e, f in state.inflight.items()} == (
+            self.model.inflight
+        )
+        for event in outcome.events:
+            history = self.lifecycle.setdefault(event.request_id, [])
+            previous = history[-1] if history else None
+            assert event.previous_state == previous, (event, history)
+            check_transition(event.request_id, previous, event.state)
+            history.append(event.state)
+            dumped = event.model_dump_json()
+            assert SEALED_OPENAI not in dumped
+            assert SEALED_TALKABLE not in dumped
+        for command in outcome.commands:
+            flight = state.inflight[command.request_id]
+            assert command.attempt == flight.attempt
+            if isinstance(command, GenerateText):
+                assert flight.state is State.GENERATING
+                assert command.openai_api_key == SEALED_OPENAI
+            else:
+                assert flight.state is State.PUBLISHING
+                assert command.talkable_api_key == SEALED_TALKABLE
+        self._check_windows()
+
+    def _check_windows(self) -> None:
+        """No window ever holds more than ``amount`` admitted-and-not-failed requests."""
+        admitted: dict[int, set[str]] = {}
+        failed: set[str] = set()
+        for event in self.ledger.events:
+            if event.type == "RequestAdmitted" and event.window_start is not None:
+                admitted.setdefault(event.window_start, set()).add(event.request_id)
+            if event.state is State.GENERATION_FAILED:
+                failed.add(event.request_id)
+        for start, entities in admitted.items():
+            assert len(entities - failed) <= self.model.amount, (start, entities, failed)
+
+    def receive(self, data: st.DataObject) -> RequestReceived:
+        self.deliveries += 1
+        usage = None
+        if data.draw(st.booleans(), label="limited"):
+            back = data.draw(st.sampled_from([0, 1, self.model.duration - 1, self.model.duration]))
+            usage = limit(
+                amount=self.model.amount,
+                duration=self.model.duration,
+                start=self.clock - back,
+                now=self.clock - data.draw(st.sampled_from([0, 0, 1]), label="skew"),
+                used=data.draw(st.integers(0, self.model.amount + 1), label="used"),
+            )
+        return received(
+            data.draw(st.sampled_from(RIDS), label="request_id"),
+            delivery_id=f"dlv-{self.deliveries}",
+            at_ms=self.clock * 1000,
+            usage_limit=usage,
+            trigger=data.draw(st.sampled_from(TRIGGERS), label="trigger"),
+        )
+
+    def result(self, data: st.DataObject, entity: str | None = None) -> RequestsValue:
+        if entity is None:
+            known = sorted(self.model.inflight) * 3 + sorted(self.lifecycle) + ["ghost"]
+            entity = data.draw(st.sampled_from(known), label="entity")
+        stage, current = self.model.inflight.get(entity, ("generating", 1))
+        attempt = data.draw(
+            st.sampled_from(sorted({max(1, current - 1), current, current + 1})), label="attempt"
+        )
+        kind = data.draw(st.sampled_from(RESULT_KINDS), label="kind")
+        retriable = data.draw(st.booleans(), label="retriable")
+        at_ms = self.clock * 1000
+        if kind == "generated":
+            return generated(entity, attempt, at_ms=at_ms)
+        if kind == "generation_failed":
+            return generation_failed(entity, attempt, retriable=retriable, at_ms=at_ms)
+        if kind == "published":
+            return published(entity, attempt, duplicate=retriable, at_ms=at_ms)
+        if kind == "publication_failed":
+            return publication_failed(entity, attempt, retriable=retriable, at_ms=at_ms)
+        stages = [stage, "publishing" if stage == "generating" else "generating"]
+        return expired(entity, attempt, data.draw(st.sampled_from(stages)), at_ms=at_ms)  # type: ignore[arg-type]
+
+    def drain(self, data: st.DataObject) -> None:
+        """Drive every in-flight request to its end, by results or by deadlines alone."""
+        for entity in sorted(self.model.inflight):
+            for _ in range(2 * self.model.policy.max_attempts + 2):
+                if entity not in self.model.inflight:
+                    break
+                stage, attempt = self.model.inflight[entity]
+                how = data.draw(st.sampled_from(["deadline", "success", "failure"]), label="end")
+                if how == "deadline":
+                    message: RequestsValue = expired(entity, attempt, stage)  # type: ignore[arg-type]
+                elif stage == "generating":
+                    message = (
+                        generated(entity, attempt)
+                        if how == "success"
+                        else generation_failed(entity, attempt, retriable=True)
+                    )
+                else:
+                    message = (
+                        published(entity, attempt)
+                        if how == "success"
+                        else publication_failed(entity, attempt, retriable=True)
+                    )
+                self.send(message)
+            assert entity not in self.model.inflight
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> tuple[int, int, Policy]:
+    amount = draw(st.integers(0, 4), label="amount")
+    duration = draw(st.sampled_from([1, 2, 5, 60]), label="duration")
+    policy = Policy(
+        max_attempts=draw(st.integers(1, 3), label="max_attempts"),
+        dedupe_window_ms=DEDUPE_S * 1000,
+    )
+    return amount, duration, policy
+
+
+def _interleave(data: st.DataObject, config: tuple[int, int, Policy]) -> Run:
+    amount, duration, policy = config
+    run = Run(model=Model(amount, duration, policy), ledger=Ledger(policy=policy))
+    steps = data.draw(st.integers(1, 40), label="steps")
+    for _ in range(steps):
+        run.clock += data.draw(
+            st.sampled_from([0, 0, 0, 1, duration - 1, duration, DEDUPE_S]), label="tick"
+        )
+        what = data.draw(
+            st.sampled_from(["receive"] * 2 + ["result"] * 3 + ["redeliver"]), label="what"
+        )
+        if what == "receive" or not run.sent:
+            run.send(run.receive(data))
+        elif what == "result":
+            run.send(run.result(data))
+        else:
+            run.send(data.draw(st.sampled_from([m for m, _ in run.sent]), label="redelivered"))
+    run.drain(data)
+    return run
+
+
+@FAST
+@given(data=st.data(), config=configs())
+def test_any_interleaving_follows_the_rules(
+    data: st.DataObject, config: tuple[int, int, Policy]
+) -> None:
+    """Limits, dedupe, stale results and the lifecycle table hold for any interleaving, and
+    every request ends in exactly one terminal state once its results are in."""
+    run = _interleave(data, config)
+
+    assert run.ledger.state is not None
+    assert run.ledger.state.inflight == {}
+    for entity, states in run.lifecycle.items():
+        assert states[0] is State.RECEIVED
+        assert states[-1] in TERMINAL, (entity, states)
+        assert sum(state in TERMINAL for state in states) == 1, (entity, states)
+
+
+@FAST
+@given(data=st.data(), config=configs())
+def test_a_replay_rederives_every_decision(
+    data: st.DataObject, config: tuple[int, int, Policy]
+) -> None:
+    run = _interleave(data, config)
+    policy = config[2]
+    outcomes = [outcome for _, outcome in run.ledger.history]
+
+    replayed, restored = [], []
+    state: PersonState | None = None
+    stored: PersonState | None = None
+    for message, now_ms in run.sent:
+        outcome = handle(state, message, policy, now_ms)
+        replayed.append(outcome)
+        state = outcome.state
+        # the same, with the state restored from its changelog bytes before every message
+        again = handle(stored, message, policy, now_ms)
+        restored.append(again)
+        stored = PersonState.model_validate_json(again.state.model_dump_json())
+
+    assert replayed == outcomes
+    assert restored == outcomes
+
+
+@FAST
+@given(
+    amount=st.integers(1, 4),
+    duration=st.integers(2, 3600),
+    offset=st.data(),
+    retriable_then_deadline=st.booleans(),
+)
+def test_a_released_slot_is_reused_in_the_same_window(
+    amount: int, duration: int, offset: st.DataObject, retriable_then_deadline: bool
+) -> None:
+    ledger = Ledger(policy=Policy(max_attempts=1))
+    now = T0
+    for n in range(amount):
+        admit(ledger, f"req-{n}", usage_limit=limit(amount=amount, duration=duration, now=now))
+    failing = f"req-{offset.draw(st.integers(0, amount - 1), label='failing')}"
+    if retriable_then_deadline:
+        ledger.send(expired(failing, 1, "generating"))
+    else:
+        ledger.send(generation_failed(failing, 1))
+    later = now + offset.draw(st.integers(0, duration - 1), label="later")
+    snapshot = limit(amount=amount, duration=duration, now=later)
+    assert types_of(ledger.send(received("next", usage_limit=snapshot))) == HAPPY
+    assert types_of(ledger.send(received("one-more", usage_limit=snapshot))) == [
+        "RequestReceived",
+        "UsageLimited",
+    ]
+
+
+@FAST
+@given(start=st.integers(0, T0), duration=st.integers(1, 10**6), amount=st.integers(1, 5))
+def test_window_boundaries_are_exact_through_the_ledger(
+    start: int, duration: int, amount: int
+) -> None:
+    ledger = Ledger()
+    for n in range(amount):
+        snapshot = limit(amount=amount, duration=duration, start=start, now=start)
+        admit(ledger, f"req-{n}", usage_limit=snapshot)
+    last = limit(amount=amount, duration=duration, start=start, now=start + duration - 1)
+    assert types_of(ledger.send(received("same", usage_limit=last)))[-1] == "UsageLimited"
+    nxt = limit(amount=amount, duration=duration, start=start, now=start + duration)
+    outcome = ledger.send(received("new", usage_limit=nxt))
+    assert types_of(outcome) == HAPPY
+    assert outcome.state.window == Window(start=start + duration, count=1)

@@ -1,0 +1,1029 @@
+"""The webhook contract: every shape Talkable sends becomes one GenerateParams, or a 4xx that
+names each bad field and never repeats a secret."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import MultiDict
+
+from models.forms import DecodeError, nest
+from models.params import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MODEL,
+    GenerateParams,
+    ParamsError,
+    completion_event_number,
+    from_mapping,
+    parse_request,
+    person_key,
+    request_fingerprint,
+    trigger_met,
+)
+
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+TALKABLE_KEY = "tk_live_TALKABLE_SECRET_0001"
+OPENAI_KEY = "sk-OPENAI-SECRET-0001"
+WEBHOOK_KEY = "whk_WEBHOOK_SECRET_0001"
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+# The seed page's params as Liquid renders them: every value a string.
+SEED: dict[str, Any] = {
+    "site": "acme-store",
+    "email": "Alice@Example.com",
+    "api_key": TALKABLE_KEY,
+    "event_number": "order-42-complete",
+    "openai": {
+        "messages": [
+            {"role": "system", "content": "You write short, funny verses."},
+            {
+                "role": "user",
+                "content": "There once was a user named Alice, who bought a kayak & paddle, "
+                "now create a humorous verse with this information.",
+            },
+        ],
+        "api_key": OPENAI_KEY,
+        "model": "gpt-4o-mini",
+        "max_tokens": "150",
+        "temperature": "0.7",
+        "stop": ["\n\n", "END"],
+        "user": "alice-42",
+    },
+    "usage_limit": {
+        "amount": "3",
+        "duration_in_seconds": "3600",
+        "start_time": "1700000000",
+        "current_time": "1700000100",
+        "current_usage_amount": "0",
+    },
+    "trigger_criteria": "true",
+}
+
+
+def seed(**changes: Any) -> dict[str, Any]:
+    """A deep copy of SEED with dotted-path changes (``openai.model=...``); ``...`` deletes."""
+    data = copy.deepcopy(SEED)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    return data
+
+
+# --- encoders: the same params in every shape -----------------------------------------------
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def form_pairs(tree: dict[str, Any], style: str = "brackets") -> list[tuple[str, str]]:
+    """Rails-style names: ``a[b][]`` (brackets) or ``a[b][0]`` (indexed) for lists."""
+
+    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(f"{name}[{key}]", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from walk(f"{name}[]" if style == "brackets" else f"{name}[{index}]", item)
+        else:
+            yield name, _scalar(value)
+
+    pairs: list[tuple[str, str]] = []
+    for key, value in tree.items():
+        pairs.extend(walk(key, value))
+    return pairs
+
+
+def form_body(tree: dict[str, Any], style: str = "brackets") -> bytes:
+    return urlencode(form_pairs(tree, style)).encode()
+
+
+def raw_form_body(tree: dict[str, Any]) -> bytes:
+    """Brackets left unencoded, as curl and many templates send them."""
+    return "&".join(f"{name}={quote(value, safe='')}" for name, value in form_pairs(tree)).encode()
+
+
+def multipart_body(tree: dict[str, Any], boundary: str = "XyZ-boundary-42") -> tuple[str, bytes]:
+    chunks = []
+    for name, value in form_pairs(tree):
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    body = "".join(chunks) + f"--{boundary}--\r\n"
+    return f"multipart/form-data; boundary={boundary}", body.encode()
+
+
+def without(tree: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in tree.items() if k not in keys}
+
+
+TALKABLE_EVENT = {
+    "person": {"email": "alice@example.com", "first_name": "Alice"},
+    "origin": {"event_category": "generate_text", "event_number": "order-42"},
+}
+
+
+def shapes(tree: dict[str, Any]) -> dict[str, tuple[str, bytes, Any]]:
+    """(content type, body, query) for each way Talkable can deliver ``tree``."""
+    typed = json.loads(json.dumps(tree))
+    typed["openai"]["max_tokens"] = int(tree["openai"]["max_tokens"])
+    typed["openai"]["temperature"] = float(tree["openai"]["temperature"])
+    typed["usage_limit"] = {k: int(v) for k, v in tree["usage_limit"].items()}
+    mp_type, mp_body = multipart_body(tree)
+    envelope = {"key": WEBHOOK_KEY, "site": tree["site"], "type": "event_web_hook"}
+    params = without(tree, "site")
+    query_part = {"site": tree["site"], "usage_limit": tree["usage_limit"]}
+    return {
+        "json": (JSON, json.dumps(tree).encode(), None),
+        "json with typed numbers": (
+            "application/json; charset=utf-8",
+            json.dumps(typed).encode(),
+            None,
+        ),
+        "json without content type": ("", json.dumps(tree).encode(), None),
+        "form []": (FORM, form_body(tree), None),
+        "form [0]": (FORM, form_body(tree, "indexed"), None),
+        "form raw brackets": (FORM + "; charset=UTF-8", raw_form_body(tree), None),
+        "multipart": (mp_type, mp_body, None),
+        "legacy form": (
+            FORM,
+            urlencode(
+                {**envelope, "extras": json.dumps(params), "payload": json.dumps(TALKABLE_EVENT)}
+            ).encode(),
+            None,
+        ),
+        "legacy json": (
+            JSON,
+            json.dumps({**envelope, "extras": params, "payload": TALKABLE_EVENT}).encode(),
+            None,
+        ),
+        "legacy json, strings, split": (
+            JSON,
+            json.dumps(
+                {
+                    **envelope,
+                    "extras": json.dumps(without(params, "usage_limit")),
+                    "payload": json.dumps({**TALKABLE_EVENT, "usage_limit": tree["usage_limit"]}),
+                }
+            ).encode(),
+            None,
+        ),
+        # a dict of lists loses the order between names, so arrays of hashes need indices
+        "query only (lists)": ("", b"", parse_qs(form_body(tree, "indexed").decode())),
+        "query under json": (
+            JSON,
+            json.dumps(without(tree, *query_part)).encode(),
+            parse_qs(urlencode(form_pairs(query_part))),
+        ),
+        "query (flat) under form": (
+            FORM,
+            form_body(without(tree, "site", "event_number")),
+            {"site": tree["site"], "event_number": tree["event_number"]},
+        ),
+    }
+
+
+SHAPES = shapes(SEED)
+
+
+def test_the_seed_parses_into_the_documented_meaning() -> None:
+    params = parse_request(JSON, json.dumps(SEED).encode())
+
+    assert params.site == "acme-store"
+    assert params.email == "alice@example.com"
+    assert params.person == person_key("acme-store", "alice@example.com")
+    assert params.api_key.get_secret_value() == TALKABLE_KEY
+    assert params.openai.api_key.get_secret_value() == OPENAI_KEY
+    assert [m.role for m in params.openai.messages] == ["system", "user"]
+    assert params.openai.model == "gpt-4o-mini"
+    assert params.openai.max_tokens == 150
+    assert params.openai.passthrough() == {
+        "temperature": 0.7,
+        "stop": ["\n\n", "END"],
+        "user": "alice-42",
+    }
+    assert params.usage_limit is not None
+    assert params.usage_limit.model_dump() == {
+        "amount": 3,
+        "duration_in_seconds": 3600,
+        "start_time": 1700000000,
+        "current_time": 1700000100,
+        "current_usage_amount": 0,
+    }
+    assert params.trigger_criteria == "true"
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_shape_gives_the_same_params_and_fingerprint(shape: str) -> None:
+    expected = parse_request(JSON, json.dumps(SEED).encode())
+    content_type, body, query = SHAPES[shape]
+
+    params = parse_request(content_type, body, query)
+
+    assert params == expected
+    assert params.openai.passthrough() == expected.openai.passthrough()
+    assert request_fingerprint(params) == request_fingerprint(expected)
+
+
+def test_defaults_apply_when_optional_params_are_left_out() -> None:
+    minimal = without(seed(), "event_number", "usage_limit", "trigger_criteria")
+    minimal["openai"] = {"messages": [{"role": "user", "content": "hi"}], "api_key": OPENAI_KEY}
+
+    params = from_mapping(minimal)
+
+    assert params.openai.model == DEFAULT_MODEL
+    assert params.openai.max_tokens == DEFAULT_MAX_TOKENS
+    assert params.openai.passthrough() == {}
+    assert params.usage_limit is None
+    assert params.event_number is None
+    assert params.trigger_criteria is None
+
+
+# --- Rails (Rack) nesting -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pairs", "tree"),
+    [
+        ([("a", "1"), ("a", "2")], {"a": "2"}),
+        ([("a[]", "1"), ("a[]", "2")], {"a": ["1", "2"]}),
+        ([("a[b][c]", "1")], {"a": {"b": {"c": "1"}}}),
+        (
+            [("m[][role]", "system"), ("m[][content]", "x"), ("m[][role]", "user")],
+            {"m": [{"role": "system", "content": "x"}, {"role": "user"}]},
+        ),
+        (  # a repeated key starts the next element, even when the previous lacks a key
+            [("m[][role]", "user"), ("m[][role]", "user"), ("m[][content]", "c")],
+            {"m": [{"role": "user"}, {"role": "user", "content": "c"}]},
+        ),
+        (
+            [("t[][f][name]", "n1"), ("t[][f][desc]", "d1"), ("t[][f][name]", "n2")],
+            {"t": [{"f": {"name": "n1", "desc": "d1"}}, {"f": {"name": "n2"}}]},
+        ),
+        ([("a[][]", "1"), ("a[][]", "2")], {"a": [["1"], ["2"]]}),
+        (
+            [("m[1][x]", "b"), ("m[0][x]", "a"), ("m[10][x]", "c")],
+            {"m": [{"x": "a"}, {"x": "b"}, {"x": "c"}]},
+        ),
+        ([("o[logit_bias][50256]", "-100")], {"o": {"logit_bias": {"50256": "-100"}}}),
+        ([("o[metadata][7]", "x")], {"o": {"metadata": {"7": "x"}}}),
+        ([("x[", "1"), ("[]", "2"), ("", "3")], {"x[": "1"}),
+        ([("a]]", "1")], {"a": "1"}),
+    ],
+)
+def test_form_nesting_follows_rack(pairs: list[tuple[str, str]], tree: dict[str, Any]) -> None:
+    assert nest(pairs) == tree
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("a", "1"), ("a[b]", "2")],
+        [("a[b]", "2"), ("a", "1")],
+        [("a[]", "1"), ("a[b]", "2")],
+        [("a[b]", "1"), ("a[]", "2")],
+        [("a[]", "1"), ("a", "2")],
+        [("a" + "[b]" * 40, "1")],
+    ],
+)
+def test_conflicting_or_too_deep_names_are_refused(pairs: list[tuple[str, str]]) -> None:
+    with pytest.raises(DecodeError):
+        nest(pairs)
+
+
+def test_a_conflict_is_a_400_naming_the_field() -> None:
+    body = form_body(seed()) + b"&openai[messages]=oops"
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, body)
+
+    assert caught.value.status == 400
+    assert [e.field for e in caught.value.errors] == ["openai.messages"]
+
+
+# --- integers as Liquid renders them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3), (3, 3), (" 3 ", 3), ("0", 0), ("007", 7), ("9223372036854775807", 2**63 - 1)],
+)
+def test_digit_strings_are_integers(value: Any, expected: int) -> None:
+    params = from_mapping(seed(usage_limit__amount=value, usage_limit__current_usage_amount=value))
+    assert params.usage_limit is not None
+    assert params.usage_limit.amount == expected
+    assert params.usage_limit.current_usage_amount == expected
+
+
+REJECTED_INTEGERS = [
+    "3.5", 3.5, 3.0, "-1", -1, "", "  ", "three", "1e3", "0x10", "+3", "\uff13", "\u0663", True,
+    [], {}, "9" * 30, 2**64, "1_000",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", REJECTED_INTEGERS)
+@pytest.mark.parametrize(
+    "field",
+    ["usage_limit.amount", "usage_limit.current_time", "openai.max_tokens", "openai.n"],
+)
+def test_non_integers_are_refused_naming_the_field(value: Any, field: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): value}))
+
+    assert caught.value.status == 422
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+@pytest.mark.parametrize("field", ["usage_limit.amount", "openai.max_tokens"])
+def test_null_is_not_an_integer(field: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): None}))
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+def test_null_leaves_an_optional_chat_param_out() -> None:
+    params = from_mapping(seed(openai__n=None, openai__temperature=None))
+    assert "n" not in params.openai.passthrough()
+    assert "temperature" not in params.openai.passthrough()
+
+
+@pytest.mark.parametrize("field", ["openai.max_tokens", "openai.n", "openai.max_completion_tokens"])
+def test_counts_must_be_positive(field: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): "0"}))
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+# --- usage_limit: all or nothing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("absent", [..., None, {}, "", "  "])
+def test_a_usage_limit_without_content_means_no_limit(absent: Any) -> None:
+    assert from_mapping(seed(usage_limit=absent)).usage_limit is None
+
+
+@pytest.mark.parametrize("missing", list(SEED["usage_limit"]))
+def test_a_usage_limit_needs_every_field(missing: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{f"usage_limit__{missing}": ...}))
+
+    assert caught.value.status == 422
+    assert caught.value.body() == {
+        "errors": [{"field": f"usage_limit.{missing}", "message": "is required"}]
+    }
+
+
+def test_a_usage_limit_rendered_all_blank_is_refused_not_ignored() -> None:
+    blank = dict.fromkeys(SEED["usage_limit"], "")
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, form_body(seed(usage_limit=blank)))
+
+    assert caught.value.status == 422
+    assert sorted(e.field for e in caught.value.errors) == sorted(
+        f"usage_limit.{name}" for name in SEED["usage_limit"]
+    )
+
+
+@pytest.mark.parametrize("value", ["3", ["3"], 3])
+def test_a_usage_limit_that_is_not_an_object_is_refused(value: Any) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(usage_limit=value))
+    assert [e.field for e in caught.value.errors] == ["usage_limit"]
+
+
+# --- openai: messages and passthrough -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "fields"),
+    [
+        ([], ["openai.messages"]),
+        ("hi", ["openai.messages"]),
+        ([{"role": "robot", "content": "x"}], ["openai.messages.0.role"]),
+        ([{"role": "user"}], ["openai.messages.0.content"]),
+        ([{"content": "x"}], ["openai.messages.0.role"]),
+        ([{"role": "user", "content": "x"}, "x"], ["openai.messages.1"]),
+        ([{"role": "user", "content": 5}], ["openai.messages.0.content"]),
+        ([{"role": "user", "content": "x", "bogus": "y"}], ["openai.messages.0"]),
+    ],
+)
+def test_messages_must_be_role_content_pairs(messages: Any, fields: list[str]) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(openai__messages=messages))
+    assert caught.value.status == 422
+    assert [e.field for e in caught.value.errors] == fields
+
+
+def test_roles_are_read_case_insensitively() -> None:
+    params = from_mapping(seed(openai__messages=[{"role": " User ", "content": "x"}]))
+    assert params.openai.messages[0].role == "user"
+
+
+def test_unknown_openai_params_pass_through_unchanged() -> None:
+    extra = {
+        "response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "user": "alice",
+        "stop": "END",
+        "some_future_param": [1, "two", None],
+    }
+    params = from_mapping(seed(openai={**SEED["openai"], **extra}))
+
+    passed = params.openai.passthrough()
+
+    assert {k: passed[k] for k in extra} == extra
+    assert "api_key" not in passed
+    assert OPENAI_KEY not in json.dumps(passed)
+
+
+@pytest.mark.parametrize(
+    ("name", "form_value", "value"),
+    [
+        ("temperature", "0.7", 0.7),
+        ("temperature", "1", 1.0),
+        ("top_p", ".5", 0.5),
+        ("presence_penalty", "-1.5", -1.5),
+        ("frequency_penalty", "2", 2.0),
+        ("n", "2", 2),
+        ("seed", "-42", -42),
+        ("max_completion_tokens", "300", 300),
+        ("top_logprobs", "0", 0),
+        ("logprobs", "true", True),
+        ("logprobs", " FALSE ", False),
+        ("parallel_tool_calls", "false", False),
+        ("store", "true", True),
+        ("stream", "false", False),
+        ("unknown_param", "0.7", "0.7"),
+    ],
+)
+def test_form_strings_become_the_chat_completions_types(
+    name: str, form_value: str, value: Any
+) -> None:
+    tree = seed(**{f"openai__{name}": form_value})
+
+    from_form = parse_request(FORM, form_body(tree)).openai.passthrough()[name]
+    from_json = parse_request(JSON, json.dumps(seed(**{f"openai__{name}": value})).encode())
+
+    assert from_form == value
+    assert type(from_form) is type(value)
+    assert from_json.openai.passthrough()[name] == value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("temperature", "hot"),
+        ("temperature", "nan"),
+        ("temperature", "1e999"),
+        ("temperature", True),
+        ("temperature", [0.7]),
+        ("n", "1.5"),
+        ("seed", "1.0"),
+        ("logprobs", "yes"),
+        ("logprobs", 1),
+        ("stream", "true"),
+        ("stream", True),
+    ],
+)
+def test_mistyped_well_known_params_are_refused(name: str, value: Any) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{f"openai__{name}": value}))
+    assert [e.field for e in caught.value.errors] == [f"openai.{name}"]
+
+
+# --- the other fields -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"site": ...}, "site"),
+        ({"site": "  "}, "site"),
+        ({"site": "acme\nstore"}, "site"),
+        ({"email": "not-an-email"}, "email"),
+        ({"email": ""}, "email"),
+        ({"email": 42}, "email"),
+        ({"api_key": ...}, "api_key"),
+        ({"api_key": "   "}, "api_key"),
+        ({"openai__api_key": ""}, "openai.api_key"),
+        ({"openai__api_key": ...}, "openai.api_key"),
+        ({"openai": ...}, "openai"),
+        ({"openai": "gpt"}, "openai"),
+        ({"openai__model": ""}, "openai.model"),
+        ({"event_number": "x" * 201}, "event_number"),
+        ({"usage_limit__current_time": "now"}, "usage_limit.current_time"),
+        ({"trigger_criteria": 5}, "trigger_criteria"),
+    ],
+)
+def test_each_invalid_field_is_named(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**changes))
+
+    assert caught.value.status == 422
+    assert [e.field for e in caught.value.errors] == [field]
+
+
+def test_every_offending_field_is_named_at_once() -> None:
+    bad = seed(
+        email="nope", openai__messages__1__role="robot", usage_limit__amount="-1", api_key=...
+    )
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, json.dumps(bad).encode())
+
+    assert {e.field for e in caught.value.errors} == {
+        "email",
+        "api_key",
+        "openai.messages.1.role",
+        "usage_limit.amount",
+    }
+
+
+def test_whitespace_around_values_is_not_meaning() -> None:
+    spaced = seed(
+        site=" acme-store ",
+        email=" ALICE@example.com\n",
+        api_key=f" {TALKABLE_KEY}\n",
+        openai__api_key=f"{OPENAI_KEY} ",
+        openai__model=" gpt-4o-mini",
+        event_number=" order-42-complete ",
+    )
+    assert from_mapping(spaced) == from_mapping(SEED)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_event_number_is_absent(blank: str) -> None:
+    assert from_mapping(seed(event_number=blank)).event_number is None
+
+
+def test_a_blank_trigger_criteria_is_kept_and_does_not_trigger() -> None:
+    params = from_mapping(seed(trigger_criteria=""))
+    assert params.trigger_criteria == ""
+    assert not trigger_met(params.trigger_criteria)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "met"),
+    [
+        (None, True),
+        ("true", True),
+        (" TRUE\n", True),
+        ("True", True),
+        ("", False),
+        ("  ", False),
+        ("false", False),
+        ("yes", False),
+        ("1", False),
+        ("truely", False),
+    ],
+)
+def test_trigger_rule(criteria: str | None, met: bool) -> None:
+    assert trigger_met(criteria) is met
+
+
+def test_json_booleans_for_trigger_criteria_read_as_text() -> None:
+    assert trigger_met(from_mapping(seed(trigger_criteria=True)).trigger_criteria)
+    assert not trigger_met(from_mapping(seed(trigger_criteria=False)).trigger_criteria)
+
+
+def test_completion_event_number_defaults_per_request() -> None:
+    given = from_mapping(SEED)
+    omitted = from_mapping(seed(event_number=...))
+
+    assert completion_event_number(given, "abc") == "order-42-complete"
+    assert completion_event_number(omitted, "abc") == "generate_text_complete-abc"
+    assert completion_event_number(omitted, "abc") != completion_event_number(omitted, "xyz")
+
+
+# --- legacy webhooks and the query string ---------------------------------------------------
+
+
+def test_legacy_merge_order_is_payload_then_extras_then_top_level() -> None:
+    body = {
+        "key": WEBHOOK_KEY,
+        "site": "envelope-site",
+        "type": "event_web_hook",
+        "payload": json.dumps({**SEED, "event_number": "from-payload", "trigger_criteria": "p"}),
+        "extras": json.dumps({"event_number": "from-extras", "openai": {"model": "gpt-4o"}}),
+        "trigger_criteria": "TRUE",
+    }
+
+    params = parse_request(FORM, urlencode(body).encode())
+
+    assert params.event_number == "from-extras"
+    assert params.trigger_criteria == "TRUE"
+    assert params.openai.model == "gpt-4o"  # deep merge: extras' openai keeps payload's messages
+    assert params.openai.messages == from_mapping(SEED).openai.messages
+    assert params.site == "acme-store"  # the params' own site wins over the envelope's
+
+
+@pytest.mark.parametrize("site", [..., None, "", " "])
+def test_legacy_site_comes_from_the_envelope_when_params_lack_it(site: Any) -> None:
+    extras = seed(site=site)
+    body = {"key": WEBHOOK_KEY, "site": "envelope-site", "type": "t", "extras": extras}
+
+    assert parse_request(JSON, json.dumps(body).encode()).site == "envelope-site"
+
+
+@pytest.mark.parametrize("value", ["{not json", "[1, 2]", "42", '"text"', "NaN"])
+@pytest.mark.parametrize("part", ["extras", "payload"])
+def test_legacy_parts_must_be_json_objects(part: str, value: str) -> None:
+    body = {"key": WEBHOOK_KEY, "site": "acme", "type": "t", part: value}
+
+    for content_type, raw in ((FORM, urlencode(body).encode()), (JSON, json.dumps(body).encode())):
+        with pytest.raises(ParamsError) as caught:
+            parse_request(content_type, raw)
+        assert caught.value.status == 422
+        assert [e.field for e in caught.value.errors] == [part]
+
+
+def test_the_body_wins_over_the_query_string() -> None:
+    query = {"event_number": ["from-query"], "openai[model]": ["gpt-from-query"], "x": ["1"]}
+
+    params = parse_request(JSON, json.dumps(SEED).encode(), query)
+
+    assert params == from_mapping(SEED)
+
+
+def test_a_multidict_query_keeps_rails_arrays_in_order() -> None:
+    """aiohttp hands the query as a MultiDict: every pair, in order, so ``[]`` arrays work."""
+    query = MultiDict(form_pairs(SEED))
+
+    assert parse_request("", b"", query) == from_mapping(SEED)
+
+
+def test_the_query_string_fills_what_the_body_lacks() -> None:
+    body = seed(event_number=..., openai__model=...)
+    query = {"event_number": "from-query", "openai[model]": "gpt-4o"}
+
+    params = parse_request(FORM, form_body(body), query)
+
+    assert (params.event_number, params.openai.model) == ("from-query", "gpt-4o")
+
+
+# --- status codes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "field"),
+    [
+        (JSON, b"{not json", 400, "body"),
+        (JSON, b"[1, 2]", 400, "body"),
+        (JSON, b'"text"', 400, "body"),
+        (JSON, b"  \n ", 422, "site"),
+        (JSON, b'{"site": NaN}', 400, "body"),
+        (JSON, b'{"a": 1e999}', 400, "body"),
+        (JSON, b'{"a": ' + b"1" * 5000 + b"}", 400, "body"),
+        (JSON, b"[" * 100_000 + b"]" * 100_000, 400, "body"),
+        (JSON, b'{"a":' * 70 + b"1" + b"}" * 70, 400, "body"),
+        (JSON, b'{"site": "\\ud800"}', 400, "body"),
+        (JSON, b'{"site": "\xff\xfe"}', 400, "body"),
+        (FORM, b"site=%ff", 400, "body"),
+        (FORM, b"site=\xff", 400, "body"),
+        (FORM, b"a=1&" * 1001, 400, "body"),
+        (FORM, b"a" + b"[b]" * 40 + b"=1", 400, "body"),
+        ("multipart/form-data; boundary=zz", b"no parts here", 400, "body"),
+        ("multipart/form-data", b"--zz\r\n\r\n--zz--", 400, "body"),
+        ("text/plain", b"site=acme", 415, "content-type"),
+        ("application/xml", b"<a/>", 415, "content-type"),
+        (FORM + "; charset=latin-1", b"site=acme", 415, "content-type"),
+        (JSON, json.dumps(seed(email="x")).encode(), 422, "email"),
+    ],
+)
+def test_status_codes(content_type: str, body: bytes, status: int, field: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(content_type, body)
+
+    assert caught.value.status == status
+    assert caught.value.errors[0].field == field
+    assert caught.value.__context__ is None
+
+
+def test_a_body_over_the_limit_is_413_before_anything_else() -> None:
+    body = json.dumps(SEED).encode()
+
+    assert parse_request(JSON, body, max_body_bytes=len(body)) == from_mapping(SEED)
+    with pytest.raises(ParamsError) as caught:
+        parse_request("text/plain", body, max_body_bytes=len(body) - 1)
+    assert (caught.value.status, caught.value.errors[0].field) == (413, "body")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"a": 1}, {"a": [1]}, {"a": "1", "a[b]": "2"}, {"a": "\ud800"}],
+)
+def test_a_broken_query_is_400(query: Any) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, json.dumps(SEED).encode(), query)
+    assert caught.value.status == 400
+
+
+# --- the request fingerprint ----------------------------------------------------------------
+
+MUTATIONS: list[dict[str, Any]] = [
+    {"site": "other-store"},
+    {"email": "bob@example.com"},
+    {"api_key": TALKABLE_KEY + "x"},
+    {"event_number": "order-43-complete"},
+    {"event_number": ...},
+    {"openai__api_key": OPENAI_KEY + "x"},
+    {"openai__model": "gpt-4o"},
+    {"openai__max_tokens": "151"},
+    {"openai__temperature": "0.8"},
+    {"openai__stop": ["END"]},
+    {"openai__user": "bob"},
+    {"openai__seed": "1"},
+    {"openai__messages__0__content": "You write long verses."},
+    {"openai__messages__0__role": "developer"},
+    {"openai__messages": SEED["openai"]["messages"][::-1]},
+    {"usage_limit": ...},
+    {"usage_limit__amount": "4"},
+    {"usage_limit__duration_in_seconds": "60"},
+    {"usage_limit__start_time": "1700000001"},
+    {"usage_limit__current_time": "1700000101"},
+    {"usage_limit__current_usage_amount": "1"},
+    {"trigger_criteria": ""},
+    {"trigger_criteria": ...},
+]
+
+
+def test_the_fingerprint_is_32_hex_and_hides_the_keys() -> None:
+    fingerprint = request_fingerprint(from_mapping(SEED))
+    assert re.fullmatch(r"[0-9a-f]{32}", fingerprint)
+    assert TALKABLE_KEY not in fingerprint and OPENAI_KEY not in fingerprint
+
+
+def test_any_change_changes_the_fingerprint() -> None:
+    fingerprints = {request_fingerprint(from_mapping(seed(**m))) for m in MUTATIONS}
+    fingerprints.add(request_fingerprint(from_mapping(SEED)))
+    assert len(fingerprints) == len(MUTATIONS) + 1
+
+
+def test_the_fingerprint_ignores_what_is_not_a_param() -> None:
+    noisy = {**SEED, "unknown_top_level": "x", "key": WEBHOOK_KEY, "type": "event_web_hook"}
+    assert request_fingerprint(from_mapping(noisy)) == request_fingerprint(from_mapping(SEED))
+
+
+# --- properties -----------------------------------------------------------------------------
+
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
+    max_leaves=25,
+)
+CONTENT_TYPES = [
+    JSON,
+    "",
+    FORM,
+    "multipart/form-data; boundary=b",
+    "text/plain",
+    "application/vnd.api+json",
+    "garbage;;;=",
+]
+
+
+def assert_only_params_or_4xx(content_type: str, body: bytes, query: Any = None) -> None:
+    try:
+        result = parse_request(content_type, body, query, max_body_bytes=20_000)
+    except ParamsError as exc:
+        assert 400 <= exc.status < 500
+        assert exc.errors
+        assert exc.__context__ is None
+        json.dumps(exc.body())
+    else:
+        assert isinstance(result, GenerateParams)
+        assert re.fullmatch(r"[0-9a-f]{32}", request_fingerprint(result))
+
+
+@FAST
+@given(st.sampled_from(CONTENT_TYPES), st.binary(max_size=400))
+def test_arbitrary_bytes_give_params_or_a_4xx(content_type: str, body: bytes) -> None:
+    assert_only_params_or_4xx(content_type, body)
+
+
+@FAST
+@given(json_values)
+def test_arbitrary_json_gives_params_or_a_4xx(value: Any) -> None:
+    assert_only_params_or_4xx(JSON, json.dumps(value).encode())
+
+
+SEED_PATHS = [
+    "site", "email", "api_key", "event_number", "openai", "openai.messages",
+    "openai.messages.0", "openai.messages.0.role", "openai.messages.1.content", "openai.api_key",
+    "openai.max_tokens", "openai.temperature", "openai.n", "openai.logprobs", "openai.stop",
+    "usage_limit", "usage_limit.amount", "usage_limit.start_time", "trigger_criteria", "extras",
+    "payload",
+]  # fmt: skip
+
+
+def replace_at(tree: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(tree)
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value
+    return data
+
+
+@FAST
+@given(st.sampled_from(SEED_PATHS), json_values, st.sampled_from(["json", "form", "legacy"]))
+def test_seed_with_any_field_replaced_gives_params_or_a_4xx(
+    path: str, value: Any, shape: str
+) -> None:
+    tree = replace_at(SEED, path, value)
+    if shape == "json":
+        assert_only_params_or_4xx(JSON, json.dumps(tree).encode())
+    elif shape == "form" and isinstance(tree, dict):
+        assert_only_params_or_4xx(FORM, form_body(tree))
+    else:
+        body = {"key": WEBHOOK_KEY, "site": "s", "type": "t", "extras": json.dumps(tree)}
+        assert_only_params_or_4xx(FORM, urlencode(body).encode())
+
+
+form_names = st.lists(
+    st.sampled_from(["openai", "messages", "role", "usage_limit", "amount", "a", "0", "1", ""]),
+    min_size=1,
+    max_size=5,
+).map(lambda parts: parts[0] + "".join(f"[{p}]" for p in parts[1:]))
+
+
+@FAST
+@given(
+    st.lists(st.tuples(form_names, text), max_size=12),
+    st.text(alphabet="[]=&%;+ab01\x00\xff", max_size=60),
+)
+def test_arbitrary_forms_give_params_or_a_4xx(pairs: list[tuple[str, str]], junk: str) -> None:
+    assert_only_params_or_4xx(FORM, urlencode(pairs).encode())
+    assert_only_params_or_4xx(FORM, junk.encode("utf-8", "surrogatepass"))
+    assert_only_params_or_4xx(FORM, form_body(SEED) + b"&" + urlencode(pairs).encode())
+    assert_only_params_or_4xx(JSON, json.dumps(SEED).encode(), dict(pairs))
+
+
+@FAST
+@given(st.dictionaries(form_names | text, text | st.lists(text, max_size=3), max_size=6))
+def test_arbitrary_query_strings_give_params_or_a_4xx(query: dict[str, Any]) -> None:
+    assert_only_params_or_4xx("", b"", query)
+    assert_only_params_or_4xx(JSON, json.dumps(SEED).encode(), query)
+
+
+# Secrets are placed everywhere a mistake could echo them: values, wrong fields, key names.
+secrets = st.from_regex(r"(sk|tk)-[A-Za-z0-9]{20}", fullmatch=True)
+
+
+@FAST
+@given(
+    secret=secrets,
+    path=st.sampled_from(SEED_PATHS),
+    as_key=st.booleans(),
+    shape=st.sampled_from(["json", "form", "legacy", "broken json", "query"]),
+)
+def test_no_error_repeats_a_secret(secret: str, path: str, as_key: bool, shape: str) -> None:
+    tree = seed(api_key=secret, openai__api_key=secret + "-openai")
+    tree = replace_at(tree, path, {secret: secret} if as_key else secret)
+    tree["openai"] = (
+        {**tree["openai"], secret: [secret]} if isinstance(tree["openai"], dict) else secret
+    )
+    tree["email"] = secret  # always at least one error
+    request: tuple[str, bytes, dict[str, str] | None]
+    if shape == "json":
+        request = (JSON, json.dumps(tree).encode(), None)
+    elif shape == "form":
+        request = (FORM, form_body(tree) + f"&{secret}=1&{secret}[x]=2".encode(), None)
+    elif shape == "legacy":
+        request = (FORM, urlencode({"key": secret, "extras": json.dumps(tree)}).encode(), None)
+    elif shape == "broken json":
+        request = (JSON, json.dumps(tree).encode()[:-1], None)
+    else:
+        request = ("", b"", {secret: secret, f"{secret}[x]": secret, **dict(form_pairs(tree))})
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(*request)
+
+    error = caught.value
+    rendered = [str(error), repr(error), json.dumps(error.body()), repr(error.errors)]
+    assert not any(secret in r for r in rendered)
+    assert error.__context__ is None and error.__cause__ is None
+
+
+roles = st.sampled_from(["system", "user", "assistant", "developer"])
+messages = st.lists(st.fixed_dictionaries({"role": roles, "content": text}), min_size=1, max_size=4)
+small = st.integers(min_value=0, max_value=2**40)
+
+
+@st.composite
+def valid_params(draw: st.DrawFn) -> dict[str, Any]:
+    openai: dict[str, Any] = {"messages": draw(messages), "api_key": draw(secrets)}
+    for name, values in {
+        "model": st.sampled_from(["gpt-4o", "gpt-3.5-turbo"]),
+        "max_tokens": st.integers(1, 4096),
+        "temperature": st.floats(0, 2),
+        "n": st.integers(1, 4),
+        "logprobs": st.booleans(),
+        "stop": st.lists(text.filter(bool), min_size=1, max_size=3),
+        "user": text,
+    }.items():
+        if draw(st.booleans()):
+            openai[name] = draw(values)
+    tree: dict[str, Any] = {
+        "site": draw(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)),
+        "email": draw(st.from_regex(r"[a-z0-9.]{1,10}@[a-z]{1,10}\.com", fullmatch=True)),
+        "api_key": draw(secrets),
+        "openai": openai,
+    }
+    if draw(st.booleans()):
+        tree["usage_limit"] = draw(st.fixed_dictionaries(dict.fromkeys(SEED["usage_limit"], small)))
+    if draw(st.booleans()):
+        tree["event_number"] = draw(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True))
+    if draw(st.booleans()):
+        tree["trigger_criteria"] = draw(st.sampled_from(["true", "", "false", " TRUE "]))
+    return tree
+
+
+def stringified(tree: Any) -> Any:
+    """What Liquid renders: every scalar a string."""
+    if isinstance(tree, dict):
+        return {k: stringified(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [stringified(v) for v in tree]
+    return _scalar(tree)
+
+
+@FAST
+@given(valid_params())
+def test_valid_params_are_equal_in_every_shape(tree: dict[str, Any]) -> None:
+    expected = parse_request(JSON, json.dumps(tree).encode())
+    envelope = {"key": WEBHOOK_KEY, "site": tree["site"], "type": "event_web_hook"}
+    requests = [
+        (JSON, json.dumps(stringified(tree)).encode(), None),
+        (FORM, form_body(tree), None),
+        (FORM, form_body(tree, "indexed"), None),
+        (*multipart_body(tree), None),
+        (FORM, urlencode({**envelope, "extras": json.dumps(without(tree, "site"))}).encode(), None),
+        (JSON, json.dumps({**envelope, "payload": json.dumps(tree)}).encode(), None),
+        ("", b"", parse_qs(form_body(tree, "indexed").decode(), keep_blank_values=True)),
+    ]
+    for request in requests:
+        params = parse_request(*request)
+        assert params == expected
+        assert request_fingerprint(params) == request_fingerprint(expected)
+
+
+def leaves(tree: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, (*path, key))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from leaves(value, (*path, index))
+    else:
+        yield path, tree
+
+
+def changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    return value + "x"
+
+
+@FAST
+@given(valid_params(), st.data())
+def test_a_changed_param_changes_the_fingerprint(tree: dict[str, Any], data: st.DataObject) -> None:
+    path, value = data.draw(st.sampled_from(list(leaves(tree))))
+    mutated = copy.deepcopy(tree)
+    node: Any = mutated
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = changed(value)
+    try:
+        after = from_mapping(mutated)
+    except ParamsError:
+        return  # the change made it invalid (a role, say)
+
+    assert request_fingerprint(after) != request_fingerprint(from_mapping(tree))
