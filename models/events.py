@@ -15,7 +15,7 @@ window, epoch seconds, as Talkable renders them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,7 +25,7 @@ from models.params import UsageLimit
 SCHEMA_VERSION = 1
 # The completion's event category; never the trigger's (``generate_text``), or Talkable's own
 # event webhook would call us again for our own write-back.
-COMPLETION_EVENT_CATEGORY = "generate_text_complete"
+COMPLETION_EVENT_CATEGORY: Final = "generate_text_complete"
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 

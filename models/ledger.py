@@ -62,13 +62,28 @@ class InFlight(BaseModel):
     text: str | None = None
 
 
+# How many other deliveries of one request are remembered, so their redelivery stays silent.
+MAX_ANSWERED_DELIVERIES = 64
+
+
 class Seen(BaseModel):
-    """A request's fingerprint: when it was first accepted, and by which delivery."""
+    """A request's fingerprint: when it was first accepted, and by which delivery.
+
+    ``answered`` lists the request's other deliveries already decided (duplicates rejected,
+    earlier admissions), so a redelivery of any of them after a crash emits nothing again.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     at_ms: int
     delivery_id: str
+    answered: tuple[str, ...] = ()
+
+    def answers(self, delivery_id: str) -> bool:
+        return delivery_id == self.delivery_id or delivery_id in self.answered
+
+    def remember(self, delivery_id: str) -> tuple[str, ...]:
+        return (*self.answered, delivery_id)[-MAX_ANSWERED_DELIVERIES:]
 
 
 class PersonState(BaseModel):
@@ -167,19 +182,28 @@ def handle(
 
 
 def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Outcome:
-    seen = _pruned(state.seen, r.at_ms, policy)
+    in_flight = {flight.request.request_id for flight in state.inflight.values()}
+    seen = _pruned(state.seen, r.at_ms, policy, keep=in_flight)
     request_id = r.request_id
     first = seen.get(request_id)
-    if first is not None and first.delivery_id == r.delivery_id:
-        return Outcome(state=state)  # this very message again (redelivered after a crash)
-    duplicate = request_id in state.inflight or (
+    if first is not None and first.answers(r.delivery_id):
+        return Outcome(state=state)  # a delivery already decided (redelivered after a crash)
+    duplicate = request_id in in_flight or (
         first is not None and r.at_ms - first.at_ms < policy.dedupe_window_ms
     )
-    if first is not None:
+    if first is not None or duplicate:
         # same webhook again: its own lifecycle entity, so the original's stays whole
         request_id = f"{r.request_id}~{r.delivery_id}"
-    if not duplicate:
-        seen[r.request_id] = Seen(at_ms=r.at_ms, delivery_id=r.delivery_id)
+    if duplicate:
+        if first is not None:  # None only for state pruned before in-flight pins existed
+            answered = first.remember(r.delivery_id)
+            seen[r.request_id] = first.model_copy(update={"answered": answered})
+    else:
+        seen[r.request_id] = Seen(
+            at_ms=r.at_ms,
+            delivery_id=r.delivery_id,
+            answered=first.remember(first.delivery_id) if first is not None else (),
+        )
     at_ms = _event_time_ms(r)
     received = _lifecycle(
         "RequestReceived",
@@ -226,7 +250,7 @@ def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: in
             ],
         )
 
-    window, window_start = state.window, None
+    window, taken = state.window, None  # taken: the window this request's slot is counted in
     if r.spec.usage_limit is not None:
         limit = r.spec.usage_limit
         verdict, window = reserve(state.window, limit, limit.current_time)
@@ -248,14 +272,14 @@ def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: in
                     ),
                 ],
             )
-        window_start = window.start
+        taken = window
 
     flight = InFlight(
         request_id=request_id,
         request=r,
         state=State.GENERATING,
         attempt=1,
-        window_start=window_start,
+        window_start=taken.start if taken else None,
         deadline_ms=now_ms + policy.generation_deadline_ms,
     )
     admitted = _lifecycle(
@@ -266,8 +290,8 @@ def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: in
         State.RECEIVED,
         at_ms,
         "admitted",
-        window_start=window.start if window else None,
-        window_count=window.count if window else None,
+        window_start=taken.start if taken else None,
+        window_count=taken.count if taken else None,
     )
     started = _lifecycle(
         "GenerationStarted",
@@ -294,11 +318,19 @@ def _event_time_ms(r: RequestReceived) -> int:
     return r.at_ms
 
 
-def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy) -> dict[str, Seen]:
-    kept = {rid: s for rid, s in seen.items() if at_ms - s.at_ms < policy.fingerprint_retention_ms}
-    if len(kept) >= policy.max_fingerprints:
-        by_age = sorted(kept.items(), key=lambda item: item[1].at_ms)
-        kept = dict(by_age[-(policy.max_fingerprints - 1) :])
+def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -> dict[str, Seen]:
+    """Forget fingerprints past retention, then the oldest past the bound (leaving room for one
+    more); never those in ``keep`` (requests in flight: their duplicates must still be caught)."""
+    kept = {
+        rid: s
+        for rid, s in seen.items()
+        if rid in keep or at_ms - s.at_ms < policy.fingerprint_retention_ms
+    }
+    excess = len(kept) - max(policy.max_fingerprints - 1, 0)
+    if excess > 0:
+        evictable = [item for item in kept.items() if item[0] not in keep]
+        for rid, _ in sorted(evictable, key=lambda item: item[1].at_ms)[:excess]:
+            del kept[rid]
     return kept
 
 
@@ -360,6 +392,7 @@ def _generation_failed(
     window = state.window
     if flight.window_start is not None:
         window = release(window, flight.window_start)
+    shown = window if flight.window_start is not None else None  # a request without a limit
     inflight = {k: v for k, v in state.inflight.items() if k != request_id}
     event = _lifecycle(
         "GenerationFailed",
@@ -373,8 +406,8 @@ def _generation_failed(
         error_class=failure.error_class if failure else "DeadlineExpired",
         error_message=failure.error_message if failure else None,
         latency_ms=failure.latency_ms if failure else None,
-        window_start=window.start if window else None,
-        window_count=window.count if window else None,
+        window_start=shown.start if shown else None,
+        window_count=shown.count if shown else None,
     )
     return Outcome(
         state=state.model_copy(update={"window": window, "inflight": inflight}), events=[event]

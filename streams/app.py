@@ -120,6 +120,8 @@ def build(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=max(settings.session_timeout_seconds / 10, 0.5),
         autodiscover=False,
     )
     t = settings.topic

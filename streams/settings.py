@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     openai_max_attempts: int = Field(5, ge=1)
     openai_total_deadline_seconds: float = Field(90.0, gt=0)
     talkable_timeout_seconds: float = Field(15.0, gt=0)
-    talkable_max_attempts: int = Field(6, ge=1)
+    talkable_max_attempts: int = Field(12, ge=1)
     talkable_total_deadline_seconds: float = Field(45.0, gt=0)
     retry_base_seconds: float = Field(0.25, gt=0)
     retry_max_seconds: float = Field(10.0, gt=0)
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # worker
     worker_name: str = Field(
         "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
+    )
+    session_timeout_seconds: float = Field(
+        30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
     )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
     log_level: str = "info"

@@ -61,8 +61,9 @@ def seed_params(
     return body
 
 
-def usage(amount: int, *, now: int, start: int | None = None, used: int = 0,
-          duration: int = 3600) -> dict[str, str]:
+def usage(
+    amount: int, *, now: int, start: int | None = None, used: int = 0, duration: int = 3600
+) -> dict[str, str]:
     """``usage_limit`` as Liquid renders it (every value a string)."""
     return {
         "amount": str(amount),

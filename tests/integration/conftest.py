@@ -34,18 +34,29 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    broker = EmbeddedKafka(tmp_path_factory.mktemp("broker"), port=free_port(),
-                           controller_port=free_port())
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("broker"), port=free_port(), controller_port=free_port()
+    )
     broker.start(timeout=120)
     yield broker
     broker.stop()
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
@@ -66,7 +77,10 @@ class System:
         self.root = root
         self.app_id = f"t{uuid.uuid4().hex[:10]}"
         self.openai_port, self.talkable_port, self.ingress_port = (
-            free_port(), free_port(), free_port())
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         self.database = root / "projection.sqlite3"
         self.env = {
             **os.environ,
@@ -91,8 +105,12 @@ class System:
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         log = (self.root / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streams", *args], env=env or self.env, stdout=log,
-            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+            [sys.executable, "-m", "streams", *args],
+            env=env or self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
 
     def start(self) -> System:
         self.spawn("openai", "standin", "openai", "--port", str(self.openai_port))
@@ -100,8 +118,11 @@ class System:
         self.start_worker()
         self.spawn("ingress", "ingress")
         for port in (self.openai_port, self.talkable_port):
-            wait_until(lambda p=port: self._up(f"http://127.0.0.1:{p}/_stats"), 30,
-                       what=f"stand-in on {port}")
+            wait_until(
+                lambda p=port: self._up(f"http://127.0.0.1:{p}/_stats"),
+                30,
+                what=f"stand-in on {port}",
+            )
         wait_until(lambda: self._up(f"{self.ingress}/healthz"), 60, what="ingress")
         return self
 
@@ -184,3 +205,85 @@ def system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def now_s() -> int:
     return int(time.time())
+
+
+@pytest.fixture
+def make_system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Start a deployment with settings overrides (``generation_deadline_seconds="3"``…)."""
+    started: list[System] = []
+
+    def make(**overrides: str) -> System:
+        deployment = System(kafka, tmp_path_factory.mktemp("system"), **overrides)
+        started.append(deployment)
+        return deployment.start()
+
+    yield make
+    for deployment in started:
+        deployment.stop()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of ``topic`` up to its current end: (partition, offset, key, value)."""
+    import asyncio
+    import contextlib
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> list[tuple[int, int, bytes | None, bytes]]:
+        parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            records = []
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+            while await behind():
+                batch = await consumer.getmany(timeout_ms=1000)
+                for tp, msgs in batch.items():
+                    records += [
+                        (tp.partition, m.offset, m.key, m.value)
+                        for m in msgs
+                        if m.offset < ends[tp]
+                    ]
+            return records
+        finally:
+            # aiokafka 0.14's group-less consumer re-raises its own cancelled task on stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.stop()
+
+    return asyncio.run(read())
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partitions, from the broker (fails if the topic does not exist)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == 0, f"topic {topic} missing: {described}"
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+def produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value=value, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())

@@ -3,40 +3,30 @@ Talkable stand-in → lifecycle → SQL, on the real broker."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.integration.conftest import System, now_s
+from tests.integration.conftest import System, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def requests_topic_size(system: System) -> int:
-    async def size() -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=system.kafka.bootstrap)
-        await consumer.start()
-        try:
-            topic = f"{system.app_id}-requests"
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-            return sum((await consumer.end_offsets(parts)).values())
-        finally:
-            # aiokafka 0.14's group-less consumer re-raises its own cancelled task on stop
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer.stop()
-
-    return asyncio.run(size())
+    return len(read_topic(system.kafka.bootstrap, f"{system.app_id}-requests"))
 
 
 def test_seed_request_is_generated_published_and_projected(system: System) -> None:
     now = now_s()
-    status, body = system.post(seed_params(
-        "Ada@Example.com ", usage_limit=usage(3, now=now, start=now - 10, used=1),
-        talkable_key="talkable-key-seed-7781", event_number="order-42-complete"))
+    status, body = system.post(
+        seed_params(
+            "Ada@Example.com ",
+            usage_limit=usage(3, now=now, start=now - 10, used=1),
+            talkable_key="talkable-key-seed-7781",
+            event_number="order-42-complete",
+        )
+    )
     assert status == 202, body
     request_id = body["request_id"]
 
@@ -58,18 +48,19 @@ def test_seed_request_is_generated_published_and_projected(system: System) -> No
     # the snapshot seeded the window: one slot used before, ours makes two; all strings
     assert props["__start_time"] == str(now - 10)
     assert props["__current_usage_amount"] == "2"
-    calls = [c for c in system.talkable("GET", "/_calls") if c.get("event_number") ==
-             "order-42-complete"]
+    calls = [
+        c for c in system.talkable("GET", "/_calls") if c.get("event_number") == "order-42-complete"
+    ]
     assert calls and all(c["key_tail"] == "7781" for c in calls)  # Bearer = request's key
 
     states = [t.state for t in system.projection.transitions(request_id)]
-    assert states == ["received", "admitted", "generating", "generated", "publishing",
-                      "published"]
+    assert states == ["received", "admitted", "generating", "generated", "publishing", "published"]
 
 
 def test_trigger_not_met_is_skipped_without_calling_openai(system: System) -> None:
-    status, body = system.post(seed_params(
-        "skip@example.com", trigger=" ", openai_key="sk-never-called-9931"))
+    status, body = system.post(
+        seed_params("skip@example.com", trigger=" ", openai_key="sk-never-called-9931")
+    )
     assert status == 202
     row = system.wait_terminal([body["request_id"]])[body["request_id"]]
     assert row.state == "skipped"
@@ -81,13 +72,17 @@ def test_default_event_number_is_unique_per_request(system: System) -> None:
     assert status == 202
     request_id = body["request_id"]
     assert system.wait_terminal([request_id])[request_id].state == "published"
-    numbers = [e["event_number"] for e in system.talkable("GET", "/_events")
-               if e["email"] == "nonumber@example.com"]
+    numbers = [
+        e["event_number"]
+        for e in system.talkable("GET", "/_events")
+        if e["email"] == "nonumber@example.com"
+    ]
     assert numbers == [f"generate_text_complete-{request_id}"]
 
 
 def test_invalid_request_is_refused_and_nothing_is_produced(system: System) -> None:
     before = requests_topic_size(system)
+    assert before > 0  # the earlier tests' requests are there: the count is real
     body = seed_params("bad@example.com", usage_limit={"amount": "3"})
     del body["openai"]["messages"]
     status, answer = system.post(body)
@@ -99,8 +94,10 @@ def test_invalid_request_is_refused_and_nothing_is_produced(system: System) -> N
 
 def test_a_burst_for_one_person_admits_exactly_the_limit(system: System) -> None:
     now = now_s()
-    bodies = [seed_params("burst@example.com", content=f"verse {i}",
-                          usage_limit=usage(3, now=now)) for i in range(50)]
+    bodies = [
+        seed_params("burst@example.com", content=f"verse {i}", usage_limit=usage(3, now=now))
+        for i in range(50)
+    ]
     with ThreadPoolExecutor(max_workers=25) as pool:
         answers = list(pool.map(system.post, bodies))
     assert all(status == 202 for status, _ in answers)
@@ -123,8 +120,11 @@ def test_talkable_retry_of_the_same_webhook_is_processed_once(system: System) ->
     assert system.wait_terminal([request_id])[request_id].state == "published"
 
     def duplicate_rows() -> list:
-        return [r for r in system.projection.requests() if r.duplicate_of == request_id
-                and r.state == "rejected_duplicate"]
+        return [
+            r
+            for r in system.projection.requests()
+            if r.duplicate_of == request_id and r.state == "rejected_duplicate"
+        ]
 
     assert len(wait_until(duplicate_rows, 60, what="the duplicate's lifecycle")) == 1
     events = [e for e in system.talkable("GET", "/_events") if e["email"] == "retry@example.com"]

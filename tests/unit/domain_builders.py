@@ -169,9 +169,6 @@ class Ledger:
     def states(self, request_id: str) -> list[State]:
         return [e.state for e in self.events if e.request_id == request_id]
 
-    def inflight(self) -> PersonState:
-        return self.state or PersonState()
-
 
 def types_of(outcome: Outcome) -> list[str]:
     return [event.type for event in outcome.events]

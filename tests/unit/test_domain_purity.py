@@ -65,6 +65,7 @@ def impurities(source: str, filename: str = "<models>") -> list[str]:
     """Every import or use that would make a domain module impure, as ``line: reason``."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source, filename)):
+        line = getattr(node, "lineno", 0)
         modules: list[str] = []
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
@@ -74,21 +75,21 @@ def impurities(source: str, filename: str = "<models>") -> list[str]:
         for module in modules:
             top = module.split(".")[0]
             if top in FORBIDDEN_MODULES:
-                found.append(f"{node.lineno}: imports {module}")
+                found.append(f"{line}: imports {module}")
             elif not (
                 top in sys.stdlib_module_names
                 or top in THIRD_PARTY_ALLOWED
                 or top in ("models", "__future__")
             ):
-                found.append(f"{node.lineno}: imports third-party {module}")
+                found.append(f"{line}: imports third-party {module}")
         if isinstance(node, ast.Attribute):
             dotted = _dotted(node)
             if dotted and any(
                 dotted == bad or dotted.endswith("." + bad) for bad in FORBIDDEN_CALLS
             ):
-                found.append(f"{node.lineno}: uses {dotted}")
+                found.append(f"{line}: uses {dotted}")
         if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
-            found.append(f"{node.lineno}: uses {node.id}")
+            found.append(f"{line}: uses {node.id}")
     return found
 
 

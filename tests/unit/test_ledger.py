@@ -4,8 +4,11 @@ results with attempts and deadlines, and what it sends to the executors (DESIGN.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import hypothesis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +37,7 @@ from tests.unit.domain_builders import (
     SITE,
     T0,
     Ledger,
+    Stage,
     expired,
     generated,
     generation_failed,
@@ -48,8 +52,8 @@ FAST = settings(max_examples=200, deadline=None)
 HAPPY = ["RequestReceived", "RequestAdmitted", "GenerationStarted"]
 
 
-def admit(ledger: Ledger, request_id: str = "req-1", **kwargs: object) -> Outcome:
-    outcome = ledger.send(received(request_id, **kwargs))  # type: ignore[arg-type]
+def admit(ledger: Ledger, request_id: str = "req-1", **kwargs: Any) -> Outcome:
+    outcome = ledger.send(received(request_id, **kwargs))
     assert types_of(outcome) == HAPPY, types_of(outcome)
     return outcome
 
@@ -323,7 +327,10 @@ def test_a_duplicate_is_rejected_whatever_became_of_the_original(finish: str) ->
     usage = limit(amount=0) if finish == "limited" else None
     first = ledger.send(
         received(
-            "req-1", delivery_id="d1", usage_limit=usage, trigger="no" if finish == "skipped" else None
+            "req-1",
+            delivery_id="d1",
+            usage_limit=usage,
+            trigger="no" if finish == "skipped" else None,
         )
     )
     if finish == "published":
@@ -372,6 +379,30 @@ def test_the_same_request_after_the_dedupe_window_is_a_new_request() -> None:
     assert outcome.commands[0].request_id == entity
     # and its own redelivery is recognised
     assert ledger.send(received("req-1", delivery_id="d3", at_ms=T0 * 1000 + 1000)).events == []
+
+
+def test_every_earlier_delivery_of_a_readmitted_request_stays_silent() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
+    d1 = received("req-1", delivery_id="d1")
+    d2 = received("req-1", delivery_id="d2", at_ms=T0 * 1000 + 10)
+    d3 = received("req-1", delivery_id="d3", at_ms=T0 * 1000 + 5000)
+    for message in (d1, d2):
+        ledger.send(message)
+    ledger.send(generation_failed("req-1"))
+    assert types_of(ledger.send(d3)) == HAPPY
+    for message in (d1, d2, d3):
+        assert ledger.send(message).events == []
+
+
+def test_the_memory_of_answered_deliveries_is_bounded() -> None:
+    ledger = Ledger()
+    admit(ledger, "req-1", delivery_id="d0")
+    for n in range(1, 100):
+        ledger.send(received("req-1", delivery_id=f"d{n}", at_ms=T0 * 1000 + n))
+    assert ledger.state is not None
+    assert len(ledger.state.seen["req-1"].answered) <= 64
+    assert ledger.send(received("req-1", delivery_id="d99", at_ms=T0 * 1000 + 99)).events == []
+    assert ledger.send(received("req-1", delivery_id="d0")).events == []
 
 
 def test_a_request_still_in_flight_is_a_duplicate_even_after_the_dedupe_window() -> None:
@@ -476,9 +507,9 @@ def _finished() -> Ledger:
     ids=lambda v: getattr(v, "__name__", None) or f"{v.kind}#{getattr(v, 'attempt', '')}",
 )
 def test_late_and_duplicate_results_change_nothing(
-    setup: object, message: RequestsValue
+    setup: Callable[[], Ledger], message: RequestsValue
 ) -> None:
-    ledger = setup()  # type: ignore[operator]
+    ledger = setup()
     before = ledger.state
     assert ledger.send(message) == Outcome(state=before)
 
@@ -492,7 +523,9 @@ def test_a_success_from_an_earlier_attempt_is_taken() -> None:
     ledger = _generating()
     outcome = ledger.send(generated("req-1", 1, text="slow but real"))
     assert types_of(outcome) == ["TextGenerated", "PublicationStarted"]
-    assert outcome.commands[0].custom_properties["generated_text"] == "slow but real"  # type: ignore[union-attr]
+    [command] = outcome.commands
+    assert isinstance(command, PublishCompletion)
+    assert command.custom_properties["generated_text"] == "slow but real"
     # the later attempt's success arrives too: nothing more happens
     assert ledger.send(generated("req-1", 2)).events == []
 
@@ -601,7 +634,8 @@ def test_the_completion_writes_back_the_ledger_window_at_publish_time() -> None:
     ledger = Ledger()
     admit(ledger, "req-1", usage_limit=limit(amount=3))
     admit(ledger, "req-2", usage_limit=limit(amount=3, now=T0 + 1))
-    assert _publish_command(ledger)["__current_usage_amount" if False else "custom_properties"]  # type: ignore[index]
+    properties = _publish_command(ledger).custom_properties
+    assert (properties["__start_time"], properties["__current_usage_amount"]) == (str(T0), "2")
 
 
 def test_without_a_limit_the_completion_carries_only_the_text() -> None:
@@ -662,7 +696,7 @@ class Model:
     window: tuple[int, int] | None = None
     seen: dict[str, int] = field(default_factory=dict)  # request_id -> first at_ms
     answered: set[tuple[str, str]] = field(default_factory=set)  # (request_id, delivery_id)
-    inflight: dict[str, tuple[str, int]] = field(default_factory=dict)  # entity -> stage, try
+    inflight: dict[str, tuple[Stage, int]] = field(default_factory=dict)  # entity -> stage, try
     webhook: dict[str, str] = field(default_factory=dict)  # entity -> request_id
     slot: dict[str, int | None] = field(default_factory=dict)  # entity -> window start
 
@@ -769,7 +803,7 @@ class Run:
     def _check(self, outcome: Outcome) -> None:
         state = outcome.state
         window = state.window
-        assert (window.start, window.count) if window else self.model.window == None
+        assert ((window.start, window.count) if window else None) == self.model.window
         assert {e: (f.state.value, f.attempt) for e, f in state.inflight.items()} == (
             self.model.inflight
         )
@@ -844,8 +878,8 @@ class Run:
             return published(entity, attempt, duplicate=retriable, at_ms=at_ms)
         if kind == "publication_failed":
             return publication_failed(entity, attempt, retriable=retriable, at_ms=at_ms)
-        stages = [stage, "publishing" if stage == "generating" else "generating"]
-        return expired(entity, attempt, data.draw(st.sampled_from(stages)), at_ms=at_ms)  # type: ignore[arg-type]
+        other: Stage = "publishing" if stage == "generating" else "generating"
+        return expired(entity, attempt, data.draw(st.sampled_from([stage, other])), at_ms=at_ms)
 
     def drain(self, data: st.DataObject) -> None:
         """Drive every in-flight request to its end, by results or by deadlines alone."""
@@ -856,7 +890,7 @@ class Run:
                 stage, attempt = self.model.inflight[entity]
                 how = data.draw(st.sampled_from(["deadline", "success", "failure"]), label="end")
                 if how == "deadline":
-                    message: RequestsValue = expired(entity, attempt, stage)  # type: ignore[arg-type]
+                    message: RequestsValue = expired(entity, attempt, stage)
                 elif stage == "generating":
                     message = (
                         generated(entity, attempt)
@@ -902,6 +936,8 @@ def _interleave(data: st.DataObject, config: tuple[int, int, Policy]) -> Run:
         else:
             run.send(data.draw(st.sampled_from([m for m, _ in run.sent]), label="redelivered"))
     run.drain(data)
+    for kind in sorted(set(run.ledger.types())):
+        hypothesis.event(kind)  # see the mix with --hypothesis-show-statistics
     return run
 
 

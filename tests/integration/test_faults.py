@@ -1,0 +1,116 @@
+"""Every accepted request still ends in exactly one terminal state when OpenAI throttles or
+refuses, Talkable goes down, executors lose work, or poison arrives in a topic."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.integration.conftest import System, now_s, produce, read_topic
+from tests.support import seed_params, usage, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def post_all(system: System, bodies: list[dict]) -> list[str]:
+    ids = []
+    for body in bodies:
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids.append(answer["request_id"])
+    return ids
+
+
+def talkable_events(system: System, email_part: str) -> list[dict]:
+    return [e for e in system.talkable("GET", "/_events") if email_part in e["email"]]
+
+
+def test_openai_throttling_half_the_calls_still_publishes_everything(make_system) -> None:
+    system = make_system()
+    system.openai("POST", "/_control", {"rate_limit_fraction": 0.5, "retry_after": "0.2"})
+    ids = post_all(system, [seed_params(f"throttled{i}@example.com") for i in range(20)])
+    rows = system.wait_terminal(ids, timeout=120)
+    assert {row.state for row in rows.values()} == {"published"}
+    stats = system.openai("GET", "/_stats")
+    assert stats["by_status"].get("429", 0) >= 10  # the throttling really happened
+    assert len(talkable_events(system, "throttled")) == 20
+
+
+def test_openai_401_fails_generation_and_gives_the_slot_back(make_system) -> None:
+    system = make_system()
+    system.openai("POST", "/_control", {"unauthorized_keys": ["sk-revoked-key-0001"]})
+    now = now_s()
+    limit = usage(1, now=now)
+    status, bad = system.post(
+        seed_params("refused@example.com", usage_limit=limit, openai_key="sk-revoked-key-0001")
+    )
+    assert status == 202
+    row = system.wait_terminal([bad["request_id"]])[bad["request_id"]]
+    assert row.state == "generation_failed"
+    assert row.error_class == "GenerationError"
+    assert "401" in (row.error_message or "")
+    assert "sk-revoked-key-0001" not in (row.error_message or "")
+    assert row.attempts == 1  # 401 is never retried
+
+    # same window, same stale snapshot: the released slot admits the next request
+    status, good = system.post(
+        seed_params("refused@example.com", usage_limit=limit, content="second try")
+    )
+    assert status == 202
+    row = system.wait_terminal([good["request_id"]])[good["request_id"]]
+    assert row.state == "published"
+    [event] = talkable_events(system, "refused@")
+    assert event["custom_properties"]["__current_usage_amount"] == "1"
+
+
+def test_talkable_down_for_30s_publishes_everything_once_it_recovers(make_system) -> None:
+    system = make_system()
+    system.talkable("POST", "/_control", {"down_until": time.time() + 30})
+    ids = post_all(system, [seed_params(f"outage{i}@example.com") for i in range(20)])
+    rows = system.wait_terminal(ids, timeout=180)
+    assert {row.state for row in rows.values()} == {"published"}
+    events = talkable_events(system, "outage")
+    assert len(events) == 20
+    assert len({e["event_number"] for e in events}) == 20  # none twice
+    refused = [c for c in system.talkable("GET", "/_calls") if c["status"] == 503]
+    assert refused  # the outage really happened
+
+
+def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> None:
+    # every 2nd OpenAI call hangs: the generator never reports, as if the work were lost
+    system = make_system(generation_deadline_seconds="3", openai_timeout_seconds="120")
+    system.openai("POST", "/_control", {"hang_every": 2})
+    ids = post_all(system, [seed_params(f"hang{i}@example.com") for i in range(2)])
+    rows = system.wait_terminal(ids, timeout=90)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert sorted(row.attempts for row in rows.values()) == [1, 2]
+    retried = next(rid for rid, row in rows.items() if row.attempts == 2)
+    causes = [t.cause for t in system.projection.transitions(retried)]
+    assert any("overdue; re-issued" in cause for cause in causes)
+    assert len(talkable_events(system, "hang")) == 2
+
+
+def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:
+    system = make_system()
+    topic = f"{system.app_id}-requests"
+    person = b"test-site:poison@example.com"
+    produce(system.kafka.bootstrap, topic, person, b'{"kind": "request_received", "oops": 1}')
+    produce(system.kafka.bootstrap, topic, person, b"\xff\xfe not json")
+
+    def letters() -> list[dict]:
+        found = [
+            json.loads(v)
+            for _, _, _, v in read_topic(system.kafka.bootstrap, f"{system.app_id}-deadletter")
+        ]
+        return found if len(found) >= 2 else []
+
+    found = wait_until(letters, 60, what="two dead letters")
+    assert all(letter["topic"] == topic and letter["offset"] >= 0 for letter in found)
+    assert all("does not decode" in letter["reason"] for letter in found)
+    # the same person's partition still flows
+    status, answer = system.post(seed_params("poison@example.com"))
+    assert status == 202
+    row = system.wait_terminal([answer["request_id"]])[answer["request_id"]]
+    assert row.state == "published"
