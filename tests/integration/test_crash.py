@@ -1,0 +1,88 @@
+"""Workers die mid-burst (SIGKILL, no goodbye); every request still ends terminal, once,
+and every limit holds."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.integration.conftest import System, now_s
+from tests.support import seed_params, usage, wait_until
+
+pytestmark = pytest.mark.integration
+
+PEOPLE = 100
+PER_PERSON = 5
+LIMIT = 3
+FAST_FAILOVER = {
+    "session_timeout_seconds": "6",
+    "generation_deadline_seconds": "8",
+    "publish_deadline_seconds": "8",
+}
+
+
+def burst(now: int) -> list[dict]:
+    """PER_PERSON requests for each of PEOPLE people, all with the same stale snapshot."""
+    return [
+        seed_params(f"crash{p}@example.com", content=f"note {i}",
+                    usage_limit=usage(LIMIT, now=now))
+        for i in range(PER_PERSON) for p in range(PEOPLE)
+    ]
+
+
+def post_in_background(system: System, bodies: list[dict]) -> tuple[threading.Thread, list]:
+    answers: list = []
+
+    def run() -> None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers.extend(pool.map(system.post, bodies))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, answers
+
+
+def terminal_count(system: System) -> int:
+    return sum(1 for row in system.projection.requests() if row.terminal)
+
+
+def check_outcome(system: System, answers: list) -> None:
+    assert all(status == 202 for status, _ in answers)
+    ids = [body["request_id"] for _, body in answers]
+    assert len(set(ids)) == len(ids) == PEOPLE * PER_PERSON
+    rows = system.wait_terminal(ids, timeout=240)
+
+    published = Counter(row.person for row in rows.values() if row.state == "published")
+    limited = Counter(row.person for row in rows.values() if row.state == "limited")
+    assert set(published.values()) == {LIMIT}, "every person gets exactly the limit"
+    assert set(limited.values()) == {PER_PERSON - LIMIT}
+    events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("crash")]
+    numbers = Counter(e["event_number"] for e in events)
+    assert numbers and max(numbers.values()) == 1, "no Talkable event published twice"
+    assert len(events) == PEOPLE * LIMIT
+
+
+def test_worker_killed_mid_burst_recovers_everything(make_system) -> None:
+    system = make_system(**FAST_FAILOVER)
+    system.openai("POST", "/_control", {"latency_seconds": 0.05})
+    thread, answers = post_in_background(system, burst(now_s()))
+    wait_until(lambda: terminal_count(system) >= 60, 120, what="the burst to be under way")
+    system.kill("worker")  # SIGKILL: in-flight generations and uncommitted offsets are lost
+    system.start_worker()
+    thread.join(timeout=240)
+    check_outcome(system, answers)
+
+
+def test_two_workers_one_killed_the_survivor_takes_over(make_system) -> None:
+    system = make_system(**FAST_FAILOVER)
+    system.start_worker("worker-b")
+    system.openai("POST", "/_control", {"latency_seconds": 0.05})
+    thread, answers = post_in_background(system, burst(now_s()))
+    wait_until(lambda: terminal_count(system) >= 60, 120, what="the burst to be under way")
+    system.kill("worker")
+    thread.join(timeout=240)
+    check_outcome(system, answers)
+    assert system.procs["worker-b"].poll() is None
