@@ -111,6 +111,8 @@ class PublicationSucceeded(_Wire):
     kind: Literal["publication_succeeded"] = "publication_succeeded"
     request_id: str
     person: str
+    site: str = ""
+    redrive: bool = Field(False, description="the result of an operator's redrive")
     attempt: int = Field(ge=1)
     at_ms: int = Field(ge=0)
     duplicate: bool = False
@@ -176,6 +178,7 @@ class PublishCompletion(_Wire):
     event_number: str
     custom_properties: dict[str, str]
     talkable_api_key: Sealed
+    redrive: bool = Field(False, description="re-issued by `talkstream redrive`")
 
 
 # --- [lifecycle] ----------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class PersonState(BaseModel):
     window: Window | None = None
     inflight: dict[str, InFlight] = Field(default_factory=dict)
     seen: dict[str, Seen] = Field(default_factory=dict)
+    # publications given up on (publish_failed), by request_id → when: an operator may redrive
+    parked: dict[str, int] = Field(default_factory=dict)
 
 
 class Parked(BaseModel):
@@ -120,6 +122,8 @@ def handle(
         return _received(state, message, policy, now_ms)
     flight = state.inflight.get(message.request_id)
     if flight is None:
+        if isinstance(message, PublicationSucceeded) and message.redrive:
+            return _redriven(state, message)
         return Outcome(state=state)  # late or duplicate result of a finished request
     if isinstance(message, GenerationSucceeded):
         if flight.state is State.GENERATING and message.attempt <= flight.attempt:
@@ -436,7 +440,30 @@ def _finish(
         attempt=flight.attempt,
         **extra,
     )
-    return Outcome(state=state.model_copy(update={"inflight": inflight}), events=[event])
+    update: dict[str, object] = {"inflight": inflight}
+    if final is State.PUBLISH_FAILED:
+        update["parked"] = {**state.parked, request_id: at_ms}
+    return Outcome(state=state.model_copy(update=update), events=[event])
+
+
+def _redriven(state: PersonState, p: PublicationSucceeded) -> Outcome:
+    """An operator redrove a parked publication and Talkable took it: published after all."""
+    if p.request_id not in state.parked:
+        return Outcome(state=state)  # not parked here, or its redrive already counted
+    check_transition(p.request_id, State.PUBLISH_FAILED, State.PUBLISHED)
+    event = LifecycleEvent(
+        type="CompletionPublished",
+        request_id=p.request_id,
+        person=p.person,
+        site=p.site,
+        state=State.PUBLISHED,
+        previous_state=State.PUBLISH_FAILED,
+        at_ms=p.at_ms,
+        cause="redriven by an operator; published to Talkable",
+        attempt=p.attempt,
+    )
+    parked = {k: v for k, v in state.parked.items() if k != p.request_id}
+    return Outcome(state=state.model_copy(update={"parked": parked}), events=[event])
 
 
 def _expired(

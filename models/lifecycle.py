@@ -8,7 +8,9 @@
                                           └─> generation_failed (slot released)
 
 ``generating -> generating`` and ``publishing -> publishing`` are re-issues of overdue work
-with the next attempt number. Anything else is a bug and raises :class:`IllegalTransition`.
+with the next attempt number. ``publish_failed -> published`` is the one way out of a terminal
+state: an operator redrove the parked publication (``talkstream redrive``) and it landed.
+Anything else is a bug and raises :class:`IllegalTransition`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
     State.GENERATING: frozenset({State.GENERATING, State.GENERATED, State.GENERATION_FAILED}),
     State.GENERATED: frozenset({State.PUBLISHING}),
     State.PUBLISHING: frozenset({State.PUBLISHING, State.PUBLISHED, State.PUBLISH_FAILED}),
+    State.PUBLISH_FAILED: frozenset({State.PUBLISHED}),  # operator redrive only
 }
 
 TERMINAL: frozenset[State] = frozenset(

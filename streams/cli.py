@@ -191,6 +191,43 @@ def standin_talkable(host: str, port: int, latency: float) -> None:
 
 
 @main.command()
+@click.option("--request-id", default=None, help="only this request's dead letters")
+@click.option("--topic", default=None, help="only letters from this topic (full name)")
+@click.option("--reason-contains", default=None, help="only letters whose reason contains it")
+@click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
+@click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
+def redrive(
+    request_id: str | None,
+    topic: str | None,
+    reason_contains: str | None,
+    from_beginning: bool,
+    dry_run: bool,
+) -> None:
+    """Re-issue dead-lettered work once its cause is fixed."""
+    from streams.app import now_ms
+    from streams.redrive import Selection
+    from streams.redrive import redrive as run_redrive
+
+    settings = _settings()
+    report = asyncio.run(
+        run_redrive(
+            settings,
+            Selection(request_id, topic, reason_contains),
+            dry_run=dry_run,
+            from_beginning=from_beginning,
+            now_ms=now_ms,
+        )
+    )
+    for what in report.redriven:
+        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
+    click.echo(
+        f"{report.examined} dead letters examined, {len(report.redriven)} "
+        f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
+        f"{report.unreadable} unreadable"
+    )
+
+
+@main.command()
 @click.option("--openai-port", default=8081, show_default=True)
 @click.option("--talkable-port", default=8082, show_default=True)
 def dev(openai_port: int, talkable_port: int) -> None:

@@ -159,6 +159,8 @@ async def _publish(rt: Runtime, cmd: PublishCompletion) -> PublicationSucceeded 
     return PublicationSucceeded(
         request_id=cmd.request_id,
         person=cmd.person,
+        site=cmd.site,
+        redrive=cmd.redrive,
         attempt=cmd.attempt,
         at_ms=now_ms(),
         duplicate=publication.duplicate,

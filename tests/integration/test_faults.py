@@ -4,6 +4,8 @@ refuses, Talkable goes down, executors lose work, or poison arrives in a topic."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -114,3 +116,44 @@ def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_sy
     assert status == 202
     row = system.wait_terminal([answer["request_id"]])[answer["request_id"]]
     assert row.state == "published"
+
+
+def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_system) -> None:
+    system = make_system()
+    system.talkable("POST", "/_control", {"api_keys": {"test-site": "the-current-key"}})
+    status, answer = system.post(seed_params("rotated@example.com", talkable_key="an-old-key"))
+    assert status == 202
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id])[request_id]
+    assert row.state == "publish_failed"
+    assert "401" in (row.error_message or "")
+
+    # the site's key is fixed at Talkable's end; the operator redrives the parked work
+    system.talkable("POST", "/_control", {"api_keys": {"test-site": "an-old-key"}})
+    out = subprocess.run(
+        [sys.executable, "-m", "streams", "redrive"],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert f"redriven: {request_id}" in out
+
+    def published() -> bool:
+        found = system.projection.request(request_id)
+        return found is not None and found.state == "published"
+
+    wait_until(published, 60, what="the redriven publication")
+    states = [t.state for t in system.projection.transitions(request_id)]
+    assert states[-2:] == ["publish_failed", "published"]
+    assert len(talkable_events(system, "rotated@")) == 1
+    again = subprocess.run(
+        [sys.executable, "-m", "streams", "redrive"],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "0 redriven" in again  # each letter is redriven once

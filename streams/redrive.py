@@ -1,0 +1,140 @@
+"""``talkstream redrive``: re-issue dead-lettered work once its cause is fixed.
+
+Reads the dead-letter topic with its own consumer group (``<app id>-redrive``), so each letter
+is redriven once; ``--from-beginning`` reconsiders all of them. For each letter that matches:
+
+- a parked publication (a ``PublishCompletion`` Talkable refused, or whose attempts ran out)
+  goes back to [completions] marked ``redrive``; if Talkable takes it, the ledger records
+  ``publish_failed → published``;
+- a poison message (a value that did not decode) goes back to the topic it came from, for a
+  worker whose code can now read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from models.events import DeadLetter, PublishCompletion
+from streams.codecs import decode, encode
+from streams.errors import DecodeError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RedriveReport:
+    examined: int = 0
+    redriven: list[str] = field(default_factory=list)  # "request_id → topic" / "topic@offset"
+    skipped: int = 0
+    unreadable: int = 0
+
+
+@dataclass(frozen=True)
+class Selection:
+    request_id: str | None = None
+    topic: str | None = None
+    reason_contains: str | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return (
+            (self.request_id is None or letter.request_id == self.request_id)
+            and (self.topic is None or letter.topic == self.topic)
+            and (self.reason_contains is None or self.reason_contains in letter.reason)
+        )
+
+
+async def redrive(
+    settings: Settings,
+    selection: Selection,
+    *,
+    dry_run: bool = False,
+    from_beginning: bool = False,
+    now_ms: Callable[[], int],
+) -> RedriveReport:
+    topic = settings.topic("deadletter")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.app_id}-redrive",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await consumer.start()
+    await producer.start()
+    report = RedriveReport()
+    try:
+        consumer.assign(parts)
+        if from_beginning:
+            await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.offset >= ends[tp]:
+                        continue
+                    await _one(record.value, selection, producer, report, settings, dry_run, now_ms)
+            if not dry_run:
+                await consumer.commit({tp: ends[tp]})
+        await producer.flush()
+    finally:
+        await producer.stop()
+        # aiokafka 0.14's consumer may re-raise its own cancelled task on stop
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+    return report
+
+
+async def _one(
+    raw: bytes | None,
+    selection: Selection,
+    producer: AIOKafkaProducer,
+    report: RedriveReport,
+    settings: Settings,
+    dry_run: bool,
+    now_ms: Callable[[], int],
+) -> None:
+    report.examined += 1
+    try:
+        letter = decode(DeadLetter, raw)
+    except DecodeError:
+        report.unreadable += 1
+        return
+    if not selection.matches(letter) or letter.value_b64 is None:
+        report.skipped += 1
+        return
+    value = base64.b64decode(letter.value_b64)
+    key = letter.key.encode() if letter.key is not None else None
+    if letter.topic == settings.topic("completions"):
+        try:
+            command = decode(PublishCompletion, value)
+        except DecodeError:
+            report.unreadable += 1
+            return
+        value = encode(command.model_copy(update={"redrive": True, "issued_at_ms": now_ms()}))
+        key = command.request_id.encode()
+        what = f"{command.request_id} → {letter.topic}"
+    else:
+        what = f"{letter.topic}@{letter.partition}:{letter.offset}"
+    if not dry_run:
+        await producer.send_and_wait(letter.topic, value=value, key=key)
+    log.info("redrive %s%s reason=%s", what, " (dry run)" if dry_run else "", letter.reason)
+    report.redriven.append(what)
