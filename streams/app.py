@@ -19,6 +19,8 @@ from streams.clients.openai_chat import ChatClient
 from streams.clients.retry import RetryPolicy
 from streams.clients.talkable import TalkableClient
 from streams.codecs import encode
+from streams.kafka_options import faust_credentials
+from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore
 from streams.secrets import SecretBox, load_secret_box
 from streams.settings import Settings
@@ -49,7 +51,7 @@ class Runtime:
     talkable: TalkableClient
     projection: ProjectionStore
     policy: Policy
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
     async def dead_letter(
         self,
@@ -72,6 +74,7 @@ class Runtime:
             request_id=request_id,
             at_ms=now_ms(),
         )
+        self.metrics.dead_letters.labels(topic=topic).inc()
         log.warning(
             "dead-lettered topic=%s partition=%s offset=%s request_id=%s reason=%s",
             topic,
@@ -120,6 +123,7 @@ def build(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
+        broker_credentials=faust_credentials(settings),
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=max(settings.session_timeout_seconds / 10, 0.5),
         autodiscover=False,
@@ -175,4 +179,9 @@ def build(
     ledger.register(runtime)
     executors.register(runtime)
     projector.register(runtime)
+
+    @app.task
+    async def worker_http() -> None:
+        await serve_worker_http(app, runtime.metrics, "127.0.0.1", settings.worker_http_port)
+
     return runtime

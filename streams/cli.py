@@ -20,11 +20,9 @@ def _settings() -> Settings:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from streams.logs import setup
+
+    setup(level, _settings().log_format)
 
 
 @click.group()
@@ -110,13 +108,23 @@ def topics_cmd() -> None:
 # --- the running system -----------------------------------------------------------------------
 
 
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="override TALKSTREAM_LOG_FORMAT: json = one object per line",
+)
+
+
 @main.command()
-def worker() -> None:
+@LOG_FORMAT
+def worker(log_format: str | None) -> None:
     """Run the faust worker: ledger, generator, publisher, projector."""
     import faust
 
     from streams.app import build
     from streams.errors import BrokerUnavailable
+    from streams.logs import logging_config
     from streams.topics import ensure_topics
 
     settings = _settings()
@@ -126,20 +134,27 @@ def worker() -> None:
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings)
-    faust.Worker(runtime.app, loglevel=settings.log_level.upper()).execute_from_commandline()
+    faust.Worker(
+        runtime.app,
+        loglevel=settings.log_level.upper(),
+        logging_config=logging_config(settings.log_level, log_format or settings.log_format),
+    ).execute_from_commandline()
 
 
 @main.command()
-def ingress() -> None:
+@LOG_FORMAT
+def ingress(log_format: str | None) -> None:
     """Serve POST /chat-gpt/generate, /healthz and /metrics."""
     from aiohttp import web
 
     from streams.ingress import KafkaSink, build_ingress
+    from streams.kafka_options import client_options
+    from streams.logs import setup as setup_logging
     from streams.secrets import load_secret_box
     from streams.topics import ensure_topics
 
     settings = _settings()
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format or settings.log_format)
 
     async def app() -> web.Application:
         try:
@@ -147,7 +162,7 @@ def ingress() -> None:
         except Exception as exc:  # the ingress answers 503 until Kafka is back
             logging.getLogger(__name__).warning("topics not ensured: %s", exc)
         return build_ingress(
-            settings, KafkaSink(settings.kafka_bootstrap), load_secret_box(settings)
+            settings, KafkaSink(client_options(settings)), load_secret_box(settings)
         )
 
     web.run_app(

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import (
@@ -54,8 +54,8 @@ class Sink(Protocol):
 class KafkaSink:
     """An idempotent ``acks=all`` producer, started lazily so the ingress runs without Kafka."""
 
-    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, options: dict[str, Any], timeout: float = 10.0) -> None:
+        self._options = options
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -64,7 +64,7 @@ class KafkaSink:
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
+                    **self._options,
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=1,
@@ -138,8 +138,13 @@ def build_ingress(
     async def _generate(request: web.Request) -> web.Response:
         try:
             body = await _read_body(request, settings.max_body_bytes)
+            # the header as sent: aiohttp's ``content_type`` drops the boundary and charset
+            # and reports a missing header as application/octet-stream (parse_request: JSON)
             params = parse_request(
-                request.content_type, body, request.query, max_body_bytes=settings.max_body_bytes
+                request.headers.get(hdrs.CONTENT_TYPE, ""),
+                body,
+                request.query,
+                max_body_bytes=settings.max_body_bytes,
             )
         except ParamsError as exc:
             return web.json_response(exc.body(), status=exc.status)

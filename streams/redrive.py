@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from models.events import DeadLetter, PublishCompletion
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
+from streams.kafka_options import client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ async def redrive(
     now_ms: Callable[[], int],
 ) -> RedriveReport:
     topic = settings.topic("deadletter")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -69,14 +70,12 @@ async def redrive(
         await admin.close()
     parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         group_id=f"{settings.app_id}-redrive",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
     report = RedriveReport()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,13 @@ class Settings(BaseSettings):
     kafka_controller_port: int | None = Field(
         None, description="embedded broker's KRaft controller port; default: broker port + 1"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
     app_id: str = Field(
         "talkstream",
         pattern=r"^[A-Za-z0-9._-]+$",
@@ -80,8 +88,12 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
     )
+    worker_http_port: int = Field(
+        9101, ge=0, le=65535, description="worker /healthz /readyz /metrics; 0 = any free port"
+    )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("data_dir")
     @classmethod

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import BrokerUnavailable
+from streams.kafka_options import client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create any missing topic; returns the names created. Idempotent."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
         existing = set(await admin.list_topics())

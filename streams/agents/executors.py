@@ -33,6 +33,7 @@ from streams.errors import DecodeError, PublishError, TalkstreamError, UpstreamE
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=BaseModel)
+SERVICES = {"generator": "openai", "publisher": "talkable"}
 
 
 def register(rt: Runtime) -> None:
@@ -62,12 +63,19 @@ def _executor(
     limit: int,
     work: Callable[[C], Awaitable[BaseModel]],
 ) -> None:
+    in_flight = rt.metrics.in_flight.labels(executor=name)
+    retries = rt.metrics.upstream_retries.labels(service=SERVICES[name])
+
     async def run(command: C, person: str) -> None:
+        in_flight.inc()
         try:
             result = await work(command)
+            retries.inc(max(getattr(result, "tries", 1) - 1, 0))
             await rt.topics.requests.send(key=person.encode(), value=encode(result))
         except Exception:  # the deadline re-issues what is lost here
             log.exception("%s failed request_id=%s", name, getattr(command, "request_id", "?"))
+        finally:
+            in_flight.dec()
 
     async def agent(stream: Any) -> None:
         slots = asyncio.Semaphore(limit)

@@ -133,12 +133,19 @@ async def _emit(rt: Runtime, outcome: Outcome) -> None:
         topic = rt.topics.generate if command.kind == "generate_text" else rt.topics.completions
         await topic.send(key=command.request_id.encode(), value=encode(command))
     for event in outcome.events:
+        rt.metrics.observe(event)
         log.info(
             "transition request_id=%s site=%s state=%s attempt=%s",
             event.request_id,
             event.site,
             event.state.value,
             event.attempt,
+            extra={
+                "request_id": event.request_id,
+                "site": event.site,
+                "state": event.state.value,
+                "attempt": event.attempt,
+            },
         )
         await rt.topics.lifecycle.send(key=event.request_id.encode(), value=encode(event))
     for parked in outcome.parked:

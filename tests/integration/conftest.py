@@ -98,6 +98,7 @@ class System:
             **{f"TALKSTREAM_{k.upper()}": v for k, v in overrides.items()},
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.worker_ports: dict[str, int] = {}
         self._projection: ProjectionStore | None = None
 
     # --- processes ----------------------------------------------------------------------------
@@ -127,8 +128,16 @@ class System:
         return self
 
     def start_worker(self, name: str = "worker") -> None:
-        env = {**self.env, "TALKSTREAM_WORKER_NAME": name}
+        self.worker_ports[name] = free_port()
+        env = {
+            **self.env,
+            "TALKSTREAM_WORKER_NAME": name,
+            "TALKSTREAM_WORKER_HTTP_PORT": str(self.worker_ports[name]),
+        }
         self.spawn(name, "worker", env=env)
+
+    def worker_url(self, name: str = "worker") -> str:
+        return f"http://127.0.0.1:{self.worker_ports[name]}"
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

@@ -4,6 +4,7 @@ the worker's table store, or /metrics."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def files_under(*roots: Path) -> list[Path]:
 
 
 def test_keys_never_appear_in_plaintext(make_system) -> None:
-    system = make_system()
+    system = make_system(log_format="json")
     tag = uuid.uuid4().hex[:12]
     keys = {
         "published": (f"talkable-{tag}-ok", f"sk-{tag}-ok"),
@@ -31,13 +32,17 @@ def test_keys_never_appear_in_plaintext(make_system) -> None:
     system.talkable("POST", "/_control", {"api_keys": {"test-site": keys["published"][0]}})
     ids = []
     for name, (talkable_key, openai_key) in keys.items():
-        status, body = system.post(seed_params(f"{name}@example.com", talkable_key=talkable_key,
-                                               openai_key=openai_key))
+        status, body = system.post(
+            seed_params(f"{name}@example.com", talkable_key=talkable_key, openai_key=openai_key)
+        )
         assert status == 202
         ids.append(body["request_id"])
     rows = system.wait_terminal(ids)
     assert sorted(r.state for r in rows.values()) == [
-        "generation_failed", "publish_failed", "published"]
+        "generation_failed",
+        "publish_failed",
+        "published",
+    ]
     # the bad ones were refused at the door of each service, with our error recorded
     assert all(r.error_message for r in rows.values() if r.state != "published")
 
@@ -47,8 +52,9 @@ def test_keys_never_appear_in_plaintext(make_system) -> None:
     assert any(p.suffix == ".sqlite3" for p in scanned)
     assert any(p.name == "worker.log" for p in scanned)
     # the scan reads real content: the (non-secret) email is in the requests topic's segments
-    assert any(b"published@example.com" in p.read_bytes() for p in scanned
-               if "-requests-" in str(p))
+    assert any(
+        b"published@example.com" in p.read_bytes() for p in scanned if "-requests-" in str(p)
+    )
     leaks = [
         (str(path), secret.decode())
         for path in scanned
@@ -57,6 +63,15 @@ def test_keys_never_appear_in_plaintext(make_system) -> None:
     ]
     # the stand-ins are the outside services: they receive the keys (and keep 4 chars only)
     assert leaks == []
+    # --log-format json: one object per transition, with its context as keys
+    transitions = [
+        json.loads(line)
+        for line in (system.root / "worker.log").read_text().splitlines()
+        if line.startswith("{") and '"state"' in line
+    ]
+    assert {(t["request_id"], t["state"]) for t in transitions} >= {
+        (rid, row.state) for rid, row in rows.items()
+    }
     status, metrics = http("GET", f"{system.ingress}/metrics")
     assert status == 200
     assert not any(secret.decode() in str(metrics) for secret in secrets)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.conftest import System, now_s, read_topic
+from tests.integration.conftest import System, http, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -129,3 +129,26 @@ def test_talkable_retry_of_the_same_webhook_is_processed_once(system: System) ->
     assert len(wait_until(duplicate_rows, 60, what="the duplicate's lifecycle")) == 1
     events = [e for e in system.talkable("GET", "/_events") if e["email"] == "retry@example.com"]
     assert len(events) == 1
+
+
+def test_worker_and_ingress_report_health_and_metrics(system: System) -> None:
+    status, body = system.post(seed_params("metrics@example.com"))
+    assert status == 202
+    system.wait_terminal([body["request_id"]])
+    assert http("GET", f"{system.worker_url()}/healthz")[0] == 200
+    wait_until(
+        lambda: http("GET", f"{system.worker_url()}/readyz")[0] == 200, 30, what="worker readiness"
+    )
+    status, text = http("GET", f"{system.worker_url()}/metrics")
+    assert status == 200
+    published = [
+        line
+        for line in text.splitlines()
+        if line.startswith('talkstream_transitions_total{state="published"}')
+    ]
+    assert published and float(published[0].split()[-1]) >= 1
+    assert "talkstream_generation_latency_seconds_bucket" in text
+    assert 'talkstream_tokens_total{kind="completion"}' in text
+    assert "talkstream_consumer_lag{" in text
+    status, text = http("GET", f"{system.ingress}/metrics")
+    assert 'talkstream_ingress_requests_total{outcome="202"}' in text
