@@ -147,7 +147,7 @@ def ingress(log_format: str | None) -> None:
     """Serve POST /chat-gpt/generate, /healthz and /metrics."""
     from aiohttp import web
 
-    from streams.ingress import KafkaSink, build_ingress
+    from streams.ingress import AccessLogger, KafkaSink, build_ingress
     from streams.kafka_options import client_options
     from streams.logs import setup as setup_logging
     from streams.secrets import load_secret_box
@@ -166,7 +166,11 @@ def ingress(log_format: str | None) -> None:
         )
 
     web.run_app(
-        app(), host=settings.ingress_host, port=settings.ingress_port, print=lambda *_: None
+        app(),
+        access_log_class=AccessLogger,
+        host=settings.ingress_host,
+        port=settings.ingress_port,
+        print=lambda *_: None,
     )
 
 

@@ -12,9 +12,11 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import (
@@ -42,6 +44,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 PATH = "/chat-gpt/generate"
+SIGNATURE_HEADER = "x-talkable-signature"
 RETRY_AFTER_SECONDS = "5"
 
 
@@ -93,6 +96,21 @@ class KafkaSink:
             self._producer = None
 
 
+class AccessLogger(AbstractAccessLogger):
+    """One line per HTTP request: method, path *without* the query string (it may carry
+    keys), status and time. aiohttp's default logs the whole request line."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra={"method": request.method, "path": request.path, "status": response.status},
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -122,7 +140,7 @@ def site_keys(settings: Settings) -> dict[str, bytes]:
 
 
 def build_ingress(
-    settings: Settings, sink: Sink, secrets: SecretBox, clock: type[time] = time
+    settings: Settings, sink: Sink, secrets: SecretBox, clock: Callable[[], float] = time.time
 ) -> web.Application:
     keys = site_keys(settings)
     metrics = Metrics()
@@ -136,33 +154,29 @@ def build_ingress(
         return response
 
     async def _generate(request: web.Request) -> web.Response:
+        # the header as sent: aiohttp's ``content_type`` drops the boundary and charset and
+        # reports a missing header as application/octet-stream (parse_request: JSON)
+        content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            # the header as sent: aiohttp's ``content_type`` drops the boundary and charset
-            # and reports a missing header as application/octet-stream (parse_request: JSON)
             params = parse_request(
-                request.headers.get(hdrs.CONTENT_TYPE, ""),
-                body,
-                request.query,
-                max_body_bytes=settings.max_body_bytes,
+                content_type, body, request.query, max_body_bytes=settings.max_body_bytes
             )
+            key = keys.get(params.site)
+            if key is not None or settings.require_signature:
+                if key is None or not verify_signature(
+                    key, body, request.headers.get(SIGNATURE_HEADER)
+                ):
+                    message = "missing or wrong" if key else "no security key for this site"
+                    raise ParamsError(401, [FieldError(field=SIGNATURE_HEADER, message=message)])
+                if request.query:
+                    # the signature covers the body only: a signed request's params too
+                    params = parse_request(
+                        content_type, body, None, max_body_bytes=settings.max_body_bytes
+                    )
         except ParamsError as exc:
             return web.json_response(exc.body(), status=exc.status)
-        key = keys.get(params.site)
-        if key is not None or settings.require_signature:
-            signature = request.headers.get("x-talkable-signature")
-            if key is None or not verify_signature(key, body, signature):
-                error = ParamsError(
-                    401,
-                    [
-                        FieldError(
-                            field="x-talkable-signature",
-                            message="missing or wrong" if key else "no security key for this site",
-                        )
-                    ],
-                )
-                return web.json_response(error.body(), status=401)
-        received = _received(params, secrets, int(clock.time() * 1000))
+        received = _received(params, secrets, int(clock() * 1000))
         try:
             await sink.send(topic, received.person.encode(), encode(received))
         except BrokerUnavailable as exc:
@@ -172,7 +186,12 @@ def build_ingress(
                 status=503,
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
-        log.info("accepted request_id=%s site=%s", received.request_id, params.site)
+        log.info(
+            "accepted request_id=%s site=%s",
+            received.request_id,
+            params.site,
+            extra={"request_id": received.request_id, "site": params.site},
+        )
         return web.json_response({"request_id": received.request_id}, status=202)
 
     async def healthz(_: web.Request) -> web.Response:

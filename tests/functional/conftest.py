@@ -1,0 +1,310 @@
+"""The functional tier's ingress: the real aiohttp app, served in-process on a loopback port,
+producing into an in-memory :class:`RecordingSink` instead of Kafka.
+
+Settings are built from explicit values only (:class:`ExplicitSettings` ignores the
+environment), so a developer's ``TALKSTREAM_*`` variables cannot change what a test sees. The
+encoders below turn one params tree into each body shape Talkable sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from models.events import RequestReceived
+from streams.codecs import decode
+from streams.errors import BrokerUnavailable
+from streams.ingress import PATH, AccessLogger, build_ingress
+from streams.secrets import SecretBox
+from streams.settings import Settings
+
+# Fixed Fernet key: a sealed value must open with the box the test holds.
+FERNET_KEY = "x8rJb7tKx3vYbD0cJ1Zl5f0wT3m2Kq9hV6sN4pR8uAE="
+APP_ID = "functest"
+TALKABLE_KEY = "tk_live_FUNCTIONAL_talkable_7f3a91"
+OPENAI_KEY = "sk-FUNCTIONAL-openai-9c1e42"
+WEBHOOK_KEY = "whk_FUNCTIONAL_webhook_55d0"
+SIGNED_SITE = "signed-store"
+SITE_KEY = "site-security-key-FUNCTIONAL-b71c"
+SECRETS = (TALKABLE_KEY, OPENAI_KEY, WEBHOOK_KEY, SITE_KEY)
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+
+class ExplicitSettings(Settings):
+    """:class:`Settings` from the values given here and the defaults, never the environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def make_settings(data_dir: Path, **values: Any) -> Settings:
+    return ExplicitSettings(secret_keys=FERNET_KEY, data_dir=data_dir, app_id=APP_ID, **values)
+
+
+def secret_box() -> SecretBox:
+    return SecretBox([FERNET_KEY.encode()])
+
+
+# --- the Kafka stand-in ---------------------------------------------------------------------
+
+
+class Produced(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class RecordingSink:
+    """Remembers every acknowledged write; while ``outage`` is set, refuses like a down broker."""
+
+    produced: list[Produced] = field(default_factory=list)
+    outage: BrokerUnavailable | None = None
+    closed: bool = False
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.closed:
+            raise AssertionError("send after close")
+        if self.outage is not None:
+            raise self.outage
+        self.produced.append(Produced(topic, key, value))
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def received(self) -> list[RequestReceived]:
+        return [decode(RequestReceived, item.value) for item in self.produced]
+
+
+# --- the ingress under test -----------------------------------------------------------------
+
+
+@dataclass
+class Ingress:
+    client: TestClient[web.Request, web.Application]
+    sink: RecordingSink
+    box: SecretBox
+    settings: Settings
+
+    @property
+    def topic(self) -> str:
+        return self.settings.topic("requests")
+
+    async def post(
+        self,
+        body: bytes = b"",
+        content_type: str | None = JSON,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> ClientResponse:
+        """POST the raw ``body``; ``content_type=None`` sends no Content-Type header at all."""
+        all_headers = dict(headers or {})
+        skip: tuple[str, ...] = ()
+        if content_type is None:
+            skip = ("Content-Type",)
+        else:
+            all_headers["Content-Type"] = content_type
+        return await self.client.post(
+            PATH, data=body, params=query, headers=all_headers, skip_auto_headers=skip
+        )
+
+
+async def start_ingress(
+    settings: Settings, clock: Callable[[], float] = time.time, sink: RecordingSink | None = None
+) -> Ingress:
+    sink = sink if sink is not None else RecordingSink()
+    box = secret_box()
+    server = TestServer(build_ingress(settings, sink, box, clock))
+    # with the access logger `talkstream ingress` runs with (TestServer drops init kwargs)
+    await server.start_server(access_log_class=AccessLogger)
+    client = TestClient(server)
+    await client.start_server()
+    return Ingress(client, sink, box, settings)
+
+
+StartIngress = Callable[..., Awaitable[Ingress]]
+
+
+@pytest.fixture
+async def ingress_with(tmp_path: Path) -> AsyncIterator[StartIngress]:
+    """Start an ingress with the given settings values and clock (several per test if need be)."""
+    started: list[Ingress] = []
+
+    async def start(clock: Callable[[], float] = time.time, **values: Any) -> Ingress:
+        ingress = await start_ingress(make_settings(tmp_path, **values), clock)
+        started.append(ingress)
+        return ingress
+
+    yield start
+    for ingress in started:
+        await ingress.client.close()
+
+
+@pytest.fixture
+async def ingress(ingress_with: StartIngress) -> Ingress:
+    """The ingress with default settings: no site keys, signatures optional."""
+    return await ingress_with()
+
+
+# --- the params and their shapes ------------------------------------------------------------
+
+
+def seed_params() -> dict[str, Any]:
+    """The seed page's params as Liquid renders them: every value a string."""
+    return {
+        "site": "acme-store",
+        "email": " Alice@Example.com ",
+        "api_key": TALKABLE_KEY,
+        "event_number": "order-42-complete",
+        "openai": {
+            "messages": [
+                {"role": "system", "content": "You write short, funny verses."},
+                {
+                    "role": "user",
+                    "content": "There once was a user named Alice, who bought a kayak & paddle; "
+                    "now create a humorous verse = with this information [sic].",
+                },
+            ],
+            "api_key": OPENAI_KEY,
+            "model": "gpt-4o-mini",
+            "max_tokens": "150",
+            "temperature": "0.7",
+            "stop": ["\n\n", "END"],
+        },
+        "usage_limit": {
+            "amount": "3",
+            "duration_in_seconds": "3600",
+            "start_time": "1700000000",
+            "current_time": "1700000100",
+            "current_usage_amount": "0",
+        },
+        "trigger_criteria": "true",
+    }
+
+
+class Body(NamedTuple):
+    content_type: str | None
+    body: bytes
+    query: list[tuple[str, str]] | None = None
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def form_pairs(tree: dict[str, Any], style: str = "brackets") -> list[tuple[str, str]]:
+    """Rails-style names: lists as ``a[b][]`` (brackets) or ``a[b][0]`` (indexed)."""
+
+    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                yield from walk(f"{name}[{key}]", item)
+        elif isinstance(value, list) and value:
+            for index, item in enumerate(value):
+                yield from walk(f"{name}[]" if style == "brackets" else f"{name}[{index}]", item)
+        else:
+            yield name, _scalar(value) if not isinstance(value, dict | list) else ""
+
+    pairs: list[tuple[str, str]] = []
+    for key, value in tree.items():
+        pairs.extend(walk(str(key), value))
+    return pairs
+
+
+def form_body(tree: dict[str, Any], style: str = "brackets") -> bytes:
+    return urlencode(form_pairs(tree, style)).encode()
+
+
+def multipart(pairs: list[tuple[str, str]], boundary: str = "TalkableBoundary7MA4YWxk") -> Body:
+    chunks = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in pairs
+    ]
+    body = "".join(chunks) + f"--{boundary}--\r\n"
+    return Body(f"multipart/form-data; boundary={boundary}", body.encode())
+
+
+TALKABLE_EVENT = {
+    "person": {"email": "alice@example.com", "first_name": "Alice"},
+    "origin": {"event_category": "generate_text", "event_number": "order-42"},
+}
+
+
+def envelope(site: str) -> dict[str, str]:
+    """A legacy webhook's own fields: its security key, site and type never become params."""
+    return {"key": WEBHOOK_KEY, "site": site, "type": "event_web_hook"}
+
+
+def shapes(tree: dict[str, Any]) -> dict[str, Body]:
+    """One webhook in each shape Talkable can deliver it."""
+    params = {k: v for k, v in tree.items() if k != "site"}
+    return {
+        "json": Body(JSON, json.dumps(tree).encode()),
+        "json without content type": Body(None, json.dumps(tree).encode()),
+        "rails form []": Body(FORM, form_body(tree)),
+        "rails form [0]": Body(FORM, form_body(tree, "indexed")),
+        "multipart": multipart(form_pairs(tree)),
+        "legacy form": Body(
+            FORM,
+            urlencode(
+                {
+                    **envelope(tree["site"]),
+                    "extras": json.dumps(params),
+                    "payload": json.dumps(TALKABLE_EVENT),
+                }
+            ).encode(),
+        ),
+        "legacy json": Body(
+            JSON,
+            json.dumps(
+                {**envelope(tree["site"]), "extras": params, "payload": TALKABLE_EVENT}
+            ).encode(),
+        ),
+        "legacy json, extras as a string": Body(
+            JSON,
+            json.dumps(
+                {
+                    **envelope(tree["site"]),
+                    "extras": json.dumps(params),
+                    "payload": json.dumps(TALKABLE_EVENT),
+                }
+            ).encode(),
+        ),
+        "query string": Body(FORM, b"", form_pairs(tree)),
+        "query string, no body or content type": Body(None, b"", form_pairs(tree, "indexed")),
+    }
+
+
+def sign(key: str, body: bytes) -> str:
+    """``x-talkable-signature`` as Talkable computes it: Base64 of the hex HMAC-SHA256."""
+    return base64.b64encode(
+        hmac.new(key.encode(), body, hashlib.sha256).hexdigest().encode()
+    ).decode()

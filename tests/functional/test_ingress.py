@@ -1,0 +1,628 @@
+"""The request contract exactly as Talkable sends it, through the real ingress app.
+
+Every shape becomes the same ``RequestReceived``; bad input is a 4xx naming the fields with
+nothing produced; signatures guard configured sites; a broker outage is a 503 that Talkable
+retries; the keys never appear in what is produced, logged or answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+from aiohttp import ClientResponse
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.events import ChatRequest, RequestReceived, RequestSpec
+from models.params import UsageLimit
+from streams.errors import BrokerUnavailable
+from tests.functional.conftest import (
+    FORM,
+    JSON,
+    OPENAI_KEY,
+    SECRETS,
+    SIGNED_SITE,
+    SITE_KEY,
+    TALKABLE_KEY,
+    Body,
+    Ingress,
+    StartIngress,
+    envelope,
+    form_body,
+    seed_params,
+    shapes,
+    sign,
+)
+
+SHAPES = shapes(seed_params())
+
+# What the seed means, whatever shape it came in (DESIGN.md §1).
+EXPECTED_SPEC = RequestSpec(
+    site="acme-store",
+    email="alice@example.com",
+    event_number="order-42-complete",
+    chat=ChatRequest(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": "You write short, funny verses."},
+            {
+                "role": "user",
+                "content": "There once was a user named Alice, who bought a kayak & paddle; "
+                "now create a humorous verse = with this information [sic].",
+            },
+        ],
+        max_tokens=150,
+        extra={"temperature": 0.7, "stop": ["\n\n", "END"]},
+    ),
+    usage_limit=UsageLimit(
+        amount=3,
+        duration_in_seconds=3600,
+        start_time=1700000000,
+        current_time=1700000100,
+        current_usage_amount=0,
+    ),
+    trigger_criteria="true",
+)
+
+
+def leaked(text: str | bytes) -> list[str]:
+    """Which of the test's secrets appear in ``text``."""
+    data = text if isinstance(text, bytes) else text.encode()
+    return [secret for secret in SECRETS if secret.encode() in data]
+
+
+def json_body(tree: dict[str, Any]) -> bytes:
+    return json.dumps(tree).encode()
+
+
+def changed(**changes: Any) -> dict[str, Any]:
+    """The seed with ``a__b`` paths set (``...`` deletes the key)."""
+    tree = seed_params()
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node: Any = tree
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    return tree
+
+
+async def send(ingress: Ingress, body: Body, **kwargs: Any) -> ClientResponse:
+    return await ingress.post(body.body, body.content_type, query=body.query, **kwargs)
+
+
+async def accepted(ingress: Ingress, body: Body, **kwargs: Any) -> RequestReceived:
+    """POST ``body``; it must answer 202 with the id of exactly one newly produced request."""
+    before = len(ingress.sink.produced)
+    response = await send(ingress, body, **kwargs)
+    answer = await response.json()
+    assert response.status == 202, answer
+    new = ingress.sink.produced[before:]
+    assert len(new) == 1
+    received = ingress.sink.received()[-1]
+    assert answer == {"request_id": received.request_id}
+    assert new[0].topic == ingress.topic == "functest-requests"
+    assert new[0].key == received.person.encode()
+    return received
+
+
+async def rejected(
+    ingress: Ingress, body: Body, status: int, **kwargs: Any
+) -> list[dict[str, str]]:
+    """POST ``body``; it must answer ``status`` with the error list and produce nothing."""
+    before = len(ingress.sink.produced)
+    response = await send(ingress, body, **kwargs)
+    text = await response.text()
+    assert response.status == status, text
+    assert response.content_type == "application/json"
+    assert ingress.sink.produced[before:] == []
+    assert leaked(text) == []
+    errors: list[dict[str, str]] = json.loads(text)["errors"]
+    assert errors and all(set(e) == {"field", "message"} and e["message"] for e in errors)
+    return errors
+
+
+# --- 1. every shape, one request ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_each_shape_becomes_the_same_request(ingress: Ingress, shape: str) -> None:
+    reference = await accepted(ingress, SHAPES["json"])
+    received = await accepted(ingress, SHAPES[shape])
+
+    assert received.request_id == reference.request_id
+    assert received.person == "acme-store:alice@example.com"
+    assert received.spec == EXPECTED_SPEC
+    assert ingress.box.open(received.secrets.talkable_api_key) == TALKABLE_KEY
+    assert ingress.box.open(received.secrets.openai_api_key) == OPENAI_KEY
+
+
+async def test_defaults_fill_what_the_webhook_leaves_out(ingress: Ingress) -> None:
+    minimal = {
+        "site": "acme-store",
+        "email": "bob@example.com",
+        "api_key": TALKABLE_KEY,
+        "openai[messages][][role]": "user",
+        "openai[messages][][content]": "Hello",
+        "openai[api_key]": OPENAI_KEY,
+    }
+    received = await accepted(ingress, Body(FORM, form_body(minimal)))
+
+    assert received.spec.chat.model == "gpt-3.5-turbo"
+    assert received.spec.chat.max_tokens == 150
+    assert received.spec.chat.extra == {}
+    assert received.spec.usage_limit is None
+    assert received.spec.event_number is None
+    assert received.spec.trigger_criteria is None
+
+
+async def test_the_request_carries_the_time_it_was_received(ingress_with: StartIngress) -> None:
+    ingress = await ingress_with(clock=lambda: 1_767_225_600.25)
+
+    received = await accepted(ingress, SHAPES["legacy form"])
+
+    assert received.at_ms == 1_767_225_600_250
+
+
+# --- 2. rejections --------------------------------------------------------------------------
+
+REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
+    "empty json object": (Body(JSON, b"{}"), 422, {"site", "email", "api_key", "openai"}),
+    "no messages, no openai key": (
+        Body(JSON, json_body(changed(openai__messages=..., openai__api_key=...))),
+        422,
+        {"openai.messages", "openai.api_key"},
+    ),
+    "usage limit without current_time": (
+        Body(FORM, form_body(changed(usage_limit__current_time=...))),
+        422,
+        {"usage_limit.current_time"},
+    ),
+    "several wrong values at once": (
+        Body(
+            JSON,
+            json_body(
+                changed(
+                    email="not-an-email",
+                    openai__max_tokens="ten",
+                    openai__messages__0__role="robot",
+                    usage_limit__amount="-1",
+                )
+            ),
+        ),
+        422,
+        {"email", "openai.max_tokens", "openai.messages.0.role", "usage_limit.amount"},
+    ),
+    "legacy extras that are not JSON": (
+        Body(FORM, form_body({**envelope("acme-store"), "extras": "{not json"})),
+        422,
+        {"extras"},
+    ),
+    "truncated json": (Body(JSON, b'{"site": "acme-store", "email": '), 400, {"body"}),
+    "json that is not an object": (Body(JSON, b'["acme-store"]'), 400, {"body"}),
+    "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"body"}),
+    "form name both value and nested": (
+        Body(FORM, b"site=acme-store&site[slug]=acme"),
+        400,
+        {"site"},
+    ),
+    "form that is not UTF-8": (Body(FORM, b"site=%FF%FE"), 400, {"body"}),
+    "multipart without its parts": (
+        Body("multipart/form-data; boundary=abc", b"--abc\r\nno headers, no end"),
+        400,
+        {"body"},
+    ),
+    "plain text": (Body("text/plain", b"site=acme-store"), 415, {"content-type"}),
+    "xml": (Body("application/xml", b"<site>acme-store</site>"), 415, {"content-type"}),
+    "form in latin-1": (
+        Body(FORM + "; charset=latin-1", form_body(seed_params())),
+        415,
+        {"content-type"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTIONS))
+async def test_bad_input_is_a_4xx_naming_the_fields_and_nothing_is_produced(
+    ingress: Ingress, case: str
+) -> None:
+    body, status, fields = REJECTIONS[case]
+
+    errors = await rejected(ingress, body, status)
+
+    assert {e["field"] for e in errors} == fields
+
+
+async def test_a_body_one_byte_over_the_limit_is_413(ingress_with: StartIngress) -> None:
+    ingress = await ingress_with(max_body_bytes=4096)
+    valid = json_body(seed_params())
+    at_limit = valid + b" " * (4096 - len(valid))
+
+    await accepted(ingress, Body(JSON, at_limit))
+    errors = await rejected(ingress, Body(JSON, at_limit + b" "), 413)
+
+    assert errors == [{"field": "body", "message": "larger than 4096 bytes"}]
+
+
+async def test_a_declared_length_over_the_limit_is_413_before_the_body_is_read(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(max_body_bytes=4096)
+
+    errors = await rejected(ingress, Body(JSON, b"{}"), 413, headers={"Content-Length": "4097"})
+
+    assert [e["field"] for e in errors] == ["body"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413(ingress_with: StartIngress) -> None:
+    ingress = await ingress_with(max_body_bytes=4096)
+    valid = json_body(seed_params())
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield valid
+        yield b" " * (4097 - len(valid))
+
+    before = len(ingress.sink.produced)
+    response = await ingress.client.post(
+        "/chat-gpt/generate", data=chunks(), headers={"Content-Type": JSON}
+    )
+
+    assert response.status == 413
+    assert (await response.json())["errors"][0]["field"] == "body"
+    assert ingress.sink.produced[before:] == []
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+SIGNED = json_body(changed(site=SIGNED_SITE))
+SITE_KEYS = f"{SIGNED_SITE}={SITE_KEY}, other-store=another-key"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"x-talkable-signature": ""}, id="empty"),
+        pytest.param({"x-talkable-signature": sign("another-key", SIGNED)}, id="other key"),
+        pytest.param({"x-talkable-signature": sign(SITE_KEY, SIGNED + b" ")}, id="other body"),
+        pytest.param({"x-talkable-signature": sign(SITE_KEY, SIGNED).lower()}, id="case changed"),
+    ],
+)
+async def test_a_configured_site_needs_its_signature(
+    ingress_with: StartIngress, headers: dict[str, str]
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+
+    errors = await rejected(ingress, Body(JSON, SIGNED), 401, headers=headers)
+
+    assert [e["field"] for e in errors] == ["x-talkable-signature"]
+
+
+async def test_a_correct_signature_over_the_raw_body_is_accepted(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    legacy = form_body({**envelope(SIGNED_SITE), "extras": json.dumps(changed(site=...))})
+
+    json_request = await accepted(
+        ingress, Body(JSON, SIGNED), headers={"x-talkable-signature": sign(SITE_KEY, SIGNED)}
+    )
+    form_request = await accepted(
+        ingress, Body(FORM, legacy), headers={"x-talkable-signature": sign(SITE_KEY, legacy)}
+    )
+
+    assert json_request.spec.site == form_request.spec.site == SIGNED_SITE
+
+
+async def test_a_signed_request_takes_its_params_from_the_signed_body_only(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    query = [("event_number", "attacker"), ("openai[temperature]", "1.9")]
+
+    received = await accepted(
+        ingress,
+        Body(JSON, SIGNED, query=query),
+        headers={"x-talkable-signature": sign(SITE_KEY, SIGNED)},
+    )
+
+    assert received.spec.event_number != "attacker"
+    assert (
+        received.spec
+        == (
+            await accepted(
+                ingress,
+                Body(JSON, SIGNED),
+                headers={"x-talkable-signature": sign(SITE_KEY, SIGNED)},
+            )
+        ).spec
+    )
+
+
+async def test_a_site_without_a_key_needs_no_signature_by_default(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+
+    received = await accepted(ingress, SHAPES["json"])
+
+    assert received.spec.site == "acme-store"
+
+
+async def test_when_signatures_are_required_a_site_without_a_key_is_refused(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS, require_signature=True)
+    body = SHAPES["json"].body
+
+    errors = await rejected(
+        ingress, SHAPES["json"], 401, headers={"x-talkable-signature": sign(SITE_KEY, body)}
+    )
+    await accepted(
+        ingress, Body(JSON, SIGNED), headers={"x-talkable-signature": sign(SITE_KEY, SIGNED)}
+    )
+
+    assert errors == [{"field": "x-talkable-signature", "message": "no security key for this site"}]
+
+
+# --- the broker ------------------------------------------------------------------------------
+
+
+async def test_a_broker_outage_is_a_503_talkable_retries_and_nothing_is_lost(
+    ingress: Ingress,
+) -> None:
+    ingress.sink.outage = BrokerUnavailable("Kafka did not acknowledge: KafkaTimeoutError")
+
+    refused = await send(ingress, SHAPES["legacy form"])
+    text = await refused.text()
+
+    assert refused.status == 503
+    assert int(refused.headers["Retry-After"]) > 0
+    assert json.loads(text) == {
+        "errors": [{"field": "kafka", "message": "temporarily unavailable, retry"}]
+    }
+    assert leaked(text) == []
+    assert ingress.sink.produced == []
+
+    ingress.sink.outage = None
+    retried = await accepted(ingress, SHAPES["legacy form"])
+    assert retried.spec == EXPECTED_SPEC
+
+
+async def test_stopping_the_ingress_closes_the_producer(ingress: Ingress) -> None:
+    await ingress.client.close()
+
+    assert ingress.sink.closed
+
+
+# --- 3. secrets -----------------------------------------------------------------------------
+
+
+def _records_text(caplog: pytest.LogCaptureFixture) -> str:
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    return "\n".join(formatter.format(record) for record in caplog.records)
+
+
+SECRET_BAIT: dict[str, tuple[Body, int]] = {
+    "openai key as max_tokens": (
+        Body(JSON, json_body(changed(openai__max_tokens=OPENAI_KEY))),
+        422,
+    ),
+    "talkable key as email": (Body(JSON, json_body(changed(email=TALKABLE_KEY))), 422),
+    "talkable key as a usage count": (
+        Body(FORM, form_body(changed(usage_limit__amount=TALKABLE_KEY))),
+        422,
+    ),
+    "openai key as a field name": (
+        Body(JSON, json_body({**seed_params(), "openai": {OPENAI_KEY: {"x": 1}}})),
+        422,
+    ),
+    "openai key as a conflicting form name": (
+        Body(FORM, f"{OPENAI_KEY}=1&{OPENAI_KEY}[x]=2".encode()),
+        400,
+    ),
+    "broken json around the keys": (
+        Body(JSON, json_body(seed_params())[:-1] + b', "x": }'),
+        400,
+    ),
+    "legacy extras with the keys, not JSON": (
+        Body(
+            FORM,
+            form_body({**envelope("acme-store"), "extras": json.dumps(seed_params())[:-2]}),
+        ),
+        422,
+    ),
+    "the keys in plain text": (Body("text/plain", json_body(seed_params())), 415),
+}
+
+
+@pytest.mark.parametrize("case", list(SECRET_BAIT))
+async def test_errors_never_repeat_a_key(
+    ingress: Ingress, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body, status = SECRET_BAIT[case]
+
+    await rejected(ingress, body, status)  # also checks the answer for the keys
+
+    assert leaked(_records_text(caplog)) == []
+
+
+@pytest.mark.parametrize("shape", [s for s in SHAPES if not SHAPES[s].query])
+async def test_accepted_keys_are_sealed_and_never_logged(
+    ingress: Ingress, shape: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    await accepted(ingress, SHAPES[shape])
+    ingress.sink.outage = BrokerUnavailable("Kafka unavailable: KafkaConnectionError")
+    await send(ingress, SHAPES[shape])
+
+    [produced] = ingress.sink.produced
+    assert leaked(produced.value) == []
+    assert leaked(produced.key) == []
+    assert leaked(_records_text(caplog)) == []
+
+
+async def test_keys_sent_in_the_query_string_stay_out_of_the_logs(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    received = await accepted(ingress, SHAPES["query string"])
+
+    assert leaked(ingress.sink.produced[0].value) == []
+    assert received.spec == EXPECTED_SPEC
+    assert leaked(_records_text(caplog)) == []
+
+
+# --- 4. Talkable retries --------------------------------------------------------------------
+
+
+async def test_a_retried_webhook_keeps_its_request_id(ingress: Ingress) -> None:
+    first = await accepted(ingress, SHAPES["legacy form"])
+    retry = await accepted(ingress, SHAPES["legacy form"])
+
+    assert retry.request_id == first.request_id
+    assert retry.delivery_id != first.delivery_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"openai__messages__1__content": "A verse for Bob"}, id="message"),
+        pytest.param({"usage_limit__current_time": "1700000200"}, id="current time"),
+        pytest.param({"email": "bob@example.com"}, id="person"),
+        pytest.param({"openai__temperature": "0.9"}, id="passthrough param"),
+        pytest.param({"event_number": ...}, id="event number left out"),
+    ],
+)
+async def test_a_changed_param_is_another_request(ingress: Ingress, change: dict[str, Any]) -> None:
+    original = await accepted(ingress, SHAPES["json"])
+    other = await accepted(ingress, Body(JSON, json_body(changed(**change))))
+
+    assert other.request_id != original.request_id
+
+
+# --- 5. health and metrics ------------------------------------------------------------------
+
+
+async def test_healthz_answers_ok(ingress: Ingress) -> None:
+    response = await ingress.client.get("/healthz")
+
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+
+
+async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
+    await accepted(ingress, SHAPES["json"])
+    await accepted(ingress, SHAPES["rails form []"])
+    await rejected(ingress, Body(JSON, b"{}"), 422)
+
+    response = await ingress.client.get("/metrics")
+    text = await response.text()
+
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    counts = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "talkstream_ingress_requests"
+        for sample in family.samples
+        if sample.name == "talkstream_ingress_requests_total"
+    }
+    assert counts == {"202": 2.0, "422": 1.0}
+    assert "talkstream_ingress_latency_seconds_count 3.0" in text
+
+
+# --- the README's examples ------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_requests() -> list[tuple[str, int]]:
+    """Each ``curl`` command of README's "The request" section and the status it promises."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## The request\n", 1)[1].split("\n## ", 1)[0]
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        for command, status in re.findall(r"(curl .*?)\n# => (\d{3})", block, re.DOTALL):
+            found.append((command.replace("\\\n", " "), int(status)))
+    return found
+
+
+def curl(command: str) -> tuple[str, dict[str, str], bytes]:
+    """What ``curl`` would send for the README's options (path and query, headers, body)."""
+    args = iter(shlex.split(command)[1:])
+    url, headers, data = "", {}, []
+    for arg in args:
+        if arg == "-X":
+            assert next(args) == "POST"
+        elif arg == "-H":
+            name, _, value = next(args).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            data.append(next(args))
+        elif arg == "--data-urlencode":
+            name, _, content = next(args).partition("=")
+            data.append(f"{name}={quote(content, safe='')}")
+        elif arg.startswith("http"):
+            url = arg
+        else:
+            assert arg in ("-s", "-g"), f"README uses a curl option this test cannot read: {arg}"
+    if data:
+        headers.setdefault("Content-Type", FORM)
+    parts = urlsplit(url)
+    return (
+        f"{parts.path}?{parts.query}" if parts.query else parts.path,
+        headers,
+        "&".join(data).encode(),
+    )
+
+
+def _shape_of(command: str) -> str:
+    if "?site=" in command:
+        return "query string"
+    kind = "json" if "application/json" in command else "form"
+    return f"legacy {kind}" if "extras" in command else kind
+
+
+README_REQUESTS = [
+    pytest.param(command, status, id=_shape_of(command)) for command, status in readme_requests()
+]
+
+
+def test_the_readme_shows_every_shape() -> None:
+    shapes = {_shape_of(command) for command, _ in readme_requests()}
+
+    assert shapes == {"json", "form", "legacy form", "legacy json", "query string"}
+
+
+@pytest.mark.parametrize(("command", "status"), README_REQUESTS)
+async def test_the_readme_examples_get_the_answer_they_promise(
+    ingress: Ingress, command: str, status: int
+) -> None:
+    path, headers, body = curl(command)
+
+    response = await ingress.client.post(path, data=body, headers=headers)
+
+    assert response.status == status, await response.text()
+    [received] = ingress.sink.received()
+    assert received.person == "my-site:ada@example.com"
+    assert received.spec.chat.messages[-1] == {
+        "role": "user",
+        "content": "A humorous verse for Ada",
+    }
+    assert ingress.box.open(received.secrets.openai_api_key) == "sk-..."
+    assert ingress.box.open(received.secrets.talkable_api_key) == "TALKABLE_API_KEY"
