@@ -182,6 +182,16 @@ def build(
 
     @app.task
     async def worker_http() -> None:
-        await serve_worker_http(app, runtime.metrics, "127.0.0.1", settings.worker_http_port)
+        try:
+            await serve_worker_http(
+                app, runtime.metrics, settings.worker_http_host, settings.worker_http_port
+            )
+        except OSError as exc:  # e.g. a second worker on this host: keep working, unobserved
+            log.error(
+                "worker http not started on %s:%s (%s); set TALKSTREAM_WORKER_HTTP_PORT",
+                settings.worker_http_host,
+                settings.worker_http_port,
+                exc,
+            )
 
     return runtime

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
     )
+    worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(
         9101, ge=0, le=65535, description="worker /healthz /readyz /metrics; 0 = any free port"
     )
