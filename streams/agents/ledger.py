@@ -123,7 +123,7 @@ class DeadlineIndex:
                             stage=stage,
                             at_ms=now,
                         )
-                    )  # type: ignore[arg-type]
+                    )
         self._signalled &= live
         return found
 
