@@ -20,6 +20,9 @@ lint: bootstrap
 typecheck: bootstrap
 	.venv/bin/mypy
 
+schemas: bootstrap
+	.venv/bin/python -m streams.schemas
+
 bench: bootstrap
 	.venv/bin/talkstream bench
 

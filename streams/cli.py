@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from streams.cli_audit import register as register_audit
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -254,3 +255,6 @@ def dev(openai_port: int, talkable_port: int) -> None:
     from streams.dev.supervisor import run_dev
 
     sys.exit(run_dev(_settings(), openai_port=openai_port, talkable_port=talkable_port))
+
+
+register_audit(main)

@@ -1,8 +1,14 @@
 """The idempotent projector store.
 
 Each lifecycle event is applied with its source (topic, partition, offset) in the same
-transaction, and a source already applied is skipped, so redelivery after a crash or a replay
-over an existing database changes nothing.
+transaction, and an event is skipped when its source was applied already, or when an event
+with the same identity (request_id, type, state, attempt) was: the ledger may emit a
+transition twice when it re-processes a message after a crash. So redelivery, a replay over
+an existing database, or the live projector and a replay reading the same log all converge on
+the same rows.
+
+Events of one request share a partition (the lifecycle topic is keyed by request_id), so
+they are applied in the order the ledger decided them.
 """
 
 from __future__ import annotations
@@ -10,14 +16,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, select, tuple_
+from sqlalchemy import (
+    Select,
+    and_,
+    create_engine,
+    exists,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from models.events import LifecycleEvent
-from models.lifecycle import TERMINAL
+from models.lifecycle import TERMINAL, State
+from streams.projection import migrate
 from streams.projection.tables import Base, RequestRow, TransitionRow
+
+_TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
+
+Source = tuple[str, int, int]
+Identity = tuple[str, str, str, int]
 
 
 @dataclass(frozen=True)
@@ -30,46 +55,96 @@ class Sourced:
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # one shared connection, or every checkout would see its own empty database
+            return create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(url, future=True, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def safe_url(engine_or_url: Engine | str) -> str:
+    """The URL to show a person: the password hidden."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
 
 
 class ProjectionStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, migrate_schema: bool = True) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
-        Base.metadata.create_all(engine)
+        if migrate_schema:
+            migrate.upgrade(engine)
 
     @classmethod
-    def from_url(cls, url: str) -> ProjectionStore:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, *, migrate_schema: bool = True) -> ProjectionStore:
+        return cls(make_engine(url), migrate_schema=migrate_schema)
+
+    @property
+    def url(self) -> str:
+        return safe_url(self.engine)
+
+    # --- writing --------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[Sourced]) -> int:
         """Apply a batch in one transaction; returns how many events were new."""
         if not batch:
             return 0
         with self._session.begin() as session:
-            keys = [(s.topic, s.partition, s.offset) for s in batch]
-            done = set(
-                session.execute(
+            sources = _applied_sources(session, batch)
+            request_ids = sorted({s.event.request_id for s in batch})
+            identities: set[Identity] = {
+                (request_id, type_, state, attempt)
+                for request_id, type_, state, attempt in session.execute(
                     select(
-                        TransitionRow.topic, TransitionRow.partition, TransitionRow.offset
-                    ).where(
-                        tuple_(
-                            TransitionRow.topic, TransitionRow.partition, TransitionRow.offset
-                        ).in_(keys)
-                    )
-                ).tuples()
-            )
-            applied = 0
+                        TransitionRow.request_id,
+                        TransitionRow.type,
+                        TransitionRow.state,
+                        TransitionRow.attempt,
+                    ).where(TransitionRow.request_id.in_(request_ids))
+                )
+            }
+            rows = {
+                row.request_id: row
+                for row in session.scalars(
+                    select(RequestRow).where(RequestRow.request_id.in_(request_ids))
+                )
+            }
+            transitions: list[dict[str, Any]] = []
             for item in batch:
-                if (item.topic, item.partition, item.offset) in done:
+                source = (item.topic, item.partition, item.offset)
+                identity = _identity(item.event)
+                if source in sources or identity in identities:
                     continue
-                done.add((item.topic, item.partition, item.offset))
-                _apply(session, item)
-                applied += 1
-            return applied
+                sources.add(source)
+                identities.add(identity)
+                transitions.append(_transition(item))
+                _apply(session, rows, item)
+            if transitions:  # one multi-row INSERT, no RETURNING: ids are never read back
+                session.connection().execute(insert(_TRANSITIONS), transitions)
+            return len(transitions)
+
+    def reset(self) -> None:
+        """Drop every projection table and migrate from scratch (``replay --force``)."""
+        Base.metadata.drop_all(self.engine)
+        with self.engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        migrate.upgrade(self.engine)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        tables = inspect(self.engine).get_table_names()
+        if "transitions" not in tables:
+            return not tables or tables == ["alembic_version"]
+        with self._session() as session:
+            return not session.scalar(select(exists().select_from(TransitionRow)))
+
+    def is_current(self) -> bool:
+        """Whether the schema is at the newest migration (readers check, never migrate)."""
+        return migrate.is_current(self.engine)
 
     def request(self, request_id: str) -> RequestRow | None:
         with self._session() as session:
@@ -80,51 +155,154 @@ class ProjectionStore:
             rows = session.scalars(
                 select(TransitionRow)
                 .where(TransitionRow.request_id == request_id)
-                .order_by(TransitionRow.at_ms, TransitionRow.id)
+                .order_by(TransitionRow.at_ms, TransitionRow.offset, TransitionRow.id)
             )
             return list(rows)
 
     def requests(self) -> list[RequestRow]:
         with self._session() as session:
-            return list(session.scalars(select(RequestRow).order_by(RequestRow.received_at_ms)))
+            return list(
+                session.scalars(
+                    select(RequestRow).order_by(RequestRow.received_at_ms, RequestRow.request_id)
+                )
+            )
+
+    def requests_of(self, person: str) -> list[RequestRow]:
+        """A person's requests (``site:email``), newest first."""
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(RequestRow)
+                    .where(RequestRow.person == person)
+                    .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id)
+                )
+            )
+
+    def requests_between(
+        self, since_ms: int | None = None, until_ms: int | None = None
+    ) -> list[RequestRow]:
+        """Requests received in ``[since_ms, until_ms)`` (either bound optional)."""
+        query: Select[tuple[RequestRow]] = select(RequestRow)
+        if since_ms is not None:
+            query = query.where(RequestRow.received_at_ms >= since_ms)
+        if until_ms is not None:
+            query = query.where(RequestRow.received_at_ms < until_ms)
+        with self._session() as session:
+            return list(session.scalars(query.order_by(RequestRow.site, RequestRow.request_id)))
+
+    def all_transitions(self) -> list[TransitionRow]:
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(TransitionRow).order_by(
+                        TransitionRow.topic, TransitionRow.partition, TransitionRow.offset
+                    )
+                )
+            )
+
+    def counts(self) -> tuple[int, int]:
+        """(requests, transitions)."""
+        with self._session() as session:
+            requests = session.scalar(select(func.count()).select_from(RequestRow)) or 0
+            transitions = session.scalar(select(func.count()).select_from(TransitionRow)) or 0
+            return requests, transitions
+
+    def states(self) -> dict[str, int]:
+        """How many requests are in each state."""
+        with self._session() as session:
+            rows = session.execute(
+                select(RequestRow.state, func.count()).group_by(RequestRow.state)
+            )
+            return {state: count for state, count in rows}
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _apply(session: Session, item: Sourced) -> None:
-    e = item.event
-    session.add(
-        TransitionRow(
-            request_id=e.request_id,
-            type=e.type,
-            state=e.state.value,
-            previous_state=e.previous_state.value if e.previous_state else None,
-            at_ms=e.at_ms,
-            cause=e.cause,
-            attempt=e.attempt,
-            topic=item.topic,
-            partition=item.partition,
-            offset=item.offset,
+def _applied_sources(session: Session, batch: Sequence[Sourced]) -> set[Source]:
+    """The batch's sources already applied: a range scan of the unique source index for each
+    (topic, partition) in the batch."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for s in batch:
+        low, high = spans.get((s.topic, s.partition), (s.offset, s.offset))
+        spans[(s.topic, s.partition)] = (min(low, s.offset), max(high, s.offset))
+    query = select(TransitionRow.topic, TransitionRow.partition, TransitionRow.offset).where(
+        or_(
+            *(
+                and_(
+                    TransitionRow.topic == topic,
+                    TransitionRow.partition == partition,
+                    TransitionRow.offset.between(low, high),
+                )
+                for (topic, partition), (low, high) in spans.items()
+            )
         )
     )
-    row = session.get(RequestRow, e.request_id)
+    return {(topic, partition, offset) for topic, partition, offset in session.execute(query)}
+
+
+def _identity(e: LifecycleEvent) -> Identity:
+    return (e.request_id, e.type, e.state.value, e.attempt)
+
+
+# when a request first reached a state: the column that keeps it
+_REACHED = {
+    State.ADMITTED: "admitted_at_ms",
+    State.GENERATING: "generating_at_ms",
+    State.GENERATED: "generated_at_ms",
+    State.PUBLISHING: "publishing_at_ms",
+}
+
+
+def _transition(item: Sourced) -> dict[str, Any]:
+    e = item.event
+    return {
+        "request_id": e.request_id,
+        "type": e.type,
+        "state": e.state.value,
+        "previous_state": e.previous_state.value if e.previous_state else None,
+        "at_ms": e.at_ms,
+        "cause": e.cause,
+        "attempt": e.attempt,
+        "error_class": e.error_class,
+        "error_message": e.error_message,
+        "latency_ms": e.latency_ms,
+        "window_start": e.window_start,
+        "window_count": e.window_count,
+        "topic": item.topic,
+        "partition": item.partition,
+        "offset": item.offset,
+    }
+
+
+def _apply(session: Session, rows: dict[str, RequestRow], item: Sourced) -> None:
+    """Bring the request's row up to date with one event."""
+    e = item.event
+    row = rows.get(e.request_id)
     if row is None:
         row = RequestRow(
             request_id=e.request_id,
             site=e.site,
             person=e.person,
             state=e.state.value,
+            terminal=False,
             received_at_ms=e.at_ms,
             updated_at_ms=e.at_ms,
             attempts=0,
-            terminal=False,
         )
         session.add(row)
+        rows[e.request_id] = row
     row.state = e.state.value
     row.terminal = e.state in TERMINAL
+    row.cause = e.cause
     row.updated_at_ms = max(row.updated_at_ms, e.at_ms)
     row.attempts = max(row.attempts or 0, e.attempt)
+    if e.state is State.RECEIVED:
+        row.received_at_ms = e.at_ms
+    elif e.state in TERMINAL:
+        row.terminal_at_ms = e.at_ms
+    elif getattr(row, _REACHED[e.state]) is None:  # re-issues keep the first attempt's time
+        setattr(row, _REACHED[e.state], e.at_ms)
     row.duplicate_of = e.duplicate_of or row.duplicate_of
     row.model = e.model or row.model
     if e.prompt_tokens is not None:
@@ -136,3 +314,6 @@ def _apply(session: Session, item: Sourced) -> None:
     if e.error_class is not None:
         row.error_class = e.error_class
         row.error_message = e.error_message
+    if e.window_start is not None:
+        row.window_start = e.window_start
+        row.window_count = e.window_count

@@ -1,4 +1,14 @@
-"""Tables of the projection: one row per request, one row per transition."""
+"""Tables of the projection: one row per request, one row per transition.
+
+The schema is owned by the Alembic migrations in ``streams/projection/migrations/``; these
+classes must match them (a contract test compares the two on SQLite and PostgreSQL). Times are
+epoch milliseconds, as on the topics.
+
+``requests``      the request as it stands: site, person, state, when it reached each state,
+                  model, tokens, generation latency, attempts, error
+``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
+                  the source is unique, so an event is never applied twice
+"""
 
 from __future__ import annotations
 
@@ -12,14 +22,25 @@ class Base(DeclarativeBase):
 
 class RequestRow(Base):
     __tablename__ = "requests"
+    __table_args__ = (
+        Index("ix_requests_site_received", "site", "received_at_ms"),
+        Index("ix_requests_person", "person", "received_at_ms"),
+    )
 
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    site: Mapped[str] = mapped_column(String(200), index=True)
-    person: Mapped[str] = mapped_column(String(600), index=True)
+    site: Mapped[str] = mapped_column(String(200))
+    person: Mapped[str] = mapped_column(String(600))
     state: Mapped[str] = mapped_column(String(32), index=True)
     terminal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # when the request reached each state (the event time the ledger decided with)
     received_at_ms: Mapped[int] = mapped_column(BigInteger)
+    admitted_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    generating_at_ms: Mapped[int | None] = mapped_column(BigInteger)  # the first attempt
+    generated_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    publishing_at_ms: Mapped[int | None] = mapped_column(BigInteger)  # the first attempt
+    terminal_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+    cause: Mapped[str | None] = mapped_column(Text)  # of the latest transition
     duplicate_of: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(200))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -28,6 +49,8 @@ class RequestRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_class: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
+    window_start: Mapped[int | None] = mapped_column(BigInteger)
+    window_count: Mapped[int | None] = mapped_column(Integer)
 
 
 class TransitionRow(Base):
@@ -45,6 +68,15 @@ class TransitionRow(Base):
     at_ms: Mapped[int] = mapped_column(BigInteger)
     cause: Mapped[str] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer)
+    error_class: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    window_start: Mapped[int | None] = mapped_column(BigInteger)
+    window_count: Mapped[int | None] = mapped_column(Integer)
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+
+
+# columns that identify a transition apart from where it was read (a replay compares these)
+TRANSITION_IDENTITY = ("request_id", "type", "state", "attempt")

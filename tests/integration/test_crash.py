@@ -27,9 +27,9 @@ FAST_FAILOVER = {
 def burst(now: int) -> list[dict]:
     """PER_PERSON requests for each of PEOPLE people, all with the same stale snapshot."""
     return [
-        seed_params(f"crash{p}@example.com", content=f"note {i}",
-                    usage_limit=usage(LIMIT, now=now))
-        for i in range(PER_PERSON) for p in range(PEOPLE)
+        seed_params(f"crash{p}@example.com", content=f"note {i}", usage_limit=usage(LIMIT, now=now))
+        for i in range(PER_PERSON)
+        for p in range(PEOPLE)
     ]
 
 

@@ -1,0 +1,334 @@
+"""Reading the SQL projection for people: a request's history, per-site statistics.
+
+Everything here reads the projection (fast, SQL); it never touches Kafka. Times are shown as
+ISO-8601 in UTC. Percentiles are computed in Python over the selected rows (nearest rank), so
+SQLite and PostgreSQL give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from models.lifecycle import TERMINAL, State
+from models.params import person_key
+from streams.projection.store import ProjectionStore
+from streams.projection.tables import RequestRow, TransitionRow
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EPOCH_MS_ABOVE = 100_000_000_000  # larger numbers are milliseconds (from 1973 on, in ms)
+
+
+def parse_time(value: str, now_ms: int) -> int:
+    """Epoch ms from ISO-8601 (no zone = UTC), epoch seconds or ms, or an age like ``24h``."""
+    text = value.strip()
+    ago = _AGO.match(text)
+    if ago:
+        return now_ms - int(float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)] * 1000)
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return int(number if number > _EPOCH_MS_ABOVE else number * 1000)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a time: use ISO-8601 (2026-05-20T10:00:00Z), epoch seconds or "
+            "milliseconds, or an age such as 30m, 24h, 7d"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def source_of(store: ProjectionStore) -> dict[str, str]:
+    return {
+        "kind": "sql-projection",
+        "database": store.url,
+        "note": "projected from the lifecycle topic by the worker; "
+        "`talkstream replay` rebuilds it from the log",
+    }
+
+
+# --- history ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    at: str | None
+    at_ms: int
+    state: str
+    type: str
+    attempt: int
+    cause: str
+    error_class: str | None
+    error_message: str | None
+    window_start: int | None
+    window_count: int | None
+    source: str  # topic/partition/offset of the lifecycle event
+
+    @classmethod
+    def of(cls, row: TransitionRow) -> Step:
+        return cls(
+            at=iso(row.at_ms),
+            at_ms=row.at_ms,
+            state=row.state,
+            type=row.type,
+            attempt=row.attempt,
+            cause=row.cause,
+            error_class=row.error_class,
+            error_message=row.error_message,
+            window_start=row.window_start,
+            window_count=row.window_count,
+            source=f"{row.topic}/{row.partition}/{row.offset}",
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    request_id: str
+    site: str
+    person: str
+    state: str
+    terminal: bool
+    received_at: str | None
+    terminal_at: str | None
+    duplicate_of: str | None
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    generation_latency_ms: int | None
+    attempts: int
+    error_class: str | None
+    transitions: list[Step] = field(default_factory=list)
+
+
+def history(store: ProjectionStore, row: RequestRow) -> History:
+    return History(
+        request_id=row.request_id,
+        site=row.site,
+        person=row.person,
+        state=row.state,
+        terminal=row.terminal,
+        received_at=iso(row.received_at_ms),
+        terminal_at=iso(row.terminal_at_ms),
+        duplicate_of=row.duplicate_of,
+        model=row.model,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        generation_latency_ms=row.generation_latency_ms,
+        attempts=row.attempts,
+        error_class=row.error_class,
+        transitions=[Step.of(t) for t in store.transitions(row.request_id)],
+    )
+
+
+def find_histories(
+    store: ProjectionStore,
+    *,
+    request_id: str | None = None,
+    site: str | None = None,
+    email: str | None = None,
+) -> list[History]:
+    """One request by id, or every request of a person (site + email, normalized), newest
+    first."""
+    if request_id is not None:
+        row = store.request(request_id)
+        rows = [row] if row is not None else []
+    elif site is not None and email is not None:
+        rows = store.requests_of(person_key(site.strip(), email.strip().lower()))
+    else:
+        raise ValueError("give a request id, or a site and an email")
+    return [history(store, row) for row in rows]
+
+
+def render_histories(histories: Sequence[History]) -> str:
+    blocks = []
+    for h in histories:
+        tokens = f"{h.prompt_tokens}+{h.completion_tokens}" if h.prompt_tokens is not None else "-"
+        lines = [
+            f"request {h.request_id}",
+            f"  site {h.site}   person {h.person}",
+            f"  state {h.state}{' (terminal)' if h.terminal else ' (in flight)'}"
+            f"   received {h.received_at}   finished {h.terminal_at or '-'}",
+            f"  model {h.model or '-'}   tokens (prompt+completion) {tokens}   generation "
+            f"{_or_dash(h.generation_latency_ms, ' ms')}   attempts {h.attempts}"
+            + (f"   error {h.error_class}" if h.error_class else "")
+            + (f"   duplicate of {h.duplicate_of}" if h.duplicate_of else ""),
+            "",
+            table(
+                ["time (UTC)", "state", "attempt", "cause", "error"],
+                [
+                    [
+                        s.at or "",
+                        s.state,
+                        str(s.attempt),
+                        s.cause,
+                        ": ".join(x for x in (s.error_class, s.error_message) if x) or "",
+                    ]
+                    for s in h.transitions
+                ],
+                indent="  ",
+            ),
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def histories_json(store: ProjectionStore, histories: Sequence[History]) -> dict[str, Any]:
+    return {"source": source_of(store), "requests": [asdict(h) for h in histories]}
+
+
+# --- stats ------------------------------------------------------------------------------------
+
+FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
+TERMINAL_STATES = sorted(s.value for s in TERMINAL)
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    site: str
+    requests: int
+    by_state: dict[str, int]  # every terminal state, plus ``in_flight``
+    prompt_tokens: int
+    completion_tokens: int
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
+    limited_rate: float | None  # limited / requests
+    failure_rate: float | None  # (generation_failed + publish_failed) / admitted
+
+
+def percentile(values: Sequence[int], p: float) -> int | None:
+    """Nearest-rank percentile: the smallest value with at least p% of values at or below."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def site_stats(rows: Iterable[RequestRow]) -> list[SiteStats]:
+    """Per site (sorted), then ``*`` for all sites together when there is more than one."""
+    by_site: dict[str, list[RequestRow]] = {}
+    for row in rows:
+        by_site.setdefault(row.site, []).append(row)
+    stats = [_stats(site, group) for site, group in sorted(by_site.items())]
+    if len(stats) > 1:
+        stats.append(_stats("*", [row for group in by_site.values() for row in group]))
+    return stats
+
+
+def _stats(site: str, rows: list[RequestRow]) -> SiteStats:
+    by_state = dict.fromkeys([*TERMINAL_STATES, "in_flight"], 0)
+    for row in rows:
+        by_state[row.state if row.terminal else "in_flight"] += 1
+    admitted = sum(1 for row in rows if row.admitted_at_ms is not None)
+    latencies = [r.generation_latency_ms for r in rows if r.generation_latency_ms is not None]
+    return SiteStats(
+        site=site,
+        requests=len(rows),
+        by_state=by_state,
+        prompt_tokens=sum(r.prompt_tokens or 0 for r in rows),
+        completion_tokens=sum(r.completion_tokens or 0 for r in rows),
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+        limited_rate=by_state[State.LIMITED.value] / len(rows) if rows else None,
+        failure_rate=sum(by_state[s] for s in FAILED) / admitted if admitted else None,
+    )
+
+
+# the table's columns for the states, in the order a reader scans them
+_STATE_COLUMNS = {
+    "published": "published",
+    "limited": "limited",
+    "skipped": "skipped",
+    "rejected_duplicate": "duplicate",
+    "generation_failed": "gen failed",
+    "publish_failed": "pub failed",
+    "in_flight": "in flight",
+}
+
+
+def render_stats(stats: Sequence[SiteStats]) -> str:
+    if not stats:
+        return "no requests in this range"
+    headers = [
+        "site",
+        "requests",
+        *_STATE_COLUMNS.values(),
+        "tokens in",
+        "tokens out",
+        "p50 ms",
+        "p95 ms",
+        "limited",
+        "failed",
+    ]
+    rows = [
+        [
+            s.site,
+            str(s.requests),
+            *(str(s.by_state.get(k, 0)) for k in _STATE_COLUMNS),
+            str(s.prompt_tokens),
+            str(s.completion_tokens),
+            _or_dash(s.latency_p50_ms),
+            _or_dash(s.latency_p95_ms),
+            _rate(s.limited_rate),
+            _rate(s.failure_rate),
+        ]
+        for s in stats
+    ]
+    return table(headers, rows, numeric_from=1)
+
+
+def stats_json(
+    store: ProjectionStore, stats: Sequence[SiteStats], since_ms: int | None, until_ms: int | None
+) -> dict[str, Any]:
+    return {
+        "source": source_of(store),
+        "range": {"since": iso(since_ms), "until": iso(until_ms), "by": "received_at"},
+        "sites": [asdict(s) for s in stats],
+    }
+
+
+# --- text tables ------------------------------------------------------------------------------
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    numeric_from: int = 99,
+    indent: str = "",
+) -> str:
+    """A plain-text table; columns from ``numeric_from`` on are right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if i >= numeric_from else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _or_dash(value: int | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"

@@ -1,0 +1,313 @@
+"""``talkstream replay | audit | stats | schemas``: reading the log and the projection back.
+
+Wired into the ``talkstream`` group by ``register(main)`` in ``streams/cli.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.projection.store import ProjectionStore
+
+T = TypeVar("T")
+
+
+def register(main: click.Group) -> None:
+    for command in (replay, audit, stats, schemas):
+        main.add_command(command)
+
+
+def _parse_time(value: str | None) -> int | None:
+    from streams.audit import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value, int(time.time() * 1000))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _run(coro: Any) -> Any:
+    from streams.errors import TalkstreamError
+
+    try:
+        return asyncio.run(coro)
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], None]], T]) -> T:
+    """Run ``work(on_total, progress)`` under a progress bar on stderr (sized once known)."""
+    bar: Any = None
+
+    def on_total(total: int) -> None:
+        nonlocal bar
+        bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+        bar.__enter__()
+
+    def progress(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        return work(on_total, progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--database-url",
+    help="the (fresh) database to rebuild the projection in, a SQLAlchemy URL "
+    "(sqlite:///path, postgresql+psycopg://user@host/db)",
+)
+@click.option("--force", is_flag=True, help="empty a non-empty database first (stop its worker)")
+@click.option(
+    "--until",
+    metavar="TIME",
+    help="stop at this point in time: ISO-8601 (UTC if no zone), epoch seconds or ms, or an "
+    "age such as 2h. Compared with the Kafka timestamp of each lifecycle record (when the "
+    "ledger wrote it), not the event's at_ms.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="instead: re-derive every decision from [requests] with the pure rules and compare "
+    "with [lifecycle]; exit 1 on any difference",
+)
+def replay(database_url: str | None, force: bool, until: str | None, verify: bool) -> None:
+    """Rebuild the SQL projection from the lifecycle topic, or verify the recorded decisions.
+
+    Read-only towards the world: a group-less consumer reads up to the end offsets captured at
+    start; nothing is produced, OpenAI and Talkable are not called.
+    """
+    settings = Settings()
+    if verify:
+        if database_url or until or force:
+            raise click.UsageError("--verify reads the topics only: no --database-url/--until")
+        _verify(settings)
+        return
+    if not database_url:
+        raise click.UsageError("give --database-url: replay builds a fresh projection there")
+    _rebuild(settings, database_url, force, _parse_time(until))
+
+
+def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
+    from streams.audit import iso
+    from streams.errors import TalkstreamError
+    from streams.projection.store import ProjectionStore, make_engine
+    from streams.replay import rebuild
+
+    engine = make_engine(database_url)
+    store = ProjectionStore(engine, migrate_schema=False)
+    try:
+        _prepare(store, database_url, force)
+        topic = settings.topic("lifecycle")
+        summary = _with_bar(
+            f"replaying {topic}",
+            lambda on_total, progress: _run(
+                rebuild(
+                    settings.kafka_bootstrap,
+                    topic,
+                    store,
+                    until_ms=until_ms,
+                    on_total=on_total,
+                    progress=progress,
+                )
+            ),
+        )
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    cut = f" up to {iso(until_ms)} (Kafka record time)" if until_ms is not None else ""
+    click.echo(
+        f"replayed {summary.records} lifecycle events from {summary.topic} "
+        f"({summary.partitions} partitions){cut} into {summary.database} "
+        f"in {summary.seconds:.1f}s"
+    )
+    states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items())) or "none"
+    click.echo(f"  {summary.requests} requests ({states}); {summary.transitions} transitions")
+    if summary.skipped:
+        click.echo(f"  {len(summary.skipped)} records did not decode (dead-lettered live):")
+        for s in summary.skipped:
+            click.echo(f"    {s.topic}/{s.partition}/{s.offset}: {s.reason}")
+
+
+def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
+    """A fresh, migrated projection: refuse a used one unless ``force`` (then empty it)."""
+    from streams.projection import migrate
+    from streams.projection.store import safe_url
+
+    if store.is_empty():
+        migrate.upgrade(store.engine)
+        return
+    if not force:
+        raise click.ClickException(
+            f"{safe_url(database_url)} already holds a projection; replay builds a fresh one: "
+            "point --database-url at an empty database, or add --force to empty this one "
+            "first (stop any worker writing to it)"
+        )
+    store.reset()
+
+
+def _verify(settings: Settings) -> None:
+    from streams.app import policy_from
+    from streams.replay import verify
+
+    requests, lifecycle = settings.topic("requests"), settings.topic("lifecycle")
+    summary = _with_bar(
+        f"verifying {requests} -> {lifecycle}",
+        lambda on_total, progress: _run(
+            verify(
+                settings.kafka_bootstrap,
+                requests,
+                lifecycle,
+                policy_from(settings),
+                on_total=on_total,
+                progress=progress,
+            )
+        ),
+    )
+    click.echo(
+        f"re-derived {summary.derived} lifecycle events from {summary.messages} messages on "
+        f"{requests}; {summary.recorded} recorded on {lifecycle}; {summary.matched} match"
+        + (f", {summary.repeated} repeated (at-least-once re-emission)" if summary.repeated else "")
+        + f" ({summary.seconds:.1f}s)"
+    )
+    for s in summary.skipped:
+        click.echo(f"  skipped {s.topic}/{s.partition}/{s.offset}: {s.reason}")
+    if summary.differences:
+        click.echo(f"{len(summary.differences)} differences:")
+        for difference in summary.differences:
+            click.echo(f"  {difference.describe()}")
+        sys.exit(1)
+    click.echo("no differences: every recorded decision is what the rules derive")
+
+
+# --- audit and stats --------------------------------------------------------------------------
+
+
+def _reader(database_url: str | None) -> ProjectionStore:
+    from sqlalchemy.engine import make_url
+
+    from streams.projection.store import ProjectionStore, make_engine, safe_url
+
+    url = database_url or Settings().resolved_database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(parsed.database).exists():
+            raise click.ClickException(f"no projection at {safe_url(url)}")
+    store = ProjectionStore(make_engine(url), migrate_schema=False)
+    if not store.is_current():
+        store.close()
+        raise click.ClickException(
+            f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
+        )
+    return store
+
+
+_DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the SQLite file)"
+
+
+@click.command()
+@click.option("--request-id", help="one request")
+@click.option("--site", help="with --email: every request of that person")
+@click.option("--email")
+@click.option("--database-url", help=_DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def audit(
+    request_id: str | None,
+    site: str | None,
+    email: str | None,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """The full history of a request (or of every request of a person): each transition with
+    its time, cause, attempt and error. Read from the SQL projection."""
+    from streams.audit import find_histories, histories_json, render_histories
+
+    by_person = site is not None and email is not None
+    if (request_id is None) == (not by_person) or (request_id and (site or email)):
+        raise click.UsageError("give --request-id, or both --site and --email")
+    store = _reader(database_url)
+    try:
+        found = find_histories(store, request_id=request_id, site=site, email=email)
+        if as_json:
+            click.echo(json.dumps(histories_json(store, found), indent=2))
+        else:
+            click.echo(f"source: SQL projection {store.url} (projected from the lifecycle topic)")
+            click.echo()
+            click.echo(render_histories(found) if found else "no such request")
+    finally:
+        store.close()
+    if not found:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--since", metavar="TIME", help="received at or after (ISO-8601, epoch, or 24h)")
+@click.option("--until", metavar="TIME", help="received before (ISO-8601, epoch, or an age)")
+@click.option("--site", help="only this site")
+@click.option("--database-url", help=_DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def stats(
+    since: str | None, until: str | None, site: str | None, database_url: str | None, as_json: bool
+) -> None:
+    """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
+    failure rates, for requests received in [--since, --until). Read from the SQL projection.
+
+    limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
+    latency: OpenAI call time of generated requests (nearest-rank percentiles).
+    """
+    from streams.audit import iso, render_stats, site_stats, stats_json
+
+    since_ms, until_ms = _parse_time(since), _parse_time(until)
+    store = _reader(database_url)
+    try:
+        rows = [r for r in store.requests_between(since_ms, until_ms) if site in (None, r.site)]
+        result = site_stats(rows)
+        if as_json:
+            click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))
+            return
+        span = f"received from {iso(since_ms) or 'the start'} until {iso(until_ms) or 'now'}"
+        click.echo(f"source: SQL projection {store.url}; {span}")
+        click.echo()
+        click.echo(render_stats(result))
+        if result:
+            click.echo()
+            click.echo(
+                "limited = limited/requests; failed = (gen failed + pub failed)/admitted; "
+                "tokens: prompt (in) and completion (out); p50/p95: OpenAI call time"
+            )
+    finally:
+        store.close()
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--check", is_flag=True, help="only report drift from the models (exit 1)")
+def schemas(check: bool) -> None:
+    """Write the JSON Schema of every topic's values to schemas/ (from models/)."""
+    from streams import schemas as generator
+
+    sys.exit(generator.main(["--check"] if check else []))

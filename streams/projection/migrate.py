@@ -1,0 +1,85 @@
+"""Schema management: ``upgrade`` brings a projection database to the newest migration.
+
+Every process that opens the projection (the worker's projector, ``talkstream replay``, the
+tests) calls it; concurrent callers take turns: PostgreSQL through a transaction-scoped
+advisory lock, a SQLite file through ``flock`` on the database file (SQLite's own locks are
+POSIX record locks, which ``flock`` does not touch on Linux). A database already at head costs
+one query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.engine import Engine
+
+from streams.errors import ConfigError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_LOCK = 0x7A1C_57EA  # any constant: the advisory lock of projection migrations
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@cache
+def head() -> str:
+    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert revision is not None, "no migrations"
+    return revision
+
+
+def current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate to head (no-op at head). Refuses a database made before migrations existed."""
+    with _file_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+        revision = current(connection)
+        if revision == head():
+            return
+        if revision is None and inspect(connection).has_table("transitions"):
+            url = engine.url.render_as_string(hide_password=True)
+            raise ConfigError(
+                f"the projection database {url} has tables but no migration history (made "
+                "before migrations existed): rebuild it from the log with `talkstream replay "
+                f"--database-url {url} --force`, or delete it"
+            )
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def is_current(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return current(connection) == head()
+
+
+@contextlib.contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    # an empty file is a valid empty SQLite database, so creating it here changes nothing
+    with open(database, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

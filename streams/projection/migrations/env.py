@@ -1,0 +1,49 @@
+"""Alembic environment of the SQL projection.
+
+The store (``streams.projection.migrate.upgrade``) hands in its own connection through
+``config.attributes["connection"]``; the ``alembic`` command line gets an engine from the
+configured URL, else from the settings (``TALKSTREAM_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection, create_engine, pool
+
+from streams.projection.tables import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from streams.settings import Settings
+
+    return Settings().resolved_database_url
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    given = config.attributes.get("connection")
+    if given is not None:
+        _run(given)
+    else:
+        with create_engine(_url(), poolclass=pool.NullPool).connect() as connection:
+            _run(connection)

@@ -1,0 +1,182 @@
+"""``talkstream audit`` and ``stats`` over a projection (SQLite and PostgreSQL), and what
+``replay`` refuses before it touches Kafka."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from streams.cli_audit import register
+from streams.projection.store import ProjectionStore
+from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
+from tests.projection_support import T0_MS, Log, mixed_log, snapshot
+
+
+def talkstream(*args: str) -> Result:
+    group = click.Group("talkstream")
+    register(group)
+    return CliRunner().invoke(group, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def projected(database_url: str) -> str:  # noqa: F811
+    store = ProjectionStore.from_url(database_url)
+    store.apply(mixed_log().records)
+    store.close()
+    return database_url
+
+
+def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
+    result = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.startswith("source: SQL projection ")
+    assert "request retry-1" in out and "state published (terminal)" in out
+    assert "2026-01-01T00:00:01.000+00:00" in out  # received, in UTC
+    assert "attempt 1 failed (RateLimitError); re-issued" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  2026-")]
+    assert [(cells[1], cells[2]) for cells in lines] == [
+        ("received", "0"),
+        ("admitted", "0"),
+        ("generating", "1"),
+        ("generating", "2"),
+        ("generated", "2"),
+        ("publishing", "1"),
+        ("published", "1"),
+    ]
+
+
+def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: str):
+    result = talkstream(
+        "audit",
+        "--site",
+        "acme",
+        "--email",
+        " ADA@Example.com ",
+        "--database-url",
+        projected,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["source"]["kind"] == "sql-projection"
+    assert [r["request_id"] for r in answer["requests"]] == ["lim-1", "pub-2", "pub-1"]
+    limited = answer["requests"][0]
+    assert limited["state"] == "limited"
+    assert limited["transitions"][-1]["cause"] == "usage window full: 2 of 2 used"
+    assert limited["transitions"][-1]["window_count"] == 2
+
+
+def test_audit_of_an_unknown_request_says_so_and_fails(projected: str):
+    result = talkstream("audit", "--request-id", "nope", "--database-url", projected)
+    assert result.exit_code == 1
+    assert "no such request" in result.output
+
+
+def test_audit_needs_an_id_or_a_person(projected: str):
+    assert talkstream("audit", "--site", "acme", "--database-url", projected).exit_code == 2
+    both = talkstream("audit", "--request-id", "x", "--site", "a", "--email", "b@c.d")
+    assert both.exit_code == 2
+
+
+def test_audit_without_a_projection_says_so_and_creates_nothing(tmp_path: Path):
+    missing = tmp_path / "nothing.sqlite3"
+    result = talkstream("audit", "--request-id", "x", "--database-url", f"sqlite:///{missing}")
+    assert result.exit_code == 1 and "no projection at" in result.output
+    assert not missing.exists()
+
+
+def test_stats_per_site_counts_tokens_latency_and_rates(projected: str):
+    result = talkstream("stats", "--database-url", projected, "--json")
+    assert result.exit_code == 0, result.output
+    sites = {s["site"]: s for s in json.loads(result.output)["sites"]}
+    acme = sites["acme"]
+    assert acme["requests"] == 5
+    assert acme["by_state"] == {
+        "generation_failed": 1,
+        "limited": 1,
+        "publish_failed": 0,
+        "published": 3,
+        "rejected_duplicate": 0,
+        "skipped": 0,
+        "in_flight": 0,
+    }
+    assert (acme["prompt_tokens"], acme["completion_tokens"]) == (36, 90)
+    # generation latencies 700, 900, 1200 ms: nearest rank
+    assert (acme["latency_p50_ms"], acme["latency_p95_ms"]) == (900, 1200)
+    assert acme["limited_rate"] == pytest.approx(1 / 5)
+    assert acme["failure_rate"] == pytest.approx(1 / 4)  # of the admitted
+    globex = sites["globex"]
+    assert globex["by_state"]["skipped"] == 1 and globex["by_state"]["rejected_duplicate"] == 1
+    assert sites["*"]["requests"] == 8
+
+
+def test_stats_over_a_time_range_and_as_a_table(projected: str):
+    since, until = "2026-01-01T00:00:03Z", str((T0_MS + 5000) // 1000)
+    result = talkstream(
+        "stats", "--since", since, "--until", until, "--site", "acme", "--database-url", projected
+    )
+    assert result.exit_code == 0, result.output
+    header, _, row = result.output.splitlines()[2:5]
+    assert header.split()[:2] == ["site", "requests"]
+    cells = row.split()
+    assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
+    assert cells[-2:] == ["0.0%", "50.0%"]
+
+
+def test_stats_refuses_a_time_it_cannot_read(projected: str):
+    result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
+    assert result.exit_code == 2 and "ISO-8601" in result.output
+
+
+def test_replay_refuses_a_database_that_holds_a_projection(projected: str):
+    before = ProjectionStore.from_url(projected)
+    try:
+        tables = snapshot(before)
+        result = talkstream("replay", "--database-url", projected)
+        assert result.exit_code == 1
+        assert "already holds a projection" in result.output and "--force" in result.output
+        assert snapshot(before) == tables
+    finally:
+        before.close()
+
+
+def test_replay_verify_reads_topics_only():
+    result = talkstream("replay", "--verify", "--database-url", "sqlite://")
+    assert result.exit_code == 2 and "--verify reads the topics only" in result.output
+
+
+def test_a_projection_of_one_log_reads_the_same_on_both_databases(projected: str, tmp_path: Path):
+    other = f"sqlite:///{tmp_path / 'other.sqlite3'}"
+    store = ProjectionStore.from_url(other)
+    store.apply(mixed_log().records)
+    store.close()
+    outputs = [
+        talkstream("stats", "--database-url", url, "--json").output for url in (projected, other)
+    ]
+    first, second = (json.loads(o)["sites"] for o in outputs)
+    assert first == second
+
+
+def test_the_schemas_command_finds_no_drift():
+    result = talkstream("schemas", "--check")
+    assert result.exit_code == 0 and "match the models" in result.output
+
+
+def test_times_of_an_unlimited_request_follow_its_receive_time(tmp_path: Path):
+    log = Log()
+    log.received("r1", at_ms=T0_MS + 123)
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    answer = json.loads(
+        talkstream("audit", "--request-id", "r1", "--database-url", url, "--json").output
+    )
+    request = answer["requests"][0]
+    assert request["state"] == "generating" and request["terminal"] is False
+    assert request["received_at"] == "2026-01-01T00:00:00.123+00:00"

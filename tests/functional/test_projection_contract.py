@@ -1,0 +1,164 @@
+"""The projection store's contract, the same cases on SQLite and on PostgreSQL (a real server:
+``scripts/postgres.sh`` starts one when ``TALKSTREAM_TEST_POSTGRES_URL`` is not set)."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from streams.errors import ConfigError
+from streams.projection import migrate
+from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.tables import Base
+from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
+from tests.projection_support import T0_MS, Log, mixed_log, snapshot
+
+
+@pytest.fixture
+def store(database_url: str):  # noqa: F811
+    opened = ProjectionStore.from_url(database_url)
+    yield opened
+    opened.close()
+
+
+def test_a_published_request_shows_its_state_times_model_and_tokens(store: ProjectionStore):
+    log = Log()
+    log.full("r1", at_ms=T0_MS, latency_ms=700, limit=3)
+    assert store.apply(log.records) == 6
+
+    row = store.request("r1")
+    assert row is not None
+    assert (row.site, row.person, row.state, row.terminal) == (
+        "acme",
+        "acme:ada@example.com",
+        "published",
+        True,
+    )
+    assert row.received_at_ms == row.admitted_at_ms == row.generating_at_ms == T0_MS
+    assert row.generated_at_ms == row.publishing_at_ms == T0_MS + 700
+    assert row.terminal_at_ms == T0_MS + 900
+    assert (row.model, row.prompt_tokens, row.completion_tokens) == ("gpt-4o-mini-2024", 12, 30)
+    assert row.generation_latency_ms == 700
+    assert (row.window_start, row.window_count) == (T0_MS // 1000, 1)
+    assert row.attempts == 1 and row.error_class is None
+    assert [t.state for t in store.transitions("r1")] == [
+        "received",
+        "admitted",
+        "generating",
+        "generated",
+        "publishing",
+        "published",
+    ]
+
+
+def test_a_retry_and_a_failure_keep_their_attempts_causes_and_errors(store: ProjectionStore):
+    store.apply(mixed_log().records)
+
+    retried = store.request("retry-1")
+    assert retried.state == "published" and retried.attempts == 2
+    assert retried.generating_at_ms == T0_MS + 1000  # the first attempt's start
+    steps = [(t.state, t.attempt, t.error_class) for t in store.transitions("retry-1")]
+    assert ("generating", 2, None) in steps
+
+    failed = store.request("fail-1")
+    assert (failed.state, failed.terminal, failed.error_class) == (
+        "generation_failed",
+        True,
+        "AuthenticationError",
+    )
+    assert failed.error_message == "401 invalid key"
+    last = store.transitions("fail-1")[-1]
+    assert (last.state, last.error_class, last.latency_ms) == (
+        "generation_failed",
+        "AuthenticationError",
+        40,
+    )
+
+    limited = store.request("lim-1")
+    assert limited.state == "limited" and limited.window_count == 2
+    assert "2 of 2 used" in store.transitions("lim-1")[-1].cause
+    duplicate = store.request("pub-3~pub-3/d2")
+    assert duplicate.state == "rejected_duplicate" and duplicate.duplicate_of == "pub-3"
+
+
+def test_applying_the_same_events_again_in_any_batches_changes_nothing(store: ProjectionStore):
+    records = mixed_log().records
+    assert store.apply(records) == len(records)
+    before = snapshot(store)
+
+    assert store.apply(records) == 0
+    for start in range(0, len(records), 7):  # redelivery in other batch boundaries
+        assert store.apply(records[start : start + 7]) == 0
+    assert snapshot(store) == before
+
+
+def test_a_transition_the_ledger_emitted_twice_is_projected_once(store: ProjectionStore):
+    log = Log()
+    log.full("r1")
+    again = log.records[2]  # a re-emission after a crash: the same event at a later offset
+    store.apply([*log.records, Sourced(again.topic, again.partition, 999, again.event)])
+    states = [t.state for t in store.transitions("r1")]
+    assert states.count("generating") == 1
+    assert store.request("r1").state == "published"
+
+
+def test_partitions_interleaved_differently_give_the_same_tables(database_url: str):  # noqa: F811
+    records = mixed_log().records
+    shuffled = sorted(records, key=lambda s: (s.offset, s.partition))  # per-partition order kept
+    random.Random(7).shuffle(partitions := sorted({s.partition for s in records}))
+    shuffled.sort(key=lambda s: partitions.index(s.partition))
+    a = ProjectionStore.from_url(database_url)
+    try:
+        a.apply(records)
+        first = snapshot(a)
+        a.reset()
+        for start in range(0, len(shuffled), 5):
+            a.apply(shuffled[start : start + 5])
+        assert snapshot(a) == first
+    finally:
+        a.close()
+
+
+def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: ProjectionStore):
+    with store.engine.connect() as connection:
+        assert migrate.current(connection) == migrate.head()
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    assert store.is_current()
+
+
+def test_processes_opening_a_fresh_database_at_once_all_get_the_schema(
+    database_url: str,  # noqa: F811
+):
+    def open_and_write(n: int) -> int:
+        s = ProjectionStore.from_url(database_url)
+        try:
+            log = Log()
+            log.received(f"r{n}", trigger="false")  # received, skipped
+            return s.apply([Sourced(f"t{n}", 0, r.offset, r.event) for r in log.records])
+        finally:
+            s.close()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(open_and_write, range(4))) == [2, 2, 2, 2]
+
+
+def test_a_database_made_before_migrations_is_refused_with_advice(
+    database_url: str,  # noqa: F811
+):
+    engine = create_engine(database_url)
+    Base.metadata.create_all(engine)
+    try:
+        with pytest.raises(ConfigError, match=r"talkstream replay --database-url .* --force"):
+            ProjectionStore(engine)
+        store = ProjectionStore(engine, migrate_schema=False)
+        store.reset()  # what `replay --force` does: start from the migrations
+        assert store.is_current() and store.is_empty()
+        assert "alembic_version" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -1,0 +1,275 @@
+"""Audit replay on the real broker: requests run through the whole system, then the log
+rebuilds the projection (SQLite and PostgreSQL), re-derives every decision, and serves the
+documented consumer. Nothing a replay does reaches Kafka, OpenAI or Talkable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from aiokafka import AIOKafkaProducer
+from click.testing import CliRunner, Result
+
+from streams.cli_audit import register
+from streams.codecs import encode
+from streams.dev.kafka import EmbeddedKafka
+from streams.projection.store import ProjectionStore
+from streams.replay import LogReader
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.integration.conftest import System, now_s
+from tests.postgres import fresh_postgres_database, postgres_server  # noqa: F401  (fixture)
+from tests.projection_support import Log, snapshot
+from tests.support import seed_params, usage, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD_OPENAI_KEY = "sk-revoked-replay-4040"
+
+
+def talkstream(env: dict[str, str], *args: str) -> Result:
+    group = click.Group("talkstream")
+    register(group)
+    return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
+
+
+def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """How many records each topic holds (the sum of its partitions' end offsets)."""
+
+    async def size(topic: str) -> int:
+        async with LogReader(bootstrap, topic) as reader:
+            return sum(end for _, end in reader.bounds.values())
+
+    async def sizes() -> dict[str, int]:
+        return {topic: await size(topic) for topic in topics}
+
+    return asyncio.run(sizes())
+
+
+def post_all(system: System, bodies: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    for body in bodies:
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids.append(answer["request_id"])
+    return ids
+
+
+class Traffic:
+    """What ran through the system: two phases, with a point in time between them."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.lifecycle = f"{system.app_id}-lifecycle"
+        now = now_s()
+        system.openai("POST", "/_control", {"unauthorized_keys": [BAD_OPENAI_KEY]})
+        duplicate = seed_params("dup@example.com", usage_limit=usage(5, now=now))
+        self.first = post_all(
+            system,
+            [
+                seed_params("ada@example.com", usage_limit=usage(2, now=now)),
+                seed_params("ada@example.com", content="again", usage_limit=usage(2, now=now)),
+                seed_params("ada@example.com", content="third", usage_limit=usage(2, now=now)),
+                seed_params("bob@example.com", site="other-site"),
+                seed_params("skip@example.com", trigger="no"),
+                seed_params("revoked@example.com", openai_key=BAD_OPENAI_KEY),
+                duplicate,
+            ],
+        )
+        system.post(duplicate)  # Talkable's retry: a rejected duplicate of the last one
+        self.wait_projected(len(self.first) + 1)
+        self.first_states = Counter(row.state for row in system.projection.requests())
+        self.cut_ms = int(time.time() * 1000)
+        wait_until(lambda: int(time.time() * 1000) > self.cut_ms, 5, 0.001, what="the clock")
+        self.second = post_all(system, [seed_params("late@example.com")])
+        self.wait_projected(len(self.first) + 2)
+
+    def wait_projected(self, requests: int) -> None:
+        """Every request terminal and the live projector caught up with the topic."""
+
+        def caught_up() -> bool:
+            rows = self.system.projection.requests()
+            if len(rows) < requests or not all(row.terminal for row in rows):
+                return False
+            size = topic_sizes(self.system.kafka.bootstrap, [self.lifecycle])[self.lifecycle]
+            return self.system.projection.counts()[1] == size
+
+        wait_until(caught_up, 120, 0.2, what=f"{requests} terminal requests, projected")
+
+
+@pytest.fixture(scope="module")
+def traffic(system: System) -> Traffic:
+    return Traffic(system)
+
+
+def replay_into(system: System, url: str, *extra: str) -> Result:
+    result = talkstream(system.env, "replay", "--database-url", url, *extra)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_replay_rebuilds_the_live_projection_and_touches_nothing(
+    traffic: Traffic, system: System, tmp_path: Path
+):
+    topics = [
+        f"{system.app_id}-{t}"
+        for t in ("requests", "generate", "completions", "lifecycle", "deadletter")
+    ]
+    before = topic_sizes(system.kafka.bootstrap, topics)
+    calls = (len(system.openai("GET", "/_calls")), len(system.talkable("GET", "/_calls")))
+
+    url = f"sqlite:///{tmp_path / 'replayed.sqlite3'}"
+    result = replay_into(system, url)
+    assert re.search(
+        rf"replayed \d+ lifecycle events from {traffic.lifecycle} \(4 partitions\)", result.stdout
+    )
+    replayed = ProjectionStore.from_url(url)
+    try:
+        assert snapshot(replayed) == snapshot(system.projection)
+        states = Counter(row.state for row in replayed.requests())
+        assert states == {
+            "published": 5,
+            "limited": 1,
+            "skipped": 1,
+            "generation_failed": 1,
+            "rejected_duplicate": 1,
+        }
+    finally:
+        replayed.close()
+
+    assert topic_sizes(system.kafka.bootstrap, topics) == before  # nothing produced
+    assert (len(system.openai("GET", "/_calls")), len(system.talkable("GET", "/_calls"))) == calls
+
+
+def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System, tmp_path: Path):
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("one.sqlite3", "two.sqlite3"))
+    replay_into(system, first)
+    replay_into(system, second)
+    refused = talkstream(system.env, "replay", "--database-url", first)
+    assert refused.exit_code == 1 and "already holds a projection" in refused.output
+    replay_into(system, first, "--force")
+    a, b = ProjectionStore.from_url(first), ProjectionStore.from_url(second)
+    try:
+        assert snapshot(a) == snapshot(b)
+        assert snapshot(a)[1]  # not trivially equal
+    finally:
+        a.close()
+        b.close()
+
+
+def test_replay_into_postgresql_gives_the_same_tables(
+    traffic: Traffic,
+    system: System,
+    postgres_server: str,  # noqa: F811
+):
+    for url in fresh_postgres_database(postgres_server):
+        replay_into(system, url)
+        replayed = ProjectionStore.from_url(url)
+        try:
+            assert snapshot(replayed) == snapshot(system.projection)
+        finally:
+            replayed.close()
+
+
+def test_replay_until_stops_at_a_point_in_time(traffic: Traffic, system: System, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'cut.sqlite3'}"
+    cut = str(traffic.cut_ms)  # epoch milliseconds; ISO-8601 works too
+    result = replay_into(system, url, "--until", cut)
+    assert "(Kafka record time)" in result.stdout
+    replayed = ProjectionStore.from_url(url)
+    try:
+        ids = {row.request_id for row in replayed.requests()}
+        assert set(traffic.first) <= ids
+        assert not ids & set(traffic.second)
+        assert Counter(row.state for row in replayed.requests()) == traffic.first_states
+    finally:
+        replayed.close()
+
+
+def test_verify_re_derives_every_recorded_decision(traffic: Traffic, system: System):
+    result = talkstream(system.env, "replay", "--verify")
+    assert result.exit_code == 0, result.output
+    assert "no differences" in result.stdout
+    derived, recorded = re.search(r"re-derived (\d+) .*; (\d+) recorded", result.stdout).groups()
+    assert int(derived) == int(recorded) > 0
+
+
+def test_audit_shows_a_real_requests_history_from_the_projection(traffic: Traffic, system: System):
+    result = talkstream(system.env, "audit", "--request-id", traffic.first[5])  # revoked key
+    assert result.exit_code == 0, result.output
+    assert f"source: SQL projection sqlite:///{system.database}" in result.stdout
+    assert "state generation_failed (terminal)" in result.stdout
+    assert "AuthenticationError" in result.stdout or "401" in result.stdout
+
+
+def test_the_documented_consumer_counts_what_the_projection_shows(traffic: Traffic, system: System):
+    doc = (ROOT / "docs" / "consumers.md").read_text()
+    code = doc.split("### Example: count the states in the log", 1)[1]
+    code = code.split("```python\n", 1)[1].split("```", 1)[0]
+    env = {
+        **os.environ,
+        "TALKSTREAM_KAFKA_BOOTSTRAP": system.kafka.bootstrap,
+        "TALKSTREAM_LIFECYCLE_TOPIC": traffic.lifecycle,
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    printed = dict(line.split() for line in run.stdout.splitlines())
+    expected = Counter(t.state for t in system.projection.all_transitions())
+    assert {state: int(n) for state, n in printed.items()} == expected
+
+
+def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedKafka):
+    """A forged log: one transition altered, one dropped, one invented, one repeated."""
+    app_id = f"tverify{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
+    asyncio.run(ensure_topics(settings))
+    log = Log(partitions=2)
+    r = log.received("r-ok", limit=1)
+    log.generated(r, at_ms=r.at_ms + 500)
+    log.published(r, at_ms=r.at_ms + 700)
+    log.received("r-limited", limit=1, at_ms=r.at_ms + 1000)
+    events = [s.event for s in log.records]
+    altered = events[3].model_copy(update={"cause": "text generated (edited)"})
+    forged = events[0].model_copy(update={"request_id": "r-ghost"})
+    recorded = [*events[:3], altered, *events[4:-1], events[0], forged]  # last one dropped
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for message in log.messages:
+                await producer.send_and_wait(
+                    settings.topic("requests"), encode(message), key=message.person.encode()
+                )
+            for event in recorded:
+                await producer.send_and_wait(
+                    settings.topic("lifecycle"), encode(event), key=event.request_id.encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+    result = talkstream(env, "replay", "--verify")
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "3 differences:" in out and "1 repeated" in out
+    assert (
+        "changed    r-ok TextGenerated state=generated attempt=1: cause: derived='text "
+        "generated' recorded='text generated (edited)'" in out
+    )
+    assert f"missing    r-limited {events[-1].type} state=limited" in out
+    assert "unexpected r-ghost RequestReceived state=received" in out

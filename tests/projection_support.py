@@ -1,0 +1,184 @@
+"""Lifecycle events for projection tests, made by the real rules (``models.ledger.handle``),
+and a comparable snapshot of a projection's tables (surrogate ids left out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.events import (
+    ChatRequest,
+    GenerationFailed,
+    GenerationSucceeded,
+    LifecycleEvent,
+    PublicationSucceeded,
+    RequestReceived,
+    RequestSpec,
+    RequestsValue,
+    SealedSecrets,
+)
+from models.ledger import PersonState, Policy, handle
+from models.params import UsageLimit, person_key
+from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.tables import RequestRow, TransitionRow
+
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+TOPIC = "test-lifecycle"
+
+
+@dataclass
+class Log:
+    """A ledger driven message by message; its lifecycle events get offsets like Kafka's
+    (partition by request id, as the lifecycle topic is keyed)."""
+
+    partitions: int = 4
+    policy: Policy = field(default_factory=Policy)
+    states: dict[str, PersonState] = field(default_factory=dict)
+    records: list[Sourced] = field(default_factory=list)
+    messages: list[RequestsValue] = field(default_factory=list)  # what [requests] would hold
+    _next: dict[int, int] = field(default_factory=dict)
+
+    def send(self, message: RequestsValue, now_ms: int | None = None) -> list[LifecycleEvent]:
+        outcome = handle(
+            self.states.get(message.person), message, self.policy, now_ms or message.at_ms
+        )
+        self.states[message.person] = outcome.state
+        self.messages.append(message)
+        for event in outcome.events:
+            partition = sum(event.request_id.encode()) % self.partitions
+            offset = self._next.get(partition, 0)
+            self._next[partition] = offset + 1
+            self.records.append(Sourced(TOPIC, partition, offset, event))
+        return outcome.events
+
+    # --- whole requests ---------------------------------------------------------------------
+
+    def received(
+        self,
+        request_id: str,
+        *,
+        site: str = "acme",
+        email: str = "ada@example.com",
+        at_ms: int = T0_MS,
+        limit: int | None = None,
+        trigger: str | None = "true",
+        delivery: str = "d1",
+    ) -> RequestReceived:
+        usage = (
+            UsageLimit(
+                amount=limit,
+                duration_in_seconds=3600,
+                start_time=at_ms // 1000,
+                current_time=at_ms // 1000,
+                current_usage_amount=0,
+            )
+            if limit is not None
+            else None
+        )
+        message = RequestReceived(
+            request_id=request_id,
+            delivery_id=f"{request_id}/{delivery}",
+            person=person_key(site, email),
+            at_ms=at_ms,
+            spec=RequestSpec(
+                site=site,
+                email=email,
+                chat=ChatRequest(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "a verse"}],
+                    max_tokens=60,
+                ),
+                usage_limit=usage,
+                trigger_criteria=trigger,
+            ),
+            secrets=SealedSecrets(talkable_api_key="gAAAA-t", openai_api_key="gAAAA-o"),
+        )
+        self.send(message)
+        return message
+
+    def generated(
+        self, r: RequestReceived, *, at_ms: int, latency_ms: int = 800, attempt: int = 1
+    ) -> None:
+        self.send(
+            GenerationSucceeded(
+                request_id=r.request_id,
+                person=r.person,
+                attempt=attempt,
+                at_ms=at_ms,
+                text="a verse for you",
+                model="gpt-4o-mini-2024",
+                prompt_tokens=12,
+                completion_tokens=30,
+                latency_ms=latency_ms,
+            )
+        )
+
+    def failed(
+        self, r: RequestReceived, *, at_ms: int, retriable: bool = False, attempt: int = 1
+    ) -> None:
+        self.send(
+            GenerationFailed(
+                request_id=r.request_id,
+                person=r.person,
+                attempt=attempt,
+                at_ms=at_ms,
+                error_class="AuthenticationError" if not retriable else "RateLimitError",
+                error_message="401 invalid key" if not retriable else "429 slow down",
+                retriable=retriable,
+                latency_ms=40,
+            )
+        )
+
+    def published(self, r: RequestReceived, *, at_ms: int) -> None:
+        self.send(
+            PublicationSucceeded(request_id=r.request_id, person=r.person, attempt=1, at_ms=at_ms)
+        )
+
+    def full(
+        self, request_id: str, *, at_ms: int = T0_MS, latency_ms: int = 800, **kw: Any
+    ) -> RequestReceived:
+        r = self.received(request_id, at_ms=at_ms, **kw)
+        self.generated(r, at_ms=at_ms + latency_ms, latency_ms=latency_ms)
+        self.published(r, at_ms=at_ms + latency_ms + 200)
+        return r
+
+
+def mixed_log() -> Log:
+    """Published, retried then published, failed, limited, skipped, duplicate: two sites."""
+    log = Log()
+    log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2)
+    retried = log.received("retry-1", email="bob@example.com", at_ms=T0_MS + 1000)
+    log.failed(retried, at_ms=T0_MS + 1500, retriable=True)
+    log.generated(retried, at_ms=T0_MS + 2500, latency_ms=900, attempt=2)
+    log.published(retried, at_ms=T0_MS + 2600)
+    bad = log.received("fail-1", email="carol@example.com", at_ms=T0_MS + 3000)
+    log.failed(bad, at_ms=T0_MS + 3100)
+    log.full("pub-2", at_ms=T0_MS + 4000, latency_ms=1200, limit=2)
+    log.received("lim-1", at_ms=T0_MS + 5000, limit=2)
+    log.received("skip-1", site="globex", email="dan@example.com", trigger="false")
+    dup = log.full("pub-3", site="globex", email="eve@example.com", at_ms=T0_MS + 6000)
+    log.received(
+        dup.request_id, site="globex", email="eve@example.com", at_ms=T0_MS + 6100, delivery="d2"
+    )
+    return log
+
+
+def request_rows(rows: Iterable[RequestRow]) -> list[dict[str, Any]]:
+    return sorted(
+        ({c.name: getattr(r, c.name) for c in RequestRow.__table__.columns} for r in rows),
+        key=lambda d: d["request_id"],
+    )
+
+
+def transition_rows(rows: Iterable[TransitionRow]) -> list[dict[str, Any]]:
+    columns = [c.name for c in TransitionRow.__table__.columns if c.name != "id"]
+    return sorted(
+        ({c: getattr(r, c) for c in columns} for r in rows),
+        key=lambda d: (d["topic"], d["partition"], d["offset"]),
+    )
+
+
+def snapshot(store: ProjectionStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both tables as plain values, in a fixed order, without surrogate ids."""
+    return request_rows(store.requests()), transition_rows(store.all_transitions())

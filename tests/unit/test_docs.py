@@ -1,0 +1,113 @@
+"""The docs are tested: README's quick start, commands and settings, and topology.md's topic,
+agent and table lists, checked against the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from cryptography.fernet import Fernet
+
+from streams.app import build
+from streams.cli import main
+from streams.settings import Settings
+from streams.topics import LEDGER_TABLE, topic_specs
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+TOPOLOGY = (ROOT / "topology.md").read_text()
+
+
+def section(text: str, heading: str) -> str:
+    match = re.search(rf"^#+ {re.escape(heading)}\n(.*?)(?=^#+ |\Z)", text, re.M | re.S)
+    assert match, f"no section {heading!r}"
+    return match.group(1)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.match(r"^\|[-| ]+\|$", line):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows[1:]  # without the header
+
+
+def all_commands(group: click.Group, prefix: str = "") -> set[str]:
+    names = set()
+    for name, command in group.commands.items():
+        full = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            names |= {f"{full} {sub}" for sub in command.commands}
+        else:
+            names.add(full)
+    return names
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("docs"),
+        secret_keys=Fernet.generate_key().decode(),
+        table_store="memory://",
+    )
+    return build(settings)
+
+
+def test_quick_start_is_exactly_two_commands_that_exist() -> None:
+    quick = section(README, "Quick start")
+    block = re.search(r"```sh\n(.*?)```", quick, re.S)
+    assert block
+    commands = [line.split("#")[0].strip() for line in block.group(1).splitlines() if line]
+    assert commands == ["make dev", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^dev:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def documented_commands() -> set[str]:
+    groups = {name for name, c in main.commands.items() if isinstance(c, click.Group)}
+    documented = set()
+    for row in table_rows(section(README, "Commands")):
+        for snippet in re.findall(r"`talkstream ([^`]+)`", row[0]):
+            words = snippet.replace("\\|", "|").split()
+            if words[0] in groups and len(words) > 1 and not words[1].startswith("-"):
+                documented |= {f"{words[0]} {sub}" for sub in words[1].split("|")}
+            else:
+                documented.add(words[0])
+    return documented
+
+
+def test_every_command_is_documented_and_every_documented_command_exists() -> None:
+    documented, actual = documented_commands(), all_commands(main)
+    assert documented - actual == set(), "README names commands that do not exist"
+    assert actual - documented == set(), "commands missing from README's Commands table"
+
+
+def test_every_documented_setting_exists() -> None:
+    fields = set(Settings.model_fields)
+    for row in table_rows(section(README, "Configuration")):
+        for name in re.findall(r"`([A-Z_]+)`", row[0]):
+            assert name.lower() in fields, f"README documents TALKSTREAM_{name}, unknown"
+
+
+def test_topology_topics_match_the_code() -> None:
+    specs = {
+        spec.name.replace("talkstream-", "<app>-"): spec
+        for spec in topic_specs(Settings(app_id="talkstream"))
+    }
+    rows = table_rows(section(TOPOLOGY, "Topics"))
+    documented = {row[0].strip("`"): row for row in rows}
+    assert set(documented) == set(specs)
+    for name, row in documented.items():
+        assert row[1] == specs[name].key, f"{name}: key"
+
+
+def test_topology_agents_and_tables_match_the_app(runtime) -> None:
+    rows = table_rows(section(TOPOLOGY, "Agents"))
+    agents = {row[0] for row in rows if "(timer)" not in row[0]}
+    assert agents == set(runtime.app.agents)
+    assert "deadlines (timer)" in {row[0] for row in rows}
+    tables = {row[0].strip("`") for row in table_rows(section(TOPOLOGY, "Tables"))}
+    assert tables == set(runtime.app.tables) == {LEDGER_TABLE}

@@ -1,0 +1,98 @@
+"""The contract with downstream consumers: the committed JSON Schemas are what the models
+produce, every topic has one, topology.md points at them, and values written at schema v1
+still decode (compatibility rule: fields are only added, optional; never renamed or removed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from models.events import DeadLetter, GenerateText, LifecycleEvent, PublishCompletion
+from models.ledger import PersonState
+from streams import schemas
+from streams.codecs import decode, decode_requests, encode
+from streams.settings import Settings
+from streams.topics import topic_specs
+
+ROOT = Path(__file__).resolve().parents[2]
+V1 = ROOT / "tests" / "fixtures" / "v1"
+
+DECODERS: dict[str, Callable[[bytes], BaseModel]] = {
+    "requests": decode_requests,
+    "generate": lambda raw: decode(GenerateText, raw),
+    "completions": lambda raw: decode(PublishCompletion, raw),
+    "lifecycle": lambda raw: decode(LifecycleEvent, raw),
+    "deadletter": lambda raw: decode(DeadLetter, raw),
+    "ledger-changelog": lambda raw: decode(PersonState, raw),
+}
+
+
+def test_committed_schemas_are_what_the_models_generate():
+    problems = schemas.drift()
+    assert not problems, (
+        "schemas/ drifted from models/ (regenerate: python -m streams.schemas):\n"
+        + "\n".join(problems)
+    )
+
+
+def test_every_topic_has_a_schema_and_a_decoder():
+    settings = Settings(app_id="talkstream")
+    topics = {spec.name.removeprefix("talkstream-") for spec in topic_specs(settings)}
+    assert topics == set(schemas.TOPIC_VALUES) == set(DECODERS)
+    for topic in topics:
+        assert schemas.path_for(topic).exists(), topic
+
+
+def test_topology_points_every_topic_at_its_schema():
+    text = (ROOT / "topology.md").read_text()
+    section = text.split("## Topics", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `<app>-")]
+    linked = {
+        re.match(r"\| `<app>-([a-z-]+)`", row).group(1): row  # type: ignore[union-attr]
+        for row in rows
+    }
+    assert set(linked) == set(schemas.TOPIC_VALUES)
+    for topic, row in linked.items():
+        assert f"(schemas/{topic}.schema.json)" in row, row
+
+
+def test_the_lifecycle_schema_describes_every_field_consumers_read():
+    schema = json.loads(schemas.path_for("lifecycle").read_text())
+    assert schema["x-schema-version"] >= 1
+    assert set(schema["properties"]) == set(LifecycleEvent.model_fields)
+    assert {"type", "request_id", "state", "at_ms", "cause"} <= set(schema["required"])
+    assert not [name for name in schema["properties"] if "key" in name or "secret" in name]
+
+
+def _v1(topic: str) -> list[dict[str, Any]]:
+    return json.loads((V1 / f"{topic}.json").read_text())
+
+
+@pytest.mark.parametrize("topic", sorted(DECODERS))
+def test_values_written_at_v1_still_decode_and_keep_every_field(topic: str):
+    values = _v1(topic)
+    assert values, f"no v1 fixture for {topic}"
+    for value in values:
+        decoded = DECODERS[topic](json.dumps(value).encode())
+        again = json.loads(encode(decoded))
+        # nothing renamed, removed or re-typed: every v1 field comes back with its value
+        assert {k: again.get(k) for k in value} == value
+
+
+@pytest.mark.parametrize("topic", sorted(DECODERS))
+def test_a_newer_value_with_fields_we_do_not_know_still_decodes(topic: str):
+    for value in _v1(topic):
+        newer = {
+            **value,
+            "schema_version": value.get("schema_version", 1) + 1,
+            "added_in_a_later_version": {"anything": [1, 2]},
+        }
+        decoded = DECODERS[topic](json.dumps(newer).encode())
+        assert "added_in_a_later_version" not in json.loads(encode(decoded))
