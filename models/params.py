@@ -397,6 +397,21 @@ _VOCABULARY = ENVELOPE.union(
 )
 
 
+def legacy_security_key(content_type: str, body: bytes) -> str | None:
+    """The ``key`` field of a legacy Talkable webhook (its security key), if it has one.
+
+    Legacy webhooks authenticate with this field rather than ``x-talkable-signature``. Call
+    it only on a body :func:`parse_request` accepted; anything unreadable gives ``None``.
+    """
+    try:
+        tree = decode_body(content_type or "", body)
+    except DecodeError:
+        return None
+    key = tree.get("key")
+    is_legacy = "extras" in tree or "payload" in tree
+    return key if is_legacy and isinstance(key, str) and key else None
+
+
 def parse_request(
     content_type: str,
     body: bytes,

@@ -350,6 +350,23 @@ async def test_a_signed_request_takes_its_params_from_the_signed_body_only(
     )
 
 
+@pytest.mark.parametrize(
+    ("webhook_key", "status"),
+    [pytest.param(SITE_KEY, 202, id="its site key"), pytest.param("guess", 401, id="wrong key")],
+)
+async def test_a_legacy_webhook_authenticates_with_its_key_field(
+    ingress_with: StartIngress, webhook_key: str, status: int
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    fields = {**envelope(SIGNED_SITE), "key": webhook_key}
+    legacy = form_body({**fields, "extras": json.dumps(changed(site=...))})
+
+    response = await send(ingress, Body(FORM, legacy))
+
+    assert response.status == status
+    assert len(ingress.sink.produced) == (1 if status == 202 else 0)
+
+
 async def test_a_site_without_a_key_needs_no_signature_by_default(
     ingress_with: StartIngress,
 ) -> None:
