@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from streams.bench import register as register_bench
 from streams.cli_audit import register as register_audit
 from streams.settings import Settings
 
@@ -258,3 +259,4 @@ def dev(openai_port: int, talkable_port: int) -> None:
 
 
 register_audit(main)
+register_bench(main)

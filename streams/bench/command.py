@@ -1,0 +1,125 @@
+"""The ``bench`` command (added to ``talkstream`` by :func:`register`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from streams.bench.load import Tick
+
+
+@contextlib.contextmanager
+def _bar(label: str, total: int) -> Iterator[Tick]:
+    with click.progressbar(length=total, label=label.ljust(34), file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _argv(params: dict[str, Any]) -> list[str]:
+    """The options as given, for the report's reproduce line."""
+    context = click.get_current_context()
+    argv = ["talkstream", "bench"]
+    for name, value in params.items():
+        source = context.get_parameter_source(name)
+        if source is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="a minute or two: fewer webhooks, capacity phase 1,000")
+@click.option("--tiny", is_flag=True, hidden=True, help="seconds: the smoke test's sizes")
+@click.option("--requests", type=int, help="webhooks in the throughput phase")
+@click.option("--clients", type=int, help="concurrent clients driving the ingress")
+@click.option("--llm-latency", type=float, help="OpenAI stand-in latency (s), capacity aside")
+@click.option("--capacity-requests", type=int, help="webhooks (and people) in the capacity phase")
+@click.option("--burst-people", type=int, help="people in the burst phase (50 webhooks each)")
+@click.option("--workers", type=int, help="talkstream worker processes")
+@click.option("--partitions", type=int, help="partitions of every topic")
+@click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
+@click.option("--baselines/--no-baselines", default=True, show_default=True)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where the JSON goes [default: bench/results]",
+)
+@click.option("--keep", is_flag=True, help="keep the logs and data of the run")
+@click.option("--render", is_flag=True, help="only rewrite BENCHMARKS.md from latest results")
+@click.option("--no-doc", is_flag=True, help="do not rewrite BENCHMARKS.md after the run")
+def bench(
+    quick: bool,
+    tiny: bool,
+    requests: int | None,
+    clients: int | None,
+    llm_latency: float | None,
+    capacity_requests: int | None,
+    burst_people: int | None,
+    workers: int | None,
+    partitions: int | None,
+    bootstrap: str | None,
+    baselines: bool,
+    results_dir: Path | None,
+    keep: bool,
+    render: bool,
+    no_doc: bool,
+) -> None:
+    """Measure the pipeline side by side with a raw Kafka relay and an inline handler.
+
+    Starts its own broker (or uses --bootstrap), stand-ins, worker and ingress as processes on
+    a private app id; writes bench/results/*.json and rewrites BENCHMARKS.md.
+    """
+    from streams.bench import markdown, report
+    from streams.bench.config import BenchConfig
+    from streams.bench.run import run_bench
+
+    directory = results_dir or report.RESULTS_DIR
+    if render:
+        report.DOC.write_text(markdown.document(report.load_latest(directory)))
+        click.echo(f"wrote {report.DOC}")
+        return
+    argv = _argv(dict(click.get_current_context().params))
+    config = BenchConfig.preset(
+        "tiny" if tiny else "quick" if quick else "full",
+        requests=requests,
+        clients=clients,
+        llm_latency=llm_latency,
+        capacity_requests=capacity_requests,
+        burst_people=burst_people,
+        workers=workers,
+        partitions=partitions,
+        bootstrap=bootstrap,
+        baselines=baselines,
+    )
+    try:
+        result = run_bench(config, progress=_bar, say=_say, keep=keep)
+    except Exception as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    result["meta"]["argv"] = argv
+    click.echo(markdown.table(result))
+    if config.mode != "tiny" or results_dir is not None:  # a smoke run leaves no results
+        click.echo(f"\nresults: {report.save(result, directory)}")
+    if not no_doc and config.mode != "tiny" and config.baselines:
+        report.DOC.write_text(markdown.document(report.load_latest(directory)))
+        click.echo(f"rewrote {report.DOC}")
+    counters = result["summary"]["correctness"]
+    if any(counters[name] for name in report.COUNTERS):
+        raise click.ClickException(f"correctness counters are not 0: {counters}")
+
+
+def register(main: click.Group) -> None:
+    """Add ``bench`` to the ``talkstream`` command group."""
+    main.add_command(bench)

@@ -1,0 +1,244 @@
+"""The phases that measure talkstream itself: webhooks in, Talkable events out.
+
+Every phase sends webhooks to the real ingress, waits until each accepted request is terminal
+on the lifecycle topic, and reads the Talkable stand-in's receipt clock. End to end = from the
+webhook leaving the client to the Talkable stand-in receiving the event; overhead = end to
+end minus the OpenAI stand-in's configured latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from streams.bench import hops, load
+from streams.bench.config import BenchConfig
+from streams.bench.load import Shot, Tick
+from streams.bench.observe import (
+    InFlight,
+    LifecycleWatch,
+    Talkable,
+    duplicate_events,
+    wait_caught_up,
+)
+from streams.bench.system import Deployment
+
+CATCH_UP_TIMEOUT = 120.0  # for the worker's projector after the last terminal state
+Progress = Callable[[str, int], contextlib.AbstractContextManager[Tick]]
+
+
+@contextlib.contextmanager
+def no_progress(label: str, total: int) -> Iterator[Tick]:
+    yield lambda _: None
+
+
+@dataclass
+class Context:
+    config: BenchConfig
+    run: str  # unique per run: every webhook differs from earlier runs' (no dedupe)
+    now: int  # epoch seconds, the usage snapshot's time
+    progress: Progress
+
+
+@dataclass
+class Settled:
+    """A phase's webhooks after every accepted one ended (or the drain timeout passed)."""
+
+    shots: list[Shot]
+    accepted: dict[str, int]  # request_id → index of its webhook
+    states: collections.Counter[str]
+    published_at: dict[str, float]  # request_id → first Talkable receipt (epoch s)
+    caught_up_s: float | None  # after the last terminal state, until the worker was idle
+    correctness: dict[str, int]
+
+
+class Pipeline:
+    def __init__(self, ctx: Context, system: Deployment, watch: LifecycleWatch) -> None:
+        self.ctx, self.system, self.watch = ctx, system, watch
+        self.talkable = Talkable(system.talkable_root)
+
+    def bodies(
+        self, phase: str, count: int, *, people: int | None = None, limit: int = 100
+    ) -> list[bytes]:
+        people = people or count
+        return load.encode_all(
+            [
+                load.webhook(
+                    f"{self.ctx.run}-{phase}",
+                    i,
+                    site=self.site(phase),
+                    email=f"p{i % people}@{phase}.example.com",
+                    now=self.ctx.now,
+                    limit=limit,
+                )
+                for i in range(count)
+            ]
+        )
+
+    def site(self, phase: str) -> str:
+        return f"bench-{phase}"
+
+    async def settle(self, phase: str, shots: list[Shot]) -> Settled:
+        accepted = {s.request_id: s.index for s in shots if s.status == 202 and s.request_id}
+        with self.ctx.progress(f"{phase}: waiting for terminal states", len(accepted)) as tick:
+            missing = await self.watch.wait_terminal(accepted, self.ctx.config.drain_timeout, tick)
+        caught_up_s = await wait_caught_up(
+            self.system.bootstrap,
+            self.system.app_id,  # faust's consumer group is the app id
+            [self.system.topic(t) for t in ("requests", "generate", "completions", "lifecycle")],
+            self.ctx.config.partitions,
+            CATCH_UP_TIMEOUT,
+        )
+        site = self.site(phase)
+        receipts = await self.talkable.receipts(site)
+        published_at = {
+            rid: t for rid in accepted if (t := receipts.published_at(site, rid)) is not None
+        }
+        resent = sum(n - 1 for n in receipts.accepted_calls.values())
+        return Settled(
+            shots=shots,
+            accepted=accepted,
+            states=self.watch.states(accepted),
+            caught_up_s=caught_up_s,
+            published_at=published_at,
+            correctness={
+                "lost": len(missing),
+                "duplicate_events": duplicate_events(await self.talkable.events(site)),
+                "repeated_terminal_transitions": self.watch.repeated_terminals(accepted),
+                "resent_publications_deduplicated": resent,
+            },
+        )
+
+    async def warm_up(self, count: int = 20) -> float:
+        """Until a first batch went all the way (the worker joined its group): seconds."""
+        started = time.monotonic()
+        self.system.set_llm_latency(self.ctx.config.llm_latency)
+        shots = await load.blast(self.system.ingress_url, self.bodies("warmup", count), 4, _no)
+        ids = [s.request_id for s in shots if s.status == 202 and s.request_id]
+        if len(ids) < count:
+            raise RuntimeError(f"warm-up: only {len(ids)} of {count} webhooks accepted")
+        missing = await self.watch.wait_terminal(ids, 180, _no)
+        if missing:
+            raise RuntimeError(f"warm-up: {len(missing)} requests never ended; see worker log")
+        return round(time.monotonic() - started, 1)
+
+    async def throughput(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        self.system.set_llm_latency(cfg.llm_latency)
+        bodies = self.bodies("throughput", cfg.requests)
+        with self.ctx.progress("throughput: sending", len(bodies)) as tick:
+            shots = await load.blast(self.system.ingress_url, bodies, cfg.clients, tick)
+        done = await self.settle("throughput", shots)
+        first_sent = min(s.sent_at for s in shots)
+        span = max(done.published_at.values(), default=first_sent) - first_sent
+        return {
+            "requests": cfg.requests,
+            "clients": cfg.clients,
+            "llm_latency_s": cfg.llm_latency,
+            "ingress": load.ingress_summary(shots, 202),
+            "end_to_end": {
+                "published": len(done.published_at),
+                "seconds": round(span, 3),
+                "published_per_second": load.rate(len(done.published_at), span),
+            },
+            "states": dict(done.states),
+            "worker_caught_up_s": done.caught_up_s,
+            "correctness": done.correctness,
+        }
+
+    async def latency(self, rate: float) -> dict[str, Any]:
+        cfg = self.ctx.config
+        self.system.set_llm_latency(cfg.llm_latency)
+        bodies = self.bodies("latency", cfg.paced_requests)
+        with self.ctx.progress(f"latency: {rate:.0f}/s", len(bodies)) as tick:
+            shots = await load.paced(self.system.ingress_url, bodies, rate, tick)
+        done = await self.settle("latency", shots)
+        sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
+        times = await hops.record_times(
+            self.system.bootstrap,
+            {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
+            cfg.partitions,
+            min(sent.values(), default=time.time()) - 1,
+            set(sent),
+        )
+        return {
+            "requests": cfg.paced_requests,
+            "offered_per_second": round(rate, 1),
+            "llm_latency_s": cfg.llm_latency,
+            "ingress": load.ingress_summary(shots, 202),
+            "end_to_end": load.ms_summary(end_to_end(done, shots)),
+            "overhead": load.ms_summary([t - cfg.llm_latency for t in end_to_end(done, shots)]),
+            "hops": hops.breakdown(times, sent, done.published_at, cfg.llm_latency),
+            "states": dict(done.states),
+            "worker_caught_up_s": done.caught_up_s,
+            "correctness": done.correctness,
+        }
+
+    async def burst(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        self.system.set_llm_latency(cfg.llm_latency)
+        people, size = cfg.burst_people, cfg.burst_size
+        # person p's webhooks are p, p + people, ...: each person's burst is in flight at once
+        bodies = self.bodies("burst", people * size, people=people, limit=cfg.burst_limit)
+        with self.ctx.progress("burst: sending", len(bodies)) as tick:
+            shots = await load.blast(self.system.ingress_url, bodies, cfg.clients, tick)
+        done = await self.settle("burst", shots)
+        published = collections.Counter(done.accepted[rid] % people for rid in done.published_at)
+        return {
+            "people": people,
+            "webhooks_per_person": size,
+            "limit": cfg.burst_limit,
+            "published": len(done.published_at),
+            "states": dict(done.states),
+            "worker_caught_up_s": done.caught_up_s,
+            "correctness": {
+                **done.correctness,
+                "limit_violations": limit_violations(published, cfg.burst_limit),
+            },
+        }
+
+    async def capacity(self) -> dict[str, Any]:
+        cfg = self.ctx.config
+        self.system.set_llm_latency(cfg.capacity_latency)
+        sampler = InFlight(self.system.openai_root)
+        sampler.start()
+        try:
+            bodies = self.bodies("capacity", cfg.capacity_requests)
+            with self.ctx.progress("capacity: sending", len(bodies)) as tick:
+                shots = await load.blast(self.system.ingress_url, bodies, cfg.clients, tick)
+            done = await self.settle("capacity", shots)
+        finally:
+            await sampler.stop()
+            self.system.set_llm_latency(cfg.llm_latency)
+        first_sent = min(s.sent_at for s in shots)
+        span = max(done.published_at.values(), default=first_sent) - first_sent
+        return {
+            "requests": cfg.capacity_requests,
+            "people": cfg.capacity_requests,
+            "llm_latency_s": cfg.capacity_latency,
+            "max_generations_in_flight": sampler.peak,
+            "in_flight_samples": sampler.samples,
+            "total_seconds": round(span, 2),
+            "published_per_second": load.rate(len(done.published_at), span),
+            "states": dict(done.states),
+            "worker_caught_up_s": done.caught_up_s,
+            "correctness": done.correctness,
+        }
+
+
+def end_to_end(done: Settled, shots: Sequence[Shot]) -> list[float]:
+    by_index = {s.index: s for s in shots}
+    return [t - by_index[done.accepted[rid]].sent_at for rid, t in done.published_at.items()]
+
+
+def limit_violations(published_per_person: collections.Counter[Any], limit: int) -> int:
+    """Publications beyond the limit, summed over people."""
+    return sum(max(0, n - limit) for n in published_per_person.values())
+
+
+def _no(_: int) -> None:
+    pass

@@ -1,0 +1,157 @@
+"""One benchmark run: the pipeline's phases, then the baselines, on one broker, in one run.
+
+Order: warm-up → throughput (webhooks as fast as ``clients`` clients get answers) → latency
+(an open-loop rate, a fraction of the measured throughput) → burst (usage limits) → capacity
+(slow LLM) → raw relay → inline handler (throughput, latency at the same rate, burst). The
+result is one JSON document (:mod:`streams.bench.report` renders it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from streams.bench import baselines, machine, relay, report
+from streams.bench.config import BenchConfig
+from streams.bench.observe import LifecycleWatch
+from streams.bench.pipeline import Context, Pipeline, Progress, no_progress
+from streams.bench.system import Broker, Deployment
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+IDLE_SECONDS = 3.0
+
+
+def run_bench(
+    config: BenchConfig,
+    *,
+    progress: Progress = no_progress,
+    say: Callable[[str], None] = lambda _: None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Run every phase; return the result document. Processes are stopped in any case."""
+    started = time.monotonic()
+    described = machine.describe()  # before the run: its load average is the neighbours'
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    root = Path(tempfile.mkdtemp(prefix="talkstream-bench-"))
+    broker = Broker(root, config.bootstrap)
+    meter = machine.CpuMeter()
+    failed = True
+    try:
+        say("starting Kafka" if broker.embedded else f"using Kafka at {broker.bootstrap}")
+        broker.start()
+        meter.watch("kafka", broker.pid)
+        system = Deployment(
+            root, broker.bootstrap, partitions=config.partitions, workers=config.workers
+        )
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap, app_id=system.app_id, partitions=config.partitions
+        )
+        asyncio.run(ensure_topics(settings))
+        if config.baselines:
+            asyncio.run(
+                relay.create_topics(
+                    broker.bootstrap, system.relay_prefix, config.relay_hops, config.partitions
+                )
+            )
+        say(f"starting talkstream (app id {system.app_id}, logs in {root})")
+        try:
+            system.start()
+            for name in system.processes.procs:
+                meter.watch(name, system.processes.pid(name))
+            ctx = Context(config, uuid.uuid4().hex[:8], int(time.time()), progress)
+            result = asyncio.run(_measure(ctx, system, meter, say))
+        finally:
+            system.stop()
+        failed = False
+    finally:
+        broker.stop()
+        if failed or keep:
+            say(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    result["meta"] = {
+        "started_at": started_at,
+        "mode": config.mode,
+        "seconds": round(time.monotonic() - started, 1),
+        "argv": None,  # the command fills in how it was called
+    }
+    result["machine"] = described
+    result["config"] = config.as_dict()
+    result["cpu_by_phase"] = meter.phases
+    result["summary"] = report.summarize(result)
+    return result
+
+
+async def _idle(seconds: float) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {}
+
+
+async def _measure(
+    ctx: Context, system: Deployment, meter: machine.CpuMeter, say: Callable[[str], None]
+) -> dict[str, Any]:
+    cfg = ctx.config
+    watch = LifecycleWatch(system.bootstrap, system.topic("lifecycle"), cfg.partitions)
+    await watch.start()
+    pipeline: dict[str, Any] = {}
+    found: dict[str, Any] = {"pipeline": pipeline, "baselines": {}}
+
+    async def phase(name: str, work: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        meter.begin()
+        outcome = await work()
+        meter.end(name)
+        return outcome
+
+    try:
+        pipe = Pipeline(ctx, system, watch)
+        pipeline["warm_up_s"] = await pipe.warm_up()
+        say(f"talkstream is up (first requests through in {pipeline['warm_up_s']} s)")
+        await phase("idle", lambda: _idle(IDLE_SECONDS))  # CPU the processes use doing nothing
+        pipeline["throughput"] = await phase("throughput", pipe.throughput)
+        measured = pipeline["throughput"]["end_to_end"]["published_per_second"] or 1.0
+        rate = max(1.0, measured * cfg.paced_fraction)
+        pipeline["latency"] = await phase("latency", lambda: pipe.latency(rate))
+        pipeline["burst"] = await phase("burst", pipe.burst)
+        pipeline["capacity"] = await phase("capacity", pipe.capacity)
+    finally:
+        await watch.stop()
+    if not cfg.baselines:
+        return found
+    driver = relay.Driver(
+        system.processes,
+        system.env,
+        bootstrap=system.bootstrap,
+        prefix=system.relay_prefix,
+        hops=cfg.relay_hops,
+        partitions=cfg.partitions,
+    )
+    await driver.start()
+    meter.watch("relay", driver.pid)
+    try:
+        with ctx.progress("raw relay", cfg.relay_messages + cfg.paced_requests) as tick:
+            found["baselines"]["raw_relay"] = await phase(
+                "raw_relay",
+                lambda: driver.measure(cfg.relay_messages, cfg.paced_requests, rate, tick),
+            )
+    finally:
+        await driver.stop()
+    inline = baselines.Inline(ctx, system)
+    inline.start()
+    meter.watch("inline", system.processes.pid("inline"))
+    try:
+        found["baselines"]["inline"] = {
+            "throughput": await phase("inline_throughput", inline.throughput),
+            "latency": await phase("inline_latency", lambda: inline.latency(rate)),
+            "burst": await phase("inline_burst", inline.burst),
+        }
+    finally:
+        inline.stop()
+    return found

@@ -1,0 +1,211 @@
+"""The system under test: broker, stand-ins, worker(s) and ingress as processes.
+
+Started the way ``talkstream`` starts them (``python -m streams ...``) on a private app id, so
+the benchmark measures the real processes. The Talkable stand-in is the real one with a
+receipt recorder (:mod:`streams.bench.standin`), because its call log has no timestamps. The
+baselines' processes are started here too, so one run measures everything on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streams.dev.kafka import EmbeddedKafka
+from streams.secrets import generate_key
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BenchSystemError(RuntimeError):
+    """A process of the benchmark did not start or died."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+class Broker:
+    """An embedded broker on free ports under ``root``, or an existing one (not stopped)."""
+
+    def __init__(self, root: Path, bootstrap: str | None) -> None:
+        self._embedded: EmbeddedKafka | None = None
+        if bootstrap is None:
+            self._embedded = EmbeddedKafka(root, port=free_port(), controller_port=free_port())
+            self.bootstrap = self._embedded.bootstrap
+        else:
+            self.bootstrap = bootstrap
+
+    @property
+    def embedded(self) -> bool:
+        return self._embedded is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._embedded.status().pid if self._embedded is not None else None
+
+    def start(self) -> None:
+        if self._embedded is not None:
+            self._embedded.start(timeout=120)
+
+    def stop(self) -> None:
+        if self._embedded is not None:
+            self._embedded.stop()
+
+
+class Processes:
+    """Child processes with logs under ``root``; stopped together."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = (self.root / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+        )
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise BenchSystemError(
+                    f"{name} exited with {proc.returncode}; last lines of its log:\n"
+                    + self.log_tail(name)
+                )
+
+    def wait_http(self, url: str, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            with (
+                contextlib.suppress(OSError, urllib.error.HTTPError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.1)
+        raise BenchSystemError(f"{what} did not answer {url} within {timeout:.0f}s")
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+    def stop(self, *names: str) -> None:
+        chosen = [self.procs.pop(n) for n in (names or list(self.procs)) if n in self.procs]
+        for proc in chosen:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in chosen:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+class Deployment:
+    """One talkstream deployment on a private app id, plus the stand-ins both sides share."""
+
+    def __init__(self, root: Path, bootstrap: str, *, partitions: int, workers: int) -> None:
+        self.root = root
+        self.bootstrap = bootstrap
+        self.app_id = f"bench{uuid.uuid4().hex[:8]}"
+        self.workers = workers
+        self.openai_port, self.talkable_port = free_port(), free_port()
+        self.ingress_port = free_port()
+        self.processes = Processes(root)
+        self.env = {
+            **os.environ,
+            "TALKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "TALKSTREAM_APP_ID": self.app_id,
+            "TALKSTREAM_PARTITIONS": str(partitions),
+            "TALKSTREAM_DATA_DIR": str(root),
+            "TALKSTREAM_DATABASE_URL": f"sqlite:///{root / 'projection.sqlite3'}",
+            "TALKSTREAM_SECRET_KEYS": generate_key(),
+            "TALKSTREAM_OPENAI_BASE_URL": self.openai_url,
+            "TALKSTREAM_TALKABLE_BASE_URL": self.talkable_url,
+            "TALKSTREAM_INGRESS_PORT": str(self.ingress_port),
+        }
+
+    @property
+    def openai_root(self) -> str:
+        return f"http://127.0.0.1:{self.openai_port}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.openai_root}/v1"
+
+    @property
+    def talkable_root(self) -> str:
+        return f"http://127.0.0.1:{self.talkable_port}"
+
+    @property
+    def talkable_url(self) -> str:
+        return f"{self.talkable_root}/api/v2"
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://127.0.0.1:{self.ingress_port}/chat-gpt/generate"
+
+    @property
+    def relay_prefix(self) -> str:
+        return f"{self.app_id}-relay"
+
+    def topic(self, name: str) -> str:
+        return f"{self.app_id}-{name}"
+
+    def start(self) -> None:
+        run = self.processes.spawn
+        openai = ["-m", "streams", "standin", "openai", "--port", str(self.openai_port)]
+        run("openai", openai, self.env)
+        run(
+            "talkable", ["-m", "streams.bench.standin", "--port", str(self.talkable_port)], self.env
+        )
+        for i in range(self.workers):
+            env = {**self.env, "TALKSTREAM_WORKER_NAME": f"worker{i}"}
+            run(f"worker{i}", ["-m", "streams", "worker"], env)
+        run("ingress", ["-m", "streams", "ingress"], self.env)
+        self.processes.wait_http(f"{self.openai_root}/_stats", 30, "the OpenAI stand-in")
+        self.processes.wait_http(f"{self.talkable_root}/_stats", 30, "the Talkable stand-in")
+        healthz = f"http://127.0.0.1:{self.ingress_port}/healthz"
+        self.processes.wait_http(healthz, 60, "the ingress")
+
+    def set_llm_latency(self, seconds: float) -> None:
+        http_json("POST", f"{self.openai_root}/_control", {"latency_seconds": seconds})
+
+    def openai_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = http_json("GET", f"{self.openai_root}/_stats")
+        return stats
+
+    def stop(self) -> None:
+        self.processes.stop()
