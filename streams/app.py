@@ -127,6 +127,7 @@ def build(
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger_ms=settings.producer_linger_ms,
         web_enabled=False,
         broker_credentials=faust_credentials(settings),
         broker_session_timeout=settings.session_timeout_seconds,

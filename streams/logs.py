@@ -32,6 +32,9 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
             }
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # the OpenAI SDK's HTTP client logs every request at INFO: noise, and a measurable
+        # share of the worker's time under load (our own lines say what happened)
+        "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
     }
 
 

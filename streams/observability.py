@@ -61,6 +61,11 @@ class WorkerMetrics:
             ["service"],
             registry=r,
         )
+        self.gaps_repaired = Counter(
+            "talkstream_gap_messages_repaired",
+            "Messages the consumer skipped (rebalance) that the ledger read back and processed",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "talkstream_dead_letters",
             "Messages sent to the dead-letter topic",

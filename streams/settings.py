@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     worker_name: str = Field(
         "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
     )
+    producer_linger_ms: int = Field(
+        1, ge=0, le=1000, description="how long the worker's producer waits to batch records"
+    )
     session_timeout_seconds: float = Field(
         30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
     )

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -78,3 +79,24 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         ) from exc
     finally:
         await admin.close()
+
+
+async def read_range(
+    settings: Settings, topic: str, partition: int, start: int, end: int
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records ``start <= offset < end`` of one partition, read with a group-less consumer."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records += [r for r in batch.get(tp, []) if start <= r.offset < end]
+    finally:
+        # aiokafka 0.14's group-less consumer may re-raise its own cancelled task on stop
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+    return records

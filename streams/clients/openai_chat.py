@@ -16,6 +16,7 @@ from models.events import ChatRequest
 from streams.clients.retry import RetryPolicy, call_with_retries, parse_retry_after
 from streams.errors import GenerationError
 
+KEYED_CLIENTS = 256
 RETRIABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _KEYLIKE = re.compile(r"(sk|key|Bearer)[-_ ]?[A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 
@@ -35,9 +36,10 @@ class ChatClient:
             base_url=base_url, api_key="set-per-request", max_retries=0, timeout=timeout
         )
         self._policy = policy
+        self._by_key: dict[str, AsyncOpenAI] = {}
 
     async def complete(self, chat: ChatRequest, api_key: str) -> Completion:
-        client = self._client.with_options(api_key=api_key)
+        client = self._for_key(api_key)
 
         async def attempt() -> Completion:
             try:
@@ -77,7 +79,19 @@ class ChatClient:
         completion, tries = await call_with_retries(self._policy, attempt)
         return Completion(**{**completion.__dict__, "tries": tries})
 
+    def _for_key(self, api_key: str) -> AsyncOpenAI:
+        """The shared client with this request's key; copies are kept per key (LRU), since
+        building one per call is a measurable part of the generator's time."""
+        client = self._by_key.pop(api_key, None)
+        if client is None:
+            client = self._client.with_options(api_key=api_key)
+        self._by_key[api_key] = client  # most recently used last
+        if len(self._by_key) > KEYED_CLIENTS:
+            del self._by_key[next(iter(self._by_key))]
+        return client
+
     async def close(self) -> None:
+        self._by_key.clear()
         await self._client.close()
 
 

@@ -126,6 +126,16 @@ class ProjectionStore:
                 session.connection().execute(insert(_TRANSITIONS), transitions)
             return len(transitions)
 
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """One past the highest source offset applied from this partition (None: none yet)."""
+        with self._session() as session:
+            highest = session.scalar(
+                select(func.max(TransitionRow.offset)).where(
+                    TransitionRow.topic == topic, TransitionRow.partition == partition
+                )
+            )
+        return None if highest is None else int(highest) + 1
+
     def reset(self) -> None:
         """Drop every projection table and migrate from scratch (``replay --force``)."""
         Base.metadata.drop_all(self.engine)
