@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # the table also keeps, per partition, the next offset the ledger expects (not a person key:
 # persons are "site:email")
 OFFSET_MARK = b"\x00next-offset:"
+MARK_EVERY = 32
 FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered state)
 
 
@@ -75,12 +76,23 @@ def register(rt: Runtime) -> None:
                 request_id=message.request_id,
             )
 
+    # partition -> next offset expected; the table's mark is written every MARK_EVERY offsets
+    # (a new owner that starts up to MARK_EVERY behind only re-reads messages whose effects
+    # are idempotent); forgotten on a rebalance, so a partition coming back reads its mark
+    expected_next: dict[int, int] = {}
+
+    def forget(app: Any, *_: Any, **__: Any) -> None:
+        expected_next.clear()
+
+    rt.app.on_partitions_revoked.connect(forget)  # type: ignore[arg-type]
+
     @rt.app.agent(rt.topics.requests, name="ledger")
     async def ledger(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             mark = OFFSET_MARK + str(msg.partition).encode()
-            expected = int(table.get(mark) or -1)
+            remembered = expected_next.get(msg.partition)
+            expected = remembered if remembered is not None else int(table.get(mark) or -1)
             if 0 <= expected < msg.offset:
                 # faust can commit past messages it never delivered (a rebalance drops its
                 # buffers; its commit logic then skips the gap): read them and catch up
@@ -99,7 +111,9 @@ def register(rt: Runtime) -> None:
                         record.topic, record.partition, record.offset, record.key, record.value
                     )
             await process(msg.topic, msg.partition, msg.offset, event.key, event.value)
-            table[mark] = str(msg.offset + 1).encode()
+            expected_next[msg.partition] = msg.offset + 1
+            if remembered != msg.offset or msg.offset % MARK_EVERY == 0:
+                table[mark] = str(msg.offset + 1).encode()
 
     @rt.app.timer(interval=rt.settings.deadline_check_interval_seconds, name="deadlines")
     async def deadlines() -> None:
