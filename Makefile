@@ -7,7 +7,10 @@ bootstrap:
 dev: bootstrap
 	.venv/bin/talkstream dev
 
+# static checks first (seconds), then every test tier
 test: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 test-unit: bootstrap

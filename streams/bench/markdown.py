@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from streams.bench.hops import PATH
@@ -63,17 +64,6 @@ NOTES = """\
   **limit violations** = events beyond the usage limit per person in the burst. "Re-sent
   publications" counts at-least-once re-sends that Talkable answered as the same event
   (harmless by design, reported for visibility).
-
-## What dominates the worker (py-spy, by hand, 2026-11-26)
-
-A `py-spy record` of the worker at saturation (webhooks offered at 150/s, LLM 0.1 s) is not
-part of the bench, but explains its numbers: the worker is one event loop, and its CPU per
-webhook caps the pipeline. Of the loop's busy samples, about 40 % are the OpenAI SDK's call
-path (openai → httpx → httpcore → anyio, per call), 25 % the ledger agent (decode, decide,
-table write, sends), 12 % the per-transition INFO log lines through faust's colour
-formatter, 9 % aiokafka's produce path. Beside the loop, the SQL projector (an ORM
-`Session.get` and flush per row, in a thread) takes nearly as many samples as the ledger and
-competes for the GIL.
 """
 
 
@@ -242,8 +232,13 @@ def section(result: Mapping[str, Any]) -> str:
     )
 
 
+PROFILE = Path(__file__).resolve().parents[2] / "bench" / "PROFILE.md"
+
+
 def document(results: Mapping[str, Mapping[str, Any]]) -> str:
     parts = [INTRO, REPRODUCE]
     parts += [section(results[mode]) for mode in ("full", "quick") if mode in results]
+    if PROFILE.exists():  # the hand-written profiling notes (before/after runs)
+        parts.append(PROFILE.read_text())
     parts.append(NOTES)
     return "\n".join(parts)
