@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
@@ -19,6 +20,7 @@ from streams.clients.openai_chat import ChatClient
 from streams.clients.retry import RetryPolicy
 from streams.clients.talkable import TalkableClient
 from streams.codecs import encode
+from streams.errors import DecodeError
 from streams.kafka_options import faust_credentials
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore
@@ -27,6 +29,7 @@ from streams.settings import Settings
 from streams.topics import LEDGER_TABLE
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -57,6 +60,30 @@ class Runtime:
     projection: ProjectionStore
     policy: Policy
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+    async def decoded(
+        self,
+        decoder: Callable[[bytes | None], T],
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> T | None:
+        """The decoded value, or None once a value that does not decode is dead-lettered."""
+        try:
+            return decoder(value)
+        except DecodeError as exc:
+            await self.dead_letter(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                reason=str(exc),
+                key=key,
+                value=value,
+            )
+            return None
 
     async def dead_letter(
         self,

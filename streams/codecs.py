@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -10,6 +11,7 @@ from models.events import RequestsValue
 from streams.errors import DecodeError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 _requests = TypeAdapter[RequestsValue](RequestsValue)
 
@@ -19,19 +21,18 @@ def encode(value: BaseModel) -> bytes:
 
 
 def decode(model: type[M], raw: bytes | None) -> M:
-    if raw is None:
-        raise DecodeError("empty value (tombstone)")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise DecodeError(_reason(exc)) from None
+    return _checked(model.model_validate_json, raw)
 
 
 def decode_requests(raw: bytes | None) -> RequestsValue:
+    return _checked(_requests.validate_json, raw)
+
+
+def _checked(validate: Callable[[bytes], T], raw: bytes | None) -> T:
     if raw is None:
         raise DecodeError("empty value (tombstone)")
     try:
-        return _requests.validate_json(raw)
+        return validate(raw)
     except ValidationError as exc:
         raise DecodeError(_reason(exc)) from None
 

@@ -28,7 +28,7 @@ from models.events import (
 )
 from streams.app import Runtime, now_ms
 from streams.codecs import decode, encode
-from streams.errors import DecodeError, PublishError, TalkstreamError, UpstreamError
+from streams.errors import PublishError, TalkstreamError, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,15 @@ def _executor(
         try:
             async for event in stream.events():
                 msg = event.message
-                try:
-                    command = decode(model, event.value)
-                except DecodeError as exc:
-                    await rt.dead_letter(
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        reason=str(exc),
-                        key=event.key,
-                        value=event.value,
-                    )
+                command = await rt.decoded(
+                    lambda raw: decode(model, raw),
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=event.key,
+                    value=event.value,
+                )
+                if command is None:
                     continue
                 await slots.acquire()
                 task = asyncio.create_task(run(command, command.person))  # type: ignore[attr-defined]

@@ -18,7 +18,6 @@ from models.events import DeadlineExpired
 from models.ledger import Outcome, PersonState, handle
 from streams.app import Runtime, now_ms
 from streams.codecs import decode, decode_requests, encode
-from streams.errors import DecodeError
 from streams.topics import read_range
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,10 @@ def register(rt: Runtime) -> None:
     async def process(
         topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
-        try:
-            message = decode_requests(value)
-        except DecodeError as exc:
-            await rt.dead_letter(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                reason=str(exc),
-                key=key,
-                value=value,
-            )
+        message = await rt.decoded(
+            decode_requests, topic=topic, partition=partition, offset=offset, key=key, value=value
+        )
+        if message is None:
             return
         try:
             person = message.person.encode()

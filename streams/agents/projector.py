@@ -11,7 +11,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.events import LifecycleEvent
 from streams.app import Runtime
 from streams.codecs import decode
-from streams.errors import DecodeError
 from streams.projection.store import Sourced
 from streams.topics import read_range
 
@@ -28,18 +27,15 @@ def register(rt: Runtime) -> None:
     async def sourced(
         topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> Sourced | None:
-        try:
-            return Sourced(topic, partition, offset, decode(LifecycleEvent, value))
-        except DecodeError as exc:
-            await rt.dead_letter(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                reason=str(exc),
-                key=key,
-                value=value,
-            )
-            return None
+        event = await rt.decoded(
+            lambda raw: decode(LifecycleEvent, raw),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+        )
+        return None if event is None else Sourced(topic, partition, offset, event)
 
     async def missed(topic: str, partition: int, first: int) -> list[Sourced]:
         """What faust skipped before ``first`` (it can commit past a rebalance's dropped
