@@ -219,7 +219,13 @@ def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: in
         "webhook accepted",
         duplicate_of=r.request_id if duplicate else None,
     )
-    state = state.model_copy(update={"seen": seen})
+    # parked publications can be redriven for as long as fingerprints are kept
+    parked = {
+        rid: at
+        for rid, at in state.parked.items()
+        if r.at_ms - at < policy.fingerprint_retention_ms
+    }
+    state = state.model_copy(update={"seen": seen, "parked": parked})
     if duplicate:
         return Outcome(
             state=state,

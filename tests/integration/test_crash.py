@@ -86,3 +86,28 @@ def test_two_workers_one_killed_the_survivor_takes_over(make_system) -> None:
     thread.join(timeout=240)
     check_outcome(system, answers)
     assert system.procs["worker-b"].poll() is None
+
+
+def test_a_burst_for_one_person_is_exact_with_two_workers(make_system) -> None:
+    system = make_system(**FAST_FAILOVER)
+    system.start_worker("worker-b")
+    bodies = [
+        seed_params("duo@example.com", content=f"v{i}", usage_limit=usage(3, now=now_s()))
+        for i in range(50)
+    ]
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        answers = list(pool.map(system.post, bodies))
+    rows = system.wait_terminal([body["request_id"] for _, body in answers], timeout=120)
+    states = Counter(row.state for row in rows.values())
+    assert states == {"published": 3, "limited": 47}
+
+    # both workers were in the group: the partitions were shared, not all on one worker
+    def both_assigned() -> bool:
+        logs = [(system.root / f"{name}.log").read_text() for name in ("worker", "worker-b")]
+        return all(
+            "-requests', partition=" in log.split("newly assigned", 1)[-1]
+            for log in logs
+            if "newly assigned" in log
+        ) and all("newly assigned" in log for log in logs)
+
+    wait_until(both_assigned, 30, what="both workers holding partitions")

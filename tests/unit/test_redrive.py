@@ -64,3 +64,11 @@ def test_a_redrive_of_something_never_parked_changes_nothing() -> None:
     ledger.send(received("req-1"))
     assert ledger.send(redriven("req-1")).events == []
     assert ledger.send(redriven("unknown")).events == []
+
+
+def test_parked_publications_are_forgotten_after_the_fingerprint_retention() -> None:
+    ledger = parked_ledger()
+    later = T0 * 1000 + ledger.policy.fingerprint_retention_ms + 1
+    ledger.send(received("req-2", at_ms=later))
+    assert ledger.state is not None and ledger.state.parked == {}
+    assert ledger.send(redriven("req-1")).events == []
