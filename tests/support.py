@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -72,3 +73,46 @@ def usage(
         "current_time": str(now),
         "current_usage_amount": str(used),
     }
+
+
+def with_changes(tree: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of ``tree`` with ``a__b__0`` paths set (``...`` deletes the key)."""
+    data = copy.deepcopy(tree)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    return data
+
+
+def scalar(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def form_pairs(tree: dict[str, Any], style: str = "brackets") -> list[tuple[str, str]]:
+    """Rails-style names: lists as ``a[b][]`` (brackets) or ``a[b][0]`` (indexed)."""
+
+    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                yield from walk(f"{name}[{key}]", item)
+        elif isinstance(value, list) and value:
+            for index, item in enumerate(value):
+                yield from walk(f"{name}[]" if style == "brackets" else f"{name}[{index}]", item)
+        else:
+            yield name, scalar(value) if not isinstance(value, dict | list) else ""
+
+    pairs: list[tuple[str, str]] = []
+    for key, value in tree.items():
+        pairs.extend(walk(str(key), value))
+    return pairs

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +30,7 @@ from streams.errors import BrokerUnavailable
 from streams.ingress import PATH, AccessLogger, build_ingress
 from streams.secrets import SecretBox
 from streams.settings import Settings
+from tests.support import form_pairs
 
 # Fixed Fernet key: a sealed value must open with the box the test holds.
 FERNET_KEY = "x8rJb7tKx3vYbD0cJ1Zl5f0wT3m2Kq9hV6sN4pR8uAE="
@@ -210,33 +211,6 @@ class Body(NamedTuple):
     content_type: str | None
     body: bytes
     query: list[tuple[str, str]] | None = None
-
-
-def _scalar(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def form_pairs(tree: dict[str, Any], style: str = "brackets") -> list[tuple[str, str]]:
-    """Rails-style names: lists as ``a[b][]`` (brackets) or ``a[b][0]`` (indexed)."""
-
-    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
-        if isinstance(value, dict) and value:
-            for key, item in value.items():
-                yield from walk(f"{name}[{key}]", item)
-        elif isinstance(value, list) and value:
-            for index, item in enumerate(value):
-                yield from walk(f"{name}[]" if style == "brackets" else f"{name}[{index}]", item)
-        else:
-            yield name, _scalar(value) if not isinstance(value, dict | list) else ""
-
-    pairs: list[tuple[str, str]] = []
-    for key, value in tree.items():
-        pairs.extend(walk(str(key), value))
-    return pairs
 
 
 def form_body(tree: dict[str, Any], style: str = "brackets") -> bytes:

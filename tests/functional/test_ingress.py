@@ -40,6 +40,7 @@ from tests.functional.conftest import (
     shapes,
     sign,
 )
+from tests.support import with_changes
 
 SHAPES = shapes(seed_params())
 
@@ -84,18 +85,7 @@ def json_body(tree: dict[str, Any]) -> bytes:
 
 def changed(**changes: Any) -> dict[str, Any]:
     """The seed with ``a__b`` paths set (``...`` deletes the key)."""
-    tree = seed_params()
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node: Any = tree
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        key: Any = int(last) if isinstance(node, list) else last
-        if value is ...:
-            del node[key]
-        else:
-            node[key] = value
-    return tree
+    return with_changes(seed_params(), **changes)
 
 
 async def send(ingress: Ingress, body: Body, **kwargs: Any) -> ClientResponse:

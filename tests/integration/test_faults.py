@@ -25,6 +25,18 @@ def post_all(system: System, bodies: list[dict]) -> list[str]:
     return ids
 
 
+def talkstream(system: System, *args: str) -> str:
+    """Run a ``talkstream`` command against this deployment; its standard output."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+
 def talkable_events(system: System, email_part: str) -> list[dict]:
     return [e for e in system.talkable("GET", "/_events") if email_part in e["email"]]
 
@@ -130,14 +142,7 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
 
     # the site's key is fixed at Talkable's end; the operator redrives the parked work
     system.talkable("POST", "/_control", {"api_keys": {"test-site": "an-old-key"}})
-    out = subprocess.run(
-        [sys.executable, "-m", "streams", "redrive"],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = talkstream(system, "redrive")
     assert f"redriven: {request_id}" in out
 
     def published() -> bool:
@@ -148,12 +153,5 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     states = [t.state for t in system.projection.transitions(request_id)]
     assert states[-2:] == ["publish_failed", "published"]
     assert len(talkable_events(system, "rotated@")) == 1
-    again = subprocess.run(
-        [sys.executable, "-m", "streams", "redrive"],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    again = talkstream(system, "redrive")
     assert "0 redriven" in again  # each letter is redriven once

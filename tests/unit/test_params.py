@@ -28,6 +28,7 @@ from models.params import (
     request_fingerprint,
     trigger_met,
 )
+from tests.support import form_pairs, scalar, with_changes
 
 FAST = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -73,47 +74,11 @@ SEED: dict[str, Any] = {
 
 
 def seed(**changes: Any) -> dict[str, Any]:
-    """A deep copy of SEED with dotted-path changes (``openai.model=...``); ``...`` deletes."""
-    data = copy.deepcopy(SEED)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node: Any = data
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        key: Any = int(last) if isinstance(node, list) else last
-        if value is ...:
-            del node[key]
-        else:
-            node[key] = value
-    return data
+    """A deep copy of SEED with ``a__b`` path changes; ``...`` deletes."""
+    return with_changes(SEED, **changes)
 
 
 # --- encoders: the same params in every shape -----------------------------------------------
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def form_pairs(tree: dict[str, Any], style: str = "brackets") -> list[tuple[str, str]]:
-    """Rails-style names: ``a[b][]`` (brackets) or ``a[b][0]`` (indexed) for lists."""
-
-    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                yield from walk(f"{name}[{key}]", item)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                yield from walk(f"{name}[]" if style == "brackets" else f"{name}[{index}]", item)
-        else:
-            yield name, _scalar(value)
-
-    pairs: list[tuple[str, str]] = []
-    for key, value in tree.items():
-        pairs.extend(walk(key, value))
-    return pairs
 
 
 def form_body(tree: dict[str, Any], style: str = "brackets") -> bytes:
@@ -970,7 +935,7 @@ def stringified(tree: Any) -> Any:
         return {k: stringified(v) for k, v in tree.items()}
     if isinstance(tree, list):
         return [stringified(v) for v in tree]
-    return _scalar(tree)
+    return scalar(tree)
 
 
 @FAST
