@@ -7,6 +7,7 @@ retries; the keys never appear in what is produced, logged or answered.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -492,6 +493,27 @@ async def test_keys_sent_in_the_query_string_stay_out_of_the_logs(
     assert leaked(ingress.sink.produced[0].value) == []
     assert received.spec == EXPECTED_SPEC
     assert leaked(_records_text(caplog)) == []
+
+
+async def test_a_body_past_its_content_length_never_reaches_the_logs(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = json_body(seed_params())
+    server = ingress.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /chat-gpt/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10\r\n\r\n" + body
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp answers, then closes
+    writer.close()
+
+    assert b"400 Bad Request" in answer  # aiohttp's own parser refused the leftover bytes
+    assert "refused a malformed HTTP request" in _records_text(caplog)
+    assert leaked(_records_text(caplog)) == []
+    assert ingress.sink.produced == []
 
 
 # --- 4. Talkable retries --------------------------------------------------------------------
