@@ -121,8 +121,10 @@ class RedactBadRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = "refused a malformed HTTP request: %s (%s)", (
-                type(exc).__name__, exc.code)
+            record.msg, record.args = (
+                "refused a malformed HTTP request: %s (%s)",
+                (type(exc).__name__, exc.code),
+            )
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     publish_deadline_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     deadline_check_interval_seconds: float = Field(1.0, gt=0)
+    rebalance_grace_seconds: float = Field(
+        30.0, gt=0, description="after a rebalance, in-flight work older than it gets this long"
+    )
 
     # executors
     generator_max_in_flight: int = Field(256, ge=1)

@@ -31,7 +31,13 @@ FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered 
 
 def register(rt: Runtime) -> None:
     table = rt.ledger_table
-    due = DeadlineIndex()
+    due = DeadlineIndex(
+        {
+            "generating": rt.policy.generation_deadline_ms,
+            "publishing": rt.policy.publish_deadline_ms,
+        },
+        grace_ms=int(rt.settings.rebalance_grace_seconds * 1000),
+    )
     states = StateCache()
     ticks = 0
 
@@ -74,7 +80,10 @@ def register(rt: Runtime) -> None:
     expected_next: dict[int, int] = {}
 
     def forget(app: Any, *_: Any, **__: Any) -> None:
+        nonlocal ticks
         expected_next.clear()
+        due.rebalanced(now_ms())
+        ticks = 0  # rescan the table at the next tick: the partitions this worker now owns
 
     rt.app.on_partitions_revoked.connect(forget)  # type: ignore[arg-type]
 
@@ -153,11 +162,31 @@ class StateCache:
 
 
 class DeadlineIndex:
-    """What this process knows to be in flight, by person, and which deadlines it signalled."""
+    """What this process knows to be in flight, by person, and which deadlines it signalled.
 
-    def __init__(self) -> None:
+    After a rebalance, faust may have dropped commands from an executor's buffers (and
+    committed past them): work issued before the rebalance is given ``grace_ms`` more, not the
+    rest of its (long) deadline, so lost commands are re-issued soon while calls that were
+    merely in progress still have time to report.
+    """
+
+    def __init__(
+        self, stage_deadline_ms: dict[str, int] | None = None, grace_ms: int = 30_000
+    ) -> None:
         self._due: dict[str, dict[str, tuple[int, int, str]]] = {}
         self._signalled: set[tuple[str, int]] = set()
+        self._stage_deadline_ms = stage_deadline_ms or {}
+        self._grace_ms = grace_ms
+        self._rebalanced_at: int | None = None
+
+    def rebalanced(self, now: int) -> None:
+        self._rebalanced_at = now
+
+    def _effective(self, deadline: int, stage: str) -> int:
+        rebalanced, span = self._rebalanced_at, self._stage_deadline_ms.get(stage)
+        if rebalanced is None or span is None or deadline - span >= rebalanced:
+            return deadline  # issued after the last rebalance (or no rebalance seen)
+        return min(deadline, rebalanced + self._grace_ms)
 
     def clear(self) -> None:
         self._due.clear()
@@ -175,7 +204,8 @@ class DeadlineIndex:
         for person, flights in self._due.items():
             for request_id, (deadline, attempt, stage) in flights.items():
                 live.add((request_id, attempt))
-                if deadline <= now and (request_id, attempt) not in self._signalled:
+                due_at = self._effective(deadline, stage)
+                if due_at <= now and (request_id, attempt) not in self._signalled:
                     self._signalled.add((request_id, attempt))
                     found.append(
                         DeadlineExpired(
