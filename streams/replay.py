@@ -221,14 +221,9 @@ async def rebuild(
         async for batch in reader.batches():
             sourced = []
             for record in batch:
-                try:
-                    event = decode(LifecycleEvent, record.value)
-                except DecodeError as exc:
-                    summary.skipped.append(
-                        Skipped(record.topic, record.partition, record.offset, str(exc))
-                    )
-                    continue
-                sourced.append(Sourced(record.topic, record.partition, record.offset, event))
+                event = _lifecycle_event(record, summary.skipped)
+                if event is not None:
+                    sourced.append(Sourced(record.topic, record.partition, record.offset, event))
             summary.applied += await asyncio.to_thread(store.apply, sourced)
             summary.records += len(batch)
             if progress:
@@ -326,14 +321,9 @@ async def verify(
                 progress(len(batch))
         async for batch in lifecycle.batches():
             for record in batch:
-                try:
-                    event = decode(LifecycleEvent, record.value)
-                except DecodeError as exc:
-                    summary.skipped.append(
-                        Skipped(record.topic, record.partition, record.offset, str(exc))
-                    )
-                    continue
-                recorded.setdefault(_identity(event), []).append(_comparable(event))
+                logged = _lifecycle_event(record, summary.skipped)
+                if logged is not None:
+                    recorded.setdefault(_identity(logged), []).append(_comparable(logged))
             if progress:
                 progress(len(batch))
     summary.derived = sum(len(v) for v in derived.values())
@@ -377,3 +367,12 @@ def _compare(
                 summary.repeated += 1
         missing = len(ours) - len(theirs)
         summary.differences.extend(Difference("missing", *identity) for _ in range(missing))
+
+
+def _lifecycle_event(record: Any, skipped: list[Skipped]) -> LifecycleEvent | None:
+    """The record's lifecycle event, or None after noting why it was skipped."""
+    try:
+        return decode(LifecycleEvent, record.value)
+    except DecodeError as exc:
+        skipped.append(Skipped(record.topic, record.partition, record.offset, str(exc)))
+        return None
