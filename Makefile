@@ -24,7 +24,7 @@ typecheck: bootstrap
 	.venv/bin/mypy
 
 schemas: bootstrap
-	.venv/bin/python -m streams.schemas
+	.venv/bin/python -m streams.ops.schemas
 
 bench: bootstrap
 	.venv/bin/talkstream bench

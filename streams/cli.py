@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from streams.bench import register as register_bench
-from streams.cli_audit import register as register_audit
+from streams.ops.commands import register as register_ops
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -212,43 +212,6 @@ def standin_talkable(host: str, port: int, latency: float) -> None:
 
 
 @main.command()
-@click.option("--request-id", default=None, help="only this request's dead letters")
-@click.option("--topic", default=None, help="only letters from this topic (full name)")
-@click.option("--reason-contains", default=None, help="only letters whose reason contains it")
-@click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
-@click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
-def redrive(
-    request_id: str | None,
-    topic: str | None,
-    reason_contains: str | None,
-    from_beginning: bool,
-    dry_run: bool,
-) -> None:
-    """Re-issue dead-lettered work once its cause is fixed."""
-    from streams.app import now_ms
-    from streams.redrive import Selection
-    from streams.redrive import redrive as run_redrive
-
-    settings = _settings()
-    report = asyncio.run(
-        run_redrive(
-            settings,
-            Selection(request_id, topic, reason_contains),
-            dry_run=dry_run,
-            from_beginning=from_beginning,
-            now_ms=now_ms,
-        )
-    )
-    for what in report.redriven:
-        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
-    click.echo(
-        f"{report.examined} dead letters examined, {len(report.redriven)} "
-        f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
-        f"{report.unreadable} unreadable"
-    )
-
-
-@main.command()
 @click.option("--openai-port", default=8081, show_default=True)
 @click.option("--talkable-port", default=8082, show_default=True)
 def dev(openai_port: int, talkable_port: int) -> None:
@@ -258,5 +221,28 @@ def dev(openai_port: int, talkable_port: int) -> None:
     sys.exit(run_dev(_settings(), openai_port=openai_port, talkable_port=talkable_port))
 
 
-register_audit(main)
-register_bench(main)
+# the benchmark harness is dev tooling: it lives in the checkout's bench/, not in the package
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+@main.command(
+    "bench",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """The pipeline measured beside a raw Kafka relay and an inline handler (from a checkout;
+    `talkstream bench --help` for its options)."""
+    if not (CHECKOUT / "bench" / "command.py").exists():
+        raise click.ClickException(
+            "the benchmark harness runs from a checkout of talkstream (bench/): `make bench`"
+        )
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+    from bench.command import bench as harness
+
+    harness.main(ctx.args, prog_name="talkstream bench")
+
+
+register_ops(main)

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from streams.cli_audit import register
+from streams.ops.commands import register
 from streams.projection.store import ProjectionStore
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log, snapshot

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bench import markdown
-from streams.bench.config import BenchConfig
-from streams.bench.report import COUNTERS, SECTIONS
-from streams.bench.run import run_bench
+from bench import markdown
+from bench.config import BenchConfig
+from bench.report import COUNTERS, SECTIONS
+from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from click.testing import CliRunner, Result
 
-from streams.cli_audit import register
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
+from streams.ops.commands import register
+from streams.ops.replay import LogReader
 from streams.projection.store import ProjectionStore
-from streams.replay import LogReader
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.conftest import System, now_s

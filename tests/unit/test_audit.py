@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.audit import iso, parse_time, percentile
+from streams.ops.audit import iso, parse_time, percentile
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

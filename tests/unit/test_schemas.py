@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from models.events import DeadLetter, GenerateText, LifecycleEvent, PublishCompletion
 from models.ledger import PersonState
-from streams import schemas
+from streams.ops import schemas
 from streams.codecs import decode, decode_requests, encode
 from streams.settings import Settings
 from streams.topics import topic_specs
@@ -37,7 +37,7 @@ DECODERS: dict[str, Callable[[bytes], BaseModel]] = {
 def test_committed_schemas_are_what_the_models_generate():
     problems = schemas.drift()
     assert not problems, (
-        "schemas/ drifted from models/ (regenerate: python -m streams.schemas):\n"
+        "schemas/ drifted from models/ (regenerate: python -m streams.ops.schemas):\n"
         + "\n".join(problems)
     )
 

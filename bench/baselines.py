@@ -1,8 +1,8 @@
 """Driving the baselines with the same webhooks, rates and stand-ins as the pipeline.
 
-The inline handler (:mod:`streams.bench.inline`) answers when the work is done, so its
+The inline handler (:mod:`bench.inline`) answers when the work is done, so its
 answer rate is its throughput; its Talkable events are timed by the same receipt clock.
-The raw relay (:mod:`streams.bench.relay`) is measured by its own driver there.
+The raw relay (:mod:`bench.relay`) is measured by its own driver there.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from streams.bench import load
-from streams.bench.load import Shot
-from streams.bench.observe import Talkable, duplicate_events
-from streams.bench.pipeline import Context, limit_violations
-from streams.bench.system import Deployment, free_port
+from bench import load
+from bench.load import Shot
+from bench.observe import Talkable, duplicate_events
+from bench.pipeline import Context, limit_violations
+from bench.system import Deployment, free_port
 
 
 class Inline:
@@ -28,7 +28,7 @@ class Inline:
         return f"http://127.0.0.1:{self.port}/chat-gpt/generate"
 
     def start(self) -> None:
-        args = ["-m", "streams.bench.inline", "--port", str(self.port)]
+        args = ["-m", "bench.inline", "--port", str(self.port)]
         args += ["--openai-url", self.system.openai_url]
         args += ["--talkable-url", self.system.talkable_url]
         self.system.processes.spawn("inline", args, self.system.env)

@@ -1,4 +1,5 @@
-"""``talkstream replay | audit | stats | schemas``: reading the log and the projection back.
+"""``talkstream replay | audit | stats | schemas | redrive``: the operator tools over the log
+and the projection.
 
 Wired into the ``talkstream`` group by ``register(main)`` in ``streams/cli.py``.
 """
@@ -23,12 +24,12 @@ T = TypeVar("T")
 
 
 def register(main: click.Group) -> None:
-    for command in (replay, audit, stats, schemas):
+    for command in (replay, audit, stats, schemas, redrive):
         main.add_command(command)
 
 
 def _parse_time(value: str | None) -> int | None:
-    from streams.audit import parse_time
+    from streams.ops.audit import parse_time
 
     if value is None:
         return None
@@ -108,10 +109,10 @@ def replay(database_url: str | None, force: bool, until: str | None, verify: boo
 
 
 def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
-    from streams.audit import iso
     from streams.errors import TalkstreamError
+    from streams.ops.audit import iso
+    from streams.ops.replay import rebuild
     from streams.projection.store import ProjectionStore, make_engine
-    from streams.replay import rebuild
 
     engine = make_engine(database_url)
     store = ProjectionStore(engine, migrate_schema=False)
@@ -168,7 +169,7 @@ def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
 
 def _verify(settings: Settings) -> None:
     from streams.app import policy_from
-    from streams.replay import verify
+    from streams.ops.replay import verify
 
     requests, lifecycle = settings.topic("requests"), settings.topic("lifecycle")
     summary = _with_bar(
@@ -242,7 +243,7 @@ def audit(
 ) -> None:
     """The full history of a request (or of every request of a person): each transition with
     its time, cause, attempt and error. Read from the SQL projection."""
-    from streams.audit import find_histories, histories_json, render_histories
+    from streams.ops.audit import find_histories, histories_json, render_histories
 
     by_person = site is not None and email is not None
     if (request_id is None) == (not by_person) or (request_id and (site or email)):
@@ -277,7 +278,7 @@ def stats(
     limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
     """
-    from streams.audit import iso, render_stats, site_stats, stats_json
+    from streams.ops.audit import iso, render_stats, site_stats, stats_json
 
     since_ms, until_ms = _parse_time(since), _parse_time(until)
     store = _reader(database_url)
@@ -308,6 +309,46 @@ def stats(
 @click.option("--check", is_flag=True, help="only report drift from the models (exit 1)")
 def schemas(check: bool) -> None:
     """Write the JSON Schema of every topic's values to schemas/ (from models/)."""
-    from streams import schemas as generator
+    from streams.ops import schemas as generator
 
     sys.exit(generator.main(["--check"] if check else []))
+
+
+# --- redrive ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--request-id", default=None, help="only this request's dead letters")
+@click.option("--topic", default=None, help="only letters from this topic (full name)")
+@click.option("--reason-contains", default=None, help="only letters whose reason contains it")
+@click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
+@click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
+def redrive(
+    request_id: str | None,
+    topic: str | None,
+    reason_contains: str | None,
+    from_beginning: bool,
+    dry_run: bool,
+) -> None:
+    """Re-issue dead-lettered work once its cause is fixed."""
+    from streams.app import now_ms
+    from streams.ops.redrive import Selection
+    from streams.ops.redrive import redrive as run_redrive
+
+    settings = Settings()
+    report = asyncio.run(
+        run_redrive(
+            settings,
+            Selection(request_id, topic, reason_contains),
+            dry_run=dry_run,
+            from_beginning=from_beginning,
+            now_ms=now_ms,
+        )
+    )
+    for what in report.redriven:
+        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
+    click.echo(
+        f"{report.examined} dead letters examined, {len(report.redriven)} "
+        f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
+        f"{report.unreadable} unreadable"
+    )

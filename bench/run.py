@@ -3,7 +3,7 @@
 Order: warm-up → throughput (webhooks as fast as ``clients`` clients get answers) → latency
 (an open-loop rate, a fraction of the measured throughput) → burst (usage limits) → capacity
 (slow LLM) → raw relay → inline handler (throughput, latency at the same rate, burst). The
-result is one JSON document (:mod:`streams.bench.report` renders it).
+result is one JSON document (:mod:`bench.report` renders it).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.bench import baselines, machine, relay, report
-from streams.bench.config import BenchConfig
-from streams.bench.observe import LifecycleWatch
-from streams.bench.pipeline import Context, Pipeline, Progress, no_progress
-from streams.bench.system import Broker, Deployment
+from bench import baselines, machine, relay, report
+from bench.config import BenchConfig
+from bench.observe import LifecycleWatch
+from bench.pipeline import Context, Pipeline, Progress, no_progress
+from bench.system import Broker, Deployment
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

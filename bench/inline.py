@@ -6,7 +6,7 @@ and Talkable adapters, so the difference to the pipeline is the architecture, no
 code. With no state of its own it cannot see other webhooks in flight: a burst of webhooks for
 one person carrying the same stale snapshot all pass the limit check.
 
-Run it with ``python -m streams.bench.inline --port N --openai-url U --talkable-url U``.
+Run it with ``python -m bench.inline --port N --openai-url U --talkable-url U``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from streams.bench.system import PROJECT_ROOT
+from bench.system import PROJECT_ROOT
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DOC = PROJECT_ROOT / "BENCHMARKS.md"

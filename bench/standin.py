@@ -4,7 +4,7 @@ The real stand-in (:mod:`streams.dev.talkable_standin`) records calls without ti
 this process wraps the same app with a middleware that stamps every ``POST /origins/event`` on
 arrival: ``GET /_bench/receipts`` answers ``[[site_slug, event_number, received_at, status],
 ...]`` (``received_at`` in epoch seconds, this machine's clock). Run it with
-``python -m streams.bench.standin --port N``.
+``python -m bench.standin --port N``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from streams.bench.load import Tick
+    from bench.load import Tick
 
 
 @contextlib.contextmanager
@@ -82,9 +82,9 @@ def bench(
     Starts its own broker (or uses --bootstrap), stand-ins, worker and ingress as processes on
     a private app id; writes bench/results/*.json and rewrites BENCHMARKS.md.
     """
-    from streams.bench import markdown, report
-    from streams.bench.config import BenchConfig
-    from streams.bench.run import run_bench
+    from bench import markdown, report
+    from bench.config import BenchConfig
+    from bench.run import run_bench
 
     directory = results_dir or report.RESULTS_DIR
     if render:

@@ -6,7 +6,7 @@ consumer group, producers with ``acks=all`` like ours. Nothing is decoded, decid
 what is left is the broker and the client library. The driver produces like the ingress
 (``acks=all``), reads the last topic and times each message.
 
-Run the relay with ``python -m streams.bench.relay --bootstrap B --prefix P --hops N``.
+Run the relay with ``python -m bench.relay --bootstrap B --prefix P --hops N``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.bench import load
-from streams.bench.load import Tick
-from streams.bench.system import Processes
+from bench import load
+from bench.load import Tick
+from bench.system import Processes
 
 PAYLOAD_BYTES = 1200  # about a RequestReceived with its sealed keys
 
@@ -109,7 +109,7 @@ class Driver:
 
     async def start(self) -> None:
         """Start the relay; return once a probe went through every stage."""
-        args = ["-m", "streams.bench.relay", "--bootstrap", self.bootstrap]
+        args = ["-m", "bench.relay", "--bootstrap", self.bootstrap]
         args += ["--prefix", self.prefix, "--hops", str(self.hops)]
         self.processes.spawn("relay", args, self.env)
         await asyncio.gather(self.producer.start(), self.sink.start())

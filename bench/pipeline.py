@@ -15,17 +15,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.bench import hops, load
-from streams.bench.config import BenchConfig
-from streams.bench.load import Shot, Tick
-from streams.bench.observe import (
+from bench import hops, load
+from bench.config import BenchConfig
+from bench.load import Shot, Tick
+from bench.observe import (
     InFlight,
     LifecycleWatch,
     Talkable,
     duplicate_events,
     wait_caught_up,
 )
-from streams.bench.system import Deployment
+from bench.system import Deployment
 
 CATCH_UP_TIMEOUT = 120.0  # for the worker's projector after the last terminal state
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Tick]]

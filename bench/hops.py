@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.bench.load import ms_summary
+from bench.load import ms_summary
 
 # (hop, record it starts at, record it ends at); "sent"/"talkable" are measured over HTTP
 PATH = (

@@ -2,7 +2,7 @@
 
 Started the way ``talkstream`` starts them (``python -m streams ...``) on a private app id, so
 the benchmark measures the real processes. The Talkable stand-in is the real one with a
-receipt recorder (:mod:`streams.bench.standin`), because its call log has no timestamps. The
+receipt recorder (:mod:`bench.standin`), because its call log has no timestamps. The
 baselines' processes are started here too, so one run measures everything on one machine.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from streams.dev.kafka import EmbeddedKafka
 from streams.secrets import generate_key
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class BenchSystemError(RuntimeError):
@@ -188,9 +188,7 @@ class Deployment:
         run = self.processes.spawn
         openai = ["-m", "streams", "standin", "openai", "--port", str(self.openai_port)]
         run("openai", openai, self.env)
-        run(
-            "talkable", ["-m", "streams.bench.standin", "--port", str(self.talkable_port)], self.env
-        )
+        run("talkable", ["-m", "bench.standin", "--port", str(self.talkable_port)], self.env)
         for i in range(self.workers):
             env = {**self.env, "TALKSTREAM_WORKER_NAME": f"worker{i}"}
             run(f"worker{i}", ["-m", "streams", "worker"], env)
