@@ -2,7 +2,7 @@
 
 Every record carries its producer's create time, so reading [requests], [generate] and
 [completions] from a phase's start gives, per request: webhook sent → RequestReceived
-(ingress) → GenerateText (ledger) → GenerationSucceeded (generator, LLM included) →
+(ingress) → GenerateText (ledger) → GenerationAttemptSucceeded (generator, LLM included) →
 PublishCompletion (ledger) → the Talkable stand-in's receipt (publisher). Each hop includes
 the wait before its consumer read the record.
 """

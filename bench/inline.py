@@ -28,6 +28,7 @@ from streams.clients.openai_chat import ChatClient
 from streams.clients.retry import RetryPolicy
 from streams.clients.talkable import TalkableClient
 from streams.errors import UpstreamError
+from streams.ingress import HTTP_STATUS
 
 MAX_BODY_BYTES = 256 * 1024
 CHAT = web.AppKey("chat", ChatClient)
@@ -41,7 +42,7 @@ async def generate(request: web.Request) -> web.Response:
             request.content_type, body, request.query, max_body_bytes=MAX_BODY_BYTES
         )
     except ParamsError as exc:
-        return web.json_response(exc.body(), status=exc.status)
+        return web.json_response(exc.body(), status=HTTP_STATUS[exc.problem])
     request_id = request_fingerprint(params)
     if not trigger_met(params.trigger_criteria):
         return web.json_response({"request_id": request_id, "state": "skipped"})
@@ -70,7 +71,7 @@ async def generate(request: web.Request) -> web.Response:
             email=params.email,
             attempt=1,
             issued_at_ms=0,
-            event_number=completion_event_number(params, request_id),
+            event_number=completion_event_number(params.event_number, request_id),
             custom_properties={"generated_text": completion.text, **props},
             talkable_api_key="inline",  # not sealed here: the key is passed beside it
         )

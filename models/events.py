@@ -1,12 +1,11 @@
 """Every value that travels on a topic: facts (past tense) and commands (imperative).
 
-Topic            key          values
-[requests]       person       RequestReceived, GenerationSucceeded, GenerationFailed,
-                              PublicationSucceeded, PublicationFailed, DeadlineExpired
-[generate]       request_id   GenerateText            (carries the sealed OpenAI key)
-[completions]    request_id   PublishCompletion       (carries the sealed Talkable key)
-[lifecycle]      request_id   LifecycleEvent          (no secrets, for analytics)
-[deadletter]     as received  DeadLetter
+Which topic carries which of them, keyed how, is the catalogue in ``streams/topics.py``.
+[requests] holds the ledger's input: webhooks (:class:`RequestReceived`), what the executors
+report of each attempt (``*AttemptSucceeded`` / ``*AttemptFailed``), the deadline timer's
+:class:`DeadlineExpired` and an operator's :class:`RedriveRequested`. The commands
+(:class:`GenerateText`, :class:`PublishCompletion`) carry sealed keys; the lifecycle events
+(:class:`LifecycleEvent`, the analytics contract) never do.
 
 Secrets are :class:`Sealed` strings: ciphertext made by ``streams.secrets``; the domain moves
 them around but never opens them. Times are epoch milliseconds (``*_ms``) or, for the usage
@@ -15,17 +14,14 @@ window, epoch seconds, as Talkable renders them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.lifecycle import State
-from models.params import UsageLimit
+from models.lifecycle import EventType, State
+from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 
 SCHEMA_VERSION = 1
-# The completion's event category; never the trigger's (``generate_text``), or Talkable's own
-# event webhook would call us again for our own write-back.
-COMPLETION_EVENT_CATEGORY: Final = "generate_text_complete"
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -80,7 +76,7 @@ class RequestReceived(_Wire):
     secrets: SealedSecrets
 
 
-class GenerationSucceeded(_Wire):
+class GenerationAttemptSucceeded(_Wire):
     kind: Literal["generation_succeeded"] = "generation_succeeded"
     request_id: str
     person: str
@@ -94,7 +90,7 @@ class GenerationSucceeded(_Wire):
     tries: int = 1
 
 
-class GenerationFailed(_Wire):
+class GenerationAttemptFailed(_Wire):
     kind: Literal["generation_failed"] = "generation_failed"
     request_id: str
     person: str
@@ -107,7 +103,7 @@ class GenerationFailed(_Wire):
     tries: int = 1
 
 
-class PublicationSucceeded(_Wire):
+class PublicationAttemptSucceeded(_Wire):
     kind: Literal["publication_succeeded"] = "publication_succeeded"
     request_id: str
     person: str
@@ -119,7 +115,7 @@ class PublicationSucceeded(_Wire):
     tries: int = 1
 
 
-class PublicationFailed(_Wire):
+class PublicationAttemptFailed(_Wire):
     kind: Literal["publication_failed"] = "publication_failed"
     request_id: str
     person: str
@@ -133,6 +129,9 @@ class PublicationFailed(_Wire):
 
 
 class DeadlineExpired(_Wire):
+    """The deadline timer found an attempt overdue (it only reads the table; this message lets
+    the ledger act on it in stream context, and is ignored if the attempt is stale)."""
+
     kind: Literal["deadline_expired"] = "deadline_expired"
     request_id: str
     person: str
@@ -141,13 +140,25 @@ class DeadlineExpired(_Wire):
     at_ms: int = Field(ge=0)
 
 
+class RedriveRequested(_Wire):
+    """An operator asked (``talkstream redrive``) to run a parked request again, its cause
+    fixed; the ledger decides whether it still can."""
+
+    kind: Literal["redrive_requested"] = "redrive_requested"
+    request_id: str
+    person: str
+    at_ms: int = Field(ge=0, description="when the operator asked")
+    reason: str = Field("", description="why it was given up on (the dead letter's reason)")
+
+
 RequestsValue = Annotated[
     RequestReceived
-    | GenerationSucceeded
-    | GenerationFailed
-    | PublicationSucceeded
-    | PublicationFailed
-    | DeadlineExpired,
+    | GenerationAttemptSucceeded
+    | GenerationAttemptFailed
+    | PublicationAttemptSucceeded
+    | PublicationAttemptFailed
+    | DeadlineExpired
+    | RedriveRequested,
     Field(discriminator="kind"),
 ]
 
@@ -187,19 +198,7 @@ class PublishCompletion(_Wire):
 class LifecycleEvent(_Wire):
     """One state transition; past-tense ``type``, no secrets. The analytics contract."""
 
-    type: Literal[
-        "RequestReceived",
-        "DuplicateRejected",
-        "RequestSkipped",
-        "UsageLimited",
-        "RequestAdmitted",
-        "GenerationStarted",
-        "TextGenerated",
-        "GenerationFailed",
-        "PublicationStarted",
-        "CompletionPublished",
-        "PublicationFailed",
-    ]
+    type: EventType
     request_id: str
     person: str
     site: str
@@ -217,6 +216,11 @@ class LifecycleEvent(_Wire):
     error_message: str | None = None
     window_start: int | None = None
     window_count: int | None = None
+
+    def identity(self) -> tuple[str, str, str, int]:
+        """What makes two records the same transition: the ledger may emit one twice (it
+        re-processes a message after a crash); the projection and replay count it once."""
+        return (self.request_id, self.type, self.state.value, self.attempt)
 
 
 # --- [deadletter] ---------------------------------------------------------------------------

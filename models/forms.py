@@ -1,7 +1,7 @@
 """Request bodies as plain trees, before the contract (``models.params``) types them.
 
 - :func:`decode_body`: JSON, ``application/x-www-form-urlencoded`` or ``multipart/form-data``
-  by media type (415 otherwise); an empty body is ``{}``.
+  by media type (unsupported otherwise); an empty body is ``{}``.
 - :func:`unwrap_legacy`: a legacy Talkable webhook (``key``, ``site``, ``type``, ``extras``,
   ``payload``) becomes its params.
 - :func:`decode_query`: query-string params, nested like a form.
@@ -18,13 +18,13 @@ Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values 
   hash already has ``b``, in which case a new hash starts (so ``[][role]=…&[][content]=…`` pairs
   up, and the next ``[][role]`` begins the next element).
 - A scalar and a container under one name (``a=1&a[b]=2``, ``a[]=1&a[b]=2``, in either order)
-  conflict: 400 (Rack raises for some orders and silently overwrites in others; we refuse
+  conflict: unreadable (Rack raises for some orders and silently overwrites in others; we refuse
   both, since either is a template mistake).
 - After nesting, a hash whose keys are all decimal indices (``messages[0][role]``) becomes a
   list in index order, except under keys whose values are maps keyed by numbers
   (``logit_bias``, ``metadata``).
 
-Pure: no IO. Every malformed input raises :class:`DecodeError`, nothing else.
+Pure: no IO. Every malformed input raises :class:`FormError`, nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value
 from typing import Any
 from urllib.parse import parse_qsl
+
+from models.problems import Problem
 
 MAX_JSON_DEPTH = 64
 MAX_FORM_DEPTH = 32
@@ -58,8 +60,9 @@ _CONFLICT = "given both as a value and as nested fields"
 _NOT_MULTIPART = "not a valid multipart/form-data body"
 
 
-class DecodeError(ValueError):
-    """The request cannot become a tree; ``status`` is the HTTP answer (400, 415 or 422).
+class FormError(ValueError):
+    """The request cannot become a tree; ``problem`` says why (unreadable, unsupported, or a
+    legacy envelope that is not an object).
 
     ``field`` names where (``body``, ``content-type``, ``query``, ``extras``, ``payload``);
     ``path`` is the nesting path of a conflicting form name. Names are client input: the
@@ -67,9 +70,11 @@ class DecodeError(ValueError):
     being handled, so it carries no chained exception (those can hold the raw body).
     """
 
-    def __init__(self, status: int, field: str, message: str, path: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, problem: Problem, field: str, message: str, path: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
-        self.status = status
+        self.problem = problem
         self.field = field
         self.message = message
         self.path = path
@@ -81,20 +86,20 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
     if media in _JSON_TYPES or media.endswith("+json"):
         if not body.strip():
             return {}
-        data = load_json(body, "body", 400)
+        data = load_json(body, "body", Problem.UNREADABLE)
         if not isinstance(data, dict):
-            raise DecodeError(400, "body", "must be a JSON object")
+            raise FormError(Problem.UNREADABLE, "body", "must be a JSON object")
         return data
     if media not in (_FORM, _MULTIPART):
-        raise DecodeError(415, "content-type", "unsupported; send JSON or form data")
+        raise FormError(Problem.UNSUPPORTED, "content-type", "unsupported; send JSON or form data")
     if options.get("charset", "utf-8").lower() not in _UTF8:
-        raise DecodeError(415, "content-type", "form bodies must be UTF-8")
+        raise FormError(Problem.UNSUPPORTED, "content-type", "form bodies must be UTF-8")
     pairs = _urlencoded_pairs(body) if media == _FORM else _multipart_pairs(content_type, body)
     return nest(pairs)
 
 
-def load_json(text: bytes | str, field: str, status: int) -> Any:
-    """Strict JSON; a failure is ``DecodeError(status, field)``."""
+def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:
+    """Strict JSON; a failure is ``FormError(problem_if_bad, field)``."""
     problem = ""
     try:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
@@ -103,9 +108,9 @@ def load_json(text: bytes | str, field: str, status: int) -> Any:
     except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
         problem = "not valid JSON"
     if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
-        raise DecodeError(status, field, problem)
+        raise FormError(problem_if_bad, field, problem)
     if not _sound(data, MAX_JSON_DEPTH):
-        raise DecodeError(status, field, "nested too deeply or not valid Unicode")
+        raise FormError(problem_if_bad, field, "nested too deeply or not valid Unicode")
     return data
 
 
@@ -134,13 +139,13 @@ def decode_query(query: Mapping[str, str] | Mapping[str, list[str]]) -> dict[str
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
             if not isinstance(name, str) or not isinstance(item, str):
-                raise DecodeError(400, "query", "names and values must be strings")
+                raise FormError(Problem.UNREADABLE, "query", "names and values must be strings")
             if not _sound(name, 1) or not _sound(item, 1):
-                raise DecodeError(400, "query", "not valid Unicode")
+                raise FormError(Problem.UNREADABLE, "query", "not valid Unicode")
             pairs.append((name, item))
     try:
         return nest(pairs)
-    except DecodeError as exc:
+    except FormError as exc:
         error = exc
     error.field = "query"
     raise error
@@ -209,9 +214,9 @@ def _legacy_part(tree: dict[str, Any], name: str) -> dict[str, Any]:
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}
     if isinstance(value, str):
-        value = load_json(value, name, 422)
+        value = load_json(value, name, Problem.INVALID)
     if not isinstance(value, dict):
-        raise DecodeError(422, name, "must be a JSON object")
+        raise FormError(Problem.INVALID, name, "must be a JSON object")
     return value
 
 
@@ -229,20 +234,20 @@ def _urlencoded_pairs(body: bytes) -> list[tuple[str, str]]:
         problem = "not valid UTF-8"
     except ValueError:
         problem = f"more than {MAX_FIELDS} fields"
-    raise DecodeError(400, "body", problem)
+    raise FormError(Problem.UNREADABLE, "body", problem)
 
 
 def _multipart_pairs(content_type: str, body: bytes) -> list[tuple[str, str]]:
     """Text parts (UTF-8) of a ``multipart/form-data`` body; file parts are read as text."""
     if not content_type.isascii() or any(ch in content_type for ch in "\r\n\0"):
-        raise DecodeError(400, "content-type", "malformed")
+        raise FormError(Problem.UNREADABLE, "content-type", "malformed")
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("ascii")
     # The stdlib MIME parser is lenient and documents no exception contract: this one boundary
     # turns whatever it raises into a malformed-body answer.
     problem = _NOT_MULTIPART
     try:
         pairs = _parts(BytesParser().parsebytes(head + body))
-    except DecodeError as exc:
+    except FormError as exc:
         problem = exc.message
     except UnicodeError:
         problem = "not valid UTF-8"
@@ -252,24 +257,24 @@ def _multipart_pairs(content_type: str, body: bytes) -> list[tuple[str, str]]:
         if len(pairs) <= MAX_FIELDS:
             return pairs
         problem = f"more than {MAX_FIELDS} fields"
-    raise DecodeError(400, "body", problem)
+    raise FormError(Problem.UNREADABLE, "body", problem)
 
 
 def _parts(message: Message) -> list[tuple[str, str]]:
     if not message.is_multipart() or message.defects:
-        raise DecodeError(400, "body", _NOT_MULTIPART)
+        raise FormError(Problem.UNREADABLE, "body", _NOT_MULTIPART)
     pairs = []
     for part in message.get_payload():
         if not isinstance(part, Message) or part.defects or part.is_multipart():
-            raise DecodeError(400, "body", _NOT_MULTIPART)
+            raise FormError(Problem.UNREADABLE, "body", _NOT_MULTIPART)
         name = part.get_param("name", header="content-disposition")
         if name is None or part.get_content_disposition() != "form-data":
             continue
         if str(part.get_param("charset") or "utf-8").lower() not in _UTF8:
-            raise DecodeError(400, "body", "parts must be UTF-8")
+            raise FormError(Problem.UNREADABLE, "body", "parts must be UTF-8")
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
-            raise DecodeError(400, "body", _NOT_MULTIPART)
+            raise FormError(Problem.UNREADABLE, "body", _NOT_MULTIPART)
         pairs.append((collapse_rfc2231_value(name), payload.decode("utf-8")))
     return pairs
 
@@ -291,7 +296,9 @@ def _normalize(
     ``[]``), or ``None`` when the name has no key and the pair is ignored.
     """
     if depth <= 0:
-        raise DecodeError(400, "body", f"nested deeper than {MAX_FORM_DEPTH} levels", path)
+        raise FormError(
+            Problem.UNREADABLE, "body", f"nested deeper than {MAX_FORM_DEPTH} levels", path
+        )
     match = _NAME.match(name)
     key = match.group(1) if match else ""
     after = name[match.end() :] if match else ""
@@ -328,21 +335,21 @@ def _normalize(
 
 def _set_scalar(params: dict[str, Any], key: str, value: str, path: tuple[str, ...]) -> None:
     if isinstance(params.get(key), dict | list):
-        raise DecodeError(400, "body", _CONFLICT, path)
+        raise FormError(Problem.UNREADABLE, "body", _CONFLICT, path)
     params[key] = value
 
 
 def _list_at(params: dict[str, Any], key: str, path: tuple[str, ...]) -> list[Any]:
     current = params.setdefault(key, [])
     if not isinstance(current, list):
-        raise DecodeError(400, "body", _CONFLICT, path)
+        raise FormError(Problem.UNREADABLE, "body", _CONFLICT, path)
     return current
 
 
 def _dict_at(params: dict[str, Any], key: str, path: tuple[str, ...]) -> dict[str, Any]:
     current = params.setdefault(key, {})
     if not isinstance(current, dict):
-        raise DecodeError(400, "body", _CONFLICT, path)
+        raise FormError(Problem.UNREADABLE, "body", _CONFLICT, path)
     return current
 
 

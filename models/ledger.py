@@ -1,256 +1,312 @@
-"""Per-person state and the one function that decides over it.
+"""The ledger's decisions: ``decide(state, message, policy, now_ms) -> Decision``, pure.
 
-``handle(state, message, policy, now_ms)`` is pure: the same state and message give the same
-outcome, so a replay of the [requests] topic re-derives every decision. It returns the new
-state, the lifecycle events to publish and the commands for the executors.
+A decision holds the facts that change the person's state (applied by
+``models.state.evolve``), the lifecycle events to record, the commands for the executors and
+the work given up on, for the dead-letter topic. Every admission, retry, re-issue, park and
+dead letter is decided here; the executors only run a command and report what happened.
 
-Times: decisions use the event's own time (``usage_limit.current_time`` when present, else
-the ingress receive time); ``now_ms`` (the worker's clock) only sets deadlines for in-flight
-work, which never changes a decision: a deadline that fires arrives as a ``DeadlineExpired``
-message in the log, and is acted on only if its attempt is still current.
+A webhook (:class:`RequestReceived`) is judged for the person: dedupe, trigger, usage window,
+admission. Every other message concerns one request, and what it does depends on the stage
+that request is in (:data:`RULES`, the whole table)::
+
+    stage        message                      rule                  when
+    generating   generation attempt succeeded generated             this or an earlier attempt
+    generating   generation attempt failed    retry or give up      the current attempt
+    generating   deadline expired             retry or give up      the current attempt
+    publishing   publication attempt succeeded published            this or an earlier attempt
+    publishing   publication attempt failed   retry or park         the current attempt
+    publishing   deadline expired             retry or park         the current attempt
+    parked       redrive requested            publish again         always
+    parked       publication attempt succeeded published (legacy)   a redrive's own result
+
+Anything else (a late, duplicate or stale result; a request that ended) changes nothing.
+
+Times: decisions use the event's own time (``usage_limit.current_time`` when present, else the
+ingress receive time); ``now_ms`` (the worker's clock) only sets deadlines for in-flight work,
+which never changes a decision: a deadline that fires arrives as a ``DeadlineExpired`` message
+in the log, and is acted on only if its attempt is still current.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
 from models.events import (
-    COMPLETION_EVENT_CATEGORY,
     DeadlineExpired,
     GenerateText,
-    GenerationFailed,
-    GenerationSucceeded,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     LifecycleEvent,
-    PublicationFailed,
-    PublicationSucceeded,
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     PublishCompletion,
+    RedriveRequested,
     RequestReceived,
     RequestsValue,
 )
-from models.lifecycle import State, check_transition
-from models.params import trigger_met
+from models.lifecycle import STATE_AFTER, EventType, State, check_transition
+from models.params import completion_event_number, trigger_met
 from models.state import (
     Command,
-    EventType,
+    Fact,
+    Fingerprinted,
+    FlightEnded,
+    FlightTracked,
+    Forgotten,
+    GivenUp,
     InFlight,
-    Outcome,
-    Parked,
     PersonState,
     Policy,
+    RequestParked,
+    RequestUnparked,
     Seen,
+    WindowMoved,
+    evolve,
 )
 from models.usage import Verdict, Window, release, reserve
 
-__all__ = ["Command", "InFlight", "Outcome", "Parked", "PersonState", "Policy", "Seen", "handle"]
+__all__ = [
+    "Decision",
+    "GivenUp",
+    "InFlight",
+    "Outcome",
+    "PersonState",
+    "Policy",
+    "Seen",
+    "decide",
+    "handle",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    facts: list[Fact] = field(default_factory=list)
+    events: list[LifecycleEvent] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    dead_letters: list[GivenUp] = field(default_factory=list)
+
+
+class Outcome(BaseModel):
+    """A decision applied: the person's new state and what goes out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: PersonState
+    events: list[LifecycleEvent] = Field(default_factory=list)
+    commands: list[Command] = Field(default_factory=list)
+    dead_letters: list[GivenUp] = Field(default_factory=list)
 
 
 def handle(
     state: PersonState | None, message: RequestsValue, policy: Policy, now_ms: int
 ) -> Outcome:
+    """Decide, then evolve the state by the decision's facts."""
     state = state or PersonState()
+    decision = decide(state, message, policy, now_ms)
+    for fact in decision.facts:
+        state = evolve(state, fact)
+    return Outcome(
+        state=state,
+        events=decision.events,
+        commands=decision.commands,
+        dead_letters=decision.dead_letters,
+    )
+
+
+class Stage(StrEnum):
+    """Where a request is, as far as the messages about it are concerned."""
+
+    GENERATING = "generating"
+    PUBLISHING = "publishing"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    state: PersonState
+    policy: Policy
+    now_ms: int
+
+
+Rule = Callable[..., Decision]  # (context, flight, message) -> Decision
+Guard = Callable[[Any, Any], bool]  # (flight, message) -> does the rule apply?
+
+
+def _this_or_earlier(flight: InFlight, m: Any) -> bool:
+    return bool(m.attempt <= flight.attempt)
+
+
+def _current(flight: InFlight, m: Any) -> bool:
+    return bool(m.attempt == flight.attempt)
+
+
+def _current_and_due(flight: InFlight, m: DeadlineExpired) -> bool:
+    return m.stage == flight.state.value and m.attempt == flight.attempt
+
+
+def _always(_: object, __: object) -> bool:
+    return True
+
+
+def _a_redrive(_: InFlight | None, m: PublicationAttemptSucceeded) -> bool:
+    return m.redrive
+
+
+def decide(state: PersonState, message: RequestsValue, policy: Policy, now_ms: int) -> Decision:
     if isinstance(message, RequestReceived):
-        return _received(state, message, policy, now_ms)
-    flight = state.inflight.get(message.request_id)
-    if flight is None:
-        if isinstance(message, PublicationSucceeded) and message.redrive:
-            return _redriven(state, message)
-        return Outcome(state=state)  # late or duplicate result of a finished request
-    if isinstance(message, GenerationSucceeded):
-        if flight.state is State.GENERATING and message.attempt <= flight.attempt:
-            return _generated(state, flight, message, policy, now_ms)
-    elif isinstance(message, GenerationFailed):
-        if flight.state is State.GENERATING and message.attempt == flight.attempt:
-            if message.retriable and flight.attempt < policy.max_attempts:
-                return _reissue(
-                    state,
-                    flight,
-                    message.at_ms,
-                    policy,
-                    now_ms,
-                    f"attempt {flight.attempt} failed ({message.error_class}); re-issued",
-                )
-            return _generation_failed(state, flight, message.at_ms, message, None)
-    elif isinstance(message, PublicationSucceeded):
-        if flight.state is State.PUBLISHING and message.attempt <= flight.attempt:
-            return _finish(
-                state,
-                flight,
-                State.PUBLISHED,
-                "CompletionPublished",
-                message.at_ms,
-                "duplicate entity: already published"
-                if message.duplicate
-                else "published to Talkable",
-            )
-    elif isinstance(message, PublicationFailed):
-        if flight.state is State.PUBLISHING and message.attempt == flight.attempt:
-            if message.retriable and flight.attempt < policy.max_attempts:
-                return _reissue(
-                    state,
-                    flight,
-                    message.at_ms,
-                    policy,
-                    now_ms,
-                    f"attempt {flight.attempt} failed ({message.error_class}); re-issued",
-                )
-            return _finish(
-                state,
-                flight,
-                State.PUBLISH_FAILED,
-                "PublicationFailed",
-                message.at_ms,
-                "Talkable did not accept the event",
-                error_class=message.error_class,
-                error_message=message.error_message,
-            )
-    elif (
-        isinstance(message, DeadlineExpired)
-        and flight.state.value == message.stage
-        and message.attempt == flight.attempt
-    ):
-        return _expired(state, flight, message, policy, now_ms)
-    return Outcome(state=state)
+        return _receive(state, message, policy, now_ms)
+    stage, subject = _stage(state, message.request_id)
+    row = RULES.get((stage, message.kind)) if stage is not None else None
+    if row is None or not row[0](subject, message):
+        return Decision()  # late, duplicate or stale: changes nothing
+    return row[1](Context(state, policy, now_ms), subject, message)
 
 
-# --- received ---------------------------------------------------------------------------------
+def _stage(state: PersonState, request_id: str) -> tuple[Stage | None, InFlight | None]:
+    """The request's stage, and its flight (for a parked request: the one it ended with, None
+    if it was parked by a version that kept only the time)."""
+    flight = state.inflight.get(request_id)
+    if flight is not None:
+        return Stage(flight.state.value), flight
+    if request_id in state.parked:
+        return Stage.PARKED, state.parked_flights.get(request_id)
+    return None, None
 
 
-def _received(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Outcome:
+# --- a webhook --------------------------------------------------------------------------------
+
+
+def _receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Decision:
     in_flight = {flight.request.request_id for flight in state.inflight.values()}
-    seen = _pruned(state.seen, r.at_ms, policy, keep=in_flight)
-    request_id = r.request_id
-    first = seen.get(request_id)
+    kept = _pruned(state.seen, r.at_ms, policy, keep=in_flight)
+    first = kept.get(r.request_id)
     if first is not None and first.answers(r.delivery_id):
-        return Outcome(state=state)  # a delivery already decided (redelivered after a crash)
-    duplicate = request_id in in_flight or (
+        return Decision()  # a delivery already decided (redelivered after a crash)
+    duplicate = r.request_id in in_flight or (
         first is not None and r.at_ms - first.at_ms < policy.dedupe_window_ms
     )
-    if first is not None or duplicate:
-        # same webhook again: its own lifecycle entity, so the original's stays whole
-        request_id = f"{r.request_id}~{r.delivery_id}"
-    if duplicate:
-        if first is not None:  # None only for state pruned before in-flight pins existed
-            answered = first.remember(r.delivery_id)
-            seen[r.request_id] = first.model_copy(update={"answered": answered})
-    else:
-        seen[r.request_id] = Seen(
-            at_ms=r.at_ms,
-            delivery_id=r.delivery_id,
-            answered=first.remember(first.delivery_id) if first is not None else (),
-        )
-    at_ms = _event_time_ms(r)
-    received = _lifecycle(
-        "RequestReceived",
+    # a repeat is its own lifecycle entity, so the original's stays whole
+    entity = r.request_id if first is None and not duplicate else f"{r.request_id}~{r.delivery_id}"
+    facts = _remember(state, r, kept, first, duplicate, policy)
+    at_ms = event_time_ms(r)
+    received = _event(
+        entity,
         r,
-        request_id,
-        State.RECEIVED,
-        None,
-        at_ms,
-        "webhook accepted",
+        "RequestReceived",
+        after=None,
+        at_ms=at_ms,
+        cause="webhook accepted",
         duplicate_of=r.request_id if duplicate else None,
     )
-    # parked publications can be redriven for as long as fingerprints are kept
-    parked = {
-        rid: at
-        for rid, at in state.parked.items()
-        if r.at_ms - at < policy.fingerprint_retention_ms
-    }
-    state = state.model_copy(update={"seen": seen, "parked": parked})
     if duplicate:
-        return Outcome(
-            state=state,
-            events=[
-                received,
-                _lifecycle(
-                    "DuplicateRejected",
-                    r,
-                    request_id,
-                    State.REJECTED_DUPLICATE,
-                    State.RECEIVED,
-                    at_ms,
-                    "same request already seen within the dedupe window",
-                    duplicate_of=r.request_id,
-                ),
-            ],
+        rejected = _event(
+            entity,
+            r,
+            "DuplicateRejected",
+            after=State.RECEIVED,
+            at_ms=at_ms,
+            cause="same request already seen within the dedupe window",
+            duplicate_of=r.request_id,
         )
+        return Decision(facts=facts, events=[received, rejected])
     if not trigger_met(r.spec.trigger_criteria):
-        return Outcome(
-            state=state,
-            events=[
-                received,
-                _lifecycle(
-                    "RequestSkipped",
-                    r,
-                    request_id,
-                    State.SKIPPED,
-                    State.RECEIVED,
-                    at_ms,
-                    "trigger criteria not met",
-                ),
-            ],
+        skipped = _event(
+            entity,
+            r,
+            "RequestSkipped",
+            after=State.RECEIVED,
+            at_ms=at_ms,
+            cause="trigger criteria not met",
         )
+        return Decision(facts=facts, events=[received, skipped])
+    return _admit(state, r, entity, Decision(facts=facts, events=[received]), policy, now_ms)
 
-    window, taken = state.window, None  # taken: the window this request's slot is counted in
-    if r.spec.usage_limit is not None:
-        limit = r.spec.usage_limit
-        verdict, window = reserve(state.window, limit, limit.current_time)
+
+def _admit(
+    state: PersonState,
+    r: RequestReceived,
+    entity: str,
+    so_far: Decision,
+    policy: Policy,
+    now_ms: int,
+) -> Decision:
+    """Reserve a slot in the person's window (if the request has a limit), or refuse."""
+    at_ms = event_time_ms(r)
+    taken: Window | None = None  # the window this request's slot is counted in
+    facts, events = list(so_far.facts), list(so_far.events)
+    limit = r.spec.usage_limit
+    if limit is not None:
+        verdict, taken = reserve(state.window, limit, limit.current_time)
+        facts.append(WindowMoved(taken))
         if verdict is Verdict.LIMITED:
-            return Outcome(
-                state=state.model_copy(update={"window": window}),
-                events=[
-                    received,
-                    _lifecycle(
-                        "UsageLimited",
-                        r,
-                        request_id,
-                        State.LIMITED,
-                        State.RECEIVED,
-                        at_ms,
-                        f"usage window full: {window.count} of {limit.amount} used",
-                        window_start=window.start,
-                        window_count=window.count,
-                    ),
-                ],
-            )
-        taken = window
-
+            cause = f"usage window full: {taken.count} of {limit.amount} used"
+            limited = _event(
+                entity, r, "UsageLimited", after=State.RECEIVED, at_ms=at_ms, cause=cause,
+                window_start=taken.start, window_count=taken.count,
+            )  # fmt: skip
+            return Decision(facts=facts, events=[*events, limited])
     flight = InFlight(
-        request_id=request_id,
+        request_id=entity,
         request=r,
         state=State.GENERATING,
         attempt=1,
         window_start=taken.start if taken else None,
         deadline_ms=now_ms + policy.generation_deadline_ms,
     )
-    admitted = _lifecycle(
-        "RequestAdmitted",
-        r,
-        request_id,
-        State.ADMITTED,
-        State.RECEIVED,
-        at_ms,
-        "admitted",
-        window_start=taken.start if taken else None,
-        window_count=taken.count if taken else None,
-    )
-    started = _lifecycle(
-        "GenerationStarted",
-        r,
-        request_id,
-        State.GENERATING,
-        State.ADMITTED,
-        at_ms,
-        "generation requested",
-        attempt=1,
-        model=r.spec.chat.model,
-    )
-    inflight = {**state.inflight, request_id: flight}
-    return Outcome(
-        state=state.model_copy(update={"window": window, "inflight": inflight}),
-        events=[received, admitted, started],
-        commands=[_generate_command(request_id, flight, now_ms)],
+    admitted = _event(
+        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
+        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
+    )  # fmt: skip
+    started = _event(
+        entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
+        cause="generation requested", attempt=1, model=r.spec.chat.model,
+    )  # fmt: skip
+    return Decision(
+        facts=[*facts, FlightTracked(flight)],
+        events=[*events, admitted, started],
+        commands=[generate_command(flight, now_ms)],
     )
 
 
-def _event_time_ms(r: RequestReceived) -> int:
+def _remember(
+    state: PersonState,
+    r: RequestReceived,
+    kept: dict[str, Seen],
+    first: Seen | None,
+    duplicate: bool,
+    policy: Policy,
+) -> list[Fact]:
+    """The fingerprint facts of a delivery: what is forgotten now, and what is remembered."""
+    facts: list[Fact] = []
+    forgotten = Forgotten(
+        fingerprints=frozenset(state.seen.keys() - kept.keys()),
+        # parked requests can be redriven for as long as fingerprints are kept
+        parked=frozenset(
+            rid
+            for rid, at_ms in state.parked.items()
+            if r.at_ms - at_ms >= policy.fingerprint_retention_ms
+        ),
+    )
+    if forgotten.fingerprints or forgotten.parked:
+        facts.append(forgotten)
+    if not duplicate:
+        answered = first.remember(first.delivery_id) if first is not None else ()
+        seen = Seen(at_ms=r.at_ms, delivery_id=r.delivery_id, answered=answered)
+        facts.append(Fingerprinted(r.request_id, seen))
+    elif first is not None:  # None only for state pruned before in-flight pins existed
+        answered = first.remember(r.delivery_id)
+        facts.append(Fingerprinted(r.request_id, first.model_copy(update={"answered": answered})))
+    return facts
+
+
+def event_time_ms(r: RequestReceived) -> int:
+    """The time a webhook is judged at: Talkable's rendered ``current_time`` when it sent a
+    usage limit, else when the ingress received it."""
     if r.spec.usage_limit is not None:
         return r.spec.usage_limit.current_time * 1000
     return r.at_ms
@@ -272,118 +328,134 @@ def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -
     return kept
 
 
-# --- results ----------------------------------------------------------------------------------
+# --- the rules of the table -------------------------------------------------------------------
 
 
-def _generated(
-    state: PersonState, flight: InFlight, g: GenerationSucceeded, policy: Policy, now_ms: int
-) -> Outcome:
-    request_id = g.request_id
-    r = flight.request
-    done = _lifecycle(
+def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) -> Decision:
+    publishing = flight.model_copy(
+        update={
+            "state": State.PUBLISHING,
+            "attempt": 1,
+            "text": g.text,
+            "deadline_ms": ctx.now_ms + ctx.policy.publish_deadline_ms,
+        }
+    )
+    done = _event(
+        flight.request_id,
+        flight.request,
         "TextGenerated",
-        r,
-        request_id,
-        State.GENERATED,
-        State.GENERATING,
-        g.at_ms,
-        "text generated",
+        after=State.GENERATING,
+        at_ms=g.at_ms,
+        cause="text generated",
         attempt=g.attempt,
         model=g.model,
         prompt_tokens=g.prompt_tokens,
         completion_tokens=g.completion_tokens,
         latency_ms=g.latency_ms,
     )
-    publishing = flight.model_copy(
-        update={
-            "state": State.PUBLISHING,
-            "attempt": 1,
-            "text": g.text,
-            "deadline_ms": now_ms + policy.publish_deadline_ms,
-        }
-    )
-    started = _lifecycle(
+    started = _event(
+        flight.request_id,
+        flight.request,
         "PublicationStarted",
-        r,
-        request_id,
-        State.PUBLISHING,
-        State.GENERATED,
-        g.at_ms,
-        "publication requested",
+        after=State.GENERATED,
+        at_ms=g.at_ms,
+        cause="publication requested",
         attempt=1,
     )
-    return Outcome(
-        state=state.model_copy(update={"inflight": {**state.inflight, request_id: publishing}}),
+    return Decision(
+        facts=[FlightTracked(publishing)],
         events=[done, started],
-        commands=[_publish_command(request_id, publishing, state.window, now_ms)],
+        commands=[publish_command(publishing, ctx.state.window, ctx.now_ms)],
     )
 
 
-def _generation_failed(
-    state: PersonState,
-    flight: InFlight,
-    at_ms: int,
-    failure: GenerationFailed | None,
-    cause: str | None,
-) -> Outcome:
-    request_id = flight.request_id
-    window = state.window
-    if flight.window_start is not None:
-        window = release(window, flight.window_start)
-    shown = window if flight.window_start is not None else None  # a request without a limit
-    inflight = {k: v for k, v in state.inflight.items() if k != request_id}
-    event = _lifecycle(
-        "GenerationFailed",
+def _generation_failure(ctx: Context, flight: InFlight, f: GenerationAttemptFailed) -> Decision:
+    if f.retriable and flight.attempt < ctx.policy.max_attempts:
+        cause = f"attempt {flight.attempt} failed ({f.error_class}); re-issued"
+        return _reissue(ctx, flight, f.at_ms, cause)
+    return _give_up_generation(
+        ctx,
+        flight,
+        at_ms=f.at_ms,
+        cause="OpenAI call failed; slot released",
+        error_class=f.error_class,
+        error_message=f.error_message,
+        latency_ms=f.latency_ms,
+    )
+
+
+def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -> Decision:
+    event = _event(
+        flight.request_id,
         flight.request,
-        request_id,
-        State.GENERATION_FAILED,
-        State.GENERATING,
-        at_ms,
-        cause or "OpenAI call failed; slot released",
+        "CompletionPublished",
+        after=State.PUBLISHING,
+        at_ms=p.at_ms,
+        cause="duplicate entity: already published" if p.duplicate else "published to Talkable",
         attempt=flight.attempt,
-        error_class=failure.error_class if failure else "DeadlineExpired",
-        error_message=failure.error_message if failure else None,
-        latency_ms=failure.latency_ms if failure else None,
-        window_start=shown.start if shown else None,
-        window_count=shown.count if shown else None,
     )
-    return Outcome(
-        state=state.model_copy(update={"window": window, "inflight": inflight}), events=[event]
+    return Decision(facts=[FlightEnded(flight.request_id)], events=[event])
+
+
+def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFailed) -> Decision:
+    if f.retriable and flight.attempt < ctx.policy.max_attempts:
+        cause = f"attempt {flight.attempt} failed ({f.error_class}); re-issued"
+        return _reissue(ctx, flight, f.at_ms, cause)
+    return _park(
+        ctx,
+        flight,
+        at_ms=f.at_ms,
+        cause="Talkable did not accept the event",
+        error_class=f.error_class,
+        error_message=f.error_message,
     )
 
 
-def _finish(
-    state: PersonState,
-    flight: InFlight,
-    final: State,
-    kind: EventType,
-    at_ms: int,
-    cause: str,
-    **extra: str | None,
-) -> Outcome:
-    request_id = flight.request_id
-    inflight = {k: v for k, v in state.inflight.items() if k != request_id}
-    event = _lifecycle(
-        kind,
+def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:
+    if flight.attempt < ctx.policy.max_attempts:
+        return _reissue(ctx, flight, d.at_ms, f"attempt {flight.attempt} overdue; re-issued")
+    cause = f"deadline expired after {flight.attempt} attempts"
+    if flight.state is State.GENERATING:
+        return _give_up_generation(
+            ctx,
+            flight,
+            at_ms=d.at_ms,
+            cause=cause + "; slot released",
+            error_class="DeadlineExpired",
+        )
+    return _park(ctx, flight, at_ms=d.at_ms, cause=cause, error_class="DeadlineExpired")
+
+
+def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decision:
+    """Publish a parked request again, its cause fixed: a new attempt like any other."""
+    if ended is None:
+        return Decision()  # parked by an earlier version, which kept nothing to re-issue
+    flight = ended.model_copy(
+        update={
+            "state": State.PUBLISHING,
+            "attempt": ended.attempt + 1,
+            "deadline_ms": ctx.now_ms + ctx.policy.publish_deadline_ms,
+            "redriven": True,
+        }
+    )
+    event = _event(
+        flight.request_id,
         flight.request,
-        request_id,
-        final,
-        State.PUBLISHING,
-        at_ms,
-        cause,
+        "PublicationStarted",
+        after=State.PUBLISH_FAILED,
+        at_ms=m.at_ms,
+        cause="redriven by an operator" + (f" (given up on: {m.reason})" if m.reason else ""),
         attempt=flight.attempt,
-        **extra,
     )
-    update: dict[str, object] = {"inflight": inflight}
-    if final is State.PUBLISH_FAILED:
-        update["parked"] = {**state.parked, request_id: at_ms}
-    return Outcome(state=state.model_copy(update=update), events=[event])
+    return Decision(
+        facts=[RequestUnparked(flight.request_id), FlightTracked(flight)],
+        events=[event],
+        commands=[publish_command(flight, ctx.state.window, ctx.now_ms)],
+    )
 
 
-def _redriven(state: PersonState, p: PublicationSucceeded) -> Outcome:
-    """An operator redrove a parked publication and Talkable took it: published after all."""
-    if p.request_id not in state.parked:
-        return Outcome(state=state)  # not parked here, or its redrive already counted
+def _legacy_redriven(ctx: Context, _: InFlight | None, p: PublicationAttemptSucceeded) -> Decision:
+    """A redrive as earlier versions ran it (straight to the publisher) landed."""
     check_transition(p.request_id, State.PUBLISH_FAILED, State.PUBLISHED)
     event = LifecycleEvent(
         type="CompletionPublished",
@@ -396,73 +468,104 @@ def _redriven(state: PersonState, p: PublicationSucceeded) -> Outcome:
         cause="redriven by an operator; published to Talkable",
         attempt=p.attempt,
     )
-    parked = {k: v for k, v in state.parked.items() if k != p.request_id}
-    return Outcome(state=state.model_copy(update={"parked": parked}), events=[event])
+    return Decision(facts=[RequestUnparked(p.request_id)], events=[event])
 
 
-def _expired(
-    state: PersonState, flight: InFlight, d: DeadlineExpired, policy: Policy, now_ms: int
-) -> Outcome:
-    request_id = d.request_id
-    if flight.attempt >= policy.max_attempts:
-        cause = f"deadline expired after {flight.attempt} attempts"
-        if flight.state is State.GENERATING:
-            return _generation_failed(state, flight, d.at_ms, None, cause + "; slot released")
-        outcome = _finish(
-            state,
-            flight,
-            State.PUBLISH_FAILED,
-            "PublicationFailed",
-            d.at_ms,
-            cause,
-            error_class="DeadlineExpired",
-        )
-        parked = Parked(
-            command=_publish_command(request_id, flight, state.window, now_ms), reason=cause
-        )
-        return outcome.model_copy(update={"parked": [parked]})
-    return _reissue(
-        state, flight, d.at_ms, policy, now_ms, f"attempt {flight.attempt} overdue; re-issued"
-    )
+RULES: dict[tuple[Stage, str], tuple[Guard, Rule]] = {
+    (Stage.GENERATING, "generation_succeeded"): (_this_or_earlier, _generated),
+    (Stage.GENERATING, "generation_failed"): (_current, _generation_failure),
+    (Stage.GENERATING, "deadline_expired"): (_current_and_due, _overdue),
+    (Stage.PUBLISHING, "publication_succeeded"): (_this_or_earlier, _published),
+    (Stage.PUBLISHING, "publication_failed"): (_current, _publication_failure),
+    (Stage.PUBLISHING, "deadline_expired"): (_current_and_due, _overdue),
+    (Stage.PARKED, "redrive_requested"): (_always, _redrive),
+    (Stage.PARKED, "publication_succeeded"): (_a_redrive, _legacy_redriven),
+}
 
 
-def _reissue(
-    state: PersonState, flight: InFlight, at_ms: int, policy: Policy, now_ms: int, cause: str
-) -> Outcome:
-    request_id = flight.request_id
-    attempt = flight.attempt + 1
+# --- how a request moves on or ends -----------------------------------------------------------
+
+
+def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision:
     generating = flight.state is State.GENERATING
-    deadline = policy.generation_deadline_ms if generating else policy.publish_deadline_ms
-    retried = flight.model_copy(update={"attempt": attempt, "deadline_ms": now_ms + deadline})
-    event = _lifecycle(
-        "GenerationStarted" if generating else "PublicationStarted",
+    span = ctx.policy.generation_deadline_ms if generating else ctx.policy.publish_deadline_ms
+    retried = flight.model_copy(
+        update={"attempt": flight.attempt + 1, "deadline_ms": ctx.now_ms + span}
+    )
+    event = _event(
+        flight.request_id,
         flight.request,
-        request_id,
-        flight.state,
-        flight.state,
-        at_ms,
-        cause,
-        attempt=attempt,
+        "GenerationStarted" if generating else "PublicationStarted",
+        after=flight.state,
+        at_ms=at_ms,
+        cause=cause,
+        attempt=retried.attempt,
     )
     command: Command = (
-        _generate_command(request_id, retried, now_ms)
+        generate_command(retried, ctx.now_ms)
         if generating
-        else _publish_command(request_id, retried, state.window, now_ms)
+        else publish_command(retried, ctx.state.window, ctx.now_ms)
     )
-    return Outcome(
-        state=state.model_copy(update={"inflight": {**state.inflight, request_id: retried}}),
+    return Decision(facts=[FlightTracked(retried)], events=[event], commands=[command])
+
+
+def _give_up_generation(
+    ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any
+) -> Decision:
+    """generation_failed: the person got no text, so the slot goes back to its window."""
+    facts: list[Fact] = [FlightEnded(flight.request_id)]
+    shown: Window | None = None  # the window after the release; None for a request without one
+    if flight.window_start is not None:
+        shown = release(ctx.state.window, flight.window_start)
+        facts.append(WindowMoved(shown))
+    event = _event(
+        flight.request_id,
+        flight.request,
+        "GenerationFailed",
+        after=State.GENERATING,
+        at_ms=at_ms,
+        cause=cause,
+        attempt=flight.attempt,
+        window_start=shown.start if shown else None,
+        window_count=shown.count if shown else None,
+        **error,
+    )
+    return Decision(facts=facts, events=[event])
+
+
+def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any) -> Decision:
+    """publish_failed: kept for a redrive, and dead-lettered with its reason, whatever it is."""
+    event = _event(
+        flight.request_id,
+        flight.request,
+        "PublicationFailed",
+        after=State.PUBLISHING,
+        at_ms=at_ms,
+        cause=cause,
+        attempt=flight.attempt,
+        **error,
+    )
+    letter = GivenUp(
+        command=publish_command(flight, ctx.state.window, ctx.now_ms),
+        reason=error.get("error_message") or cause,
+    )
+    return Decision(
+        facts=[
+            FlightEnded(flight.request_id),
+            RequestParked(at_ms, flight),
+        ],
         events=[event],
-        commands=[command],
+        dead_letters=[letter],
     )
 
 
 # --- builders ---------------------------------------------------------------------------------
 
 
-def _generate_command(request_id: str, flight: InFlight, now_ms: int) -> GenerateText:
+def generate_command(flight: InFlight, now_ms: int) -> GenerateText:
     r = flight.request
     return GenerateText(
-        request_id=request_id,
+        request_id=flight.request_id,
         person=r.person,
         site=r.spec.site,
         attempt=flight.attempt,
@@ -472,48 +575,48 @@ def _generate_command(request_id: str, flight: InFlight, now_ms: int) -> Generat
     )
 
 
-def _publish_command(
-    request_id: str, flight: InFlight, window: Window | None, now_ms: int
-) -> PublishCompletion:
+def publish_command(flight: InFlight, window: Window | None, now_ms: int) -> PublishCompletion:
     r = flight.request
     properties = {"generated_text": flight.text or ""}
     if r.spec.usage_limit is not None and window is not None:
         properties["__start_time"] = str(window.start)
         properties["__current_usage_amount"] = str(window.count)
     return PublishCompletion(
-        request_id=request_id,
+        request_id=flight.request_id,
         person=r.person,
         site=r.spec.site,
         email=r.spec.email,
         attempt=flight.attempt,
         issued_at_ms=now_ms,
-        event_number=r.spec.event_number or f"{COMPLETION_EVENT_CATEGORY}-{request_id}",
+        event_number=completion_event_number(r.spec.event_number, flight.request_id),
         custom_properties=properties,
         talkable_api_key=r.secrets.talkable_api_key,
+        redrive=flight.redriven,
     )
 
 
-def _lifecycle(
-    kind: EventType,
-    r: RequestReceived,
+def _event(
     request_id: str,
-    state: State,
-    previous: State | None,
+    r: RequestReceived,
+    type_: EventType,
+    *,
+    after: State | None,
     at_ms: int,
     cause: str,
-    **extra: object,
+    **fields: Any,
 ) -> LifecycleEvent:
-    check_transition(request_id, previous, state)
-    return LifecycleEvent.model_validate(
-        {
-            "type": kind,
-            "request_id": request_id,
-            "person": r.person,
-            "site": r.spec.site,
-            "state": state,
-            "previous_state": previous,
-            "at_ms": at_ms,
-            "cause": cause,
-            **extra,
-        }
+    """One transition of ``request_id`` (the lifecycle entity of webhook ``r``); the type
+    names the state it reaches, and the table in ``models.lifecycle`` must allow it."""
+    state = STATE_AFTER[type_]
+    check_transition(request_id, after, state)
+    return LifecycleEvent(
+        type=type_,
+        request_id=request_id,
+        person=r.person,
+        site=r.spec.site,
+        state=state,
+        previous_state=after,
+        at_ms=at_ms,
+        cause=cause,
+        **fields,
     )

@@ -8,14 +8,20 @@
                                           └─> generation_failed (slot released)
 
 ``generating -> generating`` and ``publishing -> publishing`` are re-issues of overdue work
-with the next attempt number. ``publish_failed -> published`` is the one way out of a terminal
-state: an operator redrove the parked publication (``talkstream redrive``) and it landed.
-Anything else is a bug and raises :class:`IllegalTransition`.
+with the next attempt number. ``publish_failed -> publishing`` is the one way out of a terminal
+state: an operator redrove the parked publication (``talkstream redrive``), and it runs again
+through the ledger like any attempt. (``publish_failed -> published`` is the same redrive as
+recorded by versions before the ledger re-issued redrives itself.) Anything else is a bug and
+raises :class:`IllegalTransition`.
+
+Each lifecycle event's ``type`` (:data:`EventType`) names one transition and implies the state
+it reaches (:data:`STATE_AFTER`).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 
 class State(StrEnum):
@@ -41,7 +47,8 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
     State.GENERATING: frozenset({State.GENERATING, State.GENERATED, State.GENERATION_FAILED}),
     State.GENERATED: frozenset({State.PUBLISHING}),
     State.PUBLISHING: frozenset({State.PUBLISHING, State.PUBLISHED, State.PUBLISH_FAILED}),
-    State.PUBLISH_FAILED: frozenset({State.PUBLISHED}),  # operator redrive only
+    # an operator's redrive only (``published``: as recorded before redrives ran in the ledger)
+    State.PUBLISH_FAILED: frozenset({State.PUBLISHING, State.PUBLISHED}),
 }
 
 TERMINAL: frozenset[State] = frozenset(
@@ -54,6 +61,35 @@ TERMINAL: frozenset[State] = frozenset(
         State.GENERATION_FAILED,
     }
 )
+
+
+EventType = Literal[
+    "RequestReceived",
+    "DuplicateRejected",
+    "RequestSkipped",
+    "UsageLimited",
+    "RequestAdmitted",
+    "GenerationStarted",
+    "TextGenerated",
+    "GenerationFailed",
+    "PublicationStarted",
+    "CompletionPublished",
+    "PublicationFailed",
+]
+
+STATE_AFTER: dict[EventType, State] = {
+    "RequestReceived": State.RECEIVED,
+    "DuplicateRejected": State.REJECTED_DUPLICATE,
+    "RequestSkipped": State.SKIPPED,
+    "UsageLimited": State.LIMITED,
+    "RequestAdmitted": State.ADMITTED,
+    "GenerationStarted": State.GENERATING,
+    "TextGenerated": State.GENERATED,
+    "GenerationFailed": State.GENERATION_FAILED,
+    "PublicationStarted": State.PUBLISHING,
+    "CompletionPublished": State.PUBLISHED,
+    "PublicationFailed": State.PUBLISH_FAILED,
+}
 
 
 class IllegalTransition(Exception):

@@ -19,7 +19,7 @@ Liquid renders every value as a string, so the contract types values itself:
   whole completion); every other ``openai.*`` key passes through unchanged;
 - ``usage_limit`` absent, ``null``, ``{}`` or a blank string means *no limit* (it carries no
   limit at all). Any other object must carry all five fields, each valid: an object whose
-  values rendered blank is a broken limit, refused with 422 rather than silently unlimited;
+  values rendered blank is a broken limit, refused as invalid rather than silently unlimited;
 - ``trigger_criteria`` is kept as rendered: a blank string (the seed's ``{% if %}`` when the
   condition is false) is *not* absent, and does not trigger (:func:`trigger_met`).
 """
@@ -31,7 +31,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -44,11 +44,15 @@ from pydantic import (
     field_validator,
 )
 
-from models.forms import ENVELOPE, DecodeError, decode_body, decode_query, merge, unwrap_legacy
+from models.forms import ENVELOPE, FormError, decode_body, decode_query, merge, unwrap_legacy
+from models.problems import Problem
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 DEFAULT_MAX_TOKENS = 150
-DEFAULT_EVENT_NUMBER = "generate_text_complete"
+# The completion's event category, and the prefix of its default event number; never the
+# trigger's (``generate_text``), or Talkable's own event webhook would call us again for our
+# own write-back.
+COMPLETION_EVENT_CATEGORY: Final = "generate_text_complete"
 INT64_MAX = 2**63 - 1
 
 _SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
@@ -153,23 +157,24 @@ class FieldError(BaseModel):
 
 
 class ParamsError(Exception):
-    """The request cannot become :class:`GenerateParams`; ``status`` is the HTTP answer.
+    """The request cannot become :class:`GenerateParams`; ``problem`` says why.
 
-    400 unparseable body (``body``, ``query``, or the form field that conflicts), 413 body over
-    the limit (``body``), 415 unsupported content type (``content-type``), 422 invalid params.
+    Unreadable body (``body``, ``query``, or the form field that conflicts), a body over the
+    limit (``body``), an unsupported content type (``content-type``), invalid params (their
+    dotted paths).
     """
 
-    def __init__(self, status: int, errors: list[FieldError]) -> None:
+    def __init__(self, problem: Problem, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
-        self.status = status
+        self.problem = problem
         self.errors = errors
 
     def body(self) -> dict[str, Any]:
         return {"errors": [e.model_dump() for e in self.errors]}
 
 
-def _error(status: int, field: str, message: str) -> ParamsError:
-    return ParamsError(status, [FieldError(field=field, message=message)])
+def _error(problem: Problem, field: str, message: str) -> ParamsError:
+    return ParamsError(problem, [FieldError(field=field, message=message)])
 
 
 # --- the contract ---------------------------------------------------------------------------
@@ -320,9 +325,10 @@ def trigger_met(trigger_criteria: str | None) -> bool:
     return trigger_criteria is None or trigger_criteria.strip().lower() == "true"
 
 
-def completion_event_number(params: GenerateParams, request_id: str) -> str:
-    """The completion event's number: the given one, else unique per request (DESIGN §1)."""
-    return params.event_number or f"{DEFAULT_EVENT_NUMBER}-{request_id}"
+def completion_event_number(given: str | None, request_id: str) -> str:
+    """The completion event's number: the given one, else unique per request (DESIGN §1):
+    Talkable refuses a repeated event number with other data."""
+    return given or f"{COMPLETION_EVENT_CATEGORY}-{request_id}"
 
 
 def request_fingerprint(params: GenerateParams) -> str:
@@ -350,13 +356,14 @@ def _reveal(value: Any) -> Any:
 
 
 def from_mapping(data: Mapping[str, Any]) -> GenerateParams:
-    """Validate an already-decoded mapping; :class:`ParamsError` (422) names every bad field."""
+    """Validate an already-decoded mapping; :class:`ParamsError` (invalid) names every bad
+    field."""
     try:
         return GenerateParams.model_validate(dict(data))
     except ValidationError as exc:
         errors = _field_errors(exc)
     # raised outside the handler: no chained ValidationError (its text shows the inputs)
-    raise ParamsError(422, errors)
+    raise ParamsError(Problem.INVALID, errors)
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
@@ -405,7 +412,7 @@ def legacy_security_key(content_type: str, body: bytes) -> str | None:
     """
     try:
         tree = decode_body(content_type or "", body)
-    except DecodeError:
+    except FormError:
         return None
     key = tree.get("key")
     is_legacy = "extras" in tree or "payload" in tree
@@ -423,7 +430,7 @@ def parse_request(
 
     Body shapes, by media type: JSON (``application/json``, ``text/json``, ``*+json``, or no
     content type), ``application/x-www-form-urlencoded`` and ``multipart/form-data`` with
-    Rails-style nesting (``models.forms``). Anything else is 415. An empty body is ``{}``.
+    Rails-style nesting (``models.forms``). Anything else is unsupported. An empty body is ``{}``.
 
     A legacy Talkable webhook (a body with ``extras`` and/or ``payload``, as objects or as JSON
     strings, beside ``key``/``site``/``type``) is unwrapped by deep merge, later wins:
@@ -438,18 +445,18 @@ def parse_request(
     so arrays of hashes in it need indices (``m[0][role]``) rather than ``m[][role]``.
     Merging is deep: objects merge key by key; lists and scalars replace whole.
 
-    Statuses: 413 body over ``max_body_bytes`` (checked first), 415 unsupported content type,
-    400 unparseable body or query, 422 invalid params (``extras``/``payload`` that are not JSON
-    objects included).
+    Problems: too large, over ``max_body_bytes`` (checked first); unsupported content type;
+    unreadable body or query; invalid params (``extras``/``payload`` that are not JSON objects
+    included).
     """
     if max_body_bytes is not None and len(body) > max_body_bytes:
-        raise _error(413, "body", f"larger than {max_body_bytes} bytes")
+        raise _error(Problem.TOO_LARGE, "body", f"larger than {max_body_bytes} bytes")
     try:
         tree = unwrap_legacy(decode_body(content_type or "", body))
         if query:
             tree = merge(decode_query(query), tree)
-    except DecodeError as exc:
-        error = _error(exc.status, _field_name(exc.path, exc.field), exc.message)
+    except FormError as exc:
+        error = _error(exc.problem, _field_name(exc.path, exc.field), exc.message)
     else:
         return from_mapping(tree)
     raise error  # outside the handler: nothing chained

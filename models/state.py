@@ -1,21 +1,32 @@
-"""The ledger's per-person state and the shapes of its decisions (frozen pydantic models).
+"""The ledger's per-person state, the facts that change it, and ``evolve``.
 
 ``PersonState`` is what the ledger table stores per person (JSON, in the ``ledger`` table's
-changelog); ``Outcome`` is what ``models.ledger.handle`` returns.
+changelog). A decision (``models.ledger.decide``) states what changes as a list of
+:data:`Fact` values; :func:`evolve` applies one, and nothing else ever changes a state:
+
+    Fingerprinted   a delivery was recorded: the request's fingerprint (dedupe)
+    Forgotten       fingerprints and parked requests past their retention
+    WindowMoved     the usage window after a reservation, a reset or a released slot
+    FlightTracked   a request entered or moved on in flight (stage, attempt, deadline)
+    FlightEnded     a request left flight (terminal)
+    RequestParked   a request given up on, kept so that an operator may redrive it
+    RequestUnparked a parked request was redriven
+
+Facts never travel: they are the ledger's own bookkeeping, derived again by any replay.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.events import GenerateText, LifecycleEvent, PublishCompletion, RequestReceived
+from models.events import GenerateText, PublishCompletion, RequestReceived
 from models.lifecycle import State
 from models.usage import Window
 
 Command = GenerateText | PublishCompletion
-EventType = str
 
 
 class Policy(BaseModel):
@@ -41,6 +52,7 @@ class InFlight(BaseModel):
     deadline_ms: int
     window_start: int | None = None
     text: str | None = None
+    redriven: bool = Field(False, description="re-opened by an operator's redrive")
 
 
 # How many other deliveries of one request are remembered, so their redelivery stays silent.
@@ -73,23 +85,107 @@ class PersonState(BaseModel):
     window: Window | None = None
     inflight: dict[str, InFlight] = Field(default_factory=dict)
     seen: dict[str, Seen] = Field(default_factory=dict)
-    # publications given up on (publish_failed), by request_id → when: an operator may redrive
+    # requests given up on (publish_failed) by request_id → when: an operator may redrive them
     parked: dict[str, int] = Field(default_factory=dict)
+    # the flight each of them ended with, which a redrive re-issues (none for a request
+    # parked by a version that kept only the time)
+    parked_flights: dict[str, InFlight] = Field(default_factory=dict)
 
 
-class Parked(BaseModel):
-    """Work given up on, for the dead-letter topic (``talkstream redrive`` re-issues it)."""
+# --- facts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprinted:
+    request_id: str
+    seen: Seen
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    fingerprints: frozenset[str] = frozenset()
+    parked: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class WindowMoved:
+    window: Window | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlightTracked:
+    flight: InFlight
+
+
+@dataclass(frozen=True, slots=True)
+class FlightEnded:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestParked:
+    at_ms: int
+    flight: InFlight
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUnparked:
+    request_id: str
+
+
+Fact = (
+    Fingerprinted
+    | Forgotten
+    | WindowMoved
+    | FlightTracked
+    | FlightEnded
+    | RequestParked
+    | RequestUnparked
+)
+
+
+def evolve(state: PersonState, fact: Fact) -> PersonState:
+    """The state after one fact; pure, and the only way a state changes."""
+    update: dict[str, object]
+    match fact:
+        case Fingerprinted(request_id, seen):
+            update = {"seen": {**state.seen, request_id: seen}}
+        case Forgotten(fingerprints, parked):
+            update = {
+                "seen": {k: v for k, v in state.seen.items() if k not in fingerprints},
+                "parked": {k: v for k, v in state.parked.items() if k not in parked},
+                "parked_flights": {
+                    k: v for k, v in state.parked_flights.items() if k not in parked
+                },
+            }
+        case WindowMoved(window):
+            update = {"window": window}
+        case FlightTracked(flight):
+            update = {"inflight": {**state.inflight, flight.request_id: flight}}
+        case FlightEnded(request_id):
+            update = {"inflight": {k: v for k, v in state.inflight.items() if k != request_id}}
+        case RequestParked(at_ms, flight):
+            update = {
+                "parked": {**state.parked, flight.request_id: at_ms},
+                "parked_flights": {**state.parked_flights, flight.request_id: flight},
+            }
+        case RequestUnparked(request_id):
+            update = {
+                "parked": {k: v for k, v in state.parked.items() if k != request_id},
+                "parked_flights": {
+                    k: v for k, v in state.parked_flights.items() if k != request_id
+                },
+            }
+    return state.model_copy(update=update)
+
+
+# --- what a decision hands to the outside -----------------------------------------------------
+
+
+class GivenUp(BaseModel):
+    """Work given up on, for the dead-letter topic with its reason (an operator may redrive)."""
 
     model_config = ConfigDict(frozen=True)
 
-    command: GenerateText | PublishCompletion
+    command: Command
     reason: str
-
-
-class Outcome(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    state: PersonState
-    events: list[LifecycleEvent] = Field(default_factory=list)
-    commands: list[Command] = Field(default_factory=list)
-    parked: list[Parked] = Field(default_factory=list)

@@ -38,7 +38,8 @@ from models.params import (
     parse_request,
     request_fingerprint,
 )
-from models.signature import verify_signature
+from models.problems import Problem
+from models.signature import SIGNATURE_HEADER, verify_signature
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable
 from streams.secrets import SecretBox
@@ -47,8 +48,15 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 PATH = "/chat-gpt/generate"
-SIGNATURE_HEADER = "x-talkable-signature"
 RETRY_AFTER_SECONDS = "5"
+# the answer to each reason a webhook cannot become a request
+HTTP_STATUS: dict[Problem, int] = {
+    Problem.UNREADABLE: 400,
+    Problem.UNAUTHENTIC: 401,
+    Problem.TOO_LARGE: 413,
+    Problem.UNSUPPORTED: 415,
+    Problem.INVALID: 422,
+}
 
 
 class Sink(Protocol):
@@ -191,14 +199,16 @@ def build_ingress(
             if key is not None or settings.require_signature:
                 if key is None or not _authentic(key, content_type, body, request):
                     message = "missing or wrong" if key else "no security key for this site"
-                    raise ParamsError(401, [FieldError(field=SIGNATURE_HEADER, message=message)])
+                    raise ParamsError(
+                        Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
+                    )
                 if request.query:
                     # the signature covers the body only: a signed request's params too
                     params = parse_request(
                         content_type, body, None, max_body_bytes=settings.max_body_bytes
                     )
         except ParamsError as exc:
-            return web.json_response(exc.body(), status=exc.status)
+            return web.json_response(exc.body(), status=HTTP_STATUS[exc.problem])
         received = _received(params, secrets, int(clock() * 1000))
         try:
             await sink.send(topic, received.person.encode(), encode(received))
@@ -246,12 +256,14 @@ def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request)
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise ParamsError(413, [FieldError(field="body", message=f"larger than {limit} bytes")])
+        raise ParamsError(
+            Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
+        )
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ParamsError(
-            413, [FieldError(field="body", message=f"larger than {limit} bytes")]
+            Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
         ) from None
 
 

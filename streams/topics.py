@@ -11,11 +11,20 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from models.events import (
+    DeadLetter,
+    GenerateText,
+    LifecycleEvent,
+    PublishCompletion,
+    RequestsValue,
+)
+from models.state import PersonState
 from streams.errors import BrokerUnavailable
 from streams.kafka_options import client_options
 from streams.settings import Settings
@@ -27,28 +36,55 @@ LEDGER_TABLE = "ledger"
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """One topic of the catalogue: its name without the app-id prefix, what its records are
+    keyed by, the type of its values, who reads it, and its topic-level configuration."""
+
     name: str
     key: str
-    purpose: str
+    values: Any  # a model, or an annotated union of models (see :meth:`value_names`)
+    audience: str
+    retention: str = "broker default"
     config: dict[str, str] = field(default_factory=dict)
 
+    def full_name(self, settings: Settings) -> str:
+        return settings.topic(self.name)
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    t = settings.topic
-    return [
-        TopicSpec(t("requests"), "person", "webhooks, executor results, deadlines (ledger input)"),
-        TopicSpec(t("generate"), "request_id", "GenerateText commands (sealed OpenAI key)"),
-        TopicSpec(t("completions"), "request_id", "PublishCompletion commands (sealed key)"),
-        TopicSpec(t("lifecycle"), "request_id", "LifecycleEvent: every state transition"),
-        TopicSpec(t("deadletter"), "as received", "DeadLetter: poison messages, parked work"),
-        # faust names a table's changelog "<app id>-<table>-changelog"
-        TopicSpec(
-            f"{settings.app_id}-{LEDGER_TABLE}-changelog",
-            "person",
-            "ledger table changelog",
-            {"cleanup.policy": "compact"},
-        ),
-    ]
+    def value_names(self) -> list[str]:
+        """The class names of the values, in the order of the union."""
+        members = get_args(get_args(self.values)[0]) if get_origin(self.values) else ()
+        return [m.__name__ for m in members] or [self.values.__name__]
+
+
+# The one catalogue: topics, schemas, the app's topics and the topology check derive from it.
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "requests",
+        "person (site:email)",
+        RequestsValue,
+        "internal: the ledger's input and the audit log (sealed secrets inside)",
+        retention="broker default (delete); it is the audit log: keep it as long as you want "
+        "replays",
+    ),
+    TopicSpec("generate", "request_id", GenerateText, "internal: generator commands"),
+    TopicSpec("completions", "request_id", PublishCompletion, "internal: publisher commands"),
+    TopicSpec(
+        "lifecycle",
+        "request_id",
+        LifecycleEvent,
+        "public: every state transition, no secrets; for analytics consumers",
+    ),
+    TopicSpec("deadletter", "as received", DeadLetter, "operators"),
+    # faust names a table's changelog "<app id>-<table>-changelog"
+    TopicSpec(
+        f"{LEDGER_TABLE}-changelog",
+        "person (site:email)",
+        PersonState,
+        "internal: the ledger table's changelog (faust); not a consumer contract",
+        retention="compacted",
+        config={"cleanup.policy": "compact"},
+    ),
+)
+BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -57,13 +93,13 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     try:
         await asyncio.wait_for(admin.start(), timeout)
         existing = set(await admin.list_topics())
-        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        missing = [spec for spec in CATALOGUE if spec.full_name(settings) not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process raced us
                 await admin.create_topics(
                     [
                         NewTopic(
-                            name=spec.name,
+                            name=spec.full_name(settings),
                             num_partitions=settings.partitions,
                             replication_factor=settings.replication_factor,
                             topic_configs=spec.config,
@@ -71,8 +107,8 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                         for spec in missing
                     ]
                 )
-            log.info("created topics %s", ",".join(spec.name for spec in missing))
-        return [spec.name for spec in missing]
+            log.info("created topics %s", ",".join(s.full_name(settings) for s in missing))
+        return [spec.full_name(settings) for spec in missing]
     except (KafkaError, TimeoutError, OSError) as exc:
         raise BrokerUnavailable(
             f"Kafka at {settings.kafka_bootstrap} is not reachable: {type(exc).__name__}"

@@ -9,10 +9,10 @@ from typing import Any
 
 from models.events import (
     ChatRequest,
-    GenerationFailed,
-    GenerationSucceeded,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     LifecycleEvent,
-    PublicationSucceeded,
+    PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
     RequestsValue,
@@ -101,7 +101,7 @@ class Log:
         self, r: RequestReceived, *, at_ms: int, latency_ms: int = 800, attempt: int = 1
     ) -> None:
         self.send(
-            GenerationSucceeded(
+            GenerationAttemptSucceeded(
                 request_id=r.request_id,
                 person=r.person,
                 attempt=attempt,
@@ -118,7 +118,7 @@ class Log:
         self, r: RequestReceived, *, at_ms: int, retriable: bool = False, attempt: int = 1
     ) -> None:
         self.send(
-            GenerationFailed(
+            GenerationAttemptFailed(
                 request_id=r.request_id,
                 person=r.person,
                 attempt=attempt,
@@ -132,7 +132,9 @@ class Log:
 
     def published(self, r: RequestReceived, *, at_ms: int) -> None:
         self.send(
-            PublicationSucceeded(request_id=r.request_id, person=r.person, attempt=1, at_ms=at_ms)
+            PublicationAttemptSucceeded(
+                request_id=r.request_id, person=r.person, attempt=1, at_ms=at_ms
+            )
         )
 
     def full(

@@ -1,7 +1,10 @@
 """Executor agents: slow work off the person's partition, many at once.
 
-generator: [generate] → OpenAI → GenerationSucceeded | GenerationFailed → [requests]
-publisher: [completions] → Talkable → PublicationSucceeded | PublicationFailed → [requests]
+generator: [generate] → OpenAI → GenerationAttempt{Succeeded,Failed} → [requests]
+publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} → [requests]
+
+They run a command and report what happened; every retry, re-issue, park and dead letter is
+the ledger's decision.
 
 Each command runs in its own task, bounded by a semaphore, so a slow call never blocks a
 partition. faust may commit an offset past a command still in flight (and a crash loses it);
@@ -20,15 +23,19 @@ from pydantic import BaseModel
 
 from models.events import (
     GenerateText,
-    GenerationFailed,
-    GenerationSucceeded,
-    PublicationFailed,
-    PublicationSucceeded,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     PublishCompletion,
 )
-from streams.app import Runtime, now_ms
+from streams.clients.openai_chat import ChatClient
+from streams.clients.talkable import TalkableClient
 from streams.codecs import decode, encode
-from streams.errors import PublishError, TalkstreamError, UpstreamError
+from streams.errors import TalkstreamError, UpstreamError
+from streams.observability import WorkerMetrics
+from streams.runtime import Clock, DeadLetters, Topics
+from streams.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +43,61 @@ C = TypeVar("C", bound=BaseModel)
 SERVICES = {"generator": "openai", "publisher": "talkable"}
 
 
-def register(rt: Runtime) -> None:
+def register(
+    app: Any,
+    *,
+    topics: Topics,
+    secrets: SecretBox,
+    chat: ChatClient,
+    talkable: TalkableClient,
+    generator_max_in_flight: int,
+    publisher_max_in_flight: int,
+    dead_letters: DeadLetters,
+    metrics: WorkerMetrics,
+    clock: Clock,
+) -> None:
+    generator = Generator(chat, secrets, clock)
+    publisher = Publisher(talkable, secrets, clock)
+    common = {"app": app, "topics": topics, "dead_letters": dead_letters, "metrics": metrics}
     _executor(
-        rt,
-        "generator",
-        rt.topics.generate,
-        GenerateText,
-        rt.settings.generator_max_in_flight,
-        lambda cmd: _generate(rt, cmd),
+        name="generator",
+        topic=topics.generate,
+        model=GenerateText,
+        limit=generator_max_in_flight,
+        work=generator,
+        **common,
     )
     _executor(
-        rt,
-        "publisher",
-        rt.topics.completions,
-        PublishCompletion,
-        rt.settings.publisher_max_in_flight,
-        lambda cmd: _publish(rt, cmd),
+        name="publisher",
+        topic=topics.completions,
+        model=PublishCompletion,
+        limit=publisher_max_in_flight,
+        work=publisher,
+        **common,
     )
 
 
 def _executor(
-    rt: Runtime,
+    *,
+    app: Any,
+    topics: Topics,
+    dead_letters: DeadLetters,
+    metrics: WorkerMetrics,
     name: str,
     topic: Any,
     model: type[C],
     limit: int,
     work: Callable[[C], Awaitable[BaseModel]],
 ) -> None:
-    in_flight = rt.metrics.in_flight.labels(executor=name)
-    retries = rt.metrics.upstream_retries.labels(service=SERVICES[name])
+    in_flight = metrics.in_flight.labels(executor=name)
+    retries = metrics.upstream_retries.labels(service=SERVICES[name])
 
     async def run(command: C, person: str) -> None:
         in_flight.inc()
         try:
             result = await work(command)
             retries.inc(max(getattr(result, "tries", 1) - 1, 0))
-            await rt.topics.requests.send(key=person.encode(), value=encode(result))
+            await topics.requests.send(key=person.encode(), value=encode(result))
         except Exception:  # the deadline re-issues what is lost here
             log.exception("%s failed request_id=%s", name, getattr(command, "request_id", "?"))
         finally:
@@ -83,7 +109,7 @@ def _executor(
         try:
             async for event in stream.events():
                 msg = event.message
-                command = await rt.decoded(
+                command = await dead_letters.decoded(
                     lambda raw: decode(model, raw),
                     topic=msg.topic,
                     partition=msg.partition,
@@ -103,75 +129,87 @@ def _executor(
                 task.cancel()
 
     agent.__name__ = name
-    rt.app.agent(topic, name=name)(agent)
+    app.agent(topic, name=name)(agent)
 
 
-async def _generate(rt: Runtime, cmd: GenerateText) -> GenerationSucceeded | GenerationFailed:
-    started = time.monotonic()
-    try:
-        completion = await rt.chat.complete(cmd.chat, rt.secrets.open(cmd.openai_api_key))
-    except TalkstreamError as exc:
-        return GenerationFailed(
-            request_id=cmd.request_id,
-            person=cmd.person,
-            attempt=cmd.attempt,
-            at_ms=now_ms(),
-            error_class=type(exc).__name__,
-            error_message=str(exc)[:500],
-            retriable=exc.retriable,
-            latency_ms=_since(started),
-            tries=exc.tries if isinstance(exc, UpstreamError) else 1,
-        )
-    return GenerationSucceeded(
-        request_id=cmd.request_id,
-        person=cmd.person,
-        attempt=cmd.attempt,
-        at_ms=now_ms(),
-        text=completion.text,
-        model=completion.model,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        latency_ms=_since(started),
-        tries=completion.tries,
-    )
+class Generator:
+    """Runs a ``GenerateText`` and reports what happened; decides nothing."""
 
+    def __init__(self, chat: ChatClient, secrets: SecretBox, clock: Clock) -> None:
+        self._chat = chat
+        self._secrets = secrets
+        self._clock = clock
 
-async def _publish(rt: Runtime, cmd: PublishCompletion) -> PublicationSucceeded | PublicationFailed:
-    try:
-        publication = await rt.talkable.publish(cmd, rt.secrets.open(cmd.talkable_api_key))
-    except TalkstreamError as exc:
-        status = exc.status if isinstance(exc, UpstreamError) else None
-        if isinstance(exc, PublishError) and not exc.retriable:
-            await rt.dead_letter(
-                topic=rt.topics.completions.get_topic_name(),
-                partition=-1,
-                offset=-1,
-                reason=str(exc)[:500],
-                key=cmd.request_id.encode(),
-                value=encode(cmd),
+    async def __call__(
+        self, cmd: GenerateText
+    ) -> GenerationAttemptSucceeded | GenerationAttemptFailed:
+        started = time.monotonic()
+        try:
+            completion = await self._chat.complete(cmd.chat, self._secrets.open(cmd.openai_api_key))
+        except TalkstreamError as exc:
+            return GenerationAttemptFailed(
                 request_id=cmd.request_id,
+                person=cmd.person,
+                attempt=cmd.attempt,
+                at_ms=self._clock.now_ms(),
+                error_class=type(exc).__name__,
+                error_message=str(exc)[:500],
+                retriable=exc.retriable,
+                latency_ms=_since(started),
+                tries=exc.tries if isinstance(exc, UpstreamError) else 1,
             )
-        return PublicationFailed(
+        return GenerationAttemptSucceeded(
             request_id=cmd.request_id,
             person=cmd.person,
             attempt=cmd.attempt,
-            at_ms=now_ms(),
-            error_class=type(exc).__name__,
-            error_message=str(exc)[:500],
-            retriable=exc.retriable,
-            status=status,
-            tries=exc.tries if isinstance(exc, UpstreamError) else 1,
+            at_ms=self._clock.now_ms(),
+            text=completion.text,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_ms=_since(started),
+            tries=completion.tries,
         )
-    return PublicationSucceeded(
-        request_id=cmd.request_id,
-        person=cmd.person,
-        site=cmd.site,
-        redrive=cmd.redrive,
-        attempt=cmd.attempt,
-        at_ms=now_ms(),
-        duplicate=publication.duplicate,
-        tries=publication.tries,
-    )
+
+
+class Publisher:
+    """Runs a ``PublishCompletion`` and reports what happened; whether a failure is retried,
+    parked or dead-lettered is the ledger's decision."""
+
+    def __init__(self, talkable: TalkableClient, secrets: SecretBox, clock: Clock) -> None:
+        self._talkable = talkable
+        self._secrets = secrets
+        self._clock = clock
+
+    async def __call__(
+        self, cmd: PublishCompletion
+    ) -> PublicationAttemptSucceeded | PublicationAttemptFailed:
+        try:
+            publication = await self._talkable.publish(
+                cmd, self._secrets.open(cmd.talkable_api_key)
+            )
+        except TalkstreamError as exc:
+            return PublicationAttemptFailed(
+                request_id=cmd.request_id,
+                person=cmd.person,
+                attempt=cmd.attempt,
+                at_ms=self._clock.now_ms(),
+                error_class=type(exc).__name__,
+                error_message=str(exc)[:500],
+                retriable=exc.retriable,
+                status=exc.status if isinstance(exc, UpstreamError) else None,
+                tries=exc.tries if isinstance(exc, UpstreamError) else 1,
+            )
+        return PublicationAttemptSucceeded(
+            request_id=cmd.request_id,
+            person=cmd.person,
+            site=cmd.site,
+            redrive=cmd.redrive,
+            attempt=cmd.attempt,
+            at_ms=self._clock.now_ms(),
+            duplicate=publication.duplicate,
+            tries=publication.tries,
+        )
 
 
 def _since(started: float) -> int:

@@ -1,9 +1,10 @@
 """The ledger agent: the only writer of per-person state and the only place decisions happen.
 
 One instance per partition of [requests] (key = person). For each message: decode → load the
-person's state → ``models.ledger.handle`` → store the new state → emit commands and lifecycle
-events. A message that does not decode goes to the dead-letter topic; nothing stops the
-partition (faust acks a message whose handler raised, so nothing may escape this loop).
+person's state → ``models.ledger.handle`` (decide, then evolve) → emit commands, lifecycle
+events and dead letters → store the new state. A message that does not decode goes to the
+dead-letter topic; nothing stops the partition (faust acks a message whose handler raised, so
+nothing may escape this loop).
 
 The deadline timer only *reads* the table and sends ``DeadlineExpired`` to the person's
 partition; the ledger acts on it in stream context, where the table may be written.
@@ -14,11 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from models.events import DeadlineExpired
-from models.ledger import Outcome, PersonState, handle
-from streams.app import Runtime, now_ms
+from models.events import DeadlineExpired, RequestsValue
+from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import decode, decode_requests, encode
-from streams.topics import read_range
+from streams.gaps import GapRepair, ReadRange
+from streams.observability import WorkerMetrics
+from streams.runtime import Clock, DeadLetters, Topics
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +31,92 @@ MARK_EVERY = 32
 FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered state)
 
 
-def register(rt: Runtime) -> None:
-    table = rt.ledger_table
-    due = DeadlineIndex(
-        {
-            "generating": rt.policy.generation_deadline_ms,
-            "publishing": rt.policy.publish_deadline_ms,
-        },
-        grace_ms=int(rt.settings.rebalance_grace_seconds * 1000),
+def register(
+    app: Any,
+    *,
+    topics: Topics,
+    table: Any,
+    policy: Policy,
+    read_range: ReadRange,
+    deadline_check_seconds: float,
+    rebalance_grace_ms: int,
+    dead_letters: DeadLetters,
+    metrics: WorkerMetrics,
+    clock: Clock,
+) -> None:
+    ledger = Ledger(
+        table, policy, topics, read_range, rebalance_grace_ms, dead_letters, metrics, clock
     )
-    states = StateCache()
-    ticks = 0
+    app.on_partitions_revoked.connect(ledger.rebalanced)
+    app.agent(topics.requests, name="ledger")(ledger.consume)
+    app.timer(interval=deadline_check_seconds, name="deadlines")(ledger.check_deadlines)
+
+
+class Ledger:
+    def __init__(
+        self,
+        table: Any,
+        policy: Policy,
+        topics: Topics,
+        read_range: ReadRange,
+        rebalance_grace_ms: int,
+        dead_letters: DeadLetters,
+        metrics: WorkerMetrics,
+        clock: Clock,
+    ) -> None:
+        self._table = table
+        self._policy = policy
+        self._topics = topics
+        self._dead_letters = dead_letters
+        self._clock = clock
+        self._states = StateCache()
+        self._emit = Emitter(topics, dead_letters, metrics)
+        self._gaps = GapRepair(
+            "ledger",
+            load_mark=lambda _, partition: _mark(table, partition),
+            read_range=read_range,
+            on_repaired=metrics.gaps_repaired.inc,
+            mark_every=MARK_EVERY,
+        )
+        self._due = DeadlineIndex(
+            {
+                "generating": policy.generation_deadline_ms,
+                "publishing": policy.publish_deadline_ms,
+            },
+            grace_ms=rebalance_grace_ms,
+        )
+        self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
+        self._scan = TableScan(table, self._due)
+
+    async def consume(self, stream: Any) -> None:
+        """The agent: every message of its partitions in order, skipped ones repaired first."""
+        async for event in stream.events():
+            msg = event.message
+            for record in await self._gaps.skipped(msg.topic, msg.partition, msg.offset):
+                await self.process(
+                    record.topic, record.partition, record.offset, record.key, record.value
+                )
+            await self.process(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            if self._gaps.processed(msg.topic, msg.partition, msg.offset):
+                mark = OFFSET_MARK + str(msg.partition).encode()
+                self._table[mark] = str(msg.offset + 1).encode()
 
     async def process(
-        topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
-        message = await rt.decoded(
+        """decode → load the person's state → decide and evolve → emit → store."""
+        message: RequestsValue | None = await self._dead_letters.decoded(
             decode_requests, topic=topic, partition=partition, offset=offset, key=key, value=value
         )
         if message is None:
             return
         try:
             person = message.person.encode()
-            state = states.load(person, table.get(person))
-            outcome = handle(state, message, rt.policy, now_ms())
-            # outputs first: the state never claims what did not go out
-            await _emit(rt, outcome)
-            table[person] = states.store(person, outcome.state)
-            due.track(message.person, outcome.state)
+            state = self._states.load(person, self._table.get(person))
+            outcome = handle(state, message, self._policy, self._clock.now_ms())
+            await self._emit(outcome)  # outputs first: the state never claims what did not go out
+            self._table[person] = self._states.store(person, outcome.state)
+            self._due.track(message.person, outcome.state)
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
             log.exception(
                 "ledger failed request_id=%s partition=%s offset=%s",
@@ -64,7 +124,7 @@ def register(rt: Runtime) -> None:
                 partition,
                 offset,
             )
-            await rt.dead_letter(
+            await self._dead_letters.write(
                 topic=topic,
                 partition=partition,
                 offset=offset,
@@ -74,65 +134,92 @@ def register(rt: Runtime) -> None:
                 request_id=message.request_id,
             )
 
-    # partition -> next offset expected; the table's mark is written every MARK_EVERY offsets
-    # (a new owner that starts up to MARK_EVERY behind only re-reads messages whose effects
-    # are idempotent); forgotten on a rebalance, so a partition coming back reads its mark
-    expected_next: dict[int, int] = {}
+    def rebalanced(self, *_: Any, **__: Any) -> None:
+        self._gaps.forget()
+        self._due.rebalanced(self._clock.now_ms())
+        self._scan.soon()  # the partitions this worker now owns
 
-    def forget(app: Any, *_: Any, **__: Any) -> None:
-        nonlocal ticks
-        expected_next.clear()
-        due.rebalanced(now_ms())
-        ticks = 0  # rescan the table at the next tick: the partitions this worker now owns
-
-    rt.app.on_partitions_revoked.connect(forget)  # type: ignore[arg-type]
-
-    @rt.app.agent(rt.topics.requests, name="ledger")
-    async def ledger(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            mark = OFFSET_MARK + str(msg.partition).encode()
-            remembered = expected_next.get(msg.partition)
-            expected = remembered if remembered is not None else int(table.get(mark) or -1)
-            if 0 <= expected < msg.offset:
-                # faust can commit past messages it never delivered (a rebalance drops its
-                # buffers; its commit logic then skips the gap): read them and catch up
-                log.warning(
-                    "ledger gap topic=%s partition=%s offsets=%s..%s: repairing",
-                    msg.topic,
-                    msg.partition,
-                    expected,
-                    msg.offset - 1,
-                )
-                rt.metrics.gaps_repaired.inc(msg.offset - expected)
-                for record in await read_range(
-                    rt.settings, msg.topic, msg.partition, expected, msg.offset
-                ):
-                    await process(
-                        record.topic, record.partition, record.offset, record.key, record.value
-                    )
-            await process(msg.topic, msg.partition, msg.offset, event.key, event.value)
-            expected_next[msg.partition] = msg.offset + 1
-            if remembered != msg.offset or msg.offset % MARK_EVERY == 0:
-                table[mark] = str(msg.offset + 1).encode()
-
-    @rt.app.timer(interval=rt.settings.deadline_check_interval_seconds, name="deadlines")
-    async def deadlines() -> None:
-        nonlocal ticks
-        if ticks % FULL_SCAN_EVERY == 0:
-            due.clear()  # rebuilt from the table: recovered state, revoked partitions
-            for person, raw in list(table.items()):
-                if raw is not None and not person.startswith(OFFSET_MARK):
-                    due.track(person.decode(), decode(PersonState, raw))
-        ticks += 1
-        for expired in due.overdue(now_ms()):
+    async def check_deadlines(self) -> None:
+        """The timer: reads the table only; overdue work goes to the person's partition."""
+        self._scan.tick()
+        for expired in self._due.overdue(self._clock.now_ms()):
             log.info(
                 "deadline expired request_id=%s attempt=%s stage=%s",
                 expired.request_id,
                 expired.attempt,
                 expired.stage,
             )
-            await rt.topics.requests.send(key=expired.person.encode(), value=encode(expired))
+            await self._topics.requests.send(key=expired.person.encode(), value=encode(expired))
+
+
+async def _mark(table: Any, partition: int) -> int | None:
+    raw = table.get(OFFSET_MARK + str(partition).encode())
+    return int(raw) if raw else None
+
+
+class Emitter:
+    """Sends what a decision produced: commands to the executors, lifecycle events, and the
+    work given up on to the dead-letter topic."""
+
+    def __init__(self, topics: Topics, dead_letters: DeadLetters, metrics: WorkerMetrics) -> None:
+        self._topics = topics
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+
+    def _command_topic(self, kind: str) -> Any:
+        return self._topics.generate if kind == "generate_text" else self._topics.completions
+
+    async def __call__(self, outcome: Outcome) -> None:
+        for command in outcome.commands:
+            topic = self._command_topic(command.kind)
+            await topic.send(key=command.request_id.encode(), value=encode(command))
+        for event in outcome.events:
+            self._metrics.observe(event)
+            log.info(
+                "transition request_id=%s site=%s state=%s attempt=%s",
+                event.request_id,
+                event.site,
+                event.state.value,
+                event.attempt,
+                extra={
+                    "request_id": event.request_id,
+                    "site": event.site,
+                    "state": event.state.value,
+                    "attempt": event.attempt,
+                },
+            )
+            await self._topics.lifecycle.send(key=event.request_id.encode(), value=encode(event))
+        for given_up in outcome.dead_letters:
+            await self._dead_letters.write(
+                topic=self._command_topic(given_up.command.kind).get_topic_name(),
+                partition=-1,
+                offset=-1,
+                reason=given_up.reason,
+                key=given_up.command.request_id.encode(),
+                value=encode(given_up.command),
+                request_id=given_up.command.request_id,
+            )
+
+
+class TableScan:
+    """Rebuilds the deadline index from the whole table now and then: recovered state (after
+    a start or a rebalance) and partitions revoked since."""
+
+    def __init__(self, table: Any, due: DeadlineIndex) -> None:
+        self._table = table
+        self._due = due
+        self._ticks = 0
+
+    def soon(self) -> None:
+        self._ticks = 0
+
+    def tick(self) -> None:
+        if self._ticks % FULL_SCAN_EVERY == 0:
+            self._due.clear()
+            for person, raw in list(self._table.items()):
+                if raw is not None and not person.startswith(OFFSET_MARK):
+                    self._due.track(person.decode(), decode(PersonState, raw))
+        self._ticks += 1
 
 
 class StateCache:
@@ -218,40 +305,3 @@ class DeadlineIndex:
                     )
         self._signalled &= live
         return found
-
-
-async def _emit(rt: Runtime, outcome: Outcome) -> None:
-    for command in outcome.commands:
-        topic = rt.topics.generate if command.kind == "generate_text" else rt.topics.completions
-        await topic.send(key=command.request_id.encode(), value=encode(command))
-    for event in outcome.events:
-        rt.metrics.observe(event)
-        log.info(
-            "transition request_id=%s site=%s state=%s attempt=%s",
-            event.request_id,
-            event.site,
-            event.state.value,
-            event.attempt,
-            extra={
-                "request_id": event.request_id,
-                "site": event.site,
-                "state": event.state.value,
-                "attempt": event.attempt,
-            },
-        )
-        await rt.topics.lifecycle.send(key=event.request_id.encode(), value=encode(event))
-    for parked in outcome.parked:
-        topic = (
-            rt.topics.generate
-            if parked.command.kind == "generate_text"
-            else (rt.topics.completions)
-        )
-        await rt.dead_letter(
-            topic=topic.get_topic_name(),
-            partition=-1,
-            offset=-1,
-            reason=parked.reason,
-            key=parked.command.request_id.encode(),
-            value=encode(parked.command),
-            request_id=parked.command.request_id,
-        )

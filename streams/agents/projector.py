@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
-from streams.app import Runtime
 from streams.codecs import decode
-from streams.projection.store import Sourced
-from streams.topics import read_range
+from streams.gaps import GapRepair, ReadRange
+from streams.observability import WorkerMetrics
+from streams.projection.store import ProjectionStore, Sourced
+from streams.runtime import DeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,26 @@ BATCH = 500
 WITHIN_SECONDS = 0.2
 
 
-def register(rt: Runtime) -> None:
-    # the next offset this process expects per (topic, partition), from SQL on first sight
-    expected: dict[tuple[str, int], int | None] = {}
+def register(
+    app: Any,
+    *,
+    topic: Any,
+    store: ProjectionStore,
+    read_range: ReadRange,
+    dead_letters: DeadLetters,
+    metrics: WorkerMetrics,
+) -> None:
+    async def applied_up_to(topic: str, partition: int) -> int | None:
+        return await asyncio.to_thread(store.next_offset, topic, partition)
+
+    # the projection's own offset marks are the source offsets of the rows it applied
+    gaps = GapRepair("projector", applied_up_to, read_range, metrics.gaps_repaired.inc)
+    app.on_partitions_revoked.connect(lambda *_, **__: gaps.forget())
 
     async def sourced(
         topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> Sourced | None:
-        event = await rt.decoded(
+        event = await dead_letters.decoded(
             lambda raw: decode(LifecycleEvent, raw),
             topic=topic,
             partition=partition,
@@ -37,31 +50,7 @@ def register(rt: Runtime) -> None:
         )
         return None if event is None else Sourced(topic, partition, offset, event)
 
-    async def missed(topic: str, partition: int, first: int) -> list[Sourced]:
-        """What faust skipped before ``first`` (it can commit past a rebalance's dropped
-        buffers): read back from Kafka, so the projection has no hole."""
-        tp = (topic, partition)
-        if tp not in expected:
-            expected[tp] = await asyncio.to_thread(rt.projection.next_offset, topic, partition)
-        start = expected[tp]
-        if start is None or start >= first:
-            return []
-        log.warning(
-            "projector gap topic=%s partition=%s offsets=%s..%s: repairing",
-            topic,
-            partition,
-            start,
-            first - 1,
-        )
-        rt.metrics.gaps_repaired.inc(first - start)
-        found = []
-        for r in await read_range(rt.settings, topic, partition, start, first):
-            item = await sourced(r.topic, r.partition, r.offset, r.key, r.value)
-            if item is not None:
-                found.append(item)
-        return found
-
-    @rt.app.agent(rt.topics.lifecycle, name="projector")
+    @app.agent(topic, name="projector")
     async def projector(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch: list[Sourced] = []
@@ -73,20 +62,24 @@ def register(rt: Runtime) -> None:
                 if item is not None:
                     batch.append(item)
             for (topic, partition), first in firsts.items():
-                batch[:0] = await missed(topic, partition, first)
-            await _apply(rt, batch)
+                repaired = [
+                    await sourced(r.topic, r.partition, r.offset, r.key, r.value)
+                    for r in await gaps.skipped(topic, partition, first)
+                ]
+                batch[:0] = [item for item in repaired if item is not None]
+            await _apply(store, batch)
             for event in events:
                 msg = event.message
-                expected[(msg.topic, msg.partition)] = msg.offset + 1
+                gaps.processed(msg.topic, msg.partition, msg.offset)
 
 
-async def _apply(rt: Runtime, batch: list[Sourced]) -> None:
+async def _apply(store: ProjectionStore, batch: list[Sourced]) -> None:
     """Block this partition until the database takes the batch: nothing projected is skipped."""
     delay = 0.5
     while True:
         try:
             # SQL is blocking I/O: off the event loop, one transaction per batch
-            await asyncio.to_thread(rt.projection.apply, batch)
+            await asyncio.to_thread(store.apply, batch)
             return
         except SQLAlchemyError as exc:
             log.error("projection write failed, retrying in %.1fs: %s", delay, type(exc).__name__)

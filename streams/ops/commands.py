@@ -331,9 +331,9 @@ def redrive(
     dry_run: bool,
 ) -> None:
     """Re-issue dead-lettered work once its cause is fixed."""
-    from streams.app import now_ms
     from streams.ops.redrive import Selection
     from streams.ops.redrive import redrive as run_redrive
+    from streams.runtime import now_ms
 
     settings = Settings()
     report = asyncio.run(

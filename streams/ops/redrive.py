@@ -4,8 +4,9 @@ Reads the dead-letter topic with its own consumer group (``<app id>-redrive``), 
 is redriven once; ``--from-beginning`` reconsiders all of them. For each letter that matches:
 
 - a parked publication (a ``PublishCompletion`` Talkable refused, or whose attempts ran out)
-  goes back to [completions] marked ``redrive``; if Talkable takes it, the ledger records
-  ``publish_failed → published``;
+  becomes a ``RedriveRequested`` on the person's partition of [requests]: the ledger, which
+  decides every re-issue, runs it again as its next attempt (``publish_failed → publishing``),
+  with the same retries, deadlines and dead letter as any attempt;
 - a poison message (a value that did not decode) goes back to the topic it came from, for a
   worker whose code can now read it.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from models.events import DeadLetter, PublishCompletion
+from models.events import DeadLetter, PublishCompletion, RedriveRequested
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import client_options
@@ -122,18 +123,24 @@ async def _one(
         return
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
+    topic = letter.topic
     if letter.topic == settings.topic("completions"):
         try:
             command = decode(PublishCompletion, value)
         except DecodeError:
             report.unreadable += 1
             return
-        value = encode(command.model_copy(update={"redrive": True, "issued_at_ms": now_ms()}))
-        key = command.request_id.encode()
-        what = f"{command.request_id} → {letter.topic}"
+        redrive = RedriveRequested(
+            request_id=command.request_id,
+            person=command.person,
+            at_ms=now_ms(),
+            reason=letter.reason[:300],
+        )
+        topic, key, value = settings.topic("requests"), command.person.encode(), encode(redrive)
+        what = f"{command.request_id} → the ledger"
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
     if not dry_run:
-        await producer.send_and_wait(letter.topic, value=value, key=key)
+        await producer.send_and_wait(topic, value=value, key=key)
     log.info("redrive %s%s reason=%s", what, " (dry run)" if dry_run else "", letter.reason)
     report.redriven.append(what)

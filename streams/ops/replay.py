@@ -290,51 +290,67 @@ async def verify(
     end offsets are captured before either is read, [requests] first.
     """
     started = time.monotonic()
-    summary = VerifySummary(requests_topic, lifecycle_topic)
-    derived: dict[Identity, list[dict[str, Any]]] = {}
-    recorded: dict[Identity, list[dict[str, Any]]] = {}
+    check = Rederivation(policy, VerifySummary(requests_topic, lifecycle_topic))
     async with (
         LogReader(bootstrap, requests_topic) as requests,
         LogReader(bootstrap, lifecycle_topic) as lifecycle,
     ):
         if on_total:
             on_total(requests.total + lifecycle.total)
-        states: dict[str, PersonState] = {}
         async for batch in requests.batches():
             for record in batch:
-                summary.messages += 1
-                try:
-                    message = decode_requests(record.value)
-                    # the ledger's clock only sets deadlines; the record's time stands in for it
-                    outcome = handle(
-                        states.get(message.person), message, policy, record.timestamp_ms
-                    )
-                except Exception as exc:  # the ledger dead-letters these and keeps its state
-                    summary.skipped.append(
-                        Skipped(record.topic, record.partition, record.offset, repr(exc)[:300])
-                    )
-                    continue
-                states[message.person] = outcome.state
-                for event in outcome.events:
-                    derived.setdefault(_identity(event), []).append(_comparable(event))
+                check.request(record)
             if progress:
                 progress(len(batch))
         async for batch in lifecycle.batches():
             for record in batch:
-                logged = _lifecycle_event(record, summary.skipped)
-                if logged is not None:
-                    recorded.setdefault(_identity(logged), []).append(_comparable(logged))
+                check.recorded(record)
             if progress:
                 progress(len(batch))
-    summary.derived = sum(len(v) for v in derived.values())
-    summary.recorded = sum(len(v) for v in recorded.values())
-    _compare(derived, recorded, summary)
+    summary = check.compare()
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _identity(event: LifecycleEvent) -> Identity:
-    return (event.request_id, event.type, event.state.value, event.attempt)
+class Rederivation:
+    """Re-runs the rules over [requests] records (in offset order per partition) and matches
+    what they derive with the [lifecycle] records, by each event's identity."""
+
+    def __init__(self, policy: Policy, summary: VerifySummary) -> None:
+        self._policy = policy
+        self._summary = summary
+        self._states: dict[str, PersonState] = {}
+        self._derived: dict[Identity, list[dict[str, Any]]] = {}
+        self._recorded: dict[Identity, list[dict[str, Any]]] = {}
+
+    def request(self, record: Record) -> None:
+        self._summary.messages += 1
+        try:
+            message = decode_requests(record.value)
+            # the ledger's clock only sets deadlines; the record's time stands in for it
+            outcome = handle(
+                self._states.get(message.person), message, self._policy, record.timestamp_ms
+            )
+        except Exception as exc:  # the ledger dead-letters these and keeps its state
+            self._summary.skipped.append(
+                Skipped(record.topic, record.partition, record.offset, repr(exc)[:300])
+            )
+            return
+        self._states[message.person] = outcome.state
+        for event in outcome.events:
+            self._derived.setdefault(event.identity(), []).append(_comparable(event))
+
+    def recorded(self, record: Record) -> None:
+        logged = _lifecycle_event(record, self._summary.skipped)
+        if logged is not None:
+            self._recorded.setdefault(logged.identity(), []).append(_comparable(logged))
+
+    def compare(self) -> VerifySummary:
+        summary = self._summary
+        summary.derived = sum(len(v) for v in self._derived.values())
+        summary.recorded = sum(len(v) for v in self._recorded.values())
+        _compare(self._derived, self._recorded, summary)
+        return summary
 
 
 def _comparable(event: LifecycleEvent) -> dict[str, Any]:

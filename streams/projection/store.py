@@ -115,7 +115,7 @@ class ProjectionStore:
             transitions: list[dict[str, Any]] = []
             for item in batch:
                 source = (item.topic, item.partition, item.offset)
-                identity = _identity(item.event)
+                identity = item.event.identity()
                 if source in sources or identity in identities:
                     continue
                 sources.add(source)
@@ -249,10 +249,6 @@ def _applied_sources(session: Session, batch: Sequence[Sourced]) -> set[Source]:
         )
     )
     return {(topic, partition, offset) for topic, partition, offset in session.execute(query)}
-
-
-def _identity(e: LifecycleEvent) -> Identity:
-    return (e.request_id, e.type, e.state.value, e.attempt)
 
 
 # when a request first reached a state: the column that keeps it

@@ -151,7 +151,44 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
 
     wait_until(published, 60, what="the redriven publication")
     states = [t.state for t in system.projection.transitions(request_id)]
-    assert states[-2:] == ["publish_failed", "published"]
+    # the redrive ran through the ledger as one more attempt
+    assert states[-3:] == ["publish_failed", "publishing", "published"]
     assert len(talkable_events(system, "rotated@")) == 1
     again = talkstream(system, "redrive")
     assert "0 redriven" in again  # each letter is redriven once
+
+
+def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(make_system) -> None:
+    # Talkable answers 503 to everything: retriable, until every attempt is spent
+    system = make_system(max_attempts="2", talkable_max_attempts="2")
+    system.talkable("POST", "/_control", {"down": True})
+    status, answer = system.post(seed_params("exhausted@example.com"))
+    assert status == 202
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=120)[request_id]
+    assert (row.state, row.attempts) == ("publish_failed", 2)
+    assert "503" in (row.error_message or "")
+
+    preview = talkstream(system, "redrive", "--dry-run", "--reason-contains", "503")
+    assert f"would redrive: {request_id}" in preview  # the ledger dead-lettered it
+
+    system.talkable("POST", "/_control", {"down": False})
+    assert f"redriven: {request_id}" in talkstream(system, "redrive", "--reason-contains", "503")
+
+    def published() -> bool:
+        found = system.projection.request(request_id)
+        return found is not None and found.state == "published"
+
+    wait_until(published, 60, what="the redriven publication")
+    [history] = json.loads(talkstream(system, "audit", "--request-id", request_id, "--json"))[
+        "requests"
+    ]
+    assert [t["state"] for t in history["transitions"]][-4:] == [
+        "publishing",
+        "publish_failed",
+        "publishing",
+        "published",
+    ]
+    assert "redriven by an operator" in history["transitions"][-2]["cause"]
+    [event] = talkable_events(system, "exhausted@")
+    assert event["event_number"] == f"generate_text_complete-{request_id}"

@@ -12,11 +12,11 @@ from typing import Literal
 from models.events import (
     ChatRequest,
     DeadlineExpired,
-    GenerationFailed,
-    GenerationSucceeded,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     LifecycleEvent,
-    PublicationFailed,
-    PublicationSucceeded,
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
     RequestsValue,
@@ -85,8 +85,8 @@ def received(
 
 def generated(
     request_id: str, attempt: int = 1, *, at_ms: int = T0 * 1000, text: str = "A verse."
-) -> GenerationSucceeded:
-    return GenerationSucceeded(
+) -> GenerationAttemptSucceeded:
+    return GenerationAttemptSucceeded(
         request_id=request_id,
         person=PERSON,
         attempt=attempt,
@@ -101,8 +101,8 @@ def generated(
 
 def generation_failed(
     request_id: str, attempt: int = 1, *, retriable: bool = False, at_ms: int = T0 * 1000
-) -> GenerationFailed:
-    return GenerationFailed(
+) -> GenerationAttemptFailed:
+    return GenerationAttemptFailed(
         request_id=request_id,
         person=PERSON,
         attempt=attempt,
@@ -115,16 +115,16 @@ def generation_failed(
 
 def published(
     request_id: str, attempt: int = 1, *, duplicate: bool = False, at_ms: int = T0 * 1000
-) -> PublicationSucceeded:
-    return PublicationSucceeded(
+) -> PublicationAttemptSucceeded:
+    return PublicationAttemptSucceeded(
         request_id=request_id, person=PERSON, attempt=attempt, at_ms=at_ms, duplicate=duplicate
     )
 
 
 def publication_failed(
     request_id: str, attempt: int = 1, *, retriable: bool = False, at_ms: int = T0 * 1000
-) -> PublicationFailed:
-    return PublicationFailed(
+) -> PublicationAttemptFailed:
+    return PublicationAttemptFailed(
         request_id=request_id,
         person=PERSON,
         attempt=attempt,

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from streams.app import build
 from streams.cli import main
 from streams.settings import Settings
-from streams.topics import LEDGER_TABLE, topic_specs
+from streams.topics import CATALOGUE, LEDGER_TABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -92,16 +92,19 @@ def test_every_documented_setting_exists() -> None:
             assert name.lower() in fields, f"README documents TALKSTREAM_{name}, unknown"
 
 
-def test_topology_topics_match_the_code() -> None:
-    specs = {
-        spec.name.replace("talkstream-", "<app>-"): spec
-        for spec in topic_specs(Settings(app_id="talkstream"))
-    }
+def test_topology_topics_match_the_catalogue() -> None:
+    settings = Settings(app_id="talkstream")
+    specs = {spec.full_name(settings).replace("talkstream-", "<app>-"): spec for spec in CATALOGUE}
     rows = table_rows(section(TOPOLOGY, "Topics"))
     documented = {row[0].strip("`"): row for row in rows}
     assert set(documented) == set(specs)
     for name, row in documented.items():
-        assert row[1] == specs[name].key, f"{name}: key"
+        spec = specs[name]
+        assert row[1] == spec.key, f"{name}: key"
+        assert re.findall(r"\b[A-Z][A-Za-z]+\b", row[2])[: len(spec.value_names())] == (
+            spec.value_names()
+        ), f"{name}: values"
+        assert row[5].startswith(spec.retention), f"{name}: retention"
 
 
 def test_topology_agents_and_tables_match_the_app(runtime) -> None:

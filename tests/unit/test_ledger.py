@@ -17,18 +17,21 @@ from models.events import (
     COMPLETION_EVENT_CATEGORY,
     DeadlineExpired,
     GenerateText,
-    GenerationFailed,
-    GenerationSucceeded,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     LifecycleEvent,
-    PublicationFailed,
-    PublicationSucceeded,
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     PublishCompletion,
+    RedriveRequested,
     RequestReceived,
     RequestsValue,
 )
 from models.ledger import Outcome, PersonState, Policy, handle
 from models.lifecycle import TERMINAL, State, check_transition
 from models.usage import Window
+from streams.codecs import encode
+from streams.ops.replay import Record, Rederivation, VerifySummary
 from tests.unit.domain_builders import (
     EMAIL,
     PERSON,
@@ -569,6 +572,39 @@ def test_publication_retries_then_fails(max_attempts: int) -> None:
     assert types_of(final) == ["PublicationFailed"]
     assert final.events[0].state is State.PUBLISH_FAILED
     assert final.state.inflight == {}
+    # attempts ran out on retriable errors: parked and dead-lettered, so a redrive can land it
+    [letter] = final.dead_letters
+    assert isinstance(letter.command, PublishCompletion)
+    assert letter.command.attempt == max_attempts
+    assert letter.reason == "stand-in failure"
+    assert "req-1" in final.state.parked
+
+
+def _ends_publish_failed(how: str) -> Outcome:
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1")
+    ledger.send(generated("req-1"))
+    if how == "refused":
+        return ledger.send(publication_failed("req-1", 1, retriable=False))
+    if how == "retries ran out":
+        ledger.send(publication_failed("req-1", 1, retriable=True))
+        return ledger.send(publication_failed("req-1", 2, retriable=True))
+    ledger.send(expired("req-1", 1, "publishing"))
+    return ledger.send(expired("req-1", 2, "publishing"))
+
+
+@pytest.mark.parametrize("how", ["refused", "retries ran out", "deadlines ran out"])
+def test_every_publication_that_ends_publish_failed_is_dead_lettered(how: str) -> None:
+    final = _ends_publish_failed(how)
+    [event] = final.events
+    assert event.state is State.PUBLISH_FAILED
+    [letter] = final.dead_letters
+    assert isinstance(letter.command, PublishCompletion)
+    assert (letter.command.request_id, letter.command.attempt) == ("req-1", event.attempt)
+    assert letter.command.talkable_api_key == SEALED_TALKABLE
+    expected = "deadline expired after 2 attempts" if how == "deadlines ran out" else "stand-in"
+    assert expected in letter.reason
+    assert final.state.parked == {"req-1": event.at_ms}
 
 
 def test_a_duplicate_entity_answer_counts_as_published() -> None:
@@ -590,7 +626,7 @@ def test_overdue_publication_is_reissued_then_parked() -> None:
     final = ledger.send(expired("req-1", 2, "publishing"))
     assert types_of(final) == ["PublicationFailed"]
     assert final.events[0].error_class == "DeadlineExpired"
-    [parked] = final.parked
+    [parked] = final.dead_letters
     assert isinstance(parked.command, PublishCompletion)
     assert parked.command.request_id == "req-1"
     assert final.state.inflight == {}
@@ -683,7 +719,14 @@ def test_no_lifecycle_field_can_carry_a_secret() -> None:
 RIDS = ["r0", "r1", "r2", "r3"]
 DEDUPE_S = 30
 TRIGGERS = [None, None, None, "true", " TRUE\n", "false", "", "yes"]
-RESULT_KINDS = ["generated", "generation_failed", "published", "publication_failed", "expired"]
+RESULT_KINDS = [
+    "generated",
+    "generation_failed",
+    "published",
+    "publication_failed",
+    "expired",
+    "redrive",
+]
 
 
 @dataclass
@@ -699,6 +742,7 @@ class Model:
     inflight: dict[str, tuple[Stage, int]] = field(default_factory=dict)  # entity -> stage, try
     webhook: dict[str, str] = field(default_factory=dict)  # entity -> request_id
     slot: dict[str, int | None] = field(default_factory=dict)  # entity -> window start
+    parked: dict[str, int] = field(default_factory=dict)  # publish_failed entity -> last try
 
     def receive(self, r: RequestReceived) -> tuple[str | None, list[str]]:
         """The entity and the event types expected for ``r`` (None: nothing at all)."""
@@ -733,32 +777,53 @@ class Model:
         return entity, HAPPY
 
     def result(self, m: RequestsValue) -> list[str]:
+        if isinstance(m, RedriveRequested):
+            if m.request_id not in self.parked:
+                return []
+            self.inflight[m.request_id] = ("publishing", self.parked.pop(m.request_id) + 1)
+            return ["PublicationStarted"]
         flight = self.inflight.get(m.request_id)
         if flight is None:
             return []
         stage, attempt = flight
         retry = getattr(m, "retriable", False) and attempt < self.policy.max_attempts
-        if isinstance(m, GenerationSucceeded) and stage == "generating" and m.attempt <= attempt:
+        if (
+            isinstance(m, GenerationAttemptSucceeded)
+            and stage == "generating"
+            and m.attempt <= attempt
+        ):
             self.inflight[m.request_id] = ("publishing", 1)
             return ["TextGenerated", "PublicationStarted"]
-        if isinstance(m, GenerationFailed) and stage == "generating" and m.attempt == attempt:
+        if (
+            isinstance(m, GenerationAttemptFailed)
+            and stage == "generating"
+            and m.attempt == attempt
+        ):
             return self._retry(m.request_id) if retry else self._failed(m.request_id)
-        if isinstance(m, PublicationSucceeded) and stage == "publishing" and m.attempt <= attempt:
+        if (
+            isinstance(m, PublicationAttemptSucceeded)
+            and stage == "publishing"
+            and m.attempt <= attempt
+        ):
             del self.inflight[m.request_id]
             return ["CompletionPublished"]
-        if isinstance(m, PublicationFailed) and stage == "publishing" and m.attempt == attempt:
-            if retry:
-                return self._retry(m.request_id)
-            del self.inflight[m.request_id]
-            return ["PublicationFailed"]
+        if (
+            isinstance(m, PublicationAttemptFailed)
+            and stage == "publishing"
+            and m.attempt == attempt
+        ):
+            return self._retry(m.request_id) if retry else self._park(m.request_id)
         if isinstance(m, DeadlineExpired) and stage == m.stage and m.attempt == attempt:
             if attempt < self.policy.max_attempts:
                 return self._retry(m.request_id)
             if stage == "generating":
                 return self._failed(m.request_id)
-            del self.inflight[m.request_id]
-            return ["PublicationFailed"]
+            return self._park(m.request_id)
         return []
+
+    def _park(self, entity: str) -> list[str]:
+        self.parked[entity] = self.inflight.pop(entity)[1]
+        return ["PublicationFailed"]
 
     def _retry(self, entity: str) -> list[str]:
         stage, attempt = self.inflight[entity]
@@ -825,6 +890,10 @@ class Run:
             else:
                 assert flight.state is State.PUBLISHING
                 assert command.talkable_api_key == SEALED_TALKABLE
+        # every request that ends publish_failed is dead-lettered, and nothing else is
+        parked = [e.request_id for e in outcome.events if e.state is State.PUBLISH_FAILED]
+        assert [letter.command.request_id for letter in outcome.dead_letters] == parked
+        assert set(state.parked) == set(self.model.parked)
         self._check_windows()
 
     def _check_windows(self) -> None:
@@ -878,6 +947,8 @@ class Run:
             return published(entity, attempt, duplicate=retriable, at_ms=at_ms)
         if kind == "publication_failed":
             return publication_failed(entity, attempt, retriable=retriable, at_ms=at_ms)
+        if kind == "redrive":
+            return RedriveRequested(request_id=entity, person=PERSON, at_ms=at_ms)
         other: Stage = "publishing" if stage == "generating" else "generating"
         return expired(entity, attempt, data.draw(st.sampled_from([stage, other])), at_ms=at_ms)
 
@@ -955,32 +1026,72 @@ def test_any_interleaving_follows_the_rules(
     for entity, states in run.lifecycle.items():
         assert states[0] is State.RECEIVED
         assert states[-1] in TERMINAL, (entity, states)
-        assert sum(state in TERMINAL for state in states) == 1, (entity, states)
+        # one terminal state, but for a publish_failed that an operator redrove
+        ends = [i for i, state in enumerate(states) if state in TERMINAL]
+        assert all(
+            states[i] is State.PUBLISH_FAILED and states[i + 1] is State.PUBLISHING
+            for i in ends[:-1]
+        ), (entity, states)
 
 
 @FAST
 @given(data=st.data(), config=configs())
-def test_a_replay_rederives_every_decision(
+def test_a_state_restored_from_its_changelog_bytes_decides_the_same(
     data: st.DataObject, config: tuple[int, int, Policy]
+) -> None:
+    """What a new owner of the partition decides, from the state it recovered, is what the
+    old owner decided: the state survives its JSON round trip whole."""
+    run = _interleave(data, config)
+    outcomes = [outcome for _, outcome in run.ledger.history]
+    restored, stored = [], None
+    for message, now_ms in run.sent:
+        again = handle(stored, message, config[2], now_ms)
+        restored.append(again)
+        stored = PersonState.model_validate_json(again.state.model_dump_json())
+    assert restored == outcomes
+
+
+def _verify(run: Run, policy: Policy, recorded: list[LifecycleEvent]) -> VerifySummary:
+    """``talkstream replay --verify``'s comparison over what this run sent and recorded."""
+    check = Rederivation(policy, VerifySummary("requests", "lifecycle"))
+    for offset, (message, now_ms) in enumerate(run.sent):
+        check.request(Record("requests", 0, offset, now_ms, encode(message)))
+    for offset, event in enumerate(recorded):
+        check.recorded(Record("lifecycle", 0, offset, 0, encode(event)))
+    return check.compare()
+
+
+TAMPERINGS = {
+    "a window count": lambda e: e.model_copy(update={"window_count": (e.window_count or 0) + 1}),
+    "a cause": lambda e: e.model_copy(update={"cause": e.cause + " (edited)"}),
+    "an event time": lambda e: e.model_copy(update={"at_ms": e.at_ms + 1}),
+    "a state": lambda e: e.model_copy(
+        update={"state": State.LIMITED if e.state is not State.LIMITED else State.SKIPPED}
+    ),
+}
+
+
+@FAST
+@given(data=st.data(), config=configs(), how=st.sampled_from(sorted(TAMPERINGS)))
+def test_a_replay_finds_every_tampered_decision(
+    data: st.DataObject, config: tuple[int, int, Policy], how: str
 ) -> None:
     run = _interleave(data, config)
     policy = config[2]
-    outcomes = [outcome for _, outcome in run.ledger.history]
+    recorded = run.ledger.events
+    clean = _verify(run, policy, recorded)
+    assert clean.differences == [] and clean.skipped == []
+    assert clean.matched == len(recorded) > 0
 
-    replayed, restored = [], []
-    state: PersonState | None = None
-    stored: PersonState | None = None
-    for message, now_ms in run.sent:
-        outcome = handle(state, message, policy, now_ms)
-        replayed.append(outcome)
-        state = outcome.state
-        # the same, with the state restored from its changelog bytes before every message
-        again = handle(stored, message, policy, now_ms)
-        restored.append(again)
-        stored = PersonState.model_validate_json(again.state.model_dump_json())
+    victim = data.draw(st.integers(0, len(recorded) - 1), label="tampered event")
+    forged = [*recorded]
+    forged[victim] = TAMPERINGS[how](recorded[victim])
+    found = _verify(run, policy, forged).differences
+    assert found, f"tampering with {how} of {recorded[victim]} went unnoticed"
+    assert {d.request_id for d in found} == {recorded[victim].request_id}
 
-    assert replayed == outcomes
-    assert restored == outcomes
+    dropped = _verify(run, policy, recorded[:victim] + recorded[victim + 1 :]).differences
+    assert [(d.kind, d.type) for d in dropped] == [("missing", recorded[victim].type)]
 
 
 @FAST

@@ -1,8 +1,10 @@
-"""A parked publication (publish_failed) can be redriven by an operator, once."""
+"""A parked publication (publish_failed) can be redriven by an operator: the redrive goes
+through the ledger, which re-issues it as one more attempt, routed like any other. Results of
+redrives run by earlier versions (straight to the publisher) still land."""
 
 from __future__ import annotations
 
-from models.events import PublicationSucceeded
+from models.events import PublicationAttemptSucceeded, PublishCompletion, RedriveRequested
 from models.lifecycle import State
 from tests.unit.domain_builders import (
     PERSON,
@@ -10,13 +12,22 @@ from tests.unit.domain_builders import (
     T0,
     Ledger,
     generated,
+    limit,
     publication_failed,
+    published,
     received,
+    types_of,
 )
 
 
-def redriven(request_id: str) -> PublicationSucceeded:
-    return PublicationSucceeded(
+def redrive(request_id: str, at_ms: int = T0 * 1000 + 60_000) -> RedriveRequested:
+    return RedriveRequested(
+        request_id=request_id, person=PERSON, at_ms=at_ms, reason="Talkable answered 401"
+    )
+
+
+def redriven(request_id: str) -> PublicationAttemptSucceeded:
+    return PublicationAttemptSucceeded(
         request_id=request_id,
         person=PERSON,
         site=SITE,
@@ -36,6 +47,70 @@ def parked_ledger() -> Ledger:
     return ledger
 
 
+def test_a_redrive_reissues_the_parked_publication_as_its_next_attempt() -> None:
+    ledger = parked_ledger()
+    [letter] = ledger.history[-1][1].dead_letters
+    outcome = ledger.send(redrive("req-1"))
+    [event] = outcome.events
+    assert (event.type, event.previous_state, event.state) == (
+        "PublicationStarted",
+        State.PUBLISH_FAILED,
+        State.PUBLISHING,
+    )
+    assert event.attempt == 2 and "redriven by an operator" in event.cause
+    assert "Talkable answered 401" in event.cause
+    assert event.at_ms == T0 * 1000 + 60_000
+    [command] = outcome.commands
+    assert isinstance(command, PublishCompletion)
+    assert (command.attempt, command.redrive) == (2, True)
+    # the same event as the one given up on: same number, same text and key
+    assert command.event_number == letter.command.event_number
+    assert command.custom_properties == letter.command.custom_properties
+    assert command.talkable_api_key == letter.command.talkable_api_key
+    assert outcome.state.parked == {} and outcome.state.parked_flights == {}
+    assert outcome.state.inflight["req-1"].attempt == 2
+
+    landed = ledger.send(published("req-1", 2))
+    assert [(e.type, e.previous_state, e.state) for e in landed.events] == [
+        ("CompletionPublished", State.PUBLISHING, State.PUBLISHED)
+    ]
+    assert landed.state.inflight == {}
+
+
+def test_a_redrive_that_fails_again_is_parked_and_dead_lettered_again() -> None:
+    ledger = parked_ledger()
+    ledger.send(redrive("req-1"))
+    again = ledger.send(publication_failed("req-1", 2))
+    assert types_of(again) == ["PublicationFailed"]
+    [letter] = again.dead_letters
+    assert letter.command.attempt == 2 and letter.reason
+    assert "req-1" in again.state.parked
+    # and can be redriven once more
+    assert types_of(ledger.send(redrive("req-1", at_ms=T0 * 1000 + 120_000))) == [
+        "PublicationStarted"
+    ]
+
+
+def test_a_redrive_writes_back_the_window_as_it_is_now() -> None:
+    ledger = Ledger()
+    ledger.send(received("req-1", usage_limit=limit(amount=3)))
+    ledger.send(generated("req-1"))
+    ledger.send(publication_failed("req-1"))
+    ledger.send(received("req-2", usage_limit=limit(amount=3, now=T0 + 1)))
+    [command] = ledger.send(redrive("req-1")).commands
+    assert command.custom_properties["__current_usage_amount"] == "2"
+
+
+def test_a_redrive_of_a_request_not_parked_changes_nothing() -> None:
+    ledger = parked_ledger()
+    ledger.send(redrive("req-1"))
+    assert ledger.send(redrive("req-1")).events == []  # already running again
+    fresh = Ledger()
+    fresh.send(received("req-1"))
+    assert fresh.send(redrive("req-1")).events == []  # in flight, never parked
+    assert fresh.send(redrive("unknown")).events == []
+
+
 def test_a_redriven_publication_that_lands_ends_published() -> None:
     ledger = parked_ledger()
     outcome = ledger.send(redriven("req-1"))
@@ -53,7 +128,9 @@ def test_a_second_redrive_result_changes_nothing() -> None:
 
 def test_a_plain_late_success_does_not_reopen_a_failed_publication() -> None:
     ledger = parked_ledger()
-    late = PublicationSucceeded(request_id="req-1", person=PERSON, attempt=1, at_ms=T0 * 1000)
+    late = PublicationAttemptSucceeded(
+        request_id="req-1", person=PERSON, attempt=1, at_ms=T0 * 1000
+    )
     outcome = ledger.send(late)
     assert outcome.events == []
     assert "req-1" in outcome.state.parked

@@ -16,10 +16,10 @@ from pydantic import BaseModel
 
 from models.events import DeadLetter, GenerateText, LifecycleEvent, PublishCompletion
 from models.ledger import PersonState
-from streams.ops import schemas
 from streams.codecs import decode, decode_requests, encode
+from streams.ops import schemas
 from streams.settings import Settings
-from streams.topics import topic_specs
+from streams.topics import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[2]
 V1 = ROOT / "tests" / "fixtures" / "v1"
@@ -44,7 +44,7 @@ def test_committed_schemas_are_what_the_models_generate():
 
 def test_every_topic_has_a_schema_and_a_decoder():
     settings = Settings(app_id="talkstream")
-    topics = {spec.name.removeprefix("talkstream-") for spec in topic_specs(settings)}
+    topics = {spec.full_name(settings).removeprefix("talkstream-") for spec in CATALOGUE}
     assert topics == set(schemas.TOPIC_VALUES) == set(DECODERS)
     for topic in topics:
         assert schemas.path_for(topic).exists(), topic

@@ -1,0 +1,88 @@
+"""Gap repair: faust can commit past messages it never delivered; read them back.
+
+Seen here on every rebalance under load: a worker joining or leaving drops the agents' buffers,
+and faust's commit logic then jumps the gap (100+ messages). An agent that must see every
+message (the ledger, the projector) keeps, per partition, the next offset it expects; a message
+beyond it means the range in between was skipped, and :meth:`GapRepair.skipped` reads that
+range back from Kafka so the agent processes it first.
+
+Where the expectation comes from on first sight of a partition (after a start or a rebalance)
+is the agent's own *offset mark*: the ledger keeps one in its table (it moves with the
+partition), the projector reads the highest offset it applied from SQL. The ledger writes its
+mark only every ``mark_every`` offsets (:meth:`GapRepair.processed` says when): a new owner
+that starts up to that many behind only re-reads messages whose effects are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+LoadMark = Callable[[str, int], Awaitable[int | None]]  # (topic, partition) -> next offset
+ReadRange = Callable[[str, int, int, int], Awaitable[Sequence[Any]]]  # topic, part, [start, end)
+
+
+class GapRepair:
+    def __init__(
+        self,
+        agent: str,
+        load_mark: LoadMark,
+        read_range: ReadRange,
+        on_repaired: Callable[[int], None],
+        mark_every: int | None = None,
+    ) -> None:
+        self._agent = agent
+        self._load_mark = load_mark
+        self._read_range = read_range
+        self._on_repaired = on_repaired
+        self._mark_every = mark_every
+        self._expected: dict[tuple[str, int], int] = {}
+
+    async def skipped(self, topic: str, partition: int, offset: int) -> Sequence[Record]:
+        """The records of ``partition`` between the offset expected and ``offset`` (excluded),
+        read back from Kafka; none when ``offset`` is the one expected (or nothing is known)."""
+        expected = self._expected.get((topic, partition))
+        if expected is None:
+            expected = await self._load_mark(topic, partition)
+        if expected is None or expected >= offset:
+            return []
+        log.warning(
+            "%s gap topic=%s partition=%s offsets=%s..%s: repairing",
+            self._agent,
+            topic,
+            partition,
+            expected,
+            offset - 1,
+        )
+        self._on_repaired(offset - expected)
+        return await self._read_range(topic, partition, expected, offset)
+
+    def processed(self, topic: str, partition: int, offset: int) -> bool:
+        """Record that ``offset`` was processed; True when the durable mark is due: the first
+        message since the expectation was (re)loaded, one after a gap, or every ``mark_every``."""
+        previous = self._expected.get((topic, partition))
+        self._expected[(topic, partition)] = offset + 1
+        if self._mark_every is None:
+            return False
+        return previous != offset or offset % self._mark_every == 0
+
+    def forget(self) -> None:
+        """After a rebalance: partitions may have moved, so expectations come from marks again."""
+        self._expected.clear()
