@@ -26,6 +26,14 @@ class BenchConfig:
     # capacity: many people, a slow LLM; how many generations run at once, how long it takes
     capacity_requests: int = 10_000
     capacity_latency: float = 1.0
+    # noisy neighbours: a site blasts webhooks on an OpenAI key limited to `neighbour_rps`
+    # (OpenAI-style 429s, no retry-after); another site on its own key sends `neighbour_quiet`
+    # webhooks `neighbour_delay` seconds into the blast
+    neighbour_requests: int = 400
+    neighbour_rps: float = 5.0
+    neighbour_latency: float = 0.5
+    neighbour_quiet: int = 20
+    neighbour_delay: float = 3.0
     # baselines
     relay_messages: int = 20_000
     relay_hops: int = 5
@@ -46,6 +54,7 @@ class BenchConfig:
                 paced_requests=100,
                 burst_people=6,
                 capacity_requests=1_000,
+                neighbour_requests=100,
                 relay_messages=2_000,
                 drain_timeout=120.0,
             )
@@ -57,6 +66,11 @@ class BenchConfig:
                 burst_people=2,
                 capacity_requests=50,
                 capacity_latency=0.2,
+                neighbour_requests=20,
+                neighbour_rps=10.0,
+                neighbour_latency=0.1,
+                neighbour_quiet=4,
+                neighbour_delay=0.5,
                 relay_messages=100,
                 inline_clients=16,
                 partitions=4,

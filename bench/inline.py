@@ -25,7 +25,6 @@ from models.params import (
     trigger_met,
 )
 from streams.clients.openai_chat import ChatClient
-from streams.clients.retry import RetryPolicy
 from streams.clients.talkable import TalkableClient
 from streams.errors import UpstreamError
 from streams.ingress import HTTP_STATUS
@@ -63,7 +62,7 @@ async def generate(request: web.Request) -> web.Response:
         extra=openai.passthrough(),
     )
     try:
-        completion = await request.app[CHAT].complete(chat, openai.api_key.get_secret_value())
+        completion, _ = await request.app[CHAT].complete(chat, openai.api_key.get_secret_value())
         command = PublishCompletion(
             request_id=request_id,
             person=params.person,
@@ -83,8 +82,8 @@ async def generate(request: web.Request) -> web.Response:
 
 def build_app(openai_url: str, talkable_url: str) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
-    app[CHAT] = ChatClient(openai_url, 60.0, RetryPolicy())
-    app[TALKABLE] = TalkableClient(talkable_url, 15.0, RetryPolicy())
+    app[CHAT] = ChatClient(openai_url, 60.0)  # one call each, as the hosted integration does
+    app[TALKABLE] = TalkableClient(talkable_url, 15.0)
     app.router.add_post("/chat-gpt/generate", generate)
 
     async def healthz(_: web.Request) -> web.Response:

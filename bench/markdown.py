@@ -166,8 +166,38 @@ def table(result: Mapping[str, Any]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def neighbours_table(result: Mapping[str, Any]) -> str:
+    nb = result["summary"].get("neighbours")
+    if not nb:
+        return "(this run predates the noisy-neighbour phase)"
+    rows = [
+        ("measure", "value", "goal"),
+        ("---", "---", "---"),
+        (
+            f"blast: {nb['requests']:,} webhooks (as many people) on one OpenAI key limited to "
+            f"{nb['key_rps']:g}/s, LLM {nb['llm_latency_s']} s: all published, in",
+            f"{nb['blast_published']:,} in {nb['blast_seconds']} s = "
+            f"{_n(nb['blast_of_the_limit'], 'x')} the {nb['seconds_the_limit_allows']} s "
+            "the key's limit allows",
+            "all, within 1.25x",
+        ),
+        (
+            "share of that key's calls answered 429",
+            _n(None if nb["throttled_share"] is None else 100 * nb["throttled_share"], "%"),
+            "at most 20%",
+        ),
+        (
+            f"a quiet site's {nb['quiet_requests']} webhooks on its own key, sent during the "
+            "blast: worst end to end beyond the LLM's latency (p50 end to end)",
+            f"{_n(nb['quiet_worst_over_llm_s'], ' s')} ({_n(nb['quiet_e2e_p50_ms'], ' ms')})",
+            "at most 2.5 s",
+        ),
+    ]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
 PHASES = (
-    "idle", "throughput", "latency", "burst", "capacity",
+    "idle", "throughput", "latency", "burst", "capacity", "neighbours",
     "raw_relay", "inline_throughput", "inline_latency", "inline_burst",
 )  # fmt: skip
 
@@ -223,6 +253,10 @@ def section(result: Mapping[str, Any]) -> str:
             f"(Kafka create times; LLM latency {latency['llm_latency_s']} s):",
             "",
             hops_table(result),
+            "",
+            "Noisy neighbours (per-target pacing and fair shares, `streams/upstream/`):",
+            "",
+            neighbours_table(result),
             "",
             "CPU, share of one core per process (`bench` is the load generator and observers):",
             "",

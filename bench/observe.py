@@ -102,24 +102,27 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
 
 
 async def wait_caught_up(
-    bootstrap: str, group: str, topics: list[str], partitions: int, timeout: float
+    bootstrap: str, groups: dict[str, list[str]], partitions: int, timeout: float
 ) -> float | None:
-    """Wait until ``group`` has committed every record of ``topics`` (the worker is idle: its
-    projector has written everything too); the seconds it took, or None at the timeout."""
-    parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    """Wait until each consumer group has committed every record of its topics (the worker is
+    idle: its projector has written everything too); the seconds it took, or None at the
+    timeout. ``groups``: group → the topics it reads."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await asyncio.gather(admin.start(), ends.start())
     started = time.monotonic()
     try:
         while time.monotonic() - started < timeout:
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            end = await ends.end_offsets(parts)
-            lag = sum(
-                end[tp] - (committed[tp].offset if tp in committed else 0)
-                for tp in parts
-                if end[tp] > 0
-            )
+            lag = 0
+            for group, topics in groups.items():
+                parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+                committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+                end = await ends.end_offsets(parts)
+                lag += sum(
+                    end[tp] - (committed[tp].offset if tp in committed else 0)
+                    for tp in parts
+                    if end[tp] > 0
+                )
             if lag <= 0:
                 return round(time.monotonic() - started, 1)
             await asyncio.sleep(0.5)

@@ -8,6 +8,7 @@ end minus the OpenAI stand-in's configured latency.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import time
@@ -62,22 +63,29 @@ class Pipeline:
         self.talkable = Talkable(system.talkable_root)
 
     def bodies(
-        self, phase: str, count: int, *, people: int | None = None, limit: int = 100
+        self,
+        phase: str,
+        count: int,
+        *,
+        people: int | None = None,
+        limit: int = 100,
+        openai_key: str | None = None,
     ) -> list[bytes]:
         people = people or count
-        return load.encode_all(
-            [
-                load.webhook(
-                    f"{self.ctx.run}-{phase}",
-                    i,
-                    site=self.site(phase),
-                    email=f"p{i % people}@{phase}.example.com",
-                    now=self.ctx.now,
-                    limit=limit,
-                )
-                for i in range(count)
-            ]
-        )
+        webhooks = [
+            load.webhook(
+                f"{self.ctx.run}-{phase}",
+                i,
+                site=self.site(phase),
+                email=f"p{i % people}@{phase}.example.com",
+                now=self.ctx.now,
+                limit=limit,
+            )
+            for i in range(count)
+        ]
+        for webhook in webhooks if openai_key else ():
+            webhook["openai"]["api_key"] = openai_key
+        return load.encode_all(webhooks)
 
     def site(self, phase: str) -> str:
         return f"bench-{phase}"
@@ -86,10 +94,14 @@ class Pipeline:
         accepted = {s.request_id: s.index for s in shots if s.status == 202 and s.request_id}
         with self.ctx.progress(f"{phase}: waiting for terminal states", len(accepted)) as tick:
             missing = await self.watch.wait_terminal(accepted, self.ctx.config.drain_timeout, tick)
+        app_id, topic = self.system.app_id, self.system.topic
         caught_up_s = await wait_caught_up(
             self.system.bootstrap,
-            self.system.app_id,  # faust's consumer group is the app id
-            [self.system.topic(t) for t in ("requests", "generate", "completions", "lifecycle")],
+            {  # faust's group is the app id; each executor reads in a group of its own
+                app_id: [topic("requests"), topic("lifecycle")],
+                f"{app_id}-generator": [topic("generate")],
+                f"{app_id}-publisher": [topic("completions")],
+            },
             self.ctx.config.partitions,
             CATCH_UP_TIMEOUT,
         )
@@ -227,6 +239,69 @@ class Pipeline:
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,
+        }
+
+    async def neighbours(self) -> dict[str, Any]:
+        """A campaign blast on a rate-limited OpenAI key, and a quiet site on a key of its own
+        that starts a few seconds into it: the blast paced to its key's limit, few 429s, and
+        the quiet site served at its own upstream's latency meanwhile."""
+        cfg = self.ctx.config
+        blast_key, quiet_key = f"sk-bench-blast-{self.ctx.run}", f"sk-bench-quiet-{self.ctx.run}"
+        self.system.configure_openai(
+            {
+                "latency_seconds": cfg.neighbour_latency,
+                "key_limits": {blast_key: {"rpm": cfg.neighbour_rps * 60}},
+            }
+        )
+        blast = self.bodies("blast", cfg.neighbour_requests, openai_key=blast_key)
+        quiet = self.bodies("quiet", cfg.neighbour_quiet, openai_key=quiet_key)
+
+        async def later() -> list[Shot]:
+            await asyncio.sleep(cfg.neighbour_delay)  # the scenario: the quiet site comes later
+            return await load.blast(self.system.ingress_url, quiet, 4, _no)
+
+        try:
+            with self.ctx.progress("neighbours: sending", len(blast)) as tick:
+                blast_shots, quiet_shots = await asyncio.gather(
+                    load.blast(self.system.ingress_url, blast, cfg.clients, tick), later()
+                )
+            blasted = await self.settle("blast", blast_shots)
+            calm = await self.settle("quiet", quiet_shots)
+            calls = [c for c in self.system.openai_calls() if c.get("key_tail") == blast_key[-4:]]
+        finally:
+            self.system.configure_openai({"latency_seconds": cfg.llm_latency, "key_limits": {}})
+        first_sent = min(s.sent_at for s in blast_shots)
+        span = max(blasted.published_at.values(), default=first_sent) - first_sent
+        allowed = cfg.neighbour_requests / cfg.neighbour_rps
+        throttled = sum(1 for c in calls if c.get("status") == 429)
+        quiet_e2e = end_to_end(calm, quiet_shots)
+        return {
+            "requests": cfg.neighbour_requests,
+            "key_rps": cfg.neighbour_rps,
+            "llm_latency_s": cfg.neighbour_latency,
+            "blast": {
+                "published": len(blasted.published_at),
+                "seconds": round(span, 2),
+                "seconds_the_limit_allows": round(allowed, 2),
+                "of_the_limit": round(span / allowed, 3) if allowed else None,
+                "calls": len(calls),
+                "throttled_429": throttled,
+                "throttled_share": round(throttled / len(calls), 3) if calls else None,
+                "states": dict(blasted.states),
+            },
+            "quiet": {
+                "requests": cfg.neighbour_quiet,
+                "published": len(calm.published_at),
+                "end_to_end": load.ms_summary(quiet_e2e),
+                "worst_over_llm_s": round(max(quiet_e2e) - cfg.neighbour_latency, 3)
+                if quiet_e2e
+                else None,
+                "states": dict(calm.states),
+            },
+            "correctness": {
+                name: blasted.correctness[name] + calm.correctness[name]
+                for name in blasted.correctness
+            },
         }
 
 

@@ -12,6 +12,7 @@ from bench.system import PROJECT_ROOT
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DOC = PROJECT_ROOT / "BENCHMARKS.md"
 SECTIONS = ("ingress", "end_to_end", "capacity", "correctness", "baselines", "ratios")
+# and "neighbours" (the noisy-neighbour phase) in runs that have it
 COUNTERS = ("lost", "duplicate_events", "limit_violations")  # must all be 0
 
 
@@ -48,7 +49,8 @@ def _cpu_ms(result: Mapping[str, Any], phase: str, names: tuple[str, ...], count
 def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     p, b = result["pipeline"], result.get("baselines", {})
     thr, lat, burst, cap = p["throughput"], p["latency"], p["burst"], p["capacity"]
-    phases = [thr, lat, burst, cap]
+    nb = p.get("neighbours")  # runs recorded before this phase existed have none
+    phases = [thr, lat, burst, cap] + ([nb] if nb else [])
     relay, inline = b.get("raw_relay"), b.get("inline")
     ours_tput = thr["end_to_end"]["published_per_second"]
     summary: dict[str, Any] = {
@@ -100,6 +102,20 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         "baselines": {},
         "ratios": {},
     }
+    if nb:
+        summary["neighbours"] = {
+            "requests": nb["requests"],
+            "key_rps": nb["key_rps"],
+            "llm_latency_s": nb["llm_latency_s"],
+            "blast_seconds": nb["blast"]["seconds"],
+            "seconds_the_limit_allows": nb["blast"]["seconds_the_limit_allows"],
+            "blast_of_the_limit": nb["blast"]["of_the_limit"],
+            "blast_published": nb["blast"]["published"],
+            "throttled_share": nb["blast"]["throttled_share"],
+            "quiet_requests": nb["quiet"]["requests"],
+            "quiet_worst_over_llm_s": nb["quiet"]["worst_over_llm_s"],
+            "quiet_e2e_p50_ms": nb["quiet"]["end_to_end"]["p50_ms"],
+        }
     ours_cpu = summary["cpu_ms_per_request"]["talkstream"]
     if relay:
         summary["baselines"]["raw_relay"] = {

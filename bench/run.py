@@ -2,7 +2,8 @@
 
 Order: warm-up → throughput (webhooks as fast as ``clients`` clients get answers) → latency
 (an open-loop rate, a fraction of the measured throughput) → burst (usage limits) → capacity
-(slow LLM) → raw relay → inline handler (throughput, latency at the same rate, burst). The
+(slow LLM) → noisy neighbours (a blast on a rate-limited key beside a quiet site) → raw relay
+→ inline handler (throughput, latency at the same rate, burst). The
 result is one JSON document (:mod:`bench.report` renders it).
 """
 
@@ -121,6 +122,7 @@ async def _measure(
         pipeline["latency"] = await phase("latency", lambda: pipe.latency(rate))
         pipeline["burst"] = await phase("burst", pipe.burst)
         pipeline["capacity"] = await phase("capacity", pipe.capacity)
+        pipeline["neighbours"] = await phase("neighbours", pipe.neighbours)
     finally:
         await watch.stop()
     if not cfg.baselines:

@@ -199,7 +199,14 @@ class Deployment:
         self.processes.wait_http(healthz, 60, "the ingress")
 
     def set_llm_latency(self, seconds: float) -> None:
-        http_json("POST", f"{self.openai_root}/_control", {"latency_seconds": seconds})
+        self.configure_openai({"latency_seconds": seconds})
+
+    def configure_openai(self, changes: dict[str, Any]) -> None:
+        http_json("POST", f"{self.openai_root}/_control", changes)
+
+    def openai_calls(self) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = http_json("GET", f"{self.openai_root}/_calls")
+        return calls
 
     def openai_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = http_json("GET", f"{self.openai_root}/_stats")

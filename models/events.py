@@ -21,7 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.lifecycle import EventType, State
 from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 
-SCHEMA_VERSION = 1
+# 1: the first contract. 2: RedriveRequested on [requests]; the OpenAI key's fingerprint on
+# RequestReceived and GenerateText (its target); waited_ms on attempt results and lifecycle
+# events (time in the target's queue); arrived_at_ms on RequestReceived events (the wall clock
+# of the ingress, beside the event time). Fields are only ever added, optional.
+SCHEMA_VERSION = 2
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -74,6 +78,9 @@ class RequestReceived(_Wire):
     at_ms: int = Field(ge=0, description="ingress receive time")
     spec: RequestSpec
     secrets: SealedSecrets
+    openai_key_id: str = Field(
+        "", description="a fingerprint of the OpenAI key (never the key): the target it paces"
+    )
 
 
 class GenerationAttemptSucceeded(_Wire):
@@ -88,6 +95,7 @@ class GenerationAttemptSucceeded(_Wire):
     completion_tokens: int = 0
     latency_ms: int = 0
     tries: int = 1
+    waited_ms: int = Field(0, ge=0, description="time in its target's queue")
 
 
 class GenerationAttemptFailed(_Wire):
@@ -101,6 +109,7 @@ class GenerationAttemptFailed(_Wire):
     retriable: bool = False
     latency_ms: int = 0
     tries: int = 1
+    waited_ms: int = Field(0, ge=0, description="time in its target's queue")
 
 
 class PublicationAttemptSucceeded(_Wire):
@@ -113,6 +122,7 @@ class PublicationAttemptSucceeded(_Wire):
     at_ms: int = Field(ge=0)
     duplicate: bool = False
     tries: int = 1
+    waited_ms: int = Field(0, ge=0, description="time in its target's queue")
 
 
 class PublicationAttemptFailed(_Wire):
@@ -126,6 +136,7 @@ class PublicationAttemptFailed(_Wire):
     retriable: bool = False
     status: int | None = None
     tries: int = 1
+    waited_ms: int = Field(0, ge=0, description="time in its target's queue")
 
 
 class DeadlineExpired(_Wire):
@@ -175,6 +186,8 @@ class GenerateText(_Wire):
     issued_at_ms: int = Field(ge=0)
     chat: ChatRequest
     openai_api_key: Sealed
+    openai_key_id: str = Field("", description="the key's fingerprint: its target")
+    redrive: bool = Field(False, description="re-issued by `talkstream redrive`")
 
 
 class PublishCompletion(_Wire):
@@ -216,6 +229,14 @@ class LifecycleEvent(_Wire):
     error_message: str | None = None
     window_start: int | None = None
     window_count: int | None = None
+    waited_ms: int | None = Field(
+        None, description="how long the attempt waited in its upstream target's queue"
+    )
+    arrived_at_ms: int | None = Field(
+        None,
+        description="on RequestReceived: when the webhook reached the ingress (wall clock); "
+        "at_ms is the event time it was judged at",
+    )
 
     def identity(self) -> tuple[str, str, str, int]:
         """What makes two records the same transition: the ledger may emit one twice (it

@@ -16,7 +16,9 @@ that request is in (:data:`RULES`, the whole table)::
     publishing   publication attempt succeeded published            this or an earlier attempt
     publishing   publication attempt failed   retry or park         the current attempt
     publishing   deadline expired             retry or park         the current attempt
-    parked       redrive requested            publish again         always
+    parked       redrive requested            run it again          always (a failed
+                                                                        generation takes a
+                                                                        slot again first)
     parked       publication attempt succeeded published (legacy)   a redrive's own result
 
 Anything else (a late, duplicate or stale result; a request that ended) changes nothing.
@@ -202,6 +204,7 @@ def _receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int
         at_ms=at_ms,
         cause="webhook accepted",
         duplicate_of=r.request_id if duplicate else None,
+        arrived_at_ms=r.at_ms,
     )
     if duplicate:
         rejected = _event(
@@ -256,7 +259,7 @@ def _admit(
         state=State.GENERATING,
         attempt=1,
         window_start=taken.start if taken else None,
-        deadline_ms=now_ms + policy.generation_deadline_ms,
+        deadline_ms=now_ms + policy.deadline_span_ms("generating"),
     )
     admitted = _event(
         entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
@@ -337,7 +340,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
             "state": State.PUBLISHING,
             "attempt": 1,
             "text": g.text,
-            "deadline_ms": ctx.now_ms + ctx.policy.publish_deadline_ms,
+            "deadline_ms": ctx.now_ms + ctx.policy.deadline_span_ms("publishing"),
         }
     )
     done = _event(
@@ -352,6 +355,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         prompt_tokens=g.prompt_tokens,
         completion_tokens=g.completion_tokens,
         latency_ms=g.latency_ms,
+        waited_ms=g.waited_ms,
     )
     started = _event(
         flight.request_id,
@@ -381,6 +385,7 @@ def _generation_failure(ctx: Context, flight: InFlight, f: GenerationAttemptFail
         error_class=f.error_class,
         error_message=f.error_message,
         latency_ms=f.latency_ms,
+        waited_ms=f.waited_ms,
     )
 
 
@@ -393,6 +398,7 @@ def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -
         at_ms=p.at_ms,
         cause="duplicate entity: already published" if p.duplicate else "published to Talkable",
         attempt=flight.attempt,
+        waited_ms=p.waited_ms,
     )
     return Decision(facts=[FlightEnded(flight.request_id)], events=[event])
 
@@ -408,6 +414,7 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
         cause="Talkable did not accept the event",
         error_class=f.error_class,
         error_message=f.error_message,
+        waited_ms=f.waited_ms,
     )
 
 
@@ -427,14 +434,17 @@ def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:
 
 
 def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decision:
-    """Publish a parked request again, its cause fixed: a new attempt like any other."""
+    """Run a parked request again, its cause fixed: as its next attempt, like any other."""
     if ended is None:
         return Decision()  # parked by an earlier version, which kept nothing to re-issue
+    cause = "redriven by an operator" + (f" (given up on: {m.reason})" if m.reason else "")
+    if ended.state is State.GENERATING:
+        return _readmit(ctx, ended, m, cause)
     flight = ended.model_copy(
         update={
             "state": State.PUBLISHING,
             "attempt": ended.attempt + 1,
-            "deadline_ms": ctx.now_ms + ctx.policy.publish_deadline_ms,
+            "deadline_ms": ctx.now_ms + ctx.policy.deadline_span_ms("publishing"),
             "redriven": True,
         }
     )
@@ -444,13 +454,54 @@ def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decis
         "PublicationStarted",
         after=State.PUBLISH_FAILED,
         at_ms=m.at_ms,
-        cause="redriven by an operator" + (f" (given up on: {m.reason})" if m.reason else ""),
+        cause=cause,
         attempt=flight.attempt,
     )
     return Decision(
         facts=[RequestUnparked(flight.request_id), FlightTracked(flight)],
         events=[event],
         commands=[publish_command(flight, ctx.state.window, ctx.now_ms)],
+    )
+
+
+def _readmit(ctx: Context, ended: InFlight, m: RedriveRequested, cause: str) -> Decision:
+    """A failed generation redriven: it takes a slot in the person's window again, judged at
+    the time of the redrive (its slot went back when it failed), or is limited now."""
+    r, attempt, entity = ended.request, ended.attempt + 1, ended.request_id
+    facts: list[Fact] = [RequestUnparked(entity)]
+    taken: Window | None = None
+    limit = r.spec.usage_limit
+    if limit is not None:
+        verdict, taken = reserve(ctx.state.window, limit, m.at_ms // 1000)
+        facts.append(WindowMoved(taken))
+        if verdict is Verdict.LIMITED:
+            limited = _event(
+                entity, r, "UsageLimited", after=State.GENERATION_FAILED, at_ms=m.at_ms,
+                cause=f"{cause}; usage window full: {taken.count} of {limit.amount} used",
+                attempt=attempt, window_start=taken.start, window_count=taken.count,
+            )  # fmt: skip
+            return Decision(facts=facts, events=[limited])
+    flight = ended.model_copy(
+        update={
+            "attempt": attempt,
+            "window_start": taken.start if taken else None,
+            "deadline_ms": ctx.now_ms + ctx.policy.deadline_span_ms("generating"),
+            "redriven": True,
+        }
+    )
+    admitted = _event(
+        entity, r, "RequestAdmitted", after=State.GENERATION_FAILED, at_ms=m.at_ms, cause=cause,
+        attempt=attempt, window_start=taken.start if taken else None,
+        window_count=taken.count if taken else None,
+    )  # fmt: skip
+    started = _event(
+        entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=m.at_ms,
+        cause="generation requested", attempt=attempt, model=r.spec.chat.model,
+    )  # fmt: skip
+    return Decision(
+        facts=[*facts, FlightTracked(flight)],
+        events=[admitted, started],
+        commands=[generate_command(flight, ctx.now_ms)],
     )
 
 
@@ -488,7 +539,7 @@ RULES: dict[tuple[Stage, str], tuple[Guard, Rule]] = {
 
 def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision:
     generating = flight.state is State.GENERATING
-    span = ctx.policy.generation_deadline_ms if generating else ctx.policy.publish_deadline_ms
+    span = ctx.policy.deadline_span_ms(flight.state.value)
     retried = flight.model_copy(
         update={"attempt": flight.attempt + 1, "deadline_ms": ctx.now_ms + span}
     )
@@ -512,8 +563,9 @@ def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision
 def _give_up_generation(
     ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any
 ) -> Decision:
-    """generation_failed: the person got no text, so the slot goes back to its window."""
-    facts: list[Fact] = [FlightEnded(flight.request_id)]
+    """generation_failed: the person got no text, so the slot goes back to its window; kept
+    for a redrive (which takes a slot again), and dead-lettered with its reason."""
+    facts: list[Fact] = [FlightEnded(flight.request_id), RequestParked(at_ms, flight)]
     shown: Window | None = None  # the window after the release; None for a request without one
     if flight.window_start is not None:
         shown = release(ctx.state.window, flight.window_start)
@@ -530,7 +582,10 @@ def _give_up_generation(
         window_count=shown.count if shown else None,
         **error,
     )
-    return Decision(facts=facts, events=[event])
+    letter = GivenUp(
+        command=generate_command(flight, ctx.now_ms), reason=error.get("error_message") or cause
+    )
+    return Decision(facts=facts, events=[event], dead_letters=[letter])
 
 
 def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any) -> Decision:
@@ -572,6 +627,8 @@ def generate_command(flight: InFlight, now_ms: int) -> GenerateText:
         issued_at_ms=now_ms,
         chat=r.spec.chat,
         openai_api_key=r.secrets.openai_api_key,
+        openai_key_id=r.openai_key_id,
+        redrive=flight.redriven,
     )
 
 

@@ -8,11 +8,13 @@
                                           └─> generation_failed (slot released)
 
 ``generating -> generating`` and ``publishing -> publishing`` are re-issues of overdue work
-with the next attempt number. ``publish_failed -> publishing`` is the one way out of a terminal
-state: an operator redrove the parked publication (``talkstream redrive``), and it runs again
-through the ledger like any attempt. (``publish_failed -> published`` is the same redrive as
-recorded by versions before the ledger re-issued redrives itself.) Anything else is a bug and
-raises :class:`IllegalTransition`.
+with the next attempt number. An operator's redrive (``talkstream redrive``) is the one way out
+of a terminal state, and it runs through the ledger like any attempt: ``publish_failed ->
+publishing`` publishes the parked text again; ``generation_failed -> admitted`` generates again
+once a slot is taken in the person's window (``generation_failed -> limited`` if it is full
+now). (``publish_failed -> published`` is a publication redrive as recorded by versions before
+the ledger re-issued redrives itself.) Anything else is a bug and raises
+:class:`IllegalTransition`.
 
 Each lifecycle event's ``type`` (:data:`EventType`) names one transition and implies the state
 it reaches (:data:`STATE_AFTER`).
@@ -49,6 +51,8 @@ TRANSITIONS: dict[State | None, frozenset[State]] = {
     State.PUBLISHING: frozenset({State.PUBLISHING, State.PUBLISHED, State.PUBLISH_FAILED}),
     # an operator's redrive only (``published``: as recorded before redrives ran in the ledger)
     State.PUBLISH_FAILED: frozenset({State.PUBLISHING, State.PUBLISHED}),
+    # an operator's redrive only: a slot is taken again, or the window is full now
+    State.GENERATION_FAILED: frozenset({State.ADMITTED, State.LIMITED}),
 }
 
 TERMINAL: frozenset[State] = frozenset(

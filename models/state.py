@@ -38,6 +38,14 @@ class Policy(BaseModel):
     generation_deadline_ms: int = 120_000
     publish_deadline_ms: int = 60_000
     max_attempts: int = Field(3, ge=1)
+    # how long a command may wait in its target's queue (paced, throttled, circuit open)
+    max_wait_ms: int = 15 * 60 * 1000
+
+    def deadline_span_ms(self, stage: str) -> int:
+        """How long an attempt at ``stage`` may take from its issue: waiting in its target's
+        queue counts, so waiting is never mistaken for lost work."""
+        call = self.generation_deadline_ms if stage == "generating" else self.publish_deadline_ms
+        return self.max_wait_ms + call
 
 
 class InFlight(BaseModel):
@@ -85,7 +93,8 @@ class PersonState(BaseModel):
     window: Window | None = None
     inflight: dict[str, InFlight] = Field(default_factory=dict)
     seen: dict[str, Seen] = Field(default_factory=dict)
-    # requests given up on (publish_failed) by request_id → when: an operator may redrive them
+    # requests given up on (publish_failed, generation_failed) by request_id → when: an
+    # operator may redrive them
     parked: dict[str, int] = Field(default_factory=dict)
     # the flight each of them ended with, which a redrive re-issues (none for a request
     # parked by a version that kept only the time)

@@ -9,23 +9,25 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 
 from models.ledger import Policy
 from streams import topics as topics_module
 from streams.agents import executors, ledger, projector
+from streams.agents.executors import Executor, ExecutorConfig, Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
-from streams.clients.retry import RetryPolicy
 from streams.clients.talkable import TalkableClient
-from streams.kafka_options import faust_credentials
+from streams.kafka_options import client_options, faust_credentials
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore
 from streams.runtime import Clock, DeadLetters, SystemClock, Topics
 from streams.secrets import SecretBox, load_secret_box
 from streams.settings import Settings
 from streams.topics import BY_NAME, LEDGER_TABLE
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,13 @@ class Worker:
     app: faust.App
     topics: Topics
     metrics: WorkerMetrics
+    executors: list[Executor]
+
+
+class ExecutorParts(NamedTuple):
+    config: ExecutorConfig
+    scheduler: Scheduler
+    work: Work[Any]
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -52,6 +61,7 @@ def policy_from(settings: Settings) -> Policy:
         generation_deadline_ms=int(settings.generation_deadline_seconds * 1000),
         publish_deadline_ms=int(settings.publish_deadline_seconds * 1000),
         max_attempts=settings.max_attempts,
+        max_wait_ms=int(settings.max_wait_seconds * 1000),
     )
 
 
@@ -95,13 +105,31 @@ def _topics(app: faust.App, settings: Settings) -> Topics:
     )
 
 
-def _retry(attempts: int, deadline: float, settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=attempts,
-        total_deadline=deadline,
-        base=settings.retry_base_seconds,
-        cap=settings.retry_max_seconds,
+def _executor(
+    settings: Settings, name: str, topic: str, work: Work[Any], max_in_flight: int, window: int
+) -> ExecutorParts:
+    pacing = PacerConfig(
+        initial_window=window,
+        max_window=max_in_flight,
+        safety=settings.pacing_safety,
+        circuit_after=settings.circuit_failures,
+        open_max=settings.circuit_max_open_seconds,
     )
+    scheduler = Scheduler(
+        name,
+        max_in_flight=max_in_flight,
+        max_wait_s=settings.max_wait_seconds,
+        refusal_s=settings.refusal_seconds,
+        pacer_config=pacing,
+    )
+    config = ExecutorConfig(
+        name=name,
+        topic=topic,
+        group=f"{settings.app_id}-{name}",
+        instance=f"{settings.worker_name}-{name}",
+        consumer_options=client_options(settings),
+    )
+    return ExecutorParts(config, scheduler, work)
 
 
 def build(
@@ -126,15 +154,9 @@ def build(
     metrics = WorkerMetrics()
     dead_letters = DeadLetters(topics.deadletter, metrics.dead_letters, clock)
     secrets = secrets or load_secret_box(settings)
-    chat = chat or ChatClient(
-        settings.openai_base_url,
-        settings.openai_timeout_seconds,
-        _retry(settings.openai_max_attempts, settings.openai_total_deadline_seconds, settings),
-    )
+    chat = chat or ChatClient(settings.openai_base_url, settings.openai_timeout_seconds)
     talkable = talkable or TalkableClient(
-        settings.talkable_base_url,
-        settings.talkable_timeout_seconds,
-        _retry(settings.talkable_max_attempts, settings.talkable_total_deadline_seconds, settings),
+        settings.talkable_base_url, settings.talkable_timeout_seconds
     )
 
     read_range = functools.partial(topics_module.read_range, settings)
@@ -151,18 +173,28 @@ def build(
         metrics=metrics,
         clock=clock,
     )
-    executors.register(
-        app,
-        topics=topics,
-        secrets=secrets,
-        chat=chat,
-        talkable=talkable,
-        generator_max_in_flight=settings.generator_max_in_flight,
-        publisher_max_in_flight=settings.publisher_max_in_flight,
-        dead_letters=dead_letters,
-        metrics=metrics,
-        clock=clock,
-    )
+    running = [
+        Executor(*parts, topics=topics, dead_letters=dead_letters, clock=clock)
+        for parts in (
+            _executor(
+                settings,
+                "generator",
+                BY_NAME["generate"].full_name(settings),
+                Generate(chat, secrets),
+                settings.generator_max_in_flight,
+                settings.openai_initial_window,
+            ),
+            _executor(
+                settings,
+                "publisher",
+                BY_NAME["completions"].full_name(settings),
+                Publish(talkable, secrets),
+                settings.publisher_max_in_flight,
+                settings.talkable_initial_window,
+            ),
+        )
+    ]
+    executors.register(app, executors=running, metrics=metrics)
     projector.register(
         app,
         topic=topics.lifecycle,
@@ -186,4 +218,4 @@ def build(
                 exc,
             )
 
-    return Worker(app=app, topics=topics, metrics=metrics)
+    return Worker(app=app, topics=topics, metrics=metrics, executors=running)

@@ -42,7 +42,7 @@ from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable
-from streams.secrets import SecretBox
+from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -291,4 +291,5 @@ def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> Request
             talkable_api_key=secrets.seal(params.api_key.get_secret_value()),
             openai_api_key=secrets.seal(openai.api_key.get_secret_value()),
         ),
+        openai_key_id=key_fingerprint(openai.api_key.get_secret_value()),
     )

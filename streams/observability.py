@@ -16,11 +16,10 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from models.events import LifecycleEvent
@@ -52,15 +51,22 @@ class WorkerMetrics:
             registry=r,
         )
         self.tokens = Counter("talkstream_tokens", "Tokens used", ["kind"], registry=r)
-        self.in_flight = Gauge(
-            "talkstream_in_flight", "Calls in flight in this worker", ["executor"], registry=r
-        )
-        self.upstream_retries = Counter(
-            "talkstream_upstream_retries",
-            "Retries inside one attempt (429/5xx/timeouts)",
-            ["service"],
+        self.upstream_calls = Counter(
+            "talkstream_upstream_calls",
+            "Upstream calls by what their answer meant: answered, throttled (429), failed "
+            "(outage: 5xx, connection, timeout), refused (no retry fixes it)",
+            ["upstream", "outcome"],
             registry=r,
         )
+        self.upstream_wait = Histogram(
+            "talkstream_upstream_wait_seconds",
+            "Time a command waited for its target (queue, pacing, circuit) before its outcome",
+            ["upstream"],
+            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+            registry=r,
+        )
+        self.targets = UpstreamTargets()
+        r.register(self.targets)
         self.gaps_repaired = Counter(
             "talkstream_gap_messages_repaired",
             "Messages the consumer skipped (rebalance) that the ledger read back and processed",
@@ -73,6 +79,15 @@ class WorkerMetrics:
             registry=r,
         )
 
+    def watch(self, executor: Any) -> None:
+        """Per-target gauges of this executor's scheduler at scrape time; its calls counted."""
+        upstream = UPSTREAM[executor.config.name]
+        self.targets.executors.append(executor)
+        calls = self.upstream_calls
+        executor.scheduler.on_call = lambda _, outcome: calls.labels(upstream, outcome).inc()
+        wait = self.upstream_wait.labels(upstream)
+        executor.on_outcome = lambda outcome: wait.observe(outcome.waited_s)
+
     def observe(self, event: LifecycleEvent) -> None:
         self.transitions.labels(state=event.state.value).inc()
         if event.previous_state is event.state:
@@ -84,11 +99,79 @@ class WorkerMetrics:
             self.tokens.labels(kind="completion").inc(event.completion_tokens or 0)
 
 
-class ConsumerLag(Collector):
-    """Lag per assigned partition, read from the faust consumer at scrape time."""
+UPSTREAM = {"generator": "openai", "publisher": "talkable"}
+MAX_TARGETS = 50  # labelled targets per upstream; the rest are summed as target="other"
 
-    def __init__(self, app: Any) -> None:
+
+class UpstreamTargets(Collector):
+    """Per upstream target: queue depth, calls in flight, the pacing rate, 429s and the circuit.
+
+    Labels are bounded: the ``MAX_TARGETS`` busiest targets of each executor by name (an OpenAI
+    key's short fingerprint, never the key; a Talkable site), the rest summed as ``other``.
+    """
+
+    def __init__(self) -> None:
+        self.executors: list[Any] = []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["upstream", "target"]
+        queued = GaugeMetricFamily(
+            "talkstream_upstream_queue_depth", "Commands waiting for their target", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "talkstream_upstream_in_flight", "Calls in flight to the target", labels=labels
+        )
+        rate = GaugeMetricFamily(
+            "talkstream_upstream_rate",
+            "Calls per second the target's pacing allows (learned from its limits)",
+            labels=labels,
+        )
+        throttled = CounterMetricFamily(
+            "talkstream_upstream_throttled", "429 answers from the target", labels=labels
+        )
+        circuit = GaugeMetricFamily(
+            "talkstream_upstream_circuit",
+            "The target's circuit: 0 closed, 1 half open (probing), 2 open (outage)",
+            labels=labels,
+        )
+        total = GaugeMetricFamily(
+            "talkstream_in_flight", "Calls in flight in this worker", labels=["executor"]
+        )
+        for executor in self.executors:
+            upstream = UPSTREAM[executor.config.name]
+            snaps = sorted(
+                executor.scheduler.snapshot(),
+                key=lambda s: (s["queued"] + s["in_flight"], s["throttled"]),
+                reverse=True,
+            )
+            total.add_metric([executor.config.name], sum(s["in_flight"] for s in snaps))
+            for snap in snaps[:MAX_TARGETS]:
+                name = [upstream, snap["target"].split(":", 1)[-1][:16]]
+                queued.add_metric(name, snap["queued"])
+                in_flight.add_metric(name, snap["in_flight"])
+                throttled.add_metric(name, snap["throttled"])
+                circuit.add_metric(name, CIRCUIT[snap["circuit"]])
+                if snap["rate"] is not None:
+                    rate.add_metric(name, snap["rate"])
+            rest = snaps[MAX_TARGETS:]
+            if rest:
+                other = [upstream, "other"]
+                queued.add_metric(other, sum(s["queued"] for s in rest))
+                in_flight.add_metric(other, sum(s["in_flight"] for s in rest))
+                throttled.add_metric(other, sum(s["throttled"] for s in rest))
+        yield from (queued, in_flight, rate, throttled, circuit, total)
+
+
+CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ConsumerLag(Collector):
+    """Lag per assigned partition, read at scrape time from the faust consumer (ledger,
+    projector) and from each executor's own consumer (what it took is its position)."""
+
+    def __init__(self, app: Any, executors: list[Any]) -> None:
         self.app = app
+        self.executors = executors
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -108,6 +191,9 @@ class ConsumerLag(Collector):
                 last = read.get(tp)
                 position = last + 1 if last is not None else 0
                 family.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
+        for executor in self.executors:
+            for (topic, partition), lag in executor.lag().items():
+                family.add_metric([topic, str(partition)], lag)
         yield family
 
 
@@ -123,7 +209,7 @@ def ready(app: Any) -> tuple[bool, str]:
 async def serve_worker_http(
     app: Any, metrics: WorkerMetrics, host: str, port: int
 ) -> web.AppRunner:
-    metrics.registry.register(ConsumerLag(app))
+    metrics.registry.register(ConsumerLag(app, metrics.targets.executors))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -6,6 +6,7 @@ Without it, a key is generated once under the data directory (dev mode) with a w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -44,6 +45,12 @@ class SecretBox:
     def rotate(self, token: str) -> str:
         """Re-encrypt with the first (newest) key."""
         return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+
+
+def key_fingerprint(api_key: str) -> str:
+    """A short, stable name for an upstream key (an OpenAI key is the target its calls are paced
+    as): a truncated SHA-256, never the key and not reversible (keys are long and random)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def generate_key() -> str:

@@ -72,17 +72,32 @@ class Settings(BaseSettings):
         30.0, gt=0, description="after a rebalance, in-flight work older than it gets this long"
     )
 
-    # executors
+    # executors and the pacing of upstream targets (an OpenAI key, a Talkable site)
     generator_max_in_flight: int = Field(256, ge=1)
     publisher_max_in_flight: int = Field(64, ge=1)
     openai_timeout_seconds: float = Field(60.0, gt=0)
-    openai_max_attempts: int = Field(5, ge=1)
-    openai_total_deadline_seconds: float = Field(90.0, gt=0)
     talkable_timeout_seconds: float = Field(15.0, gt=0)
-    talkable_max_attempts: int = Field(12, ge=1)
-    talkable_total_deadline_seconds: float = Field(45.0, gt=0)
-    retry_base_seconds: float = Field(0.25, gt=0)
-    retry_max_seconds: float = Field(10.0, gt=0)
+    max_wait_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="how long a command may wait for its target (paced, throttled, "
+        "circuit open) before its request ends QueueTimeout",
+    )
+    refusal_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="after a key is refused (quota, 401, 403), how long its other "
+        "calls end at once with the same reason instead of calling",
+    )
+    pacing_safety: float = Field(0.9, gt=0, le=1, description="share of a learned limit used")
+    circuit_failures: int = Field(3, ge=1, description="outage failures in a row that open it")
+    circuit_max_open_seconds: float = Field(30.0, gt=0, description="longest wait between probes")
+    openai_initial_window: int = Field(
+        8, ge=1, description="calls in flight to a new OpenAI key before its limits are known"
+    )
+    talkable_initial_window: int = Field(
+        4, ge=1, description="calls in flight to a new Talkable site before it proved healthy"
+    )
 
     # worker
     worker_name: str = Field(

@@ -65,8 +65,9 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         retention="broker default (delete); it is the audit log: keep it as long as you want "
         "replays",
     ),
-    TopicSpec("generate", "request_id", GenerateText, "internal: generator commands"),
-    TopicSpec("completions", "request_id", PublishCompletion, "internal: publisher commands"),
+    # keyed by upstream target, so all of one target's calls meet in one executor
+    TopicSpec("generate", "OpenAI key fingerprint", GenerateText, "internal: generator commands"),
+    TopicSpec("completions", "site", PublishCompletion, "internal: publisher commands"),
     TopicSpec(
         "lifecycle",
         "request_id",

@@ -98,7 +98,13 @@ class Log:
         return message
 
     def generated(
-        self, r: RequestReceived, *, at_ms: int, latency_ms: int = 800, attempt: int = 1
+        self,
+        r: RequestReceived,
+        *,
+        at_ms: int,
+        latency_ms: int = 800,
+        attempt: int = 1,
+        waited_ms: int = 0,
     ) -> None:
         self.send(
             GenerationAttemptSucceeded(
@@ -111,6 +117,7 @@ class Log:
                 prompt_tokens=12,
                 completion_tokens=30,
                 latency_ms=latency_ms,
+                waited_ms=waited_ms,
             )
         )
 
@@ -152,7 +159,7 @@ def mixed_log() -> Log:
     log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2)
     retried = log.received("retry-1", email="bob@example.com", at_ms=T0_MS + 1000)
     log.failed(retried, at_ms=T0_MS + 1500, retriable=True)
-    log.generated(retried, at_ms=T0_MS + 2500, latency_ms=900, attempt=2)
+    log.generated(retried, at_ms=T0_MS + 2500, latency_ms=900, attempt=2, waited_ms=4000)
     log.published(retried, at_ms=T0_MS + 2600)
     bad = log.received("fail-1", email="carol@example.com", at_ms=T0_MS + 3000)
     log.failed(bad, at_ms=T0_MS + 3100)

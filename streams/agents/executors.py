@@ -1,24 +1,32 @@
-"""Executor agents: slow work off the person's partition, many at once.
+"""The executors: slow work off the person's partition, paced per upstream target.
 
 generator: [generate] → OpenAI → GenerationAttempt{Succeeded,Failed} → [requests]
 publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} → [requests]
 
-They run a command and report what happened; every retry, re-issue, park and dead letter is
-the ledger's decision.
+Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
+restarted worker takes its partitions straight back) and **commits what it took before the
+work starts**: a command is called at most once per delivery, even across a crash; what a
+crash loses, the ledger's deadline re-issues. A command then waits in its target's queue
+(``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
+target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
+rebalance moves a partition away, the commands of it that are still queued are handed back to
+the topic for the new owner (calls already running finish here).
 
-Each command runs in its own task, bounded by a semaphore, so a slow call never blocks a
-partition. faust may commit an offset past a command still in flight (and a crash loses it);
-the ledger's deadline for every in-flight step re-issues such work, so that is safe.
+The executors run a command and report what happened; every retry, park and dead letter is
+the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import BaseModel
 
 from models.events import (
@@ -29,188 +37,349 @@ from models.events import (
     PublicationAttemptSucceeded,
     PublishCompletion,
 )
-from streams.clients.openai_chat import ChatClient
-from streams.clients.talkable import TalkableClient
+from streams.clients.openai_chat import ChatClient, Completion, token_cost
+from streams.clients.talkable import Publication, TalkableClient
 from streams.codecs import decode, encode
 from streams.errors import TalkstreamError, UpstreamError
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
-from streams.secrets import SecretBox
+from streams.secrets import SecretBox, key_fingerprint
+from streams.upstream.limits import Limits
+from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=BaseModel)
-SERVICES = {"generator": "openai", "publisher": "talkable"}
+V = TypeVar("V")
+FETCH_RECORDS = 500
+Report = Callable[[Outcome[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    name: str  # generator | publisher
+    topic: str  # full topic name
+    group: str  # consumer group
+    instance: str  # static member id within the group
+    consumer_options: dict[str, Any]
+
+
+class Executor:
+    """Commands from one topic into one scheduler; results back to [requests]."""
+
+    def __init__(
+        self,
+        config: ExecutorConfig,
+        scheduler: Scheduler,
+        work: Work[Any],
+        *,
+        topics: Topics,
+        dead_letters: DeadLetters,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self._work = work
+        self._topics = topics
+        self._dead_letters = dead_letters
+        self._clock = clock
+        self.consumer: AIOKafkaConsumer | None = None
+        self.taken: dict[TopicPartition, int] = {}  # next offset per partition
+        self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records of each assigned partition not taken yet."""
+        consumer, lags = self.consumer, {}
+        if consumer is None:
+            return {}
+        for tp in consumer.assignment():
+            with contextlib.suppress(Exception):  # not fetched yet
+                lags[(tp.topic, tp.partition)] = max(
+                    consumer.highwater(tp) - self.taken.get(tp, 0), 0
+                )
+        return lags
+
+    async def run(self) -> None:
+        consumer = self.consumer = AIOKafkaConsumer(
+            **self.config.consumer_options,
+            group_id=self.config.group,
+            group_instance_id=self.config.instance,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=FETCH_RECORDS,
+        )
+        consumer.subscribe([self.config.topic], listener=_HandBack(self))
+        await consumer.start()
+        dispatcher = asyncio.create_task(self.scheduler.run())
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
+                if not batch:
+                    continue
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+                try:  # taken, before any work: at most one call per delivery
+                    await consumer.commit(offsets)
+                except Exception as exc:  # a rebalance took them: their new owner runs them
+                    log.warning("%s could not commit a batch (%s); left to its new owner",
+                                self.config.name, type(exc).__name__)  # fmt: skip
+                    continue
+                self.taken.update(offsets)
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._take(tp, record)
+        finally:
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await consumer.stop()
+
+    async def _take(self, tp: TopicPartition, record: Any) -> None:
+        command = await self._dead_letters.decoded(
+            self._work.decode,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+        )
+        if command is None:
+            return
+        waited = max(self._clock.now_ms() - command.issued_at_ms, 0) / 1000
+
+        async def report(outcome: Outcome[Any]) -> None:
+            await self._report(command, outcome)
+
+        job = self._work.job(
+            command, issued_s=self.scheduler.now() - waited, origin=tp, report=report
+        )
+        job.record = (record.key, record.value)
+        self.scheduler.submit(self._work.target(command), job)
+
+    async def hand_back(self, revoked: set[TopicPartition]) -> None:
+        """Commands of partitions this worker lost that it took but did not start go back to
+        their topic, in order, for the new owner (they were committed as taken, so it would
+        not see them otherwise). Calls already running finish here and report."""
+        jobs = self.scheduler.take_back(set(revoked))
+        topic = (
+            self._topics.generate if self.config.name == "generator" else (self._topics.completions)
+        )
+        for job in jobs:
+            key, value = job.record
+            try:
+                await topic.send(key=key, value=value)
+            except Exception:  # the ledger's deadline re-issues what is lost here
+                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+        if jobs:
+            log.info("%s handed back %s queued commands of revoked partitions",
+                     self.config.name, len(jobs))  # fmt: skip
+
+    async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        result = self._work.result(command, outcome, self._clock.now_ms())
+        try:
+            await self._topics.requests.send(key=command.person.encode(), value=encode(result))
+        except Exception:  # the ledger's deadline re-issues what is lost here
+            log.exception("%s could not report request_id=%s", self.config.name, command.request_id)
+
+
+class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._executor.hand_back(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass
+
+
+class Work(Generic[C]):
+    """What one executor does with one kind of command: decode it, name its target, make its
+    job (the call), and turn the outcome into the result the ledger reads."""
+
+    model: type[C]
+
+    def decode(self, raw: bytes | None) -> C:
+        return decode(self.model, raw)
+
+    def target(self, command: C) -> str:
+        raise NotImplementedError
+
+    def job(self, command: C, *, issued_s: float, origin: Any, report: Report) -> Job[Any]:
+        raise NotImplementedError
+
+    def result(self, command: C, outcome: Outcome[Any], now_ms: int) -> BaseModel:
+        raise NotImplementedError
+
+
+class Generate(Work[GenerateText]):
+    model = GenerateText
+
+    def __init__(self, chat: ChatClient, secrets: SecretBox) -> None:
+        self._chat = chat
+        self._secrets = secrets
+
+    def target(self, command: GenerateText) -> str:
+        key_id = command.openai_key_id
+        if not key_id:  # a command from before keys had fingerprints
+            with contextlib.suppress(TalkstreamError):
+                key_id = key_fingerprint(self._secrets.open(command.openai_api_key))
+        return f"openai:{key_id or 'unknown'}"
+
+    def job(
+        self, command: GenerateText, *, issued_s: float, origin: Any, report: Report
+    ) -> Job[Any]:
+        async def call() -> tuple[Timed[Completion], Limits]:
+            api_key = _opened(self._secrets, command.openai_api_key)
+            started = time.monotonic()
+            completion, limits = await _classified(self._chat.complete(command.chat, api_key))
+            return Timed(completion, _since(started)), limits
+
+        return Job(
+            key=command.request_id,
+            attempt=command.attempt,
+            scope=f"model:{command.chat.model}",
+            cost=token_cost(command.chat),
+            issued_s=issued_s,
+            call=call,
+            report=report,
+            origin=origin,
+            probe=command.redrive,
+        )
+
+    def result(self, command: GenerateText, outcome: Outcome[Any], now_ms: int) -> BaseModel:
+        common = {
+            "request_id": command.request_id,
+            "person": command.person,
+            "attempt": command.attempt,
+            "at_ms": now_ms,
+            "tries": outcome.tries,
+            "waited_ms": int(outcome.waited_s * 1000),
+        }
+        if outcome.error is not None:
+            return GenerationAttemptFailed(**common, **_failure(outcome.error))
+        done: Timed[Completion] = _value(outcome)
+        return GenerationAttemptSucceeded(
+            **common,
+            text=done.value.text,
+            model=done.value.model,
+            prompt_tokens=done.value.prompt_tokens,
+            completion_tokens=done.value.completion_tokens,
+            latency_ms=done.latency_ms,
+        )
+
+
+class Publish(Work[PublishCompletion]):
+    model = PublishCompletion
+
+    def __init__(self, talkable: TalkableClient, secrets: SecretBox) -> None:
+        self._talkable = talkable
+        self._secrets = secrets
+
+    def target(self, command: PublishCompletion) -> str:
+        return f"talkable:{command.site}"
+
+    def job(
+        self, command: PublishCompletion, *, issued_s: float, origin: Any, report: Report
+    ) -> Job[Any]:
+        async def call() -> tuple[Publication, Limits]:
+            api_key = _opened(self._secrets, command.talkable_api_key)
+            return await _classified(self._talkable.publish(command, api_key))
+
+        return Job(
+            key=command.request_id,
+            attempt=command.attempt,
+            scope="site",
+            cost=0,
+            issued_s=issued_s,
+            call=call,
+            report=report,
+            origin=origin,
+            probe=command.redrive,
+        )
+
+    def result(self, command: PublishCompletion, outcome: Outcome[Any], now_ms: int) -> BaseModel:
+        common = {
+            "request_id": command.request_id,
+            "person": command.person,
+            "attempt": command.attempt,
+            "at_ms": now_ms,
+            "tries": outcome.tries,
+            "waited_ms": int(outcome.waited_s * 1000),
+        }
+        if outcome.error is not None:
+            return PublicationAttemptFailed(
+                **common, **_failure(outcome.error), status=outcome.error.status
+            )
+        published: Publication = _value(outcome)
+        return PublicationAttemptSucceeded(
+            **common, site=command.site, redrive=command.redrive, duplicate=published.duplicate
+        )
+
+
+@dataclass(frozen=True)
+class Timed(Generic[V]):
+    value: V
+    latency_ms: int
+
+
+def _value(outcome: Outcome[Any]) -> Any:
+    assert outcome.value is not None, "a success carries its value"
+    return outcome.value
+
+
+def _failure(error: UpstreamError) -> dict[str, Any]:
+    return {
+        "error_class": error.reason,
+        "error_message": str(error)[:500],
+        "retriable": error.retriable,
+    }
+
+
+def _opened(secrets: SecretBox, sealed: str) -> str:
+    try:
+        return secrets.open(sealed)
+    except TalkstreamError as exc:
+        raise UpstreamError(str(exc), reason="SealedKey") from None
+
+
+async def _classified(call: Awaitable[V]) -> V:
+    """Any exception of the call becomes a classified failure: nothing waits for a deadline
+    because an error was only logged. A message is kept only where it is ours (no secret)."""
+    try:
+        return await call
+    except UpstreamError:
+        raise
+    except TalkstreamError as exc:
+        raise UpstreamError(str(exc), reason=type(exc).__name__) from None
+    except Exception as exc:
+        log.exception("unexpected error in an upstream call")
+        raise UpstreamError(
+            f"unexpected {type(exc).__name__} making the call", reason="InternalError"
+        ) from None
+
+
+def _since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
 
 
 def register(
     app: Any,
     *,
-    topics: Topics,
-    secrets: SecretBox,
-    chat: ChatClient,
-    talkable: TalkableClient,
-    generator_max_in_flight: int,
-    publisher_max_in_flight: int,
-    dead_letters: DeadLetters,
+    executors: list[Executor],
     metrics: WorkerMetrics,
-    clock: Clock,
 ) -> None:
-    generator = Generator(chat, secrets, clock)
-    publisher = Publisher(talkable, secrets, clock)
-    common = {"app": app, "topics": topics, "dead_letters": dead_letters, "metrics": metrics}
-    _executor(
-        name="generator",
-        topic=topics.generate,
-        model=GenerateText,
-        limit=generator_max_in_flight,
-        work=generator,
-        **common,
-    )
-    _executor(
-        name="publisher",
-        topic=topics.completions,
-        model=PublishCompletion,
-        limit=publisher_max_in_flight,
-        work=publisher,
-        **common,
-    )
+    """Run each executor as a worker task (not a faust agent: it commits by itself)."""
+    for executor in executors:
+        app.task(_runner(executor))
+        metrics.watch(executor)
 
 
-def _executor(
-    *,
-    app: Any,
-    topics: Topics,
-    dead_letters: DeadLetters,
-    metrics: WorkerMetrics,
-    name: str,
-    topic: Any,
-    model: type[C],
-    limit: int,
-    work: Callable[[C], Awaitable[BaseModel]],
-) -> None:
-    in_flight = metrics.in_flight.labels(executor=name)
-    retries = metrics.upstream_retries.labels(service=SERVICES[name])
+def _runner(executor: Executor) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await executor.run()
 
-    async def run(command: C, person: str) -> None:
-        in_flight.inc()
-        try:
-            result = await work(command)
-            retries.inc(max(getattr(result, "tries", 1) - 1, 0))
-            await topics.requests.send(key=person.encode(), value=encode(result))
-        except Exception:  # the deadline re-issues what is lost here
-            log.exception("%s failed request_id=%s", name, getattr(command, "request_id", "?"))
-        finally:
-            in_flight.dec()
-
-    async def agent(stream: Any) -> None:
-        slots = asyncio.Semaphore(limit)
-        tasks: set[asyncio.Task[None]] = set()
-        try:
-            async for event in stream.events():
-                msg = event.message
-                command = await dead_letters.decoded(
-                    lambda raw: decode(model, raw),
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    key=event.key,
-                    value=event.value,
-                )
-                if command is None:
-                    continue
-                await slots.acquire()
-                task = asyncio.create_task(run(command, command.person))  # type: ignore[attr-defined]
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                task.add_done_callback(lambda _: slots.release())
-        finally:
-            for task in tasks:
-                task.cancel()
-
-    agent.__name__ = name
-    app.agent(topic, name=name)(agent)
-
-
-class Generator:
-    """Runs a ``GenerateText`` and reports what happened; decides nothing."""
-
-    def __init__(self, chat: ChatClient, secrets: SecretBox, clock: Clock) -> None:
-        self._chat = chat
-        self._secrets = secrets
-        self._clock = clock
-
-    async def __call__(
-        self, cmd: GenerateText
-    ) -> GenerationAttemptSucceeded | GenerationAttemptFailed:
-        started = time.monotonic()
-        try:
-            completion = await self._chat.complete(cmd.chat, self._secrets.open(cmd.openai_api_key))
-        except TalkstreamError as exc:
-            return GenerationAttemptFailed(
-                request_id=cmd.request_id,
-                person=cmd.person,
-                attempt=cmd.attempt,
-                at_ms=self._clock.now_ms(),
-                error_class=type(exc).__name__,
-                error_message=str(exc)[:500],
-                retriable=exc.retriable,
-                latency_ms=_since(started),
-                tries=exc.tries if isinstance(exc, UpstreamError) else 1,
-            )
-        return GenerationAttemptSucceeded(
-            request_id=cmd.request_id,
-            person=cmd.person,
-            attempt=cmd.attempt,
-            at_ms=self._clock.now_ms(),
-            text=completion.text,
-            model=completion.model,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            latency_ms=_since(started),
-            tries=completion.tries,
-        )
-
-
-class Publisher:
-    """Runs a ``PublishCompletion`` and reports what happened; whether a failure is retried,
-    parked or dead-lettered is the ledger's decision."""
-
-    def __init__(self, talkable: TalkableClient, secrets: SecretBox, clock: Clock) -> None:
-        self._talkable = talkable
-        self._secrets = secrets
-        self._clock = clock
-
-    async def __call__(
-        self, cmd: PublishCompletion
-    ) -> PublicationAttemptSucceeded | PublicationAttemptFailed:
-        try:
-            publication = await self._talkable.publish(
-                cmd, self._secrets.open(cmd.talkable_api_key)
-            )
-        except TalkstreamError as exc:
-            return PublicationAttemptFailed(
-                request_id=cmd.request_id,
-                person=cmd.person,
-                attempt=cmd.attempt,
-                at_ms=self._clock.now_ms(),
-                error_class=type(exc).__name__,
-                error_message=str(exc)[:500],
-                retriable=exc.retriable,
-                status=exc.status if isinstance(exc, UpstreamError) else None,
-                tries=exc.tries if isinstance(exc, UpstreamError) else 1,
-            )
-        return PublicationAttemptSucceeded(
-            request_id=cmd.request_id,
-            person=cmd.person,
-            site=cmd.site,
-            redrive=cmd.redrive,
-            attempt=cmd.attempt,
-            at_ms=self._clock.now_ms(),
-            duplicate=publication.duplicate,
-            tries=publication.tries,
-        )
-
-
-def _since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+    run.__name__ = executor.config.name
+    return run

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from models.events import DeadlineExpired, RequestsValue
+from models.events import DeadlineExpired, GenerateText, PublishCompletion, RequestsValue
 from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import decode, decode_requests, encode
 from streams.gaps import GapRepair, ReadRange
@@ -79,10 +79,7 @@ class Ledger:
             mark_every=MARK_EVERY,
         )
         self._due = DeadlineIndex(
-            {
-                "generating": policy.generation_deadline_ms,
-                "publishing": policy.publish_deadline_ms,
-            },
+            {stage: policy.deadline_span_ms(stage) for stage in ("generating", "publishing")},
             grace_ms=rebalance_grace_ms,
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
@@ -152,6 +149,15 @@ class Ledger:
             await self._topics.requests.send(key=expired.person.encode(), value=encode(expired))
 
 
+def target_key(command: GenerateText | PublishCompletion) -> bytes:
+    """A command's record key: its upstream target (the OpenAI key's fingerprint, the
+    Talkable site), so all calls to one target meet in one executor, whichever worker owns
+    the partition, and its pacing holds across workers."""
+    if isinstance(command, GenerateText):
+        return (command.openai_key_id or command.request_id).encode()
+    return command.site.encode()
+
+
 async def _mark(table: Any, partition: int) -> int | None:
     raw = table.get(OFFSET_MARK + str(partition).encode())
     return int(raw) if raw else None
@@ -172,7 +178,7 @@ class Emitter:
     async def __call__(self, outcome: Outcome) -> None:
         for command in outcome.commands:
             topic = self._command_topic(command.kind)
-            await topic.send(key=command.request_id.encode(), value=encode(command))
+            await topic.send(key=target_key(command), value=encode(command))
         for event in outcome.events:
             self._metrics.observe(event)
             log.info(

@@ -1,24 +1,45 @@
-"""OpenAI Chat Completions adapter: one shared ``AsyncOpenAI``, per-request keys.
+"""OpenAI Chat Completions adapter: one call, per-request keys, every answer classified.
 
-The SDK's own retries are off (``max_retries=0``); ours live in :mod:`streams.clients.retry`.
-Retried: connection errors, timeouts, 408/409/429/5xx. Never: 400/401/403/404/422.
+It makes exactly one call (the SDK's own retries are off: ``max_retries=0``) and says what the
+answer means, as data on :class:`~streams.errors.GenerationError`; waiting and retrying are
+the scheduler's (``streams.upstream``), deciding about the request is the ledger's:
+
+    answer                               reason              the scheduler
+    200 with text                        (success)           reports it; learns the limits
+    429 rate_limit_exceeded              RateLimited         waits (retry-after, "try again")
+    429 insufficient_quota               InsufficientQuota   reports; refuses the key a while
+    401 invalid_api_key                  Unauthorized        reports; refuses the key a while
+    403                                  Forbidden           reports; refuses the key a while
+    404 model_not_found                  ModelNotFound       reports; refuses the model a while
+    400/404/422 (anything else 4xx)      BadRequest          reports
+    5xx, 408, 409                        ServerError         waits (the circuit counts it)
+    timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
+
+Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
+Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI
 
 from models.events import ChatRequest
-from streams.clients.retry import RetryPolicy, call_with_retries, parse_retry_after
 from streams.errors import GenerationError
+from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
-RETRIABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _KEYLIKE = re.compile(r"(sk|key|Bearer)[-_ ]?[A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
+_REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
+    "insufficient_quota": ("InsufficientQuota", "key"),
+    "invalid_api_key": ("Unauthorized", "key"),
+    "model_not_found": ("ModelNotFound", "model"),
+}
 
 
 @dataclass(frozen=True)
@@ -27,57 +48,61 @@ class Completion:
     model: str
     prompt_tokens: int
     completion_tokens: int
-    tries: int
+
+
+def token_cost(chat: ChatRequest) -> int:
+    """What a call counts against tokens per minute, as OpenAI counts it when it admits the
+    call: the prompt (about four characters a token) plus the completion's ``max_tokens``."""
+    characters = sum(len(str(m.get("content", ""))) for m in chat.messages)
+    return characters // 4 + len(chat.messages) * 4 + chat.max_tokens
 
 
 class ChatClient:
-    def __init__(self, base_url: str, timeout: float, policy: RetryPolicy) -> None:
+    def __init__(self, base_url: str, timeout: float) -> None:
         self._client = AsyncOpenAI(
             base_url=base_url, api_key="set-per-request", max_retries=0, timeout=timeout
         )
-        self._policy = policy
         self._by_key: dict[str, AsyncOpenAI] = {}
 
-    async def complete(self, chat: ChatRequest, api_key: str) -> Completion:
+    async def complete(self, chat: ChatRequest, api_key: str) -> tuple[Completion, Limits]:
+        """One call: the completion and what the answer said about the key's limits."""
         client = self._for_key(api_key)
-
-        async def attempt() -> Completion:
-            try:
-                response = await client.chat.completions.create(
-                    model=chat.model,
-                    messages=chat.messages,  # type: ignore[arg-type]
-                    max_tokens=chat.max_tokens,
-                    # every other param unchanged (the SDK refuses unknown keyword names)
-                    extra_body=chat.extra or None,
-                )
-            except openai.APIStatusError as exc:
-                raise GenerationError(
-                    f"OpenAI answered {exc.status_code}: {scrub(exc.message, api_key)}",
-                    status=exc.status_code,
-                    retriable=exc.status_code in RETRIABLE_STATUSES,
-                    retry_after=parse_retry_after(exc.response.headers),
-                ) from None
-            except openai.APITimeoutError:
-                raise GenerationError("OpenAI timed out", retriable=True) from None
-            except openai.APIConnectionError as exc:
-                raise GenerationError(
-                    f"OpenAI unreachable: {type(exc.__cause__ or exc).__name__}", retriable=True
-                ) from None
-            except openai.OpenAIError as exc:
-                raise GenerationError(f"OpenAI client error: {scrub(str(exc), api_key)}") from None
-            if not response.choices or response.choices[0].message.content is None:
-                raise GenerationError("OpenAI returned no text", retriable=True)
-            usage = response.usage
-            return Completion(
-                text=response.choices[0].message.content,
-                model=response.model,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                tries=0,
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=chat.model,
+                messages=chat.messages,  # type: ignore[arg-type]
+                max_tokens=chat.max_tokens,
+                # every other param unchanged (the SDK refuses unknown keyword names)
+                extra_body=chat.extra or None,
             )
-
-        completion, tries = await call_with_retries(self._policy, attempt)
-        return Completion(**{**completion.__dict__, "tries": tries})
+            response = raw.parse()
+        except openai.APIStatusError as exc:
+            raise _status_error(exc, api_key) from None
+        except openai.APITimeoutError:
+            raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
+        except openai.APIConnectionError as exc:
+            raise GenerationError(
+                f"OpenAI unreachable: {type(exc.__cause__ or exc).__name__}",
+                reason="Unreachable",
+                retriable=True,
+            ) from None
+        except openai.OpenAIError as exc:
+            raise GenerationError(
+                f"OpenAI client error: {scrub(str(exc), api_key)}", reason="ClientError"
+            ) from None
+        limits = read_limits(raw.headers)
+        if not response.choices or response.choices[0].message.content is None:
+            raise GenerationError(
+                "OpenAI returned no text", reason="EmptyCompletion", retriable=True, limits=limits
+            )
+        usage = response.usage
+        completion = Completion(
+            text=response.choices[0].message.content,
+            model=response.model,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+        return completion, limits
 
     def _for_key(self, api_key: str) -> AsyncOpenAI:
         """The shared client with this request's key; copies are kept per key (LRU), since
@@ -93,6 +118,41 @@ class ChatClient:
     async def close(self) -> None:
         self._by_key.clear()
         await self._client.close()
+
+
+def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
+    status = exc.status_code
+    code, kind, message = _error_fields(exc.body)
+    message = scrub(message or exc.message, api_key)
+    limits = read_limits(exc.response.headers, message)
+    text = f"OpenAI answered {status}" + (f" {code}" if code else "") + f": {message}"
+    refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    if refusal is not None:
+        reason, scope = refusal
+        return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
+    if status == 429:
+        return GenerationError(
+            text, reason="RateLimited", status=status, retriable=True, throttle=True, limits=limits
+        )
+    if status in (401, 403):
+        reason = "Unauthorized" if status == 401 else "Forbidden"
+        return GenerationError(text, reason=reason, status=status, refuses="key", limits=limits)
+    if status >= 500 or status in (408, 409):
+        return GenerationError(
+            text, reason="ServerError", status=status, retriable=True, limits=limits
+        )
+    return GenerationError(text, reason="BadRequest", status=status, limits=limits)
+
+
+def _error_fields(body: object) -> tuple[str | None, str | None, str | None]:
+    """(code, type, message) of OpenAI's ``{"error": {...}}`` envelope (the SDK may hand the
+    envelope or its inside)."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if not isinstance(body, Mapping):
+        return None, None, None
+    fields: list[Any] = [body.get("code"), body.get("type"), body.get("message")]
+    return tuple(str(f) if f is not None else None for f in fields)  # type: ignore[return-value]
 
 
 def scrub(message: str, secret: str) -> str:

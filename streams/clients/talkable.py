@@ -1,9 +1,20 @@
-"""Talkable API v2 adapter: the write-back of a generated text (DESIGN.md §2).
+"""Talkable API v2 adapter: the write-back of a generated text (DESIGN.md §2), one call.
 
 ``POST {base}/origins/event`` with ``Authorization: Bearer <site api key>``. Event custom
-properties attach to the person, where campaigns read them. A 400 "Duplicate entity" for our
-own event number means an earlier attempt landed: success. 429/5xx/connection errors are
-retried; any other 4xx is final.
+properties attach to the person, where campaigns read them. What an answer means, as data on
+:class:`~streams.errors.PublishError` (waiting and retrying are the scheduler's):
+
+    answer                                  reason          the scheduler
+    2xx                                     (success)       reports it
+    400 "Duplicate entity" (our own number) (success)       an earlier attempt landed
+    429                                     RateLimited     waits (retry-after)
+    401 / 403                               Unauthorized /  reports; refuses the site's key
+                                            Forbidden       a while
+    any other 4xx                           BadRequest      reports
+    5xx                                     ServerError     waits (the circuit counts it)
+    timeout / connection error              Timeout /       waits (the circuit counts it)
+                                            Unreachable
+    a key that cannot be a header value     InvalidKey      reports (nothing was sent)
 """
 
 from __future__ import annotations
@@ -14,8 +25,8 @@ import aiohttp
 
 from models.events import PublishCompletion
 from streams.clients.openai_chat import scrub
-from streams.clients.retry import RetryPolicy, call_with_retries, parse_retry_after
 from streams.errors import PublishError
+from streams.upstream.limits import Limits, read_limits
 
 DUPLICATE_ENTITY = "duplicate entity"
 
@@ -23,14 +34,12 @@ DUPLICATE_ENTITY = "duplicate entity"
 @dataclass(frozen=True)
 class Publication:
     duplicate: bool
-    tries: int
 
 
 class TalkableClient:
-    def __init__(self, base_url: str, timeout: float, policy: RetryPolicy) -> None:
+    def __init__(self, base_url: str, timeout: float) -> None:
         self._url = base_url.rstrip("/") + "/origins/event"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._policy = policy
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -38,7 +47,7 @@ class TalkableClient:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         return self._http
 
-    async def publish(self, command: PublishCompletion, api_key: str) -> Publication:
+    async def publish(self, command: PublishCompletion, api_key: str) -> tuple[Publication, Limits]:
         body = {
             "site_slug": command.site,
             "type": "Event",
@@ -51,36 +60,46 @@ class TalkableClient:
             },
         }
         headers = {"Authorization": f"Bearer {api_key}"}
-
-        async def attempt() -> bool:
-            try:
-                async with self._session().post(self._url, json=body, headers=headers) as resp:
-                    status = resp.status
-                    if 200 <= status < 300:
-                        return False
-                    message = await _error_message(resp)
-                    retry_after = parse_retry_after(resp.headers)
-            except TimeoutError:
-                raise PublishError("Talkable timed out", retriable=True) from None
-            except aiohttp.ClientError as exc:
-                raise PublishError(
-                    f"Talkable unreachable: {type(exc).__name__}", retriable=True
-                ) from None
-            if status == 400 and DUPLICATE_ENTITY in message.lower():
-                return True
+        try:
+            async with self._session().post(self._url, json=body, headers=headers) as resp:
+                status = resp.status
+                limits = read_limits(resp.headers)
+                if 200 <= status < 300:
+                    return Publication(duplicate=False), limits
+                message = await _error_message(resp)
+        except TimeoutError:
+            raise PublishError("Talkable timed out", reason="Timeout", retriable=True) from None
+        except aiohttp.ClientError as exc:
             raise PublishError(
-                f"Talkable answered {status}: {scrub(message, api_key)}",
-                status=status,
-                retriable=status == 429 or status >= 500,
-                retry_after=retry_after,
-            )
-
-        duplicate, tries = await call_with_retries(self._policy, attempt)
-        return Publication(duplicate=duplicate, tries=tries)
+                f"Talkable unreachable: {type(exc).__name__}", reason="Unreachable", retriable=True
+            ) from None
+        except ValueError:  # aiohttp refuses a header value (a key with control characters)
+            raise PublishError(
+                "the site's Talkable API key cannot be sent as a header value", reason="InvalidKey"
+            ) from None
+        if status == 400 and DUPLICATE_ENTITY in message.lower():
+            return Publication(duplicate=True), limits
+        raise _status_error(status, scrub(message, api_key), limits)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+
+def _status_error(status: int, message: str, limits: Limits) -> PublishError:
+    text = f"Talkable answered {status}: {message}"
+    if status == 429:
+        return PublishError(
+            text, reason="RateLimited", status=status, retriable=True, throttle=True, limits=limits
+        )
+    if status in (401, 403):
+        reason = "Unauthorized" if status == 401 else "Forbidden"
+        return PublishError(text, reason=reason, status=status, refuses="key", limits=limits)
+    if status >= 500:
+        return PublishError(
+            text, reason="ServerError", status=status, retriable=True, limits=limits
+        )
+    return PublishError(text, reason="BadRequest", status=status, limits=limits)
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:

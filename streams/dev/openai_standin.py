@@ -6,7 +6,17 @@ deterministic: derived from the model and messages, cut to ``max_tokens`` whites
 
 Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in this order:
 ``latency_seconds`` → ``fail_next`` → ``hang_every`` → auth (missing key, ``unauthorized_keys``)
-→ ``rate_limit_every``/``rate_limit_fraction`` → ``fail_500_every`` → body validation.
+→ ``insufficient_quota_keys`` → ``unknown_models`` → the key's rate limits → ``rate_limit_every``
+/``rate_limit_fraction`` → ``fail_500_every`` → body validation.
+
+Rate limits are per key, as OpenAI's are: requests and tokens per minute (``key_limits``, else
+``default_rpm``/``default_tpm``), each a bucket with continuous refill holding
+``burst_seconds`` of its rate. A call takes 1 request and its prompt (about 4 characters a
+token) plus ``max_tokens`` tokens, when it is admitted; one that does not fit is refused with
+OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), without a
+``retry-after`` unless ``limit_retry_after`` is set. Every answer carries the key's
+``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
+``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``.
 """
 
 from __future__ import annotations
@@ -55,12 +65,68 @@ class OpenAIStandinConfig:
     hang_seconds: float = 600.0
     unauthorized_keys: set[str] = field(default_factory=set)
     fail_next: list[int] = field(default_factory=list)  # statuses for the next calls, FIFO
+    # per-key limits: {"rpm": requests per minute, "tpm": tokens per minute (optional)}
+    key_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    default_rpm: float = 1_000_000.0
+    default_tpm: float = 1_000_000_000.0
+    burst_seconds: float = 1.0  # what a bucket holds, in seconds of its rate
+    limit_retry_after: bool = False  # send retry-after on a rate-limit 429 (OpenAI often does not)
+    insufficient_quota_keys: set[str] = field(default_factory=set)
+    unknown_models: set[str] = field(default_factory=set)
+
+
+class Bucket:
+    """A continuously refilling bucket: ``rate`` units a second, at most ``capacity``."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.level, self.at = capacity, time.monotonic()
+
+    def refill(self, rate: float, capacity: float) -> None:
+        now = time.monotonic()
+        self.level = min(capacity, self.level + (now - self.at) * self.rate)
+        self.rate, self.capacity, self.at = rate, capacity, now
+
+    def take(self, amount: float) -> float:
+        """0 if taken, else the seconds until ``amount`` would fit."""
+        if self.level >= amount:
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) / self.rate
+
+    def reset_seconds(self) -> float:
+        return (self.capacity - self.level) / self.rate
+
+
+@dataclass
+class KeyLimits:
+    rpm: float
+    tpm: float
+    requests: Bucket
+    tokens: Bucket
 
 
 @dataclass
 class _State:
     config: OpenAIStandinConfig
     calls: CallLog
+    limits: dict[str, KeyLimits] = field(default_factory=dict)
+
+    def limits_of(self, key: str) -> KeyLimits:
+        """The key's buckets, refilled to now (and resized if its limits changed)."""
+        config = self.config
+        given = config.key_limits.get(key, {})
+        rpm, tpm = given.get("rpm", config.default_rpm), given.get("tpm", config.default_tpm)
+        burst = config.burst_seconds
+        known = self.limits.get(key)
+        if known is None:
+            known = self.limits[key] = KeyLimits(
+                rpm, tpm, Bucket(rpm / 60, rpm / 60 * burst), Bucket(tpm / 60, tpm / 60 * burst)
+            )
+        known.rpm, known.tpm = rpm, tpm
+        known.requests.refill(rpm / 60, max(rpm / 60 * burst, 1.0))
+        known.tokens.refill(tpm / 60, tpm / 60 * burst)
+        return known
 
 
 STATE = web.AppKey("openai_standin", _State)
@@ -91,6 +157,69 @@ def _rate_headers(remaining: int, retry_after: str | None = None) -> dict[str, s
     if retry_after is not None:
         headers["retry-after"] = retry_after
     return headers
+
+
+def duration(seconds: float) -> str:
+    """Seconds as OpenAI writes them: ``20ms``, ``1.234s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(round(seconds * 1000), 1)}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+def _limit_headers(limits: KeyLimits) -> dict[str, str]:
+    """The key's ``x-ratelimit-*`` headers: limits per minute, what is left of the minute's
+    worth in proportion to the buckets, and when they would be full again."""
+    requests, tokens = limits.requests, limits.tokens
+    return {
+        "x-request-id": f"req_{uuid.uuid4().hex}",
+        "x-ratelimit-limit-requests": f"{limits.rpm:.0f}",
+        "x-ratelimit-remaining-requests": f"{limits.rpm * requests.level / requests.capacity:.0f}",
+        "x-ratelimit-reset-requests": duration(requests.reset_seconds()),
+        "x-ratelimit-limit-tokens": f"{limits.tpm:.0f}",
+        "x-ratelimit-remaining-tokens": f"{limits.tpm * tokens.level / tokens.capacity:.0f}",
+        "x-ratelimit-reset-tokens": duration(tokens.reset_seconds()),
+    }
+
+
+def _token_cost(body: Any) -> int:
+    """What OpenAI counts a call against tokens per minute when it admits it."""
+    if not isinstance(body, dict):
+        return 0
+    found = body.get("messages")
+    messages: list[Any] = found if isinstance(found, list) else []
+    characters = sum(len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    return characters // 4 + len(messages) * 4 + (limit if isinstance(limit, int) else 16)
+
+
+def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response | None:
+    """A 429 as OpenAI writes it when the call does not fit the key's limits, else None (the
+    call's request and tokens are taken)."""
+    limits = state.limits_of(key)
+    cost = _token_cost(body)
+    wait = limits.requests.take(1)
+    lane, limit, used, asked = "requests per min (RPM)", limits.rpm, limits.rpm, 1
+    if not wait:
+        wait = limits.tokens.take(cost)
+        if wait:
+            limits.requests.level += 1  # not admitted: give the request back
+            lane, limit, asked = "tokens per min (TPM)", limits.tpm, cost
+            used = limits.tpm * (1 - limits.tokens.level / limits.tokens.capacity)
+    if not wait:
+        return None
+    message = (
+        f"Rate limit reached for {model or 'the model'} in organization org-standin on {lane}: "
+        f"Limit {limit:.0f}, Used {used:.0f}, Requested {asked}. Please try again in "
+        f"{duration(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more."
+    )
+    headers = _limit_headers(limits)
+    if state.config.limit_retry_after:
+        headers["retry-after-ms"] = str(max(round(wait * 1000), 1))
+    kind = "requests" if asked == 1 else "tokens"
+    return _error(429, message, kind, code="rate_limit_exceeded", headers=headers)
 
 
 def _status_error(status: int, config: OpenAIStandinConfig) -> web.Response:
@@ -205,6 +334,23 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     if key in config.unauthorized_keys:
         rec["fault"] = "unauthorized"
         return _status_error(401, config)
+    model = body.get("model") if isinstance(body, dict) else None
+    if key in config.insufficient_quota_keys:
+        rec["fault"] = "insufficient_quota"
+        message = (
+            "You exceeded your current quota, please check your plan and billing details. For "
+            "more information on this error, read the docs: "
+            "https://platform.openai.com/docs/guides/error-codes/api-errors."
+        )
+        return _error(429, message, "insufficient_quota", code="insufficient_quota")
+    if model in config.unknown_models:
+        rec["fault"] = "model_not_found"
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return _error(404, message, code="model_not_found")
+    throttled = _over_limit(app[STATE], key, body, model)
+    if throttled is not None:
+        rec["fault"] = "key_limit"
+        return throttled
     if every(config.rate_limit_every, n) or fraction_hit(config.rate_limit_fraction, n):
         rec["fault"] = "rate_limit"
         return _status_error(429, config)
@@ -214,7 +360,8 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     invalid = _validate(body)
     if invalid is not None:
         return invalid
-    return web.json_response(_completion(body), headers=_rate_headers(REQUEST_LIMIT - 1))
+    headers = _limit_headers(app[STATE].limits_of(key))
+    return web.json_response(_completion(body), headers=headers)
 
 
 async def chat_completions(request: web.Request) -> web.Response:
@@ -236,7 +383,8 @@ def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
     app = new_app()
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
-    add_control_routes(app, state.config, state.calls, frozenset({"unauthorized_keys"}))
+    secret = frozenset({"unauthorized_keys", "insufficient_quota_keys", "key_limits"})
+    add_control_routes(app, state.config, state.calls, secret)
     return app
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import signal
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -68,7 +69,13 @@ class CallLog:
 
     def start(self, **fields: Any) -> JSON:
         self.count += 1
-        record: JSON = {"n": self.count, **fields, "status": None, "fault": None}
+        record: JSON = {
+            "n": self.count,
+            "at": time.time(),
+            **fields,
+            "status": None,
+            "fault": None,
+        }
         self.records.append(record)
         return record
 
@@ -176,7 +183,12 @@ def config_view(config: Any, secret_fields: frozenset[str]) -> JSON:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in secret_fields and isinstance(value, dict):
-            value = {k: key_tail(v) for k, v in value.items()}
+            value = {  # keyed by a secret (limits per key), or mapping to one (keys per site)
+                (key_tail(k) if not isinstance(v, str) else k): (
+                    key_tail(v) if isinstance(v, str) else v
+                )
+                for k, v in value.items()
+            }
         elif f.name in secret_fields and isinstance(value, set | list):
             value = sorted(str(key_tail(v)) for v in value)
         elif isinstance(value, set):

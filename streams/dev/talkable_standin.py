@@ -12,12 +12,14 @@ Implements what talkstream uses, in the shapes of Talkable's published OpenAPI s
 
 Errors use Talkable's envelope ``{"ok": false, "error_message": "..."}``. Faults come from a
 mutable :class:`TalkableStandinConfig`, applied in this order: ``down``/``down_until`` (503) →
-``latency_seconds`` → ``fail_next`` → ``hang_every`` → ``fail_status_every`` → auth → validation.
+``site_rate_limits`` (429 with Retry-After) → ``latency_seconds`` → ``fail_next`` → ``hang_every``
+→ ``fail_status_every`` → auth → validation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -71,12 +73,31 @@ class TalkableStandinConfig:
     down_until: float | None = None  # unix time; 503 to every API call until then
     hang_every: int = 0
     hang_seconds: float = 600.0
+    # calls per second each site may make (a bucket holding one second's worth); over it: 429
+    # with Retry-After, as Talkable asks clients to back off. Sites not listed: unlimited.
+    site_rate_limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class _State:
     config: TalkableStandinConfig
     calls: CallLog
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # site → level, at
+
+    def over_limit(self, site: Any) -> float:
+        """0 if the site's call fits its rate, else the seconds until one would."""
+        rate = self.config.site_rate_limits.get(str(site))
+        if not rate:
+            return 0.0
+        now = time.monotonic()
+        level, at = self.buckets.get(str(site), (max(rate, 1.0), now))
+        level = min(max(rate, 1.0), level + (now - at) * rate)
+        if level >= 1:
+            self.buckets[str(site)] = (level - 1, now)
+            return 0.0
+        self.buckets[str(site)] = (level, now)
+        return (1 - level) / rate
+
     origins: dict[tuple[str, str], JSON] = field(default_factory=dict)  # (site, event_number)
     events: list[JSON] = field(default_factory=list)
     people: dict[tuple[str, str], JSON] = field(default_factory=dict)  # (site, email)
@@ -227,6 +248,10 @@ async def _faults(app: web.Application, rec: JSON) -> web.Response | None:
     if config.down or (config.down_until is not None and time.time() < config.down_until):
         rec["fault"] = "down"
         return _status_error(503, config)
+    wait = app[STATE].over_limit(rec.get("site_slug"))
+    if wait:
+        rec["fault"] = "site_limit"
+        return _fail(429, "Too many requests", str(max(1, math.ceil(wait))))
     injected = await common_faults(app, config, rec, lambda s: _status_error(s, config))
     if injected is not None:
         return injected

@@ -209,6 +209,12 @@ class SiteStats:
     latency_p95_ms: int | None
     limited_rate: float | None  # limited / requests
     failure_rate: float | None  # (generation_failed + publish_failed) / admitted
+    # waiting for the upstream targets (pacing, 429s, an open circuit): requests that waited
+    # at least a second in some queue, and the longest waits
+    waited: int = 0
+    wait_p95_ms: int | None = None
+    wait_max_ms: int | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # why: error class → requests
 
 
 def percentile(values: Sequence[int], p: float) -> int | None:
@@ -237,6 +243,17 @@ def _stats(site: str, rows: list[RequestRow]) -> SiteStats:
         by_state[row.state if row.terminal else "in_flight"] += 1
     admitted = sum(1 for row in rows if row.admitted_at_ms is not None)
     latencies = [r.generation_latency_ms for r in rows if r.generation_latency_ms is not None]
+    waits = [
+        (r.generation_wait_ms or 0) + (r.publish_wait_ms or 0)
+        for r in rows
+        if r.generation_wait_ms is not None or r.publish_wait_ms is not None
+    ]
+    failures: dict[str, int] = {}
+    for row in rows:
+        if row.state in FAILED:
+            failures[row.error_class or "unknown"] = (
+                failures.get(row.error_class or "unknown", 0) + 1
+            )
     return SiteStats(
         site=site,
         requests=len(rows),
@@ -247,7 +264,14 @@ def _stats(site: str, rows: list[RequestRow]) -> SiteStats:
         latency_p95_ms=percentile(latencies, 95),
         limited_rate=by_state[State.LIMITED.value] / len(rows) if rows else None,
         failure_rate=sum(by_state[s] for s in FAILED) / admitted if admitted else None,
+        waited=sum(1 for wait in waits if wait >= WAITED_MS),
+        wait_p95_ms=percentile(waits, 95),
+        wait_max_ms=max(waits, default=None),
+        failures=dict(sorted(failures.items(), key=lambda item: (-item[1], item[0]))),
     )
+
+
+WAITED_MS = 1000  # a request "waited" when its steps waited at least this long in all
 
 
 # the table's columns for the states, in the order a reader scans them
@@ -273,6 +297,8 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
         "tokens out",
         "p50 ms",
         "p95 ms",
+        "waited",
+        "wait p95",
         "limited",
         "failed",
     ]
@@ -285,12 +311,22 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
             str(s.completion_tokens),
             _or_dash(s.latency_p50_ms),
             _or_dash(s.latency_p95_ms),
+            str(s.waited),
+            _or_dash(s.wait_p95_ms),
             _rate(s.limited_rate),
             _rate(s.failure_rate),
         ]
         for s in stats
     ]
-    return table(headers, rows, numeric_from=1)
+    why = [
+        f"  {s.site}: " + ", ".join(f"{reason} {count}" for reason, count in s.failures.items())
+        for s in stats
+        if s.failures and s.site != "*"
+    ]
+    text = table(headers, rows, numeric_from=1)
+    return text + (
+        "\n\nwhy requests failed (error class: requests)\n" + "\n".join(why) if why else ""
+    )
 
 
 def stats_json(

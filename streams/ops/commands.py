@@ -319,27 +319,44 @@ def schemas(check: bool) -> None:
 
 @click.command()
 @click.option("--request-id", default=None, help="only this request's dead letters")
+@click.option("--site", default=None, help="only parked work of this site")
 @click.option("--topic", default=None, help="only letters from this topic (full name)")
-@click.option("--reason-contains", default=None, help="only letters whose reason contains it")
+@click.option(
+    "--reason-contains", default=None, help="only letters whose reason contains it (any case)"
+)
+@click.option("--since", metavar="TIME", help="only letters written since (ISO-8601, epoch, 2h)")
+@click.option("--until", metavar="TIME", help="only letters written until")
 @click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
 @click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
 def redrive(
     request_id: str | None,
+    site: str | None,
     topic: str | None,
     reason_contains: str | None,
+    since: str | None,
+    until: str | None,
     from_beginning: bool,
     dry_run: bool,
 ) -> None:
-    """Re-issue dead-lettered work once its cause is fixed."""
+    """Re-issue dead-lettered work once its cause is fixed (parked requests go through the
+    ledger, which runs them as their next attempt)."""
     from streams.ops.redrive import Selection
     from streams.ops.redrive import redrive as run_redrive
     from streams.runtime import now_ms
 
+    selection = Selection(
+        request_id=request_id,
+        topic=topic,
+        reason_contains=reason_contains,
+        site=site,
+        since_ms=_parse_time(since),
+        until_ms=_parse_time(until),
+    )
     settings = Settings()
     report = asyncio.run(
         run_redrive(
             settings,
-            Selection(request_id, topic, reason_contains),
+            selection,
             dry_run=dry_run,
             from_beginning=from_beginning,
             now_ms=now_ms,

@@ -3,10 +3,12 @@
 Reads the dead-letter topic with its own consumer group (``<app id>-redrive``), so each letter
 is redriven once; ``--from-beginning`` reconsiders all of them. For each letter that matches:
 
-- a parked publication (a ``PublishCompletion`` Talkable refused, or whose attempts ran out)
-  becomes a ``RedriveRequested`` on the person's partition of [requests]: the ledger, which
-  decides every re-issue, runs it again as its next attempt (``publish_failed → publishing``),
-  with the same retries, deadlines and dead letter as any attempt;
+- parked work (a ``PublishCompletion`` that ended ``publish_failed``, a ``GenerateText`` that
+  ended ``generation_failed``: refused, no quota, waited too long, attempts ran out) becomes a
+  ``RedriveRequested`` on the person's partition of [requests]: the ledger, which decides
+  every re-issue, runs it again as its next attempt (``publish_failed → publishing``;
+  ``generation_failed → admitted`` once a slot is taken again, or ``limited``), with the same
+  pacing, deadlines and dead letters as any attempt;
 - a poison message (a value that did not decode) goes back to the topic it came from, for a
   worker whose code can now read it.
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from models.events import DeadLetter, PublishCompletion, RedriveRequested
+from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import client_options
@@ -45,12 +47,20 @@ class Selection:
     request_id: str | None = None
     topic: str | None = None
     reason_contains: str | None = None
+    site: str | None = None  # the site of the request (parked work only)
+    since_ms: int | None = None  # when the letter was written
+    until_ms: int | None = None
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
             (self.request_id is None or letter.request_id == self.request_id)
             and (self.topic is None or letter.topic == self.topic)
-            and (self.reason_contains is None or self.reason_contains in letter.reason)
+            and (
+                self.reason_contains is None
+                or self.reason_contains.lower() in letter.reason.lower()
+            )
+            and (self.since_ms is None or letter.at_ms >= self.since_ms)
+            and (self.until_ms is None or letter.at_ms <= self.until_ms)
         )
 
 
@@ -124,11 +134,18 @@ async def _one(
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
     topic = letter.topic
-    if letter.topic == settings.topic("completions"):
+    if letter.topic in (settings.topic("completions"), settings.topic("generate")):
         try:
-            command = decode(PublishCompletion, value)
+            command: PublishCompletion | GenerateText = (
+                decode(PublishCompletion, value)
+                if letter.topic == settings.topic("completions")
+                else decode(GenerateText, value)
+            )
         except DecodeError:
             report.unreadable += 1
+            return
+        if selection.site is not None and command.site != selection.site:
+            report.skipped += 1
             return
         redrive = RedriveRequested(
             request_id=command.request_id,
@@ -138,6 +155,9 @@ async def _one(
         )
         topic, key, value = settings.topic("requests"), command.person.encode(), encode(redrive)
         what = f"{command.request_id} → the ledger"
+    elif selection.site is not None:  # a poison message belongs to no site we can tell
+        report.skipped += 1
+        return
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
     if not dry_run:

@@ -275,6 +275,8 @@ def _transition(item: Sourced) -> dict[str, Any]:
         "latency_ms": e.latency_ms,
         "window_start": e.window_start,
         "window_count": e.window_count,
+        "waited_ms": e.waited_ms,
+        "arrived_at_ms": e.arrived_at_ms,
         "topic": item.topic,
         "partition": item.partition,
         "offset": item.offset,
@@ -305,6 +307,7 @@ def _apply(session: Session, rows: dict[str, RequestRow], item: Sourced) -> None
     row.attempts = max(row.attempts or 0, e.attempt)
     if e.state is State.RECEIVED:
         row.received_at_ms = e.at_ms
+        row.arrived_at_ms = e.arrived_at_ms
     elif e.state in TERMINAL:
         row.terminal_at_ms = e.at_ms
     elif getattr(row, _REACHED[e.state]) is None:  # re-issues keep the first attempt's time
@@ -317,6 +320,11 @@ def _apply(session: Session, rows: dict[str, RequestRow], item: Sourced) -> None
         row.completion_tokens = e.completion_tokens
     if e.type == "TextGenerated" and e.latency_ms is not None:
         row.generation_latency_ms = e.latency_ms
+    if e.waited_ms is not None:
+        if e.type in ("TextGenerated", "GenerationFailed"):
+            row.generation_wait_ms = e.waited_ms
+        else:
+            row.publish_wait_ms = e.waited_ms
     if e.error_class is not None:
         row.error_class = e.error_class
         row.error_message = e.error_message

@@ -4,8 +4,9 @@ The schema is owned by the Alembic migrations in ``streams/projection/migrations
 classes must match them (a contract test compares the two on SQLite and PostgreSQL). Times are
 epoch milliseconds, as on the topics.
 
-``requests``      the request as it stands: site, person, state, when it reached each state,
-                  model, tokens, generation latency, attempts, error
+``requests``      the request as it stands: site, person, state, when it arrived and when it
+                  reached each state, model, tokens, generation latency, the waits for the
+                  upstream targets, attempts, error
 ``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
                   the source is unique, so an event is never applied twice
 """
@@ -34,6 +35,8 @@ class RequestRow(Base):
     terminal: Mapped[bool] = mapped_column(Boolean, default=False)
     # when the request reached each state (the event time the ledger decided with)
     received_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # when the webhook reached the ingress (wall clock): latencies are measured from it
+    arrived_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     admitted_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     generating_at_ms: Mapped[int | None] = mapped_column(BigInteger)  # the first attempt
     generated_at_ms: Mapped[int | None] = mapped_column(BigInteger)
@@ -46,6 +49,9 @@ class RequestRow(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     generation_latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # how long the last generation / publication attempt waited for its upstream target
+    generation_wait_ms: Mapped[int | None] = mapped_column(Integer)
+    publish_wait_ms: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_class: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -73,6 +79,8 @@ class TransitionRow(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     window_start: Mapped[int | None] = mapped_column(BigInteger)
     window_count: Mapped[int | None] = mapped_column(Integer)
+    waited_ms: Mapped[int | None] = mapped_column(Integer)
+    arrived_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)

@@ -110,6 +110,9 @@ def test_stats_per_site_counts_tokens_latency_and_rates(projected: str):
     assert (acme["latency_p50_ms"], acme["latency_p95_ms"]) == (900, 1200)
     assert acme["limited_rate"] == pytest.approx(1 / 5)
     assert acme["failure_rate"] == pytest.approx(1 / 4)  # of the admitted
+    # what waited for its upstream target, how long, and why requests failed
+    assert (acme["waited"], acme["wait_max_ms"]) == (1, 4000)
+    assert acme["failures"] == {"AuthenticationError": 1}
     globex = sites["globex"]
     assert globex["by_state"]["skipped"] == 1 and globex["by_state"]["rejected_duplicate"] == 1
     assert sites["*"]["requests"] == 8
@@ -126,6 +129,7 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     cells = row.split()
     assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
     assert cells[-2:] == ["0.0%", "50.0%"]
+    assert "why requests failed" in result.output and "acme: AuthenticationError 1" in result.output
 
 
 def test_stats_refuses_a_time_it_cannot_read(projected: str):

@@ -63,7 +63,7 @@ def test_openai_401_fails_generation_and_gives_the_slot_back(make_system) -> Non
     assert status == 202
     row = system.wait_terminal([bad["request_id"]])[bad["request_id"]]
     assert row.state == "generation_failed"
-    assert row.error_class == "GenerationError"
+    assert row.error_class == "Unauthorized"
     assert "401" in (row.error_message or "")
     assert "sk-revoked-key-0001" not in (row.error_message or "")
     assert row.attempts == 1  # 401 is never retried
@@ -94,7 +94,9 @@ def test_talkable_down_for_30s_publishes_everything_once_it_recovers(make_system
 
 def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> None:
     # every 2nd OpenAI call hangs: the generator never reports, as if the work were lost
-    system = make_system(generation_deadline_seconds="3", openai_timeout_seconds="120")
+    system = make_system(
+        generation_deadline_seconds="3", max_wait_seconds="2", openai_timeout_seconds="120"
+    )
     system.openai("POST", "/_control", {"hang_every": 2})
     ids = post_all(system, [seed_params(f"hang{i}@example.com") for i in range(2)])
     rows = system.wait_terminal(ids, timeout=90)
@@ -159,14 +161,14 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
 
 
 def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(make_system) -> None:
-    # Talkable answers 503 to everything: retriable, until every attempt is spent
-    system = make_system(max_attempts="2", talkable_max_attempts="2")
+    # Talkable answers 503 to everything: retriable, until the publication waited too long
+    system = make_system(max_wait_seconds="4")
     system.talkable("POST", "/_control", {"down": True})
     status, answer = system.post(seed_params("exhausted@example.com"))
     assert status == 202
     request_id = answer["request_id"]
     row = system.wait_terminal([request_id], timeout=120)[request_id]
-    assert (row.state, row.attempts) == ("publish_failed", 2)
+    assert (row.state, row.error_class) == ("publish_failed", "QueueTimeout")
     assert "503" in (row.error_message or "")
 
     preview = talkstream(system, "redrive", "--dry-run", "--reason-contains", "503")

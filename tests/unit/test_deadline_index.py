@@ -8,7 +8,7 @@ from models.ledger import Policy
 from streams.agents.ledger import DeadlineIndex
 from tests.unit.domain_builders import PERSON, T0, Ledger, received
 
-POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000)
+POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000, max_wait_ms=0)
 STAGES = {"generating": 120_000, "publishing": 60_000}
 ISSUED = T0 * 1000
 

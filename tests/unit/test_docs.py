@@ -109,8 +109,10 @@ def test_topology_topics_match_the_catalogue() -> None:
 
 def test_topology_agents_and_tables_match_the_app(runtime) -> None:
     rows = table_rows(section(TOPOLOGY, "Agents"))
-    agents = {row[0] for row in rows if "(timer)" not in row[0]}
+    agents = {row[0] for row in rows if "(" not in row[0]}
     assert agents == set(runtime.app.agents)
+    executors = {row[0].removesuffix(" (executor)") for row in rows if "(executor)" in row[0]}
+    assert executors == {executor.config.name for executor in runtime.executors}
     assert "deadlines (timer)" in {row[0] for row in rows}
     tables = {row[0].strip("`") for row in table_rows(section(TOPOLOGY, "Tables"))}
     assert tables == set(runtime.app.tables) == {LEDGER_TABLE}

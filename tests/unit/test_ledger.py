@@ -29,6 +29,7 @@ from models.events import (
 )
 from models.ledger import Outcome, PersonState, Policy, handle
 from models.lifecycle import TERMINAL, State, check_transition
+from models.params import UsageLimit
 from models.usage import Window
 from streams.codecs import encode
 from streams.ops.replay import Record, Rederivation, VerifySummary
@@ -633,12 +634,35 @@ def test_overdue_publication_is_reissued_then_parked() -> None:
 
 
 def test_deadlines_follow_the_worker_clock_and_decisions_do_not() -> None:
-    policy = Policy(generation_deadline_ms=1000, publish_deadline_ms=500)
+    policy = Policy(generation_deadline_ms=1000, publish_deadline_ms=500, max_wait_ms=0)
     early = handle(None, received("req-1"), policy, now_ms=10)
     late = handle(None, received("req-1"), policy, now_ms=99_000)
     assert early.state.inflight["req-1"].deadline_ms == 1010
     assert late.state.inflight["req-1"].deadline_ms == 100_000
     assert early.events == late.events
+
+
+def test_a_deadline_covers_the_wait_in_the_target_queue_then_the_call() -> None:
+    policy = Policy(generation_deadline_ms=1000, publish_deadline_ms=500, max_wait_ms=60_000)
+    ledger = Ledger(policy=policy, now_ms=10)
+    admit(ledger)
+    assert ledger.state is not None
+    assert ledger.state.inflight["req-1"].deadline_ms == 10 + 60_000 + 1000
+    ledger.now_ms = 2_000
+    ledger.send(generated("req-1"))
+    assert ledger.state.inflight["req-1"].deadline_ms == 2_000 + 60_000 + 500
+    ledger.send(expired("req-1", 1, "publishing"))
+    assert ledger.state.inflight["req-1"].deadline_ms == 2_000 + 60_000 + 500  # re-issued now
+
+
+def test_the_time_an_attempt_waited_in_its_queue_is_recorded() -> None:
+    ledger = Ledger()
+    admit(ledger)
+    waited = generated("req-1").model_copy(update={"waited_ms": 4_200})
+    [text, _] = ledger.send(waited).events
+    assert text.waited_ms == 4_200
+    done = published("req-1").model_copy(update={"waited_ms": 300})
+    assert [e.waited_ms for e in ledger.send(done).events] == [300]
 
 
 # --- what goes to Talkable --------------------------------------------------------------------
@@ -742,7 +766,8 @@ class Model:
     inflight: dict[str, tuple[Stage, int]] = field(default_factory=dict)  # entity -> stage, try
     webhook: dict[str, str] = field(default_factory=dict)  # entity -> request_id
     slot: dict[str, int | None] = field(default_factory=dict)  # entity -> window start
-    parked: dict[str, int] = field(default_factory=dict)  # publish_failed entity -> last try
+    parked: dict[str, tuple[Stage, int]] = field(default_factory=dict)  # failed: stage, try
+    limits: dict[str, UsageLimit | None] = field(default_factory=dict)  # entity -> its limit
 
     def receive(self, r: RequestReceived) -> tuple[str | None, list[str]]:
         """The entity and the event types expected for ``r`` (None: nothing at all)."""
@@ -774,14 +799,18 @@ class Model:
         self.inflight[entity] = ("generating", 1)
         self.webhook[entity] = r.request_id
         self.slot[entity] = taken
+        self.limits[entity] = usage
         return entity, HAPPY
 
     def result(self, m: RequestsValue) -> list[str]:
         if isinstance(m, RedriveRequested):
             if m.request_id not in self.parked:
                 return []
-            self.inflight[m.request_id] = ("publishing", self.parked.pop(m.request_id) + 1)
-            return ["PublicationStarted"]
+            stage, attempt = self.parked.pop(m.request_id)
+            if stage == "publishing":
+                self.inflight[m.request_id] = ("publishing", attempt + 1)
+                return ["PublicationStarted"]
+            return self._readmit(m.request_id, attempt + 1, m.at_ms // 1000)
         flight = self.inflight.get(m.request_id)
         if flight is None:
             return []
@@ -822,8 +851,23 @@ class Model:
         return []
 
     def _park(self, entity: str) -> list[str]:
-        self.parked[entity] = self.inflight.pop(entity)[1]
+        self.parked[entity] = ("publishing", self.inflight.pop(entity)[1])
         return ["PublicationFailed"]
+
+    def _readmit(self, entity: str, attempt: int, now: int) -> list[str]:
+        """A redriven generation takes a slot again, judged at the redrive's time."""
+        usage, taken = self.limits[entity], None
+        if usage is not None:
+            start, count = self.window or (usage.start_time, usage.current_usage_amount)
+            if now - start >= usage.duration_in_seconds:
+                start, count = now, 0
+            self.window = (start, count)
+            if count >= usage.amount:
+                return ["UsageLimited"]
+            self.window, taken = (start, count + 1), start
+        self.inflight[entity] = ("generating", attempt)
+        self.slot[entity] = taken
+        return ["RequestAdmitted", "GenerationStarted"]
 
     def _retry(self, entity: str) -> list[str]:
         stage, attempt = self.inflight[entity]
@@ -831,7 +875,7 @@ class Model:
         return ["GenerationStarted" if stage == "generating" else "PublicationStarted"]
 
     def _failed(self, entity: str) -> list[str]:
-        del self.inflight[entity]
+        self.parked[entity] = ("generating", self.inflight.pop(entity)[1])
         taken = self.slot[entity]
         if self.window is not None and taken == self.window[0] and self.window[1] > 0:
             self.window = (taken, self.window[1] - 1)
@@ -890,23 +934,26 @@ class Run:
             else:
                 assert flight.state is State.PUBLISHING
                 assert command.talkable_api_key == SEALED_TALKABLE
-        # every request that ends publish_failed is dead-lettered, and nothing else is
-        parked = [e.request_id for e in outcome.events if e.state is State.PUBLISH_FAILED]
+        # every request that ends publish_failed or generation_failed is dead-lettered, and
+        # nothing else is
+        failed = {State.PUBLISH_FAILED, State.GENERATION_FAILED}
+        parked = [e.request_id for e in outcome.events if e.state in failed]
         assert [letter.command.request_id for letter in outcome.dead_letters] == parked
         assert set(state.parked) == set(self.model.parked)
         self._check_windows()
 
     def _check_windows(self) -> None:
-        """No window ever holds more than ``amount`` admitted-and-not-failed requests."""
-        admitted: dict[int, set[str]] = {}
-        failed: set[str] = set()
+        """No window ever holds more than ``amount`` admitted-and-not-failed requests (a
+        redriven generation holds a slot again once re-admitted)."""
+        holders: dict[int, set[str]] = {}
         for event in self.ledger.events:
             if event.type == "RequestAdmitted" and event.window_start is not None:
-                admitted.setdefault(event.window_start, set()).add(event.request_id)
+                holders.setdefault(event.window_start, set()).add(event.request_id)
             if event.state is State.GENERATION_FAILED:
-                failed.add(event.request_id)
-        for start, entities in admitted.items():
-            assert len(entities - failed) <= self.model.amount, (start, entities, failed)
+                for entities in holders.values():
+                    entities.discard(event.request_id)
+            for start, entities in holders.items():
+                assert len(entities) <= self.model.amount, (start, entities)
 
     def receive(self, data: st.DataObject) -> RequestReceived:
         self.deliveries += 1
@@ -1026,10 +1073,15 @@ def test_any_interleaving_follows_the_rules(
     for entity, states in run.lifecycle.items():
         assert states[0] is State.RECEIVED
         assert states[-1] in TERMINAL, (entity, states)
-        # one terminal state, but for a publish_failed that an operator redrove
+        # one terminal state, but for a failure that an operator redrove
         ends = [i for i, state in enumerate(states) if state in TERMINAL]
         assert all(
-            states[i] is State.PUBLISH_FAILED and states[i + 1] is State.PUBLISHING
+            (states[i], states[i + 1])
+            in {
+                (State.PUBLISH_FAILED, State.PUBLISHING),
+                (State.GENERATION_FAILED, State.ADMITTED),
+                (State.GENERATION_FAILED, State.LIMITED),
+            }
             for i in ends[:-1]
         ), (entity, states)
 

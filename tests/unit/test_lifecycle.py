@@ -43,9 +43,17 @@ DESIGN_EDGES: frozenset[tuple[State | None, State]] = frozenset(
         (S.PUBLISH_FAILED, S.PUBLISHING),
         # ...or, as recorded before redrives ran through the ledger, it landed
         (S.PUBLISH_FAILED, S.PUBLISHED),
+        # a redriven failed generation takes a slot again, or finds the window full now
+        (S.GENERATION_FAILED, S.ADMITTED),
+        (S.GENERATION_FAILED, S.LIMITED),
     }
 )
-REDRIVE = {(S.PUBLISH_FAILED, S.PUBLISHING), (S.PUBLISH_FAILED, S.PUBLISHED)}
+REDRIVE = {
+    (S.PUBLISH_FAILED, S.PUBLISHING),
+    (S.PUBLISH_FAILED, S.PUBLISHED),
+    (S.GENERATION_FAILED, S.ADMITTED),
+    (S.GENERATION_FAILED, S.LIMITED),
+}
 DESIGN_TERMINAL = {
     S.REJECTED_DUPLICATE,
     S.SKIPPED,

@@ -4,7 +4,12 @@ redrives run by earlier versions (straight to the publisher) still land."""
 
 from __future__ import annotations
 
-from models.events import PublicationAttemptSucceeded, PublishCompletion, RedriveRequested
+from models.events import (
+    GenerateText,
+    PublicationAttemptSucceeded,
+    PublishCompletion,
+    RedriveRequested,
+)
 from models.lifecycle import State
 from tests.unit.domain_builders import (
     PERSON,
@@ -12,6 +17,7 @@ from tests.unit.domain_builders import (
     T0,
     Ledger,
     generated,
+    generation_failed,
     limit,
     publication_failed,
     published,
@@ -149,3 +155,64 @@ def test_parked_publications_are_forgotten_after_the_fingerprint_retention() -> 
     ledger.send(received("req-2", at_ms=later))
     assert ledger.state is not None and ledger.state.parked == {}
     assert ledger.send(redriven("req-1")).events == []
+
+
+# --- a failed generation ------------------------------------------------------------------
+
+
+def failed_generation(amount: int = 2, used: int = 0) -> Ledger:
+    ledger = Ledger()
+    ledger.send(received("req-1", usage_limit=limit(amount=amount, used=used)))
+    outcome = ledger.send(generation_failed("req-1"))
+    [letter] = outcome.dead_letters
+    assert isinstance(letter.command, GenerateText) and letter.reason == "stand-in failure"
+    assert ledger.state is not None and "req-1" in ledger.state.parked
+    return ledger
+
+
+def test_a_redriven_generation_takes_a_slot_again_and_generates() -> None:
+    ledger = failed_generation(amount=2)
+    outcome = ledger.send(redrive("req-1"))
+    assert [(e.type, e.previous_state, e.state, e.attempt) for e in outcome.events] == [
+        ("RequestAdmitted", State.GENERATION_FAILED, State.ADMITTED, 2),
+        ("GenerationStarted", State.ADMITTED, State.GENERATING, 2),
+    ]
+    assert outcome.events[0].window_count == 1  # its slot went back when it failed
+    [command] = outcome.commands
+    assert isinstance(command, GenerateText) and command.attempt == 2
+    assert outcome.state.window is not None and outcome.state.window.count == 1
+    assert "req-1" not in outcome.state.parked
+    done = ledger.send(generated("req-1", 2))
+    assert types_of(done) == ["TextGenerated", "PublicationStarted"]
+
+
+def test_a_redriven_generation_is_limited_when_the_window_filled_meanwhile() -> None:
+    ledger = failed_generation(amount=1)
+    ledger.send(received("req-2", usage_limit=limit(amount=1, now=T0 + 1)))  # took the slot
+    outcome = ledger.send(redrive("req-1"))
+    [event] = outcome.events
+    assert (event.type, event.previous_state, event.state) == (
+        "UsageLimited",
+        State.GENERATION_FAILED,
+        State.LIMITED,
+    )
+    assert "usage window full: 1 of 1 used" in event.cause
+    assert outcome.commands == [] and "req-1" not in outcome.state.parked
+
+
+def test_a_redriven_generation_is_judged_at_the_time_of_the_redrive() -> None:
+    ledger = failed_generation(amount=1)
+    ledger.send(received("req-2", usage_limit=limit(amount=1, now=T0 + 1)))
+    # an hour later the window has rolled over: a slot in the new window
+    outcome = ledger.send(redrive("req-1", at_ms=(T0 + 3600) * 1000))
+    assert types_of(outcome) == ["RequestAdmitted", "GenerationStarted"]
+    assert outcome.events[0].window_start == T0 + 3600
+
+
+def test_a_redriven_generation_without_a_limit_simply_runs_again() -> None:
+    ledger = Ledger()
+    ledger.send(received("req-1"))
+    ledger.send(generation_failed("req-1"))
+    outcome = ledger.send(redrive("req-1"))
+    assert types_of(outcome) == ["RequestAdmitted", "GenerationStarted"]
+    assert outcome.state.window is None

@@ -1,0 +1,87 @@
+"""What an upstream says about its limits, read from its answers.
+
+OpenAI sends, on every response (429s included)::
+
+    x-ratelimit-limit-requests: 300        x-ratelimit-limit-tokens: 40000
+    x-ratelimit-remaining-requests: 299    x-ratelimit-remaining-tokens: 39850
+    x-ratelimit-reset-requests: 200ms      x-ratelimit-reset-tokens: 6m0s
+
+(limits per minute; resets as Go-style durations), and in a 429 body "Please try again in
+1.234s" (or "20ms"). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds; an HTTP
+date is ignored). Talkable publishes no limits and only asks clients to back off.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One answer's view of a target's limits; None where the answer said nothing."""
+
+    requests_per_minute: float | None = None
+    remaining_requests: float | None = None
+    requests_reset_s: float | None = None
+    tokens_per_minute: float | None = None
+    remaining_tokens: float | None = None
+    tokens_reset_s: float | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def said_anything(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute))
+
+
+def duration_seconds(text: str | None) -> float | None:
+    """``"6m0s"``, ``"1.5s"``, ``"20ms"``, ``"1h2m"`` → seconds; None if it is not one."""
+    if not text:
+        return None
+    text = text.strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` (OpenAI) or ``retry-after`` in seconds; HTTP dates are ignored."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        seconds = _number(headers.get(name))
+        if seconds is not None and seconds >= 0:
+            return seconds * scale
+    return None
+
+
+def try_again_in(message: str | None) -> float | None:
+    """The wait an OpenAI 429 body asks for ("Please try again in 1.234s")."""
+    found = _TRY_AGAIN.search(message or "")
+    return duration_seconds(found.group(1)) if found else None
+
+
+def read_limits(headers: Mapping[str, str], message: str | None = None) -> Limits:
+    """Everything the answer said: the ``x-ratelimit-*`` headers, ``retry-after(-ms)``, and
+    the "try again in" of an error message (the longer of the two waits)."""
+    waits = [w for w in (retry_after(headers), try_again_in(message)) if w is not None]
+    return Limits(
+        requests_per_minute=_number(headers.get("x-ratelimit-limit-requests")),
+        remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),
+        requests_reset_s=duration_seconds(headers.get("x-ratelimit-reset-requests")),
+        tokens_per_minute=_number(headers.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
+        tokens_reset_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
+        retry_after_s=max(waits) if waits else None,
+    )

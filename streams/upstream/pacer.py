@@ -1,0 +1,178 @@
+"""When one target may be called next: its learned rate, its concurrency window, its circuit.
+
+A :class:`Pacer` is told what each call's answer said (:meth:`Pacer.answered`,
+:meth:`Pacer.throttled`, :meth:`Pacer.failed`, :meth:`Pacer.released`) and answers one question:
+when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the scheduler does.
+
+- **Rate, learned.** OpenAI's ``x-ratelimit-limit-requests`` / ``-tokens`` (per minute) set two
+  GCRA lanes (generic cell rate algorithm: each call's cost moves a theoretical arrival time on
+  by ``cost / rate``), requests and tokens, each at ``safety`` of the limit. A call's token cost
+  is the prompt estimate plus ``max_tokens``. ``remaining`` at 0 pauses until the ``reset``.
+- **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
+  an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
+  halved on a 429 or an outage.
+- **A new target is asked once first**: one call in flight until its first answer, which
+  tells its limits, or that it refuses the key, before many calls are spent on it.
+- **A 429** pauses the target for what it asked (``retry-after``, "try again in"), else for a
+  backoff; the throttled call goes back to the head of its queue: waiting is not failing.
+- **An outage** (5xx, connection errors, timeouts): after ``circuit_after`` failures in a row the
+  circuit opens for ``open_base`` seconds, doubling to ``open_max``; then one probe at a time
+  (half open) until one succeeds, which closes it, and the queue drains at the learned rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from streams.upstream.limits import Limits
+
+
+class Circuit(IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(frozen=True)
+class PacerConfig:
+    initial_window: int = 4  # calls in flight before anything was learned
+    max_window: int = 1024
+    safety: float = 0.9  # share of a learned limit we use
+    circuit_after: int = 3  # outage failures in a row that open the circuit
+    open_base: float = 1.0  # seconds the circuit stays open the first time
+    open_max: float = 30.0
+    throttle_base: float = 1.0  # pause after a 429 that said nothing about how long
+
+
+class Lane:
+    """One GCRA lane: ``rate`` units per second, no burst beyond one cell."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._tat = 0.0  # theoretical arrival time of the next unit
+
+    def ready_at(self, now: float) -> float:
+        return now if self.rate is None else max(now, self._tat)
+
+    def take(self, cost: float, now: float) -> None:
+        if self.rate is not None:
+            self._tat = max(self._tat, now) + cost / self.rate
+
+
+class Pacer:
+    def __init__(self, config: PacerConfig | None = None) -> None:
+        self.config = config or PacerConfig()
+        self.requests = Lane()
+        self.tokens = Lane()
+        self.window = float(self.config.initial_window)
+        self.slow_start = True
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self.circuit = Circuit.CLOSED
+        self.open_until = 0.0
+        self.failures = 0  # outage failures in a row
+        self.open_for = self.config.open_base
+        self.learned = False  # the upstream told us its limits
+        self.heard = False  # any answer at all yet: until then, one call at a time
+
+    # --- the question -------------------------------------------------------------------------
+
+    def ready_at(self, cost_tokens: float, now: float) -> float | None:
+        """When the next call may start; None while it must wait for a call in flight to end
+        (the window is full, or the circuit's one probe is out)."""
+        if self.circuit is Circuit.OPEN and now >= self.open_until:
+            self.circuit = Circuit.HALF_OPEN
+        if self.circuit is Circuit.OPEN:
+            return self.open_until
+        if self.circuit is Circuit.HALF_OPEN and self.in_flight > 0:
+            return None
+        if self.in_flight >= self.allowed_in_flight():
+            return None
+        at = max(now, self.paused_until, self.requests.ready_at(now))
+        if self.tokens.rate is not None and cost_tokens > 0:
+            at = max(at, self.tokens.ready_at(now))
+        return at
+
+    def allowed_in_flight(self) -> int:
+        if self.circuit is Circuit.HALF_OPEN or not self.heard:
+            return 1  # a probe: a new target is asked once before it is asked many times
+        if self.learned:  # the rate paces it; the window only caps
+            return self.config.max_window
+        return max(1, min(self.config.max_window, math.floor(self.window)))
+
+    @property
+    def rate(self) -> float | None:
+        """Calls per second allowed (None: not learned)."""
+        return self.requests.rate
+
+    # --- what happened ------------------------------------------------------------------------
+
+    def started(self, cost_tokens: float, now: float) -> None:
+        self.in_flight += 1
+        self.requests.take(1, now)
+        self.tokens.take(cost_tokens, now)
+
+    def answered(self, limits: Limits | None, now: float) -> None:
+        """The call got an answer from a healthy upstream (success, or a refusal no retry
+        fixes: the upstream is up)."""
+        self.in_flight -= 1
+        self.heard = True
+        self._learn(limits, now)
+        self.failures = 0
+        if self.circuit is not Circuit.CLOSED:
+            self.circuit = Circuit.CLOSED
+            self.open_for = self.config.open_base
+        self.window = min(
+            self.config.max_window, self.window + (1 if self.slow_start else 1 / self.window)
+        )
+
+    def throttled(self, limits: Limits | None, now: float) -> None:
+        """A 429 that asks to wait: pause the target, shrink the window if nothing is known."""
+        self.in_flight -= 1
+        self.heard = True
+        self._learn(limits, now)
+        wait = limits.retry_after_s if limits is not None else None
+        if wait is None:
+            wait = 1 / self.rate if self.rate else self.config.throttle_base
+        self.paused_until = max(self.paused_until, now + wait)
+        self._decrease()
+
+    def failed(self, now: float) -> None:
+        """An outage: a 5xx, a connection error, a timeout."""
+        self.in_flight -= 1
+        self.failures += 1
+        self._decrease()
+        if self.circuit is Circuit.HALF_OPEN or self.failures >= self.config.circuit_after:
+            if self.circuit is Circuit.HALF_OPEN:
+                self.open_for = min(self.open_for * 2, self.config.open_max)
+            self.circuit = Circuit.OPEN
+            self.open_until = now + self.open_for
+
+    def released(self) -> None:
+        """A call that never reached the upstream (it could not even be sent)."""
+        self.in_flight -= 1
+
+    # --- learning -----------------------------------------------------------------------------
+
+    def _decrease(self) -> None:
+        self.slow_start = False
+        self.window = max(1.0, self.window / 2)
+
+    def _learn(self, limits: Limits | None, now: float) -> None:
+        if limits is None:
+            return
+        safety = self.config.safety
+        if limits.requests_per_minute:
+            self.requests.rate = limits.requests_per_minute / 60 * safety
+            self.learned = True
+        if limits.tokens_per_minute:
+            self.tokens.rate = limits.tokens_per_minute / 60 * safety
+            self.learned = True
+        for remaining, reset in (
+            (limits.remaining_requests, limits.requests_reset_s),
+            (limits.remaining_tokens, limits.tokens_reset_s),
+        ):
+            if remaining is not None and remaining < 1 and reset:
+                self.paused_until = max(self.paused_until, now + reset)

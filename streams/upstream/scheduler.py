@@ -1,0 +1,329 @@
+"""A fair scheduler of upstream calls: one queue per target, capacity shared round-robin.
+
+Each command waits in its target's queue until the target's :class:`Pacer` allows a call and a
+slot of the executor's capacity is free; free slots go round-robin to the targets that can use
+them, so one site's blast cannot hold the slots another site needs. What a call's answer means
+for the queue is decided here, what it means for the request is the ledger's:
+
+- an answer (success, or a refusal no retry fixes) is reported;
+- a 429 (rate limited) or an outage (5xx, connection error, timeout) sends the command back to
+  the head of its queue: it waits, it does not spend an attempt. A command that waited past
+  ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it;
+- a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
+  (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds``: queued
+  and new commands in it are reported at once with the same reason, without a call. After
+  that, the next command is a probe; so is an operator's redrive at any time (the cause was
+  fixed), and a success lifts the refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from streams.errors import QueueTimeout, UpstreamError
+from streams.upstream.limits import Limits
+from streams.upstream.pacer import Circuit, Pacer, PacerConfig
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")  # what a call returns
+
+
+@dataclass
+class Job(Generic[R]):
+    """One command's call, waiting for its target."""
+
+    key: str  # the command's identity in its queue (request_id): a newer attempt replaces it
+    attempt: int
+    scope: str  # what a refusal of this call's kind may cover (the model, for OpenAI)
+    cost: float  # token estimate (0 where tokens are not limited)
+    issued_s: float  # when the command was issued (monotonic-comparable: the scheduler clock)
+    call: Callable[[], Awaitable[tuple[R, Limits | None]]]
+    report: Callable[[Outcome[R]], Awaitable[None]]
+    origin: Any = None  # where the command came from (a partition), for a hand-back on revoke
+    record: Any = None  # the command as it was read, to hand back
+    probe: bool = False  # an operator's redrive: called even while its scope is refused
+    tries: int = 0
+    seq: int = 0  # the order it arrived in
+    held_by: str = ""  # why it is waiting, for a QueueTimeout
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """What is reported for a job: a value, or the error that ends the attempt."""
+
+    value: R | None
+    error: UpstreamError | None
+    waited_s: float
+    tries: int
+
+
+@dataclass
+class Target:
+    name: str
+    pacer: Pacer
+    queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
+    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)  # scope → until
+    throttled: int = 0  # 429s answered to this target's calls
+    calls: int = 0
+    last_error: str = ""  # the last 429 or outage, for whoever waits on it
+
+
+class Scheduler:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_in_flight: int,
+        max_wait_s: float,
+        refusal_s: float,
+        pacer_config: PacerConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.max_in_flight = max_in_flight
+        self.max_wait_s = max_wait_s
+        self.refusal_s = refusal_s
+        self._pacer_config = pacer_config
+        self._clock = clock
+        self.targets: dict[str, Target] = {}
+        self._order: collections.deque[str] = collections.deque()  # round-robin
+        self.in_flight = 0
+        self._arrived = 0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_call: Callable[[Target, str], None] | None = None  # metrics hook
+
+    def now(self) -> float:
+        return self._clock()
+
+    # --- intake -------------------------------------------------------------------------------
+
+    def submit(self, target_name: str, job: Job[Any]) -> None:
+        target = self.targets.get(target_name)
+        if target is None:
+            target = self.targets[target_name] = Target(target_name, Pacer(self._pacer_config))
+            self._order.appendleft(target_name)  # never served: first in line
+        for i, queued in enumerate(target.queue):
+            if queued.key == job.key:  # a re-issue of work still queued: keep its place
+                if job.attempt >= queued.attempt:
+                    job.issued_s, job.seq = min(job.issued_s, queued.issued_s), queued.seq
+                    target.queue[i] = job
+                break
+        else:
+            self._arrived += 1
+            job.seq = self._arrived
+            target.queue.append(job)
+        self._wake.set()
+
+    def take_back(self, origins: set[Any]) -> list[Job[Any]]:
+        """Remove and return the queued (not started) jobs that came from ``origins``."""
+        taken: list[Job[Any]] = []
+        for target in self.targets.values():
+            taken += [job for job in target.queue if job.origin in origins]
+            target.queue = collections.deque(j for j in target.queue if j.origin not in origins)
+        return sorted(taken, key=lambda job: job.seq)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(t.queue) for t in self.targets.values())
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; calls in flight are cancelled with it."""
+        try:
+            while True:
+                wake_at = self.dispatch()
+                self._wake.clear()
+                timeout = None if wake_at is None else max(wake_at - self._clock(), 0.001)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    def dispatch(self) -> float | None:
+        """Start every call that may start now, one at a time to the target served least
+        recently; returns when to look again (None: only on news)."""
+        now = self._clock()
+        wake_at: float | None = None
+        for target in self.targets.values():
+            self._settle(target, now)
+        while self.in_flight < self.max_in_flight:
+            for name in self._order:
+                target = self.targets[name]
+                at = self._ready(target, now)
+                if at is not None and at <= now:
+                    self._start(target, target.queue.popleft(), now)
+                    self._order.remove(name)
+                    self._order.append(name)  # served: the others come first next
+                    break
+                if at is not None and (wake_at is None or at < wake_at):
+                    wake_at = at
+            else:
+                break  # nobody can start a call now
+        self._retire_idle()
+        expiry = self._next_expiry()
+        if expiry is not None and (wake_at is None or expiry < wake_at):
+            wake_at = expiry
+        return wake_at
+
+    def _ready(self, target: Target, now: float) -> float | None:
+        """When the head of the target's queue may start (None: not on its own: on news)."""
+        if not target.queue:
+            return None
+        job = target.queue[0]
+        at = target.pacer.ready_at(job.cost, now)
+        if at is None or at > now:
+            job.held_by = _why_held(target, at, now)
+        return at
+
+    def _next_expiry(self) -> float | None:
+        oldest = min((job.issued_s for t in self.targets.values() for job in t.queue), default=None)
+        return None if oldest is None else oldest + self.max_wait_s + 0.001
+
+    def _settle(self, target: Target, now: float) -> None:
+        """Report, without a call, the queued jobs that waited too long or were refused."""
+        kept: collections.deque[Job[Any]] = collections.deque()
+        for job in target.queue:
+            refusal = target.refused.get("key") or target.refused.get(job.scope)
+            if refusal is not None and refusal[0] > now and not job.probe:
+                self._finish(job, None, _refused_again(refusal[1]), now)
+            elif now - job.issued_s > self.max_wait_s:
+                held = job.held_by or _why_held(target, target.pacer.ready_at(job.cost, now), now)
+                if target.last_error and target.last_error not in held:
+                    held += f"; last answer: {target.last_error}"
+                timeout = QueueTimeout(
+                    f"waited {now - job.issued_s:.0f}s in the queue of {target.name}, longer "
+                    f"than the maximum wait ({self.max_wait_s:.0f}s); held by: {held}",
+                    reason="QueueTimeout",
+                )
+                self._finish(job, None, timeout, now)
+            else:
+                kept.append(job)
+        target.queue = kept
+
+    def _retire_idle(self) -> None:
+        """Forget targets with nothing queued or in flight and nothing learned worth keeping
+        past a while (bounded memory with many sites)."""
+        if len(self.targets) <= 10_000:
+            return
+        for name in [n for n, t in self.targets.items() if not t.queue and not t.pacer.in_flight]:
+            del self.targets[name]
+            self._order.remove(name)
+
+    # --- one call -----------------------------------------------------------------------------
+
+    def _start(self, target: Target, job: Job[Any], now: float) -> None:
+        target.pacer.started(job.cost, now)
+        target.calls += 1
+        self.in_flight += 1
+        job.tries += 1
+        task = asyncio.create_task(self._call(target, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, target: Target, job: Job[Any]) -> None:
+        value, error, limits = None, None, None
+        try:
+            value, limits = await job.call()
+        except UpstreamError as exc:
+            error, limits = exc, exc.limits
+        now = self._clock()
+        self.in_flight -= 1
+        try:
+            if error is None:
+                target.pacer.answered(limits, now)
+                target.refused.pop("key", None)  # the key works (again)
+                target.refused.pop(job.scope, None)
+                self._note(target, "answered")
+                self._finish(job, value, None, now)
+            elif error.throttle:
+                target.pacer.throttled(limits, now)
+                target.throttled += 1
+                self._note(target, "throttled")
+                self._requeue(target, job, f"rate limited ({error})")
+            elif error.retriable:
+                target.pacer.failed(now)
+                self._note(target, "failed")
+                self._requeue(target, job, f"{error}")
+            else:
+                target.pacer.answered(limits, now)
+                self._note(target, "refused")
+                if error.refuses in ("key", "model"):
+                    scope = "key" if error.refuses == "key" else job.scope
+                    target.refused[scope] = (now + self.refusal_s, error)
+                self._finish(job, None, error, now)
+        finally:
+            self._wake.set()
+
+    def _requeue(self, target: Target, job: Job[Any], why: str) -> None:
+        """Back to wait, before every job that arrived after it (it keeps its turn)."""
+        job.held_by = target.last_error = why
+        at = next((i for i, queued in enumerate(target.queue) if queued.seq > job.seq), None)
+        target.queue.insert(len(target.queue) if at is None else at, job)
+
+    def _finish(self, job: Job[Any], value: Any, error: UpstreamError | None, now: float) -> None:
+        """Report the job's outcome (in its own task: reports never hold the dispatcher)."""
+        outcome = Outcome(value, error, max(now - job.issued_s, 0.0), job.tries)
+        task = asyncio.ensure_future(job.report(outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _note(self, target: Target, what: str) -> None:
+        if self.on_call is not None:
+            self.on_call(target, what)
+
+    # --- views --------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per target: queue depth, pacing rate, 429s, circuit state (for metrics and stats)."""
+        return [
+            {
+                "target": t.name,
+                "queued": len(t.queue),
+                "in_flight": t.pacer.in_flight,
+                "rate": t.pacer.rate,
+                "window": t.pacer.allowed_in_flight(),
+                "throttled": t.throttled,
+                "calls": t.calls,
+                "circuit": t.pacer.circuit.name.lower(),
+                "refused": sorted(
+                    s for s, (until, _) in t.refused.items() if until > self._clock()
+                ),
+            }
+            for t in self.targets.values()
+        ]
+
+
+def _why_held(target: Target, at: float | None, now: float) -> str:
+    pacer, last = target.pacer, f": {target.last_error}" if target.last_error else ""
+    if pacer.circuit is Circuit.OPEN:
+        return f"circuit open (outage){last}"
+    if pacer.circuit is Circuit.HALF_OPEN:
+        return f"circuit half open (probing){last}"
+    if at is None:
+        return f"{pacer.in_flight} calls in flight (window {pacer.allowed_in_flight()})"
+    if pacer.paused_until > now:
+        return f"paused{last}"
+    return f"paced at {pacer.rate:.2f}/s" if pacer.rate else "paced"
+
+
+def _refused_again(error: UpstreamError) -> UpstreamError:
+    again = type(error)(
+        f"not called: {error}",
+        status=error.status,
+        retriable=False,
+        reason=error.reason,
+        refuses=error.refuses,
+    )
+    again.tries = 0
+    return again

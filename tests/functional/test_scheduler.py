@@ -1,0 +1,307 @@
+"""The fair scheduler of upstream calls (``streams.upstream.scheduler``), in-process with calls
+the test answers and a clock the test moves: fair shares, waiting without failing, refusals
+that stop a key, the maximum wait."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streams.errors import UpstreamError
+from streams.upstream.limits import Limits
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Job, Outcome, Scheduler
+
+
+@dataclass
+class Clock:
+    t: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Upstream:
+    """Calls wait until the test answers them; every call is recorded."""
+
+    calls: list[str] = field(default_factory=list)
+    pending: dict[str, list[asyncio.Future[Any]]] = field(default_factory=dict)
+    reports: dict[str, Outcome[Any]] = field(default_factory=dict)
+
+    def job(self, key: str, *, attempt: int = 1, scope: str = "model:m", issued: float = 1000.0,
+            origin: Any = None, probe: bool = False) -> Job[Any]:  # fmt: skip
+        async def call() -> tuple[str, Limits | None]:
+            self.calls.append(key)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.pending.setdefault(key, []).append(future)
+            answer = await future
+            if isinstance(answer, UpstreamError):
+                raise answer
+            return answer, None
+
+        async def report(outcome: Outcome[Any]) -> None:
+            self.reports[key] = outcome
+
+        return Job(key=key, attempt=attempt, scope=scope, cost=0, issued_s=issued, call=call,
+                   report=report, origin=origin, probe=probe)  # fmt: skip
+
+    def answer(self, key: str, value: Any = "ok") -> None:
+        self.pending[key].pop(0).set_result(value)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def scheduler(clock: Clock, *, slots: int = 4, window: int = 16, **kw: Any) -> Scheduler:
+    config = PacerConfig(initial_window=window, circuit_after=2, open_base=5.0, open_max=20.0)
+    return Scheduler(
+        "test",
+        max_in_flight=slots,
+        max_wait_s=kw.get("max_wait", 600.0),
+        refusal_s=kw.get("refusal", 60.0),
+        pacer_config=config,
+        clock=clock,
+    )
+
+
+def throttled(wait: float = 2.0) -> UpstreamError:
+    return UpstreamError("429", reason="RateLimited", status=429, retriable=True, throttle=True,
+                         limits=Limits(retry_after_s=wait))  # fmt: skip
+
+
+def outage() -> UpstreamError:
+    return UpstreamError("answered 503", reason="ServerError", status=503, retriable=True)
+
+
+async def probe_answered(s: Scheduler, up: Upstream, key: str) -> None:
+    """A new target is asked once before many times: dispatch, answer that first call."""
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == key
+    up.answer(key)
+    await settle()
+
+
+async def test_a_new_target_is_asked_once_before_it_is_asked_many_times() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=4)
+    for i in range(6):
+        s.submit("new", up.job(f"n{i}"))
+    s.dispatch()
+    await settle()
+    assert up.calls == ["n0"]
+    up.answer("n0")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls == ["n0", "n1", "n2", "n3", "n4", "n5"]  # then its window: 4, +1 for n0
+
+
+async def test_a_blasting_target_does_not_hold_the_slots_another_target_needs() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=4)
+    for i in range(100):
+        s.submit("site:blast", up.job(f"b{i}"))
+    await probe_answered(s, up, "b0")
+    s.dispatch()
+    await settle()
+    assert up.calls == ["b0", "b1", "b2", "b3", "b4"]
+    s.submit("site:quiet", up.job("q0"))
+    up.answer("b1")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "q0"  # the freed slot went to the quiet target, not b5
+    assert up.reports["b1"].value == "ok"
+
+
+async def test_targets_share_the_slots_round_robin() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=6)
+    for i in range(10):
+        s.submit("a", up.job(f"a{i}"))
+        s.submit("b", up.job(f"b{i}"))
+    s.submit("c", up.job("c0"))
+    s.dispatch()
+    await settle()
+    assert sorted(up.calls) == ["a0", "b0", "c0"]  # each new target asked once first
+    for key in ("a0", "b0", "c0"):
+        up.answer(key)
+    await settle()
+    up.calls.clear()
+    s.dispatch()
+    await settle()
+    assert len(up.calls) == 6
+    shares = {name: sum(c.startswith(name) for c in up.calls) for name in "ab"}
+    assert shares == {"a": 3, "b": 3}
+
+
+async def test_a_429_sends_the_call_back_to_wait_without_reporting_it() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock)
+    s.submit("key", up.job("r0"))
+    await probe_answered(s, up, "r0")
+    up.calls.clear()
+    s.submit("key", up.job("r1"))
+    s.dispatch()
+    await settle()
+    up.answer("r1", throttled(wait=2.0))
+    await settle()
+    assert "r1" not in up.reports  # waiting is not failing
+    assert s.dispatch() == pytest.approx(1002.0)  # paused for what the 429 asked
+    await settle()
+    assert up.calls == ["r1"]
+    clock.t = 1002.0
+    s.dispatch()
+    await settle()
+    up.answer("r1")
+    await settle()
+    assert up.calls == ["r1", "r1"]
+    assert (up.reports["r1"].value, up.reports["r1"].tries) == ("ok", 2)
+    assert s.snapshot()[0]["throttled"] == 1
+
+
+async def test_an_outage_opens_the_circuit_and_the_queue_waits_for_a_probe() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("site", up.job("ok"))
+    await probe_answered(s, up, "ok")
+    up.calls.clear()
+    for i in range(6):
+        s.submit("site", up.job(f"e{i}"))
+    s.dispatch()
+    await settle()
+    assert up.calls == ["e0", "e1"]  # the window: 1, +1 for the success
+    up.answer("e0", outage())
+    up.answer("e1", outage())
+    await settle()
+    assert s.dispatch() == pytest.approx(1005.0)  # circuit open: nothing until it half-opens
+    await settle()
+    assert len(up.calls) == 2
+    clock.t = 1005.0
+    s.dispatch()
+    await settle()
+    assert up.calls[2:] == ["e0"]  # one probe, the oldest
+    up.answer("e0", outage())
+    await settle()
+    clock.t = 1015.0  # open twice as long
+    s.dispatch()
+    await settle()
+    up.answer("e0")  # it answers: closed, the queue drains
+    await settle()
+    while len(up.reports) < 7:  # "ok" and e0..e5
+        s.dispatch()
+        await settle()
+        for key, futures in up.pending.items():
+            if futures:
+                up.answer(key)
+        await settle()
+    assert up.reports["e0"].value == "ok" and up.reports["e0"].tries == 3
+    assert not any(r.error for r in up.reports.values())
+    # the outage cost one failed call each for the two in flight, and one failed probe
+    assert len(up.calls) == 6 + 3
+
+
+async def test_a_refused_key_is_called_once_and_its_queue_ends_at_once() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    for i in range(5):
+        s.submit("openai:revoked", up.job(f"r{i}"))
+    s.submit("openai:other", up.job("o0"))
+    s.dispatch()
+    await settle()
+    quota = UpstreamError("429 insufficient_quota", reason="InsufficientQuota", status=429,
+                          refuses="key")  # fmt: skip
+    up.answer("r0", quota)
+    up.answer("o0")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls.count("r0") == 1 and [c for c in up.calls if c[0] == "r"] == ["r0"]
+    assert {k: up.reports[k].error.reason for k in up.reports if k[0] == "r"} == dict.fromkeys(
+        ["r0", "r1", "r2", "r3", "r4"], "InsufficientQuota"
+    )
+    assert "not called" in str(up.reports["r3"].error)
+    assert up.reports["o0"].value == "ok"  # another key is another target
+    # a new command for the key within the refusal ends the same way, without a call
+    s.submit("openai:revoked", up.job("r5"))
+    s.dispatch()
+    await settle()
+    assert up.reports["r5"].error.reason == "InsufficientQuota" and "r5" not in up.calls
+    # an operator's redrive is a probe: called at once, and its success lifts the refusal
+    s.submit("openai:revoked", up.job("r6", probe=True))
+    s.dispatch()
+    await settle()
+    up.answer("r6")
+    await settle()
+    s.submit("openai:revoked", up.job("r7"))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "r7"
+
+
+async def test_a_missing_model_refuses_only_that_model() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("openai:k", up.job("m1", scope="model:gpt-x"))
+    s.submit("openai:k", up.job("m2", scope="model:gpt-x"))
+    s.submit("openai:k", up.job("n1", scope="model:gpt-y"))
+    s.dispatch()
+    await settle()
+    missing = UpstreamError("404 model_not_found", reason="ModelNotFound", status=404,
+                            refuses="model")  # fmt: skip
+    up.answer("m1", missing)
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.reports["m2"].error.reason == "ModelNotFound" and "m2" not in up.calls
+    assert up.calls == ["m1", "n1"]
+
+
+async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=30.0)
+    s.submit("site", up.job("w0"))
+    s.submit("site", up.job("w1"))
+    s.dispatch()
+    await settle()
+    up.answer("w0", outage())
+    await settle()
+    clock.t = 1031.0
+    s.dispatch()
+    await settle()
+    error = up.reports["w1"].error
+    assert error is not None and error.reason == "QueueTimeout" and not error.retriable
+    assert "maximum wait (30s)" in str(error) and "503" in str(error)
+    assert up.reports["w1"].waited_s == pytest.approx(31.0)
+
+
+async def test_a_reissue_of_queued_work_keeps_its_place_and_takes_the_new_attempt() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=1, window=1)
+    s.submit("t", up.job("x"))
+    s.submit("t", up.job("y", issued=990.0))
+    s.submit("t", up.job("z"))
+    s.submit("t", up.job("y", attempt=2, issued=1020.0))
+    [target] = s.targets.values()
+    assert [(j.key, j.attempt) for j in target.queue] == [("x", 1), ("y", 2), ("z", 1)]
+    assert target.queue[1].issued_s == 990.0  # waiting counts from the first issue
+    s.submit("t", up.job("y", attempt=1))  # a stale copy changes nothing
+    assert [(j.key, j.attempt) for j in target.queue] == [("x", 1), ("y", 2), ("z", 1)]
+
+
+async def test_queued_work_of_revoked_partitions_is_taken_back_in_order() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=1, window=1)
+    s.submit("t", up.job("a", origin=("topic", 0)))
+    s.submit("u", up.job("b", origin=("topic", 1)))
+    s.submit("t", up.job("c", origin=("topic", 0)))
+    s.submit("u", up.job("d", origin=("topic", 0)))
+    assert [j.key for j in s.take_back({("topic", 0)})] == ["a", "c", "d"]
+    assert [j.key for t in s.targets.values() for j in t.queue] == ["b"]

@@ -1,0 +1,162 @@
+"""What an upstream says about its limits, and when a target may be called next
+(``streams.upstream.limits``, ``streams.upstream.pacer``), on a clock the test moves."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from streams.upstream.limits import Limits, duration_seconds, read_limits, try_again_in
+from streams.upstream.pacer import Circuit, Pacer, PacerConfig
+
+OPENAI_HEADERS = {
+    "x-ratelimit-limit-requests": "300",
+    "x-ratelimit-remaining-requests": "299",
+    "x-ratelimit-reset-requests": "200ms",
+    "x-ratelimit-limit-tokens": "40000",
+    "x-ratelimit-remaining-tokens": "39850",
+    "x-ratelimit-reset-tokens": "6m0s",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("20ms", 0.02),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("6m0s", 360.0),
+        ("1h2m3s", 3723.0),
+        ("", None),
+        ("5", None),
+        ("soon", None),
+        ("1s and more", None),
+    ],
+)
+def test_durations_as_openai_writes_them(text: str, seconds: float | None) -> None:
+    assert duration_seconds(text) == seconds
+
+
+def test_openai_headers_give_the_limits_per_minute_and_the_resets() -> None:
+    limits = read_limits(OPENAI_HEADERS)
+    assert limits == Limits(
+        requests_per_minute=300,
+        remaining_requests=299,
+        requests_reset_s=0.2,
+        tokens_per_minute=40000,
+        remaining_tokens=39850,
+        tokens_reset_s=360,
+    )
+    assert limits.said_anything
+    assert not read_limits({}).said_anything
+
+
+def test_the_wait_asked_for_is_the_longest_of_header_and_message() -> None:
+    message = "Rate limit reached ... Limit 3, Used 3, Requested 1. Please try again in 20s. Visit"
+    assert try_again_in(message) == 20.0
+    assert try_again_in("Please try again in 1.234s.") == 1.234
+    assert try_again_in("nothing to see") is None
+    assert read_limits({"retry-after-ms": "1500"}).retry_after_s == 1.5
+    assert read_limits({"retry-after": "3"}).retry_after_s == 3.0
+    assert read_limits({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after_s is None
+    assert read_limits({"retry-after": "2"}, message).retry_after_s == 20.0
+
+
+def spaced_calls(pacer: Pacer, count: int, cost: float = 0) -> list[float]:
+    """When ``count`` calls start if each starts as soon as allowed and ends at once."""
+    now, starts = 0.0, []
+    for _ in range(count):
+        at = pacer.ready_at(cost, now)
+        assert at is not None
+        now = max(now, at)
+        pacer.started(cost, now)
+        pacer.answered(None, now)
+        starts.append(now)
+    return starts
+
+
+def test_a_learned_request_limit_spaces_calls_at_its_safe_share() -> None:
+    pacer = Pacer(PacerConfig(safety=0.9))
+    pacer.started(0, 0.0)
+    pacer.answered(read_limits({"x-ratelimit-limit-requests": "300"}), 0.0)  # 5/s
+    assert pacer.rate == pytest.approx(4.5)
+    starts = spaced_calls(pacer, 46)
+    assert starts[-1] - starts[0] == pytest.approx(45 / 4.5)  # never faster than 4.5/s
+
+
+def test_a_learned_token_limit_paces_by_each_calls_cost() -> None:
+    pacer = Pacer(PacerConfig(safety=1.0))
+    pacer.started(0, 0.0)
+    limits = read_limits({"x-ratelimit-limit-requests": "6000", "x-ratelimit-limit-tokens": "6000"})
+    pacer.answered(limits, 0.0)  # 100 requests/s, but 100 tokens/s
+    starts = spaced_calls(pacer, 5, cost=200)  # 2 s of tokens each
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [2.0] * 4
+
+
+def test_remaining_zero_pauses_until_the_reset() -> None:
+    pacer = Pacer()
+    pacer.started(0, 10.0)
+    pacer.answered(
+        read_limits({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}),
+        10.0,
+    )
+    assert pacer.ready_at(0, 10.0) == 12.0
+
+
+def test_before_anything_is_learned_the_window_caps_calls_in_flight() -> None:
+    pacer = Pacer(PacerConfig(initial_window=2))
+    pacer.started(0, 0.0)
+    pacer.started(0, 0.0)
+    assert pacer.ready_at(0, 0.0) is None  # two in flight: wait for one to end
+    pacer.answered(None, 0.1)
+    assert pacer.ready_at(0, 0.1) == 0.1
+    assert pacer.allowed_in_flight() == 3  # slow start: +1 per success
+
+
+def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None:
+    pacer = Pacer(PacerConfig(initial_window=8))
+    pacer.started(0, 0.0)
+    pacer.throttled(Limits(retry_after_s=2.5), 1.0)
+    assert pacer.ready_at(0, 1.0) == 3.5
+    assert pacer.allowed_in_flight() == 4
+    pacer.started(0, 3.5)
+    pacer.throttled(None, 3.5)  # said nothing: a backoff of its own
+    assert pacer.ready_at(0, 3.5) == pytest.approx(3.5 + PacerConfig().throttle_base)
+
+
+def test_an_outage_opens_the_circuit_then_one_probe_at_a_time() -> None:
+    pacer = Pacer(PacerConfig(circuit_after=3, open_base=1.0, open_max=4.0))
+    for _ in range(2):
+        pacer.started(0, 0.0)
+        pacer.failed(0.0)
+    assert pacer.circuit is Circuit.CLOSED
+    pacer.started(0, 0.0)
+    pacer.failed(0.0)
+    assert pacer.circuit is Circuit.OPEN
+    assert pacer.ready_at(0, 0.5) == 1.0  # nothing before the circuit half-opens
+    assert pacer.ready_at(0, 1.0) == 1.0
+    assert pacer.circuit is Circuit.HALF_OPEN
+    pacer.started(0, 1.0)
+    assert pacer.ready_at(0, 1.0) is None  # the probe is out: nobody else
+    pacer.failed(1.2)  # still down: open again, twice as long
+    assert pacer.circuit is Circuit.OPEN and pacer.ready_at(0, 1.2) == pytest.approx(3.2)
+    for now in (3.2, 7.2):  # doubling, up to open_max
+        assert pacer.ready_at(0, now) == now
+        pacer.started(0, now)
+        pacer.failed(now)
+    assert pacer.open_until - 7.2 == pytest.approx(4.0)
+    assert pacer.ready_at(0, 11.2) == 11.2
+    pacer.started(0, 11.2)
+    pacer.answered(None, 11.3)  # it answers: closed, and back to the learned pace
+    assert pacer.circuit is Circuit.CLOSED and pacer.open_for == 1.0
+    assert pacer.ready_at(0, 11.3) == 11.3
+
+
+def test_a_new_target_is_asked_once_until_its_first_answer() -> None:
+    pacer = Pacer(PacerConfig(initial_window=8))
+    assert pacer.allowed_in_flight() == 1
+    pacer.started(0, 0.0)
+    assert pacer.ready_at(0, 0.0) is None
+    pacer.answered(None, 0.5)  # it answered: now its window
+    assert pacer.allowed_in_flight() == 9
