@@ -48,6 +48,8 @@ def _argv(params: dict[str, Any]) -> list[str]:
 @click.option("--llm-latency", type=float, help="OpenAI stand-in latency (s), capacity aside")
 @click.option("--capacity-requests", type=int, help="webhooks (and people) in the capacity phase")
 @click.option("--burst-people", type=int, help="people in the burst phase (50 webhooks each)")
+@click.option("--neighbour-requests", type=int, help="webhooks of the blast on a limited key")
+@click.option("--neighbour-rps", type=float, help="the blasting key's limit (requests/s)")
 @click.option("--workers", type=int, help="talkstream worker processes")
 @click.option("--partitions", type=int, help="partitions of every topic")
 @click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
@@ -68,6 +70,8 @@ def bench(
     llm_latency: float | None,
     capacity_requests: int | None,
     burst_people: int | None,
+    neighbour_requests: int | None,
+    neighbour_rps: float | None,
     workers: int | None,
     partitions: int | None,
     bootstrap: str | None,
@@ -99,6 +103,8 @@ def bench(
         llm_latency=llm_latency,
         capacity_requests=capacity_requests,
         burst_people=burst_people,
+        neighbour_requests=neighbour_requests,
+        neighbour_rps=neighbour_rps,
         workers=workers,
         partitions=partitions,
         bootstrap=bootstrap,

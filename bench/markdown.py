@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -267,11 +268,41 @@ def section(result: Mapping[str, Any]) -> str:
 
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
+OUTAGE = Path(__file__).resolve().parent / "results" / "outage-latest.json"
+
+
+def outage_section() -> str:
+    """The Talkable outage scenario (``python -m bench.outage``), if it was run."""
+    if not OUTAGE.exists():
+        return ""
+    o = json.loads(OUTAGE.read_text())
+    minutes = o["outage_seconds"] / 60
+    return "\n".join(
+        [
+            f"## Talkable down for {minutes:g} minutes ({o['started_at']})",
+            "",
+            f"Command: `{o['command']}`. {o['events']} webhooks sent as the outage began; "
+            "every POST to Talkable counted at the stand-in.",
+            "",
+            "| measure | value | goal |",
+            "|---|---|---|",
+            f"| requests ending published | {o['states'].get('published', 0)} of "
+            f"{o['accepted']} (lost: {o['lost']}) | every event lands |",
+            f"| POSTs to Talkable, in all | {o['posts']} = {o['posts_per_event']} per event "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(o['posts_by_status'].items()))}) "
+            "| at most 2 per event |",
+            f"| first / last event landed after Talkable came back | "
+            f"{o['first_landed_s_after_recovery']} s / {o['all_landed_s_after_recovery']} s "
+            "| within seconds |",
+            "",
+        ]
+    )
 
 
 def document(results: Mapping[str, Mapping[str, Any]]) -> str:
     parts = [INTRO, REPRODUCE]
     parts += [section(results[mode]) for mode in ("full", "quick") if mode in results]
+    parts.append(outage_section())
     if PROFILE.exists():  # the hand-written profiling notes (before/after runs)
         parts.append(PROFILE.read_text())
     parts.append(NOTES)

@@ -42,6 +42,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from models.forms import ENVELOPE, FormError, decode_body, decode_query, merge, unwrap_legacy
@@ -58,6 +59,8 @@ INT64_MAX = 2**63 - 1
 _SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_KEY_LENGTH = 1024
+_HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
 
 # --- value types ----------------------------------------------------------------------------
@@ -127,10 +130,17 @@ def _no_stream(value: bool) -> bool:
 
 
 def _secret_text(value: Any) -> Any:
+    """A key is sent as an HTTP header value (``Authorization: Bearer <key>``): after trimming,
+    printable ASCII without spaces or control characters, or no upstream call could carry it."""
     if isinstance(value, str):
         value = value.strip()
         if not value:
             raise ValueError("must not be blank")
+        if not _HEADER_TOKEN.fullmatch(value):
+            raise ValueError(
+                "must be printable ASCII without spaces or control characters "
+                f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
+            )
     return value
 
 
@@ -244,7 +254,13 @@ class OpenAIParams(BaseModel):
 
 
 class UsageLimit(BaseModel):
-    """All-or-nothing: when present, every field is required."""
+    """All-or-nothing: when present, every field is required.
+
+    A window must last at least a second (0 would start a new window with every request: no
+    limit at all). A ``start_time`` later than ``current_time`` (a clock ahead of Talkable's,
+    a template bug) is read as ``current_time``: a window cannot start in the future, and the
+    ``__start_time`` written back to Talkable is never one.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -253,6 +269,26 @@ class UsageLimit(BaseModel):
     start_time: NonNegativeInt
     current_time: NonNegativeInt
     current_usage_amount: NonNegativeInt
+
+    @field_validator("duration_in_seconds")
+    @classmethod
+    def _at_least_a_second(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1 (seconds)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_in_the_future(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        try:  # both must read as integers; anything else is for the fields to refuse
+            start, now = _digits(data.get("start_time")), _digits(data.get("current_time"))
+        except ValueError:
+            return data
+        if isinstance(start, int) and isinstance(now, int) and start > now >= 0:
+            return {**data, "start_time": now}
+        return data
 
 
 class GenerateParams(BaseModel):

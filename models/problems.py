@@ -10,5 +10,6 @@ class Problem(StrEnum):
     UNREADABLE = "unreadable"  # broken JSON, form or multipart; nesting too deep
     UNAUTHENTIC = "unauthentic"  # a missing or wrong signature
     TOO_LARGE = "too_large"  # over the body limit
+    TOO_SLOW = "too_slow"  # the body did not arrive in time
     UNSUPPORTED = "unsupported"  # neither JSON nor form data, or a form not in UTF-8
     INVALID = "invalid"  # readable, but the params break the contract

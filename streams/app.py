@@ -86,6 +86,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_enabled=False,
         broker_credentials=faust_credentials(settings),
         broker_session_timeout=settings.session_timeout_seconds,
+        consumer_group_instance_id=settings.instance_id,
         broker_heartbeat_interval=max(settings.session_timeout_seconds / 10, 0.5),
         autodiscover=False,
     )
@@ -126,7 +127,7 @@ def _executor(
         name=name,
         topic=topic,
         group=f"{settings.app_id}-{name}",
-        instance=f"{settings.worker_name}-{name}",
+        instance=f"{settings.instance_id}-{name}",
         consumer_options=client_options(settings),
     )
     return ExecutorParts(config, scheduler, work)

@@ -125,17 +125,19 @@ def worker(log_format: str | None) -> None:
     import faust
 
     from streams.app import build
-    from streams.errors import BrokerUnavailable
+    from streams.errors import TalkstreamError
     from streams.logs import logging_config
+    from streams.secrets import load_secret_box
     from streams.topics import ensure_topics
 
     settings = _settings()
     try:
+        secrets = load_secret_box(settings)
         asyncio.run(ensure_topics(settings))
-    except BrokerUnavailable as exc:
+    except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
-    runtime = build(settings)
+    runtime = build(settings, secrets=secrets)
     faust.Worker(
         runtime.app,
         loglevel=settings.log_level.upper(),
@@ -149,6 +151,7 @@ def ingress(log_format: str | None) -> None:
     """Serve POST /chat-gpt/generate, /healthz and /metrics."""
     from aiohttp import web
 
+    from streams.errors import TalkstreamError
     from streams.ingress import AccessLogger, KafkaSink, build_ingress
     from streams.kafka_options import client_options
     from streams.logs import setup as setup_logging
@@ -157,21 +160,25 @@ def ingress(log_format: str | None) -> None:
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
+    try:
+        secrets = load_secret_box(settings)
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def app() -> web.Application:
         try:
             await ensure_topics(settings)
         except Exception as exc:  # the ingress answers 503 until Kafka is back
             logging.getLogger(__name__).warning("topics not ensured: %s", exc)
-        return build_ingress(
-            settings, KafkaSink(client_options(settings)), load_secret_box(settings)
-        )
+        sink = KafkaSink(client_options(settings), stall_seconds=settings.kafka_stall_seconds)
+        return build_ingress(settings, sink, secrets)
 
     web.run_app(
         app(),
         access_log_class=AccessLogger,
         host=settings.ingress_host,
         port=settings.ingress_port,
+        keepalive_timeout=settings.ingress_idle_timeout_seconds,
         print=lambda *_: None,
     )
 

@@ -53,6 +53,7 @@ RETRY_AFTER_SECONDS = "5"
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
     Problem.UNAUTHENTIC: 401,
+    Problem.TOO_SLOW: 408,
     Problem.TOO_LARGE: 413,
     Problem.UNSUPPORTED: 415,
     Problem.INVALID: 422,
@@ -66,13 +67,28 @@ class Sink(Protocol):
 
 
 class KafkaSink:
-    """An idempotent ``acks=all`` producer, started lazily so the ingress runs without Kafka."""
+    """An idempotent ``acks=all`` producer whose answers tell the truth.
 
-    def __init__(self, options: dict[str, Any], timeout: float = 10.0) -> None:
+    ``send`` returns once the broker acknowledged the record, and raises
+    :class:`BrokerUnavailable` only when nothing was sent: the producer could not start, had no
+    metadata for the topic, or Kafka has stopped acknowledging (a send has waited longer than
+    ``stall_seconds``), so new records are refused before they are handed to the producer. A
+    record once handed over is never abandoned: the idempotent producer retries it until the
+    broker has it (its sequence number makes the retry a no-op if an earlier try landed), and
+    ``send`` waits for that; there is no timeout that would answer 503 for a record written
+    later. A client that stops waiting has been promised nothing either way.
+    """
+
+    def __init__(
+        self, options: dict[str, Any], timeout: float = 10.0, stall_seconds: float = 5.0
+    ) -> None:
         self._options = options
         self._timeout = timeout
+        self._stall_seconds = stall_seconds
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
+        self._sends = 0
 
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -88,18 +104,36 @@ class KafkaSink:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    raise BrokerUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
+                    raise BrokerUnavailable(
+                        f"Kafka unavailable: {type(exc).__name__}; nothing was sent"
+                    ) from exc
                 self._producer = producer
             return self._producer
 
+    def stalled(self) -> bool:
+        """A send has waited longer than ``stall_seconds``: Kafka is not acknowledging."""
+        now = time.monotonic()
+        return any(now - since > self._stall_seconds for since in self._pending.values())
+
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         producer = await self._started()
+        if self.stalled():
+            raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(topic, value=value, key=key), self._timeout
-            )
-        except (KafkaError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from exc
+            delivery = await producer.send(topic, value=value, key=key)
+        except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
+            raise BrokerUnavailable(
+                f"Kafka unavailable: {type(exc).__name__}; nothing was sent"
+            ) from exc
+        self._sends += 1
+        ticket = self._sends
+        self._pending[ticket] = time.monotonic()
+        try:
+            await delivery  # the definitive outcome: acknowledged, or a fatal error
+        except KafkaError as exc:  # not retriable (with idempotence): the record was refused
+            raise BrokerUnavailable(f"Kafka refused the record: {type(exc).__name__}") from exc
+        finally:
+            del self._pending[ticket]
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -191,7 +225,9 @@ def build_ingress(
         # reports a missing header as application/octet-stream (parse_request: JSON)
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
         try:
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await _read_body(
+                request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
+            )
             params = parse_request(
                 content_type, body, request.query, max_body_bytes=settings.max_body_bytes
             )
@@ -215,7 +251,10 @@ def build_ingress(
         except BrokerUnavailable as exc:
             log.warning("ingress could not produce request_id=%s: %s", received.request_id, exc)
             return web.json_response(
-                {"errors": [{"field": "kafka", "message": "temporarily unavailable, retry"}]},
+                {
+                    "errors": [{"field": "kafka", "message": "temporarily unavailable, retry"}],
+                    "request_id": received.request_id,  # not accepted: nothing was written
+                },
                 status=503,
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
@@ -254,13 +293,17 @@ def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request)
     return legacy is not None and hmac.compare_digest(legacy.encode(), key)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ParamsError(
             Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
         )
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        message = f"not received within {timeout:g} seconds"
+        raise ParamsError(Problem.TOO_SLOW, [FieldError(field="body", message=message)]) from None
     except web.HTTPRequestEntityTooLarge:
         raise ParamsError(
             Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]

@@ -1,7 +1,9 @@
 """Secrets inside topics: Fernet tokens (MultiFernet, so keys can rotate).
 
 ``TALKSTREAM_SECRET_KEYS`` holds comma-separated Fernet keys: the first encrypts, all decrypt.
-Without it, a key is generated once under the data directory (dev mode) with a warning.
+The worker and the ingress refuse to start without it. Only ``talkstream dev`` makes a key of
+its own, kept in the user's config folder (``~/.config/talkstream/dev-secret.key``), never
+beside the data it protects.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEV_KEY_FILE = "secret.key"
+DEV_KEY_FILE = "dev-secret.key"
 
 
 class SecretBox:
@@ -57,20 +59,34 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
+MISSING_KEYS = (
+    "TALKSTREAM_SECRET_KEYS is not set: every worker and ingress needs the same Fernet key(s) "
+    "to seal and open the keys inside topics. Make one with: python3 -c 'from "
+    "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' "
+    "(only `talkstream dev` makes one for itself)"
+)
+
+
 def load_secret_box(settings: Settings) -> SecretBox:
-    if settings.secret_keys is not None:
-        raw = settings.secret_keys.get_secret_value()
-        keys = [part.strip().encode() for part in raw.split(",") if part.strip()]
-        return SecretBox(keys)
-    path = settings.data_dir / DEV_KEY_FILE
+    if settings.secret_keys is None:
+        raise ConfigError(MISSING_KEYS)
+    raw = settings.secret_keys.get_secret_value()
+    return SecretBox([part.strip().encode() for part in raw.split(",") if part.strip()])
+
+
+def dev_key(config_dir: Path | None = None) -> str:
+    """The development key of ``talkstream dev``: made once, in the user's config folder
+    (``$XDG_CONFIG_HOME/talkstream``, else ``~/.config/talkstream``), mode 0600."""
+    base = config_dir or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = base / "talkstream" / DEV_KEY_FILE
     if not path.exists():
         _write_dev_key(path)
         log.warning(
-            "TALKSTREAM_SECRET_KEYS is not set: generated a development key at %s. "
-            "Set TALKSTREAM_SECRET_KEYS in production (every worker and ingress the same).",
+            "generated a development key at %s (talkstream dev only); set "
+            "TALKSTREAM_SECRET_KEYS for anything else",
             path,
         )
-    return SecretBox([path.read_bytes().strip()])
+    return path.read_text().strip()
 
 
 def _write_dev_key(path: Path) -> None:

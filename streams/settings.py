@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -47,6 +48,21 @@ class Settings(BaseSettings):
     ingress_host: str = "127.0.0.1"
     ingress_port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+    ingress_idle_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="a connection that has not sent a whole request's headers this "
+        "long after it opened or after its last answer is closed (slow or idle clients)",
+    )
+    ingress_body_timeout_seconds: float = Field(
+        15.0, gt=0, description="a body not received within this long is answered 408"
+    )
+    kafka_stall_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="once a send has waited this long for Kafka's acknowledgement, "
+        "the ingress answers 503 without sending, until Kafka acknowledges again",
+    )
 
     # outside services
     openai_base_url: str = DEFAULT_OPENAI_BASE_URL
@@ -127,6 +143,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'talkstream.sqlite3'}"
+
+    @cached_property
+    def instance_id(self) -> str:
+        """This worker's static member id in its consumer groups: a restarted worker takes its
+        partitions straight back instead of waiting out the session timeout. The host name
+        keeps replicas that share a worker name (compose --scale) apart."""
+        return f"{self.worker_name}@{socket.gethostname()}"
 
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
-from streams.secrets import load_secret_box
+from streams.secrets import dev_key
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from streams.topics import ensure_topics
 
@@ -32,9 +32,15 @@ def embedded_broker(settings: Settings) -> EmbeddedKafka:
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    """A child in a session of its own: Ctrl-C reaches only the supervisor, which stops the
+    children in order (so a child stopping is never mistaken for one that failed)."""
     out = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "streams", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -86,9 +92,10 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
         print(f"talkstream dev: {exc}", file=sys.stderr)
         return 1
     asyncio.run(ensure_topics(settings))
-    load_secret_box(settings)  # creates the dev key once, before the children race for it
 
     env = dict(os.environ)
+    if settings.secret_keys is None:
+        env["TALKSTREAM_SECRET_KEYS"] = dev_key()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     lines = [f"kafka      {status.bootstrap}   (log {status.log_file})"]
     if settings.openai_base_url == DEFAULT_OPENAI_BASE_URL:
@@ -147,7 +154,7 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
                     raise KeyboardInterrupt
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C, or a child that died (reported above): stop everything
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -906,6 +906,7 @@ def test_no_error_repeats_a_secret(secret: str, path: str, as_key: bool, shape: 
 roles = st.sampled_from(["system", "user", "assistant", "developer"])
 messages = st.lists(st.fixed_dictionaries({"role": roles, "content": text}), min_size=1, max_size=4)
 small = st.integers(min_value=0, max_value=2**40)
+positive = st.integers(min_value=1, max_value=2**40)
 
 
 @st.composite
@@ -929,7 +930,11 @@ def valid_params(draw: st.DrawFn) -> dict[str, Any]:
         "openai": openai,
     }
     if draw(st.booleans()):
-        tree["usage_limit"] = draw(st.fixed_dictionaries(dict.fromkeys(SEED["usage_limit"], small)))
+        tree["usage_limit"] = draw(
+            st.fixed_dictionaries(
+                {**dict.fromkeys(SEED["usage_limit"], small), "duration_in_seconds": positive}
+            )
+        )
     if draw(st.booleans()):
         tree["event_number"] = draw(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True))
     if draw(st.booleans()):
@@ -1000,3 +1005,57 @@ def test_a_changed_param_changes_the_fingerprint(tree: dict[str, Any], data: st.
         return  # the change made it invalid (a role, say)
 
     assert request_fingerprint(after) != request_fingerprint(from_mapping(tree))
+
+
+# --- values that go into headers, and the usage window's loose ends ---------------------------
+
+
+@pytest.mark.parametrize("field", ["api_key", "openai.api_key"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "talkable-key\r\nX-Evil: 1",
+        "key\x00with-nul",
+        "key with spaces",
+        "ключ-кириллица",
+        "k" * 1025,
+        "tab\tinside",
+        "del\x7f",
+    ],
+)
+def test_a_key_that_cannot_be_a_header_value_is_refused_naming_the_field(
+    field: str, key: str
+) -> None:
+    path = field.replace(".", "__")
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{path: key}))
+    assert status_of(caught.value) == 422
+    [error] = caught.value.errors
+    assert error.field == field and "header" in error.message
+    assert key not in json.dumps(caught.value.body())
+
+
+def test_a_key_with_surrounding_whitespace_is_trimmed_not_refused() -> None:
+    params = from_mapping(seed(api_key="  tk-abc123\r\n"))
+    assert params.api_key.get_secret_value() == "tk-abc123"
+
+
+@pytest.mark.parametrize("duration", [0, "0", "00"])
+def test_a_usage_window_of_zero_seconds_is_refused(duration: Any) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(usage_limit__duration_in_seconds=duration))
+    assert status_of(caught.value) == 422
+    [error] = caught.value.errors
+    assert error.field == "usage_limit.duration_in_seconds"
+    assert "at least 1" in error.message
+
+
+def test_a_start_time_in_the_future_is_read_as_the_current_time() -> None:
+    params = from_mapping(
+        seed(usage_limit__start_time="1700003600", usage_limit__current_time="1700000100")
+    )
+    assert params.usage_limit is not None
+    assert params.usage_limit.start_time == params.usage_limit.current_time == 1700000100
+    # a start in the past is the window the person is in: kept
+    past = from_mapping(seed(usage_limit__start_time="1699990000"))
+    assert past.usage_limit is not None and past.usage_limit.start_time == 1699990000

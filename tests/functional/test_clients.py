@@ -1,0 +1,165 @@
+"""The OpenAI and Talkable adapters against the stand-ins on loopback: one call each, and every
+answer classified (what the scheduler and the ledger act on), keys never in a message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from models.events import ChatRequest, PublishCompletion
+from streams.clients.openai_chat import ChatClient
+from streams.clients.talkable import TalkableClient
+from streams.dev import openai_standin, talkable_standin
+from streams.dev.openai_standin import OpenAIStandinConfig
+from streams.dev.standin_common import StandinHandle
+from streams.dev.talkable_standin import TalkableStandinConfig
+from streams.errors import GenerationError, PublishError
+
+KEY = "sk-clients-test-0001"
+CHAT = ChatRequest(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "a verse"}], max_tokens=20
+)
+
+
+@pytest.fixture
+async def oai() -> AsyncIterator[StandinHandle[OpenAIStandinConfig]]:
+    handle = await openai_standin.serve(OpenAIStandinConfig())
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def chat(oai: StandinHandle[OpenAIStandinConfig]) -> AsyncIterator[ChatClient]:
+    client = ChatClient(oai.url, timeout=10)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def tk() -> AsyncIterator[StandinHandle[TalkableStandinConfig]]:
+    handle = await talkable_standin.serve(TalkableStandinConfig())
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def talkable(tk: StandinHandle[TalkableStandinConfig]) -> AsyncIterator[TalkableClient]:
+    client = TalkableClient(tk.url, timeout=10)
+    yield client
+    await client.close()
+
+
+async def test_a_completion_comes_with_the_keys_limits(oai, chat) -> None:
+    oai.config.key_limits = {KEY: {"rpm": 300, "tpm": 40_000}}
+    completion, limits = await chat.complete(CHAT, KEY)
+    assert completion.text and completion.completion_tokens > 0
+    assert (limits.requests_per_minute, limits.tokens_per_minute) == (300, 40_000)
+    assert limits.remaining_requests is not None and limits.requests_reset_s is not None
+
+
+async def test_a_rate_limit_429_waits_for_what_the_message_asks(oai, chat) -> None:
+    oai.config.key_limits = {KEY: {"rpm": 60}}  # one a second
+    await chat.complete(CHAT, KEY)
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    error = caught.value
+    assert (error.reason, error.status, error.retriable, error.throttle) == (
+        "RateLimited",
+        429,
+        True,
+        True,
+    )
+    assert error.limits is not None and 0 < (error.limits.retry_after_s or 0) <= 1.0
+    assert error.limits.requests_per_minute == 60
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason", "refuses"),
+    [
+        ({"insufficient_quota_keys": [KEY]}, "InsufficientQuota", "key"),
+        ({"unauthorized_keys": [KEY]}, "Unauthorized", "key"),
+        ({"unknown_models": ["gpt-4o-mini"]}, "ModelNotFound", "model"),
+    ],
+)
+async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
+    oai, chat, setup, reason, refuses
+) -> None:
+    for name, value in setup.items():
+        setattr(oai.config, name, set(value))
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    error = caught.value
+    assert (error.reason, error.retriable, error.refuses) == (reason, False, refuses)
+    assert KEY not in str(error)
+    assert oai.calls.count == 1  # one call, no retry of its own
+
+
+async def test_a_server_error_is_an_outage(oai, chat) -> None:
+    oai.config.fail_next = [503]
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    assert (caught.value.reason, caught.value.retriable, caught.value.throttle) == (
+        "ServerError",
+        True,
+        False,
+    )
+
+
+def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
+    return PublishCompletion(
+        request_id="r-1",
+        person=f"{key_site}:a@example.com",
+        site=key_site,
+        email="a@example.com",
+        attempt=1,
+        issued_at_ms=0,
+        event_number=number,
+        custom_properties={"generated_text": "hi"},
+        talkable_api_key="sealed",
+    )
+
+
+async def test_talkable_answers_are_classified(tk, talkable) -> None:
+    published, _ = await talkable.publish(command(), "tk-key")
+    assert not published.duplicate
+    again, _ = await talkable.publish(command(), "tk-key")  # identical: Talkable answers ok
+    assert not again.duplicate
+    changed = command().model_copy(update={"custom_properties": {"generated_text": "other"}})
+    duplicate, _ = await talkable.publish(changed, "tk-key")  # "Duplicate entity": it landed
+    assert duplicate.duplicate
+
+    tk.config.api_keys = {"acme": "the-right-key"}
+    with pytest.raises(PublishError) as refused:
+        await talkable.publish(command(number="n-2"), "a-wrong-key")
+    assert (refused.value.reason, refused.value.refuses, refused.value.retriable) == (
+        "Unauthorized",
+        "key",
+        False,
+    )
+    assert "a-wrong-key" not in str(refused.value)
+
+    tk.config.api_keys = None
+    tk.config.fail_next = [429, 503]
+    with pytest.raises(PublishError) as throttled:
+        await talkable.publish(command(number="n-3"), "tk-key")
+    assert throttled.value.throttle and throttled.value.limits is not None
+    assert throttled.value.limits.retry_after_s == 1.0
+    with pytest.raises(PublishError) as down:
+        await talkable.publish(command(number="n-3"), "tk-key")
+    assert (down.value.reason, down.value.retriable, down.value.throttle) == (
+        "ServerError",
+        True,
+        False,
+    )
+
+
+async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, talkable) -> None:
+    started = time.monotonic()
+    with pytest.raises(PublishError) as caught:
+        await talkable.publish(command(), "tk-key\r\nX-Evil: 1")
+    assert (caught.value.reason, caught.value.retriable) == ("InvalidKey", False)
+    assert "X-Evil" not in str(caught.value)
+    assert time.monotonic() - started < 5  # classified, not left to a deadline
+    assert tk.calls.count == 0

@@ -1,0 +1,170 @@
+"""Every answer means what it says: a 202 is in Kafka, a 503 never will be, even when the
+broker is killed and restarted under steady traffic; a key that cannot be sent is refused at
+the door; a worker killed mid-burst repeats no call it finished and takes its partitions back
+at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from models.params import from_mapping, request_fingerprint
+from streams.dev.kafka import EmbeddedKafka
+from tests.integration.conftest import System, http, read_topic
+from tests.support import free_port, seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of this test's own: it is killed and restarted."""
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("killed-broker"), port=free_port(), controller_port=free_port()
+    )
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+def expected_id(body: dict) -> str:
+    return request_fingerprint(from_mapping(body))
+
+
+def test_a_503_is_never_written_and_every_202_is_published(own_broker, tmp_path) -> None:
+    system = System(own_broker, tmp_path, kafka_stall_seconds="2").start()
+    try:
+        wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+        answers: list[tuple[str, int | None]] = []  # (request_id, status; None = no answer)
+        stop = threading.Event()
+
+        def traffic(client: int) -> None:
+            i = 0
+            while not stop.is_set():
+                body = seed_params(f"steady{client}-{i}@example.com", content=f"steady {i}")
+                i += 1
+                try:
+                    status, _ = http(
+                        "POST", f"{system.ingress}/chat-gpt/generate", body, timeout=20
+                    )
+                except (TimeoutError, OSError):
+                    status = None  # no answer: the client knows nothing, and was told nothing
+                answers.append((expected_id(body), status))
+                stop.wait(0.05)  # a steady trickle, about 15 a second
+
+        threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: sum(s == 202 for _, s in answers) >= 20, 60, what="steady 202s")
+        pid = own_broker.status().pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: sum(s == 503 for _, s in answers) >= 5, 60, what="503s while down")
+        own_broker.start(timeout=120)
+        wait_until(lambda: [s for _, s in answers[-10:]].count(202) == 10, 120, what="202s again")
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        by_status = Counter(status for _, status in answers)
+        print(f"\nanswers with the broker killed and restarted: {dict(by_status)}")
+        written = {
+            json.loads(value)["request_id"]
+            for _, _, _, value in read_topic(own_broker.bootstrap, f"{system.app_id}-requests")
+            if json.loads(value).get("kind") == "request_received"
+        }
+        refused = {rid for rid, status in answers if status == 503}
+        accepted = [rid for rid, status in answers if status == 202]
+        assert refused and accepted
+        assert refused.isdisjoint(written), "a request answered 503 reached Kafka"
+        assert set(accepted) <= written
+        rows = system.wait_terminal(accepted, timeout=180)
+        assert {row.state for row in rows.values()} == {"published"}
+    finally:
+        system.stop()
+
+
+def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(system: System) -> None:
+    before = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
+    started = time.monotonic()
+    status, body = system.post(seed_params("crlf@example.com", talkable_key="tk-abc\r\nX: y"))
+    assert status == 422, body
+    assert body["errors"] == [
+        {
+            "field": "api_key",
+            "message": "must be printable ASCII without spaces or control characters (at most "
+            "1024 characters): it is sent as a header",
+        }
+    ]
+    print(f"\nCRLF key answered {status} in {time.monotonic() - started:.3f} s")
+    assert read_topic(system.kafka.bootstrap, f"{system.app_id}-requests") == before
+
+
+def test_a_restarted_worker_repeats_no_call_and_takes_its_partitions_back_at_once(
+    make_system,
+) -> None:
+    system = make_system(session_timeout_seconds="45", rebalance_grace_seconds="10")
+    key = "sk-restart-paced-10rps"  # a burst that lasts a few seconds: 10 calls a second
+    system.openai("POST", "/_control", {"latency_seconds": 0.2, "key_limits": {key: {"rpm": 600}}})
+    bodies = [seed_params(f"restart{i}@example.com", openai_key=key) for i in range(60)]
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.extend(map(system.post, bodies)))
+    thread.start()
+
+    def published() -> int:
+        return sum(1 for row in system.projection.requests() if row.state == "published")
+
+    wait_until(lambda: published() >= 15, 120, what="the burst under way")
+    in_flight = system.openai("GET", "/_stats")["in_flight"]
+    assert published() < 50, "the burst ended before the kill"
+    system.kill("worker")  # SIGKILL mid-burst
+    killed_at = time.monotonic()
+    system.start_worker()
+    resumed = published()
+    wait_until(lambda: published() > resumed, 120, what="the restarted worker to resume")
+    resume_s = time.monotonic() - killed_at
+    thread.join(timeout=120)
+    assert all(status == 202 for status, _ in answers)
+    ids = [body["request_id"] for _, body in answers]
+    rows = system.wait_terminal(ids, timeout=180)
+    assert {row.state for row in rows.values()} == {"published"}
+
+    events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("restart")]
+    assert Counter(e["event_number"] for e in events) == Counter(
+        {f"generate_text_complete-{rid}": 1 for rid in ids}
+    )
+    calls = sum(c["status"] == 200 for c in system.openai("GET", "/_calls"))
+    posts = len([c for c in system.talkable("GET", "/_calls") if c["path"].endswith("/event")])
+    print(
+        f"\n60 requests, worker SIGKILLed mid-burst: {calls} OpenAI calls ({in_flight} in flight "
+        f"at the kill), {posts} Talkable POSTs; published again {resume_s:.1f} s after the kill"
+    )
+    # calls it finished are never repeated: extra calls are those cut off by the kill
+    assert calls <= 60 + in_flight + 1
+    assert posts <= 60 + 2
+    assert resume_s < 45, "the restarted worker waited for the session timeout"
+
+
+def test_a_slow_client_is_cut_off(make_system) -> None:
+    system = make_system(ingress_idle_timeout_seconds="2", ingress_body_timeout_seconds="2")
+    with socket.create_connection(("127.0.0.1", system.ingress_port), timeout=30) as headers:
+        headers.sendall(b"POST /chat-gpt/generate HTTP/1.1\r\nHost: x\r\n")  # and no more
+        started = time.monotonic()
+        assert headers.recv(1024) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 25
+    with socket.create_connection(("127.0.0.1", system.ingress_port), timeout=30) as body:
+        body.sendall(
+            b"POST /chat-gpt/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"site":'
+        )
+        answer = body.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"field": "body"' in answer and "not received within 2 seconds" in answer
