@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from models.events import DeadLetter, GenerateText, LifecycleEvent, PublishCompletion
 from models.ledger import PersonState
-from streams.ops import schemas
 from streams.codecs import decode, decode_requests, encode
+from streams.ops import schemas
 from streams.settings import Settings
 from streams.topics import topic_specs
 
