@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.errors import BrokerUnavailable
-from streams.kafka_options import client_options
+from streams.errors import ConfigError
+from streams.kafka_options import broker_error, client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,33 +52,54 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create any missing topic; returns the names created. Idempotent."""
+    """Create any missing topic; returns the names created. Idempotent.
+
+    Topics get ``TALKSTREAM_PARTITIONS`` partitions, ``TALKSTREAM_REPLICATION_FACTOR``
+    replicas and ``min.insync.replicas`` = ``TALKSTREAM_MIN_INSYNC_REPLICAS`` (with
+    ``acks=all``, a write is acknowledged once that many replicas have it). A topic the
+    brokers refuse to create (say, more replicas than brokers) is a :class:`ConfigError` that
+    names it; Kafka out of reach is :class:`BrokerUnavailable`, refused credentials
+    :class:`~streams.errors.KafkaAuthError`, each with the reason.
+    """
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
-        existing = set(await admin.list_topics())
-        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+            existing = set(await admin.list_topics())
+            missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+            response = (
+                await admin.create_topics([_new_topic(settings, s) for s in missing])
+                if missing
+                else None
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise await broker_error(settings, exc) from exc
+        refused = [
+            f"{name}: {message or code}"
+            for name, code, message, *_ in getattr(response, "topic_errors", [])
+            if code not in (0, TopicAlreadyExistsError.errno)  # another process raced us
+        ]
+        if refused:
+            raise ConfigError("Kafka refused to create topics: " + "; ".join(refused))
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process raced us
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name=spec.name,
-                            num_partitions=settings.partitions,
-                            replication_factor=settings.replication_factor,
-                            topic_configs=spec.config,
-                        )
-                        for spec in missing
-                    ]
-                )
-            log.info("created topics %s", ",".join(spec.name for spec in missing))
+            log.info(
+                "created topics %s replication_factor=%s min_insync_replicas=%s",
+                ",".join(spec.name for spec in missing),
+                settings.replication_factor,
+                settings.insync_replicas,
+            )
         return [spec.name for spec in missing]
-    except (KafkaError, TimeoutError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap} is not reachable: {type(exc).__name__}"
-        ) from exc
     finally:
         await admin.close()
+
+
+def _new_topic(settings: Settings, spec: TopicSpec) -> NewTopic:
+    return NewTopic(
+        name=spec.name,
+        num_partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        topic_configs={"min.insync.replicas": str(settings.insync_replicas), **spec.config},
+    )
 
 
 async def read_range(
