@@ -87,7 +87,7 @@ class Pipeline:
         with self.ctx.progress(f"{phase}: waiting for terminal states", len(accepted)) as tick:
             missing = await self.watch.wait_terminal(accepted, self.ctx.config.drain_timeout, tick)
         caught_up_s = await wait_caught_up(
-            self.system.bootstrap,
+            self.system.kafka_options,
             self.system.app_id,  # faust's consumer group is the app id
             [self.system.topic(t) for t in ("requests", "generate", "completions", "lifecycle")],
             self.ctx.config.partitions,
@@ -159,7 +159,7 @@ class Pipeline:
         done = await self.settle("latency", shots)
         sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
         times = await hops.record_times(
-            self.system.bootstrap,
+            self.system.kafka_options,
             {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
             cfg.partitions,
             min(sent.values(), default=time.time()) - 1,
