@@ -124,6 +124,11 @@ def _cause(settings: Settings, server: str, exc: BaseException) -> str:
         )
     if isinstance(exc, ConnectionRefusedError):
         return f"nothing listens at {server} (connection refused)"
+    if name == "KafkaConnectionError" and "closed" in str(exc):
+        return (
+            f"Kafka at {server} closed the connection: does its listener expect TLS or SASL "
+            f"(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol})?"
+        )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return (
             f"Kafka at {server} did not answer (timeout); wrong port, or TLS/SASL expected "
