@@ -65,18 +65,19 @@ def kafka() -> None:
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for ready")
 @click.option(
     "--nodes",
-    default=1,
-    show_default=True,
     type=click.IntRange(1, 9),
-    help="3: a replicated cluster on this host (ports from KAFKA_BOOTSTRAP's, 2 per node)",
+    help="3: a replicated cluster on this host (ports from KAFKA_BOOTSTRAP's on, 2 per node); "
+    "default: the cluster started last if it was not stopped, else 1",
 )
-def kafka_start(timeout: float, nodes: int) -> None:
+def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
     from streams.dev.kafka import KafkaLauncherError
+    from streams.dev.kafka_cluster import KafkaCluster
     from streams.topics import ensure_topics
 
     settings = _settings()
     broker = _broker(settings, nodes)
+    nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
     try:
         status = broker.start(timeout=timeout)
     except KafkaLauncherError as exc:

@@ -5,7 +5,8 @@
 ``<data_dir>/kafka-cluster/``::
 
     cluster.id          the KRaft cluster id, shared by every node
-    cluster.json        the layout (nodes, ports, version), so `status` and `stop` find it
+    cluster.json        the layout (nodes, ports, version) while it is started, so `status`,
+                        `stop` and a plain `start` find it; removed by `stop`
     node-<id>/          each node's server.properties, logs/, broker.log and kafka.pid
 
 Node ``i`` (1-based) listens on ``port + 2(i-1)`` (clients) and the next port (controller);
@@ -199,4 +200,5 @@ class KafkaCluster:
         gone); False when none was running."""
         with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
             stopped = list(pool.map(lambda node: node.stop(timeout), self.nodes))
+        self.manifest.unlink(missing_ok=True)  # stopped: `kafka start` means one node again
         return any(stopped)
