@@ -13,7 +13,8 @@ default) and 3.9.1 (``TALKSTREAM_KAFKA_VERSION``). Files under ``<data_dir>/kafk
     kafka.pid           the pid of the running broker
 
 One :class:`EmbeddedKafka` is one KRaft node in combined mode (broker and controller in one
-process); :mod:`streams.dev.kafka_cluster` runs several of them as a replicated cluster.
+process); :mod:`streams.dev.kafka_cluster` runs several of them as a replicated cluster;
+:mod:`streams.dev.kafka_jars` knows the versions and fetches their jars.
 
 Every failure is a :class:`KafkaLauncherError` (a ``TalkstreamError``, not retriable) whose
 message says what to install or change.
@@ -27,12 +28,10 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import string
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -43,55 +42,23 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streams.errors import TalkstreamError
+from streams.dev.kafka_jars import CONFIG_DIR as CONFIG_DIR
+from streams.dev.kafka_jars import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION
+from streams.dev.kafka_jars import VERSIONS as VERSIONS
+from streams.dev.kafka_jars import KafkaLauncherError as KafkaLauncherError
+from streams.dev.kafka_jars import KafkaVersion as KafkaVersion
+from streams.dev.kafka_jars import default_jars_dir as default_jars_dir
+from streams.dev.kafka_jars import fetch_jars, kafka_version
+from streams.dev.kafka_jars import find_java as find_java
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "compose" / "kafka"
 _POLL_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class KafkaVersion:
-    """What one Kafka line needs to run: its jars and how it is told where its logging is."""
-
-    version: str
-    # the broker does not start (or logs nothing) without these
-    required_jars: tuple[str, ...]
-    logging_config: str  # a file in compose/kafka/<version>/
-    logging_property: str  # the JVM system property naming it
-
-    @property
-    def required(self) -> str:
-        return ", ".join(self.required_jars)
-
-
-VERSIONS: dict[str, KafkaVersion] = {
-    # Kafka 4 logs through log4j2; its POM brings slf4j-api 1.7 without a binding
-    "4.4.0": KafkaVersion(
-        "4.4.0",
-        ("kafka_2.13-4.4.0.jar", "log4j-slf4j-impl-*.jar", "log4j-core-*.jar"),
-        "log4j2.properties",
-        "log4j2.configurationFile",
-    ),
-    # reload4j is compile-only in Kafka 3's own POM, so the broker lacks it unless we add it
-    "3.9.1": KafkaVersion(
-        "3.9.1",
-        ("kafka_2.13-3.9.1.jar", "slf4j-reload4j-*.jar", "reload4j-*.jar"),
-        "log4j.properties",
-        "log4j.configuration",
-    ),
-}
-DEFAULT_KAFKA_VERSION = "4.4.0"
-
-
-class KafkaLauncherError(TalkstreamError):
-    """The embedded broker could not be fetched, formatted, started or stopped."""
 
 
 @dataclass(frozen=True, slots=True)
 class KafkaStatus:
-    running: bool  # our process is alive and its PLAINTEXT port accepts connections
+    running: bool  # our process is alive and its client port accepts connections
     pid: int | None  # set while our process is alive, also while it is still starting
     bootstrap: str
     data_dir: Path
@@ -107,26 +74,6 @@ class KafkaStatus:
                 f"Kafka starting (pid {self.pid}), not answering at {self.bootstrap} yet; {where}"
             )
         return f"Kafka not running (would listen on {self.bootstrap}); {where}"
-
-
-def kafka_version(version: str) -> KafkaVersion:
-    try:
-        return VERSIONS[version]
-    except KeyError:
-        known = ", ".join(VERSIONS)
-        raise KafkaLauncherError(
-            f"Kafka {version} is not supported here; use one of {known}"
-        ) from None
-
-
-def default_jars_dir(version: str = DEFAULT_KAFKA_VERSION) -> Path:
-    """``~/.cache/talkstream/kafka-<version>``; ``TALKSTREAM_KAFKA_JARS`` replaces it for the
-    selected version (``TALKSTREAM_KAFKA_VERSION``, default 4.4.0)."""
-    selected = os.environ.get("TALKSTREAM_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
-    override = os.environ.get("TALKSTREAM_KAFKA_JARS")
-    if override and version == selected:
-        return Path(override).expanduser()
-    return Path(f"~/.cache/talkstream/kafka-{version}").expanduser()
 
 
 def new_cluster_id() -> str:
@@ -171,19 +118,6 @@ def render_server_properties(
         text += "\n# --- overrides given to the launcher\n"
         text += "".join(f"{key}={value}\n" for key, value in overrides.items())
     return text
-
-
-def find_java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and os.access(Path(java_home) / "bin" / "java", os.X_OK):
-        return str(Path(java_home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise KafkaLauncherError(
-            "no `java` on PATH and no $JAVA_HOME/bin/java: install a JDK 17 "
-            "(Debian: apt-get install openjdk-17-jdk-headless) or set JAVA_HOME"
-        )
-    return java
 
 
 async def wait_for_metadata(
@@ -287,44 +221,7 @@ class EmbeddedKafka:
 
     def fetch_jars(self) -> Path:
         """Resolve the broker's jars into ``jars_dir`` once (a no-op when they are there)."""
-        if _has_jars(self.jars_dir, self.kafka):
-            return self.jars_dir
-        pom = self.config_dir / self.version / "pom.xml"
-        if not pom.is_file():
-            raise KafkaLauncherError(
-                f"{pom} is missing: run from a checkout of the project, or put the runtime jars "
-                f"of org.apache.kafka:kafka_2.13:{self.version} ({self.kafka.required}) "
-                f"in {self.jars_dir} (or point TALKSTREAM_KAFKA_JARS at them)"
-            )
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise KafkaLauncherError(
-                f"no `mvn` on PATH to fetch the Kafka {self.version} jars into {self.jars_dir}: "
-                "install Maven (Debian: apt-get install maven) or set TALKSTREAM_KAFKA_JARS"
-            )
-        find_java()  # Maven needs it too; say so before Maven does, less clearly
-        self.jars_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.jars_dir.name}-", dir=self.jars_dir.parent))
-        logger.info("fetching Kafka jars version=%s into=%s", self.version, self.jars_dir)
-        try:
-            command = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
-            command += ["-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0 or not _has_jars(tmp, self.kafka):
-                raise KafkaLauncherError(
-                    f"mvn could not fetch the Kafka {self.version} jars (exit {done.returncode});"
-                    " is Maven Central or a mirror (~/.m2/settings.xml) reachable?\n"
-                    + _tail(done.stdout + done.stderr)
-                )
-            tmp.chmod(0o755)  # mkdtemp makes it private; it is a shared cache
-            try:
-                tmp.rename(self.jars_dir)  # atomic: a half-done fetch is never in place
-            except OSError as exc:
-                if not _has_jars(self.jars_dir, self.kafka):  # else a concurrent fetch won
-                    raise KafkaLauncherError(f"{self.jars_dir} lacks the jars: remove it") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return self.jars_dir
+        return fetch_jars(self.kafka, self.jars_dir, self.config_dir)
 
     def cluster_id(self) -> str:
         """The KRaft cluster id of this data dir, generated on first use."""
@@ -521,10 +418,6 @@ class EmbeddedKafka:
                 + _tail(done.stdout + done.stderr)
             )
         logger.debug("kafka storage format: %s", done.stdout.strip())
-
-
-def _has_jars(directory: Path, kafka: KafkaVersion) -> bool:
-    return all(any(directory.glob(pattern)) for pattern in kafka.required_jars)
 
 
 def _tail(text: str, lines: int = 30) -> str:
