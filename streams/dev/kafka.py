@@ -7,6 +7,7 @@ the command that started it; :meth:`EmbeddedKafka.stop` ends it. Versions: 4.4.0
 default) and 3.9.1 (``TALKSTREAM_KAFKA_VERSION``). Files under ``<data_dir>/kafka``::
 
     cluster.id          the KRaft cluster id, generated once
+    formatted-by        the Kafka version that formatted logs/ (Kafka 3 cannot read Kafka 4's)
     server.properties   rendered from compose/kafka/server.properties at each start
     logs/               the metadata log and the topic partitions
     broker.log          the broker's stdout and stderr (the version's log4j config)
@@ -255,6 +256,7 @@ class EmbeddedKafka:
         A node of a cluster cannot answer before a majority of its voters runs, so the
         cluster launches every node first and waits afterwards (:meth:`wait_ready`).
         """
+        self._check_readable()
         java, jars = find_java(), self.fetch_jars()
         for port in (self.port, self.controller_port):
             if _port_open(self.host, port):
@@ -407,7 +409,27 @@ class EmbeddedKafka:
             *("-cp", str(jars / "*"), main, *args),
         ]
 
+    def _check_readable(self) -> None:
+        """Kafka 3 cannot read a log formatted by Kafka 4 (it dies with a stack trace): say so
+        before starting it. (Kafka 4 reads Kafka 3's: the metadata version stays 3.x until an
+        operator upgrades it.)"""
+        try:
+            formatted_by = self.formatted_by_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        if int(formatted_by.split(".")[0]) > int(self.version.split(".")[0]):
+            raise KafkaLauncherError(
+                f"{self.log_dir} was formatted by Kafka {formatted_by}, which Kafka "
+                f"{self.version} cannot read: use another TALKSTREAM_DATA_DIR (or remove "
+                f"{self.kafka_dir}), or TALKSTREAM_KAFKA_VERSION={formatted_by}"
+            )
+
+    @property
+    def formatted_by_file(self) -> Path:
+        return self.kafka_dir / "formatted-by"
+
     def _format(self, java: str, jars: Path) -> None:
+        fresh = not (self.log_dir / "meta.properties").exists()
         args = ("format", "--ignore-formatted", "-t", self.cluster_id())
         command = [*self._java(java, jars, "kafka.tools.StorageTool", *args)]
         command += ["-c", str(self.properties_file), *self.format_args]
@@ -418,6 +440,8 @@ class EmbeddedKafka:
                 + _tail(done.stdout + done.stderr)
             )
         logger.debug("kafka storage format: %s", done.stdout.strip())
+        if fresh:
+            self.formatted_by_file.write_text(f"{self.version}\n")
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -281,3 +281,15 @@ def test_status_describes_itself(tmp_path):
     assert "running at 127.0.0.1:9092 (pid 42)" in KafkaStatus(True, 42, **common).describe()
     assert "starting (pid 42)" in KafkaStatus(False, 42, **common).describe()
     assert "not running" in KafkaStatus(False, None, **common).describe()
+
+
+def test_kafka_3_refuses_a_log_kafka_4_formatted_before_it_dies_of_it(tmp_path):
+    older = EmbeddedKafka(tmp_path, version="3.9.1", jars_dir=tmp_path / "no-jars")
+    older.kafka_dir.mkdir(parents=True)
+    older.formatted_by_file.write_text("4.4.0\n")
+
+    refused = r"formatted by Kafka 4\.4\.0, which Kafka 3\.9\.1 cannot read"
+    with pytest.raises(KafkaLauncherError, match=refused):
+        older.launch()
+    older.formatted_by_file.write_text("3.9.1\n")  # 4.x reads 3.x's log: no objection
+    EmbeddedKafka(tmp_path, version="4.4.0")._check_readable()
