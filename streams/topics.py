@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.errors import ConfigError
 from streams.kafka_options import broker_error, client_options
@@ -59,12 +62,36 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ``acks=all``, a write is acknowledged once that many replicas have it). A topic the
     brokers refuse to create (say, more replicas than brokers) is a :class:`ConfigError` that
     names it; Kafka out of reach is :class:`BrokerUnavailable`, refused credentials
-    :class:`~streams.errors.KafkaAuthError`, each with the reason.
+    :class:`~streams.errors.KafkaAuthError`, each with the reason, at once. When some broker
+    answered but the one asked did not (a cluster with a broker down: the admin client asks a
+    random one), it asks again until ``timeout``: a worker starting during a broker's restart
+    must not die of it.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await _ensure_once(settings, timeout)
+        except _AskAgain as again:
+            cause = again.__cause__ or again
+            if loop.time() > deadline:
+                raise await broker_error(settings, cause) from cause
+            log.info("asking Kafka again about the topics: %r", cause)
+            await asyncio.sleep(0.5)
+
+
+class _AskAgain(Exception):
+    """The cluster answered, one broker of it did not: another attempt may reach another."""
+
+
+async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
         try:
             await asyncio.wait_for(admin.start(), timeout)
+        except (KafkaError, TimeoutError, OSError) as exc:  # no broker answered at all
+            raise await broker_error(settings, exc) from exc
+        try:
             existing = set(await admin.list_topics())
             missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
             response = (
@@ -73,7 +100,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 else None
             )
         except (KafkaError, TimeoutError, OSError) as exc:
-            raise await broker_error(settings, exc) from exc
+            raise _AskAgain() from exc
         refused = [
             f"{name}: {message or code}"
             for name, code, message, *_ in getattr(response, "topic_errors", [])
@@ -82,6 +109,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         if refused:
             raise ConfigError("Kafka refused to create topics: " + "; ".join(refused))
         if missing:
+            await _until_every_broker_knows(settings, [spec.name for spec in missing], timeout)
             log.info(
                 "created topics %s replication_factor=%s min_insync_replicas=%s",
                 ",".join(spec.name for spec in missing),
@@ -91,6 +119,50 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         return [spec.name for spec in missing]
     finally:
         await admin.close()
+
+
+async def _until_every_broker_knows(settings: Settings, names: list[str], timeout: float) -> None:
+    """Wait until every broker's metadata has ``names`` with a leader for each partition.
+
+    CreateTopics returns once the controller has the topic; on a cluster (seen with Kafka
+    3.9) another broker may answer "unknown topic" for a moment after, and a worker whose
+    first metadata comes from it would start without the topic (faust subscribes only to
+    topics that exist). At the deadline this logs and returns: the topics do exist.
+    """
+    client = AIOKafkaClient(**client_options(settings), request_timeout_ms=5000)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await client.bootstrap()
+        while lagging := await _lagging(client, names, settings.partitions):
+            if loop.time() > deadline:
+                log.warning("created topics not yet known everywhere: %s", ",".join(lagging))
+                return
+            await asyncio.sleep(0.1)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.warning("could not check that every broker knows the new topics: %r", exc)
+    finally:
+        await client.close()
+
+
+async def _lagging(client: AIOKafkaClient, names: list[str], partitions: int) -> list[str]:
+    """``topic@broker`` for each broker whose metadata lacks a partition or its leader."""
+    lagging = []
+    for broker in client.cluster.brokers():
+        seen = ClusterMetadata()
+        try:
+            seen.update_metadata(await client.send(broker.nodeId, MetadataRequest(names)))
+        except (KafkaError, TimeoutError, OSError):
+            lagging += [f"{name}@{broker.nodeId} (no answer)" for name in names]
+            continue
+        for name in names:
+            leaders = [
+                seen.leader_for_partition(TopicPartition(name, p))
+                for p in seen.partitions_for_topic(name) or set()
+            ]
+            if sum(leader is not None and leader >= 0 for leader in leaders) < partitions:
+                lagging.append(f"{name}@{broker.nodeId}")
+    return lagging
 
 
 def _new_topic(settings: Settings, spec: TopicSpec) -> NewTopic:

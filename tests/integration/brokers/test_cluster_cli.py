@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.brokers.support import talkstream
 from tests.integration.conftest import session_kafka_version
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
@@ -62,7 +63,10 @@ def test_start_status_stop_a_three_node_cluster(tmp_path) -> None:
         assert f"TALKSTREAM_KAFKA_BOOTSTRAP={bootstrap}" in started.out
         assert "TALKSTREAM_REPLICATION_FACTOR=3" in started.out
         assert "TALKSTREAM_MIN_INSYNC_REPLICAS=2" in started.out
-        assert asyncio.run(replication(bootstrap, "clustercli-requests")) == {3}
+        # every node knows the topic (kafka start waited for it), with three replicas
+        assert wait_until(
+            lambda: asyncio.run(replication(bootstrap, "clustercli-requests")), 10
+        ) == {3}
 
         status = talkstream(env, "kafka", "status")
         print(status)

@@ -30,6 +30,8 @@ from aiokafka.errors import KafkaError
 
 from models.lifecycle import TERMINAL
 from streams.dev.kafka_cluster import KafkaCluster
+from streams.settings import Settings
+from streams.topics import ensure_topics
 from tests.integration.brokers.support import Delivery, deliver, talkstream
 from tests.integration.conftest import System, now_s, read_topic, session_kafka_version
 from tests.support import free_port, seed_params, usage, wait_until
@@ -42,6 +44,7 @@ UNLIMITED_PER_BURST = 70
 SENDERS = 8  # concurrent clients
 PACE = 25.0  # webhooks per second per burst: the burst is still arriving when the leader dies
 TERMINAL_STATES = {state.value for state in TERMINAL}
+PARTITIONS = 4  # the System's TALKSTREAM_PARTITIONS
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,14 @@ def describe(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], dict[st
         return asyncio.run(run())
     except (KafkaError, OSError):
         return None
+
+
+def complete(bootstrap: str, topic: str, partitions: int) -> dict[tuple[str, int], Any] | None:
+    """The topic's layout once the node asked knows every partition and its leader."""
+    layout = describe(bootstrap, [topic])
+    if layout is None or len(layout) != partitions:
+        return None
+    return layout if all(p["leader"] >= 0 for p in layout.values()) else None
 
 
 def leaders_elsewhere(bootstrap: str, topic: str, dead: int, partitions: int) -> bool:
@@ -176,15 +187,18 @@ def test_no_acknowledged_webhook_is_lost_when_the_leader_is_killed(
         tmp_path_factory.mktemp("system"),
         replication_factor="3",
         min_insync_replicas="2",
+        partitions=str(PARTITIONS),
     ).start()
     started = time.monotonic()
     try:
+        settings = Settings(kafka_bootstrap=cluster.bootstrap, app_id=system.app_id)
         requests_topic = f"{system.app_id}-requests"
         ours = [f"{system.app_id}-{name}" for name in ("requests", "generate", "completions")]
         ours += [f"{system.app_id}-{name}" for name in ("lifecycle", "deadletter")]
         ours += [f"{system.app_id}-ledger-changelog", "__consumer_offsets"]
-        layout = describe(cluster.bootstrap, [requests_topic])
-        assert layout is not None
+        layout = wait_until(
+            lambda: complete(cluster.bootstrap, requests_topic, PARTITIONS), 30, what="layout"
+        )
         assert {len(p["replicas"]) for p in layout.values()} == {3}
         # our six topics (and the consumer offsets, once the worker's group exists)
         in_sync_partitions = len(layout) * 6
@@ -200,12 +214,16 @@ def test_no_acknowledged_webhook_is_lost_when_the_leader_is_killed(
                 # the burst is flowing: some webhooks were acknowledged already
                 wait_until(lambda f=futures: sum(x.done() for x in f) >= 20, 60, what="first 202s")
                 now_led = wait_until(
-                    lambda: describe(cluster.bootstrap, [requests_topic]), 30, what="leaders"
+                    lambda: complete(cluster.bootstrap, requests_topic, PARTITIONS), 30
                 )
                 leaders = collections.Counter(p["leader"] for p in now_led.values())
                 bounce.killed, bounce.led = min(leaders.items(), key=lambda kv: (-kv[1], kv[0]))
                 killed_at = time.monotonic()
                 assert cluster.kill(bounce.killed) is not None
+                # a process starting now (a worker, an ingress) checks the topics: its admin
+                # client asks a random broker, maybe the dead one, and must ask another
+                for _ in range(6):
+                    assert asyncio.run(ensure_topics(settings)) == []
                 wait_until(
                     lambda k=bounce.killed: leaders_elsewhere(
                         cluster.bootstrap, requests_topic, k, len(layout)
