@@ -156,10 +156,17 @@ def test_every_command_connects_with_the_documented_settings(
     assert "created:" in run("topics").out
     system.start()
     try:
-        system.talkable("POST", "/_control", {"api_keys": {"test-site": "talkable-ok"}})
+        # one site's key is revoked (Talkable has one API key per site)
+        keys = {"test-site": "talkable-ok", "other-site": "talkable-other"}
+        system.talkable("POST", "/_control", {"api_keys": keys})
         ids = {}
-        for name, key in (("ada", "talkable-ok"), ("bob", "talkable-ok"), ("eve", "revoked")):
-            status, body = system.post(seed_params(f"{name}@example.com", talkable_key=key))
+        for name, site, key in (
+            ("ada", "test-site", "talkable-ok"),
+            ("bob", "test-site", "talkable-ok"),
+            ("eve", "other-site", "revoked"),
+        ):
+            params = seed_params(f"{name}@example.com", site=site, talkable_key=key)
+            status, body = system.post(params)
             assert status == 202, body
             ids[name] = body["request_id"]
         rows = system.wait_terminal(list(ids.values()))
@@ -174,7 +181,7 @@ def test_every_command_connects_with_the_documented_settings(
         assert "published" in run("audit", "--request-id", ids["ada"]).out
         assert "test-site" in run("stats").out
         assert f"would redrive: {ids['eve']}" in run("redrive", "--dry-run").out
-        # the cause is fixed (Talkable takes the key now): the redrive lands it
+        # the cause is fixed (Talkable takes the site's key now): the redrive lands it
         system.talkable("POST", "/_control", {"api_keys": None})
         assert f"redriven: {ids['eve']}" in run("redrive").out
         wait_until(
