@@ -30,14 +30,17 @@ PATH = (
 
 
 async def record_times(
-    bootstrap: str,
+    options: Mapping[str, Any],
     topics: Mapping[str, str],
     partitions: int,
     since: float,
     wanted: set[str],
 ) -> dict[str, dict[str, float]]:
-    """request_id → {"<topic name>/<kind>": first create time (epoch s)} from ``since`` on."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    """request_id → {"<topic name>/<kind>": first create time (epoch s)} from ``since`` on.
+
+    ``options``: the Kafka client options (``client_options(settings)``).
+    """
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
     await consumer.start()
     times: dict[str, dict[str, float]] = {}
     try:

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.dev.kafka import KAFKA_VERSION
-
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -46,7 +44,8 @@ def _java_version() -> str | None:
     return lines[0].strip() if lines else None
 
 
-def describe() -> dict[str, Any]:
+def describe(kafka: str) -> dict[str, Any]:
+    """The machine, and ``kafka``: the broker's version (or where an existing one is)."""
     return {
         "nproc": os.cpu_count(),
         "cpu_model": _cpuinfo_model(),
@@ -54,7 +53,7 @@ def describe() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "java": _java_version(),
-        "kafka": KAFKA_VERSION,
+        "kafka": kafka,
         "loadavg_at_start": _loadavg(),
     }
 

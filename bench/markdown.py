@@ -19,8 +19,9 @@ measured in one run on one machine**: every run measures talkstream *and* its tw
 the same broker, the same stand-ins and the same webhooks, one after the other.
 
 - **talkstream**: the real processes (`python -m streams worker|ingress`, one worker) on an
-  embedded Kafka 3.9.1 broker, a private app id, the OpenAI stand-in (latency set over its
-  `/_control`) and the Talkable stand-in (with a receipt clock, `bench/standin.py`).
+  embedded Kafka broker (its version is in the machine line below), a private app id, the
+  OpenAI stand-in (latency set over its `/_control`) and the Talkable stand-in (with a
+  receipt clock, `bench/standin.py`).
 - **raw relay**: plain aiokafka consumer → producer stages, as many hops as the pipeline's
   requests → generate → requests → completions → requests → lifecycle, in one process,
   `acks=all`: the ceiling for any Kafka pipeline on this broker (`bench/relay.py`).

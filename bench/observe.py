@@ -13,7 +13,7 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,9 @@ EVENT_NUMBER_PREFIX = "generate_text_complete-"
 
 
 class LifecycleWatch:
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self._bootstrap, self._topic, self._partitions = bootstrap, topic, partitions
+    def __init__(self, options: Mapping[str, Any], topic: str, partitions: int) -> None:
+        # options: the Kafka client options (``client_options(settings)``)
+        self._options, self._topic, self._partitions = options, topic, partitions
         self.terminal: dict[str, str] = {}
         self.terminal_events: collections.Counter[str] = collections.Counter()
         self.transitions = 0
@@ -37,7 +38,7 @@ class LifecycleWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._options, enable_auto_commit=False)
         await consumer.start()
         assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
         consumer.assign(assigned)
@@ -102,13 +103,13 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
 
 
 async def wait_caught_up(
-    bootstrap: str, groups: dict[str, list[str]], partitions: int, timeout: float
+    options: Mapping[str, Any], groups: dict[str, list[str]], partitions: int, timeout: float
 ) -> float | None:
     """Wait until each consumer group has committed every record of its topics (the worker is
     idle: its projector has written everything too); the seconds it took, or None at the
     timeout. ``groups``: group → the topics it reads."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**options)
+    ends = AIOKafkaConsumer(**options, enable_auto_commit=False)
     await asyncio.gather(admin.start(), ends.start())
     started = time.monotonic()
     try:

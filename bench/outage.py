@@ -16,6 +16,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,15 +34,17 @@ PARTITIONS = 4
 
 def run_outage(seconds: float, events: int, circuit_max_open: float | None) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="talkstream-outage-"))
-    broker = Broker(root, None)
+    broker = Broker(root, None, Settings().kafka_version)
     broker.start()
     try:
-        system = Deployment(root, broker.bootstrap, partitions=PARTITIONS, workers=1)
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap,
+            app_id=f"outage{uuid.uuid4().hex[:8]}",
+            partitions=PARTITIONS,
+        )
+        system = Deployment(root, settings, workers=1)
         if circuit_max_open is not None:
             system.env["TALKSTREAM_CIRCUIT_MAX_OPEN_SECONDS"] = str(circuit_max_open)
-        settings = Settings(
-            kafka_bootstrap=broker.bootstrap, app_id=system.app_id, partitions=PARTITIONS
-        )
         asyncio.run(ensure_topics(settings))
         system.start()
         try:
@@ -54,7 +57,7 @@ def run_outage(seconds: float, events: int, circuit_max_open: float | None) -> d
 
 
 async def _measure(system: Deployment, seconds: float, events: int) -> dict[str, Any]:
-    watch = LifecycleWatch(system.bootstrap, system.topic("lifecycle"), PARTITIONS)
+    watch = LifecycleWatch(system.kafka_options, system.topic("lifecycle"), PARTITIONS)
     await watch.start()
     try:
         back_at = time.time() + seconds

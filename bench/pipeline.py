@@ -96,7 +96,7 @@ class Pipeline:
             missing = await self.watch.wait_terminal(accepted, self.ctx.config.drain_timeout, tick)
         app_id, topic = self.system.app_id, self.system.topic
         caught_up_s = await wait_caught_up(
-            self.system.bootstrap,
+            self.system.kafka_options,
             {  # faust's group is the app id; each executor reads in a group of its own
                 app_id: [topic("requests"), topic("lifecycle")],
                 f"{app_id}-generator": [topic("generate")],
@@ -171,7 +171,7 @@ class Pipeline:
         done = await self.settle("latency", shots)
         sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
         times = await hops.record_times(
-            self.system.bootstrap,
+            self.system.kafka_options,
             {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
             cfg.partitions,
             min(sent.values(), default=time.time()) - 1,

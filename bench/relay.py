@@ -6,7 +6,8 @@ consumer group, producers with ``acks=all`` like ours. Nothing is decoded, decid
 what is left is the broker and the client library. The driver produces like the ingress
 (``acks=all``), reads the last topic and times each message.
 
-Run the relay with ``python -m bench.relay --bootstrap B --prefix P --hops N``.
+Run the relay with ``python -m bench.relay --bootstrap B --prefix P --hops N``; it connects
+with the TLS/SASL settings of its environment (``TALKSTREAM_KAFKA_*``), as every process does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,6 +27,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench import load
 from bench.load import Tick
 from bench.system import Processes
+from streams.kafka_options import client_options
+from streams.settings import Settings
 
 PAYLOAD_BYTES = 1200  # about a RequestReceived with its sealed keys
 
@@ -37,13 +41,13 @@ async def _stage(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, target:
                 await producer.send(target, message.value, key=message.key)
 
 
-async def relay(bootstrap: str, prefix: str, hops: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def relay(options: Mapping[str, Any], prefix: str, hops: int) -> None:
+    producer = AIOKafkaProducer(**options, acks="all")
     await producer.start()
     consumers = [
         AIOKafkaConsumer(
             f"{prefix}-{hop}",
-            bootstrap_servers=bootstrap,
+            **options,
             group_id=f"{prefix}-stage{hop}",
             auto_offset_reset="earliest",
         )
@@ -65,8 +69,10 @@ async def relay(bootstrap: str, prefix: str, hops: int) -> None:
     await producer.stop()
 
 
-async def create_topics(bootstrap: str, prefix: str, hops: int, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topics(
+    options: Mapping[str, Any], prefix: str, hops: int, partitions: int
+) -> None:
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         topics = [NewTopic(f"{prefix}-{hop}", partitions, 1) for hop in range(hops + 1)]
@@ -87,20 +93,16 @@ class Driver:
         processes: Processes,
         env: dict[str, str],
         *,
-        bootstrap: str,
+        options: Mapping[str, Any],
         prefix: str,
         hops: int,
         partitions: int,
     ) -> None:
         self.processes, self.env = processes, env
-        self.bootstrap, self.prefix, self.hops, self.partitions = (
-            bootstrap,
-            prefix,
-            hops,
-            partitions,
-        )
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
-        self.sink = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.bootstrap = str(options["bootstrap_servers"])
+        self.prefix, self.hops, self.partitions = prefix, hops, partitions
+        self.producer = AIOKafkaProducer(**options, acks="all", linger_ms=1)
+        self.sink = AIOKafkaConsumer(**options, enable_auto_commit=False)
         self.warm_up_s = 0.0
 
     @property
@@ -207,7 +209,8 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--hops", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(relay(args.bootstrap, args.prefix, args.hops))
+    options = client_options(Settings(kafka_bootstrap=args.bootstrap))
+    asyncio.run(relay(options, args.prefix, args.hops))
 
 
 if __name__ == "__main__":

@@ -39,27 +39,31 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every phase; return the result document. Processes are stopped in any case."""
     started = time.monotonic()
-    described = machine.describe()  # before the run: its load average is the neighbours'
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     root = Path(tempfile.mkdtemp(prefix="talkstream-bench-"))
-    broker = Broker(root, config.bootstrap)
+    # the environment's TALKSTREAM_KAFKA_* (version; TLS/SASL for --bootstrap) apply
+    broker = Broker(root, config.bootstrap, Settings().kafka_version)
+    described = machine.describe(broker.describe)  # now: its load average is the neighbours'
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     meter = machine.CpuMeter()
     failed = True
     try:
         say("starting Kafka" if broker.embedded else f"using Kafka at {broker.bootstrap}")
         broker.start()
         meter.watch("kafka", broker.pid)
-        system = Deployment(
-            root, broker.bootstrap, partitions=config.partitions, workers=config.workers
-        )
         settings = Settings(
-            kafka_bootstrap=broker.bootstrap, app_id=system.app_id, partitions=config.partitions
+            kafka_bootstrap=broker.bootstrap,
+            app_id=f"bench{uuid.uuid4().hex[:8]}",
+            partitions=config.partitions,
         )
+        system = Deployment(root, settings, workers=config.workers)
         asyncio.run(ensure_topics(settings))
         if config.baselines:
             asyncio.run(
                 relay.create_topics(
-                    broker.bootstrap, system.relay_prefix, config.relay_hops, config.partitions
+                    system.kafka_options,
+                    system.relay_prefix,
+                    config.relay_hops,
+                    config.partitions,
                 )
             )
         say(f"starting talkstream (app id {system.app_id}, logs in {root})")
@@ -100,7 +104,7 @@ async def _measure(
     ctx: Context, system: Deployment, meter: machine.CpuMeter, say: Callable[[str], None]
 ) -> dict[str, Any]:
     cfg = ctx.config
-    watch = LifecycleWatch(system.bootstrap, system.topic("lifecycle"), cfg.partitions)
+    watch = LifecycleWatch(system.kafka_options, system.topic("lifecycle"), cfg.partitions)
     await watch.start()
     pipeline: dict[str, Any] = {}
     found: dict[str, Any] = {"pipeline": pipeline, "baselines": {}}
@@ -130,7 +134,7 @@ async def _measure(
     driver = relay.Driver(
         system.processes,
         system.env,
-        bootstrap=system.bootstrap,
+        options=system.kafka_options,
         prefix=system.relay_prefix,
         hops=cfg.relay_hops,
         partitions=cfg.partitions,

@@ -18,12 +18,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from streams.dev.kafka import EmbeddedKafka
+from streams.kafka_options import client_options
 from streams.secrets import generate_key
+from streams.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,13 +51,17 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> A
 class Broker:
     """An embedded broker on free ports under ``root``, or an existing one (not stopped)."""
 
-    def __init__(self, root: Path, bootstrap: str | None) -> None:
+    def __init__(self, root: Path, bootstrap: str | None, version: str) -> None:
         self._embedded: EmbeddedKafka | None = None
         if bootstrap is None:
-            self._embedded = EmbeddedKafka(root, port=free_port(), controller_port=free_port())
+            self._embedded = EmbeddedKafka(
+                root, port=free_port(), controller_port=free_port(), version=version
+            )
             self.bootstrap = self._embedded.bootstrap
+            self.describe = f"{version} (embedded)"
         else:
             self.bootstrap = bootstrap
+            self.describe = f"at {bootstrap}"  # an existing broker: its version is its own
 
     @property
     def embedded(self) -> bool:
@@ -136,17 +141,21 @@ class Processes:
 class Deployment:
     """One talkstream deployment on a private app id, plus the stand-ins both sides share."""
 
-    def __init__(self, root: Path, bootstrap: str, *, partitions: int, workers: int) -> None:
+    def __init__(self, root: Path, settings: Settings, *, workers: int) -> None:
+        """``settings``: the broker (bootstrap and TLS/SASL options), app id and partitions;
+        the processes get them through the environment."""
         self.root = root
-        self.bootstrap = bootstrap
-        self.app_id = f"bench{uuid.uuid4().hex[:8]}"
+        self.bootstrap = settings.kafka_bootstrap
+        self.kafka_options = client_options(settings)
+        partitions = settings.partitions
+        self.app_id = settings.app_id
         self.workers = workers
         self.openai_port, self.talkable_port = free_port(), free_port()
         self.ingress_port = free_port()
         self.processes = Processes(root)
         self.env = {
             **os.environ,
-            "TALKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "TALKSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
             "TALKSTREAM_APP_ID": self.app_id,
             "TALKSTREAM_PARTITIONS": str(partitions),
             "TALKSTREAM_DATA_DIR": str(root),

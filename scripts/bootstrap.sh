@@ -21,4 +21,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # The broker's jars (no-op when present); fails with a clear message without Java or Maven.
-.venv/bin/talkstream kafka fetch-jars
+# both Kafka lines: 4.4.0 (the default) and 3.9.1 (its smoke tests)
+.venv/bin/talkstream kafka fetch-jars --all

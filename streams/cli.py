@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.settings import Settings
 
 if TYPE_CHECKING:
     from streams.dev.kafka import EmbeddedKafka
+    from streams.dev.kafka_cluster import KafkaCluster
 
 
 def _settings() -> Settings:
@@ -35,46 +37,94 @@ def main() -> None:
 # --- kafka ------------------------------------------------------------------------------------
 
 
-def _broker(settings: Settings) -> EmbeddedKafka:
-    from streams.dev.supervisor import embedded_broker
+def _broker(settings: Settings, nodes: int | None = None) -> EmbeddedKafka | KafkaCluster:
+    """The single broker, or the local cluster: ``nodes`` > 1, or (``nodes`` None) the
+    cluster last started under ``DATA_DIR`` if there is one."""
+    from streams.dev.kafka_cluster import KafkaCluster
+    from streams.dev.supervisor import broker_address, embedded_broker
 
-    return embedded_broker(settings)
+    if nodes is None:
+        found = KafkaCluster.from_manifest(settings.data_dir)
+        if found is not None:
+            return found
+    if nodes is None or nodes == 1:
+        return embedded_broker(settings)
+    host, port = broker_address(settings)
+    return KafkaCluster(
+        settings.data_dir, nodes, host, base_port=port, version=settings.kafka_version
+    )
 
 
 @main.group()
 def kafka() -> None:
-    """The embedded single-node Kafka broker (KRaft), for development and tests."""
+    """The embedded Kafka broker (KRaft; one node, or a local cluster), for development and
+    tests."""
 
 
 @kafka.command("start")
 @click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for ready")
-def kafka_start(timeout: float) -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    help="3: a replicated cluster on this host (ports from KAFKA_BOOTSTRAP's on, 2 per node); "
+    "default: the cluster started last if it was not stopped, else 1",
+)
+def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
     from streams.dev.kafka import KafkaLauncherError
+    from streams.dev.kafka_cluster import KafkaCluster
     from streams.topics import ensure_topics
 
     settings = _settings()
-    broker = _broker(settings)
+    broker = _broker(settings, nodes)
+    nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
     try:
         status = broker.start(timeout=timeout)
     except KafkaLauncherError as exc:
         raise click.ClickException(str(exc)) from None
-    created = asyncio.run(ensure_topics(settings))
+    if nodes > 1:
+        settings = _cluster_settings(settings, status.bootstrap, nodes)
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(status.describe())
     if created:
         click.echo(f"created topics: {', '.join(created)}")
+    if nodes > 1:
+        click.echo(
+            "every talkstream process needs:\n"
+            f"  TALKSTREAM_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}\n"
+            f"  TALKSTREAM_REPLICATION_FACTOR={settings.replication_factor}\n"
+            f"  TALKSTREAM_MIN_INSYNC_REPLICAS={settings.insync_replicas}"
+        )
+
+
+def _cluster_settings(settings: Settings, bootstrap: str, nodes: int) -> Settings:
+    """The cluster's bootstrap, and its replication (3 and 2 on three nodes) unless set."""
+    from streams.dev.kafka_cluster import cluster_replication
+
+    replication, insync = cluster_replication(nodes)
+    given = settings.model_fields_set
+    update: dict[str, object] = {"kafka_bootstrap": bootstrap}
+    if "replication_factor" not in given:
+        update["replication_factor"] = replication
+    if "min_insync_replicas" not in given:
+        update["min_insync_replicas"] = insync
+    return settings.model_copy(update=update)
 
 
 @kafka.command("stop")
 def kafka_stop() -> None:
-    """Stop the broker started by `kafka start`."""
+    """Stop the broker (or every node of the cluster) started by `kafka start`."""
     broker = _broker(_settings())
     click.echo("stopped" if broker.stop() else "not running")
 
 
 @kafka.command("status")
 def kafka_status() -> None:
-    """Say whether the broker runs, where, and where its log is."""
+    """Say whether the broker (each node of a cluster) runs, where, with which pid, and
+    where its data and log are."""
     broker = _broker(_settings())
     status = broker.status()
     click.echo(status.describe())
@@ -82,27 +132,29 @@ def kafka_status() -> None:
 
 
 @kafka.command("fetch-jars")
-def kafka_fetch_jars() -> None:
+@click.option("--all", "every", is_flag=True, help="every supported Kafka version (the tests')")
+def kafka_fetch_jars(every: bool) -> None:
     """Resolve the broker's jars from Maven Central (no-op when present)."""
-    from streams.dev.kafka import KafkaLauncherError
+    from streams.dev.kafka import VERSIONS, EmbeddedKafka, KafkaLauncherError
 
-    broker = _broker(_settings())
-    try:
-        path = broker.fetch_jars()
-    except KafkaLauncherError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"kafka jars: {path}")
+    settings = _settings()
+    versions = list(VERSIONS) if every else [settings.kafka_version]
+    for version in versions:
+        try:
+            path = EmbeddedKafka(settings.data_dir, version=version).fetch_jars()
+        except KafkaLauncherError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"kafka {version} jars: {path}")
 
 
 @main.command("topics")
 def topics_cmd() -> None:
     """Create any missing topic (every process also does this at start)."""
-    from streams.errors import BrokerUnavailable
     from streams.topics import ensure_topics
 
     try:
         created = asyncio.run(ensure_topics(_settings()))
-    except BrokerUnavailable as exc:
+    except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
@@ -134,7 +186,7 @@ def worker(log_format: str | None) -> None:
     try:
         secrets = load_secret_box(settings)
         asyncio.run(ensure_topics(settings))
-    except TalkstreamError as exc:
+    except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)

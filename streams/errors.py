@@ -2,6 +2,7 @@
 
     TalkstreamError (retriable = False)
      ├── ConfigError                 settings that cannot work
+     │    └── KafkaAuthError         the brokers refuse our SASL credentials or TLS
      ├── DecodeError                 a topic value that is not ours (dead-lettered)
      ├── SecretError                 a sealed secret that no configured key opens
      ├── UpstreamError               an outside service failed; what it means is data:
@@ -32,6 +33,10 @@ class TalkstreamError(Exception):
 
 class ConfigError(TalkstreamError):
     pass
+
+
+class KafkaAuthError(ConfigError):
+    """Kafka refused our credentials (SASL) or the TLS handshake failed: no retry fixes it."""
 
 
 class DecodeError(TalkstreamError):

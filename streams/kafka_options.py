@@ -1,13 +1,18 @@
 """Kafka connection options (TLS, SASL PLAIN/SCRAM) from settings, for every client we make:
-aiokafka producers/consumers/admin clients and the faust app."""
+aiokafka producers/consumers/admin clients and the faust app; and, when a client cannot
+connect, the reason in one line (:func:`broker_error`)."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any
 
 import faust
+from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 
+from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.settings import Settings
 
 
@@ -57,3 +62,87 @@ def faust_credentials(settings: Settings) -> Any:
         mechanism=settings.kafka_sasl_mechanism,
         ssl_context=_ssl_context(settings),
     )
+
+
+# --- why a client could not connect -----------------------------------------------------------
+
+_AUTH_ERRORS = (
+    "SaslAuthenticationFailed",
+    "AuthenticationFailedError",
+    "UnsupportedSaslMechanismError",
+    "IllegalSaslStateError",
+)
+
+
+async def diagnose(settings: Settings, timeout: float = 5.0) -> str | None:
+    """Why the brokers refuse us, when they do: one line naming the cause, or None.
+
+    aiokafka logs the cause of a failed bootstrap (a refused password, a TLS handshake that
+    failed) and raises a bare "Unable to bootstrap"; this opens one connection per bootstrap
+    server the way every client does, to say which. Never shows the password.
+    """
+    options = client_options(settings)
+    del options["bootstrap_servers"]
+    causes = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    request_timeout_ms=int(timeout * 1000),
+                    client_id="talkstream-diagnose",
+                    **options,
+                ),
+                timeout,
+            )
+        except Exception as exc:  # whatever it is, it is the answer
+            causes.append(_cause(settings, server.strip(), exc))
+            continue
+        conn.close()
+        return None  # this one lets us in: the failure was something else
+    auth = [c for c in causes if "authentication failed" in c]
+    found = auth or causes
+    return found[0] if found else None
+
+
+def _cause(settings: Settings, server: str, exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name in _AUTH_ERRORS:
+        return (
+            f"Kafka at {server} refused the SASL credentials: authentication failed for user "
+            f"{settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism} ({name}); "
+            "check TALKSTREAM_KAFKA_SASL_USERNAME, TALKSTREAM_KAFKA_SASL_PASSWORD and "
+            "TALKSTREAM_KAFKA_SASL_MECHANISM"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+        return (
+            f"TLS with Kafka at {server} failed: {reason}; check TALKSTREAM_KAFKA_SSL_CAFILE "
+            "and TALKSTREAM_KAFKA_SECURITY_PROTOCOL"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens at {server} (connection refused)"
+    if name == "KafkaConnectionError" and "closed" in str(exc):
+        return (
+            f"Kafka at {server} closed the connection: does its listener expect TLS or SASL "
+            f"(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol})?"
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return (
+            f"Kafka at {server} did not answer (timeout); wrong port, or TLS/SASL expected "
+            "(TALKSTREAM_KAFKA_SECURITY_PROTOCOL)?"
+        )
+    return f"Kafka at {server} is not reachable: {name}: {str(exc)[:200]}"
+
+
+async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamError:
+    """The error to raise for a Kafka client that failed: :class:`KafkaAuthError` when the
+    brokers refuse our credentials or TLS, :class:`BrokerUnavailable` otherwise; the message
+    says why, on one line, without a secret."""
+    cause = await diagnose(settings)
+    if cause is not None and ("authentication failed" in cause or cause.startswith("TLS")):
+        return KafkaAuthError(cause)
+    where = f"Kafka at {settings.kafka_bootstrap}"
+    return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")

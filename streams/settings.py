@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     )
     partitions: int = Field(8, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of our topics; default: replication factor - 1, "
+        "at most 2, at least 1 (1 for RF 1 and 2, 2 for RF 3 and more)",
+    )
+    kafka_version: Literal["4.4.0", "3.9.1"] = Field(
+        "4.4.0", description="the embedded broker's Kafka version (`talkstream kafka ...`)"
+    )
 
     # where the worker keeps local state (table stores) and dev mode its files
     data_dir: Path = Path(".data")
@@ -132,6 +141,22 @@ class Settings(BaseSettings):
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _insync_fits_replication(self) -> Settings:
+        if self.insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} is more than the replication "
+                f"factor {self.replication_factor}: no write could ever be acknowledged"
+            )
+        return self
+
+    @property
+    def insync_replicas(self) -> int:
+        """``min.insync.replicas`` for our topics (the setting, or derived from the RF)."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return max(1, min(2, self.replication_factor - 1))
 
     @field_validator("data_dir")
     @classmethod

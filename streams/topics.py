@@ -15,7 +15,10 @@ from typing import Any, get_args, get_origin
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from models.events import (
     DeadLetter,
@@ -25,8 +28,8 @@ from models.events import (
     RequestsValue,
 )
 from models.state import PersonState
-from streams.errors import BrokerUnavailable
-from streams.kafka_options import client_options
+from streams.errors import ConfigError
+from streams.kafka_options import broker_error, client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,33 +92,125 @@ BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create any missing topic; returns the names created. Idempotent."""
+    """Create any missing topic; returns the names created. Idempotent.
+
+    Topics get ``TALKSTREAM_PARTITIONS`` partitions, ``TALKSTREAM_REPLICATION_FACTOR``
+    replicas and ``min.insync.replicas`` = ``TALKSTREAM_MIN_INSYNC_REPLICAS`` (with
+    ``acks=all``, a write is acknowledged once that many replicas have it). A topic the
+    brokers refuse to create (say, more replicas than brokers) is a :class:`ConfigError` that
+    names it; Kafka out of reach is :class:`BrokerUnavailable`, refused credentials
+    :class:`~streams.errors.KafkaAuthError`, each with the reason, at once. When some broker
+    answered but the one asked did not (a cluster with a broker down: the admin client asks a
+    random one), it asks again until ``timeout``: a worker starting during a broker's restart
+    must not die of it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await _ensure_once(settings, timeout)
+        except _AskAgain as again:
+            cause = again.__cause__ or again
+            if loop.time() > deadline:
+                raise await broker_error(settings, cause) from cause
+            log.info("asking Kafka again about the topics: %r", cause)
+            await asyncio.sleep(0.5)
+
+
+class _AskAgain(Exception):
+    """The cluster answered, one broker of it did not: another attempt may reach another."""
+
+
+async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
-        existing = set(await admin.list_topics())
-        missing = [spec for spec in CATALOGUE if spec.full_name(settings) not in existing]
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+        except (KafkaError, TimeoutError, OSError) as exc:  # no broker answered at all
+            raise await broker_error(settings, exc) from exc
+        try:
+            existing = set(await admin.list_topics())
+            missing = [spec for spec in CATALOGUE if spec.full_name(settings) not in existing]
+            response = (
+                await admin.create_topics([_new_topic(settings, s) for s in missing])
+                if missing
+                else None
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise _AskAgain() from exc
+        refused = [
+            f"{name}: {message or code}"
+            for name, code, message, *_ in getattr(response, "topic_errors", [])
+            if code not in (0, TopicAlreadyExistsError.errno)  # another process raced us
+        ]
+        if refused:
+            raise ConfigError("Kafka refused to create topics: " + "; ".join(refused))
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process raced us
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name=spec.full_name(settings),
-                            num_partitions=settings.partitions,
-                            replication_factor=settings.replication_factor,
-                            topic_configs=spec.config,
-                        )
-                        for spec in missing
-                    ]
-                )
-            log.info("created topics %s", ",".join(s.full_name(settings) for s in missing))
+            await _until_every_broker_knows(
+                settings, [spec.full_name(settings) for spec in missing], timeout
+            )
+            log.info(
+                "created topics %s replication_factor=%s min_insync_replicas=%s",
+                ",".join(spec.full_name(settings) for spec in missing),
+                settings.replication_factor,
+                settings.insync_replicas,
+            )
         return [spec.full_name(settings) for spec in missing]
-    except (KafkaError, TimeoutError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap} is not reachable: {type(exc).__name__}"
-        ) from exc
     finally:
         await admin.close()
+
+
+async def _until_every_broker_knows(settings: Settings, names: list[str], timeout: float) -> None:
+    """Wait until every broker's metadata has ``names`` with a leader for each partition.
+
+    CreateTopics returns once the controller has the topic; on a cluster (seen with Kafka
+    3.9) another broker may answer "unknown topic" for a moment after, and a worker whose
+    first metadata comes from it would start without the topic (faust subscribes only to
+    topics that exist). At the deadline this logs and returns: the topics do exist.
+    """
+    client = AIOKafkaClient(**client_options(settings), request_timeout_ms=5000)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await client.bootstrap()
+        while lagging := await _lagging(client, names, settings.partitions):
+            if loop.time() > deadline:
+                log.warning("created topics not yet known everywhere: %s", ",".join(lagging))
+                return
+            await asyncio.sleep(0.1)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.warning("could not check that every broker knows the new topics: %r", exc)
+    finally:
+        await client.close()
+
+
+async def _lagging(client: AIOKafkaClient, names: list[str], partitions: int) -> list[str]:
+    """``topic@broker`` for each broker whose metadata lacks a partition or its leader."""
+    lagging = []
+    for broker in client.cluster.brokers():
+        seen = ClusterMetadata()
+        try:
+            seen.update_metadata(await client.send(broker.nodeId, MetadataRequest(names)))
+        except (KafkaError, TimeoutError, OSError):
+            lagging += [f"{name}@{broker.nodeId} (no answer)" for name in names]
+            continue
+        for name in names:
+            leaders = [
+                seen.leader_for_partition(TopicPartition(name, p))
+                for p in seen.partitions_for_topic(name) or set()
+            ]
+            if sum(leader is not None and leader >= 0 for leader in leaders) < partitions:
+                lagging.append(f"{name}@{broker.nodeId}")
+    return lagging
+
+
+def _new_topic(settings: Settings, spec: TopicSpec) -> NewTopic:
+    return NewTopic(
+        name=spec.full_name(settings),
+        num_partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        topic_configs={"min.insync.replicas": str(settings.insync_replicas), **spec.config},
+    )
 
 
 async def read_range(

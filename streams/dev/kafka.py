@@ -1,14 +1,21 @@
-"""Embedded single-node Apache Kafka 3.9.1 (KRaft) for dev mode and tests.
+"""Embedded Apache Kafka (KRaft) for dev mode and tests, from Maven Central jars.
 
-The broker runs from Maven Central jars (resolved once by ``mvn`` from ``compose/kafka/pom.xml``
-into a cache shared by dev and tests) on the local JDK, as a detached process that outlives the
-command that started it; :meth:`EmbeddedKafka.stop` ends it. Files under ``<data_dir>/kafka``::
+The broker runs from the jars of one Kafka version (resolved once by ``mvn`` from
+``compose/kafka/<version>/pom.xml`` into a cache shared by dev and tests,
+``~/.cache/talkstream/kafka-<version>``) on the local JDK, as a detached process that outlives
+the command that started it; :meth:`EmbeddedKafka.stop` ends it. Versions: 4.4.0 (the
+default) and 3.9.1 (``TALKSTREAM_KAFKA_VERSION``). Files under ``<data_dir>/kafka``::
 
     cluster.id          the KRaft cluster id, generated once
+    formatted-by        the Kafka version that formatted logs/ (Kafka 3 cannot read Kafka 4's)
     server.properties   rendered from compose/kafka/server.properties at each start
     logs/               the metadata log and the topic partitions
-    broker.log          the broker's stdout and stderr (compose/kafka/log4j.properties)
+    broker.log          the broker's stdout and stderr (the version's log4j config)
     kafka.pid           the pid of the running broker
+
+One :class:`EmbeddedKafka` is one KRaft node in combined mode (broker and controller in one
+process); :mod:`streams.dev.kafka_cluster` runs several of them as a replicated cluster;
+:mod:`streams.dev.kafka_jars` knows the versions and fetches their jars.
 
 Every failure is a :class:`KafkaLauncherError` (a ``TalkstreamError``, not retriable) whose
 message says what to install or change.
@@ -22,15 +29,13 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import string
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,43 +43,38 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streams.errors import TalkstreamError
+from streams.dev.kafka_jars import CONFIG_DIR as CONFIG_DIR
+from streams.dev.kafka_jars import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION
+from streams.dev.kafka_jars import VERSIONS as VERSIONS
+from streams.dev.kafka_jars import KafkaLauncherError as KafkaLauncherError
+from streams.dev.kafka_jars import KafkaVersion as KafkaVersion
+from streams.dev.kafka_jars import default_jars_dir as default_jars_dir
+from streams.dev.kafka_jars import fetch_jars, kafka_version
+from streams.dev.kafka_jars import find_java as find_java
 
 logger = logging.getLogger(__name__)
 
-KAFKA_VERSION = "3.9.1"
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "compose" / "kafka"
-# the broker does not start without these (reload4j is compile-only in Kafka's own POM)
-REQUIRED_JARS = (f"kafka_2.13-{KAFKA_VERSION}.jar", "slf4j-reload4j-*.jar", "reload4j-*.jar")
 _POLL_SECONDS = 0.1
-
-
-class KafkaLauncherError(TalkstreamError):
-    """The embedded broker could not be fetched, formatted, started or stopped."""
 
 
 @dataclass(frozen=True, slots=True)
 class KafkaStatus:
-    running: bool  # our process is alive and its PLAINTEXT port accepts connections
+    running: bool  # our process is alive and its client port accepts connections
     pid: int | None  # set while our process is alive, also while it is still starting
     bootstrap: str
     data_dir: Path
     log_file: Path
+    version: str = DEFAULT_KAFKA_VERSION
 
     def describe(self) -> str:
         where = f"data {self.data_dir}, log {self.log_file}"
         if self.running:
-            return f"Kafka {KAFKA_VERSION} running at {self.bootstrap} (pid {self.pid}); {where}"
+            return f"Kafka {self.version} running at {self.bootstrap} (pid {self.pid}); {where}"
         if self.pid is not None:
             return (
                 f"Kafka starting (pid {self.pid}), not answering at {self.bootstrap} yet; {where}"
             )
         return f"Kafka not running (would listen on {self.bootstrap}); {where}"
-
-
-def default_jars_dir() -> Path:
-    default = f"~/.cache/talkstream/kafka-{KAFKA_VERSION}"
-    return Path(os.environ.get("TALKSTREAM_KAFKA_JARS", default)).expanduser()
 
 
 def new_cluster_id() -> str:
@@ -86,36 +86,54 @@ def new_cluster_id() -> str:
 
 
 def render_server_properties(
-    template: str, *, host: str, port: int, controller_port: int, log_dir: Path
+    template: str,
+    *,
+    host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication_factor: int = 1,
+    min_insync_replicas: int = 1,
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
-    values = {"host": host, "port": port, "controller_port": controller_port, "log_dir": log_dir}
+    """The node's server.properties. ``voters`` defaults to this node alone; ``overrides``
+    are appended, so they win over the template's lines (Java properties: the last wins)."""
+    values = {
+        "host": host,
+        "port": port,
+        "controller_port": controller_port,
+        "log_dir": log_dir,
+        "node_id": node_id,
+        "voters": voters or f"{node_id}@{host}:{controller_port}",
+        "replication_factor": replication_factor,
+        "min_insync_replicas": min_insync_replicas,
+    }
     try:
         body = string.Template(template).substitute(values)
     except (KeyError, ValueError) as exc:
         raise KafkaLauncherError(f"bad placeholder in server.properties: {exc}") from exc
-    return "# rendered at each start from compose/kafka/server.properties: edit that\n" + body
-
-
-def find_java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and os.access(Path(java_home) / "bin" / "java", os.X_OK):
-        return str(Path(java_home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise KafkaLauncherError(
-            "no `java` on PATH and no $JAVA_HOME/bin/java: install a JDK 17 "
-            "(Debian: apt-get install openjdk-17-jdk-headless) or set JAVA_HOME"
-        )
-    return java
+    text = "# rendered at each start from compose/kafka/server.properties: edit that\n" + body
+    if overrides:
+        text += "\n# --- overrides given to the launcher\n"
+        text += "".join(f"{key}={value}\n" for key, value in overrides.items())
+    return text
 
 
 async def wait_for_metadata(
-    bootstrap: str, timeout: float, *, check: Callable[[], None] | None = None
+    bootstrap: str,
+    timeout: float,
+    *,
+    check: Callable[[], None] | None = None,
+    options: Mapping[str, Any] | None = None,
+    brokers: int = 1,
 ) -> None:
-    """Return once ``bootstrap`` answers a metadata request that lists a live broker.
+    """Return once ``bootstrap`` answers a metadata request that lists ``brokers`` live brokers.
 
     Polls until ``timeout`` seconds have passed, then raises :class:`KafkaLauncherError`;
-    ``check`` runs before each attempt and may raise to give up early.
+    ``check`` runs before each attempt and may raise to give up early. ``options``: aiokafka
+    connection options (TLS, SASL) for a secured listener.
     """
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     loop = asyncio.get_running_loop()
@@ -129,13 +147,23 @@ async def wait_for_metadata(
         attempt = min(5.0, remaining)
         # a plain connect first: aiokafka logs an error for each refused bootstrap
         if await asyncio.to_thread(_port_open, host.strip("[]"), int(port)) and (
-            await _lists_a_broker(bootstrap, attempt)
+            await _lists_brokers(bootstrap, attempt, options or {}, brokers)
         ):
             return
         await asyncio.sleep(min(_POLL_SECONDS, remaining))
 
 
 class EmbeddedKafka:
+    """One KRaft node in combined mode (broker and controller in one process).
+
+    Alone (the default) it is the dev broker; :class:`~streams.dev.kafka_cluster.KafkaCluster`
+    gives several of them a shared cluster id, ``voters``, a replication factor and their own
+    ``kafka_dir``. ``overrides`` (server properties that win over the template), ``format_args``
+    (extra ``kafka-storage format`` arguments, e.g. ``--add-scram``; may carry secrets, never
+    logged) and ``probe_options`` (aiokafka TLS/SASL options for the readiness probe) make a
+    secured broker.
+    """
+
     def __init__(
         self,
         data_dir: Path,
@@ -145,19 +173,41 @@ class EmbeddedKafka:
         jars_dir: Path | None = None,
         heap: str = "512m",
         *,
+        version: str = DEFAULT_KAFKA_VERSION,
         config_dir: Path = CONFIG_DIR,
+        kafka_dir: Path | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
+        replication_factor: int = 1,
+        min_insync_replicas: int = 1,
+        overrides: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
+        probe_options: Mapping[str, Any] | None = None,
+        cluster_id_file: Path | None = None,
     ) -> None:
         if port == controller_port:
             raise KafkaLauncherError(f"port and controller_port must differ (both {port})")
         self.host, self.port, self.controller_port, self.heap = host, port, controller_port, heap
-        self.kafka_dir = Path(data_dir).expanduser().resolve() / "kafka"
-        self.jars_dir = jars_dir if jars_dir is not None else default_jars_dir()
+        self.kafka = kafka_version(version)
+        self.version = version
+        self.kafka_dir = (
+            kafka_dir.expanduser().resolve()
+            if kafka_dir is not None
+            else Path(data_dir).expanduser().resolve() / "kafka"
+        )
+        self.jars_dir = jars_dir if jars_dir is not None else default_jars_dir(version)
         self.config_dir = config_dir
+        self.node_id, self.voters = node_id, voters
+        self.replication_factor, self.min_insync_replicas = replication_factor, min_insync_replicas
+        self.overrides = dict(overrides or {})
+        self.format_args = tuple(format_args)
+        self.probe_options = dict(probe_options or {})
         self.log_dir = self.kafka_dir / "logs"
         self.log_file = self.kafka_dir / "broker.log"
         self.pid_file = self.kafka_dir / "kafka.pid"
         self.properties_file = self.kafka_dir / "server.properties"
-        self.cluster_id_file = self.kafka_dir / "cluster.id"
+        self.cluster_id_file = cluster_id_file or self.kafka_dir / "cluster.id"
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -166,55 +216,20 @@ class EmbeddedKafka:
     def status(self) -> KafkaStatus:
         pid = self._running_pid()
         running = pid is not None and _port_open(self.host, self.port)
-        return KafkaStatus(running, pid, self.bootstrap, self.kafka_dir, self.log_file)
+        return KafkaStatus(
+            running, pid, self.bootstrap, self.kafka_dir, self.log_file, self.version
+        )
 
     def fetch_jars(self) -> Path:
         """Resolve the broker's jars into ``jars_dir`` once (a no-op when they are there)."""
-        if _has_jars(self.jars_dir):
-            return self.jars_dir
-        pom = self.config_dir / "pom.xml"
-        if not pom.is_file():
-            raise KafkaLauncherError(
-                f"{pom} is missing: run from a checkout of the project, or put the runtime jars "
-                f"of org.apache.kafka:kafka_2.13:{KAFKA_VERSION} plus slf4j-reload4j and reload4j "
-                f"in {self.jars_dir} (or point TALKSTREAM_KAFKA_JARS at them)"
-            )
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise KafkaLauncherError(
-                f"no `mvn` on PATH to fetch the Kafka {KAFKA_VERSION} jars into {self.jars_dir}: "
-                "install Maven (Debian: apt-get install maven) or set TALKSTREAM_KAFKA_JARS"
-            )
-        find_java()  # Maven needs it too; say so before Maven does, less clearly
-        self.jars_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.jars_dir.name}-", dir=self.jars_dir.parent))
-        logger.info("fetching Kafka jars version=%s into=%s", KAFKA_VERSION, self.jars_dir)
-        try:
-            command = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
-            command += ["-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0 or not _has_jars(tmp):
-                raise KafkaLauncherError(
-                    f"mvn could not fetch the Kafka jars (exit {done.returncode}); is Maven "
-                    "Central or a mirror (~/.m2/settings.xml) reachable?\n"
-                    + _tail(done.stdout + done.stderr)
-                )
-            tmp.chmod(0o755)  # mkdtemp makes it private; it is a shared cache
-            try:
-                tmp.rename(self.jars_dir)  # atomic: a half-done fetch is never in place
-            except OSError as exc:
-                if not _has_jars(self.jars_dir):  # else a concurrent fetch won the race
-                    raise KafkaLauncherError(f"{self.jars_dir} lacks the jars: remove it") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return self.jars_dir
+        return fetch_jars(self.kafka, self.jars_dir, self.config_dir)
 
     def cluster_id(self) -> str:
         """The KRaft cluster id of this data dir, generated on first use."""
         with contextlib.suppress(FileNotFoundError):
             return self.cluster_id_file.read_text().strip()
         value = new_cluster_id()
-        self.kafka_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
         self.cluster_id_file.write_text(value + "\n")
         return value
 
@@ -223,9 +238,25 @@ class EmbeddedKafka:
         current = self.status()
         if current.pid is not None:
             if not current.running:
-                _run(wait_for_metadata(self.bootstrap, timeout))
+                _run(wait_for_metadata(self.bootstrap, timeout, options=self.probe_options))
             logger.info("Kafka already running pid=%s bootstrap=%s", current.pid, self.bootstrap)
             return self.status()
+        started = time.monotonic()
+        self.launch()
+        self.wait_ready(timeout)
+        seconds = time.monotonic() - started
+        logger.info(
+            "Kafka ready pid=%s bootstrap=%s seconds=%.1f", self._pid(), self.bootstrap, seconds
+        )
+        return self.status()
+
+    def launch(self) -> int:
+        """Format the storage if needed and start the process; do not wait for it.
+
+        A node of a cluster cannot answer before a majority of its voters runs, so the
+        cluster launches every node first and waits afterwards (:meth:`wait_ready`).
+        """
+        self._check_readable()
         java, jars = find_java(), self.fetch_jars()
         for port in (self.port, self.controller_port):
             if _port_open(self.host, port):
@@ -242,12 +273,17 @@ class EmbeddedKafka:
                 port=self.port,
                 controller_port=self.controller_port,
                 log_dir=self.log_dir,
+                node_id=self.node_id,
+                voters=self.voters,
+                replication_factor=self.replication_factor,
+                min_insync_replicas=self.min_insync_replicas,
+                overrides=self.overrides,
             )
         )
+        self.properties_file.chmod(0o600)  # overrides may hold a keystore password
         self._format(java, jars)
-        started = time.monotonic()
         with self.log_file.open("a") as log:
-            log.write(f"--- talkstream: starting Kafka {KAFKA_VERSION} at {time.ctime()}\n")
+            log.write(f"--- talkstream: starting Kafka {self.version} at {time.ctime()}\n")
             log.flush()
             proc = subprocess.Popen(
                 self._java(java, jars, "kafka.Kafka", str(self.properties_file)),
@@ -257,11 +293,24 @@ class EmbeddedKafka:
                 cwd=self.kafka_dir,
                 start_new_session=True,  # a Ctrl-C meant for the parent does not reach it
             )
+        self._proc = proc
         self.pid_file.write_text(f"{proc.pid}\n")
-        logger.info("starting Kafka pid=%s bootstrap=%s", proc.pid, self.bootstrap)
+        logger.info(
+            "starting Kafka %s node=%s pid=%s bootstrap=%s",
+            self.version,
+            self.node_id,
+            proc.pid,
+            self.bootstrap,
+        )
+        return proc.pid
+
+    def wait_ready(self, timeout: float, brokers: int = 1) -> None:
+        """Wait until the node launched by :meth:`launch` answers metadata listing ``brokers``
+        brokers; stop it (and say why, from its log) if it dies or never answers."""
+        proc = self._proc
 
         def exited() -> None:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise KafkaLauncherError(
                     f"Kafka exited with code {proc.returncode} while starting; "
@@ -269,19 +318,22 @@ class EmbeddedKafka:
                 )
 
         try:
-            _run(wait_for_metadata(self.bootstrap, timeout, check=exited))
+            _run(
+                wait_for_metadata(
+                    self.bootstrap,
+                    timeout,
+                    check=exited,
+                    options=self.probe_options,
+                    brokers=brokers,
+                )
+            )
         except KafkaLauncherError as exc:
-            if proc.poll() is None:  # alive but not answering: leave nothing half-started
+            if proc is not None and proc.poll() is None:  # alive, not answering: stop it
                 self.stop()
                 raise KafkaLauncherError(
                     f"{exc}; stopped it. Last lines of {self.log_file}:\n{self.log_tail()}"
                 ) from None
             raise
-        seconds = time.monotonic() - started
-        logger.info(
-            "Kafka ready pid=%s bootstrap=%s seconds=%.1f", proc.pid, self.bootstrap, seconds
-        )
-        return self.status()
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
@@ -290,22 +342,45 @@ class EmbeddedKafka:
             return False
         logger.info("stopping Kafka pid=%s", pid)
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(_POLL_SECONDS)
-            if not _pid_alive(pid):
-                self.pid_file.unlink(missing_ok=True)
+            if self._signal(pid, sig, wait):
                 return True
             logger.warning("Kafka pid=%s still alive %.0fs after %s", pid, wait, sig.name)
         raise KafkaLauncherError(f"Kafka pid={pid} survived SIGKILL")
+
+    def kill(self) -> int | None:
+        """SIGKILL the broker (a hard bounce: no controlled shutdown); its pid, None if it
+        was not running."""
+        pid = self._running_pid()
+        if pid is None:
+            return None
+        logger.info("killing Kafka node=%s pid=%s", self.node_id, pid)
+        if not self._signal(pid, signal.SIGKILL, 10.0):
+            raise KafkaLauncherError(f"Kafka pid={pid} survived SIGKILL")
+        return pid
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return _tail(self.log_file.read_text(errors="replace"), lines)
         except FileNotFoundError:
             return "(no broker log)"
+
+    def _signal(self, pid: int, sig: signal.Signals, wait: float) -> bool:
+        """Send ``sig``; True once the process is gone (within ``wait`` seconds)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+        if _pid_alive(pid):
+            return False
+        if self._proc is not None and self._proc.pid == pid:
+            self._proc.poll()  # reap our child
+            self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _pid(self) -> int | None:
+        return self._running_pid()
 
     def _running_pid(self) -> int | None:
         """The pid of our live broker; a stale pid file is removed."""
@@ -326,17 +401,38 @@ class EmbeddedKafka:
         return path
 
     def _java(self, java: str, jars: Path, main: str, *args: str) -> list[str]:
-        log4j = self._config_file("log4j.properties").resolve().as_uri()
+        logging_file = self._config_file(f"{self.version}/{self.kafka.logging_config}")
+        logging_uri = logging_file.resolve().as_uri()
         return [
             *(java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC"),
-            *("-Djava.awt.headless=true", f"-Dlog4j.configuration={log4j}"),
+            *("-Djava.awt.headless=true", f"-D{self.kafka.logging_property}={logging_uri}"),
             *("-cp", str(jars / "*"), main, *args),
         ]
 
+    def _check_readable(self) -> None:
+        """Kafka 3 cannot read a log formatted by Kafka 4 (it dies with a stack trace): say so
+        before starting it. (Kafka 4 reads Kafka 3's: the metadata version stays 3.x until an
+        operator upgrades it.)"""
+        try:
+            formatted_by = self.formatted_by_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        if int(formatted_by.split(".")[0]) > int(self.version.split(".")[0]):
+            raise KafkaLauncherError(
+                f"{self.log_dir} was formatted by Kafka {formatted_by}, which Kafka "
+                f"{self.version} cannot read: use another TALKSTREAM_DATA_DIR (or remove "
+                f"{self.kafka_dir}), or TALKSTREAM_KAFKA_VERSION={formatted_by}"
+            )
+
+    @property
+    def formatted_by_file(self) -> Path:
+        return self.kafka_dir / "formatted-by"
+
     def _format(self, java: str, jars: Path) -> None:
+        fresh = not (self.log_dir / "meta.properties").exists()
         args = ("format", "--ignore-formatted", "-t", self.cluster_id())
         command = [*self._java(java, jars, "kafka.tools.StorageTool", *args)]
-        command += ["-c", str(self.properties_file)]
+        command += ["-c", str(self.properties_file), *self.format_args]
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
         if done.returncode != 0:
             raise KafkaLauncherError(
@@ -344,10 +440,8 @@ class EmbeddedKafka:
                 + _tail(done.stdout + done.stderr)
             )
         logger.debug("kafka storage format: %s", done.stdout.strip())
-
-
-def _has_jars(directory: Path) -> bool:
-    return all(any(directory.glob(pattern)) for pattern in REQUIRED_JARS)
+        if fresh:
+            self.formatted_by_file.write_text(f"{self.version}\n")
 
 
 def _tail(text: str, lines: int = 30) -> str:
@@ -362,9 +456,11 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-async def _lists_a_broker(bootstrap: str, seconds: float) -> bool:
+async def _lists_brokers(
+    bootstrap: str, seconds: float, options: Mapping[str, Any], brokers: int
+) -> bool:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **{**options, "bootstrap_servers": bootstrap},
         client_id="talkstream-kafka-launcher",
         request_timeout_ms=max(1000, int(seconds * 1000)),
     )
@@ -377,7 +473,7 @@ async def _lists_a_broker(bootstrap: str, seconds: float) -> bool:
     finally:
         with contextlib.suppress(KafkaError, OSError):
             await admin.close()
-    return bool(cluster.get("brokers"))
+    return len(cluster.get("brokers") or []) >= brokers
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,13 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def embedded_broker(settings: Settings) -> EmbeddedKafka:
-    host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    host, port = broker_address(settings)
     return EmbeddedKafka(
         settings.data_dir,
-        host=host or "127.0.0.1",
-        port=int(port),
-        controller_port=settings.kafka_controller_port or int(port) + 1,
+        host=host,
+        port=port,
+        controller_port=settings.kafka_controller_port or port + 1,
+        version=settings.kafka_version,
     )
+
+
+def broker_address(settings: Settings) -> tuple[str, int]:
+    """Host and port of the first bootstrap server: where the embedded broker listens (the
+    first node of a local cluster)."""
+    host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    return host or "127.0.0.1", int(port)
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

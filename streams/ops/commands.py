@@ -123,7 +123,7 @@ def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int |
             f"replaying {topic}",
             lambda on_total, progress: _run(
                 rebuild(
-                    settings.kafka_bootstrap,
+                    settings,
                     topic,
                     store,
                     until_ms=until_ms,
@@ -176,7 +176,7 @@ def _verify(settings: Settings) -> None:
         f"verifying {requests} -> {lifecycle}",
         lambda on_total, progress: _run(
             verify(
-                settings.kafka_bootstrap,
+                settings,
                 requests,
                 lifecycle,
                 policy_from(settings),
@@ -353,7 +353,7 @@ def redrive(
         until_ms=_parse_time(until),
     )
     settings = Settings()
-    report = asyncio.run(
+    report = _run(
         run_redrive(
             settings,
             selection,

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
-from streams.kafka_options import client_options
+from streams.kafka_options import broker_error, client_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,11 @@ async def redrive(
 ) -> RedriveReport:
     topic = settings.topic("deadletter")
     admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
     try:
+        await admin.start()
         [described] = await admin.describe_topics([topic])
+    except KafkaError as exc:
+        raise await broker_error(settings, exc) from exc
     finally:
         await admin.close()
     parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
@@ -87,10 +90,13 @@ async def redrive(
         auto_offset_reset="earliest",
     )
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
-    await consumer.start()
-    await producer.start()
     report = RedriveReport()
     try:
+        try:
+            await consumer.start()
+            await producer.start()
+        except KafkaError as exc:
+            raise await broker_error(settings, exc) from exc
         consumer.assign(parts)
         if from_beginning:
             await consumer.seek_to_beginning(*parts)

@@ -12,7 +12,8 @@
 
 Both are read-only towards Kafka and the outside world: a plain consumer without a group
 (nothing committed), manually assigned, reading up to the end offsets captured when it
-started; nothing is produced, no OpenAI or Talkable call is made.
+started; nothing is produced, no OpenAI or Talkable call is made. They connect as every
+process does (``client_options``: TLS and SASL from the settings).
 
 ``until_ms`` cuts by the Kafka record timestamp (when the ledger wrote the transition), via
 ``offsets_for_times``: the projection as it could have been seen at that moment. The event's
@@ -36,8 +37,10 @@ from aiokafka.errors import KafkaError
 from models.events import LifecycleEvent
 from models.ledger import PersonState, Policy, handle
 from streams.codecs import decode, decode_requests
-from streams.errors import BrokerUnavailable, DecodeError, TalkstreamError
+from streams.errors import DecodeError, TalkstreamError
+from streams.kafka_options import broker_error, client_options
 from streams.projection.store import ProjectionStore, Sourced
+from streams.settings import Settings
 
 Progress = Callable[[int], None]
 Identity = tuple[str, str, str, int]
@@ -72,8 +75,8 @@ class Skipped:
 class LogReader:
     """One topic from its earliest offsets to the end offsets captured on entry."""
 
-    def __init__(self, bootstrap: str, topic: str, until_ms: int | None = None) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, settings: Settings, topic: str, until_ms: int | None = None) -> None:
+        self.settings = settings
         self.topic = topic
         self.until_ms = until_ms
         self.bounds: dict[int, tuple[int, int]] = {}  # partition -> [first, end)
@@ -85,7 +88,7 @@ class LogReader:
 
     async def __aenter__(self) -> LogReader:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -93,7 +96,7 @@ class LogReader:
         try:
             partitions = [
                 TopicPartition(self.topic, p)
-                for p in await partitions_of(self.bootstrap, self.topic)
+                for p in await partitions_of(self.settings, self.topic)
             ]
             await self._consumer.start()
             first = await self._consumer.beginning_offsets(partitions)
@@ -106,9 +109,7 @@ class LogReader:
                 end = {tp: after[tp].offset if after[tp] else end[tp] for tp in partitions}
         except KafkaError as exc:
             await self._stop()
-            raise BrokerUnavailable(
-                f"Kafka at {self.bootstrap} is not reachable: {type(exc).__name__}"
-            ) from exc
+            raise await broker_error(self.settings, exc) from exc
         except BaseException:
             await self._stop()
             raise
@@ -170,9 +171,9 @@ class LogReader:
                 raise
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
     """The topic's partition ids, from the cluster's metadata (never creates the topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         described = await admin.describe_topics()  # all topics: asking for one may create it
@@ -181,7 +182,7 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     for found in described:
         if found["topic"] == topic and found["error_code"] == 0:
             return sorted(p["partition"] for p in found["partitions"])
-    raise ReplayError(f"topic {topic} does not exist on {bootstrap}")
+    raise ReplayError(f"topic {topic} does not exist on {settings.kafka_bootstrap}")
 
 
 # --- rebuild ----------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class RebuildSummary:
 
 
 async def rebuild(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     store: ProjectionStore,
     *,
@@ -212,7 +213,7 @@ async def rebuild(
     progress: Progress | None = None,
 ) -> RebuildSummary:
     started = time.monotonic()
-    async with LogReader(bootstrap, topic, until_ms) as reader:
+    async with LogReader(settings, topic, until_ms) as reader:
         summary = RebuildSummary(
             topic=topic, database=store.url, partitions=len(reader.bounds), until_ms=until_ms
         )
@@ -275,7 +276,7 @@ class VerifySummary:
 
 
 async def verify(
-    bootstrap: str,
+    settings: Settings,
     requests_topic: str,
     lifecycle_topic: str,
     policy: Policy,
@@ -292,8 +293,8 @@ async def verify(
     started = time.monotonic()
     check = Rederivation(policy, VerifySummary(requests_topic, lifecycle_topic))
     async with (
-        LogReader(bootstrap, requests_topic) as requests,
-        LogReader(bootstrap, lifecycle_topic) as lifecycle,
+        LogReader(settings, requests_topic) as requests,
+        LogReader(settings, lifecycle_topic) as lifecycle,
     ):
         if on_total:
             on_total(requests.total + lifecycle.total)

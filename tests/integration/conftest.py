@@ -1,9 +1,12 @@
 """The integration tier: a real Kafka broker, real HTTP servers, a real SQLite file.
 
-One embedded broker serves the session; each module gets its own app id (so its own topics
-and consumer group), stand-ins, worker and ingress, all as separate processes started exactly
-as ``talkstream`` starts them. Nothing here skips: without Java or Maven the broker fixture
-fails with the launcher's message.
+One embedded broker serves the session (Kafka ``TALKSTREAM_KAFKA_VERSION``, default 4.4.0);
+each module gets its own app id (so its own topics and consumer group), stand-ins, worker and
+ingress, all as separate processes started exactly as ``talkstream`` starts them. Nothing here
+skips: without Java or Maven the broker fixture fails with the launcher's message.
+
+``brokers/`` holds the scenarios that bring their own brokers (a 3-node cluster, a secured
+broker, the other Kafka version); they run last (:func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from streams.dev.kafka import EmbeddedKafka
+from streams.dev.kafka import DEFAULT_KAFKA_VERSION, EmbeddedKafka
+from streams.dev.kafka_cluster import KafkaCluster
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow
 from streams.secrets import generate_key
@@ -32,10 +36,24 @@ from tests.support import free_port, wait_until
 pytestmark = pytest.mark.integration
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The scenarios on their own brokers (``brokers/``) last: they are the slowest, and the
+    rest of the suite gives its answers first."""
+    brokers = Path(__file__).parent / "brokers"
+    items.sort(key=lambda item: item.path.is_relative_to(brokers))
+
+
+def session_kafka_version() -> str:
+    return os.environ.get("TALKSTREAM_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     broker = EmbeddedKafka(
-        tmp_path_factory.mktemp("broker"), port=free_port(), controller_port=free_port()
+        tmp_path_factory.mktemp("broker"),
+        port=free_port(),
+        controller_port=free_port(),
+        version=session_kafka_version(),
     )
     broker.start(timeout=120)
     yield broker
@@ -70,9 +88,10 @@ def http(
 
 
 class System:
-    """One deployment: stand-ins, worker(s) and ingress as processes, on the session broker."""
+    """One deployment: stand-ins, worker(s) and ingress as processes, on the session broker
+    (or a cluster; ``overrides`` become ``TALKSTREAM_<NAME>`` variables)."""
 
-    def __init__(self, kafka: EmbeddedKafka, root: Path, **overrides: str) -> None:
+    def __init__(self, kafka: EmbeddedKafka | KafkaCluster, root: Path, **overrides: str) -> None:
         self.kafka = kafka
         self.root = root
         self.app_id = f"t{uuid.uuid4().hex[:10]}"
@@ -231,16 +250,20 @@ def make_system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) 
         deployment.stop()
 
 
-def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes]]:
-    """Every record of ``topic`` up to its current end: (partition, offset, key, value)."""
+def read_topic(
+    bootstrap: str, topic: str, options: dict[str, Any] | None = None
+) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of ``topic`` up to its current end: (partition, offset, key, value).
+    ``options``: aiokafka connection options (TLS/SASL) besides the bootstrap."""
+    options = {**(options or {}), "bootstrap_servers": bootstrap}
     import asyncio
     import contextlib
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def read() -> list[tuple[int, int, bytes | None, bytes]]:
-        parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, options)]
+        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign(parts)
@@ -268,11 +291,13 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None,
     return asyncio.run(read())
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(
+    bootstrap: str, topic: str, options: dict[str, Any] | None = None
+) -> list[int]:
     """The topic's partitions, from the broker (fails if the topic does not exist)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**{**(options or {}), "bootstrap_servers": bootstrap})
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])

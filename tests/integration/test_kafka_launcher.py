@@ -57,6 +57,8 @@ async def test_the_broker_starts_once_serves_a_topic_and_stops(tmp_path):
         assert first.bootstrap == f"127.0.0.1:{port}"
         assert kafka.status().running
         assert (tmp_path / "kafka" / "logs" / "meta.properties").is_file()
+        # its logging works (Kafka 4 logs nothing without a log4j2 binding for slf4j)
+        assert "Kafka Server started" in kafka.log_tail(200)
 
         again = kafka.start(timeout=90)
         assert again.pid == first.pid

@@ -48,7 +48,7 @@ def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
     """How many records each topic holds (the sum of its partitions' end offsets)."""
 
     async def size(topic: str) -> int:
-        async with LogReader(bootstrap, topic) as reader:
+        async with LogReader(Settings(kafka_bootstrap=bootstrap), topic) as reader:
             return sum(end for _, end in reader.bounds.values())
 
     async def sizes() -> dict[str, int]:

@@ -30,6 +30,7 @@ from packaging.specifiers import SpecifierSet
 from sqlalchemy.engine import make_url
 
 from streams.cli import main as cli_main
+from streams.dev.kafka import DEFAULT_KAFKA_VERSION
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -432,8 +433,8 @@ def test_kafka_is_the_embedded_brokers_version_in_kraft_mode(
     kafka = services["kafka"]
     image, _, tag = kafka["image"].partition(":")
     assert image == "apache/kafka"
-    assert tag == "3.9.1"
-    pom = (COMPOSE_DIR / "kafka" / "pom.xml").read_text()
+    assert tag == DEFAULT_KAFKA_VERSION, "compose runs the embedded broker's default Kafka"
+    pom = (COMPOSE_DIR / "kafka" / tag / "pom.xml").read_text()
     assert f"<kafka.version>{tag}</kafka.version>" in pom, "dev and compose run the same Kafka"
 
     env = environment(kafka)

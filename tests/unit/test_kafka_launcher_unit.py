@@ -12,6 +12,8 @@ import pytest
 
 from streams.dev.kafka import (
     CONFIG_DIR,
+    DEFAULT_KAFKA_VERSION,
+    VERSIONS,
     EmbeddedKafka,
     KafkaLauncherError,
     KafkaStatus,
@@ -20,6 +22,7 @@ from streams.dev.kafka import (
     new_cluster_id,
     render_server_properties,
 )
+from streams.dev.kafka_cluster import KafkaCluster, cluster_replication
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -64,6 +67,64 @@ def test_rendered_config_suits_one_dev_node(tmp_path):
     assert props["auto.create.topics.enable"] == "false"
 
 
+def test_each_node_of_a_cluster_is_a_voter_with_replicated_internal_topics(tmp_path):
+    cluster = KafkaCluster(tmp_path, 3, ports=[(19092, 19093), (19094, 19095), (19096, 19097)])
+    template = (CONFIG_DIR / "server.properties").read_text()
+    voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+
+    assert cluster.bootstrap == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    assert (cluster.replication_factor, cluster.min_insync_replicas) == (3, 2)
+    dirs = {node.kafka_dir for node in cluster.nodes}
+    assert dirs == {tmp_path.resolve() / "kafka-cluster" / f"node-{i}" for i in (1, 2, 3)}
+    assert len({node.cluster_id() for node in cluster.nodes}) == 1  # one cluster id
+    for node in cluster.nodes:
+        props = _properties(
+            render_server_properties(
+                template,
+                host=node.host,
+                port=node.port,
+                controller_port=node.controller_port,
+                log_dir=node.log_dir,
+                node_id=node.node_id,
+                voters=node.voters,
+                replication_factor=node.replication_factor,
+                min_insync_replicas=node.min_insync_replicas,
+                overrides=node.overrides,
+            )
+        )
+        assert props["node.id"] == str(node.node_id)
+        assert props["controller.quorum.voters"] == voters
+        assert props["listeners"].startswith(f"PLAINTEXT://127.0.0.1:{node.port},")
+        for key in (
+            "default.replication.factor",
+            "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor",
+        ):
+            assert props[key] == "3", key
+        assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+        assert props["unclean.leader.election.enable"] == "false"
+        assert props["broker.session.timeout.ms"] == "3000"  # appended: wins over defaults
+
+
+def test_replication_follows_the_cluster_size():
+    assert [cluster_replication(n) for n in (1, 2, 3, 5)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
+
+
+def test_a_cluster_is_found_again_from_its_manifest(tmp_path):
+    assert KafkaCluster.from_manifest(tmp_path) is None
+    cluster = KafkaCluster(tmp_path, 3, base_port=29092, version="3.9.1")
+    cluster.root.mkdir(parents=True)
+    cluster.manifest.write_text(
+        '{"host": "127.0.0.1", "ports": [[29092, 29093], [29094, 29095], [29096, 29097]],'
+        ' "version": "3.9.1"}'
+    )
+    found = KafkaCluster.from_manifest(tmp_path)
+
+    assert found is not None and found.bootstrap == cluster.bootstrap
+    assert found.version == "3.9.1"
+    assert "0 of 3 nodes running" in found.status().describe()
+
+
 def test_a_template_with_an_unknown_placeholder_is_refused(tmp_path):
     with pytest.raises(KafkaLauncherError, match="placeholder"):
         render_server_properties(
@@ -95,10 +156,42 @@ def test_files_go_under_data_dir_kafka_and_jars_into_the_shared_cache(tmp_path, 
     assert kafka.bootstrap == "127.0.0.1:19092"
     for path in (kafka.log_dir, kafka.log_file, kafka.pid_file, kafka.properties_file):
         assert path.is_relative_to(tmp_path.resolve() / "kafka")
-    assert kafka.jars_dir == Path("~/.cache/talkstream/kafka-3.9.1").expanduser()
+    assert kafka.jars_dir == Path("~/.cache/talkstream/kafka-4.4.0").expanduser()
+    older = EmbeddedKafka(tmp_path, version="3.9.1")
+    assert older.jars_dir == Path("~/.cache/talkstream/kafka-3.9.1").expanduser()
 
+    # TALKSTREAM_KAFKA_JARS stands for the selected version's jars, not another version's
     monkeypatch.setenv("TALKSTREAM_KAFKA_JARS", str(tmp_path / "jars"))
     assert default_jars_dir() == tmp_path / "jars"
+    assert default_jars_dir("3.9.1") == Path("~/.cache/talkstream/kafka-3.9.1").expanduser()
+    monkeypatch.setenv("TALKSTREAM_KAFKA_VERSION", "3.9.1")
+    assert default_jars_dir("3.9.1") == tmp_path / "jars"
+
+
+def test_kafka_4_is_the_default_and_3_9_is_still_there():
+    assert DEFAULT_KAFKA_VERSION == "4.4.0"
+    assert set(VERSIONS) == {"4.4.0", "3.9.1"}
+    for version, kafka in VERSIONS.items():
+        pom = (CONFIG_DIR / version / "pom.xml").read_text()
+        assert f"<kafka.version>{version}</kafka.version>" in pom
+        assert (CONFIG_DIR / version / kafka.logging_config).is_file()
+    # 4.x logs through log4j2 (no reload4j), 3.x through reload4j
+    assert not any("reload4j" in jar for jar in VERSIONS["4.4.0"].required_jars)
+    assert VERSIONS["4.4.0"].logging_property == "log4j2.configurationFile"
+    assert "log4j-slf4j-impl" in (CONFIG_DIR / "4.4.0" / "pom.xml").read_text()
+    assert VERSIONS["3.9.1"].logging_property == "log4j.configuration"
+
+
+def test_an_unknown_version_is_refused(tmp_path):
+    with pytest.raises(KafkaLauncherError, match=r"4\.4\.0, 3\.9\.1"):
+        EmbeddedKafka(tmp_path, version="2.8.0")
+
+
+def test_the_java_command_names_the_versions_logging_config(tmp_path):
+    for version, kafka in VERSIONS.items():
+        command = EmbeddedKafka(tmp_path, version=version)._java("java", tmp_path, "kafka.Kafka")
+        [flag] = [arg for arg in command if arg.startswith(f"-D{kafka.logging_property}=")]
+        assert flag.endswith(f"/compose/kafka/{version}/{kafka.logging_config}")
 
 
 def test_the_two_listeners_need_two_ports(tmp_path):
@@ -126,14 +219,28 @@ def test_java_home_wins_over_path(tmp_path, monkeypatch):
     assert find_java() == str(java)
 
 
-def test_fetching_jars_that_are_there_needs_no_maven(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("version", "names"),
+    [
+        ("3.9.1", ("kafka_2.13-3.9.1.jar", "slf4j-reload4j-1.7.36.jar", "reload4j-1.2.25.jar")),
+        (
+            "4.4.0",
+            ("kafka_2.13-4.4.0.jar", "log4j-slf4j-impl-2.25.5.jar", "log4j-core-2.25.5.jar"),
+        ),
+    ],
+)
+def test_fetching_jars_that_are_there_needs_no_maven(tmp_path, monkeypatch, version, names):
     jars = tmp_path / "jars"
     jars.mkdir()
-    for name in ("kafka_2.13-3.9.1.jar", "slf4j-reload4j-1.7.36.jar", "reload4j-1.2.25.jar"):
+    for name in names[:-1]:
         (jars / name).touch()
     monkeypatch.setenv("PATH", "")
+    kafka = EmbeddedKafka(tmp_path, jars_dir=jars, version=version)
+    with pytest.raises(KafkaLauncherError, match="mvn"):  # one required jar missing
+        kafka.fetch_jars()
 
-    assert EmbeddedKafka(tmp_path, jars_dir=jars).fetch_jars() == jars
+    (jars / names[-1]).touch()
+    assert kafka.fetch_jars() == jars
 
 
 def test_missing_maven_is_an_actionable_error(tmp_path, monkeypatch):
@@ -174,3 +281,15 @@ def test_status_describes_itself(tmp_path):
     assert "running at 127.0.0.1:9092 (pid 42)" in KafkaStatus(True, 42, **common).describe()
     assert "starting (pid 42)" in KafkaStatus(False, 42, **common).describe()
     assert "not running" in KafkaStatus(False, None, **common).describe()
+
+
+def test_kafka_3_refuses_a_log_kafka_4_formatted_before_it_dies_of_it(tmp_path):
+    older = EmbeddedKafka(tmp_path, version="3.9.1", jars_dir=tmp_path / "no-jars")
+    older.kafka_dir.mkdir(parents=True)
+    older.formatted_by_file.write_text("4.4.0\n")
+
+    refused = r"formatted by Kafka 4\.4\.0, which Kafka 3\.9\.1 cannot read"
+    with pytest.raises(KafkaLauncherError, match=refused):
+        older.launch()
+    older.formatted_by_file.write_text("3.9.1\n")  # 4.x reads 3.x's log: no objection
+    EmbeddedKafka(tmp_path, version="4.4.0")._check_readable()

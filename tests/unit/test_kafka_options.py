@@ -6,9 +6,11 @@ import ssl
 
 import faust
 import pytest
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
-from streams.kafka_options import client_options, faust_credentials
+from streams.kafka_options import _cause, client_options, faust_credentials
 from streams.settings import Settings
+from streams.topics import CATALOGUE, _new_topic
 
 
 def settings(**values: str) -> Settings:
@@ -54,3 +56,56 @@ def test_tls_only() -> None:
 def test_an_unknown_protocol_is_refused() -> None:
     with pytest.raises(ValueError, match="kafka_security_protocol"):
         settings(kafka_security_protocol="SASL_TLS")
+
+
+def test_min_insync_replicas_follows_the_replication_factor_unless_set() -> None:
+    assert [settings(replication_factor=str(rf)).insync_replicas for rf in (1, 2, 3, 5)] == [
+        1,
+        1,
+        2,
+        2,
+    ]
+    assert settings(replication_factor="3", min_insync_replicas="3").insync_replicas == 3
+    with pytest.raises(ValueError, match="no write could ever be acknowledged"):
+        settings(replication_factor="2", min_insync_replicas="3")
+
+
+def test_topics_carry_the_replication_settings() -> None:
+    s = settings(replication_factor="3")
+    topics = {spec.full_name(s): _new_topic(s, spec) for spec in CATALOGUE}
+    for name, topic in topics.items():
+        assert topic.replication_factor == 3, name
+        assert topic.topic_configs["min.insync.replicas"] == "2", name
+    assert topics["talkstream-ledger-changelog"].topic_configs["cleanup.policy"] == "compact"
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (
+            SaslAuthenticationFailed("Authentication failed during authentication"),
+            "refused the SASL credentials: authentication failed for user 'talkstream' "
+            "with SCRAM-SHA-512 (SaslAuthenticationFailed); check TALKSTREAM_KAFKA_SASL_USERNAME",
+        ),
+        (
+            ssl.SSLCertVerificationError(1, "certificate verify failed"),
+            "TLS with Kafka at b-1.example:9096 failed",
+        ),
+        (ConnectionRefusedError(111, "refused"), "nothing listens at b-1.example:9096"),
+        (
+            KafkaConnectionError("Connection at b-1.example:9096 closed"),
+            "does its listener expect TLS or SASL (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)",
+        ),
+        (TimeoutError(), "did not answer (timeout)"),
+    ],
+)
+def test_a_refused_connection_is_one_line_that_says_why_and_no_password(error, says) -> None:
+    s = settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="talkstream",
+        kafka_sasl_password="s3cret-pw",
+    )
+    line = _cause(s, "b-1.example:9096", error)
+    assert says in line
+    assert "\n" not in line and "s3cret-pw" not in line
