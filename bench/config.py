@@ -37,7 +37,7 @@ class BenchConfig:
     # baselines
     relay_messages: int = 20_000
     relay_hops: int = 5
-    inline_clients: int = 256  # = the worker's default generator_max_in_flight
+    inline_clients: int = 256  # concurrent clients of the inline handler
     baselines: bool = True
     # the deployment
     partitions: int = 8

@@ -56,8 +56,8 @@ NOTES = """\
   The CPU table shows where the time went, and the load average whether other work shared
   the machine. "CPU per webhook" (CPU seconds of the system's processes over a phase, less
   their idle burn, per webhook) is the ratio least disturbed by such neighbours.
-- The inline handler is driven by as many concurrent clients as the worker's default
-  `GENERATOR_MAX_IN_FLIGHT` (256), so both have the same number of LLM calls in flight.
+- The inline handler is driven by 256 concurrent clients (its throughput is bound by its CPU,
+  not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (1,024) calls at once.
 - A pipeline phase ends when every accepted request is terminal on the lifecycle topic *and*
   the worker's consumer group has committed everything (its projector has written SQL too),
   so no phase's work spills into the next one's numbers.

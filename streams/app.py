@@ -66,7 +66,8 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def faust_broker(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+    """faust's broker URL: our transport (streams/faust_transport.py: an idempotent producer)."""
+    return ";".join(f"talkstream://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -155,9 +156,15 @@ def build(
     metrics = WorkerMetrics()
     dead_letters = DeadLetters(topics.deadletter, metrics.dead_letters, clock)
     secrets = secrets or load_secret_box(settings)
-    chat = chat or ChatClient(settings.openai_base_url, settings.openai_timeout_seconds)
+    chat = chat or ChatClient(
+        settings.openai_base_url,
+        settings.openai_timeout_seconds,
+        max_connections=settings.generator_max_in_flight,
+    )
     talkable = talkable or TalkableClient(
-        settings.talkable_base_url, settings.talkable_timeout_seconds
+        settings.talkable_base_url,
+        settings.talkable_timeout_seconds,
+        max_connections=settings.publisher_max_in_flight,
     )
 
     read_range = functools.partial(topics_module.read_range, settings)

@@ -92,7 +92,8 @@ class DeadLetters:
         key: bytes | None = None,
         value: bytes | None = None,
         request_id: str | None = None,
-    ) -> None:
+    ) -> Any:
+        """Hand the letter to the producer; returns its delivery (awaitable)."""
         letter = DeadLetter(
             topic=topic,
             partition=partition,
@@ -112,4 +113,4 @@ class DeadLetters:
             request_id,
             reason,
         )
-        await self._topic.send(key=key, value=encode(letter))
+        return await self._topic.send(key=key, value=encode(letter))

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     )
 
     # executors and the pacing of upstream targets (an OpenAI key, a Talkable site)
-    generator_max_in_flight: int = Field(256, ge=1)
+    generator_max_in_flight: int = Field(1024, ge=1)
     publisher_max_in_flight: int = Field(64, ge=1)
     openai_timeout_seconds: float = Field(60.0, gt=0)
     talkable_timeout_seconds: float = Field(15.0, gt=0)

@@ -12,13 +12,19 @@ partition; the ledger acts on it in stream context, where the table may be writt
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import weakref
+from collections.abc import Awaitable, Iterator
 from typing import Any
+
+from faust.streams import _current_event
 
 from models.events import DeadlineExpired, GenerateText, PublishCompletion, RequestsValue
 from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import decode, decode_requests, encode
-from streams.gaps import GapRepair, ReadRange
+from streams.gaps import GapRepair, ReadRange, Record
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
 
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 # persons are "site:email")
 OFFSET_MARK = b"\x00next-offset:"
 MARK_EVERY = 32
+BATCH = 500  # messages decided before their outputs' acknowledgements are awaited together
+WITHIN_SECONDS = 0.002
 FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered state)
 
 
@@ -86,49 +94,66 @@ class Ledger:
         self._scan = TableScan(table, self._due)
 
     async def consume(self, stream: Any) -> None:
-        """The agent: every message of its partitions in order, skipped ones repaired first."""
-        async for event in stream.events():
-            msg = event.message
-            for record in await self._gaps.skipped(msg.topic, msg.partition, msg.offset):
-                await self.process(
-                    record.topic, record.partition, record.offset, record.key, record.value
-                )
-            await self.process(msg.topic, msg.partition, msg.offset, event.key, event.value)
-            if self._gaps.processed(msg.topic, msg.partition, msg.offset):
-                mark = OFFSET_MARK + str(msg.partition).encode()
-                self._table[mark] = str(msg.offset + 1).encode()
+        """The agent: batches of its partitions' messages in order, skipped ones repaired
+        first. A batch's outputs are acknowledged by Kafka before its states are stored, so
+        a stored state never claims an output that a crash could still lose."""
+        async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+            batch = Batch()
+            marks: dict[bytes, tuple[bytes, Any]] = {}
+            for event in events:
+                msg = event.message
+                batch.event = event
+                for record in await self._gaps.skipped(msg.topic, msg.partition, msg.offset):
+                    await self.process(batch, record)
+                await self.process(batch, _Record(msg, event.key, event.value))
+                if self._gaps.processed(msg.topic, msg.partition, msg.offset):
+                    mark = OFFSET_MARK + str(msg.partition).encode()
+                    marks[mark] = (str(msg.offset + 1).encode(), event)
+            await batch.delivered()
+            for person, (state, event) in batch.states.items():
+                with _in_stream_of(event):
+                    self._table[person] = self._states.store(person, state)
+            for mark, (offset, event) in marks.items():
+                with _in_stream_of(event):
+                    self._table[mark] = offset
 
-    async def process(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
-        """decode → load the person's state → decide and evolve → emit → store."""
+    async def process(self, batch: Batch, record: Record) -> None:
+        """decode → the person's state (as this batch left it) → decide and evolve → emit."""
         message: RequestsValue | None = await self._dead_letters.decoded(
-            decode_requests, topic=topic, partition=partition, offset=offset, key=key, value=value
+            decode_requests,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
         )
         if message is None:
             return
         try:
             person = message.person.encode()
-            state = self._states.load(person, self._table.get(person))
+            newest = batch.states.get(person)
+            state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            await self._emit(outcome)  # outputs first: the state never claims what did not go out
-            self._table[person] = self._states.store(person, outcome.state)
+            batch.deliveries += await self._emit(outcome)
+            batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
             log.exception(
                 "ledger failed request_id=%s partition=%s offset=%s",
                 message.request_id,
-                partition,
-                offset,
+                record.partition,
+                record.offset,
             )
-            await self._dead_letters.write(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                reason=f"ledger error: {exc!r}"[:500],
-                key=key,
-                value=value,
-                request_id=message.request_id,
+            batch.deliveries.append(
+                await self._dead_letters.write(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=f"ledger error: {exc!r}"[:500],
+                    key=record.key,
+                    value=record.value,
+                    request_id=message.request_id,
+                )
             )
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
@@ -158,6 +183,43 @@ def target_key(command: GenerateText | PublishCompletion) -> bytes:
     return command.site.encode()
 
 
+class Batch:
+    """What a batch of messages decided: each person's newest state (stored only once the
+    outputs are acknowledged) with the faust event of its partition, and the deliveries of
+    those outputs."""
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, tuple[PersonState, Any]] = {}
+        self.deliveries: list[Awaitable[Any]] = []
+        self.event: Any = None  # the faust event being decided (its partition is the person's)
+
+    async def delivered(self) -> None:
+        if self.deliveries:
+            await asyncio.gather(*self.deliveries)
+
+
+@contextlib.contextmanager
+def _in_stream_of(event: Any) -> Iterator[None]:
+    """Write the table as if while iterating ``event``: faust takes a changelog record's
+    partition from the current event, which a batch (take_events) does not set when its
+    states are stored after the outputs' acknowledgements (faust has no public way to)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class _Record:
+    """A faust message as a :class:`~streams.gaps.Record` (faust keeps key and value apart)."""
+
+    __slots__ = ("key", "offset", "partition", "topic", "value")
+
+    def __init__(self, message: Any, key: bytes | None, value: bytes | None) -> None:
+        self.topic, self.partition, self.offset = message.topic, message.partition, message.offset
+        self.key, self.value = key, value
+
+
 async def _mark(table: Any, partition: int) -> int | None:
     raw = table.get(OFFSET_MARK + str(partition).encode())
     return int(raw) if raw else None
@@ -175,10 +237,12 @@ class Emitter:
     def _command_topic(self, kind: str) -> Any:
         return self._topics.generate if kind == "generate_text" else self._topics.completions
 
-    async def __call__(self, outcome: Outcome) -> None:
+    async def __call__(self, outcome: Outcome) -> list[Awaitable[Any]]:
+        """Hand the outputs to the producer; returns their deliveries (to be awaited)."""
+        deliveries = []
         for command in outcome.commands:
             topic = self._command_topic(command.kind)
-            await topic.send(key=target_key(command), value=encode(command))
+            deliveries.append(await topic.send(key=target_key(command), value=encode(command)))
         for event in outcome.events:
             self._metrics.observe(event)
             log.info(
@@ -194,9 +258,13 @@ class Emitter:
                     "attempt": event.attempt,
                 },
             )
-            await self._topics.lifecycle.send(key=event.request_id.encode(), value=encode(event))
+            deliveries.append(
+                await self._topics.lifecycle.send(
+                    key=event.request_id.encode(), value=encode(event)
+                )
+            )
         for given_up in outcome.dead_letters:
-            await self._dead_letters.write(
+            letter = await self._dead_letters.write(
                 topic=self._command_topic(given_up.command.kind).get_topic_name(),
                 partition=-1,
                 offset=-1,
@@ -205,6 +273,8 @@ class Emitter:
                 value=encode(given_up.command),
                 request_id=given_up.command.request_id,
             )
+            deliveries.append(letter)
+        return deliveries
 
 
 class TableScan:

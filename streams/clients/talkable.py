@@ -37,14 +37,16 @@ class Publication:
 
 
 class TalkableClient:
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, timeout: float, max_connections: int = 256) -> None:
         self._url = base_url.rstrip("/") + "/origins/event"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            self._http = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._http
 
     async def publish(self, command: PublishCompletion, api_key: str) -> tuple[Publication, Limits]:

@@ -46,6 +46,7 @@ Progress = Callable[[int], None]
 Identity = tuple[str, str, str, int]
 
 FETCH_RECORDS = 2000
+APPLY_BATCH = 10_000  # lifecycle events per projection transaction in a replay
 STALL_SECONDS = 60.0  # no record for this long while behind the captured end: give up
 
 
@@ -219,16 +220,26 @@ async def rebuild(
         )
         if on_total:
             on_total(reader.total)
+        # one transaction writes while the next records are read and decoded (the database
+        # releases the GIL while it works); one at a time, so each partition stays in order
+        writing: asyncio.Future[int] | None = None
+        sourced: list[Sourced] = []
         async for batch in reader.batches():
-            sourced = []
             for record in batch:
                 event = _lifecycle_event(record, summary.skipped)
                 if event is not None:
                     sourced.append(Sourced(record.topic, record.partition, record.offset, event))
-            summary.applied += await asyncio.to_thread(store.apply, sourced)
             summary.records += len(batch)
             if progress:
                 progress(len(batch))
+            if len(sourced) >= APPLY_BATCH:
+                if writing is not None:
+                    summary.applied += await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(store.apply, sourced))
+                sourced = []
+        if writing is not None:
+            summary.applied += await writing
+        summary.applied += await asyncio.to_thread(store.apply, sourced)
     summary.requests, summary.transitions = store.counts()
     summary.states = store.states()
     summary.seconds = time.monotonic() - started

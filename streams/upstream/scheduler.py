@@ -70,6 +70,7 @@ class Target:
     name: str
     pacer: Pacer
     queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
+    queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
     refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)  # scope → until
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
@@ -97,6 +98,8 @@ class Scheduler:
         self._order: collections.deque[str] = collections.deque()  # round-robin
         self.in_flight = 0
         self._arrived = 0
+        self._settled_at = clock()
+        self._refused_since = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_call: Callable[[Target, str], None] | None = None  # metrics hook
@@ -111,24 +114,31 @@ class Scheduler:
         if target is None:
             target = self.targets[target_name] = Target(target_name, Pacer(self._pacer_config))
             self._order.appendleft(target_name)  # never served: first in line
-        for i, queued in enumerate(target.queue):
-            if queued.key == job.key:  # a re-issue of work still queued: keep its place
-                if job.attempt >= queued.attempt:
-                    job.issued_s, job.seq = min(job.issued_s, queued.issued_s), queued.seq
-                    target.queue[i] = job
-                break
+        refusal = self._refusal(target, job, self._clock())
+        if refusal is not None:  # the key (or model) was refused a moment ago: no call
+            self._finish(job, None, _refused_again(refusal), self._clock())
+            return
+        queued = target.queued.get(job.key)
+        if queued is not None:  # a re-issue of work still queued: it keeps its place
+            if job.attempt >= queued.attempt:
+                _take_over(queued, job)
         else:
             self._arrived += 1
             job.seq = self._arrived
             target.queue.append(job)
+            target.queued[job.key] = job
         self._wake.set()
 
     def take_back(self, origins: set[Any]) -> list[Job[Any]]:
         """Remove and return the queued (not started) jobs that came from ``origins``."""
         taken: list[Job[Any]] = []
         for target in self.targets.values():
-            taken += [job for job in target.queue if job.origin in origins]
-            target.queue = collections.deque(j for j in target.queue if j.origin not in origins)
+            mine = [job for job in target.queue if job.origin in origins]
+            if mine:
+                target.queue = collections.deque(j for j in target.queue if j.origin not in origins)
+                for job in mine:
+                    del target.queued[job.key]
+                taken += mine
         return sorted(taken, key=lambda job: job.seq)
 
     @property
@@ -155,14 +165,18 @@ class Scheduler:
         recently; returns when to look again (None: only on news)."""
         now = self._clock()
         wake_at: float | None = None
-        for target in self.targets.values():
-            self._settle(target, now)
+        if now - self._settled_at >= SETTLE_EVERY_S or self._refused_since:
+            for target in self.targets.values():
+                self._settle(target, now)
+            self._settled_at, self._refused_since = now, False
         while self.in_flight < self.max_in_flight:
             for name in self._order:
                 target = self.targets[name]
                 at = self._ready(target, now)
                 if at is not None and at <= now:
-                    self._start(target, target.queue.popleft(), now)
+                    job = target.queue.popleft()
+                    del target.queued[job.key]
+                    self._start(target, job, now)
                     self._order.remove(name)
                     self._order.append(name)  # served: the others come first next
                     break
@@ -171,9 +185,9 @@ class Scheduler:
             else:
                 break  # nobody can start a call now
         self._retire_idle()
-        expiry = self._next_expiry()
-        if expiry is not None and (wake_at is None or expiry < wake_at):
-            wake_at = expiry
+        if self.queued:  # look again for what waited too long, at the latest
+            sweep_at = self._settled_at + SETTLE_EVERY_S
+            wake_at = sweep_at if wake_at is None else min(wake_at, sweep_at)
         return wake_at
 
     def _ready(self, target: Target, now: float) -> float | None:
@@ -186,17 +200,16 @@ class Scheduler:
             job.held_by = _why_held(target, at, now)
         return at
 
-    def _next_expiry(self) -> float | None:
-        oldest = min((job.issued_s for t in self.targets.values() for job in t.queue), default=None)
-        return None if oldest is None else oldest + self.max_wait_s + 0.001
-
     def _settle(self, target: Target, now: float) -> None:
-        """Report, without a call, the queued jobs that waited too long or were refused."""
+        """Report, without a call, the queued jobs that waited too long or were refused (a
+        sweep of every queue: once a second, and at once after a refusal)."""
+        if not target.queue:
+            return
         kept: collections.deque[Job[Any]] = collections.deque()
         for job in target.queue:
-            refusal = target.refused.get("key") or target.refused.get(job.scope)
-            if refusal is not None and refusal[0] > now and not job.probe:
-                self._finish(job, None, _refused_again(refusal[1]), now)
+            refusal = self._refusal(target, job, now)
+            if refusal is not None:
+                self._finish(job, None, _refused_again(refusal), now)
             elif now - job.issued_s > self.max_wait_s:
                 held = job.held_by or _why_held(target, target.pacer.ready_at(job.cost, now), now)
                 if target.last_error and target.last_error not in held:
@@ -209,7 +222,20 @@ class Scheduler:
                 self._finish(job, None, timeout, now)
             else:
                 kept.append(job)
+                continue
+            del target.queued[job.key]
         target.queue = kept
+
+    @staticmethod
+    def _refusal(target: Target, job: Job[Any], now: float) -> UpstreamError | None:
+        """The refusal that still covers the job's scope (never for a probe: a redrive)."""
+        if job.probe:
+            return None
+        for scope in ("key", job.scope):
+            found = target.refused.get(scope)
+            if found is not None and found[0] > now:
+                return found[1]
+        return None
 
     def _retire_idle(self) -> None:
         """Forget targets with nothing queued or in flight and nothing learned worth keeping
@@ -261,15 +287,23 @@ class Scheduler:
                 if error.refuses in ("key", "model"):
                     scope = "key" if error.refuses == "key" else job.scope
                     target.refused[scope] = (now + self.refusal_s, error)
+                    self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:
             self._wake.set()
 
     def _requeue(self, target: Target, job: Job[Any], why: str) -> None:
-        """Back to wait, before every job that arrived after it (it keeps its turn)."""
+        """Back to wait, before every job that arrived after it (it keeps its turn); a
+        re-issue that arrived meanwhile takes it over."""
         job.held_by = target.last_error = why
+        newer = target.queued.get(job.key)
+        if newer is not None:
+            if job.attempt > newer.attempt:
+                _take_over(newer, job)
+            return
         at = next((i for i, queued in enumerate(target.queue) if queued.seq > job.seq), None)
         target.queue.insert(len(target.queue) if at is None else at, job)
+        target.queued[job.key] = job
 
     def _finish(self, job: Job[Any], value: Any, error: UpstreamError | None, now: float) -> None:
         """Report the job's outcome (in its own task: reports never hold the dispatcher)."""
@@ -302,6 +336,18 @@ class Scheduler:
             }
             for t in self.targets.values()
         ]
+
+
+SETTLE_EVERY_S = 1.0
+
+
+def _take_over(queued: Job[Any], newer: Job[Any]) -> None:
+    """A re-issued command replaces the one still queued, in its place: its attempt, call and
+    report, while the wait counts from the first issue."""
+    queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
+    queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
+    queued.origin, queued.record = newer.origin, newer.record
+    queued.issued_s = min(queued.issued_s, newer.issued_s)
 
 
 def _why_held(target: Target, at: float | None, now: float) -> str:

@@ -1,0 +1,215 @@
+"""Replay and verify, measured: lifecycle events a second into SQLite and PostgreSQL.
+
+    python -m bench.replay --requests 20000          (6 lifecycle events each: 120,000)
+
+Writes a consistent log straight to Kafka: the pure ledger (``models.ledger.handle``) decides
+each request (received → admitted → generating → generated → publishing → published), and its
+[requests] messages and [lifecycle] events are produced as the live system would have. Then it
+times ``talkstream replay`` (``streams.ops.replay.rebuild``) into a fresh SQLite file and a
+fresh PostgreSQL database, and ``replay --verify``, each on the whole log. Results go to
+``bench/results/replay-latest.json`` (``talkstream bench --render`` shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.report import RESULTS_DIR
+from bench.system import PROJECT_ROOT, Broker
+from models.events import (
+    ChatRequest,
+    GenerationAttemptSucceeded,
+    PublicationAttemptSucceeded,
+    RequestReceived,
+    RequestSpec,
+    SealedSecrets,
+)
+from models.ledger import PersonState, Policy, handle
+from models.params import UsageLimit, person_key
+from streams.codecs import encode
+from streams.kafka_options import client_options
+from streams.ops.replay import rebuild, verify
+from streams.projection.store import ProjectionStore
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+PARTITIONS = 8
+POSTGRES = PROJECT_ROOT / "scripts" / "postgres.sh"
+
+
+def synthetic_log(requests: int, now_s: int) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """([requests] records as (person, value), [lifecycle] values) of ``requests`` webhooks,
+    each decided by the ledger from received to published."""
+    policy, requests_log, lifecycle = Policy(), [], []
+    for i in range(requests):
+        site, email = f"site{i % 50}", f"p{i}@replay.example.com"
+        person = person_key(site, email)
+        received = RequestReceived(
+            request_id=f"r{i:08d}",
+            delivery_id=f"d{i:08d}",
+            person=person,
+            at_ms=now_s * 1000 + i,
+            spec=RequestSpec(
+                site=site,
+                email=email,
+                chat=ChatRequest(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"a verse for customer {i}"}],
+                    max_tokens=60,
+                ),
+                usage_limit=UsageLimit(
+                    amount=3,
+                    duration_in_seconds=3600,
+                    start_time=now_s,
+                    current_time=now_s,
+                    current_usage_amount=0,
+                ),
+            ),
+            secrets=SealedSecrets(talkable_api_key="gAAAA-t", openai_api_key="gAAAA-o"),
+        )
+        generated = GenerationAttemptSucceeded(
+            request_id=received.request_id,
+            person=person,
+            attempt=1,
+            at_ms=now_s * 1000 + i + 900,
+            text=f"Roses for customer {i}",
+            model="gpt-4o-mini",
+            prompt_tokens=9,
+            completion_tokens=12,
+            latency_ms=850,
+        )
+        published = PublicationAttemptSucceeded(
+            request_id=received.request_id, person=person, attempt=1, at_ms=now_s * 1000 + i + 950
+        )
+        state: PersonState | None = None
+        for message in (received, generated, published):
+            outcome = handle(state, message, policy, now_s * 1000)
+            state = outcome.state
+            requests_log.append((person, encode(message)))
+            lifecycle += [encode(event) for event in outcome.events]
+    return requests_log, lifecycle
+
+
+async def produce(
+    settings: Settings, requests_log: list[tuple[str, bytes]], lifecycle: list[bytes]
+) -> None:
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        deliveries = [
+            await producer.send(settings.topic("requests"), key=person.encode(), value=value)
+            for person, value in requests_log
+        ]
+        deliveries += [
+            await producer.send(
+                settings.topic("lifecycle"),
+                key=json.loads(value)["request_id"].encode(),
+                value=value,
+            )
+            for value in lifecycle
+        ]
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+
+
+def postgres_url() -> str:
+    started = subprocess.run([POSTGRES, "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        raise RuntimeError(f"PostgreSQL could not be started:\n{started.stderr}")
+    server = started.stdout.strip().splitlines()[-1]
+    name = f"replay_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(make_url(server).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def timed_rebuild(settings: Settings, url: str) -> dict[str, Any]:
+    store = ProjectionStore.from_url(url)
+    try:
+        summary = asyncio.run(rebuild(settings, settings.topic("lifecycle"), store))
+    finally:
+        store.close()
+    return {
+        "events": summary.applied,
+        "seconds": round(summary.seconds, 2),
+        "events_per_second": round(summary.applied / summary.seconds) if summary.seconds else None,
+        "requests": summary.requests,
+    }
+
+
+def run_replay(requests: int, with_postgres: bool = True) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="talkstream-replay-"))
+    broker = Broker(root, None, Settings().kafka_version)
+    broker.start()
+    try:
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap,
+            app_id=f"replay{uuid.uuid4().hex[:8]}",
+            partitions=PARTITIONS,
+        )
+        asyncio.run(ensure_topics(settings))
+        started = time.monotonic()
+        requests_log, lifecycle = synthetic_log(requests, int(time.time()))
+        asyncio.run(produce(settings, requests_log, lifecycle))
+        written_s = time.monotonic() - started
+        result: dict[str, Any] = {
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "requests": requests,
+            "lifecycle_events": len(lifecycle),
+            "requests_messages": len(requests_log),
+            "log_written_s": round(written_s, 1),
+            "sqlite": timed_rebuild(settings, f"sqlite:///{root / 'replay.sqlite3'}"),
+        }
+        if with_postgres:
+            result["postgresql"] = timed_rebuild(settings, postgres_url())
+        checked = asyncio.run(
+            verify(settings, settings.topic("requests"), settings.topic("lifecycle"), Policy())
+        )
+        result["verify"] = {
+            "recorded": checked.recorded,
+            "matched": checked.matched,
+            "differences": len(checked.differences),
+            "seconds": round(checked.seconds, 2),
+            "events_per_second": round(checked.recorded / checked.seconds)
+            if checked.seconds
+            else None,
+        }
+        return result
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000, help="6 lifecycle events each")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    result = run_replay(args.requests, with_postgres=not args.no_postgres)
+    result["command"] = f"python -m bench.replay --requests {args.requests}" + (
+        " --no-postgres" if args.no_postgres else ""
+    )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "replay-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
