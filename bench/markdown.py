@@ -199,7 +199,7 @@ def neighbours_table(result: Mapping[str, Any]) -> str:
 
 
 PHASES = (
-    "idle", "throughput", "latency", "burst", "capacity", "neighbours",
+    "warm", "idle", "throughput", "latency", "burst", "capacity", "neighbours",
     "raw_relay", "inline_throughput", "inline_latency", "inline_burst",
 )  # fmt: skip
 
@@ -233,6 +233,15 @@ def section(result: Mapping[str, Any]) -> str:
     latency = result["pipeline"]["latency"]
     per = result["summary"]["cpu_ms_per_request"].get("talkstream_by_process", {})
     by_process = ", ".join(f"{name} {_n(ms, ' ms')}" for name, ms in per.items())
+    cold = result["summary"]["cpu_ms_per_request"].get("cold_start_by_process") or {}
+    cold_start = (
+        f" On freshly started processes (the first {result['pipeline']['warm']['requests']:,} "
+        "webhooks, not in the figures above: the broker's JIT compiler at work): "
+        + ", ".join(f"{name} {_n(ms, ' ms')}" for name, ms in cold.items())
+        + "."
+        if cold
+        else ""
+    )
     verdict = "all 0" if all(ok[c] == 0 for c in COUNTERS) else "**NOT all 0**"
     argv = " ".join(meta.get("argv") or ["talkstream", "bench"])
     return "\n".join(
@@ -249,7 +258,7 @@ def section(result: Mapping[str, Any]) -> str:
             f"re-sent publications deduplicated by Talkable: "
             f"{ok['resent_publications_deduplicated']}; ingress errors: "
             f"{result['summary']['ingress']['errors']}. talkstream's CPU per webhook by "
-            f"process: {by_process}.",
+            f"process: {by_process}.{cold_start}",
             "",
             f"Where talkstream's end-to-end time goes at {latency['offered_per_second']:,.0f}/s "
             f"(Kafka create times; LLM latency {latency['llm_latency_s']} s):",

@@ -138,6 +138,22 @@ class Pipeline:
             raise RuntimeError(f"warm-up: {len(missing)} requests never ended; see worker log")
         return round(time.monotonic() - started, 1)
 
+    async def warm(self) -> dict[str, Any]:
+        """``warm_requests`` webhooks as in the throughput phase, not measured beyond their
+        CPU: a long-running broker has compiled its hot paths, a fresh one has not."""
+        cfg = self.ctx.config
+        bodies = self.bodies("warm", cfg.warm_requests)
+        started = time.monotonic()
+        with self.ctx.progress("warm-up: sending", len(bodies)) as tick:
+            shots = await load.blast(self.system.ingress_url, bodies, cfg.clients, tick)
+        done = await self.settle("warm", shots)
+        return {
+            "requests": cfg.warm_requests,
+            "seconds": round(time.monotonic() - started, 1),
+            "states": dict(done.states),
+            "correctness": done.correctness,
+        }
+
     async def throughput(self) -> dict[str, Any]:
         cfg = self.ctx.config
         self.system.set_llm_latency(cfg.llm_latency)

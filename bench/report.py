@@ -50,7 +50,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     p, b = result["pipeline"], result.get("baselines", {})
     thr, lat, burst, cap = p["throughput"], p["latency"], p["burst"], p["capacity"]
     nb = p.get("neighbours")  # runs recorded before this phase existed have none
-    phases = [thr, lat, burst, cap] + ([nb] if nb else [])
+    warm = p.get("warm")  # runs recorded before the long warm-up have none
+    phases = [thr, lat, burst, cap] + [ph for ph in (nb, warm) if ph]
     relay, inline = b.get("raw_relay"), b.get("inline")
     ours_tput = thr["end_to_end"]["published_per_second"]
     summary: dict[str, Any] = {
@@ -98,6 +99,16 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
                 name: _cpu_ms(result, "throughput", (name,), thr["requests"])
                 for name in ("worker", "ingress", "kafka")
             },
+            # the warm-up's webhooks on freshly started processes (the broker's JIT at work)
+            "cold_start": _cpu_ms(result, "warm", ("worker", "ingress", "kafka"), warm["requests"])
+            if warm
+            else None,
+            "cold_start_by_process": {
+                name: _cpu_ms(result, "warm", (name,), warm["requests"])
+                for name in ("worker", "ingress", "kafka")
+            }
+            if warm
+            else {},
         },
         "baselines": {},
         "ratios": {},

@@ -1,9 +1,10 @@
 """One benchmark run: the pipeline's phases, then the baselines, on one broker, in one run.
 
-Order: warm-up → throughput (webhooks as fast as ``clients`` clients get answers) → latency
-(an open-loop rate, a fraction of the measured throughput) → burst (usage limits) → capacity
-(slow LLM) → noisy neighbours (a blast on a rate-limited key beside a quiet site) → raw relay
-→ inline handler (throughput, latency at the same rate, burst). The
+Order: warm-up (until the worker joined, then ``warm_requests`` webhooks for the broker's
+JIT; their CPU is the cold start) → throughput (webhooks as fast as ``clients`` clients get
+answers) → latency (an open-loop rate, a fraction of the measured throughput) → burst (usage
+limits) → capacity (slow LLM) → noisy neighbours (a blast on a rate-limited key beside a
+quiet site) → raw relay → inline handler (throughput, latency at the same rate, burst). The
 result is one JSON document (:mod:`bench.report` renders it).
 """
 
@@ -119,6 +120,8 @@ async def _measure(
         pipe = Pipeline(ctx, system, watch)
         pipeline["warm_up_s"] = await pipe.warm_up()
         say(f"talkstream is up (first requests through in {pipeline['warm_up_s']} s)")
+        if cfg.warm_requests:
+            pipeline["warm"] = await phase("warm", pipe.warm)
         await phase("idle", lambda: _idle(IDLE_SECONDS))  # CPU the processes use doing nothing
         pipeline["throughput"] = await phase("throughput", pipe.throughput)
         measured = pipeline["throughput"]["end_to_end"]["published_per_second"] or 1.0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from streams import heap
 from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.settings import Settings
@@ -190,6 +191,7 @@ def worker(log_format: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)
+    heap.settle()
     faust.Worker(
         runtime.app,
         loglevel=settings.log_level.upper(),
@@ -223,7 +225,9 @@ def ingress(log_format: str | None) -> None:
         except Exception as exc:  # the ingress answers 503 until Kafka is back
             logging.getLogger(__name__).warning("topics not ensured: %s", exc)
         sink = KafkaSink(client_options(settings), stall_seconds=settings.kafka_stall_seconds)
-        return build_ingress(settings, sink, secrets)
+        built = build_ingress(settings, sink, secrets)
+        heap.settle()
+        return built
 
     web.run_app(
         app(),

@@ -8,7 +8,7 @@ import pytest
 
 from bench import markdown
 from bench.config import BenchConfig
-from bench.report import COUNTERS, SECTIONS
+from bench.report import COUNTERS, SECTIONS, _cpu_ms
 from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKafka) -> None:
-    config = BenchConfig.preset("tiny", bootstrap=kafka.bootstrap)
+    config = BenchConfig.preset("tiny", bootstrap=kafka.bootstrap, workers=2)
     result = run_bench(config)
 
     summary = result["summary"]
@@ -31,6 +31,13 @@ def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKaf
     assert burst["states"]["limited"] == config.burst_people * (
         config.burst_size - config.burst_limit
     )
+
+    # CPU per webhook counts every worker process, not the first one only
+    assert {"worker0", "worker1"} <= set(result["cpu_by_phase"]["throughput"]["cpu_s"])
+    workers = [_cpu_ms(result, "throughput", (w,), config.requests) for w in ("worker0", "worker1")]
+    by_process = summary["cpu_ms_per_request"]["talkstream_by_process"]
+    assert by_process["worker"] == pytest.approx(sum(ms or 0.0 for ms in workers), abs=0.02)
+    assert summary["cpu_ms_per_request"]["cold_start"] is not None  # the warm-up's own figure
 
     # the baselines ran in the same run, and the inline handler shows the flaw it stands for
     assert set(summary["baselines"]) == {"raw_relay", "inline"}

@@ -923,7 +923,7 @@ class Run:
             check_transition(event.request_id, previous, event.state)
             history.append(event.state)
             dumped = event.model_dump_json()
-            # the ledger constructs its events without validating: they must be valid
+            # every event survives the wire: what analytics decode is what the ledger meant
             assert LifecycleEvent.model_validate_json(dumped) == event
             assert SEALED_OPENAI not in dumped
             assert SEALED_TALKABLE not in dumped
