@@ -279,6 +279,7 @@ def section(result: Mapping[str, Any]) -> str:
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
 OUTAGE = Path(__file__).resolve().parent / "results" / "outage-latest.json"
+REPLAY = Path(__file__).resolve().parent / "results" / "replay-latest.json"
 
 
 def outage_section() -> str:
@@ -309,10 +310,46 @@ def outage_section() -> str:
     )
 
 
+def replay_section(r: Mapping[str, Any] | None = None) -> str:
+    """Replay and verify on a synthetic log (``python -m bench.replay``; default: its latest
+    results, if it was run)."""
+    if r is None:
+        if not REPLAY.exists():
+            return ""
+        r = json.loads(REPLAY.read_text())
+    goal = "at least 50,000/s"
+    rows = [
+        ("read the log only (the baseline: nothing decoded or written)", r.get("read_only"), ""),
+        ("`talkstream replay` into a fresh SQLite file", r.get("sqlite"), goal),
+        ("`talkstream replay` into a fresh PostgreSQL database", r.get("postgresql"), goal),
+        ("`talkstream replay --verify` (re-derives every event)", r.get("verify"), goal),
+    ]
+    lines = [
+        f"## Replay and verify ({r['started_at']})",
+        "",
+        f"Command: `{r['command']}`: {r['lifecycle_events']:,} lifecycle events and "
+        f"{r['requests_messages']:,} [requests] messages of {r['requests']:,} webhooks, written "
+        "to the embedded broker as the live system writes them, then read back whole.",
+        "",
+        "| measure | lifecycle events | seconds | events/s (median of the runs) | goal |",
+        "|---|---|---|---|---|",
+    ]
+    for name, found, wanted in rows:
+        if found:
+            events = found.get("events", found.get("recorded"))
+            lines.append(
+                f"| {name} | {events:,} | {found['seconds']} | "
+                f"{found['events_per_second']:,} (runs: "
+                f"{', '.join(f'{rate:,}' for rate in found.get('runs', []))}) | {wanted} |"
+            )
+    return "\n".join([*lines, ""])
+
+
 def document(results: Mapping[str, Mapping[str, Any]]) -> str:
     parts = [INTRO, REPRODUCE]
     parts += [section(results[mode]) for mode in ("full", "quick") if mode in results]
     parts.append(outage_section())
+    parts.append(replay_section())
     if PROFILE.exists():  # the hand-written profiling notes (before/after runs)
         parts.append(PROFILE.read_text())
     parts.append(NOTES)

@@ -1,0 +1,36 @@
+"""``python -m bench.replay`` on the session broker and PostgreSQL, small: every measure is
+there, the rebuilds applied every event of the log and the re-derivation matched them all. No
+speed is asserted (BENCHMARKS.md has the figures)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import markdown
+from bench.replay import run_replay
+from streams.dev.kafka import EmbeddedKafka
+from tests.postgres import postgres_server  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_replay_bench_rebuilds_and_verifies_the_whole_log(
+    kafka: EmbeddedKafka,
+    postgres_server: str,  # noqa: F811 (the fixture)
+) -> None:
+    result = run_replay(300, repeat=2, bootstrap=kafka.bootstrap, postgres_server=postgres_server)
+
+    events = 300 * 6  # received → admitted → generating → generated → publishing → published
+    assert result["lifecycle_events"] == events
+    assert result["read_only"]["events"] == events
+    for database in ("sqlite", "postgresql"):
+        assert result[database]["events"] == events, database
+        assert result[database]["requests"] == 300, database
+        assert len(result[database]["runs"]) == 2
+    assert result["verify"]["recorded"] == events
+    assert result["verify"]["matched"] == events
+    assert result["verify"]["differences"] == 0
+
+    result["command"] = "python -m bench.replay --requests 300 --repeat 2"
+    rendered = markdown.replay_section(result)
+    assert "into a fresh PostgreSQL database | 1,800 |" in rendered
