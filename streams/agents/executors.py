@@ -288,10 +288,14 @@ class Publish(Work[PublishCompletion]):
             api_key = _opened(self._secrets, command.talkable_api_key)
             return await _classified(self._talkable.publish(command, api_key))
 
+        key_scope = "key"  # a key that cannot be opened fails in its call, with its reason
+        with contextlib.suppress(TalkstreamError):
+            key_scope = f"key:{key_fingerprint(self._secrets.open(command.talkable_api_key))}"
         return Job(
             key=command.request_id,
             attempt=command.attempt,
             scope="site",
+            key_scope=key_scope,
             cost=0,
             issued_s=issued_s,
             call=call,

@@ -10,10 +10,11 @@ for the queue is decided here, what it means for the request is the ledger's:
   the head of its queue: it waits, it does not spend an attempt. A command that waited past
   ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
-  (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds``: queued
-  and new commands in it are reported at once with the same reason, without a call. After
-  that, the next command is a probe; so is an operator's redrive at any time (the cause was
-  fixed), and a success lifts the refusal.
+  (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
+  key's scope is that key: a Talkable site called with an old and a new key keeps calling
+  with the new one): queued and new commands in it are reported at once with the same
+  reason, without a call. After that, the next command is a probe; so is an operator's
+  redrive at any time (the cause was fixed), and a success lifts the refusal.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Job(Generic[R]):
     origin: Any = None  # where the command came from (a partition), for a hand-back on revoke
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
+    key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
+    # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     tries: int = 0
     seq: int = 0  # the order it arrived in
     held_by: str = ""  # why it is waiting, for a QueueTimeout
@@ -231,7 +234,7 @@ class Scheduler:
         """The refusal that still covers the job's scope (never for a probe: a redrive)."""
         if job.probe:
             return None
-        for scope in ("key", job.scope):
+        for scope in (job.key_scope, job.scope):
             found = target.refused.get(scope)
             if found is not None and found[0] > now:
                 return found[1]
@@ -268,7 +271,7 @@ class Scheduler:
         try:
             if error is None:
                 target.pacer.answered(limits, now)
-                target.refused.pop("key", None)  # the key works (again)
+                target.refused.pop(job.key_scope, None)  # the key works (again)
                 target.refused.pop(job.scope, None)
                 self._note(target, "answered")
                 self._finish(job, value, None, now)
@@ -285,7 +288,7 @@ class Scheduler:
                 target.pacer.answered(limits, now)
                 self._note(target, "refused")
                 if error.refuses in ("key", "model"):
-                    scope = "key" if error.refuses == "key" else job.scope
+                    scope = job.key_scope if error.refuses == "key" else job.scope
                     target.refused[scope] = (now + self.refusal_s, error)
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)

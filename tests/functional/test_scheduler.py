@@ -33,7 +33,8 @@ class Upstream:
     reports: dict[str, Outcome[Any]] = field(default_factory=dict)
 
     def job(self, key: str, *, attempt: int = 1, scope: str = "model:m", issued: float = 1000.0,
-            origin: Any = None, probe: bool = False) -> Job[Any]:  # fmt: skip
+            origin: Any = None, probe: bool = False,
+            key_scope: str = "key") -> Job[Any]:  # fmt: skip
         async def call() -> tuple[str, Limits | None]:
             self.calls.append(key)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -47,7 +48,7 @@ class Upstream:
             self.reports[key] = outcome
 
         return Job(key=key, attempt=attempt, scope=scope, cost=0, issued_s=issued, call=call,
-                   report=report, origin=origin, probe=probe)  # fmt: skip
+                   report=report, origin=origin, probe=probe, key_scope=key_scope)  # fmt: skip
 
     def answer(self, key: str, value: Any = "ok") -> None:
         self.pending[key].pop(0).set_result(value)
@@ -246,6 +247,29 @@ async def test_a_refused_key_is_called_once_and_its_queue_ends_at_once() -> None
     s.dispatch()
     await settle()
     assert up.calls[-1] == "r7"
+
+
+async def test_a_site_key_refused_stops_only_that_key_of_the_site() -> None:
+    """A Talkable site is one target whatever key calls it; a 401 for an old key must not end
+    the calls made with the site's good key (the one that came first in the queue)."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("talkable:site", up.job("old1", scope="site", key_scope="key:old"))
+    s.submit("talkable:site", up.job("new1", scope="site", key_scope="key:new"))
+    s.submit("talkable:site", up.job("old2", scope="site", key_scope="key:old"))
+    s.dispatch()
+    await settle()
+    revoked = UpstreamError("answered 401", reason="Unauthorized", status=401, refuses="key")
+    up.answer("old1", revoked)
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.reports["old2"].error.reason == "Unauthorized" and "old2" not in up.calls
+    assert "new1" in up.calls and "new1" not in up.reports  # called, not refused
+    up.answer("new1")
+    await settle()
+    assert up.reports["new1"].value == "ok"
+    assert s.snapshot()[0]["refused"] == ["key:old"]
 
 
 async def test_a_missing_model_refuses_only_that_model() -> None:
