@@ -382,7 +382,7 @@ async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_i
     body = await signed_in.page("/request?id=late-1")
     assert re.search(r'id="arrived">2026-01-01 00:00:44.000<', body)
     assert re.search(r'id="event-time">2026-01-01 00:00:00.000 .*-44.0 s from arrival', body)
-    rows = re.findall(r'<tr class="step s-(\w+)">\s*<td>([^<]+)', body)
+    rows = re.findall(r'<tr class="step st-(\w+)">\s*<td>([^<]+)', body)
     # the judgement happened on arrival, at its event time 44 s earlier
     assert rows == [
         ("received", "2026-01-01 00:00:44.000"),
