@@ -28,6 +28,7 @@ from streams.console.app import build_console
 from streams.console.log import Content, Letter
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
+from streams.errors import BrokerUnavailable
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
@@ -47,13 +48,20 @@ class FakeLog:
 
     letters_: list[Letter] = field(default_factory=list)
     redrives: list[tuple[Selection, bool]] = field(default_factory=list)
+    down: bool = False  # Kafka out of reach
 
     async def letters(self) -> list[Letter]:
+        self._reachable()
         return list(self.letters_)
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is not reachable: connection refused")
 
     async def content(
         self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
     ) -> Content:
+        self._reachable()
         return Content(
             received=True,
             messages=[("user", f"A verse for {SCRIPT}")],
@@ -490,3 +498,23 @@ def test_the_console_refuses_to_start_without_a_token(monkeypatch):
     monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "short")
     result = CliRunner().invoke(main, ["console"])
     assert result.exit_code == 1 and "too short" in result.output
+
+
+async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(signed_in: Console):
+    signed_in.log.down = True
+    letters = await signed_in.page("/deadletters")
+    assert 'id="error">Kafka at 127.0.0.1:1 is not reachable' in letters
+    assert 'id="letter-count">0<' in letters
+    timeline = await signed_in.page("/request?id=pub-1")  # the projection answers alone
+    assert 'id="state">published<' in timeline
+    content = await signed_in.page("/request/content?id=pub-1")
+    assert "The log could not be read: Kafka at 127.0.0.1:1 is not reachable" in content
+    person = await signed_in.page("/person?site=acme&email=ada@example.com")
+    assert "limit unknown: Kafka at 127.0.0.1:1 is not reachable" in person
+    csrf = re.search(r'name="csrf" value="([^"]+)"', letters)
+    assert csrf
+    preview = await signed_in.post(
+        "/deadletters/preview", {"request_id": "park-1", "csrf": csrf.group(1)}
+    )
+    assert "not reachable" in await preview.text()
+    assert signed_in.log.redrives == []
