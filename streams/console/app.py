@@ -20,7 +20,7 @@ import jinja2
 from aiohttp import web
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from streams.console import auth, views
+from streams.console import auth, letters, pages, views
 from streams.console.log import Content, Letter, read_content, read_letters
 from streams.console.pacing import Pacing, scrape
 from streams.console.queries import ConsoleQueries
@@ -81,23 +81,23 @@ def build_console(
         undefined=jinja2.StrictUndefined,
     )
     environment.filters.update(t=_time, ms=_duration, ago=functools.partial(_ago, now_ms))
-    app[views.TEMPLATES] = environment
+    app[pages.TEMPLATES] = environment
+    app[pages.DATABASE] = database
     urls = settings.worker_metrics_urls
     app[views.SERVICES] = views.Services(
         queries=queries,
         log=log,
         pacing=pacing or (lambda: scrape(urls)),
         now_ms=now_ms,
-        database=database,
     )
     app.router.add_get("/", views.overview)
     app.router.add_get("/requests", views.search)
     app.router.add_get("/request", views.request_page)
     app.router.add_get("/request/content", views.request_content)
     app.router.add_get("/person", views.person_page)
-    app.router.add_get("/deadletters", views.dead_letters)
-    app.router.add_post("/deadletters/preview", views.preview)
-    app.router.add_post("/deadletters/redrive", views.redrive)
+    app.router.add_get("/deadletters", letters.dead_letters)
+    app.router.add_post("/deadletters/preview", letters.preview)
+    app.router.add_post("/deadletters/redrive", letters.redrive)
     app.router.add_static("/static", HERE / "static", show_index=False)
     return app
 
@@ -110,7 +110,7 @@ async def _projection_unavailable(request: web.Request, handler: auth.Handler) -
         return await handler(request)
     except (OperationalError, ProgrammingError) as exc:
         log.warning("console: the projection cannot be read: %s", exc.orig)
-        return views.render(
+        return pages.render(
             request,
             "unavailable.html",
             {"reason": f"{type(exc.orig).__name__}: {exc.orig}"},

@@ -32,6 +32,8 @@ from aiohttp_session import setup as setup_session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
+from streams.console.pages import AUTH, CSRF, render
+
 log = logging.getLogger(__name__)
 
 COOKIE = "talkstream_console"
@@ -39,8 +41,6 @@ PUBLIC = frozenset({"/login", "/static/console.css"})
 MIN_TOKEN_CHARS = 16
 
 TOKEN = web.AppKey("console_token_digest", bytes)
-AUTH = web.RequestKey("console_auth", str)  # how the request was let in: bearer or session
-CSRF = web.RequestKey("console_csrf", str)  # the session's CSRF token, for the forms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -180,16 +180,12 @@ def _safe_next(value: str | None) -> str:
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    from streams.console.views import render
-
     return render(
         request, "login.html", {"next": _safe_next(request.query.get("next")), "wrong": False}
     )
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    from streams.console.views import render
-
     form = await request.post()
     token, target = form.get("token"), form.get("next")
     target = _safe_next(target if isinstance(target, str) else None)
