@@ -197,7 +197,9 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     # the overview: the site, its failure, and the chart
     pages.open("/")
     sites = element(browser, By.ID, "sites").text
-    assert "test-site" in sites
+    # the site's row, with its Talkable target's circuit read from the worker's /metrics
+    [row] = [line for line in sites.splitlines() if line.startswith("test-site")]
+    assert row.endswith("closed"), row
     assert browser.find_elements(By.CSS_SELECTOR, "#chart rect")
     pages.seen("overview")
 
