@@ -350,6 +350,9 @@ def document(results: Mapping[str, Mapping[str, Any]]) -> str:
     parts += [section(results[mode]) for mode in ("full", "quick") if mode in results]
     parts.append(outage_section())
     parts.append(replay_section())
+    from bench.console import markdown_section  # the console's pages (python -m bench.console)
+
+    parts.append(markdown_section())
     if PROFILE.exists():  # the hand-written profiling notes (before/after runs)
         parts.append(PROFILE.read_text())
     parts.append(NOTES)

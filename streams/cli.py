@@ -239,6 +239,24 @@ def ingress(log_format: str | None) -> None:
     )
 
 
+@main.command()
+@LOG_FORMAT
+def console(log_format: str | None) -> None:
+    """Serve the operator console: overview, search, timelines, people, dead letters and
+    redrive (TALKSTREAM_CONSOLE_TOKEN required; 127.0.0.1:8090 by default)."""
+    from streams.console.app import run_console
+    from streams.console.auth import check_token
+    from streams.logs import setup as setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level, log_format or settings.log_format)
+    try:
+        check_token(settings.console_token.get_secret_value() if settings.console_token else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_console(settings)
+
+
 @main.group()
 def standin() -> None:
     """Local stand-ins for OpenAI and Talkable (dev mode, tests, benchmarks)."""

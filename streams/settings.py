@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
 
+    # the operator console (`talkstream console`)
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8090, ge=0, le=65535)
+    console_token: SecretStr | None = Field(
+        None, description="the operator token every console page and action requires"
+    )
+    console_worker_urls: str = Field(
+        "http://127.0.0.1:9101",
+        description="workers whose /metrics the console reads for pacing, comma separated",
+    )
+    console_session_hours: float = Field(12.0, gt=0, description="how long a console login lasts")
+
     @model_validator(mode="after")
     def _insync_fits_replication(self) -> Settings:
         if self.insync_replicas > self.replication_factor:
@@ -175,6 +187,15 @@ class Settings(BaseSettings):
         partitions straight back instead of waiting out the session timeout. The host name
         keeps replicas that share a worker name (compose --scale) apart."""
         return f"{self.worker_name}@{socket.gethostname()}"
+
+    @property
+    def worker_metrics_urls(self) -> list[str]:
+        """The workers' metrics endpoints the console scrapes (``/metrics`` appended)."""
+        return [
+            url.strip().rstrip("/") + "/metrics"
+            for url in self.console_worker_urls.split(",")
+            if url.strip()
+        ]
 
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""

@@ -1,4 +1,6 @@
-"""``talkstream dev``: the whole system on one machine, stopped together by Ctrl-C."""
+"""``talkstream dev``: the whole system on one machine, stopped together by Ctrl-C: the broker,
+the stand-ins, a worker, the ingress and the operator console (with a token made for the run,
+printed with its address, unless ``TALKSTREAM_CONSOLE_TOKEN`` is set)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -129,6 +132,16 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     procs["ingress"] = _spawn("ingress", ["ingress"], env, logs)
     port = settings.ingress_port
     lines.append(f"ingress    http://{settings.ingress_host}:{port}/chat-gpt/generate")
+    # the operator console, with a token of this run's unless one is set
+    if settings.console_token is None:
+        env["TALKSTREAM_CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
+    console = f"http://{settings.console_host}:{settings.console_port}"
+    procs["console"] = _spawn("console", ["console"], env, logs)
+    lines.append(
+        f"console    {console}/   (token: {env['TALKSTREAM_CONSOLE_TOKEN']})"
+        if settings.console_token is None
+        else f"console    {console}/   (token: TALKSTREAM_CONSOLE_TOKEN)"
+    )
     lines.append(f"database   {settings.resolved_database_url}")
     lines.append(f"logs       {logs}/")
 
@@ -141,6 +154,11 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
         if not _wait_http(f"http://{settings.ingress_host}:{port}/healthz", procs["ingress"], 60):
             print(
                 f"talkstream dev: ingress did not come up; see {logs}/ingress.log", file=sys.stderr
+            )
+            return 1
+        if not _wait_http(f"{console}/login", procs["console"], 30):
+            print(
+                f"talkstream dev: console did not come up; see {logs}/console.log", file=sys.stderr
             )
             return 1
         print("talkstream dev is running:\n  " + "\n  ".join(lines))

@@ -16,6 +16,7 @@ from typing import Any
 
 from models.lifecycle import TERMINAL, State
 from models.params import person_key
+from streams.ops import clocks
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow, TransitionRow
 
@@ -68,7 +69,7 @@ def source_of(store: ProjectionStore) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Step:
-    at: str | None
+    at: str | None  # as recorded: the event time for the webhook's judgement, else wall clock
     at_ms: int
     state: str
     type: str
@@ -79,9 +80,14 @@ class Step:
     window_start: int | None
     window_count: int | None
     source: str  # topic/partition/offset of the lifecycle event
+    # the two clocks (streams.ops.clocks): when it happened on a wall clock (the arrival, for
+    # the webhook's own judgement), and how long after the arrival
+    wall_at: str | None = None
+    since_arrival_ms: int = 0
+    judged: bool = False
 
     @classmethod
-    def of(cls, row: TransitionRow) -> Step:
+    def of(cls, row: TransitionRow, clocked: clocks.Step | None = None) -> Step:
         return cls(
             at=iso(row.at_ms),
             at_ms=row.at_ms,
@@ -94,6 +100,9 @@ class Step:
             window_start=row.window_start,
             window_count=row.window_count,
             source=f"{row.topic}/{row.partition}/{row.offset}",
+            wall_at=iso(clocked.wall_ms) if clocked else iso(row.at_ms),
+            since_arrival_ms=clocked.since_arrival_ms if clocked else 0,
+            judged=clocked.judged if clocked else False,
         )
 
 
@@ -104,7 +113,7 @@ class History:
     person: str
     state: str
     terminal: bool
-    received_at: str | None
+    received_at: str | None  # the event time it was judged at (the name predates arrivals)
     terminal_at: str | None
     duplicate_of: str | None
     model: str | None
@@ -114,9 +123,18 @@ class History:
     attempts: int
     error_class: str | None
     transitions: list[Step] = field(default_factory=list)
+    # the two clocks: when the webhook arrived (None: projected before arrivals were recorded,
+    # migration 0002; then times are measured from the event time), the event time, and
+    # arrival → terminal state
+    arrived_at: str | None = None
+    event_time: str | None = None
+    event_offset_ms: int = 0  # event time - arrival: negative when Talkable's clock lagged
+    end_to_end_ms: int | None = None
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
+    rows = store.transitions(row.request_id)
+    timeline = clocks.timeline_of(row, rows)
     return History(
         request_id=row.request_id,
         site=row.site,
@@ -132,7 +150,11 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
         generation_latency_ms=row.generation_latency_ms,
         attempts=row.attempts,
         error_class=row.error_class,
-        transitions=[Step.of(t) for t in store.transitions(row.request_id)],
+        transitions=[Step.of(t, c) for t, c in zip(rows, timeline.steps, strict=True)],
+        arrived_at=iso(row.arrived_at_ms),
+        event_time=iso(row.received_at_ms),
+        event_offset_ms=timeline.event_offset_ms,
+        end_to_end_ms=timeline.end_to_end_ms,
     )
 
 
@@ -163,20 +185,27 @@ def render_histories(histories: Sequence[History]) -> str:
             f"request {h.request_id}",
             f"  site {h.site}   person {h.person}",
             f"  state {h.state}{' (terminal)' if h.terminal else ' (in flight)'}"
-            f"   received {h.received_at}   finished {h.terminal_at or '-'}",
+            f"   finished {h.terminal_at or '-'}{_end_to_end(h)}",
+            f"  {_clocks(h)}",
             f"  model {h.model or '-'}   tokens (prompt+completion) {tokens}   generation "
             f"{_or_dash(h.generation_latency_ms, ' ms')}   attempts {h.attempts}"
             + (f"   error {h.error_class}" if h.error_class else "")
             + (f"   duplicate of {h.duplicate_of}" if h.duplicate_of else ""),
             "",
             table(
-                ["time (UTC)", "state", "attempt", "cause", "error"],
+                ["time (UTC)", "state", "attempt", "since arrival", "cause", "error"],
                 [
                     [
-                        s.at or "",
+                        s.wall_at or "",
                         s.state,
                         str(s.attempt),
-                        s.cause,
+                        _seconds(s.since_arrival_ms, signed=True),
+                        s.cause
+                        + (
+                            f" [judged at event time {s.at}]"
+                            if s.judged and s.at != s.wall_at
+                            else ""
+                        ),
                         ": ".join(x for x in (s.error_class, s.error_message) if x) or "",
                     ]
                     for s in h.transitions
@@ -186,6 +215,31 @@ def render_histories(histories: Sequence[History]) -> str:
         ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _end_to_end(h: History) -> str:
+    if h.end_to_end_ms is None:
+        return ""
+    since = "arrival" if h.arrived_at is not None else "the event time (arrival not recorded)"
+    return f" ({_seconds(h.end_to_end_ms)} after {since})"
+
+
+def _clocks(h: History) -> str:
+    """When it arrived, and the event time it was judged at."""
+    if h.arrived_at is None:
+        return (
+            f"arrived - (not recorded: projected before arrivals were; times below are "
+            f"measured from the event time)   event time {h.event_time}"
+        )
+    lag = f" ({_seconds(h.event_offset_ms, signed=True)})" if h.event_offset_ms else ""
+    return f"arrived {h.arrived_at}   judged at event time {h.event_time}{lag}"
+
+
+def _seconds(ms: int | None, signed: bool = False) -> str:
+    if ms is None:
+        return "-"
+    sign = ("+" if ms >= 0 else "-") if signed else ("-" if ms < 0 else "")
+    return f"{sign}{abs(ms) / 1000:.3f} s"
 
 
 def histories_json(store: ProjectionStore, histories: Sequence[History]) -> dict[str, Any]:

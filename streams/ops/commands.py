@@ -242,7 +242,11 @@ def audit(
     as_json: bool,
 ) -> None:
     """The full history of a request (or of every request of a person): each transition with
-    its time, cause, attempt and error. Read from the SQL projection."""
+    its time, cause, attempt and error. Read from the SQL projection.
+
+    Two clocks: when the webhook arrived at the ingress, and the event time it was judged at
+    (Talkable's rendered usage_limit.current_time, which can be older); the webhook's own
+    judgement is placed at the arrival, and every step is measured from the arrival."""
     from streams.ops.audit import find_histories, histories_json, render_histories
 
     by_person = site is not None and email is not None

@@ -51,10 +51,13 @@ class Selection:
     site: str | None = None  # the site of the request (parked work only)
     since_ms: int | None = None  # when the letter was written
     until_ms: int | None = None
+    # only these requests' letters (the console redrives what its preview showed)
+    request_ids: frozenset[str] | None = None
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
             (self.request_id is None or letter.request_id == self.request_id)
+            and (self.request_ids is None or letter.request_id in self.request_ids)
             and (self.topic is None or letter.topic == self.topic)
             and (
                 self.reason_contains is None

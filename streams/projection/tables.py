@@ -26,6 +26,11 @@ class RequestRow(Base):
     __table_args__ = (
         Index("ix_requests_site_received", "site", "received_at_ms"),
         Index("ix_requests_person", "person", "received_at_ms"),
+        # the console (migration 0003): newest-first pages, keyset on (received_at_ms, id)
+        Index("ix_requests_received", "received_at_ms", "request_id"),
+        Index("ix_requests_state_received", "state", "received_at_ms", "request_id"),
+        Index("ix_requests_site_state_received", "site", "state", "received_at_ms", "request_id"),
+        Index("ix_requests_terminal_at", "terminal_at_ms"),
     )
 
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)

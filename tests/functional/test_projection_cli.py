@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import text
 
 from streams.ops.commands import register
 from streams.projection.store import ProjectionStore
@@ -184,3 +185,64 @@ def test_times_of_an_unlimited_request_follow_its_receive_time(tmp_path: Path):
     request = answer["requests"][0]
     assert request["state"] == "generating" and request["terminal"] is False
     assert request["received_at"] == "2026-01-01T00:00:00.123+00:00"
+
+
+def late_log() -> Log:
+    """A webhook whose Liquid-rendered current_time was 44 s old when it reached the ingress,
+    then generated 1.2 s after it arrived and published."""
+    r = Log().received("late-1", at_ms=T0_MS, limit=3)  # judged at T0 (its current_time)
+    arrived = T0_MS + 44_000
+    log = Log()
+    log.send(r.model_copy(update={"at_ms": arrived}))  # the ingress's clock: the arrival
+    log.generated(r, at_ms=arrived + 1200, latency_ms=1100)
+    log.published(r, at_ms=arrived + 1300)
+    return log
+
+
+def test_audit_shows_when_a_webhook_arrived_and_the_event_time_it_was_judged_at(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(late_log().records)
+    store.close()
+    out = talkstream("audit", "--request-id", "late-1", "--database-url", url).output
+    assert (
+        "arrived 2026-01-01T00:00:44.000+00:00   judged at event time "
+        "2026-01-01T00:00:00.000+00:00 (-44.000 s)"
+    ) in out
+    assert "finished 2026-01-01T00:00:45.300+00:00 (1.300 s after arrival)" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  2026-")]
+    # the judgement is placed at the arrival; latencies are measured from it, not 44 s earlier
+    assert [(c[0], c[1], c[3], c[4]) for c in lines] == [
+        ("2026-01-01T00:00:44.000+00:00", "received", "+0.000", "s"),
+        ("2026-01-01T00:00:44.000+00:00", "admitted", "+0.000", "s"),
+        ("2026-01-01T00:00:44.000+00:00", "generating", "+0.000", "s"),
+        ("2026-01-01T00:00:45.200+00:00", "generated", "+1.200", "s"),
+        ("2026-01-01T00:00:45.200+00:00", "publishing", "+1.200", "s"),
+        ("2026-01-01T00:00:45.300+00:00", "published", "+1.300", "s"),
+    ]
+    assert out.count("[judged at event time 2026-01-01T00:00:00.000+00:00]") == 3
+
+    answer = json.loads(
+        talkstream("audit", "--request-id", "late-1", "--database-url", url, "--json").output
+    )
+    request = answer["requests"][0]
+    assert request["arrived_at"] == "2026-01-01T00:00:44.000+00:00"
+    assert request["event_time"] == request["received_at"] == "2026-01-01T00:00:00.000+00:00"
+    assert (request["event_offset_ms"], request["end_to_end_ms"]) == (-44_000, 1300)
+    assert [t["since_arrival_ms"] for t in request["transitions"]] == [0, 0, 0, 1200, 1200, 1300]
+
+
+def test_audit_of_a_request_projected_before_arrivals_were_recorded_says_so(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(late_log().records)
+    with store.engine.begin() as connection:  # as rows projected before migration 0002 are
+        connection.execute(text("UPDATE requests SET arrived_at_ms = NULL"))
+    store.close()
+    out = talkstream("audit", "--request-id", "late-1", "--database-url", url).output
+    assert "arrived - (not recorded: projected before arrivals were" in out
+    assert "event time 2026-01-01T00:00:00.000+00:00" in out
+    assert (
+        "finished 2026-01-01T00:00:45.300+00:00 (45.300 s after the event time (arrival not "
+        "recorded))"
+    ) in out

@@ -216,3 +216,19 @@ def test_a_redriven_generation_without_a_limit_simply_runs_again() -> None:
     outcome = ledger.send(redrive("req-1"))
     assert types_of(outcome) == ["RequestAdmitted", "GenerationStarted"]
     assert outcome.state.window is None
+
+
+def test_a_selection_of_requests_matches_only_their_letters() -> None:
+    from models.events import DeadLetter
+    from streams.ops.redrive import Selection
+
+    def letter(request_id: str | None) -> DeadLetter:
+        return DeadLetter(
+            topic="t-completions", partition=-1, offset=-1, reason="401", request_id=request_id
+        )
+
+    chosen = Selection(reason_contains="401", request_ids=frozenset({"req-1"}))
+    assert chosen.matches(letter("req-1"))
+    assert not chosen.matches(letter("req-2"))
+    assert not chosen.matches(letter(None))  # a poison message belongs to no request
+    assert Selection(reason_contains="401").matches(letter("req-2"))  # no restriction

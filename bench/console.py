@@ -1,0 +1,492 @@
+"""The operator console's pages on a million requests: ``python -m bench.console``.
+
+Fills a projection (SQLite, and PostgreSQL with ``--postgres URL`` or the private cluster of
+``scripts/postgres.sh``) with ``--requests`` requests (default 1,000,000) and their
+transitions by bulk inserts (the schema from the real migrations, so the console's indexes are
+the ones a deployment has), then serves the real console app on a loopback port and times its
+pages over HTTP (a bearer token, as a script would): search pages with each kind of filter, a
+deep page, timelines of random requests, a person, the overview. The page that reads Kafka
+(a request's content frame) is not timed: its time is the broker's.
+
+Writes ``bench/results/console-latest.json`` and re-renders BENCHMARKS.md. The goal: search and
+timeline pages under 300 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from streams.console.app import build_console
+from streams.console.log import Content, Letter
+from streams.console.pacing import Pacing
+from streams.console.queries import ConsoleQueries
+from streams.ops.redrive import RedriveReport, Selection
+from streams.projection.store import ProjectionStore, make_engine, safe_url
+from streams.projection.tables import RequestRow, TransitionRow
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "console-latest.json"
+TOKEN = "bench-console-token-0123456789"
+GOAL_MS = 300
+SITES = 50
+DAY_MS = 86_400_000
+CHUNK = 20_000
+
+# the generated rows follow the tables' column order (the transitions' surrogate id left out)
+REQUEST_COLUMNS = [c.name for c in RequestRow.__table__.columns]
+TRANSITION_COLUMNS = [c.name for c in TransitionRow.__table__.columns if c.name != "id"]
+
+# terminal states in the mix, by share
+MIX = [
+    ("published", 0.80),
+    ("limited", 0.08),
+    ("skipped", 0.04),
+    ("rejected_duplicate", 0.03),
+    ("generation_failed", 0.03),
+    ("publish_failed", 0.019),
+    ("generating", 0.001),
+]
+PATHS: dict[str, list[tuple[str, str, str | None]]] = {
+    "published": [
+        ("RequestReceived", "received", None),
+        ("RequestAdmitted", "admitted", "received"),
+        ("GenerationStarted", "generating", "admitted"),
+        ("TextGenerated", "generated", "generating"),
+        ("PublicationStarted", "publishing", "generated"),
+        ("CompletionPublished", "published", "publishing"),
+    ],
+    "limited": [
+        ("RequestReceived", "received", None),
+        ("UsageLimited", "limited", "received"),
+    ],
+    "skipped": [
+        ("RequestReceived", "received", None),
+        ("RequestSkipped", "skipped", "received"),
+    ],
+    "rejected_duplicate": [
+        ("RequestReceived", "received", None),
+        ("DuplicateRejected", "rejected_duplicate", "received"),
+    ],
+    "generation_failed": [
+        ("RequestReceived", "received", None),
+        ("RequestAdmitted", "admitted", "received"),
+        ("GenerationStarted", "generating", "admitted"),
+        ("GenerationFailed", "generation_failed", "generating"),
+    ],
+    "publish_failed": [
+        ("RequestReceived", "received", None),
+        ("RequestAdmitted", "admitted", "received"),
+        ("GenerationStarted", "generating", "admitted"),
+        ("TextGenerated", "generated", "generating"),
+        ("PublicationStarted", "publishing", "generated"),
+        ("PublicationFailed", "publish_failed", "publishing"),
+    ],
+    "generating": [
+        ("RequestReceived", "received", None),
+        ("RequestAdmitted", "admitted", "received"),
+        ("GenerationStarted", "generating", "admitted"),
+    ],
+}
+ERRORS = {
+    "generation_failed": ("InsufficientQuota", "OpenAI answered 429: insufficient_quota"),
+    "publish_failed": ("Unauthorized", "Talkable answered 401: invalid or missing API key"),
+}
+
+
+def site_of(rng: random.Random) -> str:
+    # one big site, the rest spread: like a campaign launch beside everyday traffic
+    return "site-00" if rng.random() < 0.3 else f"site-{rng.randrange(1, SITES):02d}"
+
+
+def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any], list[Any]]]:
+    """Chunks of (request rows, transition rows), oldest first, over the 7 days to ``end_ms``."""
+    rng = random.Random(seed)
+    states = [s for s, _ in MIX]
+    weights = [w for _, w in MIX]
+    span = 7 * DAY_MS
+    offsets = [0] * 8
+    requests: list[Any] = []
+    transitions: list[Any] = []
+    for i in range(count):
+        request_id = f"{rng.getrandbits(128):032x}"
+        site = site_of(rng)
+        person = f"{site}:p{rng.randrange(40_000)}@example.com"
+        state = rng.choices(states, weights)[0]
+        arrived = end_ms - span + i * span // count
+        # a tenth of the webhooks carry a Liquid-rendered current_time from before they arrived
+        received = arrived - (rng.randrange(1, 60_000) if rng.random() < 0.1 else 0)
+        latency = rng.randrange(400, 3000)
+        path = PATHS[state]
+        steps = [arrived + (latency * k // max(len(path) - 1, 1)) for k in range(len(path))]
+        terminal = state != "generating"
+        error = ERRORS.get(state)
+        generated = state in ("published", "publish_failed")
+        requests.append(
+            (
+                request_id,
+                site,
+                person,
+                state,
+                terminal,
+                received,
+                arrived,
+                received if len(path) > 2 else None,
+                received if len(path) > 2 else None,
+                steps[3] if generated else None,
+                steps[4] if generated else None,
+                steps[-1] if terminal else None,
+                steps[-1],
+                "published to Talkable" if state == "published" else state,
+                None,
+                "gpt-4o-mini-2024-07-18" if generated else None,
+                40 if generated else None,
+                60 if generated else None,
+                latency // 2 if generated else None,
+                rng.randrange(0, 50) if generated else None,
+                rng.randrange(0, 30) if generated else None,
+                1,
+                error[0] if error else None,
+                error[1] if error else None,
+                received // 1000 - received // 1000 % 3600,
+                rng.randrange(1, 4),
+            )
+        )
+        partition = i % 8
+        for k, (kind, step, previous) in enumerate(path):
+            judged = k < 3 and kind != "TextGenerated"
+            transitions.append(
+                (
+                    request_id,
+                    kind,
+                    step,
+                    previous,
+                    received if judged else steps[k],
+                    "webhook accepted" if k == 0 else step,
+                    0 if k < 2 else 1,
+                    error[0] if error and k == len(path) - 1 else None,
+                    error[1] if error and k == len(path) - 1 else None,
+                    latency // 2 if kind == "TextGenerated" else None,
+                    None,
+                    None,
+                    None,
+                    arrived if k == 0 else None,
+                    "bench-lifecycle",
+                    partition,
+                    offsets[partition],
+                )
+            )
+            offsets[partition] += 1
+        if len(requests) >= CHUNK:
+            yield requests, transitions
+            requests, transitions = [], []
+    if requests:
+        yield requests, transitions
+
+
+def fill(engine: Engine, count: int, end_ms: int) -> float:
+    """Bulk-load ``count`` requests; returns the seconds it took."""
+    started = time.monotonic()
+    backend = engine.dialect.name
+    raw = engine.raw_connection()
+    try:
+        cursor: Any = raw.cursor()
+        if backend == "sqlite":
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.execute("PRAGMA journal_mode=MEMORY")
+        for requests, transitions in generate(count, end_ms):
+            if backend == "postgresql":
+                _copy(cursor, "requests", REQUEST_COLUMNS, requests)
+                _copy(cursor, "transitions", TRANSITION_COLUMNS, transitions)
+            else:
+                _insert(cursor, "requests", REQUEST_COLUMNS, requests)
+                _insert(cursor, "transitions", TRANSITION_COLUMNS, transitions)
+            raw.commit()
+        cursor.execute("ANALYZE")
+        raw.commit()
+    finally:
+        raw.close()
+    return time.monotonic() - started
+
+
+def _insert(cursor: Any, table: str, columns: list[str], rows: list[Any]) -> None:
+    names = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+
+def _copy(cursor: Any, table: str, columns: list[str], rows: list[Any]) -> None:
+    names = ", ".join(f'"{c}"' for c in columns)
+    with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+# --- timing the pages -------------------------------------------------------------------------
+
+
+class NoKafka:
+    """The console's log seam: the timed pages never read Kafka."""
+
+    async def letters(self) -> list[Letter]:
+        return []
+
+    async def content(
+        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+    ) -> Content:
+        return Content()
+
+    async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:
+        return RedriveReport()
+
+
+async def no_workers() -> Pacing:
+    return Pacing()
+
+
+async def time_pages(engine: Engine, end_ms: int, repeat: int) -> dict[str, Any]:
+    settings = Settings(console_worker_urls="")
+    app = build_console(
+        settings,
+        ConsoleQueries(engine),
+        NoKafka(),
+        token=TOKEN,
+        now_ms=lambda: end_ms,
+        pacing=no_workers,
+        database=safe_url(engine),
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = f"http://127.0.0.1:{port}"
+    rng = random.Random(7)
+    with engine.connect() as connection:
+        ids = [r for (r,) in connection.execute(text("SELECT request_id FROM requests LIMIT 5000"))]
+        person = connection.execute(
+            text("SELECT person FROM requests WHERE site = 'site-07' LIMIT 1")
+        ).scalar_one()
+    site_name, email = person.split(":", 1)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    pages: dict[str, Any] = {}
+    async with aiohttp.ClientSession(base, headers=headers) as client:
+
+        async def get(path: str) -> str:
+            async with client.get(path) as response:
+                body = await response.text()
+                assert response.status == 200, (path, response.status, body[:500])
+            if path.startswith("/requests") and "in_flight" not in path:
+                assert 'class="rid"' in body, f"{path}: no request found"
+            return body
+
+        async def measure(name: str, kind: str, paths: Callable[[], Awaitable[str]]) -> None:
+            await paths()  # warm: the first reads fill the caches
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                await paths()
+                times.append((time.perf_counter() - started) * 1000)
+            pages[name] = _summary(kind, times)
+
+        def page(path: str) -> Callable[[], Awaitable[str]]:
+            return lambda: get(path)
+
+        async def twentieth() -> str:
+            """The link to the 20th page of the big site, followed from the first."""
+            path = "/requests?site=site-00"
+            for _ in range(19):
+                body = await get(path)
+                marker = 'id="older" href="'
+                path = body.split(marker, 1)[1].split('"', 1)[0].replace("&amp;", "&")
+            return path
+
+        async def timeline() -> str:
+            return await get(f"/request?id={rng.choice(ids)}")
+
+        day_ago = datetime.fromtimestamp((end_ms - DAY_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        await measure("search: newest", "search", page("/requests"))
+        await measure("search: a site", "search", page("/requests?site=site-07"))
+        await measure("search: the big site", "search", page("/requests?site=site-00"))
+        await measure(
+            "search: a site's failed", "search", page("/requests?site=site-07&state=failed")
+        )
+        await measure("search: all failed", "search", page("/requests?state=failed"))
+        await measure("search: limited", "search", page("/requests?state=limited"))
+        await measure("search: in flight", "search", page("/requests?state=in_flight"))
+        await measure("search: an email, any site", "search", page(f"/requests?email={email}"))
+        await measure(
+            "search: a day ago, one hour",
+            "search",
+            page(f"/requests?since={day_ago}&until={(end_ms - DAY_MS + 3_600_000) // 1000}"),
+        )
+        await measure("search: the big site, 20th page", "search", page(await twentieth()))
+        await measure("timeline: a random request", "timeline", timeline)
+        await measure("person", "other", page(f"/person?site={site_name}&email={email}"))
+        await measure("overview: last hour", "other", page("/?window=1h"))
+        await measure("overview: last 24 hours", "other", page("/?window=24h"))
+    await runner.cleanup()
+    return pages
+
+
+def _summary(kind: str, times: list[float]) -> dict[str, Any]:
+    ordered = sorted(times)
+    return {
+        "kind": kind,
+        "runs": len(times),
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(ordered[max(0, -(-95 * len(ordered) // 100) - 1)], 1),
+        "max_ms": round(ordered[-1], 1),
+    }
+
+
+def run_backend(url: str, count: int, repeat: int) -> dict[str, Any]:
+    engine = make_engine(url)
+    ProjectionStore(engine).close()  # the schema, by the real migrations (0003: the indexes)
+    engine = make_engine(url)
+    end_ms = int(time.time() * 1000)
+    click.echo(f"filling {safe_url(engine)} with {count:,} requests ...", err=True)
+    seconds = fill(engine, count, end_ms)
+    with engine.connect() as connection:
+        transitions = connection.execute(text("SELECT count(*) FROM transitions")).scalar_one()
+    click.echo(f"  {seconds:.0f} s; timing the pages ...", err=True)
+    pages = asyncio.run(time_pages(engine, end_ms, repeat))
+    engine.dispose()
+    return {
+        "backend": engine.dialect.name,
+        "requests": count,
+        "transitions": transitions,
+        "fill_seconds": round(seconds, 1),
+        "pages": pages,
+    }
+
+
+def _postgres(url: str | None) -> str:
+    if url:
+        return url
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "postgres.sh"), "start"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise click.ClickException(f"PostgreSQL could not be started:\n{done.stderr}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _fresh_postgres(server: str) -> tuple[str, Callable[[], None]]:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"bench_console_{os.getpid()}"
+    admin = create_engine(make_url(server).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(server).set(database=name).render_as_string(hide_password=False), drop
+
+
+@click.command()
+@click.option("--requests", "count", default=1_000_000, show_default=True)
+@click.option("--repeat", default=30, show_default=True, help="timed loads of each page")
+@click.option("--postgres", "postgres_url", help="a PostgreSQL server URL (default: start one)")
+@click.option("--sqlite-only", is_flag=True)
+@click.option("--no-write", is_flag=True, help="print only: no results file, no BENCHMARKS.md")
+def main(
+    count: int, repeat: int, postgres_url: str | None, sqlite_only: bool, no_write: bool
+) -> None:
+    """Time the console's pages on a projection of a million requests."""
+    started = datetime.now(UTC)
+    backends = []
+    with tempfile.TemporaryDirectory(prefix="bench-console-") as folder:
+        backends.append(run_backend(f"sqlite:///{folder}/projection.sqlite3", count, repeat))
+    if not sqlite_only:
+        url, drop = _fresh_postgres(_postgres(postgres_url))
+        try:
+            backends.append(run_backend(url, count, repeat))
+        finally:
+            drop()
+    result = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "command": "python -m bench.console " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "goal_ms": GOAL_MS,
+        "backends": backends,
+    }
+    click.echo(markdown_section(result))
+    if no_write:
+        return
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    from bench import markdown, report
+
+    report.DOC.write_text(markdown.document(report.load_latest()))
+
+
+def markdown_section(result: dict[str, Any] | None = None) -> str:
+    """BENCHMARKS.md's console section, from ``console-latest.json`` (empty if never run)."""
+    if result is None:
+        if not RESULT.exists():
+            return ""
+        result = json.loads(RESULT.read_text())
+    backends = result["backends"]
+    names = list(backends[0]["pages"])
+    head = " | ".join(f"{b['backend']} p50 / p95 / max" for b in backends)
+    lines = [
+        "## Operator console",
+        "",
+        f"Command: `{result['command']}` ({result['started_at']}; {result['machine']}). "
+        + "; ".join(
+            f"{b['backend']}: {b['requests']:,} requests and {b['transitions']:,} transitions "
+            f"bulk-loaded in {b['fill_seconds']:.0f} s"
+            for b in backends
+        )
+        + ". Each page loaded over HTTP from the real console app (bearer token) "
+        f"{backends[0]['pages'][names[0]]['runs']} times after one warm-up; times in ms, "
+        f"goal for search and timeline pages: under {result['goal_ms']} ms.",
+        "",
+        f"| page | {head} |",
+        "|---|" + "---|" * len(backends),
+    ]
+    for name in names:
+        cells = []
+        for b in backends:
+            p = b["pages"][name]
+            slow = p["kind"] != "other" and p["p95_ms"] > result["goal_ms"]
+            cell = f"{p['p50_ms']:.0f} / {p['p95_ms']:.0f} / {p['max_ms']:.0f}"
+            cells.append(f"**{cell}** (over the goal)" if slow else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Search pages are keyset pages of 50 over the indexes of migration 0003 (a deep page "
+        "costs what the first does); a timeline is one row and its transitions by index. The "
+        "overview aggregates every request that ended in its window (not a page: no goal).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The console's composition root: the aiohttp app, its routes, and what it reads.
+
+``build_console(settings, queries, log, ...)`` builds the app from its parts (the functional
+tests hand in a fake log and a fixed clock); ``run_console(settings)`` builds the real ones (the
+projection from ``TALKSTREAM_DATABASE_URL``, Kafka through ``client_options``, the workers'
+metrics from ``TALKSTREAM_CONSOLE_WORKER_URLS``) and serves on
+``TALKSTREAM_CONSOLE_HOST:PORT`` (127.0.0.1:8090 by default).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from streams.console import auth, letters, pages, views
+from streams.console.log import Content, Letter, read_content, read_letters
+from streams.console.pacing import Pacing, scrape
+from streams.console.queries import ConsoleQueries
+from streams.ops.redrive import RedriveReport, Selection
+from streams.ops.redrive import redrive as run_redrive
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+
+
+class KafkaLog:
+    """The console's :class:`views.Log` on the real topics."""
+
+    def __init__(self, settings: Settings, now_ms: Callable[[], int]) -> None:
+        self.settings = settings
+        self.now_ms = now_ms
+
+    async def letters(self) -> list[Letter]:
+        return await read_letters(self.settings)
+
+    async def content(
+        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+    ) -> Content:
+        return await read_content(
+            self.settings,
+            request_id=request_id,
+            person=person,
+            arrived_ms=arrived_ms,
+            generated_ms=generated_ms,
+        )
+
+    async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:
+        # every letter is reconsidered (redrive's own group offers each once): the console
+        # chooses by the requests' states in the projection, which the selection names
+        return await run_redrive(
+            self.settings, selection, dry_run=dry_run, from_beginning=True, now_ms=self.now_ms
+        )
+
+
+def build_console(
+    settings: Settings,
+    queries: ConsoleQueries,
+    log: views.Log,
+    *,
+    token: str,
+    now_ms: Callable[[], int],
+    pacing: Callable[[], Any] | None = None,
+    database: str = "",
+) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    auth.install(app, auth.check_token(token), settings.console_session_hours)
+    app.middlewares.append(_projection_unavailable)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("streams.console", "templates"),
+        autoescape=True,  # every value is text unless a template says otherwise (none does)
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters.update(t=_time, ms=_duration, ago=functools.partial(_ago, now_ms))
+    app[pages.TEMPLATES] = environment
+    app[pages.DATABASE] = database
+    urls = settings.worker_metrics_urls
+    app[views.SERVICES] = views.Services(
+        queries=queries,
+        log=log,
+        pacing=pacing or (lambda: scrape(urls)),
+        now_ms=now_ms,
+    )
+    app.router.add_get("/", views.overview)
+    app.router.add_get("/requests", views.search)
+    app.router.add_get("/request", views.request_page)
+    app.router.add_get("/request/content", views.request_content)
+    app.router.add_get("/person", views.person_page)
+    app.router.add_get("/deadletters", letters.dead_letters)
+    app.router.add_post("/deadletters/preview", letters.preview)
+    app.router.add_post("/deadletters/redrive", letters.redrive)
+    app.router.add_static("/static", HERE / "static", show_index=False)
+    return app
+
+
+@web.middleware
+async def _projection_unavailable(request: web.Request, handler: auth.Handler) -> Any:
+    """A projection not created or migrated yet (the worker does that) is a page that says
+    so, not a stack trace."""
+    try:
+        return await handler(request)
+    except (OperationalError, ProgrammingError) as exc:
+        log.warning("console: the projection cannot be read: %s", exc.orig)
+        return pages.render(
+            request,
+            "unavailable.html",
+            {"reason": f"{type(exc.orig).__name__}: {exc.orig}"},
+            status=503,
+        )
+
+
+def _time(ms: int | None, precise: bool = True) -> str:
+    if ms is None:
+        return "—"
+    when = datetime.fromtimestamp(ms / 1000, UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (f".{ms % 1000:03d}" if precise else "")
+
+
+def _duration(ms: int | float | None, signed: bool = False) -> str:
+    if ms is None:
+        return "—"
+    sign = ("+" if ms >= 0 else "-") if signed else ("-" if ms < 0 else "")
+    value = abs(ms)
+    if value < 1000:
+        return f"{sign}{value:.0f} ms"
+    if value < 60_000:
+        return f"{sign}{value / 1000:.1f} s"
+    if value < 3_600_000:
+        return f"{sign}{value / 60_000:.1f} min"
+    return f"{sign}{value / 3_600_000:.1f} h"
+
+
+def _ago(now_ms: Callable[[], int], ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    return _duration(now_ms() - ms) + " ago"
+
+
+def run_console(settings: Settings) -> None:
+    """Serve the console until interrupted (``talkstream console``)."""
+    from streams.projection.store import make_engine, safe_url
+    from streams.runtime import now_ms
+
+    token = auth.check_token(
+        settings.console_token.get_secret_value() if settings.console_token else None
+    )
+    engine = make_engine(settings.resolved_database_url)
+    app = build_console(
+        settings,
+        ConsoleQueries(engine),
+        KafkaLog(settings, now_ms),
+        token=token,
+        now_ms=now_ms,
+        database=safe_url(engine),
+    )
+
+    async def dispose(_: web.Application) -> None:
+        engine.dispose()
+
+    app.on_cleanup.append(dispose)
+    address = f"http://{settings.console_host}:{settings.console_port}"
+    log.info("console on %s (projection %s)", address, safe_url(engine))
+    web.run_app(
+        app,
+        host=settings.console_host,
+        port=settings.console_port,
+        access_log=None,
+        print=lambda *_: print(f"talkstream console on {address}/", flush=True),
+    )
+
+
+__all__ = ["KafkaLog", "Pacing", "build_console", "run_console"]

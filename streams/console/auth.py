@@ -1,0 +1,206 @@
+"""The console's door: an operator token for every page and action, and no cross-site writes.
+
+- Every route but the login form and the stylesheet needs the token: either
+  ``Authorization: Bearer <token>`` on the request (scripts), or a session cookie set by the
+  login form (browsers). The cookie is encrypted and authenticated (aiohttp-session's
+  ``EncryptedCookieStorage``, Fernet, with a key derived from the token: changing the token
+  logs everyone out), ``HttpOnly``, ``SameSite=Strict``, and lasts
+  ``TALKSTREAM_CONSOLE_SESSION_HOURS``.
+- Every action is a POST. A POST on a session must come from the console's own pages: its
+  ``Origin`` (or, lacking one, its ``Referer``) names the console's host, and its form carries
+  the session's CSRF token. A bearer request needs neither (no browser attaches one on its
+  own).
+- Every answer carries a strict Content-Security-Policy (no script at all, styles and frames
+  from the console only), ``nosniff``, ``no-store`` and no framing by other sites.
+
+Wrong tokens are logged without the token; the token is never rendered or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp_session import get_session, new_session
+from aiohttp_session import setup as setup_session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet
+
+from streams.console.pages import AUTH, CSRF, render
+
+log = logging.getLogger(__name__)
+
+COOKIE = "talkstream_console"
+PUBLIC = frozenset({"/login", "/static/console.css"})
+MIN_TOKEN_CHARS = 16
+
+TOKEN = web.AppKey("console_token_digest", bytes)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
+    "frame-ancestors 'self'; form-action 'self'; base-uri 'none'"
+)
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(b"talkstream-console\0" + token.encode()).digest()
+
+
+def session_key(token: str) -> Fernet:
+    """The cookie's Fernet key: derived from the token, never the token itself."""
+    material = hashlib.sha256(b"talkstream-console-session\0" + token.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(material))
+
+
+def check_token(token: str | None) -> str:
+    """The token, if it is one the console may start with; else a ValueError saying why."""
+    if token is None or not token.strip():
+        raise ValueError(
+            "TALKSTREAM_CONSOLE_TOKEN is not set: the console shows every request and can "
+            "redrive work, so it needs an operator token. Make one, e.g. "
+            "`export TALKSTREAM_CONSOLE_TOKEN=$(python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')`, and log in with it"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(
+            f"TALKSTREAM_CONSOLE_TOKEN is too short: use at least {MIN_TOKEN_CHARS} random "
+            "characters"
+        )
+    return token
+
+
+def install(app: web.Application, token: str, session_hours: float) -> None:
+    app[TOKEN] = digest(token)
+    app.middlewares.append(_headers)
+    setup_session(
+        app,
+        EncryptedCookieStorage(
+            session_key(token),
+            cookie_name=COOKIE,
+            max_age=int(session_hours * 3600),
+            httponly=True,
+            samesite="Strict",
+        ),
+    )
+    app.middlewares.append(_guard)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+
+
+def _matches(app: web.Application, token: str) -> bool:
+    return hmac.compare_digest(digest(token), app[TOKEN])
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+        _secure(response)
+        raise
+    _secure(response)
+    return response
+
+
+def _secure(response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bearer = _bearer(request)
+    if bearer is not None:
+        if not _matches(request.app, bearer):
+            log.warning("console: refused a wrong bearer token path=%s", request.path)
+            raise web.HTTPUnauthorized(text="wrong token\n")
+        request[AUTH] = "bearer"
+        return await handler(request)
+    if request.method == "POST" and not _same_origin(request):
+        log.warning("console: refused a cross-site POST path=%s", request.path)
+        raise web.HTTPForbidden(text="cross-site request refused\n")
+    if request.path in PUBLIC:
+        return await handler(request)
+    session = await get_session(request)
+    if not hmac.compare_digest(str(session.get("auth", "")), request.app[TOKEN].hex()):
+        if request.method == "GET":
+            target = request.path_qs if request.path != "/" else "/"
+            raise web.HTTPSeeOther(f"/login?next={_quote(target)}")
+        raise web.HTTPUnauthorized(text="log in first\n")
+    request[AUTH] = "session"
+    request[CSRF] = str(session.get("csrf", ""))
+    if request.method == "POST":
+        form = await request.post()
+        sent = form.get("csrf")
+        if not isinstance(sent, str) or not hmac.compare_digest(sent, request[CSRF]):
+            log.warning("console: refused a POST without the session's CSRF token")
+            raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page\n")
+    return await handler(request)
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _same_origin(request: web.Request) -> bool:
+    """The POST came from a page of this console (its Origin, else its Referer, names our
+    host). Browsers send Origin on every POST; a request with neither is refused."""
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source or source == "null":
+        return False
+    return urlsplit(source).netloc == request.host
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="")
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this console (never another site: ``//evil``, ``https://evil``)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    return render(
+        request, "login.html", {"next": _safe_next(request.query.get("next")), "wrong": False}
+    )
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token, target = form.get("token"), form.get("next")
+    target = _safe_next(target if isinstance(target, str) else None)
+    if not isinstance(token, str) or not _matches(request.app, token.strip()):
+        log.warning("console: a login with a wrong token from %s", request.remote)
+        response = render(request, "login.html", {"next": target, "wrong": True})
+        response.set_status(401)
+        return response
+    session = await new_session(request)
+    session["auth"] = request.app[TOKEN].hex()
+    session["csrf"] = secrets.token_urlsafe(32)
+    raise web.HTTPSeeOther(target)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    session = await get_session(request)
+    session.invalidate()
+    raise web.HTTPSeeOther("/login")

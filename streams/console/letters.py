@@ -1,0 +1,211 @@
+"""The dead-letter pages: every letter with what became of its request, and the redrive of
+one or a filtered set, as a preview (a dry run of ``talkstream redrive``) and then the real one,
+restricted to the requests the preview showed that are still parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from streams.console.log import Letter
+from streams.console.pages import render
+from streams.console.views import (
+    LOG_TIMEOUT_SECONDS,
+    PARKED,
+    Services,
+    run_query,
+    services_of,
+)
+from streams.errors import TalkstreamError
+from streams.ops.audit import parse_time
+from streams.ops.redrive import RedriveReport, Selection
+from streams.projection.tables import RequestRow
+
+log = logging.getLogger(__name__)
+
+LETTER_FIELDS = ("site", "reason", "topic", "since", "until", "request_id")
+
+
+@dataclass(frozen=True)
+class LetterFilters:
+    site: str | None
+    reason: str | None
+    topic: str | None
+    since_ms: int | None
+    until_ms: int | None
+    request_id: str | None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], now_ms: int) -> LetterFilters:
+        def text(name: str) -> str | None:
+            value = values.get(name)
+            return value.strip() or None if isinstance(value, str) else None
+
+        def time(name: str) -> int | None:
+            value = text(name)
+            return parse_time(value, now_ms) if value else None
+
+        return cls(
+            site=text("site"),
+            reason=text("reason"),
+            topic=text("topic"),
+            since_ms=time("since"),
+            until_ms=time("until"),
+            request_id=text("request_id"),
+        )
+
+    def matches(self, letter: Letter, row: RequestRow | None) -> bool:
+        return (
+            (self.request_id is None or letter.request_id == self.request_id)
+            and (self.topic is None or letter.topic == self.topic)
+            and (self.reason is None or self.reason.lower() in letter.reason.lower())
+            and (self.since_ms is None or letter.at_ms >= self.since_ms)
+            and (self.until_ms is None or letter.at_ms <= self.until_ms)
+            and (self.site is None or (row is not None and row.site == self.site))
+        )
+
+    def selection(self, request_ids: frozenset[str]) -> Selection:
+        """What ``talkstream redrive`` is asked: these filters, and only these requests."""
+        return Selection(
+            topic=self.topic,
+            reason_contains=self.reason,
+            site=self.site,
+            since_ms=self.since_ms,
+            until_ms=self.until_ms,
+            request_ids=request_ids,
+        )
+
+
+@dataclass(frozen=True)
+class LetterRow:
+    letter: Letter
+    request: RequestRow | None
+
+    @property
+    def parked(self) -> bool:
+        return self.request is not None and self.request.state in PARKED
+
+    @property
+    def since(self) -> str:
+        """What became of the request after the letter was written."""
+        row = self.request
+        if row is None:
+            return "not in the projection" if self.letter.request_id else "a message"
+        if row.state in PARKED and row.updated_at_ms <= self.letter.at_ms + 1000:
+            return "parked: can be redriven"
+        if row.state in PARKED:
+            return "redriven, parked again"
+        return f"redriven: {row.state}" if row.terminal else f"redriven: {row.state} (running)"
+
+
+async def _letters(s: Services, filters: LetterFilters) -> tuple[list[LetterRow], str | None]:
+    try:
+        letters = await asyncio.wait_for(s.log.letters(), LOG_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return [], f"Kafka did not answer within {LOG_TIMEOUT_SECONDS:.0f} s"
+    except TalkstreamError as exc:
+        return [], str(exc)
+    ids = [x.request_id for x in letters if x.request_id]
+    rows = await run_query(s.queries.requests_by_id, ids)
+    joined = [LetterRow(x, rows.get(x.request_id or "")) for x in letters]
+    return [j for j in joined if filters.matches(j.letter, j.request)], None
+
+
+def _given(values: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v.strip() for k in LETTER_FIELDS if isinstance(v := values.get(k), str)}
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    s = services_of(request)
+    given = _given(request.query)
+    try:
+        filters = LetterFilters.of(request.query, s.now_ms())
+    except ValueError as exc:
+        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    rows, error = await _letters(s, filters)
+    return render(request, "deadletters.html", _letters_context(given, rows, error))
+
+
+def _letters_context(given: dict[str, str], rows: list[LetterRow], error: str | None) -> Any:
+    return {
+        "nav": "deadletters",
+        "given": given,
+        "rows": rows,
+        "parked": len({r.letter.request_id for r in rows if r.parked}),
+        "error": error,
+    }
+
+
+async def preview(request: web.Request) -> web.Response:
+    """The dry run: what a redrive of these filters would send, changing nothing."""
+    s = services_of(request)
+    form = await request.post()
+    given = _given(form)
+    try:
+        filters = LetterFilters.of(form, s.now_ms())
+    except ValueError as exc:
+        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    rows, error = await _letters(s, filters)
+    candidates = {r.letter.request_id: r for r in rows if r.parked and r.letter.request_id}
+    report, would = None, []
+    if candidates and error is None:
+        try:
+            report = await s.log.redrive(filters.selection(frozenset(candidates)), dry_run=True)
+        except TalkstreamError as exc:
+            error = str(exc)
+        else:
+            would = [candidates[i] for i in _request_ids(report) if i in candidates]
+    return render(
+        request,
+        "preview.html",
+        {"nav": "deadletters", "given": given, "would": would, "error": error, "report": report},
+    )
+
+
+async def redrive(request: web.Request) -> web.Response:
+    """The real redrive of what the preview showed (those of its requests still parked)."""
+    s = services_of(request)
+    form = await request.post()
+    given = _given(form)
+    try:
+        filters = LetterFilters.of(form, s.now_ms())
+    except ValueError as exc:
+        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    asked = {v for v in form.getall("id", []) if isinstance(v, str) and v}
+    rows = await run_query(s.queries.requests_by_id, asked)
+    parked = frozenset(i for i, row in rows.items() if row.state in PARKED)
+    report, error = None, None
+    if parked:
+        try:
+            report = await s.log.redrive(filters.selection(parked), dry_run=False)
+        except TalkstreamError as exc:
+            error = str(exc)
+    done = _request_ids(report) if report is not None else []
+    log.info("console redrive: asked=%d parked=%d redriven=%d", len(asked), len(parked), len(done))
+    return render(
+        request,
+        "redriven.html",
+        {
+            "nav": "deadletters",
+            "given": given,
+            "redriven": [rows[i] for i in done if i in rows],
+            "not_parked": sorted(asked - parked),
+            "error": error,
+        },
+    )
+
+
+def _request_ids(report: RedriveReport) -> list[str]:
+    """The requests a redrive (or its dry run) sent to the ledger, each once, in order."""
+    seen: dict[str, None] = {}
+    for entry in report.redriven:
+        request_id, arrow, _ = entry.rpartition(" → ")
+        if arrow:
+            seen.setdefault(request_id, None)
+    return list(seen)

@@ -1,0 +1,253 @@
+"""What the console reads from Kafka: the dead letters, and a request's own records.
+
+Both read as ``talkstream replay`` does: a consumer without a group (nothing committed, no
+other reader disturbed), manually assigned, up to the end offsets captured when it started.
+
+- :func:`read_letters` lists the newest letters of the dead-letter topic, independently of
+  ``talkstream redrive``'s consumer group (which offers each letter once): the page shows every
+  letter, and the projection says what became of its request since.
+- :func:`read_content` finds one request's webhook (``RequestReceived``: its messages, model,
+  usage limit and event number) and its generated text (``GenerationAttemptSucceeded``) on the
+  person's partition of [requests], seeking by time to where they were written. The projection
+  keeps neither (it is the lifecycle's), and the log is the source of truth.
+
+Nothing sealed leaves this module: a letter keeps its reason and source, never its value or
+key; content keeps the messages and the text, never ``secrets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+
+from models.events import (
+    DeadLetter,
+    GenerationAttemptSucceeded,
+    RequestReceived,
+)
+from models.params import completion_event_number
+from streams.codecs import decode, decode_requests
+from streams.errors import DecodeError
+from streams.kafka_options import broker_error, client_options
+from streams.ops.replay import ReplayError, partitions_of
+from streams.settings import Settings
+
+LETTERS_PER_PARTITION = 500  # the page lists at most this many letters per partition
+SCAN_RECORDS = 20_000  # records of the person's partition read to find a request's own
+SEEK_BACK_MS = 5_000  # records are written just after the times the projection recorded
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter as the console shows it: never its value or key (sealed secrets)."""
+
+    topic: str  # where the dead-lettered message came from
+    partition: int
+    offset: int
+    reason: str
+    request_id: str | None
+    at_ms: int
+    letter_partition: int  # where the letter is on the dead-letter topic
+    letter_offset: int
+
+    @property
+    def kind(self) -> str:
+        for suffix, kind in (("-completions", "publication"), ("-generate", "generation")):
+            if self.topic.endswith(suffix):
+                return kind
+        return "message"  # a value that did not decode, from any topic
+
+
+@dataclass(frozen=True)
+class Content:
+    """A request's own records, as far as they were found."""
+
+    received: bool = False
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content)
+    model: str | None = None
+    max_tokens: int | None = None
+    event_number: str | None = None
+    usage_limit: dict[str, int] | None = None
+    text: str | None = None
+    text_attempt: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) -> list[Letter]:
+    """The newest letters (up to ``most`` per partition), newest first."""
+    topic = settings.topic("deadletter")
+    async with _consumer(settings) as consumer:
+        partitions = await _partitions(consumer, settings, topic)
+        if not partitions:
+            return []
+        ends = await consumer.end_offsets(partitions)
+        firsts = await consumer.beginning_offsets(partitions)
+        starts = {tp: max(firsts[tp], ends[tp] - most) for tp in partitions}
+        todo = {tp: ends[tp] for tp in partitions if ends[tp] > starts[tp]}
+        if not todo:
+            return []
+        consumer.assign(list(todo))
+        for tp in todo:
+            consumer.seek(tp, starts[tp])
+        letters: list[Letter] = []
+        while todo:
+            fetched = await consumer.getmany(*todo, timeout_ms=1000)
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.offset < todo.get(tp, -1):
+                        letter = _letter(record)
+                        if letter is not None:
+                            letters.append(letter)
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+    return sorted(letters, key=lambda x: (x.at_ms, x.letter_offset), reverse=True)
+
+
+def _letter(record: Any) -> Letter | None:
+    try:
+        letter = decode(DeadLetter, record.value)
+    except DecodeError:
+        return None
+    return Letter(
+        topic=letter.topic,
+        partition=letter.partition,
+        offset=letter.offset,
+        reason=letter.reason,
+        request_id=letter.request_id,
+        at_ms=letter.at_ms or record.timestamp,
+        letter_partition=record.partition,
+        letter_offset=record.offset,
+    )
+
+
+async def read_content(
+    settings: Settings,
+    *,
+    request_id: str,
+    person: str,
+    arrived_ms: int,
+    generated_ms: int | None,
+) -> Content:
+    """The request's webhook, written when it arrived, and its text, written when it was
+    generated: each looked for from just before that time on the person's partition."""
+    topic = settings.topic("requests")
+    async with _consumer(settings) as consumer:
+        partitions = await _partitions(consumer, settings, topic)
+        if not partitions:
+            return Content(notes=[f"no topic {topic}"])
+        number = DefaultPartitioner()(person.encode(), [tp.partition for tp in partitions], [])
+        tp = TopicPartition(topic, number)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        received = await _find(
+            consumer, tp, end, arrived_ms, lambda m: isinstance(m, RequestReceived), request_id
+        )
+        text = None
+        if generated_ms is not None:
+            text = await _find(
+                consumer,
+                tp,
+                end,
+                generated_ms,
+                lambda m: isinstance(m, GenerationAttemptSucceeded),
+                request_id,
+            )
+    return _content(request_id, received, text)
+
+
+def _content(request_id: str, received: Any, generated: Any) -> Content:
+    text = generated if isinstance(generated, GenerationAttemptSucceeded) else None
+    if not isinstance(received, RequestReceived):
+        return Content(
+            text=text.text if text else None,
+            text_attempt=text.attempt if text else None,
+            notes=["the webhook was not found on [requests] near its arrival (retention?)"],
+        )
+    spec = received.spec
+    limit = spec.usage_limit
+    return Content(
+        received=True,
+        messages=[(str(m.get("role", "")), str(m.get("content", ""))) for m in spec.chat.messages],
+        model=spec.chat.model,
+        max_tokens=spec.chat.max_tokens,
+        event_number=completion_event_number(spec.event_number, request_id),
+        usage_limit=limit.model_dump() if limit is not None else None,
+        text=text.text if text else None,
+        text_attempt=text.attempt if text else None,
+    )
+
+
+async def _find(
+    consumer: Any, tp: TopicPartition, end: int, from_ms: int, wanted: Any, request_id: str
+) -> Any:
+    """The last record after ``from_ms`` (minus a margin) that is ``wanted`` for the request,
+    reading at most ``SCAN_RECORDS`` records and never past ``end``."""
+    found = await consumer.offsets_for_times({tp: max(0, from_ms - SEEK_BACK_MS)})
+    start = found[tp].offset if found.get(tp) is not None else end
+    if start >= end:
+        return None
+    consumer.seek(tp, start)
+    stop = min(end, start + SCAN_RECORDS)
+    match = None
+    while await consumer.position(tp) < stop:
+        fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
+        for record in fetched.get(tp, []):
+            if record.offset >= stop:
+                break
+            try:
+                message = decode_requests(record.value)
+            except DecodeError:
+                continue
+            if message.request_id == request_id and wanted(message):
+                match = message
+                if isinstance(message, RequestReceived):
+                    return match  # the first delivery is the webhook
+    return match
+
+
+async def _partitions(consumer: Any, settings: Settings, topic: str) -> list[TopicPartition]:
+    """The topic's partitions (none when it does not exist: never creates it)."""
+    try:
+        ids = await partitions_of(settings, topic)
+    except ReplayError:
+        return []
+    except KafkaError as exc:
+        raise await broker_error(settings, exc) from exc
+    return [TopicPartition(topic, p) for p in ids]
+
+
+@contextlib.asynccontextmanager
+async def _consumer(settings: Settings) -> Any:
+    consumer = AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=10_000,
+    )
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await consumer.stop()
+        raise await broker_error(settings, exc) from exc
+    try:
+        yield consumer
+    except KafkaError as exc:
+        raise await broker_error(settings, exc) from exc
+    finally:
+        # aiokafka 0.14: a group-less consumer's stop() may re-raise its own fetch task's
+        # cancellation; swallow only that one, never a cancellation of ours
+        task = asyncio.current_task()
+        try:
+            await consumer.stop()
+        except asyncio.CancelledError:
+            if task is not None and task.cancelling():
+                raise

@@ -1,0 +1,113 @@
+"""Pacing per upstream target, as the workers expose it on ``/metrics``.
+
+The console scrapes every URL of ``TALKSTREAM_CONSOLE_WORKER_URLS`` (Prometheus text, parsed
+with prometheus_client's parser) and sums the workers' figures per target: queue depth, calls
+in flight, 429s, the learned rate, and the worst circuit state. Talkable targets are sites
+(the metric label holds the first 16 characters of the slug); OpenAI targets are key
+fingerprints (never a key). A worker that does not answer is named, and its figures are "—".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+TIMEOUT_SECONDS = 1.5
+CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
+LABEL_CHARS = 16  # the workers label a target by its first 16 characters
+
+
+@dataclass
+class Target:
+    upstream: str  # "talkable" or "openai"
+    target: str  # a site (first 16 characters) or an OpenAI key's fingerprint
+    queue_depth: float = 0
+    in_flight: float = 0
+    throttled: float = 0  # 429s since the workers started
+    rate: float | None = None  # calls per second the pacing allows
+    circuit: int = 0
+
+    @property
+    def circuit_name(self) -> str:
+        return CIRCUIT.get(self.circuit, str(self.circuit))
+
+
+@dataclass
+class Pacing:
+    targets: dict[tuple[str, str], Target] = field(default_factory=dict)
+    reached: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+    def site(self, site: str) -> Target | None:
+        """The site's Talkable target, when a worker that answered knows it."""
+        return self.targets.get(("talkable", site[:LABEL_CHARS]))
+
+    def openai(self) -> list[Target]:
+        return sorted(
+            (t for (upstream, _), t in self.targets.items() if upstream == "openai"),
+            key=lambda t: (-t.queue_depth, -t.throttled, t.target),
+        )
+
+
+_FIELDS = {
+    "talkstream_upstream_queue_depth": "queue_depth",
+    "talkstream_upstream_in_flight": "in_flight",
+    "talkstream_upstream_throttled": "throttled",
+    "talkstream_upstream_rate": "rate",
+    "talkstream_upstream_circuit": "circuit",
+}
+
+
+def parse(text: str, into: Pacing) -> None:
+    """Add one worker's figures to ``into``."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            attribute = _FIELDS.get(sample.name.removesuffix("_total"))
+            if attribute is None:
+                continue
+            key = (sample.labels.get("upstream", ""), sample.labels.get("target", ""))
+            target = into.targets.setdefault(key, Target(*key))
+            if attribute == "circuit":
+                target.circuit = max(target.circuit, int(sample.value))
+            elif attribute == "rate":
+                target.rate = (target.rate or 0) + sample.value
+            else:
+                setattr(target, attribute, getattr(target, attribute) + sample.value)
+
+
+async def scrape(urls: Sequence[str], session: aiohttp.ClientSession | None = None) -> Pacing:
+    pacing = Pacing()
+    own = session is None
+    client = session or aiohttp.ClientSession()
+    try:
+        answers = await asyncio.gather(*(_get(client, url) for url in urls))
+    finally:
+        if own:
+            await client.close()
+    for url, text in zip(urls, answers, strict=True):
+        if text is None:
+            pacing.unreachable.append(url)
+            continue
+        try:
+            parse(text, pacing)
+        except ValueError:
+            pacing.unreachable.append(url)
+            continue
+        pacing.reached.append(url)
+    return pacing
+
+
+async def _get(client: aiohttp.ClientSession, url: str) -> str | None:
+    try:
+        async with client.get(
+            url, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS), allow_redirects=False
+        ) as response:
+            if response.status != 200:
+                return None
+            return await response.text()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None

@@ -1,0 +1,368 @@
+"""What the console reads from the SQL projection (SQLite or PostgreSQL, through SQLAlchemy).
+
+Every query here is shaped for an index of ``streams/projection/tables.py`` (migration 0003
+adds the console's), so pages stay fast on millions of requests:
+
+- search pages are newest first, keyset-paginated on ``(received_at_ms, request_id)`` (a page
+  is one range scan of an index, however deep), filtered by person (``ix_requests_person``),
+  site and state (``ix_requests_site_state_received``), site (``ix_requests_site_received``),
+  state (``ix_requests_state_received``) or nothing (``ix_requests_received``); an email
+  without a site becomes the persons of every site (``site:email``), the sites read by a loose
+  index scan;
+- a timeline is one request row and its transitions (``ix_transitions_request``);
+- the overview counts terminal states per minute and per site over a window of
+  ``terminal_at_ms`` (``ix_requests_terminal_at``).
+
+Times: ``received_at_ms`` is the event time a webhook was judged at, ``arrived_at_ms`` when it
+reached the ingress (``streams.ops.clocks``: the two clocks, shared with ``talkstream audit``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, func, select, text, tuple_
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.lifecycle import TERMINAL, State
+from models.params import person_key
+from streams.ops.clocks import Timeline, timeline_of
+from streams.projection.tables import RequestRow, TransitionRow
+
+PAGE_SIZE = 50
+MAX_SITES = 1000  # the site list (search form, email search) stops here
+
+FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
+IN_FLIGHT = tuple(s.value for s in State if s not in TERMINAL)
+TERMINAL_STATES = tuple(
+    s.value
+    for s in (
+        State.PUBLISHED,
+        State.LIMITED,
+        State.SKIPPED,
+        State.REJECTED_DUPLICATE,
+        State.GENERATION_FAILED,
+        State.PUBLISH_FAILED,
+    )
+)
+# what the search form offers besides each state
+STATE_GROUPS = {"failed": FAILED, "in_flight": IN_FLIGHT}
+SEARCHABLE_STATES = (*STATE_GROUPS, *(s.value for s in State))
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    site: str | None = None
+    email: str | None = None  # normalized as the ingress does: trimmed, lower-cased
+    state: str | None = None  # a state, or a group of STATE_GROUPS
+    since_ms: int | None = None  # event time, inclusive
+    until_ms: int | None = None  # event time, exclusive
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in SEARCHABLE_STATES:
+            raise ValueError(f"no state {self.state!r}")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in newest-first order: the row to continue after (or before)."""
+
+    received_at_ms: int
+    request_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.received_at_ms, self.request_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, value: str | None) -> Cursor | None:
+        if not value:
+            return None
+        try:
+            at, request_id = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        except (ValueError, TypeError, binascii.Error):
+            raise ValueError("not a page cursor") from None
+        if not isinstance(at, int) or not isinstance(request_id, str):
+            raise ValueError("not a page cursor")
+        return cls(at, request_id)
+
+    @classmethod
+    def of(cls, row: RequestRow) -> Cursor:
+        return cls(row.received_at_ms, row.request_id)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[RequestRow]
+    newer: Cursor | None  # show the page of newer rows: ?after=newer
+    older: Cursor | None  # show the page of older rows: ?before=older
+
+
+# --- the overview -----------------------------------------------------------------------------
+
+
+@dataclass
+class SiteRow:
+    site: str
+    by_state: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    tokens: int = 0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.by_state.get(s, 0) for s in FAILED)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+@dataclass(frozen=True)
+class Overview:
+    since_ms: int
+    until_ms: int
+    minutes: list[int]  # epoch minute of each bucket, oldest first
+    series: dict[str, list[int]]  # terminal state -> requests that ended in each minute
+    published: int
+    p50_ms: int | None  # arrival -> published
+    p95_ms: int | None
+    sites: list[SiteRow]
+
+
+# --- a person ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonSummary:
+    person: str
+    by_state: dict[str, int]
+    first_ms: int | None
+    last_ms: int | None
+    window_start: int | None  # epoch seconds, the latest window the ledger reported
+    window_count: int | None
+    window_request_id: str | None  # the request that reported it
+    latest_request_id: str | None
+
+
+# --- the reader -------------------------------------------------------------------------------
+
+
+class ConsoleQueries:
+    """Read-only queries over a projection engine; each call is one short session."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    # search ----------------------------------------------------------------------------------
+
+    def search(
+        self,
+        filters: Filters,
+        *,
+        before: Cursor | None = None,
+        after: Cursor | None = None,
+        limit: int = PAGE_SIZE,
+    ) -> Page:
+        """One page, newest first: after ``before`` (older rows), or just before ``after``
+        (newer rows), or the newest."""
+        if before is not None and after is not None:
+            raise ValueError("one cursor at a time")
+        with self._session() as session:
+            query = self._filtered(session, filters)
+            key = tuple_(RequestRow.received_at_ms, RequestRow.request_id)
+            if after is not None:
+                query = query.where(key > tuple_(after.received_at_ms, after.request_id))
+                order = (RequestRow.received_at_ms.asc(), RequestRow.request_id.asc())
+            else:
+                if before is not None:
+                    query = query.where(key < tuple_(before.received_at_ms, before.request_id))
+                order = (RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
+            rows: list[RequestRow] = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if after is not None:
+            rows.reverse()
+            newer = Cursor.of(rows[0]) if more and rows else None
+            older = Cursor.of(rows[-1]) if rows else after
+            return Page(rows, newer=newer, older=older)
+        newer = Cursor.of(rows[0]) if before is not None and rows else None
+        if before is not None and not rows:
+            newer = before
+        return Page(rows, newer=newer, older=Cursor.of(rows[-1]) if more else None)
+
+    def _filtered(self, session: Session, f: Filters) -> Select[RequestRow]:
+        query = select(RequestRow)
+        if f.email:
+            sites = [f.site] if f.site else self._sites(session)
+            query = query.where(RequestRow.person.in_([person_key(s, f.email) for s in sites]))
+        elif f.site:
+            query = query.where(RequestRow.site == f.site)
+        if f.state in STATE_GROUPS:
+            query = query.where(RequestRow.state.in_(STATE_GROUPS[f.state]))
+        elif f.state:
+            query = query.where(RequestRow.state == f.state)
+        if f.since_ms is not None:
+            query = query.where(RequestRow.received_at_ms >= f.since_ms)
+        if f.until_ms is not None:
+            query = query.where(RequestRow.received_at_ms < f.until_ms)
+        return query
+
+    def sites(self) -> list[str]:
+        with self._session() as session:
+            return self._sites(session)
+
+    @staticmethod
+    def _sites(session: Session) -> list[str]:
+        # a loose index scan over ix_requests_site_received: one probe per distinct site
+        found = session.execute(
+            text(
+                "WITH RECURSIVE s(site, n) AS ("
+                " SELECT MIN(site), 1 FROM requests"
+                " UNION ALL"
+                " SELECT (SELECT MIN(r.site) FROM requests r WHERE r.site > s.site), s.n + 1"
+                " FROM s WHERE s.site IS NOT NULL AND s.n < :most"
+                ") SELECT site FROM s WHERE site IS NOT NULL"
+            ),
+            {"most": MAX_SITES},
+        )
+        return [site for (site,) in found]
+
+    # one request -----------------------------------------------------------------------------
+
+    def timeline(self, request_id: str) -> Timeline | None:
+        with self._session() as session:
+            request = session.get(RequestRow, request_id)
+            if request is None:
+                return None
+            transitions = session.scalars(
+                select(TransitionRow)
+                .where(TransitionRow.request_id == request_id)
+                # the lifecycle topic is keyed by request: one partition, in decision order
+                .order_by(TransitionRow.topic, TransitionRow.partition, TransitionRow.offset)
+            )
+            return timeline_of(request, list(transitions))
+
+    def requests_by_id(self, request_ids: Iterable[str]) -> dict[str, RequestRow]:
+        ids = sorted(set(request_ids))
+        found: dict[str, RequestRow] = {}
+        with self._session() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for row in session.scalars(
+                    select(RequestRow).where(RequestRow.request_id.in_(chunk))
+                ):
+                    found[row.request_id] = row
+        return found
+
+    # a person --------------------------------------------------------------------------------
+
+    def person(self, person: str) -> PersonSummary:
+        with self._session() as session:
+            counts = session.execute(
+                select(RequestRow.state, func.count())
+                .where(RequestRow.person == person)
+                .group_by(RequestRow.state)
+            )
+            by_state = {state: count for state, count in counts}
+            first, last = session.execute(
+                select(
+                    func.min(RequestRow.received_at_ms), func.max(RequestRow.received_at_ms)
+                ).where(RequestRow.person == person)
+            ).one()
+            windowed = session.execute(
+                select(RequestRow.window_start, RequestRow.window_count, RequestRow.request_id)
+                .where(RequestRow.person == person, RequestRow.window_start.is_not(None))
+                .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
+                .limit(1)
+            ).first()
+            latest = session.scalar(
+                select(RequestRow.request_id)
+                .where(RequestRow.person == person)
+                .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
+                .limit(1)
+            )
+        return PersonSummary(
+            person=person,
+            by_state=by_state,
+            first_ms=first,
+            last_ms=last,
+            window_start=windowed[0] if windowed else None,
+            window_count=windowed[1] if windowed else None,
+            window_request_id=windowed[2] if windowed else None,
+            latest_request_id=latest,
+        )
+
+    # the overview ----------------------------------------------------------------------------
+
+    def overview(self, since_ms: int, until_ms: int) -> Overview:
+        ended = (RequestRow.terminal_at_ms >= since_ms) & (RequestRow.terminal_at_ms < until_ms)
+        minute = RequestRow.terminal_at_ms // 60_000
+        first_minute, last_minute = since_ms // 60_000, (until_ms - 1) // 60_000
+        minutes = list(range(first_minute, last_minute + 1))
+        series = {state: [0] * len(minutes) for state in TERMINAL_STATES}
+        sites: dict[str, SiteRow] = {}
+        with self._session() as session:
+            for bucket, state, count in session.execute(
+                select(minute, RequestRow.state, func.count())
+                .where(ended)
+                .group_by(minute, RequestRow.state)
+            ):
+                if bucket is not None and state in series:
+                    index = int(bucket) - first_minute
+                    if 0 <= index < len(minutes):
+                        series[state][index] = count
+            tokens = func.coalesce(RequestRow.prompt_tokens, 0) + func.coalesce(
+                RequestRow.completion_tokens, 0
+            )
+            for site, state, count, used in session.execute(
+                select(RequestRow.site, RequestRow.state, func.count(), func.sum(tokens))
+                .where(ended)
+                .group_by(RequestRow.site, RequestRow.state)
+            ):
+                row = sites.setdefault(site, SiteRow(site))
+                row.by_state[state] = count
+                row.tokens += int(used or 0)
+            for site, count in session.execute(
+                select(RequestRow.site, func.count())
+                .where(RequestRow.state.in_(IN_FLIGHT))
+                .group_by(RequestRow.site)
+            ):
+                sites.setdefault(site, SiteRow(site)).in_flight = count
+            latencies = sorted(
+                value
+                for value in session.scalars(
+                    select(
+                        RequestRow.terminal_at_ms
+                        - func.coalesce(RequestRow.arrived_at_ms, RequestRow.received_at_ms)
+                    ).where(ended, RequestRow.state == State.PUBLISHED.value)
+                )
+                if value is not None
+            )
+        return Overview(
+            since_ms=since_ms,
+            until_ms=until_ms,
+            minutes=minutes,
+            series=series,
+            published=len(latencies),
+            p50_ms=_rank(latencies, 50),
+            p95_ms=_rank(latencies, 95),
+            sites=sorted(sites.values(), key=lambda r: r.site),
+        )
+
+
+def _rank(ordered: Sequence[Any], p: int) -> int | None:
+    """Nearest-rank percentile of an ascending list (as ``talkstream stats``)."""
+    if not ordered:
+        return None
+    index = max(0, -(-p * len(ordered) // 100) - 1)
+    return int(ordered[index])

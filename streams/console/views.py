@@ -1,0 +1,270 @@
+"""The console's pages: overview, search, a request's timeline (and its content from the log),
+a person's usage, dead letters with redrive (preview, then the real one).
+
+Handlers read top to bottom: parse the query → read (the projection in a thread, Kafka and the
+workers' metrics asynchronously) → render a template (Jinja2, autoescaped: every value from a
+webhook is text, never markup). Every action is a POST (checked by ``auth``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from models.params import person_key
+from streams.console.chart import COLORS, chart
+from streams.console.log import Content, Letter
+from streams.console.pacing import Pacing
+from streams.console.pages import render
+from streams.console.queries import (
+    FAILED,
+    SEARCHABLE_STATES,
+    TERMINAL_STATES,
+    ConsoleQueries,
+    Cursor,
+    Filters,
+)
+from streams.errors import TalkstreamError
+from streams.ops.audit import parse_time
+from streams.ops.redrive import RedriveReport, Selection
+from streams.projection.tables import RequestRow
+
+log = logging.getLogger(__name__)
+
+WINDOWS = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440}
+LOG_TIMEOUT_SECONDS = 15.0
+PARKED = frozenset(FAILED)
+
+
+class Log(Protocol):
+    """What the console reads from and sends to Kafka (a fake in the functional tests)."""
+
+    async def letters(self) -> list[Letter]: ...
+
+    async def content(
+        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+    ) -> Content: ...
+
+    async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    queries: ConsoleQueries
+    log: Log
+    pacing: Callable[[], Any]  # -> Awaitable[Pacing]
+    now_ms: Callable[[], int]
+
+
+SERVICES = web.AppKey("console_services", Services)
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def run_query(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A projection query, off the event loop."""
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+
+async def overview(request: web.Request) -> web.Response:
+    s = services_of(request)
+    window = request.query.get("window", "1h")
+    if window not in WINDOWS:
+        window = "1h"
+    until = s.now_ms()
+    since = until - WINDOWS[window] * 60_000
+    summary, pacing = await asyncio.gather(
+        run_query(s.queries.overview, since, until), _pacing(s.pacing)
+    )
+    return render(
+        request,
+        "overview.html",
+        {
+            "nav": "overview",
+            "window": window,
+            "windows": list(WINDOWS),
+            "o": summary,
+            "chart": chart(summary),
+            "colors": COLORS,
+            "states": TERMINAL_STATES,
+            "pacing": pacing,
+        },
+    )
+
+
+async def _pacing(scrape: Callable[[], Any]) -> Pacing:
+    try:
+        found: Pacing = await scrape()
+    except Exception:  # a page never fails for lack of metrics
+        log.exception("console: reading the workers' metrics failed")
+        return Pacing()
+    return found
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+def _filters(query: Mapping[str, str], now_ms: int) -> Filters:
+    def time(name: str) -> int | None:
+        value = (query.get(name) or "").strip()
+        return parse_time(value, now_ms) if value else None
+
+    state = (query.get("state") or "").strip() or None
+    email = (query.get("email") or "").strip().lower() or None
+    return Filters(
+        site=(query.get("site") or "").strip() or None,
+        email=email,
+        state=state,
+        since_ms=time("since"),
+        until_ms=time("until"),
+    )
+
+
+def _query(values: Mapping[str, str | None]) -> str:
+    return urlencode({k: v for k, v in values.items() if v})
+
+
+async def search(request: web.Request) -> web.Response:
+    s = services_of(request)
+    given = {k: request.query.get(k, "") for k in ("site", "email", "state", "since", "until")}
+    error = None
+    try:
+        filters = _filters(request.query, s.now_ms())
+        before = Cursor.decode(request.query.get("before"))
+        after = Cursor.decode(request.query.get("after"))
+        page = await run_query(s.queries.search, filters, before=before, after=after)
+    except ValueError as exc:
+        error, page = str(exc), None
+    sites = await run_query(s.queries.sites)
+    return render(
+        request,
+        "search.html",
+        {
+            "nav": "search",
+            "given": given,
+            "sites": sites,
+            "states": SEARCHABLE_STATES,
+            "page": page,
+            "error": error,
+            "newer": page and page.newer and _query({**given, "after": page.newer.encode()}),
+            "older": page and page.older and _query({**given, "before": page.older.encode()}),
+        },
+        status=400 if error else 200,
+    )
+
+
+# --- a request --------------------------------------------------------------------------------
+
+
+async def request_page(request: web.Request) -> web.Response:
+    s = services_of(request)
+    request_id = request.query.get("id", "")
+    timeline = await run_query(s.queries.timeline, request_id) if request_id else None
+    if timeline is None:
+        return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
+    row = timeline.request
+    site, _, email = row.person.partition(":")
+    return render(
+        request,
+        "request.html",
+        {
+            "nav": "search",
+            "t": timeline,
+            "r": row,
+            "person_link": _query({"site": site, "email": email}),
+            "content_link": _query({"id": row.request_id}),
+            "letters_link": _query({"request_id": row.request_id}),
+            "parked": row.state in PARKED,
+        },
+    )
+
+
+async def request_content(request: web.Request) -> web.Response:
+    """The request's webhook messages, generated text and event number, read from the log
+    (a frame of the timeline page, so the timeline never waits for Kafka)."""
+    s = services_of(request)
+    request_id = request.query.get("id", "")
+    timeline = await run_query(s.queries.timeline, request_id) if request_id else None
+    if timeline is None:
+        return render(request, "missing.html", {"what": "request", "name": request_id}, 404)
+    generated = [step.wall_ms for step in timeline.steps if step.state == "generated"]
+    content, error = await _content(s, timeline.request, timeline.arrived_ms, generated)
+    return render(request, "content.html", {"c": content, "error": error})
+
+
+async def _content(
+    s: Services, row: RequestRow, arrived_ms: int, generated: list[int]
+) -> tuple[Content | None, str | None]:
+    try:
+        content = await asyncio.wait_for(
+            s.log.content(
+                request_id=row.request_id,
+                person=row.person,
+                arrived_ms=arrived_ms,
+                generated_ms=generated[-1] if generated else None,
+            ),
+            LOG_TIMEOUT_SECONDS,
+        )
+    except TimeoutError:
+        return None, f"Kafka did not answer within {LOG_TIMEOUT_SECONDS:.0f} s"
+    except TalkstreamError as exc:
+        return None, str(exc)
+    return content, None
+
+
+# --- a person ---------------------------------------------------------------------------------
+
+
+async def person_page(request: web.Request) -> web.Response:
+    s = services_of(request)
+    site = request.query.get("site", "").strip()
+    email = request.query.get("email", "").strip().lower()
+    if not site or not email:
+        return render(request, "missing.html", {"what": "person", "name": ""}, 404)
+    key = person_key(site, email)
+    try:
+        before = Cursor.decode(request.query.get("before"))
+        after = Cursor.decode(request.query.get("after"))
+    except ValueError:
+        before = after = None
+    summary, page = await asyncio.gather(
+        run_query(s.queries.person, key),
+        run_query(s.queries.search, Filters(site=site, email=email), before=before, after=after),
+    )
+    if not summary.by_state:
+        return render(request, "missing.html", {"what": "person", "name": key}, 404)
+    limit, error = None, None
+    if summary.window_request_id is not None:
+        windowed = await run_query(s.queries.timeline, summary.window_request_id)
+        if windowed is not None:
+            content, error = await _content(s, windowed.request, windowed.arrived_ms, [])
+            limit = content.usage_limit if content is not None else None
+    who = {"site": site, "email": email}
+    return render(
+        request,
+        "person.html",
+        {
+            "nav": "search",
+            "site": site,
+            "email": email,
+            "p": summary,
+            "limit": limit,
+            "limit_error": error,
+            "now_ms": s.now_ms(),
+            "page": page,
+            "search_link": _query(who),
+            "newer": page.newer and _query({**who, "after": page.newer.encode()}),
+            "older": page.older and _query({**who, "before": page.older.encode()}),
+        },
+    )

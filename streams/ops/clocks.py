@@ -1,0 +1,107 @@
+"""The two clocks of a request, for people reading its history (the console, ``audit``).
+
+A webhook is judged at its **event time** (``received_at_ms``: Talkable's rendered
+``usage_limit.current_time``, else the arrival), which can be well before it **arrived** at the
+ingress (``arrived_at_ms``, a wall clock; None on rows projected before migration 0002). The
+transitions the ledger decided on the webhook itself (received, admitted, the first generation
+request; or limited, skipped, duplicate) carry the event time; every later one carries a wall
+clock (the executor's, the timer's, the operator's). So a timeline places the judgement at the
+arrival and measures every step from the arrival: a webhook rendered 44 s before it arrived
+does not seem to spend 44 s generating. Where the arrival was not recorded, the event time
+stands in for it (and ``arrival_known`` says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.lifecycle import State
+from streams.projection.tables import RequestRow, TransitionRow
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transition on the timeline, with both clocks."""
+
+    state: str
+    previous_state: str | None
+    type: str
+    attempt: int
+    cause: str
+    error_class: str | None
+    error_message: str | None
+    latency_ms: int | None
+    waited_ms: int | None
+    window_start: int | None
+    window_count: int | None
+    source: str
+    at_ms: int  # as recorded: the event time for the webhook's judgement, else a wall clock
+    wall_ms: int  # when it happened on a wall clock (the arrival, for the judgement)
+    judged: bool  # decided on the webhook itself, at its event time
+    since_arrival_ms: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    request: RequestRow
+    steps: list[Step]
+    arrived_ms: int  # arrival, or the event time when the arrival was not recorded
+    arrival_known: bool
+    event_ms: int  # the event time it was judged at
+    event_offset_ms: int  # event time - arrival: negative when Talkable's clock lagged
+    end_to_end_ms: int | None  # arrival -> terminal
+
+
+# the states the webhook's own judgement moves a request from (at its event time)
+_JUDGED_FROM = frozenset({State.RECEIVED.value, State.ADMITTED.value})
+
+
+def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Timeline:
+    """The steps, the judgement's at arrival: the transitions the ledger decided on the
+    webhook itself carry its event time (which can be far older than the arrival when Talkable
+    rendered ``current_time`` early); everything after carries a wall clock."""
+    arrival_known = request.arrived_at_ms is not None
+    arrived = request.arrived_at_ms if request.arrived_at_ms is not None else request.received_at_ms
+    steps: list[Step] = []
+    judging = True
+    for t in transitions:
+        judging = (
+            judging
+            and t.at_ms == request.received_at_ms
+            and (t.previous_state or "received") in _JUDGED_FROM
+            and t.attempt <= 1
+        )
+        wall = arrived if judging else t.at_ms
+        steps.append(
+            Step(
+                state=t.state,
+                previous_state=t.previous_state,
+                type=t.type,
+                attempt=t.attempt,
+                cause=t.cause,
+                error_class=t.error_class,
+                error_message=t.error_message,
+                latency_ms=t.latency_ms,
+                waited_ms=t.waited_ms,
+                window_start=t.window_start,
+                window_count=t.window_count,
+                source=f"{t.topic}/{t.partition}/{t.offset}",
+                at_ms=t.at_ms,
+                wall_ms=wall,
+                judged=judging,
+                since_arrival_ms=wall - arrived,
+            )
+        )
+    end = request.terminal_at_ms if request.terminal else None
+    if end is not None and steps and steps[-1].judged:
+        end = arrived  # judged at once (limited, skipped, duplicate): no time spent
+    return Timeline(
+        request=request,
+        steps=steps,
+        arrived_ms=arrived,
+        arrival_known=arrival_known,
+        event_ms=request.received_at_ms,
+        event_offset_ms=request.received_at_ms - arrived,
+        end_to_end_ms=None if end is None else end - arrived,
+    )

@@ -1,0 +1,520 @@
+"""The operator console in-process: the real aiohttp app on a real SQLite projection (made by
+the real rules), with an in-memory log standing in for Kafka (dead letters, a request's
+content, redrive) and a fixed clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
+
+from models.events import (
+    ChatRequest,
+    PublicationAttemptFailed,
+    RequestReceived,
+    RequestSpec,
+    SealedSecrets,
+)
+from models.params import UsageLimit, person_key
+from streams.cli import main
+from streams.console.app import build_console
+from streams.console.log import Content, Letter
+from streams.console.pacing import Pacing, parse
+from streams.console.queries import ConsoleQueries
+from streams.errors import BrokerUnavailable
+from streams.ops.redrive import RedriveReport, Selection
+from streams.projection.store import ProjectionStore
+from tests.functional.conftest import make_settings
+from tests.projection_support import T0_MS, Log, mixed_log
+
+TOKEN = "console-token-for-the-functional-tests"
+NOW_MS = T0_MS + 10 * 60_000
+SCRIPT = "<script>alert('pwned')</script>"
+SCRIPT_EMAIL = "<script>alert(1)</script>@example.com"
+ARRIVED_MS = T0_MS + 44_000  # the webhook arrived 44 s after the event time Talkable rendered
+SEALED = "gAAAAABsealed-talkable-key-token"
+
+
+@dataclass
+class FakeLog:
+    """Kafka for the console: its letters, a content with a script tag, and the redrives."""
+
+    letters_: list[Letter] = field(default_factory=list)
+    redrives: list[tuple[Selection, bool]] = field(default_factory=list)
+    down: bool = False  # Kafka out of reach
+
+    async def letters(self) -> list[Letter]:
+        self._reachable()
+        return list(self.letters_)
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise BrokerUnavailable("Kafka at 127.0.0.1:1 is not reachable: connection refused")
+
+    async def content(
+        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+    ) -> Content:
+        self._reachable()
+        return Content(
+            received=True,
+            messages=[("user", f"A verse for {SCRIPT}")],
+            model="gpt-4o-mini",
+            event_number=f"generate_text_complete-{request_id}",
+            usage_limit={
+                "amount": 3,
+                "duration_in_seconds": 3600,
+                "start_time": T0_MS // 1000,
+                "current_time": T0_MS // 1000,
+                "current_usage_amount": 0,
+            },
+            text=f"Roses are red {SCRIPT}" if generated_ms is not None else None,
+            text_attempt=1 if generated_ms is not None else None,
+        )
+
+    async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:
+        self.redrives.append((selection, dry_run))
+        matching = [
+            x
+            for x in self.letters_
+            if selection.request_ids is None or x.request_id in selection.request_ids
+        ]
+        return RedriveReport(
+            examined=len(self.letters_),
+            redriven=[f"{x.request_id} → the ledger" for x in matching],
+            skipped=len(self.letters_) - len(matching),
+        )
+
+
+def late_webhook(log: Log) -> None:
+    """A webhook whose Liquid-rendered current_time was 44 s old when it arrived."""
+    event_s = T0_MS // 1000
+    log.send(
+        RequestReceived(
+            request_id="late-1",
+            delivery_id="late-1/d1",
+            person=person_key("acme", SCRIPT_EMAIL),
+            at_ms=ARRIVED_MS,
+            spec=RequestSpec(
+                site="acme",
+                email=SCRIPT_EMAIL,
+                chat=ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60),
+                usage_limit=UsageLimit(
+                    amount=3,
+                    duration_in_seconds=3600,
+                    start_time=event_s,
+                    current_time=event_s,
+                    current_usage_amount=0,
+                ),
+            ),
+            secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+        )
+    )
+
+
+def projection(path: Path, extra: int = 0) -> str:
+    log = mixed_log()
+    late_webhook(log)
+    parked = log.received("park-1", email="pat@example.com", at_ms=T0_MS + 7000)
+    log.generated(parked, at_ms=T0_MS + 7500)
+    log.send(  # Talkable refused the site's key: parked, dead-lettered
+        PublicationAttemptFailed(
+            request_id=parked.request_id,
+            person=parked.person,
+            attempt=1,
+            at_ms=T0_MS + 8000,
+            error_class="Unauthorized",
+            error_message="Talkable answered 401: invalid API key",
+        )
+    )
+    for i in range(extra):
+        log.received(f"bulk-{i:03d}", site="bulk", email=f"p{i}@example.com", at_ms=T0_MS + i)
+    url = f"sqlite:///{path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    return url
+
+
+LETTERS = [
+    Letter(
+        topic="functest-completions",
+        partition=0,
+        offset=3,
+        reason="Talkable answered 401: invalid API key",
+        request_id="park-1",
+        at_ms=T0_MS + 8001,
+        letter_partition=0,
+        letter_offset=0,
+    ),
+    Letter(
+        topic="functest-requests",
+        partition=1,
+        offset=9,
+        reason=f"does not decode: {SCRIPT}",
+        request_id=None,
+        at_ms=T0_MS + 9000,
+        letter_partition=1,
+        letter_offset=0,
+    ),
+]
+
+
+@dataclass
+class Console:
+    client: TestClient[Any, Any]
+    log: FakeLog
+
+    @property
+    def origin(self) -> str:
+        return str(self.client.make_url("/")).rstrip("/")
+
+    async def login(self) -> None:
+        response = await self.client.post(
+            "/login",
+            data={"token": TOKEN, "next": "/"},
+            headers={"Origin": self.origin},
+            allow_redirects=False,
+        )
+        assert response.status == 303, await response.text()
+
+    async def page(self, path: str, status: int = 200) -> str:
+        response = await self.client.get(path, allow_redirects=False)
+        body = await response.text()
+        assert response.status == status, body[:2000]
+        return body
+
+    async def csrf(self) -> str:
+        found = re.search(r'name="csrf" value="([^"]+)"', await self.page("/deadletters"))
+        assert found
+        return found.group(1)
+
+    async def post(self, path: str, data: Any, **headers: str) -> ClientResponse:
+        return await self.client.post(
+            path, data=data, headers={"Origin": self.origin, **headers}, allow_redirects=False
+        )
+
+
+async def start(tmp_path: Path, extra: int = 0, **settings: Any) -> Console:
+    url = projection(tmp_path, extra)
+    store = ProjectionStore.from_url(url, migrate_schema=False)
+    fake = FakeLog(list(LETTERS))
+
+    async def no_workers() -> Pacing:
+        return Pacing(unreachable=["http://127.0.0.1:1/metrics"])
+
+    app = build_console(
+        make_settings(tmp_path, **settings),
+        ConsoleQueries(store.engine),
+        fake,
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        pacing=no_workers,
+        database=store.url,
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return Console(client, fake)
+
+
+@pytest.fixture
+async def console(tmp_path: Path) -> AsyncIterator[Console]:
+    started = await start(tmp_path)
+    yield started
+    await started.client.close()
+
+
+@pytest.fixture
+async def signed_in(console: Console) -> Console:
+    await console.login()
+    return console
+
+
+PAGES = [
+    "/",
+    "/requests",
+    "/requests?site=acme",
+    "/request?id=pub-1",
+    "/request/content?id=pub-1",
+    "/person?site=acme&email=ada@example.com",
+    "/deadletters",
+    "/static/LICENSE.txt",
+]
+ACTIONS = ["/deadletters/preview", "/deadletters/redrive", "/logout"]
+
+
+async def test_every_page_and_action_needs_the_token(console: Console):
+    for path in PAGES:
+        response = await console.client.get(path, allow_redirects=False)
+        assert response.status == 303, path
+        assert response.headers["Location"].startswith("/login?next=")
+        wrong = await console.client.get(path, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status == 401, path
+    for path in ACTIONS:
+        response = await console.post(path, {"request_id": "park-1"})
+        assert response.status == 401, path
+    assert console.log.redrives == []
+    # only the login form and its stylesheet are public
+    assert (await console.client.get("/login")).status == 200
+    assert (await console.client.get("/static/console.css")).status == 200
+
+
+async def test_a_wrong_token_does_not_log_in(console: Console):
+    response = await console.client.post(
+        "/login", data={"token": "guess-guess-guess-guess"}, headers={"Origin": console.origin}
+    )
+    assert response.status == 401
+    assert "That is not the token" in await response.text()
+    assert (await console.client.get("/", allow_redirects=False)).status == 303
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_opens_every_page(console: Console):
+    response = await console.client.post(
+        "/login",
+        data={"token": TOKEN, "next": "/requests"},
+        headers={"Origin": console.origin},
+        allow_redirects=False,
+    )
+    assert response.status == 303 and response.headers["Location"] == "/requests"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert TOKEN not in cookie
+    for path in PAGES:
+        await console.page(path)
+
+
+async def test_a_bearer_token_opens_pages_without_a_session(console: Console):
+    response = await console.client.get("/requests", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status == 200
+    assert "Set-Cookie" not in response.headers
+
+
+async def test_login_never_redirects_to_another_site(console: Console):
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        response = await console.client.post(
+            "/login",
+            data={"token": TOKEN, "next": target},
+            headers={"Origin": console.origin},
+            allow_redirects=False,
+        )
+        assert response.headers["Location"] == "/", target
+
+
+async def test_actions_need_the_csrf_token_and_the_consoles_own_origin(signed_in: Console):
+    csrf = await signed_in.csrf()
+    refused = [
+        await signed_in.post("/deadletters/preview", {"request_id": "park-1"}),
+        await signed_in.post("/deadletters/preview", {"request_id": "park-1", "csrf": "forged"}),
+        await signed_in.post(
+            "/deadletters/preview",
+            {"request_id": "park-1", "csrf": csrf},
+            Origin="http://evil.example",
+        ),
+        await signed_in.client.post(
+            "/deadletters/redrive", data={"id": "park-1", "csrf": csrf}, allow_redirects=False
+        ),  # no Origin, no Referer
+    ]
+    assert [r.status for r in refused] == [403, 403, 403, 403]
+    assert signed_in.log.redrives == []
+    ok = await signed_in.post("/deadletters/preview", {"request_id": "park-1", "csrf": csrf})
+    assert ok.status == 200
+    # a page no browser makes can't be framed elsewhere nor run a script
+    headers = ok.headers
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "script-src" not in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+async def test_values_from_webhooks_are_escaped_everywhere(signed_in: Console):
+    pages = [
+        await signed_in.page("/requests"),
+        await signed_in.page("/request?id=late-1"),
+        await signed_in.page("/request/content?id=pub-1"),
+        await signed_in.page("/deadletters"),
+        await signed_in.page(f"/person?site=acme&email={SCRIPT_EMAIL.replace('<', '%3C')}"),
+    ]
+    for body in pages:
+        assert "<script" not in body.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;@example.com" in pages[0]
+    assert "Roses are red &lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in pages[2]
+    assert "does not decode: &lt;script&gt;" in pages[3]
+    assert SEALED not in "".join(pages)
+
+
+async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
+    console = await start(tmp_path, extra=120)
+    try:
+        await console.login()
+        seen: list[str] = []
+        path = "/requests?site=bulk"
+        pages = []
+        while path:
+            body = await console.page(path)
+            pages.append(body)
+            ids = re.findall(r'class="rid" href="/request\?id=([^"]+)"', body)
+            seen += ids
+            older = re.search(r'id="older" href="([^"]+)"', body)
+            path = older.group(1).replace("&amp;", "&") if older else ""
+        assert [len(re.findall('class="rid"', p)) for p in pages] == [50, 50, 20]
+        assert seen == [f"bulk-{i:03d}" for i in reversed(range(120))]  # newest first
+        newer = re.search(r'id="newer" href="([^"]+)"', pages[2])
+        assert newer
+        back = await console.page(newer.group(1).replace("&amp;", "&"))
+        assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', back) == seen[50:100]
+    finally:
+        await console.client.close()
+
+
+async def test_search_by_email_alone_state_and_time(signed_in: Console):
+    body = await signed_in.page("/requests?email=ADA@example.com")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == [
+        "lim-1",
+        "pub-2",
+        "pub-1",
+    ]
+    failed = await signed_in.page("/requests?state=failed")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', failed) == ["park-1", "fail-1"]
+    since = await signed_in.page("/requests?site=acme&since=2026-01-01T00:00:04Z&until=1767225605")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', since) == ["pub-2"]
+    bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
+    assert "ISO-8601" in bad
+
+
+async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
+    body = await signed_in.page("/request?id=late-1")
+    assert re.search(r'id="arrived">2026-01-01 00:00:44.000<', body)
+    assert re.search(r'id="event-time">2026-01-01 00:00:00.000 .*-44.0 s from arrival', body)
+    rows = re.findall(r'<tr class="step st-(\w+)">\s*<td>([^<]+)', body)
+    # the judgement happened on arrival, at its event time 44 s earlier
+    assert rows == [
+        ("received", "2026-01-01 00:00:44.000"),
+        ("admitted", "2026-01-01 00:00:44.000"),
+        ("generating", "2026-01-01 00:00:44.000"),
+    ]
+    assert body.count("event time 2026-01-01 00:00:00.000") == 3
+    assert "+0 ms" in body
+
+    published = await signed_in.page("/request?id=pub-1")
+    assert re.search(r'id="end-to-end">900 ms<', published)
+    steps = re.findall(
+        r'<td class="num">([+-][^<]+)</td>\s*<td><span class="state s-(\w+)', published
+    )
+    assert steps[-1] == ("+900 ms", "published")
+    assert 'href="/person?site=acme&amp;email=ada%40example.com"' in published
+    assert 'src="/request/content?id=pub-1"' in published
+
+
+async def test_the_content_frame_shows_the_webhook_text_and_event_number(signed_in: Console):
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert 'id="event-number">generate_text_complete-pub-1<' in body
+    assert "Roses are red" in body and "A verse for" in body
+
+
+async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
+    body = await signed_in.page("/person?site=acme&email=ada@example.com")
+    assert re.search(r'<span class="big">2 of 3</span>', body)  # lim-1: the window was full
+    assert "(ended: the next request opens a new one)" not in body  # NOW is 10 min in
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == [
+        "lim-1",
+        "pub-2",
+        "pub-1",
+    ]
+    await signed_in.page("/person?site=acme&email=nobody@example.com", status=404)
+
+
+async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
+    body = await signed_in.page("/deadletters")
+    assert 'id="letter-count">2<' in body and 'id="parked-count">1<' in body
+    assert "parked: can be redriven" in body
+    assert "functest-completions/0/3" in body
+    filtered = await signed_in.page("/deadletters?reason=401")
+    assert 'id="letter-count">1<' in filtered
+
+
+async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(signed_in: Console):
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"reason": "401", "csrf": csrf})
+    body = await preview.text()
+    assert preview.status == 200 and 'id="would-count">1<' in body
+    [(selection, dry_run)] = signed_in.log.redrives
+    assert dry_run and selection.request_ids == frozenset({"park-1"})
+    assert selection.reason_contains == "401"
+
+    confirm = await signed_in.post(
+        "/deadletters/redrive",
+        [("reason", "401"), ("id", "park-1"), ("id", "pub-1"), ("csrf", csrf)],
+    )
+    done = await confirm.text()
+    assert confirm.status == 200 and 'id="redriven-count">1<' in done
+    (selection, dry_run) = signed_in.log.redrives[-1]
+    # only what is still parked: pub-1 was published
+    assert not dry_run and selection.request_ids == frozenset({"park-1"})
+    assert "Not parked any more, so not redriven: pub-1" in done
+
+
+async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_in: Console):
+    body = await signed_in.page("/?window=15m")
+    assert body.count("<rect x=") >= 3
+    assert "00:00 UTC: 4 published" in body  # all in minute 0 after T0
+    assert "00:00 UTC: 1 publish_failed" in body
+    sites = re.search(r'<table class="grid" id="sites">(.*?)</table>', body, re.S)
+    assert sites
+    assert ">acme<" in sites.group(1) and ">globex<" in sites.group(1)
+    assert "not reachable: http://127.0.0.1:1/metrics" in body
+    # arrival -> published: 900 ms, 1.0 s, 1.4 s, 1.6 s (nearest rank)
+    assert 'id="p50">1.0 s<' in body and 'id="p95">1.6 s<' in body
+
+
+def test_pacing_is_read_from_the_workers_metrics():
+    pacing = Pacing()
+    text = (
+        "# TYPE talkstream_upstream_queue_depth gauge\n"
+        'talkstream_upstream_queue_depth{upstream="talkable",target="acme"} 7.0\n'
+        'talkstream_upstream_queue_depth{upstream="openai",target="0123456789abcdef"} 2.0\n'
+        "# TYPE talkstream_upstream_throttled_total counter\n"
+        'talkstream_upstream_throttled_total{upstream="talkable",target="acme"} 4.0\n'
+        "# TYPE talkstream_upstream_circuit gauge\n"
+        'talkstream_upstream_circuit{upstream="talkable",target="acme"} 2.0\n'
+    )
+    parse(text, pacing)
+    parse(text, pacing)  # a second worker: figures add up, the worst circuit wins
+    acme = pacing.site("acme")
+    assert acme is not None
+    assert (acme.queue_depth, acme.throttled, acme.circuit_name) == (14, 8, "open")
+    assert [k.target for k in pacing.openai()] == ["0123456789abcdef"]
+
+
+def test_the_console_refuses_to_start_without_a_token(monkeypatch):
+    monkeypatch.delenv("TALKSTREAM_CONSOLE_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1
+    assert "TALKSTREAM_CONSOLE_TOKEN is not set" in result.output
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "short")
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1 and "too short" in result.output
+
+
+async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(signed_in: Console):
+    signed_in.log.down = True
+    letters = await signed_in.page("/deadletters")
+    assert 'id="error">Kafka at 127.0.0.1:1 is not reachable' in letters
+    assert 'id="letter-count">0<' in letters
+    timeline = await signed_in.page("/request?id=pub-1")  # the projection answers alone
+    assert 'id="state">published<' in timeline
+    content = await signed_in.page("/request/content?id=pub-1")
+    assert "The log could not be read: Kafka at 127.0.0.1:1 is not reachable" in content
+    person = await signed_in.page("/person?site=acme&email=ada@example.com")
+    assert "limit unknown: Kafka at 127.0.0.1:1 is not reachable" in person
+    csrf = re.search(r'name="csrf" value="([^"]+)"', letters)
+    assert csrf
+    preview = await signed_in.post(
+        "/deadletters/preview", {"request_id": "park-1", "csrf": csrf.group(1)}
+    )
+    assert "not reachable" in await preview.text()
+    assert signed_in.log.redrives == []
