@@ -1,0 +1,149 @@
+"""The commands as a user starts them: ``talkstream dev`` runs the whole system (its own
+embedded broker, the stand-ins, worker, ingress, console) and Ctrl-C stops all of it with one
+line and exit 0; outside ``dev`` the worker and the ingress refuse to start without
+``TALKSTREAM_SECRET_KEYS`` rather than making a key next to the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from streams.dev.kafka import EmbeddedKafka
+from streams.secrets import MISSING_KEYS
+from tests.integration.conftest import http
+from tests.support import free_port, seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The environment without any TALKSTREAM_ setting of the test run's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALKSTREAM_")}
+    return {**env, **{f"TALKSTREAM_{k.upper()}": v for k, v in values.items()}}
+
+
+class Lines:
+    """A process's stdout, line by line, read in a thread (so a wait has a deadline)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def read() -> None:
+            for line in stdout:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def until(self, wanted: str, timeout: float) -> None:
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {wanted!r} in {timeout} s: {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"stdout ended before {wanted!r}; printed: {self.seen}")
+            self.seen.append(line)
+            if wanted in line:
+                return
+
+    def rest(self, timeout: float) -> list[str]:
+        """Everything up to the end of stdout."""
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        return self.seen
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -> None:
+    kafka_port, ingress, console, openai, talkable = (free_port() for _ in range(5))
+    env = clean_env(
+        data_dir=str(tmp_path / "data"),
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        kafka_controller_port=str(free_port()),
+        ingress_port=str(ingress),
+        console_port=str(console),
+        worker_http_port=str(free_port()),
+        partitions="2",
+    )
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # where dev keeps its development key
+    ports = ["--openai-port", str(openai), "--talkable-port", str(talkable)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams", "dev", *ports],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    out = Lines(proc)
+    try:
+        out.until("Ctrl-C stops everything.", timeout=180)
+        printed = "\n".join(out.seen)
+        assert f"http://127.0.0.1:{ingress}/chat-gpt/generate" in printed
+        assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
+        # the pasted example works: a webhook in, the event at the Talkable stand-in
+        status, body = http(
+            "POST", f"http://127.0.0.1:{ingress}/chat-gpt/generate", seed_params("dev@example.com")
+        )
+        assert status == 202, body
+
+        def published() -> bool:
+            status, events = http("GET", f"http://127.0.0.1:{talkable}/_events")
+            return status == 200 and "dev@example.com" in json.dumps(events)
+
+        wait_until(published, timeout=120, what="the event at the Talkable stand-in")
+        assert (tmp_path / "config" / "talkstream").is_dir()  # the dev key, not in the data
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = proc.wait(timeout=120)
+    after = out.rest(timeout=10)[out.seen.index("Ctrl-C stops everything.") + 1 :]
+    assert code == 0
+    assert after == ["talkstream dev: stopped"]  # one line, and no traceback on stdout
+    assert not any(listening(p) for p in (kafka_port, ingress, console, openai, talkable))
+
+
+@pytest.mark.parametrize("command", ["worker", "ingress"])
+def test_worker_and_ingress_refuse_to_start_without_secret_keys(
+    command: str, kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    env = clean_env(
+        kafka_bootstrap=kafka.bootstrap,
+        data_dir=str(data),
+        ingress_port=str(free_port()),
+        worker_http_port=str(free_port()),
+    )
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert MISSING_KEYS in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # no key was made for it, next to the data or anywhere else
+    made = [p for root in (data, tmp_path / "config") if root.exists() for p in root.rglob("*")]
+    assert not any("key" in p.name for p in made), made
