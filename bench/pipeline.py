@@ -262,7 +262,8 @@ class Pipeline:
         that starts a few seconds into it: the blast paced to its key's limit, few 429s, and
         the quiet site served at its own upstream's latency meanwhile."""
         cfg = self.ctx.config
-        blast_key, quiet_key = f"sk-bench-blast-{self.ctx.run}", f"sk-bench-quiet-{self.ctx.run}"
+        # the stand-in records a key's last 4 characters: the two keys must differ there
+        blast_key, quiet_key = f"sk-bench-{self.ctx.run}-blast", f"sk-bench-{self.ctx.run}-quiet"
         self.system.configure_openai(
             {
                 "latency_seconds": cfg.neighbour_latency,

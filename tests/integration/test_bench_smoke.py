@@ -31,6 +31,11 @@ def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKaf
     assert burst["states"]["limited"] == config.burst_people * (
         config.burst_size - config.burst_limit
     )
+    # the blast key's calls are its own (the stand-in tells keys by their last 4 characters):
+    # each published one was called once, plus the calls that were answered 429
+    blast = pipeline["neighbours"]["blast"]
+    assert blast["published"] == config.neighbour_requests
+    assert blast["calls"] - blast["throttled_429"] == blast["published"]
 
     # CPU per webhook counts every worker process, not the first one only
     assert {"worker0", "worker1"} <= set(result["cpu_by_phase"]["throughput"]["cpu_s"])
