@@ -32,6 +32,7 @@ from streams.errors import BrokerUnavailable
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
+from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log
 
 TOKEN = "console-token-for-the-functional-tests"
@@ -118,7 +119,7 @@ def late_webhook(log: Log) -> None:
     )
 
 
-def projection(path: Path, extra: int = 0) -> str:
+def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
     log = mixed_log()
     late_webhook(log)
     parked = log.received("park-1", email="pat@example.com", at_ms=T0_MS + 7000)
@@ -135,7 +136,7 @@ def projection(path: Path, extra: int = 0) -> str:
     )
     for i in range(extra):
         log.received(f"bulk-{i:03d}", site="bulk", email=f"p{i}@example.com", at_ms=T0_MS + i)
-    url = f"sqlite:///{path / 'projection.sqlite3'}"
+    url = url or f"sqlite:///{path / 'projection.sqlite3'}"
     store = ProjectionStore.from_url(url)
     store.apply(log.records)
     store.close()
@@ -201,8 +202,8 @@ class Console:
         )
 
 
-async def start(tmp_path: Path, extra: int = 0, **settings: Any) -> Console:
-    url = projection(tmp_path, extra)
+async def start(tmp_path: Path, extra: int = 0, url: str | None = None, **settings: Any) -> Console:
+    url = projection(tmp_path, extra, url)
     store = ProjectionStore.from_url(url, migrate_schema=False)
     fake = FakeLog(list(LETTERS))
 
@@ -224,8 +225,9 @@ async def start(tmp_path: Path, extra: int = 0, **settings: Any) -> Console:
 
 
 @pytest.fixture
-async def console(tmp_path: Path) -> AsyncIterator[Console]:
-    started = await start(tmp_path)
+async def console(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:  # noqa: F811
+    """The console on the projection in SQLite and in PostgreSQL (the same queries on both)."""
+    started = await start(tmp_path, url=database_url)
     yield started
     await started.client.close()
 
