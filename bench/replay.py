@@ -43,6 +43,7 @@ from models.ledger import PersonState, Policy, handle
 from models.params import UsageLimit, person_key
 from streams.codecs import encode
 from streams.kafka_options import client_options
+from streams.ops.helpers import default_processes
 from streams.ops.replay import LogReader, rebuild, verify
 from streams.projection.store import ProjectionStore
 from streams.settings import Settings
@@ -162,10 +163,12 @@ def timed_read(settings: Settings) -> dict[str, Any]:
     }
 
 
-def timed_rebuild(settings: Settings, url: str) -> dict[str, Any]:
+def timed_rebuild(settings: Settings, url: str, processes: int | None = None) -> dict[str, Any]:
     store = ProjectionStore.from_url(url)
     try:
-        summary = asyncio.run(rebuild(settings, settings.topic("lifecycle"), store))
+        summary = asyncio.run(
+            rebuild(settings, settings.topic("lifecycle"), store, processes=processes)
+        )
     finally:
         store.close()
     return {
@@ -176,9 +179,15 @@ def timed_rebuild(settings: Settings, url: str) -> dict[str, Any]:
     }
 
 
-def timed_verify(settings: Settings) -> dict[str, Any]:
+def timed_verify(settings: Settings, processes: int | None = None) -> dict[str, Any]:
     checked = asyncio.run(
-        verify(settings, settings.topic("requests"), settings.topic("lifecycle"), Policy())
+        verify(
+            settings,
+            settings.topic("requests"),
+            settings.topic("lifecycle"),
+            Policy(),
+            processes=processes,
+        )
     )
     return {
         "recorded": checked.recorded,
@@ -227,15 +236,27 @@ def run_replay(
             "requests_messages": len(requests_log),
             "log_written_s": round(written_s, 1),
             "repeat": repeat,
+            "processes": default_processes(),
         }
+
+        def sqlite(i: int, processes: int | None) -> dict[str, Any]:
+            url = f"sqlite:///{root / f'replay{i}-{processes}.sqlite3'}"
+            return timed_rebuild(settings, url, processes)
+
+        # each with its default processes (one per core) and, beside it, all in one process
         measures: dict[str, Callable[[int], dict[str, Any]]] = {
             "read_only": lambda _: timed_read(settings),
-            "sqlite": lambda i: timed_rebuild(settings, f"sqlite:///{root / f'replay{i}.sqlite3'}"),
+            "sqlite_one_process": lambda i: sqlite(i, 1),
+            "sqlite": lambda i: sqlite(i, None),
         }
         if with_postgres:
+            measures["postgresql_one_process"] = lambda _: timed_rebuild(
+                settings, postgres_url(postgres_server), 1
+            )
             measures["postgresql"] = lambda _: timed_rebuild(
                 settings, postgres_url(postgres_server)
             )
+        measures["verify_one_process"] = lambda _: timed_verify(settings, 1)
         measures["verify"] = lambda _: timed_verify(settings)
         for name, measure in measures.items():  # each a fresh database
             result[name] = median_of([measure(i) for i in range(repeat)])

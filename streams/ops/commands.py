@@ -91,7 +91,16 @@ def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int],
     help="instead: re-derive every decision from [requests] with the pure rules and compare "
     "with [lifecycle]; exit 1 on any difference",
 )
-def replay(database_url: str | None, force: bool, until: str | None, verify: bool) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="processes to use (default: one per core); rebuild reads in this one and writes in "
+    "another, verify re-derives a share of the partitions in each; 1 = all in this process",
+)
+def replay(
+    database_url: str | None, force: bool, until: str | None, verify: bool, processes: int | None
+) -> None:
     """Rebuild the SQL projection from the lifecycle topic, or verify the recorded decisions.
 
     Read-only towards the world: a group-less consumer reads up to the end offsets captured at
@@ -101,14 +110,20 @@ def replay(database_url: str | None, force: bool, until: str | None, verify: boo
     if verify:
         if database_url or until or force:
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
-        _verify(settings)
+        _verify(settings, processes)
         return
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
-    _rebuild(settings, database_url, force, _parse_time(until))
+    _rebuild(settings, database_url, force, _parse_time(until), processes)
 
 
-def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
+def _rebuild(
+    settings: Settings,
+    database_url: str,
+    force: bool,
+    until_ms: int | None,
+    processes: int | None,
+) -> None:
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
@@ -129,6 +144,7 @@ def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int |
                     until_ms=until_ms,
                     on_total=on_total,
                     progress=progress,
+                    processes=processes,
                 )
             ),
         )
@@ -167,7 +183,7 @@ def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
     store.reset()
 
 
-def _verify(settings: Settings) -> None:
+def _verify(settings: Settings, processes: int | None) -> None:
     from streams.app import policy_from
     from streams.ops.replay import verify
 
@@ -182,6 +198,7 @@ def _verify(settings: Settings) -> None:
                 policy_from(settings),
                 on_total=on_total,
                 progress=progress,
+                processes=processes,
             )
         ),
     )

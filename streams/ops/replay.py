@@ -15,6 +15,11 @@ Both are read-only towards Kafka and the outside world: a plain consumer without
 started; nothing is produced, no OpenAI or Talkable call is made. They connect as every
 process does (``client_options``: TLS and SASL from the settings).
 
+On more than one core both split the work across forked processes (``streams.ops.helpers``):
+the rebuild decodes and writes beside the reading; verify re-derives each share of the
+[requests] partitions in a process of its own (a person's messages, and so its decisions,
+are all in one partition) while this process reads [lifecycle].
+
 ``until_ms`` cuts by the Kafka record timestamp (when the ledger wrote the transition), via
 ``offsets_for_times``: the projection as it could have been seen at that moment. The event's
 own ``at_ms`` is not used for the cut: for a request with a usage limit it is Talkable's
@@ -38,9 +43,10 @@ from aiokafka.errors import KafkaError
 from models.events import LifecycleEvent
 from models.ledger import PersonState, Policy, handle
 from streams import heap
-from streams.codecs import decode, decode_requests
+from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError, TalkstreamError
 from streams.kafka_options import broker_error, client_options
+from streams.ops.helpers import FORK, Channel, Helper, default_processes, run_all, shares
 from streams.projection.store import ProjectionStore, Sourced
 from streams.settings import Settings
 
@@ -77,11 +83,18 @@ class Skipped:
 class LogReader:
     """One topic from its earliest offsets to the end offsets captured on entry."""
 
-    def __init__(self, settings: Settings, topic: str, until_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        until_ms: int | None = None,
+        bounds: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.until_ms = until_ms
         self.bounds: dict[int, tuple[int, int]] = {}  # partition -> [first, end)
+        self._given = bounds  # these partitions and offsets (a share captured by another reader)
         self._consumer: Any = None
 
     @property
@@ -96,6 +109,10 @@ class LogReader:
             auto_offset_reset="earliest",
         )
         try:
+            if self._given is not None:
+                await self._consumer.start()
+                self.bounds = dict(self._given)
+                return self
             partitions = [
                 TopicPartition(self.topic, p)
                 for p in await partitions_of(self.settings, self.topic)
@@ -213,51 +230,86 @@ async def rebuild(
     until_ms: int | None = None,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    processes: int | None = None,
 ) -> RebuildSummary:
+    """``processes``: 1 decodes and writes in this process; more (the default on a machine
+    with several cores) hands that to a forked writer while this process reads."""
     started = time.monotonic()
     with heap.bulk():
-        summary = await _rebuild(settings, topic, store, until_ms, on_total, progress)
+        async with LogReader(settings, topic, until_ms) as reader:
+            summary = RebuildSummary(
+                topic=topic, database=store.url, partitions=len(reader.bounds), until_ms=until_ms
+            )
+            if on_total:
+                on_total(reader.total)
+            if (processes or default_processes()) > 1 and FORK:
+                await _rebuild_beside(reader, store, summary, progress)
+            else:
+                await _rebuild_here(reader, store, summary, progress)
+        summary.requests, summary.transitions = store.counts()
+        summary.states = store.states()
     summary.seconds = time.monotonic() - started
     return summary
 
 
-async def _rebuild(
-    settings: Settings,
-    topic: str,
-    store: ProjectionStore,
-    until_ms: int | None,
-    on_total: Callable[[int], None] | None,
-    progress: Progress | None,
-) -> RebuildSummary:
-    async with LogReader(settings, topic, until_ms) as reader:
-        summary = RebuildSummary(
-            topic=topic, database=store.url, partitions=len(reader.bounds), until_ms=until_ms
-        )
-        if on_total:
-            on_total(reader.total)
-        # one transaction writes while the next records are read and decoded (the database
-        # releases the GIL while it works); one at a time, so each partition stays in order
-        writing: asyncio.Future[int] | None = None
-        sourced: list[Sourced] = []
+async def _rebuild_here(
+    reader: LogReader, store: ProjectionStore, summary: RebuildSummary, progress: Progress | None
+) -> None:
+    sourced: list[Sourced] = []
+    async for batch in reader.batches():
+        sourced += _sourced(batch, summary.skipped)
+        summary.records += len(batch)
+        if progress:
+            progress(len(batch))
+        if len(sourced) >= APPLY_BATCH:
+            summary.applied += store.apply(sourced)
+            sourced = []
+    summary.applied += store.apply(sourced)
+
+
+async def _rebuild_beside(
+    reader: LogReader, store: ProjectionStore, summary: RebuildSummary, progress: Progress | None
+) -> None:
+    """This process reads; a forked writer decodes and applies, a transaction at a time, in
+    the order read (so each partition stays in order)."""
+    # no connection crosses the fork (SQLite's own per-process state would go with it)
+    store.engine.dispose()
+    writer = Helper("replay writer", _write, store)
+    try:
+        pending: list[Record] = []
         async for batch in reader.batches():
-            for record in batch:
-                event = _lifecycle_event(record, summary.skipped)
-                if event is not None:
-                    sourced.append(Sourced(record.topic, record.partition, record.offset, event))
+            pending += batch
             summary.records += len(batch)
             if progress:
                 progress(len(batch))
-            if len(sourced) >= APPLY_BATCH:
-                if writing is not None:
-                    summary.applied += await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(store.apply, sourced))
-                sourced = []
-        if writing is not None:
-            summary.applied += await writing
-        summary.applied += await asyncio.to_thread(store.apply, sourced)
-    summary.requests, summary.transitions = store.counts()
-    summary.states = store.states()
-    return summary
+            if len(pending) >= APPLY_BATCH:
+                writer.send(pending)  # waits while the writer is a batch behind
+                pending = []
+        writer.send(pending)
+        writer.send(None)
+        applied, skipped = run_all([writer], None)[0]
+    finally:
+        writer.stop()
+    summary.applied = applied
+    summary.skipped += skipped
+
+
+def _write(channel: Channel, store: ProjectionStore) -> tuple[int, list[Skipped]]:
+    """The writer's side: decode each batch it is sent, apply it, one transaction each."""
+    applied, skipped = 0, list[Skipped]()
+    with heap.bulk():
+        for records in channel.received():
+            applied += store.apply(_sourced(records, skipped))
+    return applied, skipped
+
+
+def _sourced(records: list[Record], skipped: list[Skipped]) -> list[Sourced]:
+    sourced = []
+    for record in records:
+        event = _lifecycle_event(record, skipped)
+        if event is not None:
+            sourced.append(Sourced(record.topic, record.partition, record.offset, event))
+    return sourced
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -308,86 +360,169 @@ async def verify(
     *,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    processes: int | None = None,
 ) -> VerifySummary:
     """Re-derive [lifecycle] from [requests] and report every difference.
 
     Run it on a quiet pipeline: a request still in flight when the offsets are captured can
     show as ``missing`` (the ledger has not written its next transition yet). Both topics'
     end offsets are captured before either is read, [requests] first.
+
+    ``processes``: how many re-derive (default: one per core); each takes a share of the
+    [requests] partitions (a person's messages are all in one) while this process reads
+    [lifecycle]. 1 does it all here.
     """
     started = time.monotonic()
     check = Rederivation(policy, VerifySummary(requests_topic, lifecycle_topic))
     with heap.bulk():
-        await _rederive(settings, check, requests_topic, lifecycle_topic, on_total, progress)
+        async with (
+            LogReader(settings, requests_topic) as requests,
+            LogReader(settings, lifecycle_topic) as lifecycle,
+        ):
+            if on_total:
+                on_total(requests.total + lifecycle.total)
+            split = shares(requests.bounds, processes or default_processes()) if FORK else []
+            if len(split) > 1:
+                await _rederive_beside(settings, check, split, requests, lifecycle, progress)
+            else:
+                await _rederive_here(check, requests, lifecycle, progress)
         summary = check.compare()
     summary.seconds = time.monotonic() - started
     return summary
 
 
-async def _rederive(
+async def _rederive_here(
+    check: Rederivation, requests: LogReader, lifecycle: LogReader, progress: Progress | None
+) -> None:
+    async for batch in requests.batches():
+        for record in batch:
+            check.request(record)
+        if progress:
+            progress(len(batch))
+    await _read_recorded(check, lifecycle, progress, [])
+
+
+async def _rederive_beside(
     settings: Settings,
     check: Rederivation,
-    requests_topic: str,
-    lifecycle_topic: str,
-    on_total: Callable[[int], None] | None,
+    split: list[dict[int, tuple[int, int]]],
+    requests: LogReader,
+    lifecycle: LogReader,
     progress: Progress | None,
 ) -> None:
-    async with (
-        LogReader(settings, requests_topic) as requests,
-        LogReader(settings, lifecycle_topic) as lifecycle,
-    ):
-        if on_total:
-            on_total(requests.total + lifecycle.total)
-        async for batch in requests.batches():
-            for record in batch:
-                check.request(record)
-            if progress:
-                progress(len(batch))
-        async for batch in lifecycle.batches():
-            for record in batch:
-                check.recorded(record)
-            if progress:
-                progress(len(batch))
+    """A forked process per share of the [requests] partitions re-derives its people's
+    decisions (reading its share itself, up to the offsets captured here) while this one reads
+    [lifecycle]; their derived events are then merged here."""
+    helpers = [
+        Helper(f"verify {sorted(share)}", _derive, settings, requests.topic, share, check.policy)
+        for share in split
+    ]
+    try:
+        await _read_recorded(check, lifecycle, progress, helpers)
+        for derived, messages, skipped in run_all(helpers, progress):
+            check.absorb(derived, messages, skipped)
+    finally:
+        for helper in helpers:
+            helper.stop()
+
+
+async def _read_recorded(
+    check: Rederivation, lifecycle: LogReader, progress: Progress | None, helpers: list[Helper]
+) -> None:
+    async for batch in lifecycle.batches():
+        for record in batch:
+            check.recorded(record)
+        if progress:
+            progress(len(batch))
+        for helper in helpers:
+            helper.drain(progress)
+
+
+def _derive(
+    channel: Channel,
+    settings: Settings,
+    topic: str,
+    share: dict[int, tuple[int, int]],
+    policy: Policy,
+) -> tuple[dict[Identity, list[bytes]], int, list[Skipped]]:
+    """A helper's side: re-derive the decisions of one share of the [requests] partitions."""
+    check = Rederivation(policy, VerifySummary(topic, ""))
+
+    async def read() -> None:
+        async with LogReader(settings, topic, bounds=share) as requests:
+            async for batch in requests.batches():
+                for record in batch:
+                    check.request(record)
+                channel.progress(len(batch))
+
+    with heap.bulk():
+        asyncio.run(read())
+    return check.derived, check.summary.messages, check.summary.skipped
+
+
+SAME = None  # a recorded event byte for byte the one derived first for its identity
 
 
 class Rederivation:
     """Re-runs the rules over [requests] records (in offset order per partition) and matches
-    what they derive with the [lifecycle] records, by each event's identity."""
+    what they derive with the [lifecycle] records, by each event's identity.
+
+    Derived events are kept as the bytes the ledger would have written (the same codec); a
+    recorded record with exactly those bytes matches without being decoded. Any other is
+    decoded and compared field by field (every field but ``schema_version``)."""
 
     def __init__(self, policy: Policy, summary: VerifySummary) -> None:
-        self._policy = policy
-        self._summary = summary
+        self.policy = policy
+        self.summary = summary
         self._states: dict[str, PersonState] = {}
-        self._derived: dict[Identity, list[dict[str, Any]]] = {}
-        self._recorded: dict[Identity, list[dict[str, Any]]] = {}
+        self.derived: dict[Identity, list[bytes]] = {}
+        self._recorded: list[Record] = []
 
     def request(self, record: Record) -> None:
-        self._summary.messages += 1
+        self.summary.messages += 1
         try:
             message = decode_requests(record.value)
             # the ledger's clock only sets deadlines; the record's time stands in for it
             outcome = handle(
-                self._states.get(message.person), message, self._policy, record.timestamp_ms
+                self._states.get(message.person), message, self.policy, record.timestamp_ms
             )
         except Exception as exc:  # the ledger dead-letters these and keeps its state
-            self._summary.skipped.append(
+            self.summary.skipped.append(
                 Skipped(record.topic, record.partition, record.offset, repr(exc)[:300])
             )
             return
         self._states[message.person] = outcome.state
         for event in outcome.events:
-            self._derived.setdefault(event.identity(), []).append(_comparable(event))
+            self.derived.setdefault(event.identity(), []).append(encode(event))
+
+    def absorb(
+        self, derived: dict[Identity, list[bytes]], messages: int, skipped: list[Skipped]
+    ) -> None:
+        """What a helper derived from its share of the partitions."""
+        for identity, events in derived.items():
+            self.derived.setdefault(identity, []).extend(events)
+        self.summary.messages += messages
+        self.summary.skipped += sorted(skipped, key=lambda s: (s.partition, s.offset))
 
     def recorded(self, record: Record) -> None:
-        logged = _lifecycle_event(record, self._summary.skipped)
-        if logged is not None:
-            self._recorded.setdefault(logged.identity(), []).append(_comparable(logged))
+        self._recorded.append(record)  # matched in compare(), once everything is derived
 
     def compare(self) -> VerifySummary:
-        summary = self._summary
-        summary.derived = sum(len(v) for v in self._derived.values())
-        summary.recorded = sum(len(v) for v in self._recorded.values())
-        _compare(self._derived, self._recorded, summary)
+        summary = self.summary
+        first = {events[0]: identity for identity, events in self.derived.items()}
+        recorded: dict[Identity, list[dict[str, Any] | None]] = {}
+        for record in self._recorded:
+            identity = first.get(record.value) if record.value is not None else None
+            if identity is not None:
+                recorded.setdefault(identity, []).append(SAME)
+                continue
+            logged = _lifecycle_event(record, summary.skipped)
+            if logged is not None:
+                recorded.setdefault(logged.identity(), []).append(_comparable(logged))
+        self._recorded = []
+        summary.derived = sum(len(v) for v in self.derived.values())
+        summary.recorded = sum(len(v) for v in recorded.values())
+        _compare(self.derived, recorded, summary)
         return summary
 
 
@@ -404,30 +539,36 @@ def _plain(value: Any) -> Any:
 
 
 def _compare(
-    derived: dict[Identity, list[dict[str, Any]]],
-    recorded: dict[Identity, list[dict[str, Any]]],
+    derived: dict[Identity, list[bytes]],
+    recorded: dict[Identity, list[dict[str, Any] | None]],
     summary: VerifySummary,
 ) -> None:
-    for identity in sorted(derived.keys() | recorded.keys()):
+    for identity in derived.keys() | recorded.keys():
         ours, theirs = derived.get(identity, []), recorded.get(identity, [])
         if not ours:
             summary.differences.extend(Difference("unexpected", *identity) for _ in theirs)
             continue
-        expected = ours[0]
+        expected: dict[str, Any] | None = None  # the first derived, decoded only if needed
         for index, got in enumerate(theirs):
-            if got != expected:
-                changed = {
-                    k: (_plain(expected.get(k)), _plain(got.get(k)))
-                    for k in sorted(expected.keys() | got.keys())
-                    if expected.get(k) != got.get(k)
-                }
-                summary.differences.append(Difference("changed", *identity, fields=changed))
-            elif index < len(ours):
+            if got is not SAME:
+                if expected is None:
+                    expected = _comparable(decode(LifecycleEvent, ours[0]))
+                if got != expected:
+                    changed = {
+                        k: (_plain(expected.get(k)), _plain(got.get(k)))
+                        for k in sorted(expected.keys() | got.keys())
+                        if expected.get(k) != got.get(k)
+                    }
+                    summary.differences.append(Difference("changed", *identity, fields=changed))
+                    continue
+            if index < len(ours):
                 summary.matched += 1
             else:
                 summary.repeated += 1
         missing = len(ours) - len(theirs)
         summary.differences.extend(Difference("missing", *identity) for _ in range(missing))
+    # by identity (a stable sort: an identity's own differences keep their order)
+    summary.differences.sort(key=lambda d: (d.request_id, d.type, d.state, d.attempt))
 
 
 def _lifecycle_event(record: Any, skipped: list[Skipped]) -> LifecycleEvent | None:

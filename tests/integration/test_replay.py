@@ -57,6 +57,14 @@ def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
     return asyncio.run(sizes())
 
 
+def topic_sizes_by_partition(bootstrap: str, topic: str) -> list[int]:
+    async def sizes() -> list[int]:
+        async with LogReader(Settings(kafka_bootstrap=bootstrap), topic) as reader:
+            return [end - first for first, end in reader.bounds.values()]
+
+    return asyncio.run(sizes())
+
+
 def post_all(system: System, bodies: list[dict[str, Any]]) -> list[str]:
     ids = []
     for body in bodies:
@@ -153,9 +161,10 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
 
 
 def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System, tmp_path: Path):
+    """Once written by a forked writer beside the reader, once all in one process."""
     first, second = (f"sqlite:///{tmp_path / name}" for name in ("one.sqlite3", "two.sqlite3"))
-    replay_into(system, first)
-    replay_into(system, second)
+    replay_into(system, first, "--processes", "2")
+    replay_into(system, second, "--processes", "1")
     refused = talkstream(system.env, "replay", "--database-url", first)
     assert refused.exit_code == 1 and "already holds a projection" in refused.output
     replay_into(system, first, "--force")
@@ -198,11 +207,18 @@ def test_replay_until_stops_at_a_point_in_time(traffic: Traffic, system: System,
 
 
 def test_verify_re_derives_every_recorded_decision(traffic: Traffic, system: System):
-    result = talkstream(system.env, "replay", "--verify")
-    assert result.exit_code == 0, result.output
-    assert "no differences" in result.stdout
-    derived, recorded = re.search(r"re-derived (\d+) .*; (\d+) recorded", result.stdout).groups()
-    assert int(derived) == int(recorded) > 0
+    counts = {}
+    for processes in ("1", "3"):  # all here; three shares of the partitions re-derived beside
+        result = talkstream(system.env, "replay", "--verify", "--processes", processes)
+        assert result.exit_code == 0, result.output
+        assert "no differences" in result.stdout
+        found = re.search(
+            r"re-derived (\d+) .* from (\d+) messages.*; (\d+) recorded", result.stdout
+        )
+        derived, messages, recorded = (int(n) for n in found.groups())
+        assert derived == recorded > 0
+        counts[processes] = (derived, messages, recorded)
+    assert counts["1"] == counts["3"]
 
 
 def test_audit_shows_a_real_requests_history_from_the_projection(traffic: Traffic, system: System):
@@ -242,9 +258,12 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
     log.published(r, at_ms=r.at_ms + 700)
     log.received("r-limited", limit=1, at_ms=r.at_ms + 1000)
     events = [s.event for s in log.records]
+    for n in range(6):  # more people: their messages land on both partitions
+        log.received(f"r-other-{n}", email=f"other{n}@example.com", at_ms=r.at_ms + 2000 + n)
+    others = [s.event for s in log.records[len(events) :]]
     altered = events[3].model_copy(update={"cause": "text generated (edited)"})
     forged = events[0].model_copy(update={"request_id": "r-ghost"})
-    recorded = [*events[:3], altered, *events[4:-1], events[0], forged]  # last one dropped
+    recorded = [*events[:3], altered, *events[4:-1], events[0], forged, *others]  # one dropped
 
     async def produce() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
@@ -262,10 +281,15 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
             await producer.stop()
 
     asyncio.run(produce())
+    assert all(
+        end > 0 for end in topic_sizes_by_partition(kafka.bootstrap, settings.topic("requests"))
+    )
     env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
-    result = talkstream(env, "replay", "--verify")
-    assert result.exit_code == 1
-    out = result.stdout
+    alone, beside = (talkstream(env, "replay", "--verify", "--processes", n) for n in ("1", "2"))
+    assert alone.exit_code == beside.exit_code == 1
+    # the same report, but for the seconds it took
+    assert re.sub(r"\(\d+\.\ds\)", "", alone.stdout) == re.sub(r"\(\d+\.\ds\)", "", beside.stdout)
+    out = beside.stdout
     assert "3 differences:" in out and "1 repeated" in out
     assert (
         "changed    r-ok TextGenerated state=generated attempt=1: cause: derived='text "

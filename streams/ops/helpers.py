@@ -1,0 +1,144 @@
+"""Replay's work beside the reading: a forked helper process and the pipe to it.
+
+``talkstream replay`` is CPU-bound Python (decoding, the rules, building rows), so on a machine
+with more than one core it splits the work across processes: ``rebuild`` reads the log while a
+helper decodes and writes the projection; ``verify`` re-derives each share of the [requests]
+partitions in a helper of its own (a person's decisions never leave its partition) while this
+process reads the recorded [lifecycle].
+
+A helper is forked (it starts at once, with everything already imported, and shares nothing
+but the pipe afterwards). It reports ``("progress", n)``, then ``("done", value)`` or
+``("error", message)``. Where fork is not available the work stays in the calling process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from streams.errors import TalkstreamError
+
+FORK = "fork" in multiprocessing.get_all_start_methods()
+STALL_SECONDS = 120.0  # a helper that says nothing for this long is taken for hung
+
+
+class HelperError(TalkstreamError):
+    pass
+
+
+def default_processes() -> int:
+    """Processes a replay uses by default: one per core (1: all the work in this one)."""
+    return (os.cpu_count() or 1) if FORK else 1
+
+
+def shares(bounds: dict[int, tuple[int, int]], count: int) -> list[dict[int, tuple[int, int]]]:
+    """The partitions that have records, split into at most ``count`` shares of about equal
+    size (largest first, each to the lightest share)."""
+    loaded = sorted(
+        ((end - first, p) for p, (first, end) in bounds.items() if end > first), reverse=True
+    )
+    split: list[dict[int, tuple[int, int]]] = [{} for _ in range(min(count, len(loaded)))]
+    sizes = [0] * len(split)
+    for size, partition in loaded:
+        lightest = sizes.index(min(sizes))
+        split[lightest][partition] = bounds[partition]
+        sizes[lightest] += size
+    return split
+
+
+class Channel:
+    """The helper's end of the pipe."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def progress(self, count: int) -> None:
+        self._conn.send(("progress", count))
+
+    def received(self) -> Iterator[Any]:
+        """What the caller sends, until it sends None."""
+        while (value := self._conn.recv()) is not None:
+            yield value
+
+
+class Helper:
+    """One forked process running ``work(channel, *args)``; its return value is the result."""
+
+    def __init__(self, name: str, work: Callable[..., Any], *args: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self.name = name
+        self._conn, theirs = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=_serve, args=(theirs, work, args), name=name, daemon=True
+        )
+        self._process.start()
+        theirs.close()
+        self._done = False
+        self._value: Any = None
+
+    def send(self, value: Any) -> None:
+        """Hand the helper some work (blocks while it is behind: the pipe is the buffer)."""
+        try:
+            self._conn.send(value)
+        except (BrokenPipeError, ConnectionResetError):
+            self.result(lambda _: None)  # it stopped: raises with what it said
+
+    def drain(self, progress: Callable[[int], None] | None) -> None:
+        """Take the reports already waiting, without waiting for more."""
+        while not self._done and self._conn.poll():
+            self._take(progress)
+
+    def result(self, progress: Callable[[int], None] | None) -> Any:
+        """Wait for the helper's result (its progress reported meanwhile)."""
+        while not self._done:
+            if not self._conn.poll(STALL_SECONDS):
+                raise HelperError(f"{self.name}: no word for {STALL_SECONDS:.0f}s")
+            self._take(progress)
+        self._process.join()
+        return self._value
+
+    def stop(self) -> None:
+        """End the process if it still runs (after an error elsewhere)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+        self._conn.close()
+
+    def _take(self, progress: Callable[[int], None] | None) -> None:
+        try:
+            kind, value = self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            self._process.join()
+            raise HelperError(
+                f"{self.name} stopped without a result (exit code {self._process.exitcode})"
+            ) from None
+        if kind == "progress":
+            if progress is not None:
+                progress(value)
+        elif kind == "done":
+            self._done, self._value = True, value
+        else:
+            raise HelperError(f"{self.name}: {value}")
+
+
+def run_all(helpers: Sequence[Helper], progress: Callable[[int], None] | None) -> list[Any]:
+    """Every helper's result, in order; all of them stopped if one fails."""
+    try:
+        return [helper.result(progress) for helper in helpers]
+    finally:
+        for helper in helpers:
+            helper.stop()
+
+
+def _serve(conn: Any, work: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        value = work(Channel(conn), *args)
+        conn.send(("done", value))
+    except TalkstreamError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException as exc:  # reported to the caller, who raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"[:1000]))
+    finally:
+        conn.close()

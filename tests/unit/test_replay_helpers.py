@@ -1,0 +1,126 @@
+"""Replay's helpers and its comparison: partitions shared out evenly, a forked helper's
+result, progress and failure reach the caller, and verify's byte-for-byte match counts what
+the field-by-field comparison would."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from models.events import LifecycleEvent, State
+from models.ledger import Policy
+from streams.codecs import encode
+from streams.ops.helpers import Channel, Helper, HelperError, run_all, shares
+from streams.ops.replay import Record, Rederivation, VerifySummary, _comparable, _compare
+
+
+def test_shares_balance_the_partitions_that_have_records() -> None:
+    bounds = {0: (0, 100), 1: (0, 90), 2: (5, 5), 3: (0, 40), 4: (10, 60)}
+    split = shares(bounds, 2)
+    assert sorted(p for share in split for p in share) == [0, 1, 3, 4]  # 2 is empty
+    sizes = sorted(sum(end - first for first, end in share.values()) for share in split)
+    assert sizes == [140, 140]
+    assert all(share[p] == bounds[p] for share in split for p in share)
+    assert len(shares(bounds, 8)) == 4  # never more shares than partitions with records
+    assert shares({0: (3, 3)}, 2) == []
+
+
+def _double(channel: Channel, numbers: list[int]) -> list[int]:
+    channel.progress(len(numbers))
+    return [2 * n for n in numbers]
+
+
+def _sum_what_is_sent(channel: Channel) -> int:
+    return sum(sum(batch) for batch in channel.received())
+
+
+def _fail(channel: Channel) -> None:
+    raise ValueError("the database refused the rows")
+
+
+def _die(channel: Channel) -> None:
+    os._exit(3)
+
+
+def test_a_helper_returns_its_result_and_reports_progress() -> None:
+    seen: list[int] = []
+    assert run_all([Helper("double", _double, [1, 2, 3])], seen.append) == [[2, 4, 6]]
+    assert seen == [3]
+
+
+def test_a_helper_takes_what_it_is_sent_until_none() -> None:
+    helper = Helper("sum", _sum_what_is_sent)
+    for batch in ([1, 2], [3], list(range(10_000))):
+        helper.send(batch)
+    helper.send(None)
+    assert run_all([helper], None) == [6 + sum(range(10_000))]
+
+
+def test_a_helpers_failure_is_raised_with_its_reason() -> None:
+    with pytest.raises(HelperError, match="ValueError: the database refused the rows"):
+        run_all([Helper("fails", _fail)], None)
+
+
+def test_a_helper_that_dies_is_reported_not_waited_for() -> None:
+    with pytest.raises(HelperError, match=r"stopped without a result \(exit code 3\)"):
+        run_all([Helper("dies", _die)], None)
+
+
+def _event(request_id: str, state: State, previous: State | None, **fields: Any) -> LifecycleEvent:
+    kinds = {State.RECEIVED: "RequestReceived", State.ADMITTED: "RequestAdmitted"}
+    return LifecycleEvent(
+        type=kinds[state],
+        request_id=request_id,
+        person="site:ada@example.com",
+        site="site",
+        state=state,
+        previous_state=previous,
+        at_ms=1_000,
+        cause="webhook accepted" if state is State.RECEIVED else "admitted",
+        **fields,
+    )
+
+
+def _checked(derived: list[LifecycleEvent], recorded: list[LifecycleEvent]) -> VerifySummary:
+    check = Rederivation(Policy(), VerifySummary("requests", "lifecycle"))
+    for event in derived:
+        check.derived.setdefault(event.identity(), []).append(encode(event))
+    for offset, event in enumerate(recorded):
+        check.recorded(Record("lifecycle", 0, offset, 0, encode(event)))
+    return check.compare()
+
+
+def test_verify_counts_the_same_whether_bytes_match_or_fields_do() -> None:
+    a = _event("a", State.RECEIVED, None)
+    b = _event("b", State.RECEIVED, None)
+    older = b.model_copy(update={"schema_version": 1})  # written by older code: other bytes
+    summary = _checked([a, b], [a, a, older])
+    assert (summary.matched, summary.repeated, summary.differences) == (2, 1, [])
+    assert summary.recorded == 3 and summary.derived == 2
+
+
+def test_verify_reports_changed_missing_and_unexpected_in_identity_order() -> None:
+    a, b, c = (_event(r, State.RECEIVED, None) for r in "abc")
+    edited = a.model_copy(update={"cause": "edited"})
+    stray = _event("z", State.ADMITTED, State.RECEIVED)
+    summary = _checked([c, b, a], [stray, edited, c])
+    assert [(d.kind, d.request_id) for d in summary.differences] == [
+        ("changed", "a"),
+        ("missing", "b"),
+        ("unexpected", "z"),
+    ]
+    assert summary.differences[0].fields == {"cause": ("webhook accepted", "edited")}
+    assert summary.matched == 1
+
+
+def test_an_identitys_own_differences_keep_the_order_they_were_recorded_in() -> None:
+    a = _event("a", State.RECEIVED, None)
+    recorded = [_comparable(a.model_copy(update={"cause": c})) for c in ("one", "two")]
+    summary = VerifySummary("r", "l")
+    _compare({a.identity(): [encode(a)]}, {a.identity(): [*recorded]}, summary)
+    assert [d.fields for d in summary.differences] == [
+        {"cause": ("webhook accepted", "one")},
+        {"cause": ("webhook accepted", "two")},
+    ]
