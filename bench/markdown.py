@@ -320,23 +320,12 @@ def replay_section(r: Mapping[str, Any] | None = None) -> str:
     goal = "at least 50,000/s"
     n = r.get("processes")
     default = f", {n} processes (the default: one per core)" if n else ""
-    one = ", `--processes 1` (all in one process)"
     rows = [
         ("read the log only (the baseline: nothing decoded or written)", r.get("read_only"), ""),
-        (f"`talkstream replay` into a fresh SQLite file{one}", r.get("sqlite_one_process"), ""),
-        (f"`talkstream replay` into a fresh SQLite file{default}", r.get("sqlite"), goal),
+        ("`talkstream replay` into a fresh SQLite file", r.get("sqlite"), goal),
+        ("`talkstream replay` into a fresh PostgreSQL database", r.get("postgresql"), goal),
         (
-            f"`talkstream replay` into a fresh PostgreSQL database{one}",
-            r.get("postgresql_one_process"),
-            "",
-        ),
-        (
-            f"`talkstream replay` into a fresh PostgreSQL database{default}",
-            r.get("postgresql"),
-            goal,
-        ),
-        (
-            f"`talkstream replay --verify` (re-derives every event){one}",
+            "`talkstream replay --verify --processes 1` (re-derives every event, in one process)",
             r.get("verify_one_process"),
             "",
         ),

@@ -163,12 +163,10 @@ def timed_read(settings: Settings) -> dict[str, Any]:
     }
 
 
-def timed_rebuild(settings: Settings, url: str, processes: int | None = None) -> dict[str, Any]:
+def timed_rebuild(settings: Settings, url: str) -> dict[str, Any]:
     store = ProjectionStore.from_url(url)
     try:
-        summary = asyncio.run(
-            rebuild(settings, settings.topic("lifecycle"), store, processes=processes)
-        )
+        summary = asyncio.run(rebuild(settings, settings.topic("lifecycle"), store))
     finally:
         store.close()
     return {
@@ -238,24 +236,15 @@ def run_replay(
             "repeat": repeat,
             "processes": default_processes(),
         }
-
-        def sqlite(i: int, processes: int | None) -> dict[str, Any]:
-            url = f"sqlite:///{root / f'replay{i}-{processes}.sqlite3'}"
-            return timed_rebuild(settings, url, processes)
-
-        # each with its default processes (one per core) and, beside it, all in one process
         measures: dict[str, Callable[[int], dict[str, Any]]] = {
             "read_only": lambda _: timed_read(settings),
-            "sqlite_one_process": lambda i: sqlite(i, 1),
-            "sqlite": lambda i: sqlite(i, None),
+            "sqlite": lambda i: timed_rebuild(settings, f"sqlite:///{root / f'replay{i}.sqlite3'}"),
         }
         if with_postgres:
-            measures["postgresql_one_process"] = lambda _: timed_rebuild(
-                settings, postgres_url(postgres_server), 1
-            )
             measures["postgresql"] = lambda _: timed_rebuild(
                 settings, postgres_url(postgres_server)
             )
+        # verify with its default processes (one per core) and, beside it, all in one process
         measures["verify_one_process"] = lambda _: timed_verify(settings, 1)
         measures["verify"] = lambda _: timed_verify(settings)
         for name, measure in measures.items():  # each a fresh database

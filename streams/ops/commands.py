@@ -95,8 +95,8 @@ def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int],
     "--processes",
     type=click.IntRange(min=1),
     default=None,
-    help="processes to use (default: one per core); rebuild reads in this one and writes in "
-    "another, verify re-derives a share of the partitions in each; 1 = all in this process",
+    help="with --verify: processes re-deriving a share of the [requests] partitions each "
+    "(default: one per core); 1 = all in this process",
 )
 def replay(
     database_url: str | None, force: bool, until: str | None, verify: bool, processes: int | None
@@ -107,6 +107,8 @@ def replay(
     start; nothing is produced, OpenAI and Talkable are not called.
     """
     settings = Settings()
+    if processes is not None and not verify:
+        raise click.UsageError("--processes goes with --verify (a rebuild is one process)")
     if verify:
         if database_url or until or force:
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
@@ -114,16 +116,10 @@ def replay(
         return
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
-    _rebuild(settings, database_url, force, _parse_time(until), processes)
+    _rebuild(settings, database_url, force, _parse_time(until))
 
 
-def _rebuild(
-    settings: Settings,
-    database_url: str,
-    force: bool,
-    until_ms: int | None,
-    processes: int | None,
-) -> None:
+def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
@@ -144,7 +140,6 @@ def _rebuild(
                     until_ms=until_ms,
                     on_total=on_total,
                     progress=progress,
-                    processes=processes,
                 )
             ),
         )

@@ -1,10 +1,9 @@
 """Replay's work beside the reading: a forked helper process and the pipe to it.
 
-``talkstream replay`` is CPU-bound Python (decoding, the rules, building rows), so on a machine
-with more than one core it splits the work across processes: ``rebuild`` reads the log while a
-helper decodes and writes the projection; ``verify`` re-derives each share of the [requests]
-partitions in a helper of its own (a person's decisions never leave its partition) while this
-process reads the recorded [lifecycle].
+``talkstream replay --verify`` is CPU-bound Python (decoding, the rules), so on a machine with
+more than one core it re-derives each share of the [requests] partitions in a helper of its
+own (a person's decisions never leave its partition) while this process reads the recorded
+[lifecycle].
 
 A helper is forked (it starts at once, with everything already imported, and shares nothing
 but the pipe afterwards). It reports ``("progress", n)``, then ``("done", value)`` or
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streams.errors import TalkstreamError
@@ -29,7 +28,7 @@ class HelperError(TalkstreamError):
 
 
 def default_processes() -> int:
-    """Processes a replay uses by default: one per core (1: all the work in this one)."""
+    """Processes verify uses by default: one per core (1: all the work in this one)."""
     return (os.cpu_count() or 1) if FORK else 1
 
 
@@ -57,11 +56,6 @@ class Channel:
     def progress(self, count: int) -> None:
         self._conn.send(("progress", count))
 
-    def received(self) -> Iterator[Any]:
-        """What the caller sends, until it sends None."""
-        while (value := self._conn.recv()) is not None:
-            yield value
-
 
 class Helper:
     """One forked process running ``work(channel, *args)``; its return value is the result."""
@@ -69,7 +63,7 @@ class Helper:
     def __init__(self, name: str, work: Callable[..., Any], *args: Any) -> None:
         context = multiprocessing.get_context("fork")
         self.name = name
-        self._conn, theirs = context.Pipe(duplex=True)
+        self._conn, theirs = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve, args=(theirs, work, args), name=name, daemon=True
         )
@@ -77,13 +71,6 @@ class Helper:
         theirs.close()
         self._done = False
         self._value: Any = None
-
-    def send(self, value: Any) -> None:
-        """Hand the helper some work (blocks while it is behind: the pipe is the buffer)."""
-        try:
-            self._conn.send(value)
-        except (BrokenPipeError, ConnectionResetError):
-            self.result(lambda _: None)  # it stopped: raises with what it said
 
     def drain(self, progress: Callable[[int], None] | None) -> None:
         """Take the reports already waiting, without waiting for more."""

@@ -161,12 +161,13 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
 
 
 def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System, tmp_path: Path):
-    """Once written by a forked writer beside the reader, once all in one process."""
     first, second = (f"sqlite:///{tmp_path / name}" for name in ("one.sqlite3", "two.sqlite3"))
-    replay_into(system, first, "--processes", "2")
-    replay_into(system, second, "--processes", "1")
+    replay_into(system, first)
+    replay_into(system, second)
     refused = talkstream(system.env, "replay", "--database-url", first)
     assert refused.exit_code == 1 and "already holds a projection" in refused.output
+    misused = talkstream(system.env, "replay", "--database-url", first, "--processes", "2")
+    assert misused.exit_code == 2 and "--processes goes with --verify" in misused.output
     replay_into(system, first, "--force")
     a, b = ProjectionStore.from_url(first), ProjectionStore.from_url(second)
     try:

@@ -32,10 +32,6 @@ def _double(channel: Channel, numbers: list[int]) -> list[int]:
     return [2 * n for n in numbers]
 
 
-def _sum_what_is_sent(channel: Channel) -> int:
-    return sum(sum(batch) for batch in channel.received())
-
-
 def _fail(channel: Channel) -> None:
     raise ValueError("the database refused the rows")
 
@@ -48,14 +44,6 @@ def test_a_helper_returns_its_result_and_reports_progress() -> None:
     seen: list[int] = []
     assert run_all([Helper("double", _double, [1, 2, 3])], seen.append) == [[2, 4, 6]]
     assert seen == [3]
-
-
-def test_a_helper_takes_what_it_is_sent_until_none() -> None:
-    helper = Helper("sum", _sum_what_is_sent)
-    for batch in ([1, 2], [3], list(range(10_000))):
-        helper.send(batch)
-    helper.send(None)
-    assert run_all([helper], None) == [6 + sum(range(10_000))]
 
 
 def test_a_helpers_failure_is_raised_with_its_reason() -> None:
