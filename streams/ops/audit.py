@@ -18,7 +18,7 @@ from models.lifecycle import TERMINAL, State
 from models.params import person_key
 from streams.ops import clocks
 from streams.projection.store import ProjectionStore
-from streams.projection.tables import RequestRow, TransitionRow
+from streams.projection.tables import RequestRow
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -87,22 +87,22 @@ class Step:
     judged: bool = False
 
     @classmethod
-    def of(cls, row: TransitionRow, clocked: clocks.Step | None = None) -> Step:
+    def of(cls, step: clocks.Step) -> Step:
         return cls(
-            at=iso(row.at_ms),
-            at_ms=row.at_ms,
-            state=row.state,
-            type=row.type,
-            attempt=row.attempt,
-            cause=row.cause,
-            error_class=row.error_class,
-            error_message=row.error_message,
-            window_start=row.window_start,
-            window_count=row.window_count,
-            source=f"{row.topic}/{row.partition}/{row.offset}",
-            wall_at=iso(clocked.wall_ms) if clocked else iso(row.at_ms),
-            since_arrival_ms=clocked.since_arrival_ms if clocked else 0,
-            judged=clocked.judged if clocked else False,
+            at=iso(step.at_ms),
+            at_ms=step.at_ms,
+            state=step.state,
+            type=step.type,
+            attempt=step.attempt,
+            cause=step.cause,
+            error_class=step.error_class,
+            error_message=step.error_message,
+            window_start=step.window_start,
+            window_count=step.window_count,
+            source=step.source,
+            wall_at=iso(step.wall_ms),
+            since_arrival_ms=step.since_arrival_ms,
+            judged=step.judged,
         )
 
 
@@ -133,8 +133,7 @@ class History:
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
-    rows = store.transitions(row.request_id)
-    timeline = clocks.timeline_of(row, rows)
+    timeline = clocks.timeline_of(row, store.transitions(row.request_id))
     return History(
         request_id=row.request_id,
         site=row.site,
@@ -150,7 +149,7 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
         generation_latency_ms=row.generation_latency_ms,
         attempts=row.attempts,
         error_class=row.error_class,
-        transitions=[Step.of(t, c) for t, c in zip(rows, timeline.steps, strict=True)],
+        transitions=[Step.of(step) for step in timeline.steps],
         arrived_at=iso(row.arrived_at_ms),
         event_time=iso(row.received_at_ms),
         event_offset_ms=timeline.event_offset_ms,
