@@ -146,3 +146,15 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")
+
+
+async def stop_consumer(consumer: Any) -> None:
+    """Stop an aiokafka consumer. aiokafka 0.14: a group-less consumer's ``stop()`` may re-raise
+    the cancellation of its own fetch task; only that one is swallowed, never a cancellation of
+    the task stopping it."""
+    task = asyncio.current_task()
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise

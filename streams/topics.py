@@ -8,7 +8,6 @@ here, before any worker or ingress runs, with ``TALKSTREAM_PARTITIONS`` partitio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
@@ -29,7 +28,7 @@ from models.events import (
 )
 from models.state import PersonState
 from streams.errors import ConfigError
-from streams.kafka_options import broker_error, client_options
+from streams.kafka_options import broker_error, client_options, stop_consumer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -228,7 +227,5 @@ async def read_range(
             batch = await consumer.getmany(tp, timeout_ms=1000)
             records += [r for r in batch.get(tp, []) if start <= r.offset < end]
     finally:
-        # aiokafka 0.14's group-less consumer may re-raise its own cancelled task on stop
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
+        await stop_consumer(consumer)
     return records

@@ -34,7 +34,7 @@ from models.events import (
 from models.params import completion_event_number
 from streams.codecs import decode, decode_requests
 from streams.errors import DecodeError
-from streams.kafka_options import broker_error, client_options
+from streams.kafka_options import broker_error, client_options, stop_consumer
 from streams.ops.replay import ReplayError, partitions_of
 from streams.settings import Settings
 
@@ -243,11 +243,4 @@ async def _consumer(settings: Settings) -> Any:
     except KafkaError as exc:
         raise await broker_error(settings, exc) from exc
     finally:
-        # aiokafka 0.14: a group-less consumer's stop() may re-raise its own fetch task's
-        # cancellation; swallow only that one, never a cancellation of ours
-        task = asyncio.current_task()
-        try:
-            await consumer.stop()
-        except asyncio.CancelledError:
-            if task is not None and task.cancelling():
-                raise
+        await stop_consumer(consumer)

@@ -15,9 +15,7 @@ is redriven once; ``--from-beginning`` reconsiders all of them. For each letter 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from aiokafka.errors import KafkaError
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
-from streams.kafka_options import broker_error, client_options
+from streams.kafka_options import broker_error, client_options, stop_consumer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,9 +114,7 @@ async def redrive(
         await producer.flush()
     finally:
         await producer.stop()
-        # aiokafka 0.14's consumer may re-raise its own cancelled task on stop
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
+        await stop_consumer(consumer)
     return report
 
 

@@ -45,7 +45,7 @@ from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError, TalkstreamError
-from streams.kafka_options import broker_error, client_options
+from streams.kafka_options import broker_error, client_options, stop_consumer
 from streams.ops.helpers import FORK, Channel, Helper, default_processes, run_all, shares
 from streams.projection.store import ProjectionStore, Sourced
 from streams.settings import Settings
@@ -180,14 +180,7 @@ class LogReader:
         if self._consumer is None:
             return
         consumer, self._consumer = self._consumer, None
-        task = asyncio.current_task()
-        try:
-            await consumer.stop()
-        except asyncio.CancelledError:
-            # aiokafka 0.14: a group-less consumer's stop() re-raises the cancellation of its
-            # own fetch task; swallow only that one, never a cancellation of ours
-            if task is not None and task.cancelling():
-                raise
+        await stop_consumer(consumer)
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
