@@ -250,14 +250,7 @@ class Generate(Work[GenerateText]):
         )
 
     def result(self, command: GenerateText, outcome: Outcome[Any], now_ms: int) -> BaseModel:
-        common = {
-            "request_id": command.request_id,
-            "person": command.person,
-            "attempt": command.attempt,
-            "at_ms": now_ms,
-            "tries": outcome.tries,
-            "waited_ms": int(outcome.waited_s * 1000),
-        }
+        common = _reported(command, outcome, now_ms)
         if outcome.error is not None:
             return GenerationAttemptFailed(**common, **_failure(outcome.error))
         done: Timed[Completion] = _value(outcome)
@@ -305,14 +298,7 @@ class Publish(Work[PublishCompletion]):
         )
 
     def result(self, command: PublishCompletion, outcome: Outcome[Any], now_ms: int) -> BaseModel:
-        common = {
-            "request_id": command.request_id,
-            "person": command.person,
-            "attempt": command.attempt,
-            "at_ms": now_ms,
-            "tries": outcome.tries,
-            "waited_ms": int(outcome.waited_s * 1000),
-        }
+        common = _reported(command, outcome, now_ms)
         if outcome.error is not None:
             return PublicationAttemptFailed(
                 **common, **_failure(outcome.error), status=outcome.error.status
@@ -327,6 +313,20 @@ class Publish(Work[PublishCompletion]):
 class Timed(Generic[V]):
     value: V
     latency_ms: int
+
+
+def _reported(
+    command: GenerateText | PublishCompletion, outcome: Outcome[Any], now_ms: int
+) -> dict[str, Any]:
+    """What every result carries: whose attempt it was, when it ended, and what it cost."""
+    return {
+        "request_id": command.request_id,
+        "person": command.person,
+        "attempt": command.attempt,
+        "at_ms": now_ms,
+        "tries": outcome.tries,
+        "waited_ms": int(outcome.waited_s * 1000),
+    }
 
 
 def _value(outcome: Outcome[Any]) -> Any:
