@@ -344,12 +344,18 @@ async def verify(
 async def _rederive_here(
     check: Rederivation, requests: LogReader, lifecycle: LogReader, progress: Progress | None
 ) -> None:
+    await _read_requests(check, requests, progress)
+    await _read_recorded(check, lifecycle, progress, [])
+
+
+async def _read_requests(
+    check: Rederivation, requests: LogReader, progress: Progress | None
+) -> None:
     async for batch in requests.batches():
         for record in batch:
             check.request(record)
         if progress:
             progress(len(batch))
-    await _read_recorded(check, lifecycle, progress, [])
 
 
 async def _rederive_beside(
@@ -400,10 +406,7 @@ def _derive(
 
     async def read() -> None:
         async with LogReader(settings, topic, bounds=share) as requests:
-            async for batch in requests.batches():
-                for record in batch:
-                    check.request(record)
-                channel.progress(len(batch))
+            await _read_requests(check, requests, channel.progress)
 
     with heap.bulk():
         asyncio.run(read())
