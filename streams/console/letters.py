@@ -144,13 +144,10 @@ def _letters_context(given: dict[str, str], rows: list[LetterRow], error: str | 
 
 async def preview(request: web.Request) -> web.Response:
     """The dry run: what a redrive of these filters would send, changing nothing."""
-    s = services_of(request)
-    form = await request.post()
-    given = _given(form)
-    try:
-        filters = LetterFilters.of(form, s.now_ms())
-    except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    posted = await _posted(request)
+    if isinstance(posted, web.Response):
+        return posted
+    s, given, filters = posted.services, posted.given, posted.filters
     rows, error = await _letters(s, filters)
     candidates = {r.letter.request_id: r for r in rows if r.parked and r.letter.request_id}
     report, would = None, []
@@ -170,13 +167,10 @@ async def preview(request: web.Request) -> web.Response:
 
 async def redrive(request: web.Request) -> web.Response:
     """The real redrive of what the preview showed (those of its requests still parked)."""
-    s = services_of(request)
-    form = await request.post()
-    given = _given(form)
-    try:
-        filters = LetterFilters.of(form, s.now_ms())
-    except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    posted = await _posted(request)
+    if isinstance(posted, web.Response):
+        return posted
+    s, form, given, filters = posted.services, posted.form, posted.given, posted.filters
     asked = {v for v in form.getall("id", []) if isinstance(v, str) and v}
     rows = await run_query(s.queries.requests_by_id, asked)
     parked = frozenset(i for i, row in rows.items() if row.state in PARKED)
@@ -199,6 +193,26 @@ async def redrive(request: web.Request) -> web.Response:
             "error": error,
         },
     )
+
+
+@dataclass(frozen=True)
+class _Posted:
+    services: Services
+    form: Any
+    given: dict[str, str]
+    filters: LetterFilters
+
+
+async def _posted(request: web.Request) -> _Posted | web.Response:
+    """The filters an action was posted with, or the letters page saying what is wrong (400)."""
+    s = services_of(request)
+    form = await request.post()
+    given = _given(form)
+    try:
+        filters = LetterFilters.of(form, s.now_ms())
+    except ValueError as exc:
+        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+    return _Posted(s, form, given, filters)
 
 
 def _request_ids(report: RedriveReport) -> list[str]:
