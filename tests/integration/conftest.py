@@ -203,6 +203,17 @@ class System:
     def talkable(self, method: str, path: str, body: Any = None) -> Any:
         return http(method, f"http://127.0.0.1:{self.talkable_port}{path}", body)[1]
 
+    def talkstream(self, *args: str) -> str:
+        """Run a ``talkstream`` command against this deployment; its standard output."""
+        return subprocess.run(
+            [sys.executable, "-m", "streams", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+
     @property
     def projection(self) -> ProjectionStore:
         if self._projection is None:

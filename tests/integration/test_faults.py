@@ -4,8 +4,6 @@ refuses, Talkable goes down, executors lose work, or poison arrives in a topic."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -23,18 +21,6 @@ def post_all(system: System, bodies: list[dict]) -> list[str]:
         assert status == 202, answer
         ids.append(answer["request_id"])
     return ids
-
-
-def talkstream(system: System, *args: str) -> str:
-    """Run a ``talkstream`` command against this deployment; its standard output."""
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
 
 
 def talkable_events(system: System, email_part: str) -> list[dict]:
@@ -144,7 +130,7 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
 
     # the site's key is fixed at Talkable's end; the operator redrives the parked work
     system.talkable("POST", "/_control", {"api_keys": {"test-site": "an-old-key"}})
-    out = talkstream(system, "redrive")
+    out = system.talkstream("redrive")
     assert f"redriven: {request_id}" in out
 
     def published() -> bool:
@@ -156,7 +142,7 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     # the redrive ran through the ledger as one more attempt
     assert states[-3:] == ["publish_failed", "publishing", "published"]
     assert len(talkable_events(system, "rotated@")) == 1
-    again = talkstream(system, "redrive")
+    again = system.talkstream("redrive")
     assert "0 redriven" in again  # each letter is redriven once
 
 
@@ -171,18 +157,18 @@ def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(mak
     assert (row.state, row.error_class) == ("publish_failed", "QueueTimeout")
     assert "503" in (row.error_message or "")
 
-    preview = talkstream(system, "redrive", "--dry-run", "--reason-contains", "503")
+    preview = system.talkstream("redrive", "--dry-run", "--reason-contains", "503")
     assert f"would redrive: {request_id}" in preview  # the ledger dead-lettered it
 
     system.talkable("POST", "/_control", {"down": False})
-    assert f"redriven: {request_id}" in talkstream(system, "redrive", "--reason-contains", "503")
+    assert f"redriven: {request_id}" in system.talkstream("redrive", "--reason-contains", "503")
 
     def published() -> bool:
         found = system.projection.request(request_id)
         return found is not None and found.state == "published"
 
     wait_until(published, 60, what="the redriven publication")
-    [history] = json.loads(talkstream(system, "audit", "--request-id", request_id, "--json"))[
+    [history] = json.loads(system.talkstream("audit", "--request-id", request_id, "--json"))[
         "requests"
     ]
     assert [t["state"] for t in history["transitions"]][-4:] == [

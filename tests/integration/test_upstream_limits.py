@@ -13,8 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -39,17 +37,6 @@ def post_all(system: System, bodies: list[dict]) -> list[str]:
 
 def calls_with(system: System, key: str) -> list[dict]:
     return [c for c in system.openai("GET", "/_calls") if c["key_tail"] == key[-4:]]
-
-
-def talkstream(system: System, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
 
 
 def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
@@ -119,18 +106,18 @@ def test_a_key_without_quota_is_called_once_and_redriven_once_topped_up(make_sys
     assert len(calls_with(system, broke)) == 1  # one call; the rest ended without one
     assert all(broke not in (row.error_message or "") for row in rows.values())
     first = next(iter(rows))
-    [history] = json.loads(talkstream(system, "audit", "--request-id", first, "--json"))["requests"]
+    [history] = json.loads(system.talkstream("audit", "--request-id", first, "--json"))["requests"]
     assert history["transitions"][-1]["error_class"] == "InsufficientQuota"
     assert "quota" in history["transitions"][-1]["error_message"]
 
     # the customer tops up; the operator redrives that site's quota failures
     system.openai("POST", "/_control", {"insufficient_quota_keys": []})
-    preview = talkstream(
-        system, "redrive", "--dry-run", "--site", "broke-site", "--reason-contains", "quota",
+    preview = system.talkstream(
+        "redrive", "--dry-run", "--site", "broke-site", "--reason-contains", "quota",
         "--since", "1h",
     )  # fmt: skip
     assert preview.count("would redrive") == 5
-    talkstream(system, "redrive", "--site", "broke-site", "--reason-contains", "quota")
+    system.talkstream("redrive", "--site", "broke-site", "--reason-contains", "quota")
 
     def redriven() -> dict | None:
         found = {rid: system.projection.request(rid) for rid in ids}
