@@ -21,7 +21,8 @@ carry a secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Collection
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 if TYPE_CHECKING:
     from streams.upstream.limits import Limits
@@ -86,6 +87,27 @@ class GenerationError(UpstreamError):
 
 class PublishError(UpstreamError):
     pass
+
+
+E = TypeVar("E", bound=UpstreamError)
+
+
+def status_error(
+    error: type[E], status: int, text: str, limits: Limits, *, outage: Collection[int] = ()
+) -> E:
+    """What an HTTP error status means for the call, the same for every upstream: a 429 waits
+    (throttled), a 401 or 403 refuses the key, a 5xx (or one of ``outage``) is an outage that
+    waits too, anything else refuses this request only."""
+    if status == 429:
+        return error(
+            text, reason="RateLimited", status=status, retriable=True, throttle=True, limits=limits
+        )
+    if status in (401, 403):
+        reason = "Unauthorized" if status == 401 else "Forbidden"
+        return error(text, reason=reason, status=status, refuses="key", limits=limits)
+    if status >= 500 or status in outage:
+        return error(text, reason="ServerError", status=status, retriable=True, limits=limits)
+    return error(text, reason="BadRequest", status=status, limits=limits)
 
 
 class QueueTimeout(UpstreamError):

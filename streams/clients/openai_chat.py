@@ -32,7 +32,7 @@ import openai
 from openai import AsyncOpenAI
 
 from models.events import ChatRequest
-from streams.errors import GenerationError
+from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
@@ -161,18 +161,8 @@ def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
     if refusal is not None:
         reason, scope = refusal
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
-    if status == 429:
-        return GenerationError(
-            text, reason="RateLimited", status=status, retriable=True, throttle=True, limits=limits
-        )
-    if status in (401, 403):
-        reason = "Unauthorized" if status == 401 else "Forbidden"
-        return GenerationError(text, reason=reason, status=status, refuses="key", limits=limits)
-    if status >= 500 or status in (408, 409):
-        return GenerationError(
-            text, reason="ServerError", status=status, retriable=True, limits=limits
-        )
-    return GenerationError(text, reason="BadRequest", status=status, limits=limits)
+    # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
+    return status_error(GenerationError, status, text, limits, outage=(408, 409))
 
 
 def _error_fields(body: object) -> tuple[str | None, str | None, str | None]:

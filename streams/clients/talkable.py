@@ -25,7 +25,7 @@ import aiohttp
 
 from models.events import PublishCompletion
 from streams.clients.openai_chat import scrub
-from streams.errors import PublishError
+from streams.errors import PublishError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 DUPLICATE_ENTITY = "duplicate entity"
@@ -81,27 +81,12 @@ class TalkableClient:
             ) from None
         if status == 400 and DUPLICATE_ENTITY in message.lower():
             return Publication(duplicate=True), limits
-        raise _status_error(status, scrub(message, api_key), limits)
+        text = f"Talkable answered {status}: {scrub(message, api_key)}"
+        raise status_error(PublishError, status, text, limits)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
-
-
-def _status_error(status: int, message: str, limits: Limits) -> PublishError:
-    text = f"Talkable answered {status}: {message}"
-    if status == 429:
-        return PublishError(
-            text, reason="RateLimited", status=status, retriable=True, throttle=True, limits=limits
-        )
-    if status in (401, 403):
-        reason = "Unauthorized" if status == 401 else "Forbidden"
-        return PublishError(text, reason=reason, status=status, refuses="key", limits=limits)
-    if status >= 500:
-        return PublishError(
-            text, reason="ServerError", status=status, retriable=True, limits=limits
-        )
-    return PublishError(text, reason="BadRequest", status=status, limits=limits)
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:
