@@ -81,6 +81,9 @@ class RequestReceived(_Wire):
     openai_key_id: str = Field(
         "", description="a fingerprint of the OpenAI key (never the key): the target it paces"
     )
+    talkable_key_id: str = Field(
+        "", description="a fingerprint of the Talkable key (never the key): what its refusal covers"
+    )
 
 
 class GenerationAttemptSucceeded(_Wire):
@@ -202,6 +205,7 @@ class PublishCompletion(_Wire):
     event_number: str
     custom_properties: dict[str, str]
     talkable_api_key: Sealed
+    talkable_key_id: str = Field("", description="the key's fingerprint: what a refusal covers")
     redrive: bool = Field(False, description="re-issued by `talkstream redrive`")
 
 

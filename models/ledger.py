@@ -647,6 +647,7 @@ def publish_command(flight: InFlight, window: Window | None, now_ms: int) -> Pub
         event_number=completion_event_number(r.spec.event_number, flight.request_id),
         custom_properties=properties,
         talkable_api_key=r.secrets.talkable_api_key,
+        talkable_key_id=r.talkable_key_id,
         redrive=flight.redriven,
     )
 

@@ -335,4 +335,5 @@ def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> Request
             openai_api_key=secrets.seal(openai.api_key.get_secret_value()),
         ),
         openai_key_id=key_fingerprint(openai.api_key.get_secret_value()),
+        talkable_key_id=key_fingerprint(params.api_key.get_secret_value()),
     )

@@ -222,10 +222,7 @@ class Generate(Work[GenerateText]):
         self._secrets = secrets
 
     def target(self, command: GenerateText) -> str:
-        key_id = command.openai_key_id
-        if not key_id:  # a command from before keys had fingerprints
-            with contextlib.suppress(TalkstreamError):
-                key_id = key_fingerprint(self._secrets.open(command.openai_api_key))
+        key_id = _key_id(self._secrets, command.openai_key_id, command.openai_api_key)
         return f"openai:{key_id or 'unknown'}"
 
     def job(
@@ -281,14 +278,13 @@ class Publish(Work[PublishCompletion]):
             api_key = _opened(self._secrets, command.talkable_api_key)
             return await _classified(self._talkable.publish(command, api_key))
 
-        key_scope = "key"  # a key that cannot be opened fails in its call, with its reason
-        with contextlib.suppress(TalkstreamError):
-            key_scope = f"key:{key_fingerprint(self._secrets.open(command.talkable_api_key))}"
+        # a site is one target whatever key calls it; a refusal covers the key that was refused
+        key_id = _key_id(self._secrets, command.talkable_key_id, command.talkable_api_key)
         return Job(
             key=command.request_id,
             attempt=command.attempt,
             scope="site",
-            key_scope=key_scope,
+            key_scope=f"key:{key_id}" if key_id else "key",
             cost=0,
             issued_s=issued_s,
             call=call,
@@ -327,6 +323,15 @@ def _reported(
         "tries": outcome.tries,
         "waited_ms": int(outcome.waited_s * 1000),
     }
+
+
+def _key_id(secrets: SecretBox, key_id: str, sealed: str) -> str:
+    """The key's fingerprint as the command carries it; for a command from before commands
+    carried it, made from the key ("" if it cannot be opened: the call fails with the reason)."""
+    if not key_id:
+        with contextlib.suppress(TalkstreamError):
+            key_id = key_fingerprint(secrets.open(sealed))
+    return key_id
 
 
 def _value(outcome: Outcome[Any]) -> Any:
