@@ -2,9 +2,11 @@
 
 Every process that opens the projection (the worker's projector, ``talkstream replay``, the
 tests) calls it; concurrent callers take turns: PostgreSQL through a transaction-scoped
-advisory lock, a SQLite file through ``flock`` on the database file (SQLite's own locks are
-POSIX record locks, which ``flock`` does not touch on Linux). A database already at head costs
-one query.
+advisory lock, a SQLite file through ``flock`` on a lock file beside it (``<file>.lock``).
+Never on the database file itself: closing any descriptor of a file drops every POSIX lock
+the process holds on it, SQLite's included, and a WAL-mode connection that has lost its
+shared lock lets another process's last close delete the WAL it is still writing to (its
+later commits vanish). A database already at head costs one query.
 """
 
 from __future__ import annotations
@@ -76,8 +78,7 @@ def _file_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
         yield
         return
-    # an empty file is a valid empty SQLite database, so creating it here changes nothing
-    with open(database, "ab") as handle:
+    with open(f"{database}.lock", "ab") as handle:  # not the database's own file: see above
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -146,6 +148,36 @@ def test_a_replay_into_an_empty_store_looks_up_only_what_it_wrote(database_url: 
             assert rebuilt == {s.event.request_id for s in records}
     finally:
         store.close()
+
+
+def test_a_reader_in_another_process_never_loses_the_projectors_later_writes(tmp_path):
+    """SQLite, WAL mode: the migration lock once closed a descriptor of the database file in
+    the projector's process, which drops SQLite's own locks there; a reader's close in another
+    process then took itself for the last connection and deleted the WAL the projector went on
+    writing to (its later commits vanished: found with `talkstream dev` and `audit`)."""
+    path = tmp_path / "projection.sqlite3"
+    store = ProjectionStore.from_url(f"sqlite:///{path}")
+    records = mixed_log().records
+    half = len(records) // 2
+    peek = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "print(c.execute('select count(*) from transitions').fetchone()[0]); c.close()"
+    )
+
+    def seen_elsewhere() -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", peek, str(path)], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout)
+
+    try:
+        store.apply(records[:half])
+        assert seen_elsewhere() == half
+        store.apply(records[half:])
+        assert seen_elsewhere() == len(records)
+    finally:
+        store.close()
+    assert seen_elsewhere() == len(records)
 
 
 def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: ProjectionStore):
