@@ -74,6 +74,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 class CpuMeter:
     """Per phase: each watched process's CPU seconds, and as a share of one core."""
 
@@ -87,7 +102,22 @@ class CpuMeter:
             self.pids[name] = pid
 
     def begin(self) -> None:
+        self._adopt_children()
         self._start = (time.monotonic(), {n: cpu_seconds(p) for n, p in self.pids.items()})
+
+    def _adopt_children(self) -> None:
+        """A worker's children are watched too, as ``<name>-<their last argument>`` (its
+        projector process: ``worker0-projector``), so that their CPU counts as the worker's."""
+        for name, pid in list(self.pids.items()):
+            if not name.startswith("worker") or "-" in name:
+                continue
+            for child in children(pid):
+                try:
+                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                last = next((a.decode() for a in reversed(argv) if a), str(child))
+                self.pids.setdefault(f"{name}-{last}", child)
 
     def end(self, phase: str) -> None:
         if self._start is None:

@@ -59,7 +59,7 @@ NOTES = """\
 - The inline handler is driven by 256 concurrent clients (its throughput is bound by its CPU,
   not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (1,024) calls at once.
 - A pipeline phase ends when every accepted request is terminal on the lifecycle topic *and*
-  the worker's consumer group has committed everything (its projector has written SQL too),
+  the worker's consumer groups have committed everything (its projector's commit follows its SQL),
   so no phase's work spills into the next one's numbers.
 - The pipeline's correctness counters must be 0: **lost** = accepted (202) but never terminal
   on the lifecycle topic; **duplicate events** = a Talkable event number stored twice;

@@ -97,8 +97,9 @@ class Pipeline:
         app_id, topic = self.system.app_id, self.system.topic
         caught_up_s = await wait_caught_up(
             self.system.kafka_options,
-            {  # faust's group is the app id; each executor reads in a group of its own
-                app_id: [topic("requests"), topic("lifecycle")],
+            {  # faust's group (the ledger) is the app id; the others read in groups of their own
+                app_id: [topic("requests")],
+                f"{app_id}-projector": [topic("lifecycle")],
                 f"{app_id}-generator": [topic("generate")],
                 f"{app_id}-publisher": [topic("completions")],
             },

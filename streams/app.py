@@ -17,6 +17,7 @@ from models.ledger import Policy
 from streams import topics as topics_module
 from streams.agents import executors, ledger, projector
 from streams.agents.executors import Executor, ExecutorConfig, Generate, Publish, Work
+from streams.agents.projector import Projector, ProjectorConfig
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.kafka_options import client_options, faust_credentials
@@ -47,6 +48,7 @@ class Worker:
     topics: Topics
     metrics: WorkerMetrics
     executors: list[Executor]
+    projector: Projector | None  # None: it runs in a process of its own
 
 
 class ExecutorParts(NamedTuple):
@@ -203,14 +205,14 @@ def build(
         )
     ]
     executors.register(app, executors=running, metrics=metrics)
-    projector.register(
-        app,
-        topic=topics.lifecycle,
-        store=projection or ProjectionStore.from_url(settings.resolved_database_url),
-        read_range=read_range,
-        dead_letters=dead_letters,
-        metrics=metrics,
-    )
+    own_projector = None
+    if settings.projector == "worker":  # else a process of its own (see ``talkstream worker``)
+        own_projector = Projector(
+            ProjectorConfig.of(settings),
+            projection or ProjectionStore.from_url(settings.resolved_database_url),
+            dead_letters,
+        )
+        projector.register(app, projector=own_projector, metrics=metrics)
 
     @app.task
     async def worker_http() -> None:
@@ -226,4 +228,6 @@ def build(
                 exc,
             )
 
-    return Worker(app=app, topics=topics, metrics=metrics, executors=running)
+    return Worker(
+        app=app, topics=topics, metrics=metrics, executors=running, projector=own_projector
+    )

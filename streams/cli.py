@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -191,12 +192,57 @@ def worker(log_format: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)
+    if settings.projector == "process":
+        _projector_child(runtime.app)
     heap.settle()
     faust.Worker(
         runtime.app,
         loglevel=settings.log_level.upper(),
         logging_config=logging_config(settings.log_level, log_format or settings.log_format),
     ).execute_from_commandline()
+
+
+def _projector_child(app: Any) -> None:
+    """The projector in a child process, so that its SQL work and its reading of [lifecycle]
+    do not share the worker's GIL: started now, watched every second, stopped at exit."""
+    import atexit
+
+    from streams.agents.projector import ProjectorProcess
+
+    child = ProjectorProcess()
+    child.start()
+    atexit.register(child.stop)
+    app.timer(interval=1.0, name="projector_process")(child.watch)
+
+
+@main.command()
+@LOG_FORMAT
+def projector(log_format: str | None) -> None:
+    """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
+    TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
+    from streams.agents.projector import serve, stop_signals
+    from streams.errors import TalkstreamError
+    from streams.logs import setup as setup_logging
+    from streams.topics import ensure_topics
+
+    signals = stop_signals()
+    settings = _settings()
+    setup_logging(settings.log_level, log_format or settings.log_format)
+    heap.settle()
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        task = asyncio.ensure_future(serve(settings))
+        loop = asyncio.get_running_loop()
+        for signum in signals:
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+    except TalkstreamError as exc:  # Kafka out of reach, credentials refused: say why
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -2,15 +2,16 @@
 
 Seen here on every rebalance under load: a worker joining or leaving drops the agents' buffers,
 and faust's commit logic then jumps the gap (100+ messages). An agent that must see every
-message (the ledger, the projector) keeps, per partition, the next offset it expects; a message
+message (the ledger) keeps, per partition, the next offset it expects; a message
 beyond it means the range in between was skipped, and :meth:`GapRepair.skipped` reads that
 range back from Kafka so the agent processes it first.
 
 Where the expectation comes from on first sight of a partition (after a start or a rebalance)
 is the agent's own *offset mark*: the ledger keeps one in its table (it moves with the
-partition), the projector reads the highest offset it applied from SQL. The ledger writes its
-mark only every ``mark_every`` offsets (:meth:`GapRepair.processed` says when): a new owner
-that starts up to that many behind only re-reads messages whose effects are idempotent.
+partition). It writes its mark only every ``mark_every`` offsets (:meth:`GapRepair.processed`
+says when): a new owner that starts up to that many behind only re-reads messages whose
+effects are idempotent. (The projector reads with a consumer of its own and seeks to the
+marks its SQL rows hold: it needs no repair.)
 """
 
 from __future__ import annotations

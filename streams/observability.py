@@ -67,6 +67,7 @@ class WorkerMetrics:
         )
         self.targets = UpstreamTargets()
         r.register(self.targets)
+        self.consumers: list[Any] = []  # our own consumers (executors, projector): lag()
         self.gaps_repaired = Counter(
             "talkstream_gap_messages_repaired",
             "Messages the consumer skipped (rebalance) that the ledger read back and processed",
@@ -83,6 +84,7 @@ class WorkerMetrics:
         """Per-target gauges of this executor's scheduler at scrape time; its calls counted."""
         upstream = UPSTREAM[executor.config.name]
         self.targets.executors.append(executor)
+        self.consumers.append(executor)
         calls = self.upstream_calls
         executor.scheduler.on_call = lambda _, outcome: calls.labels(upstream, outcome).inc()
         wait = self.upstream_wait.labels(upstream)
@@ -166,12 +168,13 @@ CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class ConsumerLag(Collector):
-    """Lag per assigned partition, read at scrape time from the faust consumer (ledger,
-    projector) and from each executor's own consumer (what it took is its position)."""
+    """Lag per assigned partition, read at scrape time from the faust consumer (the ledger)
+    and from each consumer of our own (the executors: what they took; the projector: what it
+    applied)."""
 
-    def __init__(self, app: Any, executors: list[Any]) -> None:
+    def __init__(self, app: Any, consumers: list[Any]) -> None:
         self.app = app
-        self.executors = executors
+        self.consumers = consumers
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -191,8 +194,8 @@ class ConsumerLag(Collector):
                 last = read.get(tp)
                 position = last + 1 if last is not None else 0
                 family.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
-        for executor in self.executors:
-            for (topic, partition), lag in executor.lag().items():
+        for own in self.consumers:
+            for (topic, partition), lag in own.lag().items():
                 family.add_metric([topic, str(partition)], lag)
         yield family
 
@@ -209,7 +212,7 @@ def ready(app: Any) -> tuple[bool, str]:
 async def serve_worker_http(
     app: Any, metrics: WorkerMetrics, host: str, port: int
 ) -> web.AppRunner:
-    metrics.registry.register(ConsumerLag(app, metrics.targets.executors))
+    metrics.registry.register(ConsumerLag(app, metrics.consumers))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

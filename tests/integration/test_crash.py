@@ -3,9 +3,11 @@ and every limit holds."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -65,12 +67,38 @@ def check_outcome(system: System, answers: list) -> None:
     assert len(events) == PEOPLE * LIMIT
 
 
-def test_worker_killed_mid_burst_recovers_everything(make_system) -> None:
-    system = make_system(**FAST_FAILOVER)
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; whoever adopted it may not have reaped it yet
+
+
+@pytest.mark.parametrize("projector", ["worker", "process", "off"])
+def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str) -> None:
+    """The projector in the worker, in its child process (which dies with it), or on its own
+    (``talkstream projector``, which outlives it): the projection ends complete either way."""
+    system = make_system(**FAST_FAILOVER, projector=projector)
+    if projector == "off":
+        system.spawn("projector", "projector")
     system.openai("POST", "/_control", {"latency_seconds": 0.05})
     thread, answers = post_in_background(system, burst(now_s()))
     wait_until(lambda: terminal_count(system) >= 60, 120, what="the burst to be under way")
+    worker = system.procs["worker"].pid
+    children = _children(worker)
+    assert len(children) == (1 if projector == "process" else 0)
     system.kill("worker")  # SIGKILL: in-flight generations and uncommitted offsets are lost
+    # the worker's projector process ends with it (nothing else reads as its group member)
+    wait_until(lambda: not any(_alive(c) for c in children), 30, what="its child to end")
     system.start_worker()
     thread.join(timeout=240)
     check_outcome(system, answers)

@@ -97,21 +97,25 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:
     system = make_system()
     topic = f"{system.app_id}-requests"
+    lifecycle = f"{system.app_id}-lifecycle"
     person = b"test-site:poison@example.com"
     produce(system.kafka.bootstrap, topic, person, b'{"kind": "request_received", "oops": 1}')
     produce(system.kafka.bootstrap, topic, person, b"\xff\xfe not json")
+    # the projector's topic too: a record no LifecycleEvent decodes from
+    produce(system.kafka.bootstrap, lifecycle, b"not-a-request", b'{"type": "Nonsense"}')
 
     def letters() -> list[dict]:
         found = [
             json.loads(v)
             for _, _, _, v in read_topic(system.kafka.bootstrap, f"{system.app_id}-deadletter")
         ]
-        return found if len(found) >= 2 else []
+        return found if len(found) >= 3 else []
 
-    found = wait_until(letters, 60, what="two dead letters")
-    assert all(letter["topic"] == topic and letter["offset"] >= 0 for letter in found)
+    found = wait_until(letters, 60, what="three dead letters")
+    assert sorted(letter["topic"] for letter in found) == [lifecycle, topic, topic]
+    assert all(letter["offset"] >= 0 for letter in found)
     assert all("does not decode" in letter["reason"] for letter in found)
-    # the same person's partition still flows
+    # the same person's partition still flows, and the projection still follows
     status, answer = system.post(seed_params("poison@example.com"))
     assert status == 202
     row = system.wait_terminal([answer["request_id"]])[answer["request_id"]]

@@ -114,5 +114,7 @@ def test_topology_agents_and_tables_match_the_app(runtime) -> None:
     executors = {row[0].removesuffix(" (executor)") for row in rows if "(executor)" in row[0]}
     assert executors == {executor.config.name for executor in runtime.executors}
     assert "deadlines (timer)" in {row[0] for row in rows}
+    assert "projector (own consumer)" in {row[0] for row in rows}
+    assert runtime.projector is not None  # TALKSTREAM_PROJECTOR=worker, the default
     tables = {row[0].strip("`") for row in table_rows(section(TOPOLOGY, "Tables"))}
     assert tables == set(runtime.app.tables) == {LEDGER_TABLE}

@@ -1,4 +1,4 @@
-"""Gap repair (``streams.gaps``), used by the ledger and the projector: the offset marks and
+"""Gap repair (``streams.gaps``), used by the ledger: the offset marks and
 the read-back of a range faust skipped, with a fake mark store and a fake log."""
 
 from __future__ import annotations
