@@ -31,7 +31,24 @@ def _setup_logging(level: str) -> None:
     setup(level, _settings().log_format)
 
 
-@click.group()
+class _Main(click.Group):
+    """Settings that do not validate end any command with one line naming each variable (the
+    values are not repeated: a secret's would be), not with pydantic's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        from streams.settings import describe_invalid
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            raise click.ClickException(describe_invalid(exc)) from None
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """talkstream: Talkable webhooks → OpenAI text → Talkable, over Kafka."""
 

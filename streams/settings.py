@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -205,3 +205,14 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""
         return f"{self.app_id}-{name}"
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """What is wrong with the environment, by variable name; the values are left out."""
+    problems = [
+        f"TALKSTREAM_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        if error["loc"]
+        else error["msg"]  # a rule across settings: its message names them
+        for error in exc.errors()
+    ]
+    return "invalid settings: " + "; ".join(problems)
