@@ -210,15 +210,17 @@ def ready(app: Any) -> tuple[bool, str]:
 
 
 async def serve_worker_http(
-    app: Any, metrics: WorkerMetrics, host: str, port: int
+    app: Any, metrics: WorkerMetrics, host: str, port: int, *, name: str = "worker"
 ) -> web.AppRunner:
+    """``/healthz``, ``/readyz`` and ``/metrics``; ``app`` None: a process without faust (the
+    projector on its own), ready once serving."""
     metrics.registry.register(ConsumerLag(app, metrics.consumers))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        ok, why = ready(app)
+        ok, why = ready(app) if app is not None else (True, "ready")
         return web.json_response({"ready": ok, "status": why}, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
@@ -235,5 +237,5 @@ async def serve_worker_http(
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
-    log.info("worker http on http://%s:%s (healthz, readyz, metrics)", host, bound)
+    log.info("%s http on http://%s:%s (healthz, readyz, metrics)", name, host, bound)
     return runner

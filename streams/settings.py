@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     worker_http_port: int = Field(
         9101, ge=0, le=65535, description="worker /healthz /readyz /metrics; 0 = any free port"
     )
+    projector_http_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="`talkstream projector` (and the worker's projector process) /healthz "
+        "/readyz /metrics on WORKER_HTTP_HOST; 0 = any free port",
+    )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"

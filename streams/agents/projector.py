@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.kafka_options import client_options, stop_consumer
-from streams.observability import WorkerMetrics
+from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore, Sourced
 from streams.runtime import DeadLetters, SystemClock
 from streams.settings import Settings
@@ -223,14 +223,30 @@ async def serve(settings: Settings) -> None:
     store = ProjectionStore.from_url(settings.resolved_database_url)
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     await producer.start()
+    metrics = WorkerMetrics()  # served: its lag and its dead letters
+    http = None
     try:
         letters = DeadLetters(
             _Send(producer, BY_NAME["deadletter"].full_name(settings)),
-            WorkerMetrics().dead_letters,
+            metrics.dead_letters,
             SystemClock(),
         )
-        await Projector(ProjectorConfig.of(settings), store, letters).run()
+        projector = Projector(ProjectorConfig.of(settings), store, letters)
+        metrics.consumers.append(projector)
+        host, port = settings.worker_http_host, settings.projector_http_port
+        try:
+            http = await serve_worker_http(None, metrics, host, port, name="projector")
+        except OSError as exc:  # e.g. a second one on this host: keep projecting, unobserved
+            log.error(
+                "projector http not started on %s:%s (%s); set TALKSTREAM_PROJECTOR_HTTP_PORT",
+                host,
+                port,
+                exc,
+            )
+        await projector.run()
     finally:
+        if http is not None:
+            await http.cleanup()
         await producer.stop()
         store.close()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, now_s
-from tests.support import seed_params, usage, wait_until
+from tests.integration.conftest import System, http, now_s
+from tests.support import free_port, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,8 @@ def _alive(pid: int) -> bool:
 def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str) -> None:
     """The projector in the worker, in its child process (which dies with it), or on its own
     (``talkstream projector``, which outlives it): the projection ends complete either way."""
-    system = make_system(**FAST_FAILOVER, projector=projector)
+    port = free_port()  # the projector's own /metrics, when it runs outside the worker
+    system = make_system(**FAST_FAILOVER, projector=projector, projector_http_port=str(port))
     if projector == "off":
         system.spawn("projector", "projector")
     system.openai("POST", "/_control", {"latency_seconds": 0.05})
@@ -102,6 +103,19 @@ def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str
     system.start_worker()
     thread.join(timeout=240)
     check_outcome(system, answers)
+    if projector != "worker":  # its lag, partition by partition, on its own /metrics
+        lifecycle = f'topic="{system.app_id}-lifecycle"'
+
+        def caught_up() -> bool:
+            status, text = http("GET", f"http://127.0.0.1:{port}/metrics")
+            lags = [
+                float(line.split()[-1])
+                for line in (text if status == 200 else "").splitlines()
+                if line.startswith("talkstream_consumer_lag{") and lifecycle in line
+            ]
+            return bool(lags) and not any(lags)
+
+        wait_until(caught_up, 60, what="the projector's lag at 0 on its /metrics")
 
 
 def test_two_workers_one_killed_the_survivor_takes_over(make_system) -> None:
