@@ -140,6 +140,10 @@ class Projector:
             if mark is not None:
                 consumer.seek(tp, mark)
                 self.applied[tp] = mark
+            else:  # rows of none of it yet: the group's commit, if any, is where it starts
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    self.applied[tp] = committed
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:

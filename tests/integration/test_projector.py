@@ -55,7 +55,7 @@ async def _produce(bootstrap: str, records: list[Sourced]) -> None:
 
 
 async def _project_until(
-    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[], bool]
+    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[Projector], bool]
 ) -> _Letters:
     from prometheus_client import CollectorRegistry, Counter
 
@@ -74,7 +74,7 @@ async def _project_until(
     task = asyncio.create_task(projector.run())
     try:
         async with asyncio.timeout(60):
-            while not await asyncio.to_thread(done):
+            while not await asyncio.to_thread(done, projector):
                 if task.done():
                     task.result()  # its failure, not a timeout
                 await asyncio.sleep(0.05)
@@ -91,8 +91,8 @@ def _log(people: int, *, first: int = 0) -> Log:
     return log
 
 
-def holds(store: ProjectionStore, count: int) -> Callable[[], bool]:
-    return lambda: store.counts()[1] >= count
+def holds(store: ProjectionStore, count: int) -> Callable[[Projector], bool]:
+    return lambda _: store.counts()[1] >= count
 
 
 def _on(topic: str, records: list[Sourced]) -> list[Sourced]:
@@ -167,3 +167,27 @@ def test_every_record_is_projected_once_across_restarts(
         offsets[(row.partition, row.offset)] = offsets.get((row.partition, row.offset), 0) + 1
     assert set(offsets.values()) == {1}
     store.close()
+
+
+def test_an_empty_database_starts_at_the_groups_commit_and_says_its_lag(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """Its database replaced by an empty one (the group's commit kept), the projector starts
+    where the group left off (``talkstream replay`` is what rebuilds the past), and its lag says
+    0, not the whole topic."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(_create(kafka.bootstrap, topic))
+    records = _on(topic, _log(6).records)
+    asyncio.run(_produce(kafka.bootstrap, records))
+    first = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'first.sqlite3'}")
+    asyncio.run(_project_until(kafka.bootstrap, topic, first, holds(first, len(records))))
+    first.close()
+
+    def caught_up(projector: Projector) -> bool:
+        lags = projector.lag()
+        return len(lags) == PARTITIONS and not any(lags.values())
+
+    empty = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    asyncio.run(_project_until(kafka.bootstrap, topic, empty, caught_up))
+    assert empty.counts() == (0, 0)
+    empty.close()
