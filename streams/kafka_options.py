@@ -5,10 +5,13 @@ connect, the reason in one line (:func:`broker_error`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 
@@ -158,3 +161,32 @@ async def stop_consumer(consumer: Any) -> None:
     except asyncio.CancelledError:
         if task is not None and task.cancelling():
             raise
+
+
+def group_consumer(
+    options: Mapping[str, Any], group: str, instance: str, **extra: Any
+) -> AIOKafkaConsumer:
+    """A consumer of our own (an executor's, the projector's): in its own group with static
+    membership, committing only when told, from the earliest record when the group is new."""
+    return AIOKafkaConsumer(
+        **options,
+        group_id=group,
+        group_instance_id=instance,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **extra,
+    )
+
+
+def consumer_lag(
+    consumer: AIOKafkaConsumer | None, positions: Mapping[TopicPartition, int]
+) -> dict[tuple[str, int], int]:
+    """Records of each assigned partition beyond ``positions`` (what its owner took or
+    applied), for ``talkstream_consumer_lag``; a partition not fetched yet is left out."""
+    if consumer is None:
+        return {}
+    lags = {}
+    for tp in consumer.assignment():
+        with contextlib.suppress(Exception):  # not fetched yet
+            lags[(tp.topic, tp.partition)] = max(consumer.highwater(tp) - positions.get(tp, 0), 0)
+    return lags

@@ -41,6 +41,7 @@ from streams.clients.openai_chat import ChatClient, Completion, token_cost
 from streams.clients.talkable import Publication, TalkableClient
 from streams.codecs import decode, encode
 from streams.errors import TalkstreamError, UpstreamError
+from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
 from streams.secrets import SecretBox, key_fingerprint
@@ -89,23 +90,13 @@ class Executor:
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
-        consumer, lags = self.consumer, {}
-        if consumer is None:
-            return {}
-        for tp in consumer.assignment():
-            with contextlib.suppress(Exception):  # not fetched yet
-                lags[(tp.topic, tp.partition)] = max(
-                    consumer.highwater(tp) - self.taken.get(tp, 0), 0
-                )
-        return lags
+        return consumer_lag(self.consumer, self.taken)
 
     async def run(self) -> None:
-        consumer = self.consumer = AIOKafkaConsumer(
-            **self.config.consumer_options,
-            group_id=self.config.group,
-            group_instance_id=self.config.instance,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = self.consumer = group_consumer(
+            self.config.consumer_options,
+            self.config.group,
+            self.config.instance,
             max_poll_records=FETCH_RECORDS,
         )
         consumer.subscribe([self.config.topic], listener=_HandBack(self))

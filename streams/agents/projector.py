@@ -11,7 +11,6 @@ applied twice (the store keeps the source offset of every row).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
@@ -26,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
 from streams.codecs import decode
-from streams.kafka_options import client_options, stop_consumer
+from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore, Sourced
 from streams.runtime import DeadLetters, SystemClock
@@ -71,22 +70,13 @@ class Projector:
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
-        consumer, lags = self.consumer, {}
-        if consumer is None:
-            return {}
-        for tp in consumer.assignment():
-            with contextlib.suppress(Exception):  # not fetched yet
-                position = self.applied.get(tp, 0)
-                lags[(tp.topic, tp.partition)] = max(consumer.highwater(tp) - position, 0)
-        return lags
+        return consumer_lag(self.consumer, self.applied)
 
     async def run(self) -> None:
-        consumer = self.consumer = AIOKafkaConsumer(
-            **self.config.consumer_options,
-            group_id=self.config.group,
-            group_instance_id=self.config.instance,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        consumer = self.consumer = group_consumer(
+            self.config.consumer_options,
+            self.config.group,
+            self.config.instance,
             max_poll_records=BATCH,
             # the broker answers a fetch when it has this much or the batch window passed: a
             # few fetches a second under load instead of one per record or two
