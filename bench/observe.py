@@ -25,6 +25,8 @@ from models.lifecycle import TERMINAL
 
 TERMINAL_STATES = frozenset(state.value for state in TERMINAL)
 EVENT_NUMBER_PREFIX = "generate_text_complete-"
+WATCH_FETCH_MIN_BYTES = 1 << 20
+WATCH_FETCH_WAIT_MS = 100
 
 
 class LifecycleWatch:
@@ -38,7 +40,15 @@ class LifecycleWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(**self._options, enable_auto_commit=False)
+        # it fetches at most every WATCH_FETCH_WAIT_MS: with the default (answer as soon as one
+        # record is there) it sent the broker ~2 fetches per webhook, broker CPU the benchmark
+        # then counted as talkstream's; the phases wait on it, so 0.1 s adds nothing they time
+        consumer = AIOKafkaConsumer(
+            **self._options,
+            enable_auto_commit=False,
+            fetch_min_bytes=WATCH_FETCH_MIN_BYTES,
+            fetch_max_wait_ms=WATCH_FETCH_WAIT_MS,
+        )
         await consumer.start()
         assigned = [TopicPartition(self._topic, p) for p in range(self._partitions)]
         consumer.assign(assigned)
