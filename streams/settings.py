@@ -132,9 +132,9 @@ class Settings(BaseSettings):
         1, ge=0, le=1000, description="how long the worker's producer waits to batch records"
     )
     projector: Literal["worker", "process", "off"] = Field(
-        "worker",
-        description="where the worker runs the projector: a task inside it, a child process of "
-        "its own (SQL off the worker's GIL), or nowhere (`talkstream projector` runs it)",
+        "process",
+        description="where the worker runs the projector: a child process of its own (SQL off "
+        "the worker's GIL), a task inside it, or nowhere (`talkstream projector` runs it)",
     )
     session_timeout_seconds: float = Field(
         30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"

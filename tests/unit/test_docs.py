@@ -115,6 +115,6 @@ def test_topology_agents_and_tables_match_the_app(runtime) -> None:
     assert executors == {executor.config.name for executor in runtime.executors}
     assert "deadlines (timer)" in {row[0] for row in rows}
     assert "projector (own consumer)" in {row[0] for row in rows}
-    assert runtime.projector is not None  # TALKSTREAM_PROJECTOR=worker, the default
+    assert runtime.projector is None  # TALKSTREAM_PROJECTOR=process, the default: a child
     tables = {row[0].strip("`") for row in table_rows(section(TOPOLOGY, "Tables"))}
     assert tables == set(runtime.app.tables) == {LEDGER_TABLE}
