@@ -164,6 +164,10 @@ class Deployment:
             "TALKSTREAM_OPENAI_BASE_URL": self.openai_url,
             "TALKSTREAM_TALKABLE_BASE_URL": self.talkable_url,
             "TALKSTREAM_INGRESS_PORT": str(self.ingress_port),
+            # any free port: several workers (and their projectors) share this host, and the
+            # bench reads none of their HTTP endpoints
+            "TALKSTREAM_WORKER_HTTP_PORT": "0",
+            "TALKSTREAM_PROJECTOR_HTTP_PORT": "0",
         }
 
     @property

@@ -152,6 +152,9 @@ class System:
             **self.env,
             "TALKSTREAM_WORKER_NAME": name,
             "TALKSTREAM_WORKER_HTTP_PORT": str(self.worker_ports[name]),
+            # its projector child's (by default), unless the test chose one
+            "TALKSTREAM_PROJECTOR_HTTP_PORT": self.env.get("TALKSTREAM_PROJECTOR_HTTP_PORT")
+            or str(free_port()),
         }
         self.spawn(name, "worker", env=env)
 
