@@ -118,3 +118,16 @@ def test_topology_agents_and_tables_match_the_app(runtime) -> None:
     assert runtime.projector is None  # TALKSTREAM_PROJECTOR=process, the default: a child
     tables = {row[0].strip("`") for row in table_rows(section(TOPOLOGY, "Tables"))}
     assert tables == set(runtime.app.tables) == {LEDGER_TABLE}
+
+
+@pytest.mark.parametrize(
+    ("where", "in_worker"), [("worker", True), ("process", False), ("off", False)]
+)
+def test_the_projector_runs_in_the_worker_only_when_told(tmp_path: Path, where, in_worker) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        secret_keys=Fernet.generate_key().decode(),
+        table_store="memory://",
+        projector=where,
+    )
+    assert (build(settings).projector is not None) is in_worker
