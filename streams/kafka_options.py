@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import faust
@@ -176,6 +176,19 @@ def group_consumer(
         auto_offset_reset="earliest",
         **extra,
     )
+
+
+def sending_now(producer: Any) -> Awaitable[None] | None:
+    """Send what ``producer`` (faust's, on aiokafka) holds back for its linger with its next
+    request, and wait until all it holds is acknowledged; None where it is not aiokafka's.
+
+    The worker's producer lingers (``TALKSTREAM_PRODUCER_LINGER_MS``) so that results of calls
+    that end close together share one produce request; the ledger, which decides a whole batch
+    and then waits for its outputs, has nothing to wait for. aiokafka closes the open batches
+    this way before a transaction commits; its ``flush`` would wait out the linger."""
+    accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
+    flush = getattr(accumulator, "flush_for_commit", None)
+    return flush() if flush is not None else None
 
 
 def consumer_lag(

@@ -129,7 +129,11 @@ class Settings(BaseSettings):
         "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
     )
     producer_linger_ms: int = Field(
-        1, ge=0, le=1000, description="how long the worker's producer waits to batch records"
+        5,
+        ge=0,
+        le=60_000,
+        description="how long the worker's producer holds a record to batch it with others "
+        "(the ledger sends each batch it decided at once)",
     )
     projector: Literal["worker", "process", "off"] = Field(
         "process",

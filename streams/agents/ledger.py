@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from faust.streams import _current_event
@@ -25,6 +25,7 @@ from models.events import DeadlineExpired, GenerateText, PublishCompletion, Requ
 from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import decode, decode_requests, encode
 from streams.gaps import GapRepair, ReadRange, Record
+from streams.kafka_options import sending_now
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
 
@@ -55,6 +56,7 @@ def register(
     ledger = Ledger(
         table, policy, topics, read_range, rebalance_grace_ms, dead_letters, metrics, clock
     )
+    ledger.send_now = lambda: sending_now(app.producer)
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.agent(topics.requests, name="ledger")(ledger.consume)
     app.timer(interval=deadline_check_seconds, name="deadlines")(ledger.check_deadlines)
@@ -92,6 +94,7 @@ class Ledger:
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
         self._scan = TableScan(table, self._due)
+        self.send_now: Callable[[], Awaitable[None] | None] = lambda: None
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
@@ -109,7 +112,7 @@ class Ledger:
                 if self._gaps.processed(msg.topic, msg.partition, msg.offset):
                     mark = OFFSET_MARK + str(msg.partition).encode()
                     marks[mark] = (str(msg.offset + 1).encode(), event)
-            await batch.delivered()
+            await batch.delivered(self.send_now)
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
                     self._table[person] = self._states.store(person, state)
@@ -193,9 +196,11 @@ class Batch:
         self.deliveries: list[Awaitable[Any]] = []
         self.event: Any = None  # the faust event being decided (its partition is the person's)
 
-    async def delivered(self) -> None:
+    async def delivered(self, send_now: Callable[[], Awaitable[None] | None]) -> None:
+        """The batch's outputs are acknowledged; ``send_now`` sends them without lingering."""
         if self.deliveries:
-            await asyncio.gather(*self.deliveries)
+            sent = send_now()
+            await asyncio.gather(*self.deliveries, *([sent] if sent is not None else []))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,59 @@
+"""The worker's producer lingers to batch records, and the ledger does not wait it out: a batch
+it decided is sent at once (``streams.kafka_options.sending_now``), on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.dev.kafka import EmbeddedKafka
+from streams.kafka_options import sending_now
+from tests.support import seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+TEN_MINUTES_MS = 600_000
+A_MINUTE_MS = 60_000  # the longest linger the settings allow
+
+
+async def test_what_lingers_is_sent_and_acknowledged_at_once(kafka: EmbeddedKafka) -> None:
+    topic = f"linger-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=TEN_MINUTES_MS)
+    await producer.start()
+    try:
+        deliveries = [
+            await producer.send(topic, b"held back", partition=partition) for partition in (0, 1)
+        ]
+        assert not any(d.done() for d in deliveries)  # held for its ten minutes
+        faust_like = types.SimpleNamespace(_producer=producer)
+        sent = sending_now(faust_like)
+        assert sent is not None
+        await asyncio.wait_for(sent, timeout=60)
+        assert [d.result().offset for d in deliveries] == [0, 0]
+    finally:
+        await producer.stop()
+
+
+def test_a_producer_that_is_not_aiokafkas_is_left_to_its_linger() -> None:
+    assert sending_now(object()) is None
+    assert sending_now(types.SimpleNamespace(_producer=None)) is None
+
+
+def test_the_ledger_sends_its_commands_without_waiting_out_the_linger(make_system) -> None:
+    # a minute of linger: only the ledger's own sending gets the command to the generator sooner
+    system = make_system(producer_linger_ms=str(A_MINUTE_MS))
+    status, body = system.post(seed_params("linger@example.com"))
+    assert status == 202, body
+    # this deployment's only request: its call is the stand-in's first
+    wait_until(lambda: system.openai("GET", "/_calls") or None, 45, what="the generator's call")
