@@ -38,6 +38,8 @@ MARK_EVERY = 32
 BATCH = 500  # messages decided before their outputs' acknowledgements are awaited together
 WITHIN_SECONDS = 0.002
 FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered state)
+# sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
+SendNow = Callable[[], Awaitable[None] | None]
 
 
 def register(
@@ -54,9 +56,16 @@ def register(
     clock: Clock,
 ) -> None:
     ledger = Ledger(
-        table, policy, topics, read_range, rebalance_grace_ms, dead_letters, metrics, clock
+        table,
+        policy,
+        topics,
+        read_range,
+        rebalance_grace_ms,
+        dead_letters,
+        metrics,
+        clock,
+        send_now=lambda: sending_now(app.producer),
     )
-    ledger.send_now = lambda: sending_now(app.producer)
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.agent(topics.requests, name="ledger")(ledger.consume)
     app.timer(interval=deadline_check_seconds, name="deadlines")(ledger.check_deadlines)
@@ -73,6 +82,7 @@ class Ledger:
         dead_letters: DeadLetters,
         metrics: WorkerMetrics,
         clock: Clock,
+        send_now: SendNow = lambda: None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -94,12 +104,13 @@ class Ledger:
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
         self._scan = TableScan(table, self._due)
-        self.send_now: Callable[[], Awaitable[None] | None] = lambda: None
+        self._send_now = send_now
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
-        first. A batch's outputs are acknowledged by Kafka before its states are stored, so
-        a stored state never claims an output that a crash could still lose."""
+        first. A batch's outputs are sent at once (not held for the producer's linger) and
+        acknowledged by Kafka before its states are stored, so a stored state never claims an
+        output that a crash could still lose."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
@@ -112,7 +123,7 @@ class Ledger:
                 if self._gaps.processed(msg.topic, msg.partition, msg.offset):
                     mark = OFFSET_MARK + str(msg.partition).encode()
                     marks[mark] = (str(msg.offset + 1).encode(), event)
-            await batch.delivered(self.send_now)
+            await batch.delivered(self._send_now)
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
                     self._table[person] = self._states.store(person, state)
@@ -196,7 +207,7 @@ class Batch:
         self.deliveries: list[Awaitable[Any]] = []
         self.event: Any = None  # the faust event being decided (its partition is the person's)
 
-    async def delivered(self, send_now: Callable[[], Awaitable[None] | None]) -> None:
+    async def delivered(self, send_now: SendNow) -> None:
         """The batch's outputs are acknowledged; ``send_now`` sends them without lingering."""
         if self.deliveries:
             sent = send_now()
