@@ -321,6 +321,18 @@ async def partitions_of(
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """A topic of our own on the test broker (it creates none by itself), one replica."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 def produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
     import asyncio
 

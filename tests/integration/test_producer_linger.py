@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import sending_now
+from tests.integration.conftest import create_topic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -23,12 +23,7 @@ A_MINUTE_MS = 60_000  # the longest linger the settings allow
 
 async def test_what_lingers_is_sent_and_acknowledged_at_once(kafka: EmbeddedKafka) -> None:
     topic = f"linger-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka.bootstrap, topic, partitions=2)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=TEN_MINUTES_MS)
     await producer.start()
     try:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
 from streams.projection.store import ProjectionStore, Sourced
 from streams.runtime import DeadLetters, SystemClock
+from tests.integration.conftest import create_topic
 from tests.projection_support import T0_MS, Log, snapshot
 
 PARTITIONS = 2
@@ -31,15 +31,6 @@ class _Letters:
 
     async def send(self, *, key: bytes | None, value: bytes) -> None:
         self.sent.append((key, value))
-
-
-async def _create(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
 
 
 async def _produce(bootstrap: str, records: list[Sourced]) -> None:
@@ -105,7 +96,7 @@ def test_a_restored_projection_is_brought_up_to_date_from_the_log(
     """An operator restores last night's database: its rows stop before the group's committed
     offsets. The projector re-reads from what the rows hold, so nothing committed since is lost."""
     topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
-    asyncio.run(_create(kafka.bootstrap, topic))
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
     log = _log(24)
     records = _on(topic, log.records)
     half = len(records) // 2  # the log's records, in their order of production
@@ -148,7 +139,7 @@ def test_every_record_is_projected_once_across_restarts(
 ) -> None:
     """Stopped and started between batches, the projector ends with each transition once."""
     topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
-    asyncio.run(_create(kafka.bootstrap, topic))
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
     store = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'projection.sqlite3'}")
     produced: list[Sourced] = []
     log = Log(partitions=PARTITIONS)
@@ -176,7 +167,7 @@ def test_an_empty_database_starts_at_the_groups_commit_and_says_its_lag(
     where the group left off (``talkstream replay`` is what rebuilds the past), and its lag says
     0, not the whole topic."""
     topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
-    asyncio.run(_create(kafka.bootstrap, topic))
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
     records = _on(topic, _log(6).records)
     asyncio.run(_produce(kafka.bootstrap, records))
     first = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'first.sqlite3'}")
