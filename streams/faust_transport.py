@@ -1,4 +1,5 @@
-"""faust's aiokafka transport with an idempotent producer (``talkstream://`` broker URLs).
+"""faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
+consumer that fetches a table's changelog only while faust reads it.
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -8,10 +9,12 @@ land twice. Registered under the ``faust.transports`` entry point in pyproject.t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
 
 
 class Producer(driver.Producer):
@@ -19,5 +22,45 @@ class Producer(driver.Producer):
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
+class Consumer(driver.Consumer):
+    """faust pauses a partition only in its own books: it stops reading it, but aiokafka, in
+    the consumer thread, goes on fetching it. A table's changelog is read only to recover;
+    afterwards the worker's own writes to it come back in a fetch and stay in aiokafka's
+    buffer, unread, and aiokafka sends that broker no fetch for the next 100 ms (its prefetch
+    backoff): the ledger then waits, once per changelog partition after every rebalance. So
+    each pause and resume of a changelog partition is done in aiokafka too, in the order
+    faust does them."""
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        super().pause_partitions(tps)
+        self._fetch_changelogs(tps, fetching=False)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        super().resume_partitions(tps)
+        self._fetch_changelogs(tps, fetching=True)
+
+    def _fetch_changelogs(self, tps: set[TP], *, fetching: bool) -> None:
+        changelogs = {tp for tp in tps if self._is_changelog_tp(tp)}
+        consumer = self._thread._consumer
+        loop = self._thread.thread_loop
+        if not changelogs or consumer is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the thread's loop is closed: it stopped
+            loop.call_soon_threadsafe(_set_fetching, consumer, changelogs, fetching)
+
+
+def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
+    """In the consumer thread: aiokafka pauses or resumes only what it has assigned (a
+    rebalance since gives it fresh, unpaused partitions, which faust then pauses again)."""
+    assigned = [tp for tp in consumer.assignment() if tp in tps]  # aiokafka's own tuples
+    if fetching:
+        consumer.resume(*assigned)
+    else:
+        consumer.pause(*assigned)
+
+
 class Transport(driver.Transport):
     Producer = Producer
+    Consumer = Consumer

@@ -191,6 +191,8 @@ class ConsumerLag(Collector):
                     highwater = consumer.highwater(tp)
                 except Exception:  # not fetched yet
                     continue
+                if highwater is None:  # not fetched yet (a changelog is fetched only to recover)
+                    continue
                 last = read.get(tp)
                 position = last + 1 if last is not None else 0
                 family.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))

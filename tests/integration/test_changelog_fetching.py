@@ -1,0 +1,85 @@
+"""The worker's consumer fetches the ledger table's changelog only to recover it
+(``streams.faust_transport.Consumer``): the state it writes there afterwards never comes back
+to it, to sit unread in aiokafka's buffer and hold up its next fetch. On the real broker."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.integration.conftest import System, http, read_topic
+from tests.support import seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+PEOPLE = 24  # over the deployment's 4 partitions: all four are written to (fixed keys)
+ALL_FOUR = {str(p) for p in range(4)}
+
+
+def _lags(text: str, topic: str) -> dict[str, float]:
+    """``talkstream_consumer_lag`` of ``topic`` by partition: one series per partition the
+    worker's consumer has fetched (an unfetched one has no high watermark to report)."""
+    lags = {}
+    for line in text.splitlines():
+        if line.startswith("talkstream_consumer_lag{") and f'topic="{topic}"' in line:
+            partition = line.split('partition="')[1].split('"')[0]
+            lags[partition] = float(line.split()[-1])
+    return lags
+
+
+def _ends(records: list[tuple[int, int, bytes | None, bytes]]) -> dict[int, int]:
+    """The last offset of each partition (a compacted topic keeps its last record)."""
+    ends: dict[int, int] = {}
+    for partition, offset, *_ in records:
+        ends[partition] = max(offset, ends.get(partition, -1))
+    return ends
+
+
+def _webhooks(system: System, round_: int) -> None:
+    ids = []
+    for n in range(PEOPLE):
+        status, body = system.post(seed_params(f"person-{n}@example.com", round=str(round_)))
+        assert status == 202, body
+        ids.append(body["request_id"])
+    rows = system.wait_terminal(ids)
+    assert {row.state for row in rows.values()} == {"published"}
+
+
+def _metrics_once_ready(system: System) -> str:
+    """The worker's /metrics once it is ready and has read [requests] on all four partitions."""
+    requests = f"{system.app_id}-requests"
+    wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+
+    def scraped() -> str | None:
+        status, text = http("GET", f"{system.worker_url()}/metrics")
+        return text if status == 200 and set(_lags(text, requests)) == ALL_FOUR else None
+
+    return wait_until(scraped, 60, what="the worker's lag on [requests]")
+
+
+def test_the_ledger_fetches_its_changelog_only_to_recover_it(make_system) -> None:
+    system = make_system()  # a new deployment: an empty changelog, nothing to recover
+    changelog = f"{system.app_id}-ledger-changelog"
+    _webhooks(system, 1)
+    # the ledger wrote each person's state to its changelog, on every partition...
+    written = read_topic(system.kafka.bootstrap, changelog)
+    assert {str(partition) for partition in _ends(written)} == ALL_FOUR
+    text = _metrics_once_ready(system)
+    # ...and read all of [requests], but never fetched its changelog back
+    assert _lags(text, f"{system.app_id}-requests") == dict.fromkeys(ALL_FOUR, 0.0)
+    assert _lags(text, changelog) == {}
+
+    # a worker restarted without its local store (a new host) reads the changelog to recover
+    # its table (so its watermark is known)...
+    system.kill("worker")
+    shutil.rmtree(system.root / "worker" / "worker")
+    system.start_worker()
+    recovered = _lags(_metrics_once_ready(system), changelog)
+    assert set(recovered) == ALL_FOUR
+    # ...and the state it recovered decides (the same people again, by the same rules)...
+    _webhooks(system, 2)
+    before, after = _ends(written), _ends(read_topic(system.kafka.bootstrap, changelog))
+    assert all(after[p] > before[p] for p in before)
+    # ...but what it writes after that is not fetched back: the watermark stays where it was
+    assert _lags(_metrics_once_ready(system), changelog) == recovered
