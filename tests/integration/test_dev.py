@@ -74,14 +74,14 @@ def listening(port: int) -> bool:
 
 
 def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -> None:
-    kafka_port, ingress, console, openai, talkable = (free_port() for _ in range(5))
+    kafka_port, ingress, console, openai, talkable, worker = (free_port() for _ in range(6))
     env = clean_env(
         data_dir=str(tmp_path / "data"),
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",
         kafka_controller_port=str(free_port()),
         ingress_port=str(ingress),
         console_port=str(console),
-        worker_http_port=str(free_port()),
+        worker_http_port=str(worker),
         partitions="2",
     )
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # where dev keeps its development key
@@ -100,6 +100,8 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         printed = "\n".join(out.seen)
         assert f"http://127.0.0.1:{ingress}/chat-gpt/generate" in printed
         assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
+        # it says so once the worker is ready: the first webhook is not kept waiting
+        assert http("GET", f"http://127.0.0.1:{worker}/readyz")[0] == 200
         # the pasted example works: a webhook in, the event at the Talkable stand-in
         status, body = http(
             "POST", f"http://127.0.0.1:{ingress}/chat-gpt/generate", seed_params("dev@example.com")
