@@ -184,8 +184,11 @@ class ConsumerLag(Collector):
         )
         consumer = getattr(self.app, "_consumer", None)
         if consumer is not None:
-            # faust keeps the last offset it read per partition (no public accessor)
+            # faust keeps the last offset it read per partition (no public accessor); a
+            # table's changelog is not read as a stream: the table's own offset says how far
+            # it has applied (or, where it is the writer, written) that partition
             read = getattr(consumer, "_read_offset", {})
+            tables = {t.changelog_topic_name: t for t in self.app.tables.values()}
             for tp in sorted(consumer.assignment()):
                 try:
                     highwater = consumer.highwater(tp)
@@ -193,7 +196,8 @@ class ConsumerLag(Collector):
                     continue
                 if highwater is None:  # not fetched yet (a changelog is fetched only to recover)
                     continue
-                last = read.get(tp)
+                table = tables.get(tp.topic)
+                last = table.persisted_offset(tp) if table is not None else read.get(tp)
                 position = last + 1 if last is not None else 0
                 family.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
         for own in self.consumers:
