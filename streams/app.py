@@ -83,6 +83,9 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=False,
+        # faust's leader election (a topic of its own) serves ``on_leader`` timers; we have
+        # none, and without the topic faust logs an error at every start
+        topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,

@@ -152,3 +152,13 @@ def test_worker_and_ingress_report_health_and_metrics(system: System) -> None:
     assert "talkstream_consumer_lag{" in text
     status, text = http("GET", f"{system.ingress}/metrics")
     assert 'talkstream_ingress_requests_total{outcome="202"}' in text
+
+
+def test_the_worker_asks_for_no_topic_it_does_not_have(system: System) -> None:
+    # faust's leader election reads a topic of its own, which nothing here uses and the
+    # worker does not create: asking for it logged an ERROR at every start
+    wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert "Worker ready" in log  # the start is in it
+    assert "not found in cluster metadata" not in log
+    assert "__assignor-__leader" not in log
