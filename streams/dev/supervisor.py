@@ -161,9 +161,8 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
                 f"talkstream dev: console did not come up; see {logs}/console.log", file=sys.stderr
             )
             return 1
-        # ready: its partitions assigned and its table recovered, so a first webhook is
-        # decided at once (not a second later, when the worker is done starting)
-        # (port 0, any free port: not known here)
+        # the worker ready (partitions assigned, table recovered): a first webhook is decided
+        # at once, not a second later (its port 0, any free port, cannot be asked here)
         worker = f"http://{settings.worker_http_host}:{settings.worker_http_port}/readyz"
         if settings.worker_http_port and not _wait_http(worker, procs["worker"], 120):
             print(

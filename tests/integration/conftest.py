@@ -161,6 +161,10 @@ class System:
     def worker_url(self, name: str = "worker") -> str:
         return f"http://127.0.0.1:{self.worker_ports[name]}"
 
+    def wait_ready(self, name: str = "worker", timeout: float = 120) -> None:
+        """Until the worker's ``/readyz`` says ready (partitions assigned, table recovered)."""
+        wait_until(lambda: self._up(f"{self.worker_url(name)}/readyz"), timeout, what=name)
+
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)

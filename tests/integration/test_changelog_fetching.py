@@ -51,7 +51,7 @@ def _webhooks(system: System, round_: int) -> None:
 def _metrics_once_ready(system: System) -> str:
     """The worker's /metrics once it is ready and has read [requests] on all four partitions."""
     requests = f"{system.app_id}-requests"
-    wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+    system.wait_ready()
 
     def scraped() -> str | None:
         status, text = http("GET", f"{system.worker_url()}/metrics")

@@ -49,7 +49,7 @@ def test_the_ledger_sends_its_commands_without_waiting_out_the_linger(make_syste
     # a minute of linger: only the ledger's own sending gets the command to the generator sooner
     system = make_system(producer_linger_ms=str(A_MINUTE_MS))
     # ready first, so that the 45 s below are the pipeline's alone, not the worker's start
-    wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+    system.wait_ready()
     status, body = system.post(seed_params("linger@example.com"))
     assert status == 202, body
     # this deployment's only request: its call is the stand-in's first

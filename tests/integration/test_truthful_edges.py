@@ -42,7 +42,7 @@ def expected_id(body: dict) -> str:
 def test_a_503_is_never_written_and_every_202_is_published(own_broker, tmp_path) -> None:
     system = System(own_broker, tmp_path, kafka_stall_seconds="2").start()
     try:
-        wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+        system.wait_ready()
         answers: list[tuple[str, int | None]] = []  # (request_id, status; None = no answer)
         stop = threading.Event()
 

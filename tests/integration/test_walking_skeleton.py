@@ -136,9 +136,7 @@ def test_worker_and_ingress_report_health_and_metrics(system: System) -> None:
     assert status == 202
     system.wait_terminal([body["request_id"]])
     assert http("GET", f"{system.worker_url()}/healthz")[0] == 200
-    wait_until(
-        lambda: http("GET", f"{system.worker_url()}/readyz")[0] == 200, 30, what="worker readiness"
-    )
+    system.wait_ready()
     status, text = http("GET", f"{system.worker_url()}/metrics")
     assert status == 200
     published = [
@@ -157,7 +155,7 @@ def test_worker_and_ingress_report_health_and_metrics(system: System) -> None:
 def test_the_worker_asks_for_no_topic_it_does_not_have(system: System) -> None:
     # faust's leader election reads a topic of its own, which nothing here uses and the
     # worker does not create: asking for it logged an ERROR at every start
-    wait_until(lambda: system._up(f"{system.worker_url()}/readyz"), 120, what="the worker")
+    system.wait_ready()
     log = (system.root / "worker.log").read_text(errors="replace")
     assert "Worker ready" in log  # the start is in it
     assert "not found in cluster metadata" not in log
