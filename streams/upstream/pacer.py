@@ -12,7 +12,9 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
   halved on a 429 or an outage.
 - **A new target is asked once first**: one call in flight until its first answer, which
-  tells its limits, or that it refuses the key, before many calls are spent on it.
+  tells its limits, or that it refuses the key, before many calls are spent on it; but for
+  ``probe_wait`` seconds at most. A refusal comes back sooner than that, while a generation may
+  take many seconds: the webhooks behind the first one wait for it no longer than that.
 - **A 429** pauses the target for what it asked (``retry-after``, "try again in"), else for a
   backoff; the throttled call goes back to the head of its queue: waiting is not failing.
 - **An outage** (5xx, connection errors, timeouts): after ``circuit_after`` failures in a row the
@@ -44,6 +46,7 @@ class PacerConfig:
     open_base: float = 1.0  # seconds the circuit stays open the first time
     open_max: float = 30.0
     throttle_base: float = 1.0  # pause after a 429 that said nothing about how long
+    probe_wait: float = 1.0  # seconds a new target's first call goes alone, at most
 
 
 class Lane:
@@ -75,7 +78,8 @@ class Pacer:
         self.failures = 0  # outage failures in a row
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
-        self.heard = False  # any answer at all yet: until then, one call at a time
+        self.heard = False  # any answer at all yet: until then, one call at a time...
+        self.probe_since: float | None = None  # ...for probe_wait from its start at most
 
     # --- the question -------------------------------------------------------------------------
 
@@ -88,19 +92,32 @@ class Pacer:
             return self.open_until
         if self.circuit is Circuit.HALF_OPEN and self.in_flight > 0:
             return None
-        if self.in_flight >= self.allowed_in_flight():
+        if self.in_flight >= self.allowed_in_flight(now):
+            if self._probing(now) and self.probe_since is not None:
+                return self.probe_since + self.config.probe_wait  # then the window opens
             return None
         at = max(now, self.paused_until, self.requests.ready_at(now))
         if self.tokens.rate is not None and cost_tokens > 0:
             at = max(at, self.tokens.ready_at(now))
         return at
 
-    def allowed_in_flight(self) -> int:
-        if self.circuit is Circuit.HALF_OPEN or not self.heard:
+    def allowed_in_flight(self, now: float | None = None) -> int:
+        """Calls that may be in flight (``now``: the time, for a new target's first call)."""
+        if self.circuit is Circuit.HALF_OPEN or self._probing(now):
             return 1  # a probe: a new target is asked once before it is asked many times
         if self.learned:  # the rate paces it; the window only caps
             return self.config.max_window
         return max(1, min(self.config.max_window, math.floor(self.window)))
+
+    def _probing(self, now: float | None) -> bool:
+        """A new target's first call is out (or about to be), and not for long yet."""
+        if self.heard:
+            return False
+        return (
+            self.probe_since is None
+            or now is None
+            or now < self.probe_since + (self.config.probe_wait)
+        )
 
     @property
     def rate(self) -> float | None:
@@ -110,6 +127,8 @@ class Pacer:
     # --- what happened ------------------------------------------------------------------------
 
     def started(self, cost_tokens: float, now: float) -> None:
+        if not self.heard and self.probe_since is None:
+            self.probe_since = now
         self.in_flight += 1
         self.requests.take(1, now)
         self.tokens.take(cost_tokens, now)
@@ -143,6 +162,7 @@ class Pacer:
         """An outage: a 5xx, a connection error, a timeout."""
         self.in_flight -= 1
         self.failures += 1
+        self.probe_since = None  # no answer: the next call is the target's first question again
         self._decrease()
         if self.circuit is Circuit.HALF_OPEN or self.failures >= self.config.circuit_after:
             if self.circuit is Circuit.HALF_OPEN:
@@ -153,6 +173,7 @@ class Pacer:
     def released(self) -> None:
         """A call that never reached the upstream (it could not even be sent)."""
         self.in_flight -= 1
+        self.probe_since = None
 
     # --- learning -----------------------------------------------------------------------------
 

@@ -104,6 +104,25 @@ async def test_a_new_target_is_asked_once_before_it_is_asked_many_times() -> Non
     assert up.calls == ["n0", "n1", "n2", "n3", "n4", "n5"]  # then its window: 4, +1 for n0
 
 
+async def test_a_new_targets_slow_first_call_holds_the_others_a_second_at_most() -> None:
+    clock, up = Clock(), Upstream()
+    pacing = PacerConfig(initial_window=4, probe_wait=0.25)
+    s = Scheduler("test", max_in_flight=10, max_wait_s=600, refusal_s=60, pacer_config=pacing,
+                  clock=clock)  # fmt: skip
+    for i in range(6):
+        s.submit("new", up.job(f"n{i}"))
+    assert s.dispatch() == clock.t + 0.25  # when to look again, with no news
+    await settle()
+    assert up.calls == ["n0"]
+    clock.t += 0.25  # n0 is a generation that takes its time
+    s.dispatch()
+    await settle()
+    assert up.calls == ["n0", "n1", "n2", "n3"]  # the initial window, n0 still out
+    up.answer("n0")
+    await settle()
+    assert up.reports["n0"].value == "ok"
+
+
 async def test_a_blasting_target_does_not_hold_the_slots_another_target_needs() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=4)

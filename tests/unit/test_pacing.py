@@ -107,11 +107,13 @@ def test_remaining_zero_pauses_until_the_reset() -> None:
 def test_before_anything_is_learned_the_window_caps_calls_in_flight() -> None:
     pacer = Pacer(PacerConfig(initial_window=2))
     pacer.started(0, 0.0)
-    pacer.started(0, 0.0)
-    assert pacer.ready_at(0, 0.0) is None  # two in flight: wait for one to end
-    pacer.answered(None, 0.1)
-    assert pacer.ready_at(0, 0.1) == 0.1
-    assert pacer.allowed_in_flight() == 3  # slow start: +1 per success
+    pacer.answered(None, 0.1)  # the first answer: now its window, 2 (+1 for that success)
+    for _ in range(3):
+        pacer.started(0, 0.1)
+    assert pacer.ready_at(0, 0.1) is None  # three in flight: wait for one to end
+    pacer.answered(None, 0.2)
+    assert pacer.ready_at(0, 0.2) == 0.2
+    assert pacer.allowed_in_flight() == 4  # slow start: +1 per success
 
 
 def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None:
@@ -154,9 +156,31 @@ def test_an_outage_opens_the_circuit_then_one_probe_at_a_time() -> None:
 
 
 def test_a_new_target_is_asked_once_until_its_first_answer() -> None:
-    pacer = Pacer(PacerConfig(initial_window=8))
+    pacer = Pacer(PacerConfig(initial_window=8, probe_wait=1.0))
     assert pacer.allowed_in_flight() == 1
     pacer.started(0, 0.0)
-    assert pacer.ready_at(0, 0.0) is None
+    assert pacer.ready_at(0, 0.0) == 1.0  # alone until it answers, for a second at most
+    assert pacer.ready_at(0, 0.9) == 1.0
     pacer.answered(None, 0.5)  # it answered: now its window
     assert pacer.allowed_in_flight() == 9
+
+
+def test_a_first_call_that_takes_long_goes_alone_only_for_the_probe_wait() -> None:
+    pacer = Pacer(PacerConfig(initial_window=8, probe_wait=1.0))
+    pacer.started(0, 10.0)  # a generation that takes seconds
+    assert pacer.ready_at(0, 10.5) == 11.0
+    assert pacer.allowed_in_flight(10.5) == 1
+    assert pacer.ready_at(0, 11.0) == 11.0  # no answer yet: the initial window opens
+    assert pacer.allowed_in_flight(11.0) == 8
+    for _ in range(7):
+        pacer.started(0, 11.0)
+    assert pacer.ready_at(0, 11.0) is None  # eight in flight: wait for one to end
+
+
+def test_a_first_call_lost_to_an_outage_makes_the_next_one_the_first_question() -> None:
+    pacer = Pacer(PacerConfig(initial_window=8, probe_wait=1.0, circuit_after=3))
+    pacer.started(0, 0.0)
+    pacer.failed(5.0)  # no answer (a timeout): nothing learned
+    assert pacer.allowed_in_flight(5.0) == 1
+    pacer.started(0, 5.0)
+    assert pacer.ready_at(0, 5.5) == 6.0  # its own second, from its own start
