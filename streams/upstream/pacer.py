@@ -113,11 +113,9 @@ class Pacer:
         """A new target's first call is out (or about to be), and not for long yet."""
         if self.heard:
             return False
-        return (
-            self.probe_since is None
-            or now is None
-            or now < self.probe_since + (self.config.probe_wait)
-        )
+        if self.probe_since is None or now is None:
+            return True
+        return now < self.probe_since + self.config.probe_wait
 
     @property
     def rate(self) -> float | None:

@@ -323,19 +323,18 @@ class Scheduler:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per target: queue depth, pacing rate, 429s, circuit state (for metrics and stats)."""
+        now = self._clock()
         return [
             {
                 "target": t.name,
                 "queued": len(t.queue),
                 "in_flight": t.pacer.in_flight,
                 "rate": t.pacer.rate,
-                "window": t.pacer.allowed_in_flight(),
+                "window": t.pacer.allowed_in_flight(now),
                 "throttled": t.throttled,
                 "calls": t.calls,
                 "circuit": t.pacer.circuit.name.lower(),
-                "refused": sorted(
-                    s for s, (until, _) in t.refused.items() if until > self._clock()
-                ),
+                "refused": sorted(s for s, (until, _) in t.refused.items() if until > now),
             }
             for t in self.targets.values()
         ]
@@ -359,8 +358,10 @@ def _why_held(target: Target, at: float | None, now: float) -> str:
         return f"circuit open (outage){last}"
     if pacer.circuit is Circuit.HALF_OPEN:
         return f"circuit half open (probing){last}"
+    if pacer.in_flight and pacer.allowed_in_flight(now) == 1 and not pacer.heard:
+        return "a new target's first call (alone until it answers, a second at most)"
     if at is None:
-        return f"{pacer.in_flight} calls in flight (window {pacer.allowed_in_flight()})"
+        return f"{pacer.in_flight} calls in flight (window {pacer.allowed_in_flight(now)})"
     if pacer.paused_until > now:
         return f"paused{last}"
     return f"paced at {pacer.rate:.2f}/s" if pacer.rate else "paced"

@@ -114,10 +114,13 @@ async def test_a_new_targets_slow_first_call_holds_the_others_a_second_at_most()
     assert s.dispatch() == clock.t + 0.25  # when to look again, with no news
     await settle()
     assert up.calls == ["n0"]
+    assert "first call" in (s.targets["new"].queue[0].held_by or "")  # what holds the others
+    assert s.snapshot()[0]["window"] == 1
     clock.t += 0.25  # n0 is a generation that takes its time
     s.dispatch()
     await settle()
     assert up.calls == ["n0", "n1", "n2", "n3"]  # the initial window, n0 still out
+    assert s.snapshot()[0]["window"] == 4
     up.answer("n0")
     await settle()
     assert up.reports["n0"].value == "ok"
