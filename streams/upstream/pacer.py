@@ -79,7 +79,7 @@ class Pacer:
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
         self.heard = False  # any answer at all yet: until then, one call at a time...
-        self.probe_since: float | None = None  # ...for probe_wait from its start at most
+        self.probe_until: float | None = None  # ...until probe_wait after the first one started
 
     # --- the question -------------------------------------------------------------------------
 
@@ -93,29 +93,25 @@ class Pacer:
         if self.circuit is Circuit.HALF_OPEN and self.in_flight > 0:
             return None
         if self.in_flight >= self.allowed_in_flight(now):
-            if self._probing(now) and self.probe_since is not None:
-                return self.probe_since + self.config.probe_wait  # then the window opens
+            if self.probing(now) and self.probe_until is not None:
+                return self.probe_until  # then the window opens
             return None
         at = max(now, self.paused_until, self.requests.ready_at(now))
         if self.tokens.rate is not None and cost_tokens > 0:
             at = max(at, self.tokens.ready_at(now))
         return at
 
-    def allowed_in_flight(self, now: float | None = None) -> int:
-        """Calls that may be in flight (``now``: the time, for a new target's first call)."""
-        if self.circuit is Circuit.HALF_OPEN or self._probing(now):
+    def allowed_in_flight(self, now: float) -> int:
+        """Calls that may be in flight at ``now``."""
+        if self.circuit is Circuit.HALF_OPEN or self.probing(now):
             return 1  # a probe: a new target is asked once before it is asked many times
         if self.learned:  # the rate paces it; the window only caps
             return self.config.max_window
         return max(1, min(self.config.max_window, math.floor(self.window)))
 
-    def _probing(self, now: float | None) -> bool:
+    def probing(self, now: float) -> bool:
         """A new target's first call is out (or about to be), and not for long yet."""
-        if self.heard:
-            return False
-        if self.probe_since is None or now is None:
-            return True
-        return now < self.probe_since + self.config.probe_wait
+        return not self.heard and (self.probe_until is None or now < self.probe_until)
 
     @property
     def rate(self) -> float | None:
@@ -125,8 +121,8 @@ class Pacer:
     # --- what happened ------------------------------------------------------------------------
 
     def started(self, cost_tokens: float, now: float) -> None:
-        if not self.heard and self.probe_since is None:
-            self.probe_since = now
+        if not self.heard and self.probe_until is None:
+            self.probe_until = now + self.config.probe_wait
         self.in_flight += 1
         self.requests.take(1, now)
         self.tokens.take(cost_tokens, now)
@@ -160,7 +156,7 @@ class Pacer:
         """An outage: a 5xx, a connection error, a timeout."""
         self.in_flight -= 1
         self.failures += 1
-        self.probe_since = None  # no answer: the next call is the target's first question again
+        self.probe_until = None  # no answer: the next call is the target's first question again
         self._decrease()
         if self.circuit is Circuit.HALF_OPEN or self.failures >= self.config.circuit_after:
             if self.circuit is Circuit.HALF_OPEN:
@@ -171,7 +167,7 @@ class Pacer:
     def released(self) -> None:
         """A call that never reached the upstream (it could not even be sent)."""
         self.in_flight -= 1
-        self.probe_since = None
+        self.probe_until = None
 
     # --- learning -----------------------------------------------------------------------------
 

@@ -358,7 +358,7 @@ def _why_held(target: Target, at: float | None, now: float) -> str:
         return f"circuit open (outage){last}"
     if pacer.circuit is Circuit.HALF_OPEN:
         return f"circuit half open (probing){last}"
-    if pacer.in_flight and pacer.allowed_in_flight(now) == 1 and not pacer.heard:
+    if pacer.in_flight and pacer.probing(now):
         return "a new target's first call (alone until it answers, a second at most)"
     if at is None:
         return f"{pacer.in_flight} calls in flight (window {pacer.allowed_in_flight(now)})"

@@ -113,7 +113,7 @@ def test_before_anything_is_learned_the_window_caps_calls_in_flight() -> None:
     assert pacer.ready_at(0, 0.1) is None  # three in flight: wait for one to end
     pacer.answered(None, 0.2)
     assert pacer.ready_at(0, 0.2) == 0.2
-    assert pacer.allowed_in_flight() == 4  # slow start: +1 per success
+    assert pacer.allowed_in_flight(0.2) == 4  # slow start: +1 per success
 
 
 def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None:
@@ -121,7 +121,7 @@ def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None
     pacer.started(0, 0.0)
     pacer.throttled(Limits(retry_after_s=2.5), 1.0)
     assert pacer.ready_at(0, 1.0) == 3.5
-    assert pacer.allowed_in_flight() == 4
+    assert pacer.allowed_in_flight(1.0) == 4
     pacer.started(0, 3.5)
     pacer.throttled(None, 3.5)  # said nothing: a backoff of its own
     assert pacer.ready_at(0, 3.5) == pytest.approx(3.5 + PacerConfig().throttle_base)
@@ -157,12 +157,12 @@ def test_an_outage_opens_the_circuit_then_one_probe_at_a_time() -> None:
 
 def test_a_new_target_is_asked_once_until_its_first_answer() -> None:
     pacer = Pacer(PacerConfig(initial_window=8, probe_wait=1.0))
-    assert pacer.allowed_in_flight() == 1
+    assert pacer.allowed_in_flight(0.0) == 1
     pacer.started(0, 0.0)
     assert pacer.ready_at(0, 0.0) == 1.0  # alone until it answers, for a second at most
     assert pacer.ready_at(0, 0.9) == 1.0
     pacer.answered(None, 0.5)  # it answered: now its window
-    assert pacer.allowed_in_flight() == 9
+    assert pacer.allowed_in_flight(0.5) == 9
 
 
 def test_a_first_call_that_takes_long_goes_alone_only_for_the_probe_wait() -> None:
