@@ -249,6 +249,19 @@ def system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> It
     deployment.stop()
 
 
+def consumer_lags(metrics: str, topic: str) -> dict[str, float]:
+    """``talkstream_consumer_lag`` of ``topic`` by partition, from a ``/metrics`` page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["partition"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "talkstream_consumer_lag"
+        for sample in family.samples
+        if sample.labels.get("topic") == topic
+    }
+
+
 def now_s() -> int:
     return int(time.time())
 

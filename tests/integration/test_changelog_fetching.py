@@ -8,25 +8,13 @@ import shutil
 
 import pytest
 
-from tests.integration.conftest import System, http, read_topic
+from tests.integration.conftest import System, consumer_lags, http, read_topic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
 
 PEOPLE = 24  # over the deployment's 4 partitions: all four are written to (fixed keys)
 ALL_FOUR = {str(p) for p in range(4)}
-
-
-def _lags(text: str, topic: str) -> dict[str, float]:
-    """``talkstream_consumer_lag`` of ``topic`` by partition: one series per partition the
-    worker's consumer has fetched (an unfetched one has no high watermark to report); for the
-    changelog, how far the table is behind it."""
-    lags = {}
-    for line in text.splitlines():
-        if line.startswith("talkstream_consumer_lag{") and f'topic="{topic}"' in line:
-            partition = line.split('partition="')[1].split('"')[0]
-            lags[partition] = float(line.split()[-1])
-    return lags
 
 
 def _ends(records: list[tuple[int, int, bytes | None, bytes]]) -> dict[int, int]:
@@ -55,7 +43,7 @@ def _metrics_once_ready(system: System) -> str:
 
     def scraped() -> str | None:
         status, text = http("GET", f"{system.worker_url()}/metrics")
-        return text if status == 200 and set(_lags(text, requests)) == ALL_FOUR else None
+        return text if status == 200 and set(consumer_lags(text, requests)) == ALL_FOUR else None
 
     return wait_until(scraped, 60, what="the worker's lag on [requests]")
 
@@ -69,18 +57,18 @@ def test_the_ledger_fetches_its_changelog_only_to_recover_it(make_system) -> Non
     assert {str(partition) for partition in _ends(written)} == ALL_FOUR
     text = _metrics_once_ready(system)
     # ...and read all of [requests], but never fetched its changelog back
-    assert _lags(text, f"{system.app_id}-requests") == dict.fromkeys(ALL_FOUR, 0.0)
-    assert _lags(text, changelog) == {}
+    assert consumer_lags(text, f"{system.app_id}-requests") == dict.fromkeys(ALL_FOUR, 0.0)
+    assert consumer_lags(text, changelog) == {}
 
     # a worker restarted without its local store (a new host) reads the changelog to recover
     # its table: now it knows the changelog's watermark, and its table is not behind it...
     system.kill("worker")
     shutil.rmtree(system.root / "worker" / "worker")
     system.start_worker()
-    assert _lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)
+    assert consumer_lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)
     # ...and decides (new webhooks of the same people) on the state it recovered...
     _webhooks(system, 2)
     before, after = _ends(written), _ends(read_topic(system.kafka.bootstrap, changelog))
     assert all(after[p] > before[p] for p in before), (before, after)
     # ...and its own writes since then do not count as lag: the table wrote them
-    assert _lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)
+    assert consumer_lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)

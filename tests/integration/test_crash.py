@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, http, now_s
+from tests.integration.conftest import System, consumer_lags, http, now_s
 from tests.support import free_port, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -104,16 +104,12 @@ def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str
     thread.join(timeout=240)
     check_outcome(system, answers)
     if projector != "worker":  # its lag, partition by partition, on its own /metrics
-        lifecycle = f'topic="{system.app_id}-lifecycle"'
+        lifecycle = f"{system.app_id}-lifecycle"
 
         def caught_up() -> bool:
             status, text = http("GET", f"http://127.0.0.1:{port}/metrics")
-            lags = [
-                float(line.split()[-1])
-                for line in (text if status == 200 else "").splitlines()
-                if line.startswith("talkstream_consumer_lag{") and lifecycle in line
-            ]
-            return bool(lags) and not any(lags)
+            lags = consumer_lags(text if status == 200 else "", lifecycle)
+            return bool(lags) and not any(lags.values())
 
         wait_until(caught_up, 60, what="the projector's lag at 0 on its /metrics")
 
