@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 # persons are "site:email")
 OFFSET_MARK = b"\x00next-offset:"
 MARK_EVERY = 32
+# a stored state with nothing in flight (pydantic writes an empty field exactly so, and no
+# string in the JSON can hold it unescaped)
+NOTHING_IN_FLIGHT = b'"inflight":{}'
 BATCH = 500  # messages decided before their outputs' acknowledgements are awaited together
 WITHIN_SECONDS = 0.002
-FULL_SCAN_EVERY = 30  # timer ticks between scans of the whole table (recovered state)
 # sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
 SendNow = Callable[[], Awaitable[None] | None]
 
@@ -67,6 +69,7 @@ def register(
         send_now=lambda: sending_now(app.producer),
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
+    app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
     app.agent(topics.requests, name="ledger")(ledger.consume)
     app.timer(interval=deadline_check_seconds, name="deadlines")(ledger.check_deadlines)
 
@@ -104,6 +107,7 @@ class Ledger:
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
         self._scan = TableScan(table, self._due)
+        self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
 
     async def consume(self, stream: Any) -> None:
@@ -112,7 +116,7 @@ class Ledger:
         acknowledged by Kafka before its states are stored, so a stored state never claims an
         output that a crash could still lose."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
-            batch = Batch()
+            batch = self._deciding = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
             for event in events:
                 msg = event.message
@@ -130,6 +134,7 @@ class Ledger:
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
+            self._deciding = Batch()
 
     async def process(self, batch: Batch, record: Record) -> None:
         """decode → the person's state (as this batch left it) → decide and evolve → emit."""
@@ -173,11 +178,17 @@ class Ledger:
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
         self._due.rebalanced(self._clock.now_ms())
-        self._scan.soon()  # the partitions this worker now owns
+
+    def recovered(self, *_: Any, **__: Any) -> None:
+        self._scan.soon()  # the partitions this worker now owns, as recovered
 
     async def check_deadlines(self) -> None:
         """The timer: reads the table only; overdue work goes to the person's partition."""
-        self._scan.tick()
+        if self._scan.pending:
+            self._scan.run()
+            # the batch being decided has tracked states the table does not hold yet
+            for person, (state, _) in self._deciding.states.items():
+                self._due.track(person.decode(), state)
         for expired in self._due.overdue(self._clock.now_ms()):
             log.info(
                 "deadline expired request_id=%s attempt=%s stage=%s",
@@ -296,24 +307,27 @@ class Emitter:
 
 
 class TableScan:
-    """Rebuilds the deadline index from the whole table now and then: recovered state (after
-    a start or a rebalance) and partitions revoked since."""
+    """Rebuilds the deadline index from the whole table once the worker has recovered it
+    (after a start or a rebalance): the in-flight work of the partitions it now owns. Only
+    then: the ledger tracks every decision itself, and reading a table of a million people
+    takes seconds of the worker's loop."""
 
     def __init__(self, table: Any, due: DeadlineIndex) -> None:
         self._table = table
         self._due = due
-        self._ticks = 0
+        self.pending = True
 
     def soon(self) -> None:
-        self._ticks = 0
+        self.pending = True
 
-    def tick(self) -> None:
-        if self._ticks % FULL_SCAN_EVERY == 0:
-            self._due.clear()
-            for person, raw in list(self._table.items()):
-                if raw is not None and not person.startswith(OFFSET_MARK):
-                    self._due.track(person.decode(), decode(PersonState, raw))
-        self._ticks += 1
+    def run(self) -> None:
+        self.pending = False
+        self._due.clear()
+        for person, raw in self._table.items():
+            # most people have nothing in flight: no need to decode them
+            if raw is None or person.startswith(OFFSET_MARK) or NOTHING_IN_FLIGHT in raw:
+                continue
+            self._due.track(person.decode(), decode(PersonState, raw))
 
 
 class StateCache:

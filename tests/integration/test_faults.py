@@ -4,6 +4,7 @@ refuses, Talkable goes down, executors lose work, or poison arrives in a topic."
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -92,6 +93,35 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
     causes = [t.cause for t in system.projection.transitions(retried)]
     assert any("overdue; re-issued" in cause for cause in causes)
     assert len(talkable_events(system, "hang")) == 2
+
+
+def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_holds(
+    make_system,
+) -> None:
+    """A worker stopped while a call hangs (a deploy's restart) loses that call; nothing of
+    it is read again after the restart (offsets and the ledger's own marks are past it, as
+    others' webhooks kept coming), so only the state the new worker recovered says it is in
+    flight: its deadline must still pass and re-issue it."""
+    system = make_system(
+        generation_deadline_seconds="6", max_wait_seconds="2", openai_timeout_seconds="120"
+    )
+    system.openai("POST", "/_control", {"hang_every": 1})
+    [stuck] = post_all(system, [seed_params("stuck@example.com")])
+    wait_until(
+        lambda: system.openai("GET", "/_stats")["in_flight"] == 1, 60, what="its call hanging"
+    )
+    system.openai("POST", "/_control", {"hang_every": 0})
+    others = post_all(system, [seed_params(f"after{i}@example.com") for i in range(200)])
+    system.wait_terminal(others, timeout=120)
+    worker = system.procs.pop("worker")
+    worker.send_signal(signal.SIGTERM)  # a graceful stop: its offsets are committed
+    assert worker.wait(timeout=60) == 0
+    assert system.projection.request(stuck).state == "generating"
+    system.start_worker()
+    row = system.wait_terminal([stuck], timeout=90)[stuck]
+    assert (row.state, row.attempts) == ("published", 2)
+    causes = [t.cause for t in system.projection.transitions(stuck)]
+    assert any("overdue; re-issued" in cause for cause in causes)
 
 
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:

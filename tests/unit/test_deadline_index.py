@@ -1,12 +1,26 @@
 """The deadline timer's index: overdue work is signalled once per attempt, and after a
 rebalance (when faust may have dropped executors' buffered commands) older work is given a
-short grace instead of the rest of its deadline."""
+short grace instead of the rest of its deadline; the index is rebuilt from the table once a
+recovery completes, and never by reading the whole table now and then."""
 
 from __future__ import annotations
 
-from models.ledger import Policy
-from streams.agents.ledger import DeadlineIndex
-from tests.unit.domain_builders import PERSON, T0, Ledger, received
+from models.events import DeadlineExpired
+from models.ledger import PersonState, Policy
+from streams.agents.ledger import NOTHING_IN_FLIGHT, OFFSET_MARK, DeadlineIndex, TableScan
+from streams.agents.ledger import Ledger as StreamsLedger
+from streams.codecs import decode, encode
+from streams.observability import WorkerMetrics
+from streams.runtime import Topics
+from tests.unit.domain_builders import (
+    PERSON,
+    T0,
+    Ledger,
+    generated,
+    publication_failed,
+    published,
+    received,
+)
 
 POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000, max_wait_ms=0)
 STAGES = {"generating": 120_000, "publishing": 60_000}
@@ -44,3 +58,104 @@ def test_work_issued_after_the_rebalance_keeps_its_whole_deadline() -> None:
     index.rebalanced(ISSUED + 10_000)
     assert index.overdue(ISSUED + 100_000) == []
     assert len(index.overdue(ISSUED + 140_000)) == 1
+
+
+# --- the scan of the recovered table ---------------------------------------------------------
+
+
+class CountedTable(dict[bytes, bytes]):
+    """A table that counts how often it is read whole."""
+
+    scans = 0
+
+    def items(self):  # type: ignore[override]
+        self.scans += 1
+        return super().items()
+
+
+def stored_states() -> dict[str, PersonState]:
+    """A person with a generation in flight, one whose request ended, one parked."""
+    in_flight = Ledger(policy=POLICY, now_ms=ISSUED)
+    in_flight.send(received("req-1"))
+    done = Ledger(policy=POLICY, now_ms=ISSUED)
+    for message in (received("req-2"), generated("req-2"), published("req-2")):
+        done.send(message)
+    parked = Ledger(policy=POLICY, now_ms=ISSUED)
+    for message in (received("req-3"), generated("req-3"), publication_failed("req-3")):
+        parked.send(message)
+    states = {"acme:ann": in_flight.state, "acme:bob": done.state, "acme:cat": parked.state}
+    assert all(state is not None for state in states.values())
+    return states  # type: ignore[return-value]
+
+
+def scanned_ledger(table: dict[bytes, bytes]) -> StreamsLedger:
+    async def unused(*_: object, **__: object) -> None:
+        raise AssertionError("not read here")
+
+    return StreamsLedger(
+        table,
+        POLICY,
+        Topics(requests=Sent(), generate=None, completions=None, lifecycle=None, deadletter=None),
+        unused,  # type: ignore[arg-type]
+        30_000,
+        None,  # type: ignore[arg-type]
+        WorkerMetrics(),
+        FixedClock(ISSUED),
+    )
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.values: list[DeadlineExpired] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> None:
+        self.values.append(decode(DeadlineExpired, value))
+
+
+class FixedClock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def test_the_scan_decodes_only_the_people_with_work_in_flight() -> None:
+    states = stored_states()
+    raw = {person: encode(state) for person, state in states.items()}
+    assert NOTHING_IN_FLIGHT not in raw["acme:ann"]
+    assert NOTHING_IN_FLIGHT in raw["acme:bob"] and NOTHING_IN_FLIGHT in raw["acme:cat"]
+    table = {person.encode(): value for person, value in raw.items()}
+    table[OFFSET_MARK + b"0"] = b"12"
+    index = DeadlineIndex(STAGES, grace_ms=30_000)
+    TableScan(table, index).run()
+    [expired] = index.overdue(ISSUED + 120_000)
+    assert (expired.person, expired.request_id) == ("acme:ann", "req-1")
+
+
+async def test_the_timer_reads_the_whole_table_only_after_a_recovery() -> None:
+    states = stored_states()
+    table = CountedTable({b"acme:ann": encode(states["acme:ann"])})
+    ledger = scanned_ledger(table)
+    for _ in range(40):  # forty ticks: one scan, at the first
+        await ledger.check_deadlines()
+    assert table.scans == 1
+    ledger.recovered()
+    await ledger.check_deadlines()
+    await ledger.check_deadlines()
+    assert table.scans == 2
+
+
+async def test_a_recovery_keeps_the_deadlines_of_the_batch_being_decided() -> None:
+    """A batch waiting for its outputs' acknowledgements has tracked states the table does
+    not hold yet; a scan in that moment must not forget them."""
+    states = stored_states()
+    ledger = scanned_ledger({})
+    ledger._deciding.states[b"acme:ann"] = (states["acme:ann"], None)
+    ledger.recovered()
+    clock = ledger._clock
+    assert isinstance(clock, FixedClock)
+    clock.now = ISSUED + 120_000
+    await ledger.check_deadlines()
+    sent = ledger._topics.requests
+    assert [(e.person, e.request_id) for e in sent.values] == [("acme:ann", "req-1")]
