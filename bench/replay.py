@@ -37,6 +37,7 @@ from models.events import (
     PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
+    RequestsValue,
     SealedSecrets,
 )
 from models.ledger import PersonState, Policy, handle
@@ -58,52 +59,59 @@ def synthetic_log(requests: int, now_s: int) -> tuple[list[tuple[str, bytes]], l
     each decided by the ledger from received to published."""
     policy, requests_log, lifecycle = Policy(), [], []
     for i in range(requests):
-        site, email = f"site{i % 50}", f"p{i}@replay.example.com"
-        person = person_key(site, email)
-        received = RequestReceived(
-            request_id=f"r{i:08d}",
-            delivery_id=f"d{i:08d}",
-            person=person,
-            at_ms=now_s * 1000 + i,
-            spec=RequestSpec(
-                site=site,
-                email=email,
-                chat=ChatRequest(
-                    model="gpt-4o-mini",
-                    messages=[{"role": "user", "content": f"a verse for customer {i}"}],
-                    max_tokens=60,
-                ),
-                usage_limit=UsageLimit(
-                    amount=3,
-                    duration_in_seconds=3600,
-                    start_time=now_s,
-                    current_time=now_s,
-                    current_usage_amount=0,
-                ),
-            ),
-            secrets=SealedSecrets(talkable_api_key="gAAAA-t", openai_api_key="gAAAA-o"),
-        )
-        generated = GenerationAttemptSucceeded(
-            request_id=received.request_id,
-            person=person,
-            attempt=1,
-            at_ms=now_s * 1000 + i + 900,
-            text=f"Roses for customer {i}",
-            model="gpt-4o-mini",
-            prompt_tokens=9,
-            completion_tokens=12,
-            latency_ms=850,
-        )
-        published = PublicationAttemptSucceeded(
-            request_id=received.request_id, person=person, attempt=1, at_ms=now_s * 1000 + i + 950
-        )
+        person, messages = webhook(i, now_s)
         state: PersonState | None = None
-        for message in (received, generated, published):
+        for message in messages:
             outcome = handle(state, message, policy, now_s * 1000)
             state = outcome.state
             requests_log.append((person, encode(message)))
             lifecycle += [encode(event) for event in outcome.events]
     return requests_log, lifecycle
+
+
+def webhook(i: int, now_s: int) -> tuple[str, list[RequestsValue]]:
+    """The ``i``-th synthetic person and the [requests] messages of one webhook of theirs,
+    received to published."""
+    site, email = f"site{i % 50}", f"p{i}@replay.example.com"
+    person = person_key(site, email)
+    received = RequestReceived(
+        request_id=f"r{i:08d}",
+        delivery_id=f"d{i:08d}",
+        person=person,
+        at_ms=now_s * 1000 + i,
+        spec=RequestSpec(
+            site=site,
+            email=email,
+            chat=ChatRequest(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"a verse for customer {i}"}],
+                max_tokens=60,
+            ),
+            usage_limit=UsageLimit(
+                amount=3,
+                duration_in_seconds=3600,
+                start_time=now_s,
+                current_time=now_s,
+                current_usage_amount=0,
+            ),
+        ),
+        secrets=SealedSecrets(talkable_api_key="gAAAA-t", openai_api_key="gAAAA-o"),
+    )
+    generated = GenerationAttemptSucceeded(
+        request_id=received.request_id,
+        person=person,
+        attempt=1,
+        at_ms=now_s * 1000 + i + 900,
+        text=f"Roses for customer {i}",
+        model="gpt-4o-mini",
+        prompt_tokens=9,
+        completion_tokens=12,
+        latency_ms=850,
+    )
+    published = PublicationAttemptSucceeded(
+        request_id=received.request_id, person=person, attempt=1, at_ms=now_s * 1000 + i + 950
+    )
+    return person, [received, generated, published]
 
 
 async def produce(

@@ -5,6 +5,7 @@ recovery completes, and never by reading the whole table now and then."""
 
 from __future__ import annotations
 
+from bench.table_scan import every_state_decoded, in_flight_decoded, table_of
 from models.events import DeadlineExpired
 from models.ledger import PersonState, Policy
 from streams.agents.ledger import NOTHING_IN_FLIGHT, OFFSET_MARK, DeadlineIndex, TableScan
@@ -159,3 +160,9 @@ async def test_a_recovery_keeps_the_deadlines_of_the_batch_being_decided() -> No
     await ledger.check_deadlines()
     sent = ledger._topics.requests
     assert [(e.person, e.request_id) for e in sent.values] == [("acme:ann", "req-1")]
+
+
+def test_the_scan_benchmark_compares_scans_that_find_the_same_work() -> None:
+    table = table_of(200, 0.05, T0)
+    assert len(table) == 200
+    assert every_state_decoded(table) == in_flight_decoded(table) == 10
