@@ -20,6 +20,7 @@ for the queue is decided here, what it means for the request is the ledger's:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import logging
@@ -68,7 +69,7 @@ class Outcome(Generic[R]):
     tries: int
 
 
-@dataclass
+@dataclass(eq=False)  # one per name: the same target is the same object
 class Target:
     name: str
     pacer: Pacer
@@ -78,6 +79,8 @@ class Target:
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
+    served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
+    waiting: bool = False  # in the scheduler's round of targets with queued work
 
 
 class Scheduler:
@@ -98,7 +101,11 @@ class Scheduler:
         self._pacer_config = pacer_config
         self._clock = clock
         self.targets: dict[str, Target] = {}
-        self._order: collections.deque[str] = collections.deque()  # round-robin
+        # the targets with queued work, least recently served first (round-robin); only they
+        # are looked at, however many targets the scheduler knows
+        self._waiting: list[Target] = []
+        self._turns = 0  # calls started (a served target's turn number)
+        self._new = 0  # targets created (never served: first in line, the newest first)
         self.in_flight = 0
         self._arrived = 0
         self._settled_at = clock()
@@ -115,8 +122,9 @@ class Scheduler:
     def submit(self, target_name: str, job: Job[Any]) -> None:
         target = self.targets.get(target_name)
         if target is None:
-            target = self.targets[target_name] = Target(target_name, Pacer(self._pacer_config))
-            self._order.appendleft(target_name)  # never served: first in line
+            self._new += 1
+            target = Target(target_name, Pacer(self._pacer_config), served=-self._new)
+            self.targets[target_name] = target
         refusal = self._refusal(target, job, self._clock())
         if refusal is not None:  # the key (or model) was refused a moment ago: no call
             self._finish(job, None, _refused_again(refusal), self._clock())
@@ -130,6 +138,7 @@ class Scheduler:
             job.seq = self._arrived
             target.queue.append(job)
             target.queued[job.key] = job
+            self._waits(target)
         self._wake.set()
 
     def take_back(self, origins: set[Any]) -> list[Job[Any]]:
@@ -146,7 +155,13 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return sum(len(t.queue) for t in self.targets.values())
+        return sum(len(t.queue) for t in self._waiting)
+
+    def _waits(self, target: Target) -> None:
+        """The target has queued work: into the round, in its turn."""
+        if not target.waiting:
+            target.waiting = True
+            bisect.insort(self._waiting, target, key=lambda t: t.served)
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -169,24 +184,29 @@ class Scheduler:
         now = self._clock()
         wake_at: float | None = None
         if now - self._settled_at >= SETTLE_EVERY_S or self._refused_since:
-            for target in self.targets.values():
+            for target in self._waiting:
                 self._settle(target, now)
             self._settled_at, self._refused_since = now, False
         while self.in_flight < self.max_in_flight:
-            for name in self._order:
-                target = self.targets[name]
+            for target in self._waiting:
                 at = self._ready(target, now)
                 if at is not None and at <= now:
                     job = target.queue.popleft()
                     del target.queued[job.key]
                     self._start(target, job, now)
-                    self._order.remove(name)
-                    self._order.append(name)  # served: the others come first next
+                    self._turns += 1
+                    target.served = self._turns
+                    self._waiting.remove(target)
+                    self._waiting.append(target)  # served: the others come first next
                     break
                 if at is not None and (wake_at is None or at < wake_at):
                     wake_at = at
             else:
                 break  # nobody can start a call now
+        if any(not target.queue for target in self._waiting):  # out of the round until more
+            for target in self._waiting:
+                target.waiting = bool(target.queue)
+            self._waiting = [target for target in self._waiting if target.waiting]
         self._retire_idle()
         if self.queued:  # look again for what waited too long, at the latest
             sweep_at = self._settled_at + SETTLE_EVERY_S
@@ -247,7 +267,6 @@ class Scheduler:
             return
         for name in [n for n, t in self.targets.items() if not t.queue and not t.pacer.in_flight]:
             del self.targets[name]
-            self._order.remove(name)
 
     # --- one call -----------------------------------------------------------------------------
 
@@ -307,6 +326,7 @@ class Scheduler:
         at = next((i for i, queued in enumerate(target.queue) if queued.seq > job.seq), None)
         target.queue.insert(len(target.queue) if at is None else at, job)
         target.queued[job.key] = job
+        self._waits(target)
 
     def _finish(self, job: Job[Any], value: Any, error: UpstreamError | None, now: float) -> None:
         """Report the job's outcome (in its own task: reports never hold the dispatcher)."""

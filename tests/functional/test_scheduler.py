@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bench.known_targets import cpu_per_call
 from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
@@ -359,6 +360,31 @@ async def test_a_thousand_queued_commands_cost_no_quadratic_time() -> None:
     assert len(target.queue) == 9_999  # one probe out, the rest waiting for its answer
 
 
+async def test_targets_known_but_idle_cost_a_dispatch_nothing(monkeypatch: Any) -> None:
+    """Many tenants: every site or key seen once stays known (what it taught of its limits),
+    but a dispatch looks only at the targets with queued work, however many are known."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=20_000)
+    for i in range(10_000):
+        s.submit(f"site{i}", up.job(f"once{i}"))
+    s.dispatch()
+    await settle()
+    for i in range(10_000):
+        up.answer(f"once{i}")
+    await settle()
+    assert len(s.targets) == 10_000 and s.queued == 0 and s.in_flight == 0
+    looked: list[str] = []  # the targets a dispatch asked whether they may call now
+    ready = s._ready
+    monkeypatch.setattr(s, "_ready", lambda t, now: looked.append(t.name) or ready(t, now))
+    s.submit("site7", up.job("busy1"))
+    s.submit("site7", up.job("busy2"))
+    s.dispatch()
+    await settle()
+    assert up.calls[-2:] == ["busy1", "busy2"]
+    assert set(looked) == {"site7"} and len(looked) <= 3  # once per call, once more
+    assert s.queued == 0
+
+
 async def test_queued_work_of_revoked_partitions_is_taken_back_in_order() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=1, window=1)
@@ -368,3 +394,7 @@ async def test_queued_work_of_revoked_partitions_is_taken_back_in_order() -> Non
     s.submit("u", up.job("d", origin=("topic", 0)))
     assert [j.key for j in s.take_back({("topic", 0)})] == ["a", "c", "d"]
     assert [j.key for t in s.targets.values() for j in t.queue] == ["b"]
+
+
+async def test_the_known_targets_benchmark_makes_every_call_it_times() -> None:
+    assert await cpu_per_call(known=50, busy=5, calls=200) > 0
