@@ -1,5 +1,6 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
-consumer that fetches a table's changelog only while faust reads it.
+consumer that fetches a table's changelog only while faust reads it; and faust's topics
+without a turn of the event loop per record sent.
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -13,6 +14,7 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
@@ -59,6 +61,20 @@ def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
         consumer.resume(*assigned)
     else:
         consumer.pause(*assigned)
+
+
+class Topic(faust.Topic):
+    """faust gets a topic's producer through ``App.maybe_start_producer``, which mode's
+    ``stampede`` guards with three ``asyncio.sleep(0)``: every record sent (a decision's
+    commands and lifecycle events, a call's result, the table's changelog) gave the event loop
+    three turns, and the sender waited out everything else the loop had ready each time. A
+    started producer is taken as it is (the app's ``Topic`` class, see ``streams.app``)."""
+
+    async def _get_producer(self) -> Any:
+        producer = self.app.producer
+        if producer.started and not self.app.in_transaction:
+            return producer
+        return await super()._get_producer()
 
 
 class Transport(driver.Transport):
