@@ -178,17 +178,28 @@ def group_consumer(
     )
 
 
-def sending_now(producer: Any) -> Awaitable[None] | None:
+def sending_now(producer: Any) -> Awaitable[Any] | None:
     """Send what ``producer`` (faust's, on aiokafka) holds back for its linger with its next
     request, and wait until all it holds is acknowledged; None where it is not aiokafka's.
 
     The worker's producer lingers (``TALKSTREAM_PRODUCER_LINGER_MS``) so that results of calls
     that end close together share one produce request; the ledger, which decides a whole batch
-    and then waits for its outputs, has nothing to wait for. aiokafka closes the open batches
-    this way before a transaction commits; its ``flush`` would wait out the linger."""
+    and then waits for its outputs, has nothing to wait for. The open batches stop lingering
+    but stay open: aiokafka sends one request to a broker at a time, and a record sent to a
+    partition whose batch is closed (as ``flush_for_commit`` closes them) waits until that
+    batch leaves, which suspends the sender (the ledger) for a produce round trip."""
     accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
-    flush = getattr(accumulator, "flush_for_commit", None)
-    return flush() if flush is not None else None
+    if accumulator is None:
+        return None
+    waiters = []
+    for batches in accumulator._batches.values():
+        for batch in batches:
+            batch._linger_time = 0  # ready at the sender's next look
+            waiters.append(batch.future)
+    waiters += [batch.future for batch in accumulator._pending_batches]
+    if not accumulator._waiter_future.done():  # the sender may be asleep for the linger
+        accumulator._waiter_future.set_result(None)
+    return asyncio.wait(waiters) if waiters else None
 
 
 def consumer_lag(
