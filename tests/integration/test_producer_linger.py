@@ -34,8 +34,12 @@ async def test_what_lingers_is_sent_and_acknowledged_at_once(kafka: EmbeddedKafk
         faust_like = types.SimpleNamespace(_producer=producer)
         sent = sending_now(faust_like)
         assert sent is not None
+        # the batch stays open: a record that follows joins it, rather than waiting for it to
+        # leave and then lingering its ten minutes in a batch of its own
+        follows = await producer.send(topic, b"follows", partition=0)
         await asyncio.wait_for(sent, timeout=60)
         assert [d.result().offset for d in deliveries] == [0, 0]
+        assert follows.done() and follows.result().offset == 1
     finally:
         await producer.stop()
 
