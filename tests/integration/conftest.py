@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,8 +239,20 @@ class System:
         try:
             return wait_until(done, timeout, 0.2, what=f"{len(request_ids)} terminal requests")
         except AssertionError:
-            print(self.log("worker")[-3000:])
+            self.explain_unfinished(request_ids)
             raise
+
+    def explain_unfinished(self, request_ids: list[str]) -> None:
+        """What a failed wait leaves behind: the requests not terminal (by state, a few of
+        them) and the end of every process's log, the dead ones' too."""
+        rows = {rid: self.projection.request(rid) for rid in request_ids}
+        stuck = {rid: row and row.state for rid, row in rows.items() if not (row and row.terminal)}
+        print(f"not terminal: {len(stuck)} of {len(rows)}, by state {Counter(stuck.values())}")
+        print("for instance:", sorted(stuck.items())[:5])
+        for path in sorted(self.root.glob("*.log")):
+            if path.stem not in ("openai", "talkable"):
+                print(f"----- {path.name} (the end) -----")
+                print(path.read_text(errors="replace")[-3000:])
 
 
 @pytest.fixture(scope="module")
