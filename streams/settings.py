@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     deadline_check_interval_seconds: float = Field(1.0, gt=0)
     rebalance_grace_seconds: float = Field(
-        30.0, gt=0, description="after a rebalance, in-flight work older than it gets this long"
+        30.0,
+        gt=0,
+        description="after a rebalance, in-flight work issued before it completed gets this long",
     )
 
     # executors and the pacing of upstream targets (an OpenAI key, a Talkable site)

@@ -177,9 +177,12 @@ class Ledger:
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
-        self._due.rebalanced(self._clock.now_ms())
 
     def recovered(self, *_: Any, **__: Any) -> None:
+        """The rebalance is complete. Work issued before now gets only the grace: the worker
+        that owned a partition before may have issued work (and died with its call) after this
+        worker's rebalance began, which is when its partitions were revoked."""
+        self._due.rebalanced(self._clock.now_ms())
         self._scan.soon()  # the partitions this worker now owns, as recovered
 
     async def check_deadlines(self) -> None:
@@ -360,9 +363,10 @@ class DeadlineIndex:
     """What this process knows to be in flight, by person, and which deadlines it signalled.
 
     After a rebalance, faust may have dropped commands from an executor's buffers (and
-    committed past them): work issued before the rebalance is given ``grace_ms`` more, not the
-    rest of its (long) deadline, so lost commands are re-issued soon while calls that were
-    merely in progress still have time to report.
+    committed past them), and a worker that died took its calls with it: work issued before
+    the rebalance completed is given ``grace_ms`` more, not the rest of its (long) deadline, so
+    lost commands are re-issued soon while calls that were merely in progress still have time
+    to report.
     """
 
     def __init__(

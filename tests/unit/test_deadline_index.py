@@ -162,6 +162,28 @@ async def test_a_recovery_keeps_the_deadlines_of_the_batch_being_decided() -> No
     assert [(e.person, e.request_id) for e in sent.values] == [("acme:ann", "req-1")]
 
 
+async def test_work_another_worker_issued_during_the_rebalance_gets_only_the_grace() -> None:
+    """This worker's partitions are revoked when a rebalance begins; the worker that owned a
+    partition keeps issuing work until it dies (which the rebalance then waits out). Its last
+    work, in flight in the recovered table and lost with its calls, is re-issued the grace
+    after the rebalance completed, not at the end of its whole (long) deadline."""
+    states = stored_states()
+    ledger = scanned_ledger({b"acme:ann": encode(states["acme:ann"])})  # issued at ISSUED
+    clock = ledger._clock
+    assert isinstance(clock, FixedClock)
+    clock.now = ISSUED - 1_000
+    ledger.rebalanced()  # revoked: the rebalance begins before the other worker's last work
+    clock.now = ISSUED + 5_000
+    ledger.recovered()  # complete: the other worker has been dead a while
+    sent = ledger._topics.requests
+    clock.now = ISSUED + 34_999
+    await ledger.check_deadlines()
+    assert sent.values == []
+    clock.now = ISSUED + 35_000  # the rebalance's end + 30 s, not the issue + 120 s
+    await ledger.check_deadlines()
+    assert [(e.person, e.request_id) for e in sent.values] == [("acme:ann", "req-1")]
+
+
 def test_the_scan_benchmark_compares_scans_that_find_the_same_work() -> None:
     table = table_of(200, 0.05, T0)
     assert len(table) == 200
