@@ -20,7 +20,7 @@ from streams.agents.executors import Executor, ExecutorConfig, Generate, Publish
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
-from streams.faust_transport import Topic
+from streams.faust_transport import App, Topic
 from streams.kafka_options import client_options, faust_credentials
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore
@@ -76,7 +76,7 @@ def faust_broker(bootstrap: str) -> str:
 def _faust_app(settings: Settings) -> faust.App:
     datadir = settings.data_dir / "worker" / settings.worker_name
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return App(
         settings.app_id,
         broker=faust_broker(settings.kafka_bootstrap),
         store=settings.table_store,

@@ -1,6 +1,6 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
-consumer that fetches a table's changelog only while faust reads it; and faust's topics
-without a turn of the event loop per record sent.
+consumer that fetches a table's changelog only while faust reads it; faust's topics without
+its detours per record sent; and faust's app without the sensor nothing reads.
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -64,17 +64,52 @@ def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
 
 
 class Topic(faust.Topic):
-    """faust gets a topic's producer through ``App.maybe_start_producer``, which mode's
+    """The app's ``Topic`` class (see ``streams.app``): records sent without faust's detours.
+
+    faust gets a topic's producer through ``App.maybe_start_producer``, which mode's
     ``stampede`` guards with three ``asyncio.sleep(0)``: every record sent (a decision's
     commands and lifecycle events, a call's result, the table's changelog) gave the event loop
     three turns, and the sender waited out everything else the loop had ready each time. A
-    started producer is taken as it is (the app's ``Topic`` class, see ``streams.app``)."""
+    started producer is taken as it is.
+
+    And a record of bytes with nothing else (no partition, headers, schema or callback: every
+    record the agents send) goes to aiokafka's producer as it is: faust wraps each in a future
+    message, reports it to its sensors and resolves that future from aiokafka's, which took as
+    much of the worker's CPU as aiokafka's own send. What is awaited is aiokafka's delivery.
+    """
+
+    async def send(self, *, key: Any = None, value: Any = None, **options: Any) -> Any:
+        producer: Any = self.app.producer  # ours, on aiokafka's
+        if (
+            isinstance(value, bytes)
+            and (key is None or isinstance(key, bytes))
+            and not any(option is not None for name, option in options.items() if name != "force")
+            and producer.started
+            and not self.app.in_transaction
+            and not self.app._attachments.enabled  # type: ignore[attr-defined]
+        ):
+            return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
+        return await super().send(key=key, value=value, **options)
 
     async def _get_producer(self) -> Any:
         producer = self.app.producer
         if producer.started and not self.app.in_transaction:
             return producer
         return await super()._get_producer()
+
+
+class App(faust.App):
+    """faust's app without its ``Monitor`` sensor. The Monitor keeps statistics for faust's
+    web views (off here: the worker's metrics are ``streams.observability``) and was told of
+    every record received, sent and acknowledged and of every table read and write, each
+    through faust's sensor delegate: 2.8% of the worker's CPU under load, for numbers nothing
+    read. ``app.monitor`` still exists for what faust calls on it directly."""
+
+    def on_init_dependencies(self) -> Iterable[Any]:
+        services = super().on_init_dependencies()  # adds the Monitor to the sensors
+        with contextlib.suppress(KeyError):
+            self.sensors.remove(self.monitor)
+        return services
 
 
 class Transport(driver.Transport):

@@ -1,0 +1,96 @@
+"""The worker's faust app (``streams.faust_transport``): a record of bytes goes to aiokafka's
+producer as it is, anything else takes faust's own way; faust's Monitor, which nothing reads,
+is told of nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import pytest
+
+from streams.app import RAW
+from streams.faust_transport import App, Topic
+
+
+class Recording:
+    """aiokafka's producer as faust's driver holds it: what was sent, and with what."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, dict[str, Any]]] = []
+
+    async def send(self, topic: str, value: Any, **options: Any) -> asyncio.Future[str]:
+        self.sent.append((topic, value, options))
+        delivery: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        delivery.set_result(f"{topic}@{len(self.sent) - 1}")
+        return delivery
+
+
+class Started:
+    """faust's producer, started, on top of :class:`Recording`."""
+
+    started = True
+
+    def __init__(self) -> None:
+        self.aiokafka = Recording()
+
+    def _ensure_producer(self) -> Recording:
+        return self.aiokafka
+
+    async def send(self, topic: str, key: Any, value: Any, **options: Any) -> Any:
+        return await self.aiokafka.send(topic, value, key=key, via="faust", **options)
+
+
+class Counting:
+    """A sensor that counts the records faust reports as sent."""
+
+    def __init__(self) -> None:
+        self.initiated = 0
+
+    def on_send_initiated(self, *_: Any, **__: Any) -> None:
+        self.initiated += 1
+
+    def __getattr__(self, _: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def app_with(producer: Started, sensor: Counting) -> faust.App:
+    app = App("t-faust-app", broker="kafka://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    app.producer = producer  # type: ignore[assignment]
+    app.sensors.add(sensor)  # type: ignore[arg-type]
+    return app
+
+
+async def test_a_record_of_bytes_goes_to_aiokafka_as_it_is() -> None:
+    producer, sensor = Started(), Counting()
+    topic = app_with(producer, sensor).topic("t-faust-app-requests", **RAW)
+    delivery: Any = await topic.send(key=b"acme:ann", value=b'{"kind":"x"}')
+    assert await delivery == "t-faust-app-requests@0"  # aiokafka's own delivery
+    assert producer.aiokafka.sent == [
+        ("t-faust-app-requests", b'{"kind":"x"}', {"key": b"acme:ann"})
+    ]
+    assert sensor.initiated == 0  # not through faust's future message and its sensors
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"partition": 2}, {"headers": {"h": b"v"}}, {"value": "text, not bytes"}],
+    ids=["a partition", "headers", "a value to serialize"],
+)
+async def test_anything_else_takes_fausts_way(options: dict[str, Any]) -> None:
+    producer, sensor = Started(), Counting()
+    topic = app_with(producer, sensor).topic("t-faust-app-requests", **RAW)
+    await topic.send(**{"key": b"acme:ann", "value": b"{}", **options})
+    [(name, _, sent_with)] = producer.aiokafka.sent
+    assert (name, sent_with["via"]) == ("t-faust-app-requests", "faust")
+    assert sensor.initiated == 1
+
+
+def test_fausts_monitor_is_not_among_the_sensors() -> None:
+    app = App("t-faust-app", broker="kafka://127.0.0.1:1", autodiscover=False)
+    list(app.on_init_dependencies())  # where faust adds its Monitor
+    assert app.monitor not in set(app.sensors)
+    plain = faust.App("t-faust-plain", broker="kafka://127.0.0.1:1", autodiscover=False)
+    list(plain.on_init_dependencies())
+    assert plain.monitor in set(plain.sensors)  # what it would have been told of everything
