@@ -79,23 +79,25 @@ class Topic(faust.Topic):
     """
 
     async def send(self, *, key: Any = None, value: Any = None, **options: Any) -> Any:
-        producer: Any = self.app.producer  # ours, on aiokafka's
+        producer = self._started_producer()
         if (
-            isinstance(value, bytes)
+            producer is not None
+            and isinstance(value, bytes)
             and (key is None or isinstance(key, bytes))
-            and not any(option is not None for name, option in options.items() if name != "force")
-            and producer.started
-            and not self.app.in_transaction
+            and all(option is None for name, option in options.items() if name != "force")
             and not self.app._attachments.enabled  # type: ignore[attr-defined]
         ):
             return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
         return await super().send(key=key, value=value, **options)
 
     async def _get_producer(self) -> Any:
+        producer = self._started_producer()
+        return producer if producer is not None else await super()._get_producer()
+
+    def _started_producer(self) -> Any:
+        """The app's producer (ours, on aiokafka's) if started and not in a transaction."""
         producer = self.app.producer
-        if producer.started and not self.app.in_transaction:
-            return producer
-        return await super()._get_producer()
+        return producer if producer.started and not self.app.in_transaction else None
 
 
 class App(faust.App):
