@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,13 @@ def _bar(label: str, total: int) -> Iterator[Tick]:
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _interrupted(*_: object) -> None:
+    """SIGTERM (a CI job's timeout, ``kill``) ends a run as Ctrl-C does: through the
+    ``finally`` blocks that stop the broker, the stand-ins and the pipeline's processes, which
+    would otherwise outlive the command."""
+    raise KeyboardInterrupt
 
 
 def _argv(params: dict[str, Any]) -> list[str]:
@@ -110,6 +118,7 @@ def bench(
         bootstrap=bootstrap,
         baselines=baselines,
     )
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         result = run_bench(config, progress=_bar, say=_say, keep=keep)
     except Exception as exc:

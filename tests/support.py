@@ -1,9 +1,13 @@
-"""Helpers shared by the test tiers: polling with a deadline, free ports, seed-shaped params."""
+"""Helpers shared by the test tiers: polling with a deadline, free ports, seed-shaped params,
+a child process's output line by line."""
 
 from __future__ import annotations
 
 import copy
+import queue
 import socket
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -29,6 +33,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class Lines:
+    """A process's stdout, line by line, read in a thread (so a wait has a deadline)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def read() -> None:
+            for line in stdout:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def until(self, wanted: str, timeout: float) -> None:
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {wanted!r} in {timeout} s: {self.seen}") from None
+            if line is None:
+                raise AssertionError(f"stdout ended before {wanted!r}; printed: {self.seen}")
+            self.seen.append(line)
+            if wanted in line:
+                return
+
+    def rest(self, timeout: float) -> list[str]:
+        """Everything up to the end of stdout."""
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        return self.seen
 
 
 def seed_params(

@@ -1,8 +1,14 @@
 """A tiny ``talkstream bench`` on the session broker: every section of the report is there and
-the pipeline's correctness counters are 0. No speed is asserted: numbers are the report's
-business (BENCHMARKS.md), and this machine's load is not a test's to judge."""
+the pipeline's correctness counters are 0; SIGTERM ends a run with every process it started. No
+speed is asserted: numbers are the report's business (BENCHMARKS.md), and this machine's load
+is not a test's to judge."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +17,11 @@ from bench.config import BenchConfig
 from bench.report import COUNTERS, SECTIONS, _cpu_ms
 from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
+from tests.support import Lines
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKafka) -> None:
@@ -50,3 +59,62 @@ def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKaf
         config.burst_size - config.burst_limit
     )
     assert "| end-to-end throughput" in markdown.document({"quick": result})
+
+
+def test_sigterm_ends_a_run_and_stops_every_process_it_started(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A CI job's timeout or a ``kill`` sends SIGTERM: the run stops its stand-ins, workers,
+    projector and ingress as Ctrl-C does, rather than leaving them running without it."""
+    options = ["--tiny", "--no-baselines", "--bootstrap", kafka.bootstrap]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams", "bench", *options, "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = Lines(proc)
+    try:
+        out.until("talkstream is up", timeout=180)
+        started = _descendants(proc.pid)
+        commands = " ".join(_command(pid) for pid in started)
+        assert all(f"streams {name}" in commands for name in ("worker", "ingress", "standin"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=180)
+    assert code != 0, out.rest(timeout=10)
+    assert not [pid for pid in started if _running(pid)]
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root``, from /proc (each ``stat`` names its parent)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an ended child nobody has reaped yet)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

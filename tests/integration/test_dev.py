@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from streams.dev.kafka import EmbeddedKafka
 from streams.secrets import MISSING_KEYS
 from tests.integration.conftest import http
-from tests.support import free_port, seed_params, wait_until
+from tests.support import Lines, free_port, seed_params, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,41 +29,6 @@ def clean_env(**values: str) -> dict[str, str]:
     """The environment without any TALKSTREAM_ setting of the test run's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALKSTREAM_")}
     return {**env, **{f"TALKSTREAM_{k.upper()}": v for k, v in values.items()}}
-
-
-class Lines:
-    """A process's stdout, line by line, read in a thread (so a wait has a deadline)."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        assert proc.stdout is not None
-        stdout = proc.stdout
-
-        def read() -> None:
-            for line in stdout:
-                self._queue.put(line.rstrip("\n"))
-            self._queue.put(None)
-
-        threading.Thread(target=read, daemon=True).start()
-
-    def until(self, wanted: str, timeout: float) -> None:
-        while True:
-            try:
-                line = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no {wanted!r} in {timeout} s: {self.seen}") from None
-            if line is None:
-                raise AssertionError(f"stdout ended before {wanted!r}; printed: {self.seen}")
-            self.seen.append(line)
-            if wanted in line:
-                return
-
-    def rest(self, timeout: float) -> list[str]:
-        """Everything up to the end of stdout."""
-        while (line := self._queue.get(timeout=timeout)) is not None:
-            self.seen.append(line)
-        return self.seen
 
 
 def listening(port: int) -> bool:
