@@ -54,6 +54,14 @@ def _argv(params: dict[str, Any]) -> list[str]:
 @click.option("--requests", type=int, help="webhooks in the throughput phase")
 @click.option("--clients", type=int, help="concurrent clients driving the ingress")
 @click.option("--llm-latency", type=float, help="OpenAI stand-in latency (s), capacity aside")
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="the latency phase's rate (webhooks/s) [default: half the measured throughput]",
+)
+@click.option(
+    "--latency-requests", type=click.IntRange(min=1), help="webhooks in the latency phase"
+)
 @click.option("--capacity-requests", type=int, help="webhooks (and people) in the capacity phase")
 @click.option("--burst-people", type=int, help="people in the burst phase (50 webhooks each)")
 @click.option("--neighbour-requests", type=int, help="webhooks of the blast on a limited key")
@@ -76,6 +84,8 @@ def bench(
     requests: int | None,
     clients: int | None,
     llm_latency: float | None,
+    latency_rate: float | None,
+    latency_requests: int | None,
     capacity_requests: int | None,
     burst_people: int | None,
     neighbour_requests: int | None,
@@ -109,6 +119,8 @@ def bench(
         requests=requests,
         clients=clients,
         llm_latency=llm_latency,
+        paced_rate=latency_rate,
+        paced_requests=latency_requests,
         capacity_requests=capacity_requests,
         burst_people=burst_people,
         neighbour_requests=neighbour_requests,

@@ -20,9 +20,11 @@ class BenchConfig:
     requests: int = 5_000
     clients: int = 64
     llm_latency: float = 0.1  # the OpenAI stand-in's latency outside the capacity phase
-    # latency: an open-loop rate, this fraction of the pipeline's measured throughput
+    # latency: an open-loop rate, this fraction of the pipeline's measured throughput, or a
+    # fixed rate (to compare two trees, or two settings, at the same load)
     paced_requests: int = 1_000
     paced_fraction: float = 0.5
+    paced_rate: float | None = None
     # burst: `burst_people` people get `burst_size` webhooks each, one stale snapshot, a limit
     burst_people: int = 40
     burst_size: int = 50
@@ -84,6 +86,12 @@ class BenchConfig:
             )
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(mode=mode, **{**sizes, **given})
+
+    def latency_rate(self, measured: float) -> float:
+        """The latency phase's rate (webhooks/s) after a throughput of ``measured``/s."""
+        if self.paced_rate is not None:
+            return self.paced_rate
+        return max(1.0, measured * self.paced_fraction)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,7 +32,7 @@ the same broker, the same stand-ins and the same webhooks, one after the other.
 End to end = from the webhook leaving the client to the Talkable stand-in receiving the event.
 Overhead = end to end - the OpenAI stand-in's latency. Throughput is measured with webhooks
 sent as fast as the clients get answers; latency at an open-loop rate of half the pipeline's
-measured throughput, the same rate for the baselines.
+measured throughput (or the rate `--latency-rate` sets), the same rate for the baselines.
 """
 
 REPRODUCE = """\

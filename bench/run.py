@@ -125,7 +125,7 @@ async def _measure(
         await phase("idle", lambda: _idle(IDLE_SECONDS))  # CPU the processes use doing nothing
         pipeline["throughput"] = await phase("throughput", pipe.throughput)
         measured = pipeline["throughput"]["end_to_end"]["published_per_second"] or 1.0
-        rate = max(1.0, measured * cfg.paced_fraction)
+        rate = cfg.latency_rate(measured)
         pipeline["latency"] = await phase("latency", lambda: pipe.latency(rate))
         pipeline["burst"] = await phase("burst", pipe.burst)
         pipeline["capacity"] = await phase("capacity", pipe.capacity)
