@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,11 +26,16 @@ def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _interrupted(*_: object) -> None:
-    """SIGTERM (a CI job's timeout, ``kill``) ends a run as Ctrl-C does: through the
-    ``finally`` blocks that stop the broker, the stand-ins and the pipeline's processes, which
-    would otherwise outlive the command."""
-    raise KeyboardInterrupt
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a CI job's timeout, ``kill``) ends a run as Ctrl-C does, through the ``finally``
+    blocks that stop the broker, the stand-ins and the pipeline's processes, which would
+    otherwise outlive the command. It goes to whatever handles SIGINT at the moment: inside a
+    phase, asyncio's runner, which cancels the phase (a KeyboardInterrupt raised there could
+    land in a weakref callback, which swallows it, and the run would go on)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def _argv(params: dict[str, Any]) -> list[str]:
