@@ -7,12 +7,16 @@ import copy
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def wait_until(
@@ -68,6 +72,22 @@ class Lines:
         while (line := self._queue.get(timeout=timeout)) is not None:
             self.seen.append(line)
         return self.seen
+
+
+def streams_process(
+    *args: str, env: dict[str, str] | None = None, stderr: int = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[str], Lines]:
+    """``python -m streams <args>`` from the checkout, as a user starts it, and its output
+    (stdout; with ``stderr=subprocess.STDOUT`` both) read line by line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams", *args],
+        env=env,
+        cwd=CHECKOUT,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    return proc, Lines(proc)
 
 
 def seed_params(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,9 @@ from bench.config import BenchConfig
 from bench.report import COUNTERS, SECTIONS, _cpu_ms
 from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
-from tests.support import Lines
+from tests.support import streams_process
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKafka) -> None:
@@ -67,14 +64,9 @@ def test_sigterm_ends_a_run_and_stops_every_process_it_started(
     """A CI job's timeout or a ``kill`` sends SIGTERM: the run stops its stand-ins, workers,
     projector and ingress as Ctrl-C does, rather than leaving them running without it."""
     options = ["--tiny", "--no-baselines", "--bootstrap", kafka.bootstrap]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams", "bench", *options, "--results-dir", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc, out = streams_process(
+        "bench", *options, "--results-dir", str(tmp_path), stderr=subprocess.STDOUT
     )
-    out = Lines(proc)
     try:
         out.until("talkstream is up", timeout=180)
         started = _descendants(proc.pid)

@@ -18,7 +18,7 @@ import pytest
 from streams.dev.kafka import EmbeddedKafka
 from streams.secrets import MISSING_KEYS
 from tests.integration.conftest import http
-from tests.support import Lines, free_port, seed_params, wait_until
+from tests.support import free_port, seed_params, streams_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
     )
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # where dev keeps its development key
     ports = ["--openai-port", str(openai), "--talkable-port", str(talkable)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams", "dev", *ports],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    out = Lines(proc)
+    proc, out = streams_process("dev", *ports, env=env)
     try:
         out.until("Ctrl-C stops everything.", timeout=180)
         printed = "\n".join(out.seen)
