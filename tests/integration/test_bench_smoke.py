@@ -13,6 +13,7 @@ import pytest
 
 from bench import markdown
 from bench.config import BenchConfig
+from bench.machine import children
 from bench.report import COUNTERS, SECTIONS, _cpu_ms
 from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
@@ -80,17 +81,10 @@ def test_sigterm_ends_a_run_and_stops_every_process_it_started(
 
 
 def _descendants(root: int) -> set[int]:
-    """Every process below ``root``, from /proc (each ``stat`` names its parent)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:  # it ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    """Every process below ``root`` (the harness's own ``children``, followed down)."""
     found, todo = set(), [root]
     while todo:
-        for child in children.get(todo.pop(), []):
+        for child in children(todo.pop()):
             found.add(child)
             todo.append(child)
     return found
