@@ -5,6 +5,12 @@ recovery completes, and never by reading the whole table now and then."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from bench.blast_ticks import ScannedIndex, deadline_ticks, state_with
 from bench.table_scan import every_state_decoded, in_flight_decoded, table_of
 from models.events import DeadlineExpired
 from models.ledger import PersonState, Policy
@@ -188,3 +194,98 @@ def test_the_scan_benchmark_compares_scans_that_find_the_same_work() -> None:
     table = table_of(200, 0.05, T0)
     assert len(table) == 200
     assert every_state_decoded(table) == in_flight_decoded(table) == 10
+
+
+# --- the heap against the scan it replaced (bench.blast_ticks times the two) -------------
+
+
+PEOPLE = ["acme:ann", "beta:bob"]
+flights_of_a_person = st.dictionaries(
+    st.sampled_from(["req-1", "req-2"]),
+    st.tuples(
+        st.integers(ISSUED, ISSUED + 200_000).map(lambda ms: ms - ms % 10_000),
+        st.integers(1, 2),
+        st.sampled_from(["generating", "publishing"]),
+    ),
+    max_size=2,
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("track"), st.sampled_from(PEOPLE), flights_of_a_person),
+        st.tuples(st.just("tick"), st.sampled_from([0, 10_000, 40_000])),
+        st.tuples(st.just("rebalanced"), st.sampled_from([0, 10_000, 40_000])),
+        st.tuples(
+            st.just("rescan"), st.fixed_dictionaries({p: flights_of_a_person for p in PEOPLE})
+        ),
+    ),
+    max_size=40,
+)
+
+
+# an attempt signalled, replaced, seen gone by a tick, then back: it is signalled again
+SIGNALLED_REPLACED_AND_BACK = [
+    ("track", "acme:ann", {"req-1": (ISSUED, 1, "generating")}),
+    ("tick", 0),
+    ("track", "acme:ann", {"req-1": (ISSUED + 100_000, 2, "generating")}),
+    ("tick", 0),
+    ("track", "acme:ann", {"req-1": (ISSUED, 1, "generating")}),
+    ("tick", 0),
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(steps)
+@example(SIGNALLED_REPLACED_AND_BACK)
+def test_the_heap_signals_what_a_scan_of_every_flight_would(ops: list[tuple[Any, ...]]) -> None:
+    """Any sequence of decisions, ticks, rebalances and rescans of the recovered table: each
+    tick signals the same flights as the scan did (the order within a tick aside). Time only
+    moves forward, and a person's request ids are their own."""
+    heap, scan = DeadlineIndex(STAGES, grace_ms=30_000), ScannedIndex(STAGES, 30_000)
+    now = ISSUED
+
+    def track(person: str, flights: dict[str, tuple[int, int, str]]) -> None:
+        own = {f"{person}/{rid}": flight for rid, flight in flights.items()}
+        heap.track(person, state_with(own))
+        scan.track(person, own)
+
+    for op in ops:
+        if op[0] == "track":
+            track(op[1], op[2])
+        elif op[0] == "tick":
+            now += op[1]
+            found = {(e.person, e.request_id, e.attempt, e.stage) for e in heap.overdue(now)}
+            assert found == scan.overdue(now)
+        elif op[0] == "rebalanced":
+            now += op[1]
+            heap.rebalanced(now)
+            scan.rebalanced_at = now
+        else:  # everything forgotten, and the recovered table (as it is now) tracked again
+            heap.clear()
+            scan.due = {}
+            for person, flights in op[1].items():
+                track(person, flights)
+
+
+def test_decisions_that_replace_flights_leave_no_pile_of_stale_entries() -> None:
+    """One person's request re-decided a hundred thousand times (each a new deadline): the
+    heap keeps the one flight and what was replaced since the last compaction."""
+    index = DeadlineIndex(STAGES, grace_ms=30_000)
+    for i in range(100_000):
+        index.track(PERSON, state_with({"req-1": (ISSUED + 120_000 + i, 1, "generating")}))
+    assert len(index._heap) <= 2 * 1 + 1024
+    [expired] = index.overdue(ISSUED + 120_000 + 100_000)
+    assert expired.request_id == "req-1"
+
+
+def test_a_second_rebalance_moves_older_work_to_its_own_grace() -> None:
+    index = index_with("req-1")
+    index.rebalanced(ISSUED + 10_000)
+    index.rebalanced(ISSUED + 20_000)  # a flight that fell due at +40 s now falls due at +50 s
+    assert index.overdue(ISSUED + 49_999) == []
+    [expired] = index.overdue(ISSUED + 50_000)
+    assert expired.request_id == "req-1"
+
+
+def test_the_tick_benchmark_compares_indexes_that_find_the_same_flights() -> None:
+    scan_ms, heap_ms, scanned, found = deadline_ticks(300, 60, seed=1)
+    assert scanned == found > 0 and scan_ms > 0 and heap_ms > 0
