@@ -1,27 +1,37 @@
-"""What the deadline timer's once-a-second look costs the worker's loop, side by side.
+"""What the worker's once-a-second looks cost its loop with a blast in flight, side by side.
 
     python -m bench.blast_ticks --in-flight 100000
 
-A blast queued behind one rate-limited key leaves ``--in-flight`` requests waiting, each with
-a deadline in the ledger. Every second the ledger's timer asks its deadline index what fell
-due. Until the eleventh round of ``bench/PROFILE.md`` the index looked at every flight each
-time (``ScannedIndex`` here, the baseline); now the flights sit in a heap by when they fall
-due (``streams.agents.ledger.DeadlineIndex``). Deadlines are spread over 15 minutes, and a
-tenth of the flights are re-decided between ticks. Both get the same work in the same order,
-and only the looks are timed.
+A blast queued behind one rate-limited key leaves ``--in-flight`` requests waiting, each
+with a deadline in the ledger and a command in its target's queue. Every second:
+
+- the ledger's timer asks its deadline index what fell due. Until the eleventh round of
+  ``bench/PROFILE.md`` the index looked at every flight each time (``ScannedIndex`` here, the
+  baseline); now the flights sit in a heap by when they fall due
+  (``streams.agents.ledger.DeadlineIndex``). Deadlines are spread over 15 minutes, and a
+  tenth of the flights are re-decided between ticks;
+- each executor's scheduler looks for commands that waited longer than the maximum wait. It
+  swept every queued command (``Scheduler._settle`` on each queue, still what a refusal
+  does: the baseline); now it takes the oldest issued first, until one has not waited too
+  long (``Scheduler._time_out``). Commands were issued over the last 15 minutes.
+
+Each pair gets the same work in the same order, and only the looks are timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import time
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 from models.ledger import PersonState
 from models.lifecycle import State
 from streams.agents.ledger import DeadlineIndex
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Job, Scheduler
 
 STAGES = {"generating": 900_000, "publishing": 900_000}
 GRACE_MS = 30_000
@@ -100,6 +110,55 @@ def deadline_ticks(in_flight: int, ticks: int, seed: int) -> tuple[float, float,
     return scan_s * 1000 / ticks, heap_s * 1000 / ticks, scan_found, heap_found
 
 
+def scheduler_looks(queued: int, looks: int) -> tuple[float, float, int, int]:
+    """(sweep ms per look, heap ms per look, commands the sweep timed out, the heap did):
+    two schedulers with the same queue, of which nothing may start."""
+    return asyncio.run(_scheduler_looks(queued, looks))
+
+
+async def _scheduler_looks(queued: int, looks: int) -> tuple[float, float, int, int]:
+    now = [1_000_000.0]
+    ended = [0, 0]
+
+    async def never() -> tuple[Any, None]:
+        raise AssertionError("nothing starts: no slot")
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            "blast",
+            max_in_flight=0,
+            max_wait_s=900.0,
+            refusal_s=60.0,
+            pacer_config=PacerConfig(),
+            clock=lambda: now[0],
+        )
+
+    def report(which: int) -> Any:
+        async def counted(_: Any) -> None:
+            ended[which] += 1
+
+        return counted
+
+    swept, looked = scheduler(), scheduler()
+    for which, s in enumerate((swept, looked)):
+        for i in range(queued):  # issued over the last 15 minutes, oldest first
+            issued = now[0] - 900.0 + 900.0 * i / queued
+            s.submit("key", Job(f"r{i}", 1, "model", 0.0, issued, never, report(which)))
+    sweep_s = heap_s = 0.0
+    for _ in range(looks):
+        now[0] += 1.0
+        started = time.perf_counter()
+        for target in list(swept._waiting):
+            swept._settle(target, now[0])
+        sweep_s += time.perf_counter() - started
+        started = time.perf_counter()
+        looked._time_out(now[0])
+        heap_s += time.perf_counter() - started
+        await asyncio.sleep(0)  # the reports
+    await asyncio.sleep(0)
+    return sweep_s * 1000 / looks, heap_s * 1000 / looks, ended[0], ended[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-flight", type=int, default=100_000)
@@ -114,6 +173,11 @@ def main() -> None:
         print(
             f"run {number}: deadlines: every flight scanned {scan_ms:,.2f} ms a look, "
             f"heap {heap_ms:,.3f} ms (fell due: {scanned:,} and {found:,})"
+        )
+        sweep_ms, heap_ms, swept, found = scheduler_looks(args.in_flight, args.ticks)
+        print(
+            f"run {number}: long waits: every command swept {sweep_ms:,.2f} ms a look, "
+            f"oldest first {heap_ms:,.3f} ms (timed out: {swept:,} and {found:,})"
         )
 
 

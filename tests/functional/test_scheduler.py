@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bench.blast_ticks import scheduler_looks
 from bench.known_targets import cpu_per_call
 from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
@@ -398,3 +399,71 @@ async def test_queued_work_of_revoked_partitions_is_taken_back_in_order() -> Non
 
 async def test_the_known_targets_benchmark_makes_every_call_it_times() -> None:
     assert await cpu_per_call(known=50, busy=5, calls=200) > 0
+
+
+async def test_the_look_for_long_waits_ends_exactly_the_commands_that_waited_too_long() -> None:
+    """A queue that cannot start anything (no slot): the once-a-second look ends each command
+    the second its wait passes the maximum, whatever its place, and the rest keep theirs. A
+    re-issue that says the work was issued earlier moves its end earlier."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=0, max_wait=30.0)
+    for key, issued in [("a", 1000.0), ("b", 1004.0), ("c", 1002.0), ("d", 1010.0)]:
+        s.submit("t", up.job(key, issued=issued))
+    s.submit("t", up.job("d", attempt=2, issued=1001.0))  # d's work was issued at 1001
+    [target] = s.targets.values()
+    ended: list[list[str]] = []
+    for now in (1030.5, 1031.5, 1032.5, 1033.5, 1034.5):
+        clock.t = now
+        s.dispatch()
+        await settle()
+        ended.append(sorted(k for k in up.reports if all(k not in e for e in ended)))
+    assert ended == [["a"], ["d"], ["c"], [], ["b"]]
+    assert list(target.queue) == [] and target.queued == {}
+    assert [up.reports[k].error.reason for k in "abcd"] == ["QueueTimeout"] * 4  # type: ignore[union-attr]
+    assert up.calls == []
+
+
+async def test_commands_that_left_the_queue_do_not_pile_up_behind_it() -> None:
+    """Every queued command is indexed by when it was issued; those that left the queue (here
+    handed back on a rebalance) are dropped from the index at the next look, once they
+    outnumber the queued ones, so it stays near the queues' own size."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=0, max_wait=30.0)
+    for i in range(5000):
+        s.submit("t", up.job(f"k{i}", origin="p0" if i < 4000 else "p1"))
+    assert len(s.take_back({"p0"})) == 4000
+    assert len(s._by_issue) == 5000
+    clock.t += 1.0
+    s.dispatch()
+    assert s.queued == 1000 and len(s._by_issue) == 1000
+    clock.t += 30.0
+    s.dispatch()
+    await settle()
+    assert sorted(up.reports) == sorted(f"k{i}" for i in range(4000, 5000))
+
+
+async def test_a_new_attempt_of_work_that_was_called_waits_its_own_maximum() -> None:
+    """The first attempt's entry in the look for long waits outlives its call; the second
+    attempt, queued under the same request id, is timed from its own issue."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=1, max_wait=30.0)
+    s.submit("t", up.job("x", issued=1000.0))
+    await probe_answered(s, up, "x")
+    s.submit("t", up.job("busy"))  # holds the only slot
+    s.dispatch()
+    await settle()
+    s.submit("t", up.job("x", attempt=2, issued=1020.0))
+    clock.t = 1031.0
+    s.dispatch()
+    await settle()
+    assert up.reports["x"].error is None  # the first attempt's answer, nothing more yet
+    clock.t = 1051.0
+    s.dispatch()
+    await settle()
+    error = up.reports["x"].error
+    assert error is not None and error.reason == "QueueTimeout"
+
+
+def test_the_look_benchmark_compares_looks_that_time_out_the_same_commands() -> None:
+    sweep_ms, heap_ms, swept, found = scheduler_looks(300, 60)
+    assert swept == found == 20 and sweep_ms > 0 and heap_ms > 0
