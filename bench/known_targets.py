@@ -8,6 +8,12 @@ sites. For each ``--known`` figure, that many targets are called once and answer
 remembered); then ``--calls`` calls for ``--busy`` targets go through the same scheduler, each
 answered a millisecond later, and the process's CPU time per call is printed. The first figure
 is the baseline: a scheduler that knows only its busy targets.
+
+    python -m bench.known_targets --known 20 --throttled 0 1000
+
+``--throttled``: that many more targets each have a command queued that their pacer holds (a
+429 that said to wait an hour): many sites at their rate limit at once. The first figure is
+the baseline: none.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import asyncio
 import time
 from typing import Any
 
+from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 
-async def cpu_per_call(known: int, busy: int, calls: int) -> float:
-    """CPU microseconds per call through a scheduler that knows ``known`` targets."""
+async def cpu_per_call(known: int, busy: int, calls: int, throttled: int = 0) -> float:
+    """CPU microseconds per call through a scheduler that knows ``known`` targets, while
+    ``throttled`` others wait out a 429."""
     scheduler = Scheduler(
         "bench",
         max_in_flight=1024,
@@ -38,15 +46,25 @@ async def cpu_per_call(known: int, busy: int, calls: int) -> float:
         await asyncio.sleep(0.001)
         return "ok", None
 
+    held, all_held = 0, asyncio.Event()
+
+    async def throttle() -> tuple[str, Limits | None]:
+        nonlocal held
+        held += 1
+        if held == throttled:
+            all_held.set()
+        raise UpstreamError("429", reason="RateLimited", status=429, retriable=True,
+                            throttle=True, limits=Limits(retry_after_s=3600.0))  # fmt: skip
+
     async def report(_: Outcome[Any]) -> None:
         nonlocal reported
         reported += 1
         if reported == expected:
             all_reported.set()
 
-    def submit(target: str, key: str) -> None:
+    def submit(target: str, key: str, work: Any = call) -> None:
         job = Job(key=key, attempt=1, scope="model", cost=0, issued_s=scheduler.now(),
-                  call=call, report=report)  # fmt: skip
+                  call=work, report=report)  # fmt: skip
         scheduler.submit(target, job)
 
     def expect(count: int) -> None:
@@ -59,6 +77,10 @@ async def cpu_per_call(known: int, busy: int, calls: int) -> float:
         for i in range(expected):
             submit(f"target{i}", f"first{i}")
         await all_reported.wait()
+        for i in range(throttled):  # asked once, told to wait: queued again, held
+            submit(f"held{i}", f"held{i}", throttle)
+        if throttled:
+            await all_held.wait()
         expect(calls)
         started = time.process_time()
         for i in range(calls):
@@ -75,13 +97,16 @@ def main() -> None:
     parser.add_argument("--known", type=int, nargs="+", default=[20, 1_000, 10_000])
     parser.add_argument("--busy", type=int, default=20, help="targets with calls to make")
     parser.add_argument("--calls", type=int, default=5_000)
+    parser.add_argument("--throttled", type=int, nargs="+", default=[0],
+                        help="more targets, each waiting out a 429")  # fmt: skip
     args = parser.parse_args()
-    if args.busy < 1 or args.calls < 1 or min(args.known) < 0:
-        parser.error("--busy and --calls must be at least 1, --known at least 0")
+    if args.busy < 1 or args.calls < 1 or min(args.known) < 0 or min(args.throttled) < 0:
+        parser.error("--busy and --calls must be at least 1, --known and --throttled at least 0")
     for known in args.known:
-        cost = asyncio.run(cpu_per_call(known, args.busy, args.calls))
-        print(f"{max(known, args.busy):>7,} targets known, {args.busy} busy: "
-              f"{cost:,.1f} µs of CPU per call")  # fmt: skip
+        for throttled in args.throttled:
+            cost = asyncio.run(cpu_per_call(known, args.busy, args.calls, throttled))
+            print(f"{max(known, args.busy):>7,} targets known, {args.busy} busy, "
+                  f"{throttled:,} throttled: {cost:,.1f} µs of CPU per call")  # fmt: skip
 
 
 if __name__ == "__main__":

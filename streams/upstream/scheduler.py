@@ -82,7 +82,9 @@ class Target:
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
     served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
-    waiting: bool = False  # in the scheduler's round of targets with queued work
+    waiting: bool = False  # has queued work: in the scheduler's round, or asleep
+    asleep: bool = False  # out of the round until news of it, or until ``wakes``
+    wakes: float | None = None  # when its head may start, as the pacer said (None: on news)
 
 
 class Scheduler:
@@ -106,6 +108,11 @@ class Scheduler:
         # the targets with queued work, least recently served first (round-robin); only they
         # are looked at, however many targets the scheduler knows
         self._waiting: list[Target] = []
+        # those of them whose head may not start yet, out of the round until their pacer's
+        # time (in a heap by it) or news of them (a command, an answer): a thousand throttled
+        # sites are not asked again on every dispatch (~3.7 ms each, at every command taken)
+        self._asleep: set[Target] = set()
+        self._alarms: list[tuple[float, int, Target]] = []
         self._turns = 0  # calls started (a served target's turn number)
         self._new = 0  # targets created (never served: first in line, the newest first)
         self.in_flight = 0
@@ -142,6 +149,7 @@ class Scheduler:
             if job.attempt >= queued.attempt:
                 _take_over(queued, job)
                 self._expires(target, queued)  # if it was issued earlier than thought
+                self._rouse(target)  # its head may cost less now
         else:
             self._arrived += 1
             job.seq = self._arrived
@@ -161,20 +169,40 @@ class Scheduler:
                 for job in mine:
                     del target.queued[job.key]
                 taken += mine
+                self._rouse(target)
         return sorted(taken, key=lambda job: job.seq)
 
     @property
     def queued(self) -> int:
-        return sum(len(t.queue) for t in self._waiting)
+        return sum(len(t.queue) for t in self._with_work())
+
+    def _with_work(self) -> list[Target]:
+        return [*self._waiting, *self._asleep]
 
     def _expires(self, target: Target, job: Job[Any]) -> None:
         heapq.heappush(self._by_issue, (job.issued_s, next(self._pushed), target, job))
 
     def _waits(self, target: Target) -> None:
         """The target has queued work: into the round, in its turn."""
-        if not target.waiting:
+        if target.asleep:
+            self._rouse(target)
+        elif not target.waiting:
             target.waiting = True
             bisect.insort(self._waiting, target, key=lambda t: t.served)
+
+    def _rouse(self, target: Target) -> None:
+        """News of an asleep target: back into the round, in its turn, to be asked again."""
+        if target.asleep:
+            target.asleep, target.wakes = False, None
+            self._asleep.discard(target)
+            bisect.insort(self._waiting, target, key=lambda t: t.served)
+
+    def _sleep(self, target: Target, at: float | None) -> None:
+        """Out of the round (the caller took it out) until ``at``, or news of it."""
+        target.asleep, target.wakes = True, at
+        self._asleep.add(target)
+        if at is not None:
+            heapq.heappush(self._alarms, (at, next(self._pushed), target))
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -195,36 +223,44 @@ class Scheduler:
         """Start every call that may start now, one at a time to the target served least
         recently; returns when to look again (None: only on news)."""
         now = self._clock()
-        wake_at: float | None = None
+        alarms = self._alarms
+        while alarms and alarms[0][0] <= now:
+            rings, _, target = heapq.heappop(alarms)
+            if target.asleep and target.wakes == rings:  # not roused by news since
+                self._rouse(target)
         if self._refused_since:  # every queue, for the refused scope's jobs
-            for target in self._waiting:
+            for target in self._with_work():
                 self._settle(target, now)
+                self._rouse(target)
             self._settled_at, self._refused_since = now, False
         elif now - self._settled_at >= SETTLE_EVERY_S:
             self._time_out(now)
             self._settled_at = now
-        while self.in_flight < self.max_in_flight:
-            for target in self._waiting:
-                at = self._ready(target, now)
-                if at is not None and at <= now:
-                    job = target.queue.popleft()
-                    del target.queued[job.key]
-                    self._start(target, job, now)
-                    self._turns += 1
-                    target.served = self._turns
-                    self._waiting.remove(target)
-                    self._waiting.append(target)  # served: the others come first next
-                    break
-                if at is not None and (wake_at is None or at < wake_at):
-                    wake_at = at
+        index = 0
+        while self.in_flight < self.max_in_flight and index < len(self._waiting):
+            target = self._waiting[index]
+            at = self._ready(target, now)
+            if at is not None and at <= now:
+                job = target.queue.popleft()
+                del target.queued[job.key]
+                self._start(target, job, now)
+                self._turns += 1
+                target.served = self._turns
+                del self._waiting[index]
+                self._waiting.append(target)  # served: the others come first next
+                index = 0
+            elif target.queue:  # the round goes on without it
+                del self._waiting[index]
+                self._sleep(target, at)
             else:
-                break  # nobody can start a call now
+                index += 1
+        wake_at = alarms[0][0] if alarms else None
         if any(not target.queue for target in self._waiting):  # out of the round until more
             for target in self._waiting:
                 target.waiting = bool(target.queue)
             self._waiting = [target for target in self._waiting if target.waiting]
         self._retire_idle()
-        if self.queued:  # look again for what waited too long, at the latest
+        if self._waiting or self._asleep:  # look again for what waited too long, at the latest
             sweep_at = self._settled_at + SETTLE_EVERY_S
             wake_at = sweep_at if wake_at is None else min(wake_at, sweep_at)
         return wake_at
@@ -270,11 +306,12 @@ class Scheduler:
                 if queued is job:
                     del target.queue[index]
                     break
+            self._rouse(target)  # its head may have changed
             self._finish(job, None, self._timed_out(target, job, now), now)
         if len(by_issue) > 2 * self.queued + 1024:  # mostly jobs long gone: compact
             self._by_issue = [
                 (job.issued_s, next(self._pushed), target, job)
-                for target in self._waiting
+                for target in self._with_work()
                 for job in target.queue
             ]
             heapq.heapify(self._by_issue)
@@ -305,7 +342,10 @@ class Scheduler:
         past a while (bounded memory with many sites)."""
         if len(self.targets) <= 10_000:
             return
-        for name in [n for n, t in self.targets.items() if not t.queue and not t.pacer.in_flight]:
+        idle = [
+            n for n, t in self.targets.items() if not (t.queue or t.pacer.in_flight or t.waiting)
+        ]
+        for name in idle:
             del self.targets[name]
 
     # --- one call -----------------------------------------------------------------------------
@@ -352,6 +392,7 @@ class Scheduler:
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:
+            self._rouse(target)  # its pacer heard something
             self._wake.set()
 
     def _requeue(self, target: Target, job: Job[Any], why: str) -> None:

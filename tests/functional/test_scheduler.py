@@ -386,6 +386,73 @@ async def test_targets_known_but_idle_cost_a_dispatch_nothing(monkeypatch: Any) 
     assert s.queued == 0
 
 
+async def test_targets_waiting_out_their_limits_cost_a_dispatch_nothing(monkeypatch: Any) -> None:
+    """Many tenants at their rate limits at once: a thousand sites told by a 429 to wait a
+    minute keep their queued work, but a dispatch does not ask them again until their minute
+    is up (or news of them comes); then each is asked once, in its turn."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=20_000)
+    for i in range(1000):
+        s.submit(f"site{i}", up.job(f"first{i}"))
+        s.submit(f"site{i}", up.job(f"second{i}"))
+    s.dispatch()
+    await settle()
+    for i in range(1000):
+        up.answer(f"first{i}", throttled(wait=60.0))  # both back to wait, for a minute
+    await settle()
+    s.dispatch()
+    assert s.queued == 2000 and s.in_flight == 0
+    looked: list[str] = []  # the targets a dispatch asked whether they may call now
+    ready = s._ready
+    monkeypatch.setattr(s, "_ready", lambda t, now: looked.append(t.name) or ready(t, now))
+    s.submit("fresh", up.job("busy"))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "busy" and set(looked) == {"fresh"}
+    looked.clear()
+    up.answer("busy")
+    await settle()
+    s.dispatch()
+    assert looked == [] or set(looked) == {"fresh"}
+    called = len(up.calls)
+    clock.t += 60.0  # their minute is up: each asked again, and called
+    s.dispatch()
+    await settle()
+    assert {name for name in looked if name != "fresh"} == {f"site{i}" for i in range(1000)}
+    assert {f"first{i}" for i in range(1000)} <= set(up.calls[called:])
+
+
+async def test_news_of_a_waiting_target_brings_it_back_to_the_round() -> None:
+    """A target whose window is full waits for news of it, not for the clock: the answer of
+    its call in flight lets the next start at once; a refusal ends its queued work at once."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("t", up.job("a"))
+    await probe_answered(s, up, "a")  # the window opens to two
+    for key in "bcd":
+        s.submit("t", up.job(key))
+    s.dispatch()
+    await settle()
+    assert up.calls == ["a", "b", "c"]  # two in flight: d waits for news
+    clock.t += 30.0  # time alone changes nothing for it
+    s.dispatch()
+    assert up.calls == ["a", "b", "c"]
+    up.answer("b")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls == ["a", "b", "c", "d"]
+    s.submit("t", up.job("e"))
+    s.submit("t", up.job("f", scope="model:other"))
+    up.answer("c", UpstreamError("no such model", reason="NotFound", status=404,
+                                 refuses="model"))  # fmt: skip
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.reports["e"].error is not None and "no such model" in str(up.reports["e"].error)
+    assert up.calls[-1] == "f"
+
+
 async def test_queued_work_of_revoked_partitions_is_taken_back_in_order() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=1, window=1)
