@@ -134,7 +134,7 @@ def _executor(
     config = ExecutorConfig(
         name=name,
         topic=topic,
-        group=f"{settings.app_id}-{name}",
+        group=topics_module.consumer_group(settings, name),
         instance=f"{settings.instance_id}-{name}",
         consumer_options=client_options(settings),
     )

@@ -199,12 +199,19 @@ def worker(log_format: str | None) -> None:
     from streams.errors import TalkstreamError
     from streams.logs import logging_config
     from streams.secrets import load_secret_box
-    from streams.topics import ensure_topics
+    from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     settings = _settings()
+    roles = (None, "generator", "publisher", "projector")
+    groups = [consumer_group(settings, role) for role in roles]
+
+    async def ready() -> None:
+        await ensure_topics(settings)
+        await coordinators_ready(settings, groups)
+
     try:
         secrets = load_secret_box(settings)
-        asyncio.run(ensure_topics(settings))
+        asyncio.run(ready())
     except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
         raise click.ClickException(str(exc)) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -240,7 +247,7 @@ def projector(log_format: str | None) -> None:
     from streams.agents.projector import serve, stop_signals
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
-    from streams.topics import ensure_topics
+    from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     signals = stop_signals()
     settings = _settings()
@@ -249,6 +256,7 @@ def projector(log_format: str | None) -> None:
 
     async def run() -> None:
         await ensure_topics(settings)
+        await coordinators_ready(settings, [consumer_group(settings, "projector")])
         task = asyncio.ensure_future(serve(settings))
         loop = asyncio.get_running_loop()
         for signum in signals:

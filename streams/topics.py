@@ -90,6 +90,40 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 
+def consumer_group(settings: Settings, role: str | None = None) -> str:
+    """The consumer group of a role: faust's own (the ledger) is the app id; the executors
+    (``generator``, ``publisher``) and the projector each have one beside it."""
+    return settings.app_id if role is None else f"{settings.app_id}-{role}"
+
+
+async def coordinators_ready(settings: Settings, groups: list[str], timeout: float = 30.0) -> None:
+    """Wait until Kafka names a coordinator for each of ``groups``.
+
+    A broker that has just started loads its offsets topic before it coordinates any group,
+    and answers "coordinator not available" meanwhile; a consumer that asks then logs an ERROR
+    (aiokafka's, for what it retries anyway) and asks again. Asked here first, a normal start
+    logs nothing of it. At the deadline, or if Kafka cannot be asked, this returns: the
+    consumers go on asking by themselves."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
+    try:
+        await admin.start()
+        for group in groups:
+            while True:
+                try:
+                    await admin.find_coordinator(group)
+                    break
+                except KafkaError as exc:
+                    if not exc.retriable or loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.info("the group coordinators did not answer yet (%r); the consumers will ask", exc)
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create any missing topic; returns the names created. Idempotent.
 

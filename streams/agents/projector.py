@@ -30,7 +30,7 @@ from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore, Sourced
 from streams.runtime import DeadLetters, SystemClock
 from streams.settings import Settings
-from streams.topics import BY_NAME
+from streams.topics import BY_NAME, consumer_group
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ProjectorConfig:
     def of(cls, settings: Settings) -> ProjectorConfig:
         return cls(
             topic=BY_NAME["lifecycle"].full_name(settings),
-            group=f"{settings.app_id}-projector",
+            group=consumer_group(settings, "projector"),
             instance=f"{settings.instance_id}-projector",
             consumer_options=client_options(settings),
         )
