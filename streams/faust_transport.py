@@ -100,6 +100,9 @@ class Topic(faust.Topic):
         return producer if producer.started and not self.app.in_transaction else None
 
 
+_NO_SENSOR: dict[Any, Any] = {None: None}  # a rebalance's note when no sensor noted anything
+
+
 class App(faust.App):
     """faust's app without its ``Monitor`` sensor. The Monitor keeps statistics for faust's
     web views (off here: the worker's metrics are ``streams.observability``) and was told of
@@ -112,6 +115,14 @@ class App(faust.App):
         with contextlib.suppress(KeyError):
             self.sensors.remove(self.monitor)
         return services
+
+    def on_rebalance_start(self) -> None:
+        """faust keeps what each sensor noted at a rebalance's start for its return and end,
+        and warns ("Missing sensor state") at both when nothing was noted: with no sensor,
+        at every rebalance. An empty note of no sensor is a note."""
+        super().on_rebalance_start()
+        if not self._rebalancing_sensor_state and not list(self.sensors):
+            self._rebalancing_sensor_state = _NO_SENSOR
 
 
 class Transport(driver.Transport):

@@ -1,7 +1,8 @@
 """The commands as a user starts them: ``talkstream dev`` runs the whole system (its own
-embedded broker, the stand-ins, worker, ingress, console) and Ctrl-C stops all of it with one
-line and exit 0; outside ``dev`` the worker and the ingress refuse to start without
-``TALKSTREAM_SECRET_KEYS`` rather than making a key next to the data."""
+embedded broker, the stand-ins, worker, ingress, console), logs no ERROR or WARNING on a clean
+start, and Ctrl-C stops all of it with one line and exit 0; outside ``dev`` the worker and the
+ingress refuse to start without ``TALKSTREAM_SECRET_KEYS`` rather than making a key next to
+the data."""
 
 from __future__ import annotations
 
@@ -69,6 +70,14 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
 
         wait_until(published, timeout=120, what="the event at the Talkable stand-in")
         assert (tmp_path / "config" / "talkstream").is_dir()  # the dev key, not in the data
+        # a clean start on a new broker alarms nobody: no ERROR or WARNING in any log
+        alarming = [
+            f"{log.name}: {line}"
+            for log in sorted((tmp_path / "data" / "logs").glob("*.log"))
+            for line in log.read_text().splitlines()
+            if " ERROR " in line or " WARNING " in line
+        ]
+        assert alarming == []
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         code = proc.wait(timeout=120)
