@@ -85,6 +85,7 @@ class Target:
     waiting: bool = False  # has queued work: in the scheduler's round, or asleep
     asleep: bool = False  # out of the round until news of it, or until ``wakes``
     wakes: float | None = None  # when its head may start, as the pacer said (None: on news)
+    alarm: float | None = None  # its latest alarm not rung yet
 
 
 class Scheduler:
@@ -201,7 +202,8 @@ class Scheduler:
         """Out of the round (the caller took it out) until ``at``, or news of it."""
         target.asleep, target.wakes = True, at
         self._asleep.add(target)
-        if at is not None:
+        if at is not None and at != target.alarm:  # (news woke it before: that alarm holds)
+            target.alarm = at
             heapq.heappush(self._alarms, (at, next(self._pushed), target))
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -223,11 +225,7 @@ class Scheduler:
         """Start every call that may start now, one at a time to the target served least
         recently; returns when to look again (None: only on news)."""
         now = self._clock()
-        alarms = self._alarms
-        while alarms and alarms[0][0] <= now:
-            rings, _, target = heapq.heappop(alarms)
-            if target.asleep and target.wakes == rings:  # not roused by news since
-                self._rouse(target)
+        self._ring(now)
         if self._refused_since:  # every queue, for the refused scope's jobs
             for target in self._with_work():
                 self._settle(target, now)
@@ -254,7 +252,7 @@ class Scheduler:
                 self._sleep(target, at)
             else:
                 index += 1
-        wake_at = alarms[0][0] if alarms else None
+        wake_at = self._alarms[0][0] if self._alarms else None
         if any(not target.queue for target in self._waiting):  # out of the round until more
             for target in self._waiting:
                 target.waiting = bool(target.queue)
@@ -264,6 +262,26 @@ class Scheduler:
             sweep_at = self._settled_at + SETTLE_EVERY_S
             wake_at = sweep_at if wake_at is None else min(wake_at, sweep_at)
         return wake_at
+
+    def _ring(self, now: float) -> None:
+        """Targets whose alarm rang go back into the round. Alarms of targets that news woke
+        since stay until they ring (and do nothing), or until they outnumber the live ones."""
+        alarms = self._alarms
+        while alarms and alarms[0][0] <= now:
+            rings, _, target = heapq.heappop(alarms)
+            if target.alarm == rings:
+                target.alarm = None
+            if target.asleep and target.wakes == rings:  # not roused by news since
+                self._rouse(target)
+        if len(alarms) > 2 * len(self._asleep) + 1024:  # mostly alarms of targets roused since
+            for _, _, target in alarms:
+                target.alarm = None
+            alarms = self._alarms = [
+                (t.wakes, next(self._pushed), t) for t in self._asleep if t.wakes is not None
+            ]
+            heapq.heapify(alarms)
+            for rings, _, target in alarms:
+                target.alarm = rings
 
     def _ready(self, target: Target, now: float) -> float | None:
         """When the head of the target's queue may start (None: not on its own: on news)."""

@@ -422,6 +422,50 @@ async def test_targets_waiting_out_their_limits_cost_a_dispatch_nothing(monkeypa
     assert {f"first{i}" for i in range(1000)} <= set(up.calls[called:])
 
 
+async def test_a_throttled_target_woken_by_news_keeps_one_alarm() -> None:
+    """Commands keep arriving for a site that waits out a 429: each is news of it (it is asked
+    again, and sleeps again), but it keeps one alarm, and is called when that rings."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10)
+    s.submit("t", up.job("x0"))
+    s.dispatch()
+    await settle()
+    up.answer("x0", throttled(wait=60.0))
+    await settle()
+    for i in range(1, 2000):
+        s.submit("t", up.job(f"x{i}"))
+        s.dispatch()
+    assert len(s._alarms) == 1 and up.calls == ["x0"]
+    clock.t += 60.0
+    s.dispatch()
+    await settle()
+    assert up.calls[:2] == ["x0", "x0"]
+
+
+async def test_alarms_of_targets_whose_work_left_are_dropped_and_new_ones_still_ring() -> None:
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=5000)
+    for i in range(2000):
+        s.submit(f"site{i}", up.job(f"s{i}", origin="p0"))
+    s.dispatch()
+    await settle()
+    for i in range(2000):
+        up.answer(f"s{i}", throttled(wait=60.0))
+    await settle()
+    s.dispatch()
+    assert len(s._alarms) == 2000
+    assert len(s.take_back({"p0"})) == 2000  # a rebalance took their partition
+    s.dispatch()
+    assert s._alarms == [] and s.queued == 0
+    s.submit("site7", up.job("again"))  # still paused: asleep again, with an alarm that rings
+    s.dispatch()
+    assert len(s._alarms) == 1
+    clock.t += 60.0
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "again"
+
+
 async def test_news_of_a_waiting_target_brings_it_back_to_the_round() -> None:
     """A target whose window is full waits for news of it, not for the clock: the answer of
     its call in flight lets the next start at once; a refusal ends its queued work at once."""
