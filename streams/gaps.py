@@ -60,18 +60,25 @@ class GapRepair:
         """The records of ``partition`` between the offset expected and ``offset`` (excluded),
         read back from Kafka; none when ``offset`` is the one expected (or nothing is known)."""
         expected = self._expected.get((topic, partition))
+        from_mark = expected is None
         if expected is None:
             expected = await self._load_mark(topic, partition)
         if expected is None or expected >= offset:
             return []
-        log.warning(
-            "%s gap topic=%s partition=%s offsets=%s..%s: repairing",
-            self._agent,
-            topic,
-            partition,
-            expected,
-            offset - 1,
-        )
+        if from_mark and offset - expected <= (self._mark_every or 0):
+            # what a restart or a new owner meets: faust committed past the last mark, which
+            # trails by up to ``mark_every``; those messages were most likely decided already,
+            # and deciding them again changes nothing (a warning at every restart alarms for
+            # nothing); read back all the same, in case faust skipped them
+            log.info(
+                "%s re-reads topic=%s partition=%s offsets=%s..%s, since its last mark",
+                self._agent, topic, partition, expected, offset - 1,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s gap topic=%s partition=%s offsets=%s..%s: repairing",
+                self._agent, topic, partition, expected, offset - 1,
+            )  # fmt: skip
         self._on_repaired(offset - expected)
         return await self._read_range(topic, partition, expected, offset)
 

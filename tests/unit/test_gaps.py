@@ -117,3 +117,23 @@ def test_the_durable_mark_is_due_first_after_a_gap_and_every_n(
 def test_without_mark_every_no_durable_mark_is_ever_due() -> None:
     gaps, _ = repair({}, FakeLog(), every=None)
     assert [gaps.processed(TOPIC, 0, o) for o in (0, 1, 9)] == [False, False, False]
+
+
+def test_a_restart_behind_its_last_mark_is_no_alarm_but_a_real_gap_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The mark trails the processed offsets by up to ``mark_every``: a worker that restarts
+    (or takes the partition over) meets faust's commit up to that far past it, and re-reads
+    those messages, logged at INFO. A larger jump after the mark, or any jump once the
+    expected offset is known, is faust skipping messages: a WARNING. Both are repaired."""
+    log = FakeLog()
+    gaps, repaired = repair({0: 10, 1: 10}, log, every=4)
+    with caplog.at_level("INFO", logger="streams.gaps"):
+        assert skipped(gaps, 0, 14) == [10, 11, 12, 13]  # 4 behind the mark: a restart
+        gaps.processed(TOPIC, 0, 14)
+        assert skipped(gaps, 0, 17) == [15, 16]  # a jump in a partition it knows
+        assert skipped(gaps, 1, 15) == [10, 11, 12, 13, 14]  # 5 past the mark
+    levels = [(r.levelname, r.getMessage().split(" offsets=")[1]) for r in caplog.records]
+    assert levels == [("INFO", "10..13, since its last mark"), ("WARNING", "15..16: repairing"),
+                      ("WARNING", "10..14: repairing")]  # fmt: skip
+    assert repaired == [4, 2, 5]
