@@ -202,7 +202,9 @@ def worker(log_format: str | None) -> None:
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     settings = _settings()
-    roles = (None, "generator", "publisher", "projector")
+    roles = [None, "generator", "publisher"]
+    if settings.projector == "worker":  # a projector process asks for its own
+        roles.append("projector")
     groups = [consumer_group(settings, role) for role in roles]
 
     async def ready() -> None:
