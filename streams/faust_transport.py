@@ -1,6 +1,7 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
 consumer that fetches a table's changelog only while faust reads it; faust's topics without
-its detours per record sent; and faust's app without the sensor nothing reads.
+its detours per record sent; and faust's app without the sensor nothing reads, which stops
+lingering when it stops.
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -17,6 +18,8 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+
+from streams.kafka_options import lingering_no_more
 
 
 class Producer(driver.Producer):
@@ -115,6 +118,12 @@ class App(faust.App):
         with contextlib.suppress(KeyError):
             self.sensors.remove(self.monitor)
         return services
+
+    async def on_stop(self) -> None:
+        """Stopping, the producer lingers no more (``lingering_no_more``): faust then waits for
+        its streams and their outputs, which a long linger held back for as long."""
+        lingering_no_more(self._producer)
+        await super().on_stop()
 
     def on_rebalance_start(self) -> None:
         """faust keeps what each sensor noted at a rebalance's start for its return and end,

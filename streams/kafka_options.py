@@ -188,18 +188,43 @@ def sending_now(producer: Any) -> Awaitable[Any] | None:
     but stay open: aiokafka sends one request to a broker at a time, and a record sent to a
     partition whose batch is closed (as ``flush_for_commit`` closes them) waits until that
     batch leaves, which suspends the sender (the ledger) for a produce round trip."""
-    accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
+    accumulator = _accumulator(producer)
     if accumulator is None:
         return None
+    waiters = _send_open_batches(accumulator)
+    return asyncio.wait(waiters) if waiters else None
+
+
+def lingering_no_more(producer: Any) -> None:
+    """A worker stopping: what ``producer`` (faust's, on aiokafka) holds back for its linger
+    goes with its next request, and so does every record sent from now on.
+
+    A stopping worker waits until its outputs are acknowledged (faust commits its offsets only
+    after them): with a long linger (the settings allow a minute) it waited that long, and a
+    supervisor that gives a stop less time kills it with those outputs, a call's result among
+    them, unsent."""
+    accumulator = _accumulator(producer)
+    if accumulator is not None:
+        accumulator._linger_time = 0  # the batches opened from now on
+        _send_open_batches(accumulator)
+
+
+def _accumulator(producer: Any) -> Any:
+    return getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
+
+
+def _send_open_batches(accumulator: Any) -> list[asyncio.Future[Any]]:
+    """Make the open batches ready at the sender's next look, and wake it (it may be asleep
+    for the linger); returns the futures of every batch not yet acknowledged."""
     waiters = []
     for batches in accumulator._batches.values():
         for batch in batches:
-            batch._linger_time = 0  # ready at the sender's next look
+            batch._linger_time = 0
             waiters.append(batch.future)
     waiters += [batch.future for batch in accumulator._pending_batches]
-    if not accumulator._waiter_future.done():  # the sender may be asleep for the linger
+    if not accumulator._waiter_future.done():
         accumulator._waiter_future.set_result(None)
-    return asyncio.wait(waiters) if waiters else None
+    return waiters
 
 
 def consumer_lag(

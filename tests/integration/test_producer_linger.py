@@ -4,15 +4,19 @@ it decided is sent at once (``streams.kafka_options.sending_now``), on the real 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import types
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from models.events import GenerationAttemptSucceeded
+from streams.codecs import decode_requests
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import sending_now
-from tests.integration.conftest import create_topic
+from tests.integration.conftest import create_topic, http, read_topic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -58,3 +62,49 @@ def test_the_ledger_sends_its_commands_without_waiting_out_the_linger(make_syste
     assert status == 202, body
     # this deployment's only request: its call is the stand-in's first
     wait_until(lambda: system.openai("GET", "/_calls") or None, 45, what="the generator's call")
+
+
+def test_a_stopping_worker_sends_at_once_what_it_held_back(
+    make_system, kafka: EmbeddedKafka
+) -> None:
+    # a minute of linger: the generator's result waits in the producer after its call answers
+    system = make_system(producer_linger_ms=str(A_MINUTE_MS))
+    system.wait_ready()
+    status, body = system.post(seed_params("stopping@example.com"))
+    assert status == 202, body
+    request_id = body["request_id"]
+    wait_until(lambda: _answered_calls(system) or None, 45, what="the generator's answered call")
+
+    worker = system.procs["worker"]
+    worker.send_signal(signal.SIGTERM)
+    # a stop that waited out the linger would be killed here, its result unsent
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == 0, system.log("worker")[-3000:]
+    results = [
+        decode_requests(value)
+        for _, _, _, value in read_topic(kafka.bootstrap, f"{system.app_id}-requests")
+    ]
+    assert any(
+        isinstance(r, GenerationAttemptSucceeded) and r.request_id == request_id for r in results
+    ), results
+
+
+def _answered_calls(system) -> float:
+    """``talkstream_upstream_calls_total`` answered by OpenAI, from the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http("GET", f"{system.worker_url()}/metrics")
+    if status != 200:
+        return 0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "talkstream_upstream_calls"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+        and sample.labels == {"upstream": "openai", "outcome": "answered"}
+    )
