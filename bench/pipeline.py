@@ -155,6 +155,7 @@ class Pipeline:
             "requests": cfg.warm_requests,
             "seconds": round(time.monotonic() - started, 1),
             "states": dict(done.states),
+            "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,
         }
 

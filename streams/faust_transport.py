@@ -1,5 +1,5 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
-consumer that fetches a table's changelog only while faust reads it; faust's topics without
+consumer that fetches only the partitions faust reads; faust's topics without
 its detours per record sent; and faust's app without the sensor nothing reads, which stops
 lingering when it stops.
 
@@ -29,31 +29,37 @@ class Producer(driver.Producer):
 
 class Consumer(driver.Consumer):
     """faust pauses a partition only in its own books: it stops reading it, but aiokafka, in
-    the consumer thread, goes on fetching it. A table's changelog is read only to recover;
-    afterwards the worker's own writes to it come back in a fetch and stay in aiokafka's
-    buffer, unread, and aiokafka sends that broker no fetch for the next 100 ms (its prefetch
-    backoff): the ledger then waits, once per changelog partition after every rebalance. So
-    each pause and resume of a changelog partition is done in aiokafka too, in the order
-    faust does them."""
+    the consumer thread, goes on fetching it. So each pause and resume is done in aiokafka
+    too, in the order faust does them. Two losses without it:
+
+    - A worker given a partition pauses it while it recovers its table. aiokafka fetched it
+      meanwhile, and its position moved past those records while faust still had the
+      partition paused; the ledger never received them: the new owner started past them, committed
+      nothing, and saw them only when the partition's next message made it repair the gap (on
+      a quiet partition, much later). Paused in aiokafka, they wait in its buffer until faust
+      resumes the partition.
+    - A table's changelog is read only to recover; afterwards the worker's own writes to it
+      came back in a fetch and stayed in aiokafka's buffer, unread, and aiokafka sent that
+      broker no fetch for the next 100 ms (its prefetch backoff): the ledger then waited, once
+      per changelog partition after every rebalance."""
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         tps = set(tps)
         super().pause_partitions(tps)
-        self._fetch_changelogs(tps, fetching=False)
+        self._mirror(tps, fetching=False)
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         tps = set(tps)
         super().resume_partitions(tps)
-        self._fetch_changelogs(tps, fetching=True)
+        self._mirror(tps, fetching=True)
 
-    def _fetch_changelogs(self, tps: set[TP], *, fetching: bool) -> None:
-        changelogs = {tp for tp in tps if self._is_changelog_tp(tp)}
+    def _mirror(self, tps: set[TP], *, fetching: bool) -> None:
         consumer = self._thread._consumer
         loop = self._thread.thread_loop
-        if not changelogs or consumer is None:
+        if not tps or consumer is None:
             return
         with contextlib.suppress(RuntimeError):  # the thread's loop is closed: it stopped
-            loop.call_soon_threadsafe(_set_fetching, consumer, changelogs, fetching)
+            loop.call_soon_threadsafe(_set_fetching, consumer, tps, fetching)
 
 
 def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
