@@ -30,14 +30,14 @@ class Producer(driver.Producer):
 class Consumer(driver.Consumer):
     """faust pauses a partition only in its own books: it stops reading it, but aiokafka, in
     the consumer thread, goes on fetching it. So each pause and resume is done in aiokafka
-    too, in the order faust does them. Two losses without it:
+    too, in the order faust does them. Two things went wrong without it:
 
     - A worker given a partition pauses it while it recovers its table. aiokafka fetched it
       meanwhile, and its position moved past those records while faust still had the
-      partition paused; the ledger never received them: the new owner started past them, committed
-      nothing, and saw them only when the partition's next message made it repair the gap (on
-      a quiet partition, much later). Paused in aiokafka, they wait in its buffer until faust
-      resumes the partition.
+      partition paused, so the ledger never received them: the new owner committed nothing
+      for them and saw them only when the partition's next message made it repair the gap
+      (on a quiet partition, much later). Paused in aiokafka, they wait in its buffer until
+      faust resumes the partition.
     - A table's changelog is read only to recover; afterwards the worker's own writes to it
       came back in a fetch and stayed in aiokafka's buffer, unread, and aiokafka sent that
       broker no fetch for the next 100 ms (its prefetch backoff): the ledger then waited, once

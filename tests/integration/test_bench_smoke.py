@@ -33,8 +33,8 @@ def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKaf
     pipeline = result["pipeline"]
     # once a phase's requests ended, every consumer group committed all it read: with two
     # workers the second joins during the warm-up and takes partitions the first decided
-    # but had not committed (faust dropped what it fetched of them while recovering its table,
-    # and the ledger's group stayed behind until their next message)
+    # but had not committed (what aiokafka fetched of them while the newcomer recovered its
+    # table never reached the ledger, and its group stayed behind until their next message)
     caught_up = {
         phase: figures["worker_caught_up_s"]
         for phase, figures in pipeline.items()

@@ -16,7 +16,7 @@ from models.events import GenerationAttemptSucceeded
 from streams.codecs import decode_requests
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import sending_now
-from tests.integration.conftest import create_topic, http, read_topic
+from tests.integration.conftest import System, create_topic, http, read_topic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def test_a_stopping_worker_sends_at_once_what_it_held_back(
     ), results
 
 
-def _answered_calls(system) -> float:
+def _answered_calls(system: System) -> float:
     """``talkstream_upstream_calls_total`` answered by OpenAI, from the worker's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
