@@ -262,15 +262,24 @@ def system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> It
     deployment.stop()
 
 
-def consumer_lags(metrics: str, topic: str) -> dict[str, float]:
-    """``talkstream_consumer_lag`` of ``topic`` by partition, from a ``/metrics`` page."""
+def samples(metrics: str, name: str) -> list[Any]:
+    """The samples named ``name`` (a counter's ``..._total``, a gauge's own name) on a
+    ``/metrics`` page, each with its ``labels`` and ``value``."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    return [
+        sample
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def consumer_lags(metrics: str, topic: str) -> dict[str, float]:
+    """``talkstream_consumer_lag`` of ``topic`` by partition, from a ``/metrics`` page."""
     return {
         sample.labels["partition"]: sample.value
-        for family in text_string_to_metric_families(metrics)
-        if family.name == "talkstream_consumer_lag"
-        for sample in family.samples
+        for sample in samples(metrics, "talkstream_consumer_lag")
         if sample.labels.get("topic") == topic
     }
 

@@ -16,7 +16,7 @@ from models.events import GenerationAttemptSucceeded
 from streams.codecs import decode_requests
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import sending_now
-from tests.integration.conftest import System, create_topic, http, read_topic
+from tests.integration.conftest import System, create_topic, http, read_topic, samples
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -95,16 +95,10 @@ def test_a_stopping_worker_sends_at_once_what_it_held_back(
 
 def _answered_calls(system: System) -> float:
     """``talkstream_upstream_calls_total`` answered by OpenAI, from the worker's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     status, text = http("GET", f"{system.worker_url()}/metrics")
-    if status != 200:
-        return 0
+    answered = {"upstream": "openai", "outcome": "answered"}
     return sum(
         sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "talkstream_upstream_calls"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-        and sample.labels == {"upstream": "openai", "outcome": "answered"}
+        for sample in samples(text if status == 200 else "", "talkstream_upstream_calls_total")
+        if sample.labels == answered
     )
