@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import string
@@ -55,6 +56,9 @@ from streams.dev.kafka_jars import find_java as find_java
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
+# a listener that could not bind: Kafka exits when it is the broker's, and when it is the
+# controller's (in combined mode) it logs this and runs on, never answering
+_BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+?): ([^.\r\n]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,7 @@ class EmbeddedKafka:
         self.properties_file = self.kafka_dir / "server.properties"
         self.cluster_id_file = cluster_id_file or self.kafka_dir / "cluster.id"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_read = 0  # how far the log written since our launch has been searched
 
     @property
     def bootstrap(self) -> str:
@@ -285,6 +290,7 @@ class EmbeddedKafka:
         with self.log_file.open("a") as log:
             log.write(f"--- talkstream: starting Kafka {self.version} at {time.ctime()}\n")
             log.flush()
+            self._log_read = log.tell()
             proc = subprocess.Popen(
                 self._java(java, jars, "kafka.Kafka", str(self.properties_file)),
                 stdin=subprocess.DEVNULL,
@@ -304,36 +310,76 @@ class EmbeddedKafka:
         )
         return proc.pid
 
-    def wait_ready(self, timeout: float, brokers: int = 1) -> None:
+    def wait_ready(
+        self, timeout: float, brokers: int = 1, peers: Sequence[EmbeddedKafka] = ()
+    ) -> None:
         """Wait until the node launched by :meth:`launch` answers metadata listing ``brokers``
-        brokers; stop it (and say why, from its log) if it dies or never answers."""
-        proc = self._proc
+        brokers; stop it (and say why, from its log) if it dies or never answers. ``peers``:
+        the nodes of its cluster launched with it, which it waits for: one that fails to start
+        ends the wait at once, named."""
 
-        def exited() -> None:
-            if proc is not None and proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise KafkaLauncherError(
-                    f"Kafka exited with code {proc.returncode} while starting; "
-                    f"last lines of {self.log_file}:\n{self.log_tail()}"
-                )
+        def starting() -> None:
+            for node in (self, *peers):
+                node.check_starting()
 
         try:
             _run(
                 wait_for_metadata(
                     self.bootstrap,
                     timeout,
-                    check=exited,
+                    check=starting,
                     options=self.probe_options,
                     brokers=brokers,
                 )
             )
+        except NodeFailed:
+            raise
         except KafkaLauncherError as exc:
+            proc = self._proc
             if proc is not None and proc.poll() is None:  # alive, not answering: stop it
                 self.stop()
                 raise KafkaLauncherError(
                     f"{exc}; stopped it. Last lines of {self.log_file}:\n{self.log_tail()}"
                 ) from None
             raise
+
+    def check_starting(self) -> None:
+        """Raise :class:`NodeFailed` if the process :meth:`launch` started has exited, or runs
+        without one of its listeners (then it is killed: it never started, nothing is lost)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            self.pid_file.unlink(missing_ok=True)
+            raise NodeFailed(
+                f"Kafka node {self.node_id} exited with code {proc.returncode} while starting; "
+                f"last lines of {self.log_file}:\n{self.log_tail()}"
+            )
+        failed = self._bind_failure()
+        if failed is not None:
+            self.kill()
+            address, reason = failed
+            raise NodeFailed(
+                f"Kafka node {self.node_id} cannot listen on {address} ({reason}): another "
+                f"process took the port after it was checked; stopped it. Choose other ports "
+                f"or start again. Last lines of {self.log_file}:\n{self.log_tail()}"
+            )
+
+    def _bind_failure(self) -> tuple[str, str] | None:
+        """(address, reason) of a listener that could not bind, from the log written since
+        our launch (read from where the previous look stopped, at a line's start)."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_read)
+                text = log.read()
+        except FileNotFoundError:
+            return None
+        complete = text.rfind(b"\n") + 1
+        found = _BIND_FAILED.search(text, 0, complete)
+        if found is None:
+            self._log_read += complete
+            return None
+        return found[1].decode(errors="replace"), found[2].decode(errors="replace").strip()
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
@@ -442,6 +488,11 @@ class EmbeddedKafka:
         logger.debug("kafka storage format: %s", done.stdout.strip())
         if fresh:
             self.formatted_by_file.write_text(f"{self.version}\n")
+
+
+class NodeFailed(KafkaLauncherError):
+    """A node launched here exited or lost a listener while starting (its own message names
+    it and quotes its log)."""
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -86,3 +86,24 @@ def test_a_broker_that_dies_while_starting_says_why(tmp_path):
 
     assert kafka.status().pid is None
     assert not kafka.pid_file.exists()
+
+
+def test_a_controller_that_cannot_listen_ends_the_start_at_once_and_names_the_port(tmp_path):
+    """Kafka exits when its broker listener cannot bind, but runs on without its controller
+    listener (never answering): the launcher reads that from the log, kills it and says so,
+    instead of waiting out its timeout (found as a three-node start that waited 81 s for a
+    node whose controller port an outgoing connection had taken meanwhile)."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))  # bound, not listening: passes the launcher's check
+        controller_port = squatter.getsockname()[1]
+        (port,) = _free_ports(1)
+        kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
+
+        with pytest.raises(KafkaLauncherError) as failed:
+            kafka.start(timeout=240)
+
+    message = str(failed.value)
+    assert f"cannot listen on 127.0.0.1:{controller_port} (Address already in use)" in message
+    assert "did not answer" not in message
+    assert kafka.status().pid is None
+    assert not kafka.pid_file.exists()

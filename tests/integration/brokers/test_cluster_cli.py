@@ -10,6 +10,7 @@ import os
 import random
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -22,9 +23,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 
 def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports on 127.0.0.1."""
+    """The first of ``count`` consecutive free ports on 127.0.0.1, below the range the kernel
+    gives outgoing connections: a port free now but in that range can be taken by any
+    connection (the first node's to its peers, say) before the node meant for it binds it."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    below = min(int(ephemeral[0]), 32_768)
     for _ in range(100):
-        base = random.randrange(20_000, 60_000)
+        base = random.randrange(10_000, below - count)
         with contextlib.ExitStack() as stack:
             try:
                 for port in range(base, base + count):
@@ -84,5 +89,31 @@ def test_start_status_stop_a_three_node_cluster(tmp_path) -> None:
         stopped = talkstream(env, "kafka", "stop", timeout=120)
     print(stopped)
     assert stopped.code == 0 and "stopped" in stopped.out, stopped
+    after = talkstream(env, "kafka", "status")
+    assert after.code == 3 and "not running" in after.out, after
+
+
+def test_a_node_that_cannot_listen_ends_the_start_at_once_naming_it(tmp_path) -> None:
+    """Node 2's controller port is taken after the launcher's check (a socket bound, not
+    listening, as an outgoing connection holds its port): the start ends as soon as node 2's
+    log or exit says so, naming the node and the port, and leaves no node running. It used to
+    wait for node 1 to list three brokers until the timeout, then quote node 1's log."""
+    base = free_port_run(6)
+    env = {
+        **os.environ,
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{base}",
+        "TALKSTREAM_KAFKA_VERSION": session_kafka_version(),
+        "TALKSTREAM_APP_ID": "clustercli",
+    }
+    taken = base + 3  # node 2's controller
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        started = talkstream(env, "kafka", "start", "--nodes", "3", timeout=300)
+    print(f"\n{started}")
+    assert started.code != 0, started
+    assert "Kafka node 2 " in started.err, started
+    assert f"127.0.0.1:{taken}" in started.err, started
+    assert "did not answer" not in started.err, started
     after = talkstream(env, "kafka", "status")
     assert after.code == 3 and "not running" in after.out, after
