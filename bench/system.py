@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,10 +34,40 @@ class BenchSystemError(RuntimeError):
     """A process of the benchmark did not start or died."""
 
 
+_HANDED_OUT: set[int] = set()  # ports this process has handed out: never twice
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now, below the range the
+    kernel gives outgoing connections: a port free now but in that range can be taken by any
+    connection (a broker's to its peers, say) before the server meant for it binds it."""
+    top = max(_ephemeral_low(), 11_000) - count
+    for _ in range(1000):
+        base = random.randrange(10_000, top)
+        ports = range(base, base + count)
+        if _HANDED_OUT.intersection(ports):
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in ports:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.update(ports)
+        return base
+    raise BenchSystemError(f"no {count} consecutive free ports below {top + count}")
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port_run(1)
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA range's start
+        low = 49_152
+    return min(low, 49_152)
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:

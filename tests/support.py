@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bench.system import free_port as free_port
+from bench.system import free_port_run as free_port_run
 
 T = TypeVar("T")
 
@@ -31,12 +33,6 @@ def wait_until(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or probe}: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Lines:

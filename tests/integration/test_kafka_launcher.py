@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import pytest
@@ -11,16 +10,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 async def _round_trip(bootstrap: str, topic: str) -> bytes:
@@ -48,7 +40,7 @@ async def _round_trip(bootstrap: str, topic: str) -> bytes:
 
 
 async def test_the_broker_starts_once_serves_a_topic_and_stops(tmp_path):
-    port, controller_port = _free_ports(2)
+    port, controller_port = free_port(), free_port()
     kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
     try:
         first = kafka.start(timeout=90)
@@ -78,7 +70,7 @@ def test_a_broker_that_dies_while_starting_says_why(tmp_path):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))  # bound, not listening: looks free, cannot be bound
         port = squatter.getsockname()[1]
-        (controller_port,) = _free_ports(1)
+        controller_port = free_port()
         kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
 
         with pytest.raises(KafkaLauncherError, match="Address already in use"):
@@ -96,7 +88,7 @@ def test_a_controller_that_cannot_listen_ends_the_start_at_once_and_names_the_po
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))  # bound, not listening: passes the launcher's check
         controller_port = squatter.getsockname()[1]
-        (port,) = _free_ports(1)
+        port = free_port()
         kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
 
         with pytest.raises(KafkaLauncherError) as failed:

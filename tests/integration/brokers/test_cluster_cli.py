@@ -5,40 +5,18 @@ with their own ports, data directories and logs, topics replicated three times w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import random
 import re
 import socket
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.brokers.support import talkstream
 from tests.integration.conftest import session_kafka_version
-from tests.support import wait_until
+from tests.support import free_port_run, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
-
-
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports on 127.0.0.1, below the range the kernel
-    gives outgoing connections: a port free now but in that range can be taken by any
-    connection (the first node's to its peers, say) before the node meant for it binds it."""
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    below = min(int(ephemeral[0]), 32_768)
-    for _ in range(100):
-        base = random.randrange(10_000, below - count)
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise AssertionError(f"no {count} consecutive free ports")
 
 
 async def replication(bootstrap: str, topic: str) -> set[int]:
