@@ -245,7 +245,7 @@ class LifecycleEvent(_Wire):
     def identity(self) -> tuple[str, str, str, int]:
         """What makes two records the same transition: the ledger may emit one twice (it
         re-processes a message after a crash); the projection and replay count it once."""
-        return (self.request_id, self.type, self.state.value, self.attempt)
+        return (self.request_id, self.type, str(self.state), self.attempt)
 
 
 # --- [deadletter] ---------------------------------------------------------------------------
