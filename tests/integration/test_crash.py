@@ -23,6 +23,9 @@ FAST_FAILOVER = {
     "session_timeout_seconds": "6",
     "generation_deadline_seconds": "8",
     "publish_deadline_seconds": "8",
+    # the calls the killed worker had in flight are re-issued this long after the recovery
+    # (30 s by default, for a live previous owner's calls to finish)
+    "rebalance_grace_seconds": "5",
 }
 
 
