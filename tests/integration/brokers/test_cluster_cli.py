@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,15 +30,20 @@ async def replication(bootstrap: str, topic: str) -> set[int]:
     return {len(p["replicas"]) for p in described["partitions"]}
 
 
-def test_start_status_stop_a_three_node_cluster(tmp_path) -> None:
-    base = free_port_run(6)
-    env = {
+def cluster_env(data_dir: Path, base: int) -> dict[str, str]:
+    """``talkstream``'s whole environment for a three-node cluster from port ``base`` on."""
+    return {
         **os.environ,
-        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_DATA_DIR": str(data_dir),
         "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{base}",
         "TALKSTREAM_KAFKA_VERSION": session_kafka_version(),
         "TALKSTREAM_APP_ID": "clustercli",
     }
+
+
+def test_start_status_stop_a_three_node_cluster(tmp_path) -> None:
+    base = free_port_run(6)
+    env = cluster_env(tmp_path, base)
     try:
         started = talkstream(env, "kafka", "start", "--nodes", "3", timeout=240)
         print(f"\n{started}")
@@ -77,13 +83,7 @@ def test_a_node_that_cannot_listen_ends_the_start_at_once_naming_it(tmp_path) ->
     log or exit says so, naming the node and the port, and leaves no node running. It used to
     wait for node 1 to list three brokers until the timeout, then quote node 1's log."""
     base = free_port_run(6)
-    env = {
-        **os.environ,
-        "TALKSTREAM_DATA_DIR": str(tmp_path),
-        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{base}",
-        "TALKSTREAM_KAFKA_VERSION": session_kafka_version(),
-        "TALKSTREAM_APP_ID": "clustercli",
-    }
+    env = cluster_env(tmp_path, base)
     taken = base + 3  # node 2's controller
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", taken))
