@@ -11,6 +11,10 @@ is the baseline: a scheduler that knows only its busy targets.
 
     python -m bench.known_targets --known 20 --throttled 0 1000
 
+``--scrape``: instead, what one /metrics look at the scheduler costs at each ``--known``.
+
+    python -m bench.known_targets --scrape --known 100 1000 10000
+
 ``--throttled``: that many more targets each have a command queued that their pacer holds (a
 429 that said to wait an hour): many sites at their rate limit at once. The first figure is
 the baseline: none.
@@ -24,6 +28,7 @@ import time
 from typing import Any
 
 from streams.errors import UpstreamError
+from streams.observability import MAX_TARGETS
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
@@ -92,6 +97,47 @@ async def cpu_per_call(known: int, busy: int, calls: int, throttled: int = 0) ->
         dispatcher.cancel()
 
 
+async def scrape_ms(known: int, count: int = MAX_TARGETS, looks: int = 20) -> tuple[float, float]:
+    """CPU milliseconds of one /metrics look at a scheduler that knows ``known`` idle targets:
+    every target described and sorted (how the collector did it, the baseline), and
+    ``Scheduler.busiest`` (how it does it); both must find the same busiest targets."""
+    scheduler = Scheduler("bench", max_in_flight=1024, max_wait_s=600, refusal_s=60,
+                          pacer_config=PacerConfig())  # fmt: skip
+    dispatcher = asyncio.create_task(scheduler.run())
+    left, done = known, asyncio.Event()
+
+    async def call() -> tuple[str, Limits | None]:
+        return "ok", None
+
+    async def report(_: Outcome[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            done.set()
+
+    try:
+        for i in range(known):
+            scheduler.submit(f"target{i}", Job(key=f"k{i}", attempt=1, scope="model", cost=0,
+                             issued_s=scheduler.now(), call=call, report=report))  # fmt: skip
+        await done.wait()
+        started = time.process_time()
+        for _ in range(looks):
+            every = sorted(scheduler.snapshot(), key=_load, reverse=True)
+        described = (time.process_time() - started) / looks * 1e3
+        started = time.process_time()
+        for _ in range(looks):
+            top, _rest = scheduler.busiest(count)
+        busiest = (time.process_time() - started) / looks * 1e3
+        assert top == every[:count]
+        return described, busiest
+    finally:
+        dispatcher.cancel()
+
+
+def _load(described: dict[str, Any]) -> tuple[int, int]:
+    return described["queued"] + described["in_flight"], described["throttled"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--known", type=int, nargs="+", default=[20, 1_000, 10_000])
@@ -99,7 +145,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5_000)
     parser.add_argument("--throttled", type=int, nargs="+", default=[0],
                         help="more targets, each waiting out a 429")  # fmt: skip
+    parser.add_argument("--scrape", action="store_true",
+                        help="instead: what one /metrics look costs at each --known")  # fmt: skip
     args = parser.parse_args()
+    if args.scrape:
+        for known in args.known:
+            described, busiest = asyncio.run(scrape_ms(known))
+            print(f"{known:>7,} targets known: a /metrics look {described:,.2f} ms describing "
+                  f"every target, {busiest:,.2f} ms with the busiest {MAX_TARGETS}")  # fmt: skip
+        return
     if args.busy < 1 or args.calls < 1 or min(args.known) < 0 or min(args.throttled) < 0:
         parser.error("--busy and --calls must be at least 1, --known and --throttled at least 0")
     for known in args.known:

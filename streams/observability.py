@@ -141,13 +141,12 @@ class UpstreamTargets(Collector):
         )
         for executor in self.executors:
             upstream = UPSTREAM[executor.config.name]
-            snaps = sorted(
-                executor.scheduler.snapshot(),
-                key=lambda s: (s["queued"] + s["in_flight"], s["throttled"]),
-                reverse=True,
+            scheduler = executor.scheduler
+            snaps, rest = scheduler.busiest(MAX_TARGETS)
+            total.add_metric(
+                [executor.config.name], sum(s["in_flight"] for s in snaps) + rest["in_flight"]
             )
-            total.add_metric([executor.config.name], sum(s["in_flight"] for s in snaps))
-            for snap in snaps[:MAX_TARGETS]:
+            for snap in snaps:
                 name = [upstream, snap["target"].split(":", 1)[-1][:16]]
                 queued.add_metric(name, snap["queued"])
                 in_flight.add_metric(name, snap["in_flight"])
@@ -155,12 +154,11 @@ class UpstreamTargets(Collector):
                 circuit.add_metric(name, CIRCUIT[snap["circuit"]])
                 if snap["rate"] is not None:
                     rate.add_metric(name, snap["rate"])
-            rest = snaps[MAX_TARGETS:]
-            if rest:
+            if len(scheduler.targets) > MAX_TARGETS:
                 other = [upstream, "other"]
-                queued.add_metric(other, sum(s["queued"] for s in rest))
-                in_flight.add_metric(other, sum(s["in_flight"] for s in rest))
-                throttled.add_metric(other, sum(s["throttled"] for s in rest))
+                queued.add_metric(other, rest["queued"])
+                in_flight.add_metric(other, rest["in_flight"])
+                throttled.add_metric(other, rest["throttled"])
         yield from (queued, in_flight, rate, throttled, circuit, total)
 
 

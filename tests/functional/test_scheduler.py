@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.blast_ticks import scheduler_looks
-from bench.known_targets import cpu_per_call
+from bench.known_targets import cpu_per_call, scrape_ms
 from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
@@ -578,3 +578,37 @@ async def test_a_new_attempt_of_work_that_was_called_waits_its_own_maximum() -> 
 def test_the_look_benchmark_compares_looks_that_time_out_the_same_commands() -> None:
     sweep_ms, heap_ms, swept, found = scheduler_looks(300, 60)
     assert swept == found == 20 and sweep_ms > 0 and heap_ms > 0
+
+
+async def test_the_busiest_targets_are_described_and_the_others_summed() -> None:
+    """What /metrics shows of many targets: the busiest few as ``snapshot`` describes them, in
+    its order, and the others' sums, without describing each of the others."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=6, window=1)  # one call at a time per target: the rest queue
+    for target, jobs in (("a", 1), ("b", 4), ("c", 2), ("d", 3), ("e", 1), ("f", 2)):
+        for i in range(jobs):
+            s.submit(target, up.job(f"{target}{i}"))
+    s.dispatch()
+    await settle()
+    up.answer("e0")  # e: nothing left
+    up.answer("a0", throttled(60.0))  # a: a 429, its command queued again
+    await settle()
+    s.dispatch()
+    await settle()
+    by_load = sorted(
+        s.snapshot(), key=lambda d: (d["queued"] + d["in_flight"], d["throttled"]), reverse=True
+    )
+
+    top, rest = s.busiest(3)
+
+    assert top == by_load[:3]
+    assert [d["target"] for d in top] == ["b", "d", "c"]
+    others = by_load[3:]
+    assert rest == {name: sum(d[name] for d in others) for name in rest}
+    assert rest["throttled"] == 1 and rest["queued"] + rest["in_flight"] == 3  # a, e, f
+    assert s.busiest(10) == (by_load, {"queued": 0, "in_flight": 0, "throttled": 0})
+
+
+async def test_the_scrape_benchmark_finds_the_same_busiest_targets_both_ways() -> None:
+    described, busiest = await scrape_ms(300, count=50, looks=2)  # asserts the same top 50
+    assert described > 0 and busiest > 0

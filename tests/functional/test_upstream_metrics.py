@@ -1,0 +1,64 @@
+"""The upstream targets on /metrics: the busiest ``MAX_TARGETS`` of each executor by name, the
+rest summed as ``other``, and every call in flight counted once."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from streams.observability import MAX_TARGETS, UpstreamTargets
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Job, Outcome, Scheduler
+
+
+async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
+    scheduler = Scheduler("generator", max_in_flight=1024, max_wait_s=600, refusal_s=60,
+                          pacer_config=PacerConfig(initial_window=1))  # fmt: skip
+    release = asyncio.Event()
+
+    async def call() -> tuple[str, Any]:
+        await release.wait()
+        return "ok", None
+
+    async def report(_: Outcome[Any]) -> None:
+        pass
+
+    # target i has i + 1 commands: one in flight (its first call), the others queued
+    targets = MAX_TARGETS + 30
+    for i in range(targets):
+        for n in range(i + 1):
+            job = Job(key=f"t{i}-{n}", attempt=1, scope="model", cost=0,
+                      issued_s=scheduler.now(), call=call, report=report)  # fmt: skip
+            scheduler.submit(f"openai:key{i:04d}", job)
+    scheduler.dispatch()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    collector = UpstreamTargets()
+    collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
+                                               scheduler=scheduler))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(collector)
+
+    lines = generate_latest(registry).decode().splitlines()
+
+    def value(metric: str, target: str) -> float:
+        label = f'{metric}{{target="{target}",upstream="openai"}}'
+        [found] = [line for line in lines if line.startswith(label + " ")]
+        return float(found.split()[-1])
+
+    named = {line.split('target="')[1].split('"')[0] for line in lines
+             if line.startswith("talkstream_upstream_queue_depth{")}  # fmt: skip
+    busiest = {f"key{i:04d}" for i in range(targets - MAX_TARGETS, targets)}
+    assert named == busiest | {"other"}
+    quiet = range(targets - MAX_TARGETS)  # the 30 least busy: i queued and 1 in flight each
+    assert value("talkstream_upstream_queue_depth", "other") == sum(quiet)
+    assert value("talkstream_upstream_in_flight", "other") == len(quiet)
+    assert value("talkstream_upstream_in_flight", f"key{targets - 1:04d}") == 1
+    assert value("talkstream_upstream_queue_depth", f"key{targets - 1:04d}") == targets - 1
+    assert f'talkstream_in_flight{{executor="generator"}} {float(targets)}' in lines
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
