@@ -56,8 +56,8 @@ from streams.dev.kafka_jars import find_java as find_java
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
-# a listener that could not bind: Kafka exits when it is the broker's, and when it is the
-# controller's (in combined mode) it logs this and runs on, never answering
+# a listener that could not bind. A lone node exits some seconds after it; a cluster's node
+# ran on for the whole wait (80 s and more) and never answered
 _BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+?): ([^.\r\n]+)")
 
 
