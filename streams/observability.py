@@ -143,9 +143,7 @@ class UpstreamTargets(Collector):
             upstream = UPSTREAM[executor.config.name]
             scheduler = executor.scheduler
             snaps, rest = scheduler.busiest(MAX_TARGETS)
-            total.add_metric(
-                [executor.config.name], sum(s["in_flight"] for s in snaps) + rest["in_flight"]
-            )
+            total.add_metric([executor.config.name], scheduler.in_flight)
             for snap in snaps:
                 name = [upstream, snap["target"].split(":", 1)[-1][:16]]
                 queued.add_metric(name, snap["queued"])

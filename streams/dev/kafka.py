@@ -311,15 +311,16 @@ class EmbeddedKafka:
         return proc.pid
 
     def wait_ready(
-        self, timeout: float, brokers: int = 1, peers: Sequence[EmbeddedKafka] = ()
+        self, timeout: float, brokers: int = 1, watching: Sequence[EmbeddedKafka] = ()
     ) -> None:
         """Wait until the node launched by :meth:`launch` answers metadata listing ``brokers``
-        brokers; stop it (and say why, from its log) if it dies or never answers. ``peers``:
-        the nodes of its cluster launched with it, which it waits for: one that fails to start
-        ends the wait at once, named."""
+        brokers; stop it (and say why, from its log) if it dies or never answers.
+        ``watching``: the nodes whose start the wait watches (a cluster's launched together,
+        which it waits for: one that fails ends the wait at once, named); this one alone by
+        default."""
 
         def starting() -> None:
-            for node in (self, *peers):
+            for node in watching or (self,):
                 node.check_starting()
 
         try:

@@ -171,7 +171,7 @@ class KafkaCluster:
                 node.launch()
             for node in self.nodes:
                 remaining = max(1.0, timeout - (time.monotonic() - started))
-                node.wait_ready(remaining, brokers=len(self.nodes), peers=launched)
+                node.wait_ready(remaining, brokers=len(self.nodes), watching=launched)
         except KafkaLauncherError:
             for node in launched:
                 node.stop()

@@ -455,13 +455,11 @@ class Scheduler:
         ~70 ms of the worker's loop a scrape)."""
         now = self._clock()
         targets = self.targets.values()
-        top = heapq.nlargest(count, targets, key=_load)
-        rest = {
-            "queued": sum(len(t.queue) for t in targets),
-            "in_flight": sum(t.pacer.in_flight for t in targets),
-            "throttled": sum(t.throttled for t in targets),
-        }
-        described = [_described(t, now) for t in top]
+        described = [_described(t, now) for t in heapq.nlargest(count, targets, key=_load)]
+        rest = {"queued": 0, "in_flight": self.in_flight, "throttled": 0}
+        for t in targets:
+            rest["queued"] += len(t.queue)
+            rest["throttled"] += t.throttled
         for name in rest:
             rest[name] -= sum(d[name] for d in described)
         return described, rest
