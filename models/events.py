@@ -152,6 +152,11 @@ class DeadlineExpired(_Wire):
     attempt: int = Field(ge=1)
     stage: Literal["generating", "publishing"]
     at_ms: int = Field(ge=0)
+    lost: bool = Field(
+        False,
+        description="not late but lost: the executor that took the attempt restarted before "
+        "it reported (sent by its next run, at once, instead of waiting out the deadline)",
+    )
 
 
 class RedriveRequested(_Wire):

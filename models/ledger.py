@@ -418,18 +418,23 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
 
 
 def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:
+    """Overdue, or lost by a worker that restarted: re-issued like a failure, while attempts
+    remain."""
+    what = "lost (the worker that took it restarted)" if d.lost else "overdue"
     if flight.attempt < ctx.policy.max_attempts:
-        return _reissue(ctx, flight, d.at_ms, f"attempt {flight.attempt} overdue; re-issued")
-    cause = f"deadline expired after {flight.attempt} attempts"
+        return _reissue(ctx, flight, d.at_ms, f"attempt {flight.attempt} {what}; re-issued")
+    cause = f"attempt {flight.attempt} lost" if d.lost else "deadline expired"
+    cause += f" after {flight.attempt} attempts"
+    error_class = "AttemptLost" if d.lost else "DeadlineExpired"
     if flight.state is State.GENERATING:
         return _give_up_generation(
             ctx,
             flight,
             at_ms=d.at_ms,
             cause=cause + "; slot released",
-            error_class="DeadlineExpired",
+            error_class=error_class,
         )
-    return _park(ctx, flight, at_ms=d.at_ms, cause=cause, error_class="DeadlineExpired")
+    return _park(ctx, flight, at_ms=d.at_ms, cause=cause, error_class=error_class)
 
 
 def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decision:

@@ -137,10 +137,10 @@ def publication_failed(
 
 
 def expired(
-    request_id: str, attempt: int, stage: Stage, *, at_ms: int = T0 * 1000
+    request_id: str, attempt: int, stage: Stage, *, at_ms: int = T0 * 1000, lost: bool = False
 ) -> DeadlineExpired:
     return DeadlineExpired(
-        request_id=request_id, person=PERSON, attempt=attempt, stage=stage, at_ms=at_ms
+        request_id=request_id, person=PERSON, attempt=attempt, stage=stage, at_ms=at_ms, lost=lost
     )
 
 

@@ -294,6 +294,22 @@ def test_a_deadline_exhausted_generation_releases_its_slot() -> None:
     admit(ledger, "req-2", usage_limit=limit(amount=1, now=T0 + 1))
 
 
+def test_an_attempt_lost_by_a_restarted_worker_is_reissued_at_once_and_says_so() -> None:
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1", usage_limit=limit(amount=1))
+    retry = ledger.send(expired("req-1", 1, "generating", lost=True))
+    assert types_of(retry) == ["GenerationStarted"]
+    assert retry.events[0].cause == "attempt 1 lost (the worker that took it restarted); re-issued"
+    assert [c.attempt for c in retry.commands] == [2]
+    stale = ledger.send(expired("req-1", 1, "generating", lost=True))  # a second run's signal
+    assert types_of(stale) == [] and stale.commands == []
+    final = ledger.send(expired("req-1", 2, "generating", lost=True))
+    assert types_of(final) == ["GenerationFailed"]
+    assert final.events[0].error_class == "AttemptLost"
+    assert final.events[0].cause == "attempt 2 lost after 2 attempts; slot released"
+    assert final.state.window == Window(start=T0, count=0)
+
+
 def test_requests_without_a_limit_never_touch_the_window() -> None:
     ledger = Ledger()
     admit(ledger, "limited-1", usage_limit=limit(amount=1))
