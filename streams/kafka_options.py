@@ -178,6 +178,16 @@ def group_consumer(
     )
 
 
+async def committed_with_metadata(
+    consumer: AIOKafkaConsumer, partitions: set[TopicPartition]
+) -> dict[TopicPartition, tuple[int, str]]:
+    """The group's committed offset of each partition with the metadata committed with it
+    (aiokafka's public ``committed`` returns the offset alone); a partition never committed is
+    left out."""
+    found = await consumer._coordinator.fetch_committed_offsets(list(partitions))
+    return {tp: (o.offset, o.metadata or "") for tp, o in found.items()}
+
+
 def sending_now(producer: Any) -> Awaitable[Any] | None:
     """Send what ``producer`` (faust's, on aiokafka) holds back for its linger with its next
     request, and wait until all it holds is acknowledged; None where it is not aiokafka's.

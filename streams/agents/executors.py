@@ -5,12 +5,16 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the
-work starts**: a command is called at most once per delivery, even across a crash; what a
-crash loses, the ledger's deadline re-issues. A command then waits in its target's queue
-(``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
-target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
-rebalance moves a partition away, the commands of it that are still queued are handed back to
-the topic for the new owner (calls already running finish here).
+work starts**: a command is called at most once per delivery, even across a crash. Each commit
+also notes (its metadata) which run of this instance took the records and the oldest of them
+not reported yet; a restarted run reads that back and tells the ledger at once which attempts
+the previous run lost (``DeadlineExpired(lost=True)``): they are re-issued now, not after
+their deadline (the ledger of their people may be on a worker that saw no rebalance). A
+command then waits in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a
+Talkable site. The topics are keyed by target, so all of a target's calls meet in one
+scheduler, whichever worker runs it; when a rebalance moves a partition away, the commands of
+it that are still queued are handed back to the topic for the new owner (calls already running
+finish here).
 
 The executors run a command and report what happened; every retry, park and dead letter is
 the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.
@@ -20,16 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import BaseModel
 
 from models.events import (
+    DeadlineExpired,
     GenerateText,
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
@@ -41,7 +48,7 @@ from streams.clients.openai_chat import ChatClient, Completion, token_cost
 from streams.clients.talkable import Publication, TalkableClient
 from streams.codecs import decode, encode
 from streams.errors import TalkstreamError, UpstreamError
-from streams.kafka_options import consumer_lag, group_consumer
+from streams.kafka_options import committed_with_metadata, consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
 from streams.secrets import SecretBox, key_fingerprint
@@ -87,6 +94,10 @@ class Executor:
         self.consumer: AIOKafkaConsumer | None = None
         self.taken: dict[TopicPartition, int] = {}  # next offset per partition
         self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
+        self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
+        self._unreported = Unreported()
+        self._marked: dict[TopicPartition, int] = {}  # the oldest unreported offset committed
+        self._lost: dict[TopicPartition, int] = {}  # a previous run's unreported, up to here
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
@@ -105,15 +116,20 @@ class Executor:
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
-                if not batch:
+                offsets = await self._past_lost(batch)
+                offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
+                if not marks:
                     continue
-                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
                 try:  # taken, before any work: at most one call per delivery
-                    await consumer.commit(offsets)
+                    await consumer.commit(
+                        {tp: (at, self._mark(o)) for tp, (at, o) in marks.items()}
+                    )
                 except Exception as exc:  # a rebalance took them: their new owner runs them
                     log.warning("%s could not commit a batch (%s); left to its new owner",
                                 self.config.name, type(exc).__name__)  # fmt: skip
                     continue
+                self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
                 self.taken.update(offsets)
                 for tp, records in batch.items():
                     for record in records:
@@ -136,6 +152,7 @@ class Executor:
         )
         if command is None:
             return
+        self._unreported.took(tp, record.offset, command.request_id, command.attempt)
         waited = max(self._clock.now_ms() - command.issued_at_ms, 0) / 1000
 
         async def report(outcome: Outcome[Any]) -> None:
@@ -156,6 +173,7 @@ class Executor:
             self._topics.generate if self.config.name == "generator" else (self._topics.completions)
         )
         for job in jobs:
+            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
             key, value = job.record
             try:
                 await topic.send(key=key, value=value)
@@ -164,15 +182,113 @@ class Executor:
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self.config.name, len(jobs))  # fmt: skip
+        # what the partitions' next owner finds: nothing of this run's to call lost (calls
+        # still running here report; a crash loses those to their deadline, as before)
+        marks = {
+            tp: (self.taken[tp], self._mark(self.taken[tp]))
+            for tp in revoked
+            if tp in self.taken and tp not in self._lost
+        }
+        with contextlib.suppress(Exception):
+            if marks and self.consumer is not None:
+                await self.consumer.commit(marks)
+        self._unreported.forget(revoked)
+        for tp in revoked:
+            self._marked.pop(tp, None)
+            self._lost.pop(tp, None)
+            self.taken.pop(tp, None)
+
+    async def recover(self, assigned: set[TopicPartition]) -> None:
+        """Partitions whose last commit is this instance's, from another run (a restart, with
+        no rebalance): what that run took and did not report is read again, from its oldest
+        unreported offset, and each such attempt is told to the ledger as lost."""
+        if self.consumer is None or not assigned:
+            return
+        try:
+            committed = await committed_with_metadata(self.consumer, assigned)
+        except Exception as exc:  # the deadlines re-issue whatever was lost
+            log.warning("%s could not read its partitions' marks (%s)",
+                        self.config.name, type(exc).__name__)  # fmt: skip
+            return
+        for tp, (offset, metadata) in committed.items():
+            mark = Mark.parse(metadata)
+            if mark is None or mark.instance != self.config.instance or mark.run == self.run_id:
+                continue
+            if mark.oldest < offset:
+                self._lost[tp] = offset
+                self.consumer.seek(tp, mark.oldest)
+                log.info("%s: partition %s: offsets %s-%s were taken by this instance's "
+                         "previous run and not reported; telling the ledger they were lost",
+                         self.config.name, tp.partition, mark.oldest, offset - 1)  # fmt: skip
+
+    async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
+        """Sends the ledger, for each record of ``batch`` below its partition's lost range's
+        end, that the attempt was lost, and leaves in ``batch`` only records to take; returns
+        the offsets where lost ranges ended (to commit)."""
+        ended: dict[TopicPartition, int] = {}
+        for tp in [tp for tp in batch if tp in self._lost]:
+            end, records = self._lost[tp], batch.pop(tp)
+            await self._tell_lost([r for r in records if r.offset < end])
+            if records[-1].offset + 1 < end:
+                continue  # more of the range to come
+            del self._lost[tp]
+            ended[tp] = end
+            rest = [r for r in records if r.offset >= end]
+            if rest:
+                batch[tp] = rest
+        return ended
+
+    async def _tell_lost(self, records: list[Any]) -> None:
+        deliveries, now = [], self._clock.now_ms()
+        for record in records:
+            try:
+                command = self._work.decode(record.value)
+            except Exception:  # the previous run dead-lettered it
+                continue
+            lost = DeadlineExpired(
+                request_id=command.request_id,
+                person=command.person,
+                attempt=command.attempt,
+                stage=self._work.stage,
+                at_ms=now,
+                lost=True,
+            )
+            deliveries.append(
+                await self._topics.requests.send(key=command.person.encode(), value=encode(lost))
+            )
+        if deliveries:  # acknowledged before the range is committed as done
+            await asyncio.gather(*deliveries)
+
+    def _marks(
+        self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """What to commit: the new offsets, and the partitions whose oldest unreported offset
+        moved since their last commit, each with that oldest offset (for its mark)."""
+        marks = {}
+        for tp in {*offsets, *self.taken}:
+            if tp in self._lost:
+                continue
+            at = offsets.get(tp, self.taken.get(tp, 0))
+            oldest = self._unreported.oldest(tp, first.get(tp, at))
+            if tp in offsets or self._marked.get(tp) != oldest:
+                marks[tp] = (at, oldest)
+        return marks
+
+    def _mark(self, oldest: int) -> str:
+        return Mark(self.config.instance, self.run_id, oldest).encode()
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         result = self._work.result(command, outcome, self._clock.now_ms())
         try:
-            await self._topics.requests.send(key=command.person.encode(), value=encode(result))
+            await (
+                await self._topics.requests.send(key=command.person.encode(), value=encode(result))
+            )
         except Exception:  # the ledger's deadline re-issues what is lost here
             log.exception("%s could not report request_id=%s", self.config.name, command.request_id)
+            return  # still unreported: a restart tells the ledger it was lost
+        self._unreported.reported(command.request_id, command.attempt)
 
 
 class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -183,7 +299,61 @@ class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._executor.hand_back(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        pass
+        await self._executor.recover(assigned)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What an executor's commit of a partition says besides the offset: the instance and the
+    run that took the records, and the oldest of them not reported yet."""
+
+    instance: str
+    run: str
+    oldest: int
+
+    def encode(self) -> str:
+        return json.dumps({"instance": self.instance, "run": self.run, "oldest": self.oldest})
+
+    @classmethod
+    def parse(cls, metadata: str) -> Mark | None:
+        """None for a commit without a mark (an earlier version's) or with another's."""
+        try:
+            found = json.loads(metadata)
+            return cls(str(found["instance"]), str(found["run"]), int(found["oldest"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class Unreported:
+    """The offsets an executor took and has not reported, per partition in the order taken
+    (the oldest first), and by request: a report of an attempt settles every earlier attempt
+    of the request taken here (a newer attempt takes the place of one still queued)."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[TopicPartition, dict[int, None]] = {}
+        self._requests: dict[str, list[tuple[TopicPartition, int, int]]] = {}
+
+    def took(self, tp: TopicPartition, offset: int, request_id: str, attempt: int) -> None:
+        self._offsets.setdefault(tp, {})[offset] = None
+        self._requests.setdefault(request_id, []).append((tp, offset, attempt))
+
+    def reported(self, request_id: str, attempt: int) -> None:
+        later = []
+        for tp, offset, taken_attempt in self._requests.pop(request_id, []):
+            if taken_attempt > attempt:
+                later.append((tp, offset, taken_attempt))
+            else:
+                self._offsets.get(tp, {}).pop(offset, None)
+        if later:
+            self._requests[request_id] = later
+
+    def oldest(self, tp: TopicPartition, otherwise: int) -> int:
+        offsets = self._offsets.get(tp)
+        return next(iter(offsets)) if offsets else otherwise
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._offsets.pop(tp, None)
 
 
 class Work(Generic[C]):
@@ -191,6 +361,7 @@ class Work(Generic[C]):
     job (the call), and turn the outcome into the result the ledger reads."""
 
     model: type[C]
+    stage: Literal["generating", "publishing"]  # the ledger's stage of its commands' requests
 
     def decode(self, raw: bytes | None) -> C:
         return decode(self.model, raw)
@@ -207,6 +378,7 @@ class Work(Generic[C]):
 
 class Generate(Work[GenerateText]):
     model = GenerateText
+    stage = "generating"
 
     def __init__(self, chat: ChatClient, secrets: SecretBox) -> None:
         self._chat = chat
@@ -254,6 +426,7 @@ class Generate(Work[GenerateText]):
 
 class Publish(Work[PublishCompletion]):
     model = PublishCompletion
+    stage = "publishing"
 
     def __init__(self, talkable: TalkableClient, secrets: SecretBox) -> None:
         self._talkable = talkable

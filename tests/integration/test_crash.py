@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import System, consumer_lags, http, now_s
+from tests.integration.conftest import System, consumer_lags, http, now_s, samples
 from tests.support import free_port, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -152,3 +152,65 @@ def test_a_burst_for_one_person_is_exact_with_two_workers(make_system) -> None:
         ) and all("newly assigned" in log for log in logs)
 
     wait_until(both_assigned, 30, what="both workers holding partitions")
+
+
+def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(make_system) -> None:
+    """Static membership: a worker killed and started again within the session timeout takes
+    its partitions straight back and nothing rebalances, so the deadline index of the other
+    worker (the ledger of half the people whose calls it lost) gives them no grace. The
+    restarted executors read their partitions' marks and tell the ledger at once which attempts
+    the previous run lost: every request ends within minutes of waits shorter than any
+    deadline (the queue wait alone may be 300 s here)."""
+    system = make_system(
+        session_timeout_seconds="60",
+        generation_deadline_seconds="8",
+        publish_deadline_seconds="8",
+        max_wait_seconds="300",  # a generation's deadline is its queue wait and its call
+        rebalance_grace_seconds="300",
+    )
+    system.start_worker("worker-b")
+    generate = f"{system.app_id}-generate"
+
+    def generate_shared() -> bool:  # each generator holds some of [generate], none both
+        held = []
+        for name in ("worker", "worker-b"):
+            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            held.append(set(consumer_lags(text if status == 200 else "", generate)))
+        return all(held) and not held[0] & held[1]
+
+    system.wait_ready("worker-b")
+    wait_until(generate_shared, 120, what="both workers' generators holding partitions")
+    system.openai("POST", "/_control", {"latency_seconds": 3})
+    # one OpenAI key per four people: the targets spread over both workers' executors
+    bodies = [
+        seed_params(f"back{p}@example.com", openai_key=f"sk-test-openai-{p // 4:04d}")
+        for p in range(64)
+    ]
+    thread, answers = post_in_background(system, bodies)
+
+    def b_calling() -> bool:
+        status, text = http("GET", f"{system.worker_url('worker-b')}/metrics")
+        calls = [
+            sample.value
+            for sample in samples(text if status == 200 else "", "talkstream_in_flight")
+            if sample.labels.get("executor") == "generator"
+        ]
+        return bool(calls) and calls[0] >= 4
+
+    wait_until(b_calling, 120, what="worker-b's generator calling")
+    system.kill("worker-b")  # its calls in flight and its queued commands are lost
+    system.start_worker("worker-b")
+    thread.join(timeout=120)
+    assert all(status == 202 for status, _ in answers)
+    ids = [body["request_id"] for _, body in answers]
+    rows = system.wait_terminal(ids, timeout=150)
+    assert {row.state for row in rows.values()} == {"published"}
+    lost = [
+        t.cause
+        for request_id in ids
+        for t in system.projection.transitions(request_id)
+        if "lost (the worker that took it restarted)" in (t.cause or "")
+    ]
+    assert lost, "the restarted worker told the ledger what its previous run lost"
+    log = (system.root / "worker-b.log").read_text(errors="replace")
+    assert "previous run and not reported; telling the ledger they were lost" in log

@@ -95,15 +95,22 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
     assert len(talkable_events(system, "hang")) == 2
 
 
+@pytest.mark.parametrize("restarted_as", ["worker", "worker-2"])
 def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_holds(
-    make_system,
+    make_system, restarted_as: str
 ) -> None:
     """A worker stopped while a call hangs (a deploy's restart) loses that call; nothing of
-    it is read again after the restart (offsets and the ledger's own marks are past it, as
-    others' webhooks kept coming), so only the state the new worker recovered says it is in
-    flight: its deadline must still pass and re-issue it."""
+    it is read again by the ledger after the restart (offsets and the ledger's own marks are
+    past it, as others' webhooks kept coming), so only the state the new worker recovered says
+    it is in flight. Started again as the same instance, its generator reads back its commit
+    mark and tells the ledger at once that the attempt was lost; as another instance (the mark
+    is not its own), the deadline, tracked again from the recovered table, re-issues it."""
     system = make_system(
-        generation_deadline_seconds="6", max_wait_seconds="2", openai_timeout_seconds="120"
+        generation_deadline_seconds="6",
+        max_wait_seconds="2",
+        openai_timeout_seconds="120",
+        session_timeout_seconds="6",  # the stopped instance's partitions move on this soon
+        rebalance_grace_seconds="3",
     )
     system.openai("POST", "/_control", {"hang_every": 1})
     [stuck] = post_all(system, [seed_params("stuck@example.com")])
@@ -117,11 +124,12 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
     worker.send_signal(signal.SIGTERM)  # a graceful stop: its offsets are committed
     assert worker.wait(timeout=60) == 0
     assert system.projection.request(stuck).state == "generating"
-    system.start_worker()
+    system.start_worker(restarted_as)
     row = system.wait_terminal([stuck], timeout=90)[stuck]
     assert (row.state, row.attempts) == ("published", 2)
     causes = [t.cause for t in system.projection.transitions(stuck)]
-    assert any("overdue; re-issued" in cause for cause in causes)
+    expected = "lost (the worker that took it restarted)" if restarted_as == "worker" else "overdue"
+    assert any(f"attempt 1 {expected}; re-issued" in cause for cause in causes), causes
 
 
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:
