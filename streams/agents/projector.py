@@ -216,10 +216,12 @@ async def serve(settings: Settings) -> None:
     worker's child process when ``TALKSTREAM_PROJECTOR=process``."""
     store = ProjectionStore.from_url(settings.resolved_database_url)
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
-    await producer.start()
     metrics = WorkerMetrics()  # served: its lag and its dead letters
     http = None
     try:
+        # started inside: a stop while it connects (the worker killed as its child starts)
+        # closes it, where asyncio would log an unclosed producer as an ERROR
+        await producer.start()
         letters = DeadLetters(
             _Send(producer, BY_NAME["deadletter"].full_name(settings)),
             metrics.dead_letters,
