@@ -98,6 +98,7 @@ class Executor:
         self._unreported = Unreported()
         self._marked: dict[TopicPartition, int] = {}  # the oldest unreported offset committed
         self._lost: dict[TopicPartition, int] = {}  # a previous run's unreported, up to here
+        self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
@@ -196,6 +197,7 @@ class Executor:
         for tp in revoked:
             self._marked.pop(tp, None)
             self._lost.pop(tp, None)
+            self._told.pop(tp, None)
             self.taken.pop(tp, None)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
@@ -228,17 +230,22 @@ class Executor:
         ended: dict[TopicPartition, int] = {}
         for tp in [tp for tp in batch if tp in self._lost]:
             end, records = self._lost[tp], batch.pop(tp)
-            await self._tell_lost([r for r in records if r.offset < end])
+            self._told[tp] = self._told.get(tp, 0) + await self._tell_lost(
+                [r for r in records if r.offset < end]
+            )
             if records[-1].offset + 1 < end:
                 continue  # more of the range to come
             del self._lost[tp]
             ended[tp] = end
+            log.info("%s: partition %s: %s attempts of the previous run told lost (those it "
+                     "reported change nothing)", self.config.name, tp.partition,
+                     self._told.pop(tp))  # fmt: skip
             rest = [r for r in records if r.offset >= end]
             if rest:
                 batch[tp] = rest
         return ended
 
-    async def _tell_lost(self, records: list[Any]) -> None:
+    async def _tell_lost(self, records: list[Any]) -> int:
         deliveries, now = [], self._clock.now_ms()
         for record in records:
             try:
@@ -258,6 +265,7 @@ class Executor:
             )
         if deliveries:  # acknowledged before the range is committed as done
             await asyncio.gather(*deliveries)
+        return len(deliveries)
 
     def _marks(
         self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]

@@ -214,3 +214,4 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
     assert lost, "the restarted worker told the ledger what its previous run lost"
     log = (system.root / "worker-b.log").read_text(errors="replace")
     assert "previous run and not reported; telling the ledger they were lost" in log
+    assert "attempts of the previous run told lost" in log  # each range to its end
