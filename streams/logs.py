@@ -4,10 +4,24 @@ as ``extra={...}`` (request_id, site, state, …) and becomes JSON keys. Never a
 
 from __future__ import annotations
 
+import logging
 import logging.config
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+REBALANCING = "Heartbeat failed for group %s because it is rebalancing"
+
+
+class RebalanceNotice(logging.Filter):
+    """aiokafka logs a heartbeat answered "rebalancing" as a WARNING: each member of a group
+    says it once whenever a worker joins or leaves. It is how a member learns of the
+    rebalance, not a fault: logged as INFO (and not at all where INFO is not)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.msg == REBALANCING:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
 
 
 def logging_config(level: str, fmt: str) -> dict[str, Any]:
@@ -24,6 +38,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"rebalance": {"()": RebalanceNotice}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -34,7 +49,10 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         # the OpenAI SDK's HTTP client logs every request at INFO: noise, and a measurable
         # share of the worker's time under load (our own lines say what happened)
-        "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
+        "loggers": {
+            **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
+            "aiokafka.consumer.group_coordinator": {"filters": ["rebalance"]},
+        },
     }
 
 

@@ -37,3 +37,18 @@ def test_text_is_the_default(capsys: pytest.CaptureFixture[str]) -> None:
     setup("info", "text")
     logging.getLogger("x").info("hello %s", "there")
     assert capsys.readouterr().err.strip().endswith("INFO x hello there")
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_a_heartbeat_that_learns_of_a_rebalance_is_no_warning(
+    capsys: pytest.CaptureFixture[str], level: str
+) -> None:
+    setup(level, "text")
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    coordinator.warning("Heartbeat failed for group %s because it is rebalancing", "ts-generator")
+    coordinator.warning("Heartbeat failed for group %s: coordinator (node %s) is gone", "g", 1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    notice = "INFO aiokafka.consumer.group_coordinator Heartbeat failed for group ts-generator "
+    assert any(notice in line for line in lines) == (level == "info")
+    assert not any("WARNING" in line and "rebalancing" in line for line in lines)
+    assert any("WARNING" in line and "coordinator (node 1)" in line for line in lines)
