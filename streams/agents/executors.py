@@ -230,9 +230,14 @@ class Executor:
         ended: dict[TopicPartition, int] = {}
         for tp in [tp for tp in batch if tp in self._lost]:
             end, records = self._lost[tp], batch.pop(tp)
-            self._told[tp] = self._told.get(tp, 0) + await self._tell_lost(
-                [r for r in records if r.offset < end]
-            )
+            try:
+                told = await self._tell_lost([r for r in records if r.offset < end])
+            except Exception as exc:  # their deadlines re-issue them, as before the marks
+                log.warning("%s could not tell the ledger what its previous run lost (%s); "
+                            "their deadlines re-issue them", self.config.name,
+                            type(exc).__name__)  # fmt: skip
+                told = 0
+            self._told[tp] = self._told.get(tp, 0) + told
             if records[-1].offset + 1 < end:
                 continue  # more of the range to come
             del self._lost[tp]

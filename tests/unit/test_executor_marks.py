@@ -3,9 +3,17 @@ offset it took and has not reported: what its next run tells the ledger was lost
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
 from aiokafka import TopicPartition
 
-from streams.agents.executors import Mark, Unreported
+from models.events import DeadlineExpired, GenerateText
+from streams.agents.executors import Executor, ExecutorConfig, Generate, Mark, Unreported
+from streams.codecs import decode_requests, encode
+from streams.runtime import SystemClock, Topics
+from tests.unit.domain_builders import Ledger, received
 
 TP = TopicPartition("generate", 0)
 OTHER = TopicPartition("generate", 1)
@@ -59,3 +67,86 @@ def test_revoked_partitions_are_forgotten_and_their_late_reports_change_nothing(
     unreported.reported("a", 1)  # a call of the revoked partition that ran on, here
     assert unreported.oldest(TP, 11) == 11
     assert unreported.oldest(OTHER, 6) == 5
+
+
+class Requests:
+    """The [requests] topic as the executor sends to it: every send acknowledged, or none."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.sent: list[Any] = []
+        self.fail = fail
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if self.fail:
+            raise ConnectionError("the broker went away")
+        self.sent.append(decode_requests(value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def generator(requests: Requests) -> Executor:
+    topics = Topics(requests=requests, generate=None, completions=None, lifecycle=None,
+                    deadletter=None)  # fmt: skip
+    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {})
+    work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
+    return Executor(config, None, work, topics=topics, dead_letters=None, clock=SystemClock())  # type: ignore[arg-type]
+
+
+def command(request_id: str) -> bytes:
+    [generate] = Ledger().send(received(request_id)).commands
+    assert isinstance(generate, GenerateText)
+    return encode(generate)
+
+
+def records(*values: tuple[int, bytes]) -> list[Any]:
+    return [SimpleNamespace(offset=offset, value=value) for offset, value in values]
+
+
+def test_a_lost_range_is_told_to_the_ledger_and_what_follows_it_is_taken() -> None:
+    requests = Requests()
+    executor = generator(requests)
+    executor._lost[TP] = 3  # its previous run took 0-2 and did not report them
+    batch = {TP: records((0, command("a")), (1, b"not a command"), (2, command("b")),
+                         (3, command("c")))}  # fmt: skip
+    ended = asyncio.run(executor._past_lost(batch))
+    assert ended == {TP: 3} and [r.offset for r in batch[TP]] == [3]
+    assert all(isinstance(m, DeadlineExpired) and m.lost for m in requests.sent)
+    assert [(m.request_id, m.attempt, m.stage) for m in requests.sent] == [
+        ("a", 1, "generating"),
+        ("b", 1, "generating"),
+    ]
+    assert executor._lost == {}
+
+
+def test_a_lost_range_longer_than_a_batch_is_not_committed_until_its_end() -> None:
+    requests = Requests()
+    executor = generator(requests)
+    executor._lost[TP] = 10
+    batch = {TP: records((4, command("a")), (5, command("b")))}
+    assert asyncio.run(executor._past_lost(batch)) == {}
+    assert batch == {} and executor._lost == {TP: 10} and len(requests.sent) == 2
+    assert executor._marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
+
+
+def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() -> None:
+    executor = generator(Requests(fail=True))
+    executor._lost[TP] = 2
+    batch = {TP: records((0, command("a")), (1, command("b")), (2, command("c")))}
+    assert asyncio.run(executor._past_lost(batch)) == {TP: 2}  # no exception: it goes on
+    assert [r.offset for r in batch[TP]] == [2]
+
+
+def test_a_commit_marks_the_oldest_unreported_offset_and_only_when_it_moved() -> None:
+    executor = generator(Requests())
+    assert executor._marks({TP: 5}, {TP: 3}) == {TP: (5, 3)}  # the batch 3-4, taken now
+    executor.taken[TP] = 5
+    executor._marked[TP] = 3
+    executor._unreported.took(TP, 3, "a", 1)
+    executor._unreported.took(TP, 4, "b", 1)
+    assert executor._marks({}, {}) == {}
+    executor._unreported.reported("a", 1)
+    assert executor._marks({}, {}) == {TP: (5, 4)}
+    executor._marked[TP] = 4
+    executor._unreported.reported("b", 1)
+    assert executor._marks({}, {}) == {TP: (5, 5)}
