@@ -420,7 +420,7 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
 def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:
     """Overdue, or lost by a worker that restarted: re-issued like a failure, while attempts
     remain."""
-    what = "lost (the worker that took it restarted)" if d.lost else "overdue"
+    what = "lost (its worker stopped before it ended)" if d.lost else "overdue"
     if flight.attempt < ctx.policy.max_attempts:
         return _reissue(ctx, flight, d.at_ms, f"attempt {flight.attempt} {what}; re-issued")
     cause = f"attempt {flight.attempt} lost" if d.lost else "deadline expired"

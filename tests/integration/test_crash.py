@@ -209,7 +209,7 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
         t.cause
         for request_id in ids
         for t in system.projection.transitions(request_id)
-        if "lost (the worker that took it restarted)" in (t.cause or "")
+        if "lost (its worker stopped before it ended)" in (t.cause or "")
     ]
     assert lost, "the restarted worker told the ledger what its previous run lost"
     log = (system.root / "worker-b.log").read_text(errors="replace")

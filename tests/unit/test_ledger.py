@@ -299,7 +299,7 @@ def test_an_attempt_lost_by_a_restarted_worker_is_reissued_at_once_and_says_so()
     admit(ledger, "req-1", usage_limit=limit(amount=1))
     retry = ledger.send(expired("req-1", 1, "generating", lost=True))
     assert types_of(retry) == ["GenerationStarted"]
-    assert retry.events[0].cause == "attempt 1 lost (the worker that took it restarted); re-issued"
+    assert retry.events[0].cause == "attempt 1 lost (its worker stopped before it ended); re-issued"
     assert [c.attempt for c in retry.commands] == [2]
     stale = ledger.send(expired("req-1", 1, "generating", lost=True))  # a second run's signal
     assert types_of(stale) == [] and stale.commands == []
