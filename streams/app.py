@@ -209,7 +209,7 @@ def build(
             ),
         )
     ]
-    executors.register(app, executors=running, metrics=metrics)
+    executors.register(app, executors=running, metrics=metrics, drain_s=settings.stop_drain_seconds)
     own_projector = None
     if settings.projector == "worker":  # else a process of its own (see ``talkstream worker``)
         own_projector = Projector(

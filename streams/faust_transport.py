@@ -11,8 +11,9 @@ land twice. Registered under the ``faust.transports`` entry point in pyproject.t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -125,10 +126,21 @@ class App(faust.App):
             self.sensors.remove(self.monitor)
         return services
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # run as the app starts to stop, while its producer and agents are still up (the
+        # executors hand back what they hold)
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
+
     async def on_stop(self) -> None:
         """Stopping, the producer lingers no more (``lingering_no_more``): faust then waits for
         its streams and their outputs, which a long linger held back for as long."""
         lingering_no_more(self._producer)
+        for failed in await asyncio.gather(
+            *(hook() for hook in self.before_stop), return_exceptions=True
+        ):
+            if isinstance(failed, BaseException):
+                self.log.exception("stopping: %r", failed)
         await super().on_stop()
 
     def on_rebalance_start(self) -> None:

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         description="how long a command may wait for its target (paced, throttled, "
         "circuit open) before its request ends QueueTimeout",
     )
+    stop_drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="how long a stopping worker lets its running upstream calls end; those "
+        "still running are cut short and re-issued at once (queued ones go back untouched)",
+    )
     refusal_seconds: float = Field(
         60.0,
         ge=0,

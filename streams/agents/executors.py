@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -99,6 +100,8 @@ class Executor:
         self._marked: dict[TopicPartition, int] = {}  # the oldest unreported offset committed
         self._lost: dict[TopicPartition, int] = {}  # a previous run's unreported, up to here
         self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
+        self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
+        self._stopping = False
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
@@ -117,30 +120,91 @@ class Executor:
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
-                offsets = await self._past_lost(batch)
-                offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-                marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
-                if not marks:
-                    continue
-                try:  # taken, before any work: at most one call per delivery
-                    await consumer.commit(
-                        {tp: (at, self._mark(o)) for tp, (at, o) in marks.items()}
-                    )
-                except Exception as exc:  # a rebalance took them: their new owner runs them
-                    log.warning("%s could not commit a batch (%s); left to its new owner",
-                                self.config.name, type(exc).__name__)  # fmt: skip
-                    continue
-                self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
-                self.taken.update(offsets)
-                for tp, records in batch.items():
-                    for record in records:
-                        await self._take(tp, record)
+                async with self._taking:
+                    if self._stopping:  # not committed: the next run takes it
+                        return
+                    await self._take_batch(consumer, batch)
         finally:
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await consumer.stop()
+
+    async def _take_batch(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
+    ) -> None:
+        offsets = await self._past_lost(batch)
+        offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
+        if not marks:
+            return
+        try:  # taken, before any work: at most one call per delivery
+            await consumer.commit({tp: (at, self._mark(o)) for tp, (at, o) in marks.items()})
+        except Exception as exc:  # a rebalance took them: their new owner runs them
+            log.warning("%s could not commit a batch (%s); left to its new owner",
+                        self.config.name, type(exc).__name__)  # fmt: skip
+            return
+        self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
+        self.taken.update(offsets)
+        for tp, records in batch.items():
+            for record in records:
+                await self._take(tp, record)
+
+    async def stop(self, drain_s: float) -> None:
+        """A graceful stop (the app's ``on_stop``, its producer still up) settles everything
+        this run took: nothing more is taken, the calls running get ``drain_s`` to end and
+        report, those cut short are told to the ledger as lost, the commands still queued go
+        back to the topic as they are (the next run takes them without spending an attempt),
+        and the last commit's mark leaves nothing to tell."""
+        async with self._taking:
+            self._stopping = True
+            if self.consumer is None or not self.taken:
+                return
+            cut = await self.scheduler.drain(drain_s)
+            queued = self.scheduler.take_back(set(self.taken))
+            sent = await self._send_back(queued)
+            try:
+                told = await self._tell_lost([job.record[1] for job in cut])
+            except Exception as exc:  # still unreported: the next run tells them
+                log.warning("%s could not tell the ledger of the calls it cut short (%s)",
+                            self.config.name, type(exc).__name__)  # fmt: skip
+                told = []
+            for command in told:
+                self._unreported.reported(command.request_id, command.attempt)
+            marks = self._marks({}, {})
+            with contextlib.suppress(Exception):
+                if marks:
+                    await self.consumer.commit(
+                        {tp: (at, self._mark(o)) for tp, (at, o) in marks.items()}
+                    )
+            log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
+                     "cut short after %ss and told lost", self.config.name, sent, len(told),
+                     drain_s)  # fmt: skip
+
+    async def _send_back(self, jobs: list[Job[Any]]) -> int:
+        """Queued commands back to their topic, in order, acknowledged; each sent is no longer
+        this run's to report (one that could not be sent stays unreported: told lost)."""
+        topic = (
+            self._topics.generate if self.config.name == "generator" else (self._topics.completions)
+        )
+        deliveries = []
+        for job in jobs:
+            key, value = job.record
+            try:
+                deliveries.append((job, await topic.send(key=key, value=value)))
+            except Exception:  # the ledger's deadline re-issues what is lost here
+                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+        sent = 0
+        for job, delivery in deliveries:
+            try:
+                await delivery
+            except Exception:
+                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+                continue
+            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
+            sent += 1
+        return sent
 
     async def _take(self, tp: TopicPartition, record: Any) -> None:
         command = await self._dead_letters.decoded(
@@ -170,16 +234,7 @@ class Executor:
         their topic, in order, for the new owner (they were committed as taken, so it would
         not see them otherwise). Calls already running finish here and report."""
         jobs = self.scheduler.take_back(set(revoked))
-        topic = (
-            self._topics.generate if self.config.name == "generator" else (self._topics.completions)
-        )
-        for job in jobs:
-            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-            key, value = job.record
-            try:
-                await topic.send(key=key, value=value)
-            except Exception:  # the ledger's deadline re-issues what is lost here
-                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+        await self._send_back(jobs)
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self.config.name, len(jobs))  # fmt: skip
@@ -231,7 +286,7 @@ class Executor:
         for tp in [tp for tp in batch if tp in self._lost]:
             end, records = self._lost[tp], batch.pop(tp)
             try:
-                told = await self._tell_lost([r for r in records if r.offset < end])
+                told = len(await self._tell_lost([r.value for r in records if r.offset < end]))
             except Exception as exc:  # their deadlines re-issue them, as before the marks
                 log.warning("%s could not tell the ledger what its previous run lost (%s); "
                             "their deadlines re-issue them", self.config.name,
@@ -250,11 +305,13 @@ class Executor:
                 batch[tp] = rest
         return ended
 
-    async def _tell_lost(self, records: list[Any]) -> int:
-        deliveries, now = [], self._clock.now_ms()
-        for record in records:
+    async def _tell_lost(self, values: list[bytes]) -> list[Any]:
+        """Each command in ``values`` told to its person's ledger as lost (acknowledged);
+        returns those told."""
+        told, deliveries, now = [], [], self._clock.now_ms()
+        for value in values:
             try:
-                command = self._work.decode(record.value)
+                command = self._work.decode(value)
             except Exception:  # the previous run dead-lettered it
                 continue
             lost = DeadlineExpired(
@@ -268,9 +325,10 @@ class Executor:
             deliveries.append(
                 await self._topics.requests.send(key=command.person.encode(), value=encode(lost))
             )
+            told.append(command)
         if deliveries:  # acknowledged before the range is committed as done
             await asyncio.gather(*deliveries)
-        return len(deliveries)
+        return told
 
     def _marks(
         self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
@@ -556,10 +614,13 @@ def register(
     *,
     executors: list[Executor],
     metrics: WorkerMetrics,
+    drain_s: float,
 ) -> None:
-    """Run each executor as a worker task (not a faust agent: it commits by itself)."""
+    """Run each executor as a worker task (not a faust agent: it commits by itself), stopped
+    before the app (see ``Executor.stop``)."""
     for executor in executors:
         app.task(_runner(executor))
+        app.before_stop.append(functools.partial(executor.stop, drain_s))
         metrics.watch(executor)
 
 

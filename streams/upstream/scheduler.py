@@ -127,7 +127,9 @@ class Scheduler:
         self._by_issue: list[tuple[float, int, Target, Job[Any]]] = []
         self._pushed = itertools.count()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # calls and reports
+        self._calls: dict[asyncio.Task[None], Job[Any]] = {}  # the calls running
+        self.paused = False  # stopping: nothing more starts
         self.on_call: Callable[[Target, str], None] | None = None  # metrics hook
 
     def now(self) -> float:
@@ -224,6 +226,8 @@ class Scheduler:
     def dispatch(self) -> float | None:
         """Start every call that may start now, one at a time to the target served least
         recently; returns when to look again (None: only on news)."""
+        if self.paused:
+            return None
         now = self._clock()
         self._ring(now)
         if self._refused_since:  # every queue, for the refused scope's jobs
@@ -375,7 +379,26 @@ class Scheduler:
         job.tries += 1
         task = asyncio.create_task(self._call(target, job))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._calls[task] = job
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._calls.pop(task, None)
+
+    async def drain(self, within_s: float) -> list[Job[Any]]:
+        """Start nothing more, and give the calls running up to ``within_s`` to end and their
+        reports to be sent; the calls still running then are cancelled, and returned. What is
+        queued stays queued (``take_back`` takes it)."""
+        self.paused = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within_s
+        while self._tasks and (left := until - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)  # reports start as calls end
+        cut = [job for task, job in self._calls.items() if not task.done()]
+        for task in list(self._calls):
+            task.cancel()
+        return cut
 
     async def _call(self, target: Target, job: Job[Any]) -> None:
         value, error, limits = None, None, None

@@ -4,6 +4,7 @@ refuses, Talkable goes down, executors lose work, or poison arrives in a topic."
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -99,12 +100,13 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
 def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_holds(
     make_system, restarted_as: str
 ) -> None:
-    """A worker stopped while a call hangs (a deploy's restart) loses that call; nothing of
-    it is read again by the ledger after the restart (offsets and the ledger's own marks are
-    past it, as others' webhooks kept coming), so only the state the new worker recovered says
-    it is in flight. Started again as the same instance, its generator reads back its commit
-    mark and tells the ledger at once that the attempt was lost; as another instance (the mark
-    is not its own), the deadline, tracked again from the recovered table, re-issues it."""
+    """A worker that ends while a call hangs loses that call; nothing of it is read again by
+    the ledger after the restart (offsets and the ledger's own marks are past it, as others'
+    webhooks kept coming), so only the state the new worker recovered says it is in flight.
+    Stopped gracefully (a deploy's restart), the worker cuts the call short after its drain and
+    tells the ledger the attempt was lost; killed and replaced by another instance (no one
+    says anything, and the mark is not the new one's), the deadline, tracked again from the
+    recovered table, re-issues it."""
     system = make_system(
         generation_deadline_seconds="6",
         max_wait_seconds="2",
@@ -121,15 +123,46 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
     others = post_all(system, [seed_params(f"after{i}@example.com") for i in range(200)])
     system.wait_terminal(others, timeout=120)
     worker = system.procs.pop("worker")
-    worker.send_signal(signal.SIGTERM)  # a graceful stop: its offsets are committed
-    assert worker.wait(timeout=60) == 0
+    if restarted_as == "worker":
+        worker.send_signal(signal.SIGTERM)  # a graceful stop: its offsets are committed
+        assert worker.wait(timeout=60) == 0
+    else:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
     assert system.projection.request(stuck).state == "generating"
     system.start_worker(restarted_as)
     row = system.wait_terminal([stuck], timeout=90)[stuck]
     assert (row.state, row.attempts) == ("published", 2)
     causes = [t.cause for t in system.projection.transitions(stuck)]
-    expected = "lost (the worker that took it restarted)" if restarted_as == "worker" else "overdue"
+    expected = (
+        "lost (its worker stopped before it ended)" if restarted_as == "worker" else "overdue"
+    )
     assert any(f"attempt 1 {expected}; re-issued" in cause for cause in causes), causes
+
+
+def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make_system) -> None:
+    """A deploy's restart (SIGTERM, then the same worker again) while a few calls run and the
+    rest wait their turn behind one key: the running calls end within the drain, the queued
+    commands go back to their topic untouched, and the next run calls each once, so every
+    request is published at its first attempt."""
+    system = make_system(stop_drain_seconds="20")
+    system.openai("POST", "/_control", {"latency_seconds": 2})
+    ids = post_all(system, [seed_params(f"deploy{i}@example.com") for i in range(48)])
+    wait_until(lambda: system.openai("GET", "/_stats")["in_flight"] >= 4, 60, what="calls running")
+    worker = system.procs.pop("worker")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    stopped = re.search(
+        r"generator stopping: (\d+) queued commands handed back for the next run, (\d+) calls",
+        (system.root / "worker.log").read_text(errors="replace"),
+    )
+    assert stopped is not None and int(stopped.group(1)) > 0, "commands were still queued"
+    assert stopped.group(2) == "0", "every running call ended within the drain"
+    system.start_worker()
+    rows = system.wait_terminal(ids, timeout=120)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert {row.attempts for row in rows.values()} == {1}
+    assert len(system.openai("GET", "/_calls")) == 48, "one OpenAI call each"
 
 
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:
