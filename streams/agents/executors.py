@@ -140,12 +140,11 @@ class Executor:
         if not marks:
             return
         try:  # taken, before any work: at most one call per delivery
-            await consumer.commit({tp: (at, self._mark(o)) for tp, (at, o) in marks.items()})
+            await self._commit(marks)
         except Exception as exc:  # a rebalance took them: their new owner runs them
             log.warning("%s could not commit a batch (%s); left to its new owner",
                         self.config.name, type(exc).__name__)  # fmt: skip
             return
-        self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
         self.taken.update(offsets)
         for tp, records in batch.items():
             for record in records:
@@ -172,12 +171,8 @@ class Executor:
                 told = []
             for command in told:
                 self._unreported.reported(command.request_id, command.attempt)
-            marks = self._marks({}, {})
             with contextlib.suppress(Exception):
-                if marks:
-                    await self.consumer.commit(
-                        {tp: (at, self._mark(o)) for tp, (at, o) in marks.items()}
-                    )
+                await self._commit(self._marks({}, {}))
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
@@ -240,14 +235,14 @@ class Executor:
                      self.config.name, len(jobs))  # fmt: skip
         # what the partitions' next owner finds: nothing of this run's to call lost (calls
         # still running here report; a crash loses those to their deadline, as before)
-        marks = {
-            tp: (self.taken[tp], self._mark(self.taken[tp]))
-            for tp in revoked
-            if tp in self.taken and tp not in self._lost
-        }
         with contextlib.suppress(Exception):
-            if marks and self.consumer is not None:
-                await self.consumer.commit(marks)
+            await self._commit(
+                {
+                    tp: (self.taken[tp], self.taken[tp])  # nothing of this run's to call lost
+                    for tp in revoked
+                    if tp in self.taken and tp not in self._lost
+                }
+            )
         self._unreported.forget(revoked)
         for tp in revoked:
             self._marked.pop(tp, None)
@@ -345,8 +340,16 @@ class Executor:
                 marks[tp] = (at, oldest)
         return marks
 
-    def _mark(self, oldest: int) -> str:
-        return Mark(self.config.instance, self.run_id, oldest).encode()
+    async def _commit(self, marks: dict[TopicPartition, tuple[int, int]]) -> None:
+        """Commits each partition's offset with its mark (the oldest offset not reported)."""
+        if marks and self.consumer is not None:
+            await self.consumer.commit(
+                {
+                    tp: (at, Mark(self.config.instance, self.run_id, oldest).encode())
+                    for tp, (at, oldest) in marks.items()
+                }
+            )
+            self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
