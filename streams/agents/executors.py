@@ -4,17 +4,17 @@ generator: [generate] → OpenAI → GenerationAttempt{Succeeded,Failed} → [re
 publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} → [requests]
 
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
-restarted worker takes its partitions straight back) and **commits what it took before the
-work starts**: a command is called at most once per delivery, even across a crash. Each commit
-also notes (its metadata) which run of this instance took the records and the oldest of them
-not reported yet; a restarted run reads that back and tells the ledger at once which attempts
-the previous run lost (``DeadlineExpired(lost=True)``): they are re-issued now, not after
-their deadline (the ledger of their people may be on a worker that saw no rebalance). A
-command then waits in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a
-Talkable site. The topics are keyed by target, so all of a target's calls meet in one
-scheduler, whichever worker runs it; when a rebalance moves a partition away, the commands of
-it that are still queued are handed back to the topic for the new owner (calls already running
-finish here).
+restarted worker takes its partitions straight back) and **commits what it took before the work
+starts**: a command is called at most once per delivery, even across a crash. Each commit also
+notes (its metadata) which run of this instance took the records and which of them are not
+reported yet (the oldest, and each of them while they are few); a restarted run reads that back
+and tells the ledger at once which attempts the previous run lost
+(``DeadlineExpired(lost=True)``): they are re-issued now, not after their deadline (the ledger
+of their people may be on a worker that saw no rebalance). A command then waits in its target's
+queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
+target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
+rebalance moves a partition away, the commands of it that are still queued are handed back to
+the topic for the new owner (calls already running finish here).
 
 The executors run a command and report what happened; every retry, park and dead letter is
 the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 C = TypeVar("C", bound=BaseModel)
 V = TypeVar("V")
 FETCH_RECORDS = 500
+MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
+MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
 Report = Callable[[Outcome[Any]], Awaitable[None]]
 
 
@@ -97,8 +99,8 @@ class Executor:
         self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
-        self._marked: dict[TopicPartition, int] = {}  # the oldest unreported offset committed
-        self._lost: dict[TopicPartition, int] = {}  # a previous run's unreported, up to here
+        self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
+        self._lost: dict[TopicPartition, tuple[int, Mark]] = {}  # a previous run's, up to here
         self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
@@ -238,7 +240,7 @@ class Executor:
         with contextlib.suppress(Exception):
             await self._commit(
                 {
-                    tp: (self.taken[tp], self.taken[tp])  # nothing of this run's to call lost
+                    tp: (self.taken[tp], self._mark(self.taken[tp], ()))
                     for tp in revoked
                     if tp in self.taken and tp not in self._lost
                 }
@@ -267,11 +269,17 @@ class Executor:
             if mark is None or mark.instance != self.config.instance or mark.run == self.run_id:
                 continue
             if mark.oldest < offset:
-                self._lost[tp] = offset
+                self._lost[tp] = (offset, mark)
                 self.consumer.seek(tp, mark.oldest)
-                log.info("%s: partition %s: offsets %s-%s were taken by this instance's "
-                         "previous run and not reported; telling the ledger they were lost",
-                         self.config.name, tp.partition, mark.oldest, offset - 1)  # fmt: skip
+                which = (
+                    f"offsets {mark.oldest}-{offset - 1}"
+                    if mark.unreported is None
+                    else f"{sum(min(b, offset) - a for a, b in mark.unreported)} offsets "
+                    f"between {mark.oldest} and {offset - 1}"
+                )
+                log.info("%s: partition %s: %s were taken by this instance's previous run and "
+                         "not reported; telling the ledger they were lost",
+                         self.config.name, tp.partition, which)  # fmt: skip
 
     async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Sends the ledger, for each record of ``batch`` below its partition's lost range's
@@ -279,9 +287,10 @@ class Executor:
         the offsets where lost ranges ended (to commit)."""
         ended: dict[TopicPartition, int] = {}
         for tp in [tp for tp in batch if tp in self._lost]:
-            end, records = self._lost[tp], batch.pop(tp)
+            (end, mark), records = self._lost[tp], batch.pop(tp)
+            lost = [r.value for r in records if r.offset < end and mark.lost(r.offset)]
             try:
-                told = len(await self._tell_lost([r.value for r in records if r.offset < end]))
+                told = len(await self._tell_lost(lost))
             except Exception as exc:  # their deadlines re-issue them, as before the marks
                 log.warning("%s could not tell the ledger what its previous run lost (%s); "
                             "their deadlines re-issue them", self.config.name,
@@ -325,31 +334,35 @@ class Executor:
             await asyncio.gather(*deliveries)
         return told
 
+    def _mark(self, oldest: int, unreported: Ranges | None) -> Mark:
+        return Mark(self.config.instance, self.run_id, oldest, unreported)
+
     def _marks(
         self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, int]]:
-        """What to commit: the new offsets, and the partitions whose oldest unreported offset
-        moved since their last commit, each with that oldest offset (for its mark)."""
+    ) -> dict[TopicPartition, tuple[int, Mark]]:
+        """What to commit: the new offsets (a batch taken from ``first`` to each), and the
+        partitions whose unreported offsets changed since their last commit, each with its
+        mark."""
         marks = {}
         for tp in {*offsets, *self.taken}:
             if tp in self._lost:
                 continue
             at = offsets.get(tp, self.taken.get(tp, 0))
-            oldest = self._unreported.oldest(tp, first.get(tp, at))
-            if tp in offsets or self._marked.get(tp) != oldest:
-                marks[tp] = (at, oldest)
+            taking = range(first.get(tp, at), at)
+            mark = self._mark(
+                self._unreported.oldest(tp, taking.start), self._unreported.ranges(tp, taking)
+            )
+            if tp in offsets or self._marked.get(tp) != mark:
+                marks[tp] = (at, mark)
         return marks
 
-    async def _commit(self, marks: dict[TopicPartition, tuple[int, int]]) -> None:
-        """Commits each partition's offset with its mark (the oldest offset not reported)."""
+    async def _commit(self, marks: dict[TopicPartition, tuple[int, Mark]]) -> None:
+        """Commits each partition's offset with its mark (what is not reported)."""
         if marks and self.consumer is not None:
             await self.consumer.commit(
-                {
-                    tp: (at, Mark(self.config.instance, self.run_id, oldest).encode())
-                    for tp, (at, oldest) in marks.items()
-                }
+                {tp: (at, mark.encode()) for tp, (at, mark) in marks.items()}
             )
-            self._marked.update({tp: oldest for tp, (_, oldest) in marks.items()})
+            self._marked.update({tp: mark for tp, (_, mark) in marks.items()})
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
@@ -376,26 +389,46 @@ class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._executor.recover(assigned)
 
 
+Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
+
+
 @dataclass(frozen=True)
 class Mark:
     """What an executor's commit of a partition says besides the offset: the instance and the
-    run that took the records, and the oldest of them not reported yet."""
+    run that took the records, the oldest of them not reported yet and, when they are few, the
+    ranges of those not reported (otherwise every offset from the oldest counts as one)."""
 
     instance: str
     run: str
     oldest: int
+    unreported: Ranges | None = None
 
     def encode(self) -> str:
-        return json.dumps({"instance": self.instance, "run": self.run, "oldest": self.oldest})
+        found: dict[str, Any] = {"instance": self.instance, "run": self.run, "oldest": self.oldest}
+        if self.unreported is not None:
+            found["unreported"] = self.unreported
+        return json.dumps(found, separators=(",", ":"))
 
     @classmethod
     def parse(cls, metadata: str) -> Mark | None:
         """None for a commit without a mark (an earlier version's) or with another's."""
         try:
             found = json.loads(metadata)
-            return cls(str(found["instance"]), str(found["run"]), int(found["oldest"]))
-        except (ValueError, TypeError, KeyError):
+            listed = found.get("unreported")
+            return cls(
+                str(found["instance"]),
+                str(found["run"]),
+                int(found["oldest"]),
+                None if listed is None else tuple((int(a), int(b)) for a, b in listed),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
+
+    def lost(self, offset: int) -> bool:
+        """Whether the record at ``offset`` (below the committed one) was left unreported."""
+        if offset < self.oldest:
+            return False
+        return self.unreported is None or any(a <= offset < b for a, b in self.unreported)
 
 
 class Unreported:
@@ -424,6 +457,29 @@ class Unreported:
     def oldest(self, tp: TopicPartition, otherwise: int) -> int:
         offsets = self._offsets.get(tp)
         return next(iter(offsets)) if offsets else otherwise
+
+    def ranges(self, tp: TopicPartition, taking: range = range(0)) -> Ranges | None:
+        """The offsets of ``tp`` not reported, and those being ``taking`` now, as ranges; None
+        when they are too many to list (a mark then names only the oldest)."""
+        offsets = self._offsets.get(tp, {})
+        if len(offsets) > MARK_OFFSETS:
+            return None
+        ranges: list[list[int]] = []
+        for offset in offsets:  # in the order taken: ascending
+            if ranges and ranges[-1][1] == offset:
+                ranges[-1][1] = offset + 1
+            elif len(ranges) < MARK_RANGES:
+                ranges.append([offset, offset + 1])
+            else:
+                return None
+        if taking:
+            if ranges and ranges[-1][1] == taking.start:
+                ranges[-1][1] = taking.stop
+            elif len(ranges) < MARK_RANGES:
+                ranges.append([taking.start, taking.stop])
+            else:
+                return None
+        return tuple((a, b) for a, b in ranges)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:

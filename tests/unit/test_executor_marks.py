@@ -10,7 +10,15 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from models.events import DeadlineExpired, GenerateText
-from streams.agents.executors import Executor, ExecutorConfig, Generate, Mark, Unreported
+from streams.agents.executors import (
+    MARK_OFFSETS,
+    MARK_RANGES,
+    Executor,
+    ExecutorConfig,
+    Generate,
+    Mark,
+    Unreported,
+)
 from streams.codecs import decode_requests, encode
 from streams.runtime import SystemClock, Topics
 from tests.unit.domain_builders import Ledger, received
@@ -22,9 +30,48 @@ OTHER = TopicPartition("generate", 1)
 def test_a_mark_reads_back_as_written_and_anything_else_is_no_mark() -> None:
     mark = Mark("talkstream-worker-generator", "0123abcd", 41)
     assert Mark.parse(mark.encode()) == mark
-    for metadata in ("", "{}", "not json", '{"instance": "x", "run": "y"}', "[1, 2]", "null"):
+    listed = Mark("talkstream-worker-generator", "0123abcd", 41, ((41, 42), (50, 60)))
+    assert Mark.parse(listed.encode()) == listed
+    for metadata in ("", "{}", "not json", '{"instance": "x", "run": "y"}', "[1, 2]", "null",
+                     '{"instance": "x", "run": "y", "oldest": 1, "unreported": [1]}'):  # fmt: skip
         assert Mark.parse(metadata) is None, metadata
     assert len(mark.encode()) < 200  # far below the broker's offset.metadata.max.bytes
+    far = 10**15
+    ranges = tuple((far + 2 * i, far + 2 * i + 1) for i in range(MARK_RANGES))
+    widest = Mark("talkstream-worker-generator", "0123abcd", far, ranges)
+    assert len(widest.encode()) < 2048  # the broker's default limit is 4096
+
+
+def test_a_mark_lists_the_offsets_left_unreported_or_names_only_the_oldest() -> None:
+    listed = Mark("i", "r", 10, ((10, 11), (14, 16)))
+    assert [o for o in range(8, 20) if listed.lost(o)] == [10, 14, 15]
+    oldest_only = Mark("i", "r", 10)  # an earlier version's mark, or too many to list
+    assert [o for o in range(8, 14) if oldest_only.lost(o)] == [10, 11, 12, 13]
+
+
+def test_the_unreported_offsets_are_listed_as_ranges_while_they_are_few() -> None:
+    unreported = Unreported()
+    assert unreported.ranges(TP) == ()
+    assert unreported.ranges(TP, range(5, 9)) == ((5, 9),)
+    for offset in (5, 6, 7, 8):
+        unreported.took(TP, offset, f"r{offset}", 1)
+    unreported.reported("r6", 1)
+    assert unreported.ranges(TP) == ((5, 6), (7, 9))
+    assert unreported.ranges(TP, range(9, 12)) == ((5, 6), (7, 12)), "a batch joins its run"
+    assert unreported.ranges(TP, range(20, 22)) == ((5, 6), (7, 9), (20, 22))
+
+    scattered = Unreported()
+    for offset in range(0, 2 * MARK_RANGES, 2):
+        scattered.took(TP, offset, f"s{offset}", 1)
+    assert len(scattered.ranges(TP) or ()) == MARK_RANGES
+    assert scattered.ranges(TP, range(1000, 1001)) is None, "one range too many"
+
+    many = Unreported()
+    for offset in range(MARK_OFFSETS + 1):
+        many.took(TP, offset, f"m{offset}", 1)
+    assert many.ranges(TP) is None, "too many offsets to look through at each commit"
+    many.reported("m0", 1)
+    assert many.ranges(TP) == ((1, MARK_OFFSETS + 1),)
 
 
 def test_the_oldest_unreported_offset_follows_the_reports() -> None:
@@ -106,7 +153,7 @@ def records(*values: tuple[int, bytes]) -> list[Any]:
 def test_a_lost_range_is_told_to_the_ledger_and_what_follows_it_is_taken() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = 3  # its previous run took 0-2 and did not report them
+    executor._lost[TP] = (3, Mark("i", "r", 0))  # its previous run took 0-2, reported none
     batch = {TP: records((0, command("a")), (1, b"not a command"), (2, command("b")),
                          (3, command("c")))}  # fmt: skip
     ended = asyncio.run(executor._past_lost(batch))
@@ -122,31 +169,54 @@ def test_a_lost_range_is_told_to_the_ledger_and_what_follows_it_is_taken() -> No
 def test_a_lost_range_longer_than_a_batch_is_not_committed_until_its_end() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = 10
+    executor._lost[TP] = (10, Mark("i", "r", 4))
     batch = {TP: records((4, command("a")), (5, command("b")))}
     assert asyncio.run(executor._past_lost(batch)) == {}
-    assert batch == {} and executor._lost == {TP: 10} and len(requests.sent) == 2
+    assert batch == {} and executor._lost == {TP: (10, Mark("i", "r", 4))}
+    assert len(requests.sent) == 2
     assert executor._marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
 
 
 def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() -> None:
     executor = generator(Requests(fail=True))
-    executor._lost[TP] = 2
+    executor._lost[TP] = (2, Mark("i", "r", 0))
     batch = {TP: records((0, command("a")), (1, command("b")), (2, command("c")))}
     assert asyncio.run(executor._past_lost(batch)) == {TP: 2}  # no exception: it goes on
     assert [r.offset for r in batch[TP]] == [2]
 
 
-def test_a_commit_marks_the_oldest_unreported_offset_and_only_when_it_moved() -> None:
+def test_only_the_attempts_a_mark_lists_are_told_lost() -> None:
+    requests = Requests()
+    executor = generator(requests)
+    executor._lost[TP] = (6, Mark("i", "r", 1, ((1, 2), (4, 5))))  # 2, 3 and 5 were reported
+    batch = {TP: records(*((o, command(f"r{o}")) for o in range(1, 8)))}
+    assert asyncio.run(executor._past_lost(batch)) == {TP: 6}
+    assert [m.request_id for m in requests.sent] == ["r1", "r4"]
+    assert [r.offset for r in batch[TP]] == [6, 7]
+
+
+def test_a_commit_marks_what_is_unreported_and_only_when_it_changed() -> None:
     executor = generator(Requests())
-    assert executor._marks({TP: 5}, {TP: 3}) == {TP: (5, 3)}  # the batch 3-4, taken now
+    mark = executor._mark
+    assert executor._marks({TP: 5}, {TP: 3}) == {TP: (5, mark(3, ((3, 5),)))}  # the batch 3-4
     executor.taken[TP] = 5
-    executor._marked[TP] = 3
+    executor._marked[TP] = mark(3, ((3, 5),))
     executor._unreported.took(TP, 3, "a", 1)
     executor._unreported.took(TP, 4, "b", 1)
     assert executor._marks({}, {}) == {}
     executor._unreported.reported("a", 1)
-    assert executor._marks({}, {}) == {TP: (5, 4)}
-    executor._marked[TP] = 4
+    assert executor._marks({}, {}) == {TP: (5, mark(4, ((4, 5),)))}
+    executor._marked[TP] = mark(4, ((4, 5),))
     executor._unreported.reported("b", 1)
-    assert executor._marks({}, {}) == {TP: (5, 5)}
+    assert executor._marks({}, {}) == {TP: (5, mark(5, ()))}
+    executor._marked[TP] = mark(5, ())
+
+    executor._unreported.took(TP, 5, "c", 1)  # a hung call, then later batches reported
+    executor.taken[TP] = 6
+    assert executor._marks({TP: 9}, {TP: 6}) == {TP: (9, mark(5, ((5, 9),)))}
+    for offset, request_id in ((6, "d"), (7, "e"), (8, "f")):
+        executor._unreported.took(TP, offset, request_id, 1)
+    executor.taken[TP] = 9
+    executor._marked[TP] = mark(5, ((5, 9),))
+    executor._unreported.reported("e", 1)  # the oldest stays; the mark still changed
+    assert executor._marks({}, {}) == {TP: (9, mark(5, ((5, 7), (8, 9))))}
