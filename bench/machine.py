@@ -58,6 +58,31 @@ def describe(kafka: str) -> dict[str, Any]:
     }
 
 
+def source_tree(root: Path) -> str | None:
+    """The commit a run measured (abbreviated), saying so when the code differs from it (the
+    package, the models or the harness; not the results a run writes); None outside a git
+    checkout."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    paths = ["streams", "models", "bench", ":(exclude)bench/results"]
+    try:
+        head = subprocess.run([git, "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        changed = subprocess.run(
+            [git, "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0 or changed.returncode != 0:
+        return None
+    tree = head.stdout.strip()
+    return f"{tree} with uncommitted changes" if changed.stdout.strip() else tree
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]

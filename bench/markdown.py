@@ -244,13 +244,12 @@ def section(result: Mapping[str, Any]) -> str:
     )
     verdict = "all 0" if all(ok[c] == 0 for c in COUNTERS) else "**NOT all 0**"
     argv = " ".join(meta.get("argv") or ["talkstream", "bench"])
+    tree = f" on tree {meta['tree']}" if meta.get("tree") else ""
     return "\n".join(
         [
             f"## {meta['mode']} run, {meta['started_at']} ({meta['seconds']} s)",
             "",
-            f"Command: `{argv}`. Machine: {m['nproc']} CPUs ({m['cpu_model']}), "
-            f"{m['memory_gib']} GiB, Python {m['python']}, {m['java']}, Kafka {m['kafka']}; "
-            f"load average at start {m['loadavg_at_start']}.",
+            f"Command: `{argv}`{tree}. {_machine(m)}",
             "",
             table(result),
             "",
@@ -279,6 +278,16 @@ def section(result: Mapping[str, Any]) -> str:
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
 OUTAGE = Path(__file__).resolve().parent / "results" / "outage-latest.json"
+
+
+def _machine(m: dict[str, Any]) -> str:
+    return (
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Python "
+        f"{m['python']}, {m['java']}, Kafka {m['kafka']}; load average at start "
+        f"{m['loadavg_at_start']}."
+    )
+
+
 REPLAY = Path(__file__).resolve().parent / "results" / "replay-latest.json"
 
 
@@ -334,9 +343,12 @@ def replay_section(r: Mapping[str, Any] | None = None) -> str:
     lines = [
         f"## Replay and verify ({r['started_at']})",
         "",
-        f"Command: `{r['command']}`: {r['lifecycle_events']:,} lifecycle events and "
+        f"Command: `{r['command']}`"
+        + (f" on tree {r['tree']}" if r.get("tree") else "")
+        + f": {r['lifecycle_events']:,} lifecycle events and "
         f"{r['requests_messages']:,} [requests] messages of {r['requests']:,} webhooks, written "
-        "to the embedded broker as the live system writes them, then read back whole.",
+        "to the embedded broker as the live system writes them, then read back whole."
+        + (f" {_machine(r['machine'])}" if r.get("machine") else ""),
         "",
         "| measure | lifecycle events | seconds | events/s (median of the runs) | goal |",
         "|---|---|---|---|---|",

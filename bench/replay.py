@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench.machine import describe, source_tree
 from bench.report import RESULTS_DIR
 from bench.system import PROJECT_ROOT, Broker
 from models.events import (
@@ -237,6 +238,8 @@ def run_replay(
         written_s = time.monotonic() - started
         result: dict[str, Any] = {
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tree": source_tree(PROJECT_ROOT),
+            "machine": describe(broker.describe),
             "requests": requests,
             "lifecycle_events": len(lifecycle),
             "requests_messages": len(requests_log),

@@ -24,7 +24,7 @@ from bench import baselines, machine, relay, report
 from bench.config import BenchConfig
 from bench.observe import LifecycleWatch
 from bench.pipeline import Context, Pipeline, Progress, no_progress
-from bench.system import Broker, Deployment
+from bench.system import PROJECT_ROOT, Broker, Deployment
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -88,6 +88,7 @@ def run_bench(
         "mode": config.mode,
         "seconds": round(time.monotonic() - started, 1),
         "argv": None,  # the command fills in how it was called
+        "tree": machine.source_tree(PROJECT_ROOT),
     }
     result["machine"] = described
     result["config"] = config.as_dict()

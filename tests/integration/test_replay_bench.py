@@ -37,3 +37,4 @@ def test_the_replay_bench_rebuilds_and_verifies_the_whole_log(
     rendered = markdown.replay_section(result)
     assert "into a fresh PostgreSQL database | 1,800 |" in rendered
     assert f"`talkstream replay --verify`, {result['processes']} processes" in rendered
+    assert f"Machine: {result['machine']['nproc']} CPUs" in rendered  # the rate is absolute
