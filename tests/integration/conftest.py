@@ -360,6 +360,25 @@ async def partitions_of(
     return sorted(p["partition"] for p in described["partitions"])
 
 
+def group_commits(bootstrap: str, group: str) -> dict[int, tuple[int, str]]:
+    """A consumer group's committed offset of each partition with its metadata (no member
+    joins the group to read them)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read() -> dict[int, tuple[int, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: (o.offset, o.metadata or "") for tp, o in found.items()}
+
+    return asyncio.run(read())
+
+
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     """A topic of our own on the test broker (it creates none by itself), one replica."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic

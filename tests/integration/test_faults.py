@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import System, now_s, produce, read_topic
+from streams.agents.executors import Mark
+from tests.integration.conftest import System, group_commits, now_s, produce, read_topic
 from tests.support import seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -96,23 +97,25 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
     assert len(talkable_events(system, "hang")) == 2
 
 
-@pytest.mark.parametrize("restarted_as", ["worker", "worker-2"])
+@pytest.mark.parametrize("how", ["stopped", "killed", "replaced"])
 def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_holds(
-    make_system, restarted_as: str
+    make_system, how: str
 ) -> None:
     """A worker that ends while a call hangs loses that call; nothing of it is read again by
     the ledger after the restart (offsets and the ledger's own marks are past it, as others'
     webhooks kept coming), so only the state the new worker recovered says it is in flight.
     Stopped gracefully (a deploy's restart), the worker cuts the call short after its drain and
-    tells the ledger the attempt was lost; killed and replaced by another instance (no one
-    says anything, and the mark is not the new one's), the deadline, tracked again from the
-    recovered table, re-issues it."""
+    tells the ledger the attempt was lost. Killed and started again under its name, its
+    generator's last commit lists that call alone as unreported (the 200 after it reported),
+    so the next run tells the ledger of that one, not of everything taken since. Killed and
+    replaced by another instance (no one says anything, and the mark is not the new one's),
+    the deadline, tracked again from the recovered table, re-issues it."""
     system = make_system(
         generation_deadline_seconds="6",
         max_wait_seconds="2",
         openai_timeout_seconds="120",
         session_timeout_seconds="6",  # the stopped instance's partitions move on this soon
-        rebalance_grace_seconds="3",
+        rebalance_grace_seconds="60" if how == "killed" else "3",  # killed: the mark, at once
     )
     system.openai("POST", "/_control", {"hang_every": 1})
     [stuck] = post_all(system, [seed_params("stuck@example.com")])
@@ -122,22 +125,37 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
     system.openai("POST", "/_control", {"hang_every": 0})
     others = post_all(system, [seed_params(f"after{i}@example.com") for i in range(200)])
     system.wait_terminal(others, timeout=120)
+    if how == "killed":
+        group = f"{system.app_id}-generator"
+
+        def one_unreported() -> bool:  # the generator's marks caught up with its reports
+            marks = [
+                Mark.parse(m) for _, m in group_commits(system.kafka.bootstrap, group).values()
+            ]
+            listed = [m.unreported for m in marks if m is not None]
+            return len(listed) == len(marks) and sum(b - a for r in listed for a, b in r) == 1
+
+        wait_until(one_unreported, 30, what="the generator's marks listing the hung call alone")
     worker = system.procs.pop("worker")
-    if restarted_as == "worker":
+    if how == "stopped":
         worker.send_signal(signal.SIGTERM)  # a graceful stop: its offsets are committed
         assert worker.wait(timeout=60) == 0
     else:
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
     assert system.projection.request(stuck).state == "generating"
-    system.start_worker(restarted_as)
+    system.start_worker("worker-2" if how == "replaced" else "worker")
     row = system.wait_terminal([stuck], timeout=90)[stuck]
     assert (row.state, row.attempts) == ("published", 2)
     causes = [t.cause for t in system.projection.transitions(stuck)]
-    expected = (
-        "lost (its worker stopped before it ended)" if restarted_as == "worker" else "overdue"
-    )
+    expected = "overdue" if how == "replaced" else "lost (its worker stopped before it ended)"
     assert any(f"attempt 1 {expected}; re-issued" in cause for cause in causes), causes
+    if how == "killed":
+        told = re.findall(
+            r"generator: partition \d+: (\d+) attempts of the previous run told lost",
+            (system.root / "worker.log").read_text(errors="replace"),
+        )
+        assert [int(n) for n in told] == [1], told
 
 
 def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make_system) -> None:
