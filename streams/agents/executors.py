@@ -432,16 +432,21 @@ class Mark:
 
 
 class Unreported:
-    """The offsets an executor took and has not reported, per partition in the order taken
-    (the oldest first), and by request: a report of an attempt settles every earlier attempt
-    of the request taken here (a newer attempt takes the place of one still queued)."""
+    """The offsets an executor took and has not reported, per partition in ascending order
+    (the oldest first, even if a partition were read again from further back), and by request:
+    a report of an attempt settles every earlier attempt of the request taken here (a newer
+    attempt takes the place of one still queued)."""
 
     def __init__(self) -> None:
         self._offsets: dict[TopicPartition, dict[int, None]] = {}
         self._requests: dict[str, list[tuple[TopicPartition, int, int]]] = {}
 
     def took(self, tp: TopicPartition, offset: int, request_id: str, attempt: int) -> None:
-        self._offsets.setdefault(tp, {})[offset] = None
+        offsets = self._offsets.setdefault(tp, {})
+        if offsets and offset < next(reversed(offsets)):  # read again from further back
+            self._offsets[tp] = dict.fromkeys(sorted([*offsets, offset]))
+        else:
+            offsets[offset] = None
         self._requests.setdefault(request_id, []).append((tp, offset, attempt))
 
     def reported(self, request_id: str, attempt: int) -> None:
@@ -465,7 +470,7 @@ class Unreported:
         if len(offsets) > MARK_OFFSETS:
             return None
         ranges: list[list[int]] = []
-        for offset in offsets:  # in the order taken: ascending
+        for offset in offsets:  # ascending
             if ranges and ranges[-1][1] == offset:
                 ranges[-1][1] = offset + 1
             elif len(ranges) < MARK_RANGES:

@@ -90,6 +90,16 @@ def test_the_oldest_unreported_offset_follows_the_reports() -> None:
     assert unreported.oldest(OTHER, 4) == 3
 
 
+def test_offsets_stay_in_order_even_if_a_partition_is_read_again_from_further_back() -> None:
+    unreported = Unreported()
+    for offset, request_id in ((20, "a"), (21, "b"), (10, "c"), (21, "b")):
+        unreported.took(TP, offset, request_id, 1)
+    assert unreported.oldest(TP, 22) == 10
+    assert unreported.ranges(TP) == ((10, 11), (20, 22))
+    unreported.reported("c", 1)
+    assert unreported.oldest(TP, 22) == 20
+
+
 def test_a_report_settles_the_earlier_attempts_of_its_request_not_the_later_ones() -> None:
     unreported = Unreported()
     unreported.took(TP, 10, "a", 1)  # queued, then taken over by attempt 2 (one report)
