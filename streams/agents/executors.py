@@ -469,19 +469,15 @@ class Unreported:
         offsets = self._offsets.get(tp, {})
         if len(offsets) > MARK_OFFSETS:
             return None
-        ranges: list[list[int]] = []
-        for offset in offsets:  # ascending
-            if ranges and ranges[-1][1] == offset:
-                ranges[-1][1] = offset + 1
-            elif len(ranges) < MARK_RANGES:
-                ranges.append([offset, offset + 1])
-            else:
-                return None
+        spans = [(offset, offset + 1) for offset in offsets]  # ascending
         if taking:
-            if ranges and ranges[-1][1] == taking.start:
-                ranges[-1][1] = taking.stop
+            spans.append((taking.start, taking.stop))
+        ranges: list[list[int]] = []
+        for start, stop in spans:
+            if ranges and ranges[-1][1] == start:
+                ranges[-1][1] = stop
             elif len(ranges) < MARK_RANGES:
-                ranges.append([taking.start, taking.stop])
+                ranges.append([start, stop])
             else:
                 return None
         return tuple((a, b) for a, b in ranges)
