@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
@@ -224,9 +225,9 @@ async def rebuild(
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
 ) -> RebuildSummary:
-    """Read, decode and apply in this process: on 2 cores a forked writer beside the reader
-    was no faster (bench.replay: SQLite 51k/s against 53k/s here, PostgreSQL 43k/s against
-    45k/s; its server wants the second core)."""
+    """Read, decode and apply in this process (on 2 cores a forked writer beside the reader
+    was no faster: bench.replay, SQLite 51k/s against 53k/s, PostgreSQL 43k/s against 45k/s),
+    in order, a batch of ``APPLY_BATCH`` events at a time (``_Applier``)."""
     started = time.monotonic()
     with heap.bulk():
         async with LogReader(settings, topic, until_ms) as reader:
@@ -238,19 +239,67 @@ async def rebuild(
             # into an empty store only the requests this replay wrote can have rows
             rebuilt: set[str] | None = set() if store.is_empty() else None
             sourced: list[Sourced] = []
-            async for batch in reader.batches():
-                sourced += _sourced(batch, summary.skipped)
-                summary.records += len(batch)
-                if progress:
-                    progress(len(batch))
-                if len(sourced) >= APPLY_BATCH:
-                    summary.applied += store.apply(sourced, rebuilt)
-                    sourced = []
-            summary.applied += store.apply(sourced, rebuilt)
+            async with _Applier(store, rebuilt) as applier:
+                async for batch in reader.batches():
+                    sourced += _sourced(batch, summary.skipped)
+                    summary.records += len(batch)
+                    if progress:
+                        progress(len(batch))
+                    if len(sourced) >= APPLY_BATCH:
+                        await applier.apply(sourced)
+                        sourced = []
+                await applier.apply(sourced)
+            summary.applied = applier.applied
         summary.requests, summary.transitions = store.counts()
         summary.states = store.states()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+class _Applier:
+    """Applies a rebuild's batches to the store in the order given, each in one transaction.
+
+    Into a database server (PostgreSQL) a batch is written from a thread while the next one is
+    read and decoded: the server does its part of the work on another core meanwhile, where
+    inline the reader waited for it (30% of a rebuild's time; ``bench/PROFILE.md``, seventeenth
+    round). SQLite's work is this process's, and a thread would only contend with the
+    decoding for the GIL (slower there, same round): its batches are applied inline. One batch
+    at most is being written; leaving the block waits for it, also on an error."""
+
+    def __init__(self, store: ProjectionStore, rebuilt: set[str] | None) -> None:
+        self.store, self.rebuilt = store, rebuilt
+        self.applied = 0  # events that were new
+        self._writer = (
+            None if store.in_process else ThreadPoolExecutor(1, thread_name_prefix="replay-writer")
+        )
+        self._writing: asyncio.Future[int] | None = None
+
+    async def apply(self, batch: list[Sourced]) -> None:
+        await self._written()
+        if self._writer is None:
+            self.applied += self.store.apply(batch, self.rebuilt)
+        else:
+            self._writing = asyncio.get_running_loop().run_in_executor(
+                self._writer, self.store.apply, batch, self.rebuilt
+            )
+
+    async def _written(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            self.applied += await writing
+
+    async def __aenter__(self) -> _Applier:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                await self._written()
+        finally:
+            if self._writing is not None:
+                self._writing.cancel()  # its outcome is not wanted after an error
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)  # a write under way ends before the store closes
 
 
 def _sourced(records: list[Record], skipped: list[Skipped]) -> list[Sourced]:

@@ -125,6 +125,11 @@ class ProjectionStore:
     def url(self) -> str:
         return safe_url(self.engine)
 
+    @property
+    def in_process(self) -> bool:
+        """The database does its work in this process (SQLite), not in a server's."""
+        return self.engine.dialect.name == "sqlite"
+
     # --- writing --------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[Sourced], rebuilt: set[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from streams.errors import ConfigError
+from streams.ops.replay import _Applier
 from streams.projection import migrate
 from streams.projection.store import ProjectionStore, Sourced
 from streams.projection.tables import Base
@@ -168,6 +170,60 @@ def test_a_replay_into_an_empty_store_looks_up_only_what_it_wrote(database_url: 
             assert applied == len(records) - 1  # the re-emission is projected once
             assert snapshot(store) == expected
             assert rebuilt == {s.event.request_id for s in records}
+    finally:
+        store.close()
+
+
+async def test_a_rebuild_applies_its_batches_in_order_on_both_databases(database_url: str):  # noqa: F811
+    """``rebuild``'s applier: into PostgreSQL a batch is written from a thread while the next is
+    read (SQLite: inline); in any batch sizes the tables are those of one apply."""
+    records = mixed_log().records
+    store = ProjectionStore.from_url(database_url)
+    try:
+        store.apply(records)
+        expected = snapshot(store)
+        for size in (1, 3, len(records)):
+            store.reset()
+            rebuilt: set[str] = set()
+            async with _Applier(store, rebuilt) as applier:
+                threaded = applier._writer is not None
+                for start in range(0, len(records), size):
+                    await applier.apply(records[start : start + size])
+            assert applier.applied == len(records)
+            assert snapshot(store) == expected
+            assert threaded == (store.engine.dialect.name == "postgresql")
+    finally:
+        store.close()
+
+
+async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(database_url: str):  # noqa: F811
+    """A write that fails is raised at the next batch; an error while a write is under way waits
+    for it to end (the store is closed after), and no writer thread is left behind."""
+    records = mixed_log().records
+    store = ProjectionStore.from_url(database_url)
+    try:
+        with pytest.raises(AttributeError):
+            async with _Applier(store, set()) as applier:
+                await applier.apply([None])  # type: ignore[list-item]  # not an event
+                await applier.apply(records)
+        assert snapshot(store) == ([], [])
+        release, written = threading.Event(), []
+        if store.in_process:
+            release.set()  # SQLite's batches are applied inline
+
+        def held_apply(batch: list[Sourced], rebuilt: set[str] | None = None) -> int:
+            release.wait(30)
+            written.append(ProjectionStore.apply(store, batch, rebuilt))
+            return written[-1]
+
+        store.apply = held_apply  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="the topic went away"):
+            async with _Applier(store, set()) as applier:
+                await applier.apply(records)
+                release.set()  # the write starts now, the error leaves the block at once
+                raise RuntimeError("the topic went away")
+        assert written == [len(records)]  # written to its end before the exit
+        assert not [t for t in threading.enumerate() if t.name.startswith("replay-writer")]
     finally:
         store.close()
 
