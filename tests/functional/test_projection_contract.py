@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import subprocess
@@ -150,48 +151,36 @@ def test_partitions_interleaved_differently_give_the_same_tables(database_url: s
         a.close()
 
 
-def test_a_replay_into_an_empty_store_looks_up_only_what_it_wrote(database_url: str):  # noqa: F811
+async def test_a_replay_into_an_empty_store_looks_up_only_what_it_wrote(database_url: str):  # noqa: F811
     """``rebuilt`` (a replay into an empty store) skips the lookups of rows that cannot exist
-    yet: the same tables as the full path, in any batches, re-emissions included."""
+    yet: the same tables as the full path, in any batches, re-emissions included; also through
+    ``rebuild``'s applier (into PostgreSQL a batch is written from a thread while the next is
+    read; into SQLite inline)."""
     log = mixed_log()
     again = log.records[2]  # re-emitted later, in another batch
     records = [*log.records, Sourced(again.topic, again.partition, 999, again.event)]
+    batches = {
+        size: [records[i : i + size] for i in range(0, len(records), size)]
+        for size in (1, 4, len(records))
+    }
     store = ProjectionStore.from_url(database_url)
     try:
         store.apply(records)
         expected = snapshot(store)
-        for size in (1, 4, len(records)):
+        for size, applier_used in itertools.product(batches, (False, True)):
             store.reset()
             rebuilt: set[str] = set()
-            applied = sum(
-                store.apply(records[start : start + size], rebuilt)
-                for start in range(0, len(records), size)
-            )
+            if applier_used:
+                async with _Applier(store, rebuilt) as applier:
+                    for batch in batches[size]:
+                        await applier.apply(batch)
+                applied = applier.applied
+                assert (applier._writer is None) == (store.engine.dialect.name == "sqlite")
+            else:
+                applied = sum(store.apply(batch, rebuilt) for batch in batches[size])
             assert applied == len(records) - 1  # the re-emission is projected once
             assert snapshot(store) == expected
             assert rebuilt == {s.event.request_id for s in records}
-    finally:
-        store.close()
-
-
-async def test_a_rebuild_applies_its_batches_in_order_on_both_databases(database_url: str):  # noqa: F811
-    """``rebuild``'s applier: into PostgreSQL a batch is written from a thread while the next is
-    read (SQLite: inline); in any batch sizes the tables are those of one apply."""
-    records = mixed_log().records
-    store = ProjectionStore.from_url(database_url)
-    try:
-        store.apply(records)
-        expected = snapshot(store)
-        for size in (1, 3, len(records)):
-            store.reset()
-            rebuilt: set[str] = set()
-            async with _Applier(store, rebuilt) as applier:
-                threaded = applier._writer is not None
-                for start in range(0, len(records), size):
-                    await applier.apply(records[start : start + size])
-            assert applier.applied == len(records)
-            assert snapshot(store) == expected
-            assert threaded == (store.engine.dialect.name == "postgresql")
     finally:
         store.close()
 
