@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import click
 
@@ -17,6 +17,8 @@ from streams.ops.commands import register as register_ops
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from streams.dev.kafka import EmbeddedKafka
     from streams.dev.kafka_cluster import KafkaCluster
 
@@ -33,7 +35,8 @@ def _setup_logging(level: str) -> None:
 
 class _Main(click.Group):
     """Settings that do not validate end any command with one line naming each variable (the
-    values are not repeated: a secret's would be), not with pydantic's traceback."""
+    values are not repeated: a secret's would be), not with pydantic's traceback; so does a
+    database that cannot be reached or a database URL that cannot be read."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -46,6 +49,21 @@ class _Main(click.Group):
             if exc.title != Settings.__name__:
                 raise
             raise click.ClickException(describe_invalid(exc)) from None
+        except Exception as exc:
+            if not _database_unusable(exc):
+                raise
+            from streams.projection.store import describe_database_error
+
+            raise click.ClickException(describe_database_error(exc)) from None
+
+
+def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
+    """A database that cannot be reached or a URL that cannot be read (SQLAlchemy is imported
+    by the commands that use a database, not for every command: none raised this if not)."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(
+        exc, (errors.OperationalError, errors.InterfaceError, errors.ArgumentError)
+    )
 
 
 @click.group(cls=_Main)

@@ -14,6 +14,7 @@ they are applied in the order the ledger decided them.
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -108,6 +110,22 @@ def safe_url(engine_or_url: Engine | str) -> str:
     """The URL to show a person: the password hidden."""
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
     return url.render_as_string(hide_password=True)
+
+
+def describe_database_error(exc: SQLAlchemyError) -> str:
+    """One line for a person about a database that cannot be used: what the driver said (never
+    the SQL or its parameters), a password in any URL it echoed hidden."""
+    said = f"{type(exc.orig).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else str(exc)
+    said = _URL_PASSWORD.sub(r"\1***@", " ".join(said.split()))
+    if isinstance(exc, ArgumentError):
+        return (
+            f"the database URL cannot be used ({said}): set TALKSTREAM_DATABASE_URL or "
+            "--database-url to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        )
+    return f"the database cannot be used: {said}"
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 class ProjectionStore:

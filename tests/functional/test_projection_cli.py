@@ -10,11 +10,13 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import text
+from sqlalchemy.exc import ArgumentError
 
 from streams.ops.commands import register
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionStore, describe_database_error
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log, snapshot
+from tests.support import free_port
 
 
 def talkstream(*args: str) -> Result:
@@ -246,3 +248,32 @@ def test_audit_of_a_request_projected_before_arrivals_were_recorded_says_so(tmp_
         "finished 2026-01-01T00:00:45.300+00:00 (45.300 s after the event time (arrival not "
         "recorded))"
     ) in out
+
+
+def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
+    """A server that does not answer, a scheme SQLAlchemy does not know, a URL that is not one:
+    each command that opens the projection ends with one line saying what the driver said,
+    exit 1, no traceback, and never the password."""
+    from streams.cli import main
+
+    port = free_port()  # nothing listens there
+    cases = {
+        f"postgresql+psycopg://ada:s3cret-pw@127.0.0.1:{port}/db": (
+            "Error: the database cannot be used: OperationalError: connection failed"
+        ),
+        "postgres://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (Can't load plugin: "
+            "sqlalchemy.dialects:postgres)"
+        ),
+        "not a url": "Error: the database URL cannot be used (Could not parse SQLAlchemy URL",
+    }
+    for url, said in cases.items():
+        for command in (["audit", "--request-id", "r1"], ["stats"], ["replay"]):
+            result = CliRunner().invoke(main, [*command, "--database-url", url])
+            assert result.exit_code == 1, (command, url, result.output)
+            assert result.output.startswith(said), (command, url, result.output)
+            assert result.output.count("\n") == 1, result.output
+            assert "s3cret-pw" not in result.output
+
+    echoed = ArgumentError("cannot use postgresql+psycopg://ada:s3cret-pw@db.example.com/x")
+    assert "ada:***@db.example.com" in describe_database_error(echoed)
