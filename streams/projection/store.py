@@ -87,8 +87,9 @@ def _bind_nulls_directly() -> None:
     Python's sqlite3 binds only exact int, float, str and bytes directly; any other value, None
     included, goes through its adaptation protocol: a key built, the adapter registry missed,
     ``__adapt__`` and ``__conform__`` looked up, ~0.8 µs a NULL here against 0.14 µs an int.
-    A replay binds about eight NULLs a transition and fifteen a request row (``executemany``
-    was 38% of a rebuild into SQLite; ``bench/PROFILE.md``, sixteenth round). An adapter
+    The benchmark's replay binds six NULLs a transition and three a request row, more where
+    requests fail or wait (``executemany`` was 38% of a rebuild into SQLite;
+    ``bench/PROFILE.md``, sixteenth round). An adapter
     registered for NoneType is found at the first lookup; ``{}.get`` (C code) returns None,
     which is bound as NULL as before. The registry is the process's: nothing else changes,
     since None still binds as NULL."""
