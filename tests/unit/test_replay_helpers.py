@@ -112,3 +112,20 @@ def test_an_identitys_own_differences_keep_the_order_they_were_recorded_in() -> 
         {"cause": ("webhook accepted", "one")},
         {"cause": ("webhook accepted", "two")},
     ]
+
+
+def test_shares_absorbed_keep_every_derived_event_in_order_and_count_the_same() -> None:
+    """Helpers' results are merged as they come (the shares' identities do not overlap; one
+    that did keeps the earlier events first); an identity derived twice and recorded once is a
+    missing event, as when everything was derived in one process."""
+    a, b = _event("a", State.RECEIVED, None), _event("b", State.RECEIVED, None)
+    check = Rederivation(Policy(), VerifySummary("requests", "lifecycle"))
+    check.absorb({a.identity(): [encode(a)]}, 1, [])
+    check.absorb({a.identity(): [encode(a)], b.identity(): [encode(b)]}, 2, [])
+    assert check.derived == {a.identity(): [encode(a), encode(a)], b.identity(): [encode(b)]}
+    for offset, event in enumerate([a, b]):
+        check.recorded(Record("lifecycle", 0, offset, 0, encode(event)))
+    summary = check.compare()
+    assert (summary.messages, summary.derived, summary.recorded) == (3, 3, 2)
+    assert summary.matched == 2
+    assert [(d.kind, d.request_id) for d in summary.differences] == [("missing", "a")]
