@@ -54,26 +54,37 @@ def _argv(params: dict[str, Any]) -> list[str]:
     return argv
 
 
+POSITIVE = click.IntRange(min=1)  # every phase runs: none can be empty
+
+
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="a minute or two: fewer webhooks, capacity phase 1,000")
 @click.option("--tiny", is_flag=True, hidden=True, help="seconds: the smoke test's sizes")
-@click.option("--requests", type=int, help="webhooks in the throughput phase")
-@click.option("--clients", type=int, help="concurrent clients driving the ingress")
-@click.option("--llm-latency", type=float, help="OpenAI stand-in latency (s), capacity aside")
+@click.option("--requests", type=POSITIVE, help="webhooks in the throughput phase")
+@click.option("--clients", type=POSITIVE, help="concurrent clients driving the ingress")
+@click.option(
+    "--llm-latency",
+    type=click.FloatRange(min=0),
+    help="OpenAI stand-in latency (s), capacity aside",
+)
 @click.option(
     "--latency-rate",
     type=click.FloatRange(min=0, min_open=True),
     help="the latency phase's rate (webhooks/s) [default: half the measured throughput]",
 )
+@click.option("--latency-requests", type=POSITIVE, help="webhooks in the latency phase")
 @click.option(
-    "--latency-requests", type=click.IntRange(min=1), help="webhooks in the latency phase"
+    "--capacity-requests", type=POSITIVE, help="webhooks (and people) in the capacity phase"
 )
-@click.option("--capacity-requests", type=int, help="webhooks (and people) in the capacity phase")
-@click.option("--burst-people", type=int, help="people in the burst phase (50 webhooks each)")
-@click.option("--neighbour-requests", type=int, help="webhooks of the blast on a limited key")
-@click.option("--neighbour-rps", type=float, help="the blasting key's limit (requests/s)")
-@click.option("--workers", type=int, help="talkstream worker processes")
-@click.option("--partitions", type=int, help="partitions of every topic")
+@click.option("--burst-people", type=POSITIVE, help="people in the burst phase (50 webhooks each)")
+@click.option("--neighbour-requests", type=POSITIVE, help="webhooks of the blast on a limited key")
+@click.option(
+    "--neighbour-rps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="the blasting key's limit (requests/s)",
+)
+@click.option("--workers", type=POSITIVE, help="talkstream worker processes")
+@click.option("--partitions", type=POSITIVE, help="partitions of every topic")
 @click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
 @click.option(

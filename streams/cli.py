@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -49,12 +51,41 @@ class _Main(click.Group):
             if exc.title != Settings.__name__:
                 raise
             raise click.ClickException(describe_invalid(exc)) from None
+        except OSError as exc:
+            if not _cannot_listen(exc):
+                raise
+            where = _LISTENS_AT.get(ctx.invoked_subcommand or "")
+            hint = f" (set by {where})" if where else ""
+            raise click.ClickException(f"cannot listen on {_bind_address(exc)}{hint}") from None
         except Exception as exc:
             if not _database_unusable(exc):
                 raise
             from streams.projection.store import describe_database_error
 
             raise click.ClickException(describe_database_error(exc)) from None
+
+
+# what sets the address each serving command listens on
+_LISTENS_AT = {
+    "ingress": "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT",
+    "console": "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT",
+    "worker": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT",
+    "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
+    "standin": "--host and --port",
+}
+
+
+def _cannot_listen(exc: OSError) -> bool:
+    """A server's address taken, not this machine's, or not allowed (a port below 1024)."""
+    refused = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return exc.errno in refused and "bind" in str(exc)
+
+
+def _bind_address(exc: OSError) -> str:
+    """``host:port: reason`` from asyncio's "error while attempting to bind on address
+    ('127.0.0.1', 8080): address already in use"."""
+    found = re.search(r"address \('([^']*)', (\d+)[^)]*\): (.+)$", str(exc))
+    return f"{found[1]}:{found[2]}: {found[3]}" if found else str(exc)
 
 
 def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
@@ -348,6 +379,10 @@ def console(log_format: str | None) -> None:
     run_console(settings)
 
 
+PORT = click.IntRange(0, 65535)
+SECONDS = click.FloatRange(min=0)
+
+
 @main.group()
 def standin() -> None:
     """Local stand-ins for OpenAI and Talkable (dev mode, tests, benchmarks)."""
@@ -355,8 +390,10 @@ def standin() -> None:
 
 @standin.command("openai")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8081, show_default=True)
-@click.option("--latency", default=0.0, show_default=True, help="seconds per completion")
+@click.option("--port", type=PORT, default=8081, show_default=True, help="0: any free port")
+@click.option(
+    "--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per completion"
+)
 def standin_openai(host: str, port: int, latency: float) -> None:
     """OpenAI Chat Completions stand-in."""
     from streams.dev import openai_standin
@@ -370,8 +407,8 @@ def standin_openai(host: str, port: int, latency: float) -> None:
 
 @standin.command("talkable")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8082, show_default=True)
-@click.option("--latency", default=0.0, show_default=True, help="seconds per call")
+@click.option("--port", type=PORT, default=8082, show_default=True, help="0: any free port")
+@click.option("--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per call")
 def standin_talkable(host: str, port: int, latency: float) -> None:
     """Talkable API v2 stand-in."""
     from streams.dev import talkable_standin
@@ -384,8 +421,8 @@ def standin_talkable(host: str, port: int, latency: float) -> None:
 
 
 @main.command()
-@click.option("--openai-port", default=8081, show_default=True)
-@click.option("--talkable-port", default=8082, show_default=True)
+@click.option("--openai-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option("--talkable-port", type=click.IntRange(1, 65535), default=8082, show_default=True)
 def dev(openai_port: int, talkable_port: int) -> None:
     """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
     from streams.dev.supervisor import run_dev

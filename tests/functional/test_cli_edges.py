@@ -1,0 +1,88 @@
+"""A serving command whose address cannot be had ends with one line naming the address and
+what sets it, not with asyncio's traceback; options with a range refuse a value outside it
+before anything starts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+
+from streams.cli import main
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A port this test holds (listening) on 127.0.0.1."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
+    taken: int, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    result = CliRunner().invoke(main, ["standin", "openai", "--port", str(taken)])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
+        "(set by --host and --port)\n",
+    )
+
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_PORT", str(taken))
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1, result.output
+    assert result.output.endswith(
+        f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
+        "(set by TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT)\n"
+    )
+
+    env = {
+        **os.environ,
+        "TALKSTREAM_INGRESS_PORT": str(taken),
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+    }
+    ran = subprocess.run(
+        [sys.executable, "-m", "streams", "ingress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
+        "(set by TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT)"
+    )
+    assert "Traceback" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["standin", "openai", "--port", "65536"], "--port"),
+        (["standin", "talkable", "--latency", "-1"], "--latency"),
+        (["dev", "--openai-port", "0"], "--openai-port"),
+        (["bench", "--requests", "0"], "--requests"),
+        (["bench", "--workers", "0"], "--workers"),
+        (["bench", "--neighbour-rps", "0"], "--neighbour-rps"),
+        (["bench", "--llm-latency", "-0.5"], "--llm-latency"),
+    ],
+)
+def test_an_option_out_of_its_range_is_refused_before_anything_starts(
+    args: list[str], option: str
+) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
