@@ -38,7 +38,8 @@ def _setup_logging(level: str) -> None:
 class _Main(click.Group):
     """Settings that do not validate end any command with one line naming each variable (the
     values are not repeated: a secret's would be), not with pydantic's traceback; so does a
-    database that cannot be reached or a database URL that cannot be read."""
+    database that cannot be reached or a database URL that cannot be read, and a server whose
+    address cannot be had (naming the address and what sets it)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
