@@ -16,7 +16,7 @@ import click
 from streams import heap
 from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
-from streams.settings import Settings
+from streams.settings import LISTENS_AT, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import SQLAlchemyError
@@ -67,13 +67,7 @@ class _Main(click.Group):
 
 
 # what sets the address each serving command listens on
-_LISTENS_AT = {
-    "ingress": "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT",
-    "console": "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT",
-    "worker": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT",
-    "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
-    "standin": "--host and --port",
-}
+_LISTENS_AT = {**LISTENS_AT, "standin": "--host and --port"}
 
 
 def _cannot_listen(exc: OSError) -> bool:

@@ -17,6 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TALKABLE_BASE_URL = "https://www.talkable.com/api/v2"
 
+# what sets the address each server listens on: named by the error when it cannot be had
+LISTENS_AT = {
+    "ingress": "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT",
+    "console": "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT",
+    "worker": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT",
+    "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
+}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TALKSTREAM_", frozen=True, extra="ignore")

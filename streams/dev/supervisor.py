@@ -1,24 +1,38 @@
 """``talkstream dev``: the whole system on one machine, stopped together by Ctrl-C: the broker,
 the stand-ins, a worker, the ingress and the operator console (with a token made for the run,
-printed with its address, unless ``TALKSTREAM_CONSOLE_TOKEN`` is set)."""
+printed with its address, unless ``TALKSTREAM_CONSOLE_TOKEN`` is set).
+
+Nothing starts unless everything can: a second ``dev`` on the same data directory (its broker,
+its consumer group, its SQLite file) is refused, and so is an address one of the servers could
+not have, before anything is started, rather than after a banner that another run's servers
+appeared to confirm."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
 from streams.secrets import dev_key
-from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
+from streams.settings import (
+    DEFAULT_OPENAI_BASE_URL,
+    DEFAULT_TALKABLE_BASE_URL,
+    LISTENS_AT,
+    Settings,
+)
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -92,7 +106,82 @@ def curl_example(port: int) -> str:
     )
 
 
+Address = tuple[str, int, str]  # host, port, what sets it
+
+
+class DevRefused(Exception):
+    """``talkstream dev`` cannot start: the reason, one line for its user."""
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """This run's hold on ``data_dir`` (released when the file closes or the process ends,
+    however it ends); :class:`DevRefused` naming the holder's pid if another run has it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "dev.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise DevRefused(
+            f"another talkstream dev runs on {data_dir} (pid {holder}): stop it first "
+            "(Ctrl-C where it runs), or give this one its own TALKSTREAM_DATA_DIR"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list[Address]:
+    """``(host, port, what sets it)`` for each server this run starts (port 0: any free one,
+    nothing to check)."""
+    found = [
+        (settings.ingress_host, settings.ingress_port, LISTENS_AT["ingress"]),
+        (settings.console_host, settings.console_port, LISTENS_AT["console"]),
+        (settings.worker_http_host, settings.worker_http_port, LISTENS_AT["worker"]),
+    ]
+    if settings.projector == "process":  # the worker's projector child serves its own
+        found.append(
+            (settings.worker_http_host, settings.projector_http_port, LISTENS_AT["projector"])
+        )
+    if settings.openai_base_url == DEFAULT_OPENAI_BASE_URL:
+        found.append(("127.0.0.1", openai_port, "--openai-port"))
+    if settings.talkable_base_url == DEFAULT_TALKABLE_BASE_URL:
+        found.append(("127.0.0.1", talkable_port, "--talkable-port"))
+    return [server for server in found if server[1]]
+
+
+def check_addresses(addresses: list[Address]) -> None:
+    """:class:`DevRefused` for the first address that cannot be listened on now (bound the
+    way the servers bind: ``SO_REUSEADDR``, so a port a stopped run left in TIME_WAIT is
+    free)."""
+    for host, port, set_by in addresses:
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.socket(family) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            reason = exc.strerror.lower() if exc.strerror else str(exc)
+            raise DevRefused(
+                f"cannot listen on {host}:{port}: {reason} (set by {set_by})"
+            ) from None
+
+
 def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(hold_data_dir(settings.data_dir))
+            check_addresses(servers(settings, openai_port=openai_port, talkable_port=talkable_port))
+        except DevRefused as exc:
+            print(f"talkstream dev: {exc}", file=sys.stderr)
+            return 1
+        return _run(settings, openai_port=openai_port, talkable_port=talkable_port)
+
+
+def _run(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     broker = embedded_broker(settings)

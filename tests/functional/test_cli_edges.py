@@ -1,6 +1,7 @@
 """A serving command whose address cannot be had ends with one line naming the address and
-what sets it, not with asyncio's traceback; options with a range refuse a value outside it
-before anything starts."""
+what sets it, not with asyncio's traceback; ``talkstream dev`` says so (or that another run
+holds its data directory) before it starts anything; options with a range refuse a value
+outside it before anything starts."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
+from streams.dev.supervisor import hold_data_dir
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -66,6 +69,69 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
         "(set by TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT)"
     )
     assert "Traceback" not in ran.stderr
+
+
+def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
+    """Every server of ``talkstream dev`` on a port of its own, free now."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(data_dir))
+    for name in ("INGRESS_PORT", "CONSOLE_PORT", "WORKER_HTTP_PORT", "PROJECTOR_HTTP_PORT"):
+        monkeypatch.setenv(f"TALKSTREAM_{name}", str(free_port()))
+
+
+@pytest.mark.parametrize(
+    ("variable", "option", "set_by"),
+    [
+        (None, "--openai-port", "--openai-port"),
+        (None, "--talkable-port", "--talkable-port"),
+        ("INGRESS_PORT", None, "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT"),
+        ("CONSOLE_PORT", None, "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT"),
+        ("WORKER_HTTP_PORT", None, "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT"),
+        (
+            "PROJECTOR_HTTP_PORT",
+            None,
+            "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
+        ),
+    ],
+)
+def test_dev_names_an_address_in_use_before_it_starts_anything(
+    taken: int,
+    variable: str | None,
+    option: str | None,
+    set_by: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+) -> None:
+    dev_env(monkeypatch, tmp_path)
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    if variable:
+        monkeypatch.setenv(f"TALKSTREAM_{variable}", str(taken))
+    else:
+        ports[ports.index(option) + 1] = str(taken)
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"talkstream dev: cannot listen on 127.0.0.1:{taken}: address already in use "
+        f"(set by {set_by})\n",
+    )
+    # no broker, no log: nothing was started
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+
+
+def test_a_second_dev_on_the_same_data_is_refused_naming_the_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    dev_env(monkeypatch, tmp_path)
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    with hold_data_dir(tmp_path):  # what the first run holds while it runs
+        result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"talkstream dev: another talkstream dev runs on {tmp_path} (pid {os.getpid()}): "
+        "stop it first (Ctrl-C where it runs), or give this one its own TALKSTREAM_DATA_DIR\n",
+    )
+    # released with the run: the next one holds it
+    with hold_data_dir(tmp_path):
+        assert (tmp_path / "dev.lock").read_text() == str(os.getpid())
 
 
 @pytest.mark.parametrize(

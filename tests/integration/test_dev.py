@@ -1,8 +1,8 @@
 """The commands as a user starts them: ``talkstream dev`` runs the whole system (its own
 embedded broker, the stand-ins, worker, ingress, console), logs no ERROR or WARNING on a clean
-start, and Ctrl-C stops all of it with one line and exit 0; outside ``dev`` the worker and the
-ingress refuse to start without ``TALKSTREAM_SECRET_KEYS`` rather than making a key next to
-the data."""
+start, refuses a second run on its data (naming it), and Ctrl-C stops all of it with one line
+and exit 0; outside ``dev`` the worker and the ingress refuse to start without
+``TALKSTREAM_SECRET_KEYS`` rather than making a key next to the data."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         ingress_port=str(ingress),
         console_port=str(console),
         worker_http_port=str(worker),
+        projector_http_port=str(free_port()),
         partitions="2",
     )
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # where dev keeps its development key
@@ -58,6 +59,22 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
         # it says so once the worker is ready: the first webhook is not kept waiting
         assert http("GET", f"http://127.0.0.1:{worker}/readyz")[0] == 200
+        # a second run on the same data is refused at once, naming the first; it started
+        # nothing (it would have joined the first's consumer group and its SQLite file)
+        second = subprocess.run(
+            [sys.executable, "-m", "streams", "dev", *ports],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (second.returncode, second.stdout) == (1, ""), second.stderr
+        assert second.stderr == (
+            f"talkstream dev: another talkstream dev runs on {tmp_path / 'data'} (pid "
+            f"{proc.pid}): stop it first (Ctrl-C where it runs), or give this one its own "
+            "TALKSTREAM_DATA_DIR\n"
+        )
         # the pasted example works: a webhook in, the event at the Talkable stand-in
         status, body = http(
             "POST", f"http://127.0.0.1:{ingress}/chat-gpt/generate", seed_params("dev@example.com")
