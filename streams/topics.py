@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 from models.events import (
@@ -150,6 +150,30 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             await asyncio.sleep(0.5)
 
 
+def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
+    """What to say when the deployment's topics have other partition counts than this process
+    is set for: a person's messages and ledger state live in the partition their key maps to,
+    so every process must agree on the count, and it cannot change after creation."""
+    grouped: dict[int, list[str]] = {}
+    for name, count in counts.items():
+        grouped.setdefault(count, []).append(name)
+    listed = "; ".join(
+        f"{count} partitions: {', '.join(sorted(names))}"
+        for count, names in sorted(grouped.items())
+    )
+    fix = (
+        f"set TALKSTREAM_PARTITIONS={next(iter(grouped))}"
+        if len(grouped) == 1
+        else "recreate the topics with one count"
+    )
+    return (
+        f"TALKSTREAM_PARTITIONS is {settings.partitions}, but the topics have {listed}. A "
+        "topic's partitions are fixed when it is created, and every process must use that count "
+        f"(a person's messages and state live in the partition their key maps to): {fix}, or "
+        "give this deployment a TALKSTREAM_APP_ID of its own"
+    )
+
+
 class _AskAgain(Exception):
     """The cluster answered, one broker of it did not: another attempt may reach another."""
 
@@ -164,6 +188,17 @@ async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
         try:
             existing = set(await admin.list_topics())
             missing = [spec for spec in CATALOGUE if spec.full_name(settings) not in existing]
+            present = [spec.full_name(settings) for spec in CATALOGUE if spec not in missing]
+            described = await admin.describe_topics(present) if present else []
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise _AskAgain() from exc
+        for topic in described:  # gone, or without a leader, since it was listed
+            if topic["error_code"]:
+                raise _AskAgain() from for_code(topic["error_code"])()
+        counts = {topic["topic"]: len(topic["partitions"]) for topic in described}
+        if any(count != settings.partitions for count in counts.values()):
+            raise ConfigError(partitions_differ(settings, counts))  # before creating any
+        try:
             response = (
                 await admin.create_topics([_new_topic(settings, s) for s in missing])
                 if missing

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+from streams.errors import TalkstreamError
 from streams.secrets import dev_key
 from streams.settings import (
     DEFAULT_OPENAI_BASE_URL,
@@ -191,7 +192,13 @@ def _run(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     except KafkaLauncherError as exc:
         print(f"talkstream dev: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TalkstreamError as exc:  # the topics' partitions not this run's, say
+        print(f"talkstream dev: {exc}", file=sys.stderr)
+        if started_kafka:
+            broker.stop()
+        return 1
 
     env = dict(os.environ)
     if settings.secret_keys is None:

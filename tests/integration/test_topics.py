@@ -1,6 +1,7 @@
 """``talkstream topics`` on the session broker: the replication settings reach the topics, and
-a topic Kafka refuses to create is an error that names it, not silence; the consumer groups'
-coordinators are asked for before the consumers start."""
+a topic Kafka refuses to create is an error that names it, not silence; so are topics whose
+partitions are not ``TALKSTREAM_PARTITIONS``; the consumer groups' coordinators are asked for
+before the consumers start."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from click.testing import CliRunner
 
+from streams.cli import main
 from streams.dev.kafka import EmbeddedKafka
 from streams.errors import ConfigError
 from streams.settings import Settings
-from streams.topics import consumer_group, coordinators_ready, ensure_topics
+from streams.topics import CATALOGUE, consumer_group, coordinators_ready, ensure_topics
+from tests.integration.conftest import create_topic
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -49,6 +53,61 @@ def test_more_replicas_than_brokers_is_refused_by_name(kafka: EmbeddedKafka) -> 
     )
     with pytest.raises(ConfigError, match=rf"{settings.topic('requests')}: .*replication factor"):
         asyncio.run(ensure_topics(settings))
+
+
+async def topic_names(bootstrap: str, app_id: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {name for name in await admin.list_topics() if name.startswith(f"{app_id}-")}
+    finally:
+        await admin.close()
+
+
+def test_topics_of_another_partition_count_end_every_start_with_the_count_to_set(
+    kafka: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person's messages and ledger state live in the partition their key maps to: a process
+    set for another count than the topics were created with is refused, naming the count."""
+    app_id = f"tparts{uuid.uuid4().hex[:8]}"
+    created = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=4)
+    asyncio.run(ensure_topics(created))
+    names = sorted(spec.full_name(created) for spec in CATALOGUE)
+
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", kafka.bootstrap)
+    monkeypatch.setenv("TALKSTREAM_APP_ID", app_id)
+    monkeypatch.setenv("TALKSTREAM_PARTITIONS", "8")
+    result = CliRunner().invoke(main, ["topics"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: TALKSTREAM_PARTITIONS is 8, but the topics have 4 partitions: "
+        f"{', '.join(names)}. A topic's partitions are fixed when it is created, and every "
+        "process must use that count (a person's messages and state live in the partition "
+        "their key maps to): set TALKSTREAM_PARTITIONS=4, or give this deployment a "
+        "TALKSTREAM_APP_ID of its own\n",
+    )
+    monkeypatch.setenv("TALKSTREAM_PARTITIONS", "4")
+    assert CliRunner().invoke(main, ["topics"]).output == "all topics exist\n"
+
+
+def test_topics_that_disagree_are_named_and_no_missing_one_is_created_beside_them(
+    kafka: EmbeddedKafka,
+) -> None:
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tparts{uuid.uuid4().hex[:8]}", partitions=4
+    )
+    requests, generate = settings.topic("requests"), settings.topic("generate")
+    asyncio.run(create_topic(kafka.bootstrap, requests, partitions=2))
+    asyncio.run(create_topic(kafka.bootstrap, generate, partitions=3))
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(ensure_topics(settings))
+    assert str(refused.value).startswith(
+        f"TALKSTREAM_PARTITIONS is 4, but the topics have 2 partitions: {requests}; "
+        f"3 partitions: {generate}. "
+    )
+    assert ": recreate the topics with one count, or give" in str(refused.value)
+    # the missing ones were not created with a third count
+    assert asyncio.run(topic_names(kafka.bootstrap, settings.app_id)) == {requests, generate}
 
 
 def test_group_coordinators_are_ready_before_the_consumers_ask(kafka: EmbeddedKafka) -> None:
