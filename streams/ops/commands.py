@@ -333,10 +333,36 @@ def schemas(check: bool) -> None:
 # --- redrive ----------------------------------------------------------------------------------
 
 
+# the topics whose readers write dead letters: the ledger's, the executors', the projector's
+LETTER_SOURCES = ("requests", "generate", "completions", "lifecycle")
+
+
+def _letters_from(settings: Settings, topic: str | None) -> str | None:
+    """``--topic`` as the full name the letters carry; a name that no letter can carry is a
+    usage error listing those that can (rather than a redrive that silently selects none)."""
+    if topic is None:
+        return None
+    names = {settings.topic(name): settings.topic(name) for name in LETTER_SOURCES}
+    names |= {name: settings.topic(name) for name in LETTER_SOURCES}
+    if topic not in names:
+        sources = ", ".join(settings.topic(name) for name in LETTER_SOURCES)
+        raise click.BadParameter(
+            f"{topic!r} is not a topic dead letters come from: {sources} "
+            f"(or without the app id: {', '.join(LETTER_SOURCES)})",
+            param_hint="'--topic'",
+        )
+    return names[topic]
+
+
 @click.command()
 @click.option("--request-id", default=None, help="only this request's dead letters")
 @click.option("--site", default=None, help="only parked work of this site")
-@click.option("--topic", default=None, help="only letters from this topic (full name)")
+@click.option(
+    "--topic",
+    default=None,
+    help="only letters from this topic: its full name or its name without the app id "
+    "(requests, generate, completions, lifecycle)",
+)
 @click.option(
     "--reason-contains", default=None, help="only letters whose reason contains it (any case)"
 )
@@ -360,15 +386,15 @@ def redrive(
     from streams.ops.redrive import redrive as run_redrive
     from streams.runtime import now_ms
 
+    settings = Settings()
     selection = Selection(
         request_id=request_id,
-        topic=topic,
+        topic=_letters_from(settings, topic),
         reason_contains=reason_contains,
         site=site,
         since_ms=_parse_time(since),
         until_ms=_parse_time(until),
     )
-    settings = Settings()
     report = _run(
         run_redrive(
             settings,

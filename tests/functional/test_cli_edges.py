@@ -152,3 +152,19 @@ def test_an_option_out_of_its_range_is_refused_before_anything_starts(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest.mark.parametrize("topic", ["deadletter", "talkstream-nosuch", "other-app-requests"])
+def test_a_redrive_by_a_topic_no_letter_comes_from_is_refused_naming_those_that_can(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALKSTREAM_APP_ID", "talkstream")
+    # refused before Kafka is asked (nothing listens there)
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, ["redrive", "--dry-run", "--topic", topic])
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(
+        f"Error: Invalid value for '--topic': {topic!r} is not a topic dead letters come from: "
+        "talkstream-requests, talkstream-generate, talkstream-completions, talkstream-lifecycle "
+        "(or without the app id: requests, generate, completions, lifecycle)\n"
+    )

@@ -252,6 +252,11 @@ def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(mak
 
     preview = system.talkstream("redrive", "--dry-run", "--reason-contains", "503")
     assert f"would redrive: {request_id}" in preview  # the ledger dead-lettered it
+    # by the topic its command was for, named in full or without the app id; not by another
+    for topic in ("completions", f"{system.app_id}-completions"):
+        preview = system.talkstream("redrive", "--dry-run", "--topic", topic)
+        assert f"would redrive: {request_id}" in preview
+    assert request_id not in system.talkstream("redrive", "--dry-run", "--topic", "generate")
 
     system.talkable("POST", "/_control", {"down": False})
     assert f"redriven: {request_id}" in system.talkstream("redrive", "--reason-contains", "503")
