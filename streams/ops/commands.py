@@ -28,15 +28,37 @@ def register(main: click.Group) -> None:
         main.add_command(command)
 
 
-def _parse_time(value: str | None) -> int | None:
-    from streams.ops.audit import parse_time
+class _Time(click.ParamType):
+    """A point in time as the commands take it (ISO-8601, epoch seconds or ms, or an age such
+    as 2h), in epoch ms; a value that is none of these names its option."""
 
-    if value is None:
-        return None
-    try:
-        return parse_time(value, int(time.time() * 1000))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from streams.ops.audit import parse_time
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(value, int(time.time() * 1000))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = _Time()
+
+
+def _in_order(since_ms: int | None, until_ms: int | None) -> None:
+    """A range that ends before it starts selects nothing: say so (an age counts back from
+    now, so --since 1h --until 2h is such a range) rather than answer that nothing is there."""
+    from streams.ops.audit import iso
+
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise click.BadParameter(
+            f"{iso(since_ms)} is after --until {iso(until_ms)}: the range is empty (an age "
+            "counts back from now: --since 2h --until 1h)",
+            param_hint="'--since'",
+        )
 
 
 def _run(coro: Any) -> Any:
@@ -80,7 +102,7 @@ def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int],
 @click.option("--force", is_flag=True, help="empty a non-empty database first (stop its worker)")
 @click.option(
     "--until",
-    metavar="TIME",
+    type=TIME,
     help="stop at this point in time: ISO-8601 (UTC if no zone), epoch seconds or ms, or an "
     "age such as 2h. Compared with the Kafka timestamp of each lifecycle record (when the "
     "ledger wrote it), not the event's at_ms.",
@@ -99,7 +121,7 @@ def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int],
     "(default: one per core); 1 = all in this process",
 )
 def replay(
-    database_url: str | None, force: bool, until: str | None, verify: bool, processes: int | None
+    database_url: str | None, force: bool, until: int | None, verify: bool, processes: int | None
 ) -> None:
     """Rebuild the SQL projection from the lifecycle topic, or verify the recorded decisions.
 
@@ -110,13 +132,13 @@ def replay(
     if processes is not None and not verify:
         raise click.UsageError("--processes goes with --verify (a rebuild is one process)")
     if verify:
-        if database_url or until or force:
+        if database_url or until is not None or force:
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
         _verify(settings, processes)
         return
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
-    _rebuild(settings, database_url, force, _parse_time(until))
+    _rebuild(settings, database_url, force, until)
 
 
 def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
@@ -280,13 +302,13 @@ def audit(
 
 
 @click.command()
-@click.option("--since", metavar="TIME", help="received at or after (ISO-8601, epoch, or 24h)")
-@click.option("--until", metavar="TIME", help="received before (ISO-8601, epoch, or an age)")
+@click.option("--since", type=TIME, help="received at or after (ISO-8601, epoch, or 24h)")
+@click.option("--until", type=TIME, help="received before (ISO-8601, epoch, or an age)")
 @click.option("--site", help="only this site")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def stats(
-    since: str | None, until: str | None, site: str | None, database_url: str | None, as_json: bool
+    since: int | None, until: int | None, site: str | None, database_url: str | None, as_json: bool
 ) -> None:
     """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
     failure rates, for requests received in [--since, --until). Read from the SQL projection.
@@ -296,7 +318,8 @@ def stats(
     """
     from streams.ops.audit import iso, render_stats, site_stats, stats_json
 
-    since_ms, until_ms = _parse_time(since), _parse_time(until)
+    since_ms, until_ms = since, until  # epoch ms (TIME)
+    _in_order(since_ms, until_ms)
     store = _reader(database_url)
     try:
         rows = [r for r in store.requests_between(since_ms, until_ms) if site in (None, r.site)]
@@ -366,8 +389,8 @@ def _letters_from(settings: Settings, topic: str | None) -> str | None:
 @click.option(
     "--reason-contains", default=None, help="only letters whose reason contains it (any case)"
 )
-@click.option("--since", metavar="TIME", help="only letters written since (ISO-8601, epoch, 2h)")
-@click.option("--until", metavar="TIME", help="only letters written until")
+@click.option("--since", type=TIME, help="only letters written since (ISO-8601, epoch, 2h)")
+@click.option("--until", type=TIME, help="only letters written until")
 @click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
 @click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
 def redrive(
@@ -375,8 +398,8 @@ def redrive(
     site: str | None,
     topic: str | None,
     reason_contains: str | None,
-    since: str | None,
-    until: str | None,
+    since: int | None,
+    until: int | None,
     from_beginning: bool,
     dry_run: bool,
 ) -> None:
@@ -386,14 +409,15 @@ def redrive(
     from streams.ops.redrive import redrive as run_redrive
     from streams.runtime import now_ms
 
+    _in_order(since, until)
     settings = Settings()
     selection = Selection(
         request_id=request_id,
         topic=_letters_from(settings, topic),
         reason_contains=reason_contains,
         site=site,
-        since_ms=_parse_time(since),
-        until_ms=_parse_time(until),
+        since_ms=since,
+        until_ms=until,
     )
     report = _run(
         run_redrive(

@@ -138,6 +138,22 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
     result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
     assert result.exit_code == 2 and "ISO-8601" in result.output
+    assert "Invalid value for '--since': 'yesterday-ish' is not a time" in result.output
+
+
+@pytest.mark.parametrize("command", ["stats", "redrive"])
+def test_a_range_that_ends_before_it_starts_is_refused_not_reported_empty(
+    command: str, projected: str
+):
+    """An age counts back from now: ``--since 1h --until 2h`` ends an hour before it starts."""
+    database = ["--database-url", projected] if command == "stats" else ["--dry-run"]
+    result = talkstream(command, "--since", "1h", "--until", "2h", *database)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--since': " in result.output
+    assert " is after --until " in result.output and "the range is empty" in result.output
+    # the same range the right way round is read (stats: an hour with nothing in it)
+    if command == "stats":
+        assert talkstream("stats", "--since", "2h", "--until", "1h", *database).exit_code == 0
 
 
 def test_replay_refuses_a_database_that_holds_a_projection(projected: str):
