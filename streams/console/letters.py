@@ -23,7 +23,7 @@ from streams.console.views import (
     services_of,
 )
 from streams.errors import TalkstreamError
-from streams.ops.audit import parse_time
+from streams.ops.audit import parse_range
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.tables import RequestRow
 
@@ -47,16 +47,13 @@ class LetterFilters:
             value = values.get(name)
             return value.strip() or None if isinstance(value, str) else None
 
-        def time(name: str) -> int | None:
-            value = text(name)
-            return parse_time(value, now_ms) if value else None
-
+        since_ms, until_ms = parse_range(text("since"), text("until"), now_ms)
         return cls(
             site=text("site"),
             reason=text("reason"),
             topic=text("topic"),
-            since_ms=time("since"),
-            until_ms=time("until"),
+            since_ms=since_ms,
+            until_ms=until_ms,
             request_id=text("request_id"),
         )
 

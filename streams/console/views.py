@@ -31,7 +31,7 @@ from streams.console.queries import (
     Filters,
 )
 from streams.errors import TalkstreamError
-from streams.ops.audit import parse_time
+from streams.ops.audit import parse_range
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.tables import RequestRow
 
@@ -116,18 +116,15 @@ async def _pacing(scrape: Callable[[], Any]) -> Pacing:
 
 
 def _filters(query: Mapping[str, str], now_ms: int) -> Filters:
-    def time(name: str) -> int | None:
-        value = (query.get(name) or "").strip()
-        return parse_time(value, now_ms) if value else None
-
+    since_ms, until_ms = parse_range(query.get("since"), query.get("until"), now_ms)
     state = (query.get("state") or "").strip() or None
     email = (query.get("email") or "").strip().lower() or None
     return Filters(
         site=(query.get("site") or "").strip() or None,
         email=email,
         state=state,
-        since_ms=time("since"),
-        until_ms=time("until"),
+        since_ms=since_ms,
+        until_ms=until_ms,
     )
 
 

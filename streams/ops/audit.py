@@ -49,6 +49,27 @@ def parse_time(value: str, now_ms: int) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+def parse_range(since: str | None, until: str | None, now_ms: int) -> tuple[int | None, int | None]:
+    """A form's ``since`` and ``until`` (either may be blank) as epoch ms; a ValueError naming
+    the field that is not a time, or saying the range ends before it starts (an age counts
+    back from now: since 1h, until 2h is such a range)."""
+
+    def read(name: str, value: str | None) -> int | None:
+        text = (value or "").strip()
+        try:
+            return parse_time(text, now_ms) if text else None
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    since_ms, until_ms = read("since", since), read("until", until)
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise ValueError(
+            f"since {iso(since_ms)} is after until {iso(until_ms)}: the range is empty (an age "
+            "counts back from now: since 2h, until 1h)"
+        )
+    return since_ms, until_ms
+
+
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None

@@ -385,7 +385,10 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     since = await signed_in.page("/requests?site=acme&since=2026-01-01T00:00:04Z&until=1767225605")
     assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', since) == ["pub-2"]
     bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
-    assert "ISO-8601" in bad
+    assert "since: &#39;yesterday-ish&#39; is not a time" in bad and "ISO-8601" in bad
+    # an age counts back from now: since 1h, until 2h ends before it starts
+    reversed_ = await signed_in.page("/requests?since=1h&until=2h", status=400)
+    assert " is after until " in reversed_ and "the range is empty" in reversed_
 
 
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
@@ -437,6 +440,10 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "functest-completions/0/3" in body
     filtered = await signed_in.page("/deadletters?reason=401")
     assert 'id="letter-count">1<' in filtered
+    bad = await signed_in.page("/deadletters?until=soon", status=400)
+    assert "until: &#39;soon&#39; is not a time" in bad
+    reversed_ = await signed_in.page("/deadletters?since=1h&until=2h", status=400)
+    assert "the range is empty" in reversed_
 
 
 async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(signed_in: Console):
