@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import faust
@@ -73,9 +74,24 @@ def faust_broker(bootstrap: str) -> str:
     return ";".join(f"talkstream://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
+def table_dir(settings: Settings) -> Path:
+    """This worker's local table store: one per app id, since the store's offsets are those of
+    its app's changelog (another app's store on the same data would be refused by faust's
+    recovery as data removed from the topics)."""
+    return settings.data_dir / "worker" / settings.app_id / settings.worker_name
+
+
 def _faust_app(settings: Settings) -> faust.App:
-    datadir = settings.data_dir / "worker" / settings.worker_name
+    datadir = table_dir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
+    earlier = settings.data_dir / "worker" / settings.worker_name / "v1"
+    if earlier.is_dir():  # the layout before the app id was in the path
+        log.info(
+            "%s is a table store of an earlier layout that no app reads any more (this worker "
+            "recovers its table from the changelog into %s): remove it",
+            earlier.parent,
+            datadir,
+        )
     return App(
         settings.app_id,
         broker=faust_broker(settings.kafka_bootstrap),

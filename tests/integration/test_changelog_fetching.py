@@ -63,7 +63,7 @@ def test_the_ledger_fetches_its_changelog_only_to_recover_it(make_system) -> Non
     # a worker restarted without its local store (a new host) reads the changelog to recover
     # its table: now it knows the changelog's watermark, and its table is not behind it...
     system.kill("worker")
-    shutil.rmtree(system.root / "worker" / "worker")
+    shutil.rmtree(system.root / "worker" / system.app_id / "worker")
     system.start_worker()
     assert consumer_lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)
     # ...and decides (new webhooks of the same people) on the state it recovered...
@@ -72,3 +72,25 @@ def test_the_ledger_fetches_its_changelog_only_to_recover_it(make_system) -> Non
     assert all(after[p] > before[p] for p in before), (before, after)
     # ...and its own writes since then do not count as lag: the table wrote them
     assert consumer_lags(_metrics_once_ready(system), changelog) == dict.fromkeys(ALL_FOUR, 0.0)
+
+
+def test_another_app_on_the_same_data_recovers_a_table_of_its_own(make_system) -> None:
+    """Two deployments (app ids) run from one data directory with their workers named alike: a
+    fresh app id beside the old one's data. Each worker keeps its own app's table store;
+    another app's, holding the offsets of another changelog, ended the start (faust's
+    recovery: "persisted offset ... higher than the last offset in that topic")."""
+    first = make_system()
+    _webhooks(first, 1)
+    first.stop()  # its store holds its changelog's offsets now
+    second = System(first.kafka, first.root)  # a new app id, the same data directory
+    assert second.app_id != first.app_id
+    try:
+        second.start()
+        second.wait_ready()
+        _webhooks(second, 2)  # requests of its own (the same webhooks are the same requests)
+    finally:
+        second.stop()
+    stores = sorted(
+        p.relative_to(first.root).as_posix() for p in (first.root / "worker").glob("*/*")
+    )
+    assert stores == sorted(f"worker/{app}/worker" for app in (first.app_id, second.app_id))
