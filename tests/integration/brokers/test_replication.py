@@ -191,7 +191,9 @@ def test_no_acknowledged_webhook_is_lost_when_the_leader_is_killed(
     ).start()
     started = time.monotonic()
     try:
-        settings = Settings(kafka_bootstrap=cluster.bootstrap, app_id=system.app_id)
+        settings = Settings(
+            kafka_bootstrap=cluster.bootstrap, app_id=system.app_id, partitions=PARTITIONS
+        )
         requests_topic = f"{system.app_id}-requests"
         ours = [f"{system.app_id}-{name}" for name in ("requests", "generate", "completions")]
         ours += [f"{system.app_id}-{name}" for name in ("lifecycle", "deadletter")]
