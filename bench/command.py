@@ -124,6 +124,7 @@ def bench(
     from bench import markdown, report
     from bench.config import BenchConfig
     from bench.run import run_bench
+    from streams.errors import TalkstreamError
 
     directory = results_dir or report.RESULTS_DIR
     if render:
@@ -150,6 +151,8 @@ def bench(
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         result = run_bench(config, progress=_bar, say=_say, keep=keep)
+    except TalkstreamError as exc:  # ours say what to do on one line: Kafka out of reach, ...
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     result["meta"]["argv"] = argv

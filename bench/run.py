@@ -79,7 +79,7 @@ def run_bench(
         failed = False
     finally:
         broker.stop()
-        if failed or keep:
+        if keep or (failed and any(root.iterdir())):  # a run that started nothing has none
             say(f"logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)

@@ -95,6 +95,10 @@ def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
 @click.group(cls=_Main)
 def main() -> None:
     """talkstream: Talkable webhooks → OpenAI text → Talkable, over Kafka."""
+    # a command that sets up no logging (topics, replay, redrive, bench...) would print
+    # aiokafka's records through logging's last resort: "Unable connect to ..." above the
+    # command's own one-line error. The servers' logging setup still receives them (propagation).
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 
 # --- kafka ------------------------------------------------------------------------------------

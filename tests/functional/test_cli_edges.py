@@ -1,7 +1,7 @@
-"""A serving command whose address cannot be had ends with one line naming the address and
-what sets it, not with asyncio's traceback; ``talkstream dev`` says so (or that another run
-holds its data directory) before it starts anything; options with a range refuse a value
-outside it before anything starts."""
+"""Kafka out of reach is a command's one line, nothing above it. A serving command whose address
+cannot be had ends with one line naming the address and what sets it, not with asyncio's
+traceback; ``talkstream dev`` says so (or that another run holds its data directory) before it
+starts anything; options with a range refuse a value outside it before anything starts."""
 
 from __future__ import annotations
 
@@ -167,4 +167,37 @@ def test_a_redrive_by_a_topic_no_letter_comes_from_is_refused_naming_those_that_
         f"Error: Invalid value for '--topic': {topic!r} is not a topic dead letters come from: "
         "talkstream-requests, talkstream-generate, talkstream-completions, talkstream-lifecycle "
         "(or without the app id: requests, generate, completions, lifecycle)\n"
+    )
+
+
+@pytest.mark.parametrize("args", [["topics"], ["redrive", "--dry-run"], ["replay", "--verify"]])
+def test_kafka_out_of_reach_is_the_commands_one_line_and_nothing_above_it(args: list[str]) -> None:
+    """aiokafka's own "Unable connect to ..." records are not printed above it (a command that
+    sets up no logging would print them through logging's last resort)."""
+    port = free_port()
+    env = {**os.environ, "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+    ran = subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
+    assert ran.stderr == f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
+
+
+def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder() -> None:
+    port = free_port()
+    ran = subprocess.run(
+        [sys.executable, "-m", "streams", "bench", "--tiny", "--bootstrap", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
+    # what it does, then why it stopped: no "logs kept in" a folder with nothing in it
+    assert ran.stderr == (
+        f"using Kafka at 127.0.0.1:{port}\n"
+        f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
     )
