@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
-from streams.dev.supervisor import hold_data_dir
+from streams.dev.supervisor import hold_data_dir, servers
+from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from tests.support import free_port
 
 
@@ -201,3 +202,26 @@ def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder(
         f"using Kafka at 127.0.0.1:{port}\n"
         f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
     )
+
+
+def test_dev_checks_the_servers_it_will_start_and_no_other() -> None:
+    defaults = {  # given, whatever this shell's TALKSTREAM_* says
+        "ingress_port": 8080,
+        "console_port": 8090,
+        "worker_http_port": 9101,
+        "projector_http_port": 9102,
+        "projector": "process",
+        "openai_base_url": DEFAULT_OPENAI_BASE_URL,
+        "talkable_base_url": DEFAULT_TALKABLE_BASE_URL,
+    }
+
+    def ports(**settings: object) -> list[int]:
+        chosen = Settings(**{**defaults, **settings})  # type: ignore[arg-type]
+        return [port for _, port, _ in servers(chosen, openai_port=1081, talkable_port=1082)]
+
+    assert ports() == [8080, 8090, 9101, 9102, 1081, 1082]
+    # real upstreams: no stand-ins; the projector inside the worker, or on its own: no child
+    real = {"openai_base_url": "https://example.test/v1", "talkable_base_url": "https://t.test"}
+    assert ports(**real, projector="worker") == [8080, 8090, 9101]
+    # port 0 is any free port: nothing to check
+    assert ports(worker_http_port=0, projector="off") == [8080, 8090, 1081, 1082]
