@@ -211,7 +211,10 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'talkstream.sqlite3'}"
+        # one per app id (the default app's is talkstream.sqlite3, as it always was): two apps
+        # run from one data directory must not project into one file (a webhook sent to both
+        # is one request id in each)
+        return f"sqlite:///{self.data_dir / f'{self.app_id}.sqlite3'}"
 
     @cached_property
     def instance_id(self) -> str:
