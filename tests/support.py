@@ -86,6 +86,20 @@ def streams_process(
     return proc, Lines(proc)
 
 
+def streams_run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m streams <args>`` from the checkout to its end: exit code, stdout, stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env=env,
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def seed_params(
     email: str = "ada@example.com",
     *,

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +16,7 @@ from cryptography.fernet import Fernet
 from streams.cli import main
 from streams.dev.supervisor import hold_data_dir, servers
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
-from tests.support import free_port
+from tests.support import free_port, streams_run
 
 
 @pytest.fixture
@@ -57,13 +55,7 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
         "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
         "TALKSTREAM_DATA_DIR": str(tmp_path),
     }
-    ran = subprocess.run(
-        [sys.executable, "-m", "streams", "ingress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ran = streams_run("ingress", env=env)
     assert ran.returncode == 1, ran.stderr
     assert ran.stderr.strip().splitlines()[-1] == (
         f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
@@ -177,25 +169,14 @@ def test_kafka_out_of_reach_is_the_commands_one_line_and_nothing_above_it(args: 
     sets up no logging would print them through logging's last resort)."""
     port = free_port()
     env = {**os.environ, "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
-    ran = subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ran = streams_run(*args, env=env)
     assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
     assert ran.stderr == f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
 
 
 def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder() -> None:
     port = free_port()
-    ran = subprocess.run(
-        [sys.executable, "-m", "streams", "bench", "--tiny", "--bootstrap", f"127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ran = streams_run("bench", "--tiny", "--bootstrap", f"127.0.0.1:{port}")
     assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
     # what it does, then why it stopped: no "logs kept in" a folder with nothing in it
     assert ran.stderr == (

@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +17,9 @@ import pytest
 from streams.dev.kafka import EmbeddedKafka
 from streams.secrets import MISSING_KEYS
 from tests.integration.conftest import http
-from tests.support import free_port, seed_params, streams_process, wait_until
+from tests.support import free_port, seed_params, streams_process, streams_run, wait_until
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_env(**values: str) -> dict[str, str]:
@@ -61,14 +57,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         assert http("GET", f"http://127.0.0.1:{worker}/readyz")[0] == 200
         # a second run on the same data is refused at once, naming the first; it started
         # nothing (it would have joined the first's consumer group and its SQLite file)
-        second = subprocess.run(
-            [sys.executable, "-m", "streams", "dev", *ports],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = streams_run("dev", *ports, env=env)
         assert (second.returncode, second.stdout) == (1, ""), second.stderr
         assert second.stderr == (
             f"talkstream dev: another talkstream dev runs on {tmp_path / 'data'} (pid "
@@ -116,14 +105,7 @@ def test_worker_and_ingress_refuse_to_start_without_secret_keys(
         worker_http_port=str(free_port()),
     )
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    done = subprocess.run(
-        [sys.executable, "-m", "streams", command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = streams_run(command, env=env)
     assert done.returncode != 0
     assert MISSING_KEYS in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
