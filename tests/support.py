@@ -97,6 +97,7 @@ def streams_run(
         capture_output=True,
         text=True,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,  # no command waits on the test run's own input
     )
 
 

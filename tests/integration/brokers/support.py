@@ -4,14 +4,13 @@ Talkable does."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import System
+from tests.support import streams_run
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -34,15 +33,7 @@ class Ran:
 def talkstream(env: dict[str, str], *args: str, timeout: float = 300) -> Ran:
     """``talkstream ARGS`` in a process of its own, with ``env`` as its whole environment."""
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    done = streams_run(*args, env=env, timeout=timeout)
     return Ran(args, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
