@@ -5,6 +5,7 @@ is not a test's to judge."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -87,8 +88,13 @@ def test_sigterm_ends_a_run_and_stops_every_process_it_started(
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=180)
-    assert code != 0, out.rest(timeout=10)
+    printed = out.rest(timeout=10)
+    assert code != 0, printed
     assert not [pid for pid in started if _running(pid)]
+    # it says where the interrupted run's logs are (and the test removes them)
+    kept = [line.removeprefix("logs kept in ") for line in printed if "logs kept in " in line]
+    assert len(kept) == 1 and (Path(kept[0]) / "worker0.log").exists(), printed
+    shutil.rmtree(kept[0])
 
 
 def _descendants(root: int) -> set[int]:
