@@ -329,6 +329,7 @@ def ingress(log_format: str | None) -> None:
     from streams.errors import TalkstreamError
     from streams.ingress import AccessLogger, KafkaSink, build_ingress
     from streams.kafka_options import client_options
+    from streams.logs import announce
     from streams.logs import setup as setup_logging
     from streams.secrets import load_secret_box
     from streams.topics import ensure_topics
@@ -356,7 +357,7 @@ def ingress(log_format: str | None) -> None:
         host=settings.ingress_host,
         port=settings.ingress_port,
         keepalive_timeout=settings.ingress_idle_timeout_seconds,
-        print=lambda *_: None,
+        print=announce("ingress"),
     )
 
 

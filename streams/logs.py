@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
+from collections.abc import Callable
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -58,3 +60,17 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
 
 def setup(level: str, fmt: str) -> None:
     logging.config.dictConfig(logging_config(level, fmt))
+
+
+def announce(server: str, *, echo: bool = False) -> Callable[[str], None]:
+    """aiohttp's ``run_app`` banner ("======== Running on http://HOST:PORT ========"), which
+    names the port bound (with port 0, the one the system chose), as a log record of ours
+    naming ``server`` and, with ``echo``, a line on stdout (the console's, for its user)."""
+
+    def say(banner: str) -> None:
+        urls = ", ".join(re.findall(r"https?://[^\s,]+", banner)) or banner.strip()
+        logging.getLogger(f"streams.{server}").info("%s on %s", server, urls)
+        if echo:
+            print(f"talkstream {server} on {urls}/", flush=True)
+
+    return say

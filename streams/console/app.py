@@ -147,6 +147,7 @@ def _ago(now_ms: Callable[[], int], ms: int | None) -> str:
 
 def run_console(settings: Settings) -> None:
     """Serve the console until interrupted (``talkstream console``)."""
+    from streams.logs import announce
     from streams.projection.store import make_engine, safe_url
     from streams.runtime import now_ms
 
@@ -167,14 +168,13 @@ def run_console(settings: Settings) -> None:
         engine.dispose()
 
     app.on_cleanup.append(dispose)
-    address = f"http://{settings.console_host}:{settings.console_port}"
-    log.info("console on %s (projection %s)", address, safe_url(engine))
+    log.info("console of the projection %s", safe_url(engine))
     web.run_app(
         app,
         host=settings.console_host,
         port=settings.console_port,
         access_log=None,
-        print=lambda *_: print(f"talkstream console on {address}/", flush=True),
+        print=announce("console", echo=True),
     )
 
 

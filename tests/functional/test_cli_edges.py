@@ -1,12 +1,15 @@
 """Kafka out of reach is a command's one line, nothing above it. A serving command whose address
 cannot be had ends with one line naming the address and what sets it, not with asyncio's
 traceback; ``talkstream dev`` says so (or that another run holds its data directory) before it
-starts anything; options with a range refuse a value outside it before anything starts."""
+starts anything; options with a range refuse a value outside it before anything starts; a server
+given port 0 says which port it got."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +19,7 @@ from cryptography.fernet import Fernet
 from streams.cli import main
 from streams.dev.supervisor import hold_data_dir, servers
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
-from tests.support import free_port, streams_run
+from tests.support import free_port, streams_process, streams_run
 
 
 @pytest.fixture
@@ -206,3 +209,34 @@ def test_dev_checks_the_servers_it_will_start_and_no_other() -> None:
     assert ports(**real, projector="worker") == [8080, 8090, 9101]
     # port 0 is any free port: nothing to check
     assert ports(worker_http_port=0, projector="off") == [8080, 8090, 1081, 1082]
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "says", "page"),
+    [
+        ("ingress", "INGRESS_PORT", "INFO streams.ingress ingress on ", "/healthz"),
+        ("console", "CONSOLE_PORT", "talkstream console on ", "/login"),
+    ],
+)
+def test_a_server_on_port_0_says_the_port_it_was_given(
+    command: str, variable: str, says: str, page: str, tmp_path
+) -> None:
+    env = {
+        **os.environ,
+        f"TALKSTREAM_{variable}": "0",
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_CONSOLE_TOKEN": "t" * 32,
+        # the ingress serves (503 for webhooks) until Kafka is there
+        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    }
+    proc, out = streams_process(command, env=env, stderr=subprocess.STDOUT)
+    try:
+        out.until(says, timeout=60)
+        [url] = [line.split(says)[1].rstrip("/") for line in out.seen if says in line]
+        assert not url.endswith(":0"), url
+        with urllib.request.urlopen(url + page, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
