@@ -62,12 +62,22 @@ def parse_range(since: str | None, until: str | None, now_ms: int) -> tuple[int 
             raise ValueError(f"{name}: {exc}") from None
 
     since_ms, until_ms = read("since", since), read("until", until)
-    if since_ms is not None and until_ms is not None and since_ms > until_ms:
-        raise ValueError(
-            f"since {iso(since_ms)} is after until {iso(until_ms)}: the range is empty (an age "
-            "counts back from now: since 2h, until 1h)"
-        )
+    check_range(since_ms, until_ms)
     return since_ms, until_ms
+
+
+def check_range(
+    since_ms: int | None, until_ms: int | None, names: tuple[str, str] = ("since", "until")
+) -> None:
+    """A ValueError for a range that ends before it starts, with both times (it selects
+    nothing; an age counts back from now, so since 1h, until 2h is one): said, not answered
+    as an empty result. ``names``: the fields as the user wrote them (``--since``...)."""
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        since, until = names
+        raise ValueError(
+            f"{since} {iso(since_ms)} is after {until} {iso(until_ms)}: the range is empty "
+            f"(an age counts back from now: {since} 2h, {until} 1h)"
+        )
 
 
 def iso(ms: int | None) -> str | None:

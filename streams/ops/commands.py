@@ -49,16 +49,13 @@ TIME = _Time()
 
 
 def _in_order(since_ms: int | None, until_ms: int | None) -> None:
-    """A range that ends before it starts selects nothing: say so (an age counts back from
-    now, so --since 1h --until 2h is such a range) rather than answer that nothing is there."""
-    from streams.ops.audit import iso
+    """``--since``/``--until`` that end before they start: a usage error, not an empty answer."""
+    from streams.ops.audit import check_range
 
-    if since_ms is not None and until_ms is not None and since_ms > until_ms:
-        raise click.BadParameter(
-            f"{iso(since_ms)} is after --until {iso(until_ms)}: the range is empty (an age "
-            "counts back from now: --since 2h --until 1h)",
-            param_hint="'--since'",
-        )
+    try:
+        check_range(since_ms, until_ms, ("--since", "--until"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--since'") from None
 
 
 def _run(coro: Any) -> Any:
@@ -302,13 +299,19 @@ def audit(
 
 
 @click.command()
-@click.option("--since", type=TIME, help="received at or after (ISO-8601, epoch, or 24h)")
-@click.option("--until", type=TIME, help="received before (ISO-8601, epoch, or an age)")
+@click.option(
+    "--since", "since_ms", type=TIME, help="received at or after (ISO-8601, epoch, or 24h)"
+)
+@click.option("--until", "until_ms", type=TIME, help="received before (ISO-8601, epoch, or an age)")
 @click.option("--site", help="only this site")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def stats(
-    since: int | None, until: int | None, site: str | None, database_url: str | None, as_json: bool
+    since_ms: int | None,
+    until_ms: int | None,
+    site: str | None,
+    database_url: str | None,
+    as_json: bool,
 ) -> None:
     """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
     failure rates, for requests received in [--since, --until). Read from the SQL projection.
@@ -318,7 +321,6 @@ def stats(
     """
     from streams.ops.audit import iso, render_stats, site_stats, stats_json
 
-    since_ms, until_ms = since, until  # epoch ms (TIME)
     _in_order(since_ms, until_ms)
     store = _reader(database_url)
     try:
@@ -389,8 +391,10 @@ def _letters_from(settings: Settings, topic: str | None) -> str | None:
 @click.option(
     "--reason-contains", default=None, help="only letters whose reason contains it (any case)"
 )
-@click.option("--since", type=TIME, help="only letters written since (ISO-8601, epoch, 2h)")
-@click.option("--until", type=TIME, help="only letters written until")
+@click.option(
+    "--since", "since_ms", type=TIME, help="only letters written since (ISO-8601, epoch, 2h)"
+)
+@click.option("--until", "until_ms", type=TIME, help="only letters written until")
 @click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
 @click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
 def redrive(
@@ -398,8 +402,8 @@ def redrive(
     site: str | None,
     topic: str | None,
     reason_contains: str | None,
-    since: int | None,
-    until: int | None,
+    since_ms: int | None,
+    until_ms: int | None,
     from_beginning: bool,
     dry_run: bool,
 ) -> None:
@@ -409,15 +413,15 @@ def redrive(
     from streams.ops.redrive import redrive as run_redrive
     from streams.runtime import now_ms
 
-    _in_order(since, until)
+    _in_order(since_ms, until_ms)
     settings = Settings()
     selection = Selection(
         request_id=request_id,
         topic=_letters_from(settings, topic),
         reason_contains=reason_contains,
         site=site,
-        since_ms=since,
-        until_ms=until,
+        since_ms=since_ms,
+        until_ms=until_ms,
     )
     report = _run(
         run_redrive(
