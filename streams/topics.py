@@ -89,6 +89,25 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
+# the topics whose readers write dead letters: the ledger's, the executors', the projector's
+LETTER_SOURCES = ("requests", "generate", "completions", "lifecycle")
+
+
+def letter_source(settings: Settings, name: str) -> str:
+    """A dead letter's source topic, given by its full name or without the app id, as the
+    letters carry it (full); any other name is a ValueError that lists the ones there are
+    (so that a filter by topic never selects nothing without a word)."""
+    full = {settings.topic(source) for source in LETTER_SOURCES}
+    if name in full:
+        return name
+    if name in LETTER_SOURCES:
+        return settings.topic(name)
+    raise ValueError(
+        f"{name!r} is not a topic dead letters come from: "
+        f"{', '.join(settings.topic(source) for source in LETTER_SOURCES)} "
+        f"(or without the app id: {', '.join(LETTER_SOURCES)})"
+    )
+
 
 def consumer_group(settings: Settings, role: str | None = None) -> str:
     """The consumer group of a role: faust's own (the ledger) is the app id; the executors

@@ -85,6 +85,7 @@ def build_console(
     app[pages.DATABASE] = database
     urls = settings.worker_metrics_urls
     app[views.SERVICES] = views.Services(
+        settings=settings,
         queries=queries,
         log=log,
         pacing=pacing or (lambda: scrape(urls)),

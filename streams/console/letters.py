@@ -26,6 +26,8 @@ from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.tables import RequestRow
+from streams.settings import Settings
+from streams.topics import LETTER_SOURCES, letter_source
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,20 @@ class LetterFilters:
     request_id: str | None
 
     @classmethod
-    def of(cls, values: Mapping[str, Any], now_ms: int) -> LetterFilters:
+    def of(cls, values: Mapping[str, Any], now_ms: int, settings: Settings) -> LetterFilters:
+        """The filters of a page's query or a posted form; a time or a topic that cannot be
+        one is a ValueError saying so."""
+
         def text(name: str) -> str | None:
             value = values.get(name)
             return value.strip() or None if isinstance(value, str) else None
 
         since_ms, until_ms = parse_range(text("since"), text("until"), now_ms)
+        topic = text("topic")
         return cls(
             site=text("site"),
             reason=text("reason"),
-            topic=text("topic"),
+            topic=letter_source(settings, topic) if topic else None,
             since_ms=since_ms,
             until_ms=until_ms,
             request_id=text("request_id"),
@@ -122,17 +128,21 @@ async def dead_letters(request: web.Request) -> web.Response:
     s = services_of(request)
     given = _given(request.query)
     try:
-        filters = LetterFilters.of(request.query, s.now_ms())
+        filters = LetterFilters.of(request.query, s.now_ms(), s.settings)
     except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+        return render(request, "deadletters.html", _letters_context(s, given, [], str(exc)), 400)
     rows, error = await _letters(s, filters)
-    return render(request, "deadletters.html", _letters_context(given, rows, error))
+    return render(request, "deadletters.html", _letters_context(s, given, rows, error))
 
 
-def _letters_context(given: dict[str, str], rows: list[LetterRow], error: str | None) -> Any:
+def _letters_context(
+    s: Services, given: dict[str, str], rows: list[LetterRow], error: str | None
+) -> Any:
     return {
         "nav": "deadletters",
         "given": given,
+        # the topics letters come from, (without the app id, full): the topic filter's choices
+        "sources": [(name, s.settings.topic(name)) for name in LETTER_SOURCES],
         "rows": rows,
         "parked": len({r.letter.request_id for r in rows if r.parked}),
         "error": error,
@@ -206,9 +216,9 @@ async def _posted(request: web.Request) -> _Posted | web.Response:
     form = await request.post()
     given = _given(form)
     try:
-        filters = LetterFilters.of(form, s.now_ms())
+        filters = LetterFilters.of(form, s.now_ms(), s.settings)
     except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(given, [], str(exc)), 400)
+        return render(request, "deadletters.html", _letters_context(s, given, [], str(exc)), 400)
     return _Posted(s, form, given, filters)
 
 

@@ -34,6 +34,7 @@ from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
 from streams.ops.redrive import RedriveReport, Selection
 from streams.projection.tables import RequestRow
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Log(Protocol):
 
 @dataclass(frozen=True)
 class Services:
+    settings: Settings
     queries: ConsoleQueries
     log: Log
     pacing: Callable[[], Any]  # -> Awaitable[Pacing]

@@ -358,25 +358,17 @@ def schemas(check: bool) -> None:
 # --- redrive ----------------------------------------------------------------------------------
 
 
-# the topics whose readers write dead letters: the ledger's, the executors', the projector's
-LETTER_SOURCES = ("requests", "generate", "completions", "lifecycle")
-
-
 def _letters_from(settings: Settings, topic: str | None) -> str | None:
     """``--topic`` as the full name the letters carry; a name that no letter can carry is a
     usage error listing those that can (rather than a redrive that silently selects none)."""
+    from streams.topics import letter_source
+
     if topic is None:
         return None
-    names = {settings.topic(name): settings.topic(name) for name in LETTER_SOURCES}
-    names |= {name: settings.topic(name) for name in LETTER_SOURCES}
-    if topic not in names:
-        sources = ", ".join(settings.topic(name) for name in LETTER_SOURCES)
-        raise click.BadParameter(
-            f"{topic!r} is not a topic dead letters come from: {sources} "
-            f"(or without the app id: {', '.join(LETTER_SOURCES)})",
-            param_hint="'--topic'",
-        )
-    return names[topic]
+    try:
+        return letter_source(settings, topic)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--topic'") from None
 
 
 @click.command()

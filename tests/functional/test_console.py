@@ -446,6 +446,28 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "the range is empty" in reversed_
 
 
+async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
+    # the filter offers the topics letters come from, named as the README names them
+    body = await signed_in.page("/deadletters")
+    choices = re.findall(r'<option value="([^"]*)"', body.split('name="topic"')[1])
+    assert choices == ["", "requests", "generate", "completions", "lifecycle"]
+    for topic in ("completions", "functest-completions"):  # without the app id, or in full
+        page = await signed_in.page(f"/deadletters?topic={topic}")
+        assert 'id="letter-count">1<' in page and "functest-completions/0/3" in page
+        assert '<option value="completions" selected>' in page
+    none = await signed_in.page("/deadletters?topic=lifecycle")
+    assert 'id="letter-count">0<' in none
+    typo = await signed_in.page("/deadletters?topic=completion", status=400)
+    assert "&#39;completion&#39; is not a topic dead letters come from" in typo
+    assert "functest-requests, functest-generate" in typo
+
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"topic": "completions", "csrf": csrf})
+    assert preview.status == 200 and 'id="would-count">1<' in await preview.text()
+    [(selection, dry_run)] = signed_in.log.redrives
+    assert dry_run and selection.topic == "functest-completions"
+
+
 async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(signed_in: Console):
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"reason": "401", "csrf": csrf})

@@ -237,6 +237,12 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     follow(browser, element(browser, By.LINK_TEXT, "Dead letters"))
     letters = element(browser, By.ID, "letters")
     assert "parked: can be redriven" in letters.text
+    # narrowed to the letters of the publisher's topic, chosen by its short name
+    Select(element(browser, By.NAME, "topic")).select_by_visible_text("completions")
+    follow(browser, element(browser, By.CSS_SELECTOR, "#letter-filters button"))
+    assert "topic=completions" in browser.current_url
+    letters = element(browser, By.ID, "letters")
+    assert "parked: can be redriven" in letters.text
     pages.seen("deadletters")
     row = next(
         tr for tr in letters.find_elements(By.CSS_SELECTOR, "tbody tr") if refused[:18] in tr.text
