@@ -7,6 +7,10 @@ Never on the database file itself: closing any descriptor of a file drops every 
 the process holds on it, SQLite's included, and a WAL-mode connection that has lost its
 shared lock lets another process's last close delete the WAL it is still writing to (its
 later commits vanish). A database already at head costs one query.
+
+The history is kept in a table of its own, ``talkstream_alembic_version``, so that the projection
+can share a database with other applications (Alembic's default ``alembic_version`` is
+theirs). Projections made before kept it in ``alembic_version``: ``upgrade`` moves it over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from sqlalchemy.engine import Engine
 from streams.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "talkstream_alembic_version"
+# where projections made before kept their history (Alembic's default, any application's)
+LEGACY_VERSION_TABLE = "alembic_version"
+PROJECTION_TABLES = ("requests", "transitions")
 _PG_LOCK = 0x7A1C_57EA  # any constant: the advisory lock of projection migrations
 
 
@@ -43,8 +51,33 @@ def head() -> str:
     return revision
 
 
-def current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+def current(connection: Connection, version_table: str = VERSION_TABLE) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": version_table})
+    return context.get_current_revision()
+
+
+@cache
+def revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(r.revision for r in script.walk_revisions())
+
+
+def adopt_legacy_history(connection: Connection) -> None:
+    """Move the history of a projection made before it had a version table of its own: the
+    ``alembic_version`` row becomes ours if it names one of our revisions and our tables are
+    there; another application's (any other case) is left alone."""
+    inspector = inspect(connection)
+    if inspector.has_table(VERSION_TABLE) or not inspector.has_table(LEGACY_VERSION_TABLE):
+        return
+    if not inspector.has_table("transitions"):
+        return
+    revision = current(connection, LEGACY_VERSION_TABLE)
+    if revision not in revisions():
+        return
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.stamp(config, revision)
+    connection.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
 
 
 def upgrade(engine: Engine) -> None:
@@ -55,6 +88,9 @@ def upgrade(engine: Engine) -> None:
         revision = current(connection)
         if revision == head():
             return
+        if revision is None:
+            adopt_legacy_history(connection)
+            revision = current(connection)
         if revision is None and inspect(connection).has_table("transitions"):
             url = engine.url.render_as_string(hide_password=True)
             raise ConfigError(

@@ -230,18 +230,23 @@ class ProjectionStore:
         return None if highest is None else int(highest) + 1
 
     def reset(self) -> None:
-        """Drop every projection table and migrate from scratch (``replay --force``)."""
+        """Drop the projection's tables and history, and migrate from scratch (``replay
+        --force``); other applications' tables in the database are left as they are."""
+        with self.engine.begin() as connection:
+            migrate.adopt_legacy_history(connection)  # so that an old history goes too
         Base.metadata.drop_all(self.engine)
         with self.engine.begin() as connection:
-            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            connection.execute(text(f"DROP TABLE IF EXISTS {migrate.VERSION_TABLE}"))
         migrate.upgrade(self.engine)
 
     # --- reading --------------------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        tables = inspect(self.engine).get_table_names()
+        """Whether no projection is here: none of its tables, or no transitions in them
+        (other applications' tables do not count)."""
+        tables = set(inspect(self.engine).get_table_names())
         if "transitions" not in tables:
-            return not tables or tables == ["alembic_version"]
+            return not tables & set(migrate.PROJECTION_TABLES)
         with self._session() as session:
             return not session.scalar(select(exists().select_from(TransitionRow)))
 

@@ -250,7 +250,9 @@ def test_a_reader_in_another_process_never_loses_the_projectors_later_writes(tmp
 def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: ProjectionStore):
     with store.engine.connect() as connection:
         assert migrate.current(connection) == migrate.head()
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": migrate.VERSION_TABLE}
+        )
         assert compare_metadata(context, Base.metadata) == []
     assert store.is_current()
 
@@ -282,6 +284,73 @@ def test_a_database_made_before_migrations_is_refused_with_advice(
         store = ProjectionStore(engine, migrate_schema=False)
         store.reset()  # what `replay --force` does: start from the migrations
         assert store.is_current() and store.is_empty()
-        assert "alembic_version" in inspect(engine).get_table_names()
+        assert migrate.VERSION_TABLE in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def _other_application(engine) -> None:
+    """Another application's tables and Alembic history in the projection's database."""
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE customers (id INTEGER PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO customers VALUES (7)"))
+        connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('0002')"))
+
+
+def _theirs(engine) -> tuple[list[int], str | None]:
+    with engine.connect() as connection:
+        customers = list(connection.scalars(text("SELECT id FROM customers")))
+        return customers, migrate.current(connection, migrate.LEGACY_VERSION_TABLE)
+
+
+def test_the_projection_shares_a_database_with_another_application(
+    database_url: str,  # noqa: F811
+):
+    """Their tables and their Alembic history (even one naming a revision we also have) are
+    theirs: the projection migrates beside them, counts as empty until it has transitions,
+    and `replay --force` empties only the projection."""
+    engine = create_engine(database_url)
+    try:
+        _other_application(engine)
+        store = ProjectionStore(engine, migrate_schema=False)
+        assert store.is_empty()  # their tables are not a projection
+        store = ProjectionStore(engine)
+        assert store.is_current() and store.is_empty()
+        log = Log()
+        log.full("r1", at_ms=T0_MS, limit=3)
+        store.apply(log.records)
+        assert not store.is_empty()
+        store.reset()
+        assert store.is_current() and store.is_empty()
+        assert _theirs(engine) == ([7], "0002")
+    finally:
+        engine.dispose()
+
+
+def test_a_projection_with_its_history_in_alembic_version_moves_it_to_its_own_table(
+    database_url: str,  # noqa: F811
+):
+    """Projections made before kept their history in Alembic's default table."""
+    engine = create_engine(database_url)
+    try:
+        store = ProjectionStore(engine)
+        log = Log()
+        log.full("r1", at_ms=T0_MS, limit=3)
+        store.apply(log.records)
+        with engine.begin() as connection:  # the history as an earlier version kept it
+            connection.execute(text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+            connection.execute(
+                text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+                )
+            )
+            connection.execute(text(f"INSERT INTO alembic_version VALUES ('{migrate.head()}')"))
+        assert not store.is_current()
+        store = ProjectionStore(engine)
+        assert store.is_current() and store.request("r1") is not None
+        tables = inspect(engine).get_table_names()
+        assert migrate.VERSION_TABLE in tables and "alembic_version" not in tables
     finally:
         engine.dispose()
