@@ -24,6 +24,7 @@ from streams.console import auth, letters, pages, views
 from streams.console.log import Content, Letter, read_content, read_letters
 from streams.console.pacing import Pacing, scrape
 from streams.console.queries import ConsoleQueries
+from streams.ops import clocks
 from streams.ops.redrive import RedriveReport, Selection
 from streams.ops.redrive import redrive as run_redrive
 from streams.settings import Settings
@@ -80,7 +81,12 @@ def build_console(
         autoescape=True,  # every value is text unless a template says otherwise (none does)
         undefined=jinja2.StrictUndefined,
     )
-    environment.filters.update(t=_time, ms=_duration, ago=functools.partial(_ago, now_ms))
+    environment.filters.update(
+        t=_time,
+        ms=_duration,
+        ago=functools.partial(_ago, now_ms),
+        end_to_end=clocks.end_to_end_ms,
+    )
     app[pages.TEMPLATES] = environment
     app[pages.DATABASE] = database
     urls = settings.worker_metrics_urls

@@ -172,7 +172,7 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
         state=row.state,
         terminal=row.terminal,
         received_at=iso(row.received_at_ms),
-        terminal_at=iso(row.terminal_at_ms),
+        terminal_at=iso(clocks.ended_ms(row)),
         duplicate_of=row.duplicate_of,
         model=row.model,
         prompt_tokens=row.prompt_tokens,

@@ -55,6 +55,32 @@ class Timeline:
 
 # the states the webhook's own judgement moves a request from (at its event time)
 _JUDGED_FROM = frozenset({State.RECEIVED.value, State.ADMITTED.value})
+# the terminal states the judgement itself can reach (limited also after a redrive, later)
+_JUDGED_TERMINAL = frozenset(
+    {State.LIMITED.value, State.SKIPPED.value, State.REJECTED_DUPLICATE.value}
+)
+
+
+def ended_ms(request: RequestRow) -> int | None:
+    """When a request reached its terminal state, on a wall clock (None while in flight): the
+    arrival for a webhook judged terminal at once (its recorded time is the event time, which
+    can be before it arrived), else the time recorded. From the row alone, for lists; a
+    timeline (:func:`timeline_of`) tells the same from the transitions."""
+    if not request.terminal or request.terminal_at_ms is None:
+        return None
+    if request.state in _JUDGED_TERMINAL and request.terminal_at_ms == request.received_at_ms:
+        return _arrived(request)
+    return request.terminal_at_ms
+
+
+def end_to_end_ms(request: RequestRow) -> int | None:
+    """Arrival → terminal state (None while in flight)."""
+    ended = ended_ms(request)
+    return None if ended is None else ended - _arrived(request)
+
+
+def _arrived(request: RequestRow) -> int:
+    return request.arrived_at_ms if request.arrived_at_ms is not None else request.received_at_ms
 
 
 def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Timeline:
@@ -62,7 +88,7 @@ def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Ti
     webhook itself carry its event time (which can be far older than the arrival when Talkable
     rendered ``current_time`` early); everything after carries a wall clock."""
     arrival_known = request.arrived_at_ms is not None
-    arrived = request.arrived_at_ms if request.arrived_at_ms is not None else request.received_at_ms
+    arrived = _arrived(request)
     steps: list[Step] = []
     judging = True
     for t in transitions:

@@ -373,6 +373,26 @@ async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
         await console.client.close()
 
 
+async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_earlier(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """Limited on arrival, 44 s after the event time Talkable rendered: recorded at the event
+    time, it ended when it arrived (end to end 0), not 44 s before."""
+    limited = Log().received("late-lim", site="late", at_ms=T0_MS, limit=0)
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    log.send(limited.model_copy(update={"at_ms": ARRIVED_MS}), now_ms=ARRIVED_MS)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+    body = await signed_in.page("/requests?site=late")
+    [row] = re.findall(r"<tr>\s*<td><a class=\"rid\".*?</tr>", body, re.S)
+    assert "late-lim" in row and ">limited<" in row
+    assert re.findall(r'<td class="num">([^<]*)</td>', row) == ["0 ms", "0"]
+    timeline = await signed_in.page("/request?id=late-lim")
+    assert 'id="end-to-end">0 ms<' in timeline
+
+
 async def test_search_by_email_alone_state_and_time(signed_in: Console):
     body = await signed_in.page("/requests?email=ADA@example.com")
     assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == [

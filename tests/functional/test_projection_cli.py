@@ -250,6 +250,28 @@ def test_audit_shows_when_a_webhook_arrived_and_the_event_time_it_was_judged_at(
     assert [t["since_arrival_ms"] for t in request["transitions"]] == [0, 0, 0, 1200, 1200, 1300]
 
 
+def test_audit_of_a_webhook_limited_on_arrival_says_it_finished_when_it_arrived(tmp_path: Path):
+    """Recorded at its event time (44 s before it arrived), the judgement took no time."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    r = Log().received("late-lim", at_ms=T0_MS, limit=0)
+    log = Log()
+    log.send(r.model_copy(update={"at_ms": T0_MS + 44_000}))
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    out = talkstream("audit", "--request-id", "late-lim", "--database-url", url).output
+    assert "state limited (terminal)" in out
+    assert "finished 2026-01-01T00:00:44.000+00:00 (0.000 s after arrival)" in out
+    answer = json.loads(
+        talkstream("audit", "--request-id", "late-lim", "--database-url", url, "--json").output
+    )
+    request = answer["requests"][0]
+    assert (request["terminal_at"], request["end_to_end_ms"]) == (
+        "2026-01-01T00:00:44.000+00:00",
+        0,
+    )
+
+
 def test_audit_of_a_request_projected_before_arrivals_were_recorded_says_so(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
     store = ProjectionStore.from_url(url)
