@@ -34,7 +34,6 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "talkstream_alembic_version"
 # where projections made before kept their history (Alembic's default, any application's)
 LEGACY_VERSION_TABLE = "alembic_version"
-PROJECTION_TABLES = ("requests", "transitions")
 _PG_LOCK = 0x7A1C_57EA  # any constant: the advisory lock of projection migrations
 
 
@@ -71,9 +70,11 @@ def adopt_legacy_history(connection: Connection) -> None:
         return
     if not inspector.has_table("transitions"):
         return
-    revision = current(connection, LEGACY_VERSION_TABLE)
-    if revision not in revisions():
+    legacy = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE})
+    heads = legacy.get_current_heads()  # another application's may have several
+    if len(heads) != 1 or heads[0] not in revisions():
         return
+    [revision] = heads
     config = alembic_config()
     config.attributes["connection"] = connection
     command.stamp(config, revision)

@@ -246,7 +246,7 @@ class ProjectionStore:
         (other applications' tables do not count)."""
         tables = set(inspect(self.engine).get_table_names())
         if "transitions" not in tables:
-            return not tables & set(migrate.PROJECTION_TABLES)
+            return not tables & set(Base.metadata.tables)
         with self._session() as session:
             return not session.scalar(select(exists().select_from(TransitionRow)))
 
