@@ -17,7 +17,7 @@ from typing import Any
 from models.lifecycle import TERMINAL, State
 from models.params import person_key
 from streams.ops import clocks
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionStore, StatsRow
 from streams.projection.tables import RequestRow
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -310,49 +310,71 @@ def percentile(values: Sequence[int], p: float) -> int | None:
     return ordered[rank - 1]
 
 
-def site_stats(rows: Iterable[RequestRow]) -> list[SiteStats]:
-    """Per site (sorted), then ``*`` for all sites together when there is more than one."""
-    by_site: dict[str, list[RequestRow]] = {}
+def site_stats(rows: Iterable[StatsRow]) -> list[SiteStats]:
+    """Per site (sorted), then ``*`` for all sites together when there is more than one;
+    counted as the rows stream by (only the latencies and waits are kept, for percentiles)."""
+    by_site: dict[str, _Tally] = {}
+    everything = _Tally()
     for row in rows:
-        by_site.setdefault(row.site, []).append(row)
-    stats = [_stats(site, group) for site, group in sorted(by_site.items())]
+        tally = by_site.get(row.site)
+        if tally is None:
+            tally = by_site[row.site] = _Tally()
+        tally.add(row)
+        everything.add(row)
+    stats = [tally.stats(site) for site, tally in sorted(by_site.items())]
     if len(stats) > 1:
-        stats.append(_stats("*", [row for group in by_site.values() for row in group]))
+        stats.append(everything.stats("*"))
     return stats
 
 
-def _stats(site: str, rows: list[RequestRow]) -> SiteStats:
-    by_state = dict.fromkeys([*TERMINAL_STATES, "in_flight"], 0)
-    for row in rows:
-        by_state[row.state if row.terminal else "in_flight"] += 1
-    admitted = sum(1 for row in rows if row.admitted_at_ms is not None)
-    latencies = [r.generation_latency_ms for r in rows if r.generation_latency_ms is not None]
-    waits = [
-        (r.generation_wait_ms or 0) + (r.publish_wait_ms or 0)
-        for r in rows
-        if r.generation_wait_ms is not None or r.publish_wait_ms is not None
-    ]
-    failures: dict[str, int] = {}
-    for row in rows:
-        if row.state in FAILED:
-            failures[row.error_class or "unknown"] = (
-                failures.get(row.error_class or "unknown", 0) + 1
-            )
-    return SiteStats(
-        site=site,
-        requests=len(rows),
-        by_state=by_state,
-        prompt_tokens=sum(r.prompt_tokens or 0 for r in rows),
-        completion_tokens=sum(r.completion_tokens or 0 for r in rows),
-        latency_p50_ms=percentile(latencies, 50),
-        latency_p95_ms=percentile(latencies, 95),
-        limited_rate=by_state[State.LIMITED.value] / len(rows) if rows else None,
-        failure_rate=sum(by_state[s] for s in FAILED) / admitted if admitted else None,
-        waited=sum(1 for wait in waits if wait >= WAITED_MS),
-        wait_p95_ms=percentile(waits, 95),
-        wait_max_ms=max(waits, default=None),
-        failures=dict(sorted(failures.items(), key=lambda item: (-item[1], item[0]))),
+@dataclass
+class _Tally:
+    """One site's requests (or all of them), counted."""
+
+    requests: int = 0
+    by_state: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys([*TERMINAL_STATES, "in_flight"], 0)
     )
+    admitted: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latencies: list[int] = field(default_factory=list)
+    waits: list[int] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def add(self, row: StatsRow) -> None:
+        self.requests += 1
+        self.by_state[row.state if row.terminal else "in_flight"] += 1
+        self.admitted += row.admitted
+        self.prompt_tokens += row.prompt_tokens or 0
+        self.completion_tokens += row.completion_tokens or 0
+        if row.generation_latency_ms is not None:
+            self.latencies.append(row.generation_latency_ms)
+        if row.generation_wait_ms is not None or row.publish_wait_ms is not None:
+            self.waits.append((row.generation_wait_ms or 0) + (row.publish_wait_ms or 0))
+        if row.state in FAILED:
+            reason = row.error_class or "unknown"
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def stats(self, site: str) -> SiteStats:
+        by_state, waits = self.by_state, self.waits
+        return SiteStats(
+            site=site,
+            requests=self.requests,
+            by_state=by_state,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_p50_ms=percentile(self.latencies, 50),
+            latency_p95_ms=percentile(self.latencies, 95),
+            limited_rate=by_state[State.LIMITED.value] / self.requests if self.requests else None,
+            failure_rate=(
+                sum(by_state[s] for s in FAILED) / self.admitted if self.admitted else None
+            ),
+            waited=sum(1 for wait in waits if wait >= WAITED_MS),
+            wait_p95_ms=percentile(waits, 95),
+            wait_max_ms=max(waits, default=None),
+            failures=dict(sorted(self.failures.items(), key=lambda item: (-item[1], item[0]))),
+        )
 
 
 WAITED_MS = 1000  # a request "waited" when its steps waited at least this long in all

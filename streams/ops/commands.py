@@ -319,25 +319,29 @@ def stats(
     limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
     """
-    from streams.ops.audit import iso, render_stats, site_stats, stats_json
+    from streams.ops.audit import WAITED_MS, iso, render_stats, site_stats, stats_json
 
     _in_order(since_ms, until_ms)
     store = _reader(database_url)
     try:
-        rows = [r for r in store.requests_between(since_ms, until_ms) if site in (None, r.site)]
-        result = site_stats(rows)
+        result = site_stats(store.stats_rows(since_ms, until_ms, site))
         if as_json:
             click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))
             return
         span = f"received from {iso(since_ms) or 'the start'} until {iso(until_ms) or 'now'}"
         click.echo(f"source: SQL projection {store.url}; {span}")
         click.echo()
-        click.echo(render_stats(result))
+        if not result and site is not None:
+            click.echo(f"no requests of site {site!r} in this range")
+        else:
+            click.echo(render_stats(result))
         if result:
             click.echo()
             click.echo(
                 "limited = limited/requests; failed = (gen failed + pub failed)/admitted; "
-                "tokens: prompt (in) and completion (out); p50/p95: OpenAI call time"
+                "tokens: prompt (in) and completion (out); p50/p95: OpenAI call time; "
+                f"waited: requests that waited {WAITED_MS // 1000} s or more in their upstream "
+                "targets' queues; wait p95: of the requests that waited at all, ms"
             )
     finally:
         store.close()

@@ -16,14 +16,13 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
-    Select,
     and_,
     create_engine,
     event,
@@ -55,6 +54,24 @@ _EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
 
 Source = tuple[str, int, int]
 Identity = tuple[str, str, str, int]
+
+
+class StatsRow(NamedTuple):
+    """What ``talkstream stats`` reads of one request."""
+
+    site: str
+    state: str
+    terminal: bool
+    admitted: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    generation_latency_ms: int | None
+    generation_wait_ms: int | None
+    publish_wait_ms: int | None
+    error_class: str | None
+
+
+STATS_BATCH = 10_000  # rows fetched at a time by stats_rows
 
 
 class Sourced(NamedTuple):  # a tuple: a replay makes one per event
@@ -286,17 +303,35 @@ class ProjectionStore:
                 )
             )
 
-    def requests_between(
-        self, since_ms: int | None = None, until_ms: int | None = None
-    ) -> list[RequestRow]:
-        """Requests received in ``[since_ms, until_ms)`` (either bound optional)."""
-        query: Select[tuple[RequestRow]] = select(RequestRow)
+    def stats_rows(
+        self, since_ms: int | None = None, until_ms: int | None = None, site: str | None = None
+    ) -> Iterator[StatsRow]:
+        """What ``stats`` needs of each request received in ``[since_ms, until_ms)`` (of one
+        site), as plain tuples fetched in batches: a projection of millions of requests is
+        never in memory at once (PostgreSQL streams them through a server-side cursor)."""
+        r = RequestRow
+        query = select(
+            r.site,
+            r.state,
+            r.terminal,
+            r.admitted_at_ms.is_not(None),
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.generation_latency_ms,
+            r.generation_wait_ms,
+            r.publish_wait_ms,
+            r.error_class,
+        )
         if since_ms is not None:
-            query = query.where(RequestRow.received_at_ms >= since_ms)
+            query = query.where(r.received_at_ms >= since_ms)
         if until_ms is not None:
-            query = query.where(RequestRow.received_at_ms < until_ms)
-        with self._session() as session:
-            return list(session.scalars(query.order_by(RequestRow.site, RequestRow.request_id)))
+            query = query.where(r.received_at_ms < until_ms)
+        if site is not None:
+            query = query.where(r.site == site)
+        with self.engine.connect() as connection:
+            result = connection.execution_options(yield_per=STATS_BATCH).execute(query)
+            for row in result:
+                yield StatsRow._make(row)
 
     def all_transitions(self) -> list[TransitionRow]:
         with self._session() as session:

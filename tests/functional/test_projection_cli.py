@@ -93,7 +93,11 @@ def test_audit_without_a_projection_says_so_and_creates_nothing(tmp_path: Path):
     assert not missing.exists()
 
 
-def test_stats_per_site_counts_tokens_latency_and_rates(projected: str):
+def test_stats_per_site_counts_tokens_latency_and_rates(
+    projected: str, monkeypatch: pytest.MonkeyPatch
+):
+    # the requests are read in batches (of 10,000): here of 3, so the 8 take three
+    monkeypatch.setattr("streams.projection.store.STATS_BATCH", 3)
     result = talkstream("stats", "--database-url", projected, "--json")
     assert result.exit_code == 0, result.output
     sites = {s["site"]: s for s in json.loads(result.output)["sites"]}
@@ -133,6 +137,11 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
     assert cells[-2:] == ["0.0%", "50.0%"]
     assert "why requests failed" in result.output and "acme: AuthenticationError 1" in result.output
+    assert "waited: requests that waited 1 s or more in their upstream targets' queues" in (
+        " ".join(result.output.split())
+    )
+    nobody = talkstream("stats", "--site", "nosuch", "--database-url", projected)
+    assert nobody.exit_code == 0 and "no requests of site 'nosuch' in this range" in nobody.output
 
 
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
