@@ -178,7 +178,8 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
             held.append(set(consumer_lags(text if status == 200 else "", generate)))
         return all(held) and not held[0] & held[1]
 
-    system.wait_ready("worker-b")
+    for name in ("worker", "worker-b"):  # both serving (the first may start after the second)
+        system.wait_ready(name)
     wait_until(generate_shared, 120, what="both workers' generators holding partitions")
     system.openai("POST", "/_control", {"latency_seconds": 3})
     # one OpenAI key per four people: the targets spread over both workers' executors
