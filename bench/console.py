@@ -6,7 +6,8 @@ transitions by bulk inserts (the schema from the real migrations, so the console
 the ones a deployment has), then serves the real console app on a loopback port and times its
 pages over HTTP (a bearer token, as a script would): search pages with each kind of filter, a
 deep page, timelines of random requests, a person, the overview. The page that reads Kafka
-(a request's content frame) is not timed: its time is the broker's.
+(a request's content frame) is not timed: its time is the broker's. Then ``talkstream stats``
+on the same projection, as a command of its own (its time and its peak memory).
 
 Writes ``bench/results/console-latest.json`` and re-renders BENCHMARKS.md. The goal: search and
 timeline pages under 300 ms.
@@ -371,12 +372,58 @@ def run_backend(url: str, count: int, repeat: int) -> dict[str, Any]:
     click.echo(f"  {seconds:.0f} s; timing the pages ...", err=True)
     pages = asyncio.run(time_pages(engine, end_ms, repeat))
     engine.dispose()
+    click.echo("  timing talkstream stats ...", err=True)
     return {
         "backend": engine.dialect.name,
         "requests": count,
         "transitions": transitions,
         "fill_seconds": round(seconds, 1),
         "pages": pages,
+        "commands": {name: time_command(url, args) for name, args in COMMANDS.items()},
+    }
+
+
+# the commands timed on the projection, each in a process of its own
+COMMANDS = {
+    "stats: every request": ["stats"],
+    "stats: the last 24 hours": ["stats", "--since", "24h"],
+    "stats: the big site": ["stats", "--site", "site-00"],
+}
+COMMAND_RUNS = 3
+# runs the command in this process, then reports the process's peak memory: VmHWM, its
+# memory's high-water mark since the exec (getrusage's maximum would count this bench's own
+# memory, which a forked child starts with and keeps across exec)
+_MEASURED = (
+    "import re, sys\n"
+    "from streams.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:], standalone_mode=False)\n"
+    "finally:\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    peak = re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)\n"
+    "    print(f'peak-kib {peak}', file=sys.stderr)\n"
+)
+
+
+def time_command(url: str, args: list[str]) -> dict[str, Any]:
+    """A command's wall time and peak memory, best and worst of a few runs."""
+    seconds, peaks = [], []
+    for _ in range(COMMAND_RUNS):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURED, *args, "--database-url", url],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        seconds.append(time.monotonic() - started)
+        if done.returncode != 0:
+            raise click.ClickException(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        peaks.append(int(done.stderr.rsplit("peak-kib ", 1)[1].split()[0]) / 1024)
+    return {
+        "runs": COMMAND_RUNS,
+        "seconds": [round(s, 2) for s in seconds],
+        "peak_mib": [round(p) for p in peaks],
     }
 
 
@@ -485,6 +532,23 @@ def markdown_section(result: dict[str, Any] | None = None) -> str:
         "overview aggregates every request that ended in its window (not a page: no goal).",
         "",
     ]
+    if all("commands" in b for b in backends):
+        commands = list(backends[0]["commands"])
+        lines += [
+            f"The same projection read by `talkstream stats` (a process of its own, "
+            f"{backends[0]['commands'][commands[0]]['runs']} runs; its wall time, start-up "
+            "included, and its peak memory):",
+            "",
+            "| command | " + " | ".join(f"{b['backend']} s / peak MiB" for b in backends) + " |",
+            "|---|" + "---|" * len(backends),
+        ]
+        for name in commands:
+            cells = [
+                f"{min(c['seconds']):.1f}-{max(c['seconds']):.1f} / {max(c['peak_mib'])}"
+                for c in (b["commands"][name] for b in backends)
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
