@@ -25,18 +25,32 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _EPOCH_MS_ABOVE = 100_000_000_000  # larger numbers are milliseconds (from 1973 on, in ms)
 
 
+# the times a range can name: from the epoch to the last millisecond ISO-8601 can write
+_LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC).timestamp() * 1000)
+
+
 def parse_time(value: str, now_ms: int) -> int:
-    """Epoch ms from ISO-8601 (no zone = UTC), epoch seconds or ms, or an age like ``24h``."""
+    """Epoch ms from ISO-8601 (no zone = UTC), epoch seconds or ms, or an age like ``24h``; a
+    ValueError for anything else, and for a time before 1970 or after the year 9999."""
+    ms = _parsed_ms(value, now_ms)
+    if not 0 <= ms <= _LATEST_MS:
+        raise ValueError(f"{value!r} is out of range: a time from 1970 to the year 9999")
+    return int(ms)
+
+
+def _parsed_ms(value: str, now_ms: int) -> float:
     text = value.strip()
     ago = _AGO.match(text)
     if ago:
-        return now_ms - int(float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)] * 1000)
+        return now_ms - float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)] * 1000
     try:
         number = float(text)
     except ValueError:
         pass
     else:
-        return int(number if number > _EPOCH_MS_ABOVE else number * 1000)
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a time: a number must be finite")
+        return number if abs(number) > _EPOCH_MS_ABOVE else number * 1000
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -46,7 +60,7 @@ def parse_time(value: str, now_ms: int) -> int:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return parsed.timestamp() * 1000
 
 
 def parse_range(since: str | None, until: str | None, now_ms: int) -> tuple[int | None, int | None]:

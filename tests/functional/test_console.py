@@ -406,6 +406,8 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', since) == ["pub-2"]
     bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
     assert "since: &#39;yesterday-ish&#39; is not a time" in bad and "ISO-8601" in bad
+    huge = await signed_in.page("/requests?since=99999999999999999999", status=400)
+    assert "since: &#39;99999999999999999999&#39; is out of range" in huge
     # an age counts back from now: since 1h, until 2h ends before it starts
     reversed_ = await signed_in.page("/requests?since=1h&until=2h", status=400)
     assert " is after until " in reversed_ and "the range is empty" in reversed_

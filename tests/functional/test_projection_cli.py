@@ -148,6 +148,9 @@ def test_stats_refuses_a_time_it_cannot_read(projected: str):
     result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
     assert result.exit_code == 2 and "ISO-8601" in result.output
     assert "Invalid value for '--since': 'yesterday-ish' is not a time" in result.output
+    for typed, says in (("inf", "must be finite"), ("99999999999999999999", "out of range")):
+        result = talkstream("stats", "--since", typed, "--database-url", projected)
+        assert result.exit_code == 2 and says in result.output, result.output
 
 
 @pytest.mark.parametrize("command", ["stats", "redrive"])

@@ -36,6 +36,31 @@ def test_a_time_that_cannot_be_read_says_what_would_be(text: str):
         parse_time(text, NOW_MS)
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("99999999999999999999", "out of range"),  # past 9999 even as milliseconds
+        ("-5", "out of range"),
+        ("0001-01-01", "out of range"),
+        ("99999999999999d", "out of range"),  # an age reaching back before 1970
+        ("1e400", "must be finite"),
+        ("nan", "must be finite"),
+        ("inf", "must be finite"),
+    ],
+)
+def test_a_time_outside_what_a_range_can_name_is_refused(text: str, says: str):
+    """Not an overflow deep in the database driver (a 500 in the console, a traceback from the
+    CLI): a ValueError saying why, as for any time that cannot be read."""
+    with pytest.raises(ValueError, match=f"^{text!r} is .*{says}"):
+        parse_time(text, NOW_MS)
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))
+def test_every_epoch_millisecond_a_range_can_name_is_read(ms: int):
+    text = str(ms) if ms > 100_000_000_000 else f"{ms / 1000:.3f}"
+    assert abs(parse_time(text, NOW_MS) - ms) <= 1
+
+
 def test_times_are_shown_in_utc():
     assert iso(NOW_MS + 1) == "2026-01-01T00:00:00.001+00:00"
     assert iso(None) is None
