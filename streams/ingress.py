@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import (
@@ -40,6 +39,7 @@ from models.params import (
 )
 from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
+from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable
 from streams.secrets import SecretBox, key_fingerprint
@@ -156,27 +156,6 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-class RedactBadRequests(logging.Filter):
-    """aiohttp logs a request its parser refuses with the raw bytes it choked on (say, a body
-    past a short Content-Length, keys included) and a traceback: keep the fact, drop the bytes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = (
-                "refused a malformed HTTP request: %s (%s)",
-                (type(exc).__name__, exc.code),
-            )
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def redact_aiohttp_server_log() -> None:
-    server = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, RedactBadRequests) for f in server.filters):
-        server.addFilter(RedactBadRequests())
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -210,7 +189,7 @@ def build_ingress(
 ) -> web.Application:
     keys = site_keys(settings)
     metrics = Metrics()
-    redact_aiohttp_server_log()
+    logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
 
     async def generate(request: web.Request) -> web.Response:

@@ -26,6 +26,34 @@ class RebalanceNotice(logging.Filter):
         return True
 
 
+class RedactBadRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a line too long, a body past a short
+    Content-Length) as an ERROR with the raw bytes it choked on, which may hold keys or a
+    token, and a traceback: kept as the fact alone, a WARNING (the client's fault, not ours)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1]
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = (
+                "refused a malformed HTTP request: %s (%s)",
+                (type(exc).__name__, exc.code),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def redact_aiohttp_server_log() -> None:
+    """For every aiohttp server of the process (the ingress, the console)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactBadRequests) for f in server.filters):
+        server.addFilter(RedactBadRequests())
+
+
 def logging_config(level: str, fmt: str) -> dict[str, Any]:
     formatter: dict[str, Any] = (
         {

@@ -20,6 +20,7 @@ import jinja2
 from aiohttp import web
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from streams import logs
 from streams.console import auth, letters, pages, views
 from streams.console.log import Content, Letter, read_content, read_letters
 from streams.console.pacing import Pacing, scrape
@@ -74,6 +75,7 @@ def build_console(
     database: str = "",
 ) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
+    logs.redact_aiohttp_server_log()  # a refused request's bytes may hold the token
     auth.install(app, auth.check_token(token), settings.console_session_hours)
     app.middlewares.append(_projection_unavailable)
     environment = jinja2.Environment(

@@ -4,6 +4,8 @@ content, redrive) and a fixed clock."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -249,6 +251,26 @@ PAGES = [
     "/static/LICENSE.txt",
 ]
 ACTIONS = ["/deadletters/preview", "/deadletters/redrive", "/logout"]
+
+
+async def test_a_request_too_long_to_read_leaves_its_bytes_and_the_token_out_of_the_log(
+    console: Console, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    server = console.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"GET /requests HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}"
+        f"{'0' * 9000}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp answers, then closes
+    writer.close()
+    assert b"400 Bad Request" in answer
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aiohttp.server"]
+    assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (400)")]
+    assert not any(r.exc_info for r in caplog.records)
+    assert TOKEN not in caplog.text
 
 
 async def test_every_page_and_action_needs_the_token(console: Console):
