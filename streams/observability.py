@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from models.events import LifecycleEvent
+from streams import logs
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ async def serve_worker_http(
         )
 
     http = web.Application()
+    logs.redact_aiohttp_server_log()
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
     http.router.add_get("/metrics", metrics_view)
