@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -207,6 +208,23 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _hosts_and_ports(cls, value: str) -> str:
+        """A comma-separated list of ``host:port`` (``[::1]:9092`` for IPv6), as Kafka's
+        clients take it; spaces and empty entries dropped. Anything else is named here, before
+        a client fails on it with a traceback."""
+        servers = [server.strip() for server in value.split(",") if server.strip()]
+        if not servers:
+            raise ValueError("is empty: give host:port, e.g. 127.0.0.1:9092")
+        for server in servers:
+            host, colon, port = server.rpartition(":")
+            if not colon or not host.strip("[]") or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
+            if not 1 <= int(port) <= 65535:
+                raise ValueError(f"{server!r}: a port is from 1 to 65535")
+        return ",".join(servers)
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -240,9 +258,15 @@ class Settings(BaseSettings):
 def describe_invalid(exc: ValidationError) -> str:
     """What is wrong with the environment, by variable name; the values are left out."""
     problems = [
-        f"TALKSTREAM_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        f"TALKSTREAM_{'_'.join(str(part) for part in error['loc']).upper()}: {_said(error)}"
         if error["loc"]
-        else error["msg"]  # a rule across settings: its message names them
+        else _said(error)  # a rule across settings: its message names them
         for error in exc.errors()
     ]
     return "invalid settings: " + "; ".join(problems)
+
+
+def _said(error: ErrorDetails) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own."""
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message

@@ -23,3 +23,40 @@ def test_an_invalid_setting_is_named_in_one_line(
     assert "sideways-s3cr3t" not in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "says"),
+    [
+        ("", "is empty: give host:port, e.g. 127.0.0.1:9092"),
+        ("localhost", "'localhost' is not host:port (e.g. 127.0.0.1:9092)"),
+        ("kafka:9092,localhost:abc", "'localhost:abc' is not host:port (e.g. 127.0.0.1:9092)"),
+        (":9092", "':9092' is not host:port (e.g. 127.0.0.1:9092)"),
+        ("127.0.0.1:99999", "'127.0.0.1:99999': a port is from 1 to 65535"),
+    ],
+)
+def test_a_bootstrap_that_is_not_host_and_port_is_named_before_any_client_tries_it(
+    bootstrap: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a ValueError or OverflowError traceback from deep in the Kafka client."""
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", bootstrap)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: TALKSTREAM_KAFKA_BOOTSTRAP: {says}\n"
+
+
+def test_a_bootstrap_list_is_read_as_kafka_reads_it() -> None:
+    from streams.settings import Settings
+
+    given = Settings(kafka_bootstrap=" kafka-1:9092, ,[::1]:9093 ,")
+    assert given.kafka_bootstrap == "kafka-1:9092,[::1]:9093"
+
+
+def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TALKSTREAM_REPLICATION_FACTOR", "1")
+    monkeypatch.setenv("TALKSTREAM_MIN_INSYNC_REPLICAS", "2")
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: invalid settings: min_insync_replicas 2 is more than the replication factor 1"
+    )
