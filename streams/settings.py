@@ -10,8 +10,16 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -224,6 +232,23 @@ class Settings(BaseSettings):
             if not 1 <= int(port) <= 65535:
                 raise ValueError(f"{server!r}: a port is from 1 to 65535")
         return ",".join(servers)
+
+    @field_validator("openai_base_url", "talkable_base_url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        """An http(s) URL with a host: anything else would fail every call, each as if the
+        upstream were unreachable, until its attempts ran out."""
+        url = value.strip()
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (a port that is not a number raises here)
+        except ValueError:
+            parts = parts._replace(scheme="")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # not repeated: a URL may carry credentials
+            example = cls.model_fields[info.field_name or ""].default
+            raise ValueError(f"is not an http(s) URL with a host, e.g. {example}")
+        return url
 
     @cached_property
     def resolved_database_url(self) -> str:

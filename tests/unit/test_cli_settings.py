@@ -60,3 +60,26 @@ def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.Mon
     assert result.output.startswith(
         "Error: invalid settings: min_insync_replicas 2 is more than the replication factor 1"
     )
+
+
+def test_an_upstream_url_that_is_not_http_is_named_without_repeating_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Caught at start: not every call failing as if the upstream were unreachable."""
+    monkeypatch.setenv("TALKSTREAM_OPENAI_BASE_URL", "api.openai.com/v1")
+    monkeypatch.setenv("TALKSTREAM_TALKABLE_BASE_URL", "ftp://user:s3cr3t@talkable.example")
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_OPENAI_BASE_URL: is not an http(s) URL with a "
+        "host, e.g. https://api.openai.com/v1; TALKSTREAM_TALKABLE_BASE_URL: is not an http(s) "
+        "URL with a host, e.g. https://www.talkable.com/api/v2\n"
+    )
+
+
+def test_an_upstream_url_is_read_without_surrounding_spaces() -> None:
+    from streams.settings import Settings
+
+    assert Settings(openai_base_url=" http://127.0.0.1:8081/v1 ").openai_base_url == (
+        "http://127.0.0.1:8081/v1"
+    )
