@@ -173,21 +173,10 @@ class Metrics:
         )
 
 
-def site_keys(settings: Settings) -> dict[str, bytes]:
-    if settings.site_security_keys is None:
-        return {}
-    keys = {}
-    for pair in settings.site_security_keys.get_secret_value().split(","):
-        site, sep, key = pair.partition("=")
-        if sep and site.strip() and key.strip():
-            keys[site.strip()] = key.strip().encode()
-    return keys
-
-
 def build_ingress(
     settings: Settings, sink: Sink, secrets: SecretBox, clock: Callable[[], float] = time.time
 ) -> web.Application:
-    keys = site_keys(settings)
+    keys = settings.site_keys
     metrics = Metrics()
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")

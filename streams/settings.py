@@ -233,6 +233,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r}: a port is from 1 to 65535")
         return ",".join(servers)
 
+    @field_validator("site_security_keys")
+    @classmethod
+    def _site_equals_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """``site=key`` pairs, comma separated; empty means none. An entry that is not one, or
+        a site given twice, is refused: read leniently, a mistyped entry would leave its site
+        accepting unsigned webhooks while its operator believed them checked. The keys are
+        never repeated in the message."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        sites: set[str] = set()
+        for number, entry in enumerate(value.get_secret_value().split(","), start=1):
+            if not entry.strip():
+                continue  # a trailing comma
+            site, equals, key = (part.strip() for part in entry.partition("="))
+            if not (equals and site and key):
+                raise ValueError(f"entry {number} is not site=key (site=key,site2=key2)")
+            if site in sites:
+                raise ValueError(f"site {site!r} is given twice")
+            sites.add(site)
+        return value
+
+    @property
+    def site_keys(self) -> dict[str, bytes]:
+        """The sites whose webhooks must be signed, with their security keys."""
+        if self.site_security_keys is None:
+            return {}
+        entries = self.site_security_keys.get_secret_value().split(",")
+        pairs = (entry.partition("=") for entry in entries)
+        return {site.strip(): key.strip().encode() for site, _, key in pairs if site.strip()}
+
     @field_validator("openai_base_url", "talkable_base_url")
     @classmethod
     def _http_url(cls, value: str, info: ValidationInfo) -> str:

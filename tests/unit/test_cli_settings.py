@@ -83,3 +83,34 @@ def test_an_upstream_url_is_read_without_surrounding_spaces() -> None:
     assert Settings(openai_base_url=" http://127.0.0.1:8081/v1 ").openai_base_url == (
         "http://127.0.0.1:8081/v1"
     )
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ("acme:s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),  # a colon for '='
+        ("acme=k1,globex=", "entry 2 is not site=key (site=key,site2=key2)"),
+        ("=s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),
+        ("acme=k1,acme=s3cr3t", "site 'acme' is given twice"),
+    ],
+)
+def test_site_keys_that_are_not_site_equals_key_stop_the_ingress_from_starting(
+    keys: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read leniently, a mistyped entry left its site accepting unsigned webhooks."""
+    monkeypatch.setenv("TALKSTREAM_SITE_SECURITY_KEYS", keys)
+    result = CliRunner().invoke(main, ["ingress"])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: TALKSTREAM_SITE_SECURITY_KEYS: {says}\n"
+    assert "s3cr3t" not in result.output
+
+
+def test_site_keys_are_read_as_written() -> None:
+    from streams.settings import Settings
+
+    assert Settings(site_security_keys=" acme = k1 , globex=b64key==,").site_keys == {
+        "acme": b"k1",
+        "globex": b"b64key==",
+    }
+    assert Settings(site_security_keys="").site_keys == {}  # compose's unset variable
+    assert Settings(site_security_keys="").site_security_keys is None
