@@ -53,6 +53,9 @@ class _Main(click.Group):
                 raise
             raise click.ClickException(describe_invalid(exc)) from None
         except OSError as exc:
+            unusable = _unusable_data_dir(exc)
+            if unusable is not None:
+                raise click.ClickException(unusable) from None
             if not _cannot_listen(exc):
                 raise
             where = _LISTENS_AT.get(ctx.invoked_subcommand or "")
@@ -68,6 +71,24 @@ class _Main(click.Group):
 
 # what sets the address each serving command listens on
 _LISTENS_AT = {**LISTENS_AT, "standin": "--host and --port"}
+
+
+def _unusable_data_dir(exc: OSError) -> str | None:
+    """What to say when a file a command keeps under TALKSTREAM_DATA_DIR could not be made or
+    opened (the directory is a file, missing a parent that cannot be made, not writable);
+    None for any other error."""
+    if exc.filename is None or not exc.strerror:
+        return None
+    try:
+        data_dir = Settings().data_dir
+    except Exception:  # settings that do not validate are said elsewhere
+        return None
+    path = Path(str(exc.filename)).absolute()
+    if path != data_dir and data_dir not in path.parents:
+        return None
+    # mkdir on a file: "File exists"; what the operator must fix is a file in the way
+    why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+    return f"cannot use the data directory {data_dir} (TALKSTREAM_DATA_DIR): {why}: {exc.filename}"
 
 
 def _cannot_listen(exc: OSError) -> bool:

@@ -240,3 +240,27 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("command", [["kafka", "start"], ["dev"]])
+def test_a_data_directory_that_cannot_be_one_is_named_before_anything_starts(
+    command: list[str], tmp_path
+) -> None:
+    """A file where TALKSTREAM_DATA_DIR points: one line naming it, not a FileExistsError or
+    NotADirectoryError traceback."""
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a directory")
+    env = {
+        **os.environ,
+        "TALKSTREAM_DATA_DIR": str(in_the_way),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    }
+    ran = streams_run(*command, env=env)
+    assert ran.returncode == 1, ran.stderr
+    last = ran.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"Error: cannot use the data directory {in_the_way} (TALKSTREAM_DATA_DIR): "
+        f"Not a directory: {in_the_way}"
+    ), ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert in_the_way.read_text() == "not a directory"
