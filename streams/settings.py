@@ -242,16 +242,7 @@ class Settings(BaseSettings):
         never repeated in the message."""
         if value is None or not value.get_secret_value().strip():
             return None
-        sites: set[str] = set()
-        for number, entry in enumerate(value.get_secret_value().split(","), start=1):
-            if not entry.strip():
-                continue  # a trailing comma
-            site, equals, key = (part.strip() for part in entry.partition("="))
-            if not (equals and site and key):
-                raise ValueError(f"entry {number} is not site=key (site=key,site2=key2)")
-            if site in sites:
-                raise ValueError(f"site {site!r} is given twice")
-            sites.add(site)
+        _site_keys(value.get_secret_value())
         return value
 
     @property
@@ -259,9 +250,7 @@ class Settings(BaseSettings):
         """The sites whose webhooks must be signed, with their security keys."""
         if self.site_security_keys is None:
             return {}
-        entries = self.site_security_keys.get_secret_value().split(",")
-        pairs = (entry.partition("=") for entry in entries)
-        return {site.strip(): key.strip().encode() for site, _, key in pairs if site.strip()}
+        return _site_keys(self.site_security_keys.get_secret_value())
 
     @field_validator("openai_base_url", "talkable_base_url")
     @classmethod
@@ -273,8 +262,10 @@ class Settings(BaseSettings):
         try:
             parts.port  # noqa: B018  (a port that is not a number raises here)
         except ValueError:
-            parts = parts._replace(scheme="")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+            usable = False
+        else:
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        if not usable:
             # not repeated: a URL may carry credentials
             example = cls.model_fields[info.field_name or ""].default
             raise ValueError(f"is not an http(s) URL with a host, e.g. {example}")
@@ -310,8 +301,25 @@ class Settings(BaseSettings):
         return f"{self.app_id}-{name}"
 
 
+def _site_keys(text: str) -> dict[str, bytes]:
+    """``site=key,site2=key2`` read (a trailing comma allowed); a ValueError naming an entry
+    that is not one by its position, or a site given twice, never a key."""
+    keys: dict[str, bytes] = {}
+    for number, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        site, equals, key = (part.strip() for part in entry.partition("="))
+        if not (equals and site and key):
+            raise ValueError(f"entry {number} is not site=key (site=key,site2=key2)")
+        if site in keys:
+            raise ValueError(f"site {site!r} is given twice")
+        keys[site] = key.encode()
+    return keys
+
+
 def describe_invalid(exc: ValidationError) -> str:
-    """What is wrong with the environment, by variable name; the values are left out."""
+    """What is wrong with the environment, by variable name; a secret's value or a URL (which
+    may carry credentials) is never repeated."""
     problems = [
         f"TALKSTREAM_{'_'.join(str(part) for part in error['loc']).upper()}: {_said(error)}"
         if error["loc"]

@@ -141,7 +141,7 @@ def _letters_context(
     return {
         "nav": "deadletters",
         "given": given,
-        # the topics letters come from, (without the app id, full): the topic filter's choices
+        # the topic filter's choices: each topic letters come from, short and full name
         "sources": [(name, s.settings.topic(name)) for name in LETTER_SOURCES],
         "rows": rows,
         "parked": len({r.letter.request_id for r in rows if r.parked}),
