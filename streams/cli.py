@@ -344,7 +344,7 @@ def projector(log_format: str | None) -> None:
 @main.command()
 @LOG_FORMAT
 def ingress(log_format: str | None) -> None:
-    """Serve POST /chat-gpt/generate, /healthz and /metrics."""
+    """Serve POST /chat-gpt/generate, /healthz, /readyz and /metrics."""
     from aiohttp import web
 
     from streams.errors import TalkstreamError

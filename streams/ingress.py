@@ -3,7 +3,9 @@
 Parse (any shape Talkable sends) → check the signature → seal the secrets → produce keyed by
 person with ``acks=all`` → ``202 {"request_id": ...}`` only once the broker acknowledged.
 Bad input: 4xx naming each field, nothing produced. Kafka unavailable: 503 with Retry-After,
-so Talkable retries and nothing is lost.
+so Talkable retries and nothing is lost. ``/healthz``: the process answers; ``/readyz``: a
+webhook would be written now (a broker answered and [requests] has a leader for every
+partition), for a load balancer to send traffic elsewhere meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/chat-gpt/generate"
 RETRY_AFTER_SECONDS = "5"
+READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -62,6 +65,10 @@ HTTP_STATUS: dict[Problem, int] = {
 
 class Sink(Protocol):
     async def send(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+    async def ready(self, topic: str, timeout: float) -> str | None:
+        """None when a record for ``topic`` would be written now; otherwise why not."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -86,6 +93,7 @@ class KafkaSink:
         self._timeout = timeout
         self._stall_seconds = stall_seconds
         self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Future[AIOKafkaProducer] | None = None  # a readiness probe's
         self._lock = asyncio.Lock()
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
@@ -104,9 +112,7 @@ class KafkaSink:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    raise BrokerUnavailable(
-                        f"Kafka unavailable: {type(exc).__name__}; nothing was sent"
-                    ) from exc
+                    raise BrokerUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
                 self._producer = producer
             return self._producer
 
@@ -135,7 +141,49 @@ class KafkaSink:
         finally:
             del self._pending[ticket]
 
+    async def ready(self, topic: str, timeout: float) -> str | None:
+        """Asks a broker now (one metadata request): None when it answered and every partition
+        of ``topic`` has a leader; otherwise why a webhook would be refused. Answers within
+        ``timeout``: a producer still starting goes on starting for the next probe."""
+        deadline = time.monotonic() + timeout
+        if self._producer is None:
+            if self._starting is None or self._starting.done():
+                self._starting = asyncio.ensure_future(self._started())
+            try:  # shielded: a probe that gives up does not cancel the start
+                await asyncio.wait_for(asyncio.shield(self._starting), timeout)
+            except TimeoutError:
+                return "connecting to Kafka"
+            except BrokerUnavailable as exc:
+                return str(exc)
+        producer = self._producer
+        assert producer is not None
+        if self.stalled():
+            return "Kafka is not acknowledging"
+        client = producer.client
+        client.add_topic(topic)  # tracked from now on: the update below asks for it
+        try:
+            answered = await asyncio.wait_for(
+                client.force_metadata_update(), max(deadline - time.monotonic(), 0.01)
+            )
+        except TimeoutError:
+            answered = False
+        if not answered:
+            return "no Kafka broker answered"
+        partitions = client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return f"topic {topic} does not exist"
+        leaderless = sorted(
+            p
+            for p in partitions
+            if client.cluster.leader_for_partition(TopicPartition(topic, p)) in (None, -1)
+        )
+        if leaderless:
+            return f"{topic} partitions without a leader: {', '.join(map(str, leaderless))}"
+        return None
+
     async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait([self._starting])
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -237,6 +285,12 @@ def build_ingress(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def readyz(_: web.Request) -> web.Response:
+        why = await sink.ready(topic, READY_TIMEOUT_SECONDS)
+        if why is None:
+            return web.json_response({"ready": True, "status": "ready"})
+        return web.json_response({"ready": False, "status": why}, status=503)
+
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -248,6 +302,7 @@ def build_ingress(
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app.router.add_post(PATH, generate)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.on_cleanup.append(close_sink)
     return app

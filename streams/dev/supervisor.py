@@ -247,9 +247,11 @@ def _run(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     code = 0
     try:
-        if not _wait_http(f"http://{settings.ingress_host}:{port}/healthz", procs["ingress"], 60):
+        # the ingress ready: a webhook sent now is written, not answered 503
+        if not _wait_http(f"http://{settings.ingress_host}:{port}/readyz", procs["ingress"], 60):
             print(
-                f"talkstream dev: ingress did not come up; see {logs}/ingress.log", file=sys.stderr
+                f"talkstream dev: the ingress did not become ready; see {logs}/ingress.log",
+                file=sys.stderr,
             )
             return 1
         if not _wait_http(f"{console}/login", procs["console"], 30):

@@ -93,6 +93,9 @@ class RecordingSink:
             raise self.outage
         self.produced.append(Produced(topic, key, value))
 
+    async def ready(self, topic: str, timeout: float) -> str | None:
+        return None if self.outage is None else str(self.outage)
+
     async def close(self) -> None:
         self.closed = True
 

@@ -6,9 +6,11 @@ given port 0 says which port it got."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -212,14 +214,14 @@ def test_dev_checks_the_servers_it_will_start_and_no_other() -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "variable", "says", "page"),
+    ("command", "variable", "says", "page", "unready"),
     [
-        ("ingress", "INGRESS_PORT", "INFO streams.ingress ingress on ", "/healthz"),
-        ("console", "CONSOLE_PORT", "talkstream console on ", "/login"),
+        ("ingress", "INGRESS_PORT", "INFO streams.ingress ingress on ", "/healthz", "/readyz"),
+        ("console", "CONSOLE_PORT", "talkstream console on ", "/login", None),
     ],
 )
 def test_a_server_on_port_0_says_the_port_it_was_given(
-    command: str, variable: str, says: str, page: str, tmp_path
+    command: str, variable: str, says: str, page: str, unready: str | None, tmp_path
 ) -> None:
     env = {
         **os.environ,
@@ -237,6 +239,14 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
         assert not url.endswith(":0"), url
         with urllib.request.urlopen(url + page, timeout=10) as answer:
             assert answer.status == 200
+        if unready:  # no broker at that address: alive, not ready, and why
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + unready, timeout=10)
+            assert refused.value.code == 503
+            assert json.load(refused.value) == {
+                "ready": False,
+                "status": "Kafka unavailable: KafkaConnectionError",
+            }
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -556,6 +556,21 @@ async def test_healthz_answers_ok(ingress: Ingress) -> None:
     assert await response.json() == {"status": "ok"}
 
 
+async def test_readyz_says_whether_a_webhook_would_be_written_and_why_not(
+    ingress: Ingress,
+) -> None:
+    ready = await ingress.client.get("/readyz")
+    assert (ready.status, await ready.json()) == (200, {"ready": True, "status": "ready"})
+
+    ingress.sink.outage = BrokerUnavailable("no Kafka broker answered")
+    down = await ingress.client.get("/readyz")
+    assert (down.status, await down.json()) == (
+        503,
+        {"ready": False, "status": "no Kafka broker answered"},
+    )
+    assert (await ingress.client.get("/healthz")).status == 200  # alive all the same
+
+
 async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
     await accepted(ingress, SHAPES["json"])
     await accepted(ingress, SHAPES["rails form []"])

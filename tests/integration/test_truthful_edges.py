@@ -1,16 +1,18 @@
 """Every answer means what it says: a 202 is in Kafka, a 503 never will be, even when the
-broker is killed and restarted under steady traffic; a key that cannot be sent is refused at
-the door; a worker killed mid-burst repeats no call it finished and takes its partitions back
-at once."""
+broker is killed and restarted under steady traffic (and the ingress's /readyz says so); a key
+that cannot be sent is refused at the door; a worker killed mid-burst repeats no call it
+finished and takes its partitions back at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,7 +20,10 @@ import pytest
 
 from models.params import from_mapping, request_fingerprint
 from streams.dev.kafka import EmbeddedKafka
-from tests.integration.conftest import System, http, read_topic
+from streams.ingress import KafkaSink
+from streams.kafka_options import client_options
+from streams.settings import Settings
+from tests.integration.conftest import System, create_topic, http, read_topic
 from tests.support import free_port, seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -64,12 +69,19 @@ def test_a_503_is_never_written_and_every_202_is_published(own_broker, tmp_path)
         for thread in threads:
             thread.start()
         wait_until(lambda: sum(s == 202 for _, s in answers) >= 20, 60, what="steady 202s")
+        assert http("GET", f"{system.ingress}/readyz") == (200, {"ready": True, "status": "ready"})
         pid = own_broker.status().pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: sum(s == 503 for _, s in answers) >= 5, 60, what="503s while down")
+        # not ready while down, saying why (alive all the same), ready again once it is back
+        status, why = http("GET", f"{system.ingress}/readyz")
+        assert (status, why["ready"]) == (503, False), why
+        assert why["status"] in {"Kafka is not acknowledging", "no Kafka broker answered"}, why
+        assert http("GET", f"{system.ingress}/healthz")[0] == 200
         own_broker.start(timeout=120)
         wait_until(lambda: [s for _, s in answers[-10:]].count(202) == 10, 120, what="202s again")
+        assert http("GET", f"{system.ingress}/readyz")[0] == 200
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
@@ -90,6 +102,25 @@ def test_a_503_is_never_written_and_every_202_is_published(own_broker, tmp_path)
         assert {row.state for row in rows.values()} == {"published"}
     finally:
         system.stop()
+
+
+def test_the_ingress_sink_is_ready_only_for_a_topic_with_a_leader_everywhere(kafka) -> None:
+    """What /readyz asks the broker, on the real one: a topic it does not have (it creates
+    none by itself) is named, one it has is ready."""
+    sink = KafkaSink(client_options(Settings(kafka_bootstrap=kafka.bootstrap)))
+    topic = f"readiness-{uuid.uuid4().hex[:8]}"
+
+    async def probe() -> tuple[str | None, str | None]:
+        try:
+            missing = await sink.ready(topic, 10)
+            await create_topic(kafka.bootstrap, topic, 3)
+            return missing, await sink.ready(topic, 10)
+        finally:
+            await sink.close()
+
+    missing, present = asyncio.run(probe())
+    assert missing == f"topic {topic} does not exist"
+    assert present is None
 
 
 def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(system: System) -> None:

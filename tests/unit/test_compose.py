@@ -560,7 +560,7 @@ def test_ingress_listens_on_all_interfaces_and_is_published(services: Services) 
     assert [p.rsplit(":", 1)[1] for p in published] == [port]
     assert published == ["8080:8080"], "8080 on the host by default"
     check = " ".join(map(str, ingress["healthcheck"]["test"]))
-    assert f"127.0.0.1:{port}/healthz" in check
+    assert f"127.0.0.1:{port}/readyz" in check, "healthy = a webhook would be written now"
 
 
 def test_standins_are_an_opt_in_profile(services: Services) -> None:
