@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 PATH = "/chat-gpt/generate"
 RETRY_AFTER_SECONDS = "5"
 READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
+EPOCH_SECONDS_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z: any later "seconds" are not
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -259,9 +260,11 @@ def build_ingress(
                     params = parse_request(
                         content_type, body, None, max_body_bytes=settings.max_body_bytes
                     )
+            received_ms = int(clock() * 1000)
+            _not_ahead(params, received_ms // 1000, settings.max_clock_ahead_seconds)
         except ParamsError as exc:
             return web.json_response(exc.body(), status=HTTP_STATUS[exc.problem])
-        received = _received(params, secrets, int(clock() * 1000))
+        received = _received(params, secrets, received_ms)
         try:
             await sink.send(topic, received.person.encode(), encode(received))
         except BrokerUnavailable as exc:
@@ -306,6 +309,25 @@ def build_ingress(
     app.router.add_get("/metrics", metrics_view)
     app.on_cleanup.append(close_sink)
     return app
+
+
+def _not_ahead(params: GenerateParams, now_s: int, allowed: int) -> None:
+    """The webhook's event time (epoch seconds, rendered by Talkable when the event happened)
+    not ahead of this clock by more than ``allowed``: the ledger judges by it, and a window it
+    started in the future would hold the person's later webhooks until then, or for good (a
+    time in milliseconds). Older is fine: Talkable retries a webhook as first rendered."""
+    limit = params.usage_limit
+    if limit is None or limit.current_time - now_s <= allowed:
+        return
+    ahead = limit.current_time - now_s
+    message = (
+        "reads as after the year 9999: epoch seconds expected, not milliseconds"
+        if limit.current_time > EPOCH_SECONDS_MAX
+        else f"is {ahead} seconds ahead of this server's clock (at most {allowed})"
+    )
+    raise ParamsError(
+        Problem.INVALID, [FieldError(field="usage_limit.current_time", message=message)]
+    )
 
 
 def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request) -> bool:

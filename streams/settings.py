@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     ingress_body_timeout_seconds: float = Field(
         15.0, gt=0, description="a body not received within this long is answered 408"
     )
+    max_clock_ahead_seconds: int = Field(
+        300,
+        ge=0,
+        description="a usage_limit.current_time further ahead of the ingress's clock is a 422: "
+        "the usage window it would start would hold the person's later webhooks",
+    )
     kafka_stall_seconds: float = Field(
         5.0,
         gt=0,

@@ -166,6 +166,37 @@ async def test_the_request_carries_the_time_it_was_received(ingress_with: StartI
     assert received.at_ms == 1_767_225_600_250
 
 
+@pytest.mark.parametrize(
+    ("current_time", "allowed", "answer"),
+    [
+        (1_767_225_600 - 86_400, 300, None),  # a day old: Talkable retrying, as first rendered
+        (1_767_225_600 + 300, 300, None),  # clocks a little apart
+        (1_767_225_600 + 301, 300, "is 301 seconds ahead of this server's clock (at most 300)"),
+        (1_767_225_600 + 1, 0, "is 1 seconds ahead of this server's clock (at most 0)"),
+        (
+            1_767_225_600_000,  # '%Q' in the template, not '%s'
+            300,
+            "reads as after the year 9999: epoch seconds expected, not milliseconds",
+        ),
+    ],
+)
+async def test_an_event_time_ahead_of_the_clock_is_refused(
+    ingress_with: StartIngress, current_time: int, allowed: int, answer: str | None
+) -> None:
+    """The ledger judges by usage_limit.current_time: a window started in the future would
+    hold the person's later webhooks until then (for good, in milliseconds)."""
+    ingress = await ingress_with(clock=lambda: 1_767_225_600.9, max_clock_ahead_seconds=allowed)
+    body = Body(JSON, json_body(changed(usage_limit__current_time=str(current_time))))
+
+    if answer is None:
+        received = await accepted(ingress, body)
+        assert received.spec.usage_limit is not None
+        assert received.spec.usage_limit.current_time == current_time
+    else:
+        errors = await rejected(ingress, body, 422)
+        assert errors == [{"field": "usage_limit.current_time", "message": answer}]
+
+
 # --- 2. rejections --------------------------------------------------------------------------
 
 REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
