@@ -533,6 +533,7 @@ class Generate(Work[GenerateText]):
             attempt=command.attempt,
             scope=f"model:{command.chat.model}",
             cost=token_cost(command.chat),
+            least=command.chat.max_tokens,  # OpenAI counts it whole against tokens a minute
             issued_s=issued_s,
             call=call,
             report=report,

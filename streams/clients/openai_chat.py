@@ -7,6 +7,7 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     answer                               reason              the scheduler
     200 with text                        (success)           reports it; learns the limits
     429 rate_limit_exceeded              RateLimited         waits (retry-after, "try again")
+    429 "Request too large" (TPM)        RequestTooLarge     reports: no wait lets it run
     429 insufficient_quota               InsufficientQuota   reports; refuses the key a while
     401 invalid_api_key                  Unauthorized        reports; refuses the key a while
     403                                  Forbidden           reports; refuses the key a while
@@ -37,6 +38,10 @@ from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
 _KEYLIKE = re.compile(r"(sk|key|Bearer)[-_ ]?[A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
+# OpenAI's 429 for a call larger than the key's whole limit a minute: "Request too large for
+# gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 36278. The
+# input or output tokens must be reduced in order to run successfully." (no "try again")
+_ASKED = re.compile(r"Limit (\d+), (?:Used \d+, )?Requested (\d+)")
 _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
     "insufficient_quota": ("InsufficientQuota", "key"),
     "invalid_api_key": ("Unauthorized", "key"),
@@ -158,11 +163,21 @@ def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
     limits = read_limits(exc.response.headers, message)
     text = f"OpenAI answered {status}" + (f" {code}" if code else "") + f": {message}"
     refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    if status == 429 and refusal is None and _too_large(message):
+        return GenerationError(text, reason="RequestTooLarge", status=status, limits=limits)
     if refusal is not None:
         reason, scope = refusal
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def _too_large(message: str) -> bool:
+    """A 429 no wait fixes: the call asks for more than the key's limit a minute."""
+    if message.lower().startswith("request too large"):
+        return True
+    asked = _ASKED.search(message)
+    return asked is not None and int(asked[2]) > int(asked[1])
 
 
 def _error_fields(body: object) -> tuple[str | None, str | None, str | None]:

@@ -14,7 +14,9 @@ Rate limits are per key, as OpenAI's are: requests and tokens per minute (``key_
 ``burst_seconds`` of its rate. A call takes 1 request and its prompt (about 4 characters a
 token) plus ``max_tokens`` tokens, when it is admitted; one that does not fit is refused with
 OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), without a
-``retry-after`` unless ``limit_retry_after`` is set. Every answer carries the key's
+``retry-after`` unless ``limit_retry_after`` is set; one that costs more than the key's tokens
+a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
+(no wait fits it, so it says none). Every answer carries the key's
 ``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
 ``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``.
 """
@@ -200,6 +202,15 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
     call's request and tokens are taken)."""
     limits = state.limits_of(key)
     cost = _token_cost(body)
+    if cost > limits.tpm:  # more than a minute's tokens: no wait fits it
+        message = (
+            f"Request too large for {model or 'the model'} in organization org-standin on "
+            f"tokens per min (TPM): Limit {limits.tpm:.0f}, Requested {cost}. The input or "
+            "output tokens must be reduced in order to run successfully. Visit "
+            "https://platform.openai.com/account/rate-limits to learn more."
+        )
+        headers = _limit_headers(limits)
+        return _error(429, message, "tokens", code="rate_limit_exceeded", headers=headers)
     wait = limits.requests.take(1)
     lane, limit, used, asked = "requests per min (RPM)", limits.rpm, limits.rpm, 1
     if not wait:

@@ -7,7 +7,10 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
 - **Rate, learned.** OpenAI's ``x-ratelimit-limit-requests`` / ``-tokens`` (per minute) set two
   GCRA lanes (generic cell rate algorithm: each call's cost moves a theoretical arrival time on
   by ``cost / rate``), requests and tokens, each at ``safety`` of the limit. A call's token cost
-  is the prompt estimate plus ``max_tokens``. ``remaining`` at 0 pauses until the ``reset``.
+  is the prompt estimate plus ``max_tokens``, counted at most the limit a minute; a call the
+  upstream refused (a 4xx) spent none and gives its cost back. ``remaining`` at 0 pauses until
+  the ``reset``. A call that certainly costs more than the limit a minute never fits
+  (:meth:`Pacer.never_fits`): no wait lets it run.
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
   halved on a 429 or an outage.
@@ -63,6 +66,11 @@ class Lane:
         if self.rate is not None:
             self._tat = max(self._tat, now) + cost / self.rate
 
+    def give_back(self, cost: float, now: float) -> None:
+        """Units taken for a call that did not spend them."""
+        if self.rate is not None:
+            self._tat = max(now, self._tat - cost / self.rate)
+
 
 class Pacer:
     def __init__(self, config: PacerConfig | None = None) -> None:
@@ -78,6 +86,7 @@ class Pacer:
         self.failures = 0  # outage failures in a row
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
+        self.tokens_per_minute: float | None = None  # the limit as the upstream said it
         self.heard = False  # any answer at all yet: until then, one call at a time...
         self.probe_until: float | None = None  # ...until probe_wait after the first one started
 
@@ -113,6 +122,17 @@ class Pacer:
         """A new target's first call is out (or about to be), and not for long yet."""
         return not self.heard and (self.probe_until is None or now < self.probe_until)
 
+    def never_fits(self, least_tokens: float) -> bool:
+        """A call that costs at least ``least_tokens`` is more than the upstream allows in a
+        minute: it would refuse it however long it waited."""
+        limit = self.tokens_per_minute
+        return limit is not None and least_tokens > limit
+
+    def _counted(self, cost_tokens: float) -> float:
+        """What a call's tokens move the lane by: never more than a minute's worth."""
+        limit = self.tokens_per_minute
+        return cost_tokens if limit is None else min(cost_tokens, limit)
+
     @property
     def rate(self) -> float | None:
         """Calls per second allowed (None: not learned)."""
@@ -125,7 +145,7 @@ class Pacer:
             self.probe_until = now + self.config.probe_wait
         self.in_flight += 1
         self.requests.take(1, now)
-        self.tokens.take(cost_tokens, now)
+        self.tokens.take(self._counted(cost_tokens), now)
 
     def answered(self, limits: Limits | None, now: float) -> None:
         """The call got an answer from a healthy upstream (success, or a refusal no retry
@@ -140,6 +160,12 @@ class Pacer:
         self.window = min(
             self.config.max_window, self.window + (1 if self.slow_start else 1 / self.window)
         )
+
+    def refused(self, limits: Limits | None, cost_tokens: float, now: float) -> None:
+        """The call was refused (a 4xx no retry fixes): the upstream is up, and generated
+        nothing, so the tokens taken for it go back."""
+        self.tokens.give_back(self._counted(cost_tokens), now)
+        self.answered(limits, now)
 
     def throttled(self, limits: Limits | None, now: float) -> None:
         """A 429 that asks to wait: pause the target, shrink the window if nothing is known."""
@@ -183,6 +209,7 @@ class Pacer:
             self.requests.rate = limits.requests_per_minute / 60 * safety
             self.learned = True
         if limits.tokens_per_minute:
+            self.tokens_per_minute = limits.tokens_per_minute
             self.tokens.rate = limits.tokens_per_minute / 60 * safety
             self.learned = True
         for remaining, reset in (

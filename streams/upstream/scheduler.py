@@ -9,6 +9,9 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a 429 (rate limited) or an outage (5xx, connection error, timeout) sends the command back to
   the head of its queue: it waits, it does not spend an attempt. A command that waited past
   ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it;
+- a command that costs more tokens at the least (its ``max_tokens``) than the target allows in
+  a minute is reported at once (``RequestTooLarge``), without a call and without holding the
+  commands behind it: no wait would let it run;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
@@ -54,6 +57,7 @@ class Job(Generic[R]):
     origin: Any = None  # where the command came from (a partition), for a hand-back on revoke
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
+    least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     tries: int = 0
@@ -146,6 +150,10 @@ class Scheduler:
         refusal = self._refusal(target, job, self._clock())
         if refusal is not None:  # the key (or model) was refused a moment ago: no call
             self._finish(job, None, _refused_again(refusal), self._clock())
+            return
+        too_large = _too_large(target, job)
+        if too_large is not None:
+            self._finish(job, None, too_large, self._clock())
             return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
@@ -241,6 +249,12 @@ class Scheduler:
         index = 0
         while self.in_flight < self.max_in_flight and index < len(self._waiting):
             target = self._waiting[index]
+            head = target.queue[0] if target.queue else None
+            if head is not None and (too_large := _too_large(target, head)) is not None:
+                target.queue.popleft()  # queued before the target's limit was known
+                del target.queued[head.key]
+                self._finish(head, None, too_large, now)
+                continue
             at = self._ready(target, now)
             if at is not None and at <= now:
                 job = target.queue.popleft()
@@ -425,7 +439,7 @@ class Scheduler:
                 self._note(target, "failed")
                 self._requeue(target, job, f"{error}")
             else:
-                target.pacer.answered(limits, now)
+                target.pacer.refused(limits, job.cost, now)
                 self._note(target, "refused")
                 if error.refuses in ("key", "model"):
                     scope = job.key_scope if error.refuses == "key" else job.scope
@@ -531,6 +545,20 @@ def _why_held(target: Target, at: float | None, now: float) -> str:
     if pacer.paused_until > now:
         return f"paused{last}"
     return f"paced at {pacer.rate:.2f}/s" if pacer.rate else "paced"
+
+
+def _too_large(target: Target, job: Job[Any]) -> UpstreamError | None:
+    """The refusal no wait fixes, without a call: the job costs more than a minute's tokens."""
+    if not target.pacer.never_fits(job.least):
+        return None
+    error = UpstreamError(
+        f"not called: it asks for at least {job.least:.0f} tokens (max_tokens), more than the "
+        f"{target.pacer.tokens_per_minute:.0f} a minute the key {target.name} allows; no wait "
+        "lets it run: lower max_tokens",
+        reason="RequestTooLarge",
+    )
+    error.tries = 0
+    return error
 
 
 def _refused_again(error: UpstreamError) -> UpstreamError:

@@ -75,6 +75,25 @@ async def test_a_rate_limit_429_waits_for_what_the_message_asks(oai, chat) -> No
     assert error.limits.requests_per_minute == 60
 
 
+async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat) -> None:
+    """OpenAI's 429 "Request too large ... The input or output tokens must be reduced": a
+    rate_limit_exceeded no wait fixes, so it is not a throttle; its headers tell the limit."""
+    oai.config.key_limits = {KEY: {"rpm": 600, "tpm": 1_000}}
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT.model_copy(update={"max_tokens": 5_000}), KEY)
+    error = caught.value
+    assert (error.reason, error.status, error.retriable, error.throttle, error.refuses) == (
+        "RequestTooLarge",
+        429,
+        False,
+        False,
+        "request",
+    )
+    assert "Request too large" in str(error) and "Limit 1000, Requested 5005." in str(error)
+    assert error.limits is not None and error.limits.tokens_per_minute == 1_000
+    assert KEY not in str(error)
+
+
 @pytest.mark.parametrize(
     ("setup", "reason", "refuses"),
     [

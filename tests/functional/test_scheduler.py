@@ -35,8 +35,8 @@ class Upstream:
     reports: dict[str, Outcome[Any]] = field(default_factory=dict)
 
     def job(self, key: str, *, attempt: int = 1, scope: str = "model:m", issued: float = 1000.0,
-            origin: Any = None, probe: bool = False,
-            key_scope: str = "key") -> Job[Any]:  # fmt: skip
+            origin: Any = None, probe: bool = False, key_scope: str = "key", cost: float = 0,
+            least: float = 0) -> Job[Any]:  # fmt: skip
         async def call() -> tuple[str, Limits | None]:
             self.calls.append(key)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -49,8 +49,9 @@ class Upstream:
         async def report(outcome: Outcome[Any]) -> None:
             self.reports[key] = outcome
 
-        return Job(key=key, attempt=attempt, scope=scope, cost=0, issued_s=issued, call=call,
-                   report=report, origin=origin, probe=probe, key_scope=key_scope)  # fmt: skip
+        return Job(key=key, attempt=attempt, scope=scope, cost=cost, issued_s=issued, call=call,
+                   report=report, origin=origin, probe=probe, key_scope=key_scope,
+                   least=least)  # fmt: skip
 
     def answer(self, key: str, value: Any = "ok") -> None:
         self.pending[key].pop(0).set_result(value)
@@ -312,6 +313,54 @@ async def test_a_missing_model_refuses_only_that_model() -> None:
     await settle()
     assert up.reports["m2"].error.reason == "ModelNotFound" and "m2" not in up.calls
     assert up.calls == ["m1", "n1"]
+
+
+async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_nothing() -> None:
+    """OpenAI refuses a call that asks for more tokens than the key allows in a minute however
+    long it waits ("Request too large"). Once the limit is known, a command whose max_tokens
+    alone is more ends at once without a call, queued or new; one that is called and refused
+    gives back the tokens it took: the commands behind it are not held."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock)
+    for key, least in (("big0", 40_000), ("big1", 20_000), ("small0", 60)):
+        s.submit("fp1", up.job(key, cost=least + 500, least=least))
+    s.dispatch()
+    await settle()
+    assert up.calls == ["big0"]  # a new target's first question
+    limits = Limits(requests_per_minute=6_000, tokens_per_minute=10_000)
+    too_large = UpstreamError("429 rate_limit_exceeded: Request too large",
+                              reason="RequestTooLarge", status=429, limits=limits)  # fmt: skip
+    up.answer("big0", too_large)
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls == ["big0", "small0"]  # big1 queued before the limit was known: no call
+    assert (up.reports["big0"].error.reason, up.reports["big0"].tries) == ("RequestTooLarge", 1)
+    big1 = up.reports["big1"]
+    assert (big1.error.reason, big1.tries) == ("RequestTooLarge", 0)
+    assert str(big1.error) == (
+        "not called: it asks for at least 20000 tokens (max_tokens), more than the 10000 a "
+        "minute the key fp1 allows; no wait lets it run: lower max_tokens"
+    )
+    up.answer("small0")
+    await settle()
+    clock.t += 10  # small0's tokens paced out
+
+    s.submit("fp1", up.job("big2", cost=30_500, least=30_000))  # known now: at once
+    await settle()
+    assert up.reports["big2"].error.reason == "RequestTooLarge"
+    # max_tokens fits, the prompt's estimate does not: called, refused, its tokens given back
+    s.submit("fp1", up.job("mid", cost=50_000, least=5_000))
+    s.dispatch()
+    await settle()
+    up.answer("mid", too_large)
+    await settle()
+    clock.t += 0.1  # the requests' spacing (90/s), not the minute "mid" took of tokens
+    s.submit("fp1", up.job("small1", cost=100, least=60))
+    s.dispatch()
+    await settle()
+    assert up.calls == ["big0", "small0", "mid", "small1"]  # not a minute behind "mid"
+    assert "big2" not in up.calls
 
 
 async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:

@@ -128,6 +128,46 @@ def test_a_key_without_quota_is_called_once_and_redriven_once_topped_up(make_sys
     assert len(calls_with(system, broke)) == 1 + 5
 
 
+def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_no_one(
+    make_system,
+) -> None:
+    """OpenAI refuses a call larger than the key's tokens a minute however long it waits (its
+    429 "Request too large"): such a webhook ends RequestTooLarge at once, and the tokens it
+    was counted for go back, so the key's other webhooks are not held; once the limit is known,
+    one whose max_tokens alone is more is not even called."""
+    system = make_system()
+    key = "sk-small-tpm-key-0007"
+    system.openai("POST", "/_control", {"key_limits": {key: {"rpm": 600, "tpm": 20_000}}})
+
+    def asking(email: str, max_tokens: int, content: str = "A verse for a kite.") -> dict:
+        body = seed_params(email, site="tpm-site", openai_key=key, content=content)
+        body["openai"]["max_tokens"] = str(max_tokens)
+        return body
+
+    def ended(rid: str) -> tuple[str, str | None, str]:
+        row = system.wait_terminal([rid], timeout=30)[rid]
+        return row.state, row.error_class, row.error_message or ""
+
+    # the key's first call, its limit unknown: one call, OpenAI's refusal
+    [greedy] = post_all(system, [asking("greedy@example.com", 100_000)])  # a template's typo
+    state, reason, message = ended(greedy)
+    assert (state, reason) == ("generation_failed", "RequestTooLarge")
+    assert "Request too large" in message and "Limit 20000, Requested 100" in message
+    # max_tokens fits, the prompt makes it too large: called, refused, its tokens given back
+    [wordy] = post_all(system, [asking("wordy@example.com", 15_000, content="word " * 6_000)])
+    assert ended(wordy)[:2] == ("generation_failed", "RequestTooLarge")
+    called = len(calls_with(system, key))
+    # the key's other webhooks are served at once, not a minute later; the next greedy one is
+    # not called: the key's limit is known now
+    fair = post_all(system, [asking(f"fair{i}@example.com", 150) for i in range(5)])
+    [again] = post_all(system, [asking("greedy2@example.com", 100_000)])
+    assert {ended(rid)[0] for rid in fair} == {"published"}
+    state, reason, message = ended(again)
+    assert (state, reason) == ("generation_failed", "RequestTooLarge")
+    assert message.startswith("not called: it asks for at least 100000 tokens")
+    assert len(calls_with(system, key)) == called + len(fair)
+
+
 def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> None:
     system = make_system(circuit_max_open_seconds="5")
     back_at = time.time() + 25  # the stand-in answers 503 until then

@@ -94,6 +94,24 @@ def test_a_learned_token_limit_paces_by_each_calls_cost() -> None:
     assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [2.0] * 4
 
 
+def test_a_call_moves_the_tokens_lane_a_minute_at_most_and_a_refused_one_not_at_all() -> None:
+    """OpenAI refuses, unspent, a call that asks for more than a minute's tokens; one such
+    call must not hold the key's lane for longer than that, nor at all once refused."""
+    pacer = Pacer(PacerConfig(safety=1.0))
+    pacer.started(0, 0.0)
+    limits = read_limits({"x-ratelimit-limit-requests": "6000", "x-ratelimit-limit-tokens": "6000"})
+    pacer.answered(limits, 0.0)  # 100 tokens/s
+    assert (pacer.never_fits(6_000), pacer.never_fits(6_001)) == (False, True)
+
+    pacer.started(1_000_000, 0.0)  # asks for 10,000 s of tokens: counted as one minute
+    pacer.answered(None, 0.0)
+    assert pacer.ready_at(100, 0.0) == pytest.approx(60.0)
+
+    pacer.started(1_000_000, 60.0)
+    pacer.refused(None, 1_000_000, 60.0)  # refused: spent nothing
+    assert pacer.ready_at(100, 60.0) == pytest.approx(60.01)  # the request's spacing alone
+
+
 def test_remaining_zero_pauses_until_the_reset() -> None:
     pacer = Pacer()
     pacer.started(0, 10.0)
