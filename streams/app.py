@@ -139,6 +139,7 @@ def _executor(
         safety=settings.pacing_safety,
         circuit_after=settings.circuit_failures,
         open_max=settings.circuit_max_open_seconds,
+        throttle_max=settings.circuit_max_open_seconds,
     )
     scheduler = Scheduler(
         name,

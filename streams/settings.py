@@ -147,7 +147,11 @@ class Settings(BaseSettings):
     )
     pacing_safety: float = Field(0.9, gt=0, le=1, description="share of a learned limit used")
     circuit_failures: int = Field(3, ge=1, description="outage failures in a row that open it")
-    circuit_max_open_seconds: float = Field(30.0, gt=0, description="longest wait between probes")
+    circuit_max_open_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="longest wait between probes of an outage, or of 429s that say nothing",
+    )
     openai_initial_window: int = Field(
         8, ge=1, description="calls in flight to a new OpenAI key before its limits are known"
     )

@@ -19,7 +19,9 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   ``probe_wait`` seconds at most. A refusal comes back sooner than that, while a generation may
   take many seconds: the webhooks behind the first one wait for it no longer than that.
 - **A 429** pauses the target for what it asked (``retry-after``, "try again in"), else for a
-  backoff; the throttled call goes back to the head of its queue: waiting is not failing.
+  backoff of its own (its learned pace, or, nothing learned, ``throttle_base`` doubling with
+  each such 429 in a row up to ``throttle_max``: Talkable asks clients to back off from seconds
+  up to minutes); the throttled call goes back to the head of its queue: waiting is not failing.
 - **An outage** (5xx, connection errors, timeouts): after ``circuit_after`` failures in a row the
   circuit opens for ``open_base`` seconds, doubling to ``open_max``; then one probe at a time
   (half open) until one succeeds, which closes it, and the queue drains at the learned rate.
@@ -48,7 +50,8 @@ class PacerConfig:
     circuit_after: int = 3  # outage failures in a row that open the circuit
     open_base: float = 1.0  # seconds the circuit stays open the first time
     open_max: float = 30.0
-    throttle_base: float = 1.0  # pause after a 429 that said nothing about how long
+    throttle_base: float = 1.0  # pause after a 429 that said nothing about how long...
+    throttle_max: float = 30.0  # ...doubling with each in a row, up to this
     probe_wait: float = 1.0  # seconds a new target's first call goes alone, at most
 
 
@@ -84,6 +87,7 @@ class Pacer:
         self.circuit = Circuit.CLOSED
         self.open_until = 0.0
         self.failures = 0  # outage failures in a row
+        self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it
@@ -154,6 +158,7 @@ class Pacer:
         self.heard = True
         self._learn(limits, now)
         self.failures = 0
+        self.unhinted = 0
         if self.circuit is not Circuit.CLOSED:
             self.circuit = Circuit.CLOSED
             self.open_for = self.config.open_base
@@ -173,8 +178,14 @@ class Pacer:
         self.heard = True
         self._learn(limits, now)
         wait = limits.retry_after_s if limits is not None else None
-        if wait is None:
-            wait = 1 / self.rate if self.rate else self.config.throttle_base
+        if wait is not None:
+            self.unhinted = 0
+        elif self.rate:
+            wait = 1 / self.rate
+        else:
+            config = self.config
+            wait = min(config.throttle_base * 2**self.unhinted, config.throttle_max)
+            self.unhinted += 1
         self.paused_until = max(self.paused_until, now + wait)
         self._decrease()
 

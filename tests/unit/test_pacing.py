@@ -145,6 +145,29 @@ def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None
     assert pacer.ready_at(0, 3.5) == pytest.approx(3.5 + PacerConfig().throttle_base)
 
 
+def test_429s_in_a_row_that_say_nothing_back_off_doubling_up_to_the_maximum() -> None:
+    """Talkable publishes no limits and asks clients to back off from seconds up to minutes:
+    one call a second through a 429 storm of minutes would be sixty a minute."""
+    pacer = Pacer(PacerConfig(throttle_base=1.0, throttle_max=8.0))
+    now, waits = 0.0, []
+    for _ in range(6):
+        pacer.started(0, now)
+        pacer.throttled(None, now)
+        at = pacer.ready_at(0, now)
+        assert at is not None
+        waits.append(at - now)
+        now = at
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    pacer.started(0, now)
+    pacer.answered(None, now)  # an answer ends the run
+    pacer.started(0, now)
+    pacer.throttled(None, now)
+    assert pacer.ready_at(0, now) == now + 1.0
+    pacer.started(0, now + 1.0)
+    pacer.throttled(Limits(retry_after_s=0.5), now + 1.0)  # what it asks, as asked
+    assert pacer.ready_at(0, now + 1.0) == now + 1.5
+
+
 def test_an_outage_opens_the_circuit_then_one_probe_at_a_time() -> None:
     pacer = Pacer(PacerConfig(circuit_after=3, open_base=1.0, open_max=4.0))
     for _ in range(2):
