@@ -13,6 +13,7 @@ date is ignored). Talkable publishes no limits and only asks clients to back off
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,10 +52,13 @@ def duration_seconds(text: str | None) -> float | None:
 
 
 def _number(value: str | None) -> float | None:
+    """A header's finite number ("inf" or "nan" would pause a target for ever, or pace it
+    by nothing); None for anything else."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -216,10 +216,10 @@ class Pacer:
         if limits is None:
             return
         safety = self.config.safety
-        if limits.requests_per_minute:
+        if limits.requests_per_minute and limits.requests_per_minute > 0:
             self.requests.rate = limits.requests_per_minute / 60 * safety
             self.learned = True
-        if limits.tokens_per_minute:
+        if limits.tokens_per_minute and limits.tokens_per_minute > 0:
             self.tokens_per_minute = limits.tokens_per_minute
             self.tokens.rate = limits.tokens_per_minute / 60 * safety
             self.learned = True

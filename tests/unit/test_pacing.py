@@ -52,6 +52,23 @@ def test_openai_headers_give_the_limits_per_minute_and_the_resets() -> None:
     assert not read_limits({}).said_anything
 
 
+def test_numbers_no_upstream_could_mean_are_not_read() -> None:
+    """A header of "inf" would pause the target for ever, "nan" or a negative limit would
+    pace it by nothing: such an answer said nothing about its limits."""
+    odd = {
+        "x-ratelimit-limit-requests": "nan",
+        "x-ratelimit-limit-tokens": "-5",
+        "retry-after": "inf",
+    }
+    limits = read_limits(odd)
+    assert (limits.requests_per_minute, limits.retry_after_s) == (None, None)
+    pacer = Pacer()
+    pacer.started(0, 0.0)
+    pacer.throttled(limits, 0.0)
+    assert pacer.ready_at(0, 0.0) == PacerConfig().throttle_base  # its own backoff
+    assert (pacer.rate, pacer.tokens_per_minute, pacer.learned) == (None, None, False)
+
+
 def test_the_wait_asked_for_is_the_longest_of_header_and_message() -> None:
     message = "Rate limit reached ... Limit 3, Used 3, Requested 1. Please try again in 20s. Visit"
     assert try_again_in(message) == 20.0
