@@ -63,6 +63,9 @@ V = TypeVar("V")
 FETCH_RECORDS = 500
 MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
 MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
+# a generation that timed out this many times while its key answered other calls ends: each
+# try may have been billed (a publication's retries cost nothing and are idempotent: they wait)
+SLOW_GENERATION_TIMEOUTS = 3
 Report = Callable[[Outcome[Any]], Awaitable[None]]
 
 
@@ -534,6 +537,7 @@ class Generate(Work[GenerateText]):
             scope=f"model:{command.chat.model}",
             cost=token_cost(command.chat),
             least=command.chat.max_tokens,  # OpenAI counts it whole against tokens a minute
+            slow_after=SLOW_GENERATION_TIMEOUTS,
             issued_s=issued_s,
             call=call,
             report=report,

@@ -12,6 +12,9 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a command that costs more tokens at the least (its ``max_tokens``) than the target allows in
   a minute is reported at once (``RequestTooLarge``), without a call and without holding the
   commands behind it: no wait would let it run;
+- a call that timed out its job's ``slow_after`` times, the last while the target answered
+  its other calls, is reported (``Timeout``): it is the call that is slow (a long
+  generation), not the upstream, and each try may have been billed;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
@@ -58,10 +61,13 @@ class Job(Generic[R]):
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
     least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
+    slow_after: int = 0  # its calls' timeouts that end it, the target answering others (0: none)
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     tries: int = 0
     seq: int = 0  # the order it arrived in
+    started_s: float = 0.0  # when its latest call started
+    timeouts: int = 0  # its calls that timed out
     held_by: str = ""  # why it is waiting, for a QueueTimeout
 
 
@@ -85,6 +91,7 @@ class Target:
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
+    answered_s: float = float("-inf")  # when a call of it last got an answer
     served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
     waiting: bool = False  # has queued work: in the scheduler's round, or asleep
     asleep: bool = False  # out of the round until news of it, or until ``wakes``
@@ -391,6 +398,7 @@ class Scheduler:
         target.calls += 1
         self.in_flight += 1
         job.tries += 1
+        job.started_s = now
         task = asyncio.create_task(self._call(target, job))
         self._tasks.add(task)
         self._calls[task] = job
@@ -423,6 +431,8 @@ class Scheduler:
         now = self._clock()
         self.in_flight -= 1
         try:
+            if error is None or not (error.throttle or error.retriable):
+                target.answered_s = now
             if error is None:
                 target.pacer.answered(limits, now)
                 target.refused.pop(job.key_scope, None)  # the key works (again)
@@ -437,7 +447,11 @@ class Scheduler:
             elif error.retriable:
                 target.pacer.failed(now)
                 self._note(target, "failed")
-                self._requeue(target, job, f"{error}")
+                slow = _too_slow(target, job, error)
+                if slow is not None:
+                    self._finish(job, None, slow, now)
+                else:
+                    self._requeue(target, job, f"{error}")
             else:
                 target.pacer.refused(limits, job.cost, now)
                 self._note(target, "refused")
@@ -503,6 +517,21 @@ class Scheduler:
 
 
 SETTLE_EVERY_S = 1.0
+
+
+def _too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError | None:
+    """The final answer for a call that keeps timing out while its target answers others."""
+    if error.reason != "Timeout" or not job.slow_after:
+        return None
+    job.timeouts += 1
+    if job.timeouts < job.slow_after or target.answered_s <= job.started_s:
+        return None  # or the whole target is slow: an outage, which waits
+    return type(error)(
+        f"{error} on this call {job.timeouts} times, while {target.name} answered other calls: "
+        "the call is too slow (a long generation?), not the upstream",
+        reason="Timeout",
+        limits=error.limits,
+    )
 
 
 def _load(target: Target) -> tuple[int, int]:

@@ -36,7 +36,7 @@ class Upstream:
 
     def job(self, key: str, *, attempt: int = 1, scope: str = "model:m", issued: float = 1000.0,
             origin: Any = None, probe: bool = False, key_scope: str = "key", cost: float = 0,
-            least: float = 0) -> Job[Any]:  # fmt: skip
+            least: float = 0, slow_after: int = 0) -> Job[Any]:  # fmt: skip
         async def call() -> tuple[str, Limits | None]:
             self.calls.append(key)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -51,7 +51,7 @@ class Upstream:
 
         return Job(key=key, attempt=attempt, scope=scope, cost=cost, issued_s=issued, call=call,
                    report=report, origin=origin, probe=probe, key_scope=key_scope,
-                   least=least)  # fmt: skip
+                   least=least, slow_after=slow_after)  # fmt: skip
 
     def answer(self, key: str, value: Any = "ok") -> None:
         self.pending[key].pop(0).set_result(value)
@@ -361,6 +361,62 @@ async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_n
     await settle()
     assert up.calls == ["big0", "small0", "mid", "small1"]  # not a minute behind "mid"
     assert "big2" not in up.calls
+
+
+def timed_out() -> UpstreamError:
+    return UpstreamError("OpenAI timed out", reason="Timeout", retriable=True)
+
+
+async def test_a_call_that_keeps_timing_out_while_its_target_answers_others_ends() -> None:
+    """A long generation that outlasts the call's timeout every time: each try may have been
+    billed, and its key answers the other calls meanwhile, so it is the call that is slow,
+    not the upstream. Where every call times out (an outage), they wait instead."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)
+    s.submit("key", up.job("first"))
+    await probe_answered(s, up, "first")
+    s.submit("key", up.job("slow", slow_after=3))
+    for turn in range(3):
+        s.submit("key", up.job(f"quick{turn}"))
+        s.dispatch()
+        await settle()
+        assert up.calls[-2:] == ["slow", f"quick{turn}"]
+        clock.t += 1
+        up.answer(f"quick{turn}")  # the key answers while the slow call is out
+        await settle()
+        up.answer("slow", timed_out())
+        await settle()
+        assert ("slow" in up.reports) == (turn == 2)
+    slow = up.reports["slow"]
+    assert (slow.error.reason, slow.error.retriable, slow.tries) == ("Timeout", False, 3)
+    assert str(slow.error) == (
+        "OpenAI timed out on this call 3 times, while key answered other calls: the call is "
+        "too slow (a long generation?), not the upstream"
+    )
+
+    # a publication's retries cost nothing and are idempotent: its job has no slow_after
+    s.submit("site", up.job("site-first"))
+    await probe_answered(s, up, "site-first")
+    s.submit("site", up.job("publish"))
+    for turn in range(3):  # as "slow" above
+        s.submit("site", up.job(f"other{turn}"))
+        s.dispatch()
+        await settle()
+        clock.t += 1
+        up.answer(f"other{turn}")
+        await settle()
+        up.answer("publish", timed_out())
+        await settle()
+    assert up.calls.count("publish") == 3 and "publish" not in up.reports
+
+    s.submit("down", up.job("d0", slow_after=3))
+    for _ in range(4):  # the whole target times out: it waits for it, however many times
+        s.dispatch()
+        await settle()
+        up.answer("d0", timed_out())
+        await settle()
+        clock.t += 60
+    assert up.calls.count("d0") == 4 and "d0" not in up.reports
 
 
 async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:
