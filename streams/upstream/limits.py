@@ -7,14 +7,18 @@ OpenAI sends, on every response (429s included)::
     x-ratelimit-reset-requests: 200ms      x-ratelimit-reset-tokens: 6m0s
 
 (limits per minute; resets as Go-style durations), and in a 429 body "Please try again in
-1.234s" (or "20ms"). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds; an HTTP
-date is ignored). Talkable publishes no limits and only asks clients to back off.
+1.234s" (or "20ms"). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds, or an
+HTTP date: the wait until then by this machine's clock). Talkable publishes no limits and only
+asks clients to back off.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -61,13 +65,26 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``retry-after-ms`` (OpenAI) or ``retry-after`` in seconds; HTTP dates are ignored."""
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``retry-after-ms`` (OpenAI) or ``retry-after`` in seconds, or as an HTTP date (the wait
+    from ``now``, this machine's clock by default, until then; a date past is no wait)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         seconds = _number(headers.get(name))
         if seconds is not None and seconds >= 0:
             return seconds * scale
-    return None
+    return _until_date(headers.get("retry-after"), time.time() if now is None else now)
+
+
+def _until_date(value: str | None, now: float) -> float | None:
+    if not value or value.strip()[:1].isdigit():  # a number, read (or refused) above
+        return None
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:  # an HTTP date is GMT
+        at = at.replace(tzinfo=datetime.UTC)
+    return max(at.timestamp() - now, 0.0)
 
 
 def try_again_in(message: str | None) -> float | None:
@@ -76,10 +93,12 @@ def try_again_in(message: str | None) -> float | None:
     return duration_seconds(found.group(1)) if found else None
 
 
-def read_limits(headers: Mapping[str, str], message: str | None = None) -> Limits:
+def read_limits(
+    headers: Mapping[str, str], message: str | None = None, now: float | None = None
+) -> Limits:
     """Everything the answer said: the ``x-ratelimit-*`` headers, ``retry-after(-ms)``, and
     the "try again in" of an error message (the longer of the two waits)."""
-    waits = [w for w in (retry_after(headers), try_again_in(message)) if w is not None]
+    waits = [w for w in (retry_after(headers, now), try_again_in(message)) if w is not None]
     return Limits(
         requests_per_minute=_number(headers.get("x-ratelimit-limit-requests")),
         remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),

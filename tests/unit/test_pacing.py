@@ -76,7 +76,12 @@ def test_the_wait_asked_for_is_the_longest_of_header_and_message() -> None:
     assert try_again_in("nothing to see") is None
     assert read_limits({"retry-after-ms": "1500"}).retry_after_s == 1.5
     assert read_limits({"retry-after": "3"}).retry_after_s == 3.0
-    assert read_limits({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after_s is None
+    # an HTTP date (RFC 9110): the wait until then; one past is no wait; a broken one nothing
+    at = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    dated = {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    assert read_limits(dated, now=at - 90).retry_after_s == 90.0
+    assert read_limits(dated, now=at + 5).retry_after_s == 0.0
+    assert read_limits({"retry-after": "Wed, 99 Foo"}, now=at).retry_after_s is None
     assert read_limits({"retry-after": "2"}, message).retry_after_s == 20.0
 
 
