@@ -7,7 +7,9 @@ deterministic: derived from the model and messages, cut to ``max_tokens`` whites
 Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in this order:
 ``latency_seconds`` → ``fail_next`` → ``hang_every`` → auth (missing key, ``unauthorized_keys``)
 → ``insufficient_quota_keys`` → ``unknown_models`` → the key's rate limits → ``rate_limit_every``
-/``rate_limit_fraction`` → ``fail_500_every`` → body validation.
+/``rate_limit_fraction`` → ``fail_500_every`` → body validation → the generation's own time
+(``seconds_per_token`` for each token of its ``max_tokens``: a long one outlasts a client's
+timeout while short ones do not).
 
 Rate limits are per key, as OpenAI's are: requests and tokens per minute (``key_limits``, else
 ``default_rpm``/``default_tpm``), each a bucket with continuous refill holding
@@ -23,6 +25,7 @@ a minute, with OpenAI's 429 "Request too large ... The input or output tokens mu
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -59,6 +62,9 @@ REQUEST_LIMIT = 10_000
 @dataclass
 class OpenAIStandinConfig:
     latency_seconds: float = 0.0
+    # a generation also takes this long per token of its max_tokens (a model writing up to
+    # its limit): a long one outlasts a client's timeout while short ones do not
+    seconds_per_token: float = 0.0
     rate_limit_every: int = 0  # 429 every N-th call; 0 = off
     rate_limit_fraction: float = 0.0  # 429 on this fraction of calls, evenly spread
     retry_after: str = "1"  # seconds, sent as the retry-after header of a 429
@@ -371,6 +377,10 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     invalid = _validate(body)
     if invalid is not None:
         return invalid
+    longest = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    writing = config.seconds_per_token * longest
+    if writing > 0:
+        await asyncio.sleep(writing)
     headers = _limit_headers(app[STATE].limits_of(key))
     return web.json_response(_completion(body), headers=headers)
 
@@ -379,9 +389,15 @@ async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await read_json(request)
     key = bearer_key(request)
-    model = body.get("model") if isinstance(body, dict) else None
+    model, max_tokens = (
+        (body.get("model"), body.get("max_tokens")) if isinstance(body, dict) else (None, None)
+    )
     rec = state.calls.start(
-        method=request.method, path=request.path, model=model, key_tail=key_tail(key)
+        method=request.method,
+        path=request.path,
+        model=model,
+        max_tokens=max_tokens,
+        key_tail=key_tail(key),
     )
     response = await _answer(request.app, key, body, rec)
     state.calls.finish(rec, response.status)

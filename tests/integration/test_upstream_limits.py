@@ -168,6 +168,38 @@ def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_n
     assert len(calls_with(system, key)) == called + len(fair)
 
 
+def test_a_generation_that_outlasts_the_timeout_ends_after_three_calls(make_system) -> None:
+    """A long generation (a large max_tokens on a slow model) times out every time while the
+    key answers its other calls: it ends Timeout after three calls, each of which may have
+    been billed, instead of being called again until MAX_WAIT_SECONDS."""
+    system = make_system(openai_timeout_seconds="1")
+    key = "sk-slow-generation-0009"
+    system.openai("POST", "/_control", {"seconds_per_token": 0.001})  # 150 tokens: 0.15 s
+
+    def asking(email: str, max_tokens: int) -> dict:
+        body = seed_params(email, site="slow-site", openai_key=key)
+        body["openai"]["max_tokens"] = str(max_tokens)
+        return body
+
+    [first] = post_all(system, [asking("first@example.com", 150)])  # the key's first question
+    system.wait_terminal([first], timeout=30)
+    [long] = post_all(system, [asking("long@example.com", 5_000)])  # 5 s: never within 1 s
+    others: list[str] = []
+
+    def ended() -> bool:  # the key's other webhooks go on meanwhile, a few a second
+        others.extend(post_all(system, [asking(f"short{len(others)}@example.com", 150)]))
+        row = system.projection.request(long)
+        return row is not None and row.terminal
+
+    wait_until(ended, 60, what="the long generation ended")
+    row = system.projection.request(long)
+    assert (row.state, row.error_class, row.attempts) == ("generation_failed", "Timeout", 1)
+    assert "on this call 3 times, while" in (row.error_message or "")
+    assert len([c for c in calls_with(system, key) if c.get("max_tokens") == 5_000]) == 3
+    rows = system.wait_terminal(others, timeout=60)
+    assert {r.state for r in rows.values()} == {"published"}
+
+
 def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> None:
     system = make_system(circuit_max_open_seconds="5")
     back_at = time.time() + 25  # the stand-in answers 503 until then
