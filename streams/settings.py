@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import re
 import socket
 from functools import cached_property
 from pathlib import Path
@@ -311,6 +312,9 @@ class Settings(BaseSettings):
         return f"{self.app_id}-{name}"
 
 
+_SEPARATOR_LIKE = re.compile(r"[\s;]")
+
+
 def _site_keys(text: str) -> dict[str, bytes]:
     """``site=key,site2=key2`` read (a trailing comma allowed); a ValueError naming an entry
     that is not one by its position, or a site given twice, never a key."""
@@ -321,6 +325,11 @@ def _site_keys(text: str) -> dict[str, bytes]:
         site, equals, key = (part.strip() for part in entry.partition("="))
         if not (equals and site and key):
             raise ValueError(f"entry {number} is not site=key (site=key,site2=key2)")
+        if _SEPARATOR_LIKE.search(key):  # "a=k1;b=k2": site a with the key "k1;b=k2"
+            raise ValueError(
+                f"entry {number}'s key holds a space or a ';': entries are separated by "
+                "commas (site=key,site2=key2)"
+            )
         if site in keys:
             raise ValueError(f"site {site!r} is given twice")
         keys[site] = key.encode()

@@ -41,6 +41,15 @@ BOOTSTRAP, SITE_KEYS = "TALKSTREAM_KAFKA_BOOTSTRAP", "TALKSTREAM_SITE_SECURITY_K
         (SITE_KEYS, "acme=k1,globex=", "entry 2 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "=s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "acme=k1,acme=s3cr3t", "site 'acme' is given twice"),
+        *(  # another separator: site acme with the key "k1;globex=..." and globex unchecked
+            (
+                SITE_KEYS,
+                f"acme=k1{sep}globex=s3cr3t",
+                "entry 1's key holds a space or a ';': "
+                "entries are separated by commas (site=key,site2=key2)",
+            )
+            for sep in (";", " ", "; ")
+        ),
     ],
 )
 def test_a_malformed_list_setting_is_named_before_anything_uses_it(
