@@ -10,7 +10,8 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   is the prompt estimate plus ``max_tokens``, counted at most the limit a minute; a call the
   upstream refused (a 4xx) spent none and gives its cost back. ``remaining`` at 0 pauses until
   the ``reset``. A call that certainly costs more than the limit a minute never fits
-  (:meth:`Pacer.never_fits`): no wait lets it run.
+  (:meth:`Pacer.never_fits`): no wait lets it run, as long as that limit was said lately
+  (a customer may raise it).
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
   halved on a 429 or an outage.
@@ -90,7 +91,8 @@ class Pacer:
         self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
-        self.tokens_per_minute: float | None = None  # the limit as the upstream said it
+        self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
+        self.tokens_said_at = float("-inf")  # ...when it last said so
         self.heard = False  # any answer at all yet: until then, one call at a time...
         self.probe_until: float | None = None  # ...until probe_wait after the first one started
 
@@ -126,11 +128,13 @@ class Pacer:
         """A new target's first call is out (or about to be), and not for long yet."""
         return not self.heard and (self.probe_until is None or now < self.probe_until)
 
-    def never_fits(self, least_tokens: float) -> bool:
+    def never_fits(self, least_tokens: float, now: float, within: float) -> bool:
         """A call that costs at least ``least_tokens`` is more than the upstream allows in a
-        minute: it would refuse it however long it waited."""
+        minute: it would refuse it however long it waited; known only from a limit it said in
+        the last ``within`` seconds (after that, the call asks again)."""
         limit = self.tokens_per_minute
-        return limit is not None and least_tokens > limit
+        fresh = now - self.tokens_said_at < within
+        return limit is not None and fresh and least_tokens > limit
 
     def _counted(self, cost_tokens: float) -> float:
         """What a call's tokens move the lane by: never more than a minute's worth."""
@@ -221,6 +225,7 @@ class Pacer:
             self.learned = True
         if limits.tokens_per_minute and limits.tokens_per_minute > 0:
             self.tokens_per_minute = limits.tokens_per_minute
+            self.tokens_said_at = now
             self.tokens.rate = limits.tokens_per_minute / 60 * safety
             self.learned = True
         for remaining, reset in (

@@ -158,7 +158,7 @@ class Scheduler:
         if refusal is not None:  # the key (or model) was refused a moment ago: no call
             self._finish(job, None, _refused_again(refusal), self._clock())
             return
-        too_large = _too_large(target, job)
+        too_large = self._too_large(target, job, self._clock())
         if too_large is not None:
             self._finish(job, None, too_large, self._clock())
             return
@@ -257,7 +257,7 @@ class Scheduler:
         while self.in_flight < self.max_in_flight and index < len(self._waiting):
             target = self._waiting[index]
             head = target.queue[0] if target.queue else None
-            if head is not None and (too_large := _too_large(target, head)) is not None:
+            if head is not None and (too_large := self._too_large(target, head, now)) is not None:
                 target.queue.popleft()  # queued before the target's limit was known
                 del target.queued[head.key]
                 self._finish(head, None, too_large, now)
@@ -368,6 +368,21 @@ class Scheduler:
             f"than the maximum wait ({self.max_wait_s:.0f}s); held by: {held}",
             reason="QueueTimeout",
         )
+
+    def _too_large(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
+        """The refusal no wait fixes, without a call: the job costs more than a minute's tokens
+        as the target said them within ``refusal_s`` (an operator's redrive asks anyway: the
+        customer may have raised the limit)."""
+        if job.probe or not target.pacer.never_fits(job.least, now, self.refusal_s):
+            return None
+        error = UpstreamError(
+            f"not called: it asks for at least {job.least:.0f} tokens (max_tokens), more than "
+            f"the {target.pacer.tokens_per_minute:.0f} a minute the key {target.name} allows; no "
+            "wait lets it run: lower max_tokens",
+            reason="RequestTooLarge",
+        )
+        error.tries = 0
+        return error
 
     @staticmethod
     def _refusal(target: Target, job: Job[Any], now: float) -> UpstreamError | None:
@@ -574,20 +589,6 @@ def _why_held(target: Target, at: float | None, now: float) -> str:
     if pacer.paused_until > now:
         return f"paused{last}"
     return f"paced at {pacer.rate:.2f}/s" if pacer.rate else "paced"
-
-
-def _too_large(target: Target, job: Job[Any]) -> UpstreamError | None:
-    """The refusal no wait fixes, without a call: the job costs more than a minute's tokens."""
-    if not target.pacer.never_fits(job.least):
-        return None
-    error = UpstreamError(
-        f"not called: it asks for at least {job.least:.0f} tokens (max_tokens), more than the "
-        f"{target.pacer.tokens_per_minute:.0f} a minute the key {target.name} allows; no wait "
-        "lets it run: lower max_tokens",
-        reason="RequestTooLarge",
-    )
-    error.tries = 0
-    return error
 
 
 def _refused_again(error: UpstreamError) -> UpstreamError:

@@ -361,6 +361,23 @@ async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_n
     await settle()
     assert up.calls == ["big0", "small0", "mid", "small1"]  # not a minute behind "mid"
     assert "big2" not in up.calls
+    up.answer("small1")
+    await settle()
+
+    # the customer may raise the limit: an operator's redrive asks anyway, and so does any
+    # command once the limit was last said longer ago than a refusal lasts (60 s here)
+    clock.t += 1
+    s.submit("fp1", up.job("redriven", cost=30_500, least=30_000, probe=True))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "redriven" and "redriven" not in up.reports
+    up.answer("redriven", "ok")  # the limit was raised; this answer said nothing of it
+    await settle()
+    clock.t += 70  # past the minute of tokens "redriven" was counted for, too
+    s.submit("fp1", up.job("big3", cost=30_500, least=30_000))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "big3"
 
 
 def timed_out() -> UpstreamError:

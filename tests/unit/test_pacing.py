@@ -123,7 +123,8 @@ def test_a_call_moves_the_tokens_lane_a_minute_at_most_and_a_refused_one_not_at_
     pacer.started(0, 0.0)
     limits = read_limits({"x-ratelimit-limit-requests": "6000", "x-ratelimit-limit-tokens": "6000"})
     pacer.answered(limits, 0.0)  # 100 tokens/s
-    assert (pacer.never_fits(6_000), pacer.never_fits(6_001)) == (False, True)
+    assert (pacer.never_fits(6_000, 0.0, 60), pacer.never_fits(6_001, 0.0, 60)) == (False, True)
+    assert not pacer.never_fits(6_001, 60.0, 60)  # said a minute ago: the call asks again
 
     pacer.started(1_000_000, 0.0)  # asks for 10,000 s of tokens: counted as one minute
     pacer.answered(None, 0.0)
