@@ -253,6 +253,10 @@ class OpenAIParams(BaseModel):
         }
 
 
+# 9999-12-31T23:59:59Z, the last second ISO-8601 can write: later "epoch seconds" are not
+LATEST_EPOCH_S: Final = 253_402_300_799
+
+
 class UsageLimit(BaseModel):
     """All-or-nothing: when present, every field is required.
 

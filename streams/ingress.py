@@ -32,6 +32,7 @@ from prometheus_client import (
 
 from models.events import ChatRequest, RequestReceived, RequestSpec, SealedSecrets
 from models.params import (
+    LATEST_EPOCH_S,
     FieldError,
     GenerateParams,
     ParamsError,
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 PATH = "/chat-gpt/generate"
 RETRY_AFTER_SECONDS = "5"
 READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
-EPOCH_SECONDS_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z: any later "seconds" are not
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -322,7 +322,7 @@ def _not_ahead(params: GenerateParams, now_s: int, allowed: int) -> None:
     ahead = limit.current_time - now_s
     message = (
         "reads as after the year 9999: epoch seconds expected, not milliseconds"
-        if limit.current_time > EPOCH_SECONDS_MAX
+        if limit.current_time > LATEST_EPOCH_S
         else f"is {ahead} seconds ahead of this server's clock (at most {allowed})"
     )
     raise ParamsError(

@@ -174,8 +174,6 @@ def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
 
 def _too_large(message: str) -> bool:
     """A 429 no wait fixes: the call asks for more than the key's limit a minute."""
-    if message.lower().startswith("request too large"):
-        return True
     asked = _ASKED.search(message)
     return asked is not None and int(asked[2]) > int(asked[1])
 

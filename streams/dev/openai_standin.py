@@ -199,8 +199,13 @@ def _token_cost(body: Any) -> int:
     found = body.get("messages")
     messages: list[Any] = found if isinstance(found, list) else []
     characters = sum(len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict))
-    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
+    limit = _max_tokens(body) or 16
     return characters // 4 + len(messages) * 4 + (limit if isinstance(limit, int) else 16)
+
+
+def _max_tokens(body: JSON) -> Any:
+    """The completion's limit as the call gave it (None: none given)."""
+    return body.get("max_completion_tokens") or body.get("max_tokens")
 
 
 def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response | None:
@@ -314,7 +319,7 @@ def completion_text(model: str, messages: list[JSON], max_tokens: int | None) ->
 def _completion(body: JSON) -> JSON:
     model: str = body["model"]
     messages: list[JSON] = body["messages"]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = _max_tokens(body)
     text, truncated = completion_text(model, messages, max_tokens)
     prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
     completion_tokens = len(text.split())
@@ -377,8 +382,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     invalid = _validate(body)
     if invalid is not None:
         return invalid
-    longest = body.get("max_completion_tokens") or body.get("max_tokens") or 16
-    writing = config.seconds_per_token * longest
+    writing = config.seconds_per_token * (_max_tokens(body) or 16)
     if writing > 0:
         await asyncio.sleep(writing)
     headers = _limit_headers(app[STATE].limits_of(key))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.lifecycle import TERMINAL, State
-from models.params import person_key
+from models.params import LATEST_EPOCH_S, person_key
 from streams.ops import clocks
 from streams.projection.store import ProjectionStore, StatsRow
 from streams.projection.tables import RequestRow
@@ -26,7 +26,7 @@ _EPOCH_MS_ABOVE = 100_000_000_000  # larger numbers are milliseconds (from 1973 
 
 
 # the times a range can name: from the epoch to the last millisecond ISO-8601 can write
-_LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC).timestamp() * 1000)
+_LATEST_MS = LATEST_EPOCH_S * 1000 + 999
 
 
 def parse_time(value: str, now_ms: int) -> int:

@@ -154,13 +154,14 @@ class Scheduler:
             self._new += 1
             target = Target(target_name, Pacer(self._pacer_config), served=-self._new)
             self.targets[target_name] = target
-        refusal = self._refusal(target, job, self._clock())
+        now = self._clock()
+        refusal = self._refusal(target, job, now)
         if refusal is not None:  # the key (or model) was refused a moment ago: no call
-            self._finish(job, None, _refused_again(refusal), self._clock())
+            self._finish(job, None, _refused_again(refusal), now)
             return
-        too_large = self._too_large(target, job, self._clock())
+        too_large = self._too_large(target, job, now)
         if too_large is not None:
-            self._finish(job, None, too_large, self._clock())
+            self._finish(job, None, too_large, now)
             return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
@@ -462,6 +463,8 @@ class Scheduler:
             elif error.retriable:
                 target.pacer.failed(now)
                 self._note(target, "failed")
+                if error.reason == "Timeout":
+                    job.timeouts += 1
                 slow = _too_slow(target, job, error)
                 if slow is not None:
                     self._finish(job, None, slow, now)
@@ -536,10 +539,9 @@ SETTLE_EVERY_S = 1.0
 
 def _too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError | None:
     """The final answer for a call that keeps timing out while its target answers others."""
-    if error.reason != "Timeout" or not job.slow_after:
+    if error.reason != "Timeout" or not job.slow_after or job.timeouts < job.slow_after:
         return None
-    job.timeouts += 1
-    if job.timeouts < job.slow_after or target.answered_s <= job.started_s:
+    if target.answered_s <= job.started_s:
         return None  # or the whole target is slow: an outage, which waits
     return type(error)(
         f"{error} on this call {job.timeouts} times, while {target.name} answered other calls: "
