@@ -110,14 +110,15 @@ class UpstreamTargets(Collector):
     """Per upstream target: queue depth, calls in flight, the pacing rate, 429s and the circuit.
 
     Labels are bounded: the ``MAX_TARGETS`` busiest targets of each executor by name (an OpenAI
-    key's short fingerprint, never the key; a Talkable site), the rest summed as ``other``.
+    key's short fingerprint, never the key, and the model: OpenAI limits each model apart; a
+    Talkable site, its model ""), the rest summed as ``other``.
     """
 
     def __init__(self) -> None:
         self.executors: list[Any] = []
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["upstream", "target"]
+        labels = ["upstream", "target", "model"]
         queued = GaugeMetricFamily(
             "talkstream_upstream_queue_depth", "Commands waiting for their target", labels=labels
         )
@@ -146,7 +147,7 @@ class UpstreamTargets(Collector):
             snaps, rest = scheduler.busiest(MAX_TARGETS)
             total.add_metric([executor.config.name], scheduler.in_flight)
             for snap in snaps:
-                name = [upstream, snap["target"].split(":", 1)[-1][:16]]
+                name = _labels(upstream, snap["target"])
                 queued.add_metric(name, snap["queued"])
                 in_flight.add_metric(name, snap["in_flight"])
                 throttled.add_metric(name, snap["throttled"])
@@ -154,7 +155,7 @@ class UpstreamTargets(Collector):
                 if snap["rate"] is not None:
                     rate.add_metric(name, snap["rate"])
             if len(scheduler.targets) > MAX_TARGETS:
-                other = [upstream, "other"]
+                other = [upstream, "other", ""]
                 queued.add_metric(other, rest["queued"])
                 in_flight.add_metric(other, rest["in_flight"])
                 throttled.add_metric(other, rest["throttled"])
@@ -162,6 +163,19 @@ class UpstreamTargets(Collector):
 
 
 CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _labels(upstream: str, target: str) -> list[str]:
+    """``openai:<fingerprint>/<model>`` → the fingerprint and the model (which may hold a
+    "/" itself); ``talkable:<site>`` → the site's first 16 characters."""
+    name = target.split(":", 1)[-1]
+    if upstream == "openai":
+        fingerprint, _, model = name.partition("/")
+        return [upstream, fingerprint[:16], model[:MODEL_CHARS]]
+    return [upstream, name[:16], ""]
+
+
+MODEL_CHARS = 64
 
 
 class ConsumerLag(Collector):

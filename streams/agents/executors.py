@@ -519,6 +519,11 @@ class Generate(Work[GenerateText]):
         self._secrets = secrets
 
     def target(self, command: GenerateText) -> str:
+        """The key and the model: OpenAI limits each model of a key apart, and says the
+        model's limits in its answers (one pace per key followed whichever model spoke last)."""
+        return f"{self._key(command)}/{command.chat.model}"
+
+    def _key(self, command: GenerateText) -> str:
         key_id = _key_id(self._secrets, command.openai_key_id, command.openai_api_key)
         return f"openai:{key_id or 'unknown'}"
 
@@ -538,6 +543,7 @@ class Generate(Work[GenerateText]):
             cost=token_cost(command.chat),
             least=command.chat.max_tokens,  # OpenAI counts it whole against tokens a minute
             slow_after=SLOW_GENERATION_TIMEOUTS,
+            family=self._key(command),  # a refusal of the key stops its every model's calls
             issued_s=issued_s,
             call=call,
             report=report,

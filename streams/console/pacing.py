@@ -3,8 +3,9 @@
 The console scrapes every URL of ``TALKSTREAM_CONSOLE_WORKER_URLS`` (Prometheus text, parsed
 with prometheus_client's parser) and sums the workers' figures per target: queue depth, calls
 in flight, 429s, the learned rate, and the worst circuit state. Talkable targets are sites
-(the metric label holds the first 16 characters of the slug); OpenAI targets are key
-fingerprints (never a key). A worker that does not answer is named, and its figures are "—".
+(the metric label holds the first 16 characters of the slug); OpenAI targets are a key's
+fingerprint (never the key) and a model (OpenAI limits each model of a key apart). A worker that
+does not answer is named, and its figures are "—".
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ LABEL_CHARS = 16  # the workers label a target by its first 16 characters
 class Target:
     upstream: str  # "talkable" or "openai"
     target: str  # a site (first 16 characters) or an OpenAI key's fingerprint
+    model: str = ""  # an OpenAI target's model
     queue_depth: float = 0
     in_flight: float = 0
     throttled: float = 0  # 429s since the workers started
@@ -38,18 +40,19 @@ class Target:
 
 @dataclass
 class Pacing:
-    targets: dict[tuple[str, str], Target] = field(default_factory=dict)
+    targets: dict[tuple[str, str, str], Target] = field(default_factory=dict)
     reached: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
 
     def site(self, site: str) -> Target | None:
         """The site's Talkable target, when a worker that answered knows it."""
-        return self.targets.get(("talkable", site[:LABEL_CHARS]))
+        return self.targets.get(("talkable", site[:LABEL_CHARS], ""))
 
     def openai(self) -> list[Target]:
+        """An OpenAI key's models, each its own row: the busiest first."""
         return sorted(
-            (t for (upstream, _), t in self.targets.items() if upstream == "openai"),
-            key=lambda t: (-t.queue_depth, -t.throttled, t.target),
+            (t for t in self.targets.values() if t.upstream == "openai"),
+            key=lambda t: (-t.queue_depth, -t.throttled, t.target, t.model),
         )
 
 
@@ -69,7 +72,8 @@ def parse(text: str, into: Pacing) -> None:
             attribute = _FIELDS.get(sample.name.removesuffix("_total"))
             if attribute is None:
                 continue
-            key = (sample.labels.get("upstream", ""), sample.labels.get("target", ""))
+            labels = sample.labels
+            key = (labels.get("upstream", ""), labels.get("target", ""), labels.get("model", ""))
             target = into.targets.setdefault(key, Target(*key))
             if attribute == "circuit":
                 target.circuit = max(target.circuit, int(sample.value))

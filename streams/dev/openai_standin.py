@@ -11,8 +11,10 @@ Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in thi
 (``seconds_per_token`` for each token of its ``max_tokens``: a long one outlasts a client's
 timeout while short ones do not).
 
-Rate limits are per key, as OpenAI's are: requests and tokens per minute (``key_limits``, else
-``default_rpm``/``default_tpm``), each a bucket with continuous refill holding
+Rate limits are per key and model, as OpenAI's are (an organisation's limits are set per
+model): requests and tokens per minute (``model_limits`` for a model on every key, else
+``key_limits`` for each model of a key, else ``default_rpm``/``default_tpm``), each a bucket with
+continuous refill holding
 ``burst_seconds`` of its rate. A call takes 1 request and its prompt (about 4 characters a
 token) plus ``max_tokens`` tokens, when it is admitted; one that does not fit is refused with
 OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), without a
@@ -73,8 +75,10 @@ class OpenAIStandinConfig:
     hang_seconds: float = 600.0
     unauthorized_keys: set[str] = field(default_factory=set)
     fail_next: list[int] = field(default_factory=list)  # statuses for the next calls, FIFO
-    # per-key limits: {"rpm": requests per minute, "tpm": tokens per minute (optional)}
+    # limits: {"rpm": requests per minute, "tpm": tokens per minute (optional)}, per key (each
+    # of its models counted apart) or per model (on every key; before the key's)
     key_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     default_rpm: float = 1_000_000.0
     default_tpm: float = 1_000_000_000.0
     burst_seconds: float = 1.0  # what a bucket holds, in seconds of its rate
@@ -118,17 +122,18 @@ class KeyLimits:
 class _State:
     config: OpenAIStandinConfig
     calls: CallLog
-    limits: dict[str, KeyLimits] = field(default_factory=dict)
+    limits: dict[tuple[str, str], KeyLimits] = field(default_factory=dict)
 
-    def limits_of(self, key: str) -> KeyLimits:
-        """The key's buckets, refilled to now (and resized if its limits changed)."""
+    def limits_of(self, key: str, model: str) -> KeyLimits:
+        """The key's buckets for the model, refilled to now (and resized if its limits
+        changed)."""
         config = self.config
-        given = config.key_limits.get(key, {})
+        given = config.model_limits.get(model) or config.key_limits.get(key, {})
         rpm, tpm = given.get("rpm", config.default_rpm), given.get("tpm", config.default_tpm)
         burst = config.burst_seconds
-        known = self.limits.get(key)
+        known = self.limits.get((key, model))
         if known is None:
-            known = self.limits[key] = KeyLimits(
+            known = self.limits[key, model] = KeyLimits(
                 rpm, tpm, Bucket(rpm / 60, rpm / 60 * burst), Bucket(tpm / 60, tpm / 60 * burst)
             )
         known.rpm, known.tpm = rpm, tpm
@@ -209,9 +214,9 @@ def _max_tokens(body: JSON) -> Any:
 
 
 def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response | None:
-    """A 429 as OpenAI writes it when the call does not fit the key's limits, else None (the
-    call's request and tokens are taken)."""
-    limits = state.limits_of(key)
+    """A 429 as OpenAI writes it when the call does not fit the key's limits for the model,
+    else None (the call's request and tokens are taken)."""
+    limits = state.limits_of(key, str(model))
     cost = _token_cost(body)
     if cost > limits.tpm:  # more than a minute's tokens: no wait fits it
         message = (
@@ -385,7 +390,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     writing = config.seconds_per_token * (_max_tokens(body) or 16)
     if writing > 0:
         await asyncio.sleep(writing)
-    headers = _limit_headers(app[STATE].limits_of(key))
+    headers = _limit_headers(app[STATE].limits_of(key, str(model)))
     return web.json_response(_completion(body), headers=headers)
 
 

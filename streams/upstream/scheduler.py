@@ -18,9 +18,11 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
-  with the new one): queued and new commands in it are reported at once with the same
-  reason, without a call. After that, the next command is a probe; so is an operator's
-  redrive at any time (the cause was fixed), and a success lifts the refusal.
+  with the new one; an OpenAI key is a family of targets, one per model, since OpenAI limits
+  each model apart, and its refusal stops them all): queued and new commands in it are
+  reported at once with the same reason, without a call. After that, the next command is a
+  probe; so is an operator's redrive at any time (the cause was fixed), and a success lifts
+  the refusal.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Job(Generic[R]):
     slow_after: int = 0  # its calls' timeouts that end it, the target answering others (0: none)
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
+    family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
     tries: int = 0
     seq: int = 0  # the order it arrived in
     started_s: float = 0.0  # when its latest call started
@@ -87,7 +90,8 @@ class Target:
     pacer: Pacer
     queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
     queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
-    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)  # scope → until
+    # scope → until when, and why; shared by the targets of one family
+    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
@@ -117,6 +121,7 @@ class Scheduler:
         self._pacer_config = pacer_config
         self._clock = clock
         self.targets: dict[str, Target] = {}
+        self._families: dict[str, dict[str, tuple[float, UpstreamError]]] = {}  # their refusals
         # the targets with queued work, least recently served first (round-robin); only they
         # are looked at, however many targets the scheduler knows
         self._waiting: list[Target] = []
@@ -152,7 +157,9 @@ class Scheduler:
         target = self.targets.get(target_name)
         if target is None:
             self._new += 1
-            target = Target(target_name, Pacer(self._pacer_config), served=-self._new)
+            refused = self._families.setdefault(job.family, {}) if job.family else {}
+            pacer = Pacer(self._pacer_config)
+            target = Target(target_name, pacer, refused=refused, served=-self._new)
             self.targets[target_name] = target
         now = self._clock()
         refusal = self._refusal(target, job, now)
@@ -378,7 +385,7 @@ class Scheduler:
             return None
         error = UpstreamError(
             f"not called: it asks for at least {job.least:.0f} tokens (max_tokens), more than "
-            f"the {target.pacer.tokens_per_minute:.0f} a minute the key {target.name} allows; no "
+            f"the {target.pacer.tokens_per_minute:.0f} a minute {target.name} allows; no "
             "wait lets it run: lower max_tokens",
             reason="RequestTooLarge",
         )
@@ -406,6 +413,8 @@ class Scheduler:
         ]
         for name in idle:
             del self.targets[name]
+        shared = {id(t.refused) for t in self.targets.values()}
+        self._families = {f: r for f, r in self._families.items() if id(r) in shared}
 
     # --- one call -----------------------------------------------------------------------------
 

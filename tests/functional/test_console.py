@@ -551,7 +551,10 @@ def test_pacing_is_read_from_the_workers_metrics():
     text = (
         "# TYPE talkstream_upstream_queue_depth gauge\n"
         'talkstream_upstream_queue_depth{upstream="talkable",target="acme"} 7.0\n'
-        'talkstream_upstream_queue_depth{upstream="openai",target="0123456789abcdef"} 2.0\n'
+        'talkstream_upstream_queue_depth{upstream="openai",target="0123456789abcdef",'
+        'model="gpt-4o"} 2.0\n'
+        'talkstream_upstream_queue_depth{upstream="openai",target="0123456789abcdef",'
+        'model="gpt-4o-mini"} 5.0\n'
         "# TYPE talkstream_upstream_throttled_total counter\n"
         'talkstream_upstream_throttled_total{upstream="talkable",target="acme"} 4.0\n'
         "# TYPE talkstream_upstream_circuit gauge\n"
@@ -562,7 +565,11 @@ def test_pacing_is_read_from_the_workers_metrics():
     acme = pacing.site("acme")
     assert acme is not None
     assert (acme.queue_depth, acme.throttled, acme.circuit_name) == (14, 8, "open")
-    assert [k.target for k in pacing.openai()] == ["0123456789abcdef"]
+    # one key, two models: each its own row (OpenAI limits them apart), the busiest first
+    assert [(k.target, k.model, k.queue_depth) for k in pacing.openai()] == [
+        ("0123456789abcdef", "gpt-4o-mini", 10),
+        ("0123456789abcdef", "gpt-4o", 4),
+    ]
 
 
 def test_the_console_refuses_to_start_without_a_token(monkeypatch):

@@ -33,10 +33,11 @@ class Upstream:
     calls: list[str] = field(default_factory=list)
     pending: dict[str, list[asyncio.Future[Any]]] = field(default_factory=dict)
     reports: dict[str, Outcome[Any]] = field(default_factory=dict)
+    said: dict[str, Limits] = field(default_factory=dict)  # the limits a job's answer says
 
     def job(self, key: str, *, attempt: int = 1, scope: str = "model:m", issued: float = 1000.0,
             origin: Any = None, probe: bool = False, key_scope: str = "key", cost: float = 0,
-            least: float = 0, slow_after: int = 0) -> Job[Any]:  # fmt: skip
+            least: float = 0, slow_after: int = 0, family: str = "") -> Job[Any]:  # fmt: skip
         async def call() -> tuple[str, Limits | None]:
             self.calls.append(key)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -44,14 +45,14 @@ class Upstream:
             answer = await future
             if isinstance(answer, UpstreamError):
                 raise answer
-            return answer, None
+            return answer, self.said.get(key)
 
         async def report(outcome: Outcome[Any]) -> None:
             self.reports[key] = outcome
 
         return Job(key=key, attempt=attempt, scope=scope, cost=cost, issued_s=issued, call=call,
                    report=report, origin=origin, probe=probe, key_scope=key_scope,
-                   least=least, slow_after=slow_after)  # fmt: skip
+                   least=least, slow_after=slow_after, family=family)  # fmt: skip
 
     def answer(self, key: str, value: Any = "ok") -> None:
         self.pending[key].pop(0).set_result(value)
@@ -315,6 +316,49 @@ async def test_a_missing_model_refuses_only_that_model() -> None:
     assert up.calls == ["m1", "n1"]
 
 
+async def test_a_keys_models_are_paced_apart_and_refused_together() -> None:
+    """OpenAI limits each model of a key apart: one target per key and model, each paced by
+    what its own answers say; a refusal of the key (no quota) stops every model's calls."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    for model in ("scarce", "plenty"):
+        s.submit(f"openai:k/{model}", up.job(f"{model}0", family="openai:k"))
+    s.dispatch()
+    await settle()
+    assert sorted(up.calls) == ["plenty0", "scarce0"]  # each model's first question at once
+    up.said = {"scarce0": Limits(requests_per_minute=60),
+               "plenty0": Limits(requests_per_minute=6000)}  # fmt: skip
+    up.answer("scarce0")
+    up.answer("plenty0")
+    await settle()
+    scarce, plenty = s.targets["openai:k/scarce"], s.targets["openai:k/plenty"]
+    assert (scarce.pacer.rate, plenty.pacer.rate) == (pytest.approx(0.9), pytest.approx(90))
+    for i in range(1, 4):
+        for model in ("scarce", "plenty"):
+            s.submit(f"openai:k/{model}", up.job(f"{model}{i}", family="openai:k"))
+    s.dispatch()
+    await settle()
+    # each at its own model's pace: one scarce call now, the plentiful ones 11 ms apart
+    assert sorted(up.calls[2:]) == ["plenty1", "scarce1"]
+    clock.t += 0.02
+    s.dispatch()
+    await settle()
+    assert up.calls[4:] == ["plenty2"]
+    s.submit("openai:other/plenty", up.job("other0", family="openai:other"))
+    quota = UpstreamError("429 insufficient_quota", reason="InsufficientQuota", status=429,
+                          refuses="key")  # fmt: skip
+    up.answer("scarce1", quota)
+    await settle()
+    clock.t += 0.02
+    s.dispatch()
+    await settle()
+    refused = {k for k, r in up.reports.items() if r.error}
+    assert refused == {"scarce1", "scarce2", "scarce3", "plenty3"}  # the queued, not called
+    assert {up.reports[k].error.reason for k in refused} == {"InsufficientQuota"}
+    assert "plenty3" not in up.calls and "other0" in up.calls  # another key goes on
+    assert plenty.refused is scarce.refused and set(plenty.refused) == {"key"}
+
+
 async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_nothing() -> None:
     """OpenAI refuses a call that asks for more tokens than the key allows in a minute however
     long it waits ("Request too large"). Once the limit is known, a command whose max_tokens
@@ -340,7 +384,7 @@ async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_n
     assert (big1.error.reason, big1.tries) == ("RequestTooLarge", 0)
     assert str(big1.error) == (
         "not called: it asks for at least 20000 tokens (max_tokens), more than the 10000 a "
-        "minute the key fp1 allows; no wait lets it run: lower max_tokens"
+        "minute fp1 allows; no wait lets it run: lower max_tokens"
     )
     up.answer("small0")
     await settle()

@@ -32,7 +32,7 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
         for n in range(i + 1):
             job = Job(key=f"t{i}-{n}", attempt=1, scope="model", cost=0,
                       issued_s=scheduler.now(), call=call, report=report)  # fmt: skip
-            scheduler.submit(f"openai:key{i:04d}", job)
+            scheduler.submit(f"openai:key{i:04d}/gpt-{i % 2}", job)
     scheduler.dispatch()
     for _ in range(5):
         await asyncio.sleep(0)
@@ -44,8 +44,8 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
 
     lines = generate_latest(registry).decode().splitlines()
 
-    def value(metric: str, target: str) -> float:
-        label = f'{metric}{{target="{target}",upstream="openai"}}'
+    def value(metric: str, target: str, model: str) -> float:
+        label = f'{metric}{{model="{model}",target="{target}",upstream="openai"}}'
         [found] = [line for line in lines if line.startswith(label + " ")]
         return float(found.split()[-1])
 
@@ -54,10 +54,14 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
     busiest = {f"key{i:04d}" for i in range(targets - MAX_TARGETS, targets)}
     assert named == busiest | {"other"}
     quiet = range(targets - MAX_TARGETS)  # the 30 least busy: i queued and 1 in flight each
-    assert value("talkstream_upstream_queue_depth", "other") == sum(quiet)
-    assert value("talkstream_upstream_in_flight", "other") == len(quiet)
-    assert value("talkstream_upstream_in_flight", f"key{targets - 1:04d}") == 1
-    assert value("talkstream_upstream_queue_depth", f"key{targets - 1:04d}") == targets - 1
+    assert value("talkstream_upstream_queue_depth", "other", "") == sum(quiet)
+    assert value("talkstream_upstream_in_flight", "other", "") == len(quiet)
+    busiest_model = f"gpt-{(targets - 1) % 2}"  # a target is a key and a model, both labelled
+    assert value("talkstream_upstream_in_flight", f"key{targets - 1:04d}", busiest_model) == 1
+    assert (
+        value("talkstream_upstream_queue_depth", f"key{targets - 1:04d}", busiest_model)
+        == targets - 1
+    )
     assert f'talkstream_in_flight{{executor="generator"}} {float(targets)}' in lines
     release.set()
     for _ in range(5):

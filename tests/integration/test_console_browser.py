@@ -15,6 +15,7 @@ set (``docs/``: the pictures of docs/console.md).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -201,6 +202,9 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     [row] = [line for line in sites.splitlines() if line.startswith("test-site")]
     assert row.endswith("closed"), row
     assert browser.find_elements(By.CSS_SELECTOR, "#chart rect")
+    # the site's OpenAI key, by its fingerprint only, a row per model it was called with
+    [key_row] = element(browser, By.ID, "openai").text.splitlines()[1:]
+    assert re.match(r"[0-9a-f]{16} gpt-3\.5-turbo \d+ \d+", key_row), key_row
     pages.seen("overview")
 
     # search: the site's failed requests

@@ -74,10 +74,58 @@ def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
     # and the pacing is visible: the key's rate, its queue, its 429s
     metrics = system_metrics(system)
     rates = re.findall(
-        r'talkstream_upstream_rate\{target="([0-9a-f]{16})",upstream="openai"\} (\S+)', metrics
+        r'talkstream_upstream_rate\{model="gpt-3.5-turbo",target="([0-9a-f]{16})",'
+        r'upstream="openai"\} (\S+)',
+        metrics,
     )
     assert any(float(rate) == pytest.approx(4.5) for _, rate in rates), rates  # 90% of 5/s
-    assert re.search(r'talkstream_upstream_throttled_total\{target="[0-9a-f]{16}"', metrics)
+    assert re.search(
+        r'talkstream_upstream_throttled_total\{model="[^"]+",target="[0-9a-f]{16}"', metrics
+    )
+
+
+def test_one_key_is_paced_per_model_as_openai_limits_it(make_system) -> None:
+    """OpenAI's limits are per model: one key may send 1 request a second to one model and 100
+    to another, each answer's headers saying its own model's. A campaign on the scarce model
+    must not slow the key's other campaign to its pace, nor be sent at the plentiful one's."""
+    system = make_system()
+    key = "sk-two-models-0011"
+    system.openai(
+        "POST",
+        "/_control",
+        {"latency_seconds": 0.2,
+         "model_limits": {"gpt-scarce": {"rpm": 60}, "gpt-plenty": {"rpm": 6000}}},
+    )  # fmt: skip
+
+    def asking(email: str, model: str) -> dict:
+        body = seed_params(email, site="two-models", openai_key=key)
+        body["openai"]["model"] = model
+        return body
+
+    bodies = [asking(f"m{i}@example.com", "gpt-scarce" if i % 6 == 0 else "gpt-plenty")
+              for i in range(120)]  # fmt: skip
+    ids = post_all(system, bodies)
+    scarce = [rid for rid, body in zip(ids, bodies, strict=True)
+              if body["openai"]["model"] == "gpt-scarce"]  # fmt: skip
+    plenty = [rid for rid in ids if rid not in scarce]
+    rows = system.wait_terminal(ids, timeout=180)
+    assert Counter(row.state for row in rows.values()) == {"published": 120}
+    assert all(row.attempts == 1 for row in rows.values())
+    calls = calls_with(system, key)
+    throttled = [c for c in calls if c["status"] == 429]
+    assert len(throttled) <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    # the plentiful model's webhooks did not wait at the scarce one's pace: all done while
+    # the scarce ones (20 at 1 a second) were still being paced
+    assert max(rows[rid].terminal_at_ms for rid in plenty) < (
+        max(rows[rid].terminal_at_ms for rid in scarce) - 5_000
+    )
+    # each model's pace is visible on its own: 90% of 1/s and of 100/s
+    rates = dict(re.findall(
+        r'talkstream_upstream_rate\{model="([^"]+)",target="[0-9a-f]{16}",upstream="openai"\} '
+        r"(\S+)", system_metrics(system),
+    ))  # fmt: skip
+    assert float(rates["gpt-scarce"]) == pytest.approx(0.9), rates
+    assert float(rates["gpt-plenty"]) == pytest.approx(90), rates
 
 
 def system_metrics(system: System) -> str:
