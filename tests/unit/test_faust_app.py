@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 import pytest
+from faust.types import TP
 
 from streams.app import RAW
 from streams.faust_transport import App, Topic
@@ -94,3 +95,22 @@ def test_fausts_monitor_is_not_among_the_sensors() -> None:
     plain = faust.App("t-faust-plain", broker="kafka://127.0.0.1:1", autodiscover=False)
     list(plain.on_init_dependencies())
     assert plain.monitor in set(plain.sensors)  # what it would have been told of everything
+
+
+async def test_the_livelock_check_passes_over_what_is_paused_on_purpose() -> None:
+    """faust's livelock check asks aiokafka, every few seconds, whether each assigned partition
+    was fetched lately. The ledger's changelog partitions are paused once recovered (in
+    aiokafka too: they are the table's own writes), so after 5 minutes every worker logged an
+    ERROR "Aiokafka has not sent fetch request" for each of them, for as long as it ran."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    changelog, requests = TP("t-faust-app-ledger-changelog", 0), TP("t-faust-app-requests", 0)
+    asked: list[TP] = []
+    consumer._thread.verify_event_path = lambda now, tp: asked.append(tp)  # type: ignore[method-assign]
+    consumer.assignment = lambda: {changelog, requests}  # type: ignore[method-assign]
+    consumer.pause_partitions([changelog])
+    await consumer.verify_all_partitions_active()
+    assert asked == [requests]
+    consumer.resume_partitions([changelog])  # recovering it: fetched, so checked
+    await consumer.verify_all_partitions_active()
+    assert sorted(asked) == sorted([requests, changelog, requests])
