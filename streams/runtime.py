@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,14 @@ from streams.errors import DecodeError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def child_process(*args: str) -> list[str]:
+    """The command that runs ``talkstream <args>`` in a child process (the dev supervisor's
+    children, the worker's projector): this interpreter, without the directory it was started
+    in on ``sys.path`` (``-P``): a ``models.py`` or ``streams/`` there would be imported
+    instead of talkstream's own, and the child would fail to start."""
+    return [sys.executable, "-P", "-m", "streams", *args]
 
 
 class Clock(Protocol):

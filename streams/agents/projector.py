@@ -28,7 +28,7 @@ from streams.codecs import decode
 from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore, Sourced
-from streams.runtime import DeadLetters, SystemClock
+from streams.runtime import DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
 
@@ -276,7 +276,7 @@ class ProjectorProcess:
 
     def start(self) -> None:
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        self._child = subprocess.Popen([sys.executable, "-m", "streams", "projector"], env=env)
+        self._child = subprocess.Popen(child_process("projector"), env=env)
 
     async def watch(self) -> None:
         """A timer: the child exited while the worker runs (a crash): start another."""

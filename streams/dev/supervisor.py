@@ -27,6 +27,7 @@ from typing import IO
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
 from streams.errors import TalkstreamError
+from streams.runtime import child_process
 from streams.secrets import dev_key
 from streams.settings import (
     DEFAULT_OPENAI_BASE_URL,
@@ -62,7 +63,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subpr
     children in order (so a child stopping is never mistaken for one that failed)."""
     out = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams", *args],
+        child_process(*args),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
