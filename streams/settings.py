@@ -132,7 +132,8 @@ class Settings(BaseSettings):
         900.0,
         gt=0,
         description="how long a command may wait for its target (paced, throttled, "
-        "circuit open) before its request ends QueueTimeout",
+        "circuit open) before its request ends QueueTimeout (at once, when the target asks "
+        "to wait past it)",
     )
     stop_drain_seconds: float = Field(
         5.0,

@@ -9,6 +9,8 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a 429 (rate limited) or an outage (5xx, connection error, timeout) sends the command back to
   the head of its queue: it waits, it does not spend an attempt. A command that waited past
   ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it;
+  so is, at once, one that the target asked to wait for longer than its ``max_wait`` allows
+  (a daily limit's "try again in 3h"): waiting for nothing is not waiting;
 - a command that costs more tokens at the least (its ``max_tokens``) than the target allows in
   a minute is reported at once (``RequestTooLarge``), without a call and without holding the
   commands behind it: no wait would let it run;
@@ -169,6 +171,10 @@ class Scheduler:
         too_large = self._too_large(target, job, now)
         if too_large is not None:
             self._finish(job, None, too_large, now)
+            return
+        held = self._held_too_long(target, job, now)
+        if held is not None:
+            self._finish(job, None, held, now)
             return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
@@ -377,6 +383,30 @@ class Scheduler:
             reason="QueueTimeout",
         )
 
+    def _held_too_long(self, target: Target, job: Job[Any], now: float) -> QueueTimeout | None:
+        """The target asked to wait (a 429's pause, a limit spent until its reset) past the
+        job's maximum wait: no call can start in time, so it ends now, not at its maximum."""
+        until = target.pacer.paused_until
+        if until <= now or until - job.issued_s <= self.max_wait_s:
+            return None
+        asked = target.last_error or "its limit is spent until its reset"
+        return QueueTimeout(
+            f"not called{' again' if job.tries else ''}: {target.name} asked to wait "
+            f"{until - now:.0f}s more ({asked}), past "
+            f"the maximum wait ({self.max_wait_s:.0f}s, {now - job.issued_s:.0f}s of it "
+            "waited already): redrive it once the upstream allows",
+            reason="QueueTimeout",
+        )
+
+    def _give_up(self, target: Target, now: float) -> None:
+        """End the jobs at the head of the queue that the target's pause holds past their
+        maximum wait (the oldest first, until one can still start in time)."""
+        queue = target.queue
+        while queue and (held := self._held_too_long(target, queue[0], now)) is not None:
+            job = queue.popleft()
+            del target.queued[job.key]
+            self._finish(job, None, held, now)
+
     def _too_large(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
         """The refusal no wait fixes, without a call: the job costs more than a minute's tokens
         as the target said them within ``refusal_s`` (an operator's redrive asks anyway: the
@@ -488,6 +518,7 @@ class Scheduler:
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:
+            self._give_up(target, now)  # its pacer may have paused it for long
             self._rouse(target)  # its pacer heard something
             self._wake.set()
 

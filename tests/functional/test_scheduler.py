@@ -498,6 +498,50 @@ async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -
     assert up.reports["w1"].waited_s == pytest.approx(31.0)
 
 
+async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -> None:
+    """A daily limit spent ("try again in 2h"): no queued command can start within its
+    maximum wait, so each ends now, saying so, not after waiting for nothing; a command that
+    can still start in time waits, and so does another target's."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=600.0)
+    s.submit("daily", up.job("d0"))
+    await probe_answered(s, up, "d0")
+    s.submit("daily", up.job("d1", issued=1000.0))
+    s.submit("daily", up.job("d2", issued=1000.0))
+    s.submit("other", up.job("o0"))
+    s.dispatch()
+    await settle()
+    up.answer("d2")
+    up.answer("d1", throttled(wait=300.0))  # a pause the wait allows: it waits
+    await settle()
+    assert "d1" not in up.reports
+    clock.t = 1100.0
+    s.submit("daily", up.job("d3", issued=1100.0))
+    up.answer("o0")
+    await settle()
+    clock.t = 1400.0  # the pause is over: d1 is called again, and the day's limit is spent
+    s.dispatch()
+    await settle()
+    up.answer("d1", throttled(wait=7200.0))
+    await settle()
+    for key, called in (("d1", "not called again"), ("d3", "not called")):  # neither can
+        error = up.reports[key].error  # start within 600 s of its issue
+        assert error is not None and error.reason == "QueueTimeout", key
+        assert str(error).startswith(f"{called}: daily asked to wait 7200s more (rate limited")
+        assert "past the maximum wait (600s, " in str(error)
+    assert up.reports["d3"].waited_s == pytest.approx(300.0)
+    assert up.calls.count("d3") == 0 and up.reports["o0"].value == "ok"
+    # a new command for it ends the same way, without a call; once the pause is over, calls go
+    s.submit("daily", up.job("d4", issued=1400.0))
+    await settle()
+    assert up.reports["d4"].error.reason == "QueueTimeout" and "d4" not in up.calls
+    clock.t = 1400.0 + 7200.0
+    s.submit("daily", up.job("d5", issued=clock.t))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "d5"
+
+
 async def test_a_reissue_of_queued_work_keeps_its_place_and_takes_the_new_attempt() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=1, window=1)

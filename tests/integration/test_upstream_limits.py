@@ -216,6 +216,32 @@ def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_n
     assert len(calls_with(system, key)) == called + len(fair)
 
 
+def test_webhooks_a_key_cannot_serve_within_the_maximum_wait_end_at_once(make_system) -> None:
+    """A key whose limit is spent for hours (a daily limit: a 429 asking to wait 2 hours): its
+    webhooks end QueueTimeout at once, saying what the upstream asked, rather than each
+    waiting the maximum wait (15 minutes) for nothing; the key is not called again meanwhile."""
+    system = make_system()
+    key = "sk-daily-limit-spent-0013"
+    system.openai("POST", "/_control", {"fail_next": [429], "retry_after": "7200"})
+    [first] = post_all(system, [seed_params("day0@example.com", site="daily", openai_key=key)])
+    rows = system.wait_terminal([first], timeout=60)
+    later = post_all(
+        system,
+        [seed_params(f"day{i}@example.com", site="daily", openai_key=key) for i in range(1, 5)],
+    )
+    rows |= system.wait_terminal(later, timeout=60)  # not MAX_WAIT_SECONDS (900) each
+    assert {(row.state, row.error_class) for row in rows.values()} == {
+        ("generation_failed", "QueueTimeout")
+    }
+    message = rows[first].error_message or ""
+    assert "asked to wait 72" in message and "429" in message, message
+    assert "maximum wait (900s" in message and "redrive it once the upstream allows" in message
+    assert message.startswith("not called again: ")  # it was called once: the 429
+    assert all((row.error_message or "").startswith("not called: ") for row in rows.values()
+               if row.request_id != first)  # fmt: skip
+    assert len(calls_with(system, key)) == 1
+
+
 def test_a_generation_that_outlasts_the_timeout_ends_after_three_calls(make_system) -> None:
     """A long generation (a large max_tokens on a slow model) times out every time while the
     key answers its other calls: it ends Timeout after three calls, each of which may have
