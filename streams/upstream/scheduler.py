@@ -97,6 +97,7 @@ class Target:
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
+    paused_by: str = ""  # what asked for its pacer's latest pause
     answered_s: float = float("-inf")  # when a call of it last got an answer
     served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
     waiting: bool = False  # has queued work: in the scheduler's round, or asleep
@@ -389,10 +390,9 @@ class Scheduler:
         until = target.pacer.paused_until
         if until <= now or until - job.issued_s <= self.max_wait_s:
             return None
-        asked = target.last_error or "its limit is spent until its reset"
         return QueueTimeout(
             f"not called{' again' if job.tries else ''}: {target.name} asked to wait "
-            f"{until - now:.0f}s more ({asked}), past "
+            f"{until - now:.0f}s more ({target.paused_by}), past "
             f"the maximum wait ({self.max_wait_s:.0f}s, {now - job.issued_s:.0f}s of it "
             "waited already): redrive it once the upstream allows",
             reason="QueueTimeout",
@@ -485,6 +485,7 @@ class Scheduler:
             error, limits = exc, exc.limits
         now = self._clock()
         self.in_flight -= 1
+        paused = target.pacer.paused_until
         try:
             if error is None or not (error.throttle or error.retriable):
                 target.answered_s = now
@@ -518,7 +519,13 @@ class Scheduler:
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:
-            self._give_up(target, now)  # its pacer may have paused it for long
+            if target.pacer.paused_until > paused:  # this answer asked for a pause
+                throttled = error is not None and error.throttle
+                target.paused_by = (
+                    f"rate limited ({error})" if throttled else "its limit spent until its reset"
+                )
+            if target.pacer.paused_until > now:  # for long, perhaps
+                self._give_up(target, now)
             self._rouse(target)  # its pacer heard something
             self._wake.set()
 

@@ -540,6 +540,14 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     s.dispatch()
     await settle()
     assert up.calls[-1] == "d5"
+    # a success that says the limit is spent until a reset an hour away: the same
+    up.said["d5"] = Limits(remaining_requests=0, requests_reset_s=3600.0)
+    up.answer("d5")
+    await settle()
+    s.submit("daily", up.job("d6", issued=clock.t))
+    await settle()
+    held = str(up.reports["d6"].error)
+    assert "asked to wait 3600s more (its limit spent until its reset)" in held
 
 
 async def test_a_reissue_of_queued_work_keeps_its_place_and_takes_the_new_attempt() -> None:
