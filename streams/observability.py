@@ -165,6 +165,9 @@ class UpstreamTargets(Collector):
 CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 
 
+MODEL_CHARS = 64  # of an OpenAI target's model, in its label
+
+
 def _labels(upstream: str, target: str) -> list[str]:
     """``openai:<fingerprint>/<model>`` → the fingerprint and the model (which may hold a
     "/" itself); ``talkable:<site>`` → the site's first 16 characters."""
@@ -173,9 +176,6 @@ def _labels(upstream: str, target: str) -> list[str]:
         fingerprint, _, model = name.partition("/")
         return [upstream, fingerprint[:16], model[:MODEL_CHARS]]
     return [upstream, name[:16], ""]
-
-
-MODEL_CHARS = 64
 
 
 class ConsumerLag(Collector):

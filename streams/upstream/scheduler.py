@@ -165,17 +165,9 @@ class Scheduler:
             target = Target(target_name, pacer, refused=refused, served=-self._new)
             self.targets[target_name] = target
         now = self._clock()
-        refusal = self._refusal(target, job, now)
-        if refusal is not None:  # the key (or model) was refused a moment ago: no call
-            self._finish(job, None, _refused_again(refusal), now)
-            return
-        too_large = self._too_large(target, job, now)
-        if too_large is not None:
-            self._finish(job, None, too_large, now)
-            return
-        held = self._held_too_long(target, job, now)
-        if held is not None:
-            self._finish(job, None, held, now)
+        unasked = self._unasked(target, job, now)
+        if unasked is not None:
+            self._finish(job, None, unasked, now)
             return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
@@ -272,10 +264,10 @@ class Scheduler:
         while self.in_flight < self.max_in_flight and index < len(self._waiting):
             target = self._waiting[index]
             head = target.queue[0] if target.queue else None
-            if head is not None and (too_large := self._too_large(target, head, now)) is not None:
-                target.queue.popleft()  # queued before the target's limit was known
+            if head is not None and (unasked := self._unasked(target, head, now)) is not None:
+                target.queue.popleft()  # queued before what ends it was known
                 del target.queued[head.key]
-                self._finish(head, None, too_large, now)
+                self._finish(head, None, unasked, now)
                 continue
             at = self._ready(target, now)
             if at is not None and at <= now:
@@ -398,14 +390,14 @@ class Scheduler:
             reason="QueueTimeout",
         )
 
-    def _give_up(self, target: Target, now: float) -> None:
-        """End the jobs at the head of the queue that the target's pause holds past their
-        maximum wait (the oldest first, until one can still start in time)."""
-        queue = target.queue
-        while queue and (held := self._held_too_long(target, queue[0], now)) is not None:
-            job = queue.popleft()
-            del target.queued[job.key]
-            self._finish(job, None, held, now)
+    def _unasked(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
+        """What ends the job without a call, if anything: a refusal of its scope a moment
+        ago, a size no wait lets run, a pause past its maximum wait (checked as it arrives,
+        and at the head of its queue: a job behind the head meets it there)."""
+        refusal = self._refusal(target, job, now)
+        if refusal is not None:
+            return _refused_again(refusal)
+        return self._too_large(target, job, now) or self._held_too_long(target, job, now)
 
     def _too_large(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
         """The refusal no wait fixes, without a call: the job costs more than a minute's tokens
@@ -524,8 +516,6 @@ class Scheduler:
                 target.paused_by = (
                     f"rate limited ({error})" if throttled else "its limit spent until its reset"
                 )
-            if target.pacer.paused_until > now:  # for long, perhaps
-                self._give_up(target, now)
             self._rouse(target)  # its pacer heard something
             self._wake.set()
 
