@@ -59,6 +59,16 @@ class Consumer(driver.Consumer):
         super().resume_partitions(tps)
         self._mirror(tps, fetching=True)
 
+    async def acknowledge_range(self, tp: TP, first: int, last: int) -> None:
+        """Offsets ``first``..``last`` of ``tp`` are done though faust never delivered them:
+        the ledger read them back from Kafka itself (``streams.gaps``). faust commits a
+        partition up to its first offset neither acknowledged nor known to it as a gap, and a
+        message it took from aiokafka and then dropped (a rebalance empties the agents'
+        buffers) is neither: without this, its commits of that partition stopped there for as
+        long as the worker kept it (the group's lag grew for ever, and the next owner would
+        decide again everything since). Told as a gap, they count as done."""
+        await self._add_gap(tp, first, last)
+
     def verify_event_path(self, now: float, tp: TP) -> None:
         if tp not in self._paused_partitions:  # (recovery resumes what it reads: checked)
             super().verify_event_path(now, tp)

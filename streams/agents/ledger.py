@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 from faust.streams import _current_event
+from faust.types import TP
 
 from models.events import DeadlineExpired, GenerateText, PublishCompletion, RequestsValue
 from models.ledger import Outcome, PersonState, Policy, handle
@@ -43,6 +44,9 @@ BATCH = 500  # messages decided before their outputs' acknowledgements are await
 WITHIN_SECONDS = 0.002
 # sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
 SendNow = Callable[[], Awaitable[None] | None]
+# (topic, partition, first, last): offsets the ledger read back itself and decided, for faust
+# to count as done (``streams.faust_transport.Consumer.acknowledge_range``)
+Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
 
 
 def register(
@@ -68,6 +72,9 @@ def register(
         metrics,
         clock,
         send_now=lambda: sending_now(app.producer),
+        acknowledge=lambda topic, partition, first, last: app.consumer.acknowledge_range(
+            TP(topic, partition), first, last
+        ),
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -87,6 +94,7 @@ class Ledger:
         metrics: WorkerMetrics,
         clock: Clock,
         send_now: SendNow = lambda: None,
+        acknowledge: Acknowledge | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -110,20 +118,27 @@ class Ledger:
         self._scan = TableScan(table, self._due)
         self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
+        self._acknowledge = acknowledge
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
         first. A batch's outputs are sent at once (not held for the producer's linger) and
         acknowledged by Kafka before its states are stored, so a stored state never claims an
-        output that a crash could still lose."""
+        output that a crash could still lose. What was read back is then acknowledged to faust,
+        which never delivered it and would not commit past it otherwise."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = self._deciding = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
+            read_back: list[tuple[str, int, int, int]] = []
             for event in events:
                 msg = event.message
                 batch.event = event
-                for record in await self._gaps.skipped(msg.topic, msg.partition, msg.offset):
+                skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
+                for record in skipped:
                     await self.process(batch, record)
+                if skipped:
+                    first, last = skipped[0].offset, skipped[-1].offset
+                    read_back.append((msg.topic, msg.partition, first, last))
                 await self.process(batch, _Record(msg, event.key, event.value))
                 if self._gaps.processed(msg.topic, msg.partition, msg.offset):
                     mark = OFFSET_MARK + str(msg.partition).encode()
@@ -135,6 +150,9 @@ class Ledger:
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
+            if self._acknowledge is not None:
+                for topic, partition, first, last in read_back:
+                    await self._acknowledge(topic, partition, first, last)
             self._deciding = Batch()
 
     async def process(self, batch: Batch, record: Record) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import faust
 import pytest
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams.app import RAW
 from streams.faust_transport import App, Topic
@@ -114,3 +114,30 @@ async def test_the_livelock_check_passes_over_what_is_paused_on_purpose() -> Non
     consumer.resume_partitions([changelog])  # recovering it: fetched, so checked
     await consumer.verify_all_partitions_active()
     assert sorted(asked) == sorted([requests, changelog, requests])
+
+
+async def test_offsets_the_ledger_read_back_itself_let_faust_commit_past_them() -> None:
+    """faust commits a partition up to its first offset neither acknowledged nor known to it as
+    a gap. Seen in `talkstream bench --tiny --workers 2`: after a rebalance faust took 53 and
+    54 from aiokafka and dropped them, the ledger read them back (streams.gaps) and decided
+    them, and faust's commits of the partition stopped at 53 for as long as the worker held
+    it: every later phase waited its whole catch-up timeout for the group's lag to end."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    requests = TP("t-faust-app-requests", 3)
+    app.topics._acking_topics.add(requests.topic)
+    consumer._committed_offset[requests] = 50
+
+    def delivered(offset: int) -> Message:
+        return Message(requests.topic, 3, offset, 0.0, 0, None, b"k", b"v", None, tp=requests)
+
+    for offset in (50, 51, 52, 55, 56):  # 53 and 54 never reached the agent
+        assert consumer.ack(delivered(offset))
+    assert consumer._new_offset(requests) == 53
+    consumer._committed_offset[requests] = 53  # committed
+    for offset in (57, 58):
+        assert consumer.ack(delivered(offset))
+    assert consumer._new_offset(requests) is None  # stuck: 53 is never acknowledged
+
+    await consumer.acknowledge_range(requests, 53, 54)
+    assert consumer._new_offset(requests) == 59

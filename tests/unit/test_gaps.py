@@ -4,13 +4,28 @@ the read-back of a range faust skipped, with a fake mark store and a fake log.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from models.events import LifecycleEvent
+from models.ledger import Policy
+from models.lifecycle import State
+from streams.agents.ledger import Ledger
+from streams.codecs import decode, encode
 from streams.gaps import GapRepair
+from streams.observability import WorkerMetrics
+from streams.runtime import DeadLetters, Topics
+from tests.unit.domain_builders import PERSON, T0, received
 
 TOPIC = "t-requests"
+POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000, max_wait_ms=0)
+
+
+class FixedClock:
+    def now_ms(self) -> int:
+        return T0 * 1000
 
 
 @dataclass(frozen=True)
@@ -137,3 +152,90 @@ def test_a_restart_behind_its_last_mark_is_no_alarm_but_a_real_gap_is(
     assert levels == [("INFO", "10..13, since its last mark"), ("WARNING", "15..16: repairing"),
                       ("WARNING", "10..14: repairing")]  # fmt: skip
     assert repaired == [4, 2, 5]
+
+
+# --- the ledger agent: what it read back itself, faust is told is done ---------------------
+
+
+class Sent:
+    """A topic: what was sent to it, each acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    async def send(self, *, key: bytes | None = None, value: bytes) -> asyncio.Future[None]:
+        self.values.append(value)
+        delivery = asyncio.get_running_loop().create_future()
+        delivery.set_result(None)
+        return delivery
+
+
+@dataclass
+class Event:
+    """A faust event of the requests topic, as ``take_events`` yields it."""
+
+    message: Rec
+    key: bytes | None
+    value: bytes | None
+
+
+class Stream:
+    def __init__(self, *batches: list[Event]) -> None:
+        self.batches = batches
+
+    async def take_events(self, _max: int, within: float) -> AsyncIterator[list[Event]]:
+        for batch in self.batches:
+            yield batch
+
+
+def test_a_range_the_ledger_read_back_is_acknowledged_to_faust_once_its_batch_is_stored() -> None:
+    """faust took 53 and 54 from aiokafka and dropped them (a rebalance empties the agents'
+    buffers); the ledger reads them back when 55 arrives and decides them. faust, which
+    never delivered them, would not commit past 53 until it is told they are done; told only
+    once the batch's decisions are stored (a crash before that re-reads them from the mark)."""
+    webhooks = {
+        offset: encode(received(f"req-{offset}", delivery_id=f"d-{offset}"))
+        for offset in range(50, 56)
+    }
+
+    async def read_range(topic: str, partition: int, start: int, end: int) -> list[Rec]:
+        return [Rec(topic, partition, o, PERSON.encode(), webhooks[o]) for o in range(start, end)]
+
+    table: dict[bytes, bytes] = {}
+    stored_when_told: list[bool] = []
+    told: list[tuple[str, int, int, int]] = []
+
+    async def acknowledge(topic: str, partition: int, first: int, last: int) -> None:
+        stored_when_told.append(PERSON.encode() in table)
+        told.append((topic, partition, first, last))
+
+    lifecycle = Sent()
+    topics = Topics(
+        requests=Sent(), generate=Sent(), completions=Sent(), lifecycle=lifecycle, deadletter=None
+    )
+    metrics = WorkerMetrics()
+    ledger = Ledger(
+        table,
+        POLICY,
+        topics,
+        read_range,
+        30_000,
+        DeadLetters(Sent(), metrics.dead_letters, FixedClock()),
+        metrics,
+        FixedClock(),
+        acknowledge=acknowledge,
+    )
+    delivered = [
+        Event(Rec(TOPIC, 3, offset), PERSON.encode(), webhooks[offset])
+        for offset in (50, 51, 52, 55)
+    ]
+    asyncio.run(ledger.consume(Stream(delivered[:2], delivered[2:])))
+
+    assert told == [(TOPIC, 3, 53, 54)]
+    assert stored_when_told == [True]
+    received_ids = {
+        event.request_id
+        for event in map(lambda raw: decode(LifecycleEvent, raw), lifecycle.values)
+        if event.state == State.RECEIVED
+    }
+    assert received_ids == {f"req-{offset}" for offset in range(50, 56)}  # 53, 54 decided too
