@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from models.lifecycle import TERMINAL
+
+log = logging.getLogger(__name__)
 
 TERMINAL_STATES = frozenset(state.value for state in TERMINAL)
 EVENT_NUMBER_PREFIX = "generate_text_complete-"
@@ -117,26 +120,33 @@ async def wait_caught_up(
 ) -> float | None:
     """Wait until each consumer group has committed every record of its topics (the worker is
     idle: its projector has written everything too); the seconds it took, or None at the
-    timeout. ``groups``: group → the topics it reads."""
+    timeout (logged with the partitions still behind). ``groups``: group → the topics it
+    reads."""
     admin = AIOKafkaAdminClient(**options)
     ends = AIOKafkaConsumer(**options, enable_auto_commit=False)
     await asyncio.gather(admin.start(), ends.start())
     started = time.monotonic()
+    behind: dict[str, dict[str, int]] = {}
     try:
         while time.monotonic() - started < timeout:
-            lag = 0
+            behind = {}
             for group, topics in groups.items():
                 parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
                 committed = await admin.list_consumer_group_offsets(group, partitions=parts)
                 end = await ends.end_offsets(parts)
-                lag += sum(
-                    end[tp] - (committed[tp].offset if tp in committed else 0)
+                lags = {
+                    f"{tp.topic}[{tp.partition}]": end[tp] - max(committed[tp].offset, 0)
+                    if tp in committed
+                    else end[tp]
                     for tp in parts
                     if end[tp] > 0
-                )
-            if lag <= 0:
+                }
+                if lagging := {where: lag for where, lag in lags.items() if lag > 0}:
+                    behind[group] = lagging
+            if not behind:
                 return round(time.monotonic() - started, 1)
             await asyncio.sleep(0.5)
+        log.warning("consumer groups still behind after %.0f s: %s", timeout, behind)
         return None
     finally:
         await admin.close()

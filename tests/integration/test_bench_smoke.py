@@ -5,19 +5,25 @@ is not a test's to judge."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import markdown
 from bench.config import BenchConfig
 from bench.machine import children
+from bench.observe import wait_caught_up
 from bench.report import COUNTERS, SECTIONS, _cpu_ms
 from bench.run import run_bench
 from streams.dev.kafka import EmbeddedKafka
+from tests.integration.conftest import create_topic, produce, read_topic
 from tests.support import streams_process
 
 pytestmark = pytest.mark.integration
@@ -121,3 +127,33 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_group_that_stays_behind_is_named_when_the_wait_for_it_ends(
+    kafka: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bench waits after each phase until every consumer group committed all it read; a
+    wait that runs out says which group and which partitions were still behind, and by how
+    much (the figure alone, None, said nothing of where to look)."""
+    topic, group = f"behind-{uuid.uuid4().hex[:8]}", f"behind-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topic(kafka.bootstrap, topic, 2))
+    for _ in range(3):
+        produce(kafka.bootstrap, topic, b"k", b"v")  # one partition gets all three
+    [(partition, _, _, _), *_] = read_topic(kafka.bootstrap, topic)
+    options = {"bootstrap_servers": kafka.bootstrap}
+
+    async def commit(offset: int) -> None:
+        consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, partition)])
+            await consumer.commit({TopicPartition(topic, partition): offset})
+        finally:
+            await consumer.stop()
+
+    asyncio.run(commit(1))
+    with caplog.at_level(logging.WARNING, logger="bench.observe"):
+        assert asyncio.run(wait_caught_up(options, {group: [topic]}, 2, timeout=1.0)) is None
+    assert f"{group}': {{'{topic}[{partition}]': 2}}" in caplog.text, caplog.text
+    asyncio.run(commit(3))
+    assert asyncio.run(wait_caught_up(options, {group: [topic]}, 2, timeout=30.0)) is not None
