@@ -66,8 +66,11 @@ class Consumer(driver.Consumer):
         message it took from aiokafka and then dropped (a rebalance empties the agents'
         buffers) is neither: without this, its commits of that partition stopped there for as
         long as the worker kept it (the group's lag grew for ever, and the next owner would
-        decide again everything since). Told as a gap, they count as done."""
-        await self._add_gap(tp, first, last)
+        decide again everything since). Told as a gap, they count as done; not if the
+        partition has since gone (faust forgot its books of it: a gap told now would outlive
+        them)."""
+        if tp in self.assignment():
+            await self._add_gap(tp, first, last)
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         if tp not in self._paused_partitions:  # (recovery resumes what it reads: checked)

@@ -127,6 +127,7 @@ async def test_offsets_the_ledger_read_back_itself_let_faust_commit_past_them() 
     requests = TP("t-faust-app-requests", 3)
     app.topics._acking_topics.add(requests.topic)
     consumer._committed_offset[requests] = 50
+    consumer.assignment = lambda: {requests}  # type: ignore[method-assign]
 
     def delivered(offset: int) -> Message:
         return Message(requests.topic, 3, offset, 0.0, 0, None, b"k", b"v", None, tp=requests)
@@ -141,3 +142,7 @@ async def test_offsets_the_ledger_read_back_itself_let_faust_commit_past_them() 
 
     await consumer.acknowledge_range(requests, 53, 54)
     assert consumer._new_offset(requests) == 59
+
+    gone = TP(requests.topic, 2)  # revoked while its batch was decided: faust forgot it
+    await consumer.acknowledge_range(gone, 7, 8)
+    assert gone not in consumer._gap
