@@ -65,10 +65,10 @@ class Consumer(driver.Consumer):
         partition up to its first offset neither acknowledged nor known to it as a gap, and a
         message it took from aiokafka and then dropped (a rebalance empties the agents'
         buffers) is neither: without this, its commits of that partition stopped there for as
-        long as the worker kept it (the group's lag grew for ever, and the next owner would
-        decide again everything since). Told as a gap, they count as done; not if the
-        partition has since gone (faust forgot its books of it: a gap told now would outlive
-        them)."""
+        long as the worker kept it (the group's committed lag, which Kafka's tools and lag
+        monitors read, grew for ever, and the next owner would decide everything since again).
+        Told as a gap, they count as done; not if the partition has since gone (faust forgot
+        its books of it: a gap told now would outlive them)."""
         if tp in self.assignment():
             await self._add_gap(tp, first, last)
 
