@@ -134,14 +134,12 @@ async def wait_caught_up(
                 parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
                 committed = await admin.list_consumer_group_offsets(group, partitions=parts)
                 end = await ends.end_offsets(parts)
-                lags = {
-                    f"{tp.topic}[{tp.partition}]": end[tp] - max(committed[tp].offset, 0)
-                    if tp in committed
-                    else end[tp]
-                    for tp in parts
-                    if end[tp] > 0
-                }
-                if lagging := {where: lag for where, lag in lags.items() if lag > 0}:
+                lagging = {}
+                for tp in parts:  # a partition the group never committed may read -1
+                    done = max(committed[tp].offset, 0) if tp in committed else 0
+                    if end[tp] > done:
+                        lagging[f"{tp.topic}[{tp.partition}]"] = end[tp] - done
+                if lagging:
                     behind[group] = lagging
             if not behind:
                 return round(time.monotonic() - started, 1)
