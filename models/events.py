@@ -24,8 +24,9 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # 1: the first contract. 2: RedriveRequested on [requests]; the OpenAI key's fingerprint on
 # RequestReceived and GenerateText (its target); waited_ms on attempt results and lifecycle
 # events (time in the target's queue); arrived_at_ms on RequestReceived events (the wall clock
-# of the ingress, beside the event time). Fields are only ever added, optional.
-SCHEMA_VERSION = 2
+# of the ingress, beside the event time). 3: GapProbe on [requests]. Fields are only ever
+# added, optional.
+SCHEMA_VERSION = 3
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -170,16 +171,33 @@ class RedriveRequested(_Wire):
     reason: str = Field("", description="why it was given up on (the dead letter's reason)")
 
 
-RequestsValue = Annotated[
+class GapProbe(_Wire):
+    """A worker's ledger took nothing from a partition for a while though faust took offsets of
+    it from Kafka (``taken``) that the ledger never received (``expected`` is the next it
+    awaits): faust dropped them, as a rebalance can. The ledger reads a skipped range back when
+    the partition's next message arrives; on a quiet partition that could be hours, so the
+    worker sends this to the partition itself. It decides nothing and concerns no request: its
+    arrival makes the ledger repair the gap before it, or, if the offsets were only waiting in
+    faust's buffers, it follows them and finds none."""
+
+    kind: Literal["gap_probe"] = "gap_probe"
+    partition: int = Field(ge=0, description="the [requests] partition it was sent to")
+    expected: int = Field(ge=0, description="the next offset the ledger awaited")
+    taken: int = Field(ge=0, description="the last offset faust had taken from Kafka")
+    at_ms: int = Field(ge=0)
+
+
+# what the ledger's rules decide on (every message of [requests] but a GapProbe)
+Decidable = (
     RequestReceived
     | GenerationAttemptSucceeded
     | GenerationAttemptFailed
     | PublicationAttemptSucceeded
     | PublicationAttemptFailed
     | DeadlineExpired
-    | RedriveRequested,
-    Field(discriminator="kind"),
-]
+    | RedriveRequested
+)
+RequestsValue = Annotated[Decidable | GapProbe, Field(discriminator="kind")]
 
 
 # --- commands -------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import (
     DeadlineExpired,
+    Decidable,
+    GapProbe,
     GenerateText,
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
@@ -107,8 +109,10 @@ class Outcome(BaseModel):
 def handle(
     state: PersonState | None, message: RequestsValue, policy: Policy, now_ms: int
 ) -> Outcome:
-    """Decide, then evolve the state by the decision's facts."""
+    """Decide, then evolve the state by the decision's facts (a GapProbe decides nothing)."""
     state = state or PersonState()
+    if isinstance(message, GapProbe):
+        return Outcome(state=state)
     decision = decide(state, message, policy, now_ms)
     state = evolve_all(state, decision.facts)
     return Outcome(
@@ -158,7 +162,7 @@ def _a_redrive(_: InFlight | None, m: PublicationAttemptSucceeded) -> bool:
     return m.redrive
 
 
-def decide(state: PersonState, message: RequestsValue, policy: Policy, now_ms: int) -> Decision:
+def decide(state: PersonState, message: Decidable, policy: Policy, now_ms: int) -> Decision:
     if isinstance(message, RequestReceived):
         return _receive(state, message, policy, now_ms)
     stage, subject = _stage(state, message.request_id)

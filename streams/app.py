@@ -200,6 +200,7 @@ def build(
         policy=policy_from(settings),
         read_range=read_range,
         deadline_check_seconds=settings.deadline_check_interval_seconds,
+        gap_check_seconds=settings.gap_check_interval_seconds,
         rebalance_grace_ms=int(settings.rebalance_grace_seconds * 1000),
         dead_letters=dead_letters,
         metrics=metrics,

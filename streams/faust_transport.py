@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -48,6 +48,39 @@ class Consumer(driver.Consumer):
     faust's livelock check (every ~7 s, once the worker has run ``stream_processing_timeout``,
     5 minutes) logged an ERROR "Aiokafka has not sent fetch request for TP(...-changelog)"
     for each changelog partition, for as long as the worker ran (faust-streaming#503)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken: dict[TP, int] = {}
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """faust's records, each noted as taken (:meth:`taken`) before faust hands it on."""
+        taken = self._taken
+        async for tp, message in super().getmany(timeout):
+            taken[tp] = message.offset
+            yield tp, message
+
+    def taken(self, topic: str) -> dict[int, int]:
+        """The last offset faust took from Kafka of each partition of ``topic`` it reads now
+        (assigned, not paused) since it was assigned: offsets up to it were either handed to
+        an agent's stream or dropped on the way (a rebalance empties the agents' buffers;
+        ``streams.agents.ledger`` probes a partition whose ledger does not catch up with it)."""
+        assigned, paused = self.assignment(), self._paused_partitions
+        return {
+            tp.partition: offset
+            for tp, offset in self._taken.items()
+            if tp.topic == topic and tp in assigned and tp not in paused
+        }
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._taken.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        for tp in [tp for tp in self._taken if tp not in assigned]:
+            del self._taken[tp]
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         tps = set(tps)

@@ -82,6 +82,13 @@ class GapRepair:
         self._on_repaired(offset - expected)
         return await self._read_range(topic, partition, expected, offset)
 
+    async def expectation(self, topic: str, partition: int) -> int | None:
+        """The next offset of ``partition`` the agent awaits: as it processed it, or its mark
+        when it has processed nothing of it since it was (re)assigned (not kept: the agent's
+        first message of it decides how a gap from the mark is told)."""
+        expected = self._expected.get((topic, partition))
+        return expected if expected is not None else await self._load_mark(topic, partition)
+
     def processed(self, topic: str, partition: int, offset: int) -> bool:
         """Record that ``offset`` was processed; True when the durable mark is due: the first
         message since the expectation was (re)loaded, one after a gap, or every ``mark_every``."""

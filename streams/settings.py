@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     publish_deadline_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     deadline_check_interval_seconds: float = Field(1.0, gt=0)
+    gap_check_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="how often the ledger looks for offsets faust took and dropped on a quiet "
+        "partition; one that stays so for two looks is probed (GapProbe)",
+    )
     rebalance_grace_seconds: float = Field(
         30.0,
         gt=0,

@@ -61,7 +61,7 @@ class TopicSpec:
 CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         "requests",
-        "person (site:email)",
+        "person (site:email); a GapProbe has none (sent to its partition)",
         RequestsValue,
         "internal: the ledger's input and the audit log (sealed secrets inside)",
         retention="broker default (delete); it is the audit log: keep it as long as you want "

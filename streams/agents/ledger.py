@@ -23,7 +23,13 @@ from typing import Any, NamedTuple
 from faust.streams import _current_event
 from faust.types import TP
 
-from models.events import DeadlineExpired, GenerateText, PublishCompletion, RequestsValue
+from models.events import (
+    DeadlineExpired,
+    GapProbe,
+    GenerateText,
+    PublishCompletion,
+    RequestsValue,
+)
 from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import decode, decode_requests, encode
 from streams.gaps import GapRepair, ReadRange, Record
@@ -47,6 +53,8 @@ SendNow = Callable[[], Awaitable[None] | None]
 # (topic, partition, first, last): offsets the ledger read back itself and decided, for faust
 # to count as done (``streams.faust_transport.Consumer.acknowledge_range``)
 Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
+# partition -> the last offset faust took of it from Kafka (``Consumer.taken``)
+Taken = Callable[[], dict[int, int]]
 
 
 def register(
@@ -57,6 +65,7 @@ def register(
     policy: Policy,
     read_range: ReadRange,
     deadline_check_seconds: float,
+    gap_check_seconds: float,
     rebalance_grace_ms: int,
     dead_letters: DeadLetters,
     metrics: WorkerMetrics,
@@ -75,11 +84,13 @@ def register(
         acknowledge=lambda topic, partition, first, last: app.consumer.acknowledge_range(
             TP(topic, partition), first, last
         ),
+        taken=lambda: app.consumer.taken(topics.requests.get_topic_name()),
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
     app.agent(topics.requests, name="ledger")(ledger.consume)
     app.timer(interval=deadline_check_seconds, name="deadlines")(ledger.check_deadlines)
+    app.timer(interval=gap_check_seconds, name="gaps")(ledger.check_gaps)
 
 
 class Ledger:
@@ -95,6 +106,7 @@ class Ledger:
         clock: Clock,
         send_now: SendNow = lambda: None,
         acknowledge: Acknowledge | None = None,
+        taken: Taken = dict,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -119,6 +131,8 @@ class Ledger:
         self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
         self._acknowledge = acknowledge
+        self._taken = taken
+        self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
@@ -165,8 +179,8 @@ class Ledger:
             key=record.key,
             value=record.value,
         )
-        if message is None:
-            return
+        if message is None or isinstance(message, GapProbe):
+            return  # (a probe has done its work: its arrival repaired any gap before it)
         try:
             person = message.person.encode()
             newest = batch.states.get(person)
@@ -196,6 +210,35 @@ class Ledger:
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
+        self._behind.clear()
+
+    async def check_gaps(self) -> None:
+        """The timer: a partition of which faust took offsets from Kafka that the ledger has
+        not received, and still so at the next look (the ledger received nothing of it
+        meanwhile, and faust took nothing more), had them dropped on the way: the gap would be
+        repaired at the partition's next message, and a quiet partition may have none for
+        hours. A GapProbe sent to it is that message. If the offsets were only slow (a batch
+        held up longer than a look), they reach the ledger before the probe, which then finds
+        no gap: a probe is never wrong, at worst one record."""
+        topic = self._topics.requests.get_topic_name()
+        behind: dict[int, tuple[int, int]] = {}
+        for partition, taken in self._taken().items():
+            expected = await self._gaps.expectation(topic, partition)
+            if expected is None or expected > taken:
+                continue  # nothing known of it, or everything taken received
+            behind[partition] = (expected, taken)
+            if self._behind.get(partition) != (expected, taken):
+                continue  # first seen so: a look later it may have arrived
+            log.info(
+                "ledger probes partition=%s: offsets %s..%s were taken from Kafka and not "
+                "received",
+                partition, expected, taken,
+            )  # fmt: skip
+            probe = GapProbe(
+                partition=partition, expected=expected, taken=taken, at_ms=self._clock.now_ms()
+            )
+            await self._topics.requests.send(value=encode(probe), partition=partition)
+        self._behind = behind
 
     def recovered(self, *_: Any, **__: Any) -> None:
         """The rebalance is complete. Work issued before now gets only the grace: the worker

@@ -28,6 +28,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from models.events import (
     DeadLetter,
+    GapProbe,
     GenerationAttemptSucceeded,
     RequestReceived,
 )
@@ -204,6 +205,8 @@ async def _find(
             try:
                 message = decode_requests(record.value)
             except DecodeError:
+                continue
+            if isinstance(message, GapProbe):
                 continue
             if message.request_id == request_id and wanted(message):
                 match = message

@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from models.events import LifecycleEvent
+from models.events import GapProbe, LifecycleEvent
 from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
@@ -487,6 +487,8 @@ class Rederivation:
         self.summary.messages += 1
         try:
             message = decode_requests(record.value)
+            if isinstance(message, GapProbe):
+                return  # a worker's nudge to its own ledger: it decides nothing
             # the ledger's clock only sets deadlines; the record's time stands in for it
             outcome = handle(
                 self._states.get(message.person), message, self.policy, record.timestamp_ms

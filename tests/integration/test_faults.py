@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from models.events import GapProbe
 from streams.agents.executors import Mark
+from streams.codecs import encode
 from tests.integration.conftest import System, group_commits, now_s, produce, read_topic
 from tests.support import seed_params, usage, wait_until
 
@@ -200,6 +202,9 @@ def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_sy
         ]
         return found if len(found) >= 3 else []
 
+    # and a GapProbe (a worker's nudge to its own ledger) on that partition is no poison
+    probe = GapProbe(partition=0, expected=0, taken=0, at_ms=now_s() * 1000)
+    produce(system.kafka.bootstrap, topic, person, encode(probe))
     found = wait_until(letters, 60, what="three dead letters")
     assert sorted(letter["topic"] for letter in found) == [lifecycle, topic, topic]
     assert all(letter["offset"] >= 0 for letter in found)
@@ -209,6 +214,7 @@ def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_sy
     assert status == 202
     row = system.wait_terminal([answer["request_id"]])[answer["request_id"]]
     assert row.state == "published"
+    assert len(letters()) == 3  # the probe, decided before this webhook, was none
 
 
 def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_system) -> None:

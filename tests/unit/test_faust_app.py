@@ -146,3 +146,36 @@ async def test_offsets_the_ledger_read_back_itself_let_faust_commit_past_them() 
     gone = TP(requests.topic, 2)  # revoked while its batch was decided: faust forgot it
     await consumer.acknowledge_range(gone, 7, 8)
     assert gone not in consumer._gap
+
+
+async def test_the_last_offset_faust_took_is_known_per_partition_it_reads_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the ledger's gap timer compares with what it received: the last offset of each
+    partition faust took from Kafka, noted before faust hands it on (a message dropped on the
+    way was taken all the same); a paused partition is not being read, and a revoked one
+    starts over."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    topic = "t-faust-app-requests"
+    fetched = [(TP(topic, p), o) for p, o in ((0, 7), (1, 3), (0, 8), (2, 5))]
+    fetched.append((TP("t-faust-app-ledger-changelog", 0), 99))
+
+    async def getmany(self: Any, timeout: float) -> Any:
+        for tp, offset in fetched:
+            yield tp, Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "getmany", getmany)
+    handed_on = [(tp.partition, message.offset) async for tp, message in consumer.getmany(1.0)]
+    assert handed_on == [(tp.partition, offset) for tp, offset in fetched]  # all, in order
+
+    assigned = {TP(topic, p) for p in (0, 1, 2)} | {TP("t-faust-app-ledger-changelog", 0)}
+    consumer.assignment = lambda: assigned  # type: ignore[method-assign]
+    assert consumer.taken(topic) == {0: 8, 1: 3, 2: 5}
+    consumer._paused_partitions.add(TP(topic, 1))
+    assert consumer.taken(topic) == {0: 8, 2: 5}
+
+    await consumer.on_partitions_revoked({TP(topic, 0)})
+    assert consumer.taken(topic) == {}  # faust pauses what it keeps while it rebalances
+    consumer._paused_partitions.clear()  # and resumes it once its tables are recovered
+    assert consumer.taken(topic) == {1: 3, 2: 5}  # partition 0: kept, it would start over

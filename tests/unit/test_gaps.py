@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from models.events import LifecycleEvent
+from models.events import GapProbe, LifecycleEvent
 from models.ledger import Policy
 from models.lifecycle import State
-from streams.agents.ledger import Ledger
+from streams.agents.ledger import OFFSET_MARK, Ledger
 from streams.codecs import decode, encode
 from streams.gaps import GapRepair
 from streams.observability import WorkerMetrics
@@ -239,3 +239,159 @@ def test_a_range_the_ledger_read_back_is_acknowledged_to_faust_once_its_batch_is
         if event.state == State.RECEIVED
     }
     assert received_ids == {f"req-{offset}" for offset in range(50, 56)}  # 53, 54 decided too
+
+
+# --- the ledger's gap timer: a quiet partition whose dropped offsets would wait for ever -------
+
+
+class Requests(Sent):
+    """[requests] as the gap timer uses it: its name, and probes sent to a partition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partitions: list[int | None] = []
+
+    def get_topic_name(self) -> str:
+        return TOPIC
+
+    async def send(  # type: ignore[override]
+        self, *, key: bytes | None = None, value: bytes, partition: int | None = None
+    ) -> asyncio.Future[None]:
+        self.partitions.append(partition)
+        return await super().send(key=key, value=value)
+
+
+class Quiet:
+    """A ledger on partition 3 of a fake log of webhooks, faust's taken offsets set by hand."""
+
+    def __init__(self, table: dict[bytes, bytes] | None = None) -> None:
+        self.webhooks = {
+            offset: encode(received(f"req-{offset}", delivery_id=f"d-{offset}"))
+            for offset in range(50, 60)
+        }
+        self.taken: dict[int, int] = {}
+        self.told: list[tuple[str, int, int, int]] = []
+        self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
+        metrics = WorkerMetrics()
+        self.ledger = Ledger(
+            {} if table is None else table,
+            POLICY,
+            Topics(
+                requests=self.requests,
+                generate=Sent(),
+                completions=Sent(),
+                lifecycle=self.lifecycle,
+                deadletter=None,
+            ),
+            self.read_range,
+            30_000,
+            DeadLetters(self.deadletter, metrics.dead_letters, FixedClock()),
+            metrics,
+            FixedClock(),
+            acknowledge=self.acknowledge,
+            taken=lambda: dict(self.taken),
+        )
+
+    async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Rec]:
+        return [self.record(o) for o in range(start, end)]
+
+    async def acknowledge(self, topic: str, partition: int, first: int, last: int) -> None:
+        self.told.append((topic, partition, first, last))
+
+    def record(self, offset: int) -> Rec:
+        return Rec(TOPIC, 3, offset, PERSON.encode(), self.webhooks[offset])
+
+    async def deliver(self, *offsets: int) -> None:
+        """The ledger receives these offsets (faust took them too)."""
+        events = [Event(r, r.key, r.value) for r in map(self.record, offsets)]
+        await self.ledger.consume(Stream(events))
+        self.taken[3] = max(offsets)
+
+    async def looks(self, n: int) -> list[list[tuple[int, int, int]]]:
+        """The probes each of ``n`` looks of the timer sent: (partition, expected, taken)."""
+        sent = []
+        for _ in range(n):
+            before = len(self.requests.values)
+            await self.ledger.check_gaps()
+            probes = [decode(GapProbe, raw) for raw in self.requests.values[before:]]
+            sent.append([(p.partition, p.expected, p.taken) for p in probes])
+        return sent
+
+    def decided(self) -> set[str]:
+        return {
+            event.request_id
+            for event in map(lambda raw: decode(LifecycleEvent, raw), self.lifecycle.values)
+            if event.state == State.RECEIVED
+        }
+
+
+def test_offsets_faust_took_and_dropped_on_a_quiet_partition_are_probed_and_decided() -> None:
+    """faust took 53 and 54 and the ledger never received them (a rebalance empties the
+    agents' buffers), and no webhook follows on that partition: the ledger would repair the
+    gap only at its next message. Still so at the timer's second look, a GapProbe goes to the
+    partition; its arrival makes the ledger read 53..54 back and decide them, and it decides
+    nothing itself."""
+
+    async def scenario() -> Quiet:
+        quiet = Quiet()
+        await quiet.deliver(50, 51, 52)
+        quiet.taken[3] = 54  # taken, dropped on the way
+        [first, second, third] = await quiet.looks(3)
+        assert first == []  # a look later, they may have arrived
+        assert second == [(3, 53, 54)]
+        assert third == [(3, 53, 54)]  # not arrived yet: probed again
+        assert quiet.requests.partitions == [3, 3]
+        # the probe arrives (the second one follows it): the gap before it is repaired
+        quiet.webhooks[55] = quiet.webhooks[56] = quiet.requests.values[0]
+        await quiet.deliver(55, 56)
+        assert await quiet.looks(2) == [[], []]  # everything taken was received
+        return quiet
+
+    quiet = asyncio.run(scenario())
+    assert quiet.told == [(TOPIC, 3, 53, 54)]
+    assert quiet.decided() == {f"req-{offset}" for offset in range(50, 55)}
+    assert quiet.deadletter.values == []  # a probe is no poison
+
+
+@pytest.mark.parametrize(
+    ("case", "probes"),
+    [
+        ("everything taken was received", [[], [], []]),
+        ("faust takes more between the looks", [[], [], [(3, 53, 57)]]),
+        ("the ledger receives some between the looks", [[], [], [(3, 54, 54)]]),
+        # expected from the mark again, which trails (written at 50, the first since loaded)
+        ("a rebalance between the looks", [[], [], [(3, 51, 54)]]),
+    ],
+)
+def test_a_partition_is_probed_only_when_a_look_finds_it_as_the_last_did(
+    case: str, probes: list[list[tuple[int, int, int]]]
+) -> None:
+    async def scenario() -> list[list[tuple[int, int, int]]]:
+        quiet = Quiet()
+        await quiet.deliver(50, 51, 52)
+        quiet.taken[3] = 52 if case.startswith("everything") else 54
+        seen = await quiet.looks(1)
+        if case.startswith("faust takes more"):
+            quiet.taken[3] = 57
+        elif case.startswith("the ledger receives"):
+            await quiet.deliver(53)
+            quiet.taken[3] = 54
+        elif case.startswith("a rebalance"):
+            quiet.ledger.rebalanced()
+            quiet.taken[3] = 54  # (the transport forgets what it took of a revoked partition)
+        return seen + await quiet.looks(2)
+
+    assert asyncio.run(scenario()) == probes
+
+
+def test_a_partition_the_ledger_has_not_seen_since_its_assignment_is_behind_its_mark() -> None:
+    """A new owner that received nothing of a partition expects what its mark says; with no
+    mark (nothing ever decided there), nothing is known to be behind."""
+
+    async def scenario(table: dict[bytes, bytes]) -> list[list[tuple[int, int, int]]]:
+        quiet = Quiet(table)
+        quiet.taken[3] = 51
+        return await quiet.looks(2)
+
+    assert asyncio.run(scenario({OFFSET_MARK + b"3": b"50"})) == [[], [(3, 50, 51)]]
+    assert asyncio.run(scenario({})) == [[], []]

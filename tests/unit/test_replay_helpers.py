@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from models.events import LifecycleEvent, State
-from models.ledger import Policy
+from models.events import GapProbe, LifecycleEvent, State
+from models.ledger import Outcome, PersonState, Policy, handle
 from streams.codecs import encode
 from streams.ops.helpers import Channel, Helper, HelperError, run_all, shares
 from streams.ops.replay import Record, Rederivation, VerifySummary, _comparable, _compare
@@ -129,3 +129,16 @@ def test_shares_absorbed_keep_every_derived_event_in_order_and_count_the_same() 
     assert (summary.messages, summary.derived, summary.recorded) == (3, 3, 2)
     assert summary.matched == 2
     assert [(d.kind, d.request_id) for d in summary.differences] == [("missing", "a")]
+
+
+def test_verify_passes_over_a_gap_probe_it_derives_nothing_from() -> None:
+    """A GapProbe on [requests] (a worker's nudge to its own ledger) decides nothing: the
+    ledger's rules are not asked, and it is no record verify could not use."""
+    check = Rederivation(Policy(), VerifySummary("requests", "lifecycle"))
+    probe = GapProbe(partition=3, expected=53, taken=54, at_ms=1_700_000_000_000)
+    check.request(Record("requests", 3, 55, 1_700_000_000_000, encode(probe)))
+    assert check.summary.messages == 1
+    assert check.summary.skipped == []
+    assert check.derived == {}
+    # nor would the rules decide anything, were they asked
+    assert handle(None, probe, Policy(), 0) == Outcome(state=PersonState())
