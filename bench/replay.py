@@ -34,11 +34,11 @@ from bench.report import RESULTS_DIR
 from bench.system import PROJECT_ROOT, Broker
 from models.events import (
     ChatRequest,
+    Decidable,
     GenerationAttemptSucceeded,
     PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
-    RequestsValue,
     SealedSecrets,
 )
 from models.ledger import PersonState, Policy, handle
@@ -70,7 +70,7 @@ def synthetic_log(requests: int, now_s: int) -> tuple[list[tuple[str, bytes]], l
     return requests_log, lifecycle
 
 
-def webhook(i: int, now_s: int) -> tuple[str, list[RequestsValue]]:
+def webhook(i: int, now_s: int) -> tuple[str, list[Decidable]]:
     """The ``i``-th synthetic person and the [requests] messages of one webhook of theirs,
     received to published."""
     site, email = f"site{i % 50}", f"p{i}@replay.example.com"

@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.events import (
     DeadlineExpired,
     Decidable,
-    GapProbe,
     GenerateText,
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
@@ -51,7 +50,6 @@ from models.events import (
     PublishCompletion,
     RedriveRequested,
     RequestReceived,
-    RequestsValue,
 )
 from models.lifecycle import STATE_AFTER, EventType, State, check_transition
 from models.params import completion_event_number, trigger_met
@@ -106,13 +104,10 @@ class Outcome(BaseModel):
     dead_letters: list[GivenUp] = Field(default_factory=list)
 
 
-def handle(
-    state: PersonState | None, message: RequestsValue, policy: Policy, now_ms: int
-) -> Outcome:
-    """Decide, then evolve the state by the decision's facts (a GapProbe decides nothing)."""
+def handle(state: PersonState | None, message: Decidable, policy: Policy, now_ms: int) -> Outcome:
+    """Decide, then evolve the state by the decision's facts (a GapProbe, which decides
+    nothing, is passed over before: it concerns no person)."""
     state = state or PersonState()
-    if isinstance(message, GapProbe):
-        return Outcome(state=state)
     decision = decide(state, message, policy, now_ms)
     state = evolve_all(state, decision.facts)
     return Outcome(

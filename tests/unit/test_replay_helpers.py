@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from models.events import GapProbe, LifecycleEvent, State
-from models.ledger import Outcome, PersonState, Policy, handle
+from models.ledger import Policy
 from streams.codecs import encode
 from streams.ops.helpers import Channel, Helper, HelperError, run_all, shares
 from streams.ops.replay import Record, Rederivation, VerifySummary, _comparable, _compare
@@ -140,5 +140,3 @@ def test_verify_passes_over_a_gap_probe_it_derives_nothing_from() -> None:
     assert check.summary.messages == 1
     assert check.summary.skipped == []
     assert check.derived == {}
-    # nor would the rules decide anything, were they asked
-    assert handle(None, probe, Policy(), 0) == Outcome(state=PersonState())
