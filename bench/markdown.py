@@ -331,7 +331,12 @@ def replay_section(r: Mapping[str, Any] | None = None) -> str:
     default = f", {n} processes (the default: one per core)" if n else ""
     rows = [
         ("read the log only (the baseline: nothing decoded or written)", r.get("read_only"), ""),
-        ("`talkstream replay` into a fresh SQLite file", r.get("sqlite"), goal),
+        (
+            "`talkstream replay --processes 1` into a fresh SQLite file (in one process)",
+            r.get("sqlite_one_process"),
+            "",
+        ),
+        (f"`talkstream replay` into a fresh SQLite file{default}", r.get("sqlite"), goal),
         ("`talkstream replay` into a fresh PostgreSQL database", r.get("postgresql"), goal),
         (
             "`talkstream replay --verify --processes 1` (re-derives every event, in one process)",

@@ -5,8 +5,9 @@
 Writes a consistent log straight to Kafka: the pure ledger (``models.ledger.handle``) decides
 each request (received → admitted → generating → generated → publishing → published), and its
 [requests] messages and [lifecycle] events are produced as the live system would have. Then it
-times ``talkstream replay`` (``streams.ops.replay.rebuild``) into a fresh SQLite file and a
-fresh PostgreSQL database, and ``replay --verify``, each on the whole log. Results go to
+times ``talkstream replay`` (``streams.ops.replay.rebuild``) into a fresh SQLite file (in one
+process and with its default processes) and a fresh PostgreSQL database, and
+``replay --verify`` (the same two ways), each on the whole log. Results go to
 ``bench/results/replay-latest.json`` (``talkstream bench --render`` shows them).
 """
 
@@ -172,10 +173,12 @@ def timed_read(settings: Settings) -> dict[str, Any]:
     }
 
 
-def timed_rebuild(settings: Settings, url: str) -> dict[str, Any]:
+def timed_rebuild(settings: Settings, url: str, processes: int | None = None) -> dict[str, Any]:
     store = ProjectionStore.from_url(url)
     try:
-        summary = asyncio.run(rebuild(settings, settings.topic("lifecycle"), store))
+        summary = asyncio.run(
+            rebuild(settings, settings.topic("lifecycle"), store, processes=processes)
+        )
     finally:
         store.close()
     return {
@@ -247,15 +250,20 @@ def run_replay(
             "repeat": repeat,
             "processes": default_processes(),
         }
+
+        def sqlite(name: str, processes: int | None = None) -> dict[str, Any]:
+            return timed_rebuild(settings, f"sqlite:///{root / f'{name}.sqlite3'}", processes)
+
+        # each with its default processes (one per core) and, beside it, all in one process
         measures: dict[str, Callable[[int], dict[str, Any]]] = {
             "read_only": lambda _: timed_read(settings),
-            "sqlite": lambda i: timed_rebuild(settings, f"sqlite:///{root / f'replay{i}.sqlite3'}"),
+            "sqlite_one_process": lambda i: sqlite(f"alone{i}", 1),
+            "sqlite": lambda i: sqlite(f"replay{i}"),
         }
         if with_postgres:
             measures["postgresql"] = lambda _: timed_rebuild(
                 settings, postgres_url(postgres_server)
             )
-        # verify with its default processes (one per core) and, beside it, all in one process
         measures["verify_one_process"] = lambda _: timed_verify(settings, 1)
         measures["verify"] = lambda _: timed_verify(settings)
         for name, measure in measures.items():  # each a fresh database

@@ -114,8 +114,9 @@ def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int],
     "--processes",
     type=click.IntRange(min=1),
     default=None,
-    help="with --verify: processes re-deriving a share of the [requests] partitions each "
-    "(default: one per core); 1 = all in this process",
+    help="processes sharing the work, a share of the partitions each (default: one per "
+    "core); 1 = all in this process. --verify: re-deriving [requests]; a rebuild: of "
+    "[lifecycle] into an empty projection",
 )
 def replay(
     database_url: str | None, force: bool, until: int | None, verify: bool, processes: int | None
@@ -126,8 +127,6 @@ def replay(
     start; nothing is produced, OpenAI and Talkable are not called.
     """
     settings = Settings()
-    if processes is not None and not verify:
-        raise click.UsageError("--processes goes with --verify (a rebuild is one process)")
     if verify:
         if database_url or until is not None or force:
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
@@ -135,10 +134,16 @@ def replay(
         return
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
-    _rebuild(settings, database_url, force, until)
+    _rebuild(settings, database_url, force, until, processes)
 
 
-def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int | None) -> None:
+def _rebuild(
+    settings: Settings,
+    database_url: str,
+    force: bool,
+    until_ms: int | None,
+    processes: int | None,
+) -> None:
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
@@ -159,6 +164,7 @@ def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int |
                     until_ms=until_ms,
                     on_total=on_total,
                     progress=progress,
+                    processes=processes,
                 )
             ),
         )
@@ -174,6 +180,11 @@ def _rebuild(settings: Settings, database_url: str, force: bool, until_ms: int |
     )
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items())) or "none"
     click.echo(f"  {summary.requests} requests ({states}); {summary.transitions} transitions")
+    if summary.split_requests:
+        click.echo(
+            "  a request's events were in two shares of the partitions (partitions added while "
+            "it was in flight): rebuilt again in one process"
+        )
     if summary.skipped:
         click.echo(f"  {len(summary.skipped)} records did not decode (dead-lettered live):")
         for s in summary.skipped:

@@ -1,9 +1,10 @@
 """Replay's work beside the reading: a forked helper process and the pipe to it.
 
-``talkstream replay --verify`` is CPU-bound Python (decoding, the rules), so on a machine with
-more than one core it re-derives each share of the [requests] partitions in a helper of its
-own (a person's decisions never leave its partition) while this process reads the recorded
-[lifecycle].
+``talkstream replay`` is CPU-bound Python (decoding, the rules, binding rows), so on a machine
+with more than one core ``--verify`` re-derives each share of the [requests] partitions in a
+helper of its own (a person's decisions never leave its partition) while this process reads
+the recorded [lifecycle], and a rebuild into SQLite rebuilds each share of the [lifecycle]
+partitions but one in a helper's own file (a request's events never leave its partition).
 
 A helper is forked (it starts at once, with everything already imported, and shares nothing
 but the pipe afterwards). It reports ``("progress", n)``, then ``("done", value)`` or
@@ -28,7 +29,7 @@ class HelperError(TalkstreamError):
 
 
 def default_processes() -> int:
-    """Processes verify uses by default: one per core (1: all the work in this one)."""
+    """Processes a replay uses by default: one per core (1: all the work in this one)."""
     return (os.cpu_count() or 1) if FORK else 1
 
 

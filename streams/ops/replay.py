@@ -29,17 +29,21 @@ rendered ``current_time``, which says when the decision applies, not when it was
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models.events import GapProbe, LifecycleEvent
 from models.ledger import PersonState, Policy, handle
@@ -57,6 +61,7 @@ Identity = tuple[str, str, str, int]
 FETCH_RECORDS = 2000
 APPLY_BATCH = 10_000  # lifecycle events per projection transaction in a replay
 STALL_SECONDS = 60.0  # no record for this long while behind the captured end: give up
+REFUSED = ("23505", "40P01")  # PostgreSQL's SQLSTATEs: a unique key taken, a deadlock broken
 
 
 class ReplayError(TalkstreamError):
@@ -144,13 +149,14 @@ class LogReader:
     ) -> None:
         await self._stop()
 
-    async def batches(self) -> AsyncIterator[list[Record]]:
-        """Records in offset order per partition, in batches (partitions interleave)."""
+    async def batches(self, only: Collection[int] | None = None) -> AsyncIterator[list[Record]]:
+        """Records in offset order per partition (of the partitions ``only``, default all), in
+        batches (partitions interleave)."""
         consumer = self._consumer
         todo = {
             TopicPartition(self.topic, p): end
             for p, (first, end) in self.bounds.items()
-            if end > first
+            if end > first and (only is None or p in only)
         }
         if not todo:
             return
@@ -214,6 +220,7 @@ class RebuildSummary:
     states: dict[str, int] = field(default_factory=dict)
     until_ms: int | None = None
     seconds: float = 0.0
+    split_requests: bool = False  # a request had events in two shares: rebuilt in one process
 
 
 async def rebuild(
@@ -224,10 +231,20 @@ async def rebuild(
     until_ms: int | None = None,
     on_total: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    processes: int | None = None,
 ) -> RebuildSummary:
-    """Read, decode and apply in this process (on 2 cores a forked writer beside the reader
-    was no faster: bench.replay, SQLite 51k/s against 53k/s, PostgreSQL 43k/s against 45k/s),
-    in order, a batch of ``APPLY_BATCH`` events at a time (``_Applier``)."""
+    """Read, decode and apply in order, a batch of ``APPLY_BATCH`` events at a time
+    (``_Applier``).
+
+    ``processes`` (default: one per core): a rebuild into an empty projection splits the
+    partitions into that many shares (a request's events are all in one). This process
+    rebuilds the first share while a forked helper rebuilds each other one: into a SQLite file
+    of its own beside the target, which SQLite then copies in (``ProjectionStore.absorb``,
+    with none of the per-row Python that binding the rows again would cost), or straight into
+    a server's database (PostgreSQL writes them side by side). Should a request have events in
+    two shares (partitions were added to the topic while it was in flight), the target is
+    emptied and rebuilt in this process alone. A projection that is not empty is rebuilt
+    here."""
     started = time.monotonic()
     with heap.bulk():
         async with LogReader(settings, topic, until_ms) as reader:
@@ -236,24 +253,154 @@ async def rebuild(
             )
             if on_total:
                 on_total(reader.total)
-            # into an empty store only the requests this replay wrote can have rows
-            rebuilt: set[str] | None = set() if store.is_empty() else None
-            sourced: list[Sourced] = []
-            async with _Applier(store, rebuilt) as applier:
-                async for batch in reader.batches():
-                    sourced += _sourced(batch, summary.skipped)
-                    summary.records += len(batch)
-                    if progress:
-                        progress(len(batch))
-                    if len(sourced) >= APPLY_BATCH:
-                        await applier.apply(sourced)
-                        sourced = []
-                await applier.apply(sourced)
-            summary.applied = applier.applied
+            empty = store.is_empty()
+            split = (
+                shares(reader.bounds, processes or default_processes()) if FORK and empty else []
+            )
+            beside = len(split) > 1 and await _rebuild_beside(
+                settings, reader, store, split, summary, progress
+            )
+            if len(split) > 1 and not beside:  # a request in two shares: start again, here
+                store.reset()
+                summary = RebuildSummary(
+                    topic, store.url, len(reader.bounds), until_ms=until_ms, split_requests=True
+                )
+            if not beside:
+                # into an empty store only the requests this replay wrote can have rows
+                await _apply_all(reader, store, set() if empty else None, summary, progress)
+        summary.skipped.sort(key=lambda s: (s.partition, s.offset))
         summary.requests, summary.transitions = store.counts()
         summary.states = store.states()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _apply_all(
+    reader: LogReader,
+    store: ProjectionStore,
+    rebuilt: set[str] | None,
+    summary: RebuildSummary,
+    progress: Progress | None,
+    *,
+    only: Collection[int] | None = None,
+    helpers: Sequence[Helper] = (),
+    alone: bool = True,
+) -> None:
+    """Apply the reader's records (of the partitions ``only``, default all) to the store
+    (``alone``: no other process shares the rebuild)."""
+    sourced: list[Sourced] = []
+    async with _Applier(store, rebuilt, alone=alone) as applier:
+        async for batch in reader.batches(only):
+            sourced += _sourced(batch, summary.skipped)
+            summary.records += len(batch)
+            if progress:
+                progress(len(batch))
+            for helper in helpers:
+                helper.drain(progress)
+            if len(sourced) >= APPLY_BATCH:
+                await applier.apply(sourced)
+                sourced = []
+        await applier.apply(sourced)
+    summary.applied += applier.applied
+
+
+async def _rebuild_beside(
+    settings: Settings,
+    reader: LogReader,
+    store: ProjectionStore,
+    split: list[dict[int, tuple[int, int]]],
+    summary: RebuildSummary,
+    progress: Progress | None,
+) -> bool:
+    """The first share here, each other in a helper: into a SQLite file of its own, absorbed
+    after, or straight into a server's database. False when a request was in two shares
+    (found as the share that has it already, or as a write the database refused)."""
+    scratch = (
+        Path(tempfile.mkdtemp(prefix=".talkstream-replay-", dir=store.directory))
+        if store.in_process
+        else None
+    )
+    targets: list[Path | str] = [
+        scratch / f"share{number}.sqlite3"
+        if scratch is not None
+        else store.engine.url.render_as_string(hide_password=False)
+        for number in range(1, len(split))
+    ]
+    helpers = [
+        Helper(f"replay {sorted(share)}", _rebuild_share, settings, reader.topic, share, target)
+        for share, target in zip(split[1:], targets, strict=True)
+    ]
+    try:
+        try:
+            await _apply_all(
+                reader,
+                store,
+                set(),
+                summary,
+                progress,
+                only=split[0],
+                helpers=helpers,
+                alone=False,
+            )
+        except Exception as exc:
+            if not _conflict(exc):
+                raise
+            return False
+        for rebuilt, target in zip(run_all(helpers, progress), targets, strict=True):
+            if rebuilt is None:
+                return False
+            records, applied, skipped = rebuilt
+            summary.records += records
+            summary.skipped += skipped
+            if isinstance(target, Path) and not store.absorb(target):
+                return False
+            summary.applied += applied
+        return True
+    finally:
+        for helper in helpers:
+            helper.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _rebuild_share(
+    channel: Channel,
+    settings: Settings,
+    topic: str,
+    share: dict[int, tuple[int, int]],
+    target: Path | str,
+) -> tuple[int, int, list[Skipped]] | None:
+    """A helper's side: rebuild one share of the partitions into a new SQLite file, or into
+    the server's database at the URL ``target``; None if a write there was refused because
+    another process had written the same request."""
+    if isinstance(target, Path):
+        store = ProjectionStore.from_url(f"sqlite:///{target}")
+    else:
+        store = ProjectionStore.from_url(target, migrate_schema=False)
+    summary = RebuildSummary(topic, store.url, len(share))
+
+    async def read() -> None:
+        async with LogReader(settings, topic, bounds=share) as reader:
+            await _apply_all(reader, store, set(), summary, channel.progress, alone=False)
+
+    try:
+        with heap.bulk():
+            asyncio.run(read())
+    except Exception as exc:
+        if not _conflict(exc):
+            raise
+        return None
+    finally:
+        store.close()
+    return summary.records, summary.applied, summary.skipped
+
+
+def _conflict(exc: Exception) -> bool:
+    """Whether the database refused a write because another process of the same rebuild
+    wrote the same request first: a unique key, or the deadlock of two such writes (from
+    SQLAlchemy, or from the driver itself for PostgreSQL's ``COPY``)."""
+    found = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(exc, IntegrityError) or getattr(found, "sqlstate", None) in REFUSED
 
 
 class _Applier:
@@ -263,14 +410,20 @@ class _Applier:
     read and decoded: the server does its part of the work on another core meanwhile, where
     inline the reader waited for it (30% of a rebuild's time; ``bench/PROFILE.md``, seventeenth
     round). SQLite's work is this process's, and a thread would only contend with the
-    decoding for the GIL (slower there, same round): its batches are applied inline. One batch
-    at most is being written; leaving the block waits for it, also on an error."""
+    decoding for the GIL (slower there, same round): its batches are applied inline, and so
+    are those of a rebuild shared by processes (``alone=False``), which keep both cores busy
+    already (the thread was slower there: twenty-second round). One batch at most is being
+    written; leaving the block waits for it, also on an error."""
 
-    def __init__(self, store: ProjectionStore, rebuilt: set[str] | None) -> None:
+    def __init__(
+        self, store: ProjectionStore, rebuilt: set[str] | None, *, alone: bool = True
+    ) -> None:
         self.store, self.rebuilt = store, rebuilt
         self.applied = 0  # events that were new
         self._writer = (
-            None if store.in_process else ThreadPoolExecutor(1, thread_name_prefix="replay-writer")
+            None
+            if store.in_process or not alone
+            else ThreadPoolExecutor(1, thread_name_prefix="replay-writer")
         )
         self._writing: asyncio.Future[int] | None = None
 

@@ -166,6 +166,14 @@ class ProjectionStore:
         """The database does its work in this process (SQLite), not in a server's."""
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def directory(self) -> Path | None:
+        """Where the database file is (SQLite), None for a server or memory."""
+        database = self.engine.url.database
+        if not self.in_process or database in (None, "", ":memory:"):
+            return None
+        return Path(database).resolve().parent
+
     # --- writing --------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[Sourced], rebuilt: set[str] | None = None) -> int:
@@ -235,6 +243,36 @@ class ProjectionStore:
                     [(*_row_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
                 )
             return len(transitions)
+
+    def absorb(self, path: Path) -> bool:
+        """Copy the projection in the SQLite file ``path`` (a replay's share of the
+        partitions, rebuilt by a helper) into this SQLite one, in one transaction, by SQLite
+        itself: no row passes through Python. Nothing is copied, and False returned, when one
+        of its requests already has a row here (its events were read in two shares)."""
+        requests = ", ".join(_REQUEST_COLUMNS)
+        transitions = ", ".join(f'"{c}"' for c in _TRANSITION_COLUMNS)
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("ATTACH DATABASE ? AS share", (str(path),))
+            connection.commit()
+            try:
+                if connection.exec_driver_sql(
+                    "SELECT 1 FROM share.requests AS theirs WHERE EXISTS (SELECT 1 FROM "
+                    "main.requests AS ours WHERE ours.request_id = theirs.request_id) LIMIT 1"
+                ).first():
+                    return False
+                connection.exec_driver_sql(
+                    f"INSERT INTO main.transitions ({transitions}) "
+                    f"SELECT {transitions} FROM share.transitions ORDER BY id"
+                )
+                connection.exec_driver_sql(
+                    f"INSERT INTO main.requests ({requests}) SELECT {requests} FROM share.requests"
+                )
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.exec_driver_sql("DETACH DATABASE share")
+                connection.commit()
+        return True
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """One past the highest source offset applied from this partition (None: none yet)."""

@@ -217,6 +217,34 @@ async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(datab
         store.close()
 
 
+def test_a_share_rebuilt_in_a_file_of_its_own_is_absorbed_whole_or_not_at_all(tmp_path):
+    """SQLite: a replay's helper rebuilds a share of the partitions into a file of its own,
+    and ``absorb`` copies it in: the tables of the whole log applied in one store. A share
+    holding a request the store has already (its events in two shares) is refused whole."""
+    records = mixed_log().records
+    ours = [s for s in records if s.partition < 2]
+    theirs = [s for s in records if s.partition >= 2]
+    assert ours and theirs
+    whole, target, share, overlapping = (
+        ProjectionStore.from_url(f"sqlite:///{tmp_path / f'{name}.sqlite3'}")
+        for name in ("whole", "target", "share", "overlapping")
+    )
+    try:
+        whole.apply(records)
+        target.apply(ours, set())
+        share.apply(theirs, set())
+        overlapping.apply([theirs[0], ours[-1]])
+        assert target.directory == tmp_path.resolve()
+        assert target.absorb(tmp_path / "share.sqlite3")
+        assert snapshot(target) == snapshot(whole)
+        assert not target.absorb(tmp_path / "overlapping.sqlite3")
+        assert snapshot(target) == snapshot(whole)  # nothing of it copied
+        assert target.absorb(tmp_path / "share.sqlite3") is False  # its requests are here now
+    finally:
+        for store in (whole, target, share, overlapping):
+            store.close()
+
+
 def test_a_reader_in_another_process_never_loses_the_projectors_later_writes(tmp_path):
     """SQLite, WAL mode: the migration lock once closed a descriptor of the database file in
     the projector's process, which drops SQLite's own locks there; a reader's close in another

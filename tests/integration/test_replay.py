@@ -5,6 +5,7 @@ documented consumer. Nothing a replay does reaches Kafka, OpenAI or Talkable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -163,20 +164,87 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
 
 def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System, tmp_path: Path):
     first, second = (f"sqlite:///{tmp_path / name}" for name in ("one.sqlite3", "two.sqlite3"))
-    replay_into(system, first)
-    replay_into(system, second)
+    replay_into(system, first, "--processes", "1")  # all in this process
+    replay_into(system, second, "--processes", "3")  # three shares, two in helpers' own files
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert {name.split(".")[0] for name in left} == {"one", "two"}, left  # the helpers' are gone
     refused = talkstream(system.env, "replay", "--database-url", first)
     assert refused.exit_code == 1 and "already holds a projection" in refused.output
-    misused = talkstream(system.env, "replay", "--database-url", first, "--processes", "2")
-    assert misused.exit_code == 2 and "--processes goes with --verify" in misused.output
-    replay_into(system, first, "--force")
+    misused = talkstream(system.env, "replay", "--database-url", first, "--processes", "0")
+    assert misused.exit_code == 2 and "--processes" in misused.output
+    replay_into(system, first, "--force")  # not empty before: rebuilt in this process
     a, b = ProjectionStore.from_url(first), ProjectionStore.from_url(second)
     try:
-        assert snapshot(a) == snapshot(b)
+        assert snapshot(a) == snapshot(b) == snapshot(system.projection)
         assert snapshot(a)[1]  # not trivially equal
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_request_in_two_shares_is_rebuilt_in_one_process(
+    kafka: EmbeddedKafka, tmp_path: Path, database: str, request: pytest.FixtureRequest
+):
+    """A request whose events are in two partitions (the topic's partitions were added to while
+    it was in flight): the shares rebuilt beside each other cannot be joined (SQLite: the
+    share's file holds a request the target has; PostgreSQL: the second write of its row is
+    refused); the replay starts again in one process and gives the tables the log gives."""
+    app_id = f"tsplit{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
+    asyncio.run(ensure_topics(settings))
+    log = Log(partitions=2)
+    for n in range(6):
+        r = log.received(f"r-{n}", email=f"p{n}@example.com", limit=2)
+        log.generated(r, at_ms=r.at_ms + 500)
+        log.published(r, at_ms=r.at_ms + 700)
+    moved = log.records[-1].event.request_id  # its last event, on the other partition
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for s in log.records:
+                partition = 1 - s.partition if s is log.records[-1] else s.partition
+                await producer.send_and_wait(
+                    settings.topic("lifecycle"), encode(s.event), partition=partition
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+    if database == "sqlite":
+        urls = {n: f"sqlite:///{tmp_path / f'{n}.sqlite3'}" for n in ("1", "2")}
+    else:
+        server = request.getfixturevalue("postgres_server")
+        databases = contextlib.ExitStack()
+        request.addfinalizer(databases.close)
+        urls = {
+            n: databases.enter_context(contextlib.contextmanager(fresh_postgres_database)(server))
+            for n in ("1", "2")
+        }
+    outputs = {}
+    for n, url in urls.items():
+        result = talkstream(env, "replay", "--database-url", url, "--processes", n)
+        assert result.exit_code == 0, result.output
+        outputs[n] = result.stdout
+    assert "rebuilt again in one process" in outputs["2"]
+    assert "rebuilt again" not in outputs["1"]
+    alone, beside = (ProjectionStore.from_url(url) for url in urls.values())
+    try:
+        ours, theirs = snapshot(beside), snapshot(alone)
+        assert ours[1] == theirs[1]  # every transition, from both partitions
+        # the moved request's row depends on the order its two partitions were read in (as the
+        # live projector's would); the other requests' rows are the log's
+        assert [r for r in ours[0] if r["request_id"] != moved] == [
+            r for r in theirs[0] if r["request_id"] != moved
+        ]
+        assert beside.counts() == (6, len(log.records))
+        assert len(beside.transitions(moved)) == 6  # from both partitions
+    finally:
+        alone.close()
+        beside.close()
 
 
 def test_replay_into_postgresql_gives_the_same_tables(
@@ -184,13 +252,14 @@ def test_replay_into_postgresql_gives_the_same_tables(
     system: System,
     postgres_server: str,  # noqa: F811
 ):
-    for url in fresh_postgres_database(postgres_server):
-        replay_into(system, url)
-        replayed = ProjectionStore.from_url(url)
-        try:
-            assert snapshot(replayed) == snapshot(system.projection)
-        finally:
-            replayed.close()
+    for processes in ("1", "3"):  # in this process with a writer thread; three, side by side
+        for url in fresh_postgres_database(postgres_server):
+            replay_into(system, url, "--processes", processes)
+            replayed = ProjectionStore.from_url(url)
+            try:
+                assert snapshot(replayed) == snapshot(system.projection)
+            finally:
+                replayed.close()
 
 
 def test_replay_until_stops_at_a_point_in_time(traffic: Traffic, system: System, tmp_path: Path):

@@ -23,7 +23,7 @@ def test_the_replay_bench_rebuilds_and_verifies_the_whole_log(
     events = 300 * 6  # received → admitted → generating → generated → publishing → published
     assert result["lifecycle_events"] == events
     assert result["read_only"]["events"] == events
-    for database in ("sqlite", "postgresql"):
+    for database in ("sqlite", "sqlite_one_process", "postgresql"):
         assert result[database]["events"] == events, database
         assert result[database]["requests"] == 300, database
         assert len(result[database]["runs"]) == 2
@@ -37,4 +37,9 @@ def test_the_replay_bench_rebuilds_and_verifies_the_whole_log(
     rendered = markdown.replay_section(result)
     assert "into a fresh PostgreSQL database | 1,800 |" in rendered
     assert f"`talkstream replay --verify`, {result['processes']} processes" in rendered
+    assert f"into a fresh SQLite file, {result['processes']} processes" in rendered
+    assert (
+        "`talkstream replay --processes 1` into a fresh SQLite file (in one process) | 1,800 |"
+        in rendered
+    )
     assert f"Machine: {result['machine']['nproc']} CPUs" in rendered  # the rate is absolute
