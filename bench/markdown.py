@@ -337,7 +337,11 @@ def replay_section(r: Mapping[str, Any] | None = None) -> str:
             "",
         ),
         (f"`talkstream replay` into a fresh SQLite file{default}", r.get("sqlite"), goal),
-        ("`talkstream replay` into a fresh PostgreSQL database", r.get("postgresql"), goal),
+        (
+            f"`talkstream replay` into a fresh PostgreSQL database{default}",
+            r.get("postgresql"),
+            goal,
+        ),
         (
             "`talkstream replay --verify --processes 1` (re-derives every event, in one process)",
             r.get("verify_one_process"),
