@@ -15,10 +15,11 @@ Both are read-only towards Kafka and the outside world: a plain consumer without
 started; nothing is produced, no OpenAI or Talkable call is made. They connect as every
 process does (``client_options``: TLS and SASL from the settings).
 
-On more than one core verify splits its work across forked processes
-(``streams.ops.helpers``): each share of the [requests] partitions is re-derived in a process
-of its own (a person's messages, and so its decisions, are all in one partition) while this
-process reads [lifecycle].
+On more than one core both split their work across forked processes (``streams.ops.helpers``):
+verify re-derives each share of the [requests] partitions in a process of its own (a person's
+messages, and so its decisions, are all in one partition) while this process reads
+[lifecycle]; a rebuild into an empty projection rebuilds each share of the [lifecycle]
+partitions but this process's own in a helper (a request's events are all in one partition).
 
 ``until_ms`` cuts by the Kafka record timestamp (when the ledger wrote the transition), via
 ``offsets_for_times``: the projection as it could have been seen at that moment. The event's
