@@ -249,23 +249,26 @@ async def rebuild(
     started = time.monotonic()
     with heap.bulk():
         async with LogReader(settings, topic, until_ms) as reader:
-            summary = RebuildSummary(
-                topic=topic, database=store.url, partitions=len(reader.bounds), until_ms=until_ms
-            )
+
+            def fresh(split_requests: bool = False) -> RebuildSummary:
+                partitions = len(reader.bounds)
+                return RebuildSummary(
+                    topic, store.url, partitions, until_ms=until_ms, split_requests=split_requests
+                )
+
+            summary = fresh()
             if on_total:
                 on_total(reader.total)
             empty = store.is_empty()
             split = (
                 shares(reader.bounds, processes or default_processes()) if FORK and empty else []
             )
-            beside = len(split) > 1 and await _rebuild_beside(
+            beside = len(split) > 1
+            if beside and not await _rebuild_beside(
                 settings, reader, store, split, summary, progress
-            )
-            if len(split) > 1 and not beside:  # a request in two shares: start again, here
-                store.reset()
-                summary = RebuildSummary(
-                    topic, store.url, len(reader.bounds), until_ms=until_ms, split_requests=True
-                )
+            ):
+                store.reset()  # a request in two shares: start again, here
+                summary, beside = fresh(split_requests=True), False
             if not beside:
                 # into an empty store only the requests this replay wrote can have rows
                 await _apply_all(reader, store, set() if empty else None, summary, progress)
@@ -316,17 +319,13 @@ async def _rebuild_beside(
     """The first share here, each other in a helper: into a SQLite file of its own, absorbed
     after, or straight into a server's database. False when a request was in two shares
     (found as the share that has it already, or as a write the database refused)."""
-    scratch = (
-        Path(tempfile.mkdtemp(prefix=".talkstream-replay-", dir=store.directory))
-        if store.in_process
-        else None
-    )
-    targets: list[Path | str] = [
-        scratch / f"share{number}.sqlite3"
-        if scratch is not None
-        else store.engine.url.render_as_string(hide_password=False)
-        for number in range(1, len(split))
-    ]
+    scratch: Path | None = None
+    targets: list[Path | str]
+    if store.in_process:
+        scratch = Path(tempfile.mkdtemp(prefix=".talkstream-replay-", dir=store.directory))
+        targets = [scratch / f"share{number}.sqlite3" for number in range(1, len(split))]
+    else:
+        targets = [store.engine.url.render_as_string(hide_password=False)] * (len(split) - 1)
     helpers = [
         Helper(f"replay {sorted(share)}", _rebuild_share, settings, reader.topic, share, target)
         for share, target in zip(split[1:], targets, strict=True)
