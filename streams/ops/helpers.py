@@ -8,7 +8,9 @@ partitions but one in a helper's own file (a request's events never leave its pa
 
 A helper is forked (it starts at once, with everything already imported, and shares nothing
 but the pipe afterwards). It reports ``("progress", n)``, then ``("done", value)`` or
-``("error", message)``. Where fork is not available the work stays in the calling process.
+``("error", message)``; a helper that talks with its caller on the way also reports
+``("answer", value)`` and waits for the caller's word (:meth:`Channel.receive`). Where fork is
+not available the work stays in the calling process.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class Channel:
     def progress(self, count: int) -> None:
         self._conn.send(("progress", count))
 
+    def answer(self, value: Any) -> None:
+        """Hand the caller a value on the way (it takes it with :meth:`Helper.answer`)."""
+        self._conn.send(("answer", value))
+
+    def receive(self) -> Any:
+        """Wait for the caller's word (:meth:`Helper.send`)."""
+        return self._conn.recv()
+
 
 class Helper:
     """One forked process running ``work(channel, *args)``; its return value is the result."""
@@ -64,28 +74,43 @@ class Helper:
     def __init__(self, name: str, work: Callable[..., Any], *args: Any) -> None:
         context = multiprocessing.get_context("fork")
         self.name = name
-        self._conn, theirs = context.Pipe(duplex=False)
+        self._conn, theirs = context.Pipe()
         self._process = context.Process(
             target=_serve, args=(theirs, work, args), name=name, daemon=True
         )
         self._process.start()
         theirs.close()
-        self._done = False
-        self._value: Any = None
+        self._held: tuple[str, Any] | None = None  # an answer or result not yet asked for
 
     def drain(self, progress: Callable[[int], None] | None) -> None:
-        """Take the reports already waiting, without waiting for more."""
-        while not self._done and self._conn.poll():
+        """Take the progress reports already waiting, without waiting for more."""
+        while self._held is None and self._conn.poll():
             self._take(progress)
+
+    def answer(self, progress: Callable[[int], None] | None) -> Any:
+        """Wait for the helper's next answer (its progress reported meanwhile)."""
+        return self._wait("answer", progress)
+
+    def send(self, value: Any) -> None:
+        """Give the helper the word it waits for (only when it waits: after an answer)."""
+        self._conn.send(value)
 
     def result(self, progress: Callable[[int], None] | None) -> Any:
         """Wait for the helper's result (its progress reported meanwhile)."""
-        while not self._done:
+        value = self._wait("done", progress)
+        self._process.join()
+        return value
+
+    def _wait(self, kind: str, progress: Callable[[int], None] | None) -> Any:
+        while self._held is None:
             if not self._conn.poll(STALL_SECONDS):
                 raise HelperError(f"{self.name}: no word for {STALL_SECONDS:.0f}s")
             self._take(progress)
-        self._process.join()
-        return self._value
+        held, value = self._held
+        if held != kind:
+            raise HelperError(f"{self.name}: {held} where {kind} was expected")
+        self._held = None
+        return value
 
     def stop(self) -> None:
         """End the process if it still runs (after an error elsewhere)."""
@@ -105,8 +130,8 @@ class Helper:
         if kind == "progress":
             if progress is not None:
                 progress(value)
-        elif kind == "done":
-            self._done, self._value = True, value
+        elif kind in ("answer", "done"):
+            self._held = (kind, value)
         else:
             raise HelperError(f"{self.name}: {value}")
 

@@ -18,8 +18,10 @@ process does (``client_options``: TLS and SASL from the settings).
 On more than one core both split their work across forked processes (``streams.ops.helpers``):
 verify re-derives each share of the [requests] partitions in a process of its own (a person's
 messages, and so its decisions, are all in one partition) while this process reads
-[lifecycle]; a rebuild into an empty projection rebuilds each share of the [lifecycle]
-partitions but this process's own in a helper (a request's events are all in one partition).
+[lifecycle], and each matches what it derived with the recorded events' digests (the derived
+events come here only when that cannot account for every recorded one); a rebuild into an
+empty projection rebuilds each share of the [lifecycle] partitions but this process's own in a
+helper (a request's events are all in one partition).
 
 ``until_ms`` cuts by the Kafka record timestamp (when the ledger wrote the transition), via
 ``offsets_for_times``: the projection as it could have been seen at that moment. The event's
@@ -33,10 +35,13 @@ import asyncio
 import shutil
 import tempfile
 import time
+from array import array
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
@@ -479,6 +484,9 @@ class Difference:
     attempt: int
     fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
+    def key(self) -> Identity:
+        return (self.request_id, self.type, self.state, self.attempt)
+
     def describe(self) -> str:
         head = f"{self.kind:<10} {self.request_id} {self.type} state={self.state} "
         head += f"attempt={self.attempt}"
@@ -534,11 +542,14 @@ async def verify(
             if on_total:
                 on_total(requests.total + lifecycle.total)
             split = shares(requests.bounds, processes or default_processes()) if FORK else []
+            whole = False
             if len(split) > 1:
-                await _rederive_beside(settings, check, split, requests, lifecycle, progress)
+                whole = await _rederive_beside(
+                    settings, check, split, requests, lifecycle, progress
+                )
             else:
                 await _rederive_here(check, requests, lifecycle, progress)
-        summary = check.compare()
+        summary = check.summary if whole else check.compare()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -567,18 +578,31 @@ async def _rederive_beside(
     requests: LogReader,
     lifecycle: LogReader,
     progress: Progress | None,
-) -> None:
+) -> bool:
     """A forked process per share of the [requests] partitions re-derives its people's
     decisions (reading its share itself, up to the offsets captured here) while this one reads
-    [lifecycle]; their derived events are then merged here."""
+    [lifecycle]. Each then matches what it derived with the digests of the recorded events.
+    True when that accounts for every recorded event (the summary is whole); otherwise (an
+    event not recorded byte for byte as derived, or a request in two shares) the derived
+    events are brought here for :meth:`Rederivation.compare` to match field by field."""
     helpers = [
         Helper(f"verify {sorted(share)}", _derive, settings, requests.topic, share, check.policy)
         for share in split
     ]
     try:
         await _read_recorded(check, lifecycle, progress, helpers)
-        for derived, messages, skipped in run_all(helpers, progress):
-            check.absorb(derived, messages, skipped)
+        digests = check.digests()
+        for helper in helpers:
+            check.tally(*helper.answer(progress))
+            helper.send(digests)
+        whole = check.settle([helper.answer(progress) for helper in helpers])
+        for helper in helpers:
+            helper.send(not whole)  # whether to send every derived event
+        for helper in helpers:
+            derived = helper.result(progress)
+            if derived is not None:
+                check.absorb(derived)
+        return whole
     finally:
         for helper in helpers:
             helper.stop()
@@ -602,8 +626,10 @@ def _derive(
     topic: str,
     share: dict[int, tuple[int, int]],
     policy: Policy,
-) -> tuple[dict[Identity, list[bytes]], int, list[Skipped]]:
-    """A helper's side: re-derive the decisions of one share of the [requests] partitions."""
+) -> dict[Identity, list[bytes]] | None:
+    """A helper's side: re-derive the decisions of one share of the [requests] partitions;
+    answer with what it read, then with its match of the recorded events' digests; hand over
+    every derived event if asked."""
     check = Rederivation(policy, VerifySummary(topic, ""))
 
     async def read() -> None:
@@ -612,7 +638,21 @@ def _derive(
 
     with heap.bulk():
         asyncio.run(read())
-    return check.derived, check.summary.messages, check.summary.skipped
+        channel.answer((check.summary.messages, check.summary.skipped))
+        channel.answer(check.match(channel.receive()))
+    return check.derived if channel.receive() else None
+
+
+@dataclass
+class Matching:
+    """One share's derived events matched with the recorded events' digests (each identity's
+    first derived event with every recorded one)."""
+
+    taken: array[int]  # the indices of the recorded events matched
+    derived: int = 0
+    matched: int = 0
+    repeated: int = 0
+    missing: list[Identity] = field(default_factory=list)  # once per derived event not recorded
 
 
 SAME = None  # a recorded event byte for byte the one derived first for its identity
@@ -627,7 +667,10 @@ class Rederivation:
 
     Derived events are kept as the bytes the ledger would have written (the same codec); a
     recorded record with exactly those bytes matches without being decoded. Any other is
-    decoded and compared field by field (every field but ``schema_version``)."""
+    decoded and compared field by field (every field but ``schema_version``). A helper that
+    derived a share matches its events with the recorded ones' SHA-256 digests instead
+    (:meth:`match`); when the shares' matches take every recorded record once, that is the
+    summary (:meth:`settle`), else its derived events come here for :meth:`compare`."""
 
     def __init__(self, policy: Policy, summary: VerifySummary) -> None:
         self.policy = policy
@@ -655,20 +698,64 @@ class Rederivation:
         for event in outcome.events:
             self.derived.setdefault(event.identity(), []).append(encode(event))
 
-    def absorb(
-        self, derived: dict[Identity, list[bytes]], messages: int, skipped: list[Skipped]
-    ) -> None:
+    def tally(self, messages: int, skipped: list[Skipped]) -> None:
+        """What a helper read from its share of the partitions."""
+        self.summary.messages += messages
+        self.summary.skipped += sorted(skipped, key=lambda s: (s.partition, s.offset))
+
+    def absorb(self, derived: dict[Identity, list[bytes]]) -> None:
         """What a helper derived from its share of the partitions. A request's events all
         derive from its person's messages, in one partition: the shares' identities do not
         overlap (were one to, its events would follow the ones derived before)."""
         for identity in derived.keys() & self.derived.keys():
             derived[identity] = self.derived[identity] + derived[identity]
         self.derived.update(derived)
-        self.summary.messages += messages
-        self.summary.skipped += sorted(skipped, key=lambda s: (s.partition, s.offset))
 
     def recorded(self, record: Record) -> None:
-        self._recorded.append(record)  # matched in compare(), once everything is derived
+        self._recorded.append(record)  # matched once everything is derived
+
+    def digests(self) -> list[bytes]:
+        """The recorded events' digests, in record order, for the helpers to match."""
+        return [_digest(record.value) for record in self._recorded]
+
+    def match(self, digests: list[bytes]) -> Matching:
+        """A helper's side: which recorded events are byte for byte the first this share
+        derived for their identity, and what that makes of each identity."""
+        first = {_digest(events[0]): identity for identity, events in self.derived.items()}
+        matching = Matching(array("Q", (i for i, digest in enumerate(digests) if digest in first)))
+        seen = Counter(first[digests[index]] for index in matching.taken)
+        matching.derived = sum(map(len, self.derived.values()))
+        if seen.total() == len(seen) == len(self.derived) == matching.derived:
+            matching.matched = matching.derived  # most: each derived once, recorded once
+            return matching
+        for identity, ours in self.derived.items():
+            derived, recorded = len(ours), seen[identity]
+            matching.matched += min(derived, recorded)
+            matching.repeated += max(recorded - derived, 0)
+            matching.missing += [identity] * (derived - recorded)
+        return matching
+
+    def settle(self, matchings: list[Matching]) -> bool:
+        """The summary from the helpers' matchings, if together they took every recorded
+        event exactly once (True); else nothing changes and :meth:`compare` decides."""
+        taken = bytearray(len(self._recorded))
+        for matching in matchings:
+            for index in matching.taken:
+                if taken[index]:
+                    return False
+                taken[index] = 1
+        if taken.count(0):
+            return False
+        summary = self.summary
+        summary.recorded = len(taken)
+        for matching in matchings:
+            summary.derived += matching.derived
+            summary.matched += matching.matched
+            summary.repeated += matching.repeated
+            summary.differences += [Difference("missing", *key) for key in matching.missing]
+        summary.differences.sort(key=Difference.key)
+        self._recorded = []
+        return True
 
     def compare(self) -> VerifySummary:
         summary = self.summary
@@ -689,6 +776,11 @@ class Rederivation:
         summary.recorded = sum(map(len, recorded.values()))
         _compare(self.derived, recorded, summary)
         return summary
+
+
+def _digest(value: bytes | None) -> bytes:
+    # a record without a value matches nothing derived (compare() skips it with its reason)
+    return b"" if value is None else sha256(value).digest()
 
 
 def _comparable(event: LifecycleEvent) -> dict[str, Any]:
@@ -735,7 +827,7 @@ def _compare(
     for identity in recorded.keys() - derived.keys():
         summary.differences.extend(Difference("unexpected", *identity) for _ in recorded[identity])
     # by identity (a stable sort: an identity's own differences keep their order)
-    summary.differences.sort(key=lambda d: (d.request_id, d.type, d.state, d.attempt))
+    summary.differences.sort(key=Difference.key)
 
 
 def _lifecycle_event(record: Any, skipped: list[Skipped]) -> LifecycleEvent | None:
