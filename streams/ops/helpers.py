@@ -16,8 +16,9 @@ not available the work stays in the calling process.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from streams.errors import TalkstreamError
@@ -82,6 +83,15 @@ class Helper:
         theirs.close()
         self._held: tuple[str, Any] | None = None  # an answer or result not yet asked for
 
+    @property
+    def answered(self) -> bool:
+        """Whether a report other than progress (an answer, the result) waits to be taken."""
+        return self._held is not None
+
+    @property
+    def connection(self) -> Any:
+        return self._conn
+
     def drain(self, progress: Callable[[int], None] | None) -> None:
         """Take the progress reports already waiting, without waiting for more."""
         while self._held is None and self._conn.poll():
@@ -134,6 +144,26 @@ class Helper:
             self._held = (kind, value)
         else:
             raise HelperError(f"{self.name}: {value}")
+
+
+def answers(
+    helpers: Sequence[Helper], progress: Callable[[int], None] | None
+) -> Iterator[tuple[Helper, Any]]:
+    """Each helper's next answer, in the order they come (the first to answer need not wait
+    for the others to be given its word)."""
+    waiting = list(helpers)
+    while waiting:
+        for helper in list(waiting):
+            helper.drain(progress)
+            if helper.answered:
+                waiting.remove(helper)
+                yield helper, helper.answer(progress)
+        # those left were drained and had not answered: wait for any to say more
+        if waiting and not multiprocessing.connection.wait(
+            [helper.connection for helper in waiting], STALL_SECONDS
+        ):
+            names = ", ".join(helper.name for helper in waiting)
+            raise HelperError(f"{names}: no word for {STALL_SECONDS:.0f}s")
 
 
 def run_all(helpers: Sequence[Helper], progress: Callable[[int], None] | None) -> list[Any]:

@@ -35,7 +35,6 @@ import asyncio
 import shutil
 import tempfile
 import time
-from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +56,15 @@ from streams import heap
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError, TalkstreamError
 from streams.kafka_options import broker_error, client_options, stop_consumer
-from streams.ops.helpers import FORK, Channel, Helper, default_processes, run_all, shares
+from streams.ops.helpers import (
+    FORK,
+    Channel,
+    Helper,
+    answers,
+    default_processes,
+    run_all,
+    shares,
+)
 from streams.projection.store import ProjectionStore, Sourced
 from streams.settings import Settings
 
@@ -592,10 +599,14 @@ async def _rederive_beside(
     try:
         await _read_recorded(check, lifecycle, progress, helpers)
         digests = check.digests()
-        for helper in helpers:
-            check.tally(*helper.answer(progress))
+        read = {}
+        for helper, answer in answers(helpers, progress):  # each as soon as it has derived
+            read[helper] = answer
             helper.send(digests)
-        whole = check.settle([helper.answer(progress) for helper in helpers])
+        for helper in helpers:
+            check.tally(*read[helper])
+        matchings = dict(answers(helpers, progress))
+        whole = check.settle([matchings[helper] for helper in helpers])
         for helper in helpers:
             helper.send(not whole)  # whether to send every derived event
         for helper in helpers:
@@ -648,7 +659,7 @@ class Matching:
     """One share's derived events matched with the recorded events' digests (each identity's
     first derived event with every recorded one)."""
 
-    taken: array[int]  # the indices of the recorded events matched
+    taken: bytes  # a byte a recorded event, in record order: 1 if it matched, else 0
     derived: int = 0
     matched: int = 0
     repeated: int = 0
@@ -722,8 +733,9 @@ class Rederivation:
         """A helper's side: which recorded events are byte for byte the first this share
         derived for their identity, and what that makes of each identity."""
         first = {_digest(events[0]): identity for identity, events in self.derived.items()}
-        matching = Matching(array("Q", (i for i, digest in enumerate(digests) if digest in first)))
-        seen = Counter(first[digests[index]] for index in matching.taken)
+        hits = [first.get(digest) for digest in digests]
+        matching = Matching(bytes(hit is not None for hit in hits))
+        seen = Counter(hit for hit in hits if hit is not None)
         matching.derived = sum(map(len, self.derived.values()))
         if seen.total() == len(seen) == len(self.derived) == matching.derived:
             matching.matched = matching.derived  # most: each derived once, recorded once
@@ -738,16 +750,16 @@ class Rederivation:
     def settle(self, matchings: list[Matching]) -> bool:
         """The summary from the helpers' matchings, if together they took every recorded
         event exactly once (True); else nothing changes and :meth:`compare` decides."""
-        taken = bytearray(len(self._recorded))
+        taken = 0  # a byte a recorded event (as one integer): 1 once a share took it
         for matching in matchings:
-            for index in matching.taken:
-                if taken[index]:
-                    return False
-                taken[index] = 1
-        if taken.count(0):
+            theirs = int.from_bytes(matching.taken)
+            if taken & theirs:
+                return False
+            taken |= theirs
+        if taken != int.from_bytes(b"\x01" * len(self._recorded)):
             return False
         summary = self.summary
-        summary.recorded = len(taken)
+        summary.recorded = len(self._recorded)
         for matching in matchings:
             summary.derived += matching.derived
             summary.matched += matching.matched

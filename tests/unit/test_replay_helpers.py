@@ -12,7 +12,7 @@ import pytest
 from models.events import GapProbe, LifecycleEvent, State
 from models.ledger import Policy
 from streams.codecs import encode
-from streams.ops.helpers import Channel, Helper, HelperError, run_all, shares
+from streams.ops.helpers import Channel, Helper, HelperError, answers, run_all, shares
 from streams.ops.replay import Record, Rederivation, VerifySummary, _comparable, _compare
 
 
@@ -67,6 +67,34 @@ def test_a_helper_answers_on_the_way_and_waits_for_the_callers_word() -> None:
         assert helper.result(seen.append) == "told enough"
     finally:
         helper.stop()
+
+
+def _answer_when_told(channel: Channel) -> None:
+    channel.answer(f"told {channel.receive()}")
+
+
+def _answer_at_once(channel: Channel) -> None:
+    channel.progress(1)
+    channel.answer("at once")
+
+
+def test_answers_come_in_the_order_the_helpers_give_them() -> None:
+    """The caller takes whichever answer comes first: a helper waiting for its word does not
+    hold up one that has answered (here it answers only once told, by the caller, after)."""
+    waits, quick = Helper("waits", _answer_when_told), Helper("quick", _answer_at_once)
+    seen: list[int] = []
+    got = []
+    try:
+        for helper, answer in answers([waits, quick], seen.append):
+            got.append((helper.name, answer))
+            if helper is quick:
+                waits.send("now")
+        assert got == [("quick", "at once"), ("waits", "told now")]
+        assert seen == [1]
+        assert run_all([waits, quick], None) == [None, None]
+    finally:
+        waits.stop()
+        quick.stop()
 
 
 def test_a_helper_that_answers_where_a_result_was_expected_is_an_error() -> None:
