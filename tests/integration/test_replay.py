@@ -322,8 +322,11 @@ def test_the_documented_consumer_counts_what_the_projection_shows(traffic: Traff
     assert {state: int(n) for state, n in printed.items()} == expected
 
 
-def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedKafka):
-    """A forged log: one transition altered, one dropped, one invented, one repeated."""
+def _forged(kafka: EmbeddedKafka, forge: Any) -> tuple[dict[str, str], list[Any]]:
+    """A log whose [requests] are real decisions and whose [lifecycle] is what ``forge``
+    makes of the events the rules derived (``forge(events, others)``: the four of the
+    ``r-ok`` and ``r-limited`` webhooks, then those of six other people); the environment
+    to verify it, and the events."""
     app_id = f"tverify{uuid.uuid4().hex[:8]}"
     settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
     asyncio.run(ensure_topics(settings))
@@ -336,9 +339,7 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
     for n in range(6):  # more people: their messages land on both partitions
         log.received(f"r-other-{n}", email=f"other{n}@example.com", at_ms=r.at_ms + 2000 + n)
     others = [s.event for s in log.records[len(events) :]]
-    altered = events[3].model_copy(update={"cause": "text generated (edited)"})
-    forged = events[0].model_copy(update={"request_id": "r-ghost"})
-    recorded = [*events[:3], altered, *events[4:-1], events[0], forged, *others]  # one dropped
+    recorded = forge(events, others)
 
     async def produce() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
@@ -360,11 +361,27 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
         end > 0 for end in topic_sizes_by_partition(kafka.bootstrap, settings.topic("requests"))
     )
     env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+    return env, events
+
+
+def _verified_alone_and_beside(env: dict[str, str]) -> str:
+    """``--verify`` in one process and in two; the same report (but for the seconds it took)."""
     alone, beside = (talkstream(env, "replay", "--verify", "--processes", n) for n in ("1", "2"))
     assert alone.exit_code == beside.exit_code == 1
-    # the same report, but for the seconds it took
     assert re.sub(r"\(\d+\.\ds\)", "", alone.stdout) == re.sub(r"\(\d+\.\ds\)", "", beside.stdout)
-    out = beside.stdout
+    return beside.stdout
+
+
+def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedKafka):
+    """A forged log: one transition altered, one dropped, one invented, one repeated."""
+
+    def forge(events: list[Any], others: list[Any]) -> list[Any]:
+        altered = events[3].model_copy(update={"cause": "text generated (edited)"})
+        forged = events[0].model_copy(update={"request_id": "r-ghost"})
+        return [*events[:3], altered, *events[4:-1], events[0], forged, *others]  # one dropped
+
+    env, events = _forged(kafka, forge)
+    out = _verified_alone_and_beside(env)
     assert "3 differences:" in out and "1 repeated" in out
     assert (
         "changed    r-ok TextGenerated state=generated attempt=1: cause: derived='text "
@@ -372,3 +389,20 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
     )
     assert f"missing    r-limited {events[-1].type} state=limited" in out
     assert "unexpected r-ghost RequestReceived state=received" in out
+
+
+def test_verify_settles_in_its_helpers_a_log_that_only_lacks_or_repeats_events(
+    kafka: EmbeddedKafka,
+):
+    """Every recorded event byte for byte a derived one (one dropped, one repeated): the
+    helpers' matches by digest settle it, and report what one process reports."""
+
+    def forge(events: list[Any], others: list[Any]) -> list[Any]:
+        return [*events[:-1], events[2], *others[:-1]]
+
+    env, events = _forged(kafka, forge)
+    out = _verified_alone_and_beside(env)
+    assert "2 differences:" in out and "1 repeated" in out
+    assert f"missing    r-limited {events[-1].type} state=limited" in out
+    assert "missing    r-other-5 " in out
+    assert "changed" not in out and "unexpected" not in out
