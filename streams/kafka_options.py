@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -149,6 +149,18 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")
+
+
+async def start_reading(consumer: Any, partitions: Sequence[TopicPartition]) -> None:
+    """Start a group-less consumer that will read ``partitions`` (and ask their offsets):
+    assigned before the start, which then waits for their metadata (asked for after it, the
+    first offsets lookup fails on a partition it has no leader for and waits out the retry
+    back-off, 100 ms), and paused, so that nothing is fetched before the reader seeks (a new
+    ``assign`` resumes them)."""
+    if partitions:
+        consumer.assign(list(partitions))
+        consumer.pause(*partitions)
+    await consumer.start()
 
 
 async def stop_consumer(consumer: Any) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from models.events import (
 from models.params import completion_event_number
 from streams.codecs import decode, decode_requests
 from streams.errors import DecodeError
-from streams.kafka_options import broker_error, client_options, stop_consumer
+from streams.kafka_options import broker_error, client_options, start_reading, stop_consumer
 from streams.ops.replay import ReplayError, partitions_of
 from streams.settings import Settings
 
@@ -83,8 +84,7 @@ class Content:
 async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) -> list[Letter]:
     """The newest letters (up to ``most`` per partition), newest first."""
     topic = settings.topic("deadletter")
-    async with _consumer(settings) as consumer:
-        partitions = await _partitions(consumer, settings, topic)
+    async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:
             return []
         ends = await consumer.end_offsets(partitions)
@@ -139,8 +139,7 @@ async def read_content(
     """The request's webhook, written when it arrived, and its text, written when it was
     generated: each looked for from just before that time on the person's partition."""
     topic = settings.topic("requests")
-    async with _consumer(settings) as consumer:
-        partitions = await _partitions(consumer, settings, topic)
+    async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:
             return Content(notes=[f"no topic {topic}"])
         number = DefaultPartitioner()(person.encode(), [tp.partition for tp in partitions], [])
@@ -215,7 +214,7 @@ async def _find(
     return match
 
 
-async def _partitions(consumer: Any, settings: Settings, topic: str) -> list[TopicPartition]:
+async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     """The topic's partitions (none when it does not exist: never creates it)."""
     try:
         ids = await partitions_of(settings, topic)
@@ -227,7 +226,11 @@ async def _partitions(consumer: Any, settings: Settings, topic: str) -> list[Top
 
 
 @contextlib.asynccontextmanager
-async def _consumer(settings: Settings) -> Any:
+async def _consumer(
+    settings: Settings, topic: str
+) -> AsyncIterator[tuple[Any, list[TopicPartition]]]:
+    """A consumer that will read ``topic``, and the topic's partitions (none: no topic)."""
+    partitions = await _partitions(settings, topic)
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         group_id=None,
@@ -236,13 +239,13 @@ async def _consumer(settings: Settings) -> Any:
         request_timeout_ms=10_000,
     )
     try:
-        await consumer.start()
+        await start_reading(consumer, partitions)
     except KafkaError as exc:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await consumer.stop()
         raise await broker_error(settings, exc) from exc
     try:
-        yield consumer
+        yield consumer, partitions
     except KafkaError as exc:
         raise await broker_error(settings, exc) from exc
     finally:

@@ -55,7 +55,7 @@ from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError, TalkstreamError
-from streams.kafka_options import broker_error, client_options, stop_consumer
+from streams.kafka_options import broker_error, client_options, start_reading, stop_consumer
 from streams.ops.helpers import (
     FORK,
     Channel,
@@ -128,15 +128,16 @@ class LogReader:
             auto_offset_reset="earliest",
         )
         try:
+            numbers = (
+                list(self._given)
+                if self._given is not None
+                else await partitions_of(self.settings, self.topic)
+            )
+            partitions = [TopicPartition(self.topic, p) for p in numbers]
+            await start_reading(self._consumer, partitions)
             if self._given is not None:
-                await self._consumer.start()
                 self.bounds = dict(self._given)
                 return self
-            partitions = [
-                TopicPartition(self.topic, p)
-                for p in await partitions_of(self.settings, self.topic)
-            ]
-            await self._consumer.start()
             first = await self._consumer.beginning_offsets(partitions)
             end = await self._consumer.end_offsets(partitions)
             if self.until_ms is not None:

@@ -18,18 +18,19 @@ from typing import Any
 
 import click
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from click.testing import CliRunner, Result
 
 from models.events import GapProbe
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
+from streams.kafka_options import start_reading, stop_consumer
 from streams.ops.commands import register
 from streams.ops.replay import LogReader
 from streams.projection.store import ProjectionStore
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.conftest import System, now_s, produce
+from tests.integration.conftest import System, create_topic, now_s, produce
 from tests.postgres import fresh_postgres_database, postgres_server  # noqa: F401  (fixture)
 from tests.projection_support import Log, snapshot
 from tests.support import seed_params, usage, wait_until
@@ -406,3 +407,46 @@ def test_verify_settles_in_its_helpers_a_log_that_only_lacks_or_repeats_events(
     assert f"missing    r-limited {events[-1].type} state=limited" in out
     assert "missing    r-other-5 " in out
     assert "changed" not in out and "unexpected" not in out
+
+
+def test_a_reader_knows_its_partitions_offsets_at_start_and_fetches_none_before_it_seeks(
+    kafka: EmbeddedKafka,
+):
+    """``start_reading`` (replay's and the console's readers) starts a consumer with its
+    partitions' metadata: their offsets are answered at once, where a consumer started
+    without it fails its first lookup and waits out its retry back-off (ten minutes here:
+    this test then times out); and nothing is fetched until the reader assigns and seeks."""
+    topic = f"reading-{uuid.uuid4().hex[:8]}"
+    parts = [TopicPartition(topic, p) for p in range(3)]
+
+    async def offsets_then_records() -> tuple[dict[TopicPartition, int], set[Any], int]:
+        await create_topic(kafka.bootstrap, topic, 3)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(9):
+                await producer.send_and_wait(topic, b"%d" % i, partition=i % 3)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap, group_id=None, retry_backoff_ms=600_000
+        )
+        await start_reading(consumer, parts)
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(parts), timeout=60)
+            paused = consumer.paused()
+            consumer.assign(parts)
+            for tp in parts:
+                consumer.seek(tp, 0)
+            read = 0
+            while read < sum(ends.values()):
+                fetched = await consumer.getmany(timeout_ms=1000)
+                read += sum(map(len, fetched.values()))
+            return ends, paused, read
+        finally:
+            await stop_consumer(consumer)
+
+    ends, paused, read = asyncio.run(offsets_then_records())
+    assert ends == {tp: 3 for tp in parts}
+    assert paused == set(parts)  # nothing fetched before the seek
+    assert read == 9
