@@ -5,8 +5,9 @@ Fills a projection (SQLite, and PostgreSQL with ``--postgres URL`` or the privat
 transitions by bulk inserts (the schema from the real migrations, so the console's indexes are
 the ones a deployment has), then serves the real console app on a loopback port and times its
 pages over HTTP (a bearer token, as a script would): search pages with each kind of filter, a
-deep page, timelines of random requests, a person, the overview. The page that reads Kafka
-(a request's content frame) is not timed: its time is the broker's. Then ``talkstream stats``
+deep page, timelines of random requests, a person, the overview. The pages that read Kafka
+(a request's content frame, the dead letters) are not timed here: they read the broker, not
+the projection (``bench/PROFILE.md``, twenty-sixth round, times them). Then ``talkstream stats``
 on the same projection, as a command of its own (its time and its peak memory).
 
 Writes ``bench/results/console-latest.json`` and re-renders BENCHMARKS.md. The goal: search and
