@@ -151,6 +151,18 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")
 
 
+def reading_consumer(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer that reads without a group (replay's, the console's): nothing committed, no
+    other reader disturbed; started with :func:`start_reading`."""
+    return AIOKafkaConsumer(
+        **client_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **extra,
+    )
+
+
 async def start_reading(consumer: Any, partitions: Sequence[TopicPartition]) -> None:
     """Start a group-less consumer that will read ``partitions`` (and ask their offsets):
     assigned before the start, which then waits for their metadata (asked for after it, the

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -36,7 +36,7 @@ from models.events import (
 from models.params import completion_event_number
 from streams.codecs import decode, decode_requests
 from streams.errors import DecodeError
-from streams.kafka_options import broker_error, client_options, start_reading, stop_consumer
+from streams.kafka_options import broker_error, reading_consumer, start_reading, stop_consumer
 from streams.ops.replay import ReplayError, partitions_of
 from streams.settings import Settings
 
@@ -234,13 +234,8 @@ async def _consumer(
 ) -> AsyncIterator[tuple[Any, list[TopicPartition]]]:
     """A consumer that will read ``topic``, and the topic's partitions (none: no topic)."""
     partitions = await _partitions(settings, topic)
-    consumer = AIOKafkaConsumer(
-        **client_options(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=10_000,
-        fetch_max_wait_ms=FETCH_WAIT_MS,
+    consumer = reading_consumer(
+        settings, request_timeout_ms=10_000, fetch_max_wait_ms=FETCH_WAIT_MS
     )
     try:
         await start_reading(consumer, partitions)

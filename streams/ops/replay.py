@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -55,7 +55,13 @@ from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError, TalkstreamError
-from streams.kafka_options import broker_error, client_options, start_reading, stop_consumer
+from streams.kafka_options import (
+    broker_error,
+    client_options,
+    reading_consumer,
+    start_reading,
+    stop_consumer,
+)
 from streams.ops.helpers import (
     FORK,
     Channel,
@@ -121,12 +127,7 @@ class LogReader:
         return sum(end - first for first, end in self.bounds.values())
 
     async def __aenter__(self) -> LogReader:
-        self._consumer = AIOKafkaConsumer(
-            **client_options(self.settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        self._consumer = reading_consumer(self.settings)
         try:
             numbers = (
                 list(self._given)
