@@ -257,8 +257,9 @@ class OpenAIParams(BaseModel):
 LATEST_EPOCH_S: Final = 253_402_300_799
 
 
-class UsageLimit(BaseModel):
-    """All-or-nothing: when present, every field is required.
+class UsageLimitParams(BaseModel):
+    """The webhook's ``usage_limit`` as Talkable renders it (strings of digits); all-or-nothing:
+    when present, every field is required. What travels on is a :class:`UsageLimit`.
 
     A window must last at least a second (0 would start a new window with every request: no
     limit at all). A ``start_time`` later than ``current_time`` (a clock ahead of Talkable's,
@@ -295,6 +296,32 @@ class UsageLimit(BaseModel):
         return data
 
 
+class UsageLimit(BaseModel):
+    """The person's usage snapshot from the webhook, validated: integers, the times in epoch
+    seconds. A window lasts at least a second, and ``start_time`` is never after
+    ``current_time`` (read as ``current_time``, as the ingress does)."""
+
+    # what travels in [requests] and the ledger's table: plain integers, so that decoding it
+    # (by every ledger that takes the webhook, by replay --verify) runs no Python per field;
+    # the Liquid-rendered strings are UsageLimitParams' work at the edge
+    model_config = ConfigDict(frozen=True, extra="ignore", from_attributes=True)
+
+    amount: int = Field(ge=0, le=INT64_MAX)
+    duration_in_seconds: int = Field(ge=1, le=INT64_MAX)
+    start_time: int = Field(ge=0, le=INT64_MAX)
+    current_time: int = Field(ge=0, le=INT64_MAX)
+    current_usage_amount: int = Field(ge=0, le=INT64_MAX)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_in_the_future(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            start, now = data.get("start_time"), data.get("current_time")
+            if type(start) is int and type(now) is int and start > now:
+                return {**data, "start_time": now}
+        return data
+
+
 class GenerateParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -303,7 +330,7 @@ class GenerateParams(BaseModel):
     api_key: Secret
     event_number: str | None = Field(None, max_length=200)
     openai: OpenAIParams
-    usage_limit: UsageLimit | None = None
+    usage_limit: UsageLimitParams | None = None
     trigger_criteria: str | None = None
 
     @field_validator("site")
@@ -440,7 +467,7 @@ def _field_name(path: Sequence[str | int], fallback: str) -> str:
 # --- parsing one HTTP request ---------------------------------------------------------------
 
 _VOCABULARY = ENVELOPE.union(
-    *(model.model_fields for model in (GenerateParams, OpenAIParams, UsageLimit, Message))
+    *(model.model_fields for model in (GenerateParams, OpenAIParams, UsageLimitParams, Message))
 )
 
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
+from pydantic import ValidationError
 
 from models.forms import FormError, nest
 from models.params import (
@@ -21,6 +22,7 @@ from models.params import (
     DEFAULT_MODEL,
     GenerateParams,
     ParamsError,
+    UsageLimit,
     completion_event_number,
     from_mapping,
     parse_request,
@@ -1055,6 +1057,21 @@ def test_a_usage_window_of_zero_seconds_is_refused(duration: Any) -> None:
     [error] = caught.value.errors
     assert error.field == "usage_limit.duration_in_seconds"
     assert "at least 1" in error.message
+
+
+def test_the_usage_limit_travels_as_the_integers_it_was_validated_into() -> None:
+    """What [requests] and the ledger's table carry: the params' integers, read back as they
+    were; a future start written before the ingress moved it is moved on reading, and a window
+    of no length is refused there too."""
+    params = from_mapping(seed(usage_limit__start_time="1699990000"))
+    assert params.usage_limit is not None
+    limit = UsageLimit.model_validate(params.usage_limit)
+    assert limit.model_dump() == params.usage_limit.model_dump()
+    assert UsageLimit.model_validate_json(limit.model_dump_json()) == limit
+    old = {**limit.model_dump(), "start_time": limit.current_time + 60}
+    assert UsageLimit.model_validate_json(json.dumps(old)).start_time == limit.current_time
+    with pytest.raises(ValidationError, match="duration_in_seconds"):
+        UsageLimit.model_validate_json(json.dumps({**old, "duration_in_seconds": 0}))
 
 
 def test_a_start_time_in_the_future_is_read_as_the_current_time() -> None:
