@@ -94,8 +94,8 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A decision applied: the person's new state and what goes out (a dataclass like
-    :class:`Decision`: its parts are validated already, and a model's validation of them
-    was a twentieth of the rules' time in replay --verify)."""
+    :class:`Decision`: its parts are validated models already, and validating them again
+    cost about 1 µs of the ~32 µs a decision takes, in the ledger and in replay --verify)."""
 
     state: PersonState
     events: list[LifecycleEvent] = field(default_factory=list)
