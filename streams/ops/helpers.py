@@ -3,8 +3,9 @@
 ``talkstream replay`` is CPU-bound Python (decoding, the rules, binding rows), so on a machine
 with more than one core ``--verify`` re-derives each share of the [requests] partitions in a
 helper of its own (a person's decisions never leave its partition) while this process reads
-the recorded [lifecycle], and a rebuild into SQLite rebuilds each share of the [lifecycle]
-partitions but one in a helper's own file (a request's events never leave its partition).
+the recorded [lifecycle], and a rebuild into an empty projection rebuilds each share of the
+[lifecycle] partitions but one in a helper, into the same database (a request's events never
+leave its partition).
 
 A helper is forked (it starts at once, with everything already imported, and shares nothing
 but the pipe afterwards). It reports ``("progress", n)``, then ``("done", value)`` or

@@ -32,8 +32,6 @@ rendered ``current_time``, which says when the decision applies, not when it was
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -41,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from hashlib import sha256
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
@@ -253,13 +250,13 @@ async def rebuild(
 
     ``processes`` (default: one per core): a rebuild into an empty projection splits the
     partitions into that many shares (a request's events are all in one). This process
-    rebuilds the first share while a forked helper rebuilds each other one: into a SQLite file
-    of its own beside the target, which SQLite then copies in (``ProjectionStore.absorb``,
-    with none of the per-row Python that binding the rows again would cost), or straight into
-    a server's database (PostgreSQL writes them side by side). Should a request have events in
-    two shares (partitions were added to the topic while it was in flight), the target is
-    emptied and rebuilt in this process alone. A projection that is not empty is rebuilt
-    here."""
+    rebuilds the first share while a forked helper rebuilds each other one, all of them
+    straight into the target: PostgreSQL writes their transactions side by side, SQLite one
+    at a time (a writer waits for the other's batch; the decoding and the rows' Python, most of
+    the work, go on meanwhile). Should a request have events in two shares (partitions were
+    added to the topic while it was in flight), the second write of its row is refused, and the
+    target is emptied and rebuilt in this process alone. A projection that is not empty is
+    rebuilt here."""
     started = time.monotonic()
     with heap.bulk():
         async with LogReader(settings, topic, until_ms) as reader:
@@ -330,19 +327,12 @@ async def _rebuild_beside(
     summary: RebuildSummary,
     progress: Progress | None,
 ) -> bool:
-    """The first share here, each other in a helper: into a SQLite file of its own, absorbed
-    after, or straight into a server's database. False when a request was in two shares
-    (found as the share that has it already, or as a write the database refused)."""
-    scratch: Path | None = None
-    targets: list[Path | str]
-    if store.in_process:
-        scratch = Path(tempfile.mkdtemp(prefix=".talkstream-replay-", dir=store.directory))
-        targets = [scratch / f"share{number}.sqlite3" for number in range(1, len(split))]
-    else:
-        targets = [store.engine.url.render_as_string(hide_password=False)] * (len(split) - 1)
+    """The first share here, each other in a helper, all into the target. False when a
+    request was in two shares (a write of its row the database refused)."""
+    target = store.engine.url.render_as_string(hide_password=False)
     helpers = [
         Helper(f"replay {sorted(share)}", _rebuild_share, settings, reader.topic, share, target)
-        for share, target in zip(split[1:], targets, strict=True)
+        for share in split[1:]
     ]
     try:
         try:
@@ -360,21 +350,17 @@ async def _rebuild_beside(
             if not _conflict(exc):
                 raise
             return False
-        for rebuilt, target in zip(run_all(helpers, progress), targets, strict=True):
+        for rebuilt in run_all(helpers, progress):
             if rebuilt is None:
                 return False
             records, applied, skipped = rebuilt
             summary.records += records
             summary.skipped += skipped
-            if isinstance(target, Path) and not store.absorb(target):
-                return False
             summary.applied += applied
         return True
     finally:
         for helper in helpers:
-            helper.stop()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+            helper.stop()  # ended before the caller empties the target after a refusal
 
 
 def _rebuild_share(
@@ -382,15 +368,12 @@ def _rebuild_share(
     settings: Settings,
     topic: str,
     share: dict[int, tuple[int, int]],
-    target: Path | str,
+    target: str,
 ) -> tuple[int, int, list[Skipped]] | None:
-    """A helper's side: rebuild one share of the partitions into a new SQLite file, or into
-    the server's database at the URL ``target``; None if a write there was refused because
-    another process had written the same request."""
-    if isinstance(target, Path):
-        store = ProjectionStore.from_url(f"sqlite:///{target}")
-    else:
-        store = ProjectionStore.from_url(target, migrate_schema=False)
+    """A helper's side: rebuild one share of the partitions into the database at the URL
+    ``target`` (its schema is up to date: the caller's store made it so); None if a write there
+    was refused because another process had written the same request."""
+    store = ProjectionStore.from_url(target, migrate_schema=False)
     summary = RebuildSummary(topic, store.url, len(share))
 
     async def read() -> None:

@@ -72,6 +72,10 @@ class StatsRow(NamedTuple):
 
 
 STATS_BATCH = 10_000  # rows fetched at a time by stats_rows
+# how long a SQLite writer waits for another's transaction before it fails (sqlite3's default
+# is 5 s): a replay's processes write their batches into one file, one at a time (readers never
+# wait, in WAL mode)
+SQLITE_WRITER_WAIT_SECONDS = 60.0
 
 
 class Sourced(NamedTuple):  # a tuple: a replay makes one per event
@@ -91,7 +95,9 @@ def make_engine(url: str) -> Engine:
             )
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         _bind_nulls_directly()
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(
+            url, pool_pre_ping=True, connect_args={"timeout": SQLITE_WRITER_WAIT_SECONDS}
+        )
         event.listen(engine, "connect", _sqlite_wal)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -166,14 +172,6 @@ class ProjectionStore:
         """The database does its work in this process (SQLite), not in a server's."""
         return self.engine.dialect.name == "sqlite"
 
-    @property
-    def directory(self) -> Path | None:
-        """Where the database file is (SQLite), None for a server or memory."""
-        database = self.engine.url.database
-        if not self.in_process or database in (None, "", ":memory:"):
-            return None
-        return Path(database).resolve().parent
-
     # --- writing --------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[Sourced], rebuilt: set[str] | None = None) -> int:
@@ -243,36 +241,6 @@ class ProjectionStore:
                     [(*_row_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
                 )
             return len(transitions)
-
-    def absorb(self, path: Path) -> bool:
-        """Copy the projection in the SQLite file ``path`` (a replay's share of the
-        partitions, rebuilt by a helper) into this SQLite one, in one transaction, by SQLite
-        itself: no row passes through Python. Nothing is copied, and False returned, when one
-        of its requests already has a row here (its events were read in two shares)."""
-        requests = ", ".join(_REQUEST_COLUMNS)
-        transitions = ", ".join(f'"{c}"' for c in _TRANSITION_COLUMNS)
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("ATTACH DATABASE ? AS share", (str(path),))
-            connection.commit()
-            try:
-                if connection.exec_driver_sql(
-                    "SELECT 1 FROM share.requests AS theirs WHERE EXISTS (SELECT 1 FROM "
-                    "main.requests AS ours WHERE ours.request_id = theirs.request_id) LIMIT 1"
-                ).first():
-                    return False
-                connection.exec_driver_sql(
-                    f"INSERT INTO main.transitions ({transitions}) "
-                    f"SELECT {transitions} FROM share.transitions ORDER BY id"
-                )
-                connection.exec_driver_sql(
-                    f"INSERT INTO main.requests ({requests}) SELECT {requests} FROM share.requests"
-                )
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.exec_driver_sql("DETACH DATABASE share")
-                connection.commit()
-        return True
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """One past the highest source offset applied from this partition (None: none yet)."""

@@ -9,17 +9,18 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from streams.errors import ConfigError
-from streams.ops.replay import _Applier
+from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.store import SQLITE_WRITER_WAIT_SECONDS, ProjectionStore, Sourced
 from streams.projection.tables import Base
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log, snapshot
@@ -217,31 +218,41 @@ async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(datab
         store.close()
 
 
-def test_a_share_rebuilt_in_a_file_of_its_own_is_absorbed_whole_or_not_at_all(tmp_path):
-    """SQLite: a replay's helper rebuilds a share of the partitions into a file of its own,
-    and ``absorb`` copies it in: the tables of the whole log applied in one store. A share
-    holding a request the store has already (its events in two shares) is refused whole."""
+def test_shares_written_side_by_side_into_one_sqlite_file_give_the_whole_logs_tables(tmp_path):
+    """SQLite: a replay's processes each write a share of the partitions into the one file,
+    through connections of their own, a writer waiting for the other's transaction rather than
+    failing: the tables of the whole log applied in one store. A batch holding a request the
+    file has already (its events in two shares) is refused whole, as a conflict of the shares."""
     records = mixed_log().records
     ours = [s for s in records if s.partition < 2]
     theirs = [s for s in records if s.partition >= 2]
     assert ours and theirs
-    whole, target, share, overlapping = (
-        ProjectionStore.from_url(f"sqlite:///{tmp_path / f'{name}.sqlite3'}")
-        for name in ("whole", "target", "share", "overlapping")
-    )
+    url = f"sqlite:///{tmp_path / 'target.sqlite3'}"
+    whole = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'whole.sqlite3'}")
+    target = ProjectionStore.from_url(url)
+    helper = ProjectionStore.from_url(url, migrate_schema=False)  # as a replay's helper opens it
+    holder = sqlite3.connect(tmp_path / "target.sqlite3", isolation_level=None)
     try:
         whole.apply(records)
+        with target.engine.connect() as connection:
+            waits = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        assert waits == SQLITE_WRITER_WAIT_SECONDS * 1000
         target.apply(ours, set())
-        share.apply(theirs, set())
-        overlapping.apply([theirs[0], ours[-1]])
-        assert target.directory == tmp_path.resolve()
-        assert target.absorb(tmp_path / "share.sqlite3")
+        holder.execute("BEGIN IMMEDIATE")  # another writer's batch under way
+        with ThreadPoolExecutor(1) as pool:
+            writing = pool.submit(helper.apply, theirs, set())
+            done, _ = wait([writing], timeout=0.3)
+            assert not done  # it waits for the lock: neither written nor failed
+            holder.execute("COMMIT")
+            assert writing.result(timeout=30) == len(theirs)
         assert snapshot(target) == snapshot(whole)
-        assert not target.absorb(tmp_path / "overlapping.sqlite3")
-        assert snapshot(target) == snapshot(whole)  # nothing of it copied
-        assert target.absorb(tmp_path / "share.sqlite3") is False  # its requests are here now
+        with pytest.raises(IntegrityError) as refused:
+            helper.apply([theirs[0], ours[-1]], set())  # a request the other share wrote
+        assert _conflict(refused.value)
+        assert snapshot(target) == snapshot(whole)  # nothing of the batch written
     finally:
-        for store in (whole, target, share, overlapping):
+        holder.close()
+        for store in (whole, target, helper):
             store.close()
 
 

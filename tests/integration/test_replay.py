@@ -166,9 +166,9 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
 def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System, tmp_path: Path):
     first, second = (f"sqlite:///{tmp_path / name}" for name in ("one.sqlite3", "two.sqlite3"))
     replay_into(system, first, "--processes", "1")  # all in this process
-    replay_into(system, second, "--processes", "3")  # three shares, two in helpers' own files
+    replay_into(system, second, "--processes", "3")  # three shares, two of them in helpers
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert {name.split(".")[0] for name in left} == {"one", "two"}, left  # the helpers' are gone
+    assert {name.split(".")[0] for name in left} == {"one", "two"}, left  # no file beside them
     refused = talkstream(system.env, "replay", "--database-url", first)
     assert refused.exit_code == 1 and "already holds a projection" in refused.output
     misused = talkstream(system.env, "replay", "--database-url", first, "--processes", "0")
@@ -188,9 +188,9 @@ def test_a_request_in_two_shares_is_rebuilt_in_one_process(
     kafka: EmbeddedKafka, tmp_path: Path, database: str, request: pytest.FixtureRequest
 ):
     """A request whose events are in two partitions (the topic's partitions were added to while
-    it was in flight): the shares rebuilt beside each other cannot be joined (SQLite: the
-    share's file holds a request the target has; PostgreSQL: the second write of its row is
-    refused); the replay starts again in one process and gives the tables the log gives."""
+    it was in flight): the shares rebuilt beside each other cannot be joined (the second write
+    of its row is refused, by SQLite as by PostgreSQL); the replay starts again in one process
+    and gives the tables the log gives."""
     app_id = f"tsplit{uuid.uuid4().hex[:8]}"
     settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
     asyncio.run(ensure_topics(settings))
