@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
+    Table,
     and_,
     create_engine,
     event,
@@ -448,11 +449,20 @@ class _Writes:
     insert_request: str
     update_request: str
     copy: bool  # inserts are COPY ... FROM STDIN statements
+    # a COPY's column types by its statement: psycopg then formats each value with the
+    # column's own dumper, instead of looking one up by the value's Python type (half of
+    # its time formatting a row; ``bench/PROFILE.md``, twenty-ninth round)
+    copy_types: dict[str, list[str]]
 
     @classmethod
     def of(cls, connection: Connection) -> _Writes:
         dialect = connection.dialect
-        return _writes_for(dialect.paramstyle, dialect.identifier_preparer, dialect.name)
+        return _writes_for(
+            dialect.paramstyle,
+            dialect.identifier_preparer,
+            dialect.name,
+            dialect.type_compiler_instance,
+        )
 
     def insert(self, connection: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -462,6 +472,7 @@ class _Writes:
             return
         driver = connection.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+            copy.set_types(self.copy_types[sql])
             for row in rows:
                 copy.write_row(row)
 
@@ -472,7 +483,7 @@ class _Writes:
 
 
 @functools.cache
-def _writes_for(paramstyle: str, preparer: Any, dialect: str) -> _Writes:
+def _writes_for(paramstyle: str, preparer: Any, dialect: str, type_compiler: Any) -> _Writes:
     mark = "?" if paramstyle == "qmark" else "%s"
     copy = dialect == "postgresql"
 
@@ -484,12 +495,26 @@ def _writes_for(paramstyle: str, preparer: Any, dialect: str) -> _Writes:
             return f"COPY {table} ({names(columns)}) FROM STDIN"
         return f"INSERT INTO {table} ({names(columns)}) VALUES ({', '.join([mark] * len(columns))})"
 
+    def types(table: Table, columns: Sequence[str]) -> list[str]:
+        """The columns' PostgreSQL type names as psycopg knows them: "bigint", "varchar"
+        (from "VARCHAR(200)")."""
+        compiled = (type_compiler.process(table.c[c].type) for c in columns)
+        return [name.split("(")[0].lower() for name in compiled]
+
     sets = ", ".join(f"{preparer.quote(c)} = {mark}" for c in _REQUEST_COLUMNS[1:])
+    insert_transition = insert("transitions", _TRANSITION_COLUMNS)
+    insert_request = insert("requests", _REQUEST_COLUMNS)
     return _Writes(
-        insert_transition=insert("transitions", _TRANSITION_COLUMNS),
-        insert_request=insert("requests", _REQUEST_COLUMNS),
+        insert_transition=insert_transition,
+        insert_request=insert_request,
         update_request=f"UPDATE requests SET {sets} WHERE request_id = {mark}",
         copy=copy,
+        copy_types={
+            insert_transition: types(_TRANSITIONS, _TRANSITION_COLUMNS),
+            insert_request: types(_REQUESTS, _REQUEST_COLUMNS),
+        }
+        if copy
+        else {},
     )
 
 

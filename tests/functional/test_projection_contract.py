@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,9 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
-from streams.projection.store import SQLITE_WRITER_WAIT_SECONDS, ProjectionStore, Sourced
+from streams.projection.store import SQLITE_WRITER_WAIT_SECONDS, ProjectionStore, Sourced, _Writes
 from streams.projection.tables import Base
-from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
+from tests.postgres import (  # noqa: F401  (fixtures)
+    database_url,
+    fresh_postgres_database,
+    postgres_server,
+)
 from tests.projection_support import T0_MS, Log, mixed_log, snapshot
 
 
@@ -296,6 +301,38 @@ def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: Proj
         )
         assert compare_metadata(context, Base.metadata) == []
     assert store.is_current()
+
+
+@pytest.fixture
+def postgres_store(postgres_server: str):  # noqa: F811
+    for url in fresh_postgres_database(postgres_server):
+        opened = ProjectionStore.from_url(url)
+        yield opened
+        opened.close()
+
+
+def test_a_copy_declares_each_column_as_the_database_has_it(postgres_store: ProjectionStore):
+    """On PostgreSQL new rows go in with ``COPY``, each column's values formatted for the type
+    the statement declares: those must be the types the migrated tables have (SQLite inserts
+    with executemany, and has no COPY)."""
+    from psycopg.postgres import types
+
+    with postgres_store.engine.connect() as connection:
+        writes = _Writes.of(connection)
+        assert set(writes.copy_types) == {writes.insert_transition, writes.insert_request}
+        for sql, declared in writes.copy_types.items():
+            table, columns = re.fullmatch(r"COPY (\w+) \((.*)\) FROM STDIN", sql).groups()
+            names = [c.strip().strip('"') for c in columns.split(",")]
+            found = dict(
+                connection.execute(
+                    text(
+                        "SELECT attname, atttypid::int FROM pg_attribute"
+                        " WHERE attrelid = CAST(:table AS regclass) AND attnum > 0"
+                    ),
+                    {"table": table},
+                ).all()
+            )
+            assert [types.get(name).oid for name in declared] == [found[n] for n in names], sql
 
 
 def test_processes_opening_a_fresh_database_at_once_all_get_the_schema(
