@@ -21,7 +21,7 @@ from streams.agents.executors import Executor, ExecutorConfig, Generate, Publish
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
-from streams.faust_transport import App, Topic
+from streams.faust_transport import App, Stream, Topic
 from streams.kafka_options import client_options, faust_credentials
 from streams.observability import WorkerMetrics, serve_worker_http
 from streams.projection.store import ProjectionStore
@@ -113,6 +113,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(settings.session_timeout_seconds / 10, 0.5),
         autodiscover=False,
         Topic=Topic,  # no turn of the event loop per record sent
+        Stream=Stream,  # no wake-ups of an idle ledger
     )
 
 

@@ -1,7 +1,7 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
 consumer that fetches only the partitions faust reads; faust's topics without
-its detours per record sent; and faust's app without the sensor nothing reads, which stops
-lingering when it stops.
+its detours per record sent; faust's streams, whose batches wait for messages, not for a
+clock; and faust's app without the sensor nothing reads, which stops lingering when it stops.
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+from mode.utils.locks import Event
 
 from streams.kafka_options import lingering_no_more
 
@@ -163,6 +164,73 @@ class Topic(faust.Topic):
         """The app's producer (ours, on aiokafka's) if started and not in a transaction."""
         producer = self.app.producer
         return producer if producer.started and not self.app.in_transaction else None
+
+
+class Stream(faust.Stream):  # type: ignore[type-arg]
+    """The app's ``Stream`` class (see ``streams.app``): ``take_events`` waits for a message,
+    not for a clock.
+
+    faust's own looks at its buffer every ``within`` seconds, messages or not: the ledger's
+    2 ms window woke an idle worker 500 times a second, each time through mode's wait
+    machinery (tasks made and cancelled), 8% of a core with nothing to do
+    (``bench/PROFILE.md``, thirtieth round). Here a quiet stream sleeps until a message
+    arrives. A batch then goes when it is full, or once ``within`` has passed since the
+    previous batch came back (so batches under load still gather for as long as faust's
+    did), or at once after a quiet spell. The batch is acknowledged when the next one is asked
+    for, as faust does; what arrives meanwhile waits in the next batch, up to ``max_``."""
+
+    def take_events(  # type: ignore[override]
+        self, max_: int, within: float
+    ) -> AsyncIterator[list[Any]]:
+        batches = self._batches(max_, within)
+        self._active_agens.add(batches)  # closed when the stream stops, as faust's are
+        return batches
+
+    async def _batches(self, max_: int, within: float) -> AsyncGenerator[list[Any], None]:
+        gathered: list[Any] = []  # the next batch's events
+        arrived, full, room = Event(), Event(), Event()
+        room.set()
+
+        async def gather(value: Any) -> Any:
+            """A processor: each message the stream takes joins the next batch."""
+            if not room.is_set():  # a full batch not yet handed out holds the stream
+                await self.wait(room)
+            event = self.current_event
+            if event is None:
+                raise RuntimeError("a message without its event in take_events")
+            gathered.append(event)
+            arrived.set()
+            if len(gathered) >= max_:
+                full.set()
+                room.clear()
+            return value
+
+        acks = self.enable_acks
+        self.enable_acks = False  # each batch is acknowledged once its taker asks for more
+        self.add_processor(gather)
+        self._enable_passive(cast(Any, aiter(self.channel)))
+        back = float("-inf")  # when the previous batch came back
+        try:
+            while not self.should_stop:
+                if not arrived.is_set() and await self.wait_for_stopped(arrived):
+                    break  # stopped
+                left = back + within - asyncio.get_running_loop().time()
+                if left > 0 and not full.is_set():
+                    await self.wait_for_stopped(full, timeout=left)
+                batch = gathered.copy()
+                gathered.clear()
+                arrived.clear()
+                full.clear()
+                room.set()
+                try:
+                    yield batch
+                finally:
+                    for event in batch:
+                        await self.ack(event)
+                    back = asyncio.get_running_loop().time()
+        finally:
+            self.enable_acks = acks
+            self._processors.remove(gather)
 
 
 _NO_SENSOR: dict[Any, Any] = {None: None}  # a rebalance's note when no sensor noted anything

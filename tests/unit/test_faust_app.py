@@ -5,6 +5,7 @@ is told of nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import faust
@@ -12,7 +13,7 @@ import pytest
 from faust.types import TP, Message
 
 from streams.app import RAW
-from streams.faust_transport import App, Topic
+from streams.faust_transport import App, Stream, Topic
 
 
 class Recording:
@@ -179,3 +180,96 @@ async def test_the_last_offset_faust_took_is_known_per_partition_it_reads_now(
     assert consumer.taken(topic) == {}  # faust pauses what it keeps while it rebalances
     consumer._paused_partitions.clear()  # and resumes it once its tables are recovered
     assert consumer.taken(topic) == {1: 3, 2: 5}  # partition 0: kept, it would start over
+
+
+class Feed:
+    """What ``Stream.take_events`` uses of a faust stream: its processors, run here on each
+    message put in (faust's passive drainer does so as messages arrive), its waits, and its
+    acknowledgements; and how each wait was asked for."""
+
+    def __init__(self) -> None:
+        self._processors: list[Any] = []
+        self._active_agens: set[Any] = set()
+        self.channel = Feed.Channel()
+        self.current_event: Any = None
+        self.enable_acks = True
+        self.should_stop = False
+        self.timeouts: list[float | None] = []  # of each wait for a batch
+        self.acked: list[str] = []
+
+    _batches = Stream._batches
+
+    class Channel:
+        """faust's passive drainer would read it: here ``put`` stands for it."""
+
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise StopAsyncIteration
+
+    def add_processor(self, processor: Any) -> None:
+        self._processors.append(processor)
+
+    def _enable_passive(self, _: Any) -> None:
+        pass
+
+    async def put(self, event: str) -> None:
+        self.current_event = event
+        for processor in self._processors:
+            await processor(event)
+
+    async def wait(self, *events: Any, timeout: float | None = None) -> None:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout)
+
+    async def wait_for_stopped(self, event: Any, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self.should_stop
+
+    async def ack(self, event: str) -> None:
+        self.acked.append(event)
+
+
+async def turns_until(condition: Any, turns: int = 100) -> None:
+    """Give the event loop turns until ``condition()`` holds (at most ``turns``)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_acknowledged() -> None:
+    """faust's own take_events looked at its buffer every ``within`` seconds, messages or not
+    (8% of an idle worker's core at the ledger's 2 ms). The app's stream waits for a message
+    without a timeout, and hands it out at once after a quiet spell; a batch that follows
+    another gathers for ``within`` unless it fills first; each batch is acknowledged when the
+    next is asked for."""
+    feed = Feed()
+    batches = Stream.take_events(feed, 3, within=60.0)  # type: ignore[arg-type]
+    assert batches in feed._active_agens
+    first = asyncio.ensure_future(anext(batches))
+    await turns_until(lambda: feed.timeouts or first.done())
+    assert feed.timeouts == [None] and not first.done()  # asleep until a message comes
+    assert feed.enable_acks is False
+
+    for event in ("a", "b", "c"):
+        await feed.put(event)
+    assert await asyncio.wait_for(first, 1) == ["a", "b", "c"]  # after a quiet spell: at once
+    assert feed.timeouts == [None]  # (and no window waited out)
+    await asyncio.wait_for(feed.put("d"), 1)  # the batch was handed out: room for the next
+    assert feed.acked == []
+
+    second = asyncio.ensure_future(anext(batches))
+    await turns_until(lambda: len(feed.timeouts) > 1 or second.done())
+    assert feed.acked == ["a", "b", "c"]
+    assert 59.0 < (feed.timeouts[-1] or 0) <= 60.0 and not second.done()  # gathering
+    for event in ("e", "f"):
+        await feed.put(event)
+    assert await asyncio.wait_for(second, 1) == ["d", "e", "f"]  # full: the window cut short
+
+    await batches.aclose()
+    assert feed.acked == ["a", "b", "c", "d", "e", "f"]
+    assert feed._processors == [] and feed.enable_acks is True
