@@ -245,8 +245,8 @@ async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_ackno
     """faust's own take_events looked at its buffer every ``within`` seconds, messages or not
     (8% of an idle worker's core at the ledger's 2 ms). The app's stream waits for a message
     without a timeout, and hands it out at once after a quiet spell; a batch that follows
-    another gathers for ``within`` unless it fills first; each batch is acknowledged when the
-    next is asked for."""
+    another gathers for ``within`` unless it fills first; a full batch holds the stream until
+    it is handed out; each batch is acknowledged when the next is asked for."""
     feed = Feed()
     batches = Stream.take_events(feed, 3, within=60.0)  # type: ignore[arg-type]
     assert batches in feed._active_agens
@@ -255,21 +255,28 @@ async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_ackno
     assert feed.timeouts == [None] and not first.done()  # asleep until a message comes
     assert feed.enable_acks is False
 
-    for event in ("a", "b", "c"):
+    for event in ("a", "b"):
         await feed.put(event)
-    assert await asyncio.wait_for(first, 1) == ["a", "b", "c"]  # after a quiet spell: at once
-    assert feed.timeouts == [None]  # (and no window waited out)
-    await asyncio.wait_for(feed.put("d"), 1)  # the batch was handed out: room for the next
-    assert feed.acked == []
+    assert await asyncio.wait_for(first, 1) == ["a", "b"]  # after a quiet spell: at once
+    assert feed.timeouts == [None]  # (no window waited out, though the batch is not full)
+    for event in ("c", "d", "e"):  # the batch was handed out: these gather for the next
+        await asyncio.wait_for(feed.put(event), 1)
+    arriving = asyncio.ensure_future(feed.put("f"))  # the next is full: "f" waits for room
+    await asyncio.sleep(0)
+    assert not arriving.done() and feed.acked == []
 
-    second = asyncio.ensure_future(anext(batches))
-    await turns_until(lambda: len(feed.timeouts) > 1 or second.done())
-    assert feed.acked == ["a", "b", "c"]
-    assert 59.0 < (feed.timeouts[-1] or 0) <= 60.0 and not second.done()  # gathering
-    for event in ("e", "f"):
+    assert await asyncio.wait_for(anext(batches), 1) == ["c", "d", "e"]
+    assert feed.timeouts == [None]  # full: no window waited out
+    assert feed.acked == ["a", "b"]
+    await asyncio.wait_for(arriving, 1)  # handed out: room again
+    third = asyncio.ensure_future(anext(batches))
+    await turns_until(lambda: len(feed.timeouts) > 1 or third.done())
+    assert feed.acked == ["a", "b", "c", "d", "e"]
+    assert 59.0 < (feed.timeouts[-1] or 0) <= 60.0 and not third.done()  # gathering behind
+    for event in ("g", "h"):
         await feed.put(event)
-    assert await asyncio.wait_for(second, 1) == ["d", "e", "f"]  # full: the window cut short
+    assert await asyncio.wait_for(third, 1) == ["f", "g", "h"]  # full: the window cut short
 
     await batches.aclose()
-    assert feed.acked == ["a", "b", "c", "d", "e", "f"]
+    assert feed.acked == ["a", "b", "c", "d", "e", "f", "g", "h"]
     assert feed._processors == [] and feed.enable_acks is True
