@@ -47,7 +47,10 @@ MARK_EVERY = 32
 # string in the JSON can hold it unescaped)
 NOTHING_IN_FLIGHT = b'"inflight":{}'
 BATCH = 500  # messages decided before their outputs' acknowledgements are awaited together
-WITHIN_SECONDS = 0.002
+# how long a batch right behind another gathers (one after a quiet spell goes at once;
+# ``streams.faust_transport.Stream``): 5 ms gave lower latency at 60/s than 2 ms, and 0 gave
+# smaller batches under load (``bench/PROFILE.md``, thirtieth round)
+WITHIN_SECONDS = 0.005
 # sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
 SendNow = Callable[[], Awaitable[None] | None]
 # (topic, partition, first, last): offsets the ledger read back itself and decided, for faust
