@@ -452,6 +452,10 @@ class EmbeddedKafka:
         logging_uri = logging_file.resolve().as_uri()
         return [
             *(java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC"),
+            # the client compiler only: a node that lives for a dev session, a test run or a
+            # benchmark never earns back what the optimizing compiler's threads take from the
+            # two cores it shares with the pipeline (bench/PROFILE.md, thirty-third round)
+            "-XX:TieredStopAtLevel=1",
             *("-Djava.awt.headless=true", f"-D{self.kafka.logging_property}={logging_uri}"),
             *("-cp", str(jars / "*"), main, *args),
         ]

@@ -194,6 +194,12 @@ def test_the_java_command_names_the_versions_logging_config(tmp_path):
         assert flag.endswith(f"/compose/kafka/{version}/{kafka.logging_config}")
 
 
+def test_the_node_runs_on_the_client_compiler_alone(tmp_path):
+    # a JVM option after the main class would be the program's argument, not the JVM's
+    command = EmbeddedKafka(tmp_path)._java("java", tmp_path, "kafka.Kafka", "server.properties")
+    assert command.index("-XX:TieredStopAtLevel=1") < command.index("kafka.Kafka")
+
+
 def test_the_two_listeners_need_two_ports(tmp_path):
     with pytest.raises(KafkaLauncherError, match="differ"):
         EmbeddedKafka(tmp_path, port=19092, controller_port=19092)
