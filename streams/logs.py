@@ -12,15 +12,28 @@ from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 REBALANCING = "Heartbeat failed for group %s because it is rebalancing"
+BUFFER_FULL = "producer buffer full size "
+
+#: WARNINGs of the libraries underneath that report normal operation, by logger: each is
+#: logged as INFO (and not at all where INFO is not).
+#: - aiokafka logs a heartbeat answered "rebalancing": each member of a group says it once
+#:   whenever a worker joins or leaves. It is how a member learns of the rebalance.
+#: - faust logs "producer buffer full size N" when more than 100 table writes wait to go to
+#:   the changelog, and then sends them before the next message is taken: the ledger stores a
+#:   batch's states together (up to 500 people), so a campaign blast says it at every batch.
+#:   It is faust's flow control doing its work, not a fault.
+NOTICES: dict[str, Callable[[str], bool]] = {
+    "aiokafka.consumer.group_coordinator": REBALANCING.__eq__,
+    "faust.transport.producer": lambda msg: msg.startswith(BUFFER_FULL),
+}
 
 
-class RebalanceNotice(logging.Filter):
-    """aiokafka logs a heartbeat answered "rebalancing" as a WARNING: each member of a group
-    says it once whenever a worker joins or leaves. It is how a member learns of the
-    rebalance, not a fault: logged as INFO (and not at all where INFO is not)."""
+class Notice(logging.Filter):
+    """Logs one of ``NOTICES`` as INFO, not WARNING."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and record.msg == REBALANCING:
+        says = NOTICES.get(record.name)
+        if record.levelno == logging.WARNING and says and says(str(record.msg)):
             record.levelno, record.levelname = logging.INFO, "INFO"
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
@@ -68,7 +81,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
-        "filters": {"rebalance": {"()": RebalanceNotice}},
+        "filters": {"notice": {"()": Notice}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -81,7 +94,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         # share of the worker's time under load (our own lines say what happened)
         "loggers": {
             **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
-            "aiokafka.consumer.group_coordinator": {"filters": ["rebalance"]},
+            **{name: {"filters": ["notice"]} for name in NOTICES},
         },
     }
 
