@@ -6,7 +6,10 @@ properties attach to the person, where campaigns read them. What an answer means
 
     answer                                  reason          the scheduler
     2xx                                     (success)       reports it
-    400 "Duplicate entity" (our own number) (success)       an earlier attempt landed
+    400 "Duplicate entity", the request's   (success)       an earlier attempt landed
+        own number (``..-<request_id>``)
+    400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
+        campaign gave                       Number          written: another event has it)
     429                                     RateLimited     waits (retry-after)
     401 / 403                               Unauthorized /  reports; refuses the site's key
                                             Forbidden       a while
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from models.events import PublishCompletion
+from models.params import completion_event_number
 from streams.clients.openai_chat import scrub
 from streams.errors import PublishError, status_error
 from streams.upstream.limits import Limits, read_limits
@@ -80,7 +84,20 @@ class TalkableClient:
                 "the site's Talkable API key cannot be sent as a header value", reason="InvalidKey"
             ) from None
         if status == 400 and DUPLICATE_ENTITY in message.lower():
-            return Publication(duplicate=True), limits
+            # Talkable answers this only when the event it has under the number holds other
+            # data (an identical one is a success). The request's own number is made from its
+            # id, so only one of its own earlier attempts can hold it; a number the campaign
+            # gave may be another request's event, and then this text never landed.
+            if command.event_number == completion_event_number(None, command.request_id):
+                return Publication(duplicate=True), limits
+            raise PublishError(
+                "Talkable answered 400 Duplicate entity: it has an event with this request's"
+                " event_number and other data (another request's: the campaign gives the same"
+                " event_number to more than one request), so the text was not written",
+                reason="DuplicateEventNumber",
+                status=status,
+                limits=limits,
+            )
         text = f"Talkable answered {status}: {scrub(message, api_key)}"
         raise status_error(PublishError, status, text, limits)
 

@@ -145,9 +145,21 @@ async def test_talkable_answers_are_classified(tk, talkable) -> None:
     assert not published.duplicate
     again, _ = await talkable.publish(command(), "tk-key")  # identical: Talkable answers ok
     assert not again.duplicate
-    changed = command().model_copy(update={"custom_properties": {"generated_text": "other"}})
+    own = command(number="generate_text_complete-r-1")  # the request's own number
+    await talkable.publish(own, "tk-key")
+    changed = own.model_copy(update={"custom_properties": {"generated_text": "other"}})
     duplicate, _ = await talkable.publish(changed, "tk-key")  # "Duplicate entity": it landed
     assert duplicate.duplicate
+    # the campaign's own number, held by another request's event: this text did not land
+    other = command().model_copy(update={"request_id": "r-2", "custom_properties": {"x": "y"}})
+    with pytest.raises(PublishError) as taken:
+        await talkable.publish(other, "tk-key")
+    assert (taken.value.reason, taken.value.status, taken.value.retriable) == (
+        "DuplicateEventNumber",
+        400,
+        False,
+    )
+    assert "n-1" not in str(taken.value) and "tk-key" not in str(taken.value)
 
     tk.config.api_keys = {"acme": "the-right-key"}
     with pytest.raises(PublishError) as refused:

@@ -245,6 +245,35 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     assert "0 redriven" in again  # each letter is redriven once
 
 
+def test_a_campaign_event_number_another_request_holds_is_publish_failed(make_system) -> None:
+    # Talkable keeps one event per number: the second text, under the same number, is refused
+    # ("Duplicate entity") and never lands, so it must not be counted as published
+    system = make_system()
+    number = {"event_number": "order-42-complete"}
+    status, first = system.post(seed_params("twice@example.com", content="one", **number))
+    assert status == 202
+    row = system.wait_terminal([first["request_id"]])[first["request_id"]]
+    assert row.state == "published"
+    status, second = system.post(seed_params("twice@example.com", content="two", **number))
+    assert status == 202
+    row = system.wait_terminal([second["request_id"]])[second["request_id"]]
+    assert (row.state, row.error_class, row.attempts) == (
+        "publish_failed",
+        "DuplicateEventNumber",
+        1,
+    )
+    events = talkable_events(system, "twice@")
+    assert [e["event_number"] for e in events] == ["order-42-complete"]
+
+    def letters() -> list[bytes]:
+        deadletter = f"{system.app_id}-deadletter"
+        found = read_topic(system.kafka.bootstrap, deadletter)
+        return [v for _, _, _, v in found if second["request_id"].encode() in v]
+
+    wait_until(letters, 30, what="the refused publication's dead letter")
+    assert b"Talkable answered 400 Duplicate entity" in letters()[-1]
+
+
 def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(make_system) -> None:
     # Talkable answers 503 to everything: retriable, until the publication waited too long
     system = make_system(max_wait_seconds="4")
