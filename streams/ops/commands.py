@@ -402,8 +402,18 @@ def _letters_from(settings: Settings, topic: str | None) -> str | None:
     "--since", "since_ms", type=TIME, help="only letters written since (ISO-8601, epoch, 2h)"
 )
 @click.option("--until", "until_ms", type=TIME, help="only letters written until")
-@click.option("--from-beginning", is_flag=True, help="reconsider letters redriven before")
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="reconsider letters redriven before (each run otherwise starts after the letters "
+    "earlier runs redrove, up to the first one they did not select)",
+)
 @click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
+@click.option(
+    "--database-url",
+    help="the projection that says which requests are still parked (default: "
+    "TALKSTREAM_DATABASE_URL, else the SQLite file)",
+)
 def redrive(
     request_id: str | None,
     site: str | None,
@@ -413,6 +423,7 @@ def redrive(
     until_ms: int | None,
     from_beginning: bool,
     dry_run: bool,
+    database_url: str | None,
 ) -> None:
     """Re-issue dead-lettered work once its cause is fixed (parked requests go through the
     ledger, which runs them as their next attempt)."""
@@ -430,19 +441,46 @@ def redrive(
         since_ms=since_ms,
         until_ms=until_ms,
     )
-    report = _run(
-        run_redrive(
-            settings,
-            selection,
-            dry_run=dry_run,
-            from_beginning=from_beginning,
-            now_ms=now_ms,
+    store = _parked_by(database_url)
+    try:
+        report = _run(
+            run_redrive(
+                settings,
+                selection,
+                dry_run=dry_run,
+                from_beginning=from_beginning,
+                now_ms=now_ms,
+                states=store.states_of if store is not None else None,
+            )
         )
-    )
+    finally:
+        if store is not None:
+            store.close()
     for what in report.redriven:
         click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
+    for what in report.not_parked:
+        click.echo(f"not parked any more, left alone: {what}")
     click.echo(
         f"{report.examined} dead letters examined, {len(report.redriven)} "
         f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
         f"{report.unreadable} unreadable"
+        + (f", {len(report.not_parked)} not parked any more" if report.not_parked else "")
+        + (f", {report.superseded} older of the same requests" if report.superseded else "")
     )
+
+
+def _parked_by(database_url: str | None) -> ProjectionStore | None:
+    """The projection, to leave alone requests no longer parked; without one, every selected
+    letter goes to the ledger, which re-issues only what is still parked."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _reader(database_url)
+    except (click.ClickException, SQLAlchemyError) as exc:
+        why = exc.message if isinstance(exc, click.ClickException) else type(exc).__name__
+        click.echo(
+            f"note: {why}; every selected letter goes to the ledger, which re-issues only"
+            " the requests still parked",
+            err=True,
+        )
+        return None

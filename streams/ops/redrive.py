@@ -1,7 +1,11 @@
 """``talkstream redrive``: re-issue dead-lettered work once its cause is fixed.
 
 Reads the dead-letter topic with its own consumer group (``<app id>-redrive``), so each letter
-is redriven once; ``--from-beginning`` reconsiders all of them. For each letter that matches:
+is redriven once; ``--from-beginning`` reconsiders all of them. The group's offset in a
+partition moves only past letters this run redrove (or cannot read): it stops at the first one
+the filters did not select, which a later redrive must still be offered, and it never moves
+back. A request redriven by several of its letters in one run (parked, redriven, parked again)
+is redriven once, by its latest. For each letter that matches:
 
 - parked work (a ``PublishCompletion`` that ended ``publish_failed``, a ``GenerateText`` that
   ended ``generation_failed``: refused, no quota, waited too long, attempts ran out) becomes a
@@ -28,9 +32,12 @@ from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRe
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import broker_error, client_options, stop_consumer
+from streams.ops.audit import FAILED
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PARKED = frozenset(FAILED)  # the states a redrive leads out of
 
 
 @dataclass
@@ -39,6 +46,19 @@ class RedriveReport:
     redriven: list[str] = field(default_factory=list)  # "request_id → topic" / "topic@offset"
     skipped: int = 0
     unreadable: int = 0
+    superseded: int = 0  # letters of a request a later letter of this run redrives
+    not_parked: list[str] = field(default_factory=list)  # selected; the projection says done
+
+
+@dataclass(frozen=True)
+class _Send:
+    topic: str
+    key: bytes | None
+    value: bytes
+    what: str
+    reason: str
+    at_ms: int
+    request_id: str | None = None  # parked work's (a poison message has none)
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,12 @@ async def redrive(
     dry_run: bool = False,
     from_beginning: bool = False,
     now_ms: Callable[[], int],
+    states: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> RedriveReport:
+    """``states``: the projection's state of each request it has, to leave out those that are
+    not parked any more (redriven since, or a letter of an earlier attempt): the ledger would
+    ignore their redrive, and a report that said "redriven" would not be true. A request the
+    projection has not seen yet is sent, and the ledger decides."""
     topic = settings.topic("deadletter")
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
@@ -99,43 +124,108 @@ async def redrive(
         except KafkaError as exc:
             raise await broker_error(settings, exc) from exc
         consumer.assign(parts)
+        committed = {tp: await consumer.committed(tp) for tp in parts}
         if from_beginning:
             await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
+        sends: dict[str, _Send] = {}  # by request (or poison message): its latest letter
+        held: dict[TopicPartition, int] = {}  # the first letter not selected, by partition
         for tp in parts:
             while await consumer.position(tp) < ends[tp]:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
                 for record in batch.get(tp, []):
                     if record.offset >= ends[tp]:
                         continue
-                    await _one(record.value, selection, producer, report, settings, dry_run, now_ms)
+                    report.examined += 1
+                    send = _one(record.value, selection, report, settings, now_ms)
+                    if send is None:
+                        held.setdefault(tp, record.offset)
+                    elif send is not _UNREADABLE:
+                        _keep_latest(sends, send, report)
+        for send in _still_parked(sends, states, report):
             if not dry_run:
-                await consumer.commit({tp: ends[tp]})
+                await producer.send_and_wait(send.topic, value=send.value, key=send.key)
+            dry = " (dry run)" if dry_run else ""
+            log.info("redrive %s%s reason=%s", send.what, dry, send.reason)
+            report.redriven.append(send.what)
         await producer.flush()
+        if not dry_run:
+            await _commit(consumer, parts, committed, held, ends)
     finally:
         await producer.stop()
         await stop_consumer(consumer)
     return report
 
 
-async def _one(
+def _still_parked(
+    sends: dict[str, _Send],
+    states: Callable[[list[str]], dict[str, str]] | None,
+    report: RedriveReport,
+) -> list[_Send]:
+    ids = [send.request_id for send in sends.values() if send.request_id is not None]
+    known = states(ids) if states is not None and ids else {}
+    kept = []
+    for send in sends.values():
+        state = known.get(send.request_id or "")
+        if state is not None and state not in PARKED:
+            report.not_parked.append(f"{send.request_id} ({state})")
+        else:
+            kept.append(send)
+    return kept
+
+
+def _keep_latest(sends: dict[str, _Send], send: _Send, report: RedriveReport) -> None:
+    """A request's letters may lie in several partitions (a generation's and a publication's):
+    the one written last says why it is parked now."""
+    earlier = sends.get(send.what)
+    if earlier is not None:
+        report.superseded += 1
+        if earlier.at_ms > send.at_ms:
+            return
+        del sends[send.what]  # and sent in the latest one's turn
+    sends[send.what] = send
+
+
+async def _commit(
+    consumer: AIOKafkaConsumer,
+    parts: list[TopicPartition],
+    committed: dict[TopicPartition, int | None],
+    held: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+) -> None:
+    """Past what this run redrove, up to the first letter it did not select; never back (a
+    ``--from-beginning`` run does not offer again what an earlier run redrove)."""
+    offsets = {}
+    for tp in parts:
+        position, before = held.get(tp, ends[tp]), committed[tp]
+        if before is None or position > before:
+            offsets[tp] = position
+    if offsets:
+        await consumer.commit(offsets)
+
+
+_UNREADABLE = _Send("", None, b"", "", "", 0)  # never redrivable: no later run waits for it
+
+
+def _one(
     raw: bytes | None,
     selection: Selection,
-    producer: AIOKafkaProducer,
     report: RedriveReport,
     settings: Settings,
-    dry_run: bool,
     now_ms: Callable[[], int],
-) -> None:
-    report.examined += 1
+) -> _Send | None:
+    """What to send for one letter, ``None`` if the filters do not select it."""
     try:
         letter = decode(DeadLetter, raw)
     except DecodeError:
         report.unreadable += 1
-        return
-    if not selection.matches(letter) or letter.value_b64 is None:
+        return _UNREADABLE
+    if letter.value_b64 is None:  # nothing to send back, under any filters
         report.skipped += 1
-        return
+        return _UNREADABLE
+    if not selection.matches(letter):
+        report.skipped += 1
+        return None
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
     topic = letter.topic
@@ -148,10 +238,10 @@ async def _one(
             )
         except DecodeError:
             report.unreadable += 1
-            return
+            return _UNREADABLE
         if selection.site is not None and command.site != selection.site:
             report.skipped += 1
-            return
+            return None
         redrive = RedriveRequested(
             request_id=command.request_id,
             person=command.person,
@@ -162,10 +252,7 @@ async def _one(
         what = f"{command.request_id} → the ledger"
     elif selection.site is not None:  # a poison message belongs to no site we can tell
         report.skipped += 1
-        return
+        return None
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
-    if not dry_run:
-        await producer.send_and_wait(topic, value=value, key=key)
-    log.info("redrive %s%s reason=%s", what, " (dry run)" if dry_run else "", letter.reason)
-    report.redriven.append(what)
+    return _Send(topic, key, value, what, letter.reason, letter.at_ms, letter.request_id)

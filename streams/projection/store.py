@@ -282,6 +282,17 @@ class ProjectionStore:
         with self._session() as session:
             return session.get(RequestRow, request_id)
 
+    def states_of(self, request_ids: list[str]) -> dict[str, str]:
+        """The state of each of these requests the projection has."""
+        found: dict[str, str] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start : start + 500]
+                query = select(RequestRow.request_id, RequestRow.state)
+                rows = connection.execute(query.where(RequestRow.request_id.in_(chunk)))
+                found.update((request_id, state) for request_id, state in rows)
+        return found
+
     def transitions(self, request_id: str) -> list[TransitionRow]:
         with self._session() as session:
             rows = session.scalars(

@@ -213,14 +213,15 @@ class System:
 
     def talkstream(self, *args: str) -> str:
         """Run a ``talkstream`` command against this deployment; its standard output."""
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "streams", *args],
             env=self.env,
             capture_output=True,
             text=True,
             timeout=120,
-            check=True,
-        ).stdout
+        )
+        assert done.returncode == 0, f"talkstream {' '.join(args)}: {done.stderr}"
+        return done.stdout
 
     @property
     def projection(self) -> ProjectionStore:

@@ -245,6 +245,36 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     assert "0 redriven" in again  # each letter is redriven once
 
 
+def test_a_redrive_of_one_request_leaves_the_others_for_a_later_redrive(make_system) -> None:
+    # a filtered redrive once moved the redrive group past every letter it examined, so the
+    # parked requests it did not select were never offered again
+    system = make_system()
+    system.talkable("POST", "/_control", {"api_keys": {"test-site": "the-current-key"}})
+    ids = post_all(
+        system, [seed_params(f"parked{i}@example.com", talkable_key="an-old-key") for i in (1, 2)]
+    )
+    rows = system.wait_terminal(ids)
+    assert {row.state for row in rows.values()} == {"publish_failed"}
+    first, second = ids
+    system.talkable("POST", "/_control", {"api_keys": {"test-site": "an-old-key"}})
+
+    out = system.talkstream("redrive", "--request-id", first)
+    assert f"redriven: {first}" in out and second not in out
+    wait_until(lambda: system.projection.request(first).state == "published", 60, what="one")
+    out = system.talkstream("redrive")
+    assert f"redriven: {second}" in out
+    assert f"redriven: {first}" not in out  # offered again, maybe, but published: left alone
+    wait_until(lambda: system.projection.request(second).state == "published", 60, what="two")
+
+    # asked for by name, a request that is not parked any more is said so, and not sent
+    out = system.talkstream("redrive", "--from-beginning", "--request-id", first)
+    assert f"not parked any more, left alone: {first} (published)" in out
+    assert "0 redriven" in out
+    assert len(talkable_events(system, "parked")) == 2
+    states = [t.state for t in system.projection.transitions(first)]
+    assert states.count("publishing") == 2  # the first publication and the one redrive
+
+
 def test_a_campaign_event_number_another_request_holds_is_publish_failed(make_system) -> None:
     # Talkable keeps one event per number: the second text, under the same number, is refused
     # ("Duplicate entity") and never lands, so it must not be counted as published

@@ -232,3 +232,25 @@ def test_a_selection_of_requests_matches_only_their_letters() -> None:
     assert not chosen.matches(letter("req-2"))
     assert not chosen.matches(letter(None))  # a poison message belongs to no request
     assert Selection(reason_contains="401").matches(letter("req-2"))  # no restriction
+
+
+def test_a_request_with_several_letters_is_redriven_once_by_its_latest() -> None:
+    from streams.ops.redrive import RedriveReport, _keep_latest, _Send, _still_parked
+
+    def send(request_id: str, at_ms: int) -> _Send:
+        what = f"{request_id} → the ledger"
+        return _Send("requests", b"p", b"v", what, f"at {at_ms}", at_ms, request_id)
+
+    report = RedriveReport()
+    sends: dict[str, _Send] = {}
+    # a publication's letter read (in its partition) before the generation's older one
+    for each in (send("a", 20), send("b", 5), send("a", 10), send("c", 7)):
+        _keep_latest(sends, each, report)
+    assert report.superseded == 1
+    assert [(s.request_id, s.at_ms) for s in sends.values()] == [("a", 20), ("b", 5), ("c", 7)]
+
+    states = {"a": "publish_failed", "b": "published"}  # c: not in the projection yet
+    kept = _still_parked(sends, lambda ids: {i: states[i] for i in ids if i in states}, report)
+    assert [s.request_id for s in kept] == ["a", "c"]
+    assert report.not_parked == ["b (published)"]
+    assert [s.request_id for s in _still_parked(sends, None, RedriveReport())] == ["a", "b", "c"]
