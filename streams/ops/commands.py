@@ -311,9 +311,13 @@ def audit(
 
 @click.command()
 @click.option(
-    "--since", "since_ms", type=TIME, help="received at or after (ISO-8601, epoch, or 24h)"
+    "--since",
+    "since_ms",
+    type=TIME,
+    help="judged at or after (ISO-8601, epoch, or 24h): the webhook's event time, Talkable's "
+    "usage_limit.current_time, which a retried or late webhook has from before it arrived",
 )
-@click.option("--until", "until_ms", type=TIME, help="received before (ISO-8601, epoch, or an age)")
+@click.option("--until", "until_ms", type=TIME, help="judged before (ISO-8601, epoch, or an age)")
 @click.option("--site", help="only this site")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -325,7 +329,8 @@ def stats(
     as_json: bool,
 ) -> None:
     """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
-    failure rates, for requests received in [--since, --until). Read from the SQL projection.
+    failure rates, for requests judged in [--since, --until) (by their event time). Read from
+    the SQL projection.
 
     limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
