@@ -196,7 +196,8 @@ async def redrive(request: web.Request) -> web.Response:
             "nav": "deadletters",
             "given": given,
             "redriven": [rows[i] for i in done if i in rows],
-            "not_parked": sorted(asked - parked),
+            "not_parked": sorted((asked - parked) & rows.keys()),
+            "unknown": sorted(asked - rows.keys()),
             "error": error,
         },
     )

@@ -81,9 +81,9 @@ async def run_query(function: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 async def overview(request: web.Request) -> web.Response:
     s = services_of(request)
-    window = request.query.get("window", "1h")
-    if window not in WINDOWS:
-        window = "1h"
+    window, error = request.query.get("window", "1h"), None
+    if window not in WINDOWS:  # the last hour is shown, and the page says why
+        window, error = "1h", f"window: one of {', '.join(WINDOWS)}"
     until = s.now_ms()
     since = until - WINDOWS[window] * 60_000
     summary, pacing = await asyncio.gather(
@@ -101,7 +101,9 @@ async def overview(request: web.Request) -> web.Response:
             "colors": COLORS,
             "states": TERMINAL_STATES,
             "pacing": pacing,
+            "error": error,
         },
+        status=400 if error else 200,
     )
 
 
@@ -235,8 +237,10 @@ async def person_page(request: web.Request) -> web.Response:
     try:
         before = Cursor.decode(request.query.get("before"))
         after = Cursor.decode(request.query.get("after"))
-    except ValueError:
+        cursor_error = None
+    except ValueError as exc:  # the newest page is shown, and the page says why
         before = after = None
+        cursor_error = str(exc)
     summary, page = await asyncio.gather(
         run_query(s.queries.person, key),
         run_query(s.queries.search, Filters(site=site, email=email), before=before, after=after),
@@ -265,5 +269,7 @@ async def person_page(request: web.Request) -> web.Response:
             "search_link": _query(who),
             "newer": page.newer and _query({**who, "after": page.newer.encode()}),
             "older": page.older and _query({**who, "before": page.older.encode()}),
+            "error": cursor_error,
         },
+        status=400 if cursor_error else 200,
     )

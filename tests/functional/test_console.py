@@ -475,6 +475,9 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
         "pub-1",
     ]
     await signed_in.page("/person?site=acme&email=nobody@example.com", status=404)
+    # a cursor that is not one: the newest page, and a 400 that says so (as search does)
+    bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
+    assert '<p class="error">not a page cursor</p>' in bad and "lim-1" in bad
 
 
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
@@ -523,14 +526,24 @@ async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(sign
 
     confirm = await signed_in.post(
         "/deadletters/redrive",
-        [("reason", "401"), ("id", "park-1"), ("id", "pub-1"), ("csrf", csrf)],
+        [("reason", "401"), ("id", "park-1"), ("id", "pub-1"), ("id", "nope"), ("csrf", csrf)],
     )
     done = await confirm.text()
     assert confirm.status == 200 and 'id="redriven-count">1<' in done
     (selection, dry_run) = signed_in.log.redrives[-1]
     # only what is still parked: pub-1 was published
     assert not dry_run and selection.request_ids == frozenset({"park-1"})
-    assert "Not parked any more, so not redriven: pub-1" in done
+    assert "Not parked any more, so not redriven: pub-1<" in done
+    assert "Not in the projection, so not redriven: nope<" in done
+
+
+async def test_an_overview_window_it_does_not_offer_is_a_400_showing_the_last_hour(
+    signed_in: Console,
+):
+    for window in ("garbage", "-1h", "0"):
+        body = await signed_in.page(f"/?window={window}", status=400)
+        assert '<p class="error">window: one of 15m, 1h, 6h, 24h</p>' in body
+        assert "requests in the last 1h" in body
 
 
 async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_in: Console):
