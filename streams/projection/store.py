@@ -311,13 +311,17 @@ class ProjectionStore:
             )
 
     def requests_of(self, person: str) -> list[RequestRow]:
-        """A person's requests (``site:email``), newest first."""
+        """A person's requests (``site:email``), newest first: by event time (whole seconds,
+        as Talkable renders it), then by arrival."""
+        r = RequestRow
         with self._session() as session:
             return list(
                 session.scalars(
-                    select(RequestRow)
-                    .where(RequestRow.person == person)
-                    .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id)
+                    select(r)
+                    .where(r.person == person)
+                    .order_by(
+                        r.received_at_ms.desc(), r.arrived_at_ms.desc().nulls_last(), r.request_id
+                    )
                 )
             )
 

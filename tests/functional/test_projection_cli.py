@@ -33,6 +33,32 @@ def projected(database_url: str) -> str:  # noqa: F811
     return database_url
 
 
+def test_a_persons_requests_judged_in_one_second_are_listed_by_arrival(
+    database_url: str,  # noqa: F811
+):
+    # Talkable renders the event time in whole seconds: three webhooks of one second differ
+    # by their arrival only (the ids run against it)
+    store = ProjectionStore.from_url(database_url)
+    with store.engine.begin() as connection:
+        for request_id, arrived in (("c", 100), ("b", 300), ("a", 200), ("z", None)):
+            connection.execute(
+                text(
+                    "INSERT INTO requests (request_id, site, person, state, terminal,"
+                    " received_at_ms, arrived_at_ms, updated_at_ms, attempts)"
+                    " VALUES (:id, 'acme', 'acme:ada@example.com', 'limited', true, :at,"
+                    " :arrived, :at, 0)"
+                ),
+                {"id": request_id, "at": T0_MS, "arrived": arrived and T0_MS + arrived},
+            )
+    assert [r.request_id for r in store.requests_of("acme:ada@example.com")] == [
+        "b",
+        "a",
+        "c",
+        "z",  # projected before arrivals were recorded
+    ]
+    store.close()
+
+
 def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
     result = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
     assert result.exit_code == 0, result.output
