@@ -38,8 +38,9 @@ def _setup_logging(level: str) -> None:
 class _Main(click.Group):
     """Settings that do not validate end any command with one line naming each variable (the
     values are not repeated: a secret's would be), not with pydantic's traceback; so does a
-    database that cannot be reached or a database URL that cannot be read, and a server whose
-    address cannot be had (naming the address and what sets it)."""
+    database that cannot be reached or is not one, a database URL that cannot be used (its
+    driver not installed, its SQLite directory not made), and a server whose address cannot be
+    had (naming the address and what sets it)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -66,7 +67,10 @@ class _Main(click.Group):
                 raise
             from streams.projection.store import describe_database_error
 
-            raise click.ClickException(describe_database_error(exc)) from None
+            # a SQLite file's directory that could not be made: the data directory's, if under it
+            cause = exc.__cause__
+            in_data_dir = _unusable_data_dir(cause) if isinstance(cause, OSError) else None
+            raise click.ClickException(in_data_dir or describe_database_error(exc)) from None
 
 
 # what sets the address each serving command listens on
@@ -105,12 +109,14 @@ def _bind_address(exc: OSError) -> str:
 
 
 def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
-    """A database that cannot be reached or a URL that cannot be read (SQLAlchemy is imported
-    by the commands that use a database, not for every command: none raised this if not)."""
-    errors = sys.modules.get("sqlalchemy.exc")
-    return errors is not None and isinstance(
-        exc, (errors.OperationalError, errors.InterfaceError, errors.ArgumentError)
-    )
+    """A database that cannot be reached, a file that is not one, or a URL that cannot be used
+    (SQLAlchemy is imported by the commands that use a database, not for every command: none
+    raised this if not)."""
+    if "sqlalchemy.exc" not in sys.modules:
+        return False
+    from streams.projection.store import database_unusable
+
+    return database_unusable(exc)
 
 
 @click.group(cls=_Main)

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from streams import logs
 from streams.console import auth, letters, pages, views
@@ -28,6 +28,7 @@ from streams.console.queries import ConsoleQueries
 from streams.ops import clocks
 from streams.ops.redrive import RedriveReport, Selection
 from streams.ops.redrive import redrive as run_redrive
+from streams.projection.store import database_unusable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,14 @@ def build_console(
 
 @web.middleware
 async def _projection_unavailable(request: web.Request, handler: auth.Handler) -> Any:
-    """A projection not created or migrated yet (the worker does that) is a page that says
-    so, not a stack trace."""
+    """A projection not created or migrated yet (the worker does that), or a database that
+    cannot be used (out of reach, a file that is not one), is a page that says so, not a
+    stack trace."""
     try:
         return await handler(request)
-    except (OperationalError, ProgrammingError) as exc:
+    except DBAPIError as exc:
+        if not (isinstance(exc, ProgrammingError) or database_unusable(exc)):
+            raise
         log.warning("console: the projection cannot be read: %s", exc.orig)
         return pages.render(
             request,

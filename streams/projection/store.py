@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeGuard, cast
 
 from sqlalchemy import (
     Connection,
@@ -34,8 +34,15 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -87,21 +94,56 @@ class Sourced(NamedTuple):  # a tuple: a replay makes one per event
 
 
 def make_engine(url: str) -> Engine:
+    """The engine of the projection at ``url``. A URL it cannot be made for raises
+    ``ArgumentError`` (``describe_database_error`` says it in one line): one that does not
+    parse or names no dialect (SQLAlchemy's own), a driver that is not installed or is an
+    asyncio one, a SQLite file whose directory cannot be made."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             # one shared connection, or every checkout would see its own empty database
-            return create_engine(
-                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            return _create_engine(
+                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
             )
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _make_directory(Path(parsed.database).parent)
         _bind_nulls_directly()
-        engine = create_engine(
-            url, pool_pre_ping=True, connect_args={"timeout": SQLITE_WRITER_WAIT_SECONDS}
+        engine = _create_engine(
+            parsed, pool_pre_ping=True, connect_args={"timeout": SQLITE_WRITER_WAIT_SECONDS}
         )
         event.listen(engine, "connect", _sqlite_wal)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return _create_engine(parsed, pool_pre_ping=True)
+
+
+def _create_engine(url: URL, **options: Any) -> Engine:
+    """``create_engine``, refusing what would fail later with a traceback: a driver that is not
+    installed (SQLAlchemy imports it here and lets the ImportError through), an asyncio driver
+    (this engine is synchronous: its first connection would fail)."""
+    if url.get_dialect().is_async:
+        raise ArgumentError(
+            f"{url.drivername} is an asyncio driver: talkstream opens the projection synchronously"
+        )
+    try:
+        return create_engine(url, **options)
+    except ImportError as exc:
+        raise ArgumentError(
+            f"{url.drivername} needs the {url.get_driver_name()} driver, which is not "
+            f"installed: {exc}"
+        ) from exc
+
+
+def _make_directory(directory: Path) -> None:
+    """The SQLite file's directory, made if missing; one that cannot be (a file in the way, no
+    permission) is a URL that cannot be used, the OSError its cause (the CLI names
+    TALKSTREAM_DATA_DIR when the directory is under it)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # mkdir over a file says "File exists": what is wrong is a file where a directory goes
+        why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise ArgumentError(
+            f"cannot create the directory {exc.filename or directory} of the SQLite file: {why}"
+        ) from exc
 
 
 @functools.cache
@@ -151,6 +193,18 @@ def describe_database_error(exc: SQLAlchemyError) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def database_unusable(exc: BaseException) -> TypeGuard[SQLAlchemyError]:
+    """The database cannot be used at all, whatever was asked of it: it cannot be reached or
+    opened (OperationalError, InterfaceError), its URL cannot be (ArgumentError, see
+    ``make_engine``), or what is there is not a database (DatabaseError itself: sqlite3's
+    "file is not a database" or "database disk image is malformed"). Not its subclasses: a
+    constraint violated or SQL the database rejects is a failure of the statement."""
+    return (
+        isinstance(exc, (OperationalError, InterfaceError, ArgumentError))
+        or type(exc) is DatabaseError
+    )
 
 
 class ProjectionStore:

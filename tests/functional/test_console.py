@@ -32,7 +32,7 @@ from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import RedriveReport, Selection
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionStore, make_engine
 from tests.functional.conftest import make_settings
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log
@@ -613,3 +613,37 @@ async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(sign
     )
     assert "not reachable" in await preview.text()
     assert signed_in.log.redrives == []
+
+
+async def test_a_projection_file_that_is_not_a_database_is_a_page_that_says_so(tmp_path: Path):
+    """TALKSTREAM_DATABASE_URL naming a file that is not a SQLite database: each page says the
+    projection cannot be read and what SQLite said (503), not a 500 and a stack trace."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n" * 40)
+    engine = make_engine(f"sqlite:///{notes}")
+
+    async def no_workers() -> Pacing:
+        return Pacing(unreachable=[])
+
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        pacing=no_workers,
+        database=f"sqlite:///{notes}",
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        for path in ("/", "/requests", "/request?id=pub-1"):
+            response = await client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+            body = await response.text()
+            assert response.status == 503, (path, body[:2000])
+            assert "The projection cannot be read" in body
+            assert "DatabaseError: file is not a database" in body
+    finally:
+        await client.close()
+        engine.dispose()
+    assert notes.read_text() == "not a database\n" * 40

@@ -353,3 +353,69 @@ def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
 
     echoed = ArgumentError("cannot use postgresql+psycopg://ada:s3cret-pw@db.example.com/x")
     assert "ada:***@db.example.com" in describe_database_error(echoed)
+
+
+def test_a_url_that_names_no_usable_database_is_one_line_and_names_what_is_wrong(tmp_path: Path):
+    """A dialect whose driver is not installed (talkstream installs psycopg 3, not psycopg2), an
+    asyncio driver, a file that is not a SQLite database: each command that opens the
+    projection ends with one line saying so, exit 1, no traceback, never the password; the
+    file is left as it was."""
+    from streams.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n" * 40)
+    elsewhere = {"TALKSTREAM_DATA_DIR": str(tmp_path / "state")}
+    cases = {
+        "mysql://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (mysql needs the mysqldb driver, which is "
+            "not installed: No module named 'MySQLdb'): set TALKSTREAM_DATABASE_URL or "
+            "--database-url to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        ),
+        "postgresql+psycopg2://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (postgresql+psycopg2 needs the psycopg2 "
+            "driver, which is not installed: No module named 'psycopg2')"
+        ),
+        "postgresql+psycopg_async://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (postgresql+psycopg_async is an asyncio "
+            "driver: talkstream opens the projection synchronously)"
+        ),
+        f"sqlite:///{notes}": (
+            "Error: the database cannot be used: DatabaseError: file is not a database"
+        ),
+    }
+    for url, said in cases.items():
+        for command in (["audit", "--request-id", "r1"], ["stats"], ["replay"]):
+            result = CliRunner(env=elsewhere).invoke(main, [*command, "--database-url", url])
+            assert result.exit_code == 1, (command, url, result.output)
+            assert result.output.startswith(said), (command, url, result.output)
+            assert result.output.count("\n") == 1, result.output
+            assert "s3cret-pw" not in result.output
+    assert notes.read_text() == "not a database\n" * 40
+
+
+def test_replay_into_a_directory_that_cannot_be_made_says_which(tmp_path: Path):
+    """A file where the SQLite file's directory would be: one line naming it, not a
+    NotADirectoryError traceback; under TALKSTREAM_DATA_DIR, the data directory is named."""
+    from streams.cli import main
+
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("not a directory")
+    elsewhere = {"TALKSTREAM_DATA_DIR": str(tmp_path / "state")}
+    for url in (f"sqlite:///{in_the_way}/p.sqlite3", f"sqlite:///{in_the_way}/sub/p.sqlite3"):
+        result = CliRunner(env=elsewhere).invoke(main, ["replay", "--database-url", url])
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            "Error: the database URL cannot be used (cannot create the directory "
+            f"{Path(url.removeprefix('sqlite:///')).parent} of the SQLite file: Not a "
+            "directory): set TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+        )
+    data_dir = {"TALKSTREAM_DATA_DIR": str(in_the_way)}
+    url = f"sqlite:///{in_the_way}/p.sqlite3"
+    result = CliRunner(env=data_dir).invoke(main, ["replay", "--database-url", url])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: cannot use the data directory {in_the_way} (TALKSTREAM_DATA_DIR): "
+        f"Not a directory: {in_the_way}\n"
+    )
+    assert in_the_way.read_text() == "not a directory"
