@@ -489,7 +489,7 @@ def legacy_security_key(content_type: str, body: bytes) -> str | None:
 def parse_request(
     content_type: str,
     body: bytes,
-    query: Mapping[str, str] | Mapping[str, list[str]] | None = None,
+    query: str | Mapping[str, str] | Mapping[str, list[str]] | None = None,
     *,
     max_body_bytes: int | None = None,
 ) -> GenerateParams:
@@ -507,7 +507,8 @@ def parse_request(
     ``key`` (its security key) and ``type`` never become params.
 
     Query-string params are decoded like a form and merged under the body (the body wins).
-    ``query`` may be a multidict (every pair, in order, as aiohttp gives it) or a mapping of
+    ``query`` may be the raw query string as sent (percent-encoded; one that is not UTF-8 is
+    unreadable), a multidict (every pair, in order, as aiohttp gives it) or a mapping of
     names to one value or a list of values; a plain mapping loses the order *between* names,
     so arrays of hashes in it need indices (``m[0][role]``) rather than ``m[][role]``.
     Merging is deep: objects merge key by key; lists and scalars replace whole.

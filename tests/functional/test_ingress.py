@@ -158,6 +158,14 @@ async def test_defaults_fill_what_the_webhook_leaves_out(ingress: Ingress) -> No
     assert received.spec.trigger_criteria is None
 
 
+async def test_a_query_string_in_utf8_is_read_as_sent(ingress: Ingress) -> None:
+    body = json_body(changed(event_number=...))
+
+    received = await accepted(ingress, Body(JSON, body, query="event_number=caf%C3%A9+%E2%82%AC"))
+
+    assert received.spec.event_number == "café €"
+
+
 async def test_the_request_carries_the_time_it_was_received(ingress_with: StartIngress) -> None:
     ingress = await ingress_with(clock=lambda: 1_767_225_600.25)
 
@@ -240,6 +248,16 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         {"site"},
     ),
     "form that is not UTF-8": (Body(FORM, b"site=%FF%FE"), 400, {"body"}),
+    "query that is not UTF-8": (
+        Body(JSON, json_body(changed(site=...)), query="site=acme-store%ff%fe"),
+        400,
+        {"query"},
+    ),
+    "query with a broken UTF-8 sequence": (
+        Body(JSON, json_body(seed_params()), query="openai[messages][0][content]=%c3%28bad"),
+        400,
+        {"query"},
+    ),
     "multipart without its parts": (
         Body("multipart/form-data; boundary=abc", b"--abc\r\nno headers, no end"),
         400,

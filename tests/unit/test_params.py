@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 from pydantic import ValidationError
+from yarl import URL
 
-from models.forms import FormError, nest
+from models.forms import FormError, decode_query, nest
 from models.params import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL,
@@ -174,6 +175,13 @@ def shapes(tree: dict[str, Any]) -> dict[str, tuple[str, bytes, Any]]:
             FORM,
             form_body(without(tree, "site", "event_number")),
             {"site": tree["site"], "event_number": tree["event_number"]},
+        ),
+        # as the ingress hands it: the raw query string, every pair in order
+        "raw query string": ("", b"", form_body(tree).decode()),
+        "raw query string under json": (
+            JSON,
+            json.dumps(without(tree, *query_part)).encode(),
+            urlencode(form_pairs(query_part)),
         ),
     }
 
@@ -716,6 +724,40 @@ def test_a_broken_query_is_400(query: Any) -> None:
     assert status_of(caught.value) == 400
 
 
+@pytest.mark.parametrize(
+    "query", ["site=acme-store%ff%fe", "openai[messages][0][content]=%c3%28bad", "%ff=1"]
+)
+def test_a_query_string_that_is_not_utf8_is_400_not_mangled(query: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, json.dumps(seed(site=...)).encode(), query)
+
+    assert status_of(caught.value) == 400
+    assert caught.value.body() == {"errors": [{"field": "query", "message": "not valid UTF-8"}]}
+    assert caught.value.__context__ is None
+
+
+def read_query(query: Any) -> Any:
+    try:
+        return decode_query(query)
+    except FormError as exc:
+        return (exc.field, exc.message)
+
+
+@FAST
+@given(st.text(alphabet="[]=&%;+ab01é\x00CcFf289 ", max_size=60))
+def test_a_raw_query_string_reads_as_aiohttp_reads_it(raw: str) -> None:
+    """The ingress hands over the query as sent: read so, it is what aiohttp's
+    ``request.query`` gives, except that an escape that is not UTF-8 is refused, not U+FFFD."""
+    aiohttp_reads = URL.build(path="/", query_string=raw, encoded=True).query
+
+    ours = read_query(raw)
+
+    if ours == ("query", "not valid UTF-8"):
+        assert any("\ufffd" in name + value for name, value in aiohttp_reads.items())
+    else:
+        assert ours == read_query(aiohttp_reads)
+
+
 # --- the request fingerprint ----------------------------------------------------------------
 
 MUTATIONS: list[dict[str, Any]] = [
@@ -966,6 +1008,7 @@ def test_valid_params_are_equal_in_every_shape(tree: dict[str, Any]) -> None:
         (FORM, urlencode({**envelope, "extras": json.dumps(without(tree, "site"))}).encode(), None),
         (JSON, json.dumps({**envelope, "payload": json.dumps(tree)}).encode(), None),
         ("", b"", parse_qs(form_body(tree, "indexed").decode(), keep_blank_values=True)),
+        ("", b"", form_body(tree).decode()),
     ]
     for request in requests:
         params = parse_request(*request)
