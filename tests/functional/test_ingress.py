@@ -248,6 +248,22 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         {"site"},
     ),
     "form that is not UTF-8": (Body(FORM, b"site=%FF%FE"), 400, {"body"}),
+    # a name of digits (a card number?) is cut off like any name the contract does not know
+    "a message with a field named by a number": (
+        Body(JSON, json_body(changed(openai__messages__0__4111111111111111="y"))),
+        422,
+        {"openai.messages.0"},
+    ),
+    "form name of digits both value and nested": (
+        Body(FORM, b"4111111111111111=1&4111111111111111[a]=2"),
+        400,
+        {"body"},
+    ),
+    "query name of digits both value and nested": (
+        Body(JSON, json_body(seed_params()), query="4111111111111111=1&4111111111111111[a]=2"),
+        400,
+        {"query"},
+    ),
     "query that is not UTF-8": (
         Body(JSON, json_body(changed(site=...)), query="site=acme-store%ff%fe"),
         400,

@@ -304,6 +304,44 @@ def test_a_conflict_is_a_400_naming_the_field() -> None:
     assert [e.field for e in caught.value.errors] == ["openai.messages"]
 
 
+CARD = "4111111111111111"
+
+
+def messages_json(*messages: dict[str, str]) -> bytes:
+    return json.dumps(seed(openai__messages=list(messages))).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "query", "field"),
+    [
+        # a number is repeated only as a position in one of the contract's lists
+        (FORM, b"openai[messages][0][role]=user&openai[messages][0][role][x]=1", None,
+         "openai.messages.0.role"),
+        (FORM, b"openai[messages][12][role]=user&openai[messages][12][role][x]=1", None,
+         "openai.messages.12.role"),
+        (JSON, messages_json({"role": "robot", "content": "y"}), None, "openai.messages.0.role"),
+        # anywhere else it is a name, cut off like any unknown name
+        (FORM, f"{CARD}=1&{CARD}[a]=2".encode(), None, "body"),
+        ("", b"", f"{CARD}=1&{CARD}[a]=2", "query"),
+        ("", b"", {CARD: "1", f"{CARD}[a]": "2"}, "query"),
+        (FORM, f"openai[messages][{CARD}][role]=u&openai[messages][{CARD}][role][x]=1".encode(),
+         None, "openai.messages"),
+        (FORM, f"openai[temperature][0]=1&openai[temperature][0][{CARD}]=2".encode(), None,
+         "openai.temperature"),
+        (FORM, f"usage_limit[{CARD}]=1&usage_limit[{CARD}][x]=2".encode(), None, "usage_limit"),
+        (JSON, messages_json({"role": "user", "content": "x", CARD: "y"}), None,
+         "openai.messages.0"),
+    ],
+)  # fmt: skip
+def test_a_number_in_a_field_name_is_repeated_only_as_a_list_position(
+    content_type: str, body: bytes, query: Any, field: str
+) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(content_type, body, query)
+
+    assert [e.field for e in caught.value.errors] == [field]
+
+
 # --- integers as Liquid renders them --------------------------------------------------------
 
 
@@ -910,11 +948,12 @@ def test_arbitrary_query_strings_give_params_or_a_4xx(query: dict[str, Any]) -> 
 
 # Secrets are placed everywhere a mistake could echo them: values, wrong fields, key names.
 secrets = st.from_regex(r"(sk|tk)-[A-Za-z0-9]{20}", fullmatch=True)
+card_numbers = st.from_regex(r"[1-9][0-9]{12,18}", fullmatch=True)  # a name of digits too
 
 
 @FAST
 @given(
-    secret=secrets,
+    secret=secrets | card_numbers,
     path=st.sampled_from(SEED_PATHS),
     as_key=st.booleans(),
     shape=st.sampled_from(["json", "form", "legacy", "broken json", "query"]),
