@@ -7,8 +7,10 @@
 - :func:`decode_query`: query-string params (UTF-8), nested like a form.
 - :func:`merge`: deep merge, the override wins.
 
-JSON is read strictly: UTF-8/16/32, no NaN or Infinity, no lone surrogates, at most
-``MAX_JSON_DEPTH`` levels; last duplicate key wins (as ``JSON.parse`` does).
+JSON is read strictly: no NaN or Infinity, no lone surrogates, at most ``MAX_JSON_DEPTH``
+levels; last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as ``json.loads``
+tells them from the first bytes (a BOM, or where the zero bytes fall): RFC 8259 asks senders
+for UTF-8, and a text that reads unambiguously is not refused for its encoding.
 
 Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values stay strings:
 
@@ -105,7 +107,9 @@ def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         problem = "nested too deeply"
-    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+    except UnicodeDecodeError:
+        problem = "not valid UTF-8, UTF-16 or UTF-32"
+    except ValueError:  # JSONDecodeError included
         problem = "not valid JSON"
     if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
         raise FormError(problem_if_bad, field, problem)

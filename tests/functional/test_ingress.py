@@ -158,6 +158,16 @@ async def test_defaults_fill_what_the_webhook_leaves_out(ingress: Ingress) -> No
     assert received.spec.trigger_criteria is None
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
+async def test_json_in_utf16_or_utf32_is_the_same_request(ingress: Ingress, encoding: str) -> None:
+    reference = await accepted(ingress, SHAPES["json"])
+
+    received = await accepted(ingress, Body(JSON, json.dumps(seed_params()).encode(encoding)))
+
+    assert received.request_id == reference.request_id
+    assert received.spec == EXPECTED_SPEC
+
+
 async def test_a_query_string_in_utf8_is_read_as_sent(ingress: Ingress) -> None:
     body = json_body(changed(event_number=...))
 
@@ -242,6 +252,7 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
     "truncated json": (Body(JSON, b'{"site": "acme-store", "email": '), 400, {"body"}),
     "json that is not an object": (Body(JSON, b'["acme-store"]'), 400, {"body"}),
     "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"body"}),
+    "json in latin-1": (Body(JSON, '{"site": "café"}'.encode("latin-1")), 400, {"body"}),
     "form name both value and nested": (
         Body(FORM, b"site=acme-store&site[slug]=acme"),
         400,

@@ -722,6 +722,7 @@ def test_the_query_string_fills_what_the_body_lacks() -> None:
         (JSON, b'{"a":' * 70 + b"1" + b"}" * 70, 400, "body"),
         (JSON, b'{"site": "\\ud800"}', 400, "body"),
         (JSON, b'{"site": "\xff\xfe"}', 400, "body"),
+        (JSON, '{"site": "\ud800"}'.encode("utf-16-le", "surrogatepass"), 400, "body"),
         (FORM, b"site=%ff", 400, "body"),
         (FORM, b"site=\xff", 400, "body"),
         (FORM, b"a=1&" * 1001, 400, "body"),
@@ -741,6 +742,37 @@ def test_status_codes(content_type: str, body: bytes, status: int, field: str) -
     assert status_of(caught.value) == status
     assert caught.value.errors[0].field == field
     assert caught.value.__context__ is None
+
+
+ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_json_in_utf16_or_utf32_reads_as_in_utf8(encoding: str) -> None:
+    """Told apart by the first bytes, as README's 400 row says; beyond the BMP too."""
+    tree = seed(openai__messages__0__content="Vers für Ada 🎉")
+
+    params = parse_request(JSON, json.dumps(tree, ensure_ascii=False).encode(encoding))
+
+    assert params == parse_request(JSON, json.dumps(tree).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"site": "café"}'.encode("latin-1"),
+        '{"site": "caf€"}'.encode("cp1252"),
+        '{"site": "x"}'.encode("utf-16-le")[:-1],
+    ],
+)
+def test_json_in_any_other_encoding_is_400(body: bytes) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, body)
+
+    assert status_of(caught.value) == 400
+    assert caught.value.body() == {
+        "errors": [{"field": "body", "message": "not valid UTF-8, UTF-16 or UTF-32"}]
+    }
 
 
 def test_a_body_over_the_limit_is_413_before_anything_else() -> None:
