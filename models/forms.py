@@ -4,11 +4,13 @@
   by media type (unsupported otherwise); an empty body is ``{}``.
 - :func:`unwrap_legacy`: a legacy Talkable webhook (``key``, ``site``, ``type``, ``extras``,
   ``payload``) becomes its params.
-- :func:`decode_query`: query-string params, nested like a form.
+- :func:`decode_query`: query-string params (UTF-8), nested like a form.
 - :func:`merge`: deep merge, the override wins.
 
-JSON is read strictly: UTF-8/16/32, no NaN or Infinity, no lone surrogates, at most
-``MAX_JSON_DEPTH`` levels; last duplicate key wins (as ``JSON.parse`` does).
+JSON is read strictly: no NaN or Infinity, no lone surrogates, at most ``MAX_JSON_DEPTH``
+levels; last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as ``json.loads``
+tells them from the first bytes (a BOM, or where the zero bytes fall): RFC 8259 asks senders
+for UTF-8, and a text that reads unambiguously is not refused for its encoding.
 
 Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values stay strings:
 
@@ -105,7 +107,9 @@ def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         problem = "nested too deeply"
-    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+    except UnicodeDecodeError:
+        problem = "not valid UTF-8, UTF-16 or UTF-32"
+    except ValueError:  # JSONDecodeError included
         problem = "not valid JSON"
     if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
         raise FormError(problem_if_bad, field, problem)
@@ -132,23 +136,44 @@ def unwrap_legacy(tree: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def decode_query(query: Mapping[str, str] | Mapping[str, list[str]]) -> dict[str, Any]:
-    """Query params (one value or a list per name, or a multidict's pairs) as a tree."""
+def decode_query(query: str | Mapping[str, str] | Mapping[str, list[str]]) -> dict[str, Any]:
+    """Query params as a tree: the raw query string as sent (percent-encoded), or one value or
+    a list per name, or a multidict's pairs.
+
+    A raw query string reads as aiohttp's ``request.query`` would, but strictly: an escape that
+    is not UTF-8 is unreadable, where ``request.query`` puts U+FFFD in its place and passes the
+    mangled value off as the one sent.
+    """
     pairs: list[tuple[str, str]] = []
-    for name, value in query.items():
-        values = value if isinstance(value, list | tuple) else [value]
-        for item in values:
-            if not isinstance(name, str) or not isinstance(item, str):
-                raise FormError(Problem.UNREADABLE, "query", "names and values must be strings")
-            if not _sound(name, 1) or not _sound(item, 1):
-                raise FormError(Problem.UNREADABLE, "query", "not valid Unicode")
-            pairs.append((name, item))
+    given = _raw_query_pairs(query) if isinstance(query, str) else _query_pairs(query)
+    for name, item in given:
+        if not isinstance(name, str) or not isinstance(item, str):
+            raise FormError(Problem.UNREADABLE, "query", "names and values must be strings")
+        if not _sound(name, 1) or not _sound(item, 1):
+            raise FormError(Problem.UNREADABLE, "query", "not valid Unicode")
+        pairs.append((name, item))
     try:
         return nest(pairs)
     except FormError as exc:
         error = exc
     error.field = "query"
     raise error
+
+
+def _query_pairs(query: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    pairs: list[tuple[Any, Any]] = []
+    for name, value in query.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        pairs.extend((name, item) for item in values)
+    return pairs
+
+
+def _raw_query_pairs(query: str) -> list[tuple[str, str]]:
+    try:  # what yarl's query_to_pairs gives, with errors="strict" instead of "replace"
+        return parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeError:
+        pass
+    raise FormError(Problem.UNREADABLE, "query", "not valid UTF-8")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -45,7 +45,15 @@ from pydantic import (
     model_validator,
 )
 
-from models.forms import ENVELOPE, FormError, decode_body, decode_query, merge, unwrap_legacy
+from models.forms import (
+    ENVELOPE,
+    MAX_FIELDS,
+    FormError,
+    decode_body,
+    decode_query,
+    merge,
+    unwrap_legacy,
+)
 from models.problems import Problem
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
@@ -452,23 +460,42 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
 def _field_name(path: Sequence[str | int], fallback: str) -> str:
     """The dotted path, cut at the first name the contract does not know.
 
-    Names are client input and could be anything, even a secret; only the contract's own
-    vocabulary and list indices are ever repeated back.
+    Names are client input and could be anything, even a secret (a card number is all
+    digits); only the contract's own vocabulary and positions in its lists are ever repeated
+    back: a validation error's list index, or a form's index under a list field
+    (``openai[messages][0]``) small enough to be one.
     """
     known: list[str] = []
     for part in path:
-        if isinstance(part, int) or part in _VOCABULARY or (part.isascii() and part.isdigit()):
+        if isinstance(part, int) or part in _VOCABULARY or _form_index(known, part):
             known.append(str(part))
         else:
             break
     return ".".join(known)[:200] or fallback
 
 
+def _form_index(known: list[str], part: str) -> bool:
+    # a form has at most MAX_FIELDS fields, so its lists too: more digits make a name
+    return (
+        bool(known)
+        and known[-1] in _LISTS
+        and part.isascii()
+        and part.isdigit()
+        and len(part) <= _INDEX_DIGITS
+    )
+
+
 # --- parsing one HTTP request ---------------------------------------------------------------
 
-_VOCABULARY = ENVELOPE.union(
-    *(model.model_fields for model in (GenerateParams, OpenAIParams, UsageLimitParams, Message))
+_CONTRACT = (GenerateParams, OpenAIParams, UsageLimitParams, Message)
+_VOCABULARY = ENVELOPE.union(*(model.model_fields for model in _CONTRACT))
+_LISTS = frozenset(
+    name
+    for model in _CONTRACT
+    for name, field in model.model_fields.items()
+    if get_origin(field.annotation) is list
 )
+_INDEX_DIGITS = len(str(MAX_FIELDS - 1))
 
 
 def legacy_security_key(content_type: str, body: bytes) -> str | None:
@@ -489,7 +516,7 @@ def legacy_security_key(content_type: str, body: bytes) -> str | None:
 def parse_request(
     content_type: str,
     body: bytes,
-    query: Mapping[str, str] | Mapping[str, list[str]] | None = None,
+    query: str | Mapping[str, str] | Mapping[str, list[str]] | None = None,
     *,
     max_body_bytes: int | None = None,
 ) -> GenerateParams:
@@ -507,7 +534,8 @@ def parse_request(
     ``key`` (its security key) and ``type`` never become params.
 
     Query-string params are decoded like a form and merged under the body (the body wins).
-    ``query`` may be a multidict (every pair, in order, as aiohttp gives it) or a mapping of
+    ``query`` may be the raw query string as sent (percent-encoded; one that is not UTF-8 is
+    unreadable), a multidict (every pair, in order, as aiohttp gives it) or a mapping of
     names to one value or a list of values; a plain mapping loses the order *between* names,
     so arrays of hashes in it need indices (``m[0][role]``) rather than ``m[][role]``.
     Merging is deep: objects merge key by key; lists and scalars replace whole.

@@ -241,12 +241,14 @@ def build_ingress(
         # the header as sent: aiohttp's ``content_type`` drops the boundary and charset and
         # reports a missing header as application/octet-stream (parse_request: JSON)
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
+        # the query as sent: ``request.query`` reads an escape that is not UTF-8 as U+FFFD
+        query = request.rel_url.raw_query_string
         try:
             body = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
             params = parse_request(
-                content_type, body, request.query, max_body_bytes=settings.max_body_bytes
+                content_type, body, query, max_body_bytes=settings.max_body_bytes
             )
             key = keys.get(params.site)
             if key is not None or settings.require_signature:
@@ -255,7 +257,7 @@ def build_ingress(
                     raise ParamsError(
                         Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
                     )
-                if request.query:
+                if query:
                     # the signature covers the body only: a signed request's params too
                     params = parse_request(
                         content_type, body, None, max_body_bytes=settings.max_body_bytes

@@ -122,16 +122,21 @@ class Ingress:
         body: bytes = b"",
         content_type: str | None = JSON,
         *,
-        query: list[tuple[str, str]] | None = None,
+        query: list[tuple[str, str]] | str | None = None,
         headers: dict[str, str] | None = None,
     ) -> ClientResponse:
-        """POST the raw ``body``; ``content_type=None`` sends no Content-Type header at all."""
+        """POST the raw ``body``; ``content_type=None`` sends no Content-Type header at all. A
+        ``str`` query goes as it is (percent-encoded already, in any encoding)."""
         all_headers = dict(headers or {})
         skip: tuple[str, ...] = ()
         if content_type is None:
             skip = ("Content-Type",)
         else:
             all_headers["Content-Type"] = content_type
+        if isinstance(query, str):
+            return await self.client.post(
+                f"{PATH}?{query}", data=body, headers=all_headers, skip_auto_headers=skip
+            )
         return await self.client.post(
             PATH, data=body, params=query, headers=all_headers, skip_auto_headers=skip
         )
@@ -213,7 +218,7 @@ def seed_params() -> dict[str, Any]:
 class Body(NamedTuple):
     content_type: str | None
     body: bytes
-    query: list[tuple[str, str]] | None = None
+    query: list[tuple[str, str]] | str | None = None  # a str: the raw query string
 
 
 def form_body(tree: dict[str, Any], style: str = "brackets") -> bytes:

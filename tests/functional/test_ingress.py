@@ -158,6 +158,24 @@ async def test_defaults_fill_what_the_webhook_leaves_out(ingress: Ingress) -> No
     assert received.spec.trigger_criteria is None
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
+async def test_json_in_utf16_or_utf32_is_the_same_request(ingress: Ingress, encoding: str) -> None:
+    reference = await accepted(ingress, SHAPES["json"])
+
+    received = await accepted(ingress, Body(JSON, json.dumps(seed_params()).encode(encoding)))
+
+    assert received.request_id == reference.request_id
+    assert received.spec == EXPECTED_SPEC
+
+
+async def test_a_query_string_in_utf8_is_read_as_sent(ingress: Ingress) -> None:
+    body = json_body(changed(event_number=...))
+
+    received = await accepted(ingress, Body(JSON, body, query="event_number=caf%C3%A9+%E2%82%AC"))
+
+    assert received.spec.event_number == "café €"
+
+
 async def test_the_request_carries_the_time_it_was_received(ingress_with: StartIngress) -> None:
     ingress = await ingress_with(clock=lambda: 1_767_225_600.25)
 
@@ -234,12 +252,39 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
     "truncated json": (Body(JSON, b'{"site": "acme-store", "email": '), 400, {"body"}),
     "json that is not an object": (Body(JSON, b'["acme-store"]'), 400, {"body"}),
     "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"body"}),
+    "json in latin-1": (Body(JSON, '{"site": "café"}'.encode("latin-1")), 400, {"body"}),
     "form name both value and nested": (
         Body(FORM, b"site=acme-store&site[slug]=acme"),
         400,
         {"site"},
     ),
     "form that is not UTF-8": (Body(FORM, b"site=%FF%FE"), 400, {"body"}),
+    # a name of digits (a card number?) is cut off like any name the contract does not know
+    "a message with a field named by a number": (
+        Body(JSON, json_body(changed(openai__messages__0__4111111111111111="y"))),
+        422,
+        {"openai.messages.0"},
+    ),
+    "form name of digits both value and nested": (
+        Body(FORM, b"4111111111111111=1&4111111111111111[a]=2"),
+        400,
+        {"body"},
+    ),
+    "query name of digits both value and nested": (
+        Body(JSON, json_body(seed_params()), query="4111111111111111=1&4111111111111111[a]=2"),
+        400,
+        {"query"},
+    ),
+    "query that is not UTF-8": (
+        Body(JSON, json_body(changed(site=...)), query="site=acme-store%ff%fe"),
+        400,
+        {"query"},
+    ),
+    "query with a broken UTF-8 sequence": (
+        Body(JSON, json_body(seed_params()), query="openai[messages][0][content]=%c3%28bad"),
+        400,
+        {"query"},
+    ),
     "multipart without its parts": (
         Body("multipart/form-data; boundary=abc", b"--abc\r\nno headers, no end"),
         400,

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 from pydantic import ValidationError
+from yarl import URL
 
-from models.forms import FormError, nest
+from models.forms import FormError, decode_query, nest
 from models.params import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL,
@@ -175,6 +176,13 @@ def shapes(tree: dict[str, Any]) -> dict[str, tuple[str, bytes, Any]]:
             form_body(without(tree, "site", "event_number")),
             {"site": tree["site"], "event_number": tree["event_number"]},
         ),
+        # as the ingress hands it: the raw query string, every pair in order
+        "raw query string": ("", b"", form_body(tree).decode()),
+        "raw query string under json": (
+            JSON,
+            json.dumps(without(tree, *query_part)).encode(),
+            urlencode(form_pairs(query_part)),
+        ),
     }
 
 
@@ -294,6 +302,44 @@ def test_a_conflict_is_a_400_naming_the_field() -> None:
 
     assert status_of(caught.value) == 400
     assert [e.field for e in caught.value.errors] == ["openai.messages"]
+
+
+CARD = "4111111111111111"
+
+
+def messages_json(*messages: dict[str, str]) -> bytes:
+    return json.dumps(seed(openai__messages=list(messages))).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "query", "field"),
+    [
+        # a number is repeated only as a position in one of the contract's lists
+        (FORM, b"openai[messages][0][role]=user&openai[messages][0][role][x]=1", None,
+         "openai.messages.0.role"),
+        (FORM, b"openai[messages][12][role]=user&openai[messages][12][role][x]=1", None,
+         "openai.messages.12.role"),
+        (JSON, messages_json({"role": "robot", "content": "y"}), None, "openai.messages.0.role"),
+        # anywhere else it is a name, cut off like any unknown name
+        (FORM, f"{CARD}=1&{CARD}[a]=2".encode(), None, "body"),
+        ("", b"", f"{CARD}=1&{CARD}[a]=2", "query"),
+        ("", b"", {CARD: "1", f"{CARD}[a]": "2"}, "query"),
+        (FORM, f"openai[messages][{CARD}][role]=u&openai[messages][{CARD}][role][x]=1".encode(),
+         None, "openai.messages"),
+        (FORM, f"openai[temperature][0]=1&openai[temperature][0][{CARD}]=2".encode(), None,
+         "openai.temperature"),
+        (FORM, f"usage_limit[{CARD}]=1&usage_limit[{CARD}][x]=2".encode(), None, "usage_limit"),
+        (JSON, messages_json({"role": "user", "content": "x", CARD: "y"}), None,
+         "openai.messages.0"),
+    ],
+)  # fmt: skip
+def test_a_number_in_a_field_name_is_repeated_only_as_a_list_position(
+    content_type: str, body: bytes, query: Any, field: str
+) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(content_type, body, query)
+
+    assert [e.field for e in caught.value.errors] == [field]
 
 
 # --- integers as Liquid renders them --------------------------------------------------------
@@ -676,6 +722,7 @@ def test_the_query_string_fills_what_the_body_lacks() -> None:
         (JSON, b'{"a":' * 70 + b"1" + b"}" * 70, 400, "body"),
         (JSON, b'{"site": "\\ud800"}', 400, "body"),
         (JSON, b'{"site": "\xff\xfe"}', 400, "body"),
+        (JSON, '{"site": "\ud800"}'.encode("utf-16-le", "surrogatepass"), 400, "body"),
         (FORM, b"site=%ff", 400, "body"),
         (FORM, b"site=\xff", 400, "body"),
         (FORM, b"a=1&" * 1001, 400, "body"),
@@ -697,6 +744,37 @@ def test_status_codes(content_type: str, body: bytes, status: int, field: str) -
     assert caught.value.__context__ is None
 
 
+ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_json_in_utf16_or_utf32_reads_as_in_utf8(encoding: str) -> None:
+    """Told apart by the first bytes, as README's 400 row says; beyond the BMP too."""
+    tree = seed(openai__messages__0__content="Vers für Ada 🎉")
+
+    params = parse_request(JSON, json.dumps(tree, ensure_ascii=False).encode(encoding))
+
+    assert params == parse_request(JSON, json.dumps(tree).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"site": "café"}'.encode("latin-1"),
+        '{"site": "caf€"}'.encode("cp1252"),
+        '{"site": "x"}'.encode("utf-16-le")[:-1],
+    ],
+)
+def test_json_in_any_other_encoding_is_400(body: bytes) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, body)
+
+    assert status_of(caught.value) == 400
+    assert caught.value.body() == {
+        "errors": [{"field": "body", "message": "not valid UTF-8, UTF-16 or UTF-32"}]
+    }
+
+
 def test_a_body_over_the_limit_is_413_before_anything_else() -> None:
     body = json.dumps(SEED).encode()
 
@@ -714,6 +792,40 @@ def test_a_broken_query_is_400(query: Any) -> None:
     with pytest.raises(ParamsError) as caught:
         parse_request(JSON, json.dumps(SEED).encode(), query)
     assert status_of(caught.value) == 400
+
+
+@pytest.mark.parametrize(
+    "query", ["site=acme-store%ff%fe", "openai[messages][0][content]=%c3%28bad", "%ff=1"]
+)
+def test_a_query_string_that_is_not_utf8_is_400_not_mangled(query: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, json.dumps(seed(site=...)).encode(), query)
+
+    assert status_of(caught.value) == 400
+    assert caught.value.body() == {"errors": [{"field": "query", "message": "not valid UTF-8"}]}
+    assert caught.value.__context__ is None
+
+
+def read_query(query: Any) -> Any:
+    try:
+        return decode_query(query)
+    except FormError as exc:
+        return (exc.field, exc.message)
+
+
+@FAST
+@given(st.text(alphabet="[]=&%;+ab01é\x00CcFf289 ", max_size=60))
+def test_a_raw_query_string_reads_as_aiohttp_reads_it(raw: str) -> None:
+    """The ingress hands over the query as sent: read so, it is what aiohttp's
+    ``request.query`` gives, except that an escape that is not UTF-8 is refused, not U+FFFD."""
+    aiohttp_reads = URL.build(path="/", query_string=raw, encoded=True).query
+
+    ours = read_query(raw)
+
+    if ours == ("query", "not valid UTF-8"):
+        assert any("\ufffd" in name + value for name, value in aiohttp_reads.items())
+    else:
+        assert ours == read_query(aiohttp_reads)
 
 
 # --- the request fingerprint ----------------------------------------------------------------
@@ -868,11 +980,12 @@ def test_arbitrary_query_strings_give_params_or_a_4xx(query: dict[str, Any]) -> 
 
 # Secrets are placed everywhere a mistake could echo them: values, wrong fields, key names.
 secrets = st.from_regex(r"(sk|tk)-[A-Za-z0-9]{20}", fullmatch=True)
+card_numbers = st.from_regex(r"[1-9][0-9]{12,18}", fullmatch=True)  # a name of digits too
 
 
 @FAST
 @given(
-    secret=secrets,
+    secret=secrets | card_numbers,
     path=st.sampled_from(SEED_PATHS),
     as_key=st.booleans(),
     shape=st.sampled_from(["json", "form", "legacy", "broken json", "query"]),
@@ -966,6 +1079,7 @@ def test_valid_params_are_equal_in_every_shape(tree: dict[str, Any]) -> None:
         (FORM, urlencode({**envelope, "extras": json.dumps(without(tree, "site"))}).encode(), None),
         (JSON, json.dumps({**envelope, "payload": json.dumps(tree)}).encode(), None),
         ("", b"", parse_qs(form_body(tree, "indexed").decode(), keep_blank_values=True)),
+        ("", b"", form_body(tree).decode()),
     ]
     for request in requests:
         params = parse_request(*request)
