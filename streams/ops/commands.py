@@ -446,7 +446,7 @@ def redrive(
         since_ms=since_ms,
         until_ms=until_ms,
     )
-    store = _parked_by(database_url)
+    parked_by = _ParkedBy(database_url)
     try:
         report = _run(
             run_redrive(
@@ -455,12 +455,11 @@ def redrive(
                 dry_run=dry_run,
                 from_beginning=from_beginning,
                 now_ms=now_ms,
-                states=store.states_of if store is not None else None,
+                states=parked_by.states_of,
             )
         )
     finally:
-        if store is not None:
-            store.close()
+        parked_by.close()
     for what in report.redriven:
         click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
     for what in report.not_parked:
@@ -474,18 +473,36 @@ def redrive(
     )
 
 
-def _parked_by(database_url: str | None) -> ProjectionStore | None:
-    """The projection, to leave alone requests no longer parked; without one, every selected
-    letter goes to the ledger, which re-issues only what is still parked."""
-    from sqlalchemy.exc import SQLAlchemyError
+class _ParkedBy:
+    """The projection, to leave alone requests no longer parked: opened once there are letters
+    to redrive. Without one, every selected letter goes to the ledger, which re-issues only
+    what is still parked."""
 
-    try:
-        return _reader(database_url)
-    except (click.ClickException, SQLAlchemyError) as exc:
-        why = exc.message if isinstance(exc, click.ClickException) else type(exc).__name__
-        click.echo(
-            f"note: {why}; every selected letter goes to the ledger, which re-issues only"
-            " the requests still parked",
-            err=True,
-        )
-        return None
+    def __init__(self, database_url: str | None) -> None:
+        self.database_url = database_url
+        self.store: ProjectionStore | None = None
+        self.tried = False
+
+    def states_of(self, request_ids: list[str]) -> dict[str, str]:
+        if not self.tried:
+            self.tried = True
+            self.store = self._open()
+        return self.store.states_of(request_ids) if self.store is not None else {}
+
+    def _open(self) -> ProjectionStore | None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return _reader(self.database_url)
+        except (click.ClickException, SQLAlchemyError) as exc:
+            why = exc.message if isinstance(exc, click.ClickException) else type(exc).__name__
+            click.echo(
+                f"note: {why}; every selected letter goes to the ledger, which re-issues only"
+                " the requests still parked",
+                err=True,
+            )
+            return None
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
