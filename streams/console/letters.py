@@ -17,14 +17,13 @@ from streams.console.log import Letter
 from streams.console.pages import render
 from streams.console.views import (
     LOG_TIMEOUT_SECONDS,
-    PARKED,
     Services,
     run_query,
     services_of,
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
-from streams.ops.redrive import RedriveReport, Selection
+from streams.ops.redrive import PARKED, RedriveReport, Selection
 from streams.projection.tables import RequestRow
 from streams.settings import Settings
 from streams.topics import LETTER_SOURCES, letter_source

@@ -23,7 +23,6 @@ from streams.console.log import Content, Letter
 from streams.console.pacing import Pacing
 from streams.console.pages import render
 from streams.console.queries import (
-    FAILED,
     SEARCHABLE_STATES,
     TERMINAL_STATES,
     ConsoleQueries,
@@ -32,7 +31,7 @@ from streams.console.queries import (
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
-from streams.ops.redrive import RedriveReport, Selection
+from streams.ops.redrive import PARKED, RedriveReport, Selection
 from streams.projection.tables import RequestRow
 from streams.settings import Settings
 
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 
 WINDOWS = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440}
 LOG_TIMEOUT_SECONDS = 15.0
-PARKED = frozenset(FAILED)
 
 
 class Log(Protocol):

@@ -23,6 +23,7 @@ import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -138,10 +139,10 @@ async def redrive(
                         continue
                     report.examined += 1
                     send = _one(record.value, selection, report, settings, now_ms)
-                    if send is None:
-                        held.setdefault(tp, record.offset)
-                    elif send is not _UNREADABLE:
+                    if isinstance(send, _Send):
                         _keep_latest(sends, send, report)
+                    elif send is _Left.NOT_SELECTED:
+                        held.setdefault(tp, record.offset)
         for send in _still_parked(sends, states, report):
             if not dry_run:
                 await producer.send_and_wait(send.topic, value=send.value, key=send.key)
@@ -204,7 +205,12 @@ async def _commit(
         await consumer.commit(offsets)
 
 
-_UNREADABLE = _Send("", None, b"", "", "", 0)  # never redrivable: no later run waits for it
+class _Left(Enum):
+    """A letter not redriven: by these filters (a later run is still offered it), or by any
+    (nothing of it can be sent back: no later run waits for it)."""
+
+    NOT_SELECTED = "not selected"
+    NEVER = "never"
 
 
 def _one(
@@ -213,19 +219,19 @@ def _one(
     report: RedriveReport,
     settings: Settings,
     now_ms: Callable[[], int],
-) -> _Send | None:
-    """What to send for one letter, ``None`` if the filters do not select it."""
+) -> _Send | _Left:
+    """What to send for one letter, or why nothing is sent."""
     try:
         letter = decode(DeadLetter, raw)
     except DecodeError:
         report.unreadable += 1
-        return _UNREADABLE
+        return _Left.NEVER
     if letter.value_b64 is None:  # nothing to send back, under any filters
         report.skipped += 1
-        return _UNREADABLE
+        return _Left.NEVER
     if not selection.matches(letter):
         report.skipped += 1
-        return None
+        return _Left.NOT_SELECTED
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
     topic = letter.topic
@@ -238,10 +244,10 @@ def _one(
             )
         except DecodeError:
             report.unreadable += 1
-            return _UNREADABLE
+            return _Left.NEVER
         if selection.site is not None and command.site != selection.site:
             report.skipped += 1
-            return None
+            return _Left.NOT_SELECTED
         redrive = RedriveRequested(
             request_id=command.request_id,
             person=command.person,
@@ -252,7 +258,7 @@ def _one(
         what = f"{command.request_id} → the ledger"
     elif selection.site is not None:  # a poison message belongs to no site we can tell
         report.skipped += 1
-        return None
+        return _Left.NOT_SELECTED
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
     return _Send(topic, key, value, what, letter.reason, letter.at_ms, letter.request_id)
