@@ -230,6 +230,12 @@ def build_ingress(
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
 
+    def must_sign(site: str) -> bool:
+        return settings.require_signature or site in keys
+
+    # no site signs: a query string is read with the body at once
+    signs = must_sign if keys or settings.require_signature else None
+
     async def generate(request: web.Request) -> web.Response:
         started = time.perf_counter()
         response = await _generate(request)
@@ -247,9 +253,7 @@ def build_ingress(
             body = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
-            params = parse_request(
-                content_type, body, query, max_body_bytes=settings.max_body_bytes
-            )
+            params, query_read = _params(content_type, body, query, settings.max_body_bytes, signs)
             key = keys.get(params.site)
             if key is not None or settings.require_signature:
                 if key is None or not _authentic(key, content_type, body, request):
@@ -257,8 +261,8 @@ def build_ingress(
                     raise ParamsError(
                         Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
                     )
-                if query:
-                    # the signature covers the body only: a signed request's params too
+                if query_read:
+                    # the body alone did not parse: its own error, now that the sender is known
                     params = parse_request(
                         content_type, body, None, max_body_bytes=settings.max_body_bytes
                     )
@@ -330,6 +334,28 @@ def _not_ahead(params: GenerateParams, now_s: int, allowed: int) -> None:
     raise ParamsError(
         Problem.INVALID, [FieldError(field="usage_limit.current_time", message=message)]
     )
+
+
+def _params(
+    content_type: str,
+    body: bytes,
+    query: str,
+    max_body_bytes: int,
+    signs: Callable[[str], bool] | None,
+) -> tuple[GenerateParams, bool]:
+    """The webhook's params, and whether its query string was read. The signature covers the
+    body only, so a signed request's params come from its body alone: when the body alone names
+    a site that signs, the query string is not read at all (a broken one cannot refuse it)."""
+    if query and signs is not None:  # the body alone first: it may be a signed one
+        try:
+            alone = parse_request(content_type, body, None, max_body_bytes=max_body_bytes)
+        except ParamsError:
+            pass
+        else:
+            if signs(alone.site):
+                return alone, False
+    params = parse_request(content_type, body, query or None, max_body_bytes=max_body_bytes)
+    return params, bool(query)
 
 
 def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request) -> bool:

@@ -418,6 +418,36 @@ async def test_a_signed_request_takes_its_params_from_the_signed_body_only(
 
 
 @pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("event_number=attacker%ff%fe", id="not UTF-8"),
+        pytest.param("openai[top_p]=abc&openai[seed]=x", id="invalid params"),
+        pytest.param("4111111111111111=1&4111111111111111[a]=2", id="conflicting names"),
+    ],
+)
+async def test_a_signed_request_is_not_refused_for_its_query_string(
+    ingress_with: StartIngress, query: str
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    signature = {"x-talkable-signature": sign(SITE_KEY, SIGNED)}
+
+    received = await accepted(ingress, Body(JSON, SIGNED, query=query), headers=signature)
+
+    assert received.spec == (await accepted(ingress, Body(JSON, SIGNED), headers=signature)).spec
+
+
+async def test_an_unsigned_request_with_a_signing_site_in_its_query_is_still_refused(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    body = json_body(changed(site=...))
+
+    errors = await rejected(ingress, Body(JSON, body, query=f"site={SIGNED_SITE}"), 401)
+
+    assert [e["field"] for e in errors] == ["x-talkable-signature"]
+
+
+@pytest.mark.parametrize(
     ("webhook_key", "status"),
     [pytest.param(SITE_KEY, 202, id="its site key"), pytest.param("guess", 401, id="wrong key")],
 )
