@@ -42,7 +42,8 @@ from streams.console.log import Content, Letter
 from streams.console.pacing import Pacing
 from streams.console.queries import ConsoleQueries
 from streams.ops.redrive import RedriveReport, Selection
-from streams.projection.store import ProjectionStore, make_engine, safe_url
+from streams.projection.engine import make_engine, safe_url
+from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow, TransitionRow
 from streams.settings import Settings
 

@@ -65,7 +65,7 @@ class _Main(click.Group):
         except Exception as exc:
             if not _database_unusable(exc):
                 raise
-            from streams.projection.store import describe_database_error
+            from streams.projection.engine import describe_database_error
 
             # a SQLite file's directory that could not be made: the data directory's, if under it
             cause = exc.__cause__
@@ -114,7 +114,7 @@ def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
     raised this if not)."""
     if "sqlalchemy.exc" not in sys.modules:
         return False
-    from streams.projection.store import database_unusable
+    from streams.projection.engine import database_unusable
 
     return database_unusable(exc)
 

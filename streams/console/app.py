@@ -28,7 +28,7 @@ from streams.console.queries import ConsoleQueries
 from streams.ops import clocks
 from streams.ops.redrive import RedriveReport, Selection
 from streams.ops.redrive import redrive as run_redrive
-from streams.projection.store import database_unusable
+from streams.projection.engine import database_unusable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _ago(now_ms: Callable[[], int], ms: int | None) -> str:
 def run_console(settings: Settings) -> None:
     """Serve the console until interrupted (``talkstream console``)."""
     from streams.logs import announce
-    from streams.projection.store import make_engine, safe_url
+    from streams.projection.engine import make_engine, safe_url
     from streams.runtime import now_ms
 
     token = auth.check_token(

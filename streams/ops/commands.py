@@ -147,7 +147,8 @@ def _rebuild(
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
-    from streams.projection.store import ProjectionStore, make_engine
+    from streams.projection.engine import make_engine
+    from streams.projection.store import ProjectionStore
 
     engine = make_engine(database_url)
     store = ProjectionStore(engine, migrate_schema=False)
@@ -194,7 +195,7 @@ def _rebuild(
 def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
     """A fresh, migrated projection: refuse a used one unless ``force`` (then empty it)."""
     from streams.projection import migrate
-    from streams.projection.store import safe_url
+    from streams.projection.engine import safe_url
 
     if store.is_empty():
         migrate.upgrade(store.engine)
@@ -249,7 +250,8 @@ def _verify(settings: Settings, processes: int | None) -> None:
 def _reader(database_url: str | None) -> ProjectionStore:
     from sqlalchemy.engine import make_url
 
-    from streams.projection.store import ProjectionStore, make_engine, safe_url
+    from streams.projection.engine import make_engine, safe_url
+    from streams.projection.store import ProjectionStore
 
     url = database_url or Settings().resolved_database_url
     parsed = make_url(url)

@@ -32,7 +32,8 @@ from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import RedriveReport, Selection
-from streams.projection.store import ProjectionStore, make_engine
+from streams.projection.engine import make_engine
+from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log

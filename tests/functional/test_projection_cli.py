@@ -13,7 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError
 
 from streams.ops.commands import register
-from streams.projection.store import ProjectionStore, describe_database_error
+from streams.projection.engine import describe_database_error
+from streams.projection.store import ProjectionStore
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log, snapshot
 from tests.support import free_port

@@ -21,7 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
-from streams.projection.store import SQLITE_WRITER_WAIT_SECONDS, ProjectionStore, Sourced, _Writes
+from streams.projection.engine import SQLITE_WRITER_WAIT_SECONDS
+from streams.projection.store import ProjectionStore, Sourced, _Writes
 from streams.projection.tables import Base
 from tests.postgres import (  # noqa: F401  (fixtures)
     database_url,

@@ -1,0 +1,147 @@
+"""The projection's database: an engine made from a URL, and what to tell a person when it
+cannot be used.
+
+SQLite (a file, made with its directory, in WAL mode) or PostgreSQL through psycopg; any other
+URL that SQLAlchemy can open is tried. A URL that cannot be used is one line, never a traceback,
+and never its password.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeGuard, cast
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.pool import StaticPool
+
+# how long a SQLite writer waits for another's transaction before it fails (sqlite3's default
+# is 5 s): a replay's processes write their batches into one file, one at a time (readers never
+# wait, in WAL mode)
+SQLITE_WRITER_WAIT_SECONDS = 60.0
+
+
+def make_engine(url: str) -> Engine:
+    """The engine of the projection at ``url``. A URL it cannot be made for raises
+    ``ArgumentError`` (``describe_database_error`` says it in one line): one that does not
+    parse or names no dialect (SQLAlchemy's own), a driver that is not installed or is an
+    asyncio one, a SQLite file whose directory cannot be made."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # one shared connection, or every checkout would see its own empty database
+            return _create_engine(
+                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        _make_directory(Path(parsed.database).parent)
+        _bind_nulls_directly()
+        engine = _create_engine(
+            parsed, pool_pre_ping=True, connect_args={"timeout": SQLITE_WRITER_WAIT_SECONDS}
+        )
+        event.listen(engine, "connect", _sqlite_wal)
+        return engine
+    return _create_engine(parsed, pool_pre_ping=True)
+
+
+def _create_engine(url: URL, **options: Any) -> Engine:
+    """``create_engine``, refusing what would fail later with a traceback: a driver that is not
+    installed (SQLAlchemy imports it here and lets the ImportError through), an asyncio driver
+    (this engine is synchronous: its first connection would fail)."""
+    if url.get_dialect().is_async:
+        raise ArgumentError(
+            f"{url.drivername} is an asyncio driver: talkstream opens the projection synchronously"
+        )
+    try:
+        return create_engine(url, **options)
+    except ImportError as exc:
+        raise ArgumentError(
+            f"{url.drivername} needs the {url.get_driver_name()} driver, which is not "
+            f"installed: {exc}"
+        ) from exc
+
+
+def _make_directory(directory: Path) -> None:
+    """The SQLite file's directory, made if missing; one that cannot be (a file in the way, no
+    permission) is a URL that cannot be used, the OSError its cause (the CLI names
+    TALKSTREAM_DATA_DIR when the directory is under it)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # mkdir over a file says "File exists": what is wrong is a file where a directory goes
+        why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        raise ArgumentError(
+            f"cannot create the directory {exc.filename or directory} of the SQLite file: {why}"
+        ) from exc
+
+
+@functools.cache
+def _bind_nulls_directly() -> None:
+    """Let sqlite3 bind a None as cheaply as it binds an int.
+
+    Python's sqlite3 binds only exact int, float, str and bytes directly; any other value, None
+    included, goes through its adaptation protocol: a key built, the adapter registry missed,
+    ``__adapt__`` and ``__conform__`` looked up, ~0.8 µs a NULL here against 0.14 µs an int.
+    The benchmark's replay binds six NULLs a transition and three a request row, more where
+    requests fail or wait (``executemany`` was 38% of a rebuild into SQLite;
+    ``bench/PROFILE.md``, sixteenth round). An adapter
+    registered for NoneType is found at the first lookup; ``{}.get`` (C code) returns None,
+    which is bound as NULL as before. The registry is the process's: nothing else changes,
+    since None still binds as NULL."""
+    sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
+
+
+def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
+    """A SQLite file in WAL mode: readers (audit, stats, the console) never block the projector,
+    and a commit is one append instead of a journal rewrite, synced at checkpoints
+    (``synchronous=NORMAL``: a power cut may lose the last commits, which the projector's gap
+    repair reads back from the lifecycle topic; a crash of the process loses nothing)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def safe_url(engine_or_url: Engine | str) -> str:
+    """The URL to show a person: the password hidden."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.render_as_string(hide_password=True)
+
+
+def describe_database_error(exc: SQLAlchemyError) -> str:
+    """One line for a person about a database that cannot be used: what the driver said (never
+    the SQL or its parameters), a password in any URL it echoed hidden."""
+    said = f"{type(exc.orig).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else str(exc)
+    said = _URL_PASSWORD.sub(r"\1***@", " ".join(said.split()))
+    if isinstance(exc, ArgumentError):
+        return (
+            f"the database URL cannot be used ({said}): set TALKSTREAM_DATABASE_URL or "
+            "--database-url to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        )
+    return f"the database cannot be used: {said}"
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def database_unusable(exc: BaseException) -> TypeGuard[SQLAlchemyError]:
+    """The database cannot be used at all, whatever was asked of it: it cannot be reached or
+    opened (OperationalError, InterfaceError), its URL cannot be (ArgumentError, see
+    ``make_engine``), or what is there is not a database (DatabaseError itself: sqlite3's
+    "file is not a database" or "database disk image is malformed"). Not its subclasses: a
+    constraint violated or SQL the database rejects is a failure of the statement."""
+    return (
+        isinstance(exc, (OperationalError, InterfaceError, ArgumentError))
+        or type(exc) is DatabaseError
+    )
