@@ -47,7 +47,8 @@ from models.params import UsageLimit, person_key
 from streams.codecs import encode
 from streams.kafka_options import client_options
 from streams.ops.helpers import default_processes
-from streams.ops.replay import LogReader, rebuild, verify
+from streams.ops.replay import LogReader, rebuild
+from streams.ops.verify import verify
 from streams.projection.store import ProjectionStore
 from streams.settings import Settings
 from streams.topics import ensure_topics

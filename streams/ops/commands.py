@@ -211,7 +211,7 @@ def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
 
 def _verify(settings: Settings, processes: int | None) -> None:
     from streams.app import policy_from
-    from streams.ops.replay import verify
+    from streams.ops.verify import verify
 
     requests, lifecycle = settings.topic("requests"), settings.topic("lifecycle")
     summary = _with_bar(

@@ -1,27 +1,17 @@
-"""Audit replay: the log is the source of truth, and these read it back.
+"""Audit replay: the log is the source of truth, and this reads it back.
 
 ``rebuild``  reads [lifecycle] from its earliest offsets and applies every event to a
              projection store (a fresh database): the same rows the live projector writes.
-``verify``   re-runs the pure rules (``models.ledger.handle``) over [requests] in offset order
-             per partition and compares the lifecycle events they derive with the ones
-             recorded on [lifecycle], matched by (request_id, type, state, attempt). Every
-             field must be equal except ``schema_version`` (which code wrote it); times,
-             causes, windows, tokens and errors all come from the messages, never from a
-             clock. Order across partitions is not compared (it carries no meaning), and an
-             identical re-emission (at-least-once, after a crash) is counted, not a difference.
+``LogReader`` reads a topic's partitions from their earliest offsets up to the end offsets
+             captured when it started; ``streams.ops.verify`` re-derives [lifecycle] with it.
 
 Both are read-only towards Kafka and the outside world: a plain consumer without a group
-(nothing committed), manually assigned, reading up to the end offsets captured when it
-started; nothing is produced, no OpenAI or Talkable call is made. They connect as every
-process does (``client_options``: TLS and SASL from the settings).
+(nothing committed), manually assigned; nothing is produced, no OpenAI or Talkable call is
+made. They connect as every process does (``client_options``: TLS and SASL from the settings).
 
-On more than one core both split their work across forked processes (``streams.ops.helpers``):
-verify re-derives each share of the [requests] partitions in a process of its own (a person's
-messages, and so its decisions, are all in one partition) while this process reads
-[lifecycle], and each matches what it derived with the recorded events' digests (the derived
-events come here only when that cannot account for every recorded one); a rebuild into an
-empty projection rebuilds each share of the [lifecycle] partitions but this process's own in a
-helper (a request's events are all in one partition).
+On more than one core a rebuild into an empty projection rebuilds each share of the [lifecycle]
+partitions but this process's own in a forked helper (``streams.ops.helpers``; a request's
+events are all in one partition).
 
 ``until_ms`` cuts by the Kafka record timestamp (when the ledger wrote the transition), via
 ``offsets_for_times``: the projection as it could have been seen at that moment. The event's
@@ -33,24 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
-from hashlib import sha256
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from models.events import GapProbe, LifecycleEvent
-from models.ledger import PersonState, Policy, handle
+from models.events import LifecycleEvent
 from streams import heap
-from streams.codecs import decode, decode_requests, encode
+from streams.codecs import decode
 from streams.errors import DecodeError, TalkstreamError
 from streams.kafka_options import (
     broker_error,
@@ -63,7 +49,6 @@ from streams.ops.helpers import (
     FORK,
     Channel,
     Helper,
-    answers,
     default_processes,
     run_all,
     shares,
@@ -455,379 +440,13 @@ class _Applier:
 def _sourced(records: list[Record], skipped: list[Skipped]) -> list[Sourced]:
     sourced = []
     for record in records:
-        event = _lifecycle_event(record, skipped)
+        event = lifecycle_event(record, skipped)
         if event is not None:
             sourced.append(Sourced(record.topic, record.partition, record.offset, event))
     return sourced
 
 
-# --- verify -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Difference:
-    """``missing``: derived, not recorded; ``unexpected``: recorded, not derived;
-    ``changed``: both, with different fields (``fields``: name -> (derived, recorded))."""
-
-    kind: Literal["missing", "unexpected", "changed"]
-    request_id: str
-    type: str
-    state: str
-    attempt: int
-    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-
-    def key(self) -> Identity:
-        return (self.request_id, self.type, self.state, self.attempt)
-
-    def describe(self) -> str:
-        head = f"{self.kind:<10} {self.request_id} {self.type} state={self.state} "
-        head += f"attempt={self.attempt}"
-        if not self.fields:
-            return head
-        changes = "; ".join(
-            f"{k}: derived={d!r} recorded={r!r}" for k, (d, r) in self.fields.items()
-        )
-        return f"{head}: {changes}"
-
-
-@dataclass
-class VerifySummary:
-    requests_topic: str
-    lifecycle_topic: str
-    messages: int = 0
-    derived: int = 0
-    recorded: int = 0
-    matched: int = 0
-    repeated: int = 0  # identical re-emissions on [lifecycle] (at-least-once), not differences
-    differences: list[Difference] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-async def verify(
-    settings: Settings,
-    requests_topic: str,
-    lifecycle_topic: str,
-    policy: Policy,
-    *,
-    on_total: Callable[[int], None] | None = None,
-    progress: Progress | None = None,
-    processes: int | None = None,
-) -> VerifySummary:
-    """Re-derive [lifecycle] from [requests] and report every difference.
-
-    Run it on a quiet pipeline: a request still in flight when the offsets are captured can
-    show as ``missing`` (the ledger has not written its next transition yet). Both topics'
-    end offsets are captured before either is read, [requests] first.
-
-    ``processes``: how many re-derive (default: one per core); each takes a share of the
-    [requests] partitions (a person's messages are all in one) while this process reads
-    [lifecycle]. 1 does it all here.
-    """
-    started = time.monotonic()
-    check = Rederivation(policy, VerifySummary(requests_topic, lifecycle_topic))
-    with heap.bulk():
-        async with (
-            LogReader(settings, requests_topic) as requests,
-            LogReader(settings, lifecycle_topic) as lifecycle,
-        ):
-            if on_total:
-                on_total(requests.total + lifecycle.total)
-            split = shares(requests.bounds, processes or default_processes()) if FORK else []
-            whole = False
-            if len(split) > 1:
-                whole = await _rederive_beside(
-                    settings, check, split, requests, lifecycle, progress
-                )
-            else:
-                await _rederive_here(check, requests, lifecycle, progress)
-        summary = check.summary if whole else check.compare()
-    summary.seconds = time.monotonic() - started
-    return summary
-
-
-async def _rederive_here(
-    check: Rederivation, requests: LogReader, lifecycle: LogReader, progress: Progress | None
-) -> None:
-    await _read_requests(check, requests, progress)
-    await _read_recorded(check, lifecycle, progress, [])
-
-
-async def _read_requests(
-    check: Rederivation, requests: LogReader, progress: Progress | None
-) -> None:
-    async for batch in requests.batches():
-        for record in batch:
-            check.request(record)
-        if progress:
-            progress(len(batch))
-
-
-async def _rederive_beside(
-    settings: Settings,
-    check: Rederivation,
-    split: list[dict[int, tuple[int, int]]],
-    requests: LogReader,
-    lifecycle: LogReader,
-    progress: Progress | None,
-) -> bool:
-    """A forked process per share of the [requests] partitions re-derives its people's
-    decisions (reading its share itself, up to the offsets captured here) while this one reads
-    [lifecycle]. Each then matches what it derived with the digests of the recorded events.
-    True when that accounts for every recorded event (the summary is whole); otherwise (an
-    event not recorded byte for byte as derived, or a request in two shares) the derived
-    events are brought here for :meth:`Rederivation.compare` to match field by field."""
-    helpers = [
-        Helper(f"verify {sorted(share)}", _derive, settings, requests.topic, share, check.policy)
-        for share in split
-    ]
-    try:
-        await _read_recorded(check, lifecycle, progress, helpers)
-        digests = check.digests()
-        read = {}
-        for helper, answer in answers(helpers, progress):  # each as soon as it has derived
-            read[helper] = answer
-            helper.send(digests)
-        for helper in helpers:
-            check.tally(*read[helper])
-        matchings = dict(answers(helpers, progress))
-        whole = check.settle([matchings[helper] for helper in helpers])
-        for helper in helpers:
-            helper.send(not whole)  # whether to send every derived event
-        for helper in helpers:
-            derived = helper.result(progress)
-            if derived is not None:
-                check.absorb(derived)
-        return whole
-    finally:
-        for helper in helpers:
-            helper.stop()
-
-
-async def _read_recorded(
-    check: Rederivation, lifecycle: LogReader, progress: Progress | None, helpers: list[Helper]
-) -> None:
-    async for batch in lifecycle.batches():
-        for record in batch:
-            check.recorded(record)
-        if progress:
-            progress(len(batch))
-        for helper in helpers:
-            helper.drain(progress)
-
-
-def _derive(
-    channel: Channel,
-    settings: Settings,
-    topic: str,
-    share: dict[int, tuple[int, int]],
-    policy: Policy,
-) -> dict[Identity, list[bytes]] | None:
-    """A helper's side: re-derive the decisions of one share of the [requests] partitions;
-    answer with what it read, then with its match of the recorded events' digests; hand over
-    every derived event if asked."""
-    check = Rederivation(policy, VerifySummary(topic, ""))
-
-    async def read() -> None:
-        async with LogReader(settings, topic, bounds=share) as requests:
-            await _read_requests(check, requests, channel.progress)
-
-    with heap.bulk():
-        asyncio.run(read())
-        channel.answer((check.summary.messages, check.summary.skipped))
-        channel.answer(check.match(channel.receive()))
-    return check.derived if channel.receive() else None
-
-
-@dataclass
-class Matching:
-    """One share's derived events matched with the recorded events' digests (each identity's
-    first derived event with every recorded one)."""
-
-    taken: bytes  # a byte a recorded event, in record order: 1 if it matched, else 0
-    derived: int = 0
-    matched: int = 0
-    repeated: int = 0
-    missing: list[Identity] = field(default_factory=list)  # once per derived event not recorded
-
-
-SAME = None  # a recorded event byte for byte the one derived first for its identity
-# what most identities were recorded as: once, byte for byte (one tuple shared by them all)
-_ONCE_SAME: tuple[None] = (SAME,)
-Recorded = Sequence[dict[str, Any] | None]  # an identity's recorded events, in record order
-
-
-class Rederivation:
-    """Re-runs the rules over [requests] records (in offset order per partition) and matches
-    what they derive with the [lifecycle] records, by each event's identity.
-
-    Derived events are kept as the bytes the ledger would have written (the same codec); a
-    recorded record with exactly those bytes matches without being decoded. Any other is
-    decoded and compared field by field (every field but ``schema_version``). A helper that
-    derived a share matches its events with the recorded ones' SHA-256 digests instead
-    (:meth:`match`); when the shares' matches take every recorded record once, that is the
-    summary (:meth:`settle`), else its derived events come here for :meth:`compare`."""
-
-    def __init__(self, policy: Policy, summary: VerifySummary) -> None:
-        self.policy = policy
-        self.summary = summary
-        self._states: dict[str, PersonState] = {}
-        self.derived: dict[Identity, list[bytes]] = {}
-        self._recorded: list[Record] = []
-
-    def request(self, record: Record) -> None:
-        self.summary.messages += 1
-        try:
-            message = decode_requests(record.value)
-            if isinstance(message, GapProbe):
-                return  # a worker's nudge to its own ledger: it decides nothing
-            # the ledger's clock only sets deadlines; the record's time stands in for it
-            outcome = handle(
-                self._states.get(message.person), message, self.policy, record.timestamp_ms
-            )
-        except Exception as exc:  # the ledger dead-letters these and keeps its state
-            self.summary.skipped.append(
-                Skipped(record.topic, record.partition, record.offset, repr(exc)[:300])
-            )
-            return
-        self._states[message.person] = outcome.state
-        for event in outcome.events:
-            self.derived.setdefault(event.identity(), []).append(encode(event))
-
-    def tally(self, messages: int, skipped: list[Skipped]) -> None:
-        """What a helper read from its share of the partitions."""
-        self.summary.messages += messages
-        self.summary.skipped += sorted(skipped, key=lambda s: (s.partition, s.offset))
-
-    def absorb(self, derived: dict[Identity, list[bytes]]) -> None:
-        """What a helper derived from its share of the partitions. A request's events all
-        derive from its person's messages, in one partition: the shares' identities do not
-        overlap (were one to, its events would follow the ones derived before)."""
-        for identity in derived.keys() & self.derived.keys():
-            derived[identity] = self.derived[identity] + derived[identity]
-        self.derived.update(derived)
-
-    def recorded(self, record: Record) -> None:
-        self._recorded.append(record)  # matched once everything is derived
-
-    def digests(self) -> list[bytes]:
-        """The recorded events' digests, in record order, for the helpers to match."""
-        return [_digest(record.value) for record in self._recorded]
-
-    def match(self, digests: list[bytes]) -> Matching:
-        """A helper's side: which recorded events are byte for byte the first this share
-        derived for their identity, and what that makes of each identity."""
-        first = {_digest(events[0]): identity for identity, events in self.derived.items()}
-        hits = [first.get(digest) for digest in digests]
-        matching = Matching(bytes(hit is not None for hit in hits))
-        seen = Counter(hit for hit in hits if hit is not None)
-        matching.derived = sum(map(len, self.derived.values()))
-        if seen.total() == len(seen) == len(self.derived) == matching.derived:
-            matching.matched = matching.derived  # most: each derived once, recorded once
-            return matching
-        for identity, ours in self.derived.items():
-            derived, recorded = len(ours), seen[identity]
-            matching.matched += min(derived, recorded)
-            matching.repeated += max(recorded - derived, 0)
-            matching.missing += [identity] * (derived - recorded)
-        return matching
-
-    def settle(self, matchings: list[Matching]) -> bool:
-        """The summary from the helpers' matchings, if together they took every recorded
-        event exactly once (True); else nothing changes and :meth:`compare` decides."""
-        taken = 0  # a byte a recorded event (as one integer): 1 once a share took it
-        for matching in matchings:
-            theirs = int.from_bytes(matching.taken)
-            if taken & theirs:
-                return False
-            taken |= theirs
-        if taken != int.from_bytes(b"\x01" * len(self._recorded)):
-            return False
-        summary = self.summary
-        summary.recorded = len(self._recorded)
-        for matching in matchings:
-            summary.derived += matching.derived
-            summary.matched += matching.matched
-            summary.repeated += matching.repeated
-            summary.differences += [Difference("missing", *key) for key in matching.missing]
-        summary.differences.sort(key=Difference.key)
-        self._recorded = []
-        return True
-
-    def compare(self) -> VerifySummary:
-        summary = self.summary
-        first = {events[0]: identity for identity, events in self.derived.items()}
-        recorded: dict[Identity, Recorded] = {}
-        for record in self._recorded:
-            identity = first.get(record.value) if record.value is not None else None
-            if identity is not None:
-                theirs = recorded.get(identity)
-                recorded[identity] = _ONCE_SAME if theirs is None else [*theirs, SAME]
-                continue
-            logged = _lifecycle_event(record, summary.skipped)
-            if logged is not None:
-                key = logged.identity()
-                recorded[key] = [*recorded.get(key, ()), _comparable(logged)]
-        self._recorded = []
-        summary.derived = sum(map(len, self.derived.values()))
-        summary.recorded = sum(map(len, recorded.values()))
-        _compare(self.derived, recorded, summary)
-        return summary
-
-
-def _digest(value: bytes | None) -> bytes:
-    # a record without a value matches nothing derived (compare() skips it with its reason)
-    return b"" if value is None else sha256(value).digest()
-
-
-def _comparable(event: LifecycleEvent) -> dict[str, Any]:
-    # the event's fields as validated (no dump: a third of --verify's time went to it);
-    # schema_version says which code wrote the event, not what was decided
-    fields = dict(event.__dict__)
-    del fields["schema_version"]
-    return fields
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
-
-
-def _compare(
-    derived: dict[Identity, list[bytes]],
-    recorded: dict[Identity, Recorded],
-    summary: VerifySummary,
-) -> None:
-    for identity, ours in derived.items():
-        theirs = recorded.get(identity, ())
-        if theirs is _ONCE_SAME and len(ours) == 1:  # most: one event, recorded as derived
-            summary.matched += 1
-            continue
-        expected: dict[str, Any] | None = None  # the first derived, decoded only if needed
-        for index, got in enumerate(theirs):
-            if got is not SAME:
-                if expected is None:
-                    expected = _comparable(decode(LifecycleEvent, ours[0]))
-                if got != expected:
-                    changed = {
-                        k: (_plain(expected.get(k)), _plain(got.get(k)))
-                        for k in sorted(expected.keys() | got.keys())
-                        if expected.get(k) != got.get(k)
-                    }
-                    summary.differences.append(Difference("changed", *identity, fields=changed))
-                    continue
-            if index < len(ours):
-                summary.matched += 1
-            else:
-                summary.repeated += 1
-        missing = len(ours) - len(theirs)
-        summary.differences.extend(Difference("missing", *identity) for _ in range(missing))
-    for identity in recorded.keys() - derived.keys():
-        summary.differences.extend(Difference("unexpected", *identity) for _ in recorded[identity])
-    # by identity (a stable sort: an identity's own differences keep their order)
-    summary.differences.sort(key=Difference.key)
-
-
-def _lifecycle_event(record: Any, skipped: list[Skipped]) -> LifecycleEvent | None:
+def lifecycle_event(record: Any, skipped: list[Skipped]) -> LifecycleEvent | None:
     """The record's lifecycle event, or None after noting why it was skipped."""
     try:
         return decode(LifecycleEvent, record.value)

@@ -32,7 +32,8 @@ from models.lifecycle import TERMINAL, State, check_transition
 from models.params import UsageLimit
 from models.usage import Window
 from streams.codecs import encode
-from streams.ops.replay import Record, Rederivation, VerifySummary
+from streams.ops.replay import Record
+from streams.ops.verify import Rederivation, VerifySummary
 from tests.unit.domain_builders import (
     EMAIL,
     PERSON,

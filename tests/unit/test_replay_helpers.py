@@ -13,7 +13,8 @@ from models.events import GapProbe, LifecycleEvent, State
 from models.ledger import Policy
 from streams.codecs import encode
 from streams.ops.helpers import Channel, Helper, HelperError, answers, run_all, shares
-from streams.ops.replay import Record, Rederivation, VerifySummary, _comparable, _compare
+from streams.ops.replay import Record
+from streams.ops.verify import Rederivation, VerifySummary, _comparable, _compare
 
 
 def test_shares_balance_the_partitions_that_have_records() -> None:
