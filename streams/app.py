@@ -17,8 +17,9 @@ import faust
 from models.ledger import Policy
 from streams import topics as topics_module
 from streams.agents import executors, ledger, projector
-from streams.agents.executors import Executor, ExecutorConfig, Generate, Publish, Work
+from streams.agents.executors import Executor, ExecutorConfig
 from streams.agents.projector import Projector, ProjectorConfig
+from streams.agents.work import Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.faust_transport import App, Stream, Topic

@@ -25,48 +25,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from pydantic import BaseModel
 
 from models.events import (
     DeadlineExpired,
-    GenerateText,
-    GenerationAttemptFailed,
-    GenerationAttemptSucceeded,
-    PublicationAttemptFailed,
-    PublicationAttemptSucceeded,
-    PublishCompletion,
 )
-from streams.clients.openai_chat import ChatClient, Completion, token_cost
-from streams.clients.talkable import Publication, TalkableClient
-from streams.codecs import decode, encode
-from streams.errors import TalkstreamError, UpstreamError
+from streams.agents.marks import Mark, Ranges, Unreported
+from streams.agents.work import Work
+from streams.codecs import encode
 from streams.kafka_options import committed_with_metadata, consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
-from streams.secrets import SecretBox, key_fingerprint
-from streams.upstream.limits import Limits
 from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 log = logging.getLogger(__name__)
 
-C = TypeVar("C", bound=BaseModel)
-V = TypeVar("V")
 FETCH_RECORDS = 500
-MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
-MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
-# a generation that timed out this many times while its key answered other calls ends: each
-# try may have been billed (a publication's retries cost nothing and are idempotent: they wait)
-SLOW_GENERATION_TIMEOUTS = 3
-Report = Callable[[Outcome[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -390,294 +370,6 @@ class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._executor.recover(assigned)
-
-
-Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
-
-
-@dataclass(frozen=True)
-class Mark:
-    """What an executor's commit of a partition says besides the offset: the instance and the
-    run that took the records, the oldest of them not reported yet and, when they are few, the
-    ranges of those not reported (otherwise every offset from the oldest counts as one)."""
-
-    instance: str
-    run: str
-    oldest: int
-    unreported: Ranges | None = None
-
-    def encode(self) -> str:
-        found: dict[str, Any] = {"instance": self.instance, "run": self.run, "oldest": self.oldest}
-        if self.unreported is not None:
-            found["unreported"] = self.unreported
-        return json.dumps(found, separators=(",", ":"))
-
-    @classmethod
-    def parse(cls, metadata: str) -> Mark | None:
-        """None for a commit without a mark (an earlier version's) or with another's."""
-        try:
-            found = json.loads(metadata)
-            listed = found.get("unreported")
-            return cls(
-                str(found["instance"]),
-                str(found["run"]),
-                int(found["oldest"]),
-                None if listed is None else tuple((int(a), int(b)) for a, b in listed),
-            )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
-
-    def lost(self, offset: int) -> bool:
-        """Whether the record at ``offset`` (below the committed one) was left unreported."""
-        if offset < self.oldest:
-            return False
-        return self.unreported is None or any(a <= offset < b for a, b in self.unreported)
-
-
-class Unreported:
-    """The offsets an executor took and has not reported, per partition in ascending order
-    (the oldest first, even if a partition were read again from further back), and by request:
-    a report of an attempt settles every earlier attempt of the request taken here (a newer
-    attempt takes the place of one still queued)."""
-
-    def __init__(self) -> None:
-        self._offsets: dict[TopicPartition, dict[int, None]] = {}
-        self._requests: dict[str, list[tuple[TopicPartition, int, int]]] = {}
-
-    def took(self, tp: TopicPartition, offset: int, request_id: str, attempt: int) -> None:
-        offsets = self._offsets.setdefault(tp, {})
-        if offsets and offset < next(reversed(offsets)):  # read again from further back
-            self._offsets[tp] = dict.fromkeys(sorted([*offsets, offset]))
-        else:
-            offsets[offset] = None
-        self._requests.setdefault(request_id, []).append((tp, offset, attempt))
-
-    def reported(self, request_id: str, attempt: int) -> None:
-        later = []
-        for tp, offset, taken_attempt in self._requests.pop(request_id, []):
-            if taken_attempt > attempt:
-                later.append((tp, offset, taken_attempt))
-            else:
-                self._offsets.get(tp, {}).pop(offset, None)
-        if later:
-            self._requests[request_id] = later
-
-    def oldest(self, tp: TopicPartition, otherwise: int) -> int:
-        offsets = self._offsets.get(tp)
-        return next(iter(offsets)) if offsets else otherwise
-
-    def ranges(self, tp: TopicPartition, taking: range = range(0)) -> Ranges | None:
-        """The offsets of ``tp`` not reported, and those being ``taking`` now, as ranges; None
-        when they are too many to list (a mark then names only the oldest)."""
-        offsets = self._offsets.get(tp, {})
-        if len(offsets) > MARK_OFFSETS:
-            return None
-        spans = [(offset, offset + 1) for offset in offsets]  # ascending
-        if taking:
-            spans.append((taking.start, taking.stop))
-        ranges: list[list[int]] = []
-        for start, stop in spans:
-            if ranges and ranges[-1][1] == start:
-                ranges[-1][1] = stop
-            elif len(ranges) < MARK_RANGES:
-                ranges.append([start, stop])
-            else:
-                return None
-        return tuple((a, b) for a, b in ranges)
-
-    def forget(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            self._offsets.pop(tp, None)
-
-
-class Work(Generic[C]):
-    """What one executor does with one kind of command: decode it, name its target, make its
-    job (the call), and turn the outcome into the result the ledger reads."""
-
-    model: type[C]
-    stage: Literal["generating", "publishing"]  # the ledger's stage of its commands' requests
-
-    def decode(self, raw: bytes | None) -> C:
-        return decode(self.model, raw)
-
-    def target(self, command: C) -> str:
-        raise NotImplementedError
-
-    def job(self, command: C, *, issued_s: float, origin: Any, report: Report) -> Job[Any]:
-        raise NotImplementedError
-
-    def result(self, command: C, outcome: Outcome[Any], now_ms: int) -> BaseModel:
-        raise NotImplementedError
-
-
-class Generate(Work[GenerateText]):
-    model = GenerateText
-    stage = "generating"
-
-    def __init__(self, chat: ChatClient, secrets: SecretBox) -> None:
-        self._chat = chat
-        self._secrets = secrets
-
-    def target(self, command: GenerateText) -> str:
-        """The key and the model: OpenAI limits each model of a key apart, and says the
-        model's limits in its answers (one pace per key followed whichever model spoke last)."""
-        return f"{self._key(command)}/{command.chat.model}"
-
-    def _key(self, command: GenerateText) -> str:
-        key_id = _key_id(self._secrets, command.openai_key_id, command.openai_api_key)
-        return f"openai:{key_id or 'unknown'}"
-
-    def job(
-        self, command: GenerateText, *, issued_s: float, origin: Any, report: Report
-    ) -> Job[Any]:
-        async def call() -> tuple[Timed[Completion], Limits]:
-            api_key = _opened(self._secrets, command.openai_api_key)
-            started = time.monotonic()
-            completion, limits = await _classified(self._chat.complete(command.chat, api_key))
-            return Timed(completion, _since(started)), limits
-
-        return Job(
-            key=command.request_id,
-            attempt=command.attempt,
-            scope=f"model:{command.chat.model}",
-            cost=token_cost(command.chat),
-            least=command.chat.max_tokens,  # OpenAI counts it whole against tokens a minute
-            slow_after=SLOW_GENERATION_TIMEOUTS,
-            family=self._key(command),  # a refusal of the key stops its every model's calls
-            issued_s=issued_s,
-            call=call,
-            report=report,
-            origin=origin,
-            probe=command.redrive,
-        )
-
-    def result(self, command: GenerateText, outcome: Outcome[Any], now_ms: int) -> BaseModel:
-        common = _reported(command, outcome, now_ms)
-        if outcome.error is not None:
-            return GenerationAttemptFailed(**common, **_failure(outcome.error))
-        done: Timed[Completion] = _value(outcome)
-        return GenerationAttemptSucceeded(
-            **common,
-            text=done.value.text,
-            model=done.value.model,
-            prompt_tokens=done.value.prompt_tokens,
-            completion_tokens=done.value.completion_tokens,
-            latency_ms=done.latency_ms,
-        )
-
-
-class Publish(Work[PublishCompletion]):
-    model = PublishCompletion
-    stage = "publishing"
-
-    def __init__(self, talkable: TalkableClient, secrets: SecretBox) -> None:
-        self._talkable = talkable
-        self._secrets = secrets
-
-    def target(self, command: PublishCompletion) -> str:
-        return f"talkable:{command.site}"
-
-    def job(
-        self, command: PublishCompletion, *, issued_s: float, origin: Any, report: Report
-    ) -> Job[Any]:
-        async def call() -> tuple[Publication, Limits]:
-            api_key = _opened(self._secrets, command.talkable_api_key)
-            return await _classified(self._talkable.publish(command, api_key))
-
-        # a site is one target whatever key calls it; a refusal covers the key that was refused
-        key_id = _key_id(self._secrets, command.talkable_key_id, command.talkable_api_key)
-        return Job(
-            key=command.request_id,
-            attempt=command.attempt,
-            scope="site",
-            key_scope=f"key:{key_id}" if key_id else "key",
-            cost=0,
-            issued_s=issued_s,
-            call=call,
-            report=report,
-            origin=origin,
-            probe=command.redrive,
-        )
-
-    def result(self, command: PublishCompletion, outcome: Outcome[Any], now_ms: int) -> BaseModel:
-        common = _reported(command, outcome, now_ms)
-        if outcome.error is not None:
-            return PublicationAttemptFailed(
-                **common, **_failure(outcome.error), status=outcome.error.status
-            )
-        published: Publication = _value(outcome)
-        return PublicationAttemptSucceeded(
-            **common, site=command.site, redrive=command.redrive, duplicate=published.duplicate
-        )
-
-
-@dataclass(frozen=True)
-class Timed(Generic[V]):
-    value: V
-    latency_ms: int
-
-
-def _reported(
-    command: GenerateText | PublishCompletion, outcome: Outcome[Any], now_ms: int
-) -> dict[str, Any]:
-    """What every result carries: whose attempt it was, when it ended, and what it cost."""
-    return {
-        "request_id": command.request_id,
-        "person": command.person,
-        "attempt": command.attempt,
-        "at_ms": now_ms,
-        "tries": outcome.tries,
-        "waited_ms": int(outcome.waited_s * 1000),
-    }
-
-
-def _key_id(secrets: SecretBox, key_id: str, sealed: str) -> str:
-    """The key's fingerprint as the command carries it; for a command from before commands
-    carried it, made from the key ("" if it cannot be opened: the call fails with the reason)."""
-    if not key_id:
-        with contextlib.suppress(TalkstreamError):
-            key_id = key_fingerprint(secrets.open(sealed))
-    return key_id
-
-
-def _value(outcome: Outcome[Any]) -> Any:
-    assert outcome.value is not None, "a success carries its value"
-    return outcome.value
-
-
-def _failure(error: UpstreamError) -> dict[str, Any]:
-    return {
-        "error_class": error.reason,
-        "error_message": str(error)[:500],
-        "retriable": error.retriable,
-    }
-
-
-def _opened(secrets: SecretBox, sealed: str) -> str:
-    try:
-        return secrets.open(sealed)
-    except TalkstreamError as exc:
-        raise UpstreamError(str(exc), reason="SealedKey") from None
-
-
-async def _classified(call: Awaitable[V]) -> V:
-    """Any exception of the call becomes a classified failure: nothing waits for a deadline
-    because an error was only logged. A message is kept only where it is ours (no secret)."""
-    try:
-        return await call
-    except UpstreamError:
-        raise
-    except TalkstreamError as exc:
-        raise UpstreamError(str(exc), reason=type(exc).__name__) from None
-    except Exception as exc:
-        log.exception("unexpected error in an upstream call")
-        raise UpstreamError(
-            f"unexpected {type(exc).__name__} making the call", reason="InternalError"
-        ) from None
-
-
-def _since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 def register(

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from models.events import GapProbe
-from streams.agents.executors import Mark
+from streams.agents.marks import Mark
 from streams.codecs import encode
 from tests.integration.conftest import System, group_commits, now_s, produce, read_topic
 from tests.support import seed_params, usage, wait_until

@@ -10,15 +10,9 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from models.events import DeadlineExpired, GenerateText
-from streams.agents.executors import (
-    MARK_OFFSETS,
-    MARK_RANGES,
-    Executor,
-    ExecutorConfig,
-    Generate,
-    Mark,
-    Unreported,
-)
+from streams.agents.executors import Executor, ExecutorConfig
+from streams.agents.marks import MARK_OFFSETS, MARK_RANGES, Mark, Unreported
+from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
 from streams.runtime import SystemClock, Topics
 from tests.unit.domain_builders import Ledger, received

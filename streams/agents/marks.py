@@ -1,0 +1,115 @@
+"""What an executor's commit says besides its offset, and the offsets it has not reported.
+
+An executor commits what it took before the work starts; each commit's metadata is a
+:class:`Mark`: the run that took the records and which of them are not reported yet, kept by
+:class:`Unreported`. A restarted run reads the mark back and tells the ledger which attempts
+the previous run lost (``streams.agents.executors``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
+MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
+
+Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What an executor's commit of a partition says besides the offset: the instance and the
+    run that took the records, the oldest of them not reported yet and, when they are few, the
+    ranges of those not reported (otherwise every offset from the oldest counts as one)."""
+
+    instance: str
+    run: str
+    oldest: int
+    unreported: Ranges | None = None
+
+    def encode(self) -> str:
+        found: dict[str, Any] = {"instance": self.instance, "run": self.run, "oldest": self.oldest}
+        if self.unreported is not None:
+            found["unreported"] = self.unreported
+        return json.dumps(found, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, metadata: str) -> Mark | None:
+        """None for a commit without a mark (an earlier version's) or with another's."""
+        try:
+            found = json.loads(metadata)
+            listed = found.get("unreported")
+            return cls(
+                str(found["instance"]),
+                str(found["run"]),
+                int(found["oldest"]),
+                None if listed is None else tuple((int(a), int(b)) for a, b in listed),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def lost(self, offset: int) -> bool:
+        """Whether the record at ``offset`` (below the committed one) was left unreported."""
+        if offset < self.oldest:
+            return False
+        return self.unreported is None or any(a <= offset < b for a, b in self.unreported)
+
+
+class Unreported:
+    """The offsets an executor took and has not reported, per partition in ascending order
+    (the oldest first, even if a partition were read again from further back), and by request:
+    a report of an attempt settles every earlier attempt of the request taken here (a newer
+    attempt takes the place of one still queued)."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[TopicPartition, dict[int, None]] = {}
+        self._requests: dict[str, list[tuple[TopicPartition, int, int]]] = {}
+
+    def took(self, tp: TopicPartition, offset: int, request_id: str, attempt: int) -> None:
+        offsets = self._offsets.setdefault(tp, {})
+        if offsets and offset < next(reversed(offsets)):  # read again from further back
+            self._offsets[tp] = dict.fromkeys(sorted([*offsets, offset]))
+        else:
+            offsets[offset] = None
+        self._requests.setdefault(request_id, []).append((tp, offset, attempt))
+
+    def reported(self, request_id: str, attempt: int) -> None:
+        later = []
+        for tp, offset, taken_attempt in self._requests.pop(request_id, []):
+            if taken_attempt > attempt:
+                later.append((tp, offset, taken_attempt))
+            else:
+                self._offsets.get(tp, {}).pop(offset, None)
+        if later:
+            self._requests[request_id] = later
+
+    def oldest(self, tp: TopicPartition, otherwise: int) -> int:
+        offsets = self._offsets.get(tp)
+        return next(iter(offsets)) if offsets else otherwise
+
+    def ranges(self, tp: TopicPartition, taking: range = range(0)) -> Ranges | None:
+        """The offsets of ``tp`` not reported, and those being ``taking`` now, as ranges; None
+        when they are too many to list (a mark then names only the oldest)."""
+        offsets = self._offsets.get(tp, {})
+        if len(offsets) > MARK_OFFSETS:
+            return None
+        spans = [(offset, offset + 1) for offset in offsets]  # ascending
+        if taking:
+            spans.append((taking.start, taking.stop))
+        ranges: list[list[int]] = []
+        for start, stop in spans:
+            if ranges and ranges[-1][1] == start:
+                ranges[-1][1] = stop
+            elif len(ranges) < MARK_RANGES:
+                ranges.append([start, stop])
+            else:
+                return None
+        return tuple((a, b) for a, b in ranges)
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._offsets.pop(tp, None)
