@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from time import monotonic
 from typing import Any, cast
 
 import faust
@@ -55,10 +56,20 @@ class Consumer(driver.Consumer):
         self._taken: dict[TP, int] = {}
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        """faust's records, each noted as taken (:meth:`taken`) before faust hands it on."""
+        """faust's records, each noted as taken (:meth:`taken`) before faust hands it on.
+
+        Handing a partition's messages on is also noted where faust's livelock check looks
+        for it, in its Monitor's ``stream_inbound_time``: the Monitor, told of nothing here
+        (:class:`App`), noted nothing, so once the worker had run ``stream_processing_timeout``
+        (5 minutes) the check took any partition fetched ahead of the ledger (a burst) for one
+        whose stream "has not started processing", an ERROR with faust's page of causes every
+        ~7 s per partition. A stream that stops taking messages fills its buffer, and faust
+        stops handing them on: the check still sees a real stall."""
         taken = self._taken
+        inbound = self.app.monitor.stream_inbound_time
         async for tp, message in super().getmany(timeout):
             taken[tp] = message.offset
+            inbound[tp] = monotonic()
             yield tp, message
 
     def taken(self, topic: str) -> dict[int, int]:

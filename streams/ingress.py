@@ -85,6 +85,15 @@ class KafkaSink:
     broker has it (its sequence number makes the retry a no-op if an earlier try landed), and
     ``send`` waits for that; there is no timeout that would answer 503 for a record written
     later. A client that stops waiting has been promised nothing either way.
+
+    One exception, aiokafka's: a record whose partition has had no leader for the producer's
+    ``request_timeout`` (a broker stopped with a controlled shutdown, a single broker being
+    restarted) fails with ``LeaderNotAvailableError`` without being sent, yet its sequence
+    number stays spent, so the broker answers every later record of that producer for the
+    partition ``OutOfOrderSequenceNumber``, for as long as the producer lives (aiokafka, unlike
+    Kafka's Java client, never resets its producer id). So a producer whose delivery failed is
+    replaced: the next send starts a new one, with a new producer id, rather than refusing the
+    partition's webhooks for good once Kafka is back.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class KafkaSink:
         self._lock = asyncio.Lock()
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
+        self._retired: set[asyncio.Task[None]] = set()  # replaced producers, stopping
 
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -138,9 +148,21 @@ class KafkaSink:
         try:
             await delivery  # the definitive outcome: acknowledged, or a fatal error
         except KafkaError as exc:  # not retriable (with idempotence): the record was refused
+            self._retire(producer)  # its sequence numbers may be spent: see the class doc
             raise BrokerUnavailable(f"Kafka refused the record: {type(exc).__name__}") from exc
         finally:
             del self._pending[ticket]
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        """The next send starts a new producer; this one stops once its sends have ended."""
+        current = self._producer
+        if current is None or current is not producer:
+            return  # retired already, by another of its failed sends
+        self._producer = None
+        log.warning("ingress replaces its Kafka producer after a refused record")
+        task = asyncio.ensure_future(current.stop())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def ready(self, topic: str, timeout: float) -> str | None:
         """Asks a broker now (one metadata request): None when it answered and every partition
@@ -188,6 +210,8 @@ class KafkaSink:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._retired:
+            await asyncio.wait(self._retired)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+import types
 from typing import Any
 
 import faust
@@ -280,3 +283,43 @@ async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_ackno
     await batches.aclose()
     assert feed.acked == ["a", "b", "c", "d", "e", "f", "g", "h"]
     assert feed._processors == [] and feed.enable_acks is True
+
+
+async def test_the_livelock_check_sees_the_ledger_take_its_messages(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """faust's livelock check says a stream "has not started processing" a partition that
+    aiokafka fetches ahead of (highwater past its position) unless faust's Monitor noted the
+    stream taking a message of it; the Monitor is off (it is told of nothing), so every worker
+    that had run 5 minutes logged that ERROR, with faust's page of possible causes, every
+    ~7 s for each partition of [requests] whenever the ledger was behind its input: seen on
+    both workers of a two-worker run during a burst of 1,700 webhooks, all decided at once.
+    The consumer notes the time it hands a partition's messages on, as the Monitor did."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    thread = consumer._thread
+    tp = TP("t-faust-app-requests", 0)
+    app.topics._acking_topics.add(tp.topic)
+    now = time.monotonic()
+    thread.time_started = now - 600  # the worker has run 10 minutes
+    thread.tp_last_committed_at[tp] = now  # and commits what the ledger decides
+    state = types.SimpleNamespace(timestamp=now * 1000, highwater=120, position=100)
+    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
+    aiokafka_consumer = types.SimpleNamespace(
+        _fetcher=types.SimpleNamespace(
+            _subscriptions=types.SimpleNamespace(
+                subscription=types.SimpleNamespace(assignment=assignment)
+            )
+        )
+    )
+    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+
+    async def getmany(self: Any, timeout: float) -> Any:
+        for offset in (98, 99):
+            yield tp, Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "getmany", getmany)
+    assert len([message async for _, message in consumer.getmany(1.0)]) == 2
+    with caplog.at_level(logging.ERROR):
+        thread.verify_event_path(time.monotonic(), tp)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
