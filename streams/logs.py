@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,54 @@ NOTICES: dict[str, Callable[[str], bool]] = {
     "aiokafka.consumer.group_coordinator": REBALANCING.__eq__,
     "faust.transport.producer": lambda msg: msg.startswith(BUFFER_FULL),
 }
+
+
+#: What aiokafka logs at each try to reach a broker it cannot reach, by logger. It tries again
+#: at once (each failed connection forces a metadata update, which tries again): while a broker
+#: is down, hundreds of these lines a second per client (an ingress under traffic wrote 17 MB
+#: in a 40 s outage). Each still says the broker is down, but once every ``REPEAT_EVERY_S``.
+REPEATED: dict[str, frozenset[str]] = {
+    "aiokafka": frozenset(
+        {
+            "Unable connect to node with id %s: %s",
+            'Unable connect to "%s:%s": %s',
+            "Unable to update metadata from %s",
+            'Unable to request metadata from "%s:%s": %s',
+            "Unable to request metadata from node with id %s: %r",
+        }
+    ),
+    "aiokafka.consumer.fetcher": frozenset({"Failed fetch messages from %s: %s"}),
+    "aiokafka.consumer.group_coordinator": frozenset({"Group Coordinator Request failed: %s"}),
+}
+REPEAT_EVERY_S = 10.0
+
+
+class Repeats(logging.Filter):
+    """Logs one of ``REPEATED`` once every ``every_s`` (by logger and message, whatever its
+    arguments), saying how many were left out since the last one logged."""
+
+    def __init__(
+        self, every_s: float = REPEAT_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ):
+        super().__init__()
+        self._every_s = every_s
+        self._clock = clock
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # when logged, left out since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in REPEATED.get(record.name, ()):
+            return True
+        key = (record.name, record.msg)
+        now = self._clock()
+        logged = self._last.get(key)
+        if logged is not None and now - logged[0] < self._every_s:
+            self._last[key] = (logged[0], logged[1] + 1)
+            return False
+        self._last[key] = (now, 0)
+        if logged is not None and logged[1]:
+            left_out = f" ({logged[1]} more like it in the last {now - logged[0]:.0f} s)"
+            record.msg = f"{record.msg}{left_out}"
+        return True
 
 
 class Notice(logging.Filter):
@@ -67,6 +116,9 @@ def redact_aiohttp_server_log() -> None:
         server.addFilter(RedactBadRequests())
 
 
+FILTERS: dict[str, Any] = {"notice": NOTICES, "repeats": REPEATED}  # each, by logger
+
+
 def logging_config(level: str, fmt: str) -> dict[str, Any]:
     formatter: dict[str, Any] = (
         {
@@ -81,7 +133,7 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
-        "filters": {"notice": {"()": Notice}},
+        "filters": {"notice": {"()": Notice}, "repeats": {"()": Repeats}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -94,7 +146,10 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         # share of the worker's time under load (our own lines say what happened)
         "loggers": {
             **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
-            **{name: {"filters": ["notice"]} for name in NOTICES},
+            **{
+                name: {"filters": [f for f, by in FILTERS.items() if name in by]}
+                for name in NOTICES.keys() | REPEATED.keys()
+            },
         },
     }
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from streams.logs import setup
+from streams.logs import Repeats, setup
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +77,51 @@ def test_a_library_reporting_normal_operation_is_no_warning(
     assert not any(f"WARNING {name} {line}" in x for x in lines)
     assert any(f"WARNING {name} {fault[0] % fault[1:]}" in x for x in lines)
     assert any(x.endswith(f"WARNING elsewhere {line}") for x in lines)
+
+
+def test_a_broker_out_of_reach_is_said_once_not_at_every_try(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup("info", "text")
+    client = logging.getLogger("aiokafka")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    for _ in range(500):  # what aiokafka logs in about a second of an outage
+        client.error("Unable connect to node with id %s: %s", 1, "[Errno 111] Connect call failed")
+        client.error("Unable to update metadata from %s", [1])
+        fetcher.error("Failed fetch messages from %s: %s", 1, "NodeNotReadyError")
+    client.error("Topic %s not found in cluster metadata", "t")  # another line: as ever
+    client.error("Topic %s not found in cluster metadata", "t")
+    lines = capsys.readouterr().err.strip().splitlines()
+
+    assert [x.split(" ERROR ", 1)[1] for x in lines] == [
+        "aiokafka Unable connect to node with id 1: [Errno 111] Connect call failed",
+        "aiokafka Unable to update metadata from [1]",
+        "aiokafka.consumer.fetcher Failed fetch messages from 1: NodeNotReadyError",
+        "aiokafka Topic t not found in cluster metadata",
+        "aiokafka Topic t not found in cluster metadata",
+    ]
+
+
+def test_a_repeated_line_comes_back_with_how_many_were_left_out() -> None:
+    now = [100.0]
+    repeats = Repeats(every_s=10.0, clock=lambda: now[0])
+    said = []
+    for at in [0.0, 0.5, 3.0, 9.9, 10.0, 10.1, 45.0]:
+        now[0] = 100.0 + at
+        record = logging.LogRecord(
+            "aiokafka",
+            logging.ERROR,
+            __file__,
+            1,
+            "Unable to update metadata from %s",
+            ([1],),
+            None,
+        )
+        if repeats.filter(record):
+            said.append((at, record.getMessage()))
+
+    assert said == [
+        (0.0, "Unable to update metadata from [1]"),
+        (10.0, "Unable to update metadata from [1] (3 more like it in the last 10 s)"),
+        (45.0, "Unable to update metadata from [1] (1 more like it in the last 35 s)"),
+    ]
