@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, LeaderNotAvailableError, NotLeaderForPartitionError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 PATH = "/chat-gpt/generate"
 RETRY_AFTER_SECONDS = "5"
 READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
+# what aiokafka fails a record with once its partition has had no leader for the request
+# timeout, whether or not an earlier try reached the broker (KafkaSink)
+IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
+RESEND_PAUSE_S = 1.0  # between tries to hand such a record to a new producer
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -86,14 +90,17 @@ class KafkaSink:
     ``send`` waits for that; there is no timeout that would answer 503 for a record written
     later. A client that stops waiting has been promised nothing either way.
 
-    One exception, aiokafka's: a record whose partition has had no leader for the producer's
-    ``request_timeout`` (a broker stopped with a controlled shutdown, a single broker being
-    restarted) fails with ``LeaderNotAvailableError`` without being sent, yet its sequence
-    number stays spent, so the broker answers every later record of that producer for the
-    partition ``OutOfOrderSequenceNumber``, for as long as the producer lives (aiokafka, unlike
-    Kafka's Java client, never resets its producer id). So a producer whose delivery failed is
-    replaced: the next send starts a new one, with a new producer id, rather than refusing the
-    partition's webhooks for good once Kafka is back.
+    One case is aiokafka's: a record whose partition has had no leader for the producer's
+    ``request_timeout`` (a broker stopped, or killed, a single broker being restarted) fails
+    with ``LeaderNotAvailableError`` (or ``NotLeaderForPartitionError``), whether or not an
+    earlier try of it had reached the broker: a broker killed after writing it and before
+    answering leaves it written. Its sequence number stays spent too, so the broker would answer
+    every later record of that producer for the partition ``OutOfOrderSequenceNumber`` for as
+    long as the producer lives (aiokafka, unlike Kafka's Java client, never resets its
+    producer id). So that producer is replaced, and the record, which may be written, is not
+    answered 503: it is sent again, the same bytes, on the new producer, until Kafka has it (a
+    copy already written is the same delivery, which the ledger takes once). A record that
+    Kafka refused (any other error) was not written: 503, and its producer is replaced too.
     """
 
     def __init__(
@@ -146,12 +153,33 @@ class KafkaSink:
         ticket = self._sends
         self._pending[ticket] = time.monotonic()
         try:
-            await delivery  # the definitive outcome: acknowledged, or a fatal error
-        except KafkaError as exc:  # not retriable (with idempotence): the record was refused
-            self._retire(producer)  # its sequence numbers may be spent: see the class doc
-            raise BrokerUnavailable(f"Kafka refused the record: {type(exc).__name__}") from exc
+            while True:
+                try:
+                    await delivery  # the definitive outcome: acknowledged, or an error
+                    return
+                except IN_DOUBT:  # given up for want of a leader: perhaps written
+                    self._retire(producer)
+                    producer, delivery = await self._again(topic, key, value)
+                except KafkaError as exc:  # refused: not written
+                    self._retire(producer)  # its sequence numbers may be spent: see the class doc
+                    raise BrokerUnavailable(
+                        f"Kafka refused the record: {type(exc).__name__}"
+                    ) from exc
         finally:
             del self._pending[ticket]
+
+    async def _again(
+        self, topic: str, key: bytes, value: bytes
+    ) -> tuple[AIOKafkaProducer, asyncio.Future[Any]]:
+        """A record that may be written handed to a new producer, once one can start and take
+        it (Kafka may be down for a while: tried again every ``RESEND_PAUSE_S``)."""
+        log.warning("ingress sends again a record Kafka gave up for want of a leader")
+        while True:
+            try:
+                producer = await self._started()
+                return producer, await producer.send(topic, value=value, key=key)
+            except (BrokerUnavailable, KafkaError):
+                await asyncio.sleep(RESEND_PAUSE_S)
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
         """The next send starts a new producer; this one stops once its sends have ended."""
@@ -159,7 +187,7 @@ class KafkaSink:
         if current is None or current is not producer:
             return  # retired already, by another of its failed sends
         self._producer = None
-        log.warning("ingress replaces its Kafka producer after a refused record")
+        log.warning("ingress replaces its Kafka producer: a record was given up or refused")
         task = asyncio.ensure_future(current.stop())
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
