@@ -16,7 +16,9 @@ model): requests and tokens per minute (``model_limits`` for a model on every ke
 ``key_limits`` for each model of a key, else ``default_rpm``/``default_tpm``), each a bucket with
 continuous refill holding
 ``burst_seconds`` of its rate. A call takes 1 request and its prompt (about 4 characters a
-token) plus ``max_tokens`` tokens, when it is admitted; one that does not fit is refused with
+token) plus ``max_tokens`` tokens, when it is admitted (one of more tokens than the bucket
+holds, within the minute's, is admitted by a full bucket, which it leaves below empty for the
+calls after it); one that does not fit is refused with
 OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), without a
 ``retry-after`` unless ``limit_retry_after`` is set; one that costs more than the key's tokens
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
@@ -100,11 +102,14 @@ class Bucket:
         self.rate, self.capacity, self.at = rate, capacity, now
 
     def take(self, amount: float) -> float:
-        """0 if taken, else the seconds until ``amount`` would fit."""
-        if self.level >= amount:
+        """0 if taken, else the seconds until ``amount`` would fit. An amount larger than the
+        bucket (a call of more than a second's tokens, within the minute's) fits a full one,
+        which it leaves below empty: the calls after it wait until it has refilled."""
+        need = min(amount, self.capacity)
+        if self.level >= need:
             self.level -= amount
             return 0.0
-        return (amount - self.level) / self.rate
+        return (need - self.level) / self.rate
 
     def reset_seconds(self) -> float:
         return (self.capacity - self.level) / self.rate
@@ -186,13 +191,14 @@ def _limit_headers(limits: KeyLimits) -> dict[str, str]:
     """The key's ``x-ratelimit-*`` headers: limits per minute, what is left of the minute's
     worth in proportion to the buckets, and when they would be full again."""
     requests, tokens = limits.requests, limits.tokens
+    tokens_left = limits.tpm * max(tokens.level, 0) / tokens.capacity  # (a large call: below 0)
     return {
         "x-request-id": f"req_{uuid.uuid4().hex}",
         "x-ratelimit-limit-requests": f"{limits.rpm:.0f}",
         "x-ratelimit-remaining-requests": f"{limits.rpm * requests.level / requests.capacity:.0f}",
         "x-ratelimit-reset-requests": duration(requests.reset_seconds()),
         "x-ratelimit-limit-tokens": f"{limits.tpm:.0f}",
-        "x-ratelimit-remaining-tokens": f"{limits.tpm * tokens.level / tokens.capacity:.0f}",
+        "x-ratelimit-remaining-tokens": f"{tokens_left:.0f}",
         "x-ratelimit-reset-tokens": duration(tokens.reset_seconds()),
     }
 
@@ -234,7 +240,7 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
         if wait:
             limits.requests.level += 1  # not admitted: give the request back
             lane, limit, asked = "tokens per min (TPM)", limits.tpm, cost
-            used = limits.tpm * (1 - limits.tokens.level / limits.tokens.capacity)
+            used = limits.tpm * min(1 - limits.tokens.level / limits.tokens.capacity, 1.0)
     if not wait:
         return None
     message = (

@@ -194,3 +194,20 @@ async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, ta
     assert "X-Evil" not in str(caught.value)
     assert time.monotonic() - started < 5  # classified, not left to a deadline
     assert tk.calls.count == 0
+
+
+async def test_a_call_within_a_minute_of_tokens_is_admitted_at_its_pace(oai, chat) -> None:
+    """A call larger than the key's second of tokens but within its minute runs, as it does on
+    OpenAI (which refuses only what is more than the minute's limit): the stand-in's bucket,
+    holding a second's worth (16 tokens of 1,000 a minute), once never admitted a 100-token
+    call, and answered each try "try again in 5.4s" for ever. Full, it admits one; the next
+    waits until the bucket is full again, and is told so truthfully."""
+    oai.config.key_limits = {KEY: {"rpm": 600, "tpm": 1_000}}
+    big = CHAT.model_copy(update={"max_tokens": 100})
+    completion, _ = await chat.complete(big, KEY)
+    assert completion.text
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(big, KEY)
+    asked = caught.value.limits.retry_after_s if caught.value.limits else None
+    assert caught.value.reason == "RateLimited" and asked is not None
+    assert 6.0 < asked < 8.0  # the 108 tokens it took, at 1,000 a minute, refill the bucket
