@@ -4,8 +4,9 @@
 bootstrap:
 	@./scripts/bootstrap.sh
 
+# DEV_ARGS: talkstream dev's options, e.g. make dev DEV_ARGS='--openai-port 18081 --talkable-port 18082'
 dev: bootstrap
-	.venv/bin/talkstream dev
+	.venv/bin/talkstream dev $(DEV_ARGS)
 
 # static checks first (seconds), then every test tier
 test: bootstrap
