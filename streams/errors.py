@@ -58,6 +58,8 @@ class UpstreamError(TalkstreamError):
     ``retriable`` errors (a 429, an outage) make the command wait in its target's queue;
     the others end the attempt, and ``refuses`` says whether the same answer is certain for
     the target's other calls (a revoked or exhausted key: ``key``; a missing model: ``model``).
+    ``answered``: a retriable error from an answer that came (a 200 without a usable text),
+    which says the upstream is up: asked again a few times, not waited on as an outage.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class UpstreamError(TalkstreamError):
         throttle: bool = False,
         refuses: Literal["request", "key", "model"] = "request",
         limits: Limits | None = None,
+        answered: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -78,6 +81,9 @@ class UpstreamError(TalkstreamError):
         self.throttle = throttle
         self.refuses = refuses
         self.limits = limits
+        # the upstream answered (a 200), with nothing usable in it: not an outage, and each
+        # such call may have been billed
+        self.answered = answered
         self.tries = 1
 
 

@@ -15,6 +15,8 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     400/404/422 (anything else 4xx)      BadRequest          reports
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
+    200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
+                                         BadAnswer           time (the key is up: no circuit)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
 Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
@@ -83,6 +85,7 @@ class ChatClient:
     async def complete(self, chat: ChatRequest, api_key: str) -> tuple[Completion, Limits]:
         """One call: the completion and what the answer said about the key's limits."""
         client = self._for_key(api_key)
+        answer: httpx2.Response | None = None  # (a ValueError without one came before it)
         try:
             # the SDK's own POST with the body as Chat Completions takes it: every other
             # param unchanged (``create`` refuses unknown names and re-walks the body through
@@ -97,6 +100,7 @@ class ChatClient:
                 },
                 cast_to=httpx2.Response,
             )
+            answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
             raise _status_error(exc, api_key) from None
@@ -114,13 +118,21 @@ class ChatClient:
             ) from None
         except ValueError:
             raise GenerationError(
-                "OpenAI answered with a body that is not JSON", reason="BadAnswer", retriable=True
+                "OpenAI answered with a body that is not JSON",
+                reason="BadAnswer",
+                retriable=True,
+                limits=read_limits(answer.headers) if answer is not None else None,
+                answered=answer is not None,
             ) from None
         limits = read_limits(raw.headers)
         text = _text(body)
         if text is None:
             raise GenerationError(
-                "OpenAI returned no text", reason="EmptyCompletion", retriable=True, limits=limits
+                "OpenAI returned no text",
+                reason="EmptyCompletion",
+                retriable=True,
+                limits=limits,
+                answered=True,
             )
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         completion = Completion(

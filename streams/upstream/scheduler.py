@@ -17,6 +17,9 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a call that timed out its job's ``slow_after`` times, the last while the target answered
   its other calls, is reported (``Timeout``): it is the call that is slow (a long
   generation), not the upstream, and each try may have been billed;
+- a call answered with nothing usable (a 200 without text, or not JSON) is asked again, the
+  target being up (no circuit counts it), and reported after ``slow_after`` such answers
+  (``EmptyCompletion``, ``BadAnswer``): each may have been billed;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
@@ -65,7 +68,8 @@ class Job(Generic[R]):
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
     least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
-    slow_after: int = 0  # its calls' timeouts that end it, the target answering others (0: none)
+    slow_after: int = 0  # its calls' timeouts that end it, the target answering others, or
+    # its unusable answers that do (0: none)
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
@@ -73,6 +77,7 @@ class Job(Generic[R]):
     seq: int = 0  # the order it arrived in
     started_s: float = 0.0  # when its latest call started
     timeouts: int = 0  # its calls that timed out
+    unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
     held_by: str = ""  # why it is waiting, for a QueueTimeout
 
 
@@ -479,7 +484,7 @@ class Scheduler:
         self.in_flight -= 1
         paused = target.pacer.paused_until
         try:
-            if error is None or not (error.throttle or error.retriable):
+            if error is None or error.answered or not (error.throttle or error.retriable):
                 target.answered_s = now
             if error is None:
                 target.pacer.answered(limits, now)
@@ -492,6 +497,14 @@ class Scheduler:
                 target.throttled += 1
                 self._note(target, "throttled")
                 self._requeue(target, job, f"rate limited ({error})")
+            elif error.retriable and error.answered:  # up, but nothing usable: not an outage
+                target.pacer.answered(limits, now)
+                self._note(target, "failed")
+                job.unusable += 1
+                if job.slow_after and job.unusable >= job.slow_after:
+                    self._finish(job, None, _unusable(target, job, error), now)
+                else:
+                    self._requeue(target, job, f"{error}")
             elif error.retriable:
                 target.pacer.failed(now)
                 self._note(target, "failed")
@@ -584,6 +597,18 @@ def _too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamEr
         f"{error} on this call {job.timeouts} times, while {target.name} answered other calls: "
         "the call is too slow (a long generation?), not the upstream",
         reason="Timeout",
+        limits=error.limits,
+    )
+
+
+def _unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError:
+    """The final answer for a call answered ``slow_after`` times with nothing usable: the
+    upstream is up, and would be billed for each more time it is asked."""
+    return type(error)(
+        f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
+        "(each answer may have been billed)",
+        reason=error.reason,
+        status=error.status,
         limits=error.limits,
     )
 

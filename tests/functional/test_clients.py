@@ -126,6 +126,17 @@ async def test_a_server_error_is_an_outage(oai, chat) -> None:
     )
 
 
+async def test_an_answer_without_text_is_an_answer_not_an_outage(oai, chat) -> None:
+    """A 200 whose body has no text (here the stand-in's injected 200, an error envelope): the
+    key is up and the call may have been billed; the scheduler asks again a few times only."""
+    oai.config.fail_next = [200]
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    error = caught.value
+    assert (error.reason, error.retriable, error.answered) == ("EmptyCompletion", True, True)
+    await chat.complete(CHAT, KEY)  # (the next call answers)
+
+
 def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
     return PublishCompletion(
         request_id="r-1",

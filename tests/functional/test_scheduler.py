@@ -14,7 +14,7 @@ from bench.blast_ticks import scheduler_looks
 from bench.known_targets import cpu_per_call, scrape_ms
 from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
-from streams.upstream.pacer import PacerConfig
+from streams.upstream.pacer import Circuit, PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 
@@ -478,6 +478,38 @@ async def test_a_call_that_keeps_timing_out_while_its_target_answers_others_ends
         await settle()
         clock.t += 60
     assert up.calls.count("d0") == 4 and "d0" not in up.reports
+
+
+def no_text() -> UpstreamError:
+    return UpstreamError("OpenAI returned no text", reason="EmptyCompletion", retriable=True,
+                         answered=True)  # fmt: skip
+
+
+async def test_a_call_answered_with_no_text_is_asked_again_a_few_times_then_ends() -> None:
+    """A 200 without a text (a refusal, a tool call the campaign's params asked for) is an
+    answer, billed: the key is up. It was taken for an outage: asked again at the key's pace
+    until the maximum wait (95 billed calls in 20 s on a busy key, in a look at it), each
+    counted by the circuit, which then held the key's other webhooks when they ran out."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)  # circuit_after=2
+    s.submit("key", up.job("first"))
+    await probe_answered(s, up, "first")
+    s.submit("key", up.job("empty", slow_after=3))
+    for turn in range(3):
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == "empty"
+        up.answer("empty", no_text())
+        await settle()
+        assert ("empty" in up.reports) == (turn == 2)
+    empty = up.reports["empty"]
+    assert (empty.error.reason, empty.error.retriable, empty.tries) == ("EmptyCompletion", False, 3)
+    assert str(empty.error).startswith("OpenAI returned no text 3 times: key answers this call")
+    assert s.targets["key"].pacer.circuit is Circuit.CLOSED  # not an outage
+    s.submit("key", up.job("next"))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "next"  # the key's other webhooks go on at once
 
 
 async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:
