@@ -585,9 +585,18 @@ def _give_up_generation(
         **error,
     )
     letter = GivenUp(
-        command=generate_command(flight, ctx.now_ms), reason=error.get("error_message") or cause
+        command=generate_command(flight, ctx.now_ms), reason=_letter_reason(error, cause)
     )
     return Decision(facts=facts, events=[event], dead_letters=[letter])
+
+
+def _letter_reason(error: dict[str, Any], cause: str) -> str:
+    """A parked request's letter says why as ``talkstream audit`` does: its error class (the
+    name README, ``stats`` and ``audit`` give a failure, which ``redrive --reason-contains``
+    selects by), then the message."""
+    message = error.get("error_message") or cause
+    error_class = error.get("error_class")
+    return f"{error_class}: {message}" if error_class else message
 
 
 def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any) -> Decision:
@@ -604,7 +613,7 @@ def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: An
     )
     letter = GivenUp(
         command=publish_command(flight, ctx.state.window, ctx.now_ms),
-        reason=error.get("error_message") or cause,
+        reason=_letter_reason(error, cause),
     )
     return Decision(
         facts=[

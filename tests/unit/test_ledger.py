@@ -594,7 +594,7 @@ def test_publication_retries_then_fails(max_attempts: int) -> None:
     [letter] = final.dead_letters
     assert isinstance(letter.command, PublishCompletion)
     assert letter.command.attempt == max_attempts
-    assert letter.reason == "stand-in failure"
+    assert letter.reason == "ServerError: stand-in failure"
     assert "req-1" in final.state.parked
 
 

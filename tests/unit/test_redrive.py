@@ -5,6 +5,7 @@ redrives run by earlier versions (straight to the publisher) still land."""
 from __future__ import annotations
 
 from models.events import (
+    DeadLetter,
     GenerateText,
     PublicationAttemptSucceeded,
     PublishCompletion,
@@ -165,7 +166,8 @@ def failed_generation(amount: int = 2, used: int = 0) -> Ledger:
     ledger.send(received("req-1", usage_limit=limit(amount=amount, used=used)))
     outcome = ledger.send(generation_failed("req-1"))
     [letter] = outcome.dead_letters
-    assert isinstance(letter.command, GenerateText) and letter.reason == "stand-in failure"
+    assert isinstance(letter.command, GenerateText)
+    assert letter.reason == "BadRequest: stand-in failure"
     assert ledger.state is not None and "req-1" in ledger.state.parked
     return ledger
 
@@ -254,3 +256,21 @@ def test_a_request_with_several_letters_is_redriven_once_by_its_latest() -> None
     assert [s.request_id for s in kept] == ["a", "c"]
     assert report.not_parked == ["b (published)"]
     assert [s.request_id for s in _still_parked(sends, None, RedriveReport())] == ["a", "b", "c"]
+
+
+def test_a_letter_of_parked_work_names_its_error_class_for_redrive_to_select() -> None:
+    """README's reasons table, ``talkstream stats`` ("why requests failed") and ``audit``
+    name a failure by its error class, and README says to redrive with ``--reason-contains``.
+    The letter's reason was the message alone, in which the class seldom appears ("OpenAI
+    answered 429 insufficient_quota: ...", "waited 90s in the queue of ..."): under make dev,
+    ``--reason-contains InsufficientQuota``, ``QueueTimeout`` or ``ModelNotFound`` selected
+    none of the hundreds of such letters."""
+    from streams.ops.redrive import Selection
+
+    ledger = Ledger()
+    ledger.send(received("req-1"))
+    [letter] = ledger.send(generation_failed("req-1")).dead_letters
+    assert letter.reason == "BadRequest: stand-in failure"
+    wire = DeadLetter(topic="t-generate", partition=-1, offset=-1, reason=letter.reason)
+    assert Selection(reason_contains="badrequest").matches(wire)
+    assert Selection(reason_contains="stand-in").matches(wire)
