@@ -85,8 +85,10 @@ class Consumer(driver.Consumer):
         }
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        inbound = self.app.monitor.stream_inbound_time
         for tp in revoked:
             self._taken.pop(tp, None)
+            inbound.pop(tp, None)  # assigned again later, it is not "stopped" since
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
