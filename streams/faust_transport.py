@@ -22,12 +22,23 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from mode.utils.locks import Event
 
-from streams.kafka_options import lingering_no_more
+from streams.kafka_options import IdempotentProducer, lingering_no_more
 
 
 class Producer(driver.Producer):
+    """faust's producer on aiokafka's, idempotent, taking a new producer id once it has given
+    up on a record (:class:`~streams.kafka_options.IdempotentProducer`): a record whose
+    partition had no leader for faust's ``producer_request_timeout`` (a single broker stopped
+    that long) expired unsent with its sequence number spent, and the broker refused every
+    later record of the worker for that partition, out of sequence, until the worker
+    restarted."""
+
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    @property
+    def _producer_type(self) -> type[IdempotentProducer]:
+        return IdempotentProducer
 
 
 class Consumer(driver.Consumer):

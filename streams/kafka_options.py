@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
+from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _ssl_context(settings: Settings) -> Any:
@@ -149,6 +153,55 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")
+
+
+class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
+    has given up on a record: the worker's (``streams.faust_transport``), the projector's and
+    ``talkstream redrive``'s.
+
+    aiokafka fails a batch whose partition has had no leader for ``request_timeout_ms`` (a
+    single broker stopped: its controlled shutdown publishes leader -1) without sending it, yet
+    the sequence number it gave the batch stays spent. The broker then answers every later
+    record of that producer id for the partition ``OutOfOrderSequenceNumber``, and aiokafka,
+    unlike Kafka's Java client, never takes a new id: the producer wrote nothing more to that
+    partition for as long as it lived. So a failed delivery (whatever the error: a record
+    refused is never retried, and its partition's numbering may have a gap) drops the id and
+    the sequence numbers; aiokafka's sender asks the broker for a new id before it sends
+    anything more, and numbers every partition from 0 again. A batch already numbered (in
+    flight, or being retried) keeps its id and number, which the broker still accepts, and
+    goes before any later batch of its partition (aiokafka sends one batch of a partition at
+    a time). What was refused is lost to its sender, as before: it has the error."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        delivery: asyncio.Future[Any] = await super().send(*args, **kwargs)
+        delivery.add_done_callback(self._delivered)
+        return delivery
+
+    def _delivered(self, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            return
+        failed = delivery.exception()
+        if failed is not None:
+            self.renew_producer_id(failed)
+
+    def renew_producer_id(self, failed: BaseException) -> None:
+        """Send under a new producer id from now on (see the class doc). A failure seen while
+        a new id is awaited (more batches of the same outage) changes nothing."""
+        txn = self._txn_manager
+        if txn is None or txn.transactional_id is not None or not txn.has_pid():
+            return
+        log.warning(
+            "Kafka producer gave up on a record (%s): it takes a new producer id, so that "
+            "later records are not refused as out of sequence",
+            type(failed).__name__,
+        )
+        txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+        txn._pid_waiter = asyncio.get_running_loop().create_future()
+        txn._sequence_numbers.clear()
 
 
 def reading_consumer(settings: Settings, **extra: Any) -> AIOKafkaConsumer:

@@ -1,0 +1,111 @@
+"""The worker writes again once Kafka is back from an outage longer than its producer's
+request timeout.
+
+aiokafka's idempotent producer fails a batch whose partition has had no leader for
+``request_timeout_ms`` (a single broker stopped: its controlled shutdown publishes leader -1)
+without sending it, but the sequence number it gave the batch stays spent: the broker then
+answers every later record of that producer id for the partition ``OutOfOrderSequenceNumber``,
+and aiokafka never takes a new producer id. The worker's producer (faust's request timeout,
+``PRODUCER_REQUEST_TIMEOUT``, 1200 s by default; 10 s here) wrote nothing more to such a
+partition until the worker restarted: a result lost in the outage was re-issued by its deadline
+into that partition, refused, and the request never ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from streams.dev.kafka import EmbeddedKafka
+from tests.integration.conftest import System
+from tests.support import free_port, seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of this test's own: it is stopped and started again."""
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("stopped-broker"), port=free_port(), controller_port=free_port()
+    )
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeout(
+    own_broker: EmbeddedKafka, tmp_path
+) -> None:
+    """Webhooks flow while the broker stops (a controlled shutdown, as `talkstream kafka
+    stop`): the worker's sends in its last moments learn that the partitions have no leader,
+    and those it sends then expire unsent after the producer's request timeout. Once the
+    broker is back, every webhook accepted before, during (none: 503) and after the outage
+    ends published: what was lost is re-issued by its deadline, into the same partitions."""
+    system = System(
+        own_broker,
+        tmp_path,
+        generation_deadline_seconds="20",  # lost work is re-issued soon after Kafka is back
+        publish_deadline_seconds="20",
+        max_wait_seconds="60",  # the outage is no reason to give up on a queued call
+    )
+    system.env["PRODUCER_REQUEST_TIMEOUT"] = "10"  # faust's setting: the outage outlasts it
+    # and the producer looks at the partitions' leaders often (faust's setting, 5 minutes by
+    # default), so it learns of the shutdown's "no leader" before the broker is gone, as a
+    # producer under load does from the broker's answers
+    system.env["PRODUCER_METADATA_MAX_AGE_MS"] = "100"
+    system.start()
+    answers: list[tuple[str, int | None]] = []
+    stop = threading.Event()
+
+    def traffic(client: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = seed_params(f"outage{client}-{i % 40}@example.com", content=f"outage {i}")
+            i += 1
+            try:
+                status, answer = system.post(body, timeout=20)
+            except OSError:
+                status, answer = None, None
+            rid = answer.get("request_id") if isinstance(answer, dict) else None
+            answers.append((rid or "", status))
+            stop.wait(0.05)
+
+    threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
+    try:
+        system.wait_ready()
+        system.openai("POST", "/_control", {"latency_seconds": 0.5})  # calls end all the time
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: sum(s == 202 for _, s in answers) >= 30, 60, what="steady 202s")
+        assert own_broker.stop()  # SIGTERM: a controlled shutdown
+        wait_until(
+            lambda: "LeaderNotAvailableError" in (tmp_path / "worker.log").read_text(),
+            90,
+            what="the worker's records given up on unsent (no leader)",
+        )
+        own_broker.start(timeout=120)
+        wait_until(lambda: [s for _, s in answers[-10:]].count(202) == 10, 120, what="202s")
+        after = len(answers)
+        wait_until(lambda: sum(s == 202 for _, s in answers[after:]) >= 30, 60, what="more")
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        accepted = sorted({rid for rid, status in answers if status == 202})
+        rows = system.wait_terminal(accepted, timeout=180)
+        assert {row.state for row in rows.values()} == {"published"}
+        log = (tmp_path / "worker.log").read_text()
+        print(
+            f"\n{len(accepted)} webhooks accepted around the outage, all published; worker log: "
+            f"{log.count('LeaderNotAvailableError')} LeaderNotAvailableError, "
+            f"{log.count('OutOfOrderSequenceNumber')} OutOfOrderSequenceNumber, "
+            f"{log.count('takes a new producer id')} new producer ids"
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(timeout=60)
+        system.stop()
