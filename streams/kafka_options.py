@@ -157,8 +157,8 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
 
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
-    has given up on a record: the worker's (``streams.faust_transport``), the projector's and
-    ``talkstream redrive``'s.
+    has given up on a record: the worker's (``streams.faust_transport``). (The ingress replaces
+    its producer instead; the projector's and ``talkstream redrive``'s end with the failure.)
 
     aiokafka fails a batch whose partition has had no leader for ``request_timeout_ms`` (a
     single broker stopped: its controlled shutdown publishes leader -1) without sending it, yet

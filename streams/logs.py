@@ -45,7 +45,9 @@ REPEATED: dict[str, frozenset[str]] = {
     ),
     "aiokafka.consumer.fetcher": frozenset({"Failed fetch messages from %s: %s"}),
     # a producer asking for a new producer id (``IdempotentProducer``) while no broker answers
-    "aiokafka.producer.sender": frozenset({"Cannot send %r to %s: %r", "Could not send %r: %r"}),
+    "aiokafka.producer.sender": frozenset(
+        {"Cannot send %r to %s: %r", "Could not send %r: %r", "Got error produce response: %s"}
+    ),
     "aiokafka.consumer.group_coordinator": frozenset({"Group Coordinator Request failed: %s"}),
 }
 REPEAT_EVERY_S = 10.0
