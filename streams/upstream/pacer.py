@@ -176,6 +176,11 @@ class Pacer:
         self.tokens.give_back(self._counted(cost_tokens), now)
         self.answered(limits, now)
 
+    def resume(self, now: float) -> None:
+        """The pause lifted: an operator says the upstream is back (a redrive). Its next answer
+        tells: a 429 pauses it again."""
+        self.paused_until = min(self.paused_until, now)
+
     def throttled(self, limits: Limits | None, now: float) -> None:
         """A 429 that asks to wait: pause the target, shrink the window if nothing is known."""
         self.in_flight -= 1

@@ -27,7 +27,9 @@ for the queue is decided here, what it means for the request is the ledger's:
   each model apart, and its refusal stops them all): queued and new commands in it are
   reported at once with the same reason, without a call. After that, the next command is a
   probe; so is an operator's redrive at any time (the cause was fixed), and a success lifts
-  the refusal.
+  the refusal. A redrive also lifts a pause (a 429's, a limit spent until its reset) that
+  would hold it past its maximum wait: it is called, and the upstream's answer says whether
+  to pause again.
 """
 
 from __future__ import annotations
@@ -386,6 +388,15 @@ class Scheduler:
         job's maximum wait: no call can start in time, so it ends now, not at its maximum."""
         until = target.pacer.paused_until
         if until <= now or until - job.issued_s <= self.max_wait_s:
+            return None
+        if job.probe and not job.tries:
+            # an operator's redrive: the upstream is back, they say, and no wait would let the
+            # call start in time. It is called; if the upstream still asks to wait, that
+            # answer pauses the target again and the redrive ends then, "not called again"
+            log.info(
+                "%s: a redrive lifts the pause it asked for (%s)", target.name, target.paused_by
+            )
+            target.pacer.resume(now)
             return None
         return QueueTimeout(
             f"not called{' again' if job.tries else ''}: {target.name} asked to wait "

@@ -584,6 +584,56 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     assert "asked to wait 3600s more (its limit spent until its reset)" in held
 
 
+async def test_a_redrive_lifts_a_pause_past_its_maximum_wait_and_the_answer_decides() -> None:
+    """Talkable asked to wait an hour: its commands ended "not called". Once it is back, the
+    operator's redrive is called (not ended at once again for an hour); a redrive the upstream
+    still asks to wait ends then, after that one call."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=600.0)
+    s.submit("site", up.job("a0"))
+    await probe_answered(s, up, "a0")
+    s.submit("site", up.job("a1"))
+    s.dispatch()
+    await settle()
+    up.answer("a1", throttled(wait=3600.0))
+    await settle()
+    s.dispatch()
+    await settle()
+    assert str(up.reports["a1"].error).startswith("not called again: site asked to wait 3600s")
+    s.submit("site", up.job("a2", issued=1000.0))  # a live command: ends at once, as before
+    await settle()
+    assert up.reports["a2"].error.reason == "QueueTimeout" and "a2" not in up.calls
+
+    clock.t = 1060.0  # the operator fixed it and redrives
+    s.submit("site", up.job("a2", attempt=2, issued=clock.t, probe=True))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "a2"
+    up.answer("a2")
+    await settle()
+    assert up.reports["a2"].value == "ok"
+    s.submit("site", up.job("a3", issued=clock.t))  # the upstream said it is fine: calls go
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "a3"
+    up.answer("a3", throttled(wait=3600.0))  # ...until it asks to wait again
+    await settle()
+    s.dispatch()
+    await settle()
+    assert str(up.reports["a3"].error).startswith("not called again: site asked to wait")
+
+    s.submit("site", up.job("a4", attempt=2, issued=clock.t, probe=True))
+    s.dispatch()
+    await settle()
+    up.answer("a4", throttled(wait=3600.0))  # still not back: the redrive ends, one call
+    await settle()
+    s.dispatch()
+    await settle()
+    error = up.reports["a4"].error
+    assert error is not None and str(error).startswith("not called again: site asked to wait")
+    assert up.calls.count("a4") == 1
+
+
 async def test_a_reissue_of_queued_work_keeps_its_place_and_takes_the_new_attempt() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=1, window=1)
