@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import weakref
@@ -264,7 +265,10 @@ class Ledger:
                 expired.attempt,
                 expired.stage,
             )
-            await self._topics.requests.send(key=expired.person.encode(), value=encode(expired))
+            delivery = await self._topics.requests.send(
+                key=expired.person.encode(), value=encode(expired)
+            )
+            delivery.add_done_callback(functools.partial(self._due.delivered, expired))
 
 
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
@@ -513,6 +517,16 @@ class DeadlineIndex:
                 )
             )
         return found
+
+    def delivered(self, expired: DeadlineExpired, delivery: asyncio.Future[Any]) -> None:
+        """A signal the producer gave up on (Kafka without a leader for that long) is not in
+        the log: it goes again at the next tick, if its attempt is still in flight."""
+        if not delivery.cancelled() and delivery.exception() is None:
+            return
+        self._signalled.discard((expired.request_id, expired.attempt))
+        flight = self._due.get(expired.person, {}).get(expired.request_id)
+        if flight is not None and flight.attempt == expired.attempt:
+            self._push(expired.person, expired.request_id, flight)
 
     def _forget_ended(self) -> None:
         """The signals of attempts no longer in flight (until then a signalled attempt is not

@@ -5,8 +5,10 @@ recovery completes, and never by reading the whole table now and then."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from aiokafka.errors import LeaderNotAvailableError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +52,24 @@ def test_overdue_work_is_signalled_once_per_attempt() -> None:
     [expired] = index.overdue(ISSUED + 120_000)
     assert (expired.request_id, expired.attempt, expired.stage) == ("req-1", 1, "generating")
     assert index.overdue(ISSUED + 130_000) == []  # not again while the attempt is the same
+
+
+async def test_a_signal_the_producer_gave_up_on_goes_again_at_the_next_tick() -> None:
+    """Kafka without a leader for the producer's request timeout: the DeadlineExpired was
+    never written, and the request would wait for a signal already counted as sent."""
+    index = index_with("req-1", "req-2")
+    signals = index.overdue(ISSUED + 120_000)
+    assert len(signals) == 2
+    loop = asyncio.get_running_loop()
+    lost, landed = loop.create_future(), loop.create_future()
+    lost.set_exception(LeaderNotAvailableError())
+    landed.set_result(None)
+    index.delivered(signals[0], lost)
+    index.delivered(signals[1], landed)
+
+    [again] = index.overdue(ISSUED + 121_000)
+    assert again == signals[0].model_copy(update={"at_ms": ISSUED + 121_000})
+    assert index.overdue(ISSUED + 122_000) == []  # then once, as any signal
 
 
 def test_after_a_rebalance_older_work_gets_only_the_grace() -> None:
@@ -115,8 +135,11 @@ class Sent:
     def __init__(self) -> None:
         self.values: list[DeadlineExpired] = []
 
-    async def send(self, *, key: bytes, value: bytes) -> None:
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
         self.values.append(decode(DeadlineExpired, value))
+        delivered = asyncio.get_running_loop().create_future()  # acknowledged
+        delivered.set_result(None)
+        return delivered
 
 
 class FixedClock:
