@@ -61,6 +61,17 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     broker.stop()
 
 
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of the test's own, which it may stop, kill and start again."""
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("own-broker"), port=free_port(), controller_port=free_port()
+    )
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
 def http(
     method: str,
     url: str,

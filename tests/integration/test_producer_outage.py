@@ -14,26 +14,14 @@ into that partition, refused, and the request never ended.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from streams.dev.kafka import EmbeddedKafka
 from tests.integration.conftest import System
-from tests.support import free_port, seed_params, wait_until
+from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """A broker of this test's own: it is stopped and started again."""
-    broker = EmbeddedKafka(
-        tmp_path_factory.mktemp("stopped-broker"), port=free_port(), controller_port=free_port()
-    )
-    broker.start(timeout=120)
-    yield broker
-    broker.stop()
 
 
 def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeout(

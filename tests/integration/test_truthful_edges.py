@@ -14,30 +14,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
 from models.params import from_mapping, request_fingerprint
-from streams.dev.kafka import EmbeddedKafka
 from streams.ingress import KafkaSink
 from streams.kafka_options import client_options
 from streams.settings import Settings
 from tests.integration.conftest import System, create_topic, http, read_topic
-from tests.support import free_port, seed_params, wait_until
+from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """A broker of this test's own: it is killed and restarted."""
-    broker = EmbeddedKafka(
-        tmp_path_factory.mktemp("killed-broker"), port=free_port(), controller_port=free_port()
-    )
-    broker.start(timeout=120)
-    yield broker
-    broker.stop()
 
 
 def expected_id(body: dict) -> str:
