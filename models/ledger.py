@@ -1,13 +1,14 @@
 """The ledger's decisions: ``decide(state, message, policy, now_ms) -> Decision``, pure.
 
-A decision holds the facts that change the person's state (applied by
+A decision (``models.decisions``) holds the facts that change the person's state (applied by
 ``models.state.evolve``), the lifecycle events to record, the commands for the executors and
 the work given up on, for the dead-letter topic. Every admission, retry, re-issue, park and
-dead letter is decided here; the executors only run a command and report what happened.
+dead letter is decided here or in ``models.admission``; the executors only run a command and
+report what happened.
 
 A webhook (:class:`RequestReceived`) is judged for the person: dedupe, trigger, usage window,
-admission. Every other message concerns one request, and what it does depends on the stage
-that request is in (:data:`RULES`, the whole table)::
+admission (``models.admission``). Every other message concerns one request, and what it does
+depends on the stage that request is in (:data:`RULES`, the whole table)::
 
     stage        message                      rule                  when
     generating   generation attempt succeeded generated             this or an earlier attempt
@@ -32,32 +33,35 @@ in the log, and is acted on only if its attempt is still current.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from models.admission import receive
+from models.decisions import (
+    Context,
+    Decision,
+    Outcome,
+    generate_command,
+    publish_command,
+    transition,
+)
 from models.events import (
     DeadlineExpired,
     Decidable,
-    GenerateText,
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
     LifecycleEvent,
     PublicationAttemptFailed,
     PublicationAttemptSucceeded,
-    PublishCompletion,
     RedriveRequested,
     RequestReceived,
 )
-from models.lifecycle import STATE_AFTER, EventType, State, check_transition
-from models.params import completion_event_number, trigger_met
+from models.lifecycle import State, check_transition
 from models.state import (
     Command,
     Fact,
-    Fingerprinted,
     FlightEnded,
     FlightTracked,
-    Forgotten,
     GivenUp,
     InFlight,
     PersonState,
@@ -83,26 +87,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    facts: list[Fact] = field(default_factory=list)
-    events: list[LifecycleEvent] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
-    dead_letters: list[GivenUp] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A decision applied: the person's new state and what goes out (a dataclass like
-    :class:`Decision`: its parts are validated models already, and validating them again
-    cost about 1 µs of the ~32 µs a decision takes, in the ledger and in replay --verify)."""
-
-    state: PersonState
-    events: list[LifecycleEvent] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
-    dead_letters: list[GivenUp] = field(default_factory=list)
-
-
 def handle(state: PersonState | None, message: Decidable, policy: Policy, now_ms: int) -> Outcome:
     """Decide, then evolve the state by the decision's facts (a GapProbe, which decides
     nothing, is passed over before: it concerns no person)."""
@@ -123,13 +107,6 @@ class Stage(StrEnum):
     GENERATING = "generating"
     PUBLISHING = "publishing"
     PARKED = "parked"
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    state: PersonState
-    policy: Policy
-    now_ms: int
 
 
 Rule = Callable[..., Decision]  # (context, flight, message) -> Decision
@@ -158,7 +135,7 @@ def _a_redrive(_: InFlight | None, m: PublicationAttemptSucceeded) -> bool:
 
 def decide(state: PersonState, message: Decidable, policy: Policy, now_ms: int) -> Decision:
     if isinstance(message, RequestReceived):
-        return _receive(state, message, policy, now_ms)
+        return receive(state, message, policy, now_ms)
     stage, subject = _stage(state, message.request_id)
     row = RULES.get((stage, message.kind)) if stage is not None else None
     if row is None or not row[0](subject, message):
@@ -177,157 +154,6 @@ def _stage(state: PersonState, request_id: str) -> tuple[Stage | None, InFlight 
     return None, None
 
 
-# --- a webhook --------------------------------------------------------------------------------
-
-
-def _receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Decision:
-    in_flight = {flight.request.request_id for flight in state.inflight.values()}
-    kept = _pruned(state.seen, r.at_ms, policy, keep=in_flight)
-    first = kept.get(r.request_id)
-    if first is not None and first.answers(r.delivery_id):
-        return Decision()  # a delivery already decided (redelivered after a crash)
-    duplicate = r.request_id in in_flight or (
-        first is not None and r.at_ms - first.at_ms < policy.dedupe_window_ms
-    )
-    # a repeat is its own lifecycle entity, so the original's stays whole
-    entity = r.request_id if first is None and not duplicate else f"{r.request_id}~{r.delivery_id}"
-    facts = _remember(state, r, kept, first, duplicate, policy)
-    at_ms = event_time_ms(r)
-    received = _event(
-        entity,
-        r,
-        "RequestReceived",
-        after=None,
-        at_ms=at_ms,
-        cause="webhook accepted",
-        duplicate_of=r.request_id if duplicate else None,
-        arrived_at_ms=r.at_ms,
-    )
-    if duplicate:
-        rejected = _event(
-            entity,
-            r,
-            "DuplicateRejected",
-            after=State.RECEIVED,
-            at_ms=at_ms,
-            cause="same request already seen within the dedupe window",
-            duplicate_of=r.request_id,
-        )
-        return Decision(facts=facts, events=[received, rejected])
-    if not trigger_met(r.spec.trigger_criteria):
-        skipped = _event(
-            entity,
-            r,
-            "RequestSkipped",
-            after=State.RECEIVED,
-            at_ms=at_ms,
-            cause="trigger criteria not met",
-        )
-        return Decision(facts=facts, events=[received, skipped])
-    return _admit(state, r, entity, Decision(facts=facts, events=[received]), policy, now_ms)
-
-
-def _admit(
-    state: PersonState,
-    r: RequestReceived,
-    entity: str,
-    so_far: Decision,
-    policy: Policy,
-    now_ms: int,
-) -> Decision:
-    """Reserve a slot in the person's window (if the request has a limit), or refuse."""
-    at_ms = event_time_ms(r)
-    taken: Window | None = None  # the window this request's slot is counted in
-    facts, events = list(so_far.facts), list(so_far.events)
-    limit = r.spec.usage_limit
-    if limit is not None:
-        verdict, taken = reserve(state.window, limit, limit.current_time)
-        facts.append(WindowMoved(taken))
-        if verdict is Verdict.LIMITED:
-            cause = f"usage window full: {taken.count} of {limit.amount} used"
-            limited = _event(
-                entity, r, "UsageLimited", after=State.RECEIVED, at_ms=at_ms, cause=cause,
-                window_start=taken.start, window_count=taken.count,
-            )  # fmt: skip
-            return Decision(facts=facts, events=[*events, limited])
-    flight = InFlight(
-        request_id=entity,
-        request=r,
-        state=State.GENERATING,
-        attempt=1,
-        window_start=taken.start if taken else None,
-        deadline_ms=now_ms + policy.deadline_span_ms("generating"),
-    )
-    admitted = _event(
-        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
-        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
-    )  # fmt: skip
-    started = _event(
-        entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
-        cause="generation requested", attempt=1, model=r.spec.chat.model,
-    )  # fmt: skip
-    return Decision(
-        facts=[*facts, FlightTracked(flight)],
-        events=[*events, admitted, started],
-        commands=[generate_command(flight, now_ms)],
-    )
-
-
-def _remember(
-    state: PersonState,
-    r: RequestReceived,
-    kept: dict[str, Seen],
-    first: Seen | None,
-    duplicate: bool,
-    policy: Policy,
-) -> list[Fact]:
-    """The fingerprint facts of a delivery: what is forgotten now, and what is remembered."""
-    facts: list[Fact] = []
-    forgotten = Forgotten(
-        fingerprints=frozenset(state.seen.keys() - kept.keys()),
-        # parked requests can be redriven for as long as fingerprints are kept
-        parked=frozenset(
-            rid
-            for rid, at_ms in state.parked.items()
-            if r.at_ms - at_ms >= policy.fingerprint_retention_ms
-        ),
-    )
-    if forgotten.fingerprints or forgotten.parked:
-        facts.append(forgotten)
-    if not duplicate:
-        answered = first.remember(first.delivery_id) if first is not None else ()
-        seen = Seen(at_ms=r.at_ms, delivery_id=r.delivery_id, answered=answered)
-        facts.append(Fingerprinted(r.request_id, seen))
-    elif first is not None:  # None only for state pruned before in-flight pins existed
-        answered = first.remember(r.delivery_id)
-        facts.append(Fingerprinted(r.request_id, first.model_copy(update={"answered": answered})))
-    return facts
-
-
-def event_time_ms(r: RequestReceived) -> int:
-    """The time a webhook is judged at: Talkable's rendered ``current_time`` when it sent a
-    usage limit, else when the ingress received it."""
-    if r.spec.usage_limit is not None:
-        return r.spec.usage_limit.current_time * 1000
-    return r.at_ms
-
-
-def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -> dict[str, Seen]:
-    """Forget fingerprints past retention, then the oldest past the bound (leaving room for one
-    more); never those in ``keep`` (requests in flight: their duplicates must still be caught)."""
-    kept = {
-        rid: s
-        for rid, s in seen.items()
-        if rid in keep or at_ms - s.at_ms < policy.fingerprint_retention_ms
-    }
-    excess = len(kept) - max(policy.max_fingerprints - 1, 0)
-    if excess > 0:
-        evictable = [item for item in kept.items() if item[0] not in keep]
-        for rid, _ in sorted(evictable, key=lambda item: item[1].at_ms)[:excess]:
-            del kept[rid]
-    return kept
-
-
 # --- the rules of the table -------------------------------------------------------------------
 
 
@@ -340,7 +166,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
             "deadline_ms": ctx.now_ms + ctx.policy.deadline_span_ms("publishing"),
         }
     )
-    done = _event(
+    done = transition(
         flight.request_id,
         flight.request,
         "TextGenerated",
@@ -354,7 +180,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         latency_ms=g.latency_ms,
         waited_ms=g.waited_ms,
     )
-    started = _event(
+    started = transition(
         flight.request_id,
         flight.request,
         "PublicationStarted",
@@ -387,7 +213,7 @@ def _generation_failure(ctx: Context, flight: InFlight, f: GenerationAttemptFail
 
 
 def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -> Decision:
-    event = _event(
+    event = transition(
         flight.request_id,
         flight.request,
         "CompletionPublished",
@@ -450,7 +276,7 @@ def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decis
             "redriven": True,
         }
     )
-    event = _event(
+    event = transition(
         flight.request_id,
         flight.request,
         "PublicationStarted",
@@ -477,7 +303,7 @@ def _readmit(ctx: Context, ended: InFlight, m: RedriveRequested, cause: str) -> 
         verdict, taken = reserve(ctx.state.window, limit, m.at_ms // 1000)
         facts.append(WindowMoved(taken))
         if verdict is Verdict.LIMITED:
-            limited = _event(
+            limited = transition(
                 entity, r, "UsageLimited", after=State.GENERATION_FAILED, at_ms=m.at_ms,
                 cause=f"{cause}; usage window full: {taken.count} of {limit.amount} used",
                 attempt=attempt, window_start=taken.start, window_count=taken.count,
@@ -491,12 +317,12 @@ def _readmit(ctx: Context, ended: InFlight, m: RedriveRequested, cause: str) -> 
             "redriven": True,
         }
     )
-    admitted = _event(
+    admitted = transition(
         entity, r, "RequestAdmitted", after=State.GENERATION_FAILED, at_ms=m.at_ms, cause=cause,
         attempt=attempt, window_start=taken.start if taken else None,
         window_count=taken.count if taken else None,
     )  # fmt: skip
-    started = _event(
+    started = transition(
         entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=m.at_ms,
         cause="generation requested", attempt=attempt, model=r.spec.chat.model,
     )  # fmt: skip
@@ -545,7 +371,7 @@ def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision
     retried = flight.model_copy(
         update={"attempt": flight.attempt + 1, "deadline_ms": ctx.now_ms + span}
     )
-    event = _event(
+    event = transition(
         flight.request_id,
         flight.request,
         "GenerationStarted" if generating else "PublicationStarted",
@@ -572,7 +398,7 @@ def _give_up_generation(
     if flight.window_start is not None:
         shown = release(ctx.state.window, flight.window_start)
         facts.append(WindowMoved(shown))
-    event = _event(
+    event = transition(
         flight.request_id,
         flight.request,
         "GenerationFailed",
@@ -601,7 +427,7 @@ def _letter_reason(error: dict[str, Any], cause: str) -> str:
 
 def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any) -> Decision:
     """publish_failed: kept for a redrive, and dead-lettered with its reason, whatever it is."""
-    event = _event(
+    event = transition(
         flight.request_id,
         flight.request,
         "PublicationFailed",
@@ -622,72 +448,4 @@ def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: An
         ],
         events=[event],
         dead_letters=[letter],
-    )
-
-
-# --- builders ---------------------------------------------------------------------------------
-
-
-def generate_command(flight: InFlight, now_ms: int) -> GenerateText:
-    r = flight.request
-    return GenerateText(
-        request_id=flight.request_id,
-        person=r.person,
-        site=r.spec.site,
-        attempt=flight.attempt,
-        issued_at_ms=now_ms,
-        chat=r.spec.chat,
-        openai_api_key=r.secrets.openai_api_key,
-        openai_key_id=r.openai_key_id,
-        redrive=flight.redriven,
-    )
-
-
-def publish_command(flight: InFlight, window: Window | None, now_ms: int) -> PublishCompletion:
-    r = flight.request
-    properties = {"generated_text": flight.text or ""}
-    if r.spec.usage_limit is not None and window is not None:
-        properties["__start_time"] = str(window.start)
-        properties["__current_usage_amount"] = str(window.count)
-    return PublishCompletion(
-        request_id=flight.request_id,
-        person=r.person,
-        site=r.spec.site,
-        email=r.spec.email,
-        attempt=flight.attempt,
-        issued_at_ms=now_ms,
-        event_number=completion_event_number(r.spec.event_number, flight.request_id),
-        custom_properties=properties,
-        talkable_api_key=r.secrets.talkable_api_key,
-        talkable_key_id=r.talkable_key_id,
-        redrive=flight.redriven,
-    )
-
-
-def _event(
-    request_id: str,
-    r: RequestReceived,
-    type_: EventType,
-    *,
-    after: State | None,
-    at_ms: int,
-    cause: str,
-    **fields: Any,
-) -> LifecycleEvent:
-    """One transition of ``request_id`` (the lifecycle entity of webhook ``r``); the type
-    names the state it reaches, and the table in ``models.lifecycle`` must allow it."""
-    state = STATE_AFTER[type_]
-    check_transition(request_id, after, state)
-    # validated, not ``model_construct``-ed: pydantic's validation (compiled) costs a quarter
-    # of construct's per-field Python on this hot path of the ledger and of replay --verify
-    return LifecycleEvent(
-        type=type_,
-        request_id=request_id,
-        person=r.person,
-        site=r.spec.site,
-        state=state,
-        previous_state=after,
-        at_ms=at_ms,
-        cause=cause,
-        **fields,
     )

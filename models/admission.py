@@ -1,0 +1,180 @@
+"""A webhook judged for its person: ``receive(state, request, policy, now_ms) -> Decision``, pure.
+
+In order: a delivery already decided (redelivered after a crash) changes nothing; a repeat of
+a request in flight or within the dedupe window is recorded as its own lifecycle entity and
+rejected; a request whose trigger criteria are not met is skipped; one with a usage limit
+takes a slot in the person's window or is limited; the rest is admitted and its generation
+requested. The fingerprints that catch repeats are remembered here, and forgotten past
+retention (never while their request is in flight). Every other message is ``models.ledger``'s.
+
+Times: a webhook is judged at its event time (:func:`event_time_ms`: ``usage_limit.current_time``
+when present, else the ingress receive time); ``now_ms`` (the worker's clock) only sets the
+generation's deadline.
+"""
+
+from __future__ import annotations
+
+from models.decisions import Decision, generate_command, transition
+from models.events import RequestReceived
+from models.lifecycle import State
+from models.params import trigger_met
+from models.state import (
+    Fact,
+    Fingerprinted,
+    FlightTracked,
+    Forgotten,
+    InFlight,
+    PersonState,
+    Policy,
+    Seen,
+    WindowMoved,
+)
+from models.usage import Verdict, Window, reserve
+
+
+def receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Decision:
+    in_flight = {flight.request.request_id for flight in state.inflight.values()}
+    kept = _pruned(state.seen, r.at_ms, policy, keep=in_flight)
+    first = kept.get(r.request_id)
+    if first is not None and first.answers(r.delivery_id):
+        return Decision()  # a delivery already decided (redelivered after a crash)
+    duplicate = r.request_id in in_flight or (
+        first is not None and r.at_ms - first.at_ms < policy.dedupe_window_ms
+    )
+    # a repeat is its own lifecycle entity, so the original's stays whole
+    entity = r.request_id if first is None and not duplicate else f"{r.request_id}~{r.delivery_id}"
+    facts = _remember(state, r, kept, first, duplicate, policy)
+    at_ms = event_time_ms(r)
+    received = transition(
+        entity,
+        r,
+        "RequestReceived",
+        after=None,
+        at_ms=at_ms,
+        cause="webhook accepted",
+        duplicate_of=r.request_id if duplicate else None,
+        arrived_at_ms=r.at_ms,
+    )
+    if duplicate:
+        rejected = transition(
+            entity,
+            r,
+            "DuplicateRejected",
+            after=State.RECEIVED,
+            at_ms=at_ms,
+            cause="same request already seen within the dedupe window",
+            duplicate_of=r.request_id,
+        )
+        return Decision(facts=facts, events=[received, rejected])
+    if not trigger_met(r.spec.trigger_criteria):
+        skipped = transition(
+            entity,
+            r,
+            "RequestSkipped",
+            after=State.RECEIVED,
+            at_ms=at_ms,
+            cause="trigger criteria not met",
+        )
+        return Decision(facts=facts, events=[received, skipped])
+    return _admit(state, r, entity, Decision(facts=facts, events=[received]), policy, now_ms)
+
+
+def _admit(
+    state: PersonState,
+    r: RequestReceived,
+    entity: str,
+    so_far: Decision,
+    policy: Policy,
+    now_ms: int,
+) -> Decision:
+    """Reserve a slot in the person's window (if the request has a limit), or refuse."""
+    at_ms = event_time_ms(r)
+    taken: Window | None = None  # the window this request's slot is counted in
+    facts, events = list(so_far.facts), list(so_far.events)
+    limit = r.spec.usage_limit
+    if limit is not None:
+        verdict, taken = reserve(state.window, limit, limit.current_time)
+        facts.append(WindowMoved(taken))
+        if verdict is Verdict.LIMITED:
+            cause = f"usage window full: {taken.count} of {limit.amount} used"
+            limited = transition(
+                entity, r, "UsageLimited", after=State.RECEIVED, at_ms=at_ms, cause=cause,
+                window_start=taken.start, window_count=taken.count,
+            )  # fmt: skip
+            return Decision(facts=facts, events=[*events, limited])
+    flight = InFlight(
+        request_id=entity,
+        request=r,
+        state=State.GENERATING,
+        attempt=1,
+        window_start=taken.start if taken else None,
+        deadline_ms=now_ms + policy.deadline_span_ms("generating"),
+    )
+    admitted = transition(
+        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
+        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
+    )  # fmt: skip
+    started = transition(
+        entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
+        cause="generation requested", attempt=1, model=r.spec.chat.model,
+    )  # fmt: skip
+    return Decision(
+        facts=[*facts, FlightTracked(flight)],
+        events=[*events, admitted, started],
+        commands=[generate_command(flight, now_ms)],
+    )
+
+
+def _remember(
+    state: PersonState,
+    r: RequestReceived,
+    kept: dict[str, Seen],
+    first: Seen | None,
+    duplicate: bool,
+    policy: Policy,
+) -> list[Fact]:
+    """The fingerprint facts of a delivery: what is forgotten now, and what is remembered."""
+    facts: list[Fact] = []
+    forgotten = Forgotten(
+        fingerprints=frozenset(state.seen.keys() - kept.keys()),
+        # parked requests can be redriven for as long as fingerprints are kept
+        parked=frozenset(
+            rid
+            for rid, at_ms in state.parked.items()
+            if r.at_ms - at_ms >= policy.fingerprint_retention_ms
+        ),
+    )
+    if forgotten.fingerprints or forgotten.parked:
+        facts.append(forgotten)
+    if not duplicate:
+        answered = first.remember(first.delivery_id) if first is not None else ()
+        seen = Seen(at_ms=r.at_ms, delivery_id=r.delivery_id, answered=answered)
+        facts.append(Fingerprinted(r.request_id, seen))
+    elif first is not None:  # None only for state pruned before in-flight pins existed
+        answered = first.remember(r.delivery_id)
+        facts.append(Fingerprinted(r.request_id, first.model_copy(update={"answered": answered})))
+    return facts
+
+
+def event_time_ms(r: RequestReceived) -> int:
+    """The time a webhook is judged at: Talkable's rendered ``current_time`` when it sent a
+    usage limit, else when the ingress received it."""
+    if r.spec.usage_limit is not None:
+        return r.spec.usage_limit.current_time * 1000
+    return r.at_ms
+
+
+def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -> dict[str, Seen]:
+    """Forget fingerprints past retention, then the oldest past the bound (leaving room for one
+    more); never those in ``keep`` (requests in flight: their duplicates must still be caught)."""
+    kept = {
+        rid: s
+        for rid, s in seen.items()
+        if rid in keep or at_ms - s.at_ms < policy.fingerprint_retention_ms
+    }
+    excess = len(kept) - max(policy.max_fingerprints - 1, 0)
+    if excess > 0:
+        evictable = [item for item in kept.items() if item[0] not in keep]
+        for rid, _ in sorted(evictable, key=lambda item: item[1].at_ms)[:excess]:
+            del kept[rid]
+    return kept
