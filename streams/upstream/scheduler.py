@@ -42,75 +42,19 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from streams.errors import QueueTimeout, UpstreamError
-from streams.upstream.limits import Limits
-from streams.upstream.pacer import Circuit, Pacer, PacerConfig
+from streams.errors import UpstreamError
+from streams.upstream import verdicts
+from streams.upstream.jobs import Job, Outcome, Target, describe, load, take_over
+from streams.upstream.pacer import Pacer, PacerConfig
+
+__all__ = ["Job", "Outcome", "Scheduler", "Target"]
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")  # what a call returns
-
-
-@dataclass
-class Job(Generic[R]):
-    """One command's call, waiting for its target."""
-
-    key: str  # the command's identity in its queue (request_id): a newer attempt replaces it
-    attempt: int
-    scope: str  # what a refusal of this call's kind may cover (the model, for OpenAI)
-    cost: float  # token estimate (0 where tokens are not limited)
-    issued_s: float  # when the command was issued (monotonic-comparable: the scheduler clock)
-    call: Callable[[], Awaitable[tuple[R, Limits | None]]]
-    report: Callable[[Outcome[R]], Awaitable[None]]
-    origin: Any = None  # where the command came from (a partition), for a hand-back on revoke
-    record: Any = None  # the command as it was read, to hand back
-    probe: bool = False  # an operator's redrive: called even while its scope is refused
-    least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
-    slow_after: int = 0  # its calls' timeouts that end it, the target answering others, or
-    # its unusable answers that do (0: none)
-    key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
-    # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
-    family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
-    tries: int = 0
-    seq: int = 0  # the order it arrived in
-    started_s: float = 0.0  # when its latest call started
-    timeouts: int = 0  # its calls that timed out
-    unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
-    held_by: str = ""  # why it is waiting, for a QueueTimeout
-
-
-@dataclass(frozen=True)
-class Outcome(Generic[R]):
-    """What is reported for a job: a value, or the error that ends the attempt."""
-
-    value: R | None
-    error: UpstreamError | None
-    waited_s: float
-    tries: int
-
-
-@dataclass(eq=False)  # one per name: the same target is the same object
-class Target:
-    name: str
-    pacer: Pacer
-    queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
-    queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
-    # scope → until when, and why; shared by the targets of one family
-    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)
-    throttled: int = 0  # 429s answered to this target's calls
-    calls: int = 0
-    last_error: str = ""  # the last 429 or outage, for whoever waits on it
-    paused_by: str = ""  # what asked for its pacer's latest pause
-    answered_s: float = float("-inf")  # when a call of it last got an answer
-    served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
-    waiting: bool = False  # has queued work: in the scheduler's round, or asleep
-    asleep: bool = False  # out of the round until news of it, or until ``wakes``
-    wakes: float | None = None  # when its head may start, as the pacer said (None: on news)
-    alarm: float | None = None  # its latest alarm not rung yet
+SETTLE_EVERY_S = 1.0  # at least this often, a look for queued jobs that waited too long
 
 
 class Scheduler:
@@ -172,14 +116,14 @@ class Scheduler:
             target = Target(target_name, pacer, refused=refused, served=-self._new)
             self.targets[target_name] = target
         now = self._clock()
-        unasked = self._unasked(target, job, now)
-        if unasked is not None:
-            self._finish(job, None, unasked, now)
+        ended = verdicts.unasked(target, job, now, self.max_wait_s, self.refusal_s)
+        if ended is not None:
+            self._finish(job, None, ended, now)
             return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
             if job.attempt >= queued.attempt:
-                _take_over(queued, job)
+                take_over(queued, job)
                 self._expires(target, queued)  # if it was issued earlier than thought
                 self._rouse(target)  # its head may cost less now
         else:
@@ -271,11 +215,13 @@ class Scheduler:
         while self.in_flight < self.max_in_flight and index < len(self._waiting):
             target = self._waiting[index]
             head = target.queue[0] if target.queue else None
-            if head is not None and (unasked := self._unasked(target, head, now)) is not None:
-                target.queue.popleft()  # queued before what ends it was known
-                del target.queued[head.key]
-                self._finish(head, None, unasked, now)
-                continue
+            if head is not None:
+                ended = verdicts.unasked(target, head, now, self.max_wait_s, self.refusal_s)
+                if ended is not None:
+                    target.queue.popleft()  # queued before what ends it was known
+                    del target.queued[head.key]
+                    self._finish(head, None, ended, now)
+                    continue
             at = self._ready(target, now)
             if at is not None and at <= now:
                 job = target.queue.popleft()
@@ -329,7 +275,7 @@ class Scheduler:
         job = target.queue[0]
         at = target.pacer.ready_at(job.cost, now)
         if at is None or at > now:
-            job.held_by = _why_held(target, at, now)
+            job.held_by = verdicts.why_held(target, at, now)
         return at
 
     def _settle(self, target: Target, now: float) -> None:
@@ -339,11 +285,11 @@ class Scheduler:
             return
         kept: collections.deque[Job[Any]] = collections.deque()
         for job in target.queue:
-            refusal = self._refusal(target, job, now)
-            if refusal is not None:
-                self._finish(job, None, _refused_again(refusal), now)
+            refused = verdicts.refusal(target, job, now)
+            if refused is not None:
+                self._finish(job, None, verdicts.refused_again(refused), now)
             elif now - job.issued_s > self.max_wait_s:
-                self._finish(job, None, self._timed_out(target, job, now), now)
+                self._finish(job, None, verdicts.timed_out(target, job, now, self.max_wait_s), now)
             else:
                 kept.append(job)
                 continue
@@ -364,7 +310,7 @@ class Scheduler:
                     del target.queue[index]
                     break
             self._rouse(target)  # its head may have changed
-            self._finish(job, None, self._timed_out(target, job, now), now)
+            self._finish(job, None, verdicts.timed_out(target, job, now, self.max_wait_s), now)
         if len(by_issue) > 2 * self.queued + 1024:  # mostly jobs long gone: compact
             self._by_issue = [
                 (job.issued_s, next(self._pushed), target, job)
@@ -372,74 +318,6 @@ class Scheduler:
                 for job in target.queue
             ]
             heapq.heapify(self._by_issue)
-
-    def _timed_out(self, target: Target, job: Job[Any], now: float) -> QueueTimeout:
-        held = job.held_by or _why_held(target, target.pacer.ready_at(job.cost, now), now)
-        if target.last_error and target.last_error not in held:
-            held += f"; last answer: {target.last_error}"
-        return QueueTimeout(
-            f"waited {now - job.issued_s:.0f}s in the queue of {target.name}, longer "
-            f"than the maximum wait ({self.max_wait_s:.0f}s); held by: {held}",
-            reason="QueueTimeout",
-        )
-
-    def _held_too_long(self, target: Target, job: Job[Any], now: float) -> QueueTimeout | None:
-        """The target asked to wait (a 429's pause, a limit spent until its reset) past the
-        job's maximum wait: no call can start in time, so it ends now, not at its maximum."""
-        until = target.pacer.paused_until
-        if until <= now or until - job.issued_s <= self.max_wait_s:
-            return None
-        if job.probe and not job.tries:
-            # an operator's redrive: the upstream is back, they say, and no wait would let the
-            # call start in time. It is called; if the upstream still asks to wait, that
-            # answer pauses the target again and the redrive ends then, "not called again"
-            log.info(
-                "%s: a redrive lifts the pause it asked for (%s)", target.name, target.paused_by
-            )
-            target.pacer.resume(now)
-            return None
-        return QueueTimeout(
-            f"not called{' again' if job.tries else ''}: {target.name} asked to wait "
-            f"{until - now:.0f}s more ({target.paused_by}), past "
-            f"the maximum wait ({self.max_wait_s:.0f}s, {now - job.issued_s:.0f}s of it "
-            "waited already): redrive it once the upstream allows",
-            reason="QueueTimeout",
-        )
-
-    def _unasked(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
-        """What ends the job without a call, if anything: a refusal of its scope a moment
-        ago, a size no wait lets run, a pause past its maximum wait (checked as it arrives,
-        and at the head of its queue: a job behind the head meets it there)."""
-        refusal = self._refusal(target, job, now)
-        if refusal is not None:
-            return _refused_again(refusal)
-        return self._too_large(target, job, now) or self._held_too_long(target, job, now)
-
-    def _too_large(self, target: Target, job: Job[Any], now: float) -> UpstreamError | None:
-        """The refusal no wait fixes, without a call: the job costs more than a minute's tokens
-        as the target said them within ``refusal_s`` (an operator's redrive asks anyway: the
-        customer may have raised the limit)."""
-        if job.probe or not target.pacer.never_fits(job.least, now, self.refusal_s):
-            return None
-        error = UpstreamError(
-            f"not called: it asks for at least {job.least:.0f} tokens (max_tokens), more than "
-            f"the {target.pacer.tokens_per_minute:.0f} a minute {target.name} allows; no "
-            "wait lets it run: lower max_tokens",
-            reason="RequestTooLarge",
-        )
-        error.tries = 0
-        return error
-
-    @staticmethod
-    def _refusal(target: Target, job: Job[Any], now: float) -> UpstreamError | None:
-        """The refusal that still covers the job's scope (never for a probe: a redrive)."""
-        if job.probe:
-            return None
-        for scope in (job.key_scope, job.scope):
-            found = target.refused.get(scope)
-            if found is not None and found[0] > now:
-                return found[1]
-        return None
 
     def _retire_idle(self) -> None:
         """Forget targets with nothing queued or in flight and nothing learned worth keeping
@@ -513,7 +391,7 @@ class Scheduler:
                 self._note(target, "failed")
                 job.unusable += 1
                 if job.slow_after and job.unusable >= job.slow_after:
-                    self._finish(job, None, _unusable(target, job, error), now)
+                    self._finish(job, None, verdicts.unusable(target, job, error), now)
                 else:
                     self._requeue(target, job, f"{error}")
             elif error.retriable:
@@ -521,7 +399,7 @@ class Scheduler:
                 self._note(target, "failed")
                 if error.reason == "Timeout":
                     job.timeouts += 1
-                slow = _too_slow(target, job, error)
+                slow = verdicts.too_slow(target, job, error)
                 if slow is not None:
                     self._finish(job, None, slow, now)
                 else:
@@ -550,7 +428,7 @@ class Scheduler:
         newer = target.queued.get(job.key)
         if newer is not None:
             if job.attempt > newer.attempt:
-                _take_over(newer, job)
+                take_over(newer, job)
                 self._expires(target, newer)
             return
         at = next((i for i, queued in enumerate(target.queue) if queued.seq > job.seq), None)
@@ -575,7 +453,7 @@ class Scheduler:
     def snapshot(self) -> list[dict[str, Any]]:
         """Per target: queue depth, pacing rate, 429s, circuit state (for metrics and stats)."""
         now = self._clock()
-        return [_described(t, now) for t in self.targets.values()]
+        return [describe(t, now) for t in self.targets.values()]
 
     def busiest(self, count: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """The ``count`` targets with the most work (queued and in flight, then 429s) as
@@ -585,7 +463,7 @@ class Scheduler:
         ~70 ms of the worker's loop a scrape)."""
         now = self._clock()
         targets = self.targets.values()
-        described = [_described(t, now) for t in heapq.nlargest(count, targets, key=_load)]
+        described = [describe(t, now) for t in heapq.nlargest(count, targets, key=load)]
         rest = {"queued": 0, "in_flight": self.in_flight, "throttled": 0}
         for t in targets:
             rest["queued"] += len(t.queue)
@@ -593,86 +471,3 @@ class Scheduler:
         for name in rest:
             rest[name] -= sum(d[name] for d in described)
         return described, rest
-
-
-SETTLE_EVERY_S = 1.0
-
-
-def _too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError | None:
-    """The final answer for a call that keeps timing out while its target answers others."""
-    if error.reason != "Timeout" or not job.slow_after or job.timeouts < job.slow_after:
-        return None
-    if target.answered_s <= job.started_s:
-        return None  # or the whole target is slow: an outage, which waits
-    return type(error)(
-        f"{error} on this call {job.timeouts} times, while {target.name} answered other calls: "
-        "the call is too slow (a long generation?), not the upstream",
-        reason="Timeout",
-        limits=error.limits,
-    )
-
-
-def _unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError:
-    """The final answer for a call answered ``slow_after`` times with nothing usable: the
-    upstream is up, and would be billed for each more time it is asked."""
-    return type(error)(
-        f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
-        "(each answer may have been billed)",
-        reason=error.reason,
-        status=error.status,
-        limits=error.limits,
-    )
-
-
-def _load(target: Target) -> tuple[int, int]:
-    return len(target.queue) + target.pacer.in_flight, target.throttled
-
-
-def _described(t: Target, now: float) -> dict[str, Any]:
-    return {
-        "target": t.name,
-        "queued": len(t.queue),
-        "in_flight": t.pacer.in_flight,
-        "rate": t.pacer.rate,
-        "window": t.pacer.allowed_in_flight(now),
-        "throttled": t.throttled,
-        "calls": t.calls,
-        "circuit": t.pacer.circuit.name.lower(),
-        "refused": sorted(s for s, (until, _) in t.refused.items() if until > now),
-    }
-
-
-def _take_over(queued: Job[Any], newer: Job[Any]) -> None:
-    """A re-issued command replaces the one still queued, in its place: its attempt, call and
-    report, while the wait counts from the first issue."""
-    queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
-    queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
-    queued.origin, queued.record = newer.origin, newer.record
-    queued.issued_s = min(queued.issued_s, newer.issued_s)
-
-
-def _why_held(target: Target, at: float | None, now: float) -> str:
-    pacer, last = target.pacer, f": {target.last_error}" if target.last_error else ""
-    if pacer.circuit is Circuit.OPEN:
-        return f"circuit open (outage){last}"
-    if pacer.circuit is Circuit.HALF_OPEN:
-        return f"circuit half open (probing){last}"
-    if pacer.in_flight and pacer.probing(now):
-        return "a new target's first call (alone until it answers, a second at most)"
-    if at is None:
-        return f"{pacer.in_flight} calls in flight (window {pacer.allowed_in_flight(now)})"
-    if pacer.paused_until > now:
-        return f"paused{last}"
-    return f"paced at {pacer.rate:.2f}/s" if pacer.rate else "paced"
-
-
-def _refused_again(error: UpstreamError) -> UpstreamError:
-    again = type(error)(
-        f"not called: {error}",
-        status=error.status,
-        retriable=False,
-        reason=error.reason,
-        refuses=error.refuses,
-    )
-    again.tries = 0
-    return again

@@ -1,0 +1,107 @@
+"""What the scheduler queues and for whom: a :class:`Job` (one command's call), its
+:class:`Outcome`, and a :class:`Target` (one upstream key or site, with its queue, pacer and
+refusals), with the small functions over them that the scheduler and its views share.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from streams.errors import UpstreamError
+from streams.upstream.limits import Limits
+from streams.upstream.pacer import Pacer
+
+R = TypeVar("R")  # what a call returns
+
+
+@dataclass
+class Job(Generic[R]):
+    """One command's call, waiting for its target."""
+
+    key: str  # the command's identity in its queue (request_id): a newer attempt replaces it
+    attempt: int
+    scope: str  # what a refusal of this call's kind may cover (the model, for OpenAI)
+    cost: float  # token estimate (0 where tokens are not limited)
+    issued_s: float  # when the command was issued (monotonic-comparable: the scheduler clock)
+    call: Callable[[], Awaitable[tuple[R, Limits | None]]]
+    report: Callable[[Outcome[R]], Awaitable[None]]
+    origin: Any = None  # where the command came from (a partition), for a hand-back on revoke
+    record: Any = None  # the command as it was read, to hand back
+    probe: bool = False  # an operator's redrive: called even while its scope is refused
+    least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
+    slow_after: int = 0  # its calls' timeouts that end it, the target answering others, or
+    # its unusable answers that do (0: none)
+    key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
+    # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
+    family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
+    tries: int = 0
+    seq: int = 0  # the order it arrived in
+    started_s: float = 0.0  # when its latest call started
+    timeouts: int = 0  # its calls that timed out
+    unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
+    held_by: str = ""  # why it is waiting, for a QueueTimeout
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """What is reported for a job: a value, or the error that ends the attempt."""
+
+    value: R | None
+    error: UpstreamError | None
+    waited_s: float
+    tries: int
+
+
+@dataclass(eq=False)  # one per name: the same target is the same object
+class Target:
+    """One upstream the scheduler calls (an OpenAI key's model, a Talkable site): its queue,
+    its pacer, the refusals that cover it, and its place in the scheduler's round."""
+
+    name: str
+    pacer: Pacer
+    queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
+    queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
+    # scope → until when, and why; shared by the targets of one family
+    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)
+    throttled: int = 0  # 429s answered to this target's calls
+    calls: int = 0
+    last_error: str = ""  # the last 429 or outage, for whoever waits on it
+    paused_by: str = ""  # what asked for its pacer's latest pause
+    answered_s: float = float("-inf")  # when a call of it last got an answer
+    served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
+    waiting: bool = False  # has queued work: in the scheduler's round, or asleep
+    asleep: bool = False  # out of the round until news of it, or until ``wakes``
+    wakes: float | None = None  # when its head may start, as the pacer said (None: on news)
+    alarm: float | None = None  # its latest alarm not rung yet
+
+
+def take_over(queued: Job[Any], newer: Job[Any]) -> None:
+    """A re-issued command replaces the one still queued, in its place: its attempt, call and
+    report, while the wait counts from the first issue."""
+    queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
+    queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
+    queued.origin, queued.record = newer.origin, newer.record
+    queued.issued_s = min(queued.issued_s, newer.issued_s)
+
+
+def load(target: Target) -> tuple[int, int]:
+    """How busy a target is: queued and in flight, then its 429s."""
+    return len(target.queue) + target.pacer.in_flight, target.throttled
+
+
+def describe(t: Target, now: float) -> dict[str, Any]:
+    """A target as metrics and ``talkstream stats`` show it."""
+    return {
+        "target": t.name,
+        "queued": len(t.queue),
+        "in_flight": t.pacer.in_flight,
+        "rate": t.pacer.rate,
+        "window": t.pacer.allowed_in_flight(now),
+        "throttled": t.throttled,
+        "calls": t.calls,
+        "circuit": t.pacer.circuit.name.lower(),
+        "refused": sorted(s for s, (until, _) in t.refused.items() if until > now),
+    }
