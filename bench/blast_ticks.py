@@ -8,7 +8,7 @@ with a deadline in the ledger and a command in its target's queue. Every second:
 - the ledger's timer asks its deadline index what fell due. Until the eleventh round of
   ``bench/PROFILE.md`` the index looked at every flight each time (``ScannedIndex`` here, the
   baseline); now the flights sit in a heap by when they fall due
-  (``streams.agents.ledger.DeadlineIndex``). Deadlines are spread over 15 minutes, and a
+  (``streams.agents.deadlines.DeadlineIndex``). Deadlines are spread over 15 minutes, and a
   tenth of the flights are re-decided between ticks;
 - each executor's scheduler looks for commands that waited longer than the maximum wait. It
   swept every queued command (``Scheduler._settle`` on each queue, still what a refusal
@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from models.ledger import PersonState
 from models.lifecycle import State
-from streams.agents.ledger import DeadlineIndex
+from streams.agents.deadlines import DeadlineIndex
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Scheduler
 

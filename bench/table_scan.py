@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from bench.replay import webhook
 from models.ledger import PersonState, Policy, handle
-from streams.agents.ledger import DeadlineIndex, TableScan
+from streams.agents.deadlines import DeadlineIndex
+from streams.agents.ledger import TableScan
 from streams.codecs import decode, encode
 
 STAGES = {"generating": 120_000, "publishing": 60_000}

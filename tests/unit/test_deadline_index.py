@@ -16,7 +16,8 @@ from bench.blast_ticks import ScannedIndex, deadline_ticks, state_with
 from bench.table_scan import every_state_decoded, in_flight_decoded, table_of
 from models.events import DeadlineExpired
 from models.ledger import PersonState, Policy
-from streams.agents.ledger import NOTHING_IN_FLIGHT, OFFSET_MARK, DeadlineIndex, TableScan
+from streams.agents.deadlines import DeadlineIndex
+from streams.agents.ledger import NOTHING_IN_FLIGHT, OFFSET_MARK, TableScan
 from streams.agents.ledger import Ledger as StreamsLedger
 from streams.codecs import decode, encode
 from streams.observability import WorkerMetrics
