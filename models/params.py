@@ -8,7 +8,7 @@ input value, so a secret cannot leak through a 4xx body or a log line.
 The same params in any shape (JSON, Rails-style form, legacy webhook, query string) give equal
 :class:`GenerateParams` and the same :func:`request_fingerprint`.
 
-Liquid renders every value as a string, so the contract types values itself:
+Liquid renders every value as a string, so the contract types values itself (``models.values``):
 
 - integers (``usage_limit.*``, ``openai.max_tokens``, ``openai.n``, …) accept ints and digit
   strings; floats, negatives, blanks and words are refused (``openai.seed`` may be negative);
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, get_origin
 
@@ -55,6 +53,20 @@ from models.forms import (
     unwrap_legacy,
 )
 from models.problems import Problem
+from models.values import (
+    CONTROL,
+    INT64_MAX,
+    FiniteFloat,
+    Flag,
+    NonNegativeInt,
+    PositiveInt,
+    Secret,
+    SignedInt,
+    digits,
+    flag,
+    lower_text,
+    no_stream,
+)
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 DEFAULT_MAX_TOKENS = 150
@@ -62,108 +74,6 @@ DEFAULT_MAX_TOKENS = 150
 # trigger's (``generate_text``), or Talkable's own event webhook would call us again for our
 # own write-back.
 COMPLETION_EVENT_CATEGORY: Final = "generate_text_complete"
-INT64_MAX = 2**63 - 1
-
-_SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
-_DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_KEY_LENGTH = 1024
-_HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
-
-
-# --- value types ----------------------------------------------------------------------------
-
-
-def _digits(value: Any) -> Any:
-    """Liquid renders integers as strings: accept ``"3"``, refuse ``"3.5"``, ``"-1"``, ``""``."""
-    if isinstance(value, bool):
-        raise ValueError("must be a non-negative integer")
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.isascii() or not text.isdigit():
-            raise ValueError("must be a non-negative integer (a string of digits)")
-        if len(text.lstrip("0")) > 19:
-            raise ValueError("is too large")
-        return int(text)
-    if isinstance(value, int):
-        return value
-    raise ValueError("must be a non-negative integer")
-
-
-def _signed(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be an integer")
-    if isinstance(value, str):
-        text = value.strip()
-        if not _SIGNED_INT.fullmatch(text):
-            raise ValueError("must be an integer (a string of digits)")
-        return int(text)
-    if isinstance(value, int):
-        return value
-    raise ValueError("must be an integer")
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    if isinstance(value, str):
-        text = value.strip()
-        if not _DECIMAL.fullmatch(text):
-            raise ValueError("must be a number")
-        value = float(text)
-    elif isinstance(value, int):
-        try:
-            value = float(value)
-        except OverflowError:
-            raise ValueError("is too large") from None
-    if not isinstance(value, float):
-        raise ValueError("must be a number")
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-def _flag(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError("must be true or false")
-
-
-def _no_stream(value: bool) -> bool:
-    if value:
-        raise ValueError("streaming is not supported")
-    return value
-
-
-def _secret_text(value: Any) -> Any:
-    """A key is sent as an HTTP header value (``Authorization: Bearer <key>``): after trimming,
-    printable ASCII without spaces or control characters, or no upstream call could carry it."""
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        if not _HEADER_TOKEN.fullmatch(value):
-            raise ValueError(
-                "must be printable ASCII without spaces or control characters "
-                f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
-            )
-    return value
-
-
-def _lower_text(value: Any) -> Any:
-    return value.strip().lower() if isinstance(value, str) else value
-
-
-NonNegativeInt = Annotated[int, BeforeValidator(_digits), Field(ge=0, le=INT64_MAX)]
-PositiveInt = Annotated[int, BeforeValidator(_digits), Field(gt=0, le=INT64_MAX)]
-SignedInt = Annotated[int, BeforeValidator(_signed), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
-FiniteFloat = Annotated[float, BeforeValidator(_number)]
-Flag = Annotated[bool, BeforeValidator(_flag)]
-Secret = Annotated[SecretStr, BeforeValidator(_secret_text), Field(min_length=1)]
-
-
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -202,7 +112,7 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Annotated[
-        Literal["system", "user", "assistant", "developer", "tool"], BeforeValidator(_lower_text)
+        Literal["system", "user", "assistant", "developer", "tool"], BeforeValidator(lower_text)
     ]
     content: str
 
@@ -245,7 +155,7 @@ class OpenAIParams(BaseModel):
     logprobs: Flag | None = None
     parallel_tool_calls: Flag | None = None
     store: Flag | None = None
-    stream: Annotated[bool, BeforeValidator(_flag), AfterValidator(_no_stream)] | None = None
+    stream: Annotated[bool, BeforeValidator(flag), AfterValidator(no_stream)] | None = None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -296,7 +206,7 @@ class UsageLimitParams(BaseModel):
         if not isinstance(data, Mapping):
             return data
         try:  # both must read as integers; anything else is for the fields to refuse
-            start, now = _digits(data.get("start_time")), _digits(data.get("current_time"))
+            start, now = digits(data.get("start_time")), digits(data.get("current_time"))
         except ValueError:
             return data
         if isinstance(start, int) and isinstance(now, int) and start > now >= 0:
@@ -347,7 +257,7 @@ class GenerateParams(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be blank")
-        if _CONTROL.search(value) or " " in value:
+        if CONTROL.search(value) or " " in value:
             raise ValueError("must be a site slug")
         return value
 
@@ -357,7 +267,7 @@ class GenerateParams(BaseModel):
         value = value.strip().lower()
         if "@" not in value or value.startswith("@") or value.endswith("@"):
             raise ValueError("must be an email address")
-        if _CONTROL.search(value):
+        if CONTROL.search(value):
             raise ValueError("must be an email address")
         return value
 
@@ -366,7 +276,7 @@ class GenerateParams(BaseModel):
     def _event_number(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if _CONTROL.search(value):
+        if CONTROL.search(value):
             raise ValueError("must not contain control characters")
         return value.strip() or None
 

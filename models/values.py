@@ -1,0 +1,113 @@
+"""Values as Liquid renders them, typed: every value of a webhook arrives as a string.
+
+Integers accept ints and digit strings (:data:`NonNegativeInt`, :data:`PositiveInt`,
+:data:`SignedInt`), numbers their JSON type or a string of it (:data:`FiniteFloat`), flags
+``true``/``false`` (:data:`Flag`); a key (:data:`Secret`) must be sendable as an HTTP header.
+Error messages never repeat the value: a secret cannot leak through them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, SecretStr
+
+INT64_MAX = 2**63 - 1
+
+_SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
+_DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_KEY_LENGTH = 1024
+_HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+
+
+def digits(value: Any) -> Any:
+    """Liquid renders integers as strings: accept ``"3"``, refuse ``"3.5"``, ``"-1"``, ``""``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a non-negative integer")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or not text.isdigit():
+            raise ValueError("must be a non-negative integer (a string of digits)")
+        if len(text.lstrip("0")) > 19:
+            raise ValueError("is too large")
+        return int(text)
+    if isinstance(value, int):
+        return value
+    raise ValueError("must be a non-negative integer")
+
+
+def signed(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _SIGNED_INT.fullmatch(text):
+            raise ValueError("must be an integer (a string of digits)")
+        return int(text)
+    if isinstance(value, int):
+        return value
+    raise ValueError("must be an integer")
+
+
+def number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError("must be a number")
+        value = float(text)
+    elif isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError("is too large") from None
+    if not isinstance(value, float):
+        raise ValueError("must be a number")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def no_stream(value: bool) -> bool:
+    if value:
+        raise ValueError("streaming is not supported")
+    return value
+
+
+def secret_text(value: Any) -> Any:
+    """A key is sent as an HTTP header value (``Authorization: Bearer <key>``): after trimming,
+    printable ASCII without spaces or control characters, or no upstream call could carry it."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if not _HEADER_TOKEN.fullmatch(value):
+            raise ValueError(
+                "must be printable ASCII without spaces or control characters "
+                f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
+            )
+    return value
+
+
+def lower_text(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+NonNegativeInt = Annotated[int, BeforeValidator(digits), Field(ge=0, le=INT64_MAX)]
+PositiveInt = Annotated[int, BeforeValidator(digits), Field(gt=0, le=INT64_MAX)]
+SignedInt = Annotated[int, BeforeValidator(signed), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+FiniteFloat = Annotated[float, BeforeValidator(number)]
+Flag = Annotated[bool, BeforeValidator(flag)]
+Secret = Annotated[SecretStr, BeforeValidator(secret_text), Field(min_length=1)]
