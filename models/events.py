@@ -169,6 +169,18 @@ class RedriveRequested(_Wire):
     person: str
     at_ms: int = Field(ge=0, description="when the operator asked")
     reason: str = Field("", description="why it was given up on (the dead letter's reason)")
+    stage: Literal["generating", "publishing"] | None = Field(
+        None,
+        description="the stage it was parked in (its dead letter's command: a generation, a "
+        "publication); with attempt, what this redrive runs again",
+    )
+    attempt: int | None = Field(
+        None,
+        ge=1,
+        description="the attempt it was parked at (its dead letter's): a redrive of any other "
+        "stage or attempt is stale (the request was redriven since) and changes nothing; "
+        "absent: written by an earlier version, which redrove whatever was parked",
+    )
 
 
 class GapProbe(_Wire):

@@ -17,9 +17,10 @@ depends on the stage that request is in (:data:`RULES`, the whole table)::
     publishing   publication attempt succeeded published            this or an earlier attempt
     publishing   publication attempt failed   retry or park         the current attempt
     publishing   deadline expired             retry or park         the current attempt
-    parked       redrive requested            run it again          always (a failed
-                                                                        generation takes a
-                                                                        slot again first)
+    parked       redrive requested            run it again          of the parked attempt
+                                                                        (a failed generation
+                                                                        takes a slot again
+                                                                        first)
     parked       publication attempt succeeded published (legacy)   a redrive's own result
 
 Anything else (a late, duplicate or stale result; a request that ended) changes nothing.
@@ -125,8 +126,14 @@ def _current_and_due(flight: InFlight, m: DeadlineExpired) -> bool:
     return m.stage == flight.state.value and m.attempt == flight.attempt
 
 
-def _always(_: object, __: object) -> bool:
-    return True
+def _the_parked_attempt(ended: InFlight | None, m: RedriveRequested) -> bool:
+    # a redrive names the stage and attempt it runs again: read again after a restart (the
+    # ledger re-reads what it decided since its last mark), it finds the request redriven
+    # since, and maybe parked again (a later attempt, or the publication of a generation it
+    # redrove), which it must not run again on its own. None: an earlier version's redrive
+    if m.attempt is None or m.stage is None:
+        return True
+    return ended is not None and (m.stage, m.attempt) == (ended.state.value, ended.attempt)
 
 
 def _a_redrive(_: InFlight | None, m: PublicationAttemptSucceeded) -> bool:
@@ -357,7 +364,7 @@ RULES: dict[tuple[Stage, str], tuple[Guard, Rule]] = {
     (Stage.PUBLISHING, "publication_succeeded"): (_this_or_earlier, _published),
     (Stage.PUBLISHING, "publication_failed"): (_current, _publication_failure),
     (Stage.PUBLISHING, "deadline_expired"): (_current_and_due, _overdue),
-    (Stage.PARKED, "redrive_requested"): (_always, _redrive),
+    (Stage.PARKED, "redrive_requested"): (_the_parked_attempt, _redrive),
     (Stage.PARKED, "publication_succeeded"): (_a_redrive, _legacy_redriven),
 }
 

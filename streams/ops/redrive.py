@@ -253,6 +253,8 @@ def _one(
             person=command.person,
             at_ms=now_ms(),
             reason=letter.reason[:300],
+            stage="publishing" if isinstance(command, PublishCompletion) else "generating",
+            attempt=command.attempt,
         )
         topic, key, value = settings.topic("requests"), command.person.encode(), encode(redrive)
         what = f"{command.request_id} → the ledger"

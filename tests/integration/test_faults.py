@@ -245,6 +245,45 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     assert "0 redriven" in again  # each letter is redriven once
 
 
+def test_a_redrive_is_not_run_again_by_a_restarted_worker(make_system) -> None:
+    """A restarted worker's ledger reads again what it decided since its last offset mark
+    (it cannot tell a message it decided from one faust dropped). A redrive among them once
+    ran the request again on its own: a generation refused for want of quota, redriven once
+    the quota was back, then parked again when Talkable refused its publication, was published
+    again (an unasked Talkable call, an operator's redrive in the audit trail that no one sent)
+    when its person's next webhook arrived after a restart, and `replay --verify` disagreed.
+    A redrive now names the stage and attempt it runs again."""
+    system = make_system()
+    system.openai("POST", "/_control", {"insufficient_quota_keys": ["sk-no-quota-0001"]})
+    system.talkable("POST", "/_control", {"api_keys": {"test-site": "the-current-key"}})
+    body = seed_params("again@example.com", openai_key="sk-no-quota-0001")
+    [request_id] = post_all(system, [body])
+    assert system.wait_terminal([request_id])[request_id].state == "generation_failed"
+
+    system.openai("POST", "/_control", {"insufficient_quota_keys": []})  # topped up
+    assert f"redriven: {request_id}" in system.talkstream("redrive")
+
+    def parked_again() -> bool:
+        found = system.projection.request(request_id)
+        return found is not None and found.state == "publish_failed"
+
+    wait_until(parked_again, 60, what="the redriven request parked again (Talkable refuses)")
+    before = [(t.state, t.attempt) for t in system.projection.transitions(request_id)]
+
+    worker = system.procs.pop("worker")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    system.start_worker()
+    # the person's next webhook: its partition is read again from the ledger's last mark
+    [after] = post_all(system, [seed_params("again@example.com", content="another verse")])
+    system.wait_terminal([after])
+    assert "since its last mark" in (system.root / "worker.log").read_text(errors="replace")
+    assert [(t.state, t.attempt) for t in system.projection.transitions(request_id)] == before
+    assert system.projection.request(request_id).state == "publish_failed"
+    verified = system.talkstream("replay", "--verify")
+    assert "no differences" in verified, verified
+
+
 def test_a_redrive_of_one_request_leaves_the_others_for_a_later_redrive(make_system) -> None:
     # a filtered redrive once moved the redrive group past every letter it examined, so the
     # parked requests it did not select were never offered again

@@ -823,6 +823,8 @@ class Model:
         if isinstance(m, RedriveRequested):
             if m.request_id not in self.parked:
                 return []
+            if m.attempt is not None and (m.stage, m.attempt) != self.parked[m.request_id]:
+                return []  # stale: of an attempt not parked now
             stage, attempt = self.parked.pop(m.request_id)
             if stage == "publishing":
                 self.inflight[m.request_id] = ("publishing", attempt + 1)
@@ -1013,8 +1015,18 @@ class Run:
             return published(entity, attempt, duplicate=retriable, at_ms=at_ms)
         if kind == "publication_failed":
             return publication_failed(entity, attempt, retriable=retriable, at_ms=at_ms)
-        if kind == "redrive":
-            return RedriveRequested(request_id=entity, person=PERSON, at_ms=at_ms)
+        if kind == "redrive":  # of the attempt parked, of another (stale), or of any (None)
+            parked = self.model.parked.get(entity, ("generating", 1))
+            of = data.draw(
+                st.sampled_from(
+                    [None, parked, (parked[0], parked[1] + 1), ("generating", parked[1])]
+                ),
+                label="redrive of",
+            )
+            stage, tried = of if of is not None else (None, None)
+            return RedriveRequested(
+                request_id=entity, person=PERSON, at_ms=at_ms, stage=stage, attempt=tried
+            )
         other: Stage = "publishing" if stage == "generating" else "generating"
         return expired(entity, attempt, data.draw(st.sampled_from([stage, other])), at_ms=at_ms)
 

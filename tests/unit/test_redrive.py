@@ -4,6 +4,9 @@ redrives run by earlier versions (straight to the publisher) still land."""
 
 from __future__ import annotations
 
+import base64
+from typing import Literal
+
 from models.events import (
     DeadLetter,
     GenerateText,
@@ -12,6 +15,7 @@ from models.events import (
     RedriveRequested,
 )
 from models.lifecycle import State
+from streams.codecs import decode_requests, encode
 from tests.unit.domain_builders import (
     PERSON,
     SITE,
@@ -27,9 +31,20 @@ from tests.unit.domain_builders import (
 )
 
 
-def redrive(request_id: str, at_ms: int = T0 * 1000 + 60_000) -> RedriveRequested:
+def redrive(
+    request_id: str,
+    at_ms: int = T0 * 1000 + 60_000,
+    of: tuple[Literal["generating", "publishing"], int] | None = None,
+) -> RedriveRequested:
+    """``of``: the stage and attempt it was parked at (None: an earlier version's redrive)."""
+    stage, attempt = of if of is not None else (None, None)
     return RedriveRequested(
-        request_id=request_id, person=PERSON, at_ms=at_ms, reason="Talkable answered 401"
+        request_id=request_id,
+        person=PERSON,
+        at_ms=at_ms,
+        reason="Talkable answered 401",
+        stage=stage,
+        attempt=attempt,
     )
 
 
@@ -218,6 +233,63 @@ def test_a_redriven_generation_without_a_limit_simply_runs_again() -> None:
     outcome = ledger.send(redrive("req-1"))
     assert types_of(outcome) == ["RequestAdmitted", "GenerationStarted"]
     assert outcome.state.window is None
+
+
+def test_a_redrive_read_again_after_its_request_was_parked_again_changes_nothing() -> None:
+    """A restarted worker reads again what its ledger decided since its last offset mark: a
+    redrive among them must not run the request again. Here a failed generation (parked at
+    attempt 1) is redriven, generates, and is parked again when Talkable refuses its
+    publication (also attempt 1: a publication counts its own); the same redrive read again
+    finds the publication parked and changes nothing."""
+    ledger = failed_generation(amount=3)
+    once = redrive("req-1", of=("generating", 1))
+    assert types_of(ledger.send(once)) == ["RequestAdmitted", "GenerationStarted"]
+    ledger.send(generated("req-1", 2))
+    again = ledger.send(publication_failed("req-1", 1))
+    assert types_of(again) == ["PublicationFailed"] and "req-1" in again.state.parked
+    window = again.state.window
+
+    read_again = ledger.send(once)
+    assert (read_again.events, read_again.commands, read_again.dead_letters) == ([], [], [])
+    assert read_again.state.parked == again.state.parked
+    assert read_again.state.window == window  # no slot taken again
+    assert ledger.send(redrive("req-1", of=("publishing", 2))).events == []  # nor another
+    # the operator's redrive of the publication parked now runs it
+    assert types_of(ledger.send(redrive("req-1", of=("publishing", 1)))) == ["PublicationStarted"]
+
+
+def test_a_redrive_names_the_attempt_its_letter_was_parked_at() -> None:
+    """What ``talkstream redrive`` sends for a letter: the attempt of the command given up on,
+    which the ledger compares with the attempt parked."""
+    from streams.ops.redrive import RedriveReport, Selection, _one, _Send
+    from streams.settings import Settings
+
+    ledger = parked_ledger()
+    ledger.send(redrive("req-1", of=("publishing", 1)))
+    [given_up] = ledger.send(publication_failed("req-1", 2)).dead_letters
+    settings = Settings(app_id="t")
+    letter = DeadLetter(
+        topic=settings.topic("completions"),
+        partition=-1,
+        offset=-1,
+        reason=given_up.reason,
+        key=PERSON,
+        value_b64=base64.b64encode(encode(given_up.command)).decode(),
+        request_id="req-1",
+    )
+    send = _one(encode(letter), Selection(), RedriveReport(), settings, lambda: T0 * 1000)
+    assert isinstance(send, _Send)
+    sent = decode_requests(send.value)
+    assert isinstance(sent, RedriveRequested) and (sent.stage, sent.attempt) == ("publishing", 2)
+    assert types_of(ledger.send(sent)) == ["PublicationStarted"]
+
+
+def test_a_redrive_without_an_attempt_runs_whatever_is_parked() -> None:
+    """One written by an earlier version, which named no attempt: as before."""
+    ledger = parked_ledger()
+    ledger.send(redrive("req-1"))
+    ledger.send(publication_failed("req-1", 2))
+    assert types_of(ledger.send(redrive("req-1"))) == ["PublicationStarted"]
 
 
 def test_a_selection_of_requests_matches_only_their_letters() -> None:
