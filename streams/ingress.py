@@ -20,8 +20,13 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, LeaderNotAvailableError, NotLeaderForPartitionError
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    KafkaError,
+    LeaderNotAvailableError,
+    NotLeaderForPartitionError,
+    ProducerClosed,
+)
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -45,6 +50,7 @@ from models.signature import SIGNATURE_HEADER, verify_signature
 from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable
+from streams.kafka_options import IdempotentProducer
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
 
@@ -56,7 +62,7 @@ READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 # what aiokafka fails a record with once its partition has had no leader for the request
 # timeout, whether or not an earlier try reached the broker (KafkaSink)
 IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
-RESEND_PAUSE_S = 1.0  # between tries to hand such a record to a new producer
+RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -94,13 +100,13 @@ class KafkaSink:
     ``request_timeout`` (a broker stopped, or killed, a single broker being restarted) fails
     with ``LeaderNotAvailableError`` (or ``NotLeaderForPartitionError``), whether or not an
     earlier try of it had reached the broker: a broker killed after writing it and before
-    answering leaves it written. Its sequence number stays spent too, so the broker would answer
-    every later record of that producer for the partition ``OutOfOrderSequenceNumber`` for as
-    long as the producer lives (aiokafka, unlike Kafka's Java client, never resets its
-    producer id). So that producer is replaced, and the record, which may be written, is not
-    answered 503: it is sent again, the same bytes, on the new producer, until Kafka has it (a
-    copy already written is the same delivery, which the ledger takes once). A record that
-    Kafka refused (any other error) was not written: 503, and its producer is replaced too.
+    answering leaves it written. So it is not answered 503: it is sent again, the same bytes,
+    on the same producer, until Kafka has it (a copy already written is the same delivery,
+    which the ledger takes once). The producer is an
+    :class:`~streams.kafka_options.IdempotentProducer`, as the worker's: once a delivery has
+    failed (and spent a sequence number) it takes a new producer id, so neither that record
+    sent again nor the records after it are refused as out of sequence. A record that Kafka
+    refused (any other error) was not written: 503.
     """
 
     def __init__(
@@ -109,22 +115,17 @@ class KafkaSink:
         self._options = options
         self._timeout = timeout
         self._stall_seconds = stall_seconds
-        self._producer: AIOKafkaProducer | None = None
-        self._starting: asyncio.Future[AIOKafkaProducer] | None = None  # a readiness probe's
+        self._producer: IdempotentProducer | None = None
+        self._starting: asyncio.Future[IdempotentProducer] | None = None  # a readiness probe's
         self._lock = asyncio.Lock()
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
-        self._retired: set[asyncio.Task[None]] = set()  # replaced producers, stopping
 
-    async def _started(self) -> AIOKafkaProducer:
+    async def _started(self) -> IdempotentProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    **self._options,
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=1,
-                    request_timeout_ms=int(self._timeout * 1000),
+                producer = IdempotentProducer(
+                    **self._options, linger_ms=1, request_timeout_ms=int(self._timeout * 1000)
                 )
                 try:
                     await asyncio.wait_for(producer.start(), self._timeout)
@@ -158,10 +159,8 @@ class KafkaSink:
                     await delivery  # the definitive outcome: acknowledged, or an error
                     return
                 except IN_DOUBT:  # given up for want of a leader: perhaps written
-                    self._retire(producer)
-                    producer, delivery = await self._again(topic, key, value)
+                    delivery = await self._again(producer, topic, key, value)
                 except KafkaError as exc:  # refused: not written
-                    self._retire(producer)  # its sequence numbers may be spent: see the class doc
                     raise BrokerUnavailable(
                         f"Kafka refused the record: {type(exc).__name__}"
                     ) from exc
@@ -169,28 +168,19 @@ class KafkaSink:
             del self._pending[ticket]
 
     async def _again(
-        self, topic: str, key: bytes, value: bytes
-    ) -> tuple[AIOKafkaProducer, asyncio.Future[Any]]:
-        """A record that may be written handed to a new producer, once one can start and take
-        it (Kafka may be down for a while: tried again every ``RESEND_PAUSE_S``)."""
+        self, producer: IdempotentProducer, topic: str, key: bytes, value: bytes
+    ) -> asyncio.Future[Any]:
+        """A record that may be written handed to the producer again (under the new producer
+        id it has taken), once it takes it: while Kafka is down it may refuse to (no metadata,
+        buffer full), tried again every ``RESEND_PAUSE_S``; a closed producer never will."""
         log.warning("ingress sends again a record Kafka gave up for want of a leader")
         while True:
             try:
-                producer = await self._started()
-                return producer, await producer.send(topic, value=value, key=key)
-            except (BrokerUnavailable, KafkaError):
+                return await producer.send(topic, value=value, key=key)
+            except ProducerClosed:
+                raise
+            except KafkaError:
                 await asyncio.sleep(RESEND_PAUSE_S)
-
-    def _retire(self, producer: AIOKafkaProducer) -> None:
-        """The next send starts a new producer; this one stops once its sends have ended."""
-        current = self._producer
-        if current is None or current is not producer:
-            return  # retired already, by another of its failed sends
-        self._producer = None
-        log.warning("ingress replaces its Kafka producer: a record was given up or refused")
-        task = asyncio.ensure_future(current.stop())
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
 
     async def ready(self, topic: str, timeout: float) -> str | None:
         """Asks a broker now (one metadata request): None when it answered and every partition
@@ -238,8 +228,6 @@ class KafkaSink:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-        if self._retired:
-            await asyncio.wait(self._retired)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -157,8 +157,9 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
 
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
-    has given up on a record: the worker's (``streams.faust_transport``). (The ingress replaces
-    its producer instead; the projector's and ``talkstream redrive``'s end with the failure.)
+    has given up on a record: the worker's (``streams.faust_transport``) and the ingress's
+    (``streams.ingress.KafkaSink``). (The projector's and ``talkstream redrive``'s end with the
+    failure.)
 
     aiokafka fails a batch whose partition has had no leader for ``request_timeout_ms`` (a
     single broker stopped: its controlled shutdown publishes leader -1) without sending it, yet
@@ -171,7 +172,9 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     anything more, and numbers every partition from 0 again. A batch already numbered (in
     flight, or being retried) keeps its id and number, which the broker still accepts, and
     goes before any later batch of its partition (aiokafka sends one batch of a partition at
-    a time). What was refused is lost to its sender, as before: it has the error."""
+    a time). What was given up on is its sender's to send again, under the new id, or not: it
+    has the error (the ingress sends a record given up for want of a leader again, as it may be
+    written; the worker's lost work is re-issued by the ledger's deadlines)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})

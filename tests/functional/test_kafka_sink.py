@@ -4,118 +4,186 @@ aiokafka's idempotent producer fails a record whose partition has had no leader 
 request timeout (a single broker stopped with a controlled shutdown, or killed) with
 LeaderNotAvailableError, whether or not an earlier try had reached the broker, and keeps the
 sequence number it gave the record: from then on the broker answers every record of that
-producer for the partition ``OutOfOrderSequenceNumber``, for good. Seen on a real broker stopped
-for 40 s under traffic: once it was back, every webhook was answered 503 until the ingress was
-restarted, while its /readyz said ready. The sink replaces such a producer, and sends such a
-record again rather than answer 503 for what may be written.
+producer id for the partition ``OutOfOrderSequenceNumber``, for good. Seen on a real broker
+stopped for 40 s under traffic: once it was back, every webhook was answered 503 until the
+ingress was restarted, while its /readyz said ready. The sink's producer takes a new producer id
+after a failed delivery (``IdempotentProducer``, as the worker's), and the sink sends such a
+record again on it rather than answer 503 for what may be written.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import itertools
+from typing import Any, ClassVar
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, LeaderNotAvailableError, OutOfOrderSequenceNumber
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    TopicAuthorizationFailedError,
+)
 
 import streams.ingress as ingress
 from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
+from streams.kafka_options import IdempotentProducer
 
 
-class PoisonedProducer:
-    """aiokafka's producer as the broker sees it: its first record expires unsent
-    (no leader), and every later one is out of sequence, for as long as it lives."""
+class AsTheBrokerSeesIt(AIOKafkaProducer):
+    """aiokafka's producer, its producer id and sequence numbers kept by its own transaction
+    manager, over a broker in memory that writes a record only if it has the next number of its
+    producer id. As aiokafka's sender, it asks for a new id when the producer has none, numbers
+    a record after ``send`` has returned, and answers later. ``give_up`` fails the next record
+    with that error, its number spent (``written_anyway``: after the broker wrote it, as a broker
+    killed before answering); ``refuse`` has the broker refuse the next one. With ``reachable``,
+    a record given up takes Kafka down: ``send`` itself fails until ``reachable`` is set."""
 
-    made: list[PoisonedProducer] = []
+    made: ClassVar[list[AsTheBrokerSeesIt]] = []
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
-        self.sent: list[bytes] = []
-        self.poisoned = False
-        self.stopped = False
-        PoisonedProducer.made.append(self)
+        super().__init__(**options)
+        self.handed: list[bytes] = []  # every record handed over, tries again included
+        self.written: list[tuple[int, bytes]] = []  # (producer id, value), as the broker has them
+        self.give_up: KafkaError | None = None
+        self.written_anyway = False
+        self.refuse: KafkaError | None = None
+        self.reachable: asyncio.Event | None = None
+        self.refused_sends = 0
+        self.tried_again = asyncio.Event()  # a send refused, and tried again
+        self._ids = itertools.count(1)
+        self._next_sequence: dict[int, int] = {}  # the broker's: per producer id
+        AsTheBrokerSeesIt.made.append(self)
 
     async def start(self) -> None:
-        pass
+        self._txn_manager.set_pid_and_epoch(next(self._ids), 0)
 
-    async def stop(self) -> None:
-        self.stopped = True
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        if self.reachable is not None and not self.reachable.is_set():
+            self.refused_sends += 1
+            if self.refused_sends > 1:
+                self.tried_again.set()
+            raise KafkaTimeoutError()
+        self.handed.append(value)
+        loop = asyncio.get_running_loop()
+        delivery: asyncio.Future[Any] = loop.create_future()
+        loop.call_soon(self._answer, TopicPartition(topic, 0), value, delivery)
+        return delivery
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
-        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if len(PoisonedProducer.made) == 1 and not self.poisoned and not self.sent:
-            self.poisoned = True  # the first record of the first producer: expired unsent
-            delivery.set_exception(LeaderNotAvailableError())
-        elif self.poisoned:
+    def _answer(self, tp: TopicPartition, value: bytes, delivery: asyncio.Future[Any]) -> None:
+        txn = self._txn_manager
+        if not txn.has_pid():
+            txn.set_pid_and_epoch(next(self._ids), 0)
+        pid, sequence = txn.producer_id, txn.sequence_number(tp)
+        txn.increment_sequence_number(tp, 1)
+        if self.give_up is not None and not self.written_anyway:
+            delivery.set_exception(self.give_up)
+            self.give_up = None
+            if self.reachable is not None:
+                self.reachable.clear()
+        elif self.refuse is not None:
+            delivery.set_exception(self.refuse)
+            self.refuse = None
+        elif sequence != self._next_sequence.get(pid, 0):
             delivery.set_exception(OutOfOrderSequenceNumber())
         else:
-            self.sent.append(value)
-            delivery.set_result(None)
-        return delivery
+            self._next_sequence[pid] = sequence + 1
+            self.written.append((pid, value))
+            if self.give_up is not None:  # written, and the answer lost
+                delivery.set_exception(self.give_up)
+                self.give_up = None
+            else:
+                delivery.set_result(None)
+
+
+class SinksProducer(IdempotentProducer, AsTheBrokerSeesIt):
+    """The sink's producer (a new producer id after a failed delivery) over the broker above."""
 
 
 @pytest.fixture
-def poisoned(monkeypatch: pytest.MonkeyPatch) -> list[PoisonedProducer]:
-    PoisonedProducer.made = []
-    monkeypatch.setattr(ingress, "AIOKafkaProducer", PoisonedProducer)
-    return PoisonedProducer.made
+def made(monkeypatch: pytest.MonkeyPatch) -> list[AsTheBrokerSeesIt]:
+    AsTheBrokerSeesIt.made = []
+    monkeypatch.setattr(ingress, "IdempotentProducer", SinksProducer)
+    return AsTheBrokerSeesIt.made
 
 
-async def test_a_record_given_up_for_want_of_a_leader_is_sent_again_on_a_new_producer(
-    poisoned: list[PoisonedProducer],
+async def test_without_a_new_producer_id_every_record_after_one_given_up_is_refused() -> None:
+    """The defect, as the broker above sees aiokafka's producer alone."""
+    producer = AsTheBrokerSeesIt(bootstrap_servers="127.0.0.1:1", enable_idempotence=True)
+    await producer.start()
+    producer.give_up = LeaderNotAvailableError()
+    with pytest.raises(LeaderNotAvailableError):
+        await (await producer.send("t-requests", b"first", b"person"))
+    for value in (b"first", b"second"):
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await (await producer.send("t-requests", value, b"person"))
+    assert producer.written == []
+    await producer.stop()
+
+
+@pytest.mark.parametrize(
+    ("error", "written_anyway"),
+    [(LeaderNotAvailableError(), False), (NotLeaderForPartitionError(), True)],
+    ids=["given-up-unsent", "given-up-after-the-broker-wrote-it"],
+)
+async def test_a_record_given_up_for_want_of_a_leader_is_sent_again_under_a_new_producer_id(
+    made: list[AsTheBrokerSeesIt], error: KafkaError, written_anyway: bool
 ) -> None:
     sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
-    # given up by the first producer, perhaps written: not a 503, sent again until Kafka has it
+    await sink._started()
+    [producer] = made
+    producer.give_up, producer.written_anyway = error, written_anyway
+    # given up, perhaps written: not a 503, sent again on the same producer until Kafka has it
     await sink.send("t-requests", b"person", b"first")
     await sink.send("t-requests", b"person", b"second")  # Kafka is back: written, not refused
     await sink.send("t-requests", b"person", b"third")
-    assert len(poisoned) == 2
-    assert poisoned[1].sent == [b"first", b"second", b"third"]
+    assert made == [producer]
+    assert producer.handed == [b"first", b"first", b"second", b"third"]
+    copy = [(1, b"first")] if written_anyway else []  # the same delivery: the ledger takes one
+    assert producer.written == [*copy, (2, b"first"), (2, b"second"), (2, b"third")]
     await sink.close()
-    assert all(producer.stopped for producer in poisoned)
+    assert producer._closed
 
 
-async def test_a_record_refused_is_a_503_and_its_producer_replaced(
-    poisoned: list[PoisonedProducer],
+async def test_a_record_refused_is_a_503_and_the_next_is_written_under_a_new_producer_id(
+    made: list[AsTheBrokerSeesIt],
 ) -> None:
     sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [producer] = made
     await sink.send("t-requests", b"person", b"first")
-    poisoned[1].poisoned = True  # this producer's numbering is spent: the broker refuses
-    with pytest.raises(BrokerUnavailable, match="OutOfOrderSequenceNumber"):
+    producer.refuse = TopicAuthorizationFailedError()  # refused: its number is spent all the same
+    with pytest.raises(BrokerUnavailable, match="TopicAuthorizationFailedError"):
         await sink.send("t-requests", b"person", b"refused")
     await sink.send("t-requests", b"person", b"after")
-    assert [p.sent for p in poisoned] == [[], [b"first"], [b"after"]]
+    assert made == [producer]
+    assert producer.written == [(1, b"first"), (2, b"after")]
     await sink.close()
-
-
-class Unreachable(PoisonedProducer):
-    """After the first producer, Kafka cannot be reached until ``reachable`` is set."""
-
-    reachable: asyncio.Event
-    tried_again: asyncio.Event  # a third producer tried to start: the record is being re-sent
-
-    async def start(self) -> None:
-        if len(PoisonedProducer.made) >= 3:
-            Unreachable.tried_again.set()
-        if len(PoisonedProducer.made) > 1 and not Unreachable.reachable.is_set():
-            raise KafkaConnectionError("Connect call failed")
 
 
 async def test_a_record_in_doubt_waits_for_kafka_and_new_records_are_refused_meanwhile(
-    monkeypatch: pytest.MonkeyPatch, poisoned: list[PoisonedProducer]
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
 ) -> None:
-    Unreachable.reachable, Unreachable.tried_again = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(ingress, "AIOKafkaProducer", Unreachable)
     monkeypatch.setattr(ingress, "RESEND_PAUSE_S", 0.01)
     sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"}, stall_seconds=0.0)
+    await sink._started()
+    [producer] = made
+    producer.give_up = LeaderNotAvailableError()
+    producer.reachable = reachable = asyncio.Event()
+    reachable.set()
     in_doubt = asyncio.ensure_future(sink.send("t-requests", b"person", b"first"))
-    await asyncio.wait_for(Unreachable.tried_again.wait(), 5)
+    # given up, and Kafka cannot take it again: tried every RESEND_PAUSE_S
+    await asyncio.wait_for(producer.tried_again.wait(), 5)
 
     assert not in_doubt.done()
-    with pytest.raises(BrokerUnavailable, match="Kafka unavailable"):
+    with pytest.raises(BrokerUnavailable, match="Kafka is not acknowledging; nothing was sent"):
         await sink.send("t-requests", b"other", b"new")  # not handed over: nothing written
-    Unreachable.reachable.set()
+    reachable.set()
     await asyncio.wait_for(in_doubt, 5)
-    assert [p.sent for p in poisoned if p.sent] == [[b"first"]]
+    assert producer.handed == [b"first", b"first"]
+    assert producer.written == [(2, b"first")]
     await sink.close()
