@@ -62,6 +62,9 @@ READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 # what aiokafka fails a record with once its partition has had no leader for the request
 # timeout, whether or not an earlier try reached the broker (KafkaSink)
 IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
+# a stop (SIGTERM) waits this long for the webhooks in progress (each waits for Kafka's
+# acknowledgement: long while Kafka is down), then closes their connections unanswered
+SHUTDOWN_SECONDS = 15.0
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
@@ -223,11 +226,25 @@ class KafkaSink:
         return None
 
     async def close(self) -> None:
+        """Stop the producer, giving Kafka up to the sink's timeout to take what it holds. Kafka
+        may be down (a stop waits for every record handed over, and a producer that gave one
+        up waits for a new producer id first): past the timeout the records left are dropped.
+        None of them was answered 2xx (a webhook is answered only once Kafka has its record),
+        so Talkable retries them."""
         if self._starting is not None and not self._starting.done():
-            await asyncio.wait([self._starting])
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            await asyncio.wait([self._starting], timeout=self._timeout)
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait([stopping], timeout=self._timeout)
+        if not done:
+            stopping.cancel()
+            log.warning(
+                "ingress stopped before Kafka acknowledged every record (%.0fs): their "
+                "webhooks were not answered 2xx, and are retried by their sender",
+                self._timeout,
+            )
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -13,7 +13,9 @@ into that partition, refused, and the request never ended.
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 
@@ -96,4 +98,60 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
         for thread in threads:
             if thread.is_alive():
                 thread.join(timeout=60)
+        system.stop()
+
+
+def test_the_ingress_stops_while_kafka_is_down(own_broker: EmbeddedKafka, tmp_path) -> None:
+    """A stop (SIGTERM) while Kafka is down once hung for good: webhooks in progress waited
+    for Kafka (a record given up for want of a leader is sent again until Kafka has it), and
+    the producer's stop waited for what it held, under a producer id it could not get (one is
+    dropped after any failed delivery). Now the
+    stop waits ``SHUTDOWN_SECONDS`` for webhooks in progress, closes their connections
+    unanswered, and gives Kafka the sink's timeout more: the process ends, and no webhook of
+    the outage was answered 2xx (their senders retry; none was promised anything)."""
+    system = System(own_broker, tmp_path)
+    system.start()
+    answers: list[tuple[float, int | None]] = []
+    stop = threading.Event()
+
+    def traffic(client: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = seed_params(f"stop{client}-{i % 20}@example.com", content=f"stop {i}")
+            i += 1
+            try:
+                status, _ = system.post(body, timeout=120)
+            except OSError:  # the connection closed unanswered
+                status = None
+            answers.append((time.monotonic(), status))
+            stop.wait(0.05)
+
+    threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
+    try:
+        system.wait_ready()
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: sum(s == 202 for _, s in answers) >= 10, 60, what="steady 202s")
+        assert own_broker.stop()
+        stopped = time.monotonic()
+        log = tmp_path / "ingress.log"
+        # a delivery failed (given up for want of a leader, or timed out): the producer drops
+        # its id, and what it holds waits for a new one, which only Kafka can give
+        wait_until(
+            lambda: "takes a new producer id" in log.read_text(), 90, what="a delivery failed"
+        )
+        stop.set()
+        ingress = system.procs.pop("ingress")
+        ingress.send_signal(signal.SIGTERM)
+        assert ingress.wait(timeout=90) == 0  # it hung here, for as long as Kafka was down
+        for thread in threads:
+            thread.join(timeout=150)
+        late = [status for at, status in answers if at > stopped + 1]
+        assert 202 not in late, late
+        assert "stopped before Kafka acknowledged every record" in log.read_text()
+    finally:
+        stop.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(timeout=150)
         system.stop()
