@@ -165,15 +165,24 @@ def kafka() -> None:
 )
 def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
-    from streams.dev.kafka import KafkaLauncherError
+    from streams.dev.kafka import KafkaLauncherError, PortUnavailable
     from streams.dev.kafka_cluster import KafkaCluster
+    from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets
     from streams.topics import ensure_topics
 
     settings = _settings()
-    broker = _broker(settings, nodes)
-    nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
     try:
+        broker = _broker(settings, nodes)
+        nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
         status = broker.start(timeout=timeout)
+    except PortUnavailable as exc:  # the port named with what sets it
+        cluster = isinstance(broker, KafkaCluster)
+        where = (
+            f"{BOOTSTRAP}: the cluster's ports run from its port on, two per node"
+            if cluster
+            else what_sets(broker_addresses(settings), exc.port)
+        )
+        raise click.ClickException(f"{exc} (set by {where})") from None
     except KafkaLauncherError as exc:
         raise click.ClickException(str(exc)) from None
     if nodes > 1:

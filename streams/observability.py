@@ -1,5 +1,6 @@
-"""Worker metrics (Prometheus) and health: ``/healthz`` (alive), ``/readyz`` (partitions
-assigned and tables recovered, so the worker is taking decisions), ``/metrics``.
+"""Worker metrics (Prometheus) and health: ``/healthz`` (alive), ``/readyz`` (a Kafka broker
+answers, partitions assigned and tables recovered, so the worker is taking decisions; the
+projector on its own: a broker answers), ``/metrics``.
 
 Every metric name starts with ``talkstream_``. Nothing here ever carries a secret: labels are
 states, stages, services and topics only.
@@ -8,7 +9,8 @@ states, stages, services and topics only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -217,7 +219,53 @@ class ConsumerLag(Collector):
         yield family
 
 
-def ready(app: Any) -> tuple[bool, str]:
+# a connection whose request has waited this long for any answer is to a broker that does not
+# answer (a consumer's fetch is answered within its fetch_max_wait, 0.5 s, and a heartbeat in
+# milliseconds, every 3 s)
+KAFKA_SILENCE_SECONDS = 10.0
+
+
+def kafka_unreachable(consumers: Iterable[Any], now: float | None = None) -> str | None:
+    """None while a Kafka broker answers this process; otherwise why not, for ``/readyz``.
+
+    Read, without a request of its own, from the connections of the process's own aiokafka
+    consumers (the executors', the projector's: ``consumer._client._conns``, each with aiokafka's
+    ``connected()``, its requests awaiting an answer, ``_requests``, and the time of its last
+    answer, ``_last_action``). A consumer in a group always has a request on its way: a fetch
+    long-polls (an idle partition is answered empty: no records is not no Kafka) and a heartbeat
+    goes every 3 s. So a connection that is up and waits for nothing, or was answered within
+    :data:`KAFKA_SILENCE_SECONDS`, is a broker answering. A broker stopped or killed closes
+    them at once (aiokafka then tries to connect again, and holds a connection only once one
+    answers); a broker that hangs, or a network that drops everything, leaves their requests
+    unanswered. Any one consumer answered is enough: they all talk to the same brokers.
+    ``consumers``: None for one not made yet."""
+    now = time.monotonic() if now is None else now
+    made = [consumer for consumer in consumers if consumer is not None]
+    if not made:
+        return "connecting to Kafka"
+    up = [
+        conn
+        for consumer in made
+        for conn in list(consumer._client._conns.values())
+        if conn.connected()
+    ]
+    if not up:
+        return "Kafka unreachable: no connection to a broker"
+    silent = [now - conn._last_action for conn in up if conn._requests]
+    if len(silent) < len(up) or min(silent) <= KAFKA_SILENCE_SECONDS:
+        return None
+    return f"Kafka unreachable: no broker has answered for {min(silent):.0f} s"
+
+
+def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple[bool, str]:
+    """Whether this process takes decisions now, and if not why: Kafka out of reach of its own
+    consumers (the executors and projector in ``consumers``) first, then faust's rebalance and
+    table recovery; ``app`` None: a process without faust (the projector on its own)."""
+    unreachable = kafka_unreachable((own.consumer for own in consumers), now)
+    if unreachable is not None:
+        return False, unreachable
+    if app is None:
+        return True, "ready"
     if getattr(app, "rebalancing", False):
         return False, "rebalancing"
     recovery = app.tables.recovery
@@ -230,14 +278,14 @@ async def serve_worker_http(
     app: Any, metrics: WorkerMetrics, host: str, port: int, *, name: str = "worker"
 ) -> web.AppRunner:
     """``/healthz``, ``/readyz`` and ``/metrics``; ``app`` None: a process without faust (the
-    projector on its own), ready once serving."""
+    projector on its own), ready while a broker answers its consumer."""
     metrics.registry.register(ConsumerLag(app, metrics.consumers))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        ok, why = ready(app) if app is not None else (True, "ready")
+        ok, why = ready(app, metrics.consumers)
         return web.json_response({"ready": ok, "status": why}, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int | None = Field(
-        None, description="embedded broker's KRaft controller port; default: broker port + 1"
+        None,
+        ge=0,
+        le=65535,
+        description="embedded broker's KRaft controller port; default (or 0): broker port + 1",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 _POLL_SECONDS = 0.1
 # a listener that could not bind. A lone node exits some seconds after it; a cluster's node
 # ran on for the whole wait (80 s and more) and never answered
-_BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+?): ([^.\r\n]+)")
+_BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+):(\d+): ([^.\r\n]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +265,7 @@ class EmbeddedKafka:
         java, jars = find_java(), self.fetch_jars()
         for port in (self.port, self.controller_port):
             if _port_open(self.host, port):
-                raise KafkaLauncherError(
-                    f"{self.host}:{port} is taken by another process (another Kafka?): "
-                    "stop it or choose other ports"
-                )
+                raise PortUnavailable(self.host, port, "taken by another process (another Kafka?)")
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         template = self._config_file("server.properties").read_text()
         self.properties_file.write_text(
@@ -346,28 +343,32 @@ class EmbeddedKafka:
 
     def check_starting(self) -> None:
         """Raise :class:`NodeFailed` if the process :meth:`launch` started has exited, or runs
-        without one of its listeners (then it is killed: it never started, nothing is lost)."""
+        without one of its listeners (then it is killed: it never started, nothing is lost).
+        A listener that could not bind is :class:`PortUnavailable`, whether the node exited of
+        it (the broker's listener) or runs on without it (the controller's)."""
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is not None:
+        exited = proc.poll() is not None
+        failed = self._bind_failure()
+        if failed is not None:
+            self.kill()  # a no-op once it has exited
+            self.pid_file.unlink(missing_ok=True)
+            host, port, reason = failed
+            raise PortUnavailable(
+                host,
+                port,
+                f"{reason.lower()}; Kafka node {self.node_id} could not bind it and was stopped",
+            )
+        if exited:
             self.pid_file.unlink(missing_ok=True)
             raise NodeFailed(
                 f"Kafka node {self.node_id} exited with code {proc.returncode} while starting; "
                 f"last lines of {self.log_file}:\n{self.log_tail()}"
             )
-        failed = self._bind_failure()
-        if failed is not None:
-            self.kill()
-            address, reason = failed
-            raise NodeFailed(
-                f"Kafka node {self.node_id} cannot listen on {address} ({reason}): another "
-                f"process took the port after it was checked; stopped it. Choose other ports "
-                f"or start again. Last lines of {self.log_file}:\n{self.log_tail()}"
-            )
 
-    def _bind_failure(self) -> tuple[str, str] | None:
-        """(address, reason) of a listener that could not bind, from the log written since
+    def _bind_failure(self) -> tuple[str, int, str] | None:
+        """(host, port, reason) of a listener that could not bind, from the log written since
         our launch (read from where the previous look stopped, at a line's start)."""
         try:
             with self.log_file.open("rb") as log:
@@ -380,7 +381,8 @@ class EmbeddedKafka:
         if found is None:
             self._log_read += complete
             return None
-        return found[1].decode(errors="replace"), found[2].decode(errors="replace").strip()
+        host, port, reason = (group.decode(errors="replace") for group in found.groups())
+        return host, int(port), reason.strip()
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
@@ -498,6 +500,16 @@ class EmbeddedKafka:
 class NodeFailed(KafkaLauncherError):
     """A node launched here exited or lost a listener while starting (its own message names
     it and quotes its log)."""
+
+
+class PortUnavailable(NodeFailed):
+    """A port of the node's cannot be had: taken when it was to be launched, or when it bound
+    (then it was stopped). One line, without the broker's stack trace; the caller that knows
+    what sets the port adds it."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host, self.port, self.reason = host, port, reason
 
 
 def _tail(text: str, lines: int = 30) -> str:

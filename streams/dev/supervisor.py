@@ -4,13 +4,15 @@ printed with its address, unless ``TALKSTREAM_CONSOLE_TOKEN`` is set).
 
 Nothing starts unless everything can: a second ``dev`` on the same data directory (its broker,
 its consumer group, its SQLite file) is refused, and so is an address one of the servers could
-not have, before anything is started, rather than after a banner that another run's servers
-appeared to confirm."""
+not have (the broker's two included, unless it runs already), before anything is started,
+rather than after a banner that another run's servers appeared to confirm, or a broker's stack
+trace."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -25,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError, PortUnavailable
 from streams.errors import TalkstreamError
 from streams.runtime import child_process
 from streams.secrets import dev_key
@@ -41,12 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def embedded_broker(settings: Settings) -> EmbeddedKafka:
-    host, port = broker_address(settings)
+    (host, port, _), (_, controller_port, _) = broker_addresses(settings)
     return EmbeddedKafka(
         settings.data_dir,
         host=host,
         port=port,
-        controller_port=settings.kafka_controller_port or port + 1,
+        controller_port=controller_port,
         version=settings.kafka_version,
     )
 
@@ -155,41 +157,100 @@ def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list
     return [server for server in found if server[1]]
 
 
+BOOTSTRAP = "TALKSTREAM_KAFKA_BOOTSTRAP"
+CONTROLLER_PORT = "TALKSTREAM_KAFKA_CONTROLLER_PORT"
+MAX_PORT = 65535
+
+
+def broker_addresses(settings: Settings) -> list[Address]:
+    """The embedded broker's two listeners (clients, KRaft controller), each with what sets
+    it; :class:`KafkaLauncherError` when the settings give both the same port."""
+    host, port = broker_address(settings)
+    controller = settings.kafka_controller_port
+    if not controller and port == MAX_PORT:
+        raise KafkaLauncherError(
+            f"{BOOTSTRAP}'s port is {port}: the embedded broker's controller cannot have the "
+            f"next; set {CONTROLLER_PORT}"
+        )
+    if not controller:
+        default = f"{CONTROLLER_PORT}, by default {BOOTSTRAP}'s port + 1"
+        return [(host, port, BOOTSTRAP), (host, port + 1, default)]
+    if controller == port:
+        raise KafkaLauncherError(
+            f"{CONTROLLER_PORT} is {BOOTSTRAP}'s port ({port}): the embedded broker needs "
+            "another port for its controller"
+        )
+    return [(host, port, BOOTSTRAP), (host, controller, CONTROLLER_PORT)]
+
+
+def what_sets(addresses: list[Address], port: int) -> str:
+    """What sets ``port`` among ``addresses``; the bootstrap when none has it."""
+    return next((set_by for _, at, set_by in addresses if at == port), BOOTSTRAP)
+
+
 def check_addresses(addresses: list[Address]) -> None:
     """:class:`DevRefused` for the first address that cannot be listened on now (bound the
     way the servers bind: ``SO_REUSEADDR``, so a port a stopped run left in TIME_WAIT is
-    free)."""
-    for host, port, set_by in addresses:
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            with socket.socket(family) as probe:
+    free), or that two of them would share. Each probe listens until all are checked, so the
+    kernel says which would collide (``localhost`` and ``127.0.0.1``, a wildcard host)."""
+    with contextlib.ExitStack() as held:
+        checked: list[Address] = []
+        for host, port, set_by in addresses:
+            try:
+                family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+                probe = held.enter_context(socket.socket(family))
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
-        except OSError as exc:
-            reason = exc.strerror.lower() if exc.strerror else str(exc)
-            raise DevRefused(
-                f"cannot listen on {host}:{port}: {reason} (set by {set_by})"
-            ) from None
+                probe.listen()
+            except OSError as exc:
+                reason = exc.strerror.lower() if exc.strerror else str(exc)
+                shared = [earlier for _, at, earlier in checked if at == port]
+                if shared and exc.errno == errno.EADDRINUSE:
+                    raise DevRefused(
+                        f"cannot listen on {host}:{port} for two servers: one set by "
+                        f"{shared[0]}; the other by {set_by}"
+                    ) from None
+                raise DevRefused(
+                    f"cannot listen on {host}:{port}: {reason} (set by {set_by})"
+                ) from None
+            checked.append((host, port, set_by))
 
 
 def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(hold_data_dir(settings.data_dir))
-            check_addresses(servers(settings, openai_port=openai_port, talkable_port=talkable_port))
-        except DevRefused as exc:
+            kafka = broker_addresses(settings)
+            broker = embedded_broker(settings)
+            addresses = servers(settings, openai_port=openai_port, talkable_port=talkable_port)
+            if broker.status().pid is None:  # else ours runs (`kafka start`): this run uses it
+                addresses = kafka + addresses
+            check_addresses(addresses)
+        except (DevRefused, KafkaLauncherError) as exc:
             print(f"talkstream dev: {exc}", file=sys.stderr)
             return 1
-        return _run(settings, openai_port=openai_port, talkable_port=talkable_port)
+        return _run(settings, broker, kafka, openai_port=openai_port, talkable_port=talkable_port)
 
 
-def _run(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
+def _run(
+    settings: Settings,
+    broker: EmbeddedKafka,
+    kafka: list[Address],
+    *,
+    openai_port: int,
+    talkable_port: int,
+) -> int:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    broker = embedded_broker(settings)
     started_kafka = not broker.status().running
     try:
         status = broker.start()
+    except PortUnavailable as exc:  # taken since it was checked
+        print(
+            f"talkstream dev: {exc} (set by {what_sets(kafka, exc.port)})",
+            file=sys.stderr,
+        )
+        return 1
     except KafkaLauncherError as exc:
         print(f"talkstream dev: {exc}", file=sys.stderr)
         return 1

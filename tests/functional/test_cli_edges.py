@@ -70,10 +70,47 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
 
 
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
-    """Every server of ``talkstream dev`` on a port of its own, free now."""
+    """Every server of ``talkstream dev`` on a port of its own, free now, its broker's too."""
     monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(data_dir))
-    for name in ("INGRESS_PORT", "CONSOLE_PORT", "WORKER_HTTP_PORT", "PROJECTOR_HTTP_PORT"):
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    for name in (
+        "KAFKA_CONTROLLER_PORT",
+        "INGRESS_PORT",
+        "CONSOLE_PORT",
+        "WORKER_HTTP_PORT",
+        "PROJECTOR_HTTP_PORT",
+    ):
         monkeypatch.setenv(f"TALKSTREAM_{name}", str(free_port()))
+
+
+@pytest.fixture(params=["listening", "bound"])
+def held(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A port this test holds on 127.0.0.1: listening (another server), or bound only (an
+    outgoing connection's port, say: nothing answers there, yet no server can have it)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        if request.param == "listening":
+            holder.listen()
+        yield holder.getsockname()[1]
+
+
+def held_next_to_a_free_port() -> tuple[int, socket.socket]:
+    """A free port and, held (listening), the port after it."""
+    for _ in range(50):
+        port = free_port()
+        holder = socket.socket()
+        try:
+            holder.bind(("127.0.0.1", port + 1))
+        except OSError:
+            holder.close()
+            continue
+        holder.listen()
+        return port, holder
+    raise AssertionError("no free port with a free port after it")
+
+
+BOOTSTRAP = "TALKSTREAM_KAFKA_BOOTSTRAP"
+CONTROLLER = "TALKSTREAM_KAFKA_CONTROLLER_PORT"
 
 
 @pytest.mark.parametrize(
@@ -89,29 +126,122 @@ def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
             None,
             "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
         ),
+        ("KAFKA_BOOTSTRAP", None, BOOTSTRAP),
+        ("KAFKA_CONTROLLER_PORT", None, CONTROLLER),
     ],
 )
 def test_dev_names_an_address_in_use_before_it_starts_anything(
-    taken: int,
+    held: int,
     variable: str | None,
     option: str | None,
     set_by: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path,
 ) -> None:
+    """Whether another server listens there or a socket merely holds the port: the embedded
+    broker's ports were found taken only by the broker itself, once started (its stack trace,
+    or a check that named no setting to change)."""
     dev_env(monkeypatch, tmp_path)
     ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
-    if variable:
-        monkeypatch.setenv(f"TALKSTREAM_{variable}", str(taken))
+    if variable == "KAFKA_BOOTSTRAP":
+        monkeypatch.setenv(f"TALKSTREAM_{variable}", f"127.0.0.1:{held}")
+    elif variable:
+        monkeypatch.setenv(f"TALKSTREAM_{variable}", str(held))
     else:
-        ports[ports.index(option) + 1] = str(taken)
+        ports[ports.index(option) + 1] = str(held)
     result = CliRunner().invoke(main, ["dev", *ports])
     assert (result.exit_code, result.output) == (
         1,
-        f"talkstream dev: cannot listen on 127.0.0.1:{taken}: address already in use "
+        f"talkstream dev: cannot listen on 127.0.0.1:{held}: address already in use "
         f"(set by {set_by})\n",
     )
     # no broker, no log: nothing was started
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+
+
+def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.delenv("TALKSTREAM_KAFKA_CONTROLLER_PORT")
+    port, holder = held_next_to_a_free_port()
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    with holder:
+        monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+        result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"talkstream dev: cannot listen on 127.0.0.1:{port + 1}: address already in use "
+        f"(set by {CONTROLLER}, by default {BOOTSTRAP}'s port + 1)\n",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "first_set_by", "second_set_by"),
+    [
+        (
+            "INGRESS_PORT",
+            "CONSOLE_PORT",
+            "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT",
+            "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT",
+        ),
+        (
+            "KAFKA_CONTROLLER_PORT",
+            "WORKER_HTTP_PORT",
+            CONTROLLER,
+            "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT",
+        ),
+    ],
+)
+def test_dev_refuses_two_of_its_servers_on_one_port_naming_both(
+    first: str,
+    second: str,
+    first_set_by: str,
+    second_set_by: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+) -> None:
+    """Each address was free alone; the second server to start would have failed on the
+    first's, its log the one place that said so."""
+    dev_env(monkeypatch, tmp_path)
+    port = free_port()
+    monkeypatch.setenv(f"TALKSTREAM_{first}", str(port))
+    monkeypatch.setenv(f"TALKSTREAM_{second}", str(port))
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"talkstream dev: cannot listen on 127.0.0.1:{port} for two servers: one set by "
+        f"{first_set_by}; the other by {second_set_by}\n",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+
+
+@pytest.mark.parametrize(
+    ("bootstrap_port", "controller_port", "says"),
+    [
+        (19_000, "19000", f"{CONTROLLER} is {BOOTSTRAP}'s port (19000)"),
+        (65_535, None, f"{BOOTSTRAP}'s port is 65535: the embedded broker's controller cannot"),
+    ],
+)
+def test_dev_refuses_broker_ports_that_cannot_be_two_naming_the_settings(
+    bootstrap_port: int,
+    controller_port: str | None,
+    says: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+) -> None:
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.setenv(BOOTSTRAP, f"127.0.0.1:{bootstrap_port}")
+    if controller_port is None:
+        monkeypatch.delenv(CONTROLLER)
+    else:
+        monkeypatch.setenv(CONTROLLER, controller_port)
+    result = CliRunner().invoke(main, ["dev"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"talkstream dev: {says}"), result.output
+    assert len(result.output.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
 
 

@@ -174,7 +174,8 @@ class System:
         return f"http://127.0.0.1:{self.worker_ports[name]}"
 
     def wait_ready(self, name: str = "worker", timeout: float = 120) -> None:
-        """Until the worker's ``/readyz`` says ready (partitions assigned, table recovered)."""
+        """Until the worker's ``/readyz`` says ready (a broker answers it, partitions assigned,
+        table recovered)."""
         wait_until(lambda: self._up(f"{self.worker_url(name)}/readyz"), timeout, what=name)
 
     def kill(self, name: str) -> None:

@@ -1,0 +1,151 @@
+"""The worker's and the projector's ``/readyz`` on real aiokafka connections: to a broker of
+this test's own, on loopback, that answers a connection's handshake and then holds every
+request (a broker that hangs) until the test closes it (a broker gone). ``/readyz`` says
+Kafka is out of reach without a request of its own, within a moment."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.client import ConnectionGroup
+from aiokafka.conn import AIOKafkaConnection, create_conn
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.admin import ApiVersionResponse_v0, ApiVersionResponse_v1
+from aiokafka.protocol.metadata import MetadataRequest
+
+from streams.observability import (
+    KAFKA_SILENCE_SECONDS,
+    WorkerMetrics,
+    kafka_unreachable,
+    serve_worker_http,
+)
+
+API_VERSIONS = 18
+METADATA = 3
+
+
+class SilentBroker:
+    """Answers ApiVersions (what aiokafka asks first on every connection), and nothing more:
+    every later request waits, as on a broker that hangs, until :meth:`close` drops the
+    connections, as a broker that stops does."""
+
+    def __init__(self) -> None:
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            while True:
+                (size,) = struct.unpack(">i", await reader.readexactly(4))
+                api_key, version, correlation = struct.unpack(">hhi", await reader.readexactly(8))
+                await reader.readexactly(size - 8)
+                if api_key == API_VERSIONS:
+                    supported = [(API_VERSIONS, 0, 2), (METADATA, 0, 1)]
+                    if version == 0:
+                        body = ApiVersionResponse_v0(0, supported)
+                    else:
+                        body = ApiVersionResponse_v1(0, supported, 0)
+                    answer = struct.pack(">i", correlation) + body.encode()
+                    writer.write(struct.pack(">i", len(answer)) + answer)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    async def close(self) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[SilentBroker]:
+    server = SilentBroker()
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def consumer_on(broker: SilentBroker) -> tuple[AIOKafkaConsumer, AIOKafkaConnection]:
+    """A consumer (not started) holding one real connection to ``broker``, where aiokafka's
+    client keeps it."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{broker.port}")
+    conn = await create_conn("127.0.0.1", broker.port)
+    consumer._client._conns[(0, ConnectionGroup.DEFAULT)] = conn
+    return consumer, conn
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_connection_is_kafka_answering_until_it_waits_in_silence_or_closes(
+    broker: SilentBroker,
+) -> None:
+    consumer, conn = await consumer_on(broker)
+    try:
+        # up and waiting for nothing (the handshake answered): a broker answering
+        assert kafka_unreachable([consumer]) is None
+        waiting = asyncio.ensure_future(conn.send(MetadataRequest([])))
+        await until(lambda: len(conn._requests) == 1)
+        # a request waiting: fine for a while, out of reach once the silence is long
+        assert kafka_unreachable([consumer]) is None
+        later = time.monotonic() + KAFKA_SILENCE_SECONDS + 1
+        assert kafka_unreachable([consumer], later) == (
+            f"Kafka unreachable: no broker has answered for {KAFKA_SILENCE_SECONDS + 1:.0f} s"
+        )
+        await broker.close()  # the broker goes: aiokafka sees its connection closed
+        await until(lambda: not conn.connected())
+        assert kafka_unreachable([consumer]) == "Kafka unreachable: no connection to a broker"
+        with pytest.raises(KafkaConnectionError, match="closed"):
+            await waiting
+    finally:
+        conn.close()
+        await consumer._client.close()
+
+
+async def test_readyz_answers_at_once_whether_kafka_answers_the_process(
+    broker: SilentBroker,
+) -> None:
+    """The projector on its own (no faust app): ready while its consumer's broker answers;
+    503 with the reason once it is gone, alive all the same."""
+    consumer, conn = await consumer_on(broker)
+    metrics = WorkerMetrics()
+    metrics.consumers.append(SimpleNamespace(consumer=consumer, lag=dict))
+    runner = await serve_worker_http(None, metrics, "127.0.0.1", 0, name="projector")
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+
+            async def get(path: str) -> tuple[int, Any]:
+                async with http.get(url + path) as answer:
+                    return answer.status, await answer.json()
+
+            assert await get("/readyz") == (200, {"ready": True, "status": "ready"})
+            await broker.close()
+            await until(lambda: not conn.connected())
+            assert await get("/readyz") == (
+                503,
+                {"ready": False, "status": "Kafka unreachable: no connection to a broker"},
+            )
+            assert await get("/healthz") == (200, {"status": "ok"})
+    finally:
+        await runner.cleanup()
+        conn.close()
+        await consumer._client.close()

@@ -1,0 +1,92 @@
+"""The worker's and its projector's ``/readyz`` tell the truth about Kafka: ready while idle
+(an idle consumer long-polls: no records is not no Kafka), 503 saying Kafka is unreachable
+while their broker is stopped, or hangs, and ready again once it is back. Each answer within
+the two seconds a load balancer's probe waits. (Both said "ready" through an outage: the
+worker's readiness looked at faust's rebalance and recovery only, and the projector on its
+own was ready once serving.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from streams.dev.kafka import EmbeddedKafka
+from streams.observability import KAFKA_SILENCE_SECONDS
+from tests.integration.conftest import System, http
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+READY = (200, {"ready": True, "status": "ready"})
+PROBE_SECONDS = 2.0  # what the ingress's /readyz answers within (READY_TIMEOUT_SECONDS)
+
+
+def readyz(url: str) -> tuple[int, Any]:
+    started = time.monotonic()
+    answer = http("GET", f"{url}/readyz", timeout=PROBE_SECONDS + 1)
+    assert time.monotonic() - started < PROBE_SECONDS, f"{url}/readyz took too long"
+    return answer
+
+
+@contextmanager
+def stopped(broker: EmbeddedKafka) -> Iterator[str]:
+    """The broker stopped (SIGTERM: a controlled shutdown), started again after."""
+    assert broker.stop()
+    try:
+        yield "Kafka unreachable: no connection to a broker"
+    finally:
+        broker.start(timeout=120)
+
+
+@contextmanager
+def hung(broker: EmbeddedKafka) -> Iterator[str]:
+    """The broker frozen (SIGSTOP): its connections stay open, nothing is answered."""
+    pid = broker.status().pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield "Kafka unreachable: no broker has answered for "
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("outage", [stopped, hung], ids=["stopped", "hung"])
+def test_worker_and_projector_are_unready_while_kafka_is_out_of_reach(
+    outage: Any, own_broker: EmbeddedKafka, tmp_path
+) -> None:
+    projector_port = free_port()
+    system = System(own_broker, tmp_path, projector_http_port=str(projector_port)).start()
+    urls = {"worker": system.worker_url(), "projector": f"http://127.0.0.1:{projector_port}"}
+    try:
+        system.wait_ready()
+        for name, url in urls.items():
+            wait_until(lambda u=url: readyz(u) == READY, 60, 0.2, what=f"{name} ready")
+        # idle past the silence limit, probed as a load balancer would: ready every time
+        idle_until = time.monotonic() + KAFKA_SILENCE_SECONDS + 3
+        while time.monotonic() < idle_until:
+            for name, url in urls.items():
+                assert readyz(url) == READY, name
+            time.sleep(0.5)  # the probes' pace, not a wait for anything
+
+        with outage(own_broker) as says:
+            for name, url in urls.items():
+
+                def unready(u: str = url) -> Any:
+                    status, body = readyz(u)
+                    return body if status == 503 else None
+
+                body = wait_until(unready, 60, 0.2, what=f"{name} /readyz 503")
+                assert body["ready"] is False
+                assert body["status"].startswith(says), (name, body)
+                assert http("GET", f"{url}/healthz", timeout=PROBE_SECONDS)[0] == 200, name
+
+        for name, url in urls.items():
+            wait_until(lambda u=url: readyz(u) == READY, 120, 0.2, what=f"{name} ready again")
+    finally:
+        system.stop()

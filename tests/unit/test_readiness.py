@@ -1,0 +1,145 @@
+"""``/readyz`` of the worker and the projector says whether Kafka answers them, from their own
+consumers' connections and without a request of its own: a connection up and waiting for
+nothing, or answered lately, is a broker answering; none up, or all waiting in silence, is
+Kafka out of reach. The fakes hold what ``kafka_unreachable`` reads of aiokafka's consumer
+and connection (tests/functional/test_worker_http.py checks the real ones have it)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from streams.observability import KAFKA_SILENCE_SECONDS, kafka_unreachable, ready
+
+NOW = 1000.0
+
+
+@dataclass
+class Connection:
+    """What aiokafka's ``AIOKafkaConnection`` is read for."""
+
+    up: bool = True
+    waiting: int = 0  # requests sent, not answered
+    answered_ago: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._requests = deque(range(self.waiting))
+        self._last_action = NOW - self.answered_ago
+
+    def connected(self) -> bool:
+        return self.up
+
+
+@dataclass
+class Consumer:
+    """What aiokafka's ``AIOKafkaConsumer`` is read for: its client's connections."""
+
+    connections: list[Connection] = field(default_factory=list)
+
+    @property
+    def _client(self) -> Any:
+        return SimpleNamespace(_conns={(i, 0): c for i, c in enumerate(self.connections)})
+
+
+SILENT = KAFKA_SILENCE_SECONDS + 2
+
+
+@pytest.mark.parametrize(
+    ("consumers", "says"),
+    [
+        # idle: a fetch long-polls and is answered empty, the coordinator between heartbeats
+        ([Consumer([Connection(waiting=1, answered_ago=0.4), Connection()])], None),
+        # a heartbeat on its way, answered a moment ago
+        ([Consumer([Connection(waiting=1, answered_ago=3)])], None),
+        # a rebalance: the coordinator holds the join, the fetch connection waits for nothing
+        ([Consumer([Connection(waiting=1, answered_ago=SILENT), Connection()])], None),
+        # one consumer answered is enough: the same brokers
+        (
+            [
+                Consumer([Connection(up=False)]),
+                Consumer([Connection(waiting=1, answered_ago=1)]),
+            ],
+            None,
+        ),
+        # a consumer not made yet beside one that is: judged by the one made
+        ([None, Consumer([Connection()])], None),
+        # the broker stopped or killed: its connections closed (aiokafka's tries to connect
+        # again hold no connection until one is answered)
+        ([Consumer([Connection(up=False), Connection(up=False)])], "no connection to a broker"),
+        ([Consumer([]), Consumer([])], "no connection to a broker"),
+        # the broker hangs (or the network drops everything): every request waits in silence
+        (
+            [
+                Consumer(
+                    [
+                        Connection(waiting=1, answered_ago=SILENT),
+                        Connection(waiting=2, answered_ago=SILENT + 5),
+                    ]
+                )
+            ],
+            f"no broker has answered for {SILENT:.0f} s",
+        ),
+    ],
+)
+def test_kafka_is_out_of_reach_when_no_connection_answers(
+    consumers: list[Consumer | None], says: str | None
+) -> None:
+    expected = None if says is None else f"Kafka unreachable: {says}"
+    assert kafka_unreachable(consumers, NOW) == expected
+
+
+def test_a_process_whose_consumers_are_not_made_yet_is_connecting() -> None:
+    assert kafka_unreachable([None, None], NOW) == "connecting to Kafka"
+    assert kafka_unreachable([], NOW) == "connecting to Kafka"
+
+
+def test_silence_up_to_the_limit_is_not_out_of_reach() -> None:
+    waiting = Connection(waiting=1, answered_ago=KAFKA_SILENCE_SECONDS)
+    assert kafka_unreachable([Consumer([waiting])], NOW) is None
+
+
+def app(*, rebalancing: bool = False, recovered: bool = True) -> Any:
+    completed = SimpleNamespace(is_set=lambda: recovered)
+    return SimpleNamespace(
+        rebalancing=rebalancing,
+        in_recovery=False,
+        tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)),
+    )
+
+
+def owners(*consumers: Consumer | None) -> list[Any]:
+    """The executors and the projector: each holds its consumer (None until it runs)."""
+    return [SimpleNamespace(consumer=consumer) for consumer in consumers]
+
+
+ANSWERING = Consumer([Connection(waiting=1, answered_ago=0.2)])
+GONE = Consumer([Connection(up=False)])
+
+
+@pytest.mark.parametrize(
+    ("faust", "consumers", "answer"),
+    [
+        (app(), owners(ANSWERING, ANSWERING), (True, "ready")),
+        (app(rebalancing=True), owners(ANSWERING), (False, "rebalancing")),
+        (app(recovered=False), owners(ANSWERING), (False, "recovering tables")),
+        # Kafka out of reach says so, whatever faust's flags say meanwhile
+        (
+            app(rebalancing=True),
+            owners(GONE, GONE),
+            (False, "Kafka unreachable: no connection to a broker"),
+        ),
+        (app(), owners(GONE), (False, "Kafka unreachable: no connection to a broker")),
+        # the projector on its own: no faust, ready while a broker answers it
+        (None, owners(ANSWERING), (True, "ready")),
+        (None, owners(GONE), (False, "Kafka unreachable: no connection to a broker")),
+        (None, owners(None), (False, "connecting to Kafka")),
+    ],
+)
+def test_ready_puts_kafka_out_of_reach_first(
+    faust: Any, consumers: list[Any], answer: tuple[bool, str]
+) -> None:
+    assert ready(faust, consumers, NOW) == answer
