@@ -175,6 +175,9 @@ class KafkaCluster:
         except KafkaLauncherError:
             for node in launched:
                 node.stop()
+            if all(node.status().pid is None for node in self.nodes):
+                # no cluster runs: `kafka status` / `stop` / `start` mean the single broker again
+                self.manifest.unlink(missing_ok=True)
             raise
         logger.info(
             "Kafka cluster ready nodes=%s bootstrap=%s seconds=%.1f",

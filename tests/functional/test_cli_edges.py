@@ -404,3 +404,21 @@ def test_a_data_directory_that_cannot_be_one_is_named_before_anything_starts(
     ), ran.stderr
     assert "Traceback" not in ran.stderr
     assert in_the_way.read_text() == "not a directory"
+
+
+def test_a_cluster_that_could_not_start_leaves_the_single_broker_the_commands_mean(
+    taken: int, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """`kafka start --nodes 3` refused (its first port taken, as by the single broker of the
+    same data directory) once left its manifest behind: `kafka status` then described a cluster
+    that never started and `kafka stop` said "not running" while the single broker ran on."""
+    from streams.dev.kafka_cluster import KafkaCluster
+
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{taken}")
+    result = CliRunner().invoke(main, ["kafka", "start", "--nodes", "3"])
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{taken}" in result.output
+    assert KafkaCluster.from_manifest(tmp_path) is None
+    result = CliRunner().invoke(main, ["kafka", "status"])
+    assert result.output.startswith("Kafka not running"), result.output  # the single broker
