@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(problem)
         print(
-            "regenerate with: python -m streams.ops.schemas"
+            "regenerate with: talkstream schemas (or make schemas)"
             if problems
             else "schemas match the models"
         )

@@ -96,3 +96,12 @@ def test_a_newer_value_with_fields_we_do_not_know_still_decodes(topic: str):
         }
         decoded = DECODERS[topic](json.dumps(newer).encode())
         assert "added_in_a_later_version" not in json.loads(encode(decoded))
+
+
+def test_a_drift_names_the_documented_command_that_regenerates(tmp_path, capsys) -> None:
+    # a bare `python -m streams.ops.schemas` outside the project's venv cannot import it
+    (tmp_path / "lifecycle.schema.json").write_text("{}\n")
+    assert schemas.main(["--check", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "lifecycle.schema.json: differs from the models" in out
+    assert out.rstrip().endswith("regenerate with: talkstream schemas (or make schemas)")
