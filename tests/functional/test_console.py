@@ -31,7 +31,7 @@ from streams.console.log import Content, Letter
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
 from streams.errors import BrokerUnavailable
-from streams.ops.redrive import RedriveReport, Selection
+from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection.engine import make_engine
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
@@ -91,7 +91,17 @@ class FakeLog:
         ]
         return RedriveReport(
             examined=len(self.letters_),
-            redriven=[f"{x.request_id} → the ledger" for x in matching],
+            redriven=[
+                Redriven(
+                    what=f"{x.request_id} → the ledger",
+                    reason=x.reason,
+                    topic=x.topic,
+                    partition=x.partition,
+                    offset=x.offset,
+                    request_id=x.request_id,
+                )
+                for x in matching
+            ],
             skipped=len(self.letters_) - len(matching),
         )
 
