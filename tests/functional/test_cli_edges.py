@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
-from streams.dev.supervisor import hold_data_dir, servers
+from streams.dev.supervisor import database_hints, hold_data_dir, servers
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from tests.support import free_port, streams_process, streams_run
 
@@ -404,3 +404,39 @@ def test_a_data_directory_that_cannot_be_one_is_named_before_anything_starts(
     ), ran.stderr
     assert "Traceback" not in ran.stderr
     assert in_the_way.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "look"),
+    [
+        (
+            "sqlite:///.data/talkstream.sqlite3",
+            "sqlite:///.data/talkstream.sqlite3",
+            "sqlite3 .data/talkstream.sqlite3 'select request_id, state from requests'",
+        ),
+        (
+            "sqlite:////tmp/my data/app.sqlite3",
+            "sqlite:////tmp/my data/app.sqlite3",
+            "sqlite3 '/tmp/my data/app.sqlite3' 'select request_id, state from requests'",
+        ),
+        (
+            "postgresql+psycopg://talkstream:s3cret-pw@db.example:5433/talkstream",
+            "postgresql+psycopg://talkstream:***@db.example:5433/talkstream",
+            "psql postgresql://talkstream@db.example:5433/talkstream "
+            "-c 'select request_id, state from requests'",
+        ),
+        (
+            "postgresql+psycopg://talkstream:s3cret-pw@db.example/talkstream?sslmode=require",
+            "postgresql+psycopg://talkstream:***@db.example/talkstream?sslmode=require",
+            "psql 'postgresql://talkstream@db.example/talkstream?sslmode=require' "
+            "-c 'select request_id, state from requests'",
+        ),
+    ],
+)
+def test_the_dev_banner_shows_the_database_and_its_own_shell_without_the_password(
+    url: str, shown: str, look: str
+) -> None:
+    """``make dev``'s banner names the projection and how to look into it: ``sqlite3`` on the
+    file, ``psql`` on the server (psql asks for the password), never the password itself."""
+    assert database_hints(url) == (shown, look)
+    assert "s3cret-pw" not in f"{shown} {look}"
