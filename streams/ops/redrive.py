@@ -54,6 +54,9 @@ class Redriven:
     offset: int
     site: str | None = None  # parked work's (a message that did not decode has none we know)
     request_id: str | None = None  # parked work's: the request the ledger runs again
+    # work the ledger gave up on (partition and offset -1: its command was never read from a
+    # record): the [requests] record it was deciding, "topic/partition/offset"
+    decided: str | None = None
 
     def __str__(self) -> str:
         """One line: what goes where, the site, the letter's source and its reason (on one
@@ -61,7 +64,9 @@ class Redriven:
         site = f"  site={self.site}" if self.site is not None else ""
         source = f"  from={self.topic}"
         if self.partition >= 0:
-            source += f" partition={self.partition} offset={self.offset}"
+            source += f"/{self.partition}/{self.offset}"
+        if self.decided is not None:
+            source += f"  decided_at={self.decided}"
         return f"{self.what}{site}{source}  reason={' '.join(self.reason.split())}"
 
 
@@ -301,5 +306,6 @@ def _one(
         offset=letter.offset,
         site=site,
         request_id=request_id,
+        decided=letter.decided,
     )
     return _Send(topic, key, value, letter.at_ms, letter.request_id, shown)

@@ -231,7 +231,13 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     preview = system.talkstream("redrive", "--dry-run")
     [line] = [line for line in preview.splitlines() if line.startswith("would redrive: ")]
     assert line.startswith(f"would redrive: {request_id} → the ledger  site=test-site  ")
-    assert f"  from={system.app_id}-completions" in line
+    # the letter names the [requests] record the ledger gave up at: the refused result
+    assert f"  from={system.app_id}-completions  decided_at={system.app_id}-requests/" in line
+    [decided] = re.findall(r"decided_at=\S+/(\d+)/(\d+)", line)
+    requests = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
+    [result] = [v for p, o, _, v in requests if (str(p), str(o)) == decided]
+    assert json.loads(result)["kind"] == "publication_failed"
+    assert json.loads(result)["request_id"] == request_id
     assert line.endswith(f"  reason=Unauthorized: {' '.join((row.error_message or '').split())}")
     assert "an-old-key" not in preview and "gAAAA" not in preview  # nor its sealed token
 

@@ -367,12 +367,15 @@ def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() ->
         value_b64=base64.b64encode(encode(given_up.command)).decode(),
         request_id="req-1",
         at_ms=T0 * 1000,
+        decided_topic="talkstream-requests",
+        decided_partition=3,
+        decided_offset=1207,
     )
     send = _one(encode(letter), Selection(), RedriveReport(), Settings(app_id="talkstream"), int)
     assert isinstance(send, _Send)
     line = str(send.shown)
     assert line == (
         f"req-1 → the ledger  site={SITE}  from=talkstream-completions  "
-        "reason=Unauthorized: stand-in failure second line"
+        "decided_at=talkstream-requests/3/1207  reason=Unauthorized: stand-in failure second line"
     )
     assert SEALED_TALKABLE not in line
