@@ -24,9 +24,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # 1: the first contract. 2: RedriveRequested on [requests]; the OpenAI key's fingerprint on
 # RequestReceived and GenerateText (its target); waited_ms on attempt results and lifecycle
 # events (time in the target's queue); arrived_at_ms on RequestReceived events (the wall clock
-# of the ingress, beside the event time). 3: GapProbe on [requests]. Fields are only ever
-# added, optional.
-SCHEMA_VERSION = 3
+# of the ingress, beside the event time). 3: GapProbe on [requests]. 4: on a DeadLetter of
+# work the ledger gave up on, the [requests] record it was deciding (decided_topic,
+# decided_partition, decided_offset). Fields are only ever added, optional.
+SCHEMA_VERSION = 4
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -287,6 +288,13 @@ class LifecycleEvent(_Wire):
 
 
 class DeadLetter(_Wire):
+    """A message that cannot be used, or work the ledger gave up on, with where it came from
+    and why. A message's ``topic``, ``partition`` and ``offset`` are where it was read. Work
+    given up on is a command that was never read from a record: ``topic`` is the one it was
+    for ([generate], [completions]), ``partition`` and ``offset`` are -1, and ``decided_*``
+    name the [requests] record the ledger was deciding when it gave up (a failed attempt's
+    result, an expired deadline)."""
+
     topic: str
     partition: int
     offset: int
@@ -295,3 +303,17 @@ class DeadLetter(_Wire):
     value_b64: str | None = Field(None, description="the original value, base64")
     request_id: str | None = None
     at_ms: int = 0
+    decided_topic: str | None = Field(
+        None,
+        description="work the ledger gave up on: the topic of the record whose decision gave "
+        "it up ([requests])",
+    )
+    decided_partition: int | None = Field(None, description="that record's partition")
+    decided_offset: int | None = Field(None, description="that record's offset")
+
+    @property
+    def decided(self) -> str | None:
+        """The record the ledger was deciding, as operators read it: topic/partition/offset."""
+        if self.decided_topic is None:
+            return None
+        return f"{self.decided_topic}/{self.decided_partition}/{self.decided_offset}"

@@ -22,6 +22,7 @@ from streams.errors import DecodeError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Source = tuple[str, int, int]  # a record's topic, partition and offset
 
 
 def child_process(*args: str) -> list[str]:
@@ -101,8 +102,11 @@ class DeadLetters:
         key: bytes | None = None,
         value: bytes | None = None,
         request_id: str | None = None,
+        decided: Source | None = None,
     ) -> Any:
-        """Hand the letter to the producer; returns its delivery (awaitable)."""
+        """Hand the letter to the producer; returns its delivery (awaitable). ``decided``:
+        for work the ledger gave up on (which no record held: partition and offset -1), the
+        [requests] record (topic, partition, offset) whose decision gave it up."""
         letter = DeadLetter(
             topic=topic,
             partition=partition,
@@ -112,13 +116,17 @@ class DeadLetters:
             value_b64=base64.b64encode(value).decode("ascii") if value is not None else None,
             request_id=request_id,
             at_ms=self._clock.now_ms(),
+            decided_topic=decided[0] if decided else None,
+            decided_partition=decided[1] if decided else None,
+            decided_offset=decided[2] if decided else None,
         )
         self._counter.labels(topic=topic).inc()
         log.warning(
-            "dead-lettered topic=%s partition=%s offset=%s request_id=%s reason=%s",
+            "dead-lettered topic=%s partition=%s offset=%s%s request_id=%s reason=%s",
             topic,
             partition,
             offset,
+            f" decided_at={decided[0]}/{decided[1]}/{decided[2]}" if decided else "",
             request_id,
             reason,
         )

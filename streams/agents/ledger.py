@@ -35,7 +35,7 @@ from streams.codecs import decode, decode_requests, encode
 from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now
 from streams.observability import WorkerMetrics
-from streams.runtime import Clock, DeadLetters, Topics
+from streams.runtime import Clock, DeadLetters, Source, Topics
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,9 @@ class Ledger:
             newest = batch.states.get(person)
             state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            batch.deliveries += await self._emit(outcome)
+            batch.deliveries += await self._emit(
+                outcome, (record.topic, record.partition, record.offset)
+            )
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
@@ -335,8 +337,10 @@ class Emitter:
     def _command_topic(self, kind: str) -> Any:
         return self._topics.generate if kind == "generate_text" else self._topics.completions
 
-    async def __call__(self, outcome: Outcome) -> list[Awaitable[Any]]:
-        """Hand the outputs to the producer; returns their deliveries (to be awaited)."""
+    async def __call__(self, outcome: Outcome, decided: Source) -> list[Awaitable[Any]]:
+        """Hand the outputs to the producer; returns their deliveries (to be awaited).
+        ``decided``: the [requests] record the outcome was decided from, which a letter of
+        work given up on names (the command in it was never read from a record of its own)."""
         deliveries = []
         for command in outcome.commands:
             topic = self._command_topic(command.kind)
@@ -372,6 +376,7 @@ class Emitter:
                 key=given_up.command.request_id.encode(),
                 value=encode(given_up.command),
                 request_id=given_up.command.request_id,
+                decided=decided,
             )
             deliveries.append(letter)
         return deliveries

@@ -3,9 +3,13 @@
 It reads with a consumer of its own, not faust's (as the executors do): faust's per-message
 machinery cost the worker more than a quarter of its CPU for the six lifecycle records of each
 webhook, and it can commit past messages it never delivered. Here a batch is applied in one
-transaction and only then committed; a partition assigned to it resumes one past the highest
-source offset the projection holds, so nothing is skipped, and a record read twice is not
-applied twice (the store keeps the source offset of every row).
+transaction and only then committed; a partition assigned to it resumes where the projection
+says it has read to (one past the highest source offset of its rows, or the offset recorded with
+the last batch read from it, all of whose records may have been dead-lettered), and a partition
+the projection holds nothing of from its earliest offset: so nothing is skipped, a new or
+emptied database is filled from the log, and a record read twice is not applied twice (the
+store keeps the source offset of every row). The group's committed offsets are never where it
+starts: they say what some database took, not necessarily this one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
@@ -107,8 +112,8 @@ class Projector:
                 )
                 if event is not None:
                     batch.append(Sourced(record.topic, record.partition, record.offset, event))
-        await _apply(self._store, batch)
         offsets = {tp: records[-1].offset + 1 for tp, records in taken.items()}
+        await _apply(self._store, batch, {(tp.topic, tp.partition): o for tp, o in offsets.items()})
         self.applied.update(offsets)
         try:
             await consumer.commit(offsets)
@@ -116,24 +121,73 @@ class Projector:
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
 
     async def resume(self, assigned: set[TopicPartition]) -> None:
-        """Each assigned partition from one past what the projection holds (committed offsets
-        can lag behind it, or run ahead of it when its database was restored)."""
+        """Each assigned partition from where the projection says it has read to (committed
+        offsets can lag behind it, or run ahead of it when its database was restored or is
+        another one); a partition it holds nothing of, from its earliest offset: a new or
+        emptied database is filled from the log, as far back as the topic's retention reaches."""
         consumer = self.consumer
-        if consumer is None:
+        if consumer is None or not assigned:
             return
-        for tp in assigned:
-            try:
-                mark = await asyncio.to_thread(self._store.next_offset, tp.topic, tp.partition)
-            except SQLAlchemyError as exc:  # from the committed offset, then: nothing skipped
-                log.error("projector could not read its offset marks: %s", type(exc).__name__)
-                continue
+        # aiokafka fetches a partition once it is assigned, while this runs, and hands out
+        # what it fetched: paused, nothing of them is taken before they are sought (a record
+        # taken from the group's commit and then read again from the seek was projected, or
+        # dead-lettered, twice)
+        consumer.pause(*assigned)
+        try:
+            await self._seek(consumer, assigned)
+        finally:
+            consumer.resume(*assigned)
+
+    async def _seek(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        try:
+            marks, holds = await asyncio.to_thread(self._marks, assigned)
+        except SQLAlchemyError as exc:
+            # from the group's committed offsets, then: right for the database it last
+            # projected into, which a database out of reach for a moment most likely is
+            log.error(
+                "projector could not read its offset marks (%s): from the group's committed "
+                "offsets",
+                type(exc).__name__,
+            )
+            return
+        fresh = [tp for tp, mark in marks.items() if mark is None]
+        if fresh:
+            await self._from_earliest(consumer, fresh)
+        for tp, mark in marks.items():
             if mark is not None:
                 consumer.seek(tp, mark)
                 self.applied[tp] = mark
-            else:  # rows of none of it yet: the group's commit, if any, is where it starts
-                committed = await consumer.committed(tp)
-                if committed is not None:
-                    self.applied[tp] = committed
+        if not holds:
+            log.info("projection empty: filling from the earliest offsets of %s", self.config.topic)
+            return
+        log.info(
+            "projector resumes %s where the projection has read to: %s",
+            self.config.topic,
+            ", ".join(
+                f"partition={tp.partition} offset="
+                + ("earliest (nothing of it projected)" if mark is None else str(mark))
+                for tp, mark in sorted(marks.items())
+            ),
+        )
+
+    def _marks(
+        self, assigned: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int | None], bool]:
+        marks = {tp: self._store.next_offset(tp.topic, tp.partition) for tp in assigned}
+        holds = any(mark is not None for mark in marks.values()) or self._store.holds(
+            self.config.topic
+        )
+        return marks, holds
+
+    async def _from_earliest(self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]) -> None:
+        try:
+            starts = await consumer.beginning_offsets(fresh)
+        except KafkaError as exc:  # from 0: out of range, the consumer resets to the earliest
+            log.info("projector reads from offset 0 (%s)", type(exc).__name__)
+            starts = dict.fromkeys(fresh, 0)
+        for tp in fresh:
+            consumer.seek(tp, starts[tp])
+            self.applied[tp] = starts[tp]
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
@@ -181,13 +235,16 @@ def register(app: Any, *, projector: Projector, metrics: WorkerMetrics) -> None:
     metrics.consumers.append(projector)
 
 
-async def _apply(store: ProjectionStore, batch: list[Sourced]) -> None:
-    """Block this partition until the database takes the batch: nothing projected is skipped."""
+async def _apply(
+    store: ProjectionStore, batch: list[Sourced], read: dict[tuple[str, int], int]
+) -> None:
+    """Block this partition until the database takes the batch (and how far it was read):
+    nothing projected is skipped."""
     delay = 0.5
     while True:
         try:
             # SQL is blocking I/O: off the event loop, one transaction per batch
-            await asyncio.to_thread(store.apply, batch)
+            await asyncio.to_thread(store.apply, batch, read=read)
             return
         except SQLAlchemyError as exc:
             log.error("projection write failed, retrying in %.1fs: %s", delay, type(exc).__name__)

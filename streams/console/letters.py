@@ -226,7 +226,6 @@ def _request_ids(report: RedriveReport) -> list[str]:
     """The requests a redrive (or its dry run) sent to the ledger, each once, in order."""
     seen: dict[str, None] = {}
     for entry in report.redriven:
-        request_id, arrow, _ = entry.rpartition(" → ")
-        if arrow:
-            seen.setdefault(request_id, None)
+        if entry.request_id is not None:
+            seen.setdefault(entry.request_id, None)
     return list(seen)

@@ -60,6 +60,9 @@ class Letter:
     at_ms: int
     letter_partition: int  # where the letter is on the dead-letter topic
     letter_offset: int
+    # work the ledger gave up on (partition and offset -1): the [requests] record it was
+    # deciding, "topic/partition/offset" (None: a message, or a letter written before schema 4)
+    decided: str | None = None
 
     @property
     def kind(self) -> str:
@@ -128,6 +131,7 @@ def _letter(record: Any) -> Letter | None:
         at_ms=letter.at_ms or record.timestamp,
         letter_partition=record.partition,
         letter_offset=record.offset,
+        decided=letter.decided,
     )
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -83,6 +84,32 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
         except OSError:
             time.sleep(0.2)
     return False
+
+
+def database_hints(url: str) -> tuple[str, str | None]:
+    """The banner's database (its password hidden) and a look into it with the database's own
+    shell: ``sqlite3`` on the file, ``psql`` on the server's URL without the driver and the
+    password (psql asks for it, or reads ``PGPASSWORD`` / ``~/.pgpass``); None for another."""
+    from sqlalchemy.engine import URL, make_url
+
+    from streams.projection.engine import safe_url
+
+    parsed = make_url(url)
+    query = shlex.quote("select request_id, state from requests")
+    look = None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        look = f"sqlite3 {shlex.quote(parsed.database)} {query}"
+    elif parsed.get_backend_name() == "postgresql":
+        server = URL.create(
+            "postgresql",
+            username=parsed.username,
+            host=parsed.host,
+            port=parsed.port,
+            database=parsed.database,
+            query=parsed.query,
+        )
+        look = f"psql {shlex.quote(server.render_as_string(hide_password=False))} -c {query}"
+    return safe_url(url), look
 
 
 def curl_example(port: int) -> str:
@@ -300,7 +327,8 @@ def _run(
         if settings.console_token is None
         else f"console    {console}/   (token: TALKSTREAM_CONSOLE_TOKEN)"
     )
-    lines.append(f"database   {settings.resolved_database_url}")
+    database, look = database_hints(settings.resolved_database_url)
+    lines.append(f"database   {database}")
     lines.append(f"logs       {logs}/")
 
     def stop(*_: object) -> None:
@@ -332,11 +360,7 @@ def _run(
             return 1
         print("talkstream dev is running:\n  " + "\n  ".join(lines))
         print("\nTry it:\n  " + curl_example(port))
-        print(
-            f"\nthen: talkstream audit --request-id <id>   or   sqlite3 "
-            f"{settings.resolved_database_url.removeprefix('sqlite:///')}"
-            " 'select request_id,state from requests'"
-        )
+        print(f"\nthen: talkstream audit --request-id <id>{f'   or   {look}' if look else ''}")
         print("\nCtrl-C stops everything.", flush=True)
         while True:
             for name, proc in procs.items():

@@ -462,8 +462,8 @@ def redrive(
         )
     finally:
         parked_by.close()
-    for what in report.redriven:
-        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {what}")
+    for letter in report.redriven:  # its reason, site and source; never its value (keys)
+        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {letter}")
     for what in report.not_parked:
         click.echo(f"not parked any more, left alone: {what}")
     click.echo(

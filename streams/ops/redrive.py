@@ -41,10 +41,39 @@ log = logging.getLogger(__name__)
 PARKED = frozenset(FAILED)  # the states a redrive leads out of
 
 
+@dataclass(frozen=True)
+class Redriven:
+    """A letter a redrive sent (or, in a dry run, would send), as the letter tells of it: its
+    reason, the site of its request, where it came from. Never its value: a command's sealed
+    keys are in it."""
+
+    what: str  # "request_id → the ledger" / "topic@partition:offset"
+    reason: str
+    topic: str  # the letter's source: its topic, partition and offset
+    partition: int
+    offset: int
+    site: str | None = None  # parked work's (a message that did not decode has none we know)
+    request_id: str | None = None  # parked work's: the request the ledger runs again
+    # work the ledger gave up on (partition and offset -1: its command was never read from a
+    # record): the [requests] record it was deciding, "topic/partition/offset"
+    decided: str | None = None
+
+    def __str__(self) -> str:
+        """One line: what goes where, the site, the letter's source and its reason (on one
+        line whatever it holds)."""
+        site = f"  site={self.site}" if self.site is not None else ""
+        source = f"  from={self.topic}"
+        if self.partition >= 0:
+            source += f"/{self.partition}/{self.offset}"
+        if self.decided is not None:
+            source += f"  decided_at={self.decided}"
+        return f"{self.what}{site}{source}  reason={' '.join(self.reason.split())}"
+
+
 @dataclass
 class RedriveReport:
     examined: int = 0
-    redriven: list[str] = field(default_factory=list)  # "request_id → topic" / "topic@offset"
+    redriven: list[Redriven] = field(default_factory=list)
     skipped: int = 0
     unreadable: int = 0
     superseded: int = 0  # letters of a request a later letter of this run redrives
@@ -56,10 +85,13 @@ class _Send:
     topic: str
     key: bytes | None
     value: bytes
-    what: str
-    reason: str
     at_ms: int
-    request_id: str | None = None  # parked work's (a poison message has none)
+    request_id: str | None  # the letter's (a poison message has none)
+    shown: Redriven  # what the report says of it
+
+    @property
+    def what(self) -> str:
+        return self.shown.what
 
 
 @dataclass(frozen=True)
@@ -147,8 +179,8 @@ async def redrive(
             if not dry_run:
                 await producer.send_and_wait(send.topic, value=send.value, key=send.key)
             dry = " (dry run)" if dry_run else ""
-            log.info("redrive %s%s reason=%s", send.what, dry, send.reason)
-            report.redriven.append(send.what)
+            log.info("redrive %s%s reason=%s", send.what, dry, send.shown.reason)
+            report.redriven.append(send.shown)
         await producer.flush()
         if not dry_run:
             await _commit(consumer, parts, committed, held, ends)
@@ -235,6 +267,8 @@ def _one(
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
     topic = letter.topic
+    site: str | None = None
+    request_id: str | None = None
     if letter.topic in (settings.topic("completions"), settings.topic("generate")):
         try:
             command: PublishCompletion | GenerateText = (
@@ -258,9 +292,20 @@ def _one(
         )
         topic, key, value = settings.topic("requests"), command.person.encode(), encode(redrive)
         what = f"{command.request_id} → the ledger"
+        site, request_id = command.site, command.request_id
     elif selection.site is not None:  # a poison message belongs to no site we can tell
         report.skipped += 1
         return _Left.NOT_SELECTED
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
-    return _Send(topic, key, value, what, letter.reason, letter.at_ms, letter.request_id)
+    shown = Redriven(
+        what=what,
+        reason=letter.reason,
+        topic=letter.topic,
+        partition=letter.partition,
+        offset=letter.offset,
+        site=site,
+        request_id=request_id,
+        decided=letter.decided,
+    )
+    return _Send(topic, key, value, letter.at_ms, letter.request_id, shown)

@@ -14,7 +14,7 @@ they are applied in the order the ledger decided them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -36,10 +37,11 @@ from models.events import LifecycleEvent
 from models.lifecycle import TERMINAL, State
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
-from streams.projection.tables import Base, RequestRow, TransitionRow
+from streams.projection.tables import Base, ProjectedOffsetRow, RequestRow, TransitionRow
 
 _TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
 _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
+_OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
 # every column of a request row, as a new row starts (the events fill them in)
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
     "terminal": False,
@@ -98,7 +100,13 @@ class ProjectionStore:
 
     # --- writing --------------------------------------------------------------------------
 
-    def apply(self, batch: Sequence[Sourced], rebuilt: set[str] | None = None) -> int:
+    def apply(
+        self,
+        batch: Sequence[Sourced],
+        rebuilt: set[str] | None = None,
+        *,
+        read: Mapping[tuple[str, int], int] | None = None,
+    ) -> int:
         """Apply a batch in one transaction; returns how many events were new.
 
         SQLAlchemy Core, not the ORM: the request rows are read as dicts, brought up to date in
@@ -109,10 +117,18 @@ class ProjectionStore:
         ``rebuilt``: a replay into an empty store passes the request ids it has written so far
         (and this adds the batch's): only their rows and transitions can exist, so only they
         are looked up, and no source is (a replay reads each record once). A third of a
-        replay's time into PostgreSQL went to looking up rows that were not there."""
-        if not batch:
+        replay's time into PostgreSQL went to looking up rows that were not there.
+
+        ``read``: the live projector's next offset of each (topic, partition) it read the batch
+        from, recorded in the same transaction (``projected_offsets``): where it resumes, even
+        when every record it read there was dead-lettered."""
+        if not batch and not read:
             return 0
         with self.engine.begin() as connection:
+            if read:
+                _record_offsets(connection, read)
+            if not batch:
+                return 0
             sources = _applied_sources(connection, batch) if rebuilt is None else set()
             request_ids = sorted({s.event.request_id for s in batch})
             if rebuilt is not None:
@@ -167,14 +183,33 @@ class ProjectionStore:
             return len(transitions)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
-        """One past the highest source offset applied from this partition (None: none yet)."""
+        """Where the projector resumes this partition: one past the highest source offset
+        applied from it, or the offset it recorded having read to, whichever is further
+        (None: nothing of it here)."""
         with self._session() as session:
             highest = session.scalar(
                 select(func.max(TransitionRow.offset)).where(
                     TransitionRow.topic == topic, TransitionRow.partition == partition
                 )
             )
-        return None if highest is None else int(highest) + 1
+            read = session.get(ProjectedOffsetRow, (topic, partition))
+        marks = [int(highest) + 1] if highest is not None else []
+        if read is not None:
+            marks.append(read.next_offset)
+        return max(marks, default=None)
+
+    def holds(self, topic: str) -> bool:
+        """Whether anything of ``topic`` was projected here: a transition from it, or an offset
+        read to (a new or emptied database holds nothing)."""
+        with self._session() as session:
+            return bool(
+                session.scalar(
+                    select(
+                        exists().where(TransitionRow.topic == topic)
+                        | exists().where(ProjectedOffsetRow.topic == topic)
+                    )
+                )
+            )
 
     def reset(self) -> None:
         """Drop the projection's tables and history, and migrate from scratch (``replay
@@ -324,6 +359,23 @@ def _applied_sources(connection: Connection, batch: Sequence[Sourced]) -> set[So
         )
     )
     return {(topic, partition, offset) for topic, partition, offset in connection.execute(query)}
+
+
+def _record_offsets(connection: Connection, read: Mapping[tuple[str, int], int]) -> None:
+    """Upsert the next offset of each (topic, partition) read (SQLite and PostgreSQL share
+    the ``ON CONFLICT`` form)."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(_OFFSETS)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[_OFFSETS.c.topic, _OFFSETS.c.partition],
+            set_={"next_offset": statement.excluded.next_offset},
+        ),
+        [
+            {"topic": topic, "partition": partition, "next_offset": offset}
+            for (topic, partition), offset in sorted(read.items())
+        ],
+    )
 
 
 def _chunks(values: list[str], size: int = 500) -> list[list[str]]:

@@ -9,6 +9,9 @@ epoch milliseconds, as on the topics.
                   upstream targets, attempts, error
 ``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
                   the source is unique, so an event is never applied twice
+``projected_offsets``  how far the live projector has read each partition of [lifecycle] (the
+                  next offset), written in the transaction of the batch it read: a partition
+                  whose records were all dead-lettered has no transition to say so
 """
 
 from __future__ import annotations
@@ -89,6 +92,14 @@ class TransitionRow(Base):
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProjectedOffsetRow(Base):
+    __tablename__ = "projected_offsets"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
 
 
 # columns that identify a transition apart from where it was read (a replay compares these)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
-from streams.dev.supervisor import hold_data_dir, servers
+from streams.dev.supervisor import database_hints, hold_data_dir, servers
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from tests.support import free_port, streams_process, streams_run
 
@@ -422,3 +422,39 @@ def test_a_cluster_that_could_not_start_leaves_the_single_broker_the_commands_me
     assert KafkaCluster.from_manifest(tmp_path) is None
     result = CliRunner().invoke(main, ["kafka", "status"])
     assert result.output.startswith("Kafka not running"), result.output  # the single broker
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "look"),
+    [
+        (
+            "sqlite:///.data/talkstream.sqlite3",
+            "sqlite:///.data/talkstream.sqlite3",
+            "sqlite3 .data/talkstream.sqlite3 'select request_id, state from requests'",
+        ),
+        (
+            "sqlite:////tmp/my data/app.sqlite3",
+            "sqlite:////tmp/my data/app.sqlite3",
+            "sqlite3 '/tmp/my data/app.sqlite3' 'select request_id, state from requests'",
+        ),
+        (
+            "postgresql+psycopg://talkstream:s3cret-pw@db.example:5433/talkstream",
+            "postgresql+psycopg://talkstream:***@db.example:5433/talkstream",
+            "psql postgresql://talkstream@db.example:5433/talkstream "
+            "-c 'select request_id, state from requests'",
+        ),
+        (
+            "postgresql+psycopg://talkstream:s3cret-pw@db.example/talkstream?sslmode=require",
+            "postgresql+psycopg://talkstream:***@db.example/talkstream?sslmode=require",
+            "psql 'postgresql://talkstream@db.example/talkstream?sslmode=require' "
+            "-c 'select request_id, state from requests'",
+        ),
+    ],
+)
+def test_the_dev_banner_shows_the_database_and_its_own_shell_without_the_password(
+    url: str, shown: str, look: str
+) -> None:
+    """``make dev``'s banner names the projection and how to look into it: ``sqlite3`` on the
+    file, ``psql`` on the server (psql asks for the password), never the password itself."""
+    assert database_hints(url) == (shown, look)
+    assert "s3cret-pw" not in f"{shown} {look}"

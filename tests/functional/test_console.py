@@ -31,7 +31,7 @@ from streams.console.log import Content, Letter
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
 from streams.errors import BrokerUnavailable
-from streams.ops.redrive import RedriveReport, Selection
+from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection.engine import make_engine
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
@@ -91,7 +91,17 @@ class FakeLog:
         ]
         return RedriveReport(
             examined=len(self.letters_),
-            redriven=[f"{x.request_id} → the ledger" for x in matching],
+            redriven=[
+                Redriven(
+                    what=f"{x.request_id} → the ledger",
+                    reason=x.reason,
+                    topic=x.topic,
+                    partition=x.partition,
+                    offset=x.offset,
+                    request_id=x.request_id,
+                )
+                for x in matching
+            ],
             skipped=len(self.letters_) - len(matching),
         )
 
@@ -147,15 +157,16 @@ def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
 
 
 LETTERS = [
-    Letter(
+    Letter(  # work the ledger gave up on, deciding a failed publication's result
         topic="functest-completions",
-        partition=0,
-        offset=3,
-        reason="Talkable answered 401: invalid API key",
+        partition=-1,
+        offset=-1,
+        reason="Unauthorized: Talkable answered 401: invalid API key",
         request_id="park-1",
         at_ms=T0_MS + 8001,
         letter_partition=0,
         letter_offset=0,
+        decided="functest-requests/2/41",
     ),
     Letter(
         topic="functest-requests",
@@ -485,7 +496,12 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     body = await signed_in.page("/deadletters")
     assert 'id="letter-count">2<' in body and 'id="parked-count">1<' in body
     assert "parked: can be redriven" in body
-    assert "functest-completions/0/3" in body
+    # the ledger's letter: the topic its command was for, and the record it was deciding
+    assert (
+        '<code>functest-completions</code> <span class="muted">(work the ledger gave up on, '
+        "deciding <code>functest-requests/2/41</code>)</span>"
+    ) in body
+    assert "<code>functest-requests/1/9</code>" in body  # a message: where it was read
     filtered = await signed_in.page("/deadletters?reason=401")
     assert 'id="letter-count">1<' in filtered
     bad = await signed_in.page("/deadletters?until=soon", status=400)
@@ -501,7 +517,7 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     assert choices == ["", "requests", "generate", "completions", "lifecycle"]
     for topic in ("completions", "functest-completions"):  # without the app id, or in full
         page = await signed_in.page(f"/deadletters?topic={topic}")
-        assert 'id="letter-count">1<' in page and "functest-completions/0/3" in page
+        assert 'id="letter-count">1<' in page and "functest-requests/2/41" in page
         assert '<option value="completions" selected>' in page
     none = await signed_in.page("/deadletters?topic=lifecycle")
     assert 'id="letter-count">0<' in none

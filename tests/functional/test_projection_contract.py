@@ -29,7 +29,7 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     fresh_postgres_database,
     postgres_server,
 )
-from tests.projection_support import T0_MS, Log, mixed_log, snapshot
+from tests.projection_support import T0_MS, TOPIC, Log, mixed_log, snapshot
 
 
 @pytest.fixture
@@ -139,6 +139,36 @@ def test_a_transition_the_ledger_emitted_twice_is_projected_once(store: Projecti
     states = [t.state for t in store.transitions("r1")]
     assert states.count("generating") == 1
     assert store.request("r1").state == "published"
+
+
+def test_the_projector_resumes_past_what_it_applied_or_read_to(store: ProjectionStore):
+    """Where a partition resumes: one past its highest row's offset, or the offset recorded
+    with a batch read from it (all of whose records may have been dead-lettered), whichever is
+    further; a database that holds nothing of the topic says so (the projector then fills it
+    from the earliest offsets)."""
+    assert not store.holds(TOPIC)
+    assert store.next_offset(TOPIC, 0) is None
+    log = Log(partitions=2)
+    log.full("r1", at_ms=T0_MS)
+    [partition] = {r.partition for r in log.records}
+    other = 1 - partition
+    highest = max(r.offset for r in log.records)
+
+    store.apply(log.records, read={(TOPIC, partition): highest + 1})
+    assert store.holds(TOPIC) and not store.holds("another-lifecycle")
+    assert store.next_offset(TOPIC, partition) == highest + 1
+    assert store.next_offset(TOPIC, other) is None
+
+    # two poison records read from the other partition: nothing applied, and not read again
+    assert store.apply([], read={(TOPIC, other): 2}) == 0
+    assert store.next_offset(TOPIC, other) == 2
+    assert store.counts()[1] == len(log.records)
+
+    # a replay's rows (no offsets recorded) count too, and the further of the two wins
+    store.apply([], read={(TOPIC, partition): 1})
+    assert store.next_offset(TOPIC, partition) == highest + 1
+    store.apply([], read={(TOPIC, partition): highest + 9})
+    assert store.next_offset(TOPIC, partition) == highest + 9
 
 
 def test_partitions_interleaved_differently_give_the_same_tables(database_url: str):  # noqa: F811

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         printed = "\n".join(out.seen)
         assert f"http://127.0.0.1:{ingress}/chat-gpt/generate" in printed
         assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
+        database = shlex.quote(str(tmp_path / "data" / "talkstream.sqlite3"))
+        assert f"or   sqlite3 {database} 'select request_id, state from requests'" in printed
         # it says so once the worker is ready: the first webhook is not kept waiting
         assert http("GET", f"http://127.0.0.1:{worker}/readyz")[0] == 200
         # a second run on the same data is refused at once, naming the first; it started

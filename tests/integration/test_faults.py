@@ -227,10 +227,25 @@ def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_sy
     assert row.state == "publish_failed"
     assert "401" in (row.error_message or "")
 
+    # the operator looks first: each letter with its reason, site and source, and no key
+    preview = system.talkstream("redrive", "--dry-run")
+    [line] = [line for line in preview.splitlines() if line.startswith("would redrive: ")]
+    assert line.startswith(f"would redrive: {request_id} → the ledger  site=test-site  ")
+    # the letter names the [requests] record the ledger gave up at: the refused result
+    assert f"  from={system.app_id}-completions  decided_at={system.app_id}-requests/" in line
+    [decided] = re.findall(r"decided_at=\S+/(\d+)/(\d+)", line)
+    requests = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
+    [result] = [v for p, o, _, v in requests if (str(p), str(o)) == decided]
+    assert json.loads(result)["kind"] == "publication_failed"
+    assert json.loads(result)["request_id"] == request_id
+    assert line.endswith(f"  reason=Unauthorized: {' '.join((row.error_message or '').split())}")
+    assert "an-old-key" not in preview and "gAAAA" not in preview  # nor its sealed token
+
     # the site's key is fixed at Talkable's end; the operator redrives the parked work
     system.talkable("POST", "/_control", {"api_keys": {"test-site": "an-old-key"}})
     out = system.talkstream("redrive")
-    assert f"redriven: {request_id}" in out
+    assert f"redriven: {request_id} → the ledger  site=test-site  " in out
+    assert "reason=Unauthorized: " in out
 
     def published() -> bool:
         found = system.projection.request(request_id)

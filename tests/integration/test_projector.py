@@ -1,24 +1,31 @@
 """The projector's own consumer on the real broker: it projects every lifecycle record, and a
-partition resumes from the rows the projection holds, not from the group's committed offset."""
+partition resumes where the projection says it has read to, not from the group's committed
+offset; a database that holds nothing of a partition is filled from its earliest offset."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
+import signal
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
+from streams.projection.engine import make_engine
 from streams.projection.store import ProjectionStore, Sourced
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import create_topic
+from tests.integration.conftest import System, create_topic
 from tests.projection_support import T0_MS, Log, snapshot
+from tests.support import seed_params, wait_until
 
 PARTITIONS = 2
 
@@ -41,6 +48,16 @@ async def _produce(bootstrap: str, records: list[Sourced]) -> None:
             await producer.send_and_wait(
                 r.topic, encode(r.event), key=r.event.request_id.encode(), partition=r.partition
             )
+    finally:
+        await producer.stop()
+
+
+async def _produce_poison(bootstrap: str, topic: str, *, partition: int, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for _ in range(count):
+            await producer.send_and_wait(topic, b"not a lifecycle event", partition=partition)
     finally:
         await producer.stop()
 
@@ -160,25 +177,152 @@ def test_every_record_is_projected_once_across_restarts(
     store.close()
 
 
-def test_an_empty_database_starts_at_the_groups_commit_and_says_its_lag(
-    kafka: EmbeddedKafka, tmp_path: Path
+def _caught_up(projector: Projector) -> bool:
+    lags = projector.lag()
+    return len(lags) == PARTITIONS and not any(lags.values())
+
+
+def test_an_empty_database_is_filled_from_the_earliest_offsets_and_says_its_lag(
+    kafka: EmbeddedKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Its database replaced by an empty one (the group's commit kept), the projector starts
-    where the group left off (``talkstream replay`` is what rebuilds the past), and its lag says
-    0, not the whole topic."""
+    """A new, empty database under the same group (its commits at the end of the topic): the
+    projector fills it from the earliest offsets, says so, and its lag ends at 0."""
     topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
     asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
     records = _on(topic, _log(6).records)
     asyncio.run(_produce(kafka.bootstrap, records))
     first = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'first.sqlite3'}")
     asyncio.run(_project_until(kafka.bootstrap, topic, first, holds(first, len(records))))
+    expected = snapshot(first)
     first.close()
 
-    def caught_up(projector: Projector) -> bool:
-        lags = projector.lag()
-        return len(lags) == PARTITIONS and not any(lags.values())
-
     empty = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
-    asyncio.run(_project_until(kafka.bootstrap, topic, empty, caught_up))
-    assert empty.counts() == (0, 0)
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        asyncio.run(
+            _project_until(
+                kafka.bootstrap,
+                topic,
+                empty,
+                lambda p: holds(empty, len(records))(p) and _caught_up(p),
+            )
+        )
+    assert snapshot(empty) == expected
+    assert f"projection empty: filling from the earliest offsets of {topic}" in caplog.text
     empty.close()
+
+
+def test_a_partly_filled_database_fills_the_partitions_it_lacks(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A fill stopped after its first batch, which held one partition's records: the group's
+    commit of the other partition is another database's, so that partition, of which this
+    database holds nothing, is read from its earliest offset too."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(8).records)
+    assert {r.partition for r in records} == set(range(PARTITIONS))
+    asyncio.run(_produce(kafka.bootstrap, records))
+    first = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'first.sqlite3'}")
+    asyncio.run(_project_until(kafka.bootstrap, topic, first, holds(first, len(records))))
+    expected = snapshot(first)
+    first.close()
+
+    partly = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'partly.sqlite3'}")
+    partly.apply([r for r in records if r.partition == 0])
+    asyncio.run(_project_until(kafka.bootstrap, topic, partly, holds(partly, len(records))))
+    assert snapshot(partly) == expected
+    partly.close()
+
+
+def test_a_partition_whose_records_were_all_dead_lettered_is_not_read_again(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """Records of one partition that do not decode are dead-lettered once: the projection
+    records how far it read, so a restart does not read (and dead-letter) them again."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = [r for r in _on(topic, _log(8).records) if r.partition == 0]
+    asyncio.run(_produce(kafka.bootstrap, records))
+    asyncio.run(_produce_poison(kafka.bootstrap, topic, partition=1, count=2))
+    store = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'projection.sqlite3'}")
+    first = asyncio.run(
+        _project_until(
+            kafka.bootstrap, topic, store, lambda p: holds(store, len(records))(p) and _caught_up(p)
+        )
+    )
+    assert len(first.sent) == 2
+    assert store.next_offset(topic, 1) == 2
+
+    again = asyncio.run(_project_until(kafka.bootstrap, topic, store, _caught_up))
+    assert again.sent == []
+    assert store.counts()[1] == len(records)
+    store.close()
+
+
+class _SlowMarks(ProjectionStore):
+    """A database slow to say whether it holds anything (a busy server): aiokafka, which
+    fetches a partition as soon as it is assigned, has records to hand out meanwhile."""
+
+    def holds(self, topic: str) -> bool:
+        held = super().holds(topic)
+        time.sleep(1.0)
+        return held
+
+
+def test_nothing_is_taken_of_a_partition_before_it_is_sought(
+    kafka: EmbeddedKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The records aiokafka fetched while the projector read its marks are not projected (or
+    dead-lettered) and then read again from where it seeks: each poison record is one letter."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    asyncio.run(_produce_poison(kafka.bootstrap, topic, partition=1, count=1))
+    store = _SlowMarks(make_engine(f"sqlite:///{tmp_path / 'projection.sqlite3'}"))
+
+    def sought_and_caught_up(projector: Projector) -> bool:  # said once it has sought
+        return "projection empty" in caplog.text and _caught_up(projector)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        letters = asyncio.run(_project_until(kafka.bootstrap, topic, store, sought_and_caught_up))
+    assert len(letters.sent) == 1
+    store.close()
+
+
+def test_a_worker_on_a_new_database_under_the_same_app_id_fills_it_from_the_log(
+    make_system: Any,
+) -> None:
+    """The reported case: a deployment ran on one database, then its worker was started on a
+    new, empty one (same app id, same Kafka). The new database gets the earlier requests."""
+    system: System = make_system()
+    posted = [system.post(seed_params(f"fill{i}@example.com")) for i in range(3)]
+    assert all(status == 202 for status, _ in posted), posted
+    request_ids = [body["request_id"] for _, body in posted]
+    before = system.wait_terminal(request_ids)
+    worker = system.procs.pop("worker")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+
+    new = system.root / "new.sqlite3"
+    system.env["TALKSTREAM_DATABASE_URL"] = f"sqlite:///{new}"
+    system.start_worker()
+    wait_until(new.exists, 60, what="the new database")
+    store = ProjectionStore.from_url(f"sqlite:///{new}")
+    try:
+
+        def filled() -> bool:
+            rows = [store.request(rid) for rid in request_ids]
+            return all(row is not None and row.terminal for row in rows)
+
+        wait_until(filled, 90, 0.2, what="the earlier requests in the new database")
+        for rid in request_ids:
+            row = store.request(rid)
+            assert row is not None and row.state == before[rid].state == "published"
+            assert [t.state for t in store.transitions(rid)] == [
+                t.state for t in system.projection.transitions(rid)
+            ]
+    finally:
+        store.close()
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert (
+        f"projection empty: filling from the earliest offsets of {system.app_id}-lifecycle" in log
+    )

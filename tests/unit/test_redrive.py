@@ -16,8 +16,11 @@ from models.events import (
 )
 from models.lifecycle import State
 from streams.codecs import decode_requests, encode
+from streams.ops.redrive import RedriveReport, Selection, _one, _Send
+from streams.settings import Settings
 from tests.unit.domain_builders import (
     PERSON,
+    SEALED_TALKABLE,
     SITE,
     T0,
     Ledger,
@@ -309,11 +312,12 @@ def test_a_selection_of_requests_matches_only_their_letters() -> None:
 
 
 def test_a_request_with_several_letters_is_redriven_once_by_its_latest() -> None:
-    from streams.ops.redrive import RedriveReport, _keep_latest, _Send, _still_parked
+    from streams.ops.redrive import Redriven, _keep_latest, _still_parked
 
     def send(request_id: str, at_ms: int) -> _Send:
         what = f"{request_id} → the ledger"
-        return _Send("requests", b"p", b"v", what, f"at {at_ms}", at_ms, request_id)
+        shown = Redriven(what, f"at {at_ms}", "t-completions", -1, -1, request_id=request_id)
+        return _Send("requests", b"p", b"v", at_ms, request_id, shown)
 
     report = RedriveReport()
     sends: dict[str, _Send] = {}
@@ -346,3 +350,32 @@ def test_a_letter_of_parked_work_names_its_error_class_for_redrive_to_select() -
     wire = DeadLetter(topic="t-generate", partition=-1, offset=-1, reason=letter.reason)
     assert Selection(reason_contains="badrequest").matches(wire)
     assert Selection(reason_contains="stand-in").matches(wire)
+
+
+def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() -> None:
+    """What ``talkstream redrive`` (and its ``--dry-run``) prints for a letter: the request,
+    the site, the topic the letter came from and its reason on one line; the command inside,
+    with its sealed key, is never shown."""
+    ledger = parked_ledger()
+    [given_up] = ledger.history[-1][1].dead_letters
+    letter = DeadLetter(
+        topic="talkstream-completions",
+        partition=-1,
+        offset=-1,
+        reason=given_up.reason + "\nsecond line",
+        key="req-1",
+        value_b64=base64.b64encode(encode(given_up.command)).decode(),
+        request_id="req-1",
+        at_ms=T0 * 1000,
+        decided_topic="talkstream-requests",
+        decided_partition=3,
+        decided_offset=1207,
+    )
+    send = _one(encode(letter), Selection(), RedriveReport(), Settings(app_id="talkstream"), int)
+    assert isinstance(send, _Send)
+    line = str(send.shown)
+    assert line == (
+        f"req-1 → the ledger  site={SITE}  from=talkstream-completions  "
+        "decided_at=talkstream-requests/3/1207  reason=Unauthorized: stand-in failure second line"
+    )
+    assert SEALED_TALKABLE not in line

@@ -1,0 +1,99 @@
+"""A dead letter of work the ledger gave up on names the [requests] record it was deciding:
+its command was never read from a record of its own (partition and offset -1), but the failed
+result or the expired deadline that ended it was, and an operator can find it there."""
+
+from __future__ import annotations
+
+import asyncio
+
+from models.events import DeadLetter
+from streams.agents.ledger import Ledger
+from streams.codecs import decode, encode
+from streams.observability import WorkerMetrics
+from streams.runtime import DeadLetters, Topics
+from tests.unit.domain_builders import PERSON, expired, generation_failed, publication_failed
+from tests.unit.domain_builders import generated as generation_succeeded
+from tests.unit.domain_builders import received as webhook
+from tests.unit.test_gaps import POLICY, TOPIC, Event, FixedClock, Rec, Sent, Stream
+
+
+class Named(Sent):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+async def nothing_skipped(topic: str, partition: int, start: int, end: int) -> list[Rec]:
+    raise AssertionError("no gap: the messages arrive in order from the first")
+
+
+def letters_after(*messages: object) -> list[DeadLetter]:
+    """The letters a ledger on partition 2 wrote, given these messages at offsets 10, 11, ..."""
+    deadletter = Sent()
+    metrics = WorkerMetrics()
+    ledger = Ledger(
+        {},
+        POLICY,
+        Topics(
+            requests=Named(TOPIC),
+            generate=Named("t-generate"),
+            completions=Named("t-completions"),
+            lifecycle=Sent(),
+            deadletter=None,
+        ),
+        nothing_skipped,
+        30_000,
+        DeadLetters(deadletter, metrics.dead_letters, FixedClock()),
+        metrics,
+        FixedClock(),
+    )
+    events = [
+        Event(Rec(TOPIC, 2, 10 + i), PERSON.encode(), encode(m)) for i, m in enumerate(messages)
+    ]
+    asyncio.run(ledger.consume(Stream(events)))
+    return [decode(DeadLetter, raw) for raw in deadletter.values]
+
+
+def test_a_refused_generation_names_the_failed_result_it_was_deciding() -> None:
+    [letter] = letters_after(webhook("req-1"), generation_failed("req-1"))
+    assert (letter.topic, letter.partition, letter.offset) == ("t-generate", -1, -1)
+    assert (letter.decided_topic, letter.decided_partition, letter.decided_offset) == (
+        TOPIC,
+        2,
+        11,
+    )
+    assert letter.decided == f"{TOPIC}/2/11"
+    assert letter.request_id == "req-1" and letter.reason.startswith("BadRequest: ")
+
+
+def test_a_publication_given_up_on_names_the_result_or_the_deadline_that_ended_it() -> None:
+    [refused] = letters_after(
+        webhook("req-1"), generation_succeeded("req-1"), publication_failed("req-1")
+    )
+    assert (refused.topic, refused.decided) == ("t-completions", f"{TOPIC}/2/12")
+
+    deadlines = [expired("req-1", attempt, "publishing") for attempt in (1, 2, 3)]
+    [lost] = letters_after(webhook("req-1"), generation_succeeded("req-1"), *deadlines)
+    assert (lost.topic, lost.decided) == ("t-completions", f"{TOPIC}/2/14")  # the third
+
+
+def test_a_message_that_does_not_decode_is_its_own_source() -> None:
+    deadletter = Sent()
+    metrics = WorkerMetrics()
+    letters = DeadLetters(deadletter, metrics.dead_letters, FixedClock())
+    asyncio.run(
+        letters.decoded(
+            lambda raw: decode(DeadLetter, raw),
+            topic=TOPIC,
+            partition=1,
+            offset=7,
+            key=None,
+            value=b"{",
+        )
+    )
+    [letter] = [decode(DeadLetter, raw) for raw in deadletter.values]
+    assert (letter.topic, letter.partition, letter.offset) == (TOPIC, 1, 7)
+    assert letter.decided is None
