@@ -26,7 +26,8 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # events (time in the target's queue); arrived_at_ms on RequestReceived events (the wall clock
 # of the ingress, beside the event time). 3: GapProbe on [requests]. 4: on a DeadLetter of
 # work the ledger gave up on, the [requests] record it was deciding (decided_topic,
-# decided_partition, decided_offset). Fields are only ever added, optional.
+# decided_partition, decided_offset); on RedriveRequested, the stage and attempt it runs
+# again. Fields are only ever added, optional.
 SCHEMA_VERSION = 4
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
