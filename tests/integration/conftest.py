@@ -16,12 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,63 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKaf
     broker.start(timeout=120)
     yield broker
     broker.stop()
+
+
+@dataclass(frozen=True)
+class Answer:
+    at: float  # time.monotonic() once answered (or given up on)
+    body: dict[str, Any]
+    status: int | None  # None: no answer (a timeout, a connection closed unanswered)
+    request_id: str | None  # the answer's
+
+
+class Traffic:
+    """A steady trickle of webhooks to ``system`` from ``clients`` threads (each posts, waits
+    for its answer, pauses 50 ms) until the block ends or :meth:`stop`; every outcome is in
+    ``answers``, in the order answered. ``body(client, i)``: the ``i``-th webhook of a client."""
+
+    def __init__(
+        self,
+        system: System,
+        body: Callable[[int, int], dict[str, Any]],
+        *,
+        clients: int = 2,
+        timeout: float = 20,
+    ) -> None:
+        self.system, self.body, self.timeout = system, body, timeout
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._post, args=(n,)) for n in range(clients)]
+
+    def _post(self, client: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            body = self.body(client, i)
+            i += 1
+            try:
+                status, answer = self.system.post(body, timeout=self.timeout)
+            except OSError:  # TimeoutError too: the client knows nothing, and was told nothing
+                status, answer = None, None
+            rid = answer.get("request_id") if isinstance(answer, dict) else None
+            self.answers.append(Answer(time.monotonic(), body, status, rid))
+            self._stop.wait(0.05)
+
+    def count(self, status: int | None, since: int = 0) -> int:
+        return sum(a.status == status for a in self.answers[since:])
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.ident is not None:  # started
+                thread.join(timeout=self.timeout + 30)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def http(

@@ -14,13 +14,12 @@ into that partition, refused, and the request never ended.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
 
 from streams.dev.kafka import EmbeddedKafka
-from tests.integration.conftest import System
+from tests.integration.conftest import System, Traffic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,43 +46,32 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
     # producer under load does from the broker's answers
     system.env["PRODUCER_METADATA_MAX_AGE_MS"] = "100"
     system.start()
-    answers: list[tuple[str, int | None]] = []
-    stop = threading.Event()
-
-    def traffic(client: int) -> None:
-        i = 0
-        while not stop.is_set():
-            body = seed_params(f"outage{client}-{i % 40}@example.com", content=f"outage {i}")
-            i += 1
-            try:
-                status, answer = system.post(body, timeout=20)
-            except OSError:
-                status, answer = None, None
-            rid = answer.get("request_id") if isinstance(answer, dict) else None
-            answers.append((rid or "", status))
-            stop.wait(0.05)
-
-    threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
+    traffic = Traffic(
+        system,
+        lambda client, i: seed_params(
+            f"outage{client}-{i % 40}@example.com", content=f"outage {i}"
+        ),
+    )
     try:
         system.wait_ready()
         system.openai("POST", "/_control", {"latency_seconds": 0.5})  # calls end all the time
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: sum(s == 202 for _, s in answers) >= 30, 60, what="steady 202s")
-        assert own_broker.stop()  # SIGTERM: a controlled shutdown
-        wait_until(
-            lambda: "LeaderNotAvailableError" in (tmp_path / "worker.log").read_text(),
-            90,
-            what="the worker's records given up on unsent (no leader)",
-        )
-        own_broker.start(timeout=120)
-        wait_until(lambda: [s for _, s in answers[-10:]].count(202) == 10, 120, what="202s")
-        after = len(answers)
-        wait_until(lambda: sum(s == 202 for _, s in answers[after:]) >= 30, 60, what="more")
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        accepted = sorted({rid for rid, status in answers if status == 202})
+        with traffic:
+            wait_until(lambda: traffic.count(202) >= 30, 60, what="steady 202s")
+            assert own_broker.stop()  # SIGTERM: a controlled shutdown
+            wait_until(
+                lambda: "LeaderNotAvailableError" in (tmp_path / "worker.log").read_text(),
+                90,
+                what="the worker's records given up on unsent (no leader)",
+            )
+            own_broker.start(timeout=120)
+            wait_until(
+                lambda: [a.status for a in traffic.answers[-10:]].count(202) == 10,
+                120,
+                what="202s",
+            )
+            after = len(traffic.answers)
+            wait_until(lambda: traffic.count(202, since=after) >= 30, 60, what="more")
+        accepted = sorted({a.request_id for a in traffic.answers if a.status == 202})
         rows = system.wait_terminal(accepted, timeout=180)
         assert {row.state for row in rows.values()} == {"published"}
         log = (tmp_path / "worker.log").read_text()
@@ -94,10 +82,7 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
             f"{log.count('takes a new producer id')} new producer ids"
         )
     finally:
-        stop.set()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(timeout=60)
+        traffic.stop()
         system.stop()
 
 
@@ -111,47 +96,29 @@ def test_the_ingress_stops_while_kafka_is_down(own_broker: EmbeddedKafka, tmp_pa
     the outage was answered 2xx (their senders retry; none was promised anything)."""
     system = System(own_broker, tmp_path)
     system.start()
-    answers: list[tuple[float, int | None]] = []
-    stop = threading.Event()
-
-    def traffic(client: int) -> None:
-        i = 0
-        while not stop.is_set():
-            body = seed_params(f"stop{client}-{i % 20}@example.com", content=f"stop {i}")
-            i += 1
-            try:
-                status, _ = system.post(body, timeout=120)
-            except OSError:  # the connection closed unanswered
-                status = None
-            answers.append((time.monotonic(), status))
-            stop.wait(0.05)
-
-    threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
+    traffic = Traffic(
+        system,
+        lambda client, i: seed_params(f"stop{client}-{i % 20}@example.com", content=f"stop {i}"),
+        timeout=120,
+    )
     try:
         system.wait_ready()
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: sum(s == 202 for _, s in answers) >= 10, 60, what="steady 202s")
-        assert own_broker.stop()
-        stopped = time.monotonic()
-        log = tmp_path / "ingress.log"
-        # a delivery failed (given up for want of a leader, or timed out): the producer drops
-        # its id, and what it holds waits for a new one, which only Kafka can give
-        wait_until(
-            lambda: "takes a new producer id" in log.read_text(), 90, what="a delivery failed"
-        )
-        stop.set()
-        ingress = system.procs.pop("ingress")
-        ingress.send_signal(signal.SIGTERM)
-        assert ingress.wait(timeout=90) == 0  # it hung here, for as long as Kafka was down
-        for thread in threads:
-            thread.join(timeout=150)
-        late = [status for at, status in answers if at > stopped + 1]
+        with traffic:
+            wait_until(lambda: traffic.count(202) >= 10, 60, what="steady 202s")
+            assert own_broker.stop()
+            stopped = time.monotonic()
+            log = tmp_path / "ingress.log"
+            # a delivery failed (given up for want of a leader, or timed out): the producer
+            # drops its id, and what it holds waits for a new one, which only Kafka can give
+            wait_until(
+                lambda: "takes a new producer id" in log.read_text(), 90, what="a delivery failed"
+            )
+            ingress = system.procs.pop("ingress")
+            ingress.send_signal(signal.SIGTERM)
+            assert ingress.wait(timeout=90) == 0  # it hung here, for as long as Kafka was down
+        late = [a.status for a in traffic.answers if a.at > stopped + 1]
         assert 202 not in late, late
         assert "stopped before Kafka acknowledged every record" in log.read_text()
     finally:
-        stop.set()
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(timeout=150)
+        traffic.stop()
         system.stop()

@@ -21,7 +21,7 @@ from models.params import from_mapping, request_fingerprint
 from streams.ingress import KafkaSink
 from streams.kafka_options import client_options
 from streams.settings import Settings
-from tests.integration.conftest import System, create_topic, http, read_topic
+from tests.integration.conftest import System, Traffic, create_topic, http, read_topic
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -35,43 +35,34 @@ def test_a_503_is_never_written_and_every_202_is_published(own_broker, tmp_path)
     system = System(own_broker, tmp_path, kafka_stall_seconds="2").start()
     try:
         system.wait_ready()
-        answers: list[tuple[str, int | None]] = []  # (request_id, status; None = no answer)
-        stop = threading.Event()
 
-        def traffic(client: int) -> None:
-            i = 0
-            while not stop.is_set():
-                body = seed_params(f"steady{client}-{i}@example.com", content=f"steady {i}")
-                i += 1
-                try:
-                    status, _ = http(
-                        "POST", f"{system.ingress}/chat-gpt/generate", body, timeout=20
-                    )
-                except (TimeoutError, OSError):
-                    status = None  # no answer: the client knows nothing, and was told nothing
-                answers.append((expected_id(body), status))
-                stop.wait(0.05)  # a steady trickle, about 15 a second
+        def steady(client: int, i: int) -> dict:  # a steady trickle, about 15 a second
+            return seed_params(f"steady{client}-{i}@example.com", content=f"steady {i}")
 
-        threads = [threading.Thread(target=traffic, args=(n,)) for n in range(2)]
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: sum(s == 202 for _, s in answers) >= 20, 60, what="steady 202s")
-        assert http("GET", f"{system.ingress}/readyz") == (200, {"ready": True, "status": "ready"})
-        pid = own_broker.status().pid
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: sum(s == 503 for _, s in answers) >= 5, 60, what="503s while down")
-        # not ready while down, saying why (alive all the same), ready again once it is back
-        status, why = http("GET", f"{system.ingress}/readyz")
-        assert (status, why["ready"]) == (503, False), why
-        assert why["status"] in {"Kafka is not acknowledging", "no Kafka broker answered"}, why
-        assert http("GET", f"{system.ingress}/healthz")[0] == 200
-        own_broker.start(timeout=120)
-        wait_until(lambda: [s for _, s in answers[-10:]].count(202) == 10, 120, what="202s again")
-        assert http("GET", f"{system.ingress}/readyz")[0] == 200
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        with Traffic(system, steady) as traffic:
+            wait_until(lambda: traffic.count(202) >= 20, 60, what="steady 202s")
+            assert http("GET", f"{system.ingress}/readyz") == (
+                200,
+                {"ready": True, "status": "ready"},
+            )
+            pid = own_broker.status().pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: traffic.count(503) >= 5, 60, what="503s while down")
+            # not ready while down, saying why (alive all the same), ready again once it is back
+            status, why = http("GET", f"{system.ingress}/readyz")
+            assert (status, why["ready"]) == (503, False), why
+            assert why["status"] in {"Kafka is not acknowledging", "no Kafka broker answered"}, why
+            assert http("GET", f"{system.ingress}/healthz")[0] == 200
+            own_broker.start(timeout=120)
+            wait_until(
+                lambda: [a.status for a in traffic.answers[-10:]].count(202) == 10,
+                120,
+                what="202s again",
+            )
+            assert http("GET", f"{system.ingress}/readyz")[0] == 200
+        # (the request id each body gets, as the ingress derives it; None = no answer)
+        answers = [(expected_id(a.body), a.status) for a in traffic.answers]
 
         by_status = Counter(status for _, status in answers)
         print(f"\nanswers with the broker killed and restarted: {dict(by_status)}")
