@@ -196,6 +196,7 @@ async def redrive(request: web.Request) -> web.Response:
             "given": given,
             "redriven": [rows[i] for i in done if i in rows],
             "not_parked": sorted((asked - parked) & rows.keys()),
+            "earlier_attempt": report.earlier_attempt if report is not None else [],
             "unknown": sorted(asked - rows.keys()),
             "error": error,
         },

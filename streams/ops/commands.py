@@ -466,12 +466,19 @@ def redrive(
         click.echo(f"{'would redrive' if dry_run else 'redriven'}: {letter}")
     for what in report.not_parked:
         click.echo(f"not parked any more, left alone: {what}")
+    for what in report.earlier_attempt:
+        click.echo(f"an earlier attempt's letter, left alone: {what}")
     click.echo(
         f"{report.examined} dead letters examined, {len(report.redriven)} "
         f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
         f"{report.unreadable} unreadable"
         + (f", {len(report.not_parked)} not parked any more" if report.not_parked else "")
         + (f", {report.superseded} older of the same requests" if report.superseded else "")
+        + (
+            f", {len(report.earlier_attempt)} of an earlier attempt"
+            if report.earlier_attempt
+            else ""
+        )
     )
 
 

@@ -5,7 +5,10 @@ is redriven once; ``--from-beginning`` reconsiders all of them. The group's offs
 partition moves only past letters this run redrove (or cannot read): it stops at the first one
 the filters did not select, which a later redrive must still be offered, and it never moves
 back. A request redriven by several of its letters in one run (parked, redriven, parked again)
-is redriven once, by its latest. For each letter that matches:
+is redriven once, by its latest; a letter the filters select is left alone when a later letter
+of its request (read in the same run: a request's letters share a partition) says it was
+redriven and parked again since, which the ledger would not run. For each letter that
+matches:
 
 - parked work (a ``PublishCompletion`` that ended ``publish_failed``, a ``GenerateText`` that
   ended ``generation_failed``: refused, no quota, waited too long, attempts ran out) becomes a
@@ -78,6 +81,25 @@ class RedriveReport:
     unreadable: int = 0
     superseded: int = 0  # letters of a request a later letter of this run redrives
     not_parked: list[str] = field(default_factory=list)  # selected; the projection says done
+    # selected, of an earlier attempt than the request's latest letter (not selected): the
+    # ledger runs only the attempt parked now
+    earlier_attempt: list[str] = field(default_factory=list)
+
+
+_STAGES = ("generating", "publishing")  # in the order a request goes through them
+
+
+@dataclass(frozen=True, order=True)
+class Parking:
+    """The attempt a letter of parked work is of, in the order a request's parkings happen (a
+    redriven generation is generated, then published; a publication is never generated
+    again)."""
+
+    rank: int  # the stage's place in _STAGES
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{_STAGES[self.rank]} attempt {self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,7 @@ class _Send:
     at_ms: int
     request_id: str | None  # the letter's (a poison message has none)
     shown: Redriven  # what the report says of it
+    parking: Parking | None = None  # parked work's: the attempt its letter is of
 
     @property
     def what(self) -> str:
@@ -162,6 +185,7 @@ async def redrive(
             await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         sends: dict[str, _Send] = {}  # by request (or poison message): its latest letter
+        parkings: dict[str, Parking] = {}  # by request: the latest attempt a letter is of
         held: dict[TopicPartition, int] = {}  # the first letter not selected, by partition
         for tp in parts:
             while await consumer.position(tp) < ends[tp]:
@@ -170,12 +194,12 @@ async def redrive(
                     if record.offset >= ends[tp]:
                         continue
                     report.examined += 1
-                    send = _one(record.value, selection, report, settings, now_ms)
+                    send = _one(record.value, selection, report, settings, now_ms, parkings)
                     if isinstance(send, _Send):
                         _keep_latest(sends, send, report)
                     elif send is _Left.NOT_SELECTED:
                         held.setdefault(tp, record.offset)
-        for send in _still_parked(sends, states, report):
+        for send in _still_parked(_latest_attempts(sends, parkings, report), states, report):
             if not dry_run:
                 await producer.send_and_wait(send.topic, value=send.value, key=send.key)
             dry = " (dry run)" if dry_run else ""
@@ -188,6 +212,24 @@ async def redrive(
         await producer.stop()
         await stop_consumer(consumer)
     return report
+
+
+def _latest_attempts(
+    sends: dict[str, _Send], parkings: dict[str, Parking], report: RedriveReport
+) -> dict[str, _Send]:
+    """Leave alone a letter of an earlier attempt than its request's latest letter: the
+    request was redriven since and parked again, by a letter these filters did not select."""
+    kept = {}
+    for what, send in sends.items():
+        latest = parkings.get(send.request_id or "")
+        if send.parking is not None and latest is not None and latest > send.parking:
+            report.earlier_attempt.append(
+                f"{send.request_id} (a letter of {send.parking}; parked since by {latest},"
+                " whose letter the filters did not select)"
+            )
+        else:
+            kept[what] = send
+    return kept
 
 
 def _still_parked(
@@ -251,8 +293,10 @@ def _one(
     report: RedriveReport,
     settings: Settings,
     now_ms: Callable[[], int],
+    parkings: dict[str, Parking],
 ) -> _Send | _Left:
-    """What to send for one letter, or why nothing is sent."""
+    """What to send for one letter, or why nothing is sent; ``parkings`` learns the attempt
+    of every letter of parked work, selected or not."""
     try:
         letter = decode(DeadLetter, raw)
     except DecodeError:
@@ -261,17 +305,16 @@ def _one(
     if letter.value_b64 is None:  # nothing to send back, under any filters
         report.skipped += 1
         return _Left.NEVER
-    if not selection.matches(letter):
-        report.skipped += 1
-        return _Left.NOT_SELECTED
     value = base64.b64decode(letter.value_b64)
     key = letter.key.encode() if letter.key is not None else None
     topic = letter.topic
     site: str | None = None
     request_id: str | None = None
+    parking: Parking | None = None
+    command: PublishCompletion | GenerateText | None = None
     if letter.topic in (settings.topic("completions"), settings.topic("generate")):
         try:
-            command: PublishCompletion | GenerateText = (
+            command = (
                 decode(PublishCompletion, value)
                 if letter.topic == settings.topic("completions")
                 else decode(GenerateText, value)
@@ -279,6 +322,12 @@ def _one(
         except DecodeError:
             report.unreadable += 1
             return _Left.NEVER
+        parking = Parking(int(isinstance(command, PublishCompletion)), command.attempt)
+        parkings[command.request_id] = max(parking, parkings.get(command.request_id, parking))
+    if not selection.matches(letter):
+        report.skipped += 1
+        return _Left.NOT_SELECTED
+    if command is not None and parking is not None:
         if selection.site is not None and command.site != selection.site:
             report.skipped += 1
             return _Left.NOT_SELECTED
@@ -287,7 +336,7 @@ def _one(
             person=command.person,
             at_ms=now_ms(),
             reason=letter.reason[:300],
-            stage="publishing" if isinstance(command, PublishCompletion) else "generating",
+            stage=_STAGES[parking.rank],
             attempt=command.attempt,
         )
         topic, key, value = settings.topic("requests"), command.person.encode(), encode(redrive)
@@ -308,4 +357,4 @@ def _one(
         request_id=request_id,
         decided=letter.decided,
     )
-    return _Send(topic, key, value, letter.at_ms, letter.request_id, shown)
+    return _Send(topic, key, value, letter.at_ms, letter.request_id, shown, parking)

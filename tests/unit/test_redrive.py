@@ -15,6 +15,7 @@ from models.events import (
     RedriveRequested,
 )
 from models.lifecycle import State
+from models.state import GivenUp
 from streams.codecs import decode_requests, encode
 from streams.ops.redrive import RedriveReport, Selection, _one, _Send
 from streams.settings import Settings
@@ -280,11 +281,79 @@ def test_a_redrive_names_the_attempt_its_letter_was_parked_at() -> None:
         value_b64=base64.b64encode(encode(given_up.command)).decode(),
         request_id="req-1",
     )
-    send = _one(encode(letter), Selection(), RedriveReport(), settings, lambda: T0 * 1000)
+    send = _one(encode(letter), Selection(), RedriveReport(), settings, lambda: T0 * 1000, {})
     assert isinstance(send, _Send)
     sent = decode_requests(send.value)
     assert isinstance(sent, RedriveRequested) and (sent.stage, sent.attempt) == ("publishing", 2)
     assert types_of(ledger.send(sent)) == ["PublicationStarted"]
+
+
+def test_a_letter_of_an_earlier_attempt_is_left_alone_when_the_filters_pass_over_the_latest() -> (
+    None
+):
+    """Parked (Talkable answered 401), redriven, parked again for another reason: a run whose
+    filters select the first letter only would send a redrive the ledger ignores (it runs the
+    attempt parked now), and say "redriven". It leaves the letter alone and names it; a run
+    that selects the latest letter redrives the request by it."""
+    from streams.ops.redrive import Parking, _keep_latest, _latest_attempts
+
+    ledger = parked_ledger()
+    [first] = ledger.history[-1][1].dead_letters
+    ledger.send(redrive("req-1", of=("publishing", 1)))
+    [second] = ledger.send(publication_failed("req-1", 2)).dead_letters
+    settings = Settings(app_id="t")
+
+    def letter(given_up: GivenUp, reason: str, at_ms: int) -> bytes:
+        return encode(
+            DeadLetter(
+                topic=settings.topic("completions"),
+                partition=-1,
+                offset=-1,
+                reason=reason,
+                key="req-1",
+                value_b64=base64.b64encode(encode(given_up.command)).decode(),
+                request_id="req-1",
+                at_ms=at_ms,
+            )
+        )
+
+    letters = [letter(first, "Unauthorized: 401", 10), letter(second, "QueueTimeout: 429", 20)]
+
+    def run(selection: Selection) -> tuple[list[_Send], RedriveReport]:
+        report, sends, parkings = RedriveReport(), dict[str, _Send](), dict[str, Parking]()
+        for raw in letters:
+            send = _one(raw, selection, report, settings, lambda: T0 * 1000, parkings)
+            if isinstance(send, _Send):
+                _keep_latest(sends, send, report)
+        assert parkings == {"req-1": Parking(1, 2)}
+        return list(_latest_attempts(sends, parkings, report).values()), report
+
+    kept, report = run(Selection(reason_contains="401"))
+    assert kept == []
+    assert report.earlier_attempt == [
+        "req-1 (a letter of publishing attempt 1; parked since by publishing attempt 2, whose"
+        " letter the filters did not select)"
+    ]
+    assert ledger.send(redrive("req-1", of=("publishing", 1))).events == []  # what it would do
+
+    for selection in (Selection(reason_contains="429"), Selection(request_id="req-1")):
+        [send], report = run(selection)
+        assert report.earlier_attempt == []
+        sent = decode_requests(send.value)
+        assert isinstance(sent, RedriveRequested) and (sent.stage, sent.attempt) == (
+            "publishing",
+            2,
+        )
+    assert types_of(ledger.send(sent)) == ["PublicationStarted"]
+
+
+def test_a_generations_letter_is_earlier_than_any_publications() -> None:
+    """A request's parkings in the order they happen: a generation (any attempt) is redriven,
+    generated, then published; a publication is never generated again."""
+    from streams.ops.redrive import Parking
+
+    assert Parking(0, 3) < Parking(1, 1) < Parking(1, 2)
+    assert str(Parking(0, 3)) == "generating attempt 3"
 
 
 def test_a_redrive_without_an_attempt_runs_whatever_is_parked() -> None:
@@ -371,7 +440,9 @@ def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() ->
         decided_partition=3,
         decided_offset=1207,
     )
-    send = _one(encode(letter), Selection(), RedriveReport(), Settings(app_id="talkstream"), int)
+    send = _one(
+        encode(letter), Selection(), RedriveReport(), Settings(app_id="talkstream"), int, {}
+    )
     assert isinstance(send, _Send)
     line = str(send.shown)
     assert line == (
