@@ -1,90 +1,28 @@
 """``talkstream replay | audit | stats | schemas | redrive``: the operator tools over the log
-and the projection.
+and the projection (``redrive``'s command in ``streams/ops/redrive_command.py``; what they share
+in ``streams/ops/options.py``).
 
 Wired into the ``talkstream`` group by ``register(main)`` in ``streams/cli.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
+from streams.ops.options import TIME, in_order, projection_reader, run_async, with_bar
+from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
 if TYPE_CHECKING:
     from streams.projection.store import ProjectionStore
 
-T = TypeVar("T")
-
-
 def register(main: click.Group) -> None:
     for command in (replay, audit, stats, schemas, redrive):
         main.add_command(command)
-
-
-class _Time(click.ParamType):
-    """A point in time as the commands take it (ISO-8601, epoch seconds or ms, or an age such
-    as 2h), in epoch ms; a value that is none of these names its option."""
-
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from streams.ops.audit import parse_time
-
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_time(value, int(time.time() * 1000))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-TIME = _Time()
-
-
-def _in_order(since_ms: int | None, until_ms: int | None) -> None:
-    """``--since``/``--until`` that end before they start: a usage error, not an empty answer."""
-    from streams.ops.audit import check_range
-
-    try:
-        check_range(since_ms, until_ms, ("--since", "--until"))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--since'") from None
-
-
-def _run(coro: Any) -> Any:
-    from streams.errors import TalkstreamError
-
-    try:
-        return asyncio.run(coro)
-    except TalkstreamError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], None]], T]) -> T:
-    """Run ``work(on_total, progress)`` under a progress bar on stderr (sized once known)."""
-    bar: Any = None
-
-    def on_total(total: int) -> None:
-        nonlocal bar
-        bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
-        bar.__enter__()
-
-    def progress(n: int) -> None:
-        if bar is not None:
-            bar.update(n)
-
-    try:
-        return work(on_total, progress)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -155,9 +93,9 @@ def _rebuild(
     try:
         _prepare(store, database_url, force)
         topic = settings.topic("lifecycle")
-        summary = _with_bar(
+        summary = with_bar(
             f"replaying {topic}",
-            lambda on_total, progress: _run(
+            lambda on_total, progress: run_async(
                 rebuild(
                     settings,
                     topic,
@@ -214,9 +152,9 @@ def _verify(settings: Settings, processes: int | None) -> None:
     from streams.ops.verify import verify
 
     requests, lifecycle = settings.topic("requests"), settings.topic("lifecycle")
-    summary = _with_bar(
+    summary = with_bar(
         f"verifying {requests} -> {lifecycle}",
-        lambda on_total, progress: _run(
+        lambda on_total, progress: run_async(
             verify(
                 settings,
                 requests,
@@ -247,28 +185,6 @@ def _verify(settings: Settings, processes: int | None) -> None:
 # --- audit and stats --------------------------------------------------------------------------
 
 
-def _reader(database_url: str | None) -> ProjectionStore:
-    from sqlalchemy.engine import make_url
-
-    from streams.projection.engine import make_engine, safe_url
-    from streams.projection.store import ProjectionStore
-
-    url = database_url or Settings().resolved_database_url
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        from pathlib import Path
-
-        if not Path(parsed.database).exists():
-            raise click.ClickException(f"no projection at {safe_url(url)}")
-    store = ProjectionStore(make_engine(url), migrate_schema=False)
-    if not store.is_current():
-        store.close()
-        raise click.ClickException(
-            f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
-        )
-    return store
-
-
 _DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the SQLite file)"
 
 
@@ -296,7 +212,7 @@ def audit(
     by_person = site is not None and email is not None
     if (request_id is None) == (not by_person) or (request_id and (site or email)):
         raise click.UsageError("give --request-id, or both --site and --email")
-    store = _reader(database_url)
+    store = projection_reader(database_url)
     try:
         found = find_histories(store, request_id=request_id, site=site, email=email)
         if as_json:
@@ -339,8 +255,8 @@ def stats(
     """
     from streams.ops.audit import WAITED_MS, iso, render_stats, site_stats, stats_json
 
-    _in_order(since_ms, until_ms)
-    store = _reader(database_url)
+    in_order(since_ms, until_ms)
+    store = projection_reader(database_url)
     try:
         result = site_stats(store.stats_rows(since_ms, until_ms, site))
         if as_json:
@@ -375,143 +291,3 @@ def schemas(check: bool) -> None:
     from streams.ops import schemas as generator
 
     sys.exit(generator.main(["--check"] if check else []))
-
-
-# --- redrive ----------------------------------------------------------------------------------
-
-
-def _letters_from(settings: Settings, topic: str | None) -> str | None:
-    """``--topic`` as the full name the letters carry; a name that no letter can carry is a
-    usage error listing those that can (rather than a redrive that silently selects none)."""
-    from streams.topics import letter_source
-
-    if topic is None:
-        return None
-    try:
-        return letter_source(settings, topic)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--topic'") from None
-
-
-@click.command()
-@click.option("--request-id", default=None, help="only this request's dead letters")
-@click.option("--site", default=None, help="only parked work of this site")
-@click.option(
-    "--topic",
-    default=None,
-    help="only letters from this topic: its full name or its name without the app id "
-    "(requests, generate, completions, lifecycle)",
-)
-@click.option(
-    "--reason-contains", default=None, help="only letters whose reason contains it (any case)"
-)
-@click.option(
-    "--since", "since_ms", type=TIME, help="only letters written since (ISO-8601, epoch, 2h)"
-)
-@click.option("--until", "until_ms", type=TIME, help="only letters written until")
-@click.option(
-    "--from-beginning",
-    is_flag=True,
-    help="reconsider letters redriven before (each run otherwise starts after the letters "
-    "earlier runs redrove, up to the first one they did not select)",
-)
-@click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
-@click.option(
-    "--database-url",
-    help="the projection that says which requests are still parked (default: "
-    "TALKSTREAM_DATABASE_URL, else the SQLite file)",
-)
-def redrive(
-    request_id: str | None,
-    site: str | None,
-    topic: str | None,
-    reason_contains: str | None,
-    since_ms: int | None,
-    until_ms: int | None,
-    from_beginning: bool,
-    dry_run: bool,
-    database_url: str | None,
-) -> None:
-    """Re-issue dead-lettered work once its cause is fixed (parked requests go through the
-    ledger, which runs them as their next attempt)."""
-    from streams.ops.redrive import Selection
-    from streams.ops.redrive import redrive as run_redrive
-    from streams.runtime import now_ms
-
-    _in_order(since_ms, until_ms)
-    settings = Settings()
-    selection = Selection(
-        request_id=request_id,
-        topic=_letters_from(settings, topic),
-        reason_contains=reason_contains,
-        site=site,
-        since_ms=since_ms,
-        until_ms=until_ms,
-    )
-    parked_by = _ParkedBy(database_url)
-    try:
-        report = _run(
-            run_redrive(
-                settings,
-                selection,
-                dry_run=dry_run,
-                from_beginning=from_beginning,
-                now_ms=now_ms,
-                states=parked_by.states_of,
-            )
-        )
-    finally:
-        parked_by.close()
-    for letter in report.redriven:  # its reason, site and source; never its value (keys)
-        click.echo(f"{'would redrive' if dry_run else 'redriven'}: {letter}")
-    for what in report.not_parked:
-        click.echo(f"not parked any more, left alone: {what}")
-    for what in report.earlier_attempt:
-        click.echo(f"an earlier attempt's letter, left alone: {what}")
-    click.echo(
-        f"{report.examined} dead letters examined, {len(report.redriven)} "
-        f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
-        f"{report.unreadable} unreadable"
-        + (f", {len(report.not_parked)} not parked any more" if report.not_parked else "")
-        + (f", {report.superseded} older of the same requests" if report.superseded else "")
-        + (
-            f", {len(report.earlier_attempt)} of an earlier attempt"
-            if report.earlier_attempt
-            else ""
-        )
-    )
-
-
-class _ParkedBy:
-    """The projection, to leave alone requests no longer parked: opened once there are letters
-    to redrive. Without one, every selected letter goes to the ledger, which re-issues only
-    what is still parked."""
-
-    def __init__(self, database_url: str | None) -> None:
-        self.database_url = database_url
-        self.store: ProjectionStore | None = None
-        self.tried = False
-
-    def states_of(self, request_ids: list[str]) -> dict[str, str]:
-        if not self.tried:
-            self.tried = True
-            self.store = self._open()
-        return self.store.states_of(request_ids) if self.store is not None else {}
-
-    def _open(self) -> ProjectionStore | None:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            return _reader(self.database_url)
-        except (click.ClickException, SQLAlchemyError) as exc:
-            why = exc.message if isinstance(exc, click.ClickException) else type(exc).__name__
-            click.echo(
-                f"note: {why}; every selected letter goes to the ledger, which re-issues only"
-                " the requests still parked",
-                err=True,
-            )
-            return None
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()

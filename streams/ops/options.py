@@ -1,0 +1,100 @@
+"""What the operator commands share: a point in time as an option takes it, a range of two,
+a coroutine run with its errors as the command's, a progress bar, and the projection to read."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.projection.store import ProjectionStore
+
+T = TypeVar("T")
+
+
+class _Time(click.ParamType):
+    """A point in time as the commands take it (ISO-8601, epoch seconds or ms, or an age such
+    as 2h), in epoch ms; a value that is none of these names its option."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from streams.ops.audit import parse_time
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(value, int(time.time() * 1000))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = _Time()
+
+
+def in_order(since_ms: int | None, until_ms: int | None) -> None:
+    """``--since``/``--until`` that end before they start: a usage error, not an empty answer."""
+    from streams.ops.audit import check_range
+
+    try:
+        check_range(since_ms, until_ms, ("--since", "--until"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--since'") from None
+
+
+def run_async(coro: Any) -> Any:
+    from streams.errors import TalkstreamError
+
+    try:
+        return asyncio.run(coro)
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], None]], T]) -> T:
+    """Run ``work(on_total, progress)`` under a progress bar on stderr (sized once known)."""
+    bar: Any = None
+
+    def on_total(total: int) -> None:
+        nonlocal bar
+        bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+        bar.__enter__()
+
+    def progress(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        return work(on_total, progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def projection_reader(database_url: str | None) -> ProjectionStore:
+    from sqlalchemy.engine import make_url
+
+    from streams.projection.engine import make_engine, safe_url
+    from streams.projection.store import ProjectionStore
+
+    url = database_url or Settings().resolved_database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(parsed.database).exists():
+            raise click.ClickException(f"no projection at {safe_url(url)}")
+    store = ProjectionStore(make_engine(url), migrate_schema=False)
+    if not store.is_current():
+        store.close()
+        raise click.ClickException(
+            f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
+        )
+    return store
