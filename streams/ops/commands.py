@@ -20,6 +20,7 @@ from streams.settings import Settings
 if TYPE_CHECKING:
     from streams.projection.store import ProjectionStore
 
+
 def register(main: click.Group) -> None:
     for command in (replay, audit, stats, schemas, redrive):
         main.add_command(command)
