@@ -24,7 +24,8 @@ from bench.replay import synthetic_log
 from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.ops.replay import APPLY_BATCH
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.rows import Sourced
+from streams.projection.store import ProjectionStore
 
 NULL_ADAPTER = (type(None), sqlite3.PrepareProtocol)
 

@@ -20,7 +20,8 @@ from models.events import (
 )
 from models.ledger import PersonState, Policy, handle
 from models.params import UsageLimit, person_key
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.rows import Sourced
+from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow, TransitionRow
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

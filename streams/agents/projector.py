@@ -32,7 +32,8 @@ from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics, serve_worker_http
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.rows import Sourced
+from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group

@@ -53,7 +53,8 @@ from streams.ops.helpers import (
     run_all,
     shares,
 )
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.rows import Sourced
+from streams.projection.store import ProjectionStore
 from streams.settings import Settings
 
 Progress = Callable[[int], None]

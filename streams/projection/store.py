@@ -13,14 +13,11 @@ they are applied in the order the ledger decided them.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
-    Table,
     and_,
     exists,
     func,
@@ -33,20 +30,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from models.events import LifecycleEvent
-from models.lifecycle import TERMINAL, State
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
+from streams.projection.rows import Sourced, Writes, fold, request_values, transition_row
 from streams.projection.tables import Base, ProjectedOffsetRow, RequestRow, TransitionRow
 
 _TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
 _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
 _OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
-# every column of a request row, as a new row starts (the events fill them in)
-_EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
-    "terminal": False,
-    "attempts": 0,
-}
 
 
 Source = tuple[str, int, int]
@@ -69,13 +60,6 @@ class StatsRow(NamedTuple):
 
 
 STATS_BATCH = 10_000  # rows fetched at a time by stats_rows
-
-
-class Sourced(NamedTuple):  # a tuple: a replay makes one per event
-    topic: str
-    partition: int
-    offset: int
-    event: LifecycleEvent
 
 
 class ProjectionStore:
@@ -164,21 +148,21 @@ class ProjectionStore:
                     continue
                 sources.add(source)
                 identities.add(identity)
-                transitions.append(_transition(item))
-                _apply(rows, item.event)
+                transitions.append(transition_row(item))
+                fold(rows, item.event)
             if transitions:
                 touched = {t[0] for t in transitions}
-                writes = _Writes.of(connection)
+                writes = Writes.of(connection)
                 writes.insert(connection, writes.insert_transition, transitions)
                 writes.insert(
                     connection,
                     writes.insert_request,
-                    [_row_values(rows[rid]) for rid in touched - existing],
+                    [request_values(rows[rid]) for rid in touched - existing],
                 )
                 writes.many(
                     connection,
                     writes.update_request,
-                    [(*_row_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
+                    [(*request_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
                 )
             return len(transitions)
 
@@ -381,173 +365,3 @@ def _record_offsets(connection: Connection, read: Mapping[tuple[str, int], int])
 def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
     """IN lists of a bounded size (SQLite caps the number of bound parameters)."""
     return [values[i : i + size] for i in range(0, len(values), size)]
-
-
-# when a request first reached a state: the column that keeps it
-_REACHED = {
-    State.ADMITTED: "admitted_at_ms",
-    State.GENERATING: "generating_at_ms",
-    State.GENERATED: "generated_at_ms",
-    State.PUBLISHING: "publishing_at_ms",
-}
-
-
-# the transitions' columns as written (``id`` is the database's)
-_TRANSITION_COLUMNS = (
-    "request_id", "type", "state", "previous_state", "at_ms", "cause", "attempt",
-    "error_class", "error_message", "latency_ms", "window_start", "window_count", "waited_ms",
-    "arrived_at_ms", "topic", "partition", "offset",
-)  # fmt: skip
-_REQUEST_COLUMNS = tuple(c.name for c in _REQUESTS.columns)  # request_id first
-
-
-def _transition(item: Sourced) -> tuple[Any, ...]:
-    e = item.event
-    return (
-        e.request_id,
-        e.type,
-        str(e.state),  # a StrEnum's text; ``.value`` is a Python property, 4x slower
-        str(e.previous_state) if e.previous_state else None,
-        e.at_ms,
-        e.cause,
-        e.attempt,
-        e.error_class,
-        e.error_message,
-        e.latency_ms,
-        e.window_start,
-        e.window_count,
-        e.waited_ms,
-        e.arrived_at_ms,
-        item.topic,
-        item.partition,
-        item.offset,
-    )
-
-
-def _row_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row[name] for name in _REQUEST_COLUMNS)
-
-
-@dataclass(frozen=True)
-class _Writes:
-    """The projector's writes as the database driver's own statements, executed with
-    ``executemany`` on plain tuples: per row, no SQLAlchemy parameter processing (most of a
-    replay's time otherwise). On PostgreSQL new rows go in with ``COPY`` (psycopg's
-    executemany is a round of Python per row: a third of the rate). Made once per dialect."""
-
-    insert_transition: str
-    insert_request: str
-    update_request: str
-    copy: bool  # inserts are COPY ... FROM STDIN statements
-    # a COPY's column types by its statement: psycopg then formats each value with the
-    # column's own dumper, instead of looking one up by the value's Python type (half of
-    # its time formatting a row; ``bench/PROFILE.md``, twenty-ninth round)
-    copy_types: dict[str, list[str]]
-
-    @classmethod
-    def of(cls, connection: Connection) -> _Writes:
-        dialect = connection.dialect
-        return _writes_for(
-            dialect.paramstyle,
-            dialect.identifier_preparer,
-            dialect.name,
-            dialect.type_compiler_instance,
-        )
-
-    def insert(self, connection: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        if not self.copy:
-            connection.exec_driver_sql(sql, rows)
-            return
-        driver = connection.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
-            copy.set_types(self.copy_types[sql])
-            for row in rows:
-                copy.write_row(row)
-
-    @staticmethod
-    def many(connection: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            connection.exec_driver_sql(sql, rows)
-
-
-@functools.cache
-def _writes_for(paramstyle: str, preparer: Any, dialect: str, type_compiler: Any) -> _Writes:
-    mark = "?" if paramstyle == "qmark" else "%s"
-    copy = dialect == "postgresql"
-
-    def names(columns: Sequence[str]) -> str:
-        return ", ".join(preparer.quote(c) for c in columns)
-
-    def insert(table: str, columns: Sequence[str]) -> str:
-        if copy:
-            return f"COPY {table} ({names(columns)}) FROM STDIN"
-        return f"INSERT INTO {table} ({names(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-
-    def types(table: Table, columns: Sequence[str]) -> list[str]:
-        """The columns' PostgreSQL type names as psycopg knows them: "bigint", "varchar"
-        (from "VARCHAR(200)")."""
-        compiled = (type_compiler.process(table.c[c].type) for c in columns)
-        return [name.split("(")[0].lower() for name in compiled]
-
-    sets = ", ".join(f"{preparer.quote(c)} = {mark}" for c in _REQUEST_COLUMNS[1:])
-    insert_transition = insert("transitions", _TRANSITION_COLUMNS)
-    insert_request = insert("requests", _REQUEST_COLUMNS)
-    return _Writes(
-        insert_transition=insert_transition,
-        insert_request=insert_request,
-        update_request=f"UPDATE requests SET {sets} WHERE request_id = {mark}",
-        copy=copy,
-        copy_types={
-            insert_transition: types(_TRANSITIONS, _TRANSITION_COLUMNS),
-            insert_request: types(_REQUESTS, _REQUEST_COLUMNS),
-        }
-        if copy
-        else {},
-    )
-
-
-def _apply(rows: dict[str, dict[str, Any]], e: LifecycleEvent) -> None:
-    """Bring the request's row (a dict of its columns) up to date with one event."""
-    row = rows.get(e.request_id)
-    if row is None:
-        row = rows[e.request_id] = {
-            **_EMPTY_ROW,
-            "request_id": e.request_id,
-            "site": e.site,
-            "person": e.person,
-            "received_at_ms": e.at_ms,
-            "updated_at_ms": e.at_ms,
-        }
-    row["state"] = str(e.state)
-    row["terminal"] = e.state in TERMINAL
-    row["cause"] = e.cause
-    row["updated_at_ms"] = max(row["updated_at_ms"], e.at_ms)
-    row["attempts"] = max(row["attempts"] or 0, e.attempt)
-    if e.state is State.RECEIVED:
-        row["received_at_ms"] = e.at_ms
-        row["arrived_at_ms"] = e.arrived_at_ms
-    elif e.state in TERMINAL:
-        row["terminal_at_ms"] = e.at_ms
-    elif row[_REACHED[e.state]] is None:  # re-issues keep the first attempt's time
-        row[_REACHED[e.state]] = e.at_ms
-    row["duplicate_of"] = e.duplicate_of or row["duplicate_of"]
-    row["model"] = e.model or row["model"]
-    if e.prompt_tokens is not None:
-        row["prompt_tokens"] = e.prompt_tokens
-    if e.completion_tokens is not None:
-        row["completion_tokens"] = e.completion_tokens
-    if e.type == "TextGenerated" and e.latency_ms is not None:
-        row["generation_latency_ms"] = e.latency_ms
-    if e.waited_ms is not None:
-        if e.type in ("TextGenerated", "GenerationFailed"):
-            row["generation_wait_ms"] = e.waited_ms
-        else:
-            row["publish_wait_ms"] = e.waited_ms
-    if e.error_class is not None:
-        row["error_class"] = e.error_class
-        row["error_message"] = e.error_message
-    if e.window_start is not None:
-        row["window_start"] = e.window_start
-        row["window_count"] = e.window_count

@@ -22,7 +22,8 @@ from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
 from streams.projection.engine import SQLITE_WRITER_WAIT_SECONDS
-from streams.projection.store import ProjectionStore, Sourced, _Writes
+from streams.projection.rows import Sourced, Writes
+from streams.projection.store import ProjectionStore
 from streams.projection.tables import Base
 from tests.postgres import (  # noqa: F401  (fixtures)
     database_url,
@@ -349,7 +350,7 @@ def test_a_copy_declares_each_column_as_the_database_has_it(postgres_store: Proj
     from psycopg.postgres import types
 
     with postgres_store.engine.connect() as connection:
-        writes = _Writes.of(connection)
+        writes = Writes.of(connection)
         assert set(writes.copy_types) == {writes.insert_transition, writes.insert_request}
         for sql, declared in writes.copy_types.items():
             table, columns = re.fullmatch(r"COPY (\w+) \((.*)\) FROM STDIN", sql).groups()

@@ -21,7 +21,8 @@ from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
 from streams.projection.engine import make_engine
-from streams.projection.store import ProjectionStore, Sourced
+from streams.projection.rows import Sourced
+from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock
 from tests.integration.conftest import System, create_topic
 from tests.projection_support import T0_MS, Log, snapshot
