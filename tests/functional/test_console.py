@@ -495,6 +495,8 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
     body = await signed_in.page("/deadletters")
     assert 'id="letter-count">2<' in body and 'id="parked-count">1<' in body
+    assert "</b> letters, <b" in body and "</b> parked request that can be redriven" in body
+    assert "Preview redrive of this one…" in body
     assert "parked: can be redriven" in body
     # the ledger's letter: the topic its command was for, and the record it was deciding
     assert (
@@ -503,7 +505,7 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     ) in body
     assert "<code>functest-requests/1/9</code>" in body  # a message: where it was read
     filtered = await signed_in.page("/deadletters?reason=401")
-    assert 'id="letter-count">1<' in filtered
+    assert 'id="letter-count">1<' in filtered and "</b> letter, <b" in filtered
     bad = await signed_in.page("/deadletters?until=soon", status=400)
     assert "until: &#39;soon&#39; is not a time" in bad
     reversed_ = await signed_in.page("/deadletters?since=1h&until=2h", status=400)
@@ -547,11 +549,34 @@ async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(sign
     )
     done = await confirm.text()
     assert confirm.status == 200 and 'id="redriven-count">1<' in done
+    assert "</b> request went back to the ledger" in done
     (selection, dry_run) = signed_in.log.redrives[-1]
     # only what is still parked: pub-1 was published
     assert not dry_run and selection.request_ids == frozenset({"park-1"})
     assert "Not parked any more, so not redriven: pub-1<" in done
     assert "Not in the projection, so not redriven: nope<" in done
+
+
+async def test_a_redrive_names_a_letter_of_an_earlier_attempt_it_left_alone(
+    signed_in: Console, monkeypatch: pytest.MonkeyPatch
+):
+    """The filters selected a parked request's older letter, not the one it was parked again
+    by: the redrive sends nothing for it (the ledger would ignore it), and the page says so
+    rather than counting it redriven."""
+    said = "park-1 (a letter of publishing attempt 1; parked since by publishing attempt 2, ...)"
+
+    async def redrive(selection: Selection, *, dry_run: bool) -> RedriveReport:
+        return RedriveReport(examined=2, earlier_attempt=[said])
+
+    monkeypatch.setattr(signed_in.log, "redrive", redrive)
+    csrf = await signed_in.csrf()
+    confirm = await signed_in.post(
+        "/deadletters/redrive", [("reason", "401"), ("id", "park-1"), ("csrf", csrf)]
+    )
+    done = await confirm.text()
+    assert confirm.status == 200 and 'id="redriven-count">0<' in done
+    assert "A letter of an earlier attempt, so not redriven" in done
+    assert "parked since by publishing attempt 2" in done
 
 
 async def test_an_overview_window_it_does_not_offer_is_a_400_showing_the_last_hour(
