@@ -33,8 +33,6 @@ from streams.errors import TalkstreamError
 from streams.runtime import child_process
 from streams.secrets import dev_key
 from streams.settings import (
-    DEFAULT_OPENAI_BASE_URL,
-    DEFAULT_TALKABLE_BASE_URL,
     LISTENS_AT,
     Settings,
 )
@@ -165,6 +163,13 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
     return lock
 
 
+def stands_in(settings: Settings, upstream: str) -> bool:
+    """Whether ``dev`` runs a stand-in for this upstream (``openai_base_url``,
+    ``talkable_base_url``): unless its URL is set (``TALKSTREAM_OPENAI_BASE_URL``, ...), to
+    anything, the real API's own included."""
+    return upstream not in settings.model_fields_set
+
+
 def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list[Address]:
     """``(host, port, what sets it)`` for each server this run starts (port 0: any free one,
     nothing to check)."""
@@ -177,9 +182,9 @@ def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list
         found.append(
             (settings.worker_http_host, settings.projector_http_port, LISTENS_AT["projector"])
         )
-    if settings.openai_base_url == DEFAULT_OPENAI_BASE_URL:
+    if stands_in(settings, "openai_base_url"):
         found.append(("127.0.0.1", openai_port, "--openai-port"))
-    if settings.talkable_base_url == DEFAULT_TALKABLE_BASE_URL:
+    if stands_in(settings, "talkable_base_url"):
         found.append(("127.0.0.1", talkable_port, "--talkable-port"))
     return [server for server in found if server[1]]
 
@@ -294,7 +299,7 @@ def _run(
         env["TALKSTREAM_SECRET_KEYS"] = dev_key()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     lines = [f"kafka      {status.bootstrap}   (log {status.log_file})"]
-    if settings.openai_base_url == DEFAULT_OPENAI_BASE_URL:
+    if stands_in(settings, "openai_base_url"):
         procs["openai"] = _spawn(
             "openai-standin", ["standin", "openai", "--port", str(openai_port)], env, logs
         )
@@ -302,7 +307,7 @@ def _run(
         lines.append(f"openai     http://127.0.0.1:{openai_port}/v1   (stand-in)")
     else:
         lines.append(f"openai     {settings.openai_base_url}")
-    if settings.talkable_base_url == DEFAULT_TALKABLE_BASE_URL:
+    if stands_in(settings, "talkable_base_url"):
         procs["talkable"] = _spawn(
             "talkable-standin", ["standin", "talkable", "--port", str(talkable_port)], env, logs
         )

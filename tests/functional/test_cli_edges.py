@@ -320,16 +320,18 @@ def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder(
     )
 
 
-def test_dev_checks_the_servers_it_will_start_and_no_other() -> None:
+def test_dev_checks_the_servers_it_will_start_and_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     defaults = {  # given, whatever this shell's TALKSTREAM_* says
         "ingress_port": 8080,
         "console_port": 8090,
         "worker_http_port": 9101,
         "projector_http_port": 9102,
         "projector": "process",
-        "openai_base_url": DEFAULT_OPENAI_BASE_URL,
-        "talkable_base_url": DEFAULT_TALKABLE_BASE_URL,
     }
+    for upstream in ("OPENAI", "TALKABLE"):  # not set: stand-ins
+        monkeypatch.delenv(f"TALKSTREAM_{upstream}_BASE_URL", raising=False)
 
     def ports(**settings: object) -> list[int]:
         chosen = Settings(**{**defaults, **settings})  # type: ignore[arg-type]
@@ -339,8 +341,16 @@ def test_dev_checks_the_servers_it_will_start_and_no_other() -> None:
     # real upstreams: no stand-ins; the projector inside the worker, or on its own: no child
     real = {"openai_base_url": "https://example.test/v1", "talkable_base_url": "https://t.test"}
     assert ports(**real, projector="worker") == [8080, 8090, 9101]
+    # the real APIs' own URLs, set: used, not stood in for (README: "With real services")
+    official = {
+        "openai_base_url": DEFAULT_OPENAI_BASE_URL,
+        "talkable_base_url": DEFAULT_TALKABLE_BASE_URL,
+    }
+    assert ports(**official) == [8080, 8090, 9101, 9102]
     # port 0 is any free port: nothing to check
     assert ports(worker_http_port=0, projector="off") == [8080, 8090, 1081, 1082]
+    monkeypatch.setenv("TALKSTREAM_OPENAI_BASE_URL", DEFAULT_OPENAI_BASE_URL)
+    assert ports() == [8080, 8090, 9101, 9102, 1082]  # from the environment, as make dev has it
 
 
 @pytest.mark.parametrize(
