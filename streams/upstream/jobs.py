@@ -40,6 +40,7 @@ class Job(Generic[R]):
     tries: int = 0
     seq: int = 0  # the order it arrived in
     started_s: float = 0.0  # when its latest call started
+    in_calls_s: float = 0.0  # its calls' time so far (what it did not spend waiting)
     timeouts: int = 0  # its calls that timed out
     unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
     held_by: str = ""  # why it is waiting, for a QueueTimeout
@@ -51,7 +52,7 @@ class Outcome(Generic[R]):
 
     value: R | None
     error: UpstreamError | None
-    waited_s: float
+    waited_s: float  # in its target's queue: from its issue to its outcome, less its calls
     tries: int
 
 
@@ -84,7 +85,8 @@ def take_over(queued: Job[Any], newer: Job[Any]) -> None:
     queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
     queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
     queued.origin, queued.record = newer.origin, newer.record
-    queued.issued_s = min(queued.issued_s, newer.issued_s)
+    if newer.issued_s < queued.issued_s:  # the wait counts from the first, less its calls
+        queued.issued_s, queued.in_calls_s = newer.issued_s, newer.in_calls_s
 
 
 def load(target: Target) -> tuple[int, int]:

@@ -371,6 +371,7 @@ class Scheduler:
             error, limits = exc, exc.limits
         now = self._clock()
         self.in_flight -= 1
+        job.in_calls_s += max(now - job.started_s, 0.0)
         paused = target.pacer.paused_until
         try:
             if error is None or error.answered or not (error.throttle or error.retriable):
@@ -439,7 +440,8 @@ class Scheduler:
 
     def _finish(self, job: Job[Any], value: Any, error: UpstreamError | None, now: float) -> None:
         """Report the job's outcome (in its own task: reports never hold the dispatcher)."""
-        outcome = Outcome(value, error, max(now - job.issued_s, 0.0), job.tries)
+        waited = max(now - job.issued_s - job.in_calls_s, 0.0)
+        outcome = Outcome(value, error, waited, job.tries)
         task = asyncio.ensure_future(job.report(outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -530,6 +530,35 @@ async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -
     assert up.reports["w1"].waited_s == pytest.approx(31.0)
 
 
+async def test_the_wait_reported_is_the_time_in_the_queue_not_in_the_calls() -> None:
+    """``waited_ms`` ("time in its target's queue"), ``stats``' "waited" and the wait metric:
+    a slow call was counted as waiting, so every request of a site on a slow model showed as
+    held by its upstream. Issued at 1000, queued 2 s, called 5 s (throttled), queued 3 s
+    more, called 1 s: it waited 5 s."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=4)
+    s.submit("key", up.job("first"))
+    await probe_answered(s, up, "first")
+    assert up.reports["first"].waited_s == 0.0  # called at once, answered at once
+    s.submit("key", up.job("slow", issued=1000.0))
+    clock.t = 1002.0
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "slow"
+    clock.t = 1007.0
+    up.answer("slow", throttled(wait=3.0))
+    await settle()
+    clock.t = 1010.0
+    s.dispatch()
+    await settle()
+    assert up.calls.count("slow") == 2
+    clock.t = 1011.0
+    up.answer("slow")
+    await settle()
+    assert up.reports["slow"].waited_s == pytest.approx(5.0)
+    assert up.reports["slow"].tries == 2
+
+
 async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -> None:
     """A daily limit spent ("try again in 2h"): no queued command can start within its
     maximum wait, so each ends now, saying so, not after waiting for nothing; a command that
