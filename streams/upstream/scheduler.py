@@ -55,6 +55,7 @@ __all__ = ["Job", "Outcome", "Scheduler", "Target"]
 log = logging.getLogger(__name__)
 
 SETTLE_EVERY_S = 1.0  # at least this often, a look for queued jobs that waited too long
+RESERVE_SHARE = 16  # a sixteenth of the slots is kept for targets running few calls
 
 
 class Scheduler:
@@ -70,6 +71,10 @@ class Scheduler:
     ) -> None:
         self.name = name
         self.max_in_flight = max_in_flight
+        # the last free slots go only to targets with fewer calls than this running: a target
+        # that came to a scheduler a blast of slow calls has filled starts at once, not when
+        # the blast's first wave ends (0: below 16 slots, none kept)
+        self.reserve = max_in_flight // RESERVE_SHARE
         self.max_wait_s = max_wait_s
         self.refusal_s = refusal_s
         self._pacer_config = pacer_config
@@ -223,7 +228,9 @@ class Scheduler:
                     self._finish(head, None, ended, now)
                     continue
             at = self._ready(target, now)
-            if at is not None and at <= now:
+            if at is not None and at <= now and self._kept_from(target):
+                index += 1  # in the round still: a call's end frees a slot for it
+            elif at is not None and at <= now:
                 job = target.queue.popleft()
                 del target.queued[job.key]
                 self._start(target, job, now)
@@ -267,6 +274,18 @@ class Scheduler:
             heapq.heapify(alarms)
             for rings, _, target in alarms:
                 target.alarm = rings
+
+    def _kept_from(self, target: Target) -> bool:
+        """Whether the free slots left are the reserve and this target runs too many calls
+        to take one (its head then says why it waits)."""
+        free = self.max_in_flight - self.in_flight
+        if free > self.reserve or target.pacer.in_flight < self.reserve:
+            return False
+        target.queue[0].held_by = (
+            f"{target.pacer.in_flight} of its calls running: the {self.name}'s last "
+            f"{self.reserve} of {self.max_in_flight} slots are kept for targets running fewer"
+        )
+        return True
 
     def _ready(self, target: Target, now: float) -> float | None:
         """When the head of the target's queue may start (None: not on its own: on news)."""

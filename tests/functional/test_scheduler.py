@@ -148,6 +148,42 @@ async def test_a_blasting_target_does_not_hold_the_slots_another_target_needs() 
     assert up.reports["b1"].value == "ok"
 
 
+async def test_a_target_that_comes_to_slots_a_blast_of_slow_calls_filled_starts_at_once() -> None:
+    """A blast of slow calls (15 s each) took every slot at once: a site that came after it
+    waited for the blast's first wave to end (p95 14 s for a 0.3 s call, in a probe). The last
+    sixteenth of the slots goes only to targets running fewer calls than that."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=64, window=1000)  # a reserve of 4
+    assert s.reserve == 4
+    for i in range(200):
+        s.submit("key:blast", up.job(f"b{i}"))
+    await probe_answered(s, up, "b0")
+    s.dispatch()
+    await settle()
+    assert len(up.calls) == 1 + 60 and s.in_flight == 60  # 4 slots free, kept
+    head = s.targets["key:blast"].queue[0]
+    assert head.held_by == (
+        "60 of its calls running: the test's last 4 of 64 slots are kept for targets running fewer"
+    )
+    for name in ("key:trickle", "key:other"):
+        s.submit(name, up.job(name))
+    s.dispatch()
+    await settle()
+    assert sorted(up.calls[-2:]) == ["key:other", "key:trickle"]  # at once, beside the blast
+    assert s.in_flight == 62
+    called = len(up.calls)
+    up.answer("b1")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert (s.in_flight, len(up.calls)) == (61, called)  # b1's slot is the reserve's now
+
+
+def test_a_scheduler_of_fewer_than_sixteen_slots_keeps_none() -> None:
+    assert scheduler(Clock(), slots=15).reserve == 0
+    assert scheduler(Clock(), slots=1024).reserve == 64
+
+
 async def test_targets_share_the_slots_round_robin() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=6)
