@@ -76,7 +76,12 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         LifecycleEvent,
         "public: every state transition, no secrets; for analytics consumers",
     ),
-    TopicSpec("deadletter", "as received", DeadLetter, "operators"),
+    TopicSpec(
+        "deadletter",
+        "as received; work the ledger gave up on: request_id",
+        DeadLetter,
+        "operators",
+    ),
     # faust names a table's changelog "<app id>-<table>-changelog"
     TopicSpec(
         f"{LEDGER_TABLE}-changelog",

@@ -170,6 +170,17 @@ def stands_in(settings: Settings, upstream: str) -> bool:
     return upstream not in settings.model_fields_set
 
 
+def own_worker_url(settings: Settings) -> str:
+    """The worker this run starts, for its console's pacing (``CONSOLE_WORKER_URLS`` not set:
+    its default is the default worker port, maybe another run's worker)."""
+    host = settings.worker_http_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.worker_http_port}"
+
+
 def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list[Address]:
     """``(host, port, what sets it)`` for each server this run starts (port 0: any free one,
     nothing to check)."""
@@ -326,6 +337,8 @@ def _run(
     if settings.console_token is None:
         env["TALKSTREAM_CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
     console = f"http://{settings.console_host}:{settings.console_port}"
+    if "console_worker_urls" not in settings.model_fields_set and settings.worker_http_port:
+        env["TALKSTREAM_CONSOLE_WORKER_URLS"] = own_worker_url(settings)
     procs["console"] = _spawn("console", ["console"], env, logs)
     lines.append(
         f"console    {console}/   (token: {env['TALKSTREAM_CONSOLE_TOKEN']})"

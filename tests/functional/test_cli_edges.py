@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
-from streams.dev.supervisor import database_hints, hold_data_dir, servers
+from streams.dev.supervisor import database_hints, hold_data_dir, own_worker_url, servers
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from tests.support import free_port, streams_process, streams_run
 
@@ -468,3 +468,13 @@ def test_the_dev_banner_shows_the_database_and_its_own_shell_without_the_passwor
     file, ``psql`` on the server (psql asks for the password), never the password itself."""
     assert database_hints(url) == (shown, look)
     assert "s3cret-pw" not in f"{shown} {look}"
+
+
+def test_dev_points_its_console_at_its_own_worker() -> None:
+    """CONSOLE_WORKER_URLS not set: the console of a make dev with its worker moved read the
+    default worker port, maybe another run's worker."""
+    assert own_worker_url(Settings(worker_http_port=19101)) == "http://127.0.0.1:19101"
+    assert own_worker_url(Settings(worker_http_host="0.0.0.0", worker_http_port=9)) == (
+        "http://127.0.0.1:9"
+    )
+    assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
