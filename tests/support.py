@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -71,10 +72,18 @@ class Lines:
 
 
 def streams_process(
-    *args: str, env: dict[str, str] | None = None, stderr: int = subprocess.DEVNULL
+    *args: str,
+    env: dict[str, str] | None = None,
+    stderr: int = subprocess.DEVNULL,
+    background: bool = False,
 ) -> tuple[subprocess.Popen[str], Lines]:
     """``python -m streams <args>`` from the checkout, as a user starts it, and its output
-    (stdout; with ``stderr=subprocess.STDOUT`` both) read line by line."""
+    (stdout; with ``stderr=subprocess.STDOUT`` both) read line by line. ``background``: as a
+    script's ``cmd &`` starts it, SIGINT ignored."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams", *args],
         env=env,
@@ -82,6 +91,7 @@ def streams_process(
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        preexec_fn=ignore_sigint if background else None,
     )
     return proc, Lines(proc)
 

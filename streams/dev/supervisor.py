@@ -353,6 +353,9 @@ def _run(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C, and SIGINT to its process group, stop it even when started in the background of
+    # a script, which starts it with SIGINT ignored (Python then installs no handler of its own)
+    signal.signal(signal.SIGINT, stop)
     code = 0
     try:
         # the ingress ready: a webhook sent now is written, not answered 503

@@ -29,6 +29,20 @@ def clean_env(**values: str) -> dict[str, str]:
     return {**env, **{f"TALKSTREAM_{k.upper()}": v for k, v in values.items()}}
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _environ(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode()
+    except OSError:
+        return ""
+
+
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -48,12 +62,23 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
     )
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # where dev keeps its development key
     ports = ["--openai-port", str(openai), "--talkable-port", str(talkable)]
-    proc, out = streams_process("dev", *ports, env=env)
+    # started as a script's `make dev &` does, SIGINT ignored: Ctrl-C (a SIGINT to it) stops
+    # it all the same (it was ignored, and only SIGTERM stopped such a run)
+    proc, out = streams_process("dev", *ports, env=env, background=True)
     try:
         out.until("Ctrl-C stops everything.", timeout=180)
         printed = "\n".join(out.seen)
         assert f"http://127.0.0.1:{ingress}/chat-gpt/generate" in printed
         assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
+        # its console reads its own worker's pacing, not the default port's
+        console_pid = next(
+            int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and _cmdline(pid).endswith("-m streams console")
+            and str(tmp_path) in _environ(pid)
+        )  # fmt: skip
+        assert f"TALKSTREAM_CONSOLE_WORKER_URLS=http://127.0.0.1:{worker}" in _environ(
+            str(console_pid)
+        )
         database = shlex.quote(str(tmp_path / "data" / "talkstream.sqlite3"))
         assert f"or   sqlite3 {database} 'select request_id, state from requests'" in printed
         # it says so once the worker is ready: the first webhook is not kept waiting
