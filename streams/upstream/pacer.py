@@ -14,7 +14,8 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   (a customer may raise it).
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
-  halved on a 429 or an outage.
+  halved on a 429 or an outage; and a 429 of a busy target paces it at what it answered
+  lately (``ADAPT_*`` below): a window caps calls in flight, not their rate.
 - **A new target is asked once first**: one call in flight until its first answer, which
   tells its limits, or that it refuses the key, before many calls are spent on it; but for
   ``probe_wait`` seconds at most. A refusal comes back sooner than that, while a generation may
@@ -30,11 +31,23 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 from enum import IntEnum
 
 from streams.upstream.limits import Limits
+
+# A target that says no limits (Talkable) and answers 429 is paced at what it was answering
+# before: the calls answered in the last ADAPT_SPAN_S, when at least ADAPT_LEAST (a busy
+# target; a quiet one's pace says nothing of its limit), at the config's safety share. The
+# pace then grows by ADAPT_GROWTH with each answer, to find a limit raised, and is forgotten
+# ADAPT_FORGET_S after the last 429. A window caps calls in flight, not their rate: against a
+# fast upstream, a third of the calls were 429s.
+ADAPT_SPAN_S = 10.0
+ADAPT_LEAST = 8
+ADAPT_GROWTH = 0.01
+ADAPT_FORGET_S = 60.0
 
 
 class Circuit(IntEnum):
@@ -93,6 +106,8 @@ class Pacer:
         self.learned = False  # the upstream told us its limits
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
         self.tokens_said_at = float("-inf")  # ...when it last said so
+        self.answers: collections.deque[float] = collections.deque(maxlen=256)  # their times
+        self.adapted_at: float | None = None  # when a 429 last set the pace (nothing said)
         self.heard = False  # any answer at all yet: until then, one call at a time...
         self.probe_until: float | None = None  # ...until probe_wait after the first one started
 
@@ -161,6 +176,8 @@ class Pacer:
         self.in_flight -= 1
         self.heard = True
         self._learn(limits, now)
+        self.answers.append(now)
+        self._grow(now)
         self.failures = 0
         self.unhinted = 0
         if self.circuit is not Circuit.CLOSED:
@@ -186,10 +203,12 @@ class Pacer:
         self.in_flight -= 1
         self.heard = True
         self._learn(limits, now)
+        if not self.learned:
+            self._adapt(now)
         wait = limits.retry_after_s if limits is not None else None
         if wait is not None:
             self.unhinted = 0
-        elif self.rate:
+        elif self.rate and self.learned:
             wait = 1 / self.rate
         else:
             config = self.config
@@ -220,6 +239,26 @@ class Pacer:
     def _decrease(self) -> None:
         self.slow_start = False
         self.window = max(1.0, self.window / 2)
+
+    def _adapt(self, now: float) -> None:
+        """A 429 from a target that said no limits: pace it at what it answered lately."""
+        recent = sum(1 for at in self.answers if now - at <= ADAPT_SPAN_S)
+        if recent < ADAPT_LEAST:
+            return
+        first = next(at for at in self.answers if now - at <= ADAPT_SPAN_S)
+        answered = recent / max(now - first, 1.0) * self.config.safety
+        paced = self.requests.rate if self.adapted_at is not None else None
+        self.requests.rate = answered if paced is None else min(paced, answered)
+        self.adapted_at = now
+
+    def _grow(self, now: float) -> None:
+        """An answer: a pace a 429 set grows a little, and is forgotten a while after it."""
+        if self.adapted_at is None or self.learned:
+            return
+        if now - self.adapted_at > ADAPT_FORGET_S:
+            self.requests.rate, self.adapted_at = None, None
+        elif self.requests.rate is not None:
+            self.requests.rate *= 1 + ADAPT_GROWTH
 
     def _learn(self, limits: Limits | None, now: float) -> None:
         if limits is None:

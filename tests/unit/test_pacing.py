@@ -191,6 +191,66 @@ def test_429s_in_a_row_that_say_nothing_back_off_doubling_up_to_the_maximum() ->
     assert pacer.ready_at(0, now + 1.0) == now + 1.5
 
 
+def calls_against_a_limit(pacer: Pacer, per_second: float, seconds: float) -> tuple[int, int]:
+    """One call at a time, each answered 50 ms after it starts, by an upstream that allows
+    ``per_second`` (a bucket of one second's calls) and says nothing of it: a 429 without
+    headers, as Talkable answers. Returns (answered, 429s)."""
+    now, tokens, last, answered, throttled = 0.0, per_second, 0.0, 0, 0
+    while now < seconds:
+        at = pacer.ready_at(0, now)
+        assert at is not None
+        now = max(now, at)
+        pacer.started(0, now)
+        tokens, last = min(per_second, tokens + (now - last) * per_second), now
+        now += 0.05
+        if tokens >= 1:
+            tokens -= 1
+            answered += 1
+            pacer.answered(None, now)
+        else:
+            throttled += 1
+            pacer.throttled(None, now)
+    return answered, throttled
+
+
+def test_a_target_that_says_no_limits_is_paced_at_what_it_answered_before_its_429s() -> None:
+    """Talkable publishes no limits: its 429s paused the target, and then calls went as fast
+    as the window let them, into the next 429 (a third of the calls, in a probe). A 429 of a
+    busy target now paces it at what it answered lately, growing slowly to find more."""
+    pacer = Pacer(PacerConfig(initial_window=4, safety=0.9))
+    answered, throttled = calls_against_a_limit(pacer, per_second=2.0, seconds=120.0)
+    assert throttled / (answered + throttled) < 0.12
+    assert answered / 120.0 > 1.6  # near the limit all the same
+    assert pacer.rate is not None and 1.5 < pacer.rate < 2.5
+    # the pace is forgotten a minute after the last 429: a limit raised is found at once
+    last = pacer.adapted_at
+    assert last is not None
+    for step in range(1, 8):
+        pacer.started(0, last + 10 * step)
+        pacer.answered(None, last + 10 * step)
+    assert (pacer.rate, pacer.adapted_at) == (None, None)
+
+
+def test_a_quiet_target_learns_no_pace_from_a_429() -> None:
+    """Fewer than a few answers in the last seconds say nothing of the limit: the 429 backs
+    off as before, and no pace holds the next blast."""
+    pacer = Pacer(PacerConfig(throttle_base=1.0))
+    for at in (0.0, 5.0):
+        pacer.started(0, at)
+        pacer.answered(None, at)
+    pacer.started(0, 6.0)
+    pacer.throttled(None, 6.0)
+    assert pacer.rate is None and pacer.ready_at(0, 6.0) == 7.0
+
+
+def test_a_pace_the_upstream_said_is_not_changed_by_its_429s() -> None:
+    pacer = Pacer(PacerConfig(safety=0.9))
+    pacer.started(0, 0.0)
+    pacer.answered(read_limits({"x-ratelimit-limit-requests": "300"}), 0.0)  # 4.5/s
+    answered, _ = calls_against_a_limit(pacer, per_second=2.0, seconds=20.0)
+    assert answered > 0 and pacer.rate == pytest.approx(4.5) and pacer.adapted_at is None
+
+
 def test_an_outage_opens_the_circuit_then_one_probe_at_a_time() -> None:
     pacer = Pacer(PacerConfig(circuit_after=3, open_base=1.0, open_max=4.0))
     for _ in range(2):
