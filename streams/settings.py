@@ -6,8 +6,10 @@ Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import ssl
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -225,6 +227,32 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        """SASL without its credentials, or a client key without its certificate, is named
+        here: a Kafka client would otherwise fail on it with a traceback, or an ingress start
+        and answer every webhook 500."""
+        if self.kafka_security_protocol.startswith("SASL"):
+            missing = [
+                f"TALKSTREAM_KAFKA_SASL_{name.upper()}"
+                for name, value in (
+                    ("username", self.kafka_sasl_username),
+                    ("password", self.kafka_sasl_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"TALKSTREAM_KAFKA_SECURITY_PROTOCOL {self.kafka_security_protocol} needs "
+                    f"{' and '.join(missing)}"
+                )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError(
+                "TALKSTREAM_KAFKA_SSL_KEYFILE is given without TALKSTREAM_KAFKA_SSL_CERTFILE: "
+                "a client key needs its certificate"
+            )
+        return self
+
     @property
     def insync_replicas(self) -> int:
         """``min.insync.replicas`` for our topics (the setting, or derived from the RF)."""
@@ -253,6 +281,32 @@ class Settings(BaseSettings):
             if not 1 <= int(port) <= 65535:
                 raise ValueError(f"{server!r}: a port is from 1 to 65535")
         return ",".join(servers)
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (compose's unset one) is no value."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A TLS file that cannot be read is named with its path at start (it is a path, not a
+        secret), not by the Kafka client's traceback; a CA file is also loaded, so one that
+        holds no PEM certificate is said so."""
+        if value is None or not value.strip():
+            return None
+        path = value.strip()
+        if not os.path.isfile(path):
+            raise ValueError(f"{path!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{path!r} cannot be read")
+        if info.field_name == "kafka_ssl_cafile":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError, OSError):
+                raise ValueError(f"{path!r} holds no PEM certificate") from None
+        return path
 
     @field_validator("site_security_keys")
     @classmethod

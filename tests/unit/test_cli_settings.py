@@ -3,6 +3,9 @@ not with a traceback, and without repeating the value (it could be a secret)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -113,3 +116,72 @@ def test_site_keys_are_read_as_written() -> None:
     }
     assert Settings(site_security_keys="").site_keys == {}  # compose's unset variable
     assert Settings(site_security_keys="").site_security_keys is None
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"TALKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "TALKSTREAM_KAFKA_SECURITY_PROTOCOL SASL_SSL needs TALKSTREAM_KAFKA_SASL_USERNAME "
+            "and TALKSTREAM_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {
+                "TALKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "TALKSTREAM_KAFKA_SASL_USERNAME": "u",
+            },
+            "TALKSTREAM_KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT needs "
+            "TALKSTREAM_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_KEYFILE": __file__},
+            "TALKSTREAM_KAFKA_SSL_KEYFILE is given without TALKSTREAM_KAFKA_SSL_CERTFILE: "
+            "a client key needs its certificate",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_CERTFILE": "/no/such/cert.pem"},
+            "TALKSTREAM_KAFKA_SSL_CERTFILE: '/no/such/cert.pem' is not a file",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_CAFILE": __file__},
+            f"TALKSTREAM_KAFKA_SSL_CAFILE: {__file__!r} holds no PEM certificate",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [["ingress"], ["topics"]])
+def test_kafka_security_that_cannot_work_is_named_at_start(
+    env: dict[str, str], says: str, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a Kafka client's traceback, nor an ingress that starts and answers 500."""
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: {says}\n"
+
+
+def test_an_unreadable_tls_file_is_named_with_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    cert.chmod(0)
+    if os.access(cert, os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    monkeypatch.setenv("TALKSTREAM_KAFKA_SSL_CERTFILE", str(cert))
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_KAFKA_SSL_CERTFILE: {str(cert)!r} cannot be read\n"
+    )
+
+
+def test_a_ca_file_in_pem_is_taken(tmp_path: Path) -> None:
+    import ssl
+
+    from streams.settings import Settings
+
+    cafile = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    if not cafile or not os.path.isfile(cafile):
+        pytest.skip("no system CA bundle")
+    assert Settings(kafka_ssl_cafile=cafile).kafka_ssl_cafile == cafile
