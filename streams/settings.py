@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         "/readyz /metrics on WORKER_HTTP_HOST; 0 = any free port",
     )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
 
     # the operator console (`talkstream console`)
@@ -307,6 +307,23 @@ class Settings(BaseSettings):
             except (ssl.SSLError, ValueError, OSError):
                 raise ValueError(f"{path!r} holds no PEM certificate") from None
         return path
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        """``INFO`` as well as ``info``: logging's names, in any case."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("table_store")
+    @classmethod
+    def _store_faust_has(cls, value: str) -> str:
+        """One of the table stores installed with talkstream (faust's aerospike store needs a
+        client that is not): anything else would stop the worker with faust's traceback."""
+        store = value.strip()
+        scheme, sep, _ = store.partition("://")
+        if not sep or scheme.lower() not in ("rocksdb", "memory"):
+            raise ValueError("should be rocksdb:// or memory://")
+        return store
 
     @field_validator("site_security_keys")
     @classmethod

@@ -185,3 +185,37 @@ def test_a_ca_file_in_pem_is_taken(tmp_path: Path) -> None:
     if not cafile or not os.path.isfile(cafile):
         pytest.skip("no system CA bundle")
     assert Settings(kafka_ssl_cafile=cafile).kafka_ssl_cafile == cafile
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        *(
+            (
+                "TALKSTREAM_LOG_LEVEL",
+                value,
+                "Input should be 'debug', 'info', 'warning', 'error' or 'critical'",
+            )
+            for value in ("verbose", "")
+        ),
+        *(
+            ("TALKSTREAM_TABLE_STORE", value, "should be rocksdb:// or memory://")
+            for value in ("bogus://", "", "rocksdb", "aerospike://")
+        ),
+    ],
+)
+def test_a_log_level_or_table_store_that_does_not_exist_is_named_at_start(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not logging's ValueError or faust's traceback once the command has started."""
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: {variable}: {says}\n"
+
+
+def test_a_log_level_is_read_in_any_case() -> None:
+    from streams.settings import Settings
+
+    assert Settings(log_level=" WARNING").log_level == "warning"
+    assert Settings(table_store="memory://").table_store == "memory://"
