@@ -39,7 +39,10 @@ LISTENS_AT = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TALKSTREAM_", frozen=True, extra="ignore")
+    # inf and nan pass every float bound and fail later (an OverflowError in a timer)
+    model_config = SettingsConfigDict(
+        env_prefix="TALKSTREAM_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"

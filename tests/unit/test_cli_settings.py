@@ -219,3 +219,29 @@ def test_a_log_level_is_read_in_any_case() -> None:
 
     assert Settings(log_level=" WARNING").log_level == "warning"
     assert Settings(table_store="memory://").table_store == "memory://"
+
+
+def _float_settings() -> list[str]:
+    from streams.settings import Settings
+
+    return [name for name, field in Settings.model_fields.items() if field.annotation is float]
+
+
+@pytest.mark.parametrize("name", _float_settings())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_a_float_setting_must_be_finite(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inf passed every bound and crashed later (an OverflowError in the deadline timer, a
+    console session that never ends)."""
+    variable = f"TALKSTREAM_{name.upper()}"
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output == f"Error: invalid settings: {variable}: Input should be a finite number\n"
+    )
+
+
+def test_every_float_setting_is_checked() -> None:
+    assert {"generation_deadline_seconds", "console_session_hours"} <= set(_float_settings())
