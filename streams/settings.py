@@ -192,7 +192,12 @@ class Settings(BaseSettings):
         "the worker's GIL), a task inside it, or nowhere (`talkstream projector` runs it)",
     )
     session_timeout_seconds: float = Field(
-        30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
+        30.0,
+        # below a broker's group.min.session.timeout.ms (6 s by default) the worker's join is
+        # refused and it hangs; above faust's broker_request_timeout (90 s) faust will not start
+        ge=6,
+        le=90,
+        description="how soon a dead worker's partitions move to the survivors",
     )
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(

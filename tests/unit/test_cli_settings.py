@@ -245,3 +245,32 @@ def test_a_float_setting_must_be_finite(
 
 def test_every_float_setting_is_checked() -> None:
     assert {"generation_deadline_seconds", "console_session_hours"} <= set(_float_settings())
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("91", "Input should be less than or equal to 90"),
+        ("5.9", "Input should be greater than or equal to 6"),
+        ("1", "Input should be greater than or equal to 6"),
+    ],
+)
+def test_a_session_timeout_kafka_and_faust_refuse_is_named_at_start(
+    value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above faust's broker request timeout (90 s) faust refused to start with a traceback;
+    below the broker's minimum (6 s by default) the worker hung after the broker's
+    InvalidSessionTimeoutError."""
+    monkeypatch.setenv("TALKSTREAM_SESSION_TIMEOUT_SECONDS", value)
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_SESSION_TIMEOUT_SECONDS: {says}\n"
+    )
+
+
+def test_the_session_timeout_bounds_are_kafkas_and_fausts() -> None:
+    from streams.settings import Settings
+
+    assert Settings(session_timeout_seconds=6).session_timeout_seconds == 6
+    assert Settings(session_timeout_seconds=90).session_timeout_seconds == 90
