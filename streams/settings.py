@@ -37,6 +37,14 @@ LISTENS_AT = {
     "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
 }
 
+# the setting that holds the host each server listens on
+LISTEN_HOST = {
+    "ingress": "ingress_host",
+    "console": "console_host",
+    "worker": "worker_http_host",
+    "projector": "worker_http_host",
+}
+
 
 class Settings(BaseSettings):
     # inf and nan pass every float bound and fail later (an OverflowError in a timer)
@@ -332,6 +340,19 @@ class Settings(BaseSettings):
         if not sep or scheme.lower() not in ("rocksdb", "memory"):
             raise ValueError("should be rocksdb:// or memory://")
         return store
+
+    @field_validator("ingress_host", "console_host", "worker_http_host")
+    @classmethod
+    def _listen_host(cls, value: str) -> str:
+        """Not empty: an empty host listens on every interface, which nobody asks for by
+        leaving a variable blank (the console's actions would be open to the network)."""
+        host = value.strip()
+        if not host:
+            raise ValueError(
+                "is empty: give the address to listen on, e.g. 127.0.0.1 "
+                "(0.0.0.0 for every interface)"
+            )
+        return host
 
     @field_validator("site_security_keys")
     @classmethod

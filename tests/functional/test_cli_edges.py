@@ -69,6 +69,37 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
     assert "Traceback" not in ran.stderr
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "not a host"])
+def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
+    host: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Not socket.gaierror's traceback from deep in asyncio."""
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_HOST", host)
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1, result.output
+    assert result.output.endswith(
+        f"Error: cannot listen on {host!r}: Name or service not known "
+        "(set by TALKSTREAM_CONSOLE_HOST)\n"
+    )
+
+    env = {
+        **os.environ,
+        "TALKSTREAM_INGRESS_HOST": host,
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+    }
+    ran = streams_run("ingress", env=env)
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot listen on {host!r}: Name or service not known "
+        "(set by TALKSTREAM_INGRESS_HOST)"
+    )
+    assert "Traceback" not in ran.stderr
+
+
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
     """Every server of ``talkstream dev`` on a port of its own, free now, its broker's too."""
     monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(data_dir))

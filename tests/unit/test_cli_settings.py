@@ -274,3 +274,19 @@ def test_the_session_timeout_bounds_are_kafkas_and_fausts() -> None:
 
     assert Settings(session_timeout_seconds=6).session_timeout_seconds == 6
     assert Settings(session_timeout_seconds=90).session_timeout_seconds == 90
+
+
+@pytest.mark.parametrize("name", ["INGRESS_HOST", "CONSOLE_HOST", "WORKER_HTTP_HOST"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_listen_host_is_refused(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty, a server listened on every interface: the console's actions open to the
+    network because a variable was left blank."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: is empty: give the address to listen "
+        "on, e.g. 127.0.0.1 (0.0.0.0 for every interface)\n"
+    )
