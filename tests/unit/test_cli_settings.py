@@ -290,3 +290,18 @@ def test_an_empty_listen_host_is_refused(
         f"Error: invalid settings: TALKSTREAM_{name}: is empty: give the address to listen "
         "on, e.g. 127.0.0.1 (0.0.0.0 for every interface)\n"
     )
+
+
+@pytest.mark.parametrize("command", [["stats"], ["audit", "--request-id", "r1"]])
+def test_a_database_url_with_a_port_that_is_no_number_is_one_line_without_the_password(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not SQLAlchemy's ValueError traceback, as README promises."""
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "postgresql+psycopg://u:s3cr3t@h:notaport/db")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: the database URL cannot be used (its port is not a number): set "
+        "TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
+        "postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+    )
