@@ -6,6 +6,7 @@ Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -292,7 +293,7 @@ class Settings(BaseSettings):
             raise ValueError("is empty: give host:port, e.g. 127.0.0.1:9092")
         for server in servers:
             host, colon, port = server.rpartition(":")
-            if not colon or not host.strip("[]") or not port.isdigit():
+            if not colon or not _is_host(host) or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
             if not 1 <= int(port) <= 65535:
                 raise ValueError(f"{server!r}: a port is from 1 to 65535")
@@ -420,6 +421,21 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""
         return f"{self.app_id}-{name}"
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _is_host(host: str) -> bool:
+    """A host name or IPv4 address, or an IPv6 address in brackets: not a URL's scheme
+    (``PLAINTEXT://...``), a space, or a bracket left open."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
 
 
 _SEPARATOR_LIKE = re.compile(r"[\s;]")

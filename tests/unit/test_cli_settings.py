@@ -39,6 +39,17 @@ BOOTSTRAP, SITE_KEYS = "TALKSTREAM_KAFKA_BOOTSTRAP", "TALKSTREAM_SITE_SECURITY_K
         (BOOTSTRAP, "k:9092,h:abc", "'h:abc' is not host:port (e.g. 127.0.0.1:9092)"),
         (BOOTSTRAP, ":9092", "':9092' is not host:port (e.g. 127.0.0.1:9092)"),
         (BOOTSTRAP, "127.0.0.1:99999", "'127.0.0.1:99999': a port is from 1 to 65535"),
+        *(  # each passed and failed later, in a Kafka client
+            (BOOTSTRAP, entry, f"{entry!r} is not host:port (e.g. 127.0.0.1:9092)")
+            for entry in (
+                "[::1:19100",
+                "::1]:19100",
+                "[not-v6]:19100",
+                "PLAINTEXT://127.0.0.1:19100",
+                "a b:19100",
+                "::1:19100",
+            )
+        ),
         # read leniently, a mistyped entry left its site accepting unsigned webhooks
         (SITE_KEYS, "acme:s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "acme=k1,globex=", "entry 2 is not site=key (site=key,site2=key2)"),
@@ -70,8 +81,8 @@ def test_a_malformed_list_setting_is_named_before_anything_uses_it(
 def test_a_bootstrap_list_is_read_as_kafka_reads_it() -> None:
     from streams.settings import Settings
 
-    given = Settings(kafka_bootstrap=" kafka-1:9092, ,[::1]:9093 ,")
-    assert given.kafka_bootstrap == "kafka-1:9092,[::1]:9093"
+    given = Settings(kafka_bootstrap=" kafka-1:9092, ,[::1]:9093 ,k_2.example.com:1")
+    assert given.kafka_bootstrap == "kafka-1:9092,[::1]:9093,k_2.example.com:1"
 
 
 def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.MonkeyPatch) -> None:
