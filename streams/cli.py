@@ -315,6 +315,8 @@ def worker(log_format: str | None) -> None:
         await ensure_topics(settings)
         await coordinators_ready(settings, groups)
 
+    if settings.projector != "off":
+        _database_url_usable(settings.resolved_database_url)
     try:
         secrets = load_secret_box(settings)
         asyncio.run(ready())
@@ -330,6 +332,17 @@ def worker(log_format: str | None) -> None:
         loglevel=settings.log_level.upper(),
         logging_config=logging_config(settings.log_level, log_format or settings.log_format),
     ).execute_from_commandline()
+
+
+def _database_url_usable(url: str) -> None:
+    """The projector's database URL checked before anything starts (the projector child's,
+    as the worker checks its own projector's): one that can never work (it does not parse,
+    its driver is not installed) ends the worker with the same one line (``_Main``), where
+    the child crashed at every restart, once a second, forever. Nothing is connected to: a
+    database that is merely down is the projector's to wait for."""
+    from streams.projection.engine import make_engine
+
+    make_engine(url).dispose()
 
 
 def _projector_child(app: Any) -> None:

@@ -509,3 +509,36 @@ def test_dev_points_its_console_at_its_own_worker() -> None:
         "http://127.0.0.1:9"
     )
     assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
+
+
+@pytest.mark.parametrize("projector", ["process", "worker"])
+def test_a_database_url_that_can_never_work_stops_the_worker_before_it_starts(
+    projector: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """With the projector in a child process, the child crashed at every restart, once a
+    second, forever; now the worker ends with the line the in-worker projector gives."""
+    monkeypatch.setenv("TALKSTREAM_PROJECTOR", projector)
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "mysql://u:s3cr3t@127.0.0.1:1/db")
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: the database URL cannot be used (mysql needs the mysqldb driver, which is not "
+        "installed"
+    )
+    assert "s3cr3t" not in result.output
+
+
+def test_a_database_merely_down_does_not_stop_the_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The projector waits for it: the worker goes on to Kafka (out of reach here)."""
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "postgresql+psycopg://u:s3cr3t@127.0.0.1:1/db")
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: nothing listens at 127.0.0.1:1")
