@@ -542,3 +542,18 @@ def test_a_database_merely_down_does_not_stop_the_worker(
     result = CliRunner().invoke(main, ["worker"])
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: nothing listens at 127.0.0.1:1")
+
+
+@pytest.mark.parametrize("keys", ["", " , "])
+def test_secret_keys_that_hold_no_key_are_named(
+    keys: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """It said "at least one secret key is required" without naming the variable."""
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", keys)
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["ingress"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: TALKSTREAM_SECRET_KEYS is not set (or holds no key): every worker and ingress"
+    )
