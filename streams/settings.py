@@ -186,7 +186,9 @@ class Settings(BaseSettings):
 
     # worker
     worker_name: str = Field(
-        "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
+        "worker",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="local state dir of this worker",
     )
     producer_linger_ms: int = Field(
         5,
@@ -239,8 +241,9 @@ class Settings(BaseSettings):
     def _insync_fits_replication(self) -> Settings:
         if self.insync_replicas > self.replication_factor:
             raise ValueError(
-                f"min_insync_replicas {self.min_insync_replicas} is more than the replication "
-                f"factor {self.replication_factor}: no write could ever be acknowledged"
+                f"TALKSTREAM_MIN_INSYNC_REPLICAS {self.min_insync_replicas} is more than "
+                f"TALKSTREAM_REPLICATION_FACTOR {self.replication_factor}: no write could ever "
+                "be acknowledged"
             )
         return self
 
@@ -354,6 +357,15 @@ class Settings(BaseSettings):
                 "(0.0.0.0 for every interface)"
             )
         return host
+
+    @field_validator("app_id", "worker_name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        """Each names a folder under DATA_DIR: "." or ".." would be another's (every app's,
+        every worker's) or one outside it."""
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} is not a folder name of its own: give a name")
+        return value
 
     @field_validator("site_security_keys")
     @classmethod

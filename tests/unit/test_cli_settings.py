@@ -90,8 +90,9 @@ def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.Mon
     monkeypatch.setenv("TALKSTREAM_MIN_INSYNC_REPLICAS", "2")
     result = CliRunner().invoke(main, ["topics"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(
-        "Error: invalid settings: min_insync_replicas 2 is more than the replication factor 1"
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_MIN_INSYNC_REPLICAS 2 is more than "
+        "TALKSTREAM_REPLICATION_FACTOR 1: no write could ever be acknowledged\n"
     )
 
 
@@ -316,3 +317,25 @@ def test_a_database_url_with_a_port_that_is_no_number_is_one_line_without_the_pa
         "TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
         "postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WORKER_NAME", "."), ("WORKER_NAME", ".."), ("APP_ID", "..")]
+)
+def test_a_folder_name_that_points_elsewhere_is_refused(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both name folders under DATA_DIR: ".." put a worker's table store outside its app's."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: {value!r} is not a folder name of its "
+        "own: give a name\n"
+    )
+
+
+def test_a_folder_name_may_hold_dots() -> None:
+    from streams.settings import Settings
+
+    assert Settings(worker_name="w..1", app_id=".talk").worker_name == "w..1"
