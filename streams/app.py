@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -247,10 +248,14 @@ def build(
             )
         except OSError as exc:  # e.g. a second worker on this host: keep working, unobserved
             log.error(
-                "worker http not started on %s:%s (%s); set TALKSTREAM_WORKER_HTTP_PORT",
+                "worker http not started on %s:%s (%s); set %s",
                 settings.worker_http_host,
                 settings.worker_http_port,
                 exc,
+                # a host that is no address of this machine's: not the port's fault
+                "TALKSTREAM_WORKER_HTTP_HOST"
+                if isinstance(exc, socket.gaierror)
+                else "TALKSTREAM_WORKER_HTTP_PORT",
             )
 
     return Worker(

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -16,7 +17,7 @@ import click
 from streams import heap
 from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
-from streams.settings import LISTENS_AT, Settings
+from streams.settings import LISTEN_HOST, LISTENS_AT, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +54,11 @@ class _Main(click.Group):
             if exc.title != Settings.__name__:
                 raise
             raise click.ClickException(describe_invalid(exc)) from None
+        except socket.gaierror:
+            unknown = _unknown_listen_host(ctx.invoked_subcommand or "")
+            if unknown is None:
+                raise
+            raise click.ClickException(unknown) from None
         except OSError as exc:
             unusable = _unusable_data_dir(exc)
             if unusable is not None:
@@ -93,6 +99,20 @@ def _unusable_data_dir(exc: OSError) -> str | None:
     # mkdir on a file: "File exists"; what the operator must fix is a file in the way
     why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
     return f"cannot use the data directory {data_dir} (TALKSTREAM_DATA_DIR): {why}: {exc.filename}"
+
+
+def _unknown_listen_host(command: str) -> str | None:
+    """What to say when a server's host is no address (``999.1.1.1``, ``not a host``): the
+    variable that sets it, if that is the host the resolver could not find; None otherwise."""
+    field = LISTEN_HOST.get(command)
+    if field is None:
+        return None
+    host = getattr(Settings(), field)
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host!r}: {exc.strerror} (set by TALKSTREAM_{field.upper()})"
+    return None
 
 
 def _cannot_listen(exc: OSError) -> bool:
@@ -295,6 +315,8 @@ def worker(log_format: str | None) -> None:
         await ensure_topics(settings)
         await coordinators_ready(settings, groups)
 
+    if settings.projector != "off":
+        _database_url_usable(settings.resolved_database_url)
     try:
         secrets = load_secret_box(settings)
         asyncio.run(ready())
@@ -310,6 +332,17 @@ def worker(log_format: str | None) -> None:
         loglevel=settings.log_level.upper(),
         logging_config=logging_config(settings.log_level, log_format or settings.log_format),
     ).execute_from_commandline()
+
+
+def _database_url_usable(url: str) -> None:
+    """The projector's database URL checked before anything starts (the projector child's,
+    as the worker checks its own projector's): one that can never work (it does not parse,
+    its driver is not installed) ends the worker with the same one line (``_Main``), where
+    the child crashed at every restart, once a second, forever. Nothing is connected to: a
+    database that is merely down is the projector's to wait for."""
+    from streams.projection.engine import make_engine
+
+    make_engine(url).dispose()
 
 
 def _projector_child(app: Any) -> None:

@@ -60,18 +60,19 @@ def generate_key() -> str:
 
 
 MISSING_KEYS = (
-    "TALKSTREAM_SECRET_KEYS is not set: every worker and ingress needs the same Fernet key(s) "
-    "to seal and open the keys inside topics. Make one with: python3 -c 'from "
-    "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' "
+    "TALKSTREAM_SECRET_KEYS is not set (or holds no key): every worker and ingress needs "
+    "the same Fernet key(s) to seal and open the keys inside topics. Make one with: "
+    "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())' "
     "(only `talkstream dev` makes one for itself)"
 )
 
 
 def load_secret_box(settings: Settings) -> SecretBox:
-    if settings.secret_keys is None:
+    raw = settings.secret_keys.get_secret_value() if settings.secret_keys else ""
+    keys = [part.strip().encode() for part in raw.split(",") if part.strip()]
+    if not keys:  # an empty variable (compose's unset one) is named as an unset one
         raise ConfigError(MISSING_KEYS)
-    raw = settings.secret_keys.get_secret_value()
-    return SecretBox([part.strip().encode() for part in raw.split(",") if part.strip()])
+    return SecretBox(keys)
 
 
 def dev_key(config_dir: Path | None = None) -> str:

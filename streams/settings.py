@@ -6,8 +6,11 @@ Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import socket
+import ssl
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -35,9 +38,20 @@ LISTENS_AT = {
     "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
 }
 
+# the setting that holds the host each server listens on
+LISTEN_HOST = {
+    "ingress": "ingress_host",
+    "console": "console_host",
+    "worker": "worker_http_host",
+    "projector": "worker_http_host",
+}
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TALKSTREAM_", frozen=True, extra="ignore")
+    # inf and nan pass every float bound and fail later (an OverflowError in a timer)
+    model_config = SettingsConfigDict(
+        env_prefix="TALKSTREAM_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -172,7 +186,9 @@ class Settings(BaseSettings):
 
     # worker
     worker_name: str = Field(
-        "worker", pattern=r"^[A-Za-z0-9._-]+$", description="local state dir of this worker"
+        "worker",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="local state dir of this worker",
     )
     producer_linger_ms: int = Field(
         5,
@@ -187,7 +203,12 @@ class Settings(BaseSettings):
         "the worker's GIL), a task inside it, or nowhere (`talkstream projector` runs it)",
     )
     session_timeout_seconds: float = Field(
-        30.0, ge=1, description="how soon a dead worker's partitions move to the survivors"
+        30.0,
+        # below a broker's group.min.session.timeout.ms (6 s by default) the worker's join is
+        # refused and it hangs; above faust's broker_request_timeout (90 s) faust will not start
+        ge=6,
+        le=90,
+        description="how soon a dead worker's partitions move to the survivors",
     )
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(
@@ -201,7 +222,7 @@ class Settings(BaseSettings):
         "/readyz /metrics on WORKER_HTTP_HOST; 0 = any free port",
     )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
 
     # the operator console (`talkstream console`)
@@ -220,8 +241,35 @@ class Settings(BaseSettings):
     def _insync_fits_replication(self) -> Settings:
         if self.insync_replicas > self.replication_factor:
             raise ValueError(
-                f"min_insync_replicas {self.min_insync_replicas} is more than the replication "
-                f"factor {self.replication_factor}: no write could ever be acknowledged"
+                f"TALKSTREAM_MIN_INSYNC_REPLICAS {self.min_insync_replicas} is more than "
+                f"TALKSTREAM_REPLICATION_FACTOR {self.replication_factor}: no write could ever "
+                "be acknowledged"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        """SASL without its credentials, or a client key without its certificate, is named
+        here: a Kafka client would otherwise fail on it with a traceback, or an ingress start
+        and answer every webhook 500."""
+        if self.kafka_security_protocol.startswith("SASL"):
+            missing = [
+                f"TALKSTREAM_KAFKA_SASL_{name.upper()}"
+                for name, value in (
+                    ("username", self.kafka_sasl_username),
+                    ("password", self.kafka_sasl_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"TALKSTREAM_KAFKA_SECURITY_PROTOCOL {self.kafka_security_protocol} needs "
+                    f"{' and '.join(missing)}"
+                )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError(
+                "TALKSTREAM_KAFKA_SSL_KEYFILE is given without TALKSTREAM_KAFKA_SSL_CERTFILE: "
+                "a client key needs its certificate"
             )
         return self
 
@@ -248,11 +296,76 @@ class Settings(BaseSettings):
             raise ValueError("is empty: give host:port, e.g. 127.0.0.1:9092")
         for server in servers:
             host, colon, port = server.rpartition(":")
-            if not colon or not host.strip("[]") or not port.isdigit():
+            if not colon or not _is_host(host) or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
             if not 1 <= int(port) <= 65535:
                 raise ValueError(f"{server!r}: a port is from 1 to 65535")
         return ",".join(servers)
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (compose's unset one) is no value."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A TLS file that cannot be read is named with its path at start (it is a path, not a
+        secret), not by the Kafka client's traceback; a CA file is also loaded, so one that
+        holds no PEM certificate is said so."""
+        if value is None or not value.strip():
+            return None
+        path = value.strip()
+        if not os.path.isfile(path):
+            raise ValueError(f"{path!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{path!r} cannot be read")
+        if info.field_name == "kafka_ssl_cafile":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError, OSError):
+                raise ValueError(f"{path!r} holds no PEM certificate") from None
+        return path
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        """``INFO`` as well as ``info``: logging's names, in any case."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("table_store")
+    @classmethod
+    def _store_faust_has(cls, value: str) -> str:
+        """One of the table stores installed with talkstream (faust's aerospike store needs a
+        client that is not): anything else would stop the worker with faust's traceback."""
+        store = value.strip()
+        scheme, sep, _ = store.partition("://")
+        if not sep or scheme.lower() not in ("rocksdb", "memory"):
+            raise ValueError("should be rocksdb:// or memory://")
+        return store
+
+    @field_validator("ingress_host", "console_host", "worker_http_host")
+    @classmethod
+    def _listen_host(cls, value: str) -> str:
+        """Not empty: an empty host listens on every interface, which nobody asks for by
+        leaving a variable blank (the console's actions would be open to the network)."""
+        host = value.strip()
+        if not host:
+            raise ValueError(
+                "is empty: give the address to listen on, e.g. 127.0.0.1 "
+                "(0.0.0.0 for every interface)"
+            )
+        return host
+
+    @field_validator("app_id", "worker_name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        """Each names a folder under DATA_DIR: "." or ".." would be another's (every app's,
+        every worker's) or one outside it."""
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} is not a folder name of its own: give a name")
+        return value
 
     @field_validator("site_security_keys")
     @classmethod
@@ -320,6 +433,21 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""
         return f"{self.app_id}-{name}"
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _is_host(host: str) -> bool:
+    """A host name or IPv4 address, or an IPv6 address in brackets: not a URL's scheme
+    (``PLAINTEXT://...``), a space, or a bracket left open."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
 
 
 _SEPARATOR_LIKE = re.compile(r"[\s;]")

@@ -19,6 +19,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -292,10 +293,13 @@ async def serve(settings: Settings) -> None:
             http = await serve_worker_http(None, metrics, host, port, name="projector")
         except OSError as exc:  # e.g. a second one on this host: keep projecting, unobserved
             log.error(
-                "projector http not started on %s:%s (%s); set TALKSTREAM_PROJECTOR_HTTP_PORT",
+                "projector http not started on %s:%s (%s); set %s",
                 host,
                 port,
                 exc,
+                "TALKSTREAM_WORKER_HTTP_HOST"
+                if isinstance(exc, socket.gaierror)
+                else "TALKSTREAM_PROJECTOR_HTTP_PORT",
             )
         await projector.run()
     finally:

@@ -88,11 +88,11 @@ def database_hints(url: str) -> tuple[str, str | None]:
     """The banner's database (its password hidden) and a look into it with the database's own
     shell: ``sqlite3`` on the file, ``psql`` on the server's URL without the driver and the
     password (psql asks for it, or reads ``PGPASSWORD`` / ``~/.pgpass``); None for another."""
-    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.engine import URL
 
-    from streams.projection.engine import safe_url
+    from streams.projection.engine import parse_url, safe_url
 
-    parsed = make_url(url)
+    parsed = parse_url(url)
     query = shlex.quote("select request_id, state from requests")
     look = None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):

@@ -79,13 +79,11 @@ def with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], 
 
 
 def projection_reader(database_url: str | None) -> ProjectionStore:
-    from sqlalchemy.engine import make_url
-
-    from streams.projection.engine import make_engine, safe_url
+    from streams.projection.engine import make_engine, parse_url, safe_url
     from streams.projection.store import ProjectionStore
 
     url = database_url or Settings().resolved_database_url
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         from pathlib import Path
 

@@ -38,7 +38,7 @@ def make_engine(url: str) -> Engine:
     ``ArgumentError`` (``describe_database_error`` says it in one line): one that does not
     parse or names no dialect (SQLAlchemy's own), a driver that is not installed or is an
     asyncio one, a SQLite file whose directory cannot be made."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             # one shared connection, or every checkout would see its own empty database
@@ -53,6 +53,16 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_wal)
         return engine
     return _create_engine(parsed, pool_pre_ping=True)
+
+
+def parse_url(url: str) -> URL:
+    """``make_url``, with the ValueError it lets through (a port that is not a number:
+    ``...@host:notaport/db``) said as the ``ArgumentError`` of any other URL that does not
+    parse; the URL is not repeated (it holds the password)."""
+    try:
+        return make_url(url)
+    except ValueError:
+        raise ArgumentError("its port is not a number") from None
 
 
 def _create_engine(url: URL, **options: Any) -> Engine:
@@ -115,7 +125,7 @@ def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
 
 def safe_url(engine_or_url: Engine | str) -> str:
     """The URL to show a person: the password hidden."""
-    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else parse_url(engine_or_url)
     return url.render_as_string(hide_password=True)
 
 

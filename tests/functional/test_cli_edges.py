@@ -69,6 +69,37 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
     assert "Traceback" not in ran.stderr
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "not a host"])
+def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
+    host: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Not socket.gaierror's traceback from deep in asyncio."""
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_HOST", host)
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1, result.output
+    assert result.output.endswith(
+        f"Error: cannot listen on {host!r}: Name or service not known "
+        "(set by TALKSTREAM_CONSOLE_HOST)\n"
+    )
+
+    env = {
+        **os.environ,
+        "TALKSTREAM_INGRESS_HOST": host,
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+    }
+    ran = streams_run("ingress", env=env)
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot listen on {host!r}: Name or service not known "
+        "(set by TALKSTREAM_INGRESS_HOST)"
+    )
+    assert "Traceback" not in ran.stderr
+
+
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
     """Every server of ``talkstream dev`` on a port of its own, free now, its broker's too."""
     monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(data_dir))
@@ -478,3 +509,51 @@ def test_dev_points_its_console_at_its_own_worker() -> None:
         "http://127.0.0.1:9"
     )
     assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
+
+
+@pytest.mark.parametrize("projector", ["process", "worker"])
+def test_a_database_url_that_can_never_work_stops_the_worker_before_it_starts(
+    projector: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """With the projector in a child process, the child crashed at every restart, once a
+    second, forever; now the worker ends with the line the in-worker projector gives."""
+    monkeypatch.setenv("TALKSTREAM_PROJECTOR", projector)
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "mysql://u:s3cr3t@127.0.0.1:1/db")
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: the database URL cannot be used (mysql needs the mysqldb driver, which is not "
+        "installed"
+    )
+    assert "s3cr3t" not in result.output
+
+
+def test_a_database_merely_down_does_not_stop_the_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The projector waits for it: the worker goes on to Kafka (out of reach here)."""
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "postgresql+psycopg://u:s3cr3t@127.0.0.1:1/db")
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: nothing listens at 127.0.0.1:1")
+
+
+@pytest.mark.parametrize("keys", ["", " , "])
+def test_secret_keys_that_hold_no_key_are_named(
+    keys: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """It said "at least one secret key is required" without naming the variable."""
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", keys)
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["ingress"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: TALKSTREAM_SECRET_KEYS is not set (or holds no key): every worker and ingress"
+    )

@@ -3,6 +3,9 @@ not with a traceback, and without repeating the value (it could be a secret)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -36,6 +39,17 @@ BOOTSTRAP, SITE_KEYS = "TALKSTREAM_KAFKA_BOOTSTRAP", "TALKSTREAM_SITE_SECURITY_K
         (BOOTSTRAP, "k:9092,h:abc", "'h:abc' is not host:port (e.g. 127.0.0.1:9092)"),
         (BOOTSTRAP, ":9092", "':9092' is not host:port (e.g. 127.0.0.1:9092)"),
         (BOOTSTRAP, "127.0.0.1:99999", "'127.0.0.1:99999': a port is from 1 to 65535"),
+        *(  # each passed and failed later, in a Kafka client
+            (BOOTSTRAP, entry, f"{entry!r} is not host:port (e.g. 127.0.0.1:9092)")
+            for entry in (
+                "[::1:19100",
+                "::1]:19100",
+                "[not-v6]:19100",
+                "PLAINTEXT://127.0.0.1:19100",
+                "a b:19100",
+                "::1:19100",
+            )
+        ),
         # read leniently, a mistyped entry left its site accepting unsigned webhooks
         (SITE_KEYS, "acme:s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "acme=k1,globex=", "entry 2 is not site=key (site=key,site2=key2)"),
@@ -67,8 +81,8 @@ def test_a_malformed_list_setting_is_named_before_anything_uses_it(
 def test_a_bootstrap_list_is_read_as_kafka_reads_it() -> None:
     from streams.settings import Settings
 
-    given = Settings(kafka_bootstrap=" kafka-1:9092, ,[::1]:9093 ,")
-    assert given.kafka_bootstrap == "kafka-1:9092,[::1]:9093"
+    given = Settings(kafka_bootstrap=" kafka-1:9092, ,[::1]:9093 ,k_2.example.com:1")
+    assert given.kafka_bootstrap == "kafka-1:9092,[::1]:9093,k_2.example.com:1"
 
 
 def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,8 +90,9 @@ def test_a_rule_across_settings_is_said_in_its_own_words(monkeypatch: pytest.Mon
     monkeypatch.setenv("TALKSTREAM_MIN_INSYNC_REPLICAS", "2")
     result = CliRunner().invoke(main, ["topics"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(
-        "Error: invalid settings: min_insync_replicas 2 is more than the replication factor 1"
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_MIN_INSYNC_REPLICAS 2 is more than "
+        "TALKSTREAM_REPLICATION_FACTOR 1: no write could ever be acknowledged\n"
     )
 
 
@@ -113,3 +128,214 @@ def test_site_keys_are_read_as_written() -> None:
     }
     assert Settings(site_security_keys="").site_keys == {}  # compose's unset variable
     assert Settings(site_security_keys="").site_security_keys is None
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"TALKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "TALKSTREAM_KAFKA_SECURITY_PROTOCOL SASL_SSL needs TALKSTREAM_KAFKA_SASL_USERNAME "
+            "and TALKSTREAM_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {
+                "TALKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "TALKSTREAM_KAFKA_SASL_USERNAME": "u",
+            },
+            "TALKSTREAM_KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT needs "
+            "TALKSTREAM_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_KEYFILE": __file__},
+            "TALKSTREAM_KAFKA_SSL_KEYFILE is given without TALKSTREAM_KAFKA_SSL_CERTFILE: "
+            "a client key needs its certificate",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_CERTFILE": "/no/such/cert.pem"},
+            "TALKSTREAM_KAFKA_SSL_CERTFILE: '/no/such/cert.pem' is not a file",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_SSL_CAFILE": __file__},
+            f"TALKSTREAM_KAFKA_SSL_CAFILE: {__file__!r} holds no PEM certificate",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [["ingress"], ["topics"]])
+def test_kafka_security_that_cannot_work_is_named_at_start(
+    env: dict[str, str], says: str, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a Kafka client's traceback, nor an ingress that starts and answers 500."""
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: {says}\n"
+
+
+def test_an_unreadable_tls_file_is_named_with_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    cert.chmod(0)
+    if os.access(cert, os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    monkeypatch.setenv("TALKSTREAM_KAFKA_SSL_CERTFILE", str(cert))
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_KAFKA_SSL_CERTFILE: {str(cert)!r} cannot be read\n"
+    )
+
+
+def test_a_ca_file_in_pem_is_taken(tmp_path: Path) -> None:
+    import ssl
+
+    from streams.settings import Settings
+
+    cafile = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    if not cafile or not os.path.isfile(cafile):
+        pytest.skip("no system CA bundle")
+    assert Settings(kafka_ssl_cafile=cafile).kafka_ssl_cafile == cafile
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        *(
+            (
+                "TALKSTREAM_LOG_LEVEL",
+                value,
+                "Input should be 'debug', 'info', 'warning', 'error' or 'critical'",
+            )
+            for value in ("verbose", "")
+        ),
+        *(
+            ("TALKSTREAM_TABLE_STORE", value, "should be rocksdb:// or memory://")
+            for value in ("bogus://", "", "rocksdb", "aerospike://")
+        ),
+    ],
+)
+def test_a_log_level_or_table_store_that_does_not_exist_is_named_at_start(
+    variable: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not logging's ValueError or faust's traceback once the command has started."""
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: invalid settings: {variable}: {says}\n"
+
+
+def test_a_log_level_is_read_in_any_case() -> None:
+    from streams.settings import Settings
+
+    assert Settings(log_level=" WARNING").log_level == "warning"
+    assert Settings(table_store="memory://").table_store == "memory://"
+
+
+def _float_settings() -> list[str]:
+    from streams.settings import Settings
+
+    return [name for name, field in Settings.model_fields.items() if field.annotation is float]
+
+
+@pytest.mark.parametrize("name", _float_settings())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_a_float_setting_must_be_finite(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inf passed every bound and crashed later (an OverflowError in the deadline timer, a
+    console session that never ends)."""
+    variable = f"TALKSTREAM_{name.upper()}"
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output == f"Error: invalid settings: {variable}: Input should be a finite number\n"
+    )
+
+
+def test_every_float_setting_is_checked() -> None:
+    assert {"generation_deadline_seconds", "console_session_hours"} <= set(_float_settings())
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("91", "Input should be less than or equal to 90"),
+        ("5.9", "Input should be greater than or equal to 6"),
+        ("1", "Input should be greater than or equal to 6"),
+    ],
+)
+def test_a_session_timeout_kafka_and_faust_refuse_is_named_at_start(
+    value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above faust's broker request timeout (90 s) faust refused to start with a traceback;
+    below the broker's minimum (6 s by default) the worker hung after the broker's
+    InvalidSessionTimeoutError."""
+    monkeypatch.setenv("TALKSTREAM_SESSION_TIMEOUT_SECONDS", value)
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_SESSION_TIMEOUT_SECONDS: {says}\n"
+    )
+
+
+def test_the_session_timeout_bounds_are_kafkas_and_fausts() -> None:
+    from streams.settings import Settings
+
+    assert Settings(session_timeout_seconds=6).session_timeout_seconds == 6
+    assert Settings(session_timeout_seconds=90).session_timeout_seconds == 90
+
+
+@pytest.mark.parametrize("name", ["INGRESS_HOST", "CONSOLE_HOST", "WORKER_HTTP_HOST"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_listen_host_is_refused(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty, a server listened on every interface: the console's actions open to the
+    network because a variable was left blank."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: is empty: give the address to listen "
+        "on, e.g. 127.0.0.1 (0.0.0.0 for every interface)\n"
+    )
+
+
+@pytest.mark.parametrize("command", [["stats"], ["audit", "--request-id", "r1"]])
+def test_a_database_url_with_a_port_that_is_no_number_is_one_line_without_the_password(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not SQLAlchemy's ValueError traceback, as README promises."""
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "postgresql+psycopg://u:s3cr3t@h:notaport/db")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: the database URL cannot be used (its port is not a number): set "
+        "TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
+        "postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WORKER_NAME", "."), ("WORKER_NAME", ".."), ("APP_ID", "..")]
+)
+def test_a_folder_name_that_points_elsewhere_is_refused(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both name folders under DATA_DIR: ".." put a worker's table store outside its app's."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: {value!r} is not a folder name of its "
+        "own: give a name\n"
+    )
+
+
+def test_a_folder_name_may_hold_dots() -> None:
+    from streams.settings import Settings
+
+    assert Settings(worker_name="w..1", app_id=".talk").worker_name == "w..1"
