@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -176,11 +177,16 @@ def test_kafka_security_that_cannot_work_is_named_at_start(
 def test_an_unreadable_tls_file_is_named_with_its_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import streams.settings
+
     cert = tmp_path / "client.pem"
     cert.write_text("x")
-    cert.chmod(0)
-    if os.access(cert, os.R_OK):
-        pytest.skip("running as root: every file is readable")
+    real_access = os.access
+
+    def access(path: Any, mode: int) -> bool:  # as a user without root sees it (tests run as root)
+        return False if str(path) == str(cert) else real_access(path, mode)
+
+    monkeypatch.setattr(streams.settings.os, "access", access)
     monkeypatch.setenv("TALKSTREAM_KAFKA_SSL_CERTFILE", str(cert))
     result = CliRunner().invoke(main, ["topics"])
     assert result.output == (
@@ -189,14 +195,32 @@ def test_an_unreadable_tls_file_is_named_with_its_path(
 
 
 def test_a_ca_file_in_pem_is_taken(tmp_path: Path) -> None:
-    import ssl
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
 
     from streams.settings import Settings
 
-    cafile = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
-    if not cafile or not os.path.isfile(cafile):
-        pytest.skip("no system CA bundle")
-    assert Settings(kafka_ssl_cafile=cafile).kafka_ssl_cafile == cafile
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "talkstream test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cafile = tmp_path / "ca.pem"
+    cafile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    assert Settings(kafka_ssl_cafile=str(cafile)).kafka_ssl_cafile == str(cafile)
 
 
 @pytest.mark.parametrize(
