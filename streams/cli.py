@@ -8,6 +8,7 @@ import errno
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -217,19 +218,32 @@ def _cluster_settings(settings: Settings, bootstrap: str, nodes: int) -> Setting
     return settings.model_copy(update=update)
 
 
+@contextlib.contextmanager
+def _launcher_errors() -> Iterator[None]:
+    """A launcher's refusal (settings that give no broker, a manifest that cannot be read) is
+    one line and exit 1 for `stop` and `status` as it is for `start`, not a traceback."""
+    from streams.dev.kafka import KafkaLauncherError
+
+    try:
+        yield
+    except KafkaLauncherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @kafka.command("stop")
 def kafka_stop() -> None:
     """Stop the broker (or every node of the cluster) started by `kafka start`."""
-    broker = _broker(_settings())
-    click.echo("stopped" if broker.stop() else "not running")
+    with _launcher_errors():
+        stopped = _broker(_settings()).stop()
+    click.echo("stopped" if stopped else "not running")
 
 
 @kafka.command("status")
 def kafka_status() -> None:
     """Say whether the broker (each node of a cluster) runs, where, with which pid, and
     where its data and log are."""
-    broker = _broker(_settings())
-    status = broker.status()
+    with _launcher_errors():
+        status = _broker(_settings()).status()
     click.echo(status.describe())
     sys.exit(0 if status.running else 3)
 

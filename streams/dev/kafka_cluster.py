@@ -69,6 +69,34 @@ class ClusterStatus:
         return "\n".join(lines)
 
 
+class CorruptManifest(KafkaLauncherError):
+    """``cluster.json`` cannot be read back: the nodes it started (if any still run) are no
+    longer known to `status` and `stop`, so the message says how to end them by hand."""
+
+    def __init__(self, manifest: Path, why: Exception) -> None:
+        reason = f"no {why}" if isinstance(why, KeyError) else str(why)
+        super().__init__(
+            f"{manifest} is not a cluster layout this talkstream can read ({reason}): "
+            f"stop any node still running from it (the pid in "
+            f"{manifest.parent}/node-*/kafka.pid), then remove the file"
+        )
+
+
+def _read_layout(text: str) -> tuple[str, list[tuple[int, int]], str]:
+    """(host, port pairs, version) from the manifest's text; ValueError, KeyError or
+    TypeError when it is not one (truncated, hand-edited, another talkstream's)."""
+    layout = json.loads(text)
+    if not isinstance(layout, dict):
+        raise ValueError("not a JSON object")
+    ports = [(int(port), int(controller)) for port, controller in layout["ports"]]
+    if not ports:
+        raise ValueError("no nodes")
+    host, version = layout["host"], layout.get("version", DEFAULT_KAFKA_VERSION)
+    if not isinstance(host, str) or not isinstance(version, str):
+        raise ValueError("host and version must be strings")
+    return host, ports, version
+
+
 class KafkaCluster:
     def __init__(
         self,
@@ -121,20 +149,14 @@ class KafkaCluster:
         """The cluster last started under ``data_dir`` (None if there is none)."""
         manifest = Path(data_dir).expanduser().resolve() / "kafka-cluster" / "cluster.json"
         try:
-            layout = json.loads(manifest.read_text())
+            text = manifest.read_text()
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise KafkaLauncherError(f"{manifest} is not readable: {exc}; remove it") from exc
-        ports = [(int(p), int(c)) for p, c in layout["ports"]]
-        return cls(
-            data_dir,
-            len(ports),
-            layout["host"],
-            ports,
-            version=layout.get("version", DEFAULT_KAFKA_VERSION),
-            **kwargs,
-        )
+        try:
+            host, ports, version = _read_layout(text)
+            return cls(data_dir, len(ports), host, ports, version=version, **kwargs)
+        except (KafkaLauncherError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptManifest(manifest, exc) from None
 
     @property
     def bootstrap(self) -> str:

@@ -478,3 +478,61 @@ def test_dev_points_its_console_at_its_own_worker() -> None:
         "http://127.0.0.1:9"
     )
     assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {
+                "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19410",
+                "TALKSTREAM_KAFKA_CONTROLLER_PORT": "19410",
+            },
+            "TALKSTREAM_KAFKA_CONTROLLER_PORT is TALKSTREAM_KAFKA_BOOTSTRAP's port (19410)",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:65535"},
+            "TALKSTREAM_KAFKA_BOOTSTRAP's port is 65535: the embedded broker's controller cannot",
+        ),
+    ],
+)
+def test_kafka_settings_that_give_no_broker_are_one_line_for_status_and_stop(
+    command: str, env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """`kafka start` said these in one line; `status` and `stop` ended in a traceback."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["kafka", command])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {said}"), result.output
+    assert len(result.output.splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", ["status", "stop", "start"])
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ('{"host": "127.0', "Unterminated string"),
+        ("{}", "no 'ports'"),
+        ('{"host": "127.0.0.1", "ports": [[19400, 19401]], "version": "9.9.9"}', "Kafka 9.9.9"),
+        ("[]", "not a JSON object"),
+    ],
+)
+def test_a_cluster_manifest_that_cannot_be_read_is_named_with_what_to_do(
+    command: str, manifest: str, why: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A truncated or hand-edited `kafka-cluster/cluster.json` ended `status` and `stop` in a
+    traceback (a raw KeyError for `{}`)."""
+    path = tmp_path / "kafka-cluster" / "cluster.json"
+    path.parent.mkdir()
+    path.write_text(manifest)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19400")
+    result = CliRunner().invoke(main, ["kafka", command])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: {path.resolve()} is not a cluster layout"), line
+    assert why in line
+    assert line.endswith("then remove the file"), line
