@@ -167,12 +167,14 @@ def kafka() -> None:
 def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
     from streams.dev.kafka import KafkaLauncherError, PortUnavailable
-    from streams.dev.kafka_cluster import KafkaCluster
+    from streams.dev.kafka_cluster import KafkaCluster, refuse_another_layout
     from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets
     from streams.topics import ensure_topics
 
     settings = _settings()
     try:
+        if nodes is not None:
+            refuse_another_layout(settings.data_dir, nodes)
         broker = _broker(settings, nodes)
         nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
         status = broker.start(timeout=timeout)

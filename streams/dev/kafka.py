@@ -219,7 +219,7 @@ class EmbeddedKafka:
         return f"{self.host}:{self.port}"
 
     def status(self) -> KafkaStatus:
-        pid = self._running_pid()
+        pid = self.running_pid()
         running = pid is not None and _port_open(self.host, self.port)
         return KafkaStatus(
             running, pid, self.bootstrap, self.kafka_dir, self.log_file, self.version
@@ -386,7 +386,7 @@ class EmbeddedKafka:
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
-        pid = self._running_pid()
+        pid = self.running_pid()
         if pid is None:
             return False
         logger.info("stopping Kafka pid=%s", pid)
@@ -399,7 +399,7 @@ class EmbeddedKafka:
     def kill(self) -> int | None:
         """SIGKILL the broker (a hard bounce: no controlled shutdown); its pid, None if it
         was not running."""
-        pid = self._running_pid()
+        pid = self.running_pid()
         if pid is None:
             return None
         logger.info("killing Kafka node=%s pid=%s", self.node_id, pid)
@@ -429,9 +429,9 @@ class EmbeddedKafka:
         return True
 
     def _pid(self) -> int | None:
-        return self._running_pid()
+        return self.running_pid()
 
-    def _running_pid(self) -> int | None:
+    def running_pid(self) -> int | None:
         """The pid of our live broker; a stale pid file is removed."""
         try:
             text = self.pid_file.read_text().strip()

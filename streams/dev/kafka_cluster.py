@@ -227,3 +227,25 @@ class KafkaCluster:
             stopped = list(pool.map(lambda node: node.stop(timeout), self.nodes))
         self.manifest.unlink(missing_ok=True)  # stopped: `kafka start` means one node again
         return any(stopped)
+
+
+def running_nodes(data_dir: Path) -> int:
+    """How many nodes the layout running from ``data_dir`` has: its cluster's (a node of it
+    alive), else 1 if its single broker runs, else 0."""
+    cluster = KafkaCluster.from_manifest(data_dir)
+    if cluster is not None and any(node.running_pid() is not None for node in cluster.nodes):
+        return len(cluster.nodes)
+    return 1 if EmbeddedKafka(data_dir).running_pid() is not None else 0
+
+
+def refuse_another_layout(data_dir: Path, nodes: int) -> None:
+    """Refuse to start ``nodes`` nodes while a layout of another size runs from ``data_dir``:
+    the manifest (or its absence) would then describe the new one alone, and `status` and
+    `stop` would never know of the nodes left running."""
+    running = running_nodes(data_dir)
+    if running and running != nodes:
+        what = "a single broker" if running == 1 else f"a {running}-node cluster"
+        raise KafkaLauncherError(
+            f"{what} runs from this data directory ({data_dir}): stop it first "
+            "(talkstream kafka stop)"
+        )
