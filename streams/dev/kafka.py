@@ -219,10 +219,39 @@ class EmbeddedKafka:
         return f"{self.host}:{self.port}"
 
     def status(self) -> KafkaStatus:
+        """Whether our broker runs and answers; :class:`KafkaLauncherError` when the broker of
+        this ``kafka_dir`` runs on another port than this one's (started with other settings):
+        waiting for it to answer here would wait in vain."""
         pid = self.running_pid()
+        if pid is not None:
+            self._refuse_another_address(pid)
         running = pid is not None and _port_open(self.host, self.port)
         return KafkaStatus(
             running, pid, self.bootstrap, self.kafka_dir, self.log_file, self.version
+        )
+
+    def running_address(self) -> str | None:
+        """``host:port`` the running broker was started to advertise (its server.properties,
+        rendered at its launch; the last ``advertised.listeners`` line wins, as in Kafka);
+        None when that file is gone or names none."""
+        try:
+            lines = self.properties_file.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        advertised = [line for line in lines if line.startswith("advertised.listeners=")]
+        if not advertised:
+            return None
+        first = advertised[-1].partition("=")[2].split(",")[0].strip()
+        return first.partition("://")[2] or None
+
+    def _refuse_another_address(self, pid: int) -> None:
+        address = self.running_address()
+        if address is None or address.rpartition(":")[2] == str(self.port):
+            return
+        raise KafkaLauncherError(
+            f"a broker from this data directory ({self.kafka_dir}) runs at {address} "
+            f"(pid {pid}), not at {self.bootstrap}: stop it (talkstream kafka stop) or use "
+            "another TALKSTREAM_DATA_DIR"
         )
 
     def fetch_jars(self) -> Path:

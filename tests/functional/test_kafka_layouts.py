@@ -100,3 +100,35 @@ def test_a_cluster_start_beside_the_running_single_broker_is_refused(
         "stop it first (talkstream kafka stop)\n",
     )
     assert KafkaCluster.from_manifest(data_dir) is None
+
+
+@pytest.mark.parametrize("command", ["start", "status"])
+def test_the_broker_of_the_data_directory_on_another_port_is_named_at_once(
+    command: str, data_dir: Path, running: StandIn
+) -> None:
+    """A start on another port than the broker of the same data directory runs on waited 90 s
+    and said "did not answer"; `status` said "starting (pid N), not answering" with the other
+    broker's pid."""
+    pid = running(EmbeddedKafka(data_dir, port=19420, controller_port=19421))
+
+    result = CliRunner().invoke(main, ["kafka", command])
+
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: a broker from this data directory ({data_dir.resolve() / 'kafka'}) runs at "
+        f"127.0.0.1:19420 (pid {pid}), not at 127.0.0.1:19400: stop it (talkstream kafka "
+        "stop) or use another TALKSTREAM_DATA_DIR\n",
+    )
+
+
+def test_stop_ends_the_broker_of_the_data_directory_whatever_its_port(
+    data_dir: Path, running: StandIn
+) -> None:
+    """What the refusal above tells to do works with the same settings."""
+    node = EmbeddedKafka(data_dir, port=19420, controller_port=19421)
+    running(node)
+
+    result = CliRunner().invoke(main, ["kafka", "stop"])
+
+    assert (result.exit_code, result.output) == (0, "stopped\n")
+    assert node.running_pid() is None
