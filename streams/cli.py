@@ -157,7 +157,13 @@ def kafka() -> None:
 
 
 @kafka.command("start")
-@click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for ready")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=90.0,
+    show_default=True,
+    help="seconds to wait for ready",
+)
 @click.option(
     "--nodes",
     type=click.IntRange(1, 9),

@@ -147,7 +147,7 @@ async def wait_for_metadata(
             check()
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise KafkaLauncherError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s")
+            raise KafkaLauncherError(f"Kafka at {bootstrap} did not answer within {timeout:g}s")
         attempt = min(5.0, remaining)
         # a plain connect first: aiokafka logs an error for each refused bootstrap
         if await asyncio.to_thread(_port_open, host.strip("[]"), int(port)) and (
@@ -213,6 +213,7 @@ class EmbeddedKafka:
         self.cluster_id_file = cluster_id_file or self.kafka_dir / "cluster.id"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_read = 0  # how far the log written since our launch has been searched
+        self._log_start = 0  # where our launch's part of the log begins
 
     @property
     def bootstrap(self) -> str:
@@ -314,6 +315,7 @@ class EmbeddedKafka:
         self.properties_file.chmod(0o600)  # overrides may hold a keystore password
         self._format(java, jars)
         with self.log_file.open("a") as log:
+            self._log_start = log.tell()
             log.write(f"--- talkstream: starting Kafka {self.version} at {time.ctime()}\n")
             log.flush()
             self._log_read = log.tell()
@@ -415,7 +417,7 @@ class EmbeddedKafka:
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
-        pid = self.running_pid()
+        pid = self._own_child() or self.running_pid()
         if pid is None:
             return False
         logger.info("stopping Kafka pid=%s", pid)
@@ -428,7 +430,7 @@ class EmbeddedKafka:
     def kill(self) -> int | None:
         """SIGKILL the broker (a hard bounce: no controlled shutdown); its pid, None if it
         was not running."""
-        pid = self.running_pid()
+        pid = self._own_child() or self.running_pid()
         if pid is None:
             return None
         logger.info("killing Kafka node=%s pid=%s", self.node_id, pid)
@@ -437,8 +439,12 @@ class EmbeddedKafka:
         return pid
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` of the log, of this launch's part once :meth:`launch` ran (the
+        log is appended to at each start: an error must not quote an earlier run's end)."""
         try:
-            return _tail(self.log_file.read_text(errors="replace"), lines)
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_start)
+                return _tail(log.read().decode(errors="replace"), lines)
         except FileNotFoundError:
             return "(no broker log)"
 
@@ -460,12 +466,21 @@ class EmbeddedKafka:
     def _pid(self) -> int | None:
         return self.running_pid()
 
+    def _own_child(self) -> int | None:
+        """The pid of the process :meth:`launch` started here while it lives. It is ours
+        whatever its command line says: until the child has exec'd Java, that is still
+        Python's, and the pid file's check (:meth:`running_pid`) would call it stale."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def running_pid(self) -> int | None:
         """The pid of our live broker; a stale pid file is removed."""
         try:
             text = self.pid_file.read_text().strip()
         except FileNotFoundError:
             return None
+        if text.isdigit() and int(text) == self._own_child():
+            return int(text)
         if text.isdigit() and _is_our_broker(int(text), self.properties_file):
             return int(text)
         logger.info("removing stale pid file %s pid=%s", self.pid_file, text)

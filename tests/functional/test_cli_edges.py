@@ -272,6 +272,9 @@ def test_a_second_dev_on_the_same_data_is_refused_naming_the_first(
         (["bench", "--workers", "0"], "--workers"),
         (["bench", "--neighbour-rps", "0"], "--neighbour-rps"),
         (["bench", "--llm-latency", "-0.5"], "--llm-latency"),
+        # a broker given no time to answer was started, then "stopped" and often left running
+        (["kafka", "start", "--timeout=-5"], "--timeout"),
+        (["kafka", "start", "--timeout", "0"], "--timeout"),
     ],
 )
 def test_an_option_out_of_its_range_is_refused_before_anything_starts(
