@@ -56,6 +56,8 @@ from streams.dev.kafka_jars import find_java as find_java
 logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
+# the first line of a launched node's server.properties: what `status` reports it runs
+_LAUNCHED_AS = "# launched as Kafka "
 # a listener that could not bind. A lone node exits some seconds after it; a cluster's node
 # ran on for the whole wait (80 s and more) and never answered
 _BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+):(\d+): ([^.\r\n]+)")
@@ -227,23 +229,34 @@ class EmbeddedKafka:
         if pid is not None:
             self._refuse_another_address(pid)
         running = pid is not None and _port_open(self.host, self.port)
-        return KafkaStatus(
-            running, pid, self.bootstrap, self.kafka_dir, self.log_file, self.version
-        )
+        version = (self.running_version() if pid is not None else None) or self.version
+        return KafkaStatus(running, pid, self.bootstrap, self.kafka_dir, self.log_file, version)
 
     def running_address(self) -> str | None:
         """``host:port`` the running broker was started to advertise (its server.properties,
         rendered at its launch; the last ``advertised.listeners`` line wins, as in Kafka);
         None when that file is gone or names none."""
-        try:
-            lines = self.properties_file.read_text().splitlines()
-        except FileNotFoundError:
-            return None
+        lines = self._launched_properties()
         advertised = [line for line in lines if line.startswith("advertised.listeners=")]
         if not advertised:
             return None
         first = advertised[-1].partition("=")[2].split(",")[0].strip()
         return first.partition("://")[2] or None
+
+    def running_version(self) -> str | None:
+        """The Kafka version the running broker was launched as (its server.properties' first
+        line), which may not be this object's (``TALKSTREAM_KAFKA_VERSION`` changed since);
+        None when the file does not say (written by a talkstream before this one)."""
+        for line in self._launched_properties()[:1]:
+            if line.startswith(_LAUNCHED_AS):
+                return line.removeprefix(_LAUNCHED_AS).strip()
+        return None
+
+    def _launched_properties(self) -> list[str]:
+        try:
+            return self.properties_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     def _refuse_another_address(self, pid: int) -> None:
         address = self.running_address()
@@ -299,7 +312,8 @@ class EmbeddedKafka:
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         template = self._config_file("server.properties").read_text()
         self.properties_file.write_text(
-            render_server_properties(
+            f"{_LAUNCHED_AS}{self.version}\n"
+            + render_server_properties(
                 template,
                 host=self.host,
                 port=self.port,

@@ -25,7 +25,7 @@ from streams.dev.kafka import (
     render_server_properties,
 )
 from streams.dev.kafka_cluster import KafkaCluster, cluster_replication
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -308,6 +308,15 @@ def _child(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def _stand_in_for_java(kafka: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Make ``kafka.launch()`` run ``code`` in Python instead of the JVM (its command line
+    still naming kafka.Kafka and the server.properties, as the pid file's check expects)."""
+    monkeypatch.setattr("streams.dev.kafka.find_java", lambda: "java")
+    monkeypatch.setattr(kafka, "fetch_jars", lambda: kafka.kafka_dir)
+    monkeypatch.setattr(kafka, "_format", lambda java, jars: None)
+    monkeypatch.setattr(kafka, "_java", lambda java, jars, *args: [*_child(code), *args])
+
+
 def test_stop_ends_the_process_it_launched_before_that_looks_like_kafka(tmp_path):
     """Stopped before it exec'd Java (a start given no time), the child's command line was
     still Python's: stop called its pid file stale, removed it, and left the JVM orphaned."""
@@ -333,12 +342,7 @@ def test_a_node_that_exits_while_starting_quotes_this_runs_log_only(tmp_path, mo
     kafka = EmbeddedKafka(tmp_path, port=free_port(), controller_port=free_port())
     kafka.kafka_dir.mkdir(parents=True)
     kafka.log_file.write_text("an earlier run's last words\n")
-    monkeypatch.setattr("streams.dev.kafka.find_java", lambda: "java")
-    monkeypatch.setattr(kafka, "fetch_jars", lambda: tmp_path)
-    monkeypatch.setattr(kafka, "_format", lambda java, jars: None)
-    monkeypatch.setattr(
-        kafka, "_java", lambda *args: _child("print('this run'); raise SystemExit(3)")
-    )
+    _stand_in_for_java(kafka, monkeypatch, "print('this run'); raise SystemExit(3)")
 
     with pytest.raises(KafkaLauncherError) as failed:
         kafka.start(timeout=60)
@@ -347,3 +351,21 @@ def test_a_node_that_exits_while_starting_quotes_this_runs_log_only(tmp_path, mo
     assert "this run" in str(failed.value)
     assert "earlier run" not in str(failed.value)
     assert "earlier run" in kafka.log_file.read_text()  # kept, not truncated
+
+
+def test_status_reports_the_version_the_broker_was_launched_as(tmp_path, monkeypatch):
+    """`kafka status` and `start` named TALKSTREAM_KAFKA_VERSION, not what runs."""
+    older = EmbeddedKafka(tmp_path, version="3.9.1", port=free_port(), controller_port=free_port())
+    up = "import signal; print('up', flush=True); signal.pause()"  # runs until killed
+    _stand_in_for_java(older, monkeypatch, up)
+    pid = older.launch()
+    try:
+        # another process's look at it checks its command line: once it runs as launched
+        wait_until(lambda: "up" in older.log_tail(), 30, what="the stand-in to start")
+        configured = EmbeddedKafka(tmp_path, version="4.4.0", port=older.port)
+
+        assert configured.status().pid == pid
+        assert configured.status().version == "3.9.1"
+    finally:
+        older.kill()
+    assert configured.status().version == "4.4.0"  # nothing runs: what would start
