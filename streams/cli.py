@@ -174,7 +174,7 @@ def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
     from streams.dev.kafka import KafkaLauncherError, PortUnavailable
     from streams.dev.kafka_cluster import KafkaCluster, refuse_another_layout
-    from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets
+    from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets_listener
     from streams.topics import ensure_topics
 
     settings = _settings()
@@ -189,7 +189,7 @@ def kafka_start(timeout: float, nodes: int | None) -> None:
         where = (
             f"{BOOTSTRAP}: the cluster's ports run from its port on, two per node"
             if cluster
-            else what_sets(broker_addresses(settings), exc.port)
+            else what_sets_listener(broker_addresses(settings), exc)
         )
         raise click.ClickException(f"{exc} (set by {where})") from None
     except KafkaLauncherError as exc:

@@ -569,6 +569,12 @@ class PortUnavailable(NodeFailed):
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
         self.host, self.port, self.reason = host, port, reason
 
+    @property
+    def host_not_here(self) -> bool:
+        """The host is none of this machine's addresses (EADDRNOTAVAIL): no port on it can be
+        had, so what to change is the host, not the port."""
+        return "assign requested address" in self.reason.lower()
+
 
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])

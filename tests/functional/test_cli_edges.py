@@ -539,3 +539,38 @@ def test_a_cluster_manifest_that_cannot_be_read_is_named_with_what_to_do(
     assert line.startswith(f"Error: {path.resolve()} is not a cluster layout"), line
     assert why in line
     assert line.endswith("then remove the file"), line
+
+
+@pytest.mark.parametrize(
+    ("port", "reason", "set_by"),
+    [
+        # the host gives both listeners their address: no port on it would do
+        (19461, "cannot assign requested address", "TALKSTREAM_KAFKA_BOOTSTRAP"),
+        (19460, "cannot assign requested address", "TALKSTREAM_KAFKA_BOOTSTRAP"),
+        (
+            19461,
+            "address already in use",
+            "TALKSTREAM_KAFKA_CONTROLLER_PORT, by default TALKSTREAM_KAFKA_BOOTSTRAP's port + 1",
+        ),
+    ],
+)
+def test_a_broker_listener_that_cannot_be_had_names_what_to_change(
+    port: int, reason: str, set_by: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A host not this machine's was blamed on TALKSTREAM_KAFKA_CONTROLLER_PORT when the
+    controller's listener was the one the broker could not bind."""
+    from streams.dev.kafka import EmbeddedKafka, PortUnavailable
+
+    def unbindable(self: EmbeddedKafka, timeout: float = 60) -> None:
+        raise PortUnavailable("192.0.2.1", port, f"{reason}; Kafka node 1 could not bind it")
+
+    monkeypatch.setattr(EmbeddedKafka, "start", unbindable)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "192.0.2.1:19460")
+    monkeypatch.delenv("TALKSTREAM_KAFKA_CONTROLLER_PORT", raising=False)
+    result = CliRunner().invoke(main, ["kafka", "start"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot listen on 192.0.2.1:{port}: {reason}; Kafka node 1 could not bind it "
+        f"(set by {set_by})\n",
+    )
