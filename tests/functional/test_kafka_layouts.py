@@ -31,17 +31,24 @@ def running() -> Iterator[StandIn]:
             f"listeners=PLAINTEXT://{node.bootstrap},CONTROLLER://{node.host}:"
             f"{node.controller_port}\nadvertised.listeners=PLAINTEXT://{node.bootstrap}\n"
         )
-        args = ["-c", "import sys; sys.stdin.read()", "kafka.Kafka", str(node.properties_file)]
-        proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE)
+        code = "import sys; print('up', flush=True); sys.stdin.read()"
+        args = ["-c", code, "kafka.Kafka", str(node.properties_file)]
+        proc = subprocess.Popen(
+            [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         procs.append(proc)
+        assert proc.stdout is not None
+        # once it says so, its command line is the one above (until then, a fork of ours)
+        assert proc.stdout.readline() == b"up\n"
         node.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 
     yield run
     for proc in procs:
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
         proc.wait(timeout=30)
+        proc.stdout.close()
 
 
 @pytest.fixture
