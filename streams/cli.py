@@ -9,6 +9,7 @@ import logging
 import re
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -176,7 +177,13 @@ def kafka() -> None:
 
 
 @kafka.command("start")
-@click.option("--timeout", default=90.0, show_default=True, help="seconds to wait for ready")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=90.0,
+    show_default=True,
+    help="seconds to wait for ready",
+)
 @click.option(
     "--nodes",
     type=click.IntRange(1, 9),
@@ -186,12 +193,14 @@ def kafka() -> None:
 def kafka_start(timeout: float, nodes: int | None) -> None:
     """Start the broker (no-op when it runs already) and create the topics."""
     from streams.dev.kafka import KafkaLauncherError, PortUnavailable
-    from streams.dev.kafka_cluster import KafkaCluster
-    from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets
+    from streams.dev.kafka_cluster import KafkaCluster, refuse_another_layout
+    from streams.dev.supervisor import BOOTSTRAP, broker_addresses, what_sets_listener
     from streams.topics import ensure_topics
 
     settings = _settings()
     try:
+        if nodes is not None:
+            refuse_another_layout(settings.data_dir, nodes)
         broker = _broker(settings, nodes)
         nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
         status = broker.start(timeout=timeout)
@@ -200,7 +209,7 @@ def kafka_start(timeout: float, nodes: int | None) -> None:
         where = (
             f"{BOOTSTRAP}: the cluster's ports run from its port on, two per node"
             if cluster
-            else what_sets(broker_addresses(settings), exc.port)
+            else what_sets_listener(broker_addresses(settings), exc)
         )
         raise click.ClickException(f"{exc} (set by {where})") from None
     except KafkaLauncherError as exc:
@@ -237,19 +246,32 @@ def _cluster_settings(settings: Settings, bootstrap: str, nodes: int) -> Setting
     return settings.model_copy(update=update)
 
 
+@contextlib.contextmanager
+def _launcher_errors() -> Iterator[None]:
+    """A launcher's refusal (settings that give no broker, a manifest that cannot be read) is
+    one line and exit 1 for `stop` and `status` as it is for `start`, not a traceback."""
+    from streams.dev.kafka import KafkaLauncherError
+
+    try:
+        yield
+    except KafkaLauncherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @kafka.command("stop")
 def kafka_stop() -> None:
     """Stop the broker (or every node of the cluster) started by `kafka start`."""
-    broker = _broker(_settings())
-    click.echo("stopped" if broker.stop() else "not running")
+    with _launcher_errors():
+        stopped = _broker(_settings()).stop()
+    click.echo("stopped" if stopped else "not running")
 
 
 @kafka.command("status")
 def kafka_status() -> None:
     """Say whether the broker (each node of a cluster) runs, where, with which pid, and
     where its data and log are."""
-    broker = _broker(_settings())
-    status = broker.status()
+    with _launcher_errors():
+        status = _broker(_settings()).status()
     click.echo(status.describe())
     sys.exit(0 if status.running else 3)
 

@@ -15,7 +15,8 @@ default) and 3.9.1 (``TALKSTREAM_KAFKA_VERSION``). Files under ``<data_dir>/kafk
 
 One :class:`EmbeddedKafka` is one KRaft node in combined mode (broker and controller in one
 process); :mod:`streams.dev.kafka_cluster` runs several of them as a replicated cluster;
-:mod:`streams.dev.kafka_jars` knows the versions and fetches their jars.
+:mod:`streams.dev.kafka_jars` knows the versions and fetches their jars;
+:mod:`streams.dev.kafka_probes` tells whether a node answers, failed to bind, or runs.
 
 Every failure is a :class:`KafkaLauncherError` (a ``TalkstreamError``, not retriable) whose
 message says what to install or change.
@@ -23,26 +24,18 @@ message says what to install or change.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import logging
 import os
-import re
 import signal
-import socket
 import string
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from streams.dev.kafka_jars import CONFIG_DIR as CONFIG_DIR
 from streams.dev.kafka_jars import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION
@@ -52,33 +45,23 @@ from streams.dev.kafka_jars import KafkaVersion as KafkaVersion
 from streams.dev.kafka_jars import default_jars_dir as default_jars_dir
 from streams.dev.kafka_jars import fetch_jars, kafka_version
 from streams.dev.kafka_jars import find_java as find_java
+from streams.dev.kafka_probes import (
+    POLL_SECONDS,
+    bind_failure,
+    is_our_broker,
+    pid_alive,
+    port_open,
+    run_sync,
+)
+from streams.dev.kafka_probes import KafkaStatus as KafkaStatus
+from streams.dev.kafka_probes import NodeFailed as NodeFailed
+from streams.dev.kafka_probes import PortUnavailable as PortUnavailable
+from streams.dev.kafka_probes import wait_for_metadata as wait_for_metadata
 
 logger = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.1
-# a listener that could not bind. A lone node exits some seconds after it; a cluster's node
-# ran on for the whole wait (80 s and more) and never answered
-_BIND_FAILED = re.compile(rb"Socket server failed to bind to (\S+):(\d+): ([^.\r\n]+)")
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaStatus:
-    running: bool  # our process is alive and its client port accepts connections
-    pid: int | None  # set while our process is alive, also while it is still starting
-    bootstrap: str
-    data_dir: Path
-    log_file: Path
-    version: str = DEFAULT_KAFKA_VERSION
-
-    def describe(self) -> str:
-        where = f"data {self.data_dir}, log {self.log_file}"
-        if self.running:
-            return f"Kafka {self.version} running at {self.bootstrap} (pid {self.pid}); {where}"
-        if self.pid is not None:
-            return (
-                f"Kafka starting (pid {self.pid}), not answering at {self.bootstrap} yet; {where}"
-            )
-        return f"Kafka not running (would listen on {self.bootstrap}); {where}"
+# the first line of a launched node's server.properties: what `status` reports it runs
+_LAUNCHED_AS = "# launched as Kafka "
 
 
 def new_cluster_id() -> str:
@@ -123,38 +106,6 @@ def render_server_properties(
         text += "\n# --- overrides given to the launcher\n"
         text += "".join(f"{key}={value}\n" for key, value in overrides.items())
     return text
-
-
-async def wait_for_metadata(
-    bootstrap: str,
-    timeout: float,
-    *,
-    check: Callable[[], None] | None = None,
-    options: Mapping[str, Any] | None = None,
-    brokers: int = 1,
-) -> None:
-    """Return once ``bootstrap`` answers a metadata request that lists ``brokers`` live brokers.
-
-    Polls until ``timeout`` seconds have passed, then raises :class:`KafkaLauncherError`;
-    ``check`` runs before each attempt and may raise to give up early. ``options``: aiokafka
-    connection options (TLS, SASL) for a secured listener.
-    """
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if check is not None:
-            check()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise KafkaLauncherError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s")
-        attempt = min(5.0, remaining)
-        # a plain connect first: aiokafka logs an error for each refused bootstrap
-        if await asyncio.to_thread(_port_open, host.strip("[]"), int(port)) and (
-            await _lists_brokers(bootstrap, attempt, options or {}, brokers)
-        ):
-            return
-        await asyncio.sleep(min(_POLL_SECONDS, remaining))
 
 
 class EmbeddedKafka:
@@ -213,16 +164,57 @@ class EmbeddedKafka:
         self.cluster_id_file = cluster_id_file or self.kafka_dir / "cluster.id"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_read = 0  # how far the log written since our launch has been searched
+        self._log_start = 0  # where our launch's part of the log begins
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
     def status(self) -> KafkaStatus:
-        pid = self._running_pid()
-        running = pid is not None and _port_open(self.host, self.port)
-        return KafkaStatus(
-            running, pid, self.bootstrap, self.kafka_dir, self.log_file, self.version
+        """Whether our broker runs and answers; :class:`KafkaLauncherError` when the broker of
+        this ``kafka_dir`` runs on another port than this one's (started with other settings):
+        waiting for it to answer here would wait in vain."""
+        pid = self.running_pid()
+        if pid is not None:
+            self._refuse_another_address(pid)
+        running = pid is not None and port_open(self.host, self.port)
+        version = (self.running_version() if pid is not None else None) or self.version
+        return KafkaStatus(running, pid, self.bootstrap, self.kafka_dir, self.log_file, version)
+
+    def running_address(self) -> str | None:
+        """``host:port`` the running broker was started to advertise (its server.properties,
+        rendered at its launch; the last ``advertised.listeners`` line wins, as in Kafka);
+        None when that file is gone or names none."""
+        lines = self._launched_properties()
+        advertised = [line for line in lines if line.startswith("advertised.listeners=")]
+        if not advertised:
+            return None
+        first = advertised[-1].partition("=")[2].split(",")[0].strip()
+        return first.partition("://")[2] or None
+
+    def running_version(self) -> str | None:
+        """The Kafka version the running broker was launched as (its server.properties' first
+        line), which may not be this object's (``TALKSTREAM_KAFKA_VERSION`` changed since);
+        None when the file does not say (written by a talkstream before this one)."""
+        for line in self._launched_properties()[:1]:
+            if line.startswith(_LAUNCHED_AS):
+                return line.removeprefix(_LAUNCHED_AS).strip()
+        return None
+
+    def _launched_properties(self) -> list[str]:
+        try:
+            return self.properties_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _refuse_another_address(self, pid: int) -> None:
+        address = self.running_address()
+        if address is None or address.rpartition(":")[2] == str(self.port):
+            return
+        raise KafkaLauncherError(
+            f"a broker from this data directory ({self.kafka_dir}) runs at {address} "
+            f"(pid {pid}), not at {self.bootstrap}: stop it (talkstream kafka stop) or use "
+            "another TALKSTREAM_DATA_DIR"
         )
 
     def fetch_jars(self) -> Path:
@@ -243,7 +235,7 @@ class EmbeddedKafka:
         current = self.status()
         if current.pid is not None:
             if not current.running:
-                _run(wait_for_metadata(self.bootstrap, timeout, options=self.probe_options))
+                run_sync(wait_for_metadata(self.bootstrap, timeout, options=self.probe_options))
             logger.info("Kafka already running pid=%s bootstrap=%s", current.pid, self.bootstrap)
             return self.status()
         started = time.monotonic()
@@ -264,12 +256,13 @@ class EmbeddedKafka:
         self._check_readable()
         java, jars = find_java(), self.fetch_jars()
         for port in (self.port, self.controller_port):
-            if _port_open(self.host, port):
+            if port_open(self.host, port):
                 raise PortUnavailable(self.host, port, "taken by another process (another Kafka?)")
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         template = self._config_file("server.properties").read_text()
         self.properties_file.write_text(
-            render_server_properties(
+            f"{_LAUNCHED_AS}{self.version}\n"
+            + render_server_properties(
                 template,
                 host=self.host,
                 port=self.port,
@@ -285,6 +278,7 @@ class EmbeddedKafka:
         self.properties_file.chmod(0o600)  # overrides may hold a keystore password
         self._format(java, jars)
         with self.log_file.open("a") as log:
+            self._log_start = log.tell()
             log.write(f"--- talkstream: starting Kafka {self.version} at {time.ctime()}\n")
             log.flush()
             self._log_read = log.tell()
@@ -321,7 +315,7 @@ class EmbeddedKafka:
                 node.check_starting()
 
         try:
-            _run(
+            run_sync(
                 wait_for_metadata(
                     self.bootstrap,
                     timeout,
@@ -370,23 +364,12 @@ class EmbeddedKafka:
     def _bind_failure(self) -> tuple[str, int, str] | None:
         """(host, port, reason) of a listener that could not bind, from the log written since
         our launch (read from where the previous look stopped, at a line's start)."""
-        try:
-            with self.log_file.open("rb") as log:
-                log.seek(self._log_read)
-                text = log.read()
-        except FileNotFoundError:
-            return None
-        complete = text.rfind(b"\n") + 1
-        found = _BIND_FAILED.search(text, 0, complete)
-        if found is None:
-            self._log_read += complete
-            return None
-        host, port, reason = (group.decode(errors="replace") for group in found.groups())
-        return host, int(port), reason.strip()
+        failed, self._log_read = bind_failure(self.log_file, self._log_read)
+        return failed
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM our broker, SIGKILL it after ``timeout``; False when it was not running."""
-        pid = self._running_pid()
+        pid = self._own_child() or self.running_pid()
         if pid is None:
             return False
         logger.info("stopping Kafka pid=%s", pid)
@@ -399,7 +382,7 @@ class EmbeddedKafka:
     def kill(self) -> int | None:
         """SIGKILL the broker (a hard bounce: no controlled shutdown); its pid, None if it
         was not running."""
-        pid = self._running_pid()
+        pid = self._own_child() or self.running_pid()
         if pid is None:
             return None
         logger.info("killing Kafka node=%s pid=%s", self.node_id, pid)
@@ -408,8 +391,12 @@ class EmbeddedKafka:
         return pid
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` of the log, of this launch's part once :meth:`launch` ran (the
+        log is appended to at each start: an error must not quote an earlier run's end)."""
         try:
-            return _tail(self.log_file.read_text(errors="replace"), lines)
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_start)
+                return _tail(log.read().decode(errors="replace"), lines)
         except FileNotFoundError:
             return "(no broker log)"
 
@@ -418,9 +405,9 @@ class EmbeddedKafka:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS)
-        if _pid_alive(pid):
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        if pid_alive(pid):
             return False
         if self._proc is not None and self._proc.pid == pid:
             self._proc.poll()  # reap our child
@@ -429,15 +416,24 @@ class EmbeddedKafka:
         return True
 
     def _pid(self) -> int | None:
-        return self._running_pid()
+        return self.running_pid()
 
-    def _running_pid(self) -> int | None:
+    def _own_child(self) -> int | None:
+        """The pid of the process :meth:`launch` started here while it lives. It is ours
+        whatever its command line says: until the child has exec'd Java, that is still
+        Python's, and the pid file's check (:meth:`running_pid`) would call it stale."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def running_pid(self) -> int | None:
         """The pid of our live broker; a stale pid file is removed."""
         try:
             text = self.pid_file.read_text().strip()
         except FileNotFoundError:
             return None
-        if text.isdigit() and _is_our_broker(int(text), self.properties_file):
+        if text.isdigit() and int(text) == self._own_child():
+            return int(text)
+        if text.isdigit() and is_our_broker(int(text), self.properties_file):
             return int(text)
         logger.info("removing stale pid file %s pid=%s", self.pid_file, text)
         self.pid_file.unlink(missing_ok=True)
@@ -497,82 +493,5 @@ class EmbeddedKafka:
             self.formatted_by_file.write_text(f"{self.version}\n")
 
 
-class NodeFailed(KafkaLauncherError):
-    """A node launched here exited or lost a listener while starting (its own message names
-    it and quotes its log)."""
-
-
-class PortUnavailable(NodeFailed):
-    """A port of the node's cannot be had: taken when it was to be launched, or when it bound
-    (then it was stopped). One line, without the broker's stack trace; the caller that knows
-    what sets the port adds it."""
-
-    def __init__(self, host: str, port: int, reason: str) -> None:
-        super().__init__(f"cannot listen on {host}:{port}: {reason}")
-        self.host, self.port, self.reason = host, port, reason
-
-
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-async def _lists_brokers(
-    bootstrap: str, seconds: float, options: Mapping[str, Any], brokers: int
-) -> bool:
-    admin = AIOKafkaAdminClient(
-        **{**options, "bootstrap_servers": bootstrap},
-        client_id="talkstream-kafka-launcher",
-        request_timeout_ms=max(1000, int(seconds * 1000)),
-    )
-    try:
-        async with asyncio.timeout(seconds):
-            await admin.start()
-            cluster: dict[str, Any] = await admin.describe_cluster()
-    except (KafkaError, OSError, TimeoutError):
-        return False
-    finally:
-        with contextlib.suppress(KafkaError, OSError):
-            await admin.close()
-    return len(cluster.get("brokers") or []) >= brokers
-
-
-def _pid_alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reaped now
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _is_our_broker(pid: int, properties: Path) -> bool:
-    if not _pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # gone, or no /proc (macOS): trust the pid file
-        return not Path("/proc/self").exists()
-    return b"kafka.Kafka" in cmdline and os.fsencode(properties) in cmdline  # not a reused pid
-
-
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` to completion from sync code, also when called inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)
-        return
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # blocks the caller's loop meanwhile
-        pool.submit(asyncio.run, coro).result()

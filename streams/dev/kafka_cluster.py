@@ -69,6 +69,34 @@ class ClusterStatus:
         return "\n".join(lines)
 
 
+class CorruptManifest(KafkaLauncherError):
+    """``cluster.json`` cannot be read back: the nodes it started (if any still run) are no
+    longer known to `status` and `stop`, so the message says how to end them by hand."""
+
+    def __init__(self, manifest: Path, why: Exception) -> None:
+        reason = f"no {why}" if isinstance(why, KeyError) else str(why)
+        super().__init__(
+            f"{manifest} is not a cluster layout this talkstream can read ({reason}): "
+            f"stop any node still running from it (the pid in "
+            f"{manifest.parent}/node-*/kafka.pid), then remove the file"
+        )
+
+
+def _read_layout(text: str) -> tuple[str, list[tuple[int, int]], str]:
+    """(host, port pairs, version) from the manifest's text; ValueError, KeyError or
+    TypeError when it is not one (truncated, hand-edited, another talkstream's)."""
+    layout = json.loads(text)
+    if not isinstance(layout, dict):
+        raise ValueError("not a JSON object")
+    ports = [(int(port), int(controller)) for port, controller in layout["ports"]]
+    if not ports:
+        raise ValueError("no nodes")
+    host, version = layout["host"], layout.get("version", DEFAULT_KAFKA_VERSION)
+    if not isinstance(host, str) or not isinstance(version, str):
+        raise ValueError("host and version must be strings")
+    return host, ports, version
+
+
 class KafkaCluster:
     def __init__(
         self,
@@ -121,20 +149,14 @@ class KafkaCluster:
         """The cluster last started under ``data_dir`` (None if there is none)."""
         manifest = Path(data_dir).expanduser().resolve() / "kafka-cluster" / "cluster.json"
         try:
-            layout = json.loads(manifest.read_text())
+            text = manifest.read_text()
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise KafkaLauncherError(f"{manifest} is not readable: {exc}; remove it") from exc
-        ports = [(int(p), int(c)) for p, c in layout["ports"]]
-        return cls(
-            data_dir,
-            len(ports),
-            layout["host"],
-            ports,
-            version=layout.get("version", DEFAULT_KAFKA_VERSION),
-            **kwargs,
-        )
+        try:
+            host, ports, version = _read_layout(text)
+            return cls(data_dir, len(ports), host, ports, version=version, **kwargs)
+        except (KafkaLauncherError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptManifest(manifest, exc) from None
 
     @property
     def bootstrap(self) -> str:
@@ -205,3 +227,25 @@ class KafkaCluster:
             stopped = list(pool.map(lambda node: node.stop(timeout), self.nodes))
         self.manifest.unlink(missing_ok=True)  # stopped: `kafka start` means one node again
         return any(stopped)
+
+
+def running_nodes(data_dir: Path) -> int:
+    """How many nodes the layout running from ``data_dir`` has: its cluster's (a node of it
+    alive), else 1 if its single broker runs, else 0."""
+    cluster = KafkaCluster.from_manifest(data_dir)
+    if cluster is not None and any(node.running_pid() is not None for node in cluster.nodes):
+        return len(cluster.nodes)
+    return 1 if EmbeddedKafka(data_dir).running_pid() is not None else 0
+
+
+def refuse_another_layout(data_dir: Path, nodes: int) -> None:
+    """Refuse to start ``nodes`` nodes while a layout of another size runs from ``data_dir``:
+    the manifest (or its absence) would then describe the new one alone, and `status` and
+    `stop` would never know of the nodes left running."""
+    running = running_nodes(data_dir)
+    if running and running != nodes:
+        what = "a single broker" if running == 1 else f"a {running}-node cluster"
+        raise KafkaLauncherError(
+            f"{what} runs from this data directory ({data_dir}): stop it first "
+            "(talkstream kafka stop)"
+        )

@@ -226,6 +226,12 @@ def broker_addresses(settings: Settings) -> list[Address]:
     return [(host, port, BOOTSTRAP), (host, controller, CONTROLLER_PORT)]
 
 
+def what_sets_listener(addresses: list[Address], failed: PortUnavailable) -> str:
+    """What to change for a broker listener that cannot be had: the bootstrap, which gives
+    both listeners their host, when the host is not this machine's; else what sets the port."""
+    return BOOTSTRAP if failed.host_not_here else what_sets(addresses, failed.port)
+
+
 def what_sets(addresses: list[Address], port: int) -> str:
     """What sets ``port`` among ``addresses``; the bootstrap when none has it."""
     return next((set_by for _, at, set_by in addresses if at == port), BOOTSTRAP)
@@ -290,7 +296,7 @@ def _run(
         status = broker.start()
     except PortUnavailable as exc:  # taken since it was checked
         print(
-            f"talkstream dev: {exc} (set by {what_sets(kafka, exc.port)})",
+            f"talkstream dev: {exc} (set by {what_sets_listener(kafka, exc)})",
             file=sys.stderr,
         )
         return 1

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
@@ -37,6 +36,7 @@ from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import broker_error, client_options, stop_consumer
 from streams.ops.audit import FAILED
+from streams.ops.replay import partitions_of
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,15 +156,13 @@ async def redrive(
     ignore their redrive, and a report that said "redriven" would not be true. A request the
     projection has not seen yet is sent, and the ledger decides."""
     topic = settings.topic("deadletter")
-    admin = AIOKafkaAdminClient(**client_options(settings))
     try:
-        await admin.start()
-        [described] = await admin.describe_topics([topic])
+        # a topic that does not exist is said as replay says it (describing it alone answered
+        # "no partitions": "0 dead letters examined", as if the app had none)
+        numbers = await partitions_of(settings, topic)
     except KafkaError as exc:
         raise await broker_error(settings, exc) from exc
-    finally:
-        await admin.close()
-    parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    parts = [TopicPartition(topic, number) for number in numbers]
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         group_id=f"{settings.app_id}-redrive",

@@ -191,8 +191,8 @@ class LogReader:
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
     """The topic's partition ids, from the cluster's metadata (never creates the topic)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics()  # all topics: asking for one may create it
     finally:
         await admin.close()

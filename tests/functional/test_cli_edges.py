@@ -303,6 +303,9 @@ def test_a_second_dev_on_the_same_data_is_refused_naming_the_first(
         (["bench", "--workers", "0"], "--workers"),
         (["bench", "--neighbour-rps", "0"], "--neighbour-rps"),
         (["bench", "--llm-latency", "-0.5"], "--llm-latency"),
+        # a broker given no time to answer was started, then "stopped" and often left running
+        (["kafka", "start", "--timeout=-5"], "--timeout"),
+        (["kafka", "start", "--timeout", "0"], "--timeout"),
     ],
 )
 def test_an_option_out_of_its_range_is_refused_before_anything_starts(
@@ -556,4 +559,97 @@ def test_secret_keys_that_hold_no_key_are_named(
     assert result.exit_code == 1, result.output
     assert result.output.startswith(
         "Error: TALKSTREAM_SECRET_KEYS is not set (or holds no key): every worker and ingress"
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {
+                "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19410",
+                "TALKSTREAM_KAFKA_CONTROLLER_PORT": "19410",
+            },
+            "TALKSTREAM_KAFKA_CONTROLLER_PORT is TALKSTREAM_KAFKA_BOOTSTRAP's port (19410)",
+        ),
+        (
+            {"TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:65535"},
+            "TALKSTREAM_KAFKA_BOOTSTRAP's port is 65535: the embedded broker's controller cannot",
+        ),
+    ],
+)
+def test_kafka_settings_that_give_no_broker_are_one_line_for_status_and_stop(
+    command: str, env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """`kafka start` said these in one line; `status` and `stop` ended in a traceback."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["kafka", command])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {said}"), result.output
+    assert len(result.output.splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", ["status", "stop", "start"])
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ('{"host": "127.0', "Unterminated string"),
+        ("{}", "no 'ports'"),
+        ('{"host": "127.0.0.1", "ports": [[19400, 19401]], "version": "9.9.9"}', "Kafka 9.9.9"),
+        ("[]", "not a JSON object"),
+    ],
+)
+def test_a_cluster_manifest_that_cannot_be_read_is_named_with_what_to_do(
+    command: str, manifest: str, why: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A truncated or hand-edited `kafka-cluster/cluster.json` ended `status` and `stop` in a
+    traceback (a raw KeyError for `{}`)."""
+    path = tmp_path / "kafka-cluster" / "cluster.json"
+    path.parent.mkdir()
+    path.write_text(manifest)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19400")
+    result = CliRunner().invoke(main, ["kafka", command])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: {path.resolve()} is not a cluster layout"), line
+    assert why in line
+    assert line.endswith("then remove the file"), line
+
+
+@pytest.mark.parametrize(
+    ("port", "reason", "set_by"),
+    [
+        # the host gives both listeners their address: no port on it would do
+        (19461, "cannot assign requested address", "TALKSTREAM_KAFKA_BOOTSTRAP"),
+        (19460, "cannot assign requested address", "TALKSTREAM_KAFKA_BOOTSTRAP"),
+        (
+            19461,
+            "address already in use",
+            "TALKSTREAM_KAFKA_CONTROLLER_PORT, by default TALKSTREAM_KAFKA_BOOTSTRAP's port + 1",
+        ),
+    ],
+)
+def test_a_broker_listener_that_cannot_be_had_names_what_to_change(
+    port: int, reason: str, set_by: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A host not this machine's was blamed on TALKSTREAM_KAFKA_CONTROLLER_PORT when the
+    controller's listener was the one the broker could not bind."""
+    from streams.dev.kafka import EmbeddedKafka, PortUnavailable
+
+    def unbindable(self: EmbeddedKafka, timeout: float = 60) -> None:
+        raise PortUnavailable("192.0.2.1", port, f"{reason}; Kafka node 1 could not bind it")
+
+    monkeypatch.setattr(EmbeddedKafka, "start", unbindable)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "192.0.2.1:19460")
+    monkeypatch.delenv("TALKSTREAM_KAFKA_CONTROLLER_PORT", raising=False)
+    result = CliRunner().invoke(main, ["kafka", "start"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: cannot listen on 192.0.2.1:{port}: {reason}; Kafka node 1 could not bind it "
+        f"(set by {set_by})\n",
     )

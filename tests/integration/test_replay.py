@@ -41,10 +41,14 @@ ROOT = Path(__file__).resolve().parents[2]
 BAD_OPENAI_KEY = "sk-revoked-replay-4040"
 
 
-def talkstream(env: dict[str, str], *args: str) -> Result:
+def _group() -> click.Group:
     group = click.Group("talkstream")
     register(group)
-    return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
+    return group
+
+
+def talkstream(env: dict[str, str], *args: str) -> Result:
+    return CliRunner().invoke(_group(), list(args), env=env, catch_exceptions=False)
 
 
 def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
@@ -450,3 +454,22 @@ def test_a_reader_knows_its_partitions_offsets_at_start_and_fetches_none_before_
     assert ends == {tp: 3 for tp in parts}
     assert paused == set(parts)  # nothing fetched before the seek
     assert read == 9
+
+
+def test_redrive_of_an_app_without_a_dead_letter_topic_says_so_as_replay_does(
+    kafka: EmbeddedKafka,
+):
+    """redrive said "0 dead letters examined, 0 to redrive" and exited 0 for an app whose
+    topics do not exist (a mistyped TALKSTREAM_APP_ID), where replay named the missing topic."""
+    app = f"nosuch{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+
+    redriven = CliRunner().invoke(_group(), ["redrive", "--dry-run"], env=env)
+    replayed = CliRunner().invoke(_group(), ["replay", "--verify"], env=env)
+
+    assert (redriven.exit_code, redriven.output) == (
+        1,
+        f"Error: topic {app}-deadletter does not exist on {kafka.bootstrap}\n",
+    )
+    assert replayed.exit_code == 1
+    assert f"Error: topic {app}-requests does not exist on {kafka.bootstrap}" in replayed.output

@@ -6,6 +6,8 @@ import base64
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from streams.dev.kafka import (
     render_server_properties,
 )
 from streams.dev.kafka_cluster import KafkaCluster, cluster_replication
+from tests.support import free_port, wait_until
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -299,3 +302,70 @@ def test_kafka_3_refuses_a_log_kafka_4_formatted_before_it_dies_of_it(tmp_path):
         older.launch()
     older.formatted_by_file.write_text("3.9.1\n")  # 4.x reads 3.x's log: no objection
     EmbeddedKafka(tmp_path, version="4.4.0")._check_readable()
+
+
+def _child(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _stand_in_for_java(kafka: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Make ``kafka.launch()`` run ``code`` in Python instead of the JVM (its command line
+    still naming kafka.Kafka and the server.properties, as the pid file's check expects)."""
+    monkeypatch.setattr("streams.dev.kafka.find_java", lambda: "java")
+    monkeypatch.setattr(kafka, "fetch_jars", lambda: kafka.kafka_dir)
+    monkeypatch.setattr(kafka, "_format", lambda java, jars: None)
+    monkeypatch.setattr(kafka, "_java", lambda java, jars, *args: [*_child(code), *args])
+
+
+def test_stop_ends_the_process_it_launched_before_that_looks_like_kafka(tmp_path):
+    """Stopped before it exec'd Java (a start given no time), the child's command line was
+    still Python's: stop called its pid file stale, removed it, and left the JVM orphaned."""
+    kafka = EmbeddedKafka(tmp_path)
+    kafka.kafka_dir.mkdir(parents=True)
+    child = subprocess.Popen(_child("import sys; sys.stdin.read()"), stdin=subprocess.PIPE)
+    try:
+        kafka._proc = child  # as launch() leaves it
+        kafka.pid_file.write_text(f"{child.pid}\n")
+
+        assert kafka.status().pid == child.pid
+        assert kafka.stop() is True
+        assert child.poll() is not None
+        assert not kafka.pid_file.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_node_that_exits_while_starting_quotes_this_runs_log_only(tmp_path, monkeypatch):
+    """The log is appended to at each start: the tail an error quoted was an earlier run's
+    when this one wrote little."""
+    kafka = EmbeddedKafka(tmp_path, port=free_port(), controller_port=free_port())
+    kafka.kafka_dir.mkdir(parents=True)
+    kafka.log_file.write_text("an earlier run's last words\n")
+    _stand_in_for_java(kafka, monkeypatch, "print('this run'); raise SystemExit(3)")
+
+    with pytest.raises(KafkaLauncherError) as failed:
+        kafka.start(timeout=60)
+
+    assert "exited with code 3 while starting" in str(failed.value)
+    assert "this run" in str(failed.value)
+    assert "earlier run" not in str(failed.value)
+    assert "earlier run" in kafka.log_file.read_text()  # kept, not truncated
+
+
+def test_status_reports_the_version_the_broker_was_launched_as(tmp_path, monkeypatch):
+    """`kafka status` and `start` named TALKSTREAM_KAFKA_VERSION, not what runs."""
+    older = EmbeddedKafka(tmp_path, version="3.9.1", port=free_port(), controller_port=free_port())
+    up = "import signal; print('up', flush=True); signal.pause()"  # runs until killed
+    _stand_in_for_java(older, monkeypatch, up)
+    pid = older.launch()
+    try:
+        # another process's look at it checks its command line: once it runs as launched
+        wait_until(lambda: "up" in older.log_tail(), 30, what="the stand-in to start")
+        configured = EmbeddedKafka(tmp_path, version="4.4.0", port=older.port)
+
+        assert configured.status().pid == pid
+        assert configured.status().version == "3.9.1"
+    finally:
+        older.kill()
+    assert configured.status().version == "4.4.0"  # nothing runs: what would start
