@@ -13,6 +13,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -53,20 +54,26 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
         "(set by TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT)\n"
     )
 
+    assert ingress_refuses(tmp_path, TALKSTREAM_INGRESS_PORT=str(taken)) == (
+        f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
+        "(set by TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT)"
+    )
+
+
+def ingress_refuses(tmp_path: Path, **settings: str) -> str:
+    """The one line an ingress started as a user starts it, with these settings, stops with
+    (no traceback)."""
     env = {
         **os.environ,
-        "TALKSTREAM_INGRESS_PORT": str(taken),
+        **settings,
         "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
         "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
         "TALKSTREAM_DATA_DIR": str(tmp_path),
     }
     ran = streams_run("ingress", env=env)
     assert ran.returncode == 1, ran.stderr
-    assert ran.stderr.strip().splitlines()[-1] == (
-        f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
-        "(set by TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT)"
-    )
     assert "Traceback" not in ran.stderr
+    return ran.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "not a host"])
@@ -84,20 +91,10 @@ def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
         "(set by TALKSTREAM_CONSOLE_HOST)\n"
     )
 
-    env = {
-        **os.environ,
-        "TALKSTREAM_INGRESS_HOST": host,
-        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
-        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # it need not get that far
-        "TALKSTREAM_DATA_DIR": str(tmp_path),
-    }
-    ran = streams_run("ingress", env=env)
-    assert ran.returncode == 1, ran.stderr
-    assert ran.stderr.strip().splitlines()[-1] == (
+    assert ingress_refuses(tmp_path, TALKSTREAM_INGRESS_HOST=host) == (
         f"Error: cannot listen on {host!r}: Name or service not known "
         "(set by TALKSTREAM_INGRESS_HOST)"
     )
-    assert "Traceback" not in ran.stderr
 
 
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
