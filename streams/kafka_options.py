@@ -116,6 +116,20 @@ async def diagnose(settings: Settings, timeout: float = 5.0) -> str | None:
 
 def _cause(settings: Settings, server: str, exc: BaseException) -> str:
     name = type(exc).__name__
+    protocol = settings.kafka_security_protocol
+    if name == "IllegalSaslStateError":  # the listener answered the handshake: no SASL here
+        return (
+            f"Kafka at {server} refused the SASL handshake (ILLEGAL_SASL_STATE): its listener "
+            f"does not take SASL; is TALKSTREAM_KAFKA_SECURITY_PROTOCOL ({protocol}) the "
+            "listener's?"
+        )
+    if name == "UnsupportedSaslMechanismError":
+        said = str(exc.args[0]) if exc.args else "not offered"  # it lists those it offers
+        return (
+            f"Kafka at {server} refused the SASL mechanism {settings.kafka_sasl_mechanism}: "
+            f"{' '.join(said.split())[:200]}; set TALKSTREAM_KAFKA_SASL_MECHANISM to one "
+            "it offers"
+        )
     if name in _AUTH_ERRORS:
         return (
             f"Kafka at {server} refused the SASL credentials: authentication failed for user "
@@ -136,6 +150,11 @@ def _cause(settings: Settings, server: str, exc: BaseException) -> str:
             f"Kafka at {server} closed the connection: does its listener expect TLS or SASL "
             f"(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol})?"
         )
+    if isinstance(exc, ConnectionResetError) and protocol in ("SSL", "SASL_SSL"):
+        return (
+            f"Kafka at {server} reset the connection during the TLS handshake: does its "
+            f"listener take TLS (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is {protocol})?"
+        )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return (
             f"Kafka at {server} did not answer (timeout); wrong port, or TLS/SASL expected "
@@ -149,7 +168,12 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
     brokers refuse our credentials or TLS, :class:`BrokerUnavailable` otherwise; the message
     says why, on one line, without a secret."""
     cause = await diagnose(settings)
-    if cause is not None and ("authentication failed" in cause or cause.startswith("TLS")):
+    if cause is not None and (
+        "authentication failed" in cause
+        or cause.startswith("TLS")
+        or "refused the SASL" in cause
+        or "during the TLS handshake" in cause
+    ):
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")

@@ -6,7 +6,12 @@ import ssl
 
 import faust
 import pytest
-from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 from streams.kafka_options import _cause, client_options, faust_credentials
 from streams.settings import Settings
@@ -97,6 +102,25 @@ def test_topics_carry_the_replication_settings() -> None:
             "does its listener expect TLS or SASL (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)",
         ),
         (TimeoutError(), "did not answer (timeout)"),
+        (  # SASL against a listener without it: not a password to check (a probe was told so)
+            IllegalSaslStateError(),
+            "refused the SASL handshake (ILLEGAL_SASL_STATE): its listener does not take SASL; "
+            "is TALKSTREAM_KAFKA_SECURITY_PROTOCOL (SASL_SSL) the listener's?",
+        ),
+        (
+            UnsupportedSaslMechanismError(
+                "Kafka broker does not support SCRAM-SHA-512 sasl mechanism. Enabled "
+                "mechanisms are: ['PLAIN']"
+            ),
+            "refused the SASL mechanism SCRAM-SHA-512: Kafka broker does not support "
+            "SCRAM-SHA-512 sasl mechanism. Enabled mechanisms are: ['PLAIN']; set "
+            "TALKSTREAM_KAFKA_SASL_MECHANISM to one it offers",
+        ),
+        (  # TLS against a plain listener: the reset had no words of its own
+            ConnectionResetError(),
+            "reset the connection during the TLS handshake: does its listener take TLS "
+            "(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)?",
+        ),
     ],
 )
 def test_a_refused_connection_is_one_line_that_says_why_and_no_password(error, says) -> None:
