@@ -392,18 +392,25 @@ class Settings(BaseSettings):
         """An http(s) URL with a host: anything else would fail every call, each as if the
         upstream were unreachable, until its attempts ran out."""
         url = value.strip()
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018  (a port that is not a number raises here)
-        except ValueError:
-            usable = False
-        else:
-            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        if not usable:
+        if not _is_http_url(url):
             # not repeated: a URL may carry credentials
             example = cls.model_fields[info.field_name or ""].default
             raise ValueError(f"is not an http(s) URL with a host, e.g. {example}")
         return url
+
+    @field_validator("console_worker_urls")
+    @classmethod
+    def _http_urls(cls, value: str) -> str:
+        """Each an http(s) URL with a host: the console would otherwise show no worker's pacing
+        and say nothing of why."""
+        entries = [url.strip() for url in value.split(",") if url.strip()]
+        bad = [str(n) for n, url in enumerate(entries, 1) if not _is_http_url(url)]
+        if bad:
+            raise ValueError(
+                f"entry {', '.join(bad)} is not an http(s) URL with a host, e.g. "
+                "http://127.0.0.1:9101 (comma separated)"
+            )
+        return value
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -436,6 +443,15 @@ class Settings(BaseSettings):
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _is_host(host: str) -> bool:

@@ -112,6 +112,24 @@ def test_an_upstream_url_that_is_not_http_is_named_without_repeating_it(
     )
 
 
+def test_a_console_worker_url_that_is_not_http_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was never checked: the console showed no worker's pacing and said nothing of why."""
+    from streams.settings import Settings
+
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_WORKER_URLS", "http://127.0.0.1:9101, not a url")
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_CONSOLE_WORKER_URLS: entry 2 is not an http(s) URL "
+        "with a host, e.g. http://127.0.0.1:9101 (comma separated)\n"
+    )
+    urls = "http://10.0.0.1:9101/, https://w2.example:9101"
+    assert Settings(console_worker_urls=urls).worker_metrics_urls == [
+        "http://10.0.0.1:9101/metrics",
+        "https://w2.example:9101/metrics",
+    ]
+
+
 def test_an_upstream_url_is_read_without_surrounding_spaces() -> None:
     from streams.settings import Settings
 
