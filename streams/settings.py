@@ -280,10 +280,25 @@ class Settings(BaseSettings):
             return self.min_insync_replicas
         return max(1, min(2, self.replication_factor - 1))
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        """Empty, it was the current directory, silently: state went wherever a command ran."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a folder for local state (default .data)")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("kafka_controller_port", "min_insync_replicas", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        """An empty variable (a compose file's unset one) means the default, as for the other
+        optional settings, not "Input should be a valid integer"."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -381,3 +381,20 @@ def test_a_folder_name_may_hold_dots() -> None:
     from streams.settings import Settings
 
     assert Settings(worker_name="w..1", app_id=".talk").worker_name == "w..1"
+
+
+def test_an_empty_optional_number_is_its_default_and_an_empty_data_dir_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.settings import Settings
+
+    for name in ("KAFKA_CONTROLLER_PORT", "MIN_INSYNC_REPLICAS"):
+        monkeypatch.setenv(f"TALKSTREAM_{name}", "")
+    settings = Settings()
+    assert (settings.kafka_controller_port, settings.min_insync_replicas) == (None, None)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", " ")
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_DATA_DIR: is empty: give a folder for local state "
+        "(default .data)\n"
+    )
