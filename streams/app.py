@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +24,7 @@ from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.faust_transport import App, Stream, Topic
 from streams.kafka_options import client_options, faust_credentials
-from streams.observability import WorkerMetrics, serve_worker_http
+from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.store import ProjectionStore
 from streams.runtime import Clock, DeadLetters, SystemClock, Topics
 from streams.secrets import SecretBox, load_secret_box
@@ -242,21 +241,7 @@ def build(
 
     @app.task
     async def worker_http() -> None:
-        try:
-            await serve_worker_http(
-                app, metrics, settings.worker_http_host, settings.worker_http_port
-            )
-        except OSError as exc:  # e.g. a second worker on this host: keep working, unobserved
-            log.error(
-                "worker http not started on %s:%s (%s); set %s",
-                settings.worker_http_host,
-                settings.worker_http_port,
-                exc,
-                # a host that is no address of this machine's: not the port's fault
-                "TALKSTREAM_WORKER_HTTP_HOST"
-                if isinstance(exc, socket.gaierror)
-                else "TALKSTREAM_WORKER_HTTP_PORT",
-            )
+        await serve_or_log(app, metrics, settings, "worker")
 
     return Worker(
         app=app, topics=topics, metrics=metrics, executors=running, projector=own_projector

@@ -18,7 +18,7 @@ import click
 from streams import heap
 from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
-from streams.settings import LISTEN_HOST, LISTENS_AT, Settings
+from streams.settings import LISTEN_FIELDS, LISTENS_AT, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import SQLAlchemyError
@@ -105,9 +105,9 @@ def _unusable_data_dir(exc: OSError) -> str | None:
 def _unknown_listen_host(command: str) -> str | None:
     """What to say when a server's host is no address (``999.1.1.1``, ``not a host``): the
     variable that sets it, if that is the host the resolver could not find; None otherwise."""
-    field = LISTEN_HOST.get(command)
-    if field is None:
+    if command not in LISTEN_FIELDS:
         return None
+    field = LISTEN_FIELDS[command][0]
     host = getattr(Settings(), field)
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)

@@ -9,6 +9,7 @@ states, stages, services and topics only.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from models.events import LifecycleEvent
 from streams import logs
+from streams.settings import LISTEN_FIELDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +274,30 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
         return False, "recovering tables"
     return True, "ready"
+
+
+async def serve_or_log(
+    app: Any, metrics: WorkerMetrics, settings: Settings, server: str
+) -> web.AppRunner | None:
+    """:func:`serve_worker_http` on ``server``'s address (``worker``, ``projector``); one it
+    cannot have (a second one on this host) is logged with the setting to change, and the
+    process keeps working, unobserved: None."""
+    host_field, port_field = LISTEN_FIELDS[server]
+    host, port = getattr(settings, host_field), getattr(settings, port_field)
+    try:
+        return await serve_worker_http(app, metrics, host, port, name=server)
+    except OSError as exc:
+        # a host that is no address of this machine's: not the port's fault
+        field = host_field if isinstance(exc, socket.gaierror) else port_field
+        log.error(
+            "%s http not started on %s:%s (%s); set TALKSTREAM_%s",
+            server,
+            host,
+            port,
+            exc,
+            field.upper(),
+        )
+        return None
 
 
 async def serve_worker_http(

@@ -30,20 +30,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TALKABLE_BASE_URL = "https://www.talkable.com/api/v2"
 
-# what sets the address each server listens on: named by the error when it cannot be had
-LISTENS_AT = {
-    "ingress": "TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT",
-    "console": "TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT",
-    "worker": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_WORKER_HTTP_PORT",
-    "projector": "TALKSTREAM_WORKER_HTTP_HOST and TALKSTREAM_PROJECTOR_HTTP_PORT",
+# the settings each server listens on, (host, port): named by the error when it cannot be had
+LISTEN_FIELDS = {
+    "ingress": ("ingress_host", "ingress_port"),
+    "console": ("console_host", "console_port"),
+    "worker": ("worker_http_host", "worker_http_port"),
+    "projector": ("worker_http_host", "projector_http_port"),
 }
-
-# the setting that holds the host each server listens on
-LISTEN_HOST = {
-    "ingress": "ingress_host",
-    "console": "console_host",
-    "worker": "worker_http_host",
-    "projector": "worker_http_host",
+LISTENS_AT = {
+    server: f"TALKSTREAM_{host.upper()} and TALKSTREAM_{port.upper()}"
+    for server, (host, port) in LISTEN_FIELDS.items()
 }
 
 

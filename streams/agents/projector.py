@@ -19,7 +19,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
-from streams.observability import WorkerMetrics, serve_worker_http
+from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
@@ -288,19 +287,7 @@ async def serve(settings: Settings) -> None:
         )
         projector = Projector(ProjectorConfig.of(settings), store, letters)
         metrics.consumers.append(projector)
-        host, port = settings.worker_http_host, settings.projector_http_port
-        try:
-            http = await serve_worker_http(None, metrics, host, port, name="projector")
-        except OSError as exc:  # e.g. a second one on this host: keep projecting, unobserved
-            log.error(
-                "projector http not started on %s:%s (%s); set %s",
-                host,
-                port,
-                exc,
-                "TALKSTREAM_WORKER_HTTP_HOST"
-                if isinstance(exc, socket.gaierror)
-                else "TALKSTREAM_PROJECTOR_HTTP_PORT",
-            )
+        http = await serve_or_log(None, metrics, settings, "projector")
         await projector.run()
     finally:
         if http is not None:

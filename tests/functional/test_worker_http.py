@@ -149,3 +149,33 @@ async def test_readyz_answers_at_once_whether_kafka_answers_the_process(
         await runner.cleanup()
         conn.close()
         await consumer._client.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "settings", "named"),
+    [
+        ("worker", {"worker_http_port": "taken"}, "TALKSTREAM_WORKER_HTTP_PORT"),
+        ("projector", {"projector_http_port": "taken"}, "TALKSTREAM_PROJECTOR_HTTP_PORT"),
+        ("worker", {"worker_http_host": "999.1.1.1"}, "TALKSTREAM_WORKER_HTTP_HOST"),
+    ],
+)
+async def test_an_address_the_worker_cannot_have_is_logged_with_what_to_change(
+    server: str, settings: dict[str, str], named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It keeps working, unobserved (a second one on this host); the port is not blamed for
+    a host that is no address here."""
+    import socket
+
+    from streams.observability import serve_or_log
+    from streams.settings import Settings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        given = {k: (port if v == "taken" else v) for k, v in settings.items()}
+        with caplog.at_level("ERROR", logger="streams.observability"):
+            served = await serve_or_log(None, WorkerMetrics(), Settings(**given), server)
+    assert served is None
+    [said] = [r.getMessage() for r in caplog.records if "http not started" in r.getMessage()]
+    assert said.startswith(f"{server} http not started on ") and said.endswith(f"; set {named}")
