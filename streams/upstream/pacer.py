@@ -242,11 +242,10 @@ class Pacer:
 
     def _adapt(self, now: float) -> None:
         """A 429 from a target that said no limits: pace it at what it answered lately."""
-        recent = sum(1 for at in self.answers if now - at <= ADAPT_SPAN_S)
-        if recent < ADAPT_LEAST:
+        recent = [at for at in self.answers if now - at <= ADAPT_SPAN_S]
+        if len(recent) < ADAPT_LEAST:
             return
-        first = next(at for at in self.answers if now - at <= ADAPT_SPAN_S)
-        answered = recent / max(now - first, 1.0) * self.config.safety
+        answered = len(recent) / max(now - recent[0], 1.0) * self.config.safety
         paced = self.requests.rate if self.adapted_at is not None else None
         self.requests.rate = answered if paced is None else min(paced, answered)
         self.adapted_at = now
