@@ -45,11 +45,7 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
     )
 
     monkeypatch.setenv("TALKSTREAM_CONSOLE_PORT", str(taken))
-    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
-    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
-    result = CliRunner().invoke(main, ["console"])
-    assert result.exit_code == 1, result.output
-    assert result.output.endswith(
+    assert console_refuses(monkeypatch, tmp_path).endswith(
         f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
         "(set by TALKSTREAM_CONSOLE_HOST and TALKSTREAM_CONSOLE_PORT)\n"
     )
@@ -58,6 +54,15 @@ def test_a_port_in_use_is_one_line_naming_the_address_and_what_sets_it(
         f"Error: cannot listen on 127.0.0.1:{taken}: address already in use "
         "(set by TALKSTREAM_INGRESS_HOST and TALKSTREAM_INGRESS_PORT)"
     )
+
+
+def console_refuses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """What ``talkstream console`` (with a token, its own data directory) stops with."""
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["console"])
+    assert result.exit_code == 1, result.output
+    return result.output
 
 
 def ingress_refuses(tmp_path: Path, **settings: str) -> str:
@@ -82,11 +87,7 @@ def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
 ) -> None:
     """Not socket.gaierror's traceback from deep in asyncio."""
     monkeypatch.setenv("TALKSTREAM_CONSOLE_HOST", host)
-    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "t" * 32)
-    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
-    result = CliRunner().invoke(main, ["console"])
-    assert result.exit_code == 1, result.output
-    assert result.output.endswith(
+    assert console_refuses(monkeypatch, tmp_path).endswith(
         f"Error: cannot listen on {host!r}: Name or service not known "
         "(set by TALKSTREAM_CONSOLE_HOST)\n"
     )
