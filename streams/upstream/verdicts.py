@@ -101,8 +101,9 @@ def timed_out(target: Target, job: Job[Any], now: float, max_wait_s: float) -> Q
     held = job.held_by or why_held(target, target.pacer.ready_at(job.cost, now), now)
     if target.last_error and target.last_error not in held:
         held += f"; last answer: {target.last_error}"
+    calls = f", {job.in_calls_s:.0f}s of it in calls" if job.in_calls_s >= 0.5 else ""
     return QueueTimeout(
-        f"waited {now - job.issued_s:.0f}s in the queue of {target.name}, longer "
+        f"waited {now - job.issued_s:.0f}s for {target.name}{calls}, longer "
         f"than the maximum wait ({max_wait_s:.0f}s); held by: {held}",
         reason="QueueTimeout",
     )

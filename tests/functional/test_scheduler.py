@@ -563,7 +563,29 @@ async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -
     error = up.reports["w1"].error
     assert error is not None and error.reason == "QueueTimeout" and not error.retriable
     assert "maximum wait (30s)" in str(error) and "503" in str(error)
+    assert str(error).startswith("waited 31s for site, longer than")
     assert up.reports["w1"].waited_s == pytest.approx(31.0)
+
+
+async def test_a_timed_out_command_says_how_much_of_its_time_went_to_calls() -> None:
+    """The maximum wait counts from the command's issue, its calls included; the message
+    said all of it was "in the queue". Issued at 1000, called 20 s (an outage's timeout),
+    then held by the open circuit until 1031: 31 s, 20 of them in a call."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=30.0)
+    s.submit("site", up.job("w0", issued=1000.0))
+    s.dispatch()
+    await settle()
+    clock.t = 1020.0
+    up.answer("w0", outage())
+    await settle()
+    clock.t = 1031.0
+    s.dispatch()
+    await settle()
+    error = up.reports["w0"].error
+    assert error is not None and error.reason == "QueueTimeout"
+    assert str(error).startswith("waited 31s for site, 20s of it in calls, longer than")
+    assert up.reports["w0"].waited_s == pytest.approx(11.0)
 
 
 async def test_the_wait_reported_is_the_time_in_the_queue_not_in_the_calls() -> None:

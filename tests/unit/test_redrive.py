@@ -407,7 +407,7 @@ def test_a_letter_of_parked_work_names_its_error_class_for_redrive_to_select() -
     """README's reasons table, ``talkstream stats`` ("why requests failed") and ``audit``
     name a failure by its error class, and README says to redrive with ``--reason-contains``.
     The letter's reason was the message alone, in which the class seldom appears ("OpenAI
-    answered 429 insufficient_quota: ...", "waited 90s in the queue of ..."): under make dev,
+    answered 429 insufficient_quota: ...", "waited 90s for ..."): under make dev,
     ``--reason-contains InsufficientQuota``, ``QueueTimeout`` or ``ModelNotFound`` selected
     none of the hundreds of such letters."""
     from streams.ops.redrive import Selection
