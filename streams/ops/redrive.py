@@ -277,6 +277,14 @@ async def _commit(
         await consumer.commit(offsets)
 
 
+def _parked_work(letter: DeadLetter, settings: Settings) -> bool:
+    """A letter of work the ledger gave up on: its command's topic, at partition -1 (no record
+    held it). A letter of [generate] or [completions] read from a record (partition 0 or more)
+    is a message that did not decode there: it goes back to its topic, as any other topic's."""
+    commands = (settings.topic("completions"), settings.topic("generate"))
+    return letter.topic in commands and letter.partition < 0
+
+
 class _Left(Enum):
     """A letter not redriven: by these filters (a later run is still offered it), or by any
     (nothing of it can be sent back: no later run waits for it)."""
@@ -310,7 +318,7 @@ def _one(
     request_id: str | None = None
     parking: Parking | None = None
     command: PublishCompletion | GenerateText | None = None
-    if letter.topic in (settings.topic("completions"), settings.topic("generate")):
+    if _parked_work(letter, settings):
         try:
             command = (
                 decode(PublishCompletion, value)

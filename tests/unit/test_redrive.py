@@ -450,3 +450,32 @@ def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() ->
         "decided_at=talkstream-requests/3/1207  reason=Unauthorized: stand-in failure second line"
     )
     assert SEALED_TALKABLE not in line
+
+
+def test_a_message_that_did_not_decode_in_an_executors_topic_goes_back_to_it() -> None:
+    """A record of [generate] or [completions] that its executor could not decode is
+    dead-lettered with its own partition and offset, like one of [requests]; README says such
+    a message is redriven once a deploy reads it. ``talkstream redrive`` read it as parked work
+    (a letter of the command's topic), found no command in it and counted it "unreadable": it
+    was never offered, not even with ``--from-beginning``, and the redrive group moved past it.
+    (Under make dev: ``garbage`` produced to talkstream-generate.)"""
+    settings = Settings(app_id="t")
+    for topic in (settings.topic("generate"), settings.topic("completions")):
+        letter = DeadLetter(
+            topic=topic,
+            partition=3,
+            offset=20,
+            reason="does not decode: value: Invalid JSON",
+            key="k",
+            value_b64=base64.b64encode(b"garbage").decode(),
+            at_ms=T0 * 1000,
+        )
+        report = RedriveReport()
+        send = _one(encode(letter), Selection(), report, settings, lambda: T0 * 1000, {})
+        assert isinstance(send, _Send), topic
+        assert (send.topic, send.key, send.value) == (topic, b"k", b"garbage")
+        assert send.what == f"{topic}@3:20"
+        assert report.unreadable == 0
+        # a --site belongs to parked work: no site can be told of a message that did not decode
+        not_selected = _one(encode(letter), Selection(site=SITE), report, settings, int, {})
+        assert not_selected.name == "NOT_SELECTED"
