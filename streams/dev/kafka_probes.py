@@ -160,7 +160,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    return not _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """A process that has exited but is not reaped yet (a zombie: another process's child,
+    such as the broker of a running ``talkstream dev``) still answers signal 0, and takes none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or gone since signal 0 (the next look says so)
+        return False
+    return stat[stat.rfind(")") + 2 :].startswith(("Z", "X"))
 
 
 def is_our_broker(pid: int, properties: Path) -> bool:

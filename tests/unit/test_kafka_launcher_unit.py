@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -369,3 +371,39 @@ def test_status_reports_the_version_the_broker_was_launched_as(tmp_path, monkeyp
     finally:
         older.kill()
     assert configured.status().version == "4.4.0"  # nothing runs: what would start
+
+
+def test_stop_sees_a_broker_that_exited_unreaped_as_stopped(tmp_path):
+    """``talkstream kafka stop`` beside a running ``talkstream dev``: the broker is dev's child,
+    so once it exits of the SIGTERM it stays a zombie until dev reaps it. A zombie answers
+    signal 0: stop waited 30 s, sent SIGKILL, waited 10 s more and failed with "Kafka pid=N
+    survived SIGKILL" (exit 1) for a broker that had stopped at once."""
+    kafka = EmbeddedKafka(tmp_path)
+    kafka.kafka_dir.mkdir(parents=True)
+    broker = "import signal; signal.pause()"
+    command = [sys.executable, "-c", broker, "kafka.Kafka", str(kafka.properties_file)]
+    # forks the "broker", says its pid once it has exec'd (the pipe, closed on exec, ends), and
+    # never reaps it, as dev does meanwhile
+    parent = subprocess.Popen(
+        _child(
+            "import os, sys\nr, w = os.pipe()\npid = os.fork()\nif pid == 0:\n"
+            f"    os.execv({sys.executable!r}, {command!r})\n"
+            "os.close(w)\nos.read(r, 1)\nprint(pid, flush=True)\nsys.stdin.read()"
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    try:
+        kafka.pid_file.write_text(f"{pid}\n")
+        assert kafka.status().pid == pid
+
+        assert kafka.stop(timeout=10) is True
+        assert not kafka.pid_file.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # left running by a failure above
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
