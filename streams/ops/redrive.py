@@ -4,11 +4,12 @@ Reads the dead-letter topic with its own consumer group (``<app id>-redrive``), 
 is redriven once; ``--from-beginning`` reconsiders all of them. The group's offset in a
 partition moves only past letters this run redrove (or cannot read): it stops at the first one
 the filters did not select, which a later redrive must still be offered, and it never moves
-back. A request redriven by several of its letters in one run (parked, redriven, parked again)
-is redriven once, by its latest; a letter the filters select is left alone when a later letter
-of its request (read in the same run: a request's letters share a partition) says it was
-redriven and parked again since, which the ledger would not run. For each letter that
-matches:
+back; the letters past it that a run moved past are listed in the commit's metadata, and no
+later run (but ``--from-beginning``) reads them again. A request redriven by several of its
+letters in one run (parked, redriven, parked again) is redriven once, by its latest; a letter
+the filters select is left alone when a later letter of its request (read in the same run: a
+request's letters share a partition) says it was redriven and parked again since, which the
+ledger would not run. For each letter that matches:
 
 - parked work (a ``PublishCompletion`` that ended ``publish_failed``, a ``GenerateText`` that
   ended ``generation_failed``: refused, no quota, waited too long, attempts ran out) becomes a
@@ -23,7 +24,10 @@ matches:
 from __future__ import annotations
 
 import base64
+import bisect
+import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,7 +38,12 @@ from aiokafka.errors import KafkaError
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
-from streams.kafka_options import broker_error, client_options, stop_consumer
+from streams.kafka_options import (
+    broker_error,
+    client_options,
+    committed_with_metadata,
+    stop_consumer,
+)
 from streams.ops.audit import FAILED
 from streams.ops.replay import partitions_of
 from streams.settings import Settings
@@ -42,6 +51,12 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 PARKED = frozenset(FAILED)  # the states a redrive leads out of
+# a commit lists at most this many ranges of letters past its offset that the runs moved past
+# (about 20 bytes each: far below the broker's offset.metadata.max.bytes, 4 KB by default);
+# those beyond are offered again, as every one of them was before the commits listed any
+PAST_RANGES = 128
+
+Ranges = list[tuple[int, int]]  # half-open offset ranges, ascending, apart
 
 
 @dataclass(frozen=True)
@@ -178,25 +193,29 @@ async def redrive(
         except KafkaError as exc:
             raise await broker_error(settings, exc) from exc
         consumer.assign(parts)
-        committed = {tp: await consumer.committed(tp) for tp in parts}
+        committed = await _committed(consumer, parts)
         if from_beginning:
             await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         sends: dict[str, _Send] = {}  # by request (or poison message): its latest letter
         parkings: dict[str, Parking] = {}  # by request: the latest attempt a letter is of
         held: dict[TopicPartition, int] = {}  # the first letter not selected, by partition
+        moved: dict[TopicPartition, list[int]] = {}  # the letters past which this run moves
         for tp in parts:
+            before = [] if from_beginning else committed.get(tp, (0, []))[1]
             while await consumer.position(tp) < ends[tp]:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
                 for record in batch.get(tp, []):
-                    if record.offset >= ends[tp]:
-                        continue
+                    if record.offset >= ends[tp] or _within(before, record.offset):
+                        continue  # an earlier run redrove it (or could not read it)
                     report.examined += 1
                     send = _one(record.value, selection, report, settings, now_ms, parkings)
                     if isinstance(send, _Send):
                         _keep_latest(sends, send, report)
-                    elif send is _Left.NOT_SELECTED:
+                    if send is _Left.NOT_SELECTED:
                         held.setdefault(tp, record.offset)
+                    else:
+                        moved.setdefault(tp, []).append(record.offset)
         for send in _still_parked(_latest_attempts(sends, parkings, report), states, report):
             if not dry_run:
                 await producer.send_and_wait(send.topic, value=send.value, key=send.key)
@@ -205,7 +224,7 @@ async def redrive(
             report.redriven.append(send.shown)
         await producer.flush()
         if not dry_run:
-            await _commit(consumer, parts, committed, held, ends)
+            await _commit(consumer, parts, committed, held, ends, moved)
     finally:
         await producer.stop()
         await stop_consumer(consumer)
@@ -262,19 +281,61 @@ def _keep_latest(sends: dict[str, _Send], send: _Send, report: RedriveReport) ->
 async def _commit(
     consumer: AIOKafkaConsumer,
     parts: list[TopicPartition],
-    committed: dict[TopicPartition, int | None],
+    committed: dict[TopicPartition, tuple[int, Ranges]],
     held: dict[TopicPartition, int],
     ends: dict[TopicPartition, int],
+    moved: dict[TopicPartition, list[int]],
 ) -> None:
-    """Past what this run redrove, up to the first letter it did not select; never back (a
-    ``--from-beginning`` run does not offer again what an earlier run redrove)."""
+    """Past what this run redrove, up to the first letter it did not select, and never back (a
+    ``--from-beginning`` run does not offer again what an earlier run redrove); the letters
+    past that offset which this run or an earlier one moved past are listed with it (its
+    metadata), so that no later run offers them again: a message that did not decode, which no
+    projection says is done, was sent back to its topic by each run whose filters passed over
+    a letter before it (and the copies dead-lettered again with it, doubling at each run)."""
     offsets = {}
     for tp in parts:
-        position, before = held.get(tp, ends[tp]), committed[tp]
-        if before is None or position > before:
-            offsets[tp] = position
+        before, listed = committed.get(tp, (0, []))
+        position = max(held.get(tp, ends[tp]), before)
+        past = _merged(listed + [(offset, offset + 1) for offset in moved.get(tp, [])])
+        while past and past[0][0] <= position:  # those the offset itself now passes
+            position = max(position, past.pop(0)[1])
+        if tp not in committed or (position, past[:PAST_RANGES]) != (before, listed):
+            offsets[tp] = (position, json.dumps({"redriven": past[:PAST_RANGES]}))
     if offsets:
         await consumer.commit(offsets)
+
+
+async def _committed(
+    consumer: AIOKafkaConsumer, parts: list[TopicPartition]
+) -> dict[TopicPartition, tuple[int, Ranges]]:
+    """Each partition's committed offset, with the letters past it that its commit lists."""
+    found = await committed_with_metadata(consumer, set(parts))
+    return {tp: (at, _past(metadata)) for tp, (at, metadata) in found.items() if at >= 0}
+
+
+def _past(metadata: str) -> Ranges:
+    """The ranges of letters past the committed offset that a commit lists; none from a
+    commit without them (an earlier version's)."""
+    try:
+        listed = json.loads(metadata)["redriven"]
+        return _merged([(int(start), int(stop)) for start, stop in listed])
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def _merged(ranges: Ranges) -> Ranges:
+    merged: Ranges = []
+    for start, stop in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _within(ranges: Ranges, offset: int) -> bool:
+    at = bisect.bisect_right(ranges, (offset, math.inf)) - 1  # the last range starting by it
+    return at >= 0 and offset < ranges[at][1]
 
 
 def _parked_work(letter: DeadLetter, settings: Settings) -> bool:

@@ -46,8 +46,8 @@ def _letters_from(settings: Settings, topic: str | None) -> str | None:
 @click.option(
     "--from-beginning",
     is_flag=True,
-    help="reconsider letters redriven before (each run otherwise starts after the letters "
-    "earlier runs redrove, up to the first one they did not select)",
+    help="reconsider letters redriven before (each run otherwise passes over the letters "
+    "earlier runs redrove)",
 )
 @click.option("--dry-run", is_flag=True, help="list what would be redriven, change nothing")
 @click.option(

@@ -5,6 +5,7 @@ documented consumer. Nothing a replay does reaches Kafka, OpenAI or Talkable."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from click.testing import CliRunner, Result
 
-from models.events import GapProbe
+from models.events import DeadLetter, GapProbe
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import start_reading, stop_consumer
@@ -30,7 +31,7 @@ from streams.ops.replay import LogReader
 from streams.projection.store import ProjectionStore
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.conftest import System, create_topic, now_s, produce
+from tests.integration.conftest import System, create_topic, now_s, produce, read_topic
 from tests.postgres import fresh_postgres_database, postgres_server  # noqa: F401  (fixture)
 from tests.projection_support import Log, snapshot
 from tests.support import seed_params, usage, wait_until
@@ -473,3 +474,47 @@ def test_redrive_of_an_app_without_a_dead_letter_topic_says_so_as_replay_does(
     )
     assert replayed.exit_code == 1
     assert f"Error: topic {app}-requests does not exist on {kafka.bootstrap}" in replayed.output
+
+
+def test_a_letter_redriven_after_one_not_selected_is_not_redriven_again(kafka: EmbeddedKafka):
+    """A run moves the redrive group past the letters it redrove, but not past one its filters
+    did not select: the letters it redrove after that one were offered again by every later
+    run. Parked work is guarded (the projection, the attempt), but a message that did not
+    decode went back to its topic at each run, and the copies dead-lettered again with it:
+    under make dev, two poison records of [requests] behind a letter of [lifecycle] were 2,
+    then 4, then 8 records sent back by three runs of `talkstream redrive --topic requests`."""
+    app = f"again{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+    for topic in ("deadletter", "requests"):
+        asyncio.run(create_topic(kafka.bootstrap, f"{app}-{topic}", 1))
+
+    def letter(topic: str, offset: int, value: bytes) -> bytes:
+        return encode(
+            DeadLetter(
+                topic=f"{app}-{topic}",
+                partition=0,
+                offset=offset,
+                reason="does not decode: value: Invalid JSON",
+                key="site:ada@example.com",
+                value_b64=base64.b64encode(value).decode(),
+                at_ms=now_s() * 1000,
+            )
+        )
+
+    produce(kafka.bootstrap, f"{app}-deadletter", b"k", letter("lifecycle", 3, b"lifecycle?"))
+    produce(kafka.bootstrap, f"{app}-deadletter", b"k", letter("requests", 7, b"poison"))
+
+    first = talkstream(env, "redrive", "--topic", "requests")
+    again = talkstream(env, "redrive", "--topic", "requests")
+
+    assert f"redriven: {app}-requests@0:7  " in first.output
+    assert "1 redriven, 1 not selected" in first.output
+    assert again.output == "1 dead letters examined, 0 redriven, 1 not selected, 0 unreadable\n"
+    assert [value for *_, value in read_topic(kafka.bootstrap, f"{app}-requests")] == [b"poison"]
+    # the letter not selected is still offered; --from-beginning reconsiders the one redriven
+    offered = talkstream(env, "redrive", "--dry-run").output
+    assert f"would redrive: {app}-lifecycle@0:3  " in offered
+    reconsidered = talkstream(
+        env, "redrive", "--dry-run", "--topic", "requests", "--from-beginning"
+    )
+    assert f"would redrive: {app}-requests@0:7  " in reconsidered.output

@@ -479,3 +479,16 @@ def test_a_message_that_did_not_decode_in_an_executors_topic_goes_back_to_it() -
         # a --site belongs to parked work: no site can be told of a message that did not decode
         not_selected = _one(encode(letter), Selection(site=SITE), report, settings, int, {})
         assert not_selected.name == "NOT_SELECTED"
+
+
+def test_the_letters_a_redrive_commit_lists_past_its_offset_read_back() -> None:
+    """The redrive group's commit lists the letters past its offset that runs moved past; an
+    earlier version's commit (no metadata) or one that is not such a list lists none."""
+    from streams.ops.redrive import _merged, _past, _within
+
+    listed = _merged([(14, 20), (11, 13), (12, 14), (5, 6)])
+    assert listed == [(5, 6), (11, 20)]
+    assert [o for o in range(25) if _within(listed, o)] == [5, *range(11, 20)]
+    assert _past('{"redriven": [[14, 20], [11, 13]]}') == [(11, 13), (14, 20)]
+    for metadata in ("", "not json", '{"instance": "w", "run": "r"}', '{"redriven": [[1]]}'):
+        assert _past(metadata) == [], metadata
