@@ -30,6 +30,7 @@ from models.events import GapProbe, LifecycleEvent
 from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
+from streams.errors import DecodeError
 from streams.ops.helpers import FORK, Channel, Helper, answers, default_processes, shares
 from streams.ops.replay import Identity, LogReader, Progress, Record, Skipped, lifecycle_event
 from streams.settings import Settings
@@ -258,7 +259,7 @@ class Rederivation:
             )
         except Exception as exc:  # the ledger dead-letters these and keeps its state
             self.summary.skipped.append(
-                Skipped(record.topic, record.partition, record.offset, repr(exc)[:300])
+                Skipped(record.topic, record.partition, record.offset, _reason(exc))
             )
             return
         self._states[message.person] = outcome.state
@@ -344,6 +345,14 @@ class Rederivation:
         summary.recorded = sum(map(len, recorded.values()))
         _compare(self.derived, recorded, summary)
         return summary
+
+
+def _reason(exc: Exception) -> str:
+    """Why a message was skipped, as its dead letter says it (``does not decode: ...``, or
+    ``ledger error: ...`` for one the rules failed on)."""
+    if isinstance(exc, DecodeError):
+        return str(exc)[:300]
+    return f"ledger error: {exc!r}"[:300]
 
 
 def _digest(value: bytes | None) -> bytes:

@@ -263,3 +263,13 @@ def test_verify_passes_over_a_gap_probe_it_derives_nothing_from() -> None:
     assert check.summary.messages == 1
     assert check.summary.skipped == []
     assert check.derived == {}
+
+
+def test_verify_names_a_message_it_skipped_as_its_dead_letter_does() -> None:
+    """``replay --verify`` listed a poison message of [requests] as ``DecodeError('does not
+    decode: ...')`` beside one of [lifecycle] as ``does not decode: ...``: the reason now reads
+    as the message's dead letter (and as a rebuild) says it."""
+    check = Rederivation(Policy(), VerifySummary("requests", "lifecycle"))
+    check.request(Record("requests", 3, 92, 1_700_000_000_000, b"{not json"))
+    [skipped] = check.summary.skipped
+    assert skipped.reason.startswith("does not decode: value: Invalid JSON"), skipped.reason
