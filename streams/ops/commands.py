@@ -210,8 +210,9 @@ def audit(
     judgement is placed at the arrival, and every step is measured from the arrival."""
     from streams.ops.audit import find_histories, histories_json, render_histories
 
-    by_person = site is not None and email is not None
-    if (request_id is None) == (not by_person) or (request_id and (site or email)):
+    if request_id is not None and (site is not None or email is not None):
+        raise click.UsageError("give --request-id, or --site and --email: not both")
+    if request_id is None and (site is None or email is None):
         raise click.UsageError("give --request-id, or both --site and --email")
     store = projection_reader(database_url)
     try:

@@ -111,6 +111,9 @@ def test_audit_needs_an_id_or_a_person(projected: str):
     assert talkstream("audit", "--site", "acme", "--database-url", projected).exit_code == 2
     both = talkstream("audit", "--request-id", "x", "--site", "a", "--email", "b@c.d")
     assert both.exit_code == 2
+    # it was told to give what it was given: "give --request-id, or both --site and --email"
+    assert "Error: give --request-id, or --site and --email: not both" in both.output
+    assert "not both" in talkstream("audit", "--request-id", "x", "--email", "b@c.d").output
 
 
 def test_audit_without_a_projection_says_so_and_creates_nothing(tmp_path: Path):
