@@ -43,6 +43,7 @@ def _parsed_ms(value: str, now_ms: int) -> float:
     ago = _AGO.match(text)
     if ago:
         return now_ms - float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)] * 1000
+    _refuse_a_compact_date(value, text)
     try:
         number = float(text)
     except ValueError:
@@ -61,6 +62,21 @@ def _parsed_ms(value: str, now_ms: int) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp() * 1000
+
+
+def _refuse_a_compact_date(value: str, text: str) -> None:
+    """``20261204`` is ISO-8601's date without dashes, and epoch seconds in August 1970 (which no
+    webhook or letter is from): read as the latter, ``--since 20261204`` meant everything."""
+    if not (len(text) == 8 and text.isdigit()):
+        return
+    try:
+        day = datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return
+    raise ValueError(
+        f"{value!r} is not a time: write the date {day.isoformat()} (a number is epoch seconds,"
+        f" and this one would be {iso(int(text) * 1000)})"
+    )
 
 
 def parse_range(since: str | None, until: str | None, now_ms: int) -> tuple[int | None, int | None]:

@@ -79,3 +79,12 @@ def test_a_percentile_is_one_of_the_values_and_at_least_p_percent_are_at_or_belo
     value = percentile(values, p)
     assert value in values
     assert sum(v <= value for v in values) >= p / 100 * len(values) - 1e-9
+
+
+def test_a_date_written_without_dashes_is_refused_not_read_as_epoch_seconds():
+    """``--since 20261204`` (ISO-8601's date without dashes) was read as epoch seconds,
+    1970-08-23: a stats, or a redrive, of everything since then."""
+    with pytest.raises(ValueError, match=r"^'20261204' is not a time: write the date 2026-12-04"):
+        parse_time("20261204", NOW_MS)
+    assert parse_time("20261399", NOW_MS) == 20_261_399_000  # no such date: epoch seconds
+    assert parse_time("20261204.0", NOW_MS) == 20_261_204_000
