@@ -415,6 +415,12 @@ class EmbeddedKafka:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def exited(self) -> int | None:
+        """The exit code of the broker :meth:`launch` started here, once it has exited; None
+        while it runs, or when this object started none."""
+        proc = self._proc
+        return None if proc is None else proc.poll()
+
     def _pid(self) -> int | None:
         return self.running_pid()
 

@@ -281,6 +281,32 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
         return _run(settings, broker, kafka, openai_port=openai_port, talkable_port=talkable_port)
 
 
+def watch(
+    procs: dict[str, subprocess.Popen[bytes]], broker: EmbeddedKafka | None, logs: Path
+) -> int:
+    """Until one of ``procs`` exits (said, with where its log is: 1, and everything stops). The
+    broker this run started (``broker``) exiting is said too, once, and the rest runs on: it
+    may be an operator's ``talkstream kafka stop`` (an outage tried out), and ``talkstream
+    kafka start`` brings it back; until then the ingress answers 503."""
+    while True:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                print(
+                    f"talkstream dev: {name} exited with {proc.returncode}; see {logs}/",
+                    file=sys.stderr,
+                )
+                return 1
+        if broker is not None and (exited := broker.exited()) is not None:
+            print(
+                f"talkstream dev: kafka exited with {exited} (see {broker.log_file}); "
+                "webhooks are answered 503 until it runs again (talkstream kafka start)",
+                file=sys.stderr,
+                flush=True,
+            )
+            broker = None  # said once
+        time.sleep(0.5)
+
+
 def _run(
     settings: Settings,
     broker: EmbeddedKafka,
@@ -389,16 +415,7 @@ def _run(
         print("\nTry it:\n  " + curl_example(port))
         print(f"\nthen: talkstream audit --request-id <id>{f'   or   {look}' if look else ''}")
         print("\nCtrl-C stops everything.", flush=True)
-        while True:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(
-                        f"talkstream dev: {name} exited with {proc.returncode}; see {logs}/",
-                        file=sys.stderr,
-                    )
-                    code = 1
-                    raise KeyboardInterrupt
-            time.sleep(0.5)
+        code = watch(procs, broker if started_kafka else None, logs)
     except KeyboardInterrupt:
         pass  # Ctrl-C, or a child that died (reported above): stop everything
     finally:

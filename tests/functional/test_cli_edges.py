@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,13 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
-from streams.dev.supervisor import database_hints, hold_data_dir, own_worker_url, servers
+from streams.dev.supervisor import (
+    database_hints,
+    hold_data_dir,
+    own_worker_url,
+    servers,
+    watch,
+)
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
 from tests.support import free_port, streams_process, streams_run
 
@@ -651,3 +658,40 @@ def test_a_broker_listener_that_cannot_be_had_names_what_to_change(
         f"Error: cannot listen on 192.0.2.1:{port}: {reason}; Kafka node 1 could not bind it "
         f"(set by {set_by})\n",
     )
+
+
+class _StoppedBroker:
+    """The broker of a ``talkstream dev`` that an operator stopped (``talkstream kafka stop``):
+    exited with 143. Asked, it also ends the worker, so that the watch returns."""
+
+    def __init__(self, worker: subprocess.Popen[bytes], log_file: Path) -> None:
+        self.worker, self.log_file, self.asked = worker, log_file, 0
+
+    def exited(self) -> int | None:
+        self.asked += 1
+        assert self.worker.stdin is not None
+        self.worker.stdin.close()  # the worker reads to the end of its input, and exits
+        return 143
+
+
+def test_dev_says_once_that_its_broker_exited_and_runs_on(tmp_path: Path, capsys) -> None:
+    """A broker stopped under a running ``talkstream dev`` went unsaid: webhooks got 503s and
+    nothing said why. It is said once, with its log, and the rest runs on (an outage tried
+    out on purpose; ``talkstream kafka start`` brings it back); a child that exits still ends
+    the run."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    broker = _StoppedBroker(worker, tmp_path / "kafka.log")
+    try:
+        code = watch({"worker": worker}, broker, tmp_path)  # type: ignore[arg-type]
+    finally:
+        worker.kill()
+        worker.wait()
+    said = capsys.readouterr().err.splitlines()
+    assert code == 1 and broker.asked == 1
+    assert said == [
+        f"talkstream dev: kafka exited with 143 (see {tmp_path / 'kafka.log'}); webhooks are "
+        "answered 503 until it runs again (talkstream kafka start)",
+        f"talkstream dev: worker exited with 0; see {tmp_path}/",
+    ]
