@@ -162,6 +162,12 @@ class OpenAIParams(BaseModel):
     def _model(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
+    def completion_cap(self) -> int:
+        """The completion's token cap: ``max_completion_tokens`` when the campaign gives it
+        (then ``max_tokens`` is not sent: reasoning models, o1 and later, refuse it), else
+        ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
     def passthrough(self) -> dict[str, Any]:
         """The other Chat Completions params the request carried (never ``api_key``)."""
         given = {name: getattr(self, name) for name in _TYPED_PASSTHROUGH}

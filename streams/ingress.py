@@ -454,7 +454,7 @@ def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> Request
             chat=ChatRequest(
                 model=openai.model,
                 messages=[m.model_dump() for m in openai.messages],
-                max_tokens=openai.max_tokens,
+                max_tokens=openai.completion_cap(),
                 extra=openai.passthrough(),
             ),
             usage_limit=params.usage_limit,
