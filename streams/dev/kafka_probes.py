@@ -151,6 +151,9 @@ async def _lists_brokers(
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A process that exited is not alive, reaped or not: our own child
+    is reaped here; another's (a broker ``talkstream dev`` started, stopped by ``talkstream
+    kafka stop``) stays a zombie until its parent reaps it, which signals do not end."""
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that exited: reaped now
             return False
@@ -160,7 +163,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """``pid`` has exited and waits for its parent to reap it (Linux's ``/proc``; elsewhere,
+    without one, a pid that answers signals is taken as alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]  # the state follows "(command)"
 
 
 def is_our_broker(pid: int, properties: Path) -> bool:
