@@ -25,18 +25,31 @@ _HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
 def digits(value: Any) -> Any:
     """Liquid renders integers as strings: accept ``"3"``, refuse ``"3.5"``, ``"-1"``, ``""``."""
+    return _integer(value, "a non-negative integer")
+
+
+def positive(value: Any) -> Any:
+    """As :func:`digits`, and at least 1: every refusal says so (a count of 0 too, which
+    "non-negative" would have told to send)."""
+    count = _integer(value, "a positive integer")
+    if isinstance(count, int) and count < 1:
+        raise ValueError("must be a positive integer (at least 1)")
+    return count
+
+
+def _integer(value: Any, kind: str) -> Any:
     if isinstance(value, bool):
-        raise ValueError("must be a non-negative integer")
+        raise ValueError(f"must be {kind}")
     if isinstance(value, str):
         text = value.strip()
         if not text.isascii() or not text.isdigit():
-            raise ValueError("must be a non-negative integer (a string of digits)")
+            raise ValueError(f"must be {kind} (a string of digits)")
         if len(text.lstrip("0")) > 19:
             raise ValueError("is too large")
         return int(text)
     if isinstance(value, int):
         return value
-    raise ValueError("must be a non-negative integer")
+    raise ValueError(f"must be {kind}")
 
 
 def signed(value: Any) -> Any:
@@ -106,7 +119,7 @@ def lower_text(value: Any) -> Any:
 
 
 NonNegativeInt = Annotated[int, BeforeValidator(digits), Field(ge=0, le=INT64_MAX)]
-PositiveInt = Annotated[int, BeforeValidator(digits), Field(gt=0, le=INT64_MAX)]
+PositiveInt = Annotated[int, BeforeValidator(positive), Field(gt=0, le=INT64_MAX)]
 SignedInt = Annotated[int, BeforeValidator(signed), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 FiniteFloat = Annotated[float, BeforeValidator(number)]
 Flag = Annotated[bool, BeforeValidator(flag)]

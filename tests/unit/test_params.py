@@ -389,10 +389,14 @@ def test_null_leaves_an_optional_chat_param_out() -> None:
 
 
 @pytest.mark.parametrize("field", ["openai.max_tokens", "openai.n", "openai.max_completion_tokens"])
-def test_counts_must_be_positive(field: str) -> None:
+@pytest.mark.parametrize("value", ["0", 0, "-5", -5, "", "1.5", True])
+def test_counts_must_be_positive_and_every_refusal_says_so(field: str, value: Any) -> None:
+    """A count's every refusal says "positive": "non-negative" told a sender of "-5" to send
+    the 0 that is refused too."""
     with pytest.raises(ParamsError) as caught:
-        from_mapping(seed(**{field.replace(".", "__"): "0"}))
+        from_mapping(seed(**{field.replace(".", "__"): value}))
     assert [e.field for e in caught.value.errors] == [field]
+    assert "a positive integer" in caught.value.errors[0].message
 
 
 # --- usage_limit: all or nothing ------------------------------------------------------------
