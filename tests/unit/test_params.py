@@ -736,6 +736,9 @@ def test_the_query_string_fills_what_the_body_lacks() -> None:
         ("text/plain", b"site=acme", 415, "content-type"),
         ("application/xml", b"<a/>", 415, "content-type"),
         (FORM + "; charset=latin-1", b"site=acme", 415, "content-type"),
+        (FORM, json.dumps(seed()).encode(), 415, "content-type"),  # curl -d '{...}'
+        (FORM, b" " + json.dumps(seed()).encode(), 415, "content-type"),
+        (FORM, b"{not json=1", 422, "site"),  # a form (of a strange name), not JSON
         (JSON, json.dumps(seed(email="x")).encode(), 422, "email"),
     ],
 )
@@ -746,6 +749,22 @@ def test_status_codes(content_type: str, body: bytes, status: int, field: str) -
     assert status_of(caught.value) == status
     assert caught.value.errors[0].field == field
     assert caught.value.__context__ is None
+
+
+def test_a_json_body_sent_as_a_form_is_told_its_content_type() -> None:
+    """``curl -d '{...}'`` (curl's default Content-Type is a form's): not "site is required",
+    "email is required", ... for params that were all sent."""
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, json.dumps(seed()).encode())
+
+    assert caught.value.body() == {
+        "errors": [
+            {
+                "field": "content-type",
+                "message": "the body is a JSON object, sent as a form: send it as application/json",
+            }
+        ]
+    }
 
 
 ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
