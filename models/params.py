@@ -66,6 +66,7 @@ from models.values import (
     flag,
     lower_text,
     no_stream,
+    rendered,
 )
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
@@ -160,7 +161,7 @@ class OpenAIParams(BaseModel):
     @field_validator("model", mode="before")
     @classmethod
     def _model(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
+        return rendered(value.strip()) if isinstance(value, str) else value
 
     def completion_cap(self) -> int:
         """The completion's token cap: ``max_completion_tokens`` when the campaign gives it
@@ -265,15 +266,16 @@ class GenerateParams(BaseModel):
             raise ValueError("must not be blank")
         if CONTROL.search(value) or " " in value:
             raise ValueError("must be a site slug")
-        return value
+        return rendered(value)
 
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        value = value.strip().lower()
-        if "@" not in value or value.startswith("@") or value.endswith("@"):
+        value = rendered(value.strip().lower())
+        local, at, domain = value.partition("@")
+        if not (local and at and domain) or "@" in domain:
             raise ValueError("must be an email address")
-        if CONTROL.search(value):
+        if CONTROL.search(value) or any(c.isspace() for c in value):
             raise ValueError("must be an email address")
         return value
 
@@ -284,7 +286,7 @@ class GenerateParams(BaseModel):
             return None
         if CONTROL.search(value):
             raise ValueError("must not contain control characters")
-        return value.strip() or None
+        return rendered(value.strip()) or None
 
     @field_validator("usage_limit", mode="before")
     @classmethod

@@ -19,6 +19,9 @@ INT64_MAX = 2**63 - 1
 _SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# what Liquid leaves of a template it did not render: a value holding it was never filled in
+LIQUID = re.compile(r"\{\{|\{%")
+UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
 MAX_KEY_LENGTH = 1024
 _HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
@@ -111,6 +114,14 @@ def secret_text(value: Any) -> Any:
                 "must be printable ASCII without spaces or control characters "
                 f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
             )
+        rendered(value)
+    return value
+
+
+def rendered(value: str) -> str:
+    """A value Talkable rendered: no Liquid markup left in it (``{{ site.api_key }}``)."""
+    if LIQUID.search(value):
+        raise ValueError(UNRENDERED)
     return value
 
 

@@ -399,6 +399,49 @@ def test_counts_must_be_positive_and_every_refusal_says_so(field: str, value: An
     assert "a positive integer" in caught.value.errors[0].message
 
 
+UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
+
+
+@pytest.mark.parametrize(
+    ("field", "template"),
+    [
+        ("site", "{{site.slug}}"),
+        ("email", "{{ person.email | default: 'ada@example.com' }}"),
+        ("email", "{{person.email}}"),
+        ("api_key", "{{site.api_key}}"),
+        ("openai.api_key", "sk-{{site.openai_key}}"),
+        ("openai.model", "{{campaign.model}}"),
+        ("event_number", "{{ origin.event_number }}-complete"),
+    ],
+)
+def test_liquid_left_unrendered_is_refused_naming_the_field(field: str, template: str) -> None:
+    """Talkable fills every value in; markup left in one is a template it did not render. Sent
+    on, it would cost an OpenAI call before Talkable refused the write-back (a key, an email)
+    or kept one event for every person (a constant event number: DuplicateEventNumber)."""
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): template}))
+
+    assert status_of(caught.value) == 422
+    assert caught.value.body() == {"errors": [{"field": field, "message": UNRENDERED}]}
+
+
+def test_a_prompt_may_hold_liquid_markup() -> None:
+    """A prompt is the campaign's text, braces and all (asking for a Liquid snippet, say)."""
+    params = from_mapping(seed(openai__messages__0__content="Write {{ name }} in Liquid"))
+    assert params.openai.messages[0].content == "Write {{ name }} in Liquid"
+
+
+@pytest.mark.parametrize(
+    "email", ["ada lovelace@example.com", "ada@exa mple.com", "ada@@example.com", "a@b@c.com"]
+)
+def test_an_email_with_a_space_or_a_second_at_is_refused(email: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(email=email))
+    assert caught.value.body() == {
+        "errors": [{"field": "email", "message": "must be an email address"}]
+    }
+
+
 # --- usage_limit: all or nothing ------------------------------------------------------------
 
 
