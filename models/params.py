@@ -369,6 +369,8 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
             message = message.removeprefix("Value error, ")
         elif err["type"] == "extra_forbidden":
             message = "has a field that is not allowed"
+        elif err["type"] == "model_type":  # not "... or instance of OpenAIParams"
+            message = "must be an object"
         error = FieldError(field=_field_name(err["loc"], "body"), message=message)
         if error not in errors:
             errors.append(error)

@@ -399,6 +399,19 @@ def test_counts_must_be_positive_and_every_refusal_says_so(field: str, value: An
     assert "a positive integer" in caught.value.errors[0].message
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("openai", []), ("openai", "x"), ("usage_limit", 5), ("openai.messages.0", "hi")],
+)
+def test_a_value_that_must_be_an_object_is_told_so_in_the_senders_terms(
+    field: str, value: Any
+) -> None:
+    """Not pydantic's "Input should be a valid dictionary or instance of OpenAIParams"."""
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): value}))
+    assert caught.value.body() == {"errors": [{"field": field, "message": "must be an object"}]}
+
+
 UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
 
 
