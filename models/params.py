@@ -110,10 +110,14 @@ def _error(problem: Problem, field: str, message: str) -> ParamsError:
 
 
 class Message(BaseModel):
+    """One message of the prompt: a role and its text. Not ``tool``: OpenAI takes a tool's
+    message only with its ``tool_call_id``, answering an assistant's ``tool_calls``, which a
+    message of two fields cannot carry (every such webhook was a 400 from OpenAI)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Annotated[
-        Literal["system", "user", "assistant", "developer", "tool"], BeforeValidator(lower_text)
+        Literal["system", "user", "assistant", "developer"], BeforeValidator(lower_text)
     ]
     content: str
 

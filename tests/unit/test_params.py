@@ -502,6 +502,7 @@ def test_a_usage_limit_that_is_not_an_object_is_refused(value: Any) -> None:
         ([], ["openai.messages"]),
         ("hi", ["openai.messages"]),
         ([{"role": "robot", "content": "x"}], ["openai.messages.0.role"]),
+        ([{"role": "tool", "content": "x"}], ["openai.messages.0.role"]),  # no tool_call_id
         ([{"role": "user"}], ["openai.messages.0.content"]),
         ([{"content": "x"}], ["openai.messages.0.role"]),
         ([{"role": "user", "content": "x"}, "x"], ["openai.messages.1"]),
