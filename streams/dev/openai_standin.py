@@ -415,14 +415,13 @@ async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await read_json(request)
     key = bearer_key(request)
-    model, max_tokens = (
-        (body.get("model"), body.get("max_tokens")) if isinstance(body, dict) else (None, None)
-    )
+    given = body if isinstance(body, dict) else {}
     rec = state.calls.start(
         method=request.method,
         path=request.path,
-        model=model,
-        max_tokens=max_tokens,
+        model=given.get("model"),
+        max_tokens=given.get("max_tokens"),
+        max_completion_tokens=given.get("max_completion_tokens"),
         key_tail=key_tail(key),
     )
     response = await _answer(request.app, key, body, rec)

@@ -149,6 +149,8 @@ async def test_a_campaigns_max_completion_tokens_is_the_cap_sent_alone(oai, chat
     )
     completion, _ = await chat.complete(reasoning, KEY)
     assert len(completion.text.split()) == 3
+    sent = oai.calls.records[-1]
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (None, 3)
 
     with pytest.raises(GenerationError) as caught:  # max_tokens alone: OpenAI's refusal
         await chat.complete(reasoning.model_copy(update={"extra": {}}), KEY)
