@@ -46,6 +46,8 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: list[dict[str, str]]
+    # the completion's token cap: sent as ``max_tokens``, unless ``extra`` carries
+    # ``max_completion_tokens`` (then the cap is that, and ``max_tokens`` is not sent)
     max_tokens: int
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -96,8 +96,25 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
         raise FormError(Problem.UNSUPPORTED, "content-type", "unsupported; send JSON or form data")
     if options.get("charset", "utf-8").lower() not in _UTF8:
         raise FormError(Problem.UNSUPPORTED, "content-type", "form bodies must be UTF-8")
+    if media == _FORM and _json_object(body):
+        # ``curl -d '{...}'`` without a Content-Type: read as a form, it is one nameless field,
+        # and every param would be told "is required"
+        raise FormError(
+            Problem.UNSUPPORTED,
+            "content-type",
+            "the body is a JSON object, sent as a form: send it as application/json",
+        )
     pairs = _urlencoded_pairs(body) if media == _FORM else _multipart_pairs(content_type, body)
     return nest(pairs)
+
+
+def _json_object(body: bytes) -> bool:
+    if not body.lstrip().startswith(b"{"):  # no form's params: a name of "{"... is no param
+        return False
+    try:
+        return isinstance(load_json(body, "body", Problem.UNREADABLE), dict)
+    except FormError:
+        return False
 
 
 def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:

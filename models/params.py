@@ -66,6 +66,7 @@ from models.values import (
     flag,
     lower_text,
     no_stream,
+    rendered,
 )
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
@@ -109,10 +110,14 @@ def _error(problem: Problem, field: str, message: str) -> ParamsError:
 
 
 class Message(BaseModel):
+    """One message of the prompt: a role and its text. Not ``tool``: OpenAI takes a tool's
+    message only with its ``tool_call_id``, answering an assistant's ``tool_calls``, which a
+    message of two fields cannot carry (every such webhook was a 400 from OpenAI)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Annotated[
-        Literal["system", "user", "assistant", "developer", "tool"], BeforeValidator(lower_text)
+        Literal["system", "user", "assistant", "developer"], BeforeValidator(lower_text)
     ]
     content: str
 
@@ -160,7 +165,13 @@ class OpenAIParams(BaseModel):
     @field_validator("model", mode="before")
     @classmethod
     def _model(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
+        return rendered(value.strip()) if isinstance(value, str) else value
+
+    def completion_cap(self) -> int:
+        """The completion's token cap: ``max_completion_tokens`` when the campaign gives it
+        (then ``max_tokens`` is not sent: reasoning models, o1 and later, refuse it), else
+        ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
 
     def passthrough(self) -> dict[str, Any]:
         """The other Chat Completions params the request carried (never ``api_key``)."""
@@ -259,15 +270,16 @@ class GenerateParams(BaseModel):
             raise ValueError("must not be blank")
         if CONTROL.search(value) or " " in value:
             raise ValueError("must be a site slug")
-        return value
+        return rendered(value)
 
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        value = value.strip().lower()
-        if "@" not in value or value.startswith("@") or value.endswith("@"):
+        value = rendered(value.strip().lower())
+        local, at, domain = value.partition("@")
+        if not (local and at and domain) or "@" in domain:
             raise ValueError("must be an email address")
-        if CONTROL.search(value):
+        if CONTROL.search(value) or any(c.isspace() for c in value):
             raise ValueError("must be an email address")
         return value
 
@@ -278,7 +290,7 @@ class GenerateParams(BaseModel):
             return None
         if CONTROL.search(value):
             raise ValueError("must not contain control characters")
-        return value.strip() or None
+        return rendered(value.strip()) or None
 
     @field_validator("usage_limit", mode="before")
     @classmethod
@@ -361,6 +373,8 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
             message = message.removeprefix("Value error, ")
         elif err["type"] == "extra_forbidden":
             message = "has a field that is not allowed"
+        elif err["type"] == "model_type":  # not "... or instance of OpenAIParams"
+            message = "must be an object"
         error = FieldError(field=_field_name(err["loc"], "body"), message=message)
         if error not in errors:
             errors.append(error)

@@ -19,24 +19,40 @@ INT64_MAX = 2**63 - 1
 _SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# what Liquid leaves of a template it did not render: a value holding it was never filled in
+LIQUID = re.compile(r"\{\{|\{%")
+UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
 MAX_KEY_LENGTH = 1024
 _HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
 
 def digits(value: Any) -> Any:
     """Liquid renders integers as strings: accept ``"3"``, refuse ``"3.5"``, ``"-1"``, ``""``."""
+    return _integer(value, "a non-negative integer")
+
+
+def positive(value: Any) -> Any:
+    """As :func:`digits`, and at least 1: every refusal says so (a count of 0 too, which
+    "non-negative" would have told to send)."""
+    count = _integer(value, "a positive integer")
+    if isinstance(count, int) and count < 1:
+        raise ValueError("must be a positive integer (at least 1)")
+    return count
+
+
+def _integer(value: Any, kind: str) -> Any:
     if isinstance(value, bool):
-        raise ValueError("must be a non-negative integer")
+        raise ValueError(f"must be {kind}")
     if isinstance(value, str):
         text = value.strip()
         if not text.isascii() or not text.isdigit():
-            raise ValueError("must be a non-negative integer (a string of digits)")
+            raise ValueError(f"must be {kind} (a string of digits)")
         if len(text.lstrip("0")) > 19:
             raise ValueError("is too large")
         return int(text)
     if isinstance(value, int):
         return value
-    raise ValueError("must be a non-negative integer")
+    raise ValueError(f"must be {kind}")
 
 
 def signed(value: Any) -> Any:
@@ -98,6 +114,14 @@ def secret_text(value: Any) -> Any:
                 "must be printable ASCII without spaces or control characters "
                 f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
             )
+        rendered(value)
+    return value
+
+
+def rendered(value: str) -> str:
+    """A value Talkable rendered: no Liquid markup left in it (``{{ site.api_key }}``)."""
+    if LIQUID.search(value):
+        raise ValueError(UNRENDERED)
     return value
 
 
@@ -106,7 +130,7 @@ def lower_text(value: Any) -> Any:
 
 
 NonNegativeInt = Annotated[int, BeforeValidator(digits), Field(ge=0, le=INT64_MAX)]
-PositiveInt = Annotated[int, BeforeValidator(digits), Field(gt=0, le=INT64_MAX)]
+PositiveInt = Annotated[int, BeforeValidator(positive), Field(gt=0, le=INT64_MAX)]
 SignedInt = Annotated[int, BeforeValidator(signed), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 FiniteFloat = Annotated[float, BeforeValidator(number)]
 Flag = Annotated[bool, BeforeValidator(flag)]

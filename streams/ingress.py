@@ -348,6 +348,11 @@ def build_ingress(
         )
         return web.json_response({"request_id": received.request_id}, status=202)
 
+    async def not_post(_: web.Request) -> web.Response:
+        # a webhook configured with another method: told so in the answers' own shape
+        error = {"field": "method", "message": "not allowed; the webhook is a POST"}
+        return web.json_response({"errors": [error]}, status=405, headers={hdrs.ALLOW: "POST"})
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -367,6 +372,7 @@ def build_ingress(
 
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app.router.add_post(PATH, generate)
+    app.router.add_route(hdrs.METH_ANY, PATH, not_post)  # after POST's: every other method
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
@@ -454,7 +460,7 @@ def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> Request
             chat=ChatRequest(
                 model=openai.model,
                 messages=[m.model_dump() for m in openai.messages],
-                max_tokens=openai.max_tokens,
+                max_tokens=openai.completion_cap(),
                 extra=openai.passthrough(),
             ),
             usage_limit=params.usage_limit,

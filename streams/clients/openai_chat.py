@@ -66,6 +66,16 @@ def token_cost(chat: ChatRequest) -> int:
     return characters // 4 + len(chat.messages) * 4 + chat.max_tokens
 
 
+def chat_body(chat: ChatRequest) -> dict[str, Any]:
+    """The Chat Completions body: the model, the messages, the cap on the completion's tokens
+    and every other param unchanged. The cap is ``max_tokens`` unless the campaign gives
+    ``max_completion_tokens``, which replaces it: reasoning models (o1 and later) refuse
+    ``max_tokens`` ("Unsupported parameter: 'max_tokens' is not supported with this model").
+    """
+    cap = {} if "max_completion_tokens" in chat.extra else {"max_tokens": chat.max_tokens}
+    return {"model": chat.model, "messages": chat.messages, **cap, **chat.extra}
+
+
 class ChatClient:
     def __init__(self, base_url: str, timeout: float, max_connections: int = 1024) -> None:
         # the SDK's aiohttp transport (less CPU per call than httpx), with as many kept-alive
@@ -91,14 +101,7 @@ class ChatClient:
             # param unchanged (``create`` refuses unknown names and re-walks the body through
             # its typed transform, a measurable part of the generator's CPU)
             raw = await client.post(
-                "/chat/completions",
-                body={
-                    "model": chat.model,
-                    "messages": chat.messages,
-                    "max_tokens": chat.max_tokens,
-                    **chat.extra,
-                },
-                cast_to=httpx2.Response,
+                "/chat/completions", body=chat_body(chat), cast_to=httpx2.Response
             )
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU

@@ -24,7 +24,9 @@ OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), withou
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
 (no wait fits it, so it says none). Every answer carries the key's
 ``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
-``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``.
+``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``. A reasoning
+model (``o1``, ``o3-mini``, ``gpt-5``, ...) given ``max_tokens`` gets OpenAI's 400
+``unsupported_parameter`` (they take ``max_completion_tokens``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -60,6 +63,8 @@ from streams.dev.standin_common import (
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# reasoning models refuse ``max_tokens`` (they take ``max_completion_tokens``), as OpenAI's do
+REASONING_MODELS = re.compile(r"o\d|gpt-5")
 REQUEST_LIMIT = 10_000
 
 
@@ -309,6 +314,12 @@ def _validate(body: Any) -> web.Response | None:
             return _error(400, f"Invalid type for '{name}': expected an integer.", param=name)
         if isinstance(limit, int) and limit < 1:
             return _error(400, f"Invalid '{name}': must be at least 1.", param=name)
+    if body.get("max_tokens") is not None and REASONING_MODELS.match(model):
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead."
+        )
+        return _error(400, message, param="max_tokens", code="unsupported_parameter")
     if body.get("stream"):
         return _error(400, "stream=true is not supported by the stand-in.", param="stream")
     return None
@@ -404,14 +415,13 @@ async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await read_json(request)
     key = bearer_key(request)
-    model, max_tokens = (
-        (body.get("model"), body.get("max_tokens")) if isinstance(body, dict) else (None, None)
-    )
+    given = body if isinstance(body, dict) else {}
     rec = state.calls.start(
         method=request.method,
         path=request.path,
-        model=model,
-        max_tokens=max_tokens,
+        model=given.get("model"),
+        max_tokens=given.get("max_tokens"),
+        max_completion_tokens=given.get("max_completion_tokens"),
         key_tail=key_tail(key),
     )
     response = await _answer(request.app, key, body, rec)

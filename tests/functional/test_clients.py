@@ -137,6 +137,27 @@ async def test_an_answer_without_text_is_an_answer_not_an_outage(oai, chat) -> N
     await chat.complete(CHAT, KEY)  # (the next call answers)
 
 
+async def test_a_campaigns_max_completion_tokens_is_the_cap_sent_alone(oai, chat) -> None:
+    """Reasoning models (o1 and later) refuse ``max_tokens``: a campaign that gives
+    ``max_completion_tokens`` for one gets its text, capped by it, not a 400 for the default
+    ``max_tokens`` sent beside it."""
+    reasoning = ChatRequest(
+        model="o3-mini",
+        messages=[{"role": "user", "content": "a verse about a long walk by the sea"}],
+        max_tokens=3,  # the cap, which the ingress reads from max_completion_tokens
+        extra={"max_completion_tokens": 3},
+    )
+    completion, _ = await chat.complete(reasoning, KEY)
+    assert len(completion.text.split()) == 3
+    sent = oai.calls.records[-1]
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (None, 3)
+
+    with pytest.raises(GenerationError) as caught:  # max_tokens alone: OpenAI's refusal
+        await chat.complete(reasoning.model_copy(update={"extra": {}}), KEY)
+    assert (caught.value.reason, caught.value.status) == ("BadRequest", 400)
+    assert "max_completion_tokens" in str(caught.value)
+
+
 def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
     return PublishCompletion(
         request_id="r-1",

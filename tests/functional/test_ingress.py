@@ -158,6 +158,30 @@ async def test_defaults_fill_what_the_webhook_leaves_out(ingress: Ingress) -> No
     assert received.spec.trigger_criteria is None
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_another_method_is_a_405_in_the_answers_own_shape(
+    ingress: Ingress, method: str
+) -> None:
+    response = await ingress.client.request(method, "/chat-gpt/generate", data=b"{}")
+
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert await response.json() == {
+        "errors": [{"field": "method", "message": "not allowed; the webhook is a POST"}]
+    }
+    assert ingress.sink.produced == []
+
+
+async def test_max_completion_tokens_is_the_completions_cap(ingress: Ingress) -> None:
+    """The cap the generator sends and paces by: ``max_completion_tokens`` when given (for
+    reasoning models, which refuse ``max_tokens``), else ``max_tokens``."""
+    tree = changed(openai__model="o3-mini", openai__max_completion_tokens="400")
+    received = await accepted(ingress, Body(JSON, json_body(tree)))
+
+    assert received.spec.chat.max_tokens == 400
+    assert received.spec.chat.extra["max_completion_tokens"] == 400
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
 async def test_json_in_utf16_or_utf32_is_the_same_request(ingress: Ingress, encoding: str) -> None:
     reference = await accepted(ingress, SHAPES["json"])

@@ -338,6 +338,39 @@ def test_stop_ends_the_process_it_launched_before_that_looks_like_kafka(tmp_path
         child.wait()
 
 
+def test_stop_ends_a_broker_another_process_started_without_waiting_for_its_reaping(tmp_path):
+    """``talkstream kafka stop`` beside ``talkstream dev``: the broker is dev's child, so once
+    it exits it stays a zombie until dev reaps it. Stop took that for a broker alive through
+    SIGTERM and SIGKILL: it waited 40 s and failed, "survived SIGKILL", for a broker that
+    had stopped at once."""
+    kafka = EmbeddedKafka(tmp_path)
+    kafka.kafka_dir.mkdir(parents=True)
+    broker = [*_child("import sys; sys.stdin.read()"), "kafka.Kafka", str(kafka.properties_file)]
+    launches_and_never_reaps = (
+        "import subprocess, sys\n"
+        f"broker = subprocess.Popen({broker!r}, stdin=subprocess.PIPE)\n"
+        "print(broker.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    dev = subprocess.Popen(
+        _child(launches_and_never_reaps), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert dev.stdout is not None
+        pid = int(dev.stdout.readline())
+        cmdline = Path(f"/proc/{pid}/cmdline")  # (empty while the exec is under way)
+        wait_until(lambda: b"kafka.Kafka" in cmdline.read_bytes(), 10, what="the broker's exec")
+        kafka.pid_file.write_text(f"{pid}\n")
+        assert kafka.status().pid == pid
+
+        assert kafka.stop(timeout=5) is True
+        assert not kafka.pid_file.exists()
+        assert kafka.status().running is False
+    finally:
+        dev.kill()
+        dev.wait()
+
+
 def test_a_node_that_exits_while_starting_quotes_this_runs_log_only(tmp_path, monkeypatch):
     """The log is appended to at each start: the tail an error quoted was an earlier run's
     when this one wrote little."""

@@ -389,10 +389,70 @@ def test_null_leaves_an_optional_chat_param_out() -> None:
 
 
 @pytest.mark.parametrize("field", ["openai.max_tokens", "openai.n", "openai.max_completion_tokens"])
-def test_counts_must_be_positive(field: str) -> None:
+@pytest.mark.parametrize("value", ["0", 0, "-5", -5, "", "1.5", True])
+def test_counts_must_be_positive_and_every_refusal_says_so(field: str, value: Any) -> None:
+    """A count's every refusal says "positive": "non-negative" told a sender of "-5" to send
+    the 0 that is refused too."""
     with pytest.raises(ParamsError) as caught:
-        from_mapping(seed(**{field.replace(".", "__"): "0"}))
+        from_mapping(seed(**{field.replace(".", "__"): value}))
     assert [e.field for e in caught.value.errors] == [field]
+    assert "a positive integer" in caught.value.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("openai", []), ("openai", "x"), ("usage_limit", 5), ("openai.messages.0", "hi")],
+)
+def test_a_value_that_must_be_an_object_is_told_so_in_the_senders_terms(
+    field: str, value: Any
+) -> None:
+    """Not pydantic's "Input should be a valid dictionary or instance of OpenAIParams"."""
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): value}))
+    assert caught.value.body() == {"errors": [{"field": field, "message": "must be an object"}]}
+
+
+UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
+
+
+@pytest.mark.parametrize(
+    ("field", "template"),
+    [
+        ("site", "{{site.slug}}"),
+        ("email", "{{ person.email | default: 'ada@example.com' }}"),
+        ("email", "{{person.email}}"),
+        ("api_key", "{{site.api_key}}"),
+        ("openai.api_key", "sk-{{site.openai_key}}"),
+        ("openai.model", "{{campaign.model}}"),
+        ("event_number", "{{ origin.event_number }}-complete"),
+    ],
+)
+def test_liquid_left_unrendered_is_refused_naming_the_field(field: str, template: str) -> None:
+    """Talkable fills every value in; markup left in one is a template it did not render. Sent
+    on, it would cost an OpenAI call before Talkable refused the write-back (a key, an email)
+    or kept one event for every person (a constant event number: DuplicateEventNumber)."""
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(**{field.replace(".", "__"): template}))
+
+    assert status_of(caught.value) == 422
+    assert caught.value.body() == {"errors": [{"field": field, "message": UNRENDERED}]}
+
+
+def test_a_prompt_may_hold_liquid_markup() -> None:
+    """A prompt is the campaign's text, braces and all (asking for a Liquid snippet, say)."""
+    params = from_mapping(seed(openai__messages__0__content="Write {{ name }} in Liquid"))
+    assert params.openai.messages[0].content == "Write {{ name }} in Liquid"
+
+
+@pytest.mark.parametrize(
+    "email", ["ada lovelace@example.com", "ada@exa mple.com", "ada@@example.com", "a@b@c.com"]
+)
+def test_an_email_with_a_space_or_a_second_at_is_refused(email: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(email=email))
+    assert caught.value.body() == {
+        "errors": [{"field": "email", "message": "must be an email address"}]
+    }
 
 
 # --- usage_limit: all or nothing ------------------------------------------------------------
@@ -442,6 +502,7 @@ def test_a_usage_limit_that_is_not_an_object_is_refused(value: Any) -> None:
         ([], ["openai.messages"]),
         ("hi", ["openai.messages"]),
         ([{"role": "robot", "content": "x"}], ["openai.messages.0.role"]),
+        ([{"role": "tool", "content": "x"}], ["openai.messages.0.role"]),  # no tool_call_id
         ([{"role": "user"}], ["openai.messages.0.content"]),
         ([{"content": "x"}], ["openai.messages.0.role"]),
         ([{"role": "user", "content": "x"}, "x"], ["openai.messages.1"]),
@@ -732,6 +793,9 @@ def test_the_query_string_fills_what_the_body_lacks() -> None:
         ("text/plain", b"site=acme", 415, "content-type"),
         ("application/xml", b"<a/>", 415, "content-type"),
         (FORM + "; charset=latin-1", b"site=acme", 415, "content-type"),
+        (FORM, json.dumps(seed()).encode(), 415, "content-type"),  # curl -d '{...}'
+        (FORM, b" " + json.dumps(seed()).encode(), 415, "content-type"),
+        (FORM, b"{not json=1", 422, "site"),  # a form (of a strange name), not JSON
         (JSON, json.dumps(seed(email="x")).encode(), 422, "email"),
     ],
 )
@@ -742,6 +806,22 @@ def test_status_codes(content_type: str, body: bytes, status: int, field: str) -
     assert status_of(caught.value) == status
     assert caught.value.errors[0].field == field
     assert caught.value.__context__ is None
+
+
+def test_a_json_body_sent_as_a_form_is_told_its_content_type() -> None:
+    """``curl -d '{...}'`` (curl's default Content-Type is a form's): not "site is required",
+    "email is required", ... for params that were all sent."""
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, json.dumps(seed()).encode())
+
+    assert caught.value.body() == {
+        "errors": [
+            {
+                "field": "content-type",
+                "message": "the body is a JSON object, sent as a form: send it as application/json",
+            }
+        ]
+    }
 
 
 ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
