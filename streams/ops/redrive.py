@@ -209,7 +209,9 @@ async def redrive(
                     if record.offset >= ends[tp] or _within(before, record.offset):
                         continue  # an earlier run redrove it (or could not read it)
                     report.examined += 1
-                    send = _one(record.value, selection, report, settings, now_ms, parkings)
+                    send = _one(
+                        record.value, selection, report, settings, now_ms, parkings, record.key
+                    )
                     if isinstance(send, _Send):
                         _keep_latest(sends, send, report)
                     if send is _Left.NOT_SELECTED:
@@ -361,9 +363,12 @@ def _one(
     settings: Settings,
     now_ms: Callable[[], int],
     parkings: dict[str, Parking],
+    raw_key: bytes | None = None,
 ) -> _Send | _Left:
     """What to send for one letter, or why nothing is sent; ``parkings`` learns the attempt
-    of every letter of parked work, selected or not."""
+    of every letter of parked work, selected or not. ``raw_key``: the letter's record key,
+    the message's key as received (the letter's ``key`` is its text, any byte that is not
+    UTF-8 replaced: sent back so, the message would land in another partition)."""
     try:
         letter = decode(DeadLetter, raw)
     except DecodeError:
@@ -373,7 +378,7 @@ def _one(
         report.skipped += 1
         return _Left.NEVER
     value = base64.b64decode(letter.value_b64)
-    key = letter.key.encode() if letter.key is not None else None
+    key = raw_key if raw_key is not None else None if letter.key is None else letter.key.encode()
     topic = letter.topic
     site: str | None = None
     request_id: str | None = None

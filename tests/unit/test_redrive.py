@@ -481,6 +481,29 @@ def test_a_message_that_did_not_decode_in_an_executors_topic_goes_back_to_it() -
         assert not_selected.name == "NOT_SELECTED"
 
 
+def test_a_message_goes_back_under_its_key_as_received_not_as_the_letter_shows_it() -> None:
+    """A letter shows its message's key as text, any byte that is not UTF-8 replaced; its
+    record's key is the key as received. Redriven under the text, a message whose key was not
+    UTF-8 went to another key, and so another partition, than it came from."""
+    settings = Settings(app_id="t")
+    raw_key = b"person-\xff\xfe"
+    letter = DeadLetter(
+        topic=settings.topic("requests"),
+        partition=1,
+        offset=7,
+        reason="does not decode: value: Invalid JSON",
+        key=raw_key.decode("utf-8", "replace"),
+        value_b64=base64.b64encode(b"garbage").decode(),
+        at_ms=T0 * 1000,
+    )
+    send = _one(encode(letter), Selection(), RedriveReport(), settings, int, {}, raw_key)
+    assert isinstance(send, _Send)
+    assert (send.topic, send.key, send.value) == (settings.topic("requests"), raw_key, b"garbage")
+    # a letter read without its record's key (none given) falls back to the text it shows
+    shown = _one(encode(letter), Selection(), RedriveReport(), settings, int, {})
+    assert isinstance(shown, _Send) and shown.key == letter.key.encode()
+
+
 def test_the_letters_a_redrive_commit_lists_past_its_offset_read_back() -> None:
     """The redrive group's commit lists the letters past its offset that runs moved past; an
     earlier version's commit (no metadata) or one that is not such a list lists none."""
