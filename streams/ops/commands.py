@@ -264,7 +264,11 @@ def stats(
         if as_json:
             click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))
             return
-        span = f"received from {iso(since_ms) or 'the start'} until {iso(until_ms) or 'now'}"
+        # by event time (``usage_limit.current_time``), which may be ahead of the clock
+        span = (
+            f"judged (event time) from {iso(since_ms) or 'the first'} "
+            f"{f'until {iso(until_ms)}' if until_ms is not None else 'to the last'}"
+        )
         click.echo(f"source: SQL projection {store.url}; {span}")
         click.echo()
         if not result and site is not None:

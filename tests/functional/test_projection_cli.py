@@ -162,6 +162,11 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     )
     assert result.exit_code == 0, result.output
     header, _, row = result.output.splitlines()[2:5]
+    # the range is of event times, not of when the webhooks were received (that said so)
+    assert result.output.splitlines()[0].endswith(
+        "; judged (event time) from 2026-01-01T00:00:03.000+00:00 "
+        "until 2026-01-01T00:00:05.000+00:00"
+    )
     assert header.split()[:2] == ["site", "requests"]
     cells = row.split()
     assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
@@ -172,6 +177,9 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     )
     nobody = talkstream("stats", "--site", "nosuch", "--database-url", projected)
     assert nobody.exit_code == 0 and "no requests of site 'nosuch' in this range" in nobody.output
+    assert nobody.output.splitlines()[0].endswith(
+        "; judged (event time) from the first to the last"
+    )
 
 
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
