@@ -88,6 +88,12 @@ class Executor:
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop: it takes nothing more (``/readyz`` says so, not its closed consumer's
+        missing connections)."""
+        return self._stopping
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
         return consumer_lag(self.consumer, self.taken)
