@@ -23,7 +23,7 @@ from streams.agents.work import Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.faust_transport import App, Stream, Topic
-from streams.kafka_options import client_options, faust_credentials
+from streams.kafka_options import faust_credentials, group_options
 from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.store import ProjectionStore
 from streams.runtime import Clock, DeadLetters, SystemClock, Topics
@@ -155,7 +155,7 @@ def _executor(
         topic=topic,
         group=topics_module.consumer_group(settings, name),
         instance=f"{settings.instance_id}-{name}",
-        consumer_options=client_options(settings),
+        consumer_options=group_options(settings),
     )
     return ExecutorParts(config, scheduler, work)
 

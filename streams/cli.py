@@ -423,7 +423,7 @@ def ingress(log_format: str | None) -> None:
     from streams.logs import announce
     from streams.logs import setup as setup_logging
     from streams.secrets import load_secret_box
-    from streams.topics import ensure_topics
+    from streams.topics import LEDGER_TABLE, ensure_topics
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
@@ -437,7 +437,11 @@ def ingress(log_format: str | None) -> None:
             await ensure_topics(settings)
         except Exception as exc:  # the ingress answers 503 until Kafka is back
             logging.getLogger(__name__).warning("topics not ensured: %s", exc)
-        sink = KafkaSink(client_options(settings), stall_seconds=settings.kafka_stall_seconds)
+        sink = KafkaSink(
+            client_options(settings),
+            stall_seconds=settings.kafka_stall_seconds,
+            ledger_changelog=settings.topic(f"{LEDGER_TABLE}-changelog"),
+        )
         built = build_ingress(settings, sink, secrets)
         heap.settle()
         return built

@@ -4,8 +4,9 @@ Parse (any shape Talkable sends) → check the signature → seal the secrets �
 person with ``acks=all`` → ``202 {"request_id": ...}`` only once the broker acknowledged.
 Bad input: 4xx naming each field, nothing produced. Kafka unavailable: 503 with Retry-After,
 so Talkable retries and nothing is lost. ``/healthz``: the process answers; ``/readyz``: a
-webhook would be written now (a broker answered and [requests] has a leader for every
-partition), for a load balancer to send traffic elsewhere meanwhile.
+webhook would be written now (a broker answered, [requests] has a leader for every partition
+and as many partitions as the ledger's changelog), for a load balancer to send traffic
+elsewhere meanwhile.
 """
 
 from __future__ import annotations
@@ -113,11 +114,16 @@ class KafkaSink:
     """
 
     def __init__(
-        self, options: dict[str, Any], timeout: float = 10.0, stall_seconds: float = 5.0
+        self,
+        options: dict[str, Any],
+        timeout: float = 10.0,
+        stall_seconds: float = 5.0,
+        ledger_changelog: str | None = None,
     ) -> None:
         self._options = options
         self._timeout = timeout
         self._stall_seconds = stall_seconds
+        self._changelog = ledger_changelog  # what the ledger reads by: as many partitions
         self._producer: IdempotentProducer | None = None
         self._starting: asyncio.Future[IdempotentProducer] | None = None  # a readiness probe's
         self._lock = asyncio.Lock()
@@ -135,6 +141,8 @@ class KafkaSink:
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
                     raise BrokerUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
+                if self._changelog is not None:  # its partitions known with the topic's
+                    producer.client.add_topic(self._changelog)
                 self._producer = producer
             return self._producer
 
@@ -143,10 +151,33 @@ class KafkaSink:
         now = time.monotonic()
         return any(now - since > self._stall_seconds for since in self._pending.values())
 
+    def split(self, producer: Any, topic: str) -> str | None:
+        """Why a record keyed to ``topic`` could land where no ledger reads it: the topic has
+        another partition count than the ledger's changelog (partitions were added to it since
+        it was created), so the producer maps people to partitions whose ledger has none of
+        their state, or to partitions no ledger reads at all. None while the counts agree or
+        are not known yet."""
+        if self._changelog is None:
+            return None
+        cluster = producer.client.cluster
+        written = cluster.partitions_for_topic(topic)
+        ledger = cluster.partitions_for_topic(self._changelog)
+        if not written or not ledger or len(written) == len(ledger):
+            return None
+        return (
+            f"{topic} has {len(written)} partitions but the ledger's {self._changelog} "
+            f"{len(ledger)}: a webhook could land where no ledger reads it (partitions added "
+            "to a deployment's topics; to change the count, deploy under a new "
+            "TALKSTREAM_APP_ID)"
+        )
+
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         producer = await self._started()
         if self.stalled():
             raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
+        split = self.split(producer, topic)
+        if split is not None:
+            raise BrokerUnavailable(f"{split}; nothing was sent")
         try:
             delivery = await producer.send(topic, value=value, key=key)
         except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
@@ -205,6 +236,8 @@ class KafkaSink:
             return "Kafka is not acknowledging"
         client = producer.client
         client.add_topic(topic)  # tracked from now on: the update below asks for it
+        if self._changelog is not None:
+            client.add_topic(self._changelog)
         try:
             answered = await asyncio.wait_for(
                 client.force_metadata_update(), max(deadline - time.monotonic(), 0.01)
@@ -223,7 +256,7 @@ class KafkaSink:
         )
         if leaderless:
             return f"{topic} partitions without a leader: {', '.join(map(str, leaderless))}"
-        return None
+        return self.split(producer, topic)
 
     async def close(self) -> None:
         """Stop the producer, giving Kafka up to the sink's timeout to take what it holds. Kafka

@@ -53,6 +53,22 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def group_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for a consumer of our own groups (an executor's, the projector's):
+    the connection and the worker's session, as faust's group has it. With aiokafka's default
+    (10 s) a worker back within ``SESSION_TIMEOUT_SECONDS`` found its executors' partitions
+    moved, and one gone got them moved sooner than its ledger's."""
+    session_ms = int(settings.session_timeout_seconds * 1000)
+    return {
+        **client_options(settings),
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(session_ms // 10, 500),
+        "rebalance_timeout_ms": session_ms,
+        # a join waits up to the rebalance timeout for the broker's answer
+        "request_timeout_ms": max(40_000, session_ms + 10_000),
+    }
+
+
 def faust_credentials(settings: Settings) -> Any:
     """``broker_credentials`` for faust (None for PLAINTEXT)."""
     protocol = settings.kafka_security_protocol

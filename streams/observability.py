@@ -262,7 +262,12 @@ def kafka_unreachable(consumers: Iterable[Any], now: float | None = None) -> str
 def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple[bool, str]:
     """Whether this process takes decisions now, and if not why: Kafka out of reach of its own
     consumers (the executors and projector in ``consumers``) first, then faust's rebalance and
-    table recovery; ``app`` None: a process without faust (the projector on its own)."""
+    table recovery; ``app`` None: a process without faust (the projector on its own). A worker
+    told to stop says so first: its executors take nothing more, then close their consumers,
+    which would read as Kafka out of reach."""
+    consumers = list(consumers)
+    if any(getattr(own, "stopping", False) for own in consumers):
+        return False, "stopping"
     unreachable = kafka_unreachable((own.consumer for own in consumers), now)
     if unreachable is not None:
         return False, unreachable

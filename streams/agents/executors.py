@@ -88,6 +88,12 @@ class Executor:
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop: it takes nothing more (``/readyz`` says so, not its closed consumer's
+        missing connections)."""
+        return self._stopping
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
         return consumer_lag(self.consumer, self.taken)
@@ -236,9 +242,13 @@ class Executor:
             self.taken.pop(tp, None)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
-        """Partitions whose last commit is this instance's, from another run (a restart, with
-        no rebalance): what that run took and did not report is read again, from its oldest
-        unreported offset, and each such attempt is told to the ledger as lost."""
+        """Partitions whose last commit is another run's, this instance's (a restart, with no
+        rebalance) or another worker's (one that died: a run that hands a partition over
+        commits that it left nothing unreported): what that run took and did not report is
+        read again, from its oldest unreported offset, and each such attempt is told to the
+        ledger as lost. The ledger's rebalance grace alone would not do: the executors' groups
+        rebalance apart from the ledger's, which sees none when the dead worker is back
+        within its session timeout after its executors' partitions moved."""
         if self.consumer is None or not assigned:
             return
         try:
@@ -249,7 +259,7 @@ class Executor:
             return
         for tp, (offset, metadata) in committed.items():
             mark = Mark.parse(metadata)
-            if mark is None or mark.instance != self.config.instance or mark.run == self.run_id:
+            if mark is None or mark.run == self.run_id:
                 continue
             if mark.oldest < offset:
                 self._lost[tp] = (offset, mark)
@@ -260,9 +270,14 @@ class Executor:
                     else f"{sum(min(b, offset) - a for a, b in mark.unreported)} offsets "
                     f"between {mark.oldest} and {offset - 1}"
                 )
-                log.info("%s: partition %s: %s were taken by this instance's previous run and "
-                         "not reported; telling the ledger they were lost",
-                         self.config.name, tp.partition, which)  # fmt: skip
+                whose = (
+                    "this instance's previous run"
+                    if mark.instance == self.config.instance
+                    else f"{mark.instance}'s run {mark.run}"
+                )
+                log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
+                         "ledger they were lost", self.config.name, tp.partition, which,
+                         whose)  # fmt: skip
 
     async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Sends the ledger, for each record of ``batch`` below its partition's lost range's

@@ -30,7 +30,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
 from streams.codecs import decode
-from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
+from streams.kafka_options import (
+    client_options,
+    consumer_lag,
+    group_consumer,
+    group_options,
+    stop_consumer,
+)
 from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
@@ -58,7 +64,7 @@ class ProjectorConfig:
             topic=BY_NAME["lifecycle"].full_name(settings),
             group=consumer_group(settings, "projector"),
             instance=f"{settings.instance_id}-projector",
-            consumer_options=client_options(settings),
+            consumer_options=group_options(settings),
         )
 
 

@@ -2,7 +2,10 @@
 
 The console scrapes every URL of ``TALKSTREAM_CONSOLE_WORKER_URLS`` (Prometheus text, parsed
 with prometheus_client's parser) and sums the workers' figures per target: queue depth, calls
-in flight, 429s, the learned rate, and the worst circuit state. Talkable targets are sites
+in flight and 429s. A target's pace and circuit are one executor's (its topic is keyed by
+target, so one worker calls it at a time; another may still report what it learned before a
+rebalance moved the partition): those of the worker where it has work, else the highest rate
+and the worst circuit, never a sum. Talkable targets are sites
 (the metric label holds the first 16 characters of the slug); OpenAI targets are a key's
 fingerprint (never the key) and a model (OpenAI limits each model of a key apart). A worker that
 does not answer is named, and its figures are "—".
@@ -67,6 +70,7 @@ _FIELDS = {
 
 def parse(text: str, into: Pacing) -> None:
     """Add one worker's figures to ``into``."""
+    own: dict[tuple[str, str, str], Target] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             attribute = _FIELDS.get(sample.name.removesuffix("_total"))
@@ -74,13 +78,32 @@ def parse(text: str, into: Pacing) -> None:
                 continue
             labels = sample.labels
             key = (labels.get("upstream", ""), labels.get("target", ""), labels.get("model", ""))
-            target = into.targets.setdefault(key, Target(*key))
+            target = own.setdefault(key, Target(*key))
             if attribute == "circuit":
                 target.circuit = max(target.circuit, int(sample.value))
-            elif attribute == "rate":
-                target.rate = (target.rate or 0) + sample.value
             else:
-                setattr(target, attribute, getattr(target, attribute) + sample.value)
+                setattr(target, attribute, (getattr(target, attribute) or 0) + sample.value)
+    for key, target in own.items():
+        _merge(into.targets.setdefault(key, Target(*key)), target)
+
+
+def _busy(target: Target) -> bool:
+    return target.queue_depth + target.in_flight > 0
+
+
+def _merge(total: Target, worker: Target) -> None:
+    """One worker's figures of a target into the others': counts add up; the pace and the
+    circuit are the caller's (the worker with work), else the highest and the worst."""
+    if _busy(total) != _busy(worker):
+        owner = total if _busy(total) else worker
+        rate, circuit = owner.rate, owner.circuit
+    else:
+        rates = [r for r in (total.rate, worker.rate) if r is not None]
+        rate, circuit = max(rates, default=None), max(total.circuit, worker.circuit)
+    total.queue_depth += worker.queue_depth
+    total.in_flight += worker.in_flight
+    total.throttled += worker.throttled
+    total.rate, total.circuit = rate, circuit
 
 
 async def scrape(urls: Sequence[str], session: aiohttp.ClientSession | None = None) -> Pacing:

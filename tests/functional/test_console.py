@@ -627,6 +627,35 @@ def test_pacing_is_read_from_the_workers_metrics():
     ]
 
 
+def worker_metrics(queued: float, rate: float, circuit: int) -> str:
+    target = 'upstream="openai",target="0123456789abcdef",model="gpt-4o"'
+    return (
+        "# TYPE talkstream_upstream_queue_depth gauge\n"
+        f"talkstream_upstream_queue_depth{{{target}}} {queued}\n"
+        "# TYPE talkstream_upstream_rate gauge\n"
+        f"talkstream_upstream_rate{{{target}}} {rate}\n"
+        "# TYPE talkstream_upstream_circuit gauge\n"
+        f"talkstream_upstream_circuit{{{target}}} {circuit}\n"
+    )
+
+
+def test_a_targets_pace_is_its_callers_not_the_sum_of_every_worker_that_knew_it():
+    """One worker calls a target at a time; the worker it was on before a rebalance still
+    reports the pace it learned (and a circuit it never closed): two workers knowing a key's
+    15/s pace once showed 30/s."""
+    for order in ((3, 0), (0, 3)):  # the worker calling it scraped first or last
+        pacing = Pacing()
+        for queued in order:
+            parse(worker_metrics(queued, 15.0, 0 if queued else 2), pacing)
+        [key] = pacing.openai()
+        assert (key.queue_depth, key.rate, key.circuit_name) == (3, 15.0, "closed"), order
+    idle = Pacing()
+    parse(worker_metrics(0, 15.0, 0), idle)
+    parse(worker_metrics(0, 12.0, 0), idle)
+    [key] = idle.openai()
+    assert key.rate == 15.0, "no worker calling it: the highest pace, never the sum"
+
+
 def test_the_console_refuses_to_start_without_a_token(monkeypatch):
     monkeypatch.delenv("TALKSTREAM_CONSOLE_TOKEN", raising=False)
     result = CliRunner().invoke(main, ["console"])

@@ -154,21 +154,17 @@ def test_a_burst_for_one_person_is_exact_with_two_workers(make_system) -> None:
     wait_until(both_assigned, 30, what="both workers holding partitions")
 
 
-def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(make_system) -> None:
-    """Static membership: a worker killed and started again within the session timeout takes
-    its partitions straight back and nothing rebalances, so the deadline index of the other
-    worker (the ledger of half the people whose calls it lost) gives them no grace. The
-    restarted executors read their partitions' marks and tell the ledger at once which attempts
-    the previous run lost: every request ends within minutes of waits shorter than any
-    deadline (the queue wait alone may be 300 s here)."""
-    system = make_system(
-        session_timeout_seconds="60",
-        generation_deadline_seconds="8",
-        publish_deadline_seconds="8",
-        max_wait_seconds="300",  # a generation's deadline is its queue wait and its call
-        rebalance_grace_seconds="300",
-    )
-    system.start_worker("worker-b")
+NO_GRACE = {
+    "generation_deadline_seconds": "8",
+    "publish_deadline_seconds": "8",
+    "max_wait_seconds": "300",  # a generation's deadline is its queue wait and its call
+    "rebalance_grace_seconds": "300",
+}
+
+
+def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
+    """Both workers' generators holding some of [generate], then 64 slow webhooks (one OpenAI
+    key per four people: the targets spread over both), until worker-b has calls in flight."""
     generate = f"{system.app_id}-generate"
 
     def generate_shared() -> bool:  # each generator holds some of [generate], none both
@@ -182,7 +178,6 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
         system.wait_ready(name)
     wait_until(generate_shared, 120, what="both workers' generators holding partitions")
     system.openai("POST", "/_control", {"latency_seconds": 3})
-    # one OpenAI key per four people: the targets spread over both workers' executors
     bodies = [
         seed_params(f"back{p}@example.com", openai_key=f"sk-test-openai-{p // 4:04d}")
         for p in range(64)
@@ -199,8 +194,12 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
         return bool(calls) and calls[0] >= 4
 
     wait_until(b_calling, 120, what="worker-b's generator calling")
-    system.kill("worker-b")  # its calls in flight and its queued commands are lost
-    system.start_worker("worker-b")
+    return thread, answers
+
+
+def published_with_lost_attempts(system: System, thread: threading.Thread, answers: list) -> None:
+    """Every request published within minutes of waits shorter than any deadline or grace, and
+    some of them after the ledger was told their attempt was lost."""
     thread.join(timeout=120)
     assert all(status == 202 for status, _ in answers)
     ids = [body["request_id"] for _, body in answers]
@@ -212,7 +211,39 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
         for t in system.projection.transitions(request_id)
         if "lost (its worker stopped before it ended)" in (t.cause or "")
     ]
-    assert lost, "the restarted worker told the ledger what its previous run lost"
+    assert lost, "the ledger was told what the killed worker lost"
+
+
+def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(make_system) -> None:
+    """Static membership: a worker killed and started again within the session timeout takes
+    its partitions straight back and nothing rebalances, so the deadline index of the other
+    worker (the ledger of half the people whose calls it lost) gives them no grace. The
+    restarted executors read their partitions' marks and tell the ledger at once which attempts
+    the previous run lost: every request ends within minutes of waits shorter than any
+    deadline (the queue wait alone may be 300 s here)."""
+    system = make_system(session_timeout_seconds="60", **NO_GRACE)
+    system.start_worker("worker-b")
+    thread, answers = calling_on_both_workers(system)
+    system.kill("worker-b")  # its calls in flight and its queued commands are lost
+    system.start_worker("worker-b")
+    published_with_lost_attempts(system, thread, answers)
     log = (system.root / "worker-b.log").read_text(errors="replace")
     assert "previous run and not reported; telling the ledger they were lost" in log
     assert "attempts of the previous run told lost" in log  # each range to its end
+
+
+def test_a_worker_gone_for_good_the_one_taking_its_executors_partitions_tells_what_it_lost(
+    make_system,
+) -> None:
+    """The executors' groups rebalance apart from the ledger's (a dead worker back within its
+    session timeout gets its ledger partitions straight back, its executors' may have moved
+    meanwhile): the worker that takes a dead one's executor partitions reads its marks and
+    tells the ledger what it lost, rather than leave it to a rebalance grace or a deadline
+    (300 s here)."""
+    system = make_system(session_timeout_seconds="6", **NO_GRACE)
+    system.start_worker("worker-b")
+    thread, answers = calling_on_both_workers(system)
+    system.kill("worker-b")  # not started again
+    published_with_lost_attempts(system, thread, answers)
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert "were taken by worker-b" in log and "telling the ledger they were lost" in log

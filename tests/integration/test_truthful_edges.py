@@ -16,11 +16,14 @@ import uuid
 from collections import Counter
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from models.params import from_mapping, request_fingerprint
+from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
 from streams.kafka_options import client_options
 from streams.settings import Settings
+from streams.topics import ensure_topics
 from tests.integration.conftest import System, Traffic, create_topic, http, read_topic
 from tests.support import seed_params, wait_until
 
@@ -99,6 +102,49 @@ def test_the_ingress_sink_is_ready_only_for_a_topic_with_a_leader_everywhere(kaf
     missing, present = asyncio.run(probe())
     assert missing == f"topic {topic} does not exist"
     assert present is None
+
+
+def test_webhooks_are_refused_once_partitions_were_added_to_requests(kafka) -> None:
+    """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``): its
+    producer would map people to partitions whose ledger has none of their state, or that no
+    ledger reads (accepted, never decided). The ingress says so and writes nothing."""
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tsplit{uuid.uuid4().hex[:8]}")
+    requests = settings.topic("requests")
+    sink = KafkaSink(client_options(settings), ledger_changelog=settings.topic("ledger-changelog"))
+
+    async def add_partitions() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({requests: NewPartitions(total_count=12)})
+        finally:
+            await admin.close()
+
+    async def scenario() -> tuple[str | None, str | None, str]:
+        await ensure_topics(settings)
+        try:
+            await sink.send(requests, b"site:ada@example.com", b"{}")
+            before = await sink.ready(requests, 10)
+            await add_partitions()
+            after, deadline = None, time.monotonic() + 30
+            while after is None and time.monotonic() < deadline:  # until the broker says so
+                after = await sink.ready(requests, 10)
+            with pytest.raises(BrokerUnavailable) as refused:
+                await sink.send(requests, b"site:ada@example.com", b"{}")
+            return before, after, str(refused.value)
+        finally:
+            await sink.close()
+
+    before, after, refused = asyncio.run(scenario())
+    assert before is None
+    said = (
+        f"{requests} has 12 partitions but the ledger's {settings.app_id}-ledger-changelog 8: a "
+        "webhook could land where no ledger reads it (partitions added to a deployment's "
+        "topics; to change the count, deploy under a new TALKSTREAM_APP_ID)"
+    )
+    assert after == said
+    assert refused == f"{said}; nothing was sent"
+    assert len(read_topic(kafka.bootstrap, requests)) == 1
 
 
 def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(system: System) -> None:

@@ -224,3 +224,44 @@ def test_a_commit_marks_what_is_unreported_and_only_when_it_changed() -> None:
     executor._marked[TP] = mark(5, ((5, 9),))
     executor._unreported.reported("e", 1)  # the oldest stays; the mark still changed
     assert executor._marks({}, {}) == {TP: (9, mark(5, ((5, 7), (8, 9))))}
+
+
+class Marked:
+    """An executor's consumer as ``recover`` uses it: the marks its group committed last, and
+    where it was told to read from."""
+
+    def __init__(self, committed: dict[TopicPartition, tuple[int, Mark]]) -> None:
+        self._coordinator = self
+        self._committed = committed
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def fetch_committed_offsets(self, partitions: list[TopicPartition]) -> dict[Any, Any]:
+        return {
+            tp: SimpleNamespace(offset=offset, metadata=mark.encode())
+            for tp, (offset, mark) in self._committed.items()
+            if tp in partitions
+        }
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> None:
+    """Its own previous run's (a restart) and another worker's (one that died: its executors'
+    partitions moved here, while the ledger's may not have moved at all); a run that handed
+    its partitions over committed that it left nothing, and this run's own marks are its own."""
+    executor = generator(Requests())
+    own = executor.config.instance
+    third = TopicPartition("generate", 2)
+    mine = TopicPartition("generate", 3)
+    committed = {
+        TP: (10, Mark(own, "restarted", 4, ((4, 6),))),
+        OTHER: (7, Mark("worker-b-generator", "died", 5)),
+        third: (9, Mark("worker-b-generator", "handed-over", 9, ())),
+        mine: (12, Mark(own, executor.run_id, 11, ((11, 12),))),
+    }
+    consumer = Marked(committed)
+    executor.consumer = consumer  # type: ignore[assignment]
+    asyncio.run(executor.recover(set(committed)))
+    assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
+    assert executor._lost == {TP: committed[TP], OTHER: committed[OTHER]}

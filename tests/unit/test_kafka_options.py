@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import faust
 import pytest
@@ -12,8 +13,11 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from cryptography.fernet import Fernet
 
-from streams.kafka_options import _cause, client_options, faust_credentials
+from streams.agents.projector import ProjectorConfig
+from streams.app import build
+from streams.kafka_options import _cause, client_options, faust_credentials, group_consumer
 from streams.settings import Settings
 from streams.topics import CATALOGUE, _new_topic
 
@@ -61,6 +65,28 @@ def test_tls_only() -> None:
 def test_an_unknown_protocol_is_refused() -> None:
     with pytest.raises(ValueError, match="kafka_security_protocol"):
         settings(kafka_security_protocol="SASL_TLS")
+
+
+async def test_every_group_of_a_worker_has_its_session_timeout(tmp_path: Path) -> None:
+    """The executors' and the projector's groups, like faust's: a worker back within
+    ``SESSION_TIMEOUT_SECONDS`` takes all its partitions straight back, and a dead one's move
+    to the survivors at once, not the executors' after aiokafka's 10 s and the ledger's later."""
+    s = Settings(
+        data_dir=tmp_path,
+        secret_keys=Fernet.generate_key().decode(),
+        table_store="memory://",
+        session_timeout_seconds=45,
+    )
+    worker = build(s)
+    assert worker.app.conf.broker_session_timeout == 45
+    configs = [executor.config for executor in worker.executors] + [ProjectorConfig.of(s)]
+    assert len(configs) == 3
+    for config in configs:
+        consumer = group_consumer(config.consumer_options, config.group, config.instance)
+        assert consumer._session_timeout_ms == 45_000, config.group
+        assert consumer._heartbeat_interval_ms == 4_500
+        assert consumer._client._request_timeout_ms > 45_000  # a join may wait that long
+        assert consumer._client._bootstrap_servers == s.kafka_bootstrap
 
 
 def test_min_insync_replicas_follows_the_replication_factor_unless_set() -> None:

@@ -118,6 +118,7 @@ def owners(*consumers: Consumer | None) -> list[Any]:
 
 ANSWERING = Consumer([Connection(waiting=1, answered_ago=0.2)])
 GONE = Consumer([Connection(up=False)])
+STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor told to stop
 
 
 @pytest.mark.parametrize(
@@ -137,6 +138,9 @@ GONE = Consumer([Connection(up=False)])
         (None, owners(ANSWERING), (True, "ready")),
         (None, owners(GONE), (False, "Kafka unreachable: no connection to a broker")),
         (None, owners(None), (False, "connecting to Kafka")),
+        # a worker told to stop: its executors drain, then close their consumers
+        (app(), [*owners(ANSWERING), STOPPING], (False, "stopping")),
+        (app(), [SimpleNamespace(consumer=GONE, stopping=True)], (False, "stopping")),
     ],
 )
 def test_ready_puts_kafka_out_of_reach_first(
