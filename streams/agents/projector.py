@@ -33,7 +33,7 @@ from streams.codecs import decode
 from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.rows import Sourced
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
@@ -73,6 +73,9 @@ class Projector:
         self._dead_letters = dead_letters
         self.consumer: AIOKafkaConsumer | None = None
         self.applied: dict[TopicPartition, int] = {}  # next offset per partition
+        # the next offset recorded in the database by this projector's last batch of each
+        # partition since it was sought: the database holding less went back under it
+        self.recorded: dict[TopicPartition, int] = {}
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
@@ -114,12 +117,37 @@ class Projector:
                 if event is not None:
                     batch.append(Sourced(record.topic, record.partition, record.offset, event))
         offsets = {tp: records[-1].offset + 1 for tp, records in taken.items()}
-        await _apply(self._store, batch, {(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        read = {(tp.topic, tp.partition): o for tp, o in offsets.items()}
+        recorded = {
+            (tp.topic, tp.partition): self.recorded[tp] for tp in taken if tp in self.recorded
+        }
+        try:
+            await _apply(self._store, batch, read, recorded)
+        except ProjectionBehind as behind:
+            await self._read_again(consumer, behind)
+            return
         self.applied.update(offsets)
+        self.recorded.update(offsets)
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+
+    async def _read_again(self, consumer: AIOKafkaConsumer, behind: ProjectionBehind) -> None:
+        """The database went back under the projector (a backup restored, the projection
+        emptied): the batch is dropped, and every partition is read again from where the
+        database says it has read to, as after a restart; what it lacks is filled from the log."""
+        log.warning(
+            "the projection holds less than this projector wrote into it (restored from a "
+            "backup? emptied?): %s; reading %s again from where the projection has read to",
+            ", ".join(
+                f"partition={partition} offset={'nothing' if mark is None else mark} "
+                f"(written to {self.recorded[TopicPartition(topic, partition)]})"
+                for (topic, partition), mark in sorted(behind.marks.items())
+            ),
+            self.config.topic,
+        )
+        await self.resume(consumer.assignment())
 
     async def resume(self, assigned: set[TopicPartition]) -> None:
         """Each assigned partition from where the projection says it has read to (committed
@@ -129,6 +157,8 @@ class Projector:
         consumer = self.consumer
         if consumer is None or not assigned:
             return
+        for tp in assigned:  # what it recorded before says nothing of where it reads now
+            self.recorded.pop(tp, None)
         # aiokafka fetches a partition once it is assigned, while this runs, and hands out
         # what it fetched: paused, nothing of them is taken before they are sought (a record
         # taken from the group's commit and then read again from the seek was projected, or
@@ -193,6 +223,7 @@ class Projector:
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self.applied.pop(tp, None)
+            self.recorded.pop(tp, None)
 
 
 async def _take(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
@@ -237,15 +268,18 @@ def register(app: Any, *, projector: Projector, metrics: WorkerMetrics) -> None:
 
 
 async def _apply(
-    store: ProjectionStore, batch: list[Sourced], read: dict[tuple[str, int], int]
+    store: ProjectionStore,
+    batch: list[Sourced],
+    read: dict[tuple[str, int], int],
+    recorded: dict[tuple[str, int], int],
 ) -> None:
     """Block this partition until the database takes the batch (and how far it was read):
-    nothing projected is skipped."""
+    nothing projected is skipped. ``ProjectionBehind``: the database went back in time."""
     delay = 0.5
     while True:
         try:
             # SQL is blocking I/O: off the event loop, one transaction per batch
-            await asyncio.to_thread(store.apply, batch, read=read)
+            await asyncio.to_thread(store.apply, batch, read=read, recorded=recorded)
             return
         except SQLAlchemyError as exc:
             log.error("projection write failed, retrying in %.1fs: %s", delay, type(exc).__name__)

@@ -5,17 +5,19 @@ offset; a database that holds nothing of a partition is filled from its earliest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import delete, insert, select
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
@@ -23,8 +25,10 @@ from streams.dev.kafka import EmbeddedKafka
 from streams.projection.engine import make_engine
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
+from streams.projection.tables import Base
 from streams.runtime import DeadLetters, SystemClock
 from tests.integration.conftest import System, create_topic
+from tests.postgres import database_url, postgres_server  # noqa: F401 (fixtures)
 from tests.projection_support import T0_MS, Log, snapshot
 from tests.support import seed_params, wait_until
 
@@ -63,9 +67,24 @@ async def _produce_poison(bootstrap: str, topic: str, *, partition: int, count: 
         await producer.stop()
 
 
-async def _project_until(
-    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[Projector], bool]
-) -> _Letters:
+class _Running:
+    """A projector running as a task, and a way to wait for what it should do."""
+
+    def __init__(self, projector: Projector, task: asyncio.Task[None], letters: _Letters) -> None:
+        self.projector, self.task, self.letters = projector, task, letters
+
+    async def until(self, done: Callable[[Projector], bool], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not await asyncio.to_thread(done, self.projector):
+                if self.task.done():
+                    self.task.result()  # its failure, not a timeout
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _projecting(
+    bootstrap: str, topic: str, store: ProjectionStore
+) -> AsyncIterator[_Running]:
     from prometheus_client import CollectorRegistry, Counter
 
     letters = _Letters()
@@ -82,15 +101,18 @@ async def _project_until(
     )
     task = asyncio.create_task(projector.run())
     try:
-        async with asyncio.timeout(60):
-            while not await asyncio.to_thread(done, projector):
-                if task.done():
-                    task.result()  # its failure, not a timeout
-                await asyncio.sleep(0.05)
+        yield _Running(projector, task, letters)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return letters
+
+
+async def _project_until(
+    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[Projector], bool]
+) -> _Letters:
+    async with _projecting(bootstrap, topic, store) as running:
+        await running.until(done)
+    return running.letters
 
 
 def _log(people: int, *, first: int = 0) -> Log:
@@ -149,6 +171,66 @@ def test_a_restored_projection_is_brought_up_to_date_from_the_log(
     asyncio.run(_project_until(kafka.bootstrap, topic, store, holds(store, len(records))))
     assert snapshot(store) == expected
     assert letters.sent == []
+    store.close()
+
+
+Backup = dict[str, list[dict[str, Any]]]
+
+
+def _backup(store: ProjectionStore) -> Backup:
+    """Every row of the projection's tables, as a dump holds them."""
+    with store.engine.connect() as connection:
+        return {
+            name: [dict(row._mapping) for row in connection.execute(select(table))]
+            for name, table in Base.metadata.tables.items()
+        }
+
+
+def _restore(store: ProjectionStore, backup: Backup) -> None:
+    """The tables' rows replaced by the backup's in one transaction (as ``pg_restore --clean``
+    or a copied SQLite file leave them)."""
+    with store.engine.begin() as connection:
+        for name, table in Base.metadata.tables.items():
+            connection.execute(delete(table))
+            if backup[name]:
+                connection.execute(insert(table), backup[name])
+
+
+def test_a_backup_restored_under_a_running_projector_is_brought_up_to_date_from_the_log(
+    kafka: EmbeddedKafka,
+    database_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator restores last night's dump while the projector runs (it is not restarted,
+    so it is not assigned its partitions again): at its next batch it finds the database
+    behind what it wrote, says so, and fills what the database lacks from the log, where it
+    went on from its own position and left the records between the backup and the restore
+    out for good."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(30).records)
+    first, second = len(records) // 3, 2 * len(records) // 3
+    expected_store = ProjectionStore.from_url("sqlite://")
+    expected_store.apply(records)
+    expected = snapshot(expected_store)
+    store = ProjectionStore.from_url(database_url)
+
+    async def scenario() -> None:
+        async with _projecting(kafka.bootstrap, topic, store) as running:
+            await _produce(kafka.bootstrap, records[:first])
+            await running.until(holds(store, first))
+            backup = _backup(store)
+            await _produce(kafka.bootstrap, records[first:second])
+            await running.until(holds(store, second))
+            _restore(store, backup)
+            assert store.counts()[1] == first
+            await _produce(kafka.bootstrap, records[second:])
+            await running.until(holds(store, len(records)), timeout=30)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        asyncio.run(scenario())
+    assert snapshot(store) == expected
+    assert "the projection holds less than this projector wrote into it" in caplog.text
     store.close()
 
 
