@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.kafka_options import client_options, consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics, serve_or_log
+from streams.projection.engine import database_said, database_unusable
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
@@ -76,12 +78,16 @@ class Projector:
         # the next offset recorded in the database by this projector's last batch of each
         # partition since it was sought: the database holding less went back under it
         self.recorded: dict[TopicPartition, int] = {}
+        self.database_error: str | None = None  # why its database takes nothing now
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
         return consumer_lag(self.consumer, self.applied)
 
     async def run(self) -> None:
+        # a database down when the projector starts (a server restarting, not up yet) is waited
+        # for, as one down later is: a projector that exited was started again once a second
+        await self._until_done("projection schema migration", self._store.upgrade_schema)
         consumer = self.consumer = group_consumer(
             self.config.consumer_options,
             self.config.group,
@@ -122,7 +128,10 @@ class Projector:
             (tp.topic, tp.partition): self.recorded[tp] for tp in taken if tp in self.recorded
         }
         try:
-            await _apply(self._store, batch, read, recorded)
+            await self._until_done(
+                "projection write",
+                lambda: self._store.apply(batch, read=read, recorded=recorded),
+            )
         except ProjectionBehind as behind:
             await self._read_again(consumer, behind)
             return
@@ -220,6 +229,30 @@ class Projector:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
 
+    async def _until_done(self, what: str, work: Callable[[], object]) -> None:
+        """Block this partition until the database does ``work`` (a batch and how far it was
+        read, the schema's migration), off the event loop: nothing projected is skipped. Each
+        failure is logged with what the database said, and is the projector's ``/readyz``
+        status until the work is done; ``ProjectionBehind``: the database went back in time."""
+        delay, failures = 0.5, 0
+        while True:
+            try:
+                await asyncio.to_thread(work)
+            except SQLAlchemyError as exc:
+                failures += 1
+                self.database_error = (
+                    f"{'database unreachable' if database_unusable(exc) else 'database error'}: "
+                    f"{database_said(exc)}"
+                )
+                log.error("%s failed, retrying in %.1fs: %s", what, delay, self.database_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if failures:
+                log.warning("%s done after %d failed tries", what, failures)
+            self.database_error = None
+            return
+
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self.applied.pop(tp, None)
@@ -267,26 +300,6 @@ def register(app: Any, *, projector: Projector, metrics: WorkerMetrics) -> None:
     metrics.consumers.append(projector)
 
 
-async def _apply(
-    store: ProjectionStore,
-    batch: list[Sourced],
-    read: dict[tuple[str, int], int],
-    recorded: dict[tuple[str, int], int],
-) -> None:
-    """Block this partition until the database takes the batch (and how far it was read):
-    nothing projected is skipped. ``ProjectionBehind``: the database went back in time."""
-    delay = 0.5
-    while True:
-        try:
-            # SQL is blocking I/O: off the event loop, one transaction per batch
-            await asyncio.to_thread(store.apply, batch, read=read, recorded=recorded)
-            return
-        except SQLAlchemyError as exc:
-            log.error("projection write failed, retrying in %.1fs: %s", delay, type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 # --- the projector on its own ------------------------------------------------------------------
 
 PARENT_ENV = "TALKSTREAM_PROJECTOR_PARENT"  # set for the worker's child: the worker's pid
@@ -306,7 +319,7 @@ class _Send:
 async def serve(settings: Settings) -> None:
     """Run the projector alone until cancelled: ``talkstream projector``, which is also the
     worker's child process when ``TALKSTREAM_PROJECTOR=process``."""
-    store = ProjectionStore.from_url(settings.resolved_database_url)
+    store = ProjectionStore.from_url(settings.resolved_database_url, migrate_schema=False)
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     metrics = WorkerMetrics()  # served: its lag and its dead letters
     http = None

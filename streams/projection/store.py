@@ -83,6 +83,10 @@ class ProjectionStore:
     def from_url(cls, url: str, *, migrate_schema: bool = True) -> ProjectionStore:
         return cls(make_engine(url), migrate_schema=migrate_schema)
 
+    def upgrade_schema(self) -> None:
+        """Migrate the schema to the newest migration (what ``migrate_schema`` does at once)."""
+        migrate.upgrade(self.engine)
+
     @property
     def url(self) -> str:
         return safe_url(self.engine)

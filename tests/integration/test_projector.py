@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
@@ -27,10 +29,14 @@ from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import Base
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import System, create_topic
-from tests.postgres import database_url, postgres_server  # noqa: F401 (fixtures)
+from tests.integration.conftest import System, create_topic, http
+from tests.postgres import (  # noqa: F401 (fixtures)
+    database_url,
+    fresh_postgres_database,
+    postgres_server,
+)
 from tests.projection_support import T0_MS, Log, snapshot
-from tests.support import seed_params, wait_until
+from tests.support import free_port, seed_params, wait_until
 
 PARTITIONS = 2
 
@@ -409,3 +415,62 @@ def test_a_worker_on_a_new_database_under_the_same_app_id_fills_it_from_the_log(
     assert (
         f"projection empty: filling from the earliest offsets of {system.app_id}-lifecycle" in log
     )
+
+
+@pytest.mark.parametrize("where", ["process", "worker"])
+def test_a_projector_started_before_its_database_waits_for_it_and_says_why(
+    make_system: Any,
+    postgres_server: str,  # noqa: F811
+    where: str,
+) -> None:
+    """The database is not there when the deployment starts (a server still restoring, a
+    database not created yet): the worker decides all the same, the projector waits saying
+    what the database said (its log, and its /readyz on its own) instead of exiting (its child
+    process was started again once a second; in the worker it stopped the worker), and fills
+    the database from the log once it is there."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    port = free_port()
+    system: System = make_system(database_url=url, projector=where, projector_http_port=str(port))
+    system.wait_ready()
+    posted = [system.post(seed_params(f"wait{i}@example.com")) for i in range(3)]
+    assert all(status == 202 for status, _ in posted), posted
+    wait_until(lambda: len(system.talkable("GET", "/_events")) >= 3, 60, what="published")
+
+    def unready() -> str:
+        with contextlib.suppress(OSError):  # not serving yet
+            status, body = http("GET", f"http://127.0.0.1:{port}/readyz")
+            return str(body["status"]) if status == 503 else ""
+        return ""
+
+    said = "database unreachable: OperationalError: connection failed: "
+    missing = f'FATAL: database "{name}" does not exist'
+    if where == "process":
+        wait_until(lambda: unready().startswith(said), 60, what="the projector's /readyz")
+        assert missing in unready()
+    wait_until(lambda: missing in system.log("worker"), 30, what="the projector saying why")
+
+    created = contextlib.contextmanager(fresh_postgres_database)(postgres_server, name=name)
+    with created as database:
+        assert database == url
+        _wait_published(ProjectionStore.from_url(url, migrate_schema=False), posted)
+        if where == "process":
+            assert http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert "the projector process exited" not in log
+    assert "projection schema migration done after" in log
+
+
+def _wait_published(store: ProjectionStore, posted: list[tuple[int, Any]]) -> None:
+    """Until the store has every posted request published (its schema may not be there yet)."""
+
+    def projected() -> bool:
+        with contextlib.suppress(SQLAlchemyError):
+            rows = [store.request(body["request_id"]) for _, body in posted]
+            return all(row is not None and row.state == "published" for row in rows)
+        return False
+
+    try:
+        wait_until(projected, 90, 0.2, what="the requests in the database")
+    finally:
+        store.close()
