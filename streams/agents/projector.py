@@ -237,6 +237,8 @@ class Projector:
         delay, failures = 0.5, 0
         while True:
             try:
+                if failures:  # a database made again under it has no tables: migrated first
+                    await asyncio.to_thread(self._store.upgrade_schema)
                 await asyncio.to_thread(work)
             except SQLAlchemyError as exc:
                 failures += 1

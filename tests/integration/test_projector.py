@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
+from streams.projection import migrate
 from streams.projection.engine import make_engine
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
@@ -238,6 +239,44 @@ def test_a_backup_restored_under_a_running_projector_is_brought_up_to_date_from_
     assert snapshot(store) == expected
     assert "the projection holds less than this projector wrote into it" in caplog.text
     store.close()
+
+
+def test_a_database_made_again_under_a_running_projector_is_migrated_and_filled(
+    kafka: EmbeddedKafka,
+    database_url: str,  # noqa: F811
+) -> None:
+    """An operator drops the database and creates it again, empty, while the projector runs:
+    its writes failed on the missing tables until it was restarted; now it migrates the schema
+    again and fills the database from the log."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(20).records)
+    half = len(records) // 2
+    expected_store = ProjectionStore.from_url("sqlite://")
+    expected_store.apply(records)
+    expected = snapshot(expected_store)
+    store = ProjectionStore.from_url(database_url)
+
+    async def scenario() -> None:
+        async with _projecting(kafka.bootstrap, topic, store) as running:
+            await _produce(kafka.bootstrap, records[:half])
+            await running.until(holds(store, half))
+            Base.metadata.drop_all(store.engine)  # a database made again: no tables at all
+            with store.engine.begin() as connection:
+                connection.execute(text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+            await _produce(kafka.bootstrap, records[half:])
+            await running.until(lambda _: _counts(store) == len(records), timeout=60)
+
+    asyncio.run(scenario())
+    assert snapshot(store) == expected
+    store.close()
+
+
+def _counts(store: ProjectionStore) -> int:
+    """The store's transitions; 0 while it has no tables."""
+    with contextlib.suppress(SQLAlchemyError):
+        return store.counts()[1]
+    return 0
 
 
 def test_every_record_is_projected_once_across_restarts(
