@@ -43,6 +43,9 @@ from streams.topics import BY_NAME, consumer_group
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# a write (or the schema's migration) the database has not answered for this long is said: a
+# server that hangs, or a network that drops everything, leaves it waiting with no error
+DATABASE_SILENCE_SECONDS = 10.0
 WITHIN_SECONDS = 0.2
 FETCH_MIN_BYTES = 256 * 1024
 
@@ -238,8 +241,8 @@ class Projector:
         while True:
             try:
                 if failures:  # a database made again under it has no tables: migrated first
-                    await asyncio.to_thread(self._store.upgrade_schema)
-                await asyncio.to_thread(work)
+                    await self._answered(what, self._store.upgrade_schema)
+                await self._answered(what, work)
             except SQLAlchemyError as exc:
                 failures += 1
                 self.database_error = (
@@ -254,6 +257,24 @@ class Projector:
                 log.warning("%s done after %d failed tries", what, failures)
             self.database_error = None
             return
+
+    async def _answered(self, what: str, work: Callable[[], object]) -> None:
+        """``work`` in a thread (SQL is blocking I/O), said once it has waited
+        ``DATABASE_SILENCE_SECONDS`` for the database, and then every time as long again: in
+        the log and as the ``/readyz`` status, until it ends (a thread cannot be cut short)."""
+        running = asyncio.ensure_future(asyncio.to_thread(work))
+        waited = 0.0
+        try:
+            while not (await asyncio.wait({running}, timeout=DATABASE_SILENCE_SECONDS))[0]:
+                waited += DATABASE_SILENCE_SECONDS
+                self.database_error = f"database not answering: {what} has waited {waited:.0f} s"
+                log.error("%s has waited %.0f s for the database", what, waited)
+        except asyncio.CancelledError:  # stopping: its thread ends when the database answers
+            running.cancel()
+            raise
+        if waited:
+            log.warning("%s answered after more than %.0f s", what, waited)
+        running.result()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
