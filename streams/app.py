@@ -234,7 +234,10 @@ def build(
     if settings.projector == "worker":  # else a process of its own (see ``talkstream worker``)
         own_projector = Projector(
             ProjectorConfig.of(settings),
-            projection or ProjectionStore.from_url(settings.resolved_database_url),
+            # migrated once its database answers (``Projector.run``): a database down does
+            # not stop the worker's decisions
+            projection
+            or ProjectionStore.from_url(settings.resolved_database_url, migrate_schema=False),
             dead_letters,
         )
         projector.register(app, projector=own_projector, metrics=metrics)

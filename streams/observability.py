@@ -1,6 +1,6 @@
 """Worker metrics (Prometheus) and health: ``/healthz`` (alive), ``/readyz`` (a Kafka broker
 answers, partitions assigned and tables recovered, so the worker is taking decisions; the
-projector on its own: a broker answers), ``/metrics``.
+projector on its own: a broker answers and its database takes its writes), ``/metrics``.
 
 Every metric name starts with ``talkstream_``. Nothing here ever carries a secret: labels are
 states, stages, services and topics only.
@@ -262,12 +262,17 @@ def kafka_unreachable(consumers: Iterable[Any], now: float | None = None) -> str
 def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple[bool, str]:
     """Whether this process takes decisions now, and if not why: Kafka out of reach of its own
     consumers (the executors and projector in ``consumers``) first, then faust's rebalance and
-    table recovery; ``app`` None: a process without faust (the projector on its own). A worker
+    table recovery; ``app`` None: a process without faust (the projector on its own), whose
+    database must take its writes too (the worker's decisions go on without it). A worker
     told to stop says so first: its executors take nothing more, then close their consumers,
     which would read as Kafka out of reach."""
     consumers = list(consumers)
     if any(getattr(own, "stopping", False) for own in consumers):
         return False, "stopping"
+    if app is None:
+        failing = [why for own in consumers if (why := getattr(own, "database_error", None))]
+        if failing:  # first: a projector waiting for its database has no consumer yet
+            return False, failing[0]
     unreachable = kafka_unreachable((own.consumer for own in consumers), now)
     if unreachable is not None:
         return False, unreachable
@@ -309,7 +314,8 @@ async def serve_worker_http(
     app: Any, metrics: WorkerMetrics, host: str, port: int, *, name: str = "worker"
 ) -> web.AppRunner:
     """``/healthz``, ``/readyz`` and ``/metrics``; ``app`` None: a process without faust (the
-    projector on its own), ready while a broker answers its consumer."""
+    projector on its own), ready while a broker answers its consumer and its database takes
+    its writes."""
     metrics.registry.register(ConsumerLag(app, metrics.consumers))
 
     async def healthz(_: web.Request) -> web.Response:

@@ -37,9 +37,9 @@ def postgres_server() -> Iterator[str]:
         subprocess.run([SCRIPT, "stop"], capture_output=True, timeout=120)
 
 
-def fresh_postgres_database(server: str) -> Iterator[str]:
-    """A new, empty database on the server; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def fresh_postgres_database(server: str, name: str | None = None) -> Iterator[str]:
+    """A new, empty database on the server (``name``, or one made up); dropped afterwards."""
+    name = name or f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(make_url(server).set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,9 @@ from streams.kafka_options import (
     stop_consumer,
 )
 from streams.observability import WorkerMetrics, serve_or_log
+from streams.projection.engine import database_said, database_unusable
 from streams.projection.rows import Sourced
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
@@ -47,6 +49,9 @@ from streams.topics import BY_NAME, consumer_group
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# a write (or the schema's migration) the database has not answered for this long is said: a
+# server that hangs, or a network that drops everything, leaves it waiting with no error
+DATABASE_SILENCE_SECONDS = 10.0
 WITHIN_SECONDS = 0.2
 FETCH_MIN_BYTES = 256 * 1024
 
@@ -79,12 +84,19 @@ class Projector:
         self._dead_letters = dead_letters
         self.consumer: AIOKafkaConsumer | None = None
         self.applied: dict[TopicPartition, int] = {}  # next offset per partition
+        # the next offset recorded in the database by this projector's last batch of each
+        # partition since it was sought: the database holding less went back under it
+        self.recorded: dict[TopicPartition, int] = {}
+        self.database_error: str | None = None  # why its database takes nothing now
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
         return consumer_lag(self.consumer, self.applied)
 
     async def run(self) -> None:
+        # a database down when the projector starts (a server restarting, not up yet) is waited
+        # for, as one down later is: a projector that exited was started again once a second
+        await self._until_done("projection schema migration", self._store.upgrade_schema)
         consumer = self.consumer = group_consumer(
             self.config.consumer_options,
             self.config.group,
@@ -120,12 +132,40 @@ class Projector:
                 if event is not None:
                     batch.append(Sourced(record.topic, record.partition, record.offset, event))
         offsets = {tp: records[-1].offset + 1 for tp, records in taken.items()}
-        await _apply(self._store, batch, {(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        read = {(tp.topic, tp.partition): o for tp, o in offsets.items()}
+        recorded = {
+            (tp.topic, tp.partition): self.recorded[tp] for tp in taken if tp in self.recorded
+        }
+        try:
+            await self._until_done(
+                "projection write",
+                lambda: self._store.apply(batch, read=read, recorded=recorded),
+            )
+        except ProjectionBehind as behind:
+            await self._read_again(consumer, behind)
+            return
         self.applied.update(offsets)
+        self.recorded.update(offsets)
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+
+    async def _read_again(self, consumer: AIOKafkaConsumer, behind: ProjectionBehind) -> None:
+        """The database went back under the projector (a backup restored, the projection
+        emptied): the batch is dropped, and every partition is read again from where the
+        database says it has read to, as after a restart; what it lacks is filled from the log."""
+        log.warning(
+            "the projection holds less than this projector wrote into it (restored from a "
+            "backup? emptied?): %s; reading %s again from where the projection has read to",
+            ", ".join(
+                f"partition={partition} offset={'nothing' if mark is None else mark} "
+                f"(written to {self.recorded[TopicPartition(topic, partition)]})"
+                for (topic, partition), mark in sorted(behind.marks.items())
+            ),
+            self.config.topic,
+        )
+        await self.resume(consumer.assignment())
 
     async def resume(self, assigned: set[TopicPartition]) -> None:
         """Each assigned partition from where the projection says it has read to (committed
@@ -135,6 +175,8 @@ class Projector:
         consumer = self.consumer
         if consumer is None or not assigned:
             return
+        for tp in assigned:  # what it recorded before says nothing of where it reads now
+            self.recorded.pop(tp, None)
         # aiokafka fetches a partition once it is assigned, while this runs, and hands out
         # what it fetched: paused, nothing of them is taken before they are sought (a record
         # taken from the group's commit and then read again from the seek was projected, or
@@ -196,9 +238,54 @@ class Projector:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
 
+    async def _until_done(self, what: str, work: Callable[[], object]) -> None:
+        """Block this partition until the database does ``work`` (a batch and how far it was
+        read, the schema's migration), off the event loop: nothing projected is skipped. Each
+        failure is logged with what the database said, and is the projector's ``/readyz``
+        status until the work is done; ``ProjectionBehind``: the database went back in time."""
+        delay, failures = 0.5, 0
+        while True:
+            try:
+                if failures:  # a database made again under it has no tables: migrated first
+                    await self._answered(what, self._store.upgrade_schema)
+                await self._answered(what, work)
+            except SQLAlchemyError as exc:
+                failures += 1
+                self.database_error = (
+                    f"{'database unreachable' if database_unusable(exc) else 'database error'}: "
+                    f"{database_said(exc)}"
+                )
+                log.error("%s failed, retrying in %.1fs: %s", what, delay, self.database_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if failures:
+                log.warning("%s done after %d failed tries", what, failures)
+            self.database_error = None
+            return
+
+    async def _answered(self, what: str, work: Callable[[], object]) -> None:
+        """``work`` in a thread (SQL is blocking I/O), said once it has waited
+        ``DATABASE_SILENCE_SECONDS`` for the database, and then every time as long again: in
+        the log and as the ``/readyz`` status, until it ends (a thread cannot be cut short)."""
+        running = asyncio.ensure_future(asyncio.to_thread(work))
+        waited = 0.0
+        try:
+            while not (await asyncio.wait({running}, timeout=DATABASE_SILENCE_SECONDS))[0]:
+                waited += DATABASE_SILENCE_SECONDS
+                self.database_error = f"database not answering: {what} has waited {waited:.0f} s"
+                log.error("%s has waited %.0f s for the database", what, waited)
+        except asyncio.CancelledError:  # stopping: its thread ends when the database answers
+            running.cancel()
+            raise
+        if waited:
+            log.warning("%s answered after more than %.0f s", what, waited)
+        running.result()
+
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self.applied.pop(tp, None)
+            self.recorded.pop(tp, None)
 
 
 async def _take(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
@@ -242,23 +329,6 @@ def register(app: Any, *, projector: Projector, metrics: WorkerMetrics) -> None:
     metrics.consumers.append(projector)
 
 
-async def _apply(
-    store: ProjectionStore, batch: list[Sourced], read: dict[tuple[str, int], int]
-) -> None:
-    """Block this partition until the database takes the batch (and how far it was read):
-    nothing projected is skipped."""
-    delay = 0.5
-    while True:
-        try:
-            # SQL is blocking I/O: off the event loop, one transaction per batch
-            await asyncio.to_thread(store.apply, batch, read=read)
-            return
-        except SQLAlchemyError as exc:
-            log.error("projection write failed, retrying in %.1fs: %s", delay, type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 # --- the projector on its own ------------------------------------------------------------------
 
 PARENT_ENV = "TALKSTREAM_PROJECTOR_PARENT"  # set for the worker's child: the worker's pid
@@ -278,7 +348,7 @@ class _Send:
 async def serve(settings: Settings) -> None:
     """Run the projector alone until cancelled: ``talkstream projector``, which is also the
     worker's child process when ``TALKSTREAM_PROJECTOR=process``."""
-    store = ProjectionStore.from_url(settings.resolved_database_url)
+    store = ProjectionStore.from_url(settings.resolved_database_url, migrate_schema=False)
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     metrics = WorkerMetrics()  # served: its lag and its dead letters
     http = None

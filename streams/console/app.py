@@ -28,7 +28,7 @@ from streams.console.queries import ConsoleQueries
 from streams.ops import clocks
 from streams.ops.redrive import RedriveReport, Selection
 from streams.ops.redrive import redrive as run_redrive
-from streams.projection.engine import database_unusable
+from streams.projection.engine import database_said, database_unusable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,9 @@ async def _projection_unavailable(request: web.Request, handler: auth.Handler) -
     except DBAPIError as exc:
         if not (isinstance(exc, ProgrammingError) or database_unusable(exc)):
             raise
-        log.warning("console: the projection cannot be read: %s", exc.orig)
-        return pages.render(
-            request,
-            "unavailable.html",
-            {"reason": f"{type(exc.orig).__name__}: {exc.orig}"},
-            status=503,
-        )
+        said = database_said(exc)  # one line: psycopg's hint came on a line of its own
+        log.warning("console: the projection cannot be read: %s", said)
+        return pages.render(request, "unavailable.html", {"reason": said}, status=503)
 
 
 def _time(ms: int | None, precise: bool = True) -> str:

@@ -83,10 +83,12 @@ def _rebuild(
     until_ms: int | None,
     processes: int | None,
 ) -> None:
+    from sqlalchemy.exc import IntegrityError
+
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
-    from streams.projection.engine import make_engine
+    from streams.projection.engine import make_engine, safe_url
     from streams.projection.store import ProjectionStore
 
     engine = make_engine(database_url)
@@ -110,6 +112,15 @@ def _rebuild(
         )
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
+    except IntegrityError:
+        # a row it wrote was there already: another process writes into this projection (a
+        # running projector fills one emptied under it from the log by itself, at its next
+        # batch)
+        raise click.ClickException(
+            f"another process wrote into {safe_url(database_url)} during the rebuild (a "
+            "worker's projector?): stop every worker and projector writing to it, then run "
+            "again"
+        ) from None
     finally:
         store.close()
     cut = f" up to {iso(until_ms)} (Kafka record time)" if until_ms is not None else ""

@@ -132,14 +132,20 @@ def safe_url(engine_or_url: Engine | str) -> str:
 def describe_database_error(exc: SQLAlchemyError) -> str:
     """One line for a person about a database that cannot be used: what the driver said (never
     the SQL or its parameters), a password in any URL it echoed hidden."""
-    said = f"{type(exc.orig).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else str(exc)
-    said = _URL_PASSWORD.sub(r"\1***@", " ".join(said.split()))
+    said = database_said(exc)
     if isinstance(exc, ArgumentError):
         return (
             f"the database URL cannot be used ({said}): set TALKSTREAM_DATABASE_URL or "
             "--database-url to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
         )
     return f"the database cannot be used: {said}"
+
+
+def database_said(exc: SQLAlchemyError) -> str:
+    """What the driver said, on one line (never the SQL or its parameters), a password in any
+    URL it echoed hidden: ``OperationalError: connection failed: ... Connection refused``."""
+    said = f"{type(exc.orig).__name__}: {exc.orig}" if isinstance(exc, DBAPIError) else str(exc)
+    return _URL_PASSWORD.sub(r"\1***@", " ".join(said.split()))
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")

@@ -62,6 +62,16 @@ class StatsRow(NamedTuple):
 STATS_BATCH = 10_000  # rows fetched at a time by stats_rows
 
 
+class ProjectionBehind(Exception):
+    """The database holds less of some partitions than the live projector recorded in it: it
+    was restored from an older backup, or emptied, under the running projector. ``marks``:
+    where the database says it has read each of them to (None: nothing of it)."""
+
+    def __init__(self, marks: Mapping[tuple[str, int], int | None]) -> None:
+        super().__init__(marks)
+        self.marks = dict(marks)
+
+
 class ProjectionStore:
     def __init__(self, engine: Engine, *, migrate_schema: bool = True) -> None:
         self.engine = engine
@@ -72,6 +82,10 @@ class ProjectionStore:
     @classmethod
     def from_url(cls, url: str, *, migrate_schema: bool = True) -> ProjectionStore:
         return cls(make_engine(url), migrate_schema=migrate_schema)
+
+    def upgrade_schema(self) -> None:
+        """Migrate the schema to the newest migration (what ``migrate_schema`` does at once)."""
+        migrate.upgrade(self.engine)
 
     @property
     def url(self) -> str:
@@ -90,6 +104,7 @@ class ProjectionStore:
         rebuilt: set[str] | None = None,
         *,
         read: Mapping[tuple[str, int], int] | None = None,
+        recorded: Mapping[tuple[str, int], int] | None = None,
     ) -> int:
         """Apply a batch in one transaction; returns how many events were new.
 
@@ -105,10 +120,16 @@ class ProjectionStore:
 
         ``read``: the live projector's next offset of each (topic, partition) it read the batch
         from, recorded in the same transaction (``projected_offsets``): where it resumes, even
-        when every record it read there was dead-lettered."""
+        when every record it read there was dead-lettered.
+
+        ``recorded``: what the live projector recorded for some of these partitions with its
+        previous batches. A database that holds less than that went back in time under it
+        (restored from a backup, emptied): ``ProjectionBehind``, and nothing is applied."""
         if not batch and not read:
             return 0
         with self.engine.begin() as connection:
+            if recorded:
+                _not_behind(connection, recorded)
             if read:
                 _record_offsets(connection, read)
             if not batch:
@@ -345,15 +366,32 @@ def _applied_sources(connection: Connection, batch: Sequence[Sourced]) -> set[So
     return {(topic, partition, offset) for topic, partition, offset in connection.execute(query)}
 
 
+def _not_behind(connection: Connection, recorded: Mapping[tuple[str, int], int]) -> None:
+    """Raise ``ProjectionBehind`` when the database's offset of a partition is missing or lower
+    than what the projector recorded there (marks never go back otherwise: see
+    ``_record_offsets``)."""
+    o = _OFFSETS.c
+    query = select(o.topic, o.partition, o.next_offset).where(
+        or_(*(and_(o.topic == topic, o.partition == partition) for topic, partition in recorded))
+    )
+    held = {(topic, partition): mark for topic, partition, mark in connection.execute(query)}
+    behind = {key: held.get(key) for key, mark in recorded.items() if held.get(key, -1) < mark}
+    if behind:
+        raise ProjectionBehind(behind)
+
+
 def _record_offsets(connection: Connection, read: Mapping[tuple[str, int], int]) -> None:
     """Upsert the next offset of each (topic, partition) read (SQLite and PostgreSQL share
-    the ``ON CONFLICT`` form)."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(_OFFSETS)
+    the ``ON CONFLICT`` form), never lowering one: a projector whose partition was handed to
+    another during its batch may commit after the new owner (both batches are applied once,
+    the furthest mark stands)."""
+    postgres = connection.dialect.name == "postgresql"
+    statement = (postgresql.insert if postgres else sqlite.insert)(_OFFSETS)
+    furthest = func.greatest if postgres else func.max  # SQLite's two-argument max is scalar
     connection.execute(
         statement.on_conflict_do_update(
             index_elements=[_OFFSETS.c.topic, _OFFSETS.c.partition],
-            set_={"next_offset": statement.excluded.next_offset},
+            set_={"next_offset": furthest(_OFFSETS.c.next_offset, statement.excluded.next_offset)},
         ),
         [
             {"topic": topic, "partition": partition, "next_offset": offset}

@@ -23,7 +23,7 @@ from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
 from streams.projection.engine import SQLITE_WRITER_WAIT_SECONDS
 from streams.projection.rows import Sourced, Writes
-from streams.projection.store import ProjectionStore
+from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.projection.tables import Base
 from tests.postgres import (  # noqa: F401  (fixtures)
     database_url,
@@ -170,6 +170,27 @@ def test_the_projector_resumes_past_what_it_applied_or_read_to(store: Projection
     assert store.next_offset(TOPIC, partition) == highest + 1
     store.apply([], read={(TOPIC, partition): highest + 9})
     assert store.next_offset(TOPIC, partition) == highest + 9
+
+
+def test_a_recorded_offset_never_goes_back_and_a_database_behind_it_is_found(
+    store: ProjectionStore,
+):
+    """A projector that lost its partition during a batch may commit after the new owner: the
+    further mark stands. A database holding less than the projector recorded (a backup restored
+    under it, an emptied one) is said, and the batch is not applied."""
+    log = Log(partitions=1)
+    log.full("r1", at_ms=T0_MS)
+    store.apply([], read={(TOPIC, 0): 40})
+    store.apply([], read={(TOPIC, 0): 30})  # the previous owner's batch, committed last
+    assert store.next_offset(TOPIC, 0) == 40
+
+    with pytest.raises(ProjectionBehind) as behind:
+        store.apply(log.records, read={(TOPIC, 0): 60}, recorded={(TOPIC, 0): 50, (TOPIC, 1): 5})
+    assert behind.value.marks == {(TOPIC, 0): 40, (TOPIC, 1): None}
+    assert store.counts() == (0, 0) and store.next_offset(TOPIC, 0) == 40
+
+    assert store.apply(log.records, read={(TOPIC, 0): 60}, recorded={(TOPIC, 0): 40}) == 6
+    assert store.next_offset(TOPIC, 0) == 60
 
 
 def test_partitions_interleaved_differently_give_the_same_tables(database_url: str):  # noqa: F811

@@ -5,28 +5,39 @@ offset; a database that holds nothing of a partition is filled from its earliest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
+from streams.projection import migrate
 from streams.projection.engine import make_engine
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
+from streams.projection.tables import Base
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import System, create_topic
+from tests.integration.conftest import System, create_topic, http
+from tests.postgres import (  # noqa: F401 (fixtures)
+    database_url,
+    fresh_postgres_database,
+    postgres_server,
+)
 from tests.projection_support import T0_MS, Log, snapshot
-from tests.support import seed_params, wait_until
+from tests.support import free_port, seed_params, wait_until
 
 PARTITIONS = 2
 
@@ -63,9 +74,24 @@ async def _produce_poison(bootstrap: str, topic: str, *, partition: int, count: 
         await producer.stop()
 
 
-async def _project_until(
-    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[Projector], bool]
-) -> _Letters:
+class _Running:
+    """A projector running as a task, and a way to wait for what it should do."""
+
+    def __init__(self, projector: Projector, task: asyncio.Task[None], letters: _Letters) -> None:
+        self.projector, self.task, self.letters = projector, task, letters
+
+    async def until(self, done: Callable[[Projector], bool], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not await asyncio.to_thread(done, self.projector):
+                if self.task.done():
+                    self.task.result()  # its failure, not a timeout
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _projecting(
+    bootstrap: str, topic: str, store: ProjectionStore
+) -> AsyncIterator[_Running]:
     from prometheus_client import CollectorRegistry, Counter
 
     letters = _Letters()
@@ -82,15 +108,18 @@ async def _project_until(
     )
     task = asyncio.create_task(projector.run())
     try:
-        async with asyncio.timeout(60):
-            while not await asyncio.to_thread(done, projector):
-                if task.done():
-                    task.result()  # its failure, not a timeout
-                await asyncio.sleep(0.05)
+        yield _Running(projector, task, letters)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return letters
+
+
+async def _project_until(
+    bootstrap: str, topic: str, store: ProjectionStore, done: Callable[[Projector], bool]
+) -> _Letters:
+    async with _projecting(bootstrap, topic, store) as running:
+        await running.until(done)
+    return running.letters
 
 
 def _log(people: int, *, first: int = 0) -> Log:
@@ -150,6 +179,104 @@ def test_a_restored_projection_is_brought_up_to_date_from_the_log(
     assert snapshot(store) == expected
     assert letters.sent == []
     store.close()
+
+
+Backup = dict[str, list[dict[str, Any]]]
+
+
+def _backup(store: ProjectionStore) -> Backup:
+    """Every row of the projection's tables, as a dump holds them."""
+    with store.engine.connect() as connection:
+        return {
+            name: [dict(row._mapping) for row in connection.execute(select(table))]
+            for name, table in Base.metadata.tables.items()
+        }
+
+
+def _restore(store: ProjectionStore, backup: Backup) -> None:
+    """The tables' rows replaced by the backup's in one transaction (as ``pg_restore --clean``
+    or a copied SQLite file leave them)."""
+    with store.engine.begin() as connection:
+        for name, table in Base.metadata.tables.items():
+            connection.execute(delete(table))
+            if backup[name]:
+                connection.execute(insert(table), backup[name])
+
+
+def test_a_backup_restored_under_a_running_projector_is_brought_up_to_date_from_the_log(
+    kafka: EmbeddedKafka,
+    database_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator restores last night's dump while the projector runs (it is not restarted,
+    so it is not assigned its partitions again): at its next batch it finds the database
+    behind what it wrote, says so, and fills what the database lacks from the log, where it
+    went on from its own position and left the records between the backup and the restore
+    out for good."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(30).records)
+    first, second = len(records) // 3, 2 * len(records) // 3
+    expected_store = ProjectionStore.from_url("sqlite://")
+    expected_store.apply(records)
+    expected = snapshot(expected_store)
+    store = ProjectionStore.from_url(database_url)
+
+    async def scenario() -> None:
+        async with _projecting(kafka.bootstrap, topic, store) as running:
+            await _produce(kafka.bootstrap, records[:first])
+            await running.until(holds(store, first))
+            backup = _backup(store)
+            await _produce(kafka.bootstrap, records[first:second])
+            await running.until(holds(store, second))
+            _restore(store, backup)
+            assert store.counts()[1] == first
+            await _produce(kafka.bootstrap, records[second:])
+            await running.until(holds(store, len(records)), timeout=30)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        asyncio.run(scenario())
+    assert snapshot(store) == expected
+    assert "the projection holds less than this projector wrote into it" in caplog.text
+    store.close()
+
+
+def test_a_database_made_again_under_a_running_projector_is_migrated_and_filled(
+    kafka: EmbeddedKafka,
+    database_url: str,  # noqa: F811
+) -> None:
+    """An operator drops the database and creates it again, empty, while the projector runs:
+    its writes failed on the missing tables until it was restarted; now it migrates the schema
+    again and fills the database from the log."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(20).records)
+    half = len(records) // 2
+    expected_store = ProjectionStore.from_url("sqlite://")
+    expected_store.apply(records)
+    expected = snapshot(expected_store)
+    store = ProjectionStore.from_url(database_url)
+
+    async def scenario() -> None:
+        async with _projecting(kafka.bootstrap, topic, store) as running:
+            await _produce(kafka.bootstrap, records[:half])
+            await running.until(holds(store, half))
+            Base.metadata.drop_all(store.engine)  # a database made again: no tables at all
+            with store.engine.begin() as connection:
+                connection.execute(text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+            await _produce(kafka.bootstrap, records[half:])
+            await running.until(lambda _: _counts(store) == len(records), timeout=60)
+
+    asyncio.run(scenario())
+    assert snapshot(store) == expected
+    store.close()
+
+
+def _counts(store: ProjectionStore) -> int:
+    """The store's transitions; 0 while it has no tables."""
+    with contextlib.suppress(SQLAlchemyError):
+        return store.counts()[1]
+    return 0
 
 
 def test_every_record_is_projected_once_across_restarts(
@@ -327,3 +454,62 @@ def test_a_worker_on_a_new_database_under_the_same_app_id_fills_it_from_the_log(
     assert (
         f"projection empty: filling from the earliest offsets of {system.app_id}-lifecycle" in log
     )
+
+
+@pytest.mark.parametrize("where", ["process", "worker"])
+def test_a_projector_started_before_its_database_waits_for_it_and_says_why(
+    make_system: Any,
+    postgres_server: str,  # noqa: F811
+    where: str,
+) -> None:
+    """The database is not there when the deployment starts (a server still restoring, a
+    database not created yet): the worker decides all the same, the projector waits saying
+    what the database said (its log, and its /readyz on its own) instead of exiting (its child
+    process was started again once a second; in the worker it stopped the worker), and fills
+    the database from the log once it is there."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    port = free_port()
+    system: System = make_system(database_url=url, projector=where, projector_http_port=str(port))
+    system.wait_ready()
+    posted = [system.post(seed_params(f"wait{i}@example.com")) for i in range(3)]
+    assert all(status == 202 for status, _ in posted), posted
+    wait_until(lambda: len(system.talkable("GET", "/_events")) >= 3, 60, what="published")
+
+    def unready() -> str:
+        with contextlib.suppress(OSError):  # not serving yet
+            status, body = http("GET", f"http://127.0.0.1:{port}/readyz")
+            return str(body["status"]) if status == 503 else ""
+        return ""
+
+    said = "database unreachable: OperationalError: connection failed: "
+    missing = f'FATAL: database "{name}" does not exist'
+    if where == "process":
+        wait_until(lambda: unready().startswith(said), 60, what="the projector's /readyz")
+        assert missing in unready()
+    wait_until(lambda: missing in system.log("worker"), 30, what="the projector saying why")
+
+    created = contextlib.contextmanager(fresh_postgres_database)(postgres_server, name=name)
+    with created as database:
+        assert database == url
+        _wait_published(ProjectionStore.from_url(url, migrate_schema=False), posted)
+        if where == "process":
+            assert http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert "the projector process exited" not in log
+    assert "projection schema migration done after" in log
+
+
+def _wait_published(store: ProjectionStore, posted: list[tuple[int, Any]]) -> None:
+    """Until the store has every posted request published (its schema may not be there yet)."""
+
+    def projected() -> bool:
+        with contextlib.suppress(SQLAlchemyError):
+            rows = [store.request(body["request_id"]) for _, body in posted]
+            return all(row is not None and row.state == "published" for row in rows)
+        return False
+
+    try:
+        wait_until(projected, 90, 0.2, what="the requests in the database")
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from streams.kafka_options import start_reading, stop_consumer
 from streams.ops.commands import register
 from streams.ops.replay import LogReader
 from streams.projection.store import ProjectionStore
+from streams.projection.tables import TransitionRow
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.conftest import System, create_topic, now_s, produce, read_topic
@@ -186,6 +188,32 @@ def test_replaying_twice_gives_identical_tables(traffic: Traffic, system: System
     finally:
         a.close()
         b.close()
+
+
+def test_a_rebuild_another_process_writes_into_too_says_so_in_one_line(
+    traffic: Traffic, system: System, tmp_path: Path
+):
+    """``replay --force`` into the projection a running worker's projector writes (which fills
+    it again from the log once emptied under it): a row that process wrote first was a
+    UniqueViolation traceback; now one line, saying what to do. The other writer here: a
+    trigger that writes each transition's source just before the replay does."""
+    path = tmp_path / "raced.sqlite3"
+    url = f"sqlite:///{path}"
+    ProjectionStore.from_url(url).close()  # migrated and empty
+    columns = [c.name for c in TransitionRow.__table__.columns if c.name != "id"]
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(
+            f"CREATE TRIGGER other_writer BEFORE INSERT ON transitions BEGIN "
+            f"INSERT INTO transitions ({', '.join(columns)}) "
+            f"VALUES ({', '.join(f'NEW.{c}' for c in columns)}); END"
+        )
+        connection.commit()
+    result = talkstream(system.env, "replay", "--database-url", url, "--processes", "1")
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (  # after the progress line
+        f"Error: another process wrote into {url} during the rebuild (a worker's projector?): "
+        "stop every worker and projector writing to it, then run again"
+    )
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -147,3 +147,23 @@ def test_ready_puts_kafka_out_of_reach_first(
     faust: Any, consumers: list[Any], answer: tuple[bool, str]
 ) -> None:
     assert ready(faust, consumers, NOW) == answer
+
+
+DOWN = "database unreachable: OperationalError: connection failed: ... Connection refused"
+
+
+@pytest.mark.parametrize(
+    ("faust", "consumers", "answer"),
+    [
+        # the projector on its own waits for its database before it makes its consumer
+        (None, [SimpleNamespace(consumer=None, database_error=DOWN)], (False, DOWN)),
+        (None, [SimpleNamespace(consumer=GONE, database_error=DOWN)], (False, DOWN)),
+        (None, [SimpleNamespace(consumer=ANSWERING, database_error=None)], (True, "ready")),
+        # in the worker it is the projector's alone: the worker's decisions go on
+        (app(), [SimpleNamespace(consumer=ANSWERING, database_error=DOWN)], (True, "ready")),
+    ],
+)
+def test_a_projector_whose_database_takes_nothing_is_not_ready(
+    faust: Any, consumers: list[Any], answer: tuple[bool, str]
+) -> None:
+    assert ready(faust, consumers, NOW) == answer
