@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -303,8 +304,18 @@ def stats(
 
 @click.command()
 @click.option("--check", is_flag=True, help="only report drift from the models (exit 1)")
-def schemas(check: bool) -> None:
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where the files are (default: schemas/ of the checkout talkstream runs from; "
+    "required when it runs installed)",
+)
+def schemas(check: bool, directory: Path | None) -> None:
     """Write the JSON Schema of every topic's values to schemas/ (from models/)."""
     from streams.ops import schemas as generator
 
-    sys.exit(generator.main(["--check"] if check else []))
+    if directory is None and not generator.in_checkout():
+        raise click.UsageError("not run from a checkout of talkstream: give --dir DIR")
+    args = ["--check"] if check else []
+    sys.exit(generator.main(args + (["--dir", str(directory)] if directory else [])))

@@ -87,11 +87,24 @@ def write(directory: Path = SCHEMAS_DIR) -> list[Path]:
     return changed
 
 
+def in_checkout() -> bool:
+    """Whether this talkstream runs from a checkout (``schemas/`` is the repository's), not an
+    installed package (where ``SCHEMAS_DIR`` would be a folder of site-packages)."""
+    return (SCHEMAS_DIR.parent / "pyproject.toml").is_file()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams.ops.schemas", description=__doc__)
     parser.add_argument("--check", action="store_true", help="only report drift (exit 1)")
-    parser.add_argument("--dir", type=Path, default=SCHEMAS_DIR)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the files are (default: the checkout's)"
+    )
     args = parser.parse_args(argv)
+    if args.dir is None:
+        if not in_checkout():
+            # installed (the compose image): there is no schemas/ of the repository's here
+            parser.error("not run from a checkout of talkstream: give --dir DIR")
+        args.dir = SCHEMAS_DIR
     if args.check:
         problems = drift(args.dir)
         for problem in problems:

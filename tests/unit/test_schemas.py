@@ -105,3 +105,28 @@ def test_a_drift_names_the_documented_command_that_regenerates(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "lifecycle.schema.json: differs from the models" in out
     assert out.rstrip().endswith("regenerate with: talkstream schemas (or make schemas)")
+
+
+def test_installed_it_asks_where_the_schemas_are_and_writes_where_it_is_told(
+    tmp_path, monkeypatch
+) -> None:
+    """Installed (the compose image), ``schemas/`` beside the package is a folder of
+    site-packages: ``--check`` named every file missing, and a plain run wrote into it."""
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    site_packages = tmp_path / "site-packages"
+    monkeypatch.setattr(schemas, "SCHEMAS_DIR", site_packages / "schemas")
+    for args in (["schemas"], ["schemas", "--check"]):
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 2, refused.output
+        assert "not run from a checkout of talkstream: give --dir DIR" in refused.output
+    assert not site_packages.exists()
+    out = tmp_path / "contract"
+    written = CliRunner().invoke(main, ["schemas", "--dir", str(out)])
+    assert written.exit_code == 0, written.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{topic}.schema.json" for topic in schemas.TOPIC_VALUES
+    )
+    assert CliRunner().invoke(main, ["schemas", "--check", "--dir", str(out)]).exit_code == 0
