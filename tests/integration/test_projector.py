@@ -203,6 +203,19 @@ def _restore(store: ProjectionStore, backup: Backup) -> None:
                 connection.execute(insert(table), backup[name])
 
 
+def _a_log_and_its_projection(
+    kafka: EmbeddedKafka, url: str, people: int
+) -> tuple[str, list[Any], Any, ProjectionStore]:
+    """A new lifecycle topic, the records of ``people``'s requests on it (not produced yet),
+    the projection they make (a snapshot), and the store under test at ``url``."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(people).records)
+    expected_store = ProjectionStore.from_url("sqlite://")
+    expected_store.apply(records)
+    return topic, records, snapshot(expected_store), ProjectionStore.from_url(url)
+
+
 def test_a_backup_restored_under_a_running_projector_is_brought_up_to_date_from_the_log(
     kafka: EmbeddedKafka,
     database_url: str,  # noqa: F811
@@ -213,14 +226,8 @@ def test_a_backup_restored_under_a_running_projector_is_brought_up_to_date_from_
     behind what it wrote, says so, and fills what the database lacks from the log, where it
     went on from its own position and left the records between the backup and the restore
     out for good."""
-    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
-    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
-    records = _on(topic, _log(30).records)
+    topic, records, expected, store = _a_log_and_its_projection(kafka, database_url, 30)
     first, second = len(records) // 3, 2 * len(records) // 3
-    expected_store = ProjectionStore.from_url("sqlite://")
-    expected_store.apply(records)
-    expected = snapshot(expected_store)
-    store = ProjectionStore.from_url(database_url)
 
     async def scenario() -> None:
         async with _projecting(kafka.bootstrap, topic, store) as running:
@@ -248,14 +255,8 @@ def test_a_database_made_again_under_a_running_projector_is_migrated_and_filled(
     """An operator drops the database and creates it again, empty, while the projector runs:
     its writes failed on the missing tables until it was restarted; now it migrates the schema
     again and fills the database from the log."""
-    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
-    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
-    records = _on(topic, _log(20).records)
+    topic, records, expected, store = _a_log_and_its_projection(kafka, database_url, 20)
     half = len(records) // 2
-    expected_store = ProjectionStore.from_url("sqlite://")
-    expected_store.apply(records)
-    expected = snapshot(expected_store)
-    store = ProjectionStore.from_url(database_url)
 
     async def scenario() -> None:
         async with _projecting(kafka.bootstrap, topic, store) as running:
