@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -22,11 +23,17 @@ log = logging.getLogger(__name__)
 
 DEV_KEY_FILE = "dev-secret.key"
 
+# what Fernet.generate_key() makes: 32 bytes in url-safe base64, padded. Fernet itself decodes
+# leniently (Python's base64 drops what is not of its alphabet and stops at the padding), so
+# "K1;K2", "K1 K2" or "K1K2" would each open as K1 alone: the second key silently missing.
+_FERNET_KEY = re.compile(r"[A-Za-z0-9_-]{43}=")
+
 
 class SecretBox:
     def __init__(self, keys: list[bytes]) -> None:
         if not keys:
             raise ConfigError("at least one secret key is required")
+        _check_keys(keys)
         try:
             self._fernet = MultiFernet([Fernet(key) for key in keys])
         except (ValueError, TypeError):
@@ -47,6 +54,23 @@ class SecretBox:
     def rotate(self, token: str) -> str:
         """Re-encrypt with the first (newest) key."""
         return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+
+
+def _check_keys(keys: list[bytes]) -> None:
+    """Each key exactly one Fernet key; else one line naming the entries by position (never a
+    key: the message is printed and logged)."""
+    wrong = [
+        str(number)
+        for number, key in enumerate(keys, start=1)
+        if not _FERNET_KEY.fullmatch(key.decode("ascii", errors="replace"))
+    ]
+    if wrong:
+        which = f"entry {wrong[0]} is" if len(wrong) == 1 else f"entries {', '.join(wrong)} are"
+        raise ConfigError(
+            f"TALKSTREAM_SECRET_KEYS: {which} not a Fernet key (44 url-safe base64 "
+            "characters ending in '=', as Fernet.generate_key() makes them); keys are separated "
+            "by commas only"
+        )
 
 
 def key_fingerprint(api_key: str) -> str:

@@ -39,7 +39,13 @@ from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
-_KEYLIKE = re.compile(r"(sk|key|Bearer)[-_ ]?[A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
+# what an upstream message may hold of a key besides the key itself: a key-like token
+# ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
+# key provided: sk-proj-abc1****wxyz"), whatever its prefix (an OpenAI-compatible API's keys
+# need not start with "sk"). Words are not keys: "API key provided" stays readable.
+_KEYLIKE = re.compile(
+    r"(?:sk|key)[-_][A-Za-z0-9*_\-]{6,}|Bearer\s+\S{6,}|[^\s:]*\*{4,}[^\s.,;:]*", re.IGNORECASE
+)
 # OpenAI's 429 for a call larger than the key's whole limit a minute: "Request too large for
 # gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 36278. The
 # input or output tokens must be reduced in order to run successfully." (no "try again")

@@ -274,6 +274,17 @@ def _status_error(status: int, config: OpenAIStandinConfig) -> web.Response:
     return _error(status, f"Injected failure with status {status}.")
 
 
+def _incorrect_key(key: str) -> web.Response:
+    """OpenAI's 401 for a key it does not know, which echoes the key masked (its start and its
+    last 4 characters): what the client must not pass on."""
+    masked = f"{key[:8]}{'*' * max(len(key) - 12, 4)}{key[-4:]}"
+    message = (
+        f"Incorrect API key provided: {masked}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys."
+    )
+    return _error(401, message, code="invalid_api_key")
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -377,7 +388,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
         return _error(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>'.")
     if key in config.unauthorized_keys:
         rec["fault"] = "unauthorized"
-        return _status_error(401, config)
+        return _incorrect_key(key)
     model = body.get("model") if isinstance(body, dict) else None
     if key in config.insufficient_quota_keys:
         rec["fault"] = "insufficient_quota"

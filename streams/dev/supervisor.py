@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import IO
 
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError, PortUnavailable
-from streams.errors import TalkstreamError
+from streams.errors import ConfigError, TalkstreamError
 from streams.runtime import child_process
-from streams.secrets import dev_key
+from streams.secrets import dev_key, load_secret_box
 from streams.settings import (
     LISTENS_AT,
     Settings,
@@ -269,13 +269,15 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(hold_data_dir(settings.data_dir))
+            if settings.secret_keys is not None:  # the worker's and ingress's check, said first
+                load_secret_box(settings)
             kafka = broker_addresses(settings)
             broker = embedded_broker(settings)
             addresses = servers(settings, openai_port=openai_port, talkable_port=talkable_port)
             if broker.status().pid is None:  # else ours runs (`kafka start`): this run uses it
                 addresses = kafka + addresses
             check_addresses(addresses)
-        except (DevRefused, KafkaLauncherError) as exc:
+        except (DevRefused, KafkaLauncherError, ConfigError) as exc:
             print(f"talkstream dev: {exc}", file=sys.stderr)
             return 1
         return _run(settings, broker, kafka, openai_port=openai_port, talkable_port=talkable_port)

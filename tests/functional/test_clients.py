@@ -112,6 +112,7 @@ async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
     error = caught.value
     assert (error.reason, error.retriable, error.refuses) == (reason, False, refuses)
     assert KEY not in str(error)
+    assert KEY[:8] not in str(error) and KEY[-4:] not in str(error)  # nor OpenAI's masked echo
     assert oai.calls.count == 1  # one call, no retry of its own
 
 

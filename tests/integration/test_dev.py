@@ -1,7 +1,8 @@
 """The commands as a user starts them: ``talkstream dev`` runs the whole system (its own
 embedded broker, the stand-ins, worker, ingress, console), logs no ERROR or WARNING on a clean
 start, refuses a second run on its data (naming it), and Ctrl-C stops all of it with one line
-and exit 0; outside ``dev`` the worker and the ingress refuse to start without
+and exit 0, and refuses secret keys that are not keys before starting anything; outside
+``dev`` the worker and the ingress refuse to start without
 ``TALKSTREAM_SECRET_KEYS`` rather than making a key next to the data."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from streams.dev.kafka import EmbeddedKafka
-from streams.secrets import MISSING_KEYS
+from streams.secrets import MISSING_KEYS, generate_key
 from tests.integration.conftest import http
 from tests.support import free_port, seed_params, streams_process, streams_run, wait_until
 
@@ -140,3 +141,32 @@ def test_worker_and_ingress_refuse_to_start_without_secret_keys(
     # no key was made for it, next to the data or anywhere else
     made = [p for root in (data, tmp_path / "config") if root.exists() for p in root.rglob("*")]
     assert not any("key" in p.name for p in made), made
+
+
+def test_dev_refuses_secret_keys_that_are_not_keys_with_one_line_before_starting(
+    tmp_path: Path,
+) -> None:
+    """A rotation's list mistyped (a ';' for the comma) is said by ``dev`` itself, first: not
+    a broker started and an ingress that "did not become ready" (its log said why)."""
+    kafka_port = free_port()
+    old, new = generate_key(), generate_key()
+    env = clean_env(
+        data_dir=str(tmp_path / "data"),
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        kafka_controller_port=str(free_port()),
+        ingress_port=str(free_port()),
+        console_port=str(free_port()),
+        worker_http_port=str(free_port()),
+        projector_http_port=str(free_port()),
+        secret_keys=f"{old};{new}",
+    )
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    done = streams_run("dev", *ports, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "talkstream dev: TALKSTREAM_SECRET_KEYS: entry 1 is not a Fernet key (44 url-safe "
+        "base64 characters ending in '=', as Fernet.generate_key() makes them); keys are "
+        "separated by commas only"
+    ]
+    assert old not in done.stderr + done.stdout and new not in done.stderr + done.stdout
+    assert not (tmp_path / "data" / "kafka").exists() and not listening(kafka_port)
