@@ -445,6 +445,11 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     # an age counts back from now: since 1h, until 2h ends before it starts
     reversed_ = await signed_in.page("/requests?since=1h&until=2h", status=400)
     assert " is after until " in reversed_ and "the range is empty" in reversed_
+    # every bad value names its field, as the form labels it
+    state = await signed_in.page("/requests?state=nonsense", status=400)
+    assert "state: &#39;nonsense&#39; is not a state: one of failed, in_flight" in state
+    cursor = await signed_in.page("/requests?after=not-a-cursor", status=400)
+    assert '<p class="error">after: not a page cursor</p>' in cursor
 
 
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
@@ -489,7 +494,7 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     await signed_in.page("/person?site=acme&email=nobody@example.com", status=404)
     # a cursor that is not one: the newest page, and a 400 that says so (as search does)
     bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
-    assert '<p class="error">not a page cursor</p>' in bad and "lim-1" in bad
+    assert '<p class="error">before: not a page cursor</p>' in bad and "lim-1" in bad
 
 
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
