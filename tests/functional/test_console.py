@@ -325,6 +325,23 @@ async def test_login_sets_a_strict_httponly_cookie_and_opens_every_page(console:
         await console.page(path)
 
 
+async def test_a_logged_out_session_cookie_opens_nothing_though_it_still_decrypts(
+    signed_in: Console,
+):
+    # the cookie as another tab, a proxy's log or a thief keeps it
+    kept = {c.key: c.value for c in signed_in.client.session.cookie_jar}
+    csrf = await signed_in.csrf()
+    assert (await signed_in.post("/logout", {"csrf": csrf})).status == 303
+    signed_in.client.session.cookie_jar.update_cookies(kept)
+    response = await signed_in.client.get("/requests", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"].startswith("/login?next=")
+    refused = await signed_in.post("/deadletters/preview", {"csrf": csrf, "request_id": "park-1"})
+    assert refused.status == 401 and signed_in.log.redrives == []
+    # a new login opens a new session
+    await signed_in.login()
+    await signed_in.page("/requests")
+
+
 async def test_a_bearer_token_opens_pages_without_a_session(console: Console):
     response = await console.client.get("/requests", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status == 200
