@@ -1,0 +1,70 @@
+"""The operator console in a narrow window (a phone, a split screen), in Debian's Chromium.
+
+The console of the functional tests (the real app on a real SQLite projection, a fake log for
+Kafka: layout needs no broker) served on a real port; every page is laid out 400 px wide, and
+none may be wider than the window: a wide table scrolls in its own box, and the header (its
+"Log out") stays inside the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+
+from tests.functional.test_console import TOKEN, start
+from tests.integration.test_console_browser import (  # noqa: F401  (fixtures)
+    browser,
+    chromium,
+)
+
+pytestmark = pytest.mark.integration
+
+NARROW = 400
+PAGES = [
+    "/",
+    "/requests",
+    "/request?id=pub-1",
+    "/person?site=acme&email=ada@example.com",
+    "/deadletters",
+]
+
+
+def overflows(chrome: webdriver.Chrome, base: str) -> dict[str, tuple[int, int, list[str]]]:
+    """Each page wider than the window: its width, the window's, and what sticks out."""
+    chrome.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": NARROW, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    chrome.get(base + "/login")
+    chrome.find_element(By.NAME, "token").send_keys(TOKEN)
+    chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    found = {}
+    for path in PAGES:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.TAG_NAME, "main"), path  # signed in, on the page
+        wide, window, sticking_out = chrome.execute_script(
+            """
+            const root = document.documentElement, edge = root.clientWidth;
+            const out = [...document.querySelectorAll('header *, main > *')]
+              .filter(e => e.getBoundingClientRect().right > edge + 1)
+              .map(e => e.tagName + (e.id ? '#' + e.id : ''));
+            return [root.scrollWidth, edge, out];
+            """
+        )
+        if wide > window:
+            found[path] = (wide, window, sticking_out)
+    return found
+
+
+async def test_every_page_fits_a_narrow_window(browser: webdriver.Chrome, tmp_path: Path):  # noqa: F811
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        # the browser is driven from a thread: the console answers on this loop meanwhile
+        assert await asyncio.to_thread(overflows, browser, base) == {}
+    finally:
+        await console.client.close()
