@@ -143,8 +143,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     session = await get_session(request)
     if not _signed_in(request.app, session):
         if request.method == "GET":
-            target = request.path_qs if request.path != "/" else "/"
-            raise web.HTTPSeeOther(f"/login?next={_quote(target)}")
+            raise web.HTTPSeeOther(f"/login?next={_quote(_back_to(request))}")
         raise web.HTTPUnauthorized(text="log in first\n")
     request[AUTH] = "session"
     request[CSRF] = str(session.get("csrf", ""))
@@ -177,6 +176,16 @@ def _same_origin(request: web.Request) -> bool:
     if not source or source == "null":
         return False
     return urlsplit(source).netloc == request.host
+
+
+def _back_to(request: web.Request) -> str:
+    """Where the login goes back to: this page, without a ``token`` its URL was given (the
+    console takes none from a URL; carried on, it would sit in the login form's page and the
+    browser's history)."""
+    if request.path == "/":
+        return "/"
+    url = request.rel_url
+    return str(url.with_query([(k, v) for k, v in url.query.items() if k != "token"]))
 
 
 def _quote(path: str) -> str:

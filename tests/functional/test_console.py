@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
+from yarl import URL
 
 from models.events import (
     ChatRequest,
@@ -299,6 +300,13 @@ async def test_every_page_and_action_needs_the_token(console: Console):
     # only the login form and its stylesheet are public
     assert (await console.client.get("/login")).status == 200
     assert (await console.client.get("/static/console.css")).status == 200
+
+
+async def test_a_token_put_in_a_url_is_not_carried_to_the_login_page(console: Console):
+    response = await console.client.get(f"/requests?site=acme&token={TOKEN}", allow_redirects=False)
+    assert response.status == 303
+    assert URL(response.headers["Location"]).query["next"] == "/requests?site=acme"
+    assert TOKEN not in await console.page(response.headers["Location"])
 
 
 async def test_a_wrong_token_does_not_log_in(console: Console):
