@@ -28,9 +28,10 @@ from models.events import (
 from models.params import UsageLimit, person_key
 from streams.cli import main
 from streams.console.app import build_console
-from streams.console.log import Content, Letter
+from streams.console.log import LETTERS_PER_PARTITION, Content, Letter
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
+from streams.console.views import SERVICES
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection.engine import make_engine
@@ -585,6 +586,18 @@ async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(sign
     assert not dry_run and selection.request_ids == frozenset({"park-1"})
     assert "Not parked any more, so not redriven: pub-1<" in done
     assert "Not in the projection, so not redriven: nope<" in done
+
+
+async def test_a_redrive_of_every_letter_the_page_can_list_fits_in_its_form(signed_in: Console):
+    """The confirm form carries the id of each request the preview showed: as many as the
+    page lists (500 letters a partition), not only what fits in 64 KiB (about 1,800)."""
+    settings = signed_in.client.app[SERVICES].settings
+    ids = [("id", f"{i:032x}") for i in range(LETTERS_PER_PARTITION * settings.partitions)]
+    csrf = await signed_in.csrf()
+    confirm = await signed_in.post("/deadletters/redrive", [*ids, ("csrf", csrf)])
+    done = await confirm.text()
+    assert confirm.status == 200, done[:200]
+    assert f"Not in the projection, so not redriven: {0:032x}, " in done
 
 
 async def test_a_redrive_names_a_letter_of_an_earlier_attempt_it_left_alone(
