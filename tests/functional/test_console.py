@@ -8,7 +8,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -541,6 +541,31 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "until: &#39;soon&#39; is not a time" in bad
     reversed_ = await signed_in.page("/deadletters?since=1h&until=2h", status=400)
     assert "the range is empty" in reversed_
+
+
+async def test_dead_letters_are_listed_a_page_at_a_time_and_counted_in_full(
+    signed_in: Console,
+):
+    """Thousands of letters (an outage) are not one page of megabytes: 200 a page, newest
+    first, with links that keep the filters; the counts and the redrive cover them all."""
+    many = [
+        replace(LETTERS[1], reason=f"does not decode #{i}", letter_offset=i, at_ms=T0_MS - i)
+        for i in range(450)
+    ]
+    signed_in.log.letters_ = [LETTERS[0], *many]
+    first = await signed_in.page("/deadletters")
+    assert 'id="letter-count">451<' in first and 'id="parked-count">1<' in first
+    assert first.count('class="reason"') == 200 and "does not decode #198<" in first
+    assert "letters 1\u2013200 of 451" in first and 'id="newer"' not in first
+    assert 'id="older" href="/deadletters?page=2"' in first
+    last = await signed_in.page("/deadletters?page=3")
+    assert last.count('class="reason"') == 51 and "does not decode #449<" in last
+    assert 'href="/deadletters?page=2">← newer' in last and 'id="older"' not in last
+    assert (await signed_in.page("/deadletters?page=99")).count('class="reason"') == 51
+    kept = await signed_in.page("/deadletters?reason=decode")
+    assert 'href="/deadletters?reason=decode&amp;page=2"' in kept
+    bad = await signed_in.page("/deadletters?page=0", status=400)
+    assert "page: &#39;0&#39; is not a page number" in bad
 
 
 async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
