@@ -134,7 +134,9 @@ def late_webhook(log: Log) -> None:
     )
 
 
-def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
+def projection(
+    path: Path, extra: int = 0, url: str | None = None, people: tuple[tuple[str, str], ...] = ()
+) -> str:
     log = mixed_log()
     late_webhook(log)
     parked = log.received("park-1", email="pat@example.com", at_ms=T0_MS + 7000)
@@ -151,6 +153,8 @@ def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
     )
     for i in range(extra):
         log.received(f"bulk-{i:03d}", site="bulk", email=f"p{i}@example.com", at_ms=T0_MS + i)
+    for i, (site, email) in enumerate(people):
+        log.received(f"person-{i:03d}", site=site, email=email, at_ms=T0_MS + 100 + i)
     url = url or f"sqlite:///{path / 'projection.sqlite3'}"
     store = ProjectionStore.from_url(url)
     store.apply(log.records)
@@ -218,8 +222,14 @@ class Console:
         )
 
 
-async def start(tmp_path: Path, extra: int = 0, url: str | None = None, **settings: Any) -> Console:
-    url = projection(tmp_path, extra, url)
+async def start(
+    tmp_path: Path,
+    extra: int = 0,
+    url: str | None = None,
+    people: tuple[tuple[str, str], ...] = (),
+    **settings: Any,
+) -> Console:
+    url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
     fake = FakeLog(list(LETTERS))
 

@@ -1,15 +1,17 @@
-"""The operator console in a narrow window (a phone, a split screen), in Debian's Chromium.
+"""The operator console's pages fit the window, in Debian's Chromium: a narrow one (a phone,
+a split screen) and a normal one, with a site and an email that are each one long word.
 
 The console of the functional tests (the real app on a real SQLite projection, a fake log for
-Kafka: layout needs no broker) served on a real port; every page is laid out 400 px wide, and
-none may be wider than the window: a wide table scrolls in its own box, and the header (its
-"Log out") stays inside the window.
+Kafka: layout needs no broker) served on a real port; no page may be wider than the window: a
+wide table scrolls in its own box, the header (its "Log out") stays inside the window, and a
+long value from a webhook wraps.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from selenium import webdriver
@@ -23,21 +25,25 @@ from tests.integration.test_console_browser import (  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
-NARROW = 400
+LONG_SITE, LONG_EMAIL = "s" * 120, "a" * 180 + "@example.com"  # no place to break a line
 PAGES = [
     "/",
     "/requests",
     "/request?id=pub-1",
+    "/request?id=person-000",
     "/person?site=acme&email=ada@example.com",
+    "/person?" + urlencode({"site": LONG_SITE, "email": LONG_EMAIL}),
     "/deadletters",
 ]
 
 
-def overflows(chrome: webdriver.Chrome, base: str) -> dict[str, tuple[int, int, list[str]]]:
+def overflows(
+    chrome: webdriver.Chrome, base: str, width: int
+) -> dict[str, tuple[int, int, list[str]]]:
     """Each page wider than the window: its width, the window's, and what sticks out."""
     chrome.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
-        {"width": NARROW, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
     )
     chrome.get(base + "/login")
     chrome.find_element(By.NAME, "token").send_keys(TOKEN)
@@ -60,11 +66,16 @@ def overflows(chrome: webdriver.Chrome, base: str) -> dict[str, tuple[int, int, 
     return found
 
 
-async def test_every_page_fits_a_narrow_window(browser: webdriver.Chrome, tmp_path: Path):  # noqa: F811
-    console = await start(tmp_path)
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_every_page_fits_the_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    console = await start(tmp_path, people=((LONG_SITE, LONG_EMAIL),))
     try:
         base = str(console.client.make_url("/")).rstrip("/")
         # the browser is driven from a thread: the console answers on this loop meanwhile
-        assert await asyncio.to_thread(overflows, browser, base) == {}
+        assert await asyncio.to_thread(overflows, browser, base, width) == {}
     finally:
         await console.client.close()
