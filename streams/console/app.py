@@ -22,7 +22,13 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from streams import logs
 from streams.console import auth, letters, pages, views
-from streams.console.log import Content, Letter, read_content, read_letters
+from streams.console.log import (
+    LETTERS_PER_PARTITION,
+    Content,
+    Letter,
+    read_content,
+    read_letters,
+)
 from streams.console.pacing import Pacing, scrape
 from streams.console.queries import ConsoleQueries
 from streams.ops import clocks
@@ -75,7 +81,9 @@ def build_console(
     pacing: Callable[[], Any] | None = None,
     database: str = "",
 ) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(
+        client_max_size=max_form_bytes(settings), client_max_fields=max_form_fields(settings)
+    )
     logs.redact_aiohttp_server_log()  # a refused request's bytes may hold the token
     auth.install(app, auth.check_token(token), settings.console_session_hours)
     app.middlewares.append(_projection_unavailable)
@@ -125,6 +133,23 @@ async def _projection_unavailable(request: web.Request, handler: auth.Handler) -
         said = database_said(exc)  # one line: psycopg's hint came on a line of its own
         log.warning("console: the projection cannot be read: %s", said)
         return pages.render(request, "unavailable.html", {"reason": said}, status=503)
+
+
+# A redrive's confirm form carries the id of every request its preview showed: as many as the
+# dead-letter page lists (LETTERS_PER_PARTITION a partition), besides the filters and the CSRF
+# token. The console reads no larger form (64 KiB and aiohttp's 1,000 fields refused
+# a redrive of a thousand letters with a bare 413).
+FORM_BYTES = 64 * 1024  # a login, a page's filters
+FORM_FIELDS = 16
+ID_FIELD_BYTES = 256  # "&id=" and a request id, percent-encoded
+
+
+def max_form_bytes(settings: Settings) -> int:
+    return FORM_BYTES + LETTERS_PER_PARTITION * settings.partitions * ID_FIELD_BYTES
+
+
+def max_form_fields(settings: Settings) -> int:
+    return FORM_FIELDS + LETTERS_PER_PARTITION * settings.partitions
 
 
 def _time(ms: int | None, precise: bool = True) -> str:

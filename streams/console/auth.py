@@ -5,7 +5,8 @@
   login form (browsers). The cookie is encrypted and authenticated (aiohttp-session's
   ``EncryptedCookieStorage``, Fernet, with a key derived from the token: changing the token
   logs everyone out), ``HttpOnly``, ``SameSite=Strict``, and lasts
-  ``TALKSTREAM_CONSOLE_SESSION_HOURS``.
+  ``TALKSTREAM_CONSOLE_SESSION_HOURS``. Logging out ends the session (its id is refused until
+  its cookie would have expired), so a copy of the cookie opens nothing after it.
 - Every action is a POST. A POST on a session must come from the console's own pages: its
   ``Origin`` (or, lacking one, its ``Referer``) names the console's host, and its form carries
   the session's CSRF token. A bearer request needs neither (no browser attaches one on its
@@ -23,11 +24,12 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp_session import get_session, new_session
+from aiohttp_session import Session, get_session, new_session
 from aiohttp_session import setup as setup_session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
@@ -41,6 +43,9 @@ PUBLIC = frozenset({"/login", "/static/console.css"})
 MIN_TOKEN_CHARS = 16
 
 TOKEN = web.AppKey("console_token_digest", bytes)
+# the sessions logged out, by id, with when their cookie would expire: a copy of a logged-out
+# cookie (another tab, a proxy's log, a stolen one) opens nothing, though it still decrypts
+ENDED = web.AppKey("console_ended_sessions", dict[str, float])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,6 +84,7 @@ def check_token(token: str | None) -> str:
 
 def install(app: web.Application, token: str, session_hours: float) -> None:
     app[TOKEN] = digest(token)
+    app[ENDED] = {}
     app.middlewares.append(_headers)
     setup_session(
         app,
@@ -135,10 +141,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC:
         return await handler(request)
     session = await get_session(request)
-    if not hmac.compare_digest(str(session.get("auth", "")), request.app[TOKEN].hex()):
+    if not _signed_in(request.app, session):
         if request.method == "GET":
-            target = request.path_qs if request.path != "/" else "/"
-            raise web.HTTPSeeOther(f"/login?next={_quote(target)}")
+            raise web.HTTPSeeOther(f"/login?next={_quote(_back_to(request))}")
         raise web.HTTPUnauthorized(text="log in first\n")
     request[AUTH] = "session"
     request[CSRF] = str(session.get("csrf", ""))
@@ -149,6 +154,13 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.warning("console: refused a POST without the session's CSRF token")
             raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page\n")
     return await handler(request)
+
+
+def _signed_in(app: web.Application, session: Session) -> bool:
+    """The session was opened by a login with this token and has not been logged out."""
+    opened = hmac.compare_digest(str(session.get("auth", "")), app[TOKEN].hex())
+    sid = session.get("sid")
+    return opened and isinstance(sid, str) and sid not in app[ENDED]
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -164,6 +176,16 @@ def _same_origin(request: web.Request) -> bool:
     if not source or source == "null":
         return False
     return urlsplit(source).netloc == request.host
+
+
+def _back_to(request: web.Request) -> str:
+    """Where the login goes back to: this page, without a ``token`` its URL was given (the
+    console takes none from a URL; carried on, it would sit in the login form's page and the
+    browser's history)."""
+    if request.path == "/":
+        return "/"
+    url = request.rel_url
+    return str(url.with_query([(k, v) for k, v in url.query.items() if k != "token"]))
 
 
 def _quote(path: str) -> str:
@@ -196,11 +218,25 @@ async def login(request: web.Request) -> web.StreamResponse:
         return response
     session = await new_session(request)
     session["auth"] = request.app[TOKEN].hex()
+    session["sid"] = secrets.token_urlsafe(16)
     session["csrf"] = secrets.token_urlsafe(32)
     raise web.HTTPSeeOther(target)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     session = await get_session(request)
+    _end(request.app, session)
     session.invalidate()
     raise web.HTTPSeeOther("/login")
+
+
+def _end(app: web.Application, session: Session) -> None:
+    """Refuse this session's cookie from now on (until any copy of it has expired anyway:
+    the cookie's age is checked when it is read)."""
+    now = time.time()
+    ended = app[ENDED]
+    for expired in [sid for sid, expires in ended.items() if expires <= now]:
+        del ended[expired]
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        ended[sid] = now + (session.max_age or 0)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -31,6 +32,7 @@ from streams.topics import LETTER_SOURCES, letter_source
 log = logging.getLogger(__name__)
 
 LETTER_FIELDS = ("site", "reason", "topic", "since", "until", "request_id")
+LETTERS_PER_PAGE = 200  # the page lists this many letters; its counts and actions cover all
 
 
 @dataclass(frozen=True)
@@ -128,24 +130,45 @@ async def dead_letters(request: web.Request) -> web.Response:
     given = _given(request.query)
     try:
         filters = LetterFilters.of(request.query, s.now_ms(), s.settings)
+        page = _page_number(request.query.get("page"))
     except ValueError as exc:
         return render(request, "deadletters.html", _letters_context(s, given, [], str(exc)), 400)
     rows, error = await _letters(s, filters)
-    return render(request, "deadletters.html", _letters_context(s, given, rows, error))
+    return render(request, "deadletters.html", _letters_context(s, given, rows, error, page))
+
+
+def _page_number(value: str | None) -> int:
+    """The page of letters asked for (1, the newest, when none)."""
+    if value is None or not value.strip():
+        return 1
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"page: {value!r} is not a page number (1, 2, ...)")
+    return int(value)
 
 
 def _letters_context(
-    s: Services, given: dict[str, str], rows: list[LetterRow], error: str | None
+    s: Services, given: dict[str, str], rows: list[LetterRow], error: str | None, page: int = 1
 ) -> Any:
+    page = min(page, max(1, -(-len(rows) // LETTERS_PER_PAGE)))  # past the last: the last
+    start = (page - 1) * LETTERS_PER_PAGE
+    shown = rows[start : start + LETTERS_PER_PAGE]
     return {
         "nav": "deadletters",
         "given": given,
         # the topic filter's choices: each topic letters come from, short and full name
         "sources": [(name, s.settings.topic(name)) for name in LETTER_SOURCES],
         "rows": rows,
+        "shown": shown,
+        "first": start + 1 if shown else 0,
+        "newer": _page_link(given, page - 1) if page > 1 else None,
+        "older": _page_link(given, page + 1) if start + LETTERS_PER_PAGE < len(rows) else None,
         "parked": len({r.letter.request_id for r in rows if r.parked}),
         "error": error,
     }
+
+
+def _page_link(given: dict[str, str], page: int) -> str:
+    return urlencode({**{k: v for k, v in given.items() if v}, "page": page})
 
 
 async def preview(request: web.Request) -> web.Response:

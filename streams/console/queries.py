@@ -69,7 +69,9 @@ class Filters:
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in SEARCHABLE_STATES:
-            raise ValueError(f"no state {self.state!r}")
+            raise ValueError(  # named like the form's field, as a bad time is
+                f"state: {self.state!r} is not a state: one of {', '.join(SEARCHABLE_STATES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,17 @@ class Cursor:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, value: str | None) -> Cursor | None:
+    def decode(cls, value: str | None, field: str) -> Cursor | None:
+        """The cursor of the query's ``field`` (``before``/``after``); a ValueError naming it
+        when it is not one (a link cut short, or edited)."""
         if not value:
             return None
         try:
             at, request_id = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
         except (ValueError, TypeError, binascii.Error):
-            raise ValueError("not a page cursor") from None
+            raise ValueError(f"{field}: not a page cursor") from None
         if not isinstance(at, int) or not isinstance(request_id, str):
-            raise ValueError("not a page cursor")
+            raise ValueError(f"{field}: not a page cursor")
         return cls(at, request_id)
 
     @classmethod

@@ -140,8 +140,8 @@ async def search(request: web.Request) -> web.Response:
     error = None
     try:
         filters = _filters(request.query, s.now_ms())
-        before = Cursor.decode(request.query.get("before"))
-        after = Cursor.decode(request.query.get("after"))
+        before = Cursor.decode(request.query.get("before"), "before")
+        after = Cursor.decode(request.query.get("after"), "after")
         page = await run_query(s.queries.search, filters, before=before, after=after)
     except ValueError as exc:
         error, page = str(exc), None
@@ -233,8 +233,8 @@ async def person_page(request: web.Request) -> web.Response:
         return render(request, "missing.html", {"what": "person", "name": ""}, 404)
     key = person_key(site, email)
     try:
-        before = Cursor.decode(request.query.get("before"))
-        after = Cursor.decode(request.query.get("after"))
+        before = Cursor.decode(request.query.get("before"), "before")
+        after = Cursor.decode(request.query.get("after"), "after")
         cursor_error = None
     except ValueError as exc:  # the newest page is shown, and the page says why
         before = after = None

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
+from yarl import URL
 
 from models.events import (
     ChatRequest,
@@ -27,9 +28,10 @@ from models.events import (
 from models.params import UsageLimit, person_key
 from streams.cli import main
 from streams.console.app import build_console
-from streams.console.log import Content, Letter
+from streams.console.log import LETTERS_PER_PARTITION, Content, Letter
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
+from streams.console.views import SERVICES
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection.engine import make_engine
@@ -132,7 +134,9 @@ def late_webhook(log: Log) -> None:
     )
 
 
-def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
+def projection(
+    path: Path, extra: int = 0, url: str | None = None, people: tuple[tuple[str, str], ...] = ()
+) -> str:
     log = mixed_log()
     late_webhook(log)
     parked = log.received("park-1", email="pat@example.com", at_ms=T0_MS + 7000)
@@ -149,6 +153,8 @@ def projection(path: Path, extra: int = 0, url: str | None = None) -> str:
     )
     for i in range(extra):
         log.received(f"bulk-{i:03d}", site="bulk", email=f"p{i}@example.com", at_ms=T0_MS + i)
+    for i, (site, email) in enumerate(people):
+        log.received(f"person-{i:03d}", site=site, email=email, at_ms=T0_MS + 100 + i)
     url = url or f"sqlite:///{path / 'projection.sqlite3'}"
     store = ProjectionStore.from_url(url)
     store.apply(log.records)
@@ -216,8 +222,14 @@ class Console:
         )
 
 
-async def start(tmp_path: Path, extra: int = 0, url: str | None = None, **settings: Any) -> Console:
-    url = projection(tmp_path, extra, url)
+async def start(
+    tmp_path: Path,
+    extra: int = 0,
+    url: str | None = None,
+    people: tuple[tuple[str, str], ...] = (),
+    **settings: Any,
+) -> Console:
+    url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
     fake = FakeLog(list(LETTERS))
 
@@ -301,6 +313,13 @@ async def test_every_page_and_action_needs_the_token(console: Console):
     assert (await console.client.get("/static/console.css")).status == 200
 
 
+async def test_a_token_put_in_a_url_is_not_carried_to_the_login_page(console: Console):
+    response = await console.client.get(f"/requests?site=acme&token={TOKEN}", allow_redirects=False)
+    assert response.status == 303
+    assert URL(response.headers["Location"]).query["next"] == "/requests?site=acme"
+    assert TOKEN not in await console.page(response.headers["Location"])
+
+
 async def test_a_wrong_token_does_not_log_in(console: Console):
     response = await console.client.post(
         "/login", data={"token": "guess-guess-guess-guess"}, headers={"Origin": console.origin}
@@ -323,6 +342,23 @@ async def test_login_sets_a_strict_httponly_cookie_and_opens_every_page(console:
     assert TOKEN not in cookie
     for path in PAGES:
         await console.page(path)
+
+
+async def test_a_logged_out_session_cookie_opens_nothing_though_it_still_decrypts(
+    signed_in: Console,
+):
+    # the cookie as another tab, a proxy's log or a thief keeps it
+    kept = {c.key: c.value for c in signed_in.client.session.cookie_jar}
+    csrf = await signed_in.csrf()
+    assert (await signed_in.post("/logout", {"csrf": csrf})).status == 303
+    signed_in.client.session.cookie_jar.update_cookies(kept)
+    response = await signed_in.client.get("/requests", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"].startswith("/login?next=")
+    refused = await signed_in.post("/deadletters/preview", {"csrf": csrf, "request_id": "park-1"})
+    assert refused.status == 401 and signed_in.log.redrives == []
+    # a new login opens a new session
+    await signed_in.login()
+    await signed_in.page("/requests")
 
 
 async def test_a_bearer_token_opens_pages_without_a_session(console: Console):
@@ -445,6 +481,11 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     # an age counts back from now: since 1h, until 2h ends before it starts
     reversed_ = await signed_in.page("/requests?since=1h&until=2h", status=400)
     assert " is after until " in reversed_ and "the range is empty" in reversed_
+    # every bad value names its field, as the form labels it
+    state = await signed_in.page("/requests?state=nonsense", status=400)
+    assert "state: &#39;nonsense&#39; is not a state: one of failed, in_flight" in state
+    cursor = await signed_in.page("/requests?after=not-a-cursor", status=400)
+    assert '<p class="error">after: not a page cursor</p>' in cursor
 
 
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
@@ -489,7 +530,7 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     await signed_in.page("/person?site=acme&email=nobody@example.com", status=404)
     # a cursor that is not one: the newest page, and a 400 that says so (as search does)
     bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
-    assert '<p class="error">not a page cursor</p>' in bad and "lim-1" in bad
+    assert '<p class="error">before: not a page cursor</p>' in bad and "lim-1" in bad
 
 
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
@@ -510,6 +551,31 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "until: &#39;soon&#39; is not a time" in bad
     reversed_ = await signed_in.page("/deadletters?since=1h&until=2h", status=400)
     assert "the range is empty" in reversed_
+
+
+async def test_dead_letters_are_listed_a_page_at_a_time_and_counted_in_full(
+    signed_in: Console,
+):
+    """Thousands of letters (an outage) are not one page of megabytes: 200 a page, newest
+    first, with links that keep the filters; the counts and the redrive cover them all."""
+    many = [
+        replace(LETTERS[1], reason=f"does not decode #{i}", letter_offset=i, at_ms=T0_MS - i)
+        for i in range(450)
+    ]
+    signed_in.log.letters_ = [LETTERS[0], *many]
+    first = await signed_in.page("/deadletters")
+    assert 'id="letter-count">451<' in first and 'id="parked-count">1<' in first
+    assert first.count('class="reason"') == 200 and "does not decode #198<" in first
+    assert "letters 1\u2013200 of 451" in first and 'id="newer"' not in first
+    assert 'id="older" href="/deadletters?page=2"' in first
+    last = await signed_in.page("/deadletters?page=3")
+    assert last.count('class="reason"') == 51 and "does not decode #449<" in last
+    assert 'href="/deadletters?page=2">← newer' in last and 'id="older"' not in last
+    assert (await signed_in.page("/deadletters?page=99")).count('class="reason"') == 51
+    kept = await signed_in.page("/deadletters?reason=decode")
+    assert 'href="/deadletters?reason=decode&amp;page=2"' in kept
+    bad = await signed_in.page("/deadletters?page=0", status=400)
+    assert "page: &#39;0&#39; is not a page number" in bad
 
 
 async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
@@ -555,6 +621,18 @@ async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(sign
     assert not dry_run and selection.request_ids == frozenset({"park-1"})
     assert "Not parked any more, so not redriven: pub-1<" in done
     assert "Not in the projection, so not redriven: nope<" in done
+
+
+async def test_a_redrive_of_every_letter_the_page_can_list_fits_in_its_form(signed_in: Console):
+    """The confirm form carries the id of each request the preview showed: as many as the
+    page lists (500 letters a partition), not only what fits in 64 KiB (about 1,800)."""
+    settings = signed_in.client.app[SERVICES].settings
+    ids = [("id", f"{i:032x}") for i in range(LETTERS_PER_PARTITION * settings.partitions)]
+    csrf = await signed_in.csrf()
+    confirm = await signed_in.post("/deadletters/redrive", [*ids, ("csrf", csrf)])
+    done = await confirm.text()
+    assert confirm.status == 200, done[:200]
+    assert f"Not in the projection, so not redriven: {0:032x}, " in done
 
 
 async def test_a_redrive_names_a_letter_of_an_earlier_attempt_it_left_alone(

@@ -1,0 +1,81 @@
+"""The operator console's pages fit the window, in Debian's Chromium: a narrow one (a phone,
+a split screen) and a normal one, with a site and an email that are each one long word.
+
+The console of the functional tests (the real app on a real SQLite projection, a fake log for
+Kafka: layout needs no broker) served on a real port; no page may be wider than the window: a
+wide table scrolls in its own box, the header (its "Log out") stays inside the window, and a
+long value from a webhook wraps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+
+from tests.functional.test_console import TOKEN, start
+from tests.integration.test_console_browser import (  # noqa: F401  (fixtures)
+    browser,
+    chromium,
+)
+
+pytestmark = pytest.mark.integration
+
+LONG_SITE, LONG_EMAIL = "s" * 120, "a" * 180 + "@example.com"  # no place to break a line
+PAGES = [
+    "/",
+    "/requests",
+    "/request?id=pub-1",
+    "/request?id=person-000",
+    "/person?site=acme&email=ada@example.com",
+    "/person?" + urlencode({"site": LONG_SITE, "email": LONG_EMAIL}),
+    "/deadletters",
+]
+
+
+def overflows(
+    chrome: webdriver.Chrome, base: str, width: int
+) -> dict[str, tuple[int, int, list[str]]]:
+    """Each page wider than the window: its width, the window's, and what sticks out."""
+    chrome.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    chrome.get(base + "/login")
+    chrome.find_element(By.NAME, "token").send_keys(TOKEN)
+    chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    found = {}
+    for path in PAGES:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.TAG_NAME, "main"), path  # signed in, on the page
+        wide, window, sticking_out = chrome.execute_script(
+            """
+            const root = document.documentElement, edge = root.clientWidth;
+            const out = [...document.querySelectorAll('header *, main > *')]
+              .filter(e => e.getBoundingClientRect().right > edge + 1)
+              .map(e => e.tagName + (e.id ? '#' + e.id : ''));
+            return [root.scrollWidth, edge, out];
+            """
+        )
+        if wide > window:
+            found[path] = (wide, window, sticking_out)
+    return found
+
+
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_every_page_fits_the_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    console = await start(tmp_path, people=((LONG_SITE, LONG_EMAIL),))
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        # the browser is driven from a thread: the console answers on this loop meanwhile
+        assert await asyncio.to_thread(overflows, browser, base, width) == {}
+    finally:
+        await console.client.close()
