@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,15 +86,7 @@ def table_dir(settings: Settings) -> Path:
 def _faust_app(settings: Settings) -> faust.App:
     datadir = table_dir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
-    earlier = settings.data_dir / "worker" / settings.worker_name / "v1"
-    if earlier.is_dir():  # the layout before the app id was in the path
-        log.info(
-            "%s is a table store of an earlier layout that no app reads any more (this worker "
-            "recovers its table from the changelog into %s): remove it",
-            earlier.parent,
-            datadir,
-        )
-    return App(
+    app = App(
         settings.app_id,
         broker=faust_broker(settings.kafka_bootstrap),
         store=settings.table_store,
@@ -116,6 +109,25 @@ def _faust_app(settings: Settings) -> faust.App:
         Topic=Topic,  # no turn of the event loop per record sent
         Stream=Stream,  # no wake-ups of an idle ledger
     )
+    earlier = settings.data_dir / "worker" / settings.worker_name
+    if (earlier / "v1").is_dir():  # the layout before the app id was in the path
+        app.task(_earlier_store_notice(earlier, datadir))
+    return app
+
+
+def _earlier_store_notice(earlier: Path, datadir: Path) -> Callable[[], Awaitable[None]]:
+    """The line naming a table store of the earlier layout, said once the worker runs: faust
+    sets up the worker's logging only then, and a line logged while the app is built is lost."""
+
+    async def earlier_table_store() -> None:
+        log.info(
+            "%s is a table store of an earlier layout that no app reads any more (this worker "
+            "recovers its table from the changelog into %s): remove it",
+            earlier,
+            datadir,
+        )
+
+    return earlier_table_store
 
 
 def _topics(app: faust.App, settings: Settings) -> Topics:

@@ -94,3 +94,22 @@ def test_another_app_on_the_same_data_recovers_a_table_of_its_own(make_system) -
         p.relative_to(first.root).as_posix() for p in (first.root / "worker").glob("*/*")
     )
     assert stores == sorted(f"worker/{app}/worker" for app in (first.app_id, second.app_id))
+
+
+def test_an_upgraded_worker_names_the_table_store_of_the_earlier_layout(kafka, tmp_path) -> None:
+    """A worker upgraded from a version that kept its table store at
+    DATA_DIR/worker/<WORKER_NAME> recovers its table into the new folder and says in its log
+    which folder to remove (README, "Upgrade with a schema change"). It said so while the app was
+    built, before the worker had set up logging, and the line was lost."""
+    system = System(kafka, tmp_path)
+    earlier = tmp_path / "worker" / "worker"
+    (earlier / "v1" / "tables").mkdir(parents=True)
+    notice = f"{earlier} is a table store of an earlier layout that no app reads any more"
+    worker_log = tmp_path / "worker.log"
+    try:
+        system.start_worker()
+        system.wait_ready()
+        wait_until(lambda: notice in worker_log.read_text(errors="replace"), 60, what=notice)
+    finally:
+        system.stop()
+    assert worker_log.read_text(errors="replace").count(notice) == 1
