@@ -98,6 +98,13 @@ class GapRepair:
             return False
         return previous != offset or offset % self._mark_every == 0
 
+    def rewind(self, topic: str, partition: int, offset: int) -> None:
+        """Expect ``offset`` again (processed, but its batch was not stored): the next message
+        of the partition, or a probe, reads it back from there."""
+        expected = self._expected.get((topic, partition))
+        if expected is None or offset < expected:
+            self._expected[(topic, partition)] = offset
+
     def forget(self) -> None:
         """After a rebalance: partitions may have moved, so expectations come from marks again."""
         self._expected.clear()

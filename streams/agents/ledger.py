@@ -147,12 +147,16 @@ class Ledger:
             batch = self._deciding = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
             read_back: list[tuple[str, int, int, int]] = []
+            firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
             for event in events:
                 msg = event.message
                 batch.event = event
                 skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
                 for record in skipped:
                     await self.process(batch, record)
+                firsts.setdefault(
+                    (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
+                )
                 if skipped:
                     first, last = skipped[0].offset, skipped[-1].offset
                     read_back.append((msg.topic, msg.partition, first, last))
@@ -160,7 +164,11 @@ class Ledger:
                 if self._gaps.processed(msg.topic, msg.partition, msg.offset):
                     mark = OFFSET_MARK + str(msg.partition).encode()
                     marks[mark] = (str(msg.offset + 1).encode(), event)
-            await batch.delivered(self._send_now)
+            try:
+                await batch.delivered(self._send_now)
+            except Exception as exc:  # Kafka gave up on an output (no leader for that long)
+                self._undecided(firsts, exc)
+                continue
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
                     self._table[person] = self._states.store(person, state)
@@ -171,6 +179,24 @@ class Ledger:
                 for topic, partition, first, last in read_back:
                     await self._acknowledge(topic, partition, first, last)
             self._deciding = Batch()
+
+    def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception) -> None:
+        """A batch whose outputs Kafka did not all take is not stored: each of its partitions
+        expects the batch's first offset again (its next message, or the gap timer's probe,
+        reads the batch back and decides it again), and the deadlines tracked from its states
+        are forgotten (the table, scanned again, is what is in flight). The agent crashed here
+        before: faust acked the batch and restarted the agent, which went on after the batch as
+        if it were decided, and a request whose command was lost stayed in flight for good,
+        with no deadline that would re-issue it."""
+        log.warning(
+            "ledger: Kafka did not take every output of a batch (%s): decided again from %s",
+            type(exc).__name__,
+            ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items())),
+        )
+        for (topic, partition), offset in firsts.items():
+            self._gaps.rewind(topic, partition, offset)
+        self._scan.soon()  # before the next look for what is overdue
+        self._deciding = Batch()
 
     async def process(self, batch: Batch, record: Record) -> None:
         """decode → the person's state (as this batch left it) → decide and evolve → emit."""

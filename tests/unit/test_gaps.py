@@ -4,13 +4,14 @@ the read-back of a range faust skipped, with a fake mark store and a fake log.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from models.events import GapProbe, LifecycleEvent
-from models.ledger import Policy
+from models.ledger import PersonState, Policy
 from models.lifecycle import State
 from streams.agents.ledger import OFFSET_MARK, Ledger
 from streams.codecs import decode, encode
@@ -264,7 +265,9 @@ class Requests(Sent):
 class Quiet:
     """A ledger on partition 3 of a fake log of webhooks, faust's taken offsets set by hand."""
 
-    def __init__(self, table: dict[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, table: dict[bytes, bytes] | None = None, generate: Sent | None = None
+    ) -> None:
         self.webhooks = {
             offset: encode(received(f"req-{offset}", delivery_id=f"d-{offset}"))
             for offset in range(50, 60)
@@ -278,7 +281,7 @@ class Quiet:
             POLICY,
             Topics(
                 requests=self.requests,
-                generate=Sent(),
+                generate=generate or Sent(),
                 completions=Sent(),
                 lifecycle=self.lifecycle,
                 deadletter=None,
@@ -395,3 +398,50 @@ def test_a_partition_the_ledger_has_not_seen_since_its_assignment_is_behind_its_
 
     assert asyncio.run(scenario({OFFSET_MARK + b"3": b"50"})) == [[], [(3, 50, 51)]]
     assert asyncio.run(scenario({})) == [[], []]
+
+
+# --- a batch whose outputs Kafka did not all take ---------------------------------------------
+
+
+class GivesUp(Sent):
+    """[generate] through a broker outage: the record sent ``refused``-th (from 0) is given up
+    on (no leader for longer than the producer's request timeout), the others taken."""
+
+    def __init__(self, refused: int) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def send(self, *, key: bytes | None = None, value: bytes) -> asyncio.Future[None]:
+        delivery = await super().send(key=key, value=value)
+        if len(self.values) - 1 == self.refused:
+            delivery = asyncio.get_running_loop().create_future()
+            delivery.set_exception(RuntimeError("LeaderNotAvailableError"))
+        return delivery
+
+
+@pytest.mark.parametrize("refused", [0, 1], ids=["the first batch", "a later batch"])
+def test_a_batch_whose_outputs_kafka_gave_up_on_is_decided_again(caplog, refused: int) -> None:
+    """The ledger decided a batch and Kafka gave up on its commands (a broker outage): the
+    agent crashed, faust acked the batch and restarted it, and it went on after the batch as
+    if it were decided. Its states were never stored, so no deadline would re-issue them: in
+    a fresh clone's test run, a webhook accepted before the outage stayed "generating" for
+    good. The batch is now decided again at the partition's next message, also when it was
+    the partition's first (no durable mark to go back to)."""
+    table: dict[bytes, bytes] = {}
+    quiet = Quiet(table, generate=GivesUp(refused))
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(RuntimeError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 52)
+        await quiet.deliver(53)
+
+    with caplog.at_level("WARNING", logger="streams.agents.ledger"):
+        asyncio.run(run())
+    state = decode(PersonState, table[PERSON.encode()])
+    assert set(state.inflight) == {f"req-{offset}" for offset in (50, 51, 52, 53)}
+    again = "partition=3 offset=50" if refused == 0 else "partition=3 offset=51"
+    assert (
+        f"Kafka did not take every output of a batch (RuntimeError): decided again from {again}"
+        in caplog.text
+    )
