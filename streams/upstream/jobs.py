@@ -65,7 +65,6 @@ class Target:
     pacer: Pacer
     queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
     queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
-    running: dict[str, Job[Any]] = field(default_factory=dict)  # the jobs it is calling, by key
     # scope → until when, and why; shared by the targets of one family
     refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)
     throttled: int = 0  # 429s answered to this target's calls
@@ -81,9 +80,8 @@ class Target:
 
 
 def take_over(queued: Job[Any], newer: Job[Any]) -> None:
-    """A re-issued command replaces the one still queued, in its place, or the one whose call
-    runs (that call's answer is then the newer attempt's): its attempt, call and report, while
-    the wait counts from the first issue."""
+    """A re-issued command replaces the one still queued, in its place: its attempt, call and
+    report, while the wait counts from the first issue."""
     queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
     queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
     queued.origin, queued.record = newer.origin, newer.record

@@ -125,11 +125,6 @@ class Scheduler:
         if ended is not None:
             self._finish(job, None, ended, now)
             return
-        running = target.running.get(job.key)
-        if running is not None:  # a re-issue of work being called: it waits for that answer
-            if job.attempt > running.attempt:
-                take_over(running, job)
-            return
         queued = target.queued.get(job.key)
         if queued is not None:  # a re-issue of work still queued: it keeps its place
             if job.attempt >= queued.attempt:
@@ -364,7 +359,6 @@ class Scheduler:
         self.in_flight += 1
         job.tries += 1
         job.started_s = now
-        target.running[job.key] = job
         task = asyncio.create_task(self._call(target, job))
         self._tasks.add(task)
         self._calls[task] = job
@@ -396,8 +390,6 @@ class Scheduler:
             error, limits = exc, exc.limits
         now = self._clock()
         self.in_flight -= 1
-        if target.running.get(job.key) is job:
-            del target.running[job.key]
         job.in_calls_s += max(now - job.started_s, 0.0)
         paused = target.pacer.paused_until
         try:

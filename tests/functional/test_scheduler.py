@@ -735,67 +735,6 @@ async def test_a_reissue_of_queued_work_keeps_its_place_and_takes_the_new_attemp
     assert [(j.key, j.attempt) for j in target.queue] == [("x", 1), ("y", 2), ("z", 1)]
 
 
-def attempts_reported(up: Upstream, job: Job[Any], said: list[tuple[int, Any]]) -> Job[Any]:
-    """``job``, its report also noting which attempt it reports."""
-    report = job.report
-
-    async def noting(outcome: Outcome[Any]) -> None:
-        said.append((job.attempt, outcome.value))
-        await report(outcome)
-
-    job.report = noting
-    return job
-
-
-async def test_a_reissue_of_work_being_called_takes_that_calls_answer_not_a_second_call() -> None:
-    """A rebalance's grace re-issues work issued before it, and some of that is being called:
-    a second call of a slow generation was billed twice (97 of 400 after a worker joined, with
-    20 s calls). The re-issue waits for the running call, whose answer is its own; a stale or
-    repeated copy changes nothing."""
-    clock, up = Clock(), Upstream()
-    s = scheduler(clock, slots=4, window=4)
-    said: list[tuple[int, Any]] = []
-    s.submit("key", attempts_reported(up, up.job("slow"), said))
-    s.dispatch()
-    await settle()
-    assert up.calls == ["slow"]
-    s.submit("key", attempts_reported(up, up.job("slow", attempt=2), said))
-    s.submit("key", attempts_reported(up, up.job("slow", attempt=1), said))
-    s.submit("key", attempts_reported(up, up.job("slow", attempt=2), said))
-    s.dispatch()
-    await settle()
-    assert up.calls == ["slow"]  # no second call while the first runs
-    [target] = s.targets.values()
-    assert not target.queue
-    up.answer("slow", "text")
-    await settle()
-    assert said == [(2, "text")]  # the newest attempt's answer, reported once
-    assert not target.running
-
-
-async def test_a_reissue_of_work_being_called_is_called_again_if_that_call_must_be() -> None:
-    """The running call is rate limited: it waits as the re-issued attempt, and its next call
-    reports as that attempt."""
-    clock, up = Clock(), Upstream()
-    s = scheduler(clock, slots=4, window=4)
-    said: list[tuple[int, Any]] = []
-    s.submit("key", attempts_reported(up, up.job("w"), said))
-    s.dispatch()
-    await settle()
-    s.submit("key", attempts_reported(up, up.job("w", attempt=3), said))
-    up.answer("w", throttled(wait=1.0))
-    await settle()
-    [target] = s.targets.values()
-    assert [(j.key, j.attempt) for j in target.queue] == [("w", 3)]
-    clock.t += 2.0
-    s.dispatch()
-    await settle()
-    assert up.calls == ["w", "w"]
-    up.answer("w", "later")
-    await settle()
-    assert said == [(3, "later")]
-
-
 async def test_a_thousand_queued_commands_cost_no_quadratic_time() -> None:
     """Intake and dispatch stay linear: a campaign's ten thousand commands for one key."""
     clock, up = Clock(), Upstream()
