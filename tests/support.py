@@ -26,6 +26,15 @@ def wait_until(
     probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1, what: str = ""
 ) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
+    last = poll(probe, timeout, interval)
+    if last:
+        return last
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or probe}: {last!r}")
+
+
+def poll(probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T | None:
+    """Poll ``probe`` until it returns something truthy, or for ``timeout`` seconds: what it
+    returned last (for a scenario that tries again when something did not happen in time)."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
@@ -33,7 +42,7 @@ def wait_until(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or probe}: {last!r}")
+    return last
 
 
 class Lines:
