@@ -215,7 +215,11 @@ def build(
         read_range=read_range,
         deadline_check_seconds=settings.deadline_check_interval_seconds,
         gap_check_seconds=settings.gap_check_interval_seconds,
-        rebalance_grace_ms=int(settings.rebalance_grace_seconds * 1000),
+        rebalance_grace_ms=(
+            None
+            if settings.rebalance_grace_seconds is None
+            else int(settings.rebalance_grace_seconds * 1000)
+        ),
         dead_letters=dead_letters,
         metrics=metrics,
         clock=clock,

@@ -136,10 +136,12 @@ class Settings(BaseSettings):
         description="how often the ledger looks for offsets faust took and dropped on a quiet "
         "partition; one that stays so for two looks is probed (GapProbe)",
     )
-    rebalance_grace_seconds: float = Field(
-        30.0,
+    rebalance_grace_seconds: float | None = Field(
+        None,
         gt=0,
-        description="after a rebalance, in-flight work issued before it completed gets this long",
+        description="off by default: after a rebalance, in-flight work issued before it "
+        "completed gets this long (the executors tell the ledger at once what a dead worker "
+        "lost; this re-issues also what a live worker is still calling or has queued)",
     )
 
     # executors and the pacing of upstream targets (an OpenAI key, a Talkable site)

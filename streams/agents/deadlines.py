@@ -17,11 +17,15 @@ from models.ledger import PersonState
 class DeadlineIndex:
     """What this process knows to be in flight, by person, and which deadlines it signalled.
 
-    After a rebalance, faust may have dropped commands from an executor's buffers (and
-    committed past them), and a worker that died took its calls with it: work issued before
-    the rebalance completed is given ``grace_ms`` more, not the rest of its (long) deadline, so
-    lost commands are re-issued soon while calls that were merely in progress still have time
-    to report.
+    A worker that died took its calls with it; whoever takes its executors' partitions reads
+    their marks and tells the ledger at once what it lost (``streams.agents.executors``), and
+    a live worker that gives partitions up finishes its running calls and hands its queued
+    commands over: a rebalance alone loses nothing, so work keeps its whole deadline through
+    one. With ``grace_ms`` (``REBALANCE_GRACE_SECONDS``, off by default), work issued before
+    the rebalance completed is given only that much more: a safety net for what no mark
+    holds (a worker that dies after giving partitions up, before its calls of them report),
+    at the price of calling again, after each rebalance, every call slower than the grace and
+    every command queued longer, an attempt of each spent.
 
     The timer asks every second; the flights sit in a heap by when they fall due, so a tick
     costs what is due, not what is in flight (a blast queued behind one rate-limited key can
@@ -32,7 +36,7 @@ class DeadlineIndex:
     """
 
     def __init__(
-        self, stage_deadline_ms: dict[str, int] | None = None, grace_ms: int = 30_000
+        self, stage_deadline_ms: dict[str, int] | None = None, grace_ms: int | None = None
     ) -> None:
         self._due: dict[str, dict[str, Flight]] = {}
         self._heap: list[tuple[int, str, str, Flight]] = []  # (falls due, person, request, flight)
@@ -45,6 +49,8 @@ class DeadlineIndex:
         self._rebalanced_at: int | None = None
 
     def rebalanced(self, now: int) -> None:
+        if self._grace_ms is None:
+            return  # work keeps its deadline
         self._rebalanced_at = now
         self._rebuild()
 
@@ -52,6 +58,7 @@ class DeadlineIndex:
         rebalanced, span = self._rebalanced_at, self._stage_deadline_ms.get(stage)
         if rebalanced is None or span is None or deadline - span >= rebalanced:
             return deadline  # issued after the last rebalance (or no rebalance seen)
+        assert self._grace_ms is not None  # no rebalance is noted without it
         return min(deadline, rebalanced + self._grace_ms)
 
     def clear(self) -> None:

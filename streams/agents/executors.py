@@ -153,7 +153,7 @@ class Executor:
                 return
             cut = await self.scheduler.drain(drain_s)
             queued = self.scheduler.take_back(set(self.taken))
-            sent = await self._send_back(queued)
+            sent = len(queued) - len(await self._send_back(queued))
             try:
                 told = await self._tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
@@ -168,29 +168,30 @@ class Executor:
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
 
-    async def _send_back(self, jobs: list[Job[Any]]) -> int:
+    async def _send_back(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
         """Queued commands back to their topic, in order, acknowledged; each sent is no longer
-        this run's to report (one that could not be sent stays unreported: told lost)."""
+        this run's to report (one that could not be sent stays unreported: told lost).
+        Returns those that could not be sent."""
         topic = (
             self._topics.generate if self.config.name == "generator" else (self._topics.completions)
         )
-        deliveries = []
+        deliveries, unsent = [], []
         for job in jobs:
             key, value = job.record
             try:
                 deliveries.append((job, await topic.send(key=key, value=value)))
-            except Exception:  # the ledger's deadline re-issues what is lost here
+            except Exception:
                 log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
-        sent = 0
+                unsent.append(job)
         for job, delivery in deliveries:
             try:
                 await delivery
             except Exception:
                 log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+                unsent.append(job)
                 continue
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-            sent += 1
-        return sent
+        return unsent
 
     async def _take(self, tp: TopicPartition, record: Any) -> None:
         command = await self._dead_letters.decoded(
@@ -220,18 +221,20 @@ class Executor:
         their topic, in order, for the new owner (they were committed as taken, so it would
         not see them otherwise). Calls already running finish here and report."""
         jobs = self.scheduler.take_back(set(revoked))
-        await self._send_back(jobs)
+        unsent = {job.origin for job in await self._send_back(jobs)}
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self.config.name, len(jobs))  # fmt: skip
         # what the partitions' next owner finds: nothing of this run's to call lost (calls
-        # still running here report; a crash loses those to their deadline, as before)
+        # still running here report; a crash loses those to their deadline). A partition with
+        # a command that could not be handed back keeps its last mark, which lists it as taken
+        # and not reported: the next owner tells the ledger it was lost
         with contextlib.suppress(Exception):
             await self._commit(
                 {
                     tp: (self.taken[tp], self._mark(self.taken[tp], ()))
                     for tp in revoked
-                    if tp in self.taken and tp not in self._lost
+                    if tp in self.taken and tp not in self._lost and tp not in unsent
                 }
             )
         self._unreported.forget(revoked)
@@ -246,9 +249,10 @@ class Executor:
         rebalance) or another worker's (one that died: a run that hands a partition over
         commits that it left nothing unreported): what that run took and did not report is
         read again, from its oldest unreported offset, and each such attempt is told to the
-        ledger as lost. The ledger's rebalance grace alone would not do: the executors' groups
+        ledger as lost: this is how lost work is re-issued before its deadline (a rebalance
+        grace in the ledger, off by default, would not do either: the executors' groups
         rebalance apart from the ledger's, which sees none when the dead worker is back
-        within its session timeout after its executors' partitions moved."""
+        within its session timeout after its executors' partitions moved)."""
         if self.consumer is None or not assigned:
             return
         try:

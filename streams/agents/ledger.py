@@ -69,7 +69,7 @@ def register(
     read_range: ReadRange,
     deadline_check_seconds: float,
     gap_check_seconds: float,
-    rebalance_grace_ms: int,
+    rebalance_grace_ms: int | None,
     dead_letters: DeadLetters,
     metrics: WorkerMetrics,
     clock: Clock,
@@ -103,7 +103,7 @@ class Ledger:
         policy: Policy,
         topics: Topics,
         read_range: ReadRange,
-        rebalance_grace_ms: int,
+        rebalance_grace_ms: int | None,
         dead_letters: DeadLetters,
         metrics: WorkerMetrics,
         clock: Clock,
@@ -272,9 +272,10 @@ class Ledger:
         self._behind = behind
 
     def recovered(self, *_: Any, **__: Any) -> None:
-        """The rebalance is complete. Work issued before now gets only the grace: the worker
-        that owned a partition before may have issued work (and died with its call) after this
-        worker's rebalance began, which is when its partitions were revoked."""
+        """The rebalance is complete. With a rebalance grace, work issued before now gets only
+        the grace: the worker that owned a partition before may have issued work (and died
+        with its call) after this worker's rebalance began, which is when its partitions were
+        revoked."""
         self._due.rebalanced(self._clock.now_ms())
         self._scan.soon()  # the partitions this worker now owns, as recovered
 

@@ -23,9 +23,8 @@ FAST_FAILOVER = {
     "session_timeout_seconds": "6",
     "generation_deadline_seconds": "8",
     "publish_deadline_seconds": "8",
-    # the calls the killed worker had in flight are re-issued this long after the recovery
-    # (30 s by default, for a live previous owner's calls to finish)
-    "rebalance_grace_seconds": "5",
+    # no rebalance grace (the default): the calls the killed worker had in flight are told
+    # lost by the worker that takes its executors' partitions, or by its next run
 }
 
 
@@ -247,3 +246,33 @@ def test_a_worker_gone_for_good_the_one_taking_its_executors_partitions_tells_wh
     published_with_lost_attempts(system, thread, answers)
     log = (system.root / "worker.log").read_text(errors="replace")
     assert "were taken by worker-b" in log and "telling the ledger they were lost" in log
+
+
+def test_a_worker_joining_repeats_no_call_that_is_running(make_system) -> None:
+    """A rebalance in which no worker dies (a second one joins, as a scale-out or a deploy
+    does) loses no work: the calls running on the first worker finish there and report, its
+    queued commands of the partitions it gives up are handed over. The ledger used to give
+    all work issued before a rebalance 30 s more (the rebalance grace) and re-issue what was
+    still unanswered then: every slow call running through a rebalance was made (and billed)
+    twice, and an attempt of it spent. Only a dead worker loses work, and whoever takes its
+    executors' partitions tells the ledger what it lost (the tests above)."""
+    system = make_system(openai_timeout_seconds="120")
+    system.openai("POST", "/_control", {"latency_seconds": 60})  # longer than any grace
+    bodies = [
+        seed_params(f"join{p}@example.com", openai_key=f"sk-test-openai-join{p:02d}")
+        for p in range(12)
+    ]
+    thread, answers = post_in_background(system, bodies)
+    wait_until(
+        lambda: system.openai("GET", "/_stats")["in_flight"] == 12, 60, what="every call running"
+    )
+    system.start_worker("worker-b")  # the ledger's and the executors' groups rebalance
+    system.wait_ready("worker-b")
+    thread.join(timeout=60)
+    ids = [body["request_id"] for _, body in answers]
+    rows = system.wait_terminal(ids, timeout=150)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert [row.attempts for row in rows.values()] == [1] * 12
+    assert system.openai("GET", "/_stats")["calls"] == 12
+    log = (system.root / "worker-b.log").read_text(errors="replace")
+    assert "-requests', partition=" in log.split("newly assigned", 1)[-1]  # it took a share

@@ -37,11 +37,13 @@ STAGES = {"generating": 120_000, "publishing": 60_000}
 ISSUED = T0 * 1000
 
 
-def index_with(*request_ids: str, issued: int = ISSUED) -> DeadlineIndex:
+def index_with(
+    *request_ids: str, issued: int = ISSUED, grace_ms: int | None = 30_000
+) -> DeadlineIndex:
     ledger = Ledger(policy=POLICY, now_ms=issued)
     for request_id in request_ids:
         ledger.send(received(request_id))
-    index = DeadlineIndex(STAGES, grace_ms=30_000)
+    index = DeadlineIndex(STAGES, grace_ms=grace_ms)
     assert ledger.state is not None
     index.track(PERSON, ledger.state)
     return index
@@ -78,6 +80,17 @@ def test_after_a_rebalance_older_work_gets_only_the_grace() -> None:
     index.rebalanced(ISSUED + 10_000)
     assert index.overdue(ISSUED + 39_999) == []
     [expired] = index.overdue(ISSUED + 40_000)  # rebalance + 30 s, not issue + 120 s
+    assert expired.request_id == "req-1"
+
+
+def test_without_a_grace_a_rebalance_changes_no_deadline() -> None:
+    """The default: a rebalance loses no work (a dead worker's is told lost by whoever takes
+    its executors' partitions), so a call still running, or a command still queued behind its
+    target's limits, is not called again for it."""
+    index = index_with("req-1", grace_ms=None)
+    index.rebalanced(ISSUED + 10_000)
+    assert index.overdue(ISSUED + 119_999) == []
+    [expired] = index.overdue(ISSUED + 120_000)
     assert expired.request_id == "req-1"
 
 

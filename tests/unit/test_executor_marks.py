@@ -265,3 +265,57 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
     asyncio.run(executor.recover(set(committed)))
     assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
     assert executor._lost == {TP: committed[TP], OTHER: committed[OTHER]}
+
+
+class Generate_:
+    """The [generate] topic as a hand-back sends to it: the commands of ``refused`` are not
+    taken (Kafka gave up on them)."""
+
+    def __init__(self, refused: set[bytes]) -> None:
+        self.refused = refused
+        self.sent: list[bytes] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        done = asyncio.get_running_loop().create_future()
+        if key in self.refused:
+            done.set_exception(ConnectionError("no leader"))
+        else:
+            self.sent.append(key)
+            done.set_result(None)
+        return done
+
+
+class Committing:
+    """An executor's consumer as a hand-back uses it: what it committed."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, tuple[int, bytes]]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, bytes]]) -> None:
+        self.commits.append(offsets)
+
+
+def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mark() -> None:
+    """A rebalance takes two partitions away while a command of each waits in its queue: the
+    one handed back is the new owner's to take, so its partition is committed as leaving
+    nothing to tell; the other, which Kafka did not take back, stays as the last commit marked
+    it (taken, not reported), and the new owner tells the ledger it was lost at once, rather
+    than leave it to its deadline (a rebalance no longer shortens that)."""
+    generate = Generate_(refused={b"k-lost"})
+    executor = generator(Requests())
+    executor._topics = Topics(requests=None, generate=generate, completions=None,
+                              lifecycle=None, deadletter=None)  # fmt: skip
+    consumer = Committing()
+    executor.consumer = consumer  # type: ignore[assignment]
+    jobs = []
+    for tp, offset, name in ((TP, 3, "back"), (OTHER, 7, "lost")):
+        executor.taken[tp] = offset + 1
+        executor._unreported.took(tp, offset, name, 1)
+        executor._marked[tp] = executor._mark(offset, ((offset, offset + 1),))
+        jobs.append(
+            SimpleNamespace(key=name, attempt=1, origin=tp, record=(f"k-{name}".encode(), b"v"))
+        )
+    executor.scheduler = SimpleNamespace(take_back=lambda origins: jobs)  # type: ignore[assignment]
+    asyncio.run(executor.hand_back({TP, OTHER}))
+    assert generate.sent == [b"k-back"]
+    assert consumer.commits == [{TP: (4, executor._mark(4, ()).encode())}]  # OTHER's stays
