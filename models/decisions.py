@@ -72,7 +72,10 @@ def generate_command(flight: InFlight, now_ms: int) -> GenerateText:
 
 
 def publish_command(flight: InFlight, window: Window | None, now_ms: int) -> PublishCompletion:
+    """The flight's write-back. ``window`` (the person's now) counts only for a flight that has
+    not frozen the window it writes (one tracked by an earlier version)."""
     r = flight.request
+    window = flight.written_window or window
     properties = {"generated_text": flight.text or ""}
     if r.spec.usage_limit is not None and window is not None:
         properties["__start_time"] = str(window.start)

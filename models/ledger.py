@@ -171,6 +171,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
             "attempt": 1,
             "text": g.text,
             "deadline_ms": ctx.now_ms + ctx.policy.deadline_span_ms("publishing"),
+            "written_window": ctx.state.window if flight.request.spec.usage_limit else None,
         }
     )
     done = transition(

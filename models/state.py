@@ -61,6 +61,12 @@ class InFlight(BaseModel):
     deadline_ms: int
     window_start: int | None = None
     text: str | None = None
+    # every later attempt of the publication (re-issued, redriven) writes the same, so Talkable
+    # gets the same event again rather than one under the same event number with other data
+    # (400 "Duplicate entity")
+    written_window: Window | None = Field(
+        None, description="the usage window its publication writes back (with a usage limit)"
+    )
     redriven: bool = Field(False, description="re-opened by an operator's redrive")
 
 

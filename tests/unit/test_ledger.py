@@ -715,6 +715,30 @@ def test_the_completion_writes_back_the_ledger_window_at_publish_time() -> None:
     assert (properties["__start_time"], properties["__current_usage_amount"]) == (str(T0), "2")
 
 
+@pytest.mark.parametrize("how", ["lost", "overdue", "failed"])
+def test_every_attempt_of_a_publication_writes_back_what_the_first_did(how: str) -> None:
+    """Talkable keeps the first event under a number and refuses the same number with other
+    data (400 "Duplicate entity"): an attempt re-issued after the person's window moved must
+    send the first attempt's window, or a campaign-given number whose first attempt landed
+    (its answer lost) ends publish_failed (DuplicateEventNumber)."""
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3), event_number="order-42-complete")
+    first = _publish_command(ledger)
+    admit(ledger, "req-2", usage_limit=limit(amount=3, now=T0 + 1))  # the window moves on
+    again = {
+        "lost": expired("req-1", 1, "publishing", lost=True),
+        "overdue": expired("req-1", 1, "publishing"),
+        "failed": publication_failed("req-1", 1, retriable=True),
+    }[how]
+    [retry] = ledger.send(again).commands
+    assert isinstance(retry, PublishCompletion) and retry.attempt == 2
+    assert (retry.event_number, retry.custom_properties) == (
+        first.event_number,
+        first.custom_properties,
+    )
+    assert first.custom_properties["__current_usage_amount"] == "1"
+
+
 def test_without_a_limit_the_completion_carries_only_the_text() -> None:
     ledger = Ledger()
     admit(ledger, "limited", usage_limit=limit(amount=3))  # the person does have a window

@@ -117,12 +117,30 @@ def test_a_redrive_that_fails_again_is_parked_and_dead_lettered_again() -> None:
     ]
 
 
-def test_a_redrive_writes_back_the_window_as_it_is_now() -> None:
+def test_a_redrive_writes_back_the_window_its_first_attempt_did() -> None:
+    """The first attempt may have landed (its answer lost): the same event again is a success,
+    the same event number with another window a 400 "Duplicate entity"."""
+    ledger = Ledger()
+    ledger.send(received("req-1", usage_limit=limit(amount=3)))
+    [first] = ledger.send(generated("req-1")).commands
+    ledger.send(publication_failed("req-1"))
+    ledger.send(received("req-2", usage_limit=limit(amount=3, now=T0 + 1)))
+    [command] = ledger.send(redrive("req-1")).commands
+    assert command.custom_properties == first.custom_properties
+    assert command.custom_properties["__current_usage_amount"] == "1"
+
+
+def test_a_redrive_of_a_flight_from_an_earlier_version_writes_back_the_window_now() -> None:
+    """A flight parked before the window was frozen with it has only the person's now."""
     ledger = Ledger()
     ledger.send(received("req-1", usage_limit=limit(amount=3)))
     ledger.send(generated("req-1"))
     ledger.send(publication_failed("req-1"))
     ledger.send(received("req-2", usage_limit=limit(amount=3, now=T0 + 1)))
+    assert ledger.state is not None
+    flights = ledger.state.parked_flights
+    legacy = {rid: f.model_copy(update={"written_window": None}) for rid, f in flights.items()}
+    ledger.state = ledger.state.model_copy(update={"parked_flights": legacy})
     [command] = ledger.send(redrive("req-1")).commands
     assert command.custom_properties["__current_usage_amount"] == "2"
 
