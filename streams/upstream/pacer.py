@@ -27,6 +27,8 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
 - **An outage** (5xx, connection errors, timeouts): after ``circuit_after`` failures in a row the
   circuit opens for ``open_base`` seconds, doubling to ``open_max``; then one probe at a time
   (half open) until one succeeds, which closes it, and the queue drains at the learned rate.
+  A 5xx that says how long to wait (``retry-after``, as a 503 may) pauses the target that long
+  too, as a 429's does: no call, probe or other, starts before it.
 """
 
 from __future__ import annotations
@@ -217,8 +219,9 @@ class Pacer:
         self.paused_until = max(self.paused_until, now + wait)
         self._decrease()
 
-    def failed(self, now: float) -> None:
-        """An outage: a 5xx, a connection error, a timeout."""
+    def failed(self, now: float, limits: Limits | None = None) -> None:
+        """An outage: a 5xx, a connection error, a timeout. A 5xx that says how long to wait
+        (a 503's ``retry-after``) pauses the target that long, besides the circuit."""
         self.in_flight -= 1
         self.failures += 1
         self.probe_until = None  # no answer: the next call is the target's first question again
@@ -228,6 +231,9 @@ class Pacer:
                 self.open_for = min(self.open_for * 2, self.config.open_max)
             self.circuit = Circuit.OPEN
             self.open_until = now + self.open_for
+        wait = limits.retry_after_s if limits is not None else None
+        if wait is not None:
+            self.paused_until = max(self.paused_until, now + wait)
 
     def released(self) -> None:
         """A call that never reached the upstream (it could not even be sent)."""

@@ -415,7 +415,7 @@ class Scheduler:
                 else:
                     self._requeue(target, job, f"{error}")
             elif error.retriable:
-                target.pacer.failed(now)
+                target.pacer.failed(now, limits)
                 self._note(target, "failed")
                 if error.reason == "Timeout":
                     job.timeouts += 1
@@ -434,10 +434,12 @@ class Scheduler:
                 self._finish(job, None, error, now)
         finally:
             if target.pacer.paused_until > paused:  # this answer asked for a pause
-                throttled = error is not None and error.throttle
-                target.paused_by = (
-                    f"rate limited ({error})" if throttled else "its limit spent until its reset"
-                )
+                if error is not None and error.throttle:
+                    target.paused_by = f"rate limited ({error})"
+                elif error is not None and error.retriable:
+                    target.paused_by = f"unavailable ({error})"
+                else:
+                    target.paused_by = "its limit spent until its reset"
             self._rouse(target)  # its pacer heard something
             self._wake.set()
 

@@ -80,8 +80,9 @@ def throttled(wait: float = 2.0) -> UpstreamError:
                          limits=Limits(retry_after_s=wait))  # fmt: skip
 
 
-def outage() -> UpstreamError:
-    return UpstreamError("answered 503", reason="ServerError", status=503, retriable=True)
+def outage(retry_after: float | None = None) -> UpstreamError:
+    return UpstreamError("answered 503", reason="ServerError", status=503, retriable=True,
+                         limits=Limits(retry_after_s=retry_after))  # fmt: skip
 
 
 async def probe_answered(s: Scheduler, up: Upstream, key: str) -> None:
@@ -271,6 +272,35 @@ async def test_an_outage_opens_the_circuit_and_the_queue_waits_for_a_probe() -> 
     assert not any(r.error for r in up.reports.values())
     # the outage cost one failed call each for the two in flight, and one failed probe
     assert len(up.calls) == 6 + 3
+
+
+async def test_an_outage_that_says_how_long_to_wait_is_not_called_before() -> None:
+    """Talkable asks clients to back off, from seconds up to minutes: a 503's Retry-After holds
+    every call (probes too) that long, where the circuit alone would probe after seconds."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, max_wait=900.0)
+    s.submit("site", up.job("ok"))
+    await probe_answered(s, up, "ok")
+    up.calls.clear()
+    s.submit("site", up.job("e0"))
+    s.dispatch()
+    await settle()
+    up.answer("e0", outage(retry_after=120.0))
+    await settle()
+    assert "e0" not in up.reports  # waiting is not failing
+    for now in (1001.0, 1005.0, 1060.0, 1119.0):  # the circuit is closed (one failure)
+        clock.t = now
+        s.dispatch()
+        await settle()
+        assert up.calls == ["e0"], now
+    assert s.targets["site"].paused_by == "unavailable (answered 503)"
+    clock.t = 1120.0
+    s.dispatch()
+    await settle()
+    assert up.calls == ["e0", "e0"]
+    up.answer("e0")
+    await settle()
+    assert (up.reports["e0"].value, up.reports["e0"].tries) == ("ok", 2)
 
 
 async def test_a_refused_key_is_called_once_and_its_queue_ends_at_once() -> None:
