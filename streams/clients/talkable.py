@@ -6,6 +6,10 @@ properties attach to the person, where campaigns read them. What an answer means
 
     answer                                  reason          the scheduler
     2xx                                     (success)       reports it
+    2xx with ``"ok": false`` (Talkable's    BadRequest      reports
+        error envelope)
+    3xx (not followed: a base URL that      BadRequest      reports
+        moved; the message says where to)
     400 "Duplicate entity", the request's   (success)       an earlier attempt landed
         own number (``..-<request_id>``)
     400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
@@ -67,12 +71,25 @@ class TalkableClient:
         }
         headers = {"Authorization": f"Bearer {api_key}"}
         try:
-            async with self._session().post(self._url, json=body, headers=headers) as resp:
+            # not followed: aiohttp would follow a 301/302 of this POST as a GET (no body), and
+            # drop the key on the way to another origin (http → https), so a base URL Talkable
+            # redirects would fail every write-back as "answered 404" or a refused key
+            post = self._session().post(
+                self._url, json=body, headers=headers, allow_redirects=False
+            )
+            async with post as resp:
                 status = resp.status
                 limits = read_limits(resp.headers)
-                if 200 <= status < 300:
-                    return Publication(duplicate=False), limits
                 message = await _error_message(resp)
+                if 200 <= status < 300 and message is None:
+                    return Publication(duplicate=False), limits
+                message = message or "error"
+                if 300 <= status < 400:
+                    moved = resp.headers.get("Location") or "nowhere said"
+                    message += (
+                        f" (redirected to {moved}: set TALKSTREAM_TALKABLE_BASE_URL to where it"
+                        " points)"
+                    )
         except TimeoutError:
             raise PublishError("Talkable timed out", reason="Timeout", retriable=True) from None
         except aiohttp.ClientError as exc:
@@ -99,6 +116,8 @@ class TalkableClient:
                 limits=limits,
             )
         text = f"Talkable answered {status}: {scrub(message, api_key)}"
+        if 200 <= status < 300:  # "ok": false: Talkable's error envelope, whatever the status
+            raise PublishError(text, reason="BadRequest", status=status, limits=limits)
         raise status_error(PublishError, status, text, limits)
 
     async def close(self) -> None:
@@ -106,11 +125,16 @@ class TalkableClient:
             await self._http.close()
 
 
-async def _error_message(response: aiohttp.ClientResponse) -> str:
+async def _error_message(response: aiohttp.ClientResponse) -> str | None:
+    """What went wrong, or None for a success: a 2xx whose body is not Talkable's error
+    envelope (``{"ok": false, "error_message": ...}``)."""
+    success = 200 <= response.status < 300
     try:
         payload = await response.json(content_type=None)
     except (ValueError, aiohttp.ClientError):
-        return response.reason or "error"
+        return None if success else response.reason or "error"
+    if success and not (isinstance(payload, dict) and payload.get("ok") is False):
+        return None
     if isinstance(payload, dict):
         return str(payload.get("error_message") or payload.get("message") or "error")
     return "error"

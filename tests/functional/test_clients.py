@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from models.events import ChatRequest, PublishCompletion
 from streams.clients.openai_chat import ChatClient
@@ -217,6 +218,80 @@ async def test_talkable_answers_are_classified(tk, talkable) -> None:
         True,
         False,
     )
+    assert down.value.limits is not None and down.value.limits.retry_after_s == 1.0  # waited
+
+
+@pytest.fixture
+async def moved() -> AsyncIterator[tuple[str, list[tuple[str, str, str | None]]]]:
+    """A Talkable that moved (``/old`` redirects to ``/new`` on another origin, as http to
+    https does), and one whose 2xx carries Talkable's error envelope (``/refusing``)."""
+    calls: list[tuple[str, str, str | None]] = []
+
+    async def record(request: web.Request) -> None:
+        calls.append((request.method, request.path, request.headers.get("Authorization")))
+
+    async def old(request: web.Request) -> web.Response:
+        await record(request)
+        raise web.HTTPMovedPermanently(new_origin + "/new/api/v2/origins/event")
+
+    async def new(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({"ok": False, "error_message": "Unauthorized"}, status=401)
+
+    async def refusing(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({"ok": False, "error_message": "Email isn't valid"})
+
+    app = web.Application()
+    app.router.add_route("*", "/old/api/v2/origins/event", old)
+    app.router.add_route("*", "/new/api/v2/origins/event", new)
+    app.router.add_post("/refusing/api/v2/origins/event", refusing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    new_origin = f"http://localhost:{port}"  # another origin than 127.0.0.1's
+    yield f"http://127.0.0.1:{port}", calls
+    await runner.cleanup()
+
+
+async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -> None:
+    """Followed, the POST would go on as a GET without its body, and without the key to
+    another origin: a refused key (401), where the base URL is what is wrong."""
+    base, calls = moved
+    client = TalkableClient(base + "/old/api/v2", timeout=10)
+    try:
+        with pytest.raises(PublishError) as caught:
+            await client.publish(command(), "tk-key")
+    finally:
+        await client.close()
+    assert calls == [("POST", "/old/api/v2/origins/event", "Bearer tk-key")]
+    error = caught.value
+    assert (error.reason, error.status, error.retriable, error.refuses) == (
+        "BadRequest",
+        301,
+        False,
+        "request",
+    )
+    assert "/new/api/v2/origins/event" in str(error) and "TALKABLE_BASE_URL" in str(error)
+
+
+async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> None:
+    base, calls = moved
+    client = TalkableClient(base + "/refusing/api/v2", timeout=10)
+    try:
+        with pytest.raises(PublishError) as caught:
+            await client.publish(command(), "tk-key")
+    finally:
+        await client.close()
+    assert len(calls) == 1
+    assert (caught.value.reason, caught.value.status, caught.value.retriable) == (
+        "BadRequest",
+        200,
+        False,
+    )
+    assert "Email isn't valid" in str(caught.value)
 
 
 async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, talkable) -> None:
