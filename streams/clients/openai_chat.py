@@ -50,6 +50,9 @@ _KEYLIKE = re.compile(
 # gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 36278. The
 # input or output tokens must be reduced in order to run successfully." (no "try again")
 _ASKED = re.compile(r"Limit (\d+), (?:Used \d+, )?Requested (\d+)")
+# a UTF-16 surrogate alone: JSON may escape one ("\ud83d", an emoji cut in two), json.loads
+# keeps it, and no UTF-8 (Kafka's records, Talkable's API) can carry it
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
     "insufficient_quota": ("InsufficientQuota", "key"),
     "invalid_api_key": ("Unauthorized", "key"),
@@ -146,7 +149,7 @@ class ChatClient:
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         completion = Completion(
             text=text,
-            model=str(body.get("model") or chat.model),
+            model=well_formed(str(body.get("model") or chat.model)),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
@@ -174,7 +177,14 @@ def _text(body: Any) -> str | None:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         return None
-    return content if isinstance(content, str) else None
+    return well_formed(content) if isinstance(content, str) else None
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a pair was joined by json.loads):
+    a result that cannot be encoded is never reported, and its request would wait out its
+    deadlines and be generated again, to the same end."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
@@ -214,4 +224,4 @@ def scrub(message: str, secret: str) -> str:
     """Drop the key and anything that looks like one from an upstream message."""
     if secret:
         message = message.replace(secret, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", message)[:300]
+    return well_formed(_KEYLIKE.sub("[redacted]", message)[:300])

@@ -160,6 +160,41 @@ async def test_a_campaigns_max_completion_tokens_is_the_cap_sent_alone(oai, chat
     assert "max_completion_tokens" in str(caught.value)
 
 
+async def test_a_lone_surrogate_from_openai_becomes_a_replacement_character() -> None:
+    """JSON may escape half an emoji ("\\ud83d"): kept, the text could not be encoded into
+    the generator's result (UTF-8), which would never be reported, nor reach Talkable."""
+    half = '"cut \\ud83d there, whole \\ud83d\\ude00"'
+
+    async def completions(request: web.Request) -> web.Response:
+        if (await request.json())["model"] == "refused":
+            body = '{"error": {"message": "bad \\udc00", "type": "invalid_request_error"}}'
+            return web.Response(text=body, status=400, content_type="application/json")
+        message = '{"role": "assistant", "content": ' + half + "}"
+        body = (
+            '{"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices":'
+            ' [{"index": 0, "message": ' + message + ', "finish_reason": "length"}],'
+            ' "usage": {"prompt_tokens": 1, "completion_tokens": 2}}'
+        )
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    client = ChatClient(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", timeout=10)
+    try:
+        completion, _ = await client.complete(CHAT, KEY)
+        with pytest.raises(GenerationError) as refused:
+            await client.complete(CHAT.model_copy(update={"model": "refused"}), KEY)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert completion.text == "cut \ufffd there, whole \U0001f600"
+    assert completion.text.encode() and str(refused.value).encode()
+    assert "bad \ufffd" in str(refused.value)
+
+
 def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
     return PublishCompletion(
         request_id="r-1",
