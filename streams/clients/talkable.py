@@ -18,7 +18,7 @@ properties attach to the person, where campaigns read them. What an answer means
     401 / 403                               Unauthorized /  reports; refuses the site's key
                                             Forbidden       a while
     any other 4xx                           BadRequest      reports
-    5xx                                     ServerError     waits (the circuit counts it)
+    5xx, 408                                ServerError     waits (the circuit counts it)
     timeout / connection error              Timeout /       waits (the circuit counts it)
                                             Unreachable
     a key that cannot be a header value     InvalidKey      reports (nothing was sent)
@@ -118,7 +118,8 @@ class TalkableClient:
         text = f"Talkable answered {status}: {scrub(message, api_key)}"
         if 200 <= status < 300:  # "ok": false: Talkable's error envelope, whatever the status
             raise PublishError(text, reason="BadRequest", status=status, limits=limits)
-        raise status_error(PublishError, status, text, limits)
+        # a 408: Talkable stopped waiting for the request, nothing was written: asked again
+        raise status_error(PublishError, status, text, limits, outage=(408,))
 
     async def close(self) -> None:
         if self._http is not None:

@@ -255,6 +255,17 @@ async def test_talkable_answers_are_classified(tk, talkable) -> None:
     )
     assert down.value.limits is not None and down.value.limits.retry_after_s == 1.0  # waited
 
+    # a 408: Talkable gave up on receiving the request, so nothing was written; asked again
+    # as after an outage, not a publication failed for good
+    tk.config.fail_next = [408]
+    with pytest.raises(PublishError) as timed_out:
+        await talkable.publish(command(number="n-4"), "tk-key")
+    assert (timed_out.value.reason, timed_out.value.status, timed_out.value.retriable) == (
+        "ServerError",
+        408,
+        True,
+    )
+
 
 @pytest.fixture
 async def moved() -> AsyncIterator[tuple[str, list[tuple[str, str, str | None]]]]:
