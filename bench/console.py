@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from bench.console_data import DAY_MS, fill
 from streams.console.app import build_console
-from streams.console.log import Content, Letter
+from streams.console.log import Content, Letters
 from streams.console.pacing import Pacing
 from streams.console.queries import ConsoleQueries
 from streams.ops.redrive import RedriveReport, Selection
@@ -59,8 +59,8 @@ GOAL_MS = 300
 class NoKafka:
     """The console's log seam: the timed pages never read Kafka."""
 
-    async def letters(self) -> list[Letter]:
-        return []
+    async def letters(self) -> Letters:
+        return Letters([])
 
     async def content(
         self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None

@@ -25,7 +25,7 @@ from streams.console import auth, letters, pages, views
 from streams.console.log import (
     LETTERS_PER_PARTITION,
     Content,
-    Letter,
+    Letters,
     read_content,
     read_letters,
 )
@@ -49,7 +49,7 @@ class KafkaLog:
         self.settings = settings
         self.now_ms = now_ms
 
-    async def letters(self) -> list[Letter]:
+    async def letters(self) -> Letters:
         return await read_letters(self.settings)
 
     async def content(

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from streams.console.log import Letter
+from streams.console.log import LETTERS_PER_PARTITION, Letter
 from streams.console.pages import render
 from streams.console.views import (
     LOG_TIMEOUT_SECONDS,
@@ -108,17 +108,28 @@ class LetterRow:
         return f"redriven: {row.state}" if row.terminal else f"redriven: {row.state} (running)"
 
 
-async def _letters(s: Services, filters: LetterFilters) -> tuple[list[LetterRow], str | None]:
+@dataclass
+class LetterRows:
+    """The letters read, with their requests, that the filters match; what went wrong reading
+    them; how many older letters were not read (the newest of each partition are)."""
+
+    rows: list[LetterRow]
+    error: str | None = None
+    unread: int = 0
+
+
+async def _letters(s: Services, filters: LetterFilters) -> LetterRows:
     try:
         letters = await asyncio.wait_for(s.log.letters(), LOG_TIMEOUT_SECONDS)
     except TimeoutError:
-        return [], f"Kafka did not answer within {LOG_TIMEOUT_SECONDS:.0f} s"
+        return LetterRows([], f"Kafka did not answer within {LOG_TIMEOUT_SECONDS:.0f} s")
     except TalkstreamError as exc:
-        return [], str(exc)
-    ids = [x.request_id for x in letters if x.request_id]
+        return LetterRows([], str(exc))
+    ids = [x.request_id for x in letters.found if x.request_id]
     rows = await run_query(s.queries.requests_by_id, ids)
-    joined = [LetterRow(x, rows.get(x.request_id or "")) for x in letters]
-    return [j for j in joined if filters.matches(j.letter, j.request)], None
+    joined = [LetterRow(x, rows.get(x.request_id or "")) for x in letters.found]
+    matched = [j for j in joined if filters.matches(j.letter, j.request)]
+    return LetterRows(matched, unread=letters.unread)
 
 
 def _given(values: Mapping[str, Any]) -> dict[str, str]:
@@ -132,9 +143,11 @@ async def dead_letters(request: web.Request) -> web.Response:
         filters = LetterFilters.of(request.query, s.now_ms(), s.settings)
         page = _page_number(request.query.get("page"))
     except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(s, given, [], str(exc)), 400)
-    rows, error = await _letters(s, filters)
-    return render(request, "deadletters.html", _letters_context(s, given, rows, error, page))
+        return render(
+            request, "deadletters.html", _letters_context(s, given, LetterRows([], str(exc))), 400
+        )
+    read = await _letters(s, filters)
+    return render(request, "deadletters.html", _letters_context(s, given, read, page))
 
 
 def _page_number(value: str | None) -> int:
@@ -146,9 +159,8 @@ def _page_number(value: str | None) -> int:
     return int(value)
 
 
-def _letters_context(
-    s: Services, given: dict[str, str], rows: list[LetterRow], error: str | None, page: int = 1
-) -> Any:
+def _letters_context(s: Services, given: dict[str, str], read: LetterRows, page: int = 1) -> Any:
+    rows = read.rows
     page = min(page, max(1, -(-len(rows) // LETTERS_PER_PAGE)))  # past the last: the last
     start = (page - 1) * LETTERS_PER_PAGE
     shown = rows[start : start + LETTERS_PER_PAGE]
@@ -163,7 +175,9 @@ def _letters_context(
         "newer": _page_link(given, page - 1) if page > 1 else None,
         "older": _page_link(given, page + 1) if start + LETTERS_PER_PAGE < len(rows) else None,
         "parked": len({r.letter.request_id for r in rows if r.parked}),
-        "error": error,
+        "error": read.error,
+        "unread": read.unread,
+        "per_partition": LETTERS_PER_PARTITION,
     }
 
 
@@ -177,8 +191,9 @@ async def preview(request: web.Request) -> web.Response:
     if isinstance(posted, web.Response):
         return posted
     s, given, filters = posted.services, posted.given, posted.filters
-    rows, error = await _letters(s, filters)
-    candidates = {r.letter.request_id: r for r in rows if r.parked and r.letter.request_id}
+    read = await _letters(s, filters)
+    error = read.error
+    candidates = {r.letter.request_id: r for r in read.rows if r.parked and r.letter.request_id}
     report, would = None, []
     if candidates and error is None:
         try:
@@ -190,7 +205,15 @@ async def preview(request: web.Request) -> web.Response:
     return render(
         request,
         "preview.html",
-        {"nav": "deadletters", "given": given, "would": would, "error": error, "report": report},
+        {
+            "nav": "deadletters",
+            "given": given,
+            "would": would,
+            "error": error,
+            "report": report,
+            "unread": read.unread,
+            "per_partition": LETTERS_PER_PARTITION,
+        },
     )
 
 
@@ -242,7 +265,9 @@ async def _posted(request: web.Request) -> _Posted | web.Response:
     try:
         filters = LetterFilters.of(form, s.now_ms(), s.settings)
     except ValueError as exc:
-        return render(request, "deadletters.html", _letters_context(s, given, [], str(exc)), 400)
+        return render(
+            request, "deadletters.html", _letters_context(s, given, LetterRows([], str(exc))), 400
+        )
     return _Posted(s, form, given, filters)
 
 

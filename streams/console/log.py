@@ -87,18 +87,28 @@ class Content:
     notes: list[str] = field(default_factory=list)
 
 
-async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) -> list[Letter]:
+@dataclass
+class Letters:
+    """The letters read (the newest of each partition, newest first), and how many older ones
+    were not read (past ``LETTERS_PER_PARTITION`` in their partition)."""
+
+    found: list[Letter]
+    unread: int = 0
+
+
+async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) -> Letters:
     """The newest letters (up to ``most`` per partition), newest first."""
     topic = settings.topic("deadletter")
     async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:
-            return []
+            return Letters([])
         ends = await consumer.end_offsets(partitions)
         firsts = await consumer.beginning_offsets(partitions)
         starts = {tp: max(firsts[tp], ends[tp] - most) for tp in partitions}
+        unread = sum(starts[tp] - firsts[tp] for tp in partitions)
         todo = {tp: ends[tp] for tp in partitions if ends[tp] > starts[tp]}
         if not todo:
-            return []
+            return Letters([], unread)
         consumer.assign(list(todo))
         for tp in todo:
             consumer.seek(tp, starts[tp])
@@ -114,7 +124,7 @@ async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) ->
             for tp in list(todo):
                 if await consumer.position(tp) >= todo[tp]:
                     del todo[tp]
-    return sorted(letters, key=lambda x: (x.at_ms, x.letter_offset), reverse=True)
+    return Letters(sorted(letters, key=lambda x: (x.at_ms, x.letter_offset), reverse=True), unread)
 
 
 def _letter(record: Any) -> Letter | None:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from models.params import person_key
 from streams.console.chart import COLORS, chart
-from streams.console.log import Content, Letter
+from streams.console.log import Content, Letters
 from streams.console.pacing import Pacing
 from streams.console.pages import render
 from streams.console.queries import (
@@ -44,7 +44,7 @@ LOG_TIMEOUT_SECONDS = 15.0
 class Log(Protocol):
     """What the console reads from and sends to Kafka (a fake in the functional tests)."""
 
-    async def letters(self) -> list[Letter]: ...
+    async def letters(self) -> Letters: ...
 
     async def content(
         self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None

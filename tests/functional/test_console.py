@@ -28,7 +28,7 @@ from models.events import (
 from models.params import UsageLimit, person_key
 from streams.cli import main
 from streams.console.app import build_console
-from streams.console.log import LETTERS_PER_PARTITION, Content, Letter
+from streams.console.log import LETTERS_PER_PARTITION, Content, Letter, Letters
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries
 from streams.console.views import SERVICES
@@ -55,10 +55,11 @@ class FakeLog:
     letters_: list[Letter] = field(default_factory=list)
     redrives: list[tuple[Selection, bool]] = field(default_factory=list)
     down: bool = False  # Kafka out of reach
+    unread: int = 0  # older letters than the console reads
 
-    async def letters(self) -> list[Letter]:
+    async def letters(self) -> Letters:
         self._reachable()
-        return list(self.letters_)
+        return Letters(list(self.letters_), self.unread)
 
     def _reachable(self) -> None:
         if self.down:
@@ -576,6 +577,23 @@ async def test_dead_letters_are_listed_a_page_at_a_time_and_counted_in_full(
     assert 'href="/deadletters?reason=decode&amp;page=2"' in kept
     bad = await signed_in.page("/deadletters?page=0", status=400)
     assert "page: &#39;0&#39; is not a page number" in bad
+
+
+async def test_older_letters_than_the_page_reads_are_counted_and_sent_to_the_cli(
+    signed_in: Console,
+):
+    """The page reads the newest letters of each partition: a blast that parked more says how
+    many older ones it neither shows nor redrives, and what reaches them (it said nothing: an
+    operator redrove 'every' parked request from it and left the rest parked)."""
+    assert 'id="unread"' not in await signed_in.page("/deadletters")
+    signed_in.log.unread = 1234
+    body = await signed_in.page("/deadletters")
+    assert f"Only the newest {LETTERS_PER_PARTITION} letters of each partition" in body
+    assert "<b>1234</b> older letters are neither shown nor redriven from this page" in body
+    assert "<code>talkstream redrive</code>" in body
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"csrf": csrf})
+    assert "<b>1234</b> older letters are neither shown" in await preview.text()
 
 
 async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
