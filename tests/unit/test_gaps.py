@@ -275,7 +275,7 @@ class Quiet:
         self.taken: dict[int, int] = {}
         self.told: list[tuple[str, int, int, int]] = []
         self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
-        metrics = WorkerMetrics()
+        metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
             {} if table is None else table,
             POLICY,
@@ -445,3 +445,27 @@ def test_a_batch_whose_outputs_kafka_gave_up_on_is_decided_again(caplog, refused
         f"Kafka did not take every output of a batch (RuntimeError): decided again from {again}"
         in caplog.text
     )
+
+
+@pytest.mark.parametrize("refused", [0, 1], ids=["the first batch", "a later batch"])
+def test_a_batch_decided_again_counts_its_transitions_once(refused: int) -> None:
+    """``talkstream_transitions_total`` counts transitions by the state reached: a batch
+    decided again (Kafka gave up on one of its outputs) makes the same transitions again,
+    which happened once. They were counted at each decision: a broker outage inflated every
+    state's rate, ``generation_failed``'s alert included."""
+    quiet = Quiet(generate=GivesUp(refused))
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(RuntimeError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 52)
+        await quiet.deliver(53)
+
+    asyncio.run(run())
+    counted = {
+        state: quiet.metrics.registry.get_sample_value(
+            "talkstream_transitions_total", {"state": state}
+        )
+        for state in ("received", "admitted", "generating")
+    }
+    assert counted == {"received": 4, "admitted": 4, "generating": 4}  # req-50 .. req-53
