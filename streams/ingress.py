@@ -16,7 +16,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import hdrs, web
@@ -67,6 +67,8 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # acknowledgement: long while Kafka is down), then closes their connections unanswered
 SHUTDOWN_SECONDS = 15.0
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
 # the answer to each reason a webhook cannot become a request
 HTTP_STATUS: dict[Problem, int] = {
     Problem.UNREADABLE: 400,
@@ -326,14 +328,20 @@ def build_ingress(
     # no site signs: a query string is read with the body at once
     signs = must_sign if keys or settings.require_signature else None
 
-    async def generate(request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        response = await _generate(request)
-        metrics.requests.labels(outcome=str(response.status)).inc()
-        metrics.latency.observe(time.perf_counter() - started)
-        return response
+    def counted(handler: Handler) -> Handler:
+        """Every answer to the webhook counted by its status, whatever the method."""
 
-    async def _generate(request: web.Request) -> web.Response:
+        async def answer(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            response = await handler(request)
+            metrics.requests.labels(outcome=str(response.status)).inc()
+            metrics.latency.observe(time.perf_counter() - started)
+            return response
+
+        return answer
+
+    @counted
+    async def generate(request: web.Request) -> web.Response:
         # the header as sent: aiohttp's ``content_type`` drops the boundary and charset and
         # reports a missing header as application/octet-stream (parse_request: JSON)
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
@@ -381,6 +389,7 @@ def build_ingress(
         )
         return web.json_response({"request_id": received.request_id}, status=202)
 
+    @counted
     async def not_post(_: web.Request) -> web.Response:
         # a webhook configured with another method: told so in the answers' own shape
         error = {"field": "method", "message": "not allowed; the webhook is a POST"}

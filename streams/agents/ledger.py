@@ -26,6 +26,7 @@ from faust.types import TP
 from models.events import (
     GapProbe,
     GenerateText,
+    LifecycleEvent,
     PublishCompletion,
     RequestsValue,
 )
@@ -117,7 +118,8 @@ class Ledger:
         self._dead_letters = dead_letters
         self._clock = clock
         self._states = StateCache()
-        self._emit = Emitter(topics, dead_letters, metrics)
+        self._metrics = metrics
+        self._emit = Emitter(topics, dead_letters)
         self._gaps = GapRepair(
             "ledger",
             load_mark=lambda _, partition: _mark(table, partition),
@@ -172,6 +174,8 @@ class Ledger:
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
                     self._table[person] = self._states.store(person, state)
+            for transition in batch.transitions:  # once: a batch decided again made them again
+                self._metrics.observe(transition)
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
@@ -218,6 +222,7 @@ class Ledger:
             batch.deliveries += await self._emit(
                 outcome, (record.topic, record.partition, record.offset)
             )
+            batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
@@ -310,12 +315,13 @@ def target_key(command: GenerateText | PublishCompletion) -> bytes:
 
 class Batch:
     """What a batch of messages decided: each person's newest state (stored only once the
-    outputs are acknowledged) with the faust event of its partition, and the deliveries of
-    those outputs."""
+    outputs are acknowledged) with the faust event of its partition, the deliveries of
+    those outputs, and its transitions (counted in the metrics only then too)."""
 
     def __init__(self) -> None:
         self.states: dict[bytes, tuple[PersonState, Any]] = {}
         self.deliveries: list[Awaitable[Any]] = []
+        self.transitions: list[LifecycleEvent] = []
         self.event: Any = None  # the faust event being decided (its partition is the person's)
 
     async def delivered(self, send_now: SendNow) -> None:
@@ -356,10 +362,9 @@ class Emitter:
     """Sends what a decision produced: commands to the executors, lifecycle events, and the
     work given up on to the dead-letter topic."""
 
-    def __init__(self, topics: Topics, dead_letters: DeadLetters, metrics: WorkerMetrics) -> None:
+    def __init__(self, topics: Topics, dead_letters: DeadLetters) -> None:
         self._topics = topics
         self._dead_letters = dead_letters
-        self._metrics = metrics
 
     def _command_topic(self, kind: str) -> Any:
         return self._topics.generate if kind == "generate_text" else self._topics.completions
@@ -373,7 +378,6 @@ class Emitter:
             topic = self._command_topic(command.kind)
             deliveries.append(await topic.send(key=target_key(command), value=encode(command)))
         for event in outcome.events:
-            self._metrics.observe(event)
             # the lifecycle topic is the record of transitions; the log line is for debugging
             # (at INFO it was a measurable part of the worker's CPU under load)
             log.debug(

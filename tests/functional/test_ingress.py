@@ -702,9 +702,14 @@ async def test_readyz_says_whether_a_webhook_would_be_written_and_why_not(
 
 
 async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
+    """Every answer to the webhook counts, a 405 too: a webhook configured with another
+    method is answered 405 at each call, and was counted nowhere."""
     await accepted(ingress, SHAPES["json"])
     await accepted(ingress, SHAPES["rails form []"])
     await rejected(ingress, Body(JSON, b"{}"), 422)
+    assert (await ingress.client.get("/chat-gpt/generate")).status == 405
+    ingress.sink.outage = BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
+    await rejected(ingress, SHAPES["json"], 503)
 
     response = await ingress.client.get("/metrics")
     text = await response.text()
@@ -718,8 +723,8 @@ async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
         for sample in family.samples
         if sample.name == "talkstream_ingress_requests_total"
     }
-    assert counts == {"202": 2.0, "422": 1.0}
-    assert "talkstream_ingress_latency_seconds_count 3.0" in text
+    assert counts == {"202": 2.0, "422": 1.0, "405": 1.0, "503": 1.0}
+    assert "talkstream_ingress_latency_seconds_count 5.0" in text
 
 
 # --- the README's examples ------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from streams.errors import UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import Circuit, PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @dataclass
@@ -362,6 +365,25 @@ async def test_a_site_key_refused_stops_only_that_key_of_the_site() -> None:
     await settle()
     assert up.reports["new1"].value == "ok"
     assert s.snapshot()[0]["refused"] == ["key:old"]
+
+
+async def test_a_site_key_refused_is_a_refused_call_as_the_alert_table_says() -> None:
+    """``talkstream_upstream_calls_total{outcome="refused"}`` counts Talkable's refusals too
+    (``upstream="talkable"``): the README's alert on it named only OpenAI's (a key without
+    quota, revoked, a missing model), and a revoked site key raised it all the same."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    outcomes: list[str] = []
+    s.on_call = lambda _, outcome: outcomes.append(outcome)
+    s.submit("talkable:site", up.job("p1", scope="site", key_scope="key:old"))
+    s.dispatch()
+    await settle()
+    up.answer("p1", UpstreamError("answered 401", reason="Unauthorized", status=401, refuses="key"))
+    await settle()
+    assert outcomes == ["refused"]
+    alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
+    [row] = [line for line in alerts.splitlines() if '{outcome="refused"}' in line]
+    assert "Talkable site key refused" in row and 'upstream="talkable"' in row
 
 
 async def test_a_missing_model_refuses_only_that_model() -> None:

@@ -4,6 +4,7 @@ rest summed as ``other``, and every call in flight counted once."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,6 +64,48 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
         == targets - 1
     )
     assert f'talkstream_in_flight{{executor="generator"}} {float(targets)}' in lines
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+async def test_one_busy_target_holds_the_generator_at_the_in_flight_level_the_alert_names() -> None:
+    """README's alert on ``talkstream_in_flight`` named ``GENERATOR_MAX_IN_FLIGHT`` itself,
+    which one busy key never reaches: the scheduler keeps the last sixteenth of the slots for
+    targets running few calls (32 slots: 30 taken, 10 commands queued, the gauge at 30). The
+    alert names the level the gauge reaches."""
+    scheduler = Scheduler("generator", max_in_flight=32, max_wait_s=600, refusal_s=60,
+                          pacer_config=PacerConfig(initial_window=64, probe_wait=0))  # fmt: skip
+    release = asyncio.Event()
+
+    async def call() -> tuple[str, Any]:
+        await release.wait()
+        return "ok", None
+
+    async def report(_: Outcome[Any]) -> None:
+        pass
+
+    for n in range(40):
+        job = Job(key=f"j{n}", attempt=1, scope="model", cost=0,
+                  issued_s=scheduler.now(), call=call, report=report)  # fmt: skip
+        scheduler.submit("openai:key0001/gpt-4o", job)
+    scheduler.dispatch()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    collector = UpstreamTargets()
+    collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
+                                               scheduler=scheduler))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(collector)
+
+    saturated = registry.get_sample_value("talkstream_in_flight", {"executor": "generator"})
+    assert saturated == 32 - 32 // 16 == 30
+    alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
+    [row] = [line for line in alerts.splitlines() if line.startswith("| `talkstream_in_flight")]
+    assert "15/16 of `GENERATOR_MAX_IN_FLIGHT`" in row
     release.set()
     for _ in range(5):
         await asyncio.sleep(0)

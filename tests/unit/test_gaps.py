@@ -74,9 +74,9 @@ def test_without_a_mark_nothing_counts_as_skipped() -> None:
 def test_a_message_beyond_the_mark_reads_the_range_in_between_back() -> None:
     log = FakeLog()
     gaps, repaired = repair({3: 10}, log)
-    assert skipped(gaps, 3, 14) == [10, 11, 12, 13]
-    assert log.reads == [(3, 10, 14)]
-    assert repaired == [4]
+    assert skipped(gaps, 3, 16) == [10, 11, 12, 13, 14, 15]
+    assert log.reads == [(3, 10, 16)]
+    assert repaired == [6]
 
 
 def test_the_expected_message_and_older_ones_are_no_gap() -> None:
@@ -141,7 +141,9 @@ def test_a_restart_behind_its_last_mark_is_no_alarm_but_a_real_gap_is(
     """The mark trails the processed offsets by up to ``mark_every``: a worker that restarts
     (or takes the partition over) meets faust's commit up to that far past it, and re-reads
     those messages, logged at INFO. A larger jump after the mark, or any jump once the
-    expected offset is known, is faust skipping messages: a WARNING. Both are repaired."""
+    expected offset is known, is faust skipping messages: a WARNING. Both are repaired; only
+    the gaps count in ``talkstream_gap_messages_repaired_total`` (a restart's re-reads raised
+    it by up to 32 per partition at every restart, read as messages a rebalance dropped)."""
     log = FakeLog()
     gaps, repaired = repair({0: 10, 1: 10}, log, every=4)
     with caplog.at_level("INFO", logger="streams.gaps"):
@@ -152,7 +154,7 @@ def test_a_restart_behind_its_last_mark_is_no_alarm_but_a_real_gap_is(
     levels = [(r.levelname, r.getMessage().split(" offsets=")[1]) for r in caplog.records]
     assert levels == [("INFO", "10..13, since its last mark"), ("WARNING", "15..16: repairing"),
                       ("WARNING", "10..14: repairing")]  # fmt: skip
-    assert repaired == [4, 2, 5]
+    assert repaired == [2, 5]
 
 
 # --- the ledger agent: what it read back itself, faust is told is done ---------------------
@@ -275,7 +277,7 @@ class Quiet:
         self.taken: dict[int, int] = {}
         self.told: list[tuple[str, int, int, int]] = []
         self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
-        metrics = WorkerMetrics()
+        metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
             {} if table is None else table,
             POLICY,
@@ -445,3 +447,27 @@ def test_a_batch_whose_outputs_kafka_gave_up_on_is_decided_again(caplog, refused
         f"Kafka did not take every output of a batch (RuntimeError): decided again from {again}"
         in caplog.text
     )
+
+
+@pytest.mark.parametrize("refused", [0, 1], ids=["the first batch", "a later batch"])
+def test_a_batch_decided_again_counts_its_transitions_once(refused: int) -> None:
+    """``talkstream_transitions_total`` counts transitions by the state reached: a batch
+    decided again (Kafka gave up on one of its outputs) makes the same transitions again,
+    which happened once. They were counted at each decision: a broker outage inflated every
+    state's rate, ``generation_failed``'s alert included."""
+    quiet = Quiet(generate=GivesUp(refused))
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(RuntimeError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 52)
+        await quiet.deliver(53)
+
+    asyncio.run(run())
+    counted = {
+        state: quiet.metrics.registry.get_sample_value(
+            "talkstream_transitions_total", {"state": state}
+        )
+        for state in ("received", "admitted", "generating")
+    }
+    assert counted == {"received": 4, "admitted": 4, "generating": 4}  # req-50 .. req-53

@@ -5,6 +5,7 @@ result or the expired deadline that ended it was, and an operator can find it th
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from models.events import DeadLetter
 from streams.agents.ledger import Ledger
@@ -30,10 +31,10 @@ async def nothing_skipped(topic: str, partition: int, start: int, end: int) -> l
     raise AssertionError("no gap: the messages arrive in order from the first")
 
 
-def letters_after(*messages: object) -> list[DeadLetter]:
+def letters_after(*messages: object, metrics: WorkerMetrics | None = None) -> list[DeadLetter]:
     """The letters a ledger on partition 2 wrote, given these messages at offsets 10, 11, ..."""
     deadletter = Sent()
-    metrics = WorkerMetrics()
+    metrics = metrics or WorkerMetrics()
     ledger = Ledger(
         {},
         POLICY,
@@ -97,3 +98,22 @@ def test_a_message_that_does_not_decode_is_its_own_source() -> None:
     [letter] = [decode(DeadLetter, raw) for raw in deadletter.values]
     assert (letter.topic, letter.partition, letter.offset) == (TOPIC, 1, 7)
     assert letter.decided is None
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_dead_letter_alert_names_the_requests_given_up_on_that_it_counts() -> None:
+    """README's alert on ``talkstream_dead_letters_total`` said "poison input, a bug, or
+    Talkable refusing writes", and an operator read OpenAI's refusals as none of those: each
+    request that ends ``generation_failed`` writes a letter (of [generate]) too."""
+    metrics = WorkerMetrics()
+    [letter] = letters_after(webhook("req-1"), generation_failed("req-1"), metrics=metrics)
+    assert letter.topic == "t-generate"
+    assert (
+        metrics.registry.get_sample_value("talkstream_dead_letters_total", {"topic": "t-generate"})
+        == 1
+    )
+    alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
+    [row] = [line for line in alerts.splitlines() if "`talkstream_dead_letters_total`" in line]
+    assert "`generation_failed`" in row and "`publish_failed`" in row
