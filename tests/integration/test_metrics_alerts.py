@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import System, http
+from tests.integration.conftest import System, http, samples
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -16,15 +15,10 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def samples(system: System, name: str) -> list[tuple[dict[str, str], float]]:
+def worker_samples(system: System, name: str) -> list[tuple[dict[str, str], float]]:
     status, text = http("GET", f"{system.worker_url()}/metrics")
     assert status == 200
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
+    return [(sample.labels, sample.value) for sample in samples(text, name)]
 
 
 def test_a_slow_openai_shows_in_flight_and_not_as_consumer_lag(system: System) -> None:
@@ -43,14 +37,14 @@ def test_a_slow_openai_shows_in_flight_and_not_as_consumer_lag(system: System) -
             found = sum(
                 value
                 for name in ("talkstream_upstream_in_flight", "talkstream_upstream_queue_depth")
-                for labels, value in samples(system, name)
+                for labels, value in worker_samples(system, name)
                 if labels["upstream"] == "openai"
             )
             return found if found == 6 else None
 
         wait_until(waiting, 60, what="the six slow calls in the generator")
         generate = f"{system.app_id}-generate"
-        lags = [v for labels, v in samples(system, "talkstream_consumer_lag")
+        lags = [v for labels, v in worker_samples(system, "talkstream_consumer_lag")
                 if labels["topic"] == generate]  # fmt: skip
         assert lags and all(lag == 0 for lag in lags)
     finally:
