@@ -333,9 +333,20 @@ def build_ingress(
 
         async def answer(request: web.Request) -> web.Response:
             started = time.perf_counter()
-            response = await handler(request)
-            metrics.requests.labels(outcome=str(response.status)).inc()
-            metrics.latency.observe(time.perf_counter() - started)
+
+            def count(status: int) -> None:
+                metrics.requests.labels(outcome=str(status)).inc()
+                metrics.latency.observe(time.perf_counter() - started)
+
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                count(exc.status)
+                raise
+            except Exception:  # a bug of ours: aiohttp answers 500 (and logs it)
+                count(500)
+                raise
+            count(response.status)
             return response
 
         return answer

@@ -26,7 +26,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from models.events import RequestReceived
 from streams.codecs import decode
-from streams.errors import BrokerUnavailable
 from streams.ingress import PATH, AccessLogger, build_ingress
 from streams.secrets import SecretBox
 from streams.settings import Settings
@@ -83,7 +82,7 @@ class RecordingSink:
     """Remembers every acknowledged write; while ``outage`` is set, refuses like a down broker."""
 
     produced: list[Produced] = field(default_factory=list)
-    outage: BrokerUnavailable | None = None
+    outage: Exception | None = None  # BrokerUnavailable; anything else is a bug
     closed: bool = False
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:

@@ -710,6 +710,8 @@ async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
     assert (await ingress.client.get("/chat-gpt/generate")).status == 405
     ingress.sink.outage = BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
     await rejected(ingress, SHAPES["json"], 503)
+    ingress.sink.outage = RuntimeError("a bug")  # aiohttp answers 500: counted too
+    assert (await send(ingress, SHAPES["json"])).status == 500
 
     response = await ingress.client.get("/metrics")
     text = await response.text()
@@ -723,8 +725,8 @@ async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
         for sample in family.samples
         if sample.name == "talkstream_ingress_requests_total"
     }
-    assert counts == {"202": 2.0, "422": 1.0, "405": 1.0, "503": 1.0}
-    assert "talkstream_ingress_latency_seconds_count 5.0" in text
+    assert counts == {"202": 2.0, "422": 1.0, "405": 1.0, "503": 1.0, "500": 1.0}
+    assert "talkstream_ingress_latency_seconds_count 6.0" in text
 
 
 # --- the README's examples ------------------------------------------------------------------
