@@ -10,13 +10,17 @@ A table is written only in stream context, and the changelog partition comes fro
 being decided: so each partition's people are deleted while one of its batches is stored,
 never by a timer. A quiet partition waits for its next message (it grows no more meanwhile).
 The index is built as the ledger stores states, and from the table after a recovery
-(:meth:`Forgetting.scan`), by when each person falls due; a tick costs what is due.
+(:meth:`Forgetting.track_raw`), by when each person falls due; a batch costs what is due. The
+scan does not know a person's partition (the table's keys come without it), and working it
+out (the producers' murmur2 of the key, in Python) would double the scan's time: it is worked
+out when the person falls due.
 """
 
 from __future__ import annotations
 
 import heapq
 import re
+from collections.abc import Callable
 
 from models.ledger import PersonState, Policy
 from models.state import forgettable_at
@@ -39,25 +43,33 @@ class Forgetting:
     person; an entry that a later store replaced is dropped when it surfaces, and the heap is
     rebuilt when such entries outnumber the live ones)."""
 
-    def __init__(self, policy: Policy, margin_ms: int = MARGIN_MS) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        partition_of: Callable[[bytes], int] | None = None,
+        margin_ms: int = MARGIN_MS,
+    ) -> None:
         self._policy = policy
+        self._partition_of = partition_of
         self._margin_ms = margin_ms
-        self._due: dict[int, dict[bytes, int]] = {}
-        self._heaps: dict[int, list[tuple[int, bytes]]] = {}
+        # by partition; None: found by the scan, partition not worked out yet
+        self._due: dict[int | None, dict[bytes, int]] = {}
+        self._heaps: dict[int | None, list[tuple[int, bytes]]] = {}
 
     def __len__(self) -> int:
         return sum(len(people) for people in self._due.values())
 
-    def track(self, partition: int, person: bytes, state: PersonState) -> None:
+    def track(self, partition: int | None, person: bytes, state: PersonState) -> None:
         """The person's state as stored now."""
         at = forgettable_at(state, self._policy)
         self._set(partition, person, None if at is None else at + self._margin_ms)
 
-    def track_raw(self, partition: int, person: bytes, raw: bytes) -> None:
-        """As :meth:`track`, from the state's stored bytes (a scan of the recovered table)."""
-        if b'"inflight":{}' not in raw:
-            self._set(partition, person, None)
-            return
+    def track_raw(self, person: bytes, raw: bytes) -> None:
+        """As :meth:`track`, from the state's stored bytes (a scan of the recovered table;
+        its partition is worked out once it falls due). Without ``partition_of``: nothing."""
+        if self._partition_of is None or b'"inflight":{}' not in raw:
+            return  # (in flight: the ledger tracks the person again when it ends)
+        partition = None
         if NOTHING_PARKED not in raw:
             self.track(partition, person, decode(PersonState, raw))
             return
@@ -75,6 +87,12 @@ class Forgetting:
 
     def due(self, partition: int, now_ms: int) -> list[bytes]:
         """The people of ``partition`` to delete now (each once: they leave the index)."""
+        scanned, unplaced = self._heaps.get(None), self._due.get(None, {})
+        while scanned and scanned[0][0] <= now_ms and self._partition_of is not None:
+            at, person = heapq.heappop(scanned)
+            if unplaced.get(person) == at:
+                del unplaced[person]
+                self._set(self._partition_of(person), person, at)
         heap, people = self._heaps.get(partition), self._due.get(partition)
         found: list[bytes] = []
         while heap and people is not None and heap[0][0] <= now_ms:
@@ -89,7 +107,9 @@ class Forgetting:
         self._due.clear()
         self._heaps.clear()
 
-    def _set(self, partition: int, person: bytes, at: int | None) -> None:
+    def _set(self, partition: int | None, person: bytes, at: int | None) -> None:
+        if partition is not None:  # known now: the scan's entry, if any, is stale
+            self._due.get(None, {}).pop(person, None)
         people = self._due.setdefault(partition, {})
         if at is None:
             people.pop(person, None)

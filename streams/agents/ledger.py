@@ -134,8 +134,8 @@ class Ledger:
             grace_ms=rebalance_grace_ms,
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
-        self._forgetting = Forgetting(policy)
-        self._scan = TableScan(table, self._due, self._forgetting, partitions)
+        self._forgetting = Forgetting(policy, partition_of(partitions) if partitions else None)
+        self._scan = TableScan(table, self._due, self._forgetting)
         self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
         self._acknowledge = acknowledge
@@ -328,6 +328,13 @@ class Ledger:
             delivery.add_done_callback(functools.partial(self._due.delivered, expired))
 
 
+def partition_of(partitions: int) -> Callable[[bytes], int]:
+    """A person's partition of [requests], as every producer of it maps the key."""
+    every = list(range(partitions))
+    partitioner = DefaultPartitioner()
+    return lambda key: int(partitioner(key, every, every))
+
+
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
     """A command's record key: its upstream target (the OpenAI key's fingerprint, the
     Talkable site), so all calls to one target meet in one executor, whichever worker owns
@@ -445,17 +452,11 @@ class TableScan:
     takes seconds of the worker's loop."""
 
     def __init__(
-        self,
-        table: Any,
-        due: DeadlineIndex,
-        forgetting: Forgetting | None = None,
-        partitions: int | None = None,
+        self, table: Any, due: DeadlineIndex, forgetting: Forgetting | None = None
     ) -> None:
         self._table = table
         self._due = due
         self._forgetting = forgetting
-        self._partitions = list(range(partitions)) if partitions else []
-        self._partitioner = DefaultPartitioner()
         self.pending = True
 
     def soon(self) -> None:
@@ -467,10 +468,8 @@ class TableScan:
         for person, raw in self._table.items():
             if raw is None or person.startswith(OFFSET_MARK):
                 continue
-            if self._forgetting is not None and self._partitions:
-                # the person's partition, as every producer of [requests] maps the key
-                partition = self._partitioner(person, self._partitions, self._partitions)
-                self._forgetting.track_raw(partition, person, raw)
+            if self._forgetting is not None:
+                self._forgetting.track_raw(person, raw)
             # most people have nothing in flight: no need to decode them
             if NOTHING_IN_FLIGHT in raw:
                 continue

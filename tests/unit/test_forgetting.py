@@ -162,9 +162,10 @@ def test_the_scan_reads_the_same_time_from_stored_bytes_as_from_the_state() -> N
         handle(None, received("r-1"), POLICY, T0 * 1000).state,  # in flight
     ]
     for state in states:
-        from_state, from_bytes = Forgetting(POLICY), Forgetting(POLICY)
+        from_state = Forgetting(POLICY)
         from_state.track(0, b"p", state)
-        from_bytes.track_raw(0, b"p", encode(state))
+        from_bytes = Forgetting(POLICY, partition_of=lambda _: 0)  # the scan's: by due time
+        from_bytes.track_raw(b"p", encode(state))
         at = forgettable_at(state, POLICY)
         expected = [] if at is None else [b"p"]
         ripe = (at or 0) + MARGIN_MS
