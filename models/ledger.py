@@ -72,6 +72,7 @@ from models.state import (
     Seen,
     WindowMoved,
     evolve_all,
+    forgotten,
 )
 from models.usage import Verdict, Window, release, reserve
 
@@ -91,7 +92,8 @@ __all__ = [
 def handle(state: PersonState | None, message: Decidable, policy: Policy, now_ms: int) -> Outcome:
     """Decide, then evolve the state by the decision's facts (a GapProbe, which decides
     nothing, is passed over before: it concerns no person)."""
-    state = state or PersonState()
+    if state is None or forgotten(state, message.at_ms, policy):
+        state = PersonState()  # never heard of, or not within retention: as if never
     decision = decide(state, message, policy, now_ms)
     state = evolve_all(state, decision.facts)
     return Outcome(

@@ -108,6 +108,29 @@ class PersonState(BaseModel):
     parked_flights: dict[str, InFlight] = Field(default_factory=dict)
 
 
+def forgettable_at(state: PersonState, policy: Policy) -> int | None:
+    """When (ms, the messages' own times) nothing the state holds is needed any more, so the
+    ledger judges the person's next message as if it had never heard of them: no request in
+    flight (never while one is: None), and every fingerprint, parked request and the usage
+    window's start past ``fingerprint_retention_ms``. What a webhook then would prune is all
+    there is, but for the window, which the Talkable snapshot seeds again (it is what the
+    write-backs kept). The ledger deletes such a person's entry from its table some time after
+    (``streams.agents.forgetting``): a table keeps only people heard of within retention."""
+    if state.inflight:
+        return None
+    times = [seen.at_ms for seen in state.seen.values()]
+    times += state.parked.values()
+    if state.window is not None:
+        times.append(state.window.start * 1000)
+    return max(times, default=0) + policy.fingerprint_retention_ms
+
+
+def forgotten(state: PersonState, at_ms: int, policy: Policy) -> bool:
+    """Whether a message of ``at_ms`` finds the person forgotten (:func:`forgettable_at`)."""
+    at = forgettable_at(state, policy)
+    return at is not None and at_ms >= at
+
+
 # --- facts ----------------------------------------------------------------------------------
 
 

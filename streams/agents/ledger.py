@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -32,6 +33,7 @@ from models.events import (
 )
 from models.ledger import Outcome, PersonState, Policy, handle
 from streams.agents.deadlines import DeadlineIndex
+from streams.agents.forgetting import Forgetting
 from streams.codecs import decode, decode_requests, encode
 from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now
@@ -89,6 +91,7 @@ def register(
             TP(topic, partition), first, last
         ),
         taken=lambda: app.consumer.taken(topics.requests.get_topic_name()),
+        partitions=app.conf.topic_partitions,
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -111,6 +114,7 @@ class Ledger:
         send_now: SendNow = lambda: None,
         acknowledge: Acknowledge | None = None,
         taken: Taken = dict,
+        partitions: int | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -132,7 +136,8 @@ class Ledger:
             grace_ms=rebalance_grace_ms,
         )
         self._due.rebalanced(clock.now_ms())  # all in the table was issued before this process
-        self._scan = TableScan(table, self._due)
+        self._forgetting = Forgetting(policy, partition_of(partitions) if partitions else None)
+        self._scan = TableScan(table, self._due, self._forgetting)
         self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
         self._acknowledge = acknowledge
@@ -171,11 +176,16 @@ class Ledger:
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
                 self._undecided(firsts, exc)
                 continue
+            latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
                     self._table[person] = self._states.store(person, state)
+                self._forgetting.track(event.message.partition, person, state)
             for transition in batch.transitions:  # once: a batch decided again made them again
                 self._metrics.observe(transition)
+            for event in events:
+                latest[event.message.partition] = event
+            self._forget(latest)
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
@@ -183,6 +193,25 @@ class Ledger:
                 for topic, partition, first, last in read_back:
                     await self._acknowledge(topic, partition, first, last)
             self._deciding = Batch()
+
+    def _forget(self, latest: dict[int, Any]) -> None:
+        """Delete the people of these partitions whose state the rules forgot a margin ago
+        (``streams.agents.forgetting``), in the stream of one of the partition's events (the
+        changelog's tombstone goes to the person's partition)."""
+        now = self._clock.now_ms()
+        for partition, event in latest.items():
+            for person in self._forgetting.due(partition, now):
+                raw = self._table.get(person)
+                if raw is None:
+                    continue
+                state = self._states.load(person, raw)
+                if state is None or not self._forgetting.ripe(state, now):
+                    if state is not None:
+                        self._forgetting.track(partition, person, state)
+                    continue
+                with _in_stream_of(event):
+                    del self._table[person]
+                self._states.drop(person)
 
     def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception) -> None:
         """A batch whose outputs Kafka did not all take is not stored: each of its partitions
@@ -246,6 +275,7 @@ class Ledger:
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
+        self._forgetting.clear()  # the scan after the recovery tracks those it owns again
         self._behind.clear()
 
     async def check_gaps(self) -> None:
@@ -302,6 +332,13 @@ class Ledger:
                 key=expired.person.encode(), value=encode(expired)
             )
             delivery.add_done_callback(functools.partial(self._due.delivered, expired))
+
+
+def partition_of(partitions: int) -> Callable[[bytes], int]:
+    """A person's partition of [requests], as every producer of it maps the key."""
+    every = list(range(partitions))
+    partitioner = DefaultPartitioner()
+    return lambda key: int(partitioner(key, every, every))
 
 
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
@@ -419,9 +456,12 @@ class TableScan:
     then: the ledger tracks every decision itself, and reading a table of a million people
     takes seconds of the worker's loop."""
 
-    def __init__(self, table: Any, due: DeadlineIndex) -> None:
+    def __init__(
+        self, table: Any, due: DeadlineIndex, forgetting: Forgetting | None = None
+    ) -> None:
         self._table = table
         self._due = due
+        self._forgetting = forgetting
         self.pending = True
 
     def soon(self) -> None:
@@ -431,8 +471,12 @@ class TableScan:
         self.pending = False
         self._due.clear()
         for person, raw in self._table.items():
+            if raw is None or person.startswith(OFFSET_MARK):
+                continue
+            if self._forgetting is not None:
+                self._forgetting.track_raw(person, raw)
             # most people have nothing in flight: no need to decode them
-            if raw is None or person.startswith(OFFSET_MARK) or NOTHING_IN_FLIGHT in raw:
+            if NOTHING_IN_FLIGHT in raw:
                 continue
             self._due.track(person.decode(), decode(PersonState, raw))
 
@@ -453,6 +497,9 @@ class StateCache:
         if cached is not None and cached[0] == raw:
             return cached[1]
         return decode(PersonState, raw)
+
+    def drop(self, person: bytes) -> None:
+        self._states.pop(person, None)
 
     def store(self, person: bytes, state: PersonState) -> bytes:
         raw = encode(state)
