@@ -306,14 +306,8 @@ async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -
     """Followed, the POST would go on as a GET without its body, and without the key to
     another origin: a refused key (401), where the base URL is what is wrong."""
     base, calls = moved
-    client = TalkableClient(base + "/old/api/v2", timeout=10)
-    try:
-        with pytest.raises(PublishError) as caught:
-            await client.publish(command(), "tk-key")
-    finally:
-        await client.close()
+    error = await refused_at(base + "/old/api/v2")
     assert calls == [("POST", "/old/api/v2/origins/event", "Bearer tk-key")]
-    error = caught.value
     assert (error.reason, error.status, error.retriable, error.refuses) == (
         "BadRequest",
         301,
@@ -325,19 +319,21 @@ async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -
 
 async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> None:
     base, calls = moved
-    client = TalkableClient(base + "/refusing/api/v2", timeout=10)
+    error = await refused_at(base + "/refusing/api/v2")
+    assert len(calls) == 1
+    assert (error.reason, error.status, error.retriable) == ("BadRequest", 200, False)
+    assert "Email isn't valid" in str(error)
+
+
+async def refused_at(base_url: str) -> PublishError:
+    """What a publication to ``base_url`` fails with."""
+    client = TalkableClient(base_url, timeout=10)
     try:
         with pytest.raises(PublishError) as caught:
             await client.publish(command(), "tk-key")
     finally:
         await client.close()
-    assert len(calls) == 1
-    assert (caught.value.reason, caught.value.status, caught.value.retriable) == (
-        "BadRequest",
-        200,
-        False,
-    )
-    assert "Email isn't valid" in str(caught.value)
+    return caught.value
 
 
 async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, talkable) -> None:

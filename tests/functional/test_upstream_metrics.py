@@ -15,35 +15,53 @@ from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 
+class Held:
+    """A generator's scheduler whose calls all wait for ``release``, and the collector of its
+    targets' metrics."""
+
+    def __init__(self, max_in_flight: int, pacer_config: PacerConfig) -> None:
+        self.scheduler = Scheduler("generator", max_in_flight=max_in_flight, max_wait_s=600,
+                                   refusal_s=60, pacer_config=pacer_config)  # fmt: skip
+        self.release = asyncio.Event()
+        self.registry = CollectorRegistry()
+        collector = UpstreamTargets()
+        collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
+                                                   scheduler=self.scheduler))  # fmt: skip
+        self.registry.register(collector)
+
+    def submit(self, target: str, key: str) -> None:
+        async def call() -> tuple[str, Any]:
+            await self.release.wait()
+            return "ok", None
+
+        async def report(_: Outcome[Any]) -> None:
+            pass
+
+        job = Job(key=key, attempt=1, scope="model", cost=0,
+                  issued_s=self.scheduler.now(), call=call, report=report)  # fmt: skip
+        self.scheduler.submit(target, job)
+
+    async def dispatch(self) -> None:
+        self.scheduler.dispatch()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def end(self) -> None:
+        self.release.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
 async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
-    scheduler = Scheduler("generator", max_in_flight=1024, max_wait_s=600, refusal_s=60,
-                          pacer_config=PacerConfig(initial_window=1))  # fmt: skip
-    release = asyncio.Event()
-
-    async def call() -> tuple[str, Any]:
-        await release.wait()
-        return "ok", None
-
-    async def report(_: Outcome[Any]) -> None:
-        pass
-
+    held = Held(1024, PacerConfig(initial_window=1))
     # target i has i + 1 commands: one in flight (its first call), the others queued
     targets = MAX_TARGETS + 30
     for i in range(targets):
         for n in range(i + 1):
-            job = Job(key=f"t{i}-{n}", attempt=1, scope="model", cost=0,
-                      issued_s=scheduler.now(), call=call, report=report)  # fmt: skip
-            scheduler.submit(f"openai:key{i:04d}/gpt-{i % 2}", job)
-    scheduler.dispatch()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    collector = UpstreamTargets()
-    collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
-                                               scheduler=scheduler))  # fmt: skip
-    registry = CollectorRegistry()
-    registry.register(collector)
+            held.submit(f"openai:key{i:04d}/gpt-{i % 2}", f"t{i}-{n}")
+    await held.dispatch()
 
-    lines = generate_latest(registry).decode().splitlines()
+    lines = generate_latest(held.registry).decode().splitlines()
 
     def value(metric: str, target: str, model: str) -> float:
         label = f'{metric}{{model="{model}",target="{target}",upstream="openai"}}'
@@ -64,9 +82,7 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
         == targets - 1
     )
     assert f'talkstream_in_flight{{executor="generator"}} {float(targets)}' in lines
-    release.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await held.end()
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -77,35 +93,14 @@ async def test_one_busy_target_holds_the_generator_at_the_in_flight_level_the_al
     which one busy key never reaches: the scheduler keeps the last sixteenth of the slots for
     targets running few calls (32 slots: 30 taken, 10 commands queued, the gauge at 30). The
     alert names the level the gauge reaches."""
-    scheduler = Scheduler("generator", max_in_flight=32, max_wait_s=600, refusal_s=60,
-                          pacer_config=PacerConfig(initial_window=64, probe_wait=0))  # fmt: skip
-    release = asyncio.Event()
-
-    async def call() -> tuple[str, Any]:
-        await release.wait()
-        return "ok", None
-
-    async def report(_: Outcome[Any]) -> None:
-        pass
-
+    held = Held(32, PacerConfig(initial_window=64, probe_wait=0))
     for n in range(40):
-        job = Job(key=f"j{n}", attempt=1, scope="model", cost=0,
-                  issued_s=scheduler.now(), call=call, report=report)  # fmt: skip
-        scheduler.submit("openai:key0001/gpt-4o", job)
-    scheduler.dispatch()
-    for _ in range(5):
-        await asyncio.sleep(0)
-    collector = UpstreamTargets()
-    collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
-                                               scheduler=scheduler))  # fmt: skip
-    registry = CollectorRegistry()
-    registry.register(collector)
+        held.submit("openai:key0001/gpt-4o", f"j{n}")
+    await held.dispatch()
 
-    saturated = registry.get_sample_value("talkstream_in_flight", {"executor": "generator"})
+    saturated = held.registry.get_sample_value("talkstream_in_flight", {"executor": "generator"})
     assert saturated == 32 - 32 // 16 == 30
     alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
     [row] = [line for line in alerts.splitlines() if line.startswith("| `talkstream_in_flight")]
     assert "15/16 of `GENERATOR_MAX_IN_FLIGHT`" in row
-    release.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await held.end()
