@@ -27,8 +27,11 @@ from bench.observe import (
     wait_caught_up,
 )
 from bench.system import Deployment
+from streams.ingress import RETRY_AFTER_SECONDS
 
 CATCH_UP_TIMEOUT = 120.0  # for the worker's projector after the last terminal state
+WARM_UP_TRIES = 12  # sends of a warm-up webhook not yet accepted
+RETRY_AFTER_S = float(RETRY_AFTER_SECONDS)  # between them: what the ingress's 503 asks
 Progress = Callable[[str, int], contextlib.AbstractContextManager[Tick]]
 
 
@@ -130,13 +133,32 @@ class Pipeline:
         )
 
     async def warm_up(self, count: int = 20) -> float:
-        """Until a first batch went all the way (the worker joined its group): seconds."""
+        """Until a first batch went all the way (the worker joined its group): seconds. A
+        webhook answered otherwise than 202 is sent again, as Talkable does: the first ones
+        after the topics were made can find a partition without a leader yet, and a 503 then
+        means nothing was written."""
         started = time.monotonic()
         self.system.set_llm_latency(self.ctx.config.llm_latency)
-        shots = await load.blast(self.system.ingress_url, self.bodies("warmup", count), 4, _no)
-        ids = [s.request_id for s in shots if s.status == 202 and s.request_id]
-        if len(ids) < count:
-            raise RuntimeError(f"warm-up: only {len(ids)} of {count} webhooks accepted")
+        bodies = self.bodies("warmup", count)
+        accepted: dict[int, str] = {}
+        answers: collections.Counter[int] = collections.Counter()
+        for _ in range(WARM_UP_TRIES):
+            todo = [i for i in range(count) if i not in accepted]
+            shots = await load.blast(self.system.ingress_url, [bodies[i] for i in todo], 4, _no)
+            for shot in shots:
+                if shot.status == 202 and shot.request_id:
+                    accepted[todo[shot.index]] = shot.request_id
+                else:
+                    answers[shot.status] += 1
+            if len(accepted) == count:
+                break
+            await asyncio.sleep(RETRY_AFTER_S)  # the pause a 503's Retry-After asks for
+        else:
+            raise RuntimeError(
+                f"warm-up: only {len(accepted)} of {count} webhooks accepted in {WARM_UP_TRIES} "
+                f"tries (other answers by status, 0 for none: {dict(answers)})"
+            )
+        ids = list(accepted.values())
         missing = await self.watch.wait_terminal(ids, 180, _no)
         if missing:
             raise RuntimeError(f"warm-up: {len(missing)} requests never ended; see worker log")
