@@ -479,3 +479,27 @@ def parse_request(
     else:
         return from_mapping(tree)
     raise error  # outside the handler: nothing chained
+
+
+def claimed_site(
+    content_type: str,
+    body: bytes,
+    query: str | Mapping[str, str] | Mapping[str, list[str]] | None = None,
+) -> str | None:
+    """The site a webhook names, read as :func:`parse_request` reads it but whatever its other
+    params are: the body's own first (a signed request's params are its body's), else with the
+    query string merged under it. ``None`` when neither can be read or names a site slug.
+
+    For refusing an unsigned request for a signing site before its params are judged: the
+    sender of an invalid webhook learns nothing about them until it is known."""
+    for merged in (None, query) if query else (None,):
+        try:
+            tree = unwrap_legacy(decode_body(content_type or "", body))
+            if merged:
+                tree = merge(decode_query(merged), tree)
+            value = tree.get("site")
+            if isinstance(value, str):
+                return GenerateParams._site(value)
+        except (FormError, ValueError):
+            continue
+    return None

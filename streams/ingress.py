@@ -42,6 +42,7 @@ from models.params import (
     FieldError,
     GenerateParams,
     ParamsError,
+    claimed_site,
     legacy_security_key,
     parse_request,
     request_fingerprint,
@@ -362,14 +363,18 @@ def build_ingress(
             body = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
-            params, query_read = _params(content_type, body, query, settings.max_body_bytes, signs)
-            key = keys.get(params.site)
-            if key is not None or settings.require_signature:
-                if key is None or not _authentic(key, content_type, body, request):
-                    message = "missing or wrong" if key else "no security key for this site"
-                    raise ParamsError(
-                        Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
-                    )
+            try:
+                params, query_read = _params(
+                    content_type, body, query, settings.max_body_bytes, signs
+                )
+            except ParamsError as exc:
+                # a signing site's sender learns nothing of its params before it is known
+                site = claimed_site(content_type, body, query) if signs is not None else None
+                if exc.problem is Problem.INVALID and site is not None and must_sign(site):
+                    _authenticate(keys.get(site), content_type, body, request)
+                raise
+            if signs is not None and must_sign(params.site):
+                _authenticate(keys.get(params.site), content_type, body, request)
                 if query_read:
                     # the body alone did not parse: its own error, now that the sender is known
                     params = parse_request(
@@ -472,6 +477,16 @@ def _params(
                 return alone, False
     params = parse_request(content_type, body, query or None, max_body_bytes=max_body_bytes)
     return params, bool(query)
+
+
+def _authenticate(key: bytes | None, content_type: str, body: bytes, request: web.Request) -> None:
+    """Raises 401 unless the request is signed with the site's key (a site that must sign
+    and has none is refused: signatures are required)."""
+    if key is None or not _authentic(key, content_type, body, request):
+        message = "missing or wrong" if key else "no security key for this site"
+        raise ParamsError(
+            Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
+        )
 
 
 def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request) -> bool:

@@ -472,6 +472,47 @@ async def test_an_unsigned_request_with_a_signing_site_in_its_query_is_still_ref
 
 
 @pytest.mark.parametrize(
+    ("shape", "query"),
+    [
+        pytest.param("json", None, id="json"),
+        pytest.param("legacy", None, id="legacy form"),
+        pytest.param("json", f"site={SIGNED_SITE}", id="site in the query"),
+    ],
+)
+async def test_a_signing_sites_invalid_params_are_judged_only_once_the_sender_is_known(
+    ingress_with: StartIngress, shape: str, query: str | None
+) -> None:
+    """An unsigned webhook naming a signing site is refused for its signature, not told what
+    is wrong with its params; signed, it is told."""
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    bad = {"email": "not-an-email", "openai__temperature": "hot"}
+    if shape == "legacy":
+        body = Body(FORM, form_body({**envelope(SIGNED_SITE), "extras": json.dumps(
+            changed(site=..., **bad))}))  # fmt: skip
+    else:
+        tree = changed(site=SIGNED_SITE if query is None else ..., **bad)
+        body = Body(JSON, json_body(tree), query=query)
+
+    unsigned = await rejected(ingress, body, 401)
+    signed = await rejected(
+        ingress, body, 422, headers={"x-talkable-signature": sign(SITE_KEY, body.body)}
+    )
+
+    assert unsigned == [{"field": "x-talkable-signature", "message": "missing or wrong"}]
+    assert {e["field"] for e in signed} == {"email", "openai.temperature"}
+
+
+async def test_an_invalid_webhook_of_a_site_that_signs_nothing_is_told_what_is_wrong(
+    ingress_with: StartIngress,
+) -> None:
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+
+    errors = await rejected(ingress, Body(JSON, json_body(changed(email="nope"))), 422)
+
+    assert [e["field"] for e in errors] == ["email"]
+
+
+@pytest.mark.parametrize(
     ("webhook_key", "status"),
     [pytest.param(SITE_KEY, 202, id="its site key"), pytest.param("guess", 401, id="wrong key")],
 )
