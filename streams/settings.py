@@ -234,6 +234,11 @@ class Settings(BaseSettings):
         description="workers whose /metrics the console reads for pacing, comma separated",
     )
     console_session_hours: float = Field(12.0, gt=0, description="how long a console login lasts")
+    console_secure_cookie: bool = Field(
+        False,
+        description="mark the session cookie Secure (sent over HTTPS only): set it when the "
+        "console is reached through HTTPS, e.g. behind a TLS proxy",
+    )
 
     @model_validator(mode="after")
     def _insync_fits_replication(self) -> Settings:

@@ -85,7 +85,12 @@ def build_console(
         client_max_size=max_form_bytes(settings), client_max_fields=max_form_fields(settings)
     )
     logs.redact_aiohttp_server_log()  # a refused request's bytes may hold the token
-    auth.install(app, auth.check_token(token), settings.console_session_hours)
+    auth.install(
+        app,
+        auth.check_token(token),
+        settings.console_session_hours,
+        secure_cookie=settings.console_secure_cookie,
+    )
     app.middlewares.append(_projection_unavailable)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("streams.console", "templates"),

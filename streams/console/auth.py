@@ -82,7 +82,9 @@ def check_token(token: str | None) -> str:
     return token
 
 
-def install(app: web.Application, token: str, session_hours: float) -> None:
+def install(
+    app: web.Application, token: str, session_hours: float, secure_cookie: bool = False
+) -> None:
     app[TOKEN] = digest(token)
     app[ENDED] = {}
     app.middlewares.append(_headers)
@@ -93,6 +95,7 @@ def install(app: web.Application, token: str, session_hours: float) -> None:
             cookie_name=COOKIE,
             max_age=int(session_hours * 3600),
             httponly=True,
+            secure=secure_cookie or None,  # Secure only when the console is reached over HTTPS
             samesite="Strict",
         ),
     )

@@ -345,6 +345,20 @@ async def test_login_sets_a_strict_httponly_cookie_and_opens_every_page(console:
         await console.page(path)
 
 
+@pytest.mark.parametrize("secure", [False, True])
+async def test_the_cookie_is_secure_when_the_console_is_reached_over_https(
+    tmp_path: Path, secure: bool
+):
+    console = await start(tmp_path, console_secure_cookie=secure)
+    try:
+        response = await console.post("/login", {"token": TOKEN, "next": "/"})
+        assert response.status == 303
+        flags = [part.strip().lower() for part in response.headers["Set-Cookie"].split(";")]
+        assert ("secure" in flags) is secure
+    finally:
+        await console.client.close()
+
+
 async def test_a_logged_out_session_cookie_opens_nothing_though_it_still_decrypts(
     signed_in: Console,
 ):
