@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
-from aiokafka import TopicPartition
+from aiokafka import TopicPartition, errors
 from aiokafka.errors import (
     KafkaError,
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
     ProducerClosed,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -251,7 +252,7 @@ class KafkaSink:
             return "no Kafka broker answered"
         partitions = client.cluster.partitions_for_topic(topic)
         if not partitions:
-            return f"topic {topic} does not exist"
+            return await _undescribed(client, topic, deadline)
         leaderless = sorted(
             p
             for p in partitions
@@ -281,6 +282,33 @@ class KafkaSink:
                 "webhooks were not answered 2xx, and are retried by their sender",
                 self._timeout,
             )
+
+
+async def _undescribed(client: Any, topic: str, deadline: float) -> str:
+    """Why Kafka's answer did not describe ``topic``, as the broker says it. aiokafka leaves
+    out of its metadata a topic answered with any error (and logs it): /readyz said "does not
+    exist" for each, a topic without a leader yet or one this client may not see too. One
+    metadata request for the topic alone (never creating it) reads the broker's error."""
+    if topic in client.cluster.unauthorized_topics:
+        return f"not authorized for topic {topic}"
+    node = client.get_random_node()
+    error: type[KafkaError] | None = None
+    if node is not None:
+        request = MetadataRequest([topic], allow_auto_topic_creation=False)
+        try:
+            answer = await asyncio.wait_for(
+                client.send(node, request), max(deadline - time.monotonic(), 0.01)
+            )
+            error = errors.for_code(answer.topics[0][0])
+        except (KafkaError, TimeoutError, IndexError):
+            pass  # no answer: the one the client had stands
+    if error is errors.UnknownTopicOrPartitionError:
+        return f"topic {topic} does not exist"
+    if error is errors.LeaderNotAvailableError:
+        return f"topic {topic} has no leader yet"
+    if error is None or error is errors.NoError:  # described since: the next probe sees it
+        return f"topic {topic} not in Kafka's metadata yet"
+    return f"Kafka answered {error.__name__} for topic {topic}"
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -34,9 +34,26 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 
 
-class WorkerMetrics:
+class ProcessMetrics:
+    """What every process that serves ``/metrics`` measures: its consumers' lag (at scrape
+    time, :class:`ConsumerLag`) and its dead letters. The projector on its own serves only
+    these: a worker's series there, always 0, would read as a worker that does nothing."""
+
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self.consumers: list[Any] = []  # our own consumers (executors, projector): lag()
+        self.dead_letters = Counter(
+            "talkstream_dead_letters",
+            "Messages sent to the dead-letter topic",
+            ["topic"],
+            registry=self.registry,
+        )
+
+
+class WorkerMetrics(ProcessMetrics):
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
         self.transitions = Counter(
             "talkstream_transitions",
             "Lifecycle transitions by state reached",
@@ -72,16 +89,9 @@ class WorkerMetrics:
         )
         self.targets = UpstreamTargets()
         r.register(self.targets)
-        self.consumers: list[Any] = []  # our own consumers (executors, projector): lag()
         self.gaps_repaired = Counter(
             "talkstream_gap_messages_repaired",
             "Messages the consumer skipped (rebalance) that the ledger read back and processed",
-            registry=r,
-        )
-        self.dead_letters = Counter(
-            "talkstream_dead_letters",
-            "Messages sent to the dead-letter topic",
-            ["topic"],
             registry=r,
         )
 
@@ -287,7 +297,7 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
 
 
 async def serve_or_log(
-    app: Any, metrics: WorkerMetrics, settings: Settings, server: str
+    app: Any, metrics: ProcessMetrics, settings: Settings, server: str
 ) -> web.AppRunner | None:
     """:func:`serve_worker_http` on ``server``'s address (``worker``, ``projector``); one it
     cannot have (a second one on this host) is logged with the setting to change, and the
@@ -311,7 +321,7 @@ async def serve_or_log(
 
 
 async def serve_worker_http(
-    app: Any, metrics: WorkerMetrics, host: str, port: int, *, name: str = "worker"
+    app: Any, metrics: ProcessMetrics, host: str, port: int, *, name: str = "worker"
 ) -> web.AppRunner:
     """``/healthz``, ``/readyz`` and ``/metrics``; ``app`` None: a process without faust (the
     projector on its own), ready while a broker answers its consumer and its database takes

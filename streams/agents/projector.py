@@ -38,7 +38,7 @@ from streams.kafka_options import (
     group_options,
     stop_consumer,
 )
-from streams.observability import WorkerMetrics, serve_or_log
+from streams.observability import ProcessMetrics, WorkerMetrics, serve_or_log
 from streams.projection.engine import database_said, database_unusable
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
@@ -350,7 +350,7 @@ async def serve(settings: Settings) -> None:
     worker's child process when ``TALKSTREAM_PROJECTOR=process``."""
     store = ProjectionStore.from_url(settings.resolved_database_url, migrate_schema=False)
     producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
-    metrics = WorkerMetrics()  # served: its lag and its dead letters
+    metrics = ProcessMetrics()  # served: its lag and its dead letters, nothing else
     http = None
     try:
         # started inside: a stop while it connects (the worker killed as its child starts)

@@ -243,6 +243,7 @@ async def redrive(request: web.Request) -> web.Response:
             "redriven": [rows[i] for i in done if i in rows],
             "not_parked": sorted((asked - parked) & rows.keys()),
             "earlier_attempt": report.earlier_attempt if report is not None else [],
+            "too_old": report.too_old if report is not None else [],
             "unknown": sorted(asked - rows.keys()),
             "error": error,
         },

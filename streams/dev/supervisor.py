@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import logging
+import logging.handlers
 import os
 import secrets
 import shlex
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -59,17 +61,57 @@ def broker_address(settings: Settings) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+# each child's log (``DATA_DIR/logs/<name>.log``) is rotated at this size, keeping this many
+# older files (``<name>.log.1`` the newest): a worker and an ingress under 10 webhooks/s wrote
+# about 170 MB a day into files that only grew
+LOG_MAX_BYTES = 20 * 1024 * 1024
+LOG_BACKUPS = 5
+
+
+def _spawn(
+    name: str, args: list[str], env: dict[str, str], logs: Path, copiers: list[threading.Thread]
+) -> subprocess.Popen[bytes]:
     """A child in a session of its own: Ctrl-C reaches only the supervisor, which stops the
-    children in order (so a child stopping is never mistaken for one that failed)."""
-    out = (logs / f"{name}.log").open("ab")
-    return subprocess.Popen(
+    children in order (so a child stopping is never mistaken for one that failed). Its output
+    goes to its rotated log (``copiers`` gets the thread that copies it there)."""
+    proc = subprocess.Popen(
         child_process(*args),
         env=env,
-        stdout=out,
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    copiers.append(copy_to_log(proc, logs / f"{name}.log"))
+    return proc
+
+
+def copy_to_log(
+    proc: subprocess.Popen[bytes],
+    path: Path,
+    max_bytes: int = LOG_MAX_BYTES,
+    backups: int = LOG_BACKUPS,
+) -> threading.Thread:
+    """Copy the child's output, line by line, to ``path``, rotated at ``max_bytes`` with
+    ``backups`` older files kept (logging's RotatingFileHandler), until the child closes it."""
+    assert proc.stdout is not None
+    stream = proc.stdout
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def copy() -> None:
+        try:
+            for line in iter(stream.readline, b""):
+                text = line.decode("utf-8", "replace").rstrip("\n")
+                handler.handle(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
+        finally:
+            stream.close()
+            handler.close()
+
+    thread = threading.Thread(target=copy, name=f"log-{path.stem}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -343,10 +385,11 @@ def _run(
     if settings.secret_keys is None:
         env["TALKSTREAM_SECRET_KEYS"] = dev_key()
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    copiers: list[threading.Thread] = []  # each child's output to its log
     lines = [f"kafka      {status.bootstrap}   (log {status.log_file})"]
     if stands_in(settings, "openai_base_url"):
         procs["openai"] = _spawn(
-            "openai-standin", ["standin", "openai", "--port", str(openai_port)], env, logs
+            "openai-standin", ["standin", "openai", "--port", str(openai_port)], env, logs, copiers
         )
         env["TALKSTREAM_OPENAI_BASE_URL"] = f"http://127.0.0.1:{openai_port}/v1"
         lines.append(f"openai     http://127.0.0.1:{openai_port}/v1   (stand-in)")
@@ -354,7 +397,11 @@ def _run(
         lines.append(f"openai     {settings.openai_base_url}")
     if stands_in(settings, "talkable_base_url"):
         procs["talkable"] = _spawn(
-            "talkable-standin", ["standin", "talkable", "--port", str(talkable_port)], env, logs
+            "talkable-standin",
+            ["standin", "talkable", "--port", str(talkable_port)],
+            env,
+            logs,
+            copiers,
         )
         env["TALKSTREAM_TALKABLE_BASE_URL"] = f"http://127.0.0.1:{talkable_port}/api/v2"
         lines.append(
@@ -363,8 +410,8 @@ def _run(
         )
     else:
         lines.append(f"talkable   {settings.talkable_base_url}")
-    procs["worker"] = _spawn("worker", ["worker"], env, logs)
-    procs["ingress"] = _spawn("ingress", ["ingress"], env, logs)
+    procs["worker"] = _spawn("worker", ["worker"], env, logs, copiers)
+    procs["ingress"] = _spawn("ingress", ["ingress"], env, logs, copiers)
     port = settings.ingress_port
     lines.append(f"ingress    http://{settings.ingress_host}:{port}/chat-gpt/generate")
     # the operator console, with a token of this run's unless one is set
@@ -373,7 +420,7 @@ def _run(
     console = f"http://{settings.console_host}:{settings.console_port}"
     if "console_worker_urls" not in settings.model_fields_set and settings.worker_http_port:
         env["TALKSTREAM_CONSOLE_WORKER_URLS"] = own_worker_url(settings)
-    procs["console"] = _spawn("console", ["console"], env, logs)
+    procs["console"] = _spawn("console", ["console"], env, logs, copiers)
     lines.append(
         f"console    {console}/   (token: {env['TALKSTREAM_CONSOLE_TOKEN']})"
         if settings.console_token is None
@@ -429,6 +476,8 @@ def _run(
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for copier in copiers:  # the children's last lines (how they stopped)
+            copier.join(timeout=5)
         if started_kafka:
             broker.stop()
         print("talkstream dev: stopped", flush=True)

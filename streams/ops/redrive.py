@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
+from models.state import Policy
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import (
@@ -55,6 +56,8 @@ PARKED = frozenset(FAILED)  # the states a redrive leads out of
 # (about 20 bytes each: far below the broker's offset.metadata.max.bytes, 4 KB by default);
 # those beyond are offered again, as every one of them was before the commits listed any
 PAST_RANGES = 128
+
+DAY_MS = 24 * 3600 * 1000
 
 Ranges = list[tuple[int, int]]  # half-open offset ranges, ascending, apart
 
@@ -99,6 +102,8 @@ class RedriveReport:
     # selected, of an earlier attempt than the request's latest letter (not selected): the
     # ledger runs only the attempt parked now
     earlier_attempt: list[str] = field(default_factory=list)
+    # selected, parked longer ago than the ledger keeps parked requests: it has forgotten them
+    too_old: list[str] = field(default_factory=list)
 
 
 _STAGES = ("generating", "publishing")  # in the order a request goes through them
@@ -218,7 +223,8 @@ async def redrive(
                         held.setdefault(tp, record.offset)
                     else:
                         moved.setdefault(tp, []).append(record.offset)
-        for send in _still_parked(_latest_attempts(sends, parkings, report), states, report):
+        latest = _latest_attempts(sends, parkings, report)
+        for send in _remembered(_still_parked(latest, states, report), now_ms(), report):
             if not dry_run:
                 await producer.send_and_wait(send.topic, value=send.value, key=send.key)
             dry = " (dry run)" if dry_run else ""
@@ -265,6 +271,26 @@ def _still_parked(
             report.not_parked.append(f"{send.request_id} ({state})")
         else:
             kept.append(send)
+    return kept
+
+
+def _remembered(sends: list[_Send], now: int, report: RedriveReport) -> list[_Send]:
+    """Leave out parked work whose letter is older than the ledger keeps parked requests (the
+    fingerprints' retention): the ledger has forgotten it (at the person's next webhook, or
+    with the person) and would change nothing, while the projection still shows it parked.
+    The report says so, and what to do instead."""
+    retention_ms = Policy().fingerprint_retention_ms
+    kept = []
+    for send in sends:
+        age_ms = now - send.at_ms
+        if send.parking is None or age_ms < retention_ms:
+            kept.append(send)
+            continue
+        report.too_old.append(
+            f"{send.request_id} (parked {age_ms // DAY_MS} days ago; the ledger has forgotten it"
+            f" after {retention_ms // DAY_MS} days and would change nothing: send the webhook"
+            " again from Talkable, a new request)"
+        )
     return kept
 
 

@@ -102,6 +102,8 @@ def redrive(
         click.echo(f"not parked any more, left alone: {what}")
     for what in report.earlier_attempt:
         click.echo(f"an earlier attempt's letter, left alone: {what}")
+    for what in report.too_old:
+        click.echo(f"too old to redrive: {what}")
     click.echo(
         f"{report.examined} dead letters examined, {len(report.redriven)} "
         f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
@@ -113,6 +115,7 @@ def redrive(
             if report.earlier_attempt
             else ""
         )
+        + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
     )
 
 

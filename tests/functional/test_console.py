@@ -689,6 +689,27 @@ async def test_a_redrive_names_a_letter_of_an_earlier_attempt_it_left_alone(
     assert "parked since by publishing attempt 2" in done
 
 
+async def test_a_redrive_names_the_requests_parked_too_long_ago_for_the_ledger(
+    signed_in: Console, monkeypatch: pytest.MonkeyPatch
+):
+    """A request parked past the ledger's retention is forgotten there: the redrive sends
+    nothing for it, and the preview and the redrive page say so and what to do instead."""
+    said = "park-1 (parked 31 days ago; the ledger has forgotten it ... send the webhook again"
+
+    async def redrive(selection: Selection, *, dry_run: bool) -> RedriveReport:
+        return RedriveReport(examined=1, too_old=[said])
+
+    monkeypatch.setattr(signed_in.log, "redrive", redrive)
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", [("reason", "401"), ("csrf", csrf)])
+    confirm = await signed_in.post(
+        "/deadletters/redrive", [("reason", "401"), ("id", "park-1"), ("csrf", csrf)]
+    )
+    for page in (await preview.text(), await confirm.text()):
+        assert "Parked longer ago than the ledger keeps parked requests" in page
+        assert "park-1 (parked 31 days ago" in page
+
+
 async def test_an_overview_window_it_does_not_offer_is_a_400_showing_the_last_hour(
     signed_in: Console,
 ):

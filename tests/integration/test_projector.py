@@ -514,3 +514,32 @@ def _wait_published(store: ProjectionStore, posted: list[tuple[int, Any]]) -> No
         wait_until(projected, 90, 0.2, what="the requests in the database")
     finally:
         store.close()
+
+
+def test_the_projector_process_serves_only_what_it_measures(make_system: Any) -> None:
+    """The projector on its own (``PROJECTOR=process``) served every worker series too, at 0
+    (generation latency, upstream calls, gap repairs...): an alert on them (no generations
+    for 10 minutes) fired on every projector. It serves its lag and its dead letters."""
+    port = free_port()
+    system: System = make_system(projector="process", projector_http_port=str(port))
+    system.wait_ready()
+    status, _ = system.post(seed_params("metrics@example.com"))
+    assert status == 202
+    lifecycle = f"{system.app_id}-lifecycle"
+
+    def served() -> str:
+        with contextlib.suppress(OSError):  # not serving yet
+            code, body = http("GET", f"http://127.0.0.1:{port}/metrics")
+            return str(body) if code == 200 else ""
+        return ""
+
+    wait_until(lambda: f'topic="{lifecycle}"' in served(), 60, what="the projector's lag")
+    names = {
+        line.split()[2]
+        for line in served().splitlines()
+        if line.startswith("# TYPE ") and not line.split()[2].startswith(("python_", "process_"))
+    }
+    assert names == {"talkstream_consumer_lag", "talkstream_dead_letters_total"}
+    # the worker still serves its own
+    worker = http("GET", f"{system.worker_url()}/metrics")[1]
+    assert "talkstream_generation_latency_seconds_count" in str(worker)

@@ -546,3 +546,61 @@ def test_a_letter_redriven_after_one_not_selected_is_not_redriven_again(kafka: E
         env, "redrive", "--dry-run", "--topic", "requests", "--from-beginning"
     )
     assert f"would redrive: {app}-requests@0:7  " in reconsidered.output
+
+
+def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run_says_why(
+    kafka: EmbeddedKafka,
+):
+    """The ledger forgets a parked request 30 days after it was parked (the fingerprints'
+    retention), and a redrive of it then changes nothing: redrive said "redriven: ... → the
+    ledger", sent it, and the projection kept showing it parked, with no word of why."""
+    from models.state import Policy
+    from tests.unit.domain_builders import Ledger, generated, publication_failed, received
+
+    app = f"old{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+    for topic in ("deadletter", "requests"):
+        asyncio.run(create_topic(kafka.bootstrap, f"{app}-{topic}", 1))
+    retention_ms = Policy().fingerprint_retention_ms
+    now_ms = now_s() * 1000
+
+    def parked_letter(request_id: str, at_ms: int) -> bytes:
+        ledger = Ledger()
+        ledger.send(received(request_id))
+        ledger.send(generated(request_id))
+        [given_up] = ledger.send(publication_failed(request_id)).dead_letters
+        return encode(
+            DeadLetter(
+                topic=f"{app}-completions",
+                partition=-1,
+                offset=-1,
+                reason="Unauthorized: Talkable answered 401",
+                key=request_id,
+                value_b64=base64.b64encode(encode(given_up.command)).decode(),
+                request_id=request_id,
+                at_ms=at_ms,
+            )
+        )
+
+    produce(
+        kafka.bootstrap,
+        f"{app}-deadletter",
+        b"old",
+        parked_letter("old", now_ms - retention_ms - 60_000),
+    )
+    produce(kafka.bootstrap, f"{app}-deadletter", b"new", parked_letter("new", now_ms - 60_000))
+
+    preview = talkstream(env, "redrive", "--dry-run").output
+    out = talkstream(env, "redrive").output
+
+    for run in (preview, out):
+        assert "old → the ledger" not in run
+        assert "new → the ledger" in run
+        [line] = [line for line in run.splitlines() if line.startswith("too old to redrive: old ")]
+        assert "parked 30 days ago" in line
+        assert "the ledger has forgotten it" in line
+        assert "send the webhook again" in line
+    assert "1 too old to redrive" in out
+    # only the request the ledger still holds went to it
+    sent = [value for *_, value in read_topic(kafka.bootstrap, f"{app}-requests")]
+    assert len(sent) == 1 and b'"request_id":"new"' in sent[0]

@@ -104,6 +104,24 @@ def test_the_ingress_sink_is_ready_only_for_a_topic_with_a_leader_everywhere(kaf
     assert present is None
 
 
+def test_the_ingress_sink_says_what_the_broker_answered_for_a_topic_it_did_not_describe(
+    kafka,
+) -> None:
+    """aiokafka leaves out of its metadata a topic the broker answered with any error, and
+    /readyz said "does not exist" for each (a topic without a leader yet after a restart, one
+    the client may not see, a name no topic can have): it says what the broker answered."""
+    sink = KafkaSink(client_options(Settings(kafka_bootstrap=kafka.bootstrap)))
+    topic = f"no such topic {uuid.uuid4().hex[:8]}"  # a name Kafka refuses (spaces)
+
+    async def probe() -> str | None:
+        try:
+            return await sink.ready(topic, 10)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(probe()) == f"Kafka answered InvalidTopicError for topic {topic}"
+
+
 def test_webhooks_are_refused_once_partitions_were_added_to_requests(kafka) -> None:
     """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``): its
     producer would map people to partitions whose ledger has none of their state, or that no
