@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -35,6 +35,7 @@ from models.ledger import Outcome, PersonState, Policy, handle
 from streams.agents.deadlines import DeadlineIndex
 from streams.agents.forgetting import Forgetting
 from streams.codecs import decode, decode_requests, encode
+from streams.errors import DecodeError
 from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now
 from streams.observability import WorkerMetrics
@@ -61,6 +62,11 @@ SendNow = Callable[[], Awaitable[None] | None]
 Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
 # partition -> the last offset faust took of it from Kafka (``Consumer.taken``)
 Taken = Callable[[], dict[int, int]]
+# an output of a decision, as deciding the same record again makes it again whatever the clock
+# (a command's issue time differs): its kind, request and attempt (``Emitter``); a lifecycle
+# event's ``identity()``; a letter of a record that did not decide (one of them per record)
+Identity = tuple[str | int, ...]
+NONE_SENT: frozenset[Identity] = frozenset()
 
 
 def register(
@@ -143,6 +149,10 @@ class Ledger:
         self._acknowledge = acknowledge
         self._taken = taken
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
+        # the outputs Kafka acknowledged of records whose batch was not stored, by record, until
+        # a batch that decided them again is (kept across a rebalance: whoever decides them
+        # again, they were sent; only this worker can leave them out)
+        self._sent: dict[Source, set[Identity]] = {}
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
@@ -174,8 +184,16 @@ class Ledger:
             try:
                 await batch.delivered(self._send_now)
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
-                self._undecided(firsts, exc)
+                self._undecided(firsts, exc, batch)
                 continue
+            if batch.again:
+                log.info(
+                    "ledger: a batch decided again is stored; %s outputs Kafka had taken before "
+                    "were not sent again",
+                    batch.not_again,
+                )
+                for source in batch.again:
+                    self._sent.pop(source, None)
             latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
@@ -213,18 +231,30 @@ class Ledger:
                     del self._table[person]
                 self._states.drop(person)
 
-    def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception) -> None:
+    def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception, batch: Batch) -> None:
         """A batch whose outputs Kafka did not all take is not stored: each of its partitions
         expects the batch's first offset again (its next message, or the gap timer's probe,
         reads the batch back and decides it again), and the deadlines tracked from its states
         are forgotten (the table, scanned again, is what is in flight). The agent crashed here
         before: faust acked the batch and restarted the agent, which went on after the batch as
         if it were decided, and a request whose command was lost stayed in flight for good,
-        with no deadline that would re-issue it."""
+        with no deadline that would re-issue it.
+
+        The outputs Kafka did take are remembered by record, and the decision of the same
+        record again (from the same stored state: the same outputs, but for the clock's issue
+        times) leaves them out: they were sent in full again before, so an executor ran a
+        command twice (OpenAI billed twice) and a letter or a transition was written twice.
+        A worker that stops before the batch decided again is stored, or a partition that
+        moves meanwhile, still sends them again (at-least-once: README, "Production")."""
+        for source, identities in batch.acknowledged.items():
+            self._sent.setdefault(source, set()).update(identities)
         log.warning(
-            "ledger: Kafka did not take every output of a batch (%s): decided again from %s",
+            "ledger: Kafka did not take every output of a batch (%s): decided again from %s "
+            "(the %s of its %s outputs that Kafka took are not sent again)",
             type(exc).__name__,
             ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items())),
+            sum(map(len, batch.acknowledged.values())),
+            len(batch.deliveries),
         )
         for (topic, partition), offset in firsts.items():
             self._gaps.rewind(topic, partition, offset)
@@ -232,25 +262,37 @@ class Ledger:
         self._deciding = Batch()
 
     async def process(self, batch: Batch, record: Record) -> None:
-        """decode → the person's state (as this batch left it) → decide and evolve → emit."""
-        message: RequestsValue | None = await self._dead_letters.decoded(
-            decode_requests,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-        )
-        if message is None or isinstance(message, GapProbe):
+        """decode → the person's state (as this batch left it) → decide and evolve → emit
+        (what Kafka took of the outputs of deciding this record before, if its batch was not
+        stored, is left out)."""
+        source = (record.topic, record.partition, record.offset)
+        sent = self._sent.get(source, NONE_SENT) if self._sent else NONE_SENT
+        if sent:
+            batch.again.append(source)
+            batch.not_again += len(sent)
+        try:
+            message: RequestsValue = decode_requests(record.value)
+        except DecodeError as exc:
+            if UNDECODABLE not in sent:  # acknowledged before the mark passes it, as any output
+                letter = await self._dead_letters.write(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=str(exc),
+                    key=record.key,
+                    value=record.value,
+                )
+                batch.send(source, UNDECODABLE, letter)
+            return
+        if isinstance(message, GapProbe):
             return  # (a probe has done its work: its arrival repaired any gap before it)
         try:
             person = message.person.encode()
             newest = batch.states.get(person)
             state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            batch.deliveries += await self._emit(
-                outcome, (record.topic, record.partition, record.offset)
-            )
+            for identity, delivery in await self._emit(outcome, source, sent):
+                batch.send(source, identity, delivery)
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
@@ -261,17 +303,18 @@ class Ledger:
                 record.partition,
                 record.offset,
             )
-            batch.deliveries.append(
-                await self._dead_letters.write(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=f"ledger error: {exc!r}"[:500],
-                    key=record.key,
-                    value=record.value,
-                    request_id=message.request_id,
-                )
+            if LEDGER_ERROR in sent:
+                return
+            letter = await self._dead_letters.write(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=f"ledger error: {exc!r}"[:500],
+                key=record.key,
+                value=record.value,
+                request_id=message.request_id,
             )
+            batch.send(source, LEDGER_ERROR, letter)
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
@@ -334,6 +377,11 @@ class Ledger:
             delivery.add_done_callback(functools.partial(self._due.delivered, expired))
 
 
+# the letter of a record that does not decode, and of one the rules failed on (a bug)
+UNDECODABLE: Identity = ("undecodable",)
+LEDGER_ERROR: Identity = ("ledger_error",)
+
+
 def partition_of(partitions: int) -> Callable[[bytes], int]:
     """A person's partition of [requests], as every producer of it maps the key."""
     every = list(range(partitions))
@@ -353,19 +401,43 @@ def target_key(command: GenerateText | PublishCompletion) -> bytes:
 class Batch:
     """What a batch of messages decided: each person's newest state (stored only once the
     outputs are acknowledged) with the faust event of its partition, the deliveries of
-    those outputs, and its transitions (counted in the metrics only then too)."""
+    those outputs by the record decided and what they are, and its transitions (counted in
+    the metrics only then too)."""
 
     def __init__(self) -> None:
         self.states: dict[bytes, tuple[PersonState, Any]] = {}
-        self.deliveries: list[Awaitable[Any]] = []
+        self.deliveries: list[tuple[Source, Identity, Awaitable[Any]]] = []
         self.transitions: list[LifecycleEvent] = []
         self.event: Any = None  # the faust event being decided (its partition is the person's)
+        # records decided before whose batch was not stored, and how many of their outputs
+        # Kafka had taken then (not sent again)
+        self.again: list[Source] = []
+        self.not_again = 0
+        # once Kafka gave up on an output: the outputs it took, by record
+        self.acknowledged: dict[Source, set[Identity]] = {}
+
+    def send(self, source: Source, identity: Identity, delivery: Awaitable[Any]) -> None:
+        self.deliveries.append((source, identity, delivery))
 
     async def delivered(self, send_now: SendNow) -> None:
-        """The batch's outputs are acknowledged; ``send_now`` sends them without lingering."""
-        if self.deliveries:
-            sent = send_now()
-            await asyncio.gather(*self.deliveries, *([sent] if sent is not None else []))
+        """The batch's outputs are acknowledged; ``send_now`` sends them without lingering.
+        If Kafka gave up on one, its error is raised once every output is settled, and
+        ``acknowledged`` holds those Kafka took."""
+        if not self.deliveries:
+            return
+        sent = send_now()
+        results = await asyncio.gather(
+            *(delivery for _, _, delivery in self.deliveries),
+            *([sent] if sent is not None else []),
+            return_exceptions=True,
+        )
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if not failed:
+            return
+        for (source, identity, _), result in zip(self.deliveries, results, strict=False):
+            if not isinstance(result, BaseException):
+                self.acknowledged.setdefault(source, set()).add(identity)
+        raise failed[0]
 
 
 @contextlib.contextmanager
@@ -406,15 +478,26 @@ class Emitter:
     def _command_topic(self, kind: str) -> Any:
         return self._topics.generate if kind == "generate_text" else self._topics.completions
 
-    async def __call__(self, outcome: Outcome, decided: Source) -> list[Awaitable[Any]]:
-        """Hand the outputs to the producer; returns their deliveries (to be awaited).
-        ``decided``: the [requests] record the outcome was decided from, which a letter of
-        work given up on names (the command in it was never read from a record of its own)."""
-        deliveries = []
+    async def __call__(
+        self, outcome: Outcome, decided: Source, sent: Collection[Identity] = NONE_SENT
+    ) -> list[tuple[Identity, Awaitable[Any]]]:
+        """Hand the outputs to the producer, but those in ``sent`` (Kafka took them when this
+        record was decided before); returns what each is (:data:`Identity`) with its delivery
+        (to be awaited). ``decided``: the [requests] record the outcome was decided from,
+        which a letter of work given up on names (the command in it was never read from a
+        record of its own)."""
+        deliveries: list[tuple[Identity, Awaitable[Any]]] = []
         for command in outcome.commands:
+            identity: Identity = (command.kind, command.request_id, command.attempt)
+            if identity in sent:
+                continue
             topic = self._command_topic(command.kind)
-            deliveries.append(await topic.send(key=target_key(command), value=encode(command)))
+            delivery = await topic.send(key=target_key(command), value=encode(command))
+            deliveries.append((identity, delivery))
         for event in outcome.events:
+            identity = ("lifecycle", *event.identity())
+            if identity in sent:
+                continue
             # the lifecycle topic is the record of transitions; the log line is for debugging
             # (at INFO it was a measurable part of the worker's CPU under load)
             log.debug(
@@ -430,12 +513,15 @@ class Emitter:
                     "attempt": event.attempt,
                 },
             )
-            deliveries.append(
-                await self._topics.lifecycle.send(
-                    key=event.request_id.encode(), value=encode(event)
-                )
+            delivery = await self._topics.lifecycle.send(
+                key=event.request_id.encode(), value=encode(event)
             )
+            deliveries.append((identity, delivery))
         for given_up in outcome.dead_letters:
+            given = given_up.command
+            identity = ("given_up", given.kind, given.request_id, given.attempt)
+            if identity in sent:
+                continue
             letter = await self._dead_letters.write(
                 topic=self._command_topic(given_up.command.kind).get_topic_name(),
                 partition=-1,
@@ -446,7 +532,7 @@ class Emitter:
                 request_id=given_up.command.request_id,
                 decided=decided,
             )
-            deliveries.append(letter)
+            deliveries.append((identity, letter))
         return deliveries
 
 
