@@ -163,26 +163,31 @@ class Ledger:
             marks: dict[bytes, tuple[bytes, Any]] = {}
             read_back: list[tuple[str, int, int, int]] = []
             firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
-            for event in events:
-                msg = event.message
-                batch.event = event
-                skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
-                for record in skipped:
-                    await self.process(batch, record)
-                firsts.setdefault(
-                    (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
-                )
-                if skipped:
-                    first, last = skipped[0].offset, skipped[-1].offset
-                    read_back.append((msg.topic, msg.partition, first, last))
-                await self.process(batch, _Record(msg, event.key, event.value))
-                if self._gaps.processed(msg.topic, msg.partition, msg.offset):
-                    mark = OFFSET_MARK + str(msg.partition).encode()
-                    marks[mark] = (str(msg.offset + 1).encode(), event)
+            try:
+                for event in events:
+                    msg = event.message
+                    batch.event = event
+                    skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
+                    for record in skipped:
+                        await self.process(batch, record)
+                    firsts.setdefault(
+                        (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
+                    )
+                    if skipped:
+                        first, last = skipped[0].offset, skipped[-1].offset
+                        read_back.append((msg.topic, msg.partition, first, last))
+                    await self.process(batch, _Record(msg, event.key, event.value))
+                    if self._gaps.processed(msg.topic, msg.partition, msg.offset):
+                        mark = OFFSET_MARK + str(msg.partition).encode()
+                        marks[mark] = (str(msg.offset + 1).encode(), event)
+            except Exception as exc:  # a gap not read back: Kafka cannot be reached
+                await batch.delivered(self._send_now, failed=exc)
+                self._undecided(firsts, exc, batch, "a batch was not decided in full")
+                continue
             try:
                 await batch.delivered(self._send_now)
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
-                self._undecided(firsts, exc, batch)
+                self._undecided(firsts, exc, batch, "Kafka did not take every output of a batch")
                 continue
             if batch.again:
                 log.info(
@@ -229,11 +234,15 @@ class Ledger:
                     del self._table[person]
                 self._states.drop(person)
 
-    def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception, batch: Batch) -> None:
-        """A batch whose outputs Kafka did not all take is not stored: each of its partitions
-        expects the batch's first offset again (its next message, or the gap timer's probe,
-        reads the batch back and decides it again), and the deadlines tracked from its states
-        are forgotten (the table, scanned again, is what is in flight). The agent crashed here
+    def _undecided(
+        self, firsts: dict[tuple[str, int], int], exc: Exception, batch: Batch, what: str
+    ) -> None:
+        """A batch whose outputs Kafka did not all take, or that could not be decided in full
+        (a gap before one of its messages could not be read back: Kafka out of reach), is not
+        stored: each of its partitions expects the batch's first offset again (its next
+        message, or the gap timer's probe, reads the batch back and decides it again; one that
+        it did not reach expects what it did), and the deadlines tracked from its states are
+        forgotten (the table, scanned again, is what is in flight). The agent crashed here
         before: faust acked the batch and restarted the agent, which went on after the batch as
         if it were decided, and a request whose command was lost stayed in flight for good,
         with no deadline that would re-issue it.
@@ -247,10 +256,12 @@ class Ledger:
         for source, identities in batch.acknowledged.items():
             self._sent.setdefault(source, set()).update(identities)
         log.warning(
-            "ledger: Kafka did not take every output of a batch (%s): decided again from %s "
-            "(the %s of its %s outputs that Kafka took are not sent again)",
+            "ledger: %s (%s): decided again from %s (the %s of its %s outputs that Kafka "
+            "took are not sent again)",
+            what,
             type(exc).__name__,
-            ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items())),
+            ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items()))
+            or "where it was",
             sum(map(len, batch.acknowledged.values())),
             len(batch.deliveries),
         )

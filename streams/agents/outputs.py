@@ -64,10 +64,12 @@ class Batch:
     def send(self, source: Source, identity: Identity, delivery: Awaitable[Any]) -> None:
         self.deliveries.append((source, identity, delivery))
 
-    async def delivered(self, send_now: SendNow) -> None:
+    async def delivered(self, send_now: SendNow, failed: Exception | None = None) -> None:
         """The batch's outputs are acknowledged; ``send_now`` sends them without lingering.
         If Kafka gave up on one, its error is raised once every output is settled, and
-        ``acknowledged`` holds those Kafka took."""
+        ``acknowledged`` holds those Kafka took. ``failed``: deciding the batch failed, so it
+        is not stored whatever Kafka says; its outputs are settled all the same, and
+        ``acknowledged`` holds those Kafka took (nothing is raised)."""
         if not self.deliveries:
             return
         sent = send_now()
@@ -76,13 +78,14 @@ class Batch:
             *([sent] if sent is not None else []),
             return_exceptions=True,
         )
-        failed = [result for result in results if isinstance(result, BaseException)]
-        if not failed:
+        refused = next((r for r in results if isinstance(r, BaseException)), None)
+        if refused is None and failed is None:
             return
         for (source, identity, _), result in zip(self.deliveries, results, strict=False):
             if not isinstance(result, BaseException):
                 self.acknowledged.setdefault(source, set()).add(identity)
-        raise failed[0]
+        if refused is not None and failed is None:
+            raise refused
 
 
 class Emitter:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from models.events import DeadLetter, GapProbe, GenerateText, LifecycleEvent
 from models.ledger import PersonState, Policy
@@ -286,13 +287,14 @@ class Quiet:
         self.taken: dict[int, int] = {}
         self.told: list[tuple[str, int, int, int]] = []
         self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
+        self.generate = generate or Sent()
         metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
             {} if table is None else table,
             POLICY,
             Topics(
                 requests=self.requests,
-                generate=generate or Sent(),
+                generate=self.generate,
                 completions=Sent(),
                 lifecycle=self.lifecycle,
                 deadletter=None,
@@ -524,3 +526,41 @@ def test_a_batch_decided_again_sends_only_what_kafka_did_not_take() -> None:
     counted = quiet.metrics.registry.get_sample_value
     assert counted("talkstream_dead_letters_total", {"topic": "t-generate"}) == 1
     assert counted("talkstream_dead_letters_total", {"topic": TOPIC}) == 1
+
+
+class Unreadable(Quiet):
+    """A ledger whose first read-back fails: Kafka cannot be reached (a broker outage)."""
+
+    def __init__(self, table: dict[bytes, bytes]) -> None:
+        self.failures = 1
+        super().__init__(table)
+
+    async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Rec]:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        return await super().read_range(topic, partition, start, end)
+
+
+def test_a_batch_that_could_not_read_a_gap_back_is_decided_again() -> None:
+    """A batch that needs a gap read back while Kafka cannot be reached: the read-back's error
+    escaped the agent (faust acked the batch and restarted it) after the batch had decided
+    and sent what came before the gap, and the ledger went on after it as if it were
+    decided. Those states were never stored: a request whose command went out was not in
+    flight in the table (its result changed nothing, no deadline re-issued it, it never
+    ended), or was re-issued later and called again. Now the batch is decided again, and
+    what Kafka took of it is not sent again."""
+    table: dict[bytes, bytes] = {}
+    quiet = Unreadable(table)
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(KafkaConnectionError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 53)  # 52 skipped: read back while Kafka is down
+        await quiet.deliver(54)
+
+    asyncio.run(run())
+    state = decode(PersonState, table[PERSON.encode()])
+    assert set(state.inflight) == {f"req-{offset}" for offset in range(50, 55)}
+    calls = Counter(decode(GenerateText, raw).request_id for raw in quiet.generate.values)
+    assert calls == {f"req-{offset}": 1 for offset in range(50, 55)}
