@@ -300,8 +300,7 @@ class Ledger:
             newest = batch.states.get(person)
             state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            for identity, delivery in await self._emit(outcome, source, sent):
-                batch.send(source, identity, delivery)
+            batch.deliveries += await self._emit(outcome, source, sent)
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)

@@ -101,22 +101,23 @@ class Emitter:
 
     async def __call__(
         self, outcome: Outcome, decided: Source, sent: Collection[Identity] = NONE_SENT
-    ) -> list[tuple[Identity, Awaitable[Any]]]:
+    ) -> list[tuple[Source, Identity, Awaitable[Any]]]:
         """Hand the outputs to the producer, but those in ``sent`` (Kafka took them when this
-        record was decided before); returns what each is (:data:`Identity`) with its delivery
-        (to be awaited). ``decided``: the [requests] record the outcome was decided from,
-        which a letter of work given up on names (the command in it was never read from a
-        record of its own)."""
-        deliveries: list[tuple[Identity, Awaitable[Any]]] = []
+        record was decided before); returns each one's delivery (to be awaited), with the
+        record and what the output is (:data:`Identity`). ``decided``: the [requests] record
+        the outcome was decided from, which a letter of work given up on names (the command
+        in it was never read from a record of its own)."""
+        deliveries: list[tuple[Source, Identity, Awaitable[Any]]] = []
         for command in outcome.commands:
             identity: Identity = (command.kind, command.request_id, command.attempt)
             if identity in sent:
                 continue
             topic = self._command_topic(command.kind)
             delivery = await topic.send(key=target_key(command), value=encode(command))
-            deliveries.append((identity, delivery))
+            deliveries.append((decided, identity, delivery))
         for event in outcome.events:
-            identity = ("lifecycle", *event.identity())
+            # its identity(), less a call and a str() (the ledger's hot path)
+            identity = ("lifecycle", event.request_id, event.type, event.state, event.attempt)
             if identity in sent:
                 continue
             # the lifecycle topic is the record of transitions; the log line is for debugging
@@ -137,7 +138,7 @@ class Emitter:
             delivery = await self._topics.lifecycle.send(
                 key=event.request_id.encode(), value=encode(event)
             )
-            deliveries.append((identity, delivery))
+            deliveries.append((decided, identity, delivery))
         for given_up in outcome.dead_letters:
             given = given_up.command
             identity = ("given_up", given.kind, given.request_id, given.attempt)
@@ -153,5 +154,5 @@ class Emitter:
                 request_id=given_up.command.request_id,
                 decided=decided,
             )
-            deliveries.append((identity, letter))
+            deliveries.append((decided, identity, letter))
         return deliveries
