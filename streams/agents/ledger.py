@@ -157,7 +157,9 @@ class Ledger:
         first. A batch's outputs are sent at once (not held for the producer's linger) and
         acknowledged by Kafka before its states are stored, so a stored state never claims an
         output that a crash could still lose. What was read back is then acknowledged to faust,
-        which never delivered it and would not commit past it otherwise."""
+        which never delivered it and would not commit past it otherwise. A batch not stored
+        (``_undecided``) is decided again without the outputs Kafka took of it: an executor
+        runs each command once (a call billed once), a letter or a transition is written once."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = self._deciding = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
