@@ -12,7 +12,6 @@ partition; the ledger acts on it in stream context, where the table may be writt
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -26,15 +25,22 @@ from faust.types import TP
 
 from models.events import (
     GapProbe,
-    GenerateText,
-    LifecycleEvent,
-    PublishCompletion,
     RequestsValue,
 )
-from models.ledger import Outcome, PersonState, Policy, handle
+from models.ledger import PersonState, Policy, handle
 from streams.agents.deadlines import DeadlineIndex
 from streams.agents.forgetting import Forgetting
+from streams.agents.outputs import (
+    LEDGER_ERROR,
+    NONE_SENT,
+    UNDECODABLE,
+    Batch,
+    Emitter,
+    Identity,
+    SendNow,
+)
 from streams.codecs import decode, decode_requests, encode
+from streams.errors import DecodeError
 from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now
 from streams.observability import WorkerMetrics
@@ -54,8 +60,6 @@ BATCH = 500  # messages decided before their outputs' acknowledgements are await
 # ``streams.faust_transport.Stream``): 5 ms gave lower latency at 60/s than 2 ms, and 0 gave
 # smaller batches under load (``bench/PROFILE.md``, thirtieth round)
 WITHIN_SECONDS = 0.005
-# sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
-SendNow = Callable[[], Awaitable[None] | None]
 # (topic, partition, first, last): offsets the ledger read back itself and decided, for faust
 # to count as done (``streams.faust_transport.Consumer.acknowledge_range``)
 Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
@@ -143,39 +147,58 @@ class Ledger:
         self._acknowledge = acknowledge
         self._taken = taken
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
+        # the outputs Kafka acknowledged of records whose batch was not stored, by record, until
+        # a batch that decided them again is (kept across a rebalance: whoever decides them
+        # again, they were sent; only this worker can leave them out)
+        self._sent: dict[Source, set[Identity]] = {}
 
     async def consume(self, stream: Any) -> None:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
         first. A batch's outputs are sent at once (not held for the producer's linger) and
         acknowledged by Kafka before its states are stored, so a stored state never claims an
         output that a crash could still lose. What was read back is then acknowledged to faust,
-        which never delivered it and would not commit past it otherwise."""
+        which never delivered it and would not commit past it otherwise. A batch not stored
+        (``_undecided``) is decided again without the outputs Kafka took of it: an executor
+        runs each command once (a call billed once), a letter or a transition is written once."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = self._deciding = Batch()
             marks: dict[bytes, tuple[bytes, Any]] = {}
             read_back: list[tuple[str, int, int, int]] = []
             firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
-            for event in events:
-                msg = event.message
-                batch.event = event
-                skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
-                for record in skipped:
-                    await self.process(batch, record)
-                firsts.setdefault(
-                    (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
-                )
-                if skipped:
-                    first, last = skipped[0].offset, skipped[-1].offset
-                    read_back.append((msg.topic, msg.partition, first, last))
-                await self.process(batch, _Record(msg, event.key, event.value))
-                if self._gaps.processed(msg.topic, msg.partition, msg.offset):
-                    mark = OFFSET_MARK + str(msg.partition).encode()
-                    marks[mark] = (str(msg.offset + 1).encode(), event)
+            try:
+                for event in events:
+                    msg = event.message
+                    batch.event = event
+                    skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
+                    for record in skipped:
+                        await self.process(batch, record)
+                    firsts.setdefault(
+                        (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
+                    )
+                    if skipped:
+                        first, last = skipped[0].offset, skipped[-1].offset
+                        read_back.append((msg.topic, msg.partition, first, last))
+                    await self.process(batch, _Record(msg, event.key, event.value))
+                    if self._gaps.processed(msg.topic, msg.partition, msg.offset):
+                        mark = OFFSET_MARK + str(msg.partition).encode()
+                        marks[mark] = (str(msg.offset + 1).encode(), event)
+            except Exception as exc:  # a gap not read back: Kafka cannot be reached
+                await batch.delivered(self._send_now, failed=exc)
+                self._undecided(firsts, exc, batch, "a batch was not decided in full")
+                continue
             try:
                 await batch.delivered(self._send_now)
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
-                self._undecided(firsts, exc)
+                self._undecided(firsts, exc, batch, "Kafka did not take every output of a batch")
                 continue
+            if batch.again:
+                log.info(
+                    "ledger: a batch decided again is stored; %s outputs Kafka had taken before "
+                    "were not sent again",
+                    batch.not_again,
+                )
+                for source in batch.again:
+                    self._sent.pop(source, None)
             latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
@@ -213,18 +236,36 @@ class Ledger:
                     del self._table[person]
                 self._states.drop(person)
 
-    def _undecided(self, firsts: dict[tuple[str, int], int], exc: Exception) -> None:
-        """A batch whose outputs Kafka did not all take is not stored: each of its partitions
-        expects the batch's first offset again (its next message, or the gap timer's probe,
-        reads the batch back and decides it again), and the deadlines tracked from its states
-        are forgotten (the table, scanned again, is what is in flight). The agent crashed here
+    def _undecided(
+        self, firsts: dict[tuple[str, int], int], exc: Exception, batch: Batch, what: str
+    ) -> None:
+        """A batch whose outputs Kafka did not all take, or that could not be decided in full
+        (a gap before one of its messages could not be read back: Kafka out of reach), is not
+        stored: each of its partitions expects the batch's first offset again (its next
+        message, or the gap timer's probe, reads the batch back and decides it again; one that
+        it did not reach expects what it did), and the deadlines tracked from its states are
+        forgotten (the table, scanned again, is what is in flight). The agent crashed here
         before: faust acked the batch and restarted the agent, which went on after the batch as
         if it were decided, and a request whose command was lost stayed in flight for good,
-        with no deadline that would re-issue it."""
+        with no deadline that would re-issue it.
+
+        The outputs Kafka did take are remembered by record, and the decision of the same
+        record again (from the same stored state: the same outputs, but for the clock's issue
+        times) leaves them out: they were sent in full again before, so an executor ran a
+        command twice (OpenAI billed twice) and a letter or a transition was written twice.
+        A worker that stops before the batch decided again is stored, or a partition that
+        moves meanwhile, still sends them again (at-least-once: README, "Production")."""
+        for source, identities in batch.acknowledged.items():
+            self._sent.setdefault(source, set()).update(identities)
         log.warning(
-            "ledger: Kafka did not take every output of a batch (%s): decided again from %s",
+            "ledger: %s (%s): decided again from %s (the %s of its %s outputs that Kafka "
+            "took are not sent again)",
+            what,
             type(exc).__name__,
-            ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items())),
+            ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items()))
+            or "where it was",
+            sum(map(len, batch.acknowledged.values())),
+            len(batch.deliveries),
         )
         for (topic, partition), offset in firsts.items():
             self._gaps.rewind(topic, partition, offset)
@@ -232,25 +273,36 @@ class Ledger:
         self._deciding = Batch()
 
     async def process(self, batch: Batch, record: Record) -> None:
-        """decode → the person's state (as this batch left it) → decide and evolve → emit."""
-        message: RequestsValue | None = await self._dead_letters.decoded(
-            decode_requests,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-        )
-        if message is None or isinstance(message, GapProbe):
+        """decode → the person's state (as this batch left it) → decide and evolve → emit
+        (what Kafka took of the outputs of deciding this record before, if its batch was not
+        stored, is left out)."""
+        source = (record.topic, record.partition, record.offset)
+        sent = self._sent.get(source, NONE_SENT) if self._sent else NONE_SENT
+        if sent:
+            batch.again.append(source)
+            batch.not_again += len(sent)
+        try:
+            message: RequestsValue = decode_requests(record.value)
+        except DecodeError as exc:
+            if UNDECODABLE not in sent:  # acknowledged before the mark passes it, as any output
+                letter = await self._dead_letters.write(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=str(exc),
+                    key=record.key,
+                    value=record.value,
+                )
+                batch.send(source, UNDECODABLE, letter)
+            return
+        if isinstance(message, GapProbe):
             return  # (a probe has done its work: its arrival repaired any gap before it)
         try:
             person = message.person.encode()
             newest = batch.states.get(person)
             state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            batch.deliveries += await self._emit(
-                outcome, (record.topic, record.partition, record.offset)
-            )
+            batch.deliveries += await self._emit(outcome, source, sent)
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
@@ -261,17 +313,18 @@ class Ledger:
                 record.partition,
                 record.offset,
             )
-            batch.deliveries.append(
-                await self._dead_letters.write(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=f"ledger error: {exc!r}"[:500],
-                    key=record.key,
-                    value=record.value,
-                    request_id=message.request_id,
-                )
+            if LEDGER_ERROR in sent:
+                return
+            letter = await self._dead_letters.write(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=f"ledger error: {exc!r}"[:500],
+                key=record.key,
+                value=record.value,
+                request_id=message.request_id,
             )
+            batch.send(source, LEDGER_ERROR, letter)
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
@@ -341,33 +394,6 @@ def partition_of(partitions: int) -> Callable[[bytes], int]:
     return lambda key: int(partitioner(key, every, every))
 
 
-def target_key(command: GenerateText | PublishCompletion) -> bytes:
-    """A command's record key: its upstream target (the OpenAI key's fingerprint, the
-    Talkable site), so all calls to one target meet in one executor, whichever worker owns
-    the partition, and its pacing holds across workers."""
-    if isinstance(command, GenerateText):
-        return (command.openai_key_id or command.request_id).encode()
-    return command.site.encode()
-
-
-class Batch:
-    """What a batch of messages decided: each person's newest state (stored only once the
-    outputs are acknowledged) with the faust event of its partition, the deliveries of
-    those outputs, and its transitions (counted in the metrics only then too)."""
-
-    def __init__(self) -> None:
-        self.states: dict[bytes, tuple[PersonState, Any]] = {}
-        self.deliveries: list[Awaitable[Any]] = []
-        self.transitions: list[LifecycleEvent] = []
-        self.event: Any = None  # the faust event being decided (its partition is the person's)
-
-    async def delivered(self, send_now: SendNow) -> None:
-        """The batch's outputs are acknowledged; ``send_now`` sends them without lingering."""
-        if self.deliveries:
-            sent = send_now()
-            await asyncio.gather(*self.deliveries, *([sent] if sent is not None else []))
-
-
 @contextlib.contextmanager
 def _in_stream_of(event: Any) -> Iterator[None]:
     """Write the table as if while iterating ``event``: faust takes a changelog record's
@@ -393,61 +419,6 @@ class _Record:
 async def _mark(table: Any, partition: int) -> int | None:
     raw = table.get(OFFSET_MARK + str(partition).encode())
     return int(raw) if raw else None
-
-
-class Emitter:
-    """Sends what a decision produced: commands to the executors, lifecycle events, and the
-    work given up on to the dead-letter topic."""
-
-    def __init__(self, topics: Topics, dead_letters: DeadLetters) -> None:
-        self._topics = topics
-        self._dead_letters = dead_letters
-
-    def _command_topic(self, kind: str) -> Any:
-        return self._topics.generate if kind == "generate_text" else self._topics.completions
-
-    async def __call__(self, outcome: Outcome, decided: Source) -> list[Awaitable[Any]]:
-        """Hand the outputs to the producer; returns their deliveries (to be awaited).
-        ``decided``: the [requests] record the outcome was decided from, which a letter of
-        work given up on names (the command in it was never read from a record of its own)."""
-        deliveries = []
-        for command in outcome.commands:
-            topic = self._command_topic(command.kind)
-            deliveries.append(await topic.send(key=target_key(command), value=encode(command)))
-        for event in outcome.events:
-            # the lifecycle topic is the record of transitions; the log line is for debugging
-            # (at INFO it was a measurable part of the worker's CPU under load)
-            log.debug(
-                "transition request_id=%s site=%s state=%s attempt=%s",
-                event.request_id,
-                event.site,
-                event.state.value,
-                event.attempt,
-                extra={
-                    "request_id": event.request_id,
-                    "site": event.site,
-                    "state": event.state.value,
-                    "attempt": event.attempt,
-                },
-            )
-            deliveries.append(
-                await self._topics.lifecycle.send(
-                    key=event.request_id.encode(), value=encode(event)
-                )
-            )
-        for given_up in outcome.dead_letters:
-            letter = await self._dead_letters.write(
-                topic=self._command_topic(given_up.command.kind).get_topic_name(),
-                partition=-1,
-                offset=-1,
-                reason=given_up.reason,
-                key=given_up.command.request_id.encode(),
-                value=encode(given_up.command),
-                request_id=given_up.command.request_id,
-                decided=decided,
-            )
-            deliveries.append(letter)
-        return deliveries
 
 
 class TableScan:

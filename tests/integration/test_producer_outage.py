@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 
 import pytest
 
@@ -42,7 +43,9 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
     and those it sends then expire unsent after the producer's request timeout (up to three
     outages, until one has the worker give up on a record). Once the
     broker is back, every webhook accepted before, during (none: 503) and after the outage
-    ends published: what was lost is re-issued by its deadline, into the same partitions."""
+    ends published: what was lost is re-issued by its deadline, into the same partitions, and
+    no call is made for an attempt twice (a ledger batch decided again sends only what Kafka
+    did not take of it)."""
     system = System(
         own_broker,
         tmp_path,
@@ -92,6 +95,27 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
         accepted = sorted({a.request_id for a in traffic.answers if a.status == 202})
         rows = system.wait_terminal(accepted, timeout=180)
         assert {row.state for row in rows.values()} == {"published"}
+        # each call was an attempt the ledger issued: a batch whose outputs Kafka did not all
+        # take, decided again, sent the commands Kafka had taken again, and their executors
+        # called again (OpenAI billed twice); lost work is re-issued as an attempt of its own
+        started = Counter(
+            (t.request_id, t.type)
+            for t in system.projection.all_transitions()
+            if t.type in ("GenerationStarted", "PublicationStarted")
+        )
+        published = Counter(
+            call["event_number"].removeprefix("generate_text_complete-")
+            for call in system.talkable("GET", "/_calls")
+            if call["path"].endswith("/origins/event")
+        )
+        twice = {
+            request_id: (calls, started[request_id, "PublicationStarted"])
+            for request_id, calls in published.items()
+            if calls > started[request_id, "PublicationStarted"]
+        }
+        assert twice == {}, "Talkable calls, publication attempts"
+        generations = sum(n for (_, kind), n in started.items() if kind == "GenerationStarted")
+        assert len(system.openai("GET", "/_calls")) <= generations
         text = log.read_text()
         print(
             f"\n{len(accepted)} webhooks accepted around the outage, all published; worker log: "

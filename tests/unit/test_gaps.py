@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
-from models.events import GapProbe, LifecycleEvent
+from models.events import DeadLetter, GapProbe, GenerateText, LifecycleEvent
 from models.ledger import PersonState, Policy
 from models.lifecycle import State
 from streams.agents.ledger import OFFSET_MARK, Ledger
@@ -18,7 +20,7 @@ from streams.codecs import decode, encode
 from streams.gaps import GapRepair
 from streams.observability import WorkerMetrics
 from streams.runtime import DeadLetters, Topics
-from tests.unit.domain_builders import PERSON, T0, received
+from tests.unit.domain_builders import PERSON, T0, generation_failed, received
 
 TOPIC = "t-requests"
 POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000, max_wait_ms=0)
@@ -27,6 +29,14 @@ POLICY = Policy(generation_deadline_ms=120_000, publish_deadline_ms=60_000, max_
 class FixedClock:
     def now_ms(self) -> int:
         return T0 * 1000
+
+
+class SettableClock:
+    def __init__(self) -> None:
+        self.now = T0 * 1000
+
+    def now_ms(self) -> int:
+        return self.now
 
 
 @dataclass(frozen=True)
@@ -277,13 +287,14 @@ class Quiet:
         self.taken: dict[int, int] = {}
         self.told: list[tuple[str, int, int, int]] = []
         self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
+        self.generate = generate or Sent()
         metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
             {} if table is None else table,
             POLICY,
             Topics(
                 requests=self.requests,
-                generate=generate or Sent(),
+                generate=self.generate,
                 completions=Sent(),
                 lifecycle=self.lifecycle,
                 deadletter=None,
@@ -413,6 +424,12 @@ class GivesUp(Sent):
         super().__init__()
         self.refused = refused
 
+    def get_topic_name(self) -> str:
+        return "t-generate"
+
+    def taken(self) -> list[bytes]:
+        return [value for i, value in enumerate(self.values) if i != self.refused]
+
     async def send(self, *, key: bytes | None = None, value: bytes) -> asyncio.Future[None]:
         delivery = await super().send(key=key, value=value)
         if len(self.values) - 1 == self.refused:
@@ -471,3 +488,79 @@ def test_a_batch_decided_again_counts_its_transitions_once(refused: int) -> None
         for state in ("received", "admitted", "generating")
     }
     assert counted == {"received": 4, "admitted": 4, "generating": 4}  # req-50 .. req-53
+
+
+def test_a_batch_decided_again_sends_only_what_kafka_did_not_take() -> None:
+    """A batch of which Kafka gave up on one output is decided again: its outputs that Kafka
+    took the first time were sent again, and made again what they make. A command reached
+    its executor twice (an OpenAI call made and billed twice), a letter was written and
+    counted twice, a transition recorded twice. Now each goes once, whatever the clock
+    changed in it (a command's issue time)."""
+    generate = GivesUp(2)
+    quiet = Quiet(generate=generate)
+    quiet.webhooks[51] = encode(generation_failed("req-50"))  # req-50 given up on: a letter
+    quiet.webhooks[52] = b"not json"  # a letter
+
+    async def run() -> None:
+        await quiet.deliver(50)  # [generate] 0: req-50
+        with contextlib.suppress(RuntimeError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 52, 53, 54)  # [generate] 1: req-53, 2: req-54 given up on
+        clock.now = T0 * 1000 + 5_000  # decided again a little later
+        await quiet.deliver(55)  # 51..54 read back and decided again
+
+    clock = quiet.ledger._clock = SettableClock()
+    asyncio.run(run())
+    calls = Counter(
+        (command.request_id, command.attempt)
+        for command in map(lambda raw: decode(GenerateText, raw), generate.taken())
+    )
+    assert calls == {(f"req-{offset}", 1): 1 for offset in (50, 53, 54, 55)}
+    recorded = Counter(decode(LifecycleEvent, raw).identity() for raw in quiet.lifecycle.values)
+    assert [identity for identity, n in recorded.items() if n > 1] == []
+    assert {state for _, _, state, _ in recorded} >= {"received", "generation_failed"}
+    letters = [decode(DeadLetter, raw) for raw in quiet.deadletter.values]
+    assert sorted((letter.topic, letter.offset) for letter in letters) == [
+        ("t-generate", -1),
+        (TOPIC, 52),
+    ]
+    counted = quiet.metrics.registry.get_sample_value
+    assert counted("talkstream_dead_letters_total", {"topic": "t-generate"}) == 1
+    assert counted("talkstream_dead_letters_total", {"topic": TOPIC}) == 1
+
+
+class Unreadable(Quiet):
+    """A ledger whose first read-back fails: Kafka cannot be reached (a broker outage)."""
+
+    def __init__(self, table: dict[bytes, bytes]) -> None:
+        self.failures = 1
+        super().__init__(table)
+
+    async def read_range(self, topic: str, partition: int, start: int, end: int) -> list[Rec]:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        return await super().read_range(topic, partition, start, end)
+
+
+def test_a_batch_that_could_not_read_a_gap_back_is_decided_again() -> None:
+    """A batch that needs a gap read back while Kafka cannot be reached: the read-back's error
+    escaped the agent (faust acked the batch and restarted it) after the batch had decided
+    and sent what came before the gap, and the ledger went on after it as if it were
+    decided. Those states were never stored: a request whose command went out was not in
+    flight in the table (its result changed nothing, no deadline re-issued it, it never
+    ended), or was re-issued later and called again. Now the batch is decided again, and
+    what Kafka took of it is not sent again."""
+    table: dict[bytes, bytes] = {}
+    quiet = Unreadable(table)
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(KafkaConnectionError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 53)  # 52 skipped: read back while Kafka is down
+        await quiet.deliver(54)
+
+    asyncio.run(run())
+    state = decode(PersonState, table[PERSON.encode()])
+    assert set(state.inflight) == {f"req-{offset}" for offset in range(50, 55)}
+    calls = Counter(decode(GenerateText, raw).request_id for raw in quiet.generate.values)
+    assert calls == {f"req-{offset}": 1 for offset in range(50, 55)}
