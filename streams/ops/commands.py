@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, projection_reader, run_async, with_bar
+from streams.ops.options import TIME, in_order, opening, projection_reader, run_async, with_bar
 from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
@@ -92,7 +92,7 @@ def _rebuild(
     from streams.projection.engine import make_engine, safe_url
     from streams.projection.store import ProjectionStore
 
-    engine = make_engine(database_url)
+    engine = make_engine(opening(database_url))
     store = ProjectionStore(engine, migrate_schema=False)
     try:
         _prepare(store, database_url, force)
