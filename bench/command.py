@@ -92,7 +92,11 @@ POSITIVE = click.IntRange(min=1)  # every phase runs: none can be empty
     type=click.Path(file_okay=False, path_type=Path),
     help="where the JSON goes [default: bench/results]",
 )
-@click.option("--keep", is_flag=True, help="keep the logs and data of the run")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="keep the logs and data of the run (and its topics on --bootstrap's broker)",
+)
 @click.option(
     "--render",
     is_flag=True,
