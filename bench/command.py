@@ -92,8 +92,17 @@ POSITIVE = click.IntRange(min=1)  # every phase runs: none can be empty
     type=click.Path(file_okay=False, path_type=Path),
     help="where the JSON goes [default: bench/results]",
 )
-@click.option("--keep", is_flag=True, help="keep the logs and data of the run")
-@click.option("--render", is_flag=True, help="only rewrite BENCHMARKS.md from latest results")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="keep the logs and data of the run (and its topics on --bootstrap's broker)",
+)
+@click.option(
+    "--render",
+    is_flag=True,
+    help="only rewrite BENCHMARKS.md from the latest results (of --results-dir, a mode it "
+    "lacks from bench/results)",
+)
 @click.option("--no-doc", is_flag=True, help="do not rewrite BENCHMARKS.md after the run")
 def bench(
     quick: bool,
@@ -128,7 +137,12 @@ def bench(
 
     directory = results_dir or report.RESULTS_DIR
     if render:
-        report.DOC.write_text(markdown.document(report.load_latest(directory)))
+        if not report.load_latest(directory):  # a mistyped directory would empty the document
+            raise click.ClickException(
+                f"no results in {directory} (latest-full.json, latest-quick.json): "
+                f"{report.DOC.name} is unchanged"
+            )
+        report.DOC.write_text(markdown.document(report.document_results(directory)))
         click.echo(f"wrote {report.DOC}")
         return
     argv = _argv(dict(click.get_current_context().params))
@@ -160,7 +174,7 @@ def bench(
     if config.mode != "tiny" or results_dir is not None:  # a smoke run leaves no results
         click.echo(f"\nresults: {report.save(result, directory)}")
     if not no_doc and config.mode != "tiny" and config.baselines:
-        report.DOC.write_text(markdown.document(report.load_latest(directory)))
+        report.DOC.write_text(markdown.document(report.document_results(directory)))
         click.echo(f"rewrote {report.DOC}")
     counters = result["summary"]["correctness"]
     if any(counters[name] for name in report.COUNTERS):

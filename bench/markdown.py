@@ -45,8 +45,9 @@ make bootstrap                        # .venv, pinned packages, the Kafka jars
 .venv/bin/talkstream bench --render   # rewrite this file from bench/results/latest-*.json
 ```
 
-`--bootstrap HOST:PORT` reuses a running broker instead of starting one; `--help` lists the
-sizes. Each run writes `bench/results/<mode>-<time>.json` and `latest-<mode>.json`.
+`--bootstrap HOST:PORT` reuses a running broker instead of starting one (the run deletes the
+topics it made there, `--keep` keeps them); `--help` lists the sizes. Each run writes
+`bench/results/<mode>-<time>.json` and `latest-<mode>.json`.
 """
 
 NOTES = """\

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,10 @@ async def produce(
         await producer.stop()
 
 
-def postgres_url(server: str | None = None) -> str:
-    """A fresh database on ``server`` (default: the project's own cluster, started if need be)."""
+@contextlib.contextmanager
+def fresh_postgres(server: str | None = None) -> Iterator[str]:
+    """A fresh database on ``server`` (default: the project's own cluster, started if need be),
+    dropped afterwards: each run made one of the log's size, and they piled up on the server."""
     if server is None:
         started = subprocess.run([POSTGRES, "start"], capture_output=True, text=True, timeout=900)
         if started.returncode != 0:
@@ -149,10 +152,21 @@ def postgres_url(server: str | None = None) -> str:
         server = started.stdout.strip().splitlines()[-1]
     name = f"replay_{uuid.uuid4().hex[:8]}"
     admin = create_engine(make_url(server).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(server).set(database=name).render_as_string(hide_password=False)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(server).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def timed_postgres(settings: Settings, server: str | None = None) -> dict[str, Any]:
+    with fresh_postgres(server) as url:
+        return timed_rebuild(settings, url)
 
 
 def timed_read(settings: Settings) -> dict[str, Any]:
@@ -262,9 +276,7 @@ def run_replay(
             "sqlite": lambda i: sqlite(f"replay{i}"),
         }
         if with_postgres:
-            measures["postgresql"] = lambda _: timed_rebuild(
-                settings, postgres_url(postgres_server)
-            )
+            measures["postgresql"] = lambda _: timed_postgres(settings, postgres_server)
         measures["verify_one_process"] = lambda _: timed_verify(settings, 1)
         measures["verify"] = lambda _: timed_verify(settings)
         for name, measure in measures.items():  # each a fresh database

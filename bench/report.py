@@ -195,3 +195,10 @@ def load_latest(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
         if path.exists():
             found[mode] = json.loads(path.read_text())
     return found
+
+
+def document_results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """What BENCHMARKS.md shows: each mode's latest result in ``directory``, and for a mode it
+    has none of, the one in bench/results, so that rendering a run written elsewhere
+    (``--results-dir``) replaces that run's section and drops no other."""
+    return {**load_latest(RESULTS_DIR), **load_latest(directory)}

@@ -20,11 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
 from bench import baselines, machine, relay, report
 from bench.config import BenchConfig
 from bench.observe import LifecycleWatch
 from bench.pipeline import Context, Pipeline, Progress, no_progress
 from bench.system import PROJECT_ROOT, Broker, Deployment
+from streams.kafka_options import client_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -47,15 +51,15 @@ def run_bench(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     meter = machine.CpuMeter()
     failed = True
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        app_id=f"bench{uuid.uuid4().hex[:8]}",
+        partitions=config.partitions,
+    )
     try:
         say("starting Kafka" if broker.embedded else f"using Kafka at {broker.bootstrap}")
         broker.start()
         meter.watch("kafka", broker.pid)
-        settings = Settings(
-            kafka_bootstrap=broker.bootstrap,
-            app_id=f"bench{uuid.uuid4().hex[:8]}",
-            partitions=config.partitions,
-        )
         system = Deployment(root, settings, workers=config.workers)
         asyncio.run(ensure_topics(settings))
         if config.baselines:
@@ -78,6 +82,10 @@ def run_bench(
             system.stop()
         failed = False
     finally:
+        if not broker.embedded and not keep:  # a broker of its own goes with its data
+            said = _remove_topics(settings)
+            if said:
+                say(said)
         broker.stop()
         if keep or (failed and any(root.iterdir())):  # a run that started nothing has none
             say(f"logs kept in {root}")
@@ -95,6 +103,30 @@ def run_bench(
     result["cpu_by_phase"] = meter.phases
     result["summary"] = report.summarize(result)
     return result
+
+
+def _remove_topics(settings: Settings) -> str | None:
+    """Delete the run's topics (its app id's, the relay's among them) from a broker it did not
+    start, where every run would otherwise leave a dozen behind; what was done, or why not.
+    (Its consumer groups expire by themselves once empty: offsets.retention.minutes.)"""
+
+    async def remove() -> int:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            ours = [t for t in await admin.list_topics() if t.startswith(f"{settings.app_id}-")]
+            if ours:
+                await admin.delete_topics(ours)
+            return len(ours)
+        finally:
+            await admin.close()
+
+    where = f"{settings.app_id}-* from {settings.kafka_bootstrap}"
+    try:
+        count = asyncio.run(remove())
+    except (KafkaError, OSError) as exc:
+        return f"could not remove the run's topics {where}: {type(exc).__name__}: {exc}"
+    return f"removed the run's {count} topics {where}" if count else None
 
 
 async def _idle(seconds: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import click
 from streams import heap
 from streams.errors import TalkstreamError
 from streams.ops.commands import register as register_ops
+from streams.ops.options import DATABASE_URL_META
 from streams.settings import LISTEN_FIELDS, LISTENS_AT, Settings
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class _Main(click.Group):
             # a SQLite file's directory that could not be made: the data directory's, if under it
             cause = exc.__cause__
             in_data_dir = _unusable_data_dir(cause) if isinstance(cause, OSError) else None
-            raise click.ClickException(in_data_dir or describe_database_error(exc)) from None
+            url = ctx.meta.get(DATABASE_URL_META)
+            raise click.ClickException(in_data_dir or describe_database_error(exc, url)) from None
 
 
 # what sets the address each serving command listens on

@@ -242,15 +242,22 @@ class KafkaSink:
         client.add_topic(topic)  # tracked from now on: the update below asks for it
         if self._changelog is not None:
             client.add_topic(self._changelog)
-        try:
-            answered = await asyncio.wait_for(
-                client.force_metadata_update(), max(deadline - time.monotonic(), 0.01)
-            )
-        except TimeoutError:
-            answered = False
-        if not answered:
-            return "no Kafka broker answered"
-        partitions = client.cluster.partitions_for_topic(topic)
+        partitions = None
+        # twice before saying a topic is missing: the update asked for may be one already in
+        # flight, sent before the topic was tracked (the producer's start asks for the
+        # changelog's), and aiokafka answers with it without asking again
+        for _ in range(2):
+            try:
+                answered = await asyncio.wait_for(
+                    client.force_metadata_update(), max(deadline - time.monotonic(), 0.01)
+                )
+            except TimeoutError:
+                answered = False
+            if not answered:
+                return "no Kafka broker answered"
+            partitions = client.cluster.partitions_for_topic(topic)
+            if partitions:
+                break
         if not partitions:
             return await _undescribed(client, topic, deadline)
         leaderless = sorted(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, projection_reader, run_async, with_bar
+from streams.ops.options import TIME, in_order, opening, projection_reader, run_async, with_bar
 from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
@@ -92,7 +92,7 @@ def _rebuild(
     from streams.projection.engine import make_engine, safe_url
     from streams.projection.store import ProjectionStore
 
-    engine = make_engine(database_url)
+    engine = make_engine(opening(database_url))
     store = ProjectionStore(engine, migrate_schema=False)
     try:
         _prepare(store, database_url, force)
@@ -113,6 +113,17 @@ def _rebuild(
         )
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        # each batch is one transaction, applied in its partition's order: what is left is every
+        # partition's events up to some offset, which a worker's projector goes on from
+        click.echo(
+            f"\nreplay interrupted: {safe_url(database_url)} holds the projection of each "
+            "partition's lifecycle events up to where it stopped; run `talkstream replay "
+            "--force` to rebuild it whole (or start a worker on it: its projector goes on "
+            "from there)",
+            err=True,
+        )
+        raise
     except IntegrityError:
         # a row it wrote was there already: another process writes into this projection (a
         # running projector fills one emptied under it from the log by itself, at its next

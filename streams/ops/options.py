@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# where a command notes the database it opens, so that one that cannot be used is named in the
+# one line the CLI says about it (``click.Context.meta`` is shared by the nested contexts)
+DATABASE_URL_META = "talkstream.database_url"
+
+
+def opening(url: str) -> str:
+    """Note ``url`` as the database this command opens; returns it."""
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[DATABASE_URL_META] = url
+    return url
+
 
 class _Time(click.ParamType):
     """A point in time as the commands take it (ISO-8601, epoch seconds or ms, or an age such
@@ -82,7 +94,7 @@ def projection_reader(database_url: str | None) -> ProjectionStore:
     from streams.projection.engine import make_engine, parse_url, safe_url
     from streams.projection.store import ProjectionStore
 
-    url = database_url or Settings().resolved_database_url
+    url = opening(database_url or Settings().resolved_database_url)
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         from pathlib import Path

@@ -340,14 +340,16 @@ def test_audit_of_a_request_projected_before_arrivals_were_recorded_says_so(tmp_
 
 def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
     """A server that does not answer, a scheme SQLAlchemy does not know, a URL that is not one:
-    each command that opens the projection ends with one line saying what the driver said,
-    exit 1, no traceback, and never the password."""
+    each command that opens the projection ends with one line naming the database (from
+    --database-url or TALKSTREAM_DATABASE_URL) and saying what the driver said, exit 1, no
+    traceback, and never the password."""
     from streams.cli import main
 
     port = free_port()  # nothing listens there
     cases = {
         f"postgresql+psycopg://ada:s3cret-pw@127.0.0.1:{port}/db": (
-            "Error: the database cannot be used: OperationalError: connection failed"
+            f"Error: the database postgresql+psycopg://ada:***@127.0.0.1:{port}/db cannot be "
+            "used: OperationalError: connection failed"
         ),
         "postgres://ada:s3cret-pw@127.0.0.1/db": (
             "Error: the database URL cannot be used (Can't load plugin: "
@@ -362,6 +364,14 @@ def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
             assert result.output.startswith(said), (command, url, result.output)
             assert result.output.count("\n") == 1, result.output
             assert "s3cret-pw" not in result.output
+
+    from_env = CliRunner(
+        env={"TALKSTREAM_DATABASE_URL": f"postgresql+psycopg://ada:s3cret-pw@127.0.0.1:{port}/db"}
+    ).invoke(main, ["stats"])
+    assert from_env.exit_code == 1
+    assert from_env.output.startswith(
+        f"Error: the database postgresql+psycopg://ada:***@127.0.0.1:{port}/db cannot be used: "
+    ), from_env.output
 
     echoed = ArgumentError("cannot use postgresql+psycopg://ada:s3cret-pw@db.example.com/x")
     assert "ada:***@db.example.com" in describe_database_error(echoed)
@@ -392,7 +402,8 @@ def test_a_url_that_names_no_usable_database_is_one_line_and_names_what_is_wrong
             "driver: talkstream opens the projection synchronously)"
         ),
         f"sqlite:///{notes}": (
-            "Error: the database cannot be used: DatabaseError: file is not a database"
+            f"Error: the database sqlite:///{notes} cannot be used: DatabaseError: file is not "
+            "a database"
         ),
     }
     for url, said in cases.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import markdown
 from bench.config import BenchConfig
@@ -29,9 +30,26 @@ from tests.support import streams_process
 pytestmark = pytest.mark.integration
 
 
+def topics(bootstrap: str) -> set[str]:
+    async def listed() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return {t for t in await admin.list_topics() if not t.startswith("__")}  # Kafka's
+        finally:
+            await admin.close()
+
+    return asyncio.run(listed())
+
+
 def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKafka) -> None:
     config = BenchConfig.preset("tiny", bootstrap=kafka.bootstrap, workers=2)
-    result = run_bench(config)
+    before = topics(kafka.bootstrap)
+    said: list[str] = []
+    result = run_bench(config, say=said.append)
+    # a broker it did not start is left with the topics it had (a dozen a run, before)
+    assert topics(kafka.bootstrap) - before == set()
+    assert any(line.startswith("removed the run's 12 topics bench") for line in said), said
 
     summary = result["summary"]
     assert set(SECTIONS) <= set(summary)

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -604,3 +605,73 @@ def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run
     # only the request the ledger still holds went to it
     sent = [value for *_, value in read_topic(kafka.bootstrap, f"{app}-requests")]
     assert len(sent) == 1 and b'"request_id":"new"' in sent[0]
+
+
+def test_an_interrupted_replay_says_what_it_left_and_a_forced_one_rebuilds_it(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """Ctrl-C in the middle of a rebuild (the terminal signals the whole process group): the
+    command says what the database now holds and how to finish; what it holds is each
+    partition's events from the first on, none skipped; `--force` rebuilds it whole."""
+    from bench.replay import produce as produce_log
+    from bench.replay import synthetic_log
+
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tint{uuid.uuid4().hex[:8]}")
+    asyncio.run(ensure_topics(settings))
+    _, lifecycle = synthetic_log(30_000, now_s())  # seconds of work, whatever the machine
+    asyncio.run(produce_log(settings, [], lifecycle))
+    path = tmp_path / "cut.sqlite3"
+    url = f"sqlite:///{path}"
+    env = {
+        **os.environ,
+        "TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "TALKSTREAM_APP_ID": settings.app_id,
+    }
+
+    def projected() -> int:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return int(db.execute("SELECT count(*) FROM transitions").fetchone()[0])
+        except sqlite3.Error:  # not created yet
+            return 0
+
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "streams", "replay", "--database-url", url],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: projected() > 0, 120, 0.02, what="the replay's first batch")
+        os.killpg(replay.pid, signal.SIGINT)
+        _, err = replay.communicate(timeout=120)
+    finally:
+        if replay.poll() is None:
+            os.killpg(replay.pid, signal.SIGKILL)
+            replay.wait()
+    assert replay.returncode == 1
+    said = " ".join(err.split())
+    assert (
+        f"replay interrupted: {url} holds the projection of each partition's lifecycle events "
+        "up to where it stopped; run `talkstream replay --force` to rebuild it whole"
+    ) in said, err
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        shares = db.execute(
+            'SELECT partition, count(*), min("offset"), max("offset") FROM transitions'
+            " GROUP BY partition"
+        ).fetchall()
+    assert 0 < sum(n for _, n, _, _ in shares) < len(lifecycle), "stopped in the middle"
+    assert all((low, high) == (0, n - 1) for _, n, low, high in shares), shares
+
+    refused = CliRunner().invoke(_group(), ["replay", "--database-url", url], env=env)
+    assert refused.exit_code == 1 and "already holds a projection" in refused.output
+    replay_again = talkstream(env, "replay", "--force", "--database-url", url)
+    assert replay_again.exit_code == 0, replay_again.output
+    store = ProjectionStore.from_url(url)
+    try:
+        assert store.counts() == (30_000, len(lifecycle))
+    finally:
+        store.close()

@@ -5,6 +5,8 @@ speed is asserted (BENCHMARKS.md has the figures)."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from bench import markdown
 from bench.replay import run_replay
@@ -14,11 +16,25 @@ from tests.postgres import postgres_server  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.integration
 
 
+def replay_databases(server: str) -> set[str]:
+    admin = create_engine(make_url(server).set(database="postgres"))
+    try:
+        with admin.connect() as connection:
+            names = connection.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'replay_%'")
+            )
+            return {name for (name,) in names}
+    finally:
+        admin.dispose()
+
+
 def test_the_replay_bench_rebuilds_and_verifies_the_whole_log(
     kafka: EmbeddedKafka,
     postgres_server: str,  # noqa: F811 (the fixture)
 ) -> None:
+    before = replay_databases(postgres_server)
     result = run_replay(300, repeat=2, bootstrap=kafka.bootstrap, postgres_server=postgres_server)
+    assert replay_databases(postgres_server) == before, "each run drops the database it made"
 
     events = 300 * 6  # received → admitted → generating → generated → publishing → published
     assert result["lifecycle_events"] == events

@@ -122,6 +122,26 @@ def test_the_ingress_sink_says_what_the_broker_answered_for_a_topic_it_did_not_d
     assert asyncio.run(probe()) == f"Kafka answered InvalidTopicError for topic {topic}"
 
 
+def test_a_fresh_ingress_is_ready_at_its_first_probe_when_its_topics_exist(kafka) -> None:
+    """The first /readyz of a started ingress (its producer starting inside the probe, asking
+    for the ledger's changelog) said "topic ... does not exist" of a topic that existed: the
+    answer came from a metadata request sent before the topic was asked for."""
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tfirst{uuid.uuid4().hex[:8]}")
+    requests = settings.topic("requests")
+
+    async def first_probe() -> str | None:
+        sink = KafkaSink(
+            client_options(settings), ledger_changelog=settings.topic("ledger-changelog")
+        )
+        try:
+            return await sink.ready(requests, 10)
+        finally:
+            await sink.close()
+
+    asyncio.run(ensure_topics(settings))
+    assert [asyncio.run(first_probe()) for _ in range(3)] == [None, None, None]
+
+
 def test_webhooks_are_refused_once_partitions_were_added_to_requests(kafka) -> None:
     """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``): its
     producer would map people to partitions whose ledger has none of their state, or that no
