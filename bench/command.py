@@ -137,6 +137,21 @@ def bench(
 
     directory = results_dir or report.RESULTS_DIR
     if render:
+        context = click.get_current_context()
+        given = sorted(
+            # as typed: a flag's off switch (--no-baselines) when it was turned off
+            (option.secondary_opts or option.opts)[0]
+            if isinstance(option, click.Option) and option.is_flag and not context.params[name]
+            else option.opts[0]
+            for option in context.command.params
+            if (name := option.name or "") not in ("render", "results_dir")
+            and context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        )
+        if given:  # a render runs nothing: each would be ignored without a word
+            raise click.UsageError(
+                f"--render rewrites BENCHMARKS.md from every mode's latest results and runs "
+                f"nothing: {', '.join(given)} would do nothing (only --results-dir goes with it)"
+            )
         if not report.load_latest(directory):  # a mistyped directory would empty the document
             raise click.ClickException(
                 f"no results in {directory} (latest-full.json, latest-quick.json): "

@@ -52,3 +52,19 @@ def test_results_of_one_mode_elsewhere_replace_that_section_and_keep_the_other(
     assert "## quick run, 2030-01-02T03:04:05+00:00" in text
     full = json.loads((report.RESULTS_DIR / "latest-full.json").read_text())
     assert f"## full run, {full['meta']['started_at']}" in text, "the full run's section stays"
+
+
+@pytest.mark.parametrize(
+    "options", [["--quick"], ["--requests", "300", "--no-baselines"], ["--no-doc"]]
+)
+def test_a_render_refuses_the_options_of_a_run_it_would_ignore(
+    doc: Path, options: list[str]
+) -> None:
+    before = doc.read_text()
+
+    result = CliRunner().invoke(bench, ["--render", *options])
+
+    assert result.exit_code == 2
+    assert "runs nothing" in result.output
+    assert all(option in result.output for option in options if option.startswith("--"))
+    assert doc.read_text() == before
