@@ -18,6 +18,7 @@ mutable :class:`TalkableStandinConfig`, applied in this order: ``down``/``down_u
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -49,6 +50,7 @@ DUPLICATE = (
     "Duplicate entity: Talkable already has existing Event with the same event_number"
     " but different data"
 )
+KEPT_EVENTS = 100_000  # events (and their answers for repeats) a stand-in keeps, the newest
 REQUIRED_EVENT_FIELDS = ("email", "event_category", "event_number", "subtotal")
 ORIGIN_OPTIONAL_FIELDS = (
     "customer_id", "ip_address", "segment1", "segment2", "segment3", "utm_campaign",
@@ -98,14 +100,29 @@ class _State:
         self.buckets[str(site)] = (level, now)
         return (1 - level) / rate
 
-    origins: dict[tuple[str, str], JSON] = field(default_factory=dict)  # (site, event_number)
-    events: list[JSON] = field(default_factory=list)
+    # (site, event_number) → the event's data and answer, the newest KEPT_EVENTS of them: a
+    # stand-in left running (`make dev`) held every event it was ever sent (2 MB a minute
+    # under a soak's load); Talkable keeps them all, so a repeat of an event older than these
+    # is created again here where Talkable would answer it as a duplicate
+    origins: collections.OrderedDict[tuple[str, str], JSON] = field(
+        default_factory=collections.OrderedDict
+    )
+    events: collections.deque[JSON] = field(
+        default_factory=lambda: collections.deque(maxlen=KEPT_EVENTS)
+    )  # the newest KEPT_EVENTS events created (GET /_events)
     people: dict[tuple[str, str], JSON] = field(default_factory=dict)  # (site, email)
+    created: int = 0  # events created since the last reset: the next origin's id
 
     def reset_data(self) -> None:
         self.origins.clear()
         self.events.clear()
         self.people.clear()
+        self.created = 0
+
+    def remember(self, site: str, event_number: str, origin: JSON) -> None:
+        self.origins[(site, event_number)] = origin
+        while len(self.origins) > (self.events.maxlen or KEPT_EVENTS):
+            self.origins.popitem(last=False)
 
 
 STATE = web.AppKey("talkable_standin", _State)
@@ -188,12 +205,13 @@ async def create_event(request: web.Request, state: _State, body: Any) -> web.Re
             return _ok(existing["result"])  # an identical retry: answered, not created again
         return _fail(400, DUPLICATE)
     origin: JSON = {name: data.get(name) for name in ORIGIN_OPTIONAL_FIELDS}
-    origin.update(id=len(state.origins) + 1, type="Event", email=data["email"])
+    state.created += 1
+    origin.update(id=state.created, type="Event", email=data["email"])
     origin.update(event_category=data["event_category"], event_number=event_number)
     origin.update(subtotal=float(data["subtotal"]), refunded_at=None, coupon_code=None)
     origin.update(partially_refunded=False, refund_subtotal=None)
     result: JSON = {"origin": origin, "offer": None}
-    state.origins[(site, event_number)] = {"data": data, "result": result}
+    state.remember(site, event_number, {"data": data, "result": result})
     props = dict(data.get("custom_properties", {}))
     person = state.people.setdefault((site, data["email"].lower()), _new_person(data["email"]))
     person["custom_properties"].update(props)
@@ -304,7 +322,7 @@ def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 
 async def _get_events(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].events)
+    return web.json_response(list(request.app[STATE].events))
 
 
 async def _delete_events(request: web.Request) -> web.Response:

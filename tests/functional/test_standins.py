@@ -261,6 +261,29 @@ async def test_same_event_number_different_data_is_duplicate_entity(tk, http) ->
     ]
 
 
+async def test_a_stand_in_left_running_keeps_only_its_newest_events(
+    http, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(talkable_standin, "KEPT_EVENTS", 3)
+    tk = await talkable_standin.serve(TalkableStandinConfig(api_keys={SITE: TKEY}))
+    try:
+        ids = [
+            (await post_event(http, tk, event(number=f"req-{n}")))[1]["result"]["origin"]["id"]  # type: ignore[index]
+            for n in range(5)
+        ]
+        status, again = await post_event(http, tk, event(number="req-4"))
+
+        assert ids == [1, 2, 3, 4, 5]  # each origin its own id, though older ones are gone
+        assert status == 200 and again["result"]["origin"]["id"] == 5  # type: ignore[index]
+        kept = [e["event_number"] for e in talkable_standin.events(tk)]
+        assert kept == ["req-2", "req-3", "req-4"]
+        assert len(tk.app[talkable_standin.STATE].origins) == 3
+        async with http.get(f"{tk.root_url}/_events") as resp:
+            assert [e["event_number"] for e in await resp.json()] == kept
+    finally:
+        await tk.close()
+
+
 @pytest.mark.parametrize("key", ["wrong-key-0000", None])
 async def test_bad_or_missing_bearer_is_401(tk, http, key) -> None:
     status, body = await post_event(http, tk, event(), key=key)
