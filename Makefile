@@ -8,14 +8,24 @@ bootstrap:
 dev: bootstrap
 	.venv/bin/talkstream dev $(DEV_ARGS)
 
-# static checks first (seconds), then every test tier
+# static checks first (seconds), then every test tier: the unit and functional tiers on two
+# processes (pytest-xdist: they are CPU-bound and share nothing but the PostgreSQL cluster,
+# which tests/postgres.py starts once), then the integration tier in one process (its tests
+# time brokers, processes and outages: side by side they would only slow each other down).
+# With PYTEST_ARGS, a single pytest run with them, every tier in one process.
 test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+ifeq ($(strip $(PYTEST_ARGS)),)
+	.venv/bin/python -m pytest tests/unit tests/functional -n 2
+	.venv/bin/python -m pytest tests/integration
+else
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+endif
 
+# PYTEST_ARGS='-n 0': in one process
 test-unit: bootstrap
-	.venv/bin/python -m pytest tests/unit tests/functional $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/unit tests/functional -n 2 $(PYTEST_ARGS)
 
 lint: bootstrap
 	.venv/bin/ruff check .

@@ -269,7 +269,9 @@ def test_a_missing_pom_is_an_actionable_error(tmp_path):
         kafka.fetch_jars()
 
 
-@pytest.mark.parametrize("pid_text", [str(os.getpid()), "not-a-pid", ""])
+@pytest.mark.parametrize(
+    "pid_text", [str(os.getpid()), "not-a-pid", ""], ids=["own-pid", "not-a-pid", "empty"]
+)
 def test_a_stale_pid_file_means_not_running_and_is_removed(tmp_path, pid_text):
     kafka = EmbeddedKafka(tmp_path)
     kafka.pid_file.parent.mkdir(parents=True)
