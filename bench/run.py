@@ -51,6 +51,7 @@ def run_bench(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     meter = machine.CpuMeter()
     failed = True
+    made = False  # the run made its topics on the broker
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,
         app_id=f"bench{uuid.uuid4().hex[:8]}",
@@ -62,6 +63,7 @@ def run_bench(
         meter.watch("kafka", broker.pid)
         system = Deployment(root, settings, workers=config.workers)
         asyncio.run(ensure_topics(settings))
+        made = True  # one request makes them all
         if config.baselines:
             asyncio.run(
                 relay.create_topics(
@@ -82,7 +84,7 @@ def run_bench(
             system.stop()
         failed = False
     finally:
-        if not broker.embedded and not keep:  # a broker of its own goes with its data
+        if made and not broker.embedded and not keep:  # its own broker goes with its data
             said = _remove_topics(settings)
             if said:
                 say(said)
