@@ -13,7 +13,8 @@
      │    ├── GenerationError        OpenAI Chat Completions
      │    ├── PublishError           Talkable API v2
      │    └── QueueTimeout           waited longer than the maximum wait for its target
-     └── BrokerUnavailable (retriable = True)   Kafka did not acknowledge in time
+     ├── BrokerUnavailable (retriable = True)   Kafka did not acknowledge in time
+     └── RecordTooLarge              Kafka refuses the record for its size, however often sent
 
 Third-party errors are wrapped where they are caught, ``raise ... from exc``; messages never
 carry a secret.
@@ -50,6 +51,17 @@ class SecretError(TalkstreamError):
 
 class BrokerUnavailable(TalkstreamError):
     retriable = True
+
+
+class RecordTooLarge(TalkstreamError):
+    """Kafka refused a record for its size (over the topic's ``max.message.bytes`` or the
+    producer's ``max_request_size``): sent again, it is refused again. ``size``: the record's
+    bytes; ``limit``: what Kafka takes, when known."""
+
+    def __init__(self, message: str, *, size: int, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class UpstreamError(TalkstreamError):

@@ -25,9 +25,12 @@ from aiokafka import TopicPartition, errors
 from aiokafka.errors import (
     KafkaError,
     LeaderNotAvailableError,
+    MessageSizeTooLargeError,
     NotLeaderForPartitionError,
     ProducerClosed,
+    RecordListTooLargeError,
 )
+from aiokafka.protocol.admin import DescribeConfigsRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,7 +55,7 @@ from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
 from streams import logs
 from streams.codecs import encode
-from streams.errors import BrokerUnavailable
+from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
@@ -65,6 +68,8 @@ READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 # what aiokafka fails a record with once its partition has had no leader for the request
 # timeout, whether or not an earlier try reached the broker (KafkaSink)
 IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
+# what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # a stop (SIGTERM) waits this long for the webhooks in progress (each waits for Kafka's
 # acknowledgement: long while Kafka is down), then closes their connections unanswered
 SHUTDOWN_SECONDS = 15.0
@@ -114,7 +119,10 @@ class KafkaSink:
     :class:`~streams.kafka_options.IdempotentProducer`, as the worker's: once a delivery has
     failed (and spent a sequence number) it takes a new producer id, so neither that record
     sent again nor the records after it are refused as out of sequence. A record that Kafka
-    refused (any other error) was not written: 503.
+    refused for its size (larger than the producer's ``max_request_size`` or the topic's
+    ``max.message.bytes``) raises :class:`RecordTooLarge`, naming what Kafka takes: sent again,
+    it would be refused again (a 503 had Talkable retry it for good). A record that Kafka
+    refused otherwise was not written: 503.
     """
 
     def __init__(
@@ -184,6 +192,13 @@ class KafkaSink:
             raise BrokerUnavailable(f"{split}; nothing was sent")
         try:
             delivery = await producer.send(topic, value=value, key=key)
+        except TOO_LARGE as exc:  # over the producer's max_request_size
+            limit = producer._max_request_size
+            raise RecordTooLarge(
+                f"{len(value)} bytes, more than the producer takes ({limit}: its max_request_size)",
+                size=len(value),
+                limit=limit,
+            ) from exc
         except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
             raise BrokerUnavailable(
                 f"Kafka unavailable: {type(exc).__name__}; nothing was sent"
@@ -198,6 +213,14 @@ class KafkaSink:
                     return
                 except IN_DOUBT:  # given up for want of a leader: perhaps written
                     delivery = await self._again(producer, topic, key, value)
+                except TOO_LARGE as exc:  # over the topic's max.message.bytes: not written
+                    limit = await _topic_limit(producer.client, topic)
+                    raise RecordTooLarge(
+                        f"{len(value)} bytes, more than {topic} takes"
+                        + (f" ({limit}: its max.message.bytes)" if limit else ""),
+                        size=len(value),
+                        limit=limit,
+                    ) from exc
                 except KafkaError as exc:  # refused: not written
                     raise BrokerUnavailable(
                         f"Kafka refused the record: {type(exc).__name__}"
@@ -318,6 +341,21 @@ async def _undescribed(client: Any, topic: str, deadline: float) -> str:
     return f"Kafka answered {error.__name__} for topic {topic}"
 
 
+async def _topic_limit(client: Any, topic: str) -> int | None:
+    """The topic's ``max.message.bytes`` as a broker says it (one DescribeConfigs request,
+    within a couple of seconds), or None."""
+    node = client.get_random_node()
+    if node is None:
+        return None
+    request = DescribeConfigsRequest([(2, topic, ["max.message.bytes"])])
+    try:
+        answer = await asyncio.wait_for(client.send(node, request), 2.0)
+        entries = answer.resources[0][4]
+        return next(int(value) for name, value, *_ in entries if name == "max.message.bytes")
+    except (KafkaError, TimeoutError, IndexError, StopIteration, ValueError, TypeError):
+        return None
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per HTTP request: method, path *without* the query string (it may carry
     keys), status and time. aiohttp's default logs the whole request line."""
@@ -422,6 +460,13 @@ def build_ingress(
         received = _received(params, secrets, received_ms)
         try:
             await sink.send(topic, received.person.encode(), encode(received))
+        except RecordTooLarge as exc:
+            # as a body over MAX_BODY_BYTES: nothing was written, nor ever will be
+            log.warning("ingress: Kafka refused request_id=%s: %s", received.request_id, exc)
+            message = f"too large for Kafka: the request as written is {exc}"
+            return web.json_response(
+                {"errors": [{"field": "body", "message": message}]}, status=413
+            )
         except BrokerUnavailable as exc:
             log.warning("ingress could not produce request_id=%s: %s", received.request_id, exc)
             return web.json_response(

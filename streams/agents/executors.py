@@ -37,8 +37,10 @@ from models.events import (
     DeadlineExpired,
 )
 from streams.agents.marks import Mark, Ranges, Unreported
+from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
+from streams.errors import UpstreamError
 from streams.kafka_options import committed_with_metadata, consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
@@ -370,10 +372,29 @@ class Executor:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         result = self._work.result(command, outcome, self._clock.now_ms())
+        value = encode(result)
         try:
-            await (
-                await self._topics.requests.send(key=command.person.encode(), value=encode(result))
-            )
+            try:
+                await (await self._topics.requests.send(key=command.person.encode(), value=value))
+            except REFUSED as exc:
+                if outcome.error is not None:
+                    raise  # (a failure's message is cut short: it cannot be what is too large)
+                # a result Kafka will never take (a text of megabytes): sent again at every
+                # re-issue, each call billed, until the attempts ran out ("DeadlineExpired").
+                # The attempt fails instead, with the reason, and is not called again.
+                why = refusal("the result", len(value), self._topics.requests.get_topic_name(), exc)
+                log.warning(
+                    "%s: request_id=%s attempt=%s: %s",
+                    self.config.name, command.request_id, command.attempt, why,
+                )  # fmt: skip
+                error = UpstreamError(why, reason=RECORD_TOO_LARGE)
+                failed: Outcome[Any] = Outcome(None, error, outcome.waited_s, outcome.tries)
+                result = self._work.result(command, failed, self._clock.now_ms())
+                await (
+                    await self._topics.requests.send(
+                        key=command.person.encode(), value=encode(result)
+                    )
+                )
         except Exception:  # the ledger's deadline re-issues what is lost here
             log.exception("%s could not report request_id=%s", self.config.name, command.request_id)
             return  # still unreported: a restart tells the ledger it was lost

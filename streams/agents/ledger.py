@@ -38,6 +38,7 @@ from streams.agents.outputs import (
     Emitter,
     Identity,
     SendNow,
+    handed,
 )
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
@@ -284,16 +285,9 @@ class Ledger:
         try:
             message: RequestsValue = decode_requests(record.value)
         except DecodeError as exc:
-            if UNDECODABLE not in sent:  # acknowledged before the mark passes it, as any output
-                letter = await self._dead_letters.write(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=str(exc),
-                    key=record.key,
-                    value=record.value,
-                )
-                batch.send(source, UNDECODABLE, letter)
+            # acknowledged before the mark passes it, as any output
+            if UNDECODABLE not in sent and ("instead", *UNDECODABLE) not in sent:
+                await self._letter(batch, source, UNDECODABLE, str(exc), record)
             return
         if isinstance(message, GapProbe):
             return  # (a probe has done its work: its arrival repaired any gap before it)
@@ -313,18 +307,35 @@ class Ledger:
                 record.partition,
                 record.offset,
             )
-            if LEDGER_ERROR in sent:
+            if LEDGER_ERROR in sent or ("instead", *LEDGER_ERROR) in sent:
                 return
-            letter = await self._dead_letters.write(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                reason=f"ledger error: {exc!r}"[:500],
-                key=record.key,
-                value=record.value,
-                request_id=message.request_id,
+            reason = f"ledger error: {exc!r}"[:500]
+            await self._letter(
+                batch, source, LEDGER_ERROR, reason, record, request_id=message.request_id
             )
-            batch.send(source, LEDGER_ERROR, letter)
+
+    async def _letter(
+        self,
+        batch: Batch,
+        source: Source,
+        identity: Identity,
+        reason: str,
+        record: Record,
+        request_id: str | None = None,
+    ) -> None:
+        """A letter of the record being decided, sent with the batch's outputs (and, if
+        Kafka refuses it, the same letter without the record's value)."""
+        letter: dict[str, Any] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason,
+            "key": record.key,
+            "value": record.value,
+            "request_id": request_id,
+        }
+        delivery = await handed(self._dead_letters.write(**letter))
+        batch.send(source, identity, delivery, self._emit.instead_of_letter(letter))
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()

@@ -6,16 +6,35 @@ A batch's states are stored only once Kafka took every output of it; a batch of 
 gave up on one is decided again (``streams.agents.ledger.Ledger._undecided``), and deciding a
 record again makes the same outputs, but for the clock's issue times: their identities say which
 of them Kafka took the first time, which are not sent again.
+
+An output Kafka refuses for what it is (:data:`REFUSED`: larger than the producer's
+``max_request_size`` or the topic's ``max.message.bytes``) is refused however often it is
+sent: deciding its batch again looped for good, and the partition stalled. Each output says
+what goes in its place then (:data:`Instead`): a command, its attempt failed (reported to the
+ledger as an executor reports one: the request ends ``generation_failed`` or ``publish_failed``
+with ``RecordTooLarge``, dead-lettered); a lifecycle event, a letter of it; a letter, the
+letter without its value. The batch is then stored. Any other error (a broker without a leader
+for too long, an authorization refused until an operator grants it) still decides the batch
+again, until Kafka takes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
-from models.events import GenerateText, LifecycleEvent, PublishCompletion
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+from models.events import (
+    GenerateText,
+    GenerationAttemptFailed,
+    LifecycleEvent,
+    PublicationAttemptFailed,
+    PublishCompletion,
+)
 from models.ledger import Outcome, PersonState
 from streams.codecs import encode
 from streams.runtime import DeadLetters, Source, Topics
@@ -32,6 +51,24 @@ NONE_SENT: frozenset[Identity] = frozenset()
 # the letter of a record that does not decode, and of one the rules failed on (a bug)
 UNDECODABLE: Identity = ("undecodable",)
 LEDGER_ERROR: Identity = ("ledger_error",)
+# what Kafka refuses a record for, however often it is sent: its size (aiokafka raises it from
+# ``send`` for a record over the producer's ``max_request_size``; the broker answers it for one
+# over the topic's ``max.message.bytes``)
+REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
+# the error class a command Kafka refused ends its attempt with
+RECORD_TOO_LARGE = "RecordTooLarge"
+
+
+class Instead(Protocol):
+    """What goes in place of an output Kafka refused (given the refusal): the replacement's
+    delivery and what would go in its place in turn, or None: nothing can."""
+
+    def __call__(
+        self, refusal: BaseException, /
+    ) -> Awaitable[tuple[Awaitable[Any], Instead | None] | None]: ...
+
+
+Output = tuple[Source, Identity, Awaitable[Any], "Instead | None"]
 
 
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
@@ -51,7 +88,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.states: dict[bytes, tuple[PersonState, Any]] = {}
-        self.deliveries: list[tuple[Source, Identity, Awaitable[Any]]] = []
+        self.deliveries: list[Output] = []
         self.transitions: list[LifecycleEvent] = []
         self.event: Any = None  # the faust event being decided (its partition is the person's)
         # records decided before whose batch was not stored, and how many of their outputs
@@ -61,36 +98,83 @@ class Batch:
         # once Kafka gave up on an output: the outputs it took, by record
         self.acknowledged: dict[Source, set[Identity]] = {}
 
-    def send(self, source: Source, identity: Identity, delivery: Awaitable[Any]) -> None:
-        self.deliveries.append((source, identity, delivery))
+    def send(
+        self,
+        source: Source,
+        identity: Identity,
+        delivery: Awaitable[Any],
+        instead: Instead | None = None,
+    ) -> None:
+        self.deliveries.append((source, identity, delivery, instead))
 
     async def delivered(self, send_now: SendNow, failed: Exception | None = None) -> None:
         """The batch's outputs are acknowledged; ``send_now`` sends them without lingering.
-        If Kafka gave up on one, its error is raised once every output is settled, and
-        ``acknowledged`` holds those Kafka took. ``failed``: deciding the batch failed, so it
-        is not stored whatever Kafka says; its outputs are settled all the same, and
-        ``acknowledged`` holds those Kafka took (nothing is raised)."""
+        An output Kafka refused for good (:data:`REFUSED`) is replaced by what its ``instead``
+        sends, acknowledged in turn (a replacement refused too, by what its own says). If
+        Kafka gave up on an output otherwise, its error is raised once every output is
+        settled, and ``acknowledged`` holds those Kafka took (a replacement as
+        ``("instead", *identity)``). ``failed``: deciding the batch failed, so it is not stored
+        whatever Kafka says; its outputs are settled all the same, and ``acknowledged`` holds
+        those Kafka took (nothing is raised, nothing replaced)."""
         if not self.deliveries:
             return
-        sent = send_now()
-        results = await asyncio.gather(
-            *(delivery for _, _, delivery in self.deliveries),
-            *([sent] if sent is not None else []),
-            return_exceptions=True,
-        )
-        refused = next((r for r in results if isinstance(r, BaseException)), None)
-        if refused is None and failed is None:
-            return
-        for (source, identity, _), result in zip(self.deliveries, results, strict=False):
-            if not isinstance(result, BaseException):
-                self.acknowledged.setdefault(source, set()).add(identity)
-        if refused is not None and failed is None:
-            raise refused
+        outputs = self.deliveries
+        error: BaseException | None = None
+        while outputs:
+            sent = send_now()
+            results = await asyncio.gather(
+                *(delivery for _, _, delivery, _ in outputs),
+                *([sent] if sent is not None else []),
+                return_exceptions=True,
+            )
+            if (
+                outputs is self.deliveries
+                and failed is None
+                and not any(isinstance(result, BaseException) for result in results)
+            ):
+                return  # the common case: all taken, nothing to remember
+            if sent is not None and isinstance(results[-1], BaseException):
+                error = error or results[-1]
+            replacements: list[Output] = []
+            for (source, identity, _, instead), result in zip(outputs, results, strict=False):
+                if not isinstance(result, BaseException):
+                    self.acknowledged.setdefault(source, set()).add(identity)
+                elif isinstance(result, REFUSED) and instead is not None and failed is None:
+                    replacement = await instead(result)
+                    mark = identity if identity[0] == "instead" else ("instead", *identity)
+                    if replacement is None:  # nothing goes in its place: it is done with
+                        self.acknowledged.setdefault(source, set()).add(mark)
+                    else:
+                        replacements.append((source, mark, *replacement))
+                else:
+                    error = error or result
+            outputs = replacements
+        if error is not None and failed is None:
+            raise error
+
+
+async def handed(send: Awaitable[Awaitable[Any]]) -> Awaitable[Any]:
+    """A send's delivery; a record the producer refused to take (over its
+    ``max_request_size``: aiokafka raises that from ``send``) as a delivery failed so, which
+    the batch settles like a refusal by the broker."""
+    try:
+        return await send
+    except REFUSED as exc:
+        refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        refused.set_exception(exc)
+        return refused
+
+
+def refusal(what: str, size: int, topic: str, exc: BaseException) -> str:
+    return (
+        f"Kafka refused {what} ({size} bytes) for {topic}: {type(exc).__name__} (larger than "
+        "the topic's max.message.bytes or the producer's max_request_size)"
+    )
 
 
 class Emitter:
     """Sends what a decision produced: commands to the executors, lifecycle events, and the
-    work given up on to the dead-letter topic."""
+    work given up on to the dead-letter topic; and what goes in place of one Kafka refused."""
 
     def __init__(self, topics: Topics, dead_letters: DeadLetters) -> None:
         self._topics = topics
@@ -101,24 +185,27 @@ class Emitter:
 
     async def __call__(
         self, outcome: Outcome, decided: Source, sent: Collection[Identity] = NONE_SENT
-    ) -> list[tuple[Source, Identity, Awaitable[Any]]]:
-        """Hand the outputs to the producer, but those in ``sent`` (Kafka took them when this
-        record was decided before); returns each one's delivery (to be awaited), with the
-        record and what the output is (:data:`Identity`). ``decided``: the [requests] record
-        the outcome was decided from, which a letter of work given up on names (the command
-        in it was never read from a record of its own)."""
-        deliveries: list[tuple[Source, Identity, Awaitable[Any]]] = []
+    ) -> list[Output]:
+        """Hand the outputs to the producer, but those in ``sent`` (Kafka took them, or what
+        went in their place, when this record was decided before); returns each one's
+        delivery (to be awaited), with the record, what the output is (:data:`Identity`) and
+        what goes in its place if Kafka refuses it. ``decided``: the [requests] record the
+        outcome was decided from, which a letter of work given up on names (the command in it
+        was never read from a record of its own)."""
+        deliveries: list[Output] = []
         for command in outcome.commands:
             identity: Identity = (command.kind, command.request_id, command.attempt)
-            if identity in sent:
+            if identity in sent or ("instead", *identity) in sent:
                 continue
             topic = self._command_topic(command.kind)
-            delivery = await topic.send(key=target_key(command), value=encode(command))
-            deliveries.append((decided, identity, delivery))
+            value = encode(command)
+            delivery = await handed(topic.send(key=target_key(command), value=value))
+            instead = functools.partial(self._failed, command, len(value), topic)
+            deliveries.append((decided, identity, delivery, instead))
         for event in outcome.events:
             # its identity(), less a call and a str() (the ledger's hot path)
             identity = ("lifecycle", event.request_id, event.type, event.state, event.attempt)
-            if identity in sent:
+            if identity in sent or ("instead", *identity) in sent:
                 continue
             # the lifecycle topic is the record of transitions; the log line is for debugging
             # (at INFO it was a measurable part of the worker's CPU under load)
@@ -135,24 +222,101 @@ class Emitter:
                     "attempt": event.attempt,
                 },
             )
-            delivery = await self._topics.lifecycle.send(
-                key=event.request_id.encode(), value=encode(event)
+            value = encode(event)
+            delivery = await handed(
+                self._topics.lifecycle.send(key=event.request_id.encode(), value=value)
             )
-            deliveries.append((decided, identity, delivery))
+            instead = functools.partial(self._event_letter, event, value, decided)
+            deliveries.append((decided, identity, delivery, instead))
         for given_up in outcome.dead_letters:
             given = given_up.command
             identity = ("given_up", given.kind, given.request_id, given.attempt)
-            if identity in sent:
+            if identity in sent or ("instead", *identity) in sent:
                 continue
-            letter = await self._dead_letters.write(
-                topic=self._command_topic(given_up.command.kind).get_topic_name(),
-                partition=-1,
-                offset=-1,
-                reason=given_up.reason,
-                key=given_up.command.request_id.encode(),
-                value=encode(given_up.command),
-                request_id=given_up.command.request_id,
-                decided=decided,
-            )
-            deliveries.append((decided, identity, letter))
+            letter: dict[str, Any] = {
+                "topic": self._command_topic(given.kind).get_topic_name(),
+                "partition": -1,
+                "offset": -1,
+                "reason": given_up.reason,
+                "key": given.request_id.encode(),
+                "value": encode(given),
+                "request_id": given.request_id,
+                "decided": decided,
+            }
+            delivery = await handed(self._dead_letters.write(**letter))
+            deliveries.append((decided, identity, delivery, self.instead_of_letter(letter)))
         return deliveries
+
+    async def _failed(
+        self, command: GenerateText | PublishCompletion, size: int, topic: Any, exc: BaseException
+    ) -> tuple[Awaitable[Any], Instead | None]:
+        """A command Kafka refused: its attempt failed, reported to the person's partition as
+        an executor reports one (the ledger decides what it means: no retry fixes it)."""
+        why = refusal(f"the {command.kind} command", size, topic.get_topic_name(), exc)
+        log.warning(
+            "ledger: request_id=%s attempt=%s: %s", command.request_id, command.attempt, why
+        )
+        kind: type[GenerationAttemptFailed | PublicationAttemptFailed] = (
+            GenerationAttemptFailed if command.kind == "generate_text" else PublicationAttemptFailed
+        )
+        report = kind(
+            request_id=command.request_id,
+            person=command.person,
+            attempt=command.attempt,
+            at_ms=command.issued_at_ms,
+            error_class=RECORD_TOO_LARGE,
+            error_message=why,
+            retriable=False,
+        )
+        delivery = await handed(
+            self._topics.requests.send(key=command.person.encode(), value=encode(report))
+        )
+        return delivery, None
+
+    async def _event_letter(
+        self, event: LifecycleEvent, value: bytes, decided: Source, exc: BaseException
+    ) -> tuple[Awaitable[Any], Instead | None]:
+        """A lifecycle event Kafka refused: a letter of it, for operators to see."""
+        topic = self._topics.lifecycle.get_topic_name()
+        letter: dict[str, Any] = {
+            "topic": topic,
+            "partition": -1,
+            "offset": -1,
+            "reason": refusal(f"the {event.state.value} event", len(value), topic, exc),
+            "key": event.request_id.encode(),
+            "value": value,
+            "request_id": event.request_id,
+            "decided": decided,
+        }
+        delivery = await handed(self._dead_letters.write(**letter))
+        return delivery, self.instead_of_letter(letter)
+
+    def instead_of_letter(self, letter: dict[str, Any]) -> Instead:
+        """What goes in place of a letter Kafka refused: the same letter without its value
+        (where it came from and why stay; the record it held, larger than the dead-letter
+        topic takes, is not kept); refused too, nothing (an ERROR in the log)."""
+
+        async def without_value(exc: BaseException) -> tuple[Awaitable[Any], Instead | None]:
+            value = letter["value"] or b""
+            topic = self._topics.deadletter.get_topic_name()
+            why = refusal("the letter", len(value), topic, exc)
+            lighter = {
+                **letter,
+                "value": None,
+                "reason": f"{letter['reason']} [value left out: {why}]",
+            }
+            delivery = await handed(self._dead_letters.write(**lighter))
+            return delivery, nothing
+
+        async def nothing(exc: BaseException) -> None:
+            log.error(
+                "ledger: Kafka refused a dead letter even without its value (%s): "
+                "request_id=%s topic=%s reason=%s",
+                type(exc).__name__,
+                letter["request_id"],
+                letter["topic"],
+                letter["reason"],
+            )
+            return None
+
+        return without_value
