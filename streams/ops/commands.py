@@ -89,11 +89,15 @@ def _rebuild(
     from streams.errors import TalkstreamError
     from streams.ops.audit import iso
     from streams.ops.replay import rebuild
-    from streams.projection.engine import make_engine, safe_url
+    from streams.projection.engine import make_engine, new_sqlite_paths, remove_new, safe_url
     from streams.projection.store import ProjectionStore
 
+    # a SQLite file this replay creates is removed if the replay fails: it held nothing, or a
+    # part (a fresh one is what replay builds, and a run again would refuse a used file)
+    created = new_sqlite_paths(database_url)
     engine = make_engine(opening(database_url))
     store = ProjectionStore(engine, migrate_schema=False)
+    failed = True
     try:
         _prepare(store, database_url, force)
         topic = settings.topic("lifecycle")
@@ -111,9 +115,11 @@ def _rebuild(
                 )
             ),
         )
+        failed = False
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
+        failed = False  # kept: what it holds is said below
         # each batch is one transaction, applied in its partition's order: what is left is every
         # partition's events up to some offset, which a worker's projector goes on from
         click.echo(
@@ -127,7 +133,8 @@ def _rebuild(
     except IntegrityError:
         # a row it wrote was there already: another process writes into this projection (a
         # running projector fills one emptied under it from the log by itself, at its next
-        # batch)
+        # batch), which is that process's now
+        failed = False
         raise click.ClickException(
             f"another process wrote into {safe_url(database_url)} during the rebuild (a "
             "worker's projector?): stop every worker and projector writing to it, then run "
@@ -135,6 +142,8 @@ def _rebuild(
         ) from None
     finally:
         store.close()
+        if failed:
+            remove_new(created)
     cut = f" up to {iso(until_ms)} (Kafka record time)" if until_ms is not None else ""
     click.echo(
         f"replayed {summary.records} lifecycle events from {summary.topic} "

@@ -8,6 +8,7 @@ and never its password.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -53,6 +54,31 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_wal)
         return engine
     return _create_engine(parsed, pool_pre_ping=True)
+
+
+def new_sqlite_paths(url: str) -> list[Path]:
+    """What opening the SQLite file at ``url`` would create that is not there yet: the file,
+    the files SQLite and the migrations keep beside it (``-wal``, ``-shm``, ``-journal``,
+    ``.lock``), and the directories made for it, deepest last; none for another database (or
+    a URL that does not parse: it opens nothing)."""
+    try:
+        parsed = parse_url(url)
+    except ArgumentError:
+        return []
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return []
+    path = Path(parsed.database).absolute()
+    directories = [d for d in path.parents if not d.exists()][::-1]
+    files = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal", ".lock")]
+    return directories + [f for f in files if not f.exists()]
+
+
+def remove_new(paths: list[Path]) -> None:
+    """Remove what ``new_sqlite_paths`` listed (files, then the directories made for them
+    while they are empty)."""
+    for path in reversed(paths):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def parse_url(url: str) -> URL:

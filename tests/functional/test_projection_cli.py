@@ -442,3 +442,37 @@ def test_replay_into_a_directory_that_cannot_be_made_says_which(tmp_path: Path):
         f"Not a directory: {in_the_way}\n"
     )
     assert in_the_way.read_text() == "not a directory"
+
+
+def test_a_replay_that_fails_leaves_no_sqlite_file_it_created(tmp_path: Path, monkeypatch):
+    """Kafka out of reach: ``replay --database-url sqlite:///new.db`` failed after it had made
+    the file (migrated, empty), its lock file and its directory, and left them: a run again
+    then found a file of its own making. What it created goes; a file that was there stays,
+    with what it held."""
+    from streams.cli import main
+
+    port = free_port()
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path / "data"))
+    new = tmp_path / "made" / "here" / "new.db"
+    result = CliRunner().invoke(main, ["replay", "--database-url", f"sqlite:///{new}"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n",
+    )
+    assert list(tmp_path.iterdir()) == []  # no file, no lock file, no directory
+
+    there = tmp_path / "there.db"
+    store = ProjectionStore.from_url(f"sqlite:///{there}", migrate_schema=False)
+    with store.engine.begin() as connection:
+        connection.execute(text("CREATE TABLE notes (line TEXT)"))
+        connection.execute(text("INSERT INTO notes VALUES ('kept')"))
+    store.close()
+    result = CliRunner().invoke(main, ["replay", "--database-url", f"sqlite:///{there}"])
+    assert result.exit_code == 1, result.output
+    kept = ProjectionStore.from_url(f"sqlite:///{there}", migrate_schema=False)
+    try:
+        with kept.engine.connect() as connection:
+            assert connection.execute(text("SELECT line FROM notes")).scalars().all() == ["kept"]
+    finally:
+        kept.close()
