@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,10 @@ from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from streams.ops.verify import VerifySummary
     from streams.projection.store import ProjectionStore
+
+SHOWN = 20  # differences (and skipped records) --verify prints unless told otherwise
 
 
 def register(main: click.Group) -> None:
@@ -51,6 +55,19 @@ def register(main: click.Group) -> None:
     "with [lifecycle]; exit 1 on any difference",
 )
 @click.option(
+    "--show",
+    type=click.IntRange(min=0),
+    default=SHOWN,
+    show_default=True,
+    help="--verify: print the first N differences (and skipped records), then how many more; "
+    "0: every one",
+)
+@click.option(
+    "--differences-file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="--verify: write every difference to this file, one a line (whatever --show prints)",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1),
     default=None,
@@ -59,7 +76,13 @@ def register(main: click.Group) -> None:
     "[lifecycle] into an empty projection",
 )
 def replay(
-    database_url: str | None, force: bool, until: int | None, verify: bool, processes: int | None
+    database_url: str | None,
+    force: bool,
+    until: int | None,
+    verify: bool,
+    show: int,
+    differences_file: Path | None,
+    processes: int | None,
 ) -> None:
     """Rebuild the SQL projection from the lifecycle topic, or verify the recorded decisions.
 
@@ -70,8 +93,10 @@ def replay(
     if verify:
         if database_url or until is not None or force:
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
-        _verify(settings, processes)
+        _verify(settings, processes, show, differences_file)
         return
+    if differences_file is not None or show != SHOWN:
+        raise click.UsageError("--show and --differences-file are --verify's")
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
     _rebuild(settings, database_url, force, until, processes)
@@ -180,7 +205,9 @@ def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
     store.reset()
 
 
-def _verify(settings: Settings, processes: int | None) -> None:
+def _verify(
+    settings: Settings, processes: int | None, show: int, differences_file: Path | None
+) -> None:
     from streams.app import policy_from
     from streams.ops.verify import verify
 
@@ -205,14 +232,43 @@ def _verify(settings: Settings, processes: int | None) -> None:
         + (f", {summary.repeated} repeated (at-least-once re-emission)" if summary.repeated else "")
         + f" ({summary.seconds:.1f}s)"
     )
-    for s in summary.skipped:
-        click.echo(f"  skipped {s.topic}/{s.partition}/{s.offset}: {s.reason}")
-    if summary.differences:
-        click.echo(f"{len(summary.differences)} differences:")
-        for difference in summary.differences:
-            click.echo(f"  {difference.describe()}")
+    if not report_verified(summary, show, differences_file):
         sys.exit(1)
-    click.echo("no differences: every recorded decision is what the rules derive")
+
+
+def report_verified(summary: VerifySummary, show: int, differences_file: Path | None) -> bool:
+    """What ``--verify`` prints after its counts: the records skipped and the differences, the
+    first ``show`` of each (0: all) and how many more; every difference also to
+    ``differences_file``. A log with thousands of differences printed every one of them. True
+    when there are none."""
+    skipped = [f"skipped {s.topic}/{s.partition}/{s.offset}: {s.reason}" for s in summary.skipped]
+    _capped(skipped, show, "skipped records")
+    differences = summary.differences
+    if differences_file is not None:
+        with differences_file.open("w", encoding="utf-8") as out:
+            out.writelines(f"{difference.describe()}\n" for difference in differences)
+    if not differences:
+        click.echo("no differences: every recorded decision is what the rules derive")
+        return True
+    kinds = Counter(difference.kind for difference in differences)
+    click.echo(
+        f"{len(differences)} differences: "
+        + ", ".join(f"{kinds[k]} {k}" for k in ("missing", "unexpected", "changed") if kinds[k])
+        + (f" (every one in {differences_file})" if differences_file is not None else "")
+    )
+    _capped([difference.describe() for difference in differences], show, "differences")
+    return False
+
+
+def _capped(lines: list[str], show: int, what: str) -> None:
+    shown = lines if show == 0 else lines[:show]
+    for line in shown:
+        click.echo(f"  {line}")
+    if len(lines) > len(shown):
+        click.echo(
+            f"  ... and {len(lines) - len(shown)} more {what} (--show 0 prints every one, "
+            "--differences-file FILE writes every difference)"
+        )
 
 
 # --- audit and stats --------------------------------------------------------------------------

@@ -476,3 +476,46 @@ def test_a_replay_that_fails_leaves_no_sqlite_file_it_created(tmp_path: Path, mo
             assert connection.execute(text("SELECT line FROM notes")).scalars().all() == ["kept"]
     finally:
         kept.close()
+
+
+def test_verify_prints_the_first_differences_and_how_many_more(tmp_path: Path, capsys):
+    """A log with thousands of differences: ``--verify`` printed every one (a terminal
+    flooded, the summary scrolled away). It prints the first ``--show`` (20), the count of
+    the rest and of each kind, and exits 1 all the same; ``--show 0`` prints every one, and
+    ``--differences-file`` holds every one whatever is printed."""
+    from streams.ops.commands import report_verified
+    from streams.ops.replay import Skipped
+    from streams.ops.verify import Difference, VerifySummary
+
+    summary = VerifySummary("t-requests", "t-lifecycle")
+    summary.differences = [
+        Difference("missing" if i % 3 else "changed", f"r-{i:05}", "RequestReceived", "received", 1)
+        for i in range(5000)
+    ]
+    summary.skipped = [Skipped("t-requests", 0, offset, "not JSON") for offset in range(30)]
+    every = tmp_path / "differences.txt"
+
+    assert report_verified(summary, 20, every) is False
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:20] == [f"  skipped t-requests/0/{offset}: not JSON" for offset in range(20)]
+    assert printed[20].startswith("  ... and 10 more skipped records (--show 0 prints every one")
+    assert printed[21] == (f"5000 differences: 3333 missing, 1667 changed (every one in {every})")
+    assert printed[22:42] == [f"  {d.describe()}" for d in summary.differences[:20]]
+    assert printed[42].startswith("  ... and 4980 more differences (--show 0 prints every one")
+    assert len(printed) == 43
+    assert every.read_text().splitlines() == [d.describe() for d in summary.differences]
+
+    assert report_verified(summary, 0, None) is False
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 30 + 1 + 5000 and "more" not in printed[-1]
+
+    assert report_verified(VerifySummary("t-requests", "t-lifecycle"), 20, every) is True
+    assert capsys.readouterr().out == (
+        "no differences: every recorded decision is what the rules derive\n"
+    )
+    assert every.read_text() == ""
+
+
+def test_show_and_differences_file_are_verify_options():
+    result = talkstream("replay", "--database-url", "sqlite://", "--show", "3")
+    assert result.exit_code == 2 and "--show and --differences-file are --verify's" in result.output

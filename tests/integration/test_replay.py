@@ -407,7 +407,9 @@ def _verified_alone_and_beside(env: dict[str, str]) -> str:
     return beside.stdout
 
 
-def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedKafka):
+def test_verify_reports_every_decision_the_log_does_not_explain(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
     """A forged log: one transition altered, one dropped, one invented, one repeated."""
 
     def forge(events: list[Any], others: list[Any]) -> list[Any]:
@@ -424,6 +426,19 @@ def test_verify_reports_every_decision_the_log_does_not_explain(kafka: EmbeddedK
     )
     assert f"missing    r-limited {events[-1].type} state=limited" in out
     assert "unexpected r-ghost RequestReceived state=received" in out
+
+    # the first difference printed, the others counted, every one in the file
+    every = tmp_path / "differences.txt"
+    capped = talkstream(env, "replay", "--verify", "--show", "1", "--differences-file", str(every))
+    assert capped.exit_code == 1
+    printed = capped.stdout.splitlines()
+    assert (
+        printed[-3] == f"3 differences: 1 missing, 1 unexpected, 1 changed (every one in {every})"
+    )
+    written = every.read_text().splitlines()
+    assert len(written) == 3 and printed[-2] == f"  {written[0]}"
+    assert printed[-1].startswith("  ... and 2 more differences (--show 0 prints every one")
+    assert sorted(line.split()[0] for line in written) == ["changed", "missing", "unexpected"]
 
 
 def test_verify_settles_in_its_helpers_a_log_that_only_lacks_or_repeats_events(
