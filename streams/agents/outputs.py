@@ -140,7 +140,11 @@ class Batch:
                 if not isinstance(result, BaseException):
                     self.acknowledged.setdefault(source, set()).add(identity)
                 elif isinstance(result, REFUSED) and instead is not None and failed is None:
-                    replacement = await instead(result)
+                    try:
+                        replacement = await instead(result)
+                    except Exception as exc:  # not handed over (Kafka out of reach): again
+                        error = error or exc
+                        continue
                     mark = identity if identity[0] == "instead" else ("instead", *identity)
                     if replacement is None:  # nothing goes in its place: it is done with
                         self.acknowledged.setdefault(source, set()).add(mark)
