@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -38,6 +38,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 WINDOWS = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440}
+SITES_PER_PAGE = 50  # the overview's sites table
 LOG_TIMEOUT_SECONDS = 15.0
 
 
@@ -87,6 +88,19 @@ async def overview(request: web.Request) -> web.Response:
     summary, pacing = await asyncio.gather(
         run_query(s.queries.overview, since, until), _pacing(s.pacing)
     )
+    # the sites table: those whose name contains the words typed (in any case), by name, a
+    # page at a time (a deployment has thousands)
+    find = request.query.get("site", "").strip()
+    sites = [row for row in summary.sites if find.casefold() in row.site.casefold()]
+    pages = max(1, -(-len(sites) // SITES_PER_PAGE))
+    try:
+        page = int(request.query.get("page", "1"))
+    except ValueError:
+        page = 0
+    if not 1 <= page <= pages:  # the first page is shown, and the page says why
+        page, error = 1, error or f"page: a number from 1 to {pages}"
+    first = (page - 1) * SITES_PER_PAGE
+    here = {"window": window, "site": find}
     return render(
         request,
         "overview.html",
@@ -100,6 +114,12 @@ async def overview(request: web.Request) -> web.Response:
             "states": TERMINAL_STATES,
             "pacing": pacing,
             "error": error,
+            "find": find,
+            "sites": sites[first : first + SITES_PER_PAGE],
+            "sites_first": first + 1,
+            "sites_matching": len(sites),
+            "previous": page > 1 and _query({**here, "page": str(page - 1)}) + "#sites",
+            "next": page < pages and _query({**here, "page": str(page + 1)}) + "#sites",
         },
         status=400 if error else 200,
     )
@@ -140,6 +160,9 @@ async def search(request: web.Request) -> web.Response:
     error = None
     try:
         filters = _filters(request.query, s.now_ms())
+        if filters.site:  # as the projection spells it: "acme" finds "Acme"
+            given["site"] = await run_query(s.queries.site_named, filters.site)
+            filters = replace(filters, site=given["site"])
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")
         page = await run_query(s.queries.search, filters, before=before, after=after)
@@ -231,6 +254,7 @@ async def person_page(request: web.Request) -> web.Response:
     email = request.query.get("email", "").strip().lower()
     if not site or not email:
         return render(request, "missing.html", {"what": "person", "name": ""}, 404)
+    site = await run_query(s.queries.site_named, site)
     key = person_key(site, email)
     try:
         before = Cursor.decode(request.query.get("before"), "before")

@@ -458,6 +458,93 @@ async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
         await console.client.close()
 
 
+# a deployment of many tenants: more sites than a page (or the old site list) holds, a person on
+# each, and one person on the last of them only
+MANY_SITES = (
+    *((f"shop-{i:04d}", "zed@example.com") for i in range(1001)),
+    ("shop-1000", "amy@example.com"),
+)
+
+
+@pytest.fixture
+async def many_sites(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:  # noqa: F811
+    started = await start(tmp_path, url=database_url, people=MANY_SITES)
+    await started.login()
+    yield started
+    await started.client.close()
+
+
+async def test_an_email_on_any_site_is_found_on_every_site_however_many(many_sites: Console):
+    body = await many_sites.page("/requests?email=zed@example.com")
+    sites = re.findall(r'<td class="value">(shop-\d+)</td>', body)
+    assert sites == [f"shop-{i:04d}" for i in range(1000, 950, -1)]  # newest first
+    last = await many_sites.page("/requests?email=amy@example.com")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', last) == ["person-1001"]
+    # every page of them, none twice, down to the first site
+    seen, path = [], "/requests?email=zed@example.com"
+    while path:
+        body = await many_sites.page(path)
+        seen += re.findall(r'<td class="value">(shop-\d+)</td>', body)
+        older = re.search(r'id="older" href="([^"]+)"', body)
+        path = older.group(1).replace("&amp;", "&") if older else ""
+    assert seen == [f"shop-{i:04d}" for i in range(1000, -1, -1)]
+    # and the search form offers the last site too
+    assert '<option value="shop-1000">' in await many_sites.page("/requests")
+
+
+async def test_the_overview_lists_many_sites_a_page_at_a_time_found_by_name(many_sites: Console):
+    def rows(body: str) -> list[str]:
+        table = re.search(r'<table class="grid" id="sites">(.*?)</table>', body, re.S)
+        assert table
+        return re.findall(r'<td class="value"><a href="[^"]*">([^<]+)</a>', table.group(1))
+
+    first = await many_sites.page("/")
+    # acme and globex (requests that ended in the last hour), and the shops (in flight)
+    assert rows(first) == ["acme", "globex", *(f"shop-{i:04d}" for i in range(48))]
+    assert "Sites 1\u201350 of 1,003, by name." in first
+    assert 'id="sites-previous"' not in first
+    seen, path = rows(first), re.search(r'id="sites-next" href="([^"]+)"', first)
+    while path:
+        body = await many_sites.page(path.group(1).replace("&amp;", "&"))
+        assert len(rows(body)) == 50 or not re.search(r'id="sites-next"', body)
+        seen += rows(body)
+        path = re.search(r'id="sites-next" href="([^"]+)"', body)
+    assert seen == ["acme", "globex", *(f"shop-{i:04d}" for i in range(1001))]
+    # sites by a part of their name, in any case
+    found = await many_sites.page("/?window=15m&site=SHOP-010")
+    assert rows(found) == [f"shop-{i:04d}" for i in range(100, 110)]
+    assert "Sites 1\u201310 of 10 whose name contains “SHOP-010”" in found
+    assert 'name="site" value="SHOP-010"' in found  # the window form keeps the filter
+    none = await many_sites.page("/?site=nothing-like-it")
+    assert "no site whose name contains “nothing-like-it”" in none
+    bad = await many_sites.page("/?page=22", status=400)
+    assert '<p class="error">page: a number from 1 to 21</p>' in bad
+
+
+async def test_large_counts_are_shown_with_their_thousands_apart(tmp_path: Path):
+    console = await start(tmp_path, people=tuple(("big", f"p{i}@example.com") for i in range(1200)))
+    try:
+        await console.login()
+        body = await console.page("/?site=big")
+        [row] = re.findall(
+            r"<tr>\s*<td class=\"value\"><a href=\"/requests\?site=big\">.*?</tr>", body, re.S
+        )
+        assert '<td class="num">1,200</td>' in row  # in flight
+    finally:
+        await console.client.close()
+
+
+async def test_a_site_typed_in_another_case_is_the_site_as_the_projection_spells_it(
+    signed_in: Console,
+):
+    body = await signed_in.page("/requests?site=ACME&state=failed")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == ["park-1", "fail-1"]
+    assert 'id="f-site" value="acme"' in body
+    person = await signed_in.page("/person?site=Acme&email=ada@example.com")
+    assert 'ada@example.com <span class="muted">on acme</span>' in person
+    await signed_in.page("/requests?site=nobody")  # a site with no requests: none, not an error
+
+
 async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_earlier(
     signed_in: Console,
     database_url: str,  # noqa: F811
