@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
+from sqlalchemy import event
 from yarl import URL
 
 from models.events import (
@@ -817,6 +818,32 @@ async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_i
     assert "not reachable: http://127.0.0.1:1/metrics" in body
     # arrival -> published: 900 ms, 1.0 s, 1.4 s, 1.6 s (nearest rank)
     assert 'id="p50">1.0 s<' in body and 'id="p95">1.6 s<' in body
+
+
+def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
+    """What ended in the window from ``ix_requests_ended`` alone (never the rows: at 1,000,000
+    requests the 24-hour overview read 114,000 of them), and the requests in flight by site
+    from their own small index (not an index of every request)."""
+    engine = make_engine(projection(tmp_path))
+    statements: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    ConsoleQueries(engine).overview(NOW_MS - 86_400_000, NOW_MS)
+    event.remove(engine, "before_cursor_execute", grab)
+    with engine.connect() as connection:
+        plans = [
+            " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {s}", p))
+            for s, p in statements
+        ]
+    engine.dispose()
+    assert len(plans) == 4, plans
+    ended = [plan for plan, (sql, _) in zip(plans, statements, strict=True) if "terminal_at" in sql]
+    assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
+    [in_flight] = [p for p in plans if p not in ended]
+    assert "USING INDEX ix_requests_in_flight" in in_flight, plans
 
 
 def test_pacing_is_read_from_the_workers_metrics():
