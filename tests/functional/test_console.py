@@ -656,6 +656,16 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "the range is empty" in reversed_
 
 
+async def test_dead_letters_of_a_site_typed_in_another_case_are_that_sites(signed_in: Console):
+    body = await signed_in.page("/deadletters?site=ACME")
+    assert 'id="letter-count">1<' in body and 'name="site" value="acme"' in body
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"site": "Acme", "csrf": csrf})
+    assert preview.status == 200 and 'id="would-count">1<' in await preview.text()
+    [(selection, dry_run)] = signed_in.log.redrives
+    assert dry_run and selection.site == "acme" and selection.request_ids == {"park-1"}
+
+
 async def test_dead_letters_are_listed_a_page_at_a_time_and_counted_in_full(
     signed_in: Console,
 ):
