@@ -828,6 +828,10 @@ async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_i
     assert "not reachable: http://127.0.0.1:1/metrics" in body
     # arrival -> published: 900 ms, 1.0 s, 1.4 s, 1.6 s (nearest rank)
     assert 'id="p50">1.0 s<' in body and 'id="p95">1.6 s<' in body
+    # over a day, a bar every ten minutes (a bar a minute would be 0.6 px wide)
+    day = await signed_in.page("/?window=24h")
+    assert '<h2 id="chart-title">Requests per 10 minutes, by terminal state</h2>' in day
+    assert "00:00\u201300:10 UTC: 4 published" in day
 
 
 def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
