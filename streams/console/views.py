@@ -28,6 +28,7 @@ from streams.console.queries import (
     ConsoleQueries,
     Cursor,
     Filters,
+    SiteRow,
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 
 WINDOWS = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440}
 SITES_PER_PAGE = 50  # the overview's sites table
+# the orders the sites table offers: what it is sorted by (ties, and "name": by name)
+SITE_ORDERS: dict[str, tuple[str, Callable[[SiteRow], int]]] = {
+    "name": ("by name", lambda row: 0),
+    "failed": ("most failed first", lambda row: -row.failed),
+    "ended": ("most ended first", lambda row: -row.total),
+    "in_flight": ("most in flight first", lambda row: -row.in_flight),
+    "tokens": ("most tokens first", lambda row: -row.tokens),
+}
 LOG_TIMEOUT_SECONDS = 15.0
 
 
@@ -88,10 +97,18 @@ async def overview(request: web.Request) -> web.Response:
     summary, pacing = await asyncio.gather(
         run_query(s.queries.overview, since, until), _pacing(s.pacing)
     )
-    # the sites table: those whose name contains the words typed (in any case), by name, a
-    # page at a time (a deployment has thousands)
+    # the sites table: those whose name contains the words typed (in any case), in the order
+    # chosen (ties by name: a stable order to page through), a page at a time (a deployment
+    # has thousands)
     find = request.query.get("site", "").strip()
-    sites = [row for row in summary.sites if find.casefold() in row.site.casefold()]
+    order = request.query.get("order", "name")
+    if order not in SITE_ORDERS:
+        order, error = "name", error or f"order: one of {', '.join(SITE_ORDERS)}"
+    key = SITE_ORDERS[order][1]
+    sites = sorted(
+        (row for row in summary.sites if find.casefold() in row.site.casefold()),
+        key=lambda row: (key(row), row.site),
+    )
     pages = max(1, -(-len(sites) // SITES_PER_PAGE))
     try:
         page = int(request.query.get("page", "1"))
@@ -100,7 +117,7 @@ async def overview(request: web.Request) -> web.Response:
     if not 1 <= page <= pages:  # the first page is shown, and the page says why
         page, error = 1, error or f"page: a number from 1 to {pages}"
     first = (page - 1) * SITES_PER_PAGE
-    here = {"window": window, "site": find}
+    here = {"window": window, "site": find, "order": order if order != "name" else ""}
     return render(
         request,
         "overview.html",
@@ -115,6 +132,8 @@ async def overview(request: web.Request) -> web.Response:
             "pacing": pacing,
             "error": error,
             "find": find,
+            "order": order,
+            "orders": {name: label for name, (label, _) in SITE_ORDERS.items()},
             "sites": sites[first : first + SITES_PER_PAGE],
             "sites_first": first + 1,
             "sites_matching": len(sites),

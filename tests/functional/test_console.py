@@ -520,6 +520,21 @@ async def test_the_overview_lists_many_sites_a_page_at_a_time_found_by_name(many
     assert "no site whose name contains “nothing-like-it”" in none
     bad = await many_sites.page("/?page=22", status=400)
     assert '<p class="error">page: a number from 1 to 21</p>' in bad
+    # the busiest first, ties by name: every site once across the pages
+    busiest = await many_sites.page("/?order=in_flight")
+    # shop-1000: 2 in flight; then 1 each, by name
+    assert rows(busiest)[:4] == ["shop-1000", "acme", "shop-0000", "shop-0001"]
+    assert "Sites 1\u201350 of 1,003, most in flight first." in busiest
+    seen, path = rows(busiest), re.search(r'id="sites-next" href="([^"]+)"', busiest)
+    while path:
+        body = await many_sites.page(path.group(1).replace("&amp;", "&"))
+        seen += rows(body)
+        path = re.search(r'id="sites-next" href="([^"]+)"', body)
+    assert len(seen) == 1003 and set(seen) == {"acme", "globex", *(s for s, _ in MANY_SITES)}
+    failed = await many_sites.page("/?order=failed")
+    assert rows(failed)[0] == "acme"  # its publication refused, its generation failed
+    wrong = await many_sites.page("/?order=worst", status=400)
+    assert "order: one of name, failed, ended, in_flight, tokens" in wrong
 
 
 async def test_large_counts_are_shown_with_their_thousands_apart(tmp_path: Path):
