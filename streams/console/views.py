@@ -97,27 +97,8 @@ async def overview(request: web.Request) -> web.Response:
     summary, pacing = await asyncio.gather(
         run_query(s.queries.overview, since, until), _pacing(s.pacing)
     )
-    # the sites table: those whose name contains the words typed (in any case), in the order
-    # chosen (ties by name: a stable order to page through), a page at a time (a deployment
-    # has thousands)
-    find = request.query.get("site", "").strip()
-    order = request.query.get("order", "name")
-    if order not in SITE_ORDERS:
-        order, error = "name", error or f"order: one of {', '.join(SITE_ORDERS)}"
-    key = SITE_ORDERS[order][1]
-    sites = sorted(
-        (row for row in summary.sites if find.casefold() in row.site.casefold()),
-        key=lambda row: (key(row), row.site),
-    )
-    pages = max(1, -(-len(sites) // SITES_PER_PAGE))
-    try:
-        page = int(request.query.get("page", "1"))
-    except ValueError:
-        page = 0
-    if not 1 <= page <= pages:  # the first page is shown, and the page says why
-        page, error = 1, error or f"page: a number from 1 to {pages}"
-    first = (page - 1) * SITES_PER_PAGE
-    here = {"window": window, "site": find, "order": order if order != "name" else ""}
+    table, table_error = _sites_table(summary.sites, request.query, window)
+    error = error or table_error
     return render(
         request,
         "overview.html",
@@ -131,17 +112,48 @@ async def overview(request: web.Request) -> web.Response:
             "states": TERMINAL_STATES,
             "pacing": pacing,
             "error": error,
-            "find": find,
-            "order": order,
-            "orders": {name: label for name, (label, _) in SITE_ORDERS.items()},
-            "sites": sites[first : first + SITES_PER_PAGE],
-            "sites_first": first + 1,
-            "sites_matching": len(sites),
-            "previous": page > 1 and _query({**here, "page": str(page - 1)}) + "#sites",
-            "next": page < pages and _query({**here, "page": str(page + 1)}) + "#sites",
+            **table,
         },
         status=400 if error else 200,
     )
+
+
+def _sites_table(
+    rows: list[SiteRow], query: Mapping[str, str], window: str
+) -> tuple[dict[str, Any], str | None]:
+    """The page of the overview's sites table the query asks for: the sites whose name
+    contains what was typed (in any case), in the order chosen (ties by name: a stable order to
+    page through), ``SITES_PER_PAGE`` at a time (a deployment has thousands); and what is wrong
+    with the query (the first page by name is shown then)."""
+    error = None
+    find = query.get("site", "").strip()
+    order = query.get("order", "name")
+    if order not in SITE_ORDERS:
+        order, error = "name", f"order: one of {', '.join(SITE_ORDERS)}"
+    key = SITE_ORDERS[order][1]
+    sites = sorted(
+        (row for row in rows if find.casefold() in row.site.casefold()),
+        key=lambda row: (key(row), row.site),
+    )
+    pages = max(1, -(-len(sites) // SITES_PER_PAGE))
+    try:
+        page = int(query.get("page", "1"))
+    except ValueError:
+        page = 0
+    if not 1 <= page <= pages:
+        page, error = 1, error or f"page: a number from 1 to {pages}"
+    first = (page - 1) * SITES_PER_PAGE
+    here = {"window": window, "site": find, "order": order if order != "name" else ""}
+    return {
+        "find": find,
+        "order": order,
+        "orders": {name: label for name, (label, _) in SITE_ORDERS.items()},
+        "sites": sites[first : first + SITES_PER_PAGE],
+        "sites_first": first + 1,
+        "sites_matching": len(sites),
+        "previous": page > 1 and _query({**here, "page": str(page - 1)}) + "#sites",
+        "next": page < pages and _query({**here, "page": str(page + 1)}) + "#sites",
+    }, error
 
 
 async def _pacing(scrape: Callable[[], Any]) -> Pacing:
