@@ -716,11 +716,11 @@ async def test_older_letters_than_the_page_reads_are_counted_and_sent_to_the_cli
     signed_in.log.unread = 1234
     body = await signed_in.page("/deadletters")
     assert f"Only the newest {LETTERS_PER_PARTITION} letters of each partition" in body
-    assert "<b>1234</b> older letters are neither shown nor redriven from this page" in body
+    assert "<b>1,234</b> older letters are neither shown nor redriven from this page" in body
     assert "<code>talkstream redrive</code>" in body
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"csrf": csrf})
-    assert "<b>1234</b> older letters are neither shown" in await preview.text()
+    assert "<b>1,234</b> older letters are neither shown" in await preview.text()
 
 
 async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
