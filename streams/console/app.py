@@ -102,6 +102,7 @@ def build_console(
         ms=_duration,
         ago=functools.partial(_ago, now_ms),
         end_to_end=clocks.end_to_end_ms,
+        n=_count,
     )
     app[pages.TEMPLATES] = environment
     app[pages.DATABASE] = database
@@ -155,6 +156,11 @@ def max_form_bytes(settings: Settings) -> int:
 
 def max_form_fields(settings: Settings) -> int:
     return FORM_FIELDS + LETTERS_PER_PARTITION * settings.partitions
+
+
+def _count(value: int | float | None) -> str:
+    """A count with its thousands apart: 1,234,567."""
+    return "—" if value is None else f"{int(value):,}"
 
 
 def _time(ms: int | None, precise: bool = True) -> str:

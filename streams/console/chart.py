@@ -1,4 +1,5 @@
-"""The overview's chart: requests per minute by terminal state, as stacked SVG bars.
+"""The overview's chart: requests per minute (per few minutes over hours) by terminal state,
+as stacked SVG bars.
 
 Server-rendered: the template draws the rectangles this module lays out (no script, no
 library, nothing fetched), with a ``<title>`` on each bar for its figures.
@@ -13,6 +14,10 @@ from streams.console.queries import Overview
 
 WIDTH, HEIGHT = 960, 220
 LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 26
+# a bar a minute up to this many bars; past it (6 or 24 hours), a bar for the fewest minutes of
+# MINUTES_PER_BAR that keeps to it: a bar stays wider than a pixel and the page light
+MOST_BARS = 240
+MINUTES_PER_BAR = (1, 2, 5, 10, 15, 30, 60)
 
 COLORS = {
     "published": "#2e7d32",
@@ -52,20 +57,30 @@ class Chart:
     plot_bottom: int
     plot_right: int
     total: int
+    per_bar: int  # minutes a bar counts
 
 
 def chart(overview: Overview) -> Chart:
     minutes = overview.minutes
-    totals = [sum(series[i] for series in overview.series.values()) for i in range(len(minutes))]
+    per = next((m for m in MINUTES_PER_BAR if len(minutes) <= MOST_BARS * m), MINUTES_PER_BAR[-1])
+    # each bar the minutes from a multiple of ``per`` (10:00, 10:10, ...), oldest first
+    starts = sorted({minute - minute % per for minute in minutes})
+    slot_of = {start: i for i, start in enumerate(starts)}
+    series = {state: [0] * len(starts) for state in overview.series}
+    for state, counts in overview.series.items():
+        for minute, count in zip(minutes, counts, strict=True):
+            series[state][slot_of[minute - minute % per]] += count
+    totals = [sum(counts[i] for counts in series.values()) for i in range(len(starts))]
     top = _nice(max(totals, default=0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = plot_w / max(len(minutes), 1)
+    slot = plot_w / max(len(starts), 1)
     gap = 1.0 if slot > 3 else 0.0
     bars: list[Bar] = []
-    for i, minute in enumerate(minutes):
+    for i, start in enumerate(starts):
         y = float(HEIGHT - BOTTOM)
-        for state, series in overview.series.items():
-            count = series[i]
+        when = _hhmm(start) if per == 1 else f"{_hhmm(start)}\u2013{_hhmm(start + per)}"
+        for state, counts in series.items():
+            count = counts[i]
             if not count:
                 continue
             h = plot_h * count / top
@@ -77,17 +92,18 @@ def chart(overview: Overview) -> Chart:
                     width=round(max(slot - gap, 0.5), 2),
                     height=round(h, 2),
                     color=COLORS.get(state, "#555"),
-                    title=f"{_hhmm(minute)} UTC: {count} {state}",
+                    title=f"{when} UTC: {count:,} {state}",
                 )
             )
-    every = max(1, len(minutes) // 8)
+    every = max(1, len(starts) // 8)
     x_ticks = [
-        Tick(round(LEFT + i * slot + slot / 2, 2), HEIGHT - 8, _hhmm(minute))
-        for i, minute in enumerate(minutes)
+        Tick(round(LEFT + i * slot + slot / 2, 2), HEIGHT - 8, _hhmm(start))
+        for i, start in enumerate(starts)
         if i % every == 0
     ]
     y_ticks = [
-        Tick(LEFT - 6, round(TOP + plot_h * (1 - f), 2) + 4, str(int(top * f))) for f in (0, 0.5, 1)
+        Tick(LEFT - 6, round(TOP + plot_h * (1 - f), 2) + 4, f"{int(top * f):,}")
+        for f in (0, 0.5, 1)
     ]
     return Chart(
         width=WIDTH,
@@ -99,6 +115,7 @@ def chart(overview: Overview) -> Chart:
         plot_bottom=HEIGHT - BOTTOM,
         plot_right=WIDTH - RIGHT,
         total=sum(totals),
+        per_bar=per,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -132,6 +132,15 @@ async def _letters(s: Services, filters: LetterFilters) -> LetterRows:
     return LetterRows(matched, unread=letters.unread)
 
 
+async def _named(s: Services, filters: LetterFilters, given: dict[str, str]) -> LetterFilters:
+    """The filters with their site as the projection spells it ("acme" finds "Acme"), shown so
+    on the page and carried so into the actions."""
+    if filters.site is None:
+        return filters
+    given["site"] = await run_query(s.queries.site_named, filters.site)
+    return replace(filters, site=given["site"])
+
+
 def _given(values: Mapping[str, Any]) -> dict[str, str]:
     return {k: v.strip() for k in LETTER_FIELDS if isinstance(v := values.get(k), str)}
 
@@ -146,7 +155,7 @@ async def dead_letters(request: web.Request) -> web.Response:
         return render(
             request, "deadletters.html", _letters_context(s, given, LetterRows([], str(exc))), 400
         )
-    read = await _letters(s, filters)
+    read = await _letters(s, await _named(s, filters, given))
     return render(request, "deadletters.html", _letters_context(s, given, read, page))
 
 
@@ -269,7 +278,7 @@ async def _posted(request: web.Request) -> _Posted | web.Response:
         return render(
             request, "deadletters.html", _letters_context(s, given, LetterRows([], str(exc))), 400
         )
-    return _Posted(s, form, given, filters)
+    return _Posted(s, form, given, await _named(s, filters, given))
 
 
 def _request_ids(report: RedriveReport) -> list[str]:

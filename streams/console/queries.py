@@ -8,10 +8,14 @@ adds the console's), so pages stay fast on millions of requests:
   site and state (``ix_requests_site_state_received``), site (``ix_requests_site_received``),
   state (``ix_requests_state_received``) or nothing (``ix_requests_received``); an email
   without a site becomes the persons of every site (``site:email``), the sites read by a loose
-  index scan;
+  index scan, asked for ``PERSONS_PER_QUERY`` at a time (each query a page of its own, merged);
+- a site is named as the projection spells it; one typed in another case is read as the site
+  that differs only in case (when just one does);
 - a timeline is one request row and its transitions (``ix_transitions_request``);
-- the overview counts terminal states per minute and per site over a window of
-  ``terminal_at_ms`` (``ix_requests_terminal_at``).
+- the overview counts terminal states per minute and per site, tokens and latencies over a
+  window of ``terminal_at_ms`` from one index (``ix_requests_ended``, which holds every column
+  they read), and the requests in flight per site from ``ix_requests_in_flight`` (migration
+  0005).
 
 Times: ``received_at_ms`` is the event time a webhook was judged at, ``arrived_at_ms`` when it
 reached the ingress (``streams.ops.clocks``: the two clocks, shared with ``talkstream audit``).
@@ -24,7 +28,6 @@ import binascii
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.engine import Engine
@@ -36,7 +39,7 @@ from streams.ops.clocks import Timeline, timeline_of
 from streams.projection.tables import RequestRow, TransitionRow
 
 PAGE_SIZE = 50
-MAX_SITES = 1000  # the site list (search form, email search) stops here
+PERSONS_PER_QUERY = 500  # an email on every site: the persons one query asks for
 
 FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
 IN_FLIGHT = tuple(s.value for s in State if s not in TERMINAL)
@@ -51,6 +54,8 @@ TERMINAL_STATES = tuple(
         State.PUBLISH_FAILED,
     )
 )
+# a request in flight is one whose state is not terminal (the projector keeps the two together)
+IN_FLIGHT_ROWS = text("NOT requests.terminal")
 # what the search form offers besides each state
 STATE_GROUPS = {"failed": FAILED, "in_flight": IN_FLIGHT}
 SEARCHABLE_STATES = (*STATE_GROUPS, *(s.value for s in State))
@@ -181,17 +186,20 @@ class ConsoleQueries:
         (newer rows), or the newest."""
         if before is not None and after is not None:
             raise ValueError("one cursor at a time")
+        key = tuple_(RequestRow.received_at_ms, RequestRow.request_id)
+        rows: list[RequestRow] = []
         with self._session() as session:
-            query = self._filtered(session, filters)
-            key = tuple_(RequestRow.received_at_ms, RequestRow.request_id)
-            if after is not None:
-                query = query.where(key > tuple_(after.received_at_ms, after.request_id))
-                order = (RequestRow.received_at_ms.asc(), RequestRow.request_id.asc())
-            else:
-                if before is not None:
-                    query = query.where(key < tuple_(before.received_at_ms, before.request_id))
-                order = (RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
-            rows: list[RequestRow] = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+            for query in self._filtered(session, filters):
+                if after is not None:
+                    query = query.where(key > tuple_(after.received_at_ms, after.request_id))
+                    order = (RequestRow.received_at_ms.asc(), RequestRow.request_id.asc())
+                else:
+                    if before is not None:
+                        query = query.where(key < tuple_(before.received_at_ms, before.request_id))
+                    order = (RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
+                rows += session.scalars(query.order_by(*order).limit(limit + 1))
+        # the queries' pages merged (one query but for an email on every site)
+        rows.sort(key=lambda r: (r.received_at_ms, r.request_id), reverse=after is None)
         more = len(rows) > limit
         rows = rows[:limit]
         if after is not None:
@@ -204,13 +212,10 @@ class ConsoleQueries:
             newer = before
         return Page(rows, newer=newer, older=Cursor.of(rows[-1]) if more else None)
 
-    def _filtered(self, session: Session, f: Filters) -> Select[RequestRow]:
+    def _filtered(self, session: Session, f: Filters) -> list[Select[RequestRow]]:
+        """The query of the filters: one, or one per ``PERSONS_PER_QUERY`` persons for an
+        email on every site (however many sites there are: none is left out)."""
         query = select(RequestRow)
-        if f.email:
-            sites = [f.site] if f.site else self._sites(session)
-            query = query.where(RequestRow.person.in_([person_key(s, f.email) for s in sites]))
-        elif f.site:
-            query = query.where(RequestRow.site == f.site)
         if f.state in STATE_GROUPS:
             query = query.where(RequestRow.state.in_(STATE_GROUPS[f.state]))
         elif f.state:
@@ -219,25 +224,45 @@ class ConsoleQueries:
             query = query.where(RequestRow.received_at_ms >= f.since_ms)
         if f.until_ms is not None:
             query = query.where(RequestRow.received_at_ms < f.until_ms)
-        return query
+        if f.email:
+            sites = [f.site] if f.site else self._sites(session)
+            persons = [person_key(s, f.email) for s in sites]
+            return [
+                query.where(RequestRow.person.in_(persons[at : at + PERSONS_PER_QUERY]))
+                for at in range(0, len(persons), PERSONS_PER_QUERY)
+            ]
+        if f.site:
+            query = query.where(RequestRow.site == f.site)
+        return [query]
 
     def sites(self) -> list[str]:
+        """Every site of the projection, in order."""
         with self._session() as session:
             return self._sites(session)
+
+    def site_named(self, name: str) -> str:
+        """The site as the projection spells it: ``name`` itself when it has requests, else
+        the one site that differs from it only in case (``Acme`` for ``acme``), else ``name``
+        (which finds nothing)."""
+        with self._session() as session:
+            found = session.scalar(select(RequestRow.site).where(RequestRow.site == name).limit(1))
+            if found is not None:
+                return name
+            folded = [site for site in self._sites(session) if site.casefold() == name.casefold()]
+        return folded[0] if len(folded) == 1 else name
 
     @staticmethod
     def _sites(session: Session) -> list[str]:
         # a loose index scan over ix_requests_site_received: one probe per distinct site
         found = session.execute(
             text(
-                "WITH RECURSIVE s(site, n) AS ("
-                " SELECT MIN(site), 1 FROM requests"
+                "WITH RECURSIVE s(site) AS ("
+                " SELECT MIN(site) FROM requests"
                 " UNION ALL"
-                " SELECT (SELECT MIN(r.site) FROM requests r WHERE r.site > s.site), s.n + 1"
-                " FROM s WHERE s.site IS NOT NULL AND s.n < :most"
+                " SELECT (SELECT MIN(r.site) FROM requests r WHERE r.site > s.site)"
+                " FROM s WHERE s.site IS NOT NULL"
                 ") SELECT site FROM s WHERE site IS NOT NULL"
-            ),
-            {"most": MAX_SITES},
+            )
         )
         return [site for (site,) in found]
 
@@ -338,19 +363,21 @@ class ConsoleQueries:
                 row.tokens += int(used or 0)
             for site, count in session.execute(
                 select(RequestRow.site, func.count())
-                .where(RequestRow.state.in_(IN_FLIGHT))
+                .where(IN_FLIGHT_ROWS)  # as ix_requests_in_flight is written: its few rows
                 .group_by(RequestRow.site)
             ):
                 sites.setdefault(site, SiteRow(site)).in_flight = count
+            # arrival -> published: every ended request's state read beside it, not a condition
+            # on the state, which a database without statistics (the projector runs no
+            # ANALYZE) would meet by reading every published request ever by ix_requests_state
+            latency = RequestRow.terminal_at_ms - func.coalesce(
+                RequestRow.arrived_at_ms, RequestRow.received_at_ms
+            )
+            published = State.PUBLISHED.value
             latencies = sorted(
                 value
-                for value in session.scalars(
-                    select(
-                        RequestRow.terminal_at_ms
-                        - func.coalesce(RequestRow.arrived_at_ms, RequestRow.received_at_ms)
-                    ).where(ended, RequestRow.state == State.PUBLISHED.value)
-                )
-                if value is not None
+                for state, value in session.execute(select(RequestRow.state, latency).where(ended))
+                if state == published and value is not None
             )
         return Overview(
             since_ms=since_ms,
@@ -364,7 +391,7 @@ class ConsoleQueries:
         )
 
 
-def _rank(ordered: Sequence[Any], p: int) -> int | None:
+def _rank(ordered: Sequence[int], p: int) -> int | None:
     """Nearest-rank percentile of an ascending list (as ``talkstream stats``)."""
     if not ordered:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -28,6 +28,7 @@ from streams.console.queries import (
     ConsoleQueries,
     Cursor,
     Filters,
+    SiteRow,
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
@@ -38,6 +39,15 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 WINDOWS = {"15m": 15, "1h": 60, "6h": 360, "24h": 1440}
+SITES_PER_PAGE = 50  # the overview's sites table
+# the orders the sites table offers: what it is sorted by (ties, and "name": by name)
+SITE_ORDERS: dict[str, tuple[str, Callable[[SiteRow], int]]] = {
+    "name": ("by name", lambda row: 0),
+    "failed": ("most failed first", lambda row: -row.failed),
+    "ended": ("most ended first", lambda row: -row.total),
+    "in_flight": ("most in flight first", lambda row: -row.in_flight),
+    "tokens": ("most tokens first", lambda row: -row.tokens),
+}
 LOG_TIMEOUT_SECONDS = 15.0
 
 
@@ -87,6 +97,8 @@ async def overview(request: web.Request) -> web.Response:
     summary, pacing = await asyncio.gather(
         run_query(s.queries.overview, since, until), _pacing(s.pacing)
     )
+    table, table_error = _sites_table(summary.sites, request.query, window)
+    error = error or table_error
     return render(
         request,
         "overview.html",
@@ -100,9 +112,48 @@ async def overview(request: web.Request) -> web.Response:
             "states": TERMINAL_STATES,
             "pacing": pacing,
             "error": error,
+            **table,
         },
         status=400 if error else 200,
     )
+
+
+def _sites_table(
+    rows: list[SiteRow], query: Mapping[str, str], window: str
+) -> tuple[dict[str, Any], str | None]:
+    """The page of the overview's sites table the query asks for: the sites whose name
+    contains what was typed (in any case), in the order chosen (ties by name: a stable order to
+    page through), ``SITES_PER_PAGE`` at a time (a deployment has thousands); and what is wrong
+    with the query (the first page by name is shown then)."""
+    error = None
+    find = query.get("site", "").strip()
+    order = query.get("order", "name")
+    if order not in SITE_ORDERS:
+        order, error = "name", f"order: one of {', '.join(SITE_ORDERS)}"
+    key = SITE_ORDERS[order][1]
+    sites = sorted(
+        (row for row in rows if find.casefold() in row.site.casefold()),
+        key=lambda row: (key(row), row.site),
+    )
+    pages = max(1, -(-len(sites) // SITES_PER_PAGE))
+    try:
+        page = int(query.get("page", "1"))
+    except ValueError:
+        page = 0
+    if not 1 <= page <= pages:
+        page, error = 1, error or f"page: a number from 1 to {pages}"
+    first = (page - 1) * SITES_PER_PAGE
+    here = {"window": window, "site": find, "order": order if order != "name" else ""}
+    return {
+        "find": find,
+        "order": order,
+        "orders": {name: label for name, (label, _) in SITE_ORDERS.items()},
+        "sites": sites[first : first + SITES_PER_PAGE],
+        "sites_first": first + 1,
+        "sites_matching": len(sites),
+        "previous": page > 1 and _query({**here, "page": str(page - 1)}) + "#sites",
+        "next": page < pages and _query({**here, "page": str(page + 1)}) + "#sites",
+    }, error
 
 
 async def _pacing(scrape: Callable[[], Any]) -> Pacing:
@@ -140,6 +191,9 @@ async def search(request: web.Request) -> web.Response:
     error = None
     try:
         filters = _filters(request.query, s.now_ms())
+        if filters.site:  # as the projection spells it: "acme" finds "Acme"
+            given["site"] = await run_query(s.queries.site_named, filters.site)
+            filters = replace(filters, site=given["site"])
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")
         page = await run_query(s.queries.search, filters, before=before, after=after)
@@ -231,6 +285,7 @@ async def person_page(request: web.Request) -> web.Response:
     email = request.query.get("email", "").strip().lower()
     if not site or not email:
         return render(request, "missing.html", {"what": "person", "name": ""}, 404)
+    site = await run_query(s.queries.site_named, site)
     key = person_key(site, email)
     try:
         before = Cursor.decode(request.query.get("before"), "before")

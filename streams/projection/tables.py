@@ -16,7 +16,7 @@ epoch milliseconds, as on the topics.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -33,7 +33,26 @@ class RequestRow(Base):
         Index("ix_requests_received", "received_at_ms", "request_id"),
         Index("ix_requests_state_received", "state", "received_at_ms", "request_id"),
         Index("ix_requests_site_state_received", "site", "state", "received_at_ms", "request_id"),
-        Index("ix_requests_terminal_at", "terminal_at_ms"),
+        # the overview (migration 0005): what ended in a window, from the index alone; the
+        # sites of the requests in flight
+        Index(
+            "ix_requests_ended",
+            "terminal_at_ms",
+            "state",
+            "site",
+            "prompt_tokens",
+            "completion_tokens",
+            "arrived_at_ms",
+            "received_at_ms",
+            sqlite_where=text("terminal_at_ms IS NOT NULL"),
+            postgresql_where=text("terminal_at_ms IS NOT NULL"),
+        ),
+        Index(
+            "ix_requests_in_flight",
+            "site",
+            sqlite_where=text("NOT terminal"),
+            postgresql_where=text("NOT terminal"),
+        ),
     )
 
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)

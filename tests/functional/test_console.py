@@ -16,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
+from sqlalchemy import event
 from yarl import URL
 
 from models.events import (
@@ -458,6 +459,108 @@ async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
         await console.client.close()
 
 
+# a deployment of many tenants: more sites than a page (or the old site list) holds, a person on
+# each, and one person on the last of them only
+MANY_SITES = (
+    *((f"shop-{i:04d}", "zed@example.com") for i in range(1001)),
+    ("shop-1000", "amy@example.com"),
+)
+
+
+@pytest.fixture
+async def many_sites(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:  # noqa: F811
+    started = await start(tmp_path, url=database_url, people=MANY_SITES)
+    await started.login()
+    yield started
+    await started.client.close()
+
+
+async def test_an_email_on_any_site_is_found_on_every_site_however_many(many_sites: Console):
+    body = await many_sites.page("/requests?email=zed@example.com")
+    sites = re.findall(r'<td class="value">(shop-\d+)</td>', body)
+    assert sites == [f"shop-{i:04d}" for i in range(1000, 950, -1)]  # newest first
+    last = await many_sites.page("/requests?email=amy@example.com")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', last) == ["person-1001"]
+    # every page of them, none twice, down to the first site
+    seen, path = [], "/requests?email=zed@example.com"
+    while path:
+        body = await many_sites.page(path)
+        seen += re.findall(r'<td class="value">(shop-\d+)</td>', body)
+        older = re.search(r'id="older" href="([^"]+)"', body)
+        path = older.group(1).replace("&amp;", "&") if older else ""
+    assert seen == [f"shop-{i:04d}" for i in range(1000, -1, -1)]
+    # and the search form offers the last site too
+    assert '<option value="shop-1000">' in await many_sites.page("/requests")
+
+
+async def test_the_overview_lists_many_sites_a_page_at_a_time_found_by_name(many_sites: Console):
+    def rows(body: str) -> list[str]:
+        table = re.search(r'<table class="grid" id="sites">(.*?)</table>', body, re.S)
+        assert table
+        return re.findall(r'<td class="value"><a href="[^"]*">([^<]+)</a>', table.group(1))
+
+    first = await many_sites.page("/")
+    # acme and globex (requests that ended in the last hour), and the shops (in flight)
+    assert rows(first) == ["acme", "globex", *(f"shop-{i:04d}" for i in range(48))]
+    assert "Sites 1\u201350 of 1,003, by name." in first
+    assert 'id="sites-previous"' not in first
+    seen, path = rows(first), re.search(r'id="sites-next" href="([^"]+)"', first)
+    while path:
+        body = await many_sites.page(path.group(1).replace("&amp;", "&"))
+        assert len(rows(body)) == 50 or not re.search(r'id="sites-next"', body)
+        seen += rows(body)
+        path = re.search(r'id="sites-next" href="([^"]+)"', body)
+    assert seen == ["acme", "globex", *(f"shop-{i:04d}" for i in range(1001))]
+    # sites by a part of their name, in any case
+    found = await many_sites.page("/?window=15m&site=SHOP-010")
+    assert rows(found) == [f"shop-{i:04d}" for i in range(100, 110)]
+    assert "Sites 1\u201310 of 10 whose name contains “SHOP-010”" in found
+    assert 'name="site" value="SHOP-010"' in found  # the window form keeps the filter
+    none = await many_sites.page("/?site=nothing-like-it")
+    assert "no site whose name contains “nothing-like-it”" in none
+    bad = await many_sites.page("/?page=22", status=400)
+    assert '<p class="error">page: a number from 1 to 21</p>' in bad
+    # the busiest first, ties by name: every site once across the pages
+    busiest = await many_sites.page("/?order=in_flight")
+    # shop-1000: 2 in flight; then 1 each, by name
+    assert rows(busiest)[:4] == ["shop-1000", "acme", "shop-0000", "shop-0001"]
+    assert "Sites 1\u201350 of 1,003, most in flight first." in busiest
+    seen, path = rows(busiest), re.search(r'id="sites-next" href="([^"]+)"', busiest)
+    while path:
+        body = await many_sites.page(path.group(1).replace("&amp;", "&"))
+        seen += rows(body)
+        path = re.search(r'id="sites-next" href="([^"]+)"', body)
+    assert len(seen) == 1003 and set(seen) == {"acme", "globex", *(s for s, _ in MANY_SITES)}
+    failed = await many_sites.page("/?order=failed")
+    assert rows(failed)[0] == "acme"  # its publication refused, its generation failed
+    wrong = await many_sites.page("/?order=worst", status=400)
+    assert "order: one of name, failed, ended, in_flight, tokens" in wrong
+
+
+async def test_large_counts_are_shown_with_their_thousands_apart(tmp_path: Path):
+    console = await start(tmp_path, people=tuple(("big", f"p{i}@example.com") for i in range(1200)))
+    try:
+        await console.login()
+        body = await console.page("/?site=big")
+        [row] = re.findall(
+            r"<tr>\s*<td class=\"value\"><a href=\"/requests\?site=big\">.*?</tr>", body, re.S
+        )
+        assert '<td class="num">1,200</td>' in row  # in flight
+    finally:
+        await console.client.close()
+
+
+async def test_a_site_typed_in_another_case_is_the_site_as_the_projection_spells_it(
+    signed_in: Console,
+):
+    body = await signed_in.page("/requests?site=ACME&state=failed")
+    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == ["park-1", "fail-1"]
+    assert 'id="f-site" value="acme"' in body
+    person = await signed_in.page("/person?site=Acme&email=ada@example.com")
+    assert 'ada@example.com <span class="muted">on acme</span>' in person
+    await signed_in.page("/requests?site=nobody")  # a site with no requests: none, not an error
+
+
 async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_earlier(
     signed_in: Console,
     database_url: str,  # noqa: F811
@@ -568,6 +671,16 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "the range is empty" in reversed_
 
 
+async def test_dead_letters_of_a_site_typed_in_another_case_are_that_sites(signed_in: Console):
+    body = await signed_in.page("/deadletters?site=ACME")
+    assert 'id="letter-count">1<' in body and 'name="site" value="acme"' in body
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"site": "Acme", "csrf": csrf})
+    assert preview.status == 200 and 'id="would-count">1<' in await preview.text()
+    [(selection, dry_run)] = signed_in.log.redrives
+    assert dry_run and selection.site == "acme" and selection.request_ids == {"park-1"}
+
+
 async def test_dead_letters_are_listed_a_page_at_a_time_and_counted_in_full(
     signed_in: Console,
 ):
@@ -603,11 +716,11 @@ async def test_older_letters_than_the_page_reads_are_counted_and_sent_to_the_cli
     signed_in.log.unread = 1234
     body = await signed_in.page("/deadletters")
     assert f"Only the newest {LETTERS_PER_PARTITION} letters of each partition" in body
-    assert "<b>1234</b> older letters are neither shown nor redriven from this page" in body
+    assert "<b>1,234</b> older letters are neither shown nor redriven from this page" in body
     assert "<code>talkstream redrive</code>" in body
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"csrf": csrf})
-    assert "<b>1234</b> older letters are neither shown" in await preview.text()
+    assert "<b>1,234</b> older letters are neither shown" in await preview.text()
 
 
 async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
@@ -730,6 +843,36 @@ async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_i
     assert "not reachable: http://127.0.0.1:1/metrics" in body
     # arrival -> published: 900 ms, 1.0 s, 1.4 s, 1.6 s (nearest rank)
     assert 'id="p50">1.0 s<' in body and 'id="p95">1.6 s<' in body
+    # over a day, a bar every ten minutes (a bar a minute would be 0.6 px wide)
+    day = await signed_in.page("/?window=24h")
+    assert '<h2 id="chart-title">Requests per 10 minutes, by terminal state</h2>' in day
+    assert "00:00\u201300:10 UTC: 4 published" in day
+
+
+def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
+    """What ended in the window from ``ix_requests_ended`` alone (never the rows: at 1,000,000
+    requests the 24-hour overview read 114,000 of them), and the requests in flight by site
+    from their own small index (not an index of every request)."""
+    engine = make_engine(projection(tmp_path))
+    statements: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    ConsoleQueries(engine).overview(NOW_MS - 86_400_000, NOW_MS)
+    event.remove(engine, "before_cursor_execute", grab)
+    with engine.connect() as connection:
+        plans = [
+            " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {s}", p))
+            for s, p in statements
+        ]
+    engine.dispose()
+    assert len(plans) == 4, plans
+    ended = [plan for plan, (sql, _) in zip(plans, statements, strict=True) if "terminal_at" in sql]
+    assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
+    [in_flight] = [p for p in plans if p not in ended]
+    assert "USING INDEX ix_requests_in_flight" in in_flight, plans
 
 
 def test_pacing_is_read_from_the_workers_metrics():
