@@ -343,7 +343,8 @@ def markdown_section(result: dict[str, Any] | None = None) -> str:
         "",
         "Search pages are keyset pages of 50 over the indexes of migration 0003 (a deep page "
         "costs what the first does); a timeline is one row and its transitions by index. The "
-        "overview aggregates every request that ended in its window (not a page: no goal).",
+        "overview aggregates every request that ended in its window (not a page: no goal), "
+        "from the indexes of migration 0005 alone (the ended requests by time, those in flight).",
         "",
     ]
     if all("commands" in b for b in backends):
