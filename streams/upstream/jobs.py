@@ -32,8 +32,9 @@ class Job(Generic[R]):
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
     least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
-    slow_after: int = 0  # its calls' timeouts that end it, the target answering others, or
-    # its unusable answers that do (0: none)
+    slow_after: int = 0  # its calls' timeouts that end it, the target answering others (0: none)
+    unusable_after: int = 3  # its answers with nothing usable that end it (a 200 without a
+    # text, a body that is not the API's): the target is up, asking again waits for nothing
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own

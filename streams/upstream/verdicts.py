@@ -140,8 +140,8 @@ def too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
 
 
 def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError:
-    """The final answer for a call answered ``slow_after`` times with nothing usable: the
-    upstream is up, and would be billed for each more time it is asked."""
+    """The final answer for a call answered ``unusable_after`` times with nothing usable: the
+    upstream is up, and may bill each more time it is asked."""
     return type(error)(
         f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
         "(each answer may have been billed)",

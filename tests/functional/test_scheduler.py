@@ -600,6 +600,30 @@ async def test_a_call_answered_with_no_text_is_asked_again_a_few_times_then_ends
     assert up.calls[-1] == "next"  # the key's other webhooks go on at once
 
 
+async def test_a_publication_answered_with_nothing_usable_ends_too() -> None:
+    """A publication's job has no ``slow_after`` (its timeouts wait): its answers with nothing
+    usable (Talkable's 2xx that is not its API's JSON) were asked again at once, without a
+    pause, as often as the target answered, until the maximum wait."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)
+    s.submit("site", up.job("first"))
+    await probe_answered(s, up, "first")
+    s.submit("site", up.job("publish"))
+    for turn in range(3):
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == "publish"
+        not_json = UpstreamError("Talkable answered 200 with a body that is not its API's JSON",
+                                 reason="BadAnswer", retriable=True, answered=True)  # fmt: skip
+        up.answer("publish", not_json)
+        await settle()
+        assert ("publish" in up.reports) == (turn == 2)
+    error = up.reports["publish"].error
+    assert (error.reason, error.retriable) == ("BadAnswer", False)
+    assert up.calls.count("publish") == 3
+    assert s.targets["site"].pacer.circuit is Circuit.CLOSED
+
+
 async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=10, window=1, max_wait=30.0)
