@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from models.events import (
     DeadlineExpired,
@@ -39,6 +40,7 @@ from models.events import (
 from streams.agents.marks import Mark, Ranges, Unreported
 from streams.agents.work import Work
 from streams.codecs import encode
+from streams.errors import UpstreamError
 from streams.kafka_options import committed_with_metadata, consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
@@ -369,11 +371,21 @@ class Executor:
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        result = self._work.result(command, outcome, self._clock.now_ms())
+        result = encode(self._work.result(command, outcome, self._clock.now_ms()))
         try:
-            await (
-                await self._topics.requests.send(key=command.person.encode(), value=encode(result))
-            )
+            try:
+                await (await self._topics.requests.send(key=command.person.encode(), value=result))
+            except MessageSizeTooLargeError:
+                # a result no Kafka record carries (a text of megabytes) would be lost at every
+                # attempt, each call billed, and end as work lost: it ends the attempt, saying so
+                too_large = UpstreamError(
+                    f"the result is {len(result):,} bytes, more than Kafka takes in one record:"
+                    " lower max_tokens",
+                    reason="ResultTooLarge",
+                )
+                failed: Outcome[Any] = Outcome(None, too_large, outcome.waited_s, outcome.tries)
+                result = encode(self._work.result(command, failed, self._clock.now_ms()))
+                await (await self._topics.requests.send(key=command.person.encode(), value=result))
         except Exception:  # the ledger's deadline re-issues what is lost here
             log.exception("%s could not report request_id=%s", self.config.name, command.request_id)
             return  # still unreported: a restart tells the ledger it was lost

@@ -22,12 +22,14 @@ pytestmark = pytest.mark.integration
 TEXT = "Hi Ada 🎉 שלום\nline two {{ person.first_name }} {% if x %} — done"
 EMPTY_KEY = "sk-edge-empty-content-0001"
 GOOD_KEY = "sk-edge-good-text-0001"
+HUGE_KEY = "sk-edge-huge-text-0001"  # answered with a text larger than a Kafka record takes
 
 
 class EdgeUpstreams:
     """OpenAI and Talkable as one real HTTP server in a thread of its own: OpenAI answers
-    ``EMPTY_KEY`` with an empty content, any other key with ``TEXT``; Talkable answers the site
-    ``proxied`` with an HTML page (200), any other site with its real 201."""
+    ``EMPTY_KEY`` with an empty content, ``HUGE_KEY`` with 1.2 MB of text, any other key with
+    ``TEXT``; Talkable answers the site ``proxied`` with an HTML page (200), any other site
+    with its real 201."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -49,7 +51,7 @@ class EdgeUpstreams:
     async def _openai(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         self.calls.append({"upstream": "openai", "key": key})
-        content = "" if key == EMPTY_KEY else TEXT
+        content = {EMPTY_KEY: "", HUGE_KEY: "verse " * 200_000}.get(key, TEXT)
         message = {"role": "assistant", "content": content}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         return web.json_response(
@@ -130,3 +132,22 @@ def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged
     for secret in (EMPTY_KEY, GOOD_KEY, "talkable-key-0001"):
         assert secret not in audit + preview
         assert secret not in system.log("worker")
+
+
+def test_a_text_larger_than_a_kafka_record_ends_at_once_saying_so(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """The generator could not report such a text (MessageSizeTooLargeError, logged): the
+    request waited out its deadline, was generated again, billed each time, and ended
+    ``DeadlineExpired`` ("the work was lost") after every attempt."""
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    status, answer = system.post(seed_params("huge@example.com", openai_key=HUGE_KEY))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]  # long before its deadline
+    assert (row.state, row.error_class, row.attempts) == ("generation_failed", "ResultTooLarge", 1)
+    assert "more than Kafka takes in one record: lower max_tokens" in (row.error_message or "")
+    assert len(edges.of("openai", key=HUGE_KEY)) == 1
+    assert not edges.of("talkable")
