@@ -403,7 +403,7 @@ class Scheduler:
                 self._note(target, "answered")
                 self._finish(job, value, None, now)
             elif error.throttle:
-                target.pacer.throttled(limits, now)
+                target.pacer.throttled(limits, now, job.started_s)
                 target.throttled += 1
                 self._note(target, "throttled")
                 self._requeue(target, job, f"rate limited ({error})")

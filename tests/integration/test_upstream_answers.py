@@ -151,3 +151,19 @@ def test_a_text_larger_than_a_kafka_record_ends_at_once_saying_so(
     assert "more than Kafka takes in one record: lower max_tokens" in (row.error_message or "")
     assert len(edges.of("openai", key=HUGE_KEY)) == 1
     assert not edges.of("talkable")
+
+
+def test_a_talkable_that_asks_for_no_wait_and_refuses_again_is_not_hammered(make_system) -> None:
+    """429s with ``Retry-After: 0``: the publisher called back at once, each time, a thousand
+    times in about two seconds (against ``make dev``: 17,900 calls in 30 s), until the maximum
+    wait. It backs off now, and the request ends saying what held it."""
+    system = make_system(max_wait_seconds="12")
+    system.talkable("POST", "/_control", {"retry_after": "0", "fail_next": [429] * 1000})
+    status, answer = system.post(seed_params("patient@example.com"))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]
+    assert (row.state, row.error_class) == ("publish_failed", "QueueTimeout")
+    assert "rate limited (Talkable answered 429" in (row.error_message or "")
+    calls = system.talkable("GET", "/_calls")
+    assert 3 <= len(calls) <= 20, len(calls)
