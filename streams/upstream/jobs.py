@@ -72,6 +72,7 @@ class Target:
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
     paused_by: str = ""  # what asked for its pacer's latest pause
+    backing_off: bool = False  # that pause is longer than its 429 asked: a backoff of our own
     answered_s: float = float("-inf")  # when a call of it last got an answer
     served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
     waiting: bool = False  # has queued work: in the scheduler's round, or asleep

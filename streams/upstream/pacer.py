@@ -114,6 +114,7 @@ class Pacer:
         self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
         self.retried = 0  # 429s in a row, each of a call started after the one before
         self.throttled_at = float("-inf")  # when the latest 429 came
+        self.backoff = False  # the latest 429's pause is a backoff of ours, not what it asked
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
@@ -223,7 +224,7 @@ class Pacer:
         if started is None or started >= self.throttled_at:
             self.retried += 1  # a call made after the last 429's wait, throttled again
         self.throttled_at = now
-        wait = limits.retry_after_s if limits is not None else None
+        asked = wait = limits.retry_after_s if limits is not None else None
         if wait is not None:
             self.unhinted = 0
         elif self.rate and self.learned:
@@ -234,6 +235,8 @@ class Pacer:
         if self.retried > 1:  # what it asked was not enough: never less than a backoff
             floor = config.throttle_floor * 2 ** (self.retried - 2)
             wait = max(wait, min(floor, config.throttle_max))
+        # the pause is ours, not the target's: it asked for none, or for less
+        self.backoff = (asked is None or wait > asked) and now + wait >= self.paused_until
         self.paused_until = max(self.paused_until, now + wait)
         self._decrease()
 

@@ -435,6 +435,7 @@ class Scheduler:
                 self._finish(job, None, error, now)
         finally:
             if target.pacer.paused_until > paused:  # this answer asked for a pause
+                target.backing_off = error is not None and error.throttle and target.pacer.backoff
                 if error is not None and error.throttle:
                     target.paused_by = f"rate limited ({error})"
                 elif error is not None and error.retriable:

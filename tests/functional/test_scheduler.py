@@ -747,6 +747,32 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     assert "asked to wait 3600s more (its limit spent until its reset)" in held
 
 
+async def test_a_backoff_of_its_own_is_not_said_to_be_what_the_target_asked() -> None:
+    """429s that say nothing of how long: the pause is talkstream's backoff (1 s doubling),
+    and the request it holds past its maximum wait ended "asked to wait 8s more", a wait the
+    target never asked for."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=10.0)
+    s.submit("site", up.job("s0"))
+    await probe_answered(s, up, "s0")
+    s.submit("site", up.job("s1", issued=1000.0))
+    unhinted = UpstreamError("Talkable answered 429: Too Many Requests", reason="RateLimited",
+                             status=429, retriable=True, throttle=True)  # fmt: skip
+    for pause in (1.0, 2.0, 4.0, 0.0):  # the fourth pause, 8 s, ends past 1010: not waited
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == "s1"
+        up.answer("s1", unhinted)
+        await settle()
+        s.dispatch()
+        await settle()
+        clock.t += pause
+    error = up.reports["s1"].error
+    assert error is not None and error.reason == "QueueTimeout"
+    assert str(error).startswith("not called again: site backs off 8s more (rate limited (Talk")
+    assert up.calls.count("s1") == 4
+
+
 async def test_a_redrive_lifts_a_pause_past_its_maximum_wait_and_the_answer_decides() -> None:
     """Talkable asked to wait an hour: its commands ended "not called". Once it is back, the
     operator's redrive is called (not ended at once again for an hour); a redrive the upstream
