@@ -379,8 +379,7 @@ class Executor:
                 # a result no Kafka record carries (a text of megabytes) would be lost at every
                 # attempt, each call billed, and end as work lost: it ends the attempt, saying so
                 too_large = UpstreamError(
-                    f"the result is {len(result):,} bytes, more than Kafka takes in one record:"
-                    " lower max_tokens",
+                    f"the result is {len(result):,} bytes, more than Kafka takes in one record",
                     reason="ResultTooLarge",
                 )
                 failed: Outcome[Any] = Outcome(None, too_large, outcome.waited_s, outcome.tries)

@@ -22,14 +22,15 @@ pytestmark = pytest.mark.integration
 TEXT = "Hi Ada 🎉 שלום\nline two {{ person.first_name }} {% if x %} — done"
 EMPTY_KEY = "sk-edge-empty-content-0001"
 GOOD_KEY = "sk-edge-good-text-0001"
-HUGE_KEY = "sk-edge-huge-text-0001"  # answered with a text larger than a Kafka record takes
+BIG_KEY = "sk-edge-big-text-0001"  # answered with 600 kB of text
+ODD_KEY = "sk-edge-odd-model-0001"  # answered with a model name of 1.1 MB
 
 
 class EdgeUpstreams:
     """OpenAI and Talkable as one real HTTP server in a thread of its own: OpenAI answers
-    ``EMPTY_KEY`` with an empty content, ``HUGE_KEY`` with 1.2 MB of text, any other key with
-    ``TEXT``; Talkable answers the site ``proxied`` with an HTML page (200), any other site
-    with its real 201."""
+    ``EMPTY_KEY`` with an empty content, ``BIG_KEY`` with 600 kB of text, ``ODD_KEY`` with a
+    model name of 1.1 MB, any other key with ``TEXT``; Talkable answers the site ``proxied``
+    with an HTML page (200), the site ``slow`` after a minute, any other with its real 201."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -51,17 +52,20 @@ class EdgeUpstreams:
     async def _openai(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         self.calls.append({"upstream": "openai", "key": key})
-        content = {EMPTY_KEY: "", HUGE_KEY: "verse " * 200_000}.get(key, TEXT)
+        content = {EMPTY_KEY: "", BIG_KEY: "verse " * 100_000}.get(key, TEXT)
         message = {"role": "assistant", "content": content}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        model = "m" * 1_100_000 if key == ODD_KEY else "gpt-3.5-turbo"
         return web.json_response(
-            {"id": "c", "object": "chat.completion", "model": "gpt-3.5-turbo",
+            {"id": "c", "object": "chat.completion", "model": model,
              "choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 14}}
         )  # fmt: skip
 
     async def _talkable(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append({"upstream": "talkable", **body})
+        if body["site_slug"] == "slow":
+            await asyncio.sleep(60)
         if body["site_slug"] == "proxied":
             return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
         return web.json_response({"ok": True, "result": {"origin": {"id": 1}}}, status=201)
@@ -134,22 +138,54 @@ def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged
         assert secret not in system.log("worker")
 
 
-def test_a_text_larger_than_a_kafka_record_ends_at_once_saying_so(
+def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
     make_system, edges: EdgeUpstreams
 ) -> None:
-    """The generator could not report such a text (MessageSizeTooLargeError, logged): the
-    request waited out its deadline, was generated again, billed each time, and ended
-    ``DeadlineExpired`` ("the work was lost") after every attempt."""
+    """Two texts of 600 kB for one person, their publications in flight: the person's ledger
+    entry (which holds each one's text) became a 1.2 MB record, faust's producer refused it
+    (MessageSizeTooLargeError) and the worker crashed (``make dev`` stopped everything), and
+    would again at each start. A text over ``MAX_TEXT_BYTES`` now ends its request."""
     system: System = make_system(
         openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
     )
-    status, answer = system.post(seed_params("huge@example.com", openai_key=HUGE_KEY))
+    ids = []
+    for content in ("a long verse", "a longer verse"):
+        body = seed_params("big@example.com", site="slow", openai_key=BIG_KEY, content=content)
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids.append(answer["request_id"])
+    rows = system.wait_terminal(ids, timeout=90)
+    for row in rows.values():
+        assert (row.state, row.error_class, row.attempts) == (
+            "generation_failed",
+            "TextTooLarge",
+            1,
+        )
+        assert (row.error_message or "").startswith(
+            "OpenAI's text is 600,000 bytes, more than TALKSTREAM_MAX_TEXT_BYTES (65,536)"
+        )
+    assert len(edges.of("openai", key=BIG_KEY)) == 2
+    assert not edges.of("talkable")
+    system.wait_ready()  # alive and deciding
+
+
+def test_a_result_larger_than_a_kafka_record_ends_at_once_saying_so(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """The generator could not report such a result (MessageSizeTooLargeError, logged): the
+    request waited out its deadline, was generated again, billed each time, and ended
+    ``DeadlineExpired`` ("the work was lost") after every attempt. (A text that large ends
+    ``TextTooLarge`` first: here an OpenAI-compatible server's model name is the bulk.)"""
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    status, answer = system.post(seed_params("odd@example.com", openai_key=ODD_KEY))
     assert status == 202, answer
     request_id = answer["request_id"]
     row = system.wait_terminal([request_id], timeout=90)[request_id]  # long before its deadline
     assert (row.state, row.error_class, row.attempts) == ("generation_failed", "ResultTooLarge", 1)
-    assert "more than Kafka takes in one record: lower max_tokens" in (row.error_message or "")
-    assert len(edges.of("openai", key=HUGE_KEY)) == 1
+    assert "bytes, more than Kafka takes in one record" in (row.error_message or "")
+    assert len(edges.of("openai", key=ODD_KEY)) == 1
     assert not edges.of("talkable")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streams.agents.work import text_too_large
 from streams.clients.openai_chat import answer_text, token_count
 
 
@@ -95,3 +96,24 @@ def test_a_token_count_that_is_not_one_is_zero_not_a_lost_text(value: Any, count
     """An answer with its text and a malformed ``usage`` ended ``InternalError`` ("unexpected
     ValueError making the call"): a text made and paid for, given up on as a bug."""
     assert token_count(value) == count
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "too_large"),
+    [
+        ("a" * 1024, 1024, False),
+        ("a" * 1025, 1024, True),
+        ("ש" * 512, 1024, False),  # two bytes each: counted as UTF-8 carries them
+        ("ש" * 513, 1024, True),
+        ("🎉" * 257, 1024, True),
+    ],
+)
+def test_a_text_is_too_large_by_its_utf8_bytes(text: str, limit: int, too_large: bool) -> None:
+    """The person's ledger entry holds the text of each publication in flight or parked: two
+    texts of 600 kB made it a record Kafka refuses, and the worker crashed at each start."""
+    error = text_too_large(text, limit)
+    assert (error is not None) == too_large
+    if error is not None:
+        assert (error.reason, error.retriable) == ("TextTooLarge", False)
+        assert f"more than TALKSTREAM_MAX_TEXT_BYTES ({limit:,})" in str(error)
+        assert text[:10] not in str(error)  # the text itself is not repeated
