@@ -231,7 +231,7 @@ def build(
                 settings,
                 "generator",
                 BY_NAME["generate"].full_name(settings),
-                Generate(chat, secrets),
+                Generate(chat, secrets, settings.max_text_bytes),
                 settings.generator_max_in_flight,
                 settings.openai_initial_window,
             ),

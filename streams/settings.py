@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     generator_max_in_flight: int = Field(1024, ge=1)
     publisher_max_in_flight: int = Field(64, ge=1)
     openai_timeout_seconds: float = Field(60.0, gt=0)
+    max_text_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=262144,
+        description="a generated text larger than this (UTF-8) ends its request "
+        "TextTooLarge: each in-flight or parked publication holds its text in the person's "
+        "ledger entry, one Kafka record of at most 1 MiB",
+    )
     talkable_timeout_seconds: float = Field(15.0, gt=0)
     max_wait_seconds: float = Field(
         900.0,

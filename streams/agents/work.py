@@ -65,9 +65,10 @@ class Generate(Work[GenerateText]):
     model = GenerateText
     stage = "generating"
 
-    def __init__(self, chat: ChatClient, secrets: SecretBox) -> None:
+    def __init__(self, chat: ChatClient, secrets: SecretBox, max_text_bytes: int = 65536) -> None:
         self._chat = chat
         self._secrets = secrets
+        self._max_text_bytes = max_text_bytes
 
     def target(self, command: GenerateText) -> str:
         """The key and the model: OpenAI limits each model of a key apart, and says the
@@ -85,6 +86,9 @@ class Generate(Work[GenerateText]):
             api_key = _opened(self._secrets, command.openai_api_key)
             started = time.monotonic()
             completion, limits = await _classified(self._chat.complete(command.chat, api_key))
+            too_large = text_too_large(completion.text, self._max_text_bytes, limits)
+            if too_large is not None:
+                raise too_large
             return Timed(completion, _since(started)), limits
 
         return Job(
@@ -225,6 +229,22 @@ async def _classified(call: Awaitable[V]) -> V:
         raise UpstreamError(
             f"unexpected {type(exc).__name__} making the call", reason="InternalError"
         ) from None
+
+
+def text_too_large(text: str, max_bytes: int, limits: Limits | None = None) -> UpstreamError | None:
+    """A text larger than ``max_bytes`` in UTF-8: its request ends (no retry makes it
+    smaller). The person's ledger entry holds the text of every publication in flight or
+    parked, and is one Kafka record of at most 1 MiB: one larger stopped the worker, and every
+    worker after it that read that person again."""
+    size = len(text.encode("utf-8", "replace"))
+    if size <= max_bytes:
+        return None
+    return UpstreamError(
+        f"OpenAI's text is {size:,} bytes, more than TALKSTREAM_MAX_TEXT_BYTES ({max_bytes:,}):"
+        " lower max_tokens",
+        reason="TextTooLarge",
+        limits=limits,
+    )
 
 
 def _since(started: float) -> int:

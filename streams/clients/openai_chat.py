@@ -16,7 +16,9 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
-                                         BadAnswer           time (the key is up: no circuit)
+      (no choices, a refusal, a tool     BadAnswer           time (the key is up: no circuit)
+      call, content_filter, empty or
+      whitespace content; why is said)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
 Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
@@ -137,10 +139,10 @@ class ChatClient:
                 answered=answer is not None,
             ) from None
         limits = read_limits(raw.headers)
-        text = _text(body)
+        text, why = answer_text(body)
         if text is None:
             raise GenerationError(
-                "OpenAI returned no text",
+                f"OpenAI returned no text: {scrub(why, api_key)}",
                 reason="EmptyCompletion",
                 retriable=True,
                 limits=limits,
@@ -150,8 +152,8 @@ class ChatClient:
         completion = Completion(
             text=text,
             model=well_formed(str(body.get("model") or chat.model)),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=token_count(usage.get("prompt_tokens")),
+            completion_tokens=token_count(usage.get("completion_tokens")),
         )
         return completion, limits
 
@@ -171,13 +173,47 @@ class ChatClient:
         await self._client.close()
 
 
-def _text(body: Any) -> str | None:
-    """``choices[0].message.content`` of a chat completion, if it is a string."""
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return well_formed(content) if isinstance(content, str) else None
+def answer_text(body: Any) -> tuple[str | None, str]:
+    """``choices[0].message.content`` of a chat completion when it is a text to publish;
+    else None and why not (what the answer held instead), for the request's reason.
+
+    Not a text: no choices (or an error envelope in a 200), a refusal (``message.refusal``),
+    a tool call, content flagged by OpenAI's filter (``finish_reason: content_filter``: what
+    is left of it was cut where the filter stopped it), content that is empty or only
+    whitespace (published, it would replace the person's text with nothing). A text cut at
+    ``max_tokens`` (``finish_reason: length``) is a text: the campaign's cap.
+    """
+    if not isinstance(body, Mapping):
+        return None, "the answer is not a chat completion"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        _, _, error = _error_fields(body)
+        return None, f"an error in a 200: {error}" if error else "no choices in the answer"
+    choice: Mapping[str, Any] = choices[0] if isinstance(choices[0], Mapping) else {}
+    found = choice.get("message")
+    message: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    content, refusal = message.get("content"), message.get("refusal")
+    if choice.get("finish_reason") == "content_filter":
+        return None, "finish_reason content_filter (OpenAI's content filter flagged the text)"
+    if isinstance(refusal, str) and refusal.strip():
+        return None, f"the model refused: {refusal.strip()}"
+    if message.get("tool_calls") or message.get("function_call"):
+        return None, "a tool call, not a text (do the campaign's openai.* params ask for one?)"
+    if not isinstance(content, str):
+        return None, f"the content is {'absent' if content is None else 'not a string'}"
+    if not content.strip():
+        return None, "the content is empty" if not content else "the content is only whitespace"
+    return well_formed(content), ""
+
+
+def token_count(value: Any) -> int:
+    """A token count of the answer's ``usage``, or 0 when it is not a count (a string, a
+    negative, a fraction, absurdly large): the text was made and paid for all the same."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return value
+    return 0
 
 
 def well_formed(text: str) -> str:

@@ -8,6 +8,8 @@ properties attach to the person, where campaigns read them. What an answer means
     2xx                                     (success)       reports it
     2xx with ``"ok": false`` (Talkable's    BadRequest      reports
         error envelope)
+    2xx whose body is not a JSON object     BadAnswer       asks again, ends it the third
+        (HTML from a proxy, empty)                          time (no circuit)
     3xx (not followed: a base URL that      BadRequest      reports
         moved; the message says where to)
     400 "Duplicate entity", the request's   (success)       an earlier attempt landed
@@ -19,14 +21,15 @@ properties attach to the person, where campaigns read them. What an answer means
                                             Forbidden       a while
     any other 4xx                           BadRequest      reports
     5xx, 408                                ServerError     waits (the circuit counts it)
-    timeout / connection error              Timeout /       waits (the circuit counts it)
-                                            Unreachable
+    timeout / connection error (also        Timeout /       waits (the circuit counts it)
+        while reading the body)             Unreachable
     a key that cannot be a header value     InvalidKey      reports (nothing was sent)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -80,8 +83,11 @@ class TalkableClient:
             async with post as resp:
                 status = resp.status
                 limits = read_limits(resp.headers)
-                message = await _error_message(resp)
+                payload = await _payload(resp)
+                message = _error_message(status, payload, resp.reason)
                 if 200 <= status < 300 and message is None:
+                    if not isinstance(payload, dict):
+                        raise _not_the_api(status, resp.content_type, limits)
                     return Publication(duplicate=False), limits
                 message = message or "error"
                 if 300 <= status < 400:
@@ -126,16 +132,40 @@ class TalkableClient:
             await self._http.close()
 
 
-async def _error_message(response: aiohttp.ClientResponse) -> str | None:
+_NOT_JSON = object()
+
+
+async def _payload(response: aiohttp.ClientResponse) -> Any:
+    """The answer's JSON (None for an empty body), or ``_NOT_JSON``. A body cut off while it
+    is read (the connection reset) raises: an outage, not an answer."""
+    try:
+        return await response.json(content_type=None)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _error_message(status: int, payload: Any, reason: str | None) -> str | None:
     """What went wrong, or None for a success: a 2xx whose body is not Talkable's error
     envelope (``{"ok": false, "error_message": ...}``)."""
-    success = 200 <= response.status < 300
-    try:
-        payload = await response.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
-        return None if success else response.reason or "error"
+    success = 200 <= status < 300
     if success and not (isinstance(payload, dict) and payload.get("ok") is False):
         return None
     if isinstance(payload, dict):
         return str(payload.get("error_message") or payload.get("message") or "error")
-    return "error"
+    return "error" if success or payload is not _NOT_JSON else reason or "error"
+
+
+def _not_the_api(status: int, content_type: str, limits: Limits) -> PublishError:
+    """A 2xx whose body is not Talkable's JSON (an HTML page, nothing at all): a proxy's or a
+    portal's answer, or a base URL that is not the API. Nothing says the event landed, so it
+    is not a success; asked again (idempotent), the third such answer ends the request."""
+    return PublishError(
+        f"Talkable answered {status} with a body that is not its API's JSON"
+        f" ({content_type or 'no content type'}): a proxy's page, or"
+        " TALKSTREAM_TALKABLE_BASE_URL not pointing at the API",
+        reason="BadAnswer",
+        status=status,
+        retriable=True,
+        limits=limits,
+        answered=True,
+    )

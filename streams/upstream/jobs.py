@@ -32,8 +32,9 @@ class Job(Generic[R]):
     record: Any = None  # the command as it was read, to hand back
     probe: bool = False  # an operator's redrive: called even while its scope is refused
     least: float = 0.0  # the tokens it costs at the least (OpenAI counts max_tokens whole)
-    slow_after: int = 0  # its calls' timeouts that end it, the target answering others, or
-    # its unusable answers that do (0: none)
+    slow_after: int = 0  # its calls' timeouts that end it, the target answering others (0: none)
+    unusable_after: int = 3  # its answers with nothing usable that end it (a 200 without a
+    # text, a body that is not the API's): the target is up, asking again waits for nothing
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
@@ -71,6 +72,7 @@ class Target:
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
     paused_by: str = ""  # what asked for its pacer's latest pause
+    backing_off: bool = False  # that pause is longer than its 429 asked: a backoff of our own
     answered_s: float = float("-inf")  # when a call of it last got an answer
     served: int = 0  # when it last started a call (a turn number; below 0: never, newest least)
     waiting: bool = False  # has queued work: in the scheduler's round, or asleep

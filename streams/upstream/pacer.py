@@ -24,6 +24,9 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   backoff of its own (its learned pace, or, nothing learned, ``throttle_base`` doubling with
   each such 429 in a row up to ``throttle_max``: Talkable asks clients to back off from seconds
   up to minutes); the throttled call goes back to the head of its queue: waiting is not failing.
+  A call made after that wait and throttled again shows the wait was not enough: from then on
+  the pause is at least ``throttle_floor``, doubling with each such 429 in a row (to
+  ``throttle_max``), whatever the upstream asks (``retry-after: 0`` was a loop of calls).
 - **An outage** (5xx, connection errors, timeouts): after ``circuit_after`` failures in a row the
   circuit opens for ``open_base`` seconds, doubling to ``open_max``; then one probe at a time
   (half open) until one succeeds, which closes it, and the queue drains at the learned rate.
@@ -68,6 +71,11 @@ class PacerConfig:
     open_max: float = 30.0
     throttle_base: float = 1.0  # pause after a 429 that said nothing about how long...
     throttle_max: float = 30.0  # ...doubling with each in a row, up to this
+    # after a 429 of a call made once the 429 before it had been waited out, the pause is at
+    # least this, doubling with each such 429 in a row, up to throttle_max: an upstream that
+    # asks for no wait ("retry-after: 0", "try again in 0s") and refuses again was called
+    # back at once, hundreds of times a second, until the maximum wait
+    throttle_floor: float = 0.05
     probe_wait: float = 1.0  # seconds a new target's first call goes alone, at most
 
 
@@ -104,6 +112,9 @@ class Pacer:
         self.open_until = 0.0
         self.failures = 0  # outage failures in a row
         self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
+        self.retried = 0  # 429s in a row, each of a call started after the one before
+        self.throttled_at = float("-inf")  # when the latest 429 came
+        self.backoff = False  # the latest 429's pause is a backoff of ours, not what it asked
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
@@ -182,6 +193,7 @@ class Pacer:
         self._grow(now)
         self.failures = 0
         self.unhinted = 0
+        self.retried = 0
         if self.circuit is not Circuit.CLOSED:
             self.circuit = Circuit.CLOSED
             self.open_for = self.config.open_base
@@ -200,22 +212,31 @@ class Pacer:
         tells: a 429 pauses it again."""
         self.paused_until = min(self.paused_until, now)
 
-    def throttled(self, limits: Limits | None, now: float) -> None:
-        """A 429 that asks to wait: pause the target, shrink the window if nothing is known."""
+    def throttled(self, limits: Limits | None, now: float, started: float | None = None) -> None:
+        """A 429 that asks to wait: pause the target, shrink the window if nothing is known.
+        ``started``: when the throttled call started (None: after the 429 before it)."""
         self.in_flight -= 1
         self.heard = True
         self._learn(limits, now)
         if not self.learned:
             self._adapt(now)
-        wait = limits.retry_after_s if limits is not None else None
+        config = self.config
+        if started is None or started >= self.throttled_at:
+            self.retried += 1  # a call made after the last 429's wait, throttled again
+        self.throttled_at = now
+        asked = wait = limits.retry_after_s if limits is not None else None
         if wait is not None:
             self.unhinted = 0
         elif self.rate and self.learned:
             wait = 1 / self.rate
         else:
-            config = self.config
             wait = min(config.throttle_base * 2**self.unhinted, config.throttle_max)
             self.unhinted += 1
+        if self.retried > 1:  # what it asked was not enough: never less than a backoff
+            floor = config.throttle_floor * 2 ** (self.retried - 2)
+            wait = max(wait, min(floor, config.throttle_max))
+        # the pause is ours, not the target's: it asked for none, or for less
+        self.backoff = (asked is None or wait > asked) and now + wait >= self.paused_until
         self.paused_until = max(self.paused_until, now + wait)
         self._decrease()
 

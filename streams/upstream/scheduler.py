@@ -17,9 +17,10 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a call that timed out its job's ``slow_after`` times, the last while the target answered
   its other calls, is reported (``Timeout``): it is the call that is slow (a long
   generation), not the upstream, and each try may have been billed;
-- a call answered with nothing usable (a 200 without text, or not JSON) is asked again, the
-  target being up (no circuit counts it), and reported after ``slow_after`` such answers
-  (``EmptyCompletion``, ``BadAnswer``): each may have been billed;
+- a call answered with nothing usable (a 200 without text, or not JSON; a Talkable 2xx that
+  is not its API's JSON) is asked again, the target being up (no circuit counts it), and
+  reported after ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``): each
+  may have been billed;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
@@ -402,7 +403,7 @@ class Scheduler:
                 self._note(target, "answered")
                 self._finish(job, value, None, now)
             elif error.throttle:
-                target.pacer.throttled(limits, now)
+                target.pacer.throttled(limits, now, job.started_s)
                 target.throttled += 1
                 self._note(target, "throttled")
                 self._requeue(target, job, f"rate limited ({error})")
@@ -410,7 +411,7 @@ class Scheduler:
                 target.pacer.answered(limits, now)
                 self._note(target, "failed")
                 job.unusable += 1
-                if job.slow_after and job.unusable >= job.slow_after:
+                if job.unusable >= max(job.unusable_after, 1):
                     self._finish(job, None, verdicts.unusable(target, job, error), now)
                 else:
                     self._requeue(target, job, f"{error}")
@@ -434,6 +435,7 @@ class Scheduler:
                 self._finish(job, None, error, now)
         finally:
             if target.pacer.paused_until > paused:  # this answer asked for a pause
+                target.backing_off = error is not None and error.throttle and target.pacer.backoff
                 if error is not None and error.throttle:
                     target.paused_by = f"rate limited ({error})"
                 elif error is not None and error.retriable:

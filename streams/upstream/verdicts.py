@@ -75,8 +75,9 @@ def too_large(target: Target, job: Job[Any], now: float, refusal_s: float) -> Up
 def held_too_long(
     target: Target, job: Job[Any], now: float, max_wait_s: float
 ) -> QueueTimeout | None:
-    """The target asked to wait (a 429's pause, a limit spent until its reset) past the
-    job's maximum wait: no call can start in time, so it ends now, not at its maximum."""
+    """The target asked to wait (a 429's pause, a limit spent until its reset), or its 429s
+    in a row made it back off (a 429 saying no wait, or too little), past the job's maximum
+    wait: no call can start in time, so it ends now, not at its maximum."""
     until = target.pacer.paused_until
     if until <= now or until - job.issued_s <= max_wait_s:
         return None
@@ -88,7 +89,8 @@ def held_too_long(
         target.pacer.resume(now)
         return None
     return QueueTimeout(
-        f"not called{' again' if job.tries else ''}: {target.name} asked to wait "
+        f"not called{' again' if job.tries else ''}: {target.name} "
+        f"{'backs off' if target.backing_off else 'asked to wait'} "
         f"{until - now:.0f}s more ({target.paused_by}), past "
         f"the maximum wait ({max_wait_s:.0f}s, {now - job.issued_s:.0f}s of it "
         "waited already): redrive it once the upstream allows",
@@ -140,8 +142,8 @@ def too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
 
 
 def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError:
-    """The final answer for a call answered ``slow_after`` times with nothing usable: the
-    upstream is up, and would be billed for each more time it is asked."""
+    """The final answer for a call answered ``unusable_after`` times with nothing usable: the
+    upstream is up, and may bill each more time it is asked."""
     return type(error)(
         f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
         "(each answer may have been billed)",

@@ -3,14 +3,16 @@ answer classified (what the scheduler and the ledger act on), keys never in a me
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from models.events import ChatRequest, PublishCompletion
-from streams.clients.openai_chat import ChatClient
+from streams.clients.openai_chat import ChatClient, Completion
 from streams.clients.talkable import TalkableClient
 from streams.dev import openai_standin, talkable_standin
 from streams.dev.openai_standin import OpenAIStandinConfig
@@ -361,3 +363,117 @@ async def test_a_call_within_a_minute_of_tokens_is_admitted_at_its_pace(oai, cha
     asked = caught.value.limits.retry_after_s if caught.value.limits else None
     assert caught.value.reason == "RateLimited" and asked is not None
     assert 6.0 < asked < 8.0  # the 108 tokens it took, at 1,000 a minute, refill the bucket
+
+
+@pytest.fixture
+async def edges() -> AsyncIterator[str]:
+    """Answers real upstreams give that no stand-in gives: OpenAI's 200s without a text to
+    publish (``/empty``, ``/refusal``) or with a ``usage`` that is not counts (``/usage``);
+    Talkable behind a proxy: a 200 that is an HTML page (``/html``), an empty 200 (``/blank``),
+    a 201 cut off mid-body (``/cut``), and its real 201 (``/created``)."""
+
+    def chat_answer(content: str | None, **message: object) -> web.Response:
+        choice = {"index": 0, "finish_reason": "stop"}
+        choice["message"] = {"role": "assistant", "content": content, **message}
+        body = {"id": "c", "object": "chat.completion", "model": "gpt-4o-mini"}
+        return web.json_response({**body, "choices": [choice], "usage": {"prompt_tokens": 3}})
+
+    async def empty(request: web.Request) -> web.Response:
+        return chat_answer("")
+
+    async def refusal(request: web.Request) -> web.Response:
+        return chat_answer(None, refusal="I'm sorry, I can't help with that.")
+
+    async def usage(request: web.Request) -> web.Response:
+        answer = chat_answer("A verse")
+        body = json.loads(answer.text or "{}")
+        body["usage"] = {"prompt_tokens": "n/a", "completion_tokens": -1}
+        return web.json_response(body)
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
+
+    async def blank(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(status=201, headers={"Content-Length": "500"})
+        answer.content_type = "application/json"
+        await answer.prepare(request)
+        await answer.write(b'{"ok": true, "res')
+        assert request.transport is not None
+        request.transport.close()
+        return answer
+
+    async def created(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "result": {"origin": {"id": 1}}}, status=201)
+
+    app = web.Application()
+    for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage)):
+        app.router.add_post(f"/{name}/v1/chat/completions", handler)
+    for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
+        app.router.add_post(f"/{name}/api/v2/origins/event", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def answer_of(base_url: str) -> Any:
+    """What the OpenAI adapter makes of the answer at ``base_url``: a completion or the error."""
+    client = ChatClient(base_url, timeout=10)
+    try:
+        return (await client.complete(CHAT, KEY))[0]
+    except GenerationError as error:
+        return error
+    finally:
+        await client.close()
+
+
+async def test_a_200_without_a_text_to_publish_says_what_it_held(edges) -> None:
+    """An empty content was a text: published, it replaced the person's text in Talkable with
+    nothing; a refusal said only "no text"."""
+    empty, refused = await answer_of(f"{edges}/empty/v1"), await answer_of(f"{edges}/refusal/v1")
+    for error in (empty, refused):
+        assert isinstance(error, GenerationError)
+        assert (error.reason, error.retriable, error.answered) == ("EmptyCompletion", True, True)
+    assert str(empty) == "OpenAI returned no text: the content is empty"
+    assert str(refused) == (
+        "OpenAI returned no text: the model refused: I'm sorry, I can't help with that."
+    )
+
+
+async def test_a_text_with_a_usage_that_is_not_counts_is_still_the_text(edges) -> None:
+    completion = await answer_of(f"{edges}/usage/v1")
+    assert isinstance(completion, Completion), completion
+    assert (completion.text, completion.prompt_tokens, completion.completion_tokens) == (
+        "A verse",
+        0,
+        0,
+    )
+
+
+async def test_a_2xx_that_is_not_talkables_json_is_not_a_publication(edges) -> None:
+    """A proxy's HTML page or an empty 200 said nothing of the event, and was taken for
+    a success (``published``, with nothing in Talkable); a 201 cut off mid-body is an outage,
+    not an answer. Each is asked again (the publication is idempotent)."""
+    for path, content_type in (("html", "text/html"), ("blank", "application/octet-stream")):
+        error = await refused_at(f"{edges}/{path}/api/v2")
+        assert (error.reason, error.status, error.retriable, error.answered) == (
+            "BadAnswer",
+            200,
+            True,
+            True,
+        )
+        assert f"not its API's JSON ({content_type})" in str(error)
+        assert "TALKSTREAM_TALKABLE_BASE_URL" in str(error)
+    cut = await refused_at(f"{edges}/cut/api/v2")
+    assert (cut.reason, cut.retriable, cut.answered) == ("Unreachable", True, False)
+
+    client = TalkableClient(f"{edges}/created/api/v2", timeout=10)
+    try:
+        published, _ = await client.publish(command(), "tk-key")
+    finally:
+        await client.close()
+    assert not published.duplicate

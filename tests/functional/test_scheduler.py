@@ -600,6 +600,30 @@ async def test_a_call_answered_with_no_text_is_asked_again_a_few_times_then_ends
     assert up.calls[-1] == "next"  # the key's other webhooks go on at once
 
 
+async def test_a_publication_answered_with_nothing_usable_ends_too() -> None:
+    """A publication's job has no ``slow_after`` (its timeouts wait): its answers with nothing
+    usable (Talkable's 2xx that is not its API's JSON) were asked again at once, without a
+    pause, as often as the target answered, until the maximum wait."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)
+    s.submit("site", up.job("first"))
+    await probe_answered(s, up, "first")
+    s.submit("site", up.job("publish"))
+    for turn in range(3):
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == "publish"
+        not_json = UpstreamError("Talkable answered 200 with a body that is not its API's JSON",
+                                 reason="BadAnswer", retriable=True, answered=True)  # fmt: skip
+        up.answer("publish", not_json)
+        await settle()
+        assert ("publish" in up.reports) == (turn == 2)
+    error = up.reports["publish"].error
+    assert (error.reason, error.retriable) == ("BadAnswer", False)
+    assert up.calls.count("publish") == 3
+    assert s.targets["site"].pacer.circuit is Circuit.CLOSED
+
+
 async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=10, window=1, max_wait=30.0)
@@ -721,6 +745,32 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     await settle()
     held = str(up.reports["d6"].error)
     assert "asked to wait 3600s more (its limit spent until its reset)" in held
+
+
+async def test_a_backoff_of_its_own_is_not_said_to_be_what_the_target_asked() -> None:
+    """429s that say nothing of how long: the pause is talkstream's backoff (1 s doubling),
+    and the request it holds past its maximum wait ended "asked to wait 8s more", a wait the
+    target never asked for."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1, max_wait=10.0)
+    s.submit("site", up.job("s0"))
+    await probe_answered(s, up, "s0")
+    s.submit("site", up.job("s1", issued=1000.0))
+    unhinted = UpstreamError("Talkable answered 429: Too Many Requests", reason="RateLimited",
+                             status=429, retriable=True, throttle=True)  # fmt: skip
+    for pause in (1.0, 2.0, 4.0, 0.0):  # the fourth pause, 8 s, ends past 1010: not waited
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == "s1"
+        up.answer("s1", unhinted)
+        await settle()
+        s.dispatch()
+        await settle()
+        clock.t += pause
+    error = up.reports["s1"].error
+    assert error is not None and error.reason == "QueueTimeout"
+    assert str(error).startswith("not called again: site backs off 8s more (rate limited (Talk")
+    assert up.calls.count("s1") == 4
 
 
 async def test_a_redrive_lifts_a_pause_past_its_maximum_wait_and_the_answer_decides() -> None:

@@ -191,6 +191,42 @@ def test_429s_in_a_row_that_say_nothing_back_off_doubling_up_to_the_maximum() ->
     assert pacer.ready_at(0, now + 1.0) == now + 1.5
 
 
+def test_429s_that_ask_for_no_wait_back_off_all_the_same() -> None:
+    """``retry-after: 0`` (or "try again in 0s") and a 429 again: the target was called back
+    at once, 600 times a second against a real server, until the maximum wait. What it asks
+    is kept while it works; once a call made after the wait is throttled again, the pause is
+    a backoff of its own, doubling to the maximum."""
+    pacer = Pacer(PacerConfig(throttle_floor=0.05, throttle_max=1.0))
+    now, waits = 0.0, []
+    for _ in range(8):
+        pacer.started(0, now)
+        pacer.throttled(Limits(retry_after_s=0.0), now + 0.001, started=now)
+        now += 0.001
+        at = pacer.ready_at(0, now)
+        assert at is not None
+        waits.append(round(at - now, 3))
+        now = at
+    assert waits == [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    pacer.started(0, now)
+    pacer.answered(None, now + 0.001)  # an answer ends the run: what it asks is kept again
+    now += 0.001
+    pacer.started(0, now)
+    pacer.throttled(Limits(retry_after_s=0.0), now + 0.001, started=now)
+    assert pacer.ready_at(0, now + 0.001) == now + 0.001
+
+
+def test_429s_of_calls_already_in_flight_are_one_429_not_a_run() -> None:
+    """A burst's calls out together all answer 429 (OpenAI's "try again in 20ms"): they were
+    made before the first 429, so they say nothing of its wait, and add no backoff."""
+    pacer = Pacer(PacerConfig(initial_window=8, throttle_floor=0.05))
+    for _ in range(6):
+        pacer.started(0, 0.0)
+    for i in range(6):
+        now = 0.1 + i * 0.05
+        pacer.throttled(Limits(retry_after_s=0.02), now, started=0.0)
+    assert pacer.ready_at(0, 0.35) == pytest.approx(0.37)
+
+
 def calls_against_a_limit(pacer: Pacer, per_second: float, seconds: float) -> tuple[int, int]:
     """One call at a time, each answered 50 ms after it starts, by an upstream that allows
     ``per_second`` (a bucket of one second's calls) and says nothing of it: a 429 without

@@ -1,0 +1,205 @@
+"""Answers real upstreams give and the stand-ins do not, through the whole pipeline: an OpenAI
+200 whose content is empty, a Talkable behind a proxy answering 200 with an HTML page, and a
+text of emoji, right-to-left script, newlines and Liquid-looking braces. Each request ends in
+the state that is true, with its reason in the audit and its dead letter, asked again only
+as often as the README says; the text that lands is the text OpenAI wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.integration.conftest import System
+from tests.support import seed_params
+
+pytestmark = pytest.mark.integration
+
+TEXT = "Hi Ada 🎉 שלום\nline two {{ person.first_name }} {% if x %} — done"
+EMPTY_KEY = "sk-edge-empty-content-0001"
+GOOD_KEY = "sk-edge-good-text-0001"
+BIG_KEY = "sk-edge-big-text-0001"  # answered with 600 kB of text
+ODD_KEY = "sk-edge-odd-model-0001"  # answered with a model name of 1.1 MB
+
+
+class EdgeUpstreams:
+    """OpenAI and Talkable as one real HTTP server in a thread of its own: OpenAI answers
+    ``EMPTY_KEY`` with an empty content, ``BIG_KEY`` with 600 kB of text, ``ODD_KEY`` with a
+    model name of 1.1 MB, any other key with ``TEXT``; Talkable answers the site ``proxied``
+    with an HTML page (200), the site ``slow`` after a minute, any other with its real 201."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def _start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/api/v2/origins/event", self._talkable)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    async def _openai(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        self.calls.append({"upstream": "openai", "key": key})
+        content = {EMPTY_KEY: "", BIG_KEY: "verse " * 100_000}.get(key, TEXT)
+        message = {"role": "assistant", "content": content}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        model = "m" * 1_100_000 if key == ODD_KEY else "gpt-3.5-turbo"
+        return web.json_response(
+            {"id": "c", "object": "chat.completion", "model": model,
+             "choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 14}}
+        )  # fmt: skip
+
+    async def _talkable(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append({"upstream": "talkable", **body})
+        if body["site_slug"] == "slow":
+            await asyncio.sleep(60)
+        if body["site_slug"] == "proxied":
+            return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
+        return web.json_response({"ok": True, "result": {"origin": {"id": 1}}}, status=201)
+
+    def of(self, upstream: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            call
+            for call in list(self.calls)
+            if call["upstream"] == upstream and all(call.get(k) == v for k, v in match.items())
+        ]
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+@pytest.fixture
+def edges() -> Iterator[EdgeUpstreams]:
+    upstreams = EdgeUpstreams()
+    yield upstreams
+    upstreams.close()
+
+
+def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    bodies = {
+        "empty": seed_params("empty@example.com", openai_key=EMPTY_KEY),
+        "proxied": seed_params("proxied@example.com", site="proxied", openai_key=GOOD_KEY),
+        "landed": seed_params("landed@example.com", openai_key=GOOD_KEY),
+    }
+    ids = {}
+    for name, body in bodies.items():
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids[name] = answer["request_id"]
+    rows = system.wait_terminal(list(ids.values()), timeout=120)
+
+    # an empty content is no text: nothing written over the person's text in Talkable
+    empty = rows[ids["empty"]]
+    assert (empty.state, empty.error_class) == ("generation_failed", "EmptyCompletion")
+    assert (empty.error_message or "").startswith("OpenAI returned no text: the content is empty")
+    assert len(edges.of("openai", key=EMPTY_KEY)) == 3  # asked again twice, as the README says
+    assert not [c for c in edges.of("talkable") if c["data"]["email"] == "empty@example.com"]
+
+    # a 200 HTML page said nothing of the event: not published, asked three times in all
+    proxied = rows[ids["proxied"]]
+    assert (proxied.state, proxied.error_class) == ("publish_failed", "BadAnswer")
+    assert "not its API's JSON (text/html)" in (proxied.error_message or "")
+    assert len(edges.of("talkable", site_slug="proxied")) == 3
+
+    # emoji, right-to-left script, newlines and braces reach Talkable as OpenAI wrote them
+    assert rows[ids["landed"]].state == "published"
+    [landed] = [c for c in edges.of("talkable") if c["data"]["email"] == "landed@example.com"]
+    assert landed["data"]["custom_properties"]["generated_text"] == TEXT
+
+    # what an operator sees: the reason in the audit and in the dead letter, and no key
+    audit = system.talkstream("audit", "--request-id", ids["empty"])
+    assert "EmptyCompletion: OpenAI returned no text: the content is empty" in audit
+    preview = system.talkstream("redrive", "--dry-run")
+    assert f"would redrive: {ids['proxied']} → the ledger  site=proxied  " in preview
+    assert "reason=BadAnswer: Talkable answered 200 with a body that is not its API's" in preview
+    for secret in (EMPTY_KEY, GOOD_KEY, "talkable-key-0001"):
+        assert secret not in audit + preview
+        assert secret not in system.log("worker")
+
+
+def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """Two texts of 600 kB for one person, their publications in flight: the person's ledger
+    entry (which holds each one's text) became a 1.2 MB record, faust's producer refused it
+    (MessageSizeTooLargeError) and the worker crashed (``make dev`` stopped everything), and
+    would again at each start. A text over ``MAX_TEXT_BYTES`` now ends its request."""
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    ids = []
+    for content in ("a long verse", "a longer verse"):
+        body = seed_params("big@example.com", site="slow", openai_key=BIG_KEY, content=content)
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids.append(answer["request_id"])
+    rows = system.wait_terminal(ids, timeout=90)
+    for row in rows.values():
+        assert (row.state, row.error_class, row.attempts) == (
+            "generation_failed",
+            "TextTooLarge",
+            1,
+        )
+        assert (row.error_message or "").startswith(
+            "OpenAI's text is 600,000 bytes, more than TALKSTREAM_MAX_TEXT_BYTES (65,536)"
+        )
+    assert len(edges.of("openai", key=BIG_KEY)) == 2
+    assert not edges.of("talkable")
+    system.wait_ready()  # alive and deciding
+
+
+def test_a_result_larger_than_a_kafka_record_ends_at_once_saying_so(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """The generator could not report such a result (MessageSizeTooLargeError, logged): the
+    request waited out its deadline, was generated again, billed each time, and ended
+    ``DeadlineExpired`` ("the work was lost") after every attempt. (A text that large ends
+    ``TextTooLarge`` first: here an OpenAI-compatible server's model name is the bulk.)"""
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    status, answer = system.post(seed_params("odd@example.com", openai_key=ODD_KEY))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]  # long before its deadline
+    assert (row.state, row.error_class, row.attempts) == ("generation_failed", "RecordTooLarge", 1)
+    assert "Kafka refused the result" in (row.error_message or "")
+    assert len(edges.of("openai", key=ODD_KEY)) == 1
+    assert not edges.of("talkable")
+
+
+def test_a_talkable_that_asks_for_no_wait_and_refuses_again_is_not_hammered(make_system) -> None:
+    """429s with ``Retry-After: 0``: the publisher called back at once, each time, a thousand
+    times in about two seconds (against ``make dev``: 17,900 calls in 30 s), until the maximum
+    wait. It backs off now, and the request ends saying what held it."""
+    system = make_system(max_wait_seconds="12")
+    system.talkable("POST", "/_control", {"retry_after": "0", "fail_next": [429] * 1000})
+    status, answer = system.post(seed_params("patient@example.com"))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]
+    assert (row.state, row.error_class) == ("publish_failed", "QueueTimeout")
+    assert "rate limited (Talkable answered 429" in (row.error_message or "")
+    calls = system.talkable("GET", "/_calls")
+    assert 3 <= len(calls) <= 20, len(calls)
