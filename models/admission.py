@@ -4,7 +4,8 @@ In order: a delivery already decided (redelivered after a crash) changes nothing
 a request in flight or within the dedupe window is recorded as its own lifecycle entity and
 rejected; a request whose trigger criteria are not met is skipped; one with a usage limit
 takes a slot in the person's window or is limited; the rest is admitted and its generation
-requested. The fingerprints that catch repeats are remembered here, and forgotten past
+requested, unless the person's ledger entry has no room for it (``EntryTooLarge``:
+:func:`_no_room`). The fingerprints that catch repeats are remembered here, and forgotten past
 retention (never while their request is in flight). Every other message is ``models.ledger``'s.
 
 Times: a webhook is judged at its event time (:func:`event_time_ms`: ``usage_limit.current_time``
@@ -19,17 +20,21 @@ from models.events import RequestReceived
 from models.lifecycle import State
 from models.params import trigger_met
 from models.state import (
+    ENTRY_TOO_LARGE,
     Fact,
     Fingerprinted,
     FlightTracked,
     Forgotten,
+    GivenUp,
     InFlight,
     PersonState,
     Policy,
     Seen,
     WindowMoved,
+    evolve_all,
+    too_large_for_entry,
 )
-from models.usage import Verdict, Window, reserve
+from models.usage import Verdict, Window, release, reserve
 
 
 def receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int) -> Decision:
@@ -110,6 +115,11 @@ def _admit(
         window_start=taken.start if taken else None,
         deadline_ms=now_ms + policy.deadline_span_ms("generating"),
     )
+    tracked = FlightTracked(flight)
+    why = too_large_for_entry(evolve_all(state, [*facts, tracked]), policy, "its params")
+    if why is not None:
+        so_far = Decision(facts=facts, events=events)
+        return _no_room(r, entity, flight, so_far, taken, why, now_ms)
     admitted = transition(
         entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
         window_start=taken.start if taken else None, window_count=taken.count if taken else None,
@@ -119,9 +129,53 @@ def _admit(
         cause="generation requested", attempt=1, model=r.spec.chat.model,
     )  # fmt: skip
     return Decision(
-        facts=[*facts, FlightTracked(flight)],
+        facts=[*facts, tracked],
         events=[*events, admitted, started],
         commands=[generate_command(flight, now_ms)],
+    )
+
+
+def _no_room(
+    r: RequestReceived,
+    entity: str,
+    flight: InFlight,
+    so_far: Decision,
+    taken: Window | None,
+    why: str,
+    now_ms: int,
+) -> Decision:
+    """A request the person's ledger entry has no room for (the params of their requests in
+    flight or parked, and the texts they hold, with this one's): admitted and given up on in
+    the same decision, without a generation (``generation_failed``, ``EntryTooLarge``; its slot
+    goes back), and dead-lettered so that it can be seen. It is not parked (its params are
+    what does not fit): a redrive of its letter finds nothing to run."""
+    at_ms = event_time_ms(r)
+    facts = list(so_far.facts)
+    shown: Window | None = None
+    if taken is not None:
+        shown = release(taken, taken.start)
+        facts.append(WindowMoved(shown))
+    window = {
+        "window_start": shown.start if shown else None,
+        "window_count": shown.count if shown else None,
+    }
+    admitted = transition(
+        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
+        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
+    )  # fmt: skip
+    started = transition(
+        entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
+        cause="no room in the person's ledger entry: not generated", attempt=1,
+        model=r.spec.chat.model,
+    )  # fmt: skip
+    failed = transition(
+        entity, r, "GenerationFailed", after=State.GENERATING, at_ms=at_ms,
+        cause="no room in the person's ledger entry; slot released", attempt=1,
+        error_class=ENTRY_TOO_LARGE, error_message=why, **window,
+    )  # fmt: skip
+    letter = GivenUp(command=generate_command(flight, now_ms), reason=f"{ENTRY_TOO_LARGE}: {why}")
+    return Decision(
+        facts=facts, events=[*so_far.events, admitted, started, failed], dead_letters=[letter]
     )
 
 

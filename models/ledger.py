@@ -12,6 +12,8 @@ depends on the stage that request is in (:data:`RULES`, the whole table)::
 
     stage        message                      rule                  when
     generating   generation attempt succeeded generated             this or an earlier attempt
+                                              (give up: its text too
+                                              large for the entry)
     generating   generation attempt failed    retry or give up      the current attempt
     generating   deadline expired             retry or give up      the current attempt
     publishing   publication attempt succeeded published            this or an earlier attempt
@@ -59,6 +61,7 @@ from models.events import (
 )
 from models.lifecycle import State, check_transition
 from models.state import (
+    ENTRY_TOO_LARGE,
     Command,
     Fact,
     FlightEnded,
@@ -73,6 +76,7 @@ from models.state import (
     WindowMoved,
     evolve_all,
     forgotten,
+    too_large_for_entry,
 )
 from models.usage import Verdict, Window, release, reserve
 
@@ -176,6 +180,19 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
             "written_window": ctx.state.window if flight.request.spec.usage_limit else None,
         }
     )
+    tracked = FlightTracked(publishing)
+    why = too_large_for_entry(evolve_all(ctx.state, [tracked]), ctx.policy, "its text")
+    if why is not None:  # the text cannot be held for its publication: as a failed generation
+        return _give_up_generation(
+            ctx,
+            flight,
+            at_ms=g.at_ms,
+            cause="no room in the person's ledger entry for the text; slot released",
+            error_class=ENTRY_TOO_LARGE,
+            error_message=why,
+            latency_ms=g.latency_ms,
+            waited_ms=g.waited_ms,
+        )
     done = transition(
         flight.request_id,
         flight.request,
@@ -200,7 +217,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         attempt=1,
     )
     return Decision(
-        facts=[FlightTracked(publishing)],
+        facts=[tracked],
         events=[done, started],
         commands=[publish_command(publishing, ctx.state.window, ctx.now_ms)],
     )

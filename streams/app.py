@@ -29,7 +29,7 @@ from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.store import ProjectionStore
 from streams.runtime import Clock, DeadLetters, SystemClock, Topics
 from streams.secrets import SecretBox, load_secret_box
-from streams.settings import Settings
+from streams.settings import PRODUCER_MAX_REQUEST_SIZE, Settings
 from streams.topics import BY_NAME, LEDGER_TABLE
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Scheduler
@@ -68,6 +68,7 @@ def policy_from(settings: Settings) -> Policy:
         publish_deadline_ms=int(settings.publish_deadline_seconds * 1000),
         max_attempts=settings.max_attempts,
         max_wait_ms=int(settings.max_wait_seconds * 1000),
+        max_entry_bytes=settings.max_entry_bytes,
     )
 
 
@@ -99,6 +100,8 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # what TALKSTREAM_MAX_ENTRY_BYTES is validated against (a ledger entry is one record)
+        producer_max_request_size=PRODUCER_MAX_REQUEST_SIZE,
         producer_linger_ms=settings.producer_linger_ms,
         web_enabled=False,
         broker_credentials=faust_credentials(settings),

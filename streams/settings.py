@@ -29,6 +29,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TALKABLE_BASE_URL = "https://www.talkable.com/api/v2"
+# the worker's producer takes records up to this (faust's ``producer_max_request_size``, kept)
+PRODUCER_MAX_REQUEST_SIZE = 1_000_000
+# a person's ledger entry at most: the changelog record also holds the key and its framing
+MAX_ENTRY_BYTES = PRODUCER_MAX_REQUEST_SIZE - 65536
 
 # the settings each server listens on, (host, port): named by the error when it cannot be had
 LISTEN_FIELDS = {
@@ -156,6 +160,15 @@ class Settings(BaseSettings):
         "TextTooLarge: each in-flight or parked publication holds its text in the person's "
         "ledger entry, one Kafka record of at most 1 MiB",
     )
+    max_entry_bytes: int = Field(
+        524288,
+        ge=131072,
+        le=MAX_ENTRY_BYTES,
+        description="the most a person's ledger entry may encode to (one record of the "
+        "ledger's changelog, which Kafka refuses over the producer's max_request_size, "
+        "1,000,000 bytes): a webhook or a generated text that would make it larger ends its "
+        "request generation_failed with EntryTooLarge",
+    )
     talkable_timeout_seconds: float = Field(15.0, gt=0)
     max_wait_seconds: float = Field(
         900.0,
@@ -247,6 +260,16 @@ class Settings(BaseSettings):
         description="mark the session cookie Secure (sent over HTTPS only): set it when the "
         "console is reached through HTTPS, e.g. behind a TLS proxy",
     )
+
+    @model_validator(mode="after")
+    def _entry_holds_a_text(self) -> Settings:
+        if self.max_entry_bytes < 2 * self.max_text_bytes:
+            raise ValueError(
+                f"TALKSTREAM_MAX_ENTRY_BYTES {self.max_entry_bytes} is less than twice "
+                f"TALKSTREAM_MAX_TEXT_BYTES {self.max_text_bytes}: a person's entry could not "
+                "hold a request and its text"
+            )
+        return self
 
     @model_validator(mode="after")
     def _insync_fits_replication(self) -> Settings:
