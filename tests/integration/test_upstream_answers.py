@@ -7,6 +7,7 @@ as often as the README says; the text that lands is the text OpenAI wrote."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.conftest import System
-from tests.support import seed_params
+from tests.integration.conftest import System, read_topic
+from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +25,14 @@ EMPTY_KEY = "sk-edge-empty-content-0001"
 GOOD_KEY = "sk-edge-good-text-0001"
 BIG_KEY = "sk-edge-big-text-0001"  # answered with 600 kB of text
 ODD_KEY = "sk-edge-odd-model-0001"  # answered with a model name of 1.1 MB
+HELD_KEY = "sk-edge-held-0001"  # answered once the test releases it
 
 
 class EdgeUpstreams:
     """OpenAI and Talkable as one real HTTP server in a thread of its own: OpenAI answers
     ``EMPTY_KEY`` with an empty content, ``BIG_KEY`` with 600 kB of text, ``ODD_KEY`` with a
-    model name of 1.1 MB, any other key with ``TEXT``; Talkable answers the site ``proxied``
+    model name of 1.1 MB, ``HELD_KEY`` with ``TEXT`` once :meth:`release` is called, any other
+    key with ``TEXT``; Talkable answers the site ``proxied``
     with an HTML page (200), the site ``slow`` after a minute, any other with its real 201."""
 
     def __init__(self) -> None:
@@ -40,7 +43,11 @@ class EdgeUpstreams:
         self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
 
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.released.set)
+
     async def _start(self) -> web.AppRunner:
+        self.released = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/api/v2/origins/event", self._talkable)
@@ -52,6 +59,8 @@ class EdgeUpstreams:
     async def _openai(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         self.calls.append({"upstream": "openai", "key": key})
+        if key == HELD_KEY:
+            await self.released.wait()
         content = {EMPTY_KEY: "", BIG_KEY: "verse " * 100_000}.get(key, TEXT)
         message = {"role": "assistant", "content": content}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -78,6 +87,7 @@ class EdgeUpstreams:
         ]
 
     def close(self) -> None:
+        self.release()
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
@@ -166,6 +176,45 @@ def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
         )
     assert len(edges.of("openai", key=BIG_KEY)) == 2
     assert not edges.of("talkable")
+    system.wait_ready()  # alive and deciding
+
+
+def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """Five webhooks of one person with prompts of 230 kB, their generations in flight: the
+    person's ledger entry holds each one's params, became a record of 1.15 MB, faust's
+    producer refused it and the worker crashed, and again at each start (it decides the same
+    records again). The entry now stays within ``MAX_ENTRY_BYTES`` (512 KiB by default): the
+    webhooks that do not fit end ``EntryTooLarge``, dead-lettered, and the rest go on."""
+    system: System = make_system(
+        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
+    )
+    ids = []
+    for n in range(5):
+        content = f"verse {n}: " + "a" * 230_000
+        body = seed_params("wide@example.com", openai_key=HELD_KEY, content=content)
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids.append(answer["request_id"])
+    refused = system.wait_terminal(ids[2:], timeout=90)
+    for row in refused.values():
+        assert (row.state, row.error_class, row.attempts) == (
+            "generation_failed",
+            "EntryTooLarge",
+            1,
+        )
+        assert "more than MAX_ENTRY_BYTES (524,288)" in (row.error_message or "")
+    deadletter = f"{system.app_id}-deadletter"
+    letters = [json.loads(v) for _, _, _, v in read_topic(system.kafka.bootstrap, deadletter)]
+    assert sorted(letter["request_id"] for letter in letters) == sorted(ids[2:])
+    assert all(letter["reason"].startswith("EntryTooLarge: ") for letter in letters)
+    # the two that fit are called (the key's first call goes alone for up to a second)
+    wait_until(lambda: len(edges.of("openai", key=HELD_KEY)) == 2, 30, what="two calls")
+    edges.release()
+    rows = system.wait_terminal(ids[:2], timeout=90)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert len(edges.of("openai", key=HELD_KEY)) == 2  # the refused ones were never called
     system.wait_ready()  # alive and deciding
 
 
