@@ -32,6 +32,7 @@ from models.state import (
     Seen,
     WindowMoved,
     evolve_all,
+    fingerprint_room,
     too_large_for_entry,
 )
 from models.usage import Verdict, Window, release, reserve
@@ -219,8 +220,9 @@ def event_time_ms(r: RequestReceived) -> int:
 
 
 def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -> dict[str, Seen]:
-    """Forget fingerprints past retention, then the oldest past the bound (leaving room for one
-    more); never those in ``keep`` (requests in flight: their duplicates must still be caught)."""
+    """Forget fingerprints past retention, then the oldest past the bound and past their share
+    of the entry's bytes (leaving room for one more); never those in ``keep`` (requests in flight:
+    their duplicates must still be caught)."""
     kept = {
         rid: s
         for rid, s in seen.items()
@@ -231,4 +233,28 @@ def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -
         evictable = [item for item in kept.items() if item[0] not in keep]
         for rid, _ in sorted(evictable, key=lambda item: item[1].at_ms)[:excess]:
             del kept[rid]
+    # and the oldest past their share of the entry's bytes (a quarter): a person's thousands of
+    # webhooks a month made an entry larger than one changelog record (10,000 fingerprints: ~1.5
+    # MB), which stopped the worker at every start; the rest of the entry is for the params and
+    # texts of the requests in flight or parked (``too_large_for_entry``)
+    room = fingerprint_room(policy) - FINGERPRINT_BYTES
+    size = sum(_fingerprint_bytes(rid, s) for rid, s in kept.items())
+    if size > room:
+        evictable = [item for item in kept.items() if item[0] not in keep]
+        for rid, s in sorted(evictable, key=lambda item: item[1].at_ms):
+            if size <= room:
+                break
+            del kept[rid]
+            size -= _fingerprint_bytes(rid, s)
     return kept
+
+
+# about what a fingerprint adds to an entry's JSON besides its ids (``"<request_id>":
+# {"at_ms":<13 digits>,"delivery_id":"<id>","answered":[...]},``); a typical one in all
+FINGERPRINT_OVERHEAD = 60
+FINGERPRINT_BYTES = 32 + 36 + FINGERPRINT_OVERHEAD
+
+
+def _fingerprint_bytes(request_id: str, seen: Seen) -> int:
+    answered = sum(len(delivery) + 3 for delivery in seen.answered)
+    return len(request_id) + len(seen.delivery_id) + answered + FINGERPRINT_OVERHEAD

@@ -43,7 +43,7 @@ class Policy(BaseModel):
     max_wait_ms: int = 15 * 60 * 1000
     # the most a person's entry may encode to (one record of the ledger's changelog): a
     # request that would make it larger ends ``EntryTooLarge`` (:func:`too_large_for_entry`)
-    max_entry_bytes: int = Field(512 * 1024, ge=1)
+    max_entry_bytes: int = Field(768 * 1024, ge=1)
 
     def deadline_span_ms(self, stage: str) -> int:
         """How long an attempt at ``stage`` may take from its issue: waiting in its target's
@@ -145,18 +145,32 @@ def entry_bytes(state: PersonState) -> int:
     return len(PersonState.__pydantic_serializer__.to_json(state))
 
 
+# what a decision may add to an entry unchecked (a parked mark, the window, the fingerprint of a
+# request refused for the entry's size): kept free below the budget
+ENTRY_SLACK = 4096
+
+
+def fingerprint_room(policy: Policy) -> int:
+    """The bytes of a person's entry their newest fingerprints may take (the oldest go sooner
+    past it: ``models.admission``); the rest, less :data:`ENTRY_SLACK`, is for the params and
+    texts of their requests in flight or parked (:func:`too_large_for_entry`)."""
+    return policy.max_entry_bytes // 4
+
+
 def too_large_for_entry(state: PersonState, policy: Policy, what: str) -> str | None:
-    """Why ``state``, the entry a decision would leave, may not be stored (None: it may). A
+    """Why ``state``, the entry a decision would leave, may not be stored (None: it may): its
+    requests in flight or parked would take more than their share of ``max_entry_bytes``. A
     person's entry is one record of the ledger's changelog: over the producer's
     ``max_request_size`` its send stopped the worker (again at every restart, deciding the
     same records again), over the topic's ``max.message.bytes`` it was silently not saved."""
-    size = entry_bytes(state)
-    if size <= policy.max_entry_bytes:
+    size = entry_bytes(state.model_copy(update={"seen": {}}))
+    room = policy.max_entry_bytes - fingerprint_room(policy) - ENTRY_SLACK
+    if size <= room:
         return None
     return (
-        f"the person's ledger entry would be {size:,} bytes with {what}, more than "
-        f"MAX_ENTRY_BYTES ({policy.max_entry_bytes:,}): their other requests in flight or "
-        "parked hold their params and texts"
+        f"the person's ledger entry would hold {size:,} bytes of requests in flight or parked "
+        f"with {what}, more than the {room:,} of MAX_ENTRY_BYTES ({policy.max_entry_bytes:,}) "
+        "left for them: their other requests in flight or parked hold their params and texts"
     )
 
 

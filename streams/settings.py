@@ -161,7 +161,7 @@ class Settings(BaseSettings):
         "ledger entry, one Kafka record of at most 1 MiB",
     )
     max_entry_bytes: int = Field(
-        524288,
+        786432,
         ge=131072,
         le=MAX_ENTRY_BYTES,
         description="the most a person's ledger entry may encode to (one record of the "

@@ -185,7 +185,7 @@ def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
     """Five webhooks of one person with prompts of 230 kB, their generations in flight: the
     person's ledger entry holds each one's params, became a record of 1.15 MB, faust's
     producer refused it and the worker crashed, and again at each start (it decides the same
-    records again). The entry now stays within ``MAX_ENTRY_BYTES`` (512 KiB by default): the
+    records again). The entry now stays within ``MAX_ENTRY_BYTES`` (768 KiB by default): the
     webhooks that do not fit end ``EntryTooLarge``, dead-lettered, and the rest go on."""
     system: System = make_system(
         openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
@@ -204,7 +204,7 @@ def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
             "EntryTooLarge",
             1,
         )
-        assert "more than MAX_ENTRY_BYTES (524,288)" in (row.error_message or "")
+        assert "of MAX_ENTRY_BYTES (786,432) left for them" in (row.error_message or "")
     deadletter = f"{system.app_id}-deadletter"
     letters = [json.loads(v) for _, _, _, v in read_topic(system.kafka.bootstrap, deadletter)]
     assert sorted(letter["request_id"] for letter in letters) == sorted(ids[2:])

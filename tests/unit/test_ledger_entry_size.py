@@ -93,11 +93,11 @@ def test_a_text_that_does_not_fit_ends_entry_too_large_and_a_redrive_runs_it_aga
     window = {"usage_limit": limit(amount=3)}
     for rid in ("req-1", "req-2"):
         assert types_of(ledger.send(big(rid, 2_000, **window))) == HAPPY
-    assert types_of(ledger.send(generated("req-1", text="a" * 40_000))) == [
+    assert types_of(ledger.send(generated("req-1", text="a" * 30_000))) == [
         "TextGenerated",
         "PublicationStarted",
     ]
-    refused = ledger.send(generated("req-2", text="b" * 40_000))
+    refused = ledger.send(generated("req-2", text="b" * 30_000))
 
     assert types_of(refused) == ["GenerationFailed"]
     failed = refused.events[0]
@@ -115,7 +115,7 @@ def test_a_text_that_does_not_fit_ends_entry_too_large_and_a_redrive_runs_it_aga
         request_id="req-2", person=PERSON, at_ms=T0 * 1000, stage="generating", attempt=1
     )
     assert types_of(ledger.send(redrive)) == ["RequestAdmitted", "GenerationStarted"]
-    assert types_of(ledger.send(generated("req-2", 2, text="b" * 40_000))) == [
+    assert types_of(ledger.send(generated("req-2", 2, text="b" * 30_000))) == [
         "TextGenerated",
         "PublicationStarted",
     ]
@@ -153,8 +153,45 @@ def test_no_decision_stores_an_entry_over_its_budget(steps: list[tuple[str, int]
 
 
 def test_the_budget_is_a_setting_the_producer_takes() -> None:
-    assert Settings().max_entry_bytes == 512 * 1024
+    assert Settings().max_entry_bytes == 768 * 1024
     with pytest.raises(ValueError, match="max_entry_bytes"):
         Settings(max_entry_bytes=1_000_000)  # not room for the key: over the producer's limit
     with pytest.raises(ValueError, match="TALKSTREAM_MAX_ENTRY_BYTES"):
         Settings(max_entry_bytes=200_000, max_text_bytes=131072)
+
+
+def test_a_person_of_thousands_of_webhooks_keeps_an_entry_within_its_budget() -> None:
+    """Each webhook leaves a fingerprint (kept 30 days, up to 10,000 a person): 10,000 of them
+    encoded to ~1.5 MB, a changelog record the worker's producer refuses (the worker stopped,
+    at every start). The oldest go once they take a quarter of the entry's bytes; the newest and
+    those of requests in flight stay, and a repeat of a recent one is still caught."""
+    policy = Policy(max_entry_bytes=2 * BUDGET)
+    ledger = Ledger(policy=policy)
+    ledger.send(received("req-pinned", delivery_id="pinned/d1"))  # in flight throughout
+    for n in range(3_000):
+        rid = f"{n:032x}"  # a request id's length (32 hex chars)
+        outcome = ledger.send(
+            received(rid, delivery_id=f"{n:036x}", at_ms=T0 * 1000 + n, trigger="false")
+        )
+        assert stored(outcome.state) <= policy.max_entry_bytes // 4 + 1_000
+        assert rid in outcome.state.seen
+    assert ledger.state is not None
+    assert "req-pinned" in ledger.state.seen
+    assert 150 < len(ledger.state.seen) < 3_000  # a quarter of 128 KiB: ~250 fingerprints
+    newest = f"{2_999:032x}"
+    again = ledger.send(received(newest, delivery_id="again", at_ms=T0 * 1000 + 3_000))
+    assert types_of(again) == ["RequestReceived", "DuplicateRejected"]
+
+
+def test_fingerprints_full_of_redeliveries_count_their_bytes() -> None:
+    """A fingerprint remembers up to 64 other deliveries of its request: counted too."""
+    policy = Policy(max_entry_bytes=2 * BUDGET)
+    ledger = Ledger(policy=policy)
+    for n in range(200):
+        rid = f"{n:032x}"
+        at_ms = T0 * 1000 + n * 10
+        ledger.send(received(rid, delivery_id=f"{n:036x}", at_ms=at_ms, trigger="false"))
+        for d in range(64):
+            ledger.send(received(rid, delivery_id=f"{n:018x}{d:018x}", at_ms=at_ms + 1))
+        assert stored(ledger.state) <= policy.max_entry_bytes // 4 + 4_000
+    assert ledger.state is not None and f"{199:032x}" in ledger.state.seen
