@@ -20,10 +20,11 @@ from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from streams.ops.replay import RebuildSummary
     from streams.ops.verify import VerifySummary
     from streams.projection.store import ProjectionStore
 
-SHOWN = 20  # differences (and skipped records) --verify prints unless told otherwise
+SHOWN = 20  # differences and records that did not decode printed unless told otherwise
 
 
 def register(main: click.Group) -> None:
@@ -59,8 +60,8 @@ def register(main: click.Group) -> None:
     type=click.IntRange(min=0),
     default=SHOWN,
     show_default=True,
-    help="--verify: print the first N differences (and skipped records), then how many more; "
-    "0: every one",
+    help="print the first N differences (--verify) and records that did not decode, then how "
+    "many more; 0: every one",
 )
 @click.option(
     "--differences-file",
@@ -95,11 +96,11 @@ def replay(
             raise click.UsageError("--verify reads the topics only: no --database-url/--until")
         _verify(settings, processes, show, differences_file)
         return
-    if differences_file is not None or show != SHOWN:
-        raise click.UsageError("--show and --differences-file are --verify's")
+    if differences_file is not None:
+        raise click.UsageError("--differences-file is --verify's")
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
-    _rebuild(settings, database_url, force, until, processes)
+    _rebuild(settings, database_url, force, until, processes, show)
 
 
 def _rebuild(
@@ -108,11 +109,11 @@ def _rebuild(
     force: bool,
     until_ms: int | None,
     processes: int | None,
+    show: int = SHOWN,
 ) -> None:
     from sqlalchemy.exc import IntegrityError
 
     from streams.errors import TalkstreamError
-    from streams.ops.audit import iso
     from streams.ops.replay import rebuild
     from streams.projection.engine import make_engine, new_sqlite_paths, remove_new, safe_url
     from streams.projection.store import ProjectionStore
@@ -169,6 +170,14 @@ def _rebuild(
         store.close()
         if failed:
             remove_new(created)
+    report_rebuilt(summary, until_ms, show)
+
+
+def report_rebuilt(summary: RebuildSummary, until_ms: int | None, show: int = SHOWN) -> None:
+    """What a rebuild prints: what it replayed, what it built, and the first ``show`` records
+    that did not decode (0: all) and how many more."""
+    from streams.ops.audit import iso
+
     cut = f" up to {iso(until_ms)} (Kafka record time)" if until_ms is not None else ""
     click.echo(
         f"replayed {summary.records} lifecycle events from {summary.topic} "
@@ -184,8 +193,8 @@ def _rebuild(
         )
     if summary.skipped:
         click.echo(f"  {len(summary.skipped)} records did not decode (dead-lettered live):")
-        for s in summary.skipped:
-            click.echo(f"    {s.topic}/{s.partition}/{s.offset}: {s.reason}")
+        lines = [f"  {s.topic}/{s.partition}/{s.offset}: {s.reason}" for s in summary.skipped]
+        _capped(lines, show, "records that did not decode", every="")
 
 
 def _prepare(store: ProjectionStore, database_url: str, force: bool) -> None:
@@ -260,14 +269,20 @@ def report_verified(summary: VerifySummary, show: int, differences_file: Path | 
     return False
 
 
-def _capped(lines: list[str], show: int, what: str) -> None:
+def _capped(
+    lines: list[str],
+    show: int,
+    what: str,
+    every: str = ", --differences-file FILE writes every difference",
+) -> None:
+    """The first ``show`` of ``lines`` (0: all), then how many more (a log of thousands of
+    them printed every one)."""
     shown = lines if show == 0 else lines[:show]
     for line in shown:
         click.echo(f"  {line}")
     if len(lines) > len(shown):
         click.echo(
-            f"  ... and {len(lines) - len(shown)} more {what} (--show 0 prints every one, "
-            "--differences-file FILE writes every difference)"
+            f"  ... and {len(lines) - len(shown)} more {what} (--show 0 prints every one{every})"
         )
 
 

@@ -516,6 +516,28 @@ def test_verify_prints_the_first_differences_and_how_many_more(tmp_path: Path, c
     assert every.read_text() == ""
 
 
-def test_show_and_differences_file_are_verify_options():
-    result = talkstream("replay", "--database-url", "sqlite://", "--show", "3")
-    assert result.exit_code == 2 and "--show and --differences-file are --verify's" in result.output
+def test_differences_file_is_a_verify_option():
+    result = talkstream(
+        "replay", "--database-url", "sqlite://", "--differences-file", "differences.txt"
+    )
+    assert result.exit_code == 2 and "--differences-file is --verify's" in result.output
+
+
+def test_a_rebuild_prints_the_first_records_that_did_not_decode_and_how_many_more(capsys):
+    """A rebuild listed every record of [lifecycle] that did not decode, however many."""
+    from streams.ops.commands import report_rebuilt
+    from streams.ops.replay import RebuildSummary, Skipped
+
+    summary = RebuildSummary(topic="t-lifecycle", database="sqlite://", partitions=8)
+    summary.skipped = [Skipped("t-lifecycle", 0, offset, "not JSON") for offset in range(500)]
+    report_rebuilt(summary, None)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2] == "  500 records did not decode (dead-lettered live):"
+    assert printed[3:23] == [f"    t-lifecycle/0/{offset}: not JSON" for offset in range(20)]
+    assert printed[23] == (
+        "  ... and 480 more records that did not decode (--show 0 prints every one)"
+    )
+    assert len(printed) == 24
+    report_rebuilt(summary, None, show=0)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 + 500 and "more" not in printed[-1]
