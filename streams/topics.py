@@ -14,6 +14,7 @@ from typing import Any, get_args, get_origin
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
@@ -89,9 +90,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         PersonState,
         "internal: the ledger table's changelog (faust); not a consumer contract",
         retention="compacted",
-        config={"cleanup.policy": "compact"},
+        # a person's entry is one record: created taking what the worker's producer sends at
+        # most (Kafka's default), whatever a broker's own message.max.bytes says
+        config={"cleanup.policy": "compact", "max.message.bytes": "1048588"},
     ),
 )
+# what a record of the ledger's changelog holds besides a person's entry: its key, its framing
+CHANGELOG_RECORD_SLACK = 1024
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 # the topics whose readers write dead letters: the ledger's, the executors', the projector's
@@ -247,9 +252,35 @@ async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
                 settings.replication_factor,
                 settings.insync_replicas,
             )
+        await _changelog_takes_an_entry(admin, settings)
         return [spec.full_name(settings) for spec in missing]
     finally:
         await admin.close()
+
+
+async def _changelog_takes_an_entry(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Refuse a ledger changelog that takes smaller records than a person's entry may be
+    (``TALKSTREAM_MAX_ENTRY_BYTES``): the worker's changelog sends of larger entries were
+    refused, logged as WARNINGs only, and the state silently not saved (a recovery restores an
+    older one: usage windows and dedupe wrong). Not asked (Kafka out of reach): the start goes
+    on, as it does for the topics' other settings."""
+    name = settings.topic(f"{LEDGER_TABLE}-changelog")
+    try:
+        [answer] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        [(*_, entries)] = answer.resources
+        limit = next(int(value) for key, value, *_ in entries if key == "max.message.bytes")
+    except (KafkaError, TimeoutError, OSError, ValueError, StopIteration) as exc:
+        log.warning("could not ask Kafka for %s's max.message.bytes: %r", name, exc)
+        return
+    needed = settings.max_entry_bytes + CHANGELOG_RECORD_SLACK
+    if limit < needed:
+        raise ConfigError(
+            f"{name} takes records of at most {limit} bytes (its max.message.bytes), less than "
+            f"a person's ledger entry may need ({needed}: TALKSTREAM_MAX_ENTRY_BYTES "
+            f"{settings.max_entry_bytes} and its key): raise it (kafka-configs.sh --alter "
+            f"--entity-type topics --entity-name {name} --add-config "
+            f"max.message.bytes={needed}) or lower TALKSTREAM_MAX_ENTRY_BYTES"
+        )
 
 
 async def _until_every_broker_knows(settings: Settings, names: list[str], timeout: float) -> None:

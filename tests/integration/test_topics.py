@@ -42,7 +42,41 @@ def test_topics_get_min_insync_replicas_and_are_created_once(kafka: EmbeddedKafk
     assert len(created) == 6
     config = asyncio.run(topic_config(kafka.bootstrap, settings.topic("requests")))
     assert config["min.insync.replicas"] == "1"
+    changelog = asyncio.run(topic_config(kafka.bootstrap, settings.topic("ledger-changelog")))
+    assert changelog["max.message.bytes"] == "1048588"  # whatever the broker's own default
     assert asyncio.run(ensure_topics(settings)) == []  # idempotent
+
+
+def test_a_ledger_changelog_taking_smaller_records_than_an_entry_is_refused_by_name(
+    kafka: EmbeddedKafka,
+) -> None:
+    """A person's ledger entry is one changelog record: a changelog made elsewhere that takes
+    smaller ones than TALKSTREAM_MAX_ENTRY_BYTES refused the worker's larger entries, logged
+    as WARNINGs only, and the state was silently not saved."""
+    from aiokafka.admin import NewTopic
+
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tentry{uuid.uuid4().hex[:8]}")
+    changelog = settings.topic("ledger-changelog")
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            config = {"cleanup.policy": "compact", "max.message.bytes": "200000"}
+            await admin.create_topics([NewTopic(changelog, 8, 1, topic_configs=config)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(ensure_topics(settings))
+    assert str(refused.value).startswith(
+        f"{changelog} takes records of at most 200000 bytes (its max.message.bytes), less "
+        "than a person's ledger entry may need (787456: TALKSTREAM_MAX_ENTRY_BYTES 786432 "
+        "and its key): raise it (kafka-configs.sh --alter"
+    )
+    smaller = settings.model_copy(update={"max_entry_bytes": 131072})
+    assert asyncio.run(ensure_topics(smaller)) == []  # a budget it takes: the topics are there
 
 
 def test_more_replicas_than_brokers_is_refused_by_name(kafka: EmbeddedKafka) -> None:
