@@ -103,10 +103,12 @@ class DeadLetters:
         value: bytes | None = None,
         request_id: str | None = None,
         decided: Source | None = None,
+        counted: bool = True,
     ) -> Any:
         """Hand the letter to the producer; returns its delivery (awaitable). ``decided``:
         for work the ledger gave up on (which no record held: partition and offset -1), the
-        [requests] record (topic, partition, offset) whose decision gave it up."""
+        [requests] record (topic, partition, offset) whose decision gave it up. ``counted``:
+        False for a letter sent again in place of one Kafka refused (counted once)."""
         letter = DeadLetter(
             topic=topic,
             partition=partition,
@@ -120,7 +122,8 @@ class DeadLetters:
             decided_partition=decided[1] if decided else None,
             decided_offset=decided[2] if decided else None,
         )
-        self._counter.labels(topic=topic).inc()
+        if counted:
+            self._counter.labels(topic=topic).inc()
         log.warning(
             "dead-lettered topic=%s partition=%s offset=%s%s request_id=%s reason=%s",
             topic,

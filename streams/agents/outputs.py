@@ -309,7 +309,7 @@ class Emitter:
                 "value": None,
                 "reason": f"{letter['reason']} [value left out: {why}]",
             }
-            delivery = await handed(self._dead_letters.write(**lighter))
+            delivery = await handed(self._dead_letters.write(**lighter, counted=False))
             return delivery, nothing
 
         async def nothing(exc: BaseException) -> None:

@@ -108,6 +108,8 @@ def test_a_command_kafka_refuses_ends_its_request_and_the_partition_flows_on(
     assert "value left out" in letters[0].reason
     counted = quiet.metrics.registry.get_sample_value
     assert counted("talkstream_transitions_total", {"state": "generation_failed"}) == 1
+    # one letter, counted once (the one refused and the one sent in its place were two)
+    assert counted("talkstream_dead_letters_total", {"topic": "t-generate"}) == 1
 
 
 def test_a_lifecycle_event_kafka_refuses_is_dead_lettered_and_the_batch_stored() -> None:
