@@ -28,7 +28,7 @@ SHOWN = 20  # differences and records that did not decode printed unless told ot
 
 
 def register(main: click.Group) -> None:
-    for command in (replay, audit, stats, schemas, redrive):
+    for command in (replay, audit, stats, schemas, redrive, migrate):
         main.add_command(command)
 
 
@@ -410,3 +410,38 @@ def schemas(check: bool, directory: Path | None) -> None:
         raise click.UsageError("not run from a checkout of talkstream: give --dir DIR")
     args = ["--check"] if check else []
     sys.exit(generator.main(args + (["--dir", str(directory)] if directory else [])))
+
+
+# --- migrate ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--to",
+    "target",
+    default="head",
+    show_default=True,
+    help="the migration to bring the projection to: before rolling back to an older version, "
+    "the newest it knows (its streams/projection/migrations/versions/)",
+)
+@click.option("--database-url", help=_DB_HELP)
+def migrate(target: str, database_url: str | None) -> None:
+    """Bring the SQL projection to a migration: up (what a worker's projector does at start),
+    or down before a rollback to an older version (stop this version's workers first: a
+    projector of it migrates the projection up again at its start)."""
+    from streams.errors import TalkstreamError
+    from streams.projection import migrate as migrations
+    from streams.projection.engine import make_engine, safe_url
+
+    url = opening(database_url or Settings().resolved_database_url)
+    engine = make_engine(url)
+    try:
+        was, now = migrations.migrate_to(engine, target)
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    if was == now:
+        click.echo(f"{safe_url(url)} is at migration {now} already")
+    else:
+        click.echo(f"{safe_url(url)}: migration {was or 'none'} -> {now}")

@@ -11,6 +11,11 @@ later commits vanish). A database already at head costs one query.
 The history is kept in a table of its own, ``talkstream_alembic_version``, so that the projection
 can share a database with other applications (Alembic's default ``alembic_version`` is
 theirs). Projections made before kept it in ``alembic_version``: ``upgrade`` moves it over.
+
+A projection a newer version migrated past this one's newest revision is refused, saying so
+(Alembic's own error was a traceback naming a revision it could not locate, the projector
+restarted on it every second); ``migrate_to`` takes one back down to a revision an older
+version knows (``talkstream migrate --to``), run by the version that wrote it.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ def upgrade(engine: Engine) -> None:
         if revision is None:
             adopt_legacy_history(connection)
             revision = current(connection)
+        if revision is not None and revision not in revisions():
+            raise ConfigError(_too_new(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
             url = engine.url.render_as_string(hide_password=True)
             raise ConfigError(
@@ -102,6 +109,46 @@ def upgrade(engine: Engine) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _too_new(engine: Engine, revision: str) -> str:
+    url = engine.url.render_as_string(hide_password=True)
+    return (
+        f"the projection database {url} is at migration {revision}, which this version of "
+        f"talkstream does not know (its newest is {head()}): a newer version migrated it. "
+        f"Take it back with that newer version first: `talkstream migrate --to {head()} "
+        f"--database-url {url}`"
+    )
+
+
+def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
+    """Bring the projection to ``target`` (a revision or ``head``): up, or down for a rollback
+    to an older version (the migrations' ``downgrade``). Returns (from, to)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    wanted = head() if target == "head" else target
+    if wanted not in revisions():
+        known = ", ".join(sorted(revisions()))
+        raise ConfigError(f"no migration {target!r} in this version (it has {known})")
+    with _file_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+        if current(connection) is None:
+            adopt_legacy_history(connection)
+        revision = current(connection)
+        if revision is not None and revision not in revisions():
+            raise ConfigError(_too_new(engine, revision))
+        if revision == wanted:
+            return revision, wanted
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        below = revision is not None and any(
+            r.revision == wanted for r in script.iterate_revisions(revision, "base")
+        )
+        if below:
+            command.downgrade(config, wanted)
+        else:
+            command.upgrade(config, wanted)
+        return revision, wanted
 
 
 def is_current(engine: Engine) -> bool:

@@ -541,3 +541,77 @@ def test_a_rebuild_prints_the_first_records_that_did_not_decode_and_how_many_mor
     report_rebuilt(summary, None, show=0)
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 3 + 500 and "more" not in printed[-1]
+
+
+def _revision(url: str) -> str | None:
+    from streams.projection import migrate
+
+    store = ProjectionStore.from_url(url, migrate_schema=False)
+    try:
+        with store.engine.connect() as connection:
+            return migrate.current(connection)
+    finally:
+        store.close()
+
+
+def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
+    projected: str,
+):
+    """Before a rollback to a version without the newest migration (its projector could not
+    start on it): `migrate --to` its newest, the rows kept; this version takes it up again."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect
+
+    from streams.projection import migrate
+
+    head = migrate.head()
+    older = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(head).down_revision
+    assert isinstance(older, str)
+    before = ProjectionStore.from_url(projected)
+    rows = snapshot(before)
+    before.close()
+
+    result = talkstream("migrate", "--to", older, "--database-url", projected)
+    assert result.exit_code == 0, result.output
+    assert f"migration {head} -> {older}" in result.output
+    assert _revision(projected) == older
+    store = ProjectionStore.from_url(projected, migrate_schema=False)
+    try:
+        indexes = {ix["name"] for ix in inspect(store.engine).get_indexes("requests")}
+        if head == "0005":  # the index the versions before 0005 read
+            assert "ix_requests_terminal_at" in indexes and "ix_requests_ended" not in indexes
+        assert snapshot(store) == rows
+    finally:
+        store.close()
+    again = talkstream("migrate", "--to", older, "--database-url", projected)
+    assert again.exit_code == 0 and f"at migration {older} already" in again.output
+
+    store = ProjectionStore.from_url(projected)  # this version's projector at its start
+    try:
+        assert store.is_current() and snapshot(store) == rows
+    finally:
+        store.close()
+
+
+def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
+    projected: str,
+):
+    """An older version's projector on a projection migrated past what it knows stopped with
+    Alembic's traceback ("Can't locate revision identified by ..."), again every second."""
+    from streams.errors import ConfigError
+    from streams.projection import migrate
+
+    store = ProjectionStore.from_url(projected, migrate_schema=False)
+    with store.engine.begin() as connection:  # as a newer version leaves it
+        connection.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '9999'"))
+    store.close()
+
+    advice = rf"at migration 9999, which this version .*`talkstream migrate --to {migrate.head()}"
+    with pytest.raises(ConfigError, match=advice):
+        ProjectionStore.from_url(projected)
+    result = talkstream("migrate", "--database-url", projected)
+    assert result.exit_code == 1
+    assert "at migration 9999" in result.output
+    unknown = talkstream("migrate", "--to", "0042x", "--database-url", projected)
+    assert unknown.exit_code == 1 and "no migration '0042x'" in unknown.output
+    assert _revision(projected) == "9999"
