@@ -103,7 +103,12 @@ def projection_reader(database_url: str | None) -> ProjectionStore:
             raise click.ClickException(f"no projection at {safe_url(url)}")
     store = ProjectionStore(make_engine(url), migrate_schema=False)
     if not store.is_current():
+        from streams.projection import migrate
+
+        newer = migrate.too_new(store.engine)
         store.close()
+        if newer is not None:
+            raise click.ClickException(newer)
         raise click.ClickException(
             f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
         )

@@ -156,6 +156,16 @@ def is_current(engine: Engine) -> bool:
         return current(connection) == head()
 
 
+def too_new(engine: Engine) -> str | None:
+    """Why this version cannot read the projection, if a newer one migrated it past this
+    version's newest revision (None: it did not)."""
+    with engine.connect() as connection:
+        revision = current(connection)
+    if revision is None or revision in revisions():
+        return None
+    return _too_new(engine, revision)
+
+
 @contextlib.contextmanager
 def _file_lock(engine: Engine) -> Iterator[None]:
     database = engine.url.database

@@ -612,6 +612,8 @@ def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
     result = talkstream("migrate", "--database-url", projected)
     assert result.exit_code == 1
     assert "at migration 9999" in result.output
+    audit = talkstream("audit", "--request-id", "r1", "--database-url", projected)
+    assert audit.exit_code == 1 and "at migration 9999, which this version" in audit.output
     unknown = talkstream("migrate", "--to", "0042x", "--database-url", projected)
     assert unknown.exit_code == 1 and "no migration '0042x'" in unknown.output
     assert _revision(projected) == "9999"
