@@ -12,15 +12,14 @@ dev: bootstrap
 # processes (pytest-xdist: they are CPU-bound and share nothing but the PostgreSQL cluster,
 # which tests/postgres.py starts once), then the integration tier on two as well: its tests
 # mostly wait (for timeouts, deadlines, retries, brokers), each process has its own broker and
-# ports, a module runs whole on one of them and brokers/ (the clusters) on one, one at a time
-# (--dist loadgroup: tests/integration/conftest.py makes the groups).
+# ports, and a module runs whole, in order, on one of them (--dist loadfile: its system once).
 # With PYTEST_ARGS, a single pytest run with them, every tier in one process.
 test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 ifeq ($(strip $(PYTEST_ARGS)),)
 	.venv/bin/python -m pytest tests/unit tests/functional -n 2
-	.venv/bin/python -m pytest tests/integration -n 2 --dist loadgroup
+	.venv/bin/python -m pytest tests/integration -n 2 --dist loadfile
 else
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 endif

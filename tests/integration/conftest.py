@@ -39,20 +39,13 @@ from tests.support import free_port, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The scenarios on their own brokers (``brokers/``) last: they are the slowest, and the
-    rest of the suite gives its answers first. On pytest-xdist's processes (``make test``:
-    ``-n 2 --dist loadgroup``) each module is a group, which one process runs whole (its
-    ``system`` is started once), and ``brokers/`` one group, first: one process runs those
-    clusters one after another while the other takes the rest (two at once would crowd out
-    every process of both)."""
+    rest of the suite gives its answers first. (``make test`` runs the tier on two pytest-xdist
+    processes with ``--dist loadfile``: each module runs whole on one of them, its ``system``
+    started once and its tests in order.)"""
     brokers = Path(__file__).parent / "brokers"
-    parallel = config.getoption("dist", "no") == "loadgroup"
-    items.sort(key=lambda item: item.path.is_relative_to(brokers) != parallel)
-    for item in items:
-        group = "brokers" if item.path.is_relative_to(brokers) else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.path.is_relative_to(brokers))
 
 
 def session_kafka_version() -> str:
