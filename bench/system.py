@@ -35,15 +35,20 @@ class BenchSystemError(RuntimeError):
 
 
 _HANDED_OUT: set[int] = set()  # ports this process has handed out: never twice
+# "<index>/<count>": the index-th of count equal slices of the ports handed out, for processes
+# that run side by side (the tests' pytest-xdist workers, and what they start): each hands out
+# its own ports only, so none takes a port another stopped a server on to start it again
+PORT_SHARE = "TALKSTREAM_TEST_PORT_SHARE"
 
 
 def free_port_run(count: int) -> int:
     """The first of ``count`` consecutive ports free on 127.0.0.1 now, below the range the
     kernel gives outgoing connections: a port free now but in that range can be taken by any
     connection (a broker's to its peers, say) before the server meant for it binds it."""
-    top = max(_ephemeral_low(), 11_000) - count
+    low, top = _share(10_000, max(_ephemeral_low(), 11_000))
+    top -= count
     for _ in range(1000):
-        base = random.randrange(10_000, top)
+        base = random.randrange(low, top)
         ports = range(base, base + count)
         if _HANDED_OUT.intersection(ports):
             continue
@@ -60,6 +65,13 @@ def free_port_run(count: int) -> int:
 
 def free_port() -> int:
     return free_port_run(1)
+
+
+def _share(low: int, top: int) -> tuple[int, int]:
+    """This process's slice of ``[low, top)`` (all of it unless ``PORT_SHARE`` is set)."""
+    index, _, count = os.environ.get(PORT_SHARE, "0/1").partition("/")
+    width = (top - low) // int(count)
+    return low + int(index) * width, low + (int(index) + 1) * width
 
 
 def _ephemeral_low() -> int:

@@ -420,7 +420,7 @@ def ingress(log_format: str | None) -> None:
     from aiohttp import web
 
     from streams.errors import TalkstreamError
-    from streams.ingress import SHUTDOWN_SECONDS, AccessLogger, KafkaSink, build_ingress
+    from streams.ingress import AccessLogger, KafkaSink, build_ingress
     from streams.kafka_options import client_options
     from streams.logs import announce
     from streams.logs import setup as setup_logging
@@ -454,7 +454,8 @@ def ingress(log_format: str | None) -> None:
         host=settings.ingress_host,
         port=settings.ingress_port,
         keepalive_timeout=settings.ingress_idle_timeout_seconds,
-        shutdown_timeout=SHUTDOWN_SECONDS,
+        # webhooks in progress wait for Kafka: long while Kafka is down
+        shutdown_timeout=settings.ingress_shutdown_seconds,
         print=announce("ingress"),
     )
 

@@ -70,9 +70,6 @@ READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
-# a stop (SIGTERM) waits this long for the webhooks in progress (each waits for Kafka's
-# acknowledgement: long while Kafka is down), then closes their connections unanswered
-SHUTDOWN_SECONDS = 15.0
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     ingress_body_timeout_seconds: float = Field(
         15.0, gt=0, description="a body not received within this long is answered 408"
     )
+    ingress_shutdown_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="a stop (SIGTERM, Ctrl-C) waits this long for the webhooks in progress "
+        "(each waits for Kafka's acknowledgement), then closes their connections unanswered",
+    )
     max_clock_ahead_seconds: int = Field(
         300,
         ge=0,

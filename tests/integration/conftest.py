@@ -41,7 +41,9 @@ pytestmark = pytest.mark.integration
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The scenarios on their own brokers (``brokers/``) last: they are the slowest, and the
-    rest of the suite gives its answers first."""
+    rest of the suite gives its answers first. (``make test`` runs the tier on two pytest-xdist
+    processes with ``--dist loadfile``: each module runs whole on one of them, its ``system``
+    started once and its tests in order.)"""
     brokers = Path(__file__).parent / "brokers"
     items.sort(key=lambda item: item.path.is_relative_to(brokers))
 

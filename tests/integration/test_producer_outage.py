@@ -20,6 +20,7 @@ from collections import Counter
 import pytest
 
 from streams.dev.kafka import EmbeddedKafka
+from streams.settings import Settings
 from tests.integration.conftest import System, Traffic
 from tests.support import poll, seed_params, wait_until
 
@@ -134,10 +135,11 @@ def test_the_ingress_stops_while_kafka_is_down(own_broker: EmbeddedKafka, tmp_pa
     for Kafka (a record given up for want of a leader is sent again until Kafka has it), and
     the producer's stop waited for what it held, under a producer id it could not get (one is
     dropped after any failed delivery). Now the
-    stop waits ``SHUTDOWN_SECONDS`` for webhooks in progress, closes their connections
-    unanswered, and gives Kafka the sink's timeout more: the process ends, and no webhook of
-    the outage was answered 2xx (their senders retry; none was promised anything)."""
-    system = System(own_broker, tmp_path)
+    stop waits ``INGRESS_SHUTDOWN_SECONDS`` (1 s here) for webhooks in progress, closes their
+    connections unanswered, and gives Kafka the sink's timeout (10 s) more: the process ends,
+    sooner than with the setting's default, and no webhook of the outage was
+    answered 2xx (their senders retry; none was promised anything)."""
+    system = System(own_broker, tmp_path, ingress_shutdown_seconds="1")
     system.start()
     traffic = Traffic(
         system,
@@ -172,7 +174,13 @@ def test_the_ingress_stops_while_kafka_is_down(own_broker: EmbeddedKafka, tmp_pa
                 )
             ingress = system.procs.pop("ingress")
             ingress.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
             assert ingress.wait(timeout=90) == 0  # it hung here, for as long as Kafka was down
+            took = time.monotonic() - signalled
+            # the wait for webhooks in progress and then the sink's 10 s (it ends unacknowledged,
+            # below): ~12 s with 1 s; at least 25 s with the default's wait (41.6 s measured)
+            default = Settings.model_fields["ingress_shutdown_seconds"].default
+            assert took < default + 10, f"the stop took {took:.1f}s: the setting was not used"
         late = [a.status for a in traffic.answers if a.at > stopped + 1]
         assert 202 not in late, late
         assert "stopped before Kafka acknowledged every record" in log.read_text()

@@ -34,6 +34,14 @@ def readyz(url: str) -> tuple[int, Any]:
     return answer
 
 
+def listening(url: str) -> bool:
+    try:
+        http("GET", f"{url}/healthz", timeout=PROBE_SECONDS)
+    except OSError:  # refused: not serving yet
+        return False
+    return True
+
+
 @contextmanager
 def stopped(broker: EmbeddedKafka) -> Iterator[str]:
     """The broker stopped (SIGTERM: a controlled shutdown), started again after."""
@@ -65,8 +73,8 @@ def test_worker_and_projector_are_unready_while_kafka_is_out_of_reach(
     urls = {"worker": system.worker_url(), "projector": f"http://127.0.0.1:{projector_port}"}
     try:
         system.wait_ready()
-        for name, url in urls.items():
-            wait_until(lambda u=url: readyz(u) == READY, 60, 0.2, what=f"{name} ready")
+        for name, url in urls.items():  # the projector, the worker's child, may not listen yet
+            wait_until(lambda u=url: listening(u) and readyz(u) == READY, 60, 0.2, what=name)
         # idle past the silence limit, probed as a load balancer would: ready every time
         idle_until = time.monotonic() + KAFKA_SILENCE_SECONDS + 3
         while time.monotonic() < idle_until:

@@ -125,16 +125,20 @@ def test_every_setting_is_documented() -> None:
     assert set(Settings.model_fields) - documented == set()
 
 
-def test_make_test_runs_only_the_tiers_without_a_broker_on_two_processes() -> None:
+def test_make_test_runs_every_tier_on_two_processes() -> None:
     """The unit and functional tiers are CPU-bound: pytest-xdist runs them on both cores. The
-    integration tier times brokers, processes and outages: it runs in one process, alone."""
+    integration tier mostly waits: two processes, each module whole and in order on one of
+    them (``--dist loadfile``: a module's tests share its ``system``). With PYTEST_ARGS: one
+    run, as given."""
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^test:.*\n((?:\t.*\n|[a-z].*\n)+)", makefile, re.M)
     assert recipe
     runs = [line.strip() for line in recipe.group(1).splitlines() if "pytest" in line]
-    assert ".venv/bin/python -m pytest tests/unit tests/functional -n 2" in runs
-    assert ".venv/bin/python -m pytest tests/integration" in runs
-    assert not [run for run in runs if "integration" in run and " -n" in run]
+    assert runs == [
+        ".venv/bin/python -m pytest tests/unit tests/functional -n 2",
+        ".venv/bin/python -m pytest tests/integration -n 2 --dist loadfile",
+        ".venv/bin/python -m pytest $(PYTEST_ARGS)",
+    ]
 
 
 def test_make_dev_passes_options_to_talkstream_dev() -> None:
