@@ -16,7 +16,7 @@ generation's deadline.
 from __future__ import annotations
 
 from models.decisions import Decision, generate_command, transition
-from models.events import RequestReceived
+from models.events import LifecycleEvent, RequestReceived
 from models.lifecycle import State
 from models.params import trigger_met
 from models.state import (
@@ -121,10 +121,7 @@ def _admit(
     if why is not None:
         so_far = Decision(facts=facts, events=events)
         return _no_room(r, entity, flight, so_far, taken, why, now_ms)
-    admitted = transition(
-        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
-        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
-    )  # fmt: skip
+    admitted = _admitted(entity, r, at_ms, taken)
     started = transition(
         entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
         cause="generation requested", attempt=1, model=r.spec.chat.model,
@@ -134,6 +131,14 @@ def _admit(
         events=[*events, admitted, started],
         commands=[generate_command(flight, now_ms)],
     )
+
+
+def _admitted(entity: str, r: RequestReceived, at_ms: int, taken: Window | None) -> LifecycleEvent:
+    """The request took its slot (if it has a limit): the window as it stands with it."""
+    return transition(
+        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
+        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
+    )  # fmt: skip
 
 
 def _no_room(
@@ -160,10 +165,7 @@ def _no_room(
         "window_start": shown.start if shown else None,
         "window_count": shown.count if shown else None,
     }
-    admitted = transition(
-        entity, r, "RequestAdmitted", after=State.RECEIVED, at_ms=at_ms, cause="admitted",
-        window_start=taken.start if taken else None, window_count=taken.count if taken else None,
-    )  # fmt: skip
+    admitted = _admitted(entity, r, at_ms, taken)
     started = transition(
         entity, r, "GenerationStarted", after=State.ADMITTED, at_ms=at_ms,
         cause="no room in the person's ledger entry: not generated", attempt=1,
