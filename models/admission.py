@@ -230,21 +230,18 @@ def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -
         for rid, s in seen.items()
         if rid in keep or at_ms - s.at_ms < policy.fingerprint_retention_ms
     }
-    excess = len(kept) - max(policy.max_fingerprints - 1, 0)
-    if excess > 0:
-        evictable = [item for item in kept.items() if item[0] not in keep]
-        for rid, _ in sorted(evictable, key=lambda item: item[1].at_ms)[:excess]:
-            del kept[rid]
-    # and the oldest past their share of the entry's bytes (a quarter): a person's thousands of
-    # webhooks a month made an entry larger than one changelog record (10,000 fingerprints: ~1.5
-    # MB), which stopped the worker at every start; the rest of the entry is for the params and
-    # texts of the requests in flight or parked (``too_large_for_entry``)
+    # the oldest go past the bound, and past their share of the entry's bytes (a quarter): a
+    # person's thousands of webhooks a month made an entry larger than one changelog record
+    # (10,000 fingerprints: ~1.5 MB), which stopped the worker at every start; the rest of the
+    # entry is for the params and texts of the requests in flight or parked
+    # (``too_large_for_entry``)
+    bound = max(policy.max_fingerprints - 1, 0)
     room = fingerprint_room(policy) - FINGERPRINT_BYTES
     size = sum(_fingerprint_bytes(rid, s) for rid, s in kept.items())
-    if size > room:
+    if len(kept) > bound or size > room:
         evictable = [item for item in kept.items() if item[0] not in keep]
         for rid, s in sorted(evictable, key=lambda item: item[1].at_ms):
-            if size <= room:
+            if len(kept) <= bound and size <= room:
                 break
             del kept[rid]
             size -= _fingerprint_bytes(rid, s)
