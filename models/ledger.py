@@ -66,6 +66,7 @@ from models.state import (
     Fact,
     FlightEnded,
     FlightTracked,
+    Forgotten,
     GivenUp,
     InFlight,
     PersonState,
@@ -290,6 +291,11 @@ def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:
 
 def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decision:
     """Run a parked request again, its cause fixed: as its next attempt, like any other."""
+    parked_at = ctx.state.parked[m.request_id]
+    if m.at_ms - parked_at >= ctx.policy.fingerprint_retention_ms:
+        # past the time a parked request can be redriven for: a webhook forgets it then, but
+        # one heard of within the retention keeps the person's entry, and it, a while longer
+        return Decision(facts=[Forgotten(parked=frozenset({m.request_id}))])
     if ended is None:
         return Decision()  # parked by an earlier version, which kept nothing to re-issue
     cause = "redriven by an operator" + (f" (given up on: {m.reason})" if m.reason else "")

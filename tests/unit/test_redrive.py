@@ -195,6 +195,24 @@ def test_parked_publications_are_forgotten_after_the_fingerprint_retention() -> 
     assert ledger.send(redriven("req-1")).events == []
 
 
+def test_a_redrive_past_the_retention_is_refused_though_the_person_was_heard_of_since() -> None:
+    # another webhook within the retention keeps the person's entry, and with it the parked
+    # request, past the 30 days a parked request can be redriven for: the ledger refuses it too
+    ledger = parked_ledger()
+    retention = ledger.policy.fingerprint_retention_ms
+    ledger.send(received("req-2", at_ms=T0 * 1000 + retention // 3))
+    assert ledger.state is not None and "req-1" in ledger.state.parked
+    late = ledger.send(redrive("req-1", at_ms=T0 * 1000 + retention + 60_000, of=("publishing", 1)))
+    assert (late.events, late.commands) == ([], [])
+    assert "req-1" not in late.state.parked and "req-1" not in late.state.parked_flights
+    # within the retention it still runs
+    ledger = parked_ledger()
+    ledger.send(received("req-2", at_ms=T0 * 1000 + retention // 3))
+    assert types_of(ledger.send(redrive("req-1", at_ms=T0 * 1000 + retention - 60_000))) == [
+        "PublicationStarted"
+    ]
+
+
 # --- a failed generation ------------------------------------------------------------------
 
 
