@@ -95,7 +95,8 @@ POSITIVE = click.IntRange(min=1)  # every phase runs: none can be empty
 @click.option(
     "--keep",
     is_flag=True,
-    help="keep the logs and data of the run (and its topics on --bootstrap's broker)",
+    help="keep the logs and data of the run (and its topics and consumer groups on "
+    "--bootstrap's broker)",
 )
 @click.option(
     "--render",

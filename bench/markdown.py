@@ -46,8 +46,8 @@ make bootstrap                        # .venv, pinned packages, the Kafka jars
 ```
 
 `--bootstrap HOST:PORT` reuses a running broker instead of starting one (the run deletes the
-topics it made there, `--keep` keeps them); `--help` lists the sizes. Each run writes
-`bench/results/<mode>-<time>.json` and `latest-<mode>.json`.
+topics and consumer groups it made there, `--keep` keeps them); `--help` lists the sizes. Each
+run writes `bench/results/<mode>-<time>.json` and `latest-<mode>.json`.
 """
 
 NOTES = """\

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NonEmptyGroup, for_code
+from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from bench import baselines, machine, relay, report
 from bench.config import BenchConfig
@@ -108,27 +109,64 @@ def run_bench(
 
 
 def _remove_topics(settings: Settings) -> str | None:
-    """Delete the run's topics (its app id's, the relay's among them) from a broker it did not
-    start, where every run would otherwise leave a dozen behind; what was done, or why not.
-    (Its consumer groups expire by themselves once empty: offsets.retention.minutes.)"""
+    """Delete the run's topics (its app id's, the relay's among them) and its consumer groups
+    from a broker it did not start, where every run would otherwise leave a dozen topics and
+    its groups' offsets behind; what was done, or why not."""
 
-    async def remove() -> int:
+    async def remove() -> tuple[int, int, list[str]]:
         admin = AIOKafkaAdminClient(**client_options(settings))
         await admin.start()
         try:
             ours = [t for t in await admin.list_topics() if t.startswith(f"{settings.app_id}-")]
             if ours:
                 await admin.delete_topics(ours)
-            return len(ours)
+            groups, kept = await _remove_groups(admin, settings)
+            return len(ours), groups, kept
         finally:
             await admin.close()
 
     where = f"{settings.app_id}-* from {settings.kafka_bootstrap}"
     try:
-        count = asyncio.run(remove())
+        count, groups, kept = asyncio.run(remove())
     except (KafkaError, OSError) as exc:
         return f"could not remove the run's topics {where}: {type(exc).__name__}: {exc}"
-    return f"removed the run's {count} topics {where}" if count else None
+    if not (count or groups or kept):
+        return None
+    said = f"removed the run's {count} topics and {groups} consumer groups {where}"
+    if kept:  # a member still in it (a process that did not leave): its offsets expire
+        said += f"; left {', '.join(kept)} (offsets.retention.minutes removes them)"
+    return said
+
+
+async def _remove_groups(admin: AIOKafkaAdminClient, settings: Settings) -> tuple[int, list[str]]:
+    """Delete the consumer groups the run's processes used (its app id, or starting with it
+    and a dash); how many went, and those the broker kept. aiokafka's admin client has no call
+    for it: a DeleteGroups request to each group's coordinator. The executors and the projector
+    are static members, which do not leave their groups when they stop: a group is refused as
+    not empty until their session times out, so it is asked again until then."""
+    app_id = settings.app_id
+    listed = await admin.list_consumer_groups()
+    left = sorted({g for g, *_ in listed if g == app_id or g.startswith(f"{app_id}-")})
+    removed, kept = 0, []
+    deadline = time.monotonic() + settings.session_timeout_seconds + 5
+    while left:
+        refused: dict[str, str] = {}
+        for group in left:
+            node = await admin.find_coordinator(group)
+            answer = await admin._client.send(node, DeleteGroupsRequest([group]))
+            for name, code in answer.results:
+                if code == 0:
+                    removed += 1
+                else:
+                    refused[name] = for_code(code).__name__
+        waiting = [g for g, why in refused.items() if why == NonEmptyGroup.__name__]
+        kept = [f"{g} ({why})" for g, why in refused.items() if g not in waiting]
+        if not waiting or time.monotonic() > deadline:
+            kept += [f"{g} (NonEmptyGroup)" for g in waiting]
+            break
+        left = waiting
+        await asyncio.sleep(1)  # its members' sessions end by the deadline: ask again
+    return removed, kept
 
 
 async def _idle(seconds: float) -> dict[str, Any]:

@@ -42,14 +42,34 @@ def topics(bootstrap: str) -> set[str]:
     return asyncio.run(listed())
 
 
-def test_a_tiny_bench_reports_every_section_and_loses_nothing(kafka: EmbeddedKafka) -> None:
+def groups(bootstrap: str) -> set[str]:
+    async def listed() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            return {group for group, *_ in await admin.list_consumer_groups()}
+        finally:
+            await admin.close()
+
+    return asyncio.run(listed())
+
+
+def test_a_tiny_bench_reports_every_section_and_loses_nothing(
+    kafka: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the executors and the projector are static members, whose groups can be deleted only
+    # once their sessions end: the shortest a broker allows, for the run to clean up soon
+    monkeypatch.setenv("TALKSTREAM_SESSION_TIMEOUT_SECONDS", "6")
     config = BenchConfig.preset("tiny", bootstrap=kafka.bootstrap, workers=2)
-    before = topics(kafka.bootstrap)
+    before, groups_before = topics(kafka.bootstrap), groups(kafka.bootstrap)
     said: list[str] = []
     result = run_bench(config, say=said.append)
-    # a broker it did not start is left with the topics it had (a dozen a run, before)
+    # a broker it did not start is left with the topics and consumer groups it had (a dozen
+    # topics a run, before, and the groups' offsets until they expired)
     assert topics(kafka.bootstrap) - before == set()
-    assert any(line.startswith("removed the run's 12 topics bench") for line in said), said
+    assert groups(kafka.bootstrap) - groups_before == set(), said
+    removed = [line for line in said if line.startswith("removed the run's 12 topics and ")]
+    assert removed and "consumer groups bench" in removed[0] and "left" not in removed[0], said
 
     summary = result["summary"]
     assert set(SECTIONS) <= set(summary)
