@@ -21,6 +21,7 @@ from models.lifecycle import State
 from models.params import trigger_met
 from models.state import (
     ENTRY_TOO_LARGE,
+    FORGOTTEN_IDS_BYTES,
     Fact,
     Fingerprinted,
     FlightTracked,
@@ -47,8 +48,7 @@ def receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int)
     duplicate = r.request_id in in_flight or (
         first is not None and r.at_ms - first.at_ms < policy.dedupe_window_ms
     )
-    # a repeat is its own lifecycle entity, so the original's stays whole
-    entity = r.request_id if first is None and not duplicate else f"{r.request_id}~{r.delivery_id}"
+    entity = _entity(state, r, first, duplicate)
     facts = _remember(state, r, kept, first, duplicate, policy)
     at_ms = event_time_ms(r)
     received = transition(
@@ -83,6 +83,20 @@ def receive(state: PersonState, r: RequestReceived, policy: Policy, now_ms: int)
         )
         return Decision(facts=facts, events=[received, skipped])
     return _admit(state, r, entity, Decision(facts=facts, events=[received]), policy, now_ms)
+
+
+def _entity(state: PersonState, r: RequestReceived, first: Seen | None, duplicate: bool) -> str:
+    """The webhook's lifecycle id: its fingerprint (what the ingress answered) for a request
+    first seen; a repeat's own (``<fingerprint>~<delivery>``), so the original's history stays
+    whole. So is a request whose fingerprint the person's entry knew and forgot (past its
+    retention now, or earlier: ``ForgottenIds``): named by the fingerprint, it would be the
+    earlier request again, with its default event number, which Talkable takes as the earlier
+    event ("Duplicate entity"), so its text would never land."""
+    if first is None and not duplicate:
+        ids = state.forgotten_ids
+        if r.request_id not in state.seen and (ids is None or not ids.may_hold(r.request_id)):
+            return r.request_id
+    return f"{r.request_id}~{r.delivery_id}"
 
 
 def _admit(
@@ -236,7 +250,7 @@ def _pruned(seen: dict[str, Seen], at_ms: int, policy: Policy, keep: set[str]) -
     # entry is for the params and texts of the requests in flight or parked
     # (``too_large_for_entry``)
     bound = max(policy.max_fingerprints - 1, 0)
-    room = fingerprint_room(policy) - FINGERPRINT_BYTES
+    room = fingerprint_room(policy) - FINGERPRINT_BYTES - FORGOTTEN_IDS_BYTES
     size = sum(_fingerprint_bytes(rid, s) for rid, s in kept.items())
     if len(kept) > bound or size > room:
         evictable = [item for item in kept.items() if item[0] not in keep]

@@ -17,6 +17,7 @@ Facts never travel: they are the ledger's own bookkeeping, derived again by any 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -97,6 +98,61 @@ class Seen(BaseModel):
         return (*self.answered, delivery_id)[-MAX_ANSWERED_DELIVERIES:]
 
 
+class ForgottenIds(BaseModel):
+    """The fingerprints a person's entry forgot while it lived (past their retention, or the
+    oldest past the entry's share of bytes), kept as a Bloom filter of two generations: the
+    newer takes :data:`FORGOTTEN_PER_GENERATION` before it becomes the older one, so the
+    newest 1,536 to 3,072 are known. A webhook of one of them is a request of its own, not the
+    earlier one again: it is named as a repeat is (``<fingerprint>~<delivery>``), never by the
+    fingerprint an earlier request was named by, nor given that request's default event number
+    (Talkable would take the write-back for the earlier event). A fingerprint never forgotten
+    is taken for one about once in seventy when both are full (never while none was
+    forgotten), and is named so too: its request is the same."""
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    newer: bytes = b""  # FORGOTTEN_BITS bits (JSON: base64)
+    count: int = 0  # fingerprints added to ``newer``
+    older: bytes = b""
+
+    def may_hold(self, fingerprint: str) -> bool:
+        spots = _spots(fingerprint)
+        return any(
+            bits and all(bits[spot >> 3] >> (spot & 7) & 1 for spot in spots)
+            for bits in (self.newer, self.older)
+        )
+
+    def adding(self, fingerprints: Iterable[str]) -> ForgottenIds:
+        newer, count, older = (
+            bytearray(self.newer or bytes(FORGOTTEN_BITS // 8)),
+            self.count,
+            self.older,
+        )
+        for fingerprint in sorted(fingerprints):  # in one order, whatever the set's
+            if count >= FORGOTTEN_PER_GENERATION:
+                newer, count, older = bytearray(FORGOTTEN_BITS // 8), 0, bytes(newer)
+            for spot in _spots(fingerprint):
+                newer[spot >> 3] |= 1 << (spot & 7)
+            count += 1
+        return ForgottenIds(newer=bytes(newer), count=count, older=older)
+
+
+# each generation: 16,384 bits, 6 of them a fingerprint's, at most 1,536 fingerprints (0.75%
+# false positives when full, 1.5% with both); both take ~5.5 KB of the entry's JSON, out of the
+# fingerprints' share (``fingerprint_room``)
+FORGOTTEN_BITS = 16384
+FORGOTTEN_SPOTS = 6
+FORGOTTEN_PER_GENERATION = 1536
+FORGOTTEN_IDS_BYTES = 2 * (FORGOTTEN_BITS // 8) * 4 // 3 + 128
+
+
+def _spots(fingerprint: str) -> list[int]:
+    digest = hashlib.blake2b(fingerprint.encode(), digest_size=2 * FORGOTTEN_SPOTS).digest()
+    return [
+        int.from_bytes(digest[i : i + 2], "big") % FORGOTTEN_BITS for i in range(0, len(digest), 2)
+    ]
+
+
 class PersonState(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -109,6 +165,9 @@ class PersonState(BaseModel):
     # the flight each of them ended with, which a redrive re-issues (none for a request
     # parked by a version that kept only the time)
     parked_flights: dict[str, InFlight] = Field(default_factory=dict)
+    # the fingerprints forgotten while the entry lived (None: none yet); a webhook of the
+    # person after the entry itself is forgotten (``forgotten``) finds none of them
+    forgotten_ids: ForgottenIds | None = None
 
 
 def forgettable_at(state: PersonState, policy: Policy) -> int | None:
@@ -163,7 +222,7 @@ def too_large_for_entry(state: PersonState, policy: Policy, what: str) -> str | 
     person's entry is one record of the ledger's changelog: over the producer's
     ``max_request_size`` its send stopped the worker (again at every restart, deciding the
     same records again), over the topic's ``max.message.bytes`` it was silently not saved."""
-    size = entry_bytes(state.model_copy(update={"seen": {}}))
+    size = entry_bytes(state.model_copy(update={"seen": {}, "forgotten_ids": None}))
     room = policy.max_entry_bytes - fingerprint_room(policy) - ENTRY_SLACK
     if size <= room:
         return None
@@ -251,6 +310,9 @@ def evolve_all(state: PersonState, facts: Iterable[Fact]) -> PersonState:
                 for name, gone in (("seen", fingerprints), ("parked", parked)):
                     for key in gone:
                         own(name).pop(key, None)
+                if fingerprints:
+                    ids = changed.get("forgotten_ids", state.forgotten_ids) or ForgottenIds()
+                    changed["forgotten_ids"] = ids.adding(fingerprints)
                 for key in parked:
                     own("parked_flights").pop(key, None)
             case WindowMoved(window):

@@ -30,8 +30,9 @@ from models.events import (
 from models.ledger import Outcome, PersonState, Policy, handle
 from models.lifecycle import TERMINAL, State, check_transition
 from models.params import UsageLimit
+from models.state import FORGOTTEN_IDS_BYTES, ForgottenIds
 from models.usage import Window
-from streams.codecs import encode
+from streams.codecs import decode, encode
 from streams.ops.replay import Record
 from streams.ops.verify import Rederivation, VerifySummary
 from tests.unit.domain_builders import (
@@ -471,6 +472,73 @@ def test_fingerprints_expire_after_the_retention() -> None:
     ledger.send(received("req-1", trigger="false"))
     outcome = ledger.send(received("req-2", at_ms=T0 * 1000 + 10_000, trigger="false"))
     assert set(outcome.state.seen) == {"req-2"}
+
+
+def _published_again_later(ledger: Ledger, at_ms: int) -> tuple[Outcome, PublishCompletion]:
+    """req-1's params again at ``at_ms``, generated; its admission and its publication."""
+    again = ledger.send(received("req-1", delivery_id="d-again", at_ms=at_ms))
+    assert types_of(again) == HAPPY, types_of(again)
+    entity = again.events[0].request_id
+    [publish] = ledger.send(generated(entity, at_ms=at_ms)).commands
+    assert isinstance(publish, PublishCompletion)
+    return again, publish
+
+
+def test_params_seen_again_after_their_fingerprint_expired_are_a_request_of_their_own() -> None:
+    # the person heard of meanwhile keeps the entry; req-1's fingerprint goes at the webhook
+    # past its retention, which was named by it: the same name again was the same default
+    # event number, which Talkable took for the first request's event ("Duplicate entity")
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000))
+    admit(ledger, "req-1", delivery_id="d1")
+    [first] = ledger.send(generated("req-1")).commands
+    assert isinstance(first, PublishCompletion)
+    ledger.send(published("req-1"))
+    admit(ledger, "req-2", at_ms=T0 * 1000 + 60_000)
+    again, publish = _published_again_later(ledger, T0 * 1000 + 100_000)
+    assert again.state.seen["req-1"].delivery_id == "d-again"  # not a duplicate: remembered anew
+    assert again.events[0].request_id == "req-1~d-again"
+    assert publish.request_id == "req-1~d-again"
+    assert publish.event_number != first.event_number
+    # and forgotten for good at a later webhook: still never named by the fingerprint
+    admit(ledger, "req-3", at_ms=T0 * 1000 + 150_000)
+    later = ledger.send(received("req-1", delivery_id="d-late", at_ms=T0 * 1000 + 210_000))
+    assert later.events[0].request_id == "req-1~d-late"
+
+
+def test_params_seen_again_after_the_bound_forgot_them_are_a_request_of_their_own() -> None:
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, max_fingerprints=2))
+    admit(ledger, "req-1", delivery_id="d1")
+    ledger.send(generated("req-1"))
+    ledger.send(published("req-1"))
+    for n in (2, 3, 4):
+        ledger.send(received(f"req-{n}", at_ms=T0 * 1000 + n * 1000, trigger="false"))
+    assert ledger.state is not None and "req-1" not in ledger.state.seen
+    again, _ = _published_again_later(ledger, T0 * 1000 + 10_000)
+    assert again.events[0].request_id == "req-1~d-again"
+
+
+def test_a_person_forgotten_whole_is_as_never_heard_of() -> None:
+    # past the retention of everything the entry holds the ledger deletes it (a day later):
+    # decided as if never heard of, whether or not the entry is still there, so a replay
+    # names it as the live ledger did
+    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000))
+    admit(ledger, "req-1", delivery_id="d1")
+    ledger.send(generated("req-1"))
+    ledger.send(published("req-1"))
+    again = ledger.send(received("req-1", delivery_id="d-again", at_ms=T0 * 1000 + 200_000))
+    assert again.events[0].request_id == "req-1"
+
+
+def test_forgotten_fingerprints_keep_the_newest_thousands_in_a_few_kilobytes() -> None:
+    ids = ForgottenIds()
+    for start in range(0, 6000, 500):
+        ids = ids.adding(f"{n:032x}" for n in range(start, start + 500))
+    assert all(ids.may_hold(f"{n:032x}") for n in range(6000 - 1536, 6000))
+    strangers = sum(ids.may_hold(f"{n:032x}") for n in range(10**6, 10**6 + 2000))
+    assert strangers < 2000 * 0.05, strangers  # a new request named as a repeat: rare
+    state = PersonState(forgotten_ids=ids)
+    assert len(encode(state)) < FORGOTTEN_IDS_BYTES + 200
+    assert decode(PersonState, encode(state)) == state
 
 
 # --- results: late, duplicate, stale ---------------------------------------------------------
