@@ -218,6 +218,10 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
     )
 
 
+# the most requests of the same params ``audit --request-id`` shows after the one it names
+MAX_REPEATS = 50
+
+
 def find_histories(
     store: ProjectionStore,
     *,
@@ -225,11 +229,14 @@ def find_histories(
     site: str | None = None,
     email: str | None = None,
 ) -> list[History]:
-    """One request by id, or every request of a person (site + email, normalized), newest
-    first."""
+    """One request by id, with the requests of the same params the ledger named after it
+    (:data:`MAX_REPEATS` at most: the ingress answered them the same id), or every request of a
+    person (site + email, normalized), newest first."""
     if request_id is not None:
         row = store.request(request_id)
         rows = [row] if row is not None else []
+        if "~" not in request_id:
+            rows += store.repeats_of(request_id, MAX_REPEATS)
     elif site is not None and email is not None:
         rows = store.requests_of(person_key(site.strip(), email.strip().lower()))
     else:

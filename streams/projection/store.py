@@ -273,6 +273,22 @@ class ProjectionStore:
                 )
             )
 
+    def repeats_of(self, request_id: str, limit: int) -> list[RequestRow]:
+        """The requests the ledger named after ``request_id`` (``<request_id>~<delivery>``):
+        the same params again, a repeat rejected or a request of its own after the dedupe
+        window, to which the ingress answered the same ``request_id``; oldest first, at most
+        ``limit``."""
+        r = RequestRow
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(r)
+                    .where(r.request_id.startswith(f"{request_id}~", autoescape=True))
+                    .order_by(r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id)
+                    .limit(limit)
+                )
+            )
+
     def requests_of(self, person: str) -> list[RequestRow]:
         """A person's requests (``site:email``), newest first: by event time (whole seconds,
         as Talkable renders it), then by arrival."""

@@ -101,6 +101,35 @@ def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: 
     assert limited["transitions"][-1]["window_count"] == 2
 
 
+def test_audit_by_the_id_the_ingress_answered_shows_the_requests_of_the_same_params_too(
+    database_url: str,  # noqa: F811
+):
+    # the ingress answers every webhook of the same params with the same request_id; the
+    # ledger names a repeat, and the same params once the dedupe window passed, after it
+    log = Log()
+    log.received("f00d", delivery="d1")
+    log.received("f00d", delivery="d2", at_ms=T0_MS + 1000)  # Talkable's retry: rejected
+    log.received("f00d0", delivery="d1")  # another request whose id starts the same
+    store = ProjectionStore.from_url(database_url)
+    store.apply(log.records)
+    store.close()
+    answer = json.loads(
+        talkstream("audit", "--request-id", "f00d", "--database-url", database_url, "--json").output
+    )
+    found = [(r["request_id"], r["state"], r["duplicate_of"]) for r in answer["requests"]]
+    assert found == [
+        ("f00d", "generating", None),
+        ("f00d~f00d/d2", "rejected_duplicate", "f00d"),
+    ]
+    # a repeat's own id names it alone
+    answer = json.loads(
+        talkstream(
+            "audit", "--request-id", "f00d~f00d/d2", "--database-url", database_url, "--json"
+        ).output
+    )
+    assert [r["request_id"] for r in answer["requests"]] == ["f00d~f00d/d2"]
+
+
 def test_audit_of_an_unknown_request_says_so_and_fails(projected: str):
     result = talkstream("audit", "--request-id", "nope", "--database-url", projected)
     assert result.exit_code == 1
