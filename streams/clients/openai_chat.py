@@ -16,9 +16,14 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
-      (no choices, a refusal, a tool     BadAnswer           time (the key is up: no circuit)
-      call, content_filter, empty or
-      whitespace content; why is said)
+      (no choices, empty or whitespace   BadAnswer           time (the key is up: no circuit)
+      content; why is said)
+    200 whose answer no retry changes:                       reports: one call, billed
+      a refusal (``message.refusal``)    Refused
+      ``finish_reason: content_filter``  ContentFiltered
+      a tool call                        ToolCall
+      no text before ``max_tokens``      MaxTokensTooLow
+      (``finish_reason: length``)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
 Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
@@ -30,7 +35,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import httpx2
 import openai
@@ -41,6 +46,7 @@ from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
+EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text that another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
 # key provided: sk-proj-abc1****wxyz"), whatever its prefix (an OpenAI-compatible API's keys
@@ -139,12 +145,14 @@ class ChatClient:
                 answered=answer is not None,
             ) from None
         limits = read_limits(raw.headers)
-        text, why = answer_text(body)
+        text, why, reason = answer_text(body)
         if text is None:
+            # each such answer may have been billed: asked again only when another answer may
+            # hold a text (not a refusal, a filtered text, a tool call, a cap too low)
             raise GenerationError(
                 f"OpenAI returned no text: {scrub(why, api_key)}",
-                reason="EmptyCompletion",
-                retriable=True,
+                reason=reason,
+                retriable=reason == EMPTY_COMPLETION,
                 limits=limits,
                 answered=True,
             )
@@ -173,37 +181,68 @@ class ChatClient:
         await self._client.close()
 
 
-def answer_text(body: Any) -> tuple[str | None, str]:
-    """``choices[0].message.content`` of a chat completion when it is a text to publish;
-    else None and why not (what the answer held instead), for the request's reason.
+class Answer(NamedTuple):
+    """What a 200 from Chat Completions holds: its text to publish, or None, why not, and the
+    reason to report: ``EmptyCompletion`` (asked again: another answer may hold a text), or
+    the reason of an answer no retry changes (each call of it billed)."""
 
-    Not a text: no choices (or an error envelope in a 200), a refusal (``message.refusal``),
-    a tool call, content flagged by OpenAI's filter (``finish_reason: content_filter``: what
-    is left of it was cut where the filter stopped it), content that is empty or only
-    whitespace (published, it would replace the person's text with nothing). A text cut at
-    ``max_tokens`` (``finish_reason: length``) is a text: the campaign's cap.
+    text: str | None
+    why: str = ""
+    reason: str = EMPTY_COMPLETION
+
+
+def answer_text(body: Any) -> Answer:
+    """``choices[0].message.content`` of a chat completion when it is a text to publish;
+    else None, why not (what the answer held instead) and the request's reason.
+
+    Not a text, and asked again (``EmptyCompletion``): no choices (or an error envelope in a
+    200), content that is empty or only whitespace (published, it would replace the person's
+    text with nothing). Not a text, and the same prompt and params would get the same answer:
+    a refusal (``message.refusal``: ``Refused``), content flagged by OpenAI's filter
+    (``finish_reason: content_filter``: what is left of it was cut where the filter stopped it;
+    ``ContentFiltered``), a tool call (the campaign's params ask for one: ``ToolCall``), no text
+    before the completion's cap (``finish_reason: length``: a reasoning model spends its tokens
+    on reasoning first; ``MaxTokensTooLow``). A text cut at ``max_tokens`` (``finish_reason:
+    length``) is a text: the campaign's cap.
     """
     if not isinstance(body, Mapping):
-        return None, "the answer is not a chat completion"
+        return Answer(None, "the answer is not a chat completion")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         _, _, error = _error_fields(body)
-        return None, f"an error in a 200: {error}" if error else "no choices in the answer"
+        return Answer(None, f"an error in a 200: {error}" if error else "no choices in the answer")
     choice: Mapping[str, Any] = choices[0] if isinstance(choices[0], Mapping) else {}
     found = choice.get("message")
     message: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     content, refusal = message.get("content"), message.get("refusal")
     if choice.get("finish_reason") == "content_filter":
-        return None, "finish_reason content_filter (OpenAI's content filter flagged the text)"
+        why = "finish_reason content_filter (OpenAI's content filter flagged the text)"
+        return Answer(None, why, "ContentFiltered")
     if isinstance(refusal, str) and refusal.strip():
-        return None, f"the model refused: {refusal.strip()}"
+        return Answer(None, f"the model refused: {refusal.strip()}", "Refused")
     if message.get("tool_calls") or message.get("function_call"):
-        return None, "a tool call, not a text (do the campaign's openai.* params ask for one?)"
+        why = "a tool call, not a text (do the campaign's openai.* params ask for one?)"
+        return Answer(None, why, "ToolCall")
+    if not isinstance(content, str) or not content.strip():
+        why = f"the content is {_what_is(content)}"
+        if choice.get("finish_reason") == "length":
+            why += (
+                " and finish_reason is length: the completion reached its max_tokens (or"
+                " max_completion_tokens) before any text (a reasoning model spends them on"
+                " reasoning first); raise it in the campaign"
+            )
+            return Answer(None, why, "MaxTokensTooLow")
+        return Answer(None, why)
+    return Answer(well_formed(content))
+
+
+def _what_is(content: Any) -> str:
+    """What a content that is not a text is: absent, not a string, empty, only whitespace."""
+    if content is None:
+        return "absent"
     if not isinstance(content, str):
-        return None, f"the content is {'absent' if content is None else 'not a string'}"
-    if not content.strip():
-        return None, "the content is empty" if not content else "the content is only whitespace"
-    return well_formed(content), ""
+        return "not a string"
+    return "empty" if not content else "only whitespace"
 
 
 def token_count(value: Any) -> int:

@@ -119,6 +119,33 @@ async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
     assert oai.calls.count == 1  # one call, no retry of its own
 
 
+@pytest.mark.parametrize(
+    ("setup", "reason", "why"),
+    [
+        ("refusal_keys", "Refused", "the model refused: I'm sorry, I can't help with that."),
+        (
+            "content_filter_keys",
+            "ContentFiltered",
+            "finish_reason content_filter (OpenAI's content filter flagged the text)",
+        ),
+    ],
+)
+async def test_a_200_no_retry_changes_is_final_and_an_answer(oai, chat, setup, reason, why) -> None:
+    """The model's refusal and a text OpenAI's filter cut were asked three times, each
+    billed, as if another answer might hold a text: final now, for this request only (the
+    key's other prompts may be answered), and an answer (the key is up)."""
+    setattr(oai.config, setup, {KEY})
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    error = caught.value
+    assert (error.reason, error.retriable, error.answered, error.refuses) == (
+        reason, False, True, "request",
+    )  # fmt: skip
+    assert str(error) == f"OpenAI returned no text: {why}"
+    assert error.limits is not None and error.limits.said_anything  # the key's limits
+    assert KEY not in str(error) and oai.calls.count == 1
+
+
 async def test_a_server_error_is_an_outage(oai, chat) -> None:
     oai.config.fail_next = [503]
     with pytest.raises(GenerationError) as caught:
@@ -435,9 +462,10 @@ async def test_a_200_without_a_text_to_publish_says_what_it_held(edges) -> None:
     """An empty content was a text: published, it replaced the person's text in Talkable with
     nothing; a refusal said only "no text"."""
     empty, refused = await answer_of(f"{edges}/empty/v1"), await answer_of(f"{edges}/refusal/v1")
-    for error in (empty, refused):
-        assert isinstance(error, GenerationError)
-        assert (error.reason, error.retriable, error.answered) == ("EmptyCompletion", True, True)
+    assert isinstance(empty, GenerationError) and isinstance(refused, GenerationError)
+    assert (empty.reason, empty.retriable, empty.answered) == ("EmptyCompletion", True, True)
+    # asked again, the model refuses again: no retry (each billed) changes it
+    assert (refused.reason, refused.retriable, refused.answered) == ("Refused", False, True)
     assert str(empty) == "OpenAI returned no text: the content is empty"
     assert str(refused) == (
         "OpenAI returned no text: the model refused: I'm sorry, I can't help with that."

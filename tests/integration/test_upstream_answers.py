@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.conftest import System, read_topic
-from tests.support import seed_params, wait_until
+from tests.integration.conftest import System, now_s, read_topic
+from tests.support import seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +146,56 @@ def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged
     for secret in (EMPTY_KEY, GOOD_KEY, "talkable-key-0001"):
         assert secret not in audit + preview
         assert secret not in system.log("worker")
+
+
+def test_a_refusal_and_a_filtered_text_end_after_one_call_and_give_the_slot_back(
+    make_system,
+) -> None:
+    """The model's refusal (``message.refusal``) and a text OpenAI's filter cut
+    (``finish_reason: content_filter``) were asked three times, each billed, and then failed
+    all the same. Through the stand-in and the broker: one call each, ``generation_failed``
+    with its own reason at attempt 1, a dead letter to redrive, the person's slot back."""
+    system: System = make_system()
+    refusing, filtering = "sk-refused-prompt-0001", "sk-filtered-text-0001"
+    system.openai(
+        "POST", "/_control", {"refusal_keys": [refusing], "content_filter_keys": [filtering]}
+    )
+    window = usage(1, now=now_s())  # one text a person: a failure must give its slot back
+    bodies = {
+        "refused": seed_params("refused@example.com", openai_key=refusing, usage_limit=window),
+        "filtered": seed_params("filtered@example.com", openai_key=filtering),
+    }
+    ids = {}
+    for name, body in bodies.items():
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids[name] = answer["request_id"]
+    rows = system.wait_terminal(list(ids.values()), timeout=90)
+    said = {
+        "refused": ("Refused", "the model refused: I'm sorry, I can't help with that."),
+        "filtered": ("ContentFiltered", "finish_reason content_filter (OpenAI's content filter"),
+    }
+    for name, (reason, why) in said.items():
+        row = rows[ids[name]]
+        assert (row.state, row.error_class, row.attempts) == ("generation_failed", reason, 1)
+        assert (row.error_message or "").startswith(f"OpenAI returned no text: {why}")
+    calls = system.openai("GET", "/_calls")
+    assert sorted(c["fault"] for c in calls) == ["content_filter", "refusal"]  # one call each
+    assert not system.talkable("GET", "/_calls")  # nothing written over the person's text
+
+    # the refused person's slot went back: their next webhook (another prompt) is published
+    again = seed_params("refused@example.com", content="another verse", usage_limit=window)
+    status, answer = system.post(again)
+    assert status == 202, answer
+    assert system.wait_terminal([answer["request_id"]])[answer["request_id"]].state == "published"
+
+    preview = system.talkstream("redrive", "--dry-run")
+    assert f"would redrive: {ids['refused']} → the ledger  site=test-site  " in preview
+    assert "reason=Refused: OpenAI returned no text: the model refused" in preview
+    audit = system.talkstream("audit", "--request-id", ids["filtered"])
+    assert "ContentFiltered: OpenAI returned no text: finish_reason content_filter" in audit
+    for secret in (refusing, filtering):
+        assert secret not in audit + preview + system.log("worker")
 
 
 def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(

@@ -1,7 +1,10 @@
 """What a 200 from OpenAI holds (``streams.clients.openai_chat.answer_text``, ``token_count``):
 a text to publish, or why it is none. Real answers that carry no text: a refusal, a tool call,
 content OpenAI's filter flagged, no choices, an error envelope, content that is empty or only
-whitespace (published, it would replace the person's text in Talkable with nothing)."""
+whitespace (published, it would replace the person's text in Talkable with nothing), no text
+before the completion's cap. Those that another call would answer the same (a refusal, a
+filtered text, a tool call, a cap too low) each have their own reason: they are not asked
+again, each call being billed."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 import pytest
 
 from streams.agents.work import text_too_large
+from streams.clients.openai_chat import EMPTY_COMPLETION as EMPTY
 from streams.clients.openai_chat import answer_text, token_count
 
 
@@ -44,37 +48,63 @@ def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -
     ],
 )
 def test_a_text_is_the_first_choices_content(body: dict[str, Any], text: str) -> None:
-    assert answer_text(body) == (text, "")
+    assert answer_text(body).text == text
 
 
 @pytest.mark.parametrize(
-    ("body", "why"),
+    ("body", "why", "reason"),
     [
-        (completion(""), "the content is empty"),
-        (completion(" \n\t "), "the content is only whitespace"),
-        (completion(None, refusal="I'm sorry, I can't help with that."), "the model refused: I'm"),
-        (completion(None, "content_filter"), "finish_reason content_filter"),
-        # what the filter left of a text is not published either
-        (completion("The first half of a", "content_filter"), "finish_reason content_filter"),
-        (
-            completion(None, "tool_calls", tool_calls=[{"id": "t", "type": "function"}]),
-            "a tool call, not a text",
-        ),
-        (completion([{"type": "text", "text": "hi"}]), "the content is not a string"),
-        (completion(None), "the content is absent"),
-        ({**completion(), "choices": []}, "no choices in the answer"),
+        # another call may hold a text: asked again (EmptyCompletion)
+        (completion(""), "the content is empty", "EmptyCompletion"),
+        (completion(" \n\t "), "the content is only whitespace", "EmptyCompletion"),
+        (completion([{"type": "text", "text": "hi"}]), "the content is not a string", EMPTY),
+        (completion(None), "the content is absent", "EmptyCompletion"),
+        ({**completion(), "choices": []}, "no choices in the answer", "EmptyCompletion"),
         (
             {"error": {"message": "The server had an error", "type": "server_error"}},
             "an error in a 200: The server had an error",
+            "EmptyCompletion",
         ),
-        ([completion()], "the answer is not a chat completion"),
-        ("just a string", "the answer is not a chat completion"),
+        ([completion()], "the answer is not a chat completion", "EmptyCompletion"),
+        ("just a string", "the answer is not a chat completion", "EmptyCompletion"),
+        # the same prompt and params get the same answer: each its own reason, not asked again
+        (
+            completion(None, refusal="I'm sorry, I can't help with that."),
+            "the model refused: I'm",
+            "Refused",
+        ),
+        (completion(None, "content_filter"), "finish_reason content_filter", "ContentFiltered"),
+        # what the filter left of a text is not published either
+        (
+            completion("The first half of a", "content_filter"),
+            "finish_reason content_filter",
+            "ContentFiltered",
+        ),
+        (
+            completion(None, "tool_calls", tool_calls=[{"id": "t", "type": "function"}]),
+            "a tool call, not a text",
+            "ToolCall",
+        ),
+        # a reasoning model that spent max_completion_tokens on reasoning: no text, at length
+        (
+            completion("", "length"),
+            "the content is empty and finish_reason is length",
+            "MaxTokensTooLow",
+        ),
+        (
+            completion(None, "length"),
+            "the content is absent and finish_reason is",
+            "MaxTokensTooLow",
+        ),
     ],
 )
-def test_an_answer_without_a_text_says_what_it_held(body: Any, why: str) -> None:
-    text, said = answer_text(body)
+def test_an_answer_without_a_text_says_what_it_held_and_whether_to_ask_again(
+    body: Any, why: str, reason: str
+) -> None:
+    text, said, said_reason = answer_text(body)
     assert text is None
     assert said.startswith(why), said
+    assert said_reason == reason
 
 
 @pytest.mark.parametrize(
