@@ -26,16 +26,21 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       (``finish_reason: length``)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
-Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
+Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like. An
+error answer that is not OpenAI's JSON (a proxy's page) says so, with its content type; a 404
+other than a missing model (a base URL without ``/v1``) names the base URL to check (without its
+credentials or query).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -108,11 +113,12 @@ class ChatClient:
             http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
         )
         self._by_key: dict[str, AsyncOpenAI] = {}
+        self._base_url = shown_url(base_url)
 
     async def complete(self, chat: ChatRequest, api_key: str) -> tuple[Completion, Limits]:
         """One call: the completion and what the answer said about the key's limits."""
         client = self._for_key(api_key)
-        answer: httpx2.Response | None = None  # (a ValueError without one came before it)
+        answer: httpx2.Response | None = None  # (a ValueError without one: no call was made)
         try:
             # the SDK's own POST with the body as Chat Completions takes it: every other
             # param unchanged (``create`` refuses unknown names and re-walks the body through
@@ -123,7 +129,7 @@ class ChatClient:
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
-            raise _status_error(exc, api_key) from None
+            raise _status_error(exc, api_key, self._base_url) from None
         except openai.APITimeoutError:
             raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
         except openai.APIConnectionError as exc:
@@ -136,13 +142,22 @@ class ChatClient:
             raise GenerationError(
                 f"OpenAI client error: {scrub(str(exc), api_key)}", reason="ClientError"
             ) from None
-        except ValueError:
+        except ValueError as exc:
+            if answer is None:
+                # refused before the call, by the HTTP library: a base URL with credentials in
+                # it ("Cannot combine AUTHORIZATION header with ... credentials encoded in
+                # URL"). Taken for an outage, it waited out MAX_WAIT_SECONDS at every request
+                raise GenerationError(
+                    f"OpenAI client error: {scrub(str(exc), api_key)} (no call was made; "
+                    f"TALKSTREAM_OPENAI_BASE_URL is {self._base_url})",
+                    reason="ClientError",
+                ) from None
             raise GenerationError(
                 "OpenAI answered with a body that is not JSON",
                 reason="BadAnswer",
                 retriable=True,
-                limits=read_limits(answer.headers) if answer is not None else None,
-                answered=answer is not None,
+                limits=read_limits(answer.headers),
+                answered=True,
             ) from None
         limits = read_limits(raw.headers)
         text, why, reason = answer_text(body)
@@ -262,13 +277,19 @@ def well_formed(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
+def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> GenerationError:
     status = exc.status_code
     code, kind, message = _error_fields(exc.body)
+    refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    if message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
+        kind_of = exc.response.headers.get("content-type", "").split(";")[0].strip()
+        message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)
     limits = read_limits(exc.response.headers, message)
-    text = f"OpenAI answered {status}" + (f" {code}" if code else "") + f": {message}"
-    refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    text = f"OpenAI answered {status}" + (f" {code}" if code else "")
+    if status == 404 and refusal is None:  # no such path: the base URL, not the request
+        text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
+    text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):
         return GenerationError(text, reason="RequestTooLarge", status=status, limits=limits)
     if refusal is not None:
@@ -276,6 +297,32 @@ def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: its credentials (``user:password@``), query and
+    fragment (a proxy's token may ride in any) each replaced by ``***``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    with contextlib.suppress(ValueError):  # (a port that is not one: left out)
+        host += f":{parts.port}" if parts.port is not None else ""
+    if parts.username is not None or parts.password is not None:
+        host = f"***@{host}"
+    hidden = ["***" if part else "" for part in (parts.query, parts.fragment)]
+    return urlunsplit((parts.scheme, host, parts.path, *hidden))
+
+
+def where_to_look(base_url: str) -> str:
+    """What an operator checks when the API answers 404 to Chat Completions itself: the base
+    URL, which for OpenAI ends in ``/v1`` (``https://api.openai.com/v1``)."""
+    if base_url.rstrip("/").endswith("/v1"):
+        return f"no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base_url}: is it OpenAI's API?"
+    return (
+        f"no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base_url}: OpenAI's API ends in"
+        " /v1, e.g. https://api.openai.com/v1"
+    )
 
 
 def _too_large(message: str) -> bool:

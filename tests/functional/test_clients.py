@@ -146,6 +146,60 @@ async def test_a_200_no_retry_changes_is_final_and_an_answer(oai, chat, setup, r
     assert KEY not in str(error) and oai.calls.count == 1
 
 
+async def test_a_404_of_the_api_itself_names_the_base_url_to_check(oai) -> None:
+    """A base URL without ``/v1`` was answered 404 (a web server's page, or OpenAI's "Invalid
+    URL"), and every request failed "OpenAI answered 404: Error code: 404": nothing said to
+    look at the base URL. A missing model's 404 stays about the model."""
+    root = oai.url.removesuffix("/v1")
+    for base, hint in (
+        (root, "OpenAI's API ends in /v1, e.g. https://api.openai.com/v1"),
+        (f"{root}/openai/v1", "is it OpenAI's API?"),
+    ):
+        client = ChatClient(base, timeout=10)
+        try:
+            with pytest.raises(GenerationError) as caught:
+                await client.complete(CHAT, KEY)
+        finally:
+            await client.close()
+        error = caught.value
+        assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
+        assert str(error) == (
+            f"OpenAI answered 404 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base}: "
+            f"{hint}): a body that is not OpenAI's JSON (text/plain)"
+        )
+    oai.config.unknown_models = {"gpt-4o-mini"}
+    client = ChatClient(oai.url, timeout=10)
+    try:
+        with pytest.raises(GenerationError) as caught:
+            await client.complete(CHAT, KEY)
+    finally:
+        await client.close()
+    assert caught.value.reason == "ModelNotFound"
+    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(caught.value)
+
+
+async def test_a_base_url_with_credentials_fails_at_once_without_a_call(oai) -> None:
+    """The HTTP library refuses a base URL carrying ``user:password@`` beside the key's
+    header (a ValueError before any call): it was taken for an outage ("a body that is not
+    JSON", retriable), so each request waited out ``MAX_WAIT_SECONDS`` and ended
+    ``QueueTimeout``. It is the client's error, final; the URL is shown without them."""
+    base = oai.url.replace("http://", "http://proxy-user:proxy-secret@")
+    client = ChatClient(base, timeout=10)
+    try:
+        with pytest.raises(GenerationError) as caught:
+            await client.complete(CHAT, KEY)
+    finally:
+        await client.close()
+    error = caught.value
+    assert (error.reason, error.retriable, error.answered) == ("ClientError", False, False)
+    assert "credentials encoded in URL" in str(error)
+    assert f"TALKSTREAM_OPENAI_BASE_URL is {oai.url.replace('http://', 'http://***@')}" in str(
+        error
+    )
+    assert "proxy-secret" not in str(error) and KEY not in str(error)
+    assert oai.calls.count == 0
+
+
 async def test_a_server_error_is_an_outage(oai, chat) -> None:
     oai.config.fail_next = [503]
     with pytest.raises(GenerationError) as caught:
@@ -344,6 +398,22 @@ async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -
         "request",
     )
     assert "/new/api/v2/origins/event" in str(error) and "TALKABLE_BASE_URL" in str(error)
+
+
+async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> None:
+    """A base URL without ``/api/v2`` was answered a web server's 404, said as "Talkable
+    answered 404: Not Found", like a site Talkable does not know. Talkable's own 404 (its
+    JSON) stays what it says."""
+    root = tk.url.removesuffix("/api/v2")
+    error = await refused_at(root)
+    assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
+    assert str(error) == (
+        f"Talkable answered 404: Not Found (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL "
+        f"{root}: it ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
+    )
+    tk.config.fail_next = [404]
+    error = await refused_at(tk.url)
+    assert str(error) == "Talkable answered 404: Injected failure 404"
 
 
 async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> None:

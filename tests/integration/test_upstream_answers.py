@@ -198,6 +198,27 @@ def test_a_refusal_and_a_filtered_text_end_after_one_call_and_give_the_slot_back
         assert secret not in audit + preview + system.log("worker")
 
 
+def test_a_base_url_without_v1_ends_at_once_naming_what_to_check(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """OPENAI_BASE_URL set without ``/v1``: each request failed "OpenAI answered 404: Error
+    code: 404", nothing saying where to look. The operator reads what to fix in the audit."""
+    system: System = make_system(openai_base_url=edges.url, talkable_base_url=f"{edges.url}/api/v2")
+    status, answer = system.post(seed_params("lost@example.com", openai_key=GOOD_KEY))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]
+    assert (row.state, row.error_class, row.attempts) == ("generation_failed", "BadRequest", 1)
+    hint = (
+        f"OpenAI answered 404 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {edges.url}: "
+        "OpenAI's API ends in /v1, e.g. https://api.openai.com/v1): a body that is not "
+        "OpenAI's JSON (text/plain)"
+    )
+    assert row.error_message == hint
+    assert hint in system.talkstream("audit", "--request-id", request_id)
+    assert GOOD_KEY not in system.log("worker")
+
+
 def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
     make_system, edges: EdgeUpstreams
 ) -> None:

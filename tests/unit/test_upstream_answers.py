@@ -14,7 +14,7 @@ import pytest
 
 from streams.agents.work import text_too_large
 from streams.clients.openai_chat import EMPTY_COMPLETION as EMPTY
-from streams.clients.openai_chat import answer_text, token_count
+from streams.clients.openai_chat import answer_text, shown_url, token_count
 
 
 def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -> dict[str, Any]:
@@ -147,3 +147,18 @@ def test_a_text_is_too_large_by_its_utf8_bytes(text: str, limit: int, too_large:
         assert (error.reason, error.retriable) == ("TextTooLarge", False)
         assert f"more than TALKSTREAM_MAX_TEXT_BYTES ({limit:,})" in str(error)
         assert text[:10] not in str(error)  # the text itself is not repeated
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("http://user:pass@proxy:8080/v1", "http://***@proxy:8080/v1"),
+        ("https://proxy/v1?token=sk-abc123456#frag", "https://proxy/v1?***#***"),
+        ("http://[::1]:8081/v1", "http://[::1]:8081/v1"),
+    ],
+)
+def test_a_base_url_is_shown_without_what_may_be_a_secret(url: str, shown: str) -> None:
+    """A 404's hint names the base URL to check: never its credentials, query or fragment,
+    where a proxy's token may ride."""
+    assert shown_url(url) == shown
