@@ -79,6 +79,7 @@ class Completion:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    truncated: bool = False  # cut at the completion's cap (finish_reason length)
 
 
 def token_cost(chat: ChatRequest) -> int:
@@ -160,7 +161,7 @@ class ChatClient:
                 answered=True,
             ) from None
         limits = read_limits(raw.headers)
-        text, why, reason = answer_text(body)
+        text, why, reason, truncated = answer_text(body)
         if text is None:
             # each such answer may have been billed: asked again only when another answer may
             # hold a text (not a refusal, a filtered text, a tool call, a cap too low)
@@ -177,6 +178,7 @@ class ChatClient:
             model=well_formed(str(body.get("model") or chat.model)),
             prompt_tokens=token_count(usage.get("prompt_tokens")),
             completion_tokens=token_count(usage.get("completion_tokens")),
+            truncated=truncated,
         )
         return completion, limits
 
@@ -204,6 +206,7 @@ class Answer(NamedTuple):
     text: str | None
     why: str = ""
     reason: str = EMPTY_COMPLETION
+    truncated: bool = False  # a text cut at the completion's cap (finish_reason length)
 
 
 def answer_text(body: Any) -> Answer:
@@ -248,7 +251,7 @@ def answer_text(body: Any) -> Answer:
             )
             return Answer(None, why, "MaxTokensTooLow")
         return Answer(None, why)
-    return Answer(well_formed(content))
+    return Answer(well_formed(content), truncated=choice.get("finish_reason") == "length")
 
 
 def _what_is(content: Any) -> str:

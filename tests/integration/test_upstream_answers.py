@@ -148,13 +148,14 @@ def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged
         assert secret not in system.log("worker")
 
 
-def test_a_refusal_and_a_filtered_text_end_after_one_call_and_give_the_slot_back(
+def test_a_refusal_and_a_filtered_text_end_after_one_call_and_a_cut_text_says_so(
     make_system,
 ) -> None:
     """The model's refusal (``message.refusal``) and a text OpenAI's filter cut
     (``finish_reason: content_filter``) were asked three times, each billed, and then failed
     all the same. Through the stand-in and the broker: one call each, ``generation_failed``
-    with its own reason at attempt 1, a dead letter to redrive, the person's slot back."""
+    with its own reason at attempt 1, a dead letter to redrive, the person's slot back. A text
+    cut at ``max_tokens`` is published, and its TextGenerated says it was cut."""
     system: System = make_system()
     refusing, filtering = "sk-refused-prompt-0001", "sk-filtered-text-0001"
     system.openai(
@@ -185,9 +186,25 @@ def test_a_refusal_and_a_filtered_text_end_after_one_call_and_give_the_slot_back
 
     # the refused person's slot went back: their next webhook (another prompt) is published
     again = seed_params("refused@example.com", content="another verse", usage_limit=window)
-    status, answer = system.post(again)
-    assert status == 202, answer
-    assert system.wait_terminal([answer["request_id"]])[answer["request_id"]].state == "published"
+    # a text cut at the campaign's max_tokens is published as it is, and its event says so
+    cut = seed_params("cut@example.com", content="a verse of many words")
+    cut["openai"]["max_tokens"] = "3"
+    published = {}
+    for name, body in (("again", again), ("cut", cut)):
+        status, answer = system.post(body)
+        assert status == 202, answer
+        published[answer["request_id"]] = name
+    rows = system.wait_terminal(list(published))
+    assert {row.state for row in rows.values()} == {"published"}
+    lifecycle = f"{system.app_id}-lifecycle"
+    generated = {
+        published[event["request_id"]]: event
+        for event in (json.loads(v) for _, _, _, v in read_topic(system.kafka.bootstrap, lifecycle))
+        if event["type"] == "TextGenerated"
+    }
+    assert (generated["cut"]["truncated"], generated["again"]["truncated"]) == (True, None)
+    [landed] = [c for c in system.talkable("GET", "/_calls") if c["email"] == "cut@example.com"]
+    assert landed["custom_properties"]["generated_text"] == "Generated for: a"  # 3 words
 
     preview = system.talkstream("redrive", "--dry-run")
     assert f"would redrive: {ids['refused']} → the ledger  site=test-site  " in preview

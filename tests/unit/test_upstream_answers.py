@@ -48,7 +48,10 @@ def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -
     ],
 )
 def test_a_text_is_the_first_choices_content(body: dict[str, Any], text: str) -> None:
-    assert answer_text(body).text == text
+    answer = answer_text(body)
+    assert answer.text == text
+    # a text cut at the cap is published, and says so (TextGenerated's ``truncated``)
+    assert answer.truncated == (body["choices"][0]["finish_reason"] == "length")
 
 
 @pytest.mark.parametrize(
@@ -101,7 +104,7 @@ def test_a_text_is_the_first_choices_content(body: dict[str, Any], text: str) ->
 def test_an_answer_without_a_text_says_what_it_held_and_whether_to_ask_again(
     body: Any, why: str, reason: str
 ) -> None:
-    text, said, said_reason = answer_text(body)
+    text, said, said_reason, _ = answer_text(body)
     assert text is None
     assert said.startswith(why), said
     assert said_reason == reason
