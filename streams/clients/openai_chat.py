@@ -28,8 +28,8 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
 Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like. An
 error answer that is not OpenAI's JSON (a proxy's page) says so, with its content type; a 404
-other than a missing model (a base URL without ``/v1``) names the base URL to check (without its
-credentials or query).
+other than a missing model (a base URL without ``/v1``), a 405 and a 200 that is not JSON name the
+base URL to check (without its credentials or query).
 """
 
 from __future__ import annotations
@@ -153,8 +153,11 @@ class ChatClient:
                     f"TALKSTREAM_OPENAI_BASE_URL is {self._base_url})",
                     reason="ClientError",
                 ) from None
+            kind_of = answer.headers.get("content-type", "").split(";")[0].strip()
             raise GenerationError(
-                "OpenAI answered with a body that is not JSON",
+                f"OpenAI answered {answer.status_code} with a body that is not JSON "
+                f"({kind_of or 'no content type'}): is TALKSTREAM_OPENAI_BASE_URL "
+                f"{self._base_url} OpenAI's API?",
                 reason="BadAnswer",
                 retriable=True,
                 limits=read_limits(answer.headers),
@@ -290,7 +293,7 @@ def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> Ge
     message = scrub(message or exc.message, api_key)
     limits = read_limits(exc.response.headers, message)
     text = f"OpenAI answered {status}" + (f" {code}" if code else "")
-    if status == 404 and refusal is None:  # no such path: the base URL, not the request
+    if status in (404, 405) and refusal is None:  # no such path: the base URL, not the request
         text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
     text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):

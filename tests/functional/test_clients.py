@@ -508,6 +508,8 @@ async def edges() -> AsyncIterator[str]:
     app = web.Application()
     for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage)):
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
+    app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
+    app.router.add_get("/website/v1/chat/completions", html)  # a POST is answered 405
     for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
         app.router.add_post(f"/{name}/api/v2/origins/event", handler)
     runner = web.AppRunner(app)
@@ -539,6 +541,27 @@ async def test_a_200_without_a_text_to_publish_says_what_it_held(edges) -> None:
     assert str(empty) == "OpenAI returned no text: the content is empty"
     assert str(refused) == (
         "OpenAI returned no text: the model refused: I'm sorry, I can't help with that."
+    )
+
+
+async def test_an_answer_that_is_not_json_names_the_base_url_to_check(edges) -> None:
+    """A 200 HTML page (a portal, a web site at the base URL) said only "OpenAI answered with
+    a body that is not JSON", and a web site's 405 to the POST "OpenAI answered 405: Error code:
+    405": neither said where to look. (The 200 is still asked again: a proxy's page may be
+    passing.)"""
+    portal = await answer_of(f"{edges}/portal/v1")
+    assert isinstance(portal, GenerationError)
+    assert (portal.reason, portal.retriable, portal.answered) == ("BadAnswer", True, True)
+    assert str(portal) == (
+        "OpenAI answered 200 with a body that is not JSON (text/html): is "
+        f"TALKSTREAM_OPENAI_BASE_URL {edges}/portal/v1 OpenAI's API?"
+    )
+    website = await answer_of(f"{edges}/website/v1")
+    assert isinstance(website, GenerationError)
+    assert (website.reason, website.status, website.retriable) == ("BadRequest", 405, False)
+    assert str(website).startswith(
+        f"OpenAI answered 405 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {edges}/website"
+        "/v1: is it OpenAI's API?): a body that is not OpenAI's JSON (text/plain)"
     )
 
 
