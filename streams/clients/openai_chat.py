@@ -292,8 +292,10 @@ def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> Ge
         message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)
     limits = read_limits(exc.response.headers, message)
-    text = f"OpenAI answered {status}" + (f" {code}" if code else "")
-    if status in (404, 405) and refusal is None:  # no such path: the base URL, not the request
+    text = f"OpenAI answered {status}" + (f" {code}" if code and code != str(status) else "")
+    if status in (404, 405) and refusal is None and "model" not in message.lower():
+        # no such path: the base URL, not the request (a compatible API's 404 for a model
+        # it does not serve, without OpenAI's code, says "model": no hint)
         text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
     text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):

@@ -481,6 +481,12 @@ async def edges() -> AsyncIterator[str]:
     async def refusal(request: web.Request) -> web.Response:
         return chat_answer(None, refusal="I'm sorry, I can't help with that.")
 
+    async def no_model(request: web.Request) -> web.Response:
+        # an OpenAI-compatible server's 404 for a model it does not serve (vLLM's shape)
+        body = {"object": "error", "message": "The model `gpt-4o-mini` does not exist.",
+                "type": "NotFoundError", "param": None, "code": 404}  # fmt: skip
+        return web.json_response(body, status=404)
+
     async def usage(request: web.Request) -> web.Response:
         answer = chat_answer("A verse")
         body = json.loads(answer.text or "{}")
@@ -509,6 +515,7 @@ async def edges() -> AsyncIterator[str]:
     for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage)):
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
     app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
+    app.router.add_post("/compatible/v1/chat/completions", no_model)
     app.router.add_get("/website/v1/chat/completions", html)  # a POST is answered 405
     for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
         app.router.add_post(f"/{name}/api/v2/origins/event", handler)
@@ -563,6 +570,15 @@ async def test_an_answer_that_is_not_json_names_the_base_url_to_check(edges) -> 
         f"OpenAI answered 405 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {edges}/website"
         "/v1: is it OpenAI's API?): a body that is not OpenAI's JSON (text/plain)"
     )
+
+
+async def test_a_404_about_the_model_does_not_point_at_the_base_url(edges) -> None:
+    """A compatible API's 404 for a model it does not serve has no OpenAI code: it says
+    what it says, without the base URL hint a 404 of the path gets."""
+    error = await answer_of(f"{edges}/compatible/v1")
+    assert isinstance(error, GenerationError)
+    assert (error.reason, error.status) == ("BadRequest", 404)
+    assert str(error) == "OpenAI answered 404: The model `gpt-4o-mini` does not exist."
 
 
 async def test_a_text_with_a_usage_that_is_not_counts_is_still_the_text(edges) -> None:
