@@ -12,8 +12,8 @@ properties attach to the person, where campaigns read them. What an answer means
         (HTML from a proxy, empty)                          time (no circuit)
     3xx (not followed: a base URL that      BadRequest      reports
         moved; the message says where to)
-    404 that is not Talkable's JSON (a      BadRequest      reports (the message names the
-        base URL without ``/api/v2``)                       base URL to check)
+    404 / 405 that is not Talkable's JSON   BadRequest      reports (the message names the
+        (a base URL without ``/api/v2``)                    base URL to check)
     400 "Duplicate entity", the request's   (success)       an earlier attempt landed
         own number (``..-<request_id>``)
     400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
@@ -99,7 +99,7 @@ class TalkableClient:
                         f" (redirected to {moved}: set TALKSTREAM_TALKABLE_BASE_URL to where it"
                         " points)"
                     )
-                elif status == 404 and not isinstance(payload, dict):
+                elif status in (404, 405) and not isinstance(payload, dict):
                     # not Talkable's "site not found" (its JSON): no API at this path
                     message += (
                         f" (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL {self._shown}: it"

@@ -416,6 +416,17 @@ async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> No
     assert str(error) == "Talkable answered 404: Injected failure 404"
 
 
+async def test_a_405_of_a_web_site_names_the_talkable_base_url_to_check(edges) -> None:
+    """A base URL at a web site that takes no POST there: its 405 page is not Talkable's."""
+    error = await refused_at(f"{edges}/website")
+    assert (error.reason, error.status, error.retriable) == ("BadRequest", 405, False)
+    assert str(error) == (
+        "Talkable answered 405: Method Not Allowed (no Talkable API at "
+        f"TALKSTREAM_TALKABLE_BASE_URL {edges}/website: it ends in /api/v2, e.g. "
+        "https://www.talkable.com/api/v2)"
+    )
+
+
 async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> None:
     base, calls = moved
     error = await refused_at(base + "/refusing/api/v2")
@@ -517,6 +528,7 @@ async def edges() -> AsyncIterator[str]:
     app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
     app.router.add_post("/compatible/v1/chat/completions", no_model)
     app.router.add_get("/website/v1/chat/completions", html)  # a POST is answered 405
+    app.router.add_get("/website/origins/event", html)  # (Talkable's base URL at a web site)
     for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
         app.router.add_post(f"/{name}/api/v2/origins/event", handler)
     runner = web.AppRunner(app)
