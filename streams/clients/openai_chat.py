@@ -51,7 +51,7 @@ from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
-EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text that another call may not repeat
+EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text, which another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
 # key provided: sk-proj-abc1****wxyz"), whatever its prefix (an OpenAI-compatible API's keys
@@ -145,9 +145,10 @@ class ChatClient:
             ) from None
         except ValueError as exc:
             if answer is None:
-                # refused before the call, by the HTTP library: a base URL with credentials in
-                # it ("Cannot combine AUTHORIZATION header with ... credentials encoded in
-                # URL"). Taken for an outage, it waited out MAX_WAIT_SECONDS at every request
+                # refused before the call, by the HTTP library (a base URL with credentials in
+                # it, which settings now refuse at start: "Cannot combine AUTHORIZATION header
+                # with ... credentials encoded in URL"). Taken for an outage, such a refusal
+                # waited out MAX_WAIT_SECONDS at every request
                 raise GenerationError(
                     f"OpenAI client error: {scrub(str(exc), api_key)} (no call was made; "
                     f"TALKSTREAM_OPENAI_BASE_URL is {self._base_url})",
