@@ -27,8 +27,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # of the ingress, beside the event time). 3: GapProbe on [requests]. 4: on a DeadLetter of
 # work the ledger gave up on, the [requests] record it was deciding (decided_topic,
 # decided_partition, decided_offset); on RedriveRequested, the stage and attempt it runs
-# again. Fields are only ever added, optional.
-SCHEMA_VERSION = 4
+# again. 5: ``truncated`` on GenerationAttemptSucceeded and on TextGenerated lifecycle events
+# (OpenAI cut the text at the completion's cap: finish_reason length). Fields are only ever
+# added, optional.
+SCHEMA_VERSION = 5
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -104,6 +106,9 @@ class GenerationAttemptSucceeded(_Wire):
     latency_ms: int = 0
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    truncated: bool = Field(
+        False, description="OpenAI cut the text at the completion's cap (finish_reason length)"
+    )
 
 
 class GenerationAttemptFailed(_Wire):
@@ -279,6 +284,11 @@ class LifecycleEvent(_Wire):
         None,
         description="on RequestReceived: when the webhook reached the ingress (wall clock); "
         "at_ms is the event time it was judged at",
+    )
+    truncated: bool | None = Field(
+        None,
+        description="on TextGenerated: true when OpenAI cut the text at the campaign's "
+        "max_tokens (finish_reason length); it is published as it is. Absent otherwise",
     )
 
     def identity(self) -> tuple[str, str, str, int]:

@@ -207,6 +207,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         completion_tokens=g.completion_tokens,
         latency_ms=g.latency_ms,
         waited_ms=g.waited_ms,
+        truncated=True if g.truncated else None,  # (None: as events written before it was)
     )
     started = transition(
         flight.request_id,

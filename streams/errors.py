@@ -70,8 +70,9 @@ class UpstreamError(TalkstreamError):
     ``retriable`` errors (a 429, an outage) make the command wait in its target's queue;
     the others end the attempt, and ``refuses`` says whether the same answer is certain for
     the target's other calls (a revoked or exhausted key: ``key``; a missing model: ``model``).
-    ``answered``: a retriable error from an answer that came (a 200 without a usable text),
-    which says the upstream is up: asked again a few times, not waited on as an outage.
+    ``answered``: an error from an answer that came (a 200 without a usable text), which says
+    the upstream is up and may have billed the call: asked again a few times if
+    ``retriable``, not waited on as an outage; reported at once if not (a refusal).
     """
 
     def __init__(

@@ -447,10 +447,19 @@ class Settings(BaseSettings):
         """An http(s) URL with a host: anything else would fail every call, each as if the
         upstream were unreachable, until its attempts ran out."""
         url = value.strip()
+        example = cls.model_fields[info.field_name or ""].default
         if not _is_http_url(url):
             # not repeated: a URL may carry credentials
-            example = cls.model_fields[info.field_name or ""].default
             raise ValueError(f"is not an http(s) URL with a host, e.g. {example}")
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            # the HTTP clients refuse them beside the key's Authorization header: every call
+            # failed before it was made (OpenAI's waited out MAX_WAIT_SECONDS as an outage;
+            # Talkable's ended "InvalidKey", as if the site's key were wrong)
+            raise ValueError(
+                "carries credentials (user:password@), which cannot be sent beside the API "
+                f"key's Authorization header: give the URL without them, e.g. {example}"
+            )
         return url
 
     @field_validator("console_worker_urls")

@@ -118,6 +118,7 @@ class Generate(Work[GenerateText]):
             prompt_tokens=done.value.prompt_tokens,
             completion_tokens=done.value.completion_tokens,
             latency_ms=done.latency_ms,
+            truncated=done.value.truncated,
         )
 
 

@@ -16,21 +16,31 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
-      (no choices, a refusal, a tool     BadAnswer           time (the key is up: no circuit)
-      call, content_filter, empty or
-      whitespace content; why is said)
+      (no choices, empty or whitespace   BadAnswer           time (the key is up: no circuit)
+      content; why is said)
+    200 whose answer no retry changes:                       reports: one call, billed
+      a refusal (``message.refusal``)    Refused
+      ``finish_reason: content_filter``  ContentFiltered
+      a tool call                        ToolCall
+      no text before ``max_tokens``      MaxTokensTooLow
+      (``finish_reason: length``)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
-Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like.
+Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like. An
+error answer that is not OpenAI's JSON (a proxy's page) says so, with its content type; a 404
+other than a missing model (a base URL without ``/v1``), a 405 and a 200 that is not JSON name the
+base URL to check (without its credentials or query).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -41,6 +51,7 @@ from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
+EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text, which another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
 # key provided: sk-proj-abc1****wxyz"), whatever its prefix (an OpenAI-compatible API's keys
@@ -68,6 +79,7 @@ class Completion:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    truncated: bool = False  # cut at the completion's cap (finish_reason length)
 
 
 def token_cost(chat: ChatRequest) -> int:
@@ -102,11 +114,12 @@ class ChatClient:
             http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
         )
         self._by_key: dict[str, AsyncOpenAI] = {}
+        self._base_url = shown_url(base_url)
 
     async def complete(self, chat: ChatRequest, api_key: str) -> tuple[Completion, Limits]:
         """One call: the completion and what the answer said about the key's limits."""
         client = self._for_key(api_key)
-        answer: httpx2.Response | None = None  # (a ValueError without one came before it)
+        answer: httpx2.Response | None = None  # (a ValueError without one: no call was made)
         try:
             # the SDK's own POST with the body as Chat Completions takes it: every other
             # param unchanged (``create`` refuses unknown names and re-walks the body through
@@ -117,7 +130,7 @@ class ChatClient:
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
-            raise _status_error(exc, api_key) from None
+            raise _status_error(exc, api_key, self._base_url) from None
         except openai.APITimeoutError:
             raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
         except openai.APIConnectionError as exc:
@@ -130,21 +143,36 @@ class ChatClient:
             raise GenerationError(
                 f"OpenAI client error: {scrub(str(exc), api_key)}", reason="ClientError"
             ) from None
-        except ValueError:
+        except ValueError as exc:
+            if answer is None:
+                # refused before the call, by the HTTP library (a base URL with credentials in
+                # it, which settings now refuse at start: "Cannot combine AUTHORIZATION header
+                # with ... credentials encoded in URL"). Taken for an outage, such a refusal
+                # waited out MAX_WAIT_SECONDS at every request
+                raise GenerationError(
+                    f"OpenAI client error: {scrub(str(exc), api_key)} (no call was made; "
+                    f"TALKSTREAM_OPENAI_BASE_URL is {self._base_url})",
+                    reason="ClientError",
+                ) from None
+            kind_of = answer.headers.get("content-type", "").split(";")[0].strip()
             raise GenerationError(
-                "OpenAI answered with a body that is not JSON",
+                f"OpenAI answered {answer.status_code} with a body that is not JSON "
+                f"({kind_of or 'no content type'}): is TALKSTREAM_OPENAI_BASE_URL "
+                f"{self._base_url} OpenAI's API?",
                 reason="BadAnswer",
                 retriable=True,
-                limits=read_limits(answer.headers) if answer is not None else None,
-                answered=answer is not None,
+                limits=read_limits(answer.headers),
+                answered=True,
             ) from None
         limits = read_limits(raw.headers)
-        text, why = answer_text(body)
+        text, why, reason, truncated = answer_text(body)
         if text is None:
+            # each such answer may have been billed: asked again only when another answer may
+            # hold a text (not a refusal, a filtered text, a tool call, a cap too low)
             raise GenerationError(
                 f"OpenAI returned no text: {scrub(why, api_key)}",
-                reason="EmptyCompletion",
-                retriable=True,
+                reason=reason,
+                retriable=reason == EMPTY_COMPLETION,
                 limits=limits,
                 answered=True,
             )
@@ -154,6 +182,7 @@ class ChatClient:
             model=well_formed(str(body.get("model") or chat.model)),
             prompt_tokens=token_count(usage.get("prompt_tokens")),
             completion_tokens=token_count(usage.get("completion_tokens")),
+            truncated=truncated,
         )
         return completion, limits
 
@@ -173,37 +202,69 @@ class ChatClient:
         await self._client.close()
 
 
-def answer_text(body: Any) -> tuple[str | None, str]:
-    """``choices[0].message.content`` of a chat completion when it is a text to publish;
-    else None and why not (what the answer held instead), for the request's reason.
+class Answer(NamedTuple):
+    """What a 200 from Chat Completions holds: its text to publish, or None, why not, and the
+    reason to report: ``EmptyCompletion`` (asked again: another answer may hold a text), or
+    the reason of an answer no retry changes (each call of it billed)."""
 
-    Not a text: no choices (or an error envelope in a 200), a refusal (``message.refusal``),
-    a tool call, content flagged by OpenAI's filter (``finish_reason: content_filter``: what
-    is left of it was cut where the filter stopped it), content that is empty or only
-    whitespace (published, it would replace the person's text with nothing). A text cut at
-    ``max_tokens`` (``finish_reason: length``) is a text: the campaign's cap.
+    text: str | None
+    why: str = ""
+    reason: str = EMPTY_COMPLETION
+    truncated: bool = False  # a text cut at the completion's cap (finish_reason length)
+
+
+def answer_text(body: Any) -> Answer:
+    """``choices[0].message.content`` of a chat completion when it is a text to publish;
+    else None, why not (what the answer held instead) and the request's reason.
+
+    Not a text, and asked again (``EmptyCompletion``): no choices (or an error envelope in a
+    200), content that is empty or only whitespace (published, it would replace the person's
+    text with nothing). Not a text, and the same prompt and params would get the same answer:
+    a refusal (``message.refusal``: ``Refused``), content flagged by OpenAI's filter
+    (``finish_reason: content_filter``: what is left of it was cut where the filter stopped it;
+    ``ContentFiltered``), a tool call (the campaign's params ask for one: ``ToolCall``), no text
+    before the completion's cap (``finish_reason: length``: a reasoning model spends its tokens
+    on reasoning first; ``MaxTokensTooLow``). A text cut at ``max_tokens`` (``finish_reason:
+    length``) is a text: the campaign's cap.
     """
     if not isinstance(body, Mapping):
-        return None, "the answer is not a chat completion"
+        return Answer(None, "the answer is not a chat completion")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         _, _, error = _error_fields(body)
-        return None, f"an error in a 200: {error}" if error else "no choices in the answer"
+        return Answer(None, f"an error in a 200: {error}" if error else "no choices in the answer")
     choice: Mapping[str, Any] = choices[0] if isinstance(choices[0], Mapping) else {}
     found = choice.get("message")
     message: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     content, refusal = message.get("content"), message.get("refusal")
     if choice.get("finish_reason") == "content_filter":
-        return None, "finish_reason content_filter (OpenAI's content filter flagged the text)"
+        why = "finish_reason content_filter (OpenAI's content filter flagged the text)"
+        return Answer(None, why, "ContentFiltered")
     if isinstance(refusal, str) and refusal.strip():
-        return None, f"the model refused: {refusal.strip()}"
+        return Answer(None, f"the model refused: {refusal.strip()}", "Refused")
     if message.get("tool_calls") or message.get("function_call"):
-        return None, "a tool call, not a text (do the campaign's openai.* params ask for one?)"
+        why = "a tool call, not a text (do the campaign's openai.* params ask for one?)"
+        return Answer(None, why, "ToolCall")
+    if not isinstance(content, str) or not content.strip():
+        why = f"the content is {_what_is(content)}"
+        if choice.get("finish_reason") == "length":
+            why += (
+                " and finish_reason is length: the completion reached its max_tokens (or"
+                " max_completion_tokens) before any text (a reasoning model spends them on"
+                " reasoning first); raise it in the campaign"
+            )
+            return Answer(None, why, "MaxTokensTooLow")
+        return Answer(None, why)
+    return Answer(well_formed(content), truncated=choice.get("finish_reason") == "length")
+
+
+def _what_is(content: Any) -> str:
+    """What a content that is not a text is: absent, not a string, empty, only whitespace."""
+    if content is None:
+        return "absent"
     if not isinstance(content, str):
-        return None, f"the content is {'absent' if content is None else 'not a string'}"
-    if not content.strip():
-        return None, "the content is empty" if not content else "the content is only whitespace"
-    return well_formed(content), ""
+        return "not a string"
+    return "empty" if not content else "only whitespace"
 
 
 def token_count(value: Any) -> int:
@@ -223,13 +284,21 @@ def well_formed(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
+def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> GenerationError:
     status = exc.status_code
     code, kind, message = _error_fields(exc.body)
+    refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    if message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
+        kind_of = exc.response.headers.get("content-type", "").split(";")[0].strip()
+        message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)
     limits = read_limits(exc.response.headers, message)
-    text = f"OpenAI answered {status}" + (f" {code}" if code else "") + f": {message}"
-    refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    text = f"OpenAI answered {status}" + (f" {code}" if code and code != str(status) else "")
+    if status in (404, 405) and refusal is None and "model" not in message.lower():
+        # no such path: the base URL, not the request (a compatible API's 404 for a model
+        # it does not serve, without OpenAI's code, says "model": no hint)
+        text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
+    text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):
         return GenerationError(text, reason="RequestTooLarge", status=status, limits=limits)
     if refusal is not None:
@@ -237,6 +306,32 @@ def _status_error(exc: openai.APIStatusError, api_key: str) -> GenerationError:
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message may show it: its credentials (``user:password@``), query and
+    fragment (a proxy's token may ride in any) each replaced by ``***``."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    with contextlib.suppress(ValueError):  # (a port that is not one: left out)
+        host += f":{parts.port}" if parts.port is not None else ""
+    if parts.username is not None or parts.password is not None:
+        host = f"***@{host}"
+    hidden = ["***" if part else "" for part in (parts.query, parts.fragment)]
+    return urlunsplit((parts.scheme, host, parts.path, *hidden))
+
+
+def where_to_look(base_url: str) -> str:
+    """What an operator checks when the API answers 404 to Chat Completions itself: the base
+    URL, which for OpenAI ends in ``/v1`` (``https://api.openai.com/v1``)."""
+    if base_url.rstrip("/").endswith("/v1"):
+        return f"no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base_url}: is it OpenAI's API?"
+    return (
+        f"no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base_url}: OpenAI's API ends in"
+        " /v1, e.g. https://api.openai.com/v1"
+    )
 
 
 def _too_large(message: str) -> bool:

@@ -12,6 +12,8 @@ properties attach to the person, where campaigns read them. What an answer means
         (HTML from a proxy, empty)                          time (no circuit)
     3xx (not followed: a base URL that      BadRequest      reports
         moved; the message says where to)
+    404 / 405 that is not Talkable's JSON   BadRequest      reports (the message names the
+        (a base URL without ``/api/v2``)                    base URL to check)
     400 "Duplicate entity", the request's   (success)       an earlier attempt landed
         own number (``..-<request_id>``)
     400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
@@ -35,7 +37,7 @@ import aiohttp
 
 from models.events import PublishCompletion
 from models.params import completion_event_number
-from streams.clients.openai_chat import scrub
+from streams.clients.openai_chat import scrub, shown_url
 from streams.errors import PublishError, status_error
 from streams.upstream.limits import Limits, read_limits
 
@@ -50,6 +52,7 @@ class Publication:
 class TalkableClient:
     def __init__(self, base_url: str, timeout: float, max_connections: int = 256) -> None:
         self._url = base_url.rstrip("/") + "/origins/event"
+        self._shown = shown_url(base_url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         self._http: aiohttp.ClientSession | None = None
@@ -95,6 +98,12 @@ class TalkableClient:
                     message += (
                         f" (redirected to {moved}: set TALKSTREAM_TALKABLE_BASE_URL to where it"
                         " points)"
+                    )
+                elif status in (404, 405) and not isinstance(payload, dict):
+                    # not Talkable's "site not found" (its JSON): no API at this path
+                    message += (
+                        f" (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL {self._shown}: it"
+                        " ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
                     )
         except TimeoutError:
             raise PublishError("Talkable timed out", reason="Timeout", retriable=True) from None

@@ -24,7 +24,10 @@ OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), withou
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
 (no wait fits it, so it says none). Every answer carries the key's
 ``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
-``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``. A reasoning
+``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``. A key in
+``refusal_keys`` is answered 200 with the model's refusal (``message.refusal``, no content), one
+in ``content_filter_keys`` with what the filter left of a text (``finish_reason:
+content_filter``): billed answers without a text, after the limits and validation. A reasoning
 model (``o1``, ``o3-mini``, ``gpt-5``, ...) given ``max_tokens`` gets OpenAI's 400
 ``unsupported_parameter`` (they take ``max_completion_tokens``).
 """
@@ -92,6 +95,10 @@ class OpenAIStandinConfig:
     limit_retry_after: bool = False  # send retry-after on a rate-limit 429 (OpenAI often does not)
     insufficient_quota_keys: set[str] = field(default_factory=set)
     unknown_models: set[str] = field(default_factory=set)
+    # answered 200 without a text, as OpenAI answers a prompt it will not write for: the
+    # model's refusal (``message.refusal``), or a text its filter cut (``content_filter``)
+    refusal_keys: set[str] = field(default_factory=set)
+    content_filter_keys: set[str] = field(default_factory=set)
 
 
 class Bucket:
@@ -349,11 +356,19 @@ def completion_text(model: str, messages: list[JSON], max_tokens: int | None) ->
     return text, False
 
 
-def _completion(body: JSON) -> JSON:
+def _completion(body: JSON, refused: bool = False, filtered: bool = False) -> JSON:
     model: str = body["model"]
     messages: list[JSON] = body["messages"]
     max_tokens = _max_tokens(body)
     text, truncated = completion_text(model, messages, max_tokens)
+    message: JSON = {"role": "assistant", "content": text, "refusal": None}
+    finish = "length" if truncated else "stop"
+    if refused:
+        message = {**message, "content": None, "refusal": "I'm sorry, I can't help with that."}
+        text = message["refusal"]
+    elif filtered:
+        text = " ".join(text.split()[:2])
+        message, finish = {**message, "content": text}, "content_filter"
     prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
     completion_tokens = len(text.split())
     return {
@@ -364,9 +379,9 @@ def _completion(body: JSON) -> JSON:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "length" if truncated else "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {
@@ -419,7 +434,10 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     if writing > 0:
         await asyncio.sleep(writing)
     headers = _limit_headers(app[STATE].limits_of(key, str(model)))
-    return web.json_response(_completion(body), headers=headers)
+    refused, filtered = key in config.refusal_keys, key in config.content_filter_keys
+    if refused or filtered:
+        rec["fault"] = "refusal" if refused else "content_filter"
+    return web.json_response(_completion(body, refused, filtered), headers=headers)
 
 
 async def chat_completions(request: web.Request) -> web.Response:
@@ -446,7 +464,15 @@ def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
     app = new_app()
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
-    secret = frozenset({"unauthorized_keys", "insufficient_quota_keys", "key_limits"})
+    secret = frozenset(
+        {
+            "unauthorized_keys",
+            "insufficient_quota_keys",
+            "key_limits",
+            "refusal_keys",
+            "content_filter_keys",
+        }
+    )
     add_control_routes(app, state.config, state.calls, secret)
     return app
 

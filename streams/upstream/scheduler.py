@@ -20,7 +20,8 @@ for the queue is decided here, what it means for the request is the ledger's:
 - a call answered with nothing usable (a 200 without text, or not JSON; a Talkable 2xx that
   is not its API's JSON) is asked again, the target being up (no circuit counts it), and
   reported after ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``): each
-  may have been billed;
+  may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
+  ``retriable``) is reported at once, its tokens counted as spent;
 - a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
   (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
@@ -426,7 +427,10 @@ class Scheduler:
                 else:
                     self._requeue(target, job, f"{error}")
             else:
-                target.pacer.refused(limits, job.cost, now)
+                if error.answered:  # a 200 no retry changes (a refusal): its tokens were spent
+                    target.pacer.answered(limits, now)
+                else:
+                    target.pacer.refused(limits, job.cost, now)
                 self._note(target, "refused")
                 if error.refuses in ("key", "model"):
                     scope = job.key_scope if error.refuses == "key" else job.scope

@@ -119,6 +119,87 @@ async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
     assert oai.calls.count == 1  # one call, no retry of its own
 
 
+@pytest.mark.parametrize(
+    ("setup", "reason", "why"),
+    [
+        ("refusal_keys", "Refused", "the model refused: I'm sorry, I can't help with that."),
+        (
+            "content_filter_keys",
+            "ContentFiltered",
+            "finish_reason content_filter (OpenAI's content filter flagged the text)",
+        ),
+    ],
+)
+async def test_a_200_no_retry_changes_is_final_and_an_answer(oai, chat, setup, reason, why) -> None:
+    """The model's refusal and a text OpenAI's filter cut were asked three times, each
+    billed, as if another answer might hold a text: final now, for this request only (the
+    key's other prompts may be answered), and an answer (the key is up)."""
+    setattr(oai.config, setup, {KEY})
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT, KEY)
+    error = caught.value
+    assert (error.reason, error.retriable, error.answered, error.refuses) == (
+        reason, False, True, "request",
+    )  # fmt: skip
+    assert str(error) == f"OpenAI returned no text: {why}"
+    assert error.limits is not None and error.limits.said_anything  # the key's limits
+    assert KEY not in str(error) and oai.calls.count == 1
+
+
+async def test_a_404_of_the_api_itself_names_the_base_url_to_check(oai) -> None:
+    """A base URL without ``/v1`` was answered 404 (a web server's page, or OpenAI's "Invalid
+    URL"), and every request failed "OpenAI answered 404: Error code: 404": nothing said to
+    look at the base URL. A missing model's 404 stays about the model."""
+    root = oai.url.removesuffix("/v1")
+    for base, hint in (
+        (root, "OpenAI's API ends in /v1, e.g. https://api.openai.com/v1"),
+        (f"{root}/openai/v1", "is it OpenAI's API?"),
+    ):
+        client = ChatClient(base, timeout=10)
+        try:
+            with pytest.raises(GenerationError) as caught:
+                await client.complete(CHAT, KEY)
+        finally:
+            await client.close()
+        error = caught.value
+        assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
+        assert str(error) == (
+            f"OpenAI answered 404 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base}: "
+            f"{hint}): a body that is not OpenAI's JSON (text/plain)"
+        )
+    oai.config.unknown_models = {"gpt-4o-mini"}
+    client = ChatClient(oai.url, timeout=10)
+    try:
+        with pytest.raises(GenerationError) as caught:
+            await client.complete(CHAT, KEY)
+    finally:
+        await client.close()
+    assert caught.value.reason == "ModelNotFound"
+    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(caught.value)
+
+
+async def test_a_base_url_with_credentials_fails_at_once_without_a_call(oai) -> None:
+    """The HTTP library refuses a base URL carrying ``user:password@`` beside the key's
+    header (a ValueError before any call): it was taken for an outage ("a body that is not
+    JSON", retriable), so each request waited out ``MAX_WAIT_SECONDS`` and ended
+    ``QueueTimeout``. It is the client's error, final; the URL is shown without them."""
+    base = oai.url.replace("http://", "http://proxy-user:proxy-secret@")
+    client = ChatClient(base, timeout=10)
+    try:
+        with pytest.raises(GenerationError) as caught:
+            await client.complete(CHAT, KEY)
+    finally:
+        await client.close()
+    error = caught.value
+    assert (error.reason, error.retriable, error.answered) == ("ClientError", False, False)
+    assert "credentials encoded in URL" in str(error)
+    assert f"TALKSTREAM_OPENAI_BASE_URL is {oai.url.replace('http://', 'http://***@')}" in str(
+        error
+    )
+    assert "proxy-secret" not in str(error) and KEY not in str(error)
+    assert oai.calls.count == 0
+
+
 async def test_a_server_error_is_an_outage(oai, chat) -> None:
     oai.config.fail_next = [503]
     with pytest.raises(GenerationError) as caught:
@@ -319,6 +400,33 @@ async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -
     assert "/new/api/v2/origins/event" in str(error) and "TALKABLE_BASE_URL" in str(error)
 
 
+async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> None:
+    """A base URL without ``/api/v2`` was answered a web server's 404, said as "Talkable
+    answered 404: Not Found", like a site Talkable does not know. Talkable's own 404 (its
+    JSON) stays what it says."""
+    root = tk.url.removesuffix("/api/v2")
+    error = await refused_at(root)
+    assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
+    assert str(error) == (
+        f"Talkable answered 404: Not Found (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL "
+        f"{root}: it ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
+    )
+    tk.config.fail_next = [404]
+    error = await refused_at(tk.url)
+    assert str(error) == "Talkable answered 404: Injected failure 404"
+
+
+async def test_a_405_of_a_web_site_names_the_talkable_base_url_to_check(edges) -> None:
+    """A base URL at a web site that takes no POST there: its 405 page is not Talkable's."""
+    error = await refused_at(f"{edges}/website")
+    assert (error.reason, error.status, error.retriable) == ("BadRequest", 405, False)
+    assert str(error) == (
+        "Talkable answered 405: Method Not Allowed (no Talkable API at "
+        f"TALKSTREAM_TALKABLE_BASE_URL {edges}/website: it ends in /api/v2, e.g. "
+        "https://www.talkable.com/api/v2)"
+    )
+
+
 async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> None:
     base, calls = moved
     error = await refused_at(base + "/refusing/api/v2")
@@ -384,6 +492,12 @@ async def edges() -> AsyncIterator[str]:
     async def refusal(request: web.Request) -> web.Response:
         return chat_answer(None, refusal="I'm sorry, I can't help with that.")
 
+    async def no_model(request: web.Request) -> web.Response:
+        # an OpenAI-compatible server's 404 for a model it does not serve (vLLM's shape)
+        body = {"object": "error", "message": "The model `gpt-4o-mini` does not exist.",
+                "type": "NotFoundError", "param": None, "code": 404}  # fmt: skip
+        return web.json_response(body, status=404)
+
     async def usage(request: web.Request) -> web.Response:
         answer = chat_answer("A verse")
         body = json.loads(answer.text or "{}")
@@ -411,6 +525,10 @@ async def edges() -> AsyncIterator[str]:
     app = web.Application()
     for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage)):
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
+    app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
+    app.router.add_post("/compatible/v1/chat/completions", no_model)
+    app.router.add_get("/website/v1/chat/completions", html)  # a POST is answered 405
+    app.router.add_get("/website/origins/event", html)  # (Talkable's base URL at a web site)
     for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
         app.router.add_post(f"/{name}/api/v2/origins/event", handler)
     runner = web.AppRunner(app)
@@ -435,13 +553,44 @@ async def test_a_200_without_a_text_to_publish_says_what_it_held(edges) -> None:
     """An empty content was a text: published, it replaced the person's text in Talkable with
     nothing; a refusal said only "no text"."""
     empty, refused = await answer_of(f"{edges}/empty/v1"), await answer_of(f"{edges}/refusal/v1")
-    for error in (empty, refused):
-        assert isinstance(error, GenerationError)
-        assert (error.reason, error.retriable, error.answered) == ("EmptyCompletion", True, True)
+    assert isinstance(empty, GenerationError) and isinstance(refused, GenerationError)
+    assert (empty.reason, empty.retriable, empty.answered) == ("EmptyCompletion", True, True)
+    # asked again, the model refuses again: no retry (each billed) changes it
+    assert (refused.reason, refused.retriable, refused.answered) == ("Refused", False, True)
     assert str(empty) == "OpenAI returned no text: the content is empty"
     assert str(refused) == (
         "OpenAI returned no text: the model refused: I'm sorry, I can't help with that."
     )
+
+
+async def test_an_answer_that_is_not_json_names_the_base_url_to_check(edges) -> None:
+    """A 200 HTML page (a portal, a web site at the base URL) said only "OpenAI answered with
+    a body that is not JSON", and a web site's 405 to the POST "OpenAI answered 405: Error code:
+    405": neither said where to look. (The 200 is still asked again: a proxy's page may be
+    passing.)"""
+    portal = await answer_of(f"{edges}/portal/v1")
+    assert isinstance(portal, GenerationError)
+    assert (portal.reason, portal.retriable, portal.answered) == ("BadAnswer", True, True)
+    assert str(portal) == (
+        "OpenAI answered 200 with a body that is not JSON (text/html): is "
+        f"TALKSTREAM_OPENAI_BASE_URL {edges}/portal/v1 OpenAI's API?"
+    )
+    website = await answer_of(f"{edges}/website/v1")
+    assert isinstance(website, GenerationError)
+    assert (website.reason, website.status, website.retriable) == ("BadRequest", 405, False)
+    assert str(website).startswith(
+        f"OpenAI answered 405 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {edges}/website"
+        "/v1: is it OpenAI's API?): a body that is not OpenAI's JSON (text/plain)"
+    )
+
+
+async def test_a_404_about_the_model_does_not_point_at_the_base_url(edges) -> None:
+    """A compatible API's 404 for a model it does not serve has no OpenAI code: it says
+    what it says, without the base URL hint a 404 of the path gets."""
+    error = await answer_of(f"{edges}/compatible/v1")
+    assert isinstance(error, GenerationError)
+    assert (error.reason, error.status) == ("BadRequest", 404)
+    assert str(error) == "OpenAI answered 404: The model `gpt-4o-mini` does not exist."
 
 
 async def test_a_text_with_a_usage_that_is_not_counts_is_still_the_text(edges) -> None:

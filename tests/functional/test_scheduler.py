@@ -600,6 +600,43 @@ async def test_a_call_answered_with_no_text_is_asked_again_a_few_times_then_ends
     assert up.calls[-1] == "next"  # the key's other webhooks go on at once
 
 
+@pytest.mark.parametrize("reason", ["Refused", "ContentFiltered", "ToolCall", "MaxTokensTooLow"])
+async def test_an_answer_no_retry_changes_ends_after_one_call_and_its_tokens_stay_spent(
+    reason: str,
+) -> None:
+    """A 200 with the model's refusal, or a text OpenAI's filter cut, was asked three times
+    (each billed) as if another answer might hold a text, and then failed all the same. It is
+    an answer: reported after its one call, the key up, its tokens spent (a refusal of the
+    request, a 400, generated nothing: its tokens go back)."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)
+    outcomes: list[str] = []
+    s.on_call = lambda _, outcome: outcomes.append(outcome)
+    s.submit("key", up.job("first"))
+    await probe_answered(s, up, "first")
+    pacer = s.targets["key"].pacer
+    pacer.tokens.rate = 10.0  # tokens a second, as if the key had said its limits
+    for name, error in (
+        ("no-text", UpstreamError("OpenAI returned no text: ...", reason=reason, answered=True)),
+        ("bad", UpstreamError("OpenAI answered 400: ...", reason="BadRequest", status=400)),
+    ):
+        s.submit("key", up.job(name, cost=100, slow_after=3))
+        s.dispatch()
+        await settle()
+        up.answer(name, error)
+        await settle()
+        outcome = up.reports[name]
+        assert (outcome.error.reason, outcome.error.retriable, outcome.tries) == (
+            error.reason, False, 1,
+        )  # fmt: skip
+        assert up.calls.count(name) == 1
+        spent = pacer.tokens.ready_at(clock.t) - clock.t
+        assert spent == (pytest.approx(10.0) if name == "no-text" else 0.0)
+        clock.t += 20  # the lane empties again
+    assert outcomes[-2:] == ["refused", "refused"]
+    assert pacer.circuit is Circuit.CLOSED  # not an outage
+
+
 async def test_a_publication_answered_with_nothing_usable_ends_too() -> None:
     """A publication's job has no ``slow_after`` (its timeouts wait): its answers with nothing
     usable (Talkable's 2xx that is not its API's JSON) were asked again at once, without a

@@ -151,12 +151,15 @@ async def test_hang_makes_client_time_out_and_close_is_prompt(oai) -> None:
 
 async def test_calls_recorded_with_key_tail_only(oai, client, http) -> None:
     oai.config.unauthorized_keys.add("sk-revoked-9999")
+    oai.config.refusal_keys.add("sk-refused-8888")
+    oai.config.content_filter_keys.add("sk-filtered-7777")
     await complete(client)
     async with http.get(f"{oai.root_url}/_calls") as resp:
         raw = await resp.text()
     async with http.get(f"{oai.root_url}/_control") as resp:
         raw_config = await resp.text()
     assert KEY not in raw and "sk-revoked-9999" not in raw_config
+    assert "sk-refused-8888" not in raw_config and "sk-filtered-7777" not in raw_config
     (call,) = oai.calls.records
     assert call["key_tail"] == "1234" and call["status"] == 200
     assert (call["method"], call["path"], call["model"]) == (

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.conftest import System, read_topic
-from tests.support import seed_params, wait_until
+from tests.integration.conftest import System, now_s, read_topic
+from tests.support import seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +146,94 @@ def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged
     for secret in (EMPTY_KEY, GOOD_KEY, "talkable-key-0001"):
         assert secret not in audit + preview
         assert secret not in system.log("worker")
+
+
+def test_a_refusal_and_a_filtered_text_end_after_one_call_and_a_cut_text_says_so(
+    make_system,
+) -> None:
+    """The model's refusal (``message.refusal``) and a text OpenAI's filter cut
+    (``finish_reason: content_filter``) were asked three times, each billed, and then failed
+    all the same. Through the stand-in and the broker: one call each, ``generation_failed``
+    with its own reason at attempt 1, a dead letter to redrive, the person's slot back. A text
+    cut at ``max_tokens`` is published, and its TextGenerated says it was cut."""
+    system: System = make_system()
+    refusing, filtering = "sk-refused-prompt-0001", "sk-filtered-text-0001"
+    system.openai(
+        "POST", "/_control", {"refusal_keys": [refusing], "content_filter_keys": [filtering]}
+    )
+    window = usage(1, now=now_s())  # one text a person: a failure must give its slot back
+    bodies = {
+        "refused": seed_params("refused@example.com", openai_key=refusing, usage_limit=window),
+        "filtered": seed_params("filtered@example.com", openai_key=filtering),
+    }
+    ids = {}
+    for name, body in bodies.items():
+        status, answer = system.post(body)
+        assert status == 202, answer
+        ids[name] = answer["request_id"]
+    rows = system.wait_terminal(list(ids.values()), timeout=90)
+    said = {
+        "refused": ("Refused", "the model refused: I'm sorry, I can't help with that."),
+        "filtered": ("ContentFiltered", "finish_reason content_filter (OpenAI's content filter"),
+    }
+    for name, (reason, why) in said.items():
+        row = rows[ids[name]]
+        assert (row.state, row.error_class, row.attempts) == ("generation_failed", reason, 1)
+        assert (row.error_message or "").startswith(f"OpenAI returned no text: {why}")
+    calls = system.openai("GET", "/_calls")
+    assert sorted(c["fault"] for c in calls) == ["content_filter", "refusal"]  # one call each
+    assert not system.talkable("GET", "/_calls")  # nothing written over the person's text
+
+    # the refused person's slot went back: their next webhook (another prompt) is published
+    again = seed_params("refused@example.com", content="another verse", usage_limit=window)
+    # a text cut at the campaign's max_tokens is published as it is, and its event says so
+    cut = seed_params("cut@example.com", content="a verse of many words")
+    cut["openai"]["max_tokens"] = "3"
+    published = {}
+    for name, body in (("again", again), ("cut", cut)):
+        status, answer = system.post(body)
+        assert status == 202, answer
+        published[answer["request_id"]] = name
+    rows = system.wait_terminal(list(published))
+    assert {row.state for row in rows.values()} == {"published"}
+    lifecycle = f"{system.app_id}-lifecycle"
+    generated = {
+        published[event["request_id"]]: event
+        for event in (json.loads(v) for _, _, _, v in read_topic(system.kafka.bootstrap, lifecycle))
+        if event["type"] == "TextGenerated"
+    }
+    assert (generated["cut"]["truncated"], generated["again"]["truncated"]) == (True, None)
+    [landed] = [c for c in system.talkable("GET", "/_calls") if c["email"] == "cut@example.com"]
+    assert landed["custom_properties"]["generated_text"] == "Generated for: a"  # 3 words
+
+    preview = system.talkstream("redrive", "--dry-run")
+    assert f"would redrive: {ids['refused']} → the ledger  site=test-site  " in preview
+    assert "reason=Refused: OpenAI returned no text: the model refused" in preview
+    audit = system.talkstream("audit", "--request-id", ids["filtered"])
+    assert "ContentFiltered: OpenAI returned no text: finish_reason content_filter" in audit
+    for secret in (refusing, filtering):
+        assert secret not in audit + preview + system.log("worker")
+
+
+def test_a_base_url_without_v1_ends_at_once_naming_what_to_check(
+    make_system, edges: EdgeUpstreams
+) -> None:
+    """OPENAI_BASE_URL set without ``/v1``: each request failed "OpenAI answered 404: Error
+    code: 404", nothing saying where to look. The operator reads what to fix in the audit."""
+    system: System = make_system(openai_base_url=edges.url, talkable_base_url=f"{edges.url}/api/v2")
+    status, answer = system.post(seed_params("lost@example.com", openai_key=GOOD_KEY))
+    assert status == 202, answer
+    request_id = answer["request_id"]
+    row = system.wait_terminal([request_id], timeout=90)[request_id]
+    assert (row.state, row.error_class, row.attempts) == ("generation_failed", "BadRequest", 1)
+    hint = (
+        f"OpenAI answered 404 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {edges.url}: "
+        "OpenAI's API ends in /v1, e.g. https://api.openai.com/v1): a body that is not "
+        "OpenAI's JSON (text/plain)"
+    )
+    assert row.error_message == hint
+    assert hint in system.talkstream("audit", "--request-id", request_id)
+    assert GOOD_KEY not in system.log("worker")
 
 
 def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(

@@ -84,7 +84,12 @@ def received(
 
 
 def generated(
-    request_id: str, attempt: int = 1, *, at_ms: int = T0 * 1000, text: str = "A verse."
+    request_id: str,
+    attempt: int = 1,
+    *,
+    at_ms: int = T0 * 1000,
+    text: str = "A verse.",
+    truncated: bool = False,
 ) -> GenerationAttemptSucceeded:
     return GenerationAttemptSucceeded(
         request_id=request_id,
@@ -96,6 +101,7 @@ def generated(
         prompt_tokens=12,
         completion_tokens=7,
         latency_ms=321,
+        truncated=truncated,
     )
 
 

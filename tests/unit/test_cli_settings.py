@@ -112,6 +112,27 @@ def test_an_upstream_url_that_is_not_http_is_named_without_repeating_it(
     )
 
 
+def test_an_upstream_url_with_credentials_is_refused_without_repeating_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``user:password@`` in a base URL: the HTTP clients refuse it beside the key's
+    Authorization header, so no call was ever made. OpenAI's calls were taken for an outage
+    (every request waited out ``MAX_WAIT_SECONDS``), Talkable's for a key that cannot be a
+    header (``InvalidKey``)."""
+    monkeypatch.setenv("TALKSTREAM_OPENAI_BASE_URL", "https://proxy-user:s3cr3t@proxy.example/v1")
+    monkeypatch.setenv("TALKSTREAM_TALKABLE_BASE_URL", "https://user@talkable.example/api/v2")
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: invalid settings: TALKSTREAM_OPENAI_BASE_URL: carries credentials "
+        "(user:password@), which cannot be sent beside the API key's Authorization header: give "
+        "the URL without them, e.g. https://api.openai.com/v1; TALKSTREAM_TALKABLE_BASE_URL: "
+        "carries credentials (user:password@), which cannot be sent beside the API key's "
+        "Authorization header: give the URL without them, e.g. https://www.talkable.com/api/v2\n"
+    )
+    assert "s3cr3t" not in result.output
+
+
 def test_a_console_worker_url_that_is_not_http_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """It was never checked: the console showed no worker's pacing and said nothing of why."""
     from streams.settings import Settings

@@ -67,6 +67,22 @@ def admit(ledger: Ledger, request_id: str = "req-1", **kwargs: Any) -> Outcome:
 # --- the happy path ---------------------------------------------------------------------------
 
 
+def test_a_text_cut_at_max_tokens_is_published_and_its_event_says_it_was_cut() -> None:
+    """OpenAI's text cut at the campaign's ``max_tokens`` (``finish_reason: length``) is the
+    campaign's cap, published as the hosted integration did; nothing said it was cut. Its
+    TextGenerated says so (``truncated``), and one not cut carries nothing new (as an event
+    written before the field, so ``replay --verify`` of older records finds no difference)."""
+    ledger = Ledger()
+    for request_id, truncated, said in (("cut", True, True), ("whole", False, None)):
+        admit(ledger, request_id)
+        outcome = ledger.send(generated(request_id, text="Roses are", truncated=truncated))
+        assert types_of(outcome) == ["TextGenerated", "PublicationStarted"]
+        assert outcome.events[0].truncated is said
+        [publish] = outcome.commands
+        assert isinstance(publish, PublishCompletion)
+        assert publish.custom_properties["generated_text"] == "Roses are"
+
+
 def test_a_request_goes_from_received_to_published() -> None:
     ledger = Ledger()
     first = admit(ledger, "req-1", usage_limit=limit(amount=3, used=1))

@@ -1,7 +1,10 @@
 """What a 200 from OpenAI holds (``streams.clients.openai_chat.answer_text``, ``token_count``):
 a text to publish, or why it is none. Real answers that carry no text: a refusal, a tool call,
 content OpenAI's filter flagged, no choices, an error envelope, content that is empty or only
-whitespace (published, it would replace the person's text in Talkable with nothing)."""
+whitespace (published, it would replace the person's text in Talkable with nothing), no text
+before the completion's cap. Those that another call would answer the same (a refusal, a
+filtered text, a tool call, a cap too low) each have their own reason: they are not asked
+again, each call being billed."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 import pytest
 
 from streams.agents.work import text_too_large
-from streams.clients.openai_chat import answer_text, token_count
+from streams.clients.openai_chat import EMPTY_COMPLETION as EMPTY
+from streams.clients.openai_chat import answer_text, shown_url, token_count
 
 
 def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -> dict[str, Any]:
@@ -44,37 +48,66 @@ def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -
     ],
 )
 def test_a_text_is_the_first_choices_content(body: dict[str, Any], text: str) -> None:
-    assert answer_text(body) == (text, "")
+    answer = answer_text(body)
+    assert answer.text == text
+    # a text cut at the cap is published, and says so (TextGenerated's ``truncated``)
+    assert answer.truncated == (body["choices"][0]["finish_reason"] == "length")
 
 
 @pytest.mark.parametrize(
-    ("body", "why"),
+    ("body", "why", "reason"),
     [
-        (completion(""), "the content is empty"),
-        (completion(" \n\t "), "the content is only whitespace"),
-        (completion(None, refusal="I'm sorry, I can't help with that."), "the model refused: I'm"),
-        (completion(None, "content_filter"), "finish_reason content_filter"),
-        # what the filter left of a text is not published either
-        (completion("The first half of a", "content_filter"), "finish_reason content_filter"),
-        (
-            completion(None, "tool_calls", tool_calls=[{"id": "t", "type": "function"}]),
-            "a tool call, not a text",
-        ),
-        (completion([{"type": "text", "text": "hi"}]), "the content is not a string"),
-        (completion(None), "the content is absent"),
-        ({**completion(), "choices": []}, "no choices in the answer"),
+        # another call may hold a text: asked again (EmptyCompletion)
+        (completion(""), "the content is empty", "EmptyCompletion"),
+        (completion(" \n\t "), "the content is only whitespace", "EmptyCompletion"),
+        (completion([{"type": "text", "text": "hi"}]), "the content is not a string", EMPTY),
+        (completion(None), "the content is absent", "EmptyCompletion"),
+        ({**completion(), "choices": []}, "no choices in the answer", "EmptyCompletion"),
         (
             {"error": {"message": "The server had an error", "type": "server_error"}},
             "an error in a 200: The server had an error",
+            "EmptyCompletion",
         ),
-        ([completion()], "the answer is not a chat completion"),
-        ("just a string", "the answer is not a chat completion"),
+        ([completion()], "the answer is not a chat completion", "EmptyCompletion"),
+        ("just a string", "the answer is not a chat completion", "EmptyCompletion"),
+        # the same prompt and params get the same answer: each its own reason, not asked again
+        (
+            completion(None, refusal="I'm sorry, I can't help with that."),
+            "the model refused: I'm",
+            "Refused",
+        ),
+        (completion(None, "content_filter"), "finish_reason content_filter", "ContentFiltered"),
+        # what the filter left of a text is not published either
+        (
+            completion("The first half of a", "content_filter"),
+            "finish_reason content_filter",
+            "ContentFiltered",
+        ),
+        (
+            completion(None, "tool_calls", tool_calls=[{"id": "t", "type": "function"}]),
+            "a tool call, not a text",
+            "ToolCall",
+        ),
+        # a reasoning model that spent max_completion_tokens on reasoning: no text, at length
+        (
+            completion("", "length"),
+            "the content is empty and finish_reason is length",
+            "MaxTokensTooLow",
+        ),
+        (
+            completion(None, "length"),
+            "the content is absent and finish_reason is",
+            "MaxTokensTooLow",
+        ),
     ],
 )
-def test_an_answer_without_a_text_says_what_it_held(body: Any, why: str) -> None:
-    text, said = answer_text(body)
+def test_an_answer_without_a_text_says_what_it_held_and_whether_to_ask_again(
+    body: Any, why: str, reason: str
+) -> None:
+    text, said, said_reason, _ = answer_text(body)
     assert text is None
     assert said.startswith(why), said
+    assert said_reason == reason
 
 
 @pytest.mark.parametrize(
@@ -117,3 +150,18 @@ def test_a_text_is_too_large_by_its_utf8_bytes(text: str, limit: int, too_large:
         assert (error.reason, error.retriable) == ("TextTooLarge", False)
         assert f"more than TALKSTREAM_MAX_TEXT_BYTES ({limit:,})" in str(error)
         assert text[:10] not in str(error)  # the text itself is not repeated
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("http://user:pass@proxy:8080/v1", "http://***@proxy:8080/v1"),
+        ("https://proxy/v1?token=sk-abc123456#frag", "https://proxy/v1?***#***"),
+        ("http://[::1]:8081/v1", "http://[::1]:8081/v1"),
+    ],
+)
+def test_a_base_url_is_shown_without_what_may_be_a_secret(url: str, shown: str) -> None:
+    """A 404's hint names the base URL to check: never its credentials, query or fragment,
+    where a proxy's token may ride."""
+    assert shown_url(url) == shown
