@@ -224,11 +224,22 @@ async def _find(
                 continue
             if isinstance(message, GapProbe):
                 continue
-            if message.request_id == request_id and wanted(message):
+            if _names(message, request_id) and wanted(message):
                 match = message
                 if isinstance(message, RequestReceived):
                     return match  # the first delivery is the webhook
     return match
+
+
+def _names(message: Any, request_id: str) -> bool:
+    """Whether ``message`` is the request's: a webhook's record names its fingerprint, and the
+    ledger names a repeat of it (or the same params once the dedupe window passed)
+    ``<fingerprint>~<delivery>``."""
+    if message.request_id == request_id:
+        return True
+    return isinstance(message, RequestReceived) and (
+        request_id == f"{message.request_id}~{message.delivery_id}"
+    )
 
 
 async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:

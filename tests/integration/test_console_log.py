@@ -4,6 +4,7 @@ older ones it leaves to ``talkstream redrive``."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -11,10 +12,11 @@ from aiokafka import AIOKafkaProducer
 
 from models.events import DeadLetter
 from streams.codecs import encode
-from streams.console.log import read_letters
+from streams.console.log import read_content, read_letters
 from streams.dev.kafka import EmbeddedKafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.unit.domain_builders import PERSON, received
 
 pytestmark = pytest.mark.integration
 
@@ -57,3 +59,43 @@ def test_the_newest_letters_of_each_partition_are_read_and_the_older_counted(
     ]
     assert read.unread == 2  # partition 0's two oldest
     assert asyncio.run(read_letters(settings, most=5)).unread == 0
+
+
+def test_a_request_named_after_its_fingerprint_finds_its_own_webhook(kafka: EmbeddedKafka) -> None:
+    # the ledger names a repeat of the same params (and the same params once the dedupe window
+    # passed) <fingerprint>~<delivery>; its [requests] record names the fingerprint
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tcontent{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    arrived_ms = int(time.time() * 1000) - 1000
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            for delivery, number in (("d1", "first"), ("d2", "second")):
+                webhook = received("f00d", delivery_id=delivery, event_number=number)
+                await producer.send_and_wait(
+                    settings.topic("requests"), encode(webhook), key=PERSON.encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+
+    def content(request_id: str) -> tuple[str | None, list[str]]:
+        found = asyncio.run(
+            read_content(
+                settings,
+                request_id=request_id,
+                person=PERSON,
+                arrived_ms=arrived_ms,
+                generated_ms=None,
+            )
+        )
+        return found.event_number, found.notes
+
+    assert content("f00d") == ("first", [])
+    assert content("f00d~d2") == ("second", [])
+    assert content("f00d~d3")[0] is None
