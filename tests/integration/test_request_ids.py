@@ -1,0 +1,70 @@
+"""The same params once the ledger has forgotten their fingerprint (here: pushed out by the
+person's other webhooks, with the smallest MAX_ENTRY_BYTES), on the real broker, ingress and
+stand-ins: a request of its own, whose text Talkable gets under an event number of its own.
+Before, it was named by the fingerprint again, the first request's id and default event number:
+Talkable kept the first event ("Duplicate entity", or the same data again) and the projection
+folded the two requests into one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import System
+from tests.support import seed_params, wait_until
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "many@example.com"
+# the smallest entry: a quarter of it (32 KiB) for fingerprints, fewer than 200 of them
+ENTRY_BYTES = "131072"
+SIX = ["received", "admitted", "generating", "generated", "publishing", "published"]
+
+
+def test_the_same_params_once_forgotten_are_a_request_and_an_event_of_their_own(
+    make_system: Callable[..., System],
+) -> None:
+    system = make_system(max_entry_bytes=ENTRY_BYTES)
+    params = seed_params(EMAIL, content="A verse for a person of many webhooks.")
+    status, first = system.post(params)
+    assert status == 202, first
+    status, retry = system.post(params)  # Talkable's retry: the same id, processed once
+    assert (status, retry["request_id"]) == (202, first["request_id"]), retry
+    fingerprint = first["request_id"]
+    assert system.wait_terminal([fingerprint])[fingerprint].state == "published"
+
+    # the person's other webhooks (skipped: no call) push the first's fingerprint out
+    others = [seed_params(EMAIL, content=f"other {n}", trigger="false") for n in range(300)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers: list[tuple[int, Any]] = list(pool.map(system.post, others))
+    assert {status for status, _ in answers} == {202}
+    system.wait_terminal([body["request_id"] for _, body in answers], timeout=120)
+
+    status, again = system.post(params)  # the same id answered: the same params
+    assert (status, again["request_id"]) == (202, fingerprint), again
+
+    def named_after() -> dict[str, str] | None:
+        rows = system.projection.repeats_of(fingerprint, 10)
+        states = {row.request_id: row.state for row in rows}
+        return states if len(states) == 2 and "published" in states.values() else None
+
+    states = wait_until(named_after, 60, what="the retry and the request of the same params")
+    [again_id] = [rid for rid, state in states.items() if state == "published"]
+    assert sorted(states.values()) == ["published", "rejected_duplicate"]
+
+    def events() -> list[dict[str, Any]] | None:
+        found = [
+            e
+            for e in system.talkable("GET", "/_events")
+            if e["email"] == EMAIL and e["event_category"] == "generate_text_complete"
+        ]
+        return found if len(found) >= 2 else None
+
+    numbers = sorted(e["event_number"] for e in wait_until(events, 30, what="two events"))
+    assert numbers == sorted(f"generate_text_complete-{rid}" for rid in (fingerprint, again_id))
+    # and each request is whole in the projection: its own six transitions
+    for rid in (fingerprint, again_id):
+        assert [t.state for t in system.projection.transitions(rid)] == SIX
