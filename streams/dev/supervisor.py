@@ -20,6 +20,7 @@ import logging.handlers
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +151,21 @@ def database_hints(url: str) -> tuple[str, str | None]:
         )
         look = f"psql {shlex.quote(server.render_as_string(hide_password=False))} -c {query}"
     return safe_url(url), look
+
+
+def talkstream_command(cwd: Path | None = None) -> str:
+    """How another shell runs this talkstream: ``talkstream`` when its PATH finds this one (an
+    activated virtual environment, an install), else this one's path (``make dev`` runs
+    ``.venv/bin/talkstream``, which a fresh shell's PATH does not find), from ``cwd`` when it
+    lies under it."""
+    own = Path(sys.executable).with_name("talkstream")
+    found = shutil.which("talkstream")
+    if not own.is_file() or (found is not None and Path(found).resolve() == own.resolve()):
+        return "talkstream"
+    try:
+        return shlex.quote(str(own.relative_to(cwd or Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(own))
 
 
 def curl_example(port: int) -> str:
@@ -462,7 +478,8 @@ def _run(
             return 1
         print("talkstream dev is running:\n  " + "\n  ".join(lines))
         print("\nTry it:\n  " + curl_example(port))
-        print(f"\nthen: talkstream audit --request-id <id>{f'   or   {look}' if look else ''}")
+        audit = f"{talkstream_command()} audit --request-id <id>"
+        print(f"\nthen: {audit}{f'   or   {look}' if look else ''}")
         print("\nCtrl-C stops everything.", flush=True)
         code = watch(procs, broker if started_kafka else None, logs)
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from streams.dev.supervisor import (
     hold_data_dir,
     own_worker_url,
     servers,
+    talkstream_command,
     watch,
 )
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
@@ -695,3 +696,20 @@ def test_dev_says_once_that_its_broker_exited_and_runs_on(tmp_path: Path, capsys
         "answered 503 until it runs again (talkstream kafka start)",
         f"talkstream dev: worker exited with 0; see {tmp_path}/",
     ]
+
+
+def test_the_dev_banner_names_a_talkstream_a_fresh_shell_can_run(tmp_path: Path, monkeypatch):
+    """``make dev`` runs ``.venv/bin/talkstream``, and its banner said "then: talkstream audit
+    ...", which a fresh shell (no activated venv) answers "command not found"."""
+    venv = tmp_path / "checkout" / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "talkstream"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert talkstream_command(tmp_path / "checkout") == ".venv/bin/talkstream"
+    assert talkstream_command(tmp_path / "other") == str(script)
+    monkeypatch.setenv("PATH", str(venv))  # activated: its name is enough
+    assert talkstream_command(tmp_path / "checkout") == "talkstream"
