@@ -168,7 +168,8 @@ def talkstream_command(cwd: Path | None = None) -> str:
         return shlex.quote(str(own))
 
 
-def curl_example(port: int) -> str:
+def curl_example(host: str, port: int) -> str:
+    """A webhook to paste: to ``host`` as :func:`url_host` writes it, to reach the ingress."""
     body = {
         "site": "my-site",
         "email": "ada@example.com",
@@ -188,7 +189,7 @@ def curl_example(port: int) -> str:
         "trigger_criteria": "true",
     }
     return (
-        f"curl -s -X POST http://127.0.0.1:{port}/chat-gpt/generate "
+        f"curl -s -X POST http://{host}:{port}/chat-gpt/generate "
         f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
     )
 
@@ -228,14 +229,18 @@ def stands_in(settings: Settings, upstream: str) -> bool:
     return upstream not in settings.model_fields_set
 
 
+def url_host(host: str, *, to_reach: bool = False) -> str:
+    """A listening host as a URL writes it (an IPv6 address in brackets); ``to_reach``: the one
+    a client on this machine calls (every interface, ``0.0.0.0`` or ``::``: the loopback)."""
+    if to_reach and host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def own_worker_url(settings: Settings) -> str:
     """The worker this run starts, for its console's pacing (``CONSOLE_WORKER_URLS`` not set:
     its default is the default worker port, maybe another run's worker)."""
-    host = settings.worker_http_host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
+    host = url_host(settings.worker_http_host, to_reach=True)
     return f"http://{host}:{settings.worker_http_port}"
 
 
@@ -429,11 +434,12 @@ def _run(
     procs["worker"] = _spawn("worker", ["worker"], env, logs, copiers)
     procs["ingress"] = _spawn("ingress", ["ingress"], env, logs, copiers)
     port = settings.ingress_port
-    lines.append(f"ingress    http://{settings.ingress_host}:{port}/chat-gpt/generate")
+    ingress = f"http://{url_host(settings.ingress_host)}:{port}"
+    lines.append(f"ingress    {ingress}/chat-gpt/generate")
     # the operator console, with a token of this run's unless one is set
     if settings.console_token is None:
         env["TALKSTREAM_CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
-    console = f"http://{settings.console_host}:{settings.console_port}"
+    console = f"http://{url_host(settings.console_host)}:{settings.console_port}"
     if "console_worker_urls" not in settings.model_fields_set and settings.worker_http_port:
         env["TALKSTREAM_CONSOLE_WORKER_URLS"] = own_worker_url(settings)
     procs["console"] = _spawn("console", ["console"], env, logs, copiers)
@@ -456,7 +462,7 @@ def _run(
     code = 0
     try:
         # the ingress ready: a webhook sent now is written, not answered 503
-        if not _wait_http(f"http://{settings.ingress_host}:{port}/readyz", procs["ingress"], 60):
+        if not _wait_http(f"{ingress}/readyz", procs["ingress"], 60):
             print(
                 f"talkstream dev: the ingress did not become ready; see {logs}/ingress.log",
                 file=sys.stderr,
@@ -469,7 +475,7 @@ def _run(
             return 1
         # the worker ready (partitions assigned, table recovered): a first webhook is decided
         # at once, not a second later (its port 0, any free port, cannot be asked here)
-        worker = f"http://{settings.worker_http_host}:{settings.worker_http_port}/readyz"
+        worker = f"http://{url_host(settings.worker_http_host)}:{settings.worker_http_port}/readyz"
         if settings.worker_http_port and not _wait_http(worker, procs["worker"], 120):
             print(
                 f"talkstream dev: the worker did not become ready; see {logs}/worker.log",
@@ -477,7 +483,7 @@ def _run(
             )
             return 1
         print("talkstream dev is running:\n  " + "\n  ".join(lines))
-        print("\nTry it:\n  " + curl_example(port))
+        print("\nTry it:\n  " + curl_example(url_host(settings.ingress_host, to_reach=True), port))
         audit = f"{talkstream_command()} audit --request-id <id>"
         print(f"\nthen: {audit}{f'   or   {look}' if look else ''}")
         print("\nCtrl-C stops everything.", flush=True)

@@ -22,11 +22,13 @@ from cryptography.fernet import Fernet
 
 from streams.cli import main
 from streams.dev.supervisor import (
+    curl_example,
     database_hints,
     hold_data_dir,
     own_worker_url,
     servers,
     talkstream_command,
+    url_host,
     watch,
 )
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
@@ -713,3 +715,38 @@ def test_the_dev_banner_names_a_talkstream_a_fresh_shell_can_run(tmp_path: Path,
     assert talkstream_command(tmp_path / "other") == str(script)
     monkeypatch.setenv("PATH", str(venv))  # activated: its name is enough
     assert talkstream_command(tmp_path / "checkout") == "talkstream"
+
+
+@pytest.mark.parametrize("listen", ["::1", "0.0.0.0", "127.0.0.1"])
+def test_the_dev_banners_curl_reaches_an_ingress_where_it_listens(listen: str) -> None:
+    """The banner's ready-to-paste curl went to 127.0.0.1 whatever INGRESS_HOST said: an
+    ingress on ::1 was not there (and its banner line, http://::1:PORT, was no URL)."""
+    import http.server
+    import shlex
+    import threading
+
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    received: list[bytes] = []
+
+    class Ingress(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server_class = type("Server", (http.server.HTTPServer,), {"address_family": family})
+    with server_class((listen, 0), Ingress) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        port = server.server_address[1]
+        argv = shlex.split(curl_example(url_host(listen, to_reach=True), port))
+        url = next(word for word in argv if word.startswith("http"))
+        body = argv[argv.index("-d") + 1].encode()
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 202
+    assert json.loads(received[0])["site"] == "my-site"
+    assert url_host("::1") == "[::1]" and url_host("0.0.0.0") == "0.0.0.0"
