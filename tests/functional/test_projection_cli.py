@@ -523,6 +523,29 @@ def test_differences_file_is_a_verify_option():
     assert result.exit_code == 2 and "--differences-file is --verify's" in result.output
 
 
+def test_a_differences_file_that_cannot_be_written_is_said_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`replay --verify --differences-file missing/dir/f` read both topics, then ended in a
+    FileNotFoundError traceback. Now it is refused before Kafka is asked anything (here, no
+    broker answers at all), and a write that fails at the end is one line too."""
+    from streams.ops.commands import report_verified
+    from streams.ops.verify import VerifySummary
+
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    missing = tmp_path / "no-such-folder" / "differences.txt"
+    result = talkstream("replay", "--verify", "--differences-file", str(missing))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--differences-file'" in result.output
+    assert f"{missing.parent} is not a folder" in result.output
+    assert "nothing listens" not in result.output and not missing.parent.exists()
+
+    summary = VerifySummary("talkstream-requests", "talkstream-lifecycle")
+    with pytest.raises(click.ClickException, match=r"cannot write .*differences.txt"):
+        report_verified(summary, 20, missing)
+
+
 def test_a_rebuild_prints_the_first_records_that_did_not_decode_and_how_many_more(capsys):
     """A rebuild listed every record of [lifecycle] that did not decode, however many."""
     from streams.ops.commands import report_rebuilt
