@@ -107,6 +107,13 @@ def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
         "(set by TALKSTREAM_INGRESS_HOST)"
     )
 
+    for standin in ("openai", "talkable"):  # gaierror's traceback until then
+        result = CliRunner().invoke(main, ["standin", standin, "--host", host, "--port", "0"])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: cannot listen on {host!r}: Name or service not known (set by --host)\n",
+        )
+
 
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
     """Every server of ``talkstream dev`` on a port of its own, free now, its broker's too."""
