@@ -334,6 +334,8 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
             held.enter_context(hold_data_dir(settings.data_dir))
             if settings.secret_keys is not None:  # the worker's and ingress's check, said first
                 load_secret_box(settings)
+            if settings.console_token is not None:  # the console's, said first too
+                _check_console_token(settings.console_token.get_secret_value())
             kafka = broker_addresses(settings)
             broker = embedded_broker(settings)
             addresses = servers(settings, openai_port=openai_port, talkable_port=talkable_port)
@@ -344,6 +346,17 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
             print(f"talkstream dev: {exc}", file=sys.stderr)
             return 1
         return _run(settings, broker, kafka, openai_port=openai_port, talkable_port=talkable_port)
+
+
+def _check_console_token(token: str) -> None:
+    """A console token of the operator's that the console would refuse (too short): said before
+    anything starts, not as "console did not come up" once the rest runs."""
+    from streams.console.auth import check_token
+
+    try:
+        check_token(token)
+    except ValueError as exc:
+        raise DevRefused(str(exc)) from None
 
 
 def watch(

@@ -205,6 +205,24 @@ def test_dev_names_an_address_in_use_before_it_starts_anything(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
 
 
+def test_dev_refuses_a_console_token_the_console_would_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A TALKSTREAM_CONSOLE_TOKEN too short for the console: dev started the broker, the worker
+    and the ingress, then ended "console did not come up; see .../console.log"."""
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "short-token")
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        "talkstream dev: TALKSTREAM_CONSOLE_TOKEN is too short: use at least 16 random "
+        "characters\n",
+    )
+    assert "short-token" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
+
+
 def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
