@@ -336,6 +336,7 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
                 load_secret_box(settings)
             if settings.console_token is not None:  # the console's, said first too
                 _check_console_token(settings.console_token.get_secret_value())
+            _check_database_url(settings.resolved_database_url)
             kafka = broker_addresses(settings)
             broker = embedded_broker(settings)
             addresses = servers(settings, openai_port=openai_port, talkable_port=talkable_port)
@@ -357,6 +358,21 @@ def _check_console_token(token: str) -> None:
         check_token(token)
     except ValueError as exc:
         raise DevRefused(str(exc)) from None
+
+
+def _check_database_url(url: str) -> None:
+    """A projection URL no process could ever use (its driver not installed, no such dialect, a
+    SQLite directory that cannot be made): said before anything starts, as the worker and the
+    console would each say it, not as "console did not come up" once the broker runs. A
+    database that is down is not refused: the projector waits for it."""
+    from sqlalchemy.exc import ArgumentError
+
+    from streams.projection.engine import describe_database_error, make_engine
+
+    try:
+        make_engine(url).dispose()
+    except ArgumentError as exc:
+        raise DevRefused(describe_database_error(exc, url)) from None
 
 
 def watch(

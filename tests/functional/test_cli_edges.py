@@ -223,6 +223,24 @@ def test_dev_refuses_a_console_token_the_console_would_before_it_starts_anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
 
 
+def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A projection URL whose driver is not installed: dev started the broker, the worker and
+    the ingress, then ended "console did not come up", the reason in the console's log."""
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "mysql://u:s3cr3t@127.0.0.1:1/db")
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "talkstream dev: the database URL cannot be used (mysql needs the mysqldb driver, "
+        "which is not installed"
+    )
+    assert len(result.output.splitlines()) == 1 and "s3cr3t" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
+
+
 def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
