@@ -499,9 +499,10 @@ def standin_openai(host: str, port: int, latency: float) -> None:
 
     _setup_logging("info")
     config = openai_standin.OpenAIStandinConfig(latency_seconds=latency)
-    openai_standin.run(
-        host, port, config, on_ready=lambda h: click.echo(f"openai stand-in at {h.url}")
-    )
+    with _standin_host(host):
+        openai_standin.run(
+            host, port, config, on_ready=lambda h: click.echo(f"openai stand-in at {h.url}")
+        )
 
 
 @standin.command("talkable")
@@ -514,9 +515,22 @@ def standin_talkable(host: str, port: int, latency: float) -> None:
 
     _setup_logging("info")
     config = talkable_standin.TalkableStandinConfig(latency_seconds=latency)
-    talkable_standin.run(
-        host, port, config, on_ready=lambda h: click.echo(f"talkable stand-in at {h.url}")
-    )
+    with _standin_host(host):
+        talkable_standin.run(
+            host, port, config, on_ready=lambda h: click.echo(f"talkable stand-in at {h.url}")
+        )
+
+
+@contextlib.contextmanager
+def _standin_host(host: str) -> Iterator[None]:
+    """A ``--host`` that is no address (``999.1.1.1``) is one line naming it, as a server's
+    host setting is, not the resolver's traceback."""
+    try:
+        yield
+    except socket.gaierror as exc:
+        raise click.ClickException(
+            f"cannot listen on {host!r}: {exc.strerror} (set by --host)"
+        ) from None
 
 
 @main.command()

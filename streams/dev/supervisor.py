@@ -20,6 +20,7 @@ import logging.handlers
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,7 +153,23 @@ def database_hints(url: str) -> tuple[str, str | None]:
     return safe_url(url), look
 
 
-def curl_example(port: int) -> str:
+def talkstream_command(cwd: Path | None = None) -> str:
+    """How another shell runs this talkstream: ``talkstream`` when its PATH finds this one (an
+    activated virtual environment, an install), else this one's path (``make dev`` runs
+    ``.venv/bin/talkstream``, which a fresh shell's PATH does not find), from ``cwd`` when it
+    lies under it."""
+    own = Path(sys.executable).with_name("talkstream")
+    found = shutil.which("talkstream")
+    if not own.is_file() or (found is not None and Path(found).resolve() == own.resolve()):
+        return "talkstream"
+    try:
+        return shlex.quote(str(own.relative_to(cwd or Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(own))
+
+
+def curl_example(host: str, port: int) -> str:
+    """A webhook to paste: to ``host`` as :func:`url_host` writes it, to reach the ingress."""
     body = {
         "site": "my-site",
         "email": "ada@example.com",
@@ -172,7 +189,7 @@ def curl_example(port: int) -> str:
         "trigger_criteria": "true",
     }
     return (
-        f"curl -s -X POST http://127.0.0.1:{port}/chat-gpt/generate "
+        f"curl -s -X POST http://{host}:{port}/chat-gpt/generate "
         f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
     )
 
@@ -212,14 +229,18 @@ def stands_in(settings: Settings, upstream: str) -> bool:
     return upstream not in settings.model_fields_set
 
 
+def url_host(host: str, *, to_reach: bool = False) -> str:
+    """A listening host as a URL writes it (an IPv6 address in brackets); ``to_reach``: the one
+    a client on this machine calls (every interface, ``0.0.0.0`` or ``::``: the loopback)."""
+    if to_reach and host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def own_worker_url(settings: Settings) -> str:
     """The worker this run starts, for its console's pacing (``CONSOLE_WORKER_URLS`` not set:
     its default is the default worker port, maybe another run's worker)."""
-    host = settings.worker_http_host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
+    host = url_host(settings.worker_http_host, to_reach=True)
     return f"http://{host}:{settings.worker_http_port}"
 
 
@@ -313,6 +334,9 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
             held.enter_context(hold_data_dir(settings.data_dir))
             if settings.secret_keys is not None:  # the worker's and ingress's check, said first
                 load_secret_box(settings)
+            if settings.console_token is not None:  # the console's, said first too
+                _check_console_token(settings.console_token.get_secret_value())
+            _check_database_url(settings.resolved_database_url)
             kafka = broker_addresses(settings)
             broker = embedded_broker(settings)
             addresses = servers(settings, openai_port=openai_port, talkable_port=talkable_port)
@@ -323,6 +347,32 @@ def run_dev(settings: Settings, *, openai_port: int, talkable_port: int) -> int:
             print(f"talkstream dev: {exc}", file=sys.stderr)
             return 1
         return _run(settings, broker, kafka, openai_port=openai_port, talkable_port=talkable_port)
+
+
+def _check_console_token(token: str) -> None:
+    """A console token of the operator's that the console would refuse (too short): said before
+    anything starts, not as "console did not come up" once the rest runs."""
+    from streams.console.auth import check_token
+
+    try:
+        check_token(token)
+    except ValueError as exc:
+        raise DevRefused(str(exc)) from None
+
+
+def _check_database_url(url: str) -> None:
+    """A projection URL no process could ever use (its driver not installed, no such dialect, a
+    SQLite directory that cannot be made): said before anything starts, as the worker and the
+    console would each say it, not as "console did not come up" once the broker runs. A
+    database that is down is not refused: the projector waits for it."""
+    from sqlalchemy.exc import ArgumentError
+
+    from streams.projection.engine import describe_database_error, make_engine
+
+    try:
+        make_engine(url).dispose()
+    except ArgumentError as exc:
+        raise DevRefused(describe_database_error(exc, url)) from None
 
 
 def watch(
@@ -413,11 +463,12 @@ def _run(
     procs["worker"] = _spawn("worker", ["worker"], env, logs, copiers)
     procs["ingress"] = _spawn("ingress", ["ingress"], env, logs, copiers)
     port = settings.ingress_port
-    lines.append(f"ingress    http://{settings.ingress_host}:{port}/chat-gpt/generate")
+    ingress = f"http://{url_host(settings.ingress_host)}:{port}"
+    lines.append(f"ingress    {ingress}/chat-gpt/generate")
     # the operator console, with a token of this run's unless one is set
     if settings.console_token is None:
         env["TALKSTREAM_CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
-    console = f"http://{settings.console_host}:{settings.console_port}"
+    console = f"http://{url_host(settings.console_host)}:{settings.console_port}"
     if "console_worker_urls" not in settings.model_fields_set and settings.worker_http_port:
         env["TALKSTREAM_CONSOLE_WORKER_URLS"] = own_worker_url(settings)
     procs["console"] = _spawn("console", ["console"], env, logs, copiers)
@@ -440,7 +491,7 @@ def _run(
     code = 0
     try:
         # the ingress ready: a webhook sent now is written, not answered 503
-        if not _wait_http(f"http://{settings.ingress_host}:{port}/readyz", procs["ingress"], 60):
+        if not _wait_http(f"{ingress}/readyz", procs["ingress"], 60):
             print(
                 f"talkstream dev: the ingress did not become ready; see {logs}/ingress.log",
                 file=sys.stderr,
@@ -453,7 +504,7 @@ def _run(
             return 1
         # the worker ready (partitions assigned, table recovered): a first webhook is decided
         # at once, not a second later (its port 0, any free port, cannot be asked here)
-        worker = f"http://{settings.worker_http_host}:{settings.worker_http_port}/readyz"
+        worker = f"http://{url_host(settings.worker_http_host)}:{settings.worker_http_port}/readyz"
         if settings.worker_http_port and not _wait_http(worker, procs["worker"], 120):
             print(
                 f"talkstream dev: the worker did not become ready; see {logs}/worker.log",
@@ -461,8 +512,9 @@ def _run(
             )
             return 1
         print("talkstream dev is running:\n  " + "\n  ".join(lines))
-        print("\nTry it:\n  " + curl_example(port))
-        print(f"\nthen: talkstream audit --request-id <id>{f'   or   {look}' if look else ''}")
+        print("\nTry it:\n  " + curl_example(url_host(settings.ingress_host, to_reach=True), port))
+        audit = f"{talkstream_command()} audit --request-id <id>"
+        print(f"\nthen: {audit}{f'   or   {look}' if look else ''}")
         print("\nCtrl-C stops everything.", flush=True)
         code = watch(procs, broker if started_kafka else None, logs)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ Wired into the ``talkstream`` group by ``register(main)`` in ``streams/cli.py``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -66,6 +67,7 @@ def register(main: click.Group) -> None:
 @click.option(
     "--differences-file",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    callback=lambda _ctx, _param, path: _can_write(path),
     help="--verify: write every difference to this file, one a line (whatever --show prints)",
 )
 @click.option(
@@ -101,6 +103,19 @@ def replay(
     if not database_url:
         raise click.UsageError("give --database-url: replay builds a fresh projection there")
     _rebuild(settings, database_url, force, until, processes, show)
+
+
+def _can_write(path: Path | None) -> Path | None:
+    """A file ``--verify`` will write once it has read both topics: one that cannot be written
+    (its folder missing or not ours) is said now, not by a traceback at the end of the work."""
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{folder} is not a folder", param_hint="'--differences-file'")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise click.BadParameter(f"{path} cannot be written", param_hint="'--differences-file'")
+    return path
 
 
 def _rebuild(
@@ -254,8 +269,11 @@ def report_verified(summary: VerifySummary, show: int, differences_file: Path | 
     _capped(skipped, show, "skipped records")
     differences = summary.differences
     if differences_file is not None:
-        with differences_file.open("w", encoding="utf-8") as out:
-            out.writelines(f"{difference.describe()}\n" for difference in differences)
+        try:
+            with differences_file.open("w", encoding="utf-8") as out:
+                out.writelines(f"{difference.describe()}\n" for difference in differences)
+        except OSError as exc:  # a disk full, a folder removed meanwhile
+            raise click.ClickException(f"cannot write {differences_file}: {exc.strerror}") from None
     if not differences:
         click.echo("no differences: every recorded decision is what the rules derive")
         return True

@@ -105,10 +105,10 @@ def projection_reader(database_url: str | None) -> ProjectionStore:
     if not store.is_current():
         from streams.projection import migrate
 
-        newer = migrate.too_new(store.engine)
+        why = migrate.not_current(store.engine)
         store.close()
-        if newer is not None:
-            raise click.ClickException(newer)
+        if why is not None:
+            raise click.ClickException(why)
         raise click.ClickException(
             f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
         )

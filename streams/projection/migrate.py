@@ -100,15 +100,19 @@ def upgrade(engine: Engine) -> None:
         if revision is not None and revision not in revisions():
             raise ConfigError(_too_new(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
-            url = engine.url.render_as_string(hide_password=True)
-            raise ConfigError(
-                f"the projection database {url} has tables but no migration history (made "
-                "before migrations existed): rebuild it from the log with `talkstream replay "
-                f"--database-url {url} --force`, or delete it"
-            )
+            raise ConfigError(_no_history(engine))
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def _no_history(engine: Engine) -> str:
+    url = engine.url.render_as_string(hide_password=True)
+    return (
+        f"the projection database {url} has tables but no migration history (made "
+        "before migrations existed): rebuild it from the log with `talkstream replay "
+        f"--database-url {url} --force`, or delete it"
+    )
 
 
 def _too_new(engine: Engine, revision: str) -> str:
@@ -137,6 +141,9 @@ def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
         revision = current(connection)
         if revision is not None and revision not in revisions():
             raise ConfigError(_too_new(engine, revision))
+        if revision is None and inspect(connection).has_table("transitions"):
+            # Alembic would create the tables over them: "table requests already exists"
+            raise ConfigError(_no_history(engine))
         if revision == wanted:
             return revision, wanted
         config = alembic_config()
@@ -156,14 +163,30 @@ def is_current(engine: Engine) -> bool:
         return current(connection) == head()
 
 
-def too_new(engine: Engine) -> str | None:
-    """Why this version cannot read the projection, if a newer one migrated it past this
-    version's newest revision (None: it did not)."""
+def not_current(engine: Engine) -> str | None:
+    """Why this version cannot read the projection as it is, and what to run: a newer version
+    migrated it past this one's newest revision, an older one left it below (``talkstream
+    migrate`` brings it up, as a projector does at its start), or its tables have no history.
+    None: it is at this version's newest, or holds no projection at all."""
     with engine.connect() as connection:
         revision = current(connection)
-    if revision is None or revision in revisions():
+        legacy = inspect(connection).has_table(LEGACY_VERSION_TABLE)
+        tables = inspect(connection).has_table("transitions")
+    if revision == head():
         return None
-    return _too_new(engine, revision)
+    if revision is not None and revision not in revisions():
+        return _too_new(engine, revision)
+    if revision is None and not tables:
+        return None
+    if revision is None and not legacy:
+        return _no_history(engine)
+    url = engine.url.render_as_string(hide_password=True)
+    was = f"is at migration {revision}" if revision else "keeps its history in alembic_version"
+    return (
+        f"the projection database {url} {was}, older than this version of talkstream "
+        f"(its newest is {head()}): bring it up with `talkstream migrate --database-url {url}` "
+        "(what a worker's projector does at its start)"
+    )
 
 
 @contextlib.contextmanager

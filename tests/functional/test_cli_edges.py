@@ -22,10 +22,13 @@ from cryptography.fernet import Fernet
 
 from streams.cli import main
 from streams.dev.supervisor import (
+    curl_example,
     database_hints,
     hold_data_dir,
     own_worker_url,
     servers,
+    talkstream_command,
+    url_host,
     watch,
 )
 from streams.settings import DEFAULT_OPENAI_BASE_URL, DEFAULT_TALKABLE_BASE_URL, Settings
@@ -103,6 +106,13 @@ def test_a_host_that_is_no_address_is_one_line_naming_what_sets_it(
         f"Error: cannot listen on {host!r}: Name or service not known "
         "(set by TALKSTREAM_INGRESS_HOST)"
     )
+
+    for standin in ("openai", "talkable"):  # gaierror's traceback until then
+        result = CliRunner().invoke(main, ["standin", standin, "--host", host, "--port", "0"])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: cannot listen on {host!r}: Name or service not known (set by --host)\n",
+        )
 
 
 def dev_env(monkeypatch: pytest.MonkeyPatch, data_dir) -> None:
@@ -193,6 +203,42 @@ def test_dev_names_an_address_in_use_before_it_starts_anything(
     )
     # no broker, no log: nothing was started
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+
+
+def test_dev_refuses_a_console_token_the_console_would_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A TALKSTREAM_CONSOLE_TOKEN too short for the console: dev started the broker, the worker
+    and the ingress, then ended "console did not come up; see .../console.log"."""
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "short-token")
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        "talkstream dev: TALKSTREAM_CONSOLE_TOKEN is too short: use at least 16 random "
+        "characters\n",
+    )
+    assert "short-token" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
+
+
+def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A projection URL whose driver is not installed: dev started the broker, the worker and
+    the ingress, then ended "console did not come up", the reason in the console's log."""
+    dev_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "mysql://u:s3cr3t@127.0.0.1:1/db")
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "talkstream dev: the database URL cannot be used (mysql needs the mysqldb driver, "
+        "which is not installed"
+    )
+    assert len(result.output.splitlines()) == 1 and "s3cr3t" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
 
 
 def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
@@ -695,3 +741,55 @@ def test_dev_says_once_that_its_broker_exited_and_runs_on(tmp_path: Path, capsys
         "answered 503 until it runs again (talkstream kafka start)",
         f"talkstream dev: worker exited with 0; see {tmp_path}/",
     ]
+
+
+def test_the_dev_banner_names_a_talkstream_a_fresh_shell_can_run(tmp_path: Path, monkeypatch):
+    """``make dev`` runs ``.venv/bin/talkstream``, and its banner said "then: talkstream audit
+    ...", which a fresh shell (no activated venv) answers "command not found"."""
+    venv = tmp_path / "checkout" / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "talkstream"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert talkstream_command(tmp_path / "checkout") == ".venv/bin/talkstream"
+    assert talkstream_command(tmp_path / "other") == str(script)
+    monkeypatch.setenv("PATH", str(venv))  # activated: its name is enough
+    assert talkstream_command(tmp_path / "checkout") == "talkstream"
+
+
+@pytest.mark.parametrize("listen", ["::1", "0.0.0.0", "127.0.0.1"])
+def test_the_dev_banners_curl_reaches_an_ingress_where_it_listens(listen: str) -> None:
+    """The banner's ready-to-paste curl went to 127.0.0.1 whatever INGRESS_HOST said: an
+    ingress on ::1 was not there (and its banner line, http://::1:PORT, was no URL)."""
+    import http.server
+    import shlex
+    import threading
+
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    received: list[bytes] = []
+
+    class Ingress(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server_class = type("Server", (http.server.HTTPServer,), {"address_family": family})
+    with server_class((listen, 0), Ingress) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        port = server.server_address[1]
+        argv = shlex.split(curl_example(url_host(listen, to_reach=True), port))
+        url = next(word for word in argv if word.startswith("http"))
+        body = argv[argv.index("-d") + 1].encode()
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 202
+    assert json.loads(received[0])["site"] == "my-site"
+    assert url_host("::1") == "[::1]" and url_host("0.0.0.0") == "0.0.0.0"

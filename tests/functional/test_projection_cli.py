@@ -552,6 +552,29 @@ def test_differences_file_is_a_verify_option():
     assert result.exit_code == 2 and "--differences-file is --verify's" in result.output
 
 
+def test_a_differences_file_that_cannot_be_written_is_said_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`replay --verify --differences-file missing/dir/f` read both topics, then ended in a
+    FileNotFoundError traceback. Now it is refused before Kafka is asked anything (here, no
+    broker answers at all), and a write that fails at the end is one line too."""
+    from streams.ops.commands import report_verified
+    from streams.ops.verify import VerifySummary
+
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    missing = tmp_path / "no-such-folder" / "differences.txt"
+    result = talkstream("replay", "--verify", "--differences-file", str(missing))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--differences-file'" in result.output
+    assert f"{missing.parent} is not a folder" in result.output
+    assert "nothing listens" not in result.output and not missing.parent.exists()
+
+    summary = VerifySummary("talkstream-requests", "talkstream-lifecycle")
+    with pytest.raises(click.ClickException, match=r"cannot write .*differences.txt"):
+        report_verified(summary, 20, missing)
+
+
 def test_a_rebuild_prints_the_first_records_that_did_not_decode_and_how_many_more(capsys):
     """A rebuild listed every record of [lifecycle] that did not decode, however many."""
     from streams.ops.commands import report_rebuilt
@@ -646,3 +669,52 @@ def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
     unknown = talkstream("migrate", "--to", "0042x", "--database-url", projected)
     assert unknown.exit_code == 1 and "no migration '0042x'" in unknown.output
     assert _revision(projected) == "9999"
+
+
+def test_a_projection_left_at_an_older_migration_names_the_command_that_brings_it_up(
+    projected: str,
+):
+    """After a rollback's `migrate --to`, the upgraded version's `audit` and `stats` said "not a
+    current projection: run the worker or `talkstream replay`" (a replay refuses a used
+    database): `talkstream migrate` is what brings it up."""
+    from alembic.script import ScriptDirectory
+
+    from streams.projection import migrate
+
+    head = migrate.head()
+    older = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(head).down_revision
+    assert isinstance(older, str)
+    assert talkstream("migrate", "--to", older, "--database-url", projected).exit_code == 0
+
+    for command in (("audit", "--request-id", "retry-1"), ("stats",)):
+        refused = talkstream(*command, "--database-url", projected)
+        assert refused.exit_code == 1
+        assert f"is at migration {older}, older than this version" in refused.output
+        assert "`talkstream migrate --database-url " in refused.output
+    assert talkstream("migrate", "--database-url", projected).exit_code == 0
+    audit = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
+    assert audit.exit_code == 0 and "request retry-1" in audit.output
+
+
+def test_migrate_refuses_tables_without_a_history_as_a_projector_does(projected: str):
+    """`talkstream migrate` on a projection whose tables have no migration history ended in
+    Alembic's "table requests already exists", where a projector names the way out."""
+    from streams.projection import migrate
+
+    store = ProjectionStore.from_url(projected, migrate_schema=False)
+    rows = snapshot(store)
+    with store.engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE {migrate.VERSION_TABLE}"))
+    store.close()
+
+    advice = "has tables but no migration history"
+    result = talkstream("migrate", "--database-url", projected)
+    assert result.exit_code == 1 and advice in result.output, result.output
+    assert "talkstream replay --database-url" in result.output and "--force" in result.output
+    stats = talkstream("stats", "--database-url", projected)
+    assert stats.exit_code == 1 and advice in stats.output
+    store = ProjectionStore.from_url(projected, migrate_schema=False)
+    try:
+        assert snapshot(store) == rows  # nothing was changed
+    finally:
+        store.close()

@@ -188,3 +188,29 @@ def test_the_projector_runs_in_the_worker_only_when_told(tmp_path: Path, where, 
         projector=where,
     )
     assert (build(settings).projector is not None) is in_worker
+
+
+def _as_documented(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_every_documented_default_is_the_settings_default() -> None:
+    """The table's names were checked against the settings, not its defaults: a default changed
+    in streams/settings.py would have left README promising the old one."""
+    checked = 0
+    for row in table_rows(section(README, "Configuration")):
+        names = re.findall(r"`([A-Z_]+)`", row[0])
+        defaults = row[1].split(" / ")
+        if len(defaults) != len(names) or not all(re.fullmatch(r"`[^`]+`", d) for d in defaults):
+            continue  # "none", a rule ("RF - 1, ..."), a path built from other settings
+        for name, default in zip(names, defaults, strict=True):
+            if name.lower() not in Settings.model_fields:
+                continue  # read by the embedded broker's launcher (KAFKA_JARS)
+            code = _as_documented(Settings.model_fields[name.lower()].default)
+            assert default.strip("`") == code, f"README: TALKSTREAM_{name} defaults to {default}"
+            checked += 1
+    assert checked >= 50
