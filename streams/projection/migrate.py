@@ -32,6 +32,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from streams.errors import ConfigError
 
@@ -98,7 +99,7 @@ def upgrade(engine: Engine) -> None:
             adopt_legacy_history(connection)
             revision = current(connection)
         if revision is not None and revision not in revisions():
-            raise ConfigError(_too_new(engine, revision))
+            raise ConfigError(too_new_advice(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
             url = engine.url.render_as_string(hide_password=True)
             raise ConfigError(
@@ -111,7 +112,9 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _too_new(engine: Engine, revision: str) -> str:
+def too_new_advice(engine: Engine, revision: str) -> str:
+    """What this version says of a projection a newer one migrated to ``revision`` (its
+    projector, ``audit``, ``stats`` and the console alike)."""
     url = engine.url.render_as_string(hide_password=True)
     return (
         f"the projection database {url} is at migration {revision}, which this version of "
@@ -136,7 +139,7 @@ def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
             adopt_legacy_history(connection)
         revision = current(connection)
         if revision is not None and revision not in revisions():
-            raise ConfigError(_too_new(engine, revision))
+            raise ConfigError(too_new_advice(engine, revision))
         if revision == wanted:
             return revision, wanted
         config = alembic_config()
@@ -156,6 +159,21 @@ def is_current(engine: Engine) -> bool:
         return current(connection) == head()
 
 
+def revision(engine: Engine) -> str | None:
+    """The projection's revision, read as cheaply as it can be (one row of the version table:
+    what the console checks at every page); None when it has no history of ours (not
+    migrated yet, or kept in ``alembic_version`` by a version before). A database that cannot
+    be read raises, as any query would."""
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            return found.scalar()
+    except DBAPIError:
+        if inspect(engine).has_table(VERSION_TABLE):
+            raise
+        return None
+
+
 def too_new(engine: Engine) -> str | None:
     """Why this version cannot read the projection, if a newer one migrated it past this
     version's newest revision (None: it did not)."""
@@ -163,7 +181,7 @@ def too_new(engine: Engine) -> str | None:
         revision = current(connection)
     if revision is None or revision in revisions():
         return None
-    return _too_new(engine, revision)
+    return too_new_advice(engine, revision)
 
 
 @contextlib.contextmanager

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from alembic.script import ScriptDirectory
 from click.testing import CliRunner
-from sqlalchemy import event
+from sqlalchemy import event, text
 from yarl import URL
 
 from models.events import (
@@ -35,7 +36,8 @@ from streams.console.queries import ConsoleQueries
 from streams.console.views import SERVICES
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import Redriven, RedriveReport, Selection
-from streams.projection.engine import make_engine
+from streams.projection import migrate
+from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
@@ -193,6 +195,7 @@ LETTERS = [
 class Console:
     client: TestClient[Any, Any]
     log: FakeLog
+    url: str  # the projection's
 
     @property
     def origin(self) -> str:
@@ -229,10 +232,18 @@ async def start(
     extra: int = 0,
     url: str | None = None,
     people: tuple[tuple[str, str], ...] = (),
+    revision: str | None = None,
     **settings: Any,
 ) -> Console:
+    """The console on a projection made by the real rules (migrated to ``revision`` as
+    another version leaves it, when given)."""
     url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
+    if revision is not None:
+        with store.engine.begin() as connection:
+            connection.execute(
+                text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
+            )
     fake = FakeLog(list(LETTERS))
 
     async def no_workers() -> Pacing:
@@ -249,7 +260,7 @@ async def start(
     )
     client = TestClient(TestServer(app))
     await client.start_server()
-    return Console(client, fake)
+    return Console(client, fake, url)
 
 
 @pytest.fixture
@@ -958,6 +969,87 @@ async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(sign
     )
     assert "not reachable" in await preview.text()
     assert signed_in.log.redrives == []
+
+
+def as_another_version_left_it(console: Console, revision: str) -> None:
+    """The projection's history at ``revision``, written under the running console (a newer
+    version's projector migrated it, or the operator took it back)."""
+    engine = console.client.app[SERVICES].queries.engine
+    with engine.begin() as connection:
+        connection.execute(
+            text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
+        )
+
+
+async def test_a_projection_a_newer_version_migrated_is_refused_on_every_page_saying_what_to_do(
+    signed_in: Console,
+):
+    """An older console beside a newer version (an upgrade it was not restarted for, a rollback
+    that left the projection where the newer one took it) served the projection as it stood,
+    though its own version's projector refuses it: nothing said the pages had stopped
+    changing."""
+    head = migrate.head()
+    assert 'id="schema-behind"' not in await signed_in.page("/")
+    csrf = await signed_in.csrf()
+    as_another_version_left_it(signed_in, "9999")
+    for path in [p for p in PAGES if not p.startswith("/static/")]:
+        body = await signed_in.page(path, status=503)
+        assert "This console is older than its projection" in body, path
+        assert (
+            f"is at migration 9999, which this version of talkstream does not know (its newest "
+            f"is {head}): a newer version migrated it. Take it back with that newer version "
+            f"first: `talkstream migrate --to {head} --database-url"
+        ) in body, path
+        assert "or serve the newer version&#39;s console" in body
+        assert "pub-1" not in body and "ada@example.com" not in body, path  # none of its rows
+    preview = await signed_in.post("/deadletters/preview", {"request_id": "park-1", "csrf": csrf})
+    assert preview.status == 503 and signed_in.log.redrives == []
+    await signed_in.page("/static/console.css")  # the 503 page has its style
+    # the newer version took it back (or this console was upgraded): the pages again
+    as_another_version_left_it(signed_in, head)
+    assert 'id="state">published<' in await signed_in.page("/request?id=pub-1")
+
+
+async def test_a_projection_behind_the_console_is_said_on_every_page_until_it_is_migrated(
+    signed_in: Console,
+):
+    """A console upgraded before the workers (whose projector migrates the projection at its
+    start) says so above every page, naming the command that migrates it; each page costs one
+    more statement, of one row."""
+    head = migrate.head()
+    engine = signed_in.client.app[SERVICES].queries.engine
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    previous = str(scripts.get_revision(head).down_revision)
+    migrate.migrate_to(engine, previous)  # the migrations' own downgrade
+    said = f"The projection is at migration {previous}; this console reads migration {head}."
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for path in [p for p in PAGES if not p.startswith("/static/")]:
+        statements.clear()
+        body = await signed_in.page(path)
+        assert len([s for s in statements if migrate.VERSION_TABLE in s]) == 1, statements
+        if path.startswith("/request/content"):
+            continue  # a frame of the timeline, which says it
+        assert said in body, path
+        assert f"(`talkstream migrate --database-url {safe_url(signed_in.url)}` does" in body
+    assert "pub-1" in await signed_in.page("/requests")  # and what it can read, it shows
+    result = CliRunner().invoke(main, ["migrate", "--database-url", signed_in.url])
+    assert result.exit_code == 0, result.output
+    assert 'id="schema-behind"' not in await signed_in.page("/")
+
+
+async def test_the_console_says_at_its_start_that_it_will_serve_no_page_of_a_newer_projection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="streams.console.app")
+    console = await start(tmp_path, revision="9999")
+    try:
+        [said] = [r for r in caplog.records if r.name == "streams.console.app"]
+        assert said.levelname == "ERROR"
+        assert "no page will be served: the projection database" in said.getMessage()
+        assert f"`talkstream migrate --to {migrate.head()}" in said.getMessage()
+    finally:
+        await console.client.close()
 
 
 async def test_a_projection_file_that_is_not_a_database_is_a_page_that_says_so(tmp_path: Path):
