@@ -44,6 +44,8 @@ from streams.ops.clocks import Timeline, timeline_of
 from streams.projection.tables import RequestRow, TransitionRow
 
 PAGE_SIZE = 50
+SUGGESTED_SITES = 100  # the sites the search form suggests, at most
+NEWEST_REQUESTS_SUGGESTING = 2_000  # nothing typed: the sites of these newest requests
 PERSONS_PER_QUERY = 500  # an email on every site: the persons one query asks for
 
 FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
@@ -119,6 +121,13 @@ class Page:
     rows: list[RequestRow]
     newer: Cursor | None  # show the page of newer rows: ?after=newer
     older: Cursor | None  # show the page of older rows: ?before=older
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    sites: list[str]  # at most SUGGESTED_SITES of them
+    found: int  # how many sites there were to suggest
+    named: str | None  # the site named as typed (in any case), when one is
 
 
 # --- the overview -----------------------------------------------------------------------------
@@ -246,6 +255,25 @@ class ConsoleQueries:
         """Every site of the projection, in order."""
         with self._session() as session:
             return self._sites(session)
+
+    def site_suggestions(self, typed: str | None, limit: int = SUGGESTED_SITES) -> Suggestions:
+        """The sites the search form suggests, ``limit`` at most (a deployment has thousands):
+        those whose name contains what was typed, in any case (the one named so first, then by
+        name), or, nothing typed, those of the newest requests."""
+        with self._session() as session:
+            if not typed:
+                newest = session.scalars(
+                    select(RequestRow.site)
+                    .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
+                    .limit(NEWEST_REQUESTS_SUGGESTING)
+                )
+                recent = list(dict.fromkeys(newest))
+                return Suggestions(recent[:limit], len(recent), named=None)
+            folded = typed.casefold()
+            found = [site for site in self._sites(session) if folded in site.casefold()]
+        found.sort(key=lambda site: (site.casefold() != folded, site))
+        named = found[0] if found and found[0].casefold() == folded else None
+        return Suggestions(found[:limit], len(found), named=named)
 
     def site_named(self, name: str) -> str:
         """The site as the projection spells it: ``name`` itself when it has requests, else

@@ -500,8 +500,43 @@ async def test_an_email_on_any_site_is_found_on_every_site_however_many(many_sit
         older = re.search(r'id="older" href="([^"]+)"', body)
         path = older.group(1).replace("&amp;", "&") if older else ""
     assert seen == [f"shop-{i:04d}" for i in range(1000, -1, -1)]
-    # and the search form offers the last site too
-    assert '<option value="shop-1000">' in await many_sites.page("/requests")
+
+
+def suggested(body: str) -> list[str]:
+    found = re.search(r'<datalist id="sites">(.*?)</datalist>', body, re.S)
+    assert found
+    return re.findall(r'<option value="([^"]+)">', found.group(1))
+
+
+async def test_the_search_form_suggests_a_few_sites_and_finds_any_by_a_part_of_its_name(
+    many_sites: Console,
+):
+    """The form suggested every site of the projection (80 KB of them at 2,001 sites, in
+    every search page): now a hundred at most, and a site no site is named lists those that
+    have it in their name, so that any site is still found."""
+    blank = await many_sites.page("/requests")
+    # nothing typed: the sites of the newest requests (by event time), newest first
+    assert suggested(blank)[:5] == ["acme", "globex", "shop-1000", "shop-0999", "shop-0998"]
+    assert len(suggested(blank)) == 100
+    assert len(re.search(r"<datalist.*?</datalist>", blank, re.S).group(0)) < 4_000
+    # a site typed in another case is that site, and is what is suggested
+    one = await many_sites.page("/requests?site=SHOP-0999")
+    assert suggested(one) == ["shop-0999"] and 'id="site-unknown"' not in one
+    assert re.findall(r'<td class="value">(shop-\d+)</td>', one) == ["shop-0999"]
+    # a part of a name: the sites that have it, links keeping the other filters
+    part = await many_sites.page("/requests?site=P-09&email=zed@example.com")
+    assert "No site is named “P-09”. 100 sites have it in their name:" in part
+    links = re.findall(r'<li><a href="/requests\?([^"]+)">(shop-\d+)</a></li>', part)
+    assert [site for _, site in links] == [f"shop-{i:04d}" for i in range(900, 1000)]
+    assert suggested(part) == [site for _, site in links]
+    followed = await many_sites.page("/requests?" + links[50][0].replace("&amp;", "&"))
+    assert 'id="f-email" value="zed@example.com"' in followed
+    assert re.findall(r'<td class="value">(shop-\d+)</td>', followed) == ["shop-0950"]
+    many = await many_sites.page("/requests?site=shop-0")
+    assert "1,000 sites have it in their name (the first 100 by name: type more of it):" in many
+    assert len(re.findall(r"<li><a href=", many)) == 100
+    none = await many_sites.page("/requests?site=nowhere")
+    assert "No site is named “nowhere”, and no site has it in its name." in none
 
 
 async def test_the_overview_lists_many_sites_a_page_at_a_time_found_by_name(many_sites: Console):
