@@ -10,6 +10,10 @@ the projection holds nothing of from its earliest offset: so nothing is skipped,
 emptied database is filled from the log, and a record read twice is not applied twice (the
 store keeps the source offset of every row). The group's committed offsets are never where it
 starts: they say what some database took, not necessarily this one.
+
+Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
+again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
+autovacuum keeps its own).
 """
 
 from __future__ import annotations
