@@ -19,6 +19,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from streams import logs
@@ -131,16 +132,23 @@ def build_console(
 
 async def _check_schema_at_start(app: web.Application) -> None:
     """Say in the log, at once, what every page will say of the projection's schema."""
-    engine = app[views.SERVICES].queries.engine
+    await asyncio.to_thread(_say_schema, app[views.SERVICES].queries.engine)
+
+
+def _say_schema(engine: Engine) -> None:
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and not Path(database).exists():
+        return  # not made yet (the worker makes it): opening it here would make an empty file
     try:
-        found = await asyncio.to_thread(schema.check, engine)
+        found = schema.check(engine)
     except DBAPIError as exc:  # every page says so (``_projection_unavailable``)
         log.warning("console: the projection cannot be read: %s", database_said(exc))
         return
     if found.refused:
         log.error("console: no page will be served: %s", found.refused)
-    elif found.behind:
-        log.warning("console: %s", found.behind)
+    elif found.behind:  # a new projection, made but not migrated yet, alarms nobody
+        level = logging.INFO if found.revision is None else logging.WARNING
+        log.log(level, "console: %s", found.behind)
 
 
 # what a page needs of no projection: logging in and out, the stylesheet

@@ -1166,6 +1166,38 @@ async def test_the_console_says_at_its_start_that_it_will_serve_no_page_of_a_new
         await console.client.close()
 
 
+async def test_a_console_started_before_its_projection_exists_makes_no_file_and_no_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """``talkstream dev`` starts the console beside the worker that makes the projection: its
+    check at start neither makes an empty file nor warns."""
+    caplog.set_level(logging.INFO, logger="streams.console.app")
+    missing = tmp_path / "later.sqlite3"
+    engine = make_engine(f"sqlite:///{missing}")
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        database=f"sqlite:///{missing}",
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert not missing.exists()
+        assert not [r for r in caplog.records if r.name == "streams.console.app"]
+        ProjectionStore(engine, migrate_schema=False)  # made, not migrated yet
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE elsewhere (x INTEGER)"))
+        response = await client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+        assert "The projection has no migration history of ours" in body
+    finally:
+        await client.close()
+        engine.dispose()
+
+
 async def test_a_projection_file_that_is_not_a_database_is_a_page_that_says_so(tmp_path: Path):
     """TALKSTREAM_DATABASE_URL naming a file that is not a SQLite database: each page says the
     projection cannot be read and what SQLite said (503), not a 500 and a stack trace."""
