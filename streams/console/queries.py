@@ -45,7 +45,7 @@ from streams.projection.tables import RequestRow, TransitionRow
 
 PAGE_SIZE = 50
 SUGGESTED_SITES = 100  # the sites the search form suggests, at most
-NEWEST_REQUESTS_SUGGESTING = 2_000  # nothing typed: the sites of these newest requests
+NEWEST_REQUESTS_SUGGESTING = 500  # nothing typed, more sites than that: these requests' sites
 PERSONS_PER_QUERY = 500  # an email on every site: the persons one query asks for
 
 FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
@@ -259,16 +259,20 @@ class ConsoleQueries:
     def site_suggestions(self, typed: str | None, limit: int = SUGGESTED_SITES) -> Suggestions:
         """The sites the search form suggests, ``limit`` at most (a deployment has thousands):
         those whose name contains what was typed, in any case (the one named so first, then by
-        name), or, nothing typed, those of the newest requests."""
+        name); nothing typed, every site when there are no more than ``limit``, else those of
+        the newest requests (topped up by name)."""
         with self._session() as session:
             if not typed:
+                first = self._sites(session, limit + 1)  # a probe a site, stopped past limit
+                if len(first) <= limit:
+                    return Suggestions(first, len(first), named=None)  # every site
                 newest = session.scalars(
                     select(RequestRow.site)
                     .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
                     .limit(NEWEST_REQUESTS_SUGGESTING)
                 )
-                recent = list(dict.fromkeys(newest))
-                return Suggestions(recent[:limit], len(recent), named=None)
+                recent = list(dict.fromkeys([*newest, *first]))[:limit]  # topped up by name
+                return Suggestions(recent, len(recent), named=None)
             folded = typed.casefold()
             found = [site for site in self._sites(session) if folded in site.casefold()]
         found.sort(key=lambda site: (site.casefold() != folded, site))
@@ -287,7 +291,8 @@ class ConsoleQueries:
         return folded[0] if len(folded) == 1 else name
 
     @staticmethod
-    def _sites(session: Session) -> list[str]:
+    def _sites(session: Session, limit: int | None = None) -> list[str]:
+        """Every site by name (``limit``: the first ones only, the scan stopped there)."""
         # a loose index scan over ix_requests_site_received: one probe per distinct site
         found = session.execute(
             text(
@@ -297,6 +302,7 @@ class ConsoleQueries:
                 " SELECT (SELECT MIN(r.site) FROM requests r WHERE r.site > s.site)"
                 " FROM s WHERE s.site IS NOT NULL"
                 ") SELECT site FROM s WHERE site IS NOT NULL"
+                + ("" if limit is None else f" LIMIT {int(limit)}")
             )
         )
         return [site for (site,) in found]

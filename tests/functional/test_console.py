@@ -605,6 +605,8 @@ async def test_a_site_typed_in_another_case_is_the_site_as_the_projection_spells
     person = await signed_in.page("/person?site=Acme&email=ada@example.com")
     assert 'ada@example.com <span class="muted">on acme</span>' in person
     await signed_in.page("/requests?site=nobody")  # a site with no requests: none, not an error
+    # no more sites than the form suggests: every one of them, by name
+    assert suggested(await signed_in.page("/requests")) == ["acme", "globex"]
 
 
 async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_earlier(
