@@ -28,6 +28,8 @@ from tests.functional.test_console import TOKEN, start
 from tests.integration.test_console_browser import (  # noqa: F401  (fixtures)
     browser,
     chromium,
+    element,
+    follow,
 )
 
 pytestmark = pytest.mark.integration
@@ -35,9 +37,9 @@ pytestmark = pytest.mark.integration
 
 def log_in(chrome: webdriver.Chrome, base: str) -> None:
     chrome.get(base + "/login")
-    chrome.find_element(By.NAME, "token").send_keys(TOKEN)
-    chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    assert chrome.find_elements(By.ID, "sites")  # the overview
+    element(chrome, By.NAME, "token").send_keys(TOKEN)
+    follow(chrome, element(chrome, By.CSS_SELECTOR, "button[type=submit]"))
+    element(chrome, By.ID, "sites")  # the overview
 
 
 def shown(chrome: webdriver.Chrome, base: str, path: str) -> tuple[str, str]:
