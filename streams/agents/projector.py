@@ -10,6 +10,10 @@ the projection holds nothing of from its earliest offset: so nothing is skipped,
 emptied database is filled from the log, and a record read twice is not applied twice (the
 store keeps the source offset of every row). The group's committed offsets are never where it
 starts: they say what some database took, not necessarily this one.
+
+Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
+again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
+autovacuum keeps its own).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +59,7 @@ BATCH = 500
 DATABASE_SILENCE_SECONDS = 10.0
 WITHIN_SECONDS = 0.2
 FETCH_MIN_BYTES = 256 * 1024
+STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are checked, at most
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Projector:
         # partition since it was sought: the database holding less went back under it
         self.recorded: dict[TopicPartition, int] = {}
         self.database_error: str | None = None  # why its database takes nothing now
+        self._statistics_due = 0.0  # when its database's statistics are checked next
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
@@ -146,10 +153,28 @@ class Projector:
             return
         self.applied.update(offsets)
         self.recorded.update(offsets)
+        await self._statistics()
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+
+    async def _statistics(self) -> None:
+        """Once a minute at most, between batches: SQLite's planner statistics gathered again
+        when the projection has grown enough since (``ProjectionStore.refresh_statistics``).
+        A failure is said and left for the next time: statistics never hold up a batch."""
+        if time.monotonic() < self._statistics_due:
+            return
+        self._statistics_due = time.monotonic() + STATISTICS_CHECK_SECONDS
+        try:
+            await self._answered("projection statistics", self._ran_analyze)
+        except SQLAlchemyError as exc:
+            log.warning("gathering the projection's statistics failed: %s", database_said(exc))
+
+    def _ran_analyze(self) -> None:
+        started = time.monotonic()
+        if self._store.refresh_statistics():
+            log.info("projection statistics gathered in %.1f s", time.monotonic() - started)
 
     async def _read_again(self, consumer: AIOKafkaConsumer, behind: ProjectionBehind) -> None:
         """The database went back under the projector (a backup restored, the projection

@@ -9,6 +9,7 @@ metrics from ``TALKSTREAM_CONSOLE_WORKER_URLS``) and serves on
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -18,10 +19,11 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from streams import logs
-from streams.console import auth, letters, pages, views
+from streams.console import auth, letters, pages, schema, views
 from streams.console.log import (
     LETTERS_PER_PARTITION,
     Content,
@@ -92,6 +94,7 @@ def build_console(
         secure_cookie=settings.console_secure_cookie,
     )
     app.middlewares.append(_projection_unavailable)
+    app.middlewares.append(_projection_schema)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("streams.console", "templates"),
         autoescape=True,  # every value is text unless a template says otherwise (none does)
@@ -123,7 +126,48 @@ def build_console(
     app.router.add_post("/deadletters/preview", letters.preview)
     app.router.add_post("/deadletters/redrive", letters.redrive)
     app.router.add_static("/static", HERE / "static", show_index=False)
+    app.on_startup.append(_check_schema_at_start)
     return app
+
+
+async def _check_schema_at_start(app: web.Application) -> None:
+    """Say in the log, at once, what every page will say of the projection's schema."""
+    await asyncio.to_thread(_say_schema, app[views.SERVICES].queries.engine)
+
+
+def _say_schema(engine: Engine) -> None:
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and not Path(database).exists():
+        return  # not made yet (the worker makes it): opening it here would make an empty file
+    try:
+        found = schema.check(engine)
+    except DBAPIError as exc:  # every page says so (``_projection_unavailable``)
+        log.warning("console: the projection cannot be read: %s", database_said(exc))
+        return
+    if found.refused:
+        log.error("console: no page will be served: %s", found.refused)
+    elif found.behind:  # a new projection, made but not migrated yet, alarms nobody
+        level = logging.INFO if found.revision is None else logging.WARNING
+        log.log(level, "console: %s", found.behind)
+
+
+# what a page needs of no projection: logging in and out, the stylesheet
+_NO_PROJECTION = frozenset({*auth.PUBLIC, "/logout"})
+
+
+@web.middleware
+async def _projection_schema(request: web.Request, handler: auth.Handler) -> Any:
+    """The projection's revision, read at every page (one row): a projection newer than this
+    console is a 503 saying what to do, never its pages (``schema``); one behind it is said
+    above each page."""
+    if request.path in _NO_PROJECTION or request.path.startswith("/static/"):
+        return await handler(request)
+    found = await asyncio.to_thread(schema.check, request.app[views.SERVICES].queries.engine)
+    if found.refused:
+        return pages.render(request, "too_new.html", {"reason": found.refused}, status=503)
+    if found.behind:
+        request[pages.BEHIND] = found.behind
+    return await handler(request)
 
 
 @web.middleware

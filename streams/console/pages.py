@@ -16,13 +16,15 @@ TEMPLATES = web.AppKey("console_templates", jinja2.Environment)
 DATABASE = web.AppKey("console_database", str)  # the projection's URL, password hidden
 AUTH = web.RequestKey("console_auth", str)  # how the request was let in: bearer or session
 CSRF = web.RequestKey("console_csrf", str)  # the session's CSRF token, for the forms
+BEHIND = web.RequestKey("console_behind", str)  # the projection is not migrated yet: why
 
 
 def render(
     request: web.Request, template: str, context: Mapping[str, Any], status: int = 200
 ) -> web.Response:
     """A page: the template with the context every page has (the session's CSRF token for
-    its forms, whether someone is signed in, the projection's URL)."""
+    its forms, whether someone is signed in, the projection's URL, and what to say above the
+    page when the projection is behind the console's schema)."""
     page = (
         request.app[TEMPLATES]
         .get_template(template)
@@ -31,6 +33,7 @@ def render(
                 "csrf": request.get(CSRF, ""),
                 "signed_in": request.get(AUTH) is not None,
                 "database": request.app.get(DATABASE, ""),
+                "behind": request.get(BEHIND),
                 "nav": "",
                 **context,
             }

@@ -199,14 +199,23 @@ async def search(request: web.Request) -> web.Response:
         page = await run_query(s.queries.search, filters, before=before, after=after)
     except ValueError as exc:
         error, page = str(exc), None
-    sites = await run_query(s.queries.sites)
+    # a few sites suggested, not every one (80 KB of them at 2,001 sites): those named like
+    # what was typed, or those of the newest requests; a site no site is named links to those
+    # that have it in their name, so that any site is found from a part of its name
+    typed = given["site"].strip()
+    suggestions = await run_query(s.queries.site_suggestions, typed)
+    unknown = bool(typed) and suggestions.named is None
     return render(
         request,
         "search.html",
         {
             "nav": "search",
             "given": given,
-            "sites": sites,
+            "suggestions": suggestions,
+            "unknown": unknown,
+            "site_links": [
+                (site, _query({**given, "site": site})) for site in suggestions.sites if unknown
+            ],
             "states": SEARCHABLE_STATES,
             "page": page,
             "error": error,

@@ -270,6 +270,9 @@ async def rebuild(
                 # into an empty store only the requests this replay wrote can have rows
                 await _apply_all(reader, store, set() if empty else None, summary, progress)
         summary.skipped.sort(key=lambda s: (s.partition, s.offset))
+        # every row at once: the planner's statistics of what is there now (SQLite gathers none
+        # by itself, PostgreSQL's autovacuum only a while later)
+        store.gather_statistics()
         summary.requests, summary.transitions = store.counts()
         summary.states = store.states()
     summary.seconds = time.monotonic() - started

@@ -32,6 +32,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from streams.errors import ConfigError
 
@@ -98,7 +99,7 @@ def upgrade(engine: Engine) -> None:
             adopt_legacy_history(connection)
             revision = current(connection)
         if revision is not None and revision not in revisions():
-            raise ConfigError(_too_new(engine, revision))
+            raise ConfigError(too_new_advice(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
             raise ConfigError(_no_history(engine))
         config = alembic_config()
@@ -115,7 +116,9 @@ def _no_history(engine: Engine) -> str:
     )
 
 
-def _too_new(engine: Engine, revision: str) -> str:
+def too_new_advice(engine: Engine, revision: str) -> str:
+    """What this version says of a projection a newer one migrated to ``revision`` (its
+    projector, ``audit``, ``stats`` and the console alike)."""
     url = engine.url.render_as_string(hide_password=True)
     return (
         f"the projection database {url} is at migration {revision}, which this version of "
@@ -140,7 +143,7 @@ def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
             adopt_legacy_history(connection)
         revision = current(connection)
         if revision is not None and revision not in revisions():
-            raise ConfigError(_too_new(engine, revision))
+            raise ConfigError(too_new_advice(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
             # Alembic would create the tables over them: "table requests already exists"
             raise ConfigError(_no_history(engine))
@@ -163,6 +166,21 @@ def is_current(engine: Engine) -> bool:
         return current(connection) == head()
 
 
+def revision(engine: Engine) -> str | None:
+    """The projection's revision, read as cheaply as it can be (one row of the version table:
+    what the console checks at every page); None when it has no history of ours (not
+    migrated yet, or kept in ``alembic_version`` by a version before). A database that cannot
+    be read raises, as any query would."""
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            return found.scalar()
+    except DBAPIError:
+        if inspect(engine).has_table(VERSION_TABLE):
+            raise
+        return None
+
+
 def not_current(engine: Engine) -> str | None:
     """Why this version cannot read the projection as it is, and what to run: a newer version
     migrated it past this one's newest revision, an older one left it below (``talkstream
@@ -175,7 +193,7 @@ def not_current(engine: Engine) -> str | None:
     if revision == head():
         return None
     if revision is not None and revision not in revisions():
-        return _too_new(engine, revision)
+        return too_new_advice(engine, revision)
     if revision is None and not tables:
         return None
     if revision is None and not legacy:

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from alembic.script import ScriptDirectory
 from click.testing import CliRunner
-from sqlalchemy import event
+from sqlalchemy import event, text
 from yarl import URL
 
 from models.events import (
@@ -31,11 +32,12 @@ from streams.cli import main
 from streams.console.app import build_console
 from streams.console.log import LETTERS_PER_PARTITION, Content, Letter, Letters
 from streams.console.pacing import Pacing, parse
-from streams.console.queries import ConsoleQueries
+from streams.console.queries import ConsoleQueries, Filters
 from streams.console.views import SERVICES
 from streams.errors import BrokerUnavailable
 from streams.ops.redrive import Redriven, RedriveReport, Selection
-from streams.projection.engine import make_engine
+from streams.projection import migrate
+from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import make_settings
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
@@ -193,6 +195,7 @@ LETTERS = [
 class Console:
     client: TestClient[Any, Any]
     log: FakeLog
+    url: str  # the projection's
 
     @property
     def origin(self) -> str:
@@ -229,10 +232,18 @@ async def start(
     extra: int = 0,
     url: str | None = None,
     people: tuple[tuple[str, str], ...] = (),
+    revision: str | None = None,
     **settings: Any,
 ) -> Console:
+    """The console on a projection made by the real rules (migrated to ``revision`` as
+    another version leaves it, when given)."""
     url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
+    if revision is not None:
+        with store.engine.begin() as connection:
+            connection.execute(
+                text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
+            )
     fake = FakeLog(list(LETTERS))
 
     async def no_workers() -> Pacing:
@@ -249,7 +260,7 @@ async def start(
     )
     client = TestClient(TestServer(app))
     await client.start_server()
-    return Console(client, fake)
+    return Console(client, fake, url)
 
 
 @pytest.fixture
@@ -489,8 +500,43 @@ async def test_an_email_on_any_site_is_found_on_every_site_however_many(many_sit
         older = re.search(r'id="older" href="([^"]+)"', body)
         path = older.group(1).replace("&amp;", "&") if older else ""
     assert seen == [f"shop-{i:04d}" for i in range(1000, -1, -1)]
-    # and the search form offers the last site too
-    assert '<option value="shop-1000">' in await many_sites.page("/requests")
+
+
+def suggested(body: str) -> list[str]:
+    found = re.search(r'<datalist id="sites">(.*?)</datalist>', body, re.S)
+    assert found
+    return re.findall(r'<option value="([^"]+)">', found.group(1))
+
+
+async def test_the_search_form_suggests_a_few_sites_and_finds_any_by_a_part_of_its_name(
+    many_sites: Console,
+):
+    """The form suggested every site of the projection (80 KB of them at 2,001 sites, in
+    every search page): now a hundred at most, and a site no site is named lists those that
+    have it in their name, so that any site is still found."""
+    blank = await many_sites.page("/requests")
+    # nothing typed: the sites of the newest requests (by event time), newest first
+    assert suggested(blank)[:5] == ["acme", "globex", "shop-1000", "shop-0999", "shop-0998"]
+    assert len(suggested(blank)) == 100
+    assert len(re.search(r"<datalist.*?</datalist>", blank, re.S).group(0)) < 4_000
+    # a site typed in another case is that site, and is what is suggested
+    one = await many_sites.page("/requests?site=SHOP-0999")
+    assert suggested(one) == ["shop-0999"] and 'id="site-unknown"' not in one
+    assert re.findall(r'<td class="value">(shop-\d+)</td>', one) == ["shop-0999"]
+    # a part of a name: the sites that have it, links keeping the other filters
+    part = await many_sites.page("/requests?site=P-09&email=zed@example.com")
+    assert "No site is named “P-09”. 100 sites have it in their name:" in part
+    links = re.findall(r'<li><a href="/requests\?([^"]+)">(shop-\d+)</a></li>', part)
+    assert [site for _, site in links] == [f"shop-{i:04d}" for i in range(900, 1000)]
+    assert suggested(part) == [site for _, site in links]
+    followed = await many_sites.page("/requests?" + links[50][0].replace("&amp;", "&"))
+    assert 'id="f-email" value="zed@example.com"' in followed
+    assert re.findall(r'<td class="value">(shop-\d+)</td>', followed) == ["shop-0950"]
+    many = await many_sites.page("/requests?site=shop-0")
+    assert "1,000 sites have it in their name (the first 100 by name: type more of it):" in many
+    assert len(re.findall(r"<li><a href=", many)) == 100
+    none = await many_sites.page("/requests?site=nowhere")
+    assert "No site is named “nowhere”, and no site has it in its name." in none
 
 
 async def test_the_overview_lists_many_sites_a_page_at_a_time_found_by_name(many_sites: Console):
@@ -559,6 +605,8 @@ async def test_a_site_typed_in_another_case_is_the_site_as_the_projection_spells
     person = await signed_in.page("/person?site=Acme&email=ada@example.com")
     assert 'ada@example.com <span class="muted">on acme</span>' in person
     await signed_in.page("/requests?site=nobody")  # a site with no requests: none, not an error
+    # no more sites than the form suggests: every one of them, by name
+    assert suggested(await signed_in.page("/requests")) == ["acme", "globex"]
 
 
 async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_earlier(
@@ -875,6 +923,85 @@ def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
     assert "USING INDEX ix_requests_in_flight" in in_flight, plans
 
 
+def statements_of(engine: Any, work: Any) -> list[tuple[str, Any]]:
+    """The statements ``work()`` ran on ``engine``, with their parameters."""
+    statements: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    return statements
+
+
+def test_the_overview_ranks_its_latencies_in_the_database_not_a_row_per_request(tmp_path: Path):
+    """p50 and p95 of arrival -> published, nearest rank, with two rows fetched: the 24-hour
+    overview at 1,000,000 requests fetched every published request's latency (114,000) into
+    Python, half its time."""
+    log = mixed_log()
+    for i in range(300):
+        log.full(f"many-{i:03d}", email=f"m{i}@example.com", at_ms=T0_MS + i, latency_ms=i * 7)
+    url = f"sqlite:///{tmp_path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    with store.engine.connect() as connection:
+        latencies = sorted(
+            ended - arrived
+            for ended, arrived in connection.execute(
+                text(
+                    "SELECT terminal_at_ms, COALESCE(arrived_at_ms, received_at_ms)"
+                    " FROM requests WHERE state = 'published'"
+                )
+            )
+        )
+    store.close()
+    engine = make_engine(url)
+    queries = ConsoleQueries(engine)
+    found: list[Any] = []
+    ran = statements_of(engine, lambda: found.append(queries.overview(T0_MS, NOW_MS)))
+    [overview] = found
+    assert overview.published == len(latencies) == 304
+    assert overview.p50_ms == latencies[152 - 1] and overview.p95_ms == latencies[289 - 1]
+    with engine.connect() as connection:
+        fetched = [len(connection.exec_driver_sql(s, p).all()) for s, p in ran]
+    engine.dispose()
+    assert max(fetched) < 20, fetched  # minutes, sites, states: never a row per request
+    # an empty window: none published, no percentiles
+    empty = ConsoleQueries(make_engine(url)).overview(NOW_MS, NOW_MS + 60_000)
+    assert (empty.published, empty.p50_ms, empty.p95_ms) == (0, None, None)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [Filters(state="failed"), Filters(state="in_flight"), Filters(site="acme", state="failed")],
+    ids=["failed", "in-flight", "a-sites-failed"],
+)
+def test_a_group_of_states_is_searched_a_state_at_a_time_by_index(tmp_path: Path, filters: Any):
+    """Without statistics (SQLite gathers none by itself), ``state IN (...)`` was met by
+    reading every failed request ever by ``ix_requests_state`` and sorting them: 160 ms at
+    1,000,000 requests against 5 ms for a range of ``ix_requests_state_received`` a state."""
+    engine = make_engine(projection(tmp_path))
+    queries = ConsoleQueries(engine)
+    ran = statements_of(engine, lambda: queries.search(filters))
+    with engine.connect() as connection:
+        plans = [
+            " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {s}", p))
+            for s, p in ran
+        ]
+        assert not connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        ).all(), "no statistics, as before the projector first gathers them"
+    engine.dispose()
+    assert len(plans) > 1, plans
+    index = "ix_requests_site_state_received" if filters.site else "ix_requests_state_received"
+    assert all(f"USING INDEX {index} (" in plan for plan in plans), plans
+    assert not any("TEMP B-TREE" in plan for plan in plans), plans
+
+
 def test_pacing_is_read_from_the_workers_metrics():
     pacing = Pacing()
     text = (
@@ -958,6 +1085,119 @@ async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(sign
     )
     assert "not reachable" in await preview.text()
     assert signed_in.log.redrives == []
+
+
+def as_another_version_left_it(console: Console, revision: str) -> None:
+    """The projection's history at ``revision``, written under the running console (a newer
+    version's projector migrated it, or the operator took it back)."""
+    engine = console.client.app[SERVICES].queries.engine
+    with engine.begin() as connection:
+        connection.execute(
+            text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
+        )
+
+
+async def test_a_projection_a_newer_version_migrated_is_refused_on_every_page_saying_what_to_do(
+    signed_in: Console,
+):
+    """An older console beside a newer version (an upgrade it was not restarted for, a rollback
+    that left the projection where the newer one took it) served the projection as it stood,
+    though its own version's projector refuses it: nothing said the pages had stopped
+    changing."""
+    head = migrate.head()
+    assert 'id="schema-behind"' not in await signed_in.page("/")
+    csrf = await signed_in.csrf()
+    as_another_version_left_it(signed_in, "9999")
+    for path in [p for p in PAGES if not p.startswith("/static/")]:
+        body = await signed_in.page(path, status=503)
+        assert "This console is older than its projection" in body, path
+        assert (
+            f"is at migration 9999, which this version of talkstream does not know (its newest "
+            f"is {head}): a newer version migrated it. Take it back with that newer version "
+            f"first: `talkstream migrate --to {head} --database-url"
+        ) in body, path
+        assert "or serve the newer version&#39;s console" in body
+        assert "pub-1" not in body and "ada@example.com" not in body, path  # none of its rows
+    preview = await signed_in.post("/deadletters/preview", {"request_id": "park-1", "csrf": csrf})
+    assert preview.status == 503 and signed_in.log.redrives == []
+    await signed_in.page("/static/console.css")  # the 503 page has its style
+    # the newer version took it back (or this console was upgraded): the pages again
+    as_another_version_left_it(signed_in, head)
+    assert 'id="state">published<' in await signed_in.page("/request?id=pub-1")
+
+
+async def test_a_projection_behind_the_console_is_said_on_every_page_until_it_is_migrated(
+    signed_in: Console,
+):
+    """A console upgraded before the workers (whose projector migrates the projection at its
+    start) says so above every page, naming the command that migrates it; each page costs one
+    more statement, of one row."""
+    head = migrate.head()
+    engine = signed_in.client.app[SERVICES].queries.engine
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    previous = str(scripts.get_revision(head).down_revision)
+    migrate.migrate_to(engine, previous)  # the migrations' own downgrade
+    said = f"The projection is at migration {previous}; this console reads migration {head}."
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for path in [p for p in PAGES if not p.startswith("/static/")]:
+        statements.clear()
+        body = await signed_in.page(path)
+        assert len([s for s in statements if migrate.VERSION_TABLE in s]) == 1, statements
+        if path.startswith("/request/content"):
+            continue  # a frame of the timeline, which says it
+        assert said in body, path
+        assert f"(`talkstream migrate --database-url {safe_url(signed_in.url)}` does" in body
+    assert "pub-1" in await signed_in.page("/requests")  # and what it can read, it shows
+    result = CliRunner().invoke(main, ["migrate", "--database-url", signed_in.url])
+    assert result.exit_code == 0, result.output
+    assert 'id="schema-behind"' not in await signed_in.page("/")
+
+
+async def test_the_console_says_at_its_start_that_it_will_serve_no_page_of_a_newer_projection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="streams.console.app")
+    console = await start(tmp_path, revision="9999")
+    try:
+        [said] = [r for r in caplog.records if r.name == "streams.console.app"]
+        assert said.levelname == "ERROR"
+        assert "no page will be served: the projection database" in said.getMessage()
+        assert f"`talkstream migrate --to {migrate.head()}" in said.getMessage()
+    finally:
+        await console.client.close()
+
+
+async def test_a_console_started_before_its_projection_exists_makes_no_file_and_no_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """``talkstream dev`` starts the console beside the worker that makes the projection: its
+    check at start neither makes an empty file nor warns."""
+    caplog.set_level(logging.INFO, logger="streams.console.app")
+    missing = tmp_path / "later.sqlite3"
+    engine = make_engine(f"sqlite:///{missing}")
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        database=f"sqlite:///{missing}",
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert not missing.exists()
+        assert not [r for r in caplog.records if r.name == "streams.console.app"]
+        ProjectionStore(engine, migrate_schema=False)  # made, not migrated yet
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE elsewhere (x INTEGER)"))
+        response = await client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+        assert "The projection has no migration history of ours" in body
+    finally:
+        await client.close()
+        engine.dispose()
 
 
 async def test_a_projection_file_that_is_not_a_database_is_a_page_that_says_so(tmp_path: Path):

@@ -487,3 +487,63 @@ def test_a_projection_with_its_history_in_alembic_version_moves_it_to_its_own_ta
         assert migrate.VERSION_TABLE in tables and "alembic_version" not in tables
     finally:
         engine.dispose()
+
+
+def _statistics_rows(store: ProjectionStore) -> int | None:
+    """How many requests the SQLite file's statistics say there are (None: none gathered)."""
+    with store.engine.connect() as connection:
+        if not connection.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        ).first():
+            return None
+        stats = connection.exec_driver_sql("SELECT stat FROM sqlite_stat1 WHERE tbl = 'requests'")
+        return max(int(stat.split()[0]) for (stat,) in stats)
+
+
+def test_sqlite_statistics_are_gathered_again_each_time_the_requests_have_doubled(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """SQLite gathers no statistics by itself (the projector's file had none, ever), and keeps
+    those of a table a fraction of its size until they are gathered again."""
+    import streams.projection.store as store_module
+
+    monkeypatch.setattr(store_module, "STATISTICS_FIRST_ROWS", 10)
+    store = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'p.sqlite3'}")
+    log = Log()
+    people = iter(range(1000))
+
+    def grow(count: int) -> None:
+        for i in itertools.islice(people, count):
+            log.received(f"r{i:03d}", email=f"p{i}@example.com", at_ms=T0_MS + i)
+        store.apply(log.records[len(applied) :])
+        applied[:] = log.records
+
+    applied: list[Sourced] = []
+    grow(9)
+    assert not store.refresh_statistics() and _statistics_rows(store) is None
+    grow(1)
+    assert store.refresh_statistics() and _statistics_rows(store) == 10
+    assert not store.refresh_statistics()  # nothing grew: one-row reads, no ANALYZE
+    grow(9)
+    assert not store.refresh_statistics() and _statistics_rows(store) == 10
+    grow(1)
+    assert store.refresh_statistics() and _statistics_rows(store) == 20
+    store.close()
+
+
+def test_statistics_are_gathered_on_demand_and_left_to_postgresql_otherwise(
+    store: ProjectionStore,
+):
+    """A rebuild gathers them (``gather_statistics``) on both; between rebuilds PostgreSQL's
+    autovacuum gathers its own and the projector leaves it alone."""
+    store.apply(mixed_log().records)
+    store.gather_statistics()
+    with store.engine.connect() as connection:
+        if store.in_process:
+            assert _statistics_rows(store) == store.counts()[0]
+        else:
+            analyzed = connection.execute(
+                text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'requests'")
+            ).scalar()
+            assert analyzed is not None
+            assert not store.refresh_statistics()

@@ -29,6 +29,7 @@ LONG_SITE, LONG_EMAIL = "s" * 120, "a" * 180 + "@example.com"  # no place to bre
 PAGES = [
     "/",
     "/requests",
+    "/requests?site=sss",  # no such site: the sites that have it in their name, the long one
     "/request?id=pub-1",
     "/request?id=person-000",
     "/person?site=acme&email=ada@example.com",

@@ -1,0 +1,52 @@
+"""Whether the projection is the one this console knows how to read: its schema's revision,
+read when the console starts and again at every page (one row of the version table).
+
+- **Newer than this console** (a newer version migrated it: an upgrade the console was not
+  restarted for, or a rollback that did not take the projection back): every page is a 503
+  saying so and what to do, as this version's projector, ``audit`` and ``stats`` refuse it
+  (``migrate.too_new_advice``). Served anyway, the pages would show a projection that this
+  version's projector no longer updates (it exits at every start), standing still, and read a
+  schema this version does not know.
+- **Behind this console** (not migrated yet: this version's projector does it at its start):
+  every page says so above its content; a page that needs what the migration adds fails
+  with the projection's own "cannot be read" page.
+- At this console's revision: nothing is said.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from streams.projection import migrate
+from streams.projection.engine import safe_url
+
+
+@dataclass(frozen=True)
+class Schema:
+    revision: str | None  # the projection's (None: no history this version reads)
+    refused: str | None = None  # why no page is served: the projection is newer
+    behind: str | None = None  # what every page says above its content
+
+
+def check(engine: Engine) -> Schema:
+    """The projection's revision against this version's newest (raises what a query of an
+    unusable database raises)."""
+    revision = migrate.revision(engine)
+    head = migrate.head()
+    if revision == head:
+        return Schema(revision)
+    if revision is not None and revision not in migrate.revisions():
+        advice = migrate.too_new_advice(engine, revision)
+        return Schema(revision, refused=f"{advice}; or serve the newer version's console")
+    url = safe_url(engine)
+    at = f"is at migration {revision}" if revision else "has no migration history of ours"
+    return Schema(
+        revision,
+        behind=(
+            f"The projection {at}; this console reads migration {head}. This version's "
+            f"projector migrates it when it starts (`talkstream migrate --database-url {url}` "
+            "does it alone); until then a page may be slow, or fail."
+        ),
+    )
