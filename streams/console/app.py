@@ -36,7 +36,7 @@ from streams.console.queries import ConsoleQueries
 from streams.ops import clocks
 from streams.ops.redrive import RedriveReport, Selection
 from streams.ops.redrive import redrive as run_redrive
-from streams.projection.engine import database_said, database_unusable
+from streams.projection.engine import database_said, database_unusable, safe_url
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,21 @@ async def _check_schema_at_start(app: web.Application) -> None:
     await asyncio.to_thread(_say_schema, app[views.SERVICES].queries.engine)
 
 
-def _say_schema(engine: Engine) -> None:
+def _not_made(engine: Engine) -> bool:
+    """Whether the projection is a SQLite file not there yet: the worker's projector makes it
+    (opening it here would make an empty file, and at a mistyped URL leave it there)."""
     database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and not Path(database).exists():
-        return  # not made yet (the worker makes it): opening it here would make an empty file
+    return engine.dialect.name == "sqlite" and database is not None and not Path(database).exists()
+
+
+def _say_schema(engine: Engine) -> None:
+    if _not_made(engine):  # INFO: a console started beside its first worker is no alarm
+        log.info(
+            "console: no projection at %s yet: a worker's projector makes it when it starts "
+            "(is TALKSTREAM_DATABASE_URL the workers'?)",
+            safe_url(engine),
+        )
+        return
     try:
         found = schema.check(engine)
     except DBAPIError as exc:  # every page says so (``_projection_unavailable``)
@@ -162,7 +173,14 @@ async def _projection_schema(request: web.Request, handler: auth.Handler) -> Any
     above each page."""
     if request.path in _NO_PROJECTION or request.path.startswith("/static/"):
         return await handler(request)
-    found = await asyncio.to_thread(schema.check, request.app[views.SERVICES].queries.engine)
+    engine = request.app[views.SERVICES].queries.engine
+    if _not_made(engine):
+        reason = (
+            f"no projection at {safe_url(engine)} yet: a worker's projector makes it when it "
+            "starts (is TALKSTREAM_DATABASE_URL the workers'?)"
+        )
+        return pages.render(request, "unavailable.html", {"reason": reason}, status=503)
+    found = await asyncio.to_thread(schema.check, engine)
     if found.refused:
         return pages.render(request, "too_new.html", {"reason": found.refused}, status=503)
     if found.behind:
@@ -234,16 +252,23 @@ def _ago(now_ms: Callable[[], int], ms: int | None) -> str:
     return _duration(now_ms() - ms) + " ago"
 
 
+def console_engine(url: str) -> Engine:
+    """The console's engine of the projection: a reader, which leaves a SQLite file (and its
+    directory) not there yet to the worker to make, so a mistyped URL leaves nothing behind."""
+    from streams.projection.engine import make_engine
+
+    return make_engine(url, make_directory=False)
+
+
 def run_console(settings: Settings) -> None:
     """Serve the console until interrupted (``talkstream console``)."""
     from streams.logs import announce
-    from streams.projection.engine import make_engine, safe_url
     from streams.runtime import now_ms
 
     token = auth.check_token(
         settings.console_token.get_secret_value() if settings.console_token else None
     )
-    engine = make_engine(settings.resolved_database_url)
+    engine = console_engine(settings.resolved_database_url)
     app = build_console(
         settings,
         ConsoleQueries(engine),
@@ -267,4 +292,4 @@ def run_console(settings: Settings) -> None:
     )
 
 
-__all__ = ["KafkaLog", "Pacing", "build_console", "run_console"]
+__all__ = ["KafkaLog", "Pacing", "build_console", "console_engine", "run_console"]

@@ -34,11 +34,12 @@ from sqlalchemy.pool import StaticPool
 SQLITE_WRITER_WAIT_SECONDS = 60.0
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, make_directory: bool = True) -> Engine:
     """The engine of the projection at ``url``. A URL it cannot be made for raises
     ``ArgumentError`` (``describe_database_error`` says it in one line): one that does not
     parse or names no dialect (SQLAlchemy's own), a driver that is not installed or is an
-    asyncio one, a SQLite file whose directory cannot be made."""
+    asyncio one, a SQLite file whose directory cannot be made (``make_directory``: a reader,
+    which makes none, leaves that to the first query)."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -46,7 +47,8 @@ def make_engine(url: str) -> Engine:
             return _create_engine(
                 parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
             )
-        _make_directory(Path(parsed.database).parent)
+        if make_directory:
+            _make_directory(Path(parsed.database).parent)
         _bind_nulls_directly()
         engine = _create_engine(
             parsed, pool_pre_ping=True, connect_args={"timeout": SQLITE_WRITER_WAIT_SECONDS}

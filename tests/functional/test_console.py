@@ -29,7 +29,7 @@ from models.events import (
 )
 from models.params import UsageLimit, person_key
 from streams.cli import main
-from streams.console.app import build_console
+from streams.console.app import build_console, console_engine
 from streams.console.log import LETTERS_PER_PARTITION, Content, Letter, Letters
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries, Filters
@@ -1188,13 +1188,42 @@ async def test_a_console_started_before_its_projection_exists_makes_no_file_and_
     await client.start_server()
     try:
         assert not missing.exists()
-        assert not [r for r in caplog.records if r.name == "streams.console.app"]
+        said = [r for r in caplog.records if r.name == "streams.console.app"]
+        assert not [r for r in said if r.levelno >= logging.WARNING]
         ProjectionStore(engine, migrate_schema=False)  # made, not migrated yet
         with engine.begin() as connection:
             connection.execute(text("CREATE TABLE elsewhere (x INTEGER)"))
         response = await client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
         body = await response.text()
         assert "The projection has no migration history of ours" in body
+    finally:
+        await client.close()
+        engine.dispose()
+
+
+async def test_a_console_at_a_mistyped_sqlite_url_says_there_is_none_and_makes_nothing(
+    tmp_path: Path,
+):
+    missing = tmp_path / "no-such-dir" / "typo.sqlite3"
+    engine = console_engine(f"sqlite:///{missing}")
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        database=f"sqlite:///{missing}",
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        for page in ("/", "/requests", "/sites"):
+            response = await client.get(page, headers={"Authorization": f"Bearer {TOKEN}"})
+            body = await response.text()
+            assert response.status == 503, (page, body)
+            assert f"no projection at sqlite:///{missing} yet" in body
+            assert "TALKSTREAM_DATABASE_URL" in body
+        assert not missing.parent.exists()  # neither the file nor its directory
     finally:
         await client.close()
         engine.dispose()
