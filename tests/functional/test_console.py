@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 from yarl import URL
 
 from models.events import (
@@ -261,6 +262,26 @@ async def start(
     client = TestClient(TestServer(app))
     await client.start_server()
     return Console(client, fake, url)
+
+
+async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any, Any]:
+    """The console, started, on a database of the test's own (not a projection made here)."""
+
+    async def no_workers() -> Pacing:
+        return Pacing(unreachable=[])
+
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        pacing=no_workers,
+        database=url,
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
 
 
 @pytest.fixture
@@ -1176,16 +1197,7 @@ async def test_a_console_started_before_its_projection_exists_makes_no_file_and_
     caplog.set_level(logging.INFO, logger="streams.console.app")
     missing = tmp_path / "later.sqlite3"
     engine = make_engine(f"sqlite:///{missing}")
-    app = build_console(
-        make_settings(tmp_path),
-        ConsoleQueries(engine),
-        FakeLog(),
-        token=TOKEN,
-        now_ms=lambda: NOW_MS,
-        database=f"sqlite:///{missing}",
-    )
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    client = await on_engine(tmp_path, engine, f"sqlite:///{missing}")
     try:
         assert not missing.exists()
         said = [r for r in caplog.records if r.name == "streams.console.app"]
@@ -1206,16 +1218,7 @@ async def test_a_console_at_a_mistyped_sqlite_url_says_there_is_none_and_makes_n
 ):
     missing = tmp_path / "no-such-dir" / "typo.sqlite3"
     engine = console_engine(f"sqlite:///{missing}")
-    app = build_console(
-        make_settings(tmp_path),
-        ConsoleQueries(engine),
-        FakeLog(),
-        token=TOKEN,
-        now_ms=lambda: NOW_MS,
-        database=f"sqlite:///{missing}",
-    )
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    client = await on_engine(tmp_path, engine, f"sqlite:///{missing}")
     try:
         for page in ("/", "/requests", "/sites"):
             response = await client.get(page, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -1235,21 +1238,7 @@ async def test_a_projection_file_that_is_not_a_database_is_a_page_that_says_so(t
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database\n" * 40)
     engine = make_engine(f"sqlite:///{notes}")
-
-    async def no_workers() -> Pacing:
-        return Pacing(unreachable=[])
-
-    app = build_console(
-        make_settings(tmp_path),
-        ConsoleQueries(engine),
-        FakeLog(),
-        token=TOKEN,
-        now_ms=lambda: NOW_MS,
-        pacing=no_workers,
-        database=f"sqlite:///{notes}",
-    )
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    client = await on_engine(tmp_path, engine, f"sqlite:///{notes}")
     try:
         for path in ("/", "/requests", "/request?id=pub-1"):
             response = await client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})

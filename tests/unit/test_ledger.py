@@ -490,6 +490,16 @@ def test_fingerprints_expire_after_the_retention() -> None:
     assert set(outcome.state.seen) == {"req-2"}
 
 
+def _published_first(policy: Policy) -> tuple[Ledger, PublishCompletion]:
+    """A ledger in which req-1 (delivery d1) was admitted, generated and published."""
+    ledger = Ledger(policy=policy)
+    admit(ledger, "req-1", delivery_id="d1")
+    [publish] = ledger.send(generated("req-1")).commands
+    assert isinstance(publish, PublishCompletion)
+    ledger.send(published("req-1"))
+    return ledger, publish
+
+
 def _published_again_later(ledger: Ledger, at_ms: int) -> tuple[Outcome, PublishCompletion]:
     """req-1's params again at ``at_ms``, generated; its admission and its publication."""
     again = ledger.send(received("req-1", delivery_id="d-again", at_ms=at_ms))
@@ -504,11 +514,9 @@ def test_params_seen_again_after_their_fingerprint_expired_are_a_request_of_thei
     # the person heard of meanwhile keeps the entry; req-1's fingerprint goes at the webhook
     # past its retention, which was named by it: the same name again was the same default
     # event number, which Talkable took for the first request's event ("Duplicate entity")
-    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000))
-    admit(ledger, "req-1", delivery_id="d1")
-    [first] = ledger.send(generated("req-1")).commands
-    assert isinstance(first, PublishCompletion)
-    ledger.send(published("req-1"))
+    ledger, first = _published_first(
+        Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000)
+    )
     admit(ledger, "req-2", at_ms=T0 * 1000 + 60_000)
     again, publish = _published_again_later(ledger, T0 * 1000 + 100_000)
     assert again.state.seen["req-1"].delivery_id == "d-again"  # not a duplicate: remembered anew
@@ -522,10 +530,7 @@ def test_params_seen_again_after_their_fingerprint_expired_are_a_request_of_thei
 
 
 def test_params_seen_again_after_the_bound_forgot_them_are_a_request_of_their_own() -> None:
-    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, max_fingerprints=2))
-    admit(ledger, "req-1", delivery_id="d1")
-    ledger.send(generated("req-1"))
-    ledger.send(published("req-1"))
+    ledger, _ = _published_first(Policy(dedupe_window_ms=1000, max_fingerprints=2))
     for n in (2, 3, 4):
         ledger.send(received(f"req-{n}", at_ms=T0 * 1000 + n * 1000, trigger="false"))
     assert ledger.state is not None and "req-1" not in ledger.state.seen
@@ -537,10 +542,7 @@ def test_a_person_forgotten_whole_is_as_never_heard_of() -> None:
     # past the retention of everything the entry holds the ledger deletes it (a day later):
     # decided as if never heard of, whether or not the entry is still there, so a replay
     # names it as the live ledger did
-    ledger = Ledger(policy=Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000))
-    admit(ledger, "req-1", delivery_id="d1")
-    ledger.send(generated("req-1"))
-    ledger.send(published("req-1"))
+    ledger, _ = _published_first(Policy(dedupe_window_ms=1000, fingerprint_retention_ms=100_000))
     again = ledger.send(received("req-1", delivery_id="d-again", at_ms=T0 * 1000 + 200_000))
     assert again.events[0].request_id == "req-1"
 
