@@ -54,6 +54,17 @@ async def talkable(tk: StandinHandle[TalkableStandinConfig]) -> AsyncIterator[Ta
     await client.close()
 
 
+async def failure_at(base: str) -> GenerationError:
+    """How a call to the Chat Completions at ``base`` fails (a client of its own)."""
+    client = ChatClient(base, timeout=10)
+    try:
+        with pytest.raises(GenerationError) as caught:
+            await client.complete(CHAT, KEY)
+    finally:
+        await client.close()
+    return caught.value
+
+
 async def test_a_completion_comes_with_the_keys_limits(oai, chat) -> None:
     oai.config.key_limits = {KEY: {"rpm": 300, "tpm": 40_000}}
     completion, limits = await chat.complete(CHAT, KEY)
@@ -155,27 +166,16 @@ async def test_a_404_of_the_api_itself_names_the_base_url_to_check(oai) -> None:
         (root, "OpenAI's API ends in /v1, e.g. https://api.openai.com/v1"),
         (f"{root}/openai/v1", "is it OpenAI's API?"),
     ):
-        client = ChatClient(base, timeout=10)
-        try:
-            with pytest.raises(GenerationError) as caught:
-                await client.complete(CHAT, KEY)
-        finally:
-            await client.close()
-        error = caught.value
+        error = await failure_at(base)
         assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
         assert str(error) == (
             f"OpenAI answered 404 (no Chat Completions at TALKSTREAM_OPENAI_BASE_URL {base}: "
             f"{hint}): a body that is not OpenAI's JSON (text/plain)"
         )
     oai.config.unknown_models = {"gpt-4o-mini"}
-    client = ChatClient(oai.url, timeout=10)
-    try:
-        with pytest.raises(GenerationError) as caught:
-            await client.complete(CHAT, KEY)
-    finally:
-        await client.close()
-    assert caught.value.reason == "ModelNotFound"
-    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(caught.value)
+    error = await failure_at(oai.url)
+    assert error.reason == "ModelNotFound"
+    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(error)
 
 
 async def test_a_base_url_with_credentials_fails_at_once_without_a_call(oai) -> None:
@@ -184,13 +184,7 @@ async def test_a_base_url_with_credentials_fails_at_once_without_a_call(oai) -> 
     JSON", retriable), so each request waited out ``MAX_WAIT_SECONDS`` and ended
     ``QueueTimeout``. It is the client's error, final; the URL is shown without them."""
     base = oai.url.replace("http://", "http://proxy-user:proxy-secret@")
-    client = ChatClient(base, timeout=10)
-    try:
-        with pytest.raises(GenerationError) as caught:
-            await client.complete(CHAT, KEY)
-    finally:
-        await client.close()
-    error = caught.value
+    error = await failure_at(base)
     assert (error.reason, error.retriable, error.answered) == ("ClientError", False, False)
     assert "credentials encoded in URL" in str(error)
     assert f"TALKSTREAM_OPENAI_BASE_URL is {oai.url.replace('http://', 'http://***@')}" in str(
