@@ -22,6 +22,7 @@ one back-off.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from aiokafka.client import AIOKafkaClient, ConnectionGroup
 BASE_SECONDS = 0.05
 MAX_SECONDS = 1.0
 JITTER = 0.2
+_DOUBLINGS_TO_MAX = math.ceil(math.log2(MAX_SECONDS / BASE_SECONDS))
 
 
 @dataclass
@@ -41,8 +43,10 @@ class _Backoff:
 
 
 def delay(failures: int) -> float:
-    """The pause after ``failures`` failed connects in a row, before its jitter."""
-    return min(BASE_SECONDS * 2.0 ** max(failures - 1, 0), MAX_SECONDS)
+    """The pause after ``failures`` failed connects in a row, before its jitter. (A broker down
+    for a quarter of an hour is a thousand failures: 2.0 ** 1024 is no float.)"""
+    doublings = min(max(failures - 1, 0), _DOUBLINGS_TO_MAX)
+    return min(BASE_SECONDS * 2.0**doublings, MAX_SECONDS)
 
 
 _connect = AIOKafkaClient._get_conn
