@@ -17,10 +17,13 @@ from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 
+from streams import kafka_reconnect
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+kafka_reconnect.install()  # every client made with these options, faust's too
 
 
 def _ssl_context(settings: Settings) -> Any:

@@ -58,6 +58,11 @@ BATCH = 500
 # server that hangs, or a network that drops everything, leaves it waiting with no error
 DATABASE_SILENCE_SECONDS = 10.0
 WITHIN_SECONDS = 0.2
+# a write (or migration) the database refused is tried again after the first pause, doubled at
+# each failure in a row up to the last: a database back is written to within that (the first
+# tries come soon, and a long outage costs one try every few seconds, each an ERROR line)
+DATABASE_RETRY_FIRST_SECONDS = 0.5
+DATABASE_RETRY_MAX_SECONDS = 5.0
 FETCH_MIN_BYTES = 256 * 1024
 STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are checked, at most
 
@@ -268,7 +273,7 @@ class Projector:
         read, the schema's migration), off the event loop: nothing projected is skipped. Each
         failure is logged with what the database said, and is the projector's ``/readyz``
         status until the work is done; ``ProjectionBehind``: the database went back in time."""
-        delay, failures = 0.5, 0
+        delay, failures = DATABASE_RETRY_FIRST_SECONDS, 0
         while True:
             try:
                 if failures:  # a database made again under it has no tables: migrated first
@@ -282,7 +287,7 @@ class Projector:
                 )
                 log.error("%s failed, retrying in %.1fs: %s", what, delay, self.database_error)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, DATABASE_RETRY_MAX_SECONDS)
                 continue
             if failures:
                 log.warning("%s done after %d failed tries", what, failures)

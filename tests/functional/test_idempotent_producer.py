@@ -3,7 +3,7 @@
 aiokafka's idempotent producer fails a record whose partition has had no leader for its
 request timeout without sending it, yet keeps the sequence number it gave it; the broker then
 refuses every later record of that producer id for the partition, out of sequence, and aiokafka
-never takes a new id. On a real broker: ``tests/integration/test_producer_outage.py``.
+never takes a new id. On a real broker: ``tests/integration/brokers/test_producer_outage.py``.
 """
 
 from __future__ import annotations

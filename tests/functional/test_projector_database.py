@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from streams.agents import projector as projector_module
 from streams.agents.projector import Projector, ProjectorConfig
@@ -58,3 +60,50 @@ async def test_a_database_that_does_not_answer_is_said_until_it_answers(
             await asyncio.gather(running, return_exceptions=True)
             store.released.set()
             store.close()
+
+
+class _DownDatabase(ProjectionStore):
+    """A database out of reach (each try refused at once) until it is back."""
+
+    def __init__(self) -> None:
+        super().__init__(make_engine("sqlite://"), migrate_schema=False)
+        self.back = threading.Event()
+        self.tries = 0
+
+    def upgrade_schema(self) -> None:
+        self.tries += 1
+        if not self.back.is_set():
+            raise OperationalError("connect", {}, ConnectionRefusedError("Connection refused"))
+        super().upgrade_schema()
+
+
+async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds() -> None:
+    """The pause between tries grows from half a second, so a long outage is not tried at
+    every moment, up to 5 s: once the database is back, the projector goes on within that. It
+    grew to 30 s: six failed tries in a row (15.5 s of outage) and a database back just after
+    waited 16 s more, and a longer outage up to 30."""
+    store = _DownDatabase()
+    config = ProjectorConfig(
+        topic="t-lifecycle",
+        group="t-projector",
+        instance="t",
+        consumer_options={"bootstrap_servers": "127.0.0.1:1"},  # never reached here
+    )
+    projector = Projector(config, store, dead_letters=None)  # type: ignore[arg-type]
+    running = asyncio.create_task(projector.run())
+    try:
+        # 0.5 + 1 + 2 + 4 + 8 s of pauses: the sixth try, and the pause after it at its cap
+        await until(lambda: store.tries >= 6, timeout=40)
+        assert projector.database_error is not None
+        assert "database unreachable" in projector.database_error
+        store.back.set()
+        back = time.monotonic()
+        await until(lambda: projector.database_error is None, timeout=40)
+        waited = time.monotonic() - back
+        assert waited <= 5 + 1.0, f"written to {waited:.1f}s after the database was back"
+        assert store.is_current()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        store.back.set()
+        store.close()

@@ -1,0 +1,131 @@
+"""The worker writes again once Kafka is back from an outage longer than its producer's
+request timeout.
+
+aiokafka's idempotent producer fails a batch whose partition has had no leader for
+``request_timeout_ms`` (a single broker stopped: its controlled shutdown publishes leader -1)
+without sending it, but the sequence number it gave the batch stays spent: the broker then
+answers every later record of that producer id for the partition ``OutOfOrderSequenceNumber``,
+and aiokafka never takes a new producer id. The worker's producer (faust's request timeout,
+``PRODUCER_REQUEST_TIMEOUT``, 1200 s by default; 10 s here) wrote nothing more to such a
+partition until the worker restarted: a result lost in the outage was re-issued by its deadline
+into that partition, refused, and the request never ended.
+
+The producer must know that partitions have no leader. A single broker's controlled shutdown
+says so for about 70 ms before it stops answering, which a producer looking every 100 ms saw
+in one outage of one to three; here three nodes (a KRaft quorum that outlives one), topics
+with one replica: the node stopped leaves its partitions without a leader, which the two left
+tell the producer at its next look.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from streams.dev.kafka_cluster import KafkaCluster
+from tests.integration.conftest import System, Traffic, session_kafka_version
+from tests.support import free_port, seed_params, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    nodes = KafkaCluster(
+        tmp_path_factory.mktemp("cluster"),
+        3,
+        ports=[(free_port(), free_port()) for _ in range(3)],
+        version=session_kafka_version(),
+    )
+    nodes.start(timeout=180)
+    yield nodes
+    nodes.stop()
+
+
+def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeout(
+    cluster: KafkaCluster, tmp_path
+) -> None:
+    """Webhooks flow while a node stops (a controlled shutdown, as `talkstream kafka stop`):
+    its partitions have no leader, and the worker's sends to them expire unsent after the
+    producer's request timeout. Once the node is back, every webhook accepted before, during
+    (those of its partitions: 503) and after the outage ends published: what was lost is
+    re-issued by its deadline, into the same partitions, and no call is made for an attempt
+    twice (a ledger batch decided again sends only what Kafka did not take of it)."""
+    # one replica (the setting's default): the node stopped leaves its partitions no leader
+    system = System(
+        cluster,
+        tmp_path,
+        generation_deadline_seconds="20",  # lost work is re-issued soon after Kafka is back
+        publish_deadline_seconds="20",
+        max_wait_seconds="60",  # the outage is no reason to give up on a queued call
+    )
+    system.env["PRODUCER_REQUEST_TIMEOUT"] = "10"  # faust's setting: the outage outlasts it
+    # and the producer looks at the partitions' leaders often (faust's setting, 5 minutes by
+    # default), so it learns of the "no leader" from the nodes left, as a producer under load
+    # does from the broker's answers
+    system.env["PRODUCER_METADATA_MAX_AGE_MS"] = "100"
+    system.start()
+    traffic = Traffic(
+        system,
+        lambda client, i: seed_params(
+            f"outage{client}-{i % 40}@example.com", content=f"outage {i}"
+        ),
+    )
+    log = tmp_path / "worker.log"
+
+    def given_up() -> int:
+        return log.read_text().count("Kafka producer gave up on a record")
+
+    try:
+        system.wait_ready()
+        system.openai("POST", "/_control", {"latency_seconds": 0.5})  # calls end all the time
+        with traffic:
+            wait_until(lambda: traffic.count(202) >= 30, 60, what="steady 202s")
+            first = cluster.nodes[0]
+            assert first.stop()  # a controlled shutdown: its partitions' leader is -1 now
+            # the records the worker sends to them expire unsent after its request timeout
+            wait_until(given_up, 60, what="the worker giving up on a record")
+            cluster.restart(1)
+            wait_until(
+                lambda: [a.status for a in traffic.answers[-10:]].count(202) == 10,
+                120,
+                what="202s",
+            )
+            after = len(traffic.answers)
+            wait_until(lambda: traffic.count(202, since=after) >= 30, 60, what="more")
+        accepted = sorted({a.request_id for a in traffic.answers if a.status == 202})
+        rows = system.wait_terminal(accepted, timeout=180)
+        assert {row.state for row in rows.values()} == {"published"}
+        # each call was an attempt the ledger issued: a batch whose outputs Kafka did not all
+        # take, decided again, sent the commands Kafka had taken again, and their executors
+        # called again (OpenAI billed twice); lost work is re-issued as an attempt of its own
+        started = Counter(
+            (t.request_id, t.type)
+            for t in system.projection.all_transitions()
+            if t.type in ("GenerationStarted", "PublicationStarted")
+        )
+        published = Counter(
+            call["event_number"].removeprefix("generate_text_complete-")
+            for call in system.talkable("GET", "/_calls")
+            if call["path"].endswith("/origins/event")
+        )
+        twice = {
+            request_id: (calls, started[request_id, "PublicationStarted"])
+            for request_id, calls in published.items()
+            if calls > started[request_id, "PublicationStarted"]
+        }
+        assert twice == {}, "Talkable calls, publication attempts"
+        generations = sum(n for (_, kind), n in started.items() if kind == "GenerationStarted")
+        assert len(system.openai("GET", "/_calls")) <= generations
+        text = log.read_text()
+        print(
+            f"\n{len(accepted)} webhooks accepted around the outage, all published; worker log: "
+            f"{text.count('LeaderNotAvailableError')} LeaderNotAvailableError, "
+            f"{text.count('OutOfOrderSequenceNumber')} OutOfOrderSequenceNumber, "
+            f"{text.count('takes a new producer id')} new producer ids"
+        )
+    finally:
+        traffic.stop()
+        system.stop()
