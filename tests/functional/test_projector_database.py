@@ -100,7 +100,8 @@ async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds(
         back = time.monotonic()
         await until(lambda: projector.database_error is None, timeout=40)
         waited = time.monotonic() - back
-        assert waited <= 5 + 1.0, f"written to {waited:.1f}s after the database was back"
+        # the cap (5 s) and a margin for a loaded machine; the old cap (30 s) waited ~16 s here
+        assert waited <= 5 + 3.0, f"written to {waited:.1f}s after the database was back"
         assert store.is_current()
     finally:
         running.cancel()

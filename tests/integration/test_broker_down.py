@@ -73,8 +73,10 @@ async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_bac
         written = await asyncio.wait_for(delivery, 60)
         took = time.monotonic() - back
         assert written.offset == 1
-        # the back-off costs a broker's return at most MAX_SECONDS (and its jitter)
-        assert took < MAX_SECONDS * (1 + JITTER) + 2.0, f"written {took:.1f}s after the return"
+        # the back-off costs a broker's return at most MAX_SECONDS (and its jitter): a bound
+        # for a back-off that never ends or is not reset by a connection, not a speed (the
+        # cap itself: tests/unit/test_kafka_reconnect.py); CI machines are shared and slow
+        assert took < MAX_SECONDS * (1 + JITTER) + 10.0, f"written {took:.1f}s after the return"
         read = await asyncio.wait_for(reading, 60)
         assert read.value == b"during"
     finally:
