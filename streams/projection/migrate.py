@@ -89,22 +89,32 @@ def adopt_legacy_history(connection: Connection) -> None:
 
 def upgrade(engine: Engine) -> None:
     """Migrate to head (no-op at head). Refuses a database made before migrations existed."""
+    with _migrating(engine) as (connection, revision):
+        if revision == head():
+            return
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _migrating(engine: Engine) -> Iterator[tuple[Connection, str | None]]:
+    """A transaction that may migrate the projection, alone (a file lock for SQLite, an
+    advisory lock for PostgreSQL), and the revision it is at: its history adopted from where
+    an earlier version kept it; refused when a newer version migrated it, or when it has tables
+    but no history (Alembic would create the tables over them: "table requests already
+    exists")."""
     with _file_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
-        revision = current(connection)
-        if revision == head():
-            return
-        if revision is None:
+        if current(connection) is None:
             adopt_legacy_history(connection)
-            revision = current(connection)
+        revision = current(connection)
         if revision is not None and revision not in revisions():
             raise ConfigError(too_new_advice(engine, revision))
         if revision is None and inspect(connection).has_table("transitions"):
             raise ConfigError(_no_history(engine))
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        yield connection, revision
 
 
 def _no_history(engine: Engine) -> str:
@@ -136,17 +146,7 @@ def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
     if wanted not in revisions():
         known = ", ".join(sorted(revisions()))
         raise ConfigError(f"no migration {target!r} in this version (it has {known})")
-    with _file_lock(engine), engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
-        if current(connection) is None:
-            adopt_legacy_history(connection)
-        revision = current(connection)
-        if revision is not None and revision not in revisions():
-            raise ConfigError(too_new_advice(engine, revision))
-        if revision is None and inspect(connection).has_table("transitions"):
-            # Alembic would create the tables over them: "table requests already exists"
-            raise ConfigError(_no_history(engine))
+    with _migrating(engine) as (connection, revision):
         if revision == wanted:
             return revision, wanted
         config = alembic_config()

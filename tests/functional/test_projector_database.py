@@ -32,18 +32,23 @@ class _HungDatabase(ProjectionStore):
         super().upgrade_schema()
 
 
+def without_kafka(store: ProjectionStore) -> Projector:
+    """A projector of ``store`` whose consumer is never reached (the database fails first)."""
+    config = ProjectorConfig(
+        topic="t-lifecycle",
+        group="t-projector",
+        instance="t",
+        consumer_options={"bootstrap_servers": "127.0.0.1:1"},
+    )
+    return Projector(config, store, dead_letters=None)  # type: ignore[arg-type]
+
+
 async def test_a_database_that_does_not_answer_is_said_until_it_answers(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(projector_module, "DATABASE_SILENCE_SECONDS", 1.0, raising=False)
     store = _HungDatabase()
-    config = ProjectorConfig(
-        topic="t-lifecycle",
-        group="t-projector",
-        instance="t",
-        consumer_options={"bootstrap_servers": "127.0.0.1:1"},  # never reached here
-    )
-    projector = Projector(config, store, dead_letters=None)  # type: ignore[arg-type]
+    projector = without_kafka(store)
     silent = "database not answering: projection schema migration has waited 1 s"
     with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
         running = asyncio.create_task(projector.run())
@@ -83,13 +88,7 @@ async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds(
     grew to 30 s: six failed tries in a row (15.5 s of outage) and a database back just after
     waited 16 s more, and a longer outage up to 30."""
     store = _DownDatabase()
-    config = ProjectorConfig(
-        topic="t-lifecycle",
-        group="t-projector",
-        instance="t",
-        consumer_options={"bootstrap_servers": "127.0.0.1:1"},  # never reached here
-    )
-    projector = Projector(config, store, dead_letters=None)  # type: ignore[arg-type]
+    projector = without_kafka(store)
     running = asyncio.create_task(projector.run())
     try:
         # 0.5 + 1 + 2 + 4 + 8 s of pauses: the sixth try, and the pause after it at its cap

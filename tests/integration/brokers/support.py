@@ -4,15 +4,34 @@ Talkable does."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import System
-from tests.support import streams_run
+from streams.dev.kafka_cluster import KafkaCluster
+from tests.integration.conftest import System, session_kafka_version
+from tests.support import free_port, streams_run
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@contextlib.contextmanager
+def three_nodes(root: Path) -> Iterator[KafkaCluster]:
+    """A 3-node KRaft cluster on free ports under ``root``, started; stopped after."""
+    nodes = KafkaCluster(
+        root,
+        3,
+        ports=[(free_port(), free_port()) for _ in range(3)],
+        version=session_kafka_version(),
+    )
+    nodes.start(timeout=180)
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @dataclass

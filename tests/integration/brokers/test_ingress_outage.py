@@ -25,23 +25,17 @@ import pytest
 
 from streams.dev.kafka_cluster import KafkaCluster
 from streams.settings import Settings
-from tests.integration.conftest import System, Traffic, http, session_kafka_version
-from tests.support import free_port, seed_params, wait_until
+from tests.integration.brokers.support import three_nodes
+from tests.integration.conftest import System, Traffic, http
+from tests.support import seed_params, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    nodes = KafkaCluster(
-        tmp_path_factory.mktemp("cluster"),
-        3,
-        ports=[(free_port(), free_port()) for _ in range(3)],
-        version=session_kafka_version(),
-    )
-    nodes.start(timeout=180)
-    yield nodes
-    nodes.stop()
+    with three_nodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
 
 
 def test_the_ingress_stops_while_kafka_is_down(cluster: KafkaCluster, tmp_path) -> None:

@@ -25,23 +25,17 @@ from collections.abc import Iterator
 import pytest
 
 from streams.dev.kafka_cluster import KafkaCluster
-from tests.integration.conftest import System, Traffic, session_kafka_version
-from tests.support import free_port, seed_params, wait_until
+from tests.integration.brokers.support import three_nodes
+from tests.integration.conftest import System, Traffic
+from tests.support import seed_params, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    nodes = KafkaCluster(
-        tmp_path_factory.mktemp("cluster"),
-        3,
-        ports=[(free_port(), free_port()) for _ in range(3)],
-        version=session_kafka_version(),
-    )
-    nodes.start(timeout=180)
-    yield nodes
-    nodes.stop()
+    with three_nodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
 
 
 def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeout(

@@ -32,9 +32,9 @@ from models.lifecycle import TERMINAL
 from streams.dev.kafka_cluster import KafkaCluster
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.brokers.support import Delivery, deliver, talkstream
-from tests.integration.conftest import System, now_s, read_topic, session_kafka_version
-from tests.support import free_port, seed_params, usage, wait_until
+from tests.integration.brokers.support import Delivery, deliver, talkstream, three_nodes
+from tests.integration.conftest import System, now_s, read_topic
+from tests.support import seed_params, usage, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
 
@@ -49,15 +49,8 @@ PARTITIONS = 4  # the System's TALKSTREAM_PARTITIONS
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    nodes = KafkaCluster(
-        tmp_path_factory.mktemp("cluster"),
-        3,
-        ports=[(free_port(), free_port()) for _ in range(3)],
-        version=session_kafka_version(),
-    )
-    nodes.start(timeout=180)
-    yield nodes
-    nodes.stop()
+    with three_nodes(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
 
 
 def describe(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], dict[str, Any]] | None:
