@@ -24,7 +24,9 @@ OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), withou
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
 (no wait fits it, so it says none). Every answer carries the key's
 ``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
-``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``. A key in
+``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``, or what an
+OpenAI-compatible server answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
+LiteLLM's proxy's 400, none with OpenAI's code). A key in
 ``refusal_keys`` is answered 200 with the model's refusal (``message.refusal``, no content), one
 in ``content_filter_keys`` with what the filter left of a text (``finish_reason:
 content_filter``): billed answers without a text, after the limits and validation. A reasoning
@@ -43,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -95,6 +97,8 @@ class OpenAIStandinConfig:
     limit_retry_after: bool = False  # send retry-after on a rate-limit 429 (OpenAI often does not)
     insufficient_quota_keys: set[str] = field(default_factory=set)
     unknown_models: set[str] = field(default_factory=set)
+    # whose answer to a model in unknown_models: OpenAI's, or an OpenAI-compatible server's
+    unknown_model_answer: Literal["openai", "ollama", "vllm", "litellm"] = "openai"
     # answered 200 without a text, as OpenAI answers a prompt it will not write for: the
     # model's refusal (``message.refusal``), or a text its filter cut (``content_filter``)
     refusal_keys: set[str] = field(default_factory=set)
@@ -172,6 +176,26 @@ def _error(
 ) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+def _unknown_model(model: str, server: str) -> web.Response:
+    """The answer to a model the server does not serve: OpenAI's ``model_not_found``, or an
+    OpenAI-compatible server's, without that code (each as the server writes it)."""
+    if server == "ollama":  # its /v1: its own error, in OpenAI's envelope
+        message = f"model {json.dumps(model)} not found, try pulling it first"
+        return _error(404, message, "api_error")
+    if server == "vllm":
+        error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError"}
+        return web.json_response({"error": {**error, "param": "model", "code": 404}}, status=404)
+    if server == "litellm":  # its proxy's: a 400, its exception's detail for a message
+        detail = {
+            "error": f"/chat/completions: Invalid model name passed in model={model}. Call "
+            "`/v1/models` to view available models for your key."
+        }
+        error = {"message": str(detail), "type": "None", "param": "None", "code": "400"}
+        return web.json_response({"error": error}, status=400)
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return _error(404, message, code="model_not_found")
 
 
 def _rate_headers(remaining: int, retry_after: str | None = None) -> dict[str, str]:
@@ -415,8 +439,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
         return _error(429, message, "insufficient_quota", code="insufficient_quota")
     if model in config.unknown_models:
         rec["fault"] = "model_not_found"
-        message = f"The model `{model}` does not exist or you do not have access to it."
-        return _error(404, message, code="model_not_found")
+        return _unknown_model(str(model), config.unknown_model_answer)
     throttled = _over_limit(app[STATE], key, body, model)
     if throttled is not None:
         rec["fault"] = "key_limit"

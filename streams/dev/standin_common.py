@@ -154,6 +154,10 @@ def _coerce(value: Any, hint: Any) -> Any:
         return origin(_coerce(v, args[0]) for v in value)
     if origin is dict and isinstance(value, dict):
         return {str(k): _coerce(v, args[1]) for k, v in value.items()}
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"expected one of {list(args)}, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
