@@ -12,6 +12,10 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     401 invalid_api_key                  Unauthorized        reports; refuses the key a while
     403                                  Forbidden           reports; refuses the key a while
     404 model_not_found                  ModelNotFound       reports; refuses the model a while
+    a compatible API's missing model:    ModelNotFound       reports; refuses the model a while
+      404 naming it "not found" (Ollama)
+      or "does not exist" (vLLM), 400
+      "Invalid model name" (LiteLLM)
     400/404/422 (anything else 4xx)      BadRequest          reports
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
@@ -70,6 +74,19 @@ _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
     "insufficient_quota": ("InsufficientQuota", "key"),
     "invalid_api_key": ("Unauthorized", "key"),
     "model_not_found": ("ModelNotFound", "model"),
+}
+# what an OpenAI-compatible API answers, without OpenAI's code, for a model it does not serve,
+# by status; each names the model asked for ({m}), as the server quotes it. Ollama's /v1: 404
+# {"error": {"message": "model \"llama9\" not found, try pulling it first", "type": "api_error"
+# (later "not_found_error"), "code": null}} (some of its handlers: "model 'llama9' not found");
+# vLLM: 404 {"message": "The model `llama9` does not exist.", "type": "NotFoundError", "code":
+# 404} (later inside {"error": ...}); LiteLLM's proxy: 400 {"error": {"message": "{'error':
+# '/chat/completions: Invalid model name passed in model=llama9. Call `/v1/models` to view
+# available models for your key.'}", "type": "None", "code": "400"}} (its message once a JSON
+# object, once without the period). A 404 of the path (a base URL without /v1) names no model.
+_MISSING_MODEL = {
+    404: "model \"{m}\" not found|model '{m}' not found|The model `{m}` does not exist",
+    400: r"Invalid model name passed in model={m}(?!\.?[\w:/-])",  # (not a longer name's start)
 }
 
 
@@ -130,7 +147,7 @@ class ChatClient:
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
-            raise _status_error(exc, api_key, self._base_url) from None
+            raise _status_error(exc, api_key, self._base_url, chat.model) from None
         except openai.APITimeoutError:
             raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
         except openai.APIConnectionError as exc:
@@ -284,10 +301,14 @@ def well_formed(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> GenerationError:
+def _status_error(
+    exc: openai.APIStatusError, api_key: str, base_url: str, model: str
+) -> GenerationError:
     status = exc.status_code
     code, kind, message = _error_fields(exc.body)
     refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
+    if refusal is None and missing_model(status, message, model):
+        refusal = _REFUSALS["model_not_found"]
     if message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
         kind_of = exc.response.headers.get("content-type", "").split(";")[0].strip()
         message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
@@ -295,8 +316,8 @@ def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> Ge
     limits = read_limits(exc.response.headers, message)
     text = f"OpenAI answered {status}" + (f" {code}" if code and code != str(status) else "")
     if status in (404, 405) and refusal is None and "model" not in message.lower():
-        # no such path: the base URL, not the request (a compatible API's 404 for a model
-        # it does not serve, without OpenAI's code, says "model": no hint)
+        # no such path: the base URL, not the request (a 404 that says "model", as a
+        # compatible API's for a model it does not serve says it in words of its own: no hint)
         text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
     text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):
@@ -306,6 +327,17 @@ def _status_error(exc: openai.APIStatusError, api_key: str, base_url: str) -> Ge
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def missing_model(status: int, message: str | None, model: str) -> bool:
+    """Whether an error answer without OpenAI's code is an OpenAI-compatible API's for the
+    model asked for, which it does not serve (``_MISSING_MODEL``): the model refused a while,
+    as OpenAI's ``model_not_found`` refuses it. Only the answers known to mean it, naming that
+    model: any other 404 (a path the API does not have) or 400 stays about the request."""
+    shapes = _MISSING_MODEL.get(status)
+    if shapes is None or not message or not model:
+        return False
+    return re.search(shapes.format(m=re.escape(model)), message) is not None
 
 
 def shown_url(url: str) -> str:

@@ -114,17 +114,35 @@ async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat)
         ({"insufficient_quota_keys": [KEY]}, "InsufficientQuota", "key"),
         ({"unauthorized_keys": [KEY]}, "Unauthorized", "key"),
         ({"unknown_models": ["gpt-4o-mini"]}, "ModelNotFound", "model"),
+        # an OpenAI-compatible server's missing model, without OpenAI's code: it was a
+        # BadRequest, so the model was called again at every request for it
+        (
+            {"unknown_models": ["gpt-4o-mini"], "unknown_model_answer": "ollama"},
+            "ModelNotFound",
+            "model",
+        ),
+        (
+            {"unknown_models": ["gpt-4o-mini"], "unknown_model_answer": "vllm"},
+            "ModelNotFound",
+            "model",
+        ),
+        (
+            {"unknown_models": ["gpt-4o-mini"], "unknown_model_answer": "litellm"},
+            "ModelNotFound",
+            "model",
+        ),
     ],
 )
 async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
     oai, chat, setup, reason, refuses
 ) -> None:
     for name, value in setup.items():
-        setattr(oai.config, name, set(value))
+        setattr(oai.config, name, set(value) if isinstance(value, list) else value)
     with pytest.raises(GenerationError) as caught:
         await chat.complete(CHAT, KEY)
     error = caught.value
     assert (error.reason, error.retriable, error.refuses) == (reason, False, refuses)
+    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(error)  # the model, not the base URL
     assert KEY not in str(error)
     assert KEY[:8] not in str(error) and KEY[-4:] not in str(error)  # nor OpenAI's masked echo
     assert oai.calls.count == 1  # one call, no retry of its own
@@ -173,9 +191,16 @@ async def test_a_404_of_the_api_itself_names_the_base_url_to_check(oai) -> None:
             f"{hint}): a body that is not OpenAI's JSON (text/plain)"
         )
     oai.config.unknown_models = {"gpt-4o-mini"}
-    error = await failure_at(oai.url)
-    assert error.reason == "ModelNotFound"
-    assert "TALKSTREAM_OPENAI_BASE_URL" not in str(error)
+    for server, said in (
+        ("openai", "404 model_not_found: The model `gpt-4o-mini` does not exist or you do not"),
+        ("ollama", '404: model "gpt-4o-mini" not found, try pulling it first'),
+        ("vllm", "404: The model `gpt-4o-mini` does not exist."),
+        ("litellm", "400: {'error': '/chat/completions: Invalid model name passed in model="),
+    ):
+        oai.config.unknown_model_answer = server  # type: ignore[assignment]
+        error = await failure_at(oai.url)
+        assert (error.reason, error.refuses) == ("ModelNotFound", "model"), server
+        assert str(error).startswith(f"OpenAI answered {said}")
 
 
 async def test_a_base_url_with_credentials_fails_at_once_without_a_call(oai) -> None:
@@ -580,10 +605,12 @@ async def test_an_answer_that_is_not_json_names_the_base_url_to_check(edges) -> 
 
 async def test_a_404_about_the_model_does_not_point_at_the_base_url(edges) -> None:
     """A compatible API's 404 for a model it does not serve has no OpenAI code: it says
-    what it says, without the base URL hint a 404 of the path gets."""
+    what it says, without the base URL hint a 404 of the path gets, and the model is refused
+    a while, as OpenAI's ``model_not_found`` refuses it (it was a ``BadRequest``: called again
+    at every request for it)."""
     error = await answer_of(f"{edges}/compatible/v1")
     assert isinstance(error, GenerationError)
-    assert (error.reason, error.status) == ("BadRequest", 404)
+    assert (error.reason, error.status, error.refuses) == ("ModelNotFound", 404, "model")
     assert str(error) == "OpenAI answered 404: The model `gpt-4o-mini` does not exist."
 
 

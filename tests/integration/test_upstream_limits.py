@@ -176,6 +176,37 @@ def test_a_key_without_quota_is_called_once_and_redriven_once_topped_up(make_sys
     assert len(calls_with(system, broke)) == 1 + 5
 
 
+def test_a_model_a_compatible_api_does_not_serve_is_called_once(make_system) -> None:
+    """An OpenAI-compatible API (here Ollama's /v1) answers a model it does not serve with a
+    404 of its own words, without OpenAI's ``model_not_found``: it was a ``BadRequest``, and
+    every webhook for that model called it again. It refuses the model a while, as OpenAI's
+    code does: one call, the rest end ``ModelNotFound`` without one, and the key's other
+    models are served meanwhile."""
+    system = make_system()
+    key = "sk-compatible-api-0011"
+    system.openai(
+        "POST", "/_control", {"unknown_models": ["llama9"], "unknown_model_answer": "ollama"}
+    )
+
+    def asking(email: str, model: str) -> dict:
+        body = seed_params(email, site="ollama-site", openai_key=key)
+        body["openai"]["model"] = model
+        return body
+
+    ids = post_all(system, [asking(f"pull{i}@example.com", "llama9") for i in range(5)])
+    rows = system.wait_terminal(ids, timeout=60)
+    assert {row.state for row in rows.values()} == {"generation_failed"}
+    assert {row.error_class for row in rows.values()} == {"ModelNotFound"}
+    assert [c["model"] for c in calls_with(system, key)] == ["llama9"]  # one call
+    said = {row.error_message or "" for row in rows.values()}
+    assert 'OpenAI answered 404: model "llama9" not found, try pulling it first' in said
+    assert all(key not in message for message in said)
+
+    # the refusal is the model's: the key's other model is called, and its text published
+    [other] = post_all(system, [asking("served@example.com", "gpt-3.5-turbo")])
+    assert system.wait_terminal([other], timeout=60)[other].state == "published"
+
+
 def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_no_one(
     make_system,
 ) -> None:
