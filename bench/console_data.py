@@ -134,6 +134,7 @@ def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any
                 error[1] if error else None,
                 received // 1000 - received // 1000 % 3600,
                 rng.randrange(1, 4),
+                generated and i % 20 == 0,  # a text in 20 cut at max_tokens (drawing no number)
             )
         )
         partition = i % 8

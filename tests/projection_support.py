@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Boolean, text
+
 from models.events import (
     ChatRequest,
     GenerationAttemptFailed,
@@ -106,6 +108,7 @@ class Log:
         latency_ms: int = 800,
         attempt: int = 1,
         waited_ms: int = 0,
+        truncated: bool = False,
     ) -> None:
         self.send(
             GenerationAttemptSucceeded(
@@ -119,6 +122,7 @@ class Log:
                 completion_tokens=30,
                 latency_ms=latency_ms,
                 waited_ms=waited_ms,
+                truncated=truncated,
             )
         )
 
@@ -146,16 +150,23 @@ class Log:
         )
 
     def full(
-        self, request_id: str, *, at_ms: int = T0_MS, latency_ms: int = 800, **kw: Any
+        self,
+        request_id: str,
+        *,
+        at_ms: int = T0_MS,
+        latency_ms: int = 800,
+        truncated: bool = False,
+        **kw: Any,
     ) -> RequestReceived:
         r = self.received(request_id, at_ms=at_ms, **kw)
-        self.generated(r, at_ms=at_ms + latency_ms, latency_ms=latency_ms)
+        self.generated(r, at_ms=at_ms + latency_ms, latency_ms=latency_ms, truncated=truncated)
         self.published(r, at_ms=at_ms + latency_ms + 200)
         return r
 
 
 def mixed_log() -> Log:
-    """Published, retried then published, failed, limited, skipped, duplicate: two sites."""
+    """Published (one text cut at max_tokens), retried then published, failed, limited,
+    skipped, duplicate: two sites."""
     log = Log()
     log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2)
     retried = log.received("retry-1", email="bob@example.com", at_ms=T0_MS + 1000)
@@ -164,7 +175,7 @@ def mixed_log() -> Log:
     log.published(retried, at_ms=T0_MS + 2600)
     bad = log.received("fail-1", email="carol@example.com", at_ms=T0_MS + 3000)
     log.failed(bad, at_ms=T0_MS + 3100)
-    log.full("pub-2", at_ms=T0_MS + 4000, latency_ms=1200, limit=2)
+    log.full("pub-2", at_ms=T0_MS + 4000, latency_ms=1200, limit=2, truncated=True)
     log.received("lim-1", at_ms=T0_MS + 5000, limit=2)
     log.received("skip-1", site="globex", email="dan@example.com", trigger="false")
     dup = log.full("pub-3", site="globex", email="eve@example.com", at_ms=T0_MS + 6000)
@@ -187,6 +198,20 @@ def transition_rows(rows: Iterable[TransitionRow]) -> list[dict[str, Any]]:
         ({c: getattr(r, c) for c in columns} for r in rows),
         key=lambda d: (d["topic"], d["partition"], d["offset"]),
     )
+
+
+def stored_requests(store: ProjectionStore) -> list[dict[str, Any]]:
+    """The requests table as the database holds it, whatever its migration (the models read
+    the newest), by request id; booleans as Python's (SQLite keeps them as 0 and 1)."""
+    with store.engine.connect() as connection:
+        found = connection.execute(text("SELECT * FROM requests ORDER BY request_id"))
+        return [
+            {k: bool(v) if k in _BOOLEANS and v is not None else v for k, v in row._mapping.items()}
+            for row in found
+        ]
+
+
+_BOOLEANS = {c.name for c in RequestRow.__table__.columns if isinstance(c.type, Boolean)}
 
 
 def snapshot(store: ProjectionStore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

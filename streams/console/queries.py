@@ -12,7 +12,10 @@ adds the console's), so pages stay fast on millions of requests:
   index scan, asked for ``PERSONS_PER_QUERY`` at a time (each query a page of its own, merged);
 - a site is named as the projection spells it; one typed in another case is read as the site
   that differs only in case (when just one does);
-- a timeline is one request row and its transitions (``ix_transitions_request``);
+- a timeline is one request row and its transitions (``ix_transitions_request``); whether its
+  text was cut (``truncated``, migration 0006) is read only of a projection that has it: a
+  console upgraded before the projector migrated reads every other page (every other query
+  leaves the column out);
 - the overview counts terminal states per minute and per site, tokens and latencies over a
   window of ``terminal_at_ms`` from one index (``ix_requests_ended``, which holds every column
   they read; the latencies' p50 and p95 ranked by the database), and the requests in flight
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.lifecycle import TERMINAL, State
 from models.params import person_key
@@ -309,9 +312,12 @@ class ConsoleQueries:
 
     # one request -----------------------------------------------------------------------------
 
-    def timeline(self, request_id: str) -> Timeline | None:
+    def timeline(self, request_id: str, *, truncated: bool = False) -> Timeline | None:
+        """The request and its transitions; ``truncated``: whether its text was cut too (a
+        projection migrated to 0006 has it: not one behind the console)."""
         with self._session() as session:
-            request = session.get(RequestRow, request_id)
+            options = [undefer(RequestRow.truncated)] if truncated else []
+            request = session.get(RequestRow, request_id, options=options)
             if request is None:
                 return None
             transitions = session.scalars(

@@ -21,7 +21,7 @@ from models.params import person_key
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters
 from streams.console.pacing import Pacing
-from streams.console.pages import render
+from streams.console.pages import BEHIND, render
 from streams.console.queries import (
     SEARCHABLE_STATES,
     TERMINAL_STATES,
@@ -232,11 +232,18 @@ async def search(request: web.Request) -> web.Response:
 async def request_page(request: web.Request) -> web.Response:
     s = services_of(request)
     request_id = request.query.get("id", "")
-    timeline = await run_query(s.queries.timeline, request_id) if request_id else None
+    # a projection behind the console (not migrated yet) has no column of the newest migration
+    current = request.get(BEHIND) is None
+    timeline = (
+        await run_query(s.queries.timeline, request_id, truncated=current) if request_id else None
+    )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
     row = timeline.request
     site, _, email = row.person.partition(":")
+    # its text was cut at max_tokens: said beside its tokens and on its (last) generated step
+    generated = [i for i, step in enumerate(timeline.steps) if step.state == "generated"]
+    cut_step = generated[-1] if current and row.truncated and generated else None
     return render(
         request,
         "request.html",
@@ -248,6 +255,8 @@ async def request_page(request: web.Request) -> web.Response:
             "content_link": _query({"id": row.request_id}),
             "letters_link": _query({"request_id": row.request_id}),
             "parked": row.state in PARKED,
+            "truncated": row.truncated if current else None,  # None: not projected yet
+            "cut_step": cut_step,
         },
     )
 

@@ -191,6 +191,7 @@ class History:
     event_time: str | None = None
     event_offset_ms: int = 0  # event time - arrival: negative when Talkable's clock lagged
     end_to_end_ms: int | None = None
+    truncated: bool = False  # its text was cut at max_tokens (and published as it was)
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
@@ -215,6 +216,7 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
         event_time=iso(row.received_at_ms),
         event_offset_ms=timeline.event_offset_ms,
         end_to_end_ms=timeline.end_to_end_ms,
+        truncated=row.truncated,
     )
 
 
@@ -247,6 +249,8 @@ def find_histories(
 def render_histories(histories: Sequence[History]) -> str:
     blocks = []
     for h in histories:
+        generated = [i for i, s in enumerate(h.transitions) if s.state == State.GENERATED]
+        cut_step = generated[-1] if h.truncated and generated else None  # the text it published
         tokens = f"{h.prompt_tokens}+{h.completion_tokens}" if h.prompt_tokens is not None else "-"
         lines = [
             f"request {h.request_id}",
@@ -254,8 +258,9 @@ def render_histories(histories: Sequence[History]) -> str:
             f"  state {h.state}{' (terminal)' if h.terminal else ' (in flight)'}"
             f"   finished {h.terminal_at or '-'}{_end_to_end(h)}",
             f"  {_clocks(h)}",
-            f"  model {h.model or '-'}   tokens (prompt+completion) {tokens}   generation "
-            f"{_or_dash(h.generation_latency_ms, ' ms')}   attempts {h.attempts}"
+            f"  model {h.model or '-'}   tokens (prompt+completion) {tokens}"
+            + (f" {CUT}" if h.truncated else "")
+            + f"   generation {_or_dash(h.generation_latency_ms, ' ms')}   attempts {h.attempts}"
             + (f"   error {h.error_class}" if h.error_class else "")
             + (f"   duplicate of {h.duplicate_of}" if h.duplicate_of else ""),
             "",
@@ -268,6 +273,7 @@ def render_histories(histories: Sequence[History]) -> str:
                         str(s.attempt),
                         _seconds(s.since_arrival_ms, signed=True),
                         s.cause
+                        + (f" {CUT}" if i == cut_step else "")
                         + (
                             f" [judged at event time {s.at}]"
                             if s.judged and s.at != s.wall_at
@@ -275,13 +281,17 @@ def render_histories(histories: Sequence[History]) -> str:
                         ),
                         ": ".join(x for x in (s.error_class, s.error_message) if x) or "",
                     ]
-                    for s in h.transitions
+                    for i, s in enumerate(h.transitions)
                 ],
                 indent="  ",
             ),
         ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+# what the history and the console say of a text cut at the completion's cap
+CUT = "(text cut at max_tokens)"
 
 
 def _end_to_end(h: History) -> str:
@@ -336,6 +346,7 @@ class SiteStats:
     wait_p95_ms: int | None = None
     wait_max_ms: int | None = None
     failures: dict[str, int] = field(default_factory=dict)  # why: error class → requests
+    truncated: int = 0  # requests whose text was cut at max_tokens (published as it was)
 
 
 def percentile(values: Sequence[int], p: float) -> int | None:
@@ -378,6 +389,7 @@ class _Tally:
     latencies: list[int] = field(default_factory=list)
     waits: list[int] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
 
     def add(self, row: StatsRow) -> None:
         self.requests += 1
@@ -392,6 +404,7 @@ class _Tally:
         if row.state in FAILED:
             reason = row.error_class or "unknown"
             self.failures[reason] = self.failures.get(reason, 0) + 1
+        self.truncated += row.truncated
 
     def stats(self, site: str) -> SiteStats:
         by_state, waits = self.by_state, self.waits
@@ -411,6 +424,7 @@ class _Tally:
             wait_p95_ms=percentile(waits, 95),
             wait_max_ms=max(waits, default=None),
             failures=dict(sorted(self.failures.items(), key=lambda item: (-item[1], item[0]))),
+            truncated=self.truncated,
         )
 
 
@@ -466,10 +480,16 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
         for s in stats
         if s.failures and s.site != "*"
     ]
+    cut = [f"  {s.site}: {s.truncated}" for s in stats if s.truncated and s.site != "*"]
     text = table(headers, rows, numeric_from=1)
-    return text + (
-        "\n\nwhy requests failed (error class: requests)\n" + "\n".join(why) if why else ""
-    )
+    if why:
+        text += "\n\nwhy requests failed (error class: requests)\n" + "\n".join(why)
+    if cut:
+        text += (
+            "\n\ntexts cut at max_tokens, kept as cut (raise the campaign's max_tokens): "
+            "requests\n" + "\n".join(cut)
+        )
+    return text
 
 
 def stats_json(

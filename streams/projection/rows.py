@@ -21,6 +21,7 @@ _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
     "terminal": False,
     "attempts": 0,
+    "truncated": False,
 }
 
 
@@ -186,8 +187,12 @@ def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent) -> None:
         row["prompt_tokens"] = e.prompt_tokens
     if e.completion_tokens is not None:
         row["completion_tokens"] = e.completion_tokens
-    if e.type == "TextGenerated" and e.latency_ms is not None:
-        row["generation_latency_ms"] = e.latency_ms
+    if e.type == "TextGenerated":
+        if e.latency_ms is not None:
+            row["generation_latency_ms"] = e.latency_ms
+        # the text it published (a text generated again replaces it): cut, or not said (an
+        # event written before lifecycle schema 5 does not say; one not cut says nothing)
+        row["truncated"] = e.truncated is True
     if e.waited_ms is not None:
         if e.type in ("TextGenerated", "GenerationFailed"):
             row["generation_wait_ms"] = e.waited_ms

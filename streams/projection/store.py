@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import sessionmaker, undefer
 
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
@@ -38,6 +38,9 @@ from streams.projection.tables import Base, ProjectedOffsetRow, RequestRow, Tran
 _TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
 _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
 _OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
+# a request as ``audit`` shows it: every column, the deferred ones too (the store reads a
+# current projection only; the console reads one that may be behind, without them)
+_WHOLE = undefer(RequestRow.truncated)
 
 
 Source = tuple[str, int, int]
@@ -57,6 +60,7 @@ class StatsRow(NamedTuple):
     generation_wait_ms: int | None
     publish_wait_ms: int | None
     error_class: str | None
+    truncated: bool
 
 
 STATS_BATCH = 10_000  # rows fetched at a time by stats_rows
@@ -285,7 +289,7 @@ class ProjectionStore:
 
     def request(self, request_id: str) -> RequestRow | None:
         with self._session() as session:
-            return session.get(RequestRow, request_id)
+            return session.get(RequestRow, request_id, options=[_WHOLE])
 
     def states_of(self, request_ids: list[str]) -> dict[str, str]:
         """The state of each of these requests the projection has."""
@@ -311,7 +315,9 @@ class ProjectionStore:
         with self._session() as session:
             return list(
                 session.scalars(
-                    select(RequestRow).order_by(RequestRow.received_at_ms, RequestRow.request_id)
+                    select(RequestRow)
+                    .options(_WHOLE)
+                    .order_by(RequestRow.received_at_ms, RequestRow.request_id)
                 )
             )
 
@@ -325,6 +331,7 @@ class ProjectionStore:
             return list(
                 session.scalars(
                     select(r)
+                    .options(_WHOLE)
                     .where(r.request_id.startswith(f"{request_id}~", autoescape=True))
                     .order_by(r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id)
                     .limit(limit)
@@ -339,6 +346,7 @@ class ProjectionStore:
             return list(
                 session.scalars(
                     select(r)
+                    .options(_WHOLE)
                     .where(r.person == person)
                     .order_by(
                         r.received_at_ms.desc(), r.arrived_at_ms.desc().nulls_last(), r.request_id
@@ -364,6 +372,7 @@ class ProjectionStore:
             r.generation_wait_ms,
             r.publish_wait_ms,
             r.error_class,
+            r.truncated,
         )
         if since_ms is not None:
             query = query.where(r.received_at_ms >= since_ms)

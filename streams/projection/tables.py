@@ -6,7 +6,7 @@ epoch milliseconds, as on the topics.
 
 ``requests``      the request as it stands: site, person, state, when it arrived and when it
                   reached each state, model, tokens, generation latency, the waits for the
-                  upstream targets, attempts, error
+                  upstream targets, attempts, error, whether its text was cut at max_tokens
 ``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
                   the source is unique, so an event is never applied twice
 ``projected_offsets``  how far the live projector has read each partition of [lifecycle] (the
@@ -16,7 +16,17 @@ epoch milliseconds, as on the topics.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -84,6 +94,17 @@ class RequestRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     window_start: Mapped[int | None] = mapped_column(BigInteger)
     window_count: Mapped[int | None] = mapped_column(Integer)
+    # the text was cut at the completion's cap (its TextGenerated said so: lifecycle schema 5,
+    # migration 0006); published as it was. Deferred, and loaded only where it is shown
+    # (``undefer``): a console upgraded before the projector migrated reads every other page
+    # of a projection without it, and nothing reads it unasked (``deferred_raiseload``)
+    truncated: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        deferred=True,
+        deferred_raiseload=True,
+    )
 
 
 class TransitionRow(Base):

@@ -699,6 +699,29 @@ async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_i
     assert 'src="/request/content?id=pub-1"' in published
 
 
+async def test_the_timeline_says_a_text_was_cut_at_max_tokens(signed_in: Console):
+    """A text cut at the completion's cap is published as it is; its TextGenerated said so
+    (lifecycle schema 5), and no page did. A projection not migrated yet (a console upgraded
+    before the projector) has no such column: its timeline is shown all the same, without it."""
+    cut = await signed_in.page("/request?id=pub-2")
+    assert re.search(
+        r'12 in \+ 30 out <span class="warn" id="truncated">text cut at max_tokens<', cut
+    )
+    steps = re.findall(r'<tr class="step st-(\w+)">(.*?)</tr>', cut, re.DOTALL)
+    assert [state for state, row in steps if "(text cut at max_tokens)" in row] == ["generated"]
+    assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-1")
+
+    engine = signed_in.client.app[SERVICES].queries.engine
+    head = migrate.head()
+    previous = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(head)
+    migrate.migrate_to(engine, str(previous.down_revision))
+    behind = await signed_in.page("/request?id=pub-2")
+    assert 'id="schema-behind"' in behind and 'id="state">published<' in behind
+    assert "cut at max_tokens" not in behind
+    migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
+    assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-2")
+
+
 async def test_the_content_frame_shows_the_webhook_text_and_event_number(signed_in: Console):
     body = await signed_in.page("/request/content?id=pub-1")
     assert 'id="event-number">generate_text_complete-pub-1<' in body

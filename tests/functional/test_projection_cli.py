@@ -16,7 +16,14 @@ from streams.ops.commands import register
 from streams.projection.engine import describe_database_error
 from streams.projection.store import ProjectionStore
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
-from tests.projection_support import T0_MS, Log, mixed_log, snapshot
+from tests.projection_support import (
+    T0_MS,
+    Log,
+    mixed_log,
+    snapshot,
+    stored_requests,
+    transition_rows,
+)
 from tests.support import free_port
 
 
@@ -78,6 +85,30 @@ def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
         ("publishing", "1"),
         ("published", "1"),
     ]
+    assert "cut at max_tokens" not in out
+
+
+def test_audit_and_stats_say_which_texts_were_cut_at_max_tokens(projected: str):
+    """A text cut at the completion's cap is published as it is, and its TextGenerated says
+    so (lifecycle schema 5): neither `audit` nor `stats` could tell the operator."""
+    out = talkstream("audit", "--request-id", "pub-2", "--database-url", projected).output
+    [line] = [line for line in out.splitlines() if "tokens (prompt+completion)" in line]
+    assert "tokens (prompt+completion) 12+30 (text cut at max_tokens)   generation" in line
+    [step] = [line for line in out.splitlines() if "  generated  " in line]
+    assert step.endswith("text generated (text cut at max_tokens)")
+    said = json.loads(
+        talkstream("audit", "--request-id", "pub-2", "--database-url", projected, "--json").output
+    )
+    assert [r["truncated"] for r in said["requests"]] == [True]
+    whole = talkstream("audit", "--request-id", "pub-1", "--database-url", projected, "--json")
+    assert [r["truncated"] for r in json.loads(whole.output)["requests"]] == [False]
+
+    table = talkstream("stats", "--database-url", projected).output
+    assert "texts cut at max_tokens, kept as cut (raise the campaign's max_tokens)" in table
+    cut = table.split("texts cut at max_tokens")[1].split("\n\n")[0].splitlines()[1:]
+    assert cut == ["  acme: 1"]  # globex's texts were not cut, and "*" is not a site
+    sites = json.loads(talkstream("stats", "--database-url", projected, "--json").output)
+    assert {s["site"]: s["truncated"] for s in sites["sites"]} == {"acme": 1, "globex": 0, "*": 1}
 
 
 def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: str):
@@ -632,7 +663,13 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
         indexes = {ix["name"] for ix in inspect(store.engine).get_indexes("requests")}
         if head == "0005":  # the index the versions before 0005 read
             assert "ix_requests_terminal_at" in indexes and "ix_requests_ended" not in indexes
-        assert snapshot(store) == rows
+        columns = {c["name"] for c in inspect(store.engine).get_columns("requests")}
+        if head == "0006":  # the column the versions before 0006 do not write
+            assert "truncated" not in columns and any(r["truncated"] for r in rows[0])
+        assert stored_requests(store) == [
+            {name: value for name, value in row.items() if name in columns} for row in rows[0]
+        ]
+        assert transition_rows(store.all_transitions()) == rows[1]
     finally:
         store.close()
     again = talkstream("migrate", "--to", older, "--database-url", projected)
@@ -640,7 +677,10 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
 
     store = ProjectionStore.from_url(projected)  # this version's projector at its start
     try:
-        assert store.is_current() and snapshot(store) == rows
+        assert store.is_current()
+        # what the migrations down and up again dropped (a replay gives it back, from the log)
+        lost = {"truncated": False} if head == "0006" else {}
+        assert snapshot(store) == ([row | lost for row in rows[0]], rows[1])
     finally:
         store.close()
 

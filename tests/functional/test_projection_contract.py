@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import sqlite3
@@ -11,18 +12,21 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
+from models.events import LifecycleEvent
+from streams.codecs import decode
 from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
 from streams.projection import migrate
 from streams.projection.engine import SQLITE_WRITER_WAIT_SECONDS
-from streams.projection.rows import Sourced, Writes
+from streams.projection.rows import TRANSITION_COLUMNS, Sourced, Writes, fold, transition_row
 from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.projection.tables import Base
 from tests.postgres import (  # noqa: F401  (fixtures)
@@ -30,7 +34,9 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     fresh_postgres_database,
     postgres_server,
 )
-from tests.projection_support import T0_MS, TOPIC, Log, mixed_log, snapshot
+from tests.projection_support import T0_MS, TOPIC, Log, mixed_log, snapshot, stored_requests
+
+V1_LIFECYCLE = Path(__file__).resolve().parents[1] / "fixtures" / "v1" / "lifecycle.json"
 
 
 @pytest.fixture
@@ -68,6 +74,26 @@ def test_a_published_request_shows_its_state_times_model_and_tokens(store: Proje
         "publishing",
         "published",
     ]
+
+
+def test_a_text_cut_at_max_tokens_is_said_on_its_request_and_in_what_stats_reads(
+    store: ProjectionStore,
+):
+    """``truncated`` was on TextGenerated (lifecycle schema 5) but not in the projection: no
+    `audit`, `stats` or console page could say a published text was cut short. A text not cut,
+    and one whose event was written before schema 5 (it does not say), are not."""
+    log = Log()
+    log.full("cut", at_ms=T0_MS, truncated=True)
+    log.full("whole", email="bob@example.com", at_ms=T0_MS + 1000)
+    old = [
+        decode(LifecycleEvent, json.dumps(e).encode()) for e in json.loads(V1_LIFECYCLE.read_text())
+    ]
+    assert store.apply(log.records + [Sourced("v1-lifecycle", 0, n, e) for n, e in enumerate(old)])
+
+    said = {r["request_id"]: r["truncated"] for r in stored_requests(store)}
+    assert said == {"cut": True, "whole": False} | {e.request_id: False for e in old}
+    assert (store.request("cut").truncated, store.request("whole").truncated) == (True, False)
+    assert sorted(row.truncated for row in store.stats_rows()) == [False] * 3 + [True]
 
 
 def test_what_an_event_leaves_empty_is_stored_as_null(store: ProjectionStore):
@@ -354,6 +380,55 @@ def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: Proj
         )
         assert compare_metadata(context, Base.metadata) == []
     assert store.is_current()
+
+
+def test_a_projection_at_0005_is_migrated_with_its_rows_and_then_says_which_texts_are_cut(
+    database_url: str,  # noqa: F811
+):
+    """Migration 0006 on a projection a version before it wrote: its rows stay as they were,
+    none of them cut (their events are not read again); what the projector applies from then on
+    says it, and a rebuild from the log (``replay --force``) says it of every text."""
+    log = mixed_log()  # pub-2's text was cut
+    engine = create_engine(database_url)
+    try:
+        migrate.migrate_to(engine, "0005")
+        requests: dict[str, dict[str, object]] = {}
+        for record in log.records:
+            fold(requests, record.event)
+        with engine.begin() as connection:  # what a projector of 0005 wrote
+            tables = MetaData()
+            old = Table("requests", tables, autoload_with=connection)
+            assert "truncated" not in old.c
+            connection.execute(
+                old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
+            )
+            transitions = Table("transitions", tables, autoload_with=connection)
+            connection.execute(
+                transitions.insert(),
+                [
+                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
+                    for r in log.records
+                ],
+            )
+    finally:
+        engine.dispose()
+
+    store = ProjectionStore.from_url(database_url)  # a projector of this version, at its start
+    try:
+        assert store.is_current()
+        before = stored_requests(store)
+        assert before == sorted(
+            (r | {"truncated": False} for r in requests.values()), key=lambda r: r["request_id"]
+        )
+        log.full("cut-later", email="fay@example.com", at_ms=T0_MS + 9000, truncated=True)
+        assert store.apply(log.records) == 6  # the projector goes on from where it was
+        cut = {r["request_id"] for r in stored_requests(store) if r["truncated"]}
+        assert cut == {"cut-later"}
+        store.reset()  # `replay --force`
+        assert store.apply(log.records) == len(log.records)
+        assert {r.request_id for r in store.requests() if r.truncated} == {"pub-2", "cut-later"}
+    finally:
+        store.close()
 
 
 @pytest.fixture

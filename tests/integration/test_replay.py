@@ -94,18 +94,21 @@ class Traffic:
         now = now_s()
         system.openai("POST", "/_control", {"unauthorized_keys": [BAD_OPENAI_KEY]})
         duplicate = seed_params("dup@example.com", usage_limit=usage(5, now=now))
+        cut = seed_params("bob@example.com", site="other-site")
+        cut["openai"]["max_tokens"] = "3"  # its text is cut at the cap, and published so
         self.first = post_all(
             system,
             [
                 seed_params("ada@example.com", usage_limit=usage(2, now=now)),
                 seed_params("ada@example.com", content="again", usage_limit=usage(2, now=now)),
                 seed_params("ada@example.com", content="third", usage_limit=usage(2, now=now)),
-                seed_params("bob@example.com", site="other-site"),
+                cut,
                 seed_params("skip@example.com", trigger="no"),
                 seed_params("revoked@example.com", openai_key=BAD_OPENAI_KEY),
                 duplicate,
             ],
         )
+        self.cut = self.first[3]
         system.post(duplicate)  # Talkable's retry: a rejected duplicate of the last one
         self.wait_projected(len(self.first) + 1)
         self.first_states = Counter(row.state for row in system.projection.requests())
@@ -164,6 +167,8 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
             "generation_failed": 1,
             "rejected_duplicate": 1,
         }
+        # the live projection and the rebuild agree on every column: whose text was cut too
+        assert [r.request_id for r in replayed.requests() if r.truncated] == [traffic.cut]
     finally:
         replayed.close()
 
