@@ -92,7 +92,28 @@ def publish_command(flight: InFlight, window: Window | None, now_ms: int) -> Pub
         talkable_api_key=r.secrets.talkable_api_key,
         talkable_key_id=r.talkable_key_id,
         redrive=flight.redriven,
+        other_event_number=_other_event_number(flight),
     )
+
+
+def _other_event_number(flight: InFlight) -> str | None:
+    """Where the flight's text goes when Talkable holds another request's event under the
+    request's own default number (400 "Duplicate entity": an event of other data; the same data
+    again is a success): the number of a repeat of this delivery, ``..-<id>~<delivery>``.
+
+    A request named by its fingerprint can be that other request's namesake: the same params
+    once the person's entry was forgotten whole (nothing heard from them for the fingerprint
+    retention), decided as never heard of. Its own earlier attempts write the same data (the
+    text and the window frozen when it was generated), so they cannot be the event Talkable
+    holds. None for a number the campaign gave (its own: DuplicateEventNumber), for a repeat's
+    id (its own delivery's), and for a flight an earlier version tracked without freezing its
+    window (its earlier attempts may hold other data)."""
+    r = flight.request
+    if r.spec.event_number is not None or "~" in flight.request_id:
+        return None
+    if r.spec.usage_limit is not None and flight.written_window is None:
+        return None
+    return completion_event_number(None, f"{flight.request_id}~{r.delivery_id}")
 
 
 def transition(

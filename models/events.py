@@ -28,9 +28,11 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # work the ledger gave up on, the [requests] record it was deciding (decided_topic,
 # decided_partition, decided_offset); on RedriveRequested, the stage and attempt it runs
 # again. 5: ``truncated`` on GenerationAttemptSucceeded and on TextGenerated lifecycle events
-# (OpenAI cut the text at the completion's cap: finish_reason length). Fields are only ever
-# added, optional.
-SCHEMA_VERSION = 5
+# (OpenAI cut the text at the completion's cap: finish_reason length). 6: on
+# PublishCompletion, ``other_event_number`` (the number its text goes under when Talkable holds
+# another request's event under the request's own), and on PublicationAttemptSucceeded the
+# ``event_number`` it landed under when it was that one. Fields are only ever added, optional.
+SCHEMA_VERSION = 6
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -136,6 +138,9 @@ class PublicationAttemptSucceeded(_Wire):
     duplicate: bool = False
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    event_number: str | None = Field(
+        None, description="the number it landed under, when not the command's (other_event_number)"
+    )
 
 
 class PublicationAttemptFailed(_Wire):
@@ -251,6 +256,14 @@ class PublishCompletion(_Wire):
     talkable_api_key: Sealed
     talkable_key_id: str = Field("", description="the key's fingerprint: what a refusal covers")
     redrive: bool = Field(False, description="re-issued by `talkstream redrive`")
+    other_event_number: str | None = Field(
+        None,
+        description=(
+            "the number to write under when Talkable holds another request's event under"
+            " event_number, the request's own default (the same params earlier, forgotten by"
+            " the ledger); None: a number the campaign gave, or no other"
+        ),
+    )
 
 
 # --- [lifecycle] ----------------------------------------------------------------------------

@@ -248,11 +248,22 @@ def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -
         "CompletionPublished",
         after=State.PUBLISHING,
         at_ms=p.at_ms,
-        cause="duplicate entity: already published" if p.duplicate else "published to Talkable",
+        cause=_published_cause(p),
         attempt=flight.attempt,
         waited_ms=p.waited_ms,
     )
     return Decision(facts=[FlightEnded(flight.request_id)], events=[event])
+
+
+def _published_cause(p: PublicationAttemptSucceeded) -> str:
+    cause = "duplicate entity: already published" if p.duplicate else "published to Talkable"
+    if p.event_number is None:
+        return cause
+    return (
+        f"{cause} as event number {p.event_number}: Talkable holds another request's event"
+        " under this request's own (an earlier request of the same params, its person since"
+        " forgotten by the ledger)"
+    )
 
 
 def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFailed) -> Decision:

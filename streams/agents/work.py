@@ -163,7 +163,11 @@ class Publish(Work[PublishCompletion]):
             )
         published: Publication = _value(outcome)
         return PublicationAttemptSucceeded(
-            **common, site=command.site, redrive=command.redrive, duplicate=published.duplicate
+            **common,
+            site=command.site,
+            redrive=command.redrive,
+            duplicate=published.duplicate,
+            event_number=published.event_number,
         )
 
 

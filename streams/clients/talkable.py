@@ -14,8 +14,13 @@ properties attach to the person, where campaigns read them. What an answer means
         moved; the message says where to)
     404 / 405 that is not Talkable's JSON   BadRequest      reports (the message names the
         (a base URL without ``/api/v2``)                    base URL to check)
-    400 "Duplicate entity", the request's   (success)       an earlier attempt landed
-        own number (``..-<request_id>``)
+    400 "Duplicate entity", the request's   written under   another request of the same
+        own number (``..-<request_id>``)    its other       id holds it (the same params,
+                                            number          their person forgotten); with
+                                                            no other number (an earlier
+                                                            version's attempt), or that one
+                                                            held too: (success), an earlier
+                                                            attempt landed
     400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
         campaign gave                       Number          written: another event has it)
     429                                     RateLimited     waits (retry-after)
@@ -47,6 +52,7 @@ DUPLICATE_ENTITY = "duplicate entity"
 @dataclass(frozen=True)
 class Publication:
     duplicate: bool
+    event_number: str | None = None  # the number it landed under, when not the command's
 
 
 class TalkableClient:
@@ -64,13 +70,25 @@ class TalkableClient:
         return self._http
 
     async def publish(self, command: PublishCompletion, api_key: str) -> tuple[Publication, Limits]:
+        """The command's event, under its number; if Talkable holds another request's event
+        under the request's own default number, under ``other_event_number`` (one call more)."""
+        publication, limits = await self._publish(command, command.event_number, api_key)
+        if publication.duplicate and command.other_event_number:
+            other = command.other_event_number
+            publication, limits = await self._publish(command, other, api_key)
+            return Publication(duplicate=publication.duplicate, event_number=other), limits
+        return publication, limits
+
+    async def _publish(
+        self, command: PublishCompletion, number: str, api_key: str
+    ) -> tuple[Publication, Limits]:
         body = {
             "site_slug": command.site,
             "type": "Event",
             "data": {
                 "email": command.email,
                 "event_category": command.event_category,
-                "event_number": command.event_number,
+                "event_number": number,
                 "subtotal": 0,
                 "custom_properties": command.custom_properties,
             },
@@ -118,9 +136,13 @@ class TalkableClient:
         if status == 400 and DUPLICATE_ENTITY in message.lower():
             # Talkable answers this only when the event it has under the number holds other
             # data (an identical one is a success). The request's own number is made from its
-            # id, so only one of its own earlier attempts can hold it; a number the campaign
-            # gave may be another request's event, and then this text never landed.
-            if command.event_number == completion_event_number(None, command.request_id):
+            # id: an earlier request of the same id (``other_event_number``, tried next), or an
+            # earlier attempt of its own that wrote other data (an earlier version's); a number
+            # the campaign gave may be another request's event, and then this text never landed.
+            if number in (
+                completion_event_number(None, command.request_id),
+                command.other_event_number,
+            ):
                 return Publication(duplicate=True), limits
             raise PublishError(
                 "Talkable answered 400 Duplicate entity: it has an event with this request's"

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from models.events import ChatRequest, PublishCompletion
 from streams.clients.openai_chat import ChatClient, Completion
-from streams.clients.talkable import TalkableClient
+from streams.clients.talkable import Publication, TalkableClient
 from streams.dev import openai_standin, talkable_standin
 from streams.dev.openai_standin import OpenAIStandinConfig
 from streams.dev.standin_common import StandinHandle
@@ -309,6 +309,34 @@ def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
         custom_properties={"generated_text": "hi"},
         talkable_api_key="sealed",
     )
+
+
+async def test_another_requests_event_under_the_own_number_gets_the_text_under_the_other(
+    tk, talkable
+) -> None:
+    """The same params a month later, their person forgotten by the ledger: the same id, so
+    the request's own number is the earlier request's, whose event (other data) Talkable keeps.
+    The text goes under the command's other number, once; asked again (its answer lost), the
+    same event again. Before, the "Duplicate entity" counted as landed and the text never did."""
+    number, other = "generate_text_complete-r-1", "generate_text_complete-r-1~d-2"
+    earlier = command(number=number).model_copy(
+        update={"custom_properties": {"generated_text": "last month's"}}
+    )
+    await talkable.publish(earlier, "tk-key")
+    now = command(number=number).model_copy(update={"other_event_number": other})
+    landed, _ = await talkable.publish(now, "tk-key")
+    assert landed == Publication(duplicate=False, event_number=other)
+    again, _ = await talkable.publish(now, "tk-key")
+    assert again == Publication(duplicate=False, event_number=other)
+    written = {e["event_number"]: e for e in talkable_standin.events(tk)}
+    assert sorted(written) == [number, other]
+    assert written[other]["custom_properties"] == {"generated_text": "hi"}
+    # and Talkable's first event, with its own data, is the request's own earlier attempt's
+    # only when it says so the second time too: then it landed, as before
+    held = now.model_copy(update={"custom_properties": {"generated_text": "other again"}})
+    duplicate, _ = await talkable.publish(held, "tk-key")
+    assert duplicate == Publication(duplicate=True, event_number=other)
+    assert len(talkable_standin.events(tk)) == 2
 
 
 async def test_talkable_answers_are_classified(tk, talkable) -> None:

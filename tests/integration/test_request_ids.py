@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import System
+from models.params import from_mapping, request_fingerprint
+from tests.integration.conftest import System, http
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,51 @@ def test_the_same_params_once_forgotten_are_a_request_and_an_event_of_their_own(
     # and each request is whole in the projection: its own six transitions
     for rid in (fingerprint, again_id):
         assert [t.state for t in system.projection.transitions(rid)] == SIX
+
+
+def test_the_same_params_after_the_person_was_forgotten_land_under_a_number_of_their_own(
+    make_system: Callable[..., System],
+) -> None:
+    """A person silent for the fingerprint retention is forgotten as a whole: the same params
+    then take the earlier request's id again (decided as never heard of), and Talkable holds
+    that request's event under the id's default number. Here Talkable holds it before the
+    webhook arrives (the earlier request, a month back); the text must land under the number
+    of a repeat of this delivery, and the person's property be the new text. Before, Talkable's
+    "Duplicate entity" counted as published and the person kept the earlier text."""
+    system = make_system()
+    email = "monthly@example.com"
+    params = seed_params(email, content="This month's verse for a returning person.")
+    fingerprint = request_fingerprint(from_mapping(params))
+    own = f"generate_text_complete-{fingerprint}"
+    earlier = {
+        "site_slug": params["site"],
+        "type": "Event",
+        "data": {
+            "email": email,
+            "event_category": "generate_text_complete",
+            "event_number": own,
+            "subtotal": 0,
+            "custom_properties": {"generated_text": "Last month's verse."},
+        },
+    }
+    url = f"http://127.0.0.1:{system.talkable_port}/api/v2/origins/event"
+    status, _ = http("POST", url, earlier, {"Authorization": f"Bearer {params['api_key']}"})
+    assert status == 201
+
+    status, body = system.post(params)
+    assert (status, body["request_id"]) == (202, fingerprint), body
+    assert system.wait_terminal([fingerprint])[fingerprint].state == "published"
+
+    def written() -> dict[str, Any] | None:
+        found = {e["event_number"]: e for e in system.talkable("GET", "/_events")}
+        return found if len(found) == 2 else None
+
+    events = wait_until(written, 30, what="the request's event beside the earlier one")
+    [other] = [number for number in events if number != own]
+    assert other.startswith(f"{own}~"), other
+    text = events[other]["custom_properties"]["generated_text"]
+    assert text and text != "Last month's verse."
+    assert events[own]["custom_properties"]["generated_text"] == "Last month's verse."
+    # and the transition says under which number, and why
+    [published] = [t for t in system.projection.transitions(fingerprint) if t.state == "published"]
+    assert f"as event number {other}" in published.cause, published.cause

@@ -120,10 +120,20 @@ def generation_failed(
 
 
 def published(
-    request_id: str, attempt: int = 1, *, duplicate: bool = False, at_ms: int = T0 * 1000
+    request_id: str,
+    attempt: int = 1,
+    *,
+    duplicate: bool = False,
+    at_ms: int = T0 * 1000,
+    event_number: str | None = None,
 ) -> PublicationAttemptSucceeded:
     return PublicationAttemptSucceeded(
-        request_id=request_id, person=PERSON, attempt=attempt, at_ms=at_ms, duplicate=duplicate
+        request_id=request_id,
+        person=PERSON,
+        attempt=attempt,
+        at_ms=at_ms,
+        duplicate=duplicate,
+        event_number=event_number,
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.decisions import publish_command
 from models.events import (
     COMPLETION_EVENT_CATEGORY,
     DeadlineExpired,
@@ -853,6 +854,55 @@ def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
     entity = again.events[0].request_id
     command = _publish_command(ledger, entity)
     assert command.event_number == f"generate_text_complete-{entity}"
+
+
+def test_a_request_named_by_its_fingerprint_has_a_number_of_its_own_to_write_under() -> None:
+    """The same params once the person was forgotten whole take an earlier request's id, and
+    Talkable holds that request's event under the id's default number ("Duplicate entity": other
+    data). The command names the number the text then goes under, a repeat's of this delivery;
+    every attempt carries the same (Talkable takes the same event again)."""
+    ledger = Ledger()
+    admit(ledger, "req-1", usage_limit=limit(amount=3), delivery_id="d1")
+    first = _publish_command(ledger)
+    assert (first.event_number, first.other_event_number) == (
+        "generate_text_complete-req-1",
+        "generate_text_complete-req-1~d1",
+    )
+    [again] = ledger.send(publication_failed("req-1", 1, retriable=True)).commands
+    assert isinstance(again, PublishCompletion) and again.attempt == 2
+    assert again.other_event_number == first.other_event_number
+    # written under it: the transition says where, and why
+    [event] = ledger.send(
+        published("req-1", 2, event_number="generate_text_complete-req-1~d1")
+    ).events
+    assert event.type == "CompletionPublished"
+    assert event.cause.startswith(
+        "published to Talkable as event number generate_text_complete-req-1~d1: Talkable"
+        " holds another request's event under this request's own"
+    )
+
+
+def test_no_other_number_for_a_campaigns_number_a_repeat_or_an_unfrozen_window() -> None:
+    given = Ledger()
+    admit(given, "req-1", event_number="order-42-complete")
+    assert _publish_command(given).other_event_number is None
+    repeat = Ledger()
+    admit(repeat, "fp~d2")  # a repeat's id is its delivery's own: nobody else's
+    assert _publish_command(repeat, "fp~d2").other_event_number is None
+    # a flight an earlier version tracked did not freeze its window: an earlier attempt of its
+    # own may hold other data, and its "Duplicate entity" stays the success it was
+    older = Ledger()
+    admit(older, "req-1", usage_limit=limit(amount=3))
+    _publish_command(older)
+    assert older.state is not None
+    flight = older.state.inflight["req-1"].model_copy(update={"written_window": None})
+    assert publish_command(flight, older.state.window, 0).other_event_number is None
+    assert (
+        publish_command(
+            flight.model_copy(update={"request": received("req-1")}), None, 0
+        ).other_event_number
+        == "generate_text_complete-req-1~req-1/delivery-1"
+    )
 
 
 def test_no_lifecycle_field_can_carry_a_secret() -> None:
