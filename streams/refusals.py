@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,10 +47,10 @@ from aiohttp.http_exceptions import (
     TransferEncodingError,
 )
 from aiohttp.web_protocol import RequestPayloadError
-from aiohttp.web_runner import GracefulExit
 from multidict import CIMultiDict
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Refusal = tuple[int, str, str]  # status, field, message
 
 MALFORMED: Refusal = (400, "request", "not a valid HTTP request")
@@ -202,25 +203,29 @@ def run_app(
     **kwargs: Any,
 ) -> None:
     """``web.run_app(app, host=..., port=..., ...)`` on :class:`AppRunner`: serves until
-    SIGINT or SIGTERM, then shuts down gracefully; ``print`` gets aiohttp's banner."""
+    SIGINT or SIGTERM, then stops as aiohttp's does: no new connections, ``shutdown_timeout``
+    for the requests in progress, then the app's cleanup (the ingress's producer), and only
+    then is what is left cancelled. ``print`` gets aiohttp's banner."""
 
     async def serve() -> None:
         built = app if isinstance(app, web.Application) else await app
         runner = AppRunner(
-            built,
-            handle_signals=True,
-            shutdown_timeout=shutdown_timeout,
-            keepalive_timeout=keepalive_timeout,
-            **kwargs,
+            built, shutdown_timeout=shutdown_timeout, keepalive_timeout=keepalive_timeout, **kwargs
         )
         await runner.setup()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
         try:
             site = web.TCPSite(runner, host, port)
             await site.start()
             print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
-            await asyncio.Event().wait()  # until a signal raises GracefulExit
+            await stop.wait()
         finally:
             await runner.cleanup()
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
 
-    with contextlib.suppress(GracefulExit, KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are set
         asyncio.run(serve())
