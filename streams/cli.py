@@ -424,6 +424,7 @@ def ingress(log_format: str | None) -> None:
     from streams.kafka_options import client_options
     from streams.logs import announce
     from streams.logs import setup as setup_logging
+    from streams.refusals import run_app
     from streams.secrets import load_secret_box
     from streams.topics import LEDGER_TABLE, ensure_topics
 
@@ -448,7 +449,7 @@ def ingress(log_format: str | None) -> None:
         heap.settle()
         return built
 
-    web.run_app(
+    run_app(  # aiohttp's, answering what it refuses itself in JSON
         app(),
         access_log_class=AccessLogger,
         host=settings.ingress_host,

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestPayloadError
 from aiokafka import TopicPartition, errors
 from aiokafka.errors import (
     KafkaError,
@@ -57,6 +58,7 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
+from streams.refusals import refusal, refusals
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
 
@@ -505,7 +507,9 @@ def build_ingress(
     async def close_sink(_: web.Application) -> None:
         await sink.close()
 
-    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    # what aiohttp answers itself (404, 405, 413) in the webhook's error shape; its parser's
+    # refusals too, when served by ``streams.refusals``
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[refusals])
     app.router.add_post(PATH, generate)
     app.router.add_route(hdrs.METH_ANY, PATH, not_post)  # after POST's: every other method
     app.router.add_get("/healthz", healthz)
@@ -589,6 +593,9 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise ParamsError(
             Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
         ) from None
+    except RequestPayloadError as exc:  # broken chunks or compression, as the body arrived
+        _, field, message = refusal(exc, 0)
+        raise ParamsError(Problem.UNREADABLE, [FieldError(field=field, message=message)]) from None
 
 
 def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> RequestReceived:

@@ -95,7 +95,10 @@ class Notice(logging.Filter):
 class RedactBadRequests(logging.Filter):
     """aiohttp logs a request its parser refuses (a line too long, a body past a short
     Content-Length) as an ERROR with the raw bytes it choked on, which may hold keys or a
-    token, and a traceback: kept as the fact alone, a WARNING (the client's fault, not ours)."""
+    token, and a traceback: kept as the fact alone, a WARNING (the client's fault, not ours).
+    So is a body whose chunks or compression break after its headers were taken: aiohttp
+    logs the ``RequestPayloadError`` it gets reading what a handler left of it, with the
+    parser's error, and its bytes, as the cause."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info:
@@ -103,6 +106,8 @@ class RedactBadRequests(logging.Filter):
         from aiohttp.http_exceptions import HttpProcessingError
 
         exc = record.exc_info[1]
+        while exc is not None and not isinstance(exc, HttpProcessingError):
+            exc = exc.__cause__
         if isinstance(exc, HttpProcessingError):
             record.msg, record.args = (
                 "refused a malformed HTTP request: %s (%s)",

@@ -263,6 +263,7 @@ def console_engine(url: str) -> Engine:
 def run_console(settings: Settings) -> None:
     """Serve the console until interrupted (``talkstream console``)."""
     from streams.logs import announce
+    from streams.refusals import run_app
     from streams.runtime import now_ms
 
     token = auth.check_token(
@@ -283,7 +284,7 @@ def run_console(settings: Settings) -> None:
 
     app.on_cleanup.append(dispose)
     log.info("console of the projection %s", safe_url(engine))
-    web.run_app(
+    run_app(  # aiohttp's, answering what it refuses itself in JSON
         app,
         host=settings.console_host,
         port=settings.console_port,

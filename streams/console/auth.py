@@ -35,6 +35,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from streams.console.pages import AUTH, CSRF, render
+from streams.refusals import refusals
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ def install(
     app[TOKEN] = digest(token)
     app[ENDED] = {}
     app.middlewares.append(_headers)
+    # what aiohttp answers itself (404, 405, 413) in JSON: inside the headers' middleware, so
+    # those answers are secured too, and outside the guard, whose read of a form may be 413
+    app.middlewares.append(refusals)
     setup_session(
         app,
         EncryptedCookieStorage(

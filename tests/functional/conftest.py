@@ -8,6 +8,7 @@ encoders below turn one params tree into each body shape Talkable sends.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,11 +23,13 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from models.events import RequestReceived
 from streams.codecs import decode
 from streams.ingress import PATH, AccessLogger, build_ingress
+from streams.refusals import AppRunner
 from streams.secrets import SecretBox
 from streams.settings import Settings
 from tests.support import form_pairs
@@ -105,6 +108,14 @@ class RecordingSink:
 # --- the ingress under test -----------------------------------------------------------------
 
 
+class Served(TestServer):
+    """An app served as ``talkstream ingress`` and ``talkstream console`` serve theirs: on
+    the runner whose connections answer aiohttp's own refusals in JSON (``streams.refusals``)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return AppRunner(self.app, **kwargs)
+
+
 @dataclass
 class Ingress:
     client: TestClient[web.Request, web.Application]
@@ -146,7 +157,7 @@ async def start_ingress(
 ) -> Ingress:
     sink = sink if sink is not None else RecordingSink()
     box = secret_box()
-    server = TestServer(build_ingress(settings, sink, box, clock))
+    server = Served(build_ingress(settings, sink, box, clock))
     # with the access logger `talkstream ingress` runs with (TestServer drops init kwargs)
     await server.start_server(access_log_class=AccessLogger)
     client = TestClient(server)
@@ -289,3 +300,34 @@ def sign(key: str, body: bytes) -> str:
     return base64.b64encode(
         hmac.new(key.encode(), body, hashlib.sha256).hexdigest().encode()
     ).decode()
+
+
+# --- raw HTTP, for what a client library would not send -------------------------------------
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]  # by lower-cased name
+    body: bytes
+    raw: bytes  # everything the server sent before it closed
+
+
+async def exchange(server: TestServer, request: bytes, timeout: float = 10) -> Answer:
+    """Send ``request`` as it is on a connection of its own and read until the server closes
+    it (a request that does not ask ``Connection: close`` must be one it refuses)."""
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", len(rest)))
+    return Answer(int(status_line.split()[1]), headers, rest[:length], raw)

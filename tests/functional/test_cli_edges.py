@@ -477,6 +477,47 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
         proc.wait(timeout=60)
 
 
+@pytest.mark.parametrize("command", ["ingress", "console"])
+def test_a_server_as_started_answers_a_request_its_parser_refuses_in_json(
+    command: str, tmp_path
+) -> None:
+    """``talkstream ingress`` and ``talkstream console`` serve on the runner that answers
+    aiohttp's own refusals in the product's shape (``streams.refusals``): aiohttp's text
+    quoted the request line, query string and all."""
+    env = {
+        **os.environ,
+        "TALKSTREAM_INGRESS_PORT": "0",
+        "TALKSTREAM_CONSOLE_PORT": "0",
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_CONSOLE_TOKEN": "t" * 32,
+        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    }
+    says = "INFO streams.ingress ingress on " if command == "ingress" else "talkstream console on "
+    proc, out = streams_process(command, env=env, stderr=subprocess.STDOUT)
+    try:
+        out.until(says, timeout=60)
+        [url] = [line.split(says)[1].rstrip("/") for line in out.seen if says in line]
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(
+                b"GET /chat-gpt/generate?api_key=sk-secret-0001 HTTP/9.Z\r\nHost: x\r\n\r\n"
+            )
+            answer = b""
+            while chunk := connection.recv(65536):  # answered, then closed
+                answer += chunk
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 Bad Request"), answer
+    assert b"Content-Type: application/json" in head, answer
+    assert json.loads(body) == {
+        "errors": [{"field": "request line", "message": "not a valid HTTP request line"}]
+    }
+    assert b"sk-secret" not in answer and b"api_key" not in answer
+
+
 @pytest.mark.parametrize("command", [["kafka", "start"], ["dev"]])
 def test_a_data_directory_that_cannot_be_one_is_named_before_anything_starts(
     command: list[str], tmp_path

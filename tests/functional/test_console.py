@@ -5,6 +5,7 @@ content, redrive) and a fixed clock."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from sqlalchemy import event, text
@@ -30,7 +31,8 @@ from models.events import (
 )
 from models.params import UsageLimit, person_key
 from streams.cli import main
-from streams.console.app import build_console, console_engine
+from streams.console.app import build_console, console_engine, max_form_bytes, max_form_fields
+from streams.console.auth import CSP
 from streams.console.log import LETTERS_PER_PARTITION, Content, Letter, Letters
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries, Filters
@@ -40,7 +42,7 @@ from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
-from tests.functional.conftest import make_settings
+from tests.functional.conftest import Answer, Served, exchange, make_settings
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log
 
@@ -259,7 +261,7 @@ async def start(
         pacing=no_workers,
         database=store.url,
     )
-    client = TestClient(TestServer(app))
+    client = TestClient(Served(app))
     await client.start_server()
     return Console(client, fake, url)
 
@@ -279,7 +281,7 @@ async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any,
         pacing=no_workers,
         database=url,
     )
-    client = TestClient(TestServer(app))
+    client = TestClient(Served(app))
     await client.start_server()
     return client
 
@@ -329,6 +331,90 @@ async def test_a_request_too_long_to_read_leaves_its_bytes_and_the_token_out_of_
     assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (400)")]
     assert not any(r.exc_info for r in caplog.records)
     assert TOKEN not in caplog.text
+
+
+def refused(answer: Answer, status: int, field: str) -> str:
+    """``status`` with one error naming ``field`` in JSON, quoting nothing of the request (the
+    token, the query); its message."""
+    assert answer.status == status, answer.raw[:2000]
+    assert answer.headers["content-type"].startswith("application/json"), answer.headers
+    [error] = json.loads(answer.body)["errors"]
+    assert error["field"] == field, error
+    assert TOKEN.encode() not in answer.raw and b"secret" not in answer.raw, answer.raw
+    return str(error["message"])
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "field"),
+    [
+        (
+            f"GET /requests HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}{'0' * 9000}",
+            400,
+            "request",
+        ),
+        (f"GET /requests?token={TOKEN}&secret=1 HTTP/9.Z\r\nHost: t", 400, "request line"),
+        (f"GE(T /requests?token={TOKEN}&secret=1 HTTP/1.1\r\nHost: t", 400, "method"),
+        (f"GET /requests HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \x01{TOKEN}", 400, "headers"),
+    ],
+    ids=[
+        "a header too long",
+        "an HTTP version that is none",
+        "a method that is no token",
+        "a control character in a header",
+    ],
+)
+async def test_a_request_the_parser_refuses_is_answered_in_json_without_the_token(
+    tmp_path: Path, request_: str, status: int, field: str
+):
+    """aiohttp's text answer quoted what it choked on: the request line, query and all, or the
+    first hundred bytes of a header, the operator's token with them."""
+    console = await start(tmp_path)
+    try:
+        answer = await exchange(console.client.server, f"{request_}\r\n\r\n".encode("latin-1"))
+    finally:
+        await console.client.close()
+    refused(answer, status, field)
+
+
+async def test_what_the_router_and_the_body_limit_refuse_is_json_and_still_secured(
+    tmp_path: Path,
+):
+    """An unknown path (404), a method a page does not take (405), a form past the console's
+    limit (413): aiohttp's text, now the product's JSON, with the console's headers."""
+    console = await start(tmp_path)
+    server = console.client.server
+    bearer = f"Host: t\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close"
+    try:
+        missing = await exchange(
+            server, f"GET /nope?secret=1 HTTP/1.1\r\n{bearer}\r\n\r\n".encode()
+        )
+        method = await exchange(server, f"DELETE /requests HTTP/1.1\r\n{bearer}\r\n\r\n".encode())
+        limit = max_form_bytes(make_settings(tmp_path))
+        form = b"csrf=" + b"a" * limit
+        large = await exchange(
+            server,
+            f"POST /deadletters/preview HTTP/1.1\r\n{bearer}\r\nContent-Type: "
+            f"application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n".encode()
+            + form,
+        )
+        fields = max_form_fields(make_settings(tmp_path))
+        form = b"&".join([b"csrf=x"] + [b"id=x"] * fields)
+        many = await exchange(
+            server,
+            f"POST /deadletters/preview HTTP/1.1\r\n{bearer}\r\nContent-Type: "
+            f"application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n".encode()
+            + form,
+        )
+    finally:
+        await console.client.close()
+    assert refused(many, 413, "body") == f"more than {fields} form fields"
+    assert refused(missing, 404, "path") == "no such path"
+    assert refused(method, 405, "method") == "not allowed here; allowed: GET, HEAD"
+    assert method.headers["allow"] == "GET,HEAD"
+    assert refused(large, 413, "body") == f"larger than {limit} bytes"
+    for answer in (missing, method, large, many):
+        assert answer.headers["content-security-policy"] == CSP
+        assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_every_page_and_action_needs_the_token(console: Console):

@@ -1,0 +1,231 @@
+"""What talkstream's HTTP servers (the ingress, the console) answer a request that aiohttp
+refuses itself, before or outside any handler of ours: the product's error shape,
+``{"errors": [{"field": ..., "message": ...}]}``, naming the part of the request that is wrong
+and echoing none of it.
+
+aiohttp answers these in text of its own, and its parser's answers quote the bytes it choked
+on: a malformed request line quoted whole, query string included (a webhook configured as a
+GET or a form may carry ``api_key`` there), a header's value, the body bytes left past a short
+``Content-Length``. Three places answer for aiohttp, and each is covered here:
+
+- its HTTP parser (a malformed or too long request line or header, too many headers, a broken
+  chunked or compressed body that arrives with its headers): the connection's
+  ``RequestHandler.handle_error``, which no middleware sees. aiohttp offers no hook for it
+  (aio-libs/aiohttp#3287), so :class:`AppRunner` serves the app on connections whose
+  ``handle_error`` answers in JSON; ``run_app`` is aiohttp's ``web.run_app`` on it.
+- its router and body limit (404 for a path, 405 for a method, 413 past ``client_max_size``)
+  and a body whose encoding breaks while a handler reads it: the :func:`refusals`
+  middleware.
+- a bug of ours (500) and a handler that timed out (504): ``handle_error`` again, in JSON
+  too, with nothing of the request or the exception in it (the log has the traceback).
+
+What aiohttp logs of a refused request is kept to the fact alone by
+:class:`streams.logs.RedactBadRequests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    ContentLengthError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+    TransferEncodingError,
+)
+from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+Refusal = tuple[int, str, str]  # status, field, message
+
+MALFORMED: Refusal = (400, "request", "not a valid HTTP request")
+MALFORMED_HEADER: Refusal = (400, "headers", "a header is malformed")
+# the bytes left past a body's Content-Length are read as the next request, and their first
+# word as its method
+NO_METHOD: Refusal = (
+    400,
+    "method",
+    "not an HTTP method (or the bytes past a body's Content-Length, read as a next request)",
+)
+CHUNKS: Refusal = (400, "body", "its chunked transfer encoding is malformed")
+
+# the parser's refusals by their class, most specific first
+BY_CLASS: tuple[tuple[type[HttpProcessingError], Refusal], ...] = (
+    (BadHttpMethod, NO_METHOD),
+    (BadStatusLine, (400, "request line", "not a valid HTTP request line")),
+    (InvalidURLError, (400, "path", "not a valid URL")),
+    (InvalidHeader, MALFORMED_HEADER),
+    (TransferEncodingError, CHUNKS),
+    (ContentLengthError, (400, "body", "shorter than its Content-Length")),
+    (ContentEncodingError, (400, "body", "cannot be decoded as its Content-Encoding says")),
+    (PayloadEncodingError, (400, "body", "malformed")),
+)
+# llhttp says the rest as BadHttpMessage("<reason>:\n\n  <the bytes>"): by words of the
+# reason (only ever to choose one of these answers, never quoted)
+BY_REASON: tuple[tuple[str, Refusal], ...] = (
+    ("chunk", CHUNKS),
+    ("content-length", (400, "headers", "Content-Length is malformed or conflicts")),
+    ("transfer-encoding", (400, "headers", "Transfer-Encoding is malformed or conflicts")),
+    ("header", MALFORMED_HEADER),
+    ("method", NO_METHOD),
+)
+
+
+def body(field: str, message: str) -> dict[str, list[dict[str, str]]]:
+    return {"errors": [{"field": field, "message": message}]}
+
+
+def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
+    """What to answer for an error of aiohttp's HTTP parser (or one it caused)."""
+    while exc is not None and not isinstance(exc, HttpProcessingError):
+        exc = exc.__cause__  # RequestPayloadError: the parser's error is its cause
+    if exc is None:
+        return MALFORMED
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+        longer = f"longer than {limit} bytes" if limit else "too long"
+        return 400, "request", f"its request line or a header is {longer}"
+    for kind, answer in BY_CLASS:
+        if isinstance(exc, kind):
+            return answer
+    if isinstance(exc, BadHttpMessage):
+        reason = exc.message.partition(":")[0].lower()
+        if reason.startswith("too many headers"):
+            return 431, "headers", f"more than {max_headers} headers"
+        for word, answer in BY_REASON:
+            if word in reason:
+                return answer
+    return MALFORMED
+
+
+def _answer(status: int, field: str, message: str, headers: Any = None) -> web.Response:
+    return web.json_response(body(field, message), status=status, headers=headers)
+
+
+@web.middleware
+async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's answers for an unknown path (404), a method a path does not take (405) and a
+    body past ``client_max_size`` (413), and a body whose encoding breaks while it is read (a
+    400, not the 500 of an unhandled exception), in the product's shape. Their headers stay
+    (``Allow``; the console's security headers)."""
+    try:
+        return await handler(request)
+    except RequestPayloadError as exc:
+        status, field, message = refusal(exc, 0)
+        response = _answer(status, field, message)
+        response.force_close()  # the rest of the body cannot be read either
+        return response
+    except web.HTTPNotFound as exc:
+        return _answer(404, "path", "no such path", _kept(exc))
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        # aiohttp's own words: "Maximum request body size N exceeded." or "Maximum number of
+        # form fields N exceeded."
+        limit = re.search(r"\d+", exc.text or "")
+        if "field" in (exc.text or "") and limit:
+            message = f"more than {limit[0]} form fields"
+        else:
+            message = f"larger than {limit[0] if limit else request.client_max_size} bytes"
+        return _answer(413, "body", message, _kept(exc))
+
+
+def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
+    dropped = {hdrs.CONTENT_TYPE.lower(), hdrs.CONTENT_LENGTH.lower()}
+    return CIMultiDict((k, v) for k, v in exc.headers.items() if k.lower() not in dropped)
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's connection, whose own error answers are the product's JSON."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's: logs it (``RedactBadRequests`` keeps the bytes out) and refuses once an
+        # answer has begun; its text answer, which may quote the request, is not sent
+        super().handle_error(request, status, exc, message)
+        if status >= 500:
+            what = "timed out" if status == 504 else "internal error"
+            answer = _answer(status, "server", what)
+        else:
+            answer = _answer(*refusal(exc, self.max_headers))
+        answer.force_close()
+        return answer
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """aiohttp's runner, serving on :class:`_Connection` s (tests serve the apps on it too)."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
+
+
+def run_app(
+    app: web.Application | Awaitable[web.Application],
+    *,
+    host: str,
+    port: int,
+    print: Callable[[str], None],
+    shutdown_timeout: float = 60.0,
+    keepalive_timeout: float = 75.0,
+    **kwargs: Any,
+) -> None:
+    """``web.run_app(app, host=..., port=..., ...)`` on :class:`AppRunner`: serves until
+    SIGINT or SIGTERM, then stops as aiohttp's does: no new connections, ``shutdown_timeout``
+    for the requests in progress, then the app's cleanup (the ingress's producer), and only
+    then is what is left cancelled. ``print`` gets aiohttp's banner."""
+
+    async def serve() -> None:
+        built = app if isinstance(app, web.Application) else await app
+        runner = AppRunner(
+            built, shutdown_timeout=shutdown_timeout, keepalive_timeout=keepalive_timeout, **kwargs
+        )
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are set
+        asyncio.run(serve())

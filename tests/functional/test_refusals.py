@@ -1,0 +1,214 @@
+"""What the ingress answers a request aiohttp refuses itself (its parser, router and body
+reader): the webhook's error shape, ``{"errors": [{"field", "message"}]}``, with a 4xx naming
+the part that is wrong, and nothing of the request in it, nor in the log.
+
+Raw bytes over a real socket to the real ingress app, served as ``talkstream ingress`` serves
+it (``streams.refusals``). aiohttp's own answers were text quoting the bytes it choked on:
+the request line with its query string (a webhook sent as a GET or a form carries
+``api_key`` there), a header's value, the body left past a short Content-Length.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+
+from streams.ingress import PATH
+from tests.functional.conftest import (
+    OPENAI_KEY,
+    SECRETS,
+    TALKABLE_KEY,
+    Answer,
+    Ingress,
+    StartIngress,
+    exchange,
+    seed_params,
+)
+
+QUERY = f"?site=acme&api_key={TALKABLE_KEY}&openai[api_key]={OPENAI_KEY}"
+LINE = f"{PATH}{QUERY}"
+LONG = "x" * 9000
+HEADER_SECRET = "hdr-secret-FUNCTIONAL-a5d2"
+BODY_SECRET = "body-secret-FUNCTIONAL-0e7c"
+BAIT = (*SECRETS, HEADER_SECRET, BODY_SECRET, "api_key", PATH, "acme")
+
+# what aiohttp's parser refuses, and the answer: status, field
+MALFORMED: dict[str, tuple[str, int, str]] = {
+    "a header without a colon": (
+        f"GET {LINE} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        400,
+        "headers",
+    ),
+    "a control character in a header's value": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nX-Key: a\x01{HEADER_SECRET}\r\n\r\n",
+        400,
+        "headers",
+    ),
+    "a method that is no token": (f"GE(T {LINE} HTTP/1.1\r\nHost: x\r\n\r\n", 400, "method"),
+    "an HTTP version that is none": (
+        f"POST {LINE} HTTP/9.Z\r\nHost: x\r\n\r\n",
+        400,
+        "request line",
+    ),
+    "a space in the target": (
+        f"POST {LINE} {BODY_SECRET} HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "request line",
+    ),
+    "a target that is no URL": (
+        f"POST http://[{QUERY} HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "path",
+    ),
+    "a request line too long": (
+        f"POST {LINE}&pad={LONG} HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "request",
+    ),
+    "a header too long": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nX-Key: {HEADER_SECRET}{LONG}\r\n\r\n",
+        400,
+        "request",
+    ),
+    "too many headers": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\n"
+        + "".join(f"X-{i}: {HEADER_SECRET}\r\n" for i in range(200))
+        + "\r\n",
+        431,
+        "headers",
+    ),
+    "both Content-Length and chunked": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "headers",
+    ),
+    "a chunk size that is no number": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{BODY_SECRET}\r\n0\r\n\r\n",
+        400,
+        "body",
+    ),
+}
+
+
+def refused(answer: Answer, status: int, field: str) -> str:
+    """The answer is ``status`` with one error naming ``field``, in JSON, quoting nothing of
+    the request; its message."""
+    assert answer.status == status, answer.raw[:2000]
+    assert answer.headers["content-type"].startswith("application/json"), answer.headers
+    [error] = json.loads(answer.body)["errors"]
+    assert error["field"] == field, error
+    said = answer.raw.decode("latin-1")
+    assert [bait for bait in BAIT if bait in said] == [], said
+    return str(error["message"])
+
+
+def quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing of the request in the log, and no ERROR: a client's fault, not ours."""
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records)
+    assert [bait for bait in (*SECRETS, HEADER_SECRET, BODY_SECRET) if bait in text] == [], text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], text
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+async def test_a_request_the_parser_refuses_is_answered_in_json_quoting_none_of_it(
+    case: str, ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    raw, status, field = MALFORMED[case]
+
+    answer = await exchange(ingress.client.server, raw.encode("latin-1"))
+
+    refused(answer, status, field)
+    quiet(caplog)
+    assert ingress.sink.produced == []
+
+
+async def test_too_many_headers_says_how_many_are_taken(ingress: Ingress) -> None:
+    raw, status, field = MALFORMED["too many headers"]
+
+    answer = await exchange(ingress.client.server, raw.encode())
+
+    assert refused(answer, status, field) == "more than 128 headers"
+
+
+async def test_a_body_past_its_content_length_is_not_quoted_back(ingress: Ingress) -> None:
+    """The bytes past a short Content-Length are read as a next request, refused as one: its
+    "request line" was the rest of the body, keys and all."""
+    rest = json.dumps({"api_key": TALKABLE_KEY, "openai": {"api_key": OPENAI_KEY}})
+
+    answer = await exchange(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 3\r\n\r\n{rest}".encode(),
+    )
+
+    assert "Content-Length" in refused(answer, 400, "method")
+    assert ingress.sink.produced == []
+
+
+async def test_a_body_whose_compression_breaks_is_a_400_naming_the_body(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp takes the request and the handler's read fails: it was an unhandled exception,
+    a 500 ("Server got itself in trouble") and a traceback at ERROR."""
+    caplog.set_level(logging.DEBUG)
+    gzipped = gzip.compress(json.dumps(seed_params()).encode())
+    response = await ingress.client.post(
+        PATH, data=gzipped, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+    assert response.status == 202, await response.text()  # refused is a broken encoding
+    body = b"not gzip " + BODY_SECRET.encode()
+
+    answer = await exchange(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body,
+    )
+
+    assert refused(answer, 400, "body") == "cannot be decoded as its Content-Encoding says"
+    quiet(caplog)
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="400"} 1.0' in metrics
+    assert 'outcome="500"' not in metrics
+
+
+async def test_an_unknown_path_is_a_404_naming_the_path_without_quoting_it(
+    ingress: Ingress,
+) -> None:
+    answer = await exchange(
+        ingress.client.server,
+        f"GET /nope{QUERY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+
+    assert refused(answer, 404, "path") == "no such path"
+
+
+async def test_a_method_a_path_does_not_take_is_a_405_saying_which_it_takes(
+    ingress: Ingress,
+) -> None:
+    answer = await exchange(
+        ingress.client.server,
+        f"PROPFIND /healthz{QUERY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+
+    assert refused(answer, 405, "method") == "not allowed here; allowed: GET, HEAD"
+    assert answer.headers["allow"] == "GET,HEAD"
+
+
+async def test_a_bug_of_ours_is_a_500_in_json_saying_nothing_of_it(
+    ingress_with: StartIngress, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingress = await ingress_with()
+    ingress.sink.outage = RuntimeError(f"a bug holding {OPENAI_KEY}")  # not BrokerUnavailable
+    response = await ingress.client.post(PATH, json=seed_params())
+
+    assert response.status == 500
+    assert await response.json() == {"errors": [{"field": "server", "message": "internal error"}]}
+    assert OPENAI_KEY not in await response.text()
