@@ -340,12 +340,15 @@ async def serve_worker_http(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    http = web.Application()
+    from streams.refusals import AppRunner, refusals
+
+    # what aiohttp refuses itself in JSON, quoting nothing (its text quotes the request line)
+    http = web.Application(middlewares=[refusals])
     logs.redact_aiohttp_server_log()
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
     http.router.add_get("/metrics", metrics_view)
-    runner = web.AppRunner(http, access_log=None)
+    runner = AppRunner(http, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -6,6 +6,7 @@ Kafka is out of reach without a request of its own, within a moment."""
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from streams.observability import (
     kafka_unreachable,
     serve_worker_http,
 )
+from tests.functional.conftest import exchange
 
 API_VERSIONS = 18
 METADATA = 3
@@ -179,3 +181,24 @@ async def test_an_address_the_worker_cannot_have_is_logged_with_what_to_change(
     assert served is None
     [said] = [r.getMessage() for r in caplog.records if "http not started" in r.getMessage()]
     assert said.startswith(f"{server} http not started on ") and said.endswith(f"; set {named}")
+
+
+async def test_what_aiohttp_refuses_is_answered_in_json_quoting_nothing() -> None:
+    """The worker's and the projector's own server, as the ingress and the console: a request
+    line aiohttp's parser refuses, or a path it does not have, is the product's error shape,
+    with nothing of the request (aiohttp's own text quoted the request line, query and all)."""
+    runner = await serve_worker_http(None, WorkerMetrics(), "127.0.0.1", 0, name="projector")
+    server = SimpleNamespace(host="127.0.0.1", port=runner.addresses[0][1])
+    try:
+        bad = await exchange(server, b"GE(T /metrics?token=sk-quoted-9 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert bad.status == 400 and b"sk-quoted-9" not in bad.raw, bad.raw
+        assert json.loads(bad.body)["errors"][0]["field"] == "method"
+        missing = await exchange(
+            server, b"GET /nope?token=sk-quoted-9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert missing.status == 404 and b"sk-quoted-9" not in missing.raw
+        assert json.loads(missing.body) == {
+            "errors": [{"field": "path", "message": "no such path"}]
+        }
+    finally:
+        await runner.cleanup()
