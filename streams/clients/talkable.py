@@ -146,10 +146,17 @@ class TalkableClient:
         if status in (401, 403):
             # the key is the webhook's, as the campaign renders it: a redrive sends it again.
             # What to do comes first: a long message is cut at its end
+            what = (
+                "it refuses the site's API key, the webhook's api_key: put the key of the"
+                " site's Settings > API Integration in the campaign, then resend its webhooks;"
+                " a redrive sends the same key"
+                if _envelope(payload)
+                else "a page, not Talkable's JSON: a proxy or a firewall before Talkable refuses"
+                " the call, or Talkable the webhook's api_key; check what stands between,"
+                " then the key"
+            )
             raise PublishError(
-                f"Talkable answered {status} (it refuses the site's API key, the webhook's"
-                " api_key: put the key of the site's Settings > API Integration in the"
-                f" campaign, then resend its webhooks; a redrive sends the same key): {shown}",
+                f"Talkable answered {status} ({what}): {shown}",
                 reason="Unauthorized" if status == 401 else "Forbidden",
                 status=status,
                 refuses="key",

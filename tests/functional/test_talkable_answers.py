@@ -145,7 +145,7 @@ ENDS = {
     "no_api": ("BadRequest", 404, False, False, "request", "it ends in /api/v2"),
     "unauthorized": ("Unauthorized", 401, False, False, "key", "the webhook's api_key"),
     "echoed": ("Unauthorized", 401, False, False, "key", "Invalid API key [redacted]"),
-    "forbidden": ("Forbidden", 403, False, False, "key", "the webhook's api_key"),
+    "forbidden": ("Forbidden", 403, False, False, "key", "a proxy or a firewall before Talkable"),
     "no_site": ("SiteNotFound", 404, False, False, "site", "it has no site `my-store`"),
     "page": ("BadAnswer", 200, True, False, "request", "not its API's JSON (text/html)"),
     "no_ok": ("BadAnswer", 200, True, False, "request", "not its API's JSON (application/json)"),
@@ -173,7 +173,7 @@ async def test_every_other_answer_is_classified_and_says_what_it_was(talkable, a
     assert said in str(error)
 
 
-@pytest.mark.parametrize("answer", ["unauthorized", "forbidden", "no_site"])
+@pytest.mark.parametrize("answer", ["unauthorized", "no_site"])
 async def test_a_refusal_says_first_what_to_do(talkable, answer) -> None:
     """The key and the site are the webhook's, as the campaign renders them: a redrive sends
     the same again, so the message says to fix the campaign and resend; first, as the dead
