@@ -8,7 +8,8 @@
      ├── UpstreamError               an outside service failed; what it means is data:
      │    │                          reason (the error class reported), status, retriable,
      │    │                          throttle (a 429 asking to wait), refuses (what no retry
-     │    │                          fixes covers: the request, the whole key, one model),
+     │    │                          fixes covers: the request, the whole key, one model, a
+     │    │                          Talkable site),
      │    │                          limits (what the answer said about the target's limits)
      │    ├── GenerationError        OpenAI Chat Completions
      │    ├── PublishError           Talkable API v2
@@ -69,7 +70,8 @@ class UpstreamError(TalkstreamError):
 
     ``retriable`` errors (a 429, an outage) make the command wait in its target's queue;
     the others end the attempt, and ``refuses`` says whether the same answer is certain for
-    the target's other calls (a revoked or exhausted key: ``key``; a missing model: ``model``).
+    the target's other calls (a revoked or exhausted key: ``key``; a missing model: ``model``;
+    a Talkable site that does not exist: ``site``).
     ``answered``: an error from an answer that came (a 200 without a usable text), which says
     the upstream is up and may have billed the call: asked again a few times if
     ``retriable``, not waited on as an outage; reported at once if not (a refusal).
@@ -83,7 +85,7 @@ class UpstreamError(TalkstreamError):
         status: int | None = None,
         retriable: bool = False,
         throttle: bool = False,
-        refuses: Literal["request", "key", "model"] = "request",
+        refuses: Literal["request", "key", "model", "site"] = "request",
         limits: Limits | None = None,
         answered: bool = False,
     ) -> None:

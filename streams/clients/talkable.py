@@ -5,15 +5,19 @@ properties attach to the person, where campaigns read them. What an answer means
 :class:`~streams.errors.PublishError` (waiting and retrying are the scheduler's):
 
     answer                                  reason          the scheduler
-    2xx                                     (success)       reports it
+    2xx with a JSON object (Talkable's      (success)       reports it
+        ``{"ok": true, ...}``)
     2xx with ``"ok": false`` (Talkable's    BadRequest      reports
         error envelope)
     2xx whose body is not a JSON object     BadAnswer       asks again, ends it the third
         (HTML from a proxy, empty)                          time (no circuit)
     3xx (not followed: a base URL that      BadRequest      reports
         moved; the message says where to)
-    404 / 405 that is not Talkable's JSON   BadRequest      reports (the message names the
-        (a base URL without ``/api/v2``)                    base URL to check)
+    404 with Talkable's envelope (no such   SiteNotFound    reports; refuses the site a
+        ``site_slug``)                                      while
+    404 / 405 that is not Talkable's        BadRequest      reports (the message names the
+        envelope (a base URL without                        base URL to check)
+        ``/api/v2``)
     400 "Duplicate entity", the request's   written under   another request of the same
         own number (``..-<request_id>``)    its other       id holds it (the same params,
                                             number          their person forgotten); with
@@ -26,11 +30,15 @@ properties attach to the person, where campaigns read them. What an answer means
     429                                     RateLimited     waits (retry-after)
     401 / 403                               Unauthorized /  reports; refuses the site's key
                                             Forbidden       a while
-    any other 4xx                           BadRequest      reports
+    any other 4xx (400, 422 "Validation     BadRequest      reports
+        failed: ...")
     5xx, 408                                ServerError     waits (the circuit counts it)
     timeout / connection error (also        Timeout /       waits (the circuit counts it)
         while reading the body)             Unreachable
     a key that cannot be a header value     InvalidKey      reports (nothing was sent)
+
+A refusal's message (401, 403, 404) says first what to do: the key and the site are the
+webhook's, so a redrive sends them again. Messages never carry the key.
 """
 
 from __future__ import annotations
@@ -107,6 +115,8 @@ class TalkableClient:
                 payload = await _payload(resp)
                 message = _error_message(status, payload, resp.reason)
                 if 200 <= status < 300 and message is None:
+                    # a JSON object: Talkable's {"ok": true, ...}, or an API like it that
+                    # says less (its error envelope, "ok": false, is not a success)
                     if not isinstance(payload, dict):
                         raise _not_the_api(status, resp.content_type, limits)
                     return Publication(duplicate=False), limits
@@ -117,7 +127,7 @@ class TalkableClient:
                         f" (redirected to {moved}: set TALKSTREAM_TALKABLE_BASE_URL to where it"
                         " points)"
                     )
-                elif status in (404, 405) and not isinstance(payload, dict):
+                elif status in (404, 405) and not _envelope(payload):
                     # not Talkable's "site not found" (its JSON): no API at this path
                     message += (
                         f" (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL {self._shown}: it"
@@ -152,9 +162,42 @@ class TalkableClient:
                 status=status,
                 limits=limits,
             )
-        text = f"Talkable answered {status}: {scrub(message, api_key)}"
+        shown = scrub(message, api_key)
+        text = f"Talkable answered {status}: {shown}"
         if 200 <= status < 300:  # "ok": false: Talkable's error envelope, whatever the status
             raise PublishError(text, reason="BadRequest", status=status, limits=limits)
+        if status in (401, 403):
+            # the key is the webhook's, as the campaign renders it: a redrive sends it again.
+            # What to do comes first: a long message is cut at its end
+            what = (
+                "it refuses the site's API key, the webhook's api_key: put the key of the"
+                " site's Settings > API Integration in the campaign, then resend its webhooks;"
+                " a redrive sends the same key"
+                if _envelope(payload)
+                else "a page, not Talkable's JSON: a proxy or a firewall before Talkable refuses"
+                " the call, or Talkable the webhook's api_key; check what stands between,"
+                " then the key"
+            )
+            raise PublishError(
+                f"Talkable answered {status} ({what}): {shown}",
+                reason="Unauthorized" if status == 401 else "Forbidden",
+                status=status,
+                refuses="key",
+                limits=limits,
+            )
+        if status == 404 and _envelope(payload):
+            # Talkable's own 404 (its JSON): the only item an event names is its site. No
+            # request of the site can land, so the site is refused a while, not called again
+            # for each of them
+            raise PublishError(
+                f"Talkable answered 404 (it has no site `{command.site}`, the webhook's site:"
+                " set the campaign's site to the site's Site ID in Talkable, then resend its"
+                f" webhooks; a redrive sends the same site): {shown}",
+                reason="SiteNotFound",
+                status=status,
+                refuses="site",
+                limits=limits,
+            )
         # a 408: Talkable stopped waiting for the request, nothing was written: asked again
         raise status_error(PublishError, status, text, limits, outage=(408,))
 
@@ -175,14 +218,20 @@ async def _payload(response: aiohttp.ClientResponse) -> Any:
         return _NOT_JSON
 
 
+def _envelope(payload: Any) -> bool:
+    """Whether the answer is Talkable's error envelope, ``{"ok": false, ...}``."""
+    return isinstance(payload, dict) and payload.get("ok") is False
+
+
 def _error_message(status: int, payload: Any, reason: str | None) -> str | None:
     """What went wrong, or None for a success: a 2xx whose body is not Talkable's error
     envelope (``{"ok": false, "error_message": ...}``)."""
     success = 200 <= status < 300
     if success and not (isinstance(payload, dict) and payload.get("ok") is False):
         return None
-    if isinstance(payload, dict):
-        return str(payload.get("error_message") or payload.get("message") or "error")
+    if isinstance(payload, dict):  # Talkable's envelope; a framework's or a proxy's JSON
+        found = payload.get("error_message") or payload.get("message") or payload.get("error")
+        return str(found or "error")
     return "error" if success or payload is not _NOT_JSON else reason or "error"
 
 

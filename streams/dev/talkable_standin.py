@@ -13,7 +13,7 @@ Implements what talkstream uses, in the shapes of Talkable's published OpenAPI s
 Errors use Talkable's envelope ``{"ok": false, "error_message": "..."}``. Faults come from a
 mutable :class:`TalkableStandinConfig`, applied in this order: ``down``/``down_until`` (503) →
 ``site_rate_limits`` (429 with Retry-After) → ``latency_seconds`` → ``fail_next`` → ``hang_every``
-→ ``fail_status_every`` → auth → validation.
+→ ``fail_status_every`` → ``unknown_sites`` (404) → auth → validation.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ DUPLICATE = (
     "Duplicate entity: Talkable already has existing Event with the same event_number"
     " but different data"
 )
+UNKNOWN_SITE = "No site found by `site_slug`."  # (the wording of Talkable's other 404s/400s)
 KEPT_EVENTS = 100_000  # events (and their answers for repeats) a stand-in keeps, the newest
 REQUIRED_EVENT_FIELDS = ("email", "event_category", "event_number", "subtotal")
 ORIGIN_OPTIONAL_FIELDS = (
@@ -78,6 +79,9 @@ class TalkableStandinConfig:
     # calls per second each site may make (a bucket holding one second's worth); over it: 429
     # with Retry-After, as Talkable asks clients to back off. Sites not listed: unlimited.
     site_rate_limits: dict[str, float] = field(default_factory=dict)
+    # site slugs Talkable does not know: 404 with its envelope, whatever the key (a campaign
+    # whose `site` is not its site's Site ID)
+    unknown_sites: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -307,6 +311,9 @@ def _api(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
             key_tail=key_tail(key),
         )
         response = await _faults(request.app, rec)
+        if response is None and site in state.config.unknown_sites:
+            rec["fault"] = "unknown_site"
+            response = _fail(404, UNKNOWN_SITE)
         if response is None and not _authorized(state.config, key, site):
             rec["fault"] = "unauthorized"
             response = _fail(401, "Unauthorized: invalid or missing API key")

@@ -22,8 +22,9 @@ for the queue is decided here, what it means for the request is the ledger's:
   reported after ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``): each
   may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
   ``retriable``) is reported at once, its tokens counted as spent;
-- a refusal for the whole key (``insufficient_quota``, 401, 403) or for one model
-  (``model_not_found``) stops the target's calls in that scope for ``refusal_seconds`` (a
+- a refusal for the whole key (``insufficient_quota``, 401, 403), for one model
+  (``model_not_found``) or for a whole Talkable site (a 404: no such site) stops the target's
+  calls in that scope for ``refusal_seconds`` (a
   key's scope is that key: a Talkable site called with an old and a new key keeps calling
   with the new one; an OpenAI key is a family of targets, one per model, since OpenAI limits
   each model apart, and its refusal stops them all): queued and new commands in it are
@@ -432,7 +433,7 @@ class Scheduler:
                 else:
                     target.pacer.refused(limits, job.cost, now)
                 self._note(target, "refused")
-                if error.refuses in ("key", "model"):
+                if error.refuses in ("key", "model", "site"):  # model, site: the job's scope
                     scope = job.key_scope if error.refuses == "key" else job.scope
                     target.refused[scope] = (now + self.refusal_s, error)
                     self._refused_since = True  # end the scope's queued calls at once

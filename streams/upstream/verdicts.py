@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streams.errors import QueueTimeout, UpstreamError
+from streams.errors import PublishError, QueueTimeout, UpstreamError
 from streams.upstream.jobs import Job, Target
 from streams.upstream.pacer import Circuit
 
@@ -144,9 +144,16 @@ def too_slow(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
 def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamError:
     """The final answer for a call answered ``unusable_after`` times with nothing usable: the
     upstream is up, and may bill each more time it is asked."""
+    # an OpenAI call may be billed each time; a Talkable call costs nothing, but no answer
+    # said the event landed
+    cost = (
+        "none said the event landed"
+        if isinstance(error, PublishError)
+        else ("each answer may have been billed")
+    )
     return type(error)(
         f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
-        "(each answer may have been billed)",
+        f"({cost})",
         reason=error.reason,
         status=error.status,
         limits=error.limits,

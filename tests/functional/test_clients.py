@@ -450,7 +450,7 @@ async def test_a_redirect_is_not_followed_and_says_where_talkable_moved(moved) -
 async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> None:
     """A base URL without ``/api/v2`` was answered a web server's 404, said as "Talkable
     answered 404: Not Found", like a site Talkable does not know. Talkable's own 404 (its
-    JSON) stays what it says."""
+    JSON) is about the site, and says so."""
     root = tk.url.removesuffix("/api/v2")
     error = await refused_at(root)
     assert (error.reason, error.status, error.retriable) == ("BadRequest", 404, False)
@@ -458,9 +458,11 @@ async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> No
         f"Talkable answered 404: Not Found (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL "
         f"{root}: it ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
     )
-    tk.config.fail_next = [404]
+    tk.config.unknown_sites = ["acme"]
     error = await refused_at(tk.url)
-    assert str(error) == "Talkable answered 404: Injected failure 404"
+    assert (error.reason, error.status, error.refuses) == ("SiteNotFound", 404, "site")
+    assert str(error).startswith("Talkable answered 404 (it has no site `acme`, the webhook's")
+    assert str(error).endswith("): No site found by `site_slug`.")
 
 
 async def test_a_405_of_a_web_site_names_the_talkable_base_url_to_check(edges) -> None:

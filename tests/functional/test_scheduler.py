@@ -13,7 +13,7 @@ import pytest
 
 from bench.blast_ticks import scheduler_looks
 from bench.known_targets import cpu_per_call, scrape_ms
-from streams.errors import UpstreamError
+from streams.errors import PublishError, UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import Circuit, PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
@@ -386,6 +386,42 @@ async def test_a_site_key_refused_is_a_refused_call_as_the_alert_table_says() ->
     assert "Talkable site key refused" in row and 'upstream="talkable"' in row
 
 
+async def test_a_site_talkable_does_not_know_is_called_once_whatever_the_key() -> None:
+    """Talkable's 404 for a ``site_slug`` it does not know ended only its own request: each
+    request of the site called it again, to the same answer. It refuses the site a while:
+    its queued and new calls, with any key, end without a call; a redrive is called."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("talkable:typo", up.job("a1", scope="site", key_scope="key:a"))
+    s.submit("talkable:typo", up.job("a2", scope="site", key_scope="key:a"))
+    s.submit("talkable:typo", up.job("b1", scope="site", key_scope="key:b"))
+    s.submit("talkable:other", up.job("o1", scope="site", key_scope="key:a"))
+    s.dispatch()
+    await settle()
+    unknown = PublishError("Talkable answered 404 (it has no site `typo` ...)",
+                           reason="SiteNotFound", status=404, refuses="site")  # fmt: skip
+    up.answer("a1", unknown)
+    up.answer("o1")
+    await settle()
+    s.dispatch()
+    await settle()
+    assert [c for c in up.calls if c != "o1"] == ["a1"]
+    assert {k: up.reports[k].error.reason for k in ("a1", "a2", "b1")} == dict.fromkeys(
+        ("a1", "a2", "b1"), "SiteNotFound"
+    )
+    assert str(up.reports["b1"].error).startswith("not called: Talkable answered 404")
+    assert up.reports["o1"].value == "ok"  # another site is another target
+    assert {t["target"]: t["refused"] for t in s.snapshot()}["talkable:typo"] == ["site"]
+    s.submit("talkable:typo", up.job("a3", scope="site", key_scope="key:a"))
+    s.dispatch()
+    await settle()
+    assert up.reports["a3"].error.reason == "SiteNotFound" and "a3" not in up.calls
+    s.submit("talkable:typo", up.job("a4", scope="site", key_scope="key:a", probe=True))
+    s.dispatch()
+    await settle()
+    assert up.calls[-1] == "a4"  # an operator's redrive asks anyway
+
+
 async def test_a_missing_model_refuses_only_that_model() -> None:
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=10, window=1)
@@ -650,14 +686,17 @@ async def test_a_publication_answered_with_nothing_usable_ends_too() -> None:
         s.dispatch()
         await settle()
         assert up.calls[-1] == "publish"
-        not_json = UpstreamError("Talkable answered 200 with a body that is not its API's JSON",
-                                 reason="BadAnswer", retriable=True, answered=True)  # fmt: skip
+        not_json = PublishError("Talkable answered 200 with a body that is not its API's JSON",
+                                reason="BadAnswer", retriable=True, answered=True)  # fmt: skip
         up.answer("publish", not_json)
         await settle()
         assert ("publish" in up.reports) == (turn == 2)
     error = up.reports["publish"].error
     assert (error.reason, error.retriable) == ("BadAnswer", False)
     assert up.calls.count("publish") == 3
+    # a Talkable call is not billed (OpenAI's may be): what matters is that none landed
+    assert str(error).endswith("3 times: site answers this call with nothing usable (none said "
+                               "the event landed)")  # fmt: skip
     assert s.targets["site"].pacer.circuit is Circuit.CLOSED
 
 

@@ -320,6 +320,42 @@ def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> No
     assert min(c["at"] for c in posts if c["status"] == 201) >= back_at  # none got in before
 
 
+def test_a_site_talkable_does_not_know_is_called_once_and_its_requests_say_what_to_do(
+    make_system,
+) -> None:
+    """Talkable answers a ``site_slug`` it does not know 404 (its envelope, whatever the key).
+    That was a ``BadRequest`` of the request alone: every webhook of the site called Talkable
+    again, to the same answer, and the reason said nothing of the site. Now one call refuses
+    the site a while: its other publications, with any key, end ``publish_failed``
+    ``SiteNotFound`` without a call, each dead-lettered with a reason saying what to do, and
+    another site is served meanwhile."""
+    system = make_system()
+    system.talkable("POST", "/_control", {"unknown_sites": ["typo-site"]})
+    keys = ("talkable-key-typo-0001", "talkable-key-typo-0002")
+    bodies = [
+        seed_params(f"typo{i}@example.com", site="typo-site", talkable_key=keys[i % 2])
+        for i in range(6)
+    ]
+    ids = post_all(system, bodies)
+    [served] = post_all(system, [seed_params("served@example.com")])
+    rows = system.wait_terminal([*ids, served], timeout=90)
+    assert rows[served].state == "published"
+    typo = [rows[i] for i in ids]
+    assert {(r.state, r.error_class, r.attempts) for r in typo} == {
+        ("publish_failed", "SiteNotFound", 1)
+    }
+    posts = [c for c in system.talkable("GET", "/_calls") if c["site_slug"] == "typo-site"]
+    assert [c["status"] for c in posts] == [404]  # one call for the six
+    said = [r.error_message or "" for r in typo]
+    assert all("it has no site `typo-site`, the webhook's site" in m for m in said)
+    assert all("resend its webhooks" in m for m in said)
+    assert sum(m.startswith("not called: ") for m in said) == 5
+    preview = system.talkstream("redrive", "--dry-run", "--site", "typo-site")
+    assert preview.count("reason=SiteNotFound: ") == 6
+    for key in keys:
+        assert key not in preview + system.log("worker")
+
+
 def test_two_workers_share_one_limited_key_within_its_limit(make_system) -> None:
     system = make_system()
     system.openai("POST", "/_control", {"key_limits": {LIMITED_KEY: {"rpm": 300}}})
