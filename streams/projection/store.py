@@ -137,6 +137,10 @@ class ProjectionStore:
         from, recorded in the same transaction (``projected_offsets``): where it resumes, even
         when every record it read there was dead-lettered.
 
+        The overview's counts a minute (``ended_minutes``) move with the rows in the same
+        transaction: each request the batch touched, from the (minute, site, state) it counted
+        in before to the one it counts in now (``_count_ended``).
+
         ``recorded``: what the live projector recorded for some of these partitions with its
         previous batches. A database that holds less than that went back in time under it
         (restored from a backup, emptied): ``ProjectionBehind``, and nothing is applied."""
