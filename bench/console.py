@@ -343,8 +343,9 @@ def markdown_section(result: dict[str, Any] | None = None) -> str:
         "",
         "Search pages are keyset pages of 50 over the indexes of migration 0003 (a deep page "
         "costs what the first does); a timeline is one row and its transitions by index. The "
-        "overview aggregates every request that ended in its window (not a page: no goal), "
-        "from the indexes of migration 0005 alone (the ended requests by time, those in flight).",
+        "overview counts what ended in its window's whole minutes from the counts a minute of "
+        "migration 0007, the rest and the latencies' percentiles from the indexes of migration "
+        "0005 (the ended requests by time, those in flight); not a page: no goal.",
         "",
     ]
     if all("commands" in b for b in backends):

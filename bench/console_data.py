@@ -1,6 +1,7 @@
 """A made-up projection of many requests for ``python -m bench.console``: fifty sites (one
 big), the terminal states in a realistic mix with their errors, a day of arrivals, each request's
-transitions, bulk-loaded (COPY on PostgreSQL, executemany on SQLite) into a migrated schema."""
+transitions, bulk-loaded (COPY on PostgreSQL, executemany on SQLite) into a migrated schema,
+and the overview's counts a minute (``ended_minutes``) summed from them at the end."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ CHUNK = 20_000
 # the generated rows follow the tables' column order (the transitions' surrogate id left out)
 REQUEST_COLUMNS = [c.name for c in RequestRow.__table__.columns]
 TRANSITION_COLUMNS = [c.name for c in TransitionRow.__table__.columns if c.name != "id"]
+
+# what ProjectionStore.apply would have kept in ended_minutes for the rows loaded around it
+ENDED_MINUTES = (
+    "INSERT INTO ended_minutes (minute, site, state, requests, tokens)"
+    " SELECT terminal_at_ms / 60000, site, state, count(*),"
+    " sum(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))"
+    " FROM requests WHERE terminal_at_ms IS NOT NULL"
+    " GROUP BY terminal_at_ms / 60000, site, state"
+)
 
 # terminal states in the mix, by share
 MIX = [
@@ -187,6 +197,9 @@ def fill(engine: Engine, count: int, end_ms: int) -> float:
                 _insert(cursor, "requests", REQUEST_COLUMNS, requests)
                 _insert(cursor, "transitions", TRANSITION_COLUMNS, transitions)
             raw.commit()
+        # the overview's counts a minute, as migration 0007 fills them from rows loaded before
+        cursor.execute(ENDED_MINUTES)
+        raw.commit()
         cursor.execute("ANALYZE")
         raw.commit()
     finally:

@@ -185,6 +185,8 @@ async def _projection_schema(request: web.Request, handler: auth.Handler) -> Any
         return pages.render(request, "too_new.html", {"reason": found.refused}, status=503)
     if found.behind:
         request[pages.BEHIND] = found.behind
+    if found.revision is not None:
+        request[pages.REVISION] = found.revision
     return await handler(request)
 
 

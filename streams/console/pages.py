@@ -17,6 +17,7 @@ DATABASE = web.AppKey("console_database", str)  # the projection's URL, password
 AUTH = web.RequestKey("console_auth", str)  # how the request was let in: bearer or session
 CSRF = web.RequestKey("console_csrf", str)  # the session's CSRF token, for the forms
 BEHIND = web.RequestKey("console_behind", str)  # the projection is not migrated yet: why
+REVISION = web.RequestKey("console_revision", str)  # the projection's migration (one we know)
 
 
 def render(

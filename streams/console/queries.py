@@ -16,10 +16,13 @@ adds the console's), so pages stay fast on millions of requests:
   text was cut (``truncated``, migration 0006) is read only of a projection that has it: a
   console upgraded before the projector migrated reads every other page (every other query
   leaves the column out);
-- the overview counts terminal states per minute and per site, tokens and latencies over a
-  window of ``terminal_at_ms`` from one index (``ix_requests_ended``, which holds every column
-  they read; the latencies' p50 and p95 ranked by the database), and the requests in flight
-  per site from ``ix_requests_in_flight`` (migration 0005).
+- the overview counts terminal states per minute and per site, and tokens, over a window of
+  ``terminal_at_ms``: its whole minutes from ``ended_minutes`` (migration 0007, kept by the
+  projector), its partial first and last minute (or all of it, on a projection before 0007)
+  from one index (``ix_requests_ended``, which holds every column they read); the latencies'
+  p50 and p95 from the same index, ranked by the database (exact: every published request of
+  the window); and the requests in flight per site from ``ix_requests_in_flight`` (migration
+  0005).
 
 None needs the database's statistics to be chosen: SQLite has none until the projector first
 gathers them (``ProjectionStore.refresh_statistics``), and a test reads the plans of a
@@ -36,15 +39,16 @@ import binascii
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Select, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, func, select, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.lifecycle import TERMINAL, State
 from models.params import person_key
 from streams.ops.clocks import Timeline, timeline_of
-from streams.projection.tables import RequestRow, TransitionRow
+from streams.projection.tables import EndedMinuteRow, RequestRow, TransitionRow
 
 PAGE_SIZE = 50
 SUGGESTED_SITES = 100  # the sites the search form suggests, at most
@@ -380,34 +384,33 @@ class ConsoleQueries:
 
     # the overview ----------------------------------------------------------------------------
 
-    def overview(self, since_ms: int, until_ms: int) -> Overview:
-        ended = (RequestRow.terminal_at_ms >= since_ms) & (RequestRow.terminal_at_ms < until_ms)
-        minute = RequestRow.terminal_at_ms // 60_000
+    def overview(self, since_ms: int, until_ms: int, *, minutes: bool = False) -> Overview:
+        """What ended in ``[since_ms, until_ms)``, and what is in flight now. ``minutes``: the
+        projection has ``ended_minutes`` (migration 0007; not one behind the console): the
+        counts and tokens of the window's whole minutes are read from it, and only its two
+        partial minutes from the requests; else all of them from the requests."""
         first_minute, last_minute = since_ms // 60_000, (until_ms - 1) // 60_000
-        minutes = list(range(first_minute, last_minute + 1))
-        series = {state: [0] * len(minutes) for state in TERMINAL_STATES}
+        buckets = list(range(first_minute, last_minute + 1))
+        series = {state: [0] * len(buckets) for state in TERMINAL_STATES}
         sites: dict[str, SiteRow] = {}
+        # the whole minutes read from ended_minutes, and the spans of requests read beside them
+        whole = (-(-since_ms // 60_000), until_ms // 60_000) if minutes else (0, 0)
+        if whole[0] < whole[1]:
+            spans = [(since_ms, whole[0] * 60_000), (whole[1] * 60_000, until_ms)]
+        else:
+            whole, spans = (0, 0), [(since_ms, until_ms)]
+        spans = [(low, high) for low, high in spans if low < high]
+        by_minute: dict[tuple[int, str], int] = {}
+        by_site: dict[tuple[str, str], list[int]] = {}
         with self._session() as session:
-            for bucket, state, count in session.execute(
-                select(minute, RequestRow.state, func.count())
-                .where(ended)
-                .group_by(minute, RequestRow.state)
-            ):
-                if bucket is not None and state in series:
-                    index = int(bucket) - first_minute
-                    if 0 <= index < len(minutes):
-                        series[state][index] = count
-            tokens = func.coalesce(RequestRow.prompt_tokens, 0) + func.coalesce(
-                RequestRow.completion_tokens, 0
-            )
-            for site, state, count, used in session.execute(
-                select(RequestRow.site, RequestRow.state, func.count(), func.sum(tokens))
-                .where(ended)
-                .group_by(RequestRow.site, RequestRow.state)
-            ):
-                row = sites.setdefault(site, SiteRow(site))
-                row.by_state[state] = count
-                row.tokens += int(used or 0)
+            for bucket, state, count in _counts_a_minute(session, whole, spans):
+                if bucket is not None:
+                    key = (int(bucket), state)
+                    by_minute[key] = by_minute.get(key, 0) + int(count)
+            for site, state, count, used in _counts_a_site(session, whole, spans):
+                sums = by_site.setdefault((site, state), [0, 0])
+                sums[0] += int(count)
+                sums[1] += int(used or 0)
             for site, count in session.execute(
                 select(RequestRow.site, func.count())
                 .where(IN_FLIGHT_ROWS)  # as ix_requests_in_flight is written: its few rows
@@ -415,10 +418,19 @@ class ConsoleQueries:
             ):
                 sites.setdefault(site, SiteRow(site)).in_flight = count
             published, p50, p95 = self._latencies(session, since_ms, until_ms)
+        for (bucket, state), count in by_minute.items():
+            index = bucket - first_minute
+            if state in series and 0 <= index < len(buckets):
+                series[state][index] = count
+        for (site, state), (count, used) in by_site.items():
+            if count:  # a minute's requests that all moved on leave a row of noughts
+                row = sites.setdefault(site, SiteRow(site))
+                row.by_state[state] = count
+                row.tokens += used
         return Overview(
             since_ms=since_ms,
             until_ms=until_ms,
-            minutes=minutes,
+            minutes=buckets,
             series=series,
             published=published,
             p50_ms=p50,
@@ -443,6 +455,60 @@ class ConsoleQueries:
         count = int(found[0][0])
         at = {int(rank): int(ms) for _, rank, ms in found}
         return count, at[_nearest(50, count)], at[_nearest(95, count)]
+
+
+_TOKENS = func.coalesce(RequestRow.prompt_tokens, 0) + func.coalesce(
+    RequestRow.completion_tokens, 0
+)
+
+
+def _ended_in(low: int, high: int) -> ColumnElement[bool]:
+    return (RequestRow.terminal_at_ms >= low) & (RequestRow.terminal_at_ms < high)
+
+
+def _counts_a_minute(
+    session: Session, whole: tuple[int, int], spans: list[tuple[int, int]]
+) -> list[Any]:
+    """(minute, state, requests) of the whole minutes ``whole`` from ended_minutes, and of the
+    requests that ended in each span."""
+    found: list[Any] = []
+    m = EndedMinuteRow
+    if whole[0] < whole[1]:
+        found += session.execute(
+            select(m.minute, m.state, func.sum(m.requests))
+            .where(m.minute >= whole[0], m.minute < whole[1])
+            .group_by(m.minute, m.state)
+        ).all()
+    minute = RequestRow.terminal_at_ms // 60_000
+    for low, high in spans:
+        found += session.execute(
+            select(minute, RequestRow.state, func.count())
+            .where(_ended_in(low, high))
+            .group_by(minute, RequestRow.state)
+        ).all()
+    return found
+
+
+def _counts_a_site(
+    session: Session, whole: tuple[int, int], spans: list[tuple[int, int]]
+) -> list[Any]:
+    """(site, state, requests, tokens) of the whole minutes ``whole`` from ended_minutes, and
+    of the requests that ended in each span."""
+    found: list[Any] = []
+    m = EndedMinuteRow
+    if whole[0] < whole[1]:
+        found += session.execute(
+            select(m.site, m.state, func.sum(m.requests), func.sum(m.tokens))
+            .where(m.minute >= whole[0], m.minute < whole[1])
+            .group_by(m.site, m.state)
+        ).all()
+    for low, high in spans:
+        found += session.execute(
+            select(RequestRow.site, RequestRow.state, func.count(), func.sum(_TOKENS))
+            .where(_ended_in(low, high))
+            .group_by(RequestRow.site, RequestRow.state)
+        ).all()
+    return found
 
 
 # arrival -> published of the requests that ended in a window: each ended request's latency

@@ -11,12 +11,17 @@ read when the console starts and again at every page (one row of the version tab
   every page says so above its content; a page that needs what the migration adds fails
   with the projection's own "cannot be read" page.
 - At this console's revision: nothing is said.
+
+A page reads what the projection's revision has (``has``): a projection one migration behind
+still shows what the migrations before gave it.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from streams.projection import migrate
@@ -50,3 +55,19 @@ def check(engine: Engine) -> Schema:
             "does it alone); until then a page may be slow, or fail."
         ),
     )
+
+
+def has(revision: str | None, wanted: str) -> bool:
+    """Whether a projection at ``revision`` went through migration ``wanted`` (one this version
+    does not know went through none it can count on)."""
+    return revision is not None and wanted in _lineage(revision)
+
+
+@functools.cache
+def _lineage(revision: str) -> frozenset[str]:
+    """``revision`` and every migration before it (nothing for a revision this version does
+    not know); read once a revision."""
+    if revision not in migrate.revisions():
+        return frozenset()
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    return frozenset(r.revision for r in script.iterate_revisions(revision, "base"))

@@ -18,10 +18,11 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from models.params import person_key
+from streams.console import schema
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters
 from streams.console.pacing import Pacing
-from streams.console.pages import BEHIND, render
+from streams.console.pages import REVISION, render
 from streams.console.queries import (
     SEARCHABLE_STATES,
     TERMINAL_STATES,
@@ -94,8 +95,10 @@ async def overview(request: web.Request) -> web.Response:
         window, error = "1h", f"window: one of {', '.join(WINDOWS)}"
     until = s.now_ms()
     since = until - WINDOWS[window] * 60_000
+    # a projection before migration 0007 (not migrated yet) has no ended_minutes: its requests
+    minutes = schema.has(request.get(REVISION), "0007")
     summary, pacing = await asyncio.gather(
-        run_query(s.queries.overview, since, until), _pacing(s.pacing)
+        run_query(s.queries.overview, since, until, minutes=minutes), _pacing(s.pacing)
     )
     table, table_error = _sites_table(summary.sites, request.query, window)
     error = error or table_error
@@ -232,8 +235,9 @@ async def search(request: web.Request) -> web.Response:
 async def request_page(request: web.Request) -> web.Response:
     s = services_of(request)
     request_id = request.query.get("id", "")
-    # a projection behind the console (not migrated yet) has no column of the newest migration
-    current = request.get(BEHIND) is None
+    # a projection before migration 0006 (not migrated yet) has no column of whether a text
+    # was cut
+    current = schema.has(request.get(REVISION), "0006")
     timeline = (
         await run_query(s.queries.timeline, request_id, truncated=current) if request_id else None
     )

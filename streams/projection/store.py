@@ -33,11 +33,18 @@ from sqlalchemy.orm import sessionmaker, undefer
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.rows import Sourced, Writes, fold, request_values, transition_row
-from streams.projection.tables import Base, ProjectedOffsetRow, RequestRow, TransitionRow
+from streams.projection.tables import (
+    Base,
+    EndedMinuteRow,
+    ProjectedOffsetRow,
+    RequestRow,
+    TransitionRow,
+)
 
 _TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
 _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
 _OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
+_ENDED = Base.metadata.tables[EndedMinuteRow.__tablename__]
 # a request as ``audit`` shows it: every column, the deferred ones too (the store reads a
 # current projection only; the console reads one that may be behind, without them)
 _WHOLE = undefer(RequestRow.truncated)
@@ -130,6 +137,10 @@ class ProjectionStore:
         from, recorded in the same transaction (``projected_offsets``): where it resumes, even
         when every record it read there was dead-lettered.
 
+        The overview's counts a minute (``ended_minutes``) move with the rows in the same
+        transaction: each request the batch touched, from the (minute, site, state) it counted
+        in before to the one it counts in now (``_count_ended``).
+
         ``recorded``: what the live projector recorded for some of these partitions with its
         previous batches. A database that holds less than that went back in time under it
         (restored from a backup, emptied): ``ProjectionBehind``, and nothing is applied."""
@@ -169,6 +180,7 @@ class ProjectionStore:
                     )
                 )
             existing = set(rows)
+            ended = {rid: _ended(row) for rid, row in rows.items()}  # before the batch
             transitions: list[tuple[Any, ...]] = []
             for item in batch:
                 source = (item.topic, item.partition, item.offset)
@@ -193,6 +205,7 @@ class ProjectionStore:
                     writes.update_request,
                     [(*request_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
                 )
+                _count_ended(connection, ended, rows, touched)
             return len(transitions)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
@@ -464,6 +477,58 @@ def _record_offsets(connection: Connection, read: Mapping[tuple[str, int], int])
             {"topic": topic, "partition": partition, "next_offset": offset}
             for (topic, partition), offset in sorted(read.items())
         ],
+    )
+
+
+Ended = tuple[int, str, str, int]  # minute, site, state; tokens
+
+
+def _ended(row: Mapping[str, Any]) -> Ended | None:
+    """Where a request row counts in ``ended_minutes`` (None: it has not ended)."""
+    at = row["terminal_at_ms"]
+    if at is None:
+        return None
+    tokens = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+    return at // 60_000, row["site"], row["state"], tokens
+
+
+def _count_ended(
+    connection: Connection,
+    before: Mapping[str, Ended | None],
+    rows: Mapping[str, Mapping[str, Any]],
+    touched: set[str],
+) -> None:
+    """Move the touched requests in ``ended_minutes`` from where they counted to where they
+    count now: one upsert of the sums that changed, in key order (two projectors' batches
+    lock the same rows in the same order)."""
+    moved: dict[tuple[int, str, str], list[int]] = {}
+    for rid in touched:
+        was, now = before.get(rid), _ended(rows[rid])
+        if was == now:
+            continue
+        for ended, sign in ((was, -1), (now, 1)):
+            if ended is not None:
+                sums = moved.setdefault(ended[:3], [0, 0])
+                sums[0] += sign
+                sums[1] += sign * ended[3]
+    changed = [
+        {"minute": k[0], "site": k[1], "state": k[2], "requests": n, "tokens": t}
+        for k, (n, t) in sorted(moved.items())
+        if n or t
+    ]
+    if not changed:
+        return
+    postgres = connection.dialect.name == "postgresql"
+    statement = (postgresql.insert if postgres else sqlite.insert)(_ENDED)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[_ENDED.c.minute, _ENDED.c.site, _ENDED.c.state],
+            set_={
+                "requests": _ENDED.c.requests + statement.excluded.requests,
+                "tokens": _ENDED.c.tokens + statement.excluded.tokens,
+            },
+        ),
+        changed,
     )
 
 

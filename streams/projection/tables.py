@@ -12,6 +12,8 @@ epoch milliseconds, as on the topics.
 ``projected_offsets``  how far the live projector has read each partition of [lifecycle] (the
                   next offset), written in the transaction of the batch it read: a partition
                   whose records were all dead-lettered has no transition to say so
+``ended_minutes`` the requests that ended in each minute, by site and state, and their tokens
+                  (migration 0007): what the console's overview counts, kept with the rows
 """
 
 from __future__ import annotations
@@ -140,6 +142,21 @@ class ProjectedOffsetRow(Base):
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class EndedMinuteRow(Base):
+    """The requests that ended in each minute, by site and state, and their tokens (migration
+    0007): what the console's overview counts, kept by ``ProjectionStore.apply`` beside the
+    request rows it sums (a request counts where its ``terminal_at_ms`` puts it, in its
+    current state)."""
+
+    __tablename__ = "ended_minutes"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # terminal_at_ms // 60,000
+    site: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)  # prompt and completion, NULLs as 0
 
 
 # columns that identify a transition apart from where it was read (a replay compares these)

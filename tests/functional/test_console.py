@@ -798,9 +798,10 @@ async def test_the_timeline_says_a_text_was_cut_at_max_tokens(signed_in: Console
     assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-1")
 
     engine = signed_in.client.app[SERVICES].queries.engine
-    head = migrate.head()
-    previous = ScriptDirectory.from_config(migrate.alembic_config()).get_revision(head)
-    migrate.migrate_to(engine, str(previous.down_revision))
+    migrate.migrate_to(engine, "0006")  # behind the console, with the column: still said
+    behind = await signed_in.page("/request?id=pub-2")
+    assert 'id="schema-behind"' in behind and 'id="truncated">text cut at max_tokens<' in behind
+    migrate.migrate_to(engine, "0005")  # the migration before the column
     behind = await signed_in.page("/request?id=pub-2")
     assert 'id="schema-behind"' in behind and 'id="state">published<' in behind
     assert "cut at max_tokens" not in behind
@@ -1051,6 +1052,28 @@ def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
     assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
     [in_flight] = [p for p in plans if p not in ended]
     assert "USING INDEX ix_requests_in_flight" in in_flight, plans
+
+
+def test_the_overview_counts_whole_minutes_from_the_projectors_counts_a_minute(tmp_path: Path):
+    """Migration 0007: the window's whole minutes from a range of ``ended_minutes`` (the
+    counts a minute, site and state), its partial first and last minute and the latencies from
+    ``ix_requests_ended``."""
+    engine = make_engine(projection(tmp_path))
+    queries = ConsoleQueries(engine)
+    since = NOW_MS - 86_400_000 + 1_234
+    ran = statements_of(engine, lambda: queries.overview(since, NOW_MS, minutes=True))
+    with engine.connect() as connection:
+        plans = [
+            " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {s}", p))
+            for s, p in ran
+        ]
+    engine.dispose()
+    minutes = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "ended_minutes" in sql]
+    assert len(minutes) == 2, plans
+    assert all("SEARCH ended_minutes USING INDEX" in p and "minute>?" in p for p in minutes), plans
+    ended = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "terminal_at" in sql]
+    # each count's two partial minutes (NOW_MS is on a minute's edge: one), the latencies
+    assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
 
 
 def statements_of(engine: Any, work: Any) -> list[tuple[str, Any]]:

@@ -680,7 +680,7 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
         assert store.is_current()
         # what the migrations down and up again dropped (a replay gives it back, from the log)
         lost = {"truncated": False} if head == "0006" else {}
-        assert snapshot(store) == ([row | lost for row in rows[0]], rows[1])
+        assert snapshot(store) == ([row | lost for row in rows[0]], rows[1], rows[2])
     finally:
         store.close()
 

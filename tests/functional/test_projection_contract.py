@@ -280,7 +280,7 @@ async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(datab
             async with _Applier(store, set()) as applier:
                 await applier.apply([None])  # type: ignore[list-item]  # not an event
                 await applier.apply(records)
-        assert snapshot(store) == ([], [])
+        assert snapshot(store) == ([], [], [])
         release, written = threading.Event(), []
         if store.in_process:
             release.set()  # SQLite's batches are applied inline
