@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # (``TALKSTREAM_STOP_DRAIN_SECONDS``), before it stops without what Kafka has not taken: what
 # it holds unsent, the offsets it could not commit (README, "Stopping")
 KAFKA_STOP_SECONDS = 5.0
+# how long the producer's own stop may take once the app gave up on Kafka
+CLOSE_SECONDS = 1.0
 
 
 class Producer(driver.Producer):
@@ -50,6 +52,30 @@ class Producer(driver.Producer):
     @property
     def _producer_type(self) -> type[IdempotentProducer]:
         return IdempotentProducer
+
+    async def on_stop(self) -> None:
+        """faust's stop of aiokafka's producer, which waits for its requests in flight: to a
+        broker that accepts connections and answers nothing (hung, a network dropping
+        everything), for the producer's request timeout (20 minutes). Once a stopping app gave
+        up on Kafka (every record failed) it gets :data:`CLOSE_SECONDS` more, then is cut
+        short (its requests in flight cancelled)."""
+        given_up = getattr(self.app, "kafka_given_up", None)
+        stopping = asyncio.ensure_future(super().on_stop())
+        if given_up is None:
+            await stopping
+            return
+        giving_up = asyncio.ensure_future(given_up.wait())
+        try:
+            await asyncio.wait([stopping, giving_up], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+            if not stopping.done():
+                stopping.cancel()
+                await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+        finally:
+            giving_up.cancel()
+        if stopping.done() and not stopping.cancelled():
+            stopping.result()
 
 
 class Consumer(driver.Consumer):
@@ -104,6 +130,28 @@ class Consumer(driver.Consumer):
             return committing.result()
         committing.cancel()
         return False
+
+    async def wait_empty(self) -> None:
+        """faust's wait, as a stop begins, until the agents acknowledged every message they
+        took, ended once a stopping app gave up on Kafka: the ledger takes messages while it
+        can (a batch of which Kafka took no output is read back from Kafka to be decided
+        again), and with a broker that accepts connections and answers nothing (hung, a
+        network dropping everything) each read back waited for it, for good. What the agents
+        did not acknowledge is not committed: the partition's next owner reads it again.
+        (faust's loop swallows a cancellation; it ends once nothing is left to wait for.)"""
+        given_up = getattr(self.app, "kafka_given_up", None)
+        if given_up is None:
+            await super().wait_empty()
+            return
+        waiting = asyncio.ensure_future(super().wait_empty())
+        giving_up = asyncio.ensure_future(given_up.wait())
+        try:
+            await asyncio.wait([waiting, giving_up], return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():  # given up: it ends at its next look (within a second)
+                self._unacked_messages.clear()
+            await waiting
+        finally:
+            giving_up.cancel()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """faust's records, each noted as taken (:meth:`taken`) before faust hands it on.

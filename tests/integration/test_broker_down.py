@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -137,15 +138,20 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
 STOP_BOUND_SECONDS = 45.0
 
 
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
 def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_nothing(
-    own_broker: EmbeddedKafka, tmp_path
+    outage: str, own_broker: EmbeddedKafka, tmp_path
 ) -> None:
-    """Calls run when the broker stops, so their results wait in the worker's producer; the
-    worker told to stop (SIGTERM: a deploy, systemd, Kubernetes) then ends within the drain,
-    the wait for Kafka and a few seconds, saying what it stopped without. Started again with
-    the broker back, every webhook accepted ends published: what Kafka never acknowledged
-    was not taken as done (the results not reported are told lost, and called again)."""
+    """Calls run when the broker stops (or hangs: SIGSTOP, its connections open and nothing
+    answered), so their results wait in the worker's producer; the worker told to stop
+    (SIGTERM: a deploy, systemd, Kubernetes) then ends within the drain, the wait for Kafka and
+    a few seconds, saying what it stopped without. Started again with the broker back, every
+    webhook accepted ends published: what Kafka never acknowledged was not taken as done (the
+    results not reported are told lost, and called again). (Hung, the stop also waited for
+    the ledger reading a batch back, and for the producer's requests in flight.)"""
     drain = Settings.model_fields["stop_drain_seconds"].default
+    pid = own_broker.status().pid
+    assert pid is not None
     system = System(own_broker, tmp_path)
     system.start()
     try:
@@ -161,7 +167,10 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
             lambda: system.openai("GET", "/_stats")["in_flight"] >= 4, 60, what="calls running"
         )
 
-        assert own_broker.stop()
+        if outage == "stopped":
+            assert own_broker.stop()
+        else:
+            os.kill(pid, signal.SIGSTOP)
         worker = system.procs.pop("worker")
         worker.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -183,9 +192,14 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
         assert "records it held unacknowledged (" in said[0], said[0]
         assert took > drain + KAFKA_STOP_SECONDS - 1, f"gave up on Kafka after {took:.1f}s"
 
-        own_broker.start(timeout=120)
+        if outage == "stopped":
+            own_broker.start(timeout=120)
+        else:
+            os.kill(pid, signal.SIGCONT)
         system.start_worker()
         rows = system.wait_terminal(accepted, timeout=180)
         assert {rid: row.state for rid, row in rows.items()} == dict.fromkeys(accepted, "published")
     finally:
+        if outage == "hung":
+            os.kill(pid, signal.SIGCONT)  # (again: a failure above may have left it stopped)
         system.stop()
