@@ -371,7 +371,8 @@ def _database_url_usable(url: str) -> None:
 
 def _projector_child(app: Any) -> None:
     """The projector in a child process, so that its SQL work and its reading of [lifecycle]
-    do not share the worker's GIL: started now, watched every second, stopped at exit."""
+    do not share the worker's GIL: started now, watched every second, told to stop as the
+    worker starts to stop (so both stop at once), waited for at exit."""
     import atexit
 
     from streams.agents.projector import ProjectorProcess
@@ -380,6 +381,11 @@ def _projector_child(app: Any) -> None:
     child.start()
     atexit.register(child.stop)
     app.timer(interval=1.0, name="projector_process")(child.watch)
+
+    async def stopping() -> None:  # as the worker starts to stop
+        child.terminate()
+
+    app.before_stop.append(stopping)
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """faust's aiokafka transport (``talkstream://`` broker URLs) with an idempotent producer, and a
 consumer that fetches only the partitions faust reads; faust's topics without
 its detours per record sent; faust's streams, whose batches wait for messages, not for a
-clock; and faust's app without the sensor nothing reads, which stops lingering when it stops.
+clock; and faust's app without the sensor nothing reads, which stops lingering when it stops
+and gives Kafka a bounded time to take what it holds (:data:`KAFKA_STOP_SECONDS`).
 
 faust turns idempotence on only inside its (broken, DESIGN.md §4) exactly-once transactions.
 The worker's producer writes every decision (commands, lifecycle events, the table's
@@ -13,16 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from time import monotonic
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaTimeoutError
+from faust.transport.consumer import ConsumerThread as FaustConsumerThread
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from mode.utils.locks import Event
 
-from streams.kafka_options import IdempotentProducer, lingering_no_more
+from streams.kafka_options import IdempotentProducer, lingering_no_more, stop_consumer
+
+log = logging.getLogger(__name__)
+
+# how long a stopping worker waits for Kafka, after its executors' drain
+# (``TALKSTREAM_STOP_DRAIN_SECONDS``), before it stops without what Kafka has not taken: what
+# it holds unsent, the offsets it could not commit (README, "Stopping")
+KAFKA_STOP_SECONDS = 5.0
+# how long the producer's own stop may take once the app gave up on Kafka
+CLOSE_SECONDS = 1.0
 
 
 class Producer(driver.Producer):
@@ -39,6 +52,30 @@ class Producer(driver.Producer):
     @property
     def _producer_type(self) -> type[IdempotentProducer]:
         return IdempotentProducer
+
+    async def on_stop(self) -> None:
+        """faust's stop of aiokafka's producer, which waits for its requests in flight: to a
+        broker that accepts connections and answers nothing (hung, a network dropping
+        everything), for the producer's request timeout (20 minutes). Once a stopping app gave
+        up on Kafka (every record failed) it gets :data:`CLOSE_SECONDS` more, then is cut
+        short (its requests in flight cancelled)."""
+        given_up = getattr(self.app, "kafka_given_up", None)
+        stopping = asyncio.ensure_future(super().on_stop())
+        if given_up is None:
+            await stopping
+            return
+        giving_up = asyncio.ensure_future(given_up.wait())
+        try:
+            await asyncio.wait([stopping, giving_up], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+            if not stopping.done():
+                stopping.cancel()
+                await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+        finally:
+            giving_up.cancel()
+        if stopping.done() and not stopping.cancelled():
+            stopping.result()
 
 
 class Consumer(driver.Consumer):
@@ -65,6 +102,56 @@ class Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._taken: dict[TP, int] = {}
+
+    def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """A commit, given up on (not committed) once a stopping app gave up on Kafka
+        (:meth:`App.give_up_on_kafka`): aiokafka retries a commit for as long as it finds no
+        group coordinator, and faust commits before it stops (and waits for every commit):
+        with Kafka down a stop waited for good. Offsets not committed are read again by the
+        partition's next owner; the ledger's own mark in its table says what it stored."""
+        given_up = getattr(self.app, "kafka_given_up", None)
+        if given_up is None:
+            return await super()._commit(offsets)
+        if given_up.is_set():
+            return False
+        committing = asyncio.ensure_future(super()._commit(offsets))
+        giving_up = asyncio.ensure_future(given_up.wait())
+        try:
+            await asyncio.wait([committing, giving_up], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # as before: the commit is cancelled with its caller
+            committing.cancel()
+            raise
+        finally:
+            giving_up.cancel()
+        if committing.done():
+            return committing.result()
+        committing.cancel()
+        return False
+
+    async def wait_empty(self) -> None:
+        """faust's wait, as a stop begins, until the agents acknowledged every message they
+        took, ended once a stopping app gave up on Kafka: the ledger takes messages while it
+        can (a batch of which Kafka took no output is read back from Kafka to be decided
+        again), and with a broker that accepts connections and answers nothing (hung, a
+        network dropping everything) each read back waited for it, for good. What the agents
+        did not acknowledge is not committed: the partition's next owner reads it again.
+        (faust's loop swallows a cancellation; it ends once nothing is left to wait for.)"""
+        given_up = getattr(self.app, "kafka_given_up", None)
+        if given_up is None:
+            await super().wait_empty()
+            return
+        waiting = asyncio.ensure_future(super().wait_empty())
+        giving_up = asyncio.ensure_future(given_up.wait())
+        try:
+            await asyncio.wait([waiting, giving_up], return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():  # given up: it ends at its next look (within a second)
+                self._unacked_messages.clear()
+            await waiting
+        finally:
+            giving_up.cancel()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """faust's records, each noted as taken (:meth:`taken`) before faust hands it on.
@@ -141,6 +228,18 @@ class Consumer(driver.Consumer):
             return
         with contextlib.suppress(RuntimeError):  # the thread's loop is closed: it stopped
             loop.call_soon_threadsafe(_set_fetching, consumer, tps, fetching)
+
+
+class ConsumerThread(driver.AIOKafkaConsumerThread):
+    """faust's consumer thread, whose aiokafka consumer is stopped with :func:`stop_consumer`.
+    With its broker down, aiokafka's ``stop()`` raised the cancellation of a fetch caught
+    sleeping after a failed request: the thread ended without telling faust, which waited its
+    shutdown timeout (60 s) for it at every stop during an outage."""
+
+    async def on_thread_stop(self) -> None:
+        await FaustConsumerThread.on_thread_stop(self)  # its method queue
+        if self._consumer is not None:
+            await stop_consumer(self._consumer)
 
 
 def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
@@ -278,17 +377,78 @@ class App(faust.App):
         # run as the app starts to stop, while its producer and agents are still up (the
         # executors hand back what they hold)
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
+        # how long a stop waits for Kafka before it goes on without it (``streams.app`` adds
+        # the executors' drain), and whether it has given up
+        self.stop_seconds = KAFKA_STOP_SECONDS
+        self.kafka_given_up = asyncio.Event()
+        self._giving_up: asyncio.TimerHandle | None = None
+        self._stop_began = 0.0
 
     async def on_stop(self) -> None:
         """Stopping, the producer lingers no more (``lingering_no_more``): faust then waits for
-        its streams and their outputs, which a long linger held back for as long."""
+        its streams and their outputs, which a long linger held back for as long.
+
+        And the stop waits for Kafka ``stop_seconds`` at most (:meth:`give_up_on_kafka`): with
+        Kafka down, faust waited for the ledger's outputs and the changelog (up to the
+        producer's request timeout, 20 minutes), for commits (for good) and for its own
+        shutdown steps, and a supervisor's grace period (30 s) ended in a SIGKILL."""
         lingering_no_more(self._producer)
-        for failed in await asyncio.gather(
-            *(hook() for hook in self.before_stop), return_exceptions=True
-        ):
-            if isinstance(failed, BaseException):
-                self.log.exception("stopping: %r", failed)
+        loop = asyncio.get_running_loop()
+        self._stop_began = loop.time()
+        self._giving_up = loop.call_later(self.stop_seconds, self.give_up_on_kafka)
+        hooks = [asyncio.ensure_future(hook()) for hook in self.before_stop]
+        if hooks:
+            _, left = await asyncio.wait(hooks, timeout=self.stop_seconds)
+            if left:  # what they wait for (a commit) never comes: they end here
+                self.give_up_on_kafka()
+                for hook in left:
+                    hook.cancel()
+            for failed in await asyncio.gather(*hooks, return_exceptions=True):
+                if isinstance(failed, BaseException) and not isinstance(
+                    failed, asyncio.CancelledError
+                ):
+                    self.log.exception("stopping: %r", failed)
         await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        if self._giving_up is not None:  # stopped in time
+            self._giving_up.cancel()
+
+    def give_up_on_kafka(self) -> None:
+        """The stop goes on without Kafka: every record the producer still holds fails (the
+        ledger stores no state of a batch Kafka did not take all of, an executor's result not
+        acknowledged stays unreported in its commit mark, so the next run tells the ledger it
+        was lost), and every commit still waited for, or asked for from now on, is not made
+        (:meth:`Consumer._commit`). Said in one WARNING, with the records left by topic."""
+        if self.kafka_given_up.is_set():
+            return
+        self.kafka_given_up.set()
+        waited = asyncio.get_running_loop().time() - self._stop_began
+        producer = getattr(self._producer, "_producer", None)
+        dropped = (
+            producer.give_up(
+                KafkaTimeoutError(f"the worker stopped before Kafka took it ({waited:.0f}s)")
+            )
+            if isinstance(producer, IdempotentProducer)
+            else {}
+        )
+        held = (
+            f"{sum(dropped.values())} records it held unacknowledged ("
+            + ", ".join(f"{topic}: {count}" for topic, count in sorted(dropped.items()))
+            + ")"
+            if dropped
+            else "no record held unacknowledged"
+        )
+        log.warning(
+            "stopping without Kafka: %.0fs into the stop, it has not acknowledged everything; "
+            "the worker ends with %s and its consumer offsets not committed since. Nothing is "
+            "lost: a batch whose outputs Kafka did not acknowledge is not stored and a call "
+            "whose result it did not acknowledge is not reported, so the next worker decides "
+            "and calls them again",
+            waited,
+            held,
+        )
 
     def on_rebalance_start(self) -> None:
         """faust keeps what each sensor noted at a rebalance's start for its return and end,

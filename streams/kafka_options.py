@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
@@ -221,14 +223,53 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
+        self._given_up: BaseException | None = None
 
     async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        if self._given_up is not None:  # a stop gave up on Kafka: nothing more is held
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(copy.copy(self._given_up))
+            refused.add_done_callback(_retrieved)  # (its sender may not wait for it)
+            return refused
         delivery: asyncio.Future[Any] = await super().send(*args, **kwargs)
         delivery.add_done_callback(self._delivered)
         return delivery
 
+    def give_up(self, reason: BaseException) -> Counter[str]:
+        """A process stopping stops waiting for Kafka: every record still held (not yet
+        acknowledged) fails with ``reason``, as does every record sent from now on, so that
+        whatever awaits a delivery (the ledger's batch, the executors' reports, a flush, the
+        producer's own ``stop``) ends now. Returns the records given up, by topic. Their
+        senders treat them as any failed delivery: not acknowledged, so not done."""
+        self._given_up = reason
+        accumulator = self._message_accumulator
+        # not sent any more; counted as in flight, where aiokafka looks for a batch that
+        # ends (one sent before and put back to be sent again is only found there)
+        for held in accumulator._batches.values():
+            accumulator._pending_batches.update(held)
+        accumulator._batches.clear()
+        dropped: Counter[str] = Counter()
+        for batch in list(accumulator._pending_batches):
+            if batch.future.done():
+                continue
+            dropped[batch.tp.topic] += batch.record_count
+            for delivery, _ in batch._msg_futures:  # one nobody awaits any more is no error
+                delivery.add_done_callback(_retrieved)
+            batch.failure(reason)
+        requeue = accumulator.reenqueue
+
+        def reenqueue(batch: Any) -> None:
+            """A batch in flight (whose request failed, to be retried) that was given up on is
+            not retried: aiokafka would put it back among the batches in flight, which it has
+            left once it failed (and its sender would end with a KeyError)."""
+            if not batch.future.done():
+                requeue(batch)
+
+        accumulator.reenqueue = reenqueue
+        return dropped
+
     def _delivered(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled():
+        if delivery.cancelled() or self._given_up is not None:
             return
         failed = delivery.exception()
         if failed is not None:
@@ -248,6 +289,11 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
         txn._pid_waiter = asyncio.get_running_loop().create_future()
         txn._sequence_numbers.clear()
+
+
+def _retrieved(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
 
 
 def reading_consumer(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
@@ -275,15 +321,24 @@ async def start_reading(consumer: Any, partitions: Sequence[TopicPartition]) -> 
 
 
 async def stop_consumer(consumer: Any) -> None:
-    """Stop an aiokafka consumer. aiokafka 0.14: a group-less consumer's ``stop()`` may re-raise
-    the cancellation of its own fetch task; only that one is swallowed, never a cancellation of
-    the task stopping it."""
+    """Stop an aiokafka consumer. aiokafka 0.14: ``stop()`` may re-raise the cancellation of
+    one of its own fetch tasks (a group-less consumer's, just started; any consumer's whose
+    broker is down, caught sleeping after a failed fetch: aio-libs/aiokafka#647), leaving the
+    rest of its close undone; that one is swallowed and the close finished, never a
+    cancellation of the task stopping it. (faust's consumer thread ended so, and faust waited
+    60 s for it: ``streams.faust_transport.ConsumerThread``.)"""
     task = asyncio.current_task()
     try:
         await consumer.stop()
     except asyncio.CancelledError:
         if task is not None and task.cancelling():
             raise
+        fetcher = getattr(consumer, "_fetcher", None)
+        pending = list(getattr(fetcher, "_pending_tasks", ()))
+        for left in pending:
+            left.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await consumer._client.close()
 
 
 def group_consumer(

@@ -440,12 +440,20 @@ class ProjectorProcess:
             log.error("the projector process exited (%s); starting it again", child.returncode)
             self.start()
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def terminate(self) -> None:
+        """Tell the child to stop (SIGTERM) and go on: a worker starting to stop stops its
+        projector alongside (each gives Kafka its own bounded time), and :meth:`stop` waits
+        for it at exit."""
         self._stopping = True
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.terminate()
         child = self._child
         if child is None or child.poll() is not None:
             return
-        child.terminate()
         try:
             child.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -1,4 +1,5 @@
-"""Clients while their broker is down: reconnects spaced out, and back soon after the broker.
+"""Clients while their broker is down: reconnects spaced out, and back soon after the broker;
+and a worker stopped while it is down.
 
 aiokafka connects again at every try of every retry loop (100 ms apart at most): while a
 broker was down a worker made about 115 connection attempts a second, an ingress holding a
@@ -10,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import subprocess
 import time
 import types
 import uuid
@@ -17,9 +21,12 @@ import uuid
 import pytest
 
 from streams.dev.kafka import EmbeddedKafka
+from streams.faust_transport import KAFKA_STOP_SECONDS
 from streams.kafka_options import IdempotentProducer, group_consumer, sending_now, stop_consumer
 from streams.kafka_reconnect import JITTER, MAX_SECONDS
-from tests.integration.conftest import create_topic
+from streams.settings import Settings
+from tests.integration.conftest import System, create_topic
+from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +92,114 @@ async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_bac
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(producer.stop(), 15)
         await stop_consumer(consumer)
+
+
+async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
+    own_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka's ``stop()`` re-raises the cancellation of a fetch caught sleeping its retry
+    back-off after a failed request (aio-libs/aiokafka#647) and leaves the rest of its close
+    undone. faust's consumer thread ended so, unnoticed, and faust waited 60 s for it at every
+    stop during an outage; ``stop_consumer`` (which the worker's consumer thread now uses)
+    swallows that one cancellation and finishes the close."""
+    topic = f"down-{uuid.uuid4().hex[:8]}"
+    await create_topic(own_broker.bootstrap, topic, partitions=1)
+    consumer = group_consumer({"bootstrap_servers": own_broker.bootstrap}, f"g-{topic}", "r")
+    consumer.subscribe([topic])
+    await consumer.start()
+    try:
+        await asyncio.wait_for(consumer.getmany(timeout_ms=2000), 60)  # joined and fetching
+        await asyncio.to_thread(own_broker.stop)
+        caplog.set_level(logging.ERROR, logger="aiokafka.consumer.fetcher")
+        caplog.clear()
+        fetcher = consumer._fetcher
+
+        def failed_fetch_asleep() -> bool:
+            # a fetch that failed logs it, then sleeps aiokafka's retry back-off (100 ms)
+            return any("Failed fetch messages" in r.getMessage() for r in caplog.records)
+
+        deadline = time.monotonic() + 60
+        while not failed_fetch_asleep():
+            assert time.monotonic() < deadline, "no fetch failed with the broker down"
+            await asyncio.sleep(0.005)
+        assert fetcher._pending_tasks, "the failed fetch is not pending"
+
+        await stop_consumer(consumer)  # raised CancelledError, its client left open
+        assert all(task.done() for task in fetcher._pending_tasks)
+        assert consumer._client._sync_task is None  # the client closed: no metadata refresh
+    finally:
+        await stop_consumer(consumer)
+
+
+# a stop with Kafka down: the drain, the wait for Kafka, and faust's own shutdown (~14 s
+# measured); a bound on a hang, not a speed: before, such a stop waited for what the producer
+# held (its request timeout, 20 minutes), for commits (for as long as Kafka was down) and 60 s
+# for faust's consumer thread
+STOP_BOUND_SECONDS = 45.0
+
+
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
+def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_nothing(
+    outage: str, own_broker: EmbeddedKafka, tmp_path
+) -> None:
+    """Calls run when the broker stops (or hangs: SIGSTOP, its connections open and nothing
+    answered), so their results wait in the worker's producer; the worker told to stop
+    (SIGTERM: a deploy, systemd, Kubernetes) then ends within the drain, the wait for Kafka and
+    a few seconds, saying what it stopped without. Started again with the broker back, every
+    webhook accepted ends published: what Kafka never acknowledged was not taken as done (the
+    results not reported are told lost, and called again). (Hung, the stop also waited for
+    the ledger reading a batch back, and for the producer's requests in flight.)"""
+    drain = Settings.model_fields["stop_drain_seconds"].default
+    pid = own_broker.status().pid
+    assert pid is not None
+    system = System(own_broker, tmp_path)
+    system.start()
+    try:
+        system.wait_ready()
+        # calls long enough to be running when the broker stops, and ending after it
+        system.openai("POST", "/_control", {"latency_seconds": 3})
+        accepted = []
+        for i in range(20):
+            status, answer = system.post(seed_params(f"stop{i}@example.com", content=f"stop {i}"))
+            assert status == 202, answer
+            accepted.append(answer["request_id"])
+        wait_until(
+            lambda: system.openai("GET", "/_stats")["in_flight"] >= 4, 60, what="calls running"
+        )
+
+        if outage == "stopped":
+            assert own_broker.stop()
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        worker = system.procs.pop("worker")
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        try:
+            code = worker.wait(timeout=STOP_BOUND_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+            raise AssertionError(
+                f"the worker was still stopping {STOP_BOUND_SECONDS:.0f}s after SIGTERM with "
+                f"Kafka down:\n{system.log('worker')}"
+            ) from None
+        took = time.monotonic() - signalled
+        assert code == 0, system.log("worker")
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        # it said what it stopped without: the calls' results Kafka never acknowledged
+        said = [line for line in log.splitlines() if "stopping without Kafka" in line]
+        assert len(said) == 1, said
+        assert "records it held unacknowledged (" in said[0], said[0]
+        assert took > drain + KAFKA_STOP_SECONDS - 1, f"gave up on Kafka after {took:.1f}s"
+
+        if outage == "stopped":
+            own_broker.start(timeout=120)
+        else:
+            os.kill(pid, signal.SIGCONT)
+        system.start_worker()
+        rows = system.wait_terminal(accepted, timeout=180)
+        assert {rid: row.state for rid, row in rows.items()} == dict.fromkeys(accepted, "published")
+    finally:
+        if outage == "hung":
+            os.kill(pid, signal.SIGCONT)  # (again: a failure above may have left it stopped)
+        system.stop()
