@@ -20,13 +20,12 @@ from time import monotonic
 from typing import Any, cast
 
 import faust
-from aiokafka.errors import KafkaTimeoutError
 from faust.transport.consumer import ConsumerThread as FaustConsumerThread
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from mode.utils.locks import Event
 
-from streams.kafka_options import IdempotentProducer, lingering_no_more, stop_consumer
+from streams.kafka_options import GivenUp, IdempotentProducer, lingering_no_more, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -427,9 +426,7 @@ class App(faust.App):
         waited = asyncio.get_running_loop().time() - self._stop_began
         producer = getattr(self._producer, "_producer", None)
         dropped = (
-            producer.give_up(
-                KafkaTimeoutError(f"the worker stopped before Kafka took it ({waited:.0f}s)")
-            )
+            producer.give_up(GivenUp(f"the worker stopped before Kafka took it ({waited:.0f}s)"))
             if isinstance(producer, IdempotentProducer)
             else {}
         )

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 
@@ -198,6 +199,11 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")
+
+
+class GivenUp(KafkaTimeoutError):  # type: ignore[misc]
+    """A record a stopping process gave up on (:meth:`IdempotentProducer.give_up`): said
+    once, in the stop's WARNING, not again by each of its senders."""
 
 
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]

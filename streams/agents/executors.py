@@ -41,7 +41,12 @@ from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
 from streams.errors import UpstreamError
-from streams.kafka_options import committed_with_metadata, consumer_lag, group_consumer
+from streams.kafka_options import (
+    GivenUp,
+    committed_with_metadata,
+    consumer_lag,
+    group_consumer,
+)
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
 from streams.upstream.scheduler import Job, Outcome, Scheduler
@@ -182,14 +187,14 @@ class Executor:
             key, value = job.record
             try:
                 deliveries.append((job, await topic.send(key=key, value=value)))
-            except Exception:
-                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+            except Exception as exc:
+                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
                 unsent.append(job)
         for job, delivery in deliveries:
             try:
                 await delivery
-            except Exception:
-                log.exception("%s could not hand back request_id=%s", self.config.name, job.key)
+            except Exception as exc:
+                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
                 unsent.append(job)
                 continue
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
@@ -395,10 +400,19 @@ class Executor:
                         key=command.person.encode(), value=encode(result)
                     )
                 )
-        except Exception:  # the ledger's deadline re-issues what is lost here
-            log.exception("%s could not report request_id=%s", self.config.name, command.request_id)
+        except Exception as exc:  # the ledger's deadline re-issues what is lost here
+            _unsent(exc, "%s could not report request_id=%s", self.config.name, command.request_id)
             return  # still unreported: a restart tells the ledger it was lost
         self._unreported.reported(command.request_id, command.attempt)
+
+
+def _unsent(exc: Exception, message: str, *args: Any) -> None:
+    """A record Kafka did not take: an ERROR with its traceback, but for one a stopping worker
+    gave up on (``GivenUp``), which the stop's WARNING counted: a DEBUG line."""
+    if isinstance(exc, GivenUp):
+        log.debug(message + " (the stop gave up on Kafka)", *args)
+    else:
+        log.error(message, *args, exc_info=exc)
 
 
 class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
