@@ -13,11 +13,12 @@ they are applied in the order the ledger decided them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     exists,
     func,
@@ -325,14 +326,14 @@ class ProjectionStore:
             return list(rows)
 
     def requests(self) -> list[RequestRow]:
+        return self._whole(lambda r: r.order_by(RequestRow.received_at_ms, RequestRow.request_id))
+
+    def _whole(
+        self, shaped: Callable[[Select[RequestRow]], Select[RequestRow]]
+    ) -> list[RequestRow]:
+        """The request rows ``shaped`` selects, every column (the deferred ones too)."""
         with self._session() as session:
-            return list(
-                session.scalars(
-                    select(RequestRow)
-                    .options(_WHOLE)
-                    .order_by(RequestRow.received_at_ms, RequestRow.request_id)
-                )
-            )
+            return list(session.scalars(shaped(select(RequestRow).options(_WHOLE))))
 
     def repeats_of(self, request_id: str, limit: int) -> list[RequestRow]:
         """The requests the ledger named after ``request_id`` (``<request_id>~<delivery>``):
@@ -340,32 +341,23 @@ class ProjectionStore:
         window, to which the ingress answered the same ``request_id``; oldest first, at most
         ``limit``."""
         r = RequestRow
-        with self._session() as session:
-            return list(
-                session.scalars(
-                    select(r)
-                    .options(_WHOLE)
-                    .where(r.request_id.startswith(f"{request_id}~", autoescape=True))
-                    .order_by(r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id)
-                    .limit(limit)
-                )
+        return self._whole(
+            lambda q: (
+                q.where(r.request_id.startswith(f"{request_id}~", autoescape=True))
+                .order_by(r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id)
+                .limit(limit)
             )
+        )
 
     def requests_of(self, person: str) -> list[RequestRow]:
         """A person's requests (``site:email``), newest first: by event time (whole seconds,
         as Talkable renders it), then by arrival."""
         r = RequestRow
-        with self._session() as session:
-            return list(
-                session.scalars(
-                    select(r)
-                    .options(_WHOLE)
-                    .where(r.person == person)
-                    .order_by(
-                        r.received_at_ms.desc(), r.arrived_at_ms.desc().nulls_last(), r.request_id
-                    )
-                )
+        return self._whole(
+            lambda q: q.where(r.person == person).order_by(
+                r.received_at_ms.desc(), r.arrived_at_ms.desc().nulls_last(), r.request_id
             )
+        )
 
     def stats_rows(
         self, since_ms: int | None = None, until_ms: int | None = None, site: str | None = None
