@@ -8,8 +8,9 @@ on: a malformed request line quoted whole, query string included (a webhook conf
 GET or a form may carry ``api_key`` there), a header's value, the body bytes left past a short
 ``Content-Length``. Three places answer for aiohttp, and each is covered here:
 
-- its HTTP parser (a malformed or too long request line or header, too many headers, a broken
-  chunked or compressed body that arrives with its headers): the connection's
+- its HTTP parser (a malformed request line or header, a request line too long (414), a
+  header too long or too many (431), a broken chunked or compressed body that arrives with
+  its headers): the connection's
   ``RequestHandler.handle_error``, which no middleware sees. aiohttp offers no hook for it
   (aio-libs/aiohttp#3287), so :class:`AppRunner` serves the app on connections whose
   ``handle_error`` answers in JSON; ``run_app`` is aiohttp's ``web.run_app`` on it.
@@ -84,6 +85,12 @@ BY_REASON: tuple[tuple[str, Refusal], ...] = (
     ("header", MALFORMED_HEADER),
     ("method", NO_METHOD),
 )
+# the compiled parser's callbacks that raise LineTooLong, by what they read
+SPANS = {
+    "cb_on_url": "request line",
+    "cb_on_header_field": "headers",
+    "cb_on_header_value": "headers",
+}
 
 
 def body(field: str, message: str) -> dict[str, list[dict[str, str]]]:
@@ -99,6 +106,11 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
         longer = f"longer than {limit} bytes" if limit else "too long"
+        part = too_long(exc)
+        if part == "request line":  # RFC 9112 3: a target longer than the server parses
+            return 414, "request line", longer
+        if part == "headers":  # RFC 6585 5
+            return 431, "headers", f"a header is {longer}"
         return 400, "request", f"its request line or a header is {longer}"
     for kind, answer in BY_CLASS:
         if isinstance(exc, kind):
@@ -111,6 +123,31 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
             if word in reason:
                 return answer
     return MALFORMED
+
+
+def too_long(exc: LineTooLong) -> str | None:
+    """What the parser was reading when a line ran past its limit: ``"request line"``,
+    ``"headers"``, or None when that cannot be told.
+
+    aiohttp raises the one ``LineTooLong``, with the same limit (8190 bytes for both by
+    default) and the same message, for a request line and for a header, so it is told by where
+    it was raised: the compiled parser's callback for llhttp's span (``cb_on_url``, or
+    ``cb_on_header_field`` / ``cb_on_header_value``, a trailer's too), or the pure-Python
+    parser's lines of the message so far (none: this is its request line). A chunk's line,
+    which only the pure-Python parser limits, is neither."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    where = frame.f_code.co_name.rpartition(".")[2]
+    if where in SPANS:
+        return SPANS[where]
+    lines = getattr(frame.f_locals.get("self"), "_lines", None)
+    if where == "feed_data" and isinstance(lines, list):
+        return "headers" if lines else "request line"
+    return None
 
 
 def _answer(status: int, field: str, message: str, headers: Any = None) -> web.Response:

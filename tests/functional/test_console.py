@@ -326,7 +326,7 @@ async def test_a_request_too_long_to_read_leaves_its_bytes_and_the_token_out_of_
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp answers, then closes
     writer.close()
-    assert b"400 Bad Request" in answer
+    assert b"431 Request Header Fields Too Large" in answer
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aiohttp.server"]
     assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (400)")]
     assert not any(r.exc_info for r in caplog.records)
@@ -349,8 +349,13 @@ def refused(answer: Answer, status: int, field: str) -> str:
     [
         (
             f"GET /requests HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}{'0' * 9000}",
-            400,
-            "request",
+            431,
+            "headers",
+        ),
+        (
+            f"GET /requests?token={TOKEN}&secret={'0' * 9000} HTTP/1.1\r\nHost: t",
+            414,
+            "request line",
         ),
         (f"GET /requests?token={TOKEN}&secret=1 HTTP/9.Z\r\nHost: t", 400, "request line"),
         (f"GE(T /requests?token={TOKEN}&secret=1 HTTP/1.1\r\nHost: t", 400, "method"),
@@ -358,6 +363,7 @@ def refused(answer: Answer, status: int, field: str) -> str:
     ],
     ids=[
         "a header too long",
+        "a request line too long",
         "an HTTP version that is none",
         "a method that is no token",
         "a control character in a header",

@@ -10,13 +10,19 @@ the request line with its query string (a webhook sent as a GET or a form carrie
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
+from unittest import mock
 
 import pytest
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from streams.ingress import PATH
+from streams.refusals import too_long
 from tests.functional.conftest import (
     OPENAI_KEY,
     SECRETS,
@@ -65,13 +71,26 @@ MALFORMED: dict[str, tuple[str, int, str]] = {
     ),
     "a request line too long": (
         f"POST {LINE}&pad={LONG} HTTP/1.1\r\nHost: x\r\n\r\n",
-        400,
-        "request",
+        414,
+        "request line",
     ),
+    "a request line too long, its end not sent": (f"POST {LINE}&pad={LONG}", 414, "request line"),
     "a header too long": (
         f"POST {LINE} HTTP/1.1\r\nHost: x\r\nX-Key: {HEADER_SECRET}{LONG}\r\n\r\n",
-        400,
-        "request",
+        431,
+        "headers",
+    ),
+    "a header's name too long": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nX-{HEADER_SECRET}{LONG}: 1\r\n\r\n",
+        431,
+        "headers",
+    ),
+    "a trailer too long": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\nX-Key: {HEADER_SECRET}{LONG}"
+        "\r\n\r\n",
+        431,
+        "headers",
     ),
     "too many headers": (
         f"POST {LINE} HTTP/1.1\r\nHost: x\r\n"
@@ -134,6 +153,60 @@ async def test_too_many_headers_says_how_many_are_taken(ingress: Ingress) -> Non
     answer = await exchange(ingress.client.server, raw.encode())
 
     assert refused(answer, status, field) == "more than 128 headers"
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("a request line too long", 414, "longer than 8190 bytes"),
+        ("a header too long", 431, "a header is longer than 8190 bytes"),
+    ],
+)
+async def test_a_line_too_long_says_the_limit(
+    ingress: Ingress, case: str, status: int, message: str
+) -> None:
+    raw, _, field = MALFORMED[case]
+
+    answer = await exchange(ingress.client.server, raw.encode())
+
+    assert refused(answer, status, field) == message
+
+
+# the parser the servers use (aiohttp's compiled one, when it has it) and the pure-Python one
+PARSERS = {"served": HttpRequestParser, "pure-Python": HttpRequestParserPy}
+
+
+@pytest.mark.parametrize("parser", PARSERS.values(), ids=PARSERS.keys())
+@pytest.mark.parametrize(
+    ("raw", "part"),
+    [
+        (f"GET /?{LONG} HTTP/1.1\r\nHost: x\r\n\r\n", "request line"),
+        (f"GET /?{LONG}", "request line"),
+        (f"GET / HTTP/1.1\r\nX-{LONG}: 1\r\n\r\n", "headers"),
+        (f"GET / HTTP/1.1\r\nX-Key: {LONG}\r\n\r\n", "headers"),
+        (f"GET / HTTP/1.1\r\nX-Key: {LONG}", "headers"),
+    ],
+    ids=["request line", "unfinished request line", "name", "value", "unfinished value"],
+)
+async def test_both_of_aiohttps_parsers_say_which_line_was_too_long(
+    parser: type[HttpRequestParser], raw: str, part: str
+) -> None:
+    """aiohttp raises the same LineTooLong, with the same limit, for a request line and for a
+    header: the compiled parser (the one served, when aiohttp has it) and the pure-Python one
+    (``AIOHTTP_NO_EXTENSIONS``) are each told apart; an aiohttp that raises them elsewhere
+    fails here, not by answering 400 again."""
+    reading = parser(
+        mock.create_autospec(BaseProtocol, instance=True),
+        asyncio.get_running_loop(),
+        2**16,
+        max_line_size=8190,
+        max_field_size=8190,
+    )
+
+    with pytest.raises(LineTooLong) as raised:
+        reading.feed_data(raw.encode())
+
+    assert too_long(raised.value) == part
 
 
 async def test_a_body_past_its_content_length_is_not_quoted_back(ingress: Ingress) -> None:
