@@ -105,13 +105,16 @@ class RedactBadRequests(logging.Filter):
             return True
         from aiohttp.http_exceptions import HttpProcessingError
 
+        from streams.refusals import refusal
+
         exc = record.exc_info[1]
         while exc is not None and not isinstance(exc, HttpProcessingError):
             exc = exc.__cause__
         if isinstance(exc, HttpProcessingError):
+            # the status answered, which is not always aiohttp's (a 414, a 431)
             record.msg, record.args = (
                 "refused a malformed HTTP request: %s (%s)",
-                (type(exc).__name__, exc.code),
+                (type(exc).__name__, refusal(exc, 0)[0]),
             )
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -328,7 +328,7 @@ async def test_a_request_too_long_to_read_leaves_its_bytes_and_the_token_out_of_
     writer.close()
     assert b"431 Request Header Fields Too Large" in answer
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aiohttp.server"]
-    assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (400)")]
+    assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (431)")]
     assert not any(r.exc_info for r in caplog.records)
     assert TOKEN not in caplog.text
 
