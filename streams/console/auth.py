@@ -14,6 +14,12 @@
 - Every answer carries a strict Content-Security-Policy (no script at all, styles and frames
   from the console only), ``nosniff``, ``no-store`` and no framing by other sites.
 
+What the door refuses is answered in the product's error shape, ``{"errors": [{"field":
+..., "message": ...}]}``, naming ``Authorization`` (401, with ``WWW-Authenticate: Bearer``),
+``Origin`` or ``csrf`` (403): scripts read it; a browser gets there only from a stale page
+(its session ended, its form's CSRF token old), and the message says what to do. A wrong
+token at the login form is the form again (401, HTML).
+
 Wrong tokens are logged without the token; the token is never rendered or logged.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -35,13 +42,17 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from streams.console.pages import AUTH, CSRF, render
-from streams.refusals import refusals
+from streams.refusals import body, refusals
 
 log = logging.getLogger(__name__)
 
 COOKIE = "talkstream_console"
 PUBLIC = frozenset({"/login", "/static/console.css"})
 MIN_TOKEN_CHARS = 16
+AUTHORIZATION = "Authorization"
+# what a 401 asks for (RFC 6750 3): the operator token as a bearer token (or the login form's)
+CHALLENGE = 'Bearer realm="talkstream console"'
+WRONG_TOKEN = f'{CHALLENGE}, error="invalid_token"'
 
 TOKEN = web.AppKey("console_token_digest", bytes)
 # the sessions logged out, by id, with when their cookie would expire: a copy of a logged-out
@@ -139,19 +150,25 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if bearer is not None:
         if not _matches(request.app, bearer):
             log.warning("console: refused a wrong bearer token path=%s", request.path)
-            raise web.HTTPUnauthorized(text="wrong token\n")
+            raise _refused(web.HTTPUnauthorized, AUTHORIZATION, "wrong token", WRONG_TOKEN)
         request[AUTH] = "bearer"
         return await handler(request)
     if request.method == "POST" and not _same_origin(request):
         log.warning("console: refused a cross-site POST path=%s", request.path)
-        raise web.HTTPForbidden(text="cross-site request refused\n")
+        raise _refused(
+            web.HTTPForbidden,
+            "Origin",
+            "cross-site request refused: a POST must come from the console's own pages",
+        )
     if request.path in PUBLIC:
         return await handler(request)
     session = await get_session(request)
     if not _signed_in(request.app, session):
         if request.method == "GET":
             raise web.HTTPSeeOther(f"/login?next={_quote(_back_to(request))}")
-        raise web.HTTPUnauthorized(text="log in first\n")
+        raise _refused(
+            web.HTTPUnauthorized, AUTHORIZATION, "log in first (or send a bearer token)", CHALLENGE
+        )
     request[AUTH] = "session"
     request[CSRF] = str(session.get("csrf", ""))
     if request.method == "POST":
@@ -159,8 +176,22 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         sent = form.get("csrf")
         if not isinstance(sent, str) or not hmac.compare_digest(sent, request[CSRF]):
             log.warning("console: refused a POST without the session's CSRF token")
-            raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page\n")
+            raise _refused(
+                web.HTTPForbidden, "csrf", "missing or wrong CSRF token: reload the page"
+            )
     return await handler(request)
+
+
+def _refused(
+    kind: type[web.HTTPException], field: str, message: str, challenge: str | None = None
+) -> web.HTTPException:
+    """The door's refusal in the product's error shape, naming what it refuses and quoting
+    nothing of the request; a 401 says how to authenticate (RFC 9110 11.6.1)."""
+    return kind(
+        text=json.dumps(body(field, message)),
+        content_type="application/json",
+        headers={"WWW-Authenticate": challenge} if challenge else None,
+    )
 
 
 def _signed_in(app: web.Application, session: Session) -> bool:
@@ -220,8 +251,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     target = _safe_next(target if isinstance(target, str) else None)
     if not isinstance(token, str) or not _matches(request.app, token.strip()):
         log.warning("console: a login with a wrong token from %s", request.remote)
-        response = render(request, "login.html", {"next": target, "wrong": True})
-        response.set_status(401)
+        response = render(request, "login.html", {"next": target, "wrong": True}, status=401)
+        response.headers["WWW-Authenticate"] = CHALLENGE
         return response
     session = await new_session(request)
     session["auth"] = request.app[TOKEN].hex()

@@ -451,6 +451,9 @@ async def test_a_wrong_token_does_not_log_in(console: Console):
         "/login", data={"token": "guess-guess-guess-guess"}, headers={"Origin": console.origin}
     )
     assert response.status == 401
+    # a browser's: the form again, saying so (a 401 says how to authenticate)
+    assert response.content_type == "text/html"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="talkstream console"'
     assert "That is not the token" in await response.text()
     assert (await console.client.get("/", allow_redirects=False)).status == 303
 
@@ -541,6 +544,65 @@ async def test_actions_need_the_csrf_token_and_the_consoles_own_origin(signed_in
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert "script-src" not in headers["Content-Security-Policy"]
     assert headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+async def test_what_the_door_refuses_is_json_naming_what_and_a_401_says_how_to_authenticate(
+    signed_in: Console,
+):
+    """A script reads the door's refusals as it reads every other answer: the product's JSON,
+    naming what is refused and quoting nothing it sent (a wrong token least of all); a 401
+    carries its challenge. They were text; a 401 had no WWW-Authenticate."""
+    guess = "a-wrong-token-guessed-by-a-script"
+    csrf = await signed_in.csrf()
+    answers = {
+        "a wrong bearer token": await signed_in.client.get(
+            "/requests", headers={"Authorization": f"Bearer {guess}"}
+        ),
+        "a POST from another site": await signed_in.post(
+            "/deadletters/preview", {"csrf": csrf}, Origin="http://evil.example"
+        ),
+        "a wrong CSRF token": await signed_in.post("/deadletters/preview", {"csrf": guess}),
+    }
+    signed_in.client.session.cookie_jar.clear()  # its session gone (it expired)
+    answers["a POST without a session"] = await signed_in.post(
+        "/deadletters/redrive", {"id": "park-1", "csrf": csrf}
+    )
+    challenge = 'Bearer realm="talkstream console"'
+    expected = {
+        "a wrong bearer token": (
+            401,
+            {"field": "Authorization", "message": "wrong token"},
+            f'{challenge}, error="invalid_token"',
+        ),
+        "a POST from another site": (
+            403,
+            {
+                "field": "Origin",
+                "message": "cross-site request refused: a POST must come from the console's "
+                "own pages",
+            },
+            None,
+        ),
+        "a wrong CSRF token": (
+            403,
+            {"field": "csrf", "message": "missing or wrong CSRF token: reload the page"},
+            None,
+        ),
+        "a POST without a session": (
+            401,
+            {"field": "Authorization", "message": "log in first (or send a bearer token)"},
+            challenge,
+        ),
+    }
+    for case, response in answers.items():
+        status, error, authenticate = expected[case]
+        said = await response.text()
+        assert (response.status, response.content_type) == (status, "application/json"), case
+        assert json.loads(said) == {"errors": [error]}, case
+        assert response.headers.get("WWW-Authenticate") == authenticate, case
+        assert response.headers["Content-Security-Policy"] == CSP, case
+        assert [x for x in (guess, TOKEN, csrf, "evil") if x in said] == [], case
+    assert signed_in.log.redrives == []
 
 
 async def test_values_from_webhooks_are_escaped_everywhere(signed_in: Console):
