@@ -326,13 +326,17 @@ def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
     )
 
 
+@pytest.mark.parametrize("status", [400, 200])
 async def test_another_requests_event_under_the_own_number_gets_the_text_under_the_other(
-    tk, talkable
+    tk, talkable, status
 ) -> None:
     """The same params a month later, their person forgotten by the ledger: the same id, so
     the request's own number is the earlier request's, whose event (other data) Talkable keeps.
     The text goes under the command's other number, once; asked again (its answer lost), the
-    same event again. Before, the "Duplicate entity" counted as landed and the text never did."""
+    same event again. Before, the "Duplicate entity" counted as landed and the text never did.
+    The same when it comes as a 200 whose envelope says it (``"ok": false``): that was a
+    ``BadRequest``, and the text was not written under the other number."""
+    tk.config.duplicate_status = status
     number, other = "generate_text_complete-r-1", "generate_text_complete-r-1~d-2"
     earlier = command(number=number).model_copy(
         update={"custom_properties": {"generated_text": "last month's"}}
