@@ -13,9 +13,12 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     403                                  Forbidden           reports; refuses the key a while
     404 model_not_found                  ModelNotFound       reports; refuses the model a while
     a compatible API's missing model:    ModelNotFound       reports; refuses the model a while
-      404 naming it "not found" (Ollama)
-      or "does not exist" (vLLM), 400
-      "Invalid model name" (LiteLLM)
+      404 naming it "not found" (Ollama,
+      LocalAI) or "does not exist" (vLLM),
+      400 "Invalid model name" (LiteLLM),
+      500 "could not load model" with no
+      file for it (LocalAI before its
+      404), 404 DeploymentNotFound (Azure)
     400/404/422 (anything else 4xx)      BadRequest          reports
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
@@ -74,6 +77,12 @@ _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
     "insufficient_quota": ("InsufficientQuota", "key"),
     "invalid_api_key": ("Unauthorized", "key"),
     "model_not_found": ("ModelNotFound", "model"),
+    # Azure OpenAI's 404 {"error": {"code": "DeploymentNotFound", "message": "The API deployment
+    # for this resource does not exist. If you created the deployment within the last 5
+    # minutes, please wait a moment and try again."}}: on its /openai/v1 API (the one an
+    # OpenAI client's base URL can name: its older per-deployment URLs need an ``api-version``
+    # query and an ``api-key`` header) a request's model is the deployment's name
+    "DeploymentNotFound": ("ModelNotFound", "model"),
 }
 # what an OpenAI-compatible API answers, without OpenAI's code, for a model it does not serve,
 # by status; each names the model asked for ({m}), as the server quotes it. Ollama's /v1: 404
@@ -83,10 +92,18 @@ _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
 # 404} (later inside {"error": ...}); LiteLLM's proxy: 400 {"error": {"message": "{'error':
 # '/chat/completions: Invalid model name passed in model=llama9. Call `/v1/models` to view
 # available models for your key.'}", "type": "None", "code": "400"}} (its message once a JSON
-# object, once without the period). A 404 of the path (a base URL without /v1) names no model.
+# object, once without the period); LocalAI: 404 {"error": {"code": 404, "message": "model
+# \"llama9\" not found. To see available models, call GET /v1/models", "type":
+# "invalid_request_error"}}, and before it checked the name (2.x) 500 {"error": {"code": 500,
+# "message": "could not load model - all backends returned error: 9 errors occurred:\n\t* could
+# not load model: rpc error: code = Unknown desc = stat /models/llama9: no such file or
+# directory\n\t* ...", "type": ""}}: its 500 only with no file for the model (a backend that
+# crashed or ran out of memory, "could not load model: rpc error: ... EOF", is an outage). A 404
+# of the path (a base URL without /v1) names no model.
 _MISSING_MODEL = {
     404: "model \"{m}\" not found|model '{m}' not found|The model `{m}` does not exist",
     400: r"Invalid model name passed in model={m}(?!\.?[\w:/-])",  # (not a longer name's start)
+    500: r"(?s)could not load model\b.*\bstat \S*/{m}: no such file or directory",
 }
 
 
@@ -333,7 +350,8 @@ def missing_model(status: int, message: str | None, model: str) -> bool:
     """Whether an error answer without OpenAI's code is an OpenAI-compatible API's for the
     model asked for, which it does not serve (``_MISSING_MODEL``): the model refused a while,
     as OpenAI's ``model_not_found`` refuses it. Only the answers known to mean it, naming that
-    model: any other 404 (a path the API does not have) or 400 stays about the request."""
+    model: any other 404 (a path the API does not have) or 400 stays about the request, any
+    other 500 an outage."""
     shapes = _MISSING_MODEL.get(status)
     if shapes is None or not message or not model:
         return False

@@ -8,7 +8,8 @@ properties attach to the person, where campaigns read them. What an answer means
     2xx with a JSON object (Talkable's      (success)       reports it
         ``{"ok": true, ...}``)
     2xx with ``"ok": false`` (Talkable's    BadRequest      reports
-        error envelope)
+        error envelope; "Duplicate entity"
+        in it: as the 400 below)
     2xx whose body is not a JSON object     BadAnswer       asks again, ends it the third
         (HTML from a proxy, empty)                          time (no circuit)
     3xx (not followed: a base URL that      BadRequest      reports
@@ -18,15 +19,15 @@ properties attach to the person, where campaigns read them. What an answer means
     404 / 405 that is not Talkable's        BadRequest      reports (the message names the
         envelope (a base URL without                        base URL to check)
         ``/api/v2``)
-    400 "Duplicate entity", the request's   written under   another request of the same
-        own number (``..-<request_id>``)    its other       id holds it (the same params,
-                                            number          their person forgotten); with
+    400 (or 2xx ``"ok": false``)            written under   another request of the same
+        "Duplicate entity", the request's   its other       id holds it (the same params,
+        own number (``..-<request_id>``)    number          their person forgotten); with
                                                             no other number (an earlier
                                                             version's attempt), or that one
                                                             held too: (success), an earlier
                                                             attempt landed
-    400 "Duplicate entity", a number the    DuplicateEvent- reports (the text was not
-        campaign gave                       Number          written: another event has it)
+    the same, a number the campaign gave    DuplicateEvent- reports (the text was not
+                                            Number          written: another event has it)
     429                                     RateLimited     waits (retry-after)
     401 / 403                               Unauthorized /  reports; refuses the site's key
                                             Forbidden       a while
@@ -143,7 +144,9 @@ class TalkableClient:
             raise PublishError(
                 "the site's Talkable API key cannot be sent as a header value", reason="InvalidKey"
             ) from None
-        if status == 400 and DUPLICATE_ENTITY in message.lower():
+        if (status == 400 or 200 <= status < 300) and DUPLICATE_ENTITY in message.lower():
+            # (a 2xx here is Talkable's error envelope, "ok": false, whose message says so: the
+            # same answer as its 400, whatever the status it came with)
             # Talkable answers this only when the event it has under the number holds other
             # data (an identical one is a success). The request's own number is made from its
             # id: an earlier request of the same id (``other_event_number``, tried next), or an
@@ -155,7 +158,7 @@ class TalkableClient:
             ):
                 return Publication(duplicate=True), limits
             raise PublishError(
-                "Talkable answered 400 Duplicate entity: it has an event with this request's"
+                f"Talkable answered {status} Duplicate entity: it has an event with this request's"
                 " event_number and other data (another request's: the campaign gives the same"
                 " event_number to more than one request), so the text was not written",
                 reason="DuplicateEventNumber",

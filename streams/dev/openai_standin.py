@@ -26,7 +26,8 @@ a minute, with OpenAI's 429 "Request too large ... The input or output tokens mu
 ``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
 ``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``, or what an
 OpenAI-compatible server answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
-LiteLLM's proxy's 400, none with OpenAI's code). A key in
+LiteLLM's proxy's 400, LocalAI's 500 (its 2.x "could not load model"), none with OpenAI's code;
+Azure OpenAI's 404 ``DeploymentNotFound``). A key in
 ``refusal_keys`` is answered 200 with the model's refusal (``message.refusal``, no content), one
 in ``content_filter_keys`` with what the filter left of a text (``finish_reason:
 content_filter``): billed answers without a text, after the limits and validation. A reasoning
@@ -98,7 +99,9 @@ class OpenAIStandinConfig:
     insufficient_quota_keys: set[str] = field(default_factory=set)
     unknown_models: set[str] = field(default_factory=set)
     # whose answer to a model in unknown_models: OpenAI's, or an OpenAI-compatible server's
-    unknown_model_answer: Literal["openai", "ollama", "vllm", "litellm"] = "openai"
+    unknown_model_answer: Literal["openai", "ollama", "vllm", "litellm", "localai", "azure"] = (
+        "openai"
+    )
     # answered 200 without a text, as OpenAI answers a prompt it will not write for: the
     # model's refusal (``message.refusal``), or a text its filter cut (``content_filter``)
     refusal_keys: set[str] = field(default_factory=set)
@@ -194,6 +197,22 @@ def _unknown_model(model: str, server: str) -> web.Response:
         }
         error = {"message": str(detail), "type": "None", "param": "None", "code": "400"}
         return web.json_response({"error": error}, status=400)
+    if server == "localai":  # 2.x: no file for it, after trying each backend (later: a 404)
+        message = (
+            "could not load model - all backends returned error: 2 errors occurred:\n\t* could"
+            " not load model: rpc error: code = Unknown desc = stat /build/models/"
+            f"{model}: no such file or directory\n\t* grpc process not found:"
+            " /tmp/localai/backend_data/backend-assets/grpc/stablediffusion\n\n"
+        )
+        body = {"error": {"code": 500, "message": message, "type": ""}}
+        return web.json_response(body, status=500)
+    if server == "azure":  # its /openai/v1: the model is a deployment's name
+        message = (
+            "The API deployment for this resource does not exist. If you created the deployment"
+            " within the last 5 minutes, please wait a moment and try again."
+        )
+        error = {"code": "DeploymentNotFound", "message": message}
+        return web.json_response({"error": error}, status=404)
     message = f"The model `{model}` does not exist or you do not have access to it."
     return _error(404, message, code="model_not_found")
 

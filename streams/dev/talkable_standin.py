@@ -5,7 +5,8 @@ Implements what talkstream uses, in the shapes of Talkable's published OpenAPI s
 - ``POST /api/v2/origins/event`` ``{site_slug, type?: "Event", data: {email, event_category,
   event_number, subtotal, custom_properties?, ...}}`` → 201 ``{"ok": true, "result": {"origin":
   {...}, "offer": null}}``. The same ``event_number`` for the site again with identical data →
-  200 with the original result; with different data → 400 ``Duplicate entity: ...``. An event's
+  200 with the original result; with different data → 400 ``Duplicate entity: ...`` (or
+  ``duplicate_status``: 200 imitates an API that says it in the body only). An event's
   custom properties are merged into the person (site + email).
 - ``PUT /api/v2/people/{person_slug}`` ``{site_slug, data: {custom_properties?, ...}}`` → 200,
   creating the person if needed; ``GET /api/v2/people/{person_slug}?site_slug=`` → 200 or 400.
@@ -82,6 +83,9 @@ class TalkableStandinConfig:
     # site slugs Talkable does not know: 404 with its envelope, whatever the key (a campaign
     # whose `site` is not its site's Site ID)
     unknown_sites: list[str] = field(default_factory=list)
+    # the status of "Duplicate entity" (an event number held with other data): Talkable's
+    # reference gives 400; a 2xx says it in the envelope only ("ok": false)
+    duplicate_status: int = 400
 
 
 @dataclass
@@ -207,7 +211,7 @@ async def create_event(request: web.Request, state: _State, body: Any) -> web.Re
     if existing is not None:
         if existing["data"] == data:
             return _ok(existing["result"])  # an identical retry: answered, not created again
-        return _fail(400, DUPLICATE)
+        return _fail(state.config.duplicate_status, DUPLICATE)
     origin: JSON = {name: data.get(name) for name in ORIGIN_OPTIONAL_FIELDS}
     state.created += 1
     origin.update(id=state.created, type="Event", email=data["email"])

@@ -131,6 +131,19 @@ async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat)
             "ModelNotFound",
             "model",
         ),
+        # LocalAI's 500 "could not load model" with no file for it: it was an outage, waited
+        # out (retried, the circuit opened) until the request's maximum wait
+        (
+            {"unknown_models": ["gpt-4o-mini"], "unknown_model_answer": "localai"},
+            "ModelNotFound",
+            "model",
+        ),
+        # Azure OpenAI's 404 DeploymentNotFound: it was a BadRequest, a call for each request
+        (
+            {"unknown_models": ["gpt-4o-mini"], "unknown_model_answer": "azure"},
+            "ModelNotFound",
+            "model",
+        ),
     ],
 )
 async def test_what_no_retry_fixes_is_final_and_says_what_it_covers(
@@ -196,6 +209,8 @@ async def test_a_404_of_the_api_itself_names_the_base_url_to_check(oai) -> None:
         ("ollama", '404: model "gpt-4o-mini" not found, try pulling it first'),
         ("vllm", "404: The model `gpt-4o-mini` does not exist."),
         ("litellm", "400: {'error': '/chat/completions: Invalid model name passed in model="),
+        ("localai", "500: could not load model - all backends returned error: 2 errors"),
+        ("azure", "404 DeploymentNotFound: The API deployment for this resource does not exist."),
     ):
         oai.config.unknown_model_answer = server  # type: ignore[assignment]
         error = await failure_at(oai.url)
@@ -311,13 +326,17 @@ def command(key_site: str = "acme", number: str = "n-1") -> PublishCompletion:
     )
 
 
+@pytest.mark.parametrize("status", [400, 200])
 async def test_another_requests_event_under_the_own_number_gets_the_text_under_the_other(
-    tk, talkable
+    tk, talkable, status
 ) -> None:
     """The same params a month later, their person forgotten by the ledger: the same id, so
     the request's own number is the earlier request's, whose event (other data) Talkable keeps.
     The text goes under the command's other number, once; asked again (its answer lost), the
-    same event again. Before, the "Duplicate entity" counted as landed and the text never did."""
+    same event again. Before, the "Duplicate entity" counted as landed and the text never did.
+    The same when it comes as a 200 whose envelope says it (``"ok": false``): that was a
+    ``BadRequest``, and the text was not written under the other number."""
+    tk.config.duplicate_status = status
     number, other = "generate_text_complete-r-1", "generate_text_complete-r-1~d-2"
     earlier = command(number=number).model_copy(
         update={"custom_properties": {"generated_text": "last month's"}}

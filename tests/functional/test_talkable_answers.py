@@ -59,6 +59,7 @@ ANSWERS: dict[str, Any] = {
     "created": lambda: web.json_response(CREATED, status=201),
     "identical": lambda: web.json_response(CREATED),  # the same event again: Talkable's 200
     "duplicate": lambda: envelope(400, DUPLICATE),
+    "duplicate_200": lambda: envelope(200, DUPLICATE),  # the same, in the envelope only
     "email": lambda: envelope(400, "Email isn't valid"),
     "type": lambda: envelope(400, '`type` must be within ["AffiliateMember", "Purchase", "Event"]'),
     "validation": lambda: envelope(
@@ -130,12 +131,14 @@ async def publish(base: str, answer: str, number: str | None = None) -> Publicat
         ("created", None, False),
         ("identical", None, False),
         ("duplicate", None, True),
+        ("duplicate_200", None, True),
         ("no_ok", None, False),
     ],
 )
 async def test_a_success_is_published(talkable, answer, number, duplicate) -> None:
-    """A 400 "Duplicate entity" for the request's own number: an earlier attempt landed. A
-    2xx JSON object that does not say ``"ok"`` (an API like Talkable's that says less) is a
+    """A 400 "Duplicate entity" for the request's own number: an earlier attempt landed; so
+    does a 2xx whose envelope says it (``"ok": false``), which was a ``BadRequest``. A 2xx
+    JSON object that does not say ``"ok"`` (an API like Talkable's that says less) is a
     success too: only Talkable's error envelope, ``"ok": false``, is not."""
     published = await publish(talkable, answer, number)
     assert published == Publication(duplicate=duplicate)
@@ -144,6 +147,7 @@ async def test_a_success_is_published(talkable, answer, number, duplicate) -> No
 # answer → (reason, status, retriable, throttle, refuses, what the message says)
 ENDS = {
     "duplicate": ("DuplicateEventNumber", 400, False, False, "request", "the text was not written"),
+    "duplicate_200": ("DuplicateEventNumber", 200, False, False, "request", "200 Duplicate entity"),
     "email": ("BadRequest", 400, False, False, "request", "Talkable answered 400: Email isn't"),
     "type": ("BadRequest", 400, False, False, "request", "`type` must be within"),
     "validation": ("BadRequest", 422, False, False, "request", "422: Validation failed: Custom"),
@@ -166,7 +170,8 @@ ENDS = {
 
 @pytest.mark.parametrize("answer", sorted(ENDS))
 async def test_every_other_answer_is_classified_and_says_what_it_was(talkable, answer) -> None:
-    error = await publish(talkable, answer, "campaign-42" if answer == "duplicate" else None)
+    campaigns = answer.startswith("duplicate")  # (the request's own number: a success)
+    error = await publish(talkable, answer, "campaign-42" if campaigns else None)
     assert isinstance(error, PublishError)
     reason, status, retriable, throttle, refuses, said = ENDS[answer]
     assert (error.reason, error.status, error.retriable, error.throttle, error.refuses) == (

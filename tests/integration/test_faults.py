@@ -331,10 +331,15 @@ def test_a_redrive_of_one_request_leaves_the_others_for_a_later_redrive(make_sys
     assert states.count("publishing") == 2  # the first publication and the one redrive
 
 
-def test_a_campaign_event_number_another_request_holds_is_publish_failed(make_system) -> None:
+@pytest.mark.parametrize("refused_with", [400, 200])
+def test_a_campaign_event_number_another_request_holds_is_publish_failed(
+    make_system, refused_with
+) -> None:
     # Talkable keeps one event per number: the second text, under the same number, is refused
-    # ("Duplicate entity") and never lands, so it must not be counted as published
+    # ("Duplicate entity") and never lands, so it must not be counted as published; the same
+    # when the refusal comes as a 200 whose envelope says it ("ok": false)
     system = make_system()
+    system.talkable("POST", "/_control", {"duplicate_status": refused_with})
     number = {"event_number": "order-42-complete"}
     status, first = system.post(seed_params("twice@example.com", content="one", **number))
     assert status == 202
@@ -357,7 +362,7 @@ def test_a_campaign_event_number_another_request_holds_is_publish_failed(make_sy
         return [v for _, _, _, v in found if second["request_id"].encode() in v]
 
     wait_until(letters, 30, what="the refused publication's dead letter")
-    assert b"Talkable answered 400 Duplicate entity" in letters()[-1]
+    assert f"Talkable answered {refused_with} Duplicate entity".encode() in letters()[-1]
 
 
 def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(make_system) -> None:

@@ -31,6 +31,17 @@ from streams.clients.openai_chat import missing_model
               "`/v1/models` to view available models for your key.'}", "gpt-4.1"),
         # ... in its versions before the route and the hint were added
         (400, "400: {'error': 'Invalid model name passed in model=Lite-GPT-12'}", "Lite-GPT-12"),
+        # LocalAI, since it checks the name first ("type": "invalid_request_error")
+        (404, 'model "llama9" not found. To see available models, call GET /v1/models', "llama9"),
+        # ... and before (2.x): a 500 after every backend failed, one finding no file for it
+        (500, "could not load model - all backends returned error: 9 errors occurred:\n\t* could "
+              "not load model: rpc error: code = Canceled desc = \n\t* could not load model: rpc "
+              "error: code = Unknown desc = stat /home/gy/local-ai/models/gpt-4: no such file or "
+              "directory\n\t* grpc process not found: /tmp/localai/backend_data/backend-assets/"
+              "grpc/stablediffusion. some backends(stablediffusion, tts) require LocalAI compiled "
+              "with GO_TAGS", "gpt-4"),
+        (500, "could not load model: rpc error: code = Unknown desc = stat /models/phi-2.Q8_0."
+              "gguf: no such file or directory", "phi-2.Q8_0.gguf"),
     ],
 )  # fmt: skip
 def test_a_compatible_apis_missing_model_is_a_missing_model(
@@ -47,7 +58,8 @@ def test_a_compatible_apis_missing_model_is_a_missing_model(
         (404, "Invalid URL (POST /chat/completions)", "gpt-4o-mini"),
         (404, "Not Found", "gpt-4o-mini"),
         (404, None, "gpt-4o-mini"),
-        # Azure's missing deployment names none: with a deployment's URL, the base URL is wrong
+        # Azure's missing deployment names none in words: its code says it (DeploymentNotFound,
+        # read as OpenAI's model_not_found is, not by this)
         (404, "The API deployment for this resource does not exist. If you created the "
               "deployment within the last 5 minutes, please wait a moment and try again.",
          "gpt-4o-mini"),
@@ -65,6 +77,21 @@ def test_a_compatible_apis_missing_model_is_a_missing_model(
         (422, 'model "gpt-4o-mini" not found', "gpt-4o-mini"),
         # a 400 that names the model for another reason
         (400, "This model's maximum context length is 8192 tokens", "gpt-4o-mini"),
+        # LocalAI's 500 for a model it has, whose backend crashed or ran out of memory: an
+        # outage, waited out (a file missing for another model is not this one's)
+        (500, "could not load model: rpc error: code = Unavailable desc = error reading from "
+              "server: EOF", "llama9"),
+        (500, "could not load model - all backends returned error: 1 error occurred:\n\t* could "
+              "not load model: rpc error: code = Unknown desc = failed loading model", "llama9"),
+        (500, "could not load model: rpc error: code = Unknown desc = stat /models/llama9-q4."
+              "gguf: no such file or directory", "llama9"),
+        (500, "could not load model: rpc error: code = Unknown desc = stat /models/llama9: no "
+              "such file or directory", "llama"),
+        # any other 500, and the words at another status
+        (500, "The server had an error while processing your request. Sorry about that!",
+         "gpt-4o-mini"),
+        (503, "could not load model: rpc error: code = Unknown desc = stat /models/llama9: no "
+              "such file or directory", "llama9"),
     ],
 )  # fmt: skip
 def test_any_other_answer_is_not_a_missing_model(
