@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 COOKIE = "talkstream_console"
 PUBLIC = frozenset({"/login", "/static/console.css"})
+LOGOUT = "/logout"
 MIN_TOKEN_CHARS = 16
 AUTHORIZATION = "Authorization"
 # what a 401 asks for (RFC 6750 3): the operator token as a bearer token (or the login form's)
@@ -117,7 +118,7 @@ def install(
     app.middlewares.append(_guard)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
-    app.router.add_post("/logout", logout)
+    app.router.add_post(LOGOUT, logout)
 
 
 def _matches(app: web.Application, token: str) -> bool:
@@ -166,6 +167,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not _signed_in(request.app, session):
         if request.method == "GET":
             raise web.HTTPSeeOther(f"/login?next={_quote(_back_to(request))}")
+        if request.path == LOGOUT:  # (a stale page's button: logged out already)
+            raise web.HTTPSeeOther("/login")
         raise _refused(
             web.HTTPUnauthorized, AUTHORIZATION, "log in first (or send a bearer token)", CHALLENGE
         )

@@ -432,6 +432,9 @@ async def test_every_page_and_action_needs_the_token(console: Console):
         assert wrong.status == 401, path
     for path in ACTIONS:
         response = await console.post(path, {"request_id": "park-1"})
+        if path == "/logout":  # a stale page's button: there is no session to end
+            assert response.status == 303 and response.headers["Location"] == "/login", path
+            continue
         assert response.status == 401, path
     assert console.log.redrives == []
     # only the login form and its stylesheet are public
