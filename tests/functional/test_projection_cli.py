@@ -179,8 +179,37 @@ def test_audit_needs_an_id_or_a_person(projected: str):
 def test_audit_without_a_projection_says_so_and_creates_nothing(tmp_path: Path):
     missing = tmp_path / "nothing.sqlite3"
     result = talkstream("audit", "--request-id", "x", "--database-url", f"sqlite:///{missing}")
-    assert result.exit_code == 1 and "no projection at" in result.output
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no projection at sqlite:///{missing}: a worker's projector makes it when it "
+        "starts; is --database-url the workers' database?\n"
+    )
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("command", [("audit", "--request-id", "x"), ("stats",)])
+def test_without_the_default_projection_the_data_directory_it_looked_in_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+):
+    """Run from another folder than ``make dev``'s, the default projection (under the data
+    directory, ``.data`` of the current directory) is not there: the error names the setting
+    that chose it and the folder it looked in (it said "no projection at URL" alone)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TALKSTREAM_DATA_DIR", raising=False)
+    monkeypatch.delenv("TALKSTREAM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TALKSTREAM_APP_ID", raising=False)
+    result = talkstream(*command)
+    assert result.exit_code == 1
+    data = tmp_path.resolve() / ".data"
+    assert result.output == (
+        f"Error: no projection at sqlite:///{data}/talkstream.sqlite3: a worker's projector "
+        f"makes it when it starts; the default is under TALKSTREAM_DATA_DIR ({data}; unset: "
+        ".data in the current directory): run this where the workers run, with their "
+        "TALKSTREAM_DATA_DIR, or give --database-url\n"
+    )
+    assert not data.exists()
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", f"sqlite:///{tmp_path}/other.sqlite3")
+    assert "is TALKSTREAM_DATABASE_URL the workers' database?" in talkstream(*command).output
 
 
 def test_stats_per_site_counts_tokens_latency_and_rates(
