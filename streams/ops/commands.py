@@ -329,7 +329,7 @@ def audit(
     Two clocks: when the webhook arrived at the ingress, and the event time it was judged at
     (Talkable's rendered usage_limit.current_time, which can be older); the webhook's own
     judgement is placed at the arrival, and every step is measured from the arrival."""
-    from streams.ops.audit import find_histories, histories_json, render_histories
+    from streams.ops.audit import find_histories, histories_json, not_found, render_histories
 
     if request_id is not None and (site is not None or email is not None):
         raise click.UsageError("give --request-id, or --site and --email: not both")
@@ -343,7 +343,7 @@ def audit(
         else:
             click.echo(f"source: SQL projection {store.url} (projected from the lifecycle topic)")
             click.echo()
-            click.echo(render_histories(found) if found else "no such request")
+            click.echo(render_histories(found) if found else not_found(request_id, site, email))
     finally:
         store.close()
     if not found:

@@ -162,9 +162,21 @@ def test_audit_by_the_id_the_ingress_answered_shows_the_requests_of_the_same_par
 
 
 def test_audit_of_an_unknown_request_says_so_and_fails(projected: str):
+    """What it looked for is named (it said "no such request"), so a mistyped id or email
+    shows."""
     result = talkstream("audit", "--request-id", "nope", "--database-url", projected)
     assert result.exit_code == 1
-    assert "no such request" in result.output
+    assert result.output.splitlines()[-1] == (
+        "no request nope in this projection (a webhook answered moments ago may not be "
+        "projected yet)"
+    )
+    person = talkstream(
+        "audit", "--site", "acme", "--email", " Nobody@Example.com", "--database-url", projected
+    )
+    assert person.exit_code == 1
+    assert person.output.splitlines()[-1].startswith(
+        "no request of acme:nobody@example.com in this projection"
+    )
 
 
 def test_audit_needs_an_id_or_a_person(projected: str):
