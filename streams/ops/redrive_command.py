@@ -117,6 +117,16 @@ def redrive(
         )
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
     )
+    if request_id is not None and not (
+        report.redriven or report.not_parked or report.earlier_attempt or report.too_old
+    ):
+        # asked for one request, it said "0 redriven" and exited 0: a mistyped id looked done
+        raise click.ClickException(
+            f"no dead letter of request {request_id} to redrive: none the filters select "
+            f"carries that id (the id the ingress answered? `talkstream audit --request-id "
+            f"{request_id}` says whether it is parked), or an earlier run redrove it "
+            "(--from-beginning reconsiders those)"
+        )
 
 
 class _ParkedBy:
