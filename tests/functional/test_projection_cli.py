@@ -452,9 +452,17 @@ def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
             f"Error: the database postgresql+psycopg://ada:***@127.0.0.1:{port}/db cannot be "
             "used: OperationalError: connection failed"
         ),
+        # Heroku's and many a compose file's scheme: the one SQLAlchemy knows is named (it
+        # said "Can't load plugin: sqlalchemy.dialects:postgres")
         "postgres://ada:s3cret-pw@127.0.0.1/db": (
-            "Error: the database URL cannot be used (Can't load plugin: "
-            "sqlalchemy.dialects:postgres)"
+            "Error: the database URL cannot be used (postgres:// names no database SQLAlchemy "
+            "knows: PostgreSQL's is postgresql+psycopg:// (or postgresql://)): set "
+            "TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        ),
+        "nosuchdb://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (nosuchdb:// names no database SQLAlchemy "
+            "knows): set"
         ),
         "not a url": "Error: the database URL cannot be used (Could not parse SQLAlchemy URL",
     }
