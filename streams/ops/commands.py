@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, opening, projection_reader, run_async, with_bar
+from streams.ops.options import (
+    TIME,
+    existing_projection,
+    in_order,
+    opening,
+    projection_reader,
+    run_async,
+    with_bar,
+)
 from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
@@ -451,7 +459,7 @@ def migrate(target: str, database_url: str | None) -> None:
     from streams.projection import migrate as migrations
     from streams.projection.engine import make_engine, safe_url
 
-    url = opening(database_url or Settings().resolved_database_url)
+    url = existing_projection(database_url)
     engine = make_engine(url)
     try:
         was, now = migrations.migrate_to(engine, target)

@@ -91,9 +91,11 @@ def with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], 
             bar.__exit__(None, None, None)
 
 
-def projection_reader(database_url: str | None) -> ProjectionStore:
-    from streams.projection.engine import make_engine, parse_url, safe_url
-    from streams.projection.store import ProjectionStore
+def existing_projection(database_url: str | None) -> str:
+    """The URL of the projection a command works on (``--database-url``, else the settings'),
+    noted as the database it opens; a SQLite file that is not there is refused, naming what
+    chose it (opening it would make an empty one, and at a mistyped path leave it there)."""
+    from streams.projection.engine import parse_url, safe_url
 
     settings = None if database_url else Settings()
     url = opening(settings.resolved_database_url if settings is not None else str(database_url))
@@ -105,6 +107,14 @@ def projection_reader(database_url: str | None) -> ProjectionStore:
             f"no projection at {safe_url(url)}: a worker's projector makes it when it starts; "
             f"{_which_projection(settings)}"
         )
+    return url
+
+
+def projection_reader(database_url: str | None) -> ProjectionStore:
+    from streams.projection.engine import make_engine, safe_url
+    from streams.projection.store import ProjectionStore
+
+    url = existing_projection(database_url)
     store = ProjectionStore(make_engine(url), migrate_schema=False)
     if not store.is_current():
         from streams.projection import migrate

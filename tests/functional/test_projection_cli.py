@@ -785,6 +785,22 @@ def test_a_projection_left_at_an_older_migration_names_the_command_that_brings_i
     assert audit.exit_code == 0 and "request retry-1" in audit.output
 
 
+def test_migrate_of_a_sqlite_file_that_is_not_there_makes_none(tmp_path: Path):
+    """`talkstream migrate --to 0004` before a rollback, its path mistyped, made an empty
+    projection there ("migration none -> 0004") and exited 0, leaving the real one where the
+    older version refuses it. A SQLite file that is not there is refused as audit and stats
+    refuse it (a worker's projector makes it)."""
+    missing = tmp_path / "mistyped.sqlite3"
+    for args in ((), ("--to", "0004")):
+        result = talkstream("migrate", *args, "--database-url", f"sqlite:///{missing}")
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: no projection at sqlite:///{missing}: a worker's projector makes it when "
+            "it starts; is --database-url the workers' database?\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_migrate_refuses_tables_without_a_history_as_a_projector_does(projected: str):
     """`talkstream migrate` on a projection whose tables have no migration history ended in
     Alembic's "table requests already exists", where a projector names the way out."""
