@@ -23,6 +23,7 @@ from streams.ops.options import (
     opening,
     projection_reader,
     run_async,
+    site_as_spelled,
     with_bar,
 )
 from streams.ops.redrive_command import redrive
@@ -320,7 +321,7 @@ _DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the S
 
 @click.command()
 @click.option("--request-id", help="one request")
-@click.option("--site", help="with --email: every request of that person")
+@click.option("--site", help="with --email: every request of that person (site in any case)")
 @click.option("--email")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -345,6 +346,7 @@ def audit(
         raise click.UsageError("give --request-id, or both --site and --email")
     store = projection_reader(database_url)
     try:
+        site = site_as_spelled(store, site)
         found = find_histories(store, request_id=request_id, site=site, email=email)
         if as_json:
             click.echo(json.dumps(histories_json(store, found), indent=2))
@@ -367,7 +369,7 @@ def audit(
     "usage_limit.current_time, which a retried or late webhook has from before it arrived",
 )
 @click.option("--until", "until_ms", type=TIME, help="judged before (ISO-8601, epoch, or an age)")
-@click.option("--site", help="only this site")
+@click.option("--site", help="only this site (in any case)")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def stats(
@@ -389,6 +391,7 @@ def stats(
     in_order(since_ms, until_ms)
     store = projection_reader(database_url)
     try:
+        site = site_as_spelled(store, site)
         result = site_stats(store.stats_rows(since_ms, until_ms, site))
         if as_json:
             click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))

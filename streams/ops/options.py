@@ -143,3 +143,13 @@ def _which_projection(settings: Settings | None) -> str:
         "current directory): run this where the workers run, with their TALKSTREAM_DATA_DIR, "
         "or give --database-url"
     )
+
+
+def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
+    """``--site`` as the projection spells it: typed in another case (``acme`` for ``Acme``),
+    it is that site, as the console takes it; a name no site has is kept (it finds nothing)."""
+    if site is None:
+        return None
+    from streams.console.queries import ConsoleQueries
+
+    return ConsoleQueries(store.engine).site_named(site.strip())

@@ -283,6 +283,24 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     )
 
 
+def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(projected: str):
+    """`stats --site ACME` said "no requests of site 'ACME'" and `audit --site ACME` found no
+    one, where the console's search takes `ACME` for `acme`: the CLI reads a site in any
+    case too, as the projection spells it; a name no site has still finds nothing."""
+    assert talkstream("stats", "--site", "acme", "--database-url", projected, "--json").output
+    as_typed = json.loads(
+        talkstream("stats", "--site", "ACME", "--database-url", projected, "--json").output
+    )
+    assert [s["site"] for s in as_typed["sites"]] == ["acme"]
+    audit = talkstream(
+        "audit", "--site", "Acme", "--email", "ada@example.com", "--database-url", projected
+    )
+    assert audit.exit_code == 0, audit.output
+    assert "request pub-1" in audit.output
+    nobody = talkstream("stats", "--site", "ACMEX", "--database-url", projected)
+    assert "no requests of site 'ACMEX' in this range" in nobody.output
+
+
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
     result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
     assert result.exit_code == 2 and "ISO-8601" in result.output

@@ -631,6 +631,41 @@ def test_a_redrive_of_one_request_that_finds_no_letter_of_it_says_so_and_fails(
     assert talkstream(env, "redrive", "--site", "nosuch").exit_code == 0
 
 
+def test_redrive_reads_a_site_typed_in_another_case_as_the_projection_spells_it(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """`redrive --site ACME-STORE` selected none of acme-store's letters ("0 to redrive, 1 not
+    selected") where the console's dead-letter page takes a site in any case."""
+    from sqlalchemy import text
+
+    from tests.unit.domain_builders import SITE
+
+    app = f"case{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+    for topic in ("deadletter", "requests"):
+        asyncio.run(create_topic(kafka.bootstrap, f"{app}-{topic}", 1))
+    produce(kafka.bootstrap, f"{app}-deadletter", b"k", parked_letter(app, "p1", now_s() * 1000))
+    url = f"sqlite:///{tmp_path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    with store.engine.begin() as connection:  # the request, parked, as the projector wrote it
+        connection.execute(
+            text(
+                "INSERT INTO requests (request_id, site, person, state, terminal,"
+                " received_at_ms, updated_at_ms, attempts)"
+                " VALUES ('p1', :site, :person, 'publish_failed', true, 1, 1, 1)"
+            ),
+            {"site": SITE, "person": f"{SITE}:alice@example.com"},
+        )
+    store.close()
+
+    typed = talkstream(env, "redrive", "--dry-run", "--site", SITE.upper(), "--database-url", url)
+    assert typed.exit_code == 0, typed.output
+    assert f"would redrive: p1 → the ledger  site={SITE}  " in typed.output
+    assert "1 to redrive, 0 not selected" in typed.output
+    other = talkstream(env, "redrive", "--dry-run", "--site", "other", "--database-url", url)
+    assert "0 to redrive, 1 not selected" in other.output
+
+
 def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run_says_why(
     kafka: EmbeddedKafka,
 ):
