@@ -151,7 +151,13 @@ class KafkaSink:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    raise BrokerUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
+                    # the readiness status and the 503's log line name the brokers (it said
+                    # "Kafka unavailable: KafkaConnectionError"); a refused login fails so too
+                    servers = self._options.get("bootstrap_servers")
+                    why = type(exc).__name__
+                    raise BrokerUnavailable(
+                        f"Kafka unavailable: cannot connect to a broker at {servers} ({why})"
+                    ) from exc
                 if self._changelog is not None:  # its partitions known with the topic's
                     producer.client.add_topic(self._changelog)
                 self._producer = producer

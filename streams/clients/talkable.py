@@ -122,15 +122,18 @@ class TalkableClient:
                         raise _not_the_api(status, resp.content_type, limits)
                     return Publication(duplicate=False), limits
                 message = message or "error"
+                # what we add to Talkable's words, scrubbed of the key on its own: scrubbed
+                # with them, a short key ("k", "test") cut our text ("no Tal[redacted]able")
+                hint = ""
                 if 300 <= status < 400:
                     moved = resp.headers.get("Location") or "nowhere said"
-                    message += (
-                        f" (redirected to {moved}: set TALKSTREAM_TALKABLE_BASE_URL to where it"
-                        " points)"
+                    hint = (
+                        f" (redirected to {scrub(moved, api_key)}: set "
+                        "TALKSTREAM_TALKABLE_BASE_URL to where it points)"
                     )
                 elif status in (404, 405) and not _envelope(payload):
                     # not Talkable's "site not found" (its JSON): no API at this path
-                    message += (
+                    hint = (
                         f" (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL {self._shown}: it"
                         " ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
                     )
@@ -165,7 +168,7 @@ class TalkableClient:
                 status=status,
                 limits=limits,
             )
-        shown = scrub(message, api_key)
+        shown = scrub(message, api_key) + hint
         text = f"Talkable answered {status}: {shown}"
         if 200 <= status < 300:  # "ok": false: Talkable's error envelope, whatever the status
             raise PublishError(text, reason="BadRequest", status=status, limits=limits)

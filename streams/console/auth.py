@@ -154,14 +154,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise _refused(web.HTTPUnauthorized, AUTHORIZATION, "wrong token", WRONG_TOKEN)
         request[AUTH] = "bearer"
         return await handler(request)
-    if request.method == "POST" and not _same_origin(request):
-        log.warning("console: refused a cross-site POST path=%s", request.path)
-        raise _refused(
-            web.HTTPForbidden,
-            "Origin",
-            "cross-site request refused: a POST must come from the console's own pages",
-        )
     if request.path in PUBLIC:
+        _refuse_cross_site(request)  # the login form's POST: no session yet to hold the CSRF
         return await handler(request)
     session = await get_session(request)
     if not _signed_in(request.app, session):
@@ -169,9 +163,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise web.HTTPSeeOther(f"/login?next={_quote(_back_to(request))}")
         if request.path == LOGOUT:  # (a stale page's button: logged out already)
             raise web.HTTPSeeOther("/login")
+        # before the origin's check: a script's POST that forgot its token (no Origin, as
+        # curl sends none) is told to authenticate, not that it came from another site
         raise _refused(
             web.HTTPUnauthorized, AUTHORIZATION, "log in first (or send a bearer token)", CHALLENGE
         )
+    _refuse_cross_site(request)
     request[AUTH] = "session"
     request[CSRF] = str(session.get("csrf", ""))
     if request.method == "POST":
@@ -183,6 +180,17 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 web.HTTPForbidden, "csrf", "missing or wrong CSRF token: reload the page"
             )
     return await handler(request)
+
+
+def _refuse_cross_site(request: web.Request) -> None:
+    """A POST that does not come from the console's own pages is refused (403, ``Origin``)."""
+    if request.method == "POST" and not _same_origin(request):
+        log.warning("console: refused a cross-site POST path=%s", request.path)
+        raise _refused(
+            web.HTTPForbidden,
+            "Origin",
+            "cross-site request refused: a POST must come from the console's own pages",
+        )
 
 
 def _refused(

@@ -477,6 +477,17 @@ def _run(
         if settings.console_token is None
         else f"console    {console}/   (token: TALKSTREAM_CONSOLE_TOKEN)"
     )
+    if settings.worker_http_port:  # (port 0, any free port, cannot be named here)
+        worker_http = f"http://{url_host(settings.worker_http_host)}"
+        projector = (
+            f"; its projector's: {worker_http}:{settings.projector_http_port}/metrics"
+            if settings.projector == "process" and settings.projector_http_port
+            else ""
+        )
+        lines.append(
+            f"worker     {worker_http}:{settings.worker_http_port}/metrics   "
+            f"(and /readyz{projector})"
+        )
     database, look = database_hints(settings.resolved_database_url)
     lines.append(f"database   {database}")
     lines.append(f"logs       {logs}/")

@@ -246,6 +246,17 @@ def find_histories(
     return [history(store, row) for row in rows]
 
 
+def not_found(request_id: str | None, site: str | None, email: str | None) -> str:
+    """What an audit that found nothing looked for (the id as given, the person as the ledger
+    keys them), so a mistyped one shows; the projector may not have reached a request just
+    answered."""
+    if request_id is not None:
+        what = f"request {request_id}"
+    else:
+        what = f"request of {person_key((site or '').strip(), (email or '').strip().lower())}"
+    return f"no {what} in this projection (a webhook answered moments ago may not be projected yet)"
+
+
 def render_histories(histories: Sequence[History]) -> str:
     blocks = []
     for h in histories:

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, opening, projection_reader, run_async, with_bar
+from streams.ops.options import (
+    TIME,
+    existing_projection,
+    in_order,
+    opening,
+    projection_reader,
+    run_async,
+    site_as_spelled,
+    with_bar,
+)
 from streams.ops.redrive_command import redrive
 from streams.settings import Settings
 
@@ -312,7 +321,7 @@ _DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the S
 
 @click.command()
 @click.option("--request-id", help="one request")
-@click.option("--site", help="with --email: every request of that person")
+@click.option("--site", help="with --email: every request of that person (site in any case)")
 @click.option("--email")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -329,7 +338,7 @@ def audit(
     Two clocks: when the webhook arrived at the ingress, and the event time it was judged at
     (Talkable's rendered usage_limit.current_time, which can be older); the webhook's own
     judgement is placed at the arrival, and every step is measured from the arrival."""
-    from streams.ops.audit import find_histories, histories_json, render_histories
+    from streams.ops.audit import find_histories, histories_json, not_found, render_histories
 
     if request_id is not None and (site is not None or email is not None):
         raise click.UsageError("give --request-id, or --site and --email: not both")
@@ -337,13 +346,14 @@ def audit(
         raise click.UsageError("give --request-id, or both --site and --email")
     store = projection_reader(database_url)
     try:
+        site = site_as_spelled(store, site)
         found = find_histories(store, request_id=request_id, site=site, email=email)
         if as_json:
             click.echo(json.dumps(histories_json(store, found), indent=2))
         else:
             click.echo(f"source: SQL projection {store.url} (projected from the lifecycle topic)")
             click.echo()
-            click.echo(render_histories(found) if found else "no such request")
+            click.echo(render_histories(found) if found else not_found(request_id, site, email))
     finally:
         store.close()
     if not found:
@@ -359,7 +369,7 @@ def audit(
     "usage_limit.current_time, which a retried or late webhook has from before it arrived",
 )
 @click.option("--until", "until_ms", type=TIME, help="judged before (ISO-8601, epoch, or an age)")
-@click.option("--site", help="only this site")
+@click.option("--site", help="only this site (in any case)")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def stats(
@@ -381,6 +391,7 @@ def stats(
     in_order(since_ms, until_ms)
     store = projection_reader(database_url)
     try:
+        site = site_as_spelled(store, site)
         result = site_stats(store.stats_rows(since_ms, until_ms, site))
         if as_json:
             click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))
@@ -451,7 +462,7 @@ def migrate(target: str, database_url: str | None) -> None:
     from streams.projection import migrate as migrations
     from streams.projection.engine import make_engine, safe_url
 
-    url = opening(database_url or Settings().resolved_database_url)
+    url = existing_projection(database_url)
     engine = make_engine(url)
     try:
         was, now = migrations.migrate_to(engine, target)

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -90,17 +91,30 @@ def with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], 
             bar.__exit__(None, None, None)
 
 
+def existing_projection(database_url: str | None) -> str:
+    """The URL of the projection a command works on (``--database-url``, else the settings'),
+    noted as the database it opens; a SQLite file that is not there is refused, naming what
+    chose it (opening it would make an empty one, and at a mistyped path leave it there)."""
+    from streams.projection.engine import parse_url, safe_url
+
+    settings = None if database_url else Settings()
+    url = opening(settings.resolved_database_url if settings is not None else str(database_url))
+    parsed = parse_url(url)
+    database = parsed.database
+    file = parsed.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+    if file and not Path(str(database)).exists():
+        raise click.ClickException(
+            f"no projection at {safe_url(url)}: a worker's projector makes it when it starts; "
+            f"{_which_projection(settings)}"
+        )
+    return url
+
+
 def projection_reader(database_url: str | None) -> ProjectionStore:
-    from streams.projection.engine import make_engine, parse_url, safe_url
+    from streams.projection.engine import make_engine, safe_url
     from streams.projection.store import ProjectionStore
 
-    url = opening(database_url or Settings().resolved_database_url)
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        from pathlib import Path
-
-        if not Path(parsed.database).exists():
-            raise click.ClickException(f"no projection at {safe_url(url)}")
+    url = existing_projection(database_url)
     store = ProjectionStore(make_engine(url), migrate_schema=False)
     if not store.is_current():
         from streams.projection import migrate
@@ -113,3 +127,29 @@ def projection_reader(database_url: str | None) -> ProjectionStore:
             f"{safe_url(url)} is not a current projection: run the worker or `talkstream replay`"
         )
     return store
+
+
+def _which_projection(settings: Settings | None) -> str:
+    """What chose a projection file that is not there (``--database-url`` when ``settings``
+    is None), and how to choose the workers': the default one is under the data directory,
+    which is relative to the current directory (``make dev``'s ``.data`` is not found from
+    another folder)."""
+    if settings is None:
+        return "is --database-url the workers' database?"
+    if settings.database_url:
+        return "is TALKSTREAM_DATABASE_URL the workers' database?"
+    return (
+        f"the default is under TALKSTREAM_DATA_DIR ({settings.data_dir}; unset: .data in the "
+        "current directory): run this where the workers run, with their TALKSTREAM_DATA_DIR, "
+        "or give --database-url"
+    )
+
+
+def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
+    """``--site`` as the projection spells it: typed in another case (``acme`` for ``Acme``),
+    it is that site, as the console takes it; a name no site has is kept (it finds nothing)."""
+    if site is None:
+        return None
+    from streams.console.queries import ConsoleQueries
+
+    return ConsoleQueries(store.engine).site_named(site.strip())

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, projection_reader, run_async
+from streams.ops.options import TIME, in_order, projection_reader, run_async, site_as_spelled
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def _letters_from(settings: Settings, topic: str | None) -> str | None:
 
 @click.command()
 @click.option("--request-id", default=None, help="only this request's dead letters")
-@click.option("--site", default=None, help="only parked work of this site")
+@click.option("--site", default=None, help="only parked work of this site (in any case)")
 @click.option(
     "--topic",
     default=None,
@@ -74,15 +74,16 @@ def redrive(
 
     in_order(since_ms, until_ms)
     settings = Settings()
+    topic = _letters_from(settings, topic)
+    parked_by = _ParkedBy(database_url)
     selection = Selection(
         request_id=request_id,
-        topic=_letters_from(settings, topic),
+        topic=topic,
         reason_contains=reason_contains,
-        site=site,
+        site=parked_by.site_named(site),
         since_ms=since_ms,
         until_ms=until_ms,
     )
-    parked_by = _ParkedBy(database_url)
     try:
         report = run_async(
             run_redrive(
@@ -117,12 +118,23 @@ def redrive(
         )
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
     )
+    if request_id is not None and not (
+        report.redriven or report.not_parked or report.earlier_attempt or report.too_old
+    ):
+        # asked for one request, it said "0 redriven" and exited 0: a mistyped id looked done
+        raise click.ClickException(
+            f"no dead letter of request {request_id} to redrive: none the filters select "
+            f"carries that id (the id the ingress answered? `talkstream audit --request-id "
+            f"{request_id}` says whether it is parked), or an earlier run redrove it "
+            "(--from-beginning reconsiders those)"
+        )
 
 
 class _ParkedBy:
-    """The projection, to leave alone requests no longer parked: opened once there are letters
-    to redrive. Without one, every selected letter goes to the ledger, which re-issues only
-    what is still parked."""
+    """The projection, to leave alone requests no longer parked and to read ``--site`` as it
+    spells the site: opened once there are letters to redrive, or a site to read. Without
+    one, every selected letter goes to the ledger, which re-issues only what is still
+    parked."""
 
     def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
@@ -130,10 +142,22 @@ class _ParkedBy:
         self.tried = False
 
     def states_of(self, request_ids: list[str]) -> dict[str, str]:
+        store = self._opened()
+        return store.states_of(request_ids) if store is not None else {}
+
+    def site_named(self, site: str | None) -> str | None:
+        """``--site`` as the projection spells it (``acme`` for ``Acme``), as the console
+        takes it; without a projection, as typed."""
+        if site is None:
+            return None
+        store = self._opened()
+        return site_as_spelled(store, site) if store is not None else site
+
+    def _opened(self) -> ProjectionStore | None:
         if not self.tried:
             self.tried = True
             self.store = self._open()
-        return self.store.states_of(request_ids) if self.store is not None else {}
+        return self.store
 
     def _open(self) -> ProjectionStore | None:
         from sqlalchemy.exc import SQLAlchemyError

@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
     DatabaseError,
     DBAPIError,
     InterfaceError,
+    NoSuchModuleError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -96,8 +97,17 @@ def parse_url(url: str) -> URL:
 def _create_engine(url: URL, **options: Any) -> Engine:
     """``create_engine``, refusing what would fail later with a traceback: a driver that is not
     installed (SQLAlchemy imports it here and lets the ImportError through), an asyncio driver
-    (this engine is synchronous: its first connection would fail)."""
-    if url.get_dialect().is_async:
+    (this engine is synchronous: its first connection would fail); a scheme SQLAlchemy does
+    not know is said so, naming the one meant for those others use (``postgres://``)."""
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        meant = _MEANT.get(url.get_backend_name())
+        raise ArgumentError(
+            f"{url.drivername}:// names no database SQLAlchemy knows"
+            + (f": {meant}" if meant else "")
+        ) from None
+    if dialect.is_async:
         raise ArgumentError(
             f"{url.drivername} is an asyncio driver: talkstream opens the projection synchronously"
         )
@@ -108,6 +118,14 @@ def _create_engine(url: URL, **options: Any) -> Engine:
             f"{url.drivername} needs the {url.get_driver_name()} driver, which is not "
             f"installed: {exc}"
         ) from exc
+
+
+# schemes other tools write (Heroku's and many a compose file's DATABASE_URL) for the ones
+# SQLAlchemy knows
+_MEANT = {
+    "postgres": "PostgreSQL's is postgresql+psycopg:// (or postgresql://)",
+    "sqlite3": "SQLite's is sqlite:///PATH",
+}
 
 
 def _make_directory(directory: Path) -> None:

@@ -448,6 +448,7 @@ def test_dev_checks_the_servers_it_will_start_and_no_other(
 def test_a_server_on_port_0_says_the_port_it_was_given(
     command: str, variable: str, says: str, page: str, unready: str | None, tmp_path
 ) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
         f"TALKSTREAM_{variable}": "0",
@@ -455,7 +456,7 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
         "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
         "TALKSTREAM_CONSOLE_TOKEN": "t" * 32,
         # the ingress serves (503 for webhooks) until Kafka is there
-        "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "TALKSTREAM_KAFKA_BOOTSTRAP": nowhere,
     }
     proc, out = streams_process(command, env=env, stderr=subprocess.STDOUT)
     try:
@@ -470,7 +471,9 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
             assert refused.value.code == 503
             assert json.load(refused.value) == {
                 "ready": False,
-                "status": "Kafka unavailable: KafkaConnectionError",
+                # which brokers (it named the exception alone)
+                "status": f"Kafka unavailable: cannot connect to a broker at {nowhere} "
+                "(KafkaConnectionError)",
             }
     finally:
         proc.terminate()

@@ -484,6 +484,22 @@ async def test_a_404_that_is_not_talkables_names_the_base_url_to_check(tk) -> No
     assert str(error).endswith("): No site found by `site_slug`.")
 
 
+async def test_a_short_key_is_scrubbed_from_talkables_words_not_from_what_we_add(tk) -> None:
+    """Scrubbed with Talkable's words, a short key cut the hint talkstream adds: a webhook
+    whose api_key was "k" (as one tries make dev) failed "no Tal[redacted]able API at ...
+    https://www.tal[redacted]able.com/api/v2". The key is scrubbed from what Talkable said
+    only; the hint holds no key."""
+    root = tk.url.removesuffix("/api/v2")
+    error = await refused_at(root, api_key="k")
+    assert str(error) == (
+        f"Talkable answered 404: Not Found (no Talkable API at TALKSTREAM_TALKABLE_BASE_URL "
+        f"{root}: it ends in /api/v2, e.g. https://www.talkable.com/api/v2)"
+    )
+    # what Talkable says is still scrubbed of the key, however short
+    error = await refused_at(root, api_key="Found")
+    assert str(error).startswith("Talkable answered 404: Not [redacted] (no Talkable API at")
+
+
 async def test_a_405_of_a_web_site_names_the_talkable_base_url_to_check(edges) -> None:
     """A base URL at a web site that takes no POST there: its 405 page is not Talkable's."""
     error = await refused_at(f"{edges}/website")
@@ -503,12 +519,12 @@ async def test_a_2xx_with_talkables_error_envelope_is_not_a_success(moved) -> No
     assert "Email isn't valid" in str(error)
 
 
-async def refused_at(base_url: str) -> PublishError:
+async def refused_at(base_url: str, api_key: str = "tk-key") -> PublishError:
     """What a publication to ``base_url`` fails with."""
     client = TalkableClient(base_url, timeout=10)
     try:
         with pytest.raises(PublishError) as caught:
-            await client.publish(command(), "tk-key")
+            await client.publish(command(), api_key)
     finally:
         await client.close()
     return caught.value

@@ -570,6 +570,11 @@ async def test_what_the_door_refuses_is_json_naming_what_and_a_401_says_how_to_a
     answers["a POST without a session"] = await signed_in.post(
         "/deadletters/redrive", {"id": "park-1", "csrf": csrf}
     )
+    # a script that forgot its bearer token sends no Origin either (curl sends none): it is
+    # told to authenticate, not that it came from another site (it was a 403 "Origin")
+    answers["a script's POST without its token"] = await signed_in.client.post(
+        "/deadletters/redrive", data={"id": "park-1"}, allow_redirects=False
+    )
     challenge = 'Bearer realm="talkstream console"'
     expected = {
         "a wrong bearer token": (
@@ -592,6 +597,11 @@ async def test_what_the_door_refuses_is_json_naming_what_and_a_401_says_how_to_a
             None,
         ),
         "a POST without a session": (
+            401,
+            {"field": "Authorization", "message": "log in first (or send a bearer token)"},
+            challenge,
+        ),
+        "a script's POST without its token": (
             401,
             {"field": "Authorization", "message": "log in first (or send a bearer token)"},
             challenge,

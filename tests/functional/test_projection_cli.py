@@ -162,9 +162,21 @@ def test_audit_by_the_id_the_ingress_answered_shows_the_requests_of_the_same_par
 
 
 def test_audit_of_an_unknown_request_says_so_and_fails(projected: str):
+    """What it looked for is named (it said "no such request"), so a mistyped id or email
+    shows."""
     result = talkstream("audit", "--request-id", "nope", "--database-url", projected)
     assert result.exit_code == 1
-    assert "no such request" in result.output
+    assert result.output.splitlines()[-1] == (
+        "no request nope in this projection (a webhook answered moments ago may not be "
+        "projected yet)"
+    )
+    person = talkstream(
+        "audit", "--site", "acme", "--email", " Nobody@Example.com", "--database-url", projected
+    )
+    assert person.exit_code == 1
+    assert person.output.splitlines()[-1].startswith(
+        "no request of acme:nobody@example.com in this projection"
+    )
 
 
 def test_audit_needs_an_id_or_a_person(projected: str):
@@ -179,8 +191,37 @@ def test_audit_needs_an_id_or_a_person(projected: str):
 def test_audit_without_a_projection_says_so_and_creates_nothing(tmp_path: Path):
     missing = tmp_path / "nothing.sqlite3"
     result = talkstream("audit", "--request-id", "x", "--database-url", f"sqlite:///{missing}")
-    assert result.exit_code == 1 and "no projection at" in result.output
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no projection at sqlite:///{missing}: a worker's projector makes it when it "
+        "starts; is --database-url the workers' database?\n"
+    )
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("command", [("audit", "--request-id", "x"), ("stats",)])
+def test_without_the_default_projection_the_data_directory_it_looked_in_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+):
+    """Run from another folder than ``make dev``'s, the default projection (under the data
+    directory, ``.data`` of the current directory) is not there: the error names the setting
+    that chose it and the folder it looked in (it said "no projection at URL" alone)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TALKSTREAM_DATA_DIR", raising=False)
+    monkeypatch.delenv("TALKSTREAM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TALKSTREAM_APP_ID", raising=False)
+    result = talkstream(*command)
+    assert result.exit_code == 1
+    data = tmp_path.resolve() / ".data"
+    assert result.output == (
+        f"Error: no projection at sqlite:///{data}/talkstream.sqlite3: a worker's projector "
+        f"makes it when it starts; the default is under TALKSTREAM_DATA_DIR ({data}; unset: "
+        ".data in the current directory): run this where the workers run, with their "
+        "TALKSTREAM_DATA_DIR, or give --database-url\n"
+    )
+    assert not data.exists()
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", f"sqlite:///{tmp_path}/other.sqlite3")
+    assert "is TALKSTREAM_DATABASE_URL the workers' database?" in talkstream(*command).output
 
 
 def test_stats_per_site_counts_tokens_latency_and_rates(
@@ -240,6 +281,24 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     assert nobody.output.splitlines()[0].endswith(
         "; judged (event time) from the first to the last"
     )
+
+
+def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(projected: str):
+    """`stats --site ACME` said "no requests of site 'ACME'" and `audit --site ACME` found no
+    one, where the console's search takes `ACME` for `acme`: the CLI reads a site in any
+    case too, as the projection spells it; a name no site has still finds nothing."""
+    assert talkstream("stats", "--site", "acme", "--database-url", projected, "--json").output
+    as_typed = json.loads(
+        talkstream("stats", "--site", "ACME", "--database-url", projected, "--json").output
+    )
+    assert [s["site"] for s in as_typed["sites"]] == ["acme"]
+    audit = talkstream(
+        "audit", "--site", "Acme", "--email", "ada@example.com", "--database-url", projected
+    )
+    assert audit.exit_code == 0, audit.output
+    assert "request pub-1" in audit.output
+    nobody = talkstream("stats", "--site", "ACMEX", "--database-url", projected)
+    assert "no requests of site 'ACMEX' in this range" in nobody.output
 
 
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
@@ -411,9 +470,17 @@ def test_a_database_that_cannot_be_used_is_one_line_without_its_password():
             f"Error: the database postgresql+psycopg://ada:***@127.0.0.1:{port}/db cannot be "
             "used: OperationalError: connection failed"
         ),
+        # Heroku's and many a compose file's scheme: the one SQLAlchemy knows is named (it
+        # said "Can't load plugin: sqlalchemy.dialects:postgres")
         "postgres://ada:s3cret-pw@127.0.0.1/db": (
-            "Error: the database URL cannot be used (Can't load plugin: "
-            "sqlalchemy.dialects:postgres)"
+            "Error: the database URL cannot be used (postgres:// names no database SQLAlchemy "
+            "knows: PostgreSQL's is postgresql+psycopg:// (or postgresql://)): set "
+            "TALKSTREAM_DATABASE_URL or --database-url to sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        ),
+        "nosuchdb://ada:s3cret-pw@127.0.0.1/db": (
+            "Error: the database URL cannot be used (nosuchdb:// names no database SQLAlchemy "
+            "knows): set"
         ),
         "not a url": "Error: the database URL cannot be used (Could not parse SQLAlchemy URL",
     }
@@ -734,6 +801,22 @@ def test_a_projection_left_at_an_older_migration_names_the_command_that_brings_i
     assert talkstream("migrate", "--database-url", projected).exit_code == 0
     audit = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
     assert audit.exit_code == 0 and "request retry-1" in audit.output
+
+
+def test_migrate_of_a_sqlite_file_that_is_not_there_makes_none(tmp_path: Path):
+    """`talkstream migrate --to 0004` before a rollback, its path mistyped, made an empty
+    projection there ("migration none -> 0004") and exited 0, leaving the real one where the
+    older version refuses it. A SQLite file that is not there is refused as audit and stats
+    refuse it (a worker's projector makes it)."""
+    missing = tmp_path / "mistyped.sqlite3"
+    for args in ((), ("--to", "0004")):
+        result = talkstream("migrate", *args, "--database-url", f"sqlite:///{missing}")
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: no projection at sqlite:///{missing}: a worker's projector makes it when "
+            "it starts; is --database-url the workers' database?\n"
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_migrate_refuses_tables_without_a_history_as_a_projector_does(projected: str):

@@ -71,6 +71,13 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         printed = "\n".join(out.seen)
         assert f"http://127.0.0.1:{ingress}/chat-gpt/generate" in printed
         assert f"http://127.0.0.1:{console}/" in printed and "token:" in printed
+        # where everything listens: the worker's /metrics and /readyz too, and its projector's
+        # (the README's alerts read them; they were not printed)
+        projector = env["TALKSTREAM_PROJECTOR_HTTP_PORT"]
+        assert (
+            f"worker     http://127.0.0.1:{worker}/metrics   (and /readyz; its projector's: "
+            f"http://127.0.0.1:{projector}/metrics)"
+        ) in printed
         # its console reads its own worker's pacing, not the default port's
         console_pid = next(
             int(pid) for pid in os.listdir("/proc")

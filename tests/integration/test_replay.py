@@ -569,6 +569,103 @@ def test_a_letter_redriven_after_one_not_selected_is_not_redriven_again(kafka: E
     assert f"would redrive: {app}-requests@0:7  " in reconsidered.output
 
 
+def parked_letter(app: str, request_id: str, at_ms: int) -> bytes:
+    """The letter the ledger writes for a publication Talkable refused (its key sealed in the
+    command)."""
+    from tests.unit.domain_builders import Ledger, generated, publication_failed, received
+
+    ledger = Ledger()
+    ledger.send(received(request_id))
+    ledger.send(generated(request_id))
+    [given_up] = ledger.send(publication_failed(request_id)).dead_letters
+    return encode(
+        DeadLetter(
+            topic=f"{app}-completions",
+            partition=-1,
+            offset=-1,
+            reason="Unauthorized: Talkable answered 401",
+            key=request_id,
+            value_b64=base64.b64encode(encode(given_up.command)).decode(),
+            request_id=request_id,
+            at_ms=at_ms,
+        )
+    )
+
+
+def test_a_redrive_of_one_request_that_finds_no_letter_of_it_says_so_and_fails(
+    kafka: EmbeddedKafka,
+):
+    """`redrive --request-id` with an id one character off said "1 dead letters examined,
+    0 redriven, 1 not selected" and exited 0: the operator took the request for redriven. A
+    run asked for one request that redrives nothing of it names the id, says why that can be,
+    and exits 1; so does asking again for one an earlier run redrove."""
+    app = f"typo{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+    for topic in ("deadletter", "requests"):
+        asyncio.run(create_topic(kafka.bootstrap, f"{app}-{topic}", 1))
+    produce(
+        kafka.bootstrap, f"{app}-deadletter", b"k", parked_letter(app, "5d0c1e", now_s() * 1000)
+    )
+    why = (
+        "none the filters select carries that id (the id the ingress answered? `talkstream "
+        "audit --request-id {id}` says whether it is parked), or an earlier run redrove it "
+        "(--from-beginning reconsiders those)"
+    )
+
+    mistyped = talkstream(env, "redrive", "--dry-run", "--request-id", "5d0c1f")
+    assert mistyped.exit_code == 1
+    assert mistyped.output.splitlines()[-1] == (
+        "Error: no dead letter of request 5d0c1f to redrive: " + why.format(id="5d0c1f")
+    )
+    assert "1 dead letters examined, 0 to redrive, 1 not selected" in mistyped.output
+
+    redriven = talkstream(env, "redrive", "--request-id", "5d0c1e")
+    assert redriven.exit_code == 0, redriven.output
+    assert "redriven: 5d0c1e → the ledger" in redriven.output
+    again = talkstream(env, "redrive", "--request-id", "5d0c1e")
+    assert again.exit_code == 1
+    assert again.output.splitlines()[-1] == (
+        "Error: no dead letter of request 5d0c1e to redrive: " + why.format(id="5d0c1e")
+    )
+    # what selects nothing without naming one request stays a report, not a failure
+    assert talkstream(env, "redrive", "--site", "nosuch").exit_code == 0
+
+
+def test_redrive_reads_a_site_typed_in_another_case_as_the_projection_spells_it(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """`redrive --site ACME-STORE` selected none of acme-store's letters ("0 to redrive, 1 not
+    selected") where the console's dead-letter page takes a site in any case."""
+    from sqlalchemy import text
+
+    from tests.unit.domain_builders import SITE
+
+    app = f"case{uuid.uuid4().hex[:6]}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
+    for topic in ("deadletter", "requests"):
+        asyncio.run(create_topic(kafka.bootstrap, f"{app}-{topic}", 1))
+    produce(kafka.bootstrap, f"{app}-deadletter", b"k", parked_letter(app, "p1", now_s() * 1000))
+    url = f"sqlite:///{tmp_path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    with store.engine.begin() as connection:  # the request, parked, as the projector wrote it
+        connection.execute(
+            text(
+                "INSERT INTO requests (request_id, site, person, state, terminal,"
+                " received_at_ms, updated_at_ms, attempts)"
+                " VALUES ('p1', :site, :person, 'publish_failed', true, 1, 1, 1)"
+            ),
+            {"site": SITE, "person": f"{SITE}:alice@example.com"},
+        )
+    store.close()
+
+    typed = talkstream(env, "redrive", "--dry-run", "--site", SITE.upper(), "--database-url", url)
+    assert typed.exit_code == 0, typed.output
+    assert f"would redrive: p1 → the ledger  site={SITE}  " in typed.output
+    assert "1 to redrive, 0 not selected" in typed.output
+    other = talkstream(env, "redrive", "--dry-run", "--site", "other", "--database-url", url)
+    assert "0 to redrive, 1 not selected" in other.output
+
+
 def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run_says_why(
     kafka: EmbeddedKafka,
 ):
@@ -576,7 +673,6 @@ def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run
     retention), and a redrive of it then changes nothing: redrive said "redriven: ... → the
     ledger", sent it, and the projection kept showing it parked, with no word of why."""
     from models.state import Policy
-    from tests.unit.domain_builders import Ledger, generated, publication_failed, received
 
     app = f"old{uuid.uuid4().hex[:6]}"
     env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app}
@@ -585,31 +681,15 @@ def test_a_request_parked_past_the_ledgers_retention_is_not_redriven_and_the_run
     retention_ms = Policy().fingerprint_retention_ms
     now_ms = now_s() * 1000
 
-    def parked_letter(request_id: str, at_ms: int) -> bytes:
-        ledger = Ledger()
-        ledger.send(received(request_id))
-        ledger.send(generated(request_id))
-        [given_up] = ledger.send(publication_failed(request_id)).dead_letters
-        return encode(
-            DeadLetter(
-                topic=f"{app}-completions",
-                partition=-1,
-                offset=-1,
-                reason="Unauthorized: Talkable answered 401",
-                key=request_id,
-                value_b64=base64.b64encode(encode(given_up.command)).decode(),
-                request_id=request_id,
-                at_ms=at_ms,
-            )
-        )
-
     produce(
         kafka.bootstrap,
         f"{app}-deadletter",
         b"old",
-        parked_letter("old", now_ms - retention_ms - 60_000),
+        parked_letter(app, "old", now_ms - retention_ms - 60_000),
     )
-    produce(kafka.bootstrap, f"{app}-deadletter", b"new", parked_letter("new", now_ms - 60_000))
+    produce(
+        kafka.bootstrap, f"{app}-deadletter", b"new", parked_letter(app, "new", now_ms - 60_000)
+    )
 
     preview = talkstream(env, "redrive", "--dry-run").output
     out = talkstream(env, "redrive").output
