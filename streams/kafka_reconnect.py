@@ -40,6 +40,7 @@ _DOUBLINGS_TO_MAX = math.ceil(math.log2(MAX_SECONDS / BASE_SECONDS))
 class _Backoff:
     failures: int = 0
     until: float = 0.0  # time.monotonic() before which no connection is tried
+    tries: int = 0  # the pauses whose one try was taken
 
 
 def delay(failures: int) -> float:
@@ -63,14 +64,20 @@ async def _get_conn(
     if backoff is not None:
         left = backoff.until - time.monotonic()
         if left > 0:
-            failures = backoff.failures
+            tries = backoff.tries
             await asyncio.sleep(left)
             conn = self._conns.get((node_id, group))
             if conn is not None and conn.connected():  # another request connected meanwhile
                 return conn
-            if node_id not in backoffs or backoff.failures != failures:
-                return None  # another request tried meanwhile: its outcome is this one's
-        # the one try of this pause; requests arriving meanwhile wait for the next
+            if backoffs.get(node_id) is not backoff or backoff.tries != tries:
+                # another request waiting for this pause woke first and took its try (or a
+                # connection ended the back-off): its outcome is this one's. (Every request
+                # that waited tried at the pause's end: a consumer's fetcher, coordinator and
+                # metadata refresh made two or three attempts at each pause, not one.)
+                return None
+        # the one try of this pause; requests waiting for it or arriving meanwhile wait for
+        # the next
+        backoff.tries += 1
         backoff.until = time.monotonic() + delay(backoff.failures + 1)
     conn = await _connect(self, node_id, group=group, no_hint=no_hint)
     if conn is not None:

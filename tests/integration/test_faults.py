@@ -113,7 +113,11 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
     replaced by another instance, the new one reads the dead one's mark when it gets its
     partitions and tells the ledger the same, not its deadline."""
     system = make_system(
-        generation_deadline_seconds="6",
+        # longer than the whole test: the call is re-issued because a run told the ledger it
+        # was lost, never by its deadline. (At 6 s, on a loaded machine the deadline, 8 s after
+        # the ledger took the webhook, passed before the kill: the call was re-issued as
+        # overdue, and no mark listed it any more.)
+        generation_deadline_seconds="600",
         max_wait_seconds="2",
         openai_timeout_seconds="120",
         session_timeout_seconds="6",  # the stopped instance's partitions move on this soon
