@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -312,17 +314,35 @@ class Answer(NamedTuple):
     raw: bytes  # everything the server sent before it closed
 
 
+async def sent_until_closed(server: TestServer, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` as it is on a connection of its own; what the server sent until it
+    closed it. A server that refuses a request before it has read all of it closes with bytes
+    unread, which the kernel answers with a reset, not an end: its answer, received before the
+    reset, is read from the socket first (asyncio's stream reader drops what it holds when a
+    reset comes)."""
+    assert server.host is not None and server.port is not None
+    loop = asyncio.get_running_loop()
+    with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+        sock.setblocking(False)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused midway
+            await loop.sock_sendall(sock, request)
+        chunks = []
+
+        async def read() -> None:
+            try:
+                while chunk := await loop.sock_recv(sock, 65536):
+                    chunks.append(chunk)
+            except ConnectionResetError:
+                pass
+
+        await asyncio.wait_for(read(), timeout)
+    return b"".join(chunks)
+
+
 async def exchange(server: TestServer, request: bytes, timeout: float = 10) -> Answer:
     """Send ``request`` as it is on a connection of its own and read until the server closes
     it (a request that does not ask ``Connection: close`` must be one it refuses)."""
-    assert server.host is not None and server.port is not None
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
+    raw = await sent_until_closed(server, request, timeout)
     head, _, rest = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {}

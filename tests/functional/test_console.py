@@ -4,7 +4,6 @@ content, redrive) and a fixed clock."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -42,7 +41,7 @@ from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
-from tests.functional.conftest import Answer, Served, exchange, make_settings
+from tests.functional.conftest import Answer, Served, exchange, make_settings, sent_until_closed
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import T0_MS, Log, mixed_log
 
@@ -318,14 +317,11 @@ async def test_a_request_too_long_to_read_leaves_its_bytes_and_the_token_out_of_
 ):
     caplog.set_level(logging.DEBUG)
     server = console.client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(
+    answer = await sent_until_closed(  # aiohttp answers, then closes
+        server,
         f"GET /requests HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}"
-        f"{'0' * 9000}\r\n\r\n".encode()
+        f"{'0' * 9000}\r\n\r\n".encode(),
     )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp answers, then closes
-    writer.close()
     assert b"431 Request Header Fields Too Large" in answer
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "aiohttp.server"]
     assert said == [("WARNING", "refused a malformed HTTP request: LineTooLong (431)")]

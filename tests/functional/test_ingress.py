@@ -7,7 +7,6 @@ retries; the keys never appear in what is produced, logged or answered.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -38,6 +37,7 @@ from tests.functional.conftest import (
     envelope,
     form_body,
     seed_params,
+    sent_until_closed,
     shapes,
     sign,
 )
@@ -672,14 +672,11 @@ async def test_a_body_past_its_content_length_never_reaches_the_logs(
     caplog.set_level(logging.DEBUG)
     body = json_body(seed_params())
     server = ingress.client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(
+    answer = await sent_until_closed(  # aiohttp answers, then closes
+        server,
         b"POST /chat-gpt/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 10\r\n\r\n" + body
+        b"Content-Length: 10\r\n\r\n" + body,
     )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp answers, then closes
-    writer.close()
 
     assert b"400 Bad Request" in answer  # aiohttp's own parser refused the leftover bytes
     # the client's fault, said once: a WARNING without the bytes, not an ERROR with a traceback
