@@ -79,7 +79,10 @@ class _Main(click.Group):
             cause = exc.__cause__
             in_data_dir = _unusable_data_dir(cause) if isinstance(cause, OSError) else None
             url = ctx.meta.get(DATABASE_URL_META)
-            raise click.ClickException(in_data_dir or describe_database_error(exc, url)) from None
+            sub = self.commands.get(ctx.invoked_subcommand or "")
+            option = sub is not None and any(p.name == "database_url" for p in sub.params)
+            said = describe_database_error(exc, url, option=option)
+            raise click.ClickException(in_data_dir or said) from None
 
 
 # what sets the address each serving command listens on

@@ -372,7 +372,7 @@ def _check_database_url(url: str) -> None:
     try:
         make_engine(url).dispose()
     except ArgumentError as exc:
-        raise DevRefused(describe_database_error(exc, url)) from None
+        raise DevRefused(describe_database_error(exc, url, option=False)) from None
 
 
 def watch(

@@ -175,15 +175,18 @@ def safe_url(engine_or_url: Engine | str) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def describe_database_error(exc: SQLAlchemyError, url: str | None = None) -> str:
+def describe_database_error(
+    exc: SQLAlchemyError, url: str | None = None, *, option: bool = True
+) -> str:
     """One line for a person about a database that cannot be used: which one (``url``, its
     password hidden, when known), what the driver said (never the SQL or its parameters), a
-    password in any URL it echoed hidden."""
+    password in any URL it echoed hidden. ``option``: the command has ``--database-url``."""
     said = database_said(exc)
     if isinstance(exc, ArgumentError):
+        where = "TALKSTREAM_DATABASE_URL or --database-url" if option else "TALKSTREAM_DATABASE_URL"
         return (
-            f"the database URL cannot be used ({said}): set TALKSTREAM_DATABASE_URL or "
-            "--database-url to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+            f"the database URL cannot be used ({said}): set {where} to sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB"
         )
     which = f" {safe_url(url)}" if url else ""
     return f"the database{which} cannot be used: {said}"

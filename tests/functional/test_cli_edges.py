@@ -238,6 +238,7 @@ def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anythin
         "which is not installed"
     )
     assert len(result.output.splitlines()) == 1 and "s3cr3t" not in result.output
+    assert "set TALKSTREAM_DATABASE_URL to" in result.output  # (dev has no --database-url)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
 
 

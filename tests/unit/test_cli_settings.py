@@ -367,6 +367,26 @@ def test_an_empty_listen_host_is_refused(
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [
+        (["stats"], "TALKSTREAM_DATABASE_URL or --database-url"),
+        (["console"], "TALKSTREAM_DATABASE_URL"),  # (it has no --database-url)
+    ],
+)
+def test_an_unusable_database_url_names_only_the_options_the_command_has(
+    command: list[str], where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "nosuchdb://x")
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_TOKEN", "a-console-token-long-enough")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "Error: the database URL cannot be used (nosuchdb:// names no database SQLAlchemy "
+        f"knows): set {where} to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+    )
+
+
 @pytest.mark.parametrize("command", [["stats"], ["audit", "--request-id", "r1"]])
 def test_a_database_url_with_a_port_that_is_no_number_is_one_line_without_the_password(
     command: list[str], monkeypatch: pytest.MonkeyPatch
