@@ -25,7 +25,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from streams.projection import migrate
-from streams.projection.engine import safe_url
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,13 @@ def check(engine: Engine) -> Schema:
     if revision is not None and revision not in migrate.revisions():
         advice = migrate.too_new_advice(engine, revision)
         return Schema(revision, refused=f"{advice}; or serve the newer version's console")
-    url = safe_url(engine)
     at = f"is at migration {revision}" if revision else "has no migration history of ours"
     return Schema(
         revision,
         behind=(
             f"The projection {at}; this console reads migration {head}. This version's "
-            f"projector migrates it when it starts (`talkstream migrate --database-url {url}` "
-            "does it alone); until then a page may be slow, or fail."
+            f"projector migrates it when it starts ({migrate.migrate_command(engine)} does it "
+            "alone); until then a page may be slow, or fail."
         ),
     )
 

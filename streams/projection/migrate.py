@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shlex
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -133,9 +134,18 @@ def too_new_advice(engine: Engine, revision: str) -> str:
     return (
         f"the projection database {url} is at migration {revision}, which this version of "
         f"talkstream does not know (its newest is {head()}): a newer version migrated it. "
-        f"Take it back with that newer version first: `talkstream migrate --to {head()} "
-        f"--database-url {url}`"
+        f"Take it back with that newer version first: {migrate_command(engine, f'--to {head()}')}"
     )
+
+
+def migrate_command(engine: Engine, options: str = "") -> str:
+    """``talkstream migrate`` for this database, to paste: its URL quoted for a shell, unless
+    it has a password, which is never said (a person puts it in where the URL shows ***)."""
+    command = " ".join(["talkstream migrate", *([options] if options else [])])
+    url = engine.url.render_as_string(hide_password=True)
+    if engine.url.password is None:
+        return f"`{command} --database-url {shlex.quote(url)}`"
+    return f"`{command} --database-url URL` (URL: {url}, with its password for ***)"
 
 
 def migrate_to(engine: Engine, target: str) -> tuple[str | None, str]:
@@ -202,7 +212,7 @@ def not_current(engine: Engine) -> str | None:
     was = f"is at migration {revision}" if revision else "keeps its history in alembic_version"
     return (
         f"the projection database {url} {was}, older than this version of talkstream "
-        f"(its newest is {head()}): bring it up with `talkstream migrate --database-url {url}` "
+        f"(its newest is {head()}): bring it up with {migrate_command(engine)} "
         "(what a worker's projector does at its start)"
     )
 

@@ -778,6 +778,26 @@ def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
     assert _revision(projected) == "9999"
 
 
+@pytest.mark.parametrize(
+    ("url", "command"),
+    [
+        ("sqlite:////srv/talk stream/p.sqlite3", "`talkstream migrate --database-url "
+         "'sqlite:////srv/talk stream/p.sqlite3'`"),
+        ("postgresql+psycopg://ada:s3cret-pw@db/p", "`talkstream migrate --database-url URL` "
+         "(URL: postgresql+psycopg://ada:***@db/p, with its password for ***)"),
+    ],
+)  # fmt: skip
+def test_the_command_that_migrates_a_projection_can_be_pasted_and_says_no_password(
+    url: str, command: str
+) -> None:
+    """It quoted the URL as shown, its password as ***: pasted, it was refused."""
+    from sqlalchemy import create_engine
+
+    from streams.projection import migrate
+
+    assert migrate.migrate_command(create_engine(url)) == command
+
+
 def test_a_projection_left_at_an_older_migration_names_the_command_that_brings_it_up(
     projected: str,
 ):
