@@ -6,7 +6,8 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
 
 - **Rate, learned.** OpenAI's ``x-ratelimit-limit-requests`` / ``-tokens`` (per minute) set two
   GCRA lanes (generic cell rate algorithm: each call's cost moves a theoretical arrival time on
-  by ``cost / rate``), requests and tokens, each at ``safety`` of the limit. A call's token cost
+  by ``cost / rate``), requests and tokens, each at ``safety`` of the limit, with a burst of
+  ``burst_s`` seconds of it after a rest (none left after a 429). A call's token cost
   is the prompt estimate plus ``max_tokens``, counted at most the limit a minute; a call the
   upstream refused (a 4xx) spent none and gives its cost back. ``remaining`` at 0 pauses until
   the ``reset``. A call that certainly costs more than the limit a minute never fits
@@ -77,21 +78,37 @@ class PacerConfig:
     # back at once, hundreds of times a second, until the maximum wait
     throttle_floor: float = 0.05
     probe_wait: float = 1.0  # seconds a new target's first call goes alone, at most
+    # seconds of a paced rate that may go at once after a rest: OpenAI enforces a minute's
+    # limit over shorter spans ("60,000 requests/minute may be enforced as 1,000
+    # requests/second"), so a second's worth is there to spend; spacing every call of a blast
+    # wasted it (a second at the blast's start, a quarter of the time a 400-webhook blast at
+    # 50/s may take). A 429 empties it
+    burst_s: float = 1.0
 
 
 class Lane:
-    """One GCRA lane: ``rate`` units per second, no burst beyond one cell."""
+    """One GCRA lane: ``rate`` units per second, and a burst of ``burst_s`` seconds of them
+    after a rest (the bucket the upstream is assumed to hold; at least the call's own cost:
+    a call larger than the burst waits for the lane to be empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst_s: float = 0.0) -> None:
         self.rate: float | None = None
+        self.burst_s = burst_s
         self._tat = 0.0  # theoretical arrival time of the next unit
 
-    def ready_at(self, now: float) -> float:
-        return now if self.rate is None else max(now, self._tat)
+    def ready_at(self, now: float, cost: float = 1.0) -> float:
+        if self.rate is None:
+            return now
+        cell = cost / self.rate
+        return max(now, self._tat - max(self.burst_s, cell) + cell)
 
     def take(self, cost: float, now: float) -> None:
         if self.rate is not None:
             self._tat = max(self._tat, now) + cost / self.rate
+
+    def empty(self, now: float) -> None:
+        """The upstream refused a call for its rate: whatever burst was left is not there."""
+        self._tat = max(self._tat, now + self.burst_s)
 
     def give_back(self, cost: float, now: float) -> None:
         """Units taken for a call that did not spend them."""
@@ -102,8 +119,8 @@ class Lane:
 class Pacer:
     def __init__(self, config: PacerConfig | None = None) -> None:
         self.config = config or PacerConfig()
-        self.requests = Lane()
-        self.tokens = Lane()
+        self.requests = Lane(self.config.burst_s)
+        self.tokens = Lane(self.config.burst_s)
         self.window = float(self.config.initial_window)
         self.slow_start = True
         self.in_flight = 0
@@ -141,7 +158,7 @@ class Pacer:
             return None
         at = max(now, self.paused_until, self.requests.ready_at(now))
         if self.tokens.rate is not None and cost_tokens > 0:
-            at = max(at, self.tokens.ready_at(now))
+            at = max(at, self.tokens.ready_at(now, self._counted(cost_tokens)))
         return at
 
     def allowed_in_flight(self, now: float) -> int:
@@ -224,6 +241,8 @@ class Pacer:
         if started is None or started >= self.throttled_at:
             self.retried += 1  # a call made after the last 429's wait, throttled again
         self.throttled_at = now
+        self.requests.empty(now)
+        self.tokens.empty(now)
         asked = wait = limits.retry_after_s if limits is not None else None
         if wait is not None:
             self.unhinted = 0
