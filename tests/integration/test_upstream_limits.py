@@ -84,6 +84,38 @@ def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
     )
 
 
+def test_a_key_answered_without_limit_headers_is_paced_at_the_limit_its_429s_name(
+    make_system,
+) -> None:
+    """An OpenAI-compatible server or a proxy that drops the ``x-ratelimit-*`` headers still
+    passes OpenAI's 429 body on, which names the minute's limit hit: the key is paced at it,
+    as the headers would pace it, not guessed at from its 429s."""
+    system = make_system()
+    key = "sk-bare-answers-h5"
+    system.openai(
+        "POST",
+        "/_control",
+        {"latency_seconds": 0.5, "limit_headers": False, "key_limits": {key: {"rpm": 300}}},
+    )
+    ids = post_all(
+        system,
+        [seed_params(f"bare{i}@example.com", site="bare-site", openai_key=key)
+         for i in range(100)],
+    )  # fmt: skip
+    rows = system.wait_terminal(ids, timeout=240)
+    assert Counter(row.state for row in rows.values()) == {"published": 100}
+    assert all(row.attempts == 1 for row in rows.values())
+    calls = calls_with(system, key)
+    throttled = [c for c in calls if c["status"] == 429]
+    assert len(throttled) <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    rates = re.findall(
+        r'talkstream_upstream_rate\{model="gpt-3.5-turbo",target="[0-9a-f]{16}",'
+        r'upstream="openai"\} (\S+)',
+        system_metrics(system),
+    )
+    assert [float(rate) for rate in rates] == [pytest.approx(4.5)]  # 90% of the 5/s it named
+
+
 def test_one_key_is_paced_per_model_as_openai_limits_it(make_system) -> None:
     """OpenAI's limits are per model: one key may send 1 request a second to one model and 100
     to another, each answer's headers saying its own model's. A campaign on the scarce model

@@ -85,6 +85,34 @@ def test_the_wait_asked_for_is_the_longest_of_header_and_message() -> None:
     assert read_limits({"retry-after": "2"}, message).retry_after_s == 20.0
 
 
+def test_a_429_body_names_the_limit_where_no_header_says_it() -> None:
+    """A compatible server or a proxy may drop OpenAI's ``x-ratelimit-*`` headers and pass the
+    429's body on; the body names the minute's limit it hit, and that paces the key as the
+    headers would (a day's limit is no pace; a header, where there is one, says it first)."""
+    rpm = (
+        "Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): "
+        "Limit 300, Used 300, Requested 1. Please try again in 200ms. Visit https://..."
+    )
+    tpm = (
+        "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): "
+        "Limit 40000, Used 39000, Requested 1200. Please try again in 1.8s. Visit https://..."
+    )
+    rpd = (
+        "Rate limit reached for gpt-4o in organization org-x on requests per day (RPD): "
+        "Limit 200, Used 200, Requested 1. Please try again in 7m12s. Visit https://..."
+    )
+    assert read_limits({}, rpm) == Limits(requests_per_minute=300, retry_after_s=0.2)
+    assert read_limits({}, tpm) == Limits(tokens_per_minute=40000, retry_after_s=1.8)
+    assert read_limits({}, rpd) == Limits(retry_after_s=432.0)
+    assert read_limits({"x-ratelimit-limit-requests": "600"}, rpm).requests_per_minute == 600
+    pacer = Pacer(PacerConfig(safety=0.9))
+    pacer.started(0, 0.0)
+    pacer.answered(read_limits({}), 0.5)  # a 200 that says nothing
+    pacer.started(0, 0.5)
+    pacer.throttled(read_limits({}, rpm), 0.6, started=0.5)
+    assert (pacer.learned, pacer.rate) == (True, pytest.approx(4.5))
+
+
 def spaced_calls(pacer: Pacer, count: int, cost: float = 0, start: float = 0.0) -> list[float]:
     """When ``count`` calls start (from ``start``) if each starts as soon as allowed and ends
     at once."""
