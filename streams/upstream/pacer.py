@@ -15,8 +15,10 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   (a customer may raise it).
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
-  halved on a 429 or an outage; and a 429 of a busy target paces it at what it answered
-  lately (``ADAPT_*`` below): a window caps calls in flight, not their rate.
+  halved on a 429 or an outage (once for the calls that were out together: their 429s
+  halved it to 1, and a target of 50 calls a second answering in half a second was called a
+  few at a time); and a 429 of a busy target paces it at what it answered lately
+  (``ADAPT_*`` below): a window caps calls in flight, not their rate.
 - **A new target is asked once first**: one call in flight until its first answer, which
   tells its limits, or that it refuses the key, before many calls are spent on it; but for
   ``probe_wait`` seconds at most. A refusal comes back sooner than that, while a generation may
@@ -131,6 +133,7 @@ class Pacer:
         self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
         self.retried = 0  # 429s in a row, each of a call started after the one before
         self.throttled_at = float("-inf")  # when the latest 429 came
+        self.decreased_at = float("-inf")  # when a 429 or an outage last halved the window
         self.backoff = False  # the latest 429's pause is a backoff of ours, not what it asked
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
@@ -257,7 +260,8 @@ class Pacer:
         # the pause is ours, not the target's: it asked for none, or for less
         self.backoff = (asked is None or wait > asked) and now + wait >= self.paused_until
         self.paused_until = max(self.paused_until, now + wait)
-        self._decrease()
+        if started is None or started >= self.decreased_at:
+            self._decrease(now)  # once for the calls that were out together
 
     def failed(self, now: float, limits: Limits | None = None) -> None:
         """An outage: a 5xx, a connection error, a timeout. A 5xx that says how long to wait
@@ -265,7 +269,7 @@ class Pacer:
         self.in_flight -= 1
         self.failures += 1
         self.probe_until = None  # no answer: the next call is the target's first question again
-        self._decrease()
+        self._decrease(now)
         if self.circuit is Circuit.HALF_OPEN or self.failures >= self.config.circuit_after:
             if self.circuit is Circuit.HALF_OPEN:
                 self.open_for = min(self.open_for * 2, self.config.open_max)
@@ -282,7 +286,8 @@ class Pacer:
 
     # --- learning -----------------------------------------------------------------------------
 
-    def _decrease(self) -> None:
+    def _decrease(self, now: float) -> None:
+        self.decreased_at = now
         self.slow_start = False
         self.window = max(1.0, self.window / 2)
 

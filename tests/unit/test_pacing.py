@@ -218,6 +218,25 @@ def test_a_429_pauses_for_what_it_asked_and_halves_an_unlearned_window() -> None
     assert pacer.ready_at(0, 3.5) == pytest.approx(3.5 + PacerConfig().throttle_base)
 
 
+def test_the_429s_of_calls_out_together_halve_the_window_once() -> None:
+    """A window's calls out together all meet the limit at once: each of their 429s halved
+    the window, from 9 to 1, and a target allowing 50 calls a second, each answered in half a
+    second, was then called a few at a time (a blast of 400 took 1.46 times what its limit
+    allows, in a simulation). A call started after the halving and throttled halves it
+    again."""
+    pacer = Pacer(PacerConfig(initial_window=8))
+    pacer.started(0, 0.0)
+    pacer.answered(None, 0.5)  # the first answer: a window of 9
+    for _ in range(9):
+        pacer.started(0, 0.5)
+    for i in range(6):
+        pacer.throttled(Limits(retry_after_s=0.02), 0.52 + i * 0.001, started=0.5)
+    assert pacer.allowed_in_flight(0.6) == 4
+    pacer.started(0, 0.6)
+    pacer.throttled(Limits(retry_after_s=0.02), 0.7, started=0.6)
+    assert pacer.allowed_in_flight(0.7) == 2
+
+
 def test_429s_in_a_row_that_say_nothing_back_off_doubling_up_to_the_maximum() -> None:
     """Talkable publishes no limits and asks clients to back off from seconds up to minutes:
     one call a second through a 429 storm of minutes would be sixty a minute."""
