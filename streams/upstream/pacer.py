@@ -10,9 +10,9 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
   ``burst_s`` seconds of it after a rest (none left after a 429). A call's token cost
   is the prompt estimate plus ``max_tokens``, counted at most the limit a minute; a call the
   upstream refused (a 4xx) spent none and gives its cost back. ``remaining`` at 0 pauses until
-  the ``reset``. A call that certainly costs more than the limit a minute never fits
-  (:meth:`Pacer.never_fits`): no wait lets it run, as long as that limit was said lately
-  (a customer may raise it).
+  the ``reset``, counted from the call's start (when the upstream admitted it). A call that
+  certainly costs more than the limit a minute never fits (:meth:`Pacer.never_fits`): no wait
+  lets it run, as long as that limit was said lately (a customer may raise it).
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
   halved on a 429 or an outage (once for the calls that were out together: their 429s
@@ -203,12 +203,12 @@ class Pacer:
         self.requests.take(1, now)
         self.tokens.take(self._counted(cost_tokens), now)
 
-    def answered(self, limits: Limits | None, now: float) -> None:
+    def answered(self, limits: Limits | None, now: float, started: float | None = None) -> None:
         """The call got an answer from a healthy upstream (success, or a refusal no retry
-        fixes: the upstream is up)."""
+        fixes: the upstream is up). ``started``: when the call started (None: now)."""
         self.in_flight -= 1
         self.heard = True
-        self._learn(limits, now)
+        self._learn(limits, now, started)
         self.answers.append(now)
         self._grow(now)
         self.failures = 0
@@ -221,11 +221,13 @@ class Pacer:
             self.config.max_window, self.window + (1 if self.slow_start else 1 / self.window)
         )
 
-    def refused(self, limits: Limits | None, cost_tokens: float, now: float) -> None:
+    def refused(
+        self, limits: Limits | None, cost_tokens: float, now: float, started: float | None = None
+    ) -> None:
         """The call was refused (a 4xx no retry fixes): the upstream is up, and generated
         nothing, so the tokens taken for it go back."""
         self.tokens.give_back(self._counted(cost_tokens), now)
-        self.answered(limits, now)
+        self.answered(limits, now, started)
 
     def resume(self, now: float) -> None:
         """The pause lifted: an operator says the upstream is back (a redrive). Its next answer
@@ -310,9 +312,15 @@ class Pacer:
         elif self.requests.rate is not None:
             self.requests.rate *= 1 + ADAPT_GROWTH
 
-    def _learn(self, limits: Limits | None, now: float) -> None:
+    def _learn(self, limits: Limits | None, now: float, started: float | None = None) -> None:
+        """What an answer said. Its ``remaining`` and ``reset`` are as of the call's admission,
+        at its start: a limit spent by the call itself is back ``reset`` after that, not
+        after the answer (a key of 60 a minute, its bucket holding one call, was called every
+        1.5 s, not every 1.1 s, when each answer's "0 left, back in 1s" counted from the
+        answer, half a second of generation later)."""
         if limits is None:
             return
+        since = now if started is None else min(started, now)
         safety = self.config.safety
         if limits.requests_per_minute and limits.requests_per_minute > 0:
             self.requests.rate = limits.requests_per_minute / 60 * safety
@@ -327,4 +335,4 @@ class Pacer:
             (limits.remaining_tokens, limits.tokens_reset_s),
         ):
             if remaining is not None and remaining < 1 and reset:
-                self.paused_until = max(self.paused_until, now + reset)
+                self.paused_until = max(self.paused_until, since + reset)

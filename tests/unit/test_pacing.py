@@ -195,6 +195,25 @@ def test_remaining_zero_pauses_until_the_reset() -> None:
     assert pacer.ready_at(0, 10.0) == 12.0
 
 
+def test_a_limit_the_call_spent_is_back_its_reset_after_the_call_started() -> None:
+    """An answer's "0 left, back in 1s" is as of the call's admission: a key of 60 a minute
+    (its bucket holding one call) answering in half a second was called every 1.5 s, not at
+    its pace, when the reset counted from the answer (a blast of 50 took 1.5 times what the
+    limit allows)."""
+    pacer = Pacer(PacerConfig(safety=0.9))
+    spent = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    pacer.started(0, 0.0)
+    pacer.answered(read_limits(spent), 0.5, started=0.0)
+    assert pacer.ready_at(0, 0.5) == pytest.approx(1.0)
+    pacer.started(0, 1.0)
+    pacer.answered(read_limits(spent), 1.5, started=1.0)
+    assert pacer.ready_at(0, 1.5) == pytest.approx(1.0 + 1 / 0.9)  # its pace, not 2.5
+
+
 def test_before_anything_is_learned_the_window_caps_calls_in_flight() -> None:
     pacer = Pacer(PacerConfig(initial_window=2))
     pacer.started(0, 0.0)
