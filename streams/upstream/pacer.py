@@ -47,8 +47,9 @@ from enum import IntEnum
 from streams.upstream.limits import Limits
 
 # A target that says no limits (Talkable) and answers 429 is paced at what it was answering
-# before: the calls answered in the last ADAPT_SPAN_S, when at least ADAPT_LEAST (a busy
-# target; a quiet one's pace says nothing of its limit), at the config's safety share. The
+# before: the calls answered in the last ADAPT_SPAN_S, when they and its 429s in that span
+# are at least ADAPT_LEAST (a busy target; a quiet one's pace says nothing of its limit; a
+# slow one answers few calls, and 429s to the others), at the config's safety share. The
 # pace then grows by ADAPT_GROWTH with each answer, to find a limit raised, and is forgotten
 # ADAPT_FORGET_S after the last 429. A window caps calls in flight, not their rate: against a
 # fast upstream, a third of the calls were 429s.
@@ -140,6 +141,7 @@ class Pacer:
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
         self.tokens_said_at = float("-inf")  # ...when it last said so
         self.answers: collections.deque[float] = collections.deque(maxlen=256)  # their times
+        self.refusals: collections.deque[float] = collections.deque(maxlen=256)  # 429s' times
         self.adapted_at: float | None = None  # when a 429 last set the pace (nothing said)
         self.heard = False  # any answer at all yet: until then, one call at a time...
         self.probe_until: float | None = None  # ...until probe_wait after the first one started
@@ -240,6 +242,7 @@ class Pacer:
         self.in_flight -= 1
         self.heard = True
         self._learn(limits, now)
+        self.refusals.append(now)
         if not self.learned:
             self._adapt(now)
         config = self.config
@@ -296,7 +299,8 @@ class Pacer:
     def _adapt(self, now: float) -> None:
         """A 429 from a target that said no limits: pace it at what it answered lately."""
         recent = [at for at in self.answers if now - at <= ADAPT_SPAN_S]
-        if len(recent) < ADAPT_LEAST:
+        refused = sum(1 for at in self.refusals if now - at <= ADAPT_SPAN_S)
+        if len(recent) < 2 or len(recent) + refused < ADAPT_LEAST:
             return
         answered = len(recent) / max(now - recent[0], 1.0) * self.config.safety
         paced = self.requests.rate if self.adapted_at is not None else None

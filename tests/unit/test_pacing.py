@@ -355,6 +355,16 @@ def test_a_target_that_says_no_limits_is_paced_at_what_it_answered_before_its_42
     assert (pacer.rate, pacer.adapted_at) == (None, None)
 
 
+def test_a_slow_target_whose_calls_are_mostly_429s_is_paced_all_the_same() -> None:
+    """A site allowing a call a second answers a window of one with a 429 every other call:
+    fewer than 8 answers in 10 s, so it was never "busy" enough to be paced, and a third of
+    its calls were 429s. Its 429s show it is pushed: they count towards busy."""
+    pacer = Pacer(PacerConfig(initial_window=4, safety=0.9))
+    answered, throttled = calls_against_a_limit(pacer, per_second=1.0, seconds=20.0)
+    assert throttled / (answered + throttled) < 0.25
+    assert pacer.rate is not None and 0.7 < pacer.rate < 1.2
+
+
 def test_a_quiet_target_learns_no_pace_from_a_429() -> None:
     """Fewer than a few answers in the last seconds say nothing of the limit: the 429 backs
     off as before, and no pace holds the next blast."""
