@@ -347,6 +347,44 @@ def test_a_generation_that_outlasts_the_timeout_ends_after_three_calls(make_syst
     assert {r.state for r in rows.values()} == {"published"}
 
 
+def test_a_site_talkable_limits_is_paced_by_its_429s_and_another_site_served_meanwhile(
+    make_system,
+) -> None:
+    """Talkable publishes no limits; a site over its rate is answered 429 with a
+    ``Retry-After`` in whole seconds. A campaign's publications on such a site are paced by
+    what its answers show, with few 429s, none spending an attempt, and another site's
+    publications do not wait behind them."""
+    system = make_system()
+    system.talkable("POST", "/_control", {"site_rate_limits": {"busy-site": 4}})
+    busy = post_all(
+        system,
+        [seed_params(f"pub{i}@example.com", site="busy-site", openai_key=LIMITED_KEY)
+         for i in range(100)],
+    )  # fmt: skip
+    wait_until(
+        lambda: any(c["status"] == 201 for c in system.talkable("GET", "/_calls")),
+        60,
+        what="the busy site's first publication",
+    )
+    calm = post_all(
+        system,
+        [seed_params(f"calm{i}@example.com", site="calm-site", openai_key=QUIET_KEY)
+         for i in range(10)],
+    )  # fmt: skip
+    rows = system.wait_terminal(busy + calm, timeout=240)
+    assert Counter(row.state for row in rows.values()) == {"published": 110}
+    assert all(row.attempts == 1 for row in rows.values())  # waiting spent no attempt
+    posts = [
+        c for c in system.talkable("GET", "/_calls")
+        if c["path"].endswith("/origins/event") and c.get("site_slug") == "busy-site"
+    ]  # fmt: skip
+    throttled = [c for c in posts if c["status"] == 429]
+    assert len(posts) - len(throttled) == 100
+    assert len(throttled) <= 0.2 * len(posts), Counter(c["status"] for c in posts)
+    busy_done = max(rows[rid].terminal_at_ms for rid in busy)
+    assert max(rows[rid].terminal_at_ms for rid in calm) < busy_done - 5_000
+
+
 def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> None:
     system = make_system(circuit_max_open_seconds="5")
     back_at = time.time() + 25  # the stand-in answers 503 until then
