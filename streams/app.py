@@ -157,6 +157,7 @@ def _executor(
         initial_window=window,
         max_window=max_in_flight,
         safety=settings.pacing_safety,
+        burst_s=settings.pacing_burst_seconds,
         circuit_after=settings.circuit_failures,
         open_max=settings.circuit_max_open_seconds,
         throttle_max=settings.circuit_max_open_seconds,

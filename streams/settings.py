@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         "calls end at once with the same reason instead of calling",
     )
     pacing_safety: float = Field(0.9, gt=0, le=1, description="share of a learned limit used")
+    pacing_burst_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="seconds of a learned pace a target may be sent at once after a rest "
+        "(OpenAI enforces a minute's limit over spans as short as a second; a 429 empties it)",
+    )
     circuit_failures: int = Field(3, ge=1, description="outage failures in a row that open it")
     circuit_max_open_seconds: float = Field(
         30.0,

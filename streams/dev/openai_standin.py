@@ -23,9 +23,11 @@ OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), withou
 ``retry-after`` unless ``limit_retry_after`` is set; one that costs more than the key's tokens
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
 (no wait fits it, so it says none). Every answer carries the key's
-``x-ratelimit-*`` headers. A key in ``insufficient_quota_keys`` gets OpenAI's 429
-``insufficient_quota``; a model in ``unknown_models`` its 404 ``model_not_found``, or what an
-OpenAI-compatible server answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
+``x-ratelimit-*`` headers, unless ``limit_headers`` is off (a compatible server or a proxy
+that drops them: the 429 bodies alone say the limit and the wait). A key in
+``insufficient_quota_keys`` gets OpenAI's 429 ``insufficient_quota``; a model in
+``unknown_models`` its 404 ``model_not_found``, or what an OpenAI-compatible server
+answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
 LiteLLM's proxy's 400, LocalAI's 500 (its 2.x "could not load model"), none with OpenAI's code;
 Azure OpenAI's 404 ``DeploymentNotFound``). A key in
 ``refusal_keys`` is answered 200 with the model's refusal (``message.refusal``, no content), one
@@ -96,6 +98,9 @@ class OpenAIStandinConfig:
     default_tpm: float = 1_000_000_000.0
     burst_seconds: float = 1.0  # what a bucket holds, in seconds of its rate
     limit_retry_after: bool = False  # send retry-after on a rate-limit 429 (OpenAI often does not)
+    # send the key's x-ratelimit-* headers on every answer; False: as an OpenAI-compatible
+    # server or a proxy that drops them, whose 429 bodies alone say the limit and the wait
+    limit_headers: bool = True
     insufficient_quota_keys: set[str] = field(default_factory=set)
     unknown_models: set[str] = field(default_factory=set)
     # whose answer to a model in unknown_models: OpenAI's, or an OpenAI-compatible server's
@@ -242,9 +247,12 @@ def duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest:.0f}s"
 
 
-def _limit_headers(limits: KeyLimits) -> dict[str, str]:
+def _limit_headers(limits: KeyLimits, sent: bool = True) -> dict[str, str]:
     """The key's ``x-ratelimit-*`` headers: limits per minute, what is left of the minute's
-    worth in proportion to the buckets, and when they would be full again."""
+    worth in proportion to the buckets, and when they would be full again (``sent`` False:
+    none of them)."""
+    if not sent:
+        return {"x-request-id": f"req_{uuid.uuid4().hex}"}
     requests, tokens = limits.requests, limits.tokens
     tokens_left = limits.tpm * max(tokens.level, 0) / tokens.capacity  # (a large call: below 0)
     return {
@@ -286,7 +294,7 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
             "output tokens must be reduced in order to run successfully. Visit "
             "https://platform.openai.com/account/rate-limits to learn more."
         )
-        headers = _limit_headers(limits)
+        headers = _limit_headers(limits, state.config.limit_headers)
         return _error(429, message, "tokens", code="rate_limit_exceeded", headers=headers)
     wait = limits.requests.take(1)
     lane, limit, used, asked = "requests per min (RPM)", limits.rpm, limits.rpm, 1
@@ -303,7 +311,7 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
         f"Limit {limit:.0f}, Used {used:.0f}, Requested {asked}. Please try again in "
         f"{duration(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more."
     )
-    headers = _limit_headers(limits)
+    headers = _limit_headers(limits, state.config.limit_headers)
     if state.config.limit_retry_after:
         headers["retry-after-ms"] = str(max(round(wait * 1000), 1))
     kind = "requests" if asked == 1 else "tokens"
@@ -475,7 +483,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     writing = config.seconds_per_token * (_max_tokens(body) or 16)
     if writing > 0:
         await asyncio.sleep(writing)
-    headers = _limit_headers(app[STATE].limits_of(key, str(model)))
+    headers = _limit_headers(app[STATE].limits_of(key, str(model)), config.limit_headers)
     refused, filtered = key in config.refusal_keys, key in config.content_filter_keys
     if refused or filtered:
         rec["fault"] = "refusal" if refused else "content_filter"

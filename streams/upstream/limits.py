@@ -6,8 +6,10 @@ OpenAI sends, on every response (429s included)::
     x-ratelimit-remaining-requests: 299    x-ratelimit-remaining-tokens: 39850
     x-ratelimit-reset-requests: 200ms      x-ratelimit-reset-tokens: 6m0s
 
-(limits per minute; resets as Go-style durations), and in a 429 body "Please try again in
-1.234s" (or "20ms"). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds, or an
+(limits per minute; resets as Go-style durations), and in a 429 body the limit it hit and
+when to try again ("... on requests per min (RPM): Limit 300, Used 300, Requested 1. Please
+try again in 1.234s", or "20ms"; a server or proxy that sends no such headers may still pass
+the body on). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds, or an
 HTTP date: the wait until then by this machine's clock). Talkable publishes no limits and only
 asks clients to back off.
 """
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
+# "... on requests per min (RPM): Limit 600, Used 600, Requested 1." (never a day's limit)
+_SAID_LIMIT = re.compile(
+    r"on (requests|tokens) per min \((?:RPM|TPM)\):\s*Limit (\d+(?:\.\d+)?)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +99,30 @@ def try_again_in(message: str | None) -> float | None:
     return duration_seconds(found.group(1)) if found else None
 
 
+def limit_said(message: str | None, lane: str) -> float | None:
+    """The limit a minute an OpenAI 429 body names for ``lane`` ("requests", "tokens"):
+    "... on tokens per min (TPM): Limit 40000, Used ..." (what a server or proxy that sends
+    no ``x-ratelimit-*`` headers still passes on)."""
+    for found in _SAID_LIMIT.finditer(message or ""):
+        if found.group(1).lower() == lane:
+            return _number(found.group(2)) or None
+    return None
+
+
 def read_limits(
     headers: Mapping[str, str], message: str | None = None, now: float | None = None
 ) -> Limits:
     """Everything the answer said: the ``x-ratelimit-*`` headers, ``retry-after(-ms)``, and
-    the "try again in" of an error message (the longer of the two waits)."""
+    of an error message the "try again in" (the longer of the two waits) and the limit a
+    minute it names, where no header gave it."""
     waits = [w for w in (retry_after(headers, now), try_again_in(message)) if w is not None]
+    requests = _number(headers.get("x-ratelimit-limit-requests"))
+    tokens = _number(headers.get("x-ratelimit-limit-tokens"))
     return Limits(
-        requests_per_minute=_number(headers.get("x-ratelimit-limit-requests")),
+        requests_per_minute=requests if requests is not None else limit_said(message, "requests"),
         remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),
         requests_reset_s=duration_seconds(headers.get("x-ratelimit-reset-requests")),
-        tokens_per_minute=_number(headers.get("x-ratelimit-limit-tokens")),
+        tokens_per_minute=tokens if tokens is not None else limit_said(message, "tokens"),
         remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
         tokens_reset_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
         retry_after_s=max(waits) if waits else None,

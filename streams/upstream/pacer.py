@@ -6,16 +6,19 @@ when may the next call start (:meth:`Pacer.ready_at`)? It never sleeps; the sche
 
 - **Rate, learned.** OpenAI's ``x-ratelimit-limit-requests`` / ``-tokens`` (per minute) set two
   GCRA lanes (generic cell rate algorithm: each call's cost moves a theoretical arrival time on
-  by ``cost / rate``), requests and tokens, each at ``safety`` of the limit. A call's token cost
+  by ``cost / rate``), requests and tokens, each at ``safety`` of the limit, with a burst of
+  ``burst_s`` seconds of it after a rest (none left after a 429). A call's token cost
   is the prompt estimate plus ``max_tokens``, counted at most the limit a minute; a call the
   upstream refused (a 4xx) spent none and gives its cost back. ``remaining`` at 0 pauses until
-  the ``reset``. A call that certainly costs more than the limit a minute never fits
-  (:meth:`Pacer.never_fits`): no wait lets it run, as long as that limit was said lately
-  (a customer may raise it).
+  the ``reset``, counted from the call's start (when the upstream admitted it). A call that
+  certainly costs more than the limit a minute never fits (:meth:`Pacer.never_fits`): no wait
+  lets it run, as long as that limit was said lately (a customer may raise it).
 - **Adapted, where nothing is said** (Talkable; an OpenAI-compatible server without headers):
   an AIMD window of calls in flight: slow start (+1 per success) from ``initial_window``, then
-  halved on a 429 or an outage; and a 429 of a busy target paces it at what it answered
-  lately (``ADAPT_*`` below): a window caps calls in flight, not their rate.
+  halved on a 429 or an outage (once for the calls that were out together: their 429s
+  halved it to 1, and a target of 50 calls a second answering in half a second was called a
+  few at a time); and a 429 of a busy target paces it at what it answered lately
+  (``ADAPT_*`` below): a window caps calls in flight, not their rate.
 - **A new target is asked once first**: one call in flight until its first answer, which
   tells its limits, or that it refuses the key, before many calls are spent on it; but for
   ``probe_wait`` seconds at most. A refusal comes back sooner than that, while a generation may
@@ -44,8 +47,9 @@ from enum import IntEnum
 from streams.upstream.limits import Limits
 
 # A target that says no limits (Talkable) and answers 429 is paced at what it was answering
-# before: the calls answered in the last ADAPT_SPAN_S, when at least ADAPT_LEAST (a busy
-# target; a quiet one's pace says nothing of its limit), at the config's safety share. The
+# before: the calls answered in the last ADAPT_SPAN_S, when they and its 429s in that span
+# are at least ADAPT_LEAST (a busy target; a quiet one's pace says nothing of its limit; a
+# slow one answers few calls, and 429s to the others), at the config's safety share. The
 # pace then grows by ADAPT_GROWTH with each answer, to find a limit raised, and is forgotten
 # ADAPT_FORGET_S after the last 429. A window caps calls in flight, not their rate: against a
 # fast upstream, a third of the calls were 429s.
@@ -77,21 +81,37 @@ class PacerConfig:
     # back at once, hundreds of times a second, until the maximum wait
     throttle_floor: float = 0.05
     probe_wait: float = 1.0  # seconds a new target's first call goes alone, at most
+    # seconds of a paced rate that may go at once after a rest: OpenAI enforces a minute's
+    # limit over shorter spans ("60,000 requests/minute may be enforced as 1,000
+    # requests/second"), so a second's worth is there to spend; spacing every call of a blast
+    # wasted it (a second at the blast's start, a quarter of the time a 400-webhook blast at
+    # 50/s may take). A 429 empties it
+    burst_s: float = 1.0
 
 
 class Lane:
-    """One GCRA lane: ``rate`` units per second, no burst beyond one cell."""
+    """One GCRA lane: ``rate`` units per second, and a burst of ``burst_s`` seconds of them
+    after a rest (the bucket the upstream is assumed to hold; at least the call's own cost:
+    a call larger than the burst waits for the lane to be empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst_s: float = 0.0) -> None:
         self.rate: float | None = None
+        self.burst_s = burst_s
         self._tat = 0.0  # theoretical arrival time of the next unit
 
-    def ready_at(self, now: float) -> float:
-        return now if self.rate is None else max(now, self._tat)
+    def ready_at(self, now: float, cost: float = 1.0) -> float:
+        if self.rate is None:
+            return now
+        cell = cost / self.rate
+        return max(now, self._tat - max(self.burst_s, cell) + cell)
 
     def take(self, cost: float, now: float) -> None:
         if self.rate is not None:
             self._tat = max(self._tat, now) + cost / self.rate
+
+    def empty(self, now: float) -> None:
+        """The upstream refused a call for its rate: whatever burst was left is not there."""
+        self._tat = max(self._tat, now + self.burst_s)
 
     def give_back(self, cost: float, now: float) -> None:
         """Units taken for a call that did not spend them."""
@@ -102,8 +122,8 @@ class Lane:
 class Pacer:
     def __init__(self, config: PacerConfig | None = None) -> None:
         self.config = config or PacerConfig()
-        self.requests = Lane()
-        self.tokens = Lane()
+        self.requests = Lane(self.config.burst_s)
+        self.tokens = Lane(self.config.burst_s)
         self.window = float(self.config.initial_window)
         self.slow_start = True
         self.in_flight = 0
@@ -114,12 +134,14 @@ class Pacer:
         self.unhinted = 0  # 429s in a row that said nothing about how long, nothing learned
         self.retried = 0  # 429s in a row, each of a call started after the one before
         self.throttled_at = float("-inf")  # when the latest 429 came
+        self.decreased_at = float("-inf")  # when a 429 or an outage last halved the window
         self.backoff = False  # the latest 429's pause is a backoff of ours, not what it asked
         self.open_for = self.config.open_base
         self.learned = False  # the upstream told us its limits
         self.tokens_per_minute: float | None = None  # the limit as the upstream said it...
         self.tokens_said_at = float("-inf")  # ...when it last said so
         self.answers: collections.deque[float] = collections.deque(maxlen=256)  # their times
+        self.refusals: collections.deque[float] = collections.deque(maxlen=256)  # 429s' times
         self.adapted_at: float | None = None  # when a 429 last set the pace (nothing said)
         self.heard = False  # any answer at all yet: until then, one call at a time...
         self.probe_until: float | None = None  # ...until probe_wait after the first one started
@@ -141,7 +163,7 @@ class Pacer:
             return None
         at = max(now, self.paused_until, self.requests.ready_at(now))
         if self.tokens.rate is not None and cost_tokens > 0:
-            at = max(at, self.tokens.ready_at(now))
+            at = max(at, self.tokens.ready_at(now, self._counted(cost_tokens)))
         return at
 
     def allowed_in_flight(self, now: float) -> int:
@@ -183,12 +205,12 @@ class Pacer:
         self.requests.take(1, now)
         self.tokens.take(self._counted(cost_tokens), now)
 
-    def answered(self, limits: Limits | None, now: float) -> None:
+    def answered(self, limits: Limits | None, now: float, started: float | None = None) -> None:
         """The call got an answer from a healthy upstream (success, or a refusal no retry
-        fixes: the upstream is up)."""
+        fixes: the upstream is up). ``started``: when the call started (None: now)."""
         self.in_flight -= 1
         self.heard = True
-        self._learn(limits, now)
+        self._learn(limits, now, started)
         self.answers.append(now)
         self._grow(now)
         self.failures = 0
@@ -201,11 +223,13 @@ class Pacer:
             self.config.max_window, self.window + (1 if self.slow_start else 1 / self.window)
         )
 
-    def refused(self, limits: Limits | None, cost_tokens: float, now: float) -> None:
+    def refused(
+        self, limits: Limits | None, cost_tokens: float, now: float, started: float | None = None
+    ) -> None:
         """The call was refused (a 4xx no retry fixes): the upstream is up, and generated
         nothing, so the tokens taken for it go back."""
         self.tokens.give_back(self._counted(cost_tokens), now)
-        self.answered(limits, now)
+        self.answered(limits, now, started)
 
     def resume(self, now: float) -> None:
         """The pause lifted: an operator says the upstream is back (a redrive). Its next answer
@@ -218,12 +242,15 @@ class Pacer:
         self.in_flight -= 1
         self.heard = True
         self._learn(limits, now)
+        self.refusals.append(now)
         if not self.learned:
             self._adapt(now)
         config = self.config
         if started is None or started >= self.throttled_at:
             self.retried += 1  # a call made after the last 429's wait, throttled again
         self.throttled_at = now
+        self.requests.empty(now)
+        self.tokens.empty(now)
         asked = wait = limits.retry_after_s if limits is not None else None
         if wait is not None:
             self.unhinted = 0
@@ -238,7 +265,8 @@ class Pacer:
         # the pause is ours, not the target's: it asked for none, or for less
         self.backoff = (asked is None or wait > asked) and now + wait >= self.paused_until
         self.paused_until = max(self.paused_until, now + wait)
-        self._decrease()
+        if started is None or started >= self.decreased_at:
+            self._decrease(now)  # once for the calls that were out together
 
     def failed(self, now: float, limits: Limits | None = None) -> None:
         """An outage: a 5xx, a connection error, a timeout. A 5xx that says how long to wait
@@ -246,7 +274,7 @@ class Pacer:
         self.in_flight -= 1
         self.failures += 1
         self.probe_until = None  # no answer: the next call is the target's first question again
-        self._decrease()
+        self._decrease(now)
         if self.circuit is Circuit.HALF_OPEN or self.failures >= self.config.circuit_after:
             if self.circuit is Circuit.HALF_OPEN:
                 self.open_for = min(self.open_for * 2, self.config.open_max)
@@ -263,14 +291,16 @@ class Pacer:
 
     # --- learning -----------------------------------------------------------------------------
 
-    def _decrease(self) -> None:
+    def _decrease(self, now: float) -> None:
+        self.decreased_at = now
         self.slow_start = False
         self.window = max(1.0, self.window / 2)
 
     def _adapt(self, now: float) -> None:
         """A 429 from a target that said no limits: pace it at what it answered lately."""
         recent = [at for at in self.answers if now - at <= ADAPT_SPAN_S]
-        if len(recent) < ADAPT_LEAST:
+        refused = sum(1 for at in self.refusals if now - at <= ADAPT_SPAN_S)
+        if len(recent) < 2 or len(recent) + refused < ADAPT_LEAST:
             return
         answered = len(recent) / max(now - recent[0], 1.0) * self.config.safety
         paced = self.requests.rate if self.adapted_at is not None else None
@@ -286,9 +316,15 @@ class Pacer:
         elif self.requests.rate is not None:
             self.requests.rate *= 1 + ADAPT_GROWTH
 
-    def _learn(self, limits: Limits | None, now: float) -> None:
+    def _learn(self, limits: Limits | None, now: float, started: float | None = None) -> None:
+        """What an answer said. Its ``remaining`` and ``reset`` are as of the call's admission,
+        at its start: a limit spent by the call itself is back ``reset`` after that, not
+        after the answer (a key of 60 a minute, its bucket holding one call, was called every
+        1.5 s, not every 1.1 s, when each answer's "0 left, back in 1s" counted from the
+        answer, half a second of generation later)."""
         if limits is None:
             return
+        since = now if started is None else min(started, now)
         safety = self.config.safety
         if limits.requests_per_minute and limits.requests_per_minute > 0:
             self.requests.rate = limits.requests_per_minute / 60 * safety
@@ -303,4 +339,4 @@ class Pacer:
             (limits.remaining_tokens, limits.tokens_reset_s),
         ):
             if remaining is not None and remaining < 1 and reset:
-                self.paused_until = max(self.paused_until, now + reset)
+                self.paused_until = max(self.paused_until, since + reset)

@@ -399,7 +399,7 @@ class Scheduler:
             if error is None or error.answered or not (error.throttle or error.retriable):
                 target.answered_s = now
             if error is None:
-                target.pacer.answered(limits, now)
+                target.pacer.answered(limits, now, job.started_s)
                 target.refused.pop(job.key_scope, None)  # the key works (again)
                 target.refused.pop(job.scope, None)
                 self._note(target, "answered")
@@ -410,7 +410,7 @@ class Scheduler:
                 self._note(target, "throttled")
                 self._requeue(target, job, f"rate limited ({error})")
             elif error.retriable and error.answered:  # up, but nothing usable: not an outage
-                target.pacer.answered(limits, now)
+                target.pacer.answered(limits, now, job.started_s)
                 self._note(target, "failed")
                 job.unusable += 1
                 if job.unusable >= max(job.unusable_after, 1):
@@ -429,9 +429,9 @@ class Scheduler:
                     self._requeue(target, job, f"{error}")
             else:
                 if error.answered:  # a 200 no retry changes (a refusal): its tokens were spent
-                    target.pacer.answered(limits, now)
+                    target.pacer.answered(limits, now, job.started_s)
                 else:
-                    target.pacer.refused(limits, job.cost, now)
+                    target.pacer.refused(limits, job.cost, now, job.started_s)
                 self._note(target, "refused")
                 if error.refuses in ("key", "model", "site"):  # model, site: the job's scope
                     scope = job.key_scope if error.refuses == "key" else job.scope

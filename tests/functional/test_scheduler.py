@@ -67,7 +67,10 @@ async def settle() -> None:
 
 
 def scheduler(clock: Clock, *, slots: int = 4, window: int = 16, **kw: Any) -> Scheduler:
-    config = PacerConfig(initial_window=window, circuit_after=2, open_base=5.0, open_max=20.0)
+    # no burst after a rest (the pacer's tests have it): each call's spacing shows its pace
+    config = PacerConfig(
+        initial_window=window, circuit_after=2, open_base=5.0, open_max=20.0, burst_s=0.0
+    )
     return Scheduler(
         "test",
         max_in_flight=slots,

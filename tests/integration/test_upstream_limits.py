@@ -84,6 +84,38 @@ def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
     )
 
 
+def test_a_key_answered_without_limit_headers_is_paced_at_the_limit_its_429s_name(
+    make_system,
+) -> None:
+    """An OpenAI-compatible server or a proxy that drops the ``x-ratelimit-*`` headers still
+    passes OpenAI's 429 body on, which names the minute's limit hit: the key is paced at it,
+    as the headers would pace it, not guessed at from its 429s."""
+    system = make_system()
+    key = "sk-bare-answers-h5"
+    system.openai(
+        "POST",
+        "/_control",
+        {"latency_seconds": 0.5, "limit_headers": False, "key_limits": {key: {"rpm": 300}}},
+    )
+    ids = post_all(
+        system,
+        [seed_params(f"bare{i}@example.com", site="bare-site", openai_key=key)
+         for i in range(100)],
+    )  # fmt: skip
+    rows = system.wait_terminal(ids, timeout=240)
+    assert Counter(row.state for row in rows.values()) == {"published": 100}
+    assert all(row.attempts == 1 for row in rows.values())
+    calls = calls_with(system, key)
+    throttled = [c for c in calls if c["status"] == 429]
+    assert len(throttled) <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    rates = re.findall(
+        r'talkstream_upstream_rate\{model="gpt-3.5-turbo",target="[0-9a-f]{16}",'
+        r'upstream="openai"\} (\S+)',
+        system_metrics(system),
+    )
+    assert [float(rate) for rate in rates] == [pytest.approx(4.5)]  # 90% of the 5/s it named
+
+
 def test_one_key_is_paced_per_model_as_openai_limits_it(make_system) -> None:
     """OpenAI's limits are per model: one key may send 1 request a second to one model and 100
     to another, each answer's headers saying its own model's. A campaign on the scarce model
@@ -313,6 +345,44 @@ def test_a_generation_that_outlasts_the_timeout_ends_after_three_calls(make_syst
     assert len([c for c in calls_with(system, key) if c.get("max_tokens") == 5_000]) == 3
     rows = system.wait_terminal(others, timeout=60)
     assert {r.state for r in rows.values()} == {"published"}
+
+
+def test_a_site_talkable_limits_is_paced_by_its_429s_and_another_site_served_meanwhile(
+    make_system,
+) -> None:
+    """Talkable publishes no limits; a site over its rate is answered 429 with a
+    ``Retry-After`` in whole seconds. A campaign's publications on such a site are paced by
+    what its answers show, with few 429s, none spending an attempt, and another site's
+    publications do not wait behind them."""
+    system = make_system()
+    system.talkable("POST", "/_control", {"site_rate_limits": {"busy-site": 4}})
+    busy = post_all(
+        system,
+        [seed_params(f"pub{i}@example.com", site="busy-site", openai_key=LIMITED_KEY)
+         for i in range(100)],
+    )  # fmt: skip
+    wait_until(
+        lambda: any(c["status"] == 201 for c in system.talkable("GET", "/_calls")),
+        60,
+        what="the busy site's first publication",
+    )
+    calm = post_all(
+        system,
+        [seed_params(f"calm{i}@example.com", site="calm-site", openai_key=QUIET_KEY)
+         for i in range(10)],
+    )  # fmt: skip
+    rows = system.wait_terminal(busy + calm, timeout=240)
+    assert Counter(row.state for row in rows.values()) == {"published": 110}
+    assert all(row.attempts == 1 for row in rows.values())  # waiting spent no attempt
+    posts = [
+        c for c in system.talkable("GET", "/_calls")
+        if c["path"].endswith("/origins/event") and c.get("site_slug") == "busy-site"
+    ]  # fmt: skip
+    throttled = [c for c in posts if c["status"] == 429]
+    assert len(posts) - len(throttled) == 100
+    assert len(throttled) <= 0.2 * len(posts), Counter(c["status"] for c in posts)
+    busy_done = max(rows[rid].terminal_at_ms for rid in busy)
+    assert max(rows[rid].terminal_at_ms for rid in calm) < busy_done - 5_000
 
 
 def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> None:
