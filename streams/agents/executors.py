@@ -113,9 +113,10 @@ class Executor:
             max_poll_records=FETCH_RECORDS,
         )
         consumer.subscribe([self.config.topic], listener=_HandBack(self))
-        await consumer.start()
-        dispatcher = asyncio.create_task(self.scheduler.run())
+        dispatcher: asyncio.Task[None] | None = None
         try:
+            await consumer.start()  # (stopped too when a stop cancels it here)
+            dispatcher = asyncio.create_task(self.scheduler.run())
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
                 async with self._taking:
@@ -123,9 +124,10 @@ class Executor:
                         return
                     await self._take_batch(consumer, batch)
         finally:
-            dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await dispatcher
+            if dispatcher is not None:
+                dispatcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await consumer.stop()
 

@@ -120,8 +120,8 @@ class Projector:
             fetch_max_wait_ms=int(WITHIN_SECONDS * 1000),
         )
         consumer.subscribe([self.config.topic], listener=_Resume(self))
-        await consumer.start()
         try:
+            await consumer.start()  # (stopped too when a stop cancels it here)
             while True:
                 taken = await _take(consumer)
                 if taken:

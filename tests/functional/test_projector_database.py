@@ -107,3 +107,47 @@ async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds(
         await asyncio.gather(running, return_exceptions=True)
         store.back.set()
         store.close()
+
+
+async def test_a_projector_stopped_while_its_consumer_starts_closes_it() -> None:
+    """Kafka out of reach when the database is back: a stop (a cancel) or a failure while the
+    consumer was starting left it unclosed (asyncio's "Unclosed AIOKafkaConsumer" ERROR, at
+    whatever moment the collector found it)."""
+    store = ProjectionStore(make_engine("sqlite://"), migrate_schema=False)
+    projector = without_kafka(store)
+    running = asyncio.create_task(projector.run())
+    try:
+        await until(lambda: projector.consumer is not None or running.done())
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        store.close()
+    assert projector.consumer is not None
+    assert projector.consumer._closed
+
+
+async def test_an_executor_stopped_while_its_consumer_starts_closes_it() -> None:
+    """The executors' consumers, as the projector's."""
+    from streams.agents.executors import Executor, ExecutorConfig
+    from streams.upstream.pacer import PacerConfig
+    from streams.upstream.scheduler import Scheduler
+
+    config = ExecutorConfig(
+        name="generator",
+        topic="t-generate",
+        group="t-generator",
+        instance="t",
+        consumer_options={"bootstrap_servers": "127.0.0.1:1"},
+    )
+    scheduler = Scheduler(
+        "generator", max_in_flight=1, max_wait_s=1, refusal_s=1, pacer_config=PacerConfig()
+    )
+    executor = Executor(config, scheduler, None, topics=None, dead_letters=None, clock=None)  # type: ignore[arg-type]
+    running = asyncio.create_task(executor.run())
+    try:
+        await until(lambda: executor.consumer is not None or running.done())
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert executor.consumer is not None
+    assert executor.consumer._closed
