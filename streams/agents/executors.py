@@ -235,7 +235,8 @@ class Executor:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self.config.name, len(jobs))  # fmt: skip
         # what the partitions' next owner finds: nothing of this run's to call lost (calls
-        # still running here report; a crash loses those to their deadline). A partition with
+        # still running here report; a crash loses those to their deadline, unless the
+        # rebalance gives the partition back here: ``recover`` marks them again). A partition with
         # a command that could not be handed back keeps its last mark, which lists it as taken
         # and not reported: the next owner tells the ledger it was lost
         with contextlib.suppress(Exception):
@@ -246,7 +247,9 @@ class Executor:
                     if tp in self.taken and tp not in self._lost and tp not in unsent
                 }
             )
-        self._unreported.forget(revoked)
+        # the calls still running here stay listed: a rebalance revokes every partition and
+        # may give this worker some of them back (``recover``), whose marks must then list
+        # those calls again, or a crash before they end would lose them to their deadline
         for tp in revoked:
             self._marked.pop(tp, None)
             self._lost.pop(tp, None)
@@ -262,6 +265,7 @@ class Executor:
         grace in the ledger, off by default, would not do either: the executors' groups
         rebalance apart from the ledger's, which sees none when the dead worker is back
         within its session timeout after its executors' partitions moved)."""
+        self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
         if self.consumer is None or not assigned:
             return
         try:
@@ -272,7 +276,10 @@ class Executor:
             return
         for tp, (offset, metadata) in committed.items():
             mark = Mark.parse(metadata)
-            if mark is None or mark.run == self.run_id:
+            if mark is not None and mark.run == self.run_id:
+                await self._mark_running(tp, offset)
+                continue
+            if mark is None:
                 continue
             if mark.oldest < offset:
                 self._lost[tp] = (offset, mark)
@@ -291,6 +298,18 @@ class Executor:
                 log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
                          "ledger they were lost", self.config.name, tp.partition, which,
                          whose)  # fmt: skip
+
+    async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
+        """A partition given back to this run by a rebalance: the calls of it still running
+        here (its hand-over's mark said nothing was unreported) are marked again at once, so
+        a crash before they end has its next run, or the partition's next owner, tell the
+        ledger they were lost, not their deadline."""
+        if not self._unreported.partitions() & {tp}:
+            return
+        self.taken[tp] = offset
+        mark = self._mark(self._unreported.oldest(tp, offset), self._unreported.ranges(tp))
+        with contextlib.suppress(Exception):  # the next batch's commit marks them
+            await self._commit({tp: (offset, mark)})
 
     async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Sends the ledger, for each record of ``batch`` below its partition's lost range's

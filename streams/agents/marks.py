@@ -110,6 +110,10 @@ class Unreported:
                 return None
         return tuple((a, b) for a, b in ranges)
 
+    def partitions(self) -> set[TopicPartition]:
+        """The partitions with offsets not reported."""
+        return {tp for tp, offsets in self._offsets.items() if offsets}
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.pop(tp, None)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from streams.agents.ledger import partition_of
+from streams.secrets import key_fingerprint
 from tests.integration.conftest import System, consumer_lags, http, now_s, samples
-from tests.support import free_port, seed_params, usage, wait_until
+from tests.support import free_port, poll, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -276,3 +278,57 @@ def test_a_worker_joining_repeats_no_call_that_is_running(make_system) -> None:
     assert system.openai("GET", "/_stats")["calls"] == 12
     log = (system.root / "worker-b.log").read_text(errors="replace")
     assert "-requests', partition=" in log.split("newly assigned", 1)[-1]  # it took a share
+
+
+def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_calls(
+    make_system,
+) -> None:
+    """A rebalance revokes every partition of the executors' groups and may give a worker back
+    the one it was calling for. Its calls still running were left out of the marks it committed
+    after that (the hand-over's mark says nothing is unreported, for the next owner), so a
+    crash before they ended lost them to their deadline (queue wait and call: 308 s here, 17
+    minutes by default), though its next run came back at once: the marks list them again, and
+    the next run tells the ledger they were lost."""
+    system = make_system(
+        session_timeout_seconds="60",
+        generation_deadline_seconds="8",
+        max_wait_seconds="300",
+        openai_timeout_seconds="120",
+    )
+    system.openai("POST", "/_control", {"latency_seconds": 60})
+    openai_key = "sk-test-openai-0002"  # one key: one partition of [generate], 3 of 4, which
+    # the first generator in the group's order by member id (``worker-b@`` before ``worker@``)
+    # does not get: it stays with ``worker``
+    bodies = [
+        seed_params(f"kept{p}@example.com", content=f"kept {p}", openai_key=openai_key)
+        for p in range(6)
+    ]
+    thread, answers = post_in_background(system, bodies)
+    wait_until(
+        lambda: system.openai("GET", "/_stats")["in_flight"] == 6, 60, what="every call running"
+    )
+    generate = f"{system.app_id}-generate"
+    key = str(partition_of(4)(key_fingerprint(openai_key).encode()))
+    system.start_worker("worker-b")
+    system.wait_ready("worker-b")
+
+    def shared() -> dict[str, set[str]] | None:  # each generator holds some, none both
+        held = {}
+        for name in ("worker", "worker-b"):
+            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            held[name] = set(consumer_lags(text if status == 200 else "", generate))
+        return held if all(held.values()) and not held["worker"] & held["worker-b"] else None
+
+    held = poll(shared, 120)
+    assert held is not None, "both workers' generators holding partitions"
+    assert key in held["worker"], "the rebalance gave the calling worker its partition back"
+    system.kill("worker")  # its six calls still running
+    system.start_worker("worker")  # at once: the same partitions, no rebalance
+    system.openai("POST", "/_control", {"latency_seconds": 0.05})
+    thread.join(timeout=60)
+    ids = [body["request_id"] for _, body in answers]
+    rows = system.wait_terminal(ids, timeout=120)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert [row.attempts for row in rows.values()] == [2] * 6
+    log = (system.root / "worker.log").read_text(errors="replace")
+    assert "6 attempts of the previous run told lost" in log
