@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -114,16 +115,10 @@ async def test_a_projector_stopped_while_its_consumer_starts_closes_it() -> None
     consumer was starting left it unclosed (asyncio's "Unclosed AIOKafkaConsumer" ERROR, at
     whatever moment the collector found it)."""
     store = ProjectionStore(make_engine("sqlite://"), migrate_schema=False)
-    projector = without_kafka(store)
-    running = asyncio.create_task(projector.run())
     try:
-        await until(lambda: projector.consumer is not None or running.done())
+        assert (await stopped_while_starting(without_kafka(store)))._closed
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
         store.close()
-    assert projector.consumer is not None
-    assert projector.consumer._closed
 
 
 async def test_an_executor_stopped_while_its_consumer_starts_closes_it() -> None:
@@ -143,11 +138,17 @@ async def test_an_executor_stopped_while_its_consumer_starts_closes_it() -> None
         "generator", max_in_flight=1, max_wait_s=1, refusal_s=1, pacer_config=PacerConfig()
     )
     executor = Executor(config, scheduler, None, topics=None, dead_letters=None, clock=None)  # type: ignore[arg-type]
-    running = asyncio.create_task(executor.run())
+    assert (await stopped_while_starting(executor))._closed
+
+
+async def stopped_while_starting(agent: Any) -> Any:
+    """``agent`` run, and cancelled once it has made its consumer (Kafka out of reach: it is
+    starting, or failed to); the consumer."""
+    running = asyncio.create_task(agent.run())
     try:
-        await until(lambda: executor.consumer is not None or running.done())
+        await until(lambda: agent.consumer is not None or running.done())
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-    assert executor.consumer is not None
-    assert executor.consumer._closed
+    assert agent.consumer is not None
+    return agent.consumer
