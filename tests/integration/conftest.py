@@ -216,7 +216,11 @@ class System:
                 30,
                 what=f"stand-in on {port}",
             )
-        wait_until(lambda: self._up(f"{self.ingress}/healthz"), 60, what="ingress")
+        # ready, not only up: its producer knows a leader for every partition of [requests]. A
+        # webhook sent before that waited in aiokafka for its request timeout (10 s) on a
+        # topic just created, and those sent meanwhile were answered 503 ("Kafka is not
+        # acknowledging"): a truthful answer, not the one a test of something else expects
+        wait_until(lambda: self._up(f"{self.ingress}/readyz"), 60, what="ingress ready")
         return self
 
     def start_worker(self, name: str = "worker") -> None:
