@@ -31,8 +31,16 @@ def post_all(system: System, bodies: list[dict]) -> list[str]:
     """Post concurrently, as a campaign's webhooks arrive; every one must get its 202."""
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(system.post, bodies))
-    assert all(status == 202 for status, _ in answers), answers
+    assert all(status == 202 for status, _ in answers), [a for a in answers if a[0] != 202]
     return [answer["request_id"] for _, answer in answers]
+
+
+def post_people(system: System, prefix: str, count: int, *, site: str, key: str) -> list[str]:
+    """``count`` people of ``site`` (``<prefix><i>@example.com``), a webhook each on ``key``."""
+    return post_all(
+        system,
+        [seed_params(f"{prefix}{i}@example.com", site=site, openai_key=key) for i in range(count)],
+    )
 
 
 def calls_with(system: System, key: str) -> list[dict]:
@@ -48,17 +56,9 @@ def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
         "/_control",
         {"latency_seconds": 0.5, "key_limits": {LIMITED_KEY: {"rpm": 300}}},  # 5 per second
     )
-    blast = post_all(
-        system,
-        [seed_params(f"fan{i}@example.com", site="blast-site", openai_key=LIMITED_KEY)
-         for i in range(100)],
-    )  # fmt: skip
+    blast = post_people(system, "fan", 100, site="blast-site", key=LIMITED_KEY)
     wait_until(lambda: len(calls_with(system, LIMITED_KEY)) >= 10, 60, what="the blast started")
-    quiet = post_all(
-        system,
-        [seed_params(f"calm{i}@example.com", site="quiet-site", openai_key=QUIET_KEY)
-         for i in range(10)],
-    )  # fmt: skip
+    quiet = post_people(system, "calm", 10, site="quiet-site", key=QUIET_KEY)
 
     rows = system.wait_terminal(blast + quiet, timeout=240)
     assert Counter(row.state for row in rows.values()) == {"published": 110}
@@ -97,11 +97,7 @@ def test_a_key_answered_without_limit_headers_is_paced_at_the_limit_its_429s_nam
         "/_control",
         {"latency_seconds": 0.5, "limit_headers": False, "key_limits": {key: {"rpm": 300}}},
     )
-    ids = post_all(
-        system,
-        [seed_params(f"bare{i}@example.com", site="bare-site", openai_key=key)
-         for i in range(100)],
-    )  # fmt: skip
+    ids = post_people(system, "bare", 100, site="bare-site", key=key)
     rows = system.wait_terminal(ids, timeout=240)
     assert Counter(row.state for row in rows.values()) == {"published": 100}
     assert all(row.attempts == 1 for row in rows.values())
@@ -356,21 +352,13 @@ def test_a_site_talkable_limits_is_paced_by_its_429s_and_another_site_served_mea
     publications do not wait behind them."""
     system = make_system()
     system.talkable("POST", "/_control", {"site_rate_limits": {"busy-site": 4}})
-    busy = post_all(
-        system,
-        [seed_params(f"pub{i}@example.com", site="busy-site", openai_key=LIMITED_KEY)
-         for i in range(100)],
-    )  # fmt: skip
+    busy = post_people(system, "pub", 100, site="busy-site", key=LIMITED_KEY)
     wait_until(
         lambda: any(c["status"] == 201 for c in system.talkable("GET", "/_calls")),
         60,
         what="the busy site's first publication",
     )
-    calm = post_all(
-        system,
-        [seed_params(f"calm{i}@example.com", site="calm-site", openai_key=QUIET_KEY)
-         for i in range(10)],
-    )  # fmt: skip
+    calm = post_people(system, "calm", 10, site="calm-site", key=QUIET_KEY)
     rows = system.wait_terminal(busy + calm, timeout=240)
     assert Counter(row.state for row in rows.values()) == {"published": 110}
     assert all(row.attempts == 1 for row in rows.values())  # waiting spent no attempt
