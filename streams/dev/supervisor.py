@@ -6,14 +6,13 @@ Nothing starts unless everything can: a second ``dev`` on the same data director
 its consumer group, its SQLite file) is refused, and so is an address one of the servers could
 not have (the broker's two included, unless it runs already), before anything is started,
 rather than after a banner that another run's servers appeared to confirm, or a broker's stack
-trace."""
+trace; a refused start leaves no ``dev.lock`` (``streams.dev.datadir``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import logging.handlers
@@ -29,8 +28,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
 
+from streams.dev.datadir import DevRefused, hold_data_dir
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError, PortUnavailable
 from streams.errors import ConfigError, TalkstreamError
 from streams.runtime import child_process
@@ -195,31 +194,6 @@ def curl_example(host: str, port: int) -> str:
 
 
 Address = tuple[str, int, str]  # host, port, what sets it
-
-
-class DevRefused(Exception):
-    """``talkstream dev`` cannot start: the reason, one line for its user."""
-
-
-def hold_data_dir(data_dir: Path) -> IO[str]:
-    """This run's hold on ``data_dir`` (released when the file closes or the process ends,
-    however it ends); :class:`DevRefused` naming the holder's pid if another run has it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = (data_dir / "dev.lock").open("a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise DevRefused(
-            f"another talkstream dev runs on {data_dir} (pid {holder}): stop it first "
-            "(Ctrl-C where it runs), or give this one its own TALKSTREAM_DATA_DIR"
-        ) from None
-    lock.truncate(0)
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
 
 
 def stands_in(settings: Settings, upstream: str) -> bool:

@@ -202,7 +202,7 @@ def test_dev_names_an_address_in_use_before_it_starts_anything(
         f"(set by {set_by})\n",
     )
     # no broker, no log: nothing was started
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dev_refuses_a_console_token_the_console_would_before_it_starts_anything(
@@ -220,7 +220,7 @@ def test_dev_refuses_a_console_token_the_console_would_before_it_starts_anything
         "characters\n",
     )
     assert "short-token" not in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
+    assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
 def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anything(
@@ -239,7 +239,7 @@ def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anythin
     )
     assert len(result.output.splitlines()) == 1 and "s3cr3t" not in result.output
     assert "set TALKSTREAM_DATABASE_URL to" in result.output  # (dev has no --database-url)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]  # nothing was started
+    assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
 def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
@@ -257,7 +257,7 @@ def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
         f"talkstream dev: cannot listen on 127.0.0.1:{port + 1}: address already in use "
         f"(set by {CONTROLLER}, by default {BOOTSTRAP}'s port + 1)\n",
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -298,7 +298,7 @@ def test_dev_refuses_two_of_its_servers_on_one_port_naming_both(
         f"talkstream dev: cannot listen on 127.0.0.1:{port} for two servers: one set by "
         f"{first_set_by}; the other by {second_set_by}\n",
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -325,7 +325,7 @@ def test_dev_refuses_broker_ports_that_cannot_be_two_naming_the_settings(
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"talkstream dev: {says}"), result.output
     assert len(result.output.splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.lock"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_second_dev_on_the_same_data_is_refused_naming_the_first(
@@ -343,6 +343,54 @@ def test_a_second_dev_on_the_same_data_is_refused_naming_the_first(
     # released with the run: the next one holds it
     with hold_data_dir(tmp_path):
         assert (tmp_path / "dev.lock").read_text() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []  # and leaves no lock once it ends
+
+
+def test_a_refused_dev_leaves_the_running_ones_lock_and_no_lock_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, taken: int
+) -> None:
+    """A start refused (a port taken) left its ``dev.lock``, with the pid of a process that
+    had ended, and the data directory it made; one refused because another run holds the
+    directory must leave that run's lock as it is, or a third run would start beside it."""
+    data = tmp_path / "data"  # not there yet: a refused start does not make it
+    dev_env(monkeypatch, data)
+    monkeypatch.setenv("TALKSTREAM_INGRESS_PORT", str(taken))
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert result.exit_code == 1 and "address already in use" in result.output, result.output
+    assert not data.exists()
+
+    # another run holds it: a process of its own, as `make dev` is
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_DATA, str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = CliRunner().invoke(main, ["dev", *ports])
+        assert result.exit_code == 1 and f"(pid {holder.pid})" in result.output, result.output
+        assert (data / "dev.lock").read_text() == str(holder.pid)
+        result = CliRunner().invoke(main, ["dev", *ports])  # and a third is refused too
+        assert result.exit_code == 1 and f"(pid {holder.pid})" in result.output, result.output
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()  # it ends its run
+        assert holder.wait(timeout=10) == 0
+    assert not data.exists()  # its lock went with it (and the folder it made, empty)
+
+
+# a `talkstream dev` that holds its data directory until its stdin closes
+HOLDS_DATA = """
+import sys
+from pathlib import Path
+from streams.dev.datadir import hold_data_dir
+with hold_data_dir(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
 
 
 @pytest.mark.parametrize(
