@@ -41,6 +41,7 @@ schemas: bootstrap
 bench: bootstrap
 	.venv/bin/talkstream bench
 
+# the data directory the settings name (TALKSTREAM_DATA_DIR, default .data), its broker stopped
+# first; nothing when a dev runs on it, or it holds what talkstream did not put there (README)
 clean:
-	-.venv/bin/talkstream kafka stop
-	rm -rf .data
+	@.venv/bin/python -m streams.dev.clean
