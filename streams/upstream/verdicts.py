@@ -10,7 +10,9 @@ it (:func:`why_held`). After calls: one that keeps timing out while its target a
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from typing import Any
 
 from streams.errors import PublishError, QueueTimeout, UpstreamError
@@ -91,11 +93,31 @@ def held_too_long(
     return QueueTimeout(
         f"not called{' again' if job.tries else ''}: {target.name} "
         f"{'backs off' if target.backing_off else 'asked to wait'} "
-        f"{until - now:.0f}s more ({target.paused_by}), past "
+        f"{said_wait(until - now)} more ({target.paused_by}), past "
         f"the maximum wait ({max_wait_s:.0f}s, {now - job.issued_s:.0f}s of it "
-        "waited already): redrive it once the upstream allows",
+        f"waited already): redrive it once the upstream allows, from {wall(until - now)}",
         reason="QueueTimeout",
     )
+
+
+def said_wait(seconds: float) -> str:
+    """A wait in seconds, and in hours and minutes when it is that long: a letter read later
+    says "7200s (2 h)", not a number to divide."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    hours, minutes = divmod(round(whole / 60), 60)
+    parts = [f"{hours} h"] if hours else []
+    if minutes or not hours:
+        parts.append(f"{minutes} min")
+    return f"{whole}s ({' '.join(parts)})"
+
+
+def wall(seconds: float) -> str:
+    """When a wait of ``seconds`` from now ends, in UTC (the scheduler's clock is monotonic):
+    when the redrive a letter asks for can be called."""
+    at = datetime.datetime.fromtimestamp(time.time() + seconds, datetime.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def timed_out(target: Target, job: Job[Any], now: float, max_wait_s: float) -> QueueTimeout:

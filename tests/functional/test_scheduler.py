@@ -5,7 +5,10 @@ that stop a key, the maximum wait."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -803,8 +806,14 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     for key, called in (("d1", "not called again"), ("d3", "not called")):  # neither can
         error = up.reports[key].error  # start within 600 s of its issue
         assert error is not None and error.reason == "QueueTimeout", key
-        assert str(error).startswith(f"{called}: daily asked to wait 7200s more (rate limited")
+        assert str(error).startswith(
+            f"{called}: daily asked to wait 7200s (2 h) more (rate limited"
+        )
         assert "past the maximum wait (600s, " in str(error)
+        # when the upstream allows it: a letter read hours later says when to redrive
+        said = str(error).split("redrive it once the upstream allows, from ")[1]
+        resume = datetime.datetime.strptime(said, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert resume.timestamp() == pytest.approx(time.time() + 7200.0, abs=5)
     assert up.reports["d3"].waited_s == pytest.approx(300.0)
     assert up.calls.count("d3") == 0 and up.reports["o0"].value == "ok"
     # a new command for it ends the same way, without a call; once the pause is over, calls go
@@ -823,7 +832,7 @@ async def test_a_command_the_target_holds_past_its_maximum_wait_ends_at_once() -
     s.submit("daily", up.job("d6", issued=clock.t))
     await settle()
     held = str(up.reports["d6"].error)
-    assert "asked to wait 3600s more (its limit spent until its reset)" in held
+    assert "asked to wait 3600s (1 h) more (its limit spent until its reset)" in held
 
 
 async def test_a_backoff_of_its_own_is_not_said_to_be_what_the_target_asked() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from streams.upstream.limits import Limits, duration_seconds, read_limits, try_again_in
 from streams.upstream.pacer import Circuit, Pacer, PacerConfig
+from streams.upstream.verdicts import said_wait
 
 OPENAI_HEADERS = {
     "x-ratelimit-limit-requests": "300",
@@ -442,3 +443,19 @@ def test_a_first_call_lost_to_an_outage_makes_the_next_one_the_first_question() 
     assert pacer.allowed_in_flight(5.0) == 1
     pacer.started(0, 5.0)
     assert pacer.ready_at(0, 5.5) == 6.0  # its own second, from its own start
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (8.4, "8s"),
+        (59.6, "60s (1 min)"),
+        (300.0, "300s (5 min)"),
+        (3600.0, "3600s (1 h)"),
+        (5400.0, "5400s (1 h 30 min)"),
+        (10_799.0, "10799s (3 h)"),
+    ],
+)
+def test_a_wait_past_a_minute_is_said_in_hours_and_minutes_too(seconds: float, said: str) -> None:
+    """A letter said "asked to wait 10799s more": a number to divide, hours after."""
+    assert said_wait(seconds) == said
