@@ -55,10 +55,14 @@ class LetterFilters:
 
         since_ms, until_ms = parse_range(text("since"), text("until"), now_ms)
         topic = text("topic")
+        try:
+            source = letter_source(settings, topic) if topic else None
+        except ValueError as exc:  # named as the other fields are ("since: ...")
+            raise ValueError(f"topic: {exc}") from None
         return cls(
             site=text("site"),
             reason=text("reason"),
-            topic=letter_source(settings, topic) if topic else None,
+            topic=source,
             since_ms=since_ms,
             until_ms=until_ms,
             request_id=text("request_id"),

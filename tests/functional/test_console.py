@@ -991,7 +991,8 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     none = await signed_in.page("/deadletters?topic=lifecycle")
     assert 'id="letter-count">0<' in none
     typo = await signed_in.page("/deadletters?topic=completion", status=400)
-    assert "&#39;completion&#39; is not a topic dead letters come from" in typo
+    # named as the page's other fields are ("since: ...", "page: ...")
+    assert "topic: &#39;completion&#39; is not a topic dead letters come from" in typo
     assert "functest-requests, functest-generate" in typo
 
     csrf = await signed_in.csrf()
