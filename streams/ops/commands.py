@@ -444,12 +444,26 @@ def schemas(check: bool, directory: Path | None) -> None:
 # --- migrate ----------------------------------------------------------------------------------
 
 
+def _known_migration(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A ``--to`` this version has no migration of, said as the option's before any database
+    is opened (it was said after, and without naming the option)."""
+    from streams.projection.migrate import revisions
+
+    if value != "head" and value not in revisions():
+        known = ", ".join(sorted(revisions()))
+        raise click.BadParameter(
+            f"no migration {value!r} in this version (it has {known}; head: the newest)"
+        )
+    return value
+
+
 @click.command()
 @click.option(
     "--to",
     "target",
     default="head",
     show_default=True,
+    callback=_known_migration,
     help="the migration to bring the projection to: before rolling back to an older version, "
     "the newest it knows (its streams/projection/migrations/versions/)",
 )

@@ -753,7 +753,7 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
 
 
 def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
-    projected: str,
+    projected: str, tmp_path
 ):
     """An older version's projector on a projection migrated past what it knows stopped with
     Alembic's traceback ("Can't locate revision identified by ..."), again every second."""
@@ -774,7 +774,16 @@ def test_a_projection_a_newer_version_migrated_is_refused_saying_what_to_do(
     audit = talkstream("audit", "--request-id", "r1", "--database-url", projected)
     assert audit.exit_code == 1 and "at migration 9999, which this version" in audit.output
     unknown = talkstream("migrate", "--to", "0042x", "--database-url", projected)
-    assert unknown.exit_code == 1 and "no migration '0042x'" in unknown.output
+    assert unknown.exit_code == 2  # a usage error, named as the option's
+    assert "Invalid value for '--to': no migration '0042x' in this version" in unknown.output
+    # said before the database is looked at: not "no projection at ..." for a second try
+    nowhere = f"sqlite:///{tmp_path / 'nowhere.sqlite3'}"
+    unknown = talkstream("migrate", "--to", "0042x", "--database-url", nowhere)
+    assert (unknown.exit_code, unknown.output.splitlines()[-1]) == (
+        2,
+        "Error: Invalid value for '--to': no migration '0042x' in this version (it has "
+        f"{', '.join(sorted(migrate.revisions()))}; head: the newest)",
+    )
     assert _revision(projected) == "9999"
 
 
