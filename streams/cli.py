@@ -9,6 +9,7 @@ import logging
 import re
 import socket
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -83,6 +84,40 @@ class _Main(click.Group):
             option = sub is not None and any(p.name == "database_url" for p in sub.params)
             said = describe_database_error(exc, url, option=option)
             raise click.ClickException(in_data_dir or said) from None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, click.Group):
+            _refuse_repeats(command, name or "", rest, ctx)
+        return name, command, rest
+
+
+def _refuse_repeats(
+    command: click.Command, name: str, args: list[str], parent: click.Context
+) -> None:
+    """An option of one value given twice is a usage error naming it: click keeps the last,
+    so ``redrive --request-id A --request-id B`` redrove B alone and said nothing of A."""
+    ctx = click.Context(command, info_name=name, parent=parent)
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+    except click.ClickException:
+        return  # what the command's own parse says
+    single = [
+        param
+        for param in order
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
+    ]
+    for param, times in Counter(single).items():
+        if times > 1:
+            option = max(param.opts, key=len)
+            raise click.BadOptionUsage(
+                option,
+                f"{option} is given {times} times: it takes one value (run the command once "
+                "for each)",
+                ctx=ctx,
+            )
 
 
 # what sets the address each serving command listens on

@@ -886,3 +886,28 @@ def test_the_dev_banners_curl_reaches_an_ingress_where_it_listens(listen: str) -
             assert answer.status == 202
     assert json.loads(received[0])["site"] == "my-site"
     assert url_host("::1") == "[::1]" and url_host("0.0.0.0") == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["redrive", "--dry-run", "--topic", "generate", "--topic", "completions"], "--topic"),
+        (["redrive", "--request-id", "a", "--site", "s", "--request-id=b"], "--request-id"),
+        (["stats", "--site", "a", "--json", "--site", "b"], "--site"),
+        (["audit", "--request-id", "a", "--request-id", "b"], "--request-id"),
+        (["replay", "--verify", "--show", "1", "--show", "2"], "--show"),
+    ],
+)
+def test_an_option_of_one_value_given_twice_is_refused_naming_it(
+    args: list[str], option: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """click keeps the last value: `redrive --request-id A --request-id B` redrove B alone and
+    said nothing of A; `stats --site a --site b` counted b's as if they were all asked for."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(
+        f"Error: {option} is given 2 times: it takes one value (run the command once for each)\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was opened or made
