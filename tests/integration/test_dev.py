@@ -100,6 +100,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
             f"{proc.pid}): stop it first (Ctrl-C where it runs), or give this one its own "
             "TALKSTREAM_DATA_DIR\n"
         )
+        assert (tmp_path / "data" / "dev.lock").read_text() == str(proc.pid)  # left to the first
         # the pasted example works: a webhook in, the event at the Talkable stand-in
         status, body = http(
             "POST", f"http://127.0.0.1:{ingress}/chat-gpt/generate", seed_params("dev@example.com")
@@ -127,6 +128,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
     assert code == 0
     assert after == ["talkstream dev: stopped"]  # one line, and no traceback on stdout
     assert not any(listening(p) for p in (kafka_port, ingress, console, openai, talkable))
+    assert not (tmp_path / "data" / "dev.lock").exists()  # its hold went with it
 
 
 @pytest.mark.parametrize("command", ["worker", "ingress"])
