@@ -97,11 +97,15 @@ class _Main(click.Group):
 def _refuse_repeats(
     command: click.Command, name: str, args: list[str], parent: click.Context
 ) -> None:
-    """An option of one value given twice is a usage error naming it: click keeps the last,
-    so ``redrive --request-id A --request-id B`` redrove B alone and said nothing of A."""
+    """An option of one value given twice, or a text option given empty, is a usage error
+    naming it. click keeps the last of a repeated option: ``redrive --request-id A
+    --request-id B`` redrove B alone and said nothing of A. An empty value (a shell variable
+    not set: ``--database-url "$OLD_DB"``) read as no option, or as a filter: ``migrate --to
+    0004 --database-url ""`` took the default projection down, ``redrive --reason-contains ""``
+    selected every letter, ``--site ""`` none, without a word."""
     ctx = click.Context(command, info_name=name, parent=parent)
     try:
-        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        values, _, order = command.make_parser(ctx).parse_args(args=list(args))
     except click.ClickException:
         return  # what the command's own parse says
     single = [
@@ -110,13 +114,18 @@ def _refuse_repeats(
         if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
     ]
     for param, times in Counter(single).items():
+        option = max(param.opts, key=len)
         if times > 1:
-            option = max(param.opts, key=len)
             raise click.BadOptionUsage(
                 option,
                 f"{option} is given {times} times: it takes one value (run the command once "
                 "for each)",
                 ctx=ctx,
+            )
+        value = values.get(param.name or "")
+        if param.type is click.STRING and isinstance(value, str) and not value.strip():
+            raise click.BadOptionUsage(
+                option, f"{option} is empty: give it a value, or leave it out", ctx=ctx
             )
 
 

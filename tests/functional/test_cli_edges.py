@@ -911,3 +911,29 @@ def test_an_option_of_one_value_given_twice_is_refused_naming_it(
         f"Error: {option} is given 2 times: it takes one value (run the command once for each)\n"
     )
     assert list(tmp_path.iterdir()) == []  # nothing was opened or made
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        # the default projection taken down, for a URL variable that was not set
+        (["migrate", "--to", "0004", "--database-url", ""], "--database-url"),
+        # every letter selected
+        (["redrive", "--site", "s", "--reason-contains", " "], "--reason-contains"),
+        (["redrive", "--dry-run", "--topic="], "--topic"),
+        (["redrive", "--request-id", ""], "--request-id"),
+        (["stats", "--site", ""], "--site"),
+        (["audit", "--site", "s", "--email", ""], "--email"),
+    ],
+)
+def test_a_text_option_given_empty_is_refused_naming_it(
+    args: list[str], option: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """An empty value (a shell variable not set) was read as the option left out, or as a
+    filter that selects everything (a reason containing "") or nothing (site ""), silently."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(f"Error: {option} is empty: give it a value, or leave it out\n")
+    assert list(tmp_path.iterdir()) == []  # nothing was opened or made
