@@ -44,4 +44,5 @@ bench: bootstrap
 # the data directory the settings name (TALKSTREAM_DATA_DIR, default .data), its broker stopped
 # first; nothing when a dev runs on it, or it holds what talkstream did not put there (README)
 clean:
-	@.venv/bin/python -m streams.dev.clean
+	@if [ -x .venv/bin/python ]; then .venv/bin/python -m streams.dev.clean; else \
+	  echo "make clean: no .venv to read the settings with: make bootstrap first" >&2; exit 1; fi

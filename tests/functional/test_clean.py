@@ -159,6 +159,19 @@ with hold_data_dir(Path(sys.argv[1])):
 """
 
 
+def test_make_clean_without_a_venv_says_so_and_removes_nothing(
+    checkout: Path, tmp_path: Path
+) -> None:
+    shutil.rmtree(checkout / ".venv")
+    data_dir = state(tmp_path / "data")
+    done = make_clean(checkout, data_dir)
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "make clean: no .venv to read the settings with: make bootstrap first\n"
+    )
+    assert (data_dir / "talkstream.sqlite3").exists()
+
+
 def test_the_home_directory_is_refused(tmp_path: Path) -> None:
     home = state(tmp_path / "home")
     with pytest.raises(Refused, match=r"it is the home directory$"):
