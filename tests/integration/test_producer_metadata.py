@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from streams.kafka_options import IdempotentProducer
-from tests.integration.conftest import create_topic
+from streams.settings import Settings
+from tests.integration.conftest import System, create_topic
+from tests.support import seed_params
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +68,26 @@ def test_a_record_for_a_topic_known_from_an_answer_for_every_topic_is_written_at
     assert lingering  # the case above, not a record sent before the answer landed
     # its linger and a few round trips, not the request timeout (then a resend)
     assert took < LINGER_S + ROUND_TRIPS_S < REQUEST_TIMEOUT_S / 2, took
+
+
+def test_a_fresh_ingress_writes_its_first_webhooks_at_once(own_broker, tmp_path) -> None:
+    """A broker's first producer, the ingress's, started with the topics it has just created
+    (the worker's too), and webhooks at once, without waiting for its /readyz: each answered
+    202 before any could be held past the stall (whereupon the ingress answers 503 "Kafka is
+    not acknowledging"). Before, the first ones waited 10 s in about half the runs (the race
+    above, which a fresh broker's first InitProducerId sets up)."""
+    system = System(own_broker, tmp_path).start(ready=False)
+    stall = Settings().kafka_stall_seconds
+
+    def post(i: int) -> tuple[int, float]:
+        started = time.monotonic()
+        status, _ = system.post(seed_params(f"first{i}@example.com"))
+        return status, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+    finally:
+        system.stop()
+    assert [status for status, _ in answers] == [202] * 8
+    assert max(took for _, took in answers) < stall < REQUEST_TIMEOUT_S, answers
