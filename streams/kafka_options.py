@@ -225,19 +225,30 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     goes before any later batch of its partition (aiokafka sends one batch of a partition at
     a time). What was given up on is its sender's to send again, under the new id, or not: it
     has the error (the ingress sends a record given up for want of a leader again, as it may be
-    written; the worker's lost work is re-issued by the ledger's deadlines)."""
+    written; the worker's lost work is re-issued by the ledger's deadlines).
+
+    Every topic it writes to is tracked (``client.add_topic``) before its first record: aiokafka
+    asks the broker only for the topics it tracks, and tracks a topic only when a send finds it
+    missing from its metadata. A topic found in an answer for every topic (asked while nothing
+    was tracked: a first InitProducerId answered "coordinator loading", on a broker's first
+    producer) was never tracked; once another was (the ingress tracks the ledger's changelog)
+    the next answer dropped it, and the sender, finding no leader for its records, asked again
+    and again for the others only, until the records expired after ``request_timeout_ms`` (the
+    ingress held its first webhooks 10 s). Tracked, the record goes within a metadata round
+    trip (``tests/integration/test_producer_metadata.py``)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
         self._given_up: BaseException | None = None
 
-    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         if self._given_up is not None:  # a stop gave up on Kafka: nothing more is held
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(copy.copy(self._given_up))
             refused.add_done_callback(_retrieved)  # (its sender may not wait for it)
             return refused
-        delivery: asyncio.Future[Any] = await super().send(*args, **kwargs)
+        self.client.add_topic(topic)  # asked for from now on (see the class doc)
+        delivery: asyncio.Future[Any] = await super().send(topic, *args, **kwargs)
         delivery.add_done_callback(self._delivered)
         return delivery
 

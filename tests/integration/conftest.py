@@ -205,7 +205,9 @@ class System:
             cwd=Path(__file__).resolve().parents[2],
         )
 
-    def start(self) -> System:
+    def start(self, *, ready: bool = True) -> System:
+        """Every process started; returned once the ingress is ready (``ready=False``: once it
+        answers, its producer not started yet)."""
         self.spawn("openai", "standin", "openai", "--port", str(self.openai_port))
         self.spawn("talkable", "standin", "talkable", "--port", str(self.talkable_port))
         self.start_worker()
@@ -216,11 +218,12 @@ class System:
                 30,
                 what=f"stand-in on {port}",
             )
-        # ready, not only up: its producer knows a leader for every partition of [requests]. A
-        # webhook sent before that waited in aiokafka for its request timeout (10 s) on a
-        # topic just created, and those sent meanwhile were answered 503 ("Kafka is not
-        # acknowledging"): a truthful answer, not the one a test of something else expects
-        wait_until(lambda: self._up(f"{self.ingress}/readyz"), 60, what="ingress ready")
+        # ready, not only up, as a load balancer would: its producer knows a leader for every
+        # partition of [requests]. (A webhook sent before that once waited in aiokafka for its
+        # request timeout, 10 s, and those sent meanwhile were answered 503; no longer:
+        # test_producer_metadata.py. A test of something else need not race the start.)
+        probe = "readyz" if ready else "healthz"
+        wait_until(lambda: self._up(f"{self.ingress}/{probe}"), 60, what=f"ingress {probe}")
         return self
 
     def start_worker(self, name: str = "worker") -> None:
