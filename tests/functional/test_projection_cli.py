@@ -22,7 +22,7 @@ from tests.projection_support import (
     mixed_log,
     snapshot,
     stored_requests,
-    transition_rows,
+    stored_transitions,
 )
 from tests.support import free_port
 
@@ -733,10 +733,15 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
         columns = {c["name"] for c in inspect(store.engine).get_columns("requests")}
         if head == "0006":  # the column the versions before 0006 do not write
             assert "truncated" not in columns and any(r["truncated"] for r in rows[0])
+        if head == "0008":  # the key the versions before 0008 have: the request id alone
+            assert "occurrence" not in columns
         assert stored_requests(store) == [
             {name: value for name, value in row.items() if name in columns} for row in rows[0]
         ]
-        assert transition_rows(store.all_transitions()) == rows[1]
+        steps = {c["name"] for c in inspect(store.engine).get_columns("transitions")}
+        assert stored_transitions(store) == [
+            {name: value for name, value in row.items() if name in steps} for row in rows[1]
+        ]
     finally:
         store.close()
     again = talkstream("migrate", "--to", older, "--database-url", projected)
