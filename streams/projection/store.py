@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker, undefer
 
+from models.lifecycle import State
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.rows import (
@@ -195,25 +196,32 @@ class ProjectionStore:
                     latest = rows.get(row.request_id)
                     if latest is None or latest["occurrence"] < row.occurrence:
                         rows[row.request_id] = dict(row._mapping)
-            by_key: dict[RowKey, dict[str, Any]] = {
-                (rid, row["occurrence"]): row for rid, row in rows.items()
-            }
-            existing = set(by_key)
-            ended = {key: _ended(row) for key, row in by_key.items()}  # before the batch
+            existing = {(rid, row["occurrence"]) for rid, row in rows.items()}
+            ended = {(rid, row["occurrence"]): _ended(row) for rid, row in rows.items()}
+            earlier: dict[RowKey, dict[str, Any]] = {}  # rows a later request of the id followed
             transitions: list[tuple[Any, ...]] = []
             for item in batch:
                 source = (item.topic, item.partition, item.offset)
                 e = item.event
-                occurrence = occurrence_of(rows.get(e.request_id), e, identities)
+                latest = rows.get(e.request_id)
+                if latest is None:
+                    occurrence = 0
+                elif e.state is State.RECEIVED:  # (the one event that can start another)
+                    occurrence = occurrence_of(latest, e, identities)
+                else:
+                    occurrence = latest["occurrence"]
                 identity = (e.request_id, occurrence, e.type, str(e.state), e.attempt)
                 if source in sources or identity in identities:
                     continue
                 sources.add(source)
                 identities.add(identity)
                 transitions.append(transition_row(item, occurrence))
-                by_key[(e.request_id, occurrence)] = fold(rows, e, occurrence)
+                if latest is not None and occurrence != latest["occurrence"]:
+                    earlier[(e.request_id, latest["occurrence"])] = latest
+                fold(rows, e, occurrence)
             if transitions:
                 touched = {(t[0], t[-1]) for t in transitions}
+                by_key = {(rid, row["occurrence"]): row for rid, row in rows.items()} | earlier
                 writes = Writes.of(connection)
                 writes.insert(connection, writes.insert_transition, transitions)
                 writes.insert(
