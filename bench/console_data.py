@@ -145,6 +145,7 @@ def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any
                 received // 1000 - received // 1000 % 3600,
                 rng.randrange(1, 4),
                 generated and i % 20 == 0,  # a text in 20 cut at max_tokens (drawing no number)
+                0,  # the first request of its id
             )
         )
         partition = i % 8
@@ -169,6 +170,7 @@ def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any
                     "bench-lifecycle",
                     partition,
                     offsets[partition],
+                    0,  # of the first request of its id
                 )
             )
             offsets[partition] += 1

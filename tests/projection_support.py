@@ -214,6 +214,16 @@ def stored_requests(store: ProjectionStore) -> list[dict[str, Any]]:
 _BOOLEANS = {c.name for c in RequestRow.__table__.columns if isinstance(c.type, Boolean)}
 
 
+def stored_transitions(store: ProjectionStore) -> list[dict[str, Any]]:
+    """The transitions table as the database holds it, whatever its migration, without the
+    surrogate ids, in source order."""
+    with store.engine.connect() as connection:
+        found = connection.execute(
+            text('SELECT * FROM transitions ORDER BY topic, partition, "offset"')
+        )
+        return [{k: v for k, v in row._mapping.items() if k != "id"} for row in found]
+
+
 Snapshot = tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[Any, ...]]]
 
 

@@ -316,21 +316,50 @@ class ConsoleQueries:
 
     # one request -----------------------------------------------------------------------------
 
-    def timeline(self, request_id: str, *, truncated: bool = False) -> Timeline | None:
+    def timeline(
+        self,
+        request_id: str,
+        *,
+        truncated: bool = False,
+        at_ms: int | None = None,
+        occurrences: bool = False,
+    ) -> Timeline | None:
         """The request and its transitions; ``truncated``: whether its text was cut too (a
-        projection migrated to 0006 has it: not one behind the console)."""
+        projection migrated to 0006 has it: not one behind the console). ``at_ms``: which
+        request of the id, by its event time (the ORM's key with the id: each request of an
+        id is judged at another time); None: the latest. ``occurrences``: the projection has
+        them (migration 0008): only that request's transitions are read (before it, an id has
+        one request)."""
+        r, t = RequestRow, TransitionRow
         with self._session() as session:
-            options = [undefer(RequestRow.truncated)] if truncated else []
-            request = session.get(RequestRow, request_id, options=options)
+            options = [undefer(r.truncated)] if truncated else []
+            if occurrences:
+                options.append(undefer(r.occurrence))
+            query = select(r).options(*options).where(r.request_id == request_id)
+            if at_ms is not None:
+                query = query.where(r.received_at_ms == at_ms)
+            request = session.scalars(query.order_by(r.received_at_ms.desc()).limit(1)).first()
             if request is None:
                 return None
-            transitions = session.scalars(
-                select(TransitionRow)
-                .where(TransitionRow.request_id == request_id)
-                # the lifecycle topic is keyed by request: one partition, in decision order
-                .order_by(TransitionRow.topic, TransitionRow.partition, TransitionRow.offset)
-            )
+            steps = select(t).where(t.request_id == request_id)
+            if occurrences:
+                steps = steps.where(t.occurrence == request.occurrence)
+            # the lifecycle topic is keyed by request: one partition, in decision order
+            transitions = session.scalars(steps.order_by(t.topic, t.partition, t.offset))
             return timeline_of(request, list(transitions))
+
+    def event_times(self, request_id: str) -> list[int]:
+        """The event times of the requests of this id, oldest first: one, unless the ledger
+        named the same params by it again once it had forgotten the person."""
+        r = RequestRow
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(r.received_at_ms)
+                    .where(r.request_id == request_id)
+                    .order_by(r.received_at_ms)
+                )
+            )
 
     def requests_by_id(self, request_ids: Iterable[str]) -> dict[str, RequestRow]:
         ids = sorted(set(request_ids))
@@ -339,7 +368,9 @@ class ConsoleQueries:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 for row in session.scalars(
-                    select(RequestRow).where(RequestRow.request_id.in_(chunk))
+                    select(RequestRow)
+                    .where(RequestRow.request_id.in_(chunk))
+                    .order_by(RequestRow.received_at_ms)  # an id's latest request stays
                 ):
                     found[row.request_id] = row
         return found

@@ -232,14 +232,31 @@ async def search(request: web.Request) -> web.Response:
 # --- a request --------------------------------------------------------------------------------
 
 
+def _at(request: web.Request) -> int | None:
+    """Which request of an id a page names (``at``: its event time, in ms); None: the latest,
+    or one that names none it can read."""
+    at = request.query.get("at", "")
+    return int(at) if at.isdigit() else None
+
+
 async def request_page(request: web.Request) -> web.Response:
     s = services_of(request)
     request_id = request.query.get("id", "")
     # a projection before migration 0006 (not migrated yet) has no column of whether a text
-    # was cut
+    # was cut; one before 0008, none of which request of its id a transition is (each id had
+    # one request there)
     current = schema.has(request.get(REVISION), "0006")
+    occurrences = schema.has(request.get(REVISION), "0008")
     timeline = (
-        await run_query(s.queries.timeline, request_id, truncated=current) if request_id else None
+        await run_query(
+            s.queries.timeline,
+            request_id,
+            truncated=current,
+            at_ms=_at(request),
+            occurrences=occurrences,
+        )
+        if request_id
+        else None
     )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
@@ -248,6 +265,9 @@ async def request_page(request: web.Request) -> web.Response:
     # its text was cut at max_tokens: said beside its tokens and on its (last) generated step
     generated = [i for i, step in enumerate(timeline.steps) if step.state == "generated"]
     cut_step = generated[-1] if current and row.truncated and generated else None
+    # the id's requests, when the ledger named more than one by it (the same params once it
+    # had forgotten the person): each linked by its event time
+    times = await run_query(s.queries.event_times, row.request_id)
     return render(
         request,
         "request.html",
@@ -256,11 +276,19 @@ async def request_page(request: web.Request) -> web.Response:
             "t": timeline,
             "r": row,
             "person_link": _query({"site": site, "email": email}),
-            "content_link": _query({"id": row.request_id}),
+            "content_link": _query(
+                {"id": row.request_id, "at": str(row.received_at_ms) if len(times) > 1 else None}
+            ),
             "letters_link": _query({"request_id": row.request_id}),
             "parked": row.state in PARKED,
             "truncated": row.truncated if current else None,  # None: not projected yet
             "cut_step": cut_step,
+            "same_id": [
+                (n, at, _query({"id": row.request_id, "at": str(at)}))
+                for n, at in enumerate(times, start=1)
+            ]
+            if len(times) > 1
+            else [],
         },
     )
 
@@ -270,7 +298,12 @@ async def request_content(request: web.Request) -> web.Response:
     (a frame of the timeline page, so the timeline never waits for Kafka)."""
     s = services_of(request)
     request_id = request.query.get("id", "")
-    timeline = await run_query(s.queries.timeline, request_id) if request_id else None
+    occurrences = schema.has(request.get(REVISION), "0008")
+    timeline = (
+        await run_query(s.queries.timeline, request_id, at_ms=_at(request), occurrences=occurrences)
+        if request_id
+        else None
+    )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, 404)
     generated = [step.wall_ms for step in timeline.steps if step.state == "generated"]

@@ -192,12 +192,16 @@ class History:
     event_offset_ms: int = 0  # event time - arrival: negative when Talkable's clock lagged
     end_to_end_ms: int | None = None
     truncated: bool = False  # its text was cut at max_tokens (and published as it was)
+    # which request of this id: 0 the first; 1, 2, ... the same params again after the ledger
+    # forgot the person (or the fingerprint), named by the id again (migration 0008)
+    occurrence: int = 0
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
-    timeline = clocks.timeline_of(row, store.transitions(row.request_id))
+    timeline = clocks.timeline_of(row, store.transitions(row.request_id, row.occurrence))
     return History(
         request_id=row.request_id,
+        occurrence=row.occurrence,
         site=row.site,
         person=row.person,
         state=row.state,
@@ -231,12 +235,12 @@ def find_histories(
     site: str | None = None,
     email: str | None = None,
 ) -> list[History]:
-    """One request by id, with the requests of the same params the ledger named after it
-    (:data:`MAX_REPEATS` at most: the ingress answered them the same id), or every request of a
-    person (site + email, normalized), newest first."""
+    """The requests of an id, oldest first (one, unless the ledger named the same params by it
+    again after it forgot the person), with the requests of the same params the ledger named
+    after it (:data:`MAX_REPEATS` at most: the ingress answered them the same id), or every
+    request of a person (site + email, normalized), newest first."""
     if request_id is not None:
-        row = store.request(request_id)
-        rows = [row] if row is not None else []
+        rows = store.occurrences(request_id)
         if "~" not in request_id:
             rows += store.repeats_of(request_id, MAX_REPEATS)
     elif site is not None and email is not None:
@@ -264,7 +268,7 @@ def render_histories(histories: Sequence[History]) -> str:
         cut_step = generated[-1] if h.truncated and generated else None  # the text it published
         tokens = f"{h.prompt_tokens}+{h.completion_tokens}" if h.prompt_tokens is not None else "-"
         lines = [
-            f"request {h.request_id}",
+            f"request {h.request_id}{_again(h)}",
             f"  site {h.site}   person {h.person}",
             f"  state {h.state}{' (terminal)' if h.terminal else ' (in flight)'}"
             f"   finished {h.terminal_at or '-'}{_end_to_end(h)}",
@@ -303,6 +307,16 @@ def render_histories(histories: Sequence[History]) -> str:
 
 # what the history and the console say of a text cut at the completion's cap
 CUT = "(text cut at max_tokens)"
+
+
+def _again(h: History) -> str:
+    """What the header says of a request that is not the first of its id."""
+    if not h.occurrence:
+        return ""
+    return (
+        f" (request {h.occurrence + 1} of this id: the same params after the ledger forgot"
+        " the person, or the fingerprint)"
+    )
 
 
 def _end_to_end(h: History) -> str:

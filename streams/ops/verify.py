@@ -223,10 +223,12 @@ class Matching:
     missing: list[Identity] = field(default_factory=list)  # once per derived event not recorded
 
 
-SAME = None  # a recorded event byte for byte the one derived first for its identity
-# what most identities were recorded as: once, byte for byte (one tuple shared by them all)
-_ONCE_SAME: tuple[None] = (SAME,)
-Recorded = Sequence[dict[str, Any] | None]  # an identity's recorded events, in record order
+# what most identities were recorded as: once, byte for byte the one derived for it (one
+# tuple shared by them all)
+_ONCE_SAME: tuple[int] = (0,)
+# an identity's recorded events, in record order: the index of the derived event it is byte
+# for byte, or its fields (decoded: it is none of them byte for byte)
+Recorded = Sequence[dict[str, Any] | int]
 
 
 class Rederivation:
@@ -287,21 +289,30 @@ class Rederivation:
         return [_digest(record.value) for record in self._recorded]
 
     def match(self, digests: list[bytes]) -> Matching:
-        """A helper's side: which recorded events are byte for byte the first this share
-        derived for their identity, and what that makes of each identity."""
-        first = {_digest(events[0]): identity for identity, events in self.derived.items()}
+        """A helper's side: which recorded events are byte for byte one this share derived
+        (an identity is derived more than once when the ledger named a request by an id again:
+        each recorded event is matched with the one it is), and what that makes of each
+        identity."""
+        first = {
+            _digest(event): (identity, index)
+            for identity, events in self.derived.items()
+            for index, event in enumerate(events)
+        }
         hits = [first.get(digest) for digest in digests]
         matching = Matching(bytes(hit is not None for hit in hits))
         seen = Counter(hit for hit in hits if hit is not None)
         matching.derived = sum(map(len, self.derived.values()))
-        if seen.total() == len(seen) == len(self.derived) == matching.derived:
+        if seen.total() == len(seen) == matching.derived:
             matching.matched = matching.derived  # most: each derived once, recorded once
             return matching
         for identity, ours in self.derived.items():
-            derived, recorded = len(ours), seen[identity]
-            matching.matched += min(derived, recorded)
-            matching.repeated += max(recorded - derived, 0)
-            matching.missing += [identity] * (derived - recorded)
+            for index in range(len(ours)):
+                recorded = seen[(identity, index)]
+                if recorded:
+                    matching.matched += 1
+                    matching.repeated += recorded - 1
+                else:
+                    matching.missing.append(identity)
         return matching
 
     def settle(self, matchings: list[Matching]) -> bool:
@@ -328,13 +339,21 @@ class Rederivation:
 
     def compare(self) -> VerifySummary:
         summary = self.summary
-        first = {events[0]: identity for identity, events in self.derived.items()}
+        first = {
+            event: (identity, index)
+            for identity, events in self.derived.items()
+            for index, event in enumerate(events)
+        }
         recorded: dict[Identity, Recorded] = {}
         for record in self._recorded:
-            identity = first.get(record.value) if record.value is not None else None
-            if identity is not None:
+            hit = first.get(record.value) if record.value is not None else None
+            if hit is not None:
+                identity, index = hit
                 theirs = recorded.get(identity)
-                recorded[identity] = _ONCE_SAME if theirs is None else [*theirs, SAME]
+                if theirs is None and index == 0:
+                    recorded[identity] = _ONCE_SAME
+                else:
+                    recorded[identity] = [*(theirs or ()), index]
                 continue
             logged = lifecycle_event(record, summary.skipped)
             if logged is not None:
@@ -377,31 +396,56 @@ def _compare(
     recorded: dict[Identity, Recorded],
     summary: VerifySummary,
 ) -> None:
+    """Each identity's recorded events against its derived ones: a recorded event matches the
+    derived event it is (byte for byte, or field for field), once; again, it is a re-emission;
+    one that is none of them is a change of the first derived event not matched yet (of the
+    first, when all are). Derived events left are missing."""
     for identity, ours in derived.items():
         theirs = recorded.get(identity, ())
         if theirs is _ONCE_SAME and len(ours) == 1:  # most: one event, recorded as derived
             summary.matched += 1
             continue
-        expected: dict[str, Any] | None = None  # the first derived, decoded only if needed
-        for index, got in enumerate(theirs):
-            if got is not SAME:
-                if expected is None:
-                    expected = _comparable(decode(LifecycleEvent, ours[0]))
-                if got != expected:
-                    changed = {
-                        k: (_plain(expected.get(k)), _plain(got.get(k)))
-                        for k in sorted(expected.keys() | got.keys())
-                        if expected.get(k) != got.get(k)
-                    }
-                    summary.differences.append(Difference("changed", *identity, fields=changed))
-                    continue
-            if index < len(ours):
-                summary.matched += 1
-            else:
+        fields = _Decoded(ours)
+        taken: set[int] = set()
+        for got in theirs:
+            index = got if isinstance(got, int) else fields.index_of(got)
+            if index is None and not isinstance(got, int):
+                left = [i for i in range(len(ours)) if i not in taken]
+                against = left[0] if left else 0
+                taken.add(against)
+                expect = fields(against)
+                changed = {
+                    k: (_plain(expect.get(k)), _plain(got.get(k)))
+                    for k in sorted(expect.keys() | got.keys())
+                    if expect.get(k) != got.get(k)
+                }
+                summary.differences.append(Difference("changed", *identity, fields=changed))
+            elif index is None or index in taken:
                 summary.repeated += 1
-        missing = len(ours) - len(theirs)
+            else:
+                taken.add(index)
+                summary.matched += 1
+        missing = len(ours) - len(taken)
         summary.differences.extend(Difference("missing", *identity) for _ in range(missing))
     for identity in recorded.keys() - derived.keys():
         summary.differences.extend(Difference("unexpected", *identity) for _ in recorded[identity])
     # by identity (a stable sort: an identity's own differences keep their order)
     summary.differences.sort(key=Difference.key)
+
+
+class _Decoded:
+    """An identity's derived events' fields, each decoded when first needed."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self._events = events
+        self._fields: list[dict[str, Any] | None] = [None] * len(events)
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        found = self._fields[index]
+        if found is None:
+            found = self._fields[index] = _comparable(decode(LifecycleEvent, self._events[index]))
+        return found
+
+    def index_of(self, got: dict[str, Any]) -> int | None:
+        """The derived event a recorded one equals field for field (None: none)."""
+        return next((i for i in range(len(self._events)) if self(i) == got), None)

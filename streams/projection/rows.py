@@ -5,7 +5,7 @@ the live projector and ``talkstream replay`` alike)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,6 +22,7 @@ _EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
     "terminal": False,
     "attempts": 0,
     "truncated": False,
+    "occurrence": 0,
 }
 
 
@@ -45,12 +46,45 @@ _REACHED = {
 TRANSITION_COLUMNS = (
     "request_id", "type", "state", "previous_state", "at_ms", "cause", "attempt",
     "error_class", "error_message", "latency_ms", "window_start", "window_count", "waited_ms",
-    "arrived_at_ms", "topic", "partition", "offset",
+    "arrived_at_ms", "topic", "partition", "offset", "occurrence",
 )  # fmt: skip
-REQUEST_COLUMNS = tuple(c.name for c in _REQUESTS.columns)  # request_id first
+REQUEST_KEY = ("request_id", "occurrence")
+REQUEST_COLUMNS = tuple(c.name for c in _REQUESTS.columns)
+_REQUEST_VALUES = tuple(c for c in REQUEST_COLUMNS if c not in REQUEST_KEY)  # what an UPDATE sets
+
+RowKey = tuple[str, int]  # request_id, occurrence
 
 
-def transition_row(item: Sourced) -> tuple[Any, ...]:
+def occurrence_of(
+    row: dict[str, Any] | None, e: LifecycleEvent, identities: Container[tuple[Any, ...]]
+) -> int:
+    """Which request of its id an event belongs to, given the id's latest row (None: none
+    yet) and the identities of the transitions applied (``(request_id, occurrence, type,
+    state, attempt)``). The ledger names a request by the fingerprint of its params, and by it
+    again once it has forgotten it (the person not heard of for 30 days, or the fingerprint
+    pushed out of the entry): a ``RequestReceived`` for a request that was received (its
+    identity taken) and ended, judged at another event time, is the next request of the id.
+    One judged at the same time is the same decision emitted again (the ledger re-processing
+    a message after a crash); one for a request still in flight cannot be another (its
+    fingerprint is kept while it is); one for a request whose own was not applied yet is its
+    own (a request whose events are in two partitions, which were added to while it was in
+    flight, can be read out of order). A request of the same id comes a retention (30 days)
+    later, and its event time with it (Talkable's rendered ``current_time``, or its
+    arrival)."""
+    if row is None:
+        return 0
+    occurrence = int(row["occurrence"])
+    if (
+        e.state is State.RECEIVED
+        and row["terminal"]
+        and e.at_ms != row["received_at_ms"]
+        and (e.request_id, occurrence, e.type, str(e.state), e.attempt) in identities
+    ):
+        return occurrence + 1
+    return occurrence
+
+
+def transition_row(item: Sourced, occurrence: int = 0) -> tuple[Any, ...]:
     e = item.event
     return (
         e.request_id,
@@ -70,11 +104,17 @@ def transition_row(item: Sourced) -> tuple[Any, ...]:
         item.topic,
         item.partition,
         item.offset,
+        occurrence,
     )
 
 
 def request_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row[name] for name in REQUEST_COLUMNS)
+
+
+def update_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The parameters of ``Writes.update_request``: the values, then the key."""
+    return tuple(row[name] for name in (*_REQUEST_VALUES, *REQUEST_KEY))
 
 
 @dataclass(frozen=True)
@@ -140,13 +180,14 @@ def _writes_for(paramstyle: str, preparer: Any, dialect: str, type_compiler: Any
         compiled = (type_compiler.process(table.c[c].type) for c in columns)
         return [name.split("(")[0].lower() for name in compiled]
 
-    sets = ", ".join(f"{preparer.quote(c)} = {mark}" for c in REQUEST_COLUMNS[1:])
+    sets = ", ".join(f"{preparer.quote(c)} = {mark}" for c in _REQUEST_VALUES)
+    key = " AND ".join(f"{preparer.quote(c)} = {mark}" for c in REQUEST_KEY)
     insert_transition = insert("transitions", TRANSITION_COLUMNS)
     insert_request = insert("requests", REQUEST_COLUMNS)
     return Writes(
         insert_transition=insert_transition,
         insert_request=insert_request,
-        update_request=f"UPDATE requests SET {sets} WHERE request_id = {mark}",
+        update_request=f"UPDATE requests SET {sets} WHERE {key}",
         copy=copy,
         copy_types={
             insert_transition: types(_TRANSITIONS, TRANSITION_COLUMNS),
@@ -157,13 +198,17 @@ def _writes_for(paramstyle: str, preparer: Any, dialect: str, type_compiler: Any
     )
 
 
-def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent) -> None:
-    """Bring the request's row (a dict of its columns) up to date with one event."""
+def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent, occurrence: int = 0) -> dict[str, Any]:
+    """Bring the request's row (a dict of its columns) up to date with one event, and return
+    it. ``rows``: the latest row of each request id; ``occurrence``: the event's
+    (:func:`occurrence_of`): another than its id's row starts a new row, which takes its place
+    in ``rows``."""
     row = rows.get(e.request_id)
-    if row is None:
+    if row is None or row["occurrence"] != occurrence:
         row = rows[e.request_id] = {
             **_EMPTY_ROW,
             "request_id": e.request_id,
+            "occurrence": occurrence,
             "site": e.site,
             "person": e.person,
             "received_at_ms": e.at_ms,
@@ -204,3 +249,4 @@ def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent) -> None:
     if e.window_start is not None:
         row["window_start"] = e.window_start
         row["window_count"] = e.window_count
+    return row

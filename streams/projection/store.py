@@ -2,13 +2,18 @@
 
 Each lifecycle event is applied with its source (topic, partition, offset) in the same
 transaction, and an event is skipped when its source was applied already, or when an event
-with the same identity (request_id, type, state, attempt) was: the ledger may emit a
-transition twice when it re-processes a message after a crash. So redelivery, a replay over
+with the same identity (request_id, occurrence, type, state, attempt) was: the ledger may emit
+a transition twice when it re-processes a message after a crash. So redelivery, a replay over
 an existing database, or the live projector and a replay reading the same log all converge on
 the same rows.
 
-Events of one request share a partition (the lifecycle topic is keyed by request_id), so
-they are applied in the order the ledger decided them.
+Events of one request id share a partition (the lifecycle topic is keyed by request_id), so
+they are applied in the order the ledger decided them, and each belongs to the id's latest
+request: a ``RequestReceived`` of an id whose request ended, judged at another event time,
+starts the next (``occurrence``: the ledger names a request by its params' fingerprint again
+once it has forgotten the person; ``streams.projection.rows.occurrence_of``). A projector and
+a replay decide it from the same rows, and the bulk path looks up nothing more than the
+batch's ids.
 """
 
 from __future__ import annotations
@@ -31,9 +36,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker, undefer
 
+from models.lifecycle import State
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
-from streams.projection.rows import Sourced, Writes, fold, request_values, transition_row
+from streams.projection.rows import (
+    RowKey,
+    Sourced,
+    Writes,
+    fold,
+    occurrence_of,
+    request_values,
+    transition_row,
+    update_values,
+)
 from streams.projection.tables import (
     Base,
     EndedMinuteRow,
@@ -48,11 +63,11 @@ _OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
 _ENDED = Base.metadata.tables[EndedMinuteRow.__tablename__]
 # a request as ``audit`` shows it: every column, the deferred ones too (the store reads a
 # current projection only; the console reads one that may be behind, without them)
-_WHOLE = undefer(RequestRow.truncated)
+_WHOLE = (undefer(RequestRow.truncated), undefer(RequestRow.occurrence))
 
 
 Source = tuple[str, int, int]
-Identity = tuple[str, str, str, int]
+Identity = tuple[str, int, str, str, int]  # request_id, occurrence, type, state, attempt
 
 
 class StatsRow(NamedTuple):
@@ -161,52 +176,65 @@ class ProjectionStore:
                 rebuilt.update(fresh)
                 request_ids = [rid for rid in request_ids if rid not in fresh]
             identities: set[Identity] = set()
-            rows: dict[str, dict[str, Any]] = {}
+            rows: dict[str, dict[str, Any]] = {}  # the latest row of each id
             for chunk in _chunks(request_ids):
                 identities.update(
-                    (request_id, type_, state, attempt)
-                    for request_id, type_, state, attempt in connection.execute(
+                    (request_id, occurrence, type_, state, attempt)
+                    for request_id, occurrence, type_, state, attempt in connection.execute(
                         select(
                             _TRANSITIONS.c.request_id,
+                            _TRANSITIONS.c.occurrence,
                             _TRANSITIONS.c.type,
                             _TRANSITIONS.c.state,
                             _TRANSITIONS.c.attempt,
                         ).where(_TRANSITIONS.c.request_id.in_(chunk))
                     )
                 )
-                rows.update(
-                    (row.request_id, dict(row._mapping))
-                    for row in connection.execute(
-                        select(_REQUESTS).where(_REQUESTS.c.request_id.in_(chunk))
-                    )
-                )
-            existing = set(rows)
-            ended = {rid: _ended(row) for rid, row in rows.items()}  # before the batch
+                for row in connection.execute(
+                    select(_REQUESTS).where(_REQUESTS.c.request_id.in_(chunk))
+                ):
+                    latest = rows.get(row.request_id)
+                    if latest is None or latest["occurrence"] < row.occurrence:
+                        rows[row.request_id] = dict(row._mapping)
+            existing = {(rid, row["occurrence"]) for rid, row in rows.items()}
+            ended = {(rid, row["occurrence"]): _ended(row) for rid, row in rows.items()}
+            earlier: dict[RowKey, dict[str, Any]] = {}  # rows a later request of the id followed
             transitions: list[tuple[Any, ...]] = []
             for item in batch:
                 source = (item.topic, item.partition, item.offset)
-                identity = item.event.identity()
+                e = item.event
+                latest = rows.get(e.request_id)
+                if latest is None:
+                    occurrence = 0
+                elif e.state is State.RECEIVED:  # (the one event that can start another)
+                    occurrence = occurrence_of(latest, e, identities)
+                else:
+                    occurrence = latest["occurrence"]
+                identity = (e.request_id, occurrence, e.type, str(e.state), e.attempt)
                 if source in sources or identity in identities:
                     continue
                 sources.add(source)
                 identities.add(identity)
-                transitions.append(transition_row(item))
-                fold(rows, item.event)
+                transitions.append(transition_row(item, occurrence))
+                if latest is not None and occurrence != latest["occurrence"]:
+                    earlier[(e.request_id, latest["occurrence"])] = latest
+                fold(rows, e, occurrence)
             if transitions:
-                touched = {t[0] for t in transitions}
+                touched = {(t[0], t[-1]) for t in transitions}
+                by_key = {(rid, row["occurrence"]): row for rid, row in rows.items()} | earlier
                 writes = Writes.of(connection)
                 writes.insert(connection, writes.insert_transition, transitions)
                 writes.insert(
                     connection,
                     writes.insert_request,
-                    [request_values(rows[rid]) for rid in touched - existing],
+                    [request_values(by_key[key]) for key in touched - existing],
                 )
                 writes.many(
                     connection,
                     writes.update_request,
-                    [(*request_values(rows[rid])[1:], rid) for rid in sorted(touched & existing)],
+                    [update_values(by_key[key]) for key in sorted(touched & existing)],
                 )
-                _count_ended(connection, ended, rows, touched)
+                _count_ended(connection, ended, by_key, touched)
             return len(transitions)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
@@ -302,38 +330,49 @@ class ProjectionStore:
         return migrate.is_current(self.engine)
 
     def request(self, request_id: str) -> RequestRow | None:
-        with self._session() as session:
-            return session.get(RequestRow, request_id, options=[_WHOLE])
+        """The latest request of this id (see :meth:`occurrences` for all of them)."""
+        found = self.occurrences(request_id)
+        return found[-1] if found else None
+
+    def occurrences(self, request_id: str) -> list[RequestRow]:
+        """Every request of this id, oldest first: one, unless the ledger named a request by
+        its fingerprint again after it forgot the person (``occurrence`` 1, 2, ...)."""
+        r = RequestRow
+        return self._whole(lambda q: q.where(r.request_id == request_id).order_by(r.occurrence))
 
     def states_of(self, request_ids: list[str]) -> dict[str, str]:
-        """The state of each of these requests the projection has."""
+        """The state of each of these requests the projection has (of an id's latest)."""
         found: dict[str, str] = {}
         with self.engine.connect() as connection:
             for start in range(0, len(request_ids), 500):
                 chunk = request_ids[start : start + 500]
-                query = select(RequestRow.request_id, RequestRow.state)
+                query = select(RequestRow.request_id, RequestRow.state).order_by(
+                    RequestRow.occurrence
+                )
                 rows = connection.execute(query.where(RequestRow.request_id.in_(chunk)))
                 found.update((request_id, state) for request_id, state in rows)
         return found
 
-    def transitions(self, request_id: str) -> list[TransitionRow]:
+    def transitions(self, request_id: str, occurrence: int | None = None) -> list[TransitionRow]:
+        """The transitions of the requests of this id (of one of them: ``occurrence``)."""
+        t = TransitionRow
+        query = select(t).options(undefer(t.occurrence)).where(t.request_id == request_id)
+        if occurrence is not None:
+            query = query.where(t.occurrence == occurrence)
         with self._session() as session:
-            rows = session.scalars(
-                select(TransitionRow)
-                .where(TransitionRow.request_id == request_id)
-                .order_by(TransitionRow.at_ms, TransitionRow.offset, TransitionRow.id)
-            )
+            rows = session.scalars(query.order_by(t.occurrence, t.at_ms, t.offset, t.id))
             return list(rows)
 
     def requests(self) -> list[RequestRow]:
-        return self._whole(lambda r: r.order_by(RequestRow.received_at_ms, RequestRow.request_id))
+        r = RequestRow
+        return self._whole(lambda q: q.order_by(r.received_at_ms, r.request_id, r.occurrence))
 
     def _whole(
         self, shaped: Callable[[Select[RequestRow]], Select[RequestRow]]
     ) -> list[RequestRow]:
         """The request rows ``shaped`` selects, every column (the deferred ones too)."""
         with self._session() as session:
-            return list(session.scalars(shaped(select(RequestRow).options(_WHOLE))))
+            return list(session.scalars(shaped(select(RequestRow).options(*_WHOLE))))
 
     def repeats_of(self, request_id: str, limit: int) -> list[RequestRow]:
         """The requests the ledger named after ``request_id`` (``<request_id>~<delivery>``):
@@ -344,7 +383,9 @@ class ProjectionStore:
         return self._whole(
             lambda q: (
                 q.where(r.request_id.startswith(f"{request_id}~", autoescape=True))
-                .order_by(r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id)
+                .order_by(
+                    r.arrived_at_ms.nulls_first(), r.received_at_ms, r.request_id, r.occurrence
+                )
                 .limit(limit)
             )
         )
@@ -355,7 +396,10 @@ class ProjectionStore:
         r = RequestRow
         return self._whole(
             lambda q: q.where(r.person == person).order_by(
-                r.received_at_ms.desc(), r.arrived_at_ms.desc().nulls_last(), r.request_id
+                r.received_at_ms.desc(),
+                r.arrived_at_ms.desc().nulls_last(),
+                r.request_id,
+                r.occurrence.desc(),
             )
         )
 
@@ -394,9 +438,9 @@ class ProjectionStore:
         with self._session() as session:
             return list(
                 session.scalars(
-                    select(TransitionRow).order_by(
-                        TransitionRow.topic, TransitionRow.partition, TransitionRow.offset
-                    )
+                    select(TransitionRow)
+                    .options(undefer(TransitionRow.occurrence))
+                    .order_by(TransitionRow.topic, TransitionRow.partition, TransitionRow.offset)
                 )
             )
 
@@ -486,16 +530,16 @@ def _ended(row: Mapping[str, Any]) -> Ended | None:
 
 def _count_ended(
     connection: Connection,
-    before: Mapping[str, Ended | None],
-    rows: Mapping[str, Mapping[str, Any]],
-    touched: set[str],
+    before: Mapping[RowKey, Ended | None],
+    rows: Mapping[RowKey, Mapping[str, Any]],
+    touched: set[RowKey],
 ) -> None:
     """Move the touched requests in ``ended_minutes`` from where they counted to where they
     count now: one upsert of the sums that changed, in key order (two projectors' batches
     lock the same rows in the same order)."""
     moved: dict[tuple[int, str, str], list[int]] = {}
-    for rid in touched:
-        was, now = before.get(rid), _ended(rows[rid])
+    for key in touched:
+        was, now = before.get(key), _ended(rows[key])
         if was == now:
             continue
         for ended, sign in ((was, -1), (now, 1)):

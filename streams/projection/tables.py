@@ -6,9 +6,13 @@ epoch milliseconds, as on the topics.
 
 ``requests``      the request as it stands: site, person, state, when it arrived and when it
                   reached each state, model, tokens, generation latency, the waits for the
-                  upstream targets, attempts, error, whether its text was cut at max_tokens
+                  upstream targets, attempts, error, whether its text was cut at max_tokens;
+                  keyed by its id and ``occurrence`` (migration 0008): 0 for the first
+                  request of an id, 1 for the next, ... (the ledger names a request by its
+                  fingerprint again once it forgot the person, or the fingerprint)
 ``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
-                  the source is unique, so an event is never applied twice
+                  the source is unique, so an event is never applied twice; and the occurrence
+                  of the request it belongs to
 ``projected_offsets``  how far the live projector has read each partition of [lifecycle] (the
                   next offset), written in the transaction of the batch it read: a partition
                   whose records were all dead-lettered has no transition to say so
@@ -107,6 +111,24 @@ class RequestRow(Base):
         deferred=True,
         deferred_raiseload=True,
     )
+    # which request of this id (migration 0008): the ledger names a request by the fingerprint
+    # of its params, and names one by it again once it has forgotten it (the person not heard
+    # of for 30 days, or the fingerprint pushed out of the entry and its Bloom filter): a
+    # RequestReceived of a request that ended, judged at another event time, starts the next
+    # one. The table's key is (request_id, occurrence); the ORM's is (request_id,
+    # received_at_ms), which is as unique (each occurrence is judged at another time), so that
+    # the console reads a projection not migrated yet, which has no such column: deferred as
+    # ``truncated`` is, and loaded where it is shown
+    occurrence: Mapped[int] = mapped_column(
+        Integer,
+        primary_key=True,
+        default=0,
+        server_default=text("0"),
+        deferred=True,
+        deferred_raiseload=True,
+    )
+
+    __mapper_args__ = {"primary_key": (request_id, received_at_ms)}
 
 
 class TransitionRow(Base):
@@ -134,6 +156,11 @@ class TransitionRow(Base):
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+    # the occurrence of the request row it belongs to (migration 0008; deferred: see
+    # ``RequestRow.occurrence``)
+    occurrence: Mapped[int] = mapped_column(
+        Integer, default=0, server_default=text("0"), deferred=True, deferred_raiseload=True
+    )
 
 
 class ProjectedOffsetRow(Base):
@@ -160,4 +187,4 @@ class EndedMinuteRow(Base):
 
 
 # columns that identify a transition apart from where it was read (a replay compares these)
-TRANSITION_IDENTITY = ("request_id", "type", "state", "attempt")
+TRANSITION_IDENTITY = ("request_id", "occurrence", "type", "state", "attempt")

@@ -49,6 +49,8 @@ TOKEN = "console-token-for-the-functional-tests"
 NOW_MS = T0_MS + 10 * 60_000
 SCRIPT = "<script>alert('pwned')</script>"
 SCRIPT_EMAIL = "<script>alert(1)</script>@example.com"
+# a listed request's id (its link names which request of the id by its event time, ``at``)
+RID = r'class="rid" href="/request\?id=([^"&]+)&amp;at=\d+"'
 ARRIVED_MS = T0_MS + 44_000  # the webhook arrived 44 s after the event time Talkable rendered
 SEALED = "gAAAAABsealed-talkable-key-token"
 
@@ -640,7 +642,7 @@ async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
         while path:
             body = await console.page(path)
             pages.append(body)
-            ids = re.findall(r'class="rid" href="/request\?id=([^"]+)"', body)
+            ids = re.findall(RID, body)
             seen += ids
             older = re.search(r'id="older" href="([^"]+)"', body)
             path = older.group(1).replace("&amp;", "&") if older else ""
@@ -649,7 +651,7 @@ async def test_search_pages_do_not_overlap_and_go_back(tmp_path: Path):
         newer = re.search(r'id="newer" href="([^"]+)"', pages[2])
         assert newer
         back = await console.page(newer.group(1).replace("&amp;", "&"))
-        assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', back) == seen[50:100]
+        assert re.findall(RID, back) == seen[50:100]
     finally:
         await console.client.close()
 
@@ -675,7 +677,7 @@ async def test_an_email_on_any_site_is_found_on_every_site_however_many(many_sit
     sites = re.findall(r'<td class="value">(shop-\d+)</td>', body)
     assert sites == [f"shop-{i:04d}" for i in range(1000, 950, -1)]  # newest first
     last = await many_sites.page("/requests?email=amy@example.com")
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', last) == ["person-1001"]
+    assert re.findall(RID, last) == ["person-1001"]
     # every page of them, none twice, down to the first site
     seen, path = [], "/requests?email=zed@example.com"
     while path:
@@ -784,7 +786,7 @@ async def test_a_site_typed_in_another_case_is_the_site_as_the_projection_spells
     signed_in: Console,
 ):
     body = await signed_in.page("/requests?site=ACME&state=failed")
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == ["park-1", "fail-1"]
+    assert re.findall(RID, body) == ["park-1", "fail-1"]
     assert 'id="f-site" value="acme"' in body
     person = await signed_in.page("/person?site=Acme&email=ada@example.com")
     assert 'ada@example.com <span class="muted">on acme</span>' in person
@@ -813,17 +815,58 @@ async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_ea
     assert 'id="end-to-end">0 ms<' in timeline
 
 
+async def test_each_request_of_an_id_the_ledger_took_again_has_its_own_page(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """The same params a month after the first, the person forgotten by the ledger: a request
+    of its own under the same id. The search lists both, each linked to its own page (by its
+    event time); the id alone is the latest, and each page names the other."""
+    month_ms = 32 * 86_400_000
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    log.full("same-id", site="again", at_ms=T0_MS)
+    later = log.received("same-id", site="again", at_ms=T0_MS + month_ms, delivery="d2")
+    log.failed(later, at_ms=later.at_ms + 500)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+
+    body = await signed_in.page("/requests?site=again")
+    links = re.findall(r'class="rid" href="/request\?([^"]+)"', body)
+    assert links == [
+        f"id=same-id&amp;at={T0_MS + month_ms}",  # newest first
+        f"id=same-id&amp;at={T0_MS}",
+    ]
+    latest = await signed_in.page("/request?id=same-id")
+    assert 'id="state">generation_failed<' in latest
+    assert re.findall(r'<tr class="step st-(\w+)">', latest) == [
+        "received",
+        "admitted",
+        "generating",
+        "generation_failed",
+    ]
+    assert f'<a href="/request?id=same-id&amp;at={T0_MS}">1</a>' in latest
+    assert f'src="/request/content?id=same-id&amp;at={T0_MS + month_ms}"' in latest
+    first = await signed_in.page(f"/request?id=same-id&at={T0_MS}")
+    assert 'id="state">published<' in first
+    steps = re.findall(r'<tr class="step st-(\w+)">', first)
+    assert steps == ["received", "admitted", "generating", "generated", "publishing", "published"]
+    assert f'<a href="/request?id=same-id&amp;at={T0_MS + month_ms}">2</a>' in first
+    # a request page of an id of one request names no other
+    assert 'id="same-id"' not in await signed_in.page("/request?id=pub-1")
+
+
 async def test_search_by_email_alone_state_and_time(signed_in: Console):
     body = await signed_in.page("/requests?email=ADA@example.com")
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == [
+    assert re.findall(RID, body) == [
         "lim-1",
         "pub-2",
         "pub-1",
     ]
     failed = await signed_in.page("/requests?state=failed")
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', failed) == ["park-1", "fail-1"]
+    assert re.findall(RID, failed) == ["park-1", "fail-1"]
     since = await signed_in.page("/requests?site=acme&since=2026-01-01T00:00:04Z&until=1767225605")
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', since) == ["pub-2"]
+    assert re.findall(RID, since) == ["pub-2"]
     bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
     assert "since: &#39;yesterday-ish&#39; is not a time" in bad and "ISO-8601" in bad
     huge = await signed_in.page("/requests?since=99999999999999999999", status=400)
@@ -896,7 +939,7 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     body = await signed_in.page("/person?site=acme&email=ada@example.com")
     assert re.search(r'<span class="big">2 of 3</span>', body)  # lim-1: the window was full
     assert "(ended: the next request opens a new one)" not in body  # NOW is 10 min in
-    assert re.findall(r'class="rid" href="/request\?id=([^"]+)"', body) == [
+    assert re.findall(RID, body) == [
         "lim-1",
         "pub-2",
         "pub-1",

@@ -22,7 +22,7 @@ from tests.projection_support import (
     mixed_log,
     snapshot,
     stored_requests,
-    transition_rows,
+    stored_transitions,
 )
 from tests.support import free_port
 
@@ -733,10 +733,15 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
         columns = {c["name"] for c in inspect(store.engine).get_columns("requests")}
         if head == "0006":  # the column the versions before 0006 do not write
             assert "truncated" not in columns and any(r["truncated"] for r in rows[0])
+        if head == "0008":  # the key the versions before 0008 have: the request id alone
+            assert "occurrence" not in columns
         assert stored_requests(store) == [
             {name: value for name, value in row.items() if name in columns} for row in rows[0]
         ]
-        assert transition_rows(store.all_transitions()) == rows[1]
+        steps = {c["name"] for c in inspect(store.engine).get_columns("transitions")}
+        assert stored_transitions(store) == [
+            {name: value for name, value in row.items() if name in steps} for row in rows[1]
+        ]
     finally:
         store.close()
     again = talkstream("migrate", "--to", older, "--database-url", projected)
@@ -870,3 +875,49 @@ def test_migrate_refuses_tables_without_a_history_as_a_projector_does(projected:
         assert snapshot(store) == rows  # nothing was changed
     finally:
         store.close()
+
+
+def test_verify_matches_each_request_of_an_id_the_ledger_took_again():
+    """The same params a month later, the person forgotten: a request named by the earlier
+    one's id, its transitions of the same identities. ``--verify`` compared each recorded one
+    with the first derived for its identity: three decisions "changed", exit 1. Now each is
+    matched with the one it is, alone and in helpers (by digest); a re-emission is counted,
+    and an edit of the later request is a change of it."""
+    from streams.codecs import encode
+    from streams.ops.replay import Record
+    from streams.ops.verify import Rederivation, VerifySummary
+
+    day = 86_400_000
+    log = Log()
+    log.full("same-id", at_ms=T0_MS, limit=2)
+    again = log.received("same-id", at_ms=T0_MS + 32 * day, limit=2, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    events = [s.event for s in log.records]
+
+    def verified(recorded: list) -> VerifySummary:
+        summary = VerifySummary("t-requests", "t-lifecycle")
+        check = Rederivation(log.policy, summary)
+        for offset, message in enumerate(log.messages):
+            check.request(Record("t-requests", 0, offset, message.at_ms, encode(message)))
+        for offset, event in enumerate(recorded):
+            check.recorded(Record("t-lifecycle", 0, offset, 0, encode(event)))
+        # the helpers' way (by digest) settles it when every record is byte for byte derived
+        helper = Rederivation(log.policy, VerifySummary("t-requests", ""))
+        helper.derived = check.derived
+        settled = check.settle([helper.match(check.digests())])
+        return summary if settled else check.compare()
+
+    clean = verified(events)
+    assert (clean.matched, clean.repeated, clean.differences) == (10, 0, [])
+    repeated = verified([*events, events[6]])  # the later RequestReceived emitted twice
+    assert (repeated.matched, repeated.repeated, repeated.differences) == (10, 1, [])
+    dropped = verified(events[:-1])
+    assert [d.describe() for d in dropped.differences] == [
+        "missing    same-id GenerationFailed state=generation_failed attempt=1"
+    ]
+    edited = [*events[:7], events[7].model_copy(update={"cause": "admitted (edited)"}), *events[8:]]
+    [changed] = verified(edited).differences
+    assert changed.kind == "changed" and changed.fields == {
+        "cause": ("admitted", "admitted (edited)")
+    }
+    assert verified(edited).matched == 9

@@ -622,3 +622,83 @@ def test_statistics_are_gathered_on_demand_and_left_to_postgresql_otherwise(
             ).scalar()
             assert analyzed is not None
             assert not store.refresh_statistics()
+
+
+DAY_MS = 86_400_000
+
+
+def _taken_again() -> Log:
+    """A published request; a month later, the person forgotten by the ledger (nothing heard
+    for 30 days), the same params again: decided as never heard of, named by the same id, and
+    failed. Then the ledger emits the second's RequestReceived again (a crash)."""
+    log = Log()
+    log.full("same-id", at_ms=T0_MS, limit=2)
+    again = log.received("same-id", at_ms=T0_MS + 32 * DAY_MS, limit=2, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    received = log.records[6]
+    assert (received.event.type, received.event.at_ms) == ("RequestReceived", again.at_ms)
+    offset = log._next[received.partition]
+    log.records.append(Sourced(TOPIC, received.partition, offset, received.event))
+    return log
+
+
+def test_a_request_of_an_id_the_ledger_took_again_is_a_row_of_its_own(database_url: str):  # noqa: F811
+    """Its transitions that had the earlier request's identity were taken for re-emissions
+    and dropped; the others moved the earlier (published) request to their state."""
+    log = _taken_again()
+    store = ProjectionStore.from_url(database_url)
+    try:
+        assert store.apply(log.records) == 10  # the re-emission once
+        first, again = store.occurrences("same-id")
+        assert (first.occurrence, first.state, first.terminal_at_ms) == (
+            0,
+            "published",
+            T0_MS + 1000,
+        )
+        assert (first.model, first.prompt_tokens, first.error_class) == (
+            "gpt-4o-mini-2024",
+            12,
+            None,
+        )
+        assert (again.occurrence, again.state, again.received_at_ms) == (
+            1,
+            "generation_failed",
+            T0_MS + 32 * DAY_MS,
+        )
+        assert (again.model, again.prompt_tokens, again.error_class) == (
+            "gpt-4o-mini",  # as requested: no text, no tokens
+            None,
+            "AuthenticationError",
+        )
+        latest = store.request("same-id")  # the latest
+        assert latest is not None and (latest.occurrence, latest.state) == (1, again.state)
+        assert [t.state for t in store.transitions("same-id", 0)][-1] == "published"
+        assert [t.state for t in store.transitions("same-id", 1)] == [
+            "received",
+            "admitted",
+            "generating",
+            "generation_failed",
+        ]
+        assert len(store.transitions("same-id")) == 10
+        assert store.states_of(["same-id"]) == {"same-id": "generation_failed"}
+        live = snapshot(store)
+        assert [(state, n) for _, _, state, n, _ in live[2]] == [
+            ("published", 1),
+            ("generation_failed", 1),
+        ]
+
+        # the same log again, in batches of any size: nothing new
+        for size in (1, 3, 7):
+            for at in range(0, len(log.records), size):
+                assert store.apply(log.records[at : at + size]) == 0
+        assert snapshot(store) == live
+
+        # a rebuild into the emptied store, in batches (ids it wrote looked up, no others)
+        for size in (1, 4, len(log.records)):
+            store.reset()
+            rebuilt: set[str] = set()
+            for at in range(0, len(log.records), size):
+                store.apply(log.records[at : at + size], rebuilt)
+            assert snapshot(store) == live, size
+    finally:
+        store.close()

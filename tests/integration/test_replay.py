@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -775,3 +776,91 @@ def test_an_interrupted_replay_says_what_it_left_and_a_forced_one_rebuilds_it(
         assert store.counts() == (30_000, len(lifecycle))
     finally:
         store.close()
+
+
+def test_a_request_the_ledger_named_by_an_earlier_ones_id_is_a_row_of_its_own(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """The ledger forgets a person not heard of for 30 days; the same params then are a new
+    request under the id the earlier one had (decided as never heard of). The projection
+    folded its events into the earlier request's row: those with the earlier's identity
+    (received, admitted, generating) were dropped as re-emissions, its failure moved the
+    published request to ``generation_failed``; ``audit`` showed one request ending a month
+    after it arrived, ``stats`` one request, and ``replay --verify`` three "changed"
+    decisions. The live projector and a rebuild now give each request a row of its own (the
+    ledger's re-emission of a transition still counted once), and ``--verify`` finds nothing."""
+    from tests.integration.test_projector import _project_until, holds
+
+    day = 86_400_000
+    app_id = f"tagain{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
+    asyncio.run(ensure_topics(settings))
+    log = Log(partitions=2)
+    first = log.full("same-id", limit=5)
+    log.full("other-id", email="bob@example.com", at_ms=first.at_ms + 1000)
+    again = log.received("same-id", at_ms=first.at_ms + 32 * day, limit=5, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    events = [s.event for s in log.records]
+    assert [e.request_id for e in events].count("same-id") == 10  # 6 and 4: one id
+    received_again = next(e for e in events[6:] if e.type == "RequestReceived")
+    recorded = [*events, received_again]  # the ledger emitted it twice (a crash)
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for message in log.messages:
+                await producer.send_and_wait(
+                    settings.topic("requests"), encode(message), key=message.person.encode()
+                )
+            for event in recorded:
+                await producer.send_and_wait(
+                    settings.topic("lifecycle"), encode(event), key=event.request_id.encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+
+    live_url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    live = ProjectionStore.from_url(live_url)
+    asyncio.run(_project_until(kafka.bootstrap, settings.topic("lifecycle"), live, holds(live, 16)))
+    rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.sqlite3'}"
+    assert talkstream(env, "replay", "--database-url", rebuilt_url).exit_code == 0
+    rebuilt = ProjectionStore.from_url(rebuilt_url)
+    try:
+        assert snapshot(rebuilt) == snapshot(live)
+        rows = [(r.occurrence, r.state, r.received_at_ms) for r in live.occurrences("same-id")]
+        assert rows == [
+            (0, "published", first.at_ms),
+            (1, "generation_failed", again.at_ms),
+        ]
+        assert [t.state for t in live.transitions("same-id", 1)] == [
+            "received",
+            "admitted",
+            "generating",
+            "generation_failed",
+        ]
+        assert live.counts() == (3, 16)
+    finally:
+        rebuilt.close()
+        live.close()
+
+    audit = talkstream(env, "audit", "--request-id", "same-id", "--database-url", live_url)
+    assert audit.exit_code == 0, audit.output
+    blocks = audit.stdout.split("\nrequest same-id")
+    assert len(blocks) == 3, audit.stdout  # the source line, then two requests
+    assert "state published (terminal)" in blocks[1] and "(1.000 s after arrival)" in blocks[1]
+    assert blocks[2].startswith(" (request 2 of this id: the same params after the ledger")
+    assert "state generation_failed (terminal)" in blocks[2]
+    assert "(0.500 s after arrival)" in blocks[2]
+    stats = talkstream(env, "stats", "--json", "--database-url", live_url)
+    [acme] = [s for s in json.loads(stats.stdout)["sites"] if s["site"] == "acme"]
+    assert acme["requests"] == 3
+    assert (acme["by_state"]["published"], acme["by_state"]["generation_failed"]) == (2, 1)
+
+    for processes in ("1", "2"):
+        verified = talkstream(env, "replay", "--verify", "--processes", processes)
+        assert verified.exit_code == 0, verified.stdout
+        assert "no differences" in verified.stdout
