@@ -1037,6 +1037,10 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     # named as the page's other fields are ("since: ...", "page: ...")
     assert "topic: &#39;completion&#39; is not a topic dead letters come from" in typo
     assert "functest-requests, functest-generate" in typo
+    assert 'id="letter-count"' not in typo and 'id="not-read"' in typo  # none were read
+    bad_page = await signed_in.page("/deadletters?page=x", status=400)
+    assert "page: &#39;x&#39; is not a page number" in bad_page
+    assert 'id="letter-count"' not in bad_page and "no dead letters" not in bad_page
 
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"topic": "completions", "csrf": csrf})
@@ -1345,7 +1349,9 @@ async def test_pages_say_when_kafka_is_out_of_reach_and_show_what_sql_knows(sign
     signed_in.log.down = True
     letters = await signed_in.page("/deadletters")
     assert 'id="error">Kafka at 127.0.0.1:1 is not reachable' in letters
-    assert 'id="letter-count">0<' in letters
+    # no count is claimed of letters it could not read (it said "0 letters ... no dead letters")
+    assert 'id="letter-count"' not in letters and "no dead letters" not in letters
+    assert 'id="not-read">No letters were read' in letters
     timeline = await signed_in.page("/request?id=pub-1")  # the projection answers alone
     assert 'id="state">published<' in timeline
     content = await signed_in.page("/request/content?id=pub-1")
