@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from models.events import (
     DeadlineExpired,
 )
-from streams.agents.marks import Mark, Ranges, Running, Unreported
+from streams.agents.marks import Elsewhere, Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
@@ -104,7 +104,7 @@ class Executor:
         self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
         self._lost: dict[TopicPartition, tuple[int, Mark]] = {}  # a previous run's, up to here
         self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
-        self._elsewhere: dict[TopicPartition, tuple[Running, ...]] = {}  # calls other runs run
+        self._elsewhere = Elsewhere()  # calls of its partitions that other runs went on with
         self._checked_at = 0.0  # when the group's members were last looked up
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
@@ -269,7 +269,7 @@ class Executor:
             self._marked.pop(tp, None)
             self._lost.pop(tp, None)
             self._told.pop(tp, None)
-            self._elsewhere.pop(tp, None)
+            self._elsewhere.carry(tp, ())
             self.taken.pop(tp, None)
 
     def _handing(self, tp: TopicPartition) -> tuple[Running, ...]:
@@ -277,7 +277,7 @@ class Executor:
         so, and this run's calls of it not reported (unless too many to list: their deadline
         re-issues them if this run dies first; so do they if it is no member of the group
         now, which then gives the partition over without it)."""
-        running, ranges = self._elsewhere.get(tp, ()), self._unreported.ranges(tp)
+        running, ranges = self._elsewhere.of(tp), self._unreported.ranges(tp)
         if not ranges and ranges is not None:
             return running
         member = member_id(self.consumer) if self.consumer is not None else ""
@@ -320,7 +320,7 @@ class Executor:
             mine = tp in self._unreported.partitions()
             elsewhere = tuple(r for r in mark.running if not (mine and r.run == self.run_id))
             if elsewhere:
-                self._elsewhere[tp] = elsewhere
+                self._elsewhere.carry(tp, elsewhere)
                 self.taken.setdefault(tp, offset)  # its next commit carries them
                 self._checked_at = 0.0  # looked up at once
             if mark.run == self.run_id or mark.oldest >= offset:
@@ -337,7 +337,7 @@ class Executor:
                 )
                 log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
                          "ledger they were lost", self.config.name, tp.partition, which,
-                         self._whose(mark, "this instance's previous run"))  # fmt: skip
+                         self._whose(mark))  # fmt: skip
 
     async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
         """A partition given back to this run by a rebalance: the calls of it still running
@@ -350,7 +350,7 @@ class Executor:
         mark = self._mark(
             self._unreported.oldest(tp, offset),
             self._unreported.ranges(tp),
-            self._elsewhere.get(tp, ()),
+            self._elsewhere.of(tp),
         )
         with contextlib.suppress(Exception):  # the next batch's commit marks them
             await self._commit({tp: (offset, mark)})
@@ -375,9 +375,9 @@ class Executor:
                 continue  # more of the range to come
             del self._lost[tp]
             ended[tp] = end
-            log.info("%s: partition %s: %s attempts of %s told lost (those it reported change "
-                     "nothing)", self.config.name, tp.partition, self._told.pop(tp),
-                     self._whose(mark))  # fmt: skip
+            log.info("%s: partition %s: %s attempts of the previous run told lost (those it "
+                     "reported change nothing)", self.config.name, tp.partition,
+                     self._told.pop(tp))  # fmt: skip
             rest = [r for r in records if r.offset >= end]
             if rest:
                 batch[tp] = rest
@@ -408,9 +408,9 @@ class Executor:
             await asyncio.gather(*deliveries)
         return told
 
-    def _whose(self, mark: Mark, own: str = "the previous run") -> str:
+    def _whose(self, mark: Mark) -> str:
         if mark.instance == self.config.instance:
-            return own
+            return "this instance's previous run"
         return f"{mark.instance}'s run {mark.run}"
 
     async def _check_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
@@ -423,7 +423,11 @@ class Executor:
         if not self._elsewhere or now - self._checked_at < ELSEWHERE_CHECK_S:
             return
         self._checked_at = now
-        self._forget_past_deadline()
+        if self.config.watch_ms is not None:  # past their deadline: the ledger's
+            for tp, running in self._elsewhere.expire(self._clock.now_ms() - self.config.watch_ms):
+                log.info("%s: partition %s: no longer watching the calls %s's run %s went on "
+                         "with (past their deadline)", self.config.name, tp.partition,
+                         running.instance, running.run)  # fmt: skip
         if not self._elsewhere:
             return
         try:
@@ -432,11 +436,9 @@ class Executor:
             log.warning("%s could not look up its group's members (%s)",
                         self.config.name, type(exc).__name__)  # fmt: skip
             return
-        for tp, running in list(self._elsewhere.items()):
-            gone = [r for r in running if r.member not in members]
-            if not gone or tp in self._lost or tp not in self.taken:
+        for tp, first in self._elsewhere.gone(members).items():
+            if tp in self._lost or tp not in self.taken:
                 continue
-            first = gone[0]
             mark = Mark(first.instance, first.run, first.offsets[0][0], first.offsets)
             try:
                 consumer.seek(tp, mark.oldest)
@@ -446,33 +448,12 @@ class Executor:
                             type(exc).__name__)  # fmt: skip
                 continue
             self._lost[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
-            self._elsewhere[tp] = tuple(r for r in running if r is not first)
-            if not self._elsewhere[tp]:
-                del self._elsewhere[tp]
+            self._elsewhere.told(tp, first)
             log.info("%s: partition %s: %s offsets between %s and %s were still being called "
                      "by %s, which left the group; telling the ledger they were lost",
                      self.config.name, tp.partition, sum(b - a for a, b in first.offsets),
                      mark.oldest, first.offsets[-1][1] - 1,
-                     self._whose(mark, "this instance's previous run"))  # fmt: skip
-
-    def _forget_past_deadline(self) -> None:
-        """The calls a hand-over listed are no longer watched once their deadline has passed
-        (the ledger has re-issued those still unanswered): a run that lives on would have them
-        read again, however far back, when it leaves at last, only to change nothing."""
-        if self.config.watch_ms is None:
-            return
-        since = self._clock.now_ms() - self.config.watch_ms
-        for tp, running in list(self._elsewhere.items()):
-            kept = tuple(r for r in running if r.at_ms >= since)
-            if kept != running:
-                log.info("%s: partition %s: no longer watching the calls %s handed over with it "
-                         "(past their deadline)", self.config.name, tp.partition,
-                         ", ".join(f"{r.instance}'s run {r.run}" for r in running
-                                   if r not in kept))  # fmt: skip
-            if kept:
-                self._elsewhere[tp] = kept
-            else:
-                del self._elsewhere[tp]
+                     self._whose(mark))  # fmt: skip
 
     def _mark(
         self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
@@ -494,7 +475,7 @@ class Executor:
             mark = self._mark(
                 self._unreported.oldest(tp, taking.start),
                 self._unreported.ranges(tp, taking),
-                self._elsewhere.get(tp, ()),
+                self._elsewhere.of(tp),
             )
             if tp in offsets or self._marked.get(tp) != mark:
                 marks[tp] = (at, mark)

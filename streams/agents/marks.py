@@ -154,3 +154,47 @@ class Unreported:
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.pop(tp, None)
+
+
+class Elsewhere:
+    """The calls of an executor's partitions that other runs went on with after giving them
+    up (:class:`Running`, read from the marks), carried on in this run's marks until their
+    run is no member of the group any more (they are then told lost) or until their deadline
+    has passed (the ledger's from then on)."""
+
+    def __init__(self) -> None:
+        self._running: dict[TopicPartition, tuple[Running, ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._running)
+
+    def of(self, tp: TopicPartition) -> tuple[Running, ...]:
+        return self._running.get(tp, ())
+
+    def carry(self, tp: TopicPartition, running: tuple[Running, ...]) -> None:
+        """What ``tp``'s marks list as running elsewhere from now on (nothing: forgotten)."""
+        if running:
+            self._running[tp] = running
+        else:
+            self._running.pop(tp, None)
+
+    def expire(self, since_ms: int) -> list[tuple[TopicPartition, Running]]:
+        """Forgets the hand-overs made before ``since_ms``, and returns them."""
+        expired = []
+        for tp, running in list(self._running.items()):
+            expired += [(tp, r) for r in running if r.at_ms < since_ms]
+            self.carry(tp, tuple(r for r in running if r.at_ms >= since_ms))
+        return expired
+
+    def gone(self, members: set[str]) -> dict[TopicPartition, Running]:
+        """Of each partition, the first run listed that is no member of the group now."""
+        found = {}
+        for tp, running in self._running.items():
+            gone = [r for r in running if r.member not in members]
+            if gone:
+                found[tp] = gone[0]
+        return found
+
+    def told(self, tp: TopicPartition, running: Running) -> None:
+        """``running``'s calls of ``tp`` are told lost: no longer listed."""
+        self.carry(tp, tuple(r for r in self.of(tp) if r != running))

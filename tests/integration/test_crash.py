@@ -399,4 +399,5 @@ def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_tol
     events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("moved")]
     assert sorted(e["email"] for e in events) == sorted(f"moved{p}@example.com" for p in range(6))
     log = (system.root / "worker-b.log").read_text(errors="replace")
-    assert "6 attempts of worker@" in log and "told lost" in log
+    assert "6 offsets between" in log and "were still being called by worker@" in log
+    assert "6 attempts of the previous run told lost" in log

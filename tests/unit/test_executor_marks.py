@@ -405,7 +405,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     earlier = Running(
         "worker-c-generator", "0000aaaa", "c-1", ((1, 2),), 0
     )  # an earlier hand-over's
-    executor._elsewhere[TP] = (earlier,)
+    executor._elsewhere.carry(TP, (earlier,))
     executor.taken[TP] = 9
     for offset in (6, 7):
         executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
@@ -416,7 +416,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
                    handed.running[-1].at_ms)  # fmt: skip
     assert consumer.commits == [{TP: (9, executor._mark(9, (), (earlier, mine)).encode())}]
-    assert executor._elsewhere == {}
+    assert not executor._elsewhere
 
 
 def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_known() -> None:
@@ -433,7 +433,7 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     executor.consumer = marked  # type: ignore[assignment]
     executor._unreported.took(TP, 2, "a", 1)  # still running here
     asyncio.run(executor.recover({TP, OTHER}))
-    assert TP not in executor._elsewhere and executor._elsewhere[OTHER] == (mine,)
+    assert executor._elsewhere.of(TP) == () and executor._elsewhere.of(OTHER) == (mine,)
     assert consumer.commits == [{TP: (5, executor._mark(2, ((2, 3),)).encode())}]
 
 
@@ -454,9 +454,10 @@ def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passe
     executor._clock = Clock(10_000)  # type: ignore[assignment]
     old = Running("worker-a-generator", "aaaa", "a-1", ((3, 4),), 8_999)
     recent = Running("worker-c-generator", "cccc", "c-1", ((5, 6),), 9_000)
-    executor._elsewhere = {TP: (old, recent), OTHER: (old,)}
+    executor._elsewhere.carry(TP, (old, recent))
+    executor._elsewhere.carry(OTHER, (old,))
     executor.taken = {TP: 7, OTHER: 7}
     alive = Group("a-1", "c-1")
     asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
-    assert executor._elsewhere == {TP: (recent,)}
+    assert executor._elsewhere.of(TP) == (recent,) and executor._elsewhere.of(OTHER) == ()
     assert executor._marks({}, {})[TP][1].running == (recent,)
