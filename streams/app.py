@@ -175,6 +175,7 @@ def _executor(
         group=topics_module.consumer_group(settings, name),
         instance=f"{settings.instance_id}-{name}",
         consumer_options=group_options(settings),
+        watch_ms=policy_from(settings).deadline_span_ms(work.stage),
     )
     return ExecutorParts(config, scheduler, work)
 

@@ -16,9 +16,10 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
+from aiokafka.protocol.admin import DescribeGroupsRequest
 
 from streams import kafka_reconnect
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
@@ -381,6 +382,30 @@ async def committed_with_metadata(
     left out."""
     found = await consumer._coordinator.fetch_committed_offsets(list(partitions))
     return {tp: (o.offset, o.metadata or "") for tp, o in found.items()}
+
+
+def member_id(consumer: AIOKafkaConsumer) -> str:
+    """``consumer``'s member id in its group ("" while it is not a member): a static
+    member's next run is given a new one, as is a member that rejoins after missing its
+    session."""
+    return str(consumer._coordinator.member_id or "")
+
+
+async def group_member_ids(consumer: AIOKafkaConsumer, group: str) -> set[str]:
+    """The member ids of ``group``'s members as its coordinator knows them now (a member
+    leaves when it misses its session; a static member's next run takes its place under a
+    new id, with the old one's client id). aiokafka's consumer has no public call for it, and
+    its admin client would be one more client; raises what the coordinator answered, or the
+    connection's error."""
+    coordinator = consumer._coordinator.coordinator_id
+    if coordinator is None:
+        raise KafkaTimeoutError(f"no coordinator of group {group} known yet")
+    response = await consumer._client.send(coordinator, DescribeGroupsRequest([group]))
+    [described] = response.groups
+    error_code, members = described[0], described[5]
+    if error_code:
+        raise for_code(error_code)(f"describing group {group}")
+    return {str(member[0]) for member in members}
 
 
 def sending_now(producer: Any) -> Awaitable[Any] | None:

@@ -23,7 +23,8 @@ class DeadlineIndex:
     commands over: a rebalance alone loses nothing, so work keeps its whole deadline through
     one. With ``grace_ms`` (``REBALANCE_GRACE_SECONDS``, off by default), work issued before
     the rebalance completed is given only that much more: a safety net for what no mark
-    holds (a worker that dies after giving partitions up, before its calls of them report),
+    holds (more calls running at a hand-over than a mark lists; those it lists, a worker that
+    dies after giving partitions up has told lost by their owner once it left the group),
     at the price of calling again, after each rebalance, every call slower than the grace and
     every command queued longer, an attempt of each spent.
 

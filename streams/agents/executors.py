@@ -14,7 +14,13 @@ of their people may be on a worker that saw no rebalance). A command then waits 
 queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
 target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
 rebalance moves a partition away, the commands of it that are still queued are handed back to
-the topic for the new owner (calls already running finish here).
+the topic for the new owner (calls already running finish here). The hand-over's mark lists
+those calls with the run calling them and its member id in the group, and whoever owns the
+partition then carries them in its own marks and asks the group's coordinator who its
+members are: once that member is no longer one (it died and missed its session, or the
+worker's next run took its place under a new id), it tells the ledger those attempts were
+lost. Those reported before change nothing (the ledger acts on a lost attempt only while it
+is current).
 
 The executors run a command and report what happened; every retry, park and dead letter is
 the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.
@@ -36,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from models.events import (
     DeadlineExpired,
 )
-from streams.agents.marks import Mark, Ranges, Unreported
+from streams.agents.marks import Elsewhere, Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
@@ -46,6 +52,8 @@ from streams.kafka_options import (
     committed_with_metadata,
     consumer_lag,
     group_consumer,
+    group_member_ids,
+    member_id,
 )
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
@@ -54,6 +62,7 @@ from streams.upstream.scheduler import Job, Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
+ELSEWHERE_CHECK_S = 2.0  # how often the runs calling what a partition's marks list are looked up
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,9 @@ class ExecutorConfig:
     group: str  # consumer group
     instance: str  # static member id within the group
     consumer_options: dict[str, Any]
+    # how long after a hand-over the calls it listed are watched: their deadline (queue wait
+    # and call), past which the ledger re-issues them anyway (None: until their run leaves)
+    watch_ms: int | None = None
 
 
 class Executor:
@@ -92,6 +104,8 @@ class Executor:
         self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
         self._lost: dict[TopicPartition, tuple[int, Mark]] = {}  # a previous run's, up to here
         self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
+        self._elsewhere = Elsewhere()  # calls of its partitions that other runs went on with
+        self._checked_at = 0.0  # when the group's members were last looked up
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
 
@@ -123,6 +137,7 @@ class Executor:
                     if self._stopping:  # not committed: the next run takes it
                         return
                     await self._take_batch(consumer, batch)
+                    await self._check_elsewhere(consumer)
         finally:
             if dispatcher is not None:
                 dispatcher.cancel()
@@ -234,15 +249,15 @@ class Executor:
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self.config.name, len(jobs))  # fmt: skip
-        # what the partitions' next owner finds: nothing of this run's to call lost (calls
-        # still running here report; a crash loses those to their deadline, unless the
-        # rebalance gives the partition back here: ``recover`` marks them again). A partition with
-        # a command that could not be handed back keeps its last mark, which lists it as taken
-        # and not reported: the next owner tells the ledger it was lost
+        # what the partitions' next owner finds: nothing of this run's to call lost now, and
+        # the calls still running here, with this run, as running elsewhere (they report; if
+        # this run leaves the group first, a crash, the owner tells the ledger they were lost).
+        # A partition with a command that could not be handed back keeps its last mark, which
+        # lists it as taken and not reported: the next owner tells the ledger it was lost
         with contextlib.suppress(Exception):
             await self._commit(
                 {
-                    tp: (self.taken[tp], self._mark(self.taken[tp], ()))
+                    tp: (self.taken[tp], self._mark(self.taken[tp], (), self._handing(tp)))
                     for tp in revoked
                     if tp in self.taken and tp not in self._lost and tp not in unsent
                 }
@@ -254,7 +269,26 @@ class Executor:
             self._marked.pop(tp, None)
             self._lost.pop(tp, None)
             self._told.pop(tp, None)
+            self._elsewhere.carry(tp, ())
             self.taken.pop(tp, None)
+
+    def _handing(self, tp: TopicPartition) -> tuple[Running, ...]:
+        """What a hand-over's mark of ``tp`` lists as running elsewhere: what its marks listed
+        so, and this run's calls of it not reported (unless too many to list: their deadline
+        re-issues them if this run dies first; so do they if it is no member of the group
+        now, which then gives the partition over without it)."""
+        running, ranges = self._elsewhere.of(tp), self._unreported.ranges(tp)
+        if not ranges and ranges is not None:
+            return running
+        member = member_id(self.consumer) if self.consumer is not None else ""
+        if ranges is None or not member:
+            why = "too many to list" if ranges is None else "not a member of the group"
+            log.warning("%s: partition %s: calls still running left out of its hand-over (%s); "
+                        "if this worker dies first, their deadlines re-issue them",
+                        self.config.name, tp.partition, why)  # fmt: skip
+            return running
+        handed = Running(self.config.instance, self.run_id, member, ranges, self._clock.now_ms())
+        return (*running, handed)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
         """Partitions whose last commit is another run's, this instance's (a restart, with no
@@ -264,7 +298,9 @@ class Executor:
         ledger as lost: this is how lost work is re-issued before its deadline (a rebalance
         grace in the ledger, off by default, would not do either: the executors' groups
         rebalance apart from the ledger's, which sees none when the dead worker is back
-        within its session timeout after its executors' partitions moved)."""
+        within its session timeout after its executors' partitions moved). The calls a mark
+        lists as running elsewhere (a hand-over's) are carried on in this run's marks and
+        told lost once their run has left the group (``_check_elsewhere``)."""
         self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
         if self.consumer is None or not assigned:
             return
@@ -276,10 +312,19 @@ class Executor:
             return
         for tp, (offset, metadata) in committed.items():
             mark = Mark.parse(metadata)
-            if mark is not None and mark.run == self.run_id:
-                await self._mark_running(tp, offset)
-                continue
             if mark is None:
+                continue
+            # calls other runs went on with after giving the partition up, carried on in this
+            # run's marks until their run is gone (``_check_elsewhere``); this run's own, if
+            # it still knows them (given straight back), are its unreported calls again
+            mine = tp in self._unreported.partitions()
+            elsewhere = tuple(r for r in mark.running if not (mine and r.run == self.run_id))
+            if elsewhere:
+                self._elsewhere.carry(tp, elsewhere)
+                self.taken.setdefault(tp, offset)  # its next commit carries them
+                self._checked_at = 0.0  # looked up at once
+            if mark.run == self.run_id or mark.oldest >= offset:
+                await self._mark_running(tp, offset)
                 continue
             if mark.oldest < offset:
                 self._lost[tp] = (offset, mark)
@@ -290,24 +335,23 @@ class Executor:
                     else f"{sum(min(b, offset) - a for a, b in mark.unreported)} offsets "
                     f"between {mark.oldest} and {offset - 1}"
                 )
-                whose = (
-                    "this instance's previous run"
-                    if mark.instance == self.config.instance
-                    else f"{mark.instance}'s run {mark.run}"
-                )
                 log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
                          "ledger they were lost", self.config.name, tp.partition, which,
-                         whose)  # fmt: skip
+                         self._whose(mark))  # fmt: skip
 
     async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
         """A partition given back to this run by a rebalance: the calls of it still running
-        here (its hand-over's mark said nothing was unreported) are marked again at once, so
-        a crash before they end has its next run, or the partition's next owner, tell the
-        ledger they were lost, not their deadline."""
+        here (its hand-over's mark listed them as running elsewhere) are marked again at once
+        as this run's, so a crash before they end has its next run, or the partition's next
+        owner, tell the ledger they were lost, not their deadline."""
         if not self._unreported.partitions() & {tp}:
             return
         self.taken[tp] = offset
-        mark = self._mark(self._unreported.oldest(tp, offset), self._unreported.ranges(tp))
+        mark = self._mark(
+            self._unreported.oldest(tp, offset),
+            self._unreported.ranges(tp),
+            self._elsewhere.of(tp),
+        )
         with contextlib.suppress(Exception):  # the next batch's commit marks them
             await self._commit({tp: (offset, mark)})
 
@@ -364,8 +408,57 @@ class Executor:
             await asyncio.gather(*deliveries)
         return told
 
-    def _mark(self, oldest: int, unreported: Ranges | None) -> Mark:
-        return Mark(self.config.instance, self.run_id, oldest, unreported)
+    def _whose(self, mark: Mark) -> str:
+        if mark.instance == self.config.instance:
+            return "this instance's previous run"
+        return f"{mark.instance}'s run {mark.run}"
+
+    async def _check_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
+        """While marks list calls running in other runs, the group's members are looked up
+        every :data:`ELSEWHERE_CHECK_S`; the calls of a run no longer among them (by its
+        member id then) are read again from the partition and told to the ledger as lost, like a
+        previous run's (``_past_lost``), one run's at a time per partition. Until they are
+        told, the last commit of the partition keeps listing them."""
+        now = asyncio.get_running_loop().time()
+        if not self._elsewhere or now - self._checked_at < ELSEWHERE_CHECK_S:
+            return
+        self._checked_at = now
+        if self.config.watch_ms is not None:  # past their deadline: the ledger's
+            for tp, running in self._elsewhere.expire(self._clock.now_ms() - self.config.watch_ms):
+                log.info("%s: partition %s: no longer watching the calls %s's run %s went on "
+                         "with (past their deadline)", self.config.name, tp.partition,
+                         running.instance, running.run)  # fmt: skip
+        if not self._elsewhere:
+            return
+        try:
+            members = await group_member_ids(consumer, self.config.group)
+        except Exception as exc:  # asked again at the next check
+            log.warning("%s could not look up its group's members (%s)",
+                        self.config.name, type(exc).__name__)  # fmt: skip
+            return
+        for tp, first in self._elsewhere.gone(members).items():
+            if tp in self._lost or tp not in self.taken:
+                continue
+            mark = Mark(first.instance, first.run, first.offsets[0][0], first.offsets)
+            try:
+                consumer.seek(tp, mark.oldest)
+            except Exception as exc:  # no longer assigned: its marks keep listing them
+                log.warning("%s: partition %s: could not read again what %s was calling (%s)",
+                            self.config.name, tp.partition, self._whose(mark),
+                            type(exc).__name__)  # fmt: skip
+                continue
+            self._lost[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
+            self._elsewhere.told(tp, first)
+            log.info("%s: partition %s: %s offsets between %s and %s were still being called "
+                     "by %s, which left the group; telling the ledger they were lost",
+                     self.config.name, tp.partition, sum(b - a for a, b in first.offsets),
+                     mark.oldest, first.offsets[-1][1] - 1,
+                     self._whose(mark))  # fmt: skip
+
+    def _mark(
+        self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
+    ) -> Mark:
+        return Mark(self.config.instance, self.run_id, oldest, unreported, running).fitting()
 
     def _marks(
         self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
@@ -380,7 +473,9 @@ class Executor:
             at = offsets.get(tp, self.taken.get(tp, 0))
             taking = range(first.get(tp, at), at)
             mark = self._mark(
-                self._unreported.oldest(tp, taking.start), self._unreported.ranges(tp, taking)
+                self._unreported.oldest(tp, taking.start),
+                self._unreported.ranges(tp, taking),
+                self._elsewhere.of(tp),
             )
             if tp in offsets or self._marked.get(tp) != mark:
                 marks[tp] = (at, mark)

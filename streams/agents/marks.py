@@ -3,39 +3,68 @@
 An executor commits what it took before the work starts; each commit's metadata is a
 :class:`Mark`: the run that took the records and which of them are not reported yet, kept by
 :class:`Unreported`. A restarted run reads the mark back and tells the ledger which attempts
-the previous run lost (``streams.agents.executors``).
+the previous run lost (``streams.agents.executors``). A mark also lists the calls of the
+partition that run elsewhere (:class:`Running`): those a run that gave the partition up was
+still calling, which its owner tells the ledger were lost once that run left the group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 
 MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
 MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
 
+MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
+
 Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
+
+
+class Running(NamedTuple):
+    """Calls of a partition taken by a run that gave the partition up and went on calling
+    them: the instance and run, its member id in the group then, the offsets of the calls
+    not reported when it did, and when (its clock, in ms)."""
+
+    instance: str
+    run: str
+    member: str
+    offsets: Ranges
+    at_ms: int
 
 
 @dataclass(frozen=True)
 class Mark:
     """What an executor's commit of a partition says besides the offset: the instance and the
     run that took the records, the oldest of them not reported yet and, when they are few, the
-    ranges of those not reported (otherwise every offset from the oldest counts as one)."""
+    ranges of those not reported (otherwise every offset from the oldest counts as one); and
+    the calls of the partition running in runs that gave it up (the oldest hand-over first)."""
 
     instance: str
     run: str
     oldest: int
     unreported: Ranges | None = None
+    running: tuple[Running, ...] = ()
 
     def encode(self) -> str:
         found: dict[str, Any] = {"instance": self.instance, "run": self.run, "oldest": self.oldest}
         if self.unreported is not None:
             found["unreported"] = self.unreported
+        if self.running:
+            found["running"] = self.running
         return json.dumps(found, separators=(",", ":"))
+
+    def fitting(self) -> Mark:
+        """This mark, without as many of the oldest hand-overs' calls as it takes to stay
+        within :data:`MARK_BYTES` (those left out are re-issued at their deadline)."""
+        mark = self
+        while mark.running and len(mark.encode()) > MARK_BYTES:
+            mark = dataclasses.replace(mark, running=mark.running[1:])
+        return mark
 
     @classmethod
     def parse(cls, metadata: str) -> Mark | None:
@@ -47,7 +76,11 @@ class Mark:
                 str(found["instance"]),
                 str(found["run"]),
                 int(found["oldest"]),
-                None if listed is None else tuple((int(a), int(b)) for a, b in listed),
+                None if listed is None else _ranges(listed),
+                tuple(
+                    Running(str(instance), str(run), str(member), _ranges(offsets), int(at))
+                    for instance, run, member, offsets, at in found.get("running", ())
+                ),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -57,6 +90,10 @@ class Mark:
         if offset < self.oldest:
             return False
         return self.unreported is None or any(a <= offset < b for a, b in self.unreported)
+
+
+def _ranges(listed: Any) -> Ranges:
+    return tuple((int(a), int(b)) for a, b in listed)
 
 
 class Unreported:
@@ -117,3 +154,47 @@ class Unreported:
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.pop(tp, None)
+
+
+class Elsewhere:
+    """The calls of an executor's partitions that other runs went on with after giving them
+    up (:class:`Running`, read from the marks), carried on in this run's marks until their
+    run is no member of the group any more (they are then told lost) or until their deadline
+    has passed (the ledger's from then on)."""
+
+    def __init__(self) -> None:
+        self._running: dict[TopicPartition, tuple[Running, ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._running)
+
+    def of(self, tp: TopicPartition) -> tuple[Running, ...]:
+        return self._running.get(tp, ())
+
+    def carry(self, tp: TopicPartition, running: tuple[Running, ...]) -> None:
+        """What ``tp``'s marks list as running elsewhere from now on (nothing: forgotten)."""
+        if running:
+            self._running[tp] = running
+        else:
+            self._running.pop(tp, None)
+
+    def expire(self, since_ms: int) -> list[tuple[TopicPartition, Running]]:
+        """Forgets the hand-overs made before ``since_ms``, and returns them."""
+        expired = []
+        for tp, running in list(self._running.items()):
+            expired += [(tp, r) for r in running if r.at_ms < since_ms]
+            self.carry(tp, tuple(r for r in running if r.at_ms >= since_ms))
+        return expired
+
+    def gone(self, members: set[str]) -> dict[TopicPartition, Running]:
+        """Of each partition, the first run listed that is no member of the group now."""
+        found = {}
+        for tp, running in self._running.items():
+            gone = [r for r in running if r.member not in members]
+            if gone:
+                found[tp] = gone[0]
+        return found
+
+    def told(self, tp: TopicPartition, running: Running) -> None:
+        """``running``'s calls of ``tp`` are told lost: no longer listed."""
+        self.carry(tp, tuple(r for r in self.of(tp) if r != running))

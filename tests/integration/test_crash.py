@@ -332,3 +332,72 @@ def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_call
     assert [row.attempts for row in rows.values()] == [2] * 6
     log = (system.root / "worker.log").read_text(errors="replace")
     assert "6 attempts of the previous run told lost" in log
+
+
+def _key_of_partition(partition: int) -> str:
+    """An OpenAI key whose calls [generate] (4 partitions) holds in ``partition``."""
+    of = partition_of(4)
+    return next(
+        key
+        for key in (f"sk-test-openai-gone{n:04d}" for n in range(1000))
+        if of(key_fingerprint(key).encode()) == partition
+    )
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["gone", "back-at-once"])
+def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_told_lost(
+    make_system, restarted: bool
+) -> None:
+    """A worker giving a partition up in a rebalance finishes the calls of it that are running
+    (no call made twice), and its hand-over mark said it left nothing unreported: killed
+    before those calls ended, they were re-issued only at their deadline (queue wait and
+    call: 308 s here, 17 minutes by default), whether it stayed dead or came back at once
+    (its partitions are not that one). The hand-over mark lists them with the run calling
+    them; the partition's new owner tells the ledger they were lost once that run is no
+    longer in the executor's group (gone after the session timeout, or replaced by the
+    worker's next run)."""
+    system = make_system(
+        session_timeout_seconds="60" if restarted else "6",
+        generation_deadline_seconds="8",
+        max_wait_seconds="300",
+        openai_timeout_seconds="120",
+    )
+    system.openai("POST", "/_control", {"latency_seconds": 60})
+    # one key: partition 0 of [generate], which the first generator in the group's order by
+    # member id (``worker-b@`` before ``worker@``) gets: it moves to worker-b
+    openai_key = _key_of_partition(0)
+    bodies = [
+        seed_params(f"moved{p}@example.com", content=f"moved {p}", openai_key=openai_key)
+        for p in range(6)
+    ]
+    thread, answers = post_in_background(system, bodies)
+    wait_until(
+        lambda: system.openai("GET", "/_stats")["in_flight"] == 6, 60, what="every call running"
+    )
+    generate = f"{system.app_id}-generate"
+    system.start_worker("worker-b")
+    system.wait_ready("worker-b")
+
+    def moved() -> bool:  # worker-b's generator holds the key's partition, worker's not
+        held = {}
+        for name in ("worker", "worker-b"):
+            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            held[name] = set(consumer_lags(text if status == 200 else "", generate))
+        return "0" in held["worker-b"] and bool(held["worker"]) and "0" not in held["worker"]
+
+    wait_until(moved, 120, what="the key's partition moved to worker-b")
+    assert system.openai("GET", "/_stats")["calls"] == 6, "no call made twice by the rebalance"
+    system.kill("worker")  # its six calls still running
+    if restarted:
+        system.start_worker("worker")  # at once: its own partitions back, no rebalance
+    system.openai("POST", "/_control", {"latency_seconds": 0.05})
+    thread.join(timeout=60)
+    ids = [body["request_id"] for _, body in answers]
+    rows = system.wait_terminal(ids, timeout=120)  # far below the deadline (308 s)
+    assert {row.state for row in rows.values()} == {"published"}
+    assert [row.attempts for row in rows.values()] == [2] * 6
+    events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("moved")]
+    assert sorted(e["email"] for e in events) == sorted(f"moved{p}@example.com" for p in range(6))
+    log = (system.root / "worker-b.log").read_text(errors="replace")
+    assert "6 offsets between" in log and "were still being called by worker@" in log
+    assert "6 attempts of the previous run told lost" in log

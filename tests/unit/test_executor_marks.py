@@ -4,6 +4,7 @@ offset it took and has not reported: what its next run tells the ledger was lost
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiokafka import TopicPartition
 
 from models.events import DeadlineExpired, GenerateText
 from streams.agents.executors import Executor, ExecutorConfig
-from streams.agents.marks import MARK_OFFSETS, MARK_RANGES, Mark, Unreported
+from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
 from streams.runtime import SystemClock, Topics
@@ -319,3 +320,144 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mar
     asyncio.run(executor.hand_back({TP, OTHER}))
     assert generate.sent == [b"k-back"]
     assert consumer.commits == [{TP: (4, executor._mark(4, ()).encode())}]  # OTHER's stays
+
+
+def test_a_mark_lists_the_calls_running_elsewhere_within_the_brokers_limit() -> None:
+    handed = Running(
+        "worker-generator", "0123abcd", "worker-generator-3f2a", ((40, 41), (43, 45)), 1
+    )
+    mark = Mark("worker-b-generator", "4567cdef", 50, (), (handed,))
+    assert Mark.parse(mark.encode()) == mark
+    assert Mark.parse('{"instance": "x", "run": "y", "oldest": 1, "running": [1]}') is None
+    far = 10**15
+    ranges = tuple((far + 2 * i, far + 2 * i + 1) for i in range(MARK_RANGES))
+    many = tuple(
+        Running(f"worker{n}@some-host-generator", f"run{n:08d}", f"worker{n}@some-host-generator-"
+                "c6f2dd1a-6a1e-4a43-9d5a-2a2b3ac0f6e1", ranges, far)
+        for n in range(9)
+    )  # fmt: skip
+    widest = Mark("talkstream-worker-generator", "0123abcd", far, ranges, many).fitting()
+    assert len(widest.encode()) <= MARK_BYTES < 4096  # the broker's default limit
+    assert widest.running and widest.running == many[-len(widest.running) :], "the newest kept"
+
+
+class Group:
+    """An executor's consumer as a look-up of its group's members uses it: the members, as the
+    coordinator answers DescribeGroups (a static member's next run keeps its client id); and
+    where it was told to read."""
+
+    def __init__(self, *member_ids: str) -> None:
+        self._coordinator = SimpleNamespace(coordinator_id=1)
+        self._client = self
+        self.member_ids = list(member_ids)
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def send(self, node: int, request: Any) -> Any:
+        members = [(m, "aiokafka-0.14.0", "/127.0.0.1", b"", b"") for m in self.member_ids]
+        return SimpleNamespace(groups=[(0, "g", "Stable", "consumer", "roundrobin", members)])
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_the_group() -> None:
+    """A worker that gave a partition up goes on with the calls of it it was running; its
+    hand-over's mark lists them with its run, and the partition's owner carries them in its
+    marks and tells the ledger they were lost once that run is no longer in the group (a
+    crash: at its session's end; or its next run took its place), not at their deadline."""
+    requests = Requests()
+    executor = generator(requests)
+    handed = Running(
+        "worker-a-generator", "deadbeef0000", "worker-a-generator-1", ((3, 4), (5, 6)), 0
+    )
+    committed = {TP: (7, Mark("worker-a-generator", "deadbeef0000", 7, (), (handed,)))}
+    executor.consumer = Marked(committed)  # type: ignore[assignment]
+    asyncio.run(executor.recover({TP}))
+    assert executor._lost == {} and executor.taken == {TP: 7}
+    marks = executor._marks({}, {})
+    assert marks == {TP: (7, executor._mark(7, (), (handed,)))}, "carried in its own marks"
+    executor._marked[TP] = marks[TP][1]
+
+    alive = Group("worker-generator-7", "worker-a-generator-1")
+    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
+    assert executor._lost == {} and alive.seeks == [], "its run still calls them: no call twice"
+
+    executor._checked_at = 0.0
+    gone = Group("worker-generator-7", "worker-a-generator-2")  # its next run, or no member
+    asyncio.run(executor._check_elsewhere(gone))  # type: ignore[arg-type]
+    assert gone.seeks == [(TP, 3)]
+    assert executor._marks({}, {}) == {}, "its last mark keeps them until they are told"
+    batch = {TP: records(*((o, command(f"r{o}")) for o in range(3, 9)))}
+    assert asyncio.run(executor._past_lost(batch)) == {TP: 7}
+    assert [(m.request_id, m.lost) for m in requests.sent] == [("r3", True), ("r5", True)]
+    assert [r.offset for r in batch[TP]] == [7, 8]
+    assert executor._marks({}, {}) == {TP: (7, executor._mark(7, ()))}, "no longer listed"
+
+
+def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
+    generate = Generate_(refused=set())
+    executor = generator(Requests())
+    executor._topics = Topics(requests=None, generate=generate, completions=None,
+                              lifecycle=None, deadletter=None)  # fmt: skip
+    consumer = Committing()
+    consumer._coordinator = SimpleNamespace(member_id="worker-generator-7")  # type: ignore[attr-defined]
+    executor.consumer = consumer  # type: ignore[assignment]
+    earlier = Running(
+        "worker-c-generator", "0000aaaa", "c-1", ((1, 2),), 0
+    )  # an earlier hand-over's
+    executor._elsewhere.carry(TP, (earlier,))
+    executor.taken[TP] = 9
+    for offset in (6, 7):
+        executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
+    executor.scheduler = SimpleNamespace(take_back=lambda origins: [])  # type: ignore[assignment]
+    asyncio.run(executor.hand_back({TP}))
+    [handed] = [Mark.parse(metadata) for _, metadata in consumer.commits[0].values()]
+    assert handed is not None
+    mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
+                   handed.running[-1].at_ms)  # fmt: skip
+    assert consumer.commits == [{TP: (9, executor._mark(9, (), (earlier, mine)).encode())}]
+    assert not executor._elsewhere
+
+
+def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_known() -> None:
+    """A partition given back to the run calling for it: the calls it still knows are its
+    own unreported ones again; listed by a mark after it forgot them (the partition went to
+    another worker first), they stay listed as running in this run."""
+    executor = generator(Requests())
+    consumer = Committing()
+    mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((2, 3),), 0)
+    committed = {TP: (5, Mark("worker-b-generator", "bbbb", 5, (), (mine,))),
+                 OTHER: (8, Mark("worker-b-generator", "bbbb", 8, (), (mine,)))}  # fmt: skip
+    marked = Marked(committed)
+    marked.commit = consumer.commit  # type: ignore[attr-defined]
+    executor.consumer = marked  # type: ignore[assignment]
+    executor._unreported.took(TP, 2, "a", 1)  # still running here
+    asyncio.run(executor.recover({TP, OTHER}))
+    assert executor._elsewhere.of(TP) == () and executor._elsewhere.of(OTHER) == (mine,)
+    assert consumer.commits == [{TP: (5, executor._mark(2, ((2, 3),)).encode())}]
+
+
+class Clock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passed() -> None:
+    """Past it the ledger re-issued those still unanswered: a run that lives on for days would
+    otherwise have its calls read again from that far back when it leaves, to change nothing,
+    while the partition's new commands wait."""
+    executor = generator(Requests())
+    executor.config = dataclasses.replace(executor.config, watch_ms=1000)
+    executor._clock = Clock(10_000)  # type: ignore[assignment]
+    old = Running("worker-a-generator", "aaaa", "a-1", ((3, 4),), 8_999)
+    recent = Running("worker-c-generator", "cccc", "c-1", ((5, 6),), 9_000)
+    executor._elsewhere.carry(TP, (old, recent))
+    executor._elsewhere.carry(OTHER, (old,))
+    executor.taken = {TP: 7, OTHER: 7}
+    alive = Group("a-1", "c-1")
+    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
+    assert executor._elsewhere.of(TP) == (recent,) and executor._elsewhere.of(OTHER) == ()
+    assert executor._marks({}, {})[TP][1].running == (recent,)
