@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,26 @@ def topic_sizes_by_partition(bootstrap: str, topic: str) -> list[int]:
             return [end - first for first, end in reader.bounds.values()]
 
     return asyncio.run(sizes())
+
+
+async def write_log(
+    bootstrap: str, settings: Settings, messages: Sequence[Any], events: Sequence[Any]
+) -> None:
+    """The [requests] messages by person, then the [lifecycle] events by request id, each
+    acknowledged before the next (in order within each partition)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for message in messages:
+            await producer.send_and_wait(
+                settings.topic("requests"), encode(message), key=message.person.encode()
+            )
+        for event in events:
+            await producer.send_and_wait(
+                settings.topic("lifecycle"), encode(event), key=event.request_id.encode()
+            )
+    finally:
+        await producer.stop()
 
 
 def post_all(system: System, bodies: list[dict[str, Any]]) -> list[str]:
@@ -382,22 +403,7 @@ def _forged(kafka: EmbeddedKafka, forge: Any) -> tuple[dict[str, str], list[Any]
     others = [s.event for s in log.records[len(events) :]]
     recorded = forge(events, others)
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for message in log.messages:
-                await producer.send_and_wait(
-                    settings.topic("requests"), encode(message), key=message.person.encode()
-                )
-            for event in recorded:
-                await producer.send_and_wait(
-                    settings.topic("lifecycle"), encode(event), key=event.request_id.encode()
-                )
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(write_log(kafka.bootstrap, settings, log.messages, recorded))
     assert all(
         end > 0 for end in topic_sizes_by_partition(kafka.bootstrap, settings.topic("requests"))
     )
@@ -805,22 +811,7 @@ def test_a_request_the_ledger_named_by_an_earlier_ones_id_is_a_row_of_its_own(
     received_again = next(e for e in events[6:] if e.type == "RequestReceived")
     recorded = [*events, received_again]  # the ledger emitted it twice (a crash)
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for message in log.messages:
-                await producer.send_and_wait(
-                    settings.topic("requests"), encode(message), key=message.person.encode()
-                )
-            for event in recorded:
-                await producer.send_and_wait(
-                    settings.topic("lifecycle"), encode(event), key=event.request_id.encode()
-                )
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(write_log(kafka.bootstrap, settings, log.messages, recorded))
     env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
 
     live_url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
