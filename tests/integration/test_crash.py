@@ -51,6 +51,22 @@ def post_in_background(system: System, bodies: list[dict]) -> tuple[threading.Th
     return thread, answers
 
 
+def six_calls_running(
+    system: System, openai_key: str, prefix: str
+) -> tuple[threading.Thread, list]:
+    """Six people's webhooks on one OpenAI key, posted in the background, once each of their
+    calls is running at the stand-in."""
+    bodies = [
+        seed_params(f"{prefix}{p}@example.com", content=f"{prefix} {p}", openai_key=openai_key)
+        for p in range(6)
+    ]
+    thread, answers = post_in_background(system, bodies)
+    wait_until(
+        lambda: system.openai("GET", "/_stats")["in_flight"] == 6, 60, what="every call running"
+    )
+    return thread, answers
+
+
 def terminal_count(system: System) -> int:
     return sum(1 for row in system.projection.requests() if row.terminal)
 
@@ -299,14 +315,7 @@ def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_call
     openai_key = "sk-test-openai-0002"  # one key: one partition of [generate], 3 of 4, which
     # the first generator in the group's order by member id (``worker-b@`` before ``worker@``)
     # does not get: it stays with ``worker``
-    bodies = [
-        seed_params(f"kept{p}@example.com", content=f"kept {p}", openai_key=openai_key)
-        for p in range(6)
-    ]
-    thread, answers = post_in_background(system, bodies)
-    wait_until(
-        lambda: system.openai("GET", "/_stats")["in_flight"] == 6, 60, what="every call running"
-    )
+    thread, answers = six_calls_running(system, openai_key, "kept")
     generate = f"{system.app_id}-generate"
     key = str(partition_of(4)(key_fingerprint(openai_key).encode()))
     system.start_worker("worker-b")
@@ -366,14 +375,7 @@ def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_tol
     # one key: partition 0 of [generate], which the first generator in the group's order by
     # member id (``worker-b@`` before ``worker@``) gets: it moves to worker-b
     openai_key = _key_of_partition(0)
-    bodies = [
-        seed_params(f"moved{p}@example.com", content=f"moved {p}", openai_key=openai_key)
-        for p in range(6)
-    ]
-    thread, answers = post_in_background(system, bodies)
-    wait_until(
-        lambda: system.openai("GET", "/_stats")["in_flight"] == 6, 60, what="every call running"
-    )
+    thread, answers = six_calls_running(system, openai_key, "moved")
     generate = f"{system.app_id}-generate"
     system.start_worker("worker-b")
     system.wait_ready("worker-b")
