@@ -236,10 +236,15 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     the next answer dropped it, and the sender, finding no leader for its records, asked again
     and again for the others only, until the records expired after ``request_timeout_ms`` (the
     ingress held its first webhooks 10 s). Tracked, the record goes within a metadata round
-    trip (``tests/integration/test_producer_metadata.py``)."""
+    trip (``tests/integration/test_producer_metadata.py``).
+
+    While a partition it holds a record for has no leader, it asks the broker for metadata
+    ``retry_backoff_ms`` apart (:func:`streams.kafka_reconnect.space_metadata_updates`), not in
+    a loop without pause."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
+        kafka_reconnect.space_metadata_updates(self.client)  # no metadata flood (its doc)
         self._given_up: BaseException | None = None
 
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:

@@ -1,0 +1,83 @@
+"""Our producers' forced metadata updates, ``retry_backoff_ms`` apart at the soonest
+(``streams.kafka_reconnect.space_metadata_updates``): aiokafka's sender, holding a record for a
+partition with no leader, forces an update and looks again as soon as it is answered; an answer
+that still names no leader came back at once, and it asked about 2,000 times a second."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+from streams.kafka_options import IdempotentProducer
+from tests.support import free_port
+
+RETRY_BACKOFF_SECONDS = 0.1  # aiokafka's default retry_backoff_ms
+ROUNDS = 8
+
+
+async def answering_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[IdempotentProducer, list[float]]:
+    """A producer whose client's metadata synchronizer runs (as after its start) and whose
+    every metadata request is answered at once, still naming no leader; the loop's time at
+    which each request went."""
+    producer = IdempotentProducer(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    client: Any = producer.client
+    asked: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def metadata_update(cluster: Any, topics: Any) -> bool:
+        asked.append(loop.time())
+        return True
+
+    monkeypatch.setattr(client, "_metadata_update", metadata_update)
+    client._sync_task = asyncio.create_task(client._md_synchronizer())
+    return producer, asked
+
+
+async def test_the_sender_asks_for_metadata_retry_backoff_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer, asked = await answering_at_once(monkeypatch)
+    loop = asyncio.get_running_loop()
+    try:
+        began = loop.time()
+        for _ in range(ROUNDS):  # aiokafka's sender while a partition has no known leader
+            update = producer.client.force_metadata_update()
+            done, _ = await asyncio.wait({update}, return_when=asyncio.FIRST_COMPLETED)
+            assert [d.result() for d in done] == [True]
+        took = loop.time() - began
+    finally:
+        await producer.client.close()
+    assert len(asked) == ROUNDS, asked  # one request per round, not more
+    assert asked[0] - began < RETRY_BACKOFF_SECONDS / 2  # the first at once
+    gaps = [b - a for a, b in itertools.pairwise(asked)]
+    assert min(gaps) >= RETRY_BACKOFF_SECONDS - 0.001, gaps
+    assert took >= (ROUNDS - 1) * RETRY_BACKOFF_SECONDS - 0.001, took
+
+
+async def test_callers_asking_meanwhile_share_the_next_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    producer, asked = await answering_at_once(monkeypatch)
+    client = producer.client
+    loop = asyncio.get_running_loop()
+    try:
+        assert await client.force_metadata_update() is True  # the first: at once
+        first = loop.time()
+        # the sender, add_topic and a send waiting for its topic's partitions, meanwhile
+        waiting = [client.force_metadata_update() for _ in range(5)]
+        assert await asyncio.gather(*waiting) == [True] * 5  # all have its answer
+        assert len(asked) == 2, asked  # one update for them all
+        assert asked[1] - asked[0] >= RETRY_BACKOFF_SECONDS - 0.001, asked
+        assert loop.time() - first >= RETRY_BACKOFF_SECONDS - 0.001
+        # a quiet while later, the next starts at once
+        await asyncio.sleep(RETRY_BACKOFF_SECONDS)
+        quiet = loop.time()
+        assert await client.force_metadata_update() is True
+        assert len(asked) == 3 and asked[2] - quiet < RETRY_BACKOFF_SECONDS / 2, asked
+    finally:
+        await client.close()
