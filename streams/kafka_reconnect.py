@@ -1,15 +1,14 @@
 """Reconnects to a broker that cannot be reached, spaced out: Kafka's own clients'
 ``reconnect.backoff.ms`` and ``reconnect.backoff.max.ms`` (KIP-144), which aiokafka lacks.
 
-aiokafka connects again at every request to a broker it has no connection to, and every retry
-loop of a client (the producer's sender, a consumer's fetcher, its group coordinator, the
-metadata refresh) tries again after ``retry_backoff_ms`` (100 ms) at most (the producer's
-sender asking for metadata while a partition has no leader: after none, but for our producers'
-:func:`space_metadata_updates`). While a broker was
-down a worker made about 115 connection attempts a second (its consumers, producers and
-projector: 37 of them the projector's), an ingress holding a webhook about 20, each an ERROR
-line of aiokafka's. ``retry_backoff_ms`` is no bound to raise: it spaces every retry, those of
-a broker that answers (a leader moving, a coordinator loading) too.
+aiokafka connects again at every request to a broker it has no connection to, and every retry loop
+of a client (the producer's sender, a consumer's fetcher, its group coordinator, the metadata
+refresh) tries again after ``retry_backoff_ms`` (100 ms) at most (the producer's sender asking for
+metadata while a partition has no leader: after none, but for our producers'
+:func:`space_metadata_updates`). While a broker was down a worker made about 115 connection attempts
+a second (its consumers, producers and projector: 37 of them the projector's), an ingress holding a
+webhook about 20, each an ERROR line of aiokafka's. ``retry_backoff_ms`` is no bound to raise: it
+spaces every retry, those of a broker that answers (a leader moving, a coordinator loading) too.
 
 So a client that failed to connect to a broker does not try it again for :data:`BASE_SECONDS`,
 doubled at each failure in a row up to :data:`MAX_SECONDS`, each ±20% (clients started together
@@ -102,15 +101,15 @@ def space_metadata_updates(client: Any) -> None:
     up, and has its answer, as does every caller that asked with it (one update for them all).
     The first after a quiet while starts at once, as does aiokafka's.
 
-    aiokafka's producer sender, while it holds a record for a partition with no known leader
-    (a leader being elected, a partition offline), forces a metadata update and waits for it
-    (or any other event) before it looks again; the comment says "wait backoff time", but an
-    answer that still names no leader ends the wait at once, and it asks again: about 2,000
-    metadata requests a second from one producer on localhost (20,857 in 10 s), from every
-    producer of every ingress and worker, to brokers busy electing a leader. Spaced, it asks
-    ten times a second, as Kafka's Java client (``retry.backoff.ms``); a record whose leader is
-    back is sent within ``retry_backoff_ms`` of it. An update already under way (aiokafka's
-    own, every ``metadata_max_age_ms``, or one asked for) is joined, as aiokafka does."""
+    aiokafka's producer sender, while it holds a record for a partition with no known leader (a
+    leader being elected, a partition offline), forces a metadata update and waits for it (or any
+    other event) before it looks again; the comment says "wait backoff time", but an answer that
+    still names no leader ends the wait at once, and it asks again: about 2,000 metadata requests a
+    second from one producer on localhost (20,857 in 10 s), from every producer of every ingress and
+    worker, to brokers busy electing a leader. Spaced, it asks ten times a second, as Kafka's Java
+    client (``retry.backoff.ms``); a record whose leader is back is sent within ``retry_backoff_ms``
+    (and a round trip) of it. An update already under way (aiokafka's own, every
+    ``metadata_max_age_ms``, or one asked for) is joined, as aiokafka does."""
     force = client.force_metadata_update
     backoff = client._retry_backoff  # retry_backoff_ms, in seconds
     started = -math.inf  # the loop's time at which the last forced update started
