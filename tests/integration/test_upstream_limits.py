@@ -47,6 +47,21 @@ def calls_with(system: System, key: str) -> list[dict]:
     return [c for c in system.openai("GET", "/_calls") if c["key_tail"] == key[-4:]]
 
 
+def published_once(system: System, ids: list[str], timeout: float) -> dict:
+    """Every request published, each on its first attempt (waiting for a limit spends none)."""
+    rows = system.wait_terminal(ids, timeout=timeout)
+    assert Counter(row.state for row in rows.values()) == {"published": len(ids)}
+    assert all(row.attempts == 1 for row in rows.values())
+    return rows
+
+
+def answered_429(calls: list[dict]) -> int:
+    """How many of ``calls`` were answered 429: at most a fifth of them (the goal)."""
+    throttled = sum(c["status"] == 429 for c in calls)
+    assert throttled <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    return throttled
+
+
 def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
     make_system,
 ) -> None:
@@ -60,14 +75,10 @@ def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
     wait_until(lambda: len(calls_with(system, LIMITED_KEY)) >= 10, 60, what="the blast started")
     quiet = post_people(system, "calm", 10, site="quiet-site", key=QUIET_KEY)
 
-    rows = system.wait_terminal(blast + quiet, timeout=240)
-    assert Counter(row.state for row in rows.values()) == {"published": 110}
-    assert all(row.attempts == 1 for row in rows.values())  # waiting spent no attempt
+    rows = published_once(system, blast + quiet, timeout=240)  # 110
 
     limited = calls_with(system, LIMITED_KEY)
-    throttled = [c for c in limited if c["status"] == 429]
-    assert len(limited) - len(throttled) == 100
-    assert len(throttled) <= 0.2 * len(limited), Counter(c["status"] for c in limited)
+    assert len(limited) - answered_429(limited) == 100
     # the quiet site did not queue behind the blast: all of it was done while the blast ran
     blast_done = max(rows[rid].terminal_at_ms for rid in blast)
     assert max(rows[rid].terminal_at_ms for rid in quiet) < blast_done - 5_000
@@ -98,12 +109,8 @@ def test_a_key_answered_without_limit_headers_is_paced_at_the_limit_its_429s_nam
         {"latency_seconds": 0.5, "limit_headers": False, "key_limits": {key: {"rpm": 300}}},
     )
     ids = post_people(system, "bare", 100, site="bare-site", key=key)
-    rows = system.wait_terminal(ids, timeout=240)
-    assert Counter(row.state for row in rows.values()) == {"published": 100}
-    assert all(row.attempts == 1 for row in rows.values())
-    calls = calls_with(system, key)
-    throttled = [c for c in calls if c["status"] == 429]
-    assert len(throttled) <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    published_once(system, ids, timeout=240)  # 100
+    answered_429(calls_with(system, key))
     rates = re.findall(
         r'talkstream_upstream_rate\{model="gpt-3.5-turbo",target="[0-9a-f]{16}",'
         r'upstream="openai"\} (\S+)',
@@ -136,12 +143,8 @@ def test_one_key_is_paced_per_model_as_openai_limits_it(make_system) -> None:
     scarce = [rid for rid, body in zip(ids, bodies, strict=True)
               if body["openai"]["model"] == "gpt-scarce"]  # fmt: skip
     plenty = [rid for rid in ids if rid not in scarce]
-    rows = system.wait_terminal(ids, timeout=180)
-    assert Counter(row.state for row in rows.values()) == {"published": 120}
-    assert all(row.attempts == 1 for row in rows.values())
-    calls = calls_with(system, key)
-    throttled = [c for c in calls if c["status"] == 429]
-    assert len(throttled) <= 0.2 * len(calls), Counter(c["status"] for c in calls)
+    rows = published_once(system, ids, timeout=180)  # 120
+    answered_429(calls_with(system, key))
     # the plentiful model's webhooks did not wait at the scarce one's pace: all done while
     # the scarce ones (20 at 1 a second) were still being paced
     assert max(rows[rid].terminal_at_ms for rid in plenty) < (
@@ -359,16 +362,12 @@ def test_a_site_talkable_limits_is_paced_by_its_429s_and_another_site_served_mea
         what="the busy site's first publication",
     )
     calm = post_people(system, "calm", 10, site="calm-site", key=QUIET_KEY)
-    rows = system.wait_terminal(busy + calm, timeout=240)
-    assert Counter(row.state for row in rows.values()) == {"published": 110}
-    assert all(row.attempts == 1 for row in rows.values())  # waiting spent no attempt
+    rows = published_once(system, busy + calm, timeout=240)  # 110
     posts = [
         c for c in system.talkable("GET", "/_calls")
         if c["path"].endswith("/origins/event") and c.get("site_slug") == "busy-site"
     ]  # fmt: skip
-    throttled = [c for c in posts if c["status"] == 429]
-    assert len(posts) - len(throttled) == 100
-    assert len(throttled) <= 0.2 * len(posts), Counter(c["status"] for c in posts)
+    assert len(posts) - answered_429(posts) == 100
     busy_done = max(rows[rid].terminal_at_ms for rid in busy)
     assert max(rows[rid].terminal_at_ms for rid in calm) < busy_done - 5_000
 
