@@ -246,6 +246,7 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
         kafka_reconnect.space_metadata_updates(self.client)  # no metadata flood (its doc)
         self._given_up: BaseException | None = None
+        self._tracked: set[str] = set()  # topics given to ``client.add_topic`` (once each)
 
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         if self._given_up is not None:  # a stop gave up on Kafka: nothing more is held
@@ -253,7 +254,9 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
             refused.set_exception(copy.copy(self._given_up))
             refused.add_done_callback(_retrieved)  # (its sender may not wait for it)
             return refused
-        self.client.add_topic(topic)  # asked for from now on (see the class doc)
+        if topic not in self._tracked:  # asked for from now on (see the class doc)
+            self.client.add_topic(topic)
+            self._tracked.add(topic)
         delivery: asyncio.Future[Any] = await super().send(topic, *args, **kwargs)
         delivery.add_done_callback(self._delivered)
         return delivery
