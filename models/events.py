@@ -31,8 +31,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # (OpenAI cut the text at the completion's cap: finish_reason length). 6: on
 # PublishCompletion, ``other_event_number`` (the number its text goes under when Talkable holds
 # another request's event under the request's own), and on PublicationAttemptSucceeded the
-# ``event_number`` it landed under when it was that one. Fields are only ever added, optional.
-SCHEMA_VERSION = 6
+# ``event_number`` it landed under when it was that one. 7: ``waited_out`` on attempt failures
+# (the attempt ended waiting for its target, QueueTimeout: the upstream did not refuse it; the
+# lifecycle event's cause then says so). Fields are only ever added, optional.
+SCHEMA_VERSION = 7
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -125,6 +127,11 @@ class GenerationAttemptFailed(_Wire):
     latency_ms: int = 0
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    waited_out: bool = Field(
+        False,
+        description="it ended waiting for its target (QueueTimeout: longer than the maximum "
+        "wait, or asked to wait longer): the upstream did not refuse it",
+    )
 
 
 class PublicationAttemptSucceeded(_Wire):
@@ -155,6 +162,11 @@ class PublicationAttemptFailed(_Wire):
     status: int | None = None
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    waited_out: bool = Field(
+        False,
+        description="it ended waiting for its target (QueueTimeout: longer than the maximum "
+        "wait, or asked to wait longer): the upstream did not refuse it",
+    )
 
 
 class DeadlineExpired(_Wire):

@@ -233,7 +233,7 @@ def _generation_failure(ctx: Context, flight: InFlight, f: GenerationAttemptFail
         ctx,
         flight,
         at_ms=f.at_ms,
-        cause="OpenAI call failed; slot released",
+        cause=_failed_cause("OpenAI call failed", "OpenAI", f) + "; slot released",
         error_class=f.error_class,
         error_message=f.error_message,
         latency_ms=f.latency_ms,
@@ -274,11 +274,21 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
         ctx,
         flight,
         at_ms=f.at_ms,
-        cause="Talkable did not accept the event",
+        cause=_failed_cause("Talkable did not accept the event", "Talkable", f),
         error_class=f.error_class,
         error_message=f.error_message,
         waited_ms=f.waited_ms,
     )
+
+
+def _failed_cause(
+    refused: str, upstream: str, f: GenerationAttemptFailed | PublicationAttemptFailed
+) -> str:
+    """A failure the upstream answered, or one that ended waiting for it (``waited_out``, from
+    schema 7 on: one written before says what it said then, so a replay derives it again)."""
+    if f.waited_out:
+        return f"gave up waiting for {upstream}: the wait outlasted the maximum wait"
+    return refused
 
 
 def _overdue(ctx: Context, flight: InFlight, d: DeadlineExpired) -> Decision:

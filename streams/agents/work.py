@@ -26,7 +26,7 @@ from models.events import (
 from streams.clients.openai_chat import ChatClient, Completion, token_cost
 from streams.clients.talkable import Publication, TalkableClient
 from streams.codecs import decode
-from streams.errors import TalkstreamError, UpstreamError
+from streams.errors import QueueTimeout, TalkstreamError, UpstreamError
 from streams.secrets import SecretBox, key_fingerprint
 from streams.upstream.limits import Limits
 from streams.upstream.scheduler import Job, Outcome
@@ -210,6 +210,7 @@ def _failure(error: UpstreamError) -> dict[str, Any]:
         "error_class": error.reason,
         "error_message": str(error)[:500],
         "retriable": error.retriable,
+        "waited_out": isinstance(error, QueueTimeout),
     }
 
 

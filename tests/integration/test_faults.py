@@ -378,6 +378,7 @@ def test_an_exhausted_publication_is_dead_lettered_and_redriven_to_published(mak
     request_id = answer["request_id"]
     row = system.wait_terminal([request_id], timeout=120)[request_id]
     assert (row.state, row.error_class) == ("publish_failed", "QueueTimeout")
+    assert row.cause == "gave up waiting for Talkable: the wait outlasted the maximum wait"
     assert "503" in (row.error_message or "")
 
     preview = system.talkstream("redrive", "--dry-run", "--reason-contains", "503")

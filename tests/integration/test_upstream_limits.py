@@ -302,8 +302,12 @@ def test_webhooks_a_key_cannot_serve_within_the_maximum_wait_end_at_once(make_sy
         [seed_params(f"day{i}@example.com", site="daily", openai_key=key) for i in range(1, 5)],
     )
     rows |= system.wait_terminal(later, timeout=60)  # not MAX_WAIT_SECONDS (900) each
-    assert {(row.state, row.error_class) for row in rows.values()} == {
-        ("generation_failed", "QueueTimeout")
+    assert {(row.state, row.error_class, row.cause) for row in rows.values()} == {
+        (
+            "generation_failed",
+            "QueueTimeout",
+            "gave up waiting for OpenAI: the wait outlasted the maximum wait; slot released",
+        )
     }
     message = rows[first].error_message or ""
     assert "asked to wait 72" in message and "429" in message, message

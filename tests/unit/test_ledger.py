@@ -664,6 +664,34 @@ def test_a_non_retriable_generation_failure_is_final_at_once() -> None:
     assert outcome.commands == []
 
 
+@pytest.mark.parametrize("stage", ["generating", "publishing"])
+def test_an_attempt_that_ended_waiting_says_so_in_its_cause(stage: str) -> None:
+    """A QueueTimeout is not a refusal: from schema 7 on the failure says it waited out its
+    target, and its cause says so; one written before (no ``waited_out``) keeps the cause it
+    was recorded with, so a replay of an older log derives its events again unchanged."""
+    upstream, failed = (
+        ("OpenAI", generation_failed) if stage == "generating" else ("Talkable", publication_failed)
+    )
+
+    def ended(waited_out: bool) -> LifecycleEvent:
+        ledger = Ledger()
+        admit(ledger, "req-1")
+        if stage == "publishing":
+            ledger.send(generated("req-1"))
+        failure = failed("req-1").model_copy(
+            update={"error_class": "QueueTimeout", "waited_out": waited_out}
+        )
+        [event] = ledger.send(failure).events
+        return event
+
+    waited = ended(True)
+    assert waited.cause.startswith(f"gave up waiting for {upstream}: the wait outlasted")
+    assert waited.error_class == "QueueTimeout"
+    older = ended(False).cause
+    assert older in ("OpenAI call failed; slot released", "Talkable did not accept the event")
+    assert upstream in older
+
+
 @pytest.mark.parametrize("max_attempts", [1, 2, 4])
 def test_publication_retries_then_fails(max_attempts: int) -> None:
     ledger = Ledger(policy=Policy(max_attempts=max_attempts))
