@@ -16,9 +16,11 @@ from aiohttp import web
 
 from streams.console.log import LETTERS_PER_PARTITION, Letter
 from streams.console.pages import render
+from streams.console.queries import occurrence_at
 from streams.console.views import (
     LOG_TIMEOUT_SECONDS,
     Services,
+    request_link,
     run_query,
     services_of,
 )
@@ -93,11 +95,18 @@ class LetterFilters:
 @dataclass(frozen=True)
 class LetterRow:
     letter: Letter
-    request: RequestRow | None
+    request: RequestRow | None  # the request the letter is of (:func:`occurrence_at`)
+    latest: bool = True  # that request is its id's latest (the one the ledger knows now)
+
+    @property
+    def link(self) -> str:
+        """The query of its request's page: that request of the id, not the latest."""
+        return request_link(self.request, self.letter.request_id or "")
 
     @property
     def parked(self) -> bool:
-        return self.request is not None and self.request.state in PARKED
+        """Its request is parked, and the ledger still knows it: the id's latest."""
+        return self.request is not None and self.request.state in PARKED and self.latest
 
     @property
     def since(self) -> str:
@@ -105,6 +114,8 @@ class LetterRow:
         row = self.request
         if row is None:
             return "not in the projection" if self.letter.request_id else "a message"
+        if row.state in PARKED and not self.latest:
+            return "parked; its id named a later request since"
         if row.state in PARKED and row.updated_at_ms <= self.letter.at_ms + 1000:
             return "parked: can be redriven"
         if row.state in PARKED:
@@ -130,10 +141,20 @@ async def _letters(s: Services, filters: LetterFilters) -> LetterRows:
     except TalkstreamError as exc:
         return LetterRows([], str(exc))
     ids = [x.request_id for x in letters.found if x.request_id]
-    rows = await run_query(s.queries.requests_by_id, ids)
-    joined = [LetterRow(x, rows.get(x.request_id or "")) for x in letters.found]
+    # each letter with the request of its id it is of: one written before the ledger named
+    # another request by the id (the same params once it had forgotten the person) is the
+    # earlier's, whose page its link opens and whose state "since" says
+    rows = await run_query(s.queries.occurrences_by_id, ids)
+    joined = [_joined(x, rows.get(x.request_id or "", [])) for x in letters.found]
     matched = [j for j in joined if filters.matches(j.letter, j.request)]
     return LetterRows(matched, unread=letters.unread)
+
+
+def _joined(letter: Letter, requests: list[RequestRow]) -> LetterRow:
+    """The letter with the request of its id it is of (``requests``: each of them, oldest
+    first)."""
+    row = occurrence_at(requests, letter.at_ms)
+    return LetterRow(letter, row, latest=row is None or row is requests[-1])
 
 
 async def _named(s: Services, filters: LetterFilters, given: dict[str, str]) -> LetterFilters:
@@ -237,7 +258,8 @@ async def redrive(request: web.Request) -> web.Response:
         return posted
     s, form, given, filters = posted.services, posted.form, posted.given, posted.filters
     asked = {v for v in form.getall("id", []) if isinstance(v, str) and v}
-    rows = await run_query(s.queries.requests_by_id, asked)
+    requests = await run_query(s.queries.occurrences_by_id, asked)
+    rows = {i: found[-1] for i, found in requests.items()}  # the latest: the ledger's now
     parked = frozenset(i for i, row in rows.items() if row.state in PARKED)
     report, error = None, None
     if parked:
@@ -245,7 +267,7 @@ async def redrive(request: web.Request) -> web.Response:
             report = await s.log.redrive(filters.selection(parked), dry_run=False)
         except TalkstreamError as exc:
             error = str(exc)
-    done = _request_ids(report) if report is not None else []
+    done = _request_letters(report) if report is not None else []
     log.info("console redrive: asked=%d parked=%d redriven=%d", len(asked), len(parked), len(done))
     return render(
         request,
@@ -253,7 +275,12 @@ async def redrive(request: web.Request) -> web.Response:
         {
             "nav": "deadletters",
             "given": given,
-            "redriven": [rows[i] for i in done if i in rows],
+            # each with the request of its id its letter is of, linked to that one's page
+            "redriven": [
+                (row, request_link(row, i))
+                for i, written_ms in done
+                if (row := _redriven_row(requests.get(i, []), written_ms)) is not None
+            ],
             "not_parked": sorted((asked - parked) & rows.keys()),
             "earlier_attempt": report.earlier_attempt if report is not None else [],
             "too_old": report.too_old if report is not None else [],
@@ -283,6 +310,24 @@ async def _posted(request: web.Request) -> _Posted | web.Response:
             request, "deadletters.html", _letters_context(s, given, LetterRows([], str(exc))), 400
         )
     return _Posted(s, form, given, await _named(s, filters, given))
+
+
+def _request_letters(report: RedriveReport) -> list[tuple[str, int | None]]:
+    """The requests a redrive sent to the ledger, each once, in order, with when the letter
+    it sent for each was written (None: a report that does not say)."""
+    seen: dict[str, int | None] = {}
+    for entry in report.redriven:
+        if entry.request_id is not None:
+            seen.setdefault(entry.request_id, entry.written_ms)
+    return list(seen.items())
+
+
+def _redriven_row(requests: list[RequestRow], written_ms: int | None) -> RequestRow | None:
+    """The request of its id a redriven letter is of (``requests``: each of them, oldest
+    first): its id's latest when the letter's time is not known."""
+    if written_ms is None:
+        return requests[-1] if requests else None
+    return occurrence_at(requests, written_ms)
 
 
 def _request_ids(report: RedriveReport) -> list[str]:

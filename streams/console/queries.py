@@ -362,18 +362,58 @@ class ConsoleQueries:
             )
 
     def requests_by_id(self, request_ids: Iterable[str]) -> dict[str, RequestRow]:
+        """The latest request of each id."""
+        return {rid: rows[-1] for rid, rows in self.occurrences_by_id(request_ids).items()}
+
+    def occurrences_by_id(self, request_ids: Iterable[str]) -> dict[str, list[RequestRow]]:
+        """Every request of each id, oldest first (one, unless the ledger named the same
+        params by it again once it had forgotten the person): :func:`occurrence_at` picks the
+        one a letter is of."""
         ids = sorted(set(request_ids))
-        found: dict[str, RequestRow] = {}
+        found: dict[str, list[RequestRow]] = {}
         with self._session() as session:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 for row in session.scalars(
                     select(RequestRow)
                     .where(RequestRow.request_id.in_(chunk))
-                    .order_by(RequestRow.received_at_ms)  # an id's latest request stays
+                    .order_by(RequestRow.received_at_ms)
                 ):
-                    found[row.request_id] = row
+                    found.setdefault(row.request_id, []).append(row)
         return found
+
+    def original_of(self, duplicate: RequestRow) -> RequestRow | None:
+        """The request a ``rejected_duplicate`` repeated, as the ledger judged it: of the same
+        person, named by the fingerprint it is a duplicate of (``duplicate_of``) or, had the
+        ledger forgotten that fingerprint before, ``<fingerprint>~<delivery>``; not a repeat
+        itself; the latest to have arrived by the repeat's arrival (the ledger's dedupe
+        compares arrivals). None: the projection does not hold it."""
+        fingerprint = duplicate.duplicate_of
+        if fingerprint is None:
+            return None
+        r = RequestRow
+        arrived = func.coalesce(r.arrived_at_ms, r.received_at_ms)
+        with self._session() as session:
+            candidates = session.scalars(
+                select(r)
+                .where(
+                    r.person == duplicate.person,
+                    (r.request_id == fingerprint)
+                    | r.request_id.startswith(f"{fingerprint}~", autoescape=True),
+                    r.duplicate_of.is_(None),
+                    arrived <= arrival_of(duplicate),
+                )
+                .order_by(arrived.desc(), r.received_at_ms.desc())
+            )
+            # SQLite's LIKE ignores case: the id's own spelling, exactly
+            return next(
+                (
+                    row
+                    for row in candidates
+                    if row.request_id == fingerprint or row.request_id.startswith(f"{fingerprint}~")
+                ),
+                None,
+            )
 
     # a person --------------------------------------------------------------------------------
 
@@ -567,3 +607,21 @@ def _nearest(p: int, count: int) -> int:
     """The 1-based rank of the nearest-rank ``p``th percentile of ``count`` values (what the
     query's ``(p * n + 99) / 100`` computes)."""
     return -(-p * count // 100)
+
+
+def arrival_of(row: RequestRow) -> int:
+    """When a request's webhook reached the ingress (its event time on a row projected before
+    migration 0002, which has no arrival)."""
+    return row.arrived_at_ms if row.arrived_at_ms is not None else row.received_at_ms
+
+
+def occurrence_at(rows: list[RequestRow], wall_ms: int) -> RequestRow | None:
+    """Which request of an id (``rows``: each of them) something written at ``wall_ms`` (a
+    wall clock: a dead letter) is of: the latest to have arrived by then. A request of the
+    same id comes a retention (30 days) after the earlier ended, so the clocks of the ingress
+    and of the letter's writer need only agree within that. Written before any arrived (a
+    clock far behind): the first. None: the id has no request in the projection."""
+    arrived = [row for row in rows if arrival_of(row) <= wall_ms]
+    if arrived:
+        return max(arrived, key=lambda row: (arrival_of(row), row.received_at_ms))
+    return min(rows, key=lambda row: (arrival_of(row), row.received_at_ms), default=None)

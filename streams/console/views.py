@@ -188,6 +188,15 @@ def _query(values: Mapping[str, str | None]) -> str:
     return urlencode({k: v for k, v in values.items() if v})
 
 
+def request_link(row: RequestRow | None, request_id: str) -> str:
+    """The query of the page of one request: its id and event time (``at``: which request of
+    the id, when the ledger named several by it); the id alone (its latest) for one the
+    projection does not hold."""
+    if row is None:
+        return _query({"id": request_id})
+    return _query({"id": row.request_id, "at": str(row.received_at_ms)})
+
+
 async def search(request: web.Request) -> web.Response:
     s = services_of(request)
     given = {k: request.query.get(k, "") for k in ("site", "email", "state", "since", "until")}
@@ -268,6 +277,8 @@ async def request_page(request: web.Request) -> web.Response:
     # the id's requests, when the ledger named more than one by it (the same params once it
     # had forgotten the person): each linked by its event time
     times = await run_query(s.queries.event_times, row.request_id)
+    # a repeat links to the request it repeated, not the latest of that id
+    original = await run_query(s.queries.original_of, row) if row.duplicate_of else None
     return render(
         request,
         "request.html",
@@ -280,6 +291,8 @@ async def request_page(request: web.Request) -> web.Response:
                 {"id": row.request_id, "at": str(row.received_at_ms) if len(times) > 1 else None}
             ),
             "letters_link": _query({"request_id": row.request_id}),
+            "original": original.request_id if original is not None else row.duplicate_of,
+            "original_link": request_link(original, row.duplicate_of or ""),
             "parked": row.state in PARKED,
             "truncated": row.truncated if current else None,  # None: not projected yet
             "cut_step": cut_step,

@@ -78,6 +78,7 @@ class Redriven:
     # work the ledger gave up on (partition and offset -1: its command was never read from a
     # record): the [requests] record it was deciding, "topic/partition/offset"
     decided: str | None = None
+    written_ms: int | None = None  # when the letter was written (which request of its id)
 
     def __str__(self) -> str:
         """One line: what goes where, the site, the letter's source and its reason (on one
@@ -454,5 +455,6 @@ def _one(
         site=site,
         request_id=request_id,
         decided=letter.decided,
+        written_ms=letter.at_ms or None,  # 0: a letter of a version that did not say
     )
     return _Send(topic, key, value, letter.at_ms, letter.request_id, shown, parking)

@@ -62,21 +62,23 @@ def occurrence_of(
     yet) and the identities of the transitions applied (``(request_id, occurrence, type,
     state, attempt)``). The ledger names a request by the fingerprint of its params, and by it
     again once it has forgotten it (the person not heard of for 30 days, or the fingerprint
-    pushed out of the entry): a ``RequestReceived`` for a request that was received (its
-    identity taken) and ended, judged at another event time, is the next request of the id.
-    One judged at the same time is the same decision emitted again (the ledger re-processing
-    a message after a crash); one for a request still in flight cannot be another (its
-    fingerprint is kept while it is); one for a request whose own was not applied yet is its
-    own (a request whose events are in two partitions, which were added to while it was in
-    flight, can be read out of order). A request of the same id comes a retention (30 days)
-    later, and its event time with it (Talkable's rendered ``current_time``, or its
-    arrival)."""
+    pushed out of the entry and its Bloom filter): a ``RequestReceived`` for a request whose
+    own was applied (its identity taken), judged at another event time, is the id's next
+    request. The ledger judges a webhook at a time the webhook carries (Talkable's rendered
+    ``current_time``, or its arrival): one judged at the same time is the same decision
+    emitted again (the ledger re-processing a message after a crash); another time is another
+    webhook, and the ledger never names one by the id of a request in flight (it keeps the
+    fingerprint, and the person, while one is: ``models.state.forgettable_at``), so the
+    earlier request ended, whether or not its end reached the projection (an event Kafka
+    refused is dead-lettered, not projected: the earlier row stays in the state it reached).
+    One for a request whose own was not applied yet is its own (a request whose events are in
+    two partitions, which were added to while it was in flight, can be read out of order). A
+    request of the same id comes a retention (30 days) later, and its event time with it."""
     if row is None:
         return 0
     occurrence = int(row["occurrence"])
     if (
         e.state is State.RECEIVED
-        and row["terminal"]
         and e.at_ms != row["received_at_ms"]
         and (e.request_id, occurrence, e.type, str(e.state), e.attempt) in identities
     ):

@@ -9,9 +9,10 @@ the same rows.
 
 Events of one request id share a partition (the lifecycle topic is keyed by request_id), so
 they are applied in the order the ledger decided them, and each belongs to the id's latest
-request: a ``RequestReceived`` of an id whose request ended, judged at another event time,
-starts the next (``occurrence``: the ledger names a request by its params' fingerprint again
-once it has forgotten the person; ``streams.projection.rows.occurrence_of``). A projector and
+request: a ``RequestReceived`` of an id whose request was received, judged at another event
+time, starts the next, whether or not the earlier's end was projected (``occurrence``: the
+ledger names a request by its params' fingerprint again once it has forgotten the person,
+never while the earlier is in flight; ``streams.projection.rows.occurrence_of``). A projector and
 a replay decide it from the same rows, and the bulk path looks up nothing more than the
 batch's ids.
 """

@@ -114,11 +114,12 @@ class RequestRow(Base):
     # which request of this id (migration 0008): the ledger names a request by the fingerprint
     # of its params, and names one by it again once it has forgotten it (the person not heard
     # of for 30 days, or the fingerprint pushed out of the entry and its Bloom filter): a
-    # RequestReceived of a request that ended, judged at another event time, starts the next
-    # one. The table's key is (request_id, occurrence); the ORM's is (request_id,
-    # received_at_ms), which is as unique (each occurrence is judged at another time), so that
-    # the console reads a projection not migrated yet, which has no such column: deferred as
-    # ``truncated`` is, and loaded where it is shown
+    # RequestReceived of a request that was received, judged at another event time, starts the
+    # next one (never while the earlier is in flight in the ledger). The table's key is
+    # (request_id, occurrence); the ORM's is (request_id, received_at_ms), which is as unique
+    # (each occurrence is judged at another time), so that the console reads a projection not
+    # migrated yet, which has no such column: deferred as ``truncated`` is, and loaded where it
+    # is shown
     occurrence: Mapped[int] = mapped_column(
         Integer,
         primary_key=True,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import ClientResponse
@@ -109,6 +110,7 @@ class FakeLog:
                     partition=x.partition,
                     offset=x.offset,
                     request_id=x.request_id,
+                    written_ms=x.at_ms,
                 )
                 for x in matching
             ],
@@ -854,6 +856,112 @@ async def test_each_request_of_an_id_the_ledger_took_again_has_its_own_page(
     assert f'<a href="/request?id=same-id&amp;at={T0_MS + month_ms}">2</a>' in first
     # a request page of an id of one request names no other
     assert 'id="same-id"' not in await signed_in.page("/request?id=pub-1")
+
+
+DAY_MS = 86_400_000
+
+
+def _letter_of(r: RequestReceived, at_ms: int, offset: int) -> Letter:
+    """The ledger's letter of a generation it gave up on, written at ``at_ms``."""
+    return Letter(
+        topic="functest-generate",
+        partition=-1,
+        offset=-1,
+        reason="AuthenticationError: 401 invalid key",
+        request_id=r.request_id,
+        at_ms=at_ms,
+        letter_partition=0,
+        letter_offset=offset,
+        decided=f"functest-requests/0/{offset}",
+    )
+
+
+async def test_a_letter_links_to_the_request_of_its_id_it_was_written_of(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+) -> None:
+    """Two requests of one id (the same params a month apart, the person forgotten by the
+    ledger in between), each parked with a letter: each letter opens its own request's page
+    and says what became of that one; the id alone opened the latest for both. The preview
+    and the redrive link the request they redrive (the ledger's: the latest)."""
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    first = log.received("twice-1", email="tim@example.com", at_ms=T0_MS - 32 * DAY_MS)
+    log.failed(first, at_ms=first.at_ms + 500)
+    again = log.received("twice-1", email="tim@example.com", at_ms=T0_MS + 2000, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+    older, newer = _letter_of(first, first.at_ms + 501, 5), _letter_of(again, again.at_ms + 501, 6)
+    signed_in.log.letters_ = [newer, older]  # newest first, as read
+
+    body = await signed_in.page("/deadletters")
+    links = re.findall(r'class="rid" href="/request\?([^"]+)"', body)
+    assert links == [f"id=twice-1&amp;at={again.at_ms}", f"id=twice-1&amp;at={first.at_ms}"]
+    rows = body.split('id="letters"')[1].split("<tr>")[2:]
+    assert "parked: can be redriven" in rows[0] and 'class="redrive-one"' in rows[0]
+    # the earlier request is parked still, but the ledger knows only the later one now
+    assert "parked; its id named a later request since" in rows[1]
+    assert 'class="redrive-one"' not in rows[1]
+    assert 'id="parked-count">1<' in body
+    for link, at_ms in zip(links, (again.at_ms, first.at_ms), strict=True):
+        page = await signed_in.page("/request?" + link.replace("&amp;", "&"))
+        assert f"<b>{1 if at_ms == first.at_ms else 2}</b>" in page  # which of the id's two
+
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", {"request_id": "twice-1", "csrf": csrf})
+    shown = await preview.text()
+    assert 'id="would-count">1<' in shown
+    assert f'href="/request?id=twice-1&amp;at={again.at_ms}"' in shown
+    confirm = await signed_in.post("/deadletters/redrive", {"id": "twice-1", "csrf": csrf})
+    done = await confirm.text()
+    assert 'id="redriven-count">1<' in done
+    assert f'href="/request?id=twice-1&amp;at={again.at_ms}">twice-1</a>' in done
+
+    # a redrive of the earlier request's letter (as a report says it: a letter's time) names
+    # that request, as it was
+    signed_in.log.letters_ = [older]
+    confirm = await signed_in.post("/deadletters/redrive", {"id": "twice-1", "csrf": csrf})
+    assert f'href="/request?id=twice-1&amp;at={first.at_ms}">twice-1</a>' in await confirm.text()
+
+
+async def test_a_duplicate_links_to_the_request_it_repeated(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+) -> None:
+    """A repeat names the fingerprint it repeated (``duplicate_of``); its link opened the
+    latest request of that id: a month-old one when the repeat was of the id's next request,
+    or the other way round; and a request named ``<id>~<delivery>`` (the ledger had forgotten
+    the fingerprint, the person heard of since) was never reached."""
+    log = Log(_next=dict.fromkeys(range(4), 2000))  # offsets after the fixture's
+    tim = "tim@example.com"
+    first = log.full("rep-1", at_ms=T0_MS - 40 * DAY_MS, email=tim)
+    log.received("rep-1", at_ms=first.at_ms + 60_000, delivery="d2", email=tim)  # a repeat of it
+    # the person forgotten: the same params take the id again
+    again = log.full("rep-1", at_ms=T0_MS + 2000, delivery="d3", email=tim)
+    log.received("rep-1", at_ms=again.at_ms + 60_000, delivery="d4", email=tim)  # a repeat of it
+    # a person heard of all along: the fingerprint forgotten, the same params named apart
+    amy = "amy@example.com"
+    log.full("fp-1", at_ms=T0_MS - 31 * DAY_MS, email=amy)
+    log.full("other-1", at_ms=T0_MS - 15 * DAY_MS, email=amy)
+    named = log.received("fp-1", at_ms=T0_MS + 3000, delivery="d2", email=amy)  # in flight
+    log.received("fp-1", at_ms=named.at_ms + 60_000, delivery="d3", email=amy)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+
+    cases = {
+        "rep-1~rep-1/d2": ("rep-1", first.at_ms, "published"),
+        "rep-1~rep-1/d4": ("rep-1", again.at_ms, "published"),
+        "fp-1~fp-1/d3": ("fp-1~fp-1/d2", named.at_ms, "generating"),
+    }
+    for repeat, (original, at_ms, state) in cases.items():
+        page = await signed_in.page(f"/request?id={quote(repeat)}")
+        assert 'id="state">rejected_duplicate<' in page
+        link = f"/request?id={quote(original, safe='~')}&amp;at={at_ms}"
+        assert f'<a id="duplicate-of" href="{link}">{original}</a>' in page, repeat
+        opened = await signed_in.page(link.replace("&amp;", "&"))
+        assert f'id="request-id">{original}<' in opened and f'id="state">{state}<' in opened
 
 
 async def test_search_by_email_alone_state_and_time(signed_in: Console):

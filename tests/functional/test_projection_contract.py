@@ -702,3 +702,70 @@ def test_a_request_of_an_id_the_ledger_took_again_is_a_row_of_its_own(database_u
             assert snapshot(store) == live, size
     finally:
         store.close()
+
+
+def test_a_request_of_an_id_whose_earlier_ones_end_never_reached_the_projection_is_its_own(
+    database_url: str,  # noqa: F811
+):
+    """The earlier request's last event was dead-lettered (Kafka refused it), so its row stays
+    ``publishing``. The ledger names no request by the id of one in flight: a RequestReceived of
+    the id judged at another time is another request, ended or not as the projection sees the
+    earlier. Its events were folded into the earlier row (its received, admitted, generating
+    dropped as re-emissions, its failure ending the earlier request ``generation_failed``). The
+    ledger's re-emission of a RequestReceived (the same time) is still the same request, and a
+    request whose RequestReceived is read after its later events is still one row."""
+    log = Log()
+    first = log.full("lost-end", at_ms=T0_MS, limit=2)
+    published = log.records.pop()  # its CompletionPublished: dead-lettered, never projected
+    assert (published.event.type, published.event.request_id) == (
+        "CompletionPublished",
+        "lost-end",
+    )
+    again = log.received("lost-end", at_ms=T0_MS + 32 * DAY_MS, limit=2, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    received = next(s for s in log.records[5:] if s.event.type == "RequestReceived")
+    assert received.event.at_ms == again.at_ms
+    offset = log._next[received.partition]
+    log._next[received.partition] = offset + 1
+    log.records.append(Sourced(TOPIC, received.partition, offset, received.event))  # a crash
+    # a request whose RequestReceived is read after its later events (partitions added while it
+    # was in flight): its row starts at another time than the RequestReceived's
+    late = Log(partitions=1, _next={0: 100})
+    r = late.full("read-late", email="bob@example.com", at_ms=T0_MS + 5000, latency_ms=900)
+    head, tail = late.records[:3], late.records[3:]
+    log.records += [Sourced(TOPIC, 9, s.offset, s.event) for s in tail] + head
+
+    store = ProjectionStore.from_url(database_url)
+    try:
+        assert store.apply(log.records) == 5 + 4 + 6  # the re-emission once
+        earlier, later = store.occurrences("lost-end")
+        assert (earlier.occurrence, earlier.state, earlier.terminal) == (0, "publishing", False)
+        assert (earlier.received_at_ms, earlier.prompt_tokens) == (first.at_ms, 12)
+        assert (later.occurrence, later.state, later.received_at_ms) == (
+            1,
+            "generation_failed",
+            again.at_ms,
+        )
+        assert [t.state for t in store.transitions("lost-end", 1)] == [
+            "received",
+            "admitted",
+            "generating",
+            "generation_failed",
+        ]
+        [one] = store.occurrences("read-late")
+        assert (one.occurrence, one.received_at_ms) == (0, r.at_ms)
+        assert len(store.transitions("read-late", 0)) == 6
+        live = snapshot(store)
+
+        for size in (1, 3, 7):  # the same log again, in batches of any size: nothing new
+            for at in range(0, len(log.records), size):
+                assert store.apply(log.records[at : at + size]) == 0
+        assert snapshot(store) == live
+        for size in (1, 4, len(log.records)):  # a rebuild, in batches
+            store.reset()
+            rebuilt: set[str] = set()
+            for at in range(0, len(log.records), size):
+                store.apply(log.records[at : at + size], rebuilt)
+            assert snapshot(store) == live, size
+    finally:
+        store.close()

@@ -1,22 +1,24 @@
-"""The console's reads of Kafka, on a real broker: the dead letters it lists, and how many
-older ones it leaves to ``talkstream redrive``."""
+"""The console's reads of Kafka, on a real broker: the dead letters it lists, how many older
+ones it leaves to ``talkstream redrive``, and what a redrive reports of each letter."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from models.events import DeadLetter
+from models.events import ChatRequest, DeadLetter, GenerateText
 from streams.codecs import encode
 from streams.console.log import read_content, read_letters
 from streams.dev.kafka import EmbeddedKafka
+from streams.ops.redrive import Selection, redrive
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.unit.domain_builders import PERSON, received
+from tests.unit.domain_builders import PERSON, SEALED_OPENAI, SITE, received
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +101,49 @@ def test_a_request_named_after_its_fingerprint_finds_its_own_webhook(kafka: Embe
     assert content("f00d") == ("first", [])
     assert content("f00d~d2") == ("second", [])
     assert content("f00d~d3")[0] is None
+
+
+def test_a_redrive_says_when_the_letter_it_sent_was_written(kafka: EmbeddedKafka) -> None:
+    """The console links a redriven request to the request of its id the letter was written
+    of (the ledger names the same params by the same id again once it has forgotten the
+    person): the report carries the letter's time."""
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tredrive{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    written_ms = int(time.time() * 1000) - 60_000
+    command = GenerateText(
+        request_id="req-1",
+        person=PERSON,
+        site=SITE,
+        attempt=1,
+        issued_at_ms=written_ms - 1000,
+        chat=ChatRequest(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a verse"}], max_tokens=60
+        ),
+        openai_api_key=SEALED_OPENAI,
+    )
+    letter = DeadLetter(
+        topic=settings.topic("generate"),
+        partition=-1,
+        offset=-1,
+        reason="AuthenticationError: 401 invalid key",
+        key="req-1",
+        value_b64=base64.b64encode(encode(command)).decode("ascii"),
+        request_id="req-1",
+        at_ms=written_ms,
+    )
+
+    async def write_and_preview() -> list[tuple[str | None, int | None]]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic("deadletter"), encode(letter), key=b"req-1")
+        finally:
+            await producer.stop()
+        report = await redrive(
+            settings, Selection(), dry_run=True, now_ms=lambda: int(time.time() * 1000)
+        )
+        return [(x.request_id, x.written_ms) for x in report.redriven]
+
+    assert asyncio.run(write_and_preview()) == [("req-1", written_ms)]

@@ -855,3 +855,69 @@ def test_a_request_the_ledger_named_by_an_earlier_ones_id_is_a_row_of_its_own(
         verified = talkstream(env, "replay", "--verify", "--processes", processes)
         assert verified.exit_code == 0, verified.stdout
         assert "no differences" in verified.stdout
+
+
+def test_a_request_whose_earlier_namesakes_end_was_lost_is_a_row_of_its_own_and_verify_says_so(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """The earlier request's last transition never reached [lifecycle] (Kafka refused it: it
+    went to the dead letters). The projection folded the same params a month later, under the
+    same id, into that request's row, as the earlier was not ended there. The live projector
+    and a rebuild now give each a row (the earlier one left where its projected events put it),
+    and ``replay --verify`` names the one transition the log lacks, and nothing else."""
+    from tests.integration.test_projector import _project_until
+
+    day = 86_400_000
+    app_id = f"tlost{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
+    asyncio.run(ensure_topics(settings))
+    log = Log(partitions=2)
+    first = log.full("lost-end", limit=5)
+    lost = log.records.pop().event
+    assert (lost.request_id, lost.type) == ("lost-end", "CompletionPublished")
+    again = log.received("lost-end", at_ms=first.at_ms + 32 * day, limit=5, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+
+    ends: dict[int, int] = {}  # each [lifecycle] partition's end
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for message in log.messages:
+                await producer.send_and_wait(
+                    settings.topic("requests"), encode(message), key=message.person.encode()
+                )
+            for s in log.records:
+                sent = await producer.send_and_wait(
+                    settings.topic("lifecycle"), encode(s.event), key=s.event.request_id.encode()
+                )
+                ends[sent.partition] = sent.offset + 1
+        finally:
+            await producer.stop()
+
+    def read_to_the_end(_: object) -> bool:
+        topic = settings.topic("lifecycle")
+        return all((live.next_offset(topic, p) or 0) >= end for p, end in ends.items())
+
+    asyncio.run(produce())
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+    live_url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    live = ProjectionStore.from_url(live_url)
+    asyncio.run(_project_until(kafka.bootstrap, settings.topic("lifecycle"), live, read_to_the_end))
+    rebuilt_url = f"sqlite:///{tmp_path / 'rebuilt.sqlite3'}"
+    assert talkstream(env, "replay", "--database-url", rebuilt_url).exit_code == 0
+    rebuilt = ProjectionStore.from_url(rebuilt_url)
+    try:
+        assert snapshot(rebuilt) == snapshot(live)
+        rows = [(r.occurrence, r.state, r.received_at_ms) for r in live.occurrences("lost-end")]
+        assert rows == [(0, "publishing", first.at_ms), (1, "generation_failed", again.at_ms)]
+        assert live.counts() == (2, 9)
+    finally:
+        rebuilt.close()
+        live.close()
+
+    verified = talkstream(env, "replay", "--verify")
+    assert verified.exit_code != 0, verified.stdout
+    found = [line.split() for line in verified.stdout.splitlines() if "lost-end" in line]
+    assert found == [["missing", "lost-end", "CompletionPublished", "state=published", "attempt=1"]]
