@@ -528,6 +528,7 @@ async def test_keys_of_one_organization_are_paced_as_one_once_their_answers_name
     assert len(up.calls) == 6
     # each key's own calls are its own: what it runs, and its refusals
     assert [t["in_flight"] for t in s.snapshot()] == [2, 2] and a.pacer.in_flight == 4
+    assert s.busiest(1)[1]["in_flight"] == 2  # the others' on /metrics: the other key's two
     revoked = UpstreamError("401 invalid_api_key", reason="Unauthorized", status=401,
                             refuses="key")  # fmt: skip
     up.answer("a1", revoked)
