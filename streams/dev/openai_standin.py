@@ -11,10 +11,12 @@ Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in thi
 (``seconds_per_token`` for each token of its ``max_tokens``: a long one outlasts a client's
 timeout while short ones do not).
 
-Rate limits are per key and model, as OpenAI's are (an organisation's limits are set per
-model): requests and tokens per minute (``model_limits`` for a model on every key, else
-``key_limits`` for each model of a key, else ``default_rpm``/``default_tpm``), each a bucket with
-continuous refill holding
+Rate limits are per organisation and model, as OpenAI's are: every key of an organisation
+draws on the same buckets. A key is its own organisation (an id made from it) unless
+``organizations`` lists it under one (``{"org-agency": [key, key2]}``: two sites of one agency).
+Requests and tokens per minute (``model_limits`` for a model on every key, else ``key_limits``
+for each model of an organisation, by its id, or of a key, else ``default_rpm``/
+``default_tpm``), each a bucket with continuous refill holding
 ``burst_seconds`` of its rate. A call takes 1 request and its prompt (about 4 characters a
 token) plus ``max_tokens`` tokens, when it is admitted (one of more tokens than the bucket
 holds, within the minute's, is admitted by a full bucket, which it leaves below empty for the
@@ -22,9 +24,11 @@ calls after it); one that does not fit is refused with
 OpenAI's 429 ``rate_limit_exceeded`` ("... Please try again in 1.234s."), without a
 ``retry-after`` unless ``limit_retry_after`` is set; one that costs more than the key's tokens
 a minute, with OpenAI's 429 "Request too large ... The input or output tokens must be reduced"
-(no wait fits it, so it says none). Every answer carries the key's
-``x-ratelimit-*`` headers, unless ``limit_headers`` is off (a compatible server or a proxy
-that drops them: the 429 bodies alone say the limit and the wait). A key in
+(no wait fits it, so it says none); both name the organisation ("... in organization
+org-agency on requests per min (RPM) ..."). Every answer carries the organisation's
+``x-ratelimit-*`` headers and its id in ``openai-organization``, unless ``limit_headers`` is
+off (a compatible server or a proxy that drops them: the 429 bodies alone say the limit, the
+wait and the organisation). A key in
 ``insufficient_quota_keys`` gets OpenAI's 429 ``insufficient_quota``; a model in
 ``unknown_models`` its 404 ``model_not_found``, or what an OpenAI-compatible server
 answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
@@ -90,9 +94,12 @@ class OpenAIStandinConfig:
     hang_seconds: float = 600.0
     unauthorized_keys: set[str] = field(default_factory=set)
     fail_next: list[int] = field(default_factory=list)  # statuses for the next calls, FIFO
-    # limits: {"rpm": requests per minute, "tpm": tokens per minute (optional)}, per key (each
-    # of its models counted apart) or per model (on every key; before the key's)
+    # limits: {"rpm": requests per minute, "tpm": tokens per minute (optional)}, per
+    # organisation (by its id) or key (each model counted apart), or per model (on every key;
+    # before the organisation's)
     key_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    # organisation id -> its keys, which share its limits (a key not listed: its own)
+    organizations: dict[str, set[str]] = field(default_factory=dict)
     model_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     default_rpm: float = 1_000_000.0
     default_tpm: float = 1_000_000_000.0
@@ -141,6 +148,7 @@ class Bucket:
 
 @dataclass
 class KeyLimits:
+    organization: str
     rpm: float
     tpm: float
     requests: Bucket
@@ -153,17 +161,34 @@ class _State:
     calls: CallLog
     limits: dict[tuple[str, str], KeyLimits] = field(default_factory=dict)
 
+    def organization_of(self, key: str) -> str:
+        """The organisation the key belongs to: the one ``organizations`` lists it under, else
+        its own (an id made from the key, not the key: ``org-`` and 12 hex digits)."""
+        for org, keys in self.config.organizations.items():
+            if key in keys:
+                return org
+        return "org-" + hashlib.sha256(f"organization of {key}".encode()).hexdigest()[:12]
+
     def limits_of(self, key: str, model: str) -> KeyLimits:
-        """The key's buckets for the model, refilled to now (and resized if its limits
-        changed)."""
+        """The buckets of the key's organisation for the model, refilled to now (and resized
+        if its limits changed)."""
         config = self.config
-        given = config.model_limits.get(model) or config.key_limits.get(key, {})
+        org = self.organization_of(key)
+        given = (
+            config.model_limits.get(model)
+            or config.key_limits.get(org)
+            or config.key_limits.get(key, {})
+        )
         rpm, tpm = given.get("rpm", config.default_rpm), given.get("tpm", config.default_tpm)
         burst = config.burst_seconds
-        known = self.limits.get((key, model))
+        known = self.limits.get((org, model))
         if known is None:
-            known = self.limits[key, model] = KeyLimits(
-                rpm, tpm, Bucket(rpm / 60, rpm / 60 * burst), Bucket(tpm / 60, tpm / 60 * burst)
+            known = self.limits[org, model] = KeyLimits(
+                org,
+                rpm,
+                tpm,
+                Bucket(rpm / 60, rpm / 60 * burst),
+                Bucket(tpm / 60, tpm / 60 * burst),
             )
         known.rpm, known.tpm = rpm, tpm
         known.requests.refill(rpm / 60, max(rpm / 60 * burst, 1.0))
@@ -248,15 +273,16 @@ def duration(seconds: float) -> str:
 
 
 def _limit_headers(limits: KeyLimits, sent: bool = True) -> dict[str, str]:
-    """The key's ``x-ratelimit-*`` headers: limits per minute, what is left of the minute's
-    worth in proportion to the buckets, and when they would be full again (``sent`` False:
-    none of them)."""
+    """The organisation's ``x-ratelimit-*`` headers: limits per minute, what is left of the
+    minute's worth in proportion to the buckets, and when they would be full again; and its
+    id (``sent`` False: none of them)."""
     if not sent:
         return {"x-request-id": f"req_{uuid.uuid4().hex}"}
     requests, tokens = limits.requests, limits.tokens
     tokens_left = limits.tpm * max(tokens.level, 0) / tokens.capacity  # (a large call: below 0)
     return {
         "x-request-id": f"req_{uuid.uuid4().hex}",
+        "openai-organization": limits.organization,
         "x-ratelimit-limit-requests": f"{limits.rpm:.0f}",
         "x-ratelimit-remaining-requests": f"{limits.rpm * requests.level / requests.capacity:.0f}",
         "x-ratelimit-reset-requests": duration(requests.reset_seconds()),
@@ -283,16 +309,16 @@ def _max_tokens(body: JSON) -> Any:
 
 
 def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response | None:
-    """A 429 as OpenAI writes it when the call does not fit the key's limits for the model,
-    else None (the call's request and tokens are taken)."""
+    """A 429 as OpenAI writes it when the call does not fit the limits of the key's
+    organisation for the model, else None (the call's request and tokens are taken)."""
     limits = state.limits_of(key, str(model))
     cost = _token_cost(body)
     if cost > limits.tpm:  # more than a minute's tokens: no wait fits it
         message = (
-            f"Request too large for {model or 'the model'} in organization org-standin on "
-            f"tokens per min (TPM): Limit {limits.tpm:.0f}, Requested {cost}. The input or "
-            "output tokens must be reduced in order to run successfully. Visit "
-            "https://platform.openai.com/account/rate-limits to learn more."
+            f"Request too large for {model or 'the model'} in organization "
+            f"{limits.organization} on tokens per min (TPM): Limit {limits.tpm:.0f}, "
+            f"Requested {cost}. The input or output tokens must be reduced in order to run "
+            "successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
         )
         headers = _limit_headers(limits, state.config.limit_headers)
         return _error(429, message, "tokens", code="rate_limit_exceeded", headers=headers)
@@ -307,7 +333,8 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
     if not wait:
         return None
     message = (
-        f"Rate limit reached for {model or 'the model'} in organization org-standin on {lane}: "
+        f"Rate limit reached for {model or 'the model'} in organization {limits.organization} "
+        f"on {lane}: "
         f"Limit {limit:.0f}, Used {used:.0f}, Requested {asked}. Please try again in "
         f"{duration(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more."
     )
@@ -463,7 +490,10 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
             "more information on this error, read the docs: "
             "https://platform.openai.com/docs/guides/error-codes/api-errors."
         )
-        return _error(429, message, "insufficient_quota", code="insufficient_quota")
+        org = {"openai-organization": app[STATE].organization_of(key)}
+        headers = org if config.limit_headers else None
+        kind = "insufficient_quota"
+        return _error(429, message, kind, code="insufficient_quota", headers=headers)
     if model in config.unknown_models:
         rec["fault"] = "model_not_found"
         return _unknown_model(str(model), config.unknown_model_answer)
@@ -521,6 +551,7 @@ def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
             "key_limits",
             "refusal_keys",
             "content_filter_keys",
+            "organizations",
         }
     )
     add_control_routes(app, state.config, state.calls, secret)

@@ -188,8 +188,13 @@ def config_view(config: Any, secret_fields: frozenset[str]) -> JSON:
         value = getattr(config, f.name)
         if f.name in secret_fields and isinstance(value, dict):
             value = {  # keyed by a secret (limits per key), or mapping to one (keys per site)
-                (key_tail(k) if not isinstance(v, str) else k): (
-                    key_tail(v) if isinstance(v, str) else v
+                # or to several (keys per organisation)
+                (key_tail(k) if not isinstance(v, str | set | list) else k): (
+                    key_tail(v)
+                    if isinstance(v, str)
+                    else sorted(str(key_tail(x)) for x in v)
+                    if isinstance(v, set | list)
+                    else v
                 )
                 for k, v in value.items()
             }

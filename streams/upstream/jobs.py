@@ -60,10 +60,14 @@ class Outcome(Generic[R]):
 @dataclass(eq=False)  # one per name: the same target is the same object
 class Target:
     """One upstream the scheduler calls (an OpenAI key's model, a Talkable site): its queue,
-    its pacer, the refusals that cover it, and its place in the scheduler's round."""
+    its pacer (shared with the other keys of its OpenAI organisation, for the same model, once
+    an answer named it), the refusals that cover it, and its place in the scheduler's round."""
 
     name: str
     pacer: Pacer
+    family: str = ""  # its jobs' family (an OpenAI key): "" for a target of its own
+    pool: str = ""  # "<organisation> <scope>" whose one pacer it shares; "": its own pacer
+    in_flight: int = 0  # its own calls running (its pacer's may count its organisation's)
     queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
     queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
     # scope → until when, and why; shared by the targets of one family
@@ -93,7 +97,7 @@ def take_over(queued: Job[Any], newer: Job[Any]) -> None:
 
 def load(target: Target) -> tuple[int, int]:
     """How busy a target is: queued and in flight, then its 429s."""
-    return len(target.queue) + target.pacer.in_flight, target.throttled
+    return len(target.queue) + target.in_flight, target.throttled
 
 
 def describe(t: Target, now: float) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def describe(t: Target, now: float) -> dict[str, Any]:
     return {
         "target": t.name,
         "queued": len(t.queue),
-        "in_flight": t.pacer.in_flight,
+        "in_flight": t.in_flight,
         "rate": t.pacer.rate,
         "window": t.pacer.allowed_in_flight(now),
         "throttled": t.throttled,

@@ -9,9 +9,11 @@ OpenAI sends, on every response (429s included)::
 (limits per minute; resets as Go-style durations), and in a 429 body the limit it hit and
 when to try again ("... on requests per min (RPM): Limit 300, Used 300, Requested 1. Please
 try again in 1.234s", or "20ms"; a server or proxy that sends no such headers may still pass
-the body on). Anyone may send ``retry-after-ms`` or ``retry-after`` (seconds, or an
-HTTP date: the wait until then by this machine's clock). Talkable publishes no limits and only
-asks clients to back off.
+the body on). Those limits are the organisation's, which every key of it shares: every answer
+names it (``openai-organization: org-...``), and so does a 429 body ("Rate limit reached for
+gpt-4o in organization org-... on ..."). Anyone may send ``retry-after-ms`` or
+``retry-after`` (seconds, or an HTTP date: the wait until then by this machine's clock).
+Talkable publishes no limits and only asks clients to back off.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
 # "... on requests per min (RPM): Limit 600, Used 600, Requested 1." (never a day's limit)
+# "Rate limit reached for gpt-4o in organization org-abc123 on requests per min ..."
+_SAID_ORGANIZATION = re.compile(r"\bin organization (org-[A-Za-z0-9_-]+)")
 _SAID_LIMIT = re.compile(
     r"on (requests|tokens) per min \((?:RPM|TPM)\):\s*Limit (\d+(?:\.\d+)?)", re.IGNORECASE
 )
@@ -44,6 +48,7 @@ class Limits:
     remaining_tokens: float | None = None
     tokens_reset_s: float | None = None
     retry_after_s: float | None = None
+    organization: str | None = None  # whose limits they are (OpenAI's organisation id)
 
     @property
     def said_anything(self) -> bool:
@@ -109,12 +114,22 @@ def limit_said(message: str | None, lane: str) -> float | None:
     return None
 
 
+def organization_said(headers: Mapping[str, str], message: str | None = None) -> str | None:
+    """The organisation whose limits an answer speaks of: its ``openai-organization`` header,
+    else the one its 429 body names (a proxy may drop the header and pass the body on)."""
+    said = (headers.get("openai-organization") or "").strip()
+    if said:
+        return said[:64]
+    found = _SAID_ORGANIZATION.search(message or "")
+    return found.group(1)[:64] if found else None
+
+
 def read_limits(
     headers: Mapping[str, str], message: str | None = None, now: float | None = None
 ) -> Limits:
     """Everything the answer said: the ``x-ratelimit-*`` headers, ``retry-after(-ms)``, and
     of an error message the "try again in" (the longer of the two waits) and the limit a
-    minute it names, where no header gave it."""
+    minute it names, where no header gave it; and whose limits they are."""
     waits = [w for w in (retry_after(headers, now), try_again_in(message)) if w is not None]
     requests = _number(headers.get("x-ratelimit-limit-requests"))
     tokens = _number(headers.get("x-ratelimit-limit-tokens"))
@@ -126,4 +141,5 @@ def read_limits(
         remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
         tokens_reset_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
         retry_after_s=max(waits) if waits else None,
+        organization=organization_said(headers, message),
     )

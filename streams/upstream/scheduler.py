@@ -32,7 +32,15 @@ for the queue is decided here, what it means for the request is the ledger's:
   probe; so is an operator's redrive at any time (the cause was fixed), and a success lifts
   the refusal. A redrive also lifts a pause (a 429's, a limit spent until its reset) that
   would hold it past its maximum wait: it is called, and the upstream's answer says whether
-  to pause again.
+  to pause again;
+- OpenAI limits an organisation, not a key: its keys share its limits, for each model, and
+  every answer names it (``openai-organization``; a 429's body too). A key's targets are paced
+  by their own pacers until an answer names the key's organisation; from then on, one pacer
+  paces every target of the organisation's keys for the same model (the job's ``scope``), so
+  two sites with keys of one agency together send what the agency is allowed, not twice it.
+  Only the pace is shared: each key keeps its queue and its turn in the round, and its
+  refusals (a revoked key is that key's; ``insufficient_quota`` may be a project's budget,
+  and costs one call a key to learn).
 """
 
 from __future__ import annotations
@@ -59,6 +67,10 @@ log = logging.getLogger(__name__)
 
 SETTLE_EVERY_S = 1.0  # at least this often, a look for queued jobs that waited too long
 RESERVE_SHARE = 16  # a sixteenth of the slots is kept for targets running few calls
+KNOWN_TARGETS = 10_000  # targets remembered; past that, the idle ones are forgotten
+# keys whose organisation is remembered, their targets forgotten: past that, only those of
+# targets still known (a key back after a while is asked first again, as a new one)
+KNOWN_ORGANIZATIONS = 10 * KNOWN_TARGETS
 
 
 class Scheduler:
@@ -84,6 +96,8 @@ class Scheduler:
         self._clock = clock
         self.targets: dict[str, Target] = {}
         self._families: dict[str, dict[str, tuple[float, UpstreamError]]] = {}  # their refusals
+        self._organizations: dict[str, str] = {}  # a family (an OpenAI key) → its organisation
+        self._pools: dict[str, set[Target]] = {}  # "<organisation> <scope>" → one pacer's targets
         # the targets with queued work, least recently served first (round-robin); only they
         # are looked at, however many targets the scheduler knows
         self._waiting: list[Target] = []
@@ -121,8 +135,13 @@ class Scheduler:
             self._new += 1
             refused = self._families.setdefault(job.family, {}) if job.family else {}
             pacer = Pacer(self._pacer_config)
-            target = Target(target_name, pacer, refused=refused, served=-self._new)
+            target = Target(
+                target_name, pacer, family=job.family, refused=refused, served=-self._new
+            )
             self.targets[target_name] = target
+            organization = self._organizations.get(job.family) if job.family else None
+            if organization is not None:  # its key's other models named it: paced with it
+                self._share(target, job, organization)
         now = self._clock()
         ended = verdicts.unasked(target, job, now, self.max_wait_s, self.refusal_s)
         if ended is not None:
@@ -282,10 +301,10 @@ class Scheduler:
         """Whether the free slots left are the reserve and this target runs too many calls
         to take one (its head then says why it waits)."""
         free = self.max_in_flight - self.in_flight
-        if free > self.reserve or target.pacer.in_flight < self.reserve:
+        if free > self.reserve or target.in_flight < self.reserve:
             return False
         target.queue[0].held_by = (
-            f"{target.pacer.in_flight} of its calls running: the {self.name}'s last "
+            f"{target.in_flight} of its calls running: the {self.name}'s last "
             f"{self.reserve} of {self.max_in_flight} slots are kept for targets running fewer"
         )
         return True
@@ -344,20 +363,71 @@ class Scheduler:
     def _retire_idle(self) -> None:
         """Forget targets with nothing queued or in flight and nothing learned worth keeping
         past a while (bounded memory with many sites)."""
-        if len(self.targets) <= 10_000:
+        if len(self.targets) <= KNOWN_TARGETS:
             return
-        idle = [
-            n for n, t in self.targets.items() if not (t.queue or t.pacer.in_flight or t.waiting)
-        ]
+        idle = [n for n, t in self.targets.items() if not (t.queue or t.in_flight or t.waiting)]
         for name in idle:
-            del self.targets[name]
+            self._leave(self.targets.pop(name))
         shared = {id(t.refused) for t in self.targets.values()}
         self._families = {f: r for f, r in self._families.items() if id(r) in shared}
+        if len(self._organizations) > KNOWN_ORGANIZATIONS:
+            families = {t.family for t in self.targets.values()}
+            self._organizations = {f: o for f, o in self._organizations.items() if f in families}
+
+    # --- organisations ------------------------------------------------------------------------
+
+    def _share(self, target: Target, job: Job[Any], organization: str) -> None:
+        """An answer named the organisation of the target's key (its family): from now on the
+        target is paced by the one pacer of that organisation's targets for its model (the
+        job's scope). The first of them keeps its own pacer (a key alone in its organisation
+        is paced as before); one that joins takes theirs, and its calls still out count
+        there."""
+        if not job.family:
+            return
+        self._organizations[job.family] = organization
+        pool = f"{organization} {job.scope}"
+        if target.pool == pool:
+            return
+        before = target.pacer
+        left = self._leave(target)  # (its key changed organisation: rare, but not its pace)
+        members = self._pools.setdefault(pool, set())
+        if members:
+            shared = next(iter(members)).pacer
+            log.info(
+                "%s is paced with %d other target(s) of organization=%s: their limits are one",
+                target.name,
+                len(members),
+                organization,
+            )
+        else:  # the first of its organisation's: its own pacer, unless another pool's still
+            shared = Pacer(self._pacer_config) if left else before
+        if shared is not before:
+            before.in_flight -= target.in_flight
+            shared.in_flight += target.in_flight
+            target.pacer = shared
+        members.add(target)
+        target.pool = pool
+
+    def _leave(self, target: Target) -> bool:
+        """The target leaves the pool whose pacer it shares; whether others still share it."""
+        pool, target.pool = target.pool, ""
+        members = self._pools.get(pool)
+        if members is None:
+            return False
+        members.discard(target)
+        if not members:
+            del self._pools[pool]
+        return bool(members)
+
+    def _sharing(self, target: Target) -> set[Target] | tuple[Target]:
+        """The targets paced by the target's pacer: its pool's, or itself."""
+        return self._pools.get(target.pool) or (target,)
 
     # --- one call -----------------------------------------------------------------------------
 
     def _start(self, target: Target, job: Job[Any], now: float) -> None:
         target.pacer.started(job.cost, now)
+        target.in_flight += 1
         target.calls += 1
         self.in_flight += 1
         job.tries += 1
@@ -392,7 +462,10 @@ class Scheduler:
         except UpstreamError as exc:
             error, limits = exc, exc.limits
         now = self._clock()
+        if limits is not None and limits.organization:  # whose limits: one pace per org
+            self._share(target, job, limits.organization)
         self.in_flight -= 1
+        target.in_flight -= 1
         job.in_calls_s += max(now - job.started_s, 0.0)
         paused = target.pacer.paused_until
         try:
@@ -439,15 +512,19 @@ class Scheduler:
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:
+            sharing = self._sharing(target)
             if target.pacer.paused_until > paused:  # this answer asked for a pause
-                target.backing_off = error is not None and error.throttle and target.pacer.backoff
+                backing_off = error is not None and error.throttle and target.pacer.backoff
                 if error is not None and error.throttle:
-                    target.paused_by = f"rate limited ({error})"
+                    paused_by = f"rate limited ({error})"
                 elif error is not None and error.retriable:
-                    target.paused_by = f"unavailable ({error})"
+                    paused_by = f"unavailable ({error})"
                 else:
-                    target.paused_by = "its limit spent until its reset"
-            self._rouse(target)  # its pacer heard something
+                    paused_by = "its limit spent until its reset"
+                for paced in sharing:  # a pause of their one pacer holds them all
+                    paced.backing_off, paced.paused_by = backing_off, paused_by
+            for paced in sharing:
+                self._rouse(paced)  # its pacer heard something
             self._wake.set()
 
     def _requeue(self, target: Target, job: Job[Any], why: str) -> None:

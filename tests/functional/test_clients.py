@@ -89,6 +89,23 @@ async def test_a_rate_limit_429_waits_for_what_the_message_asks(oai, chat) -> No
     assert error.limits.requests_per_minute == 60
 
 
+async def test_an_answer_names_the_organization_whose_limits_it_says(oai, chat) -> None:
+    """OpenAI's limits are an organisation's, which all its keys share: an answer names it
+    (``openai-organization``), a 429 too, and a 429 whose headers a proxy dropped in its body
+    ("Rate limit reached for ... in organization org-... on ...")."""
+    oai.config.organizations = {"org-agency": {KEY}}
+    oai.config.key_limits = {"org-agency": {"rpm": 60}}  # one a second
+    _, limits = await chat.complete(CHAT, KEY)
+    assert limits.organization == "org-agency"
+    for headers in (True, False):
+        oai.config.limit_headers = headers
+        with pytest.raises(GenerationError) as caught:
+            await chat.complete(CHAT, KEY)
+        assert caught.value.reason == "RateLimited"
+        assert caught.value.limits is not None
+        assert caught.value.limits.organization == "org-agency"
+
+
 async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat) -> None:
     """OpenAI's 429 "Request too large ... The input or output tokens must be reduced": a
     rate_limit_exceeded no wait fixes, so it is not a throttle; its headers tell the limit."""

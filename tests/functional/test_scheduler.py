@@ -17,6 +17,7 @@ import pytest
 from bench.blast_ticks import scheduler_looks
 from bench.known_targets import cpu_per_call, scrape_ms
 from streams.errors import PublishError, UpstreamError
+from streams.upstream import scheduler as scheduler_module
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import Circuit, PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
@@ -487,6 +488,89 @@ async def test_a_keys_models_are_paced_apart_and_refused_together() -> None:
     assert {up.reports[k].error.reason for k in refused} == {"InsufficientQuota"}
     assert "plenty3" not in up.calls and "other0" in up.calls  # another key goes on
     assert plenty.refused is scarce.refused and set(plenty.refused) == {"key"}
+
+
+@pytest.mark.parametrize("organizations", [("org-agency", "org-agency"), ("org-a", "org-b")])
+async def test_keys_of_one_organization_are_paced_as_one_once_their_answers_name_it(
+    organizations: tuple[str, str],
+) -> None:
+    """OpenAI limits an organisation, for each model, not a key: two sites' keys of one agency
+    share its 1 call a second. Each key is asked first on its own (its organisation unknown);
+    once their answers name the same one, one pace holds both, and they take turns. Keys of
+    two organisations keep a pace each."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10)
+    for i in range(4):
+        for key in ("a", "b"):
+            s.submit(f"openai:{key}/m", up.job(f"{key}{i}", family=f"openai:{key}"))
+    up.said = {f"{key}{i}": Limits(requests_per_minute=60, organization=org)
+               for key, org in zip("ab", organizations, strict=True) for i in range(4)}  # fmt: skip
+    s.dispatch()
+    await settle()
+    assert sorted(up.calls) == ["a0", "b0"]  # each key's first question: nothing known yet
+    up.answer("a0")
+    up.answer("b0")
+    await settle()
+    a, b = s.targets["openai:a/m"], s.targets["openai:b/m"]
+    s.dispatch()
+    await settle()
+    if organizations[0] != organizations[1]:  # a pace each: both call now
+        assert sorted(up.calls[2:]) == ["a1", "b1"]
+        return
+    assert len(up.calls) == 3  # 0.9 a second between them: one now...
+    first = up.calls[-1][0]
+    other = "b" if first == "a" else "a"
+    for then in (f"{other}1", f"{first}2", f"{other}2"):  # ...and the other key next, in turn
+        clock.t += 1 / 0.9
+        s.dispatch()
+        await settle()
+        assert up.calls[-1] == then
+    assert len(up.calls) == 6
+    # each key's own calls are its own: what it runs, and its refusals
+    assert [t["in_flight"] for t in s.snapshot()] == [2, 2] and a.pacer.in_flight == 4
+    assert s.busiest(1)[1]["in_flight"] == 2  # the others' on /metrics: the other key's two
+    revoked = UpstreamError("401 invalid_api_key", reason="Unauthorized", status=401,
+                            refuses="key")  # fmt: skip
+    up.answer("a1", revoked)
+    await settle()
+    clock.t += 1 / 0.9
+    s.dispatch()
+    await settle()
+    assert up.reports["a3"].error.reason == "Unauthorized" and "a3" not in up.calls
+    assert up.calls[-1] == "b3" and not b.refused  # the other key of its organisation goes on
+
+
+async def test_keys_of_a_known_organization_come_back_to_one_pace(monkeypatch: Any) -> None:
+    """A scheduler forgets idle targets (past its ``KNOWN_TARGETS``), not whose organisation
+    their keys are: the keys' targets that come back are paced as one at once, the first call
+    the organisation's one question (nothing is known of its pace yet), not one per key."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10)
+    up.said = {k: Limits(requests_per_minute=60, organization="org-agency")
+               for k in ("a0", "b0", "b1", "a1")}  # fmt: skip
+    s.submit("openai:a/m", up.job("a0", family="openai:a"))
+    s.submit("openai:b/m", up.job("b0", family="openai:b"))
+    s.dispatch()
+    await settle()
+    up.answer("a0")
+    up.answer("b0")
+    await settle()
+    monkeypatch.setattr(scheduler_module, "KNOWN_TARGETS", 1)
+    s.dispatch()
+    assert s.targets == {}  # both idle: forgotten
+    s.submit("openai:b/m", up.job("b1", family="openai:b"))
+    s.submit("openai:a/m", up.job("a1", family="openai:a"))
+    s.dispatch()
+    await settle()
+    [first] = up.calls[2:]  # one question for the organisation, not one per key
+    up.answer(first)
+    await settle()
+    s.dispatch()
+    await settle()
+    assert sorted(up.calls[2:]) == ["a1", "b1"]  # then its pace
+    up.answer(up.calls[-1])
+    await settle()
+    assert up.reports["a1"].value == up.reports["b1"].value == "ok"
 
 
 async def test_a_command_larger_than_a_minute_of_tokens_ends_at_once_and_holds_nothing() -> None:

@@ -169,6 +169,40 @@ async def test_calls_recorded_with_key_tail_only(oai, client, http) -> None:
     )
 
 
+async def test_keys_of_one_organization_share_its_limits_and_say_its_id(oai, http) -> None:
+    """OpenAI limits an organisation, not a key: two keys listed under one share its buckets,
+    every answer names it (``openai-organization``) and says its buckets' headers, and its
+    429s name it; a key not listed is an organisation of its own (an id that is not the key)."""
+    first, second, alone = "sk-agency-site-a-0001", "sk-agency-site-b-0002", "sk-alone-site-0003"
+    control = {
+        "organizations": {"org-agency": [first, second]},
+        "key_limits": {"org-agency": {"rpm": 120}, alone: {"rpm": 120}},  # 2 a second each
+    }
+    async with http.post(f"{oai.root_url}/_control", json=control) as resp:
+        shown = await resp.text()
+    assert resp.status == 200
+    assert first not in shown and second not in shown and "org-agency" in shown
+
+    async def call(key: str) -> tuple[int, dict[str, str], str]:
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.post(f"{oai.url}/chat/completions", json=body, headers=headers) as resp:
+            return resp.status, dict(resp.headers), await resp.text()
+
+    # the organisation's bucket holds 2 calls: one of each key, then the next is refused
+    answers = [await call(first), await call(second), await call(first), await call(second)]
+    assert [status for status, _, _ in answers] == [200, 200, 429, 429]
+    assert {headers["openai-organization"] for _, headers, _ in answers} == {"org-agency"}
+    assert answers[0][1]["x-ratelimit-limit-requests"] == "120"
+    assert "in organization org-agency on requests per min (RPM)" in answers[2][2]
+    # a key of its own: its own bucket, its own id, which is not the key
+    status, headers, _ = await call(alone)
+    own = headers["openai-organization"]
+    assert status == 200 and own.startswith("org-") and own != "org-agency"
+    assert alone not in own and alone[-4:] not in own
+    assert (await call(alone))[1]["openai-organization"] == own
+
+
 async def test_control_endpoint_reconfigures_and_resets(oai, client, http) -> None:
     control = {"fail_next": [429], "retry_after": "3", "latency_seconds": 0}
     async with http.post(f"{oai.root_url}/_control", json=control) as resp:

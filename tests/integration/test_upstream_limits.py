@@ -450,3 +450,45 @@ def test_two_workers_share_one_limited_key_within_its_limit(make_system) -> None
     times = sorted(c["at"] for c in limited if c["status"] == 200)
     busiest = max(sum(1 for t in times if start <= t < start + 2.0) for start in times)
     assert busiest <= 2 * 5 + 5, busiest
+
+
+def test_two_sites_whose_keys_share_an_organization_are_paced_to_its_one_limit(
+    make_system,
+) -> None:
+    """OpenAI limits an organisation, not a key: an agency's two sites, each with its own key of
+    the agency's organisation, share its 5 calls a second. Paced as two targets of 5 a second
+    each, they sent twice that, and half their calls were 429s. Each answer names the key's
+    organisation (``openai-organization``): once it is known, both keys are paced to its one
+    limit, and served in turn."""
+    system = make_system()
+    first, second = "sk-agency-site-one-0101", "sk-agency-site-two-0202"
+    system.openai(
+        "POST",
+        "/_control",
+        {
+            "latency_seconds": 0.5,
+            "organizations": {"org-agency": [first, second]},
+            "key_limits": {"org-agency": {"rpm": 300}},  # 5 a second, for both keys
+        },
+    )
+    per_site = 75
+    one = post_people(system, "one", per_site, site="agency-one", key=first)
+    two = post_people(system, "two", per_site, site="agency-two", key=second)
+
+    rows = published_once(system, one + two, timeout=240)  # 150
+
+    calls = calls_with(system, first) + calls_with(system, second)
+    throttled = answered_429(calls)
+    # the time the organisation's limit allows: 150 calls at 5 a second, the first second's
+    # worth at once (its bucket holds a second of it): 29 s; paced at 90% of it, 33 s
+    answered = sorted(c["at"] for c in calls if c["status"] == 200)
+    span = answered[-1] - answered[0]
+    ideal = (2 * per_site - 5) / 5
+    assert ideal * 0.95 <= span <= ideal * 1.35, (span, ideal, throttled)
+    # both sites were served all along, in turn: neither waited for the other's blast to end
+    last = {
+        site: max(rows[rid].terminal_at_ms for rid in ids)
+        for site, ids in (("one", one), ("two", two))
+    }
+    assert abs(last["one"] - last["two"]) < 5_000, last
+    print(f"org of two keys: {len(calls)} calls, {throttled} 429s, {span:.1f}s (ideal {ideal}s)")

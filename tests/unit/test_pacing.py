@@ -53,6 +53,17 @@ def test_openai_headers_give_the_limits_per_minute_and_the_resets() -> None:
     assert not read_limits({}).said_anything
 
 
+def test_an_answer_names_the_organization_whose_limits_they_are() -> None:
+    """OpenAI's limits are an organisation's, shared by its keys: its header names it, else a
+    429 body does (a proxy that dropped the headers); a Talkable answer names none."""
+    body = "Rate limit reached for gpt-4o in organization org-AbC_9 on requests per min (RPM)"
+    assert read_limits({"openai-organization": "org-xyz"}).organization == "org-xyz"
+    assert read_limits({"openai-organization": "org-xyz"}, body).organization == "org-xyz"
+    assert read_limits({}, body).organization == "org-AbC_9"
+    assert read_limits({"openai-organization": " "}, "no such words").organization is None
+    assert read_limits({"retry-after": "1"}).organization is None
+
+
 def test_numbers_no_upstream_could_mean_are_not_read() -> None:
     """A header of "inf" would pause the target for ever, "nan" or a negative limit would
     pace it by nothing: such an answer said nothing about its limits."""
@@ -102,9 +113,10 @@ def test_a_429_body_names_the_limit_where_no_header_says_it() -> None:
         "Rate limit reached for gpt-4o in organization org-x on requests per day (RPD): "
         "Limit 200, Used 200, Requested 1. Please try again in 7m12s. Visit https://..."
     )
-    assert read_limits({}, rpm) == Limits(requests_per_minute=300, retry_after_s=0.2)
-    assert read_limits({}, tpm) == Limits(tokens_per_minute=40000, retry_after_s=1.8)
-    assert read_limits({}, rpd) == Limits(retry_after_s=432.0)
+    said = {"organization": "org-x"}  # whose limits: the organisation each body names
+    assert read_limits({}, rpm) == Limits(requests_per_minute=300, retry_after_s=0.2, **said)
+    assert read_limits({}, tpm) == Limits(tokens_per_minute=40000, retry_after_s=1.8, **said)
+    assert read_limits({}, rpd) == Limits(retry_after_s=432.0, **said)
     assert read_limits({"x-ratelimit-limit-requests": "600"}, rpm).requests_per_minute == 600
     pacer = Pacer(PacerConfig(safety=0.9))
     pacer.started(0, 0.0)
