@@ -39,9 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from models.events import (
-    DeadlineExpired,
-)
+from streams.agents.lost import LostWork
 from streams.agents.marks import Elsewhere, Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
@@ -102,8 +100,9 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
         self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
-        self._lost: dict[TopicPartition, tuple[int, Mark]] = {}  # a previous run's, up to here
-        self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
+        self.lost = LostWork(
+            name=config.name, instance=config.instance, work=work, topics=topics, clock=clock
+        )
         self._elsewhere = Elsewhere()  # calls of its partitions that other runs went on with
         self._checked_at = 0.0  # when the group's members were last looked up
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
@@ -149,7 +148,7 @@ class Executor:
     async def _take_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = await self._past_lost(batch)
+        offsets = await self.lost.past_lost(batch)
         offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
@@ -179,7 +178,7 @@ class Executor:
             queued = self.scheduler.take_back(set(self.taken))
             sent = len(queued) - len(await self._send_back(queued))
             try:
-                told = await self._tell_lost([job.record[1] for job in cut])
+                told = await self.lost.tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
                 log.warning("%s could not tell the ledger of the calls it cut short (%s)",
                             self.config.name, type(exc).__name__)  # fmt: skip
@@ -259,7 +258,7 @@ class Executor:
                 {
                     tp: (self.taken[tp], self._mark(self.taken[tp], (), self._handing(tp)))
                     for tp in revoked
-                    if tp in self.taken and tp not in self._lost and tp not in unsent
+                    if tp in self.taken and tp not in self.lost.reading and tp not in unsent
                 }
             )
         # the calls still running here stay listed: a rebalance revokes every partition and
@@ -267,8 +266,7 @@ class Executor:
         # those calls again, or a crash before they end would lose them to their deadline
         for tp in revoked:
             self._marked.pop(tp, None)
-            self._lost.pop(tp, None)
-            self._told.pop(tp, None)
+            self.lost.forget(tp)
             self._elsewhere.carry(tp, ())
             self.taken.pop(tp, None)
 
@@ -327,17 +325,7 @@ class Executor:
                 await self._mark_running(tp, offset)
                 continue
             if mark.oldest < offset:
-                self._lost[tp] = (offset, mark)
-                self.consumer.seek(tp, mark.oldest)
-                which = (
-                    f"offsets {mark.oldest}-{offset - 1}"
-                    if mark.unreported is None
-                    else f"{sum(min(b, offset) - a for a, b in mark.unreported)} offsets "
-                    f"between {mark.oldest} and {offset - 1}"
-                )
-                log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
-                         "ledger they were lost", self.config.name, tp.partition, which,
-                         self._whose(mark))  # fmt: skip
+                self.lost.read_again(self.consumer, tp, offset, mark)
 
     async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
         """A partition given back to this run by a rebalance: the calls of it still running
@@ -355,69 +343,11 @@ class Executor:
         with contextlib.suppress(Exception):  # the next batch's commit marks them
             await self._commit({tp: (offset, mark)})
 
-    async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
-        """Sends the ledger, for each record of ``batch`` below its partition's lost range's
-        end, that the attempt was lost, and leaves in ``batch`` only records to take; returns
-        the offsets where lost ranges ended (to commit)."""
-        ended: dict[TopicPartition, int] = {}
-        for tp in [tp for tp in batch if tp in self._lost]:
-            (end, mark), records = self._lost[tp], batch.pop(tp)
-            lost = [r.value for r in records if r.offset < end and mark.lost(r.offset)]
-            try:
-                told = len(await self._tell_lost(lost))
-            except Exception as exc:  # their deadlines re-issue them, as before the marks
-                log.warning("%s could not tell the ledger what its previous run lost (%s); "
-                            "their deadlines re-issue them", self.config.name,
-                            type(exc).__name__)  # fmt: skip
-                told = 0
-            self._told[tp] = self._told.get(tp, 0) + told
-            if records[-1].offset + 1 < end:
-                continue  # more of the range to come
-            del self._lost[tp]
-            ended[tp] = end
-            log.info("%s: partition %s: %s attempts of the previous run told lost (those it "
-                     "reported change nothing)", self.config.name, tp.partition,
-                     self._told.pop(tp))  # fmt: skip
-            rest = [r for r in records if r.offset >= end]
-            if rest:
-                batch[tp] = rest
-        return ended
-
-    async def _tell_lost(self, values: list[bytes]) -> list[Any]:
-        """Each command in ``values`` told to its person's ledger as lost (acknowledged);
-        returns those told."""
-        told, deliveries, now = [], [], self._clock.now_ms()
-        for value in values:
-            try:
-                command = self._work.decode(value)
-            except Exception:  # the previous run dead-lettered it
-                continue
-            lost = DeadlineExpired(
-                request_id=command.request_id,
-                person=command.person,
-                attempt=command.attempt,
-                stage=self._work.stage,
-                at_ms=now,
-                lost=True,
-            )
-            deliveries.append(
-                await self._topics.requests.send(key=command.person.encode(), value=encode(lost))
-            )
-            told.append(command)
-        if deliveries:  # acknowledged before the range is committed as done
-            await asyncio.gather(*deliveries)
-        return told
-
-    def _whose(self, mark: Mark) -> str:
-        if mark.instance == self.config.instance:
-            return "this instance's previous run"
-        return f"{mark.instance}'s run {mark.run}"
-
     async def _check_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
         """While marks list calls running in other runs, the group's members are looked up
         every :data:`ELSEWHERE_CHECK_S`; the calls of a run no longer among them (by its
         member id then) are read again from the partition and told to the ledger as lost, like a
-        previous run's (``_past_lost``), one run's at a time per partition. Until they are
+        previous run's (``LostWork.past_lost``), one run's at a time per partition. Until they are
         told, the last commit of the partition keeps listing them."""
         now = asyncio.get_running_loop().time()
         if not self._elsewhere or now - self._checked_at < ELSEWHERE_CHECK_S:
@@ -437,23 +367,23 @@ class Executor:
                         self.config.name, type(exc).__name__)  # fmt: skip
             return
         for tp, first in self._elsewhere.gone(members).items():
-            if tp in self._lost or tp not in self.taken:
+            if tp in self.lost.reading or tp not in self.taken:
                 continue
             mark = Mark(first.instance, first.run, first.offsets[0][0], first.offsets)
             try:
                 consumer.seek(tp, mark.oldest)
             except Exception as exc:  # no longer assigned: its marks keep listing them
                 log.warning("%s: partition %s: could not read again what %s was calling (%s)",
-                            self.config.name, tp.partition, self._whose(mark),
+                            self.config.name, tp.partition, self.lost.whose(mark),
                             type(exc).__name__)  # fmt: skip
                 continue
-            self._lost[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
+            self.lost.reading[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
             self._elsewhere.told(tp, first)
             log.info("%s: partition %s: %s offsets between %s and %s were still being called "
                      "by %s, which left the group; telling the ledger they were lost",
                      self.config.name, tp.partition, sum(b - a for a, b in first.offsets),
                      mark.oldest, first.offsets[-1][1] - 1,
-                     self._whose(mark))  # fmt: skip
+                     self.lost.whose(mark))  # fmt: skip
 
     def _mark(
         self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
@@ -468,7 +398,7 @@ class Executor:
         mark."""
         marks = {}
         for tp in {*offsets, *self.taken}:
-            if tp in self._lost:
+            if tp in self.lost.reading:
                 continue
             at = offsets.get(tp, self.taken.get(tp, 0))
             taking = range(first.get(tp, at), at)

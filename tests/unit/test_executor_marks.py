@@ -158,44 +158,44 @@ def records(*values: tuple[int, bytes]) -> list[Any]:
 def test_a_lost_range_is_told_to_the_ledger_and_what_follows_it_is_taken() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (3, Mark("i", "r", 0))  # its previous run took 0-2, reported none
+    executor.lost.reading[TP] = (3, Mark("i", "r", 0))  # its previous run took 0-2, reported none
     batch = {TP: records((0, command("a")), (1, b"not a command"), (2, command("b")),
                          (3, command("c")))}  # fmt: skip
-    ended = asyncio.run(executor._past_lost(batch))
+    ended = asyncio.run(executor.lost.past_lost(batch))
     assert ended == {TP: 3} and [r.offset for r in batch[TP]] == [3]
     assert all(isinstance(m, DeadlineExpired) and m.lost for m in requests.sent)
     assert [(m.request_id, m.attempt, m.stage) for m in requests.sent] == [
         ("a", 1, "generating"),
         ("b", 1, "generating"),
     ]
-    assert executor._lost == {}
+    assert executor.lost.reading == {}
 
 
 def test_a_lost_range_longer_than_a_batch_is_not_committed_until_its_end() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (10, Mark("i", "r", 4))
+    executor.lost.reading[TP] = (10, Mark("i", "r", 4))
     batch = {TP: records((4, command("a")), (5, command("b")))}
-    assert asyncio.run(executor._past_lost(batch)) == {}
-    assert batch == {} and executor._lost == {TP: (10, Mark("i", "r", 4))}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {}
+    assert batch == {} and executor.lost.reading == {TP: (10, Mark("i", "r", 4))}
     assert len(requests.sent) == 2
     assert executor._marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
 
 
 def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() -> None:
     executor = generator(Requests(fail=True))
-    executor._lost[TP] = (2, Mark("i", "r", 0))
+    executor.lost.reading[TP] = (2, Mark("i", "r", 0))
     batch = {TP: records((0, command("a")), (1, command("b")), (2, command("c")))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 2}  # no exception: it goes on
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 2}  # no exception: it goes on
     assert [r.offset for r in batch[TP]] == [2]
 
 
 def test_only_the_attempts_a_mark_lists_are_told_lost() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (6, Mark("i", "r", 1, ((1, 2), (4, 5))))  # 2, 3 and 5 were reported
+    executor.lost.reading[TP] = (6, Mark("i", "r", 1, ((1, 2), (4, 5))))  # 2, 3 and 5 were reported
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(1, 8)))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 6}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 6}
     assert [m.request_id for m in requests.sent] == ["r1", "r4"]
     assert [r.offset for r in batch[TP]] == [6, 7]
 
@@ -265,7 +265,7 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
     executor.consumer = consumer  # type: ignore[assignment]
     asyncio.run(executor.recover(set(committed)))
     assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
-    assert executor._lost == {TP: committed[TP], OTHER: committed[OTHER]}
+    assert executor.lost.reading == {TP: committed[TP], OTHER: committed[OTHER]}
 
 
 class Generate_:
@@ -373,14 +373,16 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     committed = {TP: (7, Mark("worker-a-generator", "deadbeef0000", 7, (), (handed,)))}
     executor.consumer = Marked(committed)  # type: ignore[assignment]
     asyncio.run(executor.recover({TP}))
-    assert executor._lost == {} and executor.taken == {TP: 7}
+    assert executor.lost.reading == {} and executor.taken == {TP: 7}
     marks = executor._marks({}, {})
     assert marks == {TP: (7, executor._mark(7, (), (handed,)))}, "carried in its own marks"
     executor._marked[TP] = marks[TP][1]
 
     alive = Group("worker-generator-7", "worker-a-generator-1")
     asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
-    assert executor._lost == {} and alive.seeks == [], "its run still calls them: no call twice"
+    assert executor.lost.reading == {} and alive.seeks == [], (
+        "its run still calls them: no call twice"
+    )
 
     executor._checked_at = 0.0
     gone = Group("worker-generator-7", "worker-a-generator-2")  # its next run, or no member
@@ -388,7 +390,7 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     assert gone.seeks == [(TP, 3)]
     assert executor._marks({}, {}) == {}, "its last mark keeps them until they are told"
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(3, 9)))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 7}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 7}
     assert [(m.request_id, m.lost) for m in requests.sent] == [("r3", True), ("r5", True)]
     assert [r.offset for r in batch[TP]] == [7, 8]
     assert executor._marks({}, {}) == {TP: (7, executor._mark(7, ()))}, "no longer listed"
