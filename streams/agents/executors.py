@@ -40,7 +40,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.agents.lost import LostWork
-from streams.agents.marks import Elsewhere, Mark, Ranges, Running, Unreported
+from streams.agents.marks import Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
@@ -50,8 +50,6 @@ from streams.kafka_options import (
     committed_with_metadata,
     consumer_lag,
     group_consumer,
-    group_member_ids,
-    member_id,
 )
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
@@ -60,7 +58,6 @@ from streams.upstream.scheduler import Job, Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
-ELSEWHERE_CHECK_S = 2.0  # how often the runs calling what a partition's marks list are looked up
 
 
 @dataclass(frozen=True)
@@ -100,11 +97,17 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
         self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
-        self.lost = LostWork(
-            name=config.name, instance=config.instance, work=work, topics=topics, clock=clock
+        self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
+            name=config.name,
+            instance=config.instance,
+            group=config.group,
+            run_id=self.run_id,
+            watch_ms=config.watch_ms,
+            unreported=self._unreported,
+            work=work,
+            topics=topics,
+            clock=clock,
         )
-        self._elsewhere = Elsewhere()  # calls of its partitions that other runs went on with
-        self._checked_at = 0.0  # when the group's members were last looked up
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
 
@@ -136,7 +139,7 @@ class Executor:
                     if self._stopping:  # not committed: the next run takes it
                         return
                     await self._take_batch(consumer, batch)
-                    await self._check_elsewhere(consumer)
+                    await self.lost.check_elsewhere(consumer, self.taken)
         finally:
             if dispatcher is not None:
                 dispatcher.cancel()
@@ -256,7 +259,10 @@ class Executor:
         with contextlib.suppress(Exception):
             await self._commit(
                 {
-                    tp: (self.taken[tp], self._mark(self.taken[tp], (), self._handing(tp)))
+                    tp: (
+                        self.taken[tp],
+                        self._mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
+                    )
                     for tp in revoked
                     if tp in self.taken and tp not in self.lost.reading and tp not in unsent
                 }
@@ -267,26 +273,7 @@ class Executor:
         for tp in revoked:
             self._marked.pop(tp, None)
             self.lost.forget(tp)
-            self._elsewhere.carry(tp, ())
             self.taken.pop(tp, None)
-
-    def _handing(self, tp: TopicPartition) -> tuple[Running, ...]:
-        """What a hand-over's mark of ``tp`` lists as running elsewhere: what its marks listed
-        so, and this run's calls of it not reported (unless too many to list: their deadline
-        re-issues them if this run dies first; so do they if it is no member of the group
-        now, which then gives the partition over without it)."""
-        running, ranges = self._elsewhere.of(tp), self._unreported.ranges(tp)
-        if not ranges and ranges is not None:
-            return running
-        member = member_id(self.consumer) if self.consumer is not None else ""
-        if ranges is None or not member:
-            why = "too many to list" if ranges is None else "not a member of the group"
-            log.warning("%s: partition %s: calls still running left out of its hand-over (%s); "
-                        "if this worker dies first, their deadlines re-issue them",
-                        self.config.name, tp.partition, why)  # fmt: skip
-            return running
-        handed = Running(self.config.instance, self.run_id, member, ranges, self._clock.now_ms())
-        return (*running, handed)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
         """Partitions whose last commit is another run's, this instance's (a restart, with no
@@ -298,7 +285,7 @@ class Executor:
         rebalance apart from the ledger's, which sees none when the dead worker is back
         within its session timeout after its executors' partitions moved). The calls a mark
         lists as running elsewhere (a hand-over's) are carried on in this run's marks and
-        told lost once their run has left the group (``_check_elsewhere``)."""
+        told lost once their run has left the group (``LostWork.check_elsewhere``)."""
         self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
         if self.consumer is None or not assigned:
             return
@@ -312,15 +299,9 @@ class Executor:
             mark = Mark.parse(metadata)
             if mark is None:
                 continue
-            # calls other runs went on with after giving the partition up, carried on in this
-            # run's marks until their run is gone (``_check_elsewhere``); this run's own, if
-            # it still knows them (given straight back), are its unreported calls again
-            mine = tp in self._unreported.partitions()
-            elsewhere = tuple(r for r in mark.running if not (mine and r.run == self.run_id))
-            if elsewhere:
-                self._elsewhere.carry(tp, elsewhere)
+            # calls other runs went on with after giving the partition up
+            if self.lost.watch(tp, mark):
                 self.taken.setdefault(tp, offset)  # its next commit carries them
-                self._checked_at = 0.0  # looked up at once
             if mark.run == self.run_id or mark.oldest >= offset:
                 await self._mark_running(tp, offset)
                 continue
@@ -338,52 +319,10 @@ class Executor:
         mark = self._mark(
             self._unreported.oldest(tp, offset),
             self._unreported.ranges(tp),
-            self._elsewhere.of(tp),
+            self.lost.elsewhere.of(tp),
         )
         with contextlib.suppress(Exception):  # the next batch's commit marks them
             await self._commit({tp: (offset, mark)})
-
-    async def _check_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
-        """While marks list calls running in other runs, the group's members are looked up
-        every :data:`ELSEWHERE_CHECK_S`; the calls of a run no longer among them (by its
-        member id then) are read again from the partition and told to the ledger as lost, like a
-        previous run's (``LostWork.past_lost``), one run's at a time per partition. Until they are
-        told, the last commit of the partition keeps listing them."""
-        now = asyncio.get_running_loop().time()
-        if not self._elsewhere or now - self._checked_at < ELSEWHERE_CHECK_S:
-            return
-        self._checked_at = now
-        if self.config.watch_ms is not None:  # past their deadline: the ledger's
-            for tp, running in self._elsewhere.expire(self._clock.now_ms() - self.config.watch_ms):
-                log.info("%s: partition %s: no longer watching the calls %s's run %s went on "
-                         "with (past their deadline)", self.config.name, tp.partition,
-                         running.instance, running.run)  # fmt: skip
-        if not self._elsewhere:
-            return
-        try:
-            members = await group_member_ids(consumer, self.config.group)
-        except Exception as exc:  # asked again at the next check
-            log.warning("%s could not look up its group's members (%s)",
-                        self.config.name, type(exc).__name__)  # fmt: skip
-            return
-        for tp, first in self._elsewhere.gone(members).items():
-            if tp in self.lost.reading or tp not in self.taken:
-                continue
-            mark = Mark(first.instance, first.run, first.offsets[0][0], first.offsets)
-            try:
-                consumer.seek(tp, mark.oldest)
-            except Exception as exc:  # no longer assigned: its marks keep listing them
-                log.warning("%s: partition %s: could not read again what %s was calling (%s)",
-                            self.config.name, tp.partition, self.lost.whose(mark),
-                            type(exc).__name__)  # fmt: skip
-                continue
-            self.lost.reading[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
-            self._elsewhere.told(tp, first)
-            log.info("%s: partition %s: %s offsets between %s and %s were still being called "
-                     "by %s, which left the group; telling the ledger they were lost",
-                     self.config.name, tp.partition, sum(b - a for a, b in first.offsets),
-                     mark.oldest, first.offsets[-1][1] - 1,
-                     self.lost.whose(mark))  # fmt: skip
 
     def _mark(
         self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
@@ -405,7 +344,7 @@ class Executor:
             mark = self._mark(
                 self._unreported.oldest(tp, taking.start),
                 self._unreported.ranges(tp, taking),
-                self._elsewhere.of(tp),
+                self.lost.elsewhere.of(tp),
             )
             if tp in offsets or self._marked.get(tp) != mark:
                 marks[tp] = (at, mark)

@@ -4,7 +4,6 @@ offset it took and has not reported: what its next run tells the ledger was lost
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -137,12 +136,13 @@ class Requests:
         return done
 
 
-def generator(requests: Requests) -> Executor:
+def generator(requests: Requests, *, watch_ms: int | None = None, clock: Any = None) -> Executor:
     topics = Topics(requests=requests, generate=None, completions=None, lifecycle=None,
                     deadletter=None)  # fmt: skip
-    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {})
+    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {}, watch_ms)
     work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
-    return Executor(config, None, work, topics=topics, dead_letters=None, clock=SystemClock())  # type: ignore[arg-type]
+    return Executor(config, None, work, topics=topics, dead_letters=None,  # type: ignore[arg-type]
+                    clock=clock or SystemClock())  # fmt: skip
 
 
 def command(request_id: str) -> bytes:
@@ -379,14 +379,14 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     executor._marked[TP] = marks[TP][1]
 
     alive = Group("worker-generator-7", "worker-a-generator-1")
-    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
+    asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
     assert executor.lost.reading == {} and alive.seeks == [], (
         "its run still calls them: no call twice"
     )
 
-    executor._checked_at = 0.0
+    executor.lost._checked_at = 0.0
     gone = Group("worker-generator-7", "worker-a-generator-2")  # its next run, or no member
-    asyncio.run(executor._check_elsewhere(gone))  # type: ignore[arg-type]
+    asyncio.run(executor.lost.check_elsewhere(gone, executor.taken))  # type: ignore[arg-type]
     assert gone.seeks == [(TP, 3)]
     assert executor._marks({}, {}) == {}, "its last mark keeps them until they are told"
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(3, 9)))}
@@ -407,7 +407,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     earlier = Running(
         "worker-c-generator", "0000aaaa", "c-1", ((1, 2),), 0
     )  # an earlier hand-over's
-    executor._elsewhere.carry(TP, (earlier,))
+    executor.lost.elsewhere.carry(TP, (earlier,))
     executor.taken[TP] = 9
     for offset in (6, 7):
         executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
@@ -418,7 +418,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
                    handed.running[-1].at_ms)  # fmt: skip
     assert consumer.commits == [{TP: (9, executor._mark(9, (), (earlier, mine)).encode())}]
-    assert not executor._elsewhere
+    assert not executor.lost.elsewhere
 
 
 def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_known() -> None:
@@ -435,7 +435,7 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     executor.consumer = marked  # type: ignore[assignment]
     executor._unreported.took(TP, 2, "a", 1)  # still running here
     asyncio.run(executor.recover({TP, OTHER}))
-    assert executor._elsewhere.of(TP) == () and executor._elsewhere.of(OTHER) == (mine,)
+    assert executor.lost.elsewhere.of(TP) == () and executor.lost.elsewhere.of(OTHER) == (mine,)
     assert consumer.commits == [{TP: (5, executor._mark(2, ((2, 3),)).encode())}]
 
 
@@ -451,15 +451,13 @@ def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passe
     """Past it the ledger re-issued those still unanswered: a run that lives on for days would
     otherwise have its calls read again from that far back when it leaves, to change nothing,
     while the partition's new commands wait."""
-    executor = generator(Requests())
-    executor.config = dataclasses.replace(executor.config, watch_ms=1000)
-    executor._clock = Clock(10_000)  # type: ignore[assignment]
+    executor = generator(Requests(), watch_ms=1000, clock=Clock(10_000))
     old = Running("worker-a-generator", "aaaa", "a-1", ((3, 4),), 8_999)
     recent = Running("worker-c-generator", "cccc", "c-1", ((5, 6),), 9_000)
-    executor._elsewhere.carry(TP, (old, recent))
-    executor._elsewhere.carry(OTHER, (old,))
+    executor.lost.elsewhere.carry(TP, (old, recent))
+    executor.lost.elsewhere.carry(OTHER, (old,))
     executor.taken = {TP: 7, OTHER: 7}
     alive = Group("a-1", "c-1")
-    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
-    assert executor._elsewhere.of(TP) == (recent,) and executor._elsewhere.of(OTHER) == ()
+    asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
+    assert executor.lost.elsewhere.of(TP) == (recent,) and executor.lost.elsewhere.of(OTHER) == ()
     assert executor._marks({}, {})[TP][1].running == (recent,)
