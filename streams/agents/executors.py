@@ -6,21 +6,18 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
 starts**: a command is called at most once per delivery, even across a crash. Each commit also
-notes (its metadata) which run of this instance took the records and which of them are not
-reported yet (the oldest, and each of them while they are few); a restarted run reads that back
-and tells the ledger at once which attempts the previous run lost
-(``DeadlineExpired(lost=True)``): they are re-issued now, not after their deadline (the ledger
-of their people may be on a worker that saw no rebalance). A command then waits in its target's
-queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
-target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
-rebalance moves a partition away, the commands of it that are still queued are handed back to
-the topic for the new owner (calls already running finish here). The hand-over's mark lists
-those calls with the run calling them and its member id in the group, and whoever owns the
-partition then carries them in its own marks and asks the group's coordinator who its
-members are: once that member is no longer one (it died and missed its session, or the
-worker's next run took its place under a new id), it tells the ledger those attempts were
-lost. Those reported before change nothing (the ledger acts on a lost attempt only while it
-is current).
+notes (its mark, ``streams.agents.marks``) which run of this instance took the records and which
+of them are not reported yet (the oldest, and each of them while they are few). A command then
+waits in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site.
+The topics are keyed by target, so all of a target's calls meet in one scheduler, whichever
+worker runs it; when a rebalance moves a partition away, the commands of it that are still
+queued are handed back to the topic for the new owner (calls already running finish here, and
+the hand-over's mark lists them).
+
+What another run took and did not report (this instance's previous run, a worker that died, or
+one that gave a partition up and left the group before its calls ended) is read again from
+the marks and told to the ledger as lost, ``DeadlineExpired(lost=True)``, by whoever owns the
+partition then: ``streams.agents.lost``.
 
 The executors run a command and report what happened; every retry, park and dead letter is
 the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.

@@ -10,7 +10,8 @@ that run took and did not report is read again from its oldest unreported offset
 deadline (the ledger of their people may be on a worker that saw no rebalance). Until a lost
 range's end is read, the partition is not committed. Those reported before change nothing (the
 ledger acts on a lost attempt only while it is current); what cannot be told is left to the
-deadlines, as before the marks.
+deadlines, as before the marks. A stopping executor tells the calls its drain cut short the
+same way (:meth:`LostWork.tell_lost`).
 
 A rebalance that moves a partition away lets the calls of it already running finish where they
 run. The hand-over's mark lists them (:class:`~streams.agents.marks.Running`,
