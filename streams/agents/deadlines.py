@@ -18,7 +18,7 @@ class DeadlineIndex:
     """What this process knows to be in flight, by person, and which deadlines it signalled.
 
     A worker that died took its calls with it; whoever takes its executors' partitions reads
-    their marks and tells the ledger at once what it lost (``streams.agents.executors``), and
+    their marks and tells the ledger at once what it lost (``streams.agents.lost``), and
     a live worker that gives partitions up finishes its running calls and hands its queued
     commands over: a rebalance alone loses nothing, so work keeps its whole deadline through
     one. With ``grace_ms`` (``REBALANCE_GRACE_SECONDS``, off by default), work issued before

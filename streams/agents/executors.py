@@ -6,21 +6,18 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
 starts**: a command is called at most once per delivery, even across a crash. Each commit also
-notes (its metadata) which run of this instance took the records and which of them are not
-reported yet (the oldest, and each of them while they are few); a restarted run reads that back
-and tells the ledger at once which attempts the previous run lost
-(``DeadlineExpired(lost=True)``): they are re-issued now, not after their deadline (the ledger
-of their people may be on a worker that saw no rebalance). A command then waits in its target's
-queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site. The topics are keyed by
-target, so all of a target's calls meet in one scheduler, whichever worker runs it; when a
-rebalance moves a partition away, the commands of it that are still queued are handed back to
-the topic for the new owner (calls already running finish here). The hand-over's mark lists
-those calls with the run calling them and its member id in the group, and whoever owns the
-partition then carries them in its own marks and asks the group's coordinator who its
-members are: once that member is no longer one (it died and missed its session, or the
-worker's next run took its place under a new id), it tells the ledger those attempts were
-lost. Those reported before change nothing (the ledger acts on a lost attempt only while it
-is current).
+notes (its mark, ``streams.agents.marks``) which run of this instance took the records and which
+of them are not reported yet (the oldest, and each of them while they are few). A command then
+waits in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site.
+The topics are keyed by target, so all of a target's calls meet in one scheduler, whichever
+worker runs it; when a rebalance moves a partition away, the commands of it that are still
+queued are handed back to the topic for the new owner (calls already running finish here, and
+the hand-over's mark lists them).
+
+What another run took and did not report (this instance's previous run, a worker that died, or
+one that gave a partition up and left the group before its calls ended) is read again from
+the marks and told to the ledger as lost, ``DeadlineExpired(lost=True)``, by whoever owns the
+partition then: ``streams.agents.lost``.
 
 The executors run a command and report what happened; every retry, park and dead letter is
 the ledger's decision. Whatever goes wrong becomes a reported failure with its reason.
@@ -39,10 +36,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from models.events import (
-    DeadlineExpired,
-)
-from streams.agents.marks import Elsewhere, Mark, Ranges, Running, Unreported
+from streams.agents.lost import LostWork
+from streams.agents.marks import Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
@@ -52,8 +47,6 @@ from streams.kafka_options import (
     committed_with_metadata,
     consumer_lag,
     group_consumer,
-    group_member_ids,
-    member_id,
 )
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
@@ -62,7 +55,6 @@ from streams.upstream.scheduler import Job, Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
-ELSEWHERE_CHECK_S = 2.0  # how often the runs calling what a partition's marks list are looked up
 
 
 @dataclass(frozen=True)
@@ -102,10 +94,17 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
         self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
-        self._lost: dict[TopicPartition, tuple[int, Mark]] = {}  # a previous run's, up to here
-        self._told: dict[TopicPartition, int] = {}  # of it, attempts told lost so far
-        self._elsewhere = Elsewhere()  # calls of its partitions that other runs went on with
-        self._checked_at = 0.0  # when the group's members were last looked up
+        self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
+            name=config.name,
+            instance=config.instance,
+            group=config.group,
+            run_id=self.run_id,
+            watch_ms=config.watch_ms,
+            unreported=self._unreported,
+            work=work,
+            topics=topics,
+            clock=clock,
+        )
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
 
@@ -137,7 +136,7 @@ class Executor:
                     if self._stopping:  # not committed: the next run takes it
                         return
                     await self._take_batch(consumer, batch)
-                    await self._check_elsewhere(consumer)
+                    await self.lost.check_elsewhere(consumer, self.taken)
         finally:
             if dispatcher is not None:
                 dispatcher.cancel()
@@ -149,7 +148,7 @@ class Executor:
     async def _take_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = await self._past_lost(batch)
+        offsets = await self.lost.past_lost(batch)
         offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
@@ -179,7 +178,7 @@ class Executor:
             queued = self.scheduler.take_back(set(self.taken))
             sent = len(queued) - len(await self._send_back(queued))
             try:
-                told = await self._tell_lost([job.record[1] for job in cut])
+                told = await self.lost.tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
                 log.warning("%s could not tell the ledger of the calls it cut short (%s)",
                             self.config.name, type(exc).__name__)  # fmt: skip
@@ -257,9 +256,12 @@ class Executor:
         with contextlib.suppress(Exception):
             await self._commit(
                 {
-                    tp: (self.taken[tp], self._mark(self.taken[tp], (), self._handing(tp)))
+                    tp: (
+                        self.taken[tp],
+                        self._mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
+                    )
                     for tp in revoked
-                    if tp in self.taken and tp not in self._lost and tp not in unsent
+                    if tp in self.taken and tp not in self.lost.reading and tp not in unsent
                 }
             )
         # the calls still running here stay listed: a rebalance revokes every partition and
@@ -267,28 +269,8 @@ class Executor:
         # those calls again, or a crash before they end would lose them to their deadline
         for tp in revoked:
             self._marked.pop(tp, None)
-            self._lost.pop(tp, None)
-            self._told.pop(tp, None)
-            self._elsewhere.carry(tp, ())
+            self.lost.forget(tp)
             self.taken.pop(tp, None)
-
-    def _handing(self, tp: TopicPartition) -> tuple[Running, ...]:
-        """What a hand-over's mark of ``tp`` lists as running elsewhere: what its marks listed
-        so, and this run's calls of it not reported (unless too many to list: their deadline
-        re-issues them if this run dies first; so do they if it is no member of the group
-        now, which then gives the partition over without it)."""
-        running, ranges = self._elsewhere.of(tp), self._unreported.ranges(tp)
-        if not ranges and ranges is not None:
-            return running
-        member = member_id(self.consumer) if self.consumer is not None else ""
-        if ranges is None or not member:
-            why = "too many to list" if ranges is None else "not a member of the group"
-            log.warning("%s: partition %s: calls still running left out of its hand-over (%s); "
-                        "if this worker dies first, their deadlines re-issue them",
-                        self.config.name, tp.partition, why)  # fmt: skip
-            return running
-        handed = Running(self.config.instance, self.run_id, member, ranges, self._clock.now_ms())
-        return (*running, handed)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
         """Partitions whose last commit is another run's, this instance's (a restart, with no
@@ -300,7 +282,7 @@ class Executor:
         rebalance apart from the ledger's, which sees none when the dead worker is back
         within its session timeout after its executors' partitions moved). The calls a mark
         lists as running elsewhere (a hand-over's) are carried on in this run's marks and
-        told lost once their run has left the group (``_check_elsewhere``)."""
+        told lost once their run has left the group (``LostWork.check_elsewhere``)."""
         self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
         if self.consumer is None or not assigned:
             return
@@ -314,30 +296,14 @@ class Executor:
             mark = Mark.parse(metadata)
             if mark is None:
                 continue
-            # calls other runs went on with after giving the partition up, carried on in this
-            # run's marks until their run is gone (``_check_elsewhere``); this run's own, if
-            # it still knows them (given straight back), are its unreported calls again
-            mine = tp in self._unreported.partitions()
-            elsewhere = tuple(r for r in mark.running if not (mine and r.run == self.run_id))
-            if elsewhere:
-                self._elsewhere.carry(tp, elsewhere)
+            # calls other runs went on with after giving the partition up
+            if self.lost.watch(tp, mark):
                 self.taken.setdefault(tp, offset)  # its next commit carries them
-                self._checked_at = 0.0  # looked up at once
             if mark.run == self.run_id or mark.oldest >= offset:
                 await self._mark_running(tp, offset)
                 continue
             if mark.oldest < offset:
-                self._lost[tp] = (offset, mark)
-                self.consumer.seek(tp, mark.oldest)
-                which = (
-                    f"offsets {mark.oldest}-{offset - 1}"
-                    if mark.unreported is None
-                    else f"{sum(min(b, offset) - a for a, b in mark.unreported)} offsets "
-                    f"between {mark.oldest} and {offset - 1}"
-                )
-                log.info("%s: partition %s: %s were taken by %s and not reported; telling the "
-                         "ledger they were lost", self.config.name, tp.partition, which,
-                         self._whose(mark))  # fmt: skip
+                self.lost.read_again(self.consumer, tp, offset, mark)
 
     async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
         """A partition given back to this run by a rebalance: the calls of it still running
@@ -350,110 +316,10 @@ class Executor:
         mark = self._mark(
             self._unreported.oldest(tp, offset),
             self._unreported.ranges(tp),
-            self._elsewhere.of(tp),
+            self.lost.elsewhere.of(tp),
         )
         with contextlib.suppress(Exception):  # the next batch's commit marks them
             await self._commit({tp: (offset, mark)})
-
-    async def _past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
-        """Sends the ledger, for each record of ``batch`` below its partition's lost range's
-        end, that the attempt was lost, and leaves in ``batch`` only records to take; returns
-        the offsets where lost ranges ended (to commit)."""
-        ended: dict[TopicPartition, int] = {}
-        for tp in [tp for tp in batch if tp in self._lost]:
-            (end, mark), records = self._lost[tp], batch.pop(tp)
-            lost = [r.value for r in records if r.offset < end and mark.lost(r.offset)]
-            try:
-                told = len(await self._tell_lost(lost))
-            except Exception as exc:  # their deadlines re-issue them, as before the marks
-                log.warning("%s could not tell the ledger what its previous run lost (%s); "
-                            "their deadlines re-issue them", self.config.name,
-                            type(exc).__name__)  # fmt: skip
-                told = 0
-            self._told[tp] = self._told.get(tp, 0) + told
-            if records[-1].offset + 1 < end:
-                continue  # more of the range to come
-            del self._lost[tp]
-            ended[tp] = end
-            log.info("%s: partition %s: %s attempts of the previous run told lost (those it "
-                     "reported change nothing)", self.config.name, tp.partition,
-                     self._told.pop(tp))  # fmt: skip
-            rest = [r for r in records if r.offset >= end]
-            if rest:
-                batch[tp] = rest
-        return ended
-
-    async def _tell_lost(self, values: list[bytes]) -> list[Any]:
-        """Each command in ``values`` told to its person's ledger as lost (acknowledged);
-        returns those told."""
-        told, deliveries, now = [], [], self._clock.now_ms()
-        for value in values:
-            try:
-                command = self._work.decode(value)
-            except Exception:  # the previous run dead-lettered it
-                continue
-            lost = DeadlineExpired(
-                request_id=command.request_id,
-                person=command.person,
-                attempt=command.attempt,
-                stage=self._work.stage,
-                at_ms=now,
-                lost=True,
-            )
-            deliveries.append(
-                await self._topics.requests.send(key=command.person.encode(), value=encode(lost))
-            )
-            told.append(command)
-        if deliveries:  # acknowledged before the range is committed as done
-            await asyncio.gather(*deliveries)
-        return told
-
-    def _whose(self, mark: Mark) -> str:
-        if mark.instance == self.config.instance:
-            return "this instance's previous run"
-        return f"{mark.instance}'s run {mark.run}"
-
-    async def _check_elsewhere(self, consumer: AIOKafkaConsumer) -> None:
-        """While marks list calls running in other runs, the group's members are looked up
-        every :data:`ELSEWHERE_CHECK_S`; the calls of a run no longer among them (by its
-        member id then) are read again from the partition and told to the ledger as lost, like a
-        previous run's (``_past_lost``), one run's at a time per partition. Until they are
-        told, the last commit of the partition keeps listing them."""
-        now = asyncio.get_running_loop().time()
-        if not self._elsewhere or now - self._checked_at < ELSEWHERE_CHECK_S:
-            return
-        self._checked_at = now
-        if self.config.watch_ms is not None:  # past their deadline: the ledger's
-            for tp, running in self._elsewhere.expire(self._clock.now_ms() - self.config.watch_ms):
-                log.info("%s: partition %s: no longer watching the calls %s's run %s went on "
-                         "with (past their deadline)", self.config.name, tp.partition,
-                         running.instance, running.run)  # fmt: skip
-        if not self._elsewhere:
-            return
-        try:
-            members = await group_member_ids(consumer, self.config.group)
-        except Exception as exc:  # asked again at the next check
-            log.warning("%s could not look up its group's members (%s)",
-                        self.config.name, type(exc).__name__)  # fmt: skip
-            return
-        for tp, first in self._elsewhere.gone(members).items():
-            if tp in self._lost or tp not in self.taken:
-                continue
-            mark = Mark(first.instance, first.run, first.offsets[0][0], first.offsets)
-            try:
-                consumer.seek(tp, mark.oldest)
-            except Exception as exc:  # no longer assigned: its marks keep listing them
-                log.warning("%s: partition %s: could not read again what %s was calling (%s)",
-                            self.config.name, tp.partition, self._whose(mark),
-                            type(exc).__name__)  # fmt: skip
-                continue
-            self._lost[tp] = (self.taken[tp], mark)  # its commits wait for the range's end
-            self._elsewhere.told(tp, first)
-            log.info("%s: partition %s: %s offsets between %s and %s were still being called "
-                     "by %s, which left the group; telling the ledger they were lost",
-                     self.config.name, tp.partition, sum(b - a for a, b in first.offsets),
-                     mark.oldest, first.offsets[-1][1] - 1,
-                     self._whose(mark))  # fmt: skip
 
     def _mark(
         self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
@@ -468,14 +334,14 @@ class Executor:
         mark."""
         marks = {}
         for tp in {*offsets, *self.taken}:
-            if tp in self._lost:
+            if tp in self.lost.reading:
                 continue
             at = offsets.get(tp, self.taken.get(tp, 0))
             taking = range(first.get(tp, at), at)
             mark = self._mark(
                 self._unreported.oldest(tp, taking.start),
                 self._unreported.ranges(tp, taking),
-                self._elsewhere.of(tp),
+                self.lost.elsewhere.of(tp),
             )
             if tp in offsets or self._marked.get(tp) != mark:
                 marks[tp] = (at, mark)

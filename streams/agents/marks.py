@@ -3,7 +3,7 @@
 An executor commits what it took before the work starts; each commit's metadata is a
 :class:`Mark`: the run that took the records and which of them are not reported yet, kept by
 :class:`Unreported`. A restarted run reads the mark back and tells the ledger which attempts
-the previous run lost (``streams.agents.executors``). A mark also lists the calls of the
+the previous run lost (``streams.agents.lost``). A mark also lists the calls of the
 partition that run elsewhere (:class:`Running`): those a run that gave the partition up was
 still calling, which its owner tells the ledger were lost once that run left the group.
 """

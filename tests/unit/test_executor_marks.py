@@ -4,7 +4,6 @@ offset it took and has not reported: what its next run tells the ledger was lost
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -137,12 +136,13 @@ class Requests:
         return done
 
 
-def generator(requests: Requests) -> Executor:
+def generator(requests: Requests, *, watch_ms: int | None = None, clock: Any = None) -> Executor:
     topics = Topics(requests=requests, generate=None, completions=None, lifecycle=None,
                     deadletter=None)  # fmt: skip
-    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {})
+    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {}, watch_ms)
     work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
-    return Executor(config, None, work, topics=topics, dead_letters=None, clock=SystemClock())  # type: ignore[arg-type]
+    return Executor(config, None, work, topics=topics, dead_letters=None,  # type: ignore[arg-type]
+                    clock=clock or SystemClock())  # fmt: skip
 
 
 def command(request_id: str) -> bytes:
@@ -158,44 +158,44 @@ def records(*values: tuple[int, bytes]) -> list[Any]:
 def test_a_lost_range_is_told_to_the_ledger_and_what_follows_it_is_taken() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (3, Mark("i", "r", 0))  # its previous run took 0-2, reported none
+    executor.lost.reading[TP] = (3, Mark("i", "r", 0))  # its previous run took 0-2, reported none
     batch = {TP: records((0, command("a")), (1, b"not a command"), (2, command("b")),
                          (3, command("c")))}  # fmt: skip
-    ended = asyncio.run(executor._past_lost(batch))
+    ended = asyncio.run(executor.lost.past_lost(batch))
     assert ended == {TP: 3} and [r.offset for r in batch[TP]] == [3]
     assert all(isinstance(m, DeadlineExpired) and m.lost for m in requests.sent)
     assert [(m.request_id, m.attempt, m.stage) for m in requests.sent] == [
         ("a", 1, "generating"),
         ("b", 1, "generating"),
     ]
-    assert executor._lost == {}
+    assert executor.lost.reading == {}
 
 
 def test_a_lost_range_longer_than_a_batch_is_not_committed_until_its_end() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (10, Mark("i", "r", 4))
+    executor.lost.reading[TP] = (10, Mark("i", "r", 4))
     batch = {TP: records((4, command("a")), (5, command("b")))}
-    assert asyncio.run(executor._past_lost(batch)) == {}
-    assert batch == {} and executor._lost == {TP: (10, Mark("i", "r", 4))}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {}
+    assert batch == {} and executor.lost.reading == {TP: (10, Mark("i", "r", 4))}
     assert len(requests.sent) == 2
     assert executor._marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
 
 
 def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() -> None:
     executor = generator(Requests(fail=True))
-    executor._lost[TP] = (2, Mark("i", "r", 0))
+    executor.lost.reading[TP] = (2, Mark("i", "r", 0))
     batch = {TP: records((0, command("a")), (1, command("b")), (2, command("c")))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 2}  # no exception: it goes on
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 2}  # no exception: it goes on
     assert [r.offset for r in batch[TP]] == [2]
 
 
 def test_only_the_attempts_a_mark_lists_are_told_lost() -> None:
     requests = Requests()
     executor = generator(requests)
-    executor._lost[TP] = (6, Mark("i", "r", 1, ((1, 2), (4, 5))))  # 2, 3 and 5 were reported
+    executor.lost.reading[TP] = (6, Mark("i", "r", 1, ((1, 2), (4, 5))))  # 2, 3 and 5 were reported
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(1, 8)))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 6}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 6}
     assert [m.request_id for m in requests.sent] == ["r1", "r4"]
     assert [r.offset for r in batch[TP]] == [6, 7]
 
@@ -265,7 +265,7 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
     executor.consumer = consumer  # type: ignore[assignment]
     asyncio.run(executor.recover(set(committed)))
     assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
-    assert executor._lost == {TP: committed[TP], OTHER: committed[OTHER]}
+    assert executor.lost.reading == {TP: committed[TP], OTHER: committed[OTHER]}
 
 
 class Generate_:
@@ -373,22 +373,24 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     committed = {TP: (7, Mark("worker-a-generator", "deadbeef0000", 7, (), (handed,)))}
     executor.consumer = Marked(committed)  # type: ignore[assignment]
     asyncio.run(executor.recover({TP}))
-    assert executor._lost == {} and executor.taken == {TP: 7}
+    assert executor.lost.reading == {} and executor.taken == {TP: 7}
     marks = executor._marks({}, {})
     assert marks == {TP: (7, executor._mark(7, (), (handed,)))}, "carried in its own marks"
     executor._marked[TP] = marks[TP][1]
 
     alive = Group("worker-generator-7", "worker-a-generator-1")
-    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
-    assert executor._lost == {} and alive.seeks == [], "its run still calls them: no call twice"
+    asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
+    assert executor.lost.reading == {} and alive.seeks == [], (
+        "its run still calls them: no call twice"
+    )
 
-    executor._checked_at = 0.0
+    executor.lost._checked_at = 0.0
     gone = Group("worker-generator-7", "worker-a-generator-2")  # its next run, or no member
-    asyncio.run(executor._check_elsewhere(gone))  # type: ignore[arg-type]
+    asyncio.run(executor.lost.check_elsewhere(gone, executor.taken))  # type: ignore[arg-type]
     assert gone.seeks == [(TP, 3)]
     assert executor._marks({}, {}) == {}, "its last mark keeps them until they are told"
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(3, 9)))}
-    assert asyncio.run(executor._past_lost(batch)) == {TP: 7}
+    assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 7}
     assert [(m.request_id, m.lost) for m in requests.sent] == [("r3", True), ("r5", True)]
     assert [r.offset for r in batch[TP]] == [7, 8]
     assert executor._marks({}, {}) == {TP: (7, executor._mark(7, ()))}, "no longer listed"
@@ -405,7 +407,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     earlier = Running(
         "worker-c-generator", "0000aaaa", "c-1", ((1, 2),), 0
     )  # an earlier hand-over's
-    executor._elsewhere.carry(TP, (earlier,))
+    executor.lost.elsewhere.carry(TP, (earlier,))
     executor.taken[TP] = 9
     for offset in (6, 7):
         executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
@@ -416,7 +418,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
                    handed.running[-1].at_ms)  # fmt: skip
     assert consumer.commits == [{TP: (9, executor._mark(9, (), (earlier, mine)).encode())}]
-    assert not executor._elsewhere
+    assert not executor.lost.elsewhere
 
 
 def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_known() -> None:
@@ -433,7 +435,7 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     executor.consumer = marked  # type: ignore[assignment]
     executor._unreported.took(TP, 2, "a", 1)  # still running here
     asyncio.run(executor.recover({TP, OTHER}))
-    assert executor._elsewhere.of(TP) == () and executor._elsewhere.of(OTHER) == (mine,)
+    assert executor.lost.elsewhere.of(TP) == () and executor.lost.elsewhere.of(OTHER) == (mine,)
     assert consumer.commits == [{TP: (5, executor._mark(2, ((2, 3),)).encode())}]
 
 
@@ -449,15 +451,13 @@ def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passe
     """Past it the ledger re-issued those still unanswered: a run that lives on for days would
     otherwise have its calls read again from that far back when it leaves, to change nothing,
     while the partition's new commands wait."""
-    executor = generator(Requests())
-    executor.config = dataclasses.replace(executor.config, watch_ms=1000)
-    executor._clock = Clock(10_000)  # type: ignore[assignment]
+    executor = generator(Requests(), watch_ms=1000, clock=Clock(10_000))
     old = Running("worker-a-generator", "aaaa", "a-1", ((3, 4),), 8_999)
     recent = Running("worker-c-generator", "cccc", "c-1", ((5, 6),), 9_000)
-    executor._elsewhere.carry(TP, (old, recent))
-    executor._elsewhere.carry(OTHER, (old,))
+    executor.lost.elsewhere.carry(TP, (old, recent))
+    executor.lost.elsewhere.carry(OTHER, (old,))
     executor.taken = {TP: 7, OTHER: 7}
     alive = Group("a-1", "c-1")
-    asyncio.run(executor._check_elsewhere(alive))  # type: ignore[arg-type]
-    assert executor._elsewhere.of(TP) == (recent,) and executor._elsewhere.of(OTHER) == ()
+    asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
+    assert executor.lost.elsewhere.of(TP) == (recent,) and executor.lost.elsewhere.of(OTHER) == ()
     assert executor._marks({}, {})[TP][1].running == (recent,)
