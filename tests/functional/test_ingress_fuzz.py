@@ -341,6 +341,9 @@ def _check(status: int, answer: bytes, produced: list[Any]) -> None:
     assert _leaks(item.value) == []
 
 
+# 10,000 exchanges take ~1 minute on 2 idle cores; a host loaded 10x over (another suite beside
+# it) took past the suite's 300 s hang guard: the guard is for hangs, not for a busy host
+@pytest.mark.timeout(1200)
 def test_random_and_malformed_webhooks_get_2xx_or_4xx_and_only_a_202_produces(
     harness: Harness,
 ) -> None:
