@@ -5,14 +5,15 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
-starts**: a command is called at most once per delivery, even across a crash. Each commit also
-notes (its mark, ``streams.agents.marks``) which run of this instance took the records and which
-of them are not reported yet (the oldest, and each of them while they are few). A command then
-waits in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site.
-The topics are keyed by target, so all of a target's calls meet in one scheduler, whichever
-worker runs it; when a rebalance moves a partition away, the commands of it that are still
-queued are handed back to the topic for the new owner (calls already running finish here, and
-the hand-over's mark lists them).
+starts**: a command is called at most once per delivery, even across a crash, and a copy of
+one it took lately (the topic holding a command twice: :class:`Called`) is not called. Each
+commit also notes (its mark, ``streams.agents.marks``) which run of this instance took the
+records and which of them are not reported yet (the oldest, and each of them while they are
+few). A command then waits in its target's queue (``streams.upstream.scheduler``): an OpenAI
+key, a Talkable site. The topics are keyed by target, so all of a target's calls meet in one
+scheduler, whichever worker runs it; when a rebalance moves a partition away, the commands of
+it that are still queued are handed back to the topic for the new owner (calls already running
+finish here, and the hand-over's mark lists them).
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -55,6 +56,9 @@ from streams.upstream.scheduler import Job, Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
+# how many of the commands it took last an executor knows by request and attempt (``Called``):
+# a copy of one further on in the topic is not called again
+CALLED_REMEMBERED = 20_000
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Executor:
         )
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
+        self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
 
     @property
     def stopping(self) -> bool:
@@ -200,6 +205,7 @@ class Executor:
         )
         deliveries, unsent = [], []
         for job in jobs:
+            self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
             key, value = job.record
             try:
                 deliveries.append((job, await topic.send(key=key, value=value)))
@@ -226,6 +232,13 @@ class Executor:
             value=record.value,
         )
         if command is None:
+            return
+        first = self._called.took(command.request_id, command.attempt, (tp, record.offset))
+        if first is not None:  # a copy of a command taken before: its call is made, or queued
+            log.info("%s: request_id=%s attempt=%s at offset %s of partition %s is a copy of "
+                     "the command it took at offset %s of partition %s: not called again",
+                     self.config.name, command.request_id, command.attempt, record.offset,
+                     tp.partition, first[1], first[0].partition)  # fmt: skip
             return
         self._unreported.took(tp, record.offset, command.request_id, command.attempt)
         waited = max(self._clock.now_ms() - command.issued_at_ms, 0) / 1000
@@ -386,6 +399,38 @@ class Executor:
             _unsent(exc, "%s could not report request_id=%s", self.config.name, command.request_id)
             return  # still unreported: a restart tells the ledger it was lost
         self._unreported.reported(command.request_id, command.attempt)
+
+
+class Called:
+    """The commands an executor took lately (its ``size`` last), by request and attempt, with
+    where it took each: a command Kafka holds twice is called once. The ledger sends an output
+    again when Kafka gave up on it (``streams.agents.ledger.Ledger._undecided``), but Kafka may
+    have written it all the same: a record sent to a node that stopped before its answer came
+    back, then retried until no leader was left for it, and given up on. Both copies go to the
+    same partition (a command's key is its target), the second soon after the partition has a
+    leader again (when the ledger's batch is decided again), where the executor reads them: the
+    copy is close behind the first, far within ``size`` commands. A command handed back to the
+    topic (a rebalance, a stop) is forgotten: whoever takes it back calls it."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._taken: dict[tuple[str, int], tuple[TopicPartition, int]] = {}
+
+    def took(
+        self, request_id: str, attempt: int, where: tuple[TopicPartition, int]
+    ) -> tuple[TopicPartition, int] | None:
+        """Where the same command was taken before (this one is a copy), or None: the first."""
+        identity = (request_id, attempt)
+        first = self._taken.get(identity)
+        if first is not None and first != where:
+            return first
+        self._taken[identity] = where
+        if len(self._taken) > self._size:
+            del self._taken[next(iter(self._taken))]
+        return None
+
+    def forget(self, request_id: str, attempt: int) -> None:
+        self._taken.pop((request_id, attempt), None)
 
 
 def _unsent(exc: Exception, message: str, *args: Any) -> None:

@@ -191,6 +191,35 @@ def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make
     assert len(system.openai("GET", "/_calls")) == 48, "one OpenAI call each"
 
 
+def test_a_command_kafka_holds_twice_is_called_once(make_system) -> None:
+    """The ledger sends a command again when Kafka gave up on it (its batch decided again,
+    ``Ledger._undecided``), yet Kafka may have written it: a record sent to a node that
+    stopped before its answer came back, retried until no leader was left for it, and given
+    up on (test_producer_outage.py, about one run in five on a loaded host). The topic then
+    holds the command twice, and the publisher called Talkable twice for one attempt. Here the
+    copy is written by hand behind the command it repeats, and the same site's next command
+    behind it: it is published, and each event number was sent once."""
+    system = make_system()
+    first, second = (
+        system.post(seed_params(f"copied{i}@example.com"))[1]["request_id"] for i in (1, 2)
+    )
+    system.wait_terminal([first])
+    completions = f"{system.app_id}-completions"
+    records = read_topic(system.kafka.bootstrap, completions)
+    [(_, _, key, value)] = [r for r in records if first.encode() in r[3]]
+    produce(system.kafka.bootstrap, completions, key, value)  # one site: the same partition
+    _, answer = system.post(seed_params("copied3@example.com"))
+    rows = system.wait_terminal([first, second, answer["request_id"]])
+    assert {row.state for row in rows.values()} == {"published"}
+    sent = [
+        call["event_number"]
+        for call in system.talkable("GET", "/_calls")
+        if call["path"].endswith("/origins/event")
+    ]
+    assert sorted(sent) == sorted(f"generate_text_complete-{r}" for r in rows), "each once"
+    assert "is a copy of the command it took" in (system.root / "worker.log").read_text()
+
+
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:
     system = make_system()
     topic = f"{system.app_id}-requests"

@@ -461,3 +461,79 @@ def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passe
     asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
     assert executor.lost.elsewhere.of(TP) == (recent,) and executor.lost.elsewhere.of(OTHER) == ()
     assert executor._marks({}, {})[TP][1].running == (recent,)
+
+
+class Queue:
+    """An executor's scheduler as taking a batch and a hand-back use it: the jobs submitted,
+    in order, and those a hand-back takes back (all of the partitions given up: none ran)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def now(self) -> float:
+        return 0.0
+
+    def submit(self, target: str, job: Any) -> None:
+        self.jobs.append(job)
+
+    def take_back(self, origins: set[TopicPartition]) -> list[Any]:
+        return [job for job in self.jobs if job.origin in origins]
+
+
+class Decoding:
+    """The dead letters as an executor's take uses them: every value here decodes."""
+
+    async def decoded(self, decoder: Any, *, value: bytes | None, **_: Any) -> Any:
+        return decoder(value)
+
+
+def keyed(request_id: str, attempt: int = 1) -> bytes:
+    """A GenerateText command of ``request_id`` as the ledger issues it (its key's fingerprint
+    with it)."""
+    [generate] = Ledger().send(received(request_id)).commands
+    assert isinstance(generate, GenerateText)
+    return encode(generate.model_copy(update={"attempt": attempt, "openai_key_id": "key-fp"}))
+
+
+def taking(executor: Executor, *values: tuple[int, bytes]) -> None:
+    """A batch of [generate] partition 0 taken by ``executor`` (committed, then queued)."""
+    batch = {
+        TP: [
+            SimpleNamespace(topic=TP.topic, partition=TP.partition, offset=o, key=b"k", value=v)
+            for o, v in values
+        ]
+    }
+    asyncio.run(executor._take_batch(executor.consumer, batch))  # type: ignore[arg-type]
+
+
+def test_a_command_kafka_holds_twice_is_called_once() -> None:
+    """The ledger sends a command again when Kafka gave up on it, and Kafka may have written
+    it all the same (sent to a node that stopped before it answered, then retried until no
+    leader was left for it): the topic holds it twice, the copy a little further on. The
+    executor called both (Talkable got two calls for one attempt, OpenAI billed twice); now
+    the copy is not called, nor left to tell lost. A later attempt of the same request is a
+    command of its own, and a copy taken once its first was handed back (a rebalance gave the
+    partition back to the same run) is the one to call."""
+    executor = generator(Requests())
+    queue = Queue()
+    executor.scheduler = queue  # type: ignore[assignment]
+    executor._dead_letters = Decoding()  # type: ignore[assignment]
+    executor.consumer = Committing()  # type: ignore[assignment]
+    a, b = keyed("a"), keyed("b")
+    taking(executor, (5, a), (6, b))
+    taking(executor, (9, a))  # the ledger's copy of a, once the partition has a leader again
+    assert [(job.key, job.attempt) for job in queue.jobs] == [("a", 1), ("b", 1)]
+    assert executor._unreported.ranges(TP) == ((5, 7),), "the copy is nothing to tell lost"
+
+    taking(executor, (10, keyed("a", attempt=2)))  # its re-issue
+    assert [(job.key, job.attempt) for job in queue.jobs][-1] == ("a", 2)
+
+    executor._topics = Topics(requests=None, generate=Generate_(refused=set()), completions=None,
+                              lifecycle=None, deadletter=None)  # fmt: skip
+    queue.jobs = [job for job in queue.jobs if job.key == "b"]  # b still queued when revoked
+    for job in queue.jobs:
+        job.record = (b"k", b)
+    asyncio.run(executor.hand_back({TP}))
+    queue.jobs = []
+    taking(executor, (11, b))  # the copy handed back, taken by the same run
+    assert [(job.key, job.attempt) for job in queue.jobs] == [("b", 1)]

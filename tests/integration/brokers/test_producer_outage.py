@@ -46,7 +46,8 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
     producer's request timeout. Once the node is back, every webhook accepted before, during
     (those of its partitions: 503) and after the outage ends published: what was lost is
     re-issued by its deadline, into the same partitions, and no call is made for an attempt
-    twice (a ledger batch decided again sends only what Kafka did not take of it)."""
+    twice (a ledger batch decided again sends only what Kafka did not take of it, and a
+    command Kafka took all the same, then holds twice, is called once)."""
     # one replica (the setting's default): the node stopped leaves its partitions no leader
     system = System(
         cluster,
