@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from models.events import LifecycleEvent
+from models.events import LifecycleEvent, RedriveRequested
 from streams.codecs import decode
 from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
@@ -166,6 +166,32 @@ def test_a_transition_the_ledger_emitted_twice_is_projected_once(store: Projecti
     states = [t.state for t in store.transitions("r1")]
     assert states.count("generating") == 1
     assert store.request("r1").state == "published"
+
+
+def test_an_earlier_step_read_after_the_request_ended_leaves_it_ended(store: ProjectionStore):
+    """The ledger's batch decided again after Kafka gave up on an output sends it after the
+    outputs Kafka took of the same batch's later records: a request's TextGenerated and
+    PublicationStarted can follow its CompletionPublished in the topic. The request stayed
+    ``publishing`` (not terminal: every wait for it timed out); it is ``published``, the
+    transitions all kept. A redrive's first event leaves the terminal state, and moves on."""
+    log = Log()
+    log.full("r1", at_ms=T0_MS, latency_ms=700)
+    received, admitted, started, generated, publishing, published = log.records
+    order = [received, admitted, started, published, generated, publishing]
+    assert store.apply([Sourced(TOPIC, 9, o, r.event) for o, r in enumerate(order)]) == 6
+    row = store.request("r1")
+    assert row is not None and (row.state, row.terminal) == ("published", True)
+    assert row.generated_at_ms == row.publishing_at_ms == T0_MS + 700
+    assert row.terminal_at_ms == T0_MS + 900 and row.generation_latency_ms == 700
+    assert len(store.transitions("r1")) == 6
+
+    failed = log.received("r2", email="bob@example.com", at_ms=T0_MS)
+    log.failed(failed, at_ms=T0_MS + 100)  # a refused key: generation_failed, parked
+    log.send(RedriveRequested(request_id="r2", person=failed.person, at_ms=T0_MS + 5000,
+                              stage="generating", attempt=1))  # fmt: skip
+    assert store.apply(log.records[6:]) == 6  # 4, then admitted and started again
+    row = store.request("r2")
+    assert row is not None and (row.state, row.terminal, row.attempts) == ("generating", False, 2)
 
 
 def test_the_projector_resumes_past_what_it_applied_or_read_to(store: ProjectionStore):
