@@ -405,12 +405,14 @@ class Called:
     """The commands an executor took lately (its ``size`` last), by request and attempt, with
     where it took each: a command Kafka holds twice is called once. The ledger sends an output
     again when Kafka gave up on it (``streams.agents.ledger.Ledger._undecided``), but Kafka may
-    have written it all the same: a record sent to a node that stopped before its answer came
-    back, then retried until no leader was left for it, and given up on. Both copies go to the
-    same partition (a command's key is its target), the second soon after the partition has a
-    leader again (when the ledger's batch is decided again), where the executor reads them: the
-    copy is close behind the first, far within ``size`` commands. A command handed back to the
-    topic (a rebalance, a stop) is forgotten: whoever takes it back calls it."""
+    have written it all the same: a node that stops leading the partition between writing a
+    record and acknowledging it answers NotLeaderForPartition (a controlled shutdown, on a
+    loaded host), and the producer retries it until no leader is left for it and gives up.
+    Both copies go to the same partition (a command's key is its target), the second soon
+    after the partition has a leader again (when the ledger's batch is decided again), where
+    the executor reads them: the copy is close behind the first, far within ``size``
+    commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
+    takes it back calls it."""
 
     def __init__(self, size: int) -> None:
         self._size = size

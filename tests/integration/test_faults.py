@@ -193,12 +193,13 @@ def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make
 
 def test_a_command_kafka_holds_twice_is_called_once(make_system) -> None:
     """The ledger sends a command again when Kafka gave up on it (its batch decided again,
-    ``Ledger._undecided``), yet Kafka may have written it: a record sent to a node that
-    stopped before its answer came back, retried until no leader was left for it, and given
-    up on (test_producer_outage.py, about one run in five on a loaded host). The topic then
-    holds the command twice, and the publisher called Talkable twice for one attempt. Here the
-    copy is written by hand behind the command it repeats, and the same site's next command
-    behind it: it is published, and each event number was sent once."""
+    ``Ledger._undecided``), yet Kafka may have written it: a node that stopped leading the
+    partition between writing the record and acknowledging it answered NotLeaderForPartition,
+    and the producer retried it until no leader was left for it, then gave up on it
+    (test_producer_outage.py, about one run in five on a loaded host). The topic then holds
+    the command twice, and the publisher called Talkable twice for one attempt. Here the copy
+    is written by hand behind the command it repeats, and the same site's next command behind
+    it: it is published, and each event number was sent once."""
     system = make_system()
     first, second = (
         system.post(seed_params(f"copied{i}@example.com"))[1]["request_id"] for i in (1, 2)

@@ -508,7 +508,8 @@ def taking(executor: Executor, *values: tuple[int, bytes]) -> None:
 
 def test_a_command_kafka_holds_twice_is_called_once() -> None:
     """The ledger sends a command again when Kafka gave up on it, and Kafka may have written
-    it all the same (sent to a node that stopped before it answered, then retried until no
+    it all the same (a node that stopped leading the partition between writing it and
+    acknowledging it answered NotLeaderForPartition, and the producer retried it until no
     leader was left for it): the topic holds it twice, the copy a little further on. The
     executor called both (Talkable got two calls for one attempt, OpenAI billed twice); now
     the copy is not called, nor left to tell lost. A later attempt of the same request is a
