@@ -653,6 +653,21 @@ def test_statistics_are_gathered_on_demand_and_left_to_postgresql_otherwise(
 DAY_MS = 86_400_000
 
 
+def _same_again_and_rebuilt(store: ProjectionStore, log: Log, live: object) -> None:
+    """The same log applied again, in batches of any size, adds nothing; a rebuild into the
+    emptied store, in batches (ids it wrote looked up, no others), gives the same tables."""
+    for size in (1, 3, 7):
+        for at in range(0, len(log.records), size):
+            assert store.apply(log.records[at : at + size]) == 0
+    assert snapshot(store) == live
+    for size in (1, 4, len(log.records)):
+        store.reset()
+        rebuilt: set[str] = set()
+        for at in range(0, len(log.records), size):
+            store.apply(log.records[at : at + size], rebuilt)
+        assert snapshot(store) == live, size
+
+
 def _taken_again() -> Log:
     """A published request; a month later, the person forgotten by the ledger (nothing heard
     for 30 days), the same params again: decided as never heard of, named by the same id, and
@@ -713,19 +728,7 @@ def test_a_request_of_an_id_the_ledger_took_again_is_a_row_of_its_own(database_u
             ("generation_failed", 1),
         ]
 
-        # the same log again, in batches of any size: nothing new
-        for size in (1, 3, 7):
-            for at in range(0, len(log.records), size):
-                assert store.apply(log.records[at : at + size]) == 0
-        assert snapshot(store) == live
-
-        # a rebuild into the emptied store, in batches (ids it wrote looked up, no others)
-        for size in (1, 4, len(log.records)):
-            store.reset()
-            rebuilt: set[str] = set()
-            for at in range(0, len(log.records), size):
-                store.apply(log.records[at : at + size], rebuilt)
-            assert snapshot(store) == live, size
+        _same_again_and_rebuilt(store, log, live)
     finally:
         store.close()
 
@@ -783,15 +786,6 @@ def test_a_request_of_an_id_whose_earlier_ones_end_never_reached_the_projection_
         assert len(store.transitions("read-late", 0)) == 6
         live = snapshot(store)
 
-        for size in (1, 3, 7):  # the same log again, in batches of any size: nothing new
-            for at in range(0, len(log.records), size):
-                assert store.apply(log.records[at : at + size]) == 0
-        assert snapshot(store) == live
-        for size in (1, 4, len(log.records)):  # a rebuild, in batches
-            store.reset()
-            rebuilt: set[str] = set()
-            for at in range(0, len(log.records), size):
-                store.apply(log.records[at : at + size], rebuilt)
-            assert snapshot(store) == live, size
+        _same_again_and_rebuilt(store, log, live)
     finally:
         store.close()
