@@ -180,6 +180,7 @@ class PersonSummary:
     window_start: int | None  # epoch seconds, the latest window the ledger reported
     window_count: int | None
     window_request_id: str | None  # the request that reported it
+    window_received_ms: int | None  # and its event time: which request of that id
     latest_request_id: str | None
 
 
@@ -431,7 +432,12 @@ class ConsoleQueries:
                 ).where(RequestRow.person == person)
             ).one()
             windowed = session.execute(
-                select(RequestRow.window_start, RequestRow.window_count, RequestRow.request_id)
+                select(
+                    RequestRow.window_start,
+                    RequestRow.window_count,
+                    RequestRow.request_id,
+                    RequestRow.received_at_ms,
+                )
                 .where(RequestRow.person == person, RequestRow.window_start.is_not(None))
                 .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
                 .limit(1)
@@ -450,6 +456,7 @@ class ConsoleQueries:
             window_start=windowed[0] if windowed else None,
             window_count=windowed[1] if windowed else None,
             window_request_id=windowed[2] if windowed else None,
+            window_received_ms=windowed[3] if windowed else None,
             latest_request_id=latest,
         )
 

@@ -369,8 +369,13 @@ async def person_page(request: web.Request) -> web.Response:
     if not summary.by_state:
         return render(request, "missing.html", {"what": "person", "name": key}, 404)
     limit, error = None, None
-    if summary.window_request_id is not None:
-        windowed = await run_query(s.queries.timeline, summary.window_request_id)
+    if summary.window_request_id is not None:  # that request, not a later one of its id
+        windowed = await run_query(
+            s.queries.timeline,
+            summary.window_request_id,
+            at_ms=summary.window_received_ms,
+            occurrences=schema.has(request.get(REVISION), "0008"),
+        )
         if windowed is not None:
             content, error = await _content(s, windowed.request, windowed.arrived_ms, [])
             limit = content.usage_limit if content is not None else None

@@ -64,6 +64,7 @@ class FakeLog:
     redrives: list[tuple[Selection, bool]] = field(default_factory=list)
     down: bool = False  # Kafka out of reach
     unread: int = 0  # older letters than the console reads
+    contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -77,6 +78,7 @@ class FakeLog:
         self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
     ) -> Content:
         self._reachable()
+        self.contents.append((request_id, arrived_ms))
         return Content(
             received=True,
             messages=[("user", f"A verse for {SCRIPT}")],
@@ -856,6 +858,28 @@ async def test_each_request_of_an_id_the_ledger_took_again_has_its_own_page(
     assert f'<a href="/request?id=same-id&amp;at={T0_MS + month_ms}">2</a>' in first
     # a request page of an id of one request names no other
     assert 'id="same-id"' not in await signed_in.page("/request?id=pub-1")
+
+
+async def test_a_persons_limit_is_that_of_the_request_that_reported_the_window(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """The usage limit the person page shows is read from the webhook of the request whose
+    window it shows; a later request of the same id (the ledger took the same params again a
+    month on), received and not admitted yet, is another webhook: not the one read."""
+    month_ms = 32 * 86_400_000
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    log.full("same-id", site="again", at_ms=T0_MS, limit=3)
+    log.received("same-id", site="again", at_ms=T0_MS + month_ms, delivery="d2", limit=3)
+    later = [r.event.type for r in log.records].index("RequestReceived", 1)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records[: later + 1])  # the later one received, not admitted yet
+    store.close()
+
+    signed_in.log.contents.clear()
+    body = await signed_in.page("/person?site=again&email=ada@example.com")
+    assert re.search(r'<span class="big">1 of 3</span>', body)
+    assert signed_in.log.contents == [("same-id", T0_MS)]  # not T0_MS + month_ms
 
 
 DAY_MS = 86_400_000
