@@ -37,6 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from streams.agents.called import CALLED_REMEMBERED, Called
 from streams.agents.lost import LostWork
 from streams.agents.marks import Mark, Ranges, Running, Unreported
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
@@ -56,9 +57,6 @@ from streams.upstream.scheduler import Job, Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
-# how many of the commands it took last an executor knows by request and attempt (``Called``):
-# a copy of one further on in the topic is not called again
-CALLED_REMEMBERED = 20_000
 
 
 @dataclass(frozen=True)
@@ -399,40 +397,6 @@ class Executor:
             _unsent(exc, "%s could not report request_id=%s", self.config.name, command.request_id)
             return  # still unreported: a restart tells the ledger it was lost
         self._unreported.reported(command.request_id, command.attempt)
-
-
-class Called:
-    """The commands an executor took lately (its ``size`` last), by request and attempt, with
-    where it took each: a command Kafka holds twice is called once. The ledger sends an output
-    again when Kafka gave up on it (``streams.agents.ledger.Ledger._undecided``), but Kafka may
-    have written it all the same: a node that stops leading the partition between writing a
-    record and acknowledging it answers NotLeaderForPartition (a controlled shutdown, on a
-    loaded host), and the producer retries it until no leader is left for it and gives up.
-    Both copies go to the same partition (a command's key is its target), the second soon
-    after the partition has a leader again (when the ledger's batch is decided again), where
-    the executor reads them: the copy is close behind the first, far within ``size``
-    commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
-    takes it back calls it."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._taken: dict[tuple[str, int], tuple[TopicPartition, int]] = {}
-
-    def took(
-        self, request_id: str, attempt: int, where: tuple[TopicPartition, int]
-    ) -> tuple[TopicPartition, int] | None:
-        """Where the same command was taken before (this one is a copy), or None: the first."""
-        identity = (request_id, attempt)
-        first = self._taken.get(identity)
-        if first is not None and first != where:
-            return first
-        self._taken[identity] = where
-        if len(self._taken) > self._size:
-            del self._taken[next(iter(self._taken))]
-        return None
-
-    def forget(self, request_id: str, attempt: int) -> None:
-        self._taken.pop((request_id, attempt), None)
 
 
 def _unsent(exc: Exception, message: str, *args: Any) -> None:
