@@ -40,12 +40,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from streams.agents.called import CALLED_REMEMBERED, Called
 from streams.agents.lost import LostWork
 from streams.agents.marks import Mark, Ranges, Running, Unreported
-from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
+from streams.agents.results import Results, log_unsent
 from streams.agents.work import Work
-from streams.codecs import encode
-from streams.errors import UpstreamError
 from streams.kafka_options import (
-    GivenUp,
     committed_with_metadata,
     consumer_lag,
     group_consumer,
@@ -110,6 +107,7 @@ class Executor:
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
         self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
+        self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
 
     @property
     def stopping(self) -> bool:
@@ -208,13 +206,13 @@ class Executor:
             try:
                 deliveries.append((job, await topic.send(key=key, value=value)))
             except Exception as exc:
-                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
+                log_unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
                 unsent.append(job)
         for job, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:
-                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
+                log_unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
                 unsent.append(job)
                 continue
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
@@ -369,43 +367,8 @@ class Executor:
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        result = self._work.result(command, outcome, self._clock.now_ms())
-        value = encode(result)
-        try:
-            try:
-                await (await self._topics.requests.send(key=command.person.encode(), value=value))
-            except REFUSED as exc:
-                if outcome.error is not None:
-                    raise  # (a failure's message is cut short: it cannot be what is too large)
-                # a result Kafka will never take (a text of megabytes): sent again at every
-                # re-issue, each call billed, until the attempts ran out ("DeadlineExpired").
-                # The attempt fails instead, with the reason, and is not called again.
-                why = refusal("the result", len(value), self._topics.requests.get_topic_name(), exc)
-                log.warning(
-                    "%s: request_id=%s attempt=%s: %s",
-                    self.config.name, command.request_id, command.attempt, why,
-                )  # fmt: skip
-                error = UpstreamError(why, reason=RECORD_TOO_LARGE)
-                failed: Outcome[Any] = Outcome(None, error, outcome.waited_s, outcome.tries)
-                result = self._work.result(command, failed, self._clock.now_ms())
-                await (
-                    await self._topics.requests.send(
-                        key=command.person.encode(), value=encode(result)
-                    )
-                )
-        except Exception as exc:  # the ledger's deadline re-issues what is lost here
-            _unsent(exc, "%s could not report request_id=%s", self.config.name, command.request_id)
-            return  # still unreported: a restart tells the ledger it was lost
-        self._unreported.reported(command.request_id, command.attempt)
-
-
-def _unsent(exc: Exception, message: str, *args: Any) -> None:
-    """A record Kafka did not take: an ERROR with its traceback, but for one a stopping worker
-    gave up on (``GivenUp``), which the stop's WARNING counted: a DEBUG line."""
-    if isinstance(exc, GivenUp):
-        log.debug(message + " (the stop gave up on Kafka)", *args)
-    else:
-        log.error(message, *args, exc_info=exc)
+        if await self._results.send(command, outcome):
+            self._unreported.reported(command.request_id, command.attempt)
 
 
 class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
