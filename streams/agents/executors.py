@@ -38,8 +38,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.agents.called import CALLED_REMEMBERED, Called
+from streams.agents.commits import Commits
 from streams.agents.lost import LostWork
-from streams.agents.marks import Mark, Ranges, Running, Unreported
+from streams.agents.marks import Mark, Unreported
 from streams.agents.results import Results, log_unsent
 from streams.agents.work import Work
 from streams.kafka_options import (
@@ -88,11 +89,9 @@ class Executor:
         self._dead_letters = dead_letters
         self._clock = clock
         self.consumer: AIOKafkaConsumer | None = None
-        self.taken: dict[TopicPartition, int] = {}  # next offset per partition
         self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
-        self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
         self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
             name=config.name,
             instance=config.instance,
@@ -104,6 +103,12 @@ class Executor:
             topics=topics,
             clock=clock,
         )
+        self.commits = Commits(  # how far it took each partition, and what it did not report
+            instance=config.instance,
+            run_id=self.run_id,
+            unreported=self._unreported,
+            lost=self.lost,
+        )
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
         self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
@@ -114,6 +119,11 @@ class Executor:
         """Told to stop: it takes nothing more (``/readyz`` says so, not its closed consumer's
         missing connections)."""
         return self._stopping
+
+    @property
+    def taken(self) -> dict[TopicPartition, int]:
+        """The next offset of each partition this run holds (what its commits carry)."""
+        return self.commits.taken
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
@@ -151,11 +161,11 @@ class Executor:
     ) -> None:
         offsets = await self.lost.past_lost(batch)
         offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-        marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
+        marks = self.commits.marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
             return
         try:  # taken, before any work: at most one call per delivery
-            await self._commit(marks)
+            await self.commits.commit(self.consumer, marks)
         except Exception as exc:  # a rebalance took them: their new owner runs them
             log.warning("%s could not commit a batch (%s); left to its new owner",
                         self.config.name, type(exc).__name__)  # fmt: skip
@@ -187,7 +197,7 @@ class Executor:
             for command in told:
                 self._unreported.reported(command.request_id, command.attempt)
             with contextlib.suppress(Exception):
-                await self._commit(self._marks({}, {}))
+                await self.commits.commit(self.consumer, self.commits.marks({}, {}))
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
@@ -263,23 +273,23 @@ class Executor:
         # A partition with a command that could not be handed back keeps its last mark, which
         # lists it as taken and not reported: the next owner tells the ledger it was lost
         with contextlib.suppress(Exception):
-            await self._commit(
+            await self.commits.commit(
+                self.consumer,
                 {
                     tp: (
                         self.taken[tp],
-                        self._mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
+                        self.commits.mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
                     )
                     for tp in revoked
                     if tp in self.taken and tp not in self.lost.reading and tp not in unsent
-                }
+                },
             )
         # the calls still running here stay listed: a rebalance revokes every partition and
         # may give this worker some of them back (``recover``), whose marks must then list
         # those calls again, or a crash before they end would lose them to their deadline
         for tp in revoked:
-            self._marked.pop(tp, None)
+            self.commits.forget(tp)
             self.lost.forget(tp)
-            self.taken.pop(tp, None)
 
     async def recover(self, assigned: set[TopicPartition]) -> None:
         """Partitions whose last commit is another run's, this instance's (a restart, with no
@@ -322,47 +332,13 @@ class Executor:
         if not self._unreported.partitions() & {tp}:
             return
         self.taken[tp] = offset
-        mark = self._mark(
+        mark = self.commits.mark(
             self._unreported.oldest(tp, offset),
             self._unreported.ranges(tp),
             self.lost.elsewhere.of(tp),
         )
         with contextlib.suppress(Exception):  # the next batch's commit marks them
-            await self._commit({tp: (offset, mark)})
-
-    def _mark(
-        self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
-    ) -> Mark:
-        return Mark(self.config.instance, self.run_id, oldest, unreported, running).fitting()
-
-    def _marks(
-        self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, Mark]]:
-        """What to commit: the new offsets (a batch taken from ``first`` to each), and the
-        partitions whose unreported offsets changed since their last commit, each with its
-        mark."""
-        marks = {}
-        for tp in {*offsets, *self.taken}:
-            if tp in self.lost.reading:
-                continue
-            at = offsets.get(tp, self.taken.get(tp, 0))
-            taking = range(first.get(tp, at), at)
-            mark = self._mark(
-                self._unreported.oldest(tp, taking.start),
-                self._unreported.ranges(tp, taking),
-                self.lost.elsewhere.of(tp),
-            )
-            if tp in offsets or self._marked.get(tp) != mark:
-                marks[tp] = (at, mark)
-        return marks
-
-    async def _commit(self, marks: dict[TopicPartition, tuple[int, Mark]]) -> None:
-        """Commits each partition's offset with its mark (what is not reported)."""
-        if marks and self.consumer is not None:
-            await self.consumer.commit(
-                {tp: (at, mark.encode()) for tp, (at, mark) in marks.items()}
-            )
-            self._marked.update({tp: mark for tp, (_, mark) in marks.items()})
+            await self.commits.commit(self.consumer, {tp: (offset, mark)})
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
