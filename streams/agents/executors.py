@@ -6,14 +6,16 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
 starts**: a command is called at most once per delivery, even across a crash, and a copy of
-one it took lately (the topic holding a command twice: :class:`Called`) is not called. Each
-commit also notes (its mark, ``streams.agents.marks``) which run of this instance took the
-records and which of them are not reported yet (the oldest, and each of them while they are
-few). A command then waits in its target's queue (``streams.upstream.scheduler``): an OpenAI
-key, a Talkable site. The topics are keyed by target, so all of a target's calls meet in one
-scheduler, whichever worker runs it; when a rebalance moves a partition away, the commands of
-it that are still queued are handed back to the topic for the new owner (calls already running
-finish here, and the hand-over's mark lists them).
+one it took lately (the topic holding a command twice: ``streams.agents.called``) is not
+called. Each commit also notes (its mark, ``streams.agents.commits`` and
+``streams.agents.marks``) which run of this instance took the records and which of them are
+not reported yet (the oldest, and each of them while they are few). A command then waits in
+its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its
+call's result goes to [requests] (``streams.agents.results``). The topics are keyed by target,
+so all of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance
+moves a partition away, the commands of it that are still queued are handed back to the topic
+for the new owner (calls already running finish here, and the hand-over's mark lists them:
+``streams.agents.handover``).
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -35,22 +37,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.agents.called import CALLED_REMEMBERED, Called
 from streams.agents.commits import Commits
+from streams.agents.handover import HandOver, OnRebalance
 from streams.agents.lost import LostWork
-from streams.agents.marks import Mark, Unreported
-from streams.agents.results import Results, log_unsent
+from streams.agents.marks import Unreported
+from streams.agents.results import Results
 from streams.agents.work import Work
-from streams.kafka_options import (
-    committed_with_metadata,
-    consumer_lag,
-    group_consumer,
-)
+from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
-from streams.upstream.scheduler import Job, Outcome, Scheduler
+from streams.upstream.scheduler import Outcome, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +84,13 @@ class Executor:
         self.config = config
         self.scheduler = scheduler
         self._work = work
-        self._topics = topics
         self._dead_letters = dead_letters
         self._clock = clock
         self.consumer: AIOKafkaConsumer | None = None
         self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
+        self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
         self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
             name=config.name,
             instance=config.instance,
@@ -109,9 +108,18 @@ class Executor:
             unreported=self._unreported,
             lost=self.lost,
         )
+        self.handover = HandOver(  # its side of its group's rebalances
+            name=config.name,
+            run_id=self.run_id,
+            scheduler=scheduler,
+            topics=topics,
+            called=self._called,
+            unreported=self._unreported,
+            lost=self.lost,
+            commits=self.commits,
+        )
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
-        self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
         self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
 
     @property
@@ -136,7 +144,7 @@ class Executor:
             self.config.instance,
             max_poll_records=FETCH_RECORDS,
         )
-        consumer.subscribe([self.config.topic], listener=_HandBack(self))
+        consumer.subscribe([self.config.topic], listener=OnRebalance(self.handover, consumer))
         dispatcher: asyncio.Task[None] | None = None
         try:
             await consumer.start()  # (stopped too when a stop cancels it here)
@@ -187,7 +195,7 @@ class Executor:
                 return
             cut = await self.scheduler.drain(drain_s)
             queued = self.scheduler.take_back(set(self.taken))
-            sent = len(queued) - len(await self._send_back(queued))
+            sent = len(queued) - len(await self.handover.send_back(queued))
             try:
                 told = await self.lost.tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
@@ -201,32 +209,6 @@ class Executor:
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
-
-    async def _send_back(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
-        """Queued commands back to their topic, in order, acknowledged; each sent is no longer
-        this run's to report (one that could not be sent stays unreported: told lost).
-        Returns those that could not be sent."""
-        topic = (
-            self._topics.generate if self.config.name == "generator" else (self._topics.completions)
-        )
-        deliveries, unsent = [], []
-        for job in jobs:
-            self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
-            key, value = job.record
-            try:
-                deliveries.append((job, await topic.send(key=key, value=value)))
-            except Exception as exc:
-                log_unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
-                unsent.append(job)
-        for job, delivery in deliveries:
-            try:
-                await delivery
-            except Exception as exc:
-                log_unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
-                unsent.append(job)
-                continue
-            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-        return unsent
 
     async def _take(self, tp: TopicPartition, record: Any) -> None:
         command = await self._dead_letters.decoded(
@@ -258,104 +240,11 @@ class Executor:
         job.record = (record.key, record.value)
         self.scheduler.submit(self._work.target(command), job)
 
-    async def hand_back(self, revoked: set[TopicPartition]) -> None:
-        """Commands of partitions this worker lost that it took but did not start go back to
-        their topic, in order, for the new owner (they were committed as taken, so it would
-        not see them otherwise). Calls already running finish here and report."""
-        jobs = self.scheduler.take_back(set(revoked))
-        unsent = {job.origin for job in await self._send_back(jobs)}
-        if jobs:
-            log.info("%s handed back %s queued commands of revoked partitions",
-                     self.config.name, len(jobs))  # fmt: skip
-        # what the partitions' next owner finds: nothing of this run's to call lost now, and
-        # the calls still running here, with this run, as running elsewhere (they report; if
-        # this run leaves the group first, a crash, the owner tells the ledger they were lost).
-        # A partition with a command that could not be handed back keeps its last mark, which
-        # lists it as taken and not reported: the next owner tells the ledger it was lost
-        with contextlib.suppress(Exception):
-            await self.commits.commit(
-                self.consumer,
-                {
-                    tp: (
-                        self.taken[tp],
-                        self.commits.mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
-                    )
-                    for tp in revoked
-                    if tp in self.taken and tp not in self.lost.reading and tp not in unsent
-                },
-            )
-        # the calls still running here stay listed: a rebalance revokes every partition and
-        # may give this worker some of them back (``recover``), whose marks must then list
-        # those calls again, or a crash before they end would lose them to their deadline
-        for tp in revoked:
-            self.commits.forget(tp)
-            self.lost.forget(tp)
-
-    async def recover(self, assigned: set[TopicPartition]) -> None:
-        """Partitions whose last commit is another run's, this instance's (a restart, with no
-        rebalance) or another worker's (one that died: a run that hands a partition over
-        commits that it left nothing unreported): what that run took and did not report is
-        read again, from its oldest unreported offset, and each such attempt is told to the
-        ledger as lost: this is how lost work is re-issued before its deadline (a rebalance
-        grace in the ledger, off by default, would not do either: the executors' groups
-        rebalance apart from the ledger's, which sees none when the dead worker is back
-        within its session timeout after its executors' partitions moved). The calls a mark
-        lists as running elsewhere (a hand-over's) are carried on in this run's marks and
-        told lost once their run has left the group (``LostWork.check_elsewhere``)."""
-        self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
-        if self.consumer is None or not assigned:
-            return
-        try:
-            committed = await committed_with_metadata(self.consumer, assigned)
-        except Exception as exc:  # the deadlines re-issue whatever was lost
-            log.warning("%s could not read its partitions' marks (%s)",
-                        self.config.name, type(exc).__name__)  # fmt: skip
-            return
-        for tp, (offset, metadata) in committed.items():
-            mark = Mark.parse(metadata)
-            if mark is None:
-                continue
-            # calls other runs went on with after giving the partition up
-            if self.lost.watch(tp, mark):
-                self.taken.setdefault(tp, offset)  # its next commit carries them
-            if mark.run == self.run_id or mark.oldest >= offset:
-                await self._mark_running(tp, offset)
-                continue
-            if mark.oldest < offset:
-                self.lost.read_again(self.consumer, tp, offset, mark)
-
-    async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
-        """A partition given back to this run by a rebalance: the calls of it still running
-        here (its hand-over's mark listed them as running elsewhere) are marked again at once
-        as this run's, so a crash before they end has its next run, or the partition's next
-        owner, tell the ledger they were lost, not their deadline."""
-        if not self._unreported.partitions() & {tp}:
-            return
-        self.taken[tp] = offset
-        mark = self.commits.mark(
-            self._unreported.oldest(tp, offset),
-            self._unreported.ranges(tp),
-            self.lost.elsewhere.of(tp),
-        )
-        with contextlib.suppress(Exception):  # the next batch's commit marks them
-            await self.commits.commit(self.consumer, {tp: (offset, mark)})
-
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         if await self._results.send(command, outcome):
             self._unreported.reported(command.request_id, command.attempt)
-
-
-class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._executor.hand_back(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._executor.recover(assigned)
 
 
 def register(

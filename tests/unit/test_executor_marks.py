@@ -136,12 +136,22 @@ class Requests:
         return done
 
 
-def generator(requests: Requests, *, watch_ms: int | None = None, clock: Any = None) -> Executor:
-    topics = Topics(requests=requests, generate=None, completions=None, lifecycle=None,
+def generator(
+    requests: Requests,
+    *,
+    watch_ms: int | None = None,
+    clock: Any = None,
+    generate: Any = None,
+    scheduler: Any = None,
+    dead_letters: Any = None,
+) -> Executor:
+    """A generator executor sending its results to ``requests`` and what it hands back to
+    ``generate``, its commands queued in ``scheduler``."""
+    topics = Topics(requests=requests, generate=generate, completions=None, lifecycle=None,
                     deadletter=None)  # fmt: skip
     config = ExecutorConfig("generator", "generate", "g", "worker-generator", {}, watch_ms)
     work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
-    return Executor(config, None, work, topics=topics, dead_letters=None,  # type: ignore[arg-type]
+    return Executor(config, scheduler, work, topics=topics, dead_letters=dead_letters,
                     clock=clock or SystemClock())  # fmt: skip
 
 
@@ -229,8 +239,8 @@ def test_a_commit_marks_what_is_unreported_and_only_when_it_changed() -> None:
 
 
 class Marked:
-    """An executor's consumer as ``recover`` uses it: the marks its group committed last, and
-    where it was told to read from."""
+    """An executor's consumer as ``HandOver.recover`` uses it: the marks its group committed
+    last, and where it was told to read from."""
 
     def __init__(self, committed: dict[TopicPartition, tuple[int, Mark]]) -> None:
         self._coordinator = self
@@ -264,7 +274,7 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
     }
     consumer = Marked(committed)
     executor.consumer = consumer  # type: ignore[assignment]
-    asyncio.run(executor.recover(set(committed)))
+    asyncio.run(executor.handover.recover(executor.consumer, set(committed)))
     assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
     assert executor.lost.reading == {TP: committed[TP], OTHER: committed[OTHER]}
 
@@ -304,12 +314,11 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mar
     it (taken, not reported), and the new owner tells the ledger it was lost at once, rather
     than leave it to its deadline (a rebalance no longer shortens that)."""
     generate = Generate_(refused={b"k-lost"})
-    executor = generator(Requests())
-    executor._topics = Topics(requests=None, generate=generate, completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
+    jobs: list[Any] = []
+    queue = SimpleNamespace(take_back=lambda origins: jobs)
+    executor = generator(Requests(), generate=generate, scheduler=queue)
     consumer = Committing()
     executor.consumer = consumer  # type: ignore[assignment]
-    jobs = []
     for tp, offset, name in ((TP, 3, "back"), (OTHER, 7, "lost")):
         executor.taken[tp] = offset + 1
         executor._unreported.took(tp, offset, name, 1)
@@ -317,8 +326,7 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mar
         jobs.append(
             SimpleNamespace(key=name, attempt=1, origin=tp, record=(f"k-{name}".encode(), b"v"))
         )
-    executor.scheduler = SimpleNamespace(take_back=lambda origins: jobs)  # type: ignore[assignment]
-    asyncio.run(executor.hand_back({TP, OTHER}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP, OTHER}))
     assert generate.sent == [b"k-back"]
     assert consumer.commits == [{TP: (4, executor.commits.mark(4, ()).encode())}]  # OTHER's stays
 
@@ -373,7 +381,7 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     )
     committed = {TP: (7, Mark("worker-a-generator", "deadbeef0000", 7, (), (handed,)))}
     executor.consumer = Marked(committed)  # type: ignore[assignment]
-    asyncio.run(executor.recover({TP}))
+    asyncio.run(executor.handover.recover(executor.consumer, {TP}))
     assert executor.lost.reading == {} and executor.taken == {TP: 7}
     marks = executor.commits.marks({}, {})
     assert marks == {TP: (7, executor.commits.mark(7, (), (handed,)))}, "carried in its own marks"
@@ -401,9 +409,8 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
 
 def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     generate = Generate_(refused=set())
-    executor = generator(Requests())
-    executor._topics = Topics(requests=None, generate=generate, completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
+    queue = SimpleNamespace(take_back=lambda origins: [])
+    executor = generator(Requests(), generate=generate, scheduler=queue)
     consumer = Committing()
     consumer._coordinator = SimpleNamespace(member_id="worker-generator-7")  # type: ignore[attr-defined]
     executor.consumer = consumer  # type: ignore[assignment]
@@ -414,8 +421,7 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     executor.taken[TP] = 9
     for offset in (6, 7):
         executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
-    executor.scheduler = SimpleNamespace(take_back=lambda origins: [])  # type: ignore[assignment]
-    asyncio.run(executor.hand_back({TP}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
     [handed] = [Mark.parse(metadata) for _, metadata in consumer.commits[0].values()]
     assert handed is not None
     mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
@@ -437,7 +443,7 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     marked.commit = consumer.commit  # type: ignore[attr-defined]
     executor.consumer = marked  # type: ignore[assignment]
     executor._unreported.took(TP, 2, "a", 1)  # still running here
-    asyncio.run(executor.recover({TP, OTHER}))
+    asyncio.run(executor.handover.recover(executor.consumer, {TP, OTHER}))
     assert executor.lost.elsewhere.of(TP) == () and executor.lost.elsewhere.of(OTHER) == (mine,)
     assert consumer.commits == [{TP: (5, executor.commits.mark(2, ((2, 3),)).encode())}]
 
@@ -518,10 +524,9 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     the copy is not called, nor left to tell lost. A later attempt of the same request is a
     command of its own, and a copy taken once its first was handed back (a rebalance gave the
     partition back to the same run) is the one to call."""
-    executor = generator(Requests())
     queue = Queue()
-    executor.scheduler = queue  # type: ignore[assignment]
-    executor._dead_letters = Decoding()  # type: ignore[assignment]
+    generate = Generate_(refused=set())
+    executor = generator(Requests(), generate=generate, scheduler=queue, dead_letters=Decoding())
     executor.consumer = Committing()  # type: ignore[assignment]
     a, b = keyed("a"), keyed("b")
     taking(executor, (5, a), (6, b))
@@ -532,12 +537,10 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     taking(executor, (10, keyed("a", attempt=2)))  # its re-issue
     assert [(job.key, job.attempt) for job in queue.jobs][-1] == ("a", 2)
 
-    executor._topics = Topics(requests=None, generate=Generate_(refused=set()), completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
     queue.jobs = [job for job in queue.jobs if job.key == "b"]  # b still queued when revoked
     for job in queue.jobs:
         job.record = (b"k", b)
-    asyncio.run(executor.hand_back({TP}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
     queue.jobs = []
     taking(executor, (11, b))  # the copy handed back, taken by the same run
     assert [(job.key, job.attempt) for job in queue.jobs] == [("b", 1)]
