@@ -6,14 +6,16 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
 starts**: a command is called at most once per delivery, even across a crash, and a copy of
-one it took lately (the topic holding a command twice: :class:`Called`) is not called. Each
-commit also notes (its mark, ``streams.agents.marks``) which run of this instance took the
-records and which of them are not reported yet (the oldest, and each of them while they are
-few). A command then waits in its target's queue (``streams.upstream.scheduler``): an OpenAI
-key, a Talkable site. The topics are keyed by target, so all of a target's calls meet in one
-scheduler, whichever worker runs it; when a rebalance moves a partition away, the commands of
-it that are still queued are handed back to the topic for the new owner (calls already running
-finish here, and the hand-over's mark lists them).
+one it took lately (the topic holding a command twice: ``streams.agents.called``) is not
+called. Each commit also notes (its mark, ``streams.agents.commits`` and
+``streams.agents.marks``) which run of this instance took the records and which of them are
+not reported yet (the oldest, and each of them while they are few). A command then waits in
+its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its
+call's result goes to [requests] (``streams.agents.results``). The topics are keyed by target,
+so all of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance
+moves a partition away, the commands of it that are still queued are handed back to the topic
+for the new owner (calls already running finish here, and the hand-over's mark lists them:
+``streams.agents.handover``).
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -35,30 +37,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.agents.called import CALLED_REMEMBERED, Called
+from streams.agents.commits import Commits
+from streams.agents.handover import HandOver, OnRebalance
 from streams.agents.lost import LostWork
-from streams.agents.marks import Mark, Ranges, Running, Unreported
-from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
+from streams.agents.marks import Unreported
+from streams.agents.results import Results
 from streams.agents.work import Work
-from streams.codecs import encode
-from streams.errors import UpstreamError
-from streams.kafka_options import (
-    GivenUp,
-    committed_with_metadata,
-    consumer_lag,
-    group_consumer,
-)
+from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Topics
-from streams.upstream.scheduler import Job, Outcome, Scheduler
+from streams.upstream.scheduler import Outcome, Scheduler
 
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
-# how many of the commands it took last an executor knows by request and attempt (``Called``):
-# a copy of one further on in the topic is not called again
-CALLED_REMEMBERED = 20_000
 
 
 @dataclass(frozen=True)
@@ -89,15 +84,13 @@ class Executor:
         self.config = config
         self.scheduler = scheduler
         self._work = work
-        self._topics = topics
         self._dead_letters = dead_letters
         self._clock = clock
         self.consumer: AIOKafkaConsumer | None = None
-        self.taken: dict[TopicPartition, int] = {}  # next offset per partition
         self.on_outcome: Callable[[Outcome[Any]], None] | None = None  # metrics hook
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
-        self._marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
+        self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
         self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
             name=config.name,
             instance=config.instance,
@@ -109,15 +102,36 @@ class Executor:
             topics=topics,
             clock=clock,
         )
+        self.commits = Commits(  # how far it took each partition, and what it did not report
+            instance=config.instance,
+            run_id=self.run_id,
+            unreported=self._unreported,
+            lost=self.lost,
+        )
+        self.handover = HandOver(  # its side of its group's rebalances
+            name=config.name,
+            run_id=self.run_id,
+            scheduler=scheduler,
+            topics=topics,
+            called=self._called,
+            unreported=self._unreported,
+            lost=self.lost,
+            commits=self.commits,
+        )
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
-        self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
+        self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
 
     @property
     def stopping(self) -> bool:
         """Told to stop: it takes nothing more (``/readyz`` says so, not its closed consumer's
         missing connections)."""
         return self._stopping
+
+    @property
+    def taken(self) -> dict[TopicPartition, int]:
+        """The next offset of each partition this run holds (what its commits carry)."""
+        return self.commits.taken
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not taken yet."""
@@ -130,7 +144,7 @@ class Executor:
             self.config.instance,
             max_poll_records=FETCH_RECORDS,
         )
-        consumer.subscribe([self.config.topic], listener=_HandBack(self))
+        consumer.subscribe([self.config.topic], listener=OnRebalance(self.handover, consumer))
         dispatcher: asyncio.Task[None] | None = None
         try:
             await consumer.start()  # (stopped too when a stop cancels it here)
@@ -155,11 +169,11 @@ class Executor:
     ) -> None:
         offsets = await self.lost.past_lost(batch)
         offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-        marks = self._marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
+        marks = self.commits.marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
             return
         try:  # taken, before any work: at most one call per delivery
-            await self._commit(marks)
+            await self.commits.commit(self.consumer, marks)
         except Exception as exc:  # a rebalance took them: their new owner runs them
             log.warning("%s could not commit a batch (%s); left to its new owner",
                         self.config.name, type(exc).__name__)  # fmt: skip
@@ -181,7 +195,7 @@ class Executor:
                 return
             cut = await self.scheduler.drain(drain_s)
             queued = self.scheduler.take_back(set(self.taken))
-            sent = len(queued) - len(await self._send_back(queued))
+            sent = len(queued) - len(await self.handover.send_back(queued))
             try:
                 told = await self.lost.tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
@@ -191,36 +205,10 @@ class Executor:
             for command in told:
                 self._unreported.reported(command.request_id, command.attempt)
             with contextlib.suppress(Exception):
-                await self._commit(self._marks({}, {}))
+                await self.commits.commit(self.consumer, self.commits.marks({}, {}))
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
-
-    async def _send_back(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
-        """Queued commands back to their topic, in order, acknowledged; each sent is no longer
-        this run's to report (one that could not be sent stays unreported: told lost).
-        Returns those that could not be sent."""
-        topic = (
-            self._topics.generate if self.config.name == "generator" else (self._topics.completions)
-        )
-        deliveries, unsent = [], []
-        for job in jobs:
-            self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
-            key, value = job.record
-            try:
-                deliveries.append((job, await topic.send(key=key, value=value)))
-            except Exception as exc:
-                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
-                unsent.append(job)
-        for job, delivery in deliveries:
-            try:
-                await delivery
-            except Exception as exc:
-                _unsent(exc, "%s could not hand back request_id=%s", self.config.name, job.key)
-                unsent.append(job)
-                continue
-            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-        return unsent
 
     async def _take(self, tp: TopicPartition, record: Any) -> None:
         command = await self._dead_letters.decoded(
@@ -252,207 +240,11 @@ class Executor:
         job.record = (record.key, record.value)
         self.scheduler.submit(self._work.target(command), job)
 
-    async def hand_back(self, revoked: set[TopicPartition]) -> None:
-        """Commands of partitions this worker lost that it took but did not start go back to
-        their topic, in order, for the new owner (they were committed as taken, so it would
-        not see them otherwise). Calls already running finish here and report."""
-        jobs = self.scheduler.take_back(set(revoked))
-        unsent = {job.origin for job in await self._send_back(jobs)}
-        if jobs:
-            log.info("%s handed back %s queued commands of revoked partitions",
-                     self.config.name, len(jobs))  # fmt: skip
-        # what the partitions' next owner finds: nothing of this run's to call lost now, and
-        # the calls still running here, with this run, as running elsewhere (they report; if
-        # this run leaves the group first, a crash, the owner tells the ledger they were lost).
-        # A partition with a command that could not be handed back keeps its last mark, which
-        # lists it as taken and not reported: the next owner tells the ledger it was lost
-        with contextlib.suppress(Exception):
-            await self._commit(
-                {
-                    tp: (
-                        self.taken[tp],
-                        self._mark(self.taken[tp], (), self.lost.handing(tp, self.consumer)),
-                    )
-                    for tp in revoked
-                    if tp in self.taken and tp not in self.lost.reading and tp not in unsent
-                }
-            )
-        # the calls still running here stay listed: a rebalance revokes every partition and
-        # may give this worker some of them back (``recover``), whose marks must then list
-        # those calls again, or a crash before they end would lose them to their deadline
-        for tp in revoked:
-            self._marked.pop(tp, None)
-            self.lost.forget(tp)
-            self.taken.pop(tp, None)
-
-    async def recover(self, assigned: set[TopicPartition]) -> None:
-        """Partitions whose last commit is another run's, this instance's (a restart, with no
-        rebalance) or another worker's (one that died: a run that hands a partition over
-        commits that it left nothing unreported): what that run took and did not report is
-        read again, from its oldest unreported offset, and each such attempt is told to the
-        ledger as lost: this is how lost work is re-issued before its deadline (a rebalance
-        grace in the ledger, off by default, would not do either: the executors' groups
-        rebalance apart from the ledger's, which sees none when the dead worker is back
-        within its session timeout after its executors' partitions moved). The calls a mark
-        lists as running elsewhere (a hand-over's) are carried on in this run's marks and
-        told lost once their run has left the group (``LostWork.check_elsewhere``)."""
-        self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
-        if self.consumer is None or not assigned:
-            return
-        try:
-            committed = await committed_with_metadata(self.consumer, assigned)
-        except Exception as exc:  # the deadlines re-issue whatever was lost
-            log.warning("%s could not read its partitions' marks (%s)",
-                        self.config.name, type(exc).__name__)  # fmt: skip
-            return
-        for tp, (offset, metadata) in committed.items():
-            mark = Mark.parse(metadata)
-            if mark is None:
-                continue
-            # calls other runs went on with after giving the partition up
-            if self.lost.watch(tp, mark):
-                self.taken.setdefault(tp, offset)  # its next commit carries them
-            if mark.run == self.run_id or mark.oldest >= offset:
-                await self._mark_running(tp, offset)
-                continue
-            if mark.oldest < offset:
-                self.lost.read_again(self.consumer, tp, offset, mark)
-
-    async def _mark_running(self, tp: TopicPartition, offset: int) -> None:
-        """A partition given back to this run by a rebalance: the calls of it still running
-        here (its hand-over's mark listed them as running elsewhere) are marked again at once
-        as this run's, so a crash before they end has its next run, or the partition's next
-        owner, tell the ledger they were lost, not their deadline."""
-        if not self._unreported.partitions() & {tp}:
-            return
-        self.taken[tp] = offset
-        mark = self._mark(
-            self._unreported.oldest(tp, offset),
-            self._unreported.ranges(tp),
-            self.lost.elsewhere.of(tp),
-        )
-        with contextlib.suppress(Exception):  # the next batch's commit marks them
-            await self._commit({tp: (offset, mark)})
-
-    def _mark(
-        self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
-    ) -> Mark:
-        return Mark(self.config.instance, self.run_id, oldest, unreported, running).fitting()
-
-    def _marks(
-        self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, Mark]]:
-        """What to commit: the new offsets (a batch taken from ``first`` to each), and the
-        partitions whose unreported offsets changed since their last commit, each with its
-        mark."""
-        marks = {}
-        for tp in {*offsets, *self.taken}:
-            if tp in self.lost.reading:
-                continue
-            at = offsets.get(tp, self.taken.get(tp, 0))
-            taking = range(first.get(tp, at), at)
-            mark = self._mark(
-                self._unreported.oldest(tp, taking.start),
-                self._unreported.ranges(tp, taking),
-                self.lost.elsewhere.of(tp),
-            )
-            if tp in offsets or self._marked.get(tp) != mark:
-                marks[tp] = (at, mark)
-        return marks
-
-    async def _commit(self, marks: dict[TopicPartition, tuple[int, Mark]]) -> None:
-        """Commits each partition's offset with its mark (what is not reported)."""
-        if marks and self.consumer is not None:
-            await self.consumer.commit(
-                {tp: (at, mark.encode()) for tp, (at, mark) in marks.items()}
-            )
-            self._marked.update({tp: mark for tp, (_, mark) in marks.items()})
-
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        result = self._work.result(command, outcome, self._clock.now_ms())
-        value = encode(result)
-        try:
-            try:
-                await (await self._topics.requests.send(key=command.person.encode(), value=value))
-            except REFUSED as exc:
-                if outcome.error is not None:
-                    raise  # (a failure's message is cut short: it cannot be what is too large)
-                # a result Kafka will never take (a text of megabytes): sent again at every
-                # re-issue, each call billed, until the attempts ran out ("DeadlineExpired").
-                # The attempt fails instead, with the reason, and is not called again.
-                why = refusal("the result", len(value), self._topics.requests.get_topic_name(), exc)
-                log.warning(
-                    "%s: request_id=%s attempt=%s: %s",
-                    self.config.name, command.request_id, command.attempt, why,
-                )  # fmt: skip
-                error = UpstreamError(why, reason=RECORD_TOO_LARGE)
-                failed: Outcome[Any] = Outcome(None, error, outcome.waited_s, outcome.tries)
-                result = self._work.result(command, failed, self._clock.now_ms())
-                await (
-                    await self._topics.requests.send(
-                        key=command.person.encode(), value=encode(result)
-                    )
-                )
-        except Exception as exc:  # the ledger's deadline re-issues what is lost here
-            _unsent(exc, "%s could not report request_id=%s", self.config.name, command.request_id)
-            return  # still unreported: a restart tells the ledger it was lost
-        self._unreported.reported(command.request_id, command.attempt)
-
-
-class Called:
-    """The commands an executor took lately (its ``size`` last), by request and attempt, with
-    where it took each: a command Kafka holds twice is called once. The ledger sends an output
-    again when Kafka gave up on it (``streams.agents.ledger.Ledger._undecided``), but Kafka may
-    have written it all the same: a node that stops leading the partition between writing a
-    record and acknowledging it answers NotLeaderForPartition (a controlled shutdown, on a
-    loaded host), and the producer retries it until no leader is left for it and gives up.
-    Both copies go to the same partition (a command's key is its target), the second soon
-    after the partition has a leader again (when the ledger's batch is decided again), where
-    the executor reads them: the copy is close behind the first, far within ``size``
-    commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
-    takes it back calls it."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._taken: dict[tuple[str, int], tuple[TopicPartition, int]] = {}
-
-    def took(
-        self, request_id: str, attempt: int, where: tuple[TopicPartition, int]
-    ) -> tuple[TopicPartition, int] | None:
-        """Where the same command was taken before (this one is a copy), or None: the first."""
-        identity = (request_id, attempt)
-        first = self._taken.get(identity)
-        if first is not None and first != where:
-            return first
-        self._taken[identity] = where
-        if len(self._taken) > self._size:
-            del self._taken[next(iter(self._taken))]
-        return None
-
-    def forget(self, request_id: str, attempt: int) -> None:
-        self._taken.pop((request_id, attempt), None)
-
-
-def _unsent(exc: Exception, message: str, *args: Any) -> None:
-    """A record Kafka did not take: an ERROR with its traceback, but for one a stopping worker
-    gave up on (``GivenUp``), which the stop's WARNING counted: a DEBUG line."""
-    if isinstance(exc, GivenUp):
-        log.debug(message + " (the stop gave up on Kafka)", *args)
-    else:
-        log.error(message, *args, exc_info=exc)
-
-
-class _HandBack(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._executor.hand_back(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._executor.recover(assigned)
+        if await self._results.send(command, outcome):
+            self._unreported.reported(command.request_id, command.attempt)
 
 
 def register(

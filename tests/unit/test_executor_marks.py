@@ -136,12 +136,22 @@ class Requests:
         return done
 
 
-def generator(requests: Requests, *, watch_ms: int | None = None, clock: Any = None) -> Executor:
-    topics = Topics(requests=requests, generate=None, completions=None, lifecycle=None,
+def generator(
+    requests: Requests,
+    *,
+    watch_ms: int | None = None,
+    clock: Any = None,
+    generate: Any = None,
+    scheduler: Any = None,
+    dead_letters: Any = None,
+) -> Executor:
+    """A generator executor sending its results to ``requests`` and what it hands back to
+    ``generate``, its commands queued in ``scheduler``."""
+    topics = Topics(requests=requests, generate=generate, completions=None, lifecycle=None,
                     deadletter=None)  # fmt: skip
     config = ExecutorConfig("generator", "generate", "g", "worker-generator", {}, watch_ms)
     work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
-    return Executor(config, None, work, topics=topics, dead_letters=None,  # type: ignore[arg-type]
+    return Executor(config, scheduler, work, topics=topics, dead_letters=dead_letters,
                     clock=clock or SystemClock())  # fmt: skip
 
 
@@ -179,7 +189,7 @@ def test_a_lost_range_longer_than_a_batch_is_not_committed_until_its_end() -> No
     assert asyncio.run(executor.lost.past_lost(batch)) == {}
     assert batch == {} and executor.lost.reading == {TP: (10, Mark("i", "r", 4))}
     assert len(requests.sent) == 2
-    assert executor._marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
+    assert executor.commits.marks({}, {}) == {}, "nothing of the partition is committed meanwhile"
 
 
 def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() -> None:
@@ -202,34 +212,35 @@ def test_only_the_attempts_a_mark_lists_are_told_lost() -> None:
 
 def test_a_commit_marks_what_is_unreported_and_only_when_it_changed() -> None:
     executor = generator(Requests())
-    mark = executor._mark
-    assert executor._marks({TP: 5}, {TP: 3}) == {TP: (5, mark(3, ((3, 5),)))}  # the batch 3-4
+    mark = executor.commits.mark
+    marks = executor.commits.marks
+    assert marks({TP: 5}, {TP: 3}) == {TP: (5, mark(3, ((3, 5),)))}  # the batch 3-4
     executor.taken[TP] = 5
-    executor._marked[TP] = mark(3, ((3, 5),))
+    executor.commits.marked[TP] = mark(3, ((3, 5),))
     executor._unreported.took(TP, 3, "a", 1)
     executor._unreported.took(TP, 4, "b", 1)
-    assert executor._marks({}, {}) == {}
+    assert marks({}, {}) == {}
     executor._unreported.reported("a", 1)
-    assert executor._marks({}, {}) == {TP: (5, mark(4, ((4, 5),)))}
-    executor._marked[TP] = mark(4, ((4, 5),))
+    assert marks({}, {}) == {TP: (5, mark(4, ((4, 5),)))}
+    executor.commits.marked[TP] = mark(4, ((4, 5),))
     executor._unreported.reported("b", 1)
-    assert executor._marks({}, {}) == {TP: (5, mark(5, ()))}
-    executor._marked[TP] = mark(5, ())
+    assert marks({}, {}) == {TP: (5, mark(5, ()))}
+    executor.commits.marked[TP] = mark(5, ())
 
     executor._unreported.took(TP, 5, "c", 1)  # a hung call, then later batches reported
     executor.taken[TP] = 6
-    assert executor._marks({TP: 9}, {TP: 6}) == {TP: (9, mark(5, ((5, 9),)))}
+    assert marks({TP: 9}, {TP: 6}) == {TP: (9, mark(5, ((5, 9),)))}
     for offset, request_id in ((6, "d"), (7, "e"), (8, "f")):
         executor._unreported.took(TP, offset, request_id, 1)
     executor.taken[TP] = 9
-    executor._marked[TP] = mark(5, ((5, 9),))
+    executor.commits.marked[TP] = mark(5, ((5, 9),))
     executor._unreported.reported("e", 1)  # the oldest stays; the mark still changed
-    assert executor._marks({}, {}) == {TP: (9, mark(5, ((5, 7), (8, 9))))}
+    assert marks({}, {}) == {TP: (9, mark(5, ((5, 7), (8, 9))))}
 
 
 class Marked:
-    """An executor's consumer as ``recover`` uses it: the marks its group committed last, and
-    where it was told to read from."""
+    """An executor's consumer as ``HandOver.recover`` uses it: the marks its group committed
+    last, and where it was told to read from."""
 
     def __init__(self, committed: dict[TopicPartition, tuple[int, Mark]]) -> None:
         self._coordinator = self
@@ -263,7 +274,7 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
     }
     consumer = Marked(committed)
     executor.consumer = consumer  # type: ignore[assignment]
-    asyncio.run(executor.recover(set(committed)))
+    asyncio.run(executor.handover.recover(executor.consumer, set(committed)))
     assert sorted(consumer.seeks) == [(TP, 4), (OTHER, 5)]
     assert executor.lost.reading == {TP: committed[TP], OTHER: committed[OTHER]}
 
@@ -303,23 +314,21 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mar
     it (taken, not reported), and the new owner tells the ledger it was lost at once, rather
     than leave it to its deadline (a rebalance no longer shortens that)."""
     generate = Generate_(refused={b"k-lost"})
-    executor = generator(Requests())
-    executor._topics = Topics(requests=None, generate=generate, completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
+    jobs: list[Any] = []
+    queue = SimpleNamespace(take_back=lambda origins: jobs)
+    executor = generator(Requests(), generate=generate, scheduler=queue)
     consumer = Committing()
     executor.consumer = consumer  # type: ignore[assignment]
-    jobs = []
     for tp, offset, name in ((TP, 3, "back"), (OTHER, 7, "lost")):
         executor.taken[tp] = offset + 1
         executor._unreported.took(tp, offset, name, 1)
-        executor._marked[tp] = executor._mark(offset, ((offset, offset + 1),))
+        executor.commits.marked[tp] = executor.commits.mark(offset, ((offset, offset + 1),))
         jobs.append(
             SimpleNamespace(key=name, attempt=1, origin=tp, record=(f"k-{name}".encode(), b"v"))
         )
-    executor.scheduler = SimpleNamespace(take_back=lambda origins: jobs)  # type: ignore[assignment]
-    asyncio.run(executor.hand_back({TP, OTHER}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP, OTHER}))
     assert generate.sent == [b"k-back"]
-    assert consumer.commits == [{TP: (4, executor._mark(4, ()).encode())}]  # OTHER's stays
+    assert consumer.commits == [{TP: (4, executor.commits.mark(4, ()).encode())}]  # OTHER's stays
 
 
 def test_a_mark_lists_the_calls_running_elsewhere_within_the_brokers_limit() -> None:
@@ -372,11 +381,11 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     )
     committed = {TP: (7, Mark("worker-a-generator", "deadbeef0000", 7, (), (handed,)))}
     executor.consumer = Marked(committed)  # type: ignore[assignment]
-    asyncio.run(executor.recover({TP}))
+    asyncio.run(executor.handover.recover(executor.consumer, {TP}))
     assert executor.lost.reading == {} and executor.taken == {TP: 7}
-    marks = executor._marks({}, {})
-    assert marks == {TP: (7, executor._mark(7, (), (handed,)))}, "carried in its own marks"
-    executor._marked[TP] = marks[TP][1]
+    marks = executor.commits.marks({}, {})
+    assert marks == {TP: (7, executor.commits.mark(7, (), (handed,)))}, "carried in its own marks"
+    executor.commits.marked[TP] = marks[TP][1]
 
     alive = Group("worker-generator-7", "worker-a-generator-1")
     asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
@@ -388,19 +397,20 @@ def test_the_calls_a_hand_over_left_running_are_told_lost_once_their_run_left_th
     gone = Group("worker-generator-7", "worker-a-generator-2")  # its next run, or no member
     asyncio.run(executor.lost.check_elsewhere(gone, executor.taken))  # type: ignore[arg-type]
     assert gone.seeks == [(TP, 3)]
-    assert executor._marks({}, {}) == {}, "its last mark keeps them until they are told"
+    assert executor.commits.marks({}, {}) == {}, "its last mark keeps them until they are told"
     batch = {TP: records(*((o, command(f"r{o}")) for o in range(3, 9)))}
     assert asyncio.run(executor.lost.past_lost(batch)) == {TP: 7}
     assert [(m.request_id, m.lost) for m in requests.sent] == [("r3", True), ("r5", True)]
     assert [r.offset for r in batch[TP]] == [7, 8]
-    assert executor._marks({}, {}) == {TP: (7, executor._mark(7, ()))}, "no longer listed"
+    assert executor.commits.marks({}, {}) == {TP: (7, executor.commits.mark(7, ()))}, (
+        "no longer listed"
+    )
 
 
 def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     generate = Generate_(refused=set())
-    executor = generator(Requests())
-    executor._topics = Topics(requests=None, generate=generate, completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
+    queue = SimpleNamespace(take_back=lambda origins: [])
+    executor = generator(Requests(), generate=generate, scheduler=queue)
     consumer = Committing()
     consumer._coordinator = SimpleNamespace(member_id="worker-generator-7")  # type: ignore[attr-defined]
     executor.consumer = consumer  # type: ignore[assignment]
@@ -411,13 +421,12 @@ def test_a_hand_over_lists_the_calls_still_running_with_this_run() -> None:
     executor.taken[TP] = 9
     for offset in (6, 7):
         executor._unreported.took(TP, offset, f"r{offset}", 1)  # running here
-    executor.scheduler = SimpleNamespace(take_back=lambda origins: [])  # type: ignore[assignment]
-    asyncio.run(executor.hand_back({TP}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
     [handed] = [Mark.parse(metadata) for _, metadata in consumer.commits[0].values()]
     assert handed is not None
     mine = Running(executor.config.instance, executor.run_id, "worker-generator-7", ((6, 8),),
                    handed.running[-1].at_ms)  # fmt: skip
-    assert consumer.commits == [{TP: (9, executor._mark(9, (), (earlier, mine)).encode())}]
+    assert consumer.commits == [{TP: (9, executor.commits.mark(9, (), (earlier, mine)).encode())}]
     assert not executor.lost.elsewhere
 
 
@@ -434,9 +443,9 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     marked.commit = consumer.commit  # type: ignore[attr-defined]
     executor.consumer = marked  # type: ignore[assignment]
     executor._unreported.took(TP, 2, "a", 1)  # still running here
-    asyncio.run(executor.recover({TP, OTHER}))
+    asyncio.run(executor.handover.recover(executor.consumer, {TP, OTHER}))
     assert executor.lost.elsewhere.of(TP) == () and executor.lost.elsewhere.of(OTHER) == (mine,)
-    assert consumer.commits == [{TP: (5, executor._mark(2, ((2, 3),)).encode())}]
+    assert consumer.commits == [{TP: (5, executor.commits.mark(2, ((2, 3),)).encode())}]
 
 
 class Clock:
@@ -456,11 +465,11 @@ def test_the_calls_a_hand_over_listed_are_watched_until_their_deadline_has_passe
     recent = Running("worker-c-generator", "cccc", "c-1", ((5, 6),), 9_000)
     executor.lost.elsewhere.carry(TP, (old, recent))
     executor.lost.elsewhere.carry(OTHER, (old,))
-    executor.taken = {TP: 7, OTHER: 7}
+    executor.taken.update({TP: 7, OTHER: 7})
     alive = Group("a-1", "c-1")
     asyncio.run(executor.lost.check_elsewhere(alive, executor.taken))  # type: ignore[arg-type]
     assert executor.lost.elsewhere.of(TP) == (recent,) and executor.lost.elsewhere.of(OTHER) == ()
-    assert executor._marks({}, {})[TP][1].running == (recent,)
+    assert executor.commits.marks({}, {})[TP][1].running == (recent,)
 
 
 class Queue:
@@ -515,10 +524,9 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     the copy is not called, nor left to tell lost. A later attempt of the same request is a
     command of its own, and a copy taken once its first was handed back (a rebalance gave the
     partition back to the same run) is the one to call."""
-    executor = generator(Requests())
     queue = Queue()
-    executor.scheduler = queue  # type: ignore[assignment]
-    executor._dead_letters = Decoding()  # type: ignore[assignment]
+    generate = Generate_(refused=set())
+    executor = generator(Requests(), generate=generate, scheduler=queue, dead_letters=Decoding())
     executor.consumer = Committing()  # type: ignore[assignment]
     a, b = keyed("a"), keyed("b")
     taking(executor, (5, a), (6, b))
@@ -529,12 +537,10 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     taking(executor, (10, keyed("a", attempt=2)))  # its re-issue
     assert [(job.key, job.attempt) for job in queue.jobs][-1] == ("a", 2)
 
-    executor._topics = Topics(requests=None, generate=Generate_(refused=set()), completions=None,
-                              lifecycle=None, deadletter=None)  # fmt: skip
     queue.jobs = [job for job in queue.jobs if job.key == "b"]  # b still queued when revoked
     for job in queue.jobs:
         job.record = (b"k", b)
-    asyncio.run(executor.hand_back({TP}))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
     queue.jobs = []
     taking(executor, (11, b))  # the copy handed back, taken by the same run
     assert [(job.key, job.attempt) for job in queue.jobs] == [("b", 1)]

@@ -1,0 +1,46 @@
+"""Which commands an executor took lately, by request and attempt: the topic may hold a command
+twice (the ledger sent it again after Kafka gave up on a copy it wrote all the same), and the
+executor (``streams.agents.executors``) calls only the first it takes (:class:`Called`).
+"""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+# how many of the commands it took last an executor knows by request and attempt (``Called``):
+# a copy of one further on in the topic is not called again
+CALLED_REMEMBERED = 20_000
+
+
+class Called:
+    """The commands an executor took lately (its ``size`` last), by request and attempt, with
+    where it took each: a command Kafka holds twice is called once. The ledger sends an output
+    again when Kafka gave up on it (``streams.agents.ledger.Ledger._undecided``), but Kafka may
+    have written it all the same: a node that stops leading the partition between writing a
+    record and acknowledging it answers NotLeaderForPartition (a controlled shutdown, on a
+    loaded host), and the producer retries it until no leader is left for it and gives up.
+    Both copies go to the same partition (a command's key is its target), the second soon
+    after the partition has a leader again (when the ledger's batch is decided again), where
+    the executor reads them: the copy is close behind the first, far within ``size``
+    commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
+    takes it back calls it."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._taken: dict[tuple[str, int], tuple[TopicPartition, int]] = {}
+
+    def took(
+        self, request_id: str, attempt: int, where: tuple[TopicPartition, int]
+    ) -> tuple[TopicPartition, int] | None:
+        """Where the same command was taken before (this one is a copy), or None: the first."""
+        identity = (request_id, attempt)
+        first = self._taken.get(identity)
+        if first is not None and first != where:
+            return first
+        self._taken[identity] = where
+        if len(self._taken) > self._size:
+            del self._taken[next(iter(self._taken))]
+        return None
+
+    def forget(self, request_id: str, attempt: int) -> None:
+        self._taken.pop((request_id, attempt), None)

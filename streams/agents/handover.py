@@ -1,0 +1,183 @@
+"""What an executor does when a rebalance moves its partitions: it hands over what it holds of
+those it gives up, and reads the marks of those it is given.
+
+An executor commits what it took before the work starts, so a partition's next owner would not
+see the commands this worker took and did not start: on a revoke (:meth:`HandOver.hand_back`)
+those still queued go back to the topic, in order, and the partition is committed with a mark
+that leaves nothing of this run's to tell lost but the calls still running here (they finish
+and report here; the mark lists them as running elsewhere, ``streams.agents.lost``). On an
+assign (:meth:`HandOver.recover`) each partition's last mark says what another run took and did
+not report: read again and told to the ledger as lost, or carried on while its run still calls
+it. A stopping executor hands its queued commands back the same way (:meth:`HandOver.send_back`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from streams.agents.called import Called
+from streams.agents.commits import Commits
+from streams.agents.lost import LostWork
+from streams.agents.marks import Mark, Unreported
+from streams.agents.results import log_unsent
+from streams.kafka_options import committed_with_metadata
+from streams.runtime import Topics
+from streams.upstream.scheduler import Job, Scheduler
+
+log = logging.getLogger("streams.agents.executors")  # the executors' lines, as before the split
+
+
+class HandOver:
+    """One executor run's side of its group's rebalances (and of its stop's hand-back)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        run_id: str,
+        scheduler: Scheduler,
+        topics: Topics,
+        called: Called,
+        unreported: Unreported,
+        lost: LostWork,
+        commits: Commits,
+    ) -> None:
+        self._name = name  # the executor's (generator | publisher), in its log lines
+        self._run_id = run_id
+        self._scheduler = scheduler  # the executor's: the commands it queued by target
+        self._topics = topics
+        self._called = called  # the executor's: the commands this run took lately
+        self._unreported = unreported  # the executor's: what this run took and did not report
+        self._lost = lost
+        self._commits = commits
+
+    async def send_back(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        """Queued commands back to their topic, in order, acknowledged; each sent is no longer
+        this run's to report (one that could not be sent stays unreported: told lost).
+        Returns those that could not be sent."""
+        topic = self._topics.generate if self._name == "generator" else self._topics.completions
+        deliveries, unsent = [], []
+        for job in jobs:
+            self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
+            key, value = job.record
+            try:
+                deliveries.append((job, await topic.send(key=key, value=value)))
+            except Exception as exc:
+                log_unsent(exc, "%s could not hand back request_id=%s", self._name, job.key)
+                unsent.append(job)
+        for job, delivery in deliveries:
+            try:
+                await delivery
+            except Exception as exc:
+                log_unsent(exc, "%s could not hand back request_id=%s", self._name, job.key)
+                unsent.append(job)
+                continue
+            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
+        return unsent
+
+    async def hand_back(
+        self, consumer: AIOKafkaConsumer | None, revoked: set[TopicPartition]
+    ) -> None:
+        """Commands of partitions this worker lost that it took but did not start go back to
+        their topic, in order, for the new owner (they were committed as taken, so it would
+        not see them otherwise). Calls already running finish here and report."""
+        jobs = self._scheduler.take_back(set(revoked))
+        unsent = {job.origin for job in await self.send_back(jobs)}
+        if jobs:
+            log.info("%s handed back %s queued commands of revoked partitions",
+                     self._name, len(jobs))  # fmt: skip
+        taken = self._commits.taken
+        # what the partitions' next owner finds: nothing of this run's to call lost now, and
+        # the calls still running here, with this run, as running elsewhere (they report; if
+        # this run leaves the group first, a crash, the owner tells the ledger they were lost).
+        # A partition with a command that could not be handed back keeps its last mark, which
+        # lists it as taken and not reported: the next owner tells the ledger it was lost
+        with contextlib.suppress(Exception):
+            await self._commits.commit(
+                consumer,
+                {
+                    tp: (
+                        taken[tp],
+                        self._commits.mark(taken[tp], (), self._lost.handing(tp, consumer)),
+                    )
+                    for tp in revoked
+                    if tp in taken and tp not in self._lost.reading and tp not in unsent
+                },
+            )
+        # the calls still running here stay listed: a rebalance revokes every partition and
+        # may give this worker some of them back (``recover``), whose marks must then list
+        # those calls again, or a crash before they end would lose them to their deadline
+        for tp in revoked:
+            self._commits.forget(tp)
+            self._lost.forget(tp)
+
+    async def recover(
+        self, consumer: AIOKafkaConsumer | None, assigned: set[TopicPartition]
+    ) -> None:
+        """Partitions whose last commit is another run's, this instance's (a restart, with no
+        rebalance) or another worker's (one that died: a run that hands a partition over
+        commits that it left nothing unreported): what that run took and did not report is
+        read again, from its oldest unreported offset, and each such attempt is told to the
+        ledger as lost: this is how lost work is re-issued before its deadline (a rebalance
+        grace in the ledger, off by default, would not do either: the executors' groups
+        rebalance apart from the ledger's, which sees none when the dead worker is back
+        within its session timeout after its executors' partitions moved). The calls a mark
+        lists as running elsewhere (a hand-over's) are carried on in this run's marks and
+        told lost once their run has left the group (``LostWork.check_elsewhere``)."""
+        self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
+        if consumer is None or not assigned:
+            return
+        try:
+            committed = await committed_with_metadata(consumer, assigned)
+        except Exception as exc:  # the deadlines re-issue whatever was lost
+            log.warning("%s could not read its partitions' marks (%s)",
+                        self._name, type(exc).__name__)  # fmt: skip
+            return
+        for tp, (offset, metadata) in committed.items():
+            mark = Mark.parse(metadata)
+            if mark is None:
+                continue
+            # calls other runs went on with after giving the partition up
+            if self._lost.watch(tp, mark):
+                self._commits.taken.setdefault(tp, offset)  # its next commit carries them
+            if mark.run == self._run_id or mark.oldest >= offset:
+                await self._mark_running(consumer, tp, offset)
+                continue
+            if mark.oldest < offset:
+                self._lost.read_again(consumer, tp, offset, mark)
+
+    async def _mark_running(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int
+    ) -> None:
+        """A partition given back to this run by a rebalance: the calls of it still running
+        here (its hand-over's mark listed them as running elsewhere) are marked again at once
+        as this run's, so a crash before they end has its next run, or the partition's next
+        owner, tell the ledger they were lost, not their deadline."""
+        if not self._unreported.partitions() & {tp}:
+            return
+        self._commits.taken[tp] = offset
+        mark = self._commits.mark(
+            self._unreported.oldest(tp, offset),
+            self._unreported.ranges(tp),
+            self._lost.elsewhere.of(tp),
+        )
+        with contextlib.suppress(Exception):  # the next batch's commit marks them
+            await self._commits.commit(consumer, {tp: (offset, mark)})
+
+
+class OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """An executor's consumer's rebalance listener: its partitions handed over and recovered."""
+
+    def __init__(self, handover: HandOver, consumer: AIOKafkaConsumer) -> None:
+        self._handover = handover
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._handover.hand_back(self._consumer, revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._handover.recover(self._consumer, assigned)
