@@ -10,13 +10,13 @@ import copy
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaTimeoutError, for_code
+from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from aiokafka.protocol.admin import DescribeGroupsRequest
@@ -207,6 +207,10 @@ class GivenUp(KafkaTimeoutError):  # type: ignore[misc]
     once, in the stop's WARNING, not again by each of its senders."""
 
 
+class Withdrawn(KafkaError):  # type: ignore[misc]
+    """A record its sender took back before the producer sent it (:func:`withdraw`)."""
+
+
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
     has given up on a record: the worker's (``streams.faust_transport``) and the ingress's
@@ -298,7 +302,7 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         if delivery.cancelled() or self._given_up is not None:
             return
         failed = delivery.exception()
-        if failed is not None:
+        if failed is not None and not isinstance(failed, Withdrawn):  # (never numbered)
             self.renew_producer_id(failed)
 
     def renew_producer_id(self, failed: BaseException) -> None:
@@ -431,6 +435,42 @@ def sending_now(producer: Any) -> Awaitable[Any] | None:
         return None
     waiters = _send_open_batches(accumulator)
     return asyncio.wait(waiters) if waiters else None
+
+
+def withdraw(producer: Any, deliveries: Iterable[asyncio.Future[Any]]) -> int:
+    """Take back from ``producer`` (faust's, on aiokafka) the records of ``deliveries`` it
+    holds unsent: each batch of a partition that holds one of them and that its sender has
+    not taken yet (never numbered, never sent) fails with :class:`Withdrawn`, so Kafka never
+    writes it. A record already sent (in flight, or being retried) is left as it is. Returns
+    how many records were taken back; 0 where the producer is not aiokafka's.
+
+    The ledger takes back what it sent of a batch once Kafka has given up on an output of
+    it: the producer, under a new id, would write them before what it gave up on, which the
+    batch decided again sends after them (``streams.agents.outputs.Batch``)."""
+    accumulator = _accumulator(producer)
+    wanted = {id(delivery) for delivery in deliveries if not delivery.done()}
+    if accumulator is None or not wanted:
+        return 0
+    taken_back = 0
+    for tp, held in list(accumulator._batches.items()):
+        kept = [
+            batch
+            for batch in held
+            if batch.retry_count or not any(id(f) in wanted for f, _ in batch._msg_futures)
+        ]
+        if len(kept) == len(held):
+            continue
+        for batch in held:
+            if batch in kept:
+                continue
+            taken_back += batch.record_count
+            batch.drain_ready()  # a send waiting for room in it tries again (a batch of its own)
+            batch.failure(Withdrawn(f"taken back by its sender before it was sent to {tp}"))
+        held.clear()
+        held.extend(kept)
+        if not held:
+            del accumulator._batches[tp]
+    return taken_back
 
 
 def lingering_no_more(producer: Any) -> None:
