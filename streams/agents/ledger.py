@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 from faust.types import TP
@@ -310,6 +311,8 @@ class Ledger:
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
+        except KafkaError:  # the producer did not take an output (no room, no metadata for
+            raise  # its request timeout): the batch is decided again, as when Kafka gives up
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
             log.exception(
                 "ledger failed request_id=%s partition=%s offset=%s",

@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from aiokafka.errors import NotLeaderForPartitionError
+from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
 from models.events import DeadLetter, GenerateText, LifecycleEvent
 from models.lifecycle import State
@@ -205,3 +205,38 @@ def test_what_the_producer_holds_unsent_of_a_failed_batch_is_taken_back(case: st
     ]
     withdrawn = [decode(LifecycleEvent, raw).state for raw in quiet.leaderless.withdrawn]
     assert withdrawn == [State.PUBLISHED]
+
+
+class NoRoom(Sent):
+    """[generate], whose producer's ``send`` gives up once (``KafkaTimeoutError``: no room, or
+    no metadata for the topic, for the producer's request timeout) and takes records after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    async def send(self, *, key: bytes | None = None, value: bytes) -> asyncio.Future[None]:
+        if self.refusals:
+            self.refusals -= 1
+            raise KafkaTimeoutError()
+        return await super().send(key=key, value=value)
+
+
+def test_an_output_the_producer_did_not_take_has_its_batch_decided_again() -> None:
+    """req-50's command could not be handed to the producer (its ``send`` raised: Kafka out of
+    reach that long). That is no bug of the ledger's, whose catch-all made it a
+    ``ledger_error`` letter and stored the batch: the webhook, accepted, was never decided.
+    The batch is decided again, like one of which Kafka gave up on an output: the command is
+    sent then, once, and no letter is written."""
+    generate = NoRoom()
+    quiet = Quiet(generate=generate)
+
+    async def run() -> None:
+        await quiet.deliver(50)  # 50's command not taken: not stored
+        await quiet.deliver(51)  # 50 read back and decided again
+
+    asyncio.run(run())
+    assert quiet.deadletter.values == []
+    commands = [decode(GenerateText, raw).request_id for raw in generate.values]
+    assert commands == ["req-50", "req-51"]
+    assert quiet.decided() == {"req-50", "req-51"}
