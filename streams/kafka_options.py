@@ -282,6 +282,10 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
             for delivery, _ in batch._msg_futures:  # one nobody awaits any more is no error
                 delivery.add_done_callback(_retrieved)
             batch.failure(reason)
+            # a batch never sent fails its wait for the sender too, which only a send waiting
+            # for room behind it awaits (aiokafka's ``add_batch``): nobody, here; unretrieved,
+            # it was an ERROR "Future exception was never retrieved" once collected
+            _retrieved(batch._drain_waiter)
         requeue = accumulator.reenqueue
 
         def reenqueue(batch: Any) -> None:
