@@ -356,8 +356,18 @@ async def stop_consumer(consumer: Any) -> None:
     broker is down, caught sleeping after a failed fetch: aio-libs/aiokafka#647), leaving the
     rest of its close undone; that one is swallowed and the close finished, never a
     cancellation of the task stopping it. (faust's consumer thread ended so, and faust waited
-    60 s for it: ``streams.faust_transport.ConsumerThread``.)"""
+    60 s for it: ``streams.faust_transport.ConsumerThread``.)
+
+    A commit still unanswered ends with the stop, and its outcome is read here: aiokafka
+    sends each commit's request in a task of its own, shielded from its caller, which a stop
+    cancels (faust's consumer thread, as it stops, cancels the commit it runs), and the task
+    then fails as the close drops its connection. The shield reads that failure on a later
+    turn of the loop, which the consumer thread's loop, closed right after, never took: a
+    worker stopped with its broker hung logged asyncio's ERROR "Task exception was never
+    retrieved" with a traceback. (An offset not committed is read again by its partition's
+    next reader; a stop that gave up on Kafka says so in its WARNING.)"""
     task = asyncio.current_task()
+    commits = _commits_unanswered(consumer)
     try:
         await consumer.stop()
     except asyncio.CancelledError:
@@ -369,6 +379,37 @@ async def stop_consumer(consumer: Any) -> None:
             left.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await consumer._client.close()
+    finally:
+        left = [commit for commit in commits if not commit.done()]
+        for commit in left:  # (its connection is closed: nothing to wait for)
+            commit.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        for commit in commits:
+            failed = None if commit.cancelled() else commit.exception()
+            if failed is not None:
+                log.info(
+                    "a commit unanswered when the consumer stopped is not confirmed (%s)",
+                    type(failed).__name__,
+                )
+
+
+def _commits_unanswered(consumer: Any) -> list[asyncio.Task[Any]]:
+    """The tasks of ``consumer``'s commit requests not answered yet (aiokafka's
+    ``GroupCoordinator._do_commit_offsets``, which ``commit_offsets`` shields)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return []
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", None) == "GroupCoordinator._do_commit_offsets"
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            found.append(task)
+    return found
 
 
 def group_consumer(
