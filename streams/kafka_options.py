@@ -299,10 +299,13 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         return dropped
 
     def _delivered(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled() or self._given_up is not None:
+        """Every delivery's failure is read here (its sender may have stopped waiting for it:
+        asyncio would report it unread once collected) and, unless the producer gave up,
+        drops the producer id (see the class doc)."""
+        if delivery.cancelled():
             return
         failed = delivery.exception()
-        if failed is not None:
+        if failed is not None and self._given_up is None:
             self.renew_producer_id(failed)
 
     def renew_producer_id(self, failed: BaseException) -> None:

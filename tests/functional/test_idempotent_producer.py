@@ -91,3 +91,23 @@ async def test_a_stop_that_gives_up_fails_every_held_record_and_leaves_no_future
 
 def said(context: dict[str, Any]) -> str:
     return f"{context['message']}: {context.get('future', '')!r}"
+
+
+async def test_a_delivery_failed_as_the_producer_gives_up_is_read_all_the_same() -> None:
+    """A delivery that failed on the loop turn the stop gave up on (its done callbacks run
+    after ``give_up``): its sender stopped waiting, and nothing else read it."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(said(context)))
+    try:
+        producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1")
+        delivery: asyncio.Future[None] = loop.create_future()
+        delivery.add_done_callback(producer._delivered)  # as ``send`` does
+        delivery.set_exception(LeaderNotAvailableError())
+        producer.give_up(GivenUp("the worker stopped before Kafka took it"))
+        del delivery
+        await asyncio.sleep(0)  # one turn: its done callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [line for line in reported if "never retrieved" in line] == []
