@@ -134,7 +134,7 @@ async def sent_fausts_way_and_not_taken(error: KafkaError) -> list[BaseException
     ids=["in an outage", "given up by a stop"],
 )
 async def test_a_record_sent_fausts_way_that_kafka_did_not_take_is_said_once(
-    error: KafkaError, caplog: pytest.LogCaptureFixture
+    error: KafkaError, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its sender learns the failure, and so does whoever awaits its future message; it is
     said once, as a WARNING naming what Kafka did not take, or not at all when a stopping
@@ -145,6 +145,8 @@ async def test_a_record_sent_fausts_way_that_kafka_did_not_take_is_said_once(
     reported: list[str] = []  # (what it said, not the context: that would keep it alive)
     loop.set_exception_handler(lambda _, context: reported.append(str(context["message"])))
     caplog.set_level(logging.WARNING)
+    # each line (a test that set the process's logging up left its one-every-10-s filter)
+    monkeypatch.setattr(logging.getLogger("streams.faust_transport"), "filters", [])
     try:
         learnt = await sent_fausts_way_and_not_taken(error)
         await asyncio.sleep(0)  # one turn: the done callbacks the failures scheduled run
