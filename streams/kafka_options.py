@@ -266,7 +266,12 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         acknowledged) fails with ``reason``, as does every record sent from now on, so that
         whatever awaits a delivery (the ledger's batch, the executors' reports, a flush, the
         producer's own ``stop``) ends now. Returns the records given up, by topic. Their
-        senders treat them as any failed delivery: not acknowledged, so not done."""
+        senders treat them as any failed delivery: not acknowledged, so not done.
+
+        aiokafka has no public way to fail what a producer holds (``stop`` and ``flush`` wait
+        for it), so its accumulator's own books are used. Its ``fail_all`` fails the batches
+        but leaves those not yet sent where the sender takes them next (and trips on them: a
+        failed batch cannot be numbered), and makes every later ``send`` raise."""
         self._given_up = reason
         accumulator = self._message_accumulator
         # not sent any more; counted as in flight, where aiokafka looks for a batch that
