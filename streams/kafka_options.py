@@ -270,7 +270,12 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         acknowledged) fails with ``reason``, as does every record sent from now on, so that
         whatever awaits a delivery (the ledger's batch, the executors' reports, a flush, the
         producer's own ``stop``) ends now. Returns the records given up, by topic. Their
-        senders treat them as any failed delivery: not acknowledged, so not done."""
+        senders treat them as any failed delivery: not acknowledged, so not done.
+
+        aiokafka has no public way to fail what a producer holds (``stop`` and ``flush`` wait
+        for it), so its accumulator's own books are used. Its ``fail_all`` fails the batches
+        but leaves those not yet sent where the sender takes them next (and trips on them: a
+        failed batch cannot be numbered), and makes every later ``send`` raise."""
         self._given_up = reason
         accumulator = self._message_accumulator
         # not sent any more; counted as in flight, where aiokafka looks for a batch that
@@ -286,6 +291,10 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
             for delivery, _ in batch._msg_futures:  # one nobody awaits any more is no error
                 delivery.add_done_callback(_retrieved)
             batch.failure(reason)
+            # a batch never sent fails its wait for the sender too, which only a send waiting
+            # for room behind it awaits (aiokafka's ``add_batch``): nobody, here; unretrieved,
+            # it was an ERROR "Future exception was never retrieved" once collected
+            _retrieved(batch._drain_waiter)
         requeue = accumulator.reenqueue
 
         def reenqueue(batch: Any) -> None:
@@ -299,10 +308,13 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         return dropped
 
     def _delivered(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled() or self._given_up is not None:
+        """Every delivery's failure is read here (its sender may have stopped waiting for it:
+        asyncio would report it unread once collected) and, unless the producer gave up,
+        drops the producer id (see the class doc)."""
+        if delivery.cancelled():
             return
         failed = delivery.exception()
-        if failed is not None and not isinstance(failed, Withdrawn):  # (never numbered)
+        if failed is not None and self._given_up is None and not isinstance(failed, Withdrawn):
             self.renew_producer_id(failed)
 
     def renew_producer_id(self, failed: BaseException) -> None:
@@ -356,8 +368,18 @@ async def stop_consumer(consumer: Any) -> None:
     broker is down, caught sleeping after a failed fetch: aio-libs/aiokafka#647), leaving the
     rest of its close undone; that one is swallowed and the close finished, never a
     cancellation of the task stopping it. (faust's consumer thread ended so, and faust waited
-    60 s for it: ``streams.faust_transport.ConsumerThread``.)"""
+    60 s for it: ``streams.faust_transport.ConsumerThread``.)
+
+    A commit still unanswered ends with the stop, and its outcome is read here: aiokafka
+    sends each commit's request in a task of its own, shielded from its caller, which a stop
+    cancels (faust's consumer thread, as it stops, cancels the commit it runs), and the task
+    then fails as the close drops its connection. The shield reads that failure on a later
+    turn of the loop, which the consumer thread's loop, closed right after, never took: a
+    worker stopped with its broker hung logged asyncio's ERROR "Task exception was never
+    retrieved" with a traceback. (An offset not committed is read again by its partition's
+    next reader; a stop that gave up on Kafka says so in its WARNING.)"""
     task = asyncio.current_task()
+    commits = _commits_unanswered(consumer)
     try:
         await consumer.stop()
     except asyncio.CancelledError:
@@ -369,6 +391,37 @@ async def stop_consumer(consumer: Any) -> None:
             left.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await consumer._client.close()
+    finally:
+        left = [commit for commit in commits if not commit.done()]
+        for commit in left:  # (its connection is closed: nothing to wait for)
+            commit.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        for commit in commits:
+            failed = None if commit.cancelled() else commit.exception()
+            if failed is not None:
+                log.info(
+                    "a commit unanswered when the consumer stopped is not confirmed (%s)",
+                    type(failed).__name__,
+                )
+
+
+def _commits_unanswered(consumer: Any) -> list[asyncio.Task[Any]]:
+    """The tasks of ``consumer``'s commit requests not answered yet (aiokafka's
+    ``GroupCoordinator._do_commit_offsets``, which ``commit_offsets`` shields)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return []
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", None) == "GroupCoordinator._do_commit_offsets"
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            found.append(task)
+    return found
 
 
 def group_consumer(
