@@ -54,6 +54,16 @@ REPEATED: dict[str, frozenset[str]] = {
     "streams.faust_transport": frozenset(
         {"Kafka did not take a record of %s partition=%s (%s: %s)%s"}
     ),
+    # an executor's result or hand-back that Kafka did not take: in an outage, one per call
+    # (``streams.agents.results.NOT_TAKEN``)
+    "streams.agents.executors": frozenset(
+        {
+            "%s could not report request_id=%s (%s: %s): Kafka did not take it; told lost by "
+            "the partition's next reader, or re-issued at its deadline",
+            "%s could not hand back request_id=%s (%s: %s): Kafka did not take it; told lost "
+            "by the partition's next reader, or re-issued at its deadline",
+        }
+    ),
 }
 REPEAT_EVERY_S = 10.0
 

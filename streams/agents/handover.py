@@ -23,7 +23,7 @@ from streams.agents.called import Called
 from streams.agents.commits import Commits
 from streams.agents.lost import LostWork
 from streams.agents.marks import Mark, Unreported
-from streams.agents.results import log_unsent
+from streams.agents.results import NOT_HANDED_BACK, log_unsent
 from streams.kafka_options import committed_with_metadata
 from streams.runtime import Topics
 from streams.upstream.scheduler import Job, Scheduler
@@ -67,13 +67,13 @@ class HandOver:
             try:
                 deliveries.append((job, await topic.send(key=key, value=value)))
             except Exception as exc:
-                log_unsent(exc, "%s could not hand back request_id=%s", self._name, job.key)
+                log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
                 unsent.append(job)
         for job, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:
-                log_unsent(exc, "%s could not hand back request_id=%s", self._name, job.key)
+                log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
                 unsent.append(job)
                 continue
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more

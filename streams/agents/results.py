@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
 from streams.agents.work import Work
 from streams.codecs import encode
@@ -22,6 +24,14 @@ from streams.runtime import Clock, Topics
 from streams.upstream.scheduler import Outcome
 
 log = logging.getLogger("streams.agents.executors")  # the executors' lines, as before the split
+
+# what an executor could not send, and why (in an outage, one per call: ``streams.logs.REPEATED``)
+NOT_REPORTED = "%s could not report request_id=%s"
+NOT_HANDED_BACK = "%s could not hand back request_id=%s"
+NOT_TAKEN = (
+    " (%s: %s): Kafka did not take it; told lost by the partition's next reader, or re-issued "
+    "at its deadline"
+)
 
 
 class Results:
@@ -61,15 +71,20 @@ class Results:
                     )
                 )
         except Exception as exc:  # the ledger's deadline re-issues what is lost here
-            log_unsent(exc, "%s could not report request_id=%s", self._name, command.request_id)
+            log_unsent(exc, NOT_REPORTED, self._name, command.request_id)
             return False  # still unreported: a restart tells the ledger it was lost
         return True
 
 
 def log_unsent(exc: Exception, message: str, *args: Any) -> None:
-    """A record Kafka did not take: an ERROR with its traceback, but for one a stopping worker
-    gave up on (``GivenUp``), which the stop's WARNING counted: a DEBUG line."""
+    """A record Kafka did not take (its partition without a leader for the producer's request
+    timeout): a WARNING naming the error and what becomes of the call (an outage the worker
+    rides out is no bug; its traceback, an ERROR at every call, said nothing more); one a
+    stopping worker gave up on (``GivenUp``), which the stop's WARNING counted: a DEBUG line.
+    Anything else is no refusal of Kafka's: an ERROR with its traceback."""
     if isinstance(exc, GivenUp):
         log.debug(message + " (the stop gave up on Kafka)", *args)
+    elif isinstance(exc, KafkaError):
+        log.warning(message + NOT_TAKEN, *args, type(exc).__name__, exc)
     else:
         log.error(message, *args, exc_info=exc)
