@@ -42,6 +42,10 @@ CHANGELOG_NOT_TAKEN = (
     ": a table's write, which this worker's table holds and its changelog does not (a worker "
     "that recovers the partition from the changelog has the key's earlier value)"
 )
+CHANGELOG_WRITTEN_AGAIN = (
+    ": a table's write, written again with the key's value now (until Kafka takes it, a "
+    "worker that recovers the partition from the changelog would have the key's earlier value)"
+)
 
 
 class Producer(driver.Producer):
@@ -311,15 +315,49 @@ class Topic(faust.Topic):
         self.app.sensors.on_send_error(producer, failed, state)
         if isinstance(failed, GivenUp):
             return
-        changelog = message.message.channel.get_topic_name().endswith("-changelog")
+        name = message.message.channel.get_topic_name()
+        changelog = name.endswith("-changelog")
+        again = changelog and self._written_again(message, failed)
         log.warning(
             NOT_TAKEN,
-            message.message.channel.get_topic_name(),
+            name,
             message.message.partition,
             type(failed).__name__,
             failed,
-            CHANGELOG_NOT_TAKEN if changelog else "",
+            CHANGELOG_WRITTEN_AGAIN if again else CHANGELOG_NOT_TAKEN if changelog else "",
         )
+
+    def _written_again(self, message: FutureMessage, failed: BaseException) -> bool:
+        """A table's changelog record Kafka did not take (its partition without a leader for
+        the producer's request timeout) is written again with the key's value now, while this
+        worker holds the partition: the table holds the write, and its changelog did not, so
+        a worker recovering the partition (a rebalance, a restart) had the key's earlier
+        value: the ledger's person state before the batches since, its offset mark before
+        them (whose requests were then decided again), or the other way round (the mark
+        taken after the state the producer gave up on: the person's usage undercounted, a
+        limit exceeded). The value now, not the one given up on: a later write of the key,
+        taken meanwhile, stays the last. Not for a refusal no retry fixes (non-retriable: the
+        record too large), for a partition this worker no longer holds (its table is no
+        longer the key's truth), nor for a key no longer there (a person forgotten: a
+        worker that recovers it forgets it again)."""
+        if not getattr(failed, "retriable", False):
+            return False
+        name, partition = message.message.channel.get_topic_name(), message.message.partition
+        table = next(
+            (t for t in self.app.tables.values() if t.changelog_topic.get_topic_name() == name),
+            None,
+        )
+        if table is None or partition is None:
+            return False
+        if TP(name, partition) not in self.app.assignor.assigned_actives():
+            return False
+        key = message.message.key
+        try:
+            value = table.data[key]
+        except KeyError:
+            return False
+        table.send_changelog(partition, key, value)
+        return True
 
     async def _get_producer(self) -> Any:
         producer = self._started_producer()

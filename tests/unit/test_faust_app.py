@@ -14,7 +14,12 @@ from typing import Any
 
 import faust
 import pytest
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+)
 from faust.types import TP, Message
 
 from streams.app import RAW
@@ -166,6 +171,88 @@ async def test_a_record_sent_fausts_way_that_kafka_did_not_take_is_said_once(
         assert f"t-faust-app-ledger-changelog partition={partition} (KafkaTimeoutError" in line[1]
         assert "its changelog does not" in line[1]  # what it means for a table
     assert NOT_TAKEN in REPEATED["streams.faust_transport"]  # an outage's: one line every 10 s
+
+
+class TakingAfter(Recording):
+    """aiokafka's producer that gives up on the first ``failures`` records (``error``: their
+    partition without a leader for its request timeout) and takes the rest."""
+
+    def __init__(self, error: KafkaError, failures: int = 1) -> None:
+        super().__init__()
+        self.error, self.failures = error, failures
+        self.taken: list[tuple[str, Any, dict[str, Any]]] = []
+
+    async def send(self, topic: str, value: Any, **options: Any) -> asyncio.Future[str]:
+        self.sent.append((topic, value, options))
+        delivery: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            self.failures -= 1
+            delivery.set_exception(self.error)
+        else:
+            self.taken.append((topic, value, options))
+            delivery.set_result(f"{topic}@{len(self.sent) - 1}")
+        return delivery
+
+
+class Buffered(Started):
+    """faust's producer with its buffer: what ``send_soon`` is given is published in a task
+    of its own (faust's buffer does it on its next turn)."""
+
+    def __init__(self, aiokafka: Recording) -> None:
+        super().__init__(aiokafka)
+        self.soon: list[asyncio.Task[Any]] = []
+
+    def send_soon(self, fut: Any) -> None:
+        self.soon.append(asyncio.ensure_future(fut.message.channel.publish_message(fut)))
+
+    async def published(self) -> None:
+        while not all(task.done() for task in self.soon):  # (a publication may add one)
+            await asyncio.gather(*self.soon)
+            await asyncio.sleep(0)  # one turn: the done callbacks of what was published run
+
+
+CHANGELOG = "t-faust-app-ledger-changelog"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["held", "a partition not held", "a key forgotten", "refused for good"],
+)
+async def test_a_changelog_record_kafka_did_not_take_is_written_again_with_the_value_now(
+    case: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's table wrote a person's state; Kafka gave up on its changelog record. The
+    table holds the write and the changelog did not: a worker recovering the partition had
+    the person's earlier state (or an offset mark past it). While this worker holds the
+    partition, the key's value now is written again; not for a partition it no longer holds,
+    a key no longer in the table, or a refusal no retry fixes."""
+    error: KafkaError = (
+        MessageSizeTooLargeError() if case == "refused for good" else NotLeaderForPartitionError()
+    )
+    aiokafka = TakingAfter(error)
+    producer = Buffered(aiokafka)
+    app = app_with(producer, Counting())
+    table = app.Table("ledger", default=None, partitions=4, key_type=bytes, value_type=bytes)
+    assert table.changelog_topic.get_topic_name() == CHANGELOG
+    held = {TP(CHANGELOG, 1)} if case != "a partition not held" else {TP(CHANGELOG, 3)}
+    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: held)
+    if case != "a key forgotten":
+        table.data[b"acme:ann"] = b'{"state":"now"}'  # (the store alone: no changelog record)
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(logging.getLogger("streams.faust_transport"), "filters", [])
+
+    table.send_changelog(1, b"acme:ann", b'{"state":"given up on"}')
+    await producer.published()
+
+    again = [(topic, value, o["partition"]) for topic, value, o in aiokafka.taken]
+    [said] = [r.getMessage() for r in caplog.records if r.name == "streams.faust_transport"]
+    assert f"{CHANGELOG} partition=1 ({type(error).__name__}" in said
+    if case == "held":
+        assert again == [(CHANGELOG, b'{"state":"now"}', 1)]
+        assert "written again with the key's value now" in said
+    else:
+        assert again == []
+        assert "its changelog does not" in said
 
 
 def test_fausts_monitor_is_not_among_the_sensors() -> None:
