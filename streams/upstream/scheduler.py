@@ -97,6 +97,7 @@ class Scheduler:
         self.targets: dict[str, Target] = {}
         self._families: dict[str, dict[str, tuple[float, UpstreamError]]] = {}  # their refusals
         self._organizations: dict[str, str] = {}  # a family (an OpenAI key) → its organisation
+        self._named: set[str] = set()  # families whose organisation was named since a look
         self._pools: dict[str, set[Target]] = {}  # "<organisation> <scope>" → one pacer's targets
         # the targets with queued work, least recently served first (round-robin); only they
         # are looked at, however many targets the scheduler knows
@@ -164,11 +165,16 @@ class Scheduler:
 
     def take_back(self, origins: set[Any]) -> list[Job[Any]]:
         """Remove and return the queued (not started) jobs that came from ``origins``."""
+        return self.take_out(lambda job: job.origin in origins)
+
+    def take_out(self, which: Callable[[Job[Any]], bool]) -> list[Job[Any]]:
+        """Remove and return the queued (not started) jobs ``which`` picks, in arrival order."""
         taken: list[Job[Any]] = []
         for target in self.targets.values():
-            mine = [job for job in target.queue if job.origin in origins]
+            mine = [job for job in target.queue if which(job)]
             if mine:
-                target.queue = collections.deque(j for j in target.queue if j.origin not in origins)
+                chosen = {id(job) for job in mine}
+                target.queue = collections.deque(j for j in target.queue if id(j) not in chosen)
                 for job in mine:
                     del target.queued[job.key]
                 taken += mine
@@ -376,6 +382,16 @@ class Scheduler:
 
     # --- organisations ------------------------------------------------------------------------
 
+    def organization(self, family: str) -> str | None:
+        """The organisation an answer named for the family's key (None: none yet)."""
+        return self._organizations.get(family)
+
+    def named(self) -> set[str]:
+        """The families whose organisation an answer named (first, or anew) since the last
+        look (the executor forwards their queued commands to the organisation's executor)."""
+        named, self._named = self._named, set()
+        return named
+
     def _share(self, target: Target, job: Job[Any], organization: str) -> None:
         """An answer named the organisation of the target's key (its family): from now on the
         target is paced by the one pacer of that organisation's targets for its model (the
@@ -384,7 +400,9 @@ class Scheduler:
         there."""
         if not job.family:
             return
-        self._organizations[job.family] = organization
+        if self._organizations.get(job.family) != organization:
+            self._organizations[job.family] = organization
+            self._named.add(job.family)
         pool = f"{organization} {job.scope}"
         if target.pool == pool:
             return

@@ -488,6 +488,9 @@ class Queue:
     def take_back(self, origins: set[TopicPartition]) -> list[Any]:
         return [job for job in self.jobs if job.origin in origins]
 
+    def organization(self, family: str) -> str | None:
+        return None  # no answer named one: every command is called here
+
 
 class Decoding:
     """The dead letters as an executor's take uses them: every value here decodes."""
