@@ -128,7 +128,9 @@ class Executor:
             work=work,
             called=self._called,
             unreported=self._unreported,
+            consumer=lambda: self.consumer,
         )
+        scheduler.on_organization = self.forwarding.named  # its queued commands go at once
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
         self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
@@ -166,7 +168,7 @@ class Executor:
                     if self._stopping:  # not committed: the next run takes it
                         return
                     await self._take_batch(consumer, batch)
-                    await self.forwarding.queued(consumer)
+                    await self.forwarding.send()  # (those queued when an answer named it)
                     await self.lost.check_elsewhere(consumer, self.taken)
         finally:
             if dispatcher is not None:
@@ -206,6 +208,7 @@ class Executor:
             self._stopping = True
             if self.consumer is None or not self.taken:
                 return
+            await self.forwarding.send()
             cut = await self.scheduler.drain(drain_s)
             queued = self.scheduler.take_back(set(self.taken))
             sent = len(queued) - len(await self.handover.send_back(queued))
@@ -251,9 +254,7 @@ class Executor:
             command, issued_s=self.scheduler.now() - waited, origin=tp, report=report
         )
         job.record = (record.key, record.value)
-        forward = self.forwarding.to(self.consumer, tp, record.key, command)
-        if forward is not None:  # another executor paces its organisation
-            self.forwarding.hold(job, self._work.target(command), *forward)
+        if self.forwarding.to(job, command):  # another executor paces its organisation
             return
         self.scheduler.submit(self._work.target(command), job)
 

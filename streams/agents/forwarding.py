@@ -10,7 +10,8 @@ murmur2, gives the organisation's id as a record key) forwards the command there
 (:func:`destination`): the same record, keyed by the organisation. Whoever owns that partition
 calls it, paced with the organisation's other keys (it learns the key's organisation from its
 first answer, as any executor). The commands of a key it queued before an answer named the
-organisation go the same way (:meth:`Forwarding.queued`).
+organisation go the same way, taken out of their queue as the answer comes
+(:meth:`Forwarding.named`): a campaign's blast is taken before any answer.
 
 A command is forwarded once at most: only from its key's partition (a record keyed as the
 ledger keys it), never from its organisation's (two executors that knew a key in two
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -54,27 +55,26 @@ def organization_partition(organization: str, partitions: Collection[int]) -> in
 
 def destination(
     *,
-    key: bytes | None,
-    own_key: bytes,
+    keyed_by_its_key: bool,
     organization: str | None,
     partition: int,
     partitions: Collection[int],
     owned: Collection[int],
 ) -> int | None:
-    """Where a command read at ``partition`` under the record ``key`` is forwarded (None:
-    called here): to its ``organization``'s partition, if one is known, the record is keyed
-    as the ledger keys the command (``own_key``: not forwarded before), and neither this
-    partition nor another this executor ``owned`` is the organisation's."""
-    if organization is None or key != own_key or not partitions:
+    """Where a command read at ``partition`` is forwarded (None: called here): to its
+    ``organization``'s partition, if one is known, the record is keyed as the ledger keys the
+    command (``keyed_by_its_key``: not forwarded before), and neither this partition nor
+    another this executor ``owned`` is the organisation's."""
+    if organization is None or not keyed_by_its_key or not partitions:
         return None
     to = organization_partition(organization, partitions)
     return None if to == partition or to in owned else to
 
 
 class Forwarding:
-    """One executor run's forwards: those of a batch, held until sent and acknowledged
-    (:meth:`hold`, :meth:`send`), and those of commands it queued before it knew their
-    organisation (:meth:`queued`)."""
+    """One executor run's forwards, held until sent and acknowledged (:meth:`send`): those of
+    the commands it takes (:meth:`to`), and those of commands it queued before it knew their
+    organisation (:meth:`named`)."""
 
     def __init__(
         self,
@@ -85,6 +85,7 @@ class Forwarding:
         work: Work[Any],
         called: Called,
         unreported: Unreported,
+        consumer: Callable[[], AIOKafkaConsumer | None],
     ) -> None:
         self._name = name  # the executor's, in its log lines
         self._topics = topics  # [generate] is where it forwards (only OpenAI keys have one)
@@ -92,51 +93,51 @@ class Forwarding:
         self._work = work
         self._called = called  # the executor's: the commands this run took lately
         self._unreported = unreported  # the executor's: what this run took and did not report
-        self._held: list[tuple[Job[Any], str, str, TopicPartition]] = []
+        self._consumer = consumer  # the executor's (None before its run)
+        self._held: list[tuple[Job[Any], str, TopicPartition]] = []
 
-    def to(
-        self, consumer: AIOKafkaConsumer | None, tp: TopicPartition, key: bytes | None, command: Any
-    ) -> tuple[str, TopicPartition] | None:
-        """The command's organisation and the partition it is forwarded to, or None."""
-        family = self._work.family(command)
+    def to(self, job: Job[Any], command: Any) -> bool:
+        """Whether the command just taken (its ``job``, with the record it was read as) is
+        forwarded: if so, it is held to send (:meth:`send`), not to call here."""
+        job.forwardable = job.record[0] == target_key(command)  # (read from its key's partition)
+        where = self._where(job.family)
+        return where is not None and where(job)
+
+    def named(self, family: str) -> None:
+        """An answer named the organisation of ``family`` (an OpenAI key): the key's queued
+        commands to forward are taken out of their queues at once, before any more of them
+        is called, and held (sent by the executor's loop, or its stop)."""
+        where = self._where(family)
+        if where is not None:
+            self._scheduler.take_out(lambda job: job.family == family and where(job))
+
+    def _where(self, family: str) -> Callable[[Job[Any]], bool] | None:
+        """For the jobs of ``family`` (an OpenAI key), whether each is forwarded (then held);
+        None if none is (its organisation not known, or the executor not running)."""
         organization = self._scheduler.organization(family) if family else None
+        consumer = self._consumer()
         if organization is None or consumer is None:
             return None
-        to = destination(
-            key=key,
-            own_key=target_key(command),
-            organization=organization,
-            partition=tp.partition,
-            partitions=consumer.partitions_for_topic(tp.topic) or (),
-            owned={p.partition for p in consumer.assignment() if p.topic == tp.topic},
-        )
-        return None if to is None else (organization, TopicPartition(tp.topic, to))
-
-    def hold(self, job: Job[Any], target: str, organization: str, to: TopicPartition) -> None:
-        """A command taken, to forward (sent by :meth:`send`, with the batch's others)."""
-        self._held.append((job, target, organization, to))
-
-    async def queued(self, consumer: AIOKafkaConsumer | None) -> None:
-        """The queued commands of keys whose organisation an answer named since the last look,
-        forwarded where it says (a blast taken before the first answer)."""
-        families = self._scheduler.named()
-        if not families or consumer is None:
-            return
-        found: dict[int, tuple[str, str, TopicPartition]] = {}
+        known: dict[str, tuple[Collection[int], set[int]]] = {}
 
         def forwarded(job: Job[Any]) -> bool:
-            if job.family not in families or job.record is None:
-                return False
-            key, value = job.record
-            command = self._work.decode(value)
-            where = self.to(consumer, job.origin, key, command)
-            if where is not None:
-                found[id(job)] = (self._work.target(command), *where)
-            return where is not None
+            topic = job.origin.topic
+            if topic not in known:  # the topic's partitions, and those the executor owns
+                owned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+                known[topic] = (consumer.partitions_for_topic(topic) or (), owned)
+            partitions, owned = known[topic]
+            to = destination(
+                keyed_by_its_key=job.forwardable,
+                organization=organization,
+                partition=job.origin.partition,
+                partitions=partitions,
+                owned=owned,
+            )
+            if to is not None:
+                self._held.append((job, organization, TopicPartition(topic, to)))
+            return to is not None
 
-        for job in self._scheduler.take_out(forwarded):
-            self.hold(job, *found[id(job)])
-        await self.send()
+        return forwarded
 
     async def send(self) -> None:
         """The held commands sent to their organisation's partition, keyed by it, and
@@ -147,21 +148,21 @@ class Forwarding:
         held, self._held = self._held, []
         deliveries, unsent = [], []
         topic = self._topics.generate
-        for job, target, organization, to in held:
+        for job, organization, to in held:
             try:
                 delivery = await topic.send(key=organization.encode(), value=job.record[1])
             except Exception as exc:
                 log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
-                unsent.append((job, target))
+                unsent.append(job)
                 continue
-            deliveries.append((job, target, organization, to, delivery))
+            deliveries.append((job, organization, to, delivery))
         sent: collections.Counter[tuple[str, int]] = collections.Counter()
-        for job, target, organization, to, delivery in deliveries:
+        for job, organization, to, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:
                 log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
-                unsent.append((job, target))
+                unsent.append(job)
                 continue
             self._called.forwarded(job.key, job.attempt, to)  # called where it went
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
@@ -169,5 +170,5 @@ class Forwarding:
         for (organization, partition), count in sent.items():
             log.info("%s forwarded %s commands to partition %s, organization=%s's: paced there "
                      "with its other keys", self._name, count, partition, organization)  # fmt: skip
-        for job, target in unsent:  # called here, as before it knew the organisation
-            self._scheduler.submit(target, job)
+        for job in unsent:  # called here, as before it knew the organisation
+            self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)

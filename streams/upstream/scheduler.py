@@ -40,7 +40,9 @@ for the queue is decided here, what it means for the request is the ledger's:
   two sites with keys of one agency together send what the agency is allowed, not twice it.
   Only the pace is shared: each key keeps its queue and its turn in the round, and its
   refusals (a revoked key is that key's; ``insufficient_quota`` may be a project's budget,
-  and costs one call a key to learn).
+  and costs one call a key to learn). The executor is told when an answer names a key's
+  organisation (``on_organization``), before another call of it starts: the key's queued
+  commands may go to the executor that paces the organisation (``streams.agents.forwarding``).
 """
 
 from __future__ import annotations
@@ -97,7 +99,6 @@ class Scheduler:
         self.targets: dict[str, Target] = {}
         self._families: dict[str, dict[str, tuple[float, UpstreamError]]] = {}  # their refusals
         self._organizations: dict[str, str] = {}  # a family (an OpenAI key) → its organisation
-        self._named: set[str] = set()  # families whose organisation was named since a look
         self._pools: dict[str, set[Target]] = {}  # "<organisation> <scope>" → one pacer's targets
         # the targets with queued work, least recently served first (round-robin); only they
         # are looked at, however many targets the scheduler knows
@@ -124,6 +125,8 @@ class Scheduler:
         self._calls: dict[asyncio.Task[None], Job[Any]] = {}  # the calls running
         self.paused = False  # stopping: nothing more starts
         self.on_call: Callable[[Target, str], None] | None = None  # metrics hook
+        # told of a family (an OpenAI key) whose organisation an answer named (first, or anew)
+        self.on_organization: Callable[[str], None] | None = None
 
     def now(self) -> float:
         return self._clock()
@@ -386,12 +389,6 @@ class Scheduler:
         """The organisation an answer named for the family's key (None: none yet)."""
         return self._organizations.get(family)
 
-    def named(self) -> set[str]:
-        """The families whose organisation an answer named (first, or anew) since the last
-        look (the executor forwards their queued commands to the organisation's executor)."""
-        named, self._named = self._named, set()
-        return named
-
     def _share(self, target: Target, job: Job[Any], organization: str) -> None:
         """An answer named the organisation of the target's key (its family): from now on the
         target is paced by the one pacer of that organisation's targets for its model (the
@@ -402,7 +399,8 @@ class Scheduler:
             return
         if self._organizations.get(job.family) != organization:
             self._organizations[job.family] = organization
-            self._named.add(job.family)
+            if self.on_organization is not None:  # before any more of its calls start
+                self.on_organization(job.family)
         pool = f"{organization} {job.scope}"
         if target.pool == pool:
             return

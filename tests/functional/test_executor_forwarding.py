@@ -33,23 +33,22 @@ assert KEY_TP != ORG_TP  # (the test's names are chosen so)
 
 
 @pytest.mark.parametrize(
-    ("case", "key", "organization", "partition", "owned", "forwarded"),
+    ("case", "keyed_by_its_key", "organization", "partition", "owned", "forwarded"),
     [
-        ("organisation known, its partition another's", b"k", ORG, 1, {1}, True),
-        ("its partition this executor's too", b"k", ORG, 1, {1, ORG_TP.partition}, False),
-        ("one executor owning every partition", b"k", ORG, 1, set(PARTITIONS), False),
-        ("already on its organisation's partition", b"k", ORG, ORG_TP.partition, set(), False),
-        ("its organisation unknown", b"k", None, 1, {1}, False),
-        ("forwarded before: keyed by its organisation", ORG.encode(), ORG, 1, {1}, False),
+        ("organisation known, its partition another's", True, ORG, 1, {1}, True),
+        ("its partition this executor's too", True, ORG, 1, {1, ORG_TP.partition}, False),
+        ("one executor owning every partition", True, ORG, 1, set(PARTITIONS), False),
+        ("already on its organisation's partition", True, ORG, ORG_TP.partition, set(), False),
+        ("its organisation unknown", True, None, 1, {1}, False),
+        ("forwarded before: keyed by its organisation", False, ORG, 1, {1}, False),
     ],
 )
 def test_a_command_is_forwarded_only_from_its_keys_partition_to_an_organisation_paced_elsewhere(
-    case: str, key: bytes, organization: str | None, partition: int, owned: set[int],
+    case: str, keyed_by_its_key: bool, organization: str | None, partition: int, owned: set[int],
     forwarded: bool,
 ) -> None:  # fmt: skip
     to = destination(
-        key=key,
-        own_key=b"k",
+        keyed_by_its_key=keyed_by_its_key,
         organization=organization,
         partition=partition,
         partitions=PARTITIONS,
@@ -173,8 +172,8 @@ async def take(g: Generator, tp: TopicPartition, *values: tuple[int, bytes], key
         ]
     }
     await g.executor._take_batch(g.consumer, batch)  # type: ignore[arg-type]
-    await g.executor.forwarding.queued(g.consumer)  # type: ignore[arg-type]
     await calls(g)
+    await g.executor.forwarding.send()  # the loop's, after each batch
 
 
 async def calls(g: Generator) -> None:
@@ -258,13 +257,9 @@ async def test_commands_queued_before_an_answer_named_the_organisation_are_forwa
                              key=KEY_ID.encode(), value=value)
              for offset, value in enumerate(blast)]  # fmt: skip
     await g.executor._take_batch(g.consumer, {KEY_TP: batch})  # type: ignore[arg-type]
-    g.scheduler.dispatch()  # a new key is asked once first
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert g.work.called == ["r0"] and g.scheduler.queued == 4
-    await g.executor.forwarding.queued(g.consumer)  # type: ignore[arg-type]  # the loop's look
-    await calls(g)
-    assert g.work.called == ["r0"] and reported(g) == ["r0"]
+    await calls(g)  # a new key is asked once first; its answer names the organisation
+    assert g.work.called == ["r0"] and reported(g) == ["r0"]  # none called after it
+    await g.executor.forwarding.send()  # the loop's, after each batch
     assert g.generate.sent == [(ORG.encode(), value) for value in blast[1:]]
     assert g.scheduler.queued == 0 and g.executor._unreported.ranges(KEY_TP) == ()
 

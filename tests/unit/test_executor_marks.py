@@ -151,8 +151,8 @@ def generator(
                     deadletter=None)  # fmt: skip
     config = ExecutorConfig("generator", "generate", "g", "worker-generator", {}, watch_ms)
     work = Generate(chat=None, secrets=None)  # type: ignore[arg-type]
-    return Executor(config, scheduler, work, topics=topics, dead_letters=dead_letters,
-                    clock=clock or SystemClock())  # fmt: skip
+    return Executor(config, scheduler or SimpleNamespace(), work, topics=topics,
+                    dead_letters=dead_letters, clock=clock or SystemClock())  # fmt: skip
 
 
 def command(request_id: str) -> bytes:
