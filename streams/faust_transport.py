@@ -22,7 +22,7 @@ from typing import Any, cast
 import faust
 from faust.transport.consumer import ConsumerThread as FaustConsumerThread
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TP
+from faust.types import TP, FutureMessage
 from mode.utils.locks import Event
 
 from streams.kafka_options import GivenUp, IdempotentProducer, lingering_no_more, stop_consumer
@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 KAFKA_STOP_SECONDS = 5.0
 # how long the producer's own stop may take once the app gave up on Kafka
 CLOSE_SECONDS = 1.0
+# a record sent faust's way that Kafka did not take (:meth:`Topic._on_published`); one line
+# every ``streams.logs.REPEAT_EVERY_S`` in an outage, with how many more
+NOT_TAKEN = "Kafka did not take a record of %s partition=%s (%s: %s)%s"
+CHANGELOG_NOT_TAKEN = (
+    ": a table's write, which this worker's table holds and its changelog does not (a worker "
+    "that recovers the partition from the changelog has the key's earlier value)"
+)
 
 
 class Producer(driver.Producer):
@@ -277,6 +284,42 @@ class Topic(faust.Topic):
         ):
             return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
         return await super().send(key=key, value=value, **options)
+
+    def _on_published(
+        self, fut: asyncio.Future[Any], message: FutureMessage, producer: Any, state: Any
+    ) -> None:
+        """faust's end of a record sent its own way (a table's changelog, a record with a
+        partition or headers), where Kafka did not take it: the failure is said once, as what
+        was lost, and the future message is marked retrieved.
+
+        faust sets the failure on the future message and logs a WARNING of its own, yet
+        nobody retrieves that future: faust's ``send`` hands its caller aiokafka's delivery
+        (which the caller awaits) and drops the future message, and a table drops the one
+        of each changelog record. Collected, each logged an ERROR "Future exception was never
+        retrieved" with a traceback, after an outage and at a stop that gave up on Kafka.
+        Whoever awaits the future message still gets the failure. A record a stopping worker
+        gave up on (:class:`GivenUp`) is counted in the stop's WARNING, and not said again."""
+        if fut.cancelled():
+            message.cancel()
+            return
+        failed = fut.exception()
+        if failed is None:
+            super()._on_published(fut, message=message, producer=producer, state=state)
+            return
+        message.set_exception(failed)
+        message.exception()  # retrieved: said here, or in the stop's WARNING
+        self.app.sensors.on_send_error(producer, failed, state)
+        if isinstance(failed, GivenUp):
+            return
+        changelog = message.message.channel.get_topic_name().endswith("-changelog")
+        log.warning(
+            NOT_TAKEN,
+            message.message.channel.get_topic_name(),
+            message.message.partition,
+            type(failed).__name__,
+            failed,
+            CHANGELOG_NOT_TAKEN if changelog else "",
+        )
 
     async def _get_producer(self) -> Any:
         producer = self._started_producer()

@@ -10,13 +10,13 @@ import copy
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaTimeoutError, for_code
+from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from aiokafka.protocol.admin import DescribeGroupsRequest
@@ -207,6 +207,10 @@ class GivenUp(KafkaTimeoutError):  # type: ignore[misc]
     once, in the stop's WARNING, not again by each of its senders."""
 
 
+class Withdrawn(KafkaError):  # type: ignore[misc]
+    """A record its sender took back before the producer sent it (:func:`withdraw`)."""
+
+
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
     has given up on a record: the worker's (``streams.faust_transport``) and the ingress's
@@ -266,7 +270,12 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         acknowledged) fails with ``reason``, as does every record sent from now on, so that
         whatever awaits a delivery (the ledger's batch, the executors' reports, a flush, the
         producer's own ``stop``) ends now. Returns the records given up, by topic. Their
-        senders treat them as any failed delivery: not acknowledged, so not done."""
+        senders treat them as any failed delivery: not acknowledged, so not done.
+
+        aiokafka has no public way to fail what a producer holds (``stop`` and ``flush`` wait
+        for it), so its accumulator's own books are used. Its ``fail_all`` fails the batches
+        but leaves those not yet sent where the sender takes them next (and trips on them: a
+        failed batch cannot be numbered), and makes every later ``send`` raise."""
         self._given_up = reason
         accumulator = self._message_accumulator
         # not sent any more; counted as in flight, where aiokafka looks for a batch that
@@ -282,6 +291,10 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
             for delivery, _ in batch._msg_futures:  # one nobody awaits any more is no error
                 delivery.add_done_callback(_retrieved)
             batch.failure(reason)
+            # a batch never sent fails its wait for the sender too, which only a send waiting
+            # for room behind it awaits (aiokafka's ``add_batch``): nobody, here; unretrieved,
+            # it was an ERROR "Future exception was never retrieved" once collected
+            _retrieved(batch._drain_waiter)
         requeue = accumulator.reenqueue
 
         def reenqueue(batch: Any) -> None:
@@ -295,10 +308,13 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         return dropped
 
     def _delivered(self, delivery: asyncio.Future[Any]) -> None:
-        if delivery.cancelled() or self._given_up is not None:
+        """Every delivery's failure is read here (its sender may have stopped waiting for it:
+        asyncio would report it unread once collected) and, unless the producer gave up,
+        drops the producer id (see the class doc)."""
+        if delivery.cancelled():
             return
         failed = delivery.exception()
-        if failed is not None:
+        if failed is not None and self._given_up is None and not isinstance(failed, Withdrawn):
             self.renew_producer_id(failed)
 
     def renew_producer_id(self, failed: BaseException) -> None:
@@ -352,8 +368,18 @@ async def stop_consumer(consumer: Any) -> None:
     broker is down, caught sleeping after a failed fetch: aio-libs/aiokafka#647), leaving the
     rest of its close undone; that one is swallowed and the close finished, never a
     cancellation of the task stopping it. (faust's consumer thread ended so, and faust waited
-    60 s for it: ``streams.faust_transport.ConsumerThread``.)"""
+    60 s for it: ``streams.faust_transport.ConsumerThread``.)
+
+    A commit still unanswered ends with the stop, and its outcome is read here: aiokafka
+    sends each commit's request in a task of its own, shielded from its caller, which a stop
+    cancels (faust's consumer thread, as it stops, cancels the commit it runs), and the task
+    then fails as the close drops its connection. The shield reads that failure on a later
+    turn of the loop, which the consumer thread's loop, closed right after, never took: a
+    worker stopped with its broker hung logged asyncio's ERROR "Task exception was never
+    retrieved" with a traceback. (An offset not committed is read again by its partition's
+    next reader; a stop that gave up on Kafka says so in its WARNING.)"""
     task = asyncio.current_task()
+    commits = _commits_unanswered(consumer)
     try:
         await consumer.stop()
     except asyncio.CancelledError:
@@ -365,6 +391,37 @@ async def stop_consumer(consumer: Any) -> None:
             left.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await consumer._client.close()
+    finally:
+        left = [commit for commit in commits if not commit.done()]
+        for commit in left:  # (its connection is closed: nothing to wait for)
+            commit.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        for commit in commits:
+            failed = None if commit.cancelled() else commit.exception()
+            if failed is not None:
+                log.info(
+                    "a commit unanswered when the consumer stopped is not confirmed (%s)",
+                    type(failed).__name__,
+                )
+
+
+def _commits_unanswered(consumer: Any) -> list[asyncio.Task[Any]]:
+    """The tasks of ``consumer``'s commit requests not answered yet (aiokafka's
+    ``GroupCoordinator._do_commit_offsets``, which ``commit_offsets`` shields)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return []
+    found = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", None) == "GroupCoordinator._do_commit_offsets"
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            found.append(task)
+    return found
 
 
 def group_consumer(
@@ -431,6 +488,42 @@ def sending_now(producer: Any) -> Awaitable[Any] | None:
         return None
     waiters = _send_open_batches(accumulator)
     return asyncio.wait(waiters) if waiters else None
+
+
+def withdraw(producer: Any, deliveries: Iterable[asyncio.Future[Any]]) -> int:
+    """Take back from ``producer`` (faust's, on aiokafka) the records of ``deliveries`` it
+    holds unsent: each batch of a partition that holds one of them and that its sender has
+    not taken yet (never numbered, never sent) fails with :class:`Withdrawn`, so Kafka never
+    writes it. A record already sent (in flight, or being retried) is left as it is. Returns
+    how many records were taken back; 0 where the producer is not aiokafka's.
+
+    The ledger takes back what it sent of a batch once Kafka has given up on an output of
+    it: the producer, under a new id, would write them before what it gave up on, which the
+    batch decided again sends after them (``streams.agents.outputs.Batch``)."""
+    accumulator = _accumulator(producer)
+    wanted = {id(delivery) for delivery in deliveries if not delivery.done()}
+    if accumulator is None or not wanted:
+        return 0
+    taken_back = 0
+    for tp, held in list(accumulator._batches.items()):
+        kept = [
+            batch
+            for batch in held
+            if batch.retry_count or not any(id(f) in wanted for f, _ in batch._msg_futures)
+        ]
+        if len(kept) == len(held):
+            continue
+        for batch in held:
+            if batch in kept:
+                continue
+            taken_back += batch.record_count
+            batch.drain_ready()  # a send waiting for room in it tries again (a batch of its own)
+            batch.failure(Withdrawn(f"taken back by its sender before it was sent to {tp}"))
+        held.clear()
+        held.extend(kept)
+        if not held:
+            del accumulator._batches[tp]
+    return taken_back
 
 
 def lingering_no_more(producer: Any) -> None:

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 from faust.types import TP
@@ -38,12 +39,13 @@ from streams.agents.outputs import (
     Emitter,
     Identity,
     SendNow,
+    Withdraw,
     handed,
 )
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
 from streams.gaps import GapRepair, ReadRange, Record
-from streams.kafka_options import sending_now
+from streams.kafka_options import sending_now, withdraw
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Source, Topics
 
@@ -92,6 +94,7 @@ def register(
         metrics,
         clock,
         send_now=lambda: sending_now(app.producer),
+        withdraw=lambda deliveries: withdraw(app.producer, deliveries),
         acknowledge=lambda topic, partition, first, last: app.consumer.acknowledge_range(
             TP(topic, partition), first, last
         ),
@@ -117,6 +120,7 @@ class Ledger:
         metrics: WorkerMetrics,
         clock: Clock,
         send_now: SendNow = lambda: None,
+        withdraw: Withdraw | None = None,
         acknowledge: Acknowledge | None = None,
         taken: Taken = dict,
         partitions: int | None = None,
@@ -145,6 +149,7 @@ class Ledger:
         self._scan = TableScan(table, self._due, self._forgetting)
         self._deciding = Batch()  # the batch between its decisions and its stored states
         self._send_now = send_now
+        self._withdraw = withdraw
         self._acknowledge = acknowledge
         self._taken = taken
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
@@ -162,7 +167,7 @@ class Ledger:
         (``_undecided``) is decided again without the outputs Kafka took of it: an executor
         runs each command once (a call billed once), a letter or a transition is written once."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
-            batch = self._deciding = Batch()
+            batch = self._deciding = Batch(self._withdraw)
             marks: dict[bytes, tuple[bytes, Any]] = {}
             read_back: list[tuple[str, int, int, int]] = []
             firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
@@ -254,19 +259,25 @@ class Ledger:
         record again (from the same stored state: the same outputs, but for the clock's issue
         times) leaves them out: they were sent in full again before, so an executor ran a
         command twice (OpenAI billed twice) and a letter or a transition was written twice.
+        Those the batch held back once Kafka had given up on one of its outputs, or took
+        back from the producer unsent (``Batch.holds``, ``Batch._settled``), go now, after
+        what Kafka gave up on, in the order they were decided.
         A worker that stops before the batch decided again is stored, or a partition that
         moves meanwhile, still sends them again (at-least-once: README, "Production")."""
         for source, identities in batch.acknowledged.items():
             self._sent.setdefault(source, set()).update(identities)
         log.warning(
-            "ledger: %s (%s): decided again from %s (the %s of its %s outputs that Kafka "
-            "took are not sent again)",
+            "ledger: %s (%s): decided again from %s (the %s of its %s outputs sent that "
+            "Kafka took are not sent again; once Kafka had given up on one, %s were held back "
+            "and %s taken back unsent)",
             what,
             type(exc).__name__,
             ", ".join(f"partition={p} offset={o}" for (_, p), o in sorted(firsts.items()))
             or "where it was",
             sum(map(len, batch.acknowledged.values())),
             len(batch.deliveries),
+            batch.held,
+            batch.withdrawn,
         )
         for (topic, partition), offset in firsts.items():
             self._gaps.rewind(topic, partition, offset)
@@ -296,10 +307,12 @@ class Ledger:
             newest = batch.states.get(person)
             state = newest[0] if newest else self._states.load(person, self._table.get(person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
-            batch.deliveries += await self._emit(outcome, source, sent)
+            await self._emit(outcome, source, batch, sent)
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
+        except KafkaError:  # the producer did not take an output (no room, no metadata for
+            raise  # its request timeout): the batch is decided again, as when Kafka gives up
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
             log.exception(
                 "ledger failed request_id=%s partition=%s offset=%s",
@@ -325,6 +338,8 @@ class Ledger:
     ) -> None:
         """A letter of the record being decided, sent with the batch's outputs (and, if
         Kafka refuses it, the same letter without the record's value)."""
+        if batch.holds(request_id):
+            return  # sent when the batch is decided again
         letter: dict[str, Any] = {
             "topic": record.topic,
             "partition": record.partition,
@@ -335,7 +350,7 @@ class Ledger:
             "request_id": request_id,
         }
         delivery = await handed(self._dead_letters.write(**letter))
-        batch.send(source, identity, delivery, self._emit.instead_of_letter(letter))
+        batch.send(source, identity, delivery, self._emit.instead_of_letter(letter), request_id)
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()

@@ -5,7 +5,10 @@ letters of work given up on (:class:`Emitter`), per batch of [requests] messages
 A batch's states are stored only once Kafka took every output of it; a batch of which Kafka
 gave up on one is decided again (``streams.agents.ledger.Ledger._undecided``), and deciding a
 record again makes the same outputs, but for the clock's issue times: their identities say which
-of them Kafka took the first time, which are not sent again.
+of them Kafka took the first time, which are not sent again. Once Kafka has given up on an
+output of a batch, the batch sends nothing more (:meth:`Batch.holds`): what it would send is
+sent when it is decided again, after what Kafka gave up on, so a request's transitions reach
+[lifecycle] in the order they were decided.
 
 An output Kafka refuses for what it is (:data:`REFUSED`: larger than the producer's
 ``max_request_size`` or the topic's ``max.message.bytes``) is refused however often it is
@@ -43,6 +46,9 @@ log = logging.getLogger("streams.agents.ledger")  # the ledger's lines, as befor
 
 # sends what the producer holds back for its linger; its acknowledgements (None: nothing to do)
 SendNow = Callable[[], Awaitable[None] | None]
+# takes back from the producer those of these outputs it holds unsent; how many it took back
+# (``streams.kafka_options.withdraw``)
+Withdraw = Callable[[list[asyncio.Future[Any]]], int]
 # an output of a decision, as deciding the same record again makes it again whatever the clock
 # (a command's issue time differs): its kind, request and attempt (``Emitter``); a lifecycle
 # event's ``identity()``; a letter of a record that did not decide (one of them per record)
@@ -87,7 +93,7 @@ class Batch:
     those outputs by the record decided and what they are, and its transitions (counted in
     the metrics only then too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, withdraw: Withdraw | None = None) -> None:
         self.states: dict[bytes, tuple[PersonState, Any]] = {}
         self.deliveries: list[Output] = []
         self.transitions: list[LifecycleEvent] = []
@@ -98,6 +104,51 @@ class Batch:
         self.not_again = 0
         # once Kafka gave up on an output: the outputs it took, by record
         self.acknowledged: dict[Source, set[Identity]] = {}
+        # an output Kafka gave up on (or refused other than for its size), once seen: nothing
+        # more of the batch is sent (``holds``), and what was sent is taken back if unsent
+        # (``withdraw``); how many outputs were held back, and taken back
+        self.failed: BaseException | None = None
+        self.held = 0
+        self.withdrawn = 0
+        self._withdraw = withdraw
+        self._sent: list[asyncio.Future[Any]] = []  # the deliveries of the outputs sent
+        self._by_request: dict[str, list[asyncio.Future[Any]]] = {}  # the same, by request
+
+    def holds(self, request_id: str | None = None) -> bool:
+        """Whether an output (of ``request_id``) is held back, not sent: Kafka gave up on an
+        output of the batch, which will be decided again and then send it after that one.
+        Sent now, it could be written before: a decision held up past the producer's request
+        timeout (a gap read back from a partition without a leader) had Kafka give up on a
+        request's ``TextGenerated`` while its ``CompletionPublished``, sent later (the
+        producer under a new id), was taken, and [lifecycle] held them in that order. The
+        request's own outputs are looked at as they stand (a failure's callbacks may not
+        have run yet)."""
+        if self.failed is None and request_id is not None:
+            for delivery in self._by_request.get(request_id, ()):
+                if delivery.done():
+                    self._settled(delivery)
+        if self.failed is None:
+            return False
+        self.held += 1
+        return True
+
+    def _settled(self, delivery: asyncio.Future[Any]) -> None:
+        """An output's delivery is settled: the first one Kafka gave up on (or refused other
+        than for its size) fails the batch, and the outputs it sent that the producer still
+        holds unsent are taken back. The producer, under a new id, would write them before
+        the one it gave up on, which the batch decided again sends after them: a send that
+        waited for room behind a batch of a partition without a leader goes on once the
+        producer gives up on that batch, in a batch of its own; a batch behind one in
+        flight that the producer gives up on is sent after it."""
+        if self.failed is None and not delivery.cancelled():
+            failure = delivery.exception()
+            if failure is not None and not isinstance(failure, REFUSED):
+                self.failed = failure
+                self._take_back(self._sent)
+
+    def _take_back(self, deliveries: list[asyncio.Future[Any]]) -> None:
+        if self._withdraw is not None:
+            self.withdrawn += self._withdraw(deliveries)
 
     def send(
         self,
@@ -105,8 +156,19 @@ class Batch:
         identity: Identity,
         delivery: Awaitable[Any],
         instead: Instead | None = None,
+        request_id: str | None = None,
     ) -> None:
+        """An output handed to the producer, of ``request_id`` (None: of no request). Sent
+        while the batch failed (its ``send`` waited, and the producer gave up on an output
+        of the batch meanwhile), it is taken back at once if still unsent."""
         self.deliveries.append((source, identity, delivery, instead))
+        if isinstance(delivery, asyncio.Future):
+            if self.failed is not None:
+                self._take_back([delivery])
+            self._sent.append(delivery)
+            delivery.add_done_callback(self._settled)
+            if request_id is not None:
+                self._by_request.setdefault(request_id, []).append(delivery)
 
     async def delivered(self, send_now: SendNow, failed: Exception | None = None) -> None:
         """The batch's outputs are acknowledged; ``send_now`` sends them without lingering.
@@ -189,28 +251,36 @@ class Emitter:
         return self._topics.generate if kind == "generate_text" else self._topics.completions
 
     async def __call__(
-        self, outcome: Outcome, decided: Source, sent: Collection[Identity] = NONE_SENT
-    ) -> list[Output]:
+        self,
+        outcome: Outcome,
+        decided: Source,
+        batch: Batch,
+        sent: Collection[Identity] = NONE_SENT,
+    ) -> None:
         """Hand the outputs to the producer, but those in ``sent`` (Kafka took them, or what
-        went in their place, when this record was decided before); returns each one's
-        delivery (to be awaited), with the record, what the output is (:data:`Identity`) and
-        what goes in its place if Kafka refuses it. ``decided``: the [requests] record the
-        outcome was decided from, which a letter of work given up on names (the command in it
-        was never read from a record of its own)."""
-        deliveries: list[Output] = []
+        went in their place, when this record was decided before) and those ``batch`` holds
+        back (Kafka gave up on an output of it: :meth:`Batch.holds`); each one's delivery
+        (to be awaited) goes to ``batch``, with the record, what the output is
+        (:data:`Identity`) and what goes in its place if Kafka refuses it. ``decided``: the
+        [requests] record the outcome was decided from, which a letter of work given up on
+        names (the command in it was never read from a record of its own)."""
         for command in outcome.commands:
             identity: Identity = (command.kind, command.request_id, command.attempt)
             if identity in sent or ("instead", *identity) in sent:
+                continue
+            if batch.holds(command.request_id):
                 continue
             topic = self._command_topic(command.kind)
             value = encode(command)
             delivery = await handed(topic.send(key=target_key(command), value=value))
             instead = functools.partial(self._failed, command, len(value), topic)
-            deliveries.append((decided, identity, delivery, instead))
+            batch.send(decided, identity, delivery, instead, command.request_id)
         for event in outcome.events:
             # its identity(), less a call and a str() (the ledger's hot path)
             identity = ("lifecycle", event.request_id, event.type, event.state, event.attempt)
             if identity in sent or ("instead", *identity) in sent:
+                continue
+            if batch.holds(event.request_id):
                 continue
             # the lifecycle topic is the record of transitions; the log line is for debugging
             # (at INFO it was a measurable part of the worker's CPU under load)
@@ -232,11 +302,13 @@ class Emitter:
                 self._topics.lifecycle.send(key=event.request_id.encode(), value=value)
             )
             instead = functools.partial(self._event_letter, event, value, decided)
-            deliveries.append((decided, identity, delivery, instead))
+            batch.send(decided, identity, delivery, instead, event.request_id)
         for given_up in outcome.dead_letters:
             given = given_up.command
             identity = ("given_up", given.kind, given.request_id, given.attempt)
             if identity in sent or ("instead", *identity) in sent:
+                continue
+            if batch.holds(given.request_id):
                 continue
             letter: dict[str, Any] = {
                 "topic": self._command_topic(given.kind).get_topic_name(),
@@ -249,8 +321,8 @@ class Emitter:
                 "decided": decided,
             }
             delivery = await handed(self._dead_letters.write(**letter))
-            deliveries.append((decided, identity, delivery, self.instead_of_letter(letter)))
-        return deliveries
+            without = self.instead_of_letter(letter)
+            batch.send(decided, identity, delivery, without, given.request_id)
 
     async def _failed(
         self, command: GenerateText | PublishCompletion, size: int, topic: Any, exc: BaseException

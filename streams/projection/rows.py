@@ -221,10 +221,12 @@ def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent, occurrence: int = 0
         row["terminal"] = e.state in TERMINAL
         row["cause"] = e.cause
     # else: an earlier step's transition read after the request ended (from a terminal state
-    # only a redrive moves on, and its event says it leaves it): history, not the state. The
-    # ledger writes one so when Kafka gave up on it while a later output of its batch to the
-    # same partition was taken (a decision held up past the producer's request timeout), and
-    # its batch, decided again, sent it after that one (test_producer_outage.py)
+    # only a redrive moves on, and its event says it leaves it): history, not the state. An
+    # earlier version's ledger wrote one so when Kafka gave up on it while a later output of
+    # its batch to the same partition was taken (a decision held up past the producer's
+    # request timeout), and its batch, decided again, sent it after that one; a topic it
+    # wrote may hold such records (the ledger now sends nothing of a batch after an output
+    # Kafka gave up on: tests/unit/test_ledger_order.py)
     row["updated_at_ms"] = max(row["updated_at_ms"], e.at_ms)
     row["attempts"] = max(row["attempts"] or 0, e.attempt)
     if e.state is State.RECEIVED:

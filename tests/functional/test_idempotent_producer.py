@@ -9,12 +9,16 @@ never takes a new id. On a real broker: ``tests/integration/brokers/test_produce
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import LeaderNotAvailableError
 
 from streams.faust_transport import Producer
-from streams.kafka_options import IdempotentProducer
+from streams.kafka_options import GivenUp, IdempotentProducer, Withdrawn, withdraw
 
 
 async def test_a_failed_delivery_drops_the_producer_id_and_the_numbering() -> None:
@@ -43,3 +47,97 @@ async def test_a_failed_delivery_drops_the_producer_id_and_the_numbering() -> No
 
 def test_the_workers_transport_makes_such_producers() -> None:
     assert Producer._producer_type.fget(None) is IdempotentProducer  # type: ignore[attr-defined]
+
+
+async def test_withdraw_takes_back_only_what_the_producer_holds_unsent() -> None:
+    """The ledger takes back the outputs of a batch Kafka gave up on an output of
+    (``streams.agents.outputs.Batch``): a batch of aiokafka's accumulator holding one of
+    them that its sender has not taken fails, records sent with it included, and is never
+    sent; a batch in flight is left as it is, and so are other partitions. Never numbered,
+    the records taken back spend no sequence number: the producer keeps its id."""
+    producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1")
+    txn = producer._txn_manager
+    txn.set_pid_and_epoch(7, 0)
+    accumulator = producer._message_accumulator
+    tp, other = TopicPartition("t-lifecycle", 0), TopicPartition("t-lifecycle", 1)
+    in_flight = await accumulator.add_message(tp, None, b"a", timeout=1)
+    accumulator._pop_batch(tp)  # the sender took it: numbered, sent
+    held = await accumulator.add_message(tp, None, b"b", timeout=1)
+    with_it = await accumulator.add_message(tp, None, b"c", timeout=1)  # the same batch
+    elsewhere = await accumulator.add_message(other, None, b"d", timeout=1)
+    faust_producer = SimpleNamespace(_producer=producer)
+
+    assert withdraw(faust_producer, [in_flight, held]) == 2
+    assert isinstance(held.exception(), Withdrawn) and isinstance(with_it.exception(), Withdrawn)
+    assert not in_flight.done() and not elsewhere.done()
+    assert tp not in accumulator._batches and list(accumulator._batches) == [other]
+    for delivery in (held, with_it):
+        producer._delivered(delivery)
+    assert (txn.producer_id, txn.sequence_number(tp)) == (7, 1)
+    assert withdraw(faust_producer, [in_flight, held]) == 0
+    assert withdraw(SimpleNamespace(), [elsewhere]) == 0  # not aiokafka's: nothing to take
+
+
+async def held_and_given_up() -> tuple[Counter[str], list[BaseException | None]]:
+    """A producer holding a record the sender took (in flight) and two it never took (in an
+    open batch), given up on as a stopping worker gives up: what it dropped, and what each
+    sender of a record learns (nobody awaits the second held one). Returns with nothing of
+    the producer referenced."""
+    producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1")
+    producer._txn_manager.set_pid_and_epoch(7, 0)
+    accumulator = producer._message_accumulator
+    sent, held = TopicPartition("t-generate", 0), TopicPartition("t-lifecycle", 1)
+    in_flight = await accumulator.add_message(sent, b"k", b"result", timeout=1)
+    accumulator._pop_batch(sent)  # the sender took it: numbered, in a request
+    waiting = await accumulator.add_message(held, b"k", b"transition", timeout=1)
+    await accumulator.add_message(held, b"k", b"its sender stopped waiting", timeout=1)
+
+    dropped = producer.give_up(GivenUp("the worker stopped before Kafka took it"))
+    after = await producer.send("t-generate", b"sent once given up")
+    learnt = []
+    for delivery in (in_flight, waiting, after):
+        learnt.append(await asyncio.wait_for(asyncio.gather(delivery, return_exceptions=True), 1))
+    return dropped, [r if isinstance(r, BaseException) else None for [r] in learnt]
+
+
+async def test_a_stop_that_gives_up_fails_every_held_record_and_leaves_no_future_unread() -> None:
+    """Every record held fails with the stop's reason, counted by topic for the stop's one
+    WARNING; no future of the producer is left failed and unread. The batch never sent had
+    its wait for the sender failed too, and once collected asyncio logged it as an ERROR
+    "Future exception was never retrieved" (GivenUp) at every stop that gave up on Kafka."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []  # (what it said, not the context: that would keep it alive)
+    loop.set_exception_handler(lambda _, context: reported.append(said(context)))
+    try:
+        dropped, learnt = await held_and_given_up()
+        await asyncio.sleep(0)  # one turn: the done callbacks the failures scheduled run
+        gc.collect()  # a future collected failed and unread is reported now
+    finally:
+        loop.set_exception_handler(None)
+    assert dropped == Counter({"t-lifecycle": 2, "t-generate": 1})
+    assert [type(failed) for failed in learnt] == [GivenUp] * 3
+    assert [line for line in reported if "never retrieved" in line] == []
+
+
+def said(context: dict[str, Any]) -> str:
+    return f"{context['message']}: {context.get('future', '')!r}"
+
+
+async def test_a_delivery_failed_as_the_producer_gives_up_is_read_all_the_same() -> None:
+    """A delivery that failed on the loop turn the stop gave up on (its done callbacks run
+    after ``give_up``): its sender stopped waiting, and nothing else read it."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(said(context)))
+    try:
+        producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1")
+        delivery: asyncio.Future[None] = loop.create_future()
+        delivery.add_done_callback(producer._delivered)  # as ``send`` does
+        delivery.set_exception(LeaderNotAvailableError())
+        producer.give_up(GivenUp("the worker stopped before Kafka took it"))
+        del delivery
+        await asyncio.sleep(0)  # one turn: its done callbacks run
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert [line for line in reported if "never retrieved" in line] == []

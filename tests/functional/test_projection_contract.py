@@ -169,11 +169,12 @@ def test_a_transition_the_ledger_emitted_twice_is_projected_once(store: Projecti
 
 
 def test_an_earlier_step_read_after_the_request_ended_leaves_it_ended(store: ProjectionStore):
-    """The ledger's batch decided again after Kafka gave up on an output sends it after the
-    outputs Kafka took of the same batch's later records: a request's TextGenerated and
-    PublicationStarted can follow its CompletionPublished in the topic. The request stayed
-    ``publishing`` (not terminal: every wait for it timed out); it is ``published``, the
-    transitions all kept. A redrive's first event leaves the terminal state, and moves on."""
+    """An earlier version's ledger batch, decided again after Kafka gave up on an output,
+    sent it after the outputs Kafka took of the same batch's later records: a request's
+    TextGenerated and PublicationStarted can follow its CompletionPublished in a topic it
+    wrote (the ledger now keeps them in order: tests/unit/test_ledger_order.py). The request
+    stayed ``publishing`` (not terminal: every wait for it timed out); it is ``published``,
+    the transitions all kept. A redrive's first event leaves the terminal state, and moves on."""
     log = Log()
     log.full("r1", at_ms=T0_MS, latency_ms=700)
     received, admitted, started, generated, publishing, published = log.records

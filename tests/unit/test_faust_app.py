@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import types
@@ -13,10 +14,13 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.types import TP, Message
 
 from streams.app import RAW
-from streams.faust_transport import App, Stream, Topic
+from streams.faust_transport import NOT_TAKEN, App, Stream, Topic
+from streams.kafka_options import GivenUp
+from streams.logs import REPEATED
 
 
 class Recording:
@@ -32,13 +36,27 @@ class Recording:
         return delivery
 
 
+class Failing(Recording):
+    """aiokafka's producer that Kafka takes nothing from: each delivery fails with ``error``."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__()
+        self.error = error
+
+    async def send(self, topic: str, value: Any, **options: Any) -> asyncio.Future[str]:
+        self.sent.append((topic, value, options))
+        delivery: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        delivery.set_exception(self.error)
+        return delivery
+
+
 class Started:
     """faust's producer, started, on top of :class:`Recording`."""
 
     started = True
 
-    def __init__(self) -> None:
-        self.aiokafka = Recording()
+    def __init__(self, aiokafka: Recording | None = None) -> None:
+        self.aiokafka = aiokafka or Recording()
 
     def _ensure_producer(self) -> Recording:
         return self.aiokafka
@@ -90,6 +108,64 @@ async def test_anything_else_takes_fausts_way(options: dict[str, Any]) -> None:
     [(name, _, sent_with)] = producer.aiokafka.sent
     assert (name, sent_with["via"]) == ("t-faust-app-requests", "faust")
     assert sensor.initiated == 1
+
+
+async def sent_fausts_way_and_not_taken(error: KafkaError) -> list[BaseException | None]:
+    """A record with a partition (its caller awaits the delivery faust's ``send`` returns) and
+    two of a table's changelog (faust's producer buffer publishes the future message
+    ``send_soon`` made: one awaited, and one kept by nobody, as a table keeps them), sent
+    faust's way, none taken by Kafka: what the sender and the waiter learn. Returns with
+    nothing of the records referenced."""
+    app = app_with(Started(Failing(error)), Counting())
+    requests = app.topic("t-faust-app-requests", **RAW)
+    changelog = app.topic("t-faust-app-ledger-changelog", **RAW)
+    delivery: Any = await requests.send(key=b"acme:ann", value=b"{}", partition=2)
+    for partition in (1, 3):  # as faust's buffer does
+        written = changelog.as_future_message(key=b"acme:ann", value=b"{}", partition=partition)
+        await changelog.publish_message(written, wait=False)
+    learnt = [await asyncio.gather(delivery, return_exceptions=True)]
+    learnt.append(await asyncio.gather(written, return_exceptions=True))
+    return [failed if isinstance(failed, BaseException) else None for [failed] in learnt]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KafkaTimeoutError("no leader"), GivenUp("the worker stopped before Kafka took it")],
+    ids=["in an outage", "given up by a stop"],
+)
+async def test_a_record_sent_fausts_way_that_kafka_did_not_take_is_said_once(
+    error: KafkaError, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its sender learns the failure, and so does whoever awaits its future message; it is
+    said once, as a WARNING naming what Kafka did not take, or not at all when a stopping
+    worker gave up on it (its stop's WARNING counts it). faust dropped each record's future
+    message with the failure set, and once collected asyncio logged an ERROR "Future exception
+    was never retrieved" with a traceback for each, after an outage and at such a stop."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []  # (what it said, not the context: that would keep it alive)
+    loop.set_exception_handler(lambda _, context: reported.append(str(context["message"])))
+    caplog.set_level(logging.WARNING)
+    # each line (a test that set the process's logging up left its one-every-10-s filter)
+    monkeypatch.setattr(logging.getLogger("streams.faust_transport"), "filters", [])
+    try:
+        learnt = await sent_fausts_way_and_not_taken(error)
+        await asyncio.sleep(0)  # one turn: the done callbacks the failures scheduled run
+        gc.collect()  # a future collected failed and unread is reported now
+    finally:
+        loop.set_exception_handler(None)
+    assert learnt == [error, error]
+    assert reported == []
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    if isinstance(error, GivenUp):
+        assert said == []
+        return
+    assert [level for level, _ in said] == ["WARNING"] * 3
+    assert "t-faust-app-requests partition=2 (KafkaTimeoutError: " in said[0][1]
+    assert "its changelog" not in said[0][1]
+    for line, partition in zip(said[1:], (1, 3), strict=True):
+        assert f"t-faust-app-ledger-changelog partition={partition} (KafkaTimeoutError" in line[1]
+        assert "its changelog does not" in line[1]  # what it means for a table
+    assert NOT_TAKEN in REPEATED["streams.faust_transport"]  # an outage's: one line every 10 s
 
 
 def test_fausts_monitor_is_not_among_the_sensors() -> None:

@@ -16,6 +16,7 @@ from models.events import DeadLetter, GapProbe, GenerateText, LifecycleEvent
 from models.ledger import PersonState, Policy
 from models.lifecycle import State
 from streams.agents.ledger import OFFSET_MARK, Ledger
+from streams.agents.outputs import SendNow
 from streams.codecs import decode, encode
 from streams.gaps import GapRepair
 from streams.observability import WorkerMetrics
@@ -278,7 +279,11 @@ class Quiet:
     """A ledger on partition 3 of a fake log of webhooks, faust's taken offsets set by hand."""
 
     def __init__(
-        self, table: dict[bytes, bytes] | None = None, generate: Sent | None = None
+        self,
+        table: dict[bytes, bytes] | None = None,
+        generate: Sent | None = None,
+        lifecycle: Sent | None = None,
+        send_now: SendNow = lambda: None,
     ) -> None:
         self.webhooks = {
             offset: encode(received(f"req-{offset}", delivery_id=f"d-{offset}"))
@@ -286,7 +291,8 @@ class Quiet:
         }
         self.taken: dict[int, int] = {}
         self.told: list[tuple[str, int, int, int]] = []
-        self.requests, self.lifecycle, self.deadletter = Requests(), Sent(), Sent()
+        self.requests, self.deadletter = Requests(), Sent()
+        self.lifecycle = lifecycle or Sent()
         self.generate = generate or Sent()
         metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
@@ -304,6 +310,7 @@ class Quiet:
             DeadLetters(self.deadletter, metrics.dead_letters, FixedClock()),
             metrics,
             FixedClock(),
+            send_now=send_now,
             acknowledge=self.acknowledge,
             taken=lambda: dict(self.taken),
         )
