@@ -68,8 +68,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         retention="broker default (delete); it is the audit log: keep it as long as you want "
         "replays",
     ),
-    # keyed by upstream target, so all of one target's calls meet in one executor
-    TopicSpec("generate", "OpenAI key fingerprint", GenerateText, "internal: generator commands"),
+    # keyed by upstream target, so all of one target's calls meet in one executor; a generator
+    # forwards a command to the executor pacing its OpenAI organisation keyed by its id
+    TopicSpec(
+        "generate",
+        "OpenAI key fingerprint (forwarded: its organisation)",
+        GenerateText,
+        "internal: generator commands",
+    ),
     TopicSpec("completions", "site", PublishCompletion, "internal: publisher commands"),
     TopicSpec(
         "lifecycle",

@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 # how many of the commands it took last an executor knows by request and attempt (``Called``):
 # a copy of one further on in the topic is not called again
 CALLED_REMEMBERED = 20_000
+FORWARDED = -1  # the offset ``Called`` notes for a command forwarded to a partition
 
 
 class Called:
@@ -23,7 +24,8 @@ class Called:
     after the partition has a leader again (when the ledger's batch is decided again), where
     the executor reads them: the copy is close behind the first, far within ``size``
     commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
-    takes it back calls it."""
+    takes it back calls it; one forwarded to its organisation's partition
+    (``streams.agents.forwarding``) is called by this executor only if it takes it there."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -35,12 +37,17 @@ class Called:
         """Where the same command was taken before (this one is a copy), or None: the first."""
         identity = (request_id, attempt)
         first = self._taken.get(identity)
-        if first is not None and first != where:
+        if first is not None and first not in (where, (where[0], FORWARDED)):  # (forwarded here)
             return first
         self._taken[identity] = where
         if len(self._taken) > self._size:
             del self._taken[next(iter(self._taken))]
         return None
+
+    def forwarded(self, request_id: str, attempt: int, to: TopicPartition) -> None:
+        """The command was forwarded to ``to``: taken there, it is called (this executor was
+        given that partition since); a copy anywhere else is not."""
+        self._taken[(request_id, attempt)] = (to, FORWARDED)
 
     def forget(self, request_id: str, attempt: int) -> None:
         self._taken.pop((request_id, attempt), None)

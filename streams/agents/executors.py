@@ -15,7 +15,9 @@ call's result goes to [requests] (``streams.agents.results``). The topics are ke
 so all of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance
 moves a partition away, the commands of it that are still queued are handed back to the topic
 for the new owner (calls already running finish here, and the hand-over's mark lists them:
-``streams.agents.handover``).
+``streams.agents.handover``). A generator that knows a command's OpenAI organisation forwards
+it to the organisation's own partition when another executor owns that, so one executor paces
+each organisation: ``streams.agents.forwarding``.
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -41,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.agents.called import CALLED_REMEMBERED, Called
 from streams.agents.commits import Commits
+from streams.agents.forwarding import Forwarding
 from streams.agents.handover import HandOver, OnRebalance
 from streams.agents.lost import LostWork
 from streams.agents.marks import Unreported
@@ -118,6 +121,16 @@ class Executor:
             lost=self.lost,
             commits=self.commits,
         )
+        self.forwarding = Forwarding(  # commands to the executor pacing their organisation
+            name=config.name,
+            topics=topics,
+            scheduler=scheduler,
+            work=work,
+            called=self._called,
+            unreported=self._unreported,
+            consumer=lambda: self.consumer,
+        )
+        scheduler.on_organization = self.forwarding.named  # its queued commands go at once
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
         self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
@@ -155,6 +168,7 @@ class Executor:
                     if self._stopping:  # not committed: the next run takes it
                         return
                     await self._take_batch(consumer, batch)
+                    await self.forwarding.send()  # (those queued when an answer named it)
                     await self.lost.check_elsewhere(consumer, self.taken)
         finally:
             if dispatcher is not None:
@@ -182,6 +196,7 @@ class Executor:
         for tp, records in batch.items():
             for record in records:
                 await self._take(tp, record)
+        await self.forwarding.send()
 
     async def stop(self, drain_s: float) -> None:
         """A graceful stop (the app's ``on_stop``, its producer still up) settles everything
@@ -193,6 +208,7 @@ class Executor:
             self._stopping = True
             if self.consumer is None or not self.taken:
                 return
+            await self.forwarding.send()
             cut = await self.scheduler.drain(drain_s)
             queued = self.scheduler.take_back(set(self.taken))
             sent = len(queued) - len(await self.handover.send_back(queued))
@@ -227,7 +243,7 @@ class Executor:
                      "the command it took at offset %s of partition %s: not called again",
                      self.config.name, command.request_id, command.attempt, record.offset,
                      tp.partition, first[1], first[0].partition)  # fmt: skip
-            return
+            return  # (offset -1: it was forwarded there)
         self._unreported.took(tp, record.offset, command.request_id, command.attempt)
         waited = max(self._clock.now_ms() - command.issued_at_ms, 0) / 1000
 
@@ -238,6 +254,8 @@ class Executor:
             command, issued_s=self.scheduler.now() - waited, origin=tp, report=report
         )
         job.record = (record.key, record.value)
+        if self.forwarding.to(job, command):  # another executor paces its organisation
+            return
         self.scheduler.submit(self._work.target(command), job)
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:

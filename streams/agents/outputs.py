@@ -80,7 +80,8 @@ Output = tuple[Source, Identity, Awaitable[Any], "Instead | None"]
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
     """A command's record key: its upstream target (the OpenAI key's fingerprint, the
     Talkable site), so all calls to one target meet in one executor, whichever worker owns
-    the partition, and its pacing holds across workers."""
+    the partition, and its pacing holds across workers (the keys of one OpenAI organisation
+    meet in the executor that owns the organisation's partition: ``streams.agents.forwarding``)."""
     if isinstance(command, GenerateText):
         return (command.openai_key_id or command.request_id).encode()
     return command.site.encode()

@@ -54,6 +54,11 @@ class Work(Generic[C]):
     def target(self, command: C) -> str:
         raise NotImplementedError
 
+    def family(self, command: C) -> str:
+        """The family of the command's target (its jobs'): an OpenAI key, whose organisation
+        an answer may name; "" for a target of its own."""
+        return ""
+
     def job(self, command: C, *, issued_s: float, origin: Any, report: Report) -> Job[Any]:
         raise NotImplementedError
 
@@ -74,6 +79,9 @@ class Generate(Work[GenerateText]):
         """The key and the model: OpenAI limits each model of a key apart, and says the
         model's limits in its answers (one pace per key followed whichever model spoke last)."""
         return f"{self._key(command)}/{command.chat.model}"
+
+    def family(self, command: GenerateText) -> str:
+        return self._key(command)
 
     def _key(self, command: GenerateText) -> str:
         key_id = _key_id(self._secrets, command.openai_key_id, command.openai_api_key)

@@ -38,6 +38,9 @@ class Job(Generic[R]):
     key_scope: str = "key"  # what a refusal of the key covers: the target's key, or (a site
     # called with several keys) ``key:<fingerprint>`` so a wrong key stops only its own calls
     family: str = ""  # targets that share refusals (an OpenAI key's models); "": the target's own
+    # read from its key's partition, so it may go to its organisation's executor (an
+    # executor's concern: ``streams.agents.forwarding``); one forwarded there may not
+    forwardable: bool = False
     tries: int = 0
     seq: int = 0  # the order it arrived in
     started_s: float = 0.0  # when its latest call started
@@ -90,7 +93,7 @@ def take_over(queued: Job[Any], newer: Job[Any]) -> None:
     report, while the wait counts from the first issue."""
     queued.attempt, queued.call, queued.report = newer.attempt, newer.call, newer.report
     queued.scope, queued.cost, queued.probe = newer.scope, newer.cost, newer.probe
-    queued.origin, queued.record = newer.origin, newer.record
+    queued.origin, queued.record, queued.forwardable = newer.origin, newer.record, newer.forwardable
     if newer.issued_s < queued.issued_s:  # the wait counts from the first, less its calls
         queued.issued_s, queued.in_calls_s = newer.issued_s, newer.in_calls_s
 

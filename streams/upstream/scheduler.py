@@ -40,7 +40,9 @@ for the queue is decided here, what it means for the request is the ledger's:
   two sites with keys of one agency together send what the agency is allowed, not twice it.
   Only the pace is shared: each key keeps its queue and its turn in the round, and its
   refusals (a revoked key is that key's; ``insufficient_quota`` may be a project's budget,
-  and costs one call a key to learn).
+  and costs one call a key to learn). The executor is told when an answer names a key's
+  organisation (``on_organization``), before another call of it starts: the key's queued
+  commands may go to the executor that paces the organisation (``streams.agents.forwarding``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class Scheduler:
         self._calls: dict[asyncio.Task[None], Job[Any]] = {}  # the calls running
         self.paused = False  # stopping: nothing more starts
         self.on_call: Callable[[Target, str], None] | None = None  # metrics hook
+        # told of a family (an OpenAI key) whose organisation an answer named (first, or anew)
+        self.on_organization: Callable[[str], None] | None = None
 
     def now(self) -> float:
         return self._clock()
@@ -164,11 +168,16 @@ class Scheduler:
 
     def take_back(self, origins: set[Any]) -> list[Job[Any]]:
         """Remove and return the queued (not started) jobs that came from ``origins``."""
+        return self.take_out(lambda job: job.origin in origins)
+
+    def take_out(self, which: Callable[[Job[Any]], bool]) -> list[Job[Any]]:
+        """Remove and return the queued (not started) jobs ``which`` picks, in arrival order."""
         taken: list[Job[Any]] = []
         for target in self.targets.values():
-            mine = [job for job in target.queue if job.origin in origins]
+            mine = [job for job in target.queue if which(job)]
             if mine:
-                target.queue = collections.deque(j for j in target.queue if j.origin not in origins)
+                chosen = {id(job) for job in mine}
+                target.queue = collections.deque(j for j in target.queue if id(j) not in chosen)
                 for job in mine:
                     del target.queued[job.key]
                 taken += mine
@@ -376,6 +385,10 @@ class Scheduler:
 
     # --- organisations ------------------------------------------------------------------------
 
+    def organization(self, family: str) -> str | None:
+        """The organisation an answer named for the family's key (None: none yet)."""
+        return self._organizations.get(family)
+
     def _share(self, target: Target, job: Job[Any], organization: str) -> None:
         """An answer named the organisation of the target's key (its family): from now on the
         target is paced by the one pacer of that organisation's targets for its model (the
@@ -384,7 +397,10 @@ class Scheduler:
         there."""
         if not job.family:
             return
-        self._organizations[job.family] = organization
+        if self._organizations.get(job.family) != organization:
+            self._organizations[job.family] = organization
+            if self.on_organization is not None:  # before any more of its calls start
+                self.on_organization(job.family)
         pool = f"{organization} {job.scope}"
         if target.pool == pool:
             return

@@ -1,7 +1,8 @@
 """Tenants against real upstream limits, on the real broker: a campaign blast on a rate-limited
 OpenAI key beside a quiet site, a key with no quota, a Talkable outage, two workers sharing one
-limited key. The stand-ins enforce per-key limits as OpenAI does (continuous refill,
-``x-ratelimit-*`` headers, 429 bodies that say when to try again) and 429s as Talkable does.
+limited key, one organisation's two keys (on one worker, on two). The stand-ins enforce
+per-key limits as OpenAI does (continuous refill, ``x-ratelimit-*`` headers, 429 bodies that
+say when to try again) and 429s as Talkable does.
 
 Speed is the benchmark's business (its noisy-neighbour phase); these assert what the design
 promises: nothing fails for waiting, few 429s, fair service, one call to a refused key, a few
@@ -18,8 +19,11 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import System, now_s
-from tests.support import seed_params, usage, wait_until
+from streams.agents.forwarding import organization_partition
+from streams.agents.ledger import partition_of
+from streams.secrets import key_fingerprint
+from tests.integration.conftest import System, consumer_lags, http, now_s
+from tests.support import poll, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -492,3 +496,65 @@ def test_two_sites_whose_keys_share_an_organization_are_paced_to_its_one_limit(
     }
     assert abs(last["one"] - last["two"]) < 5_000, last
     print(f"org of two keys: {len(calls)} calls, {throttled} 429s, {span:.1f}s (ideal {ideal}s)")
+
+
+def test_an_organizations_two_keys_on_two_workers_are_paced_by_one_to_its_limit(
+    make_system,
+) -> None:
+    """The agency's two sites again, their keys' partitions of [generate] held by two workers:
+    each worker paced the organisation at its whole 5 calls a second, together twice it. Once
+    an answer names a key's organisation, the worker that does not hold the organisation's own
+    partition forwards the key's commands there: one worker paces both keys, and the two
+    sites together keep to the organisation's limit, with few 429s, each request called on
+    its first attempt."""
+    system = make_system()
+    system.start_worker("worker2")
+    generate = f"{system.app_id}-generate"
+    workers = ("worker", "worker2")
+
+    def held() -> dict[str, set[int]] | None:  # each generator holds some of [generate]
+        found = {}
+        for name in workers:
+            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            found[name] = {int(p) for p in consumer_lags(text if status == 200 else "", generate)}
+        return found if all(found.values()) and not found["worker"] & found["worker2"] else None
+
+    for name in workers:
+        system.wait_ready(name)
+    owned = poll(held, 120)
+    assert owned is not None, "both workers' generators holding partitions"
+    of = partition_of(4)
+    first, second = (
+        next(key for key in (f"sk-agency-key-{n:04d}" for n in range(1000))
+             if of(key_fingerprint(key).encode()) in owned[name])
+        for name in workers
+    )  # fmt: skip
+    organization = "org-agency"
+    its_partition = organization_partition(organization, range(4))
+    forwarding = next(name for name in workers if its_partition not in owned[name])
+    system.openai(
+        "POST",
+        "/_control",
+        {
+            "latency_seconds": 0.5,
+            "organizations": {organization: [first, second]},
+            "key_limits": {organization: {"rpm": 300}},  # 5 a second, for both keys
+        },
+    )
+    per_site = 75
+    one = post_people(system, "one", per_site, site="agency-one", key=first)
+    two = post_people(system, "two", per_site, site="agency-two", key=second)
+
+    published_once(system, one + two, timeout=240)
+
+    calls = calls_with(system, first) + calls_with(system, second)
+    throttled = answered_429(calls)
+    # the two workers' calls together: no 2 s stretch with more than 2 s' worth and a burst
+    times = sorted(c["at"] for c in calls if c["status"] == 200)
+    busiest = max(sum(1 for t in times if start <= t < start + 2.0) for start in times)
+    assert busiest <= 2 * 5 + 5, (busiest, throttled)
+    logs = {name: (system.root / f"{name}.log").read_text(errors="replace") for name in workers}
+    assert f"organization={organization}'s" in logs[forwarding]
+    assert all("generator forwarded" not in logs[n] for n in workers if n != forwarding)
+    assert first not in logs[forwarding] and second not in logs[forwarding]  # never a key
+    print(f"org of two keys, two workers: {len(calls)} calls, {throttled} 429s, busiest {busiest}")

@@ -1,0 +1,174 @@
+"""Commands an executor forwards to the executor that paces their OpenAI organisation.
+
+OpenAI limits an organisation, not a key, and a scheduler paces every key of an organisation
+it knows with one pacer (``streams.upstream.scheduler``). But [generate] is keyed by the key
+(``streams.agents.outputs.target_key``): with several workers, two keys of one organisation
+may sit in partitions two executors own, and each would pace the organisation at its whole
+limit. So an executor that knows a command's organisation (an answer named its key's) and does
+not own the organisation's own partition of [generate] (the one the producers' partitioner,
+murmur2, gives the organisation's id as a record key) forwards the command there
+(:func:`destination`): the same record, keyed by the organisation. Whoever owns that partition
+calls it, paced with the organisation's other keys (it learns the key's organisation from its
+first answer, as any executor). The commands of a key it queued before an answer named the
+organisation go the same way, taken out of their queue as the answer comes
+(:meth:`Forwarding.named`): a campaign's blast is taken before any answer.
+
+A command is forwarded once at most: only from its key's partition (a record keyed as the
+ledger keys it), never from its organisation's (two executors that knew a key in two
+organisations would otherwise send it to and fro). With one worker owning every partition,
+nothing is forwarded.
+
+As a hand-back (``streams.agents.handover``), a forward counts once Kafka acknowledged it: the
+command is then no longer this run's to report (its marks do not tell it lost), and this run
+calls it only if it takes it where it went (``streams.agents.called``: a copy of it in its
+key's partition is not called). A forward Kafka did not take is called here, as before.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.agents.called import Called
+from streams.agents.marks import Unreported
+from streams.agents.outputs import target_key
+from streams.agents.results import log_unsent
+from streams.agents.work import Work
+from streams.runtime import Topics
+from streams.upstream.scheduler import Job, Scheduler
+
+log = logging.getLogger("streams.agents.executors")  # the executors' lines
+
+_PARTITIONER = DefaultPartitioner()
+
+
+def organization_partition(organization: str, partitions: Collection[int]) -> int:
+    """The partition a producer writes a record keyed by the organisation's id to."""
+    every = sorted(partitions)
+    return int(_PARTITIONER(organization.encode(), every, every))
+
+
+def destination(
+    *,
+    keyed_by_its_key: bool,
+    organization: str | None,
+    partition: int,
+    partitions: Collection[int],
+    owned: Collection[int],
+) -> int | None:
+    """Where a command read at ``partition`` is forwarded (None: called here): to its
+    ``organization``'s partition, if one is known, the record is keyed as the ledger keys the
+    command (``keyed_by_its_key``: not forwarded before), and neither this partition nor
+    another this executor ``owned`` is the organisation's."""
+    if organization is None or not keyed_by_its_key or not partitions:
+        return None
+    to = organization_partition(organization, partitions)
+    return None if to == partition or to in owned else to
+
+
+class Forwarding:
+    """One executor run's forwards, held until sent and acknowledged (:meth:`send`): those of
+    the commands it takes (:meth:`to`), and those of commands it queued before it knew their
+    organisation (:meth:`named`)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: Topics,
+        scheduler: Scheduler,
+        work: Work[Any],
+        called: Called,
+        unreported: Unreported,
+        consumer: Callable[[], AIOKafkaConsumer | None],
+    ) -> None:
+        self._name = name  # the executor's, in its log lines
+        self._topics = topics  # [generate] is where it forwards (only OpenAI keys have one)
+        self._scheduler = scheduler
+        self._work = work
+        self._called = called  # the executor's: the commands this run took lately
+        self._unreported = unreported  # the executor's: what this run took and did not report
+        self._consumer = consumer  # the executor's (None before its run)
+        self._held: list[tuple[Job[Any], str, TopicPartition]] = []
+
+    def to(self, job: Job[Any], command: Any) -> bool:
+        """Whether the command just taken (its ``job``, with the record it was read as) is
+        forwarded: if so, it is held to send (:meth:`send`), not to call here."""
+        job.forwardable = job.record[0] == target_key(command)  # (read from its key's partition)
+        where = self._where(job.family)
+        return where is not None and where(job)
+
+    def named(self, family: str) -> None:
+        """An answer named the organisation of ``family`` (an OpenAI key): the key's queued
+        commands to forward are taken out of their queues at once, before any more of them
+        is called, and held (sent by the executor's loop, or its stop)."""
+        where = self._where(family)
+        if where is not None:
+            self._scheduler.take_out(lambda job: job.family == family and where(job))
+
+    def _where(self, family: str) -> Callable[[Job[Any]], bool] | None:
+        """For the jobs of ``family`` (an OpenAI key), whether each is forwarded (then held);
+        None if none is (its organisation not known, or the executor not running)."""
+        organization = self._scheduler.organization(family) if family else None
+        consumer = self._consumer()
+        if organization is None or consumer is None:
+            return None
+        known: dict[str, tuple[Collection[int], set[int]]] = {}
+
+        def forwarded(job: Job[Any]) -> bool:
+            topic = job.origin.topic
+            if topic not in known:  # the topic's partitions, and those the executor owns
+                owned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+                known[topic] = (consumer.partitions_for_topic(topic) or (), owned)
+            partitions, owned = known[topic]
+            to = destination(
+                keyed_by_its_key=job.forwardable,
+                organization=organization,
+                partition=job.origin.partition,
+                partitions=partitions,
+                owned=owned,
+            )
+            if to is not None:
+                self._held.append((job, organization, TopicPartition(topic, to)))
+            return to is not None
+
+        return forwarded
+
+    async def send(self) -> None:
+        """The held commands sent to their organisation's partition, keyed by it, and
+        acknowledged: each is no longer this run's to report. One Kafka did not take is
+        queued here instead."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        deliveries, unsent = [], []
+        topic = self._topics.generate
+        for job, organization, to in held:
+            try:
+                delivery = await topic.send(key=organization.encode(), value=job.record[1])
+            except Exception as exc:
+                log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
+                unsent.append(job)
+                continue
+            deliveries.append((job, organization, to, delivery))
+        sent: collections.Counter[tuple[str, int]] = collections.Counter()
+        for job, organization, to, delivery in deliveries:
+            try:
+                await delivery
+            except Exception as exc:
+                log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
+                unsent.append(job)
+                continue
+            self._called.forwarded(job.key, job.attempt, to)  # called where it went
+            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
+            sent[(organization, to.partition)] += 1
+        for (organization, partition), count in sent.items():
+            log.info("%s forwarded %s commands to partition %s, organization=%s's: paced there "
+                     "with its other keys", self._name, count, partition, organization)  # fmt: skip
+        for job in unsent:  # called here, as before it knew the organisation
+            self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)

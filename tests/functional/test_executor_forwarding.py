@@ -1,0 +1,273 @@
+"""A generator forwards a command to its OpenAI organisation's own partition of [generate] when
+another executor owns it (``streams.agents.forwarding``), so one executor paces each
+organisation however many workers run: in-process, a real scheduler, the topics and the
+consumer as fakes that record what the executor sends and commits."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from models.events import GenerateText
+from streams.agents.executors import Executor, ExecutorConfig
+from streams.agents.forwarding import destination, organization_partition
+from streams.agents.work import Generate, Report, Timed
+from streams.clients.openai_chat import Completion
+from streams.codecs import decode_requests, encode
+from streams.runtime import SystemClock, Topics
+from streams.upstream.limits import Limits
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Job, Scheduler
+from tests.unit.domain_builders import Ledger, received
+
+ORG = "org-agency"
+KEY_ID = "key-fp"  # the OpenAI key's fingerprint: the ledger's record key of its commands
+PARTITIONS = range(4)
+KEY_TP = TopicPartition("generate", organization_partition(KEY_ID, PARTITIONS))
+ORG_TP = TopicPartition("generate", organization_partition(ORG, PARTITIONS))
+assert KEY_TP != ORG_TP  # (the test's names are chosen so)
+
+
+@pytest.mark.parametrize(
+    ("case", "keyed_by_its_key", "organization", "partition", "owned", "forwarded"),
+    [
+        ("organisation known, its partition another's", True, ORG, 1, {1}, True),
+        ("its partition this executor's too", True, ORG, 1, {1, ORG_TP.partition}, False),
+        ("one executor owning every partition", True, ORG, 1, set(PARTITIONS), False),
+        ("already on its organisation's partition", True, ORG, ORG_TP.partition, set(), False),
+        ("its organisation unknown", True, None, 1, {1}, False),
+        ("forwarded before: keyed by its organisation", False, ORG, 1, {1}, False),
+    ],
+)
+def test_a_command_is_forwarded_only_from_its_keys_partition_to_an_organisation_paced_elsewhere(
+    case: str, keyed_by_its_key: bool, organization: str | None, partition: int, owned: set[int],
+    forwarded: bool,
+) -> None:  # fmt: skip
+    to = destination(
+        keyed_by_its_key=keyed_by_its_key,
+        organization=organization,
+        partition=partition,
+        partitions=PARTITIONS,
+        owned=owned,
+    )
+    assert to == (ORG_TP.partition if forwarded else None), case
+
+
+def test_an_organisations_partition_is_the_one_a_producer_writes_its_id_to() -> None:
+    from aiokafka.partitioner import murmur2
+
+    assert organization_partition(ORG, PARTITIONS) == (murmur2(ORG.encode()) & 0x7FFFFFFF) % 4
+
+
+class Topic:
+    """A topic as an executor sends to it: every send acknowledged (or refused, ``fail``)."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+        self.fail = fail
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        done = asyncio.get_running_loop().create_future()
+        if self.fail:
+            done.set_exception(ConnectionError("no leader"))
+        else:
+            self.sent.append((key, value))
+            done.set_result(None)
+        return done
+
+
+class Consumer:
+    """An executor's consumer as taking a batch uses it: the partitions it owns now, the
+    topic's four, and what it committed."""
+
+    def __init__(self, *owned: TopicPartition) -> None:
+        self.owned = set(owned)
+        self.commits: list[Any] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(PARTITIONS)
+
+    async def commit(self, offsets: Any) -> None:
+        self.commits.append(offsets)
+
+
+class Answering(Generate):
+    """The generator's work, its calls answered by an OpenAI that names the key's
+    organisation (``openai-organization``) and recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(chat=None, secrets=None)  # type: ignore[arg-type]
+        self.called: list[str] = []
+
+    def job(
+        self, command: GenerateText, *, issued_s: float, origin: Any, report: Report
+    ) -> Job[Any]:
+        job = super().job(command, issued_s=issued_s, origin=origin, report=report)
+
+        async def call() -> tuple[Timed[Completion], Limits]:
+            self.called.append(command.request_id)
+            return Timed(Completion("A verse.", "gpt-4o-mini", 3, 3), 5), Limits(organization=ORG)
+
+        job.call = call
+        return job
+
+
+class Decoding:
+    """The dead letters as an executor's take uses them: every value here decodes."""
+
+    async def decoded(self, decoder: Any, *, value: bytes | None, **_: Any) -> Any:
+        return decoder(value)
+
+
+class Generator(SimpleNamespace):
+    executor: Executor
+    scheduler: Scheduler
+    work: Answering
+    generate: Topic
+    requests: Topic
+    consumer: Consumer
+
+
+def generator(*owned: TopicPartition, generate: Topic | None = None) -> Generator:
+    scheduler = Scheduler(
+        "generator",
+        max_in_flight=1,
+        max_wait_s=600.0,
+        refusal_s=60.0,
+        pacer_config=PacerConfig(initial_window=16, burst_s=0.0),
+    )
+    work, requests, generate = Answering(), Topic(), generate or Topic()
+    topics = Topics(requests=requests, generate=generate, completions=None, lifecycle=None,
+                    deadletter=None)  # fmt: skip
+    config = ExecutorConfig("generator", "generate", "g", "worker-generator", {})
+    executor = Executor(config, scheduler, work, topics=topics, dead_letters=Decoding(),
+                        clock=SystemClock())  # fmt: skip
+    consumer = Consumer(*owned)
+    executor.consumer = consumer  # type: ignore[assignment]
+    return Generator(executor=executor, scheduler=scheduler, work=work, generate=generate,
+                     requests=requests, consumer=consumer)  # fmt: skip
+
+
+def command(request_id: str) -> bytes:
+    """A GenerateText command as the ledger issues it, with its key's fingerprint."""
+    [generate] = Ledger().send(received(request_id)).commands
+    assert isinstance(generate, GenerateText)
+    return encode(generate.model_copy(update={"openai_key_id": KEY_ID}))
+
+
+async def take(g: Generator, tp: TopicPartition, *values: tuple[int, bytes], key: bytes) -> None:
+    """A batch of ``tp`` under the record ``key`` taken (committed, then queued or forwarded),
+    as the executor's loop does, and its calls made."""
+    batch = {
+        tp: [
+            SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=o, key=key, value=v)
+            for o, v in values
+        ]
+    }
+    await g.executor._take_batch(g.consumer, batch)  # type: ignore[arg-type]
+    await calls(g)
+    await g.executor.forwarding.send()  # the loop's, after each batch
+
+
+async def calls(g: Generator) -> None:
+    """Every call the scheduler may start now made, and its result reported."""
+    for _ in range(10):
+        g.scheduler.dispatch()
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+async def learned(g: Generator) -> None:
+    """The executor called a command of the key, and the answer named its organisation."""
+    await take(g, KEY_TP, (0, command("first")), key=KEY_ID.encode())
+    assert g.work.called == ["first"] and g.scheduler.organization(f"openai:{KEY_ID}") == ORG
+
+
+def reported(g: Generator) -> list[str]:
+    return [decode_requests(value).request_id for _, value in g.requests.sent]
+
+
+async def test_a_command_of_an_organisation_another_executor_paces_is_forwarded_there() -> None:
+    """Two sites' keys of one organisation in partitions of two workers: each worker paced
+    the organisation at its whole limit, together twice it. The executor that knows the
+    key's organisation and does not own its partition forwards the key's commands there,
+    keyed by the organisation, and calls none of them; none is its to tell lost. A copy of
+    one in the key's partition is not called nor forwarded again; the forwarded record
+    itself, if this executor is given the organisation's partition, is called."""
+    g = generator(KEY_TP)
+    await learned(g)
+    a, b = command("a"), command("b")
+    await take(g, KEY_TP, (1, a), (2, b), key=KEY_ID.encode())
+    assert g.generate.sent == [(ORG.encode(), a), (ORG.encode(), b)]
+    assert g.work.called == ["first"] and g.scheduler.queued == 0
+    assert g.executor._unreported.ranges(KEY_TP) == ()  # handed on: nothing to tell lost
+    assert g.executor.commits.marks({KEY_TP: 3}, {})[KEY_TP][1].oldest == 3
+
+    await take(g, KEY_TP, (3, a), key=KEY_ID.encode())  # the ledger's copy of a
+    assert len(g.generate.sent) == 2 and g.work.called == ["first"]
+
+    g.consumer.owned.add(ORG_TP)  # a rebalance gave it the organisation's partition
+    await take(g, ORG_TP, (7, a), key=ORG.encode())
+    assert g.work.called == ["first", "a"] and reported(g) == ["first", "a"]
+    await take(g, ORG_TP, (8, a), key=ORG.encode())  # a copy there: called once
+    assert g.work.called == ["first", "a"] and len(g.generate.sent) == 2
+
+
+async def test_a_command_whose_organisations_partition_this_executor_owns_is_called() -> None:
+    """One worker owning every partition forwards nothing; nor does one that owns the
+    organisation's partition besides the key's."""
+    for owned in ((KEY_TP, ORG_TP), tuple(TopicPartition("generate", p) for p in PARTITIONS)):
+        g = generator(*owned)
+        await learned(g)
+        await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())
+        assert g.generate.sent == [] and g.work.called == ["first", "a"]
+
+
+async def test_a_command_on_its_organisations_partition_is_called_there() -> None:
+    """The executor owning the organisation's partition calls what was forwarded to it (its
+    key's organisation unknown to it yet, or known), and whatever else lands there."""
+    g = generator(ORG_TP)
+    await take(g, ORG_TP, (1, command("a")), key=ORG.encode())  # organisation unknown here
+    assert g.scheduler.organization(f"openai:{KEY_ID}") == ORG  # learned from its answer
+    await take(g, ORG_TP, (2, command("b")), key=ORG.encode())
+    await take(g, ORG_TP, (3, command("c")), key=KEY_ID.encode())
+    assert g.generate.sent == [] and g.work.called == ["a", "b", "c"]
+
+
+async def test_a_command_of_an_organisation_not_known_yet_is_called_where_it_is_taken() -> None:
+    g = generator(KEY_TP)
+    await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())
+    assert g.generate.sent == [] and g.work.called == ["a"]
+
+
+async def test_commands_queued_before_an_answer_named_the_organisation_are_forwarded() -> None:
+    """A campaign's blast is taken at once, before any answer: its commands wait in the key's
+    queue. Once the first answer names the key's organisation, paced by another executor,
+    those still queued are forwarded there too, not called here."""
+    g = generator(KEY_TP)
+    blast = [command(f"r{i}") for i in range(5)]
+    batch = [SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=offset,
+                             key=KEY_ID.encode(), value=value)
+             for offset, value in enumerate(blast)]  # fmt: skip
+    await g.executor._take_batch(g.consumer, {KEY_TP: batch})  # type: ignore[arg-type]
+    await calls(g)  # a new key is asked once first; its answer names the organisation
+    assert g.work.called == ["r0"] and reported(g) == ["r0"]  # none called after it
+    await g.executor.forwarding.send()  # the loop's, after each batch
+    assert g.generate.sent == [(ORG.encode(), value) for value in blast[1:]]
+    assert g.scheduler.queued == 0 and g.executor._unreported.ranges(KEY_TP) == ()
+
+
+async def test_a_forward_kafka_does_not_take_is_called_here() -> None:
+    """Kafka gave up on the forward: the command is not the other executor's; it is called
+    here, paced as before, and this run's to report until then."""
+    g = generator(KEY_TP, generate=Topic(fail=True))
+    await learned(g)
+    await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())
+    assert g.work.called == ["first", "a"] and reported(g) == ["first", "a"]
