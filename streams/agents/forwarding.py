@@ -37,8 +37,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from streams.agents.called import Called
 from streams.agents.marks import Unreported
 from streams.agents.outputs import target_key
-from streams.agents.results import log_unsent
 from streams.agents.work import Work
+from streams.kafka_options import GivenUp
 from streams.runtime import Topics
 from streams.upstream.scheduler import Job, Scheduler
 
@@ -152,7 +152,7 @@ class Forwarding:
             try:
                 delivery = await topic.send(key=organization.encode(), value=job.record[1])
             except Exception as exc:
-                log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
+                _not_forwarded(exc, self._name, job.key)
                 unsent.append(job)
                 continue
             deliveries.append((job, organization, to, delivery))
@@ -161,7 +161,7 @@ class Forwarding:
             try:
                 await delivery
             except Exception as exc:
-                log_unsent(exc, "%s could not forward request_id=%s", self._name, job.key)
+                _not_forwarded(exc, self._name, job.key)
                 unsent.append(job)
                 continue
             self._called.forwarded(job.key, job.attempt, to)  # called where it went
@@ -172,3 +172,17 @@ class Forwarding:
                      "with its other keys", self._name, count, partition, organization)  # fmt: skip
         for job in unsent:  # called here, as before it knew the organisation
             self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
+
+
+def _not_forwarded(exc: Exception, name: str, request_id: str) -> None:
+    """A forward Kafka did not take: the command is called here (a WARNING; a stop's
+    ``GivenUp`` is counted in its own WARNING: DEBUG)."""
+    if isinstance(exc, GivenUp):
+        log.debug(
+            "%s could not forward request_id=%s (the stop gave up on Kafka)", name, request_id
+        )
+    else:
+        log.warning(
+            "%s could not forward request_id=%s (%s: %s): called here",
+            name, request_id, type(exc).__name__, exc,
+        )  # fmt: skip

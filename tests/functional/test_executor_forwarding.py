@@ -6,6 +6,7 @@ consumer as fakes that record what the executor sends and commits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -264,10 +265,16 @@ async def test_commands_queued_before_an_answer_named_the_organisation_are_forwa
     assert g.scheduler.queued == 0 and g.executor._unreported.ranges(KEY_TP) == ()
 
 
-async def test_a_forward_kafka_does_not_take_is_called_here() -> None:
+async def test_a_forward_kafka_does_not_take_is_called_here(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Kafka gave up on the forward: the command is not the other executor's; it is called
-    here, paced as before, and this run's to report until then."""
+    here, paced as before, and this run's to report until then; a WARNING says so."""
     g = generator(KEY_TP, generate=Topic(fail=True))
     await learned(g)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
     await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())
     assert g.work.called == ["first", "a"] and reported(g) == ["first", "a"]
+    [said] = [(r.levelname, r.getMessage()) for r in caplog.records if "forward" in r.msg]
+    assert said[0] == "WARNING" and said[1].startswith("generator could not forward")
+    assert said[1].endswith("): called here"), said
