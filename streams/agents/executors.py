@@ -256,7 +256,7 @@ class Executor:
         job.record = (record.key, record.value)
         if self.forwarding.to(job, command):  # another executor paces its organisation
             return
-        self.scheduler.submit(self._work.target(command), job)
+        self.scheduler.submit(self._work.target(command), job, self.forwarding.named_by(job))
 
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:

@@ -8,9 +8,9 @@ limit. So an executor that knows a command's organisation (an answer named its k
 not own the organisation's own partition of [generate] (the one the producers' partitioner,
 murmur2, gives the organisation's id as a record key) forwards the command there
 (:func:`destination`): the same record, keyed by the organisation. Whoever owns that partition
-calls it, paced with the organisation's other keys (it learns the key's organisation from its
-first answer, as any executor). The commands of a key it queued before an answer named the
-organisation go the same way, taken out of their queue as the answer comes
+calls it, paced with the organisation's other keys from its first call (the record's key names
+the organisation: :meth:`Forwarding.named_by`). The commands of a key it queued before an
+answer named the organisation go the same way, taken out of their queue as the answer comes
 (:meth:`Forwarding.named`): a campaign's blast is taken before any answer.
 
 A command is forwarded once at most: only from its key's partition (a record keyed as the
@@ -102,6 +102,13 @@ class Forwarding:
         job.forwardable = job.record[0] == target_key(command)  # (read from its key's partition)
         where = self._where(job.family)
         return where is not None and where(job)
+
+    @staticmethod
+    def named_by(job: Job[Any]) -> str | None:
+        """The organisation a command's record names: one forwarded here is keyed by its key's
+        organisation (None: keyed as the ledger keys it, by its key, or a publication)."""
+        key = job.record[0] if job.family and not job.forwardable else None
+        return key.decode(errors="replace") if key else None
 
     def named(self, family: str) -> None:
         """An answer named the organisation of ``family`` (an OpenAI key): the key's queued

@@ -133,7 +133,11 @@ class Scheduler:
 
     # --- intake -------------------------------------------------------------------------------
 
-    def submit(self, target_name: str, job: Job[Any]) -> None:
+    def submit(self, target_name: str, job: Job[Any], organization: str | None = None) -> None:
+        """Queue ``job`` for its target. ``organization``: the organisation its record named (a
+        command another executor forwarded here, keyed by its key's organisation:
+        ``streams.agents.forwarding``), paced with it from its first call, as if an answer had
+        named it (an answer that names another still moves it)."""
         target = self.targets.get(target_name)
         if target is None:
             self._new += 1
@@ -143,9 +147,11 @@ class Scheduler:
                 target_name, pacer, family=job.family, refused=refused, served=-self._new
             )
             self.targets[target_name] = target
-            organization = self._organizations.get(job.family) if job.family else None
-            if organization is not None:  # its key's other models named it: paced with it
-                self._share(target, job, organization)
+            known = self._organizations.get(job.family) if job.family else None
+            if known is not None:  # its key's other models named it: paced with it
+                self._share(target, job, known)
+        if organization is not None and job.family and job.family not in self._organizations:
+            self._share(target, job, organization)
         now = self._clock()
         ended = verdicts.unasked(target, job, now, self.max_wait_s, self.refusal_s)
         if ended is not None:

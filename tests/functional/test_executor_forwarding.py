@@ -242,6 +242,27 @@ async def test_a_command_on_its_organisations_partition_is_called_there() -> Non
     assert g.generate.sent == [] and g.work.called == ["a", "b", "c"]
 
 
+async def test_a_forwarded_command_is_paced_with_its_organisation_from_its_first_call() -> None:
+    """A command forwarded here is keyed by its key's organisation: its key is paced with the
+    organisation's other keys before any answer of its own (not its first call on a pacer of
+    its own), and nothing of it goes back; a command keyed by its key names no organisation."""
+    g = generator(ORG_TP)
+    family = f"openai:{KEY_ID}"
+    record = SimpleNamespace(topic=ORG_TP.topic, partition=ORG_TP.partition, offset=1,
+                             key=ORG.encode(), value=command("a"))  # fmt: skip
+    await g.executor._take_batch(g.consumer, {ORG_TP: [record]})  # type: ignore[arg-type]
+    assert g.scheduler.organization(family) == ORG  # before its call's answer
+    [target] = [t for t in g.scheduler.targets.values() if t.family == family]
+    assert (target.pool or "").startswith(f"{ORG} ")  # the organisation's pacer, for its model
+    await calls(g)
+    assert g.generate.sent == [] and g.work.called == ["a"]
+
+    plain = generator(ORG_TP)
+    record.key, record.value = KEY_ID.encode(), command("b")
+    await plain.executor._take_batch(plain.consumer, {ORG_TP: [record]})  # type: ignore[arg-type]
+    assert plain.scheduler.organization(family) is None  # (until its answer)
+
+
 async def test_a_command_of_an_organisation_not_known_yet_is_called_where_it_is_taken() -> None:
     g = generator(KEY_TP)
     await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())

@@ -482,7 +482,7 @@ class Queue:
     def now(self) -> float:
         return 0.0
 
-    def submit(self, target: str, job: Any) -> None:
+    def submit(self, target: str, job: Any, organization: str | None = None) -> None:
         self.jobs.append(job)
 
     def take_back(self, origins: set[TopicPartition]) -> list[Any]:
