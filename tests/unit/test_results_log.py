@@ -16,6 +16,13 @@ from streams.logs import Repeats
 LOGGER = "streams.agents.executors"
 
 
+@pytest.fixture(autouse=True)
+def every_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line: a test that set the process's logging up (``streams.logs``) left its
+    one-every-10-s filter on the executors' logger."""
+    monkeypatch.setattr(logging.getLogger(LOGGER), "filters", [])
+
+
 @pytest.mark.parametrize(
     "exc", [KafkaTimeoutError("expired"), NotLeaderForPartitionError()], ids=type
 )
