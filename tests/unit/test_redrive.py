@@ -5,7 +5,10 @@ redrives run by earlier versions (straight to the publisher) still land."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Literal
+
+import pytest
 
 from models.events import (
     DeadLetter,
@@ -610,3 +613,27 @@ def test_a_webhook_whose_params_did_not_fit_is_named_never_parked_not_redriven()
     from models.state import never_parked  # what the console tells them apart by too
 
     assert never_parked(params.reason) and not never_parked(text.reason)
+
+
+def test_the_redrive_command_names_a_letter_never_parked_and_does_not_fail_on_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``talkstream redrive --request-id`` of a webhook whose params did not fit: the run
+    says it was never parked and what to do, counts it, and exits 0 (it found the letter)."""
+    from click.testing import CliRunner
+
+    import streams.ops.redrive as module
+    from streams.cli import main
+
+    said = "req-2 (its params did not fit the person's ledger entry: ...)"
+
+    async def run(settings: Settings, selection: Selection, **_: object) -> RedriveReport:
+        assert selection.request_id == "req-2"
+        return RedriveReport(examined=1, never_parked=[said])
+
+    monkeypatch.setattr(module, "redrive", run)
+    url = f"sqlite:///{tmp_path}/projection.sqlite3"
+    result = CliRunner().invoke(main, ["redrive", "--request-id", "req-2", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert f"never parked, nothing to redrive: {said}\n" in result.output
+    assert result.output.endswith("0 redriven, 0 not selected, 0 unreadable, 1 never parked\n")
