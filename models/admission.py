@@ -22,6 +22,7 @@ from models.params import trigger_met
 from models.state import (
     ENTRY_TOO_LARGE,
     FORGOTTEN_IDS_BYTES,
+    ITS_PARAMS,
     Fact,
     Fingerprinted,
     FlightTracked,
@@ -131,7 +132,7 @@ def _admit(
         deadline_ms=now_ms + policy.deadline_span_ms("generating"),
     )
     tracked = FlightTracked(flight)
-    why = too_large_for_entry(evolve_all(state, [*facts, tracked]), policy, "its params")
+    why = too_large_for_entry(evolve_all(state, [*facts, tracked]), policy, ITS_PARAMS)
     if why is not None:
         so_far = Decision(facts=facts, events=events)
         return _no_room(r, entity, flight, so_far, taken, why, now_ms)

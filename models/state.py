@@ -194,6 +194,16 @@ def forgotten(state: PersonState, at_ms: int, policy: Policy) -> bool:
 
 
 ENTRY_TOO_LARGE = "EntryTooLarge"
+# what :func:`too_large_for_entry` names when a webhook's own params do not fit (not its text)
+ITS_PARAMS = "its params"
+
+
+def never_parked(reason: str) -> bool:
+    """Whether a dead letter's reason is that of a webhook given up on at once because its
+    params did not fit the person's ledger entry (``models.admission``): it was never parked
+    (they are what does not fit), so the ledger finds nothing to run for a redrive of it. A
+    text that did not fit (``with its text``) is parked, and a redrive generates it again."""
+    return reason.startswith(f"{ENTRY_TOO_LARGE}: ") and f" with {ITS_PARAMS}, " in reason
 
 
 def entry_bytes(state: PersonState) -> int:

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from models.state import never_parked
 from streams.console.log import LETTERS_PER_PARTITION, Letter
 from streams.console.pages import render
 from streams.console.queries import occurrence_at
@@ -106,7 +107,18 @@ class LetterRow:
     @property
     def parked(self) -> bool:
         """Its request is parked, and the ledger still knows it: the id's latest."""
-        return self.request is not None and self.request.state in PARKED and self.latest
+        return (
+            self.request is not None
+            and self.request.state in PARKED
+            and self.latest
+            and (not self.never_parked)
+        )
+
+    @property
+    def never_parked(self) -> bool:
+        """Its webhook's params did not fit the person's ledger entry: given up on at once,
+        never parked, so a redrive of it runs nothing (``models.state.never_parked``)."""
+        return never_parked(self.letter.reason)
 
     @property
     def since(self) -> str:
@@ -114,6 +126,8 @@ class LetterRow:
         row = self.request
         if row is None:
             return "not in the projection" if self.letter.request_id else "a message"
+        if self.never_parked:
+            return "never parked (its params did not fit): send the webhook again"
         if row.state in PARKED and not self.latest:
             return "parked; its id named a later request since"
         if row.state in PARKED and row.updated_at_ms <= self.letter.at_ms + 1000:
@@ -243,6 +257,10 @@ async def preview(request: web.Request) -> web.Response:
             "nav": "deadletters",
             "given": given,
             "would": would,
+            # what the filters select that no redrive runs: shown, never offered
+            "never_parked": sorted(
+                {r.letter.request_id for r in read.rows if r.never_parked and r.letter.request_id}
+            ),
             "error": error,
             "report": report,
             "unread": read.unread,
@@ -284,6 +302,7 @@ async def redrive(request: web.Request) -> web.Response:
             "not_parked": sorted((asked - parked) & rows.keys()),
             "earlier_attempt": report.earlier_attempt if report is not None else [],
             "too_old": report.too_old if report is not None else [],
+            "never_parked": report.never_parked if report is not None else [],
             "unknown": sorted(asked - rows.keys()),
             "error": error,
         },

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
-from models.state import Policy
+from models.state import Policy, never_parked
 from streams.codecs import decode, encode
 from streams.errors import DecodeError
 from streams.kafka_options import (
@@ -105,6 +105,9 @@ class RedriveReport:
     earlier_attempt: list[str] = field(default_factory=list)
     # selected, parked longer ago than the ledger keeps parked requests: it has forgotten them
     too_old: list[str] = field(default_factory=list)
+    # selected, of a webhook whose params did not fit the person's ledger entry: given up on at
+    # once, never parked, so the ledger would run nothing (it said "redriven" of them before)
+    never_parked: list[str] = field(default_factory=list)
 
 
 _STAGES = ("generating", "publishing")  # in the order a request goes through them
@@ -430,6 +433,13 @@ def _one(
         if selection.site is not None and command.site != selection.site:
             report.skipped += 1
             return _Left.NOT_SELECTED
+        if never_parked(letter.reason):
+            report.never_parked.append(
+                f"{command.request_id} (its params did not fit the person's ledger entry: it was"
+                " never parked, and the ledger would run nothing; once the person's requests in"
+                " flight have ended, send the webhook again from Talkable)"
+            )
+            return _Left.NEVER
         redrive = RedriveRequested(
             request_id=command.request_id,
             person=command.person,

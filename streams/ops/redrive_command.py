@@ -105,6 +105,8 @@ def redrive(
         click.echo(f"an earlier attempt's letter, left alone: {what}")
     for what in report.too_old:
         click.echo(f"too old to redrive: {what}")
+    for what in report.never_parked:
+        click.echo(f"never parked, nothing to redrive: {what}")
     click.echo(
         f"{report.examined} dead letters examined, {len(report.redriven)} "
         f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
@@ -117,9 +119,14 @@ def redrive(
             else ""
         )
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
+        + (f", {len(report.never_parked)} never parked" if report.never_parked else "")
     )
     if request_id is not None and not (
-        report.redriven or report.not_parked or report.earlier_attempt or report.too_old
+        report.redriven
+        or report.not_parked
+        or report.earlier_attempt
+        or report.too_old
+        or report.never_parked
     ):
         # asked for one request, it said "0 redriven" and exited 0: a mistyped id looked done
         raise click.ClickException(

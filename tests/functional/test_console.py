@@ -1259,6 +1259,49 @@ async def test_a_redrive_names_the_requests_parked_too_long_ago_for_the_ledger(
         assert "park-1 (parked 31 days ago" in page
 
 
+async def test_a_letter_of_a_webhook_whose_params_did_not_fit_is_not_offered_a_redrive(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook whose params did not fit the person's ledger entry ended generation_failed
+    (``EntryTooLarge``) without being parked: the page said "parked: can be redriven" and
+    offered a redrive the ledger runs nothing for. It says it was never parked and offers none;
+    the preview and the redrive page name what the redrive left alone."""
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    r = log.received("big-1", email="bea@example.com", at_ms=T0_MS + 2000)
+    log.failed(r, at_ms=r.at_ms)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+    reason = (
+        "EntryTooLarge: the person's ledger entry would hold 603,145 bytes of requests in"
+        " flight or parked with its params, more than the 585,728 of MAX_ENTRY_BYTES (786,432)"
+        " left for them: their other requests in flight or parked hold their params and texts"
+    )
+    signed_in.log.letters_ = [replace(_letter_of(r, r.at_ms + 1, 5), reason=reason)]
+
+    body = await signed_in.page("/deadletters")
+    assert "never parked (its params did not fit): send the webhook again" in body
+    assert "parked: can be redriven" not in body and 'class="redrive-one"' not in body
+    assert 'id="parked-count">0<' in body
+
+    said = "big-1"  # what the redrive says of it, after its id (tests/unit/test_redrive.py)
+
+    async def redrive(selection: Selection, *, dry_run: bool) -> RedriveReport:
+        return RedriveReport(examined=1, never_parked=[said])
+
+    monkeypatch.setattr(signed_in.log, "redrive", redrive)
+    csrf = await signed_in.csrf()
+    preview = await signed_in.post("/deadletters/preview", [("site", "acme"), ("csrf", csrf)])
+    confirm = await signed_in.post(
+        "/deadletters/redrive", [("site", "acme"), ("id", "big-1"), ("csrf", csrf)]
+    )
+    for page in (await preview.text(), await confirm.text()):
+        assert "Never parked (their params did not fit the person's ledger entry)" in page
+        assert "they are not redriven: big-1" in page
+
+
 async def test_an_overview_window_it_does_not_offer_is_a_400_showing_the_last_hour(
     signed_in: Console,
 ):

@@ -5,7 +5,10 @@ redrives run by earlier versions (straight to the publisher) still land."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Literal
+
+import pytest
 
 from models.events import (
     DeadLetter,
@@ -551,3 +554,86 @@ def test_the_letters_a_redrive_commit_lists_past_its_offset_read_back() -> None:
     assert _past('{"redriven": [[14, 20], [11, 13]]}') == [(11, 13), (14, 20)]
     for metadata in ("", "not json", '{"instance": "w", "run": "r"}', '{"redriven": [[1]]}'):
         assert _past(metadata) == [], metadata
+
+
+def test_a_webhook_whose_params_did_not_fit_is_named_never_parked_not_redriven() -> None:
+    """A webhook whose params did not fit the person's ledger entry is given up on at once
+    (``EntryTooLarge``) and never parked: a redrive of its letter finds nothing to run in the
+    ledger. ``talkstream redrive`` said "redriven: ... → the ledger" of it all the same (and the
+    console "parked: can be redriven"), and nothing happened (under make dev: five 200 KB
+    prompts for one person at once, then ``talkstream redrive --site``). It sends nothing for it
+    and says why and what to do; a text that did not fit is parked, and still redriven."""
+    from models.events import ChatRequest, RequestReceived
+    from models.state import ENTRY_TOO_LARGE, Policy
+    from streams.ops.redrive import _Left
+
+    def big(request_id: str) -> RequestReceived:
+        r = received(request_id)
+        messages = [{"role": "user", "content": "p" * 40_000}]
+        chat = ChatRequest(model="m", messages=messages, max_tokens=150)
+        return r.model_copy(update={"spec": r.spec.model_copy(update={"chat": chat})})
+
+    ledger = Ledger(policy=Policy(max_entry_bytes=64 * 1024))
+    ledger.send(big("req-1"))
+    [params] = ledger.send(big("req-2")).dead_letters
+    assert "req-2" not in ledger.state.parked  # type: ignore[union-attr]
+    small = Ledger(policy=Policy(max_entry_bytes=64 * 1024))
+    small.send(received("req-3"))
+    small.send(received("req-4"))
+    small.send(generated("req-3", text="a" * 30_000))
+    [text] = small.send(generated("req-4", text="b" * 30_000)).dead_letters
+    assert params.reason.startswith(ENTRY_TOO_LARGE) and text.reason.startswith(ENTRY_TOO_LARGE)
+
+    settings = Settings(app_id="t")
+
+    def letter_of(given_up: GivenUp) -> bytes:
+        return encode(
+            DeadLetter(
+                topic=settings.topic("generate"),
+                partition=-1,
+                offset=-1,
+                reason=given_up.reason,
+                key=PERSON,
+                value_b64=base64.b64encode(encode(given_up.command)).decode(),
+                request_id=given_up.command.request_id,
+                at_ms=T0 * 1000,
+            )
+        )
+
+    report = RedriveReport()
+    left = _one(letter_of(params), Selection(), report, settings, lambda: T0 * 1000, {})
+    assert left is _Left.NEVER  # nothing sent, and no later run is offered it again
+    assert report.redriven == [] and report.skipped == 0
+    [said] = report.never_parked
+    assert said.startswith("req-2 (its params did not fit the person's ledger entry")
+    assert "send the webhook again from Talkable" in said
+    send = _one(letter_of(text), Selection(), report, settings, lambda: T0 * 1000, {})
+    assert isinstance(send, _Send) and send.request_id == "req-4"
+
+    from models.state import never_parked  # what the console tells them apart by too
+
+    assert never_parked(params.reason) and not never_parked(text.reason)
+
+
+def test_the_redrive_command_names_a_letter_never_parked_and_does_not_fail_on_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``talkstream redrive --request-id`` of a webhook whose params did not fit: the run
+    says it was never parked and what to do, counts it, and exits 0 (it found the letter)."""
+    from click.testing import CliRunner
+
+    import streams.ops.redrive as module
+    from streams.cli import main
+
+    said = "req-2 (its params did not fit the person's ledger entry: ...)"
+
+    async def run(settings: Settings, selection: Selection, **_: object) -> RedriveReport:
+        assert selection.request_id == "req-2"
+        return RedriveReport(examined=1, never_parked=[said])
+
+    monkeypatch.setattr(module, "redrive", run)
+    url = f"sqlite:///{tmp_path}/projection.sqlite3"
+    result = CliRunner().invoke(main, ["redrive", "--request-id", "req-2", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert f"never parked, nothing to redrive: {said}\n" in result.output
+    assert result.output.endswith("0 redriven, 0 not selected, 0 unreadable, 1 never parked\n")
