@@ -233,6 +233,23 @@ async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
         counts = {topic["topic"]: len(topic["partitions"]) for topic in described}
         if any(count != settings.partitions for count in counts.values()):
             raise ConfigError(partitions_differ(settings, counts))  # before creating any
+        try:  # the controller's word: a topic just created may not be listed yet
+            known = (
+                await admin.create_topics(
+                    [_new_topic(settings, s) for s in missing], validate_only=True
+                )
+                if missing
+                else None
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise _AskAgain() from exc
+        late = [
+            name
+            for name, code, *_ in getattr(known, "topic_errors", [])
+            if code == TopicAlreadyExistsError.errno
+        ]
+        if late:  # exists, not listed yet: asked again, its partitions are compared first
+            raise _AskAgain() from TopicAlreadyExistsError(", ".join(late))
         try:
             response = (
                 await admin.create_topics([_new_topic(settings, s) for s in missing])
