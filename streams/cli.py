@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import click
 
 from streams import heap
-from streams.errors import TalkstreamError
+from streams.errors import BrokerUnavailable, TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.ops.options import DATABASE_URL_META
 from streams.settings import LISTEN_FIELDS, LISTENS_AT, Settings
@@ -44,7 +44,8 @@ class _Main(click.Group):
     values are not repeated: a secret's would be), not with pydantic's traceback; so does a
     database that cannot be reached or is not one, a database URL that cannot be used (its
     driver not installed, its SQLite directory not made), and a server whose address cannot be
-    had (naming the address and what sets it)."""
+    had (naming the address and what sets it). Kafka out of reach is said with where its
+    address came from (TALKSTREAM_KAFKA_BOOTSTRAP, or its default when not set)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -53,6 +54,13 @@ class _Main(click.Group):
 
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            # a command says a TalkstreamError as `ClickException(str(exc)) from None`
+            if isinstance(exc.__context__, BrokerUnavailable) and (
+                ctx.invoked_subcommand in _KAFKA_FROM_SETTINGS
+            ):
+                exc.message = f"{exc.message}; {_kafka_address_source()}"
+            raise
         except ValidationError as exc:
             if exc.title != Settings.__name__:
                 raise
@@ -127,6 +135,25 @@ def _refuse_repeats(
             raise click.BadOptionUsage(
                 option, f"{option} is empty: give it a value, or leave it out", ctx=ctx
             )
+
+
+# the commands that find Kafka at TALKSTREAM_KAFKA_BOOTSTRAP (bench has --bootstrap, or starts
+# its own broker; kafka and dev start theirs)
+_KAFKA_FROM_SETTINGS = frozenset(
+    {"topics", "replay", "redrive", "worker", "ingress", "projector", "console"}
+)
+
+
+def _kafka_address_source() -> str:
+    """Where the Kafka address a command failed to reach came from: an operator who never set
+    it is told the default was used, and one who did sees the value taken."""
+    settings = Settings()
+    if "kafka_bootstrap" in settings.model_fields_set:
+        return f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+    return (
+        f"Kafka's address is the default {settings.kafka_bootstrap} "
+        "(TALKSTREAM_KAFKA_BOOTSTRAP is not set)"
+    )
 
 
 # what sets the address each serving command listens on
