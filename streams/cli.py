@@ -569,7 +569,7 @@ def standin() -> None:
 
 
 @standin.command("openai")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
 @click.option("--port", type=PORT, default=8081, show_default=True, help="0: any free port")
 @click.option(
     "--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per completion"
@@ -587,7 +587,7 @@ def standin_openai(host: str, port: int, latency: float) -> None:
 
 
 @standin.command("talkable")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
 @click.option("--port", type=PORT, default=8082, show_default=True, help="0: any free port")
 @click.option("--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per call")
 def standin_talkable(host: str, port: int, latency: float) -> None:
@@ -615,8 +615,20 @@ def _standin_host(host: str) -> Iterator[None]:
 
 
 @main.command()
-@click.option("--openai-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
-@click.option("--talkable-port", type=click.IntRange(1, 65535), default=8082, show_default=True)
+@click.option(
+    "--openai-port",
+    type=click.IntRange(1, 65535),
+    default=8081,
+    show_default=True,
+    help="the OpenAI stand-in's port on 127.0.0.1 (unless TALKSTREAM_OPENAI_BASE_URL is set)",
+)
+@click.option(
+    "--talkable-port",
+    type=click.IntRange(1, 65535),
+    default=8082,
+    show_default=True,
+    help="the Talkable stand-in's port on 127.0.0.1 (unless TALKSTREAM_TALKABLE_BASE_URL is set)",
+)
 def dev(openai_port: int, talkable_port: int) -> None:
     """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
     from streams.dev.supervisor import run_dev

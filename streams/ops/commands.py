@@ -322,7 +322,7 @@ _DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the S
 @click.command()
 @click.option("--request-id", help="one request")
 @click.option("--site", help="with --email: every request of that person (site in any case)")
-@click.option("--email")
+@click.option("--email", help="with --site: the person's email (in any case)")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def audit(
