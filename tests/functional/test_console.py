@@ -4,6 +4,7 @@ content, redrive) and a fixed clock."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -1080,6 +1081,29 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     # a cursor that is not one: the newest page, and a 400 that says so (as search does)
     bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
     assert '<p class="error">before: not a page cursor</p>' in bad and "lim-1" in bad
+
+
+async def test_numbers_past_the_databases_integers_in_a_link_are_no_server_error(
+    signed_in: Console,
+):
+    """An edited link's ``at`` or cursor past a BIGINT went to the database, which refused it
+    (SQLite: OverflowError; PostgreSQL: out of range): a 500 and a traceback in the log. An
+    ``at`` it cannot read names the latest request of the id, as a non-number does; a cursor
+    it cannot read is the 400 any bad cursor is."""
+    huge = "9" * 23
+    for at in (huge, "²"):  # "²" is a digit to str.isdigit, not to int()
+        page = await signed_in.page(f"/request?id=pub-1&at={at}")
+        assert 'id="state">published<' in page
+        assert "Roses are red" in await signed_in.page(f"/request/content?id=pub-1&at={at}")
+    for at_ms in (10**30, -(10**30)):
+        raw = json.dumps([at_ms, "pub-1"]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        searched = await signed_in.page(f"/requests?before={cursor}", status=400)
+        assert '<p class="error">before: not a page cursor</p>' in searched
+        person = f"/person?site=acme&email=ada@example.com&after={cursor}"
+        assert '<p class="error">after: not a page cursor</p>' in await signed_in.page(
+            person, status=400
+        )
 
 
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):
