@@ -1002,6 +1002,8 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     assert re.findall(RID, since) == ["pub-2"]
     bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
     assert "since: &#39;yesterday-ish&#39; is not a time" in bad and "ISO-8601" in bad
+    # the field the error names is the one labelled so (it was "event time from")
+    assert re.search(r'<label>[^<]*\bsince <input type="text" name="since"', bad)
     huge = await signed_in.page("/requests?since=99999999999999999999", status=400)
     assert "since: &#39;99999999999999999999&#39; is out of range" in huge
     # an age counts back from now: since 1h, until 2h ends before it starts
