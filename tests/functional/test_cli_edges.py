@@ -441,7 +441,7 @@ def test_kafka_out_of_reach_is_the_commands_one_line_and_nothing_above_it(args: 
     ran = streams_run(*args, env=env)
     assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
     assert ran.stderr == (  # what is out of reach, and what named it
-        f"Error: nothing listens at 127.0.0.1:{port} (connection refused); "
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused); "
         f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n"
     )
 
@@ -466,7 +466,7 @@ def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder(
     # what it does, then why it stopped: no "logs kept in" a folder with nothing in it
     assert ran.stderr == (
         f"using Kafka at 127.0.0.1:{port}\n"
-        f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused)\n"
     )
 
 
@@ -704,7 +704,7 @@ def test_a_database_merely_down_does_not_stop_the_worker(
     monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["worker"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: nothing listens at 127.0.0.1:1")
+    assert result.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
 
 
 @pytest.mark.parametrize("keys", ["", " , "])

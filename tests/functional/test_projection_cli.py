@@ -585,7 +585,7 @@ def test_a_replay_that_fails_leaves_no_sqlite_file_it_created(tmp_path: Path, mo
     result = CliRunner().invoke(main, ["replay", "--database-url", f"sqlite:///{new}"])
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: nothing listens at 127.0.0.1:{port} (connection refused); "
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused); "
         f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n",
     )
     assert list(tmp_path.iterdir()) == []  # no file, no lock file, no directory
