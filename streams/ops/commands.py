@@ -352,6 +352,9 @@ def audit(
             click.echo(json.dumps(histories_json(store, found), indent=2))
         else:
             click.echo(f"source: SQL projection {store.url} (projected from the lifecycle topic)")
+            if found and request_id is None:  # a person's: how many follow, before the first
+                many = "request" if len(found) == 1 else "requests"
+                click.echo(f"{len(found)} {many} of {found[0].person}, newest first")
             click.echo()
             click.echo(render_histories(found) if found else not_found(request_id, site, email))
     finally:
