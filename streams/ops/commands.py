@@ -440,6 +440,12 @@ def schemas(check: bool, directory: Path | None) -> None:
 
     if directory is None and not generator.in_checkout():
         raise click.UsageError("not run from a checkout of talkstream: give --dir DIR")
+    if check and directory is not None and not directory.is_dir():
+        # a mistyped folder: each schema was said "missing", with a command that regenerates
+        # the checkout's
+        raise click.BadParameter(
+            f"{directory} does not exist: nothing to check", param_hint="'--dir'"
+        )
     args = ["--check"] if check else []
     sys.exit(generator.main(args + (["--dir", str(directory)] if directory else [])))
 
