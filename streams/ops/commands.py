@@ -49,7 +49,8 @@ def register(main: click.Group) -> None:
 @click.option(
     "--database-url",
     help="the (fresh) database to rebuild the projection in, a SQLAlchemy URL "
-    "(sqlite:///path, postgresql+psycopg://user@host/db)",
+    "(sqlite:///path, postgresql+psycopg://user@host/db); required without --verify: no "
+    "default, unlike the other commands' --database-url",
 )
 @click.option("--force", is_flag=True, help="empty a non-empty database first (stop its worker)")
 @click.option(

@@ -57,3 +57,10 @@ def test_bench_help_states_the_size_each_preset_runs(option: str, field: str) ->
     full, quick = (getattr(BenchConfig.preset(mode), field) for mode in ("full", "quick"))
     stated = f"default: {full:,}" + ("" if quick == full else f"; --quick: {quick:,}")
     assert f"[{stated}]" in (param.help or "")
+
+
+def test_replay_help_says_its_database_url_has_no_default() -> None:
+    """Every other --database-url defaults to the workers' projection; replay's has none (it
+    builds a fresh one), which its help did not say: "give --database-url" came as a surprise."""
+    (param,) = [p for p in main.commands["replay"].params if p.name == "database_url"]
+    assert "required without --verify: no default" in (param.help or "")
