@@ -440,9 +440,15 @@ async def test_every_page_and_action_needs_the_token(console: Console):
             continue
         assert response.status == 401, path
     assert console.log.redrives == []
-    # only the login form and its stylesheet are public
-    assert (await console.client.get("/login")).status == 200
+    # only the login form, its stylesheet and its icon are public
+    login = await console.client.get("/login")
+    assert login.status == 200
     assert (await console.client.get("/static/console.css")).status == 200
+    # every page names its icon, so a browser does not ask for /favicon.ico (a 404 it
+    # reported as an error of each page)
+    assert '<link rel="icon" href="/static/favicon.svg"' in await login.text()
+    icon = await console.client.get("/static/favicon.svg")
+    assert icon.status == 200 and icon.content_type == "image/svg+xml"
 
 
 async def test_a_token_put_in_a_url_is_not_carried_to_the_login_page(console: Console):
