@@ -117,6 +117,7 @@ def redrive(
             else ""
         )
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
+        + (f", {report.empty} with no record to send back" if report.empty else "")
     )
     if request_id is not None and not (
         report.redriven or report.not_parked or report.earlier_attempt or report.too_old
