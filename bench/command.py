@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.config import BenchConfig
+
 if TYPE_CHECKING:
     from bench.load import Tick
 
@@ -57,36 +59,70 @@ def _argv(params: dict[str, Any]) -> list[str]:
 POSITIVE = click.IntRange(min=1)  # every phase runs: none can be empty
 
 
+def _preset(field: str) -> str:
+    """An option's default as the presets give it (full, and --quick when it differs): the
+    option's own default is None, which stands for the preset's."""
+    full, quick = (getattr(BenchConfig.preset(mode), field) for mode in ("full", "quick"))
+    said = f"default: {full:,}"
+    return f"[{said}]" if quick == full else f"[{said}; --quick: {quick:,}]"
+
+
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="a minute or two: fewer webhooks, capacity phase 1,000")
 @click.option("--tiny", is_flag=True, hidden=True, help="seconds: the smoke test's sizes")
-@click.option("--requests", type=POSITIVE, help="webhooks in the throughput phase")
-@click.option("--clients", type=POSITIVE, help="concurrent clients driving the ingress")
+@click.option(
+    "--requests", type=POSITIVE, help=f"webhooks in the throughput phase {_preset('requests')}"
+)
+@click.option(
+    "--clients", type=POSITIVE, help=f"concurrent clients driving the ingress {_preset('clients')}"
+)
 @click.option(
     "--llm-latency",
     type=click.FloatRange(min=0),
-    help="OpenAI stand-in latency (s), capacity aside",
+    help=f"OpenAI stand-in latency (s), capacity aside {_preset('llm_latency')}",
 )
 @click.option(
     "--latency-rate",
     type=click.FloatRange(min=0, min_open=True),
     help="the latency phase's rate (webhooks/s) [default: half the measured throughput]",
 )
-@click.option("--latency-requests", type=POSITIVE, help="webhooks in the latency phase")
 @click.option(
-    "--capacity-requests", type=POSITIVE, help="webhooks (and people) in the capacity phase"
+    "--latency-requests",
+    type=POSITIVE,
+    help=f"webhooks in the latency phase {_preset('paced_requests')}",
 )
-@click.option("--burst-people", type=POSITIVE, help="people in the burst phase (50 webhooks each)")
-@click.option("--neighbour-requests", type=POSITIVE, help="webhooks of the blast on a limited key")
+@click.option(
+    "--capacity-requests",
+    type=POSITIVE,
+    help=f"webhooks (and people) in the capacity phase {_preset('capacity_requests')}",
+)
+@click.option(
+    "--burst-people",
+    type=POSITIVE,
+    help=f"people in the burst phase (50 webhooks each) {_preset('burst_people')}",
+)
+@click.option(
+    "--neighbour-requests",
+    type=POSITIVE,
+    help=f"webhooks of the blast on a limited key {_preset('neighbour_requests')}",
+)
 @click.option(
     "--neighbour-rps",
     type=click.FloatRange(min=0, min_open=True),
-    help="the blasting key's limit (requests/s)",
+    help=f"the blasting key's limit (requests/s) {_preset('neighbour_rps')}",
 )
-@click.option("--workers", type=POSITIVE, help="talkstream worker processes")
-@click.option("--partitions", type=POSITIVE, help="partitions of every topic")
+@click.option("--workers", type=POSITIVE, help=f"talkstream worker processes {_preset('workers')}")
+@click.option(
+    "--partitions", type=POSITIVE, help=f"partitions of every topic {_preset('partitions')}"
+)
 @click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
-@click.option("--baselines/--no-baselines", default=True, show_default=True)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="also measure the raw Kafka relay and the inline handler beside the pipeline "
+    "(--no-baselines: the pipeline alone, and BENCHMARKS.md is not rewritten)",
+)
 @click.option(
     "--results-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import click
 
 from streams import heap
-from streams.errors import TalkstreamError
+from streams.errors import BrokerUnavailable, TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.ops.options import DATABASE_URL_META
 from streams.settings import LISTEN_FIELDS, LISTENS_AT, Settings
@@ -44,7 +44,8 @@ class _Main(click.Group):
     values are not repeated: a secret's would be), not with pydantic's traceback; so does a
     database that cannot be reached or is not one, a database URL that cannot be used (its
     driver not installed, its SQLite directory not made), and a server whose address cannot be
-    had (naming the address and what sets it)."""
+    had (naming the address and what sets it). Kafka out of reach is said with where its
+    address came from (TALKSTREAM_KAFKA_BOOTSTRAP, or its default when not set)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -53,6 +54,13 @@ class _Main(click.Group):
 
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            # a command says a TalkstreamError as `ClickException(str(exc)) from None`
+            if isinstance(exc.__context__, BrokerUnavailable) and (
+                ctx.invoked_subcommand in _KAFKA_FROM_SETTINGS
+            ):
+                exc.message = f"{exc.message}; {_kafka_address_source()}"
+            raise
         except ValidationError as exc:
             if exc.title != Settings.__name__:
                 raise
@@ -127,6 +135,25 @@ def _refuse_repeats(
             raise click.BadOptionUsage(
                 option, f"{option} is empty: give it a value, or leave it out", ctx=ctx
             )
+
+
+# the commands that find Kafka at TALKSTREAM_KAFKA_BOOTSTRAP (bench has --bootstrap, or starts
+# its own broker; kafka and dev start theirs)
+_KAFKA_FROM_SETTINGS = frozenset(
+    {"topics", "replay", "redrive", "worker", "ingress", "projector", "console"}
+)
+
+
+def _kafka_address_source() -> str:
+    """Where the Kafka address a command failed to reach came from: an operator who never set
+    it is told the default was used, and one who did sees the value taken."""
+    settings = Settings()
+    if "kafka_bootstrap" in settings.model_fields_set:
+        return f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+    return (
+        f"Kafka's address is the default {settings.kafka_bootstrap} "
+        "(TALKSTREAM_KAFKA_BOOTSTRAP is not set)"
+    )
 
 
 # what sets the address each serving command listens on
@@ -542,7 +569,7 @@ def standin() -> None:
 
 
 @standin.command("openai")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
 @click.option("--port", type=PORT, default=8081, show_default=True, help="0: any free port")
 @click.option(
     "--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per completion"
@@ -560,7 +587,7 @@ def standin_openai(host: str, port: int, latency: float) -> None:
 
 
 @standin.command("talkable")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
 @click.option("--port", type=PORT, default=8082, show_default=True, help="0: any free port")
 @click.option("--latency", type=SECONDS, default=0.0, show_default=True, help="seconds per call")
 def standin_talkable(host: str, port: int, latency: float) -> None:
@@ -588,8 +615,20 @@ def _standin_host(host: str) -> Iterator[None]:
 
 
 @main.command()
-@click.option("--openai-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
-@click.option("--talkable-port", type=click.IntRange(1, 65535), default=8082, show_default=True)
+@click.option(
+    "--openai-port",
+    type=click.IntRange(1, 65535),
+    default=8081,
+    show_default=True,
+    help="the OpenAI stand-in's port on 127.0.0.1 (unless TALKSTREAM_OPENAI_BASE_URL is set)",
+)
+@click.option(
+    "--talkable-port",
+    type=click.IntRange(1, 65535),
+    default=8082,
+    show_default=True,
+    help="the Talkable stand-in's port on 127.0.0.1 (unless TALKSTREAM_TALKABLE_BASE_URL is set)",
+)
 def dev(openai_port: int, talkable_port: int) -> None:
     """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
     from streams.dev.supervisor import run_dev

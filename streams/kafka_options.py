@@ -167,7 +167,7 @@ def _cause(settings: Settings, server: str, exc: BaseException) -> str:
             "and TALKSTREAM_KAFKA_SECURITY_PROTOCOL"
         )
     if isinstance(exc, ConnectionRefusedError):
-        return f"nothing listens at {server} (connection refused)"
+        return f"Kafka at {server}: nothing listens there (connection refused)"
     if name == "KafkaConnectionError" and "closed" in str(exc):
         return (
             f"Kafka at {server} closed the connection: does its listener expect TLS or SASL "

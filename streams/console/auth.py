@@ -47,7 +47,9 @@ from streams.refusals import body, refusals
 log = logging.getLogger(__name__)
 
 COOKIE = "talkstream_console"
-PUBLIC = frozenset({"/login", "/static/console.css"})
+# the login form, its stylesheet and its icon (without one, a browser asks every page for
+# /favicon.ico, a 404 it reports as an error of the page)
+PUBLIC = frozenset({"/login", "/static/console.css", "/static/favicon.svg"})
 LOGOUT = "/logout"
 MIN_TOKEN_CHARS = 16
 AUTHORIZATION = "Authorization"

@@ -93,6 +93,12 @@ class Filters:
             )
 
 
+def fits_bigint(value: int) -> bool:
+    """Whether a number from a link fits the projection's BIGINT columns: SQLite and
+    PostgreSQL refuse a parameter past them (an error, where no row matches was meant)."""
+    return -(2**63) <= value < 2**63
+
+
 @dataclass(frozen=True)
 class Cursor:
     """A position in newest-first order: the row to continue after (or before)."""
@@ -114,7 +120,8 @@ class Cursor:
             at, request_id = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
         except (ValueError, TypeError, binascii.Error):
             raise ValueError(f"{field}: not a page cursor") from None
-        if not isinstance(at, int) or not isinstance(request_id, str):
+        # a time past a BIGINT (an edited link) is no row's: the database would refuse it
+        if not isinstance(at, int) or not isinstance(request_id, str) or not fits_bigint(at):
             raise ValueError(f"{field}: not a page cursor")
         return cls(at, request_id)
 

@@ -30,6 +30,7 @@ from streams.console.queries import (
     Cursor,
     Filters,
     SiteRow,
+    fits_bigint,
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
@@ -245,7 +246,10 @@ def _at(request: web.Request) -> int | None:
     """Which request of an id a page names (``at``: its event time, in ms); None: the latest,
     or one that names none it can read."""
     at = request.query.get("at", "")
-    return int(at) if at.isdigit() else None
+    # ASCII digits only ("²" is a digit int() refuses), in a BIGINT (what the database takes)
+    if not (at.isascii() and at.isdigit()) or not fits_bigint(int(at)):
+        return None
+    return int(at)
 
 
 async def request_page(request: web.Request) -> web.Response:

@@ -49,7 +49,8 @@ def register(main: click.Group) -> None:
 @click.option(
     "--database-url",
     help="the (fresh) database to rebuild the projection in, a SQLAlchemy URL "
-    "(sqlite:///path, postgresql+psycopg://user@host/db)",
+    "(sqlite:///path, postgresql+psycopg://user@host/db); required without --verify: no "
+    "default, unlike the other commands' --database-url",
 )
 @click.option("--force", is_flag=True, help="empty a non-empty database first (stop its worker)")
 @click.option(
@@ -322,7 +323,7 @@ _DB_HELP = "the projection to read (default: TALKSTREAM_DATABASE_URL, else the S
 @click.command()
 @click.option("--request-id", help="one request")
 @click.option("--site", help="with --email: every request of that person (site in any case)")
-@click.option("--email")
+@click.option("--email", help="with --site: the person's email (in any case)")
 @click.option("--database-url", help=_DB_HELP)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def audit(
@@ -352,6 +353,9 @@ def audit(
             click.echo(json.dumps(histories_json(store, found), indent=2))
         else:
             click.echo(f"source: SQL projection {store.url} (projected from the lifecycle topic)")
+            if found and request_id is None:  # a person's: how many follow, before the first
+                many = "request" if len(found) == 1 else "requests"
+                click.echo(f"{len(found)} {many} of {found[0].person}, newest first")
             click.echo()
             click.echo(render_histories(found) if found else not_found(request_id, site, email))
     finally:
@@ -437,6 +441,12 @@ def schemas(check: bool, directory: Path | None) -> None:
 
     if directory is None and not generator.in_checkout():
         raise click.UsageError("not run from a checkout of talkstream: give --dir DIR")
+    if check and directory is not None and not directory.is_dir():
+        # a mistyped folder: each schema was said "missing", with a command that regenerates
+        # the checkout's
+        raise click.BadParameter(
+            f"{directory} does not exist: nothing to check", param_hint="'--dir'"
+        )
     args = ["--check"] if check else []
     sys.exit(generator.main(args + (["--dir", str(directory)] if directory else [])))
 

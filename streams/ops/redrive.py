@@ -98,6 +98,9 @@ class RedriveReport:
     redriven: list[Redriven] = field(default_factory=list)
     skipped: int = 0
     unreadable: int = 0
+    # letters that kept no record (a record Kafka refused for its size, a message with no
+    # value): nothing to send back under any filters, so not "not selected"; passed over
+    empty: int = 0
     superseded: int = 0  # letters of a request a later letter of this run redrives
     not_parked: list[str] = field(default_factory=list)  # selected; the projection says done
     # selected, of an earlier attempt than the request's latest letter (not selected): the
@@ -405,7 +408,7 @@ def _one(
         report.unreadable += 1
         return _Left.NEVER
     if letter.value_b64 is None:  # nothing to send back, under any filters
-        report.skipped += 1
+        report.empty += 1
         return _Left.NEVER
     value = base64.b64decode(letter.value_b64)
     key = raw_key if raw_key is not None else None if letter.key is None else letter.key.encode()

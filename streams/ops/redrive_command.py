@@ -120,6 +120,7 @@ def redrive(
         )
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
         + (f", {len(report.never_parked)} never parked" if report.never_parked else "")
+        + (f", {report.empty} with no record to send back" if report.empty else "")
     )
     if request_id is not None and not (
         report.redriven

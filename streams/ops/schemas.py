@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,20 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=Path, default=None, help="where the files are (default: the checkout's)"
     )
     args = parser.parse_args(argv)
+    # the command that regenerates what was checked: the checkout's, or the folder given
+    regenerate = "talkstream schemas (or make schemas)"
     if args.dir is None:
         if not in_checkout():
             # installed (the compose image): there is no schemas/ of the repository's here
             parser.error("not run from a checkout of talkstream: give --dir DIR")
         args.dir = SCHEMAS_DIR
+    else:
+        regenerate = f"talkstream schemas --dir {shlex.quote(str(args.dir))}"
     if args.check:
+        if not args.dir.is_dir():  # a mistyped --dir: not every schema "missing"
+            parser.error(f"--dir {args.dir}: no such folder, nothing to check")
         problems = drift(args.dir)
         for problem in problems:
             print(problem)
-        print(
-            "regenerate with: talkstream schemas (or make schemas)"
-            if problems
-            else "schemas match the models"
-        )
+        print(f"regenerate with: {regenerate}" if problems else "schemas match the models")
         return 1 if problems else 0
     changed = write(args.dir)
     print(f"wrote {', '.join(p.name for p in changed)}" if changed else "schemas up to date")

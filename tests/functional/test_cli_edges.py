@@ -440,7 +440,23 @@ def test_kafka_out_of_reach_is_the_commands_one_line_and_nothing_above_it(args: 
     env = {**os.environ, "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
     ran = streams_run(*args, env=env)
     assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
-    assert ran.stderr == f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
+    assert ran.stderr == (  # what is out of reach, and what named it
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused); "
+        f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n"
+    )
+
+
+def test_kafka_out_of_reach_at_the_default_address_says_the_variable_was_not_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator who never set TALKSTREAM_KAFKA_BOOTSTRAP read "nothing listens at
+    127.0.0.1:9092" and had to know where that address came from."""
+    from streams.cli import _kafka_address_source
+
+    monkeypatch.delenv("TALKSTREAM_KAFKA_BOOTSTRAP", raising=False)
+    assert _kafka_address_source() == (
+        "Kafka's address is the default 127.0.0.1:9092 (TALKSTREAM_KAFKA_BOOTSTRAP is not set)"
+    )
 
 
 def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder() -> None:
@@ -450,7 +466,7 @@ def test_a_bench_on_a_broker_out_of_reach_says_so_and_keeps_no_empty_log_folder(
     # what it does, then why it stopped: no "logs kept in" a folder with nothing in it
     assert ran.stderr == (
         f"using Kafka at 127.0.0.1:{port}\n"
-        f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n"
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused)\n"
     )
 
 
@@ -688,7 +704,7 @@ def test_a_database_merely_down_does_not_stop_the_worker(
     monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["worker"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: nothing listens at 127.0.0.1:1")
+    assert result.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
 
 
 @pytest.mark.parametrize("keys", ["", " , "])

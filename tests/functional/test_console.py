@@ -4,6 +4,7 @@ content, redrive) and a fixed clock."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -439,9 +440,15 @@ async def test_every_page_and_action_needs_the_token(console: Console):
             continue
         assert response.status == 401, path
     assert console.log.redrives == []
-    # only the login form and its stylesheet are public
-    assert (await console.client.get("/login")).status == 200
+    # only the login form, its stylesheet and its icon are public
+    login = await console.client.get("/login")
+    assert login.status == 200
     assert (await console.client.get("/static/console.css")).status == 200
+    # every page names its icon, so a browser does not ask for /favicon.ico (a 404 it
+    # reported as an error of each page)
+    assert '<link rel="icon" href="/static/favicon.svg"' in await login.text()
+    icon = await console.client.get("/static/favicon.svg")
+    assert icon.status == 200 and icon.content_type == "image/svg+xml"
 
 
 async def test_a_token_put_in_a_url_is_not_carried_to_the_login_page(console: Console):
@@ -1001,6 +1008,8 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     assert re.findall(RID, since) == ["pub-2"]
     bad = await signed_in.page("/requests?since=yesterday-ish", status=400)
     assert "since: &#39;yesterday-ish&#39; is not a time" in bad and "ISO-8601" in bad
+    # the field the error names is the one labelled so (it was "event time from")
+    assert re.search(r'<label>[^<]*\bsince <input type="text" name="since"', bad)
     huge = await signed_in.page("/requests?since=99999999999999999999", status=400)
     assert "since: &#39;99999999999999999999&#39; is out of range" in huge
     # an age counts back from now: since 1h, until 2h ends before it starts
@@ -1080,6 +1089,29 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     # a cursor that is not one: the newest page, and a 400 that says so (as search does)
     bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
     assert '<p class="error">before: not a page cursor</p>' in bad and "lim-1" in bad
+
+
+async def test_numbers_past_the_databases_integers_in_a_link_are_no_server_error(
+    signed_in: Console,
+):
+    """An edited link's ``at`` or cursor past a BIGINT went to the database, which refused it
+    (SQLite: OverflowError; PostgreSQL: out of range): a 500 and a traceback in the log. An
+    ``at`` it cannot read names the latest request of the id, as a non-number does; a cursor
+    it cannot read is the 400 any bad cursor is."""
+    huge = "9" * 23
+    for at in (huge, "²"):  # "²" is a digit to str.isdigit, not to int()
+        page = await signed_in.page(f"/request?id=pub-1&at={at}")
+        assert 'id="state">published<' in page
+        assert "Roses are red" in await signed_in.page(f"/request/content?id=pub-1&at={at}")
+    for at_ms in (10**30, -(10**30)):
+        raw = json.dumps([at_ms, "pub-1"]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        searched = await signed_in.page(f"/requests?before={cursor}", status=400)
+        assert '<p class="error">before: not a page cursor</p>' in searched
+        person = f"/person?site=acme&email=ada@example.com&after={cursor}"
+        assert '<p class="error">after: not a page cursor</p>' in await signed_in.page(
+            person, status=400
+        )
 
 
 async def test_dead_letters_show_what_became_of_their_requests(signed_in: Console):

@@ -130,6 +130,12 @@ def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: 
     assert limited["state"] == "limited"
     assert limited["transitions"][-1]["cause"] == "usage window full: 2 of 2 used"
     assert limited["transitions"][-1]["window_count"] == 2
+    # as text, the count comes first: a person's many requests are hundreds of lines
+    text = talkstream(
+        "audit", "--site", "acme", "--email", "ada@example.com", "--database-url", projected
+    ).output
+    assert text.splitlines()[1] == "3 requests of acme:ada@example.com, newest first"
+    assert text.index("request lim-1") < text.index("request pub-2") < text.index("request pub-1")
 
 
 def test_audit_by_the_id_the_ingress_answered_shows_the_requests_of_the_same_params_too(
@@ -585,7 +591,8 @@ def test_a_replay_that_fails_leaves_no_sqlite_file_it_created(tmp_path: Path, mo
     result = CliRunner().invoke(main, ["replay", "--database-url", f"sqlite:///{new}"])
     assert (result.exit_code, result.output) == (
         1,
-        f"Error: nothing listens at 127.0.0.1:{port} (connection refused)\n",
+        f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused); "
+        f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n",
     )
     assert list(tmp_path.iterdir()) == []  # no file, no lock file, no directory
 

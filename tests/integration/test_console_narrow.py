@@ -80,3 +80,49 @@ async def test_every_page_fits_the_window(
         assert await asyncio.to_thread(overflows, browser, base, width) == {}
     finally:
         await console.client.close()
+
+
+def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
+    """Each page's short sites and emails (20 characters or fewer) in a table that take more
+    than one line: where a word was broken to fit a column."""
+    chrome.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    chrome.get(base + "/login")
+    chrome.find_element(By.NAME, "token").send_keys(TOKEN)
+    chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    found = {}
+    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.value"), path
+        broken = chrome.execute_script(
+            """
+            return [...document.querySelectorAll('table.grid td.value')]
+              .filter(td => td.textContent.trim().length <= 20)
+              .filter(td => {
+                const range = document.createRange();
+                range.selectNodeContents(td);
+                const tops = [...range.getClientRects()].map(r => Math.round(r.top));
+                return new Set(tops).size > 1;
+              })
+              .map(td => td.textContent.trim());
+            """
+        )
+        if broken:
+            found[path] = broken
+    return found
+
+
+async def test_a_short_site_or_email_stays_whole_in_a_narrow_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """A table scrolls in its own box in a narrow window, yet its sites and emails were broken
+    anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(broken_values, browser, base, 400) == {}
+    finally:
+        await console.client.close()

@@ -122,7 +122,10 @@ def test_topics_carry_the_replication_settings() -> None:
             ssl.SSLCertVerificationError(1, "certificate verify failed"),
             "TLS with Kafka at b-1.example:9096 failed",
         ),
-        (ConnectionRefusedError(111, "refused"), "nothing listens at b-1.example:9096"),
+        (
+            ConnectionRefusedError(111, "refused"),
+            "Kafka at b-1.example:9096: nothing listens there",
+        ),
         (
             KafkaConnectionError("Connection at b-1.example:9096 closed"),
             "does its listener expect TLS or SASL (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)",

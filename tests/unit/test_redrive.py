@@ -637,3 +637,40 @@ def test_the_redrive_command_names_a_letter_never_parked_and_does_not_fail_on_it
     assert result.exit_code == 0, result.output
     assert f"never parked, nothing to redrive: {said}\n" in result.output
     assert result.output.endswith("0 redriven, 0 not selected, 0 unreadable, 1 never parked\n")
+
+
+def test_a_letter_that_kept_no_record_is_counted_apart_from_those_not_selected(
+    monkeypatch,
+) -> None:
+    """A letter without its record (one Kafka refused for its size) has nothing to send back
+    under any filters, and runs pass over it; it was counted "not selected", which told the
+    operator other filters would redrive it."""
+    from click.testing import CliRunner
+
+    from streams import cli
+    from streams.ops import redrive as redrive_module
+    from streams.ops.redrive import RedriveReport, Selection, _one
+
+    settings = Settings(app_id="t")
+    letter = DeadLetter(
+        topic=settings.topic("completions"),
+        partition=-1,
+        offset=-1,
+        reason="RecordTooLarge: 2000000 bytes",
+        key=PERSON,
+        request_id="req-1",
+    )
+    report = RedriveReport()
+    assert _one(encode(letter), Selection(), report, settings, lambda: T0 * 1000, {}) is not None
+    assert (report.skipped, report.empty) == (0, 1)
+
+    async def fake_redrive(*_args: object, **_kwargs: object) -> RedriveReport:
+        return RedriveReport(examined=2, skipped=1, empty=1)
+
+    monkeypatch.setattr(redrive_module, "redrive", fake_redrive)
+    said = CliRunner().invoke(cli.main, ["redrive", "--dry-run"])
+    assert said.exit_code == 0, said.output
+    assert said.output.endswith(
+        "2 dead letters examined, 0 to redrive, 1 not selected, 0 unreadable, "
+        "1 with no record to send back\n"
+    )

@@ -104,7 +104,36 @@ def test_a_drift_names_the_documented_command_that_regenerates(tmp_path, capsys)
     assert schemas.main(["--check", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "lifecycle.schema.json: differs from the models" in out
+    # the folder checked is the one to regenerate: `talkstream schemas` alone writes the
+    # checkout's schemas/ (and said so for any --dir)
+    assert out.rstrip().endswith(f"regenerate with: talkstream schemas --dir {tmp_path}")
+
+
+def test_a_drift_of_the_checkouts_schemas_names_the_documented_command(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    (tmp_path / "pyproject.toml").write_text("")  # a checkout, its schemas/ beside it
+    monkeypatch.setattr(schemas, "SCHEMAS_DIR", tmp_path / "schemas")
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "lifecycle.schema.json").write_text("{}\n")
+    assert schemas.main(["--check"]) == 1
+    out = capsys.readouterr().out
     assert out.rstrip().endswith("regenerate with: talkstream schemas (or make schemas)")
+
+
+def test_a_check_of_a_folder_that_is_not_there_says_so(tmp_path) -> None:
+    """A mistyped --dir named every schema "missing" and asked to regenerate."""
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    missing = tmp_path / "schemaz"
+    refused = CliRunner().invoke(main, ["schemas", "--check", "--dir", str(missing)])
+    assert refused.exit_code == 2, refused.output
+    assert f"Invalid value for '--dir': {missing} does not exist: nothing to check" in (
+        refused.output
+    )
+    assert "missing" not in refused.output and not missing.exists()
 
 
 def test_installed_it_asks_where_the_schemas_are_and_writes_where_it_is_told(
