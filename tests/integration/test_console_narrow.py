@@ -38,10 +38,8 @@ PAGES = [
 ]
 
 
-def overflows(
-    chrome: webdriver.Chrome, base: str, width: int
-) -> dict[str, tuple[int, int, list[str]]]:
-    """Each page wider than the window: its width, the window's, and what sticks out."""
+def signed_in(chrome: webdriver.Chrome, base: str, width: int) -> None:
+    """The browser ``width`` pixels wide, signed in to the console at ``base``."""
     chrome.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
@@ -49,6 +47,13 @@ def overflows(
     chrome.get(base + "/login")
     chrome.find_element(By.NAME, "token").send_keys(TOKEN)
     chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def overflows(
+    chrome: webdriver.Chrome, base: str, width: int
+) -> dict[str, tuple[int, int, list[str]]]:
+    """Each page wider than the window: its width, the window's, and what sticks out."""
+    signed_in(chrome, base, width)
     found = {}
     for path in PAGES:
         chrome.get(base + path)
@@ -85,13 +90,7 @@ async def test_every_page_fits_the_window(
 def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
     """Each page's short sites and emails (20 characters or fewer) in a table that take more
     than one line: where a word was broken to fit a column."""
-    chrome.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": False},
-    )
-    chrome.get(base + "/login")
-    chrome.find_element(By.NAME, "token").send_keys(TOKEN)
-    chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    signed_in(chrome, base, width)
     found = {}
     for path in ["/", "/requests", "/person?site=acme&email=ada@example.com"]:
         chrome.get(base + path)

@@ -18,6 +18,16 @@ from streams.kafka_options import Withdrawn
 from tests.unit.domain_builders import generated, published
 from tests.unit.test_gaps import Quiet, Rec, Sent
 
+# a request's transitions from its webhook to its publication, in order
+PUBLISHED_PATH = [
+    State.RECEIVED,
+    State.ADMITTED,
+    State.GENERATING,
+    State.GENERATED,
+    State.PUBLISHING,
+    State.PUBLISHED,
+]
+
 
 class Leaderless(Sent):
     """[lifecycle], one partition whose leader is away: what the ledger hands it is held
@@ -117,14 +127,7 @@ def test_a_batch_decided_again_keeps_a_requests_transitions_in_order(waits: bool
     for raw in quiet.leaderless.taken:
         event = decode(LifecycleEvent, raw)
         transitions[event.request_id].append(event)
-    assert [e.state for e in transitions["req-50"]] == [
-        State.RECEIVED,
-        State.ADMITTED,
-        State.GENERATING,
-        State.GENERATED,
-        State.PUBLISHING,
-        State.PUBLISHED,
-    ]
+    assert [e.state for e in transitions["req-50"]] == PUBLISHED_PATH
     for request_id, events in transitions.items():  # each from where the one before left it
         assert [e.previous_state for e in events] == [None, *(e.state for e in events[:-1])], (
             request_id
@@ -195,14 +198,7 @@ def test_what_the_producer_holds_unsent_of_a_failed_batch_is_taken_back(case: st
         for event in map(lambda raw: decode(LifecycleEvent, raw), quiet.leaderless.taken)
         if event.request_id == "req-50"
     ]
-    assert states == [
-        State.RECEIVED,
-        State.ADMITTED,
-        State.GENERATING,
-        State.GENERATED,
-        State.PUBLISHING,
-        State.PUBLISHED,
-    ]
+    assert states == PUBLISHED_PATH
     withdrawn = [decode(LifecycleEvent, raw).state for raw in quiet.leaderless.withdrawn]
     assert withdrawn == [State.PUBLISHED]
 
