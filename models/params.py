@@ -66,6 +66,7 @@ from models.values import (
     flag,
     lower_text,
     no_stream,
+    participant_name,
     rendered,
 )
 
@@ -110,9 +111,13 @@ def _error(problem: Problem, field: str, message: str) -> ParamsError:
 
 
 class Message(BaseModel):
-    """One message of the prompt: a role and its text. Not ``tool``: OpenAI takes a tool's
-    message only with its ``tool_call_id``, answering an assistant's ``tool_calls``, which a
-    message of two fields cannot carry (every such webhook was a 400 from OpenAI)."""
+    """One message of the prompt: a role, its text and, optionally, OpenAI's ``name`` of the
+    participant (which tells apart participants of one role). Not ``tool``: OpenAI takes a
+    tool's message only with its ``tool_call_id``, answering an assistant's ``tool_calls``,
+    which these fields cannot carry (every such webhook was a 400 from OpenAI).
+
+    ``name`` is left out of the message (and of :func:`request_fingerprint`: a webhook's id
+    is what it was before messages could carry one) when it is absent, ``null`` or blank."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,6 +125,9 @@ class Message(BaseModel):
         Literal["system", "user", "assistant", "developer"], BeforeValidator(lower_text)
     ]
     content: str
+    name: Annotated[str | None, BeforeValidator(participant_name)] = Field(
+        None, exclude_if=lambda name: name is None
+    )
 
 
 # Typed passthrough params: coerced from strings, sent only when given.

@@ -24,6 +24,8 @@ LIQUID = re.compile(r"\{\{|\{%")
 UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
 MAX_KEY_LENGTH = 1024
 _HEADER_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+# OpenAI's pattern for a message's ``name`` ("^[a-zA-Z0-9_-]+$" in its 400), at most 64 long
+_PARTICIPANT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def digits(value: Any) -> Any:
@@ -115,6 +117,25 @@ def secret_text(value: Any) -> Any:
                 f"(at most {MAX_KEY_LENGTH} characters): it is sent as a header"
             )
         rendered(value)
+    return value
+
+
+def participant_name(value: Any) -> Any:
+    """A message's ``name``, as OpenAI takes it: 1 to 64 ASCII letters, digits, underscores or
+    hyphens (its 400 otherwise: "string does not match pattern"). Trimmed; blank is absent
+    (Liquid renders a missing first name so)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    value = value.strip()
+    if not value:
+        return None
+    if not _PARTICIPANT_NAME.fullmatch(rendered(value)):
+        raise ValueError(
+            "must be 1 to 64 letters (a-z, A-Z), digits, underscores or hyphens, no spaces: "
+            "OpenAI's rule for a message's name"
+        )
     return value
 
 

@@ -38,7 +38,9 @@ Azure OpenAI's 404 ``DeploymentNotFound``). A key in
 in ``content_filter_keys`` with what the filter left of a text (``finish_reason:
 content_filter``): billed answers without a text, after the limits and validation. A reasoning
 model (``o1``, ``o3-mini``, ``gpt-5``, ...) given ``max_tokens`` gets OpenAI's 400
-``unsupported_parameter`` (they take ``max_completion_tokens``).
+``unsupported_parameter`` (they take ``max_completion_tokens``). A message's optional
+``name`` (the participant's) is taken when it is 1 to 64 letters, digits, underscores or
+hyphens, else refused with OpenAI's 400 ``invalid_value``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ logger = logging.getLogger(__name__)
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # reasoning models refuse ``max_tokens`` (they take ``max_completion_tokens``), as OpenAI's do
 REASONING_MODELS = re.compile(r"o\d|gpt-5")
+# a message's optional ``name``: OpenAI refuses another ("string does not match pattern")
+PARTICIPANT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 REQUEST_LIMIT = 10_000
 
 
@@ -404,6 +408,9 @@ def _validate(body: Any) -> web.Response | None:
         if content is not None and not isinstance(content, str | list):
             message = f"Invalid type for '{param}.content': expected a string or array."
             return _error(400, message, param=f"{param}.content", code="invalid_type")
+        invalid_name = _invalid_name(msg, param)
+        if invalid_name is not None:
+            return invalid_name
     for name in ("max_tokens", "max_completion_tokens"):
         limit = body.get(name)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
@@ -418,6 +425,24 @@ def _validate(body: Any) -> web.Response | None:
         return _error(400, message, param="max_tokens", code="unsupported_parameter")
     if body.get("stream"):
         return _error(400, "stream=true is not supported by the stand-in.", param="stream")
+    return None
+
+
+def _invalid_name(msg: JSON, param: str) -> web.Response | None:
+    """OpenAI's 400 for a message's optional ``name`` (the participant's) that it does not
+    take, else None."""
+    if "name" not in msg:
+        return None
+    name = msg["name"]
+    if not isinstance(name, str):
+        message = f"Invalid type for '{param}.name': expected a string."
+        return _error(400, message, param=f"{param}.name", code="invalid_type")
+    if not PARTICIPANT_NAME.fullmatch(name):
+        message = (
+            f"Invalid '{param}.name': string does not match pattern. Expected a string that "
+            "matches the pattern '^[a-zA-Z0-9_-]+$'."
+        )
+        return _error(400, message, param=f"{param}.name", code="invalid_value")
     return None
 
 

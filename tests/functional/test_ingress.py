@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.events import ChatRequest, RequestReceived, RequestSpec
 from models.params import UsageLimit
+from streams.clients.openai_chat import chat_body
 from streams.errors import BrokerUnavailable
 from tests.functional.conftest import (
     FORM,
@@ -182,6 +183,31 @@ async def test_max_completion_tokens_is_the_completions_cap(ingress: Ingress) ->
     assert received.spec.chat.extra["max_completion_tokens"] == 400
 
 
+async def test_a_messages_name_travels_with_it(ingress: Ingress) -> None:
+    """OpenAI's optional ``name`` of a message's participant, from a form as from JSON, goes
+    to OpenAI in its message; a message without one has none."""
+    tree = changed(openai__messages__1__name="Alice_42")
+    received = await accepted(ingress, Body(FORM, form_body(tree)))
+
+    assert [m.get("name") for m in received.spec.chat.messages] == [None, "Alice_42"]
+    assert chat_body(received.spec.chat)["messages"] == received.spec.chat.messages
+    assert "name" not in received.spec.chat.messages[0]
+
+
+async def test_a_name_openai_would_refuse_is_a_422_that_says_its_rule(ingress: Ingress) -> None:
+    body = Body(JSON, json_body(changed(openai__messages__1__name="Alice Smith")))
+
+    errors = await rejected(ingress, body, 422)
+
+    assert errors == [
+        {
+            "field": "openai.messages.1.name",
+            "message": "must be 1 to 64 letters (a-z, A-Z), digits, underscores or hyphens, "
+            "no spaces: OpenAI's rule for a message's name",
+        }
+    ]
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
 async def test_json_in_utf16_or_utf32_is_the_same_request(ingress: Ingress, encoding: str) -> None:
     reference = await accepted(ingress, SHAPES["json"])
@@ -267,6 +293,11 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         ),
         422,
         {"email", "openai.max_tokens", "openai.messages.0.role", "usage_limit.amount"},
+    ),
+    "a message's name that OpenAI refuses": (
+        Body(JSON, json_body(changed(openai__messages__1__name="Alice Smith"))),
+        422,
+        {"openai.messages.1.name"},
     ),
     "legacy extras that are not JSON": (
         Body(FORM, form_body({**envelope("acme-store"), "extras": "{not json"})),

@@ -76,6 +76,26 @@ async def test_max_tokens_cuts_text_and_reports_length(client) -> None:
     assert response.usage is not None and response.usage.completion_tokens == 3
 
 
+async def test_a_messages_name_is_taken_as_openai_takes_it(client) -> None:
+    """OpenAI's optional ``name`` of a message's participant: letters, digits, ``_``, ``-``;
+    part of the prompt (another name, another text)."""
+    named = [MESSAGES[0], {**MESSAGES[1], "name": "Alice_Hiker-1"}]
+    response = await client.chat.completions.create(model="gpt-4o-mini", messages=named)  # type: ignore[arg-type]
+    text = response.choices[0].message.content
+    assert text is not None and text.startswith("Generated for: Write a greeting for Alice")
+    assert text != await complete(client)
+
+    for name, code in [
+        ("Alice Hiker", "invalid_value"),
+        ("x" * 65, "invalid_value"),
+        (7, "invalid_type"),
+    ]:
+        bad = [MESSAGES[0], {**MESSAGES[1], "name": name}]
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=bad)  # type: ignore[arg-type]
+        assert (caught.value.code, caught.value.param) == (code, "messages[1].name")
+
+
 async def test_unauthorized_key_raises_authentication_error(oai, client) -> None:
     oai.config.unauthorized_keys.add(KEY)
     with pytest.raises(openai.AuthenticationError) as caught:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from streams.dev.openai_standin import completion_text
 from tests.integration.conftest import System, http, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
 
@@ -78,6 +79,25 @@ def test_default_event_number_is_unique_per_request(system: System) -> None:
         if e["email"] == "nonumber@example.com"
     ]
     assert numbers == [f"generate_text_complete-{request_id}"]
+
+
+def test_a_messages_name_reaches_openai(system: System) -> None:
+    """OpenAI's optional ``name`` of a message's participant goes to OpenAI in the message (it
+    was refused at the ingress): the published text is the stand-in's for the named prompt."""
+    content = "Write a humorous verse for Ada, who bought a kite."
+    body = seed_params("named@example.com", content=content)
+    body["openai"]["messages"][0]["name"] = "Ada_Lovelace"
+    status, answer = system.post(body)
+    assert status == 202, answer
+    request_id = answer["request_id"]
+
+    assert system.wait_terminal([request_id])[request_id].state == "published"
+    events = [e for e in system.talkable("GET", "/_events") if e["email"] == "named@example.com"]
+    sent = [{"role": "user", "content": content, "name": "Ada_Lovelace"}]
+    unnamed = [{"role": "user", "content": content}]
+    expected, _ = completion_text("gpt-3.5-turbo", sent, 150)
+    assert expected != completion_text("gpt-3.5-turbo", unnamed, 150)[0]
+    assert [e["custom_properties"]["generated_text"] for e in events] == [expected]
 
 
 def test_invalid_request_is_refused_and_nothing_is_produced(system: System) -> None:

@@ -508,6 +508,12 @@ def test_a_usage_limit_that_is_not_an_object_is_refused(value: Any) -> None:
         ([{"role": "user", "content": "x"}, "x"], ["openai.messages.1"]),
         ([{"role": "user", "content": 5}], ["openai.messages.0.content"]),
         ([{"role": "user", "content": "x", "bogus": "y"}], ["openai.messages.0"]),
+        # OpenAI's rule for a participant's name: 1 to 64 of a-z, A-Z, 0-9, _ and -
+        ([{"role": "user", "content": "x", "name": "Alice Smith"}], ["openai.messages.0.name"]),
+        ([{"role": "user", "content": "x", "name": "José"}], ["openai.messages.0.name"]),
+        ([{"role": "user", "content": "x", "name": "a" * 65}], ["openai.messages.0.name"]),
+        ([{"role": "user", "content": "x", "name": 42}], ["openai.messages.0.name"]),
+        ([{"role": "user", "content": "x", "name": ["a"]}], ["openai.messages.0.name"]),
     ],
 )
 def test_messages_must_be_role_content_pairs(messages: Any, fields: list[str]) -> None:
@@ -515,6 +521,40 @@ def test_messages_must_be_role_content_pairs(messages: Any, fields: list[str]) -
         from_mapping(seed(openai__messages=messages))
     assert status_of(caught.value) == 422
     assert [e.field for e in caught.value.errors] == fields
+
+
+NAMED = seed(openai__messages__1__name=" Alice_42 ")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_message_may_name_its_participant_in_every_shape(shape: str) -> None:
+    """OpenAI's optional ``name`` of a message's participant is a param like the others
+    (it was refused as "a field that is not allowed"), trimmed, and travels in the message."""
+    content_type, body, query = shapes(NAMED)[shape]
+
+    params = parse_request(content_type, body, query)
+
+    assert params == parse_request(JSON, json.dumps(NAMED).encode())
+    assert [m.model_dump() for m in params.openai.messages] == [
+        {"role": "system", "content": "You write short, funny verses."},
+        {"role": "user", "content": SEED["openai"]["messages"][1]["content"], "name": "Alice_42"},
+    ]
+
+
+@pytest.mark.parametrize("absent", [None, "", "  "])
+def test_a_blank_or_null_name_is_absent(absent: Any) -> None:
+    """Liquid renders a missing first name blank: the message goes without a name (OpenAI
+    refuses an empty one), and is the request it was without one (the same id)."""
+    params = from_mapping(seed(openai__messages__1__name=absent))
+    assert params.openai.messages[1].name is None
+    assert "name" not in params.openai.messages[1].model_dump()
+    assert request_fingerprint(params) == request_fingerprint(from_mapping(SEED))
+
+
+def test_a_request_without_names_keeps_the_id_it_had_before_names() -> None:
+    """A webhook's id is its dedupe key: one retried by Talkable across an upgrade must keep it
+    (this is the seed's id as talkstream gave it before messages could carry a name)."""
+    assert request_fingerprint(from_mapping(SEED)) == "80fb900e79058cf08ac6d06cfd19734f"
 
 
 def test_roles_are_read_case_insensitively() -> None:
@@ -925,6 +965,7 @@ MUTATIONS: list[dict[str, Any]] = [
     {"openai__seed": "1"},
     {"openai__messages__0__content": "You write long verses."},
     {"openai__messages__0__role": "developer"},
+    {"openai__messages__1__name": "alice"},
     {"openai__messages": SEED["openai"]["messages"][::-1]},
     {"usage_limit": ...},
     {"usage_limit__amount": "4"},
