@@ -52,7 +52,8 @@ class ChatRequest(BaseModel):
 
     model: str
     messages: list[dict[str, str]]
-    # the completion's token cap: sent as ``max_tokens``, unless ``extra`` carries
+    # the completion's token cap: sent as ``max_tokens`` (as ``max_completion_tokens`` to a
+    # model that refuses ``max_tokens``: OpenAI's reasoning models), unless ``extra`` carries
     # ``max_completion_tokens`` (then the cap is that, and ``max_tokens`` is not sent)
     max_tokens: int
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -70,6 +70,11 @@ _KEYLIKE = re.compile(
 # gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 36278. The
 # input or output tokens must be reduced in order to run successfully." (no "try again")
 _ASKED = re.compile(r"Limit (\d+), (?:Used \d+, )?Requested (\d+)")
+# OpenAI's reasoning models, which take the completion's cap as max_completion_tokens only: o1,
+# o1-mini, o3, o3-mini, o4-mini, ..., the gpt-5 family, and their fine-tunes ("ft:o4-mini-...:
+# org::id"); not a longer name's start ("o1x"), nor another family's (Ollama's "olmo2",
+# "gpt-oss")
+_REASONING_MODEL = re.compile(r"(?:ft:)?(?:o\d+|gpt-5)(?:[-.:@]|$)")
 # a UTF-16 surrogate alone: JSON may escape one ("\ud83d", an emoji cut in two), json.loads
 # keeps it, and no UTF-8 (Kafka's records, Talkable's API) can carry it
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -125,12 +130,32 @@ def token_cost(chat: ChatRequest) -> int:
 
 def chat_body(chat: ChatRequest) -> dict[str, Any]:
     """The Chat Completions body: the model, the messages, the cap on the completion's tokens
-    and every other param unchanged. The cap is ``max_tokens`` unless the campaign gives
-    ``max_completion_tokens``, which replaces it: reasoning models (o1 and later) refuse
-    ``max_tokens`` ("Unsupported parameter: 'max_tokens' is not supported with this model").
+    and every other param unchanged.
+
+    The cap is the campaign's ``max_completion_tokens`` when it gives one (sent as it is, in
+    ``extra``, and ``max_tokens`` not at all). Else it is ``max_tokens`` (the campaign's, or
+    the default), sent under the name the model takes: ``max_completion_tokens`` for OpenAI's
+    reasoning models, which refuse ``max_tokens`` (400 ``unsupported_parameter``: "Use
+    'max_completion_tokens' instead"), ``max_tokens`` for every other. Not
+    ``max_completion_tokens`` for all, although OpenAI's chat models take it too (``max_tokens``
+    is deprecated in its favour): OpenAI-compatible servers (Ollama's and LM Studio's ``/v1``)
+    know ``max_tokens`` only, and would ignore it, writing without a cap.
     """
-    cap = {} if "max_completion_tokens" in chat.extra else {"max_tokens": chat.max_tokens}
+    if "max_completion_tokens" in chat.extra:
+        cap = {}
+    elif takes_max_completion_tokens_only(chat.model):
+        cap = {"max_completion_tokens": chat.max_tokens}
+    else:
+        cap = {"max_tokens": chat.max_tokens}
     return {"model": chat.model, "messages": chat.messages, **cap, **chat.extra}
+
+
+def takes_max_completion_tokens_only(model: str) -> bool:
+    """Whether the model refuses ``max_tokens``: OpenAI's reasoning models, by their names
+    (``o1``, ``o3-mini``, ``o4-mini``, ``gpt-5``, ``gpt-5-mini``, ``gpt-5.1``, ..., and their
+    fine-tunes, ``ft:o4-mini-2025-04-16:acme::abc123``). Another name for one (an Azure
+    deployment's) is not known here: its campaign gives ``max_completion_tokens``."""
+    return _REASONING_MODEL.match(model) is not None
 
 
 class ChatClient:

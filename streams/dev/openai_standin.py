@@ -37,7 +37,8 @@ Azure OpenAI's 404 ``DeploymentNotFound``). A key in
 ``refusal_keys`` is answered 200 with the model's refusal (``message.refusal``, no content), one
 in ``content_filter_keys`` with what the filter left of a text (``finish_reason:
 content_filter``): billed answers without a text, after the limits and validation. A reasoning
-model (``o1``, ``o3-mini``, ``gpt-5``, ...) given ``max_tokens`` gets OpenAI's 400
+model (``o1``, ``o3-mini``, ``gpt-5``, ..., or a name in ``reasoning_deployments``: one
+deployed under a name of its own, as on Azure) given ``max_tokens`` gets OpenAI's 400
 ``unsupported_parameter`` (they take ``max_completion_tokens``). A message's optional
 ``name`` (the participant's) is taken when it is 1 to 64 letters, digits, underscores or
 hyphens, else refused with OpenAI's 400 ``invalid_value``.
@@ -77,8 +78,9 @@ from streams.dev.standin_common import (
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-# reasoning models refuse ``max_tokens`` (they take ``max_completion_tokens``), as OpenAI's do
-REASONING_MODELS = re.compile(r"o\d|gpt-5")
+# reasoning models (and their fine-tunes) refuse ``max_tokens`` (they take
+# ``max_completion_tokens``), as OpenAI's do
+REASONING_MODELS = re.compile(r"(?:ft:)?(?:o\d|gpt-5)")
 # a message's optional ``name``: OpenAI refuses another ("string does not match pattern")
 PARTICIPANT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 REQUEST_LIMIT = 10_000
@@ -122,6 +124,9 @@ class OpenAIStandinConfig:
     # model's refusal (``message.refusal``), or a text its filter cut (``content_filter``)
     refusal_keys: set[str] = field(default_factory=set)
     content_filter_keys: set[str] = field(default_factory=set)
+    # models that refuse ``max_tokens`` beside the reasoning models' names (``o1``, ``gpt-5``,
+    # ...): a reasoning model by another name, as an Azure deployment's name is one
+    reasoning_deployments: set[str] = field(default_factory=set)
 
 
 class Bucket:
@@ -382,7 +387,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _validate(body: Any) -> web.Response | None:
+def _validate(body: Any, reasoning_deployments: set[str]) -> web.Response | None:
     if not isinstance(body, dict):
         return _error(400, "We could not parse the JSON body of your request.")
     model = body.get("model")
@@ -417,7 +422,8 @@ def _validate(body: Any) -> web.Response | None:
             return _error(400, f"Invalid type for '{name}': expected an integer.", param=name)
         if isinstance(limit, int) and limit < 1:
             return _error(400, f"Invalid '{name}': must be at least 1.", param=name)
-    if body.get("max_tokens") is not None and REASONING_MODELS.match(model):
+    reasoning = REASONING_MODELS.match(model) or model in reasoning_deployments
+    if body.get("max_tokens") is not None and reasoning:
         message = (
             "Unsupported parameter: 'max_tokens' is not supported with this model. "
             "Use 'max_completion_tokens' instead."
@@ -532,7 +538,7 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     if every(config.fail_500_every, n):
         rec["fault"] = "fail_500"
         return _status_error(500, config)
-    invalid = _validate(body)
+    invalid = _validate(body, config.reasoning_deployments)
     if invalid is not None:
         return invalid
     writing = config.seconds_per_token * (_max_tokens(body) or 16)

@@ -288,10 +288,51 @@ async def test_a_campaigns_max_completion_tokens_is_the_cap_sent_alone(oai, chat
     sent = oai.calls.records[-1]
     assert (sent["max_tokens"], sent["max_completion_tokens"]) == (None, 3)
 
-    with pytest.raises(GenerationError) as caught:  # max_tokens alone: OpenAI's refusal
-        await chat.complete(reasoning.model_copy(update={"extra": {}}), KEY)
+
+@pytest.mark.parametrize(
+    "model",
+    ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5.1", "ft:o4-mini-2025-04-16:acme::x1"],
+)
+async def test_a_reasoning_models_cap_is_sent_as_max_completion_tokens(oai, chat, model) -> None:
+    """A campaign for a reasoning model that gives no ``max_completion_tokens`` (no cap at
+    all: the default, or its ``max_tokens``) gets its text, capped by that, not OpenAI's 400
+    for ``max_tokens``, which these models refuse ("Use 'max_completion_tokens' instead")."""
+    reasoning = ChatRequest(
+        model=model,
+        messages=[{"role": "user", "content": "a verse about a long walk by the sea"}],
+        max_tokens=3,
+    )
+    completion, _ = await chat.complete(reasoning, KEY)
+    assert len(completion.text.split()) == 3
+    sent = oai.calls.records[-1]
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (None, 3)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-3.5-turbo", "gpt-oss:20b", "llama3.2"])
+async def test_another_models_cap_is_sent_as_max_tokens(oai, chat, model) -> None:
+    """Every other model gets ``max_tokens``: OpenAI's chat models take it, and the
+    OpenAI-compatible servers (Ollama, LM Studio) know no other name for the cap."""
+    await chat.complete(CHAT.model_copy(update={"model": model}), KEY)
+    sent = oai.calls.records[-1]
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (20, None)
+
+
+async def test_a_reasoning_model_by_another_name_is_told_to_give_max_completion_tokens(
+    oai, chat
+) -> None:
+    """A reasoning model deployed under a name of its own (Azure's deployments) is not known
+    by its name: OpenAI's 400 says what to give, ``max_completion_tokens``."""
+    oai.config.reasoning_deployments = {"verse-writer"}
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(CHAT.model_copy(update={"model": "verse-writer"}), KEY)
     assert (caught.value.reason, caught.value.status) == ("BadRequest", 400)
     assert "max_completion_tokens" in str(caught.value)
+
+    given = CHAT.model_copy(
+        update={"model": "verse-writer", "extra": {"max_completion_tokens": 20}}
+    )
+    completion, _ = await chat.complete(given, KEY)
+    assert completion.text
 
 
 async def test_a_lone_surrogate_from_openai_becomes_a_replacement_character() -> None:

@@ -183,6 +183,22 @@ async def test_max_completion_tokens_is_the_completions_cap(ingress: Ingress) ->
     assert received.spec.chat.extra["max_completion_tokens"] == 400
 
 
+@pytest.mark.parametrize("max_tokens", [..., "60"])
+async def test_a_reasoning_models_cap_goes_as_max_completion_tokens(
+    ingress: Ingress, max_tokens: Any
+) -> None:
+    """A reasoning model refuses ``max_tokens``: a webhook for one that gives no
+    ``max_completion_tokens`` has its cap (the default 150, or its ``max_tokens``) sent as
+    ``max_completion_tokens``, and is paced by it (the least its call costs)."""
+    tree = changed(openai__model="o3-mini", openai__max_tokens=max_tokens)
+    received = await accepted(ingress, Body(JSON, json_body(tree)))
+
+    cap = 150 if max_tokens is ... else 60
+    assert received.spec.chat.max_tokens == cap
+    body = chat_body(received.spec.chat)
+    assert (body.get("max_tokens"), body["max_completion_tokens"]) == (None, cap)
+
+
 async def test_a_messages_name_travels_with_it(ingress: Ingress) -> None:
     """OpenAI's optional ``name`` of a message's participant, from a form as from JSON, goes
     to OpenAI in its message; a message without one has none."""

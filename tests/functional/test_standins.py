@@ -76,6 +76,20 @@ async def test_max_tokens_cuts_text_and_reports_length(client) -> None:
     assert response.usage is not None and response.usage.completion_tokens == 3
 
 
+@pytest.mark.parametrize("model", ["o1", "o3-mini", "gpt-5", "ft:o4-mini:acme::x1", "a-deployment"])
+async def test_a_reasoning_model_refuses_max_tokens_as_openai_does(oai, client, model) -> None:
+    oai.config.reasoning_deployments = {"a-deployment"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=3)
+    assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "max_tokens")
+    assert "Use 'max_completion_tokens' instead" in caught.value.message
+
+    response = await client.chat.completions.create(
+        model=model, messages=MESSAGES, max_completion_tokens=3
+    )
+    assert response.choices[0].message.content == "Generated for: Write"
+
+
 async def test_a_messages_name_is_taken_as_openai_takes_it(client) -> None:
     """OpenAI's optional ``name`` of a message's participant: letters, digits, ``_``, ``-``;
     part of the prompt (another name, another text)."""

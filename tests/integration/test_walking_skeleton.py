@@ -81,6 +81,24 @@ def test_default_event_number_is_unique_per_request(system: System) -> None:
     assert numbers == [f"generate_text_complete-{request_id}"]
 
 
+def test_a_reasoning_model_without_a_cap_is_published(system: System) -> None:
+    """A campaign for a reasoning model that gives no token cap: the default goes to OpenAI as
+    ``max_completion_tokens`` (such models refuse ``max_tokens``: every request failed)."""
+    body = seed_params("reasoner@example.com", openai_key="sk-test-reasoning-5501")
+    body["openai"]["model"] = "o3-mini"
+    del body["openai"]["max_tokens"]
+    status, answer = system.post(body)
+    assert status == 202, answer
+    request_id = answer["request_id"]
+
+    row = system.wait_terminal([request_id])[request_id]
+    assert row.state == "published", row.error_message
+    calls = [c for c in system.openai("GET", "/_calls") if c.get("key_tail") == "5501"]
+    assert [(c["max_tokens"], c["max_completion_tokens"], c["status"]) for c in calls] == [
+        (None, 150, 200)
+    ]
+
+
 def test_a_messages_name_reaches_openai(system: System) -> None:
     """OpenAI's optional ``name`` of a message's participant goes to OpenAI in the message (it
     was refused at the ingress): the published text is the stand-in's for the named prompt."""
