@@ -2,7 +2,9 @@
 as stacked SVG bars.
 
 Server-rendered: the template draws the rectangles this module lays out (no script, no
-library, nothing fetched), with a ``<title>`` on each bar for its figures.
+library, nothing fetched), with a ``<title>`` on each bar for its figures. The bars are an SVG
+stretched to the page's width; the axes' labels are the page's text, placed at a share of it:
+drawn in the SVG, they shrank with it, to 4 px in a phone's 375 px.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from datetime import UTC, datetime
 
 from streams.console.queries import Overview
 
-WIDTH, HEIGHT = 960, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 8, 10, 26
+WIDTH, HEIGHT = 960, 200  # the plot's units (the page stretches it: its bars, not its text)
 # a bar a minute up to this many bars; past it (6 or 24 hours), a bar for the fewest minutes of
 # MINUTES_PER_BAR that keeps to it: a bar stays wider than a pixel and the page light
 MOST_BARS = 240
@@ -41,8 +42,7 @@ class Bar:
 
 @dataclass(frozen=True)
 class Tick:
-    x: float
-    y: float
+    at: float  # percent of the plot: from its left (the time axis) or its bottom (the counts)
     label: str
 
 
@@ -53,9 +53,6 @@ class Chart:
     bars: list[Bar]
     x_ticks: list[Tick]
     y_ticks: list[Tick]
-    plot_left: int
-    plot_bottom: int
-    plot_right: int
     total: int
     per_bar: int  # minutes a bar counts
 
@@ -72,22 +69,21 @@ def chart(overview: Overview) -> Chart:
             series[state][slot_of[minute - minute % per]] += count
     totals = [sum(counts[i] for counts in series.values()) for i in range(len(starts))]
     top = _nice(max(totals, default=0))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = plot_w / max(len(starts), 1)
+    slot = WIDTH / max(len(starts), 1)
     gap = 1.0 if slot > 3 else 0.0
     bars: list[Bar] = []
     for i, start in enumerate(starts):
-        y = float(HEIGHT - BOTTOM)
+        y = float(HEIGHT)
         when = _hhmm(start) if per == 1 else f"{_hhmm(start)}\u2013{_hhmm(start + per)}"
         for state, counts in series.items():
             count = counts[i]
             if not count:
                 continue
-            h = plot_h * count / top
+            h = HEIGHT * count / top
             y -= h
             bars.append(
                 Bar(
-                    x=round(LEFT + i * slot + gap / 2, 2),
+                    x=round(i * slot + gap / 2, 2),
                     y=round(y, 2),
                     width=round(max(slot - gap, 0.5), 2),
                     height=round(h, 2),
@@ -97,23 +93,17 @@ def chart(overview: Overview) -> Chart:
             )
     every = max(1, len(starts) // 8)
     x_ticks = [
-        Tick(round(LEFT + i * slot + slot / 2, 2), HEIGHT - 8, _hhmm(start))
+        Tick(round(100 * (i + 0.5) / len(starts), 2), _hhmm(start))
         for i, start in enumerate(starts)
         if i % every == 0
     ]
-    y_ticks = [
-        Tick(LEFT - 6, round(TOP + plot_h * (1 - f), 2) + 4, f"{int(top * f):,}")
-        for f in (0, 0.5, 1)
-    ]
+    y_ticks = [Tick(100 * f, f"{int(top * f):,}") for f in (0, 0.5, 1)]
     return Chart(
         width=WIDTH,
         height=HEIGHT,
         bars=bars,
         x_ticks=x_ticks,
         y_ticks=y_ticks,
-        plot_left=LEFT,
-        plot_bottom=HEIGHT - BOTTOM,
-        plot_right=WIDTH - RIGHT,
         total=sum(totals),
         per_bar=per,
     )

@@ -11,6 +11,10 @@ other reader disturbed), manually assigned, up to the end offsets captured when 
   person's partition of [requests], seeking by time to where they were written. The projection
   keeps neither (it is the lifecycle's), and the log is the source of truth.
 
+A page view is no event of the log: the INFO lines aiokafka logs of each reader's life
+("Updating subscribed topics to: ..." at every ``assign``) are left out while the console reads
+(:class:`ReaderChatter`); its WARNINGs and ERRORs (a broker out of reach) are kept.
+
 Nothing sealed leaves this module: a letter keeps its reason and source, never its value or
 key; content keeps the messages and the text, never ``secrets``.
 """
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +52,38 @@ SEEK_BACK_MS = 5_000  # records are written just after the times the projection 
 # a reader that stops at end offsets it captured has nothing to wait for at the log's end; the
 # broker's wait there (aiokafka's default 500 ms) held up each seek that followed a fetch
 FETCH_WAIT_MS = 10
+
+
+# aiokafka's loggers of a consumer's subscription: INFO at each assign, subscribe, unsubscribe
+READER_LOGGERS = ("aiokafka.consumer.subscription_state", "aiokafka.consumer.consumer")
+_READING = contextvars.ContextVar("console_reading", default=False)
+
+
+class ReaderChatter(logging.Filter):
+    """Leaves out what ``READER_LOGGERS`` log below WARNING while the console reads (in the
+    context of :func:`_consumer`, which the reader's own tasks inherit): each page view logged
+    two such lines. Any other consumer of the process, and every WARNING, is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _READING.get()
+
+
+def _quiet_readers() -> None:
+    for name in READER_LOGGERS:
+        named = logging.getLogger(name)
+        if not any(isinstance(f, ReaderChatter) for f in named.filters):
+            named.addFilter(ReaderChatter())
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """The console reading the log: its readers' INFO chatter left out (:class:`ReaderChatter`)."""
+    _quiet_readers()
+    token = _READING.set(True)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
 
 
 @dataclass(frozen=True)
@@ -258,6 +296,15 @@ async def _consumer(
     settings: Settings, topic: str
 ) -> AsyncIterator[tuple[Any, list[TopicPartition]]]:
     """A consumer that will read ``topic``, and the topic's partitions (none: no topic)."""
+    with reading():
+        async with _reader(settings, topic) as found:
+            yield found
+
+
+@contextlib.asynccontextmanager
+async def _reader(
+    settings: Settings, topic: str
+) -> AsyncIterator[tuple[Any, list[TopicPartition]]]:
     partitions = await _partitions(settings, topic)
     consumer = reading_consumer(
         settings, request_timeout_ms=10_000, fetch_max_wait_ms=FETCH_WAIT_MS

@@ -242,34 +242,53 @@ async def search(request: web.Request) -> web.Response:
 # --- a request --------------------------------------------------------------------------------
 
 
-def _at(request: web.Request) -> int | None:
-    """Which request of an id a page names (``at``: its event time, in ms); None: the latest,
-    or one that names none it can read."""
-    at = request.query.get("at", "")
+def _id(request: web.Request) -> str | None:
+    """The request id a page names (``id``); None when it names none."""
+    return request.query.get("id", "").strip() or None
+
+
+NO_ID = "id: empty: say which request (its request id, as search lists it)"
+
+
+def _at(request: web.Request) -> tuple[int | None, str | None]:
+    """Which request of an id a page names (``at``: its event time, in ms; None, the latest,
+    when it names none), and what is wrong with an ``at`` it cannot read (the latest is shown
+    then, and the page says why)."""
+    at = request.query.get("at", "").strip()
+    if not at:
+        return None, None
     # ASCII digits only ("²" is a digit int() refuses), in a BIGINT (what the database takes)
     if not (at.isascii() and at.isdigit()) or not fits_bigint(int(at)):
-        return None
-    return int(at)
+        return None, (
+            f"at: {at!r} is not an event time (ms since the epoch): the id's latest request "
+            "is shown"
+        )
+    return int(at), None
+
+
+def _unnamed(request: web.Request, error: str) -> web.Response:
+    """A page asked without what it shows (an empty ``id``, a person's ``site``): a 400
+    naming the field, as any bad value is."""
+    return render(request, "missing.html", {"what": "request", "name": "", "error": error}, 400)
 
 
 async def request_page(request: web.Request) -> web.Response:
     s = services_of(request)
-    request_id = request.query.get("id", "")
+    request_id = _id(request)
+    if request_id is None:
+        return _unnamed(request, NO_ID)
+    at_ms, at_error = _at(request)
     # a projection before migration 0006 (not migrated yet) has no column of whether a text
     # was cut; one before 0008, none of which request of its id a transition is (each id had
     # one request there)
     current = schema.has(request.get(REVISION), "0006")
     occurrences = schema.has(request.get(REVISION), "0008")
-    timeline = (
-        await run_query(
-            s.queries.timeline,
-            request_id,
-            truncated=current,
-            at_ms=_at(request),
-            occurrences=occurrences,
-        )
-        if request_id
-        else None
+    timeline = await run_query(
+        s.queries.timeline,
+        request_id,
+        truncated=current,
+        at_ms=at_ms,
+        occurrences=occurrences,
     )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
@@ -290,6 +309,7 @@ async def request_page(request: web.Request) -> web.Response:
             "nav": "search",
             "t": timeline,
             "r": row,
+            "error": at_error,
             "person_link": _query({"site": site, "email": email}),
             "content_link": _query(
                 {"id": row.request_id, "at": str(row.received_at_ms) if len(times) > 1 else None}
@@ -307,6 +327,7 @@ async def request_page(request: web.Request) -> web.Response:
             if len(times) > 1
             else [],
         },
+        status=400 if at_error else 200,
     )
 
 
@@ -314,18 +335,22 @@ async def request_content(request: web.Request) -> web.Response:
     """The request's webhook messages, generated text and event number, read from the log
     (a frame of the timeline page, so the timeline never waits for Kafka)."""
     s = services_of(request)
-    request_id = request.query.get("id", "")
+    request_id = _id(request)
+    if request_id is None:
+        return _unnamed(request, NO_ID)
+    at_ms, at_error = _at(request)
     occurrences = schema.has(request.get(REVISION), "0008")
-    timeline = (
-        await run_query(s.queries.timeline, request_id, at_ms=_at(request), occurrences=occurrences)
-        if request_id
-        else None
-    )
+    timeline = await run_query(s.queries.timeline, request_id, at_ms=at_ms, occurrences=occurrences)
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, 404)
     generated = [step.wall_ms for step in timeline.steps if step.state == "generated"]
     content, error = await _content(s, timeline.request, timeline.arrived_ms, generated)
-    return render(request, "content.html", {"c": content, "error": error})
+    return render(
+        request,
+        "content.html",
+        {"c": content, "error": error, "asked": at_error},
+        status=400 if at_error else 200,
+    )
 
 
 async def _content(
@@ -355,8 +380,15 @@ async def person_page(request: web.Request) -> web.Response:
     s = services_of(request)
     site = request.query.get("site", "").strip()
     email = request.query.get("email", "").strip().lower()
-    if not site or not email:
-        return render(request, "missing.html", {"what": "person", "name": ""}, 404)
+    if not site or not email:  # a 400 naming each field left empty
+        said = [
+            f"{name}: empty: say which person (its site and email)"
+            for name, value in (("site", site), ("email", email))
+            if not value
+        ]
+        return render(
+            request, "missing.html", {"what": "person", "name": "", "error": "; ".join(said)}, 400
+        )
     site = await run_query(s.queries.site_named, site)
     key = person_key(site, email)
     try:

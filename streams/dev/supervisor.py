@@ -355,7 +355,8 @@ def watch(
     """Until one of ``procs`` exits (said, with where its log is: 1, and everything stops). The
     broker this run started (``broker``) exiting is said too, once, and the rest runs on: it
     may be an operator's ``talkstream kafka stop`` (an outage tried out), and ``talkstream
-    kafka start`` brings it back; until then the ingress answers 503."""
+    kafka start`` brings it back, which is said too; until then the ingress answers 503."""
+    watched = _BrokerWatch(broker) if broker is not None else None
     while True:
         for name, proc in procs.items():
             if proc.poll() is not None:
@@ -364,15 +365,51 @@ def watch(
                     file=sys.stderr,
                 )
                 return 1
-        if broker is not None and (exited := broker.exited()) is not None:
-            print(
-                f"talkstream dev: kafka exited with {exited} (see {broker.log_file}); "
-                "webhooks are answered 503 until it runs again (talkstream kafka start)",
-                file=sys.stderr,
-                flush=True,
-            )
-            broker = None  # said once
+        if watched is not None:
+            watched.look()
         time.sleep(0.5)
+
+
+class _BrokerWatch:
+    """Says the broker going away and coming back, once each time it does. The one this run
+    started is watched as its child (its exit code); one started again by ``talkstream kafka
+    start`` is that command's, watched by whether it runs and answers."""
+
+    def __init__(self, broker: EmbeddedKafka) -> None:
+        self.broker = broker
+        self.down = False  # said to be gone, and not yet to be back
+        self.restarted = False  # back: no longer this run's child
+
+    def look(self) -> None:
+        if self.down:
+            if self._runs():
+                self.down, self.restarted = False, True
+                self._say(f"kafka is back on {self.broker.bootstrap}; webhooks are taken again")
+            return
+        if self.restarted:
+            if self._runs():
+                return
+            gone = "stopped"
+        else:
+            exited = self.broker.exited()
+            if exited is None:
+                return
+            gone = f"exited with {exited}"
+        self.down = True
+        self._say(
+            f"kafka {gone} (see {self.broker.log_file}); webhooks are answered 503 until it "
+            "runs again (talkstream kafka start)"
+        )
+
+    def _runs(self) -> bool:
+        try:
+            return self.broker.status().running
+        except KafkaLauncherError:  # started again with other settings: not this run's broker
+            return False
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(f"talkstream dev: {line}", file=sys.stderr, flush=True)
 
 
 def _run(

@@ -56,9 +56,9 @@ def register(main: click.Group) -> None:
 @click.option(
     "--until",
     type=TIME,
-    help="stop at this point in time: ISO-8601 (UTC if no zone), epoch seconds or ms, or an "
-    "age such as 2h. Compared with the Kafka timestamp of each lifecycle record (when the "
-    "ledger wrote it), not the event's at_ms.",
+    help="a rebuild only (--verify refuses it): stop at this point in time: ISO-8601 (UTC if "
+    "no zone), epoch seconds or ms, or an age such as 2h. Compared with the Kafka timestamp "
+    "of each lifecycle record (when the ledger wrote it), not the event's at_ms.",
 )
 @click.option(
     "--verify",

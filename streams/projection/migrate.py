@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import shlex
 from collections.abc import Iterator
 from functools import cache
@@ -42,6 +43,25 @@ VERSION_TABLE = "talkstream_alembic_version"
 # where projections made before kept their history (Alembic's default, any application's)
 LEGACY_VERSION_TABLE = "alembic_version"
 _PG_LOCK = 0x7A1C_57EA  # any constant: the advisory lock of projection migrations
+
+
+class OneLine(logging.Filter):
+    """Alembic logs each migration it runs as "Running upgrade 0001 -> 0002, <the first
+    paragraph of its docstring>", the docstring's lines and all: a log record of several lines
+    (one JSON object, but text lines a reader greps apart). Its whitespace is made one space."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " ".join(message.split()), ()
+        return True
+
+
+def one_line_log() -> None:
+    """For every migration run (``migrations/env.py``): each of Alembic's records one line."""
+    runner = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, OneLine) for f in runner.filters):
+        runner.addFilter(OneLine())
 
 
 def alembic_config() -> Config:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from streams.cli import main
+from streams.dev.kafka import KafkaStatus
 from streams.dev.supervisor import (
     curl_example,
     database_hints,
@@ -817,37 +818,69 @@ def test_a_broker_listener_that_cannot_be_had_names_what_to_change(
 
 class _StoppedBroker:
     """The broker of a ``talkstream dev`` that an operator stopped (``talkstream kafka stop``):
-    exited with 143. Asked, it also ends the worker, so that the watch returns."""
+    exited with 143; with ``back``, started again (``talkstream kafka start``) the second time
+    its status is asked, and stopped again the fourth. Done, it ends the worker, so that the
+    watch returns."""
 
-    def __init__(self, worker: subprocess.Popen[bytes], log_file: Path) -> None:
-        self.worker, self.log_file, self.asked = worker, log_file, 0
+    bootstrap = "127.0.0.1:19392"
+
+    def __init__(self, worker: subprocess.Popen[bytes], log_file: Path, back: bool) -> None:
+        self.worker, self.log_file, self.back = worker, log_file, back
+        self.asked = self.statuses = 0
 
     def exited(self) -> int | None:
         self.asked += 1
-        assert self.worker.stdin is not None
-        self.worker.stdin.close()  # the worker reads to the end of its input, and exits
+        if not self.back:
+            self._end_worker()
         return 143
 
+    def status(self) -> KafkaStatus:
+        self.statuses += 1
+        running = self.back and self.statuses in (2, 3)
+        if self.statuses == 4:
+            self._end_worker()
+        return KafkaStatus(running, 1 if running else None, self.bootstrap, Path(), self.log_file)
 
-def test_dev_says_once_that_its_broker_exited_and_runs_on(tmp_path: Path, capsys) -> None:
+    def _end_worker(self) -> None:
+        assert self.worker.stdin is not None
+        if not self.worker.stdin.closed:
+            self.worker.stdin.close()  # the worker sees the end of its input, and exits
+
+
+@pytest.mark.parametrize("back", [False, True])
+def test_dev_says_once_that_its_broker_exited_and_runs_on(
+    tmp_path: Path, capsys, back: bool
+) -> None:
     """A broker stopped under a running ``talkstream dev`` went unsaid: webhooks got 503s and
     nothing said why. It is said once, with its log, and the rest runs on (an outage tried
     out on purpose; ``talkstream kafka start`` brings it back); a child that exits still ends
-    the run."""
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
-    )
-    broker = _StoppedBroker(worker, tmp_path / "kafka.log")
+    the run. Its return (``talkstream kafka start``) went unsaid too: it is said once, and so
+    is the restarted broker stopping again."""
+    # the worker ends at the end of its input, or after 30 s (a watch that never asks)
+    waits = "import select, sys; select.select([sys.stdin], [], [], 30)"
+    worker = subprocess.Popen([sys.executable, "-c", waits], stdin=subprocess.PIPE)
+    broker = _StoppedBroker(worker, tmp_path / "kafka.log", back)
     try:
         code = watch({"worker": worker}, broker, tmp_path)  # type: ignore[arg-type]
     finally:
         worker.kill()
         worker.wait()
     said = capsys.readouterr().err.splitlines()
+    gone = (
+        f"(see {tmp_path / 'kafka.log'}); webhooks are answered 503 until it runs again "
+        "(talkstream kafka start)"
+    )
     assert code == 1 and broker.asked == 1
     assert said == [
-        f"talkstream dev: kafka exited with 143 (see {tmp_path / 'kafka.log'}); webhooks are "
-        "answered 503 until it runs again (talkstream kafka start)",
+        f"talkstream dev: kafka exited with 143 {gone}",
+        *(
+            [
+                "talkstream dev: kafka is back on 127.0.0.1:19392; webhooks are taken again",
+                f"talkstream dev: kafka stopped {gone}",
+            ]
+            if back
+            else []
+        ),
         f"talkstream dev: worker exited with 0; see {tmp_path}/",
     ]
 

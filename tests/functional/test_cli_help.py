@@ -64,3 +64,10 @@ def test_replay_help_says_its_database_url_has_no_default() -> None:
     builds a fresh one), which its help did not say: "give --database-url" came as a surprise."""
     (param,) = [p for p in main.commands["replay"].params if p.name == "database_url"]
     assert "required without --verify: no default" in (param.help or "")
+
+
+def test_replay_help_says_until_is_a_rebuilds() -> None:
+    """``--until`` cuts a rebuild only; its help did not say so, and ``--verify --until`` is
+    refused (``test_projection_cli``): the help says both."""
+    (param,) = [p for p in main.commands["replay"].params if p.name == "until"]
+    assert (param.help or "").startswith("a rebuild only (--verify refuses it): ")

@@ -1070,6 +1070,19 @@ async def test_the_timeline_says_a_text_was_cut_at_max_tokens(signed_in: Console
     assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-2")
 
 
+async def test_a_request_page_that_names_no_request_is_a_400_naming_its_id(signed_in: Console):
+    """``/request?id=`` (a link cut short, an empty search) answered 404 "No such request"
+    where every other value a page cannot use is a 400 naming its field."""
+    for path in ("/request", "/request/content"):
+        for query in ("?id=", "?id=+", "", "?at=1767225600000"):
+            page = await signed_in.page(f"{path}{query}", status=400)
+            assert (
+                '<p class="error" id="error">id: empty: say which request (its request id, as '
+                "search lists it)</p>"
+            ) in page and "Which request?" in page
+        await signed_in.page(f"{path}?id=nonesuch", status=404)
+
+
 async def test_the_content_frame_shows_the_webhook_text_and_event_number(signed_in: Console):
     body = await signed_in.page("/request/content?id=pub-1")
     assert 'id="event-number">generate_text_complete-pub-1<' in body
@@ -1086,6 +1099,15 @@ async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
         "pub-1",
     ]
     await signed_in.page("/person?site=acme&email=nobody@example.com", status=404)
+    # a person page that names no one is a 400 naming each field left empty (it was a 404)
+    for query, fields in (
+        ("site=acme&email=", ["email"]),
+        ("site=+&email=ada@example.com", ["site"]),
+        ("", ["site", "email"]),
+    ):
+        unnamed = await signed_in.page(f"/person?{query}", status=400)
+        said = "; ".join(f"{f}: empty: say which person (its site and email)" for f in fields)
+        assert f'<p class="error" id="error">{said}</p>' in unnamed and "Which person?" in unnamed
     # a cursor that is not one: the newest page, and a 400 that says so (as search does)
     bad = await signed_in.page("/person?site=acme&email=ada@example.com&before=xx", status=400)
     assert '<p class="error">before: not a page cursor</p>' in bad and "lim-1" in bad
@@ -1096,13 +1118,19 @@ async def test_numbers_past_the_databases_integers_in_a_link_are_no_server_error
 ):
     """An edited link's ``at`` or cursor past a BIGINT went to the database, which refused it
     (SQLite: OverflowError; PostgreSQL: out of range): a 500 and a traceback in the log. An
-    ``at`` it cannot read names the latest request of the id, as a non-number does; a cursor
-    it cannot read is the 400 any bad cursor is."""
+    ``at`` it cannot read is a 400 naming it, as a non-number is, that shows the latest
+    request of the id (as a bad cursor shows the newest page); a cursor it cannot read is the
+    400 any bad cursor is."""
     huge = "9" * 23
-    for at in (huge, "²"):  # "²" is a digit to str.isdigit, not to int()
-        page = await signed_in.page(f"/request?id=pub-1&at={at}")
+    for at in (huge, "²", "soon"):  # "²" is a digit to str.isdigit, not to int()
+        page = await signed_in.page(f"/request?id=pub-1&at={at}", status=400)
+        said = f"at: &#39;{at}&#39; is not an event time (ms since the epoch): the id&#39;s latest"
+        assert f'<p class="error" id="error">{said}' in page
         assert 'id="state">published<' in page
-        assert "Roses are red" in await signed_in.page(f"/request/content?id=pub-1&at={at}")
+        frame = await signed_in.page(f"/request/content?id=pub-1&at={at}", status=400)
+        assert f'<p class="error" id="asked">{said}' in frame and "Roses are red" in frame
+    # an empty one names none: the latest, as without it
+    assert 'id="error"' not in await signed_in.page("/request?id=pub-1&at=")
     for at_ms in (10**30, -(10**30)):
         raw = json.dumps([at_ms, "pub-1"]).encode()
         cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")

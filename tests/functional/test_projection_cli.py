@@ -346,6 +346,11 @@ def test_replay_refuses_a_database_that_holds_a_projection(projected: str):
 def test_replay_verify_reads_topics_only():
     result = talkstream("replay", "--verify", "--database-url", "sqlite://")
     assert result.exit_code == 2 and "--verify reads the topics only" in result.output
+    # --until is a rebuild's: never ignored by a verify, nor without a database to rebuild
+    result = talkstream("replay", "--verify", "--until", "1h")
+    assert result.exit_code == 2 and "--verify reads the topics only: no" in result.output
+    result = talkstream("replay", "--until", "1h")
+    assert result.exit_code == 2 and "give --database-url: replay builds" in result.output
 
 
 def test_a_projection_of_one_log_reads_the_same_on_both_databases(projected: str, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
 import re
 import sqlite3
@@ -407,6 +408,27 @@ def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: Proj
         )
         assert compare_metadata(context, Base.metadata) == []
     assert store.is_current()
+
+
+def test_each_migration_run_is_logged_on_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Alembic logs "Running upgrade 0001 -> 0002, <docstring>": the migrations' docstrings
+    of several lines made records of several lines in every log that migrated (a worker's
+    projector, ``talkstream migrate``), up and down."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'projection.sqlite3'}")
+    try:
+        with caplog.at_level(logging.INFO, logger="alembic"):
+            migrate.upgrade(engine)
+            migrate.migrate_to(engine, "0001")
+    finally:
+        engine.dispose()
+    ran = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Running ")]
+    assert len(ran) == 2 * (len(migrate.revisions()) - 1) + 1, ran
+    assert [m for m in ran if "\n" in m] == []
+    assert (
+        "Running upgrade 0001 -> 0002, Waits and arrival: how long each step waited for its "
+        "upstream target, and when the webhook arrived (``received_at_ms`` is the event time "
+        "the ledger judged it at)."
+    ) in ran
 
 
 def test_a_projection_at_0005_is_migrated_with_its_rows_and_then_says_which_texts_are_cut(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 import uuid
 
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from models.events import ChatRequest, DeadLetter, GenerateText
 from streams.codecs import encode
-from streams.console.log import read_content, read_letters
+from streams.console.log import READER_LOGGERS, read_content, read_letters, reading
 from streams.dev.kafka import EmbeddedKafka
 from streams.ops.redrive import Selection, redrive
 from streams.settings import Settings
@@ -147,3 +148,31 @@ def test_a_redrive_says_when_the_letter_it_sent_was_written(kafka: EmbeddedKafka
         return [(x.request_id, x.written_ms) for x in report.redriven]
 
     assert asyncio.run(write_and_preview()) == [("req-1", written_ms)]
+
+
+def test_a_page_read_logs_no_kafka_client_chatter(
+    kafka: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each dead-letter page and content frame logged aiokafka's INFO lines of its reader's
+    life ("Updating subscribed topics to: ...", two a read): a page view is no event of the
+    log. What aiokafka says at WARNING is kept."""
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tquiet{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(write_letters(settings, {0: 1}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert len(asyncio.run(read_letters(settings)).found) == 1
+        content = read_content(
+            settings, request_id="r", person=PERSON, arrived_ms=0, generated_ms=0
+        )
+        assert not asyncio.run(content).received
+        with reading():  # what the reader's loggers say of a fault
+            logging.getLogger(READER_LOGGERS[0]).warning("a fault")
+        logging.getLogger(READER_LOGGERS[0]).info("another consumer")  # not the console's read
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert [x for x in said if x[0].startswith("aiokafka")] == [
+        (READER_LOGGERS[0], "WARNING", "a fault"),
+        (READER_LOGGERS[0], "INFO", "another consumer"),
+    ]

@@ -125,3 +125,60 @@ async def test_a_short_site_or_email_stays_whole_in_a_narrow_window(
         assert await asyncio.to_thread(broken_values, browser, base, 400) == {}
     finally:
         await console.client.close()
+
+
+def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
+    """What a page shows too small to read or cut short: the overview chart's axis labels
+    drawn under 11 px tall (or on one another), and a text field's placeholder wider than
+    the field."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/", "/?window=24h", "/requests", "/deadletters"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.TAG_NAME, "main"), path
+        found[path] = chrome.execute_script(
+            """
+            const said = [];
+            const labels = [...document.querySelectorAll('.chart text')]
+              .map(e => [e.textContent, e.getBoundingClientRect()])
+              .filter(([, box]) => box.width > 0);
+            for (const [label, box] of labels) {
+              if (box.height < 11) said.push(`${label}: ${box.height.toFixed(1)} px tall`);
+            }
+            const times = labels.filter(([label]) => label.includes(':'));
+            times.slice(1).forEach(([label, box], i) => {
+              if (box.left < times[i][1].right) said.push(`${label} on ${times[i][0]}`);
+            });
+            const ruler = document.createElement('canvas').getContext('2d');
+            for (const input of document.querySelectorAll('input[placeholder]')) {
+              if (!input.offsetWidth) continue;
+              const style = getComputedStyle(input);
+              ruler.font = style.font;
+              const room = input.clientWidth - parseFloat(style.paddingLeft)
+                - parseFloat(style.paddingRight);
+              const needs = ruler.measureText(input.placeholder).width;
+              if (needs > room) said.push(`${input.name}: ${needs.toFixed(0)} px in ${room} px`);
+            }
+            return said;
+            """
+        )
+        if not found[path]:
+            del found[path]
+    return found
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+async def test_the_charts_labels_and_the_fields_placeholders_are_read_whole(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """At 375 px (a phone) the overview chart's axis labels were 4 px tall (drawn in an SVG
+    shrunk to the window), and the search form's "2026-01-01T10:00 or 24h" and "ISO-8601
+    (UTC), epoch, 30m" were cut short, as they were, and the dead letters' reason, at 1280."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(unreadable, browser, base, width) == {}
+    finally:
+        await console.client.close()

@@ -37,6 +37,10 @@ def test_a_day_is_a_bar_every_ten_minutes_each_the_sum_of_its_minutes():
     assert laid.bars[0].title == "00:00\u201300:10 UTC: 10 published"
     assert laid.total == 1440 * len(TERMINAL_STATES)  # nothing lost in the sums
     assert [t.label for t in laid.y_ticks] == ["0", "50", "100"]  # a bar of 60
+    # the labels are placed at a share of the plot (the page's text, not the SVG's)
+    assert [t.at for t in laid.y_ticks] == [0, 50, 100]
+    assert [t.label for t in laid.x_ticks][:2] == ["00:00", "03:00"]
+    assert [t.at for t in laid.x_ticks][:2] == [round(50 / 144, 2), round(100 * 18.5 / 144, 2)]
 
 
 def test_bars_start_on_the_clock_whatever_minute_the_window_starts():

@@ -10,10 +10,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from streams.projection.migrate import VERSION_TABLE
+from streams.projection.migrate import VERSION_TABLE, one_line_log
 from streams.projection.tables import Base
 
 config = context.config
+one_line_log()  # a migration's docstring, which Alembic logs as it runs it, on one line
 target_metadata = Base.metadata
 
 
