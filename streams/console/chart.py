@@ -97,7 +97,8 @@ def chart(overview: Overview) -> Chart:
         for i, start in enumerate(starts)
         if i % every == 0
     ]
-    y_ticks = [Tick(100 * f, f"{int(top * f):,}") for f in (0, 0.5, 1)]
+    # (a top of 5 has its middle at 2.5, not 2)
+    y_ticks = [Tick(100 * f, f"{top * f:,.1f}".removesuffix(".0")) for f in (0, 0.5, 1)]
     return Chart(
         width=WIDTH,
         height=HEIGHT,

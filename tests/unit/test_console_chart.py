@@ -30,6 +30,14 @@ def test_an_hour_is_a_bar_a_minute():
     assert laid.bars[0].title == "00:00 UTC: 1 published"
 
 
+def test_the_count_axis_middle_is_half_its_top_not_rounded_down():
+    few = overview(60)
+    few = Overview(**{**vars(few), "series": {"published": [3] + [0] * 59}})
+    assert [t.label for t in chart(few).y_ticks] == ["0", "2.5", "5"]  # a bar of 3: top 5
+    many = Overview(**{**vars(few), "series": {"published": [3_000_000] + [0] * 59}})
+    assert [t.label for t in chart(many).y_ticks] == ["0", "2,500,000", "5,000,000"]
+
+
 def test_a_day_is_a_bar_every_ten_minutes_each_the_sum_of_its_minutes():
     laid = chart(overview(1440))
     assert laid.per_bar == 10 and len(laid.bars) == 144 * len(TERMINAL_STATES)
