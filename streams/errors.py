@@ -9,7 +9,8 @@
      │    │                          reason (the error class reported), status, retriable,
      │    │                          throttle (a 429 asking to wait), refuses (what no retry
      │    │                          fixes covers: the request, the whole key, one model, a
-     │    │                          Talkable site),
+     │    │                          Talkable site), resend (refused as it was sent, sent
+     │    │                          again at once in the way the answer asked for),
      │    │                          limits (what the answer said about the target's limits)
      │    ├── GenerationError        OpenAI Chat Completions
      │    ├── PublishError           Talkable API v2
@@ -75,6 +76,10 @@ class UpstreamError(TalkstreamError):
     ``answered``: an error from an answer that came (a 200 without a usable text), which says
     the upstream is up and may have billed the call: asked again a few times if
     ``retriable``, not waited on as an outage; reported at once if not (a refusal).
+    ``resend``: a refusal of the call as it was sent, which the adapter has learned to send the
+    way the answer asks (OpenAI's 400 for ``max_tokens`` to a model that takes
+    ``max_completion_tokens`` only): the upstream generated nothing, and the call is made
+    again at once, as the same try (once: refused so again, it is the refusal it says).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class UpstreamError(TalkstreamError):
         refuses: Literal["request", "key", "model", "site"] = "request",
         limits: Limits | None = None,
         answered: bool = False,
+        resend: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -99,6 +105,8 @@ class UpstreamError(TalkstreamError):
         # the upstream answered (a 200), with nothing usable in it: not an outage, and each
         # such call may have been billed
         self.answered = answered
+        # refused as it was sent, and the adapter now sends it the way the answer asked for
+        self.resend = resend
         self.tries = 1
 
 

@@ -19,6 +19,10 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       500 "could not load model" with no
       file for it (LocalAI before its
       404), 404 DeploymentNotFound (Azure)
+    400 unsupported_parameter for        BadRequest, resend  calls again at once, as the
+      ``max_tokens`` sent for a model                          same try, with the cap as
+      not known by name to refuse it                           ``max_completion_tokens``
+      (an Azure deployment's name)                             (remembered for its key)
     400/404/422 (anything else 4xx)      BadRequest          reports
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
@@ -58,6 +62,11 @@ from streams.errors import GenerationError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
+# the models, per key, that refused ``max_tokens`` under a name not known to refuse it (a
+# reasoning model deployed under a name of its own, as on Azure): sent
+# ``max_completion_tokens`` from then on. Only such refusals fill it: an LRU this size forgets
+# one only after as many others were learned
+KNOWN_COMPLETION_TOKENS_MODELS = 4096
 EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text, which another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
@@ -128,7 +137,7 @@ def token_cost(chat: ChatRequest) -> int:
     return characters // 4 + len(chat.messages) * 4 + chat.max_tokens
 
 
-def chat_body(chat: ChatRequest) -> dict[str, Any]:
+def chat_body(chat: ChatRequest, completion_tokens: bool = False) -> dict[str, Any]:
     """The Chat Completions body: the model, the messages, the cap on the completion's tokens
     and every other param unchanged.
 
@@ -139,11 +148,13 @@ def chat_body(chat: ChatRequest) -> dict[str, Any]:
     'max_completion_tokens' instead"), ``max_tokens`` for every other. Not
     ``max_completion_tokens`` for all, although OpenAI's chat models take it too (``max_tokens``
     is deprecated in its favour): OpenAI-compatible servers (Ollama's and LM Studio's ``/v1``)
-    know ``max_tokens`` only, and would ignore it, writing without a cap.
+    know ``max_tokens`` only, and would ignore it, writing without a cap. ``completion_tokens``:
+    the model is known to refuse ``max_tokens`` otherwise than by its name (it said so to an
+    earlier call: :class:`ChatClient` remembers it).
     """
     if "max_completion_tokens" in chat.extra:
         cap = {}
-    elif takes_max_completion_tokens_only(chat.model):
+    elif completion_tokens or takes_max_completion_tokens_only(chat.model):
         cap = {"max_completion_tokens": chat.max_tokens}
     else:
         cap = {"max_tokens": chat.max_tokens}
@@ -154,7 +165,8 @@ def takes_max_completion_tokens_only(model: str) -> bool:
     """Whether the model refuses ``max_tokens``: OpenAI's reasoning models, by their names
     (``o1``, ``o3-mini``, ``o4-mini``, ``gpt-5``, ``gpt-5-mini``, ``gpt-5.1``, ..., and their
     fine-tunes, ``ft:o4-mini-2025-04-16:acme::abc123``). Another name for one (an Azure
-    deployment's) is not known here: its campaign gives ``max_completion_tokens``."""
+    deployment's) is not known here: its first call learns it (OpenAI's 400 for
+    ``max_tokens``), and :class:`ChatClient` sends it ``max_completion_tokens`` from then on."""
     return _REASONING_MODEL.match(model) is not None
 
 
@@ -173,23 +185,34 @@ class ChatClient:
             http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
         )
         self._by_key: dict[str, AsyncOpenAI] = {}
+        # (key, model) that refused ``max_tokens`` under a name not known to (LRU)
+        self._completion_tokens: dict[tuple[str, str], None] = {}
         self._base_url = shown_url(base_url)
 
     async def complete(self, chat: ChatRequest, api_key: str) -> tuple[Completion, Limits]:
-        """One call: the completion and what the answer said about the key's limits."""
+        """One call: the completion and what the answer said about the key's limits.
+
+        A model that refuses the cap as ``max_tokens`` (OpenAI's 400 ``unsupported_parameter``:
+        "Use 'max_completion_tokens' instead"), sent so because its name is not known to refuse
+        it (an Azure deployment's), is remembered for the key, and the refusal says to call
+        again (``resend``): that call, and every later one for the model, sends the cap as
+        ``max_completion_tokens``."""
         client = self._for_key(api_key)
         answer: httpx2.Response | None = None  # (a ValueError without one: no call was made)
+        sent = chat_body(chat, self._takes_completion_tokens(api_key, chat.model))
         try:
             # the SDK's own POST with the body as Chat Completions takes it: every other
             # param unchanged (``create`` refuses unknown names and re-walks the body through
             # its typed transform, a measurable part of the generator's CPU)
-            raw = await client.post(
-                "/chat/completions", body=chat_body(chat), cast_to=httpx2.Response
-            )
+            raw = await client.post("/chat/completions", body=sent, cast_to=httpx2.Response)
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
-            raise _status_error(exc, api_key, self._base_url, chat.model) from None
+            error = _status_error(exc, api_key, self._base_url, chat.model)
+            if "max_tokens" in sent and "max_tokens" not in chat.extra and refuses_max_tokens(exc):
+                self._learned_completion_tokens(api_key, chat.model)
+                error.resend = True
+            raise error from None
         except openai.APITimeoutError:
             raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
         except openai.APIConnectionError as exc:
@@ -256,8 +279,24 @@ class ChatClient:
             del self._by_key[next(iter(self._by_key))]
         return client
 
+    def _takes_completion_tokens(self, api_key: str, model: str) -> bool:
+        """Whether the model refused ``max_tokens`` to the key before (most recently used
+        last)."""
+        known = (api_key, model)
+        if known not in self._completion_tokens:
+            return False
+        self._completion_tokens[known] = self._completion_tokens.pop(known)
+        return True
+
+    def _learned_completion_tokens(self, api_key: str, model: str) -> None:
+        self._completion_tokens.pop((api_key, model), None)
+        self._completion_tokens[(api_key, model)] = None
+        if len(self._completion_tokens) > KNOWN_COMPLETION_TOKENS_MODELS:
+            del self._completion_tokens[next(iter(self._completion_tokens))]
+
     async def close(self) -> None:
         self._by_key.clear()
+        self._completion_tokens.clear()
         await self._client.close()
 
 
@@ -369,6 +408,19 @@ def _status_error(
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def refuses_max_tokens(exc: openai.APIStatusError) -> bool:
+    """Whether the answer is OpenAI's refusal of ``max_tokens`` for the model, and that only:
+    400 ``{"error": {"code": "unsupported_parameter", "param": "max_tokens", "message":
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead."}}`` (Azure OpenAI's is the same)."""
+    body: object = exc.body
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if exc.status_code != 400 or not isinstance(body, Mapping):
+        return False
+    return body.get("code") == "unsupported_parameter" and body.get("param") == "max_tokens"
 
 
 def missing_model(status: int, message: str | None, model: str) -> bool:

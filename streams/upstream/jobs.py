@@ -47,6 +47,7 @@ class Job(Generic[R]):
     in_calls_s: float = 0.0  # its calls' time so far (what it did not spend waiting)
     timeouts: int = 0  # its calls that timed out
     unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
+    resent: bool = False  # called again once after a refusal of the call as it was sent
     held_by: str = ""  # why it is waiting, for a QueueTimeout
 
 

@@ -22,6 +22,11 @@ for the queue is decided here, what it means for the request is the ledger's:
   reported after ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``): each
   may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
   ``retriable``) is reported at once, its tokens counted as spent;
+- a refusal of the call as it was sent, which its adapter has learned to send as the answer
+  asks (``resend``: OpenAI's 400 for ``max_tokens`` to a model that takes
+  ``max_completion_tokens`` only) goes back to its place at the head of its queue, called again
+  as soon as its pacer allows, as the same try: the upstream generated nothing, so its tokens go
+  back. Once: refused so again, the refusal is reported;
 - a refusal for the whole key (``insufficient_quota``, 401, 403), for one model
   (``model_not_found``) or for a whole Talkable site (a 404: no such site) stops the target's
   calls in that scope for ``refusal_seconds`` (a
@@ -522,6 +527,16 @@ class Scheduler:
                     self._finish(job, None, slow, now)
                 else:
                     self._requeue(target, job, f"{error}")
+            elif error.resend and not job.resent:
+                # refused as it was sent (OpenAI's 400 for ``max_tokens`` to a model that takes
+                # ``max_completion_tokens`` only), which the call now sends as asked: made
+                # again at once, in its turn, as the same try. The upstream generated nothing:
+                # its tokens go back, the request it took stays taken (the pacer's to say)
+                target.pacer.refused(limits, job.cost, now, job.started_s)
+                self._note(target, "refused")
+                job.resent = True
+                job.tries -= 1
+                self._requeue(target, job, f"sent again ({error})", said=False)
             else:
                 if error.answered:  # a 200 no retry changes (a refusal): its tokens were spent
                     target.pacer.answered(limits, now, job.started_s)
@@ -549,10 +564,13 @@ class Scheduler:
                 self._rouse(paced)  # its pacer heard something
             self._wake.set()
 
-    def _requeue(self, target: Target, job: Job[Any], why: str) -> None:
+    def _requeue(self, target: Target, job: Job[Any], why: str, *, said: bool = True) -> None:
         """Back to wait, before every job that arrived after it (it keeps its turn); a
-        re-issue that arrived meanwhile takes it over."""
-        job.held_by = target.last_error = why
+        re-issue that arrived meanwhile takes it over. ``said``: ``why`` is what holds the
+        target (a 429, an outage), for whoever waits on it, not this job's alone."""
+        job.held_by = why
+        if said:
+            target.last_error = why
         newer = target.queued.get(job.key)
         if newer is not None:
             if job.attempt > newer.attempt:

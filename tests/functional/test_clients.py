@@ -317,22 +317,67 @@ async def test_another_models_cap_is_sent_as_max_tokens(oai, chat, model) -> Non
     assert (sent["max_tokens"], sent["max_completion_tokens"]) == (20, None)
 
 
-async def test_a_reasoning_model_by_another_name_is_told_to_give_max_completion_tokens(
+async def test_a_reasoning_model_by_another_name_is_sent_max_completion_tokens_once_it_says(
     oai, chat
 ) -> None:
     """A reasoning model deployed under a name of its own (Azure's deployments) is not known
-    by its name: OpenAI's 400 says what to give, ``max_completion_tokens``."""
+    by its name: its first call sends the cap as ``max_tokens``, and OpenAI's 400 for it ("Use
+    'max_completion_tokens' instead") asks for the call again (``resend``: it generated
+    nothing), which sends the same cap as ``max_completion_tokens``, as does every later call
+    of the model with that key. Every request for such a model failed, until its campaign
+    gave ``max_completion_tokens``."""
     oai.config.reasoning_deployments = {"verse-writer"}
+    deployed = CHAT.model_copy(update={"model": "verse-writer"})
     with pytest.raises(GenerationError) as caught:
-        await chat.complete(CHAT.model_copy(update={"model": "verse-writer"}), KEY)
-    assert (caught.value.reason, caught.value.status) == ("BadRequest", 400)
-    assert "max_completion_tokens" in str(caught.value)
+        await chat.complete(deployed, KEY)
+    error = caught.value
+    assert (error.reason, error.status, error.retriable, error.resend) == (
+        "BadRequest",
+        400,
+        False,
+        True,
+    )
+    assert "max_completion_tokens" in str(error)
+    for _ in range(2):  # the call again, and a later one
+        completion, _ = await chat.complete(deployed, KEY)
+        assert completion.text
+    sent = [(c["max_tokens"], c["max_completion_tokens"], c["status"]) for c in oai.calls.records]
+    assert sent == [(20, None, 400), (None, 20, 200), (None, 20, 200)]
+
+    other_key = "sk-clients-test-0002"  # learned for the key that was told
+    with pytest.raises(GenerationError) as caught:
+        await chat.complete(deployed, other_key)
+    assert caught.value.resend
+    await chat.complete(deployed, other_key)
 
     given = CHAT.model_copy(
         update={"model": "verse-writer", "extra": {"max_completion_tokens": 20}}
     )
-    completion, _ = await chat.complete(given, KEY)
+    completion, _ = await chat.complete(given, "sk-clients-test-0003")  # sent as given
     assert completion.text
+    assert oai.calls.records[-1]["max_completion_tokens"] == 20
+
+
+async def test_only_the_refusal_of_max_tokens_asks_for_the_call_again(oai, chat) -> None:
+    """Any other 400 is the refusal it was: the request fails, nothing is learned. A message's
+    name OpenAI does not take, for the deployment; a ``max_tokens`` it does not take (below 1),
+    for another model; a campaign's ``max_completion_tokens`` the deployment refuses."""
+    oai.config.reasoning_deployments = {"verse-writer"}
+    bad_name = [{"role": "user", "content": "a verse", "name": "Ada Lovelace"}]
+    refused = [
+        CHAT.model_copy(update={"model": "verse-writer", "messages": bad_name}),
+        CHAT.model_copy(update={"max_tokens": 0}),
+        CHAT.model_copy(update={"model": "verse-writer", "extra": {"max_completion_tokens": 0}}),
+    ]
+    for chat_request in refused:
+        with pytest.raises(GenerationError) as caught:
+            await chat.complete(chat_request, KEY)
+        assert (caught.value.reason, caught.value.status) == ("BadRequest", 400)
+        assert not caught.value.resend, caught.value
+    with pytest.raises(GenerationError) as caught:  # nothing learned: max_tokens, refused
+        await chat.complete(CHAT.model_copy(update={"model": "verse-writer"}), KEY)
+    assert caught.value.resend
+    assert oai.calls.records[-1]["max_tokens"] == 20
 
 
 async def test_a_lone_surrogate_from_openai_becomes_a_replacement_character() -> None:

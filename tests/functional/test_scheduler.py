@@ -351,6 +351,79 @@ async def test_a_refused_key_is_called_once_and_its_queue_ends_at_once() -> None
     assert up.calls[-1] == "r7"
 
 
+def refused_as_sent(limits: Limits | None = None) -> UpstreamError:
+    """OpenAI's 400 for ``max_tokens`` to a model that takes ``max_completion_tokens`` only,
+    which the adapter now sends as asked (``resend``)."""
+    return UpstreamError("OpenAI answered 400 unsupported_parameter: Use 'max_completion_tokens'"
+                         " instead.", reason="BadRequest", status=400, resend=True,
+                         limits=limits)  # fmt: skip
+
+
+async def test_a_call_refused_as_it_was_sent_is_called_again_at_once_as_the_same_try() -> None:
+    """A refusal of the call as it was sent, which its adapter now sends as the answer asked
+    (``resend``), is called again at once: one outcome, one try, and the tokens the refused
+    call was paced for are back (it generated nothing), so a key whose tokens a minute it took
+    does not hold it; a circuit does not count it. Refused so again, that refusal ends it."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock)
+    up.said["first"] = Limits(requests_per_minute=6_000, tokens_per_minute=600)  # 9 tokens/s
+    s.submit("openai:k/m", up.job("first"))
+    await probe_answered(s, up, "first")
+    s.submit("openai:k/m", up.job("r", cost=90))  # ten seconds of the key's tokens
+    s.dispatch()
+    await settle()
+    up.answer("r", refused_as_sent())
+    await settle()
+    clock.t += 0.1  # (the request it spent is the pacer's: 100 a second)
+    s.dispatch()
+    await settle()
+    assert up.calls == ["first", "r", "r"]  # not 10 s later: its tokens went back
+    assert "r" not in up.reports
+    up.answer("r")
+    await settle()
+    assert (up.reports["r"].value, up.reports["r"].error, up.reports["r"].tries) == ("ok", None, 1)
+    assert s.snapshot()[0]["circuit"] == "closed"
+
+    s.submit("openai:k/m", up.job("again"))  # refused so twice: the refusal is its outcome
+    clock.t += 10  # (r's tokens are spent)
+    s.dispatch()
+    await settle()
+    up.answer("again", refused_as_sent())
+    await settle()
+    clock.t += 0.1
+    s.dispatch()
+    await settle()
+    up.answer("again", refused_as_sent())
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls.count("again") == 2
+    error = up.reports["again"].error
+    assert error is not None and (error.reason, error.status) == ("BadRequest", 400)
+
+
+async def test_a_call_refused_as_it_was_sent_is_called_again_as_its_pacer_allows() -> None:
+    """Called again at once, but paced: a refusal that says the key's requests are spent
+    until a reset holds the call again until then, as any answer's would."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock)
+    s.submit("openai:k/m", up.job("r"))
+    s.dispatch()
+    await settle()
+    up.answer("r", refused_as_sent(Limits(remaining_requests=0, requests_reset_s=5.0)))
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls == ["r"]
+    clock.t += 5
+    s.dispatch()
+    await settle()
+    assert up.calls == ["r", "r"]
+    up.answer("r")
+    await settle()
+    assert (up.reports["r"].value, up.reports["r"].tries) == ("ok", 1)
+
+
 async def test_a_site_key_refused_stops_only_that_key_of_the_site() -> None:
     """A Talkable site is one target whatever key calls it; a 401 for an old key must not end
     the calls made with the site's good key (the one that came first in the queue)."""

@@ -99,6 +99,34 @@ def test_a_reasoning_model_without_a_cap_is_published(system: System) -> None:
     ]
 
 
+def test_a_reasoning_deployment_of_its_own_name_is_published(system: System) -> None:
+    """A reasoning model deployed under a name of its own (an Azure deployment's) is not known
+    by its name: the first call sends the cap as ``max_tokens``, which it refuses (400
+    ``unsupported_parameter``, "Use 'max_completion_tokens' instead"); that call is sent again
+    at once with ``max_completion_tokens``, in the same attempt, and the key's later webhooks
+    for the model send that first. Every such request failed, ``BadRequest``."""
+    system.openai("POST", "/_control", {"reasoning_deployments": ["verse-reasoner"]})
+    for email in ("deployed@example.com", "deployed-later@example.com"):
+        body = seed_params(email, openai_key="sk-test-deployment-5502")
+        body["openai"]["model"] = "verse-reasoner"
+        status, answer = system.post(body)
+        assert status == 202, answer
+        request_id = answer["request_id"]
+
+        row = system.wait_terminal([request_id])[request_id]
+        assert row.state == "published", row.error_message
+        transitions = system.projection.transitions(request_id)
+        assert [(t.state, t.attempt) for t in transitions if t.state == "generating"] == [
+            ("generating", 1)
+        ]
+    calls = [c for c in system.openai("GET", "/_calls") if c.get("key_tail") == "5502"]
+    assert [(c["max_tokens"], c["max_completion_tokens"], c["status"]) for c in calls] == [
+        (150, None, 400),
+        (None, 150, 200),
+        (None, 150, 200),
+    ]
+
+
 def test_a_messages_name_reaches_openai(system: System) -> None:
     """OpenAI's optional ``name`` of a message's participant goes to OpenAI in the message (it
     was refused at the ingress): the published text is the stand-in's for the named prompt."""
