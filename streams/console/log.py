@@ -27,7 +27,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -110,14 +110,26 @@ class Letter:
         return "message"  # a value that did not decode, from any topic
 
 
+class Message(NamedTuple):
+    """One of the webhook's messages."""
+
+    role: str
+    text: str
+    name: str | None = None  # OpenAI's optional name of its participant
+
+
 @dataclass(frozen=True)
 class Content:
     """A request's own records, as far as they were found."""
 
     received: bool = False
-    messages: list[tuple[str, str]] = field(default_factory=list)  # (role, content)
+    messages: list[Message] = field(default_factory=list)
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the completion's token cap, whatever its name
+    # the name the campaign gave the cap by, when it gave ``max_completion_tokens`` (sent as
+    # given); None: the request does not record the name it went by (``max_tokens``, or
+    # ``max_completion_tokens`` to a model that takes that only, as its adapter decides)
+    cap_given_as: str | None = None
     event_number: str | None = None
     usage_limit: dict[str, int] | None = None
     text: str | None = None
@@ -214,10 +226,12 @@ async def read_content(
                 lambda m: isinstance(m, GenerationAttemptSucceeded),
                 request_id,
             )
-    return _content(request_id, received, text)
+    return content_of(request_id, received, text)
 
 
-def _content(request_id: str, received: Any, generated: Any) -> Content:
+def content_of(request_id: str, received: Any, generated: Any) -> Content:
+    """What the console shows of a request's webhook (``received``, if it is one) and of its
+    generated text (``generated``, if it is one)."""
     text = generated if isinstance(generated, GenerationAttemptSucceeded) else None
     if not isinstance(received, RequestReceived):
         return Content(
@@ -229,13 +243,23 @@ def _content(request_id: str, received: Any, generated: Any) -> Content:
     limit = spec.usage_limit
     return Content(
         received=True,
-        messages=[(str(m.get("role", "")), str(m.get("content", ""))) for m in spec.chat.messages],
+        messages=[_message(m) for m in spec.chat.messages],
         model=spec.chat.model,
         max_tokens=spec.chat.max_tokens,
+        cap_given_as=(
+            "max_completion_tokens" if "max_completion_tokens" in spec.chat.extra else None
+        ),
         event_number=completion_event_number(spec.event_number, request_id),
         usage_limit=limit.model_dump() if limit is not None else None,
         text=text.text if text else None,
         text_attempt=text.attempt if text else None,
+    )
+
+
+def _message(message: dict[str, str]) -> Message:
+    name = message.get("name")
+    return Message(
+        str(message.get("role", "")), str(message.get("content", "")), str(name) if name else None
     )
 
 

@@ -294,7 +294,9 @@ async def request_page(request: web.Request) -> web.Response:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
     row = timeline.request
     site, _, email = row.person.partition(":")
-    # its text was cut at max_tokens: said beside its tokens and on its (last) generated step
+    # its text was cut at its token cap: said beside its tokens and on its (last) generated
+    # step, by no name (``max_tokens`` or ``max_completion_tokens``: the request does not
+    # record which it was sent as; its content frame names the campaign's)
     generated = [i for i, step in enumerate(timeline.steps) if step.state == "generated"]
     cut_step = generated[-1] if current and row.truncated and generated else None
     # the id's requests, when the ledger named more than one by it (the same params once it

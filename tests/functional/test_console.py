@@ -34,7 +34,14 @@ from models.params import UsageLimit, person_key
 from streams.cli import main
 from streams.console.app import build_console, console_engine, max_form_bytes, max_form_fields
 from streams.console.auth import CSP
-from streams.console.log import LETTERS_PER_PARTITION, Content, Letter, Letters
+from streams.console.log import (
+    LETTERS_PER_PARTITION,
+    Content,
+    Letter,
+    Letters,
+    Message,
+    content_of,
+)
 from streams.console.pacing import Pacing, parse
 from streams.console.queries import ConsoleQueries, Filters
 from streams.console.views import SERVICES
@@ -66,6 +73,7 @@ class FakeLog:
     down: bool = False  # Kafka out of reach
     unread: int = 0  # older letters than the console reads
     contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
+    received: dict[str, RequestReceived] = field(default_factory=dict)  # webhooks of the log
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -80,10 +88,13 @@ class FakeLog:
     ) -> Content:
         self._reachable()
         self.contents.append((request_id, arrived_ms))
+        if request_id in self.received:
+            return content_of(request_id, self.received[request_id], None)
         return Content(
             received=True,
-            messages=[("user", f"A verse for {SCRIPT}")],
+            messages=[Message("user", f"A verse for {SCRIPT}")],
             model="gpt-4o-mini",
+            max_tokens=60,
             event_number=f"generate_text_complete-{request_id}",
             usage_limit={
                 "amount": 3,
@@ -1046,28 +1057,30 @@ async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_i
     assert 'src="/request/content?id=pub-1"' in published
 
 
-async def test_the_timeline_says_a_text_was_cut_at_max_tokens(signed_in: Console):
+async def test_the_timeline_says_a_text_was_cut_at_its_token_cap(signed_in: Console):
     """A text cut at the completion's cap is published as it is; its TextGenerated said so
     (lifecycle schema 5), and no page did. A projection not migrated yet (a console upgraded
-    before the projector) has no such column: its timeline is shown all the same, without it."""
+    before the projector) has no such column: its timeline is shown all the same, without it.
+    The cap is named by no name: it went to OpenAI as ``max_tokens``, or as
+    ``max_completion_tokens`` to a model that takes only that (the page said "max_tokens")."""
     cut = await signed_in.page("/request?id=pub-2")
     assert re.search(
-        r'12 in \+ 30 out <span class="warn" id="truncated">text cut at max_tokens<', cut
+        r'12 in \+ 30 out <span class="warn" id="truncated">text cut at its token cap<', cut
     )
     steps = re.findall(r'<tr class="step st-(\w+)">(.*?)</tr>', cut, re.DOTALL)
-    assert [state for state, row in steps if "(text cut at max_tokens)" in row] == ["generated"]
-    assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-1")
+    assert [state for state, row in steps if "(text cut at its token cap)" in row] == ["generated"]
+    assert "cut at its token cap" not in await signed_in.page("/request?id=pub-1")
 
     engine = signed_in.client.app[SERVICES].queries.engine
     migrate.migrate_to(engine, "0006")  # behind the console, with the column: still said
     behind = await signed_in.page("/request?id=pub-2")
-    assert 'id="schema-behind"' in behind and 'id="truncated">text cut at max_tokens<' in behind
+    assert 'id="schema-behind"' in behind and 'id="truncated">text cut at its token cap<' in behind
     migrate.migrate_to(engine, "0005")  # the migration before the column
     behind = await signed_in.page("/request?id=pub-2")
     assert 'id="schema-behind"' in behind and 'id="state">published<' in behind
-    assert "cut at max_tokens" not in behind
+    assert "cut at its token cap" not in behind
     migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
-    assert "cut at max_tokens" not in await signed_in.page("/request?id=pub-2")
+    assert "cut at its token cap" not in await signed_in.page("/request?id=pub-2")
 
 
 async def test_a_request_page_that_names_no_request_is_a_400_naming_its_id(signed_in: Console):
@@ -1087,6 +1100,50 @@ async def test_the_content_frame_shows_the_webhook_text_and_event_number(signed_
     body = await signed_in.page("/request/content?id=pub-1")
     assert 'id="event-number">generate_text_complete-pub-1<' in body
     assert "Roses are red" in body and "A verse for" in body
+    assert '<span id="token-cap">token cap 60</span>' in body
+
+
+@pytest.mark.parametrize("given", ["max_tokens", "max_completion_tokens"])
+async def test_the_content_frame_shows_each_messages_name_and_the_caps_given_name(
+    signed_in: Console, given: str
+):
+    """A message's optional ``name`` (OpenAI's, of its participant) is shown beside its role (the
+    frame showed role and text only); the token cap is named only by the name the campaign
+    gave it, ``max_completion_tokens``, sent as given: the request does not record whether
+    the cap went as ``max_tokens`` or as ``max_completion_tokens`` (the frame never said, the
+    page said "max_tokens")."""
+    extra = {"max_completion_tokens": 400} if given == "max_completion_tokens" else {}
+    messages = [
+        {"role": "system", "content": "You write verses."},
+        {"role": "user", "content": "A verse for Ada", "name": "Ada_Lovelace"},
+    ]
+    signed_in.log.received["pub-1"] = RequestReceived(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(
+            site="acme",
+            email="ada@example.com",
+            chat=ChatRequest(model="my-reasoner", messages=messages, max_tokens=400, extra=extra),
+        ),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    )
+    body = await signed_in.page("/request/content?id=pub-1")
+    shown = re.findall(
+        r'<span class="role">(\w+)</span>(.*?)<pre class="text" id="message-(\d)">', body
+    )
+    assert shown == [
+        ("system", "", "1"),
+        ("user", ' <span class="name" id="message-2-name">Ada_Lovelace</span>', "2"),
+    ]
+    cap = re.search(r'<span id="token-cap">(.*?)</span>', body)
+    assert cap is not None
+    if given == "max_completion_tokens":
+        assert cap[1] == "token cap 400 (max_completion_tokens, as the campaign gave it)"
+    else:
+        assert cap[1] == "token cap 400"
+    assert "max_tokens" not in body
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
