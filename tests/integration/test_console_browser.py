@@ -172,15 +172,15 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
         assert status == 202, answer
         ids.append(answer["request_id"])
     # Talkable rendered current_time 44 s before the webhook arrived; the site's key is an old one
-    status, answer = system.post(
-        seed_params(
-            EMAIL,
-            content=f"A verse for {SCRIPT} please",
-            usage_limit=usage(3, now=now - 44),
-            talkable_key=OLD_KEY,
-            openai_key=OPENAI_KEY,
-        )
+    body = seed_params(
+        EMAIL,
+        content=f"A verse for {SCRIPT} please",
+        usage_limit=usage(3, now=now - 44),
+        talkable_key=OLD_KEY,
+        openai_key=OPENAI_KEY,
     )
+    body["openai"]["messages"][0]["name"] = "Ada_Lovelace"  # OpenAI's name of the participant
+    status, answer = system.post(body)
     assert status == 202, answer
     refused = answer["request_id"]
     rows = system.wait_terminal([*ids, refused])
@@ -225,6 +225,8 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     assert "from arrival" in offset  # judged at an event time 44 s before it arrived
     browser.switch_to.frame(element(browser, By.ID, "content"))
     assert SCRIPT in element(browser, By.ID, "message-1").text
+    assert element(browser, By.ID, "message-1-name").text == "Ada_Lovelace"
+    assert element(browser, By.ID, "token-cap").text == "token cap 150"
     assert SCRIPT in element(browser, By.ID, "generated").text
     assert element(browser, By.ID, "event-number").text == (f"generate_text_complete-{refused}")
     assert browser.execute_script("return document.scripts.length") == 0
