@@ -76,7 +76,8 @@ class WorkerMetrics(ProcessMetrics):
         self.upstream_calls = Counter(
             "talkstream_upstream_calls",
             "Upstream calls by what their answer meant: answered, throttled (429), failed "
-            "(outage: 5xx, connection, timeout), refused (no retry fixes it)",
+            "(outage: 5xx, connection, timeout), refused (no retry fixes it), resent (refused "
+            "as sent, sent again as the answer asked: max_completion_tokens)",
             ["upstream", "outcome"],
             registry=r,
         )

@@ -533,7 +533,7 @@ class Scheduler:
                 # again at once, in its turn, as the same try. The upstream generated nothing:
                 # its tokens go back, the request it took stays taken (the pacer's to say)
                 target.pacer.refused(limits, job.cost, now, job.started_s)
-                self._note(target, "refused")
+                self._note(target, "resent")  # not "refused": no one has anything to fix
                 job.resent = True
                 job.tries -= 1
                 self._requeue(target, job, f"sent again ({error})", said=False)

@@ -366,6 +366,8 @@ async def test_a_call_refused_as_it_was_sent_is_called_again_at_once_as_the_same
     does not hold it; a circuit does not count it. Refused so again, that refusal ends it."""
     clock, up = Clock(), Upstream()
     s = scheduler(clock)
+    outcomes: list[str] = []
+    s.on_call = lambda _, outcome: outcomes.append(outcome)  # talkstream_upstream_calls_total
     up.said["first"] = Limits(requests_per_minute=6_000, tokens_per_minute=600)  # 9 tokens/s
     s.submit("openai:k/m", up.job("first"))
     await probe_answered(s, up, "first")
@@ -383,6 +385,7 @@ async def test_a_call_refused_as_it_was_sent_is_called_again_at_once_as_the_same
     await settle()
     assert (up.reports["r"].value, up.reports["r"].error, up.reports["r"].tries) == ("ok", None, 1)
     assert s.snapshot()[0]["circuit"] == "closed"
+    assert outcomes == ["answered", "resent", "answered"]  # not "refused": nothing to fix
 
     s.submit("openai:k/m", up.job("again"))  # refused so twice: the refusal is its outcome
     clock.t += 10  # (r's tokens are spent)
