@@ -24,9 +24,9 @@ for the queue is decided here, what it means for the request is the ledger's:
   ``retriable``) is reported at once, its tokens counted as spent;
 - a refusal of the call as it was sent, which its adapter has learned to send as the answer
   asks (``resend``: OpenAI's 400 for ``max_tokens`` to a model that takes
-  ``max_completion_tokens`` only) goes back to its place at the head of its queue, called again
-  as soon as its pacer allows, as the same try: the upstream generated nothing, so its tokens go
-  back. Once: refused so again, the refusal is reported;
+  ``max_completion_tokens`` only) goes back to its place in its queue (before every job that
+  arrived after it), called again as soon as its pacer allows, as the same try: the upstream
+  generated nothing, so its tokens go back. Once: refused so again, the refusal is reported;
 - a refusal for the whole key (``insufficient_quota``, 401, 403), for one model
   (``model_not_found``) or for a whole Talkable site (a 404: no such site) stops the target's
   calls in that scope for ``refusal_seconds`` (a
