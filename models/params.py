@@ -276,7 +276,10 @@ class GenerateParams(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("must not be blank")
-        if CONTROL.search(value) or " " in value:
+        # ":" separates the site from the email in the person's key (``person_key``): a site
+        # holding one would share the person of another site ("acme:shop" + "c@x.io" is
+        # "acme" + "shop:c@x.io"), usage window and all. Talkable's slugs never hold one.
+        if CONTROL.search(value) or " " in value or ":" in value:
             raise ValueError("must be a site slug")
         return rendered(value)
 
@@ -322,6 +325,7 @@ class GenerateParams(BaseModel):
 
 
 def person_key(site: str, email: str) -> str:
+    """``site:email``: one key per person, as the site holds no ``:`` (the first one ends it)."""
     return f"{site}:{email}"
 
 

@@ -112,6 +112,7 @@ class Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._taken: dict[TP, int] = {}
+        self._assigned_at: dict[TP, float] = {}  # monotonic: when each was assigned last
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -202,6 +203,8 @@ class Consumer(driver.Consumer):
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         for tp in [tp for tp in self._taken if tp not in assigned]:
             del self._taken[tp]
+        # every one, kept or new: aiokafka's books of each start again at an assignment
+        self._assigned_at = dict.fromkeys(assigned, monotonic())
         await super().on_partitions_assigned(assigned, generation_id)
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
@@ -228,8 +231,19 @@ class Consumer(driver.Consumer):
             await self._add_gap(tp, first, last)
 
     def verify_event_path(self, now: float, tp: TP) -> None:
-        if tp not in self._paused_partitions:  # (recovery resumes what it reads: checked)
-            super().verify_event_path(now, tp)
+        """faust's livelock check of ``tp``, but not of one paused on purpose (above), nor of
+        one assigned less than ``stream_processing_timeout`` ago. The check's "since start"
+        is since the worker started, while aiokafka's books of a partition (when it last
+        fetched it, its highwater) start again at each assignment: a worker that had run 5
+        minutes logged an ERROR "Aiokafka has not sent fetch request for TP(...-requests, 4)
+        since start (started 7.36 minutes ago)" for each partition the check happened upon
+        between a rebalance and its first fetch (seen when a second worker joined)."""
+        if tp in self._paused_partitions:  # (recovery resumes what it reads: checked)
+            return
+        assigned_at = self._assigned_at.get(tp)
+        if assigned_at is not None and now - assigned_at < self.app.conf.stream_processing_timeout:
+            return
+        super().verify_event_path(now, tp)
 
     def _mirror(self, tps: set[TP], *, fetching: bool) -> None:
         consumer = self._thread._consumer

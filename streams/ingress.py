@@ -396,13 +396,16 @@ class Metrics:
 def build_ingress(
     settings: Settings, sink: Sink, secrets: SecretBox, clock: Callable[[], float] = time.time
 ) -> web.Application:
-    keys = settings.site_keys
+    # a site's key whatever the case its webhooks write its name in: the operator's console and
+    # tools take a site in any case, and a key set for "Acme" left "acme" (or "ACME", its
+    # webhooks forged so) unsigned
+    keys = {site.lower(): key for site, key in settings.site_keys.items()}
     metrics = Metrics()
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
 
     def must_sign(site: str) -> bool:
-        return settings.require_signature or site in keys
+        return settings.require_signature or site.lower() in keys
 
     # no site signs: a query string is read with the body at once
     signs = must_sign if keys or settings.require_signature else None
@@ -449,10 +452,10 @@ def build_ingress(
                 # a signing site's sender learns nothing of its params before it is known
                 site = claimed_site(content_type, body, query) if signs is not None else None
                 if exc.problem is Problem.INVALID and site is not None and must_sign(site):
-                    _authenticate(keys.get(site), content_type, body, request)
+                    _authenticate(keys.get(site.lower()), content_type, body, request)
                 raise
             if signs is not None and must_sign(params.site):
-                _authenticate(keys.get(params.site), content_type, body, request)
+                _authenticate(keys.get(params.site.lower()), content_type, body, request)
                 if query_read:
                     # the body alone did not parse: its own error, now that the sender is known
                     params = parse_request(

@@ -432,9 +432,9 @@ class Settings(BaseSettings):
     @classmethod
     def _site_equals_key(cls, value: SecretStr | None) -> SecretStr | None:
         """``site=key`` pairs, comma separated; empty means none. An entry that is not one, or
-        a site given twice, is refused: read leniently, a mistyped entry would leave its site
-        accepting unsigned webhooks while its operator believed them checked. The keys are
-        never repeated in the message."""
+        a site given twice (in any case: the ingress reads a webhook's site so), is refused:
+        read leniently, a mistyped entry would leave its site accepting unsigned webhooks while
+        its operator believed them checked. The keys are never repeated in the message."""
         if value is None or not value.get_secret_value().strip():
             return None
         _site_keys(value.get_secret_value())
@@ -554,7 +554,7 @@ def _site_keys(text: str) -> dict[str, bytes]:
                 f"entry {number}'s key holds a space or a ';': entries are separated by "
                 "commas (site=key,site2=key2)"
             )
-        if site in keys:
+        if site.lower() in (given.lower() for given in keys):  # its webhooks' site, any case
             raise ValueError(f"site {site!r} is given twice")
         keys[site] = key.encode()
     return keys

@@ -481,8 +481,9 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
         "p95 ms",
         "waited",
         "wait p95",
-        "limited",
-        "failed",
+        # rates, titled apart from the counts of the same states ("limited" twice read as one)
+        "limited %",
+        "failed %",
     ]
     rows = [
         [

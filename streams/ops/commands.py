@@ -387,7 +387,7 @@ def stats(
     failure rates, texts cut at max_tokens, for requests judged in [--since, --until) (by their
     event time). Read from the SQL projection.
 
-    limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
+    limited % = limited / requests; failed % = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
     """
     from streams.ops.audit import WAITED_MS, iso, render_stats, site_stats, stats_json
@@ -414,7 +414,7 @@ def stats(
         if result:
             click.echo()
             click.echo(
-                "limited = limited/requests; failed = (gen failed + pub failed)/admitted; "
+                "limited % = limited/requests; failed % = (gen failed + pub failed)/admitted; "
                 "tokens: prompt (in) and completion (out); p50/p95: OpenAI call time; "
                 f"waited: requests that waited {WAITED_MS // 1000} s or more in their upstream "
                 "targets' queues; wait p95: of the requests that waited at all, ms"

@@ -447,6 +447,31 @@ async def test_a_configured_site_needs_its_signature(
     assert [e["field"] for e in errors] == ["x-talkable-signature"]
 
 
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [
+        pytest.param(SIGNED_SITE, SIGNED_SITE.upper(), id="webhook in capitals"),
+        pytest.param(SIGNED_SITE.title(), SIGNED_SITE, id="key set in capitals"),
+    ],
+)
+async def test_a_site_named_in_another_case_needs_its_signature_too(
+    ingress_with: StartIngress, configured: str, sent: str
+) -> None:
+    """The console and the tools take a site in any case; the ingress took a webhook naming
+    the signing site in another case unsigned (a forged "SIGNED-STORE", or a key set for
+    "Signed-Store" leaving the site's own webhooks unchecked)."""
+    ingress = await ingress_with(site_security_keys=f"{configured}={SITE_KEY}")
+    body = json_body(changed(site=sent))
+
+    errors = await rejected(ingress, Body(JSON, body), 401)
+    received = await accepted(
+        ingress, Body(JSON, body), headers={"x-talkable-signature": sign(SITE_KEY, body)}
+    )
+
+    assert [e["field"] for e in errors] == ["x-talkable-signature"]
+    assert received.spec.site == sent
+
+
 async def test_a_correct_signature_over_the_raw_body_is_accepted(
     ingress_with: StartIngress,
 ) -> None:

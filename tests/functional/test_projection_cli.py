@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -275,6 +276,9 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
         "until 2026-01-01T00:00:05.000+00:00"
     )
     assert header.split()[:2] == ["site", "requests"]
+    titles = re.split(r"\s{2,}", header.strip())  # each column's title says which it is
+    assert len(titles) == len(set(titles)) == len(row.split()), titles
+    assert titles[-2:] == ["limited %", "failed %"]
     cells = row.split()
     assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
     assert cells[-2:] == ["0.0%", "50.0%"]

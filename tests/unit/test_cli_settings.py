@@ -56,6 +56,7 @@ BOOTSTRAP, SITE_KEYS = "TALKSTREAM_KAFKA_BOOTSTRAP", "TALKSTREAM_SITE_SECURITY_K
         (SITE_KEYS, "acme=k1,globex=", "entry 2 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "=s3cr3t", "entry 1 is not site=key (site=key,site2=key2)"),
         (SITE_KEYS, "acme=k1,acme=s3cr3t", "site 'acme' is given twice"),
+        (SITE_KEYS, "acme=k1,ACME=s3cr3t", "site 'ACME' is given twice"),  # one site, any case
         *(  # another separator: site acme with the key "k1;globex=..." and globex unchecked
             (
                 SITE_KEYS,

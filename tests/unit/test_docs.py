@@ -214,3 +214,22 @@ def test_every_documented_default_is_the_settings_default() -> None:
             assert default.strip("`") == code, f"README: TALKSTREAM_{name} defaults to {default}"
             checked += 1
     assert checked >= 50
+
+
+def test_the_stand_ins_knobs_the_readme_names_exist() -> None:
+    """`make dev`'s stand-ins take faults at run time (``POST /_control``), which only their
+    source said: the README names them, and each it names is one of their settings."""
+    from dataclasses import fields
+
+    from streams.dev.openai_standin import OpenAIStandinConfig
+    from streams.dev.talkable_standin import TalkableStandinConfig
+
+    match = re.search(r"^The stand-ins take faults.*?(?=\n\n)", README, re.M | re.S)
+    assert match, "README says nothing of the stand-ins' faults"
+    said = match.group(0)
+    openai, _, talkable = said.partition("Talkable's:")
+    openai = openai.partition("OpenAI's:")[2]
+    for text, config in ((openai, OpenAIStandinConfig), (talkable, TalkableStandinConfig)):
+        named = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+|down)`", text))
+        assert len(named) >= 5, named
+        assert named <= {f.name for f in fields(config)}, named - {f.name for f in fields(config)}

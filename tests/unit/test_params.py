@@ -455,6 +455,28 @@ def test_an_email_with_a_space_or_a_second_at_is_refused(email: str) -> None:
     }
 
 
+@pytest.mark.parametrize("site", ["acme store", "acme\tstore", "acme:shop", ":acme", "acme:"])
+def test_a_site_that_is_no_slug_is_refused(site: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        from_mapping(seed(site=site))
+    assert status_of(caught.value) == 422
+    assert caught.value.body() == {"errors": [{"field": "site", "message": "must be a site slug"}]}
+
+
+def test_two_sites_people_never_share_a_person_key() -> None:
+    """The person's key (usage window, partition, ledger entry) is ``site:email``: a site with a
+    ``:`` made one person of two tenants' (site "acme:shop", email "c@x.io" and site "acme",
+    email "shop:c@x.io": the second limited by the first's usage), so it is refused."""
+    pairs = [("acme:shop", "c@x.io"), ("acme", "shop:c@x.io")]
+    people = []
+    for site, email in pairs:
+        try:
+            people.append(from_mapping(seed(site=site, email=email)).person)
+        except ParamsError:
+            continue
+    assert len(set(people)) == len(people) == 1
+
+
 # --- usage_limit: all or nothing ------------------------------------------------------------
 
 
