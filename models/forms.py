@@ -24,7 +24,8 @@ Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values 
   both, since either is a template mistake).
 - After nesting, a hash whose keys are all decimal indices (``messages[0][role]``) becomes a
   list in index order, except under keys whose values are maps keyed by numbers
-  (``logit_bias``, ``metadata``).
+  (``logit_bias``, ``metadata``). The list is a :class:`FormList`, which keeps the indices as
+  written (``[0, 5]`` compacts to positions 0 and 1), so an error can name the one sent.
 
 Pure: no IO. Every malformed input raises :class:`FormError`, nothing else.
 """
@@ -321,6 +322,15 @@ def _parts(message: Message) -> list[tuple[str, str]]:
     return pairs
 
 
+class FormList(list[Any]):
+    """A list a form gave by index (``messages[0]``, ``messages[5]``), in index order:
+    ``indices[i]`` is the index the sender wrote for position ``i``, as written."""
+
+    def __init__(self, items: Iterable[Any], indices: Iterable[str]) -> None:
+        super().__init__(items)
+        self.indices = tuple(indices)
+
+
 def nest(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Rack's nesting over ``(name, value)`` pairs, then index hashes to lists."""
     params: dict[str, Any] = {}
@@ -418,7 +428,8 @@ def _index_lists(key: str, value: Any) -> Any:
     nested = {k: _index_lists(k, v) for k, v in value.items()}
     if key in MAP_KEYS or not nested or not all(k.isascii() and k.isdigit() for k in nested):
         return nested
-    return [nested[k] for k in sorted(nested, key=_index_order)]
+    order = sorted(nested, key=_index_order)
+    return FormList((nested[k] for k in order), order)
 
 
 def _index_order(index: str) -> tuple[int, str, str]:

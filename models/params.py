@@ -47,6 +47,7 @@ from models.forms import (
     ENVELOPE,
     MAX_FIELDS,
     FormError,
+    FormList,
     decode_body,
     decode_query,
     merge,
@@ -370,14 +371,15 @@ def from_mapping(data: Mapping[str, Any]) -> GenerateParams:
     try:
         return GenerateParams.model_validate(dict(data))
     except ValidationError as exc:
-        errors = _field_errors(exc)
+        errors = _field_errors(exc, data)
     # raised outside the handler: no chained ValidationError (its text shows the inputs)
     raise ParamsError(Problem.INVALID, errors)
 
 
-def _field_errors(exc: ValidationError) -> list[FieldError]:
+def _field_errors(exc: ValidationError, data: Mapping[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        path, note = _as_sent(err["loc"], data)
         message = err["msg"]
         if err["type"] == "missing":
             message = "is required"
@@ -387,10 +389,41 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
             message = "has a field that is not allowed"
         elif err["type"] == "model_type":  # not "... or instance of OpenAIParams"
             message = "must be an object"
-        error = FieldError(field=_field_name(err["loc"], "body"), message=message)
+        error = FieldError(field=_field_name(path, "body"), message=message + note)
         if error not in errors:
             errors.append(error)
     return errors
+
+
+def _as_sent(loc: Sequence[str | int], data: Mapping[str, Any]) -> tuple[list[str | int], str]:
+    """The error's path with a form's list positions given back as the indices the sender
+    wrote (``openai[messages][0]``, ``[5]``: the second message is ``openai.messages.5``, not
+    the ``1`` of its position), and a note for the message when one is too long to repeat
+    (:func:`_field_name`): then the path keeps the position, and the note says it is one.
+    """
+    path: list[str | int] = []
+    note = ""
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, FormList) and 0 <= part < len(node):
+            index = node.indices[part]
+            if len(index) <= _INDEX_DIGITS:
+                path.append(index)
+            else:
+                path.append(part)
+                note = (
+                    f" (position {part}, counting from 0 in the order of the form's indices:"
+                    " the index sent is too long to repeat)"
+                )
+        else:
+            path.append(part)
+        if isinstance(node, Mapping) and isinstance(part, str):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return path, note
 
 
 def _field_name(path: Sequence[str | int], fallback: str) -> str:
@@ -399,7 +432,7 @@ def _field_name(path: Sequence[str | int], fallback: str) -> str:
     Names are client input and could be anything, even a secret (a card number is all
     digits); only the contract's own vocabulary and positions in its lists are ever repeated
     back: a validation error's list index, or a form's index under a list field
-    (``openai[messages][0]``) small enough to be one.
+    (``openai[messages][0]``, as the sender wrote it) small enough to be one.
     """
     known: list[str] = []
     for part in path:

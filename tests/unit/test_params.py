@@ -342,6 +342,59 @@ def test_a_number_in_a_field_name_is_repeated_only_as_a_list_position(
     assert [e.field for e in caught.value.errors] == [field]
 
 
+KEYS = b"site=acme&email=a%40example.com&api_key=tk&openai[api_key]=sk&"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "query", "fields"),
+    [
+        # the second message, sent as [5], is compacted to position 1: its error names [5]
+        (FORM, KEYS + b"openai[messages][0][role]=user&openai[messages][5][content]=x", None,
+         ["openai.messages.0.content", "openai.messages.5.role"]),
+        (FORM, KEYS + b"openai[messages][0][role]=user&openai[messages][0][content]=y"
+         b"&openai[messages][7][role]=robot&openai[messages][7][content]=x"
+         b"&openai[messages][7][name]=a%20b", None,
+         ["openai.messages.7.role", "openai.messages.7.name"]),
+        (FORM, KEYS + b"openai[messages][03][role]=robot&openai[messages][03][content]=x", None,
+         ["openai.messages.03.role"]),  # as written
+        # in the query string too (nested like a form)
+        (JSON, json.dumps({**SEED, "openai": {"api_key": "sk"}}).encode(),
+         "openai[messages][2][role]=user&openai[messages][9][content]=x",
+         ["openai.messages.2.content", "openai.messages.9.role"]),
+        # appended ([]) messages are numbered as sent: from 0, in order
+        (FORM, KEYS + b"openai[messages][][role]=user&openai[messages][][content]=x"
+         b"&openai[messages][][role]=robot&openai[messages][][content]=y", None,
+         ["openai.messages.1.role"]),
+    ],
+)  # fmt: skip
+def test_a_form_messages_error_names_the_index_the_sender_wrote(
+    content_type: str, body: bytes, query: Any, fields: list[str]
+) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(content_type, body, query)
+
+    assert [e.field for e in caught.value.errors] == fields
+    assert not any("position" in e.message for e in caught.value.errors)
+
+
+def test_a_form_index_too_long_to_repeat_is_told_as_a_position() -> None:
+    body = (
+        KEYS + b"openai[messages][0][role]=user&openai[messages][0][content]=y"
+        b"&openai[messages][" + CARD.encode() + b"][role]=robot"
+        b"&openai[messages][" + CARD.encode() + b"][content]=x"
+    )
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, body)
+
+    [error] = caught.value.errors
+    assert error.field == "openai.messages.1.role"
+    assert error.message.endswith(
+        " (position 1, counting from 0 in the order of the form's indices:"
+        " the index sent is too long to repeat)"
+    )
+    assert CARD not in str(caught.value.body())
+
+
 # --- integers as Liquid renders them --------------------------------------------------------
 
 
