@@ -21,7 +21,9 @@ Liquid renders every value as a string, so the contract types values itself (``m
   limit at all). Any other object must carry all five fields, each valid: an object whose
   values rendered blank is a broken limit, refused as invalid rather than silently unlimited;
 - ``trigger_criteria`` is kept as rendered: a blank string (the seed's ``{% if %}`` when the
-  condition is false) is *not* absent, and does not trigger (:func:`trigger_met`).
+  condition is false) is *not* absent, and does not trigger (:func:`trigger_met`). A JSON
+  boolean or number is read as its text (``true``, ``1``), as a form would carry it; an object
+  or a list is refused, the message saying what is accepted.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ DEFAULT_MAX_TOKENS = 150
 # trigger's (``generate_text``), or Talkable's own event webhook would call us again for our
 # own write-back.
 COMPLETION_EVENT_CATEGORY: Final = "generate_text_complete"
+TRIGGER_RULE: Final = (
+    "must be a string, number or boolean: generation happens only when it is absent, null or"
+    " true (trimmed, any case); any other value (false, 1, 0, blank) skips the request"
+)
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -317,7 +324,15 @@ class GenerateParams(BaseModel):
     @field_validator("trigger_criteria", mode="before")
     @classmethod
     def _trigger_criteria(cls, value: Any) -> Any:
-        return ("true" if value else "false") if isinstance(value, bool) else value
+        """A JSON scalar is read as Liquid renders it: ``true``/``false``, a number as its
+        digits (``1`` is ``"1"``, which, as in a form, is not ``true``: no generation)."""
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return str(value)
+        raise ValueError(TRIGGER_RULE)
 
     @property
     def person(self) -> str:

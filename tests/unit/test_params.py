@@ -730,7 +730,7 @@ def test_mistyped_well_known_params_are_refused(name: str, value: Any) -> None:
         ({"openai__model": ""}, "openai.model"),
         ({"event_number": "x" * 201}, "event_number"),
         ({"usage_limit__current_time": "now"}, "usage_limit.current_time"),
-        ({"trigger_criteria": 5}, "trigger_criteria"),
+        ({"trigger_criteria": [5]}, "trigger_criteria"),
     ],
 )
 def test_each_invalid_field_is_named(changes: dict[str, Any], field: str) -> None:
@@ -802,6 +802,37 @@ def test_trigger_rule(criteria: str | None, met: bool) -> None:
 def test_json_booleans_for_trigger_criteria_read_as_text() -> None:
     assert trigger_met(from_mapping(seed(trigger_criteria=True)).trigger_criteria)
     assert not trigger_met(from_mapping(seed(trigger_criteria=False)).trigger_criteria)
+
+
+@pytest.mark.parametrize(("number", "text"), [(1, "1"), (0, "0"), (1.5, "1.5"), (-1, "-1")])
+def test_json_numbers_for_trigger_criteria_read_as_liquid_renders_them(
+    number: float, text: str
+) -> None:
+    # the reference generates on `true` only: Liquid's "1" does not, nor does a JSON 1, which
+    # is the same request as the form's trigger_criteria=1 (same id)
+    as_json = parse_request(JSON, json.dumps(seed(trigger_criteria=number)).encode())
+    as_form = parse_request(FORM, form_body(seed(trigger_criteria=text)))
+
+    assert as_json.trigger_criteria == text
+    assert not trigger_met(as_json.trigger_criteria)
+    assert request_fingerprint(as_json) == request_fingerprint(as_form)
+
+
+@pytest.mark.parametrize("value", [[1], {"if": "true"}, ["true"]])
+def test_a_trigger_criteria_that_is_no_scalar_is_told_what_is_accepted(value: Any) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, json.dumps(seed(trigger_criteria=value)).encode())
+
+    assert caught.value.body() == {
+        "errors": [
+            {
+                "field": "trigger_criteria",
+                "message": "must be a string, number or boolean: generation happens only when"
+                " it is absent, null or true (trimmed, any case); any other value (false, 1, 0,"
+                " blank) skips the request",
+            }
+        ]
+    }
 
 
 def test_completion_event_number_defaults_per_request() -> None:
