@@ -276,7 +276,7 @@ def render_histories(histories: Sequence[History]) -> str:
             f"  model {h.model or '-'}   tokens (prompt+completion) {tokens}"
             + (f" {CUT}" if h.truncated else "")
             + f"   generation {_or_dash(h.generation_latency_ms, ' ms')}   attempts {h.attempts}"
-            + (f"   error {h.error_class}" if h.error_class else "")
+            + _error(h)
             + (f"   duplicate of {h.duplicate_of}" if h.duplicate_of else ""),
             "",
             table(
@@ -303,6 +303,19 @@ def render_histories(histories: Sequence[History]) -> str:
         ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _error(h: History) -> str:
+    """The request's latest failure, kept once a retry or a redrive succeeded
+    (docs/consumers.md): its outcome only in a failed state; beside any other, an earlier
+    attempt's, said so (``published`` beside ``error SiteNotFound`` read as a failure)."""
+    if not h.error_class:
+        return ""
+    if h.state in FAILED:
+        return f"   error {h.error_class}"
+    if h.terminal:
+        return f"   earlier error {h.error_class} (before it was {h.state})"
+    return f"   earlier error {h.error_class} (an earlier attempt's: it is in flight)"
 
 
 # what the history and the console say of a text cut at the completion's cap

@@ -13,6 +13,11 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError
 
+from models.events import (
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
+    RedriveRequested,
+)
 from streams.ops.commands import register
 from streams.projection.engine import describe_database_error
 from streams.projection.store import ProjectionStore
@@ -87,6 +92,63 @@ def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
         ("published", "1"),
     ]
     assert "cut at max_tokens" not in out
+
+
+def redriven_log() -> Log:
+    """A text Talkable refused (SiteNotFound: publish_failed), redriven once the site was
+    fixed: one published, the other still publishing."""
+    log = Log()
+    for request_id, email, lands in (("redo-1", "ada@example.com", True),
+                                     ("redo-2", "bob@example.com", False)):  # fmt: skip
+        r = log.received(request_id, email=email)
+        log.generated(r, at_ms=T0_MS + 700)
+        log.send(PublicationAttemptFailed(
+            request_id=request_id, person=r.person, attempt=1, at_ms=T0_MS + 900,
+            error_class="SiteNotFound", error_message="Talkable answered 404: no such site",
+        ))  # fmt: skip
+        log.send(RedriveRequested(request_id=request_id, person=r.person, at_ms=T0_MS + 60_000,
+                                  reason="fixed", stage="publishing", attempt=1))  # fmt: skip
+        if lands:
+            landed = PublicationAttemptSucceeded(
+                request_id=request_id, person=r.person, attempt=2, at_ms=T0_MS + 61_000,
+                redrive=True,
+            )  # fmt: skip
+            log.send(landed)
+    return log
+
+
+def test_audit_tells_an_earlier_failure_from_the_outcome(projected: str, tmp_path: Path):
+    """The latest failure is kept once a redrive or a retry succeeded (docs/consumers.md):
+    `state published (terminal)` beside `error SiteNotFound` read as the request's outcome."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(redriven_log().records)
+    store.close()
+
+    def summary(request_id: str, database: str) -> str:
+        out = talkstream("audit", "--request-id", request_id, "--database-url", database).output
+        [line] = [line for line in out.splitlines() if "attempts" in line]
+        return line
+
+    published = talkstream("audit", "--request-id", "redo-1", "--database-url", url).output
+    assert "state published (terminal)" in published
+    assert summary("redo-1", url).endswith(
+        "   earlier error SiteNotFound (before it was published)"
+    )
+    assert "   error SiteNotFound" not in published.split("\n\n")[0]
+    [failed_step] = [line for line in published.splitlines() if " publish_failed " in line]
+    assert failed_step.endswith("SiteNotFound: Talkable answered 404: no such site")
+    assert summary("redo-2", url).endswith(
+        "   earlier error SiteNotFound (an earlier attempt's: it is in flight)"
+    )
+    # a failed request's error is its outcome, named as before
+    assert summary("fail-1", projected).endswith("   error AuthenticationError")
+    # --json keeps its field names: error_class is the latest failure, whatever the state
+    said = json.loads(
+        talkstream("audit", "--request-id", "redo-1", "--database-url", url, "--json").output
+    )
+    [request] = said["requests"]
+    assert (request["state"], request["error_class"]) == ("published", "SiteNotFound")
 
 
 def test_audit_and_stats_say_which_texts_were_cut_at_max_tokens(projected: str):
