@@ -14,7 +14,9 @@ from models.events import (
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
     LifecycleEvent,
+    PublicationAttemptFailed,
     PublicationAttemptSucceeded,
+    RedriveRequested,
     RequestReceived,
     RequestSpec,
     RequestsValue,
@@ -148,6 +150,26 @@ class Log:
                 request_id=r.request_id, person=r.person, attempt=1, at_ms=at_ms
             )
         )
+
+    def redriven(
+        self, request_id: str, *, lands: bool, at_ms: int = T0_MS, **kw: Any
+    ) -> RequestReceived:
+        """A text Talkable refused (SiteNotFound: publish_failed), redriven once the site was
+        fixed: published again if it ``lands``, else still publishing."""
+        r = self.received(request_id, at_ms=at_ms, **kw)
+        self.generated(r, at_ms=at_ms + 700)
+        self.send(PublicationAttemptFailed(
+            request_id=request_id, person=r.person, attempt=1, at_ms=at_ms + 900,
+            error_class="SiteNotFound", error_message="Talkable answered 404: no such site",
+        ))  # fmt: skip
+        self.send(RedriveRequested(request_id=request_id, person=r.person, at_ms=at_ms + 60_000,
+                                   reason="fixed", stage="publishing", attempt=1))  # fmt: skip
+        if lands:
+            self.send(PublicationAttemptSucceeded(
+                request_id=request_id, person=r.person, attempt=2, at_ms=at_ms + 61_000,
+                redrive=True,
+            ))  # fmt: skip
+        return r
 
     def full(
         self,

@@ -837,6 +837,33 @@ async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_ea
     assert 'id="end-to-end">0 ms<' in timeline
 
 
+async def test_a_failure_a_redrive_moved_past_is_labelled_an_earlier_error(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """The projection keeps a request's latest failure once a redrive succeeded: the page names
+    it the reason only in a failed state, an earlier error beside any other (as audit does),
+    and an earlier attempt's while the redrive runs (nothing has recovered yet)."""
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    log.redriven("redone", site="redo", lands=True)
+    log.redriven("redoing", site="redo", email="bo@example.com", lands=False)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+
+    def label(page: str) -> str:
+        [dt] = re.findall(r'<dt>([^<]*)</dt><dd class="error" id="reason">', page)
+        return dt
+
+    assert label(await signed_in.page("/request?id=redone")) == (
+        "earlier error (before it was published)"
+    )
+    assert label(await signed_in.page("/request?id=redoing")) == (
+        "an earlier attempt's error (it is in flight)"
+    )
+    assert label(await signed_in.page("/request?id=park-1")) == "reason"  # failed: its reason
+
+
 async def test_each_request_of_an_id_the_ledger_took_again_has_its_own_page(
     signed_in: Console,
     database_url: str,  # noqa: F811

@@ -13,11 +13,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError
 
-from models.events import (
-    PublicationAttemptFailed,
-    PublicationAttemptSucceeded,
-    RedriveRequested,
-)
 from streams.ops.commands import register
 from streams.projection.engine import describe_database_error
 from streams.projection.store import ProjectionStore
@@ -98,22 +93,8 @@ def redriven_log() -> Log:
     """A text Talkable refused (SiteNotFound: publish_failed), redriven once the site was
     fixed: one published, the other still publishing."""
     log = Log()
-    for request_id, email, lands in (("redo-1", "ada@example.com", True),
-                                     ("redo-2", "bob@example.com", False)):  # fmt: skip
-        r = log.received(request_id, email=email)
-        log.generated(r, at_ms=T0_MS + 700)
-        log.send(PublicationAttemptFailed(
-            request_id=request_id, person=r.person, attempt=1, at_ms=T0_MS + 900,
-            error_class="SiteNotFound", error_message="Talkable answered 404: no such site",
-        ))  # fmt: skip
-        log.send(RedriveRequested(request_id=request_id, person=r.person, at_ms=T0_MS + 60_000,
-                                  reason="fixed", stage="publishing", attempt=1))  # fmt: skip
-        if lands:
-            landed = PublicationAttemptSucceeded(
-                request_id=request_id, person=r.person, attempt=2, at_ms=T0_MS + 61_000,
-                redrive=True,
-            )  # fmt: skip
-            log.send(landed)
+    log.redriven("redo-1", email="ada@example.com", lands=True)
+    log.redriven("redo-2", email="bob@example.com", lands=False)
     return log
 
 
