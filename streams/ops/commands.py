@@ -384,8 +384,8 @@ def stats(
     as_json: bool,
 ) -> None:
     """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
-    failure rates, texts cut at max_tokens, for requests judged in [--since, --until) (by their
-    event time). Read from the SQL projection.
+    failure rates, texts cut at their token cap, for requests judged in [--since, --until) (by
+    their event time). Read from the SQL projection.
 
     limited = limited / requests; failed = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
