@@ -383,6 +383,9 @@ def topics_cmd() -> None:
 # --- the running system -----------------------------------------------------------------------
 
 
+# what a command holds for as long as its process runs (the worker's hold on its folder)
+_HELD: list[object] = []
+
 LOG_FORMAT = click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -397,7 +400,7 @@ def worker(log_format: str | None) -> None:
     """Run the faust worker: ledger, generator, publisher, projector."""
     import faust
 
-    from streams.app import build
+    from streams.app import build, hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import logging_config
     from streams.secrets import load_secret_box
@@ -415,11 +418,16 @@ def worker(log_format: str | None) -> None:
 
     if settings.projector != "off":
         _database_url_usable(settings.resolved_database_url)
-    try:
+    held = None
+    try:  # refused when another worker of its name runs on its folder, before Kafka is asked
+        held = hold_table_dir(settings)
         secrets = load_secret_box(settings)
         asyncio.run(ready())
     except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
+        if held is not None:  # a worker that does not run holds nothing
+            held.close()
         raise click.ClickException(str(exc)) from None
+    _HELD.append(held)  # held while the worker runs: never closed by the garbage collector
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)
     if settings.projector == "process":
