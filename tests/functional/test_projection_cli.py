@@ -351,10 +351,18 @@ def test_replay_refuses_a_database_that_holds_a_projection(projected: str):
 
 def test_replay_verify_reads_topics_only():
     result = talkstream("replay", "--verify", "--database-url", "sqlite://")
-    assert result.exit_code == 2 and "--verify reads the topics only" in result.output
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --database-url (a rebuild's)" in result.output
     # --until is a rebuild's: never ignored by a verify, nor without a database to rebuild
     result = talkstream("replay", "--verify", "--until", "1h")
-    assert result.exit_code == 2 and "--verify reads the topics only: no" in result.output
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --until (a rebuild's)" in result.output
+    # --force too, named as the option given (it was told "no --database-url/--until")
+    result = talkstream("replay", "--verify", "--force")
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --force (a rebuild's)" in result.output
+    result = talkstream("replay", "--verify", "--force", "--database-url", "sqlite://")
+    assert "no --database-url, --force (a rebuild's)" in result.output
     result = talkstream("replay", "--until", "1h")
     assert result.exit_code == 2 and "give --database-url: replay builds" in result.output
 
