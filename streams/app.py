@@ -87,21 +87,27 @@ def table_dir(settings: Settings) -> Path:
     return settings.data_dir / "worker" / settings.app_id / settings.worker_name
 
 
-WORKER_LOCK = "worker.lock"
+# what each kind of process holds in its state folder while it runs, and why two may not
+HELD_BY = {
+    "worker": "its table store's folder, and its member id in the consumer groups",
+    "projector": "its member id in the projector's consumer group, the worker's own projector's"
+    " too (TALKSTREAM_PROJECTOR process or worker)",
+}
 
 
-def hold_table_dir(settings: Settings) -> IO[str]:
-    """This worker's hold on its state folder (:func:`table_dir`) for as long as it runs: the
-    lock is the kernel's, released however the process ends (a SIGKILL too), the file left
-    with the pid of the last worker that held it. A second worker started on the same folder
-    (the same ``DATA_DIR``, ``APP_ID`` and ``WORKER_NAME``: the README's scale out beside a
-    running worker without a ``WORKER_NAME`` of its own) is refused here, before it joins a
-    group: it would take the first one's member id in every consumer group (the name and the
-    host), fencing it out again and again while it waited for the table store the first one
-    holds, and end half a minute later with RocksDB's traceback."""
+def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
+    """This worker's (or projector's) hold on its state folder (:func:`table_dir`) for as long
+    as it runs, in ``<role>.lock``: the lock is the kernel's, released however the process
+    ends (a SIGKILL too), the file left with the pid of the last one that held it. A second
+    one started on the same folder (the same ``DATA_DIR``, ``APP_ID`` and ``WORKER_NAME``: the
+    README's scale out beside a running worker without a ``WORKER_NAME`` of its own, or a
+    ``talkstream projector`` beside a worker running its own) is refused here, before it joins
+    a group: it would take the first one's member id in its consumer groups (the name and the
+    host), the two fencing each other out every few seconds, and a second worker would end
+    half a minute later with RocksDB's traceback (the table store the first one holds)."""
     folder = table_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / WORKER_LOCK).open("a+")
+    lock = (folder / f"{role}.lock").open("a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -109,9 +115,9 @@ def hold_table_dir(settings: Settings) -> IO[str]:
         holder = lock.read().strip() or "unknown"
         lock.close()
         raise ConfigError(
-            f"another worker runs on {folder} (pid {holder}): give each worker on a host its "
-            f"own TALKSTREAM_WORKER_NAME (this one's is {settings.worker_name!r}: its table "
-            "store's folder, and its member id in the consumer groups)"
+            f"another {role} runs on {folder} (pid {holder}): give each {role} on a host its "
+            f"own TALKSTREAM_WORKER_NAME (this one's is {settings.worker_name!r}: "
+            f"{HELD_BY[role]})"
         ) from None
     lock.truncate(0)
     lock.write(str(os.getpid()))
