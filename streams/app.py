@@ -6,12 +6,14 @@ import it. Tests hand in stand-ins through the keyword arguments of :func:`build
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import faust
 
@@ -23,6 +25,7 @@ from streams.agents.projector import Projector, ProjectorConfig
 from streams.agents.work import Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
+from streams.errors import ConfigError
 from streams.faust_transport import KAFKA_STOP_SECONDS, App, Stream, Topic
 from streams.kafka_options import faust_credentials, group_options
 from streams.observability import WorkerMetrics, serve_or_log
@@ -82,6 +85,44 @@ def table_dir(settings: Settings) -> Path:
     its app's changelog (another app's store on the same data would be refused by faust's
     recovery as data removed from the topics)."""
     return settings.data_dir / "worker" / settings.app_id / settings.worker_name
+
+
+# what each kind of process holds in its state folder while it runs, and why two may not
+HELD_BY = {
+    "worker": "its table store's folder, and its member id in the consumer groups",
+    "projector": "its member id in the projector's consumer group, the worker's own projector's"
+    " too (TALKSTREAM_PROJECTOR process or worker)",
+}
+
+
+def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
+    """This worker's (or projector's) hold on its state folder (:func:`table_dir`) for as long
+    as it runs, in ``<role>.lock``: the lock is the kernel's, released however the process
+    ends (a SIGKILL too), the file left with the pid of the last one that held it. A second
+    one started on the same folder (the same ``DATA_DIR``, ``APP_ID`` and ``WORKER_NAME``: the
+    README's scale out beside a running worker without a ``WORKER_NAME`` of its own, or a
+    ``talkstream projector`` beside a worker running its own) is refused here, before it joins
+    a group: it would take the first one's member id in its consumer groups (the name and the
+    host), the two fencing each other out every few seconds, and a second worker would end
+    half a minute later with RocksDB's traceback (the table store the first one holds)."""
+    folder = table_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / f"{role}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ConfigError(
+            f"another {role} runs on {folder} (pid {holder}): give each {role} on a host its "
+            f"own TALKSTREAM_WORKER_NAME (this one's is {settings.worker_name!r}: "
+            f"{HELD_BY[role]})"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _faust_app(settings: Settings) -> faust.App:

@@ -383,6 +383,9 @@ def topics_cmd() -> None:
 # --- the running system -----------------------------------------------------------------------
 
 
+# what a command holds for as long as its process runs (the worker's hold on its folder)
+_HELD: list[object] = []
+
 LOG_FORMAT = click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -397,7 +400,7 @@ def worker(log_format: str | None) -> None:
     """Run the faust worker: ledger, generator, publisher, projector."""
     import faust
 
-    from streams.app import build
+    from streams.app import build, hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import logging_config
     from streams.secrets import load_secret_box
@@ -415,11 +418,18 @@ def worker(log_format: str | None) -> None:
 
     if settings.projector != "off":
         _database_url_usable(settings.resolved_database_url)
-    try:
+    held = []
+    try:  # refused when another worker of its name runs on its folder, before Kafka is asked
+        held.append(hold_table_dir(settings))
+        if settings.projector == "worker":  # its projector's member id is its own
+            held.append(hold_table_dir(settings, "projector"))
         secrets = load_secret_box(settings)
         asyncio.run(ready())
     except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
+        for lock in held:  # a worker that does not run holds nothing
+            lock.close()
         raise click.ClickException(str(exc)) from None
+    _HELD.extend(held)  # held while the worker runs: never closed by the garbage collector
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)
     if settings.projector == "process":
@@ -468,6 +478,7 @@ def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
     from streams.agents.projector import serve, stop_signals
+    from streams.app import hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
@@ -476,6 +487,11 @@ def projector(log_format: str | None) -> None:
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
     heap.settle()
+
+    try:  # refused when another projector of its name runs on its folder (a worker's own too)
+        _HELD.append(hold_table_dir(settings, "projector"))
+    except TalkstreamError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def run() -> None:
         await ensure_topics(settings)

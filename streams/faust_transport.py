@@ -173,12 +173,27 @@ class Consumer(driver.Consumer):
         (5 minutes) the check took any partition fetched ahead of the ledger (a burst) for one
         whose stream "has not started processing", an ERROR with faust's page of causes every
         ~7 s per partition. A stream that stops taking messages fills its buffer, and faust
-        stops handing them on: the check still sees a real stall."""
+        stops handing them on: the check still sees a real stall.
+
+        And the check's clock of commits (its thread's ``tp_last_committed_at``) starts again
+        at a message taken while nothing of its partition waited for a commit (a partition
+        quiet since its last commit, or new to this worker): it ran from the partition's last
+        commit, so the first burst after five quiet minutes (a campaign's) was read as
+        messages not committed for that long, an ERROR "Has not committed TP(...) (last commit
+        6.11 minutes ago)" with faust's page of causes, ending "report as bug", for each such
+        partition. Messages taken while earlier ones wait for their commit leave it running:
+        the check still sees commits that stopped."""
         taken = self._taken
         inbound = self.app.monitor.stream_inbound_time
+        committed = self._committed_offset  # the next offset to read of each, once committed
+        commit_clock = self._thread.tp_last_committed_at
         async for tp, message in super().getmany(timeout):
+            now = monotonic()
+            before = taken.get(tp)
+            if before is None or (committed.get(tp) or 0) > before:
+                commit_clock[tp] = now  # nothing of the partition was waiting for a commit
             taken[tp] = message.offset
-            inbound[tp] = monotonic()
+            inbound[tp] = now
             yield tp, message
 
     def taken(self, topic: str) -> dict[int, int]:

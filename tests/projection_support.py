@@ -187,7 +187,7 @@ class Log:
 
 
 def mixed_log() -> Log:
-    """Published (one text cut at max_tokens), retried then published, failed, limited,
+    """Published (one text cut at its token cap), retried then published, failed, limited,
     skipped, duplicate: two sites."""
     log = Log()
     log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2)

@@ -191,7 +191,7 @@ class History:
     event_time: str | None = None
     event_offset_ms: int = 0  # event time - arrival: negative when Talkable's clock lagged
     end_to_end_ms: int | None = None
-    truncated: bool = False  # its text was cut at max_tokens (and published as it was)
+    truncated: bool = False  # its text was cut at its token cap (and published as it was)
     # which request of this id: 0 the first; 1, 2, ... the same params again after the ledger
     # forgot the person (or the fingerprint), named by the id again (migration 0008)
     occurrence: int = 0
@@ -318,8 +318,9 @@ def _error(h: History) -> str:
     return f"   earlier error {h.error_class} (an earlier attempt's: it is in flight)"
 
 
-# what the history and the console say of a text cut at the completion's cap
-CUT = "(text cut at max_tokens)"
+# what the history says of a text cut at the completion's cap, as the console does: by no name
+# (it went as ``max_tokens`` or ``max_completion_tokens``, which the request does not record)
+CUT = "(text cut at its token cap)"
 
 
 def _again(h: History) -> str:
@@ -384,7 +385,7 @@ class SiteStats:
     wait_p95_ms: int | None = None
     wait_max_ms: int | None = None
     failures: dict[str, int] = field(default_factory=dict)  # why: error class → requests
-    truncated: int = 0  # requests whose text was cut at max_tokens (published as it was)
+    truncated: int = 0  # requests whose text was cut at its token cap (published as it was)
 
 
 def percentile(values: Sequence[int], p: float) -> int | None:
@@ -525,7 +526,8 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
         text += "\n\nwhy requests failed (error class: requests)\n" + "\n".join(why)
     if cut:
         text += (
-            "\n\ntexts cut at max_tokens, kept as cut (raise the campaign's max_tokens): "
+            "\n\ntexts cut at their token cap, kept as cut (raise the campaign's max_tokens,"
+            " or max_completion_tokens when it gives that): "
             "requests\n" + "\n".join(cut)
         )
     return text

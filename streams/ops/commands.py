@@ -104,8 +104,20 @@ def replay(
     """
     settings = Settings()
     if verify:
-        if database_url or until is not None or force:
-            raise click.UsageError("--verify reads the topics only: no --database-url/--until")
+        # each option of a rebuild given, named: a --force alone was told of the other two
+        given = [
+            name
+            for name, value in (
+                ("--database-url", database_url),
+                ("--until", until),
+                ("--force", force),
+            )
+            if value is not None and value is not False
+        ]
+        if given:
+            raise click.UsageError(
+                f"--verify reads the topics only: no {', '.join(given)} (a rebuild's)"
+            )
         _verify(settings, processes, show, differences_file)
         return
     if differences_file is not None:
@@ -384,8 +396,8 @@ def stats(
     as_json: bool,
 ) -> None:
     """Per site: requests by terminal state, tokens, p50/p95 generation latency, limited and
-    failure rates, texts cut at max_tokens, for requests judged in [--since, --until) (by their
-    event time). Read from the SQL projection.
+    failure rates, texts cut at their token cap, for requests judged in [--since, --until) (by
+    their event time). Read from the SQL projection.
 
     limited % = limited / requests; failed % = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).

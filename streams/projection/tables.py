@@ -6,7 +6,7 @@ epoch milliseconds, as on the topics.
 
 ``requests``      the request as it stands: site, person, state, when it arrived and when it
                   reached each state, model, tokens, generation latency, the waits for the
-                  upstream targets, attempts, error, whether its text was cut at max_tokens;
+                  upstream targets, attempts, error, whether its text was cut at its token cap;
                   keyed by its id and ``occurrence`` (migration 0008): 0 for the first
                   request of an id, 1 for the next, ... (the ledger names a request by its
                   fingerprint again once it forgot the person, or the fingerprint)

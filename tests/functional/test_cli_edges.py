@@ -986,3 +986,102 @@ def test_a_text_option_given_empty_is_refused_naming_it(
     assert result.exit_code == 2, result.output
     assert result.output.endswith(f"Error: {option} is empty: give it a value, or leave it out\n")
     assert list(tmp_path.iterdir()) == []  # nothing was opened or made
+
+
+def _holding(env: dict[str, str], role: str) -> subprocess.Popen[str]:
+    """A process holding its folder as a running worker (or projector) does, once it said so."""
+    code = (
+        "import sys; from streams.app import hold_table_dir; from streams.settings import "
+        f"Settings; held = hold_table_dir(Settings(), {role!r}); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_worker_on_a_running_workers_folder_is_refused_before_it_joins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A worker started beside a running one without a TALKSTREAM_WORKER_NAME of its own (the
+    README's scale out, on one host) took the first one's member id in every consumer group,
+    fencing it out again and again for half a minute while it waited for the table store the
+    first one held, then ended with RocksDB's traceback ("While lock file: .../LOCK: Resource
+    temporarily unavailable"). It is refused at once now, naming the folder, the pid holding it
+    and the setting, before it asks Kafka anything; a worker killed outright (SIGKILL) leaves
+    its folder to the next run of its name."""
+    env = {
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_WORKER_NAME": "w2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    first = _holding(env, "worker")  # the running worker
+    try:
+        result = CliRunner().invoke(main, ["worker"])
+        assert result.exit_code == 1, result.output
+        folder = tmp_path / "worker" / "talkstream" / "w2"
+        assert result.output == (
+            f"Error: another worker runs on {folder} (pid {first.pid}): give each worker on a "
+            "host its own TALKSTREAM_WORKER_NAME (this one's is 'w2': its table store's folder, "
+            "and its member id in the consumer groups)\n"
+        )
+        # a worker of another name goes on (to Kafka, out of reach here)
+        monkeypatch.setenv("TALKSTREAM_WORKER_NAME", "w3")
+        other = CliRunner().invoke(main, ["worker"])
+        assert other.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    # killed outright, the first leaves its folder to the next worker of its name, and a worker
+    # that ended before it ran (Kafka out of reach) holds it no more
+    monkeypatch.setenv("TALKSTREAM_WORKER_NAME", "w2")
+    for _ in range(2):
+        again = CliRunner().invoke(main, ["worker"])
+        assert again.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
+
+
+@pytest.mark.parametrize("command", [["projector"], ["worker"]])
+def test_a_projector_beside_a_running_projector_of_its_name_is_refused(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """`talkstream projector` beside a worker running its own projector (or a second one) with
+    the same TALKSTREAM_WORKER_NAME on one host took its member id in the projector's group
+    (`worker@host-projector`): the two fenced each other out every 3 s, each taking the same
+    partitions in turn. Refused at start now, as is a worker running its projector itself
+    (TALKSTREAM_PROJECTOR=worker) beside one; a worker whose projector is a child process of
+    its own leaves the refusal to that child."""
+    env = {
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        "TALKSTREAM_PROJECTOR": "worker",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    first = _holding(env, "projector")  # a worker's projector, or one on its own
+    try:
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        folder = tmp_path / "worker" / "talkstream" / "worker"
+        assert result.output == (
+            f"Error: another projector runs on {folder} (pid {first.pid}): give each projector "
+            "on a host its own TALKSTREAM_WORKER_NAME (this one's is 'worker': its member id in "
+            "the projector's consumer group, the worker's own projector's too "
+            "(TALKSTREAM_PROJECTOR process or worker))\n"
+        )
+        if command == ["worker"]:  # its projector in a child process: the child's to refuse
+            monkeypatch.setenv("TALKSTREAM_PROJECTOR", "process")
+            child = CliRunner().invoke(main, command)
+            assert child.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
+    finally:
+        first.kill()
+        first.wait(timeout=30)

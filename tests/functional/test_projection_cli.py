@@ -86,7 +86,7 @@ def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
         ("publishing", "1"),
         ("published", "1"),
     ]
-    assert "cut at max_tokens" not in out
+    assert "cut at its token cap" not in out
 
 
 def redriven_log() -> Log:
@@ -132,14 +132,16 @@ def test_audit_tells_an_earlier_failure_from_the_outcome(projected: str, tmp_pat
     assert (request["state"], request["error_class"]) == ("published", "SiteNotFound")
 
 
-def test_audit_and_stats_say_which_texts_were_cut_at_max_tokens(projected: str):
+def test_audit_and_stats_say_which_texts_were_cut_at_their_token_cap(projected: str):
     """A text cut at the completion's cap is published as it is, and its TextGenerated says
-    so (lifecycle schema 5): neither `audit` nor `stats` could tell the operator."""
+    so (lifecycle schema 5): neither `audit` nor `stats` could tell the operator. The cap is
+    named as the console names it, by no name: it went as `max_tokens` or as
+    `max_completion_tokens` (a reasoning model's), which the request does not record."""
     out = talkstream("audit", "--request-id", "pub-2", "--database-url", projected).output
     [line] = [line for line in out.splitlines() if "tokens (prompt+completion)" in line]
-    assert "tokens (prompt+completion) 12+30 (text cut at max_tokens)   generation" in line
+    assert "tokens (prompt+completion) 12+30 (text cut at its token cap)   generation" in line
     [step] = [line for line in out.splitlines() if "  generated  " in line]
-    assert step.endswith("text generated (text cut at max_tokens)")
+    assert step.endswith("text generated (text cut at its token cap)")
     said = json.loads(
         talkstream("audit", "--request-id", "pub-2", "--database-url", projected, "--json").output
     )
@@ -148,8 +150,12 @@ def test_audit_and_stats_say_which_texts_were_cut_at_max_tokens(projected: str):
     assert [r["truncated"] for r in json.loads(whole.output)["requests"]] == [False]
 
     table = talkstream("stats", "--database-url", projected).output
-    assert "texts cut at max_tokens, kept as cut (raise the campaign's max_tokens)" in table
-    cut = table.split("texts cut at max_tokens")[1].split("\n\n")[0].splitlines()[1:]
+    assert (
+        "texts cut at their token cap, kept as cut (raise the campaign's max_tokens,"
+        " or max_completion_tokens when it gives that)"
+    ) in table
+    assert "cut at max_tokens" not in out + table  # nor by one of its two names
+    cut = table.split("texts cut at their token cap")[1].split("\n\n")[0].splitlines()[1:]
     assert cut == ["  acme: 1"]  # globex's texts were not cut, and "*" is not a site
     sites = json.loads(talkstream("stats", "--database-url", projected, "--json").output)
     assert {s["site"]: s["truncated"] for s in sites["sites"]} == {"acme": 1, "globex": 0, "*": 1}
@@ -392,10 +398,18 @@ def test_replay_refuses_a_database_that_holds_a_projection(projected: str):
 
 def test_replay_verify_reads_topics_only():
     result = talkstream("replay", "--verify", "--database-url", "sqlite://")
-    assert result.exit_code == 2 and "--verify reads the topics only" in result.output
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --database-url (a rebuild's)" in result.output
     # --until is a rebuild's: never ignored by a verify, nor without a database to rebuild
     result = talkstream("replay", "--verify", "--until", "1h")
-    assert result.exit_code == 2 and "--verify reads the topics only: no" in result.output
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --until (a rebuild's)" in result.output
+    # --force too, named as the option given (it was told "no --database-url/--until")
+    result = talkstream("replay", "--verify", "--force")
+    assert result.exit_code == 2
+    assert "Error: --verify reads the topics only: no --force (a rebuild's)" in result.output
+    result = talkstream("replay", "--verify", "--force", "--database-url", "sqlite://")
+    assert "no --database-url, --force (a rebuild's)" in result.output
     result = talkstream("replay", "--until", "1h")
     assert result.exit_code == 2 and "give --database-url: replay builds" in result.output
 

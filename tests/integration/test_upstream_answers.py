@@ -209,7 +209,7 @@ def test_a_refusal_and_a_filtered_text_end_after_one_call_and_a_cut_text_says_so
         "again": False,
     }
     [cut_id] = [rid for rid, name in published.items() if name == "cut"]
-    assert "(text cut at max_tokens)" in system.talkstream("audit", "--request-id", cut_id)
+    assert "(text cut at its token cap)" in system.talkstream("audit", "--request-id", cut_id)
     [landed] = [c for c in system.talkable("GET", "/_calls") if c["email"] == "cut@example.com"]
     assert landed["custom_properties"]["generated_text"] == "Generated for: a"  # 3 words
 

@@ -531,3 +531,51 @@ async def test_the_livelock_check_gives_a_partition_just_assigned_its_time_to_be
         consumer.verify_event_path(time.monotonic() + timeout + 1, tp)
     [said] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "has not sent fetch request" in said
+
+
+@pytest.mark.parametrize("waiting", [False, True])
+async def test_the_livelock_check_counts_commits_from_the_first_message_awaiting_one(
+    waiting: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """faust's livelock check measured a partition's time without a commit from its last
+    commit: a partition quiet for five minutes, committed up to its end, then fetched a burst
+    (a campaign's) was read as not committed for that long, an ERROR "Has not committed
+    TP(...) (last commit 6.11 minutes ago)" with faust's page of causes ending "report as
+    bug", seen on the second worker of a make dev at the first burst after a quiet spell. The
+    clock starts again at a message taken while nothing of its partition waited for a commit;
+    while earlier messages wait for theirs (``waiting``), it runs on, and commits that stopped
+    are still said."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    thread = consumer._thread
+    tp = TP("t-faust-app-requests", 0)
+    app.topics._acking_topics.add(tp.topic)
+    now = time.monotonic()
+    thread.time_started = now - 900  # the worker has run 15 minutes
+    thread.tp_last_committed_at[tp] = now - 370  # its last commit of the partition
+    consumer._taken[tp] = 97  # the last message it took of it then
+    consumer._committed_offset[tp] = 90 if waiting else 98  # 98: all of it committed
+    state = types.SimpleNamespace(timestamp=now * 1000, highwater=120, position=98)
+    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
+    aiokafka_consumer = types.SimpleNamespace(
+        _fetcher=types.SimpleNamespace(
+            _subscriptions=types.SimpleNamespace(
+                subscription=types.SimpleNamespace(assignment=assignment)
+            )
+        )
+    )
+    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+
+    async def getmany(self: Any, timeout: float) -> Any:
+        for offset in (98, 99):  # the burst, not committed yet
+            yield tp, Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "getmany", getmany)
+    assert len([message async for _, message in consumer.getmany(1.0)]) == 2
+    with caplog.at_level(logging.ERROR):
+        thread.verify_event_path(time.monotonic(), tp)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if waiting:  # 90 to 97 not committed for six minutes: a stall, said
+        assert len(said) == 1 and f"Has not committed {tp!r} (last commit 6." in said[0]
+    else:
+        assert said == []
