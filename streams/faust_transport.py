@@ -25,7 +25,13 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, FutureMessage
 from mode.utils.locks import Event
 
-from streams.kafka_options import GivenUp, IdempotentProducer, lingering_no_more, stop_consumer
+from streams.kafka_options import (
+    GivenUp,
+    IdempotentProducer,
+    lingering_no_more,
+    sending_now,
+    stop_consumer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -347,13 +353,14 @@ class Topic(faust.Topic):
         worker holds the partition: the table holds the write, and its changelog did not, so
         a worker recovering the partition (a rebalance, a restart) had the key's earlier
         value: the ledger's person state before the batches since, its offset mark before
-        them (whose requests were then decided again), or the other way round (the mark
-        taken after the state the producer gave up on: the person's usage undercounted, a
-        limit exceeded). The value now, not the one given up on: a later write of the key,
-        taken meanwhile, stays the last. Not for a refusal no retry fixes (non-retriable: the
-        record too large), for a partition this worker no longer holds (its table is no
-        longer the key's truth), nor for a key no longer there (a person forgotten: a
-        worker that recovers it forgets it again)."""
+        them (whose requests were then decided again). (The ledger marks a batch only once
+        Kafka took its writes, :class:`Table`, and decides one it gave up on again: before, a
+        mark taken after the state the producer gave up on left the person's usage
+        undercounted, a limit exceeded.) The value now, not the one given up on: a later write
+        of the key, taken meanwhile, stays the last. Not for a refusal no retry fixes
+        (non-retriable: the record too large), for a partition this worker no longer holds
+        (its table is no longer the key's truth), nor for a key no longer there (a person
+        forgotten: a worker that recovers it forgets it again)."""
         if not getattr(failed, "retriable", False):
             return False
         name, partition = message.message.channel.get_topic_name(), message.message.partition
@@ -381,6 +388,41 @@ class Topic(faust.Topic):
         """The app's producer (ours, on aiokafka's) if started and not in a transaction."""
         producer = self.app.producer
         return producer if producer.started and not self.app.in_transaction else None
+
+
+class Table(faust.Table):  # type: ignore[type-arg]
+    """The app's ``Table`` class (see ``streams.app``): faust's, whose changelog writes are
+    kept until taken (:meth:`written`), so the ledger can wait for Kafka to acknowledge the
+    ones a batch made before it marks the batch's offsets (``streams.agents.ledger``). faust
+    drops the future of each (a table is written as a dict: ``on_key_set`` sends the record
+    and returns nothing). A write given up on and written again (:meth:`Topic._written_again`)
+    is kept too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._written: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        written = super().send_changelog(*args, **kwargs)
+        self._written.append(written)
+        return written
+
+    def written(self) -> list[asyncio.Future[Any]]:
+        """The changelog writes since the last call, each resolved once Kafka took it (or gave
+        up on it); only the ledger writes the table, and takes them at each batch."""
+        written, self._written = self._written, []
+        return written
+
+
+async def changelog_now(producer: Any) -> None:
+    """Send the table's changelog writes at once, not held for the producer's linger, and
+    wait until the producer has no record unacknowledged: faust hands a table's writes to
+    its buffer, whose task gives them to aiokafka's producer on its next turns (flushed
+    here first), and then :func:`~streams.kafka_options.sending_now` sends them."""
+    await producer.buffer.flush()
+    sent = sending_now(producer)
+    if sent is not None:
+        await sent
 
 
 class Stream(faust.Stream):  # type: ignore[type-arg]
