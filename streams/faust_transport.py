@@ -29,8 +29,8 @@ from streams.kafka_options import (
     GivenUp,
     IdempotentProducer,
     lingering_no_more,
-    sending_now,
     stop_consumer,
+    without_linger,
 )
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,19 @@ class Topic(faust.Topic):
             return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
         return await super().send(key=key, value=value, **options)
 
+    async def publish_message(self, fut: FutureMessage, wait: bool = False) -> Any:
+        """faust's send of a record its own way; a table's changelog record is not held back
+        for the producer's linger (:func:`~streams.kafka_options.without_linger`). The ledger
+        waits for its batch's changelog writes before it marks the batch
+        (``streams.agents.ledger``), and faust's buffer hands them to aiokafka in a task of its
+        own, the first of a topic once the producer has its metadata: one handed over after
+        the ledger had the producer send what it held waited out the linger (up to a minute),
+        and so did the ledger's next batch."""
+        delivery = await super().publish_message(fut, wait=wait)
+        if self.get_topic_name().endswith("-changelog"):
+            without_linger(self.app.producer, self.get_topic_name(), fut.message.partition)
+        return delivery
+
     def _on_published(
         self, fut: asyncio.Future[Any], message: FutureMessage, producer: Any, state: Any
     ) -> None:
@@ -412,17 +425,6 @@ class Table(faust.Table):  # type: ignore[type-arg]
         up on it); only the ledger writes the table, and takes them at each batch."""
         written, self._written = self._written, []
         return written
-
-
-async def changelog_now(producer: Any) -> None:
-    """Send the table's changelog writes at once, not held for the producer's linger, and
-    wait until the producer has no record unacknowledged: faust hands a table's writes to
-    its buffer, whose task gives them to aiokafka's producer on its next turns (flushed
-    here first), and then :func:`~streams.kafka_options.sending_now` sends them."""
-    await producer.buffer.flush()
-    sent = sending_now(producer)
-    if sent is not None:
-        await sent
 
 
 class Stream(faust.Stream):  # type: ignore[type-arg]

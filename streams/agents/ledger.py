@@ -45,7 +45,6 @@ from streams.agents.outputs import (
 )
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
-from streams.faust_transport import changelog_now
 from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now, withdraw
 from streams.observability import WorkerMetrics
@@ -106,7 +105,6 @@ def register(
         taken=lambda: app.consumer.taken(topics.requests.get_topic_name()),
         partitions=app.conf.topic_partitions,
         written=table.written,
-        changelog_now=lambda: changelog_now(app.producer),
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -132,7 +130,6 @@ class Ledger:
         taken: Taken = dict,
         partitions: int | None = None,
         written: Written = list,
-        changelog_now: SendNow = lambda: None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -162,7 +159,6 @@ class Ledger:
         self._acknowledge = acknowledge
         self._taken = taken
         self._written = written
-        self._changelog_now = changelog_now
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
         # the outputs Kafka acknowledged of records whose batch was not stored, by record, until
         # a batch that decided them again is (kept across a rebalance: whoever decides them
@@ -255,17 +251,15 @@ class Ledger:
         """Wait until Kafka acknowledged every changelog write of the table since the batch
         before: this batch's states and forgotten people, the offset mark the batch before
         wrote once its own were taken, a write given up on and written again meanwhile
-        (``streams.faust_transport.Topic._written_again``). Sent at once, in one wait for the
-        batch (``changelog_now``). Returns the failure of one Kafka gave up on (no leader for
-        the producer's request timeout, a stopping worker that gave up on Kafka), else None."""
+        (``streams.faust_transport.Topic._written_again``), in one wait for the batch (they
+        go without the producer's linger: ``Topic.publish_message``). Returns the failure of
+        one Kafka gave up on (no leader for the producer's request timeout, a stopping worker
+        that gave up on Kafka), else None."""
         written = self._written()
         if not written:
             return None
-        sent = self._changelog_now()
-        results = await asyncio.gather(
-            *written, *([sent] if sent is not None else []), return_exceptions=True
-        )
-        return next((r for r in results[: len(written)] if isinstance(r, BaseException)), None)
+        results = await asyncio.gather(*written, return_exceptions=True)
+        return next((r for r in results if isinstance(r, BaseException)), None)
 
     def _forget(self, latest: dict[int, Any]) -> None:
         """Delete the people of these partitions whose state the rules forgot a margin ago

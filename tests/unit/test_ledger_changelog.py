@@ -23,8 +23,8 @@ MARK = OFFSET_MARK + b"3"  # the ledger's offset mark of partition 3
 class Changelog:
     """The ledger table's changelog partition: each write is held until Kafka takes it
     (``take``) or gives up on it (``give_up``: no leader for the producer's request timeout).
-    ``taken``: what Kafka wrote, in order; ``waits``: how often the ledger waited for it
-    (its ``changelog_now``), and ``at_wait`` what it does each time (None: nothing)."""
+    ``taken``: what Kafka wrote, in order; ``waits``: how often the ledger took the writes
+    to wait for them (``written``), and ``at_wait`` what Kafka does then (None: nothing)."""
 
     def __init__(self, at_wait: Callable[[], None] | None = None) -> None:
         self.held: list[tuple[bytes, bytes | None, asyncio.Future[None]]] = []
@@ -40,12 +40,10 @@ class Changelog:
 
     def written(self) -> list[asyncio.Future[None]]:
         since, self.since = self.since, []
-        return since
-
-    def now(self) -> None:
         self.waits += 1
         if self.at_wait is not None:
             self.at_wait()
+        return since
 
     def take(self) -> None:
         for key, value, delivery in self.held:
@@ -78,7 +76,6 @@ class Table(dict[bytes, bytes]):
 def ledger_on(changelog: Changelog) -> Quiet:
     quiet = Quiet(table=Table(changelog))
     quiet.ledger._written = changelog.written
-    quiet.ledger._changelog_now = changelog.now
     return quiet
 
 
