@@ -26,7 +26,7 @@ from streams.agents.work import Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.errors import ConfigError
-from streams.faust_transport import KAFKA_STOP_SECONDS, App, Stream, Topic
+from streams.faust_transport import KAFKA_STOP_SECONDS, App, Stream, Table, Topic
 from streams.kafka_options import faust_credentials, group_options
 from streams.observability import WorkerMetrics, serve_or_log
 from streams.projection.store import ProjectionStore
@@ -152,6 +152,7 @@ def _faust_app(settings: Settings) -> faust.App:
         autodiscover=False,
         Topic=Topic,  # no turn of the event loop per record sent
         Stream=Stream,  # no wake-ups of an idle ledger
+        Table=Table,  # its changelog writes, which the ledger waits for before it marks a batch
     )
     # a stop lets the upstream calls running end (the executors' drain), then gives Kafka
     # KAFKA_STOP_SECONDS to take what the worker holds

@@ -25,7 +25,13 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, FutureMessage
 from mode.utils.locks import Event
 
-from streams.kafka_options import GivenUp, IdempotentProducer, lingering_no_more, stop_consumer
+from streams.kafka_options import (
+    GivenUp,
+    IdempotentProducer,
+    lingering_no_more,
+    stop_consumer,
+    without_linger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +324,19 @@ class Topic(faust.Topic):
             return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
         return await super().send(key=key, value=value, **options)
 
+    async def publish_message(self, fut: FutureMessage, wait: bool = False) -> Any:
+        """faust's send of a record its own way; a table's changelog record is not held back
+        for the producer's linger (:func:`~streams.kafka_options.without_linger`). The ledger
+        waits for its batch's changelog writes before it marks the batch
+        (``streams.agents.ledger``), and faust's buffer hands them to aiokafka in a task of its
+        own, the first of a topic once the producer has its metadata: one handed over after
+        the ledger had the producer send what it held waited out the linger (up to a minute),
+        and so did the ledger's next batch."""
+        delivery = await super().publish_message(fut, wait=wait)
+        if self.get_topic_name().endswith("-changelog"):
+            without_linger(self.app.producer, self.get_topic_name(), fut.message.partition)
+        return delivery
+
     def _on_published(
         self, fut: asyncio.Future[Any], message: FutureMessage, producer: Any, state: Any
     ) -> None:
@@ -362,13 +381,14 @@ class Topic(faust.Topic):
         worker holds the partition: the table holds the write, and its changelog did not, so
         a worker recovering the partition (a rebalance, a restart) had the key's earlier
         value: the ledger's person state before the batches since, its offset mark before
-        them (whose requests were then decided again), or the other way round (the mark
-        taken after the state the producer gave up on: the person's usage undercounted, a
-        limit exceeded). The value now, not the one given up on: a later write of the key,
-        taken meanwhile, stays the last. Not for a refusal no retry fixes (non-retriable: the
-        record too large), for a partition this worker no longer holds (its table is no
-        longer the key's truth), nor for a key no longer there (a person forgotten: a
-        worker that recovers it forgets it again)."""
+        them (whose requests were then decided again). (The ledger marks a batch only once
+        Kafka took its writes, :class:`Table`, and decides one it gave up on again: before, a
+        mark taken after the state the producer gave up on left the person's usage
+        undercounted, a limit exceeded.) The value now, not the one given up on: a later write
+        of the key, taken meanwhile, stays the last. Not for a refusal no retry fixes
+        (non-retriable: the record too large), for a partition this worker no longer holds
+        (its table is no longer the key's truth), nor for a key no longer there (a person
+        forgotten: a worker that recovers it forgets it again)."""
         if not getattr(failed, "retriable", False):
             return False
         name, partition = message.message.channel.get_topic_name(), message.message.partition
@@ -396,6 +416,30 @@ class Topic(faust.Topic):
         """The app's producer (ours, on aiokafka's) if started and not in a transaction."""
         producer = self.app.producer
         return producer if producer.started and not self.app.in_transaction else None
+
+
+class Table(faust.Table):  # type: ignore[type-arg]
+    """The app's ``Table`` class (see ``streams.app``): faust's, whose changelog writes are
+    kept until taken (:meth:`written`), so the ledger can wait for Kafka to acknowledge the
+    ones a batch made before it marks the batch's offsets (``streams.agents.ledger``). faust
+    drops the future of each (a table is written as a dict: ``on_key_set`` sends the record
+    and returns nothing). A write given up on and written again (:meth:`Topic._written_again`)
+    is kept too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._written: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        written = super().send_changelog(*args, **kwargs)
+        self._written.append(written)
+        return written
+
+    def written(self) -> list[asyncio.Future[Any]]:
+        """The changelog writes since the last call, each resolved once Kafka took it (or gave
+        up on it); only the ledger writes the table, and takes them at each batch."""
+        written, self._written = self._written, []
+        return written
 
 
 class Stream(faust.Stream):  # type: ignore[type-arg]

@@ -540,6 +540,23 @@ def lingering_no_more(producer: Any) -> None:
         _send_open_batches(accumulator)
 
 
+def without_linger(producer: Any, topic: str, partition: int | None) -> None:
+    """What ``producer`` (faust's, on aiokafka) holds of ``topic``'s ``partition`` goes with its
+    next request, not held back for the linger (its sender, asleep for the linger, is woken):
+    :func:`sending_now` for one partition, without waiting, for a record handed over in a
+    task of its own (faust's buffer) after its sender last looked."""
+    accumulator = _accumulator(producer)
+    if accumulator is None or partition is None:
+        return
+    held = accumulator._batches.get(TopicPartition(topic, partition))
+    if not held:
+        return
+    for batch in held:
+        batch._linger_time = 0
+    if not accumulator._waiter_future.done():
+        accumulator._waiter_future.set_result(None)
+
+
 def _accumulator(producer: Any) -> Any:
     return getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
 

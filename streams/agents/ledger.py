@@ -12,11 +12,12 @@ partition; the ledger acts on it in stream context, where the table may be writt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -68,6 +69,9 @@ WITHIN_SECONDS = 0.005
 Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
 # partition -> the last offset faust took of it from Kafka (``Consumer.taken``)
 Taken = Callable[[], dict[int, int]]
+# the table's changelog writes since the last call, each done once Kafka took it or gave up on
+# it (``streams.faust_transport.Table.written``)
+Written = Callable[[], Sequence[Awaitable[Any]]]
 
 
 def register(
@@ -100,6 +104,7 @@ def register(
         ),
         taken=lambda: app.consumer.taken(topics.requests.get_topic_name()),
         partitions=app.conf.topic_partitions,
+        written=table.written,
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -124,6 +129,7 @@ class Ledger:
         acknowledge: Acknowledge | None = None,
         taken: Taken = dict,
         partitions: int | None = None,
+        written: Written = list,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -152,6 +158,7 @@ class Ledger:
         self._withdraw = withdraw
         self._acknowledge = acknowledge
         self._taken = taken
+        self._written = written
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
         # the outputs Kafka acknowledged of records whose batch was not stored, by record, until
         # a batch that decided them again is (kept across a rebalance: whoever decides them
@@ -162,10 +169,20 @@ class Ledger:
         """The agent: batches of its partitions' messages in order, skipped ones repaired
         first. A batch's outputs are sent at once (not held for the producer's linger) and
         acknowledged by Kafka before its states are stored, so a stored state never claims an
-        output that a crash could still lose. What was read back is then acknowledged to faust,
-        which never delivered it and would not commit past it otherwise. A batch not stored
-        (``_undecided``) is decided again without the outputs Kafka took of it: an executor
-        runs each command once (a call billed once), a letter or a transition is written once."""
+        output that a crash could still lose. Its states (and the people it forgets) are then
+        written to the changelog, sent at once too, and its offsets are marked only once Kafka
+        acknowledged those writes (one wait a batch: :meth:`_changelog_taken`): the table's
+        offset mark, from which a worker recovering the partition decides again, and faust's
+        acknowledgement of the batch, which it commits when the next batch is asked for. So
+        neither passes a state change the changelog lacks (before, a worker that lost the
+        partition, or stopped, before Kafka took it left the next owner the person's earlier
+        state, and a mark or a commit after the batch). What was read back is then
+        acknowledged to faust, which never delivered it and would not commit past it
+        otherwise. A batch not stored, or not marked (``_undecided``), is decided again
+        without the outputs Kafka took of it: an executor runs each command once (a call
+        billed once), a letter or a transition is written once. faust acknowledges it all the
+        same (held, faust's wait for its streams at a rebalance would wait for it): the
+        table's mark, not written, is where the partition's next owner decides from."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = self._deciding = Batch(self._withdraw)
             marks: dict[bytes, tuple[bytes, Any]] = {}
@@ -197,14 +214,6 @@ class Ledger:
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
                 self._undecided(firsts, exc, batch, "Kafka did not take every output of a batch")
                 continue
-            if batch.again:
-                log.info(
-                    "ledger: a batch decided again is stored; %s outputs Kafka had taken before "
-                    "were not sent again",
-                    batch.not_again,
-                )
-                for source in batch.again:
-                    self._sent.pop(source, None)
             latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
@@ -215,6 +224,21 @@ class Ledger:
             for event in events:
                 latest[event.message.partition] = event
             self._forget(latest)
+            failed = await self._changelog_taken()
+            if failed is not None:  # Kafka gave up on a write of the table: decided again
+                batch.taken()
+                self._undecided(
+                    firsts, failed, batch, "Kafka did not take every changelog write of a batch"
+                )
+                continue
+            if batch.again:
+                log.info(
+                    "ledger: a batch decided again is stored; %s outputs Kafka had taken before "
+                    "were not sent again",
+                    batch.not_again,
+                )
+                for source in batch.again:
+                    self._sent.pop(source, None)
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
@@ -222,6 +246,20 @@ class Ledger:
                 for topic, partition, first, last in read_back:
                     await self._acknowledge(topic, partition, first, last)
             self._deciding = Batch()
+
+    async def _changelog_taken(self) -> BaseException | None:
+        """Wait until Kafka acknowledged every changelog write of the table since the batch
+        before: this batch's states and forgotten people, the offset mark the batch before
+        wrote once its own were taken, a write given up on and written again meanwhile
+        (``streams.faust_transport.Topic._written_again``), in one wait for the batch (they
+        go without the producer's linger: ``Topic.publish_message``). Returns the failure of
+        one Kafka gave up on (no leader for the producer's request timeout, a stopping worker
+        that gave up on Kafka), else None."""
+        written = self._written()
+        if not written:
+            return None
+        results = await asyncio.gather(*written, return_exceptions=True)
+        return next((r for r in results if isinstance(r, BaseException)), None)
 
     def _forget(self, latest: dict[int, Any]) -> None:
         """Delete the people of these partitions whose state the rules forgot a margin ago
@@ -243,11 +281,13 @@ class Ledger:
                 self._states.drop(person)
 
     def _undecided(
-        self, firsts: dict[tuple[str, int], int], exc: Exception, batch: Batch, what: str
+        self, firsts: dict[tuple[str, int], int], exc: BaseException, batch: Batch, what: str
     ) -> None:
         """A batch whose outputs Kafka did not all take, or that could not be decided in full
         (a gap before one of its messages could not be read back: Kafka out of reach), is not
-        stored: each of its partitions expects the batch's first offset again (its next
+        stored; nor marked, one whose changelog writes Kafka did not all take (its states are
+        in the table: deciding it again sends nothing of what it did, and writes them again):
+        each of its partitions expects the batch's first offset again (its next
         message, or the gap timer's probe, reads the batch back and decides it again; one that
         it did not reach expects what it did), and the deadlines tracked from its states are
         forgotten (the table, scanned again, is what is in flight). The agent crashed here

@@ -170,6 +170,14 @@ class Batch:
             if request_id is not None:
                 self._by_request.setdefault(request_id, []).append(delivery)
 
+    def taken(self) -> None:
+        """Every output was taken (:meth:`delivered` returned), and the batch is decided again
+        all the same (Kafka did not take its changelog writes): ``acknowledged`` holds them all,
+        as if Kafka had given up on one (filled then only: the common case fills nothing)."""
+        if not self.acknowledged:
+            for source, identity, _, _ in self.deliveries:
+                self.acknowledged.setdefault(source, set()).add(identity)
+
     async def delivered(self, send_now: SendNow, failed: Exception | None = None) -> None:
         """The batch's outputs are acknowledged; ``send_now`` sends them without lingering.
         An output Kafka refused for good (:data:`REFUSED`) is replaced by what its ``instead``

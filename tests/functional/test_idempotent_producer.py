@@ -18,7 +18,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import LeaderNotAvailableError
 
 from streams.faust_transport import Producer
-from streams.kafka_options import GivenUp, IdempotentProducer, Withdrawn, withdraw
+from streams.kafka_options import GivenUp, IdempotentProducer, Withdrawn, withdraw, without_linger
 
 
 async def test_a_failed_delivery_drops_the_producer_id_and_the_numbering() -> None:
@@ -76,6 +76,27 @@ async def test_withdraw_takes_back_only_what_the_producer_holds_unsent() -> None
     assert (txn.producer_id, txn.sequence_number(tp)) == (7, 1)
     assert withdraw(faust_producer, [in_flight, held]) == 0
     assert withdraw(SimpleNamespace(), [elsewhere]) == 0  # not aiokafka's: nothing to take
+
+
+async def test_without_linger_sends_one_partitions_records_with_the_next_request() -> None:
+    """A table's changelog record goes without the producer's linger (the ledger waits for
+    it before it marks its batch): its partition's batch is ready for the sender at once,
+    and the sender, asleep for the linger, is woken; other partitions linger on."""
+    producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1", linger_ms=60_000)
+    accumulator = producer._message_accumulator
+    changelog, other = TopicPartition("t-ledger-changelog", 3), TopicPartition("t-lifecycle", 3)
+    await accumulator.add_message(changelog, b"k", b"state", timeout=1)
+    await accumulator.add_message(other, b"k", b"transition", timeout=1)
+    accumulator._waiter_future = asyncio.get_running_loop().create_future()  # asleep
+    batches = {tp: accumulator._batches[tp][0] for tp in (changelog, other)}
+    assert batches[changelog].remaining_linger() is not None  # lingering
+
+    without_linger(SimpleNamespace(_producer=producer), changelog.topic, changelog.partition)
+    assert batches[changelog].remaining_linger() is None  # ready: the next request takes it
+    assert batches[other].remaining_linger() is not None
+    assert accumulator._waiter_future.done()
+    without_linger(SimpleNamespace(), changelog.topic, 3)  # not aiokafka's: nothing to do
+    without_linger(SimpleNamespace(_producer=producer), changelog.topic, None)
 
 
 async def held_and_given_up() -> tuple[Counter[str], list[BaseException | None]]:

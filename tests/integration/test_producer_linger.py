@@ -1,5 +1,6 @@
 """The worker's producer lingers to batch records, and the ledger does not wait it out: a batch
-it decided is sent at once (``streams.kafka_options.sending_now``), on the real broker."""
+it decided, and its table's changelog writes, are sent at once
+(``streams.kafka_options.sending_now``), on the real broker."""
 
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ def test_the_ledger_sends_its_commands_without_waiting_out_the_linger(make_syste
     assert status == 202, body
     # this deployment's only request: its call is the stand-in's first
     wait_until(lambda: system.openai("GET", "/_calls") or None, 45, what="the generator's call")
+    # the ledger marks a batch once Kafka took its changelog writes, which go without the
+    # linger too (``streams.faust_transport.Topic.publish_message``): held for it, the
+    # ledger's next batch waited that long
+    status, body = system.post(seed_params("linger-next@example.com"))
+    assert status == 202, body
+    wait_until(
+        lambda: len(system.openai("GET", "/_calls")) >= 2 or None,
+        45,
+        what="the next webhook's call",
+    )
 
 
 def test_a_stopping_worker_sends_at_once_what_it_held_back(

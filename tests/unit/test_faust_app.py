@@ -23,7 +23,7 @@ from aiokafka.errors import (
 from faust.types import TP, Message
 
 from streams.app import RAW
-from streams.faust_transport import NOT_TAKEN, App, Stream, Topic
+from streams.faust_transport import NOT_TAKEN, App, Stream, Table, Topic
 from streams.kafka_options import GivenUp
 from streams.logs import REPEATED
 
@@ -83,8 +83,10 @@ class Counting:
         return lambda *args, **kwargs: None
 
 
-def app_with(producer: Started, sensor: Counting) -> faust.App:
-    app = App("t-faust-app", broker="kafka://127.0.0.1:1", autodiscover=False, Topic=Topic)
+def app_with(producer: Started, sensor: Counting, **options: Any) -> faust.App:
+    app = App(
+        "t-faust-app", broker="kafka://127.0.0.1:1", autodiscover=False, Topic=Topic, **options
+    )
     app.producer = producer  # type: ignore[assignment]
     app.sensors.add(sensor)  # type: ignore[arg-type]
     return app
@@ -253,6 +255,30 @@ async def test_a_changelog_record_kafka_did_not_take_is_written_again_with_the_v
     else:
         assert again == []
         assert "its changelog does not" in said
+
+
+async def test_the_tables_changelog_writes_are_kept_for_the_ledger_one_written_again_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger waits for the changelog writes of a batch before it marks the batch's
+    offsets (``streams.agents.ledger``): the app's table keeps the future of each (faust's
+    drops it), a write given up on and written again with the key's value now too."""
+    aiokafka = TakingAfter(NotLeaderForPartitionError())
+    producer = Buffered(aiokafka)
+    app = app_with(producer, Counting(), Table=Table)
+    table = app.Table("ledger", default=None, partitions=4, key_type=bytes, value_type=bytes)
+    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: {TP(CHANGELOG, 1)})
+    table.data[b"acme:ann"] = b'{"state":"now"}'
+
+    first = table.send_changelog(1, b"acme:ann", b'{"state":"given up on"}')
+    assert table.written() == [first]
+    assert table.written() == []  # each once
+    await producer.published()
+
+    assert isinstance(first.exception(), NotLeaderForPartitionError)
+    [again] = table.written()
+    assert again.result() == f"{CHANGELOG}@1"  # taken
+    assert [value for _, value, _ in aiokafka.taken] == [b'{"state":"now"}']
 
 
 def test_fausts_monitor_is_not_among_the_sensors() -> None:
