@@ -272,14 +272,25 @@ def _verify(
             )
         ),
     )
-    click.echo(
-        f"re-derived {summary.derived} lifecycle events from {summary.messages} messages on "
-        f"{requests}; {summary.recorded} recorded on {lifecycle}; {summary.matched} match"
+    click.echo(verified_counts(summary))
+    if not report_verified(summary, show, differences_file):
+        sys.exit(1)
+
+
+def verified_counts(summary: VerifySummary) -> str:
+    """``--verify``'s first line: what it re-derived from how many messages, and apart from
+    those, how many it skipped (they did not decode, or the rules failed on them: the ledger
+    dead-letters them and derives nothing), which were counted among the messages derived
+    from."""
+    skipped = len(summary.skipped)
+    return (
+        f"re-derived {summary.derived} lifecycle events from {summary.messages - skipped} "
+        f"messages on {summary.requests_topic}"
+        + (f" ({skipped} more skipped, listed below)" if skipped else "")
+        + f"; {summary.recorded} recorded on {summary.lifecycle_topic}; {summary.matched} match"
         + (f", {summary.repeated} repeated (at-least-once re-emission)" if summary.repeated else "")
         + f" ({summary.seconds:.1f}s)"
     )
-    if not report_verified(summary, show, differences_file):
-        sys.exit(1)
 
 
 def report_verified(summary: VerifySummary, show: int, differences_file: Path | None) -> bool:
