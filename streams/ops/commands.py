@@ -18,6 +18,7 @@ import click
 
 from streams.ops.options import (
     TIME,
+    Count,
     existing_projection,
     in_order,
     opening,
@@ -68,7 +69,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--show",
-    type=click.IntRange(min=0),
+    type=Count(0, "a whole number, 0 or more (how many to print; 0: every one)"),
     default=SHOWN,
     show_default=True,
     help="print the first N differences (--verify) and records that did not decode, then how "
@@ -82,7 +83,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=Count(1, "a whole number, 1 or more (how many processes share the work)"),
     default=None,
     help="processes sharing the work, a share of the partitions each (default: one per "
     "core); 1 = all in this process. --verify: re-deriving [requests]; a rebuild: of "
