@@ -161,3 +161,37 @@ def test_a_record_dead_lettered_is_passed_by_the_mark_and_not_lettered_again_by_
     assert re_read == [
         "ledger re-reads topic=t-requests partition=3 offsets=52..53, since its last mark"
     ]
+
+
+def test_a_record_whose_decision_failed_is_passed_by_the_mark_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record the ledger failed on (a bug: ``ledger error``) is dead-lettered and leaves no
+    state either: its batch writes the mark past it, and the next owner does not letter it
+    again (deciding it again would fail again)."""
+    import streams.agents.ledger as ledger_module
+
+    decide = ledger_module.handle
+
+    def failing(state, message, policy, now_ms):  # type: ignore[no-untyped-def]
+        if message.request_id == "req-51":
+            raise RuntimeError("a bug")
+        return decide(state, message, policy, now_ms)
+
+    monkeypatch.setattr(ledger_module, "handle", failing)
+    table: dict[bytes, bytes] = {}
+    first = Quiet(table)
+
+    async def scenario() -> Quiet:
+        await first.deliver(50, 51)
+        await first.deliver(52, 53)
+        second = Quiet(table)
+        await second.deliver(54)
+        return second
+
+    second = asyncio.run(scenario())
+    [letter] = [decode(DeadLetter, raw) for raw in first.deadletter.values]
+    assert (letter.offset, letter.request_id) == (51, "req-51")
+    assert letter.reason.startswith("ledger error: RuntimeError")
+    assert second.deadletter.values == []
+    assert int(table[OFFSET_MARK + b"3"]) == 55  # the second owner's first message, marked
