@@ -10,7 +10,8 @@ Where the expectation comes from on first sight of a partition (after a start or
 is the agent's own *offset mark*: the ledger keeps one in its table (it moves with the
 partition). It writes its mark only every ``mark_every`` offsets (:meth:`GapRepair.processed`
 says when): a new owner that starts up to that many behind only re-reads messages whose
-effects are idempotent. (The projector reads with a consumer of its own and seeks to the
+effects are idempotent (the ledger also writes it past a record it dead-lettered itself: a
+letter is not). (The projector reads with a consumer of its own and seeks to the
 marks its SQL rows hold: it needs no repair.)
 """
 

@@ -193,16 +193,17 @@ class Ledger:
                     msg = event.message
                     batch.event = event
                     skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
+                    lettered = False  # a record of its own dead-lettered: the mark passes it
                     for record in skipped:
-                        await self.process(batch, record)
+                        lettered |= await self.process(batch, record)
                     firsts.setdefault(
                         (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
                     )
                     if skipped:
                         first, last = skipped[0].offset, skipped[-1].offset
                         read_back.append((msg.topic, msg.partition, first, last))
-                    await self.process(batch, _Record(msg, event.key, event.value))
-                    if self._gaps.processed(msg.topic, msg.partition, msg.offset):
+                    lettered |= await self.process(batch, _Record(msg, event.key, event.value))
+                    if self._gaps.processed(msg.topic, msg.partition, msg.offset) or lettered:
                         mark = OFFSET_MARK + str(msg.partition).encode()
                         marks[mark] = (str(msg.offset + 1).encode(), event)
             except Exception as exc:  # a gap not read back: Kafka cannot be reached
@@ -324,10 +325,13 @@ class Ledger:
         self._scan.soon()  # before the next look for what is overdue
         self._deciding = Batch()
 
-    async def process(self, batch: Batch, record: Record) -> None:
+    async def process(self, batch: Batch, record: Record) -> bool:
         """decode → the person's state (as this batch left it) → decide and evolve → emit
         (what Kafka took of the outputs of deciding this record before, if its batch was not
-        stored, is left out)."""
+        stored, is left out). True when the record itself is dead-lettered (it does not
+        decode, or deciding it failed): no state records that, so the batch writes the
+        partition's offset mark past it (a new owner, or this worker restarted, re-reads from
+        the mark, and wrote a second letter of the same record)."""
         source = (record.topic, record.partition, record.offset)
         sent = self._sent.get(source, NONE_SENT) if self._sent else NONE_SENT
         if sent:
@@ -339,9 +343,9 @@ class Ledger:
             # acknowledged before the mark passes it, as any output
             if UNDECODABLE not in sent and ("instead", *UNDECODABLE) not in sent:
                 await self._letter(batch, source, UNDECODABLE, str(exc), record)
-            return
+            return True
         if isinstance(message, GapProbe):
-            return  # (a probe has done its work: its arrival repaired any gap before it)
+            return False  # (a probe has done its work: its arrival repaired any gap before it)
         try:
             person = message.person.encode()
             newest = batch.states.get(person)
@@ -351,6 +355,7 @@ class Ledger:
             batch.transitions += outcome.events
             batch.states[person] = (outcome.state, batch.event)
             self._due.track(message.person, outcome.state)
+            return False
         except KafkaError:  # the producer did not take an output (no room, no metadata for
             raise  # its request timeout): the batch is decided again, as when Kafka gives up
         except Exception as exc:  # a bug: refuse loudly, keep the partition flowing
@@ -361,11 +366,12 @@ class Ledger:
                 record.offset,
             )
             if LEDGER_ERROR in sent or ("instead", *LEDGER_ERROR) in sent:
-                return
+                return True
             reason = f"ledger error: {exc!r}"[:500]
             await self._letter(
                 batch, source, LEDGER_ERROR, reason, record, request_id=message.request_id
             )
+            return True
 
     async def _letter(
         self,

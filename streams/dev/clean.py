@@ -4,11 +4,13 @@ from it, and say what was removed.
 
 It removed ``./.data`` whatever the settings said: the configured directory stayed, and
 the default one went, whoever's it was. It removes nothing, exit 1, when a ``talkstream dev``
-holds the directory (naming its pid), when the directory is this checkout, one of its parents,
-the home directory or the root, or when it holds anything talkstream does not put there (named:
-another program's files, a database file of another name): what it would delete must be
-talkstream's. A SQL projection elsewhere (PostgreSQL, a SQLite file outside the directory), the
-dev secret key (``~/.config/talkstream``) and the broker's jars (``~/.cache/talkstream``) stay.
+holds the directory (naming its pid), or a worker or a projector started by hand holds its
+state folder in it (``worker.lock``, ``projector.lock``: naming each pid and folder), when
+the directory is this checkout, one of its parents, the home directory or the root, or when
+it holds anything talkstream does not put there (named: another program's files, a database
+file of another name): what it would delete must be talkstream's. A SQL projection elsewhere
+(PostgreSQL, a SQLite file outside the directory), the dev secret key
+(``~/.config/talkstream``) and the broker's jars (``~/.cache/talkstream``) stay.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from streams.dev.datadir import LOCK, dev_holder
+from streams.dev.datadir import LOCK, dev_holder, state_holders
 from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
 from streams.dev.kafka_cluster import KafkaCluster
 from streams.settings import Settings, describe_invalid
@@ -57,6 +59,16 @@ def check(data_dir: Path, *, here: Path, home: Path) -> None:
     holder = dev_holder(data_dir)
     if holder is not None:
         raise Refused(f"a talkstream dev runs on it (pid {holder}): stop it first (Ctrl-C)")
+    running = state_holders(data_dir)
+    if running:
+        named = [
+            f"{role} (pid {pid}, {folder.relative_to(data_dir)})" for pid, role, folder in running
+        ]
+        which = "a talkstream " + named[0] if len(named) == 1 else "talkstream " + ", ".join(named)
+        raise Refused(
+            f"{which} {'runs' if len(named) == 1 else 'run'} on it (its state folder's lock): "
+            f"stop {'it' if len(named) == 1 else 'them'} first"
+        )
     found = strangers(data_dir)
     if found:
         more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""

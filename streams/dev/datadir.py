@@ -75,9 +75,34 @@ def hold_data_dir(data_dir: Path) -> Iterator[IO[str]]:
 def dev_holder(data_dir: Path) -> str | None:
     """The pid a running ``talkstream dev`` wrote in ``data_dir``'s lock (``"unknown"`` if it
     wrote none yet); None when no run holds it."""
+    return lock_holder(data_dir / LOCK)
+
+
+# the locks a worker and a projector hold in their state folder while they run
+# (``streams.app.hold_table_dir``: ``<data dir>/worker/<app id>/<worker name>/<role>.lock``)
+ROLES = ("worker", "projector")
+
+
+def state_holders(data_dir: Path) -> list[tuple[str, str, Path]]:
+    """The workers and projectors running on ``data_dir``: (their pid, role, state folder),
+    each pid once (a worker whose projector is a task of its own holds both locks), by
+    folder. A folder whose lock no process holds (one that stopped left its pid) is none."""
+    found: dict[str, tuple[str, str, Path]] = {}
+    for folder in sorted(data_dir.glob("worker/*/*")):
+        for role in ROLES:
+            pid = lock_holder(folder / f"{role}.lock")
+            if pid is not None:
+                key = pid if pid != "unknown" else f"{folder}/{role}"
+                found.setdefault(key, (pid, role, folder))
+    return list(found.values())
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid written in the lock file at ``path`` by the process holding it (``"unknown"``
+    if it wrote none yet); None when no process holds it (or there is no such file)."""
     try:
-        lock = (data_dir / LOCK).open("r")
-    except FileNotFoundError:
+        lock = path.open("r")
+    except (FileNotFoundError, NotADirectoryError):
         return None
     with lock:
         try:

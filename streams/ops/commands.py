@@ -18,6 +18,7 @@ import click
 
 from streams.ops.options import (
     TIME,
+    Count,
     existing_projection,
     in_order,
     opening,
@@ -68,7 +69,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--show",
-    type=click.IntRange(min=0),
+    type=Count(0, "a whole number, 0 or more (how many to print; 0: every one)"),
     default=SHOWN,
     show_default=True,
     help="print the first N differences (--verify) and records that did not decode, then how "
@@ -82,7 +83,7 @@ def register(main: click.Group) -> None:
 )
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=Count(1, "a whole number, 1 or more (how many processes share the work)"),
     default=None,
     help="processes sharing the work, a share of the partitions each (default: one per "
     "core); 1 = all in this process. --verify: re-deriving [requests]; a rebuild: of "
@@ -272,14 +273,25 @@ def _verify(
             )
         ),
     )
-    click.echo(
-        f"re-derived {summary.derived} lifecycle events from {summary.messages} messages on "
-        f"{requests}; {summary.recorded} recorded on {lifecycle}; {summary.matched} match"
+    click.echo(verified_counts(summary))
+    if not report_verified(summary, show, differences_file):
+        sys.exit(1)
+
+
+def verified_counts(summary: VerifySummary) -> str:
+    """``--verify``'s first line: what it re-derived from how many messages, and apart from
+    those, how many it skipped (they did not decode, or the rules failed on them: the ledger
+    dead-letters them and derives nothing), which were counted among the messages derived
+    from."""
+    skipped = len(summary.skipped)
+    return (
+        f"re-derived {summary.derived} lifecycle events from {summary.messages - skipped} "
+        f"messages on {summary.requests_topic}"
+        + (f" ({skipped} more skipped, listed below)" if skipped else "")
+        + f"; {summary.recorded} recorded on {summary.lifecycle_topic}; {summary.matched} match"
         + (f", {summary.repeated} repeated (at-least-once re-emission)" if summary.repeated else "")
         + f" ({summary.seconds:.1f}s)"
     )
-    if not report_verified(summary, show, differences_file):
-        sys.exit(1)
 
 
 def report_verified(summary: VerifySummary, show: int, differences_file: Path | None) -> bool:

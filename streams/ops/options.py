@@ -32,6 +32,22 @@ def opening(url: str) -> str:
     return url
 
 
+class Count(click.IntRange):
+    """A whole number from ``least`` on, whose refusal says what the option takes: click's
+    said "'abc' is not a valid integer range." (or "-1 is not in the range x>=0.")."""
+
+    def __init__(self, least: int, takes: str) -> None:
+        super().__init__(min=least)
+        self.takes = takes
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            option = f"{param.opts[0]} " if param is not None and param.opts else ""
+            self.fail(f"{value!r}: {option}takes {self.takes}", param, ctx)
+
+
 class _Time(click.ParamType):
     """A point in time as the commands take it (ISO-8601, epoch seconds or ms, or an age such
     as 2h), in epoch ms; a value that is none of these names its option."""

@@ -102,6 +102,9 @@ class RedriveReport:
     # value): nothing to send back under any filters, so not "not selected"; passed over
     empty: int = 0
     superseded: int = 0  # letters of a request a later letter of this run redrives
+    # more letters of a record another letter of this run sends back (a message dead-lettered
+    # twice: a ledger that re-read it after a restart, before it moved its mark past it)
+    repeated: int = 0
     not_parked: list[str] = field(default_factory=list)  # selected; the projection says done
     # selected, of an earlier attempt than the request's latest letter (not selected): the
     # ledger runs only the attempt parked now
@@ -303,10 +306,14 @@ def _remembered(sends: list[_Send], now: int, report: RedriveReport) -> list[_Se
 
 def _keep_latest(sends: dict[str, _Send], send: _Send, report: RedriveReport) -> None:
     """A request's letters may lie in several partitions (a generation's and a publication's):
-    the one written last says why it is parked now."""
+    the one written last says why it is parked now. A message's letters (one dead-lettered
+    more than once) send it back once."""
     earlier = sends.get(send.what)
     if earlier is not None:
-        report.superseded += 1
+        if send.shown.request_id is None:  # a message sent back to its topic: one record's
+            report.repeated += 1
+        else:
+            report.superseded += 1
         if earlier.at_ms > send.at_ms:
             return
         del sends[send.what]  # and sent in the latest one's turn

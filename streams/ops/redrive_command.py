@@ -113,6 +113,7 @@ def redrive(
         f"{report.unreadable} unreadable"
         + (f", {len(report.not_parked)} not parked any more" if report.not_parked else "")
         + (f", {report.superseded} older of the same requests" if report.superseded else "")
+        + (f", {report.repeated} more letters of the same records" if report.repeated else "")
         + (
             f", {len(report.earlier_attempt)} of an earlier attempt"
             if report.earlier_attempt

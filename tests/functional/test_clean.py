@@ -159,6 +159,71 @@ with hold_data_dir(Path(sys.argv[1])):
 """
 
 
+def test_make_clean_leaves_a_directory_a_worker_started_by_hand_runs_on(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """A worker (and its projector) started by hand, not by ``make dev``, holds its state
+    folder (``worker.lock``, ``projector.lock``): ``make clean`` removed the directory from
+    under it, its table store and the projection it was writing."""
+    data_dir = state(tmp_path / "running")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TALKSTREAM_DATA_DIR": str(data_dir)}
+    env["TALKSTREAM_WORKER_NAME"] = "worker-1"
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDS_STATE, role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for role in ("worker", "projector")
+    ]
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        done = make_clean(checkout, data_dir)
+        assert done.returncode == 2
+        worker, projector = (holder.pid for holder in holders)
+        assert done.stderr.startswith(
+            f"make clean: not removing {data_dir} (TALKSTREAM_DATA_DIR): talkstream worker "
+            f"(pid {worker}, worker/talkstream/worker-1), projector (pid {projector}, "
+            "worker/talkstream/worker-1) run on it (its state folder's lock): stop them first\n"
+        ), done.stderr
+        assert holders[1].stdin is not None
+        holders[1].stdin.close()  # the projector stops: the worker still runs
+        assert holders[1].wait(timeout=10) == 0
+        done = make_clean(checkout, data_dir)
+        assert done.returncode == 2
+        assert done.stderr.startswith(
+            f"make clean: not removing {data_dir} (TALKSTREAM_DATA_DIR): a talkstream worker "
+            f"(pid {worker}, worker/talkstream/worker-1) runs on it (its state folder's lock): "
+            "stop it first\n"
+        ), done.stderr
+        assert (data_dir / "talkstream.sqlite3").exists()
+    finally:
+        for holder in holders:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            assert holder.wait(timeout=10) == 0
+    # stopped, each left its lock file with its pid, held by no one: the directory goes
+    assert (data_dir / "worker/talkstream/worker-1/worker.lock").read_text() == str(worker)
+    done = make_clean(checkout, data_dir)
+    assert done.returncode == 0, done.stderr
+    assert not data_dir.exists()
+
+
+# a worker (or a projector: argv[1]) started by hand, holding its state folder until its stdin
+# closes
+HOLDS_STATE = """
+import sys
+from streams.app import hold_table_dir
+from streams.settings import Settings
+with hold_table_dir(Settings(), sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
 def test_make_clean_without_a_venv_says_so_and_removes_nothing(
     checkout: Path, tmp_path: Path
 ) -> None:

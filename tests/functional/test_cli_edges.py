@@ -1085,3 +1085,28 @@ def test_a_projector_beside_a_running_projector_of_its_name_is_refused(
     finally:
         first.kill()
         first.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "takes"),
+    [
+        (["--show", "abc"], "--show takes a whole number, 0 or more (how many to print; 0: every"),
+        (["--verify", "--show", "-1"], "--show takes a whole number, 0 or more"),
+        (["--processes", "two"], "--processes takes a whole number, 1 or more (how many processes"),
+        (["--verify", "--processes", "0"], "--processes takes a whole number, 1 or more"),
+    ],
+)
+def test_a_count_replay_cannot_use_is_refused_saying_what_the_option_takes(
+    args: list[str], takes: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """`replay --show abc` said "'abc' is not a valid integer range.": no range was asked
+    for, and it did not say what --show takes."""
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(main, ["replay", *args])
+    assert result.exit_code == 2, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    option = takes.split()[0]
+    assert error.startswith(f"Error: Invalid value for '{option}': '{args[-1]}': {takes}"), error
+    assert "integer range" not in error and "in the range" not in error
+    assert list(tmp_path.iterdir()) == []  # nothing was opened or made

@@ -716,6 +716,27 @@ def test_verify_prints_the_first_differences_and_how_many_more(tmp_path: Path, c
     assert every.read_text() == ""
 
 
+def test_verify_counts_the_records_it_skipped_apart_from_the_messages_it_derived_from():
+    """``--verify`` said "from 100 messages" of a log with 3 records that did not decode,
+    which it skipped (the ledger dead-letters them) and listed below: the count said they
+    were re-derived. They are counted apart."""
+    from streams.ops.commands import verified_counts
+    from streams.ops.replay import Skipped
+    from streams.ops.verify import VerifySummary
+
+    summary = VerifySummary("t-requests", "t-lifecycle", messages=100, derived=240)
+    summary.recorded = summary.matched = 240
+    summary.skipped = [Skipped("t-requests", 0, offset, "not JSON") for offset in (4, 5, 6)]
+    assert verified_counts(summary) == (
+        "re-derived 240 lifecycle events from 97 messages on t-requests (3 more skipped, "
+        "listed below); 240 recorded on t-lifecycle; 240 match (0.0s)"
+    )
+    summary.skipped = []
+    assert verified_counts(summary).startswith(
+        "re-derived 240 lifecycle events from 100 messages on t-requests; 240 recorded"
+    )
+
+
 def test_differences_file_is_a_verify_option():
     result = talkstream(
         "replay", "--database-url", "sqlite://", "--differences-file", "differences.txt"

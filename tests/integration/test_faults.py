@@ -253,6 +253,43 @@ def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_sy
     assert len(letters()) == 3  # the probe, decided before this webhook, was none
 
 
+def test_a_poison_record_is_not_dead_lettered_again_by_a_restarted_worker(make_system) -> None:
+    """A restarted worker's ledger (or a new owner of the partition) reads again what was
+    decided since its last offset mark, which trails by up to 32 offsets. A record that did
+    not decode leaves no state that says it was handled: it was dead-lettered again at each
+    restart or rebalance (two workers' dead-letter topic held the same source offsets twice,
+    and ``talkstream_dead_letters_total`` rose with no new bad input). The batch that letters
+    it now writes the mark past it."""
+    system = make_system()
+    topic = f"{system.app_id}-requests"
+    [first] = post_all(system, [seed_params("relettered@example.com")])
+    system.wait_terminal([first])  # the partition's mark: written at its first message
+    produce(system.kafka.bootstrap, topic, b"test-site:relettered@example.com", b"\xff not json")
+
+    def letters() -> list[tuple[int, int]]:
+        found = [
+            json.loads(v)
+            for _, _, _, v in read_topic(system.kafka.bootstrap, f"{system.app_id}-deadletter")
+        ]
+        return [(x["partition"], x["offset"]) for x in found if x["topic"] == topic]
+
+    [poison] = wait_until(letters, 60, what="the poison's letter")
+    content = "Write a verse for a kite that came back."
+    [second] = post_all(system, [seed_params("relettered@example.com", content=content)])
+    system.wait_terminal([second])  # decided after the poison, before the restart
+
+    worker = system.procs.pop("worker")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    system.start_worker()
+    # the person's next webhook: its partition is read again from the ledger's last mark
+    content = "Write a verse for a kite that flew off again."
+    [third] = post_all(system, [seed_params("relettered@example.com", content=content)])
+    system.wait_terminal([third])
+    assert "since its last mark" in (system.root / "worker.log").read_text(errors="replace")
+    assert letters() == [poison]
+
+
 def test_refused_publication_is_dead_lettered_and_redriven_after_the_fix(make_system) -> None:
     system = make_system()
     system.talkable("POST", "/_control", {"api_keys": {"test-site": "the-current-key"}})

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from models.events import DeadLetter
-from streams.agents.ledger import Ledger
+from streams.agents.ledger import OFFSET_MARK, Ledger
 from streams.codecs import decode, encode
 from streams.observability import WorkerMetrics
 from streams.runtime import DeadLetters, Topics
 from tests.unit.domain_builders import PERSON, expired, generation_failed, publication_failed
 from tests.unit.domain_builders import generated as generation_succeeded
 from tests.unit.domain_builders import received as webhook
-from tests.unit.test_gaps import POLICY, TOPIC, Event, FixedClock, Rec, Sent, Stream
+from tests.unit.test_gaps import POLICY, TOPIC, Event, FixedClock, Quiet, Rec, Sent, Stream
 
 
 class Named(Sent):
@@ -117,3 +119,79 @@ def test_the_dead_letter_alert_names_the_requests_given_up_on_that_it_counts() -
     alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
     [row] = [line for line in alerts.splitlines() if "`talkstream_dead_letters_total`" in line]
     assert "`generation_failed`" in row and "`publish_failed`" in row
+
+
+def test_a_record_dead_lettered_is_passed_by_the_mark_and_not_lettered_again_by_a_new_owner(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ledger writes its offset mark only every 32 offsets (and after a gap), and a new
+    owner of the partition (or the worker restarted) re-reads from there: deciding a record
+    again changes nothing, but a record that does not decode was dead-lettered again, a second
+    letter of the same record (seen with two workers: offsets 485-487 lettered twice, two
+    minutes apart, ``talkstream_dead_letters_total`` rising with no new bad input). A batch
+    that letters a record of its own writes the mark past it once the letter is acknowledged;
+    the webhooks after it, in the next batch, are decided as any (the mark is not moved past
+    them), and the new owner re-reads from them, not from before the poison."""
+    table: dict[bytes, bytes] = {}
+    first = Quiet(table)
+    first.webhooks[51] = b"\xff\xfe not json"
+    marks: list[int] = []
+
+    async def scenario() -> Quiet:
+        await first.deliver(50, 51)
+        marks.append(int(table[OFFSET_MARK + b"3"]))
+        await first.deliver(52, 53)
+        marks.append(int(table[OFFSET_MARK + b"3"]))
+        # the partition moves (or the worker restarts): the next owner's first message is 54
+        second = Quiet(table)
+        second.webhooks[51] = first.webhooks[51]
+        await second.deliver(54)
+        return second
+
+    with caplog.at_level("INFO", logger="streams.gaps"):
+        second = asyncio.run(scenario())
+    assert second.deadletter.values == []
+    [letter] = [decode(DeadLetter, raw) for raw in first.deadletter.values]
+    assert (letter.topic, letter.partition, letter.offset) == (TOPIC, 3, 51)
+    assert "does not decode" in letter.reason
+    assert marks == [52, 52]  # past the poison, not past 52 and 53 before they were decided
+    assert first.decided() == {"req-50", "req-52", "req-53"}
+    assert second.decided() == {"req-54"}  # those it re-read were decided: no change
+    re_read = [r.getMessage() for r in caplog.records if "since its last mark" in r.getMessage()]
+    assert re_read == [
+        "ledger re-reads topic=t-requests partition=3 offsets=52..53, since its last mark"
+    ]
+
+
+def test_a_record_whose_decision_failed_is_passed_by_the_mark_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record the ledger failed on (a bug: ``ledger error``) is dead-lettered and leaves no
+    state either: its batch writes the mark past it, and the next owner does not letter it
+    again (deciding it again would fail again)."""
+    import streams.agents.ledger as ledger_module
+
+    decide = ledger_module.handle
+
+    def failing(state, message, policy, now_ms):  # type: ignore[no-untyped-def]
+        if message.request_id == "req-51":
+            raise RuntimeError("a bug")
+        return decide(state, message, policy, now_ms)
+
+    monkeypatch.setattr(ledger_module, "handle", failing)
+    table: dict[bytes, bytes] = {}
+    first = Quiet(table)
+
+    async def scenario() -> Quiet:
+        await first.deliver(50, 51)
+        await first.deliver(52, 53)
+        second = Quiet(table)
+        await second.deliver(54)
+        return second
+
+    second = asyncio.run(scenario())
+    [letter] = [decode(DeadLetter, raw) for raw in first.deadletter.values]
+    assert (letter.offset, letter.request_id) == (51, "req-51")
+    assert letter.reason.startswith("ledger error: RuntimeError")
+    assert second.deadletter.values == []
+    assert int(table[OFFSET_MARK + b"3"]) == 55  # the second owner's first message, marked

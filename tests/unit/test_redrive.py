@@ -674,3 +674,52 @@ def test_a_letter_that_kept_no_record_is_counted_apart_from_those_not_selected(
         "2 dead letters examined, 0 to redrive, 1 not selected, 0 unreadable, "
         "1 with no record to send back\n"
     )
+
+
+def test_letters_of_one_message_are_counted_apart_from_older_letters_of_a_request(
+    monkeypatch,
+) -> None:
+    """A message dead-lettered twice (a ledger re-reading it after a restart, before its mark
+    moved past such a message) is sent back once; the summary counted its second letter among
+    "older of the same requests", of a message that is no request."""
+    from click.testing import CliRunner
+
+    from streams import cli
+    from streams.ops import redrive as redrive_module
+    from streams.ops.redrive import _keep_latest
+
+    settings = Settings(app_id="t")
+
+    def poison(at_ms: int) -> bytes:
+        return encode(
+            DeadLetter(
+                topic=settings.topic("requests"),
+                partition=2,
+                offset=485,
+                reason="does not decode: value: Invalid JSON",
+                key="k",
+                value_b64=base64.b64encode(b"garbage").decode(),
+                at_ms=at_ms,
+            )
+        )
+
+    report = RedriveReport()
+    sends: dict[str, _Send] = {}
+    for at_ms in (T0 * 1000, T0 * 1000 + 107_000):
+        send = _one(poison(at_ms), Selection(), report, settings, lambda: T0 * 1000, {})
+        assert isinstance(send, _Send)
+        _keep_latest(sends, send, report)
+    assert [s.what for s in sends.values()] == ["t-requests@2:485"]  # sent back once
+    assert report.superseded == 0  # no request's letters
+    assert report.repeated == 1
+
+    async def fake_redrive(*_args: object, **_kwargs: object) -> RedriveReport:
+        return RedriveReport(examined=2, repeated=1)
+
+    monkeypatch.setattr(redrive_module, "redrive", fake_redrive)
+    said = CliRunner().invoke(cli.main, ["redrive", "--dry-run"])
+    assert said.exit_code == 0, said.output
+    assert said.output.endswith(
+        "2 dead letters examined, 0 to redrive, 0 not selected, 0 unreadable, "
+        "1 more letters of the same records\n"
+    )
