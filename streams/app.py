@@ -6,10 +6,8 @@ import it. Tests hand in stand-ins through the keyword arguments of :func:`build
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from streams.agents.projector import Projector, ProjectorConfig
 from streams.agents.work import Generate, Publish, Work
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
+from streams.dev.datadir import take_lock
 from streams.errors import ConfigError
 from streams.faust_transport import KAFKA_STOP_SECONDS, App, Stream, Table, Topic
 from streams.kafka_options import faust_credentials, group_options
@@ -107,21 +106,13 @@ def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
     half a minute later with RocksDB's traceback (the table store the first one holds)."""
     folder = table_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / f"{role}.lock").open("a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
+    lock, holder = take_lock(folder / f"{role}.lock")
+    if lock is None:
         raise ConfigError(
             f"another {role} runs on {folder} (pid {holder}): give each {role} on a host its "
             f"own TALKSTREAM_WORKER_NAME (this one's is {settings.worker_name!r}: "
             f"{HELD_BY[role]})"
-        ) from None
-    lock.truncate(0)
-    lock.write(str(os.getpid()))
-    lock.flush()
+        )
     return lock
 
 

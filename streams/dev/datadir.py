@@ -44,24 +44,16 @@ def hold_data_dir(data_dir: Path) -> Iterator[IO[str]]:
     path = data_dir / LOCK
     try:
         while True:
-            lock = path.open("a+")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "unknown"
-                lock.close()
+            lock, holder = take_lock(path)
+            if lock is None:
                 raise DevRefused(
                     f"another talkstream dev runs on {data_dir} (pid {holder}): stop it first "
                     "(Ctrl-C where it runs), or give this one its own TALKSTREAM_DATA_DIR"
-                ) from None
+                )
             if _same_file(lock, path):
                 break
             lock.close()
         try:
-            lock.truncate(0)
-            lock.write(str(os.getpid()))
-            lock.flush()
             yield lock
         finally:
             path.unlink(missing_ok=True)  # still held: no other run holds this file
@@ -95,6 +87,25 @@ def state_holders(data_dir: Path) -> list[tuple[str, str, Path]]:
                 key = pid if pid != "unknown" else f"{folder}/{role}"
                 found.setdefault(key, (pid, role, folder))
     return list(found.values())
+
+
+def take_lock(path: Path) -> tuple[IO[str] | None, str]:
+    """The lock file at ``path`` (made if missing) held by this process, this process's pid
+    written in it, and that pid; or None and the pid another process holding it wrote
+    (``"unknown"`` if it wrote none yet). The lock is the kernel's: released however the
+    process ends (a SIGKILL too), the file left with the pid of the last one that held it."""
+    lock = path.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        return None, holder
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock, str(os.getpid())
 
 
 def lock_holder(path: Path) -> str | None:
