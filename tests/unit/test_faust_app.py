@@ -474,6 +474,20 @@ async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_ackno
     assert feed._processors == [] and feed.enable_acks is True
 
 
+def fetching(thread: Any, state: Any) -> None:
+    """aiokafka's books of every partition the consumer thread looks at, as the livelock
+    check reads them: ``state`` (its last fetch's timestamp, highwater and position)."""
+    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
+    aiokafka_consumer = types.SimpleNamespace(
+        _fetcher=types.SimpleNamespace(
+            _subscriptions=types.SimpleNamespace(
+                subscription=types.SimpleNamespace(assignment=assignment)
+            )
+        )
+    )
+    thread._ensure_consumer = lambda: aiokafka_consumer
+
+
 async def test_the_livelock_check_sees_the_ledger_take_its_messages(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -493,15 +507,7 @@ async def test_the_livelock_check_sees_the_ledger_take_its_messages(
     thread.time_started = now - 600  # the worker has run 10 minutes
     thread.tp_last_committed_at[tp] = now  # and commits what the ledger decides
     state = types.SimpleNamespace(timestamp=now * 1000, highwater=120, position=100)
-    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
-    aiokafka_consumer = types.SimpleNamespace(
-        _fetcher=types.SimpleNamespace(
-            _subscriptions=types.SimpleNamespace(
-                subscription=types.SimpleNamespace(assignment=assignment)
-            )
-        )
-    )
-    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+    fetching(thread, state)
 
     async def getmany(self: Any, timeout: float) -> Any:
         for offset in (98, 99):
@@ -531,15 +537,7 @@ async def test_the_livelock_check_gives_a_partition_just_assigned_its_time_to_be
     tp = TP("t-faust-app-requests", 4)
     thread.time_started = time.monotonic() - 600  # the worker has run 10 minutes
     state = types.SimpleNamespace(timestamp=None, highwater=None, position=None)  # not fetched
-    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
-    aiokafka_consumer = types.SimpleNamespace(
-        _fetcher=types.SimpleNamespace(
-            _subscriptions=types.SimpleNamespace(
-                subscription=types.SimpleNamespace(assignment=assignment)
-            )
-        )
-    )
-    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+    fetching(thread, state)
 
     async def assigned_in_faust(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
         pass  # (faust's own books and callbacks: not what is checked here)
@@ -582,15 +580,7 @@ async def test_the_livelock_check_counts_commits_from_the_first_message_awaiting
     consumer._taken[tp] = 97  # the last message it took of it then
     consumer._committed_offset[tp] = 90 if waiting else 98  # 98: all of it committed
     state = types.SimpleNamespace(timestamp=now * 1000, highwater=120, position=98)
-    assignment = types.SimpleNamespace(active=True, state_value=lambda _: state)
-    aiokafka_consumer = types.SimpleNamespace(
-        _fetcher=types.SimpleNamespace(
-            _subscriptions=types.SimpleNamespace(
-                subscription=types.SimpleNamespace(assignment=assignment)
-            )
-        )
-    )
-    thread._ensure_consumer = lambda: aiokafka_consumer  # type: ignore[method-assign]
+    fetching(thread, state)
 
     async def getmany(self: Any, timeout: float) -> Any:
         for offset in (98, 99):  # the burst, not committed yet
