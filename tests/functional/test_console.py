@@ -191,7 +191,12 @@ LETTERS = [
         topic="functest-completions",
         partition=-1,
         offset=-1,
-        reason="Unauthorized: Talkable answered 401: invalid API key",
+        # the whole reason, as long as the publisher writes it: the page's widest column
+        reason=(
+            "Unauthorized: Talkable answered 401 (it refuses the site's API key, the webhook's"
+            " api_key: put the key of the site's Settings > API Integration in the campaign,"
+            " then resend its webhooks; a redrive sends the same key): invalid API key"
+        ),
         request_id="park-1",
         at_ms=T0_MS + 8001,
         letter_partition=0,

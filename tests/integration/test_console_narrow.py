@@ -92,7 +92,7 @@ def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, 
     than one line: where a word was broken to fit a column."""
     signed_in(chrome, base, width)
     found = {}
-    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com"]:
+    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com", "/deadletters"]:
         chrome.get(base + path)
         assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.value"), path
         broken = chrome.execute_script(
@@ -113,16 +113,20 @@ def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, 
     return found
 
 
-async def test_a_short_site_or_email_stays_whole_in_a_narrow_window(
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_a_short_site_or_email_stays_whole(
     browser: webdriver.Chrome,  # noqa: F811
     tmp_path: Path,
+    width: int,
 ):
     """A table scrolls in its own box in a narrow window, yet its sites and emails were broken
-    anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines."""
+    anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines. In a
+    wide one too, beside a long column: the dead letters' site read "acm" over "e" at 1280
+    px, next to a Talkable refusal's reason."""
     console = await start(tmp_path)
     try:
         base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(broken_values, browser, base, 400) == {}
+        assert await asyncio.to_thread(broken_values, browser, base, width) == {}
     finally:
         await console.client.close()
 
