@@ -131,6 +131,46 @@ async def test_a_short_site_or_email_stays_whole(
         await console.client.close()
 
 
+def wrapped_numbers(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
+    """Each page's numbers in a table (its ``num`` cells) that take more than one line."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/", "/requests", "/request?id=park-1"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.num"), path
+        wrapped = chrome.execute_script(
+            """
+            return [...document.querySelectorAll('table.grid td.num')]
+              .filter(td => {
+                const range = document.createRange();
+                range.selectNodeContents(td);
+                const tops = [...range.getClientRects()].map(r => Math.round(r.top));
+                return new Set(tops).size > 1;
+              })
+              .map(td => td.textContent.trim());
+            """
+        )
+        if wrapped:
+            found[path] = wrapped
+    return found
+
+
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_a_number_stays_on_one_line(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """A timeline's times since arrival read "+24" over "ms" and "+1.8" over "min" at 1280 px,
+    squeezed by a Talkable refusal's long error beside them."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(wrapped_numbers, browser, base, width) == {}
+    finally:
+        await console.client.close()
+
+
 def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
     """What a page shows too small to read or cut short: the overview chart's axis labels
     drawn under 11 px tall (or on one another), and a text field's placeholder wider than
