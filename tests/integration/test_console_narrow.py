@@ -171,6 +171,41 @@ async def test_a_number_stays_on_one_line(
         await console.client.close()
 
 
+def tall_rows(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[int]]:
+    """Each page's table rows taller than half the window (800 px): text squeezed into a
+    column a few letters wide."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/request?id=park-1", "/deadletters"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid tbody tr"), path
+        tall = chrome.execute_script(
+            """
+            return [...document.querySelectorAll('table.grid tbody tr')]
+              .map(tr => Math.round(tr.getBoundingClientRect().height))
+              .filter(h => h > 400);
+            """
+        )
+        if tall:
+            found[path] = tall
+    return found
+
+
+async def test_a_long_reason_or_error_is_read_in_a_few_lines_in_a_narrow_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """In a narrow window a table scrolls in its own box, yet a dead letter's reason and a
+    timeline's cause and error were squeezed to a few letters a line, into that box's width:
+    a Talkable refusal's row was over 1000 px tall, mostly blank, at 375 px."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(tall_rows, browser, base, 375) == {}
+    finally:
+        await console.client.close()
+
+
 def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
     """What a page shows too small to read or cut short: the overview chart's axis labels
     drawn under 11 px tall (or on one another), and a text field's placeholder wider than
