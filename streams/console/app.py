@@ -30,6 +30,7 @@ from streams.console.log import (
     Letters,
     read_content,
     read_letters,
+    reading,
 )
 from streams.console.pacing import Pacing, scrape
 from streams.console.queries import ConsoleQueries
@@ -68,9 +69,11 @@ class KafkaLog:
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:
         # every letter is reconsidered (redrive's own group offers each once): the console
         # chooses by the requests' states in the projection, which the selection names
-        return await run_redrive(
-            self.settings, selection, dry_run=dry_run, from_beginning=True, now_ms=self.now_ms
-        )
+        # redrive's own line says what it did; its consumer group's INFO chatter is left out
+        with reading():
+            return await run_redrive(
+                self.settings, selection, dry_run=dry_run, from_beginning=True, now_ms=self.now_ms
+            )
 
 
 def build_console(

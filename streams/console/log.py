@@ -12,8 +12,9 @@ other reader disturbed), manually assigned, up to the end offsets captured when 
   keeps neither (it is the lifecycle's), and the log is the source of truth.
 
 A page view is no event of the log: the INFO lines aiokafka logs of each reader's life
-("Updating subscribed topics to: ..." at every ``assign``) are left out while the console reads
-(:class:`ReaderChatter`); its WARNINGs and ERRORs (a broker out of reach) are kept.
+("Updating subscribed topics to: ..." at every ``assign``), and of the consumer group of a
+redrive the console runs, are left out while the console reads (:class:`ReaderChatter`); its
+WARNINGs and ERRORs (a broker out of reach) are kept.
 
 Nothing sealed leaves this module: a letter keeps its reason and source, never its value or
 key; content keeps the messages and the text, never ``secrets``.
@@ -54,8 +55,13 @@ SEEK_BACK_MS = 5_000  # records are written just after the times the projection 
 FETCH_WAIT_MS = 10
 
 
-# aiokafka's loggers of a consumer's subscription: INFO at each assign, subscribe, unsubscribe
-READER_LOGGERS = ("aiokafka.consumer.subscription_state", "aiokafka.consumer.consumer")
+# aiokafka's loggers of a consumer's subscription: INFO at each assign, subscribe, unsubscribe;
+# and of its group (a redrive's: "Discovered coordinator ... for group ...-redrive")
+READER_LOGGERS = (
+    "aiokafka.consumer.subscription_state",
+    "aiokafka.consumer.consumer",
+    "aiokafka.consumer.group_coordinator",
+)
 _READING = contextvars.ContextVar("console_reading", default=False)
 
 

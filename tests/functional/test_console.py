@@ -158,6 +158,14 @@ def late_webhook(log: Log) -> None:
     )
 
 
+# a Talkable refusal of the site's key, whole: the widest column of the pages that show it
+REFUSED = (
+    "Talkable answered 401 (it refuses the site's API key, the webhook's api_key: put the key of"
+    " the site's Settings > API Integration in the campaign, then resend its webhooks; a redrive"
+    " sends the same key): invalid API key"
+)
+
+
 def projection(
     path: Path, extra: int = 0, url: str | None = None, people: tuple[tuple[str, str], ...] = ()
 ) -> str:
@@ -172,7 +180,7 @@ def projection(
             attempt=1,
             at_ms=T0_MS + 8000,
             error_class="Unauthorized",
-            error_message="Talkable answered 401: invalid API key",
+            error_message=REFUSED,  # as long as Talkable's client says it
         )
     )
     for i in range(extra):
@@ -191,7 +199,7 @@ LETTERS = [
         topic="functest-completions",
         partition=-1,
         offset=-1,
-        reason="Unauthorized: Talkable answered 401: invalid API key",
+        reason=f"Unauthorized: {REFUSED}",  # as long as the publisher writes it
         request_id="park-1",
         at_ms=T0_MS + 8001,
         letter_partition=0,

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from models.events import ChatRequest, DeadLetter, GenerateText
 from streams.codecs import encode
+from streams.console.app import KafkaLog
 from streams.console.log import READER_LOGGERS, read_content, read_letters, reading
 from streams.dev.kafka import EmbeddedKafka
 from streams.ops.redrive import Selection, redrive
@@ -176,3 +177,24 @@ def test_a_page_read_logs_no_kafka_client_chatter(
         (READER_LOGGERS[0], "WARNING", "a fault"),
         (READER_LOGGERS[0], "INFO", "another consumer"),
     ]
+
+
+def test_a_redrive_from_the_console_logs_no_consumer_group_chatter(
+    kafka: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redrive from the console, its preview too, logged aiokafka's INFO lines of redrive's
+    consumer group ("Updating subscribed topics to: ...", "Discovered coordinator 1 for group
+    ...-redrive") in the console's log: an operator's click is no event of the log."""
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tquietr{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(write_letters(settings, {0: 1}))
+    log = KafkaLog(settings, now_ms=lambda: int(time.time() * 1000))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for dry_run in (True, False):
+            selection = Selection(topic=settings.topic("requests"))
+            assert asyncio.run(log.redrive(selection, dry_run=dry_run)).examined == 1
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert [x for x in said if x[0].startswith("aiokafka") and x[1] == "INFO"] == []

@@ -92,7 +92,7 @@ def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, 
     than one line: where a word was broken to fit a column."""
     signed_in(chrome, base, width)
     found = {}
-    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com"]:
+    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com", "/deadletters"]:
         chrome.get(base + path)
         assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.value"), path
         broken = chrome.execute_script(
@@ -113,16 +113,95 @@ def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, 
     return found
 
 
-async def test_a_short_site_or_email_stays_whole_in_a_narrow_window(
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_a_short_site_or_email_stays_whole(
     browser: webdriver.Chrome,  # noqa: F811
     tmp_path: Path,
+    width: int,
 ):
     """A table scrolls in its own box in a narrow window, yet its sites and emails were broken
-    anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines."""
+    anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines. In a
+    wide one too, beside a long column: the dead letters' site read "acm" over "e" at 1280
+    px, next to a Talkable refusal's reason."""
     console = await start(tmp_path)
     try:
         base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(broken_values, browser, base, 400) == {}
+        assert await asyncio.to_thread(broken_values, browser, base, width) == {}
+    finally:
+        await console.client.close()
+
+
+def wrapped_numbers(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
+    """Each page's numbers in a table (its ``num`` cells) that take more than one line."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/", "/requests", "/request?id=park-1"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.num"), path
+        wrapped = chrome.execute_script(
+            """
+            return [...document.querySelectorAll('table.grid td.num')]
+              .filter(td => {
+                const range = document.createRange();
+                range.selectNodeContents(td);
+                const tops = [...range.getClientRects()].map(r => Math.round(r.top));
+                return new Set(tops).size > 1;
+              })
+              .map(td => td.textContent.trim());
+            """
+        )
+        if wrapped:
+            found[path] = wrapped
+    return found
+
+
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_a_number_stays_on_one_line(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """A timeline's times since arrival read "+24" over "ms" and "+1.8" over "min" at 1280 px,
+    squeezed by a Talkable refusal's long error beside them."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(wrapped_numbers, browser, base, width) == {}
+    finally:
+        await console.client.close()
+
+
+def tall_rows(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[int]]:
+    """Each page's table rows taller than half the window (800 px): text squeezed into a
+    column a few letters wide."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/request?id=park-1", "/deadletters"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid tbody tr"), path
+        tall = chrome.execute_script(
+            """
+            return [...document.querySelectorAll('table.grid tbody tr')]
+              .map(tr => Math.round(tr.getBoundingClientRect().height))
+              .filter(h => h > 400);
+            """
+        )
+        if tall:
+            found[path] = tall
+    return found
+
+
+async def test_a_long_reason_or_error_is_read_in_a_few_lines_in_a_narrow_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """In a narrow window a table scrolls in its own box, yet a dead letter's reason and a
+    timeline's cause and error were squeezed to a few letters a line, into that box's width:
+    a Talkable refusal's row was over 1000 px tall, mostly blank, at 375 px."""
+    console = await start(tmp_path)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        assert await asyncio.to_thread(tall_rows, browser, base, 375) == {}
     finally:
         await console.client.close()
 
