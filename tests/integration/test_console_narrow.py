@@ -208,8 +208,8 @@ async def test_a_long_reason_or_error_is_read_in_a_few_lines_in_a_narrow_window(
 
 def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
     """What a page shows too small to read or cut short: the overview chart's axis labels
-    drawn under 11 px tall (or on one another), and a text field's placeholder wider than
-    the field."""
+    drawn under 11 px tall (or on one another), a text field's placeholder wider than the
+    field, and a filter's text field with none (what it takes, or "any", unsaid)."""
     signed_in(chrome, base, width)
     found = {}
     for path in ["/", "/?window=24h", "/requests", "/deadletters"]:
@@ -228,6 +228,10 @@ def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, lis
             times.slice(1).forEach(([label, box], i) => {
               if (box.left < times[i][1].right) said.push(`${label} on ${times[i][0]}`);
             });
+            for (const input of document.querySelectorAll('form input[type=text]')) {
+              if (!input.offsetWidth || input.placeholder) continue;
+              said.push(`${input.name}: no placeholder`);
+            }
             const ruler = document.createElement('canvas').getContext('2d');
             for (const input of document.querySelectorAll('input[placeholder]')) {
               if (!input.offsetWidth) continue;
@@ -254,7 +258,8 @@ async def test_the_charts_labels_and_the_fields_placeholders_are_read_whole(
 ):
     """At 375 px (a phone) the overview chart's axis labels were 4 px tall (drawn in an SVG
     shrunk to the window), and the search form's "2026-01-01T10:00 or 24h" and "ISO-8601
-    (UTC), epoch, 30m" were cut short, as they were, and the dead letters' reason, at 1280."""
+    (UTC), epoch, 30m" were cut short, as they were, and the dead letters' reason, at 1280;
+    the dead letters' site, until and request fields said nothing of what they take."""
     console = await start(tmp_path)
     try:
         base = str(console.client.make_url("/")).rstrip("/")
