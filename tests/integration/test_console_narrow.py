@@ -10,7 +10,9 @@ long value from a webhook wraps.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -49,6 +51,18 @@ def signed_in(chrome: webdriver.Chrome, base: str, width: int) -> None:
     chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
+async def measured(tmp_path: Path, measure: Callable[[str], Any], **given: Any) -> Any:
+    """What ``measure`` (given the console's address) finds on the console of the functional
+    tests (``given`` to its ``start``), served for it: the browser is driven from a thread,
+    the console answers on this loop meanwhile."""
+    console = await start(tmp_path, **given)
+    try:
+        base = str(console.client.make_url("/")).rstrip("/")
+        return await asyncio.to_thread(measure, base)
+    finally:
+        await console.client.close()
+
+
 def overflows(
     chrome: webdriver.Chrome, base: str, width: int
 ) -> dict[str, tuple[int, int, list[str]]]:
@@ -78,38 +92,42 @@ async def test_every_page_fits_the_window(
     tmp_path: Path,
     width: int,
 ):
-    console = await start(tmp_path, people=((LONG_SITE, LONG_EMAIL),))
-    try:
-        base = str(console.client.make_url("/")).rstrip("/")
-        # the browser is driven from a thread: the console answers on this loop meanwhile
-        assert await asyncio.to_thread(overflows, browser, base, width) == {}
-    finally:
-        await console.client.close()
+    people = ((LONG_SITE, LONG_EMAIL),)
+    wide = await measured(tmp_path, lambda base: overflows(browser, base, width), people=people)
+    assert wide == {}
 
 
-def broken_values(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
-    """Each page's short sites and emails (20 characters or fewer) in a table that take more
-    than one line: where a word was broken to fit a column."""
+# a table cell whose text takes more than one line (its text's boxes at two heights or more)
+ON_MORE_THAN_ONE_LINE = """
+    const range = document.createRange();
+    range.selectNodeContents(td);
+    return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;
+"""
+
+
+def cells_on_more_than_one_line(
+    chrome: webdriver.Chrome, base: str, width: int, paths: list[str], cells: str, most: int
+) -> dict[str, list[str]]:
+    """Each page's table ``cells`` (a CSS selector) of at most ``most`` characters whose text
+    takes more than one line."""
     signed_in(chrome, base, width)
     found = {}
-    for path in ["/", "/requests", "/person?site=acme&email=ada@example.com", "/deadletters"]:
+    for path in paths:
         chrome.get(base + path)
-        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.value"), path
-        broken = chrome.execute_script(
-            """
-            return [...document.querySelectorAll('table.grid td.value')]
-              .filter(td => td.textContent.trim().length <= 20)
-              .filter(td => {
-                const range = document.createRange();
-                range.selectNodeContents(td);
-                const tops = [...range.getClientRects()].map(r => Math.round(r.top));
-                return new Set(tops).size > 1;
-              })
+        assert chrome.find_elements(By.CSS_SELECTOR, cells), path
+        wrapped = chrome.execute_script(
+            f"""
+            const wrapped = td => {{ {ON_MORE_THAN_ONE_LINE} }};
+            return [...document.querySelectorAll(arguments[0])]
+              .filter(td => td.textContent.trim().length <= arguments[1])
+              .filter(wrapped)
               .map(td => td.textContent.trim());
-            """
+            """,
+            cells,
+            most,
         )
-        if broken:
-            found[path] = broken
+        if wrapped:
+            found[path] = wrapped
     return found
 
 
@@ -122,37 +140,15 @@ async def test_a_short_site_or_email_stays_whole(
     """A table scrolls in its own box in a narrow window, yet its sites and emails were broken
     anywhere to squeeze it in: "acme" read "ac" over "me", "globex" took three lines. In a
     wide one too, beside a long column: the dead letters' site read "acm" over "e" at 1280
-    px, next to a Talkable refusal's reason."""
-    console = await start(tmp_path)
-    try:
-        base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(broken_values, browser, base, width) == {}
-    finally:
-        await console.client.close()
-
-
-def wrapped_numbers(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
-    """Each page's numbers in a table (its ``num`` cells) that take more than one line."""
-    signed_in(chrome, base, width)
-    found = {}
-    for path in ["/", "/requests", "/request?id=park-1"]:
-        chrome.get(base + path)
-        assert chrome.find_elements(By.CSS_SELECTOR, "table.grid td.num"), path
-        wrapped = chrome.execute_script(
-            """
-            return [...document.querySelectorAll('table.grid td.num')]
-              .filter(td => {
-                const range = document.createRange();
-                range.selectNodeContents(td);
-                const tops = [...range.getClientRects()].map(r => Math.round(r.top));
-                return new Set(tops).size > 1;
-              })
-              .map(td => td.textContent.trim());
-            """
-        )
-        if wrapped:
-            found[path] = wrapped
-    return found
+    px, next to a Talkable refusal's reason. (A value of 20 characters or fewer.)"""
+    paths = ["/", "/requests", "/person?site=acme&email=ada@example.com", "/deadletters"]
+    broken = await measured(
+        tmp_path,
+        lambda base: cells_on_more_than_one_line(
+            browser, base, width, paths, "table.grid td.value", 20
+        ),
+    )
+    assert broken == {}
 
 
 @pytest.mark.parametrize("width", [400, 1280])
@@ -163,12 +159,14 @@ async def test_a_number_stays_on_one_line(
 ):
     """A timeline's times since arrival read "+24" over "ms" and "+1.8" over "min" at 1280 px,
     squeezed by a Talkable refusal's long error beside them."""
-    console = await start(tmp_path)
-    try:
-        base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(wrapped_numbers, browser, base, width) == {}
-    finally:
-        await console.client.close()
+    paths = ["/", "/requests", "/request?id=park-1"]
+    wrapped = await measured(
+        tmp_path,
+        lambda base: cells_on_more_than_one_line(
+            browser, base, width, paths, "table.grid td.num", 10_000
+        ),
+    )
+    assert wrapped == {}
 
 
 def tall_rows(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[int]]:
@@ -198,12 +196,7 @@ async def test_a_long_reason_or_error_is_read_in_a_few_lines_in_a_narrow_window(
     """In a narrow window a table scrolls in its own box, yet a dead letter's reason and a
     timeline's cause and error were squeezed to a few letters a line, into that box's width:
     a Talkable refusal's row was over 1000 px tall, mostly blank, at 375 px."""
-    console = await start(tmp_path)
-    try:
-        base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(tall_rows, browser, base, 375) == {}
-    finally:
-        await console.client.close()
+    assert await measured(tmp_path, lambda base: tall_rows(browser, base, 375)) == {}
 
 
 def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
@@ -260,9 +253,4 @@ async def test_the_charts_labels_and_the_fields_placeholders_are_read_whole(
     shrunk to the window), and the search form's "2026-01-01T10:00 or 24h" and "ISO-8601
     (UTC), epoch, 30m" were cut short, as they were, and the dead letters' reason, at 1280;
     the dead letters' site, until and request fields said nothing of what they take."""
-    console = await start(tmp_path)
-    try:
-        base = str(console.client.make_url("/")).rstrip("/")
-        assert await asyncio.to_thread(unreadable, browser, base, width) == {}
-    finally:
-        await console.client.close()
+    assert await measured(tmp_path, lambda base: unreadable(browser, base, width)) == {}
