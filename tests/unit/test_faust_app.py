@@ -474,6 +474,15 @@ async def test_a_quiet_stream_waits_for_a_message_and_batches_go_whole_and_ackno
     assert feed._processors == [] and feed.enable_acks is True
 
 
+def acked_partition() -> tuple[Any, Any, TP]:
+    """A worker's consumer, its consumer thread and a partition of [requests] it acks (as the
+    ledger's stream does), as the livelock check sees them."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    tp = TP("t-faust-app-requests", 0)
+    app.topics._acking_topics.add(tp.topic)
+    return app.consumer, app.consumer._thread, tp
+
+
 def fetching(thread: Any, state: Any) -> None:
     """aiokafka's books of every partition the consumer thread looks at, as the livelock
     check reads them: ``state`` (its last fetch's timestamp, highwater and position)."""
@@ -498,11 +507,7 @@ async def test_the_livelock_check_sees_the_ledger_take_its_messages(
     ~7 s for each partition of [requests] whenever the ledger was behind its input: seen on
     both workers of a two-worker run during a burst of 1,700 webhooks, all decided at once.
     The consumer notes the time it hands a partition's messages on, as the Monitor did."""
-    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
-    consumer = app.consumer
-    thread = consumer._thread
-    tp = TP("t-faust-app-requests", 0)
-    app.topics._acking_topics.add(tp.topic)
+    consumer, thread, tp = acked_partition()
     now = time.monotonic()
     thread.time_started = now - 600  # the worker has run 10 minutes
     thread.tp_last_committed_at[tp] = now  # and commits what the ledger decides
@@ -569,11 +574,7 @@ async def test_the_livelock_check_counts_commits_from_the_first_message_awaiting
     clock starts again at a message taken while nothing of its partition waited for a commit;
     while earlier messages wait for theirs (``waiting``), it runs on, and commits that stopped
     are still said."""
-    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
-    consumer = app.consumer
-    thread = consumer._thread
-    tp = TP("t-faust-app-requests", 0)
-    app.topics._acking_topics.add(tp.topic)
+    consumer, thread, tp = acked_partition()
     now = time.monotonic()
     thread.time_started = now - 900  # the worker has run 15 minutes
     thread.tp_last_committed_at[tp] = now - 370  # its last commit of the partition
