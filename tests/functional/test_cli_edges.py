@@ -6,6 +6,7 @@ given port 0 says which port it got."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -988,8 +989,21 @@ def test_a_text_option_given_empty_is_refused_naming_it(
     assert list(tmp_path.iterdir()) == []  # nothing was opened or made
 
 
-def _holding(env: dict[str, str], role: str) -> subprocess.Popen[str]:
-    """A process holding its folder as a running worker (or projector) does, once it said so."""
+@contextlib.contextmanager
+def _holding(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, role: str, **given: str
+) -> Iterator[subprocess.Popen[str]]:
+    """A process holding its folder as a running worker (or projector) does, once it said so,
+    with this test's settings (Kafka out of reach, ``tmp_path`` the data dir, ``given``
+    settings: TALKSTREAM_ and the name); killed outright at the end."""
+    env = {
+        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
+        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "TALKSTREAM_DATA_DIR": str(tmp_path),
+        **{f"TALKSTREAM_{name}": value for name, value in given.items()},
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     code = (
         "import sys; from streams.app import hold_table_dir; from streams.settings import "
         f"Settings; held = hold_table_dir(Settings(), {role!r}); print('held', flush=True); "
@@ -1002,8 +1016,12 @@ def _holding(env: dict[str, str], role: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
-    return proc
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_a_second_worker_on_a_running_workers_folder_is_refused_before_it_joins(
@@ -1016,16 +1034,7 @@ def test_a_second_worker_on_a_running_workers_folder_is_refused_before_it_joins(
     temporarily unavailable"). It is refused at once now, naming the folder, the pid holding it
     and the setting, before it asks Kafka anything; a worker killed outright (SIGKILL) leaves
     its folder to the next run of its name."""
-    env = {
-        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
-        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
-        "TALKSTREAM_DATA_DIR": str(tmp_path),
-        "TALKSTREAM_WORKER_NAME": "w2",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    first = _holding(env, "worker")  # the running worker
-    try:
+    with _holding(monkeypatch, tmp_path, "worker", WORKER_NAME="w2") as first:  # the running worker
         result = CliRunner().invoke(main, ["worker"])
         assert result.exit_code == 1, result.output
         folder = tmp_path / "worker" / "talkstream" / "w2"
@@ -1038,9 +1047,6 @@ def test_a_second_worker_on_a_running_workers_folder_is_refused_before_it_joins(
         monkeypatch.setenv("TALKSTREAM_WORKER_NAME", "w3")
         other = CliRunner().invoke(main, ["worker"])
         assert other.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
-    finally:
-        first.kill()
-        first.wait(timeout=30)
     # killed outright, the first leaves its folder to the next worker of its name, and a worker
     # that ended before it ran (Kafka out of reach) holds it no more
     monkeypatch.setenv("TALKSTREAM_WORKER_NAME", "w2")
@@ -1059,16 +1065,9 @@ def test_a_projector_beside_a_running_projector_of_its_name_is_refused(
     partitions in turn. Refused at start now, as is a worker running its projector itself
     (TALKSTREAM_PROJECTOR=worker) beside one; a worker whose projector is a child process of
     its own leaves the refusal to that child."""
-    env = {
-        "TALKSTREAM_SECRET_KEYS": Fernet.generate_key().decode(),
-        "TALKSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
-        "TALKSTREAM_DATA_DIR": str(tmp_path),
-        "TALKSTREAM_PROJECTOR": "worker",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    first = _holding(env, "projector")  # a worker's projector, or one on its own
-    try:
+    with _holding(
+        monkeypatch, tmp_path, "projector", PROJECTOR="worker"
+    ) as first:  # a worker's, or its own
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1, result.output
         folder = tmp_path / "worker" / "talkstream" / "worker"
@@ -1082,9 +1081,6 @@ def test_a_projector_beside_a_running_projector_of_its_name_is_refused(
             monkeypatch.setenv("TALKSTREAM_PROJECTOR", "process")
             child = CliRunner().invoke(main, command)
             assert child.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
-    finally:
-        first.kill()
-        first.wait(timeout=30)
 
 
 @pytest.mark.parametrize(
