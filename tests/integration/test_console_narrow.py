@@ -254,3 +254,51 @@ async def test_the_charts_labels_and_the_fields_placeholders_are_read_whole(
     (UTC), epoch, 30m" were cut short, as they were, and the dead letters' reason, at 1280;
     the dead letters' site, until and request fields said nothing of what they take."""
     assert await measured(tmp_path, lambda base: unreadable(browser, base, width)) == {}
+
+
+def uneven_cards(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
+    """The overview's cards not of one width, of those alone on their rows or of those
+    sharing one: the "ended" card, its "requests in the last 24h" the longest text, was
+    wider than the cards under it."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in ["/", "/?window=24h"]:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.TAG_NAME, "main"), path
+        found[path] = chrome.execute_script(
+            """
+            const said = [];
+            const cards = [...document.querySelectorAll('.cards .card')]
+              .map(e => [e.querySelector('.label').textContent, e.getBoundingClientRect()]);
+            const rows = {};
+            for (const [label, box] of cards) (rows[Math.round(box.top)] ??= []).push([label, box]);
+            const widths = Object.values(rows).filter(row => row.length == 1)
+              .map(([[label, box]]) => [label, Math.round(box.width)]);
+            if (new Set(widths.map(([, w]) => w)).size > 1) {
+              said.push('cards alone on their rows: ' + widths.map(([l, w]) => `${l} ${w} px`)
+                .join(', '));
+            }
+            for (const row of Object.values(rows).filter(row => row.length > 1)) {
+              const ws = row.map(([, box]) => Math.round(box.width));
+              if (Math.max(...ws) - Math.min(...ws) > 1) {
+                said.push('cards of a row: ' + row.map(([l, b]) => `${l} ${Math.round(b.width)} px`)
+                  .join(', '));
+              }
+            }
+            return said;
+            """
+        )
+        if not found[path]:
+            del found[path]
+    return found
+
+
+@pytest.mark.parametrize("width", [375, 1280])
+async def test_the_overviews_cards_are_of_one_width(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """At 375 px the overview's "ended" card was wider than the three under it (each card as
+    wide as its text)."""
+    assert await measured(tmp_path, lambda base: uneven_cards(browser, base, width)) == {}
