@@ -233,3 +233,44 @@ def test_the_stand_ins_knobs_the_readme_names_exist() -> None:
         named = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+|down)`", text))
         assert len(named) >= 5, named
         assert named <= {f.name for f in fields(config)}, named - {f.name for f in fields(config)}
+
+
+def _served_metrics() -> dict[str, tuple[str, set[str]]]:
+    """Every series each process serves on ``/metrics``: name as exposed → (labels, servers)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streams.ingress import Metrics
+    from streams.observability import ConsumerLag, ProcessMetrics, WorkerMetrics
+
+    worker, projector = WorkerMetrics(), ProcessMetrics()
+    for metrics in (worker, projector):  # as serve_worker_http registers it
+        metrics.registry.register(ConsumerLag(None, metrics.consumers))
+    served: dict[str, tuple[str, set[str]]] = {}
+    for server, registry in (
+        ("ingress", Metrics().registry),
+        ("worker", worker.registry),
+        ("projector", projector.registry),
+    ):
+        for collector in list(registry._collector_to_names):
+            if isinstance(collector, MetricWrapperBase):
+                families = [(collector._name, collector._type, collector._labelnames)]
+            else:
+                families = [(f.name, f.type, f._labelnames) for f in collector.collect()]
+            for name, kind, labels in families:
+                exposed = name + ("_total" if kind == "counter" else "")
+                served.setdefault(exposed, (",".join(labels), set()))[1].add(server)
+    return served
+
+
+def test_every_metric_is_documented_with_its_labels_and_servers() -> None:
+    """Six of the seventeen series (the tokens, the generation's and the ingress's latency,
+    the targets' calls in flight, rate and 429s) were named nowhere, and none with its labels
+    but the upstream calls': an operator building a dashboard had to read the code."""
+    match = re.search(r"^\*\*Metrics\*\*.*?\n\n(\|.*?)\n\n", README, re.M | re.S)
+    assert match, "README has no **Metrics** table"
+    documented = {}
+    for row in table_rows(match.group(1)):
+        name = re.fullmatch(r"`(talkstream_\w+)(?:\{([\w,]+)\})?`", row[0])
+        assert name, f"not a metric: {row[0]}"
+        documented[name.group(1)] = (name.group(2) or "", set(row[1].split(", ")))
+    assert documented == _served_metrics()
