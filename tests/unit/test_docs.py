@@ -274,3 +274,42 @@ def test_every_metric_is_documented_with_its_labels_and_servers() -> None:
         assert name, f"not a metric: {row[0]}"
         documented[name.group(1)] = (name.group(2) or "", set(row[1].split(", ")))
     assert documented == _served_metrics()
+
+
+CONSUMERS = (ROOT / "docs" / "consumers.md").read_text()
+
+
+def test_the_consumer_guide_names_every_lifecycle_field_and_type() -> None:
+    """docs/consumers.md's field table is what analytics teams code against: every field of
+    ``LifecycleEvent`` is in it, it names none the model lacks, and its ``type`` row lists
+    every event type."""
+    import typing
+
+    from models.events import LifecycleEvent
+
+    rows = table_rows(section(CONSUMERS, "The lifecycle topic").split("\n\nTerminal states")[0])
+    documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row[0])}
+    assert documented == set(LifecycleEvent.model_fields)
+    (types,) = [row[1] for row in rows if row[0] == "`type`"]
+    annotation = LifecycleEvent.model_fields["type"].annotation
+    assert set(re.findall(r"`([A-Z]\w+)`", types)) == set(typing.get_args(annotation))
+
+
+def test_the_consumer_guide_names_every_column_of_the_projection() -> None:
+    """The SQL projection's columns as docs/consumers.md lists them, table by table, are the
+    tables' columns (``transitions.id``, a surrogate key, aside)."""
+    from streams.projection.tables import Base
+
+    text = " ".join(section(CONSUMERS, "The SQL projection").split())
+    spans = {
+        "requests": ("Its columns:", "`transitions`: one row"),
+        "transitions": ("`transitions`: one row", "`projected_offsets`: the"),
+        "projected_offsets": ("`projected_offsets`: the", "`ended_minutes` (migration"),
+        "ended_minutes": ("`ended_minutes` (migration", "For example"),
+    }
+    assert set(spans) == set(Base.metadata.tables)
+    for name, (start, end) in spans.items():
+        said = text[text.index(start) : text.index(end)]
+        named = set(re.findall(r"`([a-z_]+)`", said))
+        columns = {c.name for c in Base.metadata.tables[name].columns} - {"id"}
+        assert columns <= named, f"{name}: {columns - named} not in docs/consumers.md"
