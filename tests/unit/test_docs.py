@@ -313,3 +313,27 @@ def test_the_consumer_guide_names_every_column_of_the_projection() -> None:
         named = set(re.findall(r"`([a-z_]+)`", said))
         columns = {c.name for c in Base.metadata.tables[name].columns} - {"id"}
         assert columns <= named, f"{name}: {columns - named} not in docs/consumers.md"
+
+
+def test_the_layout_names_every_module_of_the_package() -> None:
+    """README's Layout is where a newcomer looks for a module: ``observability.py`` (the
+    metrics), ``errors.py``, ``logs.py``, ``kafka_options.py`` and five more were not in it,
+    nor half of ``agents/`` and ``ops/`` (no ``stats`` module there: it is in ``audit``)."""
+    layout = section(README, "Layout")
+    named = set(re.findall(r"`([\w.]+/?)`", layout))
+    package = ROOT / "streams"
+    top = {
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in package.iterdir()
+        if (path.suffix == ".py" or (path / "__init__.py").exists()) and path.name != "__init__.py"
+    }
+    assert top - named == set(), "streams/ modules missing from README's Layout"
+    rooms = {
+        "agents": layout[layout.index("`agents/` (") : layout.index("`ingress.py`")],
+        "ops": layout[layout.index("- `ops/`:") : layout.index("- `console/`")],
+    }
+    for room, bullet in rooms.items():
+        said = set(re.findall(r"`(\w+)`", bullet))
+        modules = {p.stem for p in (package / room).glob("*.py")} - {"__init__"}
+        assert modules - said == set(), f"streams/{room}/ modules missing from README's Layout"
+        assert said - modules <= {"talkstream"}, f"README's Layout names no module {said - modules}"
