@@ -337,3 +337,35 @@ def test_the_layout_names_every_module_of_the_package() -> None:
         modules = {p.stem for p in (package / room).glob("*.py")} - {"__init__"}
         assert modules - said == set(), f"streams/{room}/ modules missing from README's Layout"
         assert said - modules <= {"talkstream"}, f"README's Layout names no module {said - modules}"
+
+
+def test_every_settings_bound_is_in_its_row() -> None:
+    """TALKSTREAM_PARTITIONS=2000, MAX_BODY_BYTES=512 or PRODUCER_LINGER_MS=90000 stopped every
+    command, with nothing in README's table saying the setting had a bound. Each bound other
+    than a count's or a duration's floor (0, 1) and a port's range is in its setting's row."""
+    import annotated_types
+
+    rows = {
+        name.lower(): row[2]
+        for row in table_rows(section(README, "Configuration"))
+        for name in re.findall(r"`([A-Z_]+)`", row[0])
+    }
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        if name.endswith("_port"):
+            continue  # 0 to 65535, as any port
+        bounds = [
+            getattr(m, kind)
+            for m in field.metadata
+            for kind in ("ge", "gt", "le", "lt")
+            if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, kind)
+        ]
+        for bound in bounds:
+            if bound in (0, 1) and not any(hasattr(m, "le") for m in field.metadata):
+                continue  # a floor only: a count of at least 1, a duration above 0
+            said = {str(bound), f"{bound:,}"}
+            assert any(
+                re.search(rf"(?<![\d,.]){re.escape(s)}(?!\d|,\d)", rows[name]) for s in said
+            ), f"README's row of TALKSTREAM_{name.upper()} does not say its bound {bound}"
+            checked += 1
+    assert checked >= 10
