@@ -369,3 +369,18 @@ def test_every_settings_bound_is_in_its_row() -> None:
             ), f"README's row of TALKSTREAM_{name.upper()} does not say its bound {bound}"
             checked += 1
     assert checked >= 10
+
+
+def test_the_request_table_names_every_typed_openai_param() -> None:
+    """The ``other openai.*`` row lists the Chat Completions params the ingress reads as
+    their JSON type (a Liquid string of one read, anything else a 422); ``max_completion_tokens``
+    and ``stream``, typed too, have rules of their own in the table."""
+    from models.params import _TYPED_PASSTHROUGH
+
+    rows = {row[0]: row[1] for row in table_rows(section(README, "The request"))}
+    listed = re.search(r"the numbers and flags it takes \(([^)]*)\)", rows["other `openai.*`"])
+    assert listed
+    typed = set(re.findall(r"`(\w+)`", listed.group(1)))
+    assert typed | {"max_completion_tokens", "stream"} == set(_TYPED_PASSTHROUGH)
+    assert "`openai.max_completion_tokens`" in rows["`openai.max_tokens`"]
+    assert "`stream` true is a 422" in rows["other `openai.*`"]
