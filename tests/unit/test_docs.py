@@ -384,3 +384,41 @@ def test_the_request_table_names_every_typed_openai_param() -> None:
     assert typed | {"max_completion_tokens", "stream"} == set(_TYPED_PASSTHROUGH)
     assert "`openai.max_completion_tokens`" in rows["`openai.max_tokens`"]
     assert "`stream` true is a 422" in rows["other `openai.*`"]
+
+
+def _options(command: click.Command) -> set[str]:
+    """Every option of a command (of each subcommand, for a group), as typed; ``talkstream
+    bench`` hands its arguments to the harness's command."""
+    if command.name == "bench":
+        from bench.command import bench
+
+        command = bench
+    if isinstance(command, click.Group):
+        return set().union(*(_options(sub) for sub in command.commands.values()))
+    return {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+
+
+def test_the_commands_table_names_each_commands_options_and_no_other() -> None:
+    """The Commands table checked the commands only: an option renamed or removed would have
+    stayed in it, and ``dev --openai-port`` / ``--talkable-port`` and the servers'
+    ``--log-format`` were in no row of theirs."""
+    said: dict[str, set[str]] = {name: set() for name in main.commands}
+    for row in table_rows(section(README, "Commands")):
+        (own,) = re.findall(r"`talkstream ([\w-]+)", row[0])[:1]
+        for span in re.findall(r"`([^`]+)`", " | ".join(row)):
+            words = span.split()
+            owner = own
+            if words[0] == "talkstream" and len(words) > 1:
+                owner = words[1]
+            elif words[0] in main.commands:
+                owner = words[0]  # another command's option, e.g. migrate's `replay --force`
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
+                assert option in _options(main.commands[owner]), f"{owner} has no {option}"
+                said[owner].add(option)
+    missing = {
+        f"{name} {option}"
+        for name, command in main.commands.items()
+        if name != "bench"  # its options are the harness's: bench --help, BENCHMARKS.md
+        for option in _options(command) - said[name]
+    }
+    assert missing == set(), "options missing from their row of README's Commands table"
