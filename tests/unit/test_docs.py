@@ -422,3 +422,52 @@ def test_the_commands_table_names_each_commands_options_and_no_other() -> None:
         for option in _options(command) - said[name]
     }
     assert missing == set(), "options missing from their row of README's Commands table"
+
+
+def _diagram_edges(diagram: str) -> set[tuple[str, str]]:
+    """The transitions a state diagram draws: ``a ─> b``, a branch ``a ─┬─> b`` whose ``├─>``
+    and ``└─>`` below it (in its column) start at ``a`` too, ``b | c`` for either."""
+    from models.lifecycle import State
+
+    states = {s.value for s in State}
+    token = re.compile(r"(?P<state>\w+)|(?P<branch>─┬─>)|(?P<fork>[├└]─>)|(?P<arrow>─>)|\|")
+    owners: dict[int, str] = {}
+    edges = set()
+    for line in diagram.splitlines():
+        last = source = drawn_from = None
+        for match in token.finditer(line):
+            kind = match.lastgroup
+            if kind == "state":
+                if match.group() not in states:
+                    continue
+                if source is not None:
+                    edges.add((source, match.group()))
+                    drawn_from = source
+                last, source = match.group(), None
+            elif kind == "branch":
+                owners[match.start() + 1] = source = last
+            elif kind == "fork":
+                source = owners[match.start()]
+            elif kind == "arrow":
+                source = last
+            else:  # "|": another state the same arrow leads to
+                source = drawn_from
+    return edges
+
+
+@pytest.mark.parametrize("text", [README, TOPOLOGY], ids=["README", "topology"])
+def test_the_state_diagrams_draw_the_transition_table(text: str) -> None:
+    """README's and topology.md's diagrams are what an operator reads the lifecycle from;
+    the one table of transitions is ``models/lifecycle.py``. Re-issues (a state to itself)
+    and the legacy ``publish_failed → published`` are said beside the diagram, not drawn."""
+    from models.lifecycle import TRANSITIONS
+
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", text, re.M | re.S)  # fences in pairs
+    (diagram,) = [block for block in blocks if "received ─┬─>" in block]
+    table = {
+        (a.value, b.value) for a, targets in TRANSITIONS.items() if a for b in targets if a != b
+    }
+    assert _diagram_edges(diagram) == table - {("publish_failed", "published")}
+    if text is TOPOLOGY:
+        assert "`generating → generating` and `publishing → publishing`" in text
+        assert "`publish_failed → published`" in text
