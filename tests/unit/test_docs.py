@@ -471,3 +471,22 @@ def test_the_state_diagrams_draw_the_transition_table(text: str) -> None:
     if text is TOPOLOGY:
         assert "`generating → generating` and `publishing → publishing`" in text
         assert "`publish_failed → published`" in text
+
+
+def test_every_metric_the_docs_name_is_served_with_those_labels() -> None:
+    """The alerts, topology.md and the tenants' section name metrics by their series, some
+    with labels (``talkstream_in_flight{executor="generator"}``): each is served, and each
+    label it names is one of that metric's."""
+    served = _served_metrics()
+    texts = [README, TOPOLOGY, CONSUMERS, (ROOT / "docs" / "console.md").read_text()]
+    named = 0
+    for text in texts:
+        for name, labels in re.findall(r"\b(talkstream_[a-z_]+)(\{[^}]*\})?", text):
+            if name == "talkstream_alembic_version":
+                continue  # the projection's migration history, a table
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in served, f"{name} is not a metric talkstream serves"
+            said = set(re.findall(r"(\w+)(?:=|,|\})", labels))
+            assert said <= set(served[base][0].split(",")), f"{name}{labels}: no such label"
+            named += 1
+    assert named >= 20
