@@ -490,3 +490,33 @@ def test_every_metric_the_docs_name_is_served_with_those_labels() -> None:
             assert said <= set(served[base][0].split(",")), f"{name}{labels}: no such label"
             named += 1
     assert named >= 20
+
+
+def test_every_default_said_in_words_is_the_settings_default(tmp_path: Path) -> None:
+    """The rows the default check passes over (a default said in words: "none", a rule, a
+    path from other settings) are None in the settings, and the rule each states is the one
+    the code applies."""
+    from streams.dev.supervisor import broker_addresses
+
+    worded = {}
+    for row in table_rows(section(README, "Configuration")):
+        names = [
+            n for n in re.findall(r"`([A-Z_]+)`", row[0]) if n.lower() in Settings.model_fields
+        ]
+        defaults = row[1].split(" / ")
+        if len(defaults) != len(names) or not all(re.fullmatch(r"`[^`]+`", d) for d in defaults):
+            worded |= {name: row[1] for name in names}
+    assert {n.lower() for n in worded} <= {
+        n for n, field in Settings.model_fields.items() if field.default is None
+    }
+    assert worded["SECRET_KEYS"] == worded["CONSOLE_TOKEN"] == "none: required"
+    assert worded["MIN_INSYNC_REPLICAS"].startswith("RF - 1, within 1..2")
+    assert [Settings(replication_factor=rf).insync_replicas for rf in (1, 2, 3, 5)] == [1, 1, 2, 2]
+    assert worded["KAFKA_CONTROLLER_PORT"].startswith("the first bootstrap server's port + 1")
+    bootstrap = "127.0.0.1:19092,127.0.0.1:29092"
+    for port in (None, 0):
+        settings = Settings(kafka_bootstrap=bootstrap, kafka_controller_port=port)
+        assert [address[1] for address in broker_addresses(settings)] == [19092, 19093]
+    assert worded["DATABASE_URL"].startswith("`sqlite:///DATA_DIR/<APP_ID>.sqlite3`")
+    settings = Settings(data_dir=tmp_path, app_id="acme")
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path}/acme.sqlite3"
