@@ -339,7 +339,9 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("kafka_controller_port", "min_insync_replicas", mode="before")
+    @field_validator(
+        "kafka_controller_port", "min_insync_replicas", "rebalance_grace_seconds", mode="before"
+    )
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         """An empty variable (a compose file's unset one) means the default, as for the other

@@ -386,6 +386,21 @@ def test_every_talkstream_variable_is_a_setting(compose_text: str, services: Ser
     assert not unknown, f"not fields of streams.settings.Settings: {unknown}"
 
 
+def test_compose_readme_names_every_variable_the_file_takes(compose_text: str) -> None:
+    """compose/README.md tells an operator which variables the file takes from the shell
+    (the rest need an edit of ``environment:``): its list is the file's ``${...}``."""
+    readme = " ".join((COMPOSE_DIR / "README.md").read_text().split())
+    said = re.search(
+        r"passes them to the containers, each with the `TALKSTREAM_` prefix: (.*?)\.", readme
+    )
+    assert said
+    listed = {f"TALKSTREAM_{name}" for name in re.findall(r"`([A-Z_]+)`", said.group(1))}
+    taken = set(re.findall(r"\$\{(TALKSTREAM_[A-Z0-9_]+)", compose_text))
+    assert listed == taken
+    for other in set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", compose_text)) - taken:
+        assert f"`{other}`" in readme, f"compose/README.md does not say what {other} sets"
+
+
 def test_each_services_environment_is_valid_settings(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

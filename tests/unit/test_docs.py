@@ -233,3 +233,290 @@ def test_the_stand_ins_knobs_the_readme_names_exist() -> None:
         named = set(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+|down)`", text))
         assert len(named) >= 5, named
         assert named <= {f.name for f in fields(config)}, named - {f.name for f in fields(config)}
+
+
+def _served_metrics() -> dict[str, tuple[str, set[str]]]:
+    """Every series each process serves on ``/metrics``: name as exposed → (labels, servers)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streams.ingress import Metrics
+    from streams.observability import ConsumerLag, ProcessMetrics, WorkerMetrics
+
+    worker, projector = WorkerMetrics(), ProcessMetrics()
+    for metrics in (worker, projector):  # as serve_worker_http registers it
+        metrics.registry.register(ConsumerLag(None, metrics.consumers))
+    served: dict[str, tuple[str, set[str]]] = {}
+    for server, registry in (
+        ("ingress", Metrics().registry),
+        ("worker", worker.registry),
+        ("projector", projector.registry),
+    ):
+        for collector in list(registry._collector_to_names):
+            if isinstance(collector, MetricWrapperBase):
+                families = [(collector._name, collector._type, collector._labelnames)]
+            else:
+                families = [(f.name, f.type, f._labelnames) for f in collector.collect()]
+            for name, kind, labels in families:
+                exposed = name + ("_total" if kind == "counter" else "")
+                served.setdefault(exposed, (",".join(labels), set()))[1].add(server)
+    return served
+
+
+def test_every_metric_is_documented_with_its_labels_and_servers() -> None:
+    """Six of the seventeen series (the tokens, the generation's and the ingress's latency,
+    the targets' calls in flight, rate and 429s) were named nowhere, and none with its labels
+    but the upstream calls': an operator building a dashboard had to read the code."""
+    match = re.search(r"^\*\*Metrics\*\*.*?\n\n(\|.*?)\n\n", README, re.M | re.S)
+    assert match, "README has no **Metrics** table"
+    documented = {}
+    for row in table_rows(match.group(1)):
+        name = re.fullmatch(r"`(talkstream_\w+)(?:\{([\w,]+)\})?`", row[0])
+        assert name, f"not a metric: {row[0]}"
+        documented[name.group(1)] = (name.group(2) or "", set(row[1].split(", ")))
+    assert documented == _served_metrics()
+
+
+CONSUMERS = (ROOT / "docs" / "consumers.md").read_text()
+
+
+def test_the_consumer_guide_names_every_lifecycle_field_and_type() -> None:
+    """docs/consumers.md's field table is what analytics teams code against: every field of
+    ``LifecycleEvent`` is in it, it names none the model lacks, and its ``type`` row lists
+    every event type."""
+    import typing
+
+    from models.events import LifecycleEvent
+
+    rows = table_rows(section(CONSUMERS, "The lifecycle topic").split("\n\nTerminal states")[0])
+    documented = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row[0])}
+    assert documented == set(LifecycleEvent.model_fields)
+    (types,) = [row[1] for row in rows if row[0] == "`type`"]
+    annotation = LifecycleEvent.model_fields["type"].annotation
+    assert set(re.findall(r"`([A-Z]\w+)`", types)) == set(typing.get_args(annotation))
+
+
+def test_the_consumer_guide_names_every_column_of_the_projection() -> None:
+    """The SQL projection's columns as docs/consumers.md lists them, table by table, are the
+    tables' columns (``transitions.id``, a surrogate key, aside)."""
+    from streams.projection.tables import Base
+
+    text = " ".join(section(CONSUMERS, "The SQL projection").split())
+    spans = {
+        "requests": ("Its columns:", "`transitions`: one row"),
+        "transitions": ("`transitions`: one row", "`projected_offsets`: the"),
+        "projected_offsets": ("`projected_offsets`: the", "`ended_minutes` (migration"),
+        "ended_minutes": ("`ended_minutes` (migration", "For example"),
+    }
+    assert set(spans) == set(Base.metadata.tables)
+    for name, (start, end) in spans.items():
+        said = text[text.index(start) : text.index(end)]
+        named = set(re.findall(r"`([a-z_]+)`", said))
+        columns = {c.name for c in Base.metadata.tables[name].columns} - {"id"}
+        assert columns <= named, f"{name}: {columns - named} not in docs/consumers.md"
+
+
+def test_the_layout_names_every_module_of_the_package() -> None:
+    """README's Layout is where a newcomer looks for a module: ``observability.py`` (the
+    metrics), ``errors.py``, ``logs.py``, ``kafka_options.py`` and five more were not in it,
+    nor half of ``agents/`` and ``ops/`` (no ``stats`` module there: it is in ``audit``)."""
+    layout = section(README, "Layout")
+    named = set(re.findall(r"`([\w.]+/?)`", layout))
+    package = ROOT / "streams"
+    top = {
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in package.iterdir()
+        if (path.suffix == ".py" or (path / "__init__.py").exists()) and path.name != "__init__.py"
+    }
+    assert top - named == set(), "streams/ modules missing from README's Layout"
+    rooms = {
+        "agents": layout[layout.index("`agents/` (") : layout.index("`ingress.py`")],
+        "ops": layout[layout.index("- `ops/`:") : layout.index("- `console/`")],
+    }
+    for room, bullet in rooms.items():
+        said = set(re.findall(r"`(\w+)`", bullet))
+        modules = {p.stem for p in (package / room).glob("*.py")} - {"__init__"}
+        assert modules - said == set(), f"streams/{room}/ modules missing from README's Layout"
+        assert said - modules <= {"talkstream"}, f"README's Layout names no module {said - modules}"
+
+
+def test_every_settings_bound_is_in_its_row() -> None:
+    """TALKSTREAM_PARTITIONS=2000, MAX_BODY_BYTES=512 or PRODUCER_LINGER_MS=90000 stopped every
+    command, with nothing in README's table saying the setting had a bound. Each bound other
+    than a count's or a duration's floor (0, 1) and a port's range is in its setting's row."""
+    import annotated_types
+
+    rows = {
+        name.lower(): row[2]
+        for row in table_rows(section(README, "Configuration"))
+        for name in re.findall(r"`([A-Z_]+)`", row[0])
+    }
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        if name.endswith("_port"):
+            continue  # 0 to 65535, as any port
+        bounds = [
+            getattr(m, kind)
+            for m in field.metadata
+            for kind in ("ge", "gt", "le", "lt")
+            if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, kind)
+        ]
+        for bound in bounds:
+            if bound in (0, 1) and not any(hasattr(m, "le") for m in field.metadata):
+                continue  # a floor only: a count of at least 1, a duration above 0
+            said = {str(bound), f"{bound:,}"}
+            assert any(
+                re.search(rf"(?<![\d,.]){re.escape(s)}(?!\d|,\d)", rows[name]) for s in said
+            ), f"README's row of TALKSTREAM_{name.upper()} does not say its bound {bound}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_request_table_names_every_typed_openai_param() -> None:
+    """The ``other openai.*`` row lists the Chat Completions params the ingress reads as
+    their JSON type (a Liquid string of one read, anything else a 422); ``max_completion_tokens``
+    and ``stream``, typed too, have rules of their own in the table."""
+    from models.params import _TYPED_PASSTHROUGH
+
+    rows = {row[0]: row[1] for row in table_rows(section(README, "The request"))}
+    listed = re.search(r"the numbers and flags it takes \(([^)]*)\)", rows["other `openai.*`"])
+    assert listed
+    typed = set(re.findall(r"`(\w+)`", listed.group(1)))
+    assert typed | {"max_completion_tokens", "stream"} == set(_TYPED_PASSTHROUGH)
+    assert "`openai.max_completion_tokens`" in rows["`openai.max_tokens`"]
+    assert "`stream` true is a 422" in rows["other `openai.*`"]
+
+
+def _options(command: click.Command) -> set[str]:
+    """Every option of a command (of each subcommand, for a group), as typed; ``talkstream
+    bench`` hands its arguments to the harness's command."""
+    if command.name == "bench":
+        from bench.command import bench
+
+        command = bench
+    if isinstance(command, click.Group):
+        return set().union(*(_options(sub) for sub in command.commands.values()))
+    return {opt for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+
+
+def test_the_commands_table_names_each_commands_options_and_no_other() -> None:
+    """The Commands table checked the commands only: an option renamed or removed would have
+    stayed in it, and ``dev --openai-port`` / ``--talkable-port`` and the servers'
+    ``--log-format`` were in no row of theirs."""
+    said: dict[str, set[str]] = {name: set() for name in main.commands}
+    for row in table_rows(section(README, "Commands")):
+        (own,) = re.findall(r"`talkstream ([\w-]+)", row[0])[:1]
+        for span in re.findall(r"`([^`]+)`", " | ".join(row)):
+            words = span.split()
+            owner = own
+            if words[0] == "talkstream" and len(words) > 1:
+                owner = words[1]
+            elif words[0] in main.commands:
+                owner = words[0]  # another command's option, e.g. migrate's `replay --force`
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
+                assert option in _options(main.commands[owner]), f"{owner} has no {option}"
+                said[owner].add(option)
+    missing = {
+        f"{name} {option}"
+        for name, command in main.commands.items()
+        if name != "bench"  # its options are the harness's: bench --help, BENCHMARKS.md
+        for option in _options(command) - said[name]
+    }
+    assert missing == set(), "options missing from their row of README's Commands table"
+
+
+def _diagram_edges(diagram: str) -> set[tuple[str, str]]:
+    """The transitions a state diagram draws: ``a ─> b``, a branch ``a ─┬─> b`` whose ``├─>``
+    and ``└─>`` below it (in its column) start at ``a`` too, ``b | c`` for either."""
+    from models.lifecycle import State
+
+    states = {s.value for s in State}
+    token = re.compile(r"(?P<state>\w+)|(?P<branch>─┬─>)|(?P<fork>[├└]─>)|(?P<arrow>─>)|\|")
+    owners: dict[int, str] = {}
+    edges = set()
+    for line in diagram.splitlines():
+        last = source = drawn_from = None
+        for match in token.finditer(line):
+            kind = match.lastgroup
+            if kind == "state":
+                if match.group() not in states:
+                    continue
+                if source is not None:
+                    edges.add((source, match.group()))
+                    drawn_from = source
+                last, source = match.group(), None
+            elif kind == "branch":
+                owners[match.start() + 1] = source = last
+            elif kind == "fork":
+                source = owners[match.start()]
+            elif kind == "arrow":
+                source = last
+            else:  # "|": another state the same arrow leads to
+                source = drawn_from
+    return edges
+
+
+@pytest.mark.parametrize("text", [README, TOPOLOGY], ids=["README", "topology"])
+def test_the_state_diagrams_draw_the_transition_table(text: str) -> None:
+    """README's and topology.md's diagrams are what an operator reads the lifecycle from;
+    the one table of transitions is ``models/lifecycle.py``. Re-issues (a state to itself)
+    and the legacy ``publish_failed → published`` are said beside the diagram, not drawn."""
+    from models.lifecycle import TRANSITIONS
+
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", text, re.M | re.S)  # fences in pairs
+    (diagram,) = [block for block in blocks if "received ─┬─>" in block]
+    table = {
+        (a.value, b.value) for a, targets in TRANSITIONS.items() if a for b in targets if a != b
+    }
+    assert _diagram_edges(diagram) == table - {("publish_failed", "published")}
+    if text is TOPOLOGY:
+        assert "`generating → generating` and `publishing → publishing`" in text
+        assert "`publish_failed → published`" in text
+
+
+def test_every_metric_the_docs_name_is_served_with_those_labels() -> None:
+    """The alerts, topology.md and the tenants' section name metrics by their series, some
+    with labels (``talkstream_in_flight{executor="generator"}``): each is served, and each
+    label it names is one of that metric's."""
+    served = _served_metrics()
+    texts = [README, TOPOLOGY, CONSUMERS, (ROOT / "docs" / "console.md").read_text()]
+    named = 0
+    for text in texts:
+        for name, labels in re.findall(r"\b(talkstream_[a-z_]+)(\{[^}]*\})?", text):
+            if name == "talkstream_alembic_version":
+                continue  # the projection's migration history, a table
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in served, f"{name} is not a metric talkstream serves"
+            said = set(re.findall(r"(\w+)(?:=|,|\})", labels))
+            assert said <= set(served[base][0].split(",")), f"{name}{labels}: no such label"
+            named += 1
+    assert named >= 20
+
+
+def test_every_default_said_in_words_is_the_settings_default(tmp_path: Path) -> None:
+    """The rows the default check passes over (a default said in words: "none", a rule, a
+    path from other settings) are None in the settings, and the rule each states is the one
+    the code applies."""
+    from streams.dev.supervisor import broker_addresses
+
+    worded = {}
+    for row in table_rows(section(README, "Configuration")):
+        names = [
+            n for n in re.findall(r"`([A-Z_]+)`", row[0]) if n.lower() in Settings.model_fields
+        ]
+        defaults = row[1].split(" / ")
+        if len(defaults) != len(names) or not all(re.fullmatch(r"`[^`]+`", d) for d in defaults):
+            worded |= {name: row[1] for name in names}
+    assert {n.lower() for n in worded} <= {
+        n for n, field in Settings.model_fields.items() if field.default is None
+    }
+    assert worded["SECRET_KEYS"] == worded["CONSOLE_TOKEN"] == "none: required"
+    assert worded["MIN_INSYNC_REPLICAS"].startswith("RF - 1, within 1..2")
+    assert [Settings(replication_factor=rf).insync_replicas for rf in (1, 2, 3, 5)] == [1, 1, 2, 2]
+    assert worded["KAFKA_CONTROLLER_PORT"].startswith("the first bootstrap server's port + 1")
+    bootstrap = "127.0.0.1:19092,127.0.0.1:29092"
+    for port in (None, 0):
+        settings = Settings(kafka_bootstrap=bootstrap, kafka_controller_port=port)
+        assert [address[1] for address in broker_addresses(settings)] == [19092, 19093]
+    assert worded["DATABASE_URL"].startswith("`sqlite:///DATA_DIR/<APP_ID>.sqlite3`")
+    settings = Settings(data_dir=tmp_path, app_id="acme")
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path}/acme.sqlite3"
