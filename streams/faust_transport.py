@@ -119,6 +119,7 @@ class Consumer(driver.Consumer):
         super().__init__(*args, **kwargs)
         self._taken: dict[TP, int] = {}
         self._assigned_at: dict[TP, float] = {}  # monotonic: when each was assigned last
+        self._held: set[TP] = set()  # partitions whose commits wait for the ledger
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -219,7 +220,31 @@ class Consumer(driver.Consumer):
         for tp in revoked:
             self._taken.pop(tp, None)
             inbound.pop(tp, None)  # assigned again later, it is not "stopped" since
-        await super().on_partitions_revoked(revoked)
+        await super().on_partitions_revoked(revoked)  # (faust commits what it may in there)
+        self._held -= revoked  # their next owner reads them from the commit held back
+
+    def hold_commits(self, tp: TP) -> None:
+        """faust commits nothing more of ``tp`` until :meth:`release_commits`: the ledger took
+        a batch of it that it did not store (Kafka gave up on an output or a changelog write),
+        and faust, told it is done all the same (it waits for what its streams took at a
+        rebalance and a stop), would commit past it. A partition that had no offset mark in
+        the ledger's table then left its next owner (after a crash or a stop before the batch
+        was decided again) nothing to read it back from: it started from the commit, past a
+        batch never stored (a request never decided, a usage count short). Held, the commit
+        stays before the batch, where the next owner starts (the offsets acknowledged
+        meanwhile wait in faust's books, committed once released)."""
+        if tp in self.assignment():
+            self._held.add(tp)
+
+    def release_commits(self, tp: TP) -> None:
+        """The ledger stored what it held ``tp``'s commits for: faust commits it again."""
+        self._held.discard(tp)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """faust's offset to commit of ``tp`` (consuming its books), none while it is held."""
+        if tp in self._held:
+            return None
+        return super()._new_offset(tp)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         for tp in [tp for tp in self._taken if tp not in assigned]:

@@ -67,6 +67,9 @@ WITHIN_SECONDS = 0.005
 # (topic, partition, first, last): offsets the ledger read back itself and decided, for faust
 # to count as done (``streams.faust_transport.Consumer.acknowledge_range``)
 Acknowledge = Callable[[str, int, int, int], Awaitable[None]]
+# (topic, partition): faust commits nothing more of it until it is released, or does again
+# (``streams.faust_transport.Consumer.hold_commits``, ``release_commits``)
+Hold = Callable[[str, int], None]
 # partition -> the last offset faust took of it from Kafka (``Consumer.taken``)
 Taken = Callable[[], dict[int, int]]
 # the table's changelog writes since the last call, each done once Kafka took it or gave up on
@@ -105,6 +108,8 @@ def register(
         taken=lambda: app.consumer.taken(topics.requests.get_topic_name()),
         partitions=app.conf.topic_partitions,
         written=table.written,
+        hold=lambda topic, partition: app.consumer.hold_commits(TP(topic, partition)),
+        release=lambda topic, partition: app.consumer.release_commits(TP(topic, partition)),
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -130,6 +135,8 @@ class Ledger:
         taken: Taken = dict,
         partitions: int | None = None,
         written: Written = list,
+        hold: Hold | None = None,
+        release: Hold | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -159,6 +166,11 @@ class Ledger:
         self._acknowledge = acknowledge
         self._taken = taken
         self._written = written
+        self._hold = hold
+        self._release = release
+        # the partitions (topic, partition) of a batch not stored, whose commits faust holds
+        # until a batch of them is (``_undecided``)
+        self._held: set[tuple[str, int]] = set()
         self._behind: dict[int, tuple[int, int]] = {}  # partition -> (expected, taken) last look
         # the outputs Kafka acknowledged of records whose batch was not stored, by record, until
         # a batch that decided them again is (kept across a rebalance: whoever decides them
@@ -181,8 +193,9 @@ class Ledger:
         otherwise. A batch not stored, or not marked (``_undecided``), is decided again
         without the outputs Kafka took of it: an executor runs each command once (a call
         billed once), a letter or a transition is written once. faust acknowledges it all the
-        same (held, faust's wait for its streams at a rebalance would wait for it): the
-        table's mark, not written, is where the partition's next owner decides from."""
+        same (held, faust's wait for its streams at a rebalance would wait for it) but commits
+        nothing more of its partitions until a batch of each is stored: the partition's next
+        owner decides from that commit, or from the table's mark before it."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             batch = self._deciding = Batch(self._withdraw)
             marks: dict[bytes, tuple[bytes, Any]] = {}
@@ -208,12 +221,14 @@ class Ledger:
                         marks[mark] = (str(msg.offset + 1).encode(), event)
             except Exception as exc:  # a gap not read back: Kafka cannot be reached
                 await batch.delivered(self._send_now, failed=exc)
-                self._undecided(firsts, exc, batch, "a batch was not decided in full")
+                await self._undecided(events, firsts, exc, batch, "a batch was not decided in full")
                 continue
             try:
                 await batch.delivered(self._send_now)
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
-                self._undecided(firsts, exc, batch, "Kafka did not take every output of a batch")
+                await self._undecided(
+                    events, firsts, exc, batch, "Kafka did not take every output of a batch"
+                )
                 continue
             latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
@@ -228,8 +243,12 @@ class Ledger:
             failed = await self._changelog_taken()
             if failed is not None:  # Kafka gave up on a write of the table: decided again
                 batch.taken()
-                self._undecided(
-                    firsts, failed, batch, "Kafka did not take every changelog write of a batch"
+                await self._undecided(
+                    events,
+                    firsts,
+                    failed,
+                    batch,
+                    "Kafka did not take every changelog write of a batch",
                 )
                 continue
             if batch.again:
@@ -246,6 +265,10 @@ class Ledger:
             if self._acknowledge is not None:
                 for topic, partition, first, last in read_back:
                     await self._acknowledge(topic, partition, first, last)
+            for held in self._held.intersection(firsts):  # decided again from where it was
+                self._held.discard(held)
+                if self._release is not None:
+                    self._release(*held)
             self._deciding = Batch()
 
     async def _changelog_taken(self) -> BaseException | None:
@@ -281,8 +304,13 @@ class Ledger:
                     del self._table[person]
                 self._states.drop(person)
 
-    def _undecided(
-        self, firsts: dict[tuple[str, int], int], exc: BaseException, batch: Batch, what: str
+    async def _undecided(
+        self,
+        events: Sequence[Any],
+        firsts: dict[tuple[str, int], int],
+        exc: BaseException,
+        batch: Batch,
+        what: str,
     ) -> None:
         """A batch whose outputs Kafka did not all take, or that could not be decided in full
         (a gap before one of its messages could not be read back: Kafka out of reach), is not
@@ -290,8 +318,16 @@ class Ledger:
         in the table: deciding it again sends nothing of what it did, and writes them again):
         each of its partitions expects the batch's first offset again (its next
         message, or the gap timer's probe, reads the batch back and decides it again; one that
-        it did not reach expects what it did), and the deadlines tracked from its states are
-        forgotten (the table, scanned again, is what is in flight). The agent crashed here
+        it did not reach expects what it did, or its first offset in the batch if it expected
+        nothing, no offset mark), and the deadlines tracked from its states are
+        forgotten (the table, scanned again, is what is in flight). faust is told the batch is
+        done all the same (it waits for what its streams took at a rebalance or a stop), but
+        commits nothing more of its partitions until a batch of each is stored
+        (``hold``, ``release``): a partition's next owner starts from that commit, or from the
+        offset mark before it, so a worker that stops, or dies, before the batch is decided
+        again leaves it to be decided by whoever comes next. (faust committed past it before:
+        a partition with no offset mark yet, the first batch a worker took of it, left its next
+        owner nothing to read the batch back from.) The agent crashed here
         before: faust acked the batch and restarted the agent, which went on after the batch as
         if it were decided, and a request whose command was lost stayed in flight for good,
         with no deadline that would re-issue it.
@@ -307,6 +343,12 @@ class Ledger:
         moves meanwhile, still sends them again (at-least-once: README, "Production")."""
         for source, identities in batch.acknowledged.items():
             self._sent.setdefault(source, set()).update(identities)
+        starts: dict[tuple[str, int], int] = {}  # each partition's first offset in the batch
+        for event in events:
+            starts.setdefault((event.message.topic, event.message.partition), event.message.offset)
+        for key, offset in starts.items():
+            if key not in firsts and await self._gaps.expectation(*key) is None:
+                firsts[key] = offset  # not reached, and nothing expected of it (no offset mark)
         log.warning(
             "ledger: %s (%s): decided again from %s (the %s of its %s outputs sent that "
             "Kafka took are not sent again; once Kafka had given up on one, %s were held back "
@@ -322,6 +364,11 @@ class Ledger:
         )
         for (topic, partition), offset in firsts.items():
             self._gaps.rewind(topic, partition, offset)
+        for key in starts:
+            if key not in self._held:
+                self._held.add(key)
+                if self._hold is not None:
+                    self._hold(*key)
         self._scan.soon()  # before the next look for what is overdue
         self._deciding = Batch()
 
@@ -400,6 +447,7 @@ class Ledger:
 
     def rebalanced(self, *_: Any, **__: Any) -> None:
         self._gaps.forget()
+        self._held.clear()  # (faust forgets its holds of the partitions revoked)
         self._forgetting.clear()  # the scan after the recovery tracks those it owns again
         self._behind.clear()
 

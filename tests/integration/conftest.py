@@ -441,6 +441,27 @@ async def partitions_of(
     return sorted(p["partition"] for p in described["partitions"])
 
 
+def topic_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic`` that holds a record (the next written)."""
+    import asyncio
+    import contextlib
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> dict[int, int]:
+        parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(parts)
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):  # (as in read_topic)
+                await consumer.stop()
+        return {tp.partition: end for tp, end in ends.items() if end}
+
+    return asyncio.run(read())
+
+
 def group_commits(bootstrap: str, group: str) -> dict[int, tuple[int, str]]:
     """A consumer group's committed offset of each partition with its metadata (no member
     joins the group to read them)."""

@@ -341,6 +341,46 @@ async def test_offsets_the_ledger_read_back_itself_let_faust_commit_past_them() 
     assert gone not in consumer._gap
 
 
+async def test_commits_the_ledger_holds_wait_until_it_releases_them_or_the_partition_goes() -> None:
+    """The ledger holds a partition's commits while a batch of it is not stored (faust is
+    told it is done all the same): faust commits nothing of it, and what was acknowledged
+    meanwhile is committed once released. A revocation ends a hold (the partition's next owner
+    starts from the commit held back; a hold kept would stop this worker's commits of it for
+    good, were it assigned again); a partition not assigned is not held."""
+    app = App("t-faust-app", broker="talkstream://127.0.0.1:1", autodiscover=False, Topic=Topic)
+    consumer = app.consumer
+    requests = TP("t-faust-app-requests", 3)
+    app.topics._acking_topics.add(requests.topic)
+    consumer.assignment = lambda: {requests}  # type: ignore[method-assign]
+
+    def delivered(offset: int) -> Message:
+        return Message(requests.topic, 3, offset, 0.0, 0, None, b"k", b"v", None, tp=requests)
+
+    assert consumer.ack(delivered(50))
+    consumer.hold_commits(requests)
+    assert consumer.ack(delivered(51))
+    assert consumer._filter_committable_offsets([requests]) == {}
+    consumer.release_commits(requests)
+    assert consumer._filter_committable_offsets([requests]) == {requests: 52}
+
+    consumer.hold_commits(requests)
+    revoked: list[set[TP]] = []
+
+    async def on_revoked(tps: set[TP]) -> None:  # the app's own handling (its wait, commits)
+        revoked.append(tps)
+
+    consumer._on_partitions_revoked = on_revoked
+    await consumer.on_partitions_revoked({requests})
+    assert revoked == [{requests}]
+    assert consumer.ack(delivered(52))  # assigned again (faust's books of it start again)
+    assert consumer._filter_committable_offsets([requests]) == {requests: 53}
+
+    gone = TP(requests.topic, 2)
+    consumer.hold_commits(gone)
+    assert consumer.ack(Message(gone.topic, 2, 7, 0.0, 0, None, b"k", b"v", None, tp=gone))
+    assert consumer._filter_committable_offsets([gone]) == {gone: 8}
+
+
 async def test_the_last_offset_faust_took_is_known_per_partition_it_reads_now(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -29,7 +29,7 @@ from models.events import LifecycleEvent
 from streams.codecs import decode
 from streams.dev.kafka_cluster import KafkaCluster
 from tests.integration.brokers.support import three_nodes
-from tests.integration.conftest import System, Traffic, read_topic
+from tests.integration.conftest import System, Traffic, group_commits, read_topic, topic_ends
 from tests.support import seed_params, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.brokers]
@@ -137,6 +137,17 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
                 backwards[event.request_id] = (before and before.type, event.type)
             last[event.request_id] = event
         assert backwards == {}, "requests whose transitions are out of order"
+        # the group commits every [requests] partition to its end: the ledger holds a
+        # partition's commits while a batch of it is not stored (Kafka gave up on an output or
+        # a changelog write), and releases them once it stored the batch decided again
+        requests = f"{system.app_id}-requests"
+
+        def committed_to_the_end() -> bool:
+            commits = group_commits(cluster.bootstrap, system.app_id)
+            ends = topic_ends(cluster.bootstrap, requests)
+            return {p: commits.get(p, (0, ""))[0] for p in ends} == ends
+
+        wait_until(committed_to_the_end, 60, what="the ledger's commits at the end of [requests]")
         # stopped (as a deploy does), the worker collects what it held: what Kafka did not
         # take is said as such (a WARNING naming the topic and partition), not reported by
         # asyncio as a future nobody read (faust's future message of a changelog record: an
