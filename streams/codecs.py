@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
 from models.events import RequestsValue
 from streams.errors import DecodeError
@@ -87,5 +87,9 @@ def _names(shape: Any) -> frozenset[str]:
             for value in node:
                 walk(value)
 
-    walk(TypeAdapter[Any](shape).json_schema())
+    try:
+        schema = TypeAdapter[Any](shape).json_schema()
+    except PydanticUserError:  # a shape without a JSON Schema: no path, still a DecodeError
+        return frozenset()
+    walk(schema)
     return frozenset(found)

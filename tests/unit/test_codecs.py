@@ -5,11 +5,13 @@ hold anything, keys included (one written by another producer, a tool, a bug).""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from pydantic import TypeAdapter
 
 from models.events import ChatRequest, GenerateText
-from streams.codecs import decode, decode_requests, encode
+from streams.codecs import _checked, decode, decode_requests, encode
 from streams.errors import DecodeError
 
 KEY = "sk-POISON-openai-3f9a77c1"
@@ -58,3 +60,14 @@ def test_the_names_a_message_knows_stay_in_the_path() -> None:
     reason = _reason(_command(attempt="two", chat=chat), GenerateText)
 
     assert "attempt: " in reason and "chat.model: " in reason, reason
+
+
+def test_a_shape_without_a_json_schema_still_refuses_with_a_decode_error() -> None:
+    # the names a reason may show come from the shape's JSON Schema, made on the error path:
+    # a shape without one raised there, from the handler of the poison message
+    validate = TypeAdapter(int).validate_json
+
+    with pytest.raises(DecodeError) as refused:
+        _checked(validate, b'"seven"', Callable[[], None])
+
+    assert str(refused.value).startswith("does not decode: value: Input should be a valid integer")
