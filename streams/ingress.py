@@ -361,18 +361,27 @@ async def _topic_limit(client: Any, topic: str) -> int | None:
         return None
 
 
+# what the access log writes for a path the ingress does not serve (build_ingress's routes:
+# the webhook's, health and metrics), and for a request aiohttp refused before reading its path
+OTHER_PATH = "(a path not served)"
+SERVED_PATHS = frozenset({PATH, "/healthz", "/readyz", "/metrics"})
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per HTTP request: method, path *without* the query string (it may carry
-    keys), status and time. aiohttp's default logs the whole request line."""
+    keys), status and time. aiohttp's default logs the whole request line. A path the ingress
+    does not serve is not written either: it is whatever the client sent, and a webhook URL
+    written with a key in its path (``/chat-gpt/generate/<key>``) put the key in the log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = request.path if request.path in SERVED_PATHS else OTHER_PATH
         self.logger.info(
             "%s %s %s %.1fms",
             request.method,
-            request.path,
+            path,
             response.status,
             time * 1000,
-            extra={"method": request.method, "path": request.path, "status": response.status},
+            extra={"method": request.method, "path": path, "status": response.status},
         )
 
 
@@ -524,6 +533,7 @@ def build_ingress(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    assert {r.canonical for r in app.router.resources()} == SERVED_PATHS  # the access log's
     app.on_cleanup.append(close_sink)
     return app
 

@@ -395,7 +395,9 @@ def _status_error(
         message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)
     limits = read_limits(exc.response.headers, message)
-    text = f"OpenAI answered {status}" + (f" {code}" if code and code != str(status) else "")
+    text = f"OpenAI answered {status}"
+    if code and code != str(status):  # the upstream's words too: scrubbed as its message is
+        text += f" {scrub(code, api_key)}"
     if status in (404, 405) and refusal is None and "model" not in message.lower():
         # no such path: the base URL, not the request (a 404 that says "model", as a
         # compatible API's for a model it does not serve says it in words of its own: no hint)

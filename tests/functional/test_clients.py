@@ -685,6 +685,12 @@ async def edges() -> AsyncIterator[str]:
                 "type": "NotFoundError", "param": None, "code": 404}  # fmt: skip
         return web.json_response(body, status=404)
 
+    async def echo(request: web.Request) -> web.Response:
+        # a proxy before an OpenAI-compatible API that names the key it refuses in the code
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        body = {"error": {"code": f"invalid key {key}", "message": "refused", "type": None}}
+        return web.json_response(body, status=401)
+
     async def usage(request: web.Request) -> web.Response:
         answer = chat_answer("A verse")
         body = json.loads(answer.text or "{}")
@@ -710,7 +716,7 @@ async def edges() -> AsyncIterator[str]:
         return web.json_response({"ok": True, "result": {"origin": {"id": 1}}}, status=201)
 
     app = web.Application()
-    for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage)):
+    for name, handler in (("empty", empty), ("refusal", refusal), ("usage", usage), ("echo", echo)):
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
     app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
     app.router.add_post("/compatible/v1/chat/completions", no_model)
@@ -780,6 +786,16 @@ async def test_a_404_about_the_model_does_not_point_at_the_base_url(edges) -> No
     assert isinstance(error, GenerationError)
     assert (error.reason, error.status, error.refuses) == ("ModelNotFound", 404, "model")
     assert str(error) == "OpenAI answered 404: The model `gpt-4o-mini` does not exist."
+
+
+async def test_an_error_code_is_scrubbed_of_the_key_as_its_message_is(edges) -> None:
+    """The code of an error answer is shown beside its message ("OpenAI answered 401
+    invalid_api_key: ..."), and was shown as the upstream sent it: a key in it went on into
+    the lifecycle topic, the projection, the dead letter and the log."""
+    error = await answer_of(f"{edges}/echo/v1")
+    assert isinstance(error, GenerationError)
+    assert (error.reason, error.status) == ("Unauthorized", 401)
+    assert str(error) == "OpenAI answered 401 invalid key [redacted]: refused"
 
 
 async def test_a_text_with_a_usage_that_is_not_counts_is_still_the_text(edges) -> None:

@@ -21,7 +21,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
-from streams.ingress import PATH
+from streams.ingress import OTHER_PATH, PATH, SERVED_PATHS
 from streams.refusals import too_long
 from tests.functional.conftest import (
     OPENAI_KEY,
@@ -261,6 +261,42 @@ async def test_an_unknown_path_is_a_404_naming_the_path_without_quoting_it(
     )
 
     assert refused(answer, 404, "path") == "no such path"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(f"POST {PATH}/{OPENAI_KEY}", id="a key after the webhook's path"),
+        pytest.param(f"POST /{TALKABLE_KEY}{PATH}", id="a key before it"),
+        pytest.param(f"POST {PATH};api_key={TALKABLE_KEY}", id="a key as a path parameter"),
+    ],
+)
+async def test_a_key_in_a_request_line_the_ingress_does_not_serve_stays_out_of_the_log(
+    line: str, ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a webhook URL written with a key in its path (the key has to go somewhere, and the path
+    # looked like the place): the access log wrote every path as sent, query aside
+    caplog.set_level(logging.DEBUG)
+    answer = await exchange(
+        ingress.client.server, f"{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+
+    assert answer.status in (404, 405), answer.raw[:2000]
+    quiet(caplog)
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert logged == [f"POST {OTHER_PATH} 404 {logged[0].split()[-1]}"], logged
+
+
+async def test_the_access_log_names_the_paths_the_ingress_serves(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for path in sorted(SERVED_PATHS):
+        await ingress.client.get(path)
+
+    logged = [r.getMessage().split()[:3] for r in caplog.records if r.name == "aiohttp.access"]
+    assert [line[:2] for line in logged] == [["GET", path] for path in sorted(SERVED_PATHS)]
+    assert {line[2] for line in logged} <= {"200", "405", "503"}, logged
 
 
 async def test_a_method_a_path_does_not_take_is_a_405_saying_which_it_takes(
