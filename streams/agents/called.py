@@ -23,9 +23,11 @@ class Called:
     Both copies go to the same partition (a command's key is its target), the second soon
     after the partition has a leader again (when the ledger's batch is decided again), where
     the executor reads them: the copy is close behind the first, far within ``size``
-    commands. A command handed back to the topic (a rebalance, a stop) is forgotten: whoever
-    takes it back calls it; one forwarded to its organisation's partition
-    (``streams.agents.forwarding``) is called by this executor only if it takes it there."""
+    commands. A command forwarded to its organisation's partition is sent there again the same
+    way when Kafka gave up on the forward (``streams.agents.forwarding``): the executor there
+    calls the first copy it takes. A command handed back to the topic (a rebalance, a stop)
+    is forgotten: whoever takes it back calls it; one forwarded to its organisation's
+    partition is called by this executor only if it takes it there."""
 
     def __init__(self, size: int) -> None:
         self._size = size

@@ -21,7 +21,22 @@ nothing is forwarded.
 As a hand-back (``streams.agents.handover``), a forward counts once Kafka acknowledged it: the
 command is then no longer this run's to report (its marks do not tell it lost), and this run
 calls it only if it takes it where it went (``streams.agents.called``: a copy of it in its
-key's partition is not called). A forward Kafka did not take is called here, as before.
+key's partition is not called).
+
+A command is called once, wherever its forward's fate is unknown. Only a forward the producer
+refused outright (its ``send`` raised: it never held the record, so Kafka never wrote it) is
+called here, as before the organisation was known. One whose delivery failed may be in the
+organisation's partition all the same (a leader that wrote it and stepped down before it
+acknowledged, then no leader until the producer gave up: the case ``streams.agents.called``
+describes for the ledger's commands): calling it here too had the executor there call it as
+well, two OpenAI calls billed for one request. It is held and forwarded again instead (the
+next :meth:`Forwarding.send`, the executor's loop's or its stop's), the same record to the same
+partition, until Kafka acknowledges it; the executor there calls the first copy it takes and
+not the next (``streams.agents.called``), and whoever owns the partition takes it, also if
+that executor is gone. Until then it stays this run's to report: a run that ends first (a
+crash, a stop while Kafka still fails) leaves it in its marks, told lost by the partition's
+next owner, and re-issued (the copy Kafka may hold is then called too: the one case left with
+two calls).
 """
 
 from __future__ import annotations
@@ -146,10 +161,16 @@ class Forwarding:
 
         return forwarded
 
+    @property
+    def held(self) -> int:
+        """The forwards held, not sent yet or sent again (their delivery's outcome unknown)."""
+        return len(self._held)
+
     async def send(self) -> None:
         """The held commands sent to their organisation's partition, keyed by it, and
-        acknowledged: each is no longer this run's to report. One Kafka did not take is
-        queued here instead."""
+        acknowledged: each is no longer this run's to report. One the producer refused (it
+        never held it) is queued here instead; one whose delivery failed (Kafka may hold it)
+        is held again, to be sent again, never called here (see the module doc)."""
         if not self._held:
             return
         held, self._held = self._held, []
@@ -158,7 +179,7 @@ class Forwarding:
         for job, organization, to in held:
             try:
                 delivery = await topic.send(key=organization.encode(), value=job.record[1])
-            except Exception as exc:
+            except Exception as exc:  # not held by the producer: surely not written
                 _not_forwarded(exc, self._name, job.key)
                 unsent.append(job)
                 continue
@@ -167,9 +188,9 @@ class Forwarding:
         for job, organization, to, delivery in deliveries:
             try:
                 await delivery
-            except Exception as exc:
-                _not_forwarded(exc, self._name, job.key)
-                unsent.append(job)
+            except Exception as exc:  # perhaps written: forwarded again, not called here
+                _not_forwarded(exc, self._name, job.key, again=True)
+                self._held.append((job, organization, to))
                 continue
             self._called.forwarded(job.key, job.attempt, to)  # called where it went
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
@@ -177,19 +198,20 @@ class Forwarding:
         for (organization, partition), count in sent.items():
             log.info("%s forwarded %s commands to partition %s, organization=%s's: paced there "
                      "with its other keys", self._name, count, partition, organization)  # fmt: skip
-        for job in unsent:  # called here, as before it knew the organisation
+        for job in unsent:  # never written: called here, as before it knew the organisation
             self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
 
 
-def _not_forwarded(exc: Exception, name: str, request_id: str) -> None:
-    """A forward Kafka did not take: the command is called here (a WARNING; a stop's
-    ``GivenUp`` is counted in its own WARNING: DEBUG)."""
+def _not_forwarded(exc: Exception, name: str, request_id: str, *, again: bool = False) -> None:
+    """A forward Kafka did not acknowledge: the command is called here, or (``again``: Kafka
+    may hold it) forwarded again (a WARNING; a stop's ``GivenUp`` is counted in its own
+    WARNING: DEBUG)."""
+    then = "Kafka may hold it: forwarded again, not called here" if again else "called here"
     if isinstance(exc, GivenUp):
-        log.debug(
-            "%s could not forward request_id=%s (the stop gave up on Kafka)", name, request_id
-        )
+        log.debug("%s could not forward request_id=%s (the stop gave up on Kafka): %s",
+                  name, request_id, then)  # fmt: skip
     else:
         log.warning(
-            "%s could not forward request_id=%s (%s: %s): called here",
-            name, request_id, type(exc).__name__, exc,
+            "%s could not forward request_id=%s (%s: %s): %s",
+            name, request_id, type(exc).__name__, exc, then,
         )  # fmt: skip

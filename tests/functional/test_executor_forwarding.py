@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
 from models.events import GenerateText
 from streams.agents.executors import Executor, ExecutorConfig
 from streams.agents.forwarding import destination, organization_partition
+from streams.agents.marks import Mark
 from streams.agents.work import Generate, Report, Timed
 from streams.clients.openai_chat import Completion
 from streams.codecs import decode_requests, encode
@@ -65,18 +67,24 @@ def test_an_organisations_partition_is_the_one_a_producer_writes_its_id_to() -> 
 
 
 class Topic:
-    """A topic as an executor sends to it: every send acknowledged (or refused, ``fail``)."""
+    """A topic as an executor sends to it: every send acknowledged, or refused by the producer
+    (``refuse``: its ``send`` raises, nothing written), or written and then given up on
+    (``give_up`` times: the broker wrote the record, and its delivery failed all the same)."""
 
-    def __init__(self, *, fail: bool = False) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-        self.fail = fail
+    def __init__(self, *, refuse: bool = False, give_up: int = 0) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []  # what Kafka holds
+        self.refuse = refuse
+        self.give_up = give_up
 
     async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if self.refuse:
+            raise KafkaTimeoutError("no room in the producer's buffer")
         done = asyncio.get_running_loop().create_future()
-        if self.fail:
-            done.set_exception(ConnectionError("no leader"))
+        self.sent.append((key, value))
+        if self.give_up:
+            self.give_up -= 1
+            done.set_exception(NotLeaderForPartitionError())
         else:
-            self.sent.append((key, value))
             done.set_result(None)
         return done
 
@@ -286,16 +294,70 @@ async def test_commands_queued_before_an_answer_named_the_organisation_are_forwa
     assert g.scheduler.queued == 0 and g.executor._unreported.ranges(KEY_TP) == ()
 
 
-async def test_a_forward_kafka_does_not_take_is_called_here(
+async def test_a_forward_the_producer_refuses_is_called_here(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Kafka gave up on the forward: the command is not the other executor's; it is called
-    here, paced as before, and this run's to report until then; a WARNING says so."""
-    g = generator(KEY_TP, generate=Topic(fail=True))
+    """The producer refused the forward (it never held it: Kafka never wrote it): the command
+    is not the other executor's; it is called here, paced as before, and this run's to report
+    until then; a WARNING says so."""
+    g = generator(KEY_TP, generate=Topic(refuse=True))
     await learned(g)
     caplog.set_level(logging.WARNING, logger="streams.agents.executors")
     await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())
     assert g.work.called == ["first", "a"] and reported(g) == ["first", "a"]
+    assert g.generate.sent == [] and g.executor.forwarding.held == 0
     [said] = [(r.levelname, r.getMessage()) for r in caplog.records if "forward" in r.msg]
     assert said[0] == "WARNING" and said[1].startswith("generator could not forward")
     assert said[1].endswith("): called here"), said
+
+
+async def test_a_forward_kafka_gave_up_on_is_forwarded_again_and_called_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kafka gave up on the forward, yet its partition's leader had written it before it
+    stepped down: the executor there takes it. Called here too, the request was two OpenAI
+    calls, both billed. It is forwarded again instead (the loop's next send), this run's to
+    report until Kafka acknowledges it, and never called here; the executor owning the
+    organisation's partition takes both copies and calls the first."""
+    g = generator(KEY_TP, generate=Topic(give_up=1))
+    await learned(g)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    a = command("a")
+    record = SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=1,
+                             key=KEY_ID.encode(), value=a)  # fmt: skip
+    await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]
+    await calls(g)
+    assert g.generate.sent == [(ORG.encode(), a)]  # written, and not acknowledged
+    assert g.work.called == ["first"] and g.scheduler.queued == 0
+    assert g.executor._unreported.ranges(KEY_TP) == ((1, 2),)  # still this run's to report
+    [said] = [r.getMessage() for r in caplog.records if "forward" in r.msg]
+    assert said.endswith("): Kafka may hold it: forwarded again, not called here"), said
+
+    await g.executor.forwarding.send()  # the loop's next: acknowledged
+    assert g.generate.sent == [(ORG.encode(), a), (ORG.encode(), a)]
+    assert g.executor._unreported.ranges(KEY_TP) == () and g.executor.forwarding.held == 0
+    await calls(g)
+    assert g.work.called == ["first"] and reported(g) == ["first"]
+
+    there = generator(ORG_TP)  # the executor pacing the organisation
+    await take(there, ORG_TP, *enumerate(v for _, v in g.generate.sent), key=ORG.encode())
+    assert there.work.called == ["a"] and reported(there) == ["a"]
+
+
+async def test_a_stop_leaves_a_forward_kafka_may_hold_to_be_told_lost_not_called(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop while Kafka keeps giving up on a forward: it is sent again once more after the
+    drain, never called here, and left unreported in the stop's last mark (the next run tells
+    the ledger it was lost: nothing accepted is lost); a WARNING counts it."""
+    g = generator(KEY_TP, generate=Topic(give_up=4))
+    await learned(g)
+    await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())  # (sent twice: given up)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    await g.executor.stop(0.0)
+    assert len(g.generate.sent) == 4 and g.work.called == ["first"]  # twice more in the stop
+    at, mark = g.consumer.commits[-1][KEY_TP]  # the stop's last commit
+    assert at == 2 and Mark.parse(mark).oldest == 1, mark  # (a: the next run tells it lost)
+    said = [r.getMessage() for r in caplog.records if "to tell lost" in r.msg]
+    assert said == ["generator stopping: 1 forwards Kafka did not acknowledge are left to the "
+                    "next run to tell lost"]  # fmt: skip
