@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import httpx2
 import openai
 from openai import AsyncOpenAI
@@ -213,13 +214,13 @@ class ChatClient:
                 self._learned_completion_tokens(api_key, chat.model)
                 error.resend = True
             raise error from None
-        except openai.APITimeoutError:
-            raise GenerationError("OpenAI timed out", reason="Timeout", retriable=True) from None
-        except openai.APIConnectionError as exc:
+        except openai.APIConnectionError as exc:  # (APITimeoutError is one)
+            failed = connection_failure(exc)
+            if failed is None:
+                timed_out = GenerationError("OpenAI timed out", reason="Timeout", retriable=True)
+                raise timed_out from None
             raise GenerationError(
-                f"OpenAI unreachable: {type(exc.__cause__ or exc).__name__}",
-                reason="Unreachable",
-                retriable=True,
+                f"OpenAI unreachable: {failed}", reason="Unreachable", retriable=True
             ) from None
         except openai.OpenAIError as exc:
             raise GenerationError(
@@ -410,6 +411,32 @@ def _status_error(
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def connection_failure(exc: openai.APIConnectionError) -> str | None:
+    """What failed of a call that got no answer, by its errors' names (``ClientConnectorError
+    (ConnectionRefusedError)``, ``ServerDisconnectedError``); None if it timed out.
+
+    Not the SDK's word for it: its aiohttp transport maps every ``aiohttp.ClientConnectionError``
+    to httpx's ``ConnectTimeout`` (its table's most general entry wins), raised as
+    ``APITimeoutError``, so a port nobody listens on, a name that does not resolve, a
+    connection the server closed without answering (a kept-alive one it dropped) all read
+    "timed out", and were counted as the timeouts of a slow generation (three of them, the key
+    answering other calls, end a request as too slow: "raise OPENAI_TIMEOUT_SECONDS")."""
+    chain: list[BaseException] = []
+    error: BaseException | None = exc.__cause__
+    while error is not None and len(chain) < 8:
+        chain.append(error)
+        error = error.__cause__
+    if any(isinstance(found, TimeoutError) for found in chain):  # (aiohttp's timeouts are)
+        return None
+    for error in chain:
+        if isinstance(error, aiohttp.ClientConnectionError | OSError):
+            cause = error.__cause__
+            return type(error).__name__ + (f" ({type(cause).__name__})" if cause else "")
+    if isinstance(exc, openai.APITimeoutError):
+        return None
+    return type(chain[0] if chain else exc).__name__
 
 
 def refuses_max_tokens(exc: openai.APIStatusError) -> bool:

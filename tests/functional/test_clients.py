@@ -3,6 +3,7 @@ answer classified (what the scheduler and the ledger act on), keys never in a me
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from streams.dev.openai_standin import OpenAIStandinConfig
 from streams.dev.standin_common import StandinHandle
 from streams.dev.talkable_standin import TalkableStandinConfig
 from streams.errors import GenerationError, PublishError
+from tests.support import free_port
 
 KEY = "sk-clients-test-0001"
 CHAT = ChatRequest(
@@ -831,3 +833,51 @@ async def test_a_2xx_that_is_not_talkables_json_is_not_a_publication(edges) -> N
     finally:
         await client.close()
     assert not published.duplicate
+
+
+async def test_a_call_that_got_no_answer_says_whether_it_timed_out_or_never_connected() -> None:
+    """The SDK's aiohttp transport raises every connection error as a timeout: a port nobody
+    listens on, a connection closed without an answer read "OpenAI timed out" (``Timeout``:
+    counted as a slow generation's, three of which end a request as too slow, "raise
+    OPENAI_TIMEOUT_SECONDS"). They are ``Unreachable``, named; a call that outlasts the
+    client's timeout is still ``Timeout``. Both wait (retriable)."""
+    released = asyncio.Event()
+
+    async def dropped(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # no status line: the connection ends
+        return web.Response()
+
+    async def slow(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/dropped/v1/chat/completions", dropped)
+    app.router.add_post("/slow/v1/chat/completions", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        closed = await failure_at(f"http://127.0.0.1:{free_port()}/v1")
+        cut = await failure_at(f"{base}/dropped/v1")
+        client = ChatClient(f"{base}/slow/v1", timeout=0.2)
+        try:
+            with pytest.raises(GenerationError) as caught:
+                await client.complete(CHAT, KEY)
+        finally:
+            released.set()
+            await client.close()
+    finally:
+        await runner.cleanup()
+    assert (closed.reason, closed.retriable) == ("Unreachable", True)
+    assert str(closed) == "OpenAI unreachable: ClientConnectorError (ConnectionRefusedError)"
+    assert (cut.reason, cut.retriable) == ("Unreachable", True)
+    assert str(cut) == "OpenAI unreachable: ServerDisconnectedError"
+    timed_out = caught.value
+    assert (timed_out.reason, timed_out.retriable, str(timed_out)) == (
+        "Timeout",
+        True,
+        "OpenAI timed out",
+    )
