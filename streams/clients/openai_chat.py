@@ -8,7 +8,12 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     200 with text                        (success)           reports it; learns the limits
     429 rate_limit_exceeded              RateLimited         waits (retry-after, "try again")
     429 "Request too large" (TPM)        RequestTooLarge     reports: no wait lets it run
-    429 insufficient_quota               InsufficientQuota   reports; refuses the key a while
+    429 insufficient_quota (or its codes InsufficientQuota   reports; refuses the key a while
+      credit_balance_exhausted, *_spend_
+      limit_exceeded, organization_usage_
+      limit_exceeded; billing_not_active;
+      400 billing_hard_limit_reached)
+    429 access_terminated                Forbidden           reports; refuses the key a while
     401 invalid_api_key                  Unauthorized        reports; refuses the key a while
     403                                  Forbidden           reports; refuses the key a while
     404 model_not_found                  ModelNotFound       reports; refuses the model a while
@@ -88,8 +93,21 @@ _REASONING_MODEL = re.compile(r"(?:ft:)?(?:o\d+|gpt-5)(?:[-.:@]|$)")
 # a UTF-16 surrogate alone: JSON may escape one ("\ud83d", an emoji cut in two), json.loads
 # keeps it, and no UTF-8 (Kafka's records, Talkable's API) can carry it
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# what no wait fixes, by the answer's ``code``, else its ``type``: the key's account cannot pay
+# (a 429 like a rate limit's: OpenAI's ``insufficient_quota``; its credit, spend and usage limits
+# since 2025, each a ``code`` of its own, whose ``type`` need not say ``insufficient_quota``;
+# ``billing_not_active``, a billing not set up; the older 400 ``billing_hard_limit_reached``),
+# may not call at all (``access_terminated``: a 429 closing the account for its use, without a
+# code), or a key or a model it does not know
 _REFUSALS: dict[str, tuple[str, Literal["key", "model"]]] = {
     "insufficient_quota": ("InsufficientQuota", "key"),
+    "credit_balance_exhausted": ("InsufficientQuota", "key"),
+    "organization_spend_limit_exceeded": ("InsufficientQuota", "key"),
+    "project_spend_limit_exceeded": ("InsufficientQuota", "key"),
+    "organization_usage_limit_exceeded": ("InsufficientQuota", "key"),
+    "billing_not_active": ("InsufficientQuota", "key"),
+    "billing_hard_limit_reached": ("InsufficientQuota", "key"),
+    "access_terminated": ("Forbidden", "key"),
     "invalid_api_key": ("Unauthorized", "key"),
     "model_not_found": ("ModelNotFound", "model"),
     # Azure OpenAI's 404 {"error": {"code": "DeploymentNotFound", "message": "The API deployment

@@ -29,8 +29,10 @@ org-agency on requests per min (RPM) ..."). Every answer carries the organisatio
 ``x-ratelimit-*`` headers and its id in ``openai-organization``, unless ``limit_headers`` is
 off (a compatible server or a proxy that drops them: the 429 bodies alone say the limit, the
 wait and the organisation). A key in
-``insufficient_quota_keys`` gets OpenAI's 429 ``insufficient_quota``; a model in
-``unknown_models`` its 404 ``model_not_found``, or what an OpenAI-compatible server
+``insufficient_quota_keys`` gets OpenAI's 429 ``insufficient_quota``, or another of its answers
+for an account no wait lets call (``quota_answer``: a spend limit's or the credit's 429 code,
+``billing_not_active``, ``access_terminated``, the older 400 ``billing_hard_limit_reached``); a
+model in ``unknown_models`` its 404 ``model_not_found``, or what an OpenAI-compatible server
 answers instead (``unknown_model_answer``: Ollama's and vLLM's 404,
 LiteLLM's proxy's 400, LocalAI's 500 (its 2.x "could not load model"), none with OpenAI's code;
 Azure OpenAI's 404 ``DeploymentNotFound``). A key in
@@ -115,6 +117,18 @@ class OpenAIStandinConfig:
     # server or a proxy that drops them, whose 429 bodies alone say the limit and the wait
     limit_headers: bool = True
     insufficient_quota_keys: set[str] = field(default_factory=set)
+    # what those keys are answered: OpenAI's 429 ``insufficient_quota``, or one of its other
+    # answers for an account that no wait lets call (``QUOTA_ANSWERS``)
+    quota_answer: Literal[
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_not_active",
+        "access_terminated",
+        "billing_hard_limit_reached",
+    ] = "insufficient_quota"
     unknown_models: set[str] = field(default_factory=set)
     # whose answer to a model in unknown_models: OpenAI's, or an OpenAI-compatible server's
     unknown_model_answer: Literal["openai", "ollama", "vllm", "litellm", "localai", "azure"] = (
@@ -206,6 +220,49 @@ class _State:
 
 
 STATE = web.AppKey("openai_standin", _State)
+
+_QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+# OpenAI's answers for an account no wait lets call, by ``quota_answer``: (status, message,
+# type, code). Its billing and spend limits (since 2025) are 429s whose ``code`` says which,
+# their ``type`` still ``insufficient_quota``; a billing not set up (``billing_not_active``) and
+# an account closed for its use (``access_terminated``, no code) are 429s of their own types;
+# its older hard limit, a 400
+QUOTA_ANSWERS: dict[str, tuple[int, str, str, str | None]] = {
+    "insufficient_quota": (429, _QUOTA, "insufficient_quota", "insufficient_quota"),
+    **{
+        code: (429, _QUOTA, "insufficient_quota", code)
+        for code in (
+            "credit_balance_exhausted",
+            "organization_spend_limit_exceeded",
+            "project_spend_limit_exceeded",
+            "organization_usage_limit_exceeded",
+        )
+    },
+    "billing_not_active": (
+        429,
+        "Your account is not active, please check your billing details on our website.",
+        "billing_not_active",
+        "billing_not_active",
+    ),
+    "access_terminated": (
+        429,
+        "Your access was terminated due to violation of our policies, please check your email "
+        "for more information. If you believe this is in error and would like to appeal, please "
+        "contact us through our help center at help.openai.com.",
+        "access_terminated",
+        None,
+    ),
+    "billing_hard_limit_reached": (
+        400,
+        "Billing hard limit has been reached",
+        "invalid_request_error",
+        "billing_hard_limit_reached",
+    ),
+}
 
 
 def _error(
@@ -515,16 +572,11 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
         return _incorrect_key(key)
     model = body.get("model") if isinstance(body, dict) else None
     if key in config.insufficient_quota_keys:
-        rec["fault"] = "insufficient_quota"
-        message = (
-            "You exceeded your current quota, please check your plan and billing details. For "
-            "more information on this error, read the docs: "
-            "https://platform.openai.com/docs/guides/error-codes/api-errors."
-        )
+        rec["fault"] = config.quota_answer
+        status, message, kind, code = QUOTA_ANSWERS[config.quota_answer]
         org = {"openai-organization": app[STATE].organization_of(key)}
         headers = org if config.limit_headers else None
-        kind = "insufficient_quota"
-        return _error(429, message, kind, code="insufficient_quota", headers=headers)
+        return _error(status, message, kind, code=code, headers=headers)
     if model in config.unknown_models:
         rec["fault"] = "model_not_found"
         return _unknown_model(str(model), config.unknown_model_answer)

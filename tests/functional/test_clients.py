@@ -131,6 +131,22 @@ async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat)
     ("setup", "reason", "refuses"),
     [
         ({"insufficient_quota_keys": [KEY]}, "InsufficientQuota", "key"),
+        # OpenAI's other answers for an account no wait lets call: billing_not_active and
+        # access_terminated are 429s without insufficient_quota in them, and were taken for
+        # a rate limit, each request waited out to its QueueTimeout; billing_hard_limit_reached
+        # a 400 of one request, called again for each of the key's requests
+        *(
+            ({"insufficient_quota_keys": [KEY], "quota_answer": code}, reason, "key")
+            for code, reason in (
+                ("credit_balance_exhausted", "InsufficientQuota"),
+                ("organization_spend_limit_exceeded", "InsufficientQuota"),
+                ("project_spend_limit_exceeded", "InsufficientQuota"),
+                ("organization_usage_limit_exceeded", "InsufficientQuota"),
+                ("billing_not_active", "InsufficientQuota"),
+                ("billing_hard_limit_reached", "InsufficientQuota"),
+                ("access_terminated", "Forbidden"),
+            )
+        ),
         ({"unauthorized_keys": [KEY]}, "Unauthorized", "key"),
         ({"unknown_models": ["gpt-4o-mini"]}, "ModelNotFound", "model"),
         # an OpenAI-compatible server's missing model, without OpenAI's code: it was a
