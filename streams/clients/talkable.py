@@ -238,7 +238,9 @@ def _error_message(status: int, payload: Any, reason: str | None) -> str | None:
     if isinstance(payload, dict):  # Talkable's envelope; a framework's or a proxy's JSON
         found = payload.get("error_message") or payload.get("message") or payload.get("error")
         return str(found or "error")
-    return "error" if success or payload is not _NOT_JSON else reason or "error"
+    # a page, no body at all (a load balancer's 503), JSON that is not an object: the status's
+    # own words ("Service Unavailable"), not "error"
+    return "error" if success else reason or "error"
 
 
 def _not_the_api(status: int, content_type: str, limits: Limits) -> PublishError:

@@ -80,6 +80,11 @@ ANSWERS: dict[str, Any] = {
     "bad_gateway": lambda: html(502, HTML_502),
     "maintenance": lambda: html(503, "<h1>back soon</h1>", **{"Retry-After": in_a_minute()}),
     "gateway_timeout": lambda: html(504, "<h1>504 Gateway Time-out</h1>"),
+    # a load balancer's answers without a body, or with JSON that is not an object: they said
+    # "answered 503: error", nothing of what it was
+    "empty_503": lambda: web.Response(status=503),
+    "empty_429": lambda: web.Response(status=429, headers={"Retry-After": "2"}),
+    "json_null_502": lambda: web.json_response(None, status=502),
 }
 
 
@@ -165,6 +170,9 @@ ENDS = {
     "bad_gateway": ("ServerError", 502, True, False, "request", "502: Bad Gateway"),
     "maintenance": ("ServerError", 503, True, False, "request", "503: Service Unavailable"),
     "gateway_timeout": ("ServerError", 504, True, False, "request", "504: Gateway Timeout"),
+    "empty_503": ("ServerError", 503, True, False, "request", "503: Service Unavailable"),
+    "empty_429": ("RateLimited", 429, True, True, "request", "429: Too Many Requests"),
+    "json_null_502": ("ServerError", 502, True, False, "request", "502: Bad Gateway"),
 }
 
 
