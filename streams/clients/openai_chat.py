@@ -29,6 +29,9 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       not known by name to refuse it                           ``max_completion_tokens``
       (an Azure deployment's name)                             (remembered for its key)
     400/404/422 (anything else 4xx)      BadRequest          reports
+    a redirected call's 404 or 405 (a    BadRequest          reports (the message says where
+      GET without the body), 401 or 403                          the base URL moved to)
+      (to another origin: without the key)
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
@@ -417,6 +420,19 @@ def _status_error(
     text = f"OpenAI answered {status}"
     if code and code != str(status):  # the upstream's words too: scrubbed as its message is
         text += f" {scrub(code, api_key)}"
+    moved = redirected(exc.response, base_url)
+    unsent = moved is not None and "authorization" not in exc.response.request.headers
+    if moved is not None and (
+        (status in (404, 405) and refusal is None) or (status in (401, 403) and unsent)
+    ):
+        # the base URL redirects (the SDK's client follows): a 301 or 302 of this POST is
+        # followed as a GET, without the body (a 404 or 405), and one to another origin
+        # without the key (OpenAI's 401 "You didn't provide an API key"): the base URL's
+        # answer, not the customer's key's, which it refused
+        text += f" ({scrub(moved, api_key)})"
+        return GenerationError(
+            f"{text}: {message}", reason="BadRequest", status=status, limits=limits
+        )
     if status in (404, 405) and refusal is None and "model" not in message.lower():
         # no such path: the base URL, not the request (a 404 that says "model", as a
         # compatible API's for a model it does not serve says it in words of its own: no hint)
@@ -495,6 +511,21 @@ def shown_url(url: str) -> str:
         host = f"***@{host}"
     hidden = ["***" if part else "" for part in (parts.query, parts.fragment)]
     return urlunsplit((parts.scheme, host, parts.path, *hidden))
+
+
+def redirected(response: httpx2.Response, base_url: str) -> str | None:
+    """Where Chat Completions was redirected to, and what to do, if it was (None: not);
+    shown without credentials or query."""
+    if not response.history:
+        return None
+    try:
+        moved = shown_url(str(response.request.url))
+    except RuntimeError:  # (no request: not an answer the client made)
+        return None
+    return (
+        f"redirected to {moved}: set TALKSTREAM_OPENAI_BASE_URL ({base_url}) to where it points,"
+        " without /chat/completions"
+    )
 
 
 def where_to_look(base_url: str) -> str:

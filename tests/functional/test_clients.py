@@ -897,3 +897,58 @@ async def test_a_call_that_got_no_answer_says_whether_it_timed_out_or_never_conn
         True,
         "OpenAI timed out",
     )
+
+
+async def test_a_base_url_that_redirects_is_said_not_blamed_on_the_key() -> None:
+    """The SDK's client follows redirects: a 301 of the POST as a GET without the body
+    (answered 405: "is it OpenAI's API?"), a 307 to another origin without the key (OpenAI's
+    401 "You didn't provide an API key": ``Unauthorized``, the customer's key refused a while
+    for a base URL that moved). Each now ends the request saying where the base URL points;
+    a redirect the call survives (a 308 on the same origin) still gets its completion."""
+    completion = {"index": 0, "finish_reason": "stop"}
+    completion["message"] = {"role": "assistant", "content": "A verse"}
+    ports: list[int] = []  # the server's two origins: the base URL's, and another
+
+    async def chat(request: web.Request) -> web.Response:
+        if "Authorization" not in request.headers:
+            message = "You didn't provide an API key. You need to provide your API key in an"
+            error = {"message": message, "type": "invalid_request_error", "code": None}
+            return web.json_response({"error": error}, status=401)
+        return web.json_response({"model": "gpt-4o-mini", "choices": [completion]})
+
+    def moving(cls: type[web.HTTPRedirection], elsewhere: bool) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            raise cls(location=f"http://127.0.0.1:{ports[elsewhere]}/v1/chat/completions")
+
+        return handler
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/elsewhere/v1/chat/completions", moving(web.HTTPTemporaryRedirect, True))
+    app.router.add_post("/moved/v1/chat/completions", moving(web.HTTPMovedPermanently, False))
+    app.router.add_post("/kept/v1/chat/completions", moving(web.HTTPPermanentRedirect, False))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    for _ in range(2):
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    ports += [address[1] for address in runner.addresses]
+    base = f"http://127.0.0.1:{ports[0]}"
+    try:
+        keyless = await failure_at(f"{base}/elsewhere/v1")
+        as_get = await failure_at(f"{base}/moved/v1")
+        kept = await answer_of(f"{base}/kept/v1")
+    finally:
+        await runner.cleanup()
+    assert (keyless.reason, keyless.status, keyless.refuses, keyless.retriable) == (
+        "BadRequest",
+        401,
+        "request",
+        False,
+    )
+    assert str(keyless).startswith(
+        f"OpenAI answered 401 (redirected to http://127.0.0.1:{ports[1]}/v1/chat/completions:"
+        f" set TALKSTREAM_OPENAI_BASE_URL ({base}/elsewhere/v1) to where it points"
+    )
+    assert (as_get.reason, as_get.status, as_get.refuses) == ("BadRequest", 405, "request")
+    assert f"OpenAI answered 405 (redirected to {base}/v1/chat/completions: set" in str(as_get)
+    assert isinstance(kept, Completion) and kept.text == "A verse"
