@@ -412,7 +412,9 @@ def _status_error(
     refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
     if refusal is None and missing_model(status, message, model):
         refusal = _REFUSALS["model_not_found"]
-    if message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
+    if message is None and not exc.response.content:  # a load balancer's 503, a proxy's 429
+        message = f"no body ({exc.response.reason_phrase or 'no reason given'})"
+    elif message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
         kind_of = exc.response.headers.get("content-type", "").split(";")[0].strip()
         message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)

@@ -952,3 +952,36 @@ async def test_a_base_url_that_redirects_is_said_not_blamed_on_the_key() -> None
     assert (as_get.reason, as_get.status, as_get.refuses) == ("BadRequest", 405, "request")
     assert f"OpenAI answered 405 (redirected to {base}/v1/chat/completions: set" in str(as_get)
     assert isinstance(kept, Completion) and kept.text == "A verse"
+
+
+async def test_an_error_answer_without_a_body_says_its_status_words() -> None:
+    """A load balancer's 503 or a proxy's 429 without a body said "a body that is not
+    OpenAI's JSON (no content type)": there was none. It says so, with the status's
+    words; how it is handled does not change (both wait, the 429's retry-after read)."""
+
+    async def empty(request: web.Request) -> web.Response:
+        status = int(request.match_info["status"])
+        return web.Response(status=status, headers={"retry-after": "3"} if status == 429 else {})
+
+    app = web.Application()
+    app.router.add_post("/{status}/v1/chat/completions", empty)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        down = await failure_at(f"{base}/503/v1")
+        throttled = await failure_at(f"{base}/429/v1")
+    finally:
+        await runner.cleanup()
+    assert (down.reason, down.retriable, str(down)) == (
+        "ServerError",
+        True,
+        "OpenAI answered 503: no body (Service Unavailable)",
+    )
+    assert (throttled.reason, throttled.throttle, str(throttled)) == (
+        "RateLimited",
+        True,
+        "OpenAI answered 429: no body (Too Many Requests)",
+    )
+    assert throttled.limits is not None and throttled.limits.retry_after_s == 3
