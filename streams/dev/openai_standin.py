@@ -329,13 +329,16 @@ def _rate_headers(remaining: int, retry_after: str | None = None) -> dict[str, s
 
 
 def duration(seconds: float) -> str:
-    """Seconds as OpenAI writes them: ``20ms``, ``1.234s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(round(seconds * 1000), 1)}ms"
-    if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.0f}s"
+    """Seconds as OpenAI writes them (Go's durations, to the millisecond): ``20ms``,
+    ``1.234s``, ``6m0s``, ``1h2m3.5s``; never ``1m60s``."""
+    ms = max(round(seconds * 1000), 1)
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    said = f"{hours}h" if hours else ""
+    said += f"{minutes}m" if hours or minutes else ""
+    return said + f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def _limit_headers(limits: KeyLimits, sent: bool = True) -> dict[str, str]:

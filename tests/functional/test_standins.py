@@ -13,6 +13,7 @@ from streams.dev import openai_standin, talkable_standin
 from streams.dev.openai_standin import OpenAIStandinConfig
 from streams.dev.standin_common import StandinHandle
 from streams.dev.talkable_standin import TalkableStandinConfig
+from streams.upstream.limits import duration_seconds
 
 KEY = "sk-test-alpha-1234"
 MESSAGES = [
@@ -265,6 +266,25 @@ async def test_control_endpoint_reconfigures_and_resets(oai, client, http) -> No
         assert resp.status == 200
     async with http.get(f"{oai.root_url}/_calls") as resp:
         assert await resp.json() == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0.02, "20ms"),
+        (1.234, "1.234s"),
+        (360, "6m0s"),
+        # it wrote "1000ms", "1m60s" and "61m3.5s", never OpenAI's (Go's) way
+        (0.9996, "1s"),
+        (119.6, "1m59.6s"),
+        (3723.5, "1h2m3.5s"),
+    ],
+)
+def test_the_stand_in_writes_a_wait_as_openai_does(seconds: float, said: str) -> None:
+    """Resets and "try again in" as OpenAI writes them: Go's durations, each unit below the
+    largest under its own bound."""
+    assert openai_standin.duration(seconds) == said
+    assert duration_seconds(said) == pytest.approx(seconds, abs=0.001)
 
 
 # --- Talkable -------------------------------------------------------------------------------
