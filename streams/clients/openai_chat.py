@@ -439,6 +439,13 @@ def _status_error(
         # no such path: the base URL, not the request (a 404 that says "model", as a
         # compatible API's for a model it does not serve says it in words of its own: no hint)
         text += f" ({where_to_look(base_url)})"  # (first: a long message is cut at its end)
+    elif status in (401, 403) and not isinstance(exc.body, Mapping):
+        # not OpenAI's refusal of the key (its JSON): a page (a firewall's, a proxy's, a
+        # WAF's "Attention Required") refuses the call before it reaches OpenAI
+        text += (
+            " (a page, not OpenAI's JSON: a proxy or a firewall before OpenAI refuses the call,"
+            " or OpenAI the key; check what stands between, then the key)"
+        )
     text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):
         return GenerationError(text, reason="RequestTooLarge", status=status, limits=limits)

@@ -985,3 +985,44 @@ async def test_an_error_answer_without_a_body_says_its_status_words() -> None:
         "OpenAI answered 429: no body (Too Many Requests)",
     )
     assert throttled.limits is not None and throttled.limits.retry_after_s == 3
+
+
+async def test_a_refusal_that_is_a_page_says_what_may_stand_between() -> None:
+    """A firewall's or a proxy's 403 page (a WAF's "Attention Required") refused the key as
+    OpenAI's own 403 does, its message only "a body that is not OpenAI's JSON (text/html)":
+    the letter sent the customer to fix a key OpenAI never saw. It says what may stand
+    between; OpenAI's JSON refusal reads as it did."""
+
+    async def page(request: web.Request) -> web.Response:
+        text = "<html><title>Attention Required! | Cloudflare</title></html>"
+        return web.Response(status=403, text=text, content_type="text/html")
+
+    async def openai_403(request: web.Request) -> web.Response:
+        error = {"code": "unsupported_country_region_territory", "type": "request_forbidden"}
+        error["message"] = "Country, region, or territory not supported"
+        return web.json_response({"error": error}, status=403)
+
+    app = web.Application()
+    app.router.add_post("/page/v1/chat/completions", page)
+    app.router.add_post("/openai/v1/chat/completions", openai_403)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        firewall = await failure_at(f"{base}/page/v1")
+        region = await failure_at(f"{base}/openai/v1")
+    finally:
+        await runner.cleanup()
+    assert (firewall.reason, firewall.refuses) == ("Forbidden", "key")
+    assert str(firewall) == (
+        "OpenAI answered 403 (a page, not OpenAI's JSON: a proxy or a firewall before OpenAI"
+        " refuses the call, or OpenAI the key; check what stands between, then the key): a body"
+        " that is not OpenAI's JSON (text/html)"
+    )
+    assert (region.reason, region.refuses, str(region)) == (
+        "Forbidden",
+        "key",
+        "OpenAI answered 403 unsupported_country_region_territory: Country, region, or"
+        " territory not supported",
+    )
