@@ -143,7 +143,32 @@ def redact_aiohttp_server_log() -> None:
         server.addFilter(RedactBadRequests())
 
 
+#: Loggers of the libraries underneath that, at DEBUG, log whole records or requests: held at
+#: INFO whatever the level (their INFO and above as ever), as ``httpx`` is at WARNING. Records
+#: carry sealed keys, prompts, emails and texts: never a whole payload in a log.
+#: - ``aiokafka.conn``: every request and response to a broker, as a struct: a produce
+#:   request's record batches and a fetch response's records (keys and values in bytes), and
+#:   a SASL authenticate request's credentials.
+#: - ``aiokafka.producer.producer``: "Sending (key=%s value=%s) to %s", at each send.
+#: - ``faust.topics`` and ``faust.transport.drivers.aiokafka``: "send: topic=%r k=%r v=%r ...",
+#:   at each record faust sends (a table's changelog writes included).
+#: - ``faust.agents.agent``: "%r yielded: %r", each value an agent yields.
+#: The others' DEBUG lines say what happens (metadata, offsets, commits, group joins, seeks).
+PAYLOADS = (
+    "aiokafka.conn",
+    "aiokafka.producer.producer",
+    "faust.topics",
+    "faust.transport.drivers.aiokafka",
+    "faust.agents.agent",
+)
+
 FILTERS: dict[str, Any] = {"notice": NOTICES, "repeats": REPEATED}  # each, by logger
+
+
+def _at_least(floor: int, level: str) -> str:
+    """The level of a logger held at ``floor``: never lower than the process's (a logger's
+    own level lets its records through to the root's handler at any root level)."""
+    return logging.getLevelName(max(floor, logging.getLevelNamesMapping()[level.upper()]))
 
 
 def logging_config(level: str, fmt: str) -> dict[str, Any]:
@@ -172,7 +197,11 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
         # the OpenAI SDK's HTTP client logs every request at INFO: noise, and a measurable
         # share of the worker's time under load (our own lines say what happened)
         "loggers": {
-            **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore")},
+            **{
+                name: {"level": _at_least(logging.WARNING, level)}
+                for name in ("httpx", "httpx2", "httpcore")
+            },
+            **{name: {"level": _at_least(logging.INFO, level)} for name in PAYLOADS},
             **{
                 name: {"filters": [f for f, by in FILTERS.items() if name in by]}
                 for name in NOTICES.keys() | REPEATED.keys()

@@ -265,10 +265,10 @@ class ChatClient:
                 f"{self._base_url} OpenAI's API?",
                 reason="BadAnswer",
                 retriable=True,
-                limits=read_limits(answer.headers),
+                limits=read_limits(answer.headers, secret=api_key),
                 answered=True,
             ) from None
-        limits = read_limits(raw.headers)
+        limits = read_limits(raw.headers, secret=api_key)
         text, why, reason, truncated = answer_text(body)
         if text is None:
             # each such answer may have been billed: asked again only when another answer may
@@ -418,7 +418,7 @@ def _status_error(
         kind_of = exc.response.headers.get("content-type", "").split(";")[0].strip()
         message = f"a body that is not OpenAI's JSON ({kind_of or 'no content type'})"
     message = scrub(message or exc.message, api_key)
-    limits = read_limits(exc.response.headers, message)
+    limits = read_limits(exc.response.headers, message, secret=api_key)
     text = f"OpenAI answered {status}"
     if code and code != str(status):  # the upstream's words too: scrubbed as its message is
         text += f" {scrub(code, api_key)}"

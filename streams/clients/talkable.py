@@ -112,7 +112,7 @@ class TalkableClient:
             )
             async with post as resp:
                 status = resp.status
-                limits = read_limits(resp.headers)
+                limits = read_limits(resp.headers, secret=api_key)
                 payload = await _payload(resp)
                 message = _error_message(status, payload, resp.reason)
                 if 200 <= status < 300 and message is None:

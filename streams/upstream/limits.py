@@ -11,7 +11,8 @@ when to try again ("... on requests per min (RPM): Limit 300, Used 300, Requeste
 try again in 1.234s", or "20ms"; a server or proxy that sends no such headers may still pass
 the body on). Those limits are the organisation's, which every key of it shares: every answer
 names it (``openai-organization: org-...``), and so does a 429 body ("Rate limit reached for
-gpt-4o in organization org-... on ..."). Anyone may send ``retry-after-ms`` or
+gpt-4o in organization org-... on ..."; ``user-...`` for a key of no organisation's, or an
+organisation's slug: letters, digits, ``-`` and ``_``). Anyone may send ``retry-after-ms`` or
 ``retry-after`` (seconds, or an HTTP date: the wait until then by this machine's clock).
 Talkable publishes no limits and only asks clients to back off.
 """
@@ -32,6 +33,13 @@ _TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.I
 # "... on requests per min (RPM): Limit 600, Used 600, Requested 1." (never a day's limit)
 # "Rate limit reached for gpt-4o in organization org-abc123 on requests per min ..."
 _SAID_ORGANIZATION = re.compile(r"\bin organization (org-[A-Za-z0-9_-]+)")
+# an organisation as OpenAI names one ("org-AbC123...", "user-abc123...", a slug): anything
+# else, or longer, is not one (a proxy's, an upstream's that echoes what it was sent)
+_ORGANIZATION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# a key, as an OpenAI-compatible API's may start ("sk-proj-...", "key_..."), at the start of a
+# word ("risk-team", "monkey-works" are names)
+_KEY_START = re.compile(r"(?<![A-Za-z0-9])(?:sk|key)[-_]", re.IGNORECASE)
+_KEY_FRAGMENT = 8  # an organisation this long found in the call's key is a part of it
 _SAID_LIMIT = re.compile(
     r"on (requests|tokens) per min \((?:RPM|TPM)\):\s*Limit (\d+(?:\.\d+)?)", re.IGNORECASE
 )
@@ -114,22 +122,41 @@ def limit_said(message: str | None, lane: str) -> float | None:
     return None
 
 
-def organization_said(headers: Mapping[str, str], message: str | None = None) -> str | None:
+def organization_said(
+    headers: Mapping[str, str], message: str | None = None, secret: str = ""
+) -> str | None:
     """The organisation whose limits an answer speaks of: its ``openai-organization`` header,
-    else the one its 429 body names (a proxy may drop the header and pass the body on)."""
-    said = (headers.get("openai-organization") or "").strip()
-    if said:
-        return said[:64]
-    found = _SAID_ORGANIZATION.search(message or "")
-    return found.group(1)[:64] if found else None
+    else the one its 429 body names (a proxy may drop the header and pass the body on).
+
+    It becomes the Kafka key of the commands forwarded to its executor and words of a log
+    line: one that is not an organisation's (:data:`_ORGANIZATION`), or holds the call's key
+    (``secret``), a part of it or anything that looks like a key, is none named."""
+    said = _organization((headers.get("openai-organization") or "").strip(), secret)
+    if said is None:
+        found = _SAID_ORGANIZATION.search(message or "")
+        said = _organization(found.group(1), secret) if found else None
+    return said
+
+
+def _organization(said: str, secret: str) -> str | None:
+    if not _ORGANIZATION.fullmatch(said) or _KEY_START.search(said):
+        return None
+    if secret and (secret in said or (len(said) >= _KEY_FRAGMENT and said in secret)):
+        return None
+    return said
 
 
 def read_limits(
-    headers: Mapping[str, str], message: str | None = None, now: float | None = None
+    headers: Mapping[str, str],
+    message: str | None = None,
+    now: float | None = None,
+    *,
+    secret: str = "",
 ) -> Limits:
     """Everything the answer said: the ``x-ratelimit-*`` headers, ``retry-after(-ms)``, and
     of an error message the "try again in" (the longer of the two waits) and the limit a
-    minute it names, where no header gave it; and whose limits they are."""
+    minute it names, where no header gave it; and whose limits they are (never ``secret``,
+    the call's key: :func:`organization_said`)."""
     waits = [w for w in (retry_after(headers, now), try_again_in(message)) if w is not None]
     requests = _number(headers.get("x-ratelimit-limit-requests"))
     tokens = _number(headers.get("x-ratelimit-limit-tokens"))
@@ -141,5 +168,5 @@ def read_limits(
         remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
         tokens_reset_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
         retry_after_s=max(waits) if waits else None,
-        organization=organization_said(headers, message),
+        organization=organization_said(headers, message, secret),
     )

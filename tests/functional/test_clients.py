@@ -108,6 +108,24 @@ async def test_an_answer_names_the_organization_whose_limits_it_says(oai, chat) 
         assert caught.value.limits.organization == "org-agency"
 
 
+@pytest.mark.parametrize("key", [KEY, "abcdef0123456789abcdef"])  # (an unprefixed key too)
+async def test_an_organization_that_echoes_the_key_is_none_named(oai, chat, key: str) -> None:
+    """An upstream (or a proxy) that names the call's key as its organisation: the key would
+    be the Kafka key of the commands forwarded to the organisation's executor, and words of
+    a log line. No organisation is named; the call, and its limits, are as ever."""
+    oai.config.organizations = {key: {key}}
+    oai.config.key_limits = {key: {"rpm": 60}}  # one a second
+    completion, limits = await chat.complete(CHAT, key)
+    assert completion.text and limits.requests_per_minute == 60
+    assert limits.organization is None
+    for headers in (True, False):  # its 429, with its headers, and as a proxy passes it on
+        oai.config.limit_headers = headers
+        with pytest.raises(GenerationError) as caught:
+            await chat.complete(CHAT, key)
+        assert caught.value.reason == "RateLimited" and key not in str(caught.value)
+        assert caught.value.limits is not None and caught.value.limits.organization is None
+
+
 async def test_a_call_larger_than_a_minute_of_tokens_is_final_at_once(oai, chat) -> None:
     """OpenAI's 429 "Request too large ... The input or output tokens must be reduced": a
     rate_limit_exceeded no wait fixes, so it is not a throttle; its headers tell the limit."""

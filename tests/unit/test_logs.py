@@ -7,16 +7,21 @@ import logging
 
 import pytest
 
-from streams.logs import Repeats, setup
+from streams.logs import PAYLOADS, Repeats, setup
+
+HELD = (*PAYLOADS, "httpx", "httpx2", "httpcore")
 
 
 @pytest.fixture(autouse=True)
 def restore_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in HELD}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, was in levels.items():
+        logging.getLogger(name).setLevel(was)
 
 
 def test_json_lines_carry_the_context_as_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,3 +130,85 @@ def test_a_repeated_line_comes_back_with_how_many_were_left_out() -> None:
         (10.0, "Unable to update metadata from [1] (3 more like it in the last 10 s)"),
         (45.0, "Unable to update metadata from [1] (1 more like it in the last 35 s)"),
     ]
+
+
+SEALED_KEY = "gAAAAABpZ-sealed-key-of-a-site"
+PROMPT = "Write to ann@example.com about her order"
+
+
+async def test_debug_never_logs_a_record_kafka_is_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    """At DEBUG, aiokafka logs every request to a broker whole (a produce request's records,
+    keys and values), and aiokafka and faust each record they send: held at INFO, as the
+    worker configures its logging (``logging_config``), while the rest of DEBUG is said."""
+    from aiokafka.conn import AIOKafkaConnection
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    setup("debug", "text")
+    batch = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    batch.append(0, timestamp=None, key=SEALED_KEY.encode(), value=PROMPT.encode(), headers=[])
+
+    class Socket:  # what aiokafka writes a request to, once connected
+        def write(self, data: bytes) -> None:
+            assert SEALED_KEY.encode() in data  # (the record is in the request)
+
+        def drain(self) -> None:
+            return None
+
+    conn = AIOKafkaConnection("127.0.0.1", 9)
+    conn._writer, conn._versions = Socket(), {ProduceRequest.API_KEY: (0, 8)}
+    conn.send(ProduceRequest(None, 1, 1000, [("t", [(0, bytes(batch.build()))])]), False)
+    # what the producer and faust log at each send (their own words)
+    key, value = SEALED_KEY.encode(), PROMPT.encode()
+    logging.getLogger("aiokafka.producer.producer").debug(
+        "Sending (key=%s value=%s) to %s", key, value, "t-0"
+    )
+    for faust_logger in ("faust.topics", "faust.transport.drivers.aiokafka"):
+        logging.getLogger(faust_logger).debug(
+            "send: topic=%r k=%r v=%r timestamp=%r partition=%r", "t", key, value, None, 0
+        )
+    logging.getLogger("faust.agents.agent").debug("%r yielded: %r", "agent", value)
+    # and what they say at INFO and above is said as ever, and so is the rest of DEBUG
+    logging.getLogger("aiokafka.conn").info("Authenticated as %s via %s", "ts", "PLAIN")
+    logging.getLogger("aiokafka.consumer.group_coordinator").debug(
+        "Committed offset %s for partition %s", 7, "t-0"
+    )
+    logging.getLogger("faust.tables.recovery").debug("Setting recovery end")
+    logging.getLogger("streams.agents.ledger").debug("transition request_id=%s", "r-1")
+
+    err = capsys.readouterr().err
+    assert SEALED_KEY not in err and "sealed" not in err and "ann@" not in err
+    assert [line.split(" ", 2)[2] for line in err.strip().splitlines()] == [
+        "INFO aiokafka.conn Authenticated as ts via PLAIN",
+        "DEBUG aiokafka.consumer.group_coordinator Committed offset 7 for partition t-0",
+        "DEBUG faust.tables.recovery Setting recovery end",
+        "DEBUG streams.agents.ledger transition request_id=r-1",
+    ]
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error", "critical"])
+def test_a_logger_held_back_is_never_said_more_than_the_level_asks(
+    capsys: pytest.CaptureFixture[str], level: str
+) -> None:
+    """A held logger's own level lets its records through to the root's handler whatever
+    the root's level: held at INFO (WARNING for the HTTP client's), and never below the
+    process's level (at ``error``, no WARNING of httpx, no INFO of aiokafka.conn)."""
+    setup(level, "text")
+    asked = logging.getLevelNamesMapping()[level.upper()]
+    expected = []
+    for name in HELD:
+        floor = logging.INFO if name in PAYLOADS else logging.WARNING
+        assert logging.getLogger(name).getEffectiveLevel() == max(floor, asked), name
+        logging.getLogger(name).log(floor, "said")
+        if floor >= asked:
+            expected.append(f"{logging.getLevelName(floor)} {name} said")
+    err = capsys.readouterr().err
+    assert [line.split(" ", 2)[2] for line in err.strip().splitlines()] == expected

@@ -64,6 +64,36 @@ def test_an_answer_names_the_organization_whose_limits_they_are() -> None:
     assert read_limits({"retry-after": "1"}).organization is None
 
 
+def test_an_organization_that_may_be_a_key_is_none_named() -> None:
+    """The organisation named becomes a Kafka key and words of a log line: an upstream (or a
+    proxy) that echoes the call's key there, a part of it, or anything but an organisation's
+    id ("org-...", "user-...", a slug) names none. A 429 body's may still name one."""
+    key = "sk-proj-Abc123def456ghi789"
+    plain_key = "abcdef0123456789abcdef0123456789"  # an OpenAI-compatible API's: no prefix
+    for real in ("org-9PKnn7txwxhPDTNvTe3ZL164", "user-lqkg0bkbnhqnfeah0ky35m3s", "risk-team_2"):
+        assert read_limits({"openai-organization": real}, secret=key).organization == real
+    for said, secret in [
+        (key, key),
+        (key, ""),  # a key of its look, whoever's
+        (f"org-{key}", key),
+        ("key_live_a1b2c3d4", ""),
+        (plain_key, plain_key),
+        (f"org-{plain_key}", plain_key),
+        (plain_key[4:20], plain_key),  # a part of the key
+        ("x" * 65, ""),  # no longer cut to 64: a key's first 64 characters are no better
+        ("org-abc def", ""),
+        ("org-abc;sk=1", ""),
+        ("Bearer abcdef", ""),
+        ("org-é", ""),
+    ]:
+        headers = {"openai-organization": said}
+        assert read_limits(headers, secret=secret).organization is None, said
+    body = "Rate limit reached for gpt-4o in organization org-AbC_9 on requests per min (RPM)"
+    assert read_limits({"openai-organization": key}, body, secret=key).organization == "org-AbC_9"
+    echoed = f"Rate limit reached for gpt-4o in organization org-{plain_key} on requests"
+    assert read_limits({}, echoed, secret=plain_key).organization is None
+
+
 def test_numbers_no_upstream_could_mean_are_not_read() -> None:
     """A header of "inf" would pause the target for ever, "nan" or a negative limit would
     pace it by nothing: such an answer said nothing about its limits."""
