@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -212,6 +214,12 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
 
 def setup(level: str, fmt: str) -> None:
     logging.config.dictConfig(logging_config(level, fmt))
+    # faust's "dev" lines, said at INFO whatever the level once ``DEVLOG`` is in the
+    # environment (mode reads it at import), write records whole ("DROPPED MESSAGE ROFF %r:
+    # k=%r v=%r", "Skipping message %r"): never said, as the loggers above are held
+    os.environ.pop("DEVLOG", None)
+    if (mode_logging := sys.modules.get("mode.utils.logging")) is not None:
+        mode_logging.DEVLOG = False
 
 
 def announce(server: str, *, echo: bool = False) -> Callable[[str], None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 
 import pytest
@@ -212,3 +213,23 @@ def test_a_logger_held_back_is_never_said_more_than_the_level_asks(
             expected.append(f"{logging.getLevelName(floor)} {name} said")
     err = capsys.readouterr().err
     assert [line.split(" ", 2)[2] for line in err.strip().splitlines()] == expected
+
+
+def test_faust_dev_lines_are_never_said_whatever_devlog_says(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DEVLOG`` in the environment has faust's "dev" lines said at INFO whatever the level,
+    and two of them write a record whole (a dropped message's key and value, a skipped
+    message): the process's logging turns them off."""
+    from mode.utils import logging as mode_logging
+
+    monkeypatch.setenv("DEVLOG", "1")
+    monkeypatch.setattr(mode_logging, "DEVLOG", True)  # as mode read it at its import
+    setup("info", "text")
+    key, value = SEALED_KEY.encode(), PROMPT.encode()
+    faust_log = mode_logging.CompositeLogger(logging.getLogger("faust.transport.consumer"))
+    faust_log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", 7, key, value)
+    faust_log.info("still said")
+    err = capsys.readouterr().err
+    assert SEALED_KEY not in err and "ann@" not in err and "still said" in err
+    assert "DEVLOG" not in os.environ
