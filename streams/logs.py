@@ -219,7 +219,7 @@ def setup(level: str, fmt: str) -> None:
     # k=%r v=%r", "Skipping message %r"): never said, as the loggers above are held
     os.environ.pop("DEVLOG", None)
     if (mode_logging := sys.modules.get("mode.utils.logging")) is not None:
-        mode_logging.DEVLOG = False
+        mode_logging.DEVLOG = False  # type: ignore[attr-defined]
 
 
 def announce(server: str, *, echo: bool = False) -> Callable[[str], None]:
