@@ -18,8 +18,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from aiokafka.protocol.admin import DescribeGroupsRequest
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams import kafka_reconnect
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
@@ -492,10 +494,19 @@ def sending_now(producer: Any) -> Awaitable[Any] | None:
 
 def withdraw(producer: Any, deliveries: Iterable[asyncio.Future[Any]]) -> int:
     """Take back from ``producer`` (faust's, on aiokafka) the records of ``deliveries`` it
-    holds unsent: each batch of a partition that holds one of them and that its sender has
-    not taken yet (never numbered, never sent) fails with :class:`Withdrawn`, so Kafka never
-    writes it. A record already sent (in flight, or being retried) is left as it is. Returns
-    how many records were taken back; 0 where the producer is not aiokafka's.
+    holds unsent: each one in a batch of a partition that its sender has not taken yet (never
+    numbered, never sent) fails with :class:`Withdrawn`, so Kafka never writes it. A record
+    already sent (in flight, or being retried) is left as it is. Returns how many records were
+    taken back; 0 where the producer is not aiokafka's.
+
+    Only those records: the producer is the whole worker's, and a batch of a partition also
+    holds what other senders put in it meanwhile (an executor's forward or hand-back to a
+    command topic, its letter of a command that did not decode), which nobody asked to take
+    back. A batch with any of those is taken apart (:func:`_taken_apart`): it holds only them
+    from now on, in the order they were sent and where the batch was among its partition's,
+    and they are written as if nothing had been taken back. (aiokafka fails a batch as a
+    whole: the whole batch was failed before, and those senders took it for Kafka giving up on
+    their record.)
 
     The ledger takes back what it sent of a batch once Kafka has given up on an output of
     it: the producer, under a new id, would write them before what it gave up on, which the
@@ -506,24 +517,63 @@ def withdraw(producer: Any, deliveries: Iterable[asyncio.Future[Any]]) -> int:
         return 0
     taken_back = 0
     for tp, held in list(accumulator._batches.items()):
-        kept = [
-            batch
-            for batch in held
-            if batch.retry_count or not any(id(f) in wanted for f, _ in batch._msg_futures)
-        ]
-        if len(kept) == len(held):
-            continue
-        for batch in held:
-            if batch in kept:
+        for batch in list(held):
+            taking = sum(id(delivery) in wanted for delivery, _ in batch._msg_futures)
+            if batch.retry_count or not taking:  # sent before (numbered), or none of them
                 continue
-            taken_back += batch.record_count
-            batch.drain_ready()  # a send waiting for room in it tries again (a batch of its own)
-            batch.failure(Withdrawn(f"taken back by its sender before it was sent to {tp}"))
-        held.clear()
-        held.extend(kept)
+            failure = Withdrawn(f"taken back by its sender before it was sent to {tp}")
+            if taking == batch.record_count:  # nothing but them
+                # a send waiting for room in it tries again (in a batch of its own)
+                batch.drain_ready()
+                batch.failure(failure)
+                held.remove(batch)
+            elif not _taken_apart(accumulator, batch, wanted, failure):
+                continue
+            taken_back += taking
         if not held:
             del accumulator._batches[tp]
     return taken_back
+
+
+def _taken_apart(accumulator: Any, batch: Any, wanted: set[int], failure: Withdrawn) -> bool:
+    """The records of ``batch`` (unsent, never numbered) whose deliveries are not ``wanted``
+    are all it holds from now on, each with its own delivery, in their order; the wanted ones
+    fail with ``failure``. aiokafka cannot take a record out of a batch it built: the batch is
+    read back and its other records go into a builder of their own, which then stands in for
+    the batch's (the batch stays where it is among its partition's, with its age, linger and
+    waiters: a send waiting for room in it still waits for the sender to take it). Returns
+    False, the batch left as it is, if its records and deliveries do not pair up (a batch
+    sent with ``send_batch``, which the worker never does)."""
+    old = batch._builder
+    deliveries = batch._msg_futures
+    if len(deliveries) != old.record_count():
+        return False
+    size, closed = old.size(), old.closed()
+    records = list(DefaultRecordBatch(bytes(old._build())))
+    # each record taken over is as large as before but for its time's distance from the
+    # first one's (a varint: at most 10 bytes more), so the builder takes every one
+    limit = max(accumulator._batch_size, size + 10 * len(records))
+    txn = accumulator._txn_manager
+    batch._builder = BatchBuilder(
+        limit,
+        accumulator._compression_type,
+        is_transactional=txn is not None and txn.transactional_id is not None,
+    )
+    batch._msg_futures = []
+    for (delivery, _), record in zip(deliveries, records, strict=True):
+        if id(delivery) in wanted:
+            delivery.set_exception(copy.copy(failure))
+            continue
+        batch.append(
+            record.key,
+            record.value,
+            record.timestamp,
+            _create_future=lambda delivery=delivery: delivery,
+            headers=record.headers,
+        )
+    if closed or limit > accumulator._batch_size:  # full, or allowed more than a batch holds
+        batch._builder.close()
+    return True
 
 
 def lingering_no_more(producer: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import LeaderNotAvailableError
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams.faust_transport import Producer
 from streams.kafka_options import GivenUp, IdempotentProducer, Withdrawn, withdraw, without_linger
@@ -51,10 +52,10 @@ def test_the_workers_transport_makes_such_producers() -> None:
 
 async def test_withdraw_takes_back_only_what_the_producer_holds_unsent() -> None:
     """The ledger takes back the outputs of a batch Kafka gave up on an output of
-    (``streams.agents.outputs.Batch``): a batch of aiokafka's accumulator holding one of
-    them that its sender has not taken fails, records sent with it included, and is never
-    sent; a batch in flight is left as it is, and so are other partitions. Never numbered,
-    the records taken back spend no sequence number: the producer keeps its id."""
+    (``streams.agents.outputs.Batch``): a batch of aiokafka's accumulator holding only them
+    that its sender has not taken fails, and is never sent; a batch in flight is left as it
+    is, and so are other partitions. Never numbered, the records taken back spend no sequence
+    number: the producer keeps its id."""
     producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1")
     txn = producer._txn_manager
     txn.set_pid_and_epoch(7, 0)
@@ -67,7 +68,7 @@ async def test_withdraw_takes_back_only_what_the_producer_holds_unsent() -> None
     elsewhere = await accumulator.add_message(other, None, b"d", timeout=1)
     faust_producer = SimpleNamespace(_producer=producer)
 
-    assert withdraw(faust_producer, [in_flight, held]) == 2
+    assert withdraw(faust_producer, [in_flight, held, with_it]) == 2
     assert isinstance(held.exception(), Withdrawn) and isinstance(with_it.exception(), Withdrawn)
     assert not in_flight.done() and not elsewhere.done()
     assert tp not in accumulator._batches and list(accumulator._batches) == [other]
@@ -76,6 +77,62 @@ async def test_withdraw_takes_back_only_what_the_producer_holds_unsent() -> None
     assert (txn.producer_id, txn.sequence_number(tp)) == (7, 1)
     assert withdraw(faust_producer, [in_flight, held]) == 0
     assert withdraw(SimpleNamespace(), [elsewhere]) == 0  # not aiokafka's: nothing to take
+
+
+async def test_withdraw_leaves_other_senders_records_in_the_batch() -> None:
+    """The worker's producer is shared: a batch of a partition the ledger takes an output back
+    from may also hold another sender's records (an executor's forward or hand-back of a
+    command, its letter), which nobody asked to take back. Only the ledger's fails; the
+    others stay where they were, in their order, each with its key, headers and time, and
+    are written, acknowledged to their own senders (before, the whole batch failed with
+    ``Withdrawn``: an executor's hand-back was lost, its forward called where it did not
+    belong). Numbered for them alone, they spend no sequence number for the one taken back."""
+    producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1", compression_type="gzip")
+    producer._txn_manager.set_pid_and_epoch(7, 0)
+    accumulator = producer._message_accumulator
+    tp = TopicPartition("t-generate", 4)
+    before = await accumulator.add_message(tp, b"org", b"forward", timeout=1, timestamp_ms=1_000)
+    ledgers = await accumulator.add_message(tp, b"key", b"command", timeout=1)
+    after = await accumulator.add_message(
+        tp, b"key", b"handed back", timeout=1, timestamp_ms=900, headers=[("h", b"v")]
+    )
+    batch = accumulator._batches[tp][0]
+
+    assert withdraw(SimpleNamespace(_producer=producer), [ledgers]) == 1
+    assert isinstance(ledgers.exception(), Withdrawn)
+    assert not before.done() and not after.done()
+    assert list(accumulator._batches[tp]) == [batch]
+    follows = await accumulator.add_message(tp, None, b"follows", timeout=1)  # the same batch
+    assert list(accumulator._batches[tp]) == [batch]
+
+    taken = accumulator._pop_batch(tp)  # as the sender takes it: numbered, built
+    assert taken is batch and producer._txn_manager.sequence_number(tp) == 3
+    written = [
+        (r.offset, r.timestamp, r.key, r.value, r.headers)
+        for r in DefaultRecordBatch(bytes(taken.get_data_buffer()))
+    ]
+    assert written[:2] == [
+        (0, 1_000, b"org", b"forward", []),
+        (1, 900, b"key", b"handed back", [("h", b"v")]),
+    ]
+    assert [value for _, _, _, value, _ in written] == [b"forward", b"handed back", b"follows"]
+    taken.done(base_offset=40)  # the broker's acknowledgement
+    assert [d.result().offset for d in (before, after, follows)] == [40, 41, 42]
+
+
+async def test_a_full_batch_taken_apart_takes_no_more_records() -> None:
+    """A batch aiokafka closed (full: a send waits for the sender to take it) takes no more
+    records once one of them is taken back, and goes at the sender's next look."""
+    producer = IdempotentProducer(bootstrap_servers="127.0.0.1:1", linger_ms=60_000)
+    accumulator = producer._message_accumulator
+    tp = TopicPartition("t-deadletter", 0)
+    deliveries = [await accumulator.add_message(tp, None, v, timeout=1) for v in (b"a", b"b", b"c")]
+    batch = accumulator._batches[tp][0]
+    batch._builder.close()  # as aiokafka closes one a record did not fit in
+
+    assert withdraw(SimpleNamespace(_producer=producer), [deliveries[1]]) == 1
+    assert [delivery for delivery, _ in batch._msg_futures] == [deliveries[0], deliveries[2]]
+    assert batch._builder.closed() and batch.remaining_linger() is None
 
 
 async def test_without_linger_sends_one_partitions_records_with_the_next_request() -> None:
