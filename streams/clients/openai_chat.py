@@ -475,11 +475,18 @@ def connection_failure(exc: openai.APIConnectionError) -> str | None:
         return None
     for error in chain:
         if isinstance(error, aiohttp.ClientConnectionError | OSError):
-            cause = error.__cause__
-            return type(error).__name__ + (f" ({type(cause).__name__})" if cause else "")
+            return failure_name(error)
     if isinstance(exc, openai.APITimeoutError):
         return None
     return type(chain[0] if chain else exc).__name__
+
+
+def failure_name(error: BaseException) -> str:
+    """A connection error by its class and the OS-level error under it, if any:
+    ``ClientConnectorError (ConnectionRefusedError)``, ``ServerDisconnectedError``. Names
+    only: an error's text may hold a URL, and a URL its credentials."""
+    cause = error.__cause__
+    return type(error).__name__ + (f" ({type(cause).__name__})" if cause else "")
 
 
 def refuses_max_tokens(exc: openai.APIStatusError) -> bool:

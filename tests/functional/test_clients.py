@@ -669,6 +669,15 @@ async def refused_at(base_url: str, api_key: str = "tk-key") -> PublishError:
     return caught.value
 
 
+async def test_talkable_unreachable_names_the_os_error_as_openais_does() -> None:
+    """A Talkable nobody listens at said only ``ClientConnectorError``, while OpenAI's said
+    ``ClientConnectorError (ConnectionRefusedError)``: the OS-level cause tells a refused
+    port from a name that does not resolve. Names only, never the key."""
+    error = await refused_at(f"http://127.0.0.1:{free_port()}/api/v2", "tk-key")
+    assert (error.reason, error.retriable, error.answered) == ("Unreachable", True, False)
+    assert str(error) == "Talkable unreachable: ClientConnectorError (ConnectionRefusedError)"
+
+
 async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, talkable) -> None:
     started = time.monotonic()
     with pytest.raises(PublishError) as caught:
