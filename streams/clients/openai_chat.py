@@ -28,6 +28,8 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       ``max_tokens`` sent for a model                          same try, with the cap as
       not known by name to refuse it                           ``max_completion_tokens``
       (an Azure deployment's name)                             (remembered for its key)
+    400 content_filter (Azure OpenAI's   ContentFiltered     reports (the message names the
+      content filter refused the prompt)                       categories it flagged)
     400/404/422 (anything else 4xx)      BadRequest          reports
     a redirected call's 404 or 405 (a    BadRequest          reports (the message says where
       GET without the body), 401 or 403                          the base URL moved to)
@@ -446,6 +448,14 @@ def _status_error(
             " (a page, not OpenAI's JSON: a proxy or a firewall before OpenAI refuses the call,"
             " or OpenAI the key; check what stands between, then the key)"
         )
+    if status == 400 and code == "content_filter":
+        # Azure OpenAI's refusal of the prompt by its content filter, in place of a completion
+        # (a 200 ``finish_reason: content_filter`` is its filter's cut of the text): the same
+        # prompt is refused again, by any key with the deployment's filter
+        text += f" ({scrub(filtered_prompt(exc.body), api_key)})"
+        return GenerationError(
+            f"{text}: {message}", reason="ContentFiltered", status=status, limits=limits
+        )
     text += f": {message}"
     if status == 429 and refusal is None and _too_large(message):
         return GenerationError(text, reason="RequestTooLarge", status=status, limits=limits)
@@ -454,6 +464,41 @@ def _status_error(
         return GenerationError(text, reason=reason, status=status, refuses=scope, limits=limits)
     # OpenAI's SDK retries 408 and 409 itself (we turned its retries off): they wait here
     return status_error(GenerationError, status, text, limits, outage=(408, 409))
+
+
+def filtered_prompt(body: object) -> str:
+    """What Azure OpenAI's content filter says it flagged in a prompt it refused: 400
+    ``{"error": {"code": "content_filter", "param": "prompt", "innererror": {"code":
+    "ResponsibleAIPolicyViolation", "content_filter_result": {"hate": {"filtered": true,
+    "severity": "high"}, ...}}}}`` (its Responses API's ``content_filters``: ``[{"blocked":
+    true, "content_filter_results": {...}}]``). The categories and their severities only: its
+    own names, never the prompt's words."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    results: list[object] = []
+    if isinstance(body, Mapping):
+        inner = body.get("innererror")
+        if isinstance(inner, Mapping):
+            results.append(inner.get("content_filter_result"))
+        listed = body.get("content_filters")
+        if isinstance(listed, list):
+            results += [f.get("content_filter_results") for f in listed if isinstance(f, Mapping)]
+    flagged: list[str] = []
+    for result in results:
+        if not isinstance(result, Mapping):
+            continue
+        for category, verdict in result.items():
+            if not isinstance(verdict, Mapping) or verdict.get("filtered") is not True:
+                continue
+            severity = verdict.get("severity")
+            said = str(category) + (f" {severity}" if isinstance(severity, str) else "")
+            if said not in flagged:
+                flagged.append(said)
+    what = f": {', '.join(flagged)}" if flagged else ""
+    return (
+        f"Azure OpenAI's content filter refused the prompt{what}; no text was generated, and"
+        " the same prompt is refused again: change it, or the deployment's content filter"
+    )
 
 
 def connection_failure(exc: openai.APIConnectionError) -> str | None:
@@ -475,11 +520,18 @@ def connection_failure(exc: openai.APIConnectionError) -> str | None:
         return None
     for error in chain:
         if isinstance(error, aiohttp.ClientConnectionError | OSError):
-            cause = error.__cause__
-            return type(error).__name__ + (f" ({type(cause).__name__})" if cause else "")
+            return failure_name(error)
     if isinstance(exc, openai.APITimeoutError):
         return None
     return type(chain[0] if chain else exc).__name__
+
+
+def failure_name(error: BaseException) -> str:
+    """A connection error by its class and the OS-level error under it, if any:
+    ``ClientConnectorError (ConnectionRefusedError)``, ``ServerDisconnectedError``. Names
+    only: an error's text may hold a URL, and a URL its credentials."""
+    cause = error.__cause__
+    return type(error).__name__ + (f" ({type(cause).__name__})" if cause else "")
 
 
 def refuses_max_tokens(exc: openai.APIStatusError) -> bool:

@@ -51,7 +51,7 @@ import aiohttp
 
 from models.events import PublishCompletion
 from models.params import completion_event_number
-from streams.clients.openai_chat import scrub, shown_url
+from streams.clients.openai_chat import failure_name, scrub, shown_url
 from streams.errors import PublishError, status_error
 from streams.upstream.limits import Limits, read_limits
 
@@ -141,7 +141,7 @@ class TalkableClient:
             raise PublishError("Talkable timed out", reason="Timeout", retriable=True) from None
         except aiohttp.ClientError as exc:
             raise PublishError(
-                f"Talkable unreachable: {type(exc).__name__}", reason="Unreachable", retriable=True
+                f"Talkable unreachable: {failure_name(exc)}", reason="Unreachable", retriable=True
             ) from None
         except ValueError:  # aiohttp refuses a header value (a key with control characters)
             raise PublishError(

@@ -124,6 +124,8 @@ class LetterRow:
     def since(self) -> str:
         """What became of the request after the letter was written."""
         row = self.request
+        if row is None and self.letter.undecodable:
+            return "does not decode: not redriven (fix the producer)"
         if row is None:
             return "not in the projection" if self.letter.request_id else "a message"
         if self.never_parked:
@@ -261,6 +263,9 @@ async def preview(request: web.Request) -> web.Response:
             "never_parked": sorted(
                 {r.letter.request_id for r in read.rows if r.never_parked and r.letter.request_id}
             ),
+            # letters of records that do not decode: no redrive sends them back (``talkstream
+            # redrive`` neither: their reader would dead-letter them again)
+            "undecodable": sum(1 for r in read.rows if r.letter.undecodable),
             "error": error,
             "report": report,
             "unread": read.unread,

@@ -23,6 +23,7 @@ key; content keeps the messages and the text, never ``secrets``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import contextvars
 import logging
@@ -44,6 +45,7 @@ from models.params import completion_event_number
 from streams.codecs import decode, decode_requests
 from streams.errors import DecodeError
 from streams.kafka_options import broker_error, reading_consumer, start_reading, stop_consumer
+from streams.ops.redrive import does_not_decode, parked_work
 from streams.ops.replay import ReplayError, partitions_of
 from streams.settings import Settings
 
@@ -107,6 +109,9 @@ class Letter:
     # work the ledger gave up on (partition and offset -1): the [requests] record it was
     # deciding, "topic/partition/offset" (None: a message, or a letter written before schema 4)
     decided: str | None = None
+    # a message this version's code does not decode either: no redrive sends it back (its
+    # reader would dead-letter it again), its producer is to fix
+    undecodable: bool = False
 
     @property
     def kind(self) -> str:
@@ -174,7 +179,7 @@ async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) ->
             for tp, records in fetched.items():
                 for record in records:
                     if record.offset < todo.get(tp, -1):
-                        letter = _letter(record)
+                        letter = _letter(record, settings)
                         if letter is not None:
                             letters.append(letter)
             for tp in list(todo):
@@ -183,11 +188,17 @@ async def read_letters(settings: Settings, most: int = LETTERS_PER_PARTITION) ->
     return Letters(sorted(letters, key=lambda x: (x.at_ms, x.letter_offset), reverse=True), unread)
 
 
-def _letter(record: Any) -> Letter | None:
+def _letter(record: Any, settings: Settings) -> Letter | None:
     try:
         letter = decode(DeadLetter, record.value)
     except DecodeError:
         return None
+    value = None if letter.value_b64 is None else base64.b64decode(letter.value_b64)
+    undecodable = (
+        value is not None
+        and not parked_work(letter, settings)
+        and does_not_decode(settings, letter.topic, value) is not None
+    )
     return Letter(
         topic=letter.topic,
         partition=letter.partition,
@@ -198,6 +209,7 @@ def _letter(record: Any) -> Letter | None:
         letter_partition=record.partition,
         letter_offset=record.offset,
         decided=letter.decided,
+        undecodable=undecodable,
     )
 
 

@@ -17,8 +17,13 @@ ledger would not run. For each letter that matches:
   every re-issue, runs it again as its next attempt (``publish_failed → publishing``;
   ``generation_failed → admitted`` once a slot is taken again, or ``limited``), with the same
   pacing, deadlines and dead letters as any attempt;
-- a poison message (a value that did not decode) goes back to the topic it came from, for a
-  worker whose code can now read it.
+- a message of a topic (one that did not decode, or that the ledger failed on) goes back to
+  the topic it came from, for a worker whose code can now read it, or use it: only when this
+  version's code decodes it as its topic's value. One that still does not decode is left out
+  and named (the report's ``undecodable``): sent back, it is dead-lettered again as a new
+  letter, and the run would have said "redriven" of it. Its producer is to fix; its letter
+  stays in the dead-letter topic, and ``--from-beginning`` offers it again (after a deploy
+  that reads it).
 """
 
 from __future__ import annotations
@@ -35,9 +40,15 @@ from enum import Enum
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from models.events import DeadLetter, GenerateText, PublishCompletion, RedriveRequested
+from models.events import (
+    DeadLetter,
+    GenerateText,
+    LifecycleEvent,
+    PublishCompletion,
+    RedriveRequested,
+)
 from models.state import Policy, never_parked
-from streams.codecs import decode, encode
+from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
 from streams.kafka_options import (
     broker_error,
@@ -114,6 +125,9 @@ class RedriveReport:
     # selected, of a webhook whose params did not fit the person's ledger entry: given up on at
     # once, never parked, so the ledger would run nothing (it said "redriven" of them before)
     never_parked: list[str] = field(default_factory=list)
+    # selected, a message this version's code does not decode either: sent back, its reader
+    # would dead-letter it again as a new letter (it was sent, and said "redriven", before)
+    undecodable: list[str] = field(default_factory=list)
 
 
 _STAGES = ("generating", "publishing")  # in the order a request goes through them
@@ -380,12 +394,32 @@ def _within(ranges: Ranges, offset: int) -> bool:
     return at >= 0 and offset < ranges[at][1]
 
 
-def _parked_work(letter: DeadLetter, settings: Settings) -> bool:
+def parked_work(letter: DeadLetter, settings: Settings) -> bool:
     """A letter of work the ledger gave up on: its command's topic, at partition -1 (no record
     held it). A letter of [generate] or [completions] read from a record (partition 0 or more)
     is a message that did not decode there: it goes back to its topic, as any other topic's."""
     commands = (settings.topic("completions"), settings.topic("generate"))
     return letter.topic in commands and letter.partition < 0
+
+
+def does_not_decode(settings: Settings, topic: str, value: bytes) -> str | None:
+    """Why ``value`` does not decode as what its topic's reader takes (the ledger's
+    [requests] value, the executors' commands, the projector's event), as its reader would
+    dead-letter it; None if it decodes, or for a topic none of our readers has."""
+    decoders: dict[str, Callable[[bytes], object]] = {
+        settings.topic("requests"): decode_requests,
+        settings.topic("generate"): lambda raw: decode(GenerateText, raw),
+        settings.topic("completions"): lambda raw: decode(PublishCompletion, raw),
+        settings.topic("lifecycle"): lambda raw: decode(LifecycleEvent, raw),
+    }
+    decoder = decoders.get(topic)
+    if decoder is None:
+        return None
+    try:
+        decoder(value)
+    except DecodeError as exc:
+        return str(exc)
+    return None
 
 
 class _Left(Enum):
@@ -424,7 +458,7 @@ def _one(
     request_id: str | None = None
     parking: Parking | None = None
     command: PublishCompletion | GenerateText | None = None
-    if _parked_work(letter, settings):
+    if parked_work(letter, settings):
         try:
             command = (
                 decode(PublishCompletion, value)
@@ -466,6 +500,13 @@ def _one(
         return _Left.NOT_SELECTED
     else:
         what = f"{letter.topic}@{letter.partition}:{letter.offset}"
+        still = does_not_decode(settings, letter.topic, value)
+        if still is not None:
+            report.undecodable.append(
+                f"{what} ({still}: sent back, it would be dead-lettered again; fix the producer"
+                " that wrote it, the letter stays in the dead-letter topic)"
+            )
+            return _Left.NEVER
     shown = Redriven(
         what=what,
         reason=letter.reason,

@@ -107,6 +107,8 @@ def redrive(
         click.echo(f"too old to redrive: {what}")
     for what in report.never_parked:
         click.echo(f"never parked, nothing to redrive: {what}")
+    for what in report.undecodable:
+        click.echo(f"does not decode, not redriven: {what}")
     click.echo(
         f"{report.examined} dead letters examined, {len(report.redriven)} "
         f"{'to redrive' if dry_run else 'redriven'}, {report.skipped} not selected, "
@@ -122,13 +124,24 @@ def redrive(
         + (f", {len(report.too_old)} too old to redrive" if report.too_old else "")
         + (f", {len(report.never_parked)} never parked" if report.never_parked else "")
         + (f", {report.empty} with no record to send back" if report.empty else "")
+        + (f", {len(report.undecodable)} that do not decode" if report.undecodable else "")
     )
+    if report.undecodable:
+        count = len(report.undecodable)
+        click.echo(
+            f"{count} letter of a record that does not decode is not redriven: fix the producer;"
+            " it stays in the dead-letter topic"
+            if count == 1
+            else f"{count} letters of records that do not decode are not redriven: fix the"
+            " producer; they stay in the dead-letter topic"
+        )
     if request_id is not None and not (
         report.redriven
         or report.not_parked
         or report.earlier_attempt
         or report.too_old
         or report.never_parked
+        or report.undecodable
     ):
         # asked for one request, it said "0 redriven" and exited 0: a mistyped id looked done
         raise click.ClickException(

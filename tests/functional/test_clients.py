@@ -669,6 +669,15 @@ async def refused_at(base_url: str, api_key: str = "tk-key") -> PublishError:
     return caught.value
 
 
+async def test_talkable_unreachable_names_the_os_error_as_openais_does() -> None:
+    """A Talkable nobody listens at said only ``ClientConnectorError``, while OpenAI's said
+    ``ClientConnectorError (ConnectionRefusedError)``: the OS-level cause tells a refused
+    port from a name that does not resolve. Names only, never the key."""
+    error = await refused_at(f"http://127.0.0.1:{free_port()}/api/v2", "tk-key")
+    assert (error.reason, error.retriable, error.answered) == ("Unreachable", True, False)
+    assert str(error) == "Talkable unreachable: ClientConnectorError (ConnectionRefusedError)"
+
+
 async def test_a_key_that_cannot_be_a_header_fails_at_once_without_a_call(tk, talkable) -> None:
     started = time.monotonic()
     with pytest.raises(PublishError) as caught:
@@ -727,6 +736,18 @@ async def edges() -> AsyncIterator[str]:
         body = {"error": {"code": f"invalid key {key}", "message": "refused", "type": None}}
         return web.json_response(body, status=401)
 
+    async def azure_filtered(request: web.Request) -> web.Response:
+        # Azure OpenAI's refusal of a prompt its content filter flags (its content filtering
+        # docs, "an input prompt ... classified at a filtered category and severity level")
+        verdicts = {"hate": {"filtered": True, "severity": "high"},
+                    "self_harm": {"filtered": False, "severity": "safe"},
+                    "violence": {"filtered": True, "severity": "medium"}}  # fmt: skip
+        error = {"message": AZURE_FILTERED, "type": None, "param": "prompt",
+                 "code": "content_filter", "status": 400,
+                 "innererror": {"code": "ResponsibleAIPolicyViolation",
+                                "content_filter_result": verdicts}}  # fmt: skip
+        return web.json_response({"error": error}, status=400)
+
     async def usage(request: web.Request) -> web.Response:
         answer = chat_answer("A verse")
         body = json.loads(answer.text or "{}")
@@ -756,6 +777,7 @@ async def edges() -> AsyncIterator[str]:
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
     app.router.add_post("/portal/v1/chat/completions", html)  # a captive portal's 200
     app.router.add_post("/compatible/v1/chat/completions", no_model)
+    app.router.add_post("/azure-filtered/v1/chat/completions", azure_filtered)
     app.router.add_get("/website/v1/chat/completions", html)  # a POST is answered 405
     app.router.add_get("/website/origins/event", html)  # (Talkable's base URL at a web site)
     for name, handler in (("html", html), ("blank", blank), ("cut", cut), ("created", created)):
@@ -765,6 +787,30 @@ async def edges() -> AsyncIterator[str]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     await runner.cleanup()
+
+
+AZURE_FILTERED = (
+    "The response was filtered due to the prompt triggering Azure OpenAI's content management "
+    "policy. Please modify your prompt and retry."
+)
+
+
+async def test_azure_openais_content_filter_refusing_the_prompt_is_content_filtered(edges) -> None:
+    """Azure OpenAI answers a prompt its content filter flags with a 400 ``content_filter``,
+    not a 200 ``finish_reason: content_filter``: it was a ``BadRequest`` ("fix the params"),
+    while the same filter cutting the text was ``ContentFiltered``. It is the filter's
+    refusal of the prompt, final for this request, and says what the filter flagged."""
+    error = await answer_of(f"{edges}/azure-filtered/v1")
+    assert isinstance(error, GenerationError)
+    assert (error.reason, error.status, error.retriable, error.refuses) == (
+        "ContentFiltered", 400, False, "request",
+    )  # fmt: skip
+    assert str(error) == (
+        "OpenAI answered 400 content_filter (Azure OpenAI's content filter refused the prompt:"
+        " hate high, violence medium; no text was generated, and the same prompt is refused"
+        f" again: change it, or the deployment's content filter): {AZURE_FILTERED}"
+    )
+    assert KEY not in str(error)
 
 
 async def answer_of(base_url: str) -> Any:

@@ -1254,6 +1254,71 @@ async def test_dead_letters_show_what_became_of_their_requests(signed_in: Consol
     assert "the range is empty" in reversed_
 
 
+async def test_a_letter_of_a_record_that_does_not_decode_is_said_not_redriven(
+    signed_in: Console,
+) -> None:
+    """The page told an operator that messages that did not decode "are redriven with
+    talkstream redrive --topic", which sent one that still does not decode back to its topic,
+    to be dead-lettered again. The page and the preview say such letters are not redriven,
+    what to fix, and that they stay; a message this version reads is still "a message"."""
+    poison = replace(LETTERS[1], undecodable=True)
+    signed_in.log.letters_ = [LETTERS[0], poison]
+    body = await signed_in.page("/deadletters")
+    assert "does not decode: not redriven (fix the producer)" in body
+    assert "Messages (no request) are not redriven here" in body
+    csrf = await signed_in.csrf()
+    preview = await (await signed_in.post("/deadletters/preview", {"csrf": csrf})).text()
+    assert (
+        '<p class="muted" id="undecodable">1 letter of a record that does not decode is not'
+        " redriven: fix the producer; it stays in the dead-letter topic.</p>"
+    ) in preview
+    assert 'id="would-count">1<' in preview  # the parked request is still offered
+    signed_in.log.letters_ = [LETTERS[0], poison, replace(poison, offset=10)]
+    preview = await (await signed_in.post("/deadletters/preview", {"csrf": csrf})).text()
+    assert "2 letters of records that do not decode are not redriven" in preview
+    signed_in.log.letters_ = list(LETTERS)  # a message this version reads
+    body = await signed_in.page("/deadletters")
+    assert "not redriven (fix the producer)" not in body and ">a message<" in body
+    preview = await (await signed_in.post("/deadletters/preview", {"csrf": csrf})).text()
+    assert 'id="undecodable"' not in preview
+
+
+def test_a_letter_read_from_the_log_says_whether_its_record_decodes_now() -> None:
+    """What the console reads of a letter: whether this version decodes its record (as
+    ``talkstream redrive`` decides), for a message of any of the four topics; parked work,
+    which the ledger runs again, is never said not to decode."""
+    from types import SimpleNamespace
+
+    from models.events import DeadLetter
+    from streams.codecs import encode
+    from streams.console.log import _letter
+    from streams.settings import Settings
+    from tests.unit.domain_builders import received
+
+    settings = Settings(app_id="functest")
+
+    def read(topic: str, value: bytes, partition: int = 1) -> Letter | None:
+        letter = DeadLetter(
+            topic=settings.topic(topic),
+            partition=partition,
+            offset=9 if partition >= 0 else -1,
+            reason="does not decode: value: Invalid JSON",
+            key="k",
+            value_b64=base64.b64encode(value).decode(),
+            at_ms=T0_MS,
+        )
+        record = SimpleNamespace(value=encode(letter), timestamp=T0_MS, partition=0, offset=3)
+        return _letter(record, settings)
+
+    for topic in ("requests", "generate", "completions", "lifecycle"):
+        found = read(topic, b"garbage")
+        assert found is not None and found.undecodable, topic
+    readable = read("requests", encode(received("req-1")))
+    assert readable is not None and not readable.undecodable
+    parked = read("completions", b"garbage", partition=-1)  # (the letter's own "unreadable")
+    assert parked is not None and not parked.undecodable
+
+
 async def test_dead_letters_of_a_site_typed_in_another_case_are_that_sites(signed_in: Console):
     body = await signed_in.page("/deadletters?site=ACME")
     assert 'id="letter-count">1<' in body and 'name="site" value="acme"' in body

@@ -491,30 +491,46 @@ def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() ->
     assert SEALED_TALKABLE not in line
 
 
+def commands() -> tuple[bytes, bytes]:
+    """A [generate] and a [completions] value this version decodes (a command the ledger
+    gave up on, as an earlier version's executor may not have read it)."""
+    ledger = Ledger()
+    ledger.send(received("req-1"))
+    [generation] = ledger.send(generation_failed("req-1")).dead_letters
+    ledger = Ledger()
+    ledger.send(received("req-1"))
+    ledger.send(generated("req-1"))
+    [publication] = ledger.send(publication_failed("req-1")).dead_letters
+    return encode(generation.command), encode(publication.command)
+
+
 def test_a_message_that_did_not_decode_in_an_executors_topic_goes_back_to_it() -> None:
     """A record of [generate] or [completions] that its executor could not decode is
     dead-lettered with its own partition and offset, like one of [requests]; README says such
     a message is redriven once a deploy reads it. ``talkstream redrive`` read it as parked work
     (a letter of the command's topic), found no command in it and counted it "unreadable": it
     was never offered, not even with ``--from-beginning``, and the redrive group moved past it.
-    (Under make dev: ``garbage`` produced to talkstream-generate.)"""
+    (Under make dev: a command produced to talkstream-generate in a format a worker of an
+    earlier version did not read.)"""
     settings = Settings(app_id="t")
-    for topic in (settings.topic("generate"), settings.topic("completions")):
+    for topic, value in zip(
+        (settings.topic("generate"), settings.topic("completions")), commands(), strict=True
+    ):
         letter = DeadLetter(
             topic=topic,
             partition=3,
             offset=20,
             reason="does not decode: value: Invalid JSON",
             key="k",
-            value_b64=base64.b64encode(b"garbage").decode(),
+            value_b64=base64.b64encode(value).decode(),
             at_ms=T0 * 1000,
         )
         report = RedriveReport()
         send = _one(encode(letter), Selection(), report, settings, lambda: T0 * 1000, {})
         assert isinstance(send, _Send), topic
-        assert (send.topic, send.key, send.value) == (topic, b"k", b"garbage")
+        assert (send.topic, send.key, send.value) == (topic, b"k", value)
         assert send.what == f"{topic}@3:20"
-        assert report.unreadable == 0
+        assert report.unreadable == 0 and report.undecodable == []
         # a --site belongs to parked work: no site can be told of a message that did not decode
         not_selected = _one(encode(letter), Selection(site=SITE), report, settings, int, {})
         assert not_selected.name == "NOT_SELECTED"
@@ -526,18 +542,19 @@ def test_a_message_goes_back_under_its_key_as_received_not_as_the_letter_shows_i
     UTF-8 went to another key, and so another partition, than it came from."""
     settings = Settings(app_id="t")
     raw_key = b"person-\xff\xfe"
+    value = encode(received("req-1"))  # (a value this version reads: it goes back)
     letter = DeadLetter(
         topic=settings.topic("requests"),
         partition=1,
         offset=7,
         reason="does not decode: value: Invalid JSON",
         key=raw_key.decode("utf-8", "replace"),
-        value_b64=base64.b64encode(b"garbage").decode(),
+        value_b64=base64.b64encode(value).decode(),
         at_ms=T0 * 1000,
     )
     send = _one(encode(letter), Selection(), RedriveReport(), settings, int, {}, raw_key)
     assert isinstance(send, _Send)
-    assert (send.topic, send.key, send.value) == (settings.topic("requests"), raw_key, b"garbage")
+    assert (send.topic, send.key, send.value) == (settings.topic("requests"), raw_key, value)
     # a letter read without its record's key (none given) falls back to the text it shows
     shown = _one(encode(letter), Selection(), RedriveReport(), settings, int, {})
     assert isinstance(shown, _Send) and shown.key == letter.key.encode()
@@ -696,9 +713,9 @@ def test_letters_of_one_message_are_counted_apart_from_older_letters_of_a_reques
                 topic=settings.topic("requests"),
                 partition=2,
                 offset=485,
-                reason="does not decode: value: Invalid JSON",
+                reason="ledger error: KeyError('a bug, fixed since')",
                 key="k",
-                value_b64=base64.b64encode(b"garbage").decode(),
+                value_b64=base64.b64encode(encode(received("req-1"))).decode(),
                 at_ms=at_ms,
             )
         )
@@ -722,4 +739,71 @@ def test_letters_of_one_message_are_counted_apart_from_older_letters_of_a_reques
     assert said.output.endswith(
         "2 dead letters examined, 0 to redrive, 0 not selected, 0 unreadable, "
         "1 more letters of the same records\n"
+    )
+
+
+def test_a_message_that_still_does_not_decode_is_named_not_sent_back() -> None:
+    """A poison record (its letter says it does not decode) was sent back to its topic by
+    every redrive, and named "redriven": its reader dead-lettered it again, as a new letter,
+    whatever had been fixed. It goes back only when this version's code decodes it (a deploy
+    that reads it: above); otherwise the run leaves it out, names it and why, and moves past
+    it. A letter of another topic (none of our readers') still goes back."""
+    settings = Settings(app_id="t")
+    report = RedriveReport()
+    for topic in ("requests", "generate", "completions", "lifecycle"):
+        letter = DeadLetter(
+            topic=settings.topic(topic),
+            partition=2,
+            offset=485,
+            reason="does not decode: value: Invalid JSON",
+            key="k",
+            value_b64=base64.b64encode(b"garbage").decode(),
+            at_ms=T0 * 1000,
+        )
+        left = _one(encode(letter), Selection(), report, settings, lambda: T0 * 1000, {})
+        assert left.name == "NEVER", topic  # (not "not selected": a run moves past it)
+    assert report.undecodable == [
+        f"t-{topic}@2:485 (does not decode: value: Invalid JSON: expected value at line 1"
+        " column 1: sent back, it would be"
+        " dead-lettered again; fix the producer that wrote it, the letter stays in the"
+        " dead-letter topic)"
+        for topic in ("requests", "generate", "completions", "lifecycle")
+    ]
+    assert (report.skipped, report.unreadable, report.redriven) == (0, 0, [])
+    # a filter that does not select it leaves it for a later run, as any letter
+    assert _one(encode(letter), Selection(reason_contains="quota"), report, settings, int, {}) == (
+        _one(encode(letter), Selection(site=SITE), report, settings, int, {})
+    )
+    other = letter.model_copy(update={"topic": "someone-elses"})
+    assert isinstance(_one(encode(other), Selection(), report, settings, int, {}), _Send)
+
+
+def test_the_redrive_command_says_which_letters_do_not_decode_and_that_they_stay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each letter left out is named, and the summary says what to do and that they stay in
+    the dead-letter topic, in a dry run and a real run."""
+    from click.testing import CliRunner
+
+    import streams.ops.redrive as module
+    from streams.cli import main
+
+    said = ["t-requests@2:485 (does not decode: ...)", "t-requests@2:486 (does not decode: ...)"]
+    for left, args, done in ((said, ["--dry-run"], "to redrive"), (said[:1], [], "redriven")):
+
+        async def run(*_: object, left: list[str] = left, **__: object) -> RedriveReport:
+            return RedriveReport(examined=2, skipped=2 - len(left), undecodable=left)
+
+        monkeypatch.setattr(module, "redrive", run)
+        result = CliRunner().invoke(main, ["redrive", *args])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[: len(left)] == [f"does not decode, not redriven: {what}" for what in left]
+        assert lines[len(left)] == (
+            f"2 dead letters examined, 0 {done}, {2 - len(left)} not selected, 0 unreadable,"
+            f" {len(left)} that do not decode"
+        )
+    assert lines[-1] == (
+        "1 letter of a record that does not decode is not redriven: fix the producer; it stays"
+        " in the dead-letter topic"
     )

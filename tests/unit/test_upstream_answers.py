@@ -14,7 +14,7 @@ import pytest
 
 from streams.agents.work import text_too_large
 from streams.clients.openai_chat import EMPTY_COMPLETION as EMPTY
-from streams.clients.openai_chat import answer_text, shown_url, token_count
+from streams.clients.openai_chat import answer_text, filtered_prompt, shown_url, token_count
 
 
 def completion(content: Any = "A verse", finish: str = "stop", **message: Any) -> dict[str, Any]:
@@ -165,3 +165,33 @@ def test_a_base_url_is_shown_without_what_may_be_a_secret(url: str, shown: str) 
     """A 404's hint names the base URL to check: never its credentials, query or fragment,
     where a proxy's token may ride."""
     assert shown_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("body", "flagged"),
+    [
+        # Chat Completions: the categories under ``innererror``
+        (
+            {"error": {"code": "content_filter", "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {"sexual": {"filtered": False, "severity": "safe"},
+                                          "self_harm": {"filtered": True, "severity": "high"}}}}},
+            ": self_harm high",
+        ),
+        # the Responses API's list; a verdict without a severity (a jailbreak is "detected")
+        (
+            {"code": "content_filter", "content_filters": [{"blocked": True,
+             "content_filter_results": {"jailbreak": {"detected": True, "filtered": True},
+                                        "hate": {"filtered": False, "severity": "safe"}}}]},
+            ": jailbreak",
+        ),
+        # no verdicts (a proxy's shorter envelope): the refusal all the same, nothing named
+        ({"error": {"code": "content_filter", "message": "filtered"}}, ""),
+        ({"error": {"code": "content_filter", "innererror": "odd"}}, ""),
+    ],
+)  # fmt: skip
+def test_azures_content_filter_refusal_names_what_it_flagged(body: Any, flagged: str) -> None:
+    assert filtered_prompt(body) == (
+        f"Azure OpenAI's content filter refused the prompt{flagged}; no text was generated, and"
+        " the same prompt is refused again: change it, or the deployment's content filter"
+    )
