@@ -18,12 +18,15 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from aiohttp import ClientResponse
+from annotated_types import MaxLen
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
 from models.events import ChatRequest, RequestReceived, RequestSpec
-from models.params import UsageLimit
+from models.params import GenerateParams, OpenAIParams, UsageLimit
 from streams.clients.openai_chat import chat_body
 from streams.errors import BrokerUnavailable
+from streams.projection.tables import EndedMinuteRow, RequestRow
 from tests.functional.conftest import (
     FORM,
     JSON,
@@ -315,6 +318,12 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         422,
         {"openai.messages.1.name"},
     ),
+    # every event of its generation carries it, and the projection's column holds 200
+    "a model name longer than the projection holds": (
+        Body(JSON, json_body(changed(openai__model="ft:gpt-4o-mini:" + "x" * 186))),
+        422,
+        {"openai.model"},
+    ),
     "legacy extras that are not JSON": (
         Body(FORM, form_body({**envelope("acme-store"), "extras": "{not json"})),
         422,
@@ -380,6 +389,45 @@ async def test_bad_input_is_a_4xx_naming_the_fields_and_nothing_is_produced(
     errors = await rejected(ingress, body, status)
 
     assert {e["field"] for e in errors} == fields
+
+
+def _longest(model: type[BaseModel], name: str) -> int | None:
+    limits = [m.max_length for m in model.model_fields[name].metadata if isinstance(m, MaxLen)]
+    return min(limits, default=None)
+
+
+@pytest.mark.parametrize(
+    ("column", "longest"),
+    [
+        pytest.param(
+            RequestRow.__table__.c.model, lambda: _longest(OpenAIParams, "model"), id="model"
+        ),
+        pytest.param(
+            RequestRow.__table__.c.site, lambda: _longest(GenerateParams, "site"), id="site"
+        ),
+        pytest.param(
+            EndedMinuteRow.__table__.c.site,
+            lambda: _longest(GenerateParams, "site"),
+            id="site per minute",
+        ),
+        pytest.param(
+            RequestRow.__table__.c.person,
+            lambda: (
+                (_longest(GenerateParams, "site") or 0)
+                + len(":")
+                + (_longest(GenerateParams, "email") or 0)
+            ),
+            id="person",
+        ),
+    ],
+)
+def test_what_a_webhook_may_carry_fits_the_projections_columns(column: Any, longest: Any) -> None:
+    """An accepted webhook's values reach the SQL projection; one longer than its VARCHAR
+    column made PostgreSQL refuse the projector's whole batch, retried for good: an
+    ``openai.model`` of 201 characters, answered 202, held up the projection of every site."""
+    limit = longest()
+    assert limit is not None, f"the contract takes any length for {column}"
+    assert limit <= column.type.length, column
 
 
 async def test_a_body_one_byte_over_the_limit_is_413(ingress_with: StartIngress) -> None:
