@@ -136,7 +136,9 @@ class KafkaSink:
         self._stall_seconds = stall_seconds
         self._changelog = ledger_changelog  # what the ledger reads by: as many partitions
         self._producer: IdempotentProducer | None = None
-        self._starting: asyncio.Future[IdempotentProducer] | None = None  # a readiness probe's
+        self._starting: asyncio.Future[IdempotentProducer] | None = (
+            None  # the one start its callers wait for
+        )
         self._lock = asyncio.Lock()
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
@@ -162,6 +164,20 @@ class KafkaSink:
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
             return self._producer
+
+    async def _producer_now(self) -> IdempotentProducer:
+        """The started producer. Every caller while it starts waits for that one start, a
+        readiness probe's included: a broker that takes connections and never answers (hung,
+        or a network dropping everything) fails them all together, within ``timeout``. Each
+        webhook started a producer of its own, one after another behind the lock: a burst's
+        k-th webhook was answered 503 after k timeouts (the 20th of 20 after 196 s)."""
+        if self._producer is not None:
+            return self._producer
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self._started())
+            self._starting.add_done_callback(_read)  # failed with no caller left: not an ERROR
+        # shielded: a caller that gives up (a probe's timeout) does not cancel the start
+        return await asyncio.shield(self._starting)
 
     def stalled(self) -> bool:
         """A send has waited longer than ``stall_seconds``: Kafka is not acknowledging."""
@@ -189,7 +205,7 @@ class KafkaSink:
         )
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        producer = await self._started()
+        producer = await self._producer_now()
         if self.stalled():
             raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
         split = self.split(producer, topic)
@@ -254,10 +270,8 @@ class KafkaSink:
         ``timeout``: a producer still starting goes on starting for the next probe."""
         deadline = time.monotonic() + timeout
         if self._producer is None:
-            if self._starting is None or self._starting.done():
-                self._starting = asyncio.ensure_future(self._started())
-            try:  # shielded: a probe that gives up does not cancel the start
-                await asyncio.wait_for(asyncio.shield(self._starting), timeout)
+            try:
+                await asyncio.wait_for(self._producer_now(), timeout)
             except TimeoutError:
                 return "connecting to Kafka"
             except BrokerUnavailable as exc:
@@ -317,6 +331,12 @@ class KafkaSink:
                 "webhooks were not answered 2xx, and are retried by their sender",
                 self._timeout,
             )
+
+
+def _read(done: asyncio.Future[Any]) -> None:
+    """Marks a future's exception read: the caller that would have read it is gone."""
+    if not done.cancelled():
+        done.exception()
 
 
 async def _undescribed(client: Any, topic: str, deadline: float) -> str:
