@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestPayloadError
 from aiokafka import TopicPartition, errors
@@ -58,6 +58,7 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
+from streams.refusals import body as error_body
 from streams.refusals import refusal, refusals
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
@@ -421,6 +422,7 @@ def build_ingress(
     # webhooks forged so) unsigned
     keys = {site.lower(): key for site, key in settings.site_keys.items()}
     metrics = Metrics()
+    limit = settings.max_body_bytes
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
 
@@ -430,25 +432,24 @@ def build_ingress(
     # no site signs: a query string is read with the body at once
     signs = must_sign if keys or settings.require_signature else None
 
+    def tally(status: int, started: float) -> None:
+        metrics.requests.labels(outcome=str(status)).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+
     def counted(handler: Handler) -> Handler:
         """Every answer to the webhook counted by its status, whatever the method."""
 
         async def answer(request: web.Request) -> web.Response:
             started = time.perf_counter()
-
-            def count(status: int) -> None:
-                metrics.requests.labels(outcome=str(status)).inc()
-                metrics.latency.observe(time.perf_counter() - started)
-
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                count(exc.status)
+                tally(exc.status, started)
                 raise
             except Exception:  # a bug of ours: aiohttp answers 500 (and logs it)
-                count(500)
+                tally(500, started)
                 raise
-            count(response.status)
+            tally(response.status, started)
             return response
 
         return answer
@@ -513,6 +514,28 @@ def build_ingress(
         )
         return web.json_response({"request_id": received.request_id}, status=202)
 
+    async def expect(request: web.Request) -> web.Response | None:
+        """A webhook's ``Expect`` header, before its body is sent (curl asks ``100-continue``
+        for a large body): a declared length over the limit is answered 413 there, so the body
+        is never sent (aiohttp said "100 Continue" to any length, and the 413 came once the
+        body was on its way); any other expectation 417 in the answers' own shape (aiohttp's
+        was text quoting the header, and counted nowhere, as both are here)."""
+        if request.version < HttpVersion11:  # HTTP/1.0 knows no 100 Continue: sent at once
+            return None
+        started = time.perf_counter()
+        if request.headers.get(hdrs.EXPECT, "").strip().lower() != "100-continue":
+            error = error_body("expect", "not supported; only 100-continue is")
+            answer = web.json_response(error, status=417)
+        elif request.content_length is not None and request.content_length > limit:
+            answer = web.json_response(error_body("body", f"larger than {limit} bytes"), status=413)
+        else:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's: the answer's size is its own
+            return None
+        answer.force_close()  # its body, if sent anyway, is not read
+        tally(answer.status, started)
+        return answer
+
     @counted
     async def not_post(_: web.Request) -> web.Response:
         # a webhook configured with another method: told so in the answers' own shape
@@ -539,8 +562,9 @@ def build_ingress(
     # what aiohttp answers itself (404, 405, 413) in the webhook's error shape; its parser's
     # refusals too, when served by ``streams.refusals``
     app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[refusals])
-    app.router.add_post(PATH, generate)
-    app.router.add_route(hdrs.METH_ANY, PATH, not_post)  # after POST's: every other method
+    app.router.add_post(PATH, generate, expect_handler=expect)
+    # after POST's: every other method
+    app.router.add_route(hdrs.METH_ANY, PATH, not_post, expect_handler=expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

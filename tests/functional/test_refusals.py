@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 from unittest import mock
 
 import pytest
@@ -32,6 +33,7 @@ from tests.functional.conftest import (
     StartIngress,
     exchange,
     seed_params,
+    sent_until_closed,
 )
 
 QUERY = f"?site=acme&api_key={TALKABLE_KEY}&openai[api_key]={OPENAI_KEY}"
@@ -285,3 +287,71 @@ async def test_a_bug_of_ours_is_a_500_in_json_saying_nothing_of_it(
     assert response.status == 500
     assert await response.json() == {"errors": [{"field": "server", "message": "internal error"}]}
     assert OPENAI_KEY not in await response.text()
+
+
+def webhook_head(expect: str, length: int) -> bytes:
+    return (
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: {expect}\r\n\r\n"
+    ).encode()
+
+
+async def test_an_expectation_other_than_100_continue_is_a_417_in_json_quoting_none_of_it(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered it itself, before any middleware: text quoting the header ("Unknown
+    Expect: ..."), and counted nowhere."""
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps(seed_params()).encode()
+
+    answer = await exchange(
+        ingress.client.server, webhook_head(f"x-{HEADER_SECRET}", len(body)) + body
+    )
+
+    assert refused(answer, 417, "expect") == "not supported; only 100-continue is"
+    quiet(caplog)
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="417"} 1.0' in metrics
+    assert ingress.sink.produced == []
+
+
+async def test_a_body_declared_over_the_limit_is_refused_before_100_continue(
+    ingress: Ingress,
+) -> None:
+    """The client asks whether to send the body (curl does for a large one): told 413 at once,
+    it need not send it. aiohttp said "100 Continue" to any length, and the 413 came after."""
+    server = ingress.client.server
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:  # the head alone: the body is sent only if the server says to
+        writer.write(webhook_head("100-continue", ingress.settings.max_body_bytes + 1))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413 "), head  # not "100 Continue"
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        rest = await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        writer.close()
+    _, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines if line)
+    answer = Answer(413, headers, rest, head + rest)
+
+    message = refused(answer, 413, "body")
+    assert message == f"larger than {ingress.settings.max_body_bytes} bytes"
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="413"} 1.0' in metrics
+
+
+async def test_a_webhook_that_expects_100_continue_gets_it_and_is_accepted(
+    ingress: Ingress,
+) -> None:
+    body = json.dumps(seed_params()).encode()
+    head = webhook_head("100-continue", len(body)).replace(
+        b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
+    )
+
+    raw = await sent_until_closed(ingress.client.server, head + body)
+
+    interim, _, final = raw.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue", raw[:200]
+    assert final.startswith(b"HTTP/1.1 202 "), raw[:400]
+    assert len(ingress.sink.produced) == 1
