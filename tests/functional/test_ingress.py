@@ -632,6 +632,54 @@ async def test_an_invalid_webhook_of_a_site_that_signs_nothing_is_told_what_is_w
     assert [e["field"] for e in errors] == ["email"]
 
 
+# Talkable's Create Coupon webhook, as its spec (reference/talkable-webhooks.openapi.yml)
+# gives its payload: Talkable's data, beside the marketer's params in ``extras``
+COUPON_PAYLOAD = {
+    "coupon_auto_sync_enabled": False,
+    "coupon_code": "ALICE-10",
+    "coupon_list_id": 7,
+    "coupon_list_name": "Advocate coupons",
+    "email": "alice@example.com",
+    "discount_amount": "10.0",
+    "percentage_discount": True,
+    "usage_limit": 1,  # the coupon's number of uses
+    "expires_at": "2026-12-31T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize("shape", ["json", "form"])
+async def test_a_create_coupon_webhook_is_not_limited_by_its_coupons_usage_limit(
+    ingress: Ingress, shape: str
+) -> None:
+    """Its payload's ``usage_limit`` (an integer: how often the coupon may be used) was read as
+    the params' usage window: every such webhook without one of its own in ``extras`` was a
+    422 naming ``usage_limit``, a field the marketer never set, and Talkable retries it."""
+    fields = {**envelope("acme-store"), "type": "create_coupon_web_hook"}
+    extras = changed(site=..., usage_limit=...)
+    if shape == "json":
+        body = Body(JSON, json_body({**fields, "extras": extras, "payload": COUPON_PAYLOAD}))
+    else:
+        parts = {"extras": json.dumps(extras), "payload": json.dumps(COUPON_PAYLOAD)}
+        body = Body(FORM, form_body({**fields, **parts}))
+
+    received = await accepted(ingress, body)
+
+    assert received.spec.usage_limit is None
+    assert received.spec.email == "alice@example.com"
+
+
+async def test_a_create_coupon_webhook_takes_the_usage_limit_its_extras_give(
+    ingress: Ingress,
+) -> None:
+    fields = {**envelope("acme-store"), "type": "create_coupon_web_hook"}
+    extras = changed(site=...)
+    body = Body(JSON, json_body({**fields, "extras": extras, "payload": COUPON_PAYLOAD}))
+
+    received = await accepted(ingress, body)
+
+    assert received.spec.usage_limit == EXPECTED_SPEC.usage_limit
+
+
 @pytest.mark.parametrize(
     ("webhook_key", "status"),
     [pytest.param(SITE_KEY, 202, id="its site key"), pytest.param("guess", 401, id="wrong key")],
