@@ -58,8 +58,8 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
+from streams.refusals import CODINGS, refusal, refusals
 from streams.refusals import body as error_body
-from streams.refusals import refusal, refusals
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
 
@@ -74,6 +74,9 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
+# the content codings aiohttp decodes (or refuses, its decoder not installed: ``CODINGS``);
+# a body in any other comes to the handler as it was sent
+DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 # the answer to each reason a webhook cannot become a request
@@ -462,6 +465,9 @@ def build_ingress(
         # the query as sent: ``request.query`` reads an escape that is not UTF-8 as U+FFFD
         query = request.rel_url.raw_query_string
         try:
+            if request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in DECODED:
+                _, field, message = CODINGS  # read as it came, it was "not valid JSON"
+                raise ParamsError(Problem.UNSUPPORTED, [FieldError(field=field, message=message)])
             body = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )

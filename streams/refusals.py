@@ -64,6 +64,13 @@ NO_METHOD: Refusal = (
     "not an HTTP method (or the bytes past a body's Content-Length, read as a next request)",
 )
 CHUNKS: Refusal = (400, "body", "its chunked transfer encoding is malformed")
+# a content coding this server cannot decode (RFC 9110 15.5.16: 415); aiohttp hands a body in
+# one it does not know (``x-gzip``, ``compress``, two codings) to the handler as it came
+CODINGS: Refusal = (
+    415,
+    "content-encoding",
+    "not supported; send the body uncompressed, or as gzip or deflate",
+)
 
 # the parser's refusals by their class, most specific first
 BY_CLASS: tuple[tuple[type[HttpProcessingError], Refusal], ...] = (
@@ -112,6 +119,11 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
         if part == "headers":  # RFC 6585 5
             return 431, "headers", f"a header is {longer}"
         return 400, "request", f"its request line or a header is {longer}"
+    # aiohttp's for a coding it knows but whose decoder is not installed (br without Brotli,
+    # zstd without backports.zstd: "... Please install ..."): the body may be fine, only this
+    # server cannot read it. A body that does not decode is "Can not decode ...: gzip".
+    if isinstance(exc, ContentEncodingError) and "please install" in str(exc).lower():
+        return CODINGS
     for kind, answer in BY_CLASS:
         if isinstance(exc, kind):
             return answer

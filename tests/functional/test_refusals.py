@@ -19,11 +19,11 @@ from unittest import mock
 
 import pytest
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from streams.ingress import PATH
-from streams.refusals import too_long
+from streams.refusals import CODINGS, refusal, too_long
 from tests.functional.conftest import (
     OPENAI_KEY,
     SECRETS,
@@ -355,3 +355,38 @@ async def test_a_webhook_that_expects_100_continue_gets_it_and_is_accepted(
     assert interim == b"HTTP/1.1 100 Continue", raw[:200]
     assert final.startswith(b"HTTP/1.1 202 "), raw[:400]
     assert len(ingress.sink.produced) == 1
+
+
+@pytest.mark.parametrize("coding", ["x-gzip", "compress", "gzip, gzip", "snappy"])
+async def test_a_body_in_a_coding_the_ingress_does_not_decode_is_a_415_naming_it(
+    ingress: Ingress, coding: str
+) -> None:
+    """aiohttp decodes gzip, deflate (and br, zstd with their libraries) and hands a body in
+    any other coding over as it came: read so, ``x-gzip`` (gzip's old name) was a 400 "body:
+    not valid UTF-8, UTF-16 or UTF-32", and a plain body under a made-up coding was taken."""
+    body = gzip.compress(json.dumps(seed_params()).encode())
+
+    answer = await exchange(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body,
+    )
+
+    assert refused(answer, 415, "content-encoding") == CODINGS[2]
+    assert ingress.sink.produced == []
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="415"} 1.0' in metrics
+
+
+def test_a_coding_whose_decoder_is_not_installed_is_a_415_not_a_broken_body() -> None:
+    """aiohttp refuses br without Brotli, zstd without backports.zstd, before the handler,
+    with the ContentEncodingError it raises for a body that does not decode: answered 400
+    "body: cannot be decoded as its Content-Encoding says", of a body that may be fine."""
+    for library in ("brotli (br). Please install `Brotli`", "zstandard (zstd). Please install"):
+        missing = ContentEncodingError(f"Can not decode content-encoding: {library}")
+        assert refusal(missing, 0) == CODINGS
+    # what it raises for a gzip body that does not decode: the body's fault
+    broken = ContentEncodingError("Can not decode content-encoding: gzip")
+    assert refusal(broken, 0) == (400, "body", "cannot be decoded as its Content-Encoding says")
