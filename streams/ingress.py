@@ -58,7 +58,7 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
-from streams.refusals import CODINGS, refusal, refusals
+from streams.refusals import CODINGS, REFUSED, refusal, refusals
 from streams.refusals import body as error_body
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
@@ -409,6 +409,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "talkstream_ingress_refused",
+            "Requests refused before any handler, by HTTP status: not HTTP, a request line or "
+            "header too long, a body coding that cannot be decoded (their path is not known)",
+            ["status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "talkstream_ingress_latency_seconds",
             "Time to answer a webhook",
@@ -575,6 +582,7 @@ def build_ingress(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.on_cleanup.append(close_sink)
+    app[REFUSED] = lambda status: metrics.refused.labels(status=str(status)).inc()
     return app
 
 

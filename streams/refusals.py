@@ -200,8 +200,16 @@ def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in exc.headers.items() if k.lower() not in dropped)
 
 
+# an app's own count of the requests its server refused before any handler ran (what its
+# handlers answer, they count themselves): called with the status answered
+Refused = Callable[[int], None]
+REFUSED: web.AppKey[Refused] = web.AppKey("refused")
+
+
 class _Connection(web.RequestHandler):
     """aiohttp's connection, whose own error answers are the product's JSON."""
+
+    refused: Refused | None = None
 
     def handle_error(
         self,
@@ -218,13 +226,19 @@ class _Connection(web.RequestHandler):
             answer = _answer(status, "server", what)
         else:
             answer = _answer(*refusal(exc, self.max_headers))
+            if self.refused is not None:  # the parser's: no handler has seen it
+                self.refused(answer.status)
         answer.force_close()
         return answer
 
 
 class _Server(web.Server):
+    refused: Refused | None = None
+
     def __call__(self) -> web.RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        connection = _Connection(self, loop=self._loop, **self._kwargs)
+        connection.refused = self.refused
+        return connection
 
 
 class AppRunner(web.AppRunner):
@@ -232,13 +246,15 @@ class AppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _Server(
+        server = _Server(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             **made._kwargs,
         )
+        server.refused = self.app.get(REFUSED)
+        return server
 
 
 def run_app(

@@ -932,6 +932,8 @@ async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
         if sample.name == "talkstream_ingress_requests_total"
     }
     assert counts == {"202": 2.0, "422": 1.0, "405": 1.0, "503": 1.0, "500": 1.0}
+    # what the handler answered, counted once: not again as refused before it (the 500)
+    assert "talkstream_ingress_refused_total{" not in text
     assert "talkstream_ingress_latency_seconds_count 6.0" in text
 
 

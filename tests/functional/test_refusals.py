@@ -147,6 +147,9 @@ async def test_a_request_the_parser_refuses_is_answered_in_json_quoting_none_of_
     refused(answer, status, field)
     quiet(caplog)
     assert ingress.sink.produced == []
+    # counted, as what the webhook's handler answers is: it was counted nowhere
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert f'talkstream_ingress_refused_total{{status="{status}"}} 1.0' in metrics
 
 
 async def test_too_many_headers_says_how_many_are_taken(ingress: Ingress) -> None:
