@@ -58,7 +58,7 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
-from streams.refusals import CODINGS, REFUSED, refusal, refusals
+from streams.refusals import CODINGS, EXPECTATION, REFUSED, refusal, refusals
 from streams.refusals import body as error_body
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
@@ -537,8 +537,8 @@ def build_ingress(
             return None
         started = time.perf_counter()
         if request.headers.get(hdrs.EXPECT, "").strip().lower() != "100-continue":
-            error = error_body("expect", "not supported; only 100-continue is")
-            answer = web.json_response(error, status=417)
+            status, field, message = EXPECTATION
+            answer = web.json_response(error_body(field, message), status=status)
         elif request.content_length is not None and request.content_length > limit:
             answer = web.json_response(error_body("body", f"larger than {limit} bytes"), status=413)
         else:

@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from streams.ingress import PATH
-from streams.refusals import CODINGS, refusal, too_long
+from streams.refusals import CODINGS, EXPECTATION, refusal, too_long
 from tests.functional.conftest import (
     OPENAI_KEY,
     SECRETS,
@@ -393,3 +393,17 @@ def test_a_coding_whose_decoder_is_not_installed_is_a_415_not_a_broken_body() ->
     # what it raises for a gzip body that does not decode: the body's fault
     broken = ContentEncodingError("Can not decode content-encoding: gzip")
     assert refusal(broken, 0) == (400, "body", "cannot be decoded as its Content-Encoding says")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nope"])
+async def test_an_unknown_expectation_elsewhere_is_a_417_in_json_quoting_none_of_it(
+    ingress: Ingress, path: str
+) -> None:
+    """Outside the webhook (its own handler answers there) aiohttp answered it, in text
+    quoting the header: "Unknown Expect: ..."."""
+    answer = await exchange(
+        ingress.client.server,
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nExpect: x-{HEADER_SECRET}\r\n\r\n".encode(),
+    )
+
+    assert refused(answer, 417, "expect") == EXPECTATION[2]
