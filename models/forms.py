@@ -140,14 +140,21 @@ def unwrap_legacy(tree: dict[str, Any]) -> dict[str, Any]:
     """A legacy webhook's params: ``payload``, then ``extras``, then other top-level fields.
 
     Deep merge, later wins; ``extras``/``payload`` may be objects or JSON strings (blank or
-    null is empty). ``site`` falls back to the envelope's when the params lack one or it is
-    blank. The envelope's ``key`` (a security key) and ``type`` never become params. A tree
-    without ``extras`` and ``payload`` is returned as is.
+    null is empty). A ``usage_limit`` in ``payload`` that is not an object is Talkable's (a
+    coupon's number of uses), not a param. ``site`` falls back to the envelope's when the
+    params lack one or it is blank. The envelope's ``key`` (a security key) and ``type`` never
+    become params. A tree without ``extras`` and ``payload`` is returned as is.
     """
     if "extras" not in tree and "payload" not in tree:
         return tree
     explicit = {k: v for k, v in tree.items() if k not in ENVELOPE}
-    merged = merge(merge(_legacy_part(tree, "payload"), _legacy_part(tree, "extras")), explicit)
+    payload = _legacy_part(tree, "payload")
+    if "usage_limit" in payload and not isinstance(payload["usage_limit"], dict):
+        # Talkable's own field of that name: its Create Coupon webhook's payload gives the
+        # coupon's number of uses (an integer), which read as the params' usage window made
+        # every such webhook a 422 ("usage_limit: must be an object"), retried by Talkable
+        payload = {k: v for k, v in payload.items() if k != "usage_limit"}
+    merged = merge(merge(payload, _legacy_part(tree, "extras")), explicit)
     site = merged.get("site")
     if (site is None or (isinstance(site, str) and not site.strip())) and "site" in tree:
         merged["site"] = tree["site"]

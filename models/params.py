@@ -162,7 +162,11 @@ class OpenAIParams(BaseModel):
 
     messages: list[Message] = Field(min_length=1)
     api_key: Secret
-    model: str = Field(DEFAULT_MODEL, min_length=1)
+    # at most what the SQL projection's ``requests.model`` holds (VARCHAR(200)): every
+    # lifecycle event of a generation carries the model asked for, and a longer one, accepted,
+    # made PostgreSQL refuse the projector's batch, which it retried for good, holding up the
+    # projection of every site. OpenAI's ids, fine-tunes' included, are far shorter.
+    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=200)
     max_tokens: PositiveInt = DEFAULT_MAX_TOKENS
 
     temperature: FiniteFloat | None = None

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestPayloadError
 from aiokafka import TopicPartition, errors
@@ -58,7 +58,8 @@ from streams import logs
 from streams.codecs import encode
 from streams.errors import BrokerUnavailable, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
-from streams.refusals import refusal, refusals
+from streams.refusals import CODINGS, EXPECTATION, REFUSED, refusal, refusals
+from streams.refusals import body as error_body
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
 
@@ -73,6 +74,9 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
+# the content codings aiohttp decodes (or refuses, its decoder not installed: ``CODINGS``);
+# a body in any other comes to the handler as it was sent
+DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 # the answer to each reason a webhook cannot become a request
@@ -136,7 +140,9 @@ class KafkaSink:
         self._stall_seconds = stall_seconds
         self._changelog = ledger_changelog  # what the ledger reads by: as many partitions
         self._producer: IdempotentProducer | None = None
-        self._starting: asyncio.Future[IdempotentProducer] | None = None  # a readiness probe's
+        self._starting: asyncio.Future[IdempotentProducer] | None = (
+            None  # the one start its callers wait for
+        )
         self._lock = asyncio.Lock()
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
@@ -162,6 +168,20 @@ class KafkaSink:
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
             return self._producer
+
+    async def _producer_now(self) -> IdempotentProducer:
+        """The started producer. Every caller while it starts waits for that one start, a
+        readiness probe's included: a broker that takes connections and never answers (hung,
+        or a network dropping everything) fails them all together, within ``timeout``. Each
+        webhook started a producer of its own, one after another behind the lock: a burst's
+        k-th webhook was answered 503 after k timeouts (the 20th of 20 after 196 s)."""
+        if self._producer is not None:
+            return self._producer
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self._started())
+            self._starting.add_done_callback(_read)  # failed with no caller left: not an ERROR
+        # shielded: a caller that gives up (a probe's timeout) does not cancel the start
+        return await asyncio.shield(self._starting)
 
     def stalled(self) -> bool:
         """A send has waited longer than ``stall_seconds``: Kafka is not acknowledging."""
@@ -189,7 +209,7 @@ class KafkaSink:
         )
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        producer = await self._started()
+        producer = await self._producer_now()
         if self.stalled():
             raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
         split = self.split(producer, topic)
@@ -254,10 +274,8 @@ class KafkaSink:
         ``timeout``: a producer still starting goes on starting for the next probe."""
         deadline = time.monotonic() + timeout
         if self._producer is None:
-            if self._starting is None or self._starting.done():
-                self._starting = asyncio.ensure_future(self._started())
-            try:  # shielded: a probe that gives up does not cancel the start
-                await asyncio.wait_for(asyncio.shield(self._starting), timeout)
+            try:
+                await asyncio.wait_for(self._producer_now(), timeout)
             except TimeoutError:
                 return "connecting to Kafka"
             except BrokerUnavailable as exc:
@@ -317,6 +335,12 @@ class KafkaSink:
                 "webhooks were not answered 2xx, and are retried by their sender",
                 self._timeout,
             )
+
+
+def _read(done: asyncio.Future[Any]) -> None:
+    """Marks a future's exception read: the caller that would have read it is gone."""
+    if not done.cancelled():
+        done.exception()
 
 
 async def _undescribed(client: Any, topic: str, deadline: float) -> str:
@@ -394,6 +418,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "talkstream_ingress_refused",
+            "Requests refused before any handler, by HTTP status: not HTTP, a request line or "
+            "header too long, a body coding that cannot be decoded (their path is not known)",
+            ["status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "talkstream_ingress_latency_seconds",
             "Time to answer a webhook",
@@ -410,6 +441,7 @@ def build_ingress(
     # webhooks forged so) unsigned
     keys = {site.lower(): key for site, key in settings.site_keys.items()}
     metrics = Metrics()
+    limit = settings.max_body_bytes
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
 
@@ -419,25 +451,24 @@ def build_ingress(
     # no site signs: a query string is read with the body at once
     signs = must_sign if keys or settings.require_signature else None
 
+    def tally(status: int, started: float) -> None:
+        metrics.requests.labels(outcome=str(status)).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+
     def counted(handler: Handler) -> Handler:
         """Every answer to the webhook counted by its status, whatever the method."""
 
         async def answer(request: web.Request) -> web.Response:
             started = time.perf_counter()
-
-            def count(status: int) -> None:
-                metrics.requests.labels(outcome=str(status)).inc()
-                metrics.latency.observe(time.perf_counter() - started)
-
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                count(exc.status)
+                tally(exc.status, started)
                 raise
             except Exception:  # a bug of ours: aiohttp answers 500 (and logs it)
-                count(500)
+                tally(500, started)
                 raise
-            count(response.status)
+            tally(response.status, started)
             return response
 
         return answer
@@ -450,6 +481,9 @@ def build_ingress(
         # the query as sent: ``request.query`` reads an escape that is not UTF-8 as U+FFFD
         query = request.rel_url.raw_query_string
         try:
+            if request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in DECODED:
+                _, field, message = CODINGS  # read as it came, it was "not valid JSON"
+                raise ParamsError(Problem.UNSUPPORTED, [FieldError(field=field, message=message)])
             body = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
@@ -502,6 +536,28 @@ def build_ingress(
         )
         return web.json_response({"request_id": received.request_id}, status=202)
 
+    async def expect(request: web.Request) -> web.Response | None:
+        """A webhook's ``Expect`` header, before its body is sent (curl asks ``100-continue``
+        for a large body): a declared length over the limit is answered 413 there, so the body
+        is never sent (aiohttp said "100 Continue" to any length, and the 413 came once the
+        body was on its way); any other expectation 417 in the answers' own shape (aiohttp's
+        was text quoting the header, and counted nowhere, as both are here)."""
+        if request.version < HttpVersion11:  # HTTP/1.0 knows no 100 Continue: sent at once
+            return None
+        started = time.perf_counter()
+        if request.headers.get(hdrs.EXPECT, "").strip().lower() != "100-continue":
+            status, field, message = EXPECTATION
+            answer = web.json_response(error_body(field, message), status=status)
+        elif request.content_length is not None and request.content_length > limit:
+            answer = web.json_response(error_body("body", f"larger than {limit} bytes"), status=413)
+        else:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's: the answer's size is its own
+            return None
+        answer.force_close()  # its body, if sent anyway, is not read
+        tally(answer.status, started)
+        return answer
+
     @counted
     async def not_post(_: web.Request) -> web.Response:
         # a webhook configured with another method: told so in the answers' own shape
@@ -528,13 +584,15 @@ def build_ingress(
     # what aiohttp answers itself (404, 405, 413) in the webhook's error shape; its parser's
     # refusals too, when served by ``streams.refusals``
     app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[refusals])
-    app.router.add_post(PATH, generate)
-    app.router.add_route(hdrs.METH_ANY, PATH, not_post)  # after POST's: every other method
+    app.router.add_post(PATH, generate, expect_handler=expect)
+    # after POST's: every other method
+    app.router.add_route(hdrs.METH_ANY, PATH, not_post, expect_handler=expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     assert {r.canonical for r in app.router.resources()} == SERVED_PATHS  # the access log's
     app.on_cleanup.append(close_sink)
+    app[REFUSED] = lambda status: metrics.refused.labels(status=str(status)).inc()
     return app
 
 

@@ -6,7 +6,8 @@ and echoing none of it.
 aiohttp answers these in text of its own, and its parser's answers quote the bytes it choked
 on: a malformed request line quoted whole, query string included (a webhook configured as a
 GET or a form may carry ``api_key`` there), a header's value, the body bytes left past a short
-``Content-Length``. Three places answer for aiohttp, and each is covered here:
+``Content-Length``, an ``Expect`` header. Four places answer for aiohttp, and each is covered
+here:
 
 - its HTTP parser (a malformed request line or header, a request line too long (414), a
   header too long or too many (431), a broken chunked or compressed body that arrives with
@@ -19,6 +20,8 @@ GET or a form may carry ``api_key`` there), a header's value, the body bytes lef
   middleware.
 - a bug of ours (500) and a handler that timed out (504): ``handle_error`` again, in JSON
   too, with nothing of the request or the exception in it (the log has the traceback).
+- an ``Expect`` other than ``100-continue`` (417), which aiohttp answers before any
+  middleware: :class:`AppRunner` serves the app's handling wrapped to answer it.
 
 What aiohttp logs of a refused request is kept to the fact alone by
 :class:`streams.logs.RedactBadRequests`.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import signal
 from collections.abc import Awaitable, Callable
@@ -64,6 +68,14 @@ NO_METHOD: Refusal = (
     "not an HTTP method (or the bytes past a body's Content-Length, read as a next request)",
 )
 CHUNKS: Refusal = (400, "body", "its chunked transfer encoding is malformed")
+EXPECTATION: Refusal = (417, "expect", "not supported; only 100-continue is")
+# a content coding this server cannot decode (RFC 9110 15.5.16: 415); aiohttp hands a body in
+# one it does not know (``x-gzip``, ``compress``, two codings) to the handler as it came
+CODINGS: Refusal = (
+    415,
+    "content-encoding",
+    "not supported; send the body uncompressed, or as gzip or deflate",
+)
 
 # the parser's refusals by their class, most specific first
 BY_CLASS: tuple[tuple[type[HttpProcessingError], Refusal], ...] = (
@@ -112,6 +124,11 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
         if part == "headers":  # RFC 6585 5
             return 431, "headers", f"a header is {longer}"
         return 400, "request", f"its request line or a header is {longer}"
+    # aiohttp's for a coding it knows but whose decoder is not installed (br without Brotli,
+    # zstd without backports.zstd: "... Please install ..."): the body may be fine, only this
+    # server cannot read it. A body that does not decode is "Can not decode ...: gzip".
+    if isinstance(exc, ContentEncodingError) and "please install" in str(exc).lower():
+        return CODINGS
     for kind, answer in BY_CLASS:
         if isinstance(exc, kind):
             return answer
@@ -188,8 +205,16 @@ def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in exc.headers.items() if k.lower() not in dropped)
 
 
+# an app's own count of the requests its server refused before any handler ran (what its
+# handlers answer, they count themselves): called with the status answered
+Refused = Callable[[int], None]
+REFUSED: web.AppKey[Refused] = web.AppKey("refused")
+
+
 class _Connection(web.RequestHandler):
     """aiohttp's connection, whose own error answers are the product's JSON."""
+
+    refused: Refused | None = None
 
     def handle_error(
         self,
@@ -206,13 +231,33 @@ class _Connection(web.RequestHandler):
             answer = _answer(status, "server", what)
         else:
             answer = _answer(*refusal(exc, self.max_headers))
+            if self.refused is not None:  # the parser's: no handler has seen it
+                self.refused(answer.status)
         answer.force_close()
         return answer
 
 
 class _Server(web.Server):
+    refused: Refused | None = None
+
     def __call__(self) -> web.RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        connection = _Connection(self, loop=self._loop, **self._kwargs)
+        connection.refused = self.refused
+        return connection
+
+
+async def _expecting(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], request: web.BaseRequest
+) -> web.StreamResponse:
+    """aiohttp's answer to an ``Expect`` it does not take (anything but ``100-continue``), which
+    it raises before any middleware, in text quoting the header ("Unknown Expect: ..."): in
+    the product's shape. (The ingress's webhook answers its own, and counts it.)"""
+    try:
+        return await handle(request)
+    except web.HTTPExpectationFailed:
+        answer = _answer(*EXPECTATION)
+        answer.force_close()
+        return answer
 
 
 class AppRunner(web.AppRunner):
@@ -220,13 +265,15 @@ class AppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _Server(
-            made.request_handler,
+        server = _Server(
+            functools.partial(_expecting, made.request_handler),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
             **made._kwargs,
         )
+        server.refused = self.app.get(REFUSED)
+        return server
 
 
 def run_app(

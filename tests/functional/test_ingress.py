@@ -18,12 +18,15 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from aiohttp import ClientResponse
+from annotated_types import MaxLen
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
 from models.events import ChatRequest, RequestReceived, RequestSpec
-from models.params import UsageLimit
+from models.params import GenerateParams, OpenAIParams, UsageLimit
 from streams.clients.openai_chat import chat_body
 from streams.errors import BrokerUnavailable
+from streams.projection.tables import EndedMinuteRow, RequestRow
 from tests.functional.conftest import (
     FORM,
     JSON,
@@ -315,6 +318,12 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         422,
         {"openai.messages.1.name"},
     ),
+    # every event of its generation carries it, and the projection's column holds 200
+    "a model name longer than the projection holds": (
+        Body(JSON, json_body(changed(openai__model="ft:gpt-4o-mini:" + "x" * 186))),
+        422,
+        {"openai.model"},
+    ),
     "legacy extras that are not JSON": (
         Body(FORM, form_body({**envelope("acme-store"), "extras": "{not json"})),
         422,
@@ -380,6 +389,45 @@ async def test_bad_input_is_a_4xx_naming_the_fields_and_nothing_is_produced(
     errors = await rejected(ingress, body, status)
 
     assert {e["field"] for e in errors} == fields
+
+
+def _longest(model: type[BaseModel], name: str) -> int | None:
+    limits = [m.max_length for m in model.model_fields[name].metadata if isinstance(m, MaxLen)]
+    return min(limits, default=None)
+
+
+@pytest.mark.parametrize(
+    ("column", "longest"),
+    [
+        pytest.param(
+            RequestRow.__table__.c.model, lambda: _longest(OpenAIParams, "model"), id="model"
+        ),
+        pytest.param(
+            RequestRow.__table__.c.site, lambda: _longest(GenerateParams, "site"), id="site"
+        ),
+        pytest.param(
+            EndedMinuteRow.__table__.c.site,
+            lambda: _longest(GenerateParams, "site"),
+            id="site per minute",
+        ),
+        pytest.param(
+            RequestRow.__table__.c.person,
+            lambda: (
+                (_longest(GenerateParams, "site") or 0)
+                + len(":")
+                + (_longest(GenerateParams, "email") or 0)
+            ),
+            id="person",
+        ),
+    ],
+)
+def test_what_a_webhook_may_carry_fits_the_projections_columns(column: Any, longest: Any) -> None:
+    """An accepted webhook's values reach the SQL projection; one longer than its VARCHAR
+    column made PostgreSQL refuse the projector's whole batch, retried for good: an
+    ``openai.model`` of 201 characters, answered 202, held up the projection of every site."""
+    limit = longest()
+    assert limit is not None, f"the contract takes any length for {column}"
+    assert limit <= column.type.length, column
 
 
 async def test_a_body_one_byte_over_the_limit_is_413(ingress_with: StartIngress) -> None:
@@ -582,6 +630,54 @@ async def test_an_invalid_webhook_of_a_site_that_signs_nothing_is_told_what_is_w
     errors = await rejected(ingress, Body(JSON, json_body(changed(email="nope"))), 422)
 
     assert [e["field"] for e in errors] == ["email"]
+
+
+# Talkable's Create Coupon webhook, as its spec (reference/talkable-webhooks.openapi.yml)
+# gives its payload: Talkable's data, beside the marketer's params in ``extras``
+COUPON_PAYLOAD = {
+    "coupon_auto_sync_enabled": False,
+    "coupon_code": "ALICE-10",
+    "coupon_list_id": 7,
+    "coupon_list_name": "Advocate coupons",
+    "email": "alice@example.com",
+    "discount_amount": "10.0",
+    "percentage_discount": True,
+    "usage_limit": 1,  # the coupon's number of uses
+    "expires_at": "2026-12-31T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize("shape", ["json", "form"])
+async def test_a_create_coupon_webhook_is_not_limited_by_its_coupons_usage_limit(
+    ingress: Ingress, shape: str
+) -> None:
+    """Its payload's ``usage_limit`` (an integer: how often the coupon may be used) was read as
+    the params' usage window: every such webhook without one of its own in ``extras`` was a
+    422 naming ``usage_limit``, a field the marketer never set, and Talkable retries it."""
+    fields = {**envelope("acme-store"), "type": "create_coupon_web_hook"}
+    extras = changed(site=..., usage_limit=...)
+    if shape == "json":
+        body = Body(JSON, json_body({**fields, "extras": extras, "payload": COUPON_PAYLOAD}))
+    else:
+        parts = {"extras": json.dumps(extras), "payload": json.dumps(COUPON_PAYLOAD)}
+        body = Body(FORM, form_body({**fields, **parts}))
+
+    received = await accepted(ingress, body)
+
+    assert received.spec.usage_limit is None
+    assert received.spec.email == "alice@example.com"
+
+
+async def test_a_create_coupon_webhook_takes_the_usage_limit_its_extras_give(
+    ingress: Ingress,
+) -> None:
+    fields = {**envelope("acme-store"), "type": "create_coupon_web_hook"}
+    extras = changed(site=...)
+    body = Body(JSON, json_body({**fields, "extras": extras, "payload": COUPON_PAYLOAD}))
+
+    received = await accepted(ingress, body)
+
+    assert received.spec.usage_limit == EXPECTED_SPEC.usage_limit
 
 
 @pytest.mark.parametrize(
@@ -836,6 +932,8 @@ async def test_metrics_count_webhooks_by_outcome(ingress: Ingress) -> None:
         if sample.name == "talkstream_ingress_requests_total"
     }
     assert counts == {"202": 2.0, "422": 1.0, "405": 1.0, "503": 1.0, "500": 1.0}
+    # what the handler answered, counted once: not again as refused before it (the 500)
+    assert "talkstream_ingress_refused_total{" not in text
     assert "talkstream_ingress_latency_seconds_count 6.0" in text
 
 

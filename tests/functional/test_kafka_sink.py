@@ -187,3 +187,50 @@ async def test_a_record_in_doubt_waits_for_kafka_and_new_records_are_refused_mea
     assert producer.handed == [b"first", b"first"]
     assert producer.written == [(2, b"first")]
     await sink.close()
+
+
+class Unanswering:
+    """A broker that takes connections and never answers, as a hung one does (SIGSTOP: the
+    kernel still accepts) or one behind a network that drops everything; counts them."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._held: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def _hold(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._held.append(writer)
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self._held:
+            writer.close()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_webhooks_that_arrive_while_the_producer_starts_share_that_start() -> None:
+    """A burst of webhooks on an ingress whose producer has not started yet (just started, or
+    Kafka down since), the broker taking connections and answering nothing: each webhook
+    started a producer of its own, one after another behind the sink's lock, so a burst's
+    k-th was answered 503 after k start timeouts (the 20th of 20 after 196 s, at the default
+    10 s): long past Talkable's patience, the ingress holding every connection meanwhile.
+    They wait for the one start, and are all answered 503 when it fails."""
+    broker = Unanswering()
+    async with broker as address:
+        sink = KafkaSink({"bootstrap_servers": address}, timeout=1.0)
+        try:
+            outcomes = await asyncio.gather(
+                *(sink.send("t-requests", b"person", b"%d" % i) for i in range(5)),
+                return_exceptions=True,
+            )
+        finally:
+            await sink.close()
+    assert all(isinstance(outcome, BrokerUnavailable) for outcome in outcomes), outcomes
+    assert broker.connections == 1  # one try to reach Kafka, not one for each webhook

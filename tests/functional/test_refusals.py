@@ -14,15 +14,16 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 from unittest import mock
 
 import pytest
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from streams.ingress import OTHER_PATH, PATH, SERVED_PATHS
-from streams.refusals import too_long
+from streams.refusals import CODINGS, EXPECTATION, refusal, too_long
 from tests.functional.conftest import (
     OPENAI_KEY,
     SECRETS,
@@ -32,6 +33,7 @@ from tests.functional.conftest import (
     StartIngress,
     exchange,
     seed_params,
+    sent_until_closed,
 )
 
 QUERY = f"?site=acme&api_key={TALKABLE_KEY}&openai[api_key]={OPENAI_KEY}"
@@ -145,6 +147,9 @@ async def test_a_request_the_parser_refuses_is_answered_in_json_quoting_none_of_
     refused(answer, status, field)
     quiet(caplog)
     assert ingress.sink.produced == []
+    # counted, as what the webhook's handler answers is: it was counted nowhere
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert f'talkstream_ingress_refused_total{{status="{status}"}} 1.0' in metrics
 
 
 async def test_too_many_headers_says_how_many_are_taken(ingress: Ingress) -> None:
@@ -321,3 +326,120 @@ async def test_a_bug_of_ours_is_a_500_in_json_saying_nothing_of_it(
     assert response.status == 500
     assert await response.json() == {"errors": [{"field": "server", "message": "internal error"}]}
     assert OPENAI_KEY not in await response.text()
+
+
+def webhook_head(expect: str, length: int) -> bytes:
+    return (
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: {expect}\r\n\r\n"
+    ).encode()
+
+
+async def test_an_expectation_other_than_100_continue_is_a_417_in_json_quoting_none_of_it(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered it itself, before any middleware: text quoting the header ("Unknown
+    Expect: ..."), and counted nowhere."""
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps(seed_params()).encode()
+
+    answer = await exchange(
+        ingress.client.server, webhook_head(f"x-{HEADER_SECRET}", len(body)) + body
+    )
+
+    assert refused(answer, 417, "expect") == "not supported; only 100-continue is"
+    quiet(caplog)
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="417"} 1.0' in metrics
+    assert ingress.sink.produced == []
+
+
+async def test_a_body_declared_over_the_limit_is_refused_before_100_continue(
+    ingress: Ingress,
+) -> None:
+    """The client asks whether to send the body (curl does for a large one): told 413 at once,
+    it need not send it. aiohttp said "100 Continue" to any length, and the 413 came after."""
+    server = ingress.client.server
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:  # the head alone: the body is sent only if the server says to
+        writer.write(webhook_head("100-continue", ingress.settings.max_body_bytes + 1))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413 "), head  # not "100 Continue"
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        rest = await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        writer.close()
+    _, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines if line)
+    answer = Answer(413, headers, rest, head + rest)
+
+    message = refused(answer, 413, "body")
+    assert message == f"larger than {ingress.settings.max_body_bytes} bytes"
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="413"} 1.0' in metrics
+
+
+async def test_a_webhook_that_expects_100_continue_gets_it_and_is_accepted(
+    ingress: Ingress,
+) -> None:
+    body = json.dumps(seed_params()).encode()
+    head = webhook_head("100-continue", len(body)).replace(
+        b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"
+    )
+
+    raw = await sent_until_closed(ingress.client.server, head + body)
+
+    interim, _, final = raw.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue", raw[:200]
+    assert final.startswith(b"HTTP/1.1 202 "), raw[:400]
+    assert len(ingress.sink.produced) == 1
+
+
+@pytest.mark.parametrize("coding", ["x-gzip", "compress", "gzip, gzip", "snappy"])
+async def test_a_body_in_a_coding_the_ingress_does_not_decode_is_a_415_naming_it(
+    ingress: Ingress, coding: str
+) -> None:
+    """aiohttp decodes gzip, deflate (and br, zstd with their libraries) and hands a body in
+    any other coding over as it came: read so, ``x-gzip`` (gzip's old name) was a 400 "body:
+    not valid UTF-8, UTF-16 or UTF-32", and a plain body under a made-up coding was taken."""
+    body = gzip.compress(json.dumps(seed_params()).encode())
+
+    answer = await exchange(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body,
+    )
+
+    assert refused(answer, 415, "content-encoding") == CODINGS[2]
+    assert ingress.sink.produced == []
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="415"} 1.0' in metrics
+
+
+def test_a_coding_whose_decoder_is_not_installed_is_a_415_not_a_broken_body() -> None:
+    """aiohttp refuses br without Brotli, zstd without backports.zstd, before the handler,
+    with the ContentEncodingError it raises for a body that does not decode: answered 400
+    "body: cannot be decoded as its Content-Encoding says", of a body that may be fine."""
+    for library in ("brotli (br). Please install `Brotli`", "zstandard (zstd). Please install"):
+        missing = ContentEncodingError(f"Can not decode content-encoding: {library}")
+        assert refusal(missing, 0) == CODINGS
+    # what it raises for a gzip body that does not decode: the body's fault
+    broken = ContentEncodingError("Can not decode content-encoding: gzip")
+    assert refusal(broken, 0) == (400, "body", "cannot be decoded as its Content-Encoding says")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/nope"])
+async def test_an_unknown_expectation_elsewhere_is_a_417_in_json_quoting_none_of_it(
+    ingress: Ingress, path: str
+) -> None:
+    """Outside the webhook (its own handler answers there) aiohttp answered it, in text
+    quoting the header: "Unknown Expect: ..."."""
+    answer = await exchange(
+        ingress.client.server,
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nExpect: x-{HEADER_SECRET}\r\n\r\n".encode(),
+    )
+
+    assert refused(answer, 417, "expect") == EXPECTATION[2]
