@@ -193,6 +193,21 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
     grouped: dict[int, list[str]] = {}
     for name, count in counts.items():
         grouped.setdefault(count, []).append(name)
+    if len(grouped) > 1 and min(grouped) == settings.partitions:
+        # some have the count set, the others more: partitions added to a deployment's topics
+        added = "; ".join(
+            f"{', '.join(sorted(names))} ({count} partitions)"
+            for count, names in sorted(grouped.items())
+            if count > settings.partitions
+        )
+        return (
+            f"TALKSTREAM_PARTITIONS is {settings.partitions}, as the topics were created "
+            f"({', '.join(sorted(grouped[settings.partitions]))}), but partitions were added "
+            f"since to {added}. A person's messages and state live in the partition their key "
+            "maps to, so every topic must keep the count it was created with, and Kafka takes "
+            "no partition away: give this deployment a TALKSTREAM_APP_ID of its own (README, "
+            "Operations: Scale out)"
+        )
     listed = "; ".join(
         f"{count} partitions: {', '.join(sorted(names))}"
         for count, names in sorted(grouped.items())
