@@ -227,12 +227,12 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
 
 def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     """What to say when faust gave this worker partitions past the count its topics were
-    created with (``partitions``, the ledger table's changelog's, checked at start): some were
-    added to [requests] since (``kafka-topics.sh --alter``), which its consumer takes at its next
-    rebalance. No ledger can keep the state of a person there, and a record landing on one (an
-    executor's result keyed by person, a webhook written before the ingress noticed) stops the
-    worker reading it (faust: ``Unrecognized partition``) and each worker it moves to next. None
-    when every assigned partition is one of the count."""
+    created with (``partitions``, checked at start): some were added to [requests] (or to the
+    ledger's changelog) since (``kafka-topics.sh --alter``), which its consumer takes at its
+    next rebalance. No ledger keeps the state of a person there, and a record landing on one of
+    [requests] (an executor's result keyed by person, a webhook written before the ingress
+    noticed) stops the worker reading it (faust: ``Unrecognized partition``) and each worker it
+    moves to next. None when every assigned partition is one of the count."""
     past: dict[str, list[int]] = {}
     for tp in assigned:
         if tp.partition >= partitions:
@@ -245,7 +245,7 @@ def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     )
     return (
         f"partitions added to a deployment's topics: this worker holds {held}, past the "
-        f"{partitions} of the ledger's changelog, where no ledger can keep a person's state (a "
+        f"{partitions} the topics were created with, where no ledger keeps a person's state (a "
         "record there stops the worker that reads it); to change the count, deploy under a new "
         "TALKSTREAM_APP_ID"
     )

@@ -629,7 +629,7 @@ async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
     assert error.levelname == "ERROR"
     assert error.getMessage() == (
         "partitions added to a deployment's topics: this worker holds t-faust-app-requests "
-        "partition 8, 9, past the 8 of the ledger's changelog, where no ledger can keep a "
+        "partition 8, 9, past the 8 the topics were created with, where no ledger keeps a "
         "person's state (a record there stops the worker that reads it); to change the count, "
         "deploy under a new TALKSTREAM_APP_ID"
     )

@@ -126,7 +126,7 @@ def owners(*consumers: Consumer | None) -> list[Any]:
 
 ADDED = (
     "partitions added to a deployment's topics: this worker holds ts-requests partition 9, "
-    "past the 8 of the ledger's changelog, where no ledger can keep a person's state (a record "
+    "past the 8 the topics were created with, where no ledger keeps a person's state (a record "
     "there stops the worker that reads it); to change the count, deploy under a new "
     "TALKSTREAM_APP_ID"
 )
