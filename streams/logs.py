@@ -62,6 +62,10 @@ REPEATED: dict[str, frozenset[str]] = {
     "streams.faust_transport": frozenset(
         {"Kafka did not take a record of %s partition=%s (%s: %s)%s"}
     ),
+    # a webhook the ingress answered 503 (Kafka out of reach or not acknowledging, partitions
+    # added to [requests]): one per webhook, and Talkable retries each, so a blast of them a
+    # second for as long as it lasts (the 503s are counted: talkstream_ingress_requests_total)
+    "streams.ingress": frozenset({"ingress could not produce request_id=%s: %s"}),
     # an executor's result or hand-back that Kafka did not take: in an outage, one per call
     # (``streams.agents.results.NOT_TAKEN``)
     "streams.agents.executors": frozenset(

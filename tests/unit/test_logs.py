@@ -127,6 +127,26 @@ def test_a_broker_out_of_reach_is_said_once_not_at_every_try(
     ]
 
 
+def test_webhooks_answered_503_are_said_once_not_one_line_each(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Partitions added to [requests] (or Kafka out of reach): the ingress answers every webhook
+    503 and Talkable retries each, which wrote a WARNING a webhook (8,720 in three minutes of
+    three webhooks a second, each retried every second)."""
+    setup("info", "text")
+    ingress = logging.getLogger("streams.ingress")
+    for i in range(500):
+        ingress.warning(
+            "ingress could not produce request_id=%s: %s", f"r{i}", "Kafka is not acknowledging"
+        )
+    ingress.warning("ingress stopping: %s", "SIGTERM")  # another line: as ever
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [x.split(" WARNING ", 1)[1] for x in lines] == [
+        "streams.ingress ingress could not produce request_id=r0: Kafka is not acknowledging",
+        "streams.ingress ingress stopping: SIGTERM",
+    ]
+
+
 def test_a_repeated_line_comes_back_with_how_many_were_left_out() -> None:
     now = [100.0]
     repeats = Repeats(every_s=10.0, clock=lambda: now[0])
