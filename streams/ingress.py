@@ -73,6 +73,10 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
+# how old the producer's metadata may grow before it asks again (aiokafka's default: 5 minutes):
+# partitions added to [requests] are seen, and webhooks refused, within this (``split``), not
+# only when a /readyz probe asks for it; a metadata request of two topics every few seconds
+METADATA_MAX_AGE_MS = 5000
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 # the answer to each reason a webhook cannot become a request
@@ -145,7 +149,10 @@ class KafkaSink:
         async with self._lock:
             if self._producer is None:
                 producer = IdempotentProducer(
-                    **self._options, linger_ms=1, request_timeout_ms=int(self._timeout * 1000)
+                    **self._options,
+                    linger_ms=1,
+                    request_timeout_ms=int(self._timeout * 1000),
+                    metadata_max_age_ms=METADATA_MAX_AGE_MS,
                 )
                 try:
                     await asyncio.wait_for(producer.start(), self._timeout)
