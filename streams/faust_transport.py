@@ -32,6 +32,7 @@ from streams.kafka_options import (
     stop_consumer,
     without_linger,
 )
+from streams.topics import partitions_added
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,9 @@ class Consumer(driver.Consumer):
         return super()._new_offset(tp)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        added = partitions_added(assigned, self.app.conf.topic_partitions)
+        if added:  # /readyz says it too, for as long as the worker holds them
+            log.error("%s", added)
         for tp in [tp for tp in self._taken if tp not in assigned]:
             del self._taken[tp]
         # every one, kept or new: aiokafka's books of each start again at an assignment

@@ -77,6 +77,10 @@ RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it
 # the content codings aiohttp decodes (or refuses, its decoder not installed: ``CODINGS``);
 # a body in any other comes to the handler as it was sent
 DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+# how old the producer's metadata may grow before it asks again (aiokafka's default: 5 minutes):
+# partitions added to [requests] are seen, and webhooks refused, within this (``split``), not
+# only when a /readyz probe asks for it; a metadata request of two topics every few seconds
+METADATA_MAX_AGE_MS = 5000
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 # the answer to each reason a webhook cannot become a request
@@ -151,7 +155,10 @@ class KafkaSink:
         async with self._lock:
             if self._producer is None:
                 producer = IdempotentProducer(
-                    **self._options, linger_ms=1, request_timeout_ms=int(self._timeout * 1000)
+                    **self._options,
+                    linger_ms=1,
+                    request_timeout_ms=int(self._timeout * 1000),
+                    metadata_max_age_ms=METADATA_MAX_AGE_MS,
                 )
                 try:
                     await asyncio.wait_for(producer.start(), self._timeout)

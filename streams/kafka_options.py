@@ -629,11 +629,28 @@ def consumer_lag(
     consumer: AIOKafkaConsumer | None, positions: Mapping[TopicPartition, int]
 ) -> dict[tuple[str, int], int]:
     """Records of each assigned partition beyond ``positions`` (what its owner took or
-    applied), for ``talkstream_consumer_lag``; a partition not fetched yet is left out."""
+    applied), for ``talkstream_consumer_lag``; a partition not fetched yet is left out. One
+    its owner has taken nothing of yet (a rebalance gave it one, quiet since) is behind by
+    what lies beyond the consumer's position in it (from the group's commit on): counted from
+    0, an executor given a dead or stopped worker's partitions said it was behind by all they
+    ever held, for as long as no command came."""
     if consumer is None:
         return {}
     lags = {}
     for tp in consumer.assignment():
         with contextlib.suppress(Exception):  # not fetched yet
-            lags[(tp.topic, tp.partition)] = max(consumer.highwater(tp) - positions.get(tp, 0), 0)
+            position = positions.get(tp)
+            if position is None:
+                position = _fetch_position(consumer, tp)
+            if position is not None:
+                lags[(tp.topic, tp.partition)] = max(consumer.highwater(tp) - position, 0)
     return lags
+
+
+def _fetch_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset ``consumer`` fetches ``tp`` from next (its committed offset until records
+    are returned), None until it knows it: aiokafka's ``position`` waits for it (a coroutine),
+    and a scrape reads it as it stands."""
+    assignment = consumer._subscription.subscription.assignment
+    state = assignment.state_value(tp) if assignment is not None else None
+    return state.position if state is not None and state.has_valid_position else None

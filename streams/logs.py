@@ -15,18 +15,26 @@ from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 REBALANCING = "Heartbeat failed for group %s because it is rebalancing"
+COMMIT_REJOIN = "OffsetCommit failed for group %s due to group error (%s), will rejoin"
 BUFFER_FULL = "producer buffer full size "
 
-#: WARNINGs of the libraries underneath that report normal operation, by logger: each is
-#: logged as INFO (and not at all where INFO is not).
+#: WARNINGs (and one ERROR) of the libraries underneath that report normal operation, by
+#: logger: each is logged as INFO (and not at all where INFO is not).
 #: - aiokafka logs a heartbeat answered "rebalancing": each member of a group says it once
 #:   whenever a worker joins or leaves. It is how a member learns of the rebalance.
+#: - aiokafka logs, as an ERROR, a commit the group coordinator refused because the group
+#:   has moved on (``IllegalGeneration``, ``UnknownMemberId``, ``RebalanceInProgress``): a
+#:   member that commits between a rebalance starting and it rejoining (a worker joining, or
+#:   leaving, killed, after the session timeout) is told so. aiokafka rejoins, and whoever
+#:   commits raises ``CommitFailedError``, which the projector (INFO) and the executors
+#:   (WARNING, with what becomes of the batch) say themselves; the partition's next owner
+#:   reads on from the last commit, or from where the projection has read to.
 #: - faust logs "producer buffer full size N" when more than 100 table writes wait to go to
 #:   the changelog, and then sends them before the next message is taken: the ledger stores a
 #:   batch's states together (up to 500 people), so a campaign blast says it at every batch.
 #:   It is faust's flow control doing its work, not a fault.
 NOTICES: dict[str, Callable[[str], bool]] = {
-    "aiokafka.consumer.group_coordinator": REBALANCING.__eq__,
+    "aiokafka.consumer.group_coordinator": {REBALANCING, COMMIT_REJOIN}.__contains__,
     "faust.transport.producer": lambda msg: msg.startswith(BUFFER_FULL),
 }
 
@@ -56,6 +64,10 @@ REPEATED: dict[str, frozenset[str]] = {
     "streams.faust_transport": frozenset(
         {"Kafka did not take a record of %s partition=%s (%s: %s)%s"}
     ),
+    # a webhook the ingress answered 503 (Kafka out of reach or not acknowledging, partitions
+    # added to [requests]): one per webhook, and Talkable retries each, so a blast of them a
+    # second for as long as it lasts (the 503s are counted: talkstream_ingress_requests_total)
+    "streams.ingress": frozenset({"ingress could not produce request_id=%s: %s"}),
     # an executor's result or hand-back that Kafka did not take: in an outage, one per call
     # (``streams.agents.results.NOT_TAKEN``)
     "streams.agents.executors": frozenset(
@@ -99,11 +111,11 @@ class Repeats(logging.Filter):
 
 
 class Notice(logging.Filter):
-    """Logs one of ``NOTICES`` as INFO, not WARNING."""
+    """Logs one of ``NOTICES`` as INFO, not WARNING (or ERROR)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         says = NOTICES.get(record.name)
-        if record.levelno == logging.WARNING and says and says(str(record.msg)):
+        if record.levelno in (logging.WARNING, logging.ERROR) and says and says(str(record.msg)):
             record.levelno, record.levelname = logging.INFO, "INFO"
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from models.events import LifecycleEvent
 from streams import logs
 from streams.settings import LISTEN_FIELDS, Settings
+from streams.topics import partitions_added
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,11 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     recovery = app.tables.recovery
     if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
         return False, "recovering tables"
+    consumer = getattr(app, "_consumer", None)
+    if consumer is not None:
+        added = partitions_added(consumer.assignment(), app.conf.topic_partitions)
+        if added:
+            return False, added
     return True, "ready"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -192,6 +193,21 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
     grouped: dict[int, list[str]] = {}
     for name, count in counts.items():
         grouped.setdefault(count, []).append(name)
+    if len(grouped) > 1 and min(grouped) == settings.partitions:
+        # some have the count set, the others more: partitions added to a deployment's topics
+        added = "; ".join(
+            f"{', '.join(sorted(names))} ({count} partitions)"
+            for count, names in sorted(grouped.items())
+            if count > settings.partitions
+        )
+        return (
+            f"TALKSTREAM_PARTITIONS is {settings.partitions}, as the topics were created "
+            f"({', '.join(sorted(grouped[settings.partitions]))}), but partitions were added "
+            f"since to {added}. A person's messages and state live in the partition their key "
+            "maps to, so every topic must keep the count it was created with, and Kafka takes "
+            "no partition away: give this deployment a TALKSTREAM_APP_ID of its own (README, "
+            "Operations: Scale out)"
+        )
     listed = "; ".join(
         f"{count} partitions: {', '.join(sorted(names))}"
         for count, names in sorted(grouped.items())
@@ -206,6 +222,32 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
         "topic's partitions are fixed when it is created, and every process must use that count "
         f"(a person's messages and state live in the partition their key maps to): {fix}, or "
         "give this deployment a TALKSTREAM_APP_ID of its own"
+    )
+
+
+def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
+    """What to say when faust gave this worker partitions past the count its topics were
+    created with (``partitions``, checked at start): some were added to [requests] (or to the
+    ledger's changelog) since (``kafka-topics.sh --alter``), which its consumer takes at its
+    next rebalance. No ledger keeps the state of a person there, and a record landing on one of
+    [requests] (an executor's result keyed by person, a webhook written before the ingress
+    noticed) stops the worker reading it (faust: ``Unrecognized partition``) and each worker it
+    moves to next. None when every assigned partition is one of the count."""
+    past: dict[str, list[int]] = {}
+    for tp in assigned:
+        if tp.partition >= partitions:
+            past.setdefault(tp.topic, []).append(tp.partition)
+    if not past:
+        return None
+    held = "; ".join(
+        f"{topic} partition {', '.join(map(str, sorted(numbers)))}"
+        for topic, numbers in sorted(past.items())
+    )
+    return (
+        f"partitions added to a deployment's topics: this worker holds {held}, past the "
+        f"{partitions} the topics were created with, where no ledger keeps a person's state (a "
+        "record there stops the worker that reads it); to change the count, deploy under a new "
+        "TALKSTREAM_APP_ID"
     )
 
 

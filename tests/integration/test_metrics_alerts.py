@@ -3,11 +3,17 @@ broker."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 
-from tests.integration.conftest import System, http, samples
+from streams.dev.kafka import EmbeddedKafka
+from streams.kafka_options import consumer_lag, group_consumer
+from tests.integration.conftest import System, create_topic, http, samples
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -53,3 +59,48 @@ def test_a_slow_openai_shows_in_flight_and_not_as_consumer_lag(system: System) -
     [row] = [line for line in alerts.splitlines() if line.startswith("| `talkstream_consumer_lag")]
     assert "slow OpenAI" not in row.split("A slow OpenAI")[0]
     assert "`talkstream_upstream_queue_depth`" in row
+
+
+def test_a_partition_taken_over_is_behind_by_what_lies_past_its_commit(
+    kafka: EmbeddedKafka,
+) -> None:
+    """An executor given a partition by a rebalance (a worker added, killed or stopped) takes
+    nothing of it until a command comes: it is behind by what lies past the group's commit
+    there. Counted from 0, a partition its group had read to the end said its lag was every
+    record it ever held (42 on a survivor's [generate] after a worker was killed, with nothing
+    left to call), until the next command on it."""
+    topic, group = f"t{uuid.uuid4().hex[:10]}-generate", f"g{uuid.uuid4().hex[:10]}"
+    tp = TopicPartition(topic, 0)
+
+    async def taken_over() -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+        await create_topic(kafka.bootstrap, topic, 1)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(5):
+                await producer.send_and_wait(topic, value=b"command %d" % i, key=b"k")
+        finally:
+            await producer.stop()
+        former = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+        await former.start()  # the worker that read it all and committed, then went
+        try:
+            former.assign([tp])
+            await former.commit({tp: 5})
+        finally:
+            await former.stop()
+        owner = group_consumer({"bootstrap_servers": kafka.bootstrap}, group, "survivor")
+        await owner.start()
+        try:
+            owner.subscribe([topic])
+            for _ in range(100):  # until a fetch has said the partition's end (no record comes)
+                assert not await owner.getmany(timeout_ms=200)
+                if owner.assignment() and owner.highwater(tp) is not None:
+                    break
+            assert owner.highwater(tp) == 5
+            return consumer_lag(owner, {}), consumer_lag(owner, {tp: 2})
+        finally:
+            await owner.stop()
+
+    nothing_taken, taken_to_2 = asyncio.run(taken_over())
+    assert nothing_taken == {(topic, 0): 0}
+    assert taken_to_2 == {(topic, 0): 3}

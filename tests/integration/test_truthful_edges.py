@@ -185,6 +185,44 @@ def test_webhooks_are_refused_once_partitions_were_added_to_requests(kafka) -> N
     assert len(read_topic(kafka.bootstrap, requests)) == 1
 
 
+def test_partitions_added_to_requests_are_refused_without_a_readiness_probe(kafka) -> None:
+    """The same, with nobody asking /readyz (which asks Kafka for the metadata at once): the
+    producer's own metadata, which aiokafka asks again for every 5 minutes only, said 8 for
+    all that time, and the ingress went on answering 202. Its webhooks still went by the 8,
+    but a worker's producer, which had learnt of the 10, sent their results where no ledger
+    reads them: requests stuck in `generating`. It now learns of them within seconds."""
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tsplit{uuid.uuid4().hex[:8]}")
+    requests = settings.topic("requests")
+    sink = KafkaSink(client_options(settings), ledger_changelog=settings.topic("ledger-changelog"))
+
+    async def scenario() -> tuple[int, str]:
+        await ensure_topics(settings)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        try:
+            await sink.send(requests, b"site:ada@example.com", b"{}")  # the producer started
+            await admin.start()
+            await admin.create_partitions({requests: NewPartitions(total_count=12)})
+            accepted, deadline = 0, time.monotonic() + 60  # aiokafka's own: 300 s
+            while time.monotonic() < deadline:
+                try:
+                    await sink.send(requests, b"site:ada@example.com", b"{}")
+                except BrokerUnavailable as refused:
+                    return accepted, str(refused)
+                accepted += 1
+                await asyncio.sleep(0.2)
+            return accepted, "never refused"
+        finally:
+            await admin.close()
+            await sink.close()
+
+    accepted, refused = asyncio.run(scenario())
+    assert refused == (
+        f"{requests} has 12 partitions but the ledger's {settings.app_id}-ledger-changelog 8: a "
+        "webhook could land where no ledger reads it (partitions added to a deployment's "
+        "topics; to change the count, deploy under a new TALKSTREAM_APP_ID); nothing was sent"
+    ), f"{accepted} webhooks accepted"
+
+
 def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(system: System) -> None:
     before = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
     started = time.monotonic()

@@ -636,3 +636,40 @@ async def test_the_livelock_check_counts_commits_from_the_first_message_awaiting
         assert len(said) == 1 and f"Has not committed {tp!r} (last commit 6." in said[0]
     else:
         assert said == []
+
+
+async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``) reach
+    a running worker at its consumer's next rebalance: it took them and said nothing, ready,
+    until a record landed on one and stopped it with faust's traceback (``AssertionError:
+    Unrecognized partition``). It says so as they are assigned, naming them."""
+    app = App(
+        "t-faust-app",
+        broker="talkstream://127.0.0.1:1",
+        autodiscover=False,
+        Topic=Topic,
+        topic_partitions=8,
+    )
+    consumer = app.consumer
+
+    async def assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+        pass
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "on_partitions_assigned", assigned)
+    requests, changelog = "t-faust-app-requests", "t-faust-app-ledger-changelog"
+    with caplog.at_level(logging.INFO, logger="streams.faust_transport"):
+        await consumer.on_partitions_assigned(
+            {TP(requests, p) for p in (3, 7)} | {TP(changelog, 3)}
+        )
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        await consumer.on_partitions_assigned({TP(requests, p) for p in (3, 9, 8)})
+    [error] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert error.levelname == "ERROR"
+    assert error.getMessage() == (
+        "partitions added to a deployment's topics: this worker holds t-faust-app-requests "
+        "partition 8, 9, past the 8 the topics were created with, where no ledger keeps a "
+        "person's state (a record there stops the worker that reads it); to change the count, "
+        "deploy under a new TALKSTREAM_APP_ID"
+    )

@@ -46,16 +46,39 @@ def test_text_is_the_default(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 NOTICES = [
-    # (logger, a notice and its args, the line it becomes at INFO, a real WARNING there)
+    # (logger, the level it says it at, a notice and its args, the line it becomes at INFO,
+    # a real fault there at that level)
     (
         "aiokafka.consumer.group_coordinator",
+        logging.WARNING,
         ("Heartbeat failed for group %s because it is rebalancing", "ts-generator"),
         "Heartbeat failed for group ts-generator because it is rebalancing",
         ("Heartbeat failed for group %s: coordinator (node %s) is gone", "g", 1),
     ),
     (
+        # a member's commit refused once the group has moved on: every worker joining or
+        # leaving (one killed, after the session timeout) makes a committing member say it
+        "aiokafka.consumer.group_coordinator",
+        logging.ERROR,
+        (
+            "OffsetCommit failed for group %s due to group error (%s), will rejoin",
+            "ts-projector",
+            "[Error 22] IllegalGenerationError: ts-projector",
+        ),
+        "OffsetCommit failed for group ts-projector due to group error "
+        "([Error 22] IllegalGenerationError: ts-projector), will rejoin",
+        (
+            "OffsetCommit failed for group %s on partition %s with offset %s: %s",
+            "g",
+            "tp",
+            7,
+            "boom",
+        ),
+    ),
+    (
         # faust formats the size into the message itself (an f-string): matched by prefix
         "faust.transport.producer",
+        logging.WARNING,
         (f"producer buffer full size {178}",),
         "producer buffer full size 178",
         ("producer stopped: %s", "broker gone"),
@@ -64,25 +87,27 @@ NOTICES = [
 
 
 @pytest.mark.parametrize("level", ["info", "warning"])
-@pytest.mark.parametrize(("name", "notice", "line", "fault"), NOTICES)
+@pytest.mark.parametrize(("name", "says", "notice", "line", "fault"), NOTICES)
 def test_a_library_reporting_normal_operation_is_no_warning(
     capsys: pytest.CaptureFixture[str],
     level: str,
     name: str,
+    says: int,
     notice: tuple[object, ...],
     line: str,
     fault: tuple[object, ...],
 ) -> None:
     setup(level, "text")
     logger = logging.getLogger(name)
-    logger.warning(*notice)
-    logger.warning(*fault)
-    logging.getLogger("elsewhere").warning(*notice)  # the same words from another logger
+    logger.log(says, *notice)
+    logger.log(says, *fault)
+    logging.getLogger("elsewhere").log(says, *notice)  # the same words from another logger
     lines = capsys.readouterr().err.strip().splitlines()
+    said = logging.getLevelName(says)
     assert any(x.endswith(f"INFO {name} {line}") for x in lines) == (level == "info")
-    assert not any(f"WARNING {name} {line}" in x for x in lines)
-    assert any(f"WARNING {name} {fault[0] % fault[1:]}" in x for x in lines)
-    assert any(x.endswith(f"WARNING elsewhere {line}") for x in lines)
+    assert not any(f"{said} {name} {line}" in x for x in lines)
+    assert any(f"{said} {name} {fault[0] % fault[1:]}" in x for x in lines)
+    assert any(x.endswith(f"{said} elsewhere {line}") for x in lines)
 
 
 def test_a_broker_out_of_reach_is_said_once_not_at_every_try(
@@ -105,6 +130,26 @@ def test_a_broker_out_of_reach_is_said_once_not_at_every_try(
         "aiokafka.consumer.fetcher Failed fetch messages from 1: NodeNotReadyError",
         "aiokafka Topic t not found in cluster metadata",
         "aiokafka Topic t not found in cluster metadata",
+    ]
+
+
+def test_webhooks_answered_503_are_said_once_not_one_line_each(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Partitions added to [requests] (or Kafka out of reach): the ingress answers every webhook
+    503 and Talkable retries each, which wrote a WARNING a webhook (8,720 in three minutes of
+    three webhooks a second, each retried every second)."""
+    setup("info", "text")
+    ingress = logging.getLogger("streams.ingress")
+    for i in range(500):
+        ingress.warning(
+            "ingress could not produce request_id=%s: %s", f"r{i}", "Kafka is not acknowledging"
+        )
+    ingress.warning("ingress stopping: %s", "SIGTERM")  # another line: as ever
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [x.split(" WARNING ", 1)[1] for x in lines] == [
+        "streams.ingress ingress could not produce request_id=r0: Kafka is not acknowledging",
+        "streams.ingress ingress stopping: SIGTERM",
     ]
 
 
@@ -233,3 +278,20 @@ def test_faust_dev_lines_are_never_said_whatever_devlog_says(
     err = capsys.readouterr().err
     assert SEALED_KEY not in err and "ann@" not in err and "still said" in err
     assert "DEVLOG" not in os.environ
+
+
+def test_the_notices_are_aiokafkas_own_words() -> None:
+    """A notice is matched by its format string: one aiokafka rewords is no longer found, and
+    would be a WARNING or an ERROR again at every rebalance."""
+    import inspect
+
+    from aiokafka.consumer import group_coordinator
+
+    from streams.logs import COMMIT_REJOIN, REBALANCING
+
+    source = inspect.getsource(group_coordinator)
+    for words in (REBALANCING, COMMIT_REJOIN):
+        # aiokafka writes them as adjacent string literals, split anywhere
+        assert words.replace(" ", "") in source.replace('"\n', "").replace(" ", "").replace(
+            '"', ""
+        ), words

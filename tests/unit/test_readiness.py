@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 
 from streams.observability import KAFKA_SILENCE_SECONDS, kafka_unreachable, ready
 
@@ -102,12 +103,19 @@ def test_silence_up_to_the_limit_is_not_out_of_reach() -> None:
     assert kafka_unreachable([Consumer([waiting])], NOW) is None
 
 
-def app(*, rebalancing: bool = False, recovered: bool = True) -> Any:
+def app(
+    *, rebalancing: bool = False, recovered: bool = True, assigned: tuple[int, ...] = (0, 3)
+) -> Any:
+    """faust's app: its rebalance and recovery flags, and its consumer's partitions of
+    [requests] among the 8 its topics were created with (or past them: added since)."""
     completed = SimpleNamespace(is_set=lambda: recovered)
+    partitions = {TopicPartition("ts-requests", p) for p in assigned}
     return SimpleNamespace(
         rebalancing=rebalancing,
         in_recovery=False,
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)),
+        conf=SimpleNamespace(topic_partitions=8),
+        _consumer=SimpleNamespace(assignment=lambda: partitions),
     )
 
 
@@ -116,6 +124,12 @@ def owners(*consumers: Consumer | None) -> list[Any]:
     return [SimpleNamespace(consumer=consumer) for consumer in consumers]
 
 
+ADDED = (
+    "partitions added to a deployment's topics: this worker holds ts-requests partition 9, "
+    "past the 8 the topics were created with, where no ledger keeps a person's state (a record "
+    "there stops the worker that reads it); to change the count, deploy under a new "
+    "TALKSTREAM_APP_ID"
+)
 ANSWERING = Consumer([Connection(waiting=1, answered_ago=0.2)])
 GONE = Consumer([Connection(up=False)])
 STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor told to stop
@@ -141,6 +155,10 @@ STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor tol
         # a worker told to stop: its executors drain, then close their consumers
         (app(), [*owners(ANSWERING), STOPPING], (False, "stopping")),
         (app(), [SimpleNamespace(consumer=GONE, stopping=True)], (False, "stopping")),
+        # partitions added to [requests] since its topics were created, taken in a rebalance:
+        # a record there would stop the worker (it went on saying "ready" until one came)
+        (app(assigned=(3, 9)), owners(ANSWERING), (False, ADDED)),
+        (app(assigned=(3, 9), rebalancing=True), owners(ANSWERING), (False, "rebalancing")),
     ],
 )
 def test_ready_puts_kafka_out_of_reach_first(

@@ -80,3 +80,21 @@ def test_a_topic_not_listed_yet_has_its_partitions_compared_before_any_is_create
         f"TALKSTREAM_PARTITIONS is 4, but the topics have 2 partitions: {requests}. "
     )
     assert LateAdmin.created == []  # none beside it with another count
+
+
+def test_partitions_added_to_a_topic_since_are_named_as_such() -> None:
+    """``kafka-topics.sh --alter --partitions`` on a live deployment's [requests]: every start
+    is refused. It said the count set was the topics' own ("is 8, but the topics have 8
+    partitions: ...; 10 partitions: ...") and to recreate the topics (the audit log with them),
+    where README's way is a new app id."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", app_id="tgrown", partitions=8)
+    counts = {settings.topic(t): 8 for t in ("generate", "ledger-changelog", "lifecycle")}
+    counts[settings.topic("requests")] = 10
+    assert topics.partitions_differ(settings, counts) == (
+        "TALKSTREAM_PARTITIONS is 8, as the topics were created (tgrown-generate, "
+        "tgrown-ledger-changelog, tgrown-lifecycle), but partitions were added since to "
+        "tgrown-requests (10 partitions). A person's messages and state live in the partition "
+        "their key maps to, so every topic must keep the count it was created with, and Kafka "
+        "takes no partition away: give this deployment a TALKSTREAM_APP_ID of its own (README, "
+        "Operations: Scale out)"
+    )
