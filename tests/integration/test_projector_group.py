@@ -23,7 +23,7 @@ from streams.runtime import DeadLetters, SystemClock
 from tests.integration.conftest import System, create_topic
 from tests.integration.test_projector import _Letters, _on, _produce
 from tests.projection_support import T0_MS, Log
-from tests.support import free_port, seed_params
+from tests.support import free_port, seed_params, wait_until
 
 PARTITIONS = 4
 
@@ -286,3 +286,34 @@ def test_a_worker_whose_projector_writes_another_database_stops_saying_why(
     said = (system.root / "stray.log").read_text(errors="replace")
     assert code != 0, said[-3000:]
     assert "ERROR streams.agents.projector projector refused: another projector of group" in said
+
+
+def test_a_workers_projector_child_on_another_database_is_refused_at_every_restart(
+    make_system: Any,
+) -> None:
+    """A worker started with another database (``PROJECTOR=process``): its projector child is
+    refused, started again, and refused again, each time with no partition (the coordinator
+    hands a static member its last assignment); the deployment's projection gets every
+    request, and the other database none."""
+    system: System = make_system()
+    system.wait_ready()
+    other = system.root / "other.sqlite3"
+    env = {
+        **system.env,
+        "TALKSTREAM_DATABASE_URL": f"sqlite:///{other}",
+        "TALKSTREAM_WORKER_NAME": "elsewhere",
+        "TALKSTREAM_WORKER_HTTP_PORT": str(free_port()),
+        "TALKSTREAM_PROJECTOR_HTTP_PORT": str(free_port()),
+    }
+    system.spawn("stray", "worker", env=env)
+    log = system.root / "stray.log"
+
+    def refused_twice() -> bool:
+        said = log.read_text(errors="replace") if log.exists() else ""
+        return said.count("projector refused: another projector of group") >= 2
+
+    wait_until(refused_twice, 120, what="the stray worker's projector refused twice")
+    assert "the projector process exited (1); starting it again" in log.read_text()
+    ids = [system.post(seed_params(f"c{i}@example.com"))[1]["request_id"] for i in range(8)]
+    system.wait_terminal(ids)
+    assert ProjectionStore.from_url(f"sqlite:///{other}").counts() == (0, 0)
