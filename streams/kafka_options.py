@@ -464,15 +464,34 @@ async def group_member_ids(consumer: AIOKafkaConsumer, group: str) -> set[str]:
     new id, with the old one's client id). aiokafka's consumer has no public call for it, and
     its admin client would be one more client; raises what the coordinator answered, or the
     connection's error."""
+    _, members = await group_members(consumer, group)
+    return {member[0] for member in members}
+
+
+async def group_members(
+    consumer: AIOKafkaConsumer, group: str
+) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """``group``'s protocol (its assignor's name) and its members as its coordinator knows them
+    now: (member id, the metadata it joined with, the assignment it was given); both are empty
+    while the group rebalances (the coordinator says them only of a stable group). Raises what
+    the coordinator answered, or the connection's error."""
     coordinator = consumer._coordinator.coordinator_id
     if coordinator is None:
         raise KafkaTimeoutError(f"no coordinator of group {group} known yet")
     response = await consumer._client.send(coordinator, DescribeGroupsRequest([group]))
     [described] = response.groups
-    error_code, members = described[0], described[5]
+    error_code, protocol, members = described[0], described[4], described[5]
     if error_code:
         raise for_code(error_code)(f"describing group {group}")
-    return {str(member[0]) for member in members}
+    return str(protocol), [
+        (str(member[0]), bytes(member[3] or b""), bytes(member[4] or b"")) for member in members
+    ]
+
+
+def rejoin_group(consumer: AIOKafkaConsumer) -> None:
+    """Have ``consumer`` join its group again (with the metadata its assignor gives now: if it
+    changed, the group rebalances); aiokafka has no public call for it."""
+    consumer._coordinator.request_rejoin()
 
 
 def sending_now(producer: Any) -> Awaitable[Any] | None:

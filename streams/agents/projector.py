@@ -11,6 +11,9 @@ emptied database is filled from the log, and a record read twice is not applied 
 store keeps the source offset of every row). The group's committed offsets are never where it
 starts: they say what some database took, not necessarily this one.
 
+So the projectors of a group must write one database, and one writing another is refused
+before it takes a partition (``projector_group``): its ``run`` raises ``OtherDatabase``.
+
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
 autovacuum keeps its own).
@@ -31,20 +34,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
+from streams.agents.projector_group import (
+    DatabaseAssignor,
+    OtherDatabase,
+    other_database,
+    refusal,
+)
 from streams.codecs import decode
 from streams.kafka_options import (
     client_options,
     consumer_lag,
     group_consumer,
     group_options,
+    rejoin_group,
     stop_consumer,
 )
 from streams.observability import ProcessMetrics, WorkerMetrics, serve_or_log
-from streams.projection.engine import database_said, database_unusable
+from streams.projection.engine import database_identity, database_said, database_unusable
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import DeadLetters, SystemClock, child_process
@@ -100,6 +111,12 @@ class Projector:
         self.recorded: dict[TopicPartition, int] = {}
         self.database_error: str | None = None  # why its database takes nothing now
         self._statistics_due = 0.0  # when its database's statistics are checked next
+        # the database it writes, as its group's members say it (projector_group.py)
+        self.database = database_identity(store.engine)
+        self._projected = False  # it has been given partitions since it started
+        self._assignor = DatabaseAssignor(config.group, self.database, lambda: self._projected)
+        self.refused: str | None = None  # why its group refused it (another database)
+        self._asked_again = False  # a refusal it had the group decide again (``_refused``)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
@@ -118,14 +135,26 @@ class Projector:
             # few fetches a second under load instead of one per record or two
             fetch_min_bytes=FETCH_MIN_BYTES,
             fetch_max_wait_ms=int(WITHIN_SECONDS * 1000),
+            # the group's database checked at each assignment; roundrobin: what a group with
+            # a member of a version before it assigns with (that member is not checked)
+            partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
         consumer.subscribe([self.config.topic], listener=_Resume(self))
+        log.info(
+            "projector writes %s (database id %s) for group %s",
+            self._store.url,
+            self.database,
+            self.config.group,
+        )
         try:
             await consumer.start()  # (stopped too when a stop cancels it here)
-            while True:
-                taken = await _take(consumer)
+            while self.refused is None:
+                taken = await _take(consumer, lambda: self.refused is not None)
                 if taken:
                     await self._project(consumer, taken)
+            self.database_error = self.refused
+            log.error("projector refused: %s", self.refused)
+            raise OtherDatabase(self.refused)
         finally:
             await stop_consumer(consumer)
 
@@ -203,7 +232,12 @@ class Projector:
         another one); a partition it holds nothing of, from its earliest offset: a new or
         emptied database is filled from the log, as far back as the topic's retention reaches."""
         consumer = self.consumer
-        if consumer is None or not assigned:
+        if consumer is None:
+            return
+        if self._assignor.refused_for is not None:  # the leader gave it nothing
+            await self._refused(consumer, self._assignor.refused_for)
+            return
+        if not assigned:
             return
         for tp in assigned:  # what it recorded before says nothing of where it reads now
             self.recorded.pop(tp, None)
@@ -212,10 +246,69 @@ class Projector:
         # taken from the group's commit and then read again from the seek was projected, or
         # dead-lettered, twice)
         consumer.pause(*assigned)
+        held_back = False
         try:
+            held_back = await self._other_database(consumer)
+            if held_back:
+                return  # left paused: nothing of them is taken before the leader decides
+            self._projected = True
             await self._seek(consumer, assigned)
         finally:
-            consumer.resume(*assigned)
+            if not held_back:
+                consumer.resume(*assigned)
+
+    async def _refused(self, consumer: AIOKafkaConsumer, theirs: str) -> None:
+        """The leader gave it no partition: its database is not the group's. A refusal can be
+        one the group no longer means: a refused member started again within its session is
+        handed its last assignment by the coordinator, with no rebalance, after the group may
+        have moved to its database (every other projector started again on it). So, once: if
+        no member holding partitions writes another database now, it has the group rebalance
+        (the leader decides again) rather than stop."""
+        if not self._asked_again:
+            try:
+                holding = await other_database(consumer, self.config.group, self.database)
+            except KafkaError:
+                holding = theirs
+            if holding is None:
+                log.info(
+                    "projector was refused by an earlier assignment of group %s, and no "
+                    "member holding partitions writes another database now: rejoining",
+                    self.config.group,
+                )
+                self._asked_again = True
+                self._assignor.rejoins += 1
+                rejoin_group(consumer)
+                return
+        self.refused = refusal(self.config.group, self.database, theirs)
+
+    async def _other_database(self, consumer: AIOKafkaConsumer) -> bool:
+        """Another member holding partitions writes another database: a projector that
+        stopped and started again within its session (static membership) on another database
+        is given its partitions again with no assignor asked. It asks the group to rebalance
+        (joining with metadata of its own, which the coordinator takes as a change), so that
+        the leader assigns, and holds its partitions back meanwhile."""
+        try:
+            theirs = await other_database(consumer, self.config.group, self.database)
+        except KafkaError as exc:  # the assignor checked every member that joined with it
+            log.warning(
+                "projector could not read its group's members (%s): their databases not "
+                "checked at this assignment",
+                type(exc).__name__,
+            )
+            return False
+        if theirs is None:
+            return False
+        log.warning(
+            "another member of group %s holding partitions writes another database (database "
+            "id %s) than this projector (database id %s): holding its partitions back, and "
+            "rejoining so that the group's leader assigns them",
+            self.config.group,
+            theirs,
+            self.database,
+        )
+        self._assignor.rejoins += 1
+        rejoin_group(consumer)
+        return True
 
     async def _seek(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         try:
@@ -318,14 +411,16 @@ class Projector:
             self.recorded.pop(tp, None)
 
 
-async def _take(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+async def _take(
+    consumer: AIOKafkaConsumer, stopped: Callable[[], bool]
+) -> dict[TopicPartition, list[Any]]:
     """Up to ``BATCH`` records, gathered for at most ``WITHIN_SECONDS`` after the first: one
     transaction and one commit per batch, not per fetch (a commit is a round trip to the
-    broker, a transaction a sync to disk)."""
+    broker, a transaction a sync to disk); nothing once ``stopped``."""
     loop = asyncio.get_running_loop()
     taken: dict[TopicPartition, list[Any]] = {}
     count, deadline = 0, loop.time() + WITHIN_SECONDS
-    while count < BATCH:
+    while count < BATCH and not stopped():
         left = deadline - loop.time()
         if left <= 0:
             break

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import os
 import re
 import sqlite3
 from collections.abc import Callable
@@ -173,6 +175,29 @@ def safe_url(engine_or_url: Engine | str) -> str:
     """The URL to show a person: the password hidden."""
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else parse_url(engine_or_url)
     return url.render_as_string(hide_password=True)
+
+
+def database_identity(engine_or_url: Engine | str) -> str:
+    """A fingerprint of the database an engine writes, safe to show and to publish: two URLs
+    naming one database the same way agree, whatever their password or user (neither is in
+    it). SQLite: the file's real path (a relative path, a symbolic link resolved); a server:
+    its backend, host (lower-cased), port (the default filled in) and database. Another host
+    name for the same server gives another fingerprint; an in-memory SQLite database is this
+    process's own."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else parse_url(engine_or_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            named = f"sqlite:memory:{os.getpid()}"
+        else:
+            named = f"sqlite:{os.path.realpath(url.database)}"
+    else:
+        port = url.port or _DEFAULT_PORTS.get(backend)
+        named = f"{backend}://{(url.host or '').lower()}:{port}/{url.database or ''}"
+    return hashlib.sha256(named.encode()).hexdigest()[:16]
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 def describe_database_error(

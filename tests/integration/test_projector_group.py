@@ -1,0 +1,319 @@
+"""One database per projector group, on the real broker: a projector of the group writing
+another database is refused before it takes a partition (started fresh, or started again
+within its session under the member id of one that wrote the group's database), and the
+group's projectors keep every partition; projectors writing one database share them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from streams.agents.projector import Projector, ProjectorConfig
+from streams.agents.projector_group import OtherDatabase
+from streams.dev.kafka import EmbeddedKafka
+from streams.projection.store import ProjectionStore
+from streams.runtime import DeadLetters, SystemClock
+from tests.integration.conftest import System, create_topic
+from tests.integration.test_projector import _Letters, _on, _produce
+from tests.projection_support import T0_MS, Log
+from tests.support import free_port, seed_params, wait_until
+
+PARTITIONS = 4
+
+
+def _projector(bootstrap: str, topic: str, instance: str, store: ProjectionStore) -> Projector:
+    counter = Counter("letters", "dead letters", ["topic"], registry=CollectorRegistry())
+    return Projector(
+        ProjectorConfig(
+            topic=topic,
+            group=f"{topic}-projector",
+            instance=instance,
+            consumer_options={"bootstrap_servers": bootstrap, "session_timeout_ms": 10_000},
+        ),
+        store,
+        DeadLetters(_Letters(), counter, SystemClock()),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _running(projector: Projector) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(projector.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until(done: Callable[[], bool], *tasks: asyncio.Task[None], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(done):
+            for task in tasks:
+                if task.done():
+                    task.result()  # its failure, not a timeout
+            await asyncio.sleep(0.05)
+
+
+def _assigned(projector: Projector) -> int:
+    consumer = projector.consumer
+    return 0 if consumer is None else len(consumer.assignment())
+
+
+def _log(first: int, people: int, log: Log) -> None:
+    for i in range(first, first + people):
+        log.full(f"req-{i:03d}", email=f"p{i}@example.com", at_ms=T0_MS + i * 1000)
+
+
+def _topic(kafka: EmbeddedKafka) -> str:
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    return topic
+
+
+async def _refused(projector: Projector, task: asyncio.Task[None]) -> str:
+    with pytest.raises(OtherDatabase) as refused:
+        async with asyncio.timeout(60):
+            await task
+    assert projector.refused == str(refused.value)
+    return str(refused.value)
+
+
+def test_a_projector_on_another_database_is_refused_and_takes_nothing(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """The second projector of a group, on another SQLite file, stops with an error naming the
+    problem and what to do; it projected nothing, and the first keeps every partition: what is
+    produced afterwards is all in the group's database."""
+    topic = _topic(kafka)
+    group_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
+    other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    log = Log(partitions=PARTITIONS)
+    _log(0, 20, log)
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+
+    async def scenario() -> None:
+        first = _projector(kafka.bootstrap, topic, "first", group_db)
+        async with _running(first) as first_task:
+            await _until(lambda: group_db.counts()[1] == len(log.records), first_task)
+            second = _projector(kafka.bootstrap, topic, "second", other_db)
+            async with _running(second) as second_task:
+                said = await _refused(second, second_task)
+            assert "another projector of group" in said
+            assert "TALKSTREAM_DATABASE_URL" in said
+            assert second.database in said and first.database in said
+            assert _assigned(first) == PARTITIONS
+            before = len(log.records)
+            _log(20, 20, log)
+            await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
+            await _until(lambda: group_db.counts()[1] == len(log.records), first_task)
+            assert _assigned(first) == PARTITIONS
+
+    asyncio.run(scenario())
+    assert other_db.counts() == (0, 0)
+    group_db.close()
+    other_db.close()
+
+
+def test_a_projector_started_again_on_another_database_within_its_session_is_refused(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A projector that wrote the group's database, started again within its session (its
+    static member id: the coordinator gives it its partitions back with no rebalance) on
+    another database, is refused before it takes anything, and its partitions go to the
+    group's other projector."""
+    topic = _topic(kafka)
+    url = f"sqlite:///{tmp_path / 'group.sqlite3'}"
+    group_db, group_db_too = ProjectionStore.from_url(url), ProjectionStore.from_url(url)
+    other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    log = Log(partitions=PARTITIONS)
+    _log(0, 20, log)
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+
+    async def scenario() -> None:
+        first = _projector(kafka.bootstrap, topic, "first", group_db)
+        async with _running(first) as first_task:
+            await _until(lambda: _assigned(first) == PARTITIONS, first_task)
+            second = _projector(kafka.bootstrap, topic, "second", group_db_too)
+            async with _running(second) as second_task:
+                await _until(
+                    lambda: _assigned(first) > 0 and _assigned(second) > 0, first_task, second_task
+                )
+            # stopped: a static member stays in the group for its session
+            again = _projector(kafka.bootstrap, topic, "second", other_db)
+            async with _running(again) as again_task:
+                await _refused(again, again_task)
+            before = len(log.records)
+            _log(20, 20, log)
+            await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
+            await _until(lambda: group_db.counts()[1] == len(log.records), first_task)
+            assert _assigned(first) == PARTITIONS
+
+    asyncio.run(scenario())
+    assert other_db.counts() == (0, 0)
+    for store in (group_db, group_db_too, other_db):
+        store.close()
+
+
+def test_a_projector_refused_before_joins_once_the_group_moved_to_its_database(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A deployment moving to a new database, one projector at a time: the first started on
+    it is refused while the others write the old one; once they are started again on the new
+    one too, it is started again within its session (the coordinator hands it its last,
+    refused, assignment with no rebalance) and is not refused: the group rebalances and it
+    shares the partitions."""
+    topic = _topic(kafka)
+    old_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    new_url = f"sqlite:///{tmp_path / 'new.sqlite3'}"
+    new_db, new_db_too = ProjectionStore.from_url(new_url), ProjectionStore.from_url(new_url)
+    log = Log(partitions=PARTITIONS)
+    _log(0, 20, log)
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+
+    async def scenario() -> None:
+        first = _projector(kafka.bootstrap, topic, "first", old_db)
+        async with _running(first) as first_task:
+            await _until(lambda: _assigned(first) == PARTITIONS, first_task)
+            moved = _projector(kafka.bootstrap, topic, "second", new_db)
+            async with _running(moved) as moved_task:
+                await _refused(moved, moved_task)
+        first = _projector(kafka.bootstrap, topic, "first", new_db)
+        async with _running(first) as first_task:
+            await _until(lambda: new_db.counts()[1] == len(log.records), first_task)
+            second = _projector(kafka.bootstrap, topic, "second", new_db_too)
+            async with _running(second) as second_task:
+                await _until(
+                    lambda: _assigned(first) > 0 and _assigned(second) > 0, first_task, second_task
+                )
+                assert second.refused is None
+
+    asyncio.run(scenario())
+    for store in (old_db, new_db, new_db_too):
+        store.close()
+
+
+def test_projectors_on_one_database_share_the_partitions(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """Two projectors of a group on one SQLite file, named by two URLs (one through another
+    directory), both hold partitions, neither is refused, and every record is projected once."""
+    topic = _topic(kafka)
+    (tmp_path / "elsewhere").mkdir()
+    one = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
+    same = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'elsewhere' / '..' / 'group.sqlite3'}")
+    log = Log(partitions=PARTITIONS)
+    _log(0, 20, log)
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+
+    async def scenario() -> None:
+        first = _projector(kafka.bootstrap, topic, "first", one)
+        second = _projector(kafka.bootstrap, topic, "second", same)
+        assert first.database == second.database
+        async with _running(first) as first_task:
+            await _until(lambda: _assigned(first) == PARTITIONS, first_task)
+            async with _running(second) as second_task:
+                await _until(
+                    lambda: (
+                        _assigned(first) + _assigned(second) == PARTITIONS
+                        and _assigned(first) > 0
+                        and _assigned(second) > 0
+                    ),
+                    first_task,
+                    second_task,
+                )
+                before = len(log.records)
+                _log(20, 20, log)
+                await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
+                await _until(lambda: one.counts()[1] == len(log.records), first_task, second_task)
+                assert first.refused is None and second.refused is None
+
+    asyncio.run(scenario())
+    offsets = [(row.partition, row.offset) for row in one.all_transitions()]
+    assert len(offsets) == len(set(offsets)) == len(log.records)
+    one.close()
+    same.close()
+
+
+def test_talkstream_projector_on_another_database_exits_saying_why(make_system: Any) -> None:
+    """``talkstream projector`` started beside a deployment with another database URL exits
+    non-zero with an ERROR naming the problem and what to do, having written nothing; the
+    deployment's projector goes on projecting every request into its own database."""
+    system: System = make_system()
+    system.wait_ready()
+    first = [system.post(seed_params(f"a{i}@example.com"))[1]["request_id"] for i in range(3)]
+    system.wait_terminal(first)
+    other = system.root / "other.sqlite3"
+    env = {
+        **system.env,
+        "TALKSTREAM_DATABASE_URL": f"sqlite:///{other}",
+        "TALKSTREAM_WORKER_NAME": "elsewhere",
+        "TALKSTREAM_PROJECTOR_HTTP_PORT": str(free_port()),
+    }
+    system.spawn("stray", "projector", env=env)
+    stray = system.procs["stray"]
+    code = stray.wait(timeout=120)
+    said = (system.root / "stray.log").read_text(errors="replace")
+    assert code != 0, said[-3000:]
+    assert "ERROR streams.agents.projector projector refused: another projector of group" in said
+    assert "TALKSTREAM_DATABASE_URL" in said, said[-3000:]
+    assert ProjectionStore.from_url(f"sqlite:///{other}").counts() == (0, 0)
+    later = [system.post(seed_params(f"b{i}@example.com"))[1]["request_id"] for i in range(8)]
+    system.wait_terminal(first + later)
+
+
+def test_a_worker_whose_projector_writes_another_database_stops_saying_why(
+    make_system: Any,
+) -> None:
+    """With ``PROJECTOR=worker`` the projector is a task of the worker: a worker started with
+    another database than its group's projectors stops, non-zero, with the same ERROR."""
+    system: System = make_system(projector="worker")
+    system.wait_ready()
+    env = {
+        **system.env,
+        "TALKSTREAM_DATABASE_URL": f"sqlite:///{system.root / 'other.sqlite3'}",
+        "TALKSTREAM_WORKER_NAME": "elsewhere",
+        "TALKSTREAM_WORKER_HTTP_PORT": str(free_port()),
+    }
+    system.spawn("stray", "worker", env=env)
+    code = system.procs["stray"].wait(timeout=120)
+    said = (system.root / "stray.log").read_text(errors="replace")
+    assert code != 0, said[-3000:]
+    assert "ERROR streams.agents.projector projector refused: another projector of group" in said
+
+
+def test_a_workers_projector_child_on_another_database_is_refused_at_every_restart(
+    make_system: Any,
+) -> None:
+    """A worker started with another database (``PROJECTOR=process``): its projector child is
+    refused, started again, and refused again, each time with no partition (the coordinator
+    hands a static member its last assignment); the deployment's projection gets every
+    request, and the other database none."""
+    system: System = make_system()
+    system.wait_ready()
+    other = system.root / "other.sqlite3"
+    env = {
+        **system.env,
+        "TALKSTREAM_DATABASE_URL": f"sqlite:///{other}",
+        "TALKSTREAM_WORKER_NAME": "elsewhere",
+        "TALKSTREAM_WORKER_HTTP_PORT": str(free_port()),
+        "TALKSTREAM_PROJECTOR_HTTP_PORT": str(free_port()),
+    }
+    system.spawn("stray", "worker", env=env)
+    log = system.root / "stray.log"
+
+    def refused_twice() -> bool:
+        said = log.read_text(errors="replace") if log.exists() else ""
+        return said.count("projector refused: another projector of group") >= 2
+
+    wait_until(refused_twice, 120, what="the stray worker's projector refused twice")
+    assert "the projector process exited (1); starting it again" in log.read_text()
+    ids = [system.post(seed_params(f"c{i}@example.com"))[1]["request_id"] for i in range(8)]
+    system.wait_terminal(ids)
+    assert ProjectionStore.from_url(f"sqlite:///{other}").counts() == (0, 0)
