@@ -273,3 +273,37 @@ def snapshot(store: ProjectionStore) -> Snapshot:
         transition_rows(store.all_transitions()),
         ended_minutes(store),
     )
+
+
+# values longer than their columns (``VARCHAR(n)``), as events may carry them: a model name an
+# OpenAI-compatible server returned, an error's class, an email lower-casing lengthened, an
+# event written before the ingress bounded a field
+LONG_SITE = "s" * 300  # site: 200
+LONG_PERSON = f"{LONG_SITE}:{'e' * 400}@example.com"  # person: 600
+LONG_MODEL = "m" * 500  # model: 200
+LONG_ERROR = "E" * 300  # error_class: 200
+LONG_DUPLICATE = "d" * 300  # duplicate_of: 200
+
+
+def too_long_log(first_offset: int = 0) -> Log:
+    """A published request (``long-pub``), a failed one (``long-fail``) and one in flight
+    (``long-dup``, its events saying ``duplicate_of`` as a rejected duplicate's would) whose
+    every bounded value is longer than its column."""
+    log = Log(_next=dict.fromkeys(range(4), first_offset))
+    published = log.full("long-pub")
+    failed = log.received("long-fail", email="bob@example.com", at_ms=T0_MS + 1000)
+    log.failed(failed, at_ms=T0_MS + 1100)
+    log.received("long-dup", email="cy@example.com", at_ms=T0_MS + 2000)
+    stretched = {"site": LONG_SITE, "person": LONG_PERSON}
+    for i, item in enumerate(log.records):
+        e = item.event
+        update = dict(stretched)
+        if e.model is not None:
+            update["model"] = LONG_MODEL
+        if e.error_class is not None:
+            update["error_class"] = LONG_ERROR
+        if e.request_id == "long-dup":
+            update["duplicate_of"] = LONG_DUPLICATE
+        log.records[i] = item._replace(event=e.model_copy(update=update))
+    assert published.request_id == "long-pub"
+    return log

@@ -13,10 +13,11 @@ from sqlalchemy import Connection, Table
 
 from models.events import LifecycleEvent
 from models.lifecycle import TERMINAL, State
-from streams.projection.tables import Base, RequestRow, TransitionRow
+from streams.projection.tables import Base, EndedMinuteRow, RequestRow, TransitionRow
 
 _TRANSITIONS = Base.metadata.tables[TransitionRow.__tablename__]
 _REQUESTS = Base.metadata.tables[RequestRow.__tablename__]
+_ENDED = Base.metadata.tables[EndedMinuteRow.__tablename__]
 # every column of a request row, as a new row starts (the events fill them in)
 _EMPTY_ROW: dict[str, Any] = {c.name: None for c in _REQUESTS.columns} | {
     "terminal": False,
@@ -31,6 +32,45 @@ class Sourced(NamedTuple):  # a tuple: a replay makes one per event
     partition: int
     offset: int
     event: LifecycleEvent
+
+
+# a cut value ends with it: what the console and ``audit`` show was longer in the event
+CUT = "\u2026"
+
+
+def _bounds() -> tuple[tuple[str, int], ...]:
+    """The event's fields kept in a bounded column (``VARCHAR(n)``: PostgreSQL refuses a
+    longer value, SQLite keeps it), each with the least ``n`` of the columns named so."""
+    bounds: dict[str, int] = {}
+    for table in (_REQUESTS, _TRANSITIONS, _ENDED):
+        for column in table.columns:
+            length = getattr(column.type, "length", None)
+            if column.name in LifecycleEvent.model_fields and isinstance(length, int):
+                bounds[column.name] = min(length, bounds.get(column.name, length))
+    return tuple(sorted(bounds.items()))
+
+
+_BOUNDED = _bounds()
+
+
+def fitted(item: Sourced) -> Sourced:
+    """The event with each value longer than its column cut to it, ending with ``CUT``: the
+    ingress bounds what a webhook gives, but an OpenAI-compatible server's model name, an
+    error's class, an email that lower-casing lengthened, or an event written before a bound
+    was, may be longer. PostgreSQL refused such a row, and the projector retried its batch
+    forever, holding up every request behind it. ``ProjectionStore.apply`` cuts here, for the
+    live projector and a replay alike, before it looks anything up (a cut ``request_id``'s
+    row is found by the id as cut): both make the same rows. The ledger's ids (at most 65
+    characters), states and types are within theirs; a few ``len`` a record otherwise."""
+    e = item.event
+    long = {
+        name: value[: length - len(CUT)] + CUT
+        for name, length in _BOUNDED
+        if (value := getattr(e, name)) is not None and len(value) > length
+    }
+    if not long:
+        return item
+    return item._replace(event=e.model_copy(update=long))
 
 
 # when a request first reached a state: the column that keeps it

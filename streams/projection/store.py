@@ -44,6 +44,7 @@ from streams.projection.rows import (
     RowKey,
     Sourced,
     Writes,
+    fitted,
     fold,
     occurrence_of,
     request_values,
@@ -170,6 +171,7 @@ class ProjectionStore:
                 _record_offsets(connection, read)
             if not batch:
                 return 0
+            batch = [fitted(item) for item in batch]  # each value within its column
             sources = _applied_sources(connection, batch) if rebuilt is None else set()
             request_ids = sorted({s.event.request_id for s in batch})
             if rebuilt is not None:

@@ -52,7 +52,15 @@ from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
 from tests.functional.conftest import Answer, Served, exchange, make_settings, sent_until_closed
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
-from tests.projection_support import T0_MS, Log, mixed_log
+from tests.projection_support import (
+    LONG_ERROR,
+    LONG_MODEL,
+    LONG_SITE,
+    T0_MS,
+    Log,
+    mixed_log,
+    too_long_log,
+)
 
 TOKEN = "console-token-for-the-functional-tests"
 NOW_MS = T0_MS + 10 * 60_000
@@ -843,6 +851,26 @@ async def test_a_webhook_judged_at_once_took_no_time_though_its_event_time_is_ea
     assert re.findall(r'<td class="num">([^<]*)</td>', row) == ["0 ms", "0"]
     timeline = await signed_in.page("/request?id=late-lim")
     assert 'id="end-to-end">0 ms<' in timeline
+
+
+async def test_a_request_with_values_longer_than_their_columns_is_shown_with_them_cut(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """A model name, an error's class, a site longer than their columns: projected (PostgreSQL
+    refused the batch before, the projector stuck on it), cut to the column and ending with
+    "…", on both databases; listed under the site as cut, and shown on its page."""
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    log = too_long_log(first_offset=1000)  # offsets after the fixture's
+    assert store.apply(log.records) == len(log.records)
+    store.close()
+    site = LONG_SITE[:199] + "\u2026"
+    listed = await signed_in.page(f"/requests?site={quote(site)}")
+    assert sorted(re.findall(RID, listed)) == ["long-dup", "long-fail", "long-pub"]
+    published = await signed_in.page("/request?id=long-pub")
+    assert LONG_MODEL[:199] + "\u2026" in published and LONG_MODEL not in published
+    failed = await signed_in.page("/request?id=long-fail")
+    assert LONG_ERROR[:199] + "\u2026" in failed and LONG_ERROR not in failed
 
 
 async def test_a_failure_a_redrive_moved_past_is_labelled_an_earlier_error(

@@ -35,7 +35,20 @@ from tests.postgres import (  # noqa: F401  (fixtures)
     fresh_postgres_database,
     postgres_server,
 )
-from tests.projection_support import T0_MS, TOPIC, Log, mixed_log, snapshot, stored_requests
+from tests.projection_support import (
+    LONG_DUPLICATE,
+    LONG_ERROR,
+    LONG_MODEL,
+    LONG_PERSON,
+    LONG_SITE,
+    T0_MS,
+    TOPIC,
+    Log,
+    mixed_log,
+    snapshot,
+    stored_requests,
+    too_long_log,
+)
 
 V1_LIFECYCLE = Path(__file__).resolve().parents[1] / "fixtures" / "v1" / "lifecycle.json"
 
@@ -75,6 +88,40 @@ def test_a_published_request_shows_its_state_times_model_and_tokens(store: Proje
         "publishing",
         "published",
     ]
+
+
+def test_a_value_longer_than_its_column_is_cut_to_it_and_its_batch_is_projected(
+    store: ProjectionStore,
+):
+    """PostgreSQL refused a row with a value longer than its ``VARCHAR(n)`` column
+    (``StringDataRightTruncation``), and the projector retried the batch forever, holding up
+    every request behind it; SQLite kept the value whole. Each is cut to its column, ending
+    with "…", on both, and the same when the log is read again, or rebuilt from."""
+    log = too_long_log()
+    assert store.apply(log.records) == len(log.records)
+
+    def cut(value: str, length: int) -> str:
+        return value[: length - 1] + "\u2026"
+
+    site, person = cut(LONG_SITE, 200), cut(LONG_PERSON, 600)
+    published, failed, duplicate = (store.request(r) for r in ("long-pub", "long-fail", "long-dup"))
+    assert published is not None and failed is not None and duplicate is not None
+    assert (published.site, published.person, published.state) == (site, person, "published")
+    assert published.model == cut(LONG_MODEL, 200)
+    assert (failed.state, failed.error_class) == ("generation_failed", cut(LONG_ERROR, 200))
+    assert failed.error_message == "401 invalid key"  # TEXT: whole
+    assert duplicate.duplicate_of == cut(LONG_DUPLICATE, 200)
+    [failure] = [t for t in store.transitions("long-fail") if t.error_class is not None]
+    assert failure.error_class == cut(LONG_ERROR, 200)
+    assert {r.person for r in store.requests_of(person)} == {person}
+    with store.engine.connect() as connection:
+        ended = connection.execute(text("SELECT site, state, requests FROM ended_minutes"))
+        assert sorted(ended) == [
+            (site, "generation_failed", 1),
+            (site, "published", 1),
+        ]
+    # found again by the values it was written with; a rebuild (``replay``) writes the same
+    _same_again_and_rebuilt(store, log, snapshot(store))
 
 
 def test_a_text_cut_at_max_tokens_is_said_on_its_request_and_in_what_stats_reads(
