@@ -32,6 +32,12 @@ Source = tuple[str, int, int]  # a record's topic, partition and offset
 REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
+# how long an executor or the projector waits before it reads again a record whose letter Kafka
+# did not take (an error Kafka answers at once, an authorization refused, would otherwise have
+# the letter sent again without pause; one given up on has waited the request timeout already)
+LETTER_AGAIN_SECONDS = 1.0
+
+
 def refusal(what: str, size: int, topic: str, exc: BaseException) -> str:
     return (
         f"Kafka refused {what} ({size} bytes) for {topic}: {type(exc).__name__} (larger than "

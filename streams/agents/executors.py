@@ -53,7 +53,7 @@ from streams.agents.results import Results
 from streams.agents.work import Work
 from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
-from streams.runtime import Clock, DeadLetters, Topics
+from streams.runtime import LETTER_AGAIN_SECONDS, Clock, DeadLetters, Topics
 from streams.upstream.scheduler import Outcome, Scheduler
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,8 @@ class Executor:
             for record, command in taken:
                 await self._take(tp, record, command)
         await self.forwarding.send()
+        if again:  # (not sent again without pause)
+            await asyncio.sleep(LETTER_AGAIN_SECONDS)
 
     async def _decoded(
         self, batch: dict[TopicPartition, list[Any]]

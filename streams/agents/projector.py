@@ -51,7 +51,7 @@ from streams.observability import ProcessMetrics, WorkerMetrics, serve_or_log
 from streams.projection.engine import database_said, database_unusable
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
-from streams.runtime import DeadLetters, SystemClock, child_process
+from streams.runtime import LETTER_AGAIN_SECONDS, DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
 
@@ -175,6 +175,8 @@ class Projector:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+        if again:  # (not sent again without pause)
+            await asyncio.sleep(LETTER_AGAIN_SECONDS)
 
     async def _statistics(self) -> None:
         """Once a minute at most, between batches: SQLite's planner statistics gathered again
