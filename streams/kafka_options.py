@@ -216,8 +216,8 @@ class Withdrawn(KafkaError):  # type: ignore[misc]
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
     has given up on a record: the worker's (``streams.faust_transport``) and the ingress's
-    (``streams.ingress.KafkaSink``). (The projector's and ``talkstream redrive``'s end with the
-    failure.)
+    (``streams.ingress.KafkaSink``), and the projector's (which sends a dead letter Kafka gave up
+    on again). (``talkstream redrive``'s ends with the failure.)
 
     aiokafka fails a batch whose partition has had no leader for ``request_timeout_ms`` (a
     single broker stopped: its controlled shutdown publishes leader -1) without sending it, yet

@@ -5,16 +5,17 @@ publisher: [completions] → Talkable → PublicationAttempt{Succeeded,Failed} �
 
 Each reads its topic with a plain aiokafka consumer in its own group (static membership, so a
 restarted worker takes its partitions straight back) and **commits what it took before the work
-starts**: a command is called at most once per delivery, even across a crash, and a copy of
-one it took lately (the topic holding a command twice: ``streams.agents.called``) is not
-called. Each commit also notes (its mark, ``streams.agents.commits`` and
-``streams.agents.marks``) which run of this instance took the records and which of them are
-not reported yet (the oldest, and each of them while they are few). A command then waits in
-its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its
-call's result goes to [requests] (``streams.agents.results``). The topics are keyed by target,
-so all of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance
-moves a partition away, the commands of it that are still queued are handed back to the topic
-for the new owner (calls already running finish here, and the hand-over's mark lists them:
+starts**: a command is called at most once per delivery, even across a crash, and a copy of one
+it took lately (the topic holding a command twice: ``streams.agents.called``) is not called.
+Each commit also notes (its mark, ``streams.agents.commits`` and ``streams.agents.marks``)
+which run of this instance took the records and which of them are not reported yet (the oldest,
+and each of them while they are few). A record that does not decode is committed only once
+Kafka acknowledged its dead letter (``Executor._decoded``). A command then waits in its
+target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its call's
+result goes to [requests] (``streams.agents.results``). The topics are keyed by target, so all
+of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
+partition away, the commands of it that are still queued are handed back to the topic for the
+new owner (calls already running finish here, and the hand-over's mark lists them:
 ``streams.agents.handover``). A generator that knows a command's OpenAI organisation forwards
 it to the organisation's own partition when another executor owns that, so one executor paces
 each organisation: ``streams.agents.forwarding``.
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from streams.agents.called import CALLED_REMEMBERED, Called
 from streams.agents.commits import Commits
@@ -51,7 +53,7 @@ from streams.agents.results import Results
 from streams.agents.work import Work
 from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import WorkerMetrics
-from streams.runtime import Clock, DeadLetters, Topics
+from streams.runtime import LETTER_AGAIN_SECONDS, Clock, DeadLetters, Topics
 from streams.upstream.scheduler import Outcome, Scheduler
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,8 @@ class Executor:
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
         offsets = await self.lost.past_lost(batch)
-        offsets.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        commands, again = await self._decoded(batch)
+        offsets.update({tp: again.get(tp, rs[-1].offset + 1) for tp, rs in batch.items()})
         marks = self.commits.marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
             return
@@ -193,10 +196,47 @@ class Executor:
                         self.config.name, type(exc).__name__)  # fmt: skip
             return
         self.taken.update(offsets)
-        for tp, records in batch.items():
-            for record in records:
-                await self._take(tp, record)
+        for tp, offset in again.items():  # its letter not written: read again from it
+            with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
+                consumer.seek(tp, offset)
+        for tp, taken in commands.items():
+            for record, command in taken:
+                await self._take(tp, record, command)
         await self.forwarding.send()
+        if again:  # (not sent again without pause)
+            await asyncio.sleep(LETTER_AGAIN_SECONDS)
+
+    async def _decoded(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> tuple[dict[TopicPartition, list[tuple[Any, Any]]], dict[TopicPartition, int]]:
+        """The commands of ``batch``, with their records, by partition, before it is committed:
+        a record that does not decode is dead-lettered, its letter acknowledged, before its
+        offset is. If Kafka did not take a letter (no leader for longer than the producer's
+        request timeout), its partition is taken up to that record only, and read again from
+        it (returned: the offset of each such partition), so that it is lettered again: a
+        commit past it left it neither called nor in the dead-letter topic, for no operator to
+        see or redrive. (The letters of later records of the partition were not sent: each
+        record is written once Kafka took the one before.)"""
+        commands: dict[TopicPartition, list[tuple[Any, Any]]] = {}
+        again: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            taken = commands[tp] = []
+            for record in records:
+                try:
+                    command = await self._dead_letters.decoded(
+                        self._work.decode,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                    )
+                except Exception:  # not written (said by ``DeadLetters``): read again
+                    again[tp] = record.offset
+                    break
+                if command is not None:
+                    taken.append((record, command))
+        return commands, again
 
     async def stop(self, drain_s: float) -> None:
         """A graceful stop (the app's ``on_stop``, its producer still up) settles everything
@@ -231,17 +271,7 @@ class Executor:
                             "the next run to tell lost", self.config.name,
                             self.forwarding.held)  # fmt: skip
 
-    async def _take(self, tp: TopicPartition, record: Any) -> None:
-        command = await self._dead_letters.decoded(
-            self._work.decode,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-        )
-        if command is None:
-            return
+    async def _take(self, tp: TopicPartition, record: Any, command: Any) -> None:
         first = self._called.took(command.request_id, command.attempt, (tp, record.offset))
         if first is not None:  # a copy of a command taken before: its call is made, or queued
             log.info("%s: request_id=%s attempt=%s at offset %s of partition %s is a copy of "

@@ -4,8 +4,9 @@ those it gives up, and reads the marks of those it is given.
 An executor commits what it took before the work starts, so a partition's next owner would not
 see the commands this worker took and did not start: on a revoke (:meth:`HandOver.hand_back`)
 those still queued go back to the topic, in order, and the partition is committed with a mark
-that leaves nothing of this run's to tell lost but the calls still running here (they finish
-and report here; the mark lists them as running elsewhere, ``streams.agents.lost``). On an
+that leaves nothing of this run's to tell lost but the commands Kafka did not take back (told
+lost by the next owner) and the calls still running here (they finish and report here; the
+mark lists them as running elsewhere, ``streams.agents.lost``). On an
 assign (:meth:`HandOver.recover`) each partition's last mark says what another run took and did
 not report: read again and told to the ledger as lost, or carried on while its run still calls
 it. A stopping executor hands its queued commands back the same way (:meth:`HandOver.send_back`).
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from streams.agents.called import Called
 from streams.agents.commits import Commits
 from streams.agents.lost import LostWork
-from streams.agents.marks import Mark, Unreported
+from streams.agents.marks import Mark, Unreported, listed
 from streams.agents.results import NOT_HANDED_BACK, log_unsent
 from streams.kafka_options import committed_with_metadata
 from streams.runtime import Topics
@@ -86,34 +87,57 @@ class HandOver:
         their topic, in order, for the new owner (they were committed as taken, so it would
         not see them otherwise). Calls already running finish here and report."""
         jobs = self._scheduler.take_back(set(revoked))
-        unsent = {job.origin for job in await self.send_back(jobs)}
+        unsent = await self.send_back(jobs)
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
                      self._name, len(jobs))  # fmt: skip
         taken = self._commits.taken
-        # what the partitions' next owner finds: nothing of this run's to call lost now, and
-        # the calls still running here, with this run, as running elsewhere (they report; if
-        # this run leaves the group first, a crash, the owner tells the ledger they were lost).
-        # A partition with a command that could not be handed back keeps its last mark, which
-        # lists it as taken and not reported: the next owner tells the ledger it was lost
+        # what the partitions' next owner finds: nothing of this run's to call lost now but
+        # the commands that could not be handed back, and the calls still running here, with
+        # this run, as running elsewhere (they report; if this run leaves the group first, a
+        # crash, the owner tells the ledger they were lost)
         with contextlib.suppress(Exception):
-            await self._commits.commit(
-                consumer,
-                {
-                    tp: (
-                        taken[tp],
-                        self._commits.mark(taken[tp], (), self._lost.handing(tp, consumer)),
+            marks = {}
+            for tp in revoked:
+                if tp in taken and tp not in self._lost.reading:
+                    mark = self._handed_mark(
+                        tp, taken[tp], [job for job in unsent if job.origin == tp], consumer
                     )
-                    for tp in revoked
-                    if tp in taken and tp not in self._lost.reading and tp not in unsent
-                },
-            )
+                    if mark is not None:
+                        marks[tp] = (taken[tp], mark)
+            await self._commits.commit(consumer, marks)
         # the calls still running here stay listed: a rebalance revokes every partition and
         # may give this worker some of them back (``recover``), whose marks must then list
         # those calls again, or a crash before they end would lose them to their deadline
         for tp in revoked:
             self._commits.forget(tp)
             self._lost.forget(tp)
+
+    def _handed_mark(
+        self,
+        tp: TopicPartition,
+        at: int,
+        unsent: list[Job[Any]],
+        consumer: AIOKafkaConsumer | None,
+    ) -> Mark | None:
+        """The mark a revoked partition is handed over with: the commands of it that could not
+        be handed back, as taken and not reported (the next owner tells the ledger at once
+        that they were lost), and the calls running here as running elsewhere. It kept its
+        last mark whole when one command could not be handed back, which listed those handed
+        back fine too: the next owner told the ledger they were lost as well, and each was
+        re-issued as another attempt (an attempt spent, its call possibly billed twice, the
+        copy handed back called too). None (the last mark stays) when an unsent command's
+        offset is not known or they are too many to list."""
+        offsets = sorted(
+            {o for job in unsent for o in self._unreported.offsets(tp, job.key, job.attempt)}
+        )
+        if unsent and not offsets:
+            return None
+        lost = listed((o, o + 1) for o in offsets)
+        if lost is None:
+            return None
+        running = self._lost.handing(tp, consumer, but=set(offsets))
+        return self._commits.mark(offsets[0] if offsets else at, lost, running)
 
     async def recover(
         self, consumer: AIOKafkaConsumer | None, assigned: set[TopicPartition]

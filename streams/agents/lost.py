@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -111,12 +112,15 @@ class LostWork:
         self._told.pop(tp, None)
         self.elsewhere.carry(tp, ())
 
-    def handing(self, tp: TopicPartition, consumer: AIOKafkaConsumer | None) -> tuple[Running, ...]:
+    def handing(
+        self, tp: TopicPartition, consumer: AIOKafkaConsumer | None, but: Collection[int] = ()
+    ) -> tuple[Running, ...]:
         """What a hand-over's mark of ``tp`` lists as running elsewhere: what its marks listed
-        so, and this run's calls of it not reported (unless too many to list: their deadline
-        re-issues them if this run dies first; so do they if it is no member of the group
-        now, which then gives the partition over without it)."""
-        running, ranges = self.elsewhere.of(tp), self._unreported.ranges(tp)
+        so, and this run's calls of it not reported, but the offsets in ``but`` (commands it
+        could not hand back, which the mark lists as lost) (unless too many to list: their
+        deadline re-issues them if this run dies first; so do they if it is no member of the
+        group now, which then gives the partition over without it)."""
+        running, ranges = self.elsewhere.of(tp), self._unreported.ranges(tp, but=but)
         if not ranges and ranges is not None:
             return running
         member = member_id(consumer) if consumer is not None else ""

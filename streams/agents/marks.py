@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -96,6 +97,20 @@ def _ranges(listed: Any) -> Ranges:
     return tuple((int(a), int(b)) for a, b in listed)
 
 
+def listed(spans: Iterable[tuple[int, int]]) -> Ranges | None:
+    """Ascending half-open ``spans`` as a mark lists them (adjacent ones joined); None when
+    they make more than :data:`MARK_RANGES` ranges."""
+    ranges: list[list[int]] = []
+    for start, stop in spans:
+        if ranges and ranges[-1][1] == start:
+            ranges[-1][1] = stop
+        elif len(ranges) < MARK_RANGES:
+            ranges.append([start, stop])
+        else:
+            return None
+    return tuple((a, b) for a, b in ranges)
+
+
 class Unreported:
     """The offsets an executor took and has not reported, per partition in ascending order
     (the oldest first, even if a partition were read again from further back), and by request:
@@ -128,24 +143,28 @@ class Unreported:
         offsets = self._offsets.get(tp)
         return next(iter(offsets)) if offsets else otherwise
 
-    def ranges(self, tp: TopicPartition, taking: range = range(0)) -> Ranges | None:
-        """The offsets of ``tp`` not reported, and those being ``taking`` now, as ranges; None
-        when they are too many to list (a mark then names only the oldest)."""
-        offsets = self._offsets.get(tp, {})
+    def ranges(
+        self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
+    ) -> Ranges | None:
+        """The offsets of ``tp`` not reported (but those in ``but``), and those being
+        ``taking`` now, as ranges; None when they are too many to list (a mark then names
+        only the oldest)."""
+        offsets = [offset for offset in self._offsets.get(tp, {}) if offset not in but]
         if len(offsets) > MARK_OFFSETS:
             return None
         spans = [(offset, offset + 1) for offset in offsets]  # ascending
         if taking:
             spans.append((taking.start, taking.stop))
-        ranges: list[list[int]] = []
-        for start, stop in spans:
-            if ranges and ranges[-1][1] == start:
-                ranges[-1][1] = stop
-            elif len(ranges) < MARK_RANGES:
-                ranges.append([start, stop])
-            else:
-                return None
-        return tuple((a, b) for a, b in ranges)
+        return listed(spans)
+
+    def offsets(self, tp: TopicPartition, request_id: str, attempt: int) -> list[int]:
+        """The offsets of ``tp`` at which this run took ``request_id``'s ``attempt`` and has
+        not reported it."""
+        return [
+            offset
+            for taken_tp, offset, taken_attempt in self._requests.get(request_id, [])
+            if taken_tp == tp and taken_attempt == attempt and offset in self._offsets.get(tp, {})
+        ]
 
     def partitions(self) -> set[TopicPartition]:
         """The partitions with offsets not reported."""

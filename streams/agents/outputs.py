@@ -29,8 +29,6 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
-
 from models.events import (
     GenerateText,
     GenerationAttemptFailed,
@@ -40,7 +38,7 @@ from models.events import (
 )
 from models.ledger import Outcome, PersonState
 from streams.codecs import encode
-from streams.runtime import DeadLetters, Source, Topics
+from streams.runtime import REFUSED, DeadLetters, Source, Topics, refusal
 
 log = logging.getLogger("streams.agents.ledger")  # the ledger's lines, as before the split
 
@@ -57,10 +55,6 @@ NONE_SENT: frozenset[Identity] = frozenset()
 # the letter of a record that does not decode, and of one the rules failed on (a bug)
 UNDECODABLE: Identity = ("undecodable",)
 LEDGER_ERROR: Identity = ("ledger_error",)
-# what Kafka refuses a record for, however often it is sent: its size (aiokafka raises it from
-# ``send`` for a record over the producer's ``max_request_size``; the broker answers it for one
-# over the topic's ``max.message.bytes``)
-REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 # the error class a command Kafka refused ends its attempt with
 RECORD_TOO_LARGE = "RecordTooLarge"
 
@@ -240,13 +234,6 @@ async def handed(send: Awaitable[Awaitable[Any]]) -> Awaitable[Any]:
         return refused
 
 
-def refusal(what: str, size: int, topic: str, exc: BaseException) -> str:
-    return (
-        f"Kafka refused {what} ({size} bytes) for {topic}: {type(exc).__name__} (larger than "
-        "the topic's max.message.bytes or the producer's max_request_size)"
-    )
-
-
 class Emitter:
     """Sends what a decision produced: commands to the executors, lifecycle events, and the
     work given up on to the dead-letter topic; and what goes in place of one Kafka refused."""
@@ -390,7 +377,7 @@ class Emitter:
                 "value": None,
                 "reason": f"{letter['reason']} [value left out: {why}]",
             }
-            delivery = await handed(self._dead_letters.write(**lighter, counted=False))
+            delivery = await handed(self._dead_letters.write(**lighter))
             return delivery, nothing
 
         async def nothing(exc: BaseException) -> None:

@@ -9,7 +9,9 @@ the last batch read from it, all of whose records may have been dead-lettered), 
 the projection holds nothing of from its earliest offset: so nothing is skipped, a new or
 emptied database is filled from the log, and a record read twice is not applied twice (the
 store keeps the source offset of every row). The group's committed offsets are never where it
-starts: they say what some database took, not necessarily this one.
+starts: they say what some database took, not necessarily this one. A record that does not
+decode is recorded as read only once Kafka acknowledged its dead letter: if Kafka did not take
+the letter, the batch takes its partition up to that record, and reads it again from there.
 
 So the projectors of a group must write one database, and one writing another is refused
 before it takes a partition (``projector_group``): its ``run`` raises ``OtherDatabase``.
@@ -22,6 +24,7 @@ autovacuum keeps its own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -35,7 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.events import LifecycleEvent
@@ -47,6 +50,7 @@ from streams.agents.projector_group import (
 )
 from streams.codecs import decode
 from streams.kafka_options import (
+    IdempotentProducer,
     client_options,
     consumer_lag,
     group_consumer,
@@ -58,7 +62,7 @@ from streams.observability import ProcessMetrics, WorkerMetrics, serve_or_log
 from streams.projection.engine import database_identity, database_said, database_unusable
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
-from streams.runtime import DeadLetters, SystemClock, child_process
+from streams.runtime import LETTER_AGAIN_SECONDS, DeadLetters, SystemClock, child_process
 from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
 
@@ -160,19 +164,24 @@ class Projector:
 
     async def _project(self, consumer: AIOKafkaConsumer, taken: dict[TopicPartition, Any]) -> None:
         batch: list[Sourced] = []
-        for records in taken.values():
+        again: dict[TopicPartition, int] = {}  # where a letter Kafka did not take was
+        for tp, records in taken.items():
             for record in records:
-                event = await self._dead_letters.decoded(
-                    lambda raw: decode(LifecycleEvent, raw),
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                )
+                try:
+                    event = await self._dead_letters.decoded(
+                        lambda raw: decode(LifecycleEvent, raw),
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                    )
+                except Exception:  # not written (said by ``DeadLetters``): read again from it
+                    again[tp] = record.offset
+                    break
                 if event is not None:
                     batch.append(Sourced(record.topic, record.partition, record.offset, event))
-        offsets = {tp: records[-1].offset + 1 for tp, records in taken.items()}
+        offsets = {tp: again.get(tp, records[-1].offset + 1) for tp, records in taken.items()}
         read = {(tp.topic, tp.partition): o for tp, o in offsets.items()}
         recorded = {
             (tp.topic, tp.partition): self.recorded[tp] for tp in taken if tp in self.recorded
@@ -187,11 +196,16 @@ class Projector:
             return
         self.applied.update(offsets)
         self.recorded.update(offsets)
+        for tp, offset in again.items():  # its letter not written: read again from it
+            with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
+                consumer.seek(tp, offset)
         await self._statistics()
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+        if again:  # (not sent again without pause)
+            await asyncio.sleep(LETTER_AGAIN_SECONDS)
 
     async def _statistics(self) -> None:
         """Once a minute at most, between batches: SQLite's planner statistics gathered again
@@ -461,20 +475,23 @@ PR_SET_PDEATHSIG = 1
 
 
 class _Send:
-    """The dead-letter topic through a plain producer (what ``DeadLetters`` sends with)."""
+    """The dead-letter topic through the projector's own producer (what ``DeadLetters`` sends
+    with): the letter's delivery, which ``DeadLetters.decoded`` awaits."""
 
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
         self._producer, self._topic = producer, topic
 
     async def send(self, *, key: bytes | None, value: bytes) -> Any:
-        return await self._producer.send_and_wait(self._topic, value, key=key)
+        return await self._producer.send(self._topic, value, key=key)  # (its delivery)
 
 
 async def serve(settings: Settings) -> None:
     """Run the projector alone until cancelled: ``talkstream projector``, which is also the
     worker's child process when ``TALKSTREAM_PROJECTOR=process``."""
     store = ProjectionStore.from_url(settings.resolved_database_url, migrate_schema=False)
-    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
+    # a letter Kafka gave up on is sent again (``Projector._project``): under a new producer
+    # id, or the broker refused every later one as out of sequence
+    producer = IdempotentProducer(**client_options(settings))
     metrics = ProcessMetrics()  # served: its lag and its dead letters, nothing else
     http = None
     try:

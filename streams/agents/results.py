@@ -15,12 +15,12 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streams.agents.outputs import RECORD_TOO_LARGE, REFUSED, refusal
+from streams.agents.outputs import RECORD_TOO_LARGE
 from streams.agents.work import Work
 from streams.codecs import encode
 from streams.errors import UpstreamError
 from streams.kafka_options import GivenUp
-from streams.runtime import Clock, Topics
+from streams.runtime import REFUSED, Clock, Topics, refusal
 from streams.upstream.scheduler import Outcome
 
 log = logging.getLogger("streams.agents.executors")  # the executors' lines, as before the split

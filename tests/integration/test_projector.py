@@ -43,13 +43,16 @@ PARTITIONS = 2
 
 
 class _Letters:
-    """The dead-letter topic's stand-in for this test: none are expected."""
+    """The dead-letter topic's stand-in for these tests: what was sent to it."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes | None, bytes]] = []
 
-    async def send(self, *, key: bytes | None, value: bytes) -> None:
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[None]:
         self.sent.append((key, value))
+        delivery = asyncio.get_running_loop().create_future()  # acknowledged at once
+        delivery.set_result(None)
+        return delivery
 
 
 async def _produce(bootstrap: str, records: list[Sourced]) -> None:

@@ -307,12 +307,12 @@ class Committing:
         self.commits.append(offsets)
 
 
-def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mark() -> None:
+def test_a_partition_whose_queued_command_could_not_be_handed_back_marks_it_lost() -> None:
     """A rebalance takes two partitions away while a command of each waits in its queue: the
     one handed back is the new owner's to take, so its partition is committed as leaving
-    nothing to tell; the other, which Kafka did not take back, stays as the last commit marked
-    it (taken, not reported), and the new owner tells the ledger it was lost at once, rather
-    than leave it to its deadline (a rebalance no longer shortens that)."""
+    nothing to tell; the other, which Kafka did not take back, is committed marked as taken
+    and not reported, and the new owner tells the ledger it was lost at once, rather than
+    leave it to its deadline (a rebalance no longer shortens that)."""
     generate = Generate_(refused={b"k-lost"})
     jobs: list[Any] = []
     queue = SimpleNamespace(take_back=lambda origins: jobs)
@@ -328,7 +328,45 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_keeps_its_mar
         )
     asyncio.run(executor.handover.hand_back(executor.consumer, {TP, OTHER}))
     assert generate.sent == [b"k-back"]
-    assert consumer.commits == [{TP: (4, executor.commits.mark(4, ()).encode())}]  # OTHER's stays
+    assert consumer.commits == [
+        {
+            TP: (4, executor.commits.mark(4, ()).encode()),
+            OTHER: (8, executor.commits.mark(7, ((7, 8),)).encode()),  # told lost
+        }
+    ]
+
+
+def test_a_hand_over_marks_lost_only_the_commands_that_could_not_be_handed_back() -> None:
+    """One of a partition's queued commands could not be handed back at a revoke: the
+    partition kept its whole last mark, which listed the commands handed back fine as taken
+    and not reported too, so its next owner told the ledger they were lost as well, and each
+    was re-issued as another attempt (an attempt spent, the copy handed back called too: a
+    call billed twice). The hand-over's mark lists as lost only the one Kafka did not take,
+    and the call still running here as running elsewhere, as any hand-over does."""
+    generate = Generate_(refused={b"k-lost"})
+    jobs: list[Any] = []
+    queue = SimpleNamespace(take_back=lambda origins: jobs)
+    executor = generator(Requests(), generate=generate, scheduler=queue)
+    consumer = Committing()
+    consumer._coordinator = SimpleNamespace(member_id="worker-generator-7")  # type: ignore[attr-defined]
+    executor.consumer = consumer  # type: ignore[assignment]
+    executor.taken[TP] = 9
+    executor._unreported.took(TP, 4, "running", 1)  # called here, not reported yet
+    for offset, name in ((5, "back"), (6, "lost"), (7, "also-back")):
+        executor._unreported.took(TP, offset, name, 1)
+        jobs.append(
+            SimpleNamespace(key=name, attempt=1, origin=TP, record=(f"k-{name}".encode(), b"v"))
+        )
+    last = executor.commits.marked[TP] = executor.commits.mark(4, ((4, 8),))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
+    assert generate.sent == [b"k-back", b"k-also-back"]
+    # what the next owner reads: the hand-over's commit, or the last one before it
+    found = [Mark.parse(offsets[TP][1]) for offsets in consumer.commits if TP in offsets]
+    handed = found[-1] if found else last
+    assert handed is not None
+    assert [o for o in range(4, 9) if handed.lost(o)] == [6], "only the one not handed back"
+    [running] = handed.running
+    assert (running.run, running.offsets) == (executor.run_id, ((4, 5),))
 
 
 def test_a_mark_lists_the_calls_running_elsewhere_within_the_brokers_limit() -> None:
