@@ -59,6 +59,7 @@ from streams.kafka_options import (
 from streams.ops.audit import FAILED
 from streams.ops.replay import partitions_of
 from streams.settings import Settings
+from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +249,17 @@ async def redrive(
                     else:
                         moved.setdefault(tp, []).append(record.offset)
         latest = _latest_attempts(sends, parkings, report)
+        requests, person_of = settings.topic("requests"), partition_of(settings.partitions)
         for send in _remembered(_still_parked(latest, states, report), now_ms(), report):
             if not dry_run:
-                await producer.send_and_wait(send.topic, value=send.value, key=send.key)
+                # a person's partition of [requests] by the count the topics were created with
+                # (the ledger's), not the broker's: see partition_of
+                partition = (
+                    person_of(send.key) if send.topic == requests and send.key is not None else None
+                )
+                await producer.send_and_wait(
+                    send.topic, value=send.value, key=send.key, partition=partition
+                )
             dry = " (dry run)" if dry_run else ""
             log.info("redrive %s%s reason=%s", send.what, dry, send.shown.reason)
             report.redriven.append(send.shown)
