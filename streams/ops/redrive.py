@@ -147,6 +147,16 @@ class Parking:
         return f"{_STAGES[self.rank]} attempt {self.attempt}"
 
 
+async def _write(producer: AIOKafkaProducer, settings: Settings, send: _Send) -> None:
+    """``send`` written, acknowledged; one for [requests] to its person's partition among the
+    count the topics were created with (the ledger's), never among those the topic has now
+    (:func:`~streams.topics.partition_of`); one for another topic where Kafka puts it."""
+    partition = None
+    if send.topic == settings.topic("requests") and send.key is not None:
+        partition = partition_of(settings.partitions)(send.key)
+    await producer.send_and_wait(send.topic, value=send.value, key=send.key, partition=partition)
+
+
 @dataclass(frozen=True)
 class _Send:
     topic: str
@@ -249,17 +259,9 @@ async def redrive(
                     else:
                         moved.setdefault(tp, []).append(record.offset)
         latest = _latest_attempts(sends, parkings, report)
-        requests, person_of = settings.topic("requests"), partition_of(settings.partitions)
         for send in _remembered(_still_parked(latest, states, report), now_ms(), report):
             if not dry_run:
-                # a person's partition of [requests] by the count the topics were created with
-                # (the ledger's), not the broker's: see partition_of
-                partition = (
-                    person_of(send.key) if send.topic == requests and send.key is not None else None
-                )
-                await producer.send_and_wait(
-                    send.topic, value=send.value, key=send.key, partition=partition
-                )
+                await _write(producer, settings, send)
             dry = " (dry run)" if dry_run else ""
             log.info("redrive %s%s reason=%s", send.what, dry, send.shown.reason)
             report.redriven.append(send.shown)
