@@ -174,8 +174,11 @@ def _topics(app: faust.App, settings: Settings) -> Topics:
         spec = BY_NAME[name]
         return app.topic(spec.full_name(settings), partitions=settings.partitions, **RAW)
 
+    requests = topic("requests")
+    # by the count the topics were created with, never the broker's: see partition_of
+    requests.partition_of = topics_module.partition_of(settings.partitions)
     return Topics(
-        requests=topic("requests"),
+        requests=requests,
         generate=topic("generate"),
         completions=topic("completions"),
         lifecycle=topic("lifecycle"),

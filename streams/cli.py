@@ -540,6 +540,7 @@ def ingress(log_format: str | None) -> None:
             client_options(settings),
             stall_seconds=settings.kafka_stall_seconds,
             ledger_changelog=settings.topic(f"{LEDGER_TABLE}-changelog"),
+            partitions=settings.partitions,
         )
         built = build_ingress(settings, sink, secrets)
         heap.settle()

@@ -326,6 +326,10 @@ def _set_fetching(consumer: Any, tps: set[TP], fetching: bool) -> None:
         consumer.pause(*assigned)
 
 
+# what a record may carry and still go to aiokafka's producer as it is (see :class:`Topic`)
+_AS_IS = ("force", "partition")
+
+
 class Topic(faust.Topic):
     """The app's ``Topic`` class (see ``streams.app``): records sent without faust's detours.
 
@@ -335,22 +339,35 @@ class Topic(faust.Topic):
     three turns, and the sender waited out everything else the loop had ready each time. A
     started producer is taken as it is.
 
-    And a record of bytes with nothing else (no partition, headers, schema or callback: every
-    record the agents send) goes to aiokafka's producer as it is: faust wraps each in a future
+    And a record of bytes with nothing else but its partition (no headers, schema or callback:
+    every record the agents send) goes to aiokafka's producer as it is: faust wraps each in a future
     message, reports it to its sensors and resolves that future from aiokafka's, which took as
     much of the worker's CPU as aiokafka's own send. What is awaited is aiokafka's delivery.
+
+    A topic given ``partition_of`` ([requests]: :func:`streams.topics.partition_of` over the
+    count the topics were created with) sends every keyed record to the partition it names,
+    not the one the producer's partitioner would pick over the partitions the broker has now:
+    partitions added to the topic stay empty (no ledger keeps state there).
     """
 
+    partition_of: Callable[[bytes], int] | None = None
+
     async def send(self, *, key: Any = None, value: Any = None, **options: Any) -> Any:
+        if options.get("partition") is None and isinstance(key, bytes) and self.partition_of:
+            options["partition"] = self.partition_of(key)
         producer = self._started_producer()
         if (
             producer is not None
             and isinstance(value, bytes)
             and (key is None or isinstance(key, bytes))
-            and all(option is None for name, option in options.items() if name != "force")
+            and all(option is None for name, option in options.items() if name not in _AS_IS)
             and not self.app._attachments.enabled  # type: ignore[attr-defined]
         ):
-            return await producer._ensure_producer().send(self.get_topic_name(), value, key=key)
+            partition = options.get("partition")
+            chosen = {} if partition is None else {"partition": partition}
+            return await producer._ensure_producer().send(
+                self.get_topic_name(), value, key=key, **chosen
+            )
         return await super().send(key=key, value=value, **options)
 
     async def publish_message(self, fut: FutureMessage, wait: bool = False) -> Any:

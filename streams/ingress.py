@@ -62,6 +62,7 @@ from streams.refusals import CODINGS, EXPECTATION, REFUSED, refusal, refusals
 from streams.refusals import body as error_body
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
+from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,12 @@ class KafkaSink:
         timeout: float = 10.0,
         stall_seconds: float = 5.0,
         ledger_changelog: str | None = None,
+        partitions: int | None = None,
     ) -> None:
         self._options = options
+        # a record's partition, by the count the topics were created with (the ledger's):
+        # never the producer's pick over the partitions the broker has now (see partition_of)
+        self._partition_of = partition_of(partitions) if partitions else None
         self._timeout = timeout
         self._stall_seconds = stall_seconds
         self._changelog = ledger_changelog  # what the ledger reads by: as many partitions
@@ -222,8 +227,9 @@ class KafkaSink:
         split = self.split(producer, topic)
         if split is not None:
             raise BrokerUnavailable(f"{split}; nothing was sent")
+        partition = self._partition_of(key) if self._partition_of else None
         try:
-            delivery = await producer.send(topic, value=value, key=key)
+            delivery = await producer.send(topic, value=value, key=key, partition=partition)
         except TOO_LARGE as exc:  # over the producer's max_request_size
             limit = producer._max_request_size
             raise RecordTooLarge(
@@ -244,7 +250,7 @@ class KafkaSink:
                     await delivery  # the definitive outcome: acknowledged, or an error
                     return
                 except IN_DOUBT:  # given up for want of a leader: perhaps written
-                    delivery = await self._again(producer, topic, key, value)
+                    delivery = await self._again(producer, topic, key, value, partition)
                 except TOO_LARGE as exc:  # over the topic's max.message.bytes: not written
                     limit = await _topic_limit(producer.client, topic)
                     raise RecordTooLarge(
@@ -261,7 +267,12 @@ class KafkaSink:
             del self._pending[ticket]
 
     async def _again(
-        self, producer: IdempotentProducer, topic: str, key: bytes, value: bytes
+        self,
+        producer: IdempotentProducer,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int | None,
     ) -> asyncio.Future[Any]:
         """A record that may be written handed to the producer again (under the new producer
         id it has taken), once it takes it: while Kafka is down it may refuse to (no metadata,
@@ -269,7 +280,7 @@ class KafkaSink:
         log.warning("ingress sends again a record Kafka gave up for want of a leader")
         while True:
             try:
-                return await producer.send(topic, value=value, key=key)
+                return await producer.send(topic, value=value, key=key, partition=partition)
             except ProducerClosed:
                 raise
             except KafkaError:

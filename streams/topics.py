@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -19,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.metadata import MetadataRequest
 
 from models.events import (
@@ -225,14 +226,27 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
     )
 
 
+def partition_of(partitions: int) -> Callable[[bytes], int]:
+    """A person's partition of [requests], as every producer of it maps the key: Kafka's
+    default partitioner over ``partitions``, the count the topics were created with
+    (``TALKSTREAM_PARTITIONS``, the ledger's changelog's), never the count the broker has now.
+    Every record of [requests] is written to the partition this names (the ingress's, the
+    executors' results, lost-work reports, deadline signals, redrive), so that partitions added
+    to the topic since (``kafka-topics.sh --alter``) stay empty and a person's records keep
+    meeting the ledger state of that person."""
+    every = list(range(partitions))
+    partitioner = DefaultPartitioner()
+    return lambda key: int(partitioner(key, every, every))
+
+
 def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     """What to say when faust gave this worker partitions past the count its topics were
     created with (``partitions``, checked at start): some were added to [requests] (or to the
     ledger's changelog) since (``kafka-topics.sh --alter``), which its consumer takes at its
-    next rebalance. No ledger keeps the state of a person there, and a record landing on one of
-    [requests] (an executor's result keyed by person, a webhook written before the ingress
-    noticed) stops the worker reading it (faust: ``Unrecognized partition``) and each worker it
-    moves to next. None when every assigned partition is one of the count."""
+    next rebalance. No ledger keeps the state of a person there; talkstream writes nothing there
+    (:func:`partition_of`), but a record another producer writes to one of [requests] stops the
+    worker reading it (faust: ``Unrecognized partition``) and each worker it moves to next.
+    None when every assigned partition is one of the count."""
     past: dict[str, list[int]] = {}
     for tp in assigned:
         if tp.partition >= partitions:

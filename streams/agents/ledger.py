@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -49,6 +48,7 @@ from streams.gaps import GapRepair, ReadRange, Record
 from streams.kafka_options import sending_now, withdraw
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Source, Topics
+from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -505,13 +505,6 @@ class Ledger:
                 key=expired.person.encode(), value=encode(expired)
             )
             delivery.add_done_callback(functools.partial(self._due.delivered, expired))
-
-
-def partition_of(partitions: int) -> Callable[[bytes], int]:
-    """A person's partition of [requests], as every producer of it maps the key."""
-    every = list(range(partitions))
-    partitioner = DefaultPartitioner()
-    return lambda key: int(partitioner(key, every, every))
 
 
 @contextlib.contextmanager

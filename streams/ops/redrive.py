@@ -59,6 +59,7 @@ from streams.kafka_options import (
 from streams.ops.audit import FAILED
 from streams.ops.replay import partitions_of
 from streams.settings import Settings
+from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,16 @@ class Parking:
 
     def __str__(self) -> str:
         return f"{_STAGES[self.rank]} attempt {self.attempt}"
+
+
+async def _write(producer: AIOKafkaProducer, settings: Settings, send: _Send) -> None:
+    """``send`` written, acknowledged; one for [requests] to its person's partition among the
+    count the topics were created with (the ledger's), never among those the topic has now
+    (:func:`~streams.topics.partition_of`); one for another topic where Kafka puts it."""
+    partition = None
+    if send.topic == settings.topic("requests") and send.key is not None:
+        partition = partition_of(settings.partitions)(send.key)
+    await producer.send_and_wait(send.topic, value=send.value, key=send.key, partition=partition)
 
 
 @dataclass(frozen=True)
@@ -250,7 +261,7 @@ async def redrive(
         latest = _latest_attempts(sends, parkings, report)
         for send in _remembered(_still_parked(latest, states, report), now_ms(), report):
             if not dry_run:
-                await producer.send_and_wait(send.topic, value=send.value, key=send.key)
+                await _write(producer, settings, send)
             dry = " (dry run)" if dry_run else ""
             log.info("redrive %s%s reason=%s", send.what, dry, send.shown.reason)
             report.redriven.append(send.shown)

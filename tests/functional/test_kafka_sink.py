@@ -27,11 +27,13 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 import streams.ingress as ingress
 from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
 from streams.kafka_options import IdempotentProducer
+from streams.topics import partition_of
 
 
 class AsTheBrokerSeesIt(AIOKafkaProducer):
@@ -48,6 +50,8 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.handed: list[bytes] = []  # every record handed over, tries again included
+        self.partitions: list[int] = []  # the partition of each handed over
+        self.partitions_now = list(range(10))  # the topic's in the broker's metadata
         self.written: list[tuple[int, bytes]] = []  # (producer id, value), as the broker has them
         self.give_up: KafkaError | None = None
         self.written_anyway = False
@@ -62,13 +66,18 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
     async def start(self) -> None:
         self._txn_manager.set_pid_and_epoch(next(self._ids), 0)
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]:
         if self.reachable is not None and not self.reachable.is_set():
             self.refused_sends += 1
             if self.refused_sends > 1:
                 self.tried_again.set()
             raise KafkaTimeoutError()
         self.handed.append(value)
+        if partition is None:  # aiokafka's pick: over the partitions the topic has now
+            partition = DefaultPartitioner()(key, self.partitions_now, self.partitions_now)
+        self.partitions.append(partition)
         loop = asyncio.get_running_loop()
         delivery: asyncio.Future[Any] = loop.create_future()
         loop.call_soon(self._answer, TopicPartition(topic, 0), value, delivery)
@@ -147,6 +156,26 @@ async def test_a_record_given_up_for_want_of_a_leader_is_sent_again_under_a_new_
     assert producer.written == [*copy, (2, b"first"), (2, b"second"), (2, b"third")]
     await sink.close()
     assert producer._closed
+
+
+async def test_a_record_goes_to_the_partition_of_the_count_the_topics_were_created_with(
+    made: list[AsTheBrokerSeesIt],
+) -> None:
+    """The topic has 10 partitions now (2 added since it was created with 8): a webhook goes
+    where the ledger keeps the person's state, as every other record of [requests], and so does
+    a record sent again after Kafka gave it up; the added partitions stay empty."""
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"}, partitions=8)
+    await sink._started()
+    [producer] = made
+    people = [f"acme:{n}@example.com".encode() for n in range(40)]
+    for person in people:
+        await sink.send("t-requests", person, b"{}")
+    producer.give_up = LeaderNotAvailableError()
+    await sink.send("t-requests", people[2], b"again")  # given up, sent again: the same one
+    expected = [partition_of(8)(person) for person in people]
+    assert producer.partitions == [*expected, expected[2], expected[2]]
+    assert max(producer.partitions) < 8
+    await sink.close()
 
 
 async def test_a_record_refused_is_a_503_and_the_next_is_written_under_a_new_producer_id(

@@ -20,12 +20,15 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, Message
 
-from streams.app import RAW
+from streams.app import RAW, _topics
 from streams.faust_transport import NOT_TAKEN, App, Stream, Table, Topic
 from streams.kafka_options import GivenUp
 from streams.logs import REPEATED
+from streams.settings import Settings
+from streams.topics import partition_of
 
 
 class Recording:
@@ -103,10 +106,61 @@ async def test_a_record_of_bytes_goes_to_aiokafka_as_it_is() -> None:
     assert sensor.initiated == 0  # not through faust's future message and its sensors
 
 
+async def test_a_record_of_bytes_with_its_partition_goes_to_aiokafka_as_it_is() -> None:
+    producer, sensor = Started(), Counting()
+    topic = app_with(producer, sensor).topic("t-faust-app-requests", **RAW)
+    await topic.send(key=b"acme:ann", value=b"{}", partition=2)  # a gap probe's, say
+    assert producer.aiokafka.sent == [
+        ("t-faust-app-requests", b"{}", {"key": b"acme:ann", "partition": 2})
+    ]
+    assert sensor.initiated == 0
+
+
+class Partitioning(Recording):
+    """aiokafka's producer whose metadata of the topic shows ``partitions`` (more than the
+    topics were created with: some were added since), choosing a record's partition as
+    aiokafka does: the one given, else its default partitioner's over those it knows now."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__()
+        self.now = list(range(partitions))
+
+    async def send(self, topic: str, value: Any, **options: Any) -> asyncio.Future[str]:
+        chosen = options.get("partition")
+        if chosen is None:
+            chosen = DefaultPartitioner()(options["key"], self.now, self.now)
+        return await super().send(topic, value, **{**options, "partition": chosen})
+
+
+@pytest.mark.parametrize("way", ["as it is", "faust's way"])
+async def test_requests_records_go_to_the_partition_of_the_count_the_topics_were_created_with(
+    way: str,
+) -> None:
+    """Partitions added to [requests] stay empty: a record of a person goes where the ledger
+    keeps that person's state (``partition_of`` over the configured count, as the ingress and
+    redrive write), not where Kafka's partitioner over the topic's partitions now would."""
+    aiokafka = Partitioning(10)
+    app = app_with(Started(aiokafka), Counting())
+    topics = _topics(app, Settings(partitions=8))  # the app's topics, as the worker's
+    requests = topics.requests
+    people = [f"acme:{n}@example.com".encode() for n in range(40)]
+    extra = {} if way == "as it is" else {"headers": {"h": b"v"}}
+    for person in people:
+        await requests.send(key=person, value=b"{}", **extra)
+    chosen = [options["partition"] for _, _, options in aiokafka.sent]
+    assert chosen == [partition_of(8)(person) for person in people]
+    assert max(chosen) < 8
+    # the catch: the broker's count would have moved people, some to the added partitions
+    moved = [DefaultPartitioner()(person, aiokafka.now, aiokafka.now) for person in people]
+    assert moved != chosen and max(moved) >= 8
+    # the other topics are keyed otherwise, and their partitions are Kafka's to choose
+    assert [topics.generate.partition_of, topics.completions.partition_of] == [None, None]
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"partition": 2}, {"headers": {"h": b"v"}}, {"value": "text, not bytes"}],
-    ids=["a partition", "headers", "a value to serialize"],
+    [{"headers": {"h": b"v"}}, {"value": "text, not bytes"}],
+    ids=["headers", "a value to serialize"],
 )
 async def test_anything_else_takes_fausts_way(options: dict[str, Any]) -> None:
     producer, sensor = Started(), Counting()
@@ -118,15 +172,17 @@ async def test_anything_else_takes_fausts_way(options: dict[str, Any]) -> None:
 
 
 async def sent_fausts_way_and_not_taken(error: KafkaError) -> list[BaseException | None]:
-    """A record with a partition (its caller awaits the delivery faust's ``send`` returns) and
-    two of a table's changelog (faust's producer buffer publishes the future message
+    """A record with a partition and headers (its caller awaits the delivery faust's ``send``
+    returns) and two of a table's changelog (faust's producer buffer publishes the future message
     ``send_soon`` made: one awaited, and one kept by nobody, as a table keeps them), sent
     faust's way, none taken by Kafka: what the sender and the waiter learn. Returns with
     nothing of the records referenced."""
     app = app_with(Started(Failing(error)), Counting())
     requests = app.topic("t-faust-app-requests", **RAW)
     changelog = app.topic("t-faust-app-ledger-changelog", **RAW)
-    delivery: Any = await requests.send(key=b"acme:ann", value=b"{}", partition=2)
+    delivery: Any = await requests.send(
+        key=b"acme:ann", value=b"{}", partition=2, headers={"h": b"v"}
+    )
     for partition in (1, 3):  # as faust's buffer does
         written = changelog.as_future_message(key=b"acme:ann", value=b"{}", partition=partition)
         await changelog.publish_message(written, wait=False)

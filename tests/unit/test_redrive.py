@@ -807,3 +807,55 @@ def test_the_redrive_command_says_which_letters_do_not_decode_and_that_they_stay
         "1 letter of a record that does not decode is not redriven: fix the producer; it stays"
         " in the dead-letter topic"
     )
+
+
+def test_a_redrive_writes_to_the_persons_partition_of_the_count_the_topics_were_created_with() -> (
+    None
+):
+    """Partitions added to [requests] since (the producer's metadata shows 10, the topics were
+    created with 8): the redrive goes where the ledger keeps the person's state, not where
+    Kafka's partitioner over the 10 would put it; a record of another topic where Kafka puts it."""
+    import asyncio
+    from typing import Any
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.ops.redrive import Redriven, _write
+    from streams.topics import partition_of
+
+    class Producer:
+        """aiokafka's producer over a topic of 10 partitions: a record's partition is the one
+        given, else its default partitioner's over the 10."""
+
+        def __init__(self) -> None:
+            self.written: list[tuple[str, bytes | None, int]] = []
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes, **options: Any) -> None:
+            partition = options.get("partition")
+            if partition is None:
+                partition = DefaultPartitioner()(key, list(range(10)), list(range(10)))
+            self.written.append((topic, key, partition))
+
+    settings = Settings(app_id="t", partitions=8)
+    people = [f"acme:{n}@example.com".encode() for n in range(40)]
+
+    def send(topic: str, key: bytes) -> _Send:
+        shown = Redriven("req-1 → the ledger", "why", "t-completions", -1, -1, request_id="req-1")
+        return _Send(settings.topic(topic), key, b"v", T0, "req-1", shown)
+
+    producer = Producer()
+
+    async def redrive_all() -> None:
+        for person in people:
+            await _write(producer, settings, send("requests", person))  # type: ignore[arg-type]
+        await _write(producer, settings, send("generate", b"fp"))  # type: ignore[arg-type]
+
+    asyncio.run(redrive_all())
+    assert producer.written[:-1] == [
+        ("t-requests", person, partition_of(8)(person)) for person in people
+    ]
+    assert producer.written[-1] == (
+        "t-generate",
+        b"fp",
+        DefaultPartitioner()(b"fp", list(range(10)), list(range(10))),
+    )
