@@ -71,10 +71,14 @@ def _log(first: int, people: int, log: Log) -> None:
         log.full(f"req-{i:03d}", email=f"p{i}@example.com", at_ms=T0_MS + i * 1000)
 
 
-def _topic(kafka: EmbeddedKafka) -> str:
+def _seeded(kafka: EmbeddedKafka) -> tuple[str, Log]:
+    """A lifecycle topic of its own, holding the log of 20 people's requests."""
     topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
     asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
-    return topic
+    log = Log(partitions=PARTITIONS)
+    _log(0, 20, log)
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+    return topic, log
 
 
 async def _refused(projector: Projector, task: asyncio.Task[None]) -> str:
@@ -91,12 +95,9 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
     """The second projector of a group, on another SQLite file, stops with an error naming the
     problem and what to do; it projected nothing, and the first keeps every partition: what is
     produced afterwards is all in the group's database."""
-    topic = _topic(kafka)
+    topic, log = _seeded(kafka)
     group_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
     other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
-    log = Log(partitions=PARTITIONS)
-    _log(0, 20, log)
-    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", group_db)
@@ -128,13 +129,10 @@ def test_a_projector_started_again_on_another_database_within_its_session_is_ref
     static member id: the coordinator gives it its partitions back with no rebalance) on
     another database, is refused before it takes anything, and its partitions go to the
     group's other projector."""
-    topic = _topic(kafka)
+    topic, log = _seeded(kafka)
     url = f"sqlite:///{tmp_path / 'group.sqlite3'}"
     group_db, group_db_too = ProjectionStore.from_url(url), ProjectionStore.from_url(url)
     other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
-    log = Log(partitions=PARTITIONS)
-    _log(0, 20, log)
-    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", group_db)
@@ -169,13 +167,10 @@ def test_a_projector_refused_before_joins_once_the_group_moved_to_its_database(
     one too, it is started again within its session (the coordinator hands it its last,
     refused, assignment with no rebalance) and is not refused: the group rebalances and it
     shares the partitions."""
-    topic = _topic(kafka)
+    topic, log = _seeded(kafka)
     old_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'old.sqlite3'}")
     new_url = f"sqlite:///{tmp_path / 'new.sqlite3'}"
     new_db, new_db_too = ProjectionStore.from_url(new_url), ProjectionStore.from_url(new_url)
-    log = Log(partitions=PARTITIONS)
-    _log(0, 20, log)
-    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", old_db)
@@ -204,13 +199,10 @@ def test_projectors_on_one_database_share_the_partitions(
 ) -> None:
     """Two projectors of a group on one SQLite file, named by two URLs (one through another
     directory), both hold partitions, neither is refused, and every record is projected once."""
-    topic = _topic(kafka)
+    topic, log = _seeded(kafka)
     (tmp_path / "elsewhere").mkdir()
     one = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
     same = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'elsewhere' / '..' / 'group.sqlite3'}")
-    log = Log(partitions=PARTITIONS)
-    _log(0, 20, log)
-    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", one)
