@@ -262,7 +262,12 @@ class Projector:
         consumer.pause(*assigned)
         held_back = False
         try:
-            held_back = await self._other_database(consumer)
+            # only until it has projected: from then on its database is the group's (the
+            # leader's assignor says so), and a member it sees on another database is the
+            # one refused. A projector that had projected and held its partitions back
+            # too, reading a refused member's assignment of before the rebalance, had the
+            # group rebalance again and again, neither ever assigned (one run in ten)
+            held_back = not self._projected and await self._other_database(consumer)
             if held_back:
                 return  # left paused: nothing of them is taken before the leader decides
             self._projected = True

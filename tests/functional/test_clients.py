@@ -4,6 +4,7 @@ answer classified (what the scheduler and the ledger act on), keys never in a me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -54,6 +55,22 @@ async def talkable(tk: StandinHandle[TalkableStandinConfig]) -> AsyncIterator[Ta
     client = TalkableClient(tk.url, timeout=10)
     yield client
     await client.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(routes: dict[str, Any]) -> AsyncIterator[str]:
+    """An HTTP server on a free port answering a POST to each path with its handler: its base
+    URL, while the block runs."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def failure_at(base: str) -> GenerationError:
@@ -932,14 +949,8 @@ async def test_a_call_that_got_no_answer_says_whether_it_timed_out_or_never_conn
         await released.wait()
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/dropped/v1/chat/completions", dropped)
-    app.router.add_post("/slow/v1/chat/completions", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    routes = {"/dropped/v1/chat/completions": dropped, "/slow/v1/chat/completions": slow}
+    async with serving(routes) as base:
         closed = await failure_at(f"http://127.0.0.1:{free_port()}/v1")
         cut = await failure_at(f"{base}/dropped/v1")
         client = ChatClient(f"{base}/slow/v1", timeout=0.2)
@@ -949,8 +960,6 @@ async def test_a_call_that_got_no_answer_says_whether_it_timed_out_or_never_conn
         finally:
             released.set()
             await client.close()
-    finally:
-        await runner.cleanup()
     assert (closed.reason, closed.retriable) == ("Unreachable", True)
     assert str(closed) == "OpenAI unreachable: ClientConnectorError (ConnectionRefusedError)"
     assert (cut.reason, cut.retriable) == ("Unreachable", True)
@@ -1027,17 +1036,9 @@ async def test_an_error_answer_without_a_body_says_its_status_words() -> None:
         status = int(request.match_info["status"])
         return web.Response(status=status, headers={"retry-after": "3"} if status == 429 else {})
 
-    app = web.Application()
-    app.router.add_post("/{status}/v1/chat/completions", empty)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving({"/{status}/v1/chat/completions": empty}) as base:
         down = await failure_at(f"{base}/503/v1")
         throttled = await failure_at(f"{base}/429/v1")
-    finally:
-        await runner.cleanup()
     assert (down.reason, down.retriable, str(down)) == (
         "ServerError",
         True,
@@ -1066,18 +1067,10 @@ async def test_a_refusal_that_is_a_page_says_what_may_stand_between() -> None:
         error["message"] = "Country, region, or territory not supported"
         return web.json_response({"error": error}, status=403)
 
-    app = web.Application()
-    app.router.add_post("/page/v1/chat/completions", page)
-    app.router.add_post("/openai/v1/chat/completions", openai_403)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    routes = {"/page/v1/chat/completions": page, "/openai/v1/chat/completions": openai_403}
+    async with serving(routes) as base:
         firewall = await failure_at(f"{base}/page/v1")
         region = await failure_at(f"{base}/openai/v1")
-    finally:
-        await runner.cleanup()
     assert (firewall.reason, firewall.refuses) == ("Forbidden", "key")
     assert str(firewall) == (
         "OpenAI answered 403 (a page, not OpenAI's JSON: a proxy or a firewall before OpenAI"

@@ -199,17 +199,32 @@ async def test_a_long_reason_or_error_is_read_in_a_few_lines_in_a_narrow_window(
     assert await measured(tmp_path, lambda base: tall_rows(browser, base, 375)) == {}
 
 
+def said_on_each(
+    chrome: webdriver.Chrome, base: str, width: int, paths: list[str], script: str
+) -> dict[str, list[str]]:
+    """What ``script`` (a list of what it finds wrong) says of each page of ``paths``, signed
+    in ``width`` pixels wide; the pages it finds nothing wrong with left out."""
+    signed_in(chrome, base, width)
+    found = {}
+    for path in paths:
+        chrome.get(base + path)
+        assert chrome.find_elements(By.TAG_NAME, "main"), path
+        found[path] = chrome.execute_script(script)
+        if not found[path]:
+            del found[path]
+    return found
+
+
 def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[str]]:
     """What a page shows too small to read or cut short: the overview chart's axis labels
     drawn under 11 px tall (or on one another), a text field's placeholder wider than the
     field, and a filter's text field with none (what it takes, or "any", unsaid)."""
-    signed_in(chrome, base, width)
-    found = {}
-    for path in ["/", "/?window=24h", "/requests", "/deadletters"]:
-        chrome.get(base + path)
-        assert chrome.find_elements(By.TAG_NAME, "main"), path
-        found[path] = chrome.execute_script(
-            """
+    return said_on_each(
+        chrome,
+        base,
+        width,
+        ["/", "/?window=24h", "/requests", "/deadletters"],
+        """
             const said = [];
             const labels = [...document.querySelectorAll('.chart text')]
               .map(e => [e.textContent, e.getBoundingClientRect()])
@@ -236,11 +251,8 @@ def unreadable(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, lis
               if (needs > room) said.push(`${input.name}: ${needs.toFixed(0)} px in ${room} px`);
             }
             return said;
-            """
-        )
-        if not found[path]:
-            del found[path]
-    return found
+        """,
+    )
 
 
 @pytest.mark.parametrize("width", [375, 1280])
@@ -260,13 +272,12 @@ def uneven_cards(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, l
     """The overview's cards not of one width, of those alone on their rows or of those
     sharing one: the "ended" card, its "requests in the last 24h" the longest text, was
     wider than the cards under it."""
-    signed_in(chrome, base, width)
-    found = {}
-    for path in ["/", "/?window=24h"]:
-        chrome.get(base + path)
-        assert chrome.find_elements(By.TAG_NAME, "main"), path
-        found[path] = chrome.execute_script(
-            """
+    return said_on_each(
+        chrome,
+        base,
+        width,
+        ["/", "/?window=24h"],
+        """
             const said = [];
             const cards = [...document.querySelectorAll('.cards .card')]
               .map(e => [e.querySelector('.label').textContent, e.getBoundingClientRect()]);
@@ -286,11 +297,8 @@ def uneven_cards(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, l
               }
             }
             return said;
-            """
-        )
-        if not found[path]:
-            del found[path]
-    return found
+        """,
+    )
 
 
 @pytest.mark.parametrize("width", [375, 1280])

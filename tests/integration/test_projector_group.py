@@ -81,6 +81,23 @@ def _seeded(kafka: EmbeddedKafka) -> tuple[str, Log]:
     return topic, log
 
 
+async def _all_in_the_groups_database(
+    kafka: EmbeddedKafka,
+    topic: str,
+    log: Log,
+    group_db: ProjectionStore,
+    first: Projector,
+    task: asyncio.Task[None],
+) -> None:
+    """Another 20 people's requests produced: all in the group's database, projected by
+    ``first``, which holds every partition."""
+    before = len(log.records)
+    _log(20, 20, log)
+    await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
+    await _until(lambda: group_db.counts()[1] == len(log.records), task)
+    assert _assigned(first) == PARTITIONS
+
+
 async def _refused(projector: Projector, task: asyncio.Task[None]) -> str:
     with pytest.raises(OtherDatabase) as refused:
         async with asyncio.timeout(60):
@@ -110,11 +127,7 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
             assert "TALKSTREAM_DATABASE_URL" in said
             assert second.database in said and first.database in said
             assert _assigned(first) == PARTITIONS
-            before = len(log.records)
-            _log(20, 20, log)
-            await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
-            await _until(lambda: group_db.counts()[1] == len(log.records), first_task)
-            assert _assigned(first) == PARTITIONS
+            await _all_in_the_groups_database(kafka, topic, log, group_db, first, first_task)
 
     asyncio.run(scenario())
     assert other_db.counts() == (0, 0)
@@ -147,11 +160,7 @@ def test_a_projector_started_again_on_another_database_within_its_session_is_ref
             again = _projector(kafka.bootstrap, topic, "second", other_db)
             async with _running(again) as again_task:
                 await _refused(again, again_task)
-            before = len(log.records)
-            _log(20, 20, log)
-            await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
-            await _until(lambda: group_db.counts()[1] == len(log.records), first_task)
-            assert _assigned(first) == PARTITIONS
+            await _all_in_the_groups_database(kafka, topic, log, group_db, first, first_task)
 
     asyncio.run(scenario())
     assert other_db.counts() == (0, 0)
