@@ -43,7 +43,6 @@ from aiokafka.errors import KafkaError
 from models.events import (
     DeadLetter,
     GenerateText,
-    LifecycleEvent,
     PublishCompletion,
     RedriveRequested,
 )
@@ -59,7 +58,7 @@ from streams.kafka_options import (
 from streams.ops.audit import FAILED
 from streams.ops.replay import partitions_of
 from streams.settings import Settings
-from streams.topics import partition_of
+from streams.topics import CATALOGUE, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -417,17 +416,16 @@ def does_not_decode(settings: Settings, topic: str, value: bytes) -> str | None:
     """Why ``value`` does not decode as what its topic's reader takes (the ledger's
     [requests] value, the executors' commands, the projector's event), as its reader would
     dead-letter it; None if it decodes, or for a topic none of our readers has."""
-    decoders: dict[str, Callable[[bytes], object]] = {
-        settings.topic("requests"): decode_requests,
-        settings.topic("generate"): lambda raw: decode(GenerateText, raw),
-        settings.topic("completions"): lambda raw: decode(PublishCompletion, raw),
-        settings.topic("lifecycle"): lambda raw: decode(LifecycleEvent, raw),
+    read = {  # the value types of the topics our readers take (the catalogue's)
+        settings.topic(spec.name): spec.values
+        for spec in CATALOGUE
+        if spec.name in ("generate", "completions", "lifecycle")
     }
-    decoder = decoders.get(topic)
-    if decoder is None:
-        return None
     try:
-        decoder(value)
+        if topic == settings.topic("requests"):
+            decode_requests(value)
+        elif topic in read:
+            decode(read[topic], value)
     except DecodeError as exc:
         return str(exc)
     return None
