@@ -10,7 +10,7 @@ dev: bootstrap
 
 # static checks first (seconds), then every test tier: the unit and functional tiers on two
 # processes (pytest-xdist: they are CPU-bound and share nothing but the PostgreSQL cluster,
-# which tests/postgres.py starts once), then the integration tier on two as well: its tests
+# which each leases from scripts/postgres.sh), then the integration tier on two as well: its tests
 # mostly wait (for timeouts, deadlines, retries, brokers), each process has its own broker and
 # ports, and a module runs whole, in order, on one of them (--dist loadfile: its system once).
 # With PYTEST_ARGS, a single pytest run with them, every tier in one process.

@@ -9,6 +9,20 @@
 # Idempotent. The cluster listens on 127.0.0.1 only, trusts local connections (a throwaway
 # test cluster: never expose it) and keeps its data under $TALKSTREAM_PG_DIR (default
 # /tmp/talkstream-postgres). As root it runs as the `postgres` user (PostgreSQL refuses root).
+#
+# The test sessions (tests/postgres.py) share it through leases, so that one session ending
+# never stops it under another's feet (two pytest runs on one machine, or pytest-xdist's
+# workers):
+#
+#   scripts/postgres.sh lease PID     as start, and the process PID uses the cluster
+#   scripts/postgres.sh release PID   PID is done with it: the last session to leave stops
+#                                     the cluster, when a session (not `start`) started it
+#
+# A lease is a file $DIR/leases/PID holding that process's start time: a lease whose process
+# is gone (or whose pid another process has now) counts for nothing. A cluster started with
+# `start` is never stopped by a session, nor is one `start` was run on while the sessions had it.
+# Every command but status holds the lock $DIR.lock: a session's look at the leases and the
+# start or stop it decides on happen as one, with no other command in between.
 set -euo pipefail
 
 PORT=${TALKSTREAM_PG_PORT:-55432}
@@ -16,8 +30,22 @@ DIR=${TALKSTREAM_PG_DIR:-/tmp/talkstream-postgres}
 DATA=$DIR/data
 DB=${TALKSTREAM_PG_DATABASE:-talkstream}
 URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/$DB"
+LOCK=$DIR.lock
+LEASES=$DIR/leases
+BY_SESSION=$DIR/started-by-a-test-session # while the cluster running is one a session started
 
 say() { echo "postgres.sh: $*" >&2; }
+
+command=${1:-start}
+if [ "$command" != status ] && [ "${TALKSTREAM_PG_LOCKED:-}" != "$LOCK" ]; then
+  # the whole command again under the lock; -o: the lock's descriptor is not handed down to
+  # what the command starts (a postmaster holding it would hold every later command off)
+  mkdir -p "$(dirname "$LOCK")"
+  if ! flock -n -o "$LOCK" true; then
+    say "waiting for another postgres.sh on $DIR (the lock $LOCK)"
+  fi
+  TALKSTREAM_PG_LOCKED=$LOCK exec flock -o "$LOCK" "$BASH" "$0" "$@"
+fi
 
 bindir() {
   ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
@@ -45,10 +73,13 @@ install() {
 }
 
 running() {
-  [ -f "$DATA/PG_VERSION" ] && as_owner "$(bindir)/pg_ctl" -D "$DATA" status >/dev/null 2>&1
+  [ -n "$(bindir)" ] && [ -f "$DATA/PG_VERSION" ] \
+    && as_owner "$(bindir)/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
 
-start() {
+STARTED=no # yes once start_cluster started it
+
+start_cluster() {
   install
   local bin
   bin=$(bindir)
@@ -67,26 +98,92 @@ start() {
       "-p $PORT -c listen_addresses=127.0.0.1 -k $DIR -c fsync=off \
        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
       || { tail -n 20 "$DIR/server.log" >&2; exit 1; }
+    STARTED=yes
   fi
   if ! psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
     psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\"" >&2
   fi
-  echo "$URL"
 }
 
-case "${1:-start}" in
-  start) start ;;
-  stop)
-    if [ -n "$(bindir)" ] && running; then
-      as_owner "$(bindir)/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
-      say "stopped"
+stop_cluster() {
+  if running; then
+    as_owner "$(bindir)/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+    say "stopped"
+  else
+    say "not running"
+  fi
+  rm -f "$BY_SESSION"
+}
+
+started_at() { # a process's start, in clock ticks after boot (field 22 of /proc/PID/stat)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) } # past the command's name, which may hold spaces and parentheses
+  # shellcheck disable=SC2086  # split on purpose: the fields from the third on
+  set -- $stat
+  echo "${20}"
+}
+
+live_leases() { # the pids of the sessions using the cluster; the leases of the gone are dropped
+  local lease pid
+  for lease in "$LEASES"/*; do
+    [ -f "$lease" ] || continue
+    pid=${lease##*/}
+    if [ "$(started_at "$pid" || true)" = "$(cat "$lease")" ]; then
+      echo "$pid"
     else
-      say "not running"
+      rm -f "$lease"
     fi
+  done
+}
+
+pid_argument() {
+  if [[ ! "${1:-}" =~ ^[0-9]+$ ]]; then
+    say "usage: $0 $command PID"
+    exit 2
+  fi
+}
+
+case "$command" in
+  start)
+    start_cluster
+    rm -f "$BY_SESSION" # started by hand now: no session stops it
+    echo "$URL"
+    ;;
+  stop)
+    others=$(live_leases)
+    if [ -n "$others" ] && running; then
+      say "stopping it under the test sessions using it (pids $(echo $others))"
+    fi
+    stop_cluster
     ;;
   status)
-    if [ -n "$(bindir)" ] && running; then echo "$URL"; else exit 3; fi
+    if running; then echo "$URL"; else exit 3; fi
     ;;
-  *) say "usage: $0 start|stop|status"; exit 2 ;;
+  lease)
+    pid_argument "${2:-}"
+    since=$(started_at "$2") || { say "no process $2 to lease the cluster to"; exit 2; }
+    start_cluster
+    if [ "$STARTED" = yes ]; then
+      touch "$BY_SESSION"
+    fi
+    mkdir -p "$LEASES"
+    echo "$since" >"$LEASES/.$2" # hidden until whole: a lease is one file, whole or absent
+    mv -f "$LEASES/.$2" "$LEASES/$2"
+    echo "$URL"
+    ;;
+  release)
+    pid_argument "${2:-}"
+    rm -f "$LEASES/$2"
+    others=$(live_leases)
+    if [ -n "$others" ]; then
+      say "left running for the test sessions using it (pids $(echo $others))"
+    elif [ -f "$BY_SESSION" ]; then
+      stop_cluster
+    elif running; then
+      say "left running: started by hand (scripts/postgres.sh start)"
+    fi
+    ;;
+  *) say "usage: $0 start|stop|status|lease PID|release PID"; exit 2 ;;
 esac

@@ -1,19 +1,17 @@
 """PostgreSQL for the contract tests: a real server, never skipped.
 
 ``postgres_server`` (session) is ``TALKSTREAM_TEST_POSTGRES_URL`` when set, else the private
-cluster of ``scripts/postgres.sh`` (which installs Debian's ``postgresql`` when missing, and is
-stopped again at the end when this session started it). If it cannot be had, the tests that
-need it FAIL with the script's output. Under pytest-xdist (``make test`` runs the unit and
-functional tiers on two processes) the workers start it one at a time, and the run's
-controller stops it (``tests/conftest.py``): a worker's session may end while another's still
-uses it. ``database_url`` gives each test a fresh database on SQLite and on PostgreSQL:
-import both fixtures into a test module to use them.
+cluster of ``scripts/postgres.sh`` (which installs Debian's ``postgresql`` when missing). Each
+session (each pytest-xdist worker, each pytest run on the machine) takes a lease on it for its
+pid and releases it at its end: the last session to leave stops the cluster when a session
+started it, so none stops it under another's feet, and one started by hand stays up (the
+script's header). If it cannot be had, the tests that need it FAIL with the script's output.
+``database_url`` gives each test a fresh database on SQLite and on PostgreSQL: import both
+fixtures into a test module to use them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 import uuid
@@ -25,24 +23,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
-# beside the script's cluster directory (TALKSTREAM_PG_DIR): two starts at once would race
-LOCK = Path(os.environ.get("TALKSTREAM_PG_DIR", "/tmp/talkstream-postgres") + ".lock")
-
-
-def postgres_running() -> bool:
-    return subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
-
-
-def stop_postgres() -> None:
-    subprocess.run([SCRIPT, "stop"], capture_output=True, timeout=120)
-
-
-@contextlib.contextmanager
-def one_start_at_a_time() -> Iterator[None]:
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +31,12 @@ def postgres_server() -> Iterator[str]:
     if given:
         yield given
         return
-    with one_start_at_a_time():
-        was_running = postgres_running()
-        started = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900)
-    if started.returncode != 0:
-        pytest.fail(f"PostgreSQL could not be started ({SCRIPT} start):\n{started.stderr}")
-    yield started.stdout.strip().splitlines()[-1]
-    if not was_running and "PYTEST_XDIST_WORKER" not in os.environ:
-        stop_postgres()
+    session = str(os.getpid())
+    leased = subprocess.run([SCRIPT, "lease", session], capture_output=True, text=True, timeout=900)
+    if leased.returncode != 0:
+        pytest.fail(f"PostgreSQL could not be started ({SCRIPT} lease):\n{leased.stderr}")
+    yield leased.stdout.strip().splitlines()[-1]
+    subprocess.run([SCRIPT, "release", session], capture_output=True, timeout=120)
 
 
 def fresh_postgres_database(server: str, name: str | None = None) -> Iterator[str]:
