@@ -20,7 +20,7 @@
 #
 # A lease is a file $DIR/leases/PID holding that process's start time: a lease whose process
 # is gone (or whose pid another process has now) counts for nothing. A cluster started with
-# `start` is never stopped by a session, nor is one `start` was run on while the sessions had it.
+# `start` is never stopped by a session, nor one that `start` was run on while sessions had it.
 # Every command but status holds the lock $DIR.lock: a session's look at the leases and the
 # start or stop it decides on happen as one, with no other command in between.
 set -euo pipefail
