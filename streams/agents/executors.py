@@ -51,7 +51,7 @@ from streams.agents.lost import LostWork
 from streams.agents.marks import Unreported
 from streams.agents.results import Results
 from streams.agents.work import Work
-from streams.kafka_options import consumer_lag, group_consumer
+from streams.kafka_options import consumer_lag, group_consumer, stop_consumer
 from streams.observability import WorkerMetrics
 from streams.runtime import LETTER_AGAIN_SECONDS, Clock, DeadLetters, Topics
 from streams.upstream.scheduler import Outcome, Scheduler
@@ -178,7 +178,7 @@ class Executor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await dispatcher
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await consumer.stop()
+                await stop_consumer(consumer)  # (reads a commit's end the stop cut short)
 
     async def _take_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
