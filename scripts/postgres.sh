@@ -77,8 +77,6 @@ running() {
     && as_owner "$(bindir)/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
 
-STARTED=no # yes once start_cluster started it
-
 start_cluster() {
   install
   local bin
@@ -98,7 +96,6 @@ start_cluster() {
       "-p $PORT -c listen_addresses=127.0.0.1 -k $DIR -c fsync=off \
        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
       || { tail -n 20 "$DIR/server.log" >&2; exit 1; }
-    STARTED=yes
   fi
   if ! psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
@@ -164,10 +161,11 @@ case "$command" in
   lease)
     pid_argument "${2:-}"
     since=$(started_at "$2") || { say "no process $2 to lease the cluster to"; exit 2; }
-    start_cluster
-    if [ "$STARTED" = yes ]; then
+    if ! running; then # (said before it starts: a lease cut short leaves it a session's)
+      mkdir -p "$DIR"
       touch "$BY_SESSION"
     fi
+    start_cluster
     mkdir -p "$LEASES"
     echo "$since" >"$LEASES/.$2" # hidden until whole: a lease is one file, whole or absent
     mv -f "$LEASES/.$2" "$LEASES/$2"
