@@ -84,6 +84,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "request_id",
         LifecycleEvent,
         "public: every state transition, no secrets; for analytics consumers",
+        retention="broker default (delete); the projection's source: keep it as long as you "
+        "want to rebuild it",
     ),
     TopicSpec(
         "deadletter",
