@@ -68,6 +68,40 @@ def test_a_persons_requests_judged_in_one_second_are_listed_by_arrival(
     store.close()
 
 
+def test_the_consumer_guides_daily_query_counts_utc_days_in_any_session_time_zone(
+    postgres_server: str,  # noqa: F811
+):
+    """docs/consumers.md's example truncated ``to_timestamp(...)``, a timestamptz, to the day
+    of the session's time zone: a team's session in Los Angeles counted a request received at
+    01:00 UTC on January 1st in December 31st."""
+    import datetime
+
+    from sqlalchemy import create_engine
+
+    from tests.postgres import fresh_postgres_database
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
+    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
+    log = Log()
+    log.full("early-utc", at_ms=T0_MS + 3_600_000)  # 2026-01-01T01:00:00Z
+    databases = fresh_postgres_database(postgres_server)
+    url = next(databases)
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
+            rows = connection.execute(text(query)).all()
+    finally:
+        engine.dispose()
+        next(databases, None)
+    assert [(r.site, r.day, r.published) for r in rows] == [
+        ("acme", datetime.datetime(2026, 1, 1), 1)
+    ]
+
+
 def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
     result = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
     assert result.exit_code == 0, result.output
