@@ -301,8 +301,16 @@ class LifecycleEvent(_Wire):
     latency_ms: int | None = None
     error_class: str | None = None
     error_message: str | None = None
-    window_start: int | None = None
-    window_count: int | None = None
+    window_start: int | None = Field(
+        None,
+        description="the usage window the decision saw: its start in epoch seconds (Talkable's "
+        "usage_limit.start_time, or the current_time a new window started at), not ms",
+    )
+    window_count: int | None = Field(
+        None,
+        description="the requests counted in that window after the decision (admitted: this "
+        "one included; limited: the count that filled it; a released slot: after its release)",
+    )
     waited_ms: int | None = Field(
         None, description="how long the attempt waited in its upstream target's queue"
     )

@@ -49,7 +49,10 @@ class TopicSpec:
     values: Any  # a model, or an annotated union of models (see :meth:`value_names`)
     audience: str
     retention: str = "broker default"
-    config: dict[str, str] = field(default_factory=dict)
+    # set on the topic at its creation, beside min.insync.replicas. Every topic but the
+    # changelog says delete: a broker whose own default is compact would keep one record a
+    # key, the last transition of a request, the last command of an OpenAI key or a site
+    config: dict[str, str] = field(default_factory=lambda: {"cleanup.policy": "delete"})
 
     def full_name(self, settings: Settings) -> str:
         return settings.topic(self.name)
@@ -84,6 +87,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "request_id",
         LifecycleEvent,
         "public: every state transition, no secrets; for analytics consumers",
+        retention="broker default (delete); the projection's source: keep it as long as you "
+        "want to rebuild it",
     ),
     TopicSpec(
         "deadletter",

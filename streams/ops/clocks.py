@@ -7,8 +7,9 @@ transitions the ledger decided on the webhook itself (received, admitted, the fi
 request; or limited, skipped, duplicate) carry the event time; every later one carries a wall
 clock (the executor's, the timer's, the operator's). So a timeline places the judgement at the
 arrival and measures every step from the arrival: a webhook rendered 44 s before it arrived
-does not seem to spend 44 s generating. Where the arrival was not recorded, the event time
-stands in for it (and ``arrival_known`` says so).
+does not seem to spend 44 s generating, and first: an event time ahead of the arrival (up to
+``MAX_CLOCK_AHEAD_SECONDS``) is later than the executors' times after it. Where the arrival was
+not recorded, the event time stands in for it (and ``arrival_known`` says so).
 """
 
 from __future__ import annotations
@@ -89,15 +90,22 @@ def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Ti
     rendered ``current_time`` early); everything after carries a wall clock."""
     arrival_known = request.arrived_at_ms is not None
     arrived = _arrived(request)
-    steps: list[Step] = []
-    judging = True
-    for t in transitions:
-        judging = (
-            judging
-            and t.at_ms == request.received_at_ms
+
+    def judged(t: TransitionRow) -> bool:
+        return (
+            t.at_ms == request.received_at_ms
             and (t.previous_state or "received") in _JUDGED_FROM
             and t.attempt <= 1
         )
+
+    # the judgement comes first, whatever its event time: the transitions come ordered by the
+    # time they carry, and an event time ahead of the arrival (Talkable's clock ahead of ours:
+    # the ingress takes a current_time up to MAX_CLOCK_AHEAD_SECONDS ahead) sorted the executor's
+    # results, on a wall clock, before the webhook was even received
+    steps: list[Step] = []
+    judgement = [t for t in transitions if judged(t)]
+    for t in [*judgement, *(t for t in transitions if not judged(t))]:
+        judging = judged(t)
         wall = arrived if judging else t.at_ms
         steps.append(
             Step(

@@ -68,6 +68,40 @@ def test_a_persons_requests_judged_in_one_second_are_listed_by_arrival(
     store.close()
 
 
+def test_the_consumer_guides_daily_query_counts_utc_days_in_any_session_time_zone(
+    postgres_server: str,  # noqa: F811
+):
+    """docs/consumers.md's example truncated ``to_timestamp(...)``, a timestamptz, to the day
+    of the session's time zone: a team's session in Los Angeles counted a request received at
+    01:00 UTC on January 1st in December 31st."""
+    import datetime
+
+    from sqlalchemy import create_engine
+
+    from tests.postgres import fresh_postgres_database
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
+    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
+    log = Log()
+    log.full("early-utc", at_ms=T0_MS + 3_600_000)  # 2026-01-01T01:00:00Z
+    databases = fresh_postgres_database(postgres_server)
+    url = next(databases)
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
+            rows = connection.execute(text(query)).all()
+    finally:
+        engine.dispose()
+        next(databases, None)
+    assert [(r.site, r.day, r.published) for r in rows] == [
+        ("acme", datetime.datetime(2026, 1, 1), 1)
+    ]
+
+
 def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
     result = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
     assert result.exit_code == 0, result.output
@@ -489,6 +523,45 @@ def test_audit_shows_when_a_webhook_arrived_and_the_event_time_it_was_judged_at(
     assert request["event_time"] == request["received_at"] == "2026-01-01T00:00:00.000+00:00"
     assert (request["event_offset_ms"], request["end_to_end_ms"]) == (-44_000, 1300)
     assert [t["since_arrival_ms"] for t in request["transitions"]] == [0, 0, 0, 1200, 1200, 1300]
+
+
+def test_audit_lists_the_judgement_first_when_talkables_clock_was_ahead(tmp_path: Path):
+    """A current_time 9 s ahead of the ingress's clock (it takes up to 300 s): the results
+    came, on the executors' clock, before the event time, and the history listed the failure
+    first and the webhook received 9 s after it arrived."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    r = Log().received("early-1", at_ms=T0_MS + 9_000, limit=3)  # judged at its current_time
+    log = Log()
+    log.send(r.model_copy(update={"at_ms": T0_MS}))  # the ingress's clock: the arrival
+    log.generated(r, at_ms=T0_MS + 1200, latency_ms=1100)
+    log.published(r, at_ms=T0_MS + 1300)
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    out = talkstream("audit", "--request-id", "early-1", "--database-url", url).output
+    assert "finished 2026-01-01T00:00:01.300+00:00 (1.300 s after arrival)" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  2026-")]
+    assert [(c[0], c[1], c[3]) for c in lines] == [
+        ("2026-01-01T00:00:00.000+00:00", "received", "+0.000"),
+        ("2026-01-01T00:00:00.000+00:00", "admitted", "+0.000"),
+        ("2026-01-01T00:00:00.000+00:00", "generating", "+0.000"),
+        ("2026-01-01T00:00:01.200+00:00", "generated", "+1.200"),
+        ("2026-01-01T00:00:01.200+00:00", "publishing", "+1.200"),
+        ("2026-01-01T00:00:01.300+00:00", "published", "+1.300"),
+    ]
+    assert out.count("[judged at event time 2026-01-01T00:00:09.000+00:00]") == 3
+    answer = json.loads(
+        talkstream("audit", "--request-id", "early-1", "--database-url", url, "--json").output
+    )
+    steps = answer["requests"][0]["transitions"]
+    assert [(t["state"], t["judged"], t["since_arrival_ms"]) for t in steps] == [
+        ("received", True, 0),
+        ("admitted", True, 0),
+        ("generating", True, 0),
+        ("generated", False, 1200),
+        ("publishing", False, 1200),
+        ("published", False, 1300),
+    ]
 
 
 def test_audit_of_a_webhook_limited_on_arrival_says_it_finished_when_it_arrived(tmp_path: Path):

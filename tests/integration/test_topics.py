@@ -35,6 +35,20 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
     return {c[0]: c[1] for c in configs}
 
 
+async def topic_config_source(bootstrap: str, topic: str) -> dict[str, tuple[str, str]]:
+    """Each config's value, and whether it was set on the topic or comes from the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [(*_, configs)] = response.resources
+    # describe_configs v1+: (name, value, read_only, config_source, is_sensitive, synonyms);
+    # source 1 is DYNAMIC_TOPIC_CONFIG, set on the topic
+    return {c[0]: (c[1], "topic" if c[3] == 1 else "broker") for c in configs}
+
+
 def test_topics_get_min_insync_replicas_and_are_created_once(kafka: EmbeddedKafka) -> None:
     settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"ttopics{uuid.uuid4().hex[:8]}")
     created = asyncio.run(ensure_topics(settings))
@@ -44,6 +58,19 @@ def test_topics_get_min_insync_replicas_and_are_created_once(kafka: EmbeddedKafk
     assert config["min.insync.replicas"] == "1"
     changelog = asyncio.run(topic_config(kafka.bootstrap, settings.topic("ledger-changelog")))
     assert changelog["max.message.bytes"] == "1048588"  # whatever the broker's own default
+    # each topic's cleanup policy is its own, not the broker's default (which may be compact:
+    # the lifecycle topic would keep a request's last transition only, [requests] a person's
+    # last message)
+    policies = {
+        spec.name: asyncio.run(topic_config_source(kafka.bootstrap, spec.full_name(settings)))[
+            "cleanup.policy"
+        ]
+        for spec in CATALOGUE
+    }
+    assert policies == {
+        spec.name: ("compact" if spec.name.endswith("-changelog") else "delete", "topic")
+        for spec in CATALOGUE
+    }
     assert asyncio.run(ensure_topics(settings)) == []  # idempotent
 
 

@@ -295,6 +295,20 @@ def test_the_consumer_guide_names_every_lifecycle_field_and_type() -> None:
     assert set(re.findall(r"`([A-Z]\w+)`", types)) == set(typing.get_args(annotation))
 
 
+def test_the_consumer_guide_calls_public_only_the_topics_the_catalogue_does() -> None:
+    """docs/consumers.md called the dead-letter topic public beside the lifecycle topic, while
+    the catalogue (and topology.md) give it to operators: its letters keep the commands they
+    are about, with sealed keys, the keys' fingerprints, prompts and texts. An analytics team
+    given read access to what the guide calls public read them."""
+    from streams.topics import CATALOGUE
+
+    text = " ".join(section(CONSUMERS, "Schemas and compatibility").split())
+    match = re.search(r"The public (?:ones are|one is) (.*?);", text)
+    assert match, "the guide no longer says which topics are public"
+    said = set(re.findall(r"\[`([a-z-]+)`\]", match.group(1)))
+    assert said == {spec.name for spec in CATALOGUE if spec.audience.startswith("public")}
+
+
 def test_the_consumer_guide_names_every_column_of_the_projection() -> None:
     """The SQL projection's columns as docs/consumers.md lists them, table by table, are the
     tables' columns (``transitions.id``, a surrogate key, aside)."""
