@@ -14,7 +14,13 @@ decode is recorded as read only once Kafka acknowledged its dead letter: if Kafk
 the letter, the batch takes its partition up to that record, and reads it again from there.
 
 So the projectors of a group must write one database, and one writing another is refused
-before it takes a partition (``projector_group``): its ``run`` raises ``OtherDatabase``.
+before it takes a partition (``projector_group``): its ``run`` raises ``OtherDatabase``. It
+makes and migrates nothing before its group has taken it: its database's id is found without
+writing (a SQLite file's path, a PostgreSQL server asked who it is), and the schema is
+migrated once the group has given it partitions (a refused projector leaves its database as it
+was: a SQLite file it names is not made). The worker's projector child, refused, says so once
+and asks its group again, less and less often (``until_taken``), rather than exiting to be started
+again every second.
 
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
@@ -59,7 +65,12 @@ from streams.kafka_options import (
     stop_consumer,
 )
 from streams.observability import ProcessMetrics, WorkerMetrics, serve_or_log
-from streams.projection.engine import database_identity, database_said, database_unusable
+from streams.projection.engine import (
+    database_identity,
+    database_said,
+    database_unusable,
+    url_identity,
+)
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import LETTER_AGAIN_SECONDS, DeadLetters, SystemClock, child_process
@@ -80,6 +91,12 @@ DATABASE_RETRY_FIRST_SECONDS = 0.5
 DATABASE_RETRY_MAX_SECONDS = 5.0
 FETCH_MIN_BYTES = 256 * 1024
 STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are checked, at most
+# a worker's projector child its group refused (another database than the group's) asks again
+# after the first pause, doubled at each refusal in a row up to the last: a refusal ends only
+# when the group's other projectors move to its database (a deployment moving database one
+# worker at a time), which it notices within that, without joining every second
+REFUSED_RETRY_FIRST_SECONDS = 1.0
+REFUSED_RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -115,21 +132,35 @@ class Projector:
         self.recorded: dict[TopicPartition, int] = {}
         self.database_error: str | None = None  # why its database takes nothing now
         self._statistics_due = 0.0  # when its database's statistics are checked next
-        # the database it writes, as its group's members say it (projector_group.py)
-        self.database = database_identity(store.engine)
+        # the database it writes, as its group's members say it (projector_group.py): what
+        # its URL names until ``run`` has asked the server (``database_identity``)
+        self.database = url_identity(store.engine)
+        self._identified = False  # ``database`` is the server's word (asked once)
         self._projected = False  # it has been given partitions since it started
         self._assignor = DatabaseAssignor(config.group, self.database, lambda: self._projected)
         self.refused: str | None = None  # why its group refused it (another database)
+        self._said: str | None = None  # the refusal it said as an ERROR (said once)
         self._asked_again = False  # a refusal it had the group decide again (``_refused``)
+        self._migrated = False  # the schema migrated since it started
+        # given partitions before its schema was migrated: ``run`` migrates it (off the
+        # rebalance listener, which holds its heartbeats back) and then seeks them
+        self._migration_due = False
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records of each assigned partition not applied yet."""
         return consumer_lag(self.consumer, self.applied)
 
     async def run(self) -> None:
-        # a database down when the projector starts (a server restarting, not up yet) is waited
-        # for, as one down later is: a projector that exited was started again once a second
-        await self._until_done("projection schema migration", self._store.upgrade_schema)
+        """Project until cancelled; raises ``OtherDatabase`` when its group refuses it. Run
+        again after a refusal, it asks the group again."""
+        self.refused, self._asked_again = None, False
+        if not self._identified:
+            # a database server down when the projector starts (restarting, not up yet) is
+            # waited for, as one down later is; nothing is written into it before the group
+            # has taken this projector (``resume``: the schema is migrated then)
+            await self._until_done(
+                "projection database identity", self._identify, migrate_first=False
+            )
         consumer = self.consumer = group_consumer(
             self.config.consumer_options,
             self.config.group,
@@ -153,14 +184,48 @@ class Projector:
         try:
             await consumer.start()  # (stopped too when a stop cancels it here)
             while self.refused is None:
-                taken = await _take(consumer, lambda: self.refused is not None)
+                if self._migration_due:
+                    await self._migrate(consumer)
+                    continue
+                taken = await _take(
+                    consumer, lambda: self.refused is not None or self._migration_due
+                )
                 if taken:
                     await self._project(consumer, taken)
             self.database_error = self.refused
-            log.error("projector refused: %s", self.refused)
+            if self.refused != self._said:
+                log.error("projector refused: %s", self.refused)
+                self._said = self.refused
+            else:
+                log.info(
+                    "projector still refused by group %s: it writes database id %s",
+                    self.config.group,
+                    self.database,
+                )
             raise OtherDatabase(self.refused)
         finally:
             await stop_consumer(consumer)
+
+    def _identify(self) -> None:
+        """The database's id as its server says it (a SQLite file's path: nothing opened)."""
+        self.database = self._assignor.database = database_identity(self._store.engine)
+        self._identified = True
+
+    async def _migrate(self, consumer: AIOKafkaConsumer) -> None:
+        """The schema migrated (the database waited for), then the partitions the group gave
+        meanwhile sought and taken, as ``resume`` does once it is migrated. A rebalance while
+        this runs gives them to ``resume`` again, which seeks them itself: a partition it took
+        away meanwhile is its new owner's."""
+        await self._until_done(
+            "projection schema migration", self._store.upgrade_schema, migrate_first=False
+        )
+        self._migrated, self._migration_due = True, False
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
+            await self._seek(consumer, assigned)
+            consumer.resume(*assigned)
 
     async def _project(self, consumer: AIOKafkaConsumer, taken: dict[TopicPartition, Any]) -> None:
         batch: list[Sourced] = []
@@ -271,6 +336,17 @@ class Projector:
             if held_back:
                 return  # left paused: nothing of them is taken before the leader decides
             self._projected = True
+            if self._said is not None:
+                log.warning(
+                    "projector no longer refused: group %s writes its database (database id "
+                    "%s) now",
+                    self.config.group,
+                    self.database,
+                )
+                self._said = self.database_error = None
+            if not self._migrated:  # left paused: ``run`` migrates, then seeks them
+                self._migration_due = held_back = True
+                return
             await self._seek(consumer, assigned)
         finally:
             if not held_back:
@@ -380,15 +456,19 @@ class Projector:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
 
-    async def _until_done(self, what: str, work: Callable[[], object]) -> None:
+    async def _until_done(
+        self, what: str, work: Callable[[], object], *, migrate_first: bool = True
+    ) -> None:
         """Block this partition until the database does ``work`` (a batch and how far it was
         read, the schema's migration), off the event loop: nothing projected is skipped. Each
         failure is logged with what the database said, and is the projector's ``/readyz``
-        status until the work is done; ``ProjectionBehind``: the database went back in time."""
+        status until the work is done; ``ProjectionBehind``: the database went back in time.
+        ``migrate_first``: the schema migrated again before each retry (a database made again
+        under it), not for the migration itself or what is asked before it."""
         delay, failures = DATABASE_RETRY_FIRST_SECONDS, 0
         while True:
             try:
-                if failures:  # a database made again under it has no tables: migrated first
+                if failures and migrate_first:  # a database made again has no tables
                     await self._answered(what, self._store.upgrade_schema)
                 await self._answered(what, work)
             except SQLAlchemyError as exc:
@@ -511,12 +591,35 @@ async def serve(settings: Settings) -> None:
         projector = Projector(ProjectorConfig.of(settings), store, letters)
         metrics.consumers.append(projector)
         http = await serve_or_log(None, metrics, settings, "projector")
-        await projector.run()
+        await until_taken(projector, again=os.environ.get(PARENT_ENV) is not None)
     finally:
         if http is not None:
             await http.cleanup()
         await producer.stop()
         store.close()
+
+
+async def until_taken(projector: Projector, *, again: bool) -> None:
+    """``projector.run()``; refused by its group (``OtherDatabase``) and ``again`` (the
+    worker's child): the group asked again after ``REFUSED_RETRY_FIRST_SECONDS``, doubling up
+    to ``REFUSED_RETRY_MAX_SECONDS``, its ``/readyz`` saying the refusal meanwhile, where the
+    child exited and the worker started it again every second, saying the same ERROR each
+    time. A refusal ends only when the group's projectors move to its database (or stop)."""
+    delay = REFUSED_RETRY_FIRST_SECONDS
+    while True:
+        try:
+            await projector.run()
+            return
+        except OtherDatabase:
+            if not again:
+                raise
+        log.info(
+            "projector asks group %s again in %.0f s (the worker goes on without it)",
+            projector.config.group,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:

@@ -55,8 +55,7 @@ def refusal(group: str, mine: str, theirs: str) -> str:
         f"than this one's TALKSTREAM_DATABASE_URL (database id {mine}): the projectors of an "
         "app id share the partitions of [lifecycle], so each database would miss the requests "
         "of the others' partitions. This projector takes none: start it with the "
-        "TALKSTREAM_DATABASE_URL the others use (for a database server, with the same host "
-        "name: another name for the server is another id), or stop the others first; to "
+        "TALKSTREAM_DATABASE_URL the others use, or stop the others first; to "
         "build another database from the log, use `talkstream replay --database-url`"
     )
 
@@ -70,14 +69,15 @@ class DatabaseAssignor:
     version = 0
 
     def __init__(self, group: str, database: str, projected: Callable[[], bool]) -> None:
-        self._group, self._database, self._projected = group, database, projected
+        # the id of the database it writes (the projector's: set again once its server said it)
+        self._group, self.database, self._projected = group, database, projected
         self.refused_for: str | None = None  # the group's database, when this one is refused
         # the rebalances it asked for: its metadata changes, or the coordinator would give a
         # member of a stable group its previous assignment again
         self.rejoins = 0
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-        said = {"database": self._database, "projected": self._projected()}
+        said = {"database": self.database, "projected": self._projected()}
         if self.rejoins:
             said["rejoins"] = self.rejoins
         return ConsumerProtocolMemberMetadata(self.version, list(topics), json.dumps(said).encode())
@@ -89,7 +89,7 @@ class DatabaseAssignor:
         projecting = {
             str(s["database"]) for s in said.values() if s.get("projected") and "database" in s
         }
-        group = projecting.pop() if len(projecting) == 1 else self._database
+        group = projecting.pop() if len(projecting) == 1 else self.database
         writing = {m: md for m, md in members.items() if said[m].get("database") in (None, group)}
         assignment: dict[str, ConsumerProtocolMemberAssignment] = (
             RoundRobinPartitionAssignor.assign(cluster, writing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -27,9 +28,12 @@ from sqlalchemy.exc import (
     InterfaceError,
     NoSuchModuleError,
     OperationalError,
+    ProgrammingError,
     SQLAlchemyError,
 )
 from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger(__name__)
 
 # how long a SQLite writer waits for another's transaction before it fails (sqlite3's default
 # is 5 s): a replay's processes write their batches into one file, one at a time (readers never
@@ -179,11 +183,50 @@ def safe_url(engine_or_url: Engine | str) -> str:
 
 def database_identity(engine_or_url: Engine | str) -> str:
     """A fingerprint of the database an engine writes, safe to show and to publish: two URLs
-    naming one database the same way agree, whatever their password or user (neither is in
-    it). SQLite: the file's real path (a relative path, a symbolic link resolved); a server:
-    its backend, host (lower-cased), port (the default filled in) and database. Another host
-    name for the same server gives another fingerprint; an in-memory SQLite database is this
-    process's own."""
+    naming one database agree, whatever their password or user (neither is in it).
+
+    SQLite: the file's real path (a relative path, a symbolic link resolved), found without
+    opening it (nothing is made); an in-memory database is this process's own. PostgreSQL, as
+    its server says it: the cluster's system identifier (``pg_control_system()``, made once by
+    ``initdb``) and ``current_database()``, so every host name, address or alias of the server
+    (``localhost``, ``127.0.0.1``, a DNS name) gives one id. That asks the server: it raises
+    the ``SQLAlchemyError`` of one out of reach (the caller waits for it). A server that will
+    not say (a role that may not run ``pg_control_system()``, as on some managed services; a
+    PostgreSQL-compatible server without it), another backend, or a URL alone: what the URL
+    names (``url_identity``). A copy of the cluster made by ``pg_basebackup`` (a physical
+    replica, a restored base backup) keeps its system identifier: the same database name on
+    it is the same id."""
+    if isinstance(engine_or_url, str) or engine_or_url.dialect.name != "postgresql":
+        return url_identity(engine_or_url)
+    return postgresql_identity(engine_or_url) or url_identity(engine_or_url)
+
+
+def postgresql_identity(engine: Engine) -> str | None:
+    """The fingerprint of the PostgreSQL database ``engine`` writes as its server says it (see
+    ``database_identity``); None when the server will not say it (the statement refused:
+    ``ProgrammingError``, e.g. permission denied or no such function). A server out of reach
+    raises."""
+    try:
+        with engine.connect() as connection:
+            cluster, database = connection.execute(text(_SERVER_IDENTITY_SQL)).one()
+    except ProgrammingError as exc:
+        log.warning(
+            "the PostgreSQL server does not say its system identifier (%s): the database id is "
+            "what the URL names (host, port, database), so give every projector of the group "
+            "the same host name for the server",
+            database_said(exc),
+        )
+        return None
+    return _fingerprint(f"postgresql-cluster:{cluster}/{database}")
+
+
+_SERVER_IDENTITY_SQL = "SELECT system_identifier, current_database() FROM pg_control_system()"
+
+
+def url_identity(engine_or_url: Engine | str) -> str:
+    """``database_identity`` from the URL alone, nothing asked: SQLite's real path; for a
+    server, its backend, host (lower-cased), port (the default filled in) and database, so
+    another host name for the same server gives another fingerprint."""
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else parse_url(engine_or_url)
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -194,6 +237,10 @@ def database_identity(engine_or_url: Engine | str) -> str:
     else:
         port = url.port or _DEFAULT_PORTS.get(backend)
         named = f"{backend}://{(url.host or '').lower()}:{port}/{url.database or ''}"
+    return _fingerprint(named)
+
+
+def _fingerprint(named: str) -> str:
     return hashlib.sha256(named.encode()).hexdigest()[:16]
 
 

@@ -544,7 +544,9 @@ def test_a_projector_started_before_its_database_waits_for_it_and_says_why(
             assert http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200
     log = (system.root / "worker.log").read_text(errors="replace")
     assert "the projector process exited" not in log
-    assert "projection schema migration done after" in log
+    # it asked the server which database it is first: waited for there (and migrated once
+    # its group had given it partitions)
+    assert "projection database identity done after" in log
 
 
 def _wait_published(store: ProjectionStore, posted: list[tuple[int, Any]]) -> None:

@@ -1,12 +1,14 @@
 """One database per projector group, on the real broker: a projector of the group writing
 another database is refused before it takes a partition (started fresh, or started again
-within its session under the member id of one that wrote the group's database), and the
-group's projectors keep every partition; projectors writing one database share them."""
+within its session under the member id of one that wrote the group's database) or makes or
+migrates its database, and the group's projectors keep every partition; projectors writing one
+database share them, a PostgreSQL database named by two host names too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,14 +16,19 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
-from streams.agents.projector import Projector, ProjectorConfig
+from streams.agents.projector import Projector, ProjectorConfig, until_taken
 from streams.agents.projector_group import OtherDatabase
 from streams.dev.kafka import EmbeddedKafka
+from streams.projection import engine
+from streams.projection.engine import database_identity, url_identity
 from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import System, create_topic
+from tests.integration.conftest import System, create_topic, http
 from tests.integration.test_projector import _Letters, _on, _produce
+from tests.postgres import fresh_postgres_database, postgres_server  # noqa: F401 (fixture)
 from tests.projection_support import T0_MS, Log
 from tests.support import free_port, seed_params, wait_until
 
@@ -110,11 +117,12 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
     kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
     """The second projector of a group, on another SQLite file, stops with an error naming the
-    problem and what to do; it projected nothing, and the first keeps every partition: what is
-    produced afterwards is all in the group's database."""
+    problem and what to do; it projected nothing (its file was not even made), and the first
+    keeps every partition: what is produced afterwards is all in the group's database."""
     topic, log = _seeded(kafka)
     group_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
-    other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    other = tmp_path / "other.sqlite3"
+    other_db = ProjectionStore.from_url(f"sqlite:///{other}", migrate_schema=False)
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", group_db)
@@ -130,7 +138,7 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
             await _all_in_the_groups_database(kafka, topic, log, group_db, first, first_task)
 
     asyncio.run(scenario())
-    assert other_db.counts() == (0, 0)
+    assert not other.exists()
     group_db.close()
     other_db.close()
 
@@ -145,7 +153,8 @@ def test_a_projector_started_again_on_another_database_within_its_session_is_ref
     topic, log = _seeded(kafka)
     url = f"sqlite:///{tmp_path / 'group.sqlite3'}"
     group_db, group_db_too = ProjectionStore.from_url(url), ProjectionStore.from_url(url)
-    other_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    other = tmp_path / "other.sqlite3"
+    other_db = ProjectionStore.from_url(f"sqlite:///{other}", migrate_schema=False)
 
     async def scenario() -> None:
         first = _projector(kafka.bootstrap, topic, "first", group_db)
@@ -163,7 +172,7 @@ def test_a_projector_started_again_on_another_database_within_its_session_is_ref
             await _all_in_the_groups_database(kafka, topic, log, group_db, first, first_task)
 
     asyncio.run(scenario())
-    assert other_db.counts() == (0, 0)
+    assert not other.exists()
     for store in (group_db, group_db_too, other_db):
         store.close()
 
@@ -201,6 +210,47 @@ def test_a_projector_refused_before_joins_once_the_group_moved_to_its_database(
     asyncio.run(scenario())
     for store in (old_db, new_db, new_db_too):
         store.close()
+
+
+def test_a_refused_projector_asking_again_is_taken_once_the_group_moved(
+    kafka: EmbeddedKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's projector child refused (``until_taken``) says so once and asks again, less
+    and less often, its database not made meanwhile; once the group's projector on the other
+    database has gone (its session over), it is taken: it migrates its database and fills it
+    from the log."""
+    topic, log = _seeded(kafka)
+    old_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    new = tmp_path / "new.sqlite3"
+    new_db = ProjectionStore.from_url(f"sqlite:///{new}", migrate_schema=False)
+
+    async def scenario() -> None:
+        moved = _projector(kafka.bootstrap, topic, "second", new_db)
+        first = _projector(kafka.bootstrap, topic, "first", old_db)
+        async with _running(first) as first_task:
+            await _until(lambda: _assigned(first) == PARTITIONS, first_task)
+            asking = asyncio.create_task(until_taken(moved, again=True))
+            try:
+                # its /readyz status, while it waits to ask again
+                await _until(lambda: moved.database_error is not None, asking)
+                assert "another projector of group" in moved.database_error
+                assert not new.exists()
+                first_task.cancel()  # stopped: gone from the group once its session is over
+                await asyncio.gather(first_task, return_exceptions=True)
+                await _until(lambda: len(moved.applied) == PARTITIONS, asking, timeout=120)
+                assert moved.refused is None and moved.database_error is None
+                await _until(lambda: new_db.counts()[1] == len(log.records), asking)
+            finally:
+                asking.cancel()
+                await asyncio.gather(asking, return_exceptions=True)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        asyncio.run(scenario())
+    assert caplog.text.count("projector refused: another projector of group") == 1
+    assert "projector still refused by group" in caplog.text
+    assert "projector no longer refused" in caplog.text
+    old_db.close()
+    new_db.close()
 
 
 def test_projectors_on_one_database_share_the_partitions(
@@ -242,6 +292,102 @@ def test_projectors_on_one_database_share_the_partitions(
     same.close()
 
 
+_fresh = contextlib.contextmanager(fresh_postgres_database)
+
+
+def _named(url: str, host: str) -> str:
+    return make_url(url).set(host=host).render_as_string(hide_password=False)
+
+
+def test_a_postgresql_database_is_one_database_by_any_host_name(
+    postgres_server: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server says which database it is: one database reached as ``127.0.0.1`` and as
+    ``localhost`` is one id (their URLs alone are two), another database of the server another
+    id. A role the server does not tell its system identifier falls back to the URL's id,
+    saying so."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_fresh(postgres_server))
+        another = stack.enter_context(_fresh(postgres_server))
+        engines = [create_engine(_named(url, host)) for host in ("127.0.0.1", "localhost")]
+        other = create_engine(another)
+        for made in (*engines, other):
+            stack.callback(made.dispose)
+        by_ip, by_name = engines
+        assert url_identity(by_ip) != url_identity(by_name)
+        assert database_identity(by_ip) == database_identity(by_name)
+        assert database_identity(other) != database_identity(by_ip)
+
+        role = f"t_{uuid.uuid4().hex[:12]}"
+        with engines[0].connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+            admin.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            stack.callback(_drop_role, engines[0], role)
+        unprivileged = create_engine(make_url(_named(url, "localhost")).set(username=role))
+        stack.callback(unprivileged.dispose)
+        # a statement of the same shape that this role may not run (the cluster's
+        # pg_control_system() is anyone's: revoking it would change the shared server)
+        refused = "SELECT pg_read_file('PG_VERSION'), current_database()"
+        monkeypatch.setattr(engine, "_SERVER_IDENTITY_SQL", refused)
+        with caplog.at_level(logging.WARNING, logger=engine.__name__):
+            assert database_identity(unprivileged) == url_identity(unprivileged)
+        assert "does not say its system identifier" in caplog.text
+        assert "permission denied" in caplog.text
+
+
+def _drop_role(engine_: Any, role: str) -> None:
+    with engine_.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+        admin.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+
+
+def test_projectors_on_one_postgresql_database_by_two_host_names_share_the_partitions(
+    kafka: EmbeddedKafka,
+    postgres_server: str,  # noqa: F811
+) -> None:
+    """Two projectors of a group on one PostgreSQL database, one reaching the server as
+    ``127.0.0.1`` and one as ``localhost``, both hold partitions and neither is refused; a
+    third, on another database of the server, is refused and leaves it as it was: not
+    migrated, no table made."""
+    topic, log = _seeded(kafka)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_fresh(postgres_server))
+        another = stack.enter_context(_fresh(postgres_server))
+        one = ProjectionStore.from_url(_named(url, "127.0.0.1"))
+        same = ProjectionStore.from_url(_named(url, "localhost"), migrate_schema=False)
+        other_db = ProjectionStore.from_url(another, migrate_schema=False)
+        for store in (one, same, other_db):
+            stack.callback(store.close)
+
+        async def scenario() -> None:
+            first = _projector(kafka.bootstrap, topic, "first", one)
+            second = _projector(kafka.bootstrap, topic, "second", same)
+            async with _running(first) as first_task:
+                await _until(lambda: one.counts()[1] == len(log.records), first_task)
+                async with _running(second) as second_task:
+                    await _until(
+                        lambda: _assigned(first) > 0 and _assigned(second) > 0,
+                        first_task,
+                        second_task,
+                    )
+                    assert first.database == second.database
+                    third = _projector(kafka.bootstrap, topic, "third", other_db)
+                    async with _running(third) as third_task:
+                        await _refused(third, third_task)
+                    before = len(log.records)
+                    _log(20, 20, log)
+                    await _produce(kafka.bootstrap, _on(topic, log.records[before:]))
+                    await _until(
+                        lambda: one.counts()[1] == len(log.records), first_task, second_task
+                    )
+                    assert first.refused is None and second.refused is None
+
+        asyncio.run(scenario())
+        offsets = [(row.partition, row.offset) for row in one.all_transitions()]
+        assert len(offsets) == len(set(offsets)) == len(log.records)
+        assert inspect(other_db.engine).get_table_names() == []
+
+
 def test_talkstream_projector_on_another_database_exits_saying_why(make_system: Any) -> None:
     """``talkstream projector`` started beside a deployment with another database URL exits
     non-zero with an ERROR naming the problem and what to do, having written nothing; the
@@ -264,7 +410,7 @@ def test_talkstream_projector_on_another_database_exits_saying_why(make_system: 
     assert code != 0, said[-3000:]
     assert "ERROR streams.agents.projector projector refused: another projector of group" in said
     assert "TALKSTREAM_DATABASE_URL" in said, said[-3000:]
-    assert ProjectionStore.from_url(f"sqlite:///{other}").counts() == (0, 0)
+    assert not other.exists()  # nothing projected: its file not even made
     later = [system.post(seed_params(f"b{i}@example.com"))[1]["request_id"] for i in range(8)]
     system.wait_terminal(first + later)
 
@@ -289,32 +435,40 @@ def test_a_worker_whose_projector_writes_another_database_stops_saying_why(
     assert "ERROR streams.agents.projector projector refused: another projector of group" in said
 
 
-def test_a_workers_projector_child_on_another_database_is_refused_at_every_restart(
+def test_a_workers_projector_child_on_another_database_says_so_once_and_waits(
     make_system: Any,
 ) -> None:
     """A worker started with another database (``PROJECTOR=process``): its projector child is
-    refused, started again, and refused again, each time with no partition (the coordinator
-    hands a static member its last assignment); the deployment's projection gets every
-    request, and the other database none."""
+    refused with one ERROR, and stays up asking its group again less and less often (each
+    time refused with no partition: the coordinator hands a static member its last
+    assignment), its /readyz saying the refusal, where it exited and was started again every
+    second, the same ERROR each time; the deployment's projection gets every request, and the
+    other database nothing (its file is not made)."""
     system: System = make_system()
     system.wait_ready()
     other = system.root / "other.sqlite3"
+    port = free_port()
     env = {
         **system.env,
         "TALKSTREAM_DATABASE_URL": f"sqlite:///{other}",
         "TALKSTREAM_WORKER_NAME": "elsewhere",
         "TALKSTREAM_WORKER_HTTP_PORT": str(free_port()),
-        "TALKSTREAM_PROJECTOR_HTTP_PORT": str(free_port()),
+        "TALKSTREAM_PROJECTOR_HTTP_PORT": str(port),
     }
     system.spawn("stray", "worker", env=env)
     log = system.root / "stray.log"
 
-    def refused_twice() -> bool:
+    def refused_three_times() -> bool:  # after 1 s, then 2 s
         said = log.read_text(errors="replace") if log.exists() else ""
-        return said.count("projector refused: another projector of group") >= 2
+        return f"projector asks group {system.app_id}-projector again in 4 s" in said
 
-    wait_until(refused_twice, 120, what="the stray worker's projector refused twice")
-    assert "the projector process exited (1); starting it again" in log.read_text()
+    wait_until(refused_three_times, 120, what="the stray worker's projector refused 3 times")
+    said = log.read_text(errors="replace")
+    assert said.count("projector refused: another projector of group") == 1, said[-3000:]
+    assert said.count("projector still refused by group") == 2, said[-3000:]
+    assert "the projector process exited" not in said
+    status, body = http("GET", f"http://127.0.0.1:{port}/readyz")
+    assert status == 503 and "another projector of group" in str(body["status"]), body
     ids = [system.post(seed_params(f"c{i}@example.com"))[1]["request_id"] for i in range(8)]
     system.wait_terminal(ids)
-    assert ProjectionStore.from_url(f"sqlite:///{other}").counts() == (0, 0)
+    assert not other.exists()

@@ -1,0 +1,62 @@
+"""A projector its group refuses (another database than the group's): the worker's child asks
+again less and less often, up to a pause it never passes, and goes on once it is taken;
+``talkstream projector`` on its own stops at the first refusal."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.agents import projector as module
+from streams.agents.projector import (
+    REFUSED_RETRY_FIRST_SECONDS,
+    REFUSED_RETRY_MAX_SECONDS,
+    until_taken,
+)
+from streams.agents.projector_group import OtherDatabase
+
+
+class _Refused:
+    """A projector refused ``times`` times, then taken (its run returns: cancelled)."""
+
+    def __init__(self, times: int) -> None:
+        self.times, self.runs = times, 0
+        self.config = type("Config", (), {"group": "app-projector"})()
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.times:
+            raise OtherDatabase("another projector of group app-projector writes ...")
+
+
+def _paused(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(module.asyncio, "sleep", sleep)
+    return pauses
+
+
+def test_a_refused_child_asks_again_less_and_less_often_up_to_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses = _paused(monkeypatch)
+    refused = _Refused(times=10)
+    asyncio.run(until_taken(refused, again=True))  # type: ignore[arg-type]
+    assert refused.runs == 11  # taken at the eleventh
+    # 1 s, doubling, never more than a minute (README, PROJECTOR)
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0]
+    assert (REFUSED_RETRY_FIRST_SECONDS, REFUSED_RETRY_MAX_SECONDS) == (1.0, 60.0)
+
+
+def test_a_projector_on_its_own_stops_at_the_first_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses = _paused(monkeypatch)
+    refused = _Refused(times=1)
+    with pytest.raises(OtherDatabase):
+        asyncio.run(until_taken(refused, again=False))  # type: ignore[arg-type]
+    assert refused.runs == 1 and pauses == []
