@@ -47,10 +47,11 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       (``finish_reason: length``)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
-Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like. An
-error answer that is not OpenAI's JSON (a proxy's page) says so, with its content type; a 404
-other than a missing model (a base URL without ``/v1``), a 405 and a 200 that is not JSON name the
-base URL to check (without its credentials or query).
+Messages never carry the key: the SDK's messages are scrubbed of it (as it is, and as a URL
+or a form encodes it) and of anything key-like. An error answer that is not OpenAI's JSON (a
+proxy's page) says so, with its content type; a 404 other than a missing model (a base URL
+without ``/v1``), a 405 and a 200 that is not JSON name the base URL to check (without its
+credentials or query).
 """
 
 from __future__ import annotations
@@ -618,7 +619,30 @@ def _error_fields(body: object) -> tuple[str | None, str | None, str | None]:
 
 
 def scrub(message: str, secret: str) -> str:
-    """Drop the key and anything that looks like one from an upstream message."""
+    """Drop the key, as it is and as a URL or a form carries it, and anything that looks like
+    a key from an upstream message."""
     if secret:
-        message = message.replace(secret, "[redacted]")
+        message = re.sub(encoded_forms(secret), "[redacted]", message)
     return well_formed(_KEYLIKE.sub("[redacted]", message)[:300])
+
+
+def encoded_forms(secret: str) -> str:
+    """A pattern of ``secret`` as it is and as an upstream may quote it back: percent-encoded
+    (a URL's path or query: ``sk-a/b`` as ``sk-a%2Fb``, in either case of hex, each character
+    encoded or not, as ``quote`` and ``quote_plus`` leave some alone) or form-encoded (a space
+    as ``+``). A key with ``/``, ``+``, ``=``, ``&`` or a space in it, echoed in a query (a
+    Talkable ``api_key=...``, a proxy's URL), was kept whole in a reason and a log."""
+    return "".join(_either(char) for char in secret)
+
+
+def _either(char: str) -> str:
+    """One character of a secret: itself, its UTF-8 bytes percent-encoded, ``+`` for a space."""
+    forms = [re.escape(char), "".join(_percent(byte) for byte in char.encode())]
+    if char == " ":
+        forms.append(r"\+")
+    return f"(?:{'|'.join(forms)})"
+
+
+def _percent(byte: int) -> str:
+    """``%2F`` or ``%2f``: a byte percent-encoded, its hex in either case."""
+    return "%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")
