@@ -12,7 +12,9 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       credit_balance_exhausted, *_spend_
       limit_exceeded, organization_usage_
       limit_exceeded; billing_not_active;
-      400 billing_hard_limit_reached)
+      400 billing_hard_limit_reached; a
+      compatible API's 402 Payment
+      Required)
     429 access_terminated                Forbidden           reports; refuses the key a while
     401 invalid_api_key                  Unauthorized        reports; refuses the key a while
     403                                  Forbidden           reports; refuses the key a while
@@ -415,6 +417,11 @@ def _status_error(
     refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
     if refusal is None and missing_model(status, message, model):
         refusal = _REFUSALS["model_not_found"]
+    if refusal is None and status == 402:
+        # Payment Required: an OpenAI-compatible API's answer for a key whose account cannot
+        # pay (OpenRouter's "Insufficient credits", a gateway's budget), as OpenAI's 429
+        # insufficient_quota is: the key's, not the request's, and no retry fixes it
+        refusal = _REFUSALS["insufficient_quota"]
     if message is None and not exc.response.content:  # a load balancer's 503, a proxy's 429
         message = f"no body ({exc.response.reason_phrase or 'no reason given'})"
     elif message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page

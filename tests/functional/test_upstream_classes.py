@@ -117,3 +117,31 @@ async def test_a_key_an_upstream_echoes_url_encoded_is_in_no_reason() -> None:
     for error, key in ((generation, OPENAI_KEY), (publication, TALKABLE_KEY)):
         for form in forms(key):
             assert form not in str(error)
+
+
+async def test_a_402_payment_required_is_the_keys_quota_not_the_requests_fault() -> None:
+    """An OpenAI-compatible API's 402 (OpenRouter's "Insufficient credits", a gateway's
+    budget spent, with or without JSON) was a ``BadRequest``: the request blamed, and each of
+    the key's requests called again to be told the same. It is the key's account that cannot
+    pay, as OpenAI's 429 ``insufficient_quota`` says: the key is refused a while."""
+
+    async def openrouter(request: web.Request) -> web.Response:
+        said = "Insufficient credits. Add more using https://openrouter.ai/settings/credits"
+        return web.json_response({"error": {"code": 402, "message": said}}, status=402)
+
+    async def gateway(request: web.Request) -> web.Response:
+        return web.Response(status=402, text="budget exceeded", content_type="text/plain")
+
+    routes = {"/credits/v1/chat/completions": openrouter, "/budget/v1/chat/completions": gateway}
+    async with serving(routes) as base:
+        credits = await generation_error(f"{base}/credits/v1")
+        budget = await generation_error(f"{base}/budget/v1")
+    for error in (credits, budget):
+        assert (error.reason, error.status, error.retriable, error.refuses) == (
+            "InsufficientQuota", 402, False, "key",
+        )  # fmt: skip
+    assert str(credits) == (
+        "OpenAI answered 402: Insufficient credits. Add more using "
+        "https://openrouter.ai/settings/credits"
+    )
+    assert str(budget) == "OpenAI answered 402: a body that is not OpenAI's JSON (text/plain)"
