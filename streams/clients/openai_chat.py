@@ -37,6 +37,10 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       GET without the body), 401 or 403                          the base URL moved to)
       (to another origin: without the key)
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
+    any of the above, with               (its reason)        ``false``: reports one that
+      ``x-should-retry: false`` or                             would wait; ``true``: asks
+      ``true`` (as OpenAI's client                             one that would be reported
+      obeys it)                                                again, 3 calls in all
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
       (no choices, empty or whitespace   BadAnswer           time (the key is up: no circuit)
@@ -410,6 +414,54 @@ def well_formed(text: str) -> str:
 
 
 def _status_error(
+    exc: openai.APIStatusError, api_key: str, base_url: str, model: str
+) -> GenerationError:
+    """What an error answer means, as its status and body say and as its ``x-should-retry``
+    header, if any, then overrides (:func:`obeyed`)."""
+    error = _answer_error(exc, api_key, base_url, model)
+    return obeyed(error, exc.response.headers.get("x-should-retry"))
+
+
+def obeyed(error: GenerationError, should_retry: str | None) -> GenerationError:
+    """The error as OpenAI's ``x-should-retry`` header says, as the official client obeys it
+    (``_should_retry``: exactly ``"true"`` or ``"false"``, before it looks at the status).
+
+    ``false`` on an answer that would wait (a 429, a 5xx, a 408, a 409): OpenAI says another
+    try will not help, so it is reported at once (its reason kept), not waited on until the
+    maximum wait. ``true`` on an answer that would be reported at once (a 4xx, a refusal of
+    the key or the model): OpenAI says another try may help, so it is asked again, as the
+    client would (it tries 3 times in all), a few times and not as an outage: the upstream
+    answered (``answered``: the scheduler's ``unusable_after``, 3 in all), then reported with
+    its own reason. On an answer already waited on, or already final, it changes nothing.
+    """
+    if should_retry == "false" and error.retriable:
+        return GenerationError(
+            _said(error, "x-should-retry: false, another try would not help: not asked again"),
+            reason=error.reason,
+            status=error.status,
+            limits=error.limits,
+        )
+    if should_retry == "true" and not error.retriable:
+        return GenerationError(
+            _said(error, "x-should-retry: true: asked again"),
+            reason=error.reason,
+            status=error.status,
+            retriable=True,
+            limits=error.limits,
+            answered=True,
+        )
+    return error
+
+
+def _said(error: GenerationError, note: str) -> str:
+    """The error's message with ``note`` after its status ("OpenAI answered 503 (note): ..."):
+    first, since a long message is cut at its end."""
+    text = str(error)
+    head = f"OpenAI answered {error.status}"
+    return f"{head} ({note}){text.removeprefix(head)}" if text.startswith(head) else text
+
+
+def _answer_error(
     exc: openai.APIStatusError, api_key: str, base_url: str, model: str
 ) -> GenerationError:
     status = exc.status_code

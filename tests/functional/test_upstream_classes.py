@@ -4,8 +4,12 @@ OpenAI's ``x-should-retry`` header; and what the scheduler then does with them."
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -15,6 +19,9 @@ from models.events import ChatRequest, PublishCompletion
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.errors import GenerationError, PublishError
+from streams.upstream.limits import Limits
+from streams.upstream.pacer import PacerConfig
+from streams.upstream.scheduler import Job, Outcome, Scheduler
 
 CHAT = ChatRequest(
     model="gpt-4o-mini", messages=[{"role": "user", "content": "a verse"}], max_tokens=20
@@ -23,6 +30,19 @@ CHAT = ChatRequest(
 # sent as a header they are what they are, echoed in a URL they are not
 OPENAI_KEY = "Sentinel/OpenAI+key=1&2:0123456789"
 TALKABLE_KEY = "Sentinel/Talkable+key=1&2 0123456789"
+COMPLETION = {
+    "id": "c",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "A verse"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 2},
+}
 
 
 def command() -> PublishCompletion:
@@ -145,3 +165,141 @@ async def test_a_402_payment_required_is_the_keys_quota_not_the_requests_fault()
         "https://openrouter.ai/settings/credits"
     )
     assert str(budget) == "OpenAI answered 402: a body that is not OpenAI's JSON (text/plain)"
+
+
+def openai_answer(status: int, should_retry: str | None, code: str | None = None) -> Handler:
+    """Chat Completions answering ``status`` with OpenAI's error JSON, and ``x-should-retry``
+    when given."""
+
+    async def answer(request: web.Request) -> web.Response:
+        headers = {} if should_retry is None else {"x-should-retry": should_retry}
+        error = {"message": f"said {status}", "type": "server_error", "code": code}
+        return web.json_response({"error": error}, status=status, headers=headers)
+
+    return answer
+
+
+async def test_x_should_retry_is_obeyed_as_openais_client_obeys_it() -> None:
+    """OpenAI's ``x-should-retry`` was not read: a 503 or a 429 saying ``false`` waited (its
+    circuit counted, its pacer paused) until the request's maximum wait, a 400 or 401 saying
+    ``true`` was final at once. As the official client (``_should_retry``): ``false`` ends
+    what would wait, ``true`` asks again what would end; either way the reason is kept."""
+    cases = {
+        # path: (status, header, code) → (reason, retriable, answered, throttle)
+        "false503": ((503, "false", None), ("ServerError", False, False, False)),
+        "false429": ((429, "false", "rate_limit_exceeded"), ("RateLimited", False, False, False)),
+        "true400": ((400, "true", None), ("BadRequest", True, True, False)),
+        "true401": ((401, "true", "invalid_api_key"), ("Unauthorized", True, True, False)),
+        # what it says already: nothing changes
+        "true503": ((503, "true", None), ("ServerError", True, False, False)),
+        "false400": ((400, "false", None), ("BadRequest", False, False, False)),
+        # not exactly "true" or "false" (the client compares so): as without the header
+        "True400": ((400, "True", None), ("BadRequest", False, False, False)),
+    }
+    routes = {f"/{p}/v1/chat/completions": openai_answer(*a) for p, (a, _) in cases.items()}
+    async with serving(routes) as base:
+        errors = {path: await generation_error(f"{base}/{path}/v1") for path in cases}
+    for path, ((status, _, _), said) in cases.items():
+        error = errors[path]
+        assert (error.reason, error.retriable, error.answered, error.throttle) == said, path
+        assert error.status == status
+    assert str(errors["false503"]) == (
+        "OpenAI answered 503 (x-should-retry: false, another try would not help: not asked "
+        "again): said 503"
+    )
+    assert (
+        str(errors["true400"])
+        == "OpenAI answered 400 (x-should-retry: true: asked again): said 400"
+    )
+    assert errors["true401"].refuses == "request"  # asked again: the key is not refused yet
+    assert str(errors["true503"]) == "OpenAI answered 503: said 503"
+
+
+async def scheduled(
+    calls: dict[str, Callable[[], Awaitable[tuple[Any, Limits | None]]]], within_s: float = 20.0
+) -> dict[str, Outcome[Any]]:
+    """Each call as a job of a target of its own in a running scheduler whose maximum wait is
+    ten minutes: the outcome each reports, within ``within_s``."""
+    s = Scheduler(
+        "test",
+        max_in_flight=8,
+        max_wait_s=600.0,
+        refusal_s=60.0,
+        pacer_config=PacerConfig(),
+    )
+    reports: dict[str, Outcome[Any]] = {}
+    all_reported = asyncio.Event()
+
+    def job(name: str, call: Callable[[], Awaitable[tuple[Any, Limits | None]]]) -> Job[Any]:
+        async def report(outcome: Outcome[Any]) -> None:
+            reports[name] = outcome
+            if len(reports) == len(calls):
+                all_reported.set()
+
+        return Job(key=name, attempt=1, scope="model", cost=0, issued_s=s.now(), call=call,
+                   report=report)  # fmt: skip
+
+    running = asyncio.create_task(s.run())
+    try:
+        for name, call in calls.items():
+            s.submit(name, job(name, call))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_reported.wait(), within_s)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert set(reports) == set(calls), f"reported within {within_s}s: {sorted(reports)}"
+    return reports
+
+
+async def test_the_scheduler_ends_or_asks_again_as_x_should_retry_says() -> None:
+    """Through the scheduler: a 503 saying ``false`` is one call, reported at once, where it
+    waited out the maximum wait (ten minutes here); a 400 saying ``true`` is called three
+    times in all, as the client would, then reported with its reason; one saying ``true``
+    and then answering is a completion."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    def counted(handler: Handler) -> Handler:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            path = request.path.split("/")[1]
+            calls[path] += 1
+            if path == "flaky" and calls[path] > 1:
+                return web.json_response(COMPLETION)
+            return await handler(request)
+
+        return answer
+
+    routes = {
+        "/false503/v1/chat/completions": counted(openai_answer(503, "false")),
+        "/true400/v1/chat/completions": counted(openai_answer(400, "true")),
+        "/flaky/v1/chat/completions": counted(openai_answer(400, "true")),
+    }
+    async with serving(routes) as base:
+        clients = {
+            path: ChatClient(f"{base}/{path}/v1", timeout=10)
+            for path in ("false503", "true400", "flaky")
+        }
+        try:
+            reports = await scheduled(
+                {
+                    path: functools.partial(client.complete, CHAT, OPENAI_KEY)
+                    for path, client in clients.items()
+                }
+            )
+        finally:
+            for client in clients.values():
+                await client.close()
+    ended, again, flaky = reports["false503"], reports["true400"], reports["flaky"]
+    assert ended.error is not None and (ended.error.reason, ended.tries) == ("ServerError", 1)
+    assert calls["false503"] == 1
+    assert again.error is not None and (again.error.reason, again.error.retriable) == (
+        "BadRequest", False,
+    )  # fmt: skip
+    assert (again.tries, calls["true400"]) == (3, 3)
+    assert str(again.error).startswith("OpenAI answered 400 (x-should-retry: true: asked again)")
+    assert str(again.error).endswith(
+        "3 times: true400 answers this call with nothing usable (each said to try again)"
+    )
+    assert flaky.error is None and flaky.value is not None
+    assert (flaky.value.text, calls["flaky"]) == ("A verse", 2)
