@@ -42,6 +42,9 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       ``true`` (as OpenAI's client                             one that would be reported
       obeys it)                                                again, 3 calls in all
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
+    a TLS certificate that does not      CertificateError    reports (verified again, it
+      verify (self-signed, another                             fails again; the message says
+      host's, expired)                                         what OpenSSL said)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
       (no choices, empty or whitespace   BadAnswer           time (the key is up: no circuit)
       content; why is said)
@@ -65,9 +68,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -76,7 +80,7 @@ import openai
 from openai import AsyncOpenAI
 
 from models.events import ChatRequest
-from streams.errors import GenerationError, status_error
+from streams.errors import GenerationError, UpstreamError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
@@ -85,6 +89,8 @@ KEYED_CLIENTS = 256
 # ``max_completion_tokens`` from then on. Only such refusals fill it: an LRU this size forgets
 # one only after as many others were learned
 KNOWN_COMPLETION_TOKENS_MODELS = 4096
+E = TypeVar("E", bound=UpstreamError)
+CERTIFICATE_ERROR = "CertificateError"  # an upstream's TLS certificate that does not verify
 EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text, which another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
@@ -245,6 +251,11 @@ class ChatClient:
                 error.resend = True
             raise error from None
         except openai.APIConnectionError as exc:  # (APITimeoutError is one)
+            untrusted = certificate_failure(exc)
+            if untrusted is not None:
+                raise certificate_error(
+                    GenerationError, "OpenAI", untrusted, self._base_url, "OPENAI", api_key
+                ) from None
             failed = connection_failure(exc)
             if failed is None:
                 timed_out = GenerationError("OpenAI timed out", reason="Timeout", retriable=True)
@@ -584,6 +595,41 @@ def connection_failure(exc: openai.APIConnectionError) -> str | None:
     if isinstance(exc, openai.APITimeoutError):
         return None
     return type(chain[0] if chain else exc).__name__
+
+
+def certificate_failure(error: BaseException) -> str | None:
+    """Why the upstream's TLS certificate did not verify, if that is what failed (None: it is
+    not): OpenSSL's words for it (``self-signed certificate``, ``certificate has expired``,
+    ``Hostname mismatch, certificate is not valid for 'api.example.com'.``). Found under the
+    SDK's ``APITimeoutError`` (its aiohttp transport's ``ConnectTimeout``) and aiohttp's
+    ``ClientConnectorCertificateError`` alike, by walking the causes."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError):
+            seen = seen.certificate_error
+            continue
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            said = seen.verify_message or seen.reason or "certificate verify failed"
+            return str(said).rstrip(".")
+        seen = seen.__cause__
+    return None
+
+
+def certificate_error(
+    error: type[E], upstream: str, why: str, base_url: str, setting: str, api_key: str
+) -> E:
+    """A certificate that does not verify, as the final failure it is: verified again, it fails
+    again, so nothing waits for it (it was ``Unreachable``, waited on until the maximum wait).
+    Names the upstream, what OpenSSL said, the base URL (without credentials or query) and
+    what to do; never the key."""
+    return error(
+        f"{upstream}'s TLS certificate at {base_url} does not verify: {scrub(why, api_key)}; no"
+        f" retry fixes it (behind a proxy or a private CA, give its CA certificate in"
+        f" SSL_CERT_FILE; else check TALKSTREAM_{setting}_BASE_URL)",
+        reason=CERTIFICATE_ERROR,
+    )
 
 
 def failure_name(error: BaseException) -> str:

@@ -1,6 +1,7 @@
 """How the OpenAI and Talkable adapters classify answers that the stand-ins do not give, from
-real HTTP servers on loopback: a key echoed back URL-encoded, a 402 Payment Required,
-OpenAI's ``x-should-retry`` header; and what the scheduler then does with them."""
+real HTTP(S) servers on loopback: a key echoed back URL-encoded, a 402 Payment Required,
+OpenAI's ``x-should-retry`` header, a TLS certificate that does not verify; and what the
+scheduler then does with them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import asyncio
 import collections
 import contextlib
 import functools
+import json
+import os
+import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -18,11 +24,13 @@ from aiohttp import web
 from models.events import ChatRequest, PublishCompletion
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
-from streams.errors import GenerationError, PublishError
+from streams.errors import GenerationError, PublishError, UpstreamError
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
+from tests.tls import Authority, self_signed
 
+ROOT = Path(__file__).resolve().parents[2]
 CHAT = ChatRequest(
     model="gpt-4o-mini", messages=[{"role": "user", "content": "a verse"}], max_tokens=20
 )
@@ -63,17 +71,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @contextlib.asynccontextmanager
-async def serving(routes: dict[str, Handler]) -> AsyncIterator[str]:
-    """An HTTP server on a free loopback port answering a POST to each path with its handler:
-    its base URL, while the block runs."""
+async def serving(
+    routes: dict[str, Handler], tls: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """An HTTP server (HTTPS with ``tls``) on a free loopback port answering a POST to each
+    path with its handler: its base URL, while the block runs."""
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_post(path, handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -303,3 +313,122 @@ async def test_the_scheduler_ends_or_asks_again_as_x_should_retry_says() -> None
     )
     assert flaky.error is None and flaky.value is not None
     assert (flaky.value.text, calls["flaky"]) == ("A verse", 2)
+
+
+async def openai_completion(request: web.Request) -> web.Response:
+    return web.json_response(COMPLETION)
+
+
+async def talkable_event(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "result": {"origin": {"id": 1}}}, status=201)
+
+
+UPSTREAMS = {"/v1/chat/completions": openai_completion, "/api/v2/origins/event": talkable_event}
+
+
+async def test_a_self_signed_certificate_ends_the_call_at_once_naming_the_certificate(
+    tmp_path: Path,
+) -> None:
+    """A base URL whose certificate does not verify (a self-signed one: a proxy's, a local
+    server's) was ``Unreachable``: an outage, waited on, its circuit open, until the maximum
+    wait (ten minutes here), for an answer no retry changes. It is ``CertificateError`` now,
+    final at the first call, for OpenAI and for Talkable, saying what OpenSSL said and what to
+    do, never the key."""
+    async with serving(UPSTREAMS, self_signed(tmp_path).server_context()) as base:
+        chat = ChatClient(f"{base}/v1", timeout=10)
+        talkable = TalkableClient(f"{base}/api/v2", timeout=10)
+        try:
+            reports = await scheduled(
+                {
+                    "openai": functools.partial(chat.complete, CHAT, OPENAI_KEY),
+                    "talkable": functools.partial(talkable.publish, command(), TALKABLE_KEY),
+                }
+            )
+        finally:
+            await chat.close()
+            await talkable.close()
+    for upstream, setting in (("openai", "OPENAI"), ("talkable", "TALKABLE")):
+        report = reports[upstream]
+        assert report.error is not None, upstream
+        error = report.error
+        assert (error.reason, error.retriable, report.tries) == ("CertificateError", False, 1)
+        path = "/v1" if upstream == "openai" else "/api/v2"
+        name = "OpenAI" if upstream == "openai" else "Talkable"
+        assert str(error) == (
+            f"{name}'s TLS certificate at {base}{path} does not verify: self-signed"
+            " certificate; no retry fixes it (behind a proxy or a private CA, give its CA"
+            f" certificate in SSL_CERT_FILE; else check TALKSTREAM_{setting}_BASE_URL)"
+        )
+        for key in (OPENAI_KEY, TALKABLE_KEY):
+            assert not any(form in str(error) for form in forms(key))
+
+
+async def verified(bases: dict[str, str]) -> dict[str, list[str]]:
+    """What each upstream answers at each base URL: ``["ok", ""]``, or the failure's reason
+    and message (run in a child process that trusts the test's authority)."""
+    said: dict[str, list[str]] = {}
+    for case, base in bases.items():
+        chat = ChatClient(f"{base}/v1", timeout=10)
+        talkable = TalkableClient(f"{base}/api/v2", timeout=10)
+        calls = {
+            "openai": functools.partial(chat.complete, CHAT, OPENAI_KEY),
+            "talkable": functools.partial(talkable.publish, command(), TALKABLE_KEY),
+        }
+        try:
+            for upstream, call in calls.items():
+                try:
+                    await call()
+                    said[f"{case} {upstream}"] = ["ok", ""]
+                except UpstreamError as exc:
+                    said[f"{case} {upstream}"] = [exc.reason, str(exc), str(exc.retriable)]
+        finally:
+            await chat.close()
+            await talkable.close()
+    return said
+
+
+CHILD = (
+    "import asyncio, json, sys\n"
+    "from tests.functional.test_upstream_classes import verified\n"
+    "print(json.dumps(asyncio.run(verified(json.loads(sys.argv[1])))))\n"
+)
+
+
+async def test_a_certificate_for_another_host_or_expired_ends_the_call_at_once(
+    tmp_path: Path,
+) -> None:
+    """Signed by an authority the process trusts (``SSL_CERT_FILE``, as an operator gives a
+    private CA to both clients), a certificate verifies; one of it for another host, or out
+    of date, does not, and says which: ``CertificateError``, not an outage to wait on."""
+    authority = Authority(tmp_path)
+    certificates = {
+        "good": authority.issue("good"),
+        "elsewhere": authority.issue("elsewhere", host="api.example.invalid"),
+        "expired": authority.issue("expired", expired=True),
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        bases = {
+            case: await stack.enter_async_context(serving(UPSTREAMS, issued.server_context()))
+            for case, issued in certificates.items()
+        }
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, json.dumps(bases),
+            cwd=ROOT, env={**os.environ, "SSL_CERT_FILE": str(authority.cert)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(child.communicate(), 120)
+    assert child.returncode == 0, err.decode()
+    said = json.loads(out)
+    assert said["good openai"] == said["good talkable"] == ["ok", ""]  # the authority holds
+    why = {
+        "elsewhere": "IP address mismatch, certificate is not valid for '127.0.0.1'",
+        "expired": "certificate has expired",
+    }
+    for case, words in why.items():
+        for upstream, name in (("openai", "OpenAI"), ("talkable", "Talkable")):
+            reason, message, retriable = said[f"{case} {upstream}"]
+            assert (reason, retriable) == ("CertificateError", "False"), (case, upstream)
+            assert (
+                message.startswith(f"{name}'s TLS certificate at {bases[case]}/")
+                and f"does not verify: {words}; no retry fixes it" in message
+            )
