@@ -12,7 +12,9 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       credit_balance_exhausted, *_spend_
       limit_exceeded, organization_usage_
       limit_exceeded; billing_not_active;
-      400 billing_hard_limit_reached)
+      400 billing_hard_limit_reached; a
+      compatible API's 402 Payment
+      Required)
     429 access_terminated                Forbidden           reports; refuses the key a while
     401 invalid_api_key                  Unauthorized        reports; refuses the key a while
     403                                  Forbidden           reports; refuses the key a while
@@ -35,7 +37,14 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       GET without the body), 401 or 403                          the base URL moved to)
       (to another origin: without the key)
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
+    any of the above, with               (its reason)        ``false``: reports one that
+      ``x-should-retry: false`` or                             would wait; ``true``: asks
+      ``true`` (as OpenAI's client                             one that would be reported
+      obeys it)                                                again, 3 calls in all
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
+    a TLS certificate that does not      CertificateError    reports (verified again, it
+      verify (self-signed, another                             fails again; the message says
+      host's, expired)                                         what OpenSSL said)
     200 without text / not JSON          EmptyCompletion/    asks again, ends it the third
       (no choices, empty or whitespace   BadAnswer           time (the key is up: no circuit)
       content; why is said)
@@ -47,20 +56,23 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
       (``finish_reason: length``)
 
 Every answer's ``x-ratelimit-*`` headers travel with it (:class:`~streams.upstream.limits.Limits`).
-Messages never carry the key: the SDK's messages are scrubbed of it and of anything key-like. An
-error answer that is not OpenAI's JSON (a proxy's page) says so, with its content type; a 404
-other than a missing model (a base URL without ``/v1``), a 405 and a 200 that is not JSON name the
-base URL to check (without its credentials or query).
+Messages never carry the key: the SDK's messages are scrubbed of it (as it is, and as a URL
+or a form encodes it) and of anything key-like. An error answer that is not OpenAI's JSON (a
+proxy's page) says so, with its content type; a 404 other than a missing model (a base URL
+without ``/v1``), a 405 and a 200 that is not JSON name the base URL to check (without its
+credentials or query).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -69,7 +81,7 @@ import openai
 from openai import AsyncOpenAI
 
 from models.events import ChatRequest
-from streams.errors import GenerationError, status_error
+from streams.errors import GenerationError, UpstreamError, status_error
 from streams.upstream.limits import Limits, read_limits
 
 KEYED_CLIENTS = 256
@@ -78,6 +90,8 @@ KEYED_CLIENTS = 256
 # ``max_completion_tokens`` from then on. Only such refusals fill it: an LRU this size forgets
 # one only after as many others were learned
 KNOWN_COMPLETION_TOKENS_MODELS = 4096
+E = TypeVar("E", bound=UpstreamError)
+CERTIFICATE_ERROR = "CertificateError"  # an upstream's TLS certificate that does not verify
 EMPTY_COMPLETION = "EmptyCompletion"  # a 200 without a text, which another call may not repeat
 # what an upstream message may hold of a key besides the key itself: a key-like token
 # ("sk-...", "key_..."), a bearer credential, or a key masked as OpenAI echoes it ("Incorrect API
@@ -238,6 +252,11 @@ class ChatClient:
                 error.resend = True
             raise error from None
         except openai.APIConnectionError as exc:  # (APITimeoutError is one)
+            untrusted = certificate_failure(exc)
+            if untrusted is not None:
+                raise certificate_error(
+                    GenerationError, "OpenAI", untrusted, self._base_url, "OPENAI", api_key
+                ) from None
             failed = connection_failure(exc)
             if failed is None:
                 timed_out = GenerationError("OpenAI timed out", reason="Timeout", retriable=True)
@@ -409,11 +428,64 @@ def well_formed(text: str) -> str:
 def _status_error(
     exc: openai.APIStatusError, api_key: str, base_url: str, model: str
 ) -> GenerationError:
+    """What an error answer means, as its status and body say and as its ``x-should-retry``
+    header, if any, then overrides (:func:`obeyed`)."""
+    error = _answer_error(exc, api_key, base_url, model)
+    return obeyed(error, exc.response.headers.get("x-should-retry"))
+
+
+def obeyed(error: GenerationError, should_retry: str | None) -> GenerationError:
+    """The error as OpenAI's ``x-should-retry`` header says, as the official client obeys it
+    (``_should_retry``: exactly ``"true"`` or ``"false"``, before it looks at the status).
+
+    ``false`` on an answer that would wait (a 429, a 5xx, a 408, a 409): OpenAI says another
+    try will not help, so it is reported at once (its reason kept), not waited on until the
+    maximum wait. ``true`` on an answer that would be reported at once (a 4xx, a refusal of
+    the key or the model): OpenAI says another try may help, so it is asked again, as the
+    client would (it tries 3 times in all), a few times and not as an outage: the upstream
+    answered (``answered``: the scheduler's ``unusable_after``, 3 in all), then reported with
+    its own reason. On an answer already waited on, or already final, it changes nothing.
+    """
+    if should_retry == "false" and error.retriable:
+        return GenerationError(
+            _said(error, "x-should-retry: false, another try would not help: not asked again"),
+            reason=error.reason,
+            status=error.status,
+            limits=error.limits,
+        )
+    if should_retry == "true" and not error.retriable:
+        return GenerationError(
+            _said(error, "x-should-retry: true: asked again"),
+            reason=error.reason,
+            status=error.status,
+            retriable=True,
+            limits=error.limits,
+            answered=True,
+        )
+    return error
+
+
+def _said(error: GenerationError, note: str) -> str:
+    """The error's message with ``note`` after its status ("OpenAI answered 503 (note): ..."):
+    first, since a long message is cut at its end."""
+    text = str(error)
+    head = f"OpenAI answered {error.status}"
+    return f"{head} ({note}){text.removeprefix(head)}" if text.startswith(head) else text
+
+
+def _answer_error(
+    exc: openai.APIStatusError, api_key: str, base_url: str, model: str
+) -> GenerationError:
     status = exc.status_code
     code, kind, message = _error_fields(exc.body)
     refusal = _REFUSALS.get(code or "") or _REFUSALS.get(kind or "")
     if refusal is None and missing_model(status, message, model):
         refusal = _REFUSALS["model_not_found"]
+    if refusal is None and status == 402:
+        # Payment Required: an OpenAI-compatible API's answer for a key whose account cannot
+        # pay (OpenRouter's "Insufficient credits", a gateway's budget), as OpenAI's 429
+        # insufficient_quota is: the key's, not the request's, and no retry fixes it
+        refusal = _REFUSALS["insufficient_quota"]
     if message is None and not exc.response.content:  # a load balancer's 503, a proxy's 429
         message = f"no body ({exc.response.reason_phrase or 'no reason given'})"
     elif message is None and not isinstance(exc.body, Mapping):  # a proxy's or a server's page
@@ -526,6 +598,41 @@ def connection_failure(exc: openai.APIConnectionError) -> str | None:
     return type(chain[0] if chain else exc).__name__
 
 
+def certificate_failure(error: BaseException) -> str | None:
+    """Why the upstream's TLS certificate did not verify, if that is what failed (None: it is
+    not): OpenSSL's words for it (``self-signed certificate``, ``certificate has expired``,
+    ``Hostname mismatch, certificate is not valid for 'api.example.com'.``). Found under the
+    SDK's ``APITimeoutError`` (its aiohttp transport's ``ConnectTimeout``) and aiohttp's
+    ``ClientConnectorCertificateError`` alike, by walking the causes."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError):
+            seen = seen.certificate_error
+            continue
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            said = seen.verify_message or seen.reason or "certificate verify failed"
+            return str(said).rstrip(".")
+        seen = seen.__cause__
+    return None
+
+
+def certificate_error(
+    error: type[E], upstream: str, why: str, base_url: str, setting: str, api_key: str
+) -> E:
+    """A certificate that does not verify, as the final failure it is: verified again, it fails
+    again, so nothing waits for it (it was ``Unreachable``, waited on until the maximum wait).
+    Names the upstream, what OpenSSL said, the base URL (without credentials or query) and
+    what to do; never the key."""
+    return error(
+        f"{upstream}'s TLS certificate at {base_url} does not verify: {scrub(why, api_key)}; no"
+        f" retry fixes it (behind a proxy or a private CA, give its CA certificate in"
+        f" SSL_CERT_FILE; else check TALKSTREAM_{setting}_BASE_URL)",
+        reason=CERTIFICATE_ERROR,
+    )
+
+
 def failure_name(error: BaseException) -> str:
     """A connection error by its class and the OS-level error under it, if any:
     ``ClientConnectorError (ConnectionRefusedError)``, ``ServerDisconnectedError``. Names
@@ -618,7 +725,33 @@ def _error_fields(body: object) -> tuple[str | None, str | None, str | None]:
 
 
 def scrub(message: str, secret: str) -> str:
-    """Drop the key and anything that looks like one from an upstream message."""
+    """Drop the key, as it is and as a URL or a form carries it, and anything that looks like
+    a key from an upstream message."""
     if secret:
-        message = message.replace(secret, "[redacted]")
+        message = encoded_forms(secret).sub("[redacted]", message)
     return well_formed(_KEYLIKE.sub("[redacted]", message)[:300])
+
+
+@functools.lru_cache(maxsize=KEYED_CLIENTS)
+def encoded_forms(secret: str) -> re.Pattern[str]:
+    """``secret`` as it is and as an upstream may quote it back: percent-encoded (a URL's path
+    or query: ``sk-a/b`` as ``sk-a%2Fb``, in either case of hex, each character encoded or not,
+    as ``quote`` and ``quote_plus`` leave some alone) or form-encoded (a space as ``+``). A key
+    with ``/``, ``+``, ``=``, ``&`` or a space in it, echoed in a query (a Talkable
+    ``api_key=...``, a proxy's URL), was kept whole in a reason and a log. Kept for the keys
+    in use (as :class:`ChatClient` keeps their clients): made anew, the pattern cost a 429's
+    answer eight times what the rest of its scrubbing does."""
+    return re.compile("".join(_either(char) for char in secret))
+
+
+def _either(char: str) -> str:
+    """One character of a secret: itself, its UTF-8 bytes percent-encoded, ``+`` for a space."""
+    forms = [re.escape(char), "".join(_percent(byte) for byte in char.encode())]
+    if char == " ":
+        forms.append(r"\+")
+    return f"(?:{'|'.join(forms)})"
+
+
+def _percent(byte: int) -> str:
+    """``%2F`` or ``%2f``: a byte percent-encoded, its hex in either case."""
+    return "%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")

@@ -36,6 +36,9 @@ properties attach to the person, where campaigns read them. What an answer means
     5xx, 408                                ServerError     waits (the circuit counts it)
     timeout / connection error (also        Timeout /       waits (the circuit counts it)
         while reading the body)             Unreachable
+    a TLS certificate that does not         Certificate-    reports (verified again, it
+        verify (self-signed, another        Error           fails again)
+        host's, expired)
     a key that cannot be a header value     InvalidKey      reports (nothing was sent)
 
 A refusal's message (401, 403, 404) says first what to do: the key and the site are the
@@ -51,7 +54,13 @@ import aiohttp
 
 from models.events import PublishCompletion
 from models.params import completion_event_number
-from streams.clients.openai_chat import failure_name, scrub, shown_url
+from streams.clients.openai_chat import (
+    certificate_error,
+    certificate_failure,
+    failure_name,
+    scrub,
+    shown_url,
+)
 from streams.errors import PublishError, status_error
 from streams.upstream.limits import Limits, read_limits
 
@@ -140,6 +149,11 @@ class TalkableClient:
         except TimeoutError:
             raise PublishError("Talkable timed out", reason="Timeout", retriable=True) from None
         except aiohttp.ClientError as exc:
+            untrusted = certificate_failure(exc)
+            if untrusted is not None:
+                raise certificate_error(
+                    PublishError, "Talkable", untrusted, self._shown, "TALKABLE", api_key
+                ) from None
             raise PublishError(
                 f"Talkable unreachable: {failure_name(exc)}", reason="Unreachable", retriable=True
             ) from None

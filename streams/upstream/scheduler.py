@@ -18,9 +18,10 @@ for the queue is decided here, what it means for the request is the ledger's:
   its other calls, is reported (``Timeout``): it is the call that is slow (a long
   generation), not the upstream, and each try may have been billed;
 - a call answered with nothing usable (a 200 without text, or not JSON; a Talkable 2xx that
-  is not its API's JSON) is asked again, the target being up (no circuit counts it), and
-  reported after ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``): each
-  may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
+  is not its API's JSON; an error answer that says to try again, OpenAI's ``x-should-retry:
+  true``) is asked again, the target being up (no circuit counts it), and reported after
+  ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``, the error's reason):
+  each may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
   ``retriable``) is reported at once, its tokens counted as spent;
 - a refusal of the call as it was sent, which its adapter has learned to send as the answer
   asks (``resend``: OpenAI's 400 for ``max_tokens`` to a model that takes

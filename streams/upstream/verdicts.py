@@ -167,12 +167,14 @@ def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
     """The final answer for a call answered ``unusable_after`` times with nothing usable: the
     upstream is up, and may bill each more time it is asked."""
     # an OpenAI call may be billed each time; a Talkable call costs nothing, but no answer
-    # said the event landed
-    cost = (
-        "none said the event landed"
-        if isinstance(error, PublishError)
-        else ("each answer may have been billed")
-    )
+    # said the event landed; an error answer asked again (OpenAI's x-should-retry: true) said
+    # each time that another try might help
+    if isinstance(error, PublishError):
+        cost = "none said the event landed"
+    elif error.status is not None and error.status >= 400:
+        cost = "each said to try again"
+    else:
+        cost = "each answer may have been billed"
     return type(error)(
         f"{error} {job.unusable} times: {target.name} answers this call with nothing usable "
         f"({cost})",

@@ -1,15 +1,18 @@
 """Answers real upstreams give and the stand-ins do not, through the whole pipeline: an OpenAI
-200 whose content is empty, a Talkable behind a proxy answering 200 with an HTML page, and a
-text of emoji, right-to-left script, newlines and Liquid-looking braces. Each request ends in
-the state that is true, with its reason in the audit and its dead letter, asked again only
-as often as the README says; the text that lands is the text OpenAI wrote."""
+200 whose content is empty, a Talkable behind a proxy answering 200 with an HTML page, a TLS
+certificate that does not verify, and a text of emoji, right-to-left script, newlines and
+Liquid-looking braces. Each request ends in the state that is true, with its reason in the
+audit and its dead letter, asked again only as often as the README says; the text that lands
+is the text OpenAI wrote."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from aiohttp import web
 
 from tests.integration.conftest import System, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
+from tests.tls import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +39,15 @@ class EdgeUpstreams:
     key with ``TEXT``; Talkable answers the site ``proxied``
     with an HTML page (200), the site ``slow`` after a minute, any other with its real 201."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.tls = tls  # HTTPS with this context
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.runner.addresses[0][1]}"
 
     def release(self) -> None:
         self.loop.call_soon_threadsafe(self.released.set)
@@ -53,7 +59,7 @@ class EdgeUpstreams:
         app.router.add_post("/api/v2/origins/event", self._talkable)
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls).start()
         return runner
 
     async def _openai(self, request: web.Request) -> web.Response:
@@ -347,3 +353,44 @@ def test_a_talkable_that_asks_for_no_wait_and_refuses_again_is_not_hammered(make
     assert "rate limited (Talkable answered 429" in (row.error_message or "")
     calls = system.talkable("GET", "/_calls")
     assert 3 <= len(calls) <= 20, len(calls)
+
+
+def test_a_certificate_that_does_not_verify_ends_the_request_at_its_first_call(
+    make_system, tmp_path: Path
+) -> None:
+    """An OpenAI or a Talkable base URL whose TLS certificate does not verify (self-signed
+    here) was an outage: the command waited in its target's queue, its circuit opening,
+    until MAX_WAIT_SECONDS (900 s by default) ended it ``QueueTimeout``. It ends at its first
+    call now, ``CertificateError`` saying so, parked for a redrive, no key in what is said."""
+    untrusted = EdgeUpstreams(tls=self_signed(tmp_path).server_context())
+    try:
+        generating = make_system(openai_base_url=f"{untrusted.url}/v1")
+        publishing = make_system(talkable_base_url=f"{untrusted.url}/api/v2")
+        ids = {}
+        for name, system in (("generating", generating), ("publishing", publishing)):
+            status, answer = system.post(seed_params(f"{name}@example.com", openai_key=GOOD_KEY))
+            assert status == 202, answer
+            ids[name] = answer["request_id"]
+        generated = generating.wait_terminal([ids["generating"]], timeout=90)[ids["generating"]]
+        published = publishing.wait_terminal([ids["publishing"]], timeout=90)[ids["publishing"]]
+    finally:
+        untrusted.close()
+    said = [
+        (generated, "generation_failed", "OpenAI", f"{untrusted.url}/v1"),
+        (published, "publish_failed", "Talkable", f"{untrusted.url}/api/v2"),
+    ]
+    for row, state, upstream, base in said:
+        assert (row.state, row.error_class, row.attempts) == (state, "CertificateError", 1)
+        assert (row.error_message or "").startswith(
+            f"{upstream}'s TLS certificate at {base} does not verify: self-signed certificate;"
+        )
+    assert not untrusted.calls  # no request got past the handshake
+    assert len(publishing.openai("GET", "/_calls")) == 1  # its text was made, once
+    audit = generating.talkstream("audit", "--request-id", ids["generating"])
+    assert "CertificateError: OpenAI's TLS certificate at" in audit
+    preview = publishing.talkstream("redrive", "--dry-run")
+    assert f"would redrive: {ids['publishing']} → " in preview
+    for system in (generating, publishing):
+        for secret in (GOOD_KEY, "talkable-key-0001"):
+            assert secret not in system.log("worker")
+    assert GOOD_KEY not in audit and "talkable-key-0001" not in preview
