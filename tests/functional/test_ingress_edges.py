@@ -1,0 +1,183 @@
+"""The ingress's answers at the edges of what a webhook may carry, through the real app: a
+value Talkable would refuse is a 4xx naming its field before anything is produced (a request
+produced is an OpenAI call billed, and its write-back refused after it); what Talkable
+accepts, and what means "absent", is taken.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from models.params import MESSAGES_SHAPE
+from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
+from tests.functional.conftest import FORM, JSON, Ingress, seed_params
+from tests.support import with_changes
+
+
+def changed(**changes: Any) -> dict[str, Any]:
+    """The seed with ``a__b`` paths set (``...`` deletes the key)."""
+    return with_changes(seed_params(), **changes)
+
+
+async def answer(
+    ingress: Ingress, body: bytes, content_type: str | None = JSON, **kwargs: Any
+) -> tuple[int, Any]:
+    response = await ingress.post(body, content_type, **kwargs)
+    return response.status, await response.json()
+
+
+async def refused(
+    ingress: Ingress, body: bytes, status: int, content_type: str | None = JSON, **kwargs: Any
+) -> list[dict[str, str]]:
+    """The answer is ``status`` with its errors, and nothing was produced."""
+    before = len(ingress.sink.produced)
+    got, answered = await answer(ingress, body, content_type, **kwargs)
+    assert got == status, answered
+    assert ingress.sink.produced[before:] == []
+    errors: list[dict[str, str]] = answered["errors"]
+    return errors
+
+
+async def taken(ingress: Ingress, tree: dict[str, Any]) -> Any:
+    """The webhook is accepted: the request it produced."""
+    status, answered = await answer(ingress, json.dumps(tree).encode())
+    assert status == 202, answered
+    return ingress.sink.received()[-1]
+
+
+# --- 1. characters Talkable's site slugs and event numbers do not hold ----------------------
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        pytest.param("acme\u202estore", id="a bidi override"),
+        pytest.param("acme\u200bstore", id="a zero-width space"),
+        pytest.param("acmé-store", id="a letter outside ASCII"),
+        pytest.param("\uff41\uff43\uff4d\uff45", id="fullwidth letters"),
+        pytest.param("acme\u00a0store", id="a no-break space"),
+    ],
+)
+async def test_a_site_that_is_no_talkable_slug_is_a_422_naming_it(
+    ingress: Ingress, site: str
+) -> None:
+    errors = await refused(ingress, json.dumps(changed(site=site)).encode(), 422)
+
+    assert errors == [{"field": "site", "message": SITE_SLUG_RULE}]
+
+
+@pytest.mark.parametrize("site", ["acme-store", "Acme_Store.2", "my-store"])
+async def test_a_site_slug_of_printable_ascii_is_taken(ingress: Ingress, site: str) -> None:
+    received = await taken(ingress, changed(site=site))
+
+    assert received.spec.site == site
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        pytest.param("order-42\u202e-complete", id="a bidi override"),
+        pytest.param("order-42\u2066x\u2069", id="a bidi isolate"),
+        pytest.param("order\u200d42", id="a zero-width joiner"),
+        pytest.param("order-42\u2028", id="a line separator"),
+        pytest.param("order-42\x85", id="a C1 control"),
+    ],
+)
+async def test_an_event_number_with_invisible_characters_is_a_422_naming_it(
+    ingress: Ingress, number: str
+) -> None:
+    errors = await refused(ingress, json.dumps(changed(event_number=number)).encode(), 422)
+
+    assert errors == [{"field": "event_number", "message": INVISIBLE_RULE}]
+
+
+async def test_an_event_number_in_letters_outside_ascii_is_taken(ingress: Ingress) -> None:
+    """Talkable's reference gives an event number as any string: not refused for its letters."""
+    received = await taken(ingress, changed(event_number="commande-42-é"))
+
+    assert received.spec.event_number == "commande-42-é"
+
+
+@pytest.mark.parametrize("email", ["alice\u202e@example.com", "alice@exam\u200bple.com"])
+async def test_an_email_with_invisible_characters_is_a_422_naming_it(
+    ingress: Ingress, email: str
+) -> None:
+    errors = await refused(ingress, json.dumps(changed(email=email)).encode(), 422)
+
+    assert errors == [{"field": "email", "message": "must be an email address"}]
+
+
+# --- 2. messages that are not a list --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        pytest.param(
+            b"site=acme&email=a@example.com&api_key=k&openai[api_key]=o&openai[messages]=hello",
+            FORM,
+            id="a form's one string",
+        ),
+        pytest.param(
+            b"site=acme&email=a@example.com&api_key=k&openai[api_key]=o"
+            b"&openai[messages][role]=user&openai[messages][content]=hi",
+            FORM,
+            id="a form's one object",
+        ),
+        pytest.param(
+            json.dumps(changed(openai__messages={"role": "user", "content": "hi"})).encode(),
+            JSON,
+            id="a JSON object",
+        ),
+    ],
+)
+async def test_messages_that_are_not_a_list_are_told_the_shapes_accepted(
+    ingress: Ingress, body: bytes, content_type: str
+) -> None:
+    errors = await refused(ingress, body, 422, content_type)
+
+    assert errors == [{"field": "openai.messages", "message": MESSAGES_SHAPE}]
+    assert "openai[messages][][role]" in MESSAGES_SHAPE and '"role"' in MESSAGES_SHAPE
+
+
+# --- 3. null is absent ----------------------------------------------------------------------
+
+
+async def test_null_for_an_optional_param_is_its_default(ingress: Ingress) -> None:
+    """``"max_tokens": null`` was a 422 ("must be a positive integer") where a null
+    ``usage_limit``, ``event_number`` or message ``name`` is absent."""
+    absent = changed(openai__max_tokens=..., openai__model=..., openai__temperature=...)
+    nulls = changed(openai__max_tokens=None, openai__model=None, openai__temperature=None)
+    for name in ("n", "seed", "max_completion_tokens", "top_logprobs", "logprobs", "store"):
+        nulls["openai"][name] = None
+
+    received = await taken(ingress, nulls)
+
+    assert (received.spec.chat.max_tokens, received.spec.chat.model) == (150, "gpt-3.5-turbo")
+    assert received.spec.chat.extra == {"stop": ["\n\n", "END"]}
+    # the same request as one that leaves them out
+    assert received.request_id == (await taken(ingress, absent)).request_id
+
+
+async def test_null_for_a_required_param_is_required(ingress: Ingress) -> None:
+    tree = changed(site=None, openai__messages=None, usage_limit__amount=None)
+    tree["openai"]["messages"] = [{"role": None, "content": "hi"}]
+    tree["email"] = None
+
+    errors = await refused(ingress, json.dumps(tree).encode(), 422)
+
+    assert errors == [
+        {"field": "site", "message": "is required"},
+        {"field": "email", "message": "is required"},
+        {"field": "openai.messages.0.role", "message": "is required"},
+        {"field": "usage_limit.amount", "message": "is required"},
+    ]
+
+
+async def test_null_for_a_param_passed_through_is_sent_as_null(ingress: Ingress) -> None:
+    received = await taken(ingress, changed(openai__user=None))
+
+    assert received.spec.chat.extra["user"] is None
