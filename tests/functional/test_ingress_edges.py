@@ -181,3 +181,49 @@ async def test_null_for_a_param_passed_through_is_sent_as_null(ingress: Ingress)
     received = await taken(ingress, changed(openai__user=None))
 
     assert received.spec.chat.extra["user"] is None
+
+
+# --- 6. a JSON number longer than Python reads ----------------------------------------------
+
+HUGE = "9" * 4301  # one digit past CPython's int_max_str_digits (4,300)
+MARK = 8642097531  # where it goes
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        pytest.param({"openai__max_tokens": MARK}, "openai.max_tokens", id="max_tokens"),
+        pytest.param({"usage_limit__amount": MARK}, "usage_limit.amount", id="a usage field"),
+        pytest.param({"openai__seed": -MARK}, "openai.seed", id="a negative one"),
+        pytest.param({"openai__logit_bias": {"50256": MARK}}, "openai", id="under a key unnamed"),
+    ],
+)
+async def test_an_integer_longer_than_python_reads_is_a_422_naming_its_field_and_the_limit(
+    ingress: Ingress, where: dict[str, Any], field: str
+) -> None:
+    """It is valid JSON (RFC 8259 sets no limit): it was a 400 "body: not valid JSON"."""
+    body = json.dumps(changed(**where)).encode().replace(str(MARK).encode(), HUGE.encode())
+    assert HUGE.encode() in body
+
+    errors = await refused(ingress, body, 422)
+
+    assert errors == [
+        {"field": field, "message": "holds a number of more than 4300 digits: too large"}
+    ]
+
+
+async def test_an_integer_of_4300_digits_is_read_and_judged_as_any_other(ingress: Ingress) -> None:
+    body = (
+        json.dumps(changed(openai__max_tokens=MARK))
+        .encode()
+        .replace(str(MARK).encode(), b"9" * 4300)
+    )
+
+    errors = await refused(ingress, body, 422)
+
+    assert errors == [
+        {
+            "field": "openai.max_tokens",
+            "message": "Input should be less than or equal to 9223372036854775807",
+        }
+    ]
