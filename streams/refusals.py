@@ -191,19 +191,19 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
     """aiohttp's answers for an unknown path (404), a method a path does not take (405) and a
     body past ``client_max_size`` (413), and a body whose encoding breaks while it is read (a
     400, not the 500 of an unhandled exception), in the product's shape. Their headers stay
-    (``Allow``; the console's security headers)."""
+    (``Allow``; the console's security headers). Each is counted by an app's ``REFUSED``, if
+    it has one (the ingress's ``talkstream_ingress_refused_total``)."""
     try:
         return await handler(request)
     except RequestPayloadError as exc:
         status, field, message = refusal(exc, 0)
         response = _answer(status, field, message)
         response.force_close()  # the rest of the body cannot be read either
-        return response
     except web.HTTPNotFound as exc:
-        return _answer(404, "path", "no such path", _kept(exc))
+        response = _answer(404, "path", "no such path", _kept(exc))
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
+        response = _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         # aiohttp's own words: "Maximum request body size N exceeded." or "Maximum number of
         # form fields N exceeded."
@@ -212,7 +212,13 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
             message = f"more than {limit[0]} form fields"
         else:
             message = f"larger than {limit[0] if limit else request.client_max_size} bytes"
-        return _answer(413, "body", message, _kept(exc))
+        response = _answer(413, "body", message, _kept(exc))
+    # no handler of the app answered it (its router's refusals, a page's unread body): counted
+    # by the app that counts them (the ingress: a 404 was counted nowhere)
+    counted = request.app.get(REFUSED)
+    if counted is not None:
+        counted(response.status)
+    return response
 
 
 def _kept(exc: web.HTTPException) -> CIMultiDict[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from models.params import MESSAGES_SHAPE
 from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
-from streams.ingress import PATH
+from streams.ingress import PATH, SLASHED
 from tests.functional.conftest import FORM, JSON, Ingress, seed_params, sent_until_closed
 from tests.support import with_changes
 
@@ -318,3 +318,39 @@ async def test_the_connection_serves_the_next_request_after_a_body_cut_short(
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
     assert statuses == [b"400", b"202"], raw[:2000]
     assert len(ingress.sink.produced) == 1
+
+
+# --- 4. the webhook's path with a trailing slash; a path not served -------------------------
+
+
+async def test_the_webhooks_path_with_a_trailing_slash_is_the_same_endpoint(
+    ingress: Ingress,
+) -> None:
+    """A webhook URL configured with a trailing slash was a 404 at every call."""
+    body = json.dumps(seed_params()).encode()
+    reference = await taken(ingress, seed_params())
+
+    response = await ingress.client.post(SLASHED, data=body, headers={"Content-Type": JSON})
+    other = await ingress.client.get(SLASHED)
+
+    assert (response.status, await response.json()) == (202, {"request_id": reference.request_id})
+    assert len(ingress.sink.produced) == 2
+    assert (other.status, other.headers["Allow"]) == (405, "POST")
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="202"} 2.0' in metrics
+    assert 'talkstream_ingress_requests_total{outcome="405"} 1.0' in metrics
+
+
+async def test_a_path_not_served_is_a_404_counted_as_refused(ingress: Ingress) -> None:
+    for path in (PATH + "//", "/chat-gpt/generate/x", "/chat-gpt", "/"):
+        response = await ingress.client.post(path, data=b"{}", headers={"Content-Type": JSON})
+        assert response.status == 404, path
+        assert await response.json() == {"errors": [{"field": "path", "message": "no such path"}]}
+    wrong_method = await ingress.client.post("/metrics")
+    assert wrong_method.status == 405
+
+    metrics = await (await ingress.client.get("/metrics")).text()
+
+    assert 'talkstream_ingress_refused_total{status="404"} 4.0' in metrics
+    assert 'talkstream_ingress_refused_total{status="405"} 1.0' in metrics
+    assert "talkstream_ingress_requests_total{" not in metrics  # no webhook was answered
