@@ -8,7 +8,8 @@
 - :func:`merge`: deep merge, the override wins.
 
 JSON is read strictly: no NaN or Infinity, no lone surrogates, at most ``MAX_JSON_DEPTH``
-levels; last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as ``json.loads``
+levels, no integer longer than Python reads (4,300 digits: refused as invalid at its path);
+last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as ``json.loads``
 tells them from the first bytes (a BOM, or where the zero bytes fall): RFC 8259 asks senders
 for UTF-8, and a text that reads unambiguously is not refused for its encoding.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from email.message import Message
 from email.parser import BytesParser
@@ -74,7 +76,7 @@ class FormError(ValueError):
     """
 
     def __init__(
-        self, problem: Problem, field: str, message: str, path: tuple[str, ...] = ()
+        self, problem: Problem, field: str, message: str, path: tuple[str | int, ...] = ()
     ) -> None:
         super().__init__(message)
         self.problem = problem
@@ -119,16 +121,26 @@ def _json_object(body: bytes) -> bool:
 
 
 def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:
-    """Strict JSON; a failure is ``FormError(problem_if_bad, field)``."""
+    """Strict JSON; a failure is ``FormError(problem_if_bad, field)``. An integer longer than
+    Python reads (``sys.get_int_max_str_digits()``, 4,300 digits) is valid JSON, but no value
+    any param takes: ``FormError(INVALID)`` at its path (it was "not valid JSON")."""
     problem = ""
+    huge: tuple[str | int, ...] | None = None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_integer
+        )
+    except _TooManyDigits:
+        huge = _huge_at(text)
     except RecursionError:
         problem = "nested too deeply"
     except UnicodeDecodeError:
         problem = "not valid UTF-8, UTF-16 or UTF-32"
     except ValueError:  # JSONDecodeError included
         problem = "not valid JSON"
+    if huge is not None:
+        message = f"holds a number of more than {sys.get_int_max_str_digits()} digits: too large"
+        raise FormError(Problem.INVALID, field, message, huge)
     if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
         raise FormError(problem_if_bad, field, problem)
     if not _sound(data, MAX_JSON_DEPTH):
@@ -221,6 +233,45 @@ def _media_type(content_type: str) -> tuple[str, dict[str, str]]:
         if eq:
             options[name.strip().lower()] = value.strip().strip('"')
     return media.strip().lower(), options
+
+
+class _TooManyDigits(ValueError):
+    """An integer longer than ``int()`` reads (CPython's guard against quadratic parsing)."""
+
+
+# what ``_huge_at`` reads such an integer as, to find where it is
+_HUGE = object()
+
+
+def _integer(text: str) -> int:
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text) - text.startswith("-") > limit:
+        raise _TooManyDigits
+    return int(text)
+
+
+def _huge_at(text: bytes | str) -> tuple[str | int, ...]:
+    """Where the first integer too long to read is in the JSON ``text`` (that raised
+    :class:`_TooManyDigits`): its path of keys and list positions."""
+    limit = sys.get_int_max_str_digits()
+    try:
+        tree = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=lambda digits: _HUGE if len(digits) - digits.startswith("-") > limit else 0,
+        )
+    except (RecursionError, ValueError):  # deeper than Python reads, past the number
+        return ()
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(tree, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is _HUGE:
+            return path
+        if isinstance(node, dict | list):
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((child, (*path, key)) for key, child in reversed(list(items)))
+    return ()
 
 
 def _refuse_constant(name: str) -> Any:

@@ -20,6 +20,8 @@ Liquid renders every value as a string, so the contract types values itself (``m
 - ``usage_limit`` absent, ``null``, ``{}`` or a blank string means *no limit* (it carries no
   limit at all). Any other object must carry all five fields, each valid: an object whose
   values rendered blank is a broken limit, refused as invalid rather than silently unlimited;
+- a JSON ``null`` for a field of the contract is the field absent (its default, or "is
+  required"); a null ``openai.*`` key passed through stays ``null``;
 - ``trigger_criteria`` is kept as rendered: a blank string (the seed's ``{% if %}`` when the
   condition is false) is *not* absent, and does not trigger (:func:`trigger_met`). A JSON
   boolean or number is read as its text (``true``, ``1``), as a form would carry it; an object
@@ -59,6 +61,9 @@ from models.problems import Problem
 from models.values import (
     CONTROL,
     INT64_MAX,
+    INVISIBLE_RULE,
+    SITE_SLUG,
+    SITE_SLUG_RULE,
     FiniteFloat,
     Flag,
     NonNegativeInt,
@@ -67,6 +72,7 @@ from models.values import (
     SignedInt,
     digits,
     flag,
+    invisible,
     lower_text,
     no_stream,
     participant_name,
@@ -115,6 +121,27 @@ def _error(problem: Problem, field: str, message: str) -> ParamsError:
     return ParamsError(problem, [FieldError(field=field, message=message)])
 
 
+# what ``openai.messages`` is, in each shape a webhook sends: said to a webhook that sent
+# something else (a form's ``openai[messages]=...`` is one string, its
+# ``openai[messages][role]=...`` one object)
+MESSAGES_SHAPE: Final = (
+    "must be a list of messages, each with a role and a content: in JSON "
+    '[{"role": "user", "content": "..."}]; in a form openai[messages][][role]=user&'
+    "openai[messages][][content]=... (or openai[messages][0][role]=..., [1], ...)"
+)
+
+
+def _nulls_absent(model: type[BaseModel], data: Any) -> Any:
+    """A JSON ``null`` for a field of ``model`` is the field absent: its default, or "is
+    required". (``max_tokens: null`` was a 422 where ``usage_limit``, ``event_number`` or a
+    message's ``name`` took it as absent.) Keys the model does not declare (``openai.*`` passed
+    through) keep their ``null``."""
+    if isinstance(data, Mapping) and any(value is None for value in data.values()):
+        fields = model.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields}
+    return data
+
+
 # --- the contract ---------------------------------------------------------------------------
 
 
@@ -136,6 +163,11 @@ class Message(BaseModel):
     name: Annotated[str | None, BeforeValidator(participant_name)] = Field(
         None, exclude_if=lambda name: name is None
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _nulls_absent(cls, data)
 
 
 # Typed passthrough params: coerced from strings, sent only when given.
@@ -182,6 +214,18 @@ class OpenAIParams(BaseModel):
     store: Flag | None = None
     stream: Annotated[bool, BeforeValidator(flag), AfterValidator(no_stream)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _nulls_absent(cls, data)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(MESSAGES_SHAPE)
+        return value
+
     @field_validator("model", mode="before")
     @classmethod
     def _model(cls, value: Any) -> Any:
@@ -223,6 +267,11 @@ class UsageLimitParams(BaseModel):
     start_time: NonNegativeInt
     current_time: NonNegativeInt
     current_usage_amount: NonNegativeInt
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _nulls_absent(cls, data)
 
     @field_validator("duration_in_seconds")
     @classmethod
@@ -282,6 +331,11 @@ class GenerateParams(BaseModel):
     usage_limit: UsageLimitParams | None = None
     trigger_criteria: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _nulls_absent(cls, data)
+
     @field_validator("site")
     @classmethod
     def _site(cls, value: str) -> str:
@@ -290,9 +344,10 @@ class GenerateParams(BaseModel):
             raise ValueError("must not be blank")
         # ":" separates the site from the email in the person's key (``person_key``): a site
         # holding one would share the person of another site ("acme:shop" + "c@x.io" is
-        # "acme" + "shop:c@x.io"), usage window and all. Talkable's slugs never hold one.
-        if CONTROL.search(value) or " " in value or ":" in value:
-            raise ValueError("must be a site slug")
+        # "acme" + "shop:c@x.io"), usage window and all. Talkable's slugs never hold one, nor
+        # anything but printable ASCII (``SITE_SLUG``)
+        if not SITE_SLUG.fullmatch(value):
+            raise ValueError(SITE_SLUG_RULE)
         return rendered(value)
 
     @field_validator("email")
@@ -302,7 +357,7 @@ class GenerateParams(BaseModel):
         local, at, domain = value.partition("@")
         if not (local and at and domain) or "@" in domain:
             raise ValueError("must be an email address")
-        if CONTROL.search(value) or any(c.isspace() for c in value):
+        if CONTROL.search(value) or any(c.isspace() for c in value) or invisible(value):
             raise ValueError("must be an email address")
         return value
 
@@ -311,8 +366,12 @@ class GenerateParams(BaseModel):
     def _event_number(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if CONTROL.search(value):
-            raise ValueError("must not contain control characters")
+        # it lands in Talkable as typed (and in its origin's slug,
+        # ``generate_text_complete:<event_number>``): a bidi control or a zero-width character
+        # there is a number no one can read back or type; letters outside ASCII stay (the
+        # reference gives an event number as any string)
+        if invisible(value):
+            raise ValueError(INVISIBLE_RULE)
         return rendered(value.strip()) or None
 
     @field_validator("usage_limit", mode="before")

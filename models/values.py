@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, SecretStr
@@ -19,6 +20,22 @@ INT64_MAX = 2**63 - 1
 _SIGNED_INT = re.compile(r"-?[0-9]{1,19}")
 _DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# a Talkable site slug (its Site ID, ``my-store``): printable ASCII without spaces, and no ``:``,
+# which ends the site in the person's key. A letter outside ASCII, a bidi control (U+202E) or
+# an invisible one (U+200B) is no slug Talkable gives a site: sent on, the webhook cost an
+# OpenAI call before Talkable refused the write-back
+SITE_SLUG = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+SITE_SLUG_RULE = (
+    "must be a site slug (Talkable's Site ID): printable ASCII (letters, digits, '-', '_', "
+    "'.'), no spaces, control characters or ':'"
+)
+# Unicode's control, format (bidi controls, zero-width characters), surrogate, private-use and
+# unassigned characters, and its line and paragraph separators: invisible in Talkable's
+# dashboard, never what a campaign means to write
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+INVISIBLE_RULE = (
+    "must not contain control, format (bidi or zero-width), private-use or unassigned characters"
+)
 # what Liquid leaves of a template it did not render: a value holding it was never filled in
 LIQUID = re.compile(r"\{\{|\{%")
 UNRENDERED = "holds Liquid markup ({{ ... }} or {% ... %}) that was not rendered"
@@ -137,6 +154,11 @@ def participant_name(value: Any) -> Any:
             "OpenAI's rule for a message's name"
         )
     return value
+
+
+def invisible(value: str) -> bool:
+    """Whether ``value`` holds a character of :data:`_INVISIBLE` (ASCII's controls included)."""
+    return not value.isprintable() and any(unicodedata.category(c) in _INVISIBLE for c in value)
 
 
 def rendered(value: str) -> str:

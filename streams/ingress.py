@@ -1,4 +1,5 @@
-"""The HTTP webhook: ``POST /chat-gpt/generate`` → [requests], durable before 2xx.
+"""The HTTP webhook: ``POST /chat-gpt/generate`` (``/chat-gpt/generate/`` too) → [requests],
+durable before 2xx.
 
 Parse (any shape Talkable sends) → check the signature → seal the secrets → produce keyed by
 person with ``acks=all`` → ``202 {"request_id": ...}`` only once the broker acknowledged.
@@ -67,6 +68,9 @@ from streams.topics import partition_of
 log = logging.getLogger(__name__)
 
 PATH = "/chat-gpt/generate"
+# the webhook's path with a trailing slash, the same endpoint: a webhook URL configured so
+# was a 404 at every call (and counted nowhere)
+SLASHED = PATH + "/"
 RETRY_AFTER_SECONDS = "5"
 READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 # what aiokafka fails a record with once its partition has had no leader for the request
@@ -406,7 +410,7 @@ async def _topic_limit(client: Any, topic: str) -> int | None:
 # what the access log writes for a path the ingress does not serve (build_ingress's routes:
 # the webhook's, health and metrics), and for a request aiohttp refused before reading its path
 OTHER_PATH = "(a path not served)"
-SERVED_PATHS = frozenset({PATH, "/healthz", "/readyz", "/metrics"})
+SERVED_PATHS = frozenset({PATH, SLASHED, "/healthz", "/readyz", "/metrics"})
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -439,7 +443,8 @@ class Metrics:
         self.refused = Counter(
             "talkstream_ingress_refused",
             "Requests refused before any handler, by HTTP status: not HTTP, a request line or "
-            "header too long, a body coding that cannot be decoded (their path is not known)",
+            "header too long, a body coding that cannot be decoded, a path not served (404), a "
+            "method a path other than the webhook's does not take (405)",
             ["status"],
             registry=self.registry,
         )
@@ -602,9 +607,10 @@ def build_ingress(
     # what aiohttp answers itself (404, 405, 413) in the webhook's error shape; its parser's
     # refusals too, when served by ``streams.refusals``
     app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[refusals])
-    app.router.add_post(PATH, generate, expect_handler=expect)
-    # after POST's: every other method
-    app.router.add_route(hdrs.METH_ANY, PATH, not_post, expect_handler=expect)
+    for path in (PATH, SLASHED):
+        app.router.add_post(path, generate, expect_handler=expect)
+        # after POST's: every other method
+        app.router.add_route(hdrs.METH_ANY, path, not_post, expect_handler=expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

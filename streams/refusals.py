@@ -11,7 +11,7 @@ here:
 
 - its HTTP parser (a malformed request line or header, a request line too long (414), a
   header too long or too many (431), a broken chunked or compressed body that arrives with
-  its headers): the connection's
+  its headers, a gzip or deflate body cut short: ``streams.compressed``): the connection's
   ``RequestHandler.handle_error``, which no middleware sees. aiohttp offers no hook for it
   (aio-libs/aiohttp#3287), so :class:`AppRunner` serves the app on connections whose
   ``handle_error`` answers in JSON; ``run_app`` is aiohttp's ``web.run_app`` on it.
@@ -53,6 +53,9 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
+
+from streams import compressed
+from streams.compressed import StreamCutShort
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -105,6 +108,10 @@ SPANS = {
 }
 
 
+# aiohttp takes a gzip body cut short as whole (streams.compressed): refused, as deflate's is
+compressed.install()
+
+
 def body(field: str, message: str) -> dict[str, list[dict[str, str]]]:
     return {"errors": [{"field": field, "message": message}]}
 
@@ -129,6 +136,14 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
     # server cannot read it. A body that does not decode is "Can not decode ...: gzip".
     if isinstance(exc, ContentEncodingError) and "please install" in str(exc).lower():
         return CODINGS
+    if isinstance(exc, StreamCutShort):  # streams.compressed: its coding is gzip or deflate
+        coding = exc.coding
+        return (
+            400,
+            "body",
+            f"cut short: its {coding} stream (Content-Encoding: {coding}) does not end (its "
+            "end or trailer is missing)",
+        )
     for kind, answer in BY_CLASS:
         if isinstance(exc, kind):
             return answer
@@ -176,19 +191,19 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
     """aiohttp's answers for an unknown path (404), a method a path does not take (405) and a
     body past ``client_max_size`` (413), and a body whose encoding breaks while it is read (a
     400, not the 500 of an unhandled exception), in the product's shape. Their headers stay
-    (``Allow``; the console's security headers)."""
+    (``Allow``; the console's security headers). Each is counted by an app's ``REFUSED``, if
+    it has one (the ingress's ``talkstream_ingress_refused_total``)."""
     try:
         return await handler(request)
     except RequestPayloadError as exc:
         status, field, message = refusal(exc, 0)
         response = _answer(status, field, message)
         response.force_close()  # the rest of the body cannot be read either
-        return response
     except web.HTTPNotFound as exc:
-        return _answer(404, "path", "no such path", _kept(exc))
+        response = _answer(404, "path", "no such path", _kept(exc))
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
+        response = _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         # aiohttp's own words: "Maximum request body size N exceeded." or "Maximum number of
         # form fields N exceeded."
@@ -197,7 +212,13 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
             message = f"more than {limit[0]} form fields"
         else:
             message = f"larger than {limit[0] if limit else request.client_max_size} bytes"
-        return _answer(413, "body", message, _kept(exc))
+        response = _answer(413, "body", message, _kept(exc))
+    # no handler of the app answered it (its router's refusals, a page's unread body): counted
+    # by the app that counts them (the ingress: a 404 was counted nowhere)
+    counted = request.app.get(REFUSED)
+    if counted is not None:
+        counted(response.status)
+    return response
 
 
 def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
