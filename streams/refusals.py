@@ -11,7 +11,7 @@ here:
 
 - its HTTP parser (a malformed request line or header, a request line too long (414), a
   header too long or too many (431), a broken chunked or compressed body that arrives with
-  its headers, a gzip or deflate body cut short: ``streams.compressed``): the connection's
+  its headers): the connection's
   ``RequestHandler.handle_error``, which no middleware sees. aiohttp offers no hook for it
   (aio-libs/aiohttp#3287), so :class:`AppRunner` serves the app on connections whose
   ``handle_error`` answers in JSON; ``run_app`` is aiohttp's ``web.run_app`` on it.
@@ -53,9 +53,6 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
-
-from streams import compressed
-from streams.compressed import StreamCutShort
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -108,10 +105,6 @@ SPANS = {
 }
 
 
-# aiohttp takes a gzip body cut short as whole (streams.compressed): refused, as deflate's is
-compressed.install()
-
-
 def body(field: str, message: str) -> dict[str, list[dict[str, str]]]:
     return {"errors": [{"field": field, "message": message}]}
 
@@ -136,14 +129,6 @@ def refusal(exc: BaseException | None, max_headers: int) -> Refusal:
     # server cannot read it. A body that does not decode is "Can not decode ...: gzip".
     if isinstance(exc, ContentEncodingError) and "please install" in str(exc).lower():
         return CODINGS
-    if isinstance(exc, StreamCutShort):  # streams.compressed: its coding is gzip or deflate
-        coding = exc.coding
-        return (
-            400,
-            "body",
-            f"cut short: its {coding} stream (Content-Encoding: {coding}) does not end (its "
-            "end or trailer is missing)",
-        )
     for kind, answer in BY_CLASS:
         if isinstance(exc, kind):
             return answer

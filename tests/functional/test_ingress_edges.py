@@ -6,10 +6,7 @@ accepts, and what means "absent", is taken.
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
-import zlib
 from typing import Any
 
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from models.params import MESSAGES_SHAPE
 from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
 from streams.ingress import PATH, SLASHED
-from tests.functional.conftest import FORM, JSON, Ingress, seed_params, sent_until_closed
+from tests.functional.conftest import FORM, JSON, Ingress, seed_params
 from tests.support import with_changes
 
 
@@ -231,93 +228,6 @@ async def test_an_integer_of_4300_digits_is_read_and_judged_as_any_other(ingress
             "message": "Input should be less than or equal to 9223372036854775807",
         }
     ]
-
-
-# --- 5. a compressed body cut short ---------------------------------------------------------
-
-
-def compressed(coding: str, data: bytes) -> bytes:
-    if coding == "gzip":
-        return gzip.compress(data)
-    return zlib.compress(data)
-
-
-def cut_short(coding: str) -> str:
-    return (
-        f"cut short: its {coding} stream (Content-Encoding: {coding}) does not end (its end or "
-        "trailer is missing)"
-    )
-
-
-@pytest.mark.parametrize(
-    ("coding", "cut"),
-    [
-        pytest.param("gzip", 8, id="gzip without its trailer"),
-        pytest.param("gzip", 4, id="gzip without its length"),
-        pytest.param("gzip", 40, id="gzip cut mid-stream"),
-        pytest.param("deflate", 4, id="deflate without its checksum"),
-    ],
-)
-async def test_a_compressed_body_cut_short_is_a_400_naming_the_body_and_its_coding(
-    ingress: Ingress, coding: str, cut: int
-) -> None:
-    """A gzip body without its trailer (CRC-32, length) was taken as whole: a 202."""
-    body = compressed(coding, json.dumps(seed_params()).encode())[:-cut]
-
-    errors = await refused(ingress, body, 400, headers={"Content-Encoding": coding})
-
-    assert errors == [{"field": "body", "message": cut_short(coding)}]
-    metrics = await (await ingress.client.get("/metrics")).text()
-    assert 'talkstream_ingress_requests_total{outcome="400"} 1.0' in metrics
-
-
-@pytest.mark.parametrize("coding", ["gzip", "deflate"])
-async def test_a_whole_compressed_body_is_taken(ingress: Ingress, coding: str) -> None:
-    plain = json.dumps(seed_params()).encode()
-    reference = await taken(ingress, seed_params())
-
-    status, answered = await answer(
-        ingress, compressed(coding, plain), headers={"Content-Encoding": coding}
-    )
-
-    assert (status, answered) == (202, {"request_id": reference.request_id})
-
-
-async def test_a_gzip_body_of_several_members_is_taken(ingress: Ingress) -> None:
-    """Each member ends with its trailer; the next one starts afresh (RFC 1952 2.2)."""
-    plain = json.dumps(seed_params()).encode()
-    reference = await taken(ingress, seed_params())
-    members = gzip.compress(plain[:100]) + gzip.compress(plain[100:])
-
-    status, answered = await answer(ingress, members, headers={"Content-Encoding": "gzip"})
-
-    assert (status, answered) == (202, {"request_id": reference.request_id})
-    cut = members[:-8]
-    errors = await refused(ingress, cut, 400, headers={"Content-Encoding": "gzip"})
-    assert errors == [{"field": "body", "message": cut_short("gzip")}]
-
-
-async def test_the_connection_serves_the_next_request_after_a_body_cut_short(
-    ingress: Ingress,
-) -> None:
-    """Answered by the handler, as a body that does not decode: the connection goes on (it
-    was refused as a malformed request, the connection closed, for a deflate body)."""
-    plain = json.dumps(seed_params()).encode()
-    cut, whole = gzip.compress(plain)[:-8], gzip.compress(plain)
-
-    def request(body: bytes, last: bool = False) -> bytes:
-        return (
-            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n"
-            + ("Connection: close\r\n" if last else "")
-            + "\r\n"
-        ).encode() + body
-
-    raw = await sent_until_closed(ingress.client.server, request(cut) + request(whole, last=True))
-
-    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
-    assert statuses == [b"400", b"202"], raw[:2000]
-    assert len(ingress.sink.produced) == 1
 
 
 # --- 4. the webhook's path with a trailing slash; a path not served -------------------------
