@@ -10,7 +10,8 @@ it took lately (the topic holding a command twice: ``streams.agents.called``) is
 Each commit also notes (its mark, ``streams.agents.commits`` and ``streams.agents.marks``)
 which run of this instance took the records and which of them are not reported yet (the oldest,
 and each of them while they are few). A record that does not decode is committed only once
-Kafka acknowledged its dead letter (``Executor._decoded``). A command then waits in its
+Kafka acknowledged its dead letter (``Executor._decoded``), and one read again once it is
+lettered (a batch whose commit failed) is not lettered again. A command then waits in its
 target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its call's
 result goes to [requests] (``streams.agents.results``). The topics are keyed by target, so all
 of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
@@ -43,7 +44,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
-from streams.agents.called import CALLED_REMEMBERED, Called
+from streams.agents.called import CALLED_REMEMBERED, LETTERED_REMEMBERED, Called, Lettered
 from streams.agents.commits import Commits
 from streams.agents.forwarding import Forwarding
 from streams.agents.handover import HandOver, OnRebalance
@@ -96,6 +97,7 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
         self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
+        self._lettered = Lettered(LETTERED_REMEMBERED)  # the poison records it lettered lately
         self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
             name=config.name,
             instance=config.instance,
@@ -222,6 +224,8 @@ class Executor:
         for tp, records in batch.items():
             taken = commands[tp] = []
             for record in records:
+                if (tp, record.offset) in self._lettered:  # read again: lettered already
+                    continue
                 try:
                     command = await self._dead_letters.decoded(
                         self._work.decode,
@@ -234,7 +238,9 @@ class Executor:
                 except Exception:  # not written (said by ``DeadLetters``): read again
                     again[tp] = record.offset
                     break
-                if command is not None:
+                if command is None:  # lettered (acknowledged): not again if read again
+                    self._lettered.add(tp, record.offset)
+                else:
                     taken.append((record, command))
         return commands, again
 

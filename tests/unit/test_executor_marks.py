@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from models.events import DeadlineExpired, GenerateText
 from streams.agents.executors import Executor, ExecutorConfig
@@ -585,3 +586,24 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     queue.jobs = []
     taking(executor, (11, b))  # the copy handed back, taken by the same run
     assert [(job.key, job.attempt) for job in queue.jobs] == [("b", 1)]
+
+
+class Refusing:
+    """An executor's consumer whose first ``refusals`` commits the coordinator refuses (an
+    error of the commit alone, the group as it was: the consumer keeps its partitions and its
+    position, past the batch): what it committed, where it was sought."""
+
+    def __init__(self, refusals: int = 1) -> None:
+        self.refusals = refusals
+        self.error: Exception = KafkaError("the coordinator refused the commit")
+        self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise self.error
+        self.commits.append(offsets)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
