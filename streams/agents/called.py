@@ -63,8 +63,8 @@ class Called:
 class Lettered:
     """The records that do not decode an executor dead-lettered lately (its ``size`` last), by
     partition and offset, each once Kafka acknowledged its letter. A batch whose commit failed
-    is read again (a rebalance that gave its partition back to the same run has it read from
-    the last commit): a poison record of it was lettered again at each take, and
+    is read again (``Executor._read_again``), as is one a rebalance gave back to the same run
+    (read from the last commit): a poison record of it was lettered again at each take, and
     the dead-letter topic held as many letters of it, each counted and logged
     "dead-lettered". A letter that Kafka did not take is not noted: its record is read again
     to be lettered again. (Another run that reads the record again, the partition's next
