@@ -1,6 +1,8 @@
 """Which commands an executor took lately, by request and attempt: the topic may hold a command
 twice (the ledger sent it again after Kafka gave up on a copy it wrote all the same), and the
-executor (``streams.agents.executors``) calls only the first it takes (:class:`Called`).
+executor (``streams.agents.executors``) calls only the first it takes (:class:`Called`); and
+which records that do not decode it dead-lettered lately: read again (a batch whose commit
+failed), one is not lettered again (:class:`Lettered`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from aiokafka import TopicPartition
 # how many of the commands it took last an executor knows by request and attempt (``Called``):
 # a copy of one further on in the topic is not called again
 CALLED_REMEMBERED = 20_000
+# how many of the records it dead-lettered last an executor knows by partition and offset
+# (``Lettered``): one read again is not lettered again
+LETTERED_REMEMBERED = 10_000
 FORWARDED = -1  # the offset ``Called`` notes for a command forwarded to a partition
 
 
@@ -53,3 +58,28 @@ class Called:
 
     def forget(self, request_id: str, attempt: int) -> None:
         self._taken.pop((request_id, attempt), None)
+
+
+class Lettered:
+    """The records that do not decode an executor dead-lettered lately (its ``size`` last), by
+    partition and offset, each once Kafka acknowledged its letter. A batch whose commit failed
+    is read again (``Executor._read_again``), as is one a rebalance gave back to the same run
+    (read from the last commit): a poison record of it was lettered again at each take, and
+    the dead-letter topic held as many letters of it, each counted and logged
+    "dead-lettered". A letter that Kafka did not take is not noted: its record is read again
+    to be lettered again. (Another run that reads the record again, the partition's next
+    owner or this worker restarted, letters it again: the letters of one record carry the
+    same topic, partition and offset, ``docs/consumers.md``.)"""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lettered: dict[tuple[TopicPartition, int], None] = {}
+
+    def __contains__(self, where: tuple[TopicPartition, int]) -> bool:
+        """Whether the record at ``where`` (partition, offset) is lettered already."""
+        return where in self._lettered
+
+    def add(self, tp: TopicPartition, offset: int) -> None:
+        self._lettered[(tp, offset)] = None
+        if len(self._lettered) > self._size:
+            del self._lettered[next(iter(self._lettered))]

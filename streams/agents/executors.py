@@ -10,9 +10,11 @@ it took lately (the topic holding a command twice: ``streams.agents.called``) is
 Each commit also notes (its mark, ``streams.agents.commits`` and ``streams.agents.marks``)
 which run of this instance took the records and which of them are not reported yet (the oldest,
 and each of them while they are few). A record that does not decode is committed only once
-Kafka acknowledged its dead letter (``Executor._decoded``). A command then waits in its
-target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its call's
-result goes to [requests] (``streams.agents.results``). The topics are keyed by target, so all
+Kafka acknowledged its dead letter (``Executor._decoded``). A batch whose commit fails is read
+again from its first offset, none of it called, and a record of it lettered is not lettered
+again (``Executor._read_again``). A command then waits in its target's queue
+(``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its call's result goes to
+[requests] (``streams.agents.results``). The topics are keyed by target, so all
 of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
 partition away, the commands of it that are still queued are handed back to the topic for the
 new owner (calls already running finish here, and the hand-over's mark lists them:
@@ -43,7 +45,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
-from streams.agents.called import CALLED_REMEMBERED, Called
+from streams.agents.called import CALLED_REMEMBERED, LETTERED_REMEMBERED, Called, Lettered
 from streams.agents.commits import Commits
 from streams.agents.forwarding import Forwarding
 from streams.agents.handover import HandOver, OnRebalance
@@ -59,6 +61,14 @@ from streams.upstream.scheduler import Outcome, Scheduler
 log = logging.getLogger(__name__)
 
 FETCH_RECORDS = 500
+# how long an executor waits before it takes again a batch whose commit failed (a refusal the
+# coordinator answers at once would otherwise have it fetched and committed again without pause)
+COMMIT_AGAIN_SECONDS = 1.0
+# a commit that failed: what it was for is read again (in a lasting failure, one line a batch:
+# ``streams.logs.REPEATED``)
+NOT_COMMITTED = (
+    "%s could not commit (%s): what it took since its last commit is read again, none of it called"
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]  # this run of the instance, in its commits' marks
         self._unreported = Unreported()
         self._called = Called(CALLED_REMEMBERED)  # the commands this run took lately
+        self._lettered = Lettered(LETTERED_REMEMBERED)  # the poison records it lettered lately
         self.lost = LostWork(  # what other runs left unreported, or went on calling elsewhere
             name=config.name,
             instance=config.instance,
@@ -183,17 +194,18 @@ class Executor:
     async def _take_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = await self.lost.past_lost(batch)
+        ended = await self.lost.past_lost(batch)
         commands, again = await self._decoded(batch)
-        offsets.update({tp: again.get(tp, rs[-1].offset + 1) for tp, rs in batch.items()})
+        offsets = {**ended, **{tp: again.get(tp, rs[-1].offset + 1) for tp, rs in batch.items()}}
         marks = self.commits.marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
             return
         try:  # taken, before any work: at most one call per delivery
             await self.commits.commit(self.consumer, marks)
-        except Exception as exc:  # a rebalance took them: their new owner runs them
-            log.warning("%s could not commit a batch (%s); left to its new owner",
-                        self.config.name, type(exc).__name__)  # fmt: skip
+        except Exception as exc:  # not taken: read again, none of it called
+            log.warning(NOT_COMMITTED, self.config.name, type(exc).__name__)
+            self._read_again(consumer, {**{tp: rs[0].offset for tp, rs in batch.items()}, **ended})
+            await asyncio.sleep(COMMIT_AGAIN_SECONDS)  # (not committed again without pause)
             return
         self.taken.update(offsets)
         for tp, offset in again.items():  # its letter not written: read again from it
@@ -205,6 +217,20 @@ class Executor:
         await self.forwarding.send()
         if again:  # (not sent again without pause)
             await asyncio.sleep(LETTER_AGAIN_SECONDS)
+
+    def _read_again(self, consumer: AIOKafkaConsumer, first: dict[TopicPartition, int]) -> None:
+        """A batch whose commit failed is read again from ``first`` (each partition's first
+        offset not committed), none of it called: its consumer's position is past it. A
+        commit fails for a rebalance (its partitions' new owner, this run too, reads them from
+        the last commit anyway), and for reasons of its own while the group stays as it is (a
+        mark larger than the broker's ``offset.metadata.max.bytes``, an authorization refused,
+        an error of the coordinator): the batch was skipped then, its commands called by no one
+        until the ledger re-issued them at their deadline. Its poison records, lettered, are
+        not lettered again (:attr:`_lettered`); a lost range told to the ledger is not told
+        again (read again from its end)."""
+        for tp, offset in first.items():
+            with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
+                consumer.seek(tp, offset)
 
     async def _decoded(
         self, batch: dict[TopicPartition, list[Any]]
@@ -222,6 +248,8 @@ class Executor:
         for tp, records in batch.items():
             taken = commands[tp] = []
             for record in records:
+                if (tp, record.offset) in self._lettered:  # read again: lettered already
+                    continue
                 try:
                     command = await self._dead_letters.decoded(
                         self._work.decode,
@@ -234,7 +262,9 @@ class Executor:
                 except Exception:  # not written (said by ``DeadLetters``): read again
                     again[tp] = record.offset
                     break
-                if command is not None:
+                if command is None:  # lettered (acknowledged): not again if read again
+                    self._lettered.add(tp, record.offset)
+                else:
                     taken.append((record, command))
         return commands, again
 

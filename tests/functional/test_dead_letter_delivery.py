@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 
 from models.events import DeadLetter
+from streams.agents import executors
 from streams.agents.projector import Projector, ProjectorConfig
 from streams.codecs import decode, encode
 from streams.observability import WorkerMetrics
@@ -24,7 +25,15 @@ from streams.projection.engine import make_engine
 from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters
 from tests.unit.domain_builders import Ledger, received
-from tests.unit.test_executor_marks import TP, Committing, Queue, Requests, generator, keyed
+from tests.unit.test_executor_marks import (
+    TP,
+    Committing,
+    Queue,
+    Refusing,
+    Requests,
+    generator,
+    keyed,
+)
 
 POISON = b"\xff\xfe not json"
 
@@ -139,4 +148,33 @@ async def test_the_projector_records_a_poison_record_read_only_once_its_letter_i
     await projector._project(consumer, records((1, POISON), (2, second)))  # type: ignore[arg-type]
     assert store.next_offset(TP.topic, TP.partition) == 3
     assert [(letter.topic, letter.offset) for letter in outage.letters] == [(TP.topic, 1)]
+    assert counted(metrics, TP.topic) == 1
+
+
+async def test_a_poison_record_read_again_after_a_failed_commit_is_lettered_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its letter is acknowledged, then the batch's commit fails: a rebalance (aiokafka has the
+    member join again; given the partition back, this run reads it from its last commit) or an
+    error of the commit alone (the batch is read again). Taken again, the poison record was
+    lettered again, and the dead-letter topic held two letters of it, each counted and said
+    "dead-lettered"."""
+    monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    outage = Outage(failing=0)
+    metrics = WorkerMetrics()
+    letters = DeadLetters(outage, metrics.dead_letters, SimpleNamespace(now_ms=lambda: 0))
+    queue = Queue()
+    executor = generator(Requests(), scheduler=queue, dead_letters=letters)
+    consumer = executor.consumer = Refusing()  # type: ignore[assignment]
+    consumer.error = CommitFailedError("the group has rebalanced")
+    a, b = keyed("a"), keyed("b")
+
+    await executor._take_batch(consumer, records((5, a), (6, POISON), (7, b)))  # type: ignore[arg-type]
+    assert consumer.commits == [] and queue.jobs == []
+    assert [letter.offset for letter in outage.letters] == [6]
+
+    await executor._take_batch(consumer, records((5, a), (6, POISON), (7, b)))  # type: ignore[arg-type]
+    assert [offsets[TP][0] for offsets in consumer.commits] == [8]
+    assert [job.key for job in queue.jobs] == ["a", "b"]
+    assert [letter.offset for letter in outage.letters] == [6], "lettered once"
     assert counted(metrics, TP.topic) == 1

@@ -7,13 +7,17 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from models.events import DeadlineExpired, GenerateText
+from streams.agents import executors
 from streams.agents.executors import Executor, ExecutorConfig
 from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
+from streams.logs import REPEATED
 from streams.runtime import SystemClock, Topics
 from tests.unit.domain_builders import Ledger, received
 
@@ -585,3 +589,64 @@ def test_a_command_kafka_holds_twice_is_called_once() -> None:
     queue.jobs = []
     taking(executor, (11, b))  # the copy handed back, taken by the same run
     assert [(job.key, job.attempt) for job in queue.jobs] == [("b", 1)]
+
+
+class Refusing:
+    """An executor's consumer whose first ``refusals`` commits the coordinator refuses (an
+    error of the commit alone, the group as it was: the consumer keeps its partitions and its
+    position, past the batch): what it committed, where it was sought."""
+
+    def __init__(self, refusals: int = 1) -> None:
+        self.refusals = refusals
+        self.error: Exception = KafkaError("the coordinator refused the commit")
+        self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise self.error
+        self.commits.append(offsets)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_a_batch_whose_commit_failed_is_read_again_from_its_first_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its consumer's position is past the batch: an executor that went on from there called
+    none of its commands in that run (the ledger re-issued them at their deadline). It reads
+    the batch again, each partition from its first offset not committed, and calls nothing of
+    it before it is committed; a range another run lost, told to the ledger, is read again
+    from its end, not told again."""
+    monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    requests, queue = Requests(), Queue()
+    executor = generator(requests, scheduler=queue, dead_letters=Decoding())
+    consumer = executor.consumer = Refusing()  # type: ignore[assignment]
+    executor.lost.reading[TP] = (2, Mark("i", "r", 0))  # its previous run took 0-1, reported none
+
+    def batch(*values: tuple[TopicPartition, int, str]) -> dict[TopicPartition, list[Any]]:
+        taken: dict[TopicPartition, list[Any]] = {}
+        for tp, offset, key in values:
+            taken.setdefault(tp, []).append(
+                SimpleNamespace(
+                    topic=tp.topic, partition=tp.partition, offset=offset, key=b"k",
+                    value=keyed(key),
+                )
+            )  # fmt: skip
+        return taken
+
+    first = batch((TP, 0, "a"), (TP, 1, "b"), (TP, 2, "c"), (TP, 3, "d"), (OTHER, 7, "x"))
+    asyncio.run(executor._take_batch(consumer, first))  # type: ignore[arg-type]
+    assert consumer.commits == [] and queue.jobs == [], "nothing called before its commit"
+    assert sorted(consumer.seeks) == [(TP, 2), (OTHER, 7)], "read again, not skipped"
+    assert executor.taken == {}
+    assert [m.request_id for m in requests.sent] == ["a", "b"]  # the lost range, told
+
+    again = batch((TP, 2, "c"), (TP, 3, "d"), (OTHER, 7, "x"))
+    asyncio.run(executor._take_batch(consumer, again))  # type: ignore[arg-type]
+    assert [{tp: at for tp, (at, _) in c.items()} for c in consumer.commits] == [{TP: 4, OTHER: 8}]
+    assert [job.key for job in queue.jobs] == ["c", "d", "x"]
+    assert [m.request_id for m in requests.sent] == ["a", "b"], "not told lost again"
+    assert executors.NOT_COMMITTED in REPEATED["streams.agents.executors"]  # one line every 10 s

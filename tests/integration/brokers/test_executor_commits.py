@@ -1,0 +1,198 @@
+"""An executor's commit that fails while its group stays stable, on a real broker: the batch it
+was for is taken again, not skipped, and a poison record of it is lettered once.
+
+The broker here keeps commit metadata to a small size (``offset.metadata.max.bytes``, 4096 by
+default; a cluster may set less): it refuses a commit whose mark is larger,
+``OFFSET_METADATA_TOO_LARGE``, an error of the commit alone (no rebalance, no rejoin: the
+member keeps its partitions and its position). A mark grows with the ranges of calls not
+reported yet and shrinks as they report, so such a refusal passes. An executor that met it
+went on from past the batch (its consumer's position): the batch's commands were never called
+in that run, only re-issued by the ledger at their deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter
+
+from models.events import DeadLetter
+from streams.agents.executors import Executor, ExecutorConfig
+from streams.agents.marks import Mark
+from streams.agents.work import Generate
+from streams.codecs import decode
+from streams.dev.kafka import EmbeddedKafka
+from streams.errors import UpstreamError
+from streams.runtime import DeadLetters, SystemClock, Topics
+from streams.upstream.scheduler import Outcome
+from tests.integration.conftest import create_topic, session_kafka_version
+from tests.support import free_port
+from tests.unit.test_executor_marks import Requests, keyed
+
+pytestmark = [pytest.mark.integration, pytest.mark.brokers]
+
+INSTANCE = "t-worker-generator"
+POISON = b"\xff\xfe not a command"
+# a mark of one run listing two ranges of single-digit offsets fits; three do not
+METADATA_MAX = len(Mark(INSTANCE, "0" * 12, 0, ((0, 1), (2, 3))).encode())
+
+
+@pytest.fixture
+def small_metadata_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("small-metadata-broker"),
+        port=free_port(),
+        controller_port=free_port(),
+        version=session_kafka_version(),
+        overrides={"offset.metadata.max.bytes": str(METADATA_MAX)},
+    )
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+class Queue:
+    """The executor's scheduler: the jobs it was given, in order, called when the test says
+    (they report then)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+        self.on_organization = None
+
+    def now(self) -> float:
+        return 0.0
+
+    def submit(self, target: str, job: Any, organization: str | None = None) -> None:
+        self.jobs.append(job)
+
+    def take_back(self, origins: set[TopicPartition]) -> list[Any]:
+        return []
+
+    def organization(self, family: str) -> str | None:
+        return None
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def drain(self, within_s: float) -> list[Any]:
+        return []
+
+    def taken(self) -> list[str]:
+        return [job.key for job in self.jobs]
+
+    async def answer(self, key: str) -> None:
+        """The call of ``key`` ends (a failure: what it reports does not matter here)."""
+        [job] = [job for job in self.jobs if job.key == key]
+        await job.report(
+            Outcome(value=None, error=UpstreamError("refused", reason="T"), waited_s=0, tries=1)
+        )
+
+
+class Letters:
+    """The dead-letter topic: the letters Kafka acknowledged."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    async def send(self, *, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        self.letters.append(decode(DeadLetter, value))
+        delivery = asyncio.get_running_loop().create_future()
+        delivery.set_result(None)
+        return delivery
+
+
+async def until(done: Callable[[], Any], task: asyncio.Task[None], what: str) -> None:
+    async with asyncio.timeout(60):
+        while not done():
+            if task.done():
+                task.result()  # its failure, not a timeout
+            await asyncio.sleep(0.05)
+    assert done(), what
+
+
+async def produce(bootstrap: str, topic: str, *values: bytes) -> None:
+    """``values`` to partition 0 of ``topic`` in one record batch: a fetch takes all or none."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for value in values:
+            assert batch.append(key=b"k", value=value, timestamp=None) is not None
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+def test_a_batch_whose_commit_failed_is_taken_again_and_its_poison_lettered_once(
+    small_metadata_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """a, b, c, d (offsets 0-3) are taken; b and d report, so the mark lists a and c: two
+    ranges. A poison record (4) and e (5) come: their commit's mark lists three ranges, and the
+    broker refuses it. Then a reports, and the mark fits again; f (6) comes. Every
+    command is called once, e too (before, it was skipped: a, b, c, d, f), and the poison
+    record is lettered once (taken again, it was lettered at each take)."""
+    bootstrap = small_metadata_broker.bootstrap
+    topic = f"t-{uuid.uuid4().hex[:8]}-generate"
+    group = f"{topic}-generator"
+    tp = TopicPartition(topic, 0)
+    queue, letters = Queue(), Letters()
+    counter = Counter("letters", "dead letters", ["topic"], registry=CollectorRegistry())
+    executor = Executor(
+        ExecutorConfig("generator", topic, group, INSTANCE, {"bootstrap_servers": bootstrap}),
+        queue,  # type: ignore[arg-type]
+        Generate(chat=None, secrets=None),  # type: ignore[arg-type]
+        topics=Topics(
+            requests=Requests(), generate=None, completions=None, lifecycle=None, deadletter=None
+        ),
+        dead_letters=DeadLetters(letters, counter, SystemClock()),
+        clock=SystemClock(),
+    )
+
+    def refused() -> list[str]:
+        return [m for m in caplog.messages if "could not commit" in m and "TooLarge" in m]
+
+    async def scenario() -> int | None:
+        await create_topic(bootstrap, topic, 1)
+        await produce(bootstrap, topic, *(keyed(key) for key in "abcd"))
+        task = asyncio.create_task(executor.run())
+        try:
+            await until(lambda: queue.taken() == list("abcd"), task, "a-d taken")
+            await queue.answer("b")
+            await queue.answer("d")
+            await until(
+                lambda: executor.commits.marked[tp].unreported == ((0, 1), (2, 3)),
+                task,
+                "b and d reported, committed",
+            )
+            assert not refused()
+            await produce(bootstrap, topic, POISON, keyed("e"))
+            await until(refused, task, "the commit of e and the poison record refused")
+            await queue.answer("a")  # the mark fits again: the commit is not refused
+            await produce(bootstrap, topic, keyed("f"))
+            await until(lambda: "f" in queue.taken(), task, "f taken")  # (committed first)
+        finally:
+            await executor.stop(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return await committed(bootstrap, group, tp)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.executors"):
+        last = asyncio.run(scenario())
+    assert queue.taken() == list("abcdef"), "e was skipped"
+    assert [(letter.topic, letter.offset) for letter in letters.letters] == [(topic, 4)]
+    assert last == 7
