@@ -1,6 +1,11 @@
 """The projector waiting on its database says so: a database that does not answer (a server
 that hangs, a network that drops everything) left the projector's writes waiting with no
-error, no log line and its ``/readyz`` ready, for as long as it lasted."""
+error, no log line and its ``/readyz`` ready, for as long as it lasted.
+
+The first thing a projector asks its database is who it is (``database_identity``: a
+PostgreSQL server's own id, before the projector joins its group; its schema is migrated only
+once the group has given it partitions), so these stores hang, or are out of reach, there:
+the same wait (``Projector._until_done``) as every write's."""
 
 from __future__ import annotations
 
@@ -22,15 +27,15 @@ from tests.functional.test_worker_http import until
 
 
 class _HungDatabase(ProjectionStore):
-    """A database that answers the schema's migration only once released."""
+    """A database that says who it is only once released."""
 
     def __init__(self) -> None:
         super().__init__(make_engine("sqlite://"), migrate_schema=False)
         self.released = threading.Event()
 
-    def upgrade_schema(self) -> None:
+    def identity(self, engine: Any) -> str:
         self.released.wait(30)
-        super().upgrade_schema()
+        return "hung"
 
 
 def without_kafka(store: ProjectionStore) -> Projector:
@@ -49,18 +54,19 @@ async def test_a_database_that_does_not_answer_is_said_until_it_answers(
 ) -> None:
     monkeypatch.setattr(projector_module, "DATABASE_SILENCE_SECONDS", 1.0, raising=False)
     store = _HungDatabase()
+    monkeypatch.setattr(projector_module, "database_identity", store.identity)
     projector = without_kafka(store)
-    silent = "database not answering: projection schema migration has waited 1 s"
+    silent = "database not answering: projection database identity has waited 1 s"
     with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
         running = asyncio.create_task(projector.run())
         try:
             await until(lambda: projector.database_error is not None)
             assert ready(None, [projector]) == (False, silent)
-            assert "projection schema migration has waited 1 s for the database" in caplog.text
+            assert "projection database identity has waited 1 s for the database" in caplog.text
             store.released.set()
             await until(lambda: projector.database_error is None)
-            assert "projection schema migration answered after more than 1 s" in caplog.text
-            assert store.is_current()
+            assert "projection database identity answered after more than 1 s" in caplog.text
+            assert projector.database == "hung"
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
@@ -76,19 +82,22 @@ class _DownDatabase(ProjectionStore):
         self.back = threading.Event()
         self.tries = 0
 
-    def upgrade_schema(self) -> None:
+    def identity(self, engine: Any) -> str:
         self.tries += 1
         if not self.back.is_set():
             raise OperationalError("connect", {}, ConnectionRefusedError("Connection refused"))
-        super().upgrade_schema()
+        return "back"
 
 
-async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds() -> None:
+async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The pause between tries grows from half a second, so a long outage is not tried at
     every moment, up to 5 s: once the database is back, the projector goes on within that. It
     grew to 30 s: six failed tries in a row (15.5 s of outage) and a database back just after
     waited 16 s more, and a longer outage up to 30."""
     store = _DownDatabase()
+    monkeypatch.setattr(projector_module, "database_identity", store.identity)
     projector = without_kafka(store)
     running = asyncio.create_task(projector.run())
     try:
@@ -102,7 +111,7 @@ async def test_a_database_back_after_a_long_outage_is_written_to_within_seconds(
         waited = time.monotonic() - back
         # the cap (5 s) and a margin for a loaded machine; the old cap (30 s) waited ~16 s here
         assert waited <= 5 + 3.0, f"written to {waited:.1f}s after the database was back"
-        assert store.is_current()
+        assert projector.database == "back"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
