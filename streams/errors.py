@@ -16,6 +16,9 @@
      │    ├── PublishError           Talkable API v2
      │    └── QueueTimeout           waited longer than the maximum wait for its target
      ├── BrokerUnavailable (retriable = True)   Kafka did not acknowledge in time
+     │    └── PartitionsAdded        [requests] and the ledger's changelog have other
+     │                               partition counts: nothing is written until an operator
+     │                               redeploys (a new TALKSTREAM_APP_ID)
      └── RecordTooLarge              Kafka refuses the record for its size, however often sent
 
 Third-party errors are wrapped where they are caught, ``raise ... from exc``; messages never
@@ -53,6 +56,17 @@ class SecretError(TalkstreamError):
 
 class BrokerUnavailable(TalkstreamError):
     retriable = True
+
+
+class PartitionsAdded(BrokerUnavailable):
+    """A record refused because partitions were added to [requests] or to the ledger's
+    changelog since they were created: nothing was written, and nothing will be until an
+    operator deploys under a new ``TALKSTREAM_APP_ID``; no retry by itself fixes it, though a
+    sender may retry (a 503). ``cause``: what differs, and the fix."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"{cause}; nothing was sent")
+        self.cause = cause
 
 
 class RecordTooLarge(TalkstreamError):

@@ -57,7 +57,7 @@ from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
 from streams import logs
 from streams.codecs import encode
-from streams.errors import BrokerUnavailable, RecordTooLarge
+from streams.errors import BrokerUnavailable, PartitionsAdded, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
 from streams.refusals import CODINGS, EXPECTATION, REFUSED, refusal, refusals
 from streams.refusals import body as error_body
@@ -205,11 +205,14 @@ class KafkaSink:
         return any(now - since > self._stall_seconds for since in self._pending.values())
 
     def split(self, producer: Any, topic: str) -> str | None:
-        """Why a record keyed to ``topic`` could land where no ledger reads it: the topic has
-        another partition count than the ledger's changelog (partitions were added to it since
-        it was created), so the producer maps people to partitions whose ledger has none of
-        their state, or to partitions no ledger reads at all. None while the counts agree or
-        are not known yet."""
+        """Why a record keyed to ``topic`` must not be written: the topic has another partition
+        count than the ledger's changelog, one of them grown since they were created (Kafka
+        takes no partition away, so the larger count is the one added to). Partitions added to
+        ``topic``: the producer maps people to partitions whose ledger has none of their
+        state, or to partitions no ledger reads at all. Added to the changelog: faust's
+        assignor pairs a source topic's partitions with its table's changelog's only while
+        the counts agree, so the worker deciding a person's webhook may not hold their ledger
+        state. None while the counts agree or are not known yet."""
         if self._changelog is None:
             return None
         cluster = producer.client.cluster
@@ -217,11 +220,18 @@ class KafkaSink:
         ledger = cluster.partitions_for_topic(self._changelog)
         if not written or not ledger or len(written) == len(ledger):
             return None
+        fix = "to change the count, deploy under a new TALKSTREAM_APP_ID"
+        if len(written) > len(ledger):
+            return (
+                f"{topic} has {len(written)} partitions but the ledger's {self._changelog} "
+                f"{len(ledger)}: a webhook could land where no ledger reads it (partitions "
+                f"added to a deployment's topics; {fix})"
+            )
         return (
-            f"{topic} has {len(written)} partitions but the ledger's {self._changelog} "
-            f"{len(ledger)}: a webhook could land where no ledger reads it (partitions added "
-            "to a deployment's topics; to change the count, deploy under a new "
-            "TALKSTREAM_APP_ID)"
+            f"the ledger's {self._changelog} has {len(ledger)} partitions but {topic} "
+            f"{len(written)}: a webhook could be decided by a worker without its person's "
+            f"ledger state (partitions added to the ledger's changelog, which faust then "
+            f"assigns apart from {topic}; {fix})"
         )
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
@@ -230,7 +240,7 @@ class KafkaSink:
             raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
         split = self.split(producer, topic)
         if split is not None:
-            raise BrokerUnavailable(f"{split}; nothing was sent")
+            raise PartitionsAdded(split)
         partition = self._partition_of(key) if self._partition_of else None
         try:
             delivery = await producer.send(topic, value=value, key=key, partition=partition)
@@ -474,6 +484,9 @@ def build_ingress(
     # no site signs: a query string is read with the body at once
     signs = must_sign if keys or settings.require_signature else None
 
+    # why webhooks are refused for partitions added, as last logged (KafkaSink.split)
+    refusing: str | None = None
+
     def tally(status: int, started: float) -> None:
         metrics.requests.labels(outcome=str(status)).inc()
         metrics.latency.observe(time.perf_counter() - started)
@@ -498,6 +511,7 @@ def build_ingress(
 
     @counted
     async def generate(request: web.Request) -> web.Response:
+        nonlocal refusing
         # the header as sent: aiohttp's ``content_type`` drops the boundary and charset and
         # reports a missing header as application/octet-stream (parse_request: JSON)
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
@@ -541,6 +555,30 @@ def build_ingress(
             return web.json_response(
                 {"errors": [{"field": "body", "message": message}]}, status=413
             )
+        except PartitionsAdded as exc:
+            # every webhook is refused until an operator redeploys: said once per change of
+            # the cause, with what to do, not once per webhook; the answer says it too
+            if exc.cause != refusing:
+                refusing = exc.cause
+                log.error(
+                    "ingress refuses every webhook (503, nothing written; first request_id=%s) "
+                    "until an operator acts: %s",
+                    received.request_id,
+                    exc.cause,
+                )
+            else:
+                log.debug("ingress refused request_id=%s: %s", received.request_id, exc.cause)
+            message = (
+                f"not written, nor will any be until this service's operator acts: {exc.cause}"
+            )
+            return web.json_response(
+                {
+                    "errors": [{"field": "kafka", "message": message}],
+                    "request_id": received.request_id,
+                },
+                status=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
         except BrokerUnavailable as exc:
             log.warning("ingress could not produce request_id=%s: %s", received.request_id, exc)
             return web.json_response(
@@ -551,6 +589,7 @@ def build_ingress(
                 status=503,
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
+        refusing = None  # a change of the partition counts since is said again
         log.info(
             "accepted request_id=%s site=%s",
             received.request_id,

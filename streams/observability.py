@@ -211,10 +211,15 @@ class ConsumerLag(Collector):
         )
         consumer = getattr(self.app, "_consumer", None)
         if consumer is not None:
-            # faust keeps the last offset it read per partition (no public accessor); a
-            # table's changelog is not read as a stream: the table's own offset says how far
-            # it has applied (or, where it is the writer, written) that partition
+            # faust keeps an offset per partition (no public accessor): the last it read, or,
+            # until it reads one after an assignment, the one it was sought to (its commit,
+            # the next to read), which counted as read made a partition given to this worker
+            # look one short of its backlog; our consumer notes the last it took since the
+            # assignment (``taken``). A table's changelog is not read as a stream: the
+            # table's own offset says how far it has applied (or, where it is the writer,
+            # written) that partition
             read = getattr(consumer, "_read_offset", {})
+            taken = getattr(consumer, "_taken", {})
             tables = {t.changelog_topic_name: t for t in self.app.tables.values()}
             for tp in sorted(consumer.assignment()):
                 try:
@@ -224,8 +229,13 @@ class ConsumerLag(Collector):
                 if highwater is None:  # not fetched yet (a changelog is fetched only to recover)
                     continue
                 table = tables.get(tp.topic)
-                last = table.persisted_offset(tp) if table is not None else read.get(tp)
-                position = last + 1 if last is not None else 0
+                if table is not None:
+                    last = table.persisted_offset(tp)
+                    position = last + 1 if last is not None else 0
+                elif tp in taken:
+                    position = taken[tp] + 1
+                else:  # nothing taken since it was assigned: where it was sought to
+                    position = read.get(tp) or 0
                 family.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
         for own in self.consumers:
             for (topic, partition), lag in own.lag().items():

@@ -206,13 +206,22 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
             for count, names in sorted(grouped.items())
             if count > settings.partitions
         )
+        grown = {name for count, names in grouped.items() if count > settings.partitions
+                 for name in names}  # fmt: skip
+        why = (
+            # the ledger writes a person's state to the partition of their [requests] record
+            "The ledger's table is paired with [requests] partition by partition (by faust's "
+            "assignor) only while their counts agree, so a person's requests would be decided "
+            "where their state is not"
+            if grown == {settings.topic(f"{LEDGER_TABLE}-changelog")}
+            else "A person's messages and state live in the partition their key maps to"
+        )
         return (
             f"TALKSTREAM_PARTITIONS is {settings.partitions}, as the topics were created "
             f"({', '.join(sorted(grouped[settings.partitions]))}), but partitions were added "
-            f"since to {added}. A person's messages and state live in the partition their key "
-            "maps to, so every topic must keep the count it was created with, and Kafka takes "
-            "no partition away: give this deployment a TALKSTREAM_APP_ID of its own (README, "
-            "Operations: Scale out)"
+            f"since to {added}. {why}, so every topic must keep the count it was created with, "
+            "and Kafka takes no partition away: give this deployment a TALKSTREAM_APP_ID of its "
+            "own (README, Operations: Scale out)"
         )
     listed = "; ".join(
         f"{count} partitions: {', '.join(sorted(names))}"
@@ -246,27 +255,48 @@ def partition_of(partitions: int) -> Callable[[bytes], int]:
 
 def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     """What to say when faust gave this worker partitions past the count its topics were
-    created with (``partitions``, checked at start): some were added to [requests] (or to the
-    ledger's changelog) since (``kafka-topics.sh --alter``), which its consumer takes at its
-    next rebalance. No ledger keeps the state of a person there; talkstream writes nothing there
-    (:func:`partition_of`), but a record another producer writes to one of [requests] stops the
-    worker reading it (faust: ``Unrecognized partition``) and each worker it moves to next.
-    None when every assigned partition is one of the count."""
+    created with (``partitions``, checked at start): some were added to [requests] or to the
+    ledger's changelog since (``kafka-topics.sh --alter``), which its consumer takes at its
+    next rebalance. Of [requests]: no ledger keeps the state of a person there; talkstream
+    writes nothing there (:func:`partition_of`), but a record another producer writes to one
+    stops the worker reading it (faust: ``Unrecognized partition``) and each worker it moves to
+    next. Of the changelog: nothing is written there (the ledger writes a person's state to
+    the partition of their [requests] record), but faust's assignor pairs [requests]'s
+    partitions with the changelog's only while their counts agree, so a person's webhooks may
+    be decided by a worker that does not hold their ledger state. None when every assigned
+    partition is one of the count."""
     past: dict[str, list[int]] = {}
     for tp in assigned:
         if tp.partition >= partitions:
             past.setdefault(tp.topic, []).append(tp.partition)
     if not past:
         return None
-    held = "; ".join(
-        f"{topic} partition {', '.join(map(str, sorted(numbers)))}"
-        for topic, numbers in sorted(past.items())
-    )
+    changelog = f"-{LEDGER_TABLE}-changelog"
+
+    def held(grown: Iterable[str]) -> str:
+        return "; ".join(
+            f"{topic} partition {', '.join(map(str, sorted(past[topic])))}" for topic in grown
+        )
+
+    sources = sorted(topic for topic in past if not topic.endswith(changelog))
+    changelogs = sorted(topic for topic in past if topic.endswith(changelog))
+    said = []
+    if sources:
+        said.append(
+            f"this worker holds {held(sources)}, past the {partitions} the topics were created "
+            "with, where no ledger keeps a person's state (a record there stops the worker "
+            "that reads it)"
+        )
+    if changelogs:
+        said.append(
+            f"this worker holds {held(changelogs)}, past the {partitions} the topics were "
+            "created with: the ledger's changelog has more partitions than [requests], and "
+            "faust then assigns them apart, so a person's webhooks may be decided by a worker "
+            "without their ledger state"
+        )
     return (
-        f"partitions added to a deployment's topics: this worker holds {held}, past the "
-        f"{partitions} the topics were created with, where no ledger keeps a person's state (a "
-        "record there stops the worker that reads it); to change the count, deploy under a new "
-        "TALKSTREAM_APP_ID"
+        f"partitions added to a deployment's topics: {'; and '.join(said)}; to change the "
+        "count, deploy under a new TALKSTREAM_APP_ID"
     )
 
 

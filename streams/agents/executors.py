@@ -281,6 +281,7 @@ class Executor:
             await self.forwarding.send()
             cut = await self.scheduler.drain(drain_s)
             await self.forwarding.send()  # those Kafka may hold, once more (never called here)
+            self.forwarding.summarise(final=True)
             queued = self.scheduler.take_back(set(self.taken))
             sent = len(queued) - len(await self.handover.send_back(queued))
             try:

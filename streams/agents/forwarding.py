@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -60,6 +61,7 @@ from streams.upstream.scheduler import Job, Scheduler
 log = logging.getLogger("streams.agents.executors")  # the executors' lines
 
 _PARTITIONER = DefaultPartitioner()
+SUMMARY_SECONDS = 60.0  # the forwards are said in one INFO line at most this often
 
 
 def organization_partition(organization: str, partitions: Collection[int]) -> int:
@@ -101,6 +103,7 @@ class Forwarding:
         called: Called,
         unreported: Unreported,
         consumer: Callable[[], AIOKafkaConsumer | None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._name = name  # the executor's, in its log lines
         self._topics = topics  # [generate] is where it forwards (only OpenAI keys have one)
@@ -110,6 +113,9 @@ class Forwarding:
         self._unreported = unreported  # the executor's: what this run took and did not report
         self._consumer = consumer  # the executor's (None before its run)
         self._held: list[tuple[Job[Any], str, TopicPartition]] = []
+        self._clock = clock  # (monotonic seconds) when the forwards are summarised
+        self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
+        self._said_at: float | None = None  # the last summary's time
 
     def to(self, job: Job[Any], command: Any) -> bool:
         """Whether the command just taken (its ``job``, with the record it was read as) is
@@ -161,6 +167,33 @@ class Forwarding:
 
         return forwarded
 
+    def summarise(self, *, final: bool = False) -> None:
+        """The forwards acknowledged since the last summary, counted by organisation and
+        partition, in one INFO line: the first at once, then at most one every
+        :data:`SUMMARY_SECONDS` (each forward is a DEBUG line); ``final``: whatever is left
+        untold (the executor's stop). With several workers, an organisation's keys on another
+        worker's partitions are forwarded all day: a line per send (most carry a command or
+        two) was a line per command."""
+        if not self._sent:
+            return
+        now = self._clock()
+        if not final and self._said_at is not None and now - self._said_at < SUMMARY_SECONDS:
+            return
+        sent, self._sent = self._sent, collections.Counter()
+        since = "" if self._said_at is None else f" in {now - self._said_at:.0f} s"
+        self._said_at = now
+        log.info(
+            "%s forwarded %s commands%s to the executors pacing their organisation with its "
+            "other keys: %s",
+            self._name,
+            sum(sent.values()),
+            since,
+            ", ".join(
+                f"organization={organization}'s partition {partition}: {count}"
+                for (organization, partition), count in sorted(sent.items())
+            ),
+        )
+
     @property
     def held(self) -> int:
         """The forwards held, not sent yet or sent again (their delivery's outcome unknown)."""
@@ -184,7 +217,6 @@ class Forwarding:
                 unsent.append(job)
                 continue
             deliveries.append((job, organization, to, delivery))
-        sent: collections.Counter[tuple[str, int]] = collections.Counter()
         for job, organization, to, delivery in deliveries:
             try:
                 await delivery
@@ -194,10 +226,10 @@ class Forwarding:
                 continue
             self._called.forwarded(job.key, job.attempt, to)  # called where it went
             self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-            sent[(organization, to.partition)] += 1
-        for (organization, partition), count in sent.items():
-            log.info("%s forwarded %s commands to partition %s, organization=%s's: paced there "
-                     "with its other keys", self._name, count, partition, organization)  # fmt: skip
+            log.debug("%s forwarded request_id=%s attempt=%s to partition %s, organization=%s's",
+                      self._name, job.key, job.attempt, to.partition, organization)  # fmt: skip
+            self._sent[(organization, to.partition)] += 1
+        self.summarise()
         for job in unsent:  # never written: called here, as before it knew the organisation
             self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
 

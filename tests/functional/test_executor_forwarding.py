@@ -361,3 +361,51 @@ async def test_a_stop_leaves_a_forward_kafka_may_hold_to_be_told_lost_not_called
     said = [r.getMessage() for r in caplog.records if "to tell lost" in r.msg]
     assert said == ["generator stopping: 1 forwards Kafka did not acknowledge are left to the "
                     "next run to tell lost"]  # fmt: skip
+
+
+async def test_forwards_are_summarised_in_an_info_line_a_minute_each_a_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With several workers an organisation's keys on another worker's partitions are
+    forwarded all day, and each send (most carry a command or two) wrote an INFO line: a
+    line per command. The first forwards are said at once, then at most one INFO line a
+    minute counts them by organisation and partition (a stop says what is left); each
+    forward is a DEBUG line with its request."""
+    g = generator(KEY_TP)
+    now = [1000.0]
+    g.executor.forwarding._clock = lambda: now[0]
+    await learned(g)
+    caplog.set_level(logging.DEBUG, logger="streams.agents.executors")
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == level and " forwarded " in r.getMessage()]  # fmt: skip
+
+    await take(g, KEY_TP, (1, command("a")), (2, command("b")), key=KEY_ID.encode())
+    first = (
+        "generator forwarded 2 commands to the executors pacing their organisation with its "
+        f"other keys: organization={ORG}'s partition {ORG_TP.partition}: 2"
+    )
+    for offset, request_id in enumerate("cdef", start=3):  # within the minute: counted
+        now[0] += 10
+        await take(g, KEY_TP, (offset, command(request_id)), key=KEY_ID.encode())
+    assert len(said(logging.INFO)) == 1  # five sends, one line
+    assert said(logging.INFO) == [first]
+    now[0] += 25  # a minute and 5 s after the first line
+    await take(g, KEY_TP, (7, command("g")), key=KEY_ID.encode())
+    assert said(logging.INFO) == [
+        first,
+        "generator forwarded 5 commands in 65 s to the executors pacing their organisation "
+        f"with its other keys: organization={ORG}'s partition {ORG_TP.partition}: 5",
+    ]
+    now[0] += 5
+    await take(g, KEY_TP, (8, command("h")), key=KEY_ID.encode())
+    await g.executor.stop(0.0)  # what is left untold, said as it stops
+    assert said(logging.INFO)[2:] == [
+        "generator forwarded 1 commands in 5 s to the executors pacing their organisation "
+        f"with its other keys: organization={ORG}'s partition {ORG_TP.partition}: 1"
+    ]
+    assert [m.split(" attempt=")[0] for m in said(logging.DEBUG)] == [
+        f"generator forwarded request_id={request_id}" for request_id in "abcdefgh"
+    ]
+    assert len(g.generate.sent) == 8 and g.work.called == ["first"]

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from models.events import ChatRequest, RequestReceived, RequestSpec
 from models.params import GenerateParams, OpenAIParams, UsageLimit
 from streams.clients.openai_chat import chat_body
-from streams.errors import BrokerUnavailable
+from streams.errors import BrokerUnavailable, PartitionsAdded
 from streams.projection.tables import EndedMinuteRow, RequestRow
 from tests.functional.conftest import (
     FORM,
@@ -745,6 +745,52 @@ async def test_a_broker_outage_is_a_503_talkable_retries_and_nothing_is_lost(
     retried = await accepted(ingress, SHAPES["legacy form"])
     assert retried.spec == EXPECTED_SPEC
     assert answer["request_id"] == retried.request_id  # the one the retry was accepted as
+
+
+async def test_partitions_added_are_a_503_naming_the_cause_and_the_fix_logged_once(
+    ingress: Ingress, caplog: pytest.LogCaptureFixture
+) -> None:
+    """[requests] and the ledger's changelog with other partition counts (``KafkaSink.split``):
+    every webhook is refused until an operator redeploys. Talkable was told "temporarily
+    unavailable, retry" and the log said it at WARNING for each webhook (thousands in a
+    campaign's burst), naming no fix. The answer stays a 503 (nothing written; Talkable may
+    retry), naming the cause and the fix; the log says it once, as an ERROR, per change."""
+    cause = (
+        "functest-requests has 12 partitions but the ledger's functest-ledger-changelog 8: a "
+        "webhook could land where no ledger reads it (partitions added to a deployment's "
+        "topics; to change the count, deploy under a new TALKSTREAM_APP_ID)"
+    )
+    ingress.sink.outage = PartitionsAdded(cause)
+    caplog.set_level(logging.DEBUG, logger="streams.ingress")
+
+    answers = [await send(ingress, SHAPES[shape]) for shape in ("json", "legacy form", "json")]
+
+    for answer in answers:
+        assert answer.status == 503
+        assert int(answer.headers["Retry-After"]) > 0
+        assert (await answer.json())["errors"] == [
+            {
+                "field": "kafka",
+                "message": "not written, nor will any be until this service's operator acts: "
+                + cause,
+            }
+        ]
+    assert ingress.sink.produced == []
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    [error] = said(logging.ERROR)
+    assert error.startswith("ingress refuses every webhook (503, nothing written; first ")
+    assert error.endswith(f"until an operator acts: {cause}")
+    assert said(logging.WARNING) == []
+    assert len([m for m in said(logging.DEBUG) if m.startswith("ingress refused ")]) == 2
+
+    ingress.sink.outage = None  # the topics as they were (recreated): written again...
+    await accepted(ingress, SHAPES["json"])
+    ingress.sink.outage = PartitionsAdded(cause)  # ...and a new change is said again
+    await rejected(ingress, SHAPES["json"], 503)
+    assert len(said(logging.ERROR)) == 2
 
 
 async def test_stopping_the_ingress_closes_the_producer(ingress: Ingress) -> None:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from streams.dev.kafka import EmbeddedKafka
+from streams.faust_transport import App, Topic
 from streams.kafka_options import consumer_lag, group_consumer
+from streams.observability import ConsumerLag
 from tests.integration.conftest import System, create_topic, http, samples
 from tests.support import seed_params, wait_until
 
@@ -104,3 +108,55 @@ def test_a_partition_taken_over_is_behind_by_what_lies_past_its_commit(
     nothing_taken, taken_to_2 = asyncio.run(taken_over())
     assert nothing_taken == {(topic, 0): 0}
     assert taken_to_2 == {(topic, 0): 3}
+
+
+def test_a_ledger_partition_just_assigned_is_behind_by_all_past_its_commit(
+    kafka: EmbeddedKafka,
+) -> None:
+    """The ledger's lag of a partition faust has not read a record of since it was assigned
+    (a worker given it by a rebalance, its records fetched and not handed on yet): faust's
+    books of it hold the offset it was sought to, its group's commit, which is the next to
+    read, and the lag counted it as read: one short (2 where 3 records wait)."""
+    topic, group = f"t{uuid.uuid4().hex[:10]}-requests", f"g{uuid.uuid4().hex[:10]}"
+    tp = TopicPartition(topic, 0)
+
+    async def assigned() -> tuple[float, float]:
+        await create_topic(kafka.bootstrap, topic, 1)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(5):
+                await producer.send_and_wait(topic, value=b"request %d" % i, key=b"k")
+        finally:
+            await producer.stop()
+        aiokafka = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await aiokafka.start()
+        try:
+            aiokafka.assign([tp])
+            await aiokafka.commit({tp: 2})  # the former owner decided the first two
+            app: Any = App(
+                "t-lag", broker=f"talkstream://{kafka.bootstrap}", autodiscover=False, Topic=Topic
+            )
+            consumer = app.consumer
+            consumer._thread._consumer = aiokafka  # faust's consumer over this one
+            consumer._thread.seek_to_committed = aiokafka.seek_to_committed  # (no thread)
+            await consumer.perform_seek()  # as faust does at an assignment
+            for _ in range(100):  # fetched, none handed on to the ledger yet
+                await aiokafka.getmany(timeout_ms=200)
+                if aiokafka.highwater(tp) is not None:
+                    break
+            assert consumer.highwater(tp) == 5
+            collector = ConsumerLag(SimpleNamespace(_consumer=consumer, tables={}), [])
+            [family] = collector.collect()
+            [before] = [s.value for s in family.samples if s.labels["topic"] == topic]
+            consumer._taken[tp] = 2  # faust took offset 2: two wait
+            [family] = collector.collect()
+            [after] = [s.value for s in family.samples if s.labels["topic"] == topic]
+            return before, after
+        finally:
+            await aiokafka.stop()
+
+    before, after = asyncio.run(assigned())
+    assert (before, after) == (3, 2)
