@@ -31,6 +31,18 @@ def worker_samples(system: System, name: str) -> list[tuple[dict[str, str], floa
     return [(sample.labels, sample.value) for sample in samples(text, name)]
 
 
+async def five_records(bootstrap: str, topic: str) -> None:
+    """A topic of one partition made, holding five records (offsets 0 to 4)."""
+    await create_topic(bootstrap, topic, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, value=b"record %d" % i, key=b"k")
+    finally:
+        await producer.stop()
+
+
 def test_a_slow_openai_shows_in_flight_and_not_as_consumer_lag(system: System) -> None:
     """README said ``talkstream_consumer_lag`` grows with a slow OpenAI ("check OpenAI
     latency"): the executors take every command from [generate] at once and queue it by
@@ -77,14 +89,7 @@ def test_a_partition_taken_over_is_behind_by_what_lies_past_its_commit(
     tp = TopicPartition(topic, 0)
 
     async def taken_over() -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
-        await create_topic(kafka.bootstrap, topic, 1)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for i in range(5):
-                await producer.send_and_wait(topic, value=b"command %d" % i, key=b"k")
-        finally:
-            await producer.stop()
+        await five_records(kafka.bootstrap, topic)
         former = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
         await former.start()  # the worker that read it all and committed, then went
         try:
@@ -121,14 +126,7 @@ def test_a_ledger_partition_just_assigned_is_behind_by_all_past_its_commit(
     tp = TopicPartition(topic, 0)
 
     async def assigned() -> tuple[float, float]:
-        await create_topic(kafka.bootstrap, topic, 1)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-        await producer.start()
-        try:
-            for i in range(5):
-                await producer.send_and_wait(topic, value=b"request %d" % i, key=b"k")
-        finally:
-            await producer.stop()
+        await five_records(kafka.bootstrap, topic)
         aiokafka = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False
         )

@@ -24,17 +24,6 @@ from tests.support import free_port
 pytestmark = pytest.mark.integration
 
 
-async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    finally:
-        await admin.close()
-    [(*_, configs)] = response.resources
-    return {c[0]: c[1] for c in configs}
-
-
 async def topic_config_source(bootstrap: str, topic: str) -> dict[str, tuple[str, str]]:
     """Each config's value, and whether it was set on the topic or comes from the broker."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -47,6 +36,11 @@ async def topic_config_source(bootstrap: str, topic: str) -> dict[str, tuple[str
     # describe_configs v1+: (name, value, read_only, config_source, is_sensitive, synonyms);
     # source 1 is DYNAMIC_TOPIC_CONFIG, set on the topic
     return {c[0]: (c[1], "topic" if c[3] == 1 else "broker") for c in configs}
+
+
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    configs = await topic_config_source(bootstrap, topic)
+    return {name: value for name, (value, _) in configs.items()}
 
 
 def test_topics_get_min_insync_replicas_and_are_created_once(kafka: EmbeddedKafka) -> None:
