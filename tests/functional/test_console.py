@@ -50,6 +50,7 @@ from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
+from streams.secrets import key_fingerprint
 from tests.functional.conftest import Answer, Served, exchange, make_settings, sent_until_closed
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import (
@@ -1207,6 +1208,45 @@ async def test_the_content_frame_shows_each_messages_name_and_the_caps_given_nam
     else:
         assert cap[1] == "token cap 400"
     assert "max_tokens" not in body
+
+
+async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
+    signed_in: Console,
+):
+    """A request stuck generating (or refused) is tied to its keys: the fingerprints the
+    overview's OpenAI keys table and the worker's metrics name their targets by, read from the
+    webhook (the frame named no key, so an operator could not tell which key's row, with its
+    queue and open circuit, held the request); never the key itself."""
+    openai_key, talkable_key = "sk-console-fingerprint-0001", "talkable-fingerprint-0001"
+    received = dict(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(
+            site="acme",
+            email="ada@example.com",
+            chat=ChatRequest(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "A verse for Ada"}],
+                max_tokens=60,
+            ),
+        ),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    )
+    signed_in.log.received["pub-1"] = RequestReceived(
+        **received,
+        openai_key_id=key_fingerprint(openai_key),
+        talkable_key_id=key_fingerprint(talkable_key),
+    )
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert f'id="openai-key">{key_fingerprint(openai_key)}<' in body
+    assert f'id="talkable-key">{key_fingerprint(talkable_key)}<' in body
+    assert openai_key not in body and talkable_key not in body and SEALED not in body
+    # a webhook from before the ingress wrote them: no fingerprint, said so
+    signed_in.log.received["pub-1"] = RequestReceived(**received)
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert 'id="openai-key">—<' in body and 'id="talkable-key">—<' in body
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
