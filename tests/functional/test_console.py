@@ -1097,6 +1097,32 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     assert '<p class="error">after: not a page cursor</p>' in cursor
 
 
+async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console):
+    """A search's (and a person's) "reason" was the upstream error's class only: a request
+    limited, skipped or a duplicate showed an empty reason, so an operator looking for who hit
+    their usage limit, and at what count, had to open each request. It is now the decision's
+    cause; a failure still shows its error's class."""
+    reason_of = (
+        r'id=([^"&]+)&amp;at=\d+">.*?<span class="state s-(\w+)">.*?<td>([^<]*)</td>\s*</tr>'
+    )
+
+    def reasons(page: str) -> dict[str, tuple[str, str]]:
+        return {rid: (state, why) for rid, state, why in re.findall(reason_of, page, re.S)}
+
+    listed = reasons(await signed_in.page("/requests"))
+    assert listed["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+    assert listed["skip-1"] == ("skipped", "trigger criteria not met")
+    assert listed["pub-3~pub-3/d2"] == (
+        "rejected_duplicate",
+        "same request already seen within the dedupe window",
+    )
+    assert listed["fail-1"] == ("generation_failed", "AuthenticationError")
+    assert listed["park-1"] == ("publish_failed", "Unauthorized")
+    assert listed["pub-1"] == ("published", "")
+    person = reasons(await signed_in.page("/person?site=acme&email=ada@example.com"))
+    assert person["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+
+
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
     body = await signed_in.page("/request?id=late-1")
     assert re.search(r'id="arrived">2026-01-01 00:00:44.000<', body)
