@@ -270,10 +270,11 @@ async def start(
     url: str | None = None,
     people: tuple[tuple[str, str], ...] = (),
     revision: str | None = None,
+    letters: tuple[Letter, ...] = (),
     **settings: Any,
 ) -> Console:
     """The console on a projection made by the real rules (migrated to ``revision`` as
-    another version leaves it, when given)."""
+    another version leaves it, when given), its log holding ``LETTERS`` and ``letters``."""
     url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
     if revision is not None:
@@ -281,7 +282,7 @@ async def start(
             connection.execute(
                 text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
             )
-    fake = FakeLog(list(LETTERS))
+    fake = FakeLog([*LETTERS, *letters])
 
     async def no_workers() -> Pacing:
         return Pacing(unreachable=["http://127.0.0.1:1/metrics"])
