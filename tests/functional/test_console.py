@@ -1104,7 +1104,7 @@ async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console)
     their usage limit, and at what count, had to open each request. It is now the decision's
     cause; a failure still shows its error's class."""
     reason_of = (
-        r'id=([^"&]+)&amp;at=\d+">.*?<span class="state s-(\w+)">.*?<td>([^<]*)</td>\s*</tr>'
+        r'id=([^"&]+)&amp;at=\d+">.*?<span class="state s-(\w+)">.*?<td class="why">([^<]*)</td>'
     )
 
     def reasons(page: str) -> dict[str, tuple[str, str]]:

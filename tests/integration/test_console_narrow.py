@@ -317,12 +317,21 @@ async def test_the_overviews_cards_are_of_one_width(
     assert await measured(tmp_path, lambda base: uneven_cards(browser, base, width)) == {}
 
 
-def reasons_squeezed(chrome: webdriver.Chrome, base: str, width: int) -> list[str]:
-    """The dead letters' long reasons (100 characters or more) read fewer than 25 characters
-    a line (their text's length over the lines it takes), each with how many it reads."""
+def reasons_squeezed(
+    chrome: webdriver.Chrome,
+    base: str,
+    width: int,
+    path: str = "/deadletters",
+    cells: str = "td.reason",
+    shortest: int = 100,
+    fewest: int = 25,
+) -> list[str]:
+    """The page's reasons (``cells``) of ``shortest`` characters or more that read fewer than
+    ``fewest`` characters a line (their text's length over the lines it takes), each with
+    how many it reads; by default the dead letters' long reasons."""
     signed_in(chrome, base, width)
-    chrome.get(base + "/deadletters")
-    assert chrome.find_elements(By.CSS_SELECTOR, "td.reason")
+    chrome.get(base + path)
+    assert chrome.find_elements(By.CSS_SELECTOR, cells)
     found: list[str] = chrome.execute_script(
         """
         const lines = td => {
@@ -330,11 +339,14 @@ def reasons_squeezed(chrome: webdriver.Chrome, base: str, width: int) -> list[st
           range.selectNodeContents(td);
           return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
         };
-        return [...document.querySelectorAll('td.reason')]
+        return [...document.querySelectorAll(arguments[0])]
           .map(td => [td.textContent.trim(), lines(td)])
-          .filter(([text, n]) => text.length >= 100 && text.length / n < 25)
+          .filter(([text, n]) => text.length >= arguments[1] && text.length / n < arguments[2])
           .map(([text, n]) => `${text.slice(0, 30)}…: ${(text.length / n).toFixed(0)} a line`);
-        """
+        """,
+        cells,
+        shortest,
+        fewest,
     )
     return found
 
@@ -353,5 +365,21 @@ async def test_a_dead_letters_reason_is_not_squeezed_by_a_long_site(
         lambda base: reasons_squeezed(browser, base, 1280),
         people=people,
         letters=(letter,),
+    )
+    assert squeezed == []
+
+
+async def test_a_listed_requests_reason_is_read_in_a_line_or_two_in_a_narrow_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """At 375 px a limited request's reason in a search, "usage window full: 2 of 2 used",
+    was a word a line (a column 69 px wide, each row five lines tall) in the table's own
+    scrolling box."""
+    squeezed = await measured(
+        tmp_path,
+        lambda base: reasons_squeezed(
+            browser, base, 375, "/requests?state=limited", "td.why", 20, 15
+        ),
     )
     assert squeezed == []
