@@ -1124,6 +1124,21 @@ async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console)
     assert person["lim-1"] == ("limited", "usage window full: 2 of 2 used")
 
 
+async def test_a_request_in_flight_says_how_long_it_has_been(signed_in: Console):
+    """What is stuck: a request in flight showed "—" for its end to end, in a search and on
+    its page, so an operator could not tell one that arrived a second ago from one stuck for
+    minutes without reading its arrival against the clock. It says how long so far, from its
+    arrival (late-1 arrived 44 s after T0, the console's clock is T0 + 10 min)."""
+    listed = await signed_in.page("/requests?state=in_flight")
+    row = re.search(r'id=late-1&amp;at=\d+">.*?</tr>', listed, re.S)
+    assert row is not None
+    assert '<td class="num"><span class="so-far">9.3 min so far</span></td>' in row[0]
+    page = await signed_in.page("/request?id=late-1")
+    assert 'id="end-to-end">9.3 min so far (in flight)<' in page
+    ended = await signed_in.page("/requests?site=acme&state=published")
+    assert "so far" not in ended
+
+
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
     body = await signed_in.page("/request?id=late-1")
     assert re.search(r'id="arrived">2026-01-01 00:00:44.000<', body)
