@@ -108,6 +108,7 @@ def build_console(
         ms=_duration,
         ago=functools.partial(_ago, now_ms),
         end_to_end=clocks.end_to_end_ms,
+        in_flight=lambda request: clocks.in_flight_ms(request, now_ms()),
         n=_count,
     )
     app[pages.TEMPLATES] = environment

@@ -145,6 +145,11 @@ class Content:
     usage_limit: dict[str, int] | None = None
     text: str | None = None
     text_attempt: int | None = None
+    # the fingerprints of the webhook's keys (never a key), as the overview's OpenAI keys
+    # table and the worker's metrics name their targets; "" for a webhook from before
+    # the ingress wrote them
+    openai_key_id: str = ""
+    talkable_key_id: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -271,6 +276,8 @@ def content_of(request_id: str, received: Any, generated: Any) -> Content:
         usage_limit=limit.model_dump() if limit is not None else None,
         text=text.text if text else None,
         text_attempt=text.attempt if text else None,
+        openai_key_id=received.openai_key_id,
+        talkable_key_id=received.talkable_key_id,
     )
 
 

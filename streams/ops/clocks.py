@@ -80,6 +80,12 @@ def end_to_end_ms(request: RequestRow) -> int | None:
     return None if ended is None else ended - _arrived(request)
 
 
+def in_flight_ms(request: RequestRow, now_ms: int) -> int | None:
+    """Arrival → now, for a request not yet terminal (None once it is): how long it has been
+    in flight."""
+    return None if request.terminal else max(0, now_ms - _arrived(request))
+
+
 def _arrived(request: RequestRow) -> int:
     return request.arrived_at_ms if request.arrived_at_ms is not None else request.received_at_ms
 

@@ -50,6 +50,7 @@ from streams.ops.redrive import Redriven, RedriveReport, Selection
 from streams.projection import migrate
 from streams.projection.engine import make_engine, safe_url
 from streams.projection.store import ProjectionStore
+from streams.secrets import key_fingerprint
 from tests.functional.conftest import Answer, Served, exchange, make_settings, sent_until_closed
 from tests.postgres import database_url, postgres_server  # noqa: F401  (fixtures)
 from tests.projection_support import (
@@ -269,10 +270,11 @@ async def start(
     url: str | None = None,
     people: tuple[tuple[str, str], ...] = (),
     revision: str | None = None,
+    letters: tuple[Letter, ...] = (),
     **settings: Any,
 ) -> Console:
     """The console on a projection made by the real rules (migrated to ``revision`` as
-    another version leaves it, when given)."""
+    another version leaves it, when given), its log holding ``LETTERS`` and ``letters``."""
     url = projection(tmp_path, extra, url, people)
     store = ProjectionStore.from_url(url, migrate_schema=False)
     if revision is not None:
@@ -280,7 +282,7 @@ async def start(
             connection.execute(
                 text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :r"), {"r": revision}
             )
-    fake = FakeLog(list(LETTERS))
+    fake = FakeLog([*LETTERS, *letters])
 
     async def no_workers() -> Pacing:
         return Pacing(unreachable=["http://127.0.0.1:1/metrics"])
@@ -1096,6 +1098,47 @@ async def test_search_by_email_alone_state_and_time(signed_in: Console):
     assert '<p class="error">after: not a page cursor</p>' in cursor
 
 
+async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console):
+    """A search's (and a person's) "reason" was the upstream error's class only: a request
+    limited, skipped or a duplicate showed an empty reason, so an operator looking for who hit
+    their usage limit, and at what count, had to open each request. It is now the decision's
+    cause; a failure still shows its error's class."""
+    reason_of = (
+        r'id=([^"&]+)&amp;at=\d+">.*?<span class="state s-(\w+)">.*?<td class="why">([^<]*)</td>'
+    )
+
+    def reasons(page: str) -> dict[str, tuple[str, str]]:
+        return {rid: (state, why) for rid, state, why in re.findall(reason_of, page, re.S)}
+
+    listed = reasons(await signed_in.page("/requests"))
+    assert listed["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+    assert listed["skip-1"] == ("skipped", "trigger criteria not met")
+    assert listed["pub-3~pub-3/d2"] == (
+        "rejected_duplicate",
+        "same request already seen within the dedupe window",
+    )
+    assert listed["fail-1"] == ("generation_failed", "AuthenticationError")
+    assert listed["park-1"] == ("publish_failed", "Unauthorized")
+    assert listed["pub-1"] == ("published", "")
+    person = reasons(await signed_in.page("/person?site=acme&email=ada@example.com"))
+    assert person["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+
+
+async def test_a_request_in_flight_says_how_long_it_has_been(signed_in: Console):
+    """What is stuck: a request in flight showed "—" for its end to end, in a search and on
+    its page, so an operator could not tell one that arrived a second ago from one stuck for
+    minutes without reading its arrival against the clock. It says how long so far, from its
+    arrival (late-1 arrived 44 s after T0, the console's clock is T0 + 10 min)."""
+    listed = await signed_in.page("/requests?state=in_flight")
+    row = re.search(r'id=late-1&amp;at=\d+">.*?</tr>', listed, re.S)
+    assert row is not None
+    assert '<td class="num"><span class="so-far">9.3 min so far</span></td>' in row[0]
+    page = await signed_in.page("/request?id=late-1")
+    assert 'id="end-to-end">9.3 min so far (in flight)<' in page
+    ended = await signed_in.page("/requests?site=acme&state=published")
+    assert "so far" not in ended
+
+
 async def test_the_timeline_shows_both_clocks_and_measures_from_arrival(signed_in: Console):
     body = await signed_in.page("/request?id=late-1")
     assert re.search(r'id="arrived">2026-01-01 00:00:44.000<', body)
@@ -1207,6 +1250,45 @@ async def test_the_content_frame_shows_each_messages_name_and_the_caps_given_nam
     else:
         assert cap[1] == "token cap 400"
     assert "max_tokens" not in body
+
+
+async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
+    signed_in: Console,
+):
+    """A request stuck generating (or refused) is tied to its keys: the fingerprints the
+    overview's OpenAI keys table and the worker's metrics name their targets by, read from the
+    webhook (the frame named no key, so an operator could not tell which key's row, with its
+    queue and open circuit, held the request); never the key itself."""
+    openai_key, talkable_key = "sk-console-fingerprint-0001", "talkable-fingerprint-0001"
+    received = dict(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(
+            site="acme",
+            email="ada@example.com",
+            chat=ChatRequest(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "A verse for Ada"}],
+                max_tokens=60,
+            ),
+        ),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    )
+    signed_in.log.received["pub-1"] = RequestReceived(
+        **received,
+        openai_key_id=key_fingerprint(openai_key),
+        talkable_key_id=key_fingerprint(talkable_key),
+    )
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert f'id="openai-key">{key_fingerprint(openai_key)}<' in body
+    assert f'id="talkable-key">{key_fingerprint(talkable_key)}<' in body
+    assert openai_key not in body and talkable_key not in body and SEALED not in body
+    # a webhook from before the ingress wrote them: no fingerprint, said so
+    signed_in.log.received["pub-1"] = RequestReceived(**received)
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert 'id="openai-key">—<' in body and 'id="talkable-key">—<' in body
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):

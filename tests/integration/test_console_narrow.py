@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,10 +20,11 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from tests.functional.test_console import TOKEN, start
+from tests.functional.test_console import LETTERS, TOKEN, start
 from tests.integration.test_console_browser import (  # noqa: F401  (fixtures)
     browser,
     chromium,
+    element,
 )
 
 pytestmark = pytest.mark.integration
@@ -49,6 +51,9 @@ def signed_in(chrome: webdriver.Chrome, base: str, width: int) -> None:
     chrome.get(base + "/login")
     chrome.find_element(By.NAME, "token").send_keys(TOKEN)
     chrome.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # the click navigates asynchronously: the next page asked for before its answer (the
+    # session's cookie) was the login form again, a page without the table looked for
+    element(chrome, By.CSS_SELECTOR, "form.logout")
 
 
 async def measured(tmp_path: Path, measure: Callable[[str], Any], **given: Any) -> Any:
@@ -310,3 +315,71 @@ async def test_the_overviews_cards_are_of_one_width(
     """At 375 px the overview's "ended" card was wider than the three under it (each card as
     wide as its text)."""
     assert await measured(tmp_path, lambda base: uneven_cards(browser, base, width)) == {}
+
+
+def reasons_squeezed(
+    chrome: webdriver.Chrome,
+    base: str,
+    width: int,
+    path: str = "/deadletters",
+    cells: str = "td.reason",
+    shortest: int = 100,
+    fewest: int = 25,
+) -> list[str]:
+    """The page's reasons (``cells``) of ``shortest`` characters or more that read fewer than
+    ``fewest`` characters a line (their text's length over the lines it takes), each with
+    how many it reads; by default the dead letters' long reasons."""
+    signed_in(chrome, base, width)
+    chrome.get(base + path)
+    assert chrome.find_elements(By.CSS_SELECTOR, cells)
+    found: list[str] = chrome.execute_script(
+        """
+        const lines = td => {
+          const range = document.createRange();
+          range.selectNodeContents(td);
+          return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+        };
+        return [...document.querySelectorAll(arguments[0])]
+          .map(td => [td.textContent.trim(), lines(td)])
+          .filter(([text, n]) => text.length >= arguments[1] && text.length / n < arguments[2])
+          .map(([text, n]) => `${text.slice(0, 30)}…: ${(text.length / n).toFixed(0)} a line`);
+        """,
+        cells,
+        shortest,
+        fewest,
+    )
+    return found
+
+
+async def test_a_dead_letters_reason_is_not_squeezed_by_a_long_site(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """At 1280 px, a letter of a site whose name is one long word (a tenant's slug of its
+    brands and regions) left the reasons beside it a column of one or two words a line: a
+    Talkable refusal took 14 lines, the page was 7,000 px tall for 16 letters."""
+    people = ((LONG_SITE, LONG_EMAIL),)
+    letter = replace(LETTERS[0], request_id="person-000", letter_offset=1)
+    squeezed = await measured(
+        tmp_path,
+        lambda base: reasons_squeezed(browser, base, 1280),
+        people=people,
+        letters=(letter,),
+    )
+    assert squeezed == []
+
+
+async def test_a_listed_requests_reason_is_read_in_a_line_or_two_in_a_narrow_window(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+):
+    """At 375 px a limited request's reason in a search, "usage window full: 2 of 2 used",
+    was a word a line (a column 69 px wide, each row five lines tall) in the table's own
+    scrolling box."""
+    squeezed = await measured(
+        tmp_path,
+        lambda base: reasons_squeezed(
+            browser, base, 375, "/requests?state=limited", "td.why", 20, 15
+        ),
+    )
+    assert squeezed == []
