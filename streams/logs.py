@@ -79,6 +79,9 @@ REPEATED: dict[str, frozenset[str]] = {
             # a commit that fails for as long as it lasts (``executors.NOT_COMMITTED``)
             "%s could not commit (%s): what it took since its last commit is read again, none "
             "of it called",
+            # one Kafka refuses until an operator acts (``executors.REFUSED``)
+            "%s could not commit (%s: %s): what it took since its last commit is read again, "
+            "none of it called, until an operator acts; /readyz answers 503 meanwhile",
         }
     ),
 }

@@ -287,10 +287,14 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     table recovery; ``app`` None: a process without faust (the projector on its own), whose
     database must take its writes too (the worker's decisions go on without it). A worker
     told to stop says so first: its executors take nothing more, then close their consumers,
-    which would read as Kafka out of reach."""
+    which would read as Kafka out of reach. An executor whose commits Kafka refuses for good
+    (``Executor.refused``) says so next: its partitions are stalled while the broker answers."""
     consumers = list(consumers)
     if any(getattr(own, "stopping", False) for own in consumers):
         return False, "stopping"
+    refused = [why for own in consumers if (why := getattr(own, "refused", None))]
+    if refused:  # an executor whose commits Kafka refuses until an operator acts: stalled
+        return False, refused[0]
     if app is None:
         failing = [why for own in consumers if (why := getattr(own, "database_error", None))]
         if failing:  # first: a projector waiting for its database has no consumer yet

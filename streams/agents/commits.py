@@ -8,14 +8,40 @@ on with (``streams.agents.lost``). :class:`Commits` keeps the offset taken and t
 committed of each partition, and says what to commit: a batch just taken, and any partition
 whose mark has changed since (its calls reported), so that a crash leaves its next run, or the
 partition's next owner, a mark that names what was lost.
+
+A mark is at most :data:`~streams.agents.marks.MARK_BYTES` long, which the broker's default
+``offset.metadata.max.bytes`` (4096) takes. A broker set to keep less refuses a commit whose
+mark is longer (``OffsetMetadataTooLargeError``, the commit's own error: the group stays as it
+is): the executor read its batch again at each refusal, and one whose mark did not shrink (a
+call that never reported, ranges no report joins) stalled its partitions for good. A refusal
+for the mark's size now halves the most a mark of this run may be, down to
+:data:`~streams.agents.marks.MARK_LEAST_BYTES`, and the commit is sent again at once with its
+marks shortened to fit (``Mark.fitting``: what they leave out is re-issued at its deadline).
+The most learned stays for the run. A refusal that a mark at its least still meets is the
+executor's to say (``Executor.refused``).
 """
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import logging
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import InvalidCommitOffsetSizeError, OffsetMetadataTooLargeError
+
+from streams.agents import marks as _marks
 from streams.agents.lost import LostWork
-from streams.agents.marks import Mark, Ranges, Running, Unreported
+from streams.agents.marks import MARK_BYTES, Mark, Ranges, Running, Unreported
+
+log = logging.getLogger("streams.agents.executors")  # the executors' lines
+
+# what a broker answers a commit whose metadata (its mark) is longer than it keeps
+TOO_LONG = (OffsetMetadataTooLargeError, InvalidCommitOffsetSizeError)
+# a refusal for the mark's size, and the most a mark is now (once a refusal, for the run)
+SHORTER = (
+    "%s: the broker refused a commit for its mark's size (%s, %s bytes; its "
+    "offset.metadata.max.bytes is less): marks are now at most %s bytes, those left out of "
+    "them re-issued by the ledger at their deadline, not told lost at once"
+)
 
 
 class Commits:
@@ -27,6 +53,7 @@ class Commits:
     ) -> None:
         self._instance = instance
         self._run_id = run_id
+        self.most = MARK_BYTES  # a mark's most: halved at each refusal for its size
         self._unreported = unreported  # the executor's: what this run took and did not report
         self._lost = lost  # the executor's: the partitions read again, the calls elsewhere
         self.taken: dict[TopicPartition, int] = {}  # next offset per partition
@@ -35,7 +62,7 @@ class Commits:
     def mark(
         self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
     ) -> Mark:
-        return Mark(self._instance, self._run_id, oldest, unreported, running).fitting()
+        return Mark(self._instance, self._run_id, oldest, unreported, running).fitting(self.most)
 
     def marks(
         self, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
@@ -61,10 +88,38 @@ class Commits:
     async def commit(
         self, consumer: AIOKafkaConsumer | None, marks: dict[TopicPartition, tuple[int, Mark]]
     ) -> None:
-        """Commits each partition's offset with its mark (what is not reported)."""
-        if marks and consumer is not None:
-            await consumer.commit({tp: (at, mark.encode()) for tp, (at, mark) in marks.items()})
-            self.marked.update({tp: mark for tp, (_, mark) in marks.items()})
+        """Commits each partition's offset with its mark (what is not reported); a refusal for
+        a mark's size halves :attr:`most` (down to ``MARK_LEAST_BYTES``) and commits again
+        with the marks shortened to it; a refusal at the least is raised."""
+        if not marks or consumer is None:
+            return
+        while True:
+            try:
+                await consumer.commit({tp: (at, mark.encode()) for tp, (at, mark) in marks.items()})
+            except TOO_LONG as exc:
+                shorter = self._shorter(marks)
+                if shorter is None:
+                    raise  # no shorter mark: the executor says so (``Executor.refused``)
+                log.warning(SHORTER, self._instance, type(exc).__name__,
+                            max(len(mark.encode()) for _, mark in marks.values()),
+                            self.most)  # fmt: skip
+                marks = shorter
+                continue
+            break
+        self.marked.update({tp: mark for tp, (_, mark) in marks.items()})
+
+    def _shorter(
+        self, marks: dict[TopicPartition, tuple[int, Mark]]
+    ) -> dict[TopicPartition, tuple[int, Mark]] | None:
+        """``marks`` refused for their size, within half the most (halved again while that
+        shortens none of them); None when none is shorter within ``MARK_LEAST_BYTES``."""
+        longest = max(len(mark.encode()) for _, mark in marks.values())
+        while self.most > _marks.MARK_LEAST_BYTES:
+            self.most = max(min(self.most, longest) // 2, _marks.MARK_LEAST_BYTES)
+            shorter = {tp: (at, mark.fitting(self.most)) for tp, (at, mark) in marks.items()}
+            if shorter != marks:
+                return shorter
+        return None
 
     def forget(self, tp: TopicPartition) -> None:
         """A partition given up: no longer this run's to commit."""

@@ -43,10 +43,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    TopicAuthorizationFailedError,
+)
 
 from streams.agents.called import CALLED_REMEMBERED, LETTERED_REMEMBERED, Called, Lettered
-from streams.agents.commits import Commits
+from streams.agents.commits import TOO_LONG, Commits
 from streams.agents.forwarding import Forwarding
 from streams.agents.handover import HandOver, OnRebalance
 from streams.agents.lost import LostWork
@@ -69,6 +73,22 @@ COMMIT_AGAIN_SECONDS = 1.0
 NOT_COMMITTED = (
     "%s could not commit (%s): what it took since its last commit is read again, none of it called"
 )
+# a commit refused for as long as an operator does not act (``Executor.refused``): the same
+# batch read again a second apart, its partitions stalled, and /readyz saying so
+REFUSED = (
+    "%s could not commit (%s: %s): what it took since its last commit is read again, none of "
+    "it called, until an operator acts; /readyz answers 503 meanwhile"
+)
+# the refusals no shorter mark fixes, and what an operator must do
+LASTING: dict[type[Exception], str] = {
+    GroupAuthorizationFailedError: "its Kafka principal may not commit to the group",
+    TopicAuthorizationFailedError: "its Kafka principal may not read the topic",
+    **{
+        refusal: "the broker's offset.metadata.max.bytes is below the least mark, its "
+        "instance, run and oldest offset"
+        for refusal in TOO_LONG
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -146,6 +166,7 @@ class Executor:
         scheduler.on_organization = self.forwarding.named  # its queued commands go at once
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
         self._stopping = False
+        self.refused: str | None = None  # why Kafka refuses its commits for good, if it does
         self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
 
     @property
@@ -203,10 +224,11 @@ class Executor:
         try:  # taken, before any work: at most one call per delivery
             await self.commits.commit(self.consumer, marks)
         except Exception as exc:  # not taken: read again, none of it called
-            log.warning(NOT_COMMITTED, self.config.name, type(exc).__name__)
+            self._not_committed(exc)
             self._read_again(consumer, {**{tp: rs[0].offset for tp, rs in batch.items()}, **ended})
             await asyncio.sleep(COMMIT_AGAIN_SECONDS)  # (not committed again without pause)
             return
+        self.refused = None
         self.taken.update(offsets)
         for tp, offset in again.items():  # its letter not written: read again from it
             with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
@@ -217,6 +239,18 @@ class Executor:
         await self.forwarding.send()
         if again:  # (not sent again without pause)
             await asyncio.sleep(LETTER_AGAIN_SECONDS)
+
+    def _not_committed(self, exc: Exception) -> None:
+        """A commit that failed: a WARNING for what passes (a rebalance, the coordinator), an
+        ERROR and :attr:`refused` (``/readyz``) for a refusal no retry and no shorter mark
+        fixes (an authorization, a broker keeping less metadata than a mark at its least):
+        its partitions are stalled until an operator acts, which a WARNING a batch hid."""
+        why = next((why for kind, why in LASTING.items() if isinstance(exc, kind)), None)
+        if why is None:
+            log.warning(NOT_COMMITTED, self.config.name, type(exc).__name__)
+            return
+        self.refused = f"{self.config.name} cannot commit: {type(exc).__name__} ({why})"
+        log.error(REFUSED, self.config.name, type(exc).__name__, why)
 
     def _read_again(self, consumer: AIOKafkaConsumer, first: dict[TopicPartition, int]) -> None:
         """A batch whose commit failed is read again from ``first`` (each partition's first

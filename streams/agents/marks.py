@@ -22,6 +22,9 @@ MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many
 MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
 
 MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
+# a broker that refuses a commit for its mark's size (a cluster's offset.metadata.max.bytes set
+# below the default) has an executor halve its marks' most, down to this (``Commits.commit``)
+MARK_LEAST_BYTES = 64
 
 Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
 
@@ -59,12 +62,20 @@ class Mark:
             found["running"] = self.running
         return json.dumps(found, separators=(",", ":"))
 
-    def fitting(self) -> Mark:
-        """This mark, without as many of the oldest hand-overs' calls as it takes to stay
-        within :data:`MARK_BYTES` (those left out are re-issued at their deadline)."""
+    def fitting(self, most: int = MARK_BYTES) -> Mark:
+        """This mark within ``most`` bytes, shortened by what only spares the ledger a wait:
+        first without as many of the oldest hand-overs' calls as it takes, then without as
+        many of the newest ranges not reported as it takes (down to none: the mark names the
+        oldest offset not reported and no offset as lost). What it leaves out is not told
+        lost but re-issued by the ledger at its deadline, as before the marks; nothing it keeps
+        says more than the whole mark did (it never names an offset lost that was not, as a
+        mark naming only the oldest would: a forwarded command, reported here, re-issued while
+        called elsewhere). At its least (instance, run and oldest), a mark may exceed ``most``."""
         mark = self
-        while mark.running and len(mark.encode()) > MARK_BYTES:
+        while mark.running and len(mark.encode()) > most:
             mark = dataclasses.replace(mark, running=mark.running[1:])
+        while mark.unreported and len(mark.encode()) > most:
+            mark = dataclasses.replace(mark, unreported=mark.unreported[:-1])
         return mark
 
     @classmethod

@@ -4,21 +4,30 @@ offset it took and has not reported: what its next run tells the ledger was lost
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    OffsetMetadataTooLargeError,
+)
 
 from models.events import DeadlineExpired, GenerateText
-from streams.agents import executors
+from streams.agents import executors, marks
 from streams.agents.executors import Executor, ExecutorConfig
 from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
+from streams.errors import UpstreamError
 from streams.logs import REPEATED
+from streams.observability import ready
 from streams.runtime import SystemClock, Topics
+from streams.upstream.scheduler import Outcome
 from tests.unit.domain_builders import Ledger, received
 
 TP = TopicPartition("generate", 0)
@@ -650,3 +659,154 @@ def test_a_batch_whose_commit_failed_is_read_again_from_its_first_offset(
     assert [job.key for job in queue.jobs] == ["c", "d", "x"]
     assert [m.request_id for m in requests.sent] == ["a", "b"], "not told lost again"
     assert executors.NOT_COMMITTED in REPEATED["streams.agents.executors"]  # one line every 10 s
+
+
+def test_a_mark_too_long_leaves_out_what_the_deadlines_re_issue_and_names_nothing_more() -> None:
+    """A broker may keep less commit metadata than a mark: a shorter mark leaves out first the
+    oldest hand-overs' calls, then the newest ranges not reported, down to its least (the
+    instance, the run and the oldest offset not reported, no offset named lost). What it
+    leaves out the ledger re-issues at its deadline; it never names lost an offset the whole
+    mark did not (a mark naming only the oldest would name every later one: a forwarded
+    command, reported, re-issued while it is called elsewhere)."""
+    old = Running("worker-a-generator", "run00000000a", "worker-a-generator-1", ((1, 2),), 1)
+    new = Running("worker-b-generator", "run00000000b", "worker-b-generator-2", ((3, 5),), 2)
+    whole = Mark("worker-generator", "0123456789ab", 10, ((10, 11), (14, 16), (20, 21)),
+                 (old, new))  # fmt: skip
+    assert whole.fitting() == whole, "it fits the most by default"
+    sizes = sorted({len(whole.fitting(most).encode()) for most in range(0, 400)})
+    steps = [whole.fitting(most) for most in sorted(sizes, reverse=True)]
+    assert [(len(m.running), m.unreported) for m in steps] == [
+        (2, ((10, 11), (14, 16), (20, 21))),
+        (1, ((10, 11), (14, 16), (20, 21))),  # the oldest hand-over first
+        (0, ((10, 11), (14, 16), (20, 21))),
+        (0, ((10, 11), (14, 16))),  # then the newest range
+        (0, ((10, 11),)),
+        (0, ()),  # the least: the oldest offset, nothing named lost
+    ]
+    assert steps[1].running == (new,)
+    for mark in steps:
+        assert len(mark.encode()) <= len(whole.encode())
+        assert Mark.parse(mark.encode()) == mark
+        named = [o for o in range(0, 30) if mark.lost(o)]
+        assert set(named) <= {o for o in range(0, 30) if whole.lost(o)}, "nothing more"
+        assert mark.fitting(len(mark.encode())) == mark
+    least = whole.fitting(0)
+    assert least == Mark("worker-generator", "0123456789ab", 10, ())
+    assert not any(least.lost(o) for o in range(0, 30))
+    oldest_only = Mark("worker-generator", "0123456789ab", 10)  # too many to list: as it was
+    assert oldest_only.fitting(0) == oldest_only
+
+
+class Limited:
+    """An executor's consumer on a broker keeping ``limit`` bytes of commit metadata: a commit
+    with a longer mark is refused whole, as Kafka answers it (the group as it was); what it
+    committed, and how many it refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
+        self.refused = 0
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        if any(len(metadata) > self.limit for _, metadata in offsets.values()):
+            self.refused += 1
+            raise OffsetMetadataTooLargeError()
+        self.commits.append(offsets)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def test_a_commit_refused_for_its_marks_size_is_committed_with_shorter_marks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal halves the most a mark of this run may be (down to ``MARK_LEAST_BYTES``)
+    and the batch is committed at once with its marks shortened (before, it was read again at
+    each refusal, and a mark that never shrank stalled the partition for good). The most
+    learned stays: the next batches are committed at the first try, and the mark committed
+    is the one the executor compares with (not committed again when nothing changed)."""
+    monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    queue = Queue()
+    executor = generator(Requests(), scheduler=queue, dead_letters=Decoding())
+    two_ranges = Mark("worker-generator", executor.run_id, 0, ((0, 1), (2, 3)))
+    consumer = executor.consumer = Limited(len(two_ranges.encode()))  # type: ignore[assignment]
+    taking(executor, (0, keyed("a")), (1, keyed("b")), (2, keyed("c")), (3, keyed("d")))
+    for job in queue.jobs:
+        if job.key in "bd":  # their calls end (how does not matter here)
+            failed = UpstreamError("refused", reason="T")
+            asyncio.run(job.report(Outcome(value=None, error=failed, waited_s=0, tries=1)))
+    asyncio.run(executor._take_batch(consumer, {}))  # what is marked changed: committed
+    assert executor.commits.marked[TP].unreported == ((0, 1), (2, 3))
+    assert consumer.refused == 0
+
+    with caplog.at_level(logging.WARNING, logger="streams.agents.executors"):
+        taking(executor, (4, keyed("e")))  # (0,1), (2,3), (4,5): longer than the broker keeps
+    assert [job.key for job in queue.jobs][-1] == "e", "taken, not read again"
+    assert consumer.seeks == [] and consumer.refused >= 1
+    committed = Mark.parse(consumer.commits[-1][TP][1])
+    assert committed == executor.commits.marked[TP]
+    # half the refused mark's length takes no range: the mark names the oldest offset only
+    assert committed == Mark("worker-generator", executor.run_id, 0, ())
+    assert len(committed.encode()) <= consumer.limit
+    assert consumer.commits[-1][TP][0] == 5
+    assert any("refused a commit for its mark's size" in m for m in caplog.messages)
+    assert not any("could not commit" in m for m in caplog.messages)
+    assert executor.refused is None
+    assert MARK_BYTES > executor.commits.most >= marks.MARK_LEAST_BYTES
+
+    refused, commits = consumer.refused, len(consumer.commits)
+    taking(executor, (5, keyed("f")))
+    assert consumer.refused == refused, "the most learned stays for the run"
+    assert len(consumer.commits) == commits + 1
+    asyncio.run(executor._take_batch(consumer, {}))
+    assert len(consumer.commits) == commits + 1, "its mark is the one last committed"
+
+
+def test_a_commit_kafka_refuses_until_an_operator_acts_is_an_error_and_readyz_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal no shorter mark fixes (the group's authorization, a broker keeping less
+    than a mark at its least) stalls the partitions: the batch is read again a second apart
+    for as long as it lasts. That was one WARNING every 10 s among those a rebalance says;
+    now it is an ERROR (as often) and ``/readyz`` answers 503 with it, until a commit
+    passes."""
+    monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    queue = Queue()
+    executor = generator(Requests(), scheduler=queue, dead_letters=Decoding())
+    executor.consumer = Refusing(refusals=1)  # type: ignore[assignment]
+    executor.consumer.error = GroupAuthorizationFailedError("g")
+    with caplog.at_level(logging.WARNING, logger="streams.agents.executors"):
+        taking(executor, (0, keyed("a")))
+    assert queue.jobs == [] and executor.consumer.seeks == [(TP, 0)], "read again"
+    [record] = [r for r in caplog.records if "could not commit" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert "GroupAuthorizationFailedError" in record.getMessage()
+    assert executors.REFUSED in REPEATED["streams.agents.executors"]  # one line every 10 s
+    assert ready(None, [executor]) == (False, executor.refused)
+    assert executor.refused is not None and "GroupAuthorizationFailedError" in executor.refused
+    taking(executor, (0, keyed("a")))  # granted: committed
+    assert executor.refused is None and [job.key for job in queue.jobs] == ["a"]
+
+    least = Mark("worker-generator", executor.run_id, 1, ())  # longer than the broker keeps
+    at_least = generator(Requests(), scheduler=Queue(), dead_letters=Decoding())
+    at_least.consumer = Limited(len(least.encode()) - 1)  # type: ignore[assignment]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streams.agents.executors"):
+        taking(at_least, (1, keyed("b")))
+    assert at_least.commits.most == marks.MARK_LEAST_BYTES
+    assert at_least.refused is not None and "offset.metadata.max.bytes" in at_least.refused
+    assert [r.levelno for r in caplog.records if "could not commit" in r.getMessage()] == [
+        logging.ERROR
+    ]
+
+    rebalanced = generator(Requests(), scheduler=Queue(), dead_letters=Decoding())
+    rebalanced.consumer = Refusing(refusals=1)  # type: ignore[assignment]
+    rebalanced.consumer.error = CommitFailedError("rebalanced")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streams.agents.executors"):
+        taking(rebalanced, (0, keyed("a")))
+    assert rebalanced.refused is None, "a rebalance passes: no operator to call"
+    assert [r.levelno for r in caplog.records if "could not commit" in r.getMessage()] == [
+        logging.WARNING
+    ]

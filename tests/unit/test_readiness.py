@@ -133,6 +133,8 @@ ADDED = (
 ANSWERING = Consumer([Connection(waiting=1, answered_ago=0.2)])
 GONE = Consumer([Connection(up=False)])
 STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor told to stop
+REFUSING = "generator cannot commit: GroupAuthorizationFailedError (its Kafka principal ...)"
+REFUSED = SimpleNamespace(consumer=ANSWERING, stopping=False, refused=REFUSING)
 
 
 @pytest.mark.parametrize(
@@ -155,6 +157,10 @@ STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor tol
         # a worker told to stop: its executors drain, then close their consumers
         (app(), [*owners(ANSWERING), STOPPING], (False, "stopping")),
         (app(), [SimpleNamespace(consumer=GONE, stopping=True)], (False, "stopping")),
+        # an executor whose commits Kafka refuses until an operator acts: the broker answers,
+        # faust is ready, and its partitions are stalled (it said a WARNING every 10 s)
+        (app(), [*owners(ANSWERING), REFUSED], (False, REFUSING)),
+        (app(), [*owners(ANSWERING), REFUSED, STOPPING], (False, "stopping")),
         # partitions added to [requests] since its topics were created, taken in a rebalance:
         # a record there would stop the worker (it went on saying "ready" until one came)
         (app(assigned=(3, 9)), owners(ANSWERING), (False, ADDED)),
