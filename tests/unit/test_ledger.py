@@ -3,6 +3,7 @@ results with attempts and deadlines, and what it sends to the executors (DESIGN.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -902,6 +903,48 @@ def test_a_publication_reported_before_schema_8_says_no_number() -> None:
     _publish_command(ledger)
     [event] = ledger.send(published("req-1")).events
     assert (event.type, event.event_number) == ("CompletionPublished", None)
+
+
+def _as_written_at_7(value: Any, dropped: str) -> bytes:
+    """A value as a version before schema 8 wrote it: without the field added since."""
+    fields = json.loads(encode(value))
+    del fields[dropped]
+    return json.dumps(fields | {"schema_version": 7}).encode()
+
+
+@pytest.mark.parametrize("written_at", [7, 8])
+def test_verify_agrees_with_a_log_written_before_the_event_number_and_after(
+    written_at: int,
+) -> None:
+    """``replay --verify`` derives the lifecycle events again from [requests] and compares
+    every field: a log a version before schema 8 wrote (a result without the number, an event
+    without it) agrees, as one written from then on does; an event whose number differs from
+    the one its result reported does not."""
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number="order-42-complete")
+    _publish_command(ledger)
+    number = "order-42-complete" if written_at == 8 else None
+    ledger.send(published("req-1", landed_event_number=number))
+    messages = [encode(message) for message, _ in ledger.history]
+    events = [encode(e) for e in ledger.events]
+    if written_at == 7:
+        messages[-1] = _as_written_at_7(ledger.history[-1][0], "landed_event_number")
+        events = [_as_written_at_7(e, "event_number") for e in ledger.events]
+
+    def verified(recorded: list[bytes]) -> VerifySummary:
+        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
+        for offset, message in enumerate(messages):
+            check.request(Record("requests", 0, offset, ledger.now_ms, message))
+        for offset, event in enumerate(recorded):
+            check.recorded(Record("lifecycle", 0, offset, 0, event))
+        return check.compare()
+
+    clean = verified(events)
+    assert (clean.differences, clean.matched) == ([], len(events))
+    [last] = [e for e in ledger.events if e.type == "CompletionPublished"]
+    forged = encode(last.model_copy(update={"event_number": "another-number"}))
+    [difference] = verified([*events[:-1], forged]).differences
+    assert difference.fields == {"event_number": (number, "another-number")}
 
 
 def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
