@@ -146,6 +146,7 @@ def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any
                 rng.randrange(1, 4),
                 generated and i % 20 == 0,  # a text in 20 cut at max_tokens (drawing no number)
                 0,  # the first request of its id
+                f"generate_text_complete-{request_id}" if state == "published" else None,
             )
         )
         partition = i % 8

@@ -33,8 +33,11 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # another request's event under the request's own), and on PublicationAttemptSucceeded the
 # ``event_number`` it landed under when it was that one. 7: ``waited_out`` on attempt failures
 # (the attempt ended waiting for its target, QueueTimeout: the upstream did not refuse it; the
-# lifecycle event's cause then says so). Fields are only ever added, optional.
-SCHEMA_VERSION = 7
+# lifecycle event's cause then says so). 8: on PublicationAttemptSucceeded,
+# ``landed_event_number`` (the number Talkable holds its event under, whichever it was), and on
+# CompletionPublished lifecycle events, that ``event_number`` (what joins a request with
+# Talkable's event). Fields are only ever added, optional.
+SCHEMA_VERSION = 8
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -148,6 +151,11 @@ class PublicationAttemptSucceeded(_Wire):
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
     event_number: str | None = Field(
         None, description="the number it landed under, when not the command's (other_event_number)"
+    )
+    landed_event_number: str | None = Field(
+        None,
+        description="the number Talkable holds its event under: the command's event_number, or "
+        "its other_event_number (schema 8; absent: written before)",
     )
 
 
@@ -323,6 +331,14 @@ class LifecycleEvent(_Wire):
         None,
         description="on TextGenerated: true when OpenAI cut the text at the campaign's "
         "max_tokens (finish_reason length); it is published as it is. Absent otherwise",
+    )
+    event_number: str | None = Field(
+        None,
+        description="on CompletionPublished: the number Talkable holds the text's event under "
+        "(the campaign's own event_number, else generate_text_complete-<request_id>, or "
+        "generate_text_complete-<request_id>~<delivery> when Talkable held another request's "
+        "event under that); with site, what joins the request with Talkable's event. Absent "
+        "otherwise, and when the publisher's result was written before schema 8",
     )
 
     def identity(self) -> tuple[str, str, str, int]:

@@ -251,6 +251,9 @@ def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -
         cause=_published_cause(p),
         attempt=flight.attempt,
         waited_ms=p.waited_ms,
+        # as the publisher reported it (None: a result written before schema 8, so that a
+        # replay of the log derives what was recorded then)
+        event_number=p.landed_event_number,
     )
     return Decision(facts=[FlightEnded(flight.request_id)], events=[event])
 
@@ -401,6 +404,7 @@ def _legacy_redriven(ctx: Context, _: InFlight | None, p: PublicationAttemptSucc
         at_ms=p.at_ms,
         cause="redriven by an operator; published to Talkable",
         attempt=p.attempt,
+        event_number=p.landed_event_number,
     )
     return Decision(facts=[RequestUnparked(p.request_id)], events=[event])
 

@@ -23,7 +23,7 @@ from models.events import (
     SealedSecrets,
 )
 from models.ledger import PersonState, Policy, handle
-from models.params import UsageLimit, person_key
+from models.params import UsageLimit, completion_event_number, person_key
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow, TransitionRow
@@ -69,6 +69,7 @@ class Log:
         limit: int | None = None,
         trigger: str | None = "true",
         delivery: str = "d1",
+        event_number: str | None = None,
     ) -> RequestReceived:
         usage = (
             UsageLimit(
@@ -89,6 +90,7 @@ class Log:
             spec=RequestSpec(
                 site=site,
                 email=email,
+                event_number=event_number,
                 chat=ChatRequest(
                     model="gpt-4o-mini",
                     messages=[{"role": "user", "content": "a verse"}],
@@ -144,10 +146,17 @@ class Log:
             )
         )
 
-    def published(self, r: RequestReceived, *, at_ms: int) -> None:
+    def published(self, r: RequestReceived, *, at_ms: int, said: bool = True) -> None:
+        """``said``: the publisher reports the number the event landed under (schema 8 on),
+        as the publisher does: the campaign's, else the request's default."""
+        number = completion_event_number(r.spec.event_number, r.request_id) if said else None
         self.send(
             PublicationAttemptSucceeded(
-                request_id=r.request_id, person=r.person, attempt=1, at_ms=at_ms
+                request_id=r.request_id,
+                person=r.person,
+                attempt=1,
+                at_ms=at_ms,
+                landed_event_number=number,
             )
         )
 
@@ -187,14 +196,15 @@ class Log:
 
 
 def mixed_log() -> Log:
-    """Published (one text cut at its token cap), retried then published, failed, limited,
-    skipped, duplicate: two sites."""
+    """Published (one text cut at its token cap; one under the campaign's own event number),
+    retried then published (reported by a publisher before schema 8: no event number), failed,
+    limited, skipped, duplicate: two sites."""
     log = Log()
-    log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2)
+    log.full("pub-1", at_ms=T0_MS, latency_ms=700, limit=2, event_number="order-42-complete")
     retried = log.received("retry-1", email="bob@example.com", at_ms=T0_MS + 1000)
     log.failed(retried, at_ms=T0_MS + 1500, retriable=True)
     log.generated(retried, at_ms=T0_MS + 2500, latency_ms=900, attempt=2, waited_ms=4000)
-    log.published(retried, at_ms=T0_MS + 2600)
+    log.published(retried, at_ms=T0_MS + 2600, said=False)
     bad = log.received("fail-1", email="carol@example.com", at_ms=T0_MS + 3000)
     log.failed(bad, at_ms=T0_MS + 3100)
     log.full("pub-2", at_ms=T0_MS + 4000, latency_ms=1200, limit=2, truncated=True)

@@ -176,6 +176,7 @@ class Publish(Work[PublishCompletion]):
             redrive=command.redrive,
             duplicate=published.duplicate,
             event_number=published.event_number,
+            landed_event_number=published.event_number or command.event_number,
         )
 
 

@@ -195,6 +195,9 @@ class History:
     # which request of this id: 0 the first; 1, 2, ... the same params again after the ledger
     # forgot the person (or the fingerprint), named by the id again (migration 0008)
     occurrence: int = 0
+    # the number Talkable holds its event under (with the site: its event), once published
+    # (None: not published, or reported before lifecycle schema 8; migration 0009)
+    event_number: str | None = None
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
@@ -221,6 +224,7 @@ def history(store: ProjectionStore, row: RequestRow) -> History:
         event_offset_ms=timeline.event_offset_ms,
         end_to_end_ms=timeline.end_to_end_ms,
         truncated=row.truncated,
+        event_number=row.event_number,
     )
 
 
@@ -269,7 +273,8 @@ def render_histories(histories: Sequence[History]) -> str:
         tokens = f"{h.prompt_tokens}+{h.completion_tokens}" if h.prompt_tokens is not None else "-"
         lines = [
             f"request {h.request_id}{_again(h)}",
-            f"  site {h.site}   person {h.person}",
+            f"  site {h.site}   person {h.person}"
+            + (f"   Talkable event {h.event_number}" if h.event_number else ""),
             f"  state {h.state}{' (terminal)' if h.terminal else ' (in flight)'}"
             f"   finished {h.terminal_at or '-'}{_end_to_end(h)}",
             f"  {_clocks(h)}",

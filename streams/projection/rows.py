@@ -288,6 +288,8 @@ def fold(rows: dict[str, dict[str, Any]], e: LifecycleEvent, occurrence: int = 0
         # the text it published (a text generated again replaces it): cut, or not said (an
         # event written before lifecycle schema 5 does not say; one not cut says nothing)
         row["truncated"] = e.truncated is True
+    if e.event_number is not None:  # on CompletionPublished (lifecycle schema 8 on)
+        row["event_number"] = e.event_number
     if e.waited_ms is not None:
         if e.type in ("TextGenerated", "GenerationFailed"):
             row["generation_wait_ms"] = e.waited_ms

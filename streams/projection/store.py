@@ -65,7 +65,11 @@ _OFFSETS = Base.metadata.tables[ProjectedOffsetRow.__tablename__]
 _ENDED = Base.metadata.tables[EndedMinuteRow.__tablename__]
 # a request as ``audit`` shows it: every column, the deferred ones too (the store reads a
 # current projection only; the console reads one that may be behind, without them)
-_WHOLE = (undefer(RequestRow.truncated), undefer(RequestRow.occurrence))
+_WHOLE = (
+    undefer(RequestRow.truncated),
+    undefer(RequestRow.occurrence),
+    undefer(RequestRow.event_number),
+)
 
 
 Source = tuple[str, int, int]

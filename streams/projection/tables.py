@@ -6,7 +6,8 @@ epoch milliseconds, as on the topics.
 
 ``requests``      the request as it stands: site, person, state, when it arrived and when it
                   reached each state, model, tokens, generation latency, the waits for the
-                  upstream targets, attempts, error, whether its text was cut at its token cap;
+                  upstream targets, attempts, error, whether its text was cut at its token cap,
+                  the number Talkable holds its event under (migration 0009);
                   keyed by its id and ``occurrence`` (migration 0008): 0 for the first
                   request of an id, 1 for the next, ... (the ledger names a request by its
                   fingerprint again once it forgot the person, or the fingerprint)
@@ -127,6 +128,12 @@ class RequestRow(Base):
         server_default=text("0"),
         deferred=True,
         deferred_raiseload=True,
+    )
+    # the number Talkable holds its event under, as its CompletionPublished said (lifecycle
+    # schema 8, migration 0009): with ``site``, what joins it with Talkable's event. NULL until
+    # published, and for a publication reported before schema 8. Deferred as ``truncated`` is
+    event_number: Mapped[str | None] = mapped_column(
+        String(200), deferred=True, deferred_raiseload=True
     )
 
     __mapper_args__ = {"primary_key": (request_id, received_at_ms)}

@@ -195,6 +195,25 @@ def test_audit_and_stats_say_which_texts_were_cut_at_their_token_cap(projected: 
     assert {s["site"]: s["truncated"] for s in sites["sites"]} == {"acme": 1, "globex": 0, "*": 1}
 
 
+def test_audit_names_the_talkable_event_a_published_request_landed_as(projected: str):
+    """The number Talkable holds a published text's event under (the campaign's own, or the
+    request's default) was in no column, and `audit` could not say it: with the site, it is
+    what finds the request's event in Talkable. A request whose publication was reported
+    before lifecycle schema 8 says none."""
+    out = talkstream("audit", "--request-id", "pub-1", "--database-url", projected).output
+    assert "  site acme   person acme:ada@example.com   Talkable event order-42-complete\n" in out
+    said = json.loads(
+        talkstream("audit", "--request-id", "pub-1", "--database-url", projected, "--json").output
+    )
+    assert [r["event_number"] for r in said["requests"]] == ["order-42-complete"]
+    out = talkstream("audit", "--request-id", "retry-1", "--database-url", projected).output
+    assert "Talkable event" not in out
+    said = json.loads(
+        talkstream("audit", "--request-id", "retry-1", "--database-url", projected, "--json").output
+    )
+    assert [r["event_number"] for r in said["requests"]] == [None]
+
+
 def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: str):
     result = talkstream(
         "audit",
@@ -902,6 +921,8 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
             assert "truncated" not in columns and any(r["truncated"] for r in rows[0])
         if head == "0008":  # the key the versions before 0008 have: the request id alone
             assert "occurrence" not in columns
+        if head == "0009":  # the column the versions before 0009 do not write
+            assert "event_number" not in columns and any(r["event_number"] for r in rows[0])
         assert stored_requests(store) == [
             {name: value for name, value in row.items() if name in columns} for row in rows[0]
         ]
@@ -918,7 +939,7 @@ def test_a_projection_taken_down_for_a_rollback_is_what_the_older_version_knows(
     try:
         assert store.is_current()
         # what the migrations down and up again dropped (a replay gives it back, from the log)
-        lost = {"truncated": False} if head == "0006" else {}
+        lost = {"0006": {"truncated": False}, "0009": {"event_number": None}}.get(head, {})
         assert snapshot(store) == ([row | lost for row in rows[0]], rows[1], rows[2])
     finally:
         store.close()

@@ -144,6 +144,98 @@ def test_a_text_cut_at_max_tokens_is_said_on_its_request_and_in_what_stats_reads
     assert sorted(row.truncated for row in store.stats_rows()) == [False] * 3 + [True]
 
 
+def test_a_published_request_says_the_number_talkable_holds_its_event_under(
+    store: ProjectionStore,
+):
+    """An analytics team joins a request with Talkable's event on the site and the event
+    number, which a campaign may give: it was in no column. A published request's row says
+    the number its CompletionPublished carries (lifecycle schema 8); one not published, one
+    whose publication was reported before schema 8, and every request of an event written at
+    v1 say NULL; a rebuild (``replay``) writes the same."""
+    log = mixed_log()  # pub-1 under the campaign's number; retry-1 reported before schema 8
+    log.full("pub-4", email="fay@example.com", at_ms=T0_MS + 7000)
+    assert store.apply(log.records) == len(log.records)
+
+    said = {r["request_id"]: r["event_number"] for r in stored_requests(store)}
+    assert said == {
+        "pub-1": "order-42-complete",
+        "pub-2": "generate_text_complete-pub-2",
+        "pub-3": "generate_text_complete-pub-3",
+        "pub-4": "generate_text_complete-pub-4",
+        "retry-1": None,
+        "fail-1": None,
+        "lim-1": None,
+        "skip-1": None,
+        "pub-3~pub-3/d2": None,  # a rejected duplicate: nothing published
+    }
+    row = store.request("pub-1")
+    assert row is not None and row.event_number == "order-42-complete"
+    _same_again_and_rebuilt(store, log, snapshot(store))
+
+    old = [
+        decode(LifecycleEvent, json.dumps(e).encode()) for e in json.loads(V1_LIFECYCLE.read_text())
+    ]
+    assert store.apply([Sourced("v1-lifecycle", 0, n, e) for n, e in enumerate(old)])
+    said = {r["request_id"]: r["event_number"] for r in stored_requests(store)}
+    assert old and {said[e.request_id] for e in old} == {None}
+
+
+def test_a_projection_at_0008_is_migrated_with_no_event_numbers_until_it_is_rebuilt(
+    database_url: str,  # noqa: F811
+):
+    """Migration 0009 on a projection a version before it wrote: its rows stay as they were,
+    with no event number (their events are not read again); a request the projector applies
+    from then on has its number, and a rebuild from the log (``replay --force``) gives every
+    published request its own."""
+    log = mixed_log()
+    engine = create_engine(database_url)
+    try:
+        migrate.migrate_to(engine, "0008")
+        requests: dict[str, dict[str, object]] = {}
+        for record in log.records:
+            fold(requests, record.event)
+        with engine.begin() as connection:  # what a projector of 0008 wrote
+            tables = MetaData()
+            old = Table("requests", tables, autoload_with=connection)
+            assert "event_number" not in old.c
+            connection.execute(
+                old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
+            )
+            transitions = Table("transitions", tables, autoload_with=connection)
+            connection.execute(
+                transitions.insert(),
+                [
+                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
+                    for r in log.records
+                ],
+            )
+    finally:
+        engine.dispose()
+
+    store = ProjectionStore.from_url(database_url)  # a projector of this version, at its start
+    try:
+        assert store.is_current()
+        before = stored_requests(store)
+        assert before == sorted(
+            (r | {"event_number": None} for r in requests.values()),
+            key=lambda r: r["request_id"],
+        )
+        log.full("pub-later", email="fay@example.com", at_ms=T0_MS + 9000, event_number="o-9")
+        assert store.apply(log.records) == 6  # the projector goes on from where it was
+        numbered = {r["request_id"]: r["event_number"] for r in stored_requests(store)}
+        assert {rid: n for rid, n in numbered.items() if n is not None} == {"pub-later": "o-9"}
+        store.reset()  # `replay --force`
+        assert store.apply(log.records) == len(log.records)
+        assert {r.request_id: r.event_number for r in store.requests() if r.event_number} == {
+            "pub-1": "order-42-complete",
+            "pub-2": "generate_text_complete-pub-2",
+            "pub-3": "generate_text_complete-pub-3",
+            "pub-later": "o-9",
+        }
+    finally:
+        store.close()
+
+
 def test_what_an_event_leaves_empty_is_stored_as_null(store: ProjectionStore):
     """On SQLite the store binds None through an adapter of its own (a NULL otherwise costs
     sqlite3 five times an integer); what lands is SQL NULL, as on PostgreSQL."""
@@ -514,7 +606,9 @@ def test_a_projection_at_0005_is_migrated_with_its_rows_and_then_says_which_text
         assert store.is_current()
         before = stored_requests(store)
         assert before == sorted(
-            (r | {"truncated": False} for r in requests.values()), key=lambda r: r["request_id"]
+            # and no event number (migration 0009), as no projection before it had one
+            (r | {"truncated": False, "event_number": None} for r in requests.values()),
+            key=lambda r: r["request_id"],
         )
         log.full("cut-later", email="fay@example.com", at_ms=T0_MS + 9000, truncated=True)
         assert store.apply(log.records) == 6  # the projector goes on from where it was

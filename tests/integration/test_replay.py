@@ -191,6 +191,12 @@ def test_replay_rebuilds_the_live_projection_and_touches_nothing(
         }
         # the live projection and the rebuild agree on every column: whose text was cut too
         assert [r.request_id for r in replayed.requests() if r.truncated] == [traffic.cut]
+        # and where Talkable holds each published request's event (none is the campaign's)
+        assert {r.request_id: r.event_number for r in replayed.requests() if r.event_number} == {
+            r.request_id: f"generate_text_complete-{r.request_id}"
+            for r in replayed.requests()
+            if r.state == "published"
+        }
     finally:
         replayed.close()
 

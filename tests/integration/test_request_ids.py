@@ -117,3 +117,5 @@ def test_the_same_params_after_the_person_was_forgotten_land_under_a_number_of_t
     # and the transition says under which number, and why
     [published] = [t for t in system.projection.transitions(fingerprint) if t.state == "published"]
     assert f"as event number {other}" in published.cause, published.cause
+    # and so does the request's row: where its event is, not the number Talkable refused
+    assert system.wait_terminal([fingerprint])[fingerprint].event_number == other

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from models.events import LifecycleEvent
+from streams.codecs import decode
 from streams.dev.openai_standin import completion_text
 from tests.integration.conftest import System, http, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
@@ -56,6 +58,17 @@ def test_seed_request_is_generated_published_and_projected(system: System) -> No
 
     states = [t.state for t in system.projection.transitions(request_id)]
     assert states == ["received", "admitted", "generating", "generated", "publishing", "published"]
+    # what joins the request with Talkable's event, the campaign's own number: on its
+    # CompletionPublished, and in its SQL row (with the site)
+    lifecycle = [
+        decode(LifecycleEvent, value)
+        for _, _, key, value in read_topic(system.kafka.bootstrap, f"{system.app_id}-lifecycle")
+        if key == request_id.encode()
+    ]
+    assert [(e.type, e.event_number) for e in lifecycle if e.event_number] == [
+        ("CompletionPublished", "order-42-complete")
+    ]
+    assert (row.site, row.event_number) == ("test-site", "order-42-complete")
 
 
 def test_trigger_not_met_is_skipped_without_calling_openai(system: System) -> None:
@@ -72,7 +85,9 @@ def test_default_event_number_is_unique_per_request(system: System) -> None:
     status, body = system.post(seed_params("nonumber@example.com"))
     assert status == 202
     request_id = body["request_id"]
-    assert system.wait_terminal([request_id])[request_id].state == "published"
+    row = system.wait_terminal([request_id])[request_id]
+    assert row.state == "published"
+    assert row.event_number == f"generate_text_complete-{request_id}"
     numbers = [
         e["event_number"]
         for e in system.talkable("GET", "/_events")

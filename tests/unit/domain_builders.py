@@ -126,6 +126,7 @@ def published(
     duplicate: bool = False,
     at_ms: int = T0 * 1000,
     event_number: str | None = None,
+    landed_event_number: str | None = None,
 ) -> PublicationAttemptSucceeded:
     return PublicationAttemptSucceeded(
         request_id=request_id,
@@ -134,6 +135,7 @@ def published(
         at_ms=at_ms,
         duplicate=duplicate,
         event_number=event_number,
+        landed_event_number=landed_event_number,
     )
 
 

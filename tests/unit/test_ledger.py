@@ -3,6 +3,7 @@ results with attempts and deadlines, and what it sends to the executors (DESIGN.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -874,6 +875,78 @@ def test_the_event_number(given_number: str | None, published_number: str) -> No
     assert _publish_command(ledger).event_number == published_number
 
 
+@pytest.mark.parametrize("given_number", [None, "order-42-complete"])
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_the_number_a_text_landed_under_is_on_its_completion_published(
+    given_number: str | None, duplicate: bool
+) -> None:
+    """An analytics team joins a request with Talkable's event on the site and the event
+    number; a campaign's own number was on no lifecycle event. The publisher reports the number
+    the event landed under (schema 8; Talkable holding it already, a duplicate, too) and the
+    request's CompletionPublished carries it; no other transition does."""
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number=given_number)
+    number = _publish_command(ledger).event_number
+    landed = published("req-1", duplicate=duplicate, landed_event_number=number)
+    [event] = ledger.send(landed).events
+    assert (event.type, event.event_number) == ("CompletionPublished", number)
+    assert number == given_number or number == "generate_text_complete-req-1"
+    assert [e.type for e in ledger.events if e.event_number is not None] == ["CompletionPublished"]
+
+
+def test_a_publication_reported_before_schema_8_says_no_number() -> None:
+    """A result an earlier publisher wrote does not say the number: the event the ledger
+    derives from it says none either, as the one recorded then did (``replay --verify`` derives
+    the events of an old log again and compares every field); so does a legacy redrive's."""
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number="order-42-complete")
+    _publish_command(ledger)
+    [event] = ledger.send(published("req-1")).events
+    assert (event.type, event.event_number) == ("CompletionPublished", None)
+
+
+def _as_written_at_7(value: Any, dropped: str) -> bytes:
+    """A value as a version before schema 8 wrote it: without the field added since."""
+    fields = json.loads(encode(value))
+    del fields[dropped]
+    return json.dumps(fields | {"schema_version": 7}).encode()
+
+
+@pytest.mark.parametrize("written_at", [7, 8])
+def test_verify_agrees_with_a_log_written_before_the_event_number_and_after(
+    written_at: int,
+) -> None:
+    """``replay --verify`` derives the lifecycle events again from [requests] and compares
+    every field: a log a version before schema 8 wrote (a result without the number, an event
+    without it) agrees, as one written from then on does; an event whose number differs from
+    the one its result reported does not."""
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number="order-42-complete")
+    _publish_command(ledger)
+    number = "order-42-complete" if written_at == 8 else None
+    ledger.send(published("req-1", landed_event_number=number))
+    messages = [encode(message) for message, _ in ledger.history]
+    events = [encode(e) for e in ledger.events]
+    if written_at == 7:
+        messages[-1] = _as_written_at_7(ledger.history[-1][0], "landed_event_number")
+        events = [_as_written_at_7(e, "event_number") for e in ledger.events]
+
+    def verified(recorded: list[bytes]) -> VerifySummary:
+        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
+        for offset, message in enumerate(messages):
+            check.request(Record("requests", 0, offset, ledger.now_ms, message))
+        for offset, event in enumerate(recorded):
+            check.recorded(Record("lifecycle", 0, offset, 0, event))
+        return check.compare()
+
+    clean = verified(events)
+    assert (clean.differences, clean.matched) == ([], len(events))
+    [last] = [e for e in ledger.events if e.type == "CompletionPublished"]
+    forged = encode(last.model_copy(update={"event_number": "another-number"}))
+    [difference] = verified([*events[:-1], forged]).differences
+    assert difference.fields == {"event_number": (number, "another-number")}
+
+
 def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
     ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
     admit(ledger, "req-1", delivery_id="d1")
@@ -901,9 +974,15 @@ def test_a_request_named_by_its_fingerprint_has_a_number_of_its_own_to_write_und
     assert again.other_event_number == first.other_event_number
     # written under it: the transition says where, and why
     [event] = ledger.send(
-        published("req-1", 2, event_number="generate_text_complete-req-1~d1")
+        published(
+            "req-1",
+            2,
+            event_number="generate_text_complete-req-1~d1",
+            landed_event_number="generate_text_complete-req-1~d1",
+        )
     ).events
     assert event.type == "CompletionPublished"
+    assert event.event_number == "generate_text_complete-req-1~d1"
     assert event.cause.startswith(
         "published to Talkable as event number generate_text_complete-req-1~d1: Talkable"
         " holds another request's event under this request's own"

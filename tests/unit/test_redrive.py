@@ -55,7 +55,7 @@ def redrive(
     )
 
 
-def redriven(request_id: str) -> PublicationAttemptSucceeded:
+def redriven(request_id: str, landed: str | None = None) -> PublicationAttemptSucceeded:
     return PublicationAttemptSucceeded(
         request_id=request_id,
         person=PERSON,
@@ -63,6 +63,7 @@ def redriven(request_id: str) -> PublicationAttemptSucceeded:
         attempt=1,
         at_ms=T0 * 1000 + 5,
         redrive=True,
+        landed_event_number=landed,
     )
 
 
@@ -165,6 +166,15 @@ def test_a_redriven_publication_that_lands_ends_published() -> None:
     assert (event.previous_state, event.state) == (State.PUBLISH_FAILED, State.PUBLISHED)
     assert event.site == SITE and "redriven" in event.cause
     assert outcome.state.parked == {}
+    assert event.event_number is None  # its result, an earlier version's, did not say
+
+
+def test_a_redriven_publication_that_lands_says_the_number_its_publisher_reported() -> None:
+    """A legacy redrive's result reported by a publisher of schema 8 (an upgrade while it was
+    in flight): its CompletionPublished says where the event is, as any other's does."""
+    ledger = parked_ledger()
+    [event] = ledger.send(redriven("req-1", "generate_text_complete-req-1")).events
+    assert (event.state, event.event_number) == (State.PUBLISHED, "generate_text_complete-req-1")
 
 
 def test_a_second_redrive_result_changes_nothing() -> None:

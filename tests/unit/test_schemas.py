@@ -86,6 +86,31 @@ def test_values_written_at_v1_still_decode_and_keep_every_field(topic: str):
         assert {k: again.get(k) for k in value} == value
 
 
+def test_the_talkable_event_number_is_an_optional_field_of_schema_8():
+    """What joins a request with Talkable's event: ``event_number`` on a lifecycle event and
+    ``landed_event_number`` on a publisher's result, both optional (a value written before
+    decodes, with null there) and kept whole by the codec."""
+    lifecycle = json.loads(schemas.path_for("lifecycle").read_text())
+    assert lifecycle["x-schema-version"] >= 8
+    assert "event_number" in lifecycle["properties"]
+    assert "event_number" not in lifecycle["required"]
+    requests = json.loads(schemas.path_for("requests").read_text())
+    result = requests["$defs"]["PublicationAttemptSucceeded"]
+    assert "landed_event_number" in result["properties"]
+    assert "landed_event_number" not in result.get("required", [])
+
+    old = [decode(LifecycleEvent, json.dumps(v).encode()) for v in _v1("lifecycle")]
+    assert old and {e.event_number for e in old} == {None}
+    published = [v for v in _v1("requests") if v["kind"] == "publication_succeeded"]
+    assert published
+    assert {decode_requests(json.dumps(v).encode()).landed_event_number for v in published} == {
+        None
+    }
+    event = old[0].model_copy(update={"event_number": "order-42-complete"})
+    assert decode(LifecycleEvent, encode(event)).event_number == "order-42-complete"
+    assert json.loads(encode(event))["event_number"] == "order-42-complete"
+
+
 @pytest.mark.parametrize("topic", sorted(DECODERS))
 def test_a_newer_value_with_fields_we_do_not_know_still_decodes(topic: str):
     for value in _v1(topic):
