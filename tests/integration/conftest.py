@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from streams.dev.kafka import DEFAULT_KAFKA_VERSION, EmbeddedKafka
 from streams.dev.kafka_cluster import KafkaCluster
@@ -158,6 +159,30 @@ def http(
         return status, json.loads(payload) if payload else None
     except ValueError:
         return status, payload.decode(errors="replace")
+
+
+# how long a worker's projector may take to make its schema, from the worker's start: the
+# worker starts it as a child process, which makes sure of the topics and its group's
+# coordinator, starts its producer and consumer, and migrates its database once its group has
+# given it partitions. On a host at load 15 a child made the file 61 s after the ingress was
+# ready (then at its start, before joining: the bound was 60 s); as long as a worker may take to
+# be ready (``System.wait_ready``)
+PROJECTOR_START_SECONDS = 120
+
+
+def projection_made(path: Path) -> bool:
+    """Whether a projector has migrated the SQLite file at ``path`` to this version's schema
+    (it does once its group has given it partitions: after the worker started its child, the
+    child its producer and its consumer, and the group took it); never made or migrated here."""
+    if not path.exists():  # (opening a file that is not there would make it)
+        return False
+    reader = ProjectionStore.from_url(f"sqlite:///{path}", migrate_schema=False)
+    try:
+        return reader.is_current()
+    except DBAPIError:  # the projector is making it: not yet
+        return False
+    finally:
+        reader.close()
 
 
 class System:
@@ -305,10 +330,18 @@ class System:
 
     @property
     def projection(self) -> ProjectionStore:
+        """The projection the worker's projector writes, read once its projector has made its
+        schema there. The test neither makes nor migrates it (a refused projector makes no
+        file: what tests of it check)."""
         if self._projection is None:
-            wait_until(self.database.exists, 60, what="the projection database")
-            self._projection = ProjectionStore.from_url(f"sqlite:///{self.database}")
+            wait_until(self._projection_made, PROJECTOR_START_SECONDS, what="the projection")
+            self._projection = ProjectionStore.from_url(
+                f"sqlite:///{self.database}", migrate_schema=False
+            )
         return self._projection
+
+    def _projection_made(self) -> bool:
+        return projection_made(self.database)
 
     def wait_terminal(self, request_ids: list[str], timeout: float = 90) -> dict[str, RequestRow]:
         def done() -> dict[str, RequestRow] | None:
@@ -326,7 +359,11 @@ class System:
     def explain_unfinished(self, request_ids: list[str]) -> None:
         """What a failed wait leaves behind: the requests not terminal (by state, a few of
         them) and the end of every process's log, the dead ones' too."""
-        rows = {rid: self.projection.request(rid) for rid in request_ids}
+        if self._projection is None and not self._projection_made():
+            print(f"no projection yet: {self.database} not made by the projector")
+            rows: dict[str, RequestRow | None] = dict.fromkeys(request_ids)
+        else:
+            rows = {rid: self.projection.request(rid) for rid in request_ids}
         stuck = {rid: row and row.state for rid, row in rows.items() if not (row and row.terminal)}
         print(f"not terminal: {len(stuck)} of {len(rows)}, by state {Counter(stuck.values())}")
         print("for instance:", sorted(stuck.items())[:5])

@@ -30,7 +30,13 @@ from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import Base
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import System, create_topic, http
+from tests.integration.conftest import (
+    PROJECTOR_START_SECONDS,
+    System,
+    create_topic,
+    http,
+    projection_made,
+)
 from tests.postgres import (  # noqa: F401 (fixtures)
     database_url,
     fresh_postgres_database,
@@ -480,8 +486,8 @@ def test_a_worker_on_a_new_database_under_the_same_app_id_fills_it_from_the_log(
     new = system.root / "new.sqlite3"
     system.env["TALKSTREAM_DATABASE_URL"] = f"sqlite:///{new}"
     system.start_worker()
-    wait_until(new.exists, 60, what="the new database")
-    store = ProjectionStore.from_url(f"sqlite:///{new}")
+    wait_until(lambda: projection_made(new), PROJECTOR_START_SECONDS, what="the new database")
+    store = ProjectionStore.from_url(f"sqlite:///{new}", migrate_schema=False)
     try:
 
         def filled() -> bool:

@@ -749,11 +749,26 @@ def test_an_interrupted_replay_says_what_it_left_and_a_forced_one_rebuilds_it(
         "TALKSTREAM_APP_ID": settings.app_id,
     }
 
+    # The file's one write lock is the test's from before the replay starts (SQLite writers
+    # wait for it, 60 s here, SQLITE_WRITER_WAIT_SECONDS): the test lets the replay's
+    # transactions in and takes the lock back at the first commit it sees, keeping it once
+    # lifecycle events are in. Held, the replay writes no other batch and cannot end: the
+    # SIGINT is sent then, pending before a writer of it has the lock again, however slowly
+    # this process is scheduled meanwhile (a starved test once saw the first batch, and the
+    # replay had read the 30,000 events to the end before its SIGINT). It runs free only from
+    # a release to the next commit the test sees.
+    gate = sqlite3.connect(path, timeout=60, isolation_level=None)
+    gate.execute("PRAGMA journal_mode=WAL")
+    gate.execute("BEGIN IMMEDIATE")
+
+    def version() -> int:
+        # changes on this connection once another one has committed
+        return int(gate.execute("PRAGMA data_version").fetchone()[0])
+
     def projected() -> int:
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                return int(db.execute("SELECT count(*) FROM transitions").fetchone()[0])
-        except sqlite3.Error:  # not created yet
+            return int(gate.execute("SELECT count(*) FROM transitions").fetchone()[0])
+        except sqlite3.OperationalError:  # no table yet: the replay's migration comes first
             return 0
 
     replay = subprocess.Popen(
@@ -766,10 +781,21 @@ def test_an_interrupted_replay_says_what_it_left_and_a_forced_one_rebuilds_it(
         start_new_session=True,
     )
     try:
-        wait_until(lambda: projected() > 0, 120, 0.02, what="the replay's first batch")
-        os.killpg(replay.pid, signal.SIGINT)
+        held = 0
+        while held == 0:
+            seen = version()
+            gate.execute("COMMIT")  # a transaction of the replay's may go in
+            wait_until(
+                lambda seen=seen: version() != seen, 120, 0.005, what="the replay's next commit"
+            )
+            gate.execute("BEGIN IMMEDIATE")
+            held = projected()
+        assert held < len(lifecycle), "the replay wrote everything before the test held it"
+        os.killpg(replay.pid, signal.SIGINT)  # pending before any writer of it has the lock
+        gate.execute("COMMIT")
         _, err = replay.communicate(timeout=120)
     finally:
+        gate.close()
         if replay.poll() is None:
             os.killpg(replay.pid, signal.SIGKILL)
             replay.wait()
