@@ -260,6 +260,7 @@ def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_n
     was counted for go back, so the key's other webhooks are not held; once the limit is known,
     one whose max_tokens alone is more is not even called."""
     system = make_system()
+    system.wait_ready()  # each request's 30 s below is its own, not the worker's start's
     key = "sk-small-tpm-key-0007"
     system.openai("POST", "/_control", {"key_limits": {key: {"rpm": 600, "tpm": 20_000}}})
 
