@@ -494,6 +494,15 @@ class Table(faust.Table):  # type: ignore[type-arg]
         self._written.append(written)
         return written
 
+    def _verify_source_topic_partitions(self, source_topic: str) -> None:
+        """faust's check, at a worker's first write to the table, that [requests] has as many
+        partitions as the changelog: once partitions were added to one of them, it crashed the
+        ledger agent of a worker that had written nothing before (one given its partitions of
+        [requests] only then, as another left), at every record, restarted every 5 s, its
+        requests never decided. Not needed: the worker's consumer keeps paused every partition
+        of [requests] whose changelog partition it does not hold (``Consumer.unpaired``), so a
+        write goes to a changelog partition this worker holds, with its person's state."""
+
     def written(self) -> list[asyncio.Future[Any]]:
         """The changelog writes since the last call, each resolved once Kafka took it (or gave
         up on it); only the ledger writes the table, and takes them at each batch."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import time
 import uuid
@@ -153,12 +152,6 @@ def _status(system: System, name: str) -> tuple[int, str]:
     return status, body.get("status", "") if isinstance(body, dict) else ""
 
 
-def _added(status: str) -> set[int]:
-    """The partitions of [requests] past the count a worker's ``/readyz`` status says it holds."""
-    held = re.search(r"-requests partition ([\d, ]+), past", status)
-    return {int(p) for p in held.group(1).split(", ")} if held else set()
-
-
 def _group(bootstrap: str, group: str) -> tuple[str, dict[str, dict[str, set[int]]]]:
     """The state of consumer group ``group`` as its coordinator says it, and what faust's
     assignor gave each member (by worker name) to hold actively: partitions by topic."""
@@ -223,25 +216,29 @@ def _written(system: System, bodies: list[dict[str, Any]]) -> list[str]:
 
 
 def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_path) -> None:
-    """Partitions added to [requests] of a deployment of two workers: faust's assignor pairs
+    """Partitions added to [requests] of a deployment of three workers: faust's assignor pairs
     [requests] partition N with the ledger changelog's partition N only while the two counts
-    agree, so once a worker leaves the group and joins it again (here a pause past its session
-    timeout), it holds [requests] partition 2 while the other worker holds changelog partition
-    2, its people's ledger state. It decided their records all the same (and said it was
-    ready), from whatever its table had of partition 2: at best the standby copy faust keeps
-    there (``table_standby_replicas``), read behind the changelog; none where the standby is
-    elsewhere (more workers) or not caught up yet: a usage count seeded again from Talkable's
-    snapshot, a limit exceeded. Now it decides none of them while it holds them so (ERROR,
-    /readyz 503), the others go on, and once a worker holds both they are decided with the
-    person's state: of a limit of 3 with 2 used, 1 more admitted, 2 limited, each once."""
-    system = System(kafka, tmp_path, session_timeout_seconds="10")
+    agree, so once a worker leaves, one of the others was given [requests] partition 2 while
+    the third holds changelog partition 2, its people's ledger state. It decided their records
+    all the same (and said it was ready), from whatever its table had of partition 2: at best
+    the standby copy faust keeps there (``table_standby_replicas``), read behind the
+    changelog; none where the standby is elsewhere or not caught up yet: a usage count seeded
+    again from Talkable's snapshot, a limit exceeded. Now it decides none of them while it
+    holds them so (ERROR, /readyz 503), the others go on, and once a worker holds both they
+    are decided with the person's state: of a limit of 3 with 2 used, 1 more admitted, 2
+    limited, each once."""
+    # the projector in each worker: a projector process started after the partitions were
+    # added would refuse to start
+    system = System(kafka, tmp_path, projector="worker")
     # faust's setting: the workers see the partitions added within a second, not 5 minutes
     system.env["CONSUMER_METADATA_MAX_AGE_MS"] = "1000"
+    workers = ("worker", "worker2", "worker3")
     system.start()
     try:
-        system.start_worker("worker2")
         system.wait_ready("worker")
-        system.wait_ready("worker2")
+        for name in workers[1:]:  # one after the other: faust's sticky assignor's layout
+            system.start_worker(name)
+            system.wait_ready(name)
         to_partition = partition_of(4)
         people: dict[int, str] = {}
         for n in range(1000):
@@ -273,33 +270,31 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
                 await admin.close()
 
         asyncio.run(add_partitions())
-        both = ("worker", "worker2")
-
-        def added() -> dict[str, set[int]] | None:  # each worker's of the partitions added
-            held = {name: _added(_status(system, name)[1]) for name in both}
-            shared = held["worker"] & held["worker2"]
-            return held if not shared and held["worker"] | held["worker2"] == {4, 5} else None
-
-        wait_until(added, 60, what="the partitions added shared out")
         requests, changelog = f"{system.app_id}-requests", f"{system.app_id}-ledger-changelog"
-        apart: dict[int, str] = {}
-        for _ in range(6):  # until faust's sticky assignor gives a worker one apart
-            wait_until(lambda: _stable(kafka.bootstrap, system.app_id, 2), 60)
-            system.procs["worker2"].send_signal(signal.SIGSTOP)  # past its session timeout
-            wait_until(lambda: _stable(kafka.bootstrap, system.app_id, 1), 60)
-            system.procs["worker2"].send_signal(signal.SIGCONT)  # it joins again
-            given = wait_until(lambda: _stable(kafka.bootstrap, system.app_id, 2), 60)
-            # [requests] partitions a worker holds without the changelog's of the same number
-            apart = {
-                partition: name
-                for name, held in given.items()
-                for partition in held.get(requests, set()) - held.get(changelog, set())
-                if partition < 4
-            }
-            if apart:
-                break
-        assert apart, given
-        unpaired = sorted(set(apart.values()))[0]
+
+        def taken(members: int) -> dict[str, dict[str, set[int]]] | None:
+            given = _stable(kafka.bootstrap, system.app_id, members)
+            held = set().union(*(g.get(requests, set()) for g in given.values())) if given else ()
+            return given if held == set(range(6)) else None
+
+        wait_until(lambda: taken(3), 60, what="the partitions added assigned")
+
+        def stop(name: str) -> None:
+            proc = system.procs.pop(name)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+        stop("worker")  # it leaves the group
+        given = wait_until(lambda: taken(2), 60, what="the rebalance")
+        # [requests] partitions a worker holds without the changelog's of the same number
+        apart = {
+            partition: name
+            for name, held in given.items()
+            for partition in held.get(requests, set()) - held.get(changelog, set())
+            if partition < 4
+        }
+        assert len(set(apart.values())) == 1, given  # faust's sticky assignor's layout
+        [unpaired] = set(apart.values())
         later = {
             email: _written(system, [webhook(email, i) for i in range(2, 5)])
             for email in people.values()
@@ -310,8 +305,7 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
         decided = {rid: row.state for rid in waiting if (row := system.projection.request(rid))}
         assert decided == {}, f"decided by {unpaired}, which holds none of their ledger state"
         status, said = _status(system, unpaired)
-        # the other takes them all, with their state
-        system.procs[unpaired].send_signal(signal.SIGSTOP)
+        stop(unpaired)  # the one left takes them all, with their state
         rows = system.wait_terminal([rid for ids in later.values() for rid in ids])
         for email, ids in later.items():
             states = sorted(rows[rid].state for rid in ids)
@@ -324,6 +318,4 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
         assert f"this worker holds {requests} partition {numbers} without the ledger's " in said
         assert "assigned apart" in (tmp_path / f"{unpaired}.log").read_text(errors="replace")
     finally:
-        for proc in system.procs.values():
-            proc.send_signal(signal.SIGCONT)
         system.stop()
