@@ -32,7 +32,7 @@ from streams.kafka_options import (
     stop_consumer,
     without_linger,
 )
-from streams.topics import partitions_added
+from streams.topics import partitions_added, unpaired
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class Consumer(driver.Consumer):
         self._taken: dict[TP, int] = {}
         self._assigned_at: dict[TP, float] = {}  # monotonic: when each was assigned last
         self._held: set[TP] = set()  # partitions whose commits wait for the ledger
+        # partitions of [requests] held without their ledger state (``unpaired``): kept paused
+        self._apart: set[TP] = set()
+        self.unpaired: str | None = None  # what /readyz says of them
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -251,6 +254,12 @@ class Consumer(driver.Consumer):
         added = partitions_added(assigned, self.app.conf.topic_partitions)
         if added:  # /readyz says it too, for as long as the worker holds them
             log.error("%s", added)
+        # faust's assignor told this worker its share before this (aiokafka's order)
+        self._apart, self.unpaired = unpaired(
+            self.app.assignor.assigned_actives(), self.app.conf.topic_partitions, self.app.conf.id
+        )
+        if self.unpaired:  # /readyz says it too, until an assignment pairs them again
+            log.error("%s", self.unpaired)
         for tp in [tp for tp in self._taken if tp not in assigned]:
             del self._taken[tp]
         # every one, kept or new: aiokafka's books of each start again at an assignment
@@ -263,7 +272,11 @@ class Consumer(driver.Consumer):
         self._mirror(tps, fetching=False)
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
-        tps = set(tps)
+        """faust's resume (of every stream partition once the tables are recovered, at each
+        rebalance), but never of a partition of [requests] held without its ledger state
+        (:func:`~streams.topics.unpaired`): faust paused it at the rebalance, and its records
+        wait in Kafka for a worker that holds both (nothing of it taken, nothing committed)."""
+        tps = set(tps) - self._apart
         super().resume_partitions(tps)
         self._mirror(tps, fetching=True)
 
@@ -480,6 +493,15 @@ class Table(faust.Table):  # type: ignore[type-arg]
         written = super().send_changelog(*args, **kwargs)
         self._written.append(written)
         return written
+
+    def _verify_source_topic_partitions(self, source_topic: str) -> None:
+        """faust's check, at a worker's first write to the table, that [requests] has as many
+        partitions as the changelog: once partitions were added to one of them, it crashed the
+        ledger agent of a worker that had written nothing before (one given its partitions of
+        [requests] only then, as another left), at every record, restarted every 5 s, its
+        requests never decided. Not needed: the worker's consumer keeps paused every partition
+        of [requests] whose changelog partition it does not hold (``Consumer.unpaired``), so a
+        write goes to a changelog partition this worker holds, with its person's state."""
 
     def written(self) -> list[asyncio.Future[Any]]:
         """The changelog writes since the last call, each resolved once Kafka took it (or gave

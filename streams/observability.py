@@ -312,8 +312,9 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     consumer = getattr(app, "_consumer", None)
     if consumer is not None:
         added = partitions_added(consumer.assignment(), app.conf.topic_partitions)
-        if added:
-            return False, added
+        apart = getattr(consumer, "unpaired", None)  # some of [requests] decided by no one
+        if added or apart:
+            return False, "; and ".join(why for why in (added, apart) if why)
     return True, "ready"
 
 

@@ -253,6 +253,41 @@ def partition_of(partitions: int) -> Callable[[bytes], int]:
     return lambda key: int(partitioner(key, every, every))
 
 
+def unpaired(actives: Iterable[Any], partitions: int, app_id: str) -> tuple[set[Any], str | None]:
+    """The partitions of [requests] this worker holds (of ``actives``, faust's assignment to
+    it) without the ledger changelog's partition of the same number, and what to say of them
+    (None when there are none). The ledger writes a person's state to the changelog partition
+    of their [requests] record and reads it from the table this worker recovered from the
+    changelog partitions it holds: faust's assignor gives a worker [requests] partition N
+    with changelog partition N only while the two topics have as many partitions (it pairs
+    topics of one count), so once partitions were added to either, a worker may be given
+    [requests] partition N while another holds changelog partition N: it would decide the
+    people of N without their state (a usage count seeded again from the snapshot Talkable
+    renders, a limit exceeded; a request admitted again). Their records wait in Kafka instead
+    (:class:`streams.faust_transport.Consumer` keeps them paused); only partitions below the
+    count the topics were created with (``partitions``) are looked at: nothing of
+    talkstream's is written past it (:func:`partition_of`), ``partitions_added`` says those."""
+    requests, changelog = f"{app_id}-requests", f"{app_id}-{LEDGER_TABLE}-changelog"
+    actives = list(actives)
+    states = {tp.partition for tp in actives if tp.topic == changelog}
+    apart = {
+        tp
+        for tp in actives
+        if tp.topic == requests and tp.partition < partitions and tp.partition not in states
+    }
+    if not apart:
+        return apart, None
+    numbers = ", ".join(str(tp.partition) for tp in sorted(apart, key=lambda tp: tp.partition))
+    return apart, (
+        f"{requests} and the ledger's {changelog} assigned apart: this worker holds {requests} "
+        f"partition {numbers} without the ledger's state of its people (the same partition of "
+        f"{changelog} is another worker's), so its ledger decides none of their records, which "
+        "wait in Kafka, until the deployment is fixed (faust's assignor pairs the two partition "
+        "by partition only while their counts agree: partitions were added to one of them; "
+        "deploy under a new TALKSTREAM_APP_ID)"
+    )
+
+
 def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     """What to say when faust gave this worker partitions past the count its topics were
     created with (``partitions``, checked at start): some were added to [requests] or to the
@@ -262,9 +297,9 @@ def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     stops the worker reading it (faust: ``Unrecognized partition``) and each worker it moves to
     next. Of the changelog: nothing is written there (the ledger writes a person's state to
     the partition of their [requests] record), but faust's assignor pairs [requests]'s
-    partitions with the changelog's only while their counts agree, so a person's webhooks may
-    be decided by a worker that does not hold their ledger state. None when every assigned
-    partition is one of the count."""
+    partitions with the changelog's only while their counts agree, so a worker may be given a
+    person's partition of [requests] without their ledger state (:func:`unpaired`: it decides
+    none of it). None when every assigned partition is one of the count."""
     past: dict[str, list[int]] = {}
     for tp in assigned:
         if tp.partition >= partitions:
@@ -291,8 +326,8 @@ def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
         said.append(
             f"this worker holds {held(changelogs)}, past the {partitions} the topics were "
             "created with: the ledger's changelog has more partitions than [requests], and "
-            "faust then assigns them apart, so a person's webhooks may be decided by a worker "
-            "without their ledger state"
+            "faust then assigns them apart: a worker given a person's [requests] partition "
+            "without their ledger state decides none of it (their records wait in Kafka)"
         )
     return (
         f"partitions added to a deployment's topics: {'; and '.join(said)}; to change the "

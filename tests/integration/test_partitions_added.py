@@ -7,21 +7,30 @@ to the added partitions: requests stuck in `generating`, and each worker reading
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
 import uuid
+import zlib
 from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from faust.assignor.client_assignment import ClientMetadata
 
+from models.params import parse_request
 from streams.app import _topics
+from streams.codecs import encode
 from streams.errors import ConfigError, PartitionsAdded
 from streams.faust_transport import App, Topic
-from streams.ingress import KafkaSink
+from streams.ingress import KafkaSink, _received
 from streams.kafka_options import IdempotentProducer, client_options
+from streams.secrets import load_secret_box
 from streams.settings import Settings
 from streams.topics import ensure_topics, partition_of
-from tests.integration.conftest import read_topic
+from tests.integration.conftest import System, http, now_s, read_topic
+from tests.support import seed_params, usage, wait_until
 
 
 class Started:
@@ -133,3 +142,180 @@ def test_partitions_added_to_the_ledgers_changelog_are_named_as_such(kafka) -> N
         str(start)
     )
     assert len(read_topic(kafka.bootstrap, requests_name)) == 1  # the one before, no other
+
+
+def _status(system: System, name: str) -> tuple[int, str]:
+    try:
+        status, body = http("GET", f"{system.worker_url(name)}/readyz", timeout=2)
+    except OSError:
+        return 0, ""
+    return status, body.get("status", "") if isinstance(body, dict) else ""
+
+
+def _group(bootstrap: str, group: str) -> tuple[str, dict[str, dict[str, set[int]]]]:
+    """The state of consumer group ``group`` as its coordinator says it, and what faust's
+    assignor gave each member (by worker name) to hold actively: partitions by topic."""
+
+    async def ask() -> tuple[str, dict[str, dict[str, set[int]]]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            [response] = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        described = response.groups[0]
+        members: dict[str, dict[str, set[int]]] = {}
+        if described[2] != "Stable":  # the assignments are said of a stable group only
+            return str(described[2]), members
+        for member in described[5]:
+            given = ConsumerProtocolMemberAssignment.decode(member[4])
+            faust_said = ClientMetadata.loads(zlib.decompress(given.user_data))
+            members[str(member[0]).split("@")[0]] = {
+                topic: set(partitions)
+                for topic, partitions in faust_said.assignment.actives.items()
+            }
+        return str(described[2]), members
+
+    return asyncio.run(ask())
+
+
+def _stable(bootstrap: str, group: str, members: int) -> dict[str, dict[str, set[int]]] | None:
+    state, given = _group(bootstrap, group)
+    return given if state == "Stable" and len(given) == members else None
+
+
+def _written(system: System, bodies: list[dict[str, Any]]) -> list[str]:
+    """``bodies`` written to [requests] as the ingress writes a webhook (its record, sealed
+    keys and all, to the person's partition among the count the topics were created with), by
+    a writer that does not look at the changelog's count: webhooks an ingress accepted in the
+    5 s before it saw the partitions added, or that waited in Kafka for a worker meanwhile."""
+    settings = Settings(
+        kafka_bootstrap=system.kafka.bootstrap,
+        app_id=system.app_id,
+        partitions=4,
+        secret_keys=system.env["TALKSTREAM_SECRET_KEYS"],
+    )
+    secrets = load_secret_box(settings)
+
+    async def write() -> list[str]:
+        sink = KafkaSink(client_options(settings), partitions=settings.partitions)
+        ids = []
+        try:
+            for body in bodies:
+                params = parse_request("application/json", json.dumps(body).encode())
+                received = _received(params, secrets, int(time.time() * 1000))
+                await sink.send(
+                    settings.topic("requests"), received.person.encode(), encode(received)
+                )
+                ids.append(received.request_id)
+        finally:
+            await sink.close()
+        return ids
+
+    return asyncio.run(write())
+
+
+def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_path) -> None:
+    """Partitions added to [requests] of a deployment of three workers: faust's assignor pairs
+    [requests] partition N with the ledger changelog's partition N only while the two counts
+    agree, so once a worker leaves, one of the others was given [requests] partition 2 while
+    the third holds changelog partition 2, its people's ledger state. It decided their records
+    all the same (and said it was ready), from whatever its table had of partition 2: at best
+    the standby copy faust keeps there (``table_standby_replicas``), read behind the
+    changelog; none where the standby is elsewhere or not caught up yet: a usage count seeded
+    again from Talkable's snapshot, a limit exceeded. Now it decides none of them while it
+    holds them so (ERROR, /readyz 503), the others go on, and once a worker holds both they
+    are decided with the person's state: of a limit of 3 with 2 used, 1 more admitted, 2
+    limited, each once."""
+    # the projector in each worker: a projector process started after the partitions were
+    # added would refuse to start
+    system = System(kafka, tmp_path, projector="worker")
+    # faust's setting: the workers see the partitions added within a second, not 5 minutes
+    system.env["CONSUMER_METADATA_MAX_AGE_MS"] = "1000"
+    workers = ("worker", "worker2", "worker3")
+    system.start()
+    try:
+        system.wait_ready("worker")
+        for name in workers[1:]:  # one after the other: faust's sticky assignor's layout
+            system.start_worker(name)
+            system.wait_ready(name)
+        to_partition = partition_of(4)
+        people: dict[int, str] = {}
+        for n in range(1000):
+            email = f"apart{n}@example.com"
+            people.setdefault(to_partition(f"test-site:{email}".encode()), email)
+            if len(people) == 4:
+                break
+        now = now_s()
+
+        def webhook(email: str, i: int) -> dict[str, Any]:  # Talkable's snapshot: none used
+            return seed_params(email, content=f"verse {i}", usage_limit=usage(3, now=now))
+
+        first = []
+        for email in people.values():
+            for i in range(2):
+                status, body = system.post(webhook(email, i))
+                assert status == 202, body
+                first.append(body["request_id"])
+        assert {r.state for r in system.wait_terminal(first).values()} == {"published"}
+
+        async def add_partitions() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_partitions(
+                    {f"{system.app_id}-requests": NewPartitions(total_count=6)}
+                )
+            finally:
+                await admin.close()
+
+        asyncio.run(add_partitions())
+        requests, changelog = f"{system.app_id}-requests", f"{system.app_id}-ledger-changelog"
+
+        def taken(members: int) -> dict[str, dict[str, set[int]]] | None:
+            given = _stable(kafka.bootstrap, system.app_id, members)
+            held = set().union(*(g.get(requests, set()) for g in given.values())) if given else ()
+            return given if held == set(range(6)) else None
+
+        wait_until(lambda: taken(3), 60, what="the partitions added assigned")
+
+        def stop(name: str) -> None:
+            proc = system.procs.pop(name)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+        stop("worker")  # it leaves the group
+        given = wait_until(lambda: taken(2), 60, what="the rebalance")
+        # [requests] partitions a worker holds without the changelog's of the same number
+        apart = {
+            partition: name
+            for name, held in given.items()
+            for partition in held.get(requests, set()) - held.get(changelog, set())
+            if partition < 4
+        }
+        assert len(set(apart.values())) == 1, given  # faust's sticky assignor's layout
+        [unpaired] = set(apart.values())
+        later = {
+            email: _written(system, [webhook(email, i) for i in range(2, 5)])
+            for email in people.values()
+        }
+        paired = [rid for p, email in people.items() if p not in apart for rid in later[email]]
+        system.wait_terminal(paired)
+        waiting = [rid for p in apart for rid in later[people[p]]]
+        decided = {rid: row.state for rid in waiting if (row := system.projection.request(rid))}
+        assert decided == {}, f"decided by {unpaired}, which holds none of their ledger state"
+        status, said = _status(system, unpaired)
+        stop(unpaired)  # the one left takes them all, with their state
+        rows = system.wait_terminal([rid for ids in later.values() for rid in ids])
+        for email, ids in later.items():
+            states = sorted(rows[rid].state for rid in ids)
+            assert states == ["limited", "limited", "published"], (email, states)
+        events = system.talkable("GET", "/_events")
+        for email in people.values():  # each admitted request published once, no other
+            assert len([e for e in events if e["email"] == email]) == 3, email
+        assert status == 503
+        numbers = ", ".join(str(p) for p, name in sorted(apart.items()) if name == unpaired)
+        assert f"this worker holds {requests} partition {numbers} without the ledger's " in said
+        assert "assigned apart" in (tmp_path / f"{unpaired}.log").read_text(errors="replace")
+    finally:
+        system.stop()

@@ -21,6 +21,7 @@ from aiokafka.errors import (
     NotLeaderForPartitionError,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from faust.assignor.client_assignment import ClientAssignment
 from faust.types import TP, Message
 
 from streams.app import RAW, _topics
@@ -729,3 +730,53 @@ async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
         "person's state (a record there stops the worker that reads it); to change the count, "
         "deploy under a new TALKSTREAM_APP_ID"
     )
+
+
+async def test_requests_partitions_held_without_their_ledger_state_stay_paused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """faust's assignor gave this worker [requests] partition 2 while another holds the
+    ledger changelog's partition 2 (the counts of the two differ: partitions added to one): the
+    ledger decided its people's records without their state. faust resumes every stream
+    partition once the tables are recovered; not that one, which waits paused (its records in
+    Kafka) until an assignment pairs it, said in an ERROR; the others go on."""
+    app = App(
+        "t-faust-app",
+        broker="talkstream://127.0.0.1:1",
+        autodiscover=False,
+        Topic=Topic,
+        topic_partitions=8,
+    )
+    consumer = app.consumer
+
+    async def assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+        pass
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "on_partitions_assigned", assigned)
+    requests, changelog = "t-faust-app-requests", "t-faust-app-ledger-changelog"
+    held = {TP(requests, p) for p in (2, 3)} | {TP(changelog, 3)}
+    app.assignor._assignment = ClientAssignment(
+        actives={requests: [2, 3], changelog: [3]}, standbys={changelog: [2]}
+    )
+    with caplog.at_level(logging.INFO, logger="streams.faust_transport"):
+        await consumer.on_partitions_assigned(held | {TP(changelog, 2)})
+    consumer.pause_partitions(held)  # as faust does at a rebalance
+    consumer.resume_partitions(held)  # as faust's recovery does once done
+    assert consumer._paused_partitions == {TP(requests, 2)}
+    [error] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert error.levelname == "ERROR"
+    assert error.getMessage().startswith(
+        f"{requests} and the ledger's {changelog} assigned apart: this worker holds {requests} "
+        "partition 2 without the ledger's state of its people"
+    )
+    assert consumer.unpaired == error.getMessage()  # /readyz says it too
+
+    caplog.clear()  # an assignment that pairs them again: decided again
+    app.assignor._assignment = ClientAssignment(
+        actives={requests: [2, 3], changelog: [2, 3]}, standbys={}
+    )
+    await consumer.on_partitions_assigned(held | {TP(changelog, 2)})
+    consumer.resume_partitions(held)
+    assert consumer._paused_partitions == set()
+    assert consumer.unpaired is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -13,7 +13,7 @@ from faust.types import TP
 
 from streams.ingress import KafkaSink
 from streams.settings import Settings
-from streams.topics import partitions_added, partitions_differ
+from streams.topics import partitions_added, partitions_differ, unpaired
 
 SETTINGS = Settings(kafka_bootstrap="127.0.0.1:1", app_id="tgrown", partitions=8)
 REQUESTS = SETTINGS.topic("requests")
@@ -69,9 +69,9 @@ def test_a_worker_given_a_grown_changelogs_partitions_says_what_that_breaks() ->
     assert said == (
         f"partitions added to a deployment's topics: this worker holds {CHANGELOG} partition "
         "9, past the 8 the topics were created with: the ledger's changelog has more "
-        "partitions than [requests], and faust then assigns them apart, so a person's "
-        "webhooks may be decided by a worker without their ledger state; to change the count, "
-        "deploy under a new TALKSTREAM_APP_ID"
+        "partitions than [requests], and faust then assigns them apart: a worker given a "
+        "person's [requests] partition without their ledger state decides none of it (their "
+        "records wait in Kafka); to change the count, deploy under a new TALKSTREAM_APP_ID"
     )
     assert "stops the worker" not in said  # nothing is written to those partitions
     both = partitions_added({TP(REQUESTS, 8), TP(CHANGELOG, 9)}, 8)
@@ -80,3 +80,23 @@ def test_a_worker_given_a_grown_changelogs_partitions_says_what_that_breaks() ->
         f"holds {REQUESTS} partition 8, past the 8 the topics were created with, where no " in both
     )
     assert f"; and this worker holds {CHANGELOG} partition 9, past the 8" in both
+
+
+def test_requests_partitions_held_without_their_ledger_state_are_named() -> None:
+    """faust's assignor pairs [requests] partition N with the changelog's partition N only
+    while their counts agree: once partitions were added to one, a worker may be given
+    [requests] partition 2 while another holds changelog partition 2 (its people's state).
+    Those are named, past the count or not: only those below it hold people's records."""
+    both = {TP(REQUESTS, p) for p in (0, 1)} | {TP(CHANGELOG, p) for p in (0, 1)}
+    assert unpaired(both | {TP(REQUESTS, 9)}, 8, "tgrown") == (set(), None)
+    assert unpaired(both | {TP(CHANGELOG, 2)}, 8, "tgrown") == (set(), None)  # its owner's to say
+    apart, said = unpaired(both | {TP(REQUESTS, 5), TP(REQUESTS, 2), TP("other", 3)}, 8, "tgrown")
+    assert apart == {TP(REQUESTS, 2), TP(REQUESTS, 5)}
+    assert said == (
+        f"{REQUESTS} and the ledger's {CHANGELOG} assigned apart: this worker holds {REQUESTS} "
+        f"partition 2, 5 without the ledger's state of its people (the same partition of "
+        f"{CHANGELOG} is another worker's), so its ledger decides none of their records, which "
+        "wait in Kafka, until the deployment is fixed (faust's assignor pairs the two partition "
+        "by partition only while their counts agree: partitions were added to one of them; "
+        "deploy under a new TALKSTREAM_APP_ID)"
+    )

@@ -104,10 +104,15 @@ def test_silence_up_to_the_limit_is_not_out_of_reach() -> None:
 
 
 def app(
-    *, rebalancing: bool = False, recovered: bool = True, assigned: tuple[int, ...] = (0, 3)
+    *,
+    rebalancing: bool = False,
+    recovered: bool = True,
+    assigned: tuple[int, ...] = (0, 3),
+    unpaired: str | None = None,
 ) -> Any:
     """faust's app: its rebalance and recovery flags, and its consumer's partitions of
-    [requests] among the 8 its topics were created with (or past them: added since)."""
+    [requests] among the 8 its topics were created with (or past them: added since), and what
+    it says of those it holds without their ledger state (``unpaired``)."""
     completed = SimpleNamespace(is_set=lambda: recovered)
     partitions = {TopicPartition("ts-requests", p) for p in assigned}
     return SimpleNamespace(
@@ -115,7 +120,7 @@ def app(
         in_recovery=False,
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)),
         conf=SimpleNamespace(topic_partitions=8),
-        _consumer=SimpleNamespace(assignment=lambda: partitions),
+        _consumer=SimpleNamespace(assignment=lambda: partitions, unpaired=unpaired),
     )
 
 
@@ -130,6 +135,7 @@ ADDED = (
     "there stops the worker that reads it); to change the count, deploy under a new "
     "TALKSTREAM_APP_ID"
 )
+APART = "ts-requests and the ledger's ts-ledger-changelog assigned apart: ..."
 ANSWERING = Consumer([Connection(waiting=1, answered_ago=0.2)])
 GONE = Consumer([Connection(up=False)])
 STOPPING = SimpleNamespace(consumer=ANSWERING, stopping=True)  # an executor told to stop
@@ -165,6 +171,10 @@ REFUSED = SimpleNamespace(consumer=ANSWERING, stopping=False, refused=REFUSING)
         # a record there would stop the worker (it went on saying "ready" until one came)
         (app(assigned=(3, 9)), owners(ANSWERING), (False, ADDED)),
         (app(assigned=(3, 9), rebalancing=True), owners(ANSWERING), (False, "rebalancing")),
+        # [requests] partitions held without the changelog's of the same number: the ledger
+        # decides none of them (it said "ready", deciding them without their state)
+        (app(unpaired=APART), owners(ANSWERING), (False, APART)),
+        (app(assigned=(3, 9), unpaired=APART), owners(ANSWERING), (False, f"{ADDED}; and {APART}")),
     ],
 )
 def test_ready_puts_kafka_out_of_reach_first(
