@@ -59,9 +59,7 @@ class Commits:
         self.taken: dict[TopicPartition, int] = {}  # next offset per partition
         self.marked: dict[TopicPartition, Mark] = {}  # the mark of each last commit
 
-    def mark(
-        self, oldest: int, unreported: Ranges | None, running: tuple[Running, ...] = ()
-    ) -> Mark:
+    def mark(self, oldest: int, unreported: Ranges, running: tuple[Running, ...] = ()) -> Mark:
         return Mark(self._instance, self._run_id, oldest, unreported, running).fitting(self.most)
 
     def marks(

@@ -127,15 +127,13 @@ class HandOver:
         back fine too: the next owner told the ledger they were lost as well, and each was
         re-issued as another attempt (an attempt spent, its call possibly billed twice, the
         copy handed back called too). None (the last mark stays) when an unsent command's
-        offset is not known or they are too many to list."""
+        offset is not known; too many to list, the oldest are (the rest: their deadlines)."""
         offsets = sorted(
             {o for job in unsent for o in self._unreported.offsets(tp, job.key, job.attempt)}
         )
         if unsent and not offsets:
             return None
-        lost = listed((o, o + 1) for o in offsets)
-        if lost is None:
-            return None
+        lost = listed((o, o + 1) for o in offsets)  # (too many: the oldest; the rest, deadlines)
         running = self._lost.handing(tp, consumer, but=set(offsets))
         return self._commits.mark(offsets[0] if offsets else at, lost, running)
 

@@ -120,12 +120,13 @@ class LostWork:
         could not hand back, which the mark lists as lost) (unless too many to list: their
         deadline re-issues them if this run dies first; so do they if it is no member of the
         group now, which then gives the partition over without it)."""
-        running, ranges = self.elsewhere.of(tp), self._unreported.ranges(tp, but=but)
-        if not ranges and ranges is not None:
+        running = self.elsewhere.of(tp)
+        ranges, whole = self._unreported.listing(tp, but=but)
+        if not ranges:
             return running
         member = member_id(consumer) if consumer is not None else ""
-        if ranges is None or not member:
-            why = "too many to list" if ranges is None else "not a member of the group"
+        if not whole or not member:
+            why = "too many to list" if not whole else "not a member of the group"
             log.warning("%s: partition %s: calls still running left out of its hand-over (%s); "
                         "if this worker dies first, their deadlines re-issue them",
                         self._name, tp.partition, why)  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 
-MARK_OFFSETS = 256  # a mark lists the unreported offsets when at most this many are,
+MARK_OFFSETS = 256  # a mark lists at most this many unreported offsets (the oldest),
 MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
 
 MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
@@ -44,9 +44,10 @@ class Running(NamedTuple):
 @dataclass(frozen=True)
 class Mark:
     """What an executor's commit of a partition says besides the offset: the instance and the
-    run that took the records, the oldest of them not reported yet and, when they are few, the
-    ranges of those not reported (otherwise every offset from the oldest counts as one); and
-    the calls of the partition running in runs that gave it up (the oldest hand-over first)."""
+    run that took the records, the oldest of them not reported yet and the ranges of those not
+    reported it lists (:meth:`Unreported.listing`; None, in an earlier version's mark when they
+    were many: every offset from the oldest counts as one); and the calls of the partition
+    running in runs that gave it up (the oldest hand-over first)."""
 
     instance: str
     run: str
@@ -70,7 +71,8 @@ class Mark:
         lost but re-issued by the ledger at its deadline, as before the marks; nothing it keeps
         says more than the whole mark did (it never names an offset lost that was not, as a
         mark naming only the oldest would: a forwarded command, reported here, re-issued while
-        called elsewhere). At its least (instance, run and oldest), a mark may exceed ``most``."""
+        called elsewhere; no executor writes one now). At its least (instance, run and
+        oldest), a mark may exceed ``most``."""
         mark = self
         while mark.running and len(mark.encode()) > most:
             mark = dataclasses.replace(mark, running=mark.running[1:])
@@ -108,17 +110,19 @@ def _ranges(listed: Any) -> Ranges:
     return tuple((int(a), int(b)) for a, b in listed)
 
 
-def listed(spans: Iterable[tuple[int, int]]) -> Ranges | None:
-    """Ascending half-open ``spans`` as a mark lists them (adjacent ones joined); None when
-    they make more than :data:`MARK_RANGES` ranges."""
+def listed(spans: Iterable[tuple[int, int]]) -> Ranges:
+    """Ascending half-open ``spans`` as a mark lists them (adjacent ones joined): the oldest
+    :data:`MARK_RANGES` ranges they make (a mark names lost no offset it leaves out)."""
+    return _joined(spans)[:MARK_RANGES]
+
+
+def _joined(spans: Iterable[tuple[int, int]]) -> Ranges:
     ranges: list[list[int]] = []
     for start, stop in spans:
         if ranges and ranges[-1][1] == start:
             ranges[-1][1] = stop
-        elif len(ranges) < MARK_RANGES:
-            ranges.append([start, stop])
         else:
-            return None
+            ranges.append([start, stop])
     return tuple((a, b) for a, b in ranges)
 
 
@@ -156,17 +160,29 @@ class Unreported:
 
     def ranges(
         self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
-    ) -> Ranges | None:
+    ) -> Ranges:
         """The offsets of ``tp`` not reported (but those in ``but``), and those being
-        ``taking`` now, as ranges; None when they are too many to list (a mark then names
-        only the oldest)."""
+        ``taking`` now, as ranges: all of them while they are at most :data:`MARK_OFFSETS` in
+        at most :data:`MARK_RANGES` ranges, else the oldest that are, and ``taking`` in the
+        last of them (:meth:`listing`)."""
+        return self.listing(tp, taking, but)[0]
+
+    def listing(
+        self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
+    ) -> tuple[Ranges, bool]:
+        """:meth:`ranges`, and whether they are all the offsets not reported. What they leave
+        out a mark does not name lost (the ledger re-issues it at its deadline): a mark naming
+        every offset from the oldest had the next owner tell the ledger that commands this run
+        forwarded to their organisation's partition, or handed back, were lost while they were
+        called there; the ledger, their attempt current, re-issued them (two calls)."""
         offsets = [offset for offset in self._offsets.get(tp, {}) if offset not in but]
-        if len(offsets) > MARK_OFFSETS:
-            return None
-        spans = [(offset, offset + 1) for offset in offsets]  # ascending
-        if taking:
-            spans.append((taking.start, taking.stop))
-        return listed(spans)
+        spans = [(offset, offset + 1) for offset in offsets[:MARK_OFFSETS]]  # ascending
+        last = [(taking.start, taking.stop)] if taking else []
+        ranges = _joined([*spans, *last])
+        whole = len(offsets) <= MARK_OFFSETS and len(ranges) <= MARK_RANGES
+        if len(ranges) > MARK_RANGES:
+            ranges = _joined([*_joined(spans)[: MARK_RANGES - len(last)], *last])
+        return ranges, whole
 
     def offsets(self, tp: TopicPartition, request_id: str, attempt: int) -> list[int]:
         """The offsets of ``tp`` at which this run took ``request_id``'s ``attempt`` and has

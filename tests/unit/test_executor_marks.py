@@ -52,7 +52,7 @@ def test_a_mark_reads_back_as_written_and_anything_else_is_no_mark() -> None:
 def test_a_mark_lists_the_offsets_left_unreported_or_names_only_the_oldest() -> None:
     listed = Mark("i", "r", 10, ((10, 11), (14, 16)))
     assert [o for o in range(8, 20) if listed.lost(o)] == [10, 14, 15]
-    oldest_only = Mark("i", "r", 10)  # an earlier version's mark, or too many to list
+    oldest_only = Mark("i", "r", 10)  # an earlier version's mark (too many to list, then)
     assert [o for o in range(8, 14) if oldest_only.lost(o)] == [10, 11, 12, 13]
 
 
@@ -70,15 +70,19 @@ def test_the_unreported_offsets_are_listed_as_ranges_while_they_are_few() -> Non
     scattered = Unreported()
     for offset in range(0, 2 * MARK_RANGES, 2):
         scattered.took(TP, offset, f"s{offset}", 1)
-    assert len(scattered.ranges(TP) or ()) == MARK_RANGES
-    assert scattered.ranges(TP, range(1000, 1001)) is None, "one range too many"
+    assert scattered.listing(TP) == (tuple((o, o + 1) for o in range(0, 2 * MARK_RANGES, 2)), True)
+    oldest = tuple((o, o + 1) for o in range(0, 2 * MARK_RANGES - 2, 2))
+    assert scattered.listing(TP, range(1000, 1001)) == ((*oldest, (1000, 1001)), False), (
+        "one range too many: the oldest, and the batch taken"
+    )
+    assert scattered.ranges(TP, range(1000, 1001)) == (*oldest, (1000, 1001))
 
     many = Unreported()
     for offset in range(MARK_OFFSETS + 1):
         many.took(TP, offset, f"m{offset}", 1)
-    assert many.ranges(TP) is None, "too many offsets to look through at each commit"
+    assert many.listing(TP) == (((0, MARK_OFFSETS),), False), "too many offsets: the oldest"
     many.reported("m0", 1)
-    assert many.ranges(TP) == ((1, MARK_OFFSETS + 1),)
+    assert many.listing(TP) == (((1, MARK_OFFSETS + 1),), True)
 
 
 def test_the_oldest_unreported_offset_follows_the_reports() -> None:
@@ -380,6 +384,38 @@ def test_a_hand_over_marks_lost_only_the_commands_that_could_not_be_handed_back(
     assert [o for o in range(4, 9) if handed.lost(o)] == [6], "only the one not handed back"
     [running] = handed.running
     assert (running.run, running.offsets) == (executor.run_id, ((4, 5),))
+
+
+def test_a_hand_over_with_too_many_commands_not_handed_back_names_none_handed_back() -> None:
+    """More commands that Kafka did not take back than a mark lists: the partition kept its
+    last mark, which listed those handed back fine as not reported, and its next owner told
+    the ledger they were lost while their copies were taken there (two calls). The hand-over's
+    mark names the oldest of those not handed back that it can; the rest, their deadline."""
+    many = MARK_RANGES + 8
+    refused = {f"k-lost-{i}".encode() for i in range(many)}
+    generate = Generate_(refused=refused)
+    jobs: list[Any] = []
+    queue = SimpleNamespace(take_back=lambda origins: jobs)
+    executor = generator(Requests(), generate=generate, scheduler=queue)
+    consumer = Committing()
+    consumer._coordinator = SimpleNamespace(member_id="worker-generator-7")  # type: ignore[attr-defined]
+    executor.consumer = consumer  # type: ignore[assignment]
+    end = 10 + 2 * many
+    executor.taken[TP] = end
+    for i in range(many):  # lost and handed back, one after another
+        for offset, name in ((10 + 2 * i, f"lost-{i}"), (11 + 2 * i, f"back-{i}")):
+            executor._unreported.took(TP, offset, name, 1)
+            jobs.append(SimpleNamespace(key=name, attempt=1, origin=TP,
+                                        record=(f"k-{name}".encode(), b"v")))  # fmt: skip
+    last = executor.commits.marked[TP] = executor.commits.mark(10, ((10, end),))
+    asyncio.run(executor.handover.hand_back(executor.consumer, {TP}))
+    assert len(generate.sent) == many
+    found = [Mark.parse(offsets[TP][1]) for offsets in consumer.commits if TP in offsets]
+    handed = found[-1] if found else last
+    assert handed is not None
+    named = [o for o in range(end) if handed.lost(o)]
+    assert named == [10 + 2 * i for i in range(MARK_RANGES)], "the oldest not handed back"
+    assert handed.running == ()
 
 
 def test_a_mark_lists_the_calls_running_elsewhere_within_the_brokers_limit() -> None:
@@ -693,7 +729,7 @@ def test_a_mark_too_long_leaves_out_what_the_deadlines_re_issue_and_names_nothin
     least = whole.fitting(0)
     assert least == Mark("worker-generator", "0123456789ab", 10, ())
     assert not any(least.lost(o) for o in range(0, 30))
-    oldest_only = Mark("worker-generator", "0123456789ab", 10)  # too many to list: as it was
+    oldest_only = Mark("worker-generator", "0123456789ab", 10)  # an earlier version's: as it was
     assert oldest_only.fitting(0) == oldest_only
 
 
@@ -810,3 +846,41 @@ def test_a_commit_kafka_refuses_until_an_operator_acts_is_an_error_and_readyz_sa
     assert [r.levelno for r in caplog.records if "could not commit" in r.getMessage()] == [
         logging.WARNING
     ]
+
+
+def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() -> None:
+    """More offsets not reported than a mark lists (a slow upstream, a campaign's blast): a
+    mark named only the oldest, and the partition's next owner told the ledger every attempt
+    from there was lost, among them a command forwarded to its organisation's executor and
+    acknowledged (``Forwarding.send`` marks it reported: called there). Its attempt is still
+    the ledger's current one (its result comes from there), so the ledger re-issued it: the
+    same OpenAI call made twice for one attempt, billed twice. A mark now lists the oldest
+    offsets it can, and names nothing lost beyond them; the rest are re-issued at their
+    deadline."""
+    queue = Queue()
+    executor = generator(Requests(), generate=Generate_(refused=set()), scheduler=queue,
+                         dead_letters=Decoding())  # fmt: skip
+    executor.consumer = Committing()  # type: ignore[assignment]
+    person = Ledger()
+    [issued] = person.send(received("forwarded")).commands  # its ledger: generating, attempt 1
+    assert isinstance(issued, GenerateText)
+    values = [(o, keyed(f"r{o}")) for o in range(MARK_OFFSETS + 10)]
+    values[5] = (5, encode(issued.model_copy(update={"openai_key_id": "key-fp"})))
+    taking(executor, *values)
+    executor._unreported.reported("forwarded", 1)  # forwarded, acknowledged: called elsewhere
+    asyncio.run(executor.commits.commit(executor.consumer, executor.commits.marks({}, {})))
+    [(at, metadata)] = executor.consumer.commits[-1].values()  # its last commit: it dies
+    mark = Mark.parse(metadata)  # type: ignore[arg-type]
+    assert mark is not None
+
+    requests = Requests()
+    owner = generator(requests)  # the partition's next owner
+    owner.consumer = Marked({TP: (at, mark)})  # type: ignore[assignment]
+    asyncio.run(owner.handover.recover(owner.consumer, {TP}))
+    batch = {TP: records(*values)}
+    assert asyncio.run(owner.lost.past_lost(batch)) == {TP: at}
+    for lost in requests.sent:  # its ledger, its attempt 1 called at the organisation's
+        if lost.request_id == "forwarded":
+            assert person.send(lost).commands == [], "re-issued while called elsewhere"
+    told = [m.request_id for m in requests.sent]
+    assert told == [f"r{o}" for o in range(MARK_OFFSETS + 1) if o != 5], "the oldest listed"
