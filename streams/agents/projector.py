@@ -23,7 +23,8 @@ not migrate (a newer version migrated it, or it has tables but no migration hist
 ``SchemaRefused``), found before it joins (read only) or at its migration: it takes no partition
 (or gives them back), and says what to do. The worker's projector child, refused either way,
 says so once and asks again, less and less often (``until_taken``), rather than exiting to be
-started again every second.
+started again every second; the worker starts a child that exits anyway again, less and less
+often while it keeps exiting soon after its start (``ProjectorProcess``).
 
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
@@ -700,13 +701,33 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGTERM,)
 
 
+# the worker starts its projector child again when it exits: at once (at the watch's next
+# second) if it had run this long, else after the pause before, doubled (the first, then up to
+# the last): a child that fails at its start (a bug, a setting it cannot use) is started again
+# a minute apart at most, an ERROR each time, where it was every second forever
+CHILD_RAN_SECONDS = 60.0
+CHILD_RESTART_FIRST_SECONDS = 1.0
+CHILD_RESTART_MAX_SECONDS = 60.0
+
+
 class ProjectorProcess:
     """The worker's projector as a child process: started with the worker, started again if
-    it exits while the worker runs, stopped with the worker."""
+    it exits while the worker runs (less and less often while it keeps exiting soon after
+    its start: ``CHILD_RESTART_*``), stopped with the worker. ``command`` and ``clock``: what a
+    test runs and measures it by."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        command: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._command = command or child_process("projector")
+        self._clock = clock
         self._child: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._started = 0.0  # when the child was started (``clock``)
+        self._pause = 0.0  # before it is started again, after its last exit
+        self._due: float | None = None  # when the child that exited is started again
 
     @property
     def pid(self) -> int | None:
@@ -714,13 +735,31 @@ class ProjectorProcess:
 
     def start(self) -> None:
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        self._child = subprocess.Popen(child_process("projector"), env=env)
+        self._child = subprocess.Popen(self._command, env=env)
+        self._started, self._due = self._clock(), None
 
     async def watch(self) -> None:
-        """A timer: the child exited while the worker runs (a crash): start another."""
+        """A timer (every second): the child exited while the worker runs (a crash): start
+        another, once its pause is over."""
         child = self._child
-        if child is not None and child.poll() is not None and not self._stopping:
-            log.error("the projector process exited (%s); starting it again", child.returncode)
+        if child is None or child.poll() is None or self._stopping:
+            return
+        now = self._clock()
+        if self._due is None:  # its exit, seen now
+            ran = now - self._started
+            if ran >= CHILD_RAN_SECONDS:  # it had run: once, at once
+                self._pause = 0.0
+            else:  # it keeps exiting: 1 s, 2 s, 4 s, ... 60 s
+                longer = max(self._pause * 2, CHILD_RESTART_FIRST_SECONDS)
+                self._pause = min(longer, CHILD_RESTART_MAX_SECONDS)
+            self._due = now + self._pause
+            log.error(
+                "the projector process exited (%s) after %.0f s; starting it again%s",
+                child.returncode,
+                ran,
+                f" in {self._pause:.0f} s" if self._pause else "",
+            )
+        if now >= self._due:
             self.start()
 
     def terminate(self) -> None:
