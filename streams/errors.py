@@ -2,7 +2,9 @@
 
     TalkstreamError (retriable = False)
      ├── ConfigError                 settings that cannot work
-     │    └── KafkaAuthError         the brokers refuse our SASL credentials or TLS
+     │    ├── KafkaAuthError         the brokers refuse our SASL credentials or TLS
+     │    └── SchemaRefused          a projection this version will not migrate (a newer
+     │                               version's, or tables without a migration history)
      ├── DecodeError                 a topic value that is not ours (dead-lettered)
      ├── SecretError                 a sealed secret that no configured key opens
      ├── UpstreamError               an outside service failed; what it means is data:
@@ -44,6 +46,14 @@ class ConfigError(TalkstreamError):
 
 class KafkaAuthError(ConfigError):
     """Kafka refused our credentials (SASL) or the TLS handshake failed: no retry fixes it."""
+
+
+class SchemaRefused(ConfigError):
+    """The projection's schema is one this version will not migrate: a newer version migrated
+    it past this one's newest revision, or it has tables but no migration history. Only an
+    operator fixes it (upgrading talkstream, ``talkstream migrate --to`` with the newer
+    version, ``talkstream replay --force``); the message says which, naming the database with
+    its password hidden."""
 
 
 class DecodeError(TalkstreamError):

@@ -18,9 +18,13 @@ before it takes a partition (``projector_group``): its ``run`` raises ``OtherDat
 makes and migrates nothing before its group has taken it: its database's id is found without
 writing (a SQLite file's path, a PostgreSQL server asked who it is), and the schema is
 migrated once the group has given it partitions (a refused projector leaves its database as it
-was: a SQLite file it names is not made). The worker's projector child, refused, says so once
-and asks its group again, less and less often (``until_taken``), rather than exiting to be started
-again every second.
+was: a SQLite file it names is not made). So is one whose database's schema this version will
+not migrate (a newer version migrated it, or it has tables but no migration history:
+``SchemaRefused``), found before it joins (read only) or at its migration: it takes no partition
+(or gives them back), and says what to do. The worker's projector child, refused either way,
+says so once and asks again, less and less often (``until_taken``), rather than exiting to be
+started again every second; the worker starts a child that exits anyway again, less and less
+often while it keeps exiting soon after its start (``ProjectorProcess``).
 
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
@@ -40,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -55,6 +59,7 @@ from streams.agents.projector_group import (
     refusal,
 )
 from streams.codecs import decode
+from streams.errors import SchemaRefused
 from streams.kafka_options import (
     IdempotentProducer,
     client_options,
@@ -71,6 +76,7 @@ from streams.projection.engine import (
     database_unusable,
     url_identity,
 )
+from streams.projection.migrate import refusal as schema_refusal
 from streams.projection.rows import Sourced
 from streams.projection.store import ProjectionBehind, ProjectionStore
 from streams.runtime import LETTER_AGAIN_SECONDS, DeadLetters, SystemClock, child_process
@@ -78,6 +84,7 @@ from streams.settings import Settings
 from streams.topics import BY_NAME, consumer_group
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BATCH = 500
 # a write (or the schema's migration) the database has not answered for this long is said: a
@@ -94,7 +101,9 @@ STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are check
 # a worker's projector child its group refused (another database than the group's) asks again
 # after the first pause, doubled at each refusal in a row up to the last: a refusal ends only
 # when the group's other projectors move to its database (a deployment moving database one
-# worker at a time), which it notices within that, without joining every second
+# worker at a time), which it notices within that, without joining every second. So does one
+# whose database's schema this version will not migrate (``SchemaRefused``), which an operator
+# ends (the newer version's ``talkstream migrate --to``, this worker upgraded, a rebuild)
 REFUSED_RETRY_FIRST_SECONDS = 1.0
 REFUSED_RETRY_MAX_SECONDS = 60.0
 
@@ -140,6 +149,7 @@ class Projector:
         self._assignor = DatabaseAssignor(config.group, self.database, lambda: self._projected)
         self.refused: str | None = None  # why its group refused it (another database)
         self._said: str | None = None  # the refusal it said as an ERROR (said once)
+        self._schema_said: str | None = None  # its database's refusal it said as an ERROR
         self._asked_again = False  # a refusal it had the group decide again (``_refused``)
         self._migrated = False  # the schema migrated since it started
         # given partitions before its schema was migrated: ``run`` migrates it (off the
@@ -151,16 +161,61 @@ class Projector:
         return consumer_lag(self.consumer, self.applied)
 
     async def run(self) -> None:
-        """Project until cancelled; raises ``OtherDatabase`` when its group refuses it. Run
-        again after a refusal, it asks the group again."""
+        """Project until cancelled; raises ``OtherDatabase`` when its group refuses it, and
+        ``SchemaRefused`` when its database's schema is one this version will not migrate (a
+        newer version's, tables without a history): before it joins its group, or at its
+        migration once the group has given it partitions (its consumer stopped: they go to
+        the group's other projectors). Run again after a refusal, it asks again."""
         self.refused, self._asked_again = None, False
-        if not self._identified:
-            # a database server down when the projector starts (restarting, not up yet) is
-            # waited for, as one down later is; nothing is written into it before the group
-            # has taken this projector (``resume``: the schema is migrated then)
-            await self._until_done(
-                "projection database identity", self._identify, migrate_first=False
+        try:
+            if not self._identified:
+                # a database server down when the projector starts (restarting, not up yet)
+                # is waited for, as one down later is; nothing is written into it before the
+                # group has taken this projector (``resume``: the schema is migrated then)
+                await self._until_done(
+                    "projection database identity", self._identify, migrate_first=False
+                )
+            if not self._migrated:
+                await self._schema_checked()
+            await self._consume()
+        except SchemaRefused as refused:
+            # its consumer stopped, its partitions the group's other projectors' (once its
+            # session is over): asked again, its database is checked before it joins, and
+            # migrated only once the group gives it partitions again
+            self._migrated = self._migration_due = False
+            self.forget(set(self.applied))
+            self._schema_refused(str(refused))
+            raise
+
+    async def _schema_checked(self) -> None:
+        """Its database's schema read (nothing written, a SQLite file not made), before it
+        joins its group: one this version will not migrate raises ``SchemaRefused``, so a
+        projector refused so is no member holding partitions it will not project. A database
+        that does not answer is left to its migration, which waits for it."""
+        try:
+            refused = await self._answered(
+                "projection schema check", lambda: schema_refusal(self._store.engine)
             )
+        except SQLAlchemyError:
+            return
+        if refused is not None:
+            raise SchemaRefused(refused)
+
+    def _schema_refused(self, why: str) -> None:
+        """Its database's refusal: the ``/readyz`` status, an ERROR the first time (what to
+        do, the database named without its password), an INFO at each time after."""
+        self.database_error = why
+        if why != self._schema_said:
+            log.error("projector cannot migrate its database: %s", why)
+            self._schema_said = why
+        else:
+            log.info(
+                "projector still refused by its database %s: its schema is not one this "
+                "version migrates",
+                self._store.url,
+            )
+
+    async def _consume(self) -> None:
         consumer = self.consumer = group_consumer(
             self.config.consumer_options,
             self.config.group,
@@ -220,6 +275,12 @@ class Projector:
             "projection schema migration", self._store.upgrade_schema, migrate_first=False
         )
         self._migrated, self._migration_due = True, False
+        if self._schema_said is not None:
+            log.warning(
+                "projector no longer refused by its database %s: its schema migrated",
+                self._store.url,
+            )
+            self._schema_said = None
         assigned = consumer.assignment()
         if not assigned:
             return
@@ -486,7 +547,7 @@ class Projector:
             self.database_error = None
             return
 
-    async def _answered(self, what: str, work: Callable[[], object]) -> None:
+    async def _answered(self, what: str, work: Callable[[], T]) -> T:
         """``work`` in a thread (SQL is blocking I/O), said once it has waited
         ``DATABASE_SILENCE_SECONDS`` for the database, and then every time as long again: in
         the log and as the ``/readyz`` status, until it ends (a thread cannot be cut short)."""
@@ -502,7 +563,7 @@ class Projector:
             raise
         if waited:
             log.warning("%s answered after more than %.0f s", what, waited)
-        running.result()
+        return running.result()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
@@ -600,24 +661,27 @@ async def serve(settings: Settings) -> None:
 
 
 async def until_taken(projector: Projector, *, again: bool) -> None:
-    """``projector.run()``; refused by its group (``OtherDatabase``) and ``again`` (the
-    worker's child): the group asked again after ``REFUSED_RETRY_FIRST_SECONDS``, doubling up
-    to ``REFUSED_RETRY_MAX_SECONDS``, its ``/readyz`` saying the refusal meanwhile, where the
-    child exited and the worker started it again every second, saying the same ERROR each
-    time. A refusal ends only when the group's projectors move to its database (or stop)."""
+    """``projector.run()``; refused (by its group, ``OtherDatabase``, or by its database's
+    schema, ``SchemaRefused``) and ``again`` (the worker's child): asked again after
+    ``REFUSED_RETRY_FIRST_SECONDS``, doubling up to ``REFUSED_RETRY_MAX_SECONDS``, its
+    ``/readyz`` saying the refusal meanwhile, where the child exited and the worker started it
+    again every second, saying the same ERROR each time. A group's refusal ends when the
+    group's projectors move to its database (or stop); a schema's when an operator takes the
+    database back to a migration this version knows, or rebuilds it."""
     delay = REFUSED_RETRY_FIRST_SECONDS
     while True:
         try:
             await projector.run()
             return
-        except OtherDatabase:
+        except (OtherDatabase, SchemaRefused) as refused:
             if not again:
                 raise
-        log.info(
-            "projector asks group %s again in %.0f s (the worker goes on without it)",
-            projector.config.group,
-            delay,
-        )
+            asked = (
+                f"group {projector.config.group}"
+                if isinstance(refused, OtherDatabase)
+                else "its database"
+            )
+        log.info("projector asks %s again in %.0f s (the worker goes on without it)", asked, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
 
@@ -637,13 +701,33 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGTERM,)
 
 
+# the worker starts its projector child again when it exits: at once (at the watch's next
+# second) if it had run this long, else after the pause before, doubled (the first, then up to
+# the last): a child that fails at its start (a bug, a setting it cannot use) is started again
+# a minute apart at most, an ERROR each time, where it was every second forever
+CHILD_RAN_SECONDS = 60.0
+CHILD_RESTART_FIRST_SECONDS = 1.0
+CHILD_RESTART_MAX_SECONDS = 60.0
+
+
 class ProjectorProcess:
     """The worker's projector as a child process: started with the worker, started again if
-    it exits while the worker runs, stopped with the worker."""
+    it exits while the worker runs (less and less often while it keeps exiting soon after
+    its start: ``CHILD_RESTART_*``), stopped with the worker. ``command`` and ``clock``: what a
+    test runs and measures it by."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        command: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._command = command or child_process("projector")
+        self._clock = clock
         self._child: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._started = 0.0  # when the child was started (``clock``)
+        self._pause = 0.0  # before it is started again, after its last exit
+        self._due: float | None = None  # when the child that exited is started again
 
     @property
     def pid(self) -> int | None:
@@ -651,13 +735,31 @@ class ProjectorProcess:
 
     def start(self) -> None:
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        self._child = subprocess.Popen(child_process("projector"), env=env)
+        self._child = subprocess.Popen(self._command, env=env)
+        self._started, self._due = self._clock(), None
 
     async def watch(self) -> None:
-        """A timer: the child exited while the worker runs (a crash): start another."""
+        """A timer (every second): the child exited while the worker runs (a crash): start
+        another, once its pause is over."""
         child = self._child
-        if child is not None and child.poll() is not None and not self._stopping:
-            log.error("the projector process exited (%s); starting it again", child.returncode)
+        if child is None or child.poll() is None or self._stopping:
+            return
+        now = self._clock()
+        if self._due is None:  # its exit, seen now
+            ran = now - self._started
+            if ran >= CHILD_RAN_SECONDS:  # it had run: once, at once
+                self._pause = 0.0
+            else:  # it keeps exiting: 1 s, 2 s, 4 s, ... 60 s
+                longer = max(self._pause * 2, CHILD_RESTART_FIRST_SECONDS)
+                self._pause = min(longer, CHILD_RESTART_MAX_SECONDS)
+            self._due = now + self._pause
+            log.error(
+                "the projector process exited (%s) after %.0f s; starting it again%s",
+                child.returncode,
+                ran,
+                f" in {self._pause:.0f} s" if self._pause else "",
+            )
+        if now >= self._due:
             self.start()
 
     def terminate(self) -> None:

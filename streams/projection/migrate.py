@@ -14,8 +14,10 @@ theirs). Projections made before kept it in ``alembic_version``: ``upgrade`` mov
 
 A projection a newer version migrated past this one's newest revision is refused, saying so
 (Alembic's own error was a traceback naming a revision it could not locate, the projector
-restarted on it every second); ``migrate_to`` takes one back down to a revision an older
-version knows (``talkstream migrate --to``), run by the version that wrote it.
+restarted on it every second), as is one with tables but no history (``SchemaRefused``;
+``refusal`` finds either without writing anything); ``migrate_to`` takes one back down to a
+revision an older version knows (``talkstream migrate --to``), run by the version that wrote
+it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from streams.errors import ConfigError
+from streams.errors import ConfigError, SchemaRefused
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "talkstream_alembic_version"
@@ -92,20 +94,28 @@ def adopt_legacy_history(connection: Connection) -> None:
     """Move the history of a projection made before it had a version table of its own: the
     ``alembic_version`` row becomes ours if it names one of our revisions and our tables are
     there; another application's (any other case) is left alone."""
-    inspector = inspect(connection)
-    if inspector.has_table(VERSION_TABLE) or not inspector.has_table(LEGACY_VERSION_TABLE):
+    revision = _legacy_history(connection)
+    if revision is None:
         return
-    if not inspector.has_table("transitions"):
-        return
-    legacy = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE})
-    heads = legacy.get_current_heads()  # another application's may have several
-    if len(heads) != 1 or heads[0] not in revisions():
-        return
-    [revision] = heads
     config = alembic_config()
     config.attributes["connection"] = connection
     command.stamp(config, revision)
     connection.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
+
+
+def _legacy_history(connection: Connection) -> str | None:
+    """The revision ``adopt_legacy_history`` would take over from ``alembic_version`` (read
+    only), or None."""
+    inspector = inspect(connection)
+    if inspector.has_table(VERSION_TABLE) or not inspector.has_table(LEGACY_VERSION_TABLE):
+        return None
+    if not inspector.has_table("transitions"):
+        return None
+    legacy = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE})
+    heads = legacy.get_current_heads()  # another application's may have several
+    if len(heads) != 1 or heads[0] not in revisions():
+        return None
+    return heads[0]
 
 
 def upgrade(engine: Engine) -> None:
@@ -131,11 +141,36 @@ def _migrating(engine: Engine) -> Iterator[tuple[Connection, str | None]]:
         if current(connection) is None:
             adopt_legacy_history(connection)
         revision = current(connection)
-        if revision is not None and revision not in revisions():
-            raise ConfigError(too_new_advice(engine, revision))
-        if revision is None and inspect(connection).has_table("transitions"):
-            raise ConfigError(_no_history(engine))
+        refused = _refused(engine, connection, revision)
+        if refused is not None:
+            raise SchemaRefused(refused)
         yield connection, revision
+
+
+def _refused(engine: Engine, connection: Connection, revision: str | None) -> str | None:
+    """Why the projection at ``revision`` (its history adopted) is not migrated, and what to
+    do: a newer version migrated it, or it has tables but no history."""
+    if revision is not None and revision not in revisions():
+        return too_new_advice(engine, revision)
+    if revision is None and inspect(connection).has_table("transitions"):
+        return _no_history(engine)
+    return None
+
+
+def refusal(engine: Engine) -> str | None:
+    """What ``upgrade`` would refuse this projection for (``SchemaRefused``'s message), found
+    without writing or locking anything: a SQLite file that is not there is not opened (not
+    made), and a history ``upgrade`` would adopt from ``alembic_version`` is taken as adopted.
+    None: ``upgrade`` would migrate it (or it is at head). A database out of reach raises
+    its ``SQLAlchemyError``. What a projector asks before it joins its group, and again
+    before each time it asks again after a refusal: one refused takes no partition."""
+    database = engine.url.database
+    sqlite_file = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    if sqlite_file and not Path(str(database)).exists():
+        return None
+    with engine.connect() as connection:
+        revision = current(connection) or _legacy_history(connection)
+        return _refused(engine, connection, revision)
 
 
 def _no_history(engine: Engine) -> str:

@@ -1,11 +1,14 @@
 """The processes talkstream starts itself (the dev supervisor's children, the worker's
-projector) run talkstream's own code whatever directory they were started in."""
+projector) run talkstream's own code whatever directory they were started in; the worker starts
+a projector child that keeps exiting again less and less often."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
+from streams.agents.projector import CHILD_RAN_SECONDS, ProjectorProcess
 from streams.runtime import child_process
 
 SHADOW = "raise SystemExit('imported from the working directory: {}')\n"
@@ -63,3 +66,78 @@ def test_a_dev_child_writes_its_output_into_its_log(tmp_path: Path) -> None:
     [copier] = copiers
     copier.join(timeout=60)
     assert "Usage:" in (tmp_path / "help.log").read_text()
+
+
+EXITS = ["/bin/sh", "-c", "exit 3"]  # a child failing at its start
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _restarts(command: list[str], clock: _Clock, seconds: int) -> list[float]:
+    """The worker's watch of its projector child, once a second for ``seconds`` (each child
+    waited for before the watch that may see it exited): the times it was started again."""
+    child = ProjectorProcess(command=command, clock=clock)
+    child.start()
+    started: list[float] = []
+    try:
+        for _ in range(seconds):
+            clock.now += 1.0
+            before = child.pid
+            assert child._child is not None
+            child._child.wait(timeout=30)
+            asyncio.run(child.watch())
+            if child.pid != before:
+                started.append(clock.now)
+    finally:
+        child.stop()
+    return started
+
+
+def test_a_projector_child_that_keeps_exiting_is_started_again_less_and_less_often() -> None:
+    """A child that fails at its start (a bug, a setting it cannot use) was started again at
+    every watch, once a second forever, an ERROR each time: now after 1 s, then 2 s, 4 s, ...
+    a minute at most."""
+    clock = _Clock()
+    started = _restarts(EXITS, clock, 200)
+    gaps = [round(b - a) for a, b in zip([1000.0, *started], started, strict=False)]
+    # seen exited at the first watch, a second after each start; then its pause
+    assert gaps == [2, 3, 5, 9, 17, 33, 61, 61], gaps
+
+
+def test_a_projector_child_that_ran_a_while_is_started_again_at_once() -> None:
+    """A crash after a minute or more of work: started again at the next watch, and its pause
+    starts over (a child that then keeps exiting waits 1 s, 2 s, ... again)."""
+    clock = _Clock()  # the child exits at once: the clock says how long it ran
+    child = ProjectorProcess(command=EXITS, clock=clock)
+    child.start()
+    try:
+        for _ in range(3):  # three quick exits: 1 s, then 2 s, 4 s
+            first = child.pid
+            while child.pid == first:
+                clock.now += 1.0
+                assert child._child is not None
+                child._child.wait(timeout=30)
+                asyncio.run(child.watch())
+        ran = child.pid
+        clock.now += CHILD_RAN_SECONDS  # it ran a minute, then exited
+        assert child._child is not None
+        child._child.wait(timeout=30)
+        asyncio.run(child.watch())
+        assert child.pid != ran  # at once
+        again = child.pid
+        assert child._child is not None
+        child._child.wait(timeout=30)
+        clock.now += 1.0
+        asyncio.run(child.watch())  # exited at once again: 1 s of pause first
+        assert child.pid == again
+        clock.now += 1.0
+        asyncio.run(child.watch())
+        assert child.pid != again
+    finally:
+        child.stop()

@@ -555,6 +555,75 @@ def test_a_projector_started_before_its_database_waits_for_it_and_says_why(
     assert "projection database identity done after" in log
 
 
+def test_a_workers_projector_child_on_a_database_a_newer_version_migrated_says_so_and_waits(
+    make_system: Any,
+    postgres_server: str,  # noqa: F811
+) -> None:
+    """The projection is at a migration this version does not know (a newer version's worker
+    migrated it; this one was started again during a rolling upgrade): the worker's projector
+    child exited on it and was started again every second, the same ERROR each time. It says
+    it once (the database named without its password, and what to run), asks again less and
+    less often, its /readyz 503 saying why, while the worker decides; once the newer version
+    has taken the database back, it projects every request."""
+    created = contextlib.contextmanager(fresh_postgres_database)(postgres_server)
+    with created as url:
+        ProjectionStore.from_url(url).close()  # at this version's newest
+        engine = make_engine(url)
+
+        def at(revision: str) -> None:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :revision"),
+                    {"revision": revision},
+                )
+
+        at("9999")  # as a newer version leaves it
+        secret = "s3cret-pw"  # (the test server trusts local connections: ignored)
+        with_password = make_url(url).set(password=secret).render_as_string(hide_password=False)
+        port = free_port()
+        system: System = make_system(database_url=with_password, projector_http_port=str(port))
+        system.wait_ready()
+        log = system.root / "worker.log"
+
+        def said() -> str:
+            return log.read_text(errors="replace") if log.exists() else ""
+
+        # refused at once, then after 1 s and 2 s
+        wait_until(
+            lambda: "projector asks its database again in 4 s" in said(),
+            120,
+            what="the projector child refused three times",
+        )
+        refused = said()
+        error = "ERROR streams.agents.projector projector cannot migrate its database: "
+        assert refused.count(error) == 1, refused[-3000:]
+        assert f"{error}the projection database postgresql+psycopg://" in refused
+        assert "is at migration 9999, which this version of talkstream does not know" in refused
+        assert f"`talkstream migrate --to {migrate.head()} --database-url URL`" in refused
+        assert refused.count("projector still refused by its database") == 2, refused[-3000:]
+        assert "the projector process exited" not in refused
+        assert secret not in refused
+        status, body = http("GET", f"http://127.0.0.1:{port}/readyz")
+        assert status == 503 and "is at migration 9999" in str(body["status"]), body
+        assert secret not in str(body)
+
+        posted = [system.post(seed_params(f"newer{i}@example.com")) for i in range(3)]
+        assert all(code == 202 for code, _ in posted), posted
+        wait_until(lambda: len(system.talkable("GET", "/_events")) >= 3, 60, what="published")
+        assert http("GET", f"{system.worker_url()}/readyz")[0] == 200  # the worker goes on
+
+        at(migrate.head())  # the newer version's `talkstream migrate --to <this one's head>`
+        _wait_published(ProjectionStore.from_url(url, migrate_schema=False), posted)
+        wait_until(
+            lambda: http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,
+            60,
+            what="the projector ready",
+        )
+        assert "projector no longer refused by its database" in said()
+        assert "the projector process exited" not in said()
+        engine.dispose()
+
+
 def _wait_published(store: ProjectionStore, posted: list[tuple[int, Any]]) -> None:
     """Until the store has every posted request published (its schema may not be there yet)."""
 

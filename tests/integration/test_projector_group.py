@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 from streams.agents.projector import Projector, ProjectorConfig, until_taken
 from streams.agents.projector_group import OtherDatabase
 from streams.dev.kafka import EmbeddedKafka
-from streams.projection import engine
-from streams.projection.engine import database_identity, url_identity
+from streams.projection import engine, migrate
+from streams.projection.engine import database_identity, make_engine, url_identity
 from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock
 from tests.integration.conftest import System, create_topic, http
@@ -251,6 +251,61 @@ def test_a_refused_projector_asking_again_is_taken_once_the_group_moved(
     assert "projector no longer refused" in caplog.text
     old_db.close()
     new_db.close()
+
+
+class _MigratedMeanwhile(ProjectionStore):
+    """A projection a newer version's projector migrates once, between this projector's look
+    at its schema (before it joined) and its migration (once its group gave it partitions)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(make_engine(url), migrate_schema=False)
+        self.newer = False
+
+    def upgrade_schema(self) -> None:
+        if not self.newer:
+            self.newer = True
+            with self.engine.begin() as connection:
+                connection.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '9999'"))
+        super().upgrade_schema()
+
+
+def test_a_projector_refused_at_its_migration_gives_its_partitions_up_and_waits(
+    kafka: EmbeddedKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its database migrated past this version by a newer one after its look before joining:
+    refused at its migration, a worker's child (``until_taken``) stops its consumer, projects
+    nothing and asks again, looking at the schema before it joins again (refused there,
+    without joining); once the newer version took the database back, it joins, migrates and
+    fills it. Its child exited on the refusal and was started again every second."""
+    topic, log = _seeded(kafka)
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    ProjectionStore.from_url(url).close()  # at this version's newest
+    store = _MigratedMeanwhile(url)
+
+    async def scenario() -> None:
+        older = _projector(kafka.bootstrap, topic, "older", store)
+        asking = asyncio.create_task(until_taken(older, again=True))
+        try:
+            await _until(lambda: "is at migration 9999" in (older.database_error or ""), asking)
+            assert older.applied == {} and store.counts() == (0, 0)
+            await _until(lambda: "projector still refused by its database" in caplog.text, asking)
+            assert caplog.text.count("projector writes ") == 1  # it did not join again
+            with store.engine.begin() as connection:  # the newer version's `migrate --to`
+                connection.execute(
+                    text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = :head"),
+                    {"head": migrate.head()},
+                )
+            await _until(lambda: store.counts()[1] == len(log.records), asking, timeout=90)
+            assert older.database_error is None
+        finally:
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+
+    with caplog.at_level(logging.INFO, logger="streams.agents.projector"):
+        asyncio.run(scenario())
+    assert caplog.text.count("projector cannot migrate its database: ") == 1
+    assert "projector no longer refused by its database" in caplog.text
+    store.close()
 
 
 def test_projectors_on_one_database_share_the_partitions(

@@ -1,10 +1,12 @@
-"""A projector its group refuses (another database than the group's): the worker's child asks
-again less and less often, up to a pause it never passes, and goes on once it is taken;
-``talkstream projector`` on its own stops at the first refusal."""
+"""A projector its group refuses (another database than the group's), or its database (a schema
+this version will not migrate): the worker's child asks again less and less often, up to a
+pause it never passes, and goes on once it is taken; ``talkstream projector`` on its own stops
+at the first refusal."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -15,6 +17,7 @@ from streams.agents.projector import (
     until_taken,
 )
 from streams.agents.projector_group import OtherDatabase
+from streams.errors import SchemaRefused
 
 
 class _Refused:
@@ -58,5 +61,41 @@ def test_a_projector_on_its_own_stops_at_the_first_refusal(
     pauses = _paused(monkeypatch)
     refused = _Refused(times=1)
     with pytest.raises(OtherDatabase):
+        asyncio.run(until_taken(refused, again=False))  # type: ignore[arg-type]
+    assert refused.runs == 1 and pauses == []
+
+
+class _SchemaRefused(_Refused):
+    """A projector whose database's schema is refused ``times`` times (an operator then takes
+    the database back), then taken."""
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.times:
+            raise SchemaRefused("the projection database sqlite:///p.sqlite3 is at migration 9999")
+
+
+def test_a_child_refused_by_its_database_asks_again_as_one_refused_by_its_group(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its schema from a newer version (or without a history): the child exited on it, and the
+    worker started it again every second, the same ERROR each time."""
+    pauses = _paused(monkeypatch)
+    refused = _SchemaRefused(times=8)
+    with caplog.at_level(logging.INFO, logger=module.__name__):
+        asyncio.run(until_taken(refused, again=True))  # type: ignore[arg-type]
+    assert refused.runs == 9
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert "projector asks its database again in 60 s (the worker goes on without it)" in (
+        caplog.text
+    )
+
+
+def test_a_projector_on_its_own_stops_at_its_databases_first_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses = _paused(monkeypatch)
+    refused = _SchemaRefused(times=1)
+    with pytest.raises(SchemaRefused):
         asyncio.run(until_taken(refused, again=False))  # type: ignore[arg-type]
     assert refused.runs == 1 and pauses == []
