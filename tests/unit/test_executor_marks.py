@@ -808,6 +808,9 @@ def test_a_commit_kafka_refuses_until_an_operator_acts_is_an_error_and_readyz_sa
     now it is an ERROR (as often) and ``/readyz`` answers 503 with it, until a commit
     passes."""
     monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    # each line as it is logged: a test before this one in the process may have installed the
+    # logs' filters (``streams.logs.configure``), whose one line every 10 s would keep these
+    monkeypatch.setattr(logging.getLogger("streams.agents.executors"), "filters", [])
     queue = Queue()
     executor = generator(Requests(), scheduler=queue, dead_letters=Decoding())
     executor.consumer = Refusing(refusals=1)  # type: ignore[assignment]
