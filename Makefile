@@ -10,16 +10,17 @@ dev: bootstrap
 
 # static checks first (seconds), then every test tier: the unit and functional tiers on two
 # processes (pytest-xdist: they are CPU-bound and share nothing but the PostgreSQL cluster,
-# which each leases from scripts/postgres.sh), then the integration tier on two as well: its tests
-# mostly wait (for timeouts, deadlines, retries, brokers), each process has its own broker and
-# ports, and a module runs whole, in order, on one of them (--dist loadfile: its system once).
+# which each leases from scripts/postgres.sh), then the integration tier on three: its tests
+# mostly wait (for timeouts, deadlines, retries, brokers: on two processes they kept about one
+# core of two busy), each process has its own broker and ports, and a module runs whole, in
+# order, on one of them (--dist loadfile: its system once).
 # With PYTEST_ARGS, a single pytest run with them, every tier in one process.
 test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 ifeq ($(strip $(PYTEST_ARGS)),)
 	.venv/bin/python -m pytest tests/unit tests/functional -n 2
-	.venv/bin/python -m pytest tests/integration -n 2 --dist loadfile
+	.venv/bin/python -m pytest tests/integration -n 3 --dist loadfile
 else
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 endif

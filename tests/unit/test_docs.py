@@ -125,9 +125,9 @@ def test_every_setting_is_documented() -> None:
     assert set(Settings.model_fields) - documented == set()
 
 
-def test_make_test_runs_every_tier_on_two_processes() -> None:
+def test_make_test_runs_every_tier_on_its_processes() -> None:
     """The unit and functional tiers are CPU-bound: pytest-xdist runs them on both cores. The
-    integration tier mostly waits: two processes, each module whole and in order on one of
+    integration tier mostly waits: three processes, each module whole and in order on one of
     them (``--dist loadfile``: a module's tests share its ``system``). With PYTEST_ARGS: one
     run, as given."""
     makefile = (ROOT / "Makefile").read_text()
@@ -136,7 +136,7 @@ def test_make_test_runs_every_tier_on_two_processes() -> None:
     runs = [line.strip() for line in recipe.group(1).splitlines() if "pytest" in line]
     assert runs == [
         ".venv/bin/python -m pytest tests/unit tests/functional -n 2",
-        ".venv/bin/python -m pytest tests/integration -n 2 --dist loadfile",
+        ".venv/bin/python -m pytest tests/integration -n 3 --dist loadfile",
         ".venv/bin/python -m pytest $(PYTEST_ARGS)",
     ]
 
