@@ -60,6 +60,35 @@ def store(database_url: str):  # noqa: F811
     opened.close()
 
 
+def written_at(url: str, log: Log, revision: str, *, without: str) -> dict[str, dict[str, object]]:
+    """The projection of ``log`` as a projector of ``revision`` wrote it (its tables, no
+    ``without`` column), and the rows of its requests as this version folds them."""
+    engine = create_engine(url)
+    try:
+        migrate.migrate_to(engine, revision)
+        requests: dict[str, dict[str, object]] = {}
+        for record in log.records:
+            fold(requests, record.event)
+        with engine.begin() as connection:
+            tables = MetaData()
+            old = Table("requests", tables, autoload_with=connection)
+            assert without not in old.c
+            connection.execute(
+                old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
+            )
+            transitions = Table("transitions", tables, autoload_with=connection)
+            connection.execute(
+                transitions.insert(),
+                [
+                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
+                    for r in log.records
+                ],
+            )
+    finally:
+        engine.dispose()
+    return requests
+
+
 def test_a_published_request_shows_its_state_times_model_and_tokens(store: ProjectionStore):
     log = Log()
     log.full("r1", at_ms=T0_MS, latency_ms=700, limit=3)
@@ -188,29 +217,7 @@ def test_a_projection_at_0008_is_migrated_with_no_event_numbers_until_it_is_rebu
     from then on has its number, and a rebuild from the log (``replay --force``) gives every
     published request its own."""
     log = mixed_log()
-    engine = create_engine(database_url)
-    try:
-        migrate.migrate_to(engine, "0008")
-        requests: dict[str, dict[str, object]] = {}
-        for record in log.records:
-            fold(requests, record.event)
-        with engine.begin() as connection:  # what a projector of 0008 wrote
-            tables = MetaData()
-            old = Table("requests", tables, autoload_with=connection)
-            assert "event_number" not in old.c
-            connection.execute(
-                old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
-            )
-            transitions = Table("transitions", tables, autoload_with=connection)
-            connection.execute(
-                transitions.insert(),
-                [
-                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
-                    for r in log.records
-                ],
-            )
-    finally:
-        engine.dispose()
+    requests = written_at(database_url, log, "0008", without="event_number")
 
     store = ProjectionStore.from_url(database_url)  # a projector of this version, at its start
     try:
@@ -577,29 +584,7 @@ def test_a_projection_at_0005_is_migrated_with_its_rows_and_then_says_which_text
     none of them cut (their events are not read again); what the projector applies from then on
     says it, and a rebuild from the log (``replay --force``) says it of every text."""
     log = mixed_log()  # pub-2's text was cut
-    engine = create_engine(database_url)
-    try:
-        migrate.migrate_to(engine, "0005")
-        requests: dict[str, dict[str, object]] = {}
-        for record in log.records:
-            fold(requests, record.event)
-        with engine.begin() as connection:  # what a projector of 0005 wrote
-            tables = MetaData()
-            old = Table("requests", tables, autoload_with=connection)
-            assert "truncated" not in old.c
-            connection.execute(
-                old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
-            )
-            transitions = Table("transitions", tables, autoload_with=connection)
-            connection.execute(
-                transitions.insert(),
-                [
-                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
-                    for r in log.records
-                ],
-            )
-    finally:
-        engine.dispose()
+    requests = written_at(database_url, log, "0005", without="truncated")
 
     store = ProjectionStore.from_url(database_url)  # a projector of this version, at its start
     try:

@@ -695,13 +695,9 @@ async def test_the_livelock_check_counts_commits_from_the_first_message_awaiting
         assert said == []
 
 
-async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``) reach
-    a running worker at its consumer's next rebalance: it took them and said nothing, ready,
-    until a record landed on one and stopped it with faust's traceback (``AssertionError:
-    Unrecognized partition``). It says so as they are assigned, naming them."""
+def app_of_eight(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An app of 8 partitions whose consumer's assignments reach only talkstream's own part
+    (faust's, which would fetch and seek, is stubbed)."""
     app = App(
         "t-faust-app",
         broker="talkstream://127.0.0.1:1",
@@ -709,12 +705,23 @@ async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
         Topic=Topic,
         topic_partitions=8,
     )
-    consumer = app.consumer
 
     async def assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
         pass
 
     monkeypatch.setattr(faust.transport.consumer.Consumer, "on_partitions_assigned", assigned)
+    return app
+
+
+async def test_partitions_added_to_the_topics_since_are_an_error_when_assigned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Partitions added to a live deployment's [requests] (``kafka-topics.sh --alter``) reach
+    a running worker at its consumer's next rebalance: it took them and said nothing, ready,
+    until a record landed on one and stopped it with faust's traceback (``AssertionError:
+    Unrecognized partition``). It says so as they are assigned, naming them."""
+    app = app_of_eight(monkeypatch)
+    consumer = app.consumer
     requests, changelog = "t-faust-app-requests", "t-faust-app-ledger-changelog"
     with caplog.at_level(logging.INFO, logger="streams.faust_transport"):
         await consumer.on_partitions_assigned(
@@ -740,19 +747,8 @@ async def test_requests_partitions_held_without_their_ledger_state_stay_paused(
     ledger decided its people's records without their state. faust resumes every stream
     partition once the tables are recovered; not that one, which waits paused (its records in
     Kafka) until an assignment pairs it, said in an ERROR; the others go on."""
-    app = App(
-        "t-faust-app",
-        broker="talkstream://127.0.0.1:1",
-        autodiscover=False,
-        Topic=Topic,
-        topic_partitions=8,
-    )
+    app = app_of_eight(monkeypatch)
     consumer = app.consumer
-
-    async def assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
-        pass
-
-    monkeypatch.setattr(faust.transport.consumer.Consumer, "on_partitions_assigned", assigned)
     requests, changelog = "t-faust-app-requests", "t-faust-app-ledger-changelog"
     held = {TP(requests, p) for p in (2, 3)} | {TP(changelog, 3)}
     app.assignor._assignment = ClientAssignment(
