@@ -144,6 +144,31 @@ async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | Non
         await consumer.stop()
 
 
+async def b_and_d_reported(
+    bootstrap: str, topic: str, tp: TopicPartition, executor: Executor, queue: Queue
+) -> asyncio.Task[None]:
+    """``executor`` running on a topic of a, b, c and d, once it committed b and d answered:
+    its mark lists a and c as two ranges unreported."""
+    await create_topic(bootstrap, topic, 1)
+    await produce(bootstrap, topic, *(keyed(key) for key in "abcd"))
+    task = asyncio.create_task(executor.run())
+    try:
+        await until(lambda: queue.taken() == list("abcd"), task, "a-d taken")
+        await queue.answer("b")
+        await queue.answer("d")
+        await until(
+            lambda: executor.commits.marked[tp].unreported == ((0, 1), (2, 3)),
+            task,
+            "b and d reported, committed",
+        )
+    except BaseException:  # stopped as the tests' own failures stop it
+        await executor.stop(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    return task
+
+
 def executor_on(bootstrap: str, topic: str, group: str, queue: Queue, letters: Letters) -> Executor:
     counter = Counter("letters", "dead letters", ["topic"], registry=CollectorRegistry())
     return Executor(
@@ -182,18 +207,8 @@ def test_a_batch_whose_commit_failed_is_taken_again_and_its_poison_lettered_once
         return [m for m in caplog.messages if "could not commit" in m and "TooLarge" in m]
 
     async def scenario() -> int | None:
-        await create_topic(bootstrap, topic, 1)
-        await produce(bootstrap, topic, *(keyed(key) for key in "abcd"))
-        task = asyncio.create_task(executor.run())
+        task = await b_and_d_reported(bootstrap, topic, tp, executor, queue)
         try:
-            await until(lambda: queue.taken() == list("abcd"), task, "a-d taken")
-            await queue.answer("b")
-            await queue.answer("d")
-            await until(
-                lambda: executor.commits.marked[tp].unreported == ((0, 1), (2, 3)),
-                task,
-                "b and d reported, committed",
-            )
             assert not refused()
             await produce(bootstrap, topic, POISON, keyed("e"))
             await until(refused, task, "the commit of e and the poison record refused")
@@ -235,18 +250,8 @@ def test_a_commit_refused_for_its_marks_size_is_committed_with_a_shorter_mark(
     executor = executor_on(bootstrap, topic, group, queue, letters)
 
     async def scenario() -> None:
-        await create_topic(bootstrap, topic, 1)
-        await produce(bootstrap, topic, *(keyed(key) for key in "abcd"))
-        task = asyncio.create_task(executor.run())
+        task = await b_and_d_reported(bootstrap, topic, tp, executor, queue)
         try:
-            await until(lambda: queue.taken() == list("abcd"), task, "a-d taken")
-            await queue.answer("b")
-            await queue.answer("d")
-            await until(
-                lambda: executor.commits.marked[tp].unreported == ((0, 1), (2, 3)),
-                task,
-                "b and d reported, committed",
-            )
             await produce(bootstrap, topic, POISON, keyed("e"))
             await until(lambda: "e" in queue.taken(), task, "e taken (its commit refused)")
             await produce(bootstrap, topic, keyed("f"))
