@@ -9,7 +9,8 @@ the last batch read from it, all of whose records may have been dead-lettered), 
 the projection holds nothing of from its earliest offset: so nothing is skipped, a new or
 emptied database is filled from the log, and a record read twice is not applied twice (the
 store keeps the source offset of every row). The group's committed offsets are never where it
-starts: they say what some database took, not necessarily this one. A record that does not
+starts: they say what some database took, not necessarily this one; where it starts is
+committed then, so the group's lag says what its database lacks. A record that does not
 decode is recorded as read only once Kafka acknowledged its dead letter: if Kafka did not take
 the letter, the batch takes its partition up to that record, and reads it again from there.
 
@@ -481,10 +482,11 @@ class Projector:
         fresh = [tp for tp, mark in marks.items() if mark is None]
         if fresh:
             await self._from_earliest(consumer, fresh)
-        for tp, mark in marks.items():
-            if mark is not None:
-                consumer.seek(tp, mark)
-                self.applied[tp] = mark
+        sought = {tp: mark for tp, mark in marks.items() if mark is not None}
+        for tp, mark in sought.items():
+            consumer.seek(tp, mark)
+            self.applied[tp] = mark
+        await self._commit_marks(consumer, sought)
         if not holds:
             log.info("projection empty: filling from the earliest offsets of %s", self.config.topic)
             return
@@ -497,6 +499,21 @@ class Projector:
                 for tp, mark in sorted(marks.items())
             ),
         )
+
+    async def _commit_marks(
+        self, consumer: AIOKafkaConsumer, marks: dict[TopicPartition, int]
+    ) -> None:
+        """The group's committed offsets set to where the projection has read to: a batch
+        written whose commit a rebalance refused (its partitions given to another member), or
+        a projection filled under another group, left the group's lag naming records the
+        projection holds until the partition's next record was projected; a quiet partition's
+        for good (a lag alert that never clears)."""
+        if not marks:
+            return
+        try:
+            await consumer.commit(marks)
+        except KafkaError as exc:  # another rebalance took them: their owner commits its own
+            log.info("projector could not commit where it resumes (%s)", type(exc).__name__)
 
     def _marks(
         self, assigned: set[TopicPartition]
