@@ -36,8 +36,19 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # lifecycle event's cause then says so). 8: on PublicationAttemptSucceeded,
 # ``landed_event_number`` (the number Talkable holds its event under, whichever it was), and on
 # CompletionPublished lifecycle events, that ``event_number`` (what joins a request with
-# Talkable's event). Fields are only ever added, optional.
-SCHEMA_VERSION = 8
+# Talkable's event). 9: on PublicationStarted and PublicationFailed lifecycle events,
+# ``attempted_event_number`` (the number the attempt writes the event under: what joins a
+# failed publication with the Talkable event it attempted). Fields are only ever added,
+# optional.
+SCHEMA_VERSION = 9
+
+# a field a lifecycle event of a type says from a schema version on, though the ledger could
+# have derived it before: a recorded event an earlier version wrote does not say it, and
+# ``replay --verify`` does not hold it to what this version derives there
+SAID_FROM: dict[tuple[str, str], int] = {
+    ("PublicationStarted", "attempted_event_number"): 9,
+    ("PublicationFailed", "attempted_event_number"): 9,
+}
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
 
@@ -339,6 +350,14 @@ class LifecycleEvent(_Wire):
         "generate_text_complete-<request_id>~<delivery> when Talkable held another request's "
         "event under that); with site, what joins the request with Talkable's event. Absent "
         "otherwise, and when the publisher's result was written before schema 8",
+    )
+    attempted_event_number: str | None = Field(
+        None,
+        description="on PublicationStarted and PublicationFailed: the number the attempt "
+        "writes the text's event under (the campaign's own event_number, else "
+        "generate_text_complete-<request_id>); with site, what joins a publication, failed "
+        "ones too, with the Talkable event it attempted. Absent otherwise, and on events "
+        "written before schema 9",
     )
 
     def identity(self) -> tuple[str, str, str, int]:

@@ -51,6 +51,7 @@ from models.decisions import (
 from models.events import (
     DeadlineExpired,
     Decidable,
+    GenerateText,
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
     LifecycleEvent,
@@ -209,6 +210,7 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         waited_ms=g.waited_ms,
         truncated=True if g.truncated else None,  # (None: as events written before it was)
     )
+    command = publish_command(publishing, ctx.state.window, ctx.now_ms)
     started = transition(
         flight.request_id,
         flight.request,
@@ -217,12 +219,9 @@ def _generated(ctx: Context, flight: InFlight, g: GenerationAttemptSucceeded) ->
         at_ms=g.at_ms,
         cause="publication requested",
         attempt=1,
+        attempted_event_number=command.event_number,  # (schema 9)
     )
-    return Decision(
-        facts=[tracked],
-        events=[done, started],
-        commands=[publish_command(publishing, ctx.state.window, ctx.now_ms)],
-    )
+    return Decision(facts=[tracked], events=[done, started], commands=[command])
 
 
 def _generation_failure(ctx: Context, flight: InFlight, f: GenerationAttemptFailed) -> Decision:
@@ -334,6 +333,7 @@ def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decis
             "redriven": True,
         }
     )
+    command = publish_command(flight, ctx.state.window, ctx.now_ms)
     event = transition(
         flight.request_id,
         flight.request,
@@ -342,11 +342,12 @@ def _redrive(ctx: Context, ended: InFlight | None, m: RedriveRequested) -> Decis
         at_ms=m.at_ms,
         cause=cause,
         attempt=flight.attempt,
+        attempted_event_number=command.event_number,
     )
     return Decision(
         facts=[RequestUnparked(flight.request_id), FlightTracked(flight)],
         events=[event],
-        commands=[publish_command(flight, ctx.state.window, ctx.now_ms)],
+        commands=[command],
     )
 
 
@@ -430,6 +431,11 @@ def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision
     retried = flight.model_copy(
         update={"attempt": flight.attempt + 1, "deadline_ms": ctx.now_ms + span}
     )
+    command: Command = (
+        generate_command(retried, ctx.now_ms)
+        if generating
+        else publish_command(retried, ctx.state.window, ctx.now_ms)
+    )
     event = transition(
         flight.request_id,
         flight.request,
@@ -438,11 +444,7 @@ def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision
         at_ms=at_ms,
         cause=cause,
         attempt=retried.attempt,
-    )
-    command: Command = (
-        generate_command(retried, ctx.now_ms)
-        if generating
-        else publish_command(retried, ctx.state.window, ctx.now_ms)
+        attempted_event_number=None if isinstance(command, GenerateText) else command.event_number,
     )
     return Decision(facts=[FlightTracked(retried)], events=[event], commands=[command])
 
@@ -485,7 +487,10 @@ def _letter_reason(error: dict[str, Any], cause: str) -> str:
 
 
 def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: Any) -> Decision:
-    """publish_failed: kept for a redrive, and dead-lettered with its reason, whatever it is."""
+    """publish_failed: kept for a redrive, and dead-lettered with its reason, whatever it is.
+    Its event says the number the attempt wrote under (schema 9): with the site, the Talkable
+    event a consumer joins the failure with."""
+    command = publish_command(flight, ctx.state.window, ctx.now_ms)
     event = transition(
         flight.request_id,
         flight.request,
@@ -494,12 +499,10 @@ def _park(ctx: Context, flight: InFlight, *, at_ms: int, cause: str, **error: An
         at_ms=at_ms,
         cause=cause,
         attempt=flight.attempt,
+        attempted_event_number=command.event_number,
         **error,
     )
-    letter = GivenUp(
-        command=publish_command(flight, ctx.state.window, ctx.now_ms),
-        reason=_letter_reason(error, cause),
-    )
+    letter = GivenUp(command=command, reason=_letter_reason(error, cause))
     return Decision(
         facts=[
             FlightEnded(flight.request_id),

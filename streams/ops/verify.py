@@ -3,10 +3,13 @@
 The pure rules (``models.ledger.handle``) run again over [requests] in offset order per
 partition, and the lifecycle events they derive are compared with the ones recorded on
 [lifecycle], matched by (request_id, type, state, attempt). Every field must be equal except
-``schema_version`` (which code wrote it); times, causes, windows, tokens and errors all come
-from the messages, never from a clock. Order across partitions is not compared (it carries no
-meaning), and an identical re-emission (at-least-once, after a crash) is counted, not a
-difference. Read-only, as a rebuild is (``streams.ops.replay.LogReader``).
+``schema_version`` (which code wrote it), and a field that the recorded event's type came to
+say in a version after the one that wrote it (``models.events.SAID_FROM``: the number a
+publication writes under, ``attempted_event_number``, said from schema 9); times, causes,
+windows, tokens and errors all come from the messages, never from a clock. Order across
+partitions is not compared (it carries no meaning), and an identical re-emission
+(at-least-once, after a crash) is counted, not a difference. Read-only, as a rebuild is
+(``streams.ops.replay.LogReader``).
 
 On more than one core each share of the [requests] partitions is re-derived in a forked
 process of its own (``streams.ops.helpers``; a person's messages, and so its decisions, are
@@ -26,7 +29,7 @@ from enum import Enum
 from hashlib import sha256
 from typing import Any, Literal
 
-from models.events import GapProbe, LifecycleEvent
+from models.events import SAID_FROM, SCHEMA_VERSION, GapProbe, LifecycleEvent
 from models.ledger import PersonState, Policy, handle
 from streams import heap
 from streams.codecs import decode, decode_requests, encode
@@ -383,8 +386,25 @@ def _comparable(event: LifecycleEvent) -> dict[str, Any]:
     # the event's fields as validated (no dump: a third of --verify's time went to it);
     # schema_version says which code wrote the event, not what was decided
     fields = dict(event.__dict__)
-    del fields["schema_version"]
+    version = fields.pop("schema_version")
+    if version < SCHEMA_VERSION:
+        # a field its type says from a later version on (SAID_FROM) is not said by an event
+        # an earlier version wrote: left out, it is not compared (the event derived again
+        # says it)
+        for (type_, name), since in SAID_FROM.items():
+            if version < since and type_ == event.type:
+                del fields[name]
     return fields
+
+
+def _changed(derived: dict[str, Any], recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields both say and differ on (a recorded event written before a field was said
+    on its type does not say it: ``_comparable``), name -> (derived, recorded)."""
+    return {
+        k: (_plain(derived[k]), _plain(recorded[k]))
+        for k in sorted(derived.keys() & recorded.keys())
+        if derived[k] != recorded[k]
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -413,12 +433,7 @@ def _compare(
                 left = [i for i in range(len(ours)) if i not in taken]
                 against = left[0] if left else 0
                 taken.add(against)
-                expect = fields(against)
-                changed = {
-                    k: (_plain(expect.get(k)), _plain(got.get(k)))
-                    for k in sorted(expect.keys() | got.keys())
-                    if expect.get(k) != got.get(k)
-                }
+                changed = _changed(fields(against), got)
                 summary.differences.append(Difference("changed", *identity, fields=changed))
             elif index is None or index in taken:
                 summary.repeated += 1
@@ -448,4 +463,4 @@ class _Decoded:
 
     def index_of(self, got: dict[str, Any]) -> int | None:
         """The derived event a recorded one equals field for field (None: none)."""
-        return next((i for i in range(len(self._events)) if self(i) == got), None)
+        return next((i for i in range(len(self._events)) if not _changed(self(i), got)), None)

@@ -947,6 +947,88 @@ def test_verify_agrees_with_a_log_written_before_the_event_number_and_after(
     assert difference.fields == {"event_number": (number, "another-number")}
 
 
+@pytest.mark.parametrize("given_number", [None, "order-42-complete"])
+@pytest.mark.parametrize("how", ["refused", "retries ran out", "deadlines ran out"])
+def test_every_publication_attempt_and_its_failure_say_the_number_it_writes_under(
+    given_number: str | None, how: str
+) -> None:
+    """A consumer of [lifecycle] could not join a failed publication with the Talkable event
+    it attempted: only a CompletionPublished said a number. Each PublicationStarted (the first,
+    a re-issue, a redrive's) and the PublicationFailed say the number their attempt writes
+    under (``attempted_event_number``, schema 9), the one its command carries."""
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1", event_number=given_number)
+    number = given_number or "generate_text_complete-req-1"
+    first = ledger.send(generated("req-1"))
+    if how == "refused":
+        final = ledger.send(publication_failed("req-1", 1, retriable=False))
+    elif how == "retries ran out":
+        ledger.send(publication_failed("req-1", 1, retriable=True))
+        final = ledger.send(publication_failed("req-1", 2, retriable=True))
+    else:
+        ledger.send(expired("req-1", 1, "publishing"))
+        final = ledger.send(expired("req-1", 2, "publishing"))
+    [failed] = final.events
+    assert (failed.type, failed.attempted_event_number) == ("PublicationFailed", number)
+    redriven = ledger.send(
+        RedriveRequested(
+            request_id="req-1", person=PERSON, at_ms=T0 * 1000 + 60_000, stage="publishing",
+            attempt=failed.attempt,
+        )
+    )  # fmt: skip
+    [command] = [*first.commands, *redriven.commands][-1:]
+    assert isinstance(command, PublishCompletion) and command.event_number == number
+    said = [(e.type, e.attempt, e.attempted_event_number) for e in ledger.events]
+    publications = [s for s in said if s[0] in ("PublicationStarted", "PublicationFailed")]
+    attempts = 1 if how == "refused" else 2
+    assert publications == [
+        *[("PublicationStarted", n, number) for n in range(1, attempts + 1)],
+        ("PublicationFailed", attempts, number),
+        ("PublicationStarted", attempts + 1, number),  # the redrive's
+    ]
+    # no other transition says one, and the number it landed under stays the landing's own
+    assert [s for s in said if s not in publications and s[2] is not None] == []
+    assert {e.event_number for e in ledger.events} == {None}
+
+
+def test_verify_agrees_with_a_log_written_before_the_attempted_number_and_after() -> None:
+    """The ledger derives the attempted number from the request's params, which every log
+    holds: a log written before schema 9 recorded PublicationStarted and PublicationFailed
+    without it, and ``replay --verify``, which compares every field, still agrees with it. An
+    event from schema 9 on is held to its number: one that says another is a difference."""
+    ledger = Ledger()
+    admit(ledger, "req-1", event_number="order-42-complete")
+    ledger.send(generated("req-1"))
+    ledger.send(publication_failed("req-1", 1, retriable=False))
+    messages = [encode(message) for message, _ in ledger.history]
+    events = [encode(e) for e in ledger.events]
+    assert sum(b'"attempted_event_number":"order-42-complete"' in e for e in events) == 2
+
+    def written_at_8(value: bytes) -> bytes:
+        fields = json.loads(value)
+        del fields["attempted_event_number"]
+        return json.dumps(fields | {"schema_version": 8}).encode()
+
+    def verified(recorded: list[bytes]) -> VerifySummary:
+        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
+        for offset, message in enumerate(messages):
+            check.request(Record("requests", 0, offset, ledger.now_ms, message))
+        for offset, event in enumerate(recorded):
+            check.recorded(Record("lifecycle", 0, offset, 0, event))
+        return check.compare()
+
+    for recorded in (events, [written_at_8(e) for e in events]):
+        clean = verified(recorded)
+        assert (clean.differences, clean.matched) == ([], len(events))
+    [last] = ledger.events[-1:]
+    forged = encode(last.model_copy(update={"attempted_event_number": "another-number"}))
+    [difference] = verified([*events[:-1], forged]).differences
+    assert (difference.type, difference.fields) == (
+        "PublicationFailed",
+        {"attempted_event_number": ("order-42-complete", "another-number")},
+    )
+
+
 def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
     ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
     admit(ledger, "req-1", delivery_id="d1")

@@ -111,6 +111,26 @@ def test_the_talkable_event_number_is_an_optional_field_of_schema_8():
     assert json.loads(encode(event))["event_number"] == "order-42-complete"
 
 
+def test_the_number_a_publication_attempts_is_an_optional_field_of_schema_9():
+    """What joins a failed publication with the Talkable event it attempted:
+    ``attempted_event_number`` on a lifecycle event, optional (a value written before decodes,
+    with null there) and kept whole by the codec; an event an older version wrote keeps its
+    meaning (``event_number`` stays the number a text landed under, absent on other types)."""
+    lifecycle = json.loads(schemas.path_for("lifecycle").read_text())
+    assert lifecycle["x-schema-version"] >= 9
+    assert "attempted_event_number" in lifecycle["properties"]
+    assert "attempted_event_number" not in lifecycle["required"]
+
+    old = [decode(LifecycleEvent, json.dumps(v).encode()) for v in _v1("lifecycle")]
+    assert old and {e.attempted_event_number for e in old} == {None}
+    started = old[0].model_copy(
+        update={"type": "PublicationStarted", "attempted_event_number": "order-42-complete"}
+    )
+    again = decode(LifecycleEvent, encode(started))
+    assert (again.attempted_event_number, again.event_number) == ("order-42-complete", None)
+    assert json.loads(encode(started))["attempted_event_number"] == "order-42-complete"
+
+
 @pytest.mark.parametrize("topic", sorted(DECODERS))
 def test_a_newer_value_with_fields_we_do_not_know_still_decodes(topic: str):
     for value in _v1(topic):
