@@ -4,7 +4,9 @@
 
 Writes a consistent log straight to Kafka: the pure ledger (``models.ledger.handle``) decides
 each request (received → admitted → generating → generated → publishing → published), and its
-[requests] messages and [lifecycle] events are produced as the live system would have. Then it
+[requests] messages and [lifecycle] events are produced as the live system would have: the
+publications name the Talkable event number they attempt and the one they landed under (as
+the publisher reports it), so the events and the rows carry them as live ones do. Then it
 times ``talkstream replay`` (``streams.ops.replay.rebuild``) into a fresh SQLite file (in one
 process and with its default processes) and a fresh PostgreSQL database, and
 ``replay --verify`` (the same two ways), each on the whole log. Results go to
@@ -44,7 +46,7 @@ from models.events import (
     SealedSecrets,
 )
 from models.ledger import PersonState, Policy, handle
-from models.params import UsageLimit, person_key
+from models.params import UsageLimit, completion_event_number, person_key
 from streams.codecs import encode
 from streams.kafka_options import client_options
 from streams.ops.helpers import default_processes
@@ -112,8 +114,12 @@ def webhook(i: int, now_s: int) -> tuple[str, list[Decidable]]:
         completion_tokens=12,
         latency_ms=850,
     )
-    published = PublicationAttemptSucceeded(
-        request_id=received.request_id, person=person, attempt=1, at_ms=now_s * 1000 + i + 950
+    published = PublicationAttemptSucceeded(  # as the publisher reports it (schema 8 on)
+        request_id=received.request_id,
+        person=person,
+        attempt=1,
+        at_ms=now_s * 1000 + i + 950,
+        landed_event_number=completion_event_number(None, received.request_id),
     )
     return person, [received, generated, published]
 
