@@ -13,9 +13,10 @@ adds the console's), so pages stay fast on millions of requests:
 - a site is named as the projection spells it; one typed in another case is read as the site
   that differs only in case (when just one does);
 - a timeline is one request row and its transitions (``ix_transitions_request``); whether its
-  text was cut (``truncated``, migration 0006) is read only of a projection that has it: a
-  console upgraded before the projector migrated reads every other page (every other query
-  leaves the column out);
+  text was cut (``truncated``, migration 0006) and the number Talkable holds its event under
+  (``event_number``, migration 0009) are read only of a projection that has them: a console
+  upgraded before the projector migrated reads every other page (every other query leaves
+  the columns out);
 - the overview counts terminal states per minute and per site, and tokens, over a window of
   ``terminal_at_ms``: its whole minutes from ``ended_minutes`` (migration 0007, kept by the
   projector), its partial first and last minute (or all of it, on a projection before 0007)
@@ -331,18 +332,22 @@ class ConsoleQueries:
         truncated: bool = False,
         at_ms: int | None = None,
         occurrences: bool = False,
+        numbered: bool = False,
     ) -> Timeline | None:
         """The request and its transitions; ``truncated``: whether its text was cut too (a
         projection migrated to 0006 has it: not one behind the console). ``at_ms``: which
         request of the id, by its event time (the ORM's key with the id: each request of an
         id is judged at another time); None: the latest. ``occurrences``: the projection has
         them (migration 0008): only that request's transitions are read (before it, an id has
-        one request)."""
+        one request). ``numbered``: the number Talkable holds its event under too (migration
+        0009)."""
         r, t = RequestRow, TransitionRow
         with self._session() as session:
             options = [undefer(r.truncated)] if truncated else []
             if occurrences:
                 options.append(undefer(r.occurrence))
+            if numbered:
+                options.append(undefer(r.event_number))
             query = select(r).options(*options).where(r.request_id == request_id)
             if at_ms is not None:
                 query = query.where(r.received_at_ms == at_ms)

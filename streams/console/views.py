@@ -283,12 +283,15 @@ async def request_page(request: web.Request) -> web.Response:
     # one request there)
     current = schema.has(request.get(REVISION), "0006")
     occurrences = schema.has(request.get(REVISION), "0008")
+    # nor, before 0009, the number Talkable holds a published request's event under
+    numbered = schema.has(request.get(REVISION), "0009")
     timeline = await run_query(
         s.queries.timeline,
         request_id,
         truncated=current,
         at_ms=at_ms,
         occurrences=occurrences,
+        numbered=numbered,
     )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
@@ -321,6 +324,9 @@ async def request_page(request: web.Request) -> web.Response:
             "original_link": request_link(original, row.duplicate_of or ""),
             "parked": row.state in PARKED,
             "truncated": row.truncated if current else None,  # None: not projected yet
+            # where its text landed (published only; the content frame's number is the one
+            # its webhook gives, read from the log)
+            "talkable_event": row.event_number if numbered else None,
             "cut_step": cut_step,
             "same_id": [
                 (n, at, _query({"id": row.request_id, "at": str(at)}))

@@ -1189,6 +1189,33 @@ async def test_the_timeline_says_a_text_was_cut_at_its_token_cap(signed_in: Cons
     assert "cut at its token cap" not in await signed_in.page("/request?id=pub-2")
 
 
+async def test_the_timeline_names_the_talkable_event_a_published_text_landed_under(
+    signed_in: Console,
+):
+    """The projection keeps the number Talkable holds a published request's event under
+    (``requests.event_number``, migration 0009), what finds its event in Talkable; no page
+    showed it (the content frame shows the number its webhook gives, from the log, which is
+    gone past the topic's retention and is not where a text Talkable made write under
+    another number landed). A request not published, or whose publication was reported
+    before lifecycle schema 8, shows none; a projection not migrated to 0009 yet is shown
+    without it."""
+    page = await signed_in.page("/request?id=pub-1")  # under the campaign's own number
+    assert '<code id="talkable-event">order-42-complete</code>' in page
+    page = await signed_in.page("/request?id=pub-2")
+    assert '<code id="talkable-event">generate_text_complete-pub-2</code>' in page
+    for unnumbered in ("retry-1", "fail-1", "park-1", "lim-1"):
+        page = await signed_in.page(f"/request?id={unnumbered}")
+        assert 'id="talkable-event"' not in page, unnumbered
+
+    engine = signed_in.client.app[SERVICES].queries.engine
+    migrate.migrate_to(engine, "0008")  # the migration before the column
+    behind = await signed_in.page("/request?id=pub-1")
+    assert 'id="schema-behind"' in behind and 'id="state">published<' in behind
+    assert 'id="talkable-event"' not in behind
+    migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
+    assert 'id="talkable-event"' not in await signed_in.page("/request?id=pub-1")
+
+
 async def test_a_request_page_that_names_no_request_is_a_400_naming_its_id(signed_in: Console):
     """``/request?id=`` (a link cut short, an empty search) answered 404 "No such request"
     where every other value a page cannot use is a 400 naming its field."""
