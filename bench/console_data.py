@@ -172,6 +172,8 @@ def generate(count: int, end_ms: int, seed: int = 15) -> Iterator[tuple[list[Any
                     partition,
                     offsets[partition],
                     0,  # of the first request of its id
+                    # the Talkable event number a publication attempts, or landed under
+                    f"generate_text_complete-{request_id}" if k >= 4 and generated else None,
                 )
             )
             offsets[partition] += 1

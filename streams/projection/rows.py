@@ -47,6 +47,8 @@ def _bounds() -> tuple[tuple[str, int], ...]:
             length = getattr(column.type, "length", None)
             if column.name in LifecycleEvent.model_fields and isinstance(length, int):
                 bounds[column.name] = min(length, bounds.get(column.name, length))
+    # kept in ``transitions.event_number`` too
+    bounds["attempted_event_number"] = bounds["event_number"]
     return tuple(sorted(bounds.items()))
 
 
@@ -86,7 +88,7 @@ _REACHED = {
 TRANSITION_COLUMNS = (
     "request_id", "type", "state", "previous_state", "at_ms", "cause", "attempt",
     "error_class", "error_message", "latency_ms", "window_start", "window_count", "waited_ms",
-    "arrived_at_ms", "topic", "partition", "offset", "occurrence",
+    "arrived_at_ms", "event_number", "topic", "partition", "offset", "occurrence",
 )  # fmt: skip
 REQUEST_KEY = ("request_id", "occurrence")
 REQUEST_COLUMNS = tuple(c.name for c in _REQUESTS.columns)
@@ -143,10 +145,12 @@ def transition_row(item: Sourced, occurrence: int = 0) -> tuple[Any, ...]:
         e.window_count,
         e.waited_ms,
         e.arrived_at_ms,
+        # the number a publication attempts (schema 9), or the one it landed under (schema 8)
+        e.attempted_event_number or e.event_number,
         item.topic,
         item.partition,
         item.offset,
-        occurrence,
+        occurrence,  # last: ``ProjectionStore.apply`` reads it there
     )
 
 

@@ -363,7 +363,11 @@ class ProjectionStore:
     def transitions(self, request_id: str, occurrence: int | None = None) -> list[TransitionRow]:
         """The transitions of the requests of this id (of one of them: ``occurrence``)."""
         t = TransitionRow
-        query = select(t).options(undefer(t.occurrence)).where(t.request_id == request_id)
+        query = (
+            select(t)
+            .options(undefer(t.occurrence), undefer(t.event_number))
+            .where(t.request_id == request_id)
+        )
         if occurrence is not None:
             query = query.where(t.occurrence == occurrence)
         with self._session() as session:
@@ -446,7 +450,7 @@ class ProjectionStore:
             return list(
                 session.scalars(
                     select(TransitionRow)
-                    .options(undefer(TransitionRow.occurrence))
+                    .options(undefer(TransitionRow.occurrence), undefer(TransitionRow.event_number))
                     .order_by(TransitionRow.topic, TransitionRow.partition, TransitionRow.offset)
                 )
             )

@@ -13,7 +13,8 @@ epoch milliseconds, as on the topics.
                   fingerprint again once it forgot the person, or the fingerprint)
 ``transitions``   every lifecycle event applied, with its source (topic, partition, offset):
                   the source is unique, so an event is never applied twice; and the occurrence
-                  of the request it belongs to
+                  of the request it belongs to; a publication's, the Talkable event number it
+                  attempted or landed under (migration 0010)
 ``projected_offsets``  how far the live projector has read each partition of [lifecycle] (the
                   next offset), written in the transaction of the batch it read: a partition
                   whose records were all dead-lettered has no transition to say so
@@ -168,6 +169,13 @@ class TransitionRow(Base):
     # ``RequestRow.occurrence``)
     occurrence: Mapped[int] = mapped_column(
         Integer, default=0, server_default=text("0"), deferred=True, deferred_raiseload=True
+    )
+    # the Talkable event number it concerns (migration 0010): the number a PublicationStarted
+    # or PublicationFailed attempt writes under (lifecycle schema 9), the one a
+    # CompletionPublished landed under (schema 8); NULL otherwise. Deferred: a console newer
+    # than its projection reads the transitions of one not migrated yet
+    event_number: Mapped[str | None] = mapped_column(
+        String(200), deferred=True, deferred_raiseload=True
     )
 
 

@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from models.events import LifecycleEvent, RedriveRequested
+from models.events import LifecycleEvent, PublicationAttemptFailed, RedriveRequested
 from streams.codecs import decode
 from streams.errors import ConfigError
 from streams.ops.replay import _Applier, _conflict
@@ -60,9 +60,12 @@ def store(database_url: str):  # noqa: F811
     opened.close()
 
 
-def written_at(url: str, log: Log, revision: str, *, without: str) -> dict[str, dict[str, object]]:
+def written_at(
+    url: str, log: Log, revision: str, *, without: str, table: str = "requests"
+) -> dict[str, dict[str, object]]:
     """The projection of ``log`` as a projector of ``revision`` wrote it (its tables, no
-    ``without`` column), and the rows of its requests as this version folds them."""
+    ``without`` column in ``table``), and the rows of its requests as this version folds
+    them."""
     engine = create_engine(url)
     try:
         migrate.migrate_to(engine, revision)
@@ -72,15 +75,19 @@ def written_at(url: str, log: Log, revision: str, *, without: str) -> dict[str, 
         with engine.begin() as connection:
             tables = MetaData()
             old = Table("requests", tables, autoload_with=connection)
-            assert without not in old.c
+            assert without not in Table(table, tables, autoload_with=connection).c
             connection.execute(
                 old.insert(), [{c.name: r[c.name] for c in old.c} for r in requests.values()]
             )
             transitions = Table("transitions", tables, autoload_with=connection)
             connection.execute(
                 transitions.insert(),
-                [
-                    dict(zip(TRANSITION_COLUMNS, transition_row(r), strict=True))
+                [  # the columns its tables have
+                    {
+                        name: value
+                        for name, value in zip(TRANSITION_COLUMNS, transition_row(r), strict=True)
+                        if name in transitions.c
+                    }
                     for r in log.records
                 ],
             )
@@ -239,6 +246,105 @@ def test_a_projection_at_0008_is_migrated_with_no_event_numbers_until_it_is_rebu
             "pub-3": "generate_text_complete-pub-3",
             "pub-later": "o-9",
         }
+    finally:
+        store.close()
+
+
+def _failed_under_a_taken_number(log: Log) -> None:
+    """``pub-again``: the campaign gives it pub-1's number, which Talkable holds pub-1's event
+    under: its publication fails (DuplicateEventNumber), publish_failed."""
+    again = log.received(
+        "pub-again", email="fay@example.com", at_ms=T0_MS + 7000, event_number="order-42-complete"
+    )
+    log.generated(again, at_ms=T0_MS + 7500)
+    log.send(
+        PublicationAttemptFailed(
+            request_id="pub-again", person=again.person, attempt=1, at_ms=T0_MS + 8000,
+            error_class="DuplicateEventNumber",
+            error_message="Talkable answered 400 Duplicate entity: ...",
+        )
+    )  # fmt: skip
+
+
+# the Talkable event numbers of mixed_log's publications' transitions, and pub-again's
+PUBLICATION_NUMBERS = [
+    ("pub-1", "PublicationStarted", "order-42-complete"),
+    ("pub-1", "CompletionPublished", "order-42-complete"),
+    # attempted (the ledger derives it), its landing reported before schema 8 (no number)
+    ("retry-1", "PublicationStarted", "generate_text_complete-retry-1"),
+    ("pub-2", "PublicationStarted", "generate_text_complete-pub-2"),
+    ("pub-2", "CompletionPublished", "generate_text_complete-pub-2"),
+    ("pub-3", "PublicationStarted", "generate_text_complete-pub-3"),
+    ("pub-3", "CompletionPublished", "generate_text_complete-pub-3"),
+    ("pub-again", "PublicationStarted", "order-42-complete"),
+    ("pub-again", "PublicationFailed", "order-42-complete"),
+]
+
+
+def test_each_publication_transition_says_the_talkable_event_it_attempted_or_landed_under(
+    store: ProjectionStore,
+):
+    """An analytics team could not join a failed publication with the Talkable event it
+    attempted: no column said its number (``requests.event_number`` is where a published text
+    landed). A PublicationStarted or PublicationFailed transition says the number its attempt
+    writes under (lifecycle schema 9), a CompletionPublished the one it landed under (schema
+    8): ``transitions.event_number`` (migration 0010). No other transition says one, nor does
+    an event written at v1; the request's row keeps only where a text landed; a rebuild
+    (``replay``) writes the same."""
+    log = mixed_log()
+    _failed_under_a_taken_number(log)
+    assert store.apply(log.records) == len(log.records)
+
+    numbered = [(t.request_id, t.type, t.event_number) for t in store.all_transitions()]
+    assert sorted(n for n in numbered if n[2] is not None) == sorted(PUBLICATION_NUMBERS)
+    steps = store.transitions("pub-again")  # (audit's read of them)
+    assert [(t.type, t.event_number) for t in steps if t.event_number] == [
+        ("PublicationStarted", "order-42-complete"),
+        ("PublicationFailed", "order-42-complete"),
+    ]
+    with store.engine.connect() as connection:  # the join: site, number, why it failed
+        failed = connection.execute(
+            text(
+                "SELECT r.site, t.event_number, t.error_class FROM transitions t"
+                " JOIN requests r ON r.request_id = t.request_id AND r.occurrence = t.occurrence"
+                " WHERE t.type = 'PublicationFailed'"
+            )
+        ).all()
+    assert [tuple(row) for row in failed] == [("acme", "order-42-complete", "DuplicateEventNumber")]
+    row = store.request("pub-again")
+    assert row is not None and (row.state, row.event_number) == ("publish_failed", None)
+    _same_again_and_rebuilt(store, log, snapshot(store))
+
+    old = [
+        decode(LifecycleEvent, json.dumps(e).encode()) for e in json.loads(V1_LIFECYCLE.read_text())
+    ]
+    assert store.apply([Sourced("v1-lifecycle", 0, n, e) for n, e in enumerate(old)])
+    said = {t.event_number for t in store.all_transitions() if t.topic == "v1-lifecycle"}
+    assert old and said == {None}
+
+
+def test_a_projection_at_0009_is_migrated_with_no_transition_numbers_until_it_is_rebuilt(
+    database_url: str,  # noqa: F811
+):
+    """Migration 0010 on a projection a version before it wrote: its transitions stay as they
+    were, with no event number (their events are not read again); the transitions the
+    projector applies from then on have theirs, and a rebuild from the log (``replay
+    --force``) gives every publication's its own."""
+    log = mixed_log()
+    written_at(database_url, log, "0009", without="event_number", table="transitions")
+
+    store = ProjectionStore.from_url(database_url)  # a projector of this version, at its start
+    try:
+        assert store.is_current()
+        assert {t.event_number for t in store.all_transitions()} == {None}
+        _failed_under_a_taken_number(log)
+        assert store.apply(log.records) == 6  # the projector goes on from where it was
+        numbered = [(t.request_id, t.type, t.event_number) for t in store.all_transitions()]
+        assert [n for n in numbered if n[2] is not None] == PUBLICATION_NUMBERS[-2:]
+        store.reset()  # `replay --force`
+        assert store.apply(log.records) == len(log.records)
+        numbered = [(t.request_id, t.type, t.event_number) for t in store.all_transitions()]
+        assert sorted(n for n in numbered if n[2] is not None) == sorted(PUBLICATION_NUMBERS)
     finally:
         store.close()
 
