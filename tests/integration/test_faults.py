@@ -426,6 +426,13 @@ def test_a_campaign_event_number_another_request_holds_is_publish_failed(
     )
     events = talkable_events(system, "twice@")
     assert [e["event_number"] for e in events] == ["order-42-complete"]
+    # what joins the failure with the Talkable event it attempted (the first request's): the
+    # number its PublicationFailed says (lifecycle schema 9), in its SQL transition (0010)
+    steps = system.projection.transitions(second["request_id"])
+    assert [(t.type, t.event_number, t.error_class) for t in steps if t.event_number] == [
+        ("PublicationStarted", "order-42-complete", None),
+        ("PublicationFailed", "order-42-complete", "DuplicateEventNumber"),
+    ]
 
     def letters() -> list[bytes]:
         deadletter = f"{system.app_id}-deadletter"

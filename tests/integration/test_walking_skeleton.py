@@ -68,6 +68,10 @@ def test_seed_request_is_generated_published_and_projected(system: System) -> No
     assert [(e.type, e.event_number) for e in lifecycle if e.event_number] == [
         ("CompletionPublished", "order-42-complete")
     ]
+    # and the number its publication attempted, on its start (lifecycle schema 9)
+    assert [(e.type, e.attempted_event_number) for e in lifecycle if e.attempted_event_number] == [
+        ("PublicationStarted", "order-42-complete")
+    ]
     assert (row.site, row.event_number) == ("test-site", "order-42-complete")
 
 
