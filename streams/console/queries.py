@@ -13,8 +13,9 @@ adds the console's), so pages stay fast on millions of requests:
 - a site is named as the projection spells it; one typed in another case is read as the site
   that differs only in case (when just one does);
 - a timeline is one request row and its transitions (``ix_transitions_request``); whether its
-  text was cut (``truncated``, migration 0006) and the number Talkable holds its event under
-  (``event_number``, migration 0009) are read only of a projection that has them: a console
+  text was cut (``truncated``, migration 0006), the number Talkable holds its event under
+  (``event_number``, migration 0009) and its publications' numbers (``transitions
+  .event_number``, migration 0010) are read only of a projection that has them: a console
   upgraded before the projector migrated reads every other page (every other query leaves
   the columns out);
 - the overview counts terminal states per minute and per site, and tokens, over a window of
@@ -333,6 +334,7 @@ class ConsoleQueries:
         at_ms: int | None = None,
         occurrences: bool = False,
         numbered: bool = False,
+        numbered_steps: bool = False,
     ) -> Timeline | None:
         """The request and its transitions; ``truncated``: whether its text was cut too (a
         projection migrated to 0006 has it: not one behind the console). ``at_ms``: which
@@ -340,7 +342,7 @@ class ConsoleQueries:
         id is judged at another time); None: the latest. ``occurrences``: the projection has
         them (migration 0008): only that request's transitions are read (before it, an id has
         one request). ``numbered``: the number Talkable holds its event under too (migration
-        0009)."""
+        0009); ``numbered_steps``: each publication transition's (migration 0010)."""
         r, t = RequestRow, TransitionRow
         with self._session() as session:
             options = [undefer(r.truncated)] if truncated else []
@@ -355,11 +357,13 @@ class ConsoleQueries:
             if request is None:
                 return None
             steps = select(t).where(t.request_id == request_id)
+            if numbered_steps:
+                steps = steps.options(undefer(t.event_number))
             if occurrences:
                 steps = steps.where(t.occurrence == request.occurrence)
             # the lifecycle topic is keyed by request: one partition, in decision order
             transitions = session.scalars(steps.order_by(t.topic, t.partition, t.offset))
-            return timeline_of(request, list(transitions))
+            return timeline_of(request, list(transitions), numbered=numbered_steps)
 
     def event_times(self, request_id: str) -> list[int]:
         """The event times of the requests of this id, oldest first: one, unless the ledger

@@ -34,6 +34,7 @@ from streams.console.queries import (
 )
 from streams.errors import TalkstreamError
 from streams.ops.audit import parse_range
+from streams.ops.clocks import Timeline
 from streams.ops.redrive import PARKED, RedriveReport, Selection
 from streams.projection.tables import RequestRow
 from streams.settings import Settings
@@ -285,6 +286,8 @@ async def request_page(request: web.Request) -> web.Response:
     occurrences = schema.has(request.get(REVISION), "0008")
     # nor, before 0009, the number Talkable holds a published request's event under
     numbered = schema.has(request.get(REVISION), "0009")
+    # nor, before 0010, the number each publication attempted
+    numbered_steps = schema.has(request.get(REVISION), "0010")
     timeline = await run_query(
         s.queries.timeline,
         request_id,
@@ -292,6 +295,7 @@ async def request_page(request: web.Request) -> web.Response:
         at_ms=at_ms,
         occurrences=occurrences,
         numbered=numbered,
+        numbered_steps=numbered_steps,
     )
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
@@ -327,6 +331,8 @@ async def request_page(request: web.Request) -> web.Response:
             # where its text landed (published only; the content frame's number is the one
             # its webhook gives, read from the log)
             "talkable_event": row.event_number if numbered else None,
+            # a publication that did not land (parked, or in flight): the number it attempted
+            "attempted_event": _attempted(timeline) if row.state in UNLANDED else None,
             "cut_step": cut_step,
             "same_id": [
                 (n, at, _query({"id": row.request_id, "at": str(at)}))
@@ -337,6 +343,17 @@ async def request_page(request: web.Request) -> web.Response:
         },
         status=400 if at_error else 200,
     )
+
+
+# a request whose publication started and has not landed
+UNLANDED = frozenset({"publishing", "publish_failed"})
+
+
+def _attempted(timeline: Timeline) -> str | None:
+    """The Talkable event number the request's latest publication attempted (None: not said,
+    an event before lifecycle schema 9 or a projection before migration 0010)."""
+    numbers = [step.event_number for step in timeline.steps if step.event_number]
+    return numbers[-1] if numbers else None
 
 
 async def request_content(request: web.Request) -> web.Response:

@@ -146,6 +146,10 @@ class Step:
     wall_at: str | None = None
     since_arrival_ms: int = 0
     judged: bool = False
+    # a publication's Talkable event number: the one it attempted (PublicationStarted,
+    # PublicationFailed: lifecycle schema 9), or landed under (CompletionPublished: 8); None
+    # otherwise, and for a transition projected before migration 0010
+    event_number: str | None = None
 
     @classmethod
     def of(cls, step: clocks.Step) -> Step:
@@ -164,6 +168,7 @@ class Step:
             wall_at=iso(step.wall_ms),
             since_arrival_ms=step.since_arrival_ms,
             judged=step.judged,
+            event_number=step.event_number,
         )
 
 
@@ -201,7 +206,9 @@ class History:
 
 
 def history(store: ProjectionStore, row: RequestRow) -> History:
-    timeline = clocks.timeline_of(row, store.transitions(row.request_id, row.occurrence))
+    timeline = clocks.timeline_of(
+        row, store.transitions(row.request_id, row.occurrence), numbered=True
+    )
     return History(
         request_id=row.request_id,
         occurrence=row.occurrence,

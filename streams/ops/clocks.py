@@ -41,6 +41,9 @@ class Step:
     wall_ms: int  # when it happened on a wall clock (the arrival, for the judgement)
     judged: bool  # decided on the webhook itself, at its event time
     since_arrival_ms: int
+    # a publication's Talkable event number: attempted, or landed under (migration 0010; None
+    # when the timeline was read without it)
+    event_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,13 @@ def _arrived(request: RequestRow) -> int:
     return request.arrived_at_ms if request.arrived_at_ms is not None else request.received_at_ms
 
 
-def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Timeline:
+def timeline_of(
+    request: RequestRow, transitions: Sequence[TransitionRow], *, numbered: bool = False
+) -> Timeline:
     """The steps, the judgement's at arrival: the transitions the ledger decided on the
     webhook itself carry its event time (which can be far older than the arrival when Talkable
-    rendered ``current_time`` early); everything after carries a wall clock."""
+    rendered ``current_time`` early); everything after carries a wall clock. ``numbered``:
+    the transitions were read with their Talkable event numbers (migration 0010)."""
     arrival_known = request.arrived_at_ms is not None
     arrived = _arrived(request)
 
@@ -131,6 +137,7 @@ def timeline_of(request: RequestRow, transitions: Sequence[TransitionRow]) -> Ti
                 wall_ms=wall,
                 judged=judging,
                 since_arrival_ms=wall - arrived,
+                event_number=t.event_number if numbered else None,
             )
         )
     end = request.terminal_at_ms if request.terminal else None

@@ -1216,6 +1216,27 @@ async def test_the_timeline_names_the_talkable_event_a_published_text_landed_und
     assert 'id="talkable-event"' not in await signed_in.page("/request?id=pub-1")
 
 
+async def test_a_parked_publication_names_the_talkable_event_it_attempted(signed_in: Console):
+    """A publication Talkable refused wrote no event, and no page said under which number it
+    tried: each publication transition keeps it (``transitions.event_number``, migration
+    0010), and the page of a request parked or still publishing names its latest. A published
+    request names where it landed instead; a projection not migrated to 0010 yet is shown
+    without it."""
+    parked = await signed_in.page("/request?id=park-1")  # Talkable refused the site's key
+    assert '<code id="attempted-event">generate_text_complete-park-1</code>' in parked
+    assert "did not land: see the reason" in parked and 'id="talkable-event"' not in parked
+    for other in ("pub-1", "fail-1", "lim-1"):
+        assert 'id="attempted-event"' not in await signed_in.page(f"/request?id={other}"), other
+
+    engine = signed_in.client.app[SERVICES].queries.engine
+    migrate.migrate_to(engine, "0009")  # the migration before the column
+    behind = await signed_in.page("/request?id=park-1")
+    assert 'id="schema-behind"' in behind and 'id="state">publish_failed<' in behind
+    assert 'id="attempted-event"' not in behind
+    migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
+    assert 'id="attempted-event"' not in await signed_in.page("/request?id=park-1")
+
+
 async def test_a_request_page_that_names_no_request_is_a_400_naming_its_id(signed_in: Console):
     """``/request?id=`` (a link cut short, an empty search) answered 404 "No such request"
     where every other value a page cannot use is a 400 naming its field."""

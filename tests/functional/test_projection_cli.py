@@ -214,6 +214,29 @@ def test_audit_names_the_talkable_event_a_published_request_landed_as(projected:
     assert [r["event_number"] for r in said["requests"]] == [None]
 
 
+def test_audit_json_names_the_talkable_event_each_publication_attempted(projected: str):
+    """A publication's transitions keep the Talkable event number it attempted (lifecycle
+    schema 9) or landed under (schema 8) (``transitions.event_number``, migration 0010);
+    `audit --json` gave no transition one. retry-1's landing was reported before schema 8:
+    its start says the number attempted, its landing none."""
+
+    def numbered(request_id: str) -> list[tuple[str, str]]:
+        said = json.loads(
+            talkstream(
+                "audit", "--request-id", request_id, "--database-url", projected, "--json"
+            ).output
+        )
+        [request] = said["requests"]
+        return [(t["type"], t["event_number"]) for t in request["transitions"] if t["event_number"]]
+
+    assert numbered("pub-1") == [
+        ("PublicationStarted", "order-42-complete"),
+        ("CompletionPublished", "order-42-complete"),
+    ]
+    assert numbered("retry-1") == [("PublicationStarted", "generate_text_complete-retry-1")]
+    assert numbered("fail-1") == []
+
+
 def test_audit_by_person_normalizes_the_email_and_lists_newest_first(projected: str):
     result = talkstream(
         "audit",
