@@ -397,6 +397,12 @@ def _comparable(event: LifecycleEvent) -> dict[str, Any]:
     return fields
 
 
+def _same(derived: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    if len(derived) == len(recorded):  # every field said: one comparison, in C
+        return derived == recorded
+    return not _changed(derived, recorded)
+
+
 def _changed(derived: dict[str, Any], recorded: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The fields both say and differ on (a recorded event written before a field was said
     on its type does not say it: ``_comparable``), name -> (derived, recorded)."""
@@ -463,4 +469,4 @@ class _Decoded:
 
     def index_of(self, got: dict[str, Any]) -> int | None:
         """The derived event a recorded one equals field for field (None: none)."""
-        return next((i for i in range(len(self._events)) if not _changed(self(i), got)), None)
+        return next((i for i in range(len(self._events)) if _same(self(i), got)), None)
