@@ -480,12 +480,11 @@ class Projector:
             )
             return
         fresh = [tp for tp, mark in marks.items() if mark is None]
-        if fresh:
-            await self._from_earliest(consumer, fresh)
-        sought = {tp: mark for tp, mark in marks.items() if mark is not None}
-        for tp, mark in sought.items():
-            consumer.seek(tp, mark)
-            self.applied[tp] = mark
+        sought = await self._from_earliest(consumer, fresh) if fresh else {}
+        for tp, mark in marks.items():
+            if mark is not None:
+                consumer.seek(tp, mark)
+                self.applied[tp] = sought[tp] = mark
         await self._commit_marks(consumer, sought)
         if not holds:
             log.info("projection empty: filling from the earliest offsets of %s", self.config.topic)
@@ -503,11 +502,13 @@ class Projector:
     async def _commit_marks(
         self, consumer: AIOKafkaConsumer, marks: dict[TopicPartition, int]
     ) -> None:
-        """The group's committed offsets set to where the projection has read to: a batch
-        written whose commit a rebalance refused (its partitions given to another member), or
-        a projection filled under another group, left the group's lag naming records the
-        projection holds until the partition's next record was projected; a quiet partition's
-        for good (a lag alert that never clears)."""
+        """The group's committed offsets set to where the projection has read to (the
+        earliest offset of a partition it holds nothing of): a batch written whose commit a
+        rebalance refused (its partitions given to another member), or a projection filled
+        under another group, left the group's lag naming records the projection holds until
+        the partition's next record was projected, a quiet partition's for good (a lag alert
+        that never clears); a new or emptied database under the group's commits at the ends of
+        the topic showed no lag while it was filled from the log."""
         if not marks:
             return
         try:
@@ -524,7 +525,9 @@ class Projector:
         )
         return marks, holds
 
-    async def _from_earliest(self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]) -> None:
+    async def _from_earliest(
+        self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
         try:
             starts = await consumer.beginning_offsets(fresh)
         except KafkaError as exc:  # from 0: out of range, the consumer resets to the earliest
@@ -533,6 +536,7 @@ class Projector:
         for tp in fresh:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
+        return {tp: starts[tp] for tp in fresh}
 
     async def _until_done(
         self, what: str, work: Callable[[], object], *, migrate_first: bool = True
