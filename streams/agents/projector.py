@@ -107,6 +107,10 @@ STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are check
 # ends (the newer version's ``talkstream migrate --to``, this worker upgraded, a rebuild)
 REFUSED_RETRY_FIRST_SECONDS = 1.0
 REFUSED_RETRY_MAX_SECONDS = 60.0
+# a run that lasted this long before its refusal (it projected, or waited for its database)
+# starts the pauses over: refused again after hours of work, it asks again after the first
+# pause, not the last one it reached before (as ``CHILD_RAN_SECONDS`` for the child's restarts)
+REFUSED_RAN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -677,16 +681,22 @@ async def serve(settings: Settings) -> None:
         store.close()
 
 
-async def until_taken(projector: Projector, *, again: bool) -> None:
+async def until_taken(
+    projector: Projector, *, again: bool, clock: Callable[[], float] = time.monotonic
+) -> None:
     """``projector.run()``; refused (by its group, ``OtherDatabase``, or by its database's
     schema, ``SchemaRefused``) and ``again`` (the worker's child): asked again after
     ``REFUSED_RETRY_FIRST_SECONDS``, doubling up to ``REFUSED_RETRY_MAX_SECONDS``, its
     ``/readyz`` saying the refusal meanwhile, where the child exited and the worker started it
     again every second, saying the same ERROR each time. A group's refusal ends when the
     group's projectors move to its database (or stop); a schema's when an operator takes the
-    database back to a migration this version knows, or rebuilds it."""
+    database back to a migration this version knows, or rebuilds it. A run that lasted
+    ``REFUSED_RAN_SECONDS`` (``clock``) before its refusal starts the pauses over: a projector
+    refused once, then projecting for hours, then refused again, asks again after a second, not
+    after the minute it had reached."""
     delay = REFUSED_RETRY_FIRST_SECONDS
     while True:
+        started = clock()
         try:
             await projector.run()
             return
@@ -698,6 +708,8 @@ async def until_taken(projector: Projector, *, again: bool) -> None:
                 if isinstance(refused, OtherDatabase)
                 else "its database"
             )
+        if clock() - started >= REFUSED_RAN_SECONDS:  # it had run: the pauses start over
+            delay = REFUSED_RETRY_FIRST_SECONDS
         log.info("projector asks %s again in %.0f s (the worker goes on without it)", asked, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)

@@ -12,6 +12,7 @@ import pytest
 
 from streams.agents import projector as module
 from streams.agents.projector import (
+    REFUSED_RAN_SECONDS,
     REFUSED_RETRY_FIRST_SECONDS,
     REFUSED_RETRY_MAX_SECONDS,
     until_taken,
@@ -53,6 +54,58 @@ def test_a_refused_child_asks_again_less_and_less_often_up_to_the_cap(
     # 1 s, doubling, never more than a minute (README, PROJECTOR)
     assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0]
     assert (REFUSED_RETRY_FIRST_SECONDS, REFUSED_RETRY_MAX_SECONDS) == (1.0, 60.0)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _RefusedAfterWork(_Refused):
+    """Refused ``times`` times at once, then it projects for ``hours`` (its run lasts that long
+    by ``clock``) and is refused again, ``times`` times at once, then taken."""
+
+    def __init__(self, times: int, clock: _Clock, hours: float) -> None:
+        super().__init__(times)
+        self.clock, self.hours = clock, hours
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs == self.times + 1:  # taken: projects for hours, then refused again
+            self.clock.now += self.hours * 3600
+        if self.runs <= 2 * self.times + 1:
+            raise OtherDatabase("another projector of group app-projector writes ...")
+
+
+def test_a_child_refused_again_after_projecting_a_while_asks_again_soon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused until its pause reached a minute, then taken for hours, then refused again: its
+    pauses start over (1 s, 2 s, ...), as the worker's restarts of a child that ran a while
+    do; it asked again after a minute at the first refusal, the pause it had reached."""
+    pauses = _paused(monkeypatch)
+    clock = _Clock()
+    refused = _RefusedAfterWork(times=8, clock=clock, hours=3)
+    asyncio.run(until_taken(refused, again=True, clock=clock))  # type: ignore[arg-type]
+    assert refused.runs == 18
+    before = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert pauses == [*before, *before, 60.0]  # 1 s again after its hours of work
+    assert REFUSED_RAN_SECONDS == 60.0
+
+
+def test_a_child_refused_again_soon_after_a_refusal_keeps_its_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run shorter than ``REFUSED_RAN_SECONDS`` (joining and being refused) does not start
+    the pauses over."""
+    pauses = _paused(monkeypatch)
+    clock = _Clock()
+    refused = _RefusedAfterWork(times=8, clock=clock, hours=(REFUSED_RAN_SECONDS - 1) / 3600)
+    asyncio.run(until_taken(refused, again=True, clock=clock))  # type: ignore[arg-type]
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, *([60.0] * 11)]
 
 
 def test_a_projector_on_its_own_stops_at_the_first_refusal(
