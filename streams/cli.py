@@ -446,11 +446,17 @@ def _database_url_usable(url: str) -> None:
     """The projector's database URL checked before anything starts (the projector child's,
     as the worker checks its own projector's): one that can never work (it does not parse,
     its driver is not installed) ends the worker with the same one line (``_Main``), where
-    the child crashed at every restart, once a second, forever. Nothing is connected to: a
-    database that is merely down is the projector's to wait for."""
-    from streams.projection.engine import make_engine
+    the child crashed at every restart, once a second, forever. Nothing is connected to, nor
+    made (a SQLite file's directory is checked that it could be: the projector's migration
+    makes it once its group has taken it): a database that is merely down is the
+    projector's to wait for."""
+    from streams.projection.engine import make_engine, sqlite_directory
 
-    make_engine(url).dispose()
+    engine = make_engine(url, make_directory=False)
+    try:
+        sqlite_directory(engine, make=False)
+    finally:
+        engine.dispose()
 
 
 def _projector_child(app: Any) -> None:

@@ -19,13 +19,13 @@ before it takes a partition (``projector_group``): its ``run`` raises ``OtherDat
 makes and migrates nothing before its group has taken it: its database's id is found without
 writing (a SQLite file's path, a PostgreSQL server asked who it is), and the schema is
 migrated once the group has given it partitions (a refused projector leaves its database as it
-was: a SQLite file it names is not made). So is one whose database's schema this version will
-not migrate (a newer version migrated it, or it has tables but no migration history:
-``SchemaRefused``), found before it joins (read only) or at its migration: it takes no partition
-(or gives them back), and says what to do. The worker's projector child, refused either way,
-says so once and asks again, less and less often (``until_taken``), rather than exiting to be
-started again every second; the worker starts a child that exits anyway again, less and less
-often while it keeps exiting soon after its start (``ProjectorProcess``).
+was: a SQLite file it names is not made, nor its directory). So is one whose database's schema
+this version will not migrate (a newer version migrated it, or it has tables but no migration
+history: ``SchemaRefused``), found before it joins (read only) or at its migration: it takes no
+partition (or gives them back), and says what to do. The worker's projector child, refused
+either way, says so once and asks again, less and less often (``until_taken``), rather than
+exiting to be started again every second; the worker starts a child that exits anyway
+again, less and less often while it keeps exiting soon after its start (``ProjectorProcess``).
 
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
