@@ -127,10 +127,11 @@ def test_partitions_added_to_the_ledgers_changelog_are_named_as_such(kafka) -> N
 
     said, refused, start = asyncio.run(scenario())
     cause = (
-        f"the ledger's {changelog} has 10 partitions but {requests_name} 8: a webhook could be "
-        "decided by a worker without its person's ledger state (partitions added to the "
-        f"ledger's changelog, which faust then assigns apart from {requests_name}; to change "
-        "the count, deploy under a new TALKSTREAM_APP_ID)"
+        f"the ledger's {changelog} has 10 partitions but {requests_name} 8: a webhook could "
+        f"wait in Kafka, undecided, on a worker that holds its partition of {requests_name} "
+        "without its person's ledger state (partitions added to the ledger's changelog, which "
+        f"faust then assigns apart from {requests_name}; to change the count, deploy under a "
+        "new TALKSTREAM_APP_ID)"
     )
     assert said == cause
     assert refused.cause == cause
