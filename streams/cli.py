@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import re
 import socket
 import sys
@@ -483,7 +484,7 @@ def _projector_child(app: Any) -> None:
 def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
-    from streams.agents.projector import serve, stop_signals
+    from streams.agents.projector import PARENT_ENV, serve, stop_signals, until_topics_fit
     from streams.app import hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
@@ -499,10 +500,17 @@ def projector(log_format: str | None) -> None:
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
 
-    async def run() -> None:
-        await ensure_topics(settings)
+    async def started() -> None:
+        # the worker's child, started again after partitions were added to the topics under
+        # the running worker: says it once and asks again, rather than exiting at every start
+        await until_topics_fit(
+            lambda: ensure_topics(settings), again=os.environ.get(PARENT_ENV) is not None
+        )
         await coordinators_ready(settings, [consumer_group(settings, "projector")])
-        task = asyncio.ensure_future(serve(settings))
+        await serve(settings)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(started())  # a stop while it asks about the topics too
         loop = asyncio.get_running_loop()
         for signum in signals:
             loop.add_signal_handler(signum, task.cancel)

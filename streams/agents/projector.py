@@ -43,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,7 +60,7 @@ from streams.agents.projector_group import (
     refusal,
 )
 from streams.codecs import decode
-from streams.errors import SchemaRefused
+from streams.errors import ConfigError, SchemaRefused
 from streams.kafka_options import (
     IdempotentProducer,
     client_options,
@@ -713,6 +713,42 @@ async def until_taken(
         log.info("projector asks %s again in %.0f s (the worker goes on without it)", asked, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
+
+
+async def until_topics_fit(check: Callable[[], Awaitable[object]], *, again: bool) -> None:
+    """``check()``, the deployment's topics as this process is set for (``ensure_topics``);
+    refused for what no start again fixes (a ``ConfigError``: partitions added to the topics
+    since they were created, a ledger changelog that takes smaller records than an entry, its
+    credentials refused) and ``again`` (the worker's child, started again after partitions
+    were added under the running worker): said once as an ERROR, with what to do, and asked
+    again after ``REFUSED_RETRY_FIRST_SECONDS``, doubling up to ``REFUSED_RETRY_MAX_SECONDS``,
+    an INFO each time, as ``until_taken`` asks its group. The child exited on it instead, and
+    the worker started it again a minute apart at most, an ERROR of each every time, for as
+    long as the worker ran. It goes on once the topics fit (a changelog's limit raised); the
+    worker, which says the partitions added at its rebalances, goes on without it meanwhile."""
+    delay, said = REFUSED_RETRY_FIRST_SECONDS, None
+    while True:
+        try:
+            await check()
+        except ConfigError as refused:
+            if not again:
+                raise
+            if str(refused) != said:
+                said = str(refused)
+                log.error("projector cannot start: %s", said)
+            else:
+                log.info("projector still refused by the deployment's topics (said above)")
+            log.info(
+                "projector asks Kafka about the topics again in %.0f s (the worker goes on "
+                "without it)",
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
+            continue
+        if said is not None:
+            log.warning("projector no longer refused: the deployment's topics fit its settings")
+        return
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
