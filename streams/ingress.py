@@ -207,12 +207,15 @@ class KafkaSink:
     def split(self, producer: Any, topic: str) -> str | None:
         """Why a record keyed to ``topic`` must not be written: the topic has another partition
         count than the ledger's changelog, one of them grown since they were created (Kafka
-        takes no partition away, so the larger count is the one added to). Partitions added to
-        ``topic``: the producer maps people to partitions whose ledger has none of their
-        state, or to partitions no ledger reads at all. Added to the changelog: faust's
+        takes no partition away, so the larger count is the one added to). Either way faust's
         assignor pairs a source topic's partitions with its table's changelog's only while
-        the counts agree, so the worker deciding a person's webhook may not hold their ledger
-        state. None while the counts agree or are not known yet."""
+        the counts agree, so the worker given a person's partition of ``topic`` may not hold
+        their ledger state: it decides none of its records, which wait in Kafka until a worker
+        holds both (``streams.topics.unpaired``), for as long as the deployment is not fixed.
+        (Partitions added to ``topic`` stay empty: a person's partition is one of the count
+        the topics were created with, ``partition_of``; a sink that maps keys over the
+        count Kafka has now, none given, could write where no ledger reads.) None while the
+        counts agree or are not known yet."""
         if self._changelog is None:
             return None
         cluster = producer.client.cluster
@@ -221,17 +224,28 @@ class KafkaSink:
         if not written or not ledger or len(written) == len(ledger):
             return None
         fix = "to change the count, deploy under a new TALKSTREAM_APP_ID"
+        waits = (
+            f"a webhook could wait in Kafka, undecided, on a worker that holds its partition of "
+            f"{topic} without its person's ledger state"
+        )
         if len(written) > len(ledger):
-            return (
+            grown = (
                 f"{topic} has {len(written)} partitions but the ledger's {self._changelog} "
-                f"{len(ledger)}: a webhook could land where no ledger reads it (partitions "
-                f"added to a deployment's topics; {fix})"
+                f"{len(ledger)}"
+            )
+            if self._partition_of is None:  # keys mapped over every partition Kafka has now
+                return (
+                    f"{grown}: a webhook could land where no ledger reads it (partitions added "
+                    f"to a deployment's topics; {fix})"
+                )
+            return (
+                f"{grown}: {waits} (partitions added to a deployment's topics, which faust "
+                f"then assigns apart from the ledger's changelog; {fix})"
             )
         return (
             f"the ledger's {self._changelog} has {len(ledger)} partitions but {topic} "
-            f"{len(written)}: a webhook could be decided by a worker without its person's "
-            f"ledger state (partitions added to the ledger's changelog, which faust then "
-            f"assigns apart from {topic}; {fix})"
+            f"{len(written)}: {waits} (partitions added to the ledger's changelog, which faust "
+            f"then assigns apart from {topic}; {fix})"
         )
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
