@@ -230,6 +230,37 @@ async def test_an_integer_of_4300_digits_is_read_and_judged_as_any_other(ingress
     ]
 
 
+@pytest.mark.parametrize(
+    ("number", "status", "message"),
+    [
+        pytest.param("1e999", 422, "holds a number out of range: beyond 1.8e+308 either way"),
+        pytest.param("-1e999", 422, "holds a number out of range: beyond 1.8e+308 either way"),
+        pytest.param("NaN", 400, "holds NaN or Infinity, which are not JSON"),
+        pytest.param("Infinity", 400, "holds NaN or Infinity, which are not JSON"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        pytest.param({"usage_limit": MARK}, "usage_limit", id="usage_limit"),
+        pytest.param({"usage_limit__amount": MARK}, "usage_limit.amount", id="a usage field"),
+        pytest.param({"openai__temperature": MARK}, "openai.temperature", id="temperature"),
+    ],
+)
+async def test_a_number_json_cannot_hold_is_a_4xx_naming_its_field(
+    ingress: Ingress, where: dict[str, Any], field: str, number: str, status: int, message: str
+) -> None:
+    """A number beyond a double's range is valid JSON, read as infinity (a 422, as a form's
+    ``openai[temperature]=1e999`` is); NaN and Infinity are not JSON (a 400). Each was a 400
+    "body: not valid JSON", naming no field."""
+    body = json.dumps(changed(**where)).encode().replace(str(MARK).encode(), number.encode())
+    assert number.encode() in body
+
+    errors = await refused(ingress, body, status)
+
+    assert errors == [{"field": field, "message": message}]
+
+
 # --- 4. the webhook's path with a trailing slash; a path not served -------------------------
 
 
