@@ -6,15 +6,28 @@ accepts, and what means "absent", is taken.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
+import re
+import zlib
 from typing import Any
 
 import pytest
 
 from models.params import MESSAGES_SHAPE
 from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
+from streams.codings import cut_short
 from streams.ingress import PATH, SLASHED
-from tests.functional.conftest import FORM, JSON, Ingress, seed_params
+from streams.refusals import CODINGS
+from tests.functional.conftest import (
+    FORM,
+    JSON,
+    Ingress,
+    StartIngress,
+    seed_params,
+    sent_until_closed,
+)
 from tests.support import with_changes
 
 
@@ -259,6 +272,169 @@ async def test_a_number_json_cannot_hold_is_a_4xx_naming_its_field(
     errors = await refused(ingress, body, status)
 
     assert errors == [{"field": field, "message": message}]
+
+
+# --- 7. a compressed body: decoded by the ingress, each stream to its end -------------------
+
+
+def compressed(coding: str, data: bytes) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(data)
+    if coding == "raw deflate":  # the bare RFC 1951 stream, without zlib's wrapper
+        return zlib.compress(data)[2:-4]
+    return zlib.compress(data)
+
+
+def sent_as(coding: str) -> dict[str, str]:
+    return {"Content-Encoding": "deflate" if coding == "raw deflate" else coding}
+
+
+@pytest.mark.parametrize(
+    ("coding", "cut"),
+    [
+        pytest.param("gzip", 8, id="gzip without its trailer"),
+        pytest.param("gzip", 4, id="gzip without its length"),
+        pytest.param("gzip", 40, id="gzip cut mid-stream"),
+        pytest.param("deflate", 4, id="deflate without its checksum"),
+        pytest.param("deflate", 40, id="deflate cut mid-stream"),
+        pytest.param("raw deflate", 10, id="raw deflate cut mid-stream"),
+    ],
+)
+async def test_a_compressed_body_cut_short_is_a_400_naming_the_body_and_its_coding(
+    ingress: Ingress, coding: str, cut: int
+) -> None:
+    """A gzip body without its trailer (CRC-32, length) was taken as whole: a 202; one cut
+    inside its JSON was "not valid JSON"."""
+    body = compressed(coding, json.dumps(seed_params()).encode())[:-cut]
+
+    errors = await refused(ingress, body, 400, headers=sent_as(coding))
+
+    assert errors == [{"field": "body", "message": cut_short(sent_as(coding)["Content-Encoding"])}]
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="400"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_body_cut_short_after_its_headers_is_refused_at_once(
+    ingress_with: StartIngress, coding: str
+) -> None:
+    """A deflate body that arrived after its headers (the handler reading it already) waited
+    for the body timeout, a 408, when aiohttp's parser refused it where the handler never
+    saw. The body is sent once the ingress has answered ``100 Continue``: the handler is
+    reading it then."""
+    ingress = await ingress_with(ingress_body_timeout_seconds=30)
+    body = compressed(coding, json.dumps(seed_params()).encode())[:-4]
+    server = ingress.client.server
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: {coding}\r\nContent-Length: {len(body)}\r\n"
+            "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        # well within the body timeout: refused as the body ends
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+    assert raw.startswith(b"HTTP/1.1 400 "), raw[:2000]
+    _, _, answered = raw.partition(b"\r\n\r\n")
+    assert json.loads(answered) == {"errors": [{"field": "body", "message": cut_short(coding)}]}
+    assert ingress.sink.produced == []
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw deflate"])
+async def test_a_whole_compressed_body_is_taken(ingress: Ingress, coding: str) -> None:
+    plain = json.dumps(seed_params()).encode()
+    reference = await taken(ingress, seed_params())
+
+    status, answered = await answer(ingress, compressed(coding, plain), headers=sent_as(coding))
+
+    assert (status, answered) == (202, {"request_id": reference.request_id})
+
+
+async def test_a_gzip_body_of_several_members_is_taken(ingress: Ingress) -> None:
+    """Each member ends with its trailer; the next one starts afresh (RFC 1952 2.2)."""
+    plain = json.dumps(seed_params()).encode()
+    reference = await taken(ingress, seed_params())
+    members = gzip.compress(plain[:100]) + gzip.compress(plain[100:])
+
+    status, answered = await answer(ingress, members, headers={"Content-Encoding": "gzip"})
+
+    assert (status, answered) == (202, {"request_id": reference.request_id})
+    cut = members[:-8]
+    errors = await refused(ingress, cut, 400, headers={"Content-Encoding": "gzip"})
+    assert errors == [{"field": "body", "message": cut_short("gzip")}]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_body_that_does_not_decode_is_a_400(
+    ingress: Ingress, coding: str
+) -> None:
+    whole = compressed(coding, json.dumps(seed_params()).encode())
+    broken = whole[:12] + bytes(b ^ 0xFF for b in whole[12:20]) + whole[20:]
+
+    errors = await refused(ingress, broken, 400, headers={"Content-Encoding": coding})
+
+    assert errors == [
+        {"field": "body", "message": "cannot be decoded as its Content-Encoding says"}
+    ]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_body_over_the_limit_once_decoded_is_a_413(
+    ingress_with: StartIngress, coding: str
+) -> None:
+    """A few hundred bytes that inflate past ``MAX_BODY_BYTES``: refused as a body sent so
+    large is, without holding more than the limit of it."""
+    ingress = await ingress_with(max_body_bytes=4096)
+    tree = seed_params()
+    tree["openai"]["messages"][0]["content"] = "x" * 5000
+    body = compressed(coding, json.dumps(tree).encode())
+    assert len(body) < 4096
+
+    errors = await refused(ingress, body, 413, headers={"Content-Encoding": coding})
+
+    assert errors == [{"field": "body", "message": "larger than 4096 bytes once decoded"}]
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd"])
+async def test_a_coding_the_ingress_does_not_decode_itself_is_a_415(
+    ingress: Ingress, coding: str
+) -> None:
+    """aiohttp decoded br and zstd only with libraries talkstream does not install; the
+    ingress decodes gzip and deflate alone."""
+    errors = await refused(
+        ingress, json.dumps(seed_params()).encode(), 415, headers={"Content-Encoding": coding}
+    )
+
+    assert errors == [{"field": "content-encoding", "message": CODINGS[2]}]
+
+
+async def test_the_connection_serves_the_next_request_after_a_body_cut_short(
+    ingress: Ingress,
+) -> None:
+    """Answered by the handler: the connection goes on (a deflate body cut short was refused
+    as a malformed request, and the connection closed)."""
+    plain = json.dumps(seed_params()).encode()
+    cut, whole = zlib.compress(plain)[:-4], zlib.compress(plain)
+
+    def request(body: bytes, last: bool = False) -> bytes:
+        return (
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: deflate\r\nContent-Length: {len(body)}\r\n"
+            + ("Connection: close\r\n" if last else "")
+            + "\r\n"
+        ).encode() + body
+
+    raw = await sent_until_closed(ingress.client.server, request(cut) + request(whole, last=True))
+
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
+    assert statuses == [b"400", b"202"], raw[:2000]
+    assert len(ingress.sink.produced) == 1
 
 
 # --- 4. the webhook's path with a trailing slash; a path not served -------------------------
