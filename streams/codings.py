@@ -42,9 +42,11 @@ def cut_short(coding: str) -> str:
     )
 
 
-def coding_of(header: str) -> str:
-    """The header's coding as compared: trimmed, lower-cased."""
-    return header.strip().lower()
+def coding_of(lines: list[str]) -> str:
+    """The coding ``Content-Encoding`` names, from every line of it (RFC 9110 5.3: two lines
+    are one list, ``gzip`` twice is ``gzip, gzip``, refused as two codings), trimmed and
+    lower-cased. Its first line alone took a body sent as ``gzip`` then ``x-foo`` as gzip."""
+    return ", ".join(line.strip() for line in lines if line.strip()).lower()
 
 
 def refuse_unknown(coding: str) -> None:

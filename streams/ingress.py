@@ -516,7 +516,7 @@ def build_ingress(
         # the query as sent: ``request.query`` reads an escape that is not UTF-8 as U+FFFD
         query = request.rel_url.raw_query_string
         # the body comes as sent (RAW_BODIES), decoded here: each stream checked to its end
-        coding = coding_of(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+        coding = coding_of(request.headers.getall(hdrs.CONTENT_ENCODING, []))
         try:
             refuse_unknown(coding)  # read as it came, it was "not valid JSON"
             sent = await _read_body(

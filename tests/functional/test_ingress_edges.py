@@ -414,6 +414,38 @@ async def test_a_coding_the_ingress_does_not_decode_itself_is_a_415(
     assert errors == [{"field": "content-encoding", "message": CODINGS[2]}]
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(["gzip", "gzip"], id="gzip twice"),
+        pytest.param(["gzip", "x-foo"], id="gzip then an unknown coding"),
+        pytest.param(["identity", "gzip"], id="identity then gzip"),
+    ],
+)
+async def test_a_content_encoding_given_twice_is_two_codings_a_415(
+    ingress: Ingress, lines: list[str]
+) -> None:
+    """Two lines of a header are one list (RFC 9110 5.3), as ``gzip, gzip`` in one line, a
+    415: the first line alone was read, and a body sent as gzip then gzip (or ``x-foo``) was
+    decoded once, and taken (202) or refused as not UTF-8 (400)."""
+    body = gzip.compress(json.dumps(seed_params()).encode())
+    header = "".join(f"Content-Encoding: {line}\r\n" for line in lines)
+
+    raw = await sent_until_closed(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{header}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body,
+    )
+
+    assert raw.startswith(b"HTTP/1.1 415 "), raw[:2000]
+    _, _, answered = raw.partition(b"\r\n\r\n")
+    assert json.loads(answered) == {
+        "errors": [{"field": "content-encoding", "message": CODINGS[2]}]
+    }
+    assert ingress.sink.produced == []
+
+
 async def test_the_connection_serves_the_next_request_after_a_body_cut_short(
     ingress: Ingress,
 ) -> None:
