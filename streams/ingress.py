@@ -736,6 +736,12 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except RequestPayloadError as exc:  # broken chunks or compression, as the body arrived
         _, field, message = refusal(exc, 0)
         raise ParamsError(Problem.UNREADABLE, [FieldError(field=field, message=message)]) from None
+    except ConnectionResetError:
+        # the client closed the connection before the body ended (aiohttp's "Connection
+        # lost"): the client's doing, answered to no one, but counted as what it is; it was a
+        # 500 in talkstream_ingress_requests_total, and an ERROR with a traceback
+        message = "cut short: the connection closed before the body ended"
+        raise ParamsError(Problem.UNREADABLE, [FieldError(field="body", message=message)]) from None
 
 
 def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> RequestReceived:

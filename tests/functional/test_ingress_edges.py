@@ -9,22 +9,31 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import re
 import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
+from aiohttp.web_runner import BaseRunner
 
 from models.params import MESSAGES_SHAPE
 from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
 from streams.codings import cut_short
-from streams.ingress import PATH, SLASHED
+from streams.ingress import PATH, SLASHED, AccessLogger, build_ingress
 from streams.refusals import CODINGS
 from tests.functional.conftest import (
     FORM,
     JSON,
     Ingress,
+    RecordingSink,
+    Served,
     StartIngress,
+    make_settings,
+    secret_box,
     seed_params,
     sent_until_closed,
 )
@@ -467,6 +476,75 @@ async def test_the_connection_serves_the_next_request_after_a_body_cut_short(
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
     assert statuses == [b"400", b"202"], raw[:2000]
     assert len(ingress.sink.produced) == 1
+
+
+# --- 8. a body the client stops sending ----------------------------------------------------
+
+
+class ServedUncancelled(Served):
+    """Served as ``talkstream ingress`` serves it in this too: a handler goes on when its
+    client's connection is lost (aiohttp's TestServer cancels it, ``run_app`` does not)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
+@pytest.fixture
+async def uncancelled(tmp_path: Path) -> AsyncIterator[Ingress]:
+    settings = make_settings(tmp_path, ingress_body_timeout_seconds=30)
+    sink = RecordingSink()
+    server = ServedUncancelled(build_ingress(settings, sink, secret_box()))
+    await server.start_server(access_log_class=AccessLogger)
+    client = TestClient(server)
+    await client.start_server()
+    yield Ingress(client, sink, secret_box(), settings)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [pytest.param("Content-Length: 5000", id="a Content-Length"), "Transfer-Encoding: chunked"],
+)
+async def test_a_connection_closed_before_the_body_ends_is_no_server_error(
+    uncancelled: Ingress, framing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes the connection midway through its body (its own timeout, a
+    crash): nobody is left to answer, but the ingress counted a 500, and aiohttp logged an
+    ERROR with a traceback, as for a bug of ours. It is a 400 of a body cut short. The body
+    is sent once the ingress has answered ``100 Continue``: the handler is reading it then."""
+    ingress = uncancelled
+    caplog.set_level(logging.WARNING)
+    part = json.dumps(seed_params()).encode()[:50]
+    sent = part if framing.startswith("Content-Length") else b"%x\r\n%s\r\n" % (len(part), part)
+    server = ingress.client.server
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{framing}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(sent)
+        writer.write_eof()  # nothing more from the client
+        await asyncio.wait_for(reader.read(), 10)  # the server closes it
+    finally:
+        writer.close()
+
+    async def counted() -> str:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # the handler counts it once it has seen the connection close
+            metrics = await (await ingress.client.get("/metrics")).text()
+            if "talkstream_ingress_requests_total{" in metrics:
+                return metrics
+            assert asyncio.get_running_loop().time() < deadline, metrics
+            await asyncio.sleep(0.05)
+
+    metrics = await counted()
+    assert 'talkstream_ingress_requests_total{outcome="400"} 1.0' in metrics
+    assert 'outcome="500"' not in metrics
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert ingress.sink.produced == []
 
 
 # --- 4. the webhook's path with a trailing slash; a path not served -------------------------
