@@ -331,7 +331,12 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
     ),
     "truncated json": (Body(JSON, b'{"site": "acme-store", "email": '), 400, {"body"}),
     "json that is not an object": (Body(JSON, b'["acme-store"]'), 400, {"body"}),
-    "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"body"}),
+    "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"site"}),
+    "json with a number beyond a double's range": (
+        Body(JSON, json_body(changed(usage_limit="MARK")).replace(b'"MARK"', b"1e999")),
+        422,
+        {"usage_limit"},
+    ),
     "json in latin-1": (Body(JSON, '{"site": "café"}'.encode("latin-1")), 400, {"body"}),
     "form name both value and nested": (
         Body(FORM, b"site=acme-store&site[slug]=acme"),
