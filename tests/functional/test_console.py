@@ -25,6 +25,7 @@ from yarl import URL
 
 from models.events import (
     ChatRequest,
+    GenerationAttemptFailed,
     PublicationAttemptFailed,
     RequestReceived,
     RequestSpec,
@@ -301,11 +302,14 @@ async def start(
     return Console(client, fake, url)
 
 
-async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any, Any]:
-    """The console, started, on a database of the test's own (not a projection made here)."""
+async def on_engine(
+    tmp_path: Path, engine: Engine, url: str, pacing: Pacing | None = None
+) -> TestClient[Any, Any]:
+    """The console, started, on a database of the test's own (not a projection made here);
+    ``pacing``: what the workers' metrics say (none: no worker is asked)."""
 
-    async def no_workers() -> Pacing:
-        return Pacing(unreachable=[])
+    async def workers() -> Pacing:
+        return pacing or Pacing(unreachable=[])
 
     app = build_console(
         make_settings(tmp_path),
@@ -313,7 +317,7 @@ async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any,
         FakeLog(),
         token=TOKEN,
         now_ms=lambda: NOW_MS,
-        pacing=no_workers,
+        pacing=workers,
         database=url,
     )
     client = TestClient(Served(app))
@@ -1655,6 +1659,63 @@ async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_i
     assert "00:00\u201300:10 UTC: 4 published" in day
 
 
+def failures_log() -> Log:
+    """acme's generations refused for 4 reasons (7 requests, one reason's message holding a
+    key as an OpenAI-compatible server might echo it), one request of another site refused."""
+    log = Log()
+    reasons = ["InsufficientQuota"] * 3 + ["AuthenticationError"] * 2 + ["ModelNotFound", "Odd"]
+    for i, reason in enumerate([*reasons, "SiteOnly"]):
+        site = "acme" if reason != "SiteOnly" else "globex"
+        r = log.received(f"f-{i}", site=site, email=f"f{i}@example.com", at_ms=T0_MS + i * 10)
+        log.send(
+            GenerationAttemptFailed(
+                request_id=r.request_id,
+                person=r.person,
+                attempt=1,
+                at_ms=T0_MS + i * 10 + 5,
+                error_class=reason,
+                error_message=f"refused key sk-secret-{i}",
+            )
+        )
+    return log
+
+
+async def test_the_overviews_failed_names_each_sites_commonest_reasons(tmp_path: Path):
+    """An operator saw "7" failed and had to open each request to learn why: the cell now
+    names the commonest error classes (never an error's message, which may echo a key)."""
+    url = f"sqlite:///{tmp_path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(failures_log().records)
+    store.close()
+    engine = make_engine(url)
+    [acme, globex] = ConsoleQueries(engine).overview(T0_MS, NOW_MS).sites
+    assert acme.reasons == {
+        "InsufficientQuota": 3,
+        "AuthenticationError": 2,
+        "ModelNotFound": 1,
+        "Odd": 1,
+    }
+    assert acme.leading_reasons() == (
+        [("InsufficientQuota", 3), ("AuthenticationError", 2), ("ModelNotFound", 1)],
+        1,
+    )
+    assert globex.reasons == {"SiteOnly": 1}
+    client = await on_engine(tmp_path, engine, url)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    cells = re.findall(r'<td class="num failed">(.*?)</td>', body, re.S)
+    listed = [re.findall(r"<li[^>]*>(.*?)</li>", cell) for cell in cells]
+    assert [[re.sub(r"<[^>]+>", "", item) for item in items] for items in listed] == [
+        ["InsufficientQuota 3", "AuthenticationError 2", "ModelNotFound 1", "others 1"],
+        ["SiteOnly 1"],
+    ]
+    assert "sk-secret" not in body
+
+
 def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
     """What ended in the window from ``ix_requests_ended`` alone (never the rows: at 1,000,000
     requests the 24-hour overview read 114,000 of them), and the requests in flight by site
@@ -1674,10 +1735,20 @@ def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
             for s, p in statements
         ]
     engine.dispose()
-    assert len(plans) == 4, plans
-    ended = [plan for plan, (sql, _) in zip(plans, statements, strict=True) if "terminal_at" in sql]
+    assert len(plans) == 5, plans
+    ended = [
+        plan
+        for plan, (sql, _) in zip(plans, statements, strict=True)
+        if "terminal_at" in sql and "error_class" not in sql
+    ]
     assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
-    [in_flight] = [p for p in plans if p not in ended]
+    # the failures' reasons: the same range, a row read only where the index says it failed
+    # (never ix_requests_state: every failed request ever)
+    [reasons] = [
+        plan for plan, (sql, _) in zip(plans, statements, strict=True) if "error_class" in sql
+    ]
+    assert "SEARCH requests USING INDEX ix_requests_ended (terminal_at_ms>?" in reasons, plans
+    [in_flight] = [p for p in plans if p not in ended and p != reasons]
     assert "USING INDEX ix_requests_in_flight" in in_flight, plans
 
 
@@ -1698,9 +1769,16 @@ def test_the_overview_counts_whole_minutes_from_the_projectors_counts_a_minute(t
     minutes = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "ended_minutes" in sql]
     assert len(minutes) == 2, plans
     assert all("SEARCH ended_minutes USING INDEX" in p and "minute>?" in p for p in minutes), plans
-    ended = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "terminal_at" in sql]
+    ended = [
+        plan
+        for plan, (sql, _) in zip(plans, ran, strict=True)
+        if "terminal_at" in sql and "error_class" not in sql
+    ]
     # each count's two partial minutes (NOW_MS is on a minute's edge: one), the latencies
     assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
+    # the failures' reasons (ended_minutes has no error class): the window's range of the index
+    [reasons] = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "error_class" in sql]
+    assert "SEARCH requests USING INDEX ix_requests_ended (terminal_at_ms>?" in reasons, plans
 
 
 def statements_of(engine: Any, work: Any) -> list[tuple[str, Any]]:
