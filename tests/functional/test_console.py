@@ -1915,6 +1915,83 @@ def test_a_targets_pace_is_its_callers_not_the_sum_of_every_worker_that_knew_it(
     assert key.rate == 15.0, "no worker calling it: the highest pace, never the sum"
 
 
+WORKER = "http://127.0.0.1:9101/metrics"
+ACME_ONLY = (
+    "# TYPE talkstream_upstream_queue_depth gauge\n"
+    'talkstream_upstream_queue_depth{upstream="talkable",target="acme",model=""} 2.0\n'
+)
+
+
+def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
+    """What the console read of workers answering ``texts``, and of those ``unreachable``."""
+    pacing = Pacing(unreachable=list(unreachable))
+    for i, text_ in enumerate(texts):
+        parse(text_, pacing)
+        pacing.reached.append(f"http://127.0.0.1:{9101 + i}/metrics")
+    return pacing
+
+
+@pytest.mark.parametrize(
+    ("pacing", "said"),
+    [
+        (pacing_of(ACME_ONLY), "no calls since the worker started"),
+        (pacing_of(ACME_ONLY, ACME_ONLY), "no calls since the workers started"),
+        (
+            pacing_of(ACME_ONLY, unreachable=("http://127.0.0.1:1/metrics",)),
+            "no calls since the worker that answered started",
+        ),
+        (
+            pacing_of(
+                ACME_ONLY
+                + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
+            ),
+            "not reported: no calls since the worker started, or not among the 50 busiest sites"
+            " each names",
+        ),
+    ],
+    ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites"],
+)
+async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
+    tmp_path: Path, pacing: Pacing, said: str
+):
+    """A worker keeps a site's 429s, queue and circuit in memory from its first command on:
+    after a restart, a site not called since showed "—" in the three, as if nothing were
+    known, or a worker were down. It says what is known: no call since the worker started."""
+    url = projection(tmp_path)
+    engine = make_engine(url)
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    rows = dict(
+        re.findall(r'<tr>\s*<td class="value"><a [^>]*>([^<]+)</a></td>(.*?)</tr>', body, re.S)
+    )
+    # acme's queue (2 a worker), then its circuit
+    assert re.search(r'<td class="num">[24]</td>\s*<td><span class="circuit c0">', rows["acme"])
+    assert f'<td colspan="3" class="muted unreported">{said}</td>' in rows["globex"]
+    assert "—" not in rows["globex"]
+
+
+async def test_a_site_is_a_dash_when_no_worker_answers(tmp_path: Path):
+    """Nothing known (no worker answered): "—", as the note under the table says."""
+    url = projection(tmp_path)
+    engine = make_engine(url)
+    pacing = Pacing(unreachable=[WORKER])
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    assert "unreported" not in body
+    assert body.count('<td class="num">—</td><td class="num">—</td><td>—</td>') == 2
+    assert f"not reachable: {WORKER} (shown as —)." in body
+
+
 def test_the_console_refuses_to_start_without_a_token(monkeypatch):
     monkeypatch.delenv("TALKSTREAM_CONSOLE_TOKEN", raising=False)
     result = CliRunner().invoke(main, ["console"])
