@@ -1707,7 +1707,7 @@ async def test_the_overviews_failed_names_each_sites_commonest_reasons(tmp_path:
     finally:
         await client.close()
         engine.dispose()
-    cells = re.findall(r'<td class="num failed">(.*?)</td>', body, re.S)
+    cells = re.findall(r'<td class="failed-why">(.*?)</td>', body, re.S)
     listed = [re.findall(r"<li[^>]*>(.*?)</li>", cell) for cell in cells]
     assert [[re.sub(r"<[^>]+>", "", item) for item in items] for items in listed] == [
         ["InsufficientQuota 3", "AuthenticationError 2", "ModelNotFound 1", "others 1"],
