@@ -670,7 +670,8 @@ async def test_values_from_webhooks_are_escaped_everywhere(signed_in: Console):
     ]
     for body in pages:
         assert "<script" not in body.lower()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;@example.com" in pages[0]
+    # (a listed email may break before its "@" or a ".")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;<wbr>@example<wbr>.com" in pages[0]
     assert "Roses are red &lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in pages[2]
     assert "does not decode: &lt;script&gt;" in pages[3]
     assert SEALED not in "".join(pages)
