@@ -26,6 +26,7 @@ from yarl import URL
 from models.events import (
     ChatRequest,
     GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     PublicationAttemptFailed,
     RequestReceived,
     RequestSpec,
@@ -84,6 +85,7 @@ class FakeLog:
     unread: int = 0  # older letters than the console reads
     contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
     received: dict[str, RequestReceived] = field(default_factory=dict)  # webhooks of the log
+    generated: dict[str, GenerationAttemptSucceeded] = field(default_factory=dict)  # their texts
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -99,7 +101,7 @@ class FakeLog:
         self._reachable()
         self.contents.append((request_id, arrived_ms))
         if request_id in self.received:
-            return content_of(request_id, self.received[request_id], None)
+            return content_of(request_id, self.received[request_id], self.generated.get(request_id))
         return Content(
             received=True,
             messages=[Message("user", f"A verse for {SCRIPT}")],
@@ -1294,6 +1296,57 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
     signed_in.log.received["pub-1"] = RequestReceived(**received)
     body = await signed_in.page("/request/content?id=pub-1")
     assert 'id="openai-key">—<' in body and 'id="talkable-key">—<' in body
+
+
+@pytest.mark.parametrize(
+    ("attempt", "tries", "said"),
+    [
+        (1, 1, "(attempt 1)"),
+        (
+            1,
+            4,
+            "(attempt 1, its call 4: the worker retried the 3 before it, which failed or were"
+            " throttled)",
+        ),
+        (
+            2,
+            2,
+            "(attempt 2, its call 2: the worker retried the 1 before it, which failed or were"
+            " throttled)",
+        ),
+    ],
+    ids=["first-call", "after-three-500s", "re-issued"],
+)
+async def test_the_generated_text_says_the_call_of_its_attempt_it_came_from(
+    signed_in: Console, attempt: int, tries: int, said: str
+):
+    """A text OpenAI gave at the fourth call, after three 500s the worker retried within the
+    attempt, read "(attempt 1)": the lifecycle counts the ledger's attempts (re-issues), not
+    the calls of one. The attempt's result says how many it made (``tries``)."""
+    webhook = RequestReceived(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(
+            site="acme",
+            email="ada@example.com",
+            chat=ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60),
+        ),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    )
+    signed_in.log.received["pub-1"] = webhook
+    signed_in.log.generated["pub-1"] = GenerationAttemptSucceeded(
+        request_id="pub-1",
+        person=webhook.person,
+        attempt=attempt,
+        at_ms=T0_MS + 700,
+        text="a verse",
+        model="gpt-4o-mini",
+        tries=tries,
+    )
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert f'<span class="muted small" id="text-attempt">{said}</span>' in body
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
