@@ -2027,6 +2027,18 @@ async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     assert re.search(r'<td class="num">[24]</td>\s*<td><span class="circuit c0">', rows["acme"])
     assert f'<td colspan="3" class="muted unreported">{said}</td>' in rows["globex"]
     assert "—" not in rows["globex"]
+    assert "A worker keeps these in memory from the first command for a site on" in body
+    # every site reported: no such note
+    parse(ACME_ONLY.replace("acme", "globex"), pacing)
+    engine = make_engine(url)
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    assert "unreported" not in body and "A worker keeps these in memory" not in body
 
 
 async def test_a_site_is_a_dash_when_no_worker_answers(tmp_path: Path):
