@@ -7,11 +7,12 @@
 - :func:`decode_query`: query-string params (UTF-8), nested like a form.
 - :func:`merge`: deep merge, the override wins.
 
-JSON is read strictly: no NaN or Infinity, no lone surrogates, at most ``MAX_JSON_DEPTH``
-levels, no integer longer than Python reads (4,300 digits: refused as invalid at its path);
-last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as ``json.loads``
-tells them from the first bytes (a BOM, or where the zero bytes fall): RFC 8259 asks senders
-for UTF-8, and a text that reads unambiguously is not refused for its encoding.
+JSON is read strictly: no NaN or Infinity (not JSON: unreadable, at its path), no lone
+surrogates, at most ``MAX_JSON_DEPTH`` levels, no integer longer than Python reads (4,300
+digits) nor a number beyond a double's range (``1e999``): valid JSON, refused as invalid at
+its path; last duplicate key wins (as ``JSON.parse`` does). UTF-8, or UTF-16/32 as
+``json.loads`` tells them from the first bytes (a BOM, or where the zero bytes fall): RFC 8259
+asks senders for UTF-8, and a text that reads unambiguously is not refused for its encoding.
 
 Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values stay strings:
 
@@ -121,26 +122,43 @@ def _json_object(body: bytes) -> bool:
 
 
 def load_json(text: bytes | str, field: str, problem_if_bad: Problem) -> Any:
-    """Strict JSON; a failure is ``FormError(problem_if_bad, field)``. An integer longer than
-    Python reads (``sys.get_int_max_str_digits()``, 4,300 digits) is valid JSON, but no value
-    any param takes: ``FormError(INVALID)`` at its path (it was "not valid JSON")."""
+    """Strict JSON; a failure is ``FormError(problem_if_bad, field)``. A number that is valid
+    JSON but no value any param takes, an integer longer than Python reads
+    (``sys.get_int_max_str_digits()``, 4,300 digits) or one beyond a double's range (``1e999``,
+    which Python reads as infinity), is ``FormError(INVALID)`` at its path; NaN and Infinity,
+    which are not JSON, ``FormError(problem_if_bad)`` at theirs (each was "not valid JSON",
+    naming no field)."""
     problem = ""
-    huge: tuple[str | int, ...] | None = None
+    misread: object = None
+    path: tuple[str | int, ...] = ()
     try:
         data = json.loads(
             text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_integer
         )
-    except _TooManyDigits:
-        huge = _huge_at(text)
+    except _Unreadable as exc:
+        try:
+            misread, path = exc.kind, _misread_at(text)
+        except RecursionError:
+            problem = "nested too deeply"
+        except ValueError:  # not JSON past it
+            problem = "not valid JSON"
     except RecursionError:
         problem = "nested too deeply"
     except UnicodeDecodeError:
         problem = "not valid UTF-8, UTF-16 or UTF-32"
     except ValueError:  # JSONDecodeError included
         problem = "not valid JSON"
-    if huge is not None:
-        message = f"holds a number of more than {sys.get_int_max_str_digits()} digits: too large"
-        raise FormError(Problem.INVALID, field, message, huge)
+    if misread is not None:
+        if misread is _CONSTANT:
+            message = "holds NaN or Infinity, which are not JSON"
+            raise FormError(problem_if_bad, field, message, path)
+        if misread is _HUGE:
+            message = (
+                f"holds a number of more than {sys.get_int_max_str_digits()} digits: too large"
+            )
+        else:
+            message = f"holds a number out of range: beyond {sys.float_info.max:.1e} either way"
+        raise FormError(Problem.INVALID, field, message, path)
     if problem:  # raised outside the handler: a JSONDecodeError holds the whole document
         raise FormError(problem_if_bad, field, problem)
     if not _sound(data, MAX_JSON_DEPTH):
@@ -235,54 +253,65 @@ def _media_type(content_type: str) -> tuple[str, dict[str, str]]:
     return media.strip().lower(), options
 
 
-class _TooManyDigits(ValueError):
-    """An integer longer than ``int()`` reads (CPython's guard against quadratic parsing)."""
+class _Unreadable(ValueError):
+    """A value ``json.loads`` reads that no param takes, ``kind``: NaN or Infinity (not
+    JSON), an integer longer than ``int()`` reads (CPython's guard against quadratic parsing),
+    a number beyond a double's range."""
+
+    def __init__(self, kind: object) -> None:
+        super().__init__()
+        self.kind = kind
 
 
-# what ``_huge_at`` reads such an integer as, to find where it is
+# what ``_misread_at`` reads each such value as, to find where it is and what it is
+_CONSTANT = object()
 _HUGE = object()
+_OUT_OF_RANGE = object()
+_MISREAD = (_CONSTANT, _HUGE, _OUT_OF_RANGE)
+
+
+def _too_long(digits: str) -> bool:
+    limit = sys.get_int_max_str_digits()
+    return bool(limit) and len(digits) - digits.startswith("-") > limit
 
 
 def _integer(text: str) -> int:
-    limit = sys.get_int_max_str_digits()
-    if limit and len(text) - text.startswith("-") > limit:
-        raise _TooManyDigits
+    if _too_long(text):
+        raise _Unreadable(_HUGE)
     return int(text)
 
 
-def _huge_at(text: bytes | str) -> tuple[str | int, ...]:
-    """Where the first integer too long to read is in the JSON ``text`` (that raised
-    :class:`_TooManyDigits`): its path of keys and list positions."""
-    limit = sys.get_int_max_str_digits()
-    try:
-        tree = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-            parse_int=lambda digits: _HUGE if len(digits) - digits.startswith("-") > limit else 0,
-        )
-    except (RecursionError, ValueError):  # deeper than Python reads, past the number
-        return ()
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(tree, ())]
-    while stack:
-        node, path = stack.pop()
-        if node is _HUGE:
-            return path
-        if isinstance(node, dict | list):
-            items = node.items() if isinstance(node, dict) else enumerate(node)
-            stack.extend((child, (*path, key)) for key, child in reversed(list(items)))
-    return ()
-
-
 def _refuse_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
+    raise _Unreadable(_CONSTANT)
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError("number out of range")
+        raise _Unreadable(_OUT_OF_RANGE)
     return value
+
+
+def _misread_at(text: bytes | str) -> tuple[str | int, ...]:
+    """Where the first value of the JSON ``text`` that :class:`_Unreadable` refused is, in the
+    document's order (as ``json.loads`` stops at it): its path of keys and list positions.
+    Raises ValueError when the text is not JSON past it, RecursionError when it is nested
+    deeper than Python reads."""
+    tree = json.loads(
+        text,
+        parse_constant=lambda _: _CONSTANT,
+        parse_float=lambda digits: 0.0 if math.isfinite(float(digits)) else _OUT_OF_RANGE,
+        parse_int=lambda digits: _HUGE if _too_long(digits) else 0,
+    )
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(tree, ())]
+    while stack:
+        node, path = stack.pop()
+        if any(node is kind for kind in _MISREAD):
+            return path
+        if isinstance(node, dict | list):
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((child, (*path, key)) for key, child in reversed(list(items)))
+    return ()  # a duplicate key's later value replaced it: the document's
 
 
 def _sound(data: Any, max_depth: int) -> bool:

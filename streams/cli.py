@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import re
 import socket
 import sys
@@ -446,11 +447,17 @@ def _database_url_usable(url: str) -> None:
     """The projector's database URL checked before anything starts (the projector child's,
     as the worker checks its own projector's): one that can never work (it does not parse,
     its driver is not installed) ends the worker with the same one line (``_Main``), where
-    the child crashed at every restart, once a second, forever. Nothing is connected to: a
-    database that is merely down is the projector's to wait for."""
-    from streams.projection.engine import make_engine
+    the child crashed at every restart, once a second, forever. Nothing is connected to, nor
+    made (a SQLite file's directory is checked that it could be: the projector's migration
+    makes it once its group has taken it): a database that is merely down is the
+    projector's to wait for."""
+    from streams.projection.engine import make_engine, sqlite_directory
 
-    make_engine(url).dispose()
+    engine = make_engine(url, make_directory=False)
+    try:
+        sqlite_directory(engine, make=False)
+    finally:
+        engine.dispose()
 
 
 def _projector_child(app: Any) -> None:
@@ -477,7 +484,7 @@ def _projector_child(app: Any) -> None:
 def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
-    from streams.agents.projector import serve, stop_signals
+    from streams.agents.projector import PARENT_ENV, serve, stop_signals, until_topics_fit
     from streams.app import hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
@@ -493,10 +500,17 @@ def projector(log_format: str | None) -> None:
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
 
-    async def run() -> None:
-        await ensure_topics(settings)
+    async def started() -> None:
+        # the worker's child, started again after partitions were added to the topics under
+        # the running worker: says it once and asks again, rather than exiting at every start
+        await until_topics_fit(
+            lambda: ensure_topics(settings), again=os.environ.get(PARENT_ENV) is not None
+        )
         await coordinators_ready(settings, [consumer_group(settings, "projector")])
-        task = asyncio.ensure_future(serve(settings))
+        await serve(settings)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(started())  # a stop while it asks about the topics too
         loop = asyncio.get_running_loop()
         for signum in signals:
             loop.add_signal_handler(signum, task.cancel)

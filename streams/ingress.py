@@ -57,9 +57,10 @@ from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
 from streams import logs
 from streams.codecs import encode
+from streams.codings import coding_of, decoded, refuse_unknown
 from streams.errors import BrokerUnavailable, PartitionsAdded, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
-from streams.refusals import CODINGS, EXPECTATION, REFUSED, refusal, refusals
+from streams.refusals import EXPECTATION, RAW_BODIES, REFUSED, refusal, refusals
 from streams.refusals import body as error_body
 from streams.secrets import SecretBox, key_fingerprint
 from streams.settings import Settings
@@ -79,9 +80,6 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
-# the content codings aiohttp decodes (or refuses, its decoder not installed: ``CODINGS``);
-# a body in any other comes to the handler as it was sent
-DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 # how old the producer's metadata may grow before it asks again (aiokafka's default: 5 minutes):
 # partitions added to [requests] are seen, and webhooks refused, within this (``split``), not
 # only when a /readyz probe asks for it; a metadata request of two topics every few seconds
@@ -207,12 +205,15 @@ class KafkaSink:
     def split(self, producer: Any, topic: str) -> str | None:
         """Why a record keyed to ``topic`` must not be written: the topic has another partition
         count than the ledger's changelog, one of them grown since they were created (Kafka
-        takes no partition away, so the larger count is the one added to). Partitions added to
-        ``topic``: the producer maps people to partitions whose ledger has none of their
-        state, or to partitions no ledger reads at all. Added to the changelog: faust's
+        takes no partition away, so the larger count is the one added to). Either way faust's
         assignor pairs a source topic's partitions with its table's changelog's only while
-        the counts agree, so the worker deciding a person's webhook may not hold their ledger
-        state. None while the counts agree or are not known yet."""
+        the counts agree, so the worker given a person's partition of ``topic`` may not hold
+        their ledger state: it decides none of its records, which wait in Kafka until a worker
+        holds both (``streams.topics.unpaired``), for as long as the deployment is not fixed.
+        (Partitions added to ``topic`` stay empty: a person's partition is one of the count
+        the topics were created with, ``partition_of``; a sink that maps keys over the
+        count Kafka has now, none given, could write where no ledger reads.) None while the
+        counts agree or are not known yet."""
         if self._changelog is None:
             return None
         cluster = producer.client.cluster
@@ -221,17 +222,28 @@ class KafkaSink:
         if not written or not ledger or len(written) == len(ledger):
             return None
         fix = "to change the count, deploy under a new TALKSTREAM_APP_ID"
+        waits = (
+            f"a webhook could wait in Kafka, undecided, on a worker that holds its partition of "
+            f"{topic} without its person's ledger state"
+        )
         if len(written) > len(ledger):
-            return (
+            grown = (
                 f"{topic} has {len(written)} partitions but the ledger's {self._changelog} "
-                f"{len(ledger)}: a webhook could land where no ledger reads it (partitions "
-                f"added to a deployment's topics; {fix})"
+                f"{len(ledger)}"
+            )
+            if self._partition_of is None:  # keys mapped over every partition Kafka has now
+                return (
+                    f"{grown}: a webhook could land where no ledger reads it (partitions added "
+                    f"to a deployment's topics; {fix})"
+                )
+            return (
+                f"{grown}: {waits} (partitions added to a deployment's topics, which faust "
+                f"then assigns apart from the ledger's changelog; {fix})"
             )
         return (
             f"the ledger's {self._changelog} has {len(ledger)} partitions but {topic} "
-            f"{len(written)}: a webhook could be decided by a worker without its person's "
-            f"ledger state (partitions added to the ledger's changelog, which faust then "
-            f"assigns apart from {topic}; {fix})"
+            f"{len(written)}: {waits} (partitions added to the ledger's changelog, which faust "
+            f"then assigns apart from {topic}; {fix})"
         )
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
@@ -517,13 +529,14 @@ def build_ingress(
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
         # the query as sent: ``request.query`` reads an escape that is not UTF-8 as U+FFFD
         query = request.rel_url.raw_query_string
+        # the body comes as sent (RAW_BODIES), decoded here: each stream checked to its end
+        coding = coding_of(request.headers.getall(hdrs.CONTENT_ENCODING, []))
         try:
-            if request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in DECODED:
-                _, field, message = CODINGS  # read as it came, it was "not valid JSON"
-                raise ParamsError(Problem.UNSUPPORTED, [FieldError(field=field, message=message)])
-            body = await _read_body(
+            refuse_unknown(coding)  # read as it came, it was "not valid JSON"
+            sent = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
+            body = decoded(coding, sent, settings.max_body_bytes)
             try:
                 params, query_read = _params(
                     content_type, body, query, settings.max_body_bytes, signs
@@ -646,6 +659,7 @@ def build_ingress(
     # what aiohttp answers itself (404, 405, 413) in the webhook's error shape; its parser's
     # refusals too, when served by ``streams.refusals``
     app = web.Application(client_max_size=settings.max_body_bytes + 1, middlewares=[refusals])
+    app[RAW_BODIES] = True  # its bodies decoded by the handler (streams.codings), not aiohttp
     for path in (PATH, SLASHED):
         app.router.add_post(path, generate, expect_handler=expect)
         # after POST's: every other method
@@ -736,6 +750,12 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except RequestPayloadError as exc:  # broken chunks or compression, as the body arrived
         _, field, message = refusal(exc, 0)
         raise ParamsError(Problem.UNREADABLE, [FieldError(field=field, message=message)]) from None
+    except ConnectionResetError:
+        # the client closed the connection before the body ended (aiohttp's "Connection
+        # lost"): the client's doing, answered to no one, but counted as what it is; it was a
+        # 500 in talkstream_ingress_requests_total, and an ERROR with a traceback
+        message = "cut short: the connection closed before the body ended"
+        raise ParamsError(Problem.UNREADABLE, [FieldError(field="body", message=message)]) from None
 
 
 def _received(params: GenerateParams, secrets: SecretBox, at_ms: int) -> RequestReceived:

@@ -231,6 +231,13 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
 
 
 def setup(level: str, fmt: str) -> None:
+    """The process's logging, as anew at each call: ``dictConfig`` adds a logger's filters to
+    those it has, so the filters of a call before (a ``Repeats`` holding back the lines it saw
+    then) are removed first."""
+    for name in NOTICES.keys() | REPEATED.keys():
+        logger = logging.getLogger(name)
+        for ours in [f for f in logger.filters if isinstance(f, Notice | Repeats)]:
+            logger.removeFilter(ours)
     logging.config.dictConfig(logging_config(level, fmt))
     # faust's "dev" lines, said at INFO whatever the level once ``DEVLOG`` is in the
     # environment (mode reads it at import), write records whole ("DROPPED MESSAGE ROFF %r:

@@ -11,7 +11,8 @@ here:
 
 - its HTTP parser (a malformed request line or header, a request line too long (414), a
   header too long or too many (431), a broken chunked or compressed body that arrives with
-  its headers): the connection's
+  its headers; the ingress decodes its compressed bodies itself, ``streams.codings``): the
+  connection's
   ``RequestHandler.handle_error``, which no middleware sees. aiohttp offers no hook for it
   (aio-libs/aiohttp#3287), so :class:`AppRunner` serves the app on connections whose
   ``handle_error`` answers in JSON; ``run_app`` is aiohttp's ``web.run_app`` on it.
@@ -77,6 +78,10 @@ CODINGS: Refusal = (
     "not supported; send the body uncompressed, or as gzip or deflate",
 )
 
+# a body that does not decode as its Content-Encoding says (aiohttp's parser; the ingress's
+# own decoder, ``streams.codings``)
+UNDECODABLE: Refusal = (400, "body", "cannot be decoded as its Content-Encoding says")
+
 # the parser's refusals by their class, most specific first
 BY_CLASS: tuple[tuple[type[HttpProcessingError], Refusal], ...] = (
     (BadHttpMethod, NO_METHOD),
@@ -85,7 +90,7 @@ BY_CLASS: tuple[tuple[type[HttpProcessingError], Refusal], ...] = (
     (InvalidHeader, MALFORMED_HEADER),
     (TransferEncodingError, CHUNKS),
     (ContentLengthError, (400, "body", "shorter than its Content-Length")),
-    (ContentEncodingError, (400, "body", "cannot be decoded as its Content-Encoding says")),
+    (ContentEncodingError, UNDECODABLE),
     (PayloadEncodingError, (400, "body", "malformed")),
 )
 # llhttp says the rest as BadHttpMessage("<reason>:\n\n  <the bytes>"): by words of the
@@ -215,6 +220,10 @@ def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
 # handlers answer, they count themselves): called with the status answered
 Refused = Callable[[int], None]
 REFUSED: web.AppKey[Refused] = web.AppKey("refused")
+# an app that decodes its requests' bodies itself (the ingress: ``streams.codings``), served by
+# :class:`AppRunner` with aiohttp's decoding off (its public ``auto_decompress``): its handlers
+# read a body as sent, in its Content-Encoding
+RAW_BODIES: web.AppKey[bool] = web.AppKey("raw_bodies")
 
 
 class _Connection(web.RequestHandler):
@@ -267,16 +276,20 @@ async def _expecting(
 
 
 class AppRunner(web.AppRunner):
-    """aiohttp's runner, serving on :class:`_Connection` s (tests serve the apps on it too)."""
+    """aiohttp's runner, serving on :class:`_Connection` s (tests serve the apps on it too);
+    an app's bodies as sent when it says it decodes them itself (:data:`RAW_BODIES`)."""
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
+        options = dict(made._kwargs)
+        if self.app.get(RAW_BODIES, False):
+            options["auto_decompress"] = False
         server = _Server(
             functools.partial(_expecting, made.request_handler),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,
-            **made._kwargs,
+            **options,
         )
         server.refused = self.app.get(REFUSED)
         return server

@@ -211,8 +211,8 @@ def partitions_differ(settings: Settings, counts: dict[str, int]) -> str:
         why = (
             # the ledger writes a person's state to the partition of their [requests] record
             "The ledger's table is paired with [requests] partition by partition (by faust's "
-            "assignor) only while their counts agree, so a person's requests would be decided "
-            "where their state is not"
+            "assignor) only while their counts agree, so a person's requests could wait in "
+            "Kafka, undecided, on a worker without their state"
             if grown == {settings.topic(f"{LEDGER_TABLE}-changelog")}
             else "A person's messages and state live in the partition their key maps to"
         )

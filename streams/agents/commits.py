@@ -17,8 +17,12 @@ call that never reported, ranges no report joins) stalled its partitions for goo
 for the mark's size now halves the most a mark of this run may be, down to
 :data:`~streams.agents.marks.MARK_LEAST_BYTES`, and the commit is sent again at once with its
 marks shortened to fit (``Mark.fitting``: what they leave out is re-issued at its deadline).
-The most learned stays for the run. A refusal that a mark at its least still meets is the
-executor's to say (``Executor.refused``).
+The most learned is doubled again (up to ``MARK_BYTES``) after :data:`RAISE_AFTER` commits
+passed in a row: an operator who raised the broker's limit (as the stall's ERROR asks) would
+otherwise have the run keep marks at their least, naming nothing lost, until it restarts. A
+broker still keeping less refuses the next longer mark, which halves the most again (an INFO
+line then, not a WARNING: it said nothing new). A refusal that a mark at its least still
+meets is the executor's to say (``Executor.refused``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ SHORTER = (
     "offset.metadata.max.bytes is less): marks are now at most %s bytes, those left out of "
     "them re-issued by the ledger at their deadline, not told lost at once"
 )
+# commits passed in a row after which a most lowered by refusals is doubled again (a broker's
+# limit raised since): a broker still keeping less costs one refused commit, sent again at once
+# with shorter marks, per this many
+RAISE_AFTER = 1000
 
 
 class Commits:
@@ -54,6 +62,8 @@ class Commits:
         self._instance = instance
         self._run_id = run_id
         self.most = MARK_BYTES  # a mark's most: halved at each refusal for its size
+        self.passed = 0  # commits passed since the last refusal for a mark's size, or raise
+        self._raised = False  # the most was raised since the last refusal: a probe of it
         self._unreported = unreported  # the executor's: what this run took and did not report
         self._lost = lost  # the executor's: the partitions read again, the calls elsewhere
         self.taken: dict[TopicPartition, int] = {}  # next offset per partition
@@ -88,23 +98,33 @@ class Commits:
     ) -> None:
         """Commits each partition's offset with its mark (what is not reported); a refusal for
         a mark's size halves :attr:`most` (down to ``MARK_LEAST_BYTES``) and commits again
-        with the marks shortened to it; a refusal at the least is raised."""
+        with the marks shortened to it; a refusal at the least is raised. :data:`RAISE_AFTER`
+        commits passed in a row double a lowered most again."""
         if not marks or consumer is None:
             return
         while True:
             try:
                 await consumer.commit({tp: (at, mark.encode()) for tp, (at, mark) in marks.items()})
             except TOO_LONG as exc:
+                self.passed = 0
                 shorter = self._shorter(marks)
                 if shorter is None:
                     raise  # no shorter mark: the executor says so (``Executor.refused``)
-                log.warning(SHORTER, self._instance, type(exc).__name__,
-                            max(len(mark.encode()) for _, mark in marks.values()),
-                            self.most)  # fmt: skip
+                # a raised most refused: the broker still keeps less, as already said
+                level = logging.INFO if self._raised else logging.WARNING
+                self._raised = False
+                log.log(level, SHORTER, self._instance, type(exc).__name__,
+                        max(len(mark.encode()) for _, mark in marks.values()),
+                        self.most)  # fmt: skip
                 marks = shorter
                 continue
             break
         self.marked.update({tp: mark for tp, (_, mark) in marks.items()})
+        self.passed += 1
+        if self.most < MARK_BYTES and self.passed >= RAISE_AFTER:
+            self.most, self.passed, self._raised = min(self.most * 2, MARK_BYTES), 0, True
+            log.debug("%s: %s commits passed: marks may be %s bytes again",
+                      self._instance, RAISE_AFTER, self.most)  # fmt: skip
 
     def _shorter(
         self, marks: dict[TopicPartition, tuple[int, Mark]]

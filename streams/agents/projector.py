@@ -19,13 +19,13 @@ before it takes a partition (``projector_group``): its ``run`` raises ``OtherDat
 makes and migrates nothing before its group has taken it: its database's id is found without
 writing (a SQLite file's path, a PostgreSQL server asked who it is), and the schema is
 migrated once the group has given it partitions (a refused projector leaves its database as it
-was: a SQLite file it names is not made). So is one whose database's schema this version will
-not migrate (a newer version migrated it, or it has tables but no migration history:
-``SchemaRefused``), found before it joins (read only) or at its migration: it takes no partition
-(or gives them back), and says what to do. The worker's projector child, refused either way,
-says so once and asks again, less and less often (``until_taken``), rather than exiting to be
-started again every second; the worker starts a child that exits anyway again, less and less
-often while it keeps exiting soon after its start (``ProjectorProcess``).
+was: a SQLite file it names is not made, nor its directory). So is one whose database's schema
+this version will not migrate (a newer version migrated it, or it has tables but no migration
+history: ``SchemaRefused``), found before it joins (read only) or at its migration: it takes no
+partition (or gives them back), and says what to do. The worker's projector child, refused
+either way, says so once and asks again, less and less often (``until_taken``), rather than
+exiting to be started again every second; the worker starts a child that exits anyway
+again, less and less often while it keeps exiting soon after its start (``ProjectorProcess``).
 
 Between batches, once a minute at most, it gathers a SQLite projection's planner statistics
 again when the requests have doubled since (SQLite gathers none by itself; PostgreSQL's
@@ -43,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,7 +60,7 @@ from streams.agents.projector_group import (
     refusal,
 )
 from streams.codecs import decode
-from streams.errors import SchemaRefused
+from streams.errors import ConfigError, SchemaRefused
 from streams.kafka_options import (
     IdempotentProducer,
     client_options,
@@ -107,6 +107,10 @@ STATISTICS_CHECK_SECONDS = 60.0  # how often the database's statistics are check
 # ends (the newer version's ``talkstream migrate --to``, this worker upgraded, a rebuild)
 REFUSED_RETRY_FIRST_SECONDS = 1.0
 REFUSED_RETRY_MAX_SECONDS = 60.0
+# a run that lasted this long before its refusal (it projected, or waited for its database)
+# starts the pauses over: refused again after hours of work, it asks again after the first
+# pause, not the last one it reached before (as ``CHILD_RAN_SECONDS`` for the child's restarts)
+REFUSED_RAN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -480,12 +484,11 @@ class Projector:
             )
             return
         fresh = [tp for tp, mark in marks.items() if mark is None]
-        if fresh:
-            await self._from_earliest(consumer, fresh)
-        sought = {tp: mark for tp, mark in marks.items() if mark is not None}
-        for tp, mark in sought.items():
-            consumer.seek(tp, mark)
-            self.applied[tp] = mark
+        sought = await self._from_earliest(consumer, fresh) if fresh else {}
+        for tp, mark in marks.items():
+            if mark is not None:
+                consumer.seek(tp, mark)
+                self.applied[tp] = sought[tp] = mark
         await self._commit_marks(consumer, sought)
         if not holds:
             log.info("projection empty: filling from the earliest offsets of %s", self.config.topic)
@@ -503,11 +506,13 @@ class Projector:
     async def _commit_marks(
         self, consumer: AIOKafkaConsumer, marks: dict[TopicPartition, int]
     ) -> None:
-        """The group's committed offsets set to where the projection has read to: a batch
-        written whose commit a rebalance refused (its partitions given to another member), or
-        a projection filled under another group, left the group's lag naming records the
-        projection holds until the partition's next record was projected; a quiet partition's
-        for good (a lag alert that never clears)."""
+        """The group's committed offsets set to where the projection has read to (the
+        earliest offset of a partition it holds nothing of): a batch written whose commit a
+        rebalance refused (its partitions given to another member), or a projection filled
+        under another group, left the group's lag naming records the projection holds until
+        the partition's next record was projected, a quiet partition's for good (a lag alert
+        that never clears); a new or emptied database under the group's commits at the ends of
+        the topic showed no lag while it was filled from the log."""
         if not marks:
             return
         try:
@@ -524,7 +529,9 @@ class Projector:
         )
         return marks, holds
 
-    async def _from_earliest(self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]) -> None:
+    async def _from_earliest(
+        self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
         try:
             starts = await consumer.beginning_offsets(fresh)
         except KafkaError as exc:  # from 0: out of range, the consumer resets to the earliest
@@ -533,6 +540,7 @@ class Projector:
         for tp in fresh:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
+        return {tp: starts[tp] for tp in fresh}
 
     async def _until_done(
         self, what: str, work: Callable[[], object], *, migrate_first: bool = True
@@ -677,16 +685,22 @@ async def serve(settings: Settings) -> None:
         store.close()
 
 
-async def until_taken(projector: Projector, *, again: bool) -> None:
+async def until_taken(
+    projector: Projector, *, again: bool, clock: Callable[[], float] = time.monotonic
+) -> None:
     """``projector.run()``; refused (by its group, ``OtherDatabase``, or by its database's
     schema, ``SchemaRefused``) and ``again`` (the worker's child): asked again after
     ``REFUSED_RETRY_FIRST_SECONDS``, doubling up to ``REFUSED_RETRY_MAX_SECONDS``, its
     ``/readyz`` saying the refusal meanwhile, where the child exited and the worker started it
     again every second, saying the same ERROR each time. A group's refusal ends when the
     group's projectors move to its database (or stop); a schema's when an operator takes the
-    database back to a migration this version knows, or rebuilds it."""
+    database back to a migration this version knows, or rebuilds it. A run that lasted
+    ``REFUSED_RAN_SECONDS`` (``clock``) before its refusal starts the pauses over: a projector
+    refused once, then projecting for hours, then refused again, asks again after a second, not
+    after the minute it had reached."""
     delay = REFUSED_RETRY_FIRST_SECONDS
     while True:
+        started = clock()
         try:
             await projector.run()
             return
@@ -698,9 +712,47 @@ async def until_taken(projector: Projector, *, again: bool) -> None:
                 if isinstance(refused, OtherDatabase)
                 else "its database"
             )
+        if clock() - started >= REFUSED_RAN_SECONDS:  # it had run: the pauses start over
+            delay = REFUSED_RETRY_FIRST_SECONDS
         log.info("projector asks %s again in %.0f s (the worker goes on without it)", asked, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
+
+
+async def until_topics_fit(check: Callable[[], Awaitable[object]], *, again: bool) -> None:
+    """``check()``, the deployment's topics as this process is set for (``ensure_topics``);
+    refused for what no start again fixes (a ``ConfigError``: partitions added to the topics
+    since they were created, a ledger changelog that takes smaller records than an entry, its
+    credentials refused) and ``again`` (the worker's child, started again after partitions
+    were added under the running worker): said once as an ERROR, with what to do, and asked
+    again after ``REFUSED_RETRY_FIRST_SECONDS``, doubling up to ``REFUSED_RETRY_MAX_SECONDS``,
+    an INFO each time, as ``until_taken`` asks its group. The child exited on it instead, and
+    the worker started it again a minute apart at most, an ERROR of each every time, for as
+    long as the worker ran. It goes on once the topics fit (a changelog's limit raised); the
+    worker, which says the partitions added at its rebalances, goes on without it meanwhile."""
+    delay, said = REFUSED_RETRY_FIRST_SECONDS, None
+    while True:
+        try:
+            await check()
+        except ConfigError as refused:
+            if not again:
+                raise
+            if str(refused) != said:
+                said = str(refused)
+                log.error("projector cannot start: %s", said)
+            else:
+                log.info("projector still refused by the deployment's topics (said above)")
+            log.info(
+                "projector asks Kafka about the topics again in %.0f s (the worker goes on "
+                "without it)",
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REFUSED_RETRY_MAX_SECONDS)
+            continue
+        if said is not None:
+            log.warning("projector no longer refused: the deployment's topics fit its settings")
+        return
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:

@@ -39,8 +39,11 @@ the scheduler's (``streams.upstream``), deciding about the request is the ledger
     5xx, 408, 409                        ServerError         waits (the circuit counts it)
     any of the above, with               (its reason)        ``false``: reports one that
       ``x-should-retry: false`` or                             would wait; ``true``: asks
-      ``true`` (as OpenAI's client                             one that would be reported
-      obeys it)                                                again, 3 calls in all
+      ``true`` (as OpenAI's client                             a refused request (4xx
+      obeys it)                                                BadRequest...) again, 3 calls
+                                                               in all; never a refused key
+                                                               or model (401, 403, quota,
+                                                               missing model: at once)
     timeout / connection error           Timeout/Unreachable waits (the circuit counts it)
     a TLS certificate that does not      CertificateError    reports (verified again, it
       verify (self-signed, another                             fails again; the message says
@@ -246,11 +249,11 @@ class ChatClient:
             answer = raw
             body = json.loads(raw.content)  # not the SDK's models: less CPU
         except openai.APIStatusError as exc:
-            error = _status_error(exc, api_key, self._base_url, chat.model)
+            error = _answer_error(exc, api_key, self._base_url, chat.model)
             if "max_tokens" in sent and "max_tokens" not in chat.extra and refuses_max_tokens(exc):
                 self._learned_completion_tokens(api_key, chat.model)
                 error.resend = True
-            raise error from None
+            raise obeyed(error, exc.response.headers.get("x-should-retry")) from None
         except openai.APIConnectionError as exc:  # (APITimeoutError is one)
             untrusted = certificate_failure(exc)
             if untrusted is not None:
@@ -425,26 +428,25 @@ def well_formed(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _status_error(
-    exc: openai.APIStatusError, api_key: str, base_url: str, model: str
-) -> GenerationError:
-    """What an error answer means, as its status and body say and as its ``x-should-retry``
-    header, if any, then overrides (:func:`obeyed`)."""
-    error = _answer_error(exc, api_key, base_url, model)
-    return obeyed(error, exc.response.headers.get("x-should-retry"))
-
-
 def obeyed(error: GenerationError, should_retry: str | None) -> GenerationError:
     """The error as OpenAI's ``x-should-retry`` header says, as the official client obeys it
-    (``_should_retry``: exactly ``"true"`` or ``"false"``, before it looks at the status).
+    (``_should_retry``: exactly ``"true"`` or ``"false"``, before it looks at the status),
+    within what no header changes.
 
     ``false`` on an answer that would wait (a 429, a 5xx, a 408, a 409): OpenAI says another
     try will not help, so it is reported at once (its reason kept), not waited on until the
-    maximum wait. ``true`` on an answer that would be reported at once (a 4xx, a refusal of
-    the key or the model): OpenAI says another try may help, so it is asked again, as the
-    client would (it tries 3 times in all), a few times and not as an outage: the upstream
-    answered (``answered``: the scheduler's ``unusable_after``, 3 in all), then reported with
-    its own reason. On an answer already waited on, or already final, it changes nothing.
+    maximum wait. ``true`` on a refusal of the request alone (a 400, 404, 422 or another 4xx
+    ``BadRequest``, ``ContentFiltered``, ``RequestTooLarge``): OpenAI says another try may
+    help, so it is asked again, as the client would (it tries 3 times in all), a few times and
+    not as an outage: the upstream answered (``answered``: the scheduler's
+    ``unusable_after``, 3 in all; it generated nothing, so its tokens go back), then reported
+    with its own reason. Never on a refusal of the key or of the model (401, 403,
+    ``insufficient_quota`` and the other codes of an account that cannot pay, a missing
+    model): no retry makes a revoked key valid, and asked again, such a refusal did not stop
+    the key's other calls (``refuses`` was lost), which each spent a call on it; it is
+    reported at once and refuses its scope, as without the header. Nor on a refusal the
+    adapter sends again at once in the way it asked (``resend``): it is asked again already,
+    as the same try. On an answer already waited on, or already final, it changes nothing.
     """
     if should_retry == "false" and error.retriable:
         return GenerationError(
@@ -453,7 +455,12 @@ def obeyed(error: GenerationError, should_retry: str | None) -> GenerationError:
             status=error.status,
             limits=error.limits,
         )
-    if should_retry == "true" and not error.retriable:
+    if (
+        should_retry == "true"
+        and not error.retriable
+        and error.refuses == "request"
+        and not error.resend
+    ):
         return GenerationError(
             _said(error, "x-should-retry: true: asked again"),
             reason=error.reason,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +111,7 @@ def build_console(
         end_to_end=clocks.end_to_end_ms,
         in_flight=lambda request: clocks.in_flight_ms(request, now_ms()),
         n=_count,
+        email_parts=_email_parts,
     )
     app[pages.TEMPLATES] = environment
     app[pages.DATABASE] = database
@@ -229,6 +231,19 @@ def max_form_fields(settings: Settings) -> int:
 def _count(value: int | float | None) -> str:
     """A count with its thousands apart: 1,234,567."""
     return "—" if value is None else f"{int(value):,}"
+
+
+_EMAIL_BREAKS = re.compile(r"(?=[@.+])")
+
+
+def _email_parts(email: str) -> list[str]:
+    """An email cut before its "@", each "." and each "+": the template ``_email.html``
+    joins the parts (each escaped, as every value) with ``<wbr>``, so a column too narrow for
+    it breaks it there (``p.gibbons`` / ``+referrals`` / ``@initech.com``), not mid-word, as it
+    did at 1280 px (``p.gibbons+referrals@inite`` over ``ch.com``). A part wider than the
+    column still breaks where it must (``overflow-wrap: anywhere``) rather than widen the
+    page."""
+    return [part for part in _EMAIL_BREAKS.split(email) if part]
 
 
 def _time(ms: int | None, precise: bool = True) -> str:

@@ -144,7 +144,11 @@ class Content:
     event_number: str | None = None
     usage_limit: dict[str, int] | None = None
     text: str | None = None
-    text_attempt: int | None = None
+    text_attempt: int | None = None  # the ledger's attempt that generated it (a re-issue: 2, ...)
+    # the calls that attempt made to OpenAI, this text's the last (its result's ``tries``): a
+    # worker retries a 5xx, a timeout or a 429 within the attempt, which the lifecycle (and
+    # so the projection's attempts) does not count
+    text_calls: int | None = None
     # the fingerprints of the webhook's keys (never a key), as the overview's OpenAI keys
     # table and the worker's metrics name their targets; "" for a webhook from before
     # the ingress wrote them
@@ -260,6 +264,7 @@ def content_of(request_id: str, received: Any, generated: Any) -> Content:
         return Content(
             text=text.text if text else None,
             text_attempt=text.attempt if text else None,
+            text_calls=text.tries if text else None,
             notes=["the webhook was not found on [requests] near its arrival (retention?)"],
         )
     spec = received.spec
@@ -276,6 +281,7 @@ def content_of(request_id: str, received: Any, generated: Any) -> Content:
         usage_limit=limit.model_dump() if limit is not None else None,
         text=text.text if text else None,
         text_attempt=text.attempt if text else None,
+        text_calls=text.tries if text else None,
         openai_key_id=received.openai_key_id,
         talkable_key_id=received.talkable_key_id,
     )

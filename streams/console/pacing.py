@@ -8,7 +8,9 @@ rebalance moved the partition): those of the worker where it has work, else the 
 and the worst circuit, never a sum. Talkable targets are sites
 (the metric label holds the first 16 characters of the slug); OpenAI targets are a key's
 fingerprint (never the key) and a model (OpenAI limits each model of a key apart). A worker that
-does not answer is named, and its figures are "—".
+does not answer is named, and its figures are "—". A site that the workers which answered do
+not report was sent nothing since they started (their figures live in memory), unless one of
+them has more sites than it names (:meth:`Pacing.unreported` says which).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 TIMEOUT_SECONDS = 1.5
 CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
 LABEL_CHARS = 16  # the workers label a target by its first 16 characters
+REPORTED_TARGETS = 50  # a worker's busiest targets of an upstream it names (the rest: "other")
 
 
 @dataclass
@@ -50,6 +53,25 @@ class Pacing:
     def site(self, site: str) -> Target | None:
         """The site's Talkable target, when a worker that answered knows it."""
         return self.targets.get(("talkable", site[:LABEL_CHARS], ""))
+
+    def unreported(self) -> str | None:
+        """Why a site no worker reports has no 429s, queue or circuit to show; None when no
+        worker answered (nothing is known: "—"). A worker keeps a target's figures in memory
+        from the first command for it on, so after a restart a site no one has sent anything
+        since is absent: that is no 429 and no queue since then, not an outage of ours. A
+        worker past ``REPORTED_TARGETS`` Talkable targets names its busiest only (the others
+        summed as ``other``); a worker that did not answer may be the one calling it."""
+        if not self.reached:
+            return None
+        workers = "worker" if len(self.reached) == 1 else "workers"
+        if self.unreachable:
+            workers += " that answered"
+        if ("talkable", "other", "") in self.targets:
+            return (
+                f"not reported: no calls since the {workers} started, or not among the "
+                f"{REPORTED_TARGETS} busiest sites each names"
+            )
+        return f"no calls since the {workers} started"
 
     def openai(self) -> list[Target]:
         """An OpenAI key's models, each its own row: the busiest first."""

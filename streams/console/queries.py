@@ -23,8 +23,9 @@ adds the console's), so pages stay fast on millions of requests:
   projector), its partial first and last minute (or all of it, on a projection before 0007)
   from one index (``ix_requests_ended``, which holds every column they read); the latencies'
   p50 and p95 from the same index, ranked by the database (exact: every published request of
-  the window); and the requests in flight per site from ``ix_requests_in_flight`` (migration
-  0005).
+  the window); the failed requests' reasons (error classes, per site) over the same range of it,
+  a row read only where the index says it failed; and the requests in flight per site from
+  ``ix_requests_in_flight`` (migration 0005).
 
 None needs the database's statistics to be chosen: SQLite has none until the projector first
 gathers them (``ProjectionStore.refresh_statistics``), and a test reads the plans of a
@@ -56,6 +57,8 @@ PAGE_SIZE = 50
 SUGGESTED_SITES = 100  # the sites the search form suggests, at most
 NEWEST_REQUESTS_SUGGESTING = 500  # nothing typed, more sites than that: these requests' sites
 PERSONS_PER_QUERY = 500  # an email on every site: the persons one query asks for
+LEADING_REASONS = 3  # the reasons the overview names for a site's failures
+NO_CLASS = "no error class"  # a failed request whose event named none
 
 FAILED = (State.GENERATION_FAILED.value, State.PUBLISH_FAILED.value)
 IN_FLIGHT = tuple(s.value for s in State if s not in TERMINAL)
@@ -155,10 +158,18 @@ class SiteRow:
     by_state: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     tokens: int = 0
+    # the failed requests by their error's class (a class names no key: never the message)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         return sum(self.by_state.get(s, 0) for s in FAILED)
+
+    def leading_reasons(self, count: int = LEADING_REASONS) -> tuple[list[tuple[str, int]], int]:
+        """The ``count`` commonest reasons of its failures, most first (ties by name), and how
+        many failed requests the others hold."""
+        ranked = sorted(self.reasons.items(), key=lambda item: (-item[1], item[0]))
+        return ranked[:count], sum(n for _, n in ranked[count:])
 
     @property
     def total(self) -> int:
@@ -512,6 +523,7 @@ class ConsoleQueries:
             ):
                 sites.setdefault(site, SiteRow(site)).in_flight = count
             published, p50, p95 = self._latencies(session, since_ms, until_ms)
+            reasons = _failure_reasons(session, since_ms, until_ms)
         for (bucket, state), count in by_minute.items():
             index = bucket - first_minute
             if state in series and 0 <= index < len(buckets):
@@ -521,6 +533,10 @@ class ConsoleQueries:
                 row = sites.setdefault(site, SiteRow(site))
                 row.by_state[state] = count
                 row.tokens += used
+        for site, reason, count in reasons:
+            if site in sites:
+                found = sites[site].reasons
+                found[reason or NO_CLASS] = found.get(reason or NO_CLASS, 0) + int(count)
         return Overview(
             since_ms=since_ms,
             until_ms=until_ms,
@@ -603,6 +619,21 @@ def _counts_a_site(
             .group_by(RequestRow.site, RequestRow.state)
         ).all()
     return found
+
+
+def _failure_reasons(session: Session, since_ms: int, until_ms: int) -> list[Any]:
+    """(site, error class, requests) of the failed requests that ended in the window: the
+    range of ``ix_requests_ended`` the counts read, a row read only where the index says it
+    failed. Its state is a value compared (``state || ''``), not a condition an index could
+    meet: SQLite without statistics met ``state IN (...)`` by ``ix_requests_state``, reading
+    every failed request ever."""
+    return list(
+        session.execute(
+            select(RequestRow.site, RequestRow.error_class, func.count())
+            .where(_ended_in(since_ms, until_ms), (RequestRow.state + "").in_(FAILED))
+            .group_by(RequestRow.site, RequestRow.error_class)
+        ).all()
+    )
 
 
 # arrival -> published of the requests that ended in a window: each ended request's latency

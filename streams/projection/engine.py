@@ -46,7 +46,8 @@ def make_engine(url: str, *, make_directory: bool = True) -> Engine:
     ``ArgumentError`` (``describe_database_error`` says it in one line): one that does not
     parse or names no dialect (SQLAlchemy's own), a driver that is not installed or is an
     asyncio one, a SQLite file whose directory cannot be made (``make_directory``: a reader,
-    which makes none, leaves that to the first query)."""
+    which makes none, leaves that to the first query; a projector, which makes nothing before
+    its group has taken it, has it checked, ``sqlite_directory``, and made by the migration)."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -132,6 +133,29 @@ _MEANT = {
     "postgres": "PostgreSQL's is postgresql+psycopg:// (or postgresql://)",
     "sqlite3": "SQLite's is sqlite:///PATH",
 }
+
+
+def sqlite_directory(engine: Engine, *, make: bool) -> None:
+    """The directory of the engine's SQLite file (nothing for another database): made
+    (``make``: the migration, which makes the file), or checked that it could be, nothing made
+    (a projector's engine: one its group refuses leaves no directory behind, and one whose
+    directory can never be made, a file in the way, is said at its start as ``make_engine``
+    says it: an ``ArgumentError``)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return
+    directory = Path(str(database)).parent
+    if make:
+        _make_directory(directory)
+        return
+    existing = next(d for d in (directory, *directory.parents) if d.exists())  # (/ exists)
+    if not existing.is_dir():
+        why = "Not a directory"
+    elif existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+        why = "Permission denied"
+    else:
+        return
+    raise ArgumentError(f"cannot create the directory {directory} of the SQLite file: {why}")
 
 
 def _make_directory(directory: Path) -> None:

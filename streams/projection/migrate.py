@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from streams.errors import ConfigError, SchemaRefused
+from streams.projection.engine import sqlite_directory
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "talkstream_alembic_version"
@@ -119,7 +120,10 @@ def _legacy_history(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Migrate to head (no-op at head). Refuses a database made before migrations existed."""
+    """Migrate to head (no-op at head). Refuses a database made before migrations existed. A
+    SQLite file's directory is made here (an engine made without it: a projector's, which
+    makes nothing before its group has taken it)."""
+    sqlite_directory(engine, make=True)
     with _migrating(engine) as (connection, revision):
         if revision == head():
             return

@@ -39,7 +39,7 @@ from sqlalchemy.orm import sessionmaker, undefer
 
 from models.lifecycle import State
 from streams.projection import migrate
-from streams.projection.engine import make_engine, safe_url
+from streams.projection.engine import make_engine, safe_url, sqlite_directory
 from streams.projection.rows import (
     RowKey,
     Sourced,
@@ -118,7 +118,13 @@ class ProjectionStore:
 
     @classmethod
     def from_url(cls, url: str, *, migrate_schema: bool = True) -> ProjectionStore:
-        return cls(make_engine(url), migrate_schema=migrate_schema)
+        """The store at ``url``; not ``migrate_schema`` (a projector's, migrated once its
+        group has taken it): a SQLite file's directory is not made either, only checked that
+        it could be (``sqlite_directory``): the migration makes it."""
+        engine = make_engine(url, make_directory=migrate_schema)
+        if not migrate_schema:
+            sqlite_directory(engine, make=False)  # (an engine that has opened nothing)
+        return cls(engine, migrate_schema=migrate_schema)
 
     def upgrade_schema(self) -> None:
         """Migrate the schema to the newest migration (what ``migrate_schema`` does at once)."""

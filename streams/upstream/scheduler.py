@@ -21,8 +21,10 @@ for the queue is decided here, what it means for the request is the ledger's:
   is not its API's JSON; an error answer that says to try again, OpenAI's ``x-should-retry:
   true``) is asked again, the target being up (no circuit counts it), and reported after
   ``unusable_after`` such answers (``EmptyCompletion``, ``BadAnswer``, the error's reason):
-  each may have been billed. One whose answer no retry changes (a refusal, a filtered text: not
-  ``retriable``) is reported at once, its tokens counted as spent;
+  each 200 may have been billed, its tokens counted as spent; an error answer refused the
+  call and generated nothing, so its tokens go back. One whose answer no retry changes (a
+  refusal, a filtered text: not ``retriable``) is reported at once, its tokens counted as
+  spent;
 - a refusal of the call as it was sent, which its adapter has learned to send as the answer
   asks (``resend``: OpenAI's 400 for ``max_tokens`` to a model that takes
   ``max_completion_tokens`` only) goes back to its place in its queue (before every job that
@@ -511,7 +513,11 @@ class Scheduler:
                 self._note(target, "throttled")
                 self._requeue(target, job, f"rate limited ({error})")
             elif error.retriable and error.answered:  # up, but nothing usable: not an outage
-                target.pacer.answered(limits, now, job.started_s)
+                if verdicts.error_answer(error):  # a 4xx that says to try again: refused, it
+                    # generated nothing, so its tokens go back (a 200 may have been billed)
+                    target.pacer.refused(limits, job.cost, now, job.started_s)
+                else:
+                    target.pacer.answered(limits, now, job.started_s)
                 self._note(target, "failed")
                 job.unusable += 1
                 if job.unusable >= max(job.unusable_after, 1):

@@ -171,7 +171,7 @@ def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
     # each time that another try might help
     if isinstance(error, PublishError):
         cost = "none said the event landed"
-    elif error.status is not None and error.status >= 400:
+    elif error_answer(error):
         cost = "each said to try again"
     else:
         cost = "each answer may have been billed"
@@ -182,3 +182,10 @@ def unusable(target: Target, job: Job[Any], error: UpstreamError) -> UpstreamErr
         status=error.status,
         limits=error.limits,
     )
+
+
+def error_answer(error: UpstreamError) -> bool:
+    """An error answer (a 4xx or a 5xx), not a 2xx with nothing usable in it: the upstream
+    refused the call, generated nothing and billed nothing (OpenAI's ``x-should-retry: true``
+    asking again a 400 it answered)."""
+    return error.status is not None and error.status >= 400

@@ -696,6 +696,33 @@ def test_a_database_url_that_can_never_work_stops_the_worker_before_it_starts(
     assert "s3cr3t" not in result.output
 
 
+@pytest.mark.parametrize("projector", ["process", "worker"])
+def test_a_worker_makes_no_directory_for_its_projectors_sqlite_file(
+    projector: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The worker checks its projector's database URL before it starts, and made the SQLite
+    file's directory doing so: a projector its group then refused left it behind (a refused
+    projector makes nothing; the migration makes it once the group has taken it). A file
+    where the directory goes still ends the worker at once, with one line."""
+    monkeypatch.setenv("TALKSTREAM_PROJECTOR", projector)
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path / "data"))
+    elsewhere = tmp_path / "projection"
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", f"sqlite:///{elsewhere}/sub/p.sqlite3")
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
+    assert not elsewhere.exists()
+    elsewhere.write_text("not a directory")
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: the database URL cannot be used (cannot create the directory "
+        f"{elsewhere}/sub of the SQLite file: Not a directory)"
+    ), result.output
+
+
 def test_a_database_merely_down_does_not_stop_the_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

@@ -25,6 +25,8 @@ from yarl import URL
 
 from models.events import (
     ChatRequest,
+    GenerationAttemptFailed,
+    GenerationAttemptSucceeded,
     PublicationAttemptFailed,
     RequestReceived,
     RequestSpec,
@@ -83,6 +85,7 @@ class FakeLog:
     unread: int = 0  # older letters than the console reads
     contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
     received: dict[str, RequestReceived] = field(default_factory=dict)  # webhooks of the log
+    generated: dict[str, GenerationAttemptSucceeded] = field(default_factory=dict)  # their texts
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -98,7 +101,7 @@ class FakeLog:
         self._reachable()
         self.contents.append((request_id, arrived_ms))
         if request_id in self.received:
-            return content_of(request_id, self.received[request_id], None)
+            return content_of(request_id, self.received[request_id], self.generated.get(request_id))
         return Content(
             received=True,
             messages=[Message("user", f"A verse for {SCRIPT}")],
@@ -301,11 +304,14 @@ async def start(
     return Console(client, fake, url)
 
 
-async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any, Any]:
-    """The console, started, on a database of the test's own (not a projection made here)."""
+async def on_engine(
+    tmp_path: Path, engine: Engine, url: str, pacing: Pacing | None = None
+) -> TestClient[Any, Any]:
+    """The console, started, on a database of the test's own (not a projection made here);
+    ``pacing``: what the workers' metrics say (none: no worker is asked)."""
 
-    async def no_workers() -> Pacing:
-        return Pacing(unreachable=[])
+    async def workers() -> Pacing:
+        return pacing or Pacing(unreachable=[])
 
     app = build_console(
         make_settings(tmp_path),
@@ -313,7 +319,7 @@ async def on_engine(tmp_path: Path, engine: Engine, url: str) -> TestClient[Any,
         FakeLog(),
         token=TOKEN,
         now_ms=lambda: NOW_MS,
-        pacing=no_workers,
+        pacing=workers,
         database=url,
     )
     client = TestClient(Served(app))
@@ -666,7 +672,8 @@ async def test_values_from_webhooks_are_escaped_everywhere(signed_in: Console):
     ]
     for body in pages:
         assert "<script" not in body.lower()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;@example.com" in pages[0]
+    # (a listed email may break before its "@" or a ".")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;<wbr>@example<wbr>.com" in pages[0]
     assert "Roses are red &lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in pages[2]
     assert "does not decode: &lt;script&gt;" in pages[3]
     assert SEALED not in "".join(pages)
@@ -1339,6 +1346,57 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
     assert 'id="openai-key">—<' in body and 'id="talkable-key">—<' in body
 
 
+@pytest.mark.parametrize(
+    ("attempt", "tries", "said"),
+    [
+        (1, 1, "(attempt 1)"),
+        (
+            1,
+            4,
+            "(attempt 1, its call 4: the worker retried the 3 before it, which failed or were"
+            " throttled)",
+        ),
+        (
+            2,
+            2,
+            "(attempt 2, its call 2: the worker retried the 1 before it, which failed or were"
+            " throttled)",
+        ),
+    ],
+    ids=["first-call", "after-three-500s", "re-issued"],
+)
+async def test_the_generated_text_says_the_call_of_its_attempt_it_came_from(
+    signed_in: Console, attempt: int, tries: int, said: str
+):
+    """A text OpenAI gave at the fourth call, after three 500s the worker retried within the
+    attempt, read "(attempt 1)": the lifecycle counts the ledger's attempts (re-issues), not
+    the calls of one. The attempt's result says how many it made (``tries``)."""
+    webhook = RequestReceived(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(
+            site="acme",
+            email="ada@example.com",
+            chat=ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60),
+        ),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    )
+    signed_in.log.received["pub-1"] = webhook
+    signed_in.log.generated["pub-1"] = GenerationAttemptSucceeded(
+        request_id="pub-1",
+        person=webhook.person,
+        attempt=attempt,
+        at_ms=T0_MS + 700,
+        text="a verse",
+        model="gpt-4o-mini",
+        tries=tries,
+    )
+    body = await signed_in.page("/request/content?id=pub-1")
+    assert f'<span class="muted small" id="text-attempt">{said}</span>' in body
+
+
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
     body = await signed_in.page("/person?site=acme&email=ada@example.com")
     assert re.search(r'<span class="big">2 of 3</span>', body)  # lim-1: the window was full
@@ -1703,6 +1761,63 @@ async def test_the_overview_charts_terminal_states_per_minute_and_sites(signed_i
     assert "00:00\u201300:10 UTC: 4 published" in day
 
 
+def failures_log() -> Log:
+    """acme's generations refused for 4 reasons (7 requests, one reason's message holding a
+    key as an OpenAI-compatible server might echo it), one request of another site refused."""
+    log = Log()
+    reasons = ["InsufficientQuota"] * 3 + ["AuthenticationError"] * 2 + ["ModelNotFound", "Odd"]
+    for i, reason in enumerate([*reasons, "SiteOnly"]):
+        site = "acme" if reason != "SiteOnly" else "globex"
+        r = log.received(f"f-{i}", site=site, email=f"f{i}@example.com", at_ms=T0_MS + i * 10)
+        log.send(
+            GenerationAttemptFailed(
+                request_id=r.request_id,
+                person=r.person,
+                attempt=1,
+                at_ms=T0_MS + i * 10 + 5,
+                error_class=reason,
+                error_message=f"refused key sk-secret-{i}",
+            )
+        )
+    return log
+
+
+async def test_the_overviews_failed_names_each_sites_commonest_reasons(tmp_path: Path):
+    """An operator saw "7" failed and had to open each request to learn why: the cell now
+    names the commonest error classes (never an error's message, which may echo a key)."""
+    url = f"sqlite:///{tmp_path / 'projection.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(failures_log().records)
+    store.close()
+    engine = make_engine(url)
+    [acme, globex] = ConsoleQueries(engine).overview(T0_MS, NOW_MS).sites
+    assert acme.reasons == {
+        "InsufficientQuota": 3,
+        "AuthenticationError": 2,
+        "ModelNotFound": 1,
+        "Odd": 1,
+    }
+    assert acme.leading_reasons() == (
+        [("InsufficientQuota", 3), ("AuthenticationError", 2), ("ModelNotFound", 1)],
+        1,
+    )
+    assert globex.reasons == {"SiteOnly": 1}
+    client = await on_engine(tmp_path, engine, url)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    cells = re.findall(r'<td class="failed-why">(.*?)</td>', body, re.S)
+    listed = [re.findall(r"<li[^>]*>(.*?)</li>", cell) for cell in cells]
+    assert [[re.sub(r"<[^>]+>", "", item) for item in items] for items in listed] == [
+        ["InsufficientQuota 3", "AuthenticationError 2", "ModelNotFound 1", "others 1"],
+        ["SiteOnly 1"],
+    ]
+    assert "sk-secret" not in body
+
+
 def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
     """What ended in the window from ``ix_requests_ended`` alone (never the rows: at 1,000,000
     requests the 24-hour overview read 114,000 of them), and the requests in flight by site
@@ -1722,10 +1837,20 @@ def test_the_overview_reads_only_indexes_sized_to_what_it_shows(tmp_path: Path):
             for s, p in statements
         ]
     engine.dispose()
-    assert len(plans) == 4, plans
-    ended = [plan for plan, (sql, _) in zip(plans, statements, strict=True) if "terminal_at" in sql]
+    assert len(plans) == 5, plans
+    ended = [
+        plan
+        for plan, (sql, _) in zip(plans, statements, strict=True)
+        if "terminal_at" in sql and "error_class" not in sql
+    ]
     assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
-    [in_flight] = [p for p in plans if p not in ended]
+    # the failures' reasons: the same range, a row read only where the index says it failed
+    # (never ix_requests_state: every failed request ever)
+    [reasons] = [
+        plan for plan, (sql, _) in zip(plans, statements, strict=True) if "error_class" in sql
+    ]
+    assert "SEARCH requests USING INDEX ix_requests_ended (terminal_at_ms>?" in reasons, plans
+    [in_flight] = [p for p in plans if p not in ended and p != reasons]
     assert "USING INDEX ix_requests_in_flight" in in_flight, plans
 
 
@@ -1746,9 +1871,16 @@ def test_the_overview_counts_whole_minutes_from_the_projectors_counts_a_minute(t
     minutes = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "ended_minutes" in sql]
     assert len(minutes) == 2, plans
     assert all("SEARCH ended_minutes USING INDEX" in p and "minute>?" in p for p in minutes), plans
-    ended = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "terminal_at" in sql]
+    ended = [
+        plan
+        for plan, (sql, _) in zip(plans, ran, strict=True)
+        if "terminal_at" in sql and "error_class" not in sql
+    ]
     # each count's two partial minutes (NOW_MS is on a minute's edge: one), the latencies
     assert len(ended) == 3 and all("COVERING INDEX ix_requests_ended" in p for p in ended), plans
+    # the failures' reasons (ended_minutes has no error class): the window's range of the index
+    [reasons] = [plan for plan, (sql, _) in zip(plans, ran, strict=True) if "error_class" in sql]
+    assert "SEARCH requests USING INDEX ix_requests_ended (terminal_at_ms>?" in reasons, plans
 
 
 def statements_of(engine: Any, work: Any) -> list[tuple[str, Any]]:
@@ -1883,6 +2015,95 @@ def test_a_targets_pace_is_its_callers_not_the_sum_of_every_worker_that_knew_it(
     parse(worker_metrics(0, 12.0, 0), idle)
     [key] = idle.openai()
     assert key.rate == 15.0, "no worker calling it: the highest pace, never the sum"
+
+
+WORKER = "http://127.0.0.1:9101/metrics"
+ACME_ONLY = (
+    "# TYPE talkstream_upstream_queue_depth gauge\n"
+    'talkstream_upstream_queue_depth{upstream="talkable",target="acme",model=""} 2.0\n'
+)
+
+
+def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
+    """What the console read of workers answering ``texts``, and of those ``unreachable``."""
+    pacing = Pacing(unreachable=list(unreachable))
+    for i, text_ in enumerate(texts):
+        parse(text_, pacing)
+        pacing.reached.append(f"http://127.0.0.1:{9101 + i}/metrics")
+    return pacing
+
+
+@pytest.mark.parametrize(
+    ("pacing", "said"),
+    [
+        (pacing_of(ACME_ONLY), "no calls since the worker started"),
+        (pacing_of(ACME_ONLY, ACME_ONLY), "no calls since the workers started"),
+        (
+            pacing_of(ACME_ONLY, unreachable=("http://127.0.0.1:1/metrics",)),
+            "no calls since the worker that answered started",
+        ),
+        (
+            pacing_of(
+                ACME_ONLY
+                + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
+            ),
+            "not reported: no calls since the worker started, or not among the 50 busiest sites"
+            " each names",
+        ),
+    ],
+    ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites"],
+)
+async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
+    tmp_path: Path, pacing: Pacing, said: str
+):
+    """A worker keeps a site's 429s, queue and circuit in memory from its first command on:
+    after a restart, a site not called since showed "—" in the three, as if nothing were
+    known, or a worker were down. It says what is known: no call since the worker started."""
+    url = projection(tmp_path)
+    engine = make_engine(url)
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    rows = dict(
+        re.findall(r'<tr>\s*<td class="value"><a [^>]*>([^<]+)</a></td>(.*?)</tr>', body, re.S)
+    )
+    # acme's queue (2 a worker), then its circuit
+    assert re.search(r'<td class="num">[24]</td>\s*<td><span class="circuit c0">', rows["acme"])
+    assert f'<td colspan="3" class="muted unreported">{said}</td>' in rows["globex"]
+    assert "—" not in rows["globex"]
+    assert "A worker keeps these in memory from the first command for a site on" in body
+    # every site reported: no such note
+    parse(ACME_ONLY.replace("acme", "globex"), pacing)
+    engine = make_engine(url)
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    assert "unreported" not in body and "A worker keeps these in memory" not in body
+
+
+async def test_a_site_is_a_dash_when_no_worker_answers(tmp_path: Path):
+    """Nothing known (no worker answered): "—", as the note under the table says."""
+    url = projection(tmp_path)
+    engine = make_engine(url)
+    pacing = Pacing(unreachable=[WORKER])
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        body = await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+    assert "unreported" not in body
+    assert body.count('<td class="num">—</td><td class="num">—</td><td>—</td>') == 2
+    assert f"not reachable: {WORKER} (shown as —)." in body
 
 
 def test_the_console_refuses_to_start_without_a_token(monkeypatch):

@@ -331,7 +331,12 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
     ),
     "truncated json": (Body(JSON, b'{"site": "acme-store", "email": '), 400, {"body"}),
     "json that is not an object": (Body(JSON, b'["acme-store"]'), 400, {"body"}),
-    "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"body"}),
+    "json with NaN": (Body(JSON, b'{"site": NaN}'), 400, {"site"}),
+    "json with a number beyond a double's range": (
+        Body(JSON, json_body(changed(usage_limit="MARK")).replace(b'"MARK"', b"1e999")),
+        422,
+        {"usage_limit"},
+    ),
     "json in latin-1": (Body(JSON, '{"site": "café"}'.encode("latin-1")), 400, {"body"}),
     "form name both value and nested": (
         Body(FORM, b"site=acme-store&site[slug]=acme"),
@@ -757,8 +762,10 @@ async def test_partitions_added_are_a_503_naming_the_cause_and_the_fix_logged_on
     retry), naming the cause and the fix; the log says it once, as an ERROR, per change."""
     cause = (
         "functest-requests has 12 partitions but the ledger's functest-ledger-changelog 8: a "
-        "webhook could land where no ledger reads it (partitions added to a deployment's "
-        "topics; to change the count, deploy under a new TALKSTREAM_APP_ID)"
+        "webhook could wait in Kafka, undecided, on a worker that holds its partition of "
+        "functest-requests without its person's ledger state (partitions added to a "
+        "deployment's topics, which faust then assigns apart from the ledger's changelog; to "
+        "change the count, deploy under a new TALKSTREAM_APP_ID)"
     )
     ingress.sink.outage = PartitionsAdded(cause)
     caplog.set_level(logging.DEBUG, logger="streams.ingress")

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import ArgumentError
 
 from streams.errors import SchemaRefused
 from streams.observability import ready
 from streams.projection import migrate
-from streams.projection.engine import make_engine
+from streams.projection.engine import database_identity, make_engine, url_identity
 from streams.projection.store import ProjectionStore
 from tests.functional.test_projector_database import without_kafka
 from tests.functional.test_worker_http import until
@@ -98,6 +99,35 @@ def test_a_refusal_is_found_without_writing_anything(tmp_path: Path) -> None:
             assert migrate.current(connection) is None
     finally:
         engine.dispose()
+
+
+def test_a_projectors_store_makes_no_directory_before_its_migration(tmp_path: Path) -> None:
+    """A projector's store (its schema migrated only once its group has taken it) made its
+    SQLite file's directory with its engine: a projector its group or its database refused
+    left an empty directory behind, where a refused projector makes nothing. Its migration
+    makes it now; a directory that can never be made (a file in the way) is still said when
+    the store is made, nothing made."""
+    database = tmp_path / "new" / "deeper" / "p.sqlite3"
+    store = ProjectionStore.from_url(f"sqlite:///{database}", migrate_schema=False)
+    try:
+        # what a projector asks before it joins its group
+        assert database_identity(store.engine) == url_identity(store.engine)
+        assert migrate.refusal(store.engine) is None
+        assert list(tmp_path.iterdir()) == []
+        store.upgrade_schema()  # the group took it
+        assert database.is_file()
+    finally:
+        store.close()
+    in_the_way = tmp_path / "in-the-way"
+    in_the_way.write_text("not a directory")
+    for url in (f"sqlite:///{in_the_way}/p.sqlite3", f"sqlite:///{in_the_way}/sub/p.sqlite3"):
+        with pytest.raises(ArgumentError) as refused:
+            ProjectionStore.from_url(url, migrate_schema=False)
+        directory = Path(url.removeprefix("sqlite:///")).parent
+        assert str(refused.value) == (
+            f"cannot create the directory {directory} of the SQLite file: Not a directory"
+        )
+    assert in_the_way.read_text() == "not a directory"
 
 
 @pytest.mark.parametrize(

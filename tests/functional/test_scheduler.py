@@ -839,6 +839,36 @@ async def test_an_answer_no_retry_changes_ends_after_one_call_and_its_tokens_sta
     assert pacer.circuit is Circuit.CLOSED  # not an outage
 
 
+async def test_an_error_answer_asked_again_gives_its_tokens_back_each_time() -> None:
+    """An error answer that says to try again (OpenAI's 400 with ``x-should-retry: true``) is
+    asked again as a 200 without a text is, but it refused the call: it generated nothing and
+    billed nothing. Its tokens were counted as spent each time, as a billed 200's are: three
+    such answers held the key's other calls behind three calls' tokens that were never used."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=8)
+    s.submit("key", up.job("first"))
+    await probe_answered(s, up, "first")
+    pacer = s.targets["key"].pacer
+    pacer.tokens.rate = 10.0  # tokens a second, as if the key had said its limits
+    said_again = UpstreamError("OpenAI answered 400 (x-should-retry: true: asked again): ...",
+                               reason="BadRequest", status=400, retriable=True,
+                               answered=True)  # fmt: skip
+    for name, error, spent_per_call in (("again", said_again, 0.0), ("empty", no_text(), 10.0)):
+        s.submit("key", up.job(name, cost=100, slow_after=3))
+        for turn in range(3):
+            s.dispatch()
+            await settle()
+            assert up.calls[-1] == name
+            up.answer(name, error)
+            await settle()
+            spent = pacer.tokens.ready_at(clock.t) - clock.t
+            assert spent == pytest.approx(spent_per_call), (name, turn)
+            clock.t += 20  # the lane empties again
+        outcome = up.reports[name]
+        assert (outcome.error.reason, outcome.tries) == (error.reason, 3)
+    assert pacer.circuit is Circuit.CLOSED  # not an outage
+
+
 async def test_a_publication_answered_with_nothing_usable_ends_too() -> None:
     """A publication's job has no ``slow_after`` (its timeouts wait): its answers with nothing
     usable (Talkable's 2xx that is not its API's JSON) were asked again at once, without a

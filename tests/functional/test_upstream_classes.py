@@ -191,15 +191,27 @@ def openai_answer(status: int, should_retry: str | None, code: str | None = None
 
 async def test_x_should_retry_is_obeyed_as_openais_client_obeys_it() -> None:
     """OpenAI's ``x-should-retry`` was not read: a 503 or a 429 saying ``false`` waited (its
-    circuit counted, its pacer paused) until the request's maximum wait, a 400 or 401 saying
+    circuit counted, its pacer paused) until the request's maximum wait, a 400 saying
     ``true`` was final at once. As the official client (``_should_retry``): ``false`` ends
-    what would wait, ``true`` asks again what would end; either way the reason is kept."""
+    what would wait, ``true`` asks again a refusal of the request; either way the reason is
+    kept. Not a refusal of the key or the model: a 401 saying ``true`` was asked again, its
+    key not refused, so each of the key's other calls was made, and refused, in its turn."""
     cases = {
         # path: (status, header, code) → (reason, retriable, answered, throttle)
         "false503": ((503, "false", None), ("ServerError", False, False, False)),
         "false429": ((429, "false", "rate_limit_exceeded"), ("RateLimited", False, False, False)),
         "true400": ((400, "true", None), ("BadRequest", True, True, False)),
-        "true401": ((401, "true", "invalid_api_key"), ("Unauthorized", True, True, False)),
+        "true404": ((404, "true", None), ("BadRequest", True, True, False)),
+        "true422": ((422, "true", None), ("BadRequest", True, True, False)),
+        # a refusal of the key or the model: no header makes another try help
+        "true401": ((401, "true", "invalid_api_key"), ("Unauthorized", False, False, False)),
+        "true401bare": ((401, "true", None), ("Unauthorized", False, False, False)),
+        "true403": ((403, "true", None), ("Forbidden", False, False, False)),
+        "true429quota": (
+            (429, "true", "insufficient_quota"),
+            ("InsufficientQuota", False, False, False),
+        ),
+        "true404model": ((404, "true", "model_not_found"), ("ModelNotFound", False, False, False)),
         # what it says already: nothing changes
         "true503": ((503, "true", None), ("ServerError", True, False, False)),
         "false400": ((400, "false", None), ("BadRequest", False, False, False)),
@@ -207,8 +219,17 @@ async def test_x_should_retry_is_obeyed_as_openais_client_obeys_it() -> None:
         "True400": ((400, "True", None), ("BadRequest", False, False, False)),
     }
     routes = {f"/{p}/v1/chat/completions": openai_answer(*a) for p, (a, _) in cases.items()}
+
+    async def refuses_max_tokens(request: web.Request) -> web.Response:
+        error = {"message": "Unsupported parameter: 'max_tokens' is not supported with this "
+                 "model. Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                 "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
+        return web.json_response({"error": error}, status=400, headers={"x-should-retry": "true"})
+
+    routes["/true400resend/v1/chat/completions"] = refuses_max_tokens
     async with serving(routes) as base:
         errors = {path: await generation_error(f"{base}/{path}/v1") for path in cases}
+        errors["true400resend"] = await generation_error(f"{base}/true400resend/v1")
     for path, ((status, _, _), said) in cases.items():
         error = errors[path]
         assert (error.reason, error.retriable, error.answered, error.throttle) == said, path
@@ -221,7 +242,16 @@ async def test_x_should_retry_is_obeyed_as_openais_client_obeys_it() -> None:
         str(errors["true400"])
         == "OpenAI answered 400 (x-should-retry: true: asked again): said 400"
     )
-    assert errors["true401"].refuses == "request"  # asked again: the key is not refused yet
+    # as without the header: final, and the key's (the model's) other calls refused with it
+    for path in ("true401", "true401bare", "true403", "true429quota"):
+        assert errors[path].refuses == "key", path
+        assert "x-should-retry" not in str(errors[path]), path
+    assert errors["true404model"].refuses == "model"
+    # a refusal of max_tokens, sent again at once with max_completion_tokens as the same try:
+    # the header does not make it one of three tries
+    resend = errors["true400resend"]
+    assert (resend.reason, resend.retriable, resend.resend) == ("BadRequest", False, True)
+    assert str(errors["true401"]) == "OpenAI answered 401 invalid_api_key: said 401"
     assert str(errors["true503"]) == "OpenAI answered 503: said 503"
 
 
@@ -313,6 +343,55 @@ async def test_the_scheduler_ends_or_asks_again_as_x_should_retry_says() -> None
     )
     assert flaky.error is None and flaky.value is not None
     assert (flaky.value.text, calls["flaky"]) == ("A verse", 2)
+
+
+async def test_a_refused_key_saying_to_try_again_is_refused_at_once_with_its_other_calls() -> None:
+    """Through the scheduler: a 401 (an invalid or revoked key) saying ``x-should-retry:
+    true`` was asked again three times, and its key not refused, so each of its queued calls
+    was made three times too. No retry makes a key valid: one call, ``Unauthorized``, and the
+    key's next call ends without a call, as for a 401 without the header."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    async def revoked(request: web.Request) -> web.Response:
+        calls[request.path] += 1
+        return await openai_answer(401, "true", "invalid_api_key")(request)
+
+    s = Scheduler("test", max_in_flight=8, max_wait_s=600.0, refusal_s=60.0,
+                  pacer_config=PacerConfig())  # fmt: skip
+    reports: dict[str, Outcome[Any]] = {}
+    both = asyncio.Event()
+
+    async with serving({"/v1/chat/completions": revoked}) as base:
+        client = ChatClient(f"{base}/v1", timeout=10)
+
+        def job(name: str) -> Job[Any]:
+            async def report(outcome: Outcome[Any]) -> None:
+                reports[name] = outcome
+                if len(reports) == 2:
+                    both.set()
+
+            return Job(key=name, attempt=1, scope="model", cost=0, issued_s=s.now(),
+                       call=functools.partial(client.complete, CHAT, OPENAI_KEY),
+                       report=report)  # fmt: skip
+
+        running = asyncio.create_task(s.run())
+        try:
+            s.submit("key", job("first"))
+            s.submit("key", job("second"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(both.wait(), 20.0)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await client.close()
+    assert set(reports) == {"first", "second"}, f"reported: {sorted(reports)}"
+    first, second = reports["first"].error, reports["second"].error
+    assert first is not None and (first.reason, first.refuses) == ("Unauthorized", "key")
+    assert reports["first"].tries == 1
+    assert second is not None and second.reason == "Unauthorized"
+    assert str(second).startswith("not called: OpenAI answered 401 invalid_api_key")
+    assert calls["/v1/chat/completions"] == 1
 
 
 async def openai_completion(request: web.Request) -> web.Response:

@@ -197,10 +197,16 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
 
     # the overview: the site, its failure, and the chart
     pages.open("/")
-    sites = element(browser, By.ID, "sites").text
-    # the site's row, with its Talkable target's circuit read from the worker's /metrics
-    [row] = [line for line in sites.splitlines() if line.startswith("test-site")]
-    assert row.endswith("closed"), row
+    element(browser, By.ID, "sites")
+    # the site's row, with its Talkable target's circuit read from the worker's /metrics, and
+    # why its request failed (its error's class: Talkable refused the site's key)
+    [row] = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#sites tbody tr")
+        if tr.text.startswith("test-site")
+    ]
+    assert row[-1] == "closed", row
+    assert (row[5], row[6]) == ("1", "Unauthorized 1"), row
     assert browser.find_elements(By.CSS_SELECTOR, "#chart rect")
     # the site's OpenAI key, by its fingerprint only, a row per model it was called with
     [key_row] = element(browser, By.ID, "openai").text.splitlines()[1:]

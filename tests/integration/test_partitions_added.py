@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import uuid
@@ -127,10 +128,11 @@ def test_partitions_added_to_the_ledgers_changelog_are_named_as_such(kafka) -> N
 
     said, refused, start = asyncio.run(scenario())
     cause = (
-        f"the ledger's {changelog} has 10 partitions but {requests_name} 8: a webhook could be "
-        "decided by a worker without its person's ledger state (partitions added to the "
-        f"ledger's changelog, which faust then assigns apart from {requests_name}; to change "
-        "the count, deploy under a new TALKSTREAM_APP_ID)"
+        f"the ledger's {changelog} has 10 partitions but {requests_name} 8: a webhook could "
+        f"wait in Kafka, undecided, on a worker that holds its partition of {requests_name} "
+        "without its person's ledger state (partitions added to the ledger's changelog, which "
+        f"faust then assigns apart from {requests_name}; to change the count, deploy under a "
+        "new TALKSTREAM_APP_ID)"
     )
     assert said == cause
     assert refused.cause == cause
@@ -228,7 +230,8 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
     are decided with the person's state: of a limit of 3 with 2 used, 1 more admitted, 2
     limited, each once."""
     # the projector in each worker: a projector process started after the partitions were
-    # added would refuse to start
+    # added would not project (refused, it asks again:
+    # test_a_projector_child_started_after_partitions_were_added_says_so_once)
     system = System(kafka, tmp_path, projector="worker")
     # faust's setting: the workers see the partitions added within a second, not 5 minutes
     system.env["CONSUMER_METADATA_MAX_AGE_MS"] = "1000"
@@ -317,5 +320,61 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
         numbers = ", ".join(str(p) for p, name in sorted(apart.items()) if name == unpaired)
         assert f"this worker holds {requests} partition {numbers} without the ledger's " in said
         assert "assigned apart" in (tmp_path / f"{unpaired}.log").read_text(errors="replace")
+    finally:
+        system.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
+def test_a_projector_child_started_after_partitions_were_added_says_so_once(
+    kafka, tmp_path
+) -> None:
+    """Partitions added under a running worker (``PROJECTOR=process``), then its projector
+    child exits (a crash; killed here): the child the worker starts again finds the topics
+    with another count than it is set for. It exited on it, at every start again, the worker
+    saying "the projector process exited ... starting it again" and the child its refusal,
+    a minute apart at most for as long as the worker ran. It now says it once (an ERROR naming
+    what to do) and stays up, asking again less and less often, an INFO line each time."""
+    system = System(kafka, tmp_path)
+    system.start()
+    try:
+        system.wait_ready("worker")
+        worker = system.procs["worker"].pid
+        wait_until(lambda: _children(worker), 30, what="the projector child")
+        [child] = _children(worker)
+
+        async def add_partitions() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_partitions(
+                    {f"{system.app_id}-requests": NewPartitions(total_count=6)}
+                )
+            finally:
+                await admin.close()
+
+        asyncio.run(add_partitions())
+        os.kill(child, signal.SIGKILL)  # a crash
+
+        log = tmp_path / "worker.log"
+
+        def asked_three_times() -> bool:  # after 1 s, then 2 s, then 4 s
+            return "projector asks Kafka about the topics again in 4 s" in log.read_text(
+                errors="replace"
+            )
+
+        wait_until(asked_three_times, 90, what="the projector child refused 3 times")
+        said = log.read_text(errors="replace")
+        refusals = said.count("projector cannot start: TALKSTREAM_PARTITIONS is 4")
+        assert refusals == 1, said[-4000:]
+        assert f"partitions were added since to {system.app_id}-requests (6 partitions)" in said
+        assert "TALKSTREAM_APP_ID of its own" in said
+        assert said.count("projector still refused by the deployment's topics") == 2, said[-4000:]
+        assert said.count("the projector process exited") == 1, said[-4000:]  # the kill's
+        [again] = _children(worker)  # the one started after the kill, still up
+        assert again != child
     finally:
         system.stop()

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -442,6 +443,26 @@ def test_a_partition_whose_records_were_all_dead_lettered_is_not_read_again(
     store.close()
 
 
+async def _until_committed(bootstrap: str, running: _Running, offsets: dict[int, int]) -> None:
+    """Until the group of the running projector has committed ``offsets`` (partition → next
+    offset) on the topic it reads."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed: dict[int, int] = {}
+        async with asyncio.timeout(30):
+            while committed != offsets:
+                if running.task.done():
+                    running.task.result()  # its failure, not a timeout
+                # (the group is known once a member has joined it)
+                with contextlib.suppress(GroupCoordinatorNotAvailableError):
+                    listed = await admin.list_consumer_group_offsets(running.projector.config.group)
+                    committed = {tp.partition: o.offset for tp, o in listed.items()}
+                await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
 def test_the_group_commits_where_the_projection_has_read_to_when_it_resumes(
     kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
@@ -458,27 +479,54 @@ def test_the_group_commits_where_the_projection_has_read_to_when_it_resumes(
     ends = {r.partition: r.offset + 1 for r in records}
     assert set(ends) == set(range(PARTITIONS))
 
-    async def committed_to_the_ends() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
-            async with _projecting(kafka.bootstrap, topic, store) as running:
-                committed: dict[int, int] = {}
-                async with asyncio.timeout(30):
-                    while committed != ends:
-                        if running.task.done():
-                            running.task.result()  # its failure, not a timeout
-                        # (the group is known once a member has joined it)
-                        with contextlib.suppress(GroupCoordinatorNotAvailableError):
-                            listed = await admin.list_consumer_group_offsets(f"{topic}-projector")
-                            committed = {tp.partition: o.offset for tp, o in listed.items()}
-                        await asyncio.sleep(0.05)
-        finally:
-            await admin.close()
+    async def resumed() -> None:
+        async with _projecting(kafka.bootstrap, topic, store) as running:
+            await _until_committed(kafka.bootstrap, running, ends)
 
-    asyncio.run(committed_to_the_ends())
+    asyncio.run(resumed())
     assert store.counts()[1] == len(records)  # nothing written twice
     store.close()
+
+
+class _HeldWrites(ProjectionStore):
+    """A database whose writes wait until the test lets them through."""
+
+    released = threading.Event()
+
+    def apply(self, *args: Any, **kwargs: Any) -> int:
+        self.released.wait(timeout=60)
+        return super().apply(*args, **kwargs)
+
+
+def test_a_new_database_under_the_group_says_its_lag_while_it_is_filled(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A new, empty database under a group whose commits are at the ends of the topic: the
+    group's lag said nothing was missing while the projector filled it from the log. It
+    commits the earliest offsets it reads from, then each batch as it is written."""
+    topic = f"t{uuid.uuid4().hex[:10]}-lifecycle"
+    asyncio.run(create_topic(kafka.bootstrap, topic, PARTITIONS))
+    records = _on(topic, _log(6).records)
+    asyncio.run(_produce(kafka.bootstrap, records))
+    ends = {r.partition: r.offset + 1 for r in records}
+    first = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'first.sqlite3'}")
+    asyncio.run(_project_until(kafka.bootstrap, topic, first, holds(first, len(records))))
+    first.close()
+
+    empty = _HeldWrites(make_engine(f"sqlite:///{tmp_path / 'empty.sqlite3'}"))
+    empty.released = threading.Event()
+
+    async def filled() -> None:
+        async with _projecting(kafka.bootstrap, topic, empty) as running:
+            try:
+                await _until_committed(kafka.bootstrap, running, dict.fromkeys(ends, 0))
+            finally:
+                empty.released.set()
+            await _until_committed(kafka.bootstrap, running, ends)
+
+    asyncio.run(filled())
+    assert empty.counts()[1] == len(records)
+    empty.close()
 
 
 class _SlowMarks(ProjectionStore):

@@ -117,11 +117,12 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
     kafka: EmbeddedKafka, tmp_path: Path
 ) -> None:
     """The second projector of a group, on another SQLite file, stops with an error naming the
-    problem and what to do; it projected nothing (its file was not even made), and the first
-    keeps every partition: what is produced afterwards is all in the group's database."""
+    problem and what to do; it projected nothing (its file was not even made, nor its
+    directory), and the first keeps every partition: what is produced afterwards is all in the
+    group's database."""
     topic, log = _seeded(kafka)
     group_db = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'group.sqlite3'}")
-    other = tmp_path / "other.sqlite3"
+    other = tmp_path / "elsewhere" / "other.sqlite3"
     other_db = ProjectionStore.from_url(f"sqlite:///{other}", migrate_schema=False)
 
     async def scenario() -> None:
@@ -138,7 +139,7 @@ def test_a_projector_on_another_database_is_refused_and_takes_nothing(
             await _all_in_the_groups_database(kafka, topic, log, group_db, first, first_task)
 
     asyncio.run(scenario())
-    assert not other.exists()
+    assert not other.parent.exists()
     group_db.close()
     other_db.close()
 

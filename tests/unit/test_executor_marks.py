@@ -18,6 +18,7 @@ from aiokafka.errors import (
 )
 
 from models.events import DeadlineExpired, GenerateText
+from streams.agents import commits as commits_module
 from streams.agents import executors, marks
 from streams.agents.executors import Executor, ExecutorConfig
 from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
@@ -797,6 +798,56 @@ def test_a_commit_refused_for_its_marks_size_is_committed_with_shorter_marks(
     assert len(consumer.commits) == commits + 1
     asyncio.run(executor._take_batch(consumer, {}))
     assert len(consumer.commits) == commits + 1, "its mark is the one last committed"
+
+
+def test_marks_grow_back_once_commits_pass_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The most a refusal taught stayed for the run: an operator who raised the broker's
+    ``offset.metadata.max.bytes`` (as the stall's ERROR asks) left the run committing marks
+    that name nothing lost (every range left to its deadline) until it restarted. Now
+    ``RAISE_AFTER`` commits passed in a row double the most again, up to ``MARK_BYTES``; a
+    broker that still keeps less refuses the next longer mark, which halves it again, said at
+    INFO (nothing new: no WARNING each time), and the commit passes with a shorter mark."""
+    monkeypatch.setattr(executors, "COMMIT_AGAIN_SECONDS", 0, raising=False)
+    monkeypatch.setattr(commits_module, "RAISE_AFTER", 2)
+    monkeypatch.setattr(logging.getLogger("streams.agents.executors"), "filters", [])
+    queue = Queue()
+    executor = generator(Requests(), scheduler=queue, dead_letters=Decoding())
+    two_ranges = Mark("worker-generator", executor.run_id, 0, ((0, 1), (2, 3)))
+    consumer = executor.consumer = Limited(len(two_ranges.encode()))  # type: ignore[assignment]
+    taking(executor, (0, keyed("a")), (1, keyed("b")), (2, keyed("c")), (3, keyed("d")))
+    for job in queue.jobs:
+        if job.key in "bd":  # their calls end: (0, 1) and (2, 3) are not reported
+            failed = UpstreamError("refused", reason="T")
+            asyncio.run(job.report(Outcome(value=None, error=failed, waited_s=0, tries=1)))
+    with caplog.at_level(logging.WARNING, logger="streams.agents.executors"):
+        taking(executor, (4, keyed("e")))  # three ranges: refused, committed shorter
+    learned = executor.commits.most
+    assert learned < MARK_BYTES and consumer.refused == 1
+    assert [r.levelno for r in caplog.records if "mark's size" in r.getMessage()] == [
+        logging.WARNING
+    ]
+
+    caplog.clear()  # the broker still keeps less: a raised most is refused again, at INFO
+    with caplog.at_level(logging.INFO, logger="streams.agents.executors"):
+        taking(executor, (5, keyed("f")))  # two passed (the shorter commit of e's batch too)
+        assert executor.commits.most == min(learned * 2, MARK_BYTES)
+        assert consumer.refused == 1
+        taking(executor, (6, keyed("g")))  # a mark as long as the raised most: refused again
+    assert consumer.refused == 2 and executor.commits.most <= learned
+    assert len(Mark.parse(consumer.commits[-1][TP][1]).encode()) <= consumer.limit
+    assert consumer.commits[-1][TP][0] == 7 and executor.refused is None
+    said = [r.levelno for r in caplog.records if "mark's size" in r.getMessage()]
+    assert said == [logging.INFO]
+
+    consumer.limit = 4096  # the operator raised offset.metadata.max.bytes
+    for offset in range(7, 7 + 2 * 8):  # enough passes for every doubling back
+        taking(executor, (offset, keyed(f"x{offset}")))
+    assert executor.commits.most == MARK_BYTES
+    whole = Mark("worker-generator", executor.run_id, 0, ((0, 1), (2, 3), (4, 23)))
+    assert Mark.parse(consumer.commits[-1][TP][1]) == whole  # every range named again
+    assert consumer.refused == 2
 
 
 def test_a_commit_kafka_refuses_until_an_operator_acts_is_an_error_and_readyz_says_so(

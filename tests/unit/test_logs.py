@@ -153,6 +153,25 @@ def test_webhooks_answered_503_are_said_once_not_one_line_each(
     ]
 
 
+def test_logging_set_up_again_holds_back_nothing_it_saw_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each set-up added its filters to those of the one before (``dictConfig`` keeps a
+    logger's filters): the first one's ``Repeats`` held back a line the second had not seen
+    (a test after another that logged it failed, by the order the tests ran in)."""
+    said = "ingress could not produce request_id=%s: %s"
+    for run in ("first", "second"):
+        setup("info", "text")
+        logging.getLogger("streams.ingress").warning(said, run, "Kafka is not acknowledging")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [x.split(" WARNING ", 1)[1] for x in lines] == [
+        "streams.ingress ingress could not produce request_id=first: Kafka is not acknowledging",
+        "streams.ingress ingress could not produce request_id=second: Kafka is not acknowledging",
+    ]
+    filters = logging.getLogger("streams.ingress").filters
+    assert len([f for f in filters if isinstance(f, Repeats)]) == 1
+
+
 def test_a_repeated_line_comes_back_with_how_many_were_left_out() -> None:
     now = [100.0]
     repeats = Repeats(every_s=10.0, clock=lambda: now[0])

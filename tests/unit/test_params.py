@@ -937,8 +937,13 @@ def test_the_query_string_fills_what_the_body_lacks() -> None:
         (JSON, b"[1, 2]", 400, "body"),
         (JSON, b'"text"', 400, "body"),
         (JSON, b"  \n ", 422, "site"),
-        (JSON, b'{"site": NaN}', 400, "body"),
-        (JSON, b'{"a": 1e999}', 400, "body"),
+        # not JSON, at its path
+        (JSON, b'{"site": NaN}', 400, "site"),
+        (JSON, b'{"a": Infinity}', 400, "body"),
+        # valid JSON, a number beyond a double's range: the value's fault, at its path
+        (JSON, b'{"a": 1e999}', 422, "body"),
+        (JSON, b'{"usage_limit": -1e999}', 422, "usage_limit"),
+        (JSON, b'{"a": 1e999, "b": }', 400, "body"),  # broken JSON past it
         # valid JSON, an integer longer than Python reads: the value's fault, at its path (cut
         # to the contract's names: "a" is none)
         (JSON, b'{"a": ' + b"1" * 5000 + b"}", 422, "body"),
@@ -969,6 +974,51 @@ def test_status_codes(content_type: str, body: bytes, status: int, field: str) -
     assert status_of(caught.value) == status
     assert caught.value.errors[0].field == field
     assert caught.value.__context__ is None
+
+
+OUT_OF_RANGE = "holds a number out of range: beyond 1.8e+308 either way"
+NOT_JSON_CONSTANT = "holds NaN or Infinity, which are not JSON"
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "status", "message"),
+    [
+        ("1e999", "usage_limit", 422, OUT_OF_RANGE),
+        ("-1e999", "usage_limit", 422, OUT_OF_RANGE),
+        ('{"amount": 1e999}', "usage_limit.amount", 422, OUT_OF_RANGE),
+        ('{"amount": "3", "start_time": 2E+400}', "usage_limit.start_time", 422, OUT_OF_RANGE),
+        ("NaN", "usage_limit", 400, NOT_JSON_CONSTANT),
+        ('{"amount": Infinity}', "usage_limit.amount", 400, NOT_JSON_CONSTANT),
+        ('{"amount": -Infinity}', "usage_limit.amount", 400, NOT_JSON_CONSTANT),
+    ],
+)
+def test_a_number_json_cannot_hold_names_its_field(
+    value: str, field: str, status: int, message: str
+) -> None:
+    """A number beyond a double's range (valid JSON, read as infinity) and NaN or Infinity
+    (not JSON) were one 400 "body: not valid JSON", naming no field."""
+    body = json.dumps(seed(usage_limit="MARK")).replace('"MARK"', value).encode()
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(JSON, body)
+
+    assert status_of(caught.value) == status
+    assert [e.model_dump() for e in caught.value.errors] == [{"field": field, "message": message}]
+    assert caught.value.__context__ is None
+
+
+@pytest.mark.parametrize("part", ["extras", "payload"])
+def test_a_number_out_of_range_in_a_legacy_part_names_its_param(part: str) -> None:
+    inner = json.dumps(seed(openai__temperature="MARK")).replace('"MARK"', "1e999")
+    body = {"key": WEBHOOK_KEY, "site": "acme", "type": "t", part: inner}
+
+    with pytest.raises(ParamsError) as caught:
+        parse_request(FORM, urlencode(body).encode())
+
+    assert status_of(caught.value) == 422
+    assert [e.model_dump() for e in caught.value.errors] == [
+        {"field": "openai.temperature", "message": OUT_OF_RANGE}
+    ]
 
 
 def test_a_json_body_sent_as_a_form_is_told_its_content_type() -> None:

@@ -31,23 +31,40 @@ def sink() -> KafkaSink:
 
 
 def test_the_ingress_names_a_grown_changelog_as_the_topic_that_grew() -> None:
+    """It said the webhook "could be decided by a worker without its person's ledger state":
+    the worker's ledger now decides none of a partition of [requests] it holds without the
+    changelog's of the same number (``unpaired``), so the webhook waits, undecided."""
     said = sink().split(producer_seeing({REQUESTS: 8, CHANGELOG: 12}), REQUESTS)
     assert said == (
-        f"the ledger's {CHANGELOG} has 12 partitions but {REQUESTS} 8: a webhook could be "
-        "decided by a worker without its person's ledger state (partitions added to the "
-        f"ledger's changelog, which faust then assigns apart from {REQUESTS}; to change the "
-        "count, deploy under a new TALKSTREAM_APP_ID)"
+        f"the ledger's {CHANGELOG} has 12 partitions but {REQUESTS} 8: a webhook could wait "
+        f"in Kafka, undecided, on a worker that holds its partition of {REQUESTS} without its "
+        "person's ledger state (partitions added to the ledger's changelog, which faust then "
+        f"assigns apart from {REQUESTS}; to change the count, deploy under a new "
+        "TALKSTREAM_APP_ID)"
     )
 
 
-def test_the_ingress_still_names_grown_requests_as_before() -> None:
+def test_the_ingress_names_grown_requests_as_what_makes_a_webhook_wait() -> None:
+    """It said a webhook "could land where no ledger reads it": the ingress writes a person's
+    record to their partition among the count the topics were created with (``partition_of``),
+    which a ledger reads; but faust assigns the two topics apart, so it could wait, undecided.
+    A sink that maps keys over the partitions Kafka has now (none given) still says it could
+    land where no ledger reads it."""
     said = sink().split(producer_seeing({REQUESTS: 12, CHANGELOG: 8}), REQUESTS)
     assert said == (
+        f"{REQUESTS} has 12 partitions but the ledger's {CHANGELOG} 8: a webhook could wait in "
+        f"Kafka, undecided, on a worker that holds its partition of {REQUESTS} without its "
+        "person's ledger state (partitions added to a deployment's topics, which faust then "
+        "assigns apart from the ledger's changelog; to change the count, deploy under a new "
+        "TALKSTREAM_APP_ID)"
+    )
+    assert sink().split(producer_seeing({REQUESTS: 8, CHANGELOG: 8}), REQUESTS) is None
+    unmapped = KafkaSink({}, ledger_changelog=CHANGELOG)
+    assert unmapped.split(producer_seeing({REQUESTS: 12, CHANGELOG: 8}), REQUESTS) == (
         f"{REQUESTS} has 12 partitions but the ledger's {CHANGELOG} 8: a webhook could land "
         "where no ledger reads it (partitions added to a deployment's topics; to change the "
         "count, deploy under a new TALKSTREAM_APP_ID)"
     )
-    assert sink().split(producer_seeing({REQUESTS: 8, CHANGELOG: 8}), REQUESTS) is None
 
 
 def test_a_refused_start_says_why_a_grown_changelog_cannot_work() -> None:
@@ -59,8 +76,8 @@ def test_a_refused_start_says_why_a_grown_changelog_cannot_work() -> None:
         "tgrown-lifecycle, tgrown-requests), but partitions were added since to "
         "tgrown-ledger-changelog (10 partitions). The ledger's table is paired with [requests] "
         "partition by partition (by faust's assignor) only while their counts agree, so a "
-        "person's requests would be decided where their state is not, so every topic must "
-        "keep the count it was created with"
+        "person's requests could wait in Kafka, undecided, on a worker without their state, "
+        "so every topic must keep the count it was created with"
     ), said
 
 
