@@ -79,6 +79,9 @@ REPEATED: dict[str, frozenset[str]] = {
             # a commit that fails for as long as it lasts (``executors.NOT_COMMITTED``)
             "%s could not commit (%s): what it took since its last commit is read again, none "
             "of it called",
+            # the commit before a forward, for as long as it fails (``forwarding.NOT_UNMARKED``)
+            "%s could not commit its marks before forwarding (%s): the forwards are held, sent "
+            "once a commit no longer names them",
             # one Kafka refuses until an operator acts (``executors.REFUSED``)
             "%s could not commit (%s: %s): what it took since its last commit is read again, "
             "none of it called, until an operator acts; /readyz answers 503 meanwhile",

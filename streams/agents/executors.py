@@ -161,6 +161,7 @@ class Executor:
             work=work,
             called=self._called,
             unreported=self._unreported,
+            commits=self.commits,
             consumer=lambda: self.consumer,
         )
         scheduler.on_organization = self.forwarding.named  # its queued commands go at once

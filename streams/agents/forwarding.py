@@ -18,25 +18,34 @@ ledger keys it), never from its organisation's (two executors that knew a key in
 organisations would otherwise send it to and fro). With one worker owning every partition,
 nothing is forwarded.
 
-As a hand-back (``streams.agents.handover``), a forward counts once Kafka acknowledged it: the
-command is then no longer this run's to report (its marks do not tell it lost), and this run
-calls it only if it takes it where it went (``streams.agents.called``: a copy of it in its
-key's partition is not called).
+A forward is no longer this run's to report from the commit made before it is sent
+(:meth:`Forwarding.send`): the marks are committed without it first, and it is sent only once
+the last commit of its partition no longer names it. Counted only once Kafka acknowledged it,
+it stayed in the partition's last mark until the executor's loop committed again (up to half
+a second later): a worker that died meanwhile had the partition's next owner tell the ledger
+it was lost, and the ledger, its attempt current, re-issued it while the executor pacing the
+organisation called it. A crash before that commit leaves it named (never forwarded: told lost,
+re-issued, called once); one after it leaves it to the ledger's deadline (Kafka took the
+forward: called there, and reported; it did not: re-issued at its deadline); a commit that
+fails leaves it held, this run's to report, sent after the next. This run calls it only if it
+takes it where it went (``streams.agents.called``: a copy of it in its key's partition is not
+called).
 
 A command is called once, wherever its forward's fate is unknown. Only a forward the producer
 refused outright (its ``send`` raised: it never held the record, so Kafka never wrote it) is
-called here, as before the organisation was known. One whose delivery failed may be in the
-organisation's partition all the same (a leader that wrote it and stepped down before it
-acknowledged, then no leader until the producer gave up: the case ``streams.agents.called``
-describes for the ledger's commands): calling it here too had the executor there call it as
-well, two OpenAI calls billed for one request. It is held and forwarded again instead (the
-next :meth:`Forwarding.send`, the executor's loop's or its stop's), the same record to the same
-partition, until Kafka acknowledges it; the executor there calls the first copy it takes and
-not the next (``streams.agents.called``), and whoever owns the partition takes it, also if
-that executor is gone. Until then it stays this run's to report: a run that ends first (a
-crash, a stop while Kafka still fails) leaves it in its marks, told lost by the partition's
+called here, as before the organisation was known, and is this run's to report again. One whose
+delivery failed may be in the organisation's partition all the same (a leader that wrote it and
+stepped down before it acknowledged, then no leader until the producer gave up: the case
+``streams.agents.called`` describes for the ledger's commands): calling it here too had the
+executor there call it as well, two OpenAI calls billed for one request. It is held and
+forwarded again instead (the next :meth:`Forwarding.send`, the executor's loop's or its
+stop's), the same record to the same partition, until Kafka acknowledges it; the executor there
+calls the first copy it takes and not the next (``streams.agents.called``), and whoever owns
+the partition takes it, also if that executor is gone. Until then it is this run's to report
+again (from the next commit; it is taken out once more before each send): a run that ends first
+(a crash, a stop while Kafka still fails) leaves it in its marks, told lost by the partition's
 next owner, and re-issued (the copy Kafka may hold is then called too: the one case left with
-two calls).
+two calls). One sent again and acknowledged before a crash is named lost by no mark.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.agents.called import Called
+from streams.agents.commits import Commits
 from streams.agents.marks import Unreported
 from streams.agents.outputs import target_key
 from streams.agents.work import Work
@@ -62,6 +72,12 @@ log = logging.getLogger("streams.agents.executors")  # the executors' lines
 
 _PARTITIONER = DefaultPartitioner()
 SUMMARY_SECONDS = 60.0  # the forwards are said in one INFO line at most this often
+# the commit before a send failed: the forwards wait (in a lasting failure, one line a send:
+# ``streams.logs.REPEATED``)
+NOT_UNMARKED = (
+    "%s could not commit its marks before forwarding (%s): the forwards are held, sent once a "
+    "commit no longer names them"
+)
 
 
 def organization_partition(organization: str, partitions: Collection[int]) -> int:
@@ -102,6 +118,7 @@ class Forwarding:
         work: Work[Any],
         called: Called,
         unreported: Unreported,
+        commits: Commits,
         consumer: Callable[[], AIOKafkaConsumer | None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -111,6 +128,7 @@ class Forwarding:
         self._work = work
         self._called = called  # the executor's: the commands this run took lately
         self._unreported = unreported  # the executor's: what this run took and did not report
+        self._commits = commits  # the executor's: its partitions' marks, committed before a send
         self._consumer = consumer  # the executor's (None before its run)
         self._held: list[tuple[Job[Any], str, TopicPartition]] = []
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
@@ -201,37 +219,73 @@ class Forwarding:
 
     async def send(self) -> None:
         """The held commands sent to their organisation's partition, keyed by it, and
-        acknowledged: each is no longer this run's to report. One the producer refused (it
-        never held it) is queued here instead; one whose delivery failed (Kafka may hold it)
-        is held again, to be sent again, never called here (see the module doc)."""
+        acknowledged, each once the last commit of its partition no longer names it (the
+        commit of the marks is made first, :meth:`_unmarked`; one still named is held). One
+        the producer refused (it never held it) is queued here instead, and one whose delivery
+        failed (Kafka may hold it) is held again, to be sent again, never called here (see the
+        module doc): either is this run's to report again."""
         if not self._held:
             return
         held, self._held = self._held, []
+        # not this run's to report from here: the marks committed now no longer name them
+        settled = [(entry, self._unreported.reported(entry[0].key, entry[0].attempt))
+                   for entry in held]  # fmt: skip
+        await self._unmarked()
         deliveries, unsent = [], []
         topic = self._topics.generate
-        for job, organization, to in held:
+        for (job, organization, to), taken in settled:
+            if self._named(taken):  # a crash would have it told lost: not sent yet
+                self._unreported.restore(job.key, taken)
+                self._held.append((job, organization, to))
+                continue
             try:
                 delivery = await topic.send(key=organization.encode(), value=job.record[1])
             except Exception as exc:  # not held by the producer: surely not written
                 _not_forwarded(exc, self._name, job.key)
+                self._unreported.restore(job.key, taken)  # called here: this run's to report
                 unsent.append(job)
                 continue
-            deliveries.append((job, organization, to, delivery))
-        for job, organization, to, delivery in deliveries:
+            deliveries.append((job, organization, to, taken, delivery))
+        for job, organization, to, taken, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:  # perhaps written: forwarded again, not called here
                 _not_forwarded(exc, self._name, job.key, again=True)
+                self._unreported.restore(job.key, taken)  # (told lost if the run ends first)
                 self._held.append((job, organization, to))
                 continue
             self._called.forwarded(job.key, job.attempt, to)  # called where it went
-            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
             log.debug("%s forwarded request_id=%s attempt=%s to partition %s, organization=%s's",
                       self._name, job.key, job.attempt, to.partition, organization)  # fmt: skip
             self._sent[(organization, to.partition)] += 1
         self.summarise()
         for job in unsent:  # never written: called here, as before it knew the organisation
             self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
+
+    async def _unmarked(self) -> None:
+        """The marks that changed since their last commit (the held forwards' offsets out of
+        them) committed before any forward is sent. Once Kafka acknowledged a forward, a mark
+        still naming it (the executor's loop commits the next a batch later, up to half a
+        second) had a crash meanwhile leave the partition's next owner telling the ledger it
+        was lost, and the ledger, its attempt current, re-issued it while it was called at the
+        organisation's executor: one OpenAI call made twice, billed twice. A commit that fails
+        leaves them held (:meth:`_named`), sent after the next that passes."""
+        try:
+            await self._commits.commit(self._consumer(), self._commits.marks({}, {}))
+        except Exception as exc:
+            log.warning(NOT_UNMARKED, self._name, type(exc).__name__)
+
+    def _named(self, taken: list[tuple[TopicPartition, int, int]]) -> bool:
+        """Whether the last commit of a partition names lost an offset of ``taken`` (its
+        commit failed, or the partition is not committed while a range a previous run lost is
+        read again): a forward sent now would be told lost if this run ended. (A partition
+        given up since is its hand-over's mark's, which lists this run's calls of it as running
+        here, as before.)"""
+        for tp, offset, _ in taken:
+            mark = self._commits.marked.get(tp)
+            if mark is not None and mark.lost(offset):
+                return True
+        return False
 
 
 def _not_forwarded(exc: Exception, name: str, request_id: str, *, again: bool = False) -> None:

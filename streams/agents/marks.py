@@ -70,9 +70,9 @@ class Mark:
         oldest offset not reported and no offset as lost). What it leaves out is not told
         lost but re-issued by the ledger at its deadline, as before the marks; nothing it keeps
         says more than the whole mark did (it never names an offset lost that was not, as a
-        mark naming only the oldest would: a forwarded command, reported here, re-issued while
-        called elsewhere; no executor writes one now). At its least (instance, run and
-        oldest), a mark may exceed ``most``."""
+        mark naming only the oldest would: a forwarded command, taken out of the marks before
+        it is sent, re-issued while called elsewhere; no executor writes one now). At its
+        least (instance, run and oldest), a mark may exceed ``most``."""
         mark = self
         while mark.running and len(mark.encode()) > most:
             mark = dataclasses.replace(mark, running=mark.running[1:])
@@ -144,15 +144,28 @@ class Unreported:
             offsets[offset] = None
         self._requests.setdefault(request_id, []).append((tp, offset, attempt))
 
-    def reported(self, request_id: str, attempt: int) -> None:
-        later = []
+    def reported(self, request_id: str, attempt: int) -> list[tuple[TopicPartition, int, int]]:
+        """``request_id``'s ``attempt`` (and its earlier attempts taken here) no longer this
+        run's to report; returns what it settles (partition, offset, attempt) of the partitions
+        this run still holds, to :meth:`restore` if it is this run's to report again."""
+        later, settled = [], []
         for tp, offset, taken_attempt in self._requests.pop(request_id, []):
             if taken_attempt > attempt:
                 later.append((tp, offset, taken_attempt))
-            else:
-                self._offsets.get(tp, {}).pop(offset, None)
+                continue
+            offsets = self._offsets.get(tp, {})
+            if offset in offsets:  # (not of a partition given up since)
+                del offsets[offset]
+                settled.append((tp, offset, taken_attempt))
         if later:
             self._requests[request_id] = later
+        return settled
+
+    def restore(self, request_id: str, settled: list[tuple[TopicPartition, int, int]]) -> None:
+        """What :meth:`reported` settled of ``request_id`` this run's to report again (a forward
+        not sent)."""
+        for tp, offset, attempt in settled:
+            self.took(tp, offset, request_id, attempt)
 
     def oldest(self, tp: TopicPartition, otherwise: int) -> int:
         offsets = self._offsets.get(tp)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+from aiokafka.errors import CommitFailedError, KafkaTimeoutError, NotLeaderForPartitionError
 
 from models.events import GenerateText
 from streams.agents.executors import Executor, ExecutorConfig
@@ -26,6 +26,8 @@ from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Scheduler
 from tests.unit.domain_builders import Ledger, received
+from tests.unit.test_executor_marks import Marked, Requests
+from tests.unit.test_executor_marks import generator as marks_generator
 
 ORG = "org-agency"
 KEY_ID = "key-fp"  # the OpenAI key's fingerprint: the ledger's record key of its commands
@@ -292,6 +294,103 @@ async def test_commands_queued_before_an_answer_named_the_organisation_are_forwa
     await g.executor.forwarding.send()  # the loop's, after each batch
     assert g.generate.sent == [(ORG.encode(), value) for value in blast[1:]]
     assert g.scheduler.queued == 0 and g.executor._unreported.ranges(KEY_TP) == ()
+
+
+class Watched(Topic):
+    """[generate] as an executor forwards to it, noting for each forward what the last commit
+    of the key's partition named lost when it was sent (``consumer``'s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.consumer: Consumer | None = None
+        self.named: list[list[int]] = []  # at each send, the offsets the last mark named lost
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        assert self.consumer is not None
+        self.named.append(lost_in(self.consumer.commits[-1][KEY_TP][1]))
+        return await super().send(key=key, value=value)
+
+
+def lost_in(metadata: str, offsets: range = range(8)) -> list[int]:
+    """The offsets a commit's mark names lost (of the first few)."""
+    mark = Mark.parse(metadata)
+    assert mark is not None
+    return [offset for offset in offsets if mark.lost(offset)]
+
+
+async def test_a_forward_kafka_acknowledged_is_told_lost_by_no_mark_a_crash_leaves() -> None:
+    """A forward counted once Kafka acknowledged it, but the mark still naming it was
+    committed again only at the executor's next loop (up to half a second): a worker that
+    died meanwhile left it to the partition's next owner, who told the ledger it was lost,
+    and the ledger, its attempt current, re-issued it while the organisation's executor called
+    it: one OpenAI call made twice, billed twice. The marks are now committed without it
+    before it is sent: a crash before then names it (told lost: never forwarded, called once
+    when re-issued), and none after."""
+    generate = Watched()
+    g = generator(KEY_TP, generate=generate)
+    generate.consumer = g.consumer
+    await learned(g)
+    person = Ledger()
+    [issued] = person.send(received("a")).commands  # its ledger: generating, attempt 1
+    a = encode(issued.model_copy(update={"openai_key_id": KEY_ID}))
+    record = SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=1,
+                             key=KEY_ID.encode(), value=a)  # fmt: skip
+    await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]
+    assert g.generate.sent == [(ORG.encode(), a)], "forwarded, acknowledged"
+
+    # the worker dies now, before its loop's next commit: the partition's next owner
+    at, metadata = g.consumer.commits[-1][KEY_TP]
+    mark = Mark.parse(metadata)
+    assert mark is not None
+    requests = Requests()
+    owner = marks_generator(requests)
+    owner.consumer = Marked({KEY_TP: (at, mark)})  # type: ignore[assignment]
+    await owner.handover.recover(owner.consumer, {KEY_TP})
+    batch = {KEY_TP: [SimpleNamespace(offset=0, value=command("first")),
+                      SimpleNamespace(offset=1, value=a)]}  # fmt: skip
+    await owner.lost.past_lost(batch)
+    for lost in requests.sent:  # its ledger, its attempt 1 called at the organisation's
+        assert person.send(lost).commands == [], "re-issued while called there"
+    assert requests.sent == []
+    taken, unmarked = g.consumer.commits[-2:]  # the batch's commit, then the forward's
+    assert lost_in(taken[KEY_TP][1]) == [1], "taken: named lost until forwarded"
+    assert lost_in(unmarked[KEY_TP][1]) == [] and generate.named == [[]], "sent after it"
+
+
+async def test_a_forward_waits_for_a_commit_of_the_marks_without_it() -> None:
+    """The commit before a forward fails (a rebalance, the coordinator moving): the last mark
+    still names it, so it is not sent, and stays this run's to report (a crash tells it lost:
+    never forwarded); the next send, its commit passed, forwards it."""
+    g = generator(KEY_TP)
+    await learned(g)
+    a = command("a")
+    record = SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=1,
+                             key=KEY_ID.encode(), value=a)  # fmt: skip
+
+    async def later() -> None:  # (the loop's send, below)
+        return None
+
+    forwarding = g.executor.forwarding
+    forwarding.send = later  # type: ignore[method-assign]
+    await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]
+    del forwarding.send
+    commit = g.consumer.commit
+
+    async def refused(offsets: Any) -> None:
+        raise CommitFailedError("rebalancing")
+
+    g.consumer.commit = refused  # type: ignore[method-assign]
+    await forwarding.send()
+    assert g.generate.sent == [] and forwarding.held == 1
+    assert g.executor._unreported.ranges(KEY_TP) == ((1, 2),)
+    assert lost_in(g.consumer.commits[-1][KEY_TP][1]) == [1]
+    g.consumer.commit = commit  # type: ignore[method-assign]
+    await forwarding.send()
+    assert g.generate.sent == [(ORG.encode(), a)] and forwarding.held == 0
+    assert g.executor._unreported.ranges(KEY_TP) == ()
+    assert lost_in(g.consumer.commits[-1][KEY_TP][1]) == []
+    await calls(g)
+    assert g.work.called == ["first"]
 
 
 async def test_a_forward_the_producer_refuses_is_called_here(
