@@ -397,8 +397,9 @@ class _BrokerWatch:
             gone = f"exited with {exited}"
         self.down = True
         self._say(
-            f"kafka {gone} (see {self.broker.log_file}); webhooks are answered 503 until it "
-            "runs again (talkstream kafka start)"
+            f"kafka {gone} (see {self.broker.log_file}); webhooks wait for it, answered 503 "
+            "once one has waited KAFKA_STALL_SECONDS, until it runs again (talkstream kafka "
+            "start)"
         )
 
     def _runs(self) -> bool:

@@ -895,8 +895,8 @@ def test_dev_says_once_that_its_broker_exited_and_runs_on(
         worker.wait()
     said = capsys.readouterr().err.splitlines()
     gone = (
-        f"(see {tmp_path / 'kafka.log'}); webhooks are answered 503 until it runs again "
-        "(talkstream kafka start)"
+        f"(see {tmp_path / 'kafka.log'}); webhooks wait for it, answered 503 once one has "
+        "waited KAFKA_STALL_SECONDS, until it runs again (talkstream kafka start)"
     )
     assert code == 1 and broker.asked == 1
     assert said == [
