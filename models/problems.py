@@ -12,4 +12,5 @@ class Problem(StrEnum):
     TOO_LARGE = "too_large"  # over the body limit
     TOO_SLOW = "too_slow"  # the body did not arrive in time
     UNSUPPORTED = "unsupported"  # neither JSON nor form data, or a form not in UTF-8
+    UNIMPLEMENTED = "unimplemented"  # sent in a transfer coding other than chunked
     INVALID = "invalid"  # readable, but the params break the contract

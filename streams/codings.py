@@ -19,6 +19,9 @@ clients send the bare RFC 1951 stream). What it refuses:
   aiohttp's ``client_max_size`` answered a decoded body over it;
 - any other coding: 415 (``streams.refusals.CODINGS``). ``br`` and ``zstd``, which aiohttp
   decoded only with libraries talkstream does not install, are among them.
+
+A transfer coding (``Transfer-Encoding``) but ``chunked``, which aiohttp leaves undecoded, is
+a 501 (``streams.refusals.TRANSFER_CODINGS``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Final
 
 from models.params import FieldError, ParamsError
 from models.problems import Problem
-from streams.refusals import CODINGS, UNDECODABLE
+from streams.refusals import CODINGS, TRANSFER_CODINGS, UNDECODABLE
 
 # the codings a body may arrive in; any other (or two) is refused
 PLAIN: Final = frozenset({"", "identity"})
@@ -54,6 +57,17 @@ def refuse_unknown(coding: str) -> None:
     if coding not in PLAIN and coding not in DECODED:
         _, field, message = CODINGS
         raise ParamsError(Problem.UNSUPPORTED, [FieldError(field=field, message=message)])
+
+
+def refuse_transfer(lines: list[str]) -> None:
+    """A transfer coding but ``chunked`` (``Transfer-Encoding: gzip, chunked``): 501, before
+    the body is read. aiohttp's parser refuses a list whose last coding is not ``chunked``
+    (400); one that ends in it, it reads as chunked, and the codings before it were ignored:
+    a body sent so was read as if it had none."""
+    codings = [coding.strip().lower() for line in lines for coding in line.split(",")]
+    if [coding for coding in codings if coding] not in ([], ["chunked"]):
+        _, field, message = TRANSFER_CODINGS
+        raise ParamsError(Problem.UNIMPLEMENTED, [FieldError(field=field, message=message)])
 
 
 def decoded(coding: str, body: bytes, limit: int) -> bytes:

@@ -57,7 +57,7 @@ from models.problems import Problem
 from models.signature import SIGNATURE_HEADER, verify_signature
 from streams import logs
 from streams.codecs import encode
-from streams.codings import coding_of, decoded, refuse_unknown
+from streams.codings import coding_of, decoded, refuse_transfer, refuse_unknown
 from streams.errors import BrokerUnavailable, PartitionsAdded, RecordTooLarge
 from streams.kafka_options import IdempotentProducer
 from streams.refusals import EXPECTATION, RAW_BODIES, REFUSED, refusal, refusals
@@ -94,6 +94,7 @@ HTTP_STATUS: dict[Problem, int] = {
     Problem.TOO_LARGE: 413,
     Problem.UNSUPPORTED: 415,
     Problem.INVALID: 422,
+    Problem.UNIMPLEMENTED: 501,
 }
 
 
@@ -533,6 +534,8 @@ def build_ingress(
         coding = coding_of(request.headers.getall(hdrs.CONTENT_ENCODING, []))
         try:
             refuse_unknown(coding)  # read as it came, it was "not valid JSON"
+            # ``gzip, chunked``: read as chunked alone, a plain body was taken
+            refuse_transfer(request.headers.getall(hdrs.TRANSFER_ENCODING, []))
             sent = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )

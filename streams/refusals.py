@@ -78,6 +78,17 @@ CODINGS: Refusal = (
     "not supported; send the body uncompressed, or as gzip or deflate",
 )
 
+# a transfer coding other than chunked (RFC 9112 6.1: a server that does not understand one
+# answers 501). aiohttp reads a body whose last coding is chunked (``gzip, chunked``) as
+# chunked, the codings before it ignored, and hands it on so; one whose last coding is not
+# chunked its parser refuses (400, RFC 9112 6.3: its length cannot be told)
+TRANSFER_CODINGS: Refusal = (
+    501,
+    "transfer-encoding",
+    "not implemented; send the body as is (Content-Length) or chunked, with no other transfer "
+    "coding (compress it with Content-Encoding instead)",
+)
+
 # a body that does not decode as its Content-Encoding says (aiohttp's parser; the ingress's
 # own decoder, ``streams.codings``)
 UNDECODABLE: Refusal = (400, "body", "cannot be decoded as its Content-Encoding says")

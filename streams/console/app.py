@@ -112,6 +112,7 @@ def build_console(
         in_flight=lambda request: clocks.in_flight_ms(request, now_ms()),
         n=_count,
         email_parts=_email_parts,
+        id_parts=_id_parts,
     )
     app[pages.TEMPLATES] = environment
     app[pages.DATABASE] = database
@@ -234,6 +235,7 @@ def _count(value: int | float | None) -> str:
 
 
 _EMAIL_BREAKS = re.compile(r"(?=[@.+])")
+_ID_BREAKS = re.compile(r"(?<=~)|(?=/)")  # after a "~", before a "/"
 
 
 def _email_parts(email: str) -> list[str]:
@@ -244,6 +246,14 @@ def _email_parts(email: str) -> list[str]:
     column still breaks where it must (``overflow-wrap: anywhere``) rather than widen the
     page."""
     return [part for part in _EMAIL_BREAKS.split(email) if part]
+
+
+def _id_parts(request_id: str) -> list[str]:
+    """A request id cut after each "~" and before each "/" (``pub-3~`` / ``pub-3`` / ``/d2``,
+    a re-sent request's ``<id>~<delivery>``): the template ``_rid.html`` joins the parts with
+    ``<wbr>``, each part kept whole (``white-space: nowrap``), so a long id breaks there, never
+    at a hyphen inside one (``pub-`` over ``3~pub-`` over ``3/d2``)."""
+    return [part for part in _ID_BREAKS.split(request_id) if part]
 
 
 def _time(ms: int | None, precise: bool = True) -> str:

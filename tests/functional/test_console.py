@@ -45,6 +45,7 @@ from streams.console.log import (
     content_of,
 )
 from streams.console.pacing import Pacing, parse
+from streams.console.pages import TEMPLATES
 from streams.console.queries import ConsoleQueries, Filters
 from streams.console.views import SERVICES
 from streams.errors import BrokerUnavailable
@@ -1030,13 +1031,14 @@ async def test_a_letter_links_to_the_request_of_its_id_it_was_written_of(
     confirm = await signed_in.post("/deadletters/redrive", {"id": "twice-1", "csrf": csrf})
     done = await confirm.text()
     assert 'id="redriven-count">1<' in done
-    assert f'href="/request?id=twice-1&amp;at={again.at_ms}">twice-1</a>' in done
+    whole = '<span class="whole">twice-1</span></a>'  # an id breaks only at "~" and "/"
+    assert f'href="/request?id=twice-1&amp;at={again.at_ms}">{whole}' in done
 
     # a redrive of the earlier request's letter (as a report says it: a letter's time) names
     # that request, as it was
     signed_in.log.letters_ = [older]
     confirm = await signed_in.post("/deadletters/redrive", {"id": "twice-1", "csrf": csrf})
-    assert f'href="/request?id=twice-1&amp;at={first.at_ms}">twice-1</a>' in await confirm.text()
+    assert f'href="/request?id=twice-1&amp;at={first.at_ms}">{whole}' in await confirm.text()
 
 
 async def test_a_duplicate_links_to_the_request_it_repeated(
@@ -1612,6 +1614,22 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     assert preview.status == 200 and 'id="would-count">1<' in await preview.text()
     [(selection, dry_run)] = signed_in.log.redrives
     assert dry_run and selection.topic == "functest-completions"
+
+
+async def test_a_whole_request_id_breaks_only_after_its_tilde_or_before_its_slash(
+    signed_in: Console,
+):
+    """A request id (listed, in a redrive's preview, in what it redrove) broke at its hyphens:
+    ``pub-`` over ``3~pub-`` over ``3/d2``. Its parts are kept whole, a ``<wbr>`` between."""
+    templates = signed_in.client.app[TEMPLATES]
+    shown = templates.from_string('{% from "_rid.html" import rid %}{{ rid(given) }}').render(
+        given="pub-3~pub-3/d2<b>"
+    )
+
+    assert shown == (
+        '<span class="whole">pub-3~</span><wbr><span class="whole">pub-3</span><wbr>'
+        '<span class="whole">/d2&lt;b&gt;</span>'
+    )
 
 
 async def test_redrive_previews_with_a_dry_run_then_redrives_what_it_showed(signed_in: Console):

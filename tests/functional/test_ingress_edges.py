@@ -24,7 +24,7 @@ from models.params import MESSAGES_SHAPE
 from models.values import INVISIBLE_RULE, SITE_SLUG_RULE
 from streams.codings import cut_short
 from streams.ingress import PATH, SLASHED, AccessLogger, build_ingress
-from streams.refusals import CODINGS
+from streams.refusals import CODINGS, TRANSFER_CODINGS
 from tests.functional.conftest import (
     FORM,
     JSON,
@@ -581,3 +581,54 @@ async def test_a_path_not_served_is_a_404_counted_as_refused(ingress: Ingress) -
     assert 'talkstream_ingress_refused_total{status="404"} 4.0' in metrics
     assert 'talkstream_ingress_refused_total{status="405"} 1.0' in metrics
     assert "talkstream_ingress_requests_total{" not in metrics  # no webhook was answered
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(["gzip, chunked"], id="gzip then chunked"),
+        pytest.param(["deflate, chunked"], id="deflate then chunked"),
+        pytest.param(["x-foo, chunked"], id="an unknown coding then chunked"),
+    ],
+)
+async def test_a_transfer_coding_other_than_chunked_is_a_501(
+    ingress: Ingress, lines: list[str]
+) -> None:
+    """aiohttp reads a body whose last transfer coding is ``chunked`` as chunked, and passed
+    it on with the codings before it ignored: a plain body sent as ``gzip, chunked`` was taken
+    (202). A transfer coding the server does not implement is a 501 (RFC 9112 6.1), before the
+    body is read, and counted."""
+    body = json.dumps(seed_params()).encode()
+    header = "".join(f"Transfer-Encoding: {line}\r\n" for line in lines)
+
+    raw = await sent_until_closed(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{header}"
+        f"Connection: close\r\n\r\n{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n",
+    )
+
+    assert raw.startswith(b"HTTP/1.1 501 "), raw[:2000]
+    _, _, answered = raw.partition(b"\r\n\r\n")
+    assert json.loads(answered) == {
+        "errors": [{"field": "transfer-encoding", "message": TRANSFER_CODINGS[2]}]
+    }
+    assert ingress.sink.produced == []
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert 'talkstream_ingress_requests_total{outcome="501"} 1.0' in metrics
+
+
+async def test_a_chunked_body_alone_is_taken(ingress: Ingress) -> None:
+    body = json.dumps(seed_params()).encode()
+
+    raw = await sent_until_closed(
+        ingress.client.server,
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: Chunked\r\nConnection: close\r\n\r\n{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n",
+    )
+
+    assert raw.startswith(b"HTTP/1.1 202 "), raw[:2000]
+    assert len(ingress.sink.produced) == 1

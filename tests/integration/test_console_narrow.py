@@ -180,6 +180,69 @@ async def test_a_number_stays_on_one_line(
     assert wrapped == {}
 
 
+# each request id a line break cuts elsewhere than after a "~" or before a "/", "|" there
+BROKEN_ID = """
+    const broken = [];
+    for (const link of document.querySelectorAll(arguments[0])) {
+      const walk = document.createTreeWalker(link, NodeFilter.SHOW_TEXT);
+      let text = '', bad = false, top = null, last = '';
+      for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        for (let i = 0; i < node.length; i++) {
+          const range = document.createRange();
+          range.setStart(node, i);
+          range.setEnd(node, i + 1);
+          const at = Math.round(range.getClientRects()[0].top);
+          if (top !== null && at !== top) {
+            text += '|';
+            bad = bad || !(last === '~' || node.data[i] === '/');
+          }
+          top = at;
+          last = node.data[i];
+          text += last;
+        }
+      }
+      if (bad) broken.push(text);
+    }
+    return broken;
+"""
+
+
+@pytest.mark.parametrize("width", [400, 1280])
+async def test_a_listed_request_id_breaks_only_after_its_tilde_or_before_its_slash(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """A request id broke at its hyphens to fit the table's narrow first column: a re-sent
+    request's "pub-3~pub-3/d2" read "pub-" over "3~pub-" over "3/d2", at 1280 px as at 400 px.
+    It breaks after its "~" or before its "/" only, and at 400 px, where the table scrolls in
+    its own box, not at all. (Listed ids are cut to 18 characters and an ellipsis; the
+    screenshots go to the test's folder.)"""
+    paths = ["/requests", "/person?site=acme&email=ada@example.com", "/deadletters"]
+
+    def ids_broken(base: str) -> dict[str, list[str]]:
+        signed_in(browser, base, width)
+        found = {}
+        for path in paths:
+            browser.get(base + path)
+            assert browser.find_elements(By.CSS_SELECTOR, "table.grid a.rid"), path
+            browser.save_screenshot(str(tmp_path / f"ids-{width}-{path[1:].split('?')[0]}.png"))
+            broken = browser.execute_script(BROKEN_ID, "table.grid a.rid")
+            if broken:
+                found[path] = broken
+        if width < 900:  # the table scrolls in its own box: an id is one line
+            found |= {
+                f"{path} (more than one line)": ids
+                for path, ids in cells_on_more_than_one_line(
+                    browser, base, width, paths, "table.grid a.rid", 19
+                ).items()
+            }
+        return found
+
+    broken = await measured(tmp_path, ids_broken)
+    assert broken == {}
+
+
 def tall_rows(chrome: webdriver.Chrome, base: str, width: int) -> dict[str, list[int]]:
     """Each page's table rows taller than half the window (800 px): text squeezed into a
     column a few letters wide."""
