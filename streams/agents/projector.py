@@ -9,8 +9,9 @@ the last batch read from it, all of whose records may have been dead-lettered), 
 the projection holds nothing of from its earliest offset: so nothing is skipped, a new or
 emptied database is filled from the log, and a record read twice is not applied twice (the
 store keeps the source offset of every row). The group's committed offsets are never where it
-starts: they say what some database took, not necessarily this one; where it starts is
-committed then, so the group's lag says what its database lacks. A record that does not
+starts: they say what some database took, not necessarily this one; where it has read to is
+committed with each batch, and once nothing came for a few seconds, so the group's lag says
+what its database lacks. A record that does not
 decode is recorded as read only once Kafka acknowledged its dead letter: if Kafka did not take
 the letter, the batch takes its partition up to that record, and reads it again from there.
 
@@ -92,6 +93,9 @@ BATCH = 500
 # server that hangs, or a network that drops everything, leaves it waiting with no error
 DATABASE_SILENCE_SECONDS = 10.0
 WITHIN_SECONDS = 0.2
+# nothing read for this long: where each partition was read to is committed, if the group's
+# commit is not known to say it (``Projector._commit_idle``)
+IDLE_COMMIT_SECONDS = 5.0
 # a write (or migration) the database refused is tried again after the first pause, doubled at
 # each failure in a row up to the last: a database back is written to within that (the first
 # tries come soon, and a long outage costs one try every few seconds, each an ERROR line)
@@ -144,6 +148,9 @@ class Projector:
         # the next offset recorded in the database by this projector's last batch of each
         # partition since it was sought: the database holding less went back under it
         self.recorded: dict[TopicPartition, int] = {}
+        # the next offset of each partition this projector committed for its group since it
+        # was sought (``_commit_idle`` commits where the group's is not known to be this)
+        self._committed: dict[TopicPartition, int] = {}
         self.database_error: str | None = None  # why its database takes nothing now
         self._statistics_due = 0.0  # when its database's statistics are checked next
         # the database it writes, as its group's members say it (projector_group.py): what
@@ -252,6 +259,8 @@ class Projector:
                 )
                 if taken:
                     await self._project(consumer, taken)
+                else:
+                    await self._commit_idle(consumer)
             self.database_error = self.refused
             if self.refused != self._said:
                 log.error("projector refused: %s", self.refused)
@@ -335,6 +344,8 @@ class Projector:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took them: the owner resumes from the SQL rows
             log.info("projector could not commit a batch (%s)", type(exc).__name__)
+        else:
+            self._committed.update(offsets)
         if again:  # (not sent again without pause)
             await asyncio.sleep(LETTER_AGAIN_SECONDS)
 
@@ -386,6 +397,7 @@ class Projector:
             return
         for tp in assigned:  # what it recorded before says nothing of where it reads now
             self.recorded.pop(tp, None)
+            self._committed.pop(tp, None)
         # aiokafka fetches a partition once it is assigned, while this runs, and hands out
         # what it fetched: paused, nothing of them is taken before they are sought (a record
         # taken from the group's commit and then read again from the seek was projected, or
@@ -484,12 +496,12 @@ class Projector:
             )
             return
         fresh = [tp for tp, mark in marks.items() if mark is None]
-        sought = await self._from_earliest(consumer, fresh) if fresh else {}
+        if fresh:
+            await self._from_earliest(consumer, fresh)
         for tp, mark in marks.items():
             if mark is not None:
                 consumer.seek(tp, mark)
-                self.applied[tp] = sought[tp] = mark
-        await self._commit_marks(consumer, sought)
+                self.applied[tp] = mark
         if not holds:
             log.info("projection empty: filling from the earliest offsets of %s", self.config.topic)
             return
@@ -503,22 +515,29 @@ class Projector:
             ),
         )
 
-    async def _commit_marks(
-        self, consumer: AIOKafkaConsumer, marks: dict[TopicPartition, int]
-    ) -> None:
-        """The group's committed offsets set to where the projection has read to (the
-        earliest offset of a partition it holds nothing of): a batch written whose commit a
-        rebalance refused (its partitions given to another member), or a projection filled
-        under another group, left the group's lag naming records the projection holds until
-        the partition's next record was projected, a quiet partition's for good (a lag alert
-        that never clears); a new or emptied database under the group's commits at the ends of
-        the topic showed no lag while it was filled from the log."""
-        if not marks:
+    async def _commit_idle(self, consumer: AIOKafkaConsumer) -> None:
+        """Nothing to read for ``IDLE_COMMIT_SECONDS``: where each partition was read to
+        committed, where the group's commit is not known to say it (it commits with each
+        batch, and nothing of a partition sought since). A batch written whose commit a
+        rebalance refused (its partitions given to another member) left the group's lag
+        naming records the projection holds, on a partition with nothing more to read for
+        good (a lag alert that never clears; a bench's two workers waited 120 s for it). Not
+        committed at the resume itself: the rebalance listener runs before the group's other
+        members have their assignment, and a commit then is refused as a rebalance in
+        progress, which has aiokafka rejoin: each member's rejoin rebalanced the group again."""
+        due = {
+            tp: at
+            for tp, at in self.applied.items()
+            if self._committed.get(tp) != at and tp in consumer.assignment()
+        }
+        if not due:
             return
         try:
-            await consumer.commit(marks)
-        except KafkaError as exc:  # another rebalance took them: their owner commits its own
-            log.info("projector could not commit where it resumes (%s)", type(exc).__name__)
+            await consumer.commit(due)
+        except KafkaError as exc:  # a rebalance took them: their owner commits its own
+            log.info("projector could not commit where it has read to (%s)", type(exc).__name__)
+            return
+        self._committed.update(due)
 
     def _marks(
         self, assigned: set[TopicPartition]
@@ -529,9 +548,7 @@ class Projector:
         )
         return marks, holds
 
-    async def _from_earliest(
-        self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    async def _from_earliest(self, consumer: AIOKafkaConsumer, fresh: list[TopicPartition]) -> None:
         try:
             starts = await consumer.beginning_offsets(fresh)
         except KafkaError as exc:  # from 0: out of range, the consumer resets to the earliest
@@ -540,7 +557,6 @@ class Projector:
         for tp in fresh:
             consumer.seek(tp, starts[tp])
             self.applied[tp] = starts[tp]
-        return {tp: starts[tp] for tp in fresh}
 
     async def _until_done(
         self, what: str, work: Callable[[], object], *, migrate_first: bool = True
@@ -594,6 +610,7 @@ class Projector:
         for tp in revoked:
             self.applied.pop(tp, None)
             self.recorded.pop(tp, None)
+            self._committed.pop(tp, None)
 
 
 async def _take(
@@ -601,10 +618,12 @@ async def _take(
 ) -> dict[TopicPartition, list[Any]]:
     """Up to ``BATCH`` records, gathered for at most ``WITHIN_SECONDS`` after the first: one
     transaction and one commit per batch, not per fetch (a commit is a round trip to the
-    broker, a transaction a sync to disk); nothing once ``stopped``."""
+    broker, a transaction a sync to disk); nothing once ``stopped``, or once nothing came for
+    ``IDLE_COMMIT_SECONDS``."""
     loop = asyncio.get_running_loop()
     taken: dict[TopicPartition, list[Any]] = {}
     count, deadline = 0, loop.time() + WITHIN_SECONDS
+    idle_until = loop.time() + IDLE_COMMIT_SECONDS
     while count < BATCH and not stopped():
         left = deadline - loop.time()
         if left <= 0:
@@ -613,7 +632,9 @@ async def _take(
         for tp, records in fetched.items():
             taken.setdefault(tp, []).extend(records)
             count += len(records)
-        if not count:  # nothing yet: a fresh window
+        if not count:  # nothing yet: a fresh window, unless it was idle long enough
+            if loop.time() >= idle_until:
+                break
             deadline = loop.time() + WITHIN_SECONDS
     return taken
 

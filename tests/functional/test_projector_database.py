@@ -161,3 +161,67 @@ async def stopped_while_starting(agent: Any) -> Any:
         await asyncio.gather(running, return_exceptions=True)
     assert agent.consumer is not None
     return agent.consumer
+
+
+class _AssignedConsumer:
+    """What the projector's rebalance listener asks of its consumer, and every commit."""
+
+    def __init__(self, assigned: set[Any]) -> None:
+        self.assigned = assigned
+        self.commits: list[dict[Any, int]] = []
+        self.sought: dict[Any, int] = {}
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
+
+    def pause(self, *partitions: Any) -> None:
+        pass
+
+    def resume(self, *partitions: Any) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought[tp] = offset
+
+    async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, 0)
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+async def test_the_rebalance_listener_commits_nothing_and_the_idle_projector_does() -> None:
+    """Where a partition resumes is committed once nothing came for a while, never by the
+    rebalance listener: it runs before the group's other members have their assignment, a
+    commit then is refused as a rebalance in progress, and aiokafka has the member rejoin.
+    Committed there, each member's commit rebalanced the group again (a projector group
+    that never settled: a crash test's requests never reached the projection)."""
+    from aiokafka import TopicPartition
+
+    from tests.projection_support import Log
+
+    store = ProjectionStore.from_url("sqlite://")
+    log = Log(partitions=2)
+    log.full("req-1", email="p@example.com", at_ms=1_700_000_000_000)
+    store.apply(log.records)
+    projector = without_kafka(store)
+    projector._projected = projector._migrated = True  # joined, on its group's database
+    assigned = {TopicPartition(r.topic, r.partition) for r in log.records}
+    consumer = _AssignedConsumer(assigned | {TopicPartition(log.records[0].topic, 9)})
+    projector.consumer = consumer  # type: ignore[assignment]
+
+    await projector.resume(consumer.assigned)
+    assert consumer.commits == []
+    ends = {
+        TopicPartition(r.topic, r.partition): max(
+            x.offset + 1 for x in log.records if x.partition == r.partition
+        )
+        for r in log.records
+    }
+    assert {tp: consumer.sought[tp] for tp in ends} == ends
+
+    await projector._commit_idle(consumer)  # type: ignore[arg-type]
+    assert consumer.commits == [{**ends, TopicPartition(log.records[0].topic, 9): 0}]
+    await projector._commit_idle(consumer)  # type: ignore[arg-type]
+    assert len(consumer.commits) == 1  # the group's commit says it now
+    store.close()
