@@ -1216,13 +1216,24 @@ async def test_the_timeline_names_the_talkable_event_a_published_text_landed_und
         page = await signed_in.page(f"/request?id={unnumbered}")
         assert 'id="talkable-event"' not in page, unnumbered
 
+    await _shown_without(signed_in, "talkable-event", before="0009", of=("pub-1", "published"))
+
+
+async def _shown_without(
+    signed_in: Console, element: str, *, before: str, of: tuple[str, str]
+) -> None:
+    """A projection migrated back to the migration before ``before`` (which added what
+    ``element`` shows): the request ``of`` (its id, its state) is shown, said behind, without
+    it; and still without it once migrated up again (what the migrations down and up lost, a
+    replay gives back)."""
+    request_id, state = of
     engine = signed_in.client.app[SERVICES].queries.engine
-    migrate.migrate_to(engine, "0008")  # the migration before the column
-    behind = await signed_in.page("/request?id=pub-1")
-    assert 'id="schema-behind"' in behind and 'id="state">published<' in behind
-    assert 'id="talkable-event"' not in behind
-    migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
-    assert 'id="talkable-event"' not in await signed_in.page("/request?id=pub-1")
+    migrate.migrate_to(engine, f"{int(before) - 1:04d}")
+    behind = await signed_in.page(f"/request?id={request_id}")
+    assert 'id="schema-behind"' in behind and f'id="state">{state}<' in behind
+    assert f'id="{element}"' not in behind
+    migrate.upgrade(engine)
+    assert f'id="{element}"' not in await signed_in.page(f"/request?id={request_id}")
 
 
 async def test_a_parked_publication_names_the_talkable_event_it_attempted(signed_in: Console):
@@ -1237,13 +1248,9 @@ async def test_a_parked_publication_names_the_talkable_event_it_attempted(signed
     for other in ("pub-1", "fail-1", "lim-1"):
         assert 'id="attempted-event"' not in await signed_in.page(f"/request?id={other}"), other
 
-    engine = signed_in.client.app[SERVICES].queries.engine
-    migrate.migrate_to(engine, "0009")  # the migration before the column
-    behind = await signed_in.page("/request?id=park-1")
-    assert 'id="schema-behind"' in behind and 'id="state">publish_failed<' in behind
-    assert 'id="attempted-event"' not in behind
-    migrate.upgrade(engine)  # (what the migrations down and up lost, a replay gives back)
-    assert 'id="attempted-event"' not in await signed_in.page("/request?id=park-1")
+    await _shown_without(
+        signed_in, "attempted-event", before="0010", of=("park-1", "publish_failed")
+    )
 
 
 async def test_a_request_page_that_names_no_request_is_a_400_naming_its_id(signed_in: Console):

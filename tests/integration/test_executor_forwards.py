@@ -26,6 +26,7 @@ from streams.agents.work import Generate
 from streams.codecs import encode
 from streams.dev.kafka import EmbeddedKafka
 from streams.runtime import SystemClock, Topics
+from tests.integration.brokers.test_executor_commits import Queue as CalledWhenTold
 from tests.integration.conftest import create_topic
 from tests.unit.domain_builders import Ledger, received
 from tests.unit.test_executor_marks import Decoding, Requests
@@ -35,38 +36,19 @@ pytestmark = pytest.mark.integration
 KEY_ID = "key-fp"  # the OpenAI key's fingerprint: the ledger's record key of its commands
 
 
-class Queue:
-    """An executor's scheduler that knows the key's organisation (an answer named it): the
-    jobs it was given, none of them called (a call that lasts)."""
+class Queue(CalledWhenTold):
+    """The executor's scheduler: the jobs it was given, none of them called (a call that
+    lasts); the organisation of their key as the test sets it."""
 
     def __init__(self) -> None:
-        self.jobs: list[Any] = []
-        self.on_organization = None
+        super().__init__()
         self.org: str | None = None
-
-    def now(self) -> float:
-        return 0.0
-
-    def submit(self, target: str, job: Any, organization: str | None = None) -> None:
-        self.jobs.append(job)
-
-    def take_back(self, origins: set[TopicPartition]) -> list[Any]:
-        return []
 
     def take_out(self, which: Callable[[Any], bool]) -> list[Any]:
         return []
 
     def organization(self, family: str) -> str | None:
         return self.org
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def drain(self, within_s: float) -> list[Any]:
-        return []
-
-    def taken(self) -> list[str]:
-        return [job.key for job in self.jobs]
 
 
 class Generate_:

@@ -46,6 +46,17 @@ class Started:
         return self.aiokafka
 
 
+async def _add_partitions(bootstrap: str, topic: str, total: int) -> None:
+    """Partitions added to ``topic`` until it has ``total``, as an operator's admin tool adds
+    them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_partitions({topic: NewPartitions(total_count=total)})
+    finally:
+        await admin.close()
+
+
 def test_records_of_requests_stay_on_the_partitions_the_topics_were_created_with(kafka) -> None:
     settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tadded{uuid.uuid4().hex[:8]}")
     requests_name = settings.topic("requests")
@@ -262,17 +273,7 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
                 first.append(body["request_id"])
         assert {r.state for r in system.wait_terminal(first).values()} == {"published"}
 
-        async def add_partitions() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-            await admin.start()
-            try:
-                await admin.create_partitions(
-                    {f"{system.app_id}-requests": NewPartitions(total_count=6)}
-                )
-            finally:
-                await admin.close()
-
-        asyncio.run(add_partitions())
+        asyncio.run(_add_partitions(kafka.bootstrap, f"{system.app_id}-requests", 6))
         requests, changelog = f"{system.app_id}-requests", f"{system.app_id}-ledger-changelog"
 
         def taken(members: int) -> dict[str, dict[str, set[int]]] | None:
@@ -346,17 +347,7 @@ def test_a_projector_child_started_after_partitions_were_added_says_so_once(
         wait_until(lambda: _children(worker), 30, what="the projector child")
         [child] = _children(worker)
 
-        async def add_partitions() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-            await admin.start()
-            try:
-                await admin.create_partitions(
-                    {f"{system.app_id}-requests": NewPartitions(total_count=6)}
-                )
-            finally:
-                await admin.close()
-
-        asyncio.run(add_partitions())
+        asyncio.run(_add_partitions(kafka.bootstrap, f"{system.app_id}-requests", 6))
         os.kill(child, signal.SIGKILL)  # a crash
 
         log = tmp_path / "worker.log"
