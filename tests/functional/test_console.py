@@ -1273,6 +1273,20 @@ async def test_the_content_frame_shows_the_webhook_text_and_event_number(signed_
     assert '<span id="token-cap">token cap 60</span>' in body
 
 
+def _adas_webhook(chat: ChatRequest, **fingerprints: str) -> RequestReceived:
+    """The webhook of request pub-1 (Ada's, of site acme), with ``chat``, as the console
+    reads it from [requests]; ``fingerprints``: the keys' ids the ingress wrote."""
+    return RequestReceived(
+        request_id="pub-1",
+        delivery_id="pub-1/d1",
+        person=person_key("acme", "ada@example.com"),
+        at_ms=T0_MS,
+        spec=RequestSpec(site="acme", email="ada@example.com", chat=chat),
+        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+        **fingerprints,  # type: ignore[arg-type]
+    )
+
+
 @pytest.mark.parametrize("given", ["max_tokens", "max_completion_tokens"])
 async def test_the_content_frame_shows_each_messages_name_and_the_caps_given_name(
     signed_in: Console, given: str
@@ -1287,17 +1301,8 @@ async def test_the_content_frame_shows_each_messages_name_and_the_caps_given_nam
         {"role": "system", "content": "You write verses."},
         {"role": "user", "content": "A verse for Ada", "name": "Ada_Lovelace"},
     ]
-    signed_in.log.received["pub-1"] = RequestReceived(
-        request_id="pub-1",
-        delivery_id="pub-1/d1",
-        person=person_key("acme", "ada@example.com"),
-        at_ms=T0_MS,
-        spec=RequestSpec(
-            site="acme",
-            email="ada@example.com",
-            chat=ChatRequest(model="my-reasoner", messages=messages, max_tokens=400, extra=extra),
-        ),
-        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    signed_in.log.received["pub-1"] = _adas_webhook(
+        ChatRequest(model="my-reasoner", messages=messages, max_tokens=400, extra=extra)
     )
     body = await signed_in.page("/request/content?id=pub-1")
     shown = re.findall(
@@ -1324,24 +1329,13 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
     webhook (the frame named no key, so an operator could not tell which key's row, with its
     queue and open circuit, held the request); never the key itself."""
     openai_key, talkable_key = "sk-console-fingerprint-0001", "talkable-fingerprint-0001"
-    received = dict(
-        request_id="pub-1",
-        delivery_id="pub-1/d1",
-        person=person_key("acme", "ada@example.com"),
-        at_ms=T0_MS,
-        spec=RequestSpec(
-            site="acme",
-            email="ada@example.com",
-            chat=ChatRequest(
-                model="gpt-4o-mini",
-                messages=[{"role": "user", "content": "A verse for Ada"}],
-                max_tokens=60,
-            ),
-        ),
-        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
+    chat = ChatRequest(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "A verse for Ada"}],
+        max_tokens=60,
     )
-    signed_in.log.received["pub-1"] = RequestReceived(
-        **received,
+    signed_in.log.received["pub-1"] = _adas_webhook(
+        chat,
         openai_key_id=key_fingerprint(openai_key),
         talkable_key_id=key_fingerprint(talkable_key),
     )
@@ -1350,7 +1344,7 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
     assert f'id="talkable-key">{key_fingerprint(talkable_key)}<' in body
     assert openai_key not in body and talkable_key not in body and SEALED not in body
     # a webhook from before the ingress wrote them: no fingerprint, said so
-    signed_in.log.received["pub-1"] = RequestReceived(**received)
+    signed_in.log.received["pub-1"] = _adas_webhook(chat)
     body = await signed_in.page("/request/content?id=pub-1")
     assert 'id="openai-key">—<' in body and 'id="talkable-key">—<' in body
 
@@ -1380,18 +1374,7 @@ async def test_the_generated_text_says_the_call_of_its_attempt_it_came_from(
     """A text OpenAI gave at the fourth call, after three 500s the worker retried within the
     attempt, read "(attempt 1)": the lifecycle counts the ledger's attempts (re-issues), not
     the calls of one. The attempt's result says how many it made (``tries``)."""
-    webhook = RequestReceived(
-        request_id="pub-1",
-        delivery_id="pub-1/d1",
-        person=person_key("acme", "ada@example.com"),
-        at_ms=T0_MS,
-        spec=RequestSpec(
-            site="acme",
-            email="ada@example.com",
-            chat=ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60),
-        ),
-        secrets=SealedSecrets(talkable_api_key=SEALED, openai_api_key=SEALED),
-    )
+    webhook = _adas_webhook(ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60))
     signed_in.log.received["pub-1"] = webhook
     signed_in.log.generated["pub-1"] = GenerationAttemptSucceeded(
         request_id="pub-1",
