@@ -328,6 +328,20 @@ async def on_engine(
     return client
 
 
+async def overview_page(
+    tmp_path: Path, engine: Engine, url: str, pacing: Pacing | None = None
+) -> str:
+    """The overview of the last 15 minutes, read once from a console on ``engine`` (disposed
+    afterwards), as :func:`on_engine` starts it."""
+    client = await on_engine(tmp_path, engine, url, pacing)
+    try:
+        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
+        return await response.text()
+    finally:
+        await client.close()
+        engine.dispose()
+
+
 @pytest.fixture
 async def console(tmp_path: Path, database_url: str) -> AsyncIterator[Console]:  # noqa: F811
     """The console on the projection in SQLite and in PostgreSQL (the same queries on both)."""
@@ -1810,13 +1824,7 @@ async def test_the_overviews_failed_names_each_sites_commonest_reasons(tmp_path:
         1,
     )
     assert globex.reasons == {"SiteOnly": 1}
-    client = await on_engine(tmp_path, engine, url)
-    try:
-        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
-        body = await response.text()
-    finally:
-        await client.close()
-        engine.dispose()
+    body = await overview_page(tmp_path, engine, url)
     cells = re.findall(r'<td class="failed-why">(.*?)</td>', body, re.S)
     listed = [re.findall(r"<li[^>]*>(.*?)</li>", cell) for cell in cells]
     assert [[re.sub(r"<[^>]+>", "", item) for item in items] for items in listed] == [
@@ -2069,13 +2077,7 @@ async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     known, or a worker were down. It says what is known: no call since the worker started."""
     url = projection(tmp_path)
     engine = make_engine(url)
-    client = await on_engine(tmp_path, engine, url, pacing)
-    try:
-        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
-        body = await response.text()
-    finally:
-        await client.close()
-        engine.dispose()
+    body = await overview_page(tmp_path, engine, url, pacing)
     rows = dict(
         re.findall(r'<tr>\s*<td class="value"><a [^>]*>([^<]+)</a></td>(.*?)</tr>', body, re.S)
     )
@@ -2087,13 +2089,7 @@ async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     # every site reported: no such note
     parse(ACME_ONLY.replace("acme", "globex"), pacing)
     engine = make_engine(url)
-    client = await on_engine(tmp_path, engine, url, pacing)
-    try:
-        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
-        body = await response.text()
-    finally:
-        await client.close()
-        engine.dispose()
+    body = await overview_page(tmp_path, engine, url, pacing)
     assert "unreported" not in body and "A worker keeps these in memory" not in body
 
 
@@ -2102,13 +2098,7 @@ async def test_a_site_is_a_dash_when_no_worker_answers(tmp_path: Path):
     url = projection(tmp_path)
     engine = make_engine(url)
     pacing = Pacing(unreachable=[WORKER])
-    client = await on_engine(tmp_path, engine, url, pacing)
-    try:
-        response = await client.get("/?window=15m", headers={"Authorization": f"Bearer {TOKEN}"})
-        body = await response.text()
-    finally:
-        await client.close()
-        engine.dispose()
+    body = await overview_page(tmp_path, engine, url, pacing)
     assert "unreported" not in body
     assert body.count('<td class="num">—</td><td class="num">—</td><td>—</td>') == 2
     assert f"not reachable: {WORKER} (shown as —)." in body
