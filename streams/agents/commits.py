@@ -139,6 +139,18 @@ class Commits:
                 return shorter
         return None
 
+    def named(self, taken: list[tuple[TopicPartition, int, int]]) -> bool:
+        """Whether the last commit of a partition names lost an offset of ``taken`` (what
+        ``Unreported.reported`` settled of a command: its commit failed, or the partition is
+        not committed while a range a previous run lost is read again): a command sent on now
+        (forwarded, handed back) would be told lost, and re-issued, if this run ended, while
+        the copy sent was called too. (A partition given up since is its hand-over's mark's.)"""
+        for tp, offset, _ in taken:
+            mark = self.marked.get(tp)
+            if mark is not None and mark.lost(offset):
+                return True
+        return False
+
     def forget(self, tp: TopicPartition) -> None:
         """A partition given up: no longer this run's to commit."""
         self.marked.pop(tp, None)

@@ -234,7 +234,7 @@ class Forwarding:
         deliveries, unsent = [], []
         topic = self._topics.generate
         for (job, organization, to), taken in settled:
-            if self._named(taken):  # a crash would have it told lost: not sent yet
+            if self._commits.named(taken):  # a crash would have it told lost: not sent yet
                 self._unreported.restore(job.key, taken)
                 self._held.append((job, organization, to))
                 continue
@@ -269,23 +269,13 @@ class Forwarding:
         second) had a crash meanwhile leave the partition's next owner telling the ledger it
         was lost, and the ledger, its attempt current, re-issued it while it was called at the
         organisation's executor: one OpenAI call made twice, billed twice. A commit that fails
-        leaves them held (:meth:`_named`), sent after the next that passes."""
+        leaves them held (``Commits.named``), sent after the next that passes. (A partition
+        given up since is its hand-over's mark's, which lists this run's calls of it as running
+        here, as before.)"""
         try:
             await self._commits.commit(self._consumer(), self._commits.marks({}, {}))
         except Exception as exc:
             log.warning(NOT_UNMARKED, self._name, type(exc).__name__)
-
-    def _named(self, taken: list[tuple[TopicPartition, int, int]]) -> bool:
-        """Whether the last commit of a partition names lost an offset of ``taken`` (its
-        commit failed, or the partition is not committed while a range a previous run lost is
-        read again): a forward sent now would be told lost if this run ended. (A partition
-        given up since is its hand-over's mark's, which lists this run's calls of it as running
-        here, as before.)"""
-        for tp, offset, _ in taken:
-            mark = self._commits.marked.get(tp)
-            if mark is not None and mark.lost(offset):
-                return True
-        return False
 
 
 def _not_forwarded(exc: Exception, name: str, request_id: str, *, again: bool = False) -> None:
