@@ -17,10 +17,10 @@ again (``Executor._read_again``). A command then waits in its target's queue
 [requests] (``streams.agents.results``). The topics are keyed by target, so all
 of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
 partition away, the commands of it that are still queued are handed back to the topic for the
-new owner (calls already running finish here, and the hand-over's mark lists them:
-``streams.agents.handover``). A generator that knows a command's OpenAI organisation forwards
-it to the organisation's own partition when another executor owns that, so one executor paces
-each organisation: ``streams.agents.forwarding``.
+new owner, each once a commit no longer names it (calls already running finish here, and the
+hand-over's mark lists them: ``streams.agents.handover``). A generator that knows a command's
+OpenAI organisation forwards it to the organisation's own partition when another executor owns
+that, so one executor paces each organisation: ``streams.agents.forwarding``.
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -306,9 +306,11 @@ class Executor:
     async def stop(self, drain_s: float) -> None:
         """A graceful stop (the app's ``on_stop``, its producer still up) settles everything
         this run took: nothing more is taken, the calls running get ``drain_s`` to end and
-        report, those cut short are told to the ledger as lost, the commands still queued go
-        back to the topic as they are (the next run takes them without spending an attempt),
-        and the last commit's mark leaves nothing to tell."""
+        report, those cut short are told to the ledger as lost, and the commands still queued
+        go back to the topic as they are (the next run takes them without spending an
+        attempt), each once a commit whose mark no longer names it has passed
+        (``HandOver.send_back``): the last mark leaves nothing to tell but what Kafka did not
+        take (told lost by the next run)."""
         async with self._taking:
             self._stopping = True
             if self.consumer is None or not self.taken:
@@ -318,7 +320,6 @@ class Executor:
             await self.forwarding.send()  # those Kafka may hold, once more (never called here)
             self.forwarding.summarise(final=True)
             queued = self.scheduler.take_back(set(self.taken))
-            sent = len(queued) - len(await self.handover.send_back(queued))
             try:
                 told = await self.lost.tell_lost([job.record[1] for job in cut])
             except Exception as exc:  # still unreported: the next run tells them
@@ -327,8 +328,14 @@ class Executor:
                 told = []
             for command in told:
                 self._unreported.reported(command.request_id, command.attempt)
-            with contextlib.suppress(Exception):
-                await self.commits.commit(self.consumer, self.commits.marks({}, {}))
+            # committed without the queued commands before they are sent: the last mark named
+            # them, and a crash between Kafka taking them back and the stop's commit had the
+            # next run tell the ledger they were lost, re-issued while the copies were called
+            # (those not handed back are unreported again: the changed marks name them)
+            unsent = await self.handover.send_back(
+                self.consumer, queued, lambda unsent: self.commits.marks({}, {})
+            )
+            sent = len(queued) - len(unsent)
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip

@@ -10,12 +10,29 @@ mark lists them as running elsewhere, ``streams.agents.lost``). On an
 assign (:meth:`HandOver.recover`) each partition's last mark says what another run took and did
 not report: read again and told to the ledger as lost, or carried on while its run still calls
 it. A stopping executor hands its queued commands back the same way (:meth:`HandOver.send_back`).
+
+A command is handed back once the last commit of its partition no longer names it
+(:meth:`HandOver.send_back`), as a forward is (``streams.agents.forwarding``): the mark without
+the queued commands is committed first, and only those it no longer names are sent. Sent first
+and committed after Kafka took them back, they were named by the partition's last mark
+meanwhile: a worker that died in between left the next owner (or its next run) telling the
+ledger they were lost, and the ledger, their attempt current, re-issued them while the copies
+handed back were called too: one OpenAI call made twice, billed twice. A crash before that
+commit leaves them named (never handed back: told lost, re-issued, called once); one after it,
+each handed back, or, if Kafka had not taken it yet, left to its deadline. A commit that fails
+hands back none of the commands its last mark names (sent, each would be told lost by the
+partition's next reader and called from its copy too); they stay named, told lost by it. A
+command Kafka did not take back is named by a commit made after the sends, told lost by the
+next reader; if that commit fails too, it waits for its deadline (a WARNING counts them).
+(Kafka may hold one whose delivery failed all the same: named lost, it is then called twice, as
+before this order; ``streams.agents.forwarding`` sends a forward again instead.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -30,6 +47,18 @@ from streams.runtime import Topics
 from streams.upstream.scheduler import Job, Scheduler
 
 log = logging.getLogger("streams.agents.executors")  # the executors' lines, as before the split
+
+Marks = dict[TopicPartition, tuple[int, Mark]]  # what a commit carries: offset and mark
+# the commit before a hand-back failed: the commands its last mark names are not handed back
+NOT_UNMARKED = (
+    "%s could not commit its marks before handing back (%s): the queued commands its last "
+    "commit names are not handed back; told lost by the partition's next reader"
+)
+# nor the commit naming those Kafka did not take back: their deadline re-issues them
+NOT_NAMED = (
+    "%s could not commit the marks naming %s commands it could not hand back (%s): re-issued "
+    "at their deadline"
+)
 
 
 class HandOver:
@@ -56,47 +85,82 @@ class HandOver:
         self._lost = lost
         self._commits = commits
 
-    async def send_back(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
-        """Queued commands back to their topic, in order, acknowledged; each sent is no longer
-        this run's to report (one that could not be sent stays unreported: told lost).
-        Returns those that could not be sent."""
+    async def send_back(
+        self,
+        consumer: AIOKafkaConsumer | None,
+        jobs: list[Job[Any]],
+        marks: Callable[[list[Job[Any]]], Marks],
+    ) -> list[Job[Any]]:
+        """Queued commands back to their topic, in order, acknowledged, each once the last
+        commit of its partition no longer names it. Each is taken out of what is unreported
+        and the marks that follow (``marks([])``) are committed first; then only those the
+        last commit does not name lost are sent (one sent while a mark still named it had a
+        crash before the next commit leave the partition's next owner telling the ledger it
+        was lost: re-issued while the copy handed back was called too, one call made twice).
+        One still named (that commit failed) is not sent: told lost by the partition's next
+        reader, re-issued, called once. One Kafka did not take back is this run's to report
+        again, and the marks are committed again naming it (``marks(unsent)``): told lost by
+        the next reader; if that commit fails too, a command the last commit does not name
+        waits for its deadline (a WARNING says how many). Returns those not handed back."""
+        settled = [(job, self._unreported.reported(job.key, job.attempt)) for job in jobs]
+        failed = await self._commit(consumer, marks, [])
+        if failed is not None:
+            log.warning(NOT_UNMARKED, self._name, type(failed).__name__)
         topic = self._topics.generate if self._name == "generator" else self._topics.completions
         deliveries, unsent = [], []
-        for job in jobs:
+        for job, taken in settled:
+            if self._commits.named(taken):  # a crash would have it told lost: not sent
+                unsent.append((job, taken))
+                continue
             self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
             key, value = job.record
             try:
-                deliveries.append((job, await topic.send(key=key, value=value)))
+                deliveries.append((job, taken, await topic.send(key=key, value=value)))
             except Exception as exc:
                 log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
-                unsent.append(job)
-        for job, delivery in deliveries:
+                unsent.append((job, taken))
+        for job, taken, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:
                 log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
-                unsent.append(job)
-                continue
-            self._unreported.reported(job.key, job.attempt)  # not ours to report any more
-        return unsent
+                unsent.append((job, taken))
+        for job, taken in unsent:  # this run's to report again: named by the next commit
+            self._unreported.restore(job.key, taken)
+        failed = await self._commit(consumer, marks, [job for job, _ in unsent]) if unsent else None
+        waiting = sum(not self._commits.named(taken) for _, taken in unsent)
+        if failed is not None and waiting:
+            log.warning(NOT_NAMED, self._name, waiting, type(failed).__name__)
+        return [job for job, _ in unsent]
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer | None,
+        marks: Callable[[list[Job[Any]]], Marks],
+        unsent: list[Job[Any]],
+    ) -> Exception | None:
+        """``marks(unsent)`` committed; what failed it, if it failed."""
+        try:
+            await self._commits.commit(consumer, marks(unsent))
+        except Exception as exc:
+            return exc
+        return None
 
     async def hand_back(
         self, consumer: AIOKafkaConsumer | None, revoked: set[TopicPartition]
     ) -> None:
         """Commands of partitions this worker lost that it took but did not start go back to
         their topic, in order, for the new owner (they were committed as taken, so it would
-        not see them otherwise). Calls already running finish here and report."""
+        not see them otherwise), each once the partitions' hand-over marks no longer name it
+        (:meth:`send_back`). Calls already running finish here and report."""
         jobs = self._scheduler.take_back(set(revoked))
-        unsent = await self.send_back(jobs)
-        if jobs:
-            log.info("%s handed back %s queued commands of revoked partitions",
-                     self._name, len(jobs))  # fmt: skip
         taken = self._commits.taken
-        # what the partitions' next owner finds: nothing of this run's to call lost now but
-        # the commands that could not be handed back, and the calls still running here, with
-        # this run, as running elsewhere (they report; if this run leaves the group first, a
-        # crash, the owner tells the ledger they were lost)
-        with contextlib.suppress(Exception):
+
+        def handed(unsent: list[Job[Any]]) -> Marks:
+            # what the partitions' next owner finds: nothing of this run's to call lost now
+            # but the commands that could not be handed back, and the calls still running
+            # here, with this run, as running elsewhere (they report; if this run leaves the
+            # group first, a crash, the owner tells the ledger they were lost)
             marks = {}
             for tp in revoked:
                 if tp in taken and tp not in self._lost.reading:
@@ -105,7 +169,12 @@ class HandOver:
                     )
                     if mark is not None:
                         marks[tp] = (taken[tp], mark)
-            await self._commits.commit(consumer, marks)
+            return marks
+
+        unsent = await self.send_back(consumer, jobs, handed)
+        if jobs:
+            log.info("%s handed back %s queued commands of revoked partitions",
+                     self._name, len(jobs) - len(unsent))  # fmt: skip
         # the calls still running here stay listed: a rebalance revokes every partition and
         # may give this worker some of them back (``recover``), whose marks must then list
         # those calls again, or a crash before they end would lose them to their deadline

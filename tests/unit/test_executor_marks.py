@@ -320,6 +320,7 @@ class Committing:
 
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, tuple[int, bytes]]] = []
+        self._coordinator = SimpleNamespace(member_id="worker-generator-1")
 
     async def commit(self, offsets: dict[TopicPartition, tuple[int, bytes]]) -> None:
         self.commits.append(offsets)
@@ -330,7 +331,9 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_marks_it_lost
     one handed back is the new owner's to take, so its partition is committed as leaving
     nothing to tell; the other, which Kafka did not take back, is committed marked as taken
     and not reported, and the new owner tells the ledger it was lost at once, rather than
-    leave it to its deadline (a rebalance no longer shortens that)."""
+    leave it to its deadline (a rebalance no longer shortens that). Both are first committed
+    as leaving nothing to tell, before either is sent (``HandOver.send_back``); the one Kafka
+    did not take is named by a commit after."""
     generate = Generate_(refused={b"k-lost"})
     jobs: list[Any] = []
     queue = SimpleNamespace(take_back=lambda origins: jobs)
@@ -347,10 +350,14 @@ def test_a_partition_whose_queued_command_could_not_be_handed_back_marks_it_lost
     asyncio.run(executor.handover.hand_back(executor.consumer, {TP, OTHER}))
     assert generate.sent == [b"k-back"]
     assert consumer.commits == [
+        {  # before the hand-back: neither is named
+            TP: (4, executor.commits.mark(4, ()).encode()),
+            OTHER: (8, executor.commits.mark(8, ()).encode()),
+        },
         {
             TP: (4, executor.commits.mark(4, ()).encode()),
             OTHER: (8, executor.commits.mark(7, ((7, 8),)).encode()),  # told lost
-        }
+        },
     ]
 
 
