@@ -30,7 +30,6 @@ before this order; ``streams.agents.forwarding`` sends a forward again instead.)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -236,28 +235,24 @@ class HandOver:
             if self._lost.watch(tp, mark):
                 self._commits.taken.setdefault(tp, offset)  # its next commit carries them
             if mark.run == self._run_id or mark.oldest >= offset:
-                await self._mark_running(consumer, tp, offset)
+                self._mark_running(tp, offset)
                 continue
             if mark.oldest < offset:
                 self._lost.read_again(consumer, tp, offset, mark)
 
-    async def _mark_running(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int
-    ) -> None:
+    def _mark_running(self, tp: TopicPartition, offset: int) -> None:
         """A partition given back to this run by a rebalance: the calls of it still running
-        here (its hand-over's mark listed them as running elsewhere) are marked again at once
-        as this run's, so a crash before they end has its next run, or the partition's next
-        owner, tell the ledger they were lost, not their deadline."""
-        if not self._unreported.partitions() & {tp}:
-            return
-        self._commits.taken[tp] = offset
-        mark = self._commits.mark(
-            self._unreported.oldest(tp, offset),
-            self._unreported.ranges(tp),
-            self._lost.elsewhere.of(tp),
-        )
-        with contextlib.suppress(Exception):  # the next batch's commit marks them
-            await self._commits.commit(consumer, {tp: (offset, mark)})
+        here (its hand-over's mark listed them as running elsewhere) are marked again as this
+        run's by the executor's next commit (its loop's next turn, within half a second), so
+        a crash before they end has its next run, or the partition's next owner, tell the
+        ledger they were lost, not their deadline. Not committed from here: a commit inside
+        the rebalance listener, before the group's other members have synced, is refused
+        (``REBALANCE_IN_PROGRESS``) and aiokafka rejoins, which makes the others' listeners
+        commit into the next rebalance in turn, a storm for as long as calls run (the
+        projector's group had it: 02f47e7). Until that commit the hand-over's mark lists
+        them as running in this run, whose crash has them told lost all the same."""
+        if self._unreported.partitions() & {tp}:
+            self._commits.taken[tp] = offset  # its next commit carries them
 
 
 class OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 
 from streams.agents.ledger import partition_of
+from streams.agents.marks import Mark
 from streams.secrets import key_fingerprint
-from tests.integration.conftest import System, consumer_lags, http, now_s, samples
+from tests.integration.conftest import (
+    System,
+    consumer_lags,
+    group_commits,
+    http,
+    now_s,
+    samples,
+)
 from tests.support import free_port, poll, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -331,6 +339,14 @@ def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_call
     held = poll(shared, 120)
     assert held is not None, "both workers' generators holding partitions"
     assert key in held["worker"], "the rebalance gave the calling worker its partition back"
+
+    def marked_its_own() -> bool:  # the generator's loop committed the calls as its own
+        commits = group_commits(system.kafka.bootstrap, f"{system.app_id}-generator")
+        _, metadata = commits.get(int(key), (0, ""))
+        mark = Mark.parse(metadata)
+        return mark is not None and sum(b - a for a, b in mark.unreported or ()) == 6
+
+    wait_until(marked_its_own, 30, what="the partition's mark listing its six calls again")
     system.kill("worker")  # its six calls still running
     system.start_worker("worker")  # at once: the same partitions, no rebalance
     system.openai("POST", "/_control", {"latency_seconds": 0.05})

@@ -540,7 +540,11 @@ def test_calls_of_this_run_listed_as_running_elsewhere_are_its_own_again_when_kn
     executor._unreported.took(TP, 2, "a", 1)  # still running here
     asyncio.run(executor.handover.recover(executor.consumer, {TP, OTHER}))
     assert executor.lost.elsewhere.of(TP) == () and executor.lost.elsewhere.of(OTHER) == (mine,)
-    assert consumer.commits == [{TP: (5, executor.commits.mark(2, ((2, 3),)).encode())}]
+    # nothing committed inside the rebalance listener (refused while the group's other members
+    # sync, and aiokafka rejoins: a storm); the executor's next commit marks them its own
+    assert consumer.commits == []
+    marks = executor.commits.marks({}, {})
+    assert marks[TP] == (5, executor.commits.mark(2, ((2, 3),)))
 
 
 class Clock:
