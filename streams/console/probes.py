@@ -83,6 +83,7 @@ class Readiness:
         self._check: asyncio.Future[Why | None] | None = None
         self._started = 0.0
         self._said: str | None = None  # the last answer's status, None: ready
+        self.checks = 0  # how many it has started (each in a thread of its own)
 
     async def why_not(self) -> str | None:
         """None when ready, else the status saying why not."""
@@ -91,6 +92,7 @@ class Readiness:
                 asyncio.to_thread(projection_readiness, self.engine)
             )
             self._started = time.monotonic()
+            self.checks += 1
         done, _ = await asyncio.wait({self._check}, timeout=READY_TIMEOUT_SECONDS)
         if done:
             why = self._check.result()
