@@ -86,9 +86,23 @@ class FormError(ValueError):
         self.path = path
 
 
+def refuse_media(content_type: str) -> None:
+    """Raises ``FormError(UNSUPPORTED)`` for a content type no body is read in, whatever the
+    body: not JSON, form or multipart; a form not in UTF-8. Judged from the header alone, so
+    the ingress can refuse it before the body is sent (``Expect: 100-continue``)."""
+    media, options = _media_type(content_type)
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return
+    if media not in (_FORM, _MULTIPART):
+        raise FormError(Problem.UNSUPPORTED, "content-type", "unsupported; send JSON or form data")
+    if options.get("charset", "utf-8").lower() not in _UTF8:
+        raise FormError(Problem.UNSUPPORTED, "content-type", "form bodies must be UTF-8")
+
+
 def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
     """The body as a tree, by media type."""
-    media, options = _media_type(content_type)
+    refuse_media(content_type)
+    media, _ = _media_type(content_type)
     if media in _JSON_TYPES or media.endswith("+json"):
         if not body.strip():
             return {}
@@ -96,10 +110,6 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise FormError(Problem.UNREADABLE, "body", "must be a JSON object")
         return data
-    if media not in (_FORM, _MULTIPART):
-        raise FormError(Problem.UNSUPPORTED, "content-type", "unsupported; send JSON or form data")
-    if options.get("charset", "utf-8").lower() not in _UTF8:
-        raise FormError(Problem.UNSUPPORTED, "content-type", "form bodies must be UTF-8")
     if media == _FORM and _json_object(body):
         # ``curl -d '{...}'`` without a Content-Type: read as a form, it is one nameless field,
         # and every param would be told "is required"

@@ -55,6 +55,7 @@ from models.forms import (
     decode_body,
     decode_query,
     merge,
+    refuse_media,
     unwrap_legacy,
 )
 from models.problems import Problem
@@ -601,6 +602,19 @@ def parse_request(
         error = _error(exc.problem, _field_name(exc.path, exc.field), exc.message)
     else:
         return from_mapping(tree)
+    raise error  # outside the handler: nothing chained
+
+
+def refuse_content_type(content_type: str) -> None:
+    """Raises :class:`ParamsError` (unsupported) for a ``Content-Type`` :func:`parse_request`
+    refuses whatever the body (not JSON, form or multipart; a form not in UTF-8), so it can be
+    refused before the body is read."""
+    try:
+        refuse_media(content_type)
+    except FormError as exc:
+        error = _error(exc.problem, exc.field, exc.message)
+    else:
+        return
     raise error  # outside the handler: nothing chained
 
 

@@ -51,6 +51,7 @@ from models.params import (
     claimed_site,
     legacy_security_key,
     parse_request,
+    refuse_content_type,
     request_fingerprint,
 )
 from models.problems import Problem
@@ -533,9 +534,7 @@ def build_ingress(
         # the body comes as sent (RAW_BODIES), decoded here: each stream checked to its end
         coding = coding_of(request.headers.getall(hdrs.CONTENT_ENCODING, []))
         try:
-            refuse_unknown(coding)  # read as it came, it was "not valid JSON"
-            # ``gzip, chunked``: read as chunked alone, a plain body was taken
-            refuse_transfer(request.headers.getall(hdrs.TRANSFER_ENCODING, []))
+            _refuse_by_headers(request, limit)
             sent = await _read_body(
                 request, settings.max_body_bytes, settings.ingress_body_timeout_seconds
             )
@@ -616,31 +615,37 @@ def build_ingress(
 
     async def expect(request: web.Request) -> web.Response | None:
         """A webhook's ``Expect`` header, before its body is sent (curl asks ``100-continue``
-        for a large body): a declared length over the limit is answered 413 there, so the body
-        is never sent (aiohttp said "100 Continue" to any length, and the 413 came once the
-        body was on its way); any other expectation 417 in the answers' own shape (aiohttp's
-        was text quoting the header, and counted nowhere, as both are here)."""
+        for a large body): what the request line and headers alone refuse is answered there,
+        as the handler would answer it once the body came, so the body is never sent: another
+        method than POST (405), and :func:`_refuse_by_headers`'s refusals (a content or
+        transfer coding, a declared length over the limit, a content type). aiohttp said "100
+        Continue" to each, and the refusal came once the body was on its way. Any other
+        expectation is a 417 in the answers' own shape (aiohttp's was text quoting the header,
+        and counted nowhere, as every answer here is)."""
         if request.version < HttpVersion11:  # HTTP/1.0 knows no 100 Continue: sent at once
             return None
         started = time.perf_counter()
         if request.headers.get(hdrs.EXPECT, "").strip().lower() != "100-continue":
             status, field, message = EXPECTATION
             answer = web.json_response(error_body(field, message), status=status)
-        elif request.content_length is not None and request.content_length > limit:
-            answer = web.json_response(error_body("body", f"larger than {limit} bytes"), status=413)
+        elif request.method != hdrs.METH_POST:
+            answer = _not_post()
         else:
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # as aiohttp's: the answer's size is its own
-            return None
+            try:
+                _refuse_by_headers(request, limit)
+            except ParamsError as exc:
+                answer = web.json_response(exc.body(), status=HTTP_STATUS[exc.problem])
+            else:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # as aiohttp's: the answer's size is its own
+                return None
         answer.force_close()  # its body, if sent anyway, is not read
         tally(answer.status, started)
         return answer
 
     @counted
     async def not_post(_: web.Request) -> web.Response:
-        # a webhook configured with another method: told so in the answers' own shape
-        error = {"field": "method", "message": "not allowed; the webhook is a POST"}
-        return web.json_response({"errors": [error]}, status=405, headers={hdrs.ALLOW: "POST"})
+        return _not_post()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -674,6 +679,29 @@ def build_ingress(
     app.on_cleanup.append(close_sink)
     app[REFUSED] = lambda status: metrics.refused.labels(status=str(status)).inc()
     return app
+
+
+def _not_post() -> web.Response:
+    """A webhook configured with another method: told so in the answers' own shape."""
+    error = {"field": "method", "message": "not allowed; the webhook is a POST"}
+    return web.json_response({"errors": [error]}, status=405, headers={hdrs.ALLOW: "POST"})
+
+
+def _refuse_by_headers(request: web.BaseRequest, limit: int) -> None:
+    """What a webhook's headers alone refuse, whatever its body: a ``Content-Encoding`` the
+    ingress does not decode (415; read as it came, it was "not valid JSON"), a
+    ``Transfer-Encoding`` but ``chunked`` (501; ``gzip, chunked`` read as chunked alone took a
+    plain body), a ``Content-Length`` over ``limit`` (413), a ``Content-Type`` no body is read
+    in (415). Judged in this order before the body is read, by the handler and, with
+    ``Expect: 100-continue``, before the body is asked for: the same answer either way.
+    Raises :class:`ParamsError`."""
+    refuse_unknown(coding_of(request.headers.getall(hdrs.CONTENT_ENCODING, [])))
+    refuse_transfer(request.headers.getall(hdrs.TRANSFER_ENCODING, []))
+    if request.content_length is not None and request.content_length > limit:
+        raise ParamsError(
+            Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
+        )
+    refuse_content_type(request.headers.get(hdrs.CONTENT_TYPE, ""))
 
 
 def _not_ahead(params: GenerateParams, now_s: int, allowed: int) -> None:
@@ -736,10 +764,8 @@ def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request)
 
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ParamsError(
-            Problem.TOO_LARGE, [FieldError(field="body", message=f"larger than {limit} bytes")]
-        )
+    """The body as sent (a declared length over ``limit`` was refused before:
+    :func:`_refuse_by_headers`)."""
     try:
         async with asyncio.timeout(timeout):
             return await request.read()

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from streams import logs
-from streams.console import auth, letters, pages, schema, views
+from streams.console import auth, letters, pages, probes, schema, views
 from streams.console.log import (
     LETTERS_PER_PARTITION,
     Content,
@@ -133,6 +133,7 @@ def build_console(
     app.router.add_post("/deadletters/preview", letters.preview)
     app.router.add_post("/deadletters/redrive", letters.redrive)
     app.router.add_static("/static", HERE / "static", show_index=False)
+    probes.install(app, queries.engine)  # /healthz, /readyz: no token asked
     app.on_startup.append(_check_schema_at_start)
     return app
 
@@ -142,15 +143,8 @@ async def _check_schema_at_start(app: web.Application) -> None:
     await asyncio.to_thread(_say_schema, app[views.SERVICES].queries.engine)
 
 
-def _not_made(engine: Engine) -> bool:
-    """Whether the projection is a SQLite file not there yet: the worker's projector makes it
-    (opening it here would make an empty file, and at a mistyped URL leave it there)."""
-    database = engine.url.database
-    return engine.dialect.name == "sqlite" and database is not None and not Path(database).exists()
-
-
 def _say_schema(engine: Engine) -> None:
-    if _not_made(engine):  # INFO: a console started beside its first worker is no alarm
+    if schema.not_made(engine):  # INFO: a console started beside its first worker is no alarm
         log.info(
             "console: no projection at %s yet: a worker's projector makes it when it starts "
             "(is TALKSTREAM_DATABASE_URL the workers'?)",
@@ -170,7 +164,7 @@ def _say_schema(engine: Engine) -> None:
 
 
 # what a page needs of no projection: logging in and out, the stylesheet
-_NO_PROJECTION = frozenset({*auth.PUBLIC, "/logout"})
+_NO_PROJECTION = frozenset({*auth.PUBLIC, *auth.PROBES, "/logout"})
 
 
 @web.middleware
@@ -181,7 +175,7 @@ async def _projection_schema(request: web.Request, handler: auth.Handler) -> Any
     if request.path in _NO_PROJECTION or request.path.startswith("/static/"):
         return await handler(request)
     engine = request.app[views.SERVICES].queries.engine
-    if _not_made(engine):
+    if schema.not_made(engine):
         reason = (
             f"no projection at {safe_url(engine)} yet: a worker's projector makes it when it "
             "starts (is TALKSTREAM_DATABASE_URL the workers'?)"

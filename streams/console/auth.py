@@ -1,10 +1,10 @@
 """The console's door: an operator token for every page and action, and no cross-site writes.
 
-- Every route but the login form and the stylesheet needs the token: either
-  ``Authorization: Bearer <token>`` on the request (scripts), or a session cookie set by the
-  login form (browsers). The cookie is encrypted and authenticated (aiohttp-session's
-  ``EncryptedCookieStorage``, Fernet, with a key derived from the token: changing the token
-  logs everyone out), ``HttpOnly``, ``SameSite=Strict``, and lasts
+- Every route but the login form, the stylesheet and the probes (``/healthz``, ``/readyz``)
+  needs the token: either ``Authorization: Bearer <token>`` on the request (scripts), or a
+  session cookie set by the login form (browsers). The cookie is encrypted and authenticated
+  (aiohttp-session's ``EncryptedCookieStorage``, Fernet, with a key derived from the token:
+  changing the token logs everyone out), ``HttpOnly``, ``SameSite=Strict``, and lasts
   ``TALKSTREAM_CONSOLE_SESSION_HOURS``. Logging out ends the session (its id is refused until
   its cookie would have expired), so a copy of the cookie opens nothing after it.
 - Every action is a POST. A POST on a session must come from the console's own pages: its
@@ -50,6 +50,9 @@ COOKIE = "talkstream_console"
 # the login form, its stylesheet and its icon (without one, a browser asks every page for
 # /favicon.ico, a 404 it reports as an error of the page)
 PUBLIC = frozenset({"/login", "/static/console.css", "/static/favicon.svg"})
+# a supervisor's probes (``streams.console.probes``), which carry no token: whatever a request
+# to them sends, no session is read or made and no token checked
+PROBES = frozenset({"/healthz", "/readyz"})
 LOGOUT = "/logout"
 MIN_TOKEN_CHARS = 16
 AUTHORIZATION = "Authorization"
@@ -149,6 +152,8 @@ def _secure(response: web.StreamResponse) -> None:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PROBES:
+        return await handler(request)
     bearer = _bearer(request)
     if bearer is not None:
         if not _matches(request.app, bearer):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
@@ -32,6 +33,13 @@ class Schema:
     revision: str | None  # the projection's (None: no history this version reads)
     refused: str | None = None  # why no page is served: the projection is newer
     behind: str | None = None  # what every page says above its content
+
+
+def not_made(engine: Engine) -> bool:
+    """Whether the projection is a SQLite file not there yet: the worker's projector makes it
+    (opening it here would make an empty file, and at a mistyped URL leave it there)."""
+    database = engine.url.database
+    return engine.dialect.name == "sqlite" and database is not None and not Path(database).exists()
 
 
 def check(engine: Engine) -> Schema:

@@ -617,6 +617,7 @@ async def chat_completions(request: web.Request) -> web.Response:
         model=given.get("model"),
         max_tokens=given.get("max_tokens"),
         max_completion_tokens=given.get("max_completion_tokens"),
+        user=given.get("user"),  # the end-user id the caller gave: a test's tag of its request
         key_tail=key_tail(key),
     )
     response = await _answer(request.app, key, body, rec)

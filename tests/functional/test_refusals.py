@@ -354,30 +354,105 @@ async def test_an_expectation_other_than_100_continue_is_a_417_in_json_quoting_n
     assert ingress.sink.produced == []
 
 
-async def test_a_body_declared_over_the_limit_is_refused_before_100_continue(
-    ingress: Ingress,
+# what a webhook's request line and headers alone refuse, whatever its body: its method and
+# headers ("{big}": a length over the limit), a body to send with them, the answer: status, field
+REFUSED_BY_HEADERS: dict[str, tuple[str, tuple[str, ...], bytes, int, str]] = {
+    "a declared length over the limit": (
+        "POST",
+        ("Content-Type: application/json", "Content-Length: {big}"),
+        b"",  # {big} bytes
+        413,
+        "body",
+    ),
+    "a content coding the ingress does not decode": (
+        "POST",
+        ("Content-Type: application/json", "Content-Encoding: br", "Content-Length: 2"),
+        b"{}",
+        415,
+        "content-encoding",
+    ),
+    "a transfer coding but chunked": (
+        "POST",
+        ("Content-Type: application/json", "Transfer-Encoding: gzip, chunked"),
+        b"0\r\n\r\n",
+        501,
+        "transfer-encoding",
+    ),
+    "a transfer coding that is not chunked": (  # refused by aiohttp's parser, as it was
+        "POST",
+        ("Content-Type: application/json", "Transfer-Encoding: gzip"),
+        b"0\r\n\r\n",
+        400,
+        "headers",
+    ),
+    "a content type no body is read in": (  # its body not gzip either: not read to tell
+        "POST",
+        ("Content-Type: text/plain", "Content-Encoding: gzip", "Content-Length: 2"),
+        b"{}",
+        415,
+        "content-type",
+    ),
+    "a form not in UTF-8": (
+        "POST",
+        (
+            "Content-Type: application/x-www-form-urlencoded; charset=iso-8859-1",
+            "Content-Length: 3",
+        ),
+        b"a=1",
+        415,
+        "content-type",
+    ),
+    "another method than POST": (
+        "PUT",
+        ("Content-Type: application/json", "Content-Length: 2"),
+        b"{}",
+        405,
+        "method",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_BY_HEADERS)
+async def test_what_the_headers_alone_refuse_is_answered_before_100_continue(
+    case: str, ingress: Ingress
 ) -> None:
-    """The client asks whether to send the body (curl does for a large one): told 413 at once,
-    it need not send it. aiohttp said "100 Continue" to any length, and the 413 came after."""
+    """The client asks whether to send the body (curl does for a large one): told the refusal
+    at once, it need not send it, and it is the answer the same request gets without asking.
+    aiohttp said "100 Continue" to each (the ingress's own handler then refused the body on its
+    way), then only to a length within the limit, and still to the rest."""
+    method, lines, body, status, field = REFUSED_BY_HEADERS[case]
+    big = ingress.settings.max_body_bytes + 1
+    headers = "".join(f"{line}\r\n" for line in lines).format(big=big)
     server = ingress.client.server
     assert server.host is not None and server.port is not None
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:  # the head alone: the body is sent only if the server says to
-        writer.write(webhook_head("100-continue", ingress.settings.max_body_bytes + 1))
+        writer.write(
+            f"{method} {PATH} HTTP/1.1\r\nHost: x\r\n{headers}Expect: 100-continue\r\n\r\n".encode()
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 413 "), head  # not "100 Continue"
+        assert re.match(rb"HTTP/1\.[01] %d " % status, head), head  # not "100 Continue"
         length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
         rest = await asyncio.wait_for(reader.readexactly(length), 10)
     finally:
         writer.close()
-    _, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines if line)
-    answer = Answer(413, headers, rest, head + rest)
+    _, *said = head.decode("latin-1").split("\r\n")
+    answer = Answer(status, dict(line.lower().split(": ", 1) for line in said if line), rest, head)
 
-    message = refused(answer, 413, "body")
-    assert message == f"larger than {ingress.settings.max_body_bytes} bytes"
+    message = refused(answer, status, field)
+    unasked = await exchange(
+        server,
+        f"{method} {PATH} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode()
+        + (body or b"x" * big),
+    )
+    assert refused(unasked, status, field) == message
+    if status == 413:
+        assert message == f"larger than {ingress.settings.max_body_bytes} bytes"
     metrics = await (await ingress.client.get("/metrics")).text()
-    assert 'talkstream_ingress_requests_total{outcome="413"} 1.0' in metrics
+    parsed = field != "headers"  # else aiohttp's parser refused it: no handler saw it
+    counted = "requests_total{outcome" if parsed else "refused_total{status"
+    assert f'talkstream_ingress_{counted}="{status}"}} 2.0' in metrics
+    assert ingress.sink.produced == []
 
 
 async def test_a_webhook_that_expects_100_continue_gets_it_and_is_accepted(

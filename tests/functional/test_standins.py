@@ -188,7 +188,7 @@ async def test_calls_recorded_with_key_tail_only(oai, client, http) -> None:
     oai.config.unauthorized_keys.add("sk-revoked-9999")
     oai.config.refusal_keys.add("sk-refused-8888")
     oai.config.content_filter_keys.add("sk-filtered-7777")
-    await complete(client)
+    await complete(client, user="ada-7")  # the caller's end-user id: a test's tag of its call
     async with http.get(f"{oai.root_url}/_calls") as resp:
         raw = await resp.text()
     async with http.get(f"{oai.root_url}/_control") as resp:
@@ -197,10 +197,11 @@ async def test_calls_recorded_with_key_tail_only(oai, client, http) -> None:
     assert "sk-refused-8888" not in raw_config and "sk-filtered-7777" not in raw_config
     (call,) = oai.calls.records
     assert call["key_tail"] == "1234" and call["status"] == 200
-    assert (call["method"], call["path"], call["model"]) == (
+    assert (call["method"], call["path"], call["model"], call["user"]) == (
         "POST",
         "/v1/chat/completions",
         "gpt-4o-mini",
+        "ada-7",
     )
 
 
