@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
-from aiokafka.protocol.admin import DescribeGroupsRequest
+from aiokafka.protocol.admin import ApiVersionRequest, DescribeGroupsRequest
 from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams import kafka_reconnect
@@ -132,11 +132,39 @@ async def diagnose(settings: Settings, timeout: float = 5.0) -> str | None:
         except Exception as exc:  # whatever it is, it is the answer
             causes.append(_cause(settings, server.strip(), exc))
             continue
-        conn.close()
+        try:
+            apis = await _offered_apis(conn, timeout)
+        except Exception as exc:  # it let us in, then failed: that is the answer
+            causes.append(_cause(settings, server.strip(), exc))
+            continue
+        finally:
+            conn.close()
+        if _METADATA not in apis:  # a listener every client's first request fails on
+            causes.append(_not_a_broker(server.strip()))
+            continue
         return None  # this one lets us in: the failure was something else
     auth = [c for c in causes if "authentication failed" in c]
     found = auth or causes
     return found[0] if found else None
+
+
+_METADATA = 3  # Kafka's Metadata API key: what every client asks a bootstrap server first
+
+
+async def _offered_apis(conn: Any, timeout: float) -> set[int]:
+    """The API keys a listener that let us in says it serves (its ApiVersions answer)."""
+    response = await asyncio.wait_for(conn.send(ApiVersionRequest()), timeout)
+    return {api_key for api_key, _, _ in response.api_versions}
+
+
+def _not_a_broker(server: str) -> str:
+    """A Kafka listener that serves no Metadata: a KRaft controller's (the embedded broker's is
+    its bootstrap port + 1, ``KAFKA_CONTROLLER_PORT``), where aiokafka only says "Unable to
+    bootstrap" (its WARNING: "MetadataRequest cannot be used if the API version is unknown")."""
+    return (
+        f"Kafka at {server} answers, but not as a broker: it serves no Metadata requests, "
+        "as a KRaft controller's listener does (the controller port, not the broker's?)"
+    )
 
 
 def _cause(settings: Settings, server: str, exc: BaseException) -> str:
@@ -172,8 +200,9 @@ def _cause(settings: Settings, server: str, exc: BaseException) -> str:
         return f"Kafka at {server}: nothing listens there (connection refused)"
     if name == "KafkaConnectionError" and "closed" in str(exc):
         return (
-            f"Kafka at {server} closed the connection: does its listener expect TLS or SASL "
-            f"(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is {settings.kafka_security_protocol})?"
+            f"Kafka at {server} closed the connection: is that a Kafka listener, and does it "
+            f"expect TLS or SASL (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is "
+            f"{settings.kafka_security_protocol})?"
         )
     if isinstance(exc, ConnectionResetError) and protocol in ("SSL", "SASL_SSL"):
         return (

@@ -145,6 +145,23 @@ def test_topics_of_another_partition_count_end_every_start_with_the_count_to_set
     assert CliRunner().invoke(main, ["topics"]).output == "all topics exist\n"
 
 
+def test_a_bootstrap_at_the_controllers_port_is_named_as_no_broker(
+    kafka: EmbeddedKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded broker's KRaft controller listens on the next port (KAFKA_CONTROLLER_PORT):
+    a bootstrap set to it lets a client in and answers no Metadata, which every command said as
+    `Kafka at ... is not reachable: KafkaConnectionError`, as if nothing answered there."""
+    controller = f"127.0.0.1:{kafka.controller_port}"
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", controller)
+    result = CliRunner().invoke(main, ["topics"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: Kafka at {controller} answers, but not as a broker: it serves no Metadata "
+        "requests, as a KRaft controller's listener does (the controller port, not the "
+        f"broker's?); Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP={controller}\n",
+    )
+
+
 def test_topics_that_disagree_are_named_and_no_missing_one_is_created_beside_them(
     kafka: EmbeddedKafka,
 ) -> None:
