@@ -91,7 +91,7 @@ class Generate(Work[GenerateText]):
         self, command: GenerateText, *, issued_s: float, origin: Any, report: Report
     ) -> Job[Any]:
         async def call() -> tuple[Timed[Completion], Limits]:
-            api_key = _opened(self._secrets, command.openai_api_key)
+            api_key = _opened(self._secrets, command.openai_api_key, "OpenAI key (openai.api_key)")
             started = time.monotonic()
             completion, limits = await _classified(self._chat.complete(command.chat, api_key))
             too_large = text_too_large(completion.text, self._max_text_bytes, limits)
@@ -145,7 +145,7 @@ class Publish(Work[PublishCompletion]):
         self, command: PublishCompletion, *, issued_s: float, origin: Any, report: Report
     ) -> Job[Any]:
         async def call() -> tuple[Publication, Limits]:
-            api_key = _opened(self._secrets, command.talkable_api_key)
+            api_key = _opened(self._secrets, command.talkable_api_key, "Talkable key (api_key)")
             return await _classified(self._talkable.publish(command, api_key))
 
         # a site is one target whatever key calls it; a refusal covers the key that was refused
@@ -223,11 +223,21 @@ def _failure(error: UpstreamError) -> dict[str, Any]:
     }
 
 
-def _opened(secrets: SecretBox, sealed: str) -> str:
+def _opened(secrets: SecretBox, sealed: str, key: str) -> str:
+    """The webhook's ``key``, opened; one no key of this worker opens fails its call, saying
+    what to fix (it said "sealed secret cannot be opened with the configured keys" only: an
+    operator who had given the ingress a new key, a compose ``export`` run again, was not
+    told where to look)."""
     try:
         return secrets.open(sealed)
-    except TalkstreamError as exc:
-        raise UpstreamError(str(exc), reason="SealedKey") from None
+    except TalkstreamError:
+        raise UpstreamError(
+            f"the webhook's {key} cannot be opened: the ingress that took it sealed it with a "
+            "key not among this worker's TALKSTREAM_SECRET_KEYS. Give every worker and "
+            "ingress the same keys (when rotating, the old key after the new one), then "
+            "redrive",
+            reason="SealedKey",
+        ) from None
 
 
 async def _classified(call: Awaitable[V]) -> V:
