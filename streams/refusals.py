@@ -110,6 +110,10 @@ BY_REASON: tuple[tuple[str, Refusal], ...] = (
     ("chunk", CHUNKS),
     ("content-length", (400, "headers", "Content-Length is malformed or conflicts")),
     ("transfer-encoding", (400, "headers", "Transfer-Encoding is malformed or conflicts")),
+    # aiohttp refuses a header of one value given twice ("Duplicate 'Content-Type' header
+    # found."): the body's type is the one a webhook's sender can get wrong so (a client's and
+    # a proxy's), and was told only "a header is malformed"
+    ("duplicate 'content-type'", (400, "content-type", "given more than once: send one")),
     ("header", MALFORMED_HEADER),
     ("method", NO_METHOD),
 )

@@ -107,6 +107,12 @@ MALFORMED: dict[str, tuple[str, int, str]] = {
         400,
         "headers",
     ),
+    "Content-Type given twice": (
+        f"POST {LINE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+        400,
+        "content-type",
+    ),
     "a chunk size that is no number": (
         f"POST {LINE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{BODY_SECRET}\r\n0\r\n\r\n",
@@ -150,6 +156,15 @@ async def test_a_request_the_parser_refuses_is_answered_in_json_quoting_none_of_
     # counted, as what the webhook's handler answers is: it was counted nowhere
     metrics = await (await ingress.client.get("/metrics")).text()
     assert f'talkstream_ingress_refused_total{{status="{status}"}} 1.0' in metrics
+
+
+async def test_a_content_type_given_twice_says_so(ingress: Ingress) -> None:
+    """It was "headers: a header is malformed", naming neither the header nor what was wrong."""
+    raw, status, field = MALFORMED["Content-Type given twice"]
+
+    answer = await exchange(ingress.client.server, raw.encode())
+
+    assert refused(answer, status, field) == "given more than once: send one"
 
 
 async def test_too_many_headers_says_how_many_are_taken(ingress: Ingress) -> None:
