@@ -336,17 +336,30 @@ def _check_console_token(token: str) -> None:
 
 def _check_database_url(url: str) -> None:
     """A projection URL no process could ever use (its driver not installed, no such dialect, a
-    SQLite directory that cannot be made): said before anything starts, as the worker and the
-    console would each say it, not as "console did not come up" once the broker runs. A
-    database that is down is not refused: the projector waits for it."""
-    from sqlalchemy.exc import ArgumentError
+    SQLite directory that cannot be made, a SQLite file there that is not a database): said
+    before anything starts, as the worker and the console would each say it, not as "console
+    did not come up" once the broker runs (a file that is not a database was not said at all:
+    dev said it ran, its projector failing over and over in its log). A database server that
+    is down is not refused: the projector waits for it."""
+    from sqlalchemy.exc import ArgumentError, DatabaseError
 
     from streams.projection.engine import describe_database_error, make_engine
 
     try:
-        make_engine(url).dispose()
+        engine = make_engine(url)
     except ArgumentError as exc:
         raise DevRefused(describe_database_error(exc, url, option=False)) from None
+    try:
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and Path(database).is_file():
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+    except DatabaseError as exc:
+        if type(exc) is DatabaseError:  # "file is not a database", "... image is malformed"
+            raise DevRefused(describe_database_error(exc, url, option=False)) from None
+        # what may pass (OperationalError: locked, busy, ...) is the projector's to wait out
+    finally:
+        engine.dispose()
 
 
 def watch(

@@ -244,6 +244,29 @@ def test_dev_refuses_a_database_url_that_can_never_work_before_it_starts_anythin
     assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
+def test_dev_refuses_a_sqlite_file_that_is_not_a_database_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A TALKSTREAM_DATABASE_URL naming a file that is not a database (a path mistyped onto
+    another file): dev said it was running, and its projector failed at every try, in its log
+    only, so nothing was ever projected."""
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    dev_env(monkeypatch, data)
+    elsewhere.mkdir()
+    notes = elsewhere / "notes.txt"
+    notes.write_text("not a database\n" * 40)
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", f"sqlite:///{notes}")
+    ports = ["--openai-port", str(free_port()), "--talkable-port", str(free_port())]
+    result = CliRunner().invoke(main, ["dev", *ports])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"talkstream dev: the database sqlite:///{notes} cannot be used: DatabaseError: file "
+        "is not a database\n",
+    )
+    assert not data.exists()  # nothing was started
+    assert notes.read_text() == "not a database\n" * 40
+
+
 def test_dev_names_the_brokers_default_controller_port_and_what_sets_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
