@@ -501,7 +501,7 @@ def _known_migration(_ctx: click.Context, _param: click.Parameter, value: str) -
     help="the migration to bring the projection to: before rolling back to an older version, "
     "the newest it knows (its streams/projection/migrations/versions/)",
 )
-@click.option("--database-url", help=_DB_HELP)
+@click.option("--database-url", help=_DB_HELP.replace("to read", "to migrate"))
 def migrate(target: str, database_url: str | None) -> None:
     """Bring the SQL projection to a migration: up (what a worker's projector does at start),
     or down before a rollback to an older version (stop this version's workers first: a

@@ -1055,6 +1055,18 @@ def test_a_projection_left_at_an_older_migration_names_the_command_that_brings_i
     assert audit.exit_code == 0 and "request retry-1" in audit.output
 
 
+def test_each_commands_database_url_says_what_it_does_there() -> None:
+    """`migrate --help` called the projection it writes "the projection to read", as audit's
+    and stats' help do."""
+    helps = {
+        command: " ".join(talkstream(command, "--help").output.split())
+        for command in ("audit", "stats", "migrate")
+    }
+    assert "--database-url TEXT the projection to read (default:" in helps["audit"]
+    assert "--database-url TEXT the projection to read (default:" in helps["stats"]
+    assert "--database-url TEXT the projection to migrate (default:" in helps["migrate"]
+
+
 def test_migrate_of_a_sqlite_file_that_is_not_there_makes_none(tmp_path: Path):
     """`talkstream migrate --to 0004` before a rollback, its path mistyped, made an empty
     projection there ("migration none -> 0004") and exited 0, leaving the real one where the
