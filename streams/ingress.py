@@ -749,10 +749,24 @@ def _authenticate(key: bytes | None, content_type: str, body: bytes, request: we
     """Raises 401 unless the request is signed with the site's key (a site that must sign
     and has none is refused: signatures are required)."""
     if key is None or not _authentic(key, content_type, body, request):
-        message = "missing or wrong" if key else "no security key for this site"
         raise ParamsError(
-            Problem.UNAUTHENTIC, [FieldError(field=SIGNATURE_HEADER, message=message)]
+            Problem.UNAUTHENTIC,
+            [FieldError(field=SIGNATURE_HEADER, message=_unauthentic(key, request))],
         )
+
+
+def _unauthentic(key: bytes | None, request: web.Request) -> str:
+    """Why a webhook is refused 401: it was "missing or wrong" either way, which left the
+    operator of a Custom App to guess whether its header was sent at all (quoting nothing)."""
+    if not key:
+        return "no security key for this site"
+    if not request.headers.get(SIGNATURE_HEADER, "").strip():
+        return (
+            "missing: this site signs its webhooks (TALKSTREAM_SITE_SECURITY_KEYS): send "
+            "Base64(hex(HMAC-SHA256(its security key, the raw body))), or its security key in "
+            "a legacy webhook's key field"
+        )
+    return "wrong: not Base64(hex(HMAC-SHA256(the site's security key, the raw body)))"
 
 
 def _authentic(key: bytes, content_type: str, body: bytes, request: web.Request) -> bool:

@@ -478,6 +478,12 @@ async def test_a_chunked_body_over_the_limit_is_413(ingress_with: StartIngress) 
 
 SIGNED = json_body(changed(site=SIGNED_SITE))
 SITE_KEYS = f"{SIGNED_SITE}={SITE_KEY}, other-store=another-key"
+MISSING_SIGNATURE = (
+    "missing: this site signs its webhooks (TALKSTREAM_SITE_SECURITY_KEYS): send "
+    "Base64(hex(HMAC-SHA256(its security key, the raw body))), or its security key in a legacy "
+    "webhook's key field"
+)
+WRONG_SIGNATURE = "wrong: not Base64(hex(HMAC-SHA256(the site's security key, the raw body)))"
 
 
 @pytest.mark.parametrize(
@@ -498,6 +504,9 @@ async def test_a_configured_site_needs_its_signature(
     errors = await rejected(ingress, Body(JSON, SIGNED), 401, headers=headers)
 
     assert [e["field"] for e in errors] == ["x-talkable-signature"]
+    # which of the two it is ("missing or wrong" either way before), quoting nothing sent
+    sent = headers.get("x-talkable-signature")
+    assert errors[0]["message"] == (MISSING_SIGNATURE if not sent else WRONG_SIGNATURE)
 
 
 @pytest.mark.parametrize(
@@ -623,7 +632,7 @@ async def test_a_signing_sites_invalid_params_are_judged_only_once_the_sender_is
         ingress, body, 422, headers={"x-talkable-signature": sign(SITE_KEY, body.body)}
     )
 
-    assert unsigned == [{"field": "x-talkable-signature", "message": "missing or wrong"}]
+    assert unsigned == [{"field": "x-talkable-signature", "message": MISSING_SIGNATURE}]
     assert {e["field"] for e in signed} == {"email", "openai.temperature"}
 
 
