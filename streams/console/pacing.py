@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 TIMEOUT_SECONDS = 1.5
 CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
@@ -139,15 +140,23 @@ async def scrape(urls: Sequence[str], session: aiohttp.ClientSession | None = No
             await client.close()
     for url, text in zip(urls, answers, strict=True):
         if text is None:
-            pacing.unreachable.append(url)
+            pacing.unreachable.append(shown(url))
             continue
         try:
             parse(text, pacing)
         except ValueError:
-            pacing.unreachable.append(url)
+            pacing.unreachable.append(shown(url))
             continue
-        pacing.reached.append(url)
+        pacing.reached.append(shown(url))
     return pacing
+
+
+def shown(url: str) -> str:
+    """A worker's URL as the overview names it: a password in it (``CONSOLE_WORKER_URLS``'s
+    ``http://user:password@host``, a basic-auth proxy before the workers' ``/metrics``) hidden,
+    as every URL talkstream shows is; the overview printed it whole."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
 
 
 async def _get(client: aiohttp.ClientSession, url: str) -> str | None:
