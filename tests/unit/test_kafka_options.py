@@ -128,7 +128,8 @@ def test_topics_carry_the_replication_settings() -> None:
         ),
         (
             KafkaConnectionError("Connection at b-1.example:9096 closed"),
-            "does its listener expect TLS or SASL (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)",
+            "closed the connection: is that a Kafka listener, and does it expect TLS or SASL"
+            " (TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)",
         ),
         (TimeoutError(), "did not answer (timeout)"),
         (  # SASL against a listener without it: not a password to check (a probe was told so)
