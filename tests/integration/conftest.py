@@ -77,6 +77,26 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKaf
     broker.stop()
 
 
+@pytest.fixture(scope="module")
+def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka(
+        tmp_path_factory.mktemp("module-broker"), port=free_port(), controller_port=free_port()
+    )
+    broker.start(timeout=120)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def module_broker(_module_broker: EmbeddedKafka) -> EmbeddedKafka:
+    """A broker of the module's own, which each of its tests may stop, kill, freeze and start
+    again, as ``own_broker``: started once for the module, not once a test (a start takes 5 to
+    15 s), and found running by each test (started again if the one before left it stopped).
+    Each test's topics and groups are its own (names of its own, as on the session's broker)."""
+    _module_broker.start(timeout=120)  # (nothing to do when it runs)
+    return _module_broker
+
+
 @dataclass(frozen=True)
 class Answer:
     at: float  # time.monotonic() once answered (or given up on)

@@ -37,15 +37,15 @@ TEN_MINUTES_MS = 600_000
 
 
 async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_back_soon(
-    own_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+    module_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An ingress-like producer holding a record and a group consumer waiting for one, both
     trying the broker while it is down: a few connection attempts a second between them (each
     an aiokafka ERROR), not dozens; and once the broker is back, the record held is written and
     read within a second or two, as before."""
     topic = f"down-{uuid.uuid4().hex[:8]}"
-    await create_topic(own_broker.bootstrap, topic, partitions=1)
-    options = {"bootstrap_servers": own_broker.bootstrap}
+    await create_topic(module_broker.bootstrap, topic, partitions=1)
+    options = {"bootstrap_servers": module_broker.bootstrap}
     # a long request timeout: the record is held through the outage, not given up; and a long
     # linger, so that it is handed over before the outage (a send waits for the topic's
     # metadata, which a refresh during the broker's controlled shutdown can leave out)
@@ -63,7 +63,7 @@ async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_bac
         assert first.value == b"before"
         delivery = await producer.send(topic, b"during")  # lingers
 
-        await asyncio.to_thread(own_broker.stop)
+        await asyncio.to_thread(module_broker.stop)
         caplog.set_level(logging.ERROR, logger="aiokafka")
         caplog.clear()
         sending_now(held)  # the record held goes now: it waits for the broker
@@ -75,7 +75,7 @@ async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_bac
         assert attempts <= 2 * (WINDOW_SECONDS / (MAX_SECONDS * (1 - JITTER)) + 6), attempts
         assert not delivery.done()
 
-        await asyncio.to_thread(own_broker.start, timeout=120)
+        await asyncio.to_thread(module_broker.start, timeout=120)
         back = time.monotonic()
         written = await asyncio.wait_for(delivery, 60)
         took = time.monotonic() - back
@@ -95,7 +95,7 @@ async def test_clients_space_out_reconnects_while_the_broker_is_down_and_are_bac
 
 
 async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
-    own_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
+    module_broker: EmbeddedKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiokafka's ``stop()`` re-raises the cancellation of a fetch caught sleeping its retry
     back-off after a failed request (aio-libs/aiokafka#647) and leaves the rest of its close
@@ -103,13 +103,13 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
     stop during an outage; ``stop_consumer`` (which the worker's consumer thread now uses)
     swallows that one cancellation and finishes the close."""
     topic = f"down-{uuid.uuid4().hex[:8]}"
-    await create_topic(own_broker.bootstrap, topic, partitions=1)
-    consumer = group_consumer({"bootstrap_servers": own_broker.bootstrap}, f"g-{topic}", "r")
+    await create_topic(module_broker.bootstrap, topic, partitions=1)
+    consumer = group_consumer({"bootstrap_servers": module_broker.bootstrap}, f"g-{topic}", "r")
     consumer.subscribe([topic])
     await consumer.start()
     try:
         await asyncio.wait_for(consumer.getmany(timeout_ms=2000), 60)  # joined and fetching
-        await asyncio.to_thread(own_broker.stop)
+        await asyncio.to_thread(module_broker.stop)
         caplog.set_level(logging.ERROR, logger="aiokafka.consumer.fetcher")
         caplog.clear()
         fetcher = consumer._fetcher
@@ -140,7 +140,7 @@ STOP_BOUND_SECONDS = 45.0
 
 @pytest.mark.parametrize("outage", ["stopped", "hung"])
 def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_nothing(
-    outage: str, own_broker: EmbeddedKafka, tmp_path
+    outage: str, module_broker: EmbeddedKafka, tmp_path
 ) -> None:
     """Calls run when the broker stops (or hangs: SIGSTOP, its connections open and nothing
     answered), so their results wait in the worker's producer; the worker told to stop
@@ -151,9 +151,9 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
     the ledger reading a batch back, and for the producer's requests in flight.) The stop
     logs no asyncio "never retrieved" ERROR for what it gave up on."""
     drain = Settings.model_fields["stop_drain_seconds"].default
-    pid = own_broker.status().pid
+    pid = module_broker.status().pid
     assert pid is not None
-    system = System(own_broker, tmp_path)
+    system = System(module_broker, tmp_path)
     system.start()
     try:
         system.wait_ready()
@@ -169,7 +169,7 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
         )
 
         if outage == "stopped":
-            assert own_broker.stop()
+            assert module_broker.stop()
         else:
             os.kill(pid, signal.SIGSTOP)
         worker = system.procs.pop("worker")
@@ -201,7 +201,7 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
         assert took > drain + KAFKA_STOP_SECONDS - 1, f"gave up on Kafka after {took:.1f}s"
 
         if outage == "stopped":
-            own_broker.start(timeout=120)
+            module_broker.start(timeout=120)
         else:
             os.kill(pid, signal.SIGCONT)
         system.start_worker()

@@ -243,7 +243,9 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
     # the projector in each worker: a projector process started after the partitions were
     # added would not project (refused, it asks again:
     # test_a_projector_child_started_after_partitions_were_added_says_so_once)
-    system = System(kafka, tmp_path, projector="worker")
+    # a worker stopped leaves its partitions to the others once its session times out (a
+    # static member of the group): 10 s, not the default 30 s, for each of the two stops
+    system = System(kafka, tmp_path, projector="worker", session_timeout_seconds="10")
     # faust's setting: the workers see the partitions added within a second, not 5 minutes
     system.env["CONSUMER_METADATA_MAX_AGE_MS"] = "1000"
     workers = ("worker", "worker2", "worker3")

@@ -66,10 +66,10 @@ def hung(broker: EmbeddedKafka) -> Iterator[str]:
 
 @pytest.mark.parametrize("outage", [stopped, hung], ids=["stopped", "hung"])
 def test_worker_and_projector_are_unready_while_kafka_is_out_of_reach(
-    outage: Any, own_broker: EmbeddedKafka, tmp_path
+    outage: Any, module_broker: EmbeddedKafka, tmp_path
 ) -> None:
     projector_port = free_port()
-    system = System(own_broker, tmp_path, projector_http_port=str(projector_port)).start()
+    system = System(module_broker, tmp_path, projector_http_port=str(projector_port)).start()
     urls = {"worker": system.worker_url(), "projector": f"http://127.0.0.1:{projector_port}"}
     try:
         system.wait_ready()
@@ -82,7 +82,7 @@ def test_worker_and_projector_are_unready_while_kafka_is_out_of_reach(
                 assert readyz(url) == READY, name
             time.sleep(0.5)  # the probes' pace, not a wait for anything
 
-        with outage(own_broker) as says:
+        with outage(module_broker) as says:
             for name, url in urls.items():
 
                 def unready(u: str = url) -> Any:

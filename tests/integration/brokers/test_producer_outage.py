@@ -57,8 +57,10 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
     system = System(
         cluster,
         tmp_path,
-        generation_deadline_seconds="20",  # lost work is re-issued soon after Kafka is back
-        publish_deadline_seconds="20",
+        # lost work is re-issued soon after Kafka is back: an attempt's deadline is its
+        # queue wait (MAX_WAIT_SECONDS) plus the call's own (a call here takes 0.5 s)
+        generation_deadline_seconds="5",
+        publish_deadline_seconds="5",
         max_wait_seconds="60",  # the outage is no reason to give up on a queued call
     )
     system.env["PRODUCER_REQUEST_TIMEOUT"] = "10"  # faust's setting: the outage outlasts it

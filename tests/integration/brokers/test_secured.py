@@ -146,8 +146,8 @@ def test_every_command_connects_with_the_documented_settings(
     system = System(secured.broker, tmp_path_factory.mktemp("system"), **secured.settings())
     outputs: list[Ran] = []
 
-    def run(*args: str, timeout: float = 120) -> Ran:
-        ran = talkstream(system.env, *args, timeout=timeout)
+    def run(*args: str, timeout: float = 120, **env: str) -> Ran:
+        ran = talkstream({**system.env, **env}, *args, timeout=timeout)
         outputs.append(ran)
         print(f"\n{ran}")
         assert ran.code == 0, ran
@@ -189,7 +189,17 @@ def test_every_command_connects_with_the_documented_settings(
             60,
             what="the redriven publication",
         )
-        bench = run("bench", "--tiny", "--bootstrap", secured.broker.bootstrap, timeout=600)
+        # its workers' executors and projector are static members, whose groups it deletes
+        # once their sessions end: the shortest a broker allows (as test_bench_smoke.py), so
+        # that it cleans up in seconds, not the default 30 s
+        bench = run(
+            "bench",
+            "--tiny",
+            "--bootstrap",
+            secured.broker.bootstrap,
+            timeout=600,
+            TALKSTREAM_SESSION_TIMEOUT_SECONDS="6",
+        )
         # its own worker, ingress, relay and readers connected; nothing lost on the way
         assert "| lost requests / duplicate Talkable events | 0 / 0 |" in bench.out
     finally:
