@@ -280,7 +280,8 @@ def kafka_start(timeout: float, nodes: int | None) -> None:
             refuse_another_layout(settings.data_dir, nodes)
         broker = _broker(settings, nodes)
         nodes = len(broker.nodes) if isinstance(broker, KafkaCluster) else 1
-        status = broker.start(timeout=timeout)
+        # seconds of silence otherwise: a JVM starting, a KRaft quorum forming
+        status = broker.start(timeout=timeout, on_wait=lambda line: click.echo(line, err=True))
     except PortUnavailable as exc:  # the port named with what sets it
         cluster = isinstance(broker, KafkaCluster)
         where = (

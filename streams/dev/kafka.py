@@ -33,7 +33,7 @@ import string
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,16 +230,29 @@ class EmbeddedKafka:
         self.cluster_id_file.write_text(value + "\n")
         return value
 
-    def start(self, timeout: float = 60) -> KafkaStatus:
-        """Start the broker unless ours already runs; return once it answers metadata."""
+    def start(
+        self, timeout: float = 60, on_wait: Callable[[str], None] | None = None
+    ) -> KafkaStatus:
+        """Start the broker unless ours already runs; return once it answers metadata.
+        ``on_wait``: given one line when the wait for the broker to answer begins (a start
+        takes seconds, and says so at once rather than after)."""
+        say = on_wait or (lambda line: None)
         current = self.status()
         if current.pid is not None:
             if not current.running:
+                say(
+                    f"Kafka at {self.bootstrap} is starting (pid {current.pid}): waiting for it "
+                    f"to answer (at most {timeout:g} s)"
+                )
                 run_sync(wait_for_metadata(self.bootstrap, timeout, options=self.probe_options))
             logger.info("Kafka already running pid=%s bootstrap=%s", current.pid, self.bootstrap)
             return self.status()
         started = time.monotonic()
         self.launch()
+        say(
+            f"starting Kafka {self.version} at {self.bootstrap} (waiting for it to answer, "
+            f"at most {timeout:g} s)"
+        )
         self.wait_ready(timeout)
         seconds = time.monotonic() - started
         logger.info(

@@ -23,7 +23,7 @@ import concurrent.futures
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,9 +171,11 @@ class KafkaCluster:
     def fetch_jars(self) -> Path:
         return self.nodes[0].fetch_jars()
 
-    def start(self, timeout: float = 120) -> ClusterStatus:
+    def start(
+        self, timeout: float = 120, on_wait: Callable[[str], None] | None = None
+    ) -> ClusterStatus:
         """Start every node not running yet; return once each answers metadata that lists
-        every broker of the cluster."""
+        every broker of the cluster. ``on_wait``: given one line when the wait begins."""
         self.fetch_jars()
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest.write_text(
@@ -191,6 +193,11 @@ class KafkaCluster:
         try:
             for node in launched:
                 node.launch()
+            if on_wait is not None:
+                on_wait(
+                    f"starting Kafka {self.version}, {len(self.nodes)} nodes at {self.bootstrap} "
+                    f"(waiting for each to answer, at most {timeout:g} s)"
+                )
             for node in self.nodes:
                 remaining = max(1.0, timeout - (time.monotonic() - started))
                 node.wait_ready(remaining, brokers=len(self.nodes), watching=launched)

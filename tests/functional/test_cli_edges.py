@@ -852,7 +852,7 @@ def test_a_broker_listener_that_cannot_be_had_names_what_to_change(
     controller's listener was the one the broker could not bind."""
     from streams.dev.kafka import EmbeddedKafka, PortUnavailable
 
-    def unbindable(self: EmbeddedKafka, timeout: float = 60) -> None:
+    def unbindable(self: EmbeddedKafka, timeout: float = 60, on_wait: object = None) -> None:
         raise PortUnavailable("192.0.2.1", port, f"{reason}; Kafka node 1 could not bind it")
 
     monkeypatch.setattr(EmbeddedKafka, "start", unbindable)

@@ -4,11 +4,13 @@ and the node's server.properties, as the launcher checks a pid file's process, w
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -139,3 +141,56 @@ def test_stop_ends_the_broker_of_the_data_directory_whatever_its_port(
 
     assert (result.exit_code, result.output) == (0, "stopped\n")
     assert node.running_pid() is None
+
+
+@pytest.mark.parametrize(
+    ("nodes", "waiting"),
+    [
+        (
+            "1",
+            "starting Kafka 4.4.0 at 127.0.0.1:19500 (waiting for it to answer, at most 30 s)",
+        ),
+        (
+            "3",
+            "starting Kafka 4.4.0, 3 nodes at 127.0.0.1:19500,127.0.0.1:19502,127.0.0.1:19504 "
+            "(waiting for each to answer, at most 30 s)",
+        ),
+    ],
+)
+def test_a_start_says_it_waits_before_it_waits(
+    nodes: str, waiting: str, data_dir: Path, running: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start printed nothing for the ~12 s the broker takes to answer, then its ready line.
+    The launch is a stand-in (no JVM), whose wait ends with its port open; the line saying
+    what it waits for is out (on stderr) before the wait ends."""
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19500")
+    held: list[socket.socket] = []
+
+    def launch(node: EmbeddedKafka) -> int:
+        return running(node)
+
+    def wait_ready(node: EmbeddedKafka, timeout: float, *args: object, **kwargs: object) -> None:
+        click.echo(f"<the wait for {node.bootstrap} ends>")
+        held.append(socket.create_server((node.host, node.port)))  # it answers now
+
+    async def ensure_topics(settings: object) -> list[str]:
+        return []
+
+    monkeypatch.setattr(EmbeddedKafka, "fetch_jars", lambda node: data_dir)  # a cluster's first
+    monkeypatch.setattr(EmbeddedKafka, "launch", launch)
+    monkeypatch.setattr(EmbeddedKafka, "wait_ready", wait_ready)
+    monkeypatch.setattr("streams.topics.ensure_topics", ensure_topics)
+    try:
+        result = CliRunner().invoke(main, ["kafka", "start", "--timeout", "30", "--nodes", nodes])
+    finally:
+        for sock in held:
+            sock.close()
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == waiting
+    assert waiting in result.stderr
+    waits = [f"<the wait for 127.0.0.1:{19500 + 2 * i} ends>" for i in range(int(nodes))]
+    assert lines[1 : 1 + len(waits)] == waits
+    assert "running" in lines[1 + len(waits)]  # where it runs, as `kafka status` says it
+    assert waiting not in result.stdout
