@@ -217,13 +217,28 @@ def _database_unusable(exc: Exception) -> TypeGuard[SQLAlchemyError]:
     return database_unusable(exc)
 
 
+# the one-shot commands that find Kafka at TALKSTREAM_KAFKA_BOOTSTRAP: a first contact that
+# goes unanswered is said on stderr (the servers log theirs)
+_SAY_KAFKA_WAITS = frozenset({"topics", "replay", "redrive"})
+
+
+def _say_on_stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
 @click.group(cls=_Main)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """talkstream: Talkable webhooks → OpenAI text → Talkable, over Kafka."""
     # a command that sets up no logging (topics, replay, redrive, bench...) would print
     # aiokafka's records through logging's last resort: "Unable connect to ..." above the
     # command's own one-line error. The servers' logging setup still receives them (propagation).
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    says = ctx.invoked_subcommand in _SAY_KAFKA_WAITS
+    if says or "streams.kafka_options" in sys.modules:  # else imported for nothing
+        from streams.kafka_options import say_waits
+
+        say_waits(_say_on_stderr if says else None)
 
 
 # --- kafka ------------------------------------------------------------------------------------

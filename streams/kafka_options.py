@@ -10,7 +10,7 @@ import copy
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -106,7 +106,46 @@ _AUTH_ERRORS = (
 )
 
 
-async def diagnose(settings: Settings, timeout: float = 5.0) -> str | None:
+# what diagnose() gives each step (connect, then ApiVersions) with each bootstrap server
+DIAGNOSE_SECONDS = 5.0
+
+# how long a first contact with Kafka may go unanswered before a command says it waits
+WAIT_NOTICE_AFTER = 2.0
+
+_wait_notice: Callable[[str], None] | None = None
+
+
+def say_waits(notice: Callable[[str], None] | None) -> None:
+    """Where a one-shot command (``talkstream topics``, ``replay``, ``redrive``) says that it
+    waits for Kafka (:func:`waiting_for_kafka`): its stderr. Servers leave it unset."""
+    global _wait_notice
+    _wait_notice = notice
+
+
+@contextlib.contextmanager
+def waiting_for_kafka(settings: Settings, seconds: float) -> Iterator[None]:
+    """A first contact with Kafka, which gives up after ``seconds`` (then :func:`broker_error`
+    finds out why, :data:`DIAGNOSE_SECONDS` for each step with each server): unanswered for
+    :data:`WAIT_NOTICE_AFTER`, the notice set by :func:`say_waits` gets one line saying what is
+    waited for and how long at most. A listener that accepts but never answers (not Kafka, a
+    broker stopped in a debugger, TLS expected) held a command silent for 36 to 49 s."""
+    notice = _wait_notice
+    if notice is None:
+        yield
+        return
+    servers = len(settings.kafka_bootstrap.split(","))
+    line = (
+        f"waiting for Kafka at {settings.kafka_bootstrap} to answer: up to {seconds:g} s, then "
+        f"up to {2 * DIAGNOSE_SECONDS * servers:g} s more to find out why if it does not"
+    )
+    handle = asyncio.get_running_loop().call_later(WAIT_NOTICE_AFTER, notice, line)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+async def diagnose(settings: Settings, timeout: float = DIAGNOSE_SECONDS) -> str | None:
     """Why the brokers refuse us, when they do: one line naming the cause, or None.
 
     aiokafka logs the cause of a failed bootstrap (a refused password, a TLS handshake that

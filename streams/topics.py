@@ -31,7 +31,12 @@ from models.events import (
 )
 from models.state import PersonState
 from streams.errors import ConfigError
-from streams.kafka_options import broker_error, client_options, stop_consumer
+from streams.kafka_options import (
+    broker_error,
+    client_options,
+    stop_consumer,
+    waiting_for_kafka,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -343,7 +348,8 @@ async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
     try:
         try:
-            await asyncio.wait_for(admin.start(), timeout)
+            with waiting_for_kafka(settings, timeout):
+                await asyncio.wait_for(admin.start(), timeout)
         except (KafkaError, TimeoutError, OSError) as exc:  # no broker answered at all
             raise await broker_error(settings, exc) from exc
         try:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from bench.system import free_port as free_port
 from bench.system import free_port_run as free_port_run
@@ -46,13 +46,14 @@ def poll(probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -
 
 
 class Lines:
-    """A process's stdout, line by line, read in a thread (so a wait has a deadline)."""
+    """A process's stdout (or ``stream``, its stderr), line by line, read in a thread (so a
+    wait has a deadline)."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], stream: IO[str] | None = None) -> None:
         self.seen: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
-        assert proc.stdout is not None
-        stdout = proc.stdout
+        stdout = stream or proc.stdout
+        assert stdout is not None
 
         def read() -> None:
             for line in stdout:

@@ -44,6 +44,7 @@ from streams.kafka_options import (
     reading_consumer,
     start_reading,
     stop_consumer,
+    waiting_for_kafka,
 )
 from streams.ops.helpers import (
     FORK,
@@ -190,9 +191,11 @@ class LogReader:
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
     """The topic's partition ids, from the cluster's metadata (never creates the topic)."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
+    seconds = 40  # aiokafka's default, said by the notice
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=seconds * 1000)
     try:
-        await admin.start()
+        with waiting_for_kafka(settings, seconds):
+            await admin.start()
         described = await admin.describe_topics()  # all topics: asking for one may create it
     finally:
         await admin.close()
