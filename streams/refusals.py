@@ -21,6 +21,8 @@ here:
   middleware.
 - a bug of ours (500) and a handler that timed out (504): ``handle_error`` again, in JSON
   too, with nothing of the request or the exception in it (the log has the traceback).
+  Headers an app gives every answer (:data:`ANSWER_HEADERS`: the console's) are given to
+  ``handle_error``'s answers too.
 - an ``Expect`` other than ``100-continue`` (417), which aiohttp answers before any
   middleware: :class:`AppRunner` serves the app's handling wrapped to answer it.
 
@@ -239,12 +241,17 @@ REFUSED: web.AppKey[Refused] = web.AppKey("refused")
 # :class:`AppRunner` with aiohttp's decoding off (its public ``auto_decompress``): its handlers
 # read a body as sent, in its Content-Encoding
 RAW_BODIES: web.AppKey[bool] = web.AppKey("raw_bodies")
+# what an app puts in the headers of every answer (the console's security headers), also of
+# those its server answers itself (:meth:`_Connection.handle_error`: a parser's refusal, a
+# bug's 500), which its middlewares never see
+ANSWER_HEADERS: web.AppKey[Callable[[web.StreamResponse], None]] = web.AppKey("answer_headers")
 
 
 class _Connection(web.RequestHandler):
     """aiohttp's connection, whose own error answers are the product's JSON."""
 
     refused: Refused | None = None
+    headers: Callable[[web.StreamResponse], None] | None = None
 
     def handle_error(
         self,
@@ -263,16 +270,20 @@ class _Connection(web.RequestHandler):
             answer = _answer(*refusal(exc, self.max_headers))
             if self.refused is not None:  # the parser's: no handler has seen it
                 self.refused(answer.status)
+        if self.headers is not None:
+            self.headers(answer)
         answer.force_close()
         return answer
 
 
 class _Server(web.Server):
     refused: Refused | None = None
+    headers: Callable[[web.StreamResponse], None] | None = None
 
     def __call__(self) -> web.RequestHandler:
         connection = _Connection(self, loop=self._loop, **self._kwargs)
         connection.refused = self.refused
+        connection.headers = self.headers
         return connection
 
 
@@ -307,6 +318,7 @@ class AppRunner(web.AppRunner):
             **options,
         )
         server.refused = self.app.get(REFUSED)
+        server.headers = self.app.get(ANSWER_HEADERS)
         return server
 
 

@@ -12,7 +12,9 @@
   the session's CSRF token. A bearer request needs neither (no browser attaches one on its
   own).
 - Every answer carries a strict Content-Security-Policy (no script at all, styles and frames
-  from the console only), ``nosniff``, ``no-store`` and no framing by other sites.
+  from the console only), ``nosniff``, ``no-store`` and no framing by other sites: set as it
+  is sent (``on_response_prepare``), and on what the server answers outside the app (a bug's
+  500, a request the parser refuses: ``streams.refusals.ANSWER_HEADERS``).
 
 What the door refuses is answered in the product's error shape, ``{"errors": [{"field":
 ..., "message": ...}]}``, naming ``Authorization`` (401, with ``WWW-Authenticate: Bearer``),
@@ -42,7 +44,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from streams.console.pages import AUTH, CSRF, render
-from streams.refusals import body, refusals
+from streams.refusals import ANSWER_HEADERS, body, refusals
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,12 @@ def install(
 ) -> None:
     app[TOKEN] = digest(token)
     app[ENDED] = {}
-    app.middlewares.append(_headers)
-    # what aiohttp answers itself (404, 405, 413) in JSON: inside the headers' middleware, so
-    # those answers are secured too, and outside the guard, whose read of a form may be 413
+    # every answer's headers: what a handler or a middleware answered, and what the server
+    # answers itself, outside every middleware (a bug's 500, a parser's 400)
+    app.on_response_prepare.append(_secure_prepared)
+    app[ANSWER_HEADERS] = _secure
+    # what aiohttp answers itself (404, 405, 413) in JSON: outside the guard, whose read of a
+    # form may be 413
     app.middlewares.append(refusals)
     setup_session(
         app,
@@ -130,16 +135,8 @@ def _matches(app: web.Application, token: str) -> bool:
     return hmac.compare_digest(digest(token), app[TOKEN])
 
 
-@web.middleware
-async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
-        _secure(response)
-        raise
+async def _secure_prepared(request: web.Request, response: web.StreamResponse) -> None:
     _secure(response)
-    return response
 
 
 def _secure(response: web.StreamResponse) -> None:

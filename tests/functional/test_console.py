@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
@@ -474,6 +474,54 @@ async def test_what_the_router_and_the_body_limit_refuse_is_json_and_still_secur
     for answer in (missing, method, large, many):
         assert answer.headers["content-security-policy"] == CSP
         assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_bug_and_a_refused_request_are_answered_with_the_security_headers(
+    tmp_path: Path,
+):
+    """A page handler that raised was answered 500 by aiohttp's connection, outside the
+    middleware that added the console's headers: no CSP, no nosniff, no no-store. So was a
+    request the HTTP parser refused. Every answer carries them now, 404 as before."""
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        raise RuntimeError("a bug in a page")
+
+    store = ProjectionStore.from_url(projection(tmp_path, 0, None, ()), migrate_schema=False)
+    app = build_console(
+        make_settings(tmp_path),
+        ConsoleQueries(store.engine),
+        FakeLog(),
+        token=TOKEN,
+        now_ms=lambda: NOW_MS,
+        pacing=_no_pacing,
+        database=store.url,
+    )
+    app.router.add_get("/broken", broken)
+    client = TestClient(Served(app))
+    await client.start_server()
+    bearer = f"Host: t\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close"
+    try:
+        bug = await exchange(client.server, f"GET /broken HTTP/1.1\r\n{bearer}\r\n\r\n".encode())
+        missing = await exchange(
+            client.server, f"GET /nowhere HTTP/1.1\r\n{bearer}\r\n\r\n".encode()
+        )
+        garbled = await exchange(client.server, b"GET /requests HTTP/9.x\r\nHost: t\r\n\r\n")
+    finally:
+        await client.close()
+        store.engine.dispose()
+    assert refused(bug, 500, "server") == "internal error"
+    assert refused(missing, 404, "path") == "no such path"
+    assert garbled.status == 400
+    for answer in (bug, missing, garbled):
+        assert answer.headers["content-security-policy"] == CSP, answer
+        assert answer.headers["x-content-type-options"] == "nosniff", answer
+        assert answer.headers["x-frame-options"] == "SAMEORIGIN", answer
+        assert answer.headers["referrer-policy"] == "same-origin", answer
+        assert answer.headers["cache-control"] == "no-store", answer
+
+
+async def _no_pacing() -> Pacing:
+    return Pacing(unreachable=[])
 
 
 async def test_every_page_and_action_needs_the_token(console: Console):
