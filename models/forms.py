@@ -16,7 +16,10 @@ asks senders for UTF-8, and a text that reads unambiguously is not refused for i
 
 Form names nest as Rails does (Rack's ``QueryParser#normalize_params``); values stay strings:
 
-- ``a=1`` sets a key; a repeated scalar key keeps the last value.
+- ``a=1`` sets a key. A scalar key given again with another value (``site=s&site=t``) is
+  unreadable, naming it: Rack keeps the last value, which silently dropped the first (Talkable
+  sends params as objects, never a scalar twice: a repeat is a template mistake). The same
+  value again is taken once. Arrays are repeated with ``[]`` (``a[]=1&a[]=2``).
 - ``a[b]=1`` nests a hash; ``a[]=1`` appends to an array.
 - ``a[][b]=1`` appends hashes to an array: the value joins the array's last hash unless that
   hash already has ``b``, in which case a new hash starts (so ``[][role]=…&[][content]=…`` pairs
@@ -63,6 +66,7 @@ _ARRAY_OF_HASH = re.compile(r"\[\]\[([^\[\]]+)\]")
 _ARRAY_NESTED = re.compile(r"\[\](.+)", re.DOTALL)
 _SPLIT = re.compile(r"[\[\]]+")
 _CONFLICT = "given both as a value and as nested fields"
+_REPEATED = "given more than once, with different values"
 _NOT_MULTIPART = "not a valid multipart/form-data body"
 
 
@@ -483,8 +487,11 @@ def _normalize(
 
 
 def _set_scalar(params: dict[str, Any], key: str, value: str, path: tuple[str, ...]) -> None:
-    if isinstance(params.get(key), dict | list):
+    current = params.get(key)
+    if isinstance(current, dict | list):
         raise FormError(Problem.UNREADABLE, "body", _CONFLICT, path)
+    if current is not None and current != value:
+        raise FormError(Problem.UNREADABLE, "body", _REPEATED, path)
     params[key] = value
 
 

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 from aiohttp import ClientResponse
@@ -40,12 +40,13 @@ from tests.functional.conftest import (
     StartIngress,
     envelope,
     form_body,
+    multipart,
     seed_params,
     sent_until_closed,
     shapes,
     sign,
 )
-from tests.support import with_changes
+from tests.support import form_pairs, with_changes
 
 SHAPES = shapes(seed_params())
 
@@ -344,6 +345,32 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         {"site"},
     ),
     "form that is not UTF-8": (Body(FORM, b"site=%FF%FE"), 400, {"body"}),
+    # Rack keeps the last of a scalar given twice: the first was dropped without a word
+    "form scalar given twice": (
+        Body(FORM, form_body(seed_params()) + b"&site=other-store"),
+        400,
+        {"site"},
+    ),
+    "form nested scalar given twice": (
+        Body(FORM, form_body(seed_params()) + b"&openai[model]=gpt-4o&openai[model]=gpt-4.1"),
+        400,
+        {"openai.model"},
+    ),
+    "multipart scalar given twice": (
+        multipart([*form_pairs(seed_params()), ("email", "bob@example.com")]),
+        400,
+        {"email"},
+    ),
+    "query scalar given twice": (
+        Body(JSON, json_body(changed(site=...)), query="site=acme-store&site=other-store"),
+        400,
+        {"site"},
+    ),
+    "form name of digits given twice": (
+        Body(FORM, form_body(seed_params()) + b"&4111111111111111=1&4111111111111111=2"),
+        400,
+        {"body"},
+    ),
     # a name of digits (a card number?) is cut off like any name the contract does not know
     "a message with a field named by a number": (
         Body(JSON, json_body(changed(openai__messages__0__4111111111111111="y"))),
@@ -383,6 +410,18 @@ REJECTIONS: dict[str, tuple[Body, int, set[str]]] = {
         {"content-type"},
     ),
 }
+
+
+async def test_a_scalar_given_twice_is_named_and_the_same_value_twice_is_one(
+    ingress: Ingress,
+) -> None:
+    """``site=s&site=t`` took the last value, silently; arrays are what repeats (``m[]``)."""
+    errors = await rejected(ingress, Body(FORM, form_body(seed_params()) + b"&site=t"), 400)
+    assert errors == [{"field": "site", "message": "given more than once, with different values"}]
+
+    again = form_body(seed_params()) + b"&" + urlencode({"site": seed_params()["site"]}).encode()
+    received = await accepted(ingress, Body(FORM, again))
+    assert received.spec == (await accepted(ingress, Body(FORM, form_body(seed_params())))).spec
 
 
 @pytest.mark.parametrize("case", list(REJECTIONS))
@@ -839,6 +878,10 @@ SECRET_BAIT: dict[str, tuple[Body, int]] = {
     ),
     "openai key as a conflicting form name": (
         Body(FORM, f"{OPENAI_KEY}=1&{OPENAI_KEY}[x]=2".encode()),
+        400,
+    ),
+    "openai key as a repeated form name": (
+        Body(FORM, f"{OPENAI_KEY}=1&{OPENAI_KEY}=2".encode()),
         400,
     ),
     "broken json around the keys": (

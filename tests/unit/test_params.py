@@ -249,7 +249,7 @@ def test_defaults_apply_when_optional_params_are_left_out() -> None:
 @pytest.mark.parametrize(
     ("pairs", "tree"),
     [
-        ([("a", "1"), ("a", "2")], {"a": "2"}),
+        ([("a", "1"), ("a", "1")], {"a": "1"}),  # the same value again: Rack's, taken once
         ([("a[]", "1"), ("a[]", "2")], {"a": ["1", "2"]}),
         ([("a[b][c]", "1")], {"a": {"b": {"c": "1"}}}),
         (
@@ -288,6 +288,9 @@ def test_form_nesting_follows_rack(pairs: list[tuple[str, str]], tree: dict[str,
         [("a[b]", "1"), ("a[]", "2")],
         [("a[]", "1"), ("a", "2")],
         [("a" + "[b]" * 40, "1")],
+        # Rack keeps the last ({"a": "2"}); a scalar given twice differently is a mistake
+        [("a", "1"), ("a", "2")],
+        [("a[b]", "1"), ("a[b]", "2")],
     ],
 )
 def test_conflicting_or_too_deep_names_are_refused(pairs: list[tuple[str, str]]) -> None:
