@@ -52,15 +52,22 @@ async def test_a_listener_that_is_not_kafka_is_asked_whether_it_is_one() -> None
     )
 
 
-@pytest.mark.parametrize(("command", "seconds"), [(["topics"], 30), (["redrive", "--dry-run"], 40)])
+@pytest.mark.parametrize(
+    ("command", "seconds"),
+    [
+        (["topics"], 30),
+        (["redrive", "--dry-run"], 40),
+        (["replay", "--database-url", "sqlite:///{tmp}/rebuilt.sqlite3"], 40),
+    ],
+)
 def test_a_command_says_it_waits_for_a_listener_that_never_answers(
     command: list[str], seconds: int, tmp_path: Path
 ) -> None:
     """A listener that takes the connection and never answers held `talkstream topics` 36 s
-    and `redrive --dry-run` 47 s without a word before their timeout error. The kernel accepts
-    the connection for a listening socket nobody reads; the command, started as a user starts
-    it, says on stderr what it waits for and how long at most while it waits (it is stopped
-    then: its timeout error is tested elsewhere)."""
+    and `redrive --dry-run` 47 s (`replay` as long) without a word before their timeout
+    error. The kernel accepts the connection for a listening socket nobody reads; the
+    command, started as a user starts it, says on stderr what it waits for and how long at
+    most while it waits (it is stopped then: its timeout error is tested elsewhere)."""
     silent = socket.create_server(("127.0.0.1", 0), backlog=16)
     port = silent.getsockname()[1]
     env = {
@@ -69,7 +76,7 @@ def test_a_command_says_it_waits_for_a_listener_that_never_answers(
         "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams", *command],
+        [sys.executable, "-m", "streams", *(arg.format(tmp=tmp_path) for arg in command)],
         env=env,
         cwd=CHECKOUT,
         stdin=subprocess.DEVNULL,
