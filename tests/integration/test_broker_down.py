@@ -143,7 +143,9 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
     outage: str, module_broker: EmbeddedKafka, tmp_path
 ) -> None:
     """Calls run when the broker stops (or hangs: SIGSTOP, its connections open and nothing
-    answered), so their results wait in the worker's producer; the worker told to stop
+    answered) and past the drain, so the records telling them lost wait in the worker's
+    producer (its queued commands are not handed back: the commit that must come first is not
+    made; their last mark names them, and the next run tells them lost); the worker told to stop
     (SIGTERM: a deploy, systemd, Kubernetes) then ends within the drain, the wait for Kafka and
     a few seconds, saying what it stopped without. Started again with the broker back, every
     webhook accepted ends published: what Kafka never acknowledged was not taken as done (the
@@ -157,8 +159,14 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
     system.start()
     try:
         system.wait_ready()
-        # calls long enough to be running when the broker stops, and ending after it
-        system.openai("POST", "/_control", {"latency_seconds": 3})
+        # one webhook through first: the worker's producer knows [requests]'s partitions (a
+        # send to a topic it has no metadata of waits for Kafka before the producer holds it)
+        status, answer = system.post(seed_params("first@example.com", content="first"))
+        assert status == 202, answer
+        system.wait_terminal([answer["request_id"]], timeout=60)
+        # calls still running when the broker has stopped (its graceful stop takes seconds)
+        # and past the drain: cut short, told lost into a producer Kafka no longer answers
+        system.openai("POST", "/_control", {"latency_seconds": 30})
         accepted = []
         for i in range(20):
             status, answer = system.post(seed_params(f"stop{i}@example.com", content=f"stop {i}"))
@@ -204,6 +212,7 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
             module_broker.start(timeout=120)
         else:
             os.kill(pid, signal.SIGCONT)
+        system.openai("POST", "/_control", {"latency_seconds": 0.05})  # called again: quick
         system.start_worker()
         rows = system.wait_terminal(accepted, timeout=180)
         assert {rid: row.state for rid, row in rows.items()} == dict.fromkeys(accepted, "published")
