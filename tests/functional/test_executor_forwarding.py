@@ -318,6 +318,21 @@ def lost_in(metadata: str, offsets: range = range(8)) -> list[int]:
     return [offset for offset in offsets if mark.lost(offset)]
 
 
+async def next_owner_told(commit: tuple[int, str], *values: tuple[int, bytes]) -> list[Any]:
+    """What the partition's next owner tells the ledger was lost, reading ``commit`` (the last
+    one a crash left) and the partition's records ``values``."""
+    at, metadata = commit
+    mark = Mark.parse(metadata)
+    assert mark is not None
+    requests = Requests()
+    owner = marks_generator(requests)
+    owner.consumer = Marked({KEY_TP: (at, mark)})  # type: ignore[assignment]
+    await owner.handover.recover(owner.consumer, {KEY_TP})
+    batch = {KEY_TP: [SimpleNamespace(offset=o, value=v) for o, v in values]}
+    await owner.lost.past_lost(batch)
+    return requests.sent
+
+
 async def test_a_forward_kafka_acknowledged_is_told_lost_by_no_mark_a_crash_leaves() -> None:
     """A forward counted once Kafka acknowledged it, but the mark still naming it was
     committed again only at the executor's next loop (up to half a second): a worker that
@@ -339,19 +354,10 @@ async def test_a_forward_kafka_acknowledged_is_told_lost_by_no_mark_a_crash_leav
     assert g.generate.sent == [(ORG.encode(), a)], "forwarded, acknowledged"
 
     # the worker dies now, before its loop's next commit: the partition's next owner
-    at, metadata = g.consumer.commits[-1][KEY_TP]
-    mark = Mark.parse(metadata)
-    assert mark is not None
-    requests = Requests()
-    owner = marks_generator(requests)
-    owner.consumer = Marked({KEY_TP: (at, mark)})  # type: ignore[assignment]
-    await owner.handover.recover(owner.consumer, {KEY_TP})
-    batch = {KEY_TP: [SimpleNamespace(offset=0, value=command("first")),
-                      SimpleNamespace(offset=1, value=a)]}  # fmt: skip
-    await owner.lost.past_lost(batch)
-    for lost in requests.sent:  # its ledger, its attempt 1 called at the organisation's
+    told = await next_owner_told(g.consumer.commits[-1][KEY_TP], (0, command("first")), (1, a))
+    for lost in told:  # its ledger, its attempt 1 called at the organisation's
         assert person.send(lost).commands == [], "re-issued while called there"
-    assert requests.sent == []
+    assert told == []
     taken, unmarked = g.consumer.commits[-2:]  # the batch's commit, then the forward's
     assert lost_in(taken[KEY_TP][1]) == [1], "taken: named lost until forwarded"
     assert lost_in(unmarked[KEY_TP][1]) == [] and generate.named == [[]], "sent after it"

@@ -16,7 +16,6 @@ from aiokafka.errors import CommitFailedError
 
 from models.events import GenerateText
 from streams.agents.handover import OnRebalance
-from streams.agents.marks import Mark
 from streams.codecs import encode
 from tests.functional.test_executor_forwarding import (
     KEY_ID,
@@ -26,10 +25,9 @@ from tests.functional.test_executor_forwarding import (
     Topic,
     generator,
     lost_in,
+    next_owner_told,
 )
 from tests.unit.domain_builders import Ledger, received
-from tests.unit.test_executor_marks import Marked, Requests
-from tests.unit.test_executor_marks import generator as marks_generator
 
 
 class Watched(Topic):
@@ -84,21 +82,6 @@ async def queued(g: Generator, person: Ledger, request_id: str, offset: int) -> 
                              key=KEY_ID.encode(), value=value)  # fmt: skip
     await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]
     return value
-
-
-async def next_owner_told(commit: tuple[int, str], *values: tuple[int, bytes]) -> list[Any]:
-    """What the partition's next owner tells the ledger was lost, reading ``commit`` (the last
-    one a crash left) and the partition's records ``values``."""
-    at, metadata = commit
-    mark = Mark.parse(metadata)
-    assert mark is not None
-    requests = Requests()
-    owner = marks_generator(requests)
-    owner.consumer = Marked({KEY_TP: (at, mark)})  # type: ignore[assignment]
-    await owner.handover.recover(owner.consumer, {KEY_TP})
-    batch = {KEY_TP: [SimpleNamespace(offset=o, value=v) for o, v in values]}
-    await owner.lost.past_lost(batch)
-    return requests.sent
 
 
 async def test_a_command_handed_back_at_a_revoke_is_told_lost_by_no_mark_a_crash_leaves() -> None:
