@@ -66,25 +66,25 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     broker.stop()
 
 
-@pytest.fixture
-def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """A broker of the test's own, which it may stop, kill and start again."""
+def _started_broker(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[EmbeddedKafka]:
+    """A broker started in a folder of its own, stopped when its fixture ends."""
     broker = EmbeddedKafka(
-        tmp_path_factory.mktemp("own-broker"), port=free_port(), controller_port=free_port()
+        tmp_path_factory.mktemp(name), port=free_port(), controller_port=free_port()
     )
     broker.start(timeout=120)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of the test's own, which it may stop, kill and start again."""
+    yield from _started_broker(tmp_path_factory, "own-broker")
 
 
 @pytest.fixture(scope="module")
 def _module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    broker = EmbeddedKafka(
-        tmp_path_factory.mktemp("module-broker"), port=free_port(), controller_port=free_port()
-    )
-    broker.start(timeout=120)
-    yield broker
-    broker.stop()
+    yield from _started_broker(tmp_path_factory, "module-broker")
 
 
 @pytest.fixture
