@@ -180,11 +180,15 @@ async def test_a_number_stays_on_one_line(
     assert wrapped == {}
 
 
-# each request id a line break cuts elsewhere than after a "~" or before a "/", "|" there
-BROKEN_ID = """
-    const broken = [];
-    for (const link of document.querySelectorAll(arguments[0])) {
-      const walk = document.createTreeWalker(link, NodeFilter.SHOW_TEXT);
+def broken_lines(allowed: str) -> str:
+    """A script returning the text of each element ``arguments[0]`` (a CSS selector) selects
+    that a line break cuts where ``allowed`` is false (a JavaScript expression of ``last`` and
+    ``next``, the characters either side of the break; ``word`` matches a letter or a digit),
+    with "|" at each of its breaks."""
+    script = """
+    const word = /[\\p{L}\\p{N}]/u, broken = [];
+    for (const element of document.querySelectorAll(arguments[0])) {
+      const walk = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
       let text = '', bad = false, top = null, last = '';
       for (let node = walk.nextNode(); node; node = walk.nextNode()) {
         for (let i = 0; i < node.length; i++) {
@@ -192,12 +196,13 @@ BROKEN_ID = """
           range.setStart(node, i);
           range.setEnd(node, i + 1);
           const at = Math.round(range.getClientRects()[0].top);
+          const next = node.data[i];
           if (top !== null && at !== top) {
             text += '|';
-            bad = bad || !(last === '~' || node.data[i] === '/');
+            bad = bad || !(ALLOWED);
           }
           top = at;
-          last = node.data[i];
+          last = next;
           text += last;
         }
       }
@@ -205,6 +210,11 @@ BROKEN_ID = """
     }
     return broken;
 """
+    return script.replace("ALLOWED", allowed)
+
+
+# each request id a line break cuts elsewhere than after a "~" or before a "/", "|" there
+BROKEN_ID = broken_lines("last === '~' || next === '/'")
 
 
 @pytest.mark.parametrize("width", [400, 1280])
@@ -460,31 +470,9 @@ EMAILS = (
     "maria.fernandez.gonzalez@marketing.globex-corp.co.uk",
     "jonathan.livingston-seagull@example-company.com",
 )
-# each cell whose text a line break cuts mid-word (between two letters or digits), "|" there
-BROKEN_MID_WORD = """
-    const word = /[\\p{L}\\p{N}]/u, broken = [];
-    for (const cell of document.querySelectorAll(arguments[0])) {
-      const walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
-      let text = '', bad = false, top = null, last = '';
-      for (let node = walk.nextNode(); node; node = walk.nextNode()) {
-        for (let i = 0; i < node.length; i++) {
-          const range = document.createRange();
-          range.setStart(node, i);
-          range.setEnd(node, i + 1);
-          const at = Math.round(range.getClientRects()[0].top);
-          if (top !== null && at !== top && word.test(last) && word.test(node.data[i])) {
-            text += '|';
-            bad = true;
-          }
-          top = at;
-          last = node.data[i];
-          text += last;
-        }
-      }
-      if (bad) broken.push(text);
-    }
-    return broken;
-"""
+# each cell whose text a line break cuts mid-word (between two letters or digits), "|" at
+# each of its breaks
+BROKEN_MID_WORD = broken_lines("!(word.test(last) && word.test(next))")
 
 
 def emails_broken_mid_word(
