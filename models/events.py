@@ -38,9 +38,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # CompletionPublished lifecycle events, that ``event_number`` (what joins a request with
 # Talkable's event). 9: on PublicationStarted and PublicationFailed lifecycle events,
 # ``attempted_event_number`` (the number the attempt writes the event under: what joins a
-# failed publication with the Talkable event it attempted). Fields are only ever added,
-# optional.
-SCHEMA_VERSION = 9
+# failed publication with the Talkable event it attempted). 10: ``not_called`` on attempt
+# failures (the attempt failed before its call was made: the webhook's key could not be opened;
+# the lifecycle event's cause then says so). Fields are only ever added, optional.
+SCHEMA_VERSION = 10
 
 # a field a lifecycle event of a type says from a schema version on, though the ledger could
 # have derived it before: a recorded event an earlier version wrote does not say it, and
@@ -147,6 +148,11 @@ class GenerationAttemptFailed(_Wire):
         description="it ended waiting for its target (QueueTimeout: longer than the maximum "
         "wait, or asked to wait longer): the upstream did not refuse it",
     )
+    not_called: bool = Field(
+        False,
+        description="it failed before its call was made (the webhook's key could not be "
+        "opened: SealedKey): the upstream was not called (schema 10)",
+    )
 
 
 class PublicationAttemptSucceeded(_Wire):
@@ -186,6 +192,11 @@ class PublicationAttemptFailed(_Wire):
         False,
         description="it ended waiting for its target (QueueTimeout: longer than the maximum "
         "wait, or asked to wait longer): the upstream did not refuse it",
+    )
+    not_called: bool = Field(
+        False,
+        description="it failed before its call was made (the webhook's key could not be "
+        "opened: SealedKey): the upstream was not called (schema 10)",
     )
 
 

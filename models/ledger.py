@@ -286,8 +286,12 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
 def _failed_cause(
     refused: str, upstream: str, f: GenerationAttemptFailed | PublicationAttemptFailed
 ) -> str:
-    """A failure the upstream answered, or one that ended waiting for it (``waited_out``, from
-    schema 7 on: one written before says what it said then, so a replay derives it again)."""
+    """A failure the upstream answered, one that ended waiting for it (``waited_out``, from
+    schema 7 on), or one before its call was made (``not_called``, from schema 10 on: its key
+    could not be opened). One written before says what it said then, so a replay derives it
+    again."""
+    if f.not_called:
+        return f"{upstream} not called: the attempt failed before its call"
     if f.waited_out:
         return f"gave up waiting for {upstream}: the wait outlasted the maximum wait"
     return refused

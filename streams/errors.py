@@ -104,6 +104,8 @@ class UpstreamError(TalkstreamError):
     way the answer asks (OpenAI's 400 for ``max_tokens`` to a model that takes
     ``max_completion_tokens`` only): the upstream generated nothing, and the call is made
     again at once, as the same try (once: refused so again, it is the refusal it says).
+    ``called``: False for a failure before the call was made (its key could not be opened):
+    the request's lifecycle says the upstream was not called.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class UpstreamError(TalkstreamError):
         limits: Limits | None = None,
         answered: bool = False,
         resend: bool = False,
+        called: bool = True,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -131,6 +134,7 @@ class UpstreamError(TalkstreamError):
         self.answered = answered
         # refused as it was sent, and the adapter now sends it the way the answer asked for
         self.resend = resend
+        self.called = called
         self.tries = 1
 
 

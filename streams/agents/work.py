@@ -220,6 +220,7 @@ def _failure(error: UpstreamError) -> dict[str, Any]:
         "error_message": str(error)[:500],
         "retriable": error.retriable,
         "waited_out": isinstance(error, QueueTimeout),
+        "not_called": not error.called,
     }
 
 
@@ -237,6 +238,7 @@ def _opened(secrets: SecretBox, sealed: str, key: str) -> str:
             "ingress the same keys (when rotating, the old key after the new one), then "
             "redrive",
             reason="SealedKey",
+            called=False,
         ) from None
 
 

@@ -14,6 +14,7 @@ from models.events import GenerateText, PublishCompletion
 from streams.agents.work import Generate, Publish
 from streams.errors import UpstreamError
 from streams.secrets import SecretBox
+from streams.upstream.jobs import Outcome
 from tests.unit.domain_builders import Ledger, generated, received
 
 OPENAI_KEY, TALKABLE_KEY = "sk-sealed-elsewhere-1234", "talkable-sealed-elsewhere-5678"
@@ -70,3 +71,31 @@ async def test_a_key_no_key_of_the_worker_opens_names_the_key_and_the_fix() -> N
         f"the webhook's Talkable key (api_key) {FIX}",
     )
     assert not generation.retriable and called == []  # no call made with what is not a key
+
+
+async def test_a_key_no_key_of_the_worker_opens_ends_its_request_saying_nothing_was_called() -> (
+    None
+):
+    """The failure as the executors report it and the ledger decides it: its lifecycle cause
+    says the upstream was not called (it said "OpenAI call failed" though no call was made)."""
+    generate, publish = commands()
+    worker = SecretBox([Fernet.generate_key()])
+    causes = []
+    for work, command in ((Generate(None, worker), generate), (Publish(None, worker), publish)):
+        error = await failure(work, command)  # type: ignore[arg-type]
+        result = work.result(command, Outcome(None, error, waited_s=0.0, tries=1), now_ms=1)
+        assert result.not_called
+        ledger = Ledger()
+        ledger.send(received("r-1"))
+        if isinstance(command, PublishCompletion):
+            ledger.send(generated("r-1"))
+        [event] = ledger.send(result).events
+        causes.append((event.state.value, event.error_class, event.cause))
+    assert causes == [
+        (
+            "generation_failed",
+            "SealedKey",
+            "OpenAI not called: the attempt failed before its call; slot released",
+        ),
+        ("publish_failed", "SealedKey", "Talkable not called: the attempt failed before its call"),
+    ]
