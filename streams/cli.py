@@ -547,7 +547,7 @@ def ingress(log_format: str | None) -> None:
 
     from streams.errors import TalkstreamError
     from streams.ingress import AccessLogger, KafkaSink, build_ingress
-    from streams.kafka_options import client_options
+    from streams.kafka_options import client_options, diagnose
     from streams.logs import announce
     from streams.logs import setup as setup_logging
     from streams.refusals import run_app
@@ -571,6 +571,7 @@ def ingress(log_format: str | None) -> None:
             stall_seconds=settings.kafka_stall_seconds,
             ledger_changelog=settings.topic(f"{LEDGER_TABLE}-changelog"),
             partitions=settings.partitions,
+            diagnose=lambda: diagnose(settings),
         )
         built = build_ingress(settings, sink, secrets)
         heap.settle()

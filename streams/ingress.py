@@ -144,8 +144,12 @@ class KafkaSink:
         stall_seconds: float = 5.0,
         ledger_changelog: str | None = None,
         partitions: int | None = None,
+        diagnose: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._options = options
+        # why the brokers refuse a start that failed at once (the CLI's words for it,
+        # ``streams.kafka_options.diagnose``): None, or a start that timed out, says it alone
+        self._diagnose = diagnose
         # a record's partition, by the count the topics were created with (the ledger's):
         # never the producer's pick over the partitions the broker has now (see partition_of)
         self._partition_of = partition_of(partitions) if partitions else None
@@ -173,17 +177,29 @@ class KafkaSink:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    # the readiness status and the 503's log line name the brokers (it said
-                    # "Kafka unavailable: KafkaConnectionError"); a refused login fails so too
-                    servers = self._options.get("bootstrap_servers")
-                    why = type(exc).__name__
-                    raise BrokerUnavailable(
-                        f"Kafka unavailable: cannot connect to a broker at {servers} ({why})"
-                    ) from exc
+                    raise BrokerUnavailable(await self._why_not_started(exc)) from exc
                 if self._changelog is not None:  # its partitions known with the topic's
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
             return self._producer
+
+    async def _why_not_started(self, exc: BaseException) -> str:
+        """What the readiness status and the 503's log line say of a start that failed: the
+        brokers' own cause when a diagnosis finds one (a KRaft controller's port, nothing
+        listening, a refused login: all were "cannot connect", a controller that let the
+        producer in included), within the start's ``timeout``; else the brokers named (it
+        said "Kafka unavailable: KafkaConnectionError") and the exception. A start that timed
+        out is not diagnosed: its webhooks have waited the whole timeout already."""
+        if self._diagnose is not None and not isinstance(exc, TimeoutError):
+            try:
+                cause = await asyncio.wait_for(self._diagnose(), self._timeout)
+            except TimeoutError:
+                cause = None
+            if cause is not None:
+                return f"Kafka unavailable: {cause}"
+        servers = self._options.get("bootstrap_servers")
+        why = type(exc).__name__
+        return f"Kafka unavailable: cannot connect to a broker at {servers} ({why})"
 
     async def _producer_now(self) -> IdempotentProducer:
         """The started producer. Every caller while it starts waits for that one start, a

@@ -561,9 +561,10 @@ def test_a_server_on_port_0_says_the_port_it_was_given(
             assert refused.value.code == 503
             assert json.load(refused.value) == {
                 "ready": False,
-                # which brokers (it named the exception alone)
-                "status": f"Kafka unavailable: cannot connect to a broker at {nowhere} "
-                "(KafkaConnectionError)",
+                # why, in the words of every command's diagnosis (it named the exception
+                # alone, then "cannot connect to a broker at ..." whatever the cause)
+                "status": f"Kafka unavailable: Kafka at {nowhere}: nothing listens there "
+                "(connection refused)",
             }
     finally:
         proc.terminate()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import struct
 from typing import Any, ClassVar
 
 import pytest
@@ -28,11 +29,13 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.admin import ApiVersionResponse_v0, ApiVersionResponse_v1
 
 import streams.ingress as ingress
 from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
-from streams.kafka_options import IdempotentProducer
+from streams.kafka_options import IdempotentProducer, client_options, diagnose
+from streams.settings import Settings
 from streams.topics import partition_of
 
 
@@ -263,3 +266,62 @@ async def test_webhooks_that_arrive_while_the_producer_starts_share_that_start()
             await sink.close()
     assert all(isinstance(outcome, BrokerUnavailable) for outcome in outcomes), outcomes
     assert broker.connections == 1  # one try to reach Kafka, not one for each webhook
+
+
+class ControllerListener:
+    """A KRaft controller's listener, as a bootstrap set to the controller's port meets it: it
+    lets a client in and answers ApiVersions, listing no Metadata (what every client asks a
+    bootstrap server first), and nothing else."""
+
+    API_VERSIONS = 18
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (size,) = struct.unpack(">i", await reader.readexactly(4))
+                api_key, version, correlation = struct.unpack(">hhi", await reader.readexactly(8))
+                await reader.readexactly(size - 8)
+                if api_key == self.API_VERSIONS:
+                    supported = [(self.API_VERSIONS, 0, 2), (55, 0, 1)]  # DescribeQuorum
+                    body = (
+                        ApiVersionResponse_v0(0, supported)
+                        if version == 0
+                        else ApiVersionResponse_v1(0, supported, 0)
+                    )
+                    answer = struct.pack(">i", correlation) + body.encode()
+                    writer.write(struct.pack(">i", len(answer)) + answer)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_a_bootstrap_at_a_controllers_port_is_named_so_by_readiness_and_sends() -> None:
+    """The ingress at a KRaft controller's port (KAFKA_CONTROLLER_PORT, a slip easily made):
+    its /readyz status and the 503's log line said "cannot connect to a broker", where every
+    command says the listener answers, but not as a broker. They say the same now."""
+    async with ControllerListener() as address:
+        settings = Settings(kafka_bootstrap=address)
+        sink = KafkaSink(client_options(settings), timeout=5.0, diagnose=lambda: diagnose(settings))
+        try:
+            status = await sink.ready("t-requests", 10.0)
+            with pytest.raises(BrokerUnavailable) as refused:
+                await sink.send("t-requests", b"person", b"{}")
+        finally:
+            await sink.close()
+    said = (
+        f"Kafka unavailable: Kafka at {address} answers, but not as a broker: it serves no "
+        "Metadata requests, as a KRaft controller's listener does (the controller port, not "
+        "the broker's?)"
+    )
+    assert (status, str(refused.value)) == (said, said)

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from models.params import from_mapping, request_fingerprint
 from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
-from streams.kafka_options import client_options
+from streams.kafka_options import client_options, diagnose
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.conftest import System, Traffic, create_topic, http, read_topic
@@ -102,6 +102,26 @@ def test_the_ingress_sink_is_ready_only_for_a_topic_with_a_leader_everywhere(kaf
     missing, present = asyncio.run(probe())
     assert missing == f"topic {topic} does not exist"
     assert present is None
+
+
+def test_the_ingress_at_the_controllers_port_says_it_is_no_brokers(kafka) -> None:
+    """The embedded broker's KRaft controller port as the ingress's bootstrap: its /readyz
+    said "cannot connect to a broker", where every command names a controller's listener."""
+    controller = f"127.0.0.1:{kafka.controller_port}"
+    settings = Settings(kafka_bootstrap=controller)
+    sink = KafkaSink(client_options(settings), diagnose=lambda: diagnose(settings))
+
+    async def probe() -> str | None:
+        try:
+            return await sink.ready(settings.topic("requests"), 30)
+        finally:
+            await sink.close()
+
+    assert asyncio.run(probe()) == (
+        f"Kafka unavailable: Kafka at {controller} answers, but not as a broker: it serves no "
+        "Metadata requests, as a KRaft controller's listener does (the controller port, not "
+        "the broker's?)"
+    )
 
 
 def test_the_ingress_sink_says_what_the_broker_answered_for_a_topic_it_did_not_describe(
