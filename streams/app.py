@@ -94,7 +94,9 @@ HELD_BY = {
 }
 
 
-def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
+def hold_table_dir(
+    settings: Settings, role: str = "worker", made: list[Path] | None = None
+) -> IO[str]:
     """This worker's (or projector's) hold on its state folder (:func:`table_dir`) for as long
     as it runs, in ``<role>.lock``: the lock is the kernel's, released however the process
     ends (a SIGKILL too), the file left with the pid of the last one that held it. A second
@@ -103,10 +105,20 @@ def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
     ``talkstream projector`` beside a worker running its own) is refused here, before it joins
     a group: it would take the first one's member id in its consumer groups (the name and the
     host), the two fencing each other out every few seconds, and a second worker would end
-    half a minute later with RocksDB's traceback (the table store the first one holds)."""
+    half a minute later with RocksDB's traceback (the table store the first one holds).
+
+    What it makes (folders, then the lock file) is added to ``made``, if given, in that
+    order, for :func:`give_back` to remove when the process is refused at its start."""
     folder = table_dir(settings)
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    lock, holder = take_lock(folder / f"{role}.lock")
+    path = folder / f"{role}.lock"
+    new = not path.exists()
+    lock, holder = take_lock(path)
+    if made is not None:
+        made.extend(reversed(missing))  # the outermost first, as made
+        if lock is not None and new:
+            made.append(path)
     if lock is None:
         raise ConfigError(
             f"another {role} runs on {folder} (pid {holder}): give each {role} on a host its "
@@ -114,6 +126,25 @@ def hold_table_dir(settings: Settings, role: str = "worker") -> IO[str]:
             f"{HELD_BY[role]})"
         )
     return lock
+
+
+def give_back(held: list[IO[str]], made: list[Path]) -> None:
+    """A start refused (no key, Kafka out of reach or refusing) leaves nothing behind: the
+    holds on its folders released, and what :func:`hold_table_dir` made for them removed, the
+    last made first (a lock file while still held, so no other start takes a lock on a file
+    gone), a folder only while empty (another process's files in it since are kept), and
+    nothing that was there before this start. It left ``DATA_DIR/worker/<app>/<name>/`` with
+    a lock file in it, for a worker that never ran."""
+    for path in reversed(made):
+        try:
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        except OSError:  # not empty (or gone): its parents are not either
+            break
+    for lock in held:
+        lock.close()
 
 
 def _faust_app(settings: Settings) -> faust.App:

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 import click
 
@@ -417,7 +417,7 @@ def worker(log_format: str | None) -> None:
     """Run the faust worker: ledger, generator, publisher, projector."""
     import faust
 
-    from streams.app import build, hold_table_dir
+    from streams.app import build, give_back, hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import logging_config
     from streams.secrets import load_secret_box
@@ -435,16 +435,16 @@ def worker(log_format: str | None) -> None:
 
     if settings.projector != "off":
         _database_url_usable(settings.resolved_database_url)
-    held = []
+    held: list[IO[str]] = []
+    made: list[Path] = []  # what its holds made: removed if it does not run
     try:  # refused when another worker of its name runs on its folder, before Kafka is asked
-        held.append(hold_table_dir(settings))
+        held.append(hold_table_dir(settings, made=made))
         if settings.projector == "worker":  # its projector's member id is its own
-            held.append(hold_table_dir(settings, "projector"))
+            held.append(hold_table_dir(settings, "projector", made=made))
         secrets = load_secret_box(settings)
         asyncio.run(ready())
     except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
-        for lock in held:  # a worker that does not run holds nothing
-            lock.close()
+        give_back(held, made)  # a worker that does not run holds nothing, leaves nothing
         raise click.ClickException(str(exc)) from None
     _HELD.extend(held)  # held while the worker runs: never closed by the garbage collector
     asyncio.set_event_loop(asyncio.new_event_loop())
@@ -501,7 +501,7 @@ def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
     from streams.agents.projector import PARENT_ENV, serve, stop_signals, until_topics_fit
-    from streams.app import hold_table_dir
+    from streams.app import give_back, hold_table_dir
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
@@ -511,10 +511,13 @@ def projector(log_format: str | None) -> None:
     setup_logging(settings.log_level, log_format or settings.log_format)
     heap.settle()
 
+    made: list[Path] = []  # what its hold made: removed if it is refused
     try:  # refused when another projector of its name runs on its folder (a worker's own too)
-        _HELD.append(hold_table_dir(settings, "projector"))
+        held = hold_table_dir(settings, "projector", made=made)
     except TalkstreamError as exc:
+        give_back([], made)
         raise click.ClickException(str(exc)) from None
+    _HELD.append(held)
 
     async def started() -> None:
         # the worker's child, started again after partitions were added to the topics under
@@ -536,6 +539,7 @@ def projector(log_format: str | None) -> None:
     try:
         asyncio.run(run())
     except TalkstreamError as exc:  # Kafka out of reach, credentials refused: say why
+        give_back([held], made)  # and leave no folder of its own behind
         raise click.ClickException(str(exc)) from None
 
 

@@ -1106,6 +1106,51 @@ def test_a_second_worker_on_a_running_workers_folder_is_refused_before_it_joins(
         assert again.output.startswith("Error: Kafka at 127.0.0.1:1: nothing listens there")
 
 
+@pytest.mark.parametrize(
+    ("command", "keys", "refusal"),
+    [
+        (["worker"], False, "Error: TALKSTREAM_SECRET_KEYS is not set"),
+        (["worker"], True, "Error: Kafka at 127.0.0.1:1: nothing listens there"),
+        (["projector"], True, "Error: Kafka at 127.0.0.1:1: nothing listens there"),
+    ],
+    ids=["worker-without-keys", "worker-without-kafka", "projector-without-kafka"],
+)
+def test_a_start_refused_leaves_no_folder_it_made_and_keeps_what_was_there(
+    command: list[str], keys: bool, refusal: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A worker (or projector) refused at its start, a setting missing or Kafka out of reach,
+    left DATA_DIR/worker/<app>/<name>/ behind, a lock file in it, for a process that never
+    ran. What its start made is removed; a folder that was there already (an earlier run's
+    table store) is kept, as is everything in it."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(data))
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_PROJECTOR", "worker")  # the worker holds two locks
+    if keys:
+        monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    else:
+        monkeypatch.delenv("TALKSTREAM_SECRET_KEYS", raising=False)
+    result = CliRunner().invoke(main, command)
+    said = result.output.splitlines()[-1]  # (the projector logs aiokafka's ERRORs first)
+    assert (result.exit_code, said.startswith(refusal)) == (1, True), result.output
+    assert not data.exists()  # the data dir too: this start made it
+    # an earlier run's folder, its table store and lock: kept (the projector's lock, which
+    # this start made, is not)
+    folder = data / "worker" / "talkstream" / "worker"
+    (folder / "v1").mkdir(parents=True)
+    (folder / "worker.lock").write_text("4242")
+    again = CliRunner().invoke(main, command)
+    assert again.output.splitlines()[-1].startswith(refusal), again.output
+    kept = {path.relative_to(data).as_posix() for path in data.rglob("*")}
+    assert kept == {
+        "worker",
+        "worker/talkstream",
+        "worker/talkstream/worker",
+        "worker/talkstream/worker/v1",
+        "worker/talkstream/worker/worker.lock",
+    }
+
+
 @pytest.mark.parametrize("command", [["projector"], ["worker"]])
 def test_a_projector_beside_a_running_projector_of_its_name_is_refused(
     command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path
