@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from streams.console import schema
+from streams.projection import migrate
 from streams.projection.engine import database_said, database_unusable, safe_url
 
 log = logging.getLogger("streams.console.app")  # the console's lines, as its pages'
@@ -64,6 +65,12 @@ def projection_readiness(engine: Engine) -> Why | None:
             "the projection is newer than this console",
             f"no page will be served: {found.refused}",
             logging.ERROR,
+        )
+    if found.revision is None and migrate.migrating(engine):  # a first start's, as a rule
+        return Why(
+            "the projection is being migrated: a worker's projector migrates it as it starts",
+            f"the projection at {safe_url(engine)} is being migrated by a projector",
+            logging.INFO,
         )
     if found.revision is None:
         return Why(

@@ -276,6 +276,27 @@ def not_current(engine: Engine) -> str | None:
     )
 
 
+def migrating(engine: Engine) -> bool:
+    """Whether a SQLite projection is being migrated now (a projector holds the migration's
+    lock, :func:`_file_lock`): SQLite makes a table visible as it is created, before the
+    migration that creates it ends, so a reader meanwhile finds a projection with tables and
+    no history. False for any other database (PostgreSQL's migration is one transaction)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return False
+    try:
+        handle = open(f"{database}.lock", "rb")  # noqa: SIM115  (closed below)
+    except OSError:  # none there: no migration has ever run on it
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 @contextlib.contextmanager
 def _file_lock(engine: Engine) -> Iterator[None]:
     database = engine.url.database

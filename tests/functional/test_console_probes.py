@@ -4,10 +4,11 @@ nothing of the database's URL or of what its driver said) otherwise."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -114,6 +115,60 @@ async def test_a_projection_made_but_not_migrated_is_not_ready(tmp_path: Path) -
                 "migrates it when it starts",
             },
         )
+    finally:
+        await client.close()
+        engine.dispose()
+
+
+def _migration_lock(database: Path) -> IO[bytes]:
+    """The lock a projector holds while it migrates the SQLite projection at ``database``,
+    held (by this test's process) until released or closed."""
+    lock = open(f"{database}.lock", "ab")  # noqa: SIM115  (the caller's ``with`` closes it)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+async def test_a_projection_being_migrated_is_not_ready_and_no_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite makes a first migration's tables visible as it creates them: a probe meanwhile
+    (``talkstream dev`` waits for the console's /readyz as the worker's projector migrates)
+    found tables and no history, and the console logged a WARNING on a clean start. While a
+    projector holds the migration's lock it is said at INFO; without it, as before."""
+    caplog.set_level(logging.INFO, logger="streams.console.app")
+    database = tmp_path / "first.sqlite3"
+    url = f"sqlite:///{database}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE transitions (x INTEGER)"))
+    client = await on_engine(tmp_path, engine, url)
+    try:
+        with _migration_lock(database) as lock:  # as migrate._file_lock holds it
+            assert await probed(client) == (
+                503,
+                {
+                    "ready": False,
+                    "status": "the projection is being migrated: a worker's projector "
+                    "migrates it as it starts",
+                },
+            )
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        status, answer = await probed(client)  # no migration under way: tables, no history
+        assert (status, answer["status"]) == (
+            503,
+            "the projection has no migration history yet: a worker's projector migrates it "
+            "when it starts",
+        )
+        said = [
+            (r.levelno, r.getMessage())
+            for r in caplog.records
+            if r.name == "streams.console.app" and "not ready" in r.getMessage()
+        ]
+        assert said[0] == (
+            logging.INFO,
+            f"console: not ready: the projection at {url} is being migrated by a projector",
+        )
+        assert [level for level, _ in said] == [logging.INFO, logging.WARNING]
     finally:
         await client.close()
         engine.dispose()
