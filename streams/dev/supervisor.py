@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -124,6 +125,32 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
         except OSError:
             time.sleep(0.2)
     return False
+
+
+def _status_of(url: str) -> str:
+    """What a ``/readyz`` that is not ready says of itself, for the line saying so."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return f"its /readyz: {response.status}"
+    except urllib.error.HTTPError as exc:
+        try:
+            return f"its /readyz: {json.load(exc)['status']}"
+        except (ValueError, KeyError, TypeError, OSError):
+            return f"its /readyz: {exc.code}"
+    except OSError as exc:
+        return f"its /readyz did not answer: {exc}"
+
+
+def console_readyz(settings: Settings, console: str) -> str | None:
+    """The console's ``/readyz``, which ``dev`` waits for once the worker is ready, before it
+    says everything runs (its pages read the projection: ``dev`` said it ran while the
+    console's first page could say "no projection yet"; it waited for the login page only);
+    None when no projector runs (``PROJECTOR=off``: none makes the projection)."""
+    return None if settings.projector == "off" else f"{console}/readyz"
+
+
+def _say(line: str) -> None:
+    print(f"talkstream dev: {line}", file=sys.stderr, flush=True)
 
 
 def database_hints(url: str) -> tuple[str, str | None]:
@@ -438,7 +465,9 @@ def _run(
     logs.mkdir(parents=True, exist_ok=True)
     started_kafka = not broker.status().running
     try:
-        status = broker.start()
+        # what `talkstream kafka start` says: seconds of silence otherwise (a JVM starting,
+        # a KRaft quorum forming), which looked like a hang
+        status = broker.start(on_wait=_say)
     except PortUnavailable as exc:  # taken since it was checked
         print(
             f"talkstream dev: {exc} (set by {what_sets_listener(kafka, exc)})",
@@ -544,6 +573,16 @@ def _run(
         if settings.worker_http_port and not _wait_http(worker, procs["worker"], 120):
             print(
                 f"talkstream dev: the worker did not become ready; see {logs}/worker.log",
+                file=sys.stderr,
+            )
+            return 1
+        # the console ready: its pages read the projection (made by the worker's projector
+        # once its group has its partitions), not "no projection yet" on a first look
+        ready = console_readyz(settings, console)
+        if ready is not None and not _wait_http(ready, procs["console"], 60):
+            print(
+                f"talkstream dev: the console did not become ready ({_status_of(ready)}); "
+                f"see {logs}/console.log and {logs}/worker.log",
                 file=sys.stderr,
             )
             return 1

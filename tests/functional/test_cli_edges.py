@@ -24,10 +24,12 @@ from cryptography.fernet import Fernet
 from streams.cli import main
 from streams.dev.kafka import KafkaStatus
 from streams.dev.supervisor import (
+    console_readyz,
     curl_example,
     database_hints,
     hold_data_dir,
     own_worker_url,
+    run_dev,
     servers,
     talkstream_command,
     url_host,
@@ -935,6 +937,49 @@ def test_dev_says_once_that_its_broker_exited_and_runs_on(
         ),
         f"talkstream dev: worker exited with 0; see {tmp_path}/",
     ]
+
+
+def test_dev_says_it_waits_for_its_broker_as_kafka_start_does(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``talkstream kafka start`` says it waits for the broker before it waits (a JVM and its
+    KRaft quorum take seconds); ``dev`` started its broker saying nothing until its banner or
+    its error. It says the launcher's line too, on stderr."""
+    from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError
+
+    def start(self: EmbeddedKafka, timeout: float = 60, on_wait: object = None) -> KafkaStatus:
+        assert callable(on_wait), "dev gave its broker's start no way to say it waits"
+        on_wait(f"starting Kafka {self.version} at {self.bootstrap} (waiting for it ...)")
+        raise KafkaLauncherError("Kafka did not answer (this test's broker never does)")
+
+    monkeypatch.setattr(EmbeddedKafka, "start", start)
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
+        ingress_port=0,
+        console_port=0,
+        worker_http_port=0,
+        projector_http_port=0,
+        secret_keys=Fernet.generate_key().decode(),
+    )
+    assert run_dev(settings, openai_port=0, talkable_port=0) == 1
+    version = EmbeddedKafka(tmp_path, version=settings.kafka_version).version
+    assert capsys.readouterr().err.splitlines() == [
+        f"talkstream dev: starting Kafka {version} at {settings.kafka_bootstrap} (waiting for "
+        "it ...)",
+        "talkstream dev: Kafka did not answer (this test's broker never does)",
+    ]
+
+
+def test_dev_waits_for_its_consoles_readyz_unless_no_projector_runs() -> None:
+    """``dev`` said everything ran once the console served its login page, while its pages
+    could still say "no projection yet": it waits for the console's /readyz (after the
+    worker's), except where no projector would ever make the projection."""
+    console = "http://127.0.0.1:8090"
+    assert console_readyz(Settings(), console) == f"{console}/readyz"
+    assert console_readyz(Settings(projector="process"), console) == f"{console}/readyz"
+    assert console_readyz(Settings(projector="off"), console) is None
 
 
 def test_the_dev_banner_names_a_talkstream_a_fresh_shell_can_run(tmp_path: Path, monkeypatch):

@@ -91,6 +91,11 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         assert f"or   sqlite3 {database} 'select request_id, state from requests'" in printed
         # it says so once the worker is ready: the first webhook is not kept waiting
         assert http("GET", f"http://127.0.0.1:{worker}/readyz")[0] == 200
+        # and the console: its pages read the projection (it waited for the login page only)
+        assert http("GET", f"http://127.0.0.1:{console}/readyz") == (
+            200,
+            {"ready": True, "status": "ready"},
+        )
         # a second run on the same data is refused at once, naming the first; it started
         # nothing (it would have joined the first's consumer group and its SQLite file)
         second = streams_run("dev", *ports, env=env)
