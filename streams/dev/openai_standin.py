@@ -641,7 +641,7 @@ def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
             "organizations",
         }
     )
-    add_control_routes(app, state.config, state.calls, secret)
+    add_control_routes(app, state.config, state.calls, secret, frozenset({"fail_next"}))
     return app
 
 

@@ -159,26 +159,51 @@ def _coerce(value: Any, hint: Any) -> Any:
             return value
         raise ValueError(f"expected one of {list(args)}, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        # every number of a stand-in's config is a duration, a count, a rate or a fraction:
+        # a negative latency (or NaN, which JSON from Python may carry) was taken, and ended
+        # as a stand-in that answered at once, or a 500 at the next call
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"expected a number, 0 or more, got {value!r}")
         return float(value)
+    if hint is int and type(value) is int and value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ValueError(f"expected {hint}, got {value!r}")
 
 
-def apply_updates(config: Any, updates: JSON) -> None:
-    """Update fields of a dataclass config from JSON values; ValueError on unknown/bad fields."""
+class ControlRefused(ValueError):
+    """A ``POST /_control`` the stand-in does not take: ``field`` names the setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def apply_updates(config: Any, updates: JSON, statuses: frozenset[str] = frozenset()) -> None:
+    """Update fields of a dataclass config from JSON values; :class:`ControlRefused` on
+    unknown or bad fields, and nothing updated. Fields in ``statuses`` hold HTTP statuses
+    (one, or a list), 100 to 599."""
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     coerced: JSON = {}
     for name, value in updates.items():
         if name not in names:
-            raise ValueError(f"unknown config field {name!r}")
+            raise ControlRefused(name, f"unknown config field {name!r}")
         try:
             coerced[name] = _coerce(value, hints[name])
+            if name in statuses:
+                _statuses(coerced[name])
         except (ValueError, IndexError, StopIteration) as exc:
-            raise ValueError(f"bad value for {name!r}: {exc}") from exc
+            raise ControlRefused(name, f"bad value for {name!r}: {exc}") from exc
     for name, value in coerced.items():
         setattr(config, name, value)
+
+
+def _statuses(value: Any) -> None:
+    for status in value if isinstance(value, list) else [value]:
+        if not 100 <= status <= 599:
+            raise ValueError(f"expected an HTTP status, 100 to 599, got {status!r}")
 
 
 def config_view(config: Any, secret_fields: frozenset[str]) -> JSON:
@@ -207,8 +232,15 @@ def config_view(config: Any, secret_fields: frozenset[str]) -> JSON:
 
 
 def add_control_routes(
-    app: web.Application, config: Any, calls: CallLog, secret_fields: frozenset[str]
+    app: web.Application,
+    config: Any,
+    calls: CallLog,
+    secret_fields: frozenset[str],
+    statuses: frozenset[str] = frozenset(),
 ) -> None:
+    """``GET|POST /_control``, ``GET|DELETE /_calls``, ``GET /_stats``. A setting refused is
+    a 400 ``{"error": ..., "field": NAME}`` (``statuses``: the fields holding HTTP statuses)."""
+
     async def get_control(_: web.Request) -> web.Response:
         return web.json_response(config_view(config, secret_fields))
 
@@ -217,9 +249,9 @@ def add_control_routes(
         if not isinstance(body, dict):
             return web.json_response({"error": "expected a JSON object"}, status=400)
         try:
-            apply_updates(config, body)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            apply_updates(config, body, statuses)
+        except ControlRefused as exc:
+            return web.json_response({"error": str(exc), "field": exc.field}, status=400)
         logger.info("standin reconfigured fields=%s", sorted(body))
         return web.json_response(config_view(config, secret_fields))
 

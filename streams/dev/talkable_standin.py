@@ -350,7 +350,8 @@ def build_app(config: TalkableStandinConfig | None = None) -> web.Application:
     app.router.add_get("/api/v2/people/{person_slug}", _api(find_person))
     app.router.add_get("/_events", _get_events)
     app.router.add_delete("/_events", _delete_events)
-    add_control_routes(app, state.config, state.calls, frozenset({"api_keys"}))
+    statuses = frozenset({"fail_next", "fail_status", "duplicate_status"})
+    add_control_routes(app, state.config, state.calls, frozenset({"api_keys"}), statuses)
     return app
 
 

@@ -471,3 +471,37 @@ async def test_calls_record_event_fields_and_key_tail_only(tk, http) -> None:
     async with http.delete(f"{tk.root_url}/_calls") as resp:
         assert resp.status == 200
     assert tk.calls.records == type(tk.calls.records)() and tk.calls.count == 0
+
+
+@pytest.mark.parametrize(
+    ("which", "field", "value", "said"),
+    [
+        ("openai", "latency_seconds", -1, "expected a number, 0 or more, got -1"),
+        ("openai", "latency_seconds", float("nan"), "expected a number, 0 or more, got nan"),
+        ("openai", "hang_seconds", float("inf"), "expected a number, 0 or more, got inf"),
+        ("openai", "latency_seconds", "2", "expected <class 'float'>, got '2'"),
+        ("openai", "hang_every", -3, "expected a whole number, 0 or more, got -3"),
+        ("openai", "key_limits", {"k": {"rpm": -5}}, "expected a number, 0 or more, got -5"),
+        ("openai", "fail_next", [429, 1000], "expected an HTTP status, 100 to 599, got 1000"),
+        ("talkable", "latency_seconds", -0.5, "expected a number, 0 or more, got -0.5"),
+        ("talkable", "site_rate_limits", {"s": float("nan")}, "0 or more, got nan"),
+        ("talkable", "fail_status", 42, "expected an HTTP status, 100 to 599, got 42"),
+        ("talkable", "duplicate_status", 600, "expected an HTTP status, 100 to 599, got 600"),
+    ],
+)
+async def test_control_refuses_a_value_no_knob_takes_naming_the_field(
+    which: str, field: str, value: object, said: str, oai, tk, http
+) -> None:
+    """A negative latency (or NaN, a status no server answers) was taken: a stand-in that
+    answered at once, or a 500 of its own at the next call. A 400 names the field, and
+    nothing of the request is set (the other field given with it included)."""
+    root = (oai if which == "openai" else tk).root_url
+    async with http.get(f"{root}/_control") as resp:
+        before = await resp.json()
+    async with http.post(f"{root}/_control", json={"hang_every": 2, field: value}) as resp:
+        assert resp.status == 400
+        answer = await resp.json()
+    assert answer["field"] == field
+    assert answer["error"].startswith(f"bad value for {field!r}: ") and said in answer["error"]
+    async with http.get(f"{root}/_control") as resp:
+        assert await resp.json() == before
