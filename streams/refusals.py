@@ -24,7 +24,9 @@ here:
   Headers an app gives every answer (:data:`ANSWER_HEADERS`: the console's) are given to
   ``handle_error``'s answers too.
 - an ``Expect`` other than ``100-continue`` (417), which aiohttp answers before any
-  middleware: :class:`AppRunner` serves the app's handling wrapped to answer it.
+  middleware, and a ``100-continue`` its router refuses (404, 405), which aiohttp answered
+  "100 Continue" before the refusal: :class:`AppRunner` serves the app's handling wrapped to
+  answer them.
 
 What aiohttp logs of a refused request is kept to the fact alone by
 :class:`streams.logs.RedactBadRequests`.
@@ -40,7 +42,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
@@ -206,11 +208,8 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
         status, field, message = refusal(exc, 0)
         response = _answer(status, field, message)
         response.force_close()  # the rest of the body cannot be read either
-    except web.HTTPNotFound as exc:
-        response = _answer(404, "path", "no such path", _kept(exc))
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        response = _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        response = _routed(exc)
     except web.HTTPRequestEntityTooLarge as exc:
         # aiohttp's own words: "Maximum request body size N exceeded." or "Maximum number of
         # form fields N exceeded."
@@ -226,6 +225,14 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
     if counted is not None:
         counted(response.status)
     return response
+
+
+def _routed(exc: web.HTTPException) -> web.Response:
+    """The router's refusal (a path not served: 404; a method it does not take: 405)."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _answer(405, "method", f"not allowed here; allowed: {allowed}", _kept(exc))
+    return _answer(404, "path", "no such path", _kept(exc))
 
 
 def _kept(exc: web.HTTPException) -> CIMultiDict[str]:
@@ -288,11 +295,32 @@ class _Server(web.Server):
 
 
 async def _expecting(
-    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], request: web.BaseRequest
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    app: web.Application,
+    request: web.BaseRequest,
 ) -> web.StreamResponse:
     """aiohttp's answer to an ``Expect`` it does not take (anything but ``100-continue``), which
     it raises before any middleware, in text quoting the header ("Unknown Expect: ..."): in
-    the product's shape. (The ingress's webhook answers its own, and counts it.)"""
+    the product's shape. (The ingress's webhook answers its own, and counts it.)
+
+    A request that expects ``100-continue`` of a path not served (or with a method its path
+    does not take) is refused before its body is asked for, as :func:`refusals` refuses it
+    (404, 405; counted, given the app's :data:`ANSWER_HEADERS`): aiohttp said "100 Continue"
+    to it (its default expect handler is every unrouted request's), and the refusal came
+    once the body was on its way."""
+    expects = request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
+    if expects and request.version >= HttpVersion11 and isinstance(request, web.Request):
+        unrouted = (await app.router.resolve(request)).http_exception
+        if isinstance(unrouted, web.HTTPNotFound | web.HTTPMethodNotAllowed):
+            answer = _routed(unrouted)
+            answer.force_close()  # its body, if sent anyway, is not read
+            counted = app.get(REFUSED)
+            if counted is not None:
+                counted(answer.status)
+            secured = app.get(ANSWER_HEADERS)
+            if secured is not None:
+                secured(answer)
+            return answer
     try:
         return await handle(request)
     except web.HTTPExpectationFailed:
@@ -311,7 +339,7 @@ class AppRunner(web.AppRunner):
         if self.app.get(RAW_BODIES, False):
             options["auto_decompress"] = False
         server = _Server(
-            functools.partial(_expecting, made.request_handler),
+            functools.partial(_expecting, made.request_handler, self.app),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,

@@ -533,3 +533,52 @@ async def test_an_unknown_expectation_elsewhere_is_a_417_in_json_quoting_none_of
     )
 
     assert refused(answer, 417, "expect") == EXPECTATION[2]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "field", "message"),
+    [
+        ("POST", "/nope", 404, "path", "no such path"),
+        ("POST", "/chat-gpt/generatex", 404, "path", "no such path"),
+        ("POST", "/healthz", 405, "method", "not allowed here; allowed: GET, HEAD"),
+        ("PUT", "/metrics", 405, "method", "not allowed here; allowed: GET, HEAD"),
+    ],
+)
+async def test_a_path_not_served_is_refused_before_100_continue(
+    ingress: Ingress, method: str, path: str, status: int, field: str, message: str
+) -> None:
+    """A webhook URL mistyped, sent by a client that asks before its body (curl for a large
+    one): aiohttp said "100 Continue" to it, had the body sent, and only then answered 404
+    (405 for a method the path does not take). It is refused at once, with the answer the
+    same request gets without asking, and counted as the router's refusals are."""
+    server = ingress.client.server
+    assert server.host is not None and server.port is not None
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:  # the head alone: the body is sent only if the server says to
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert re.match(rb"HTTP/1\.1 %d " % status, head), head  # not "100 Continue"
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        rest = await asyncio.wait_for(reader.readexactly(length), 10)
+        assert b"\r\nConnection: close\r\n" in head  # its body, if sent anyway, is not read
+    finally:
+        writer.close()
+    _, *said = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in said if line)
+    answer = Answer(status, {k.lower(): v for k, v in headers.items()}, rest, head)
+    assert refused(answer, status, field) == message
+    unasked = await exchange(
+        server,
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 2\r\nConnection: close\r\n\r\n{}".encode(),
+    )
+    assert (refused(unasked, status, field), unasked.headers.get("allow")) == (
+        message,
+        answer.headers.get("allow"),
+    )
+    metrics = await (await ingress.client.get("/metrics")).text()
+    assert f'talkstream_ingress_refused_total{{status="{status}"}} 2.0' in metrics
+    assert ingress.sink.produced == []
