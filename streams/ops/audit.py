@@ -548,9 +548,12 @@ def render_stats(stats: Sequence[SiteStats]) -> str:
 def stats_json(
     store: ProjectionStore, stats: Sequence[SiteStats], since_ms: int | None, until_ms: int | None
 ) -> dict[str, Any]:
+    """``stats --json``: its ``range`` is of the requests' event times (``by``: the times they
+    were judged at, Talkable's ``usage_limit.current_time``, the projection's
+    ``received_at_ms``), which it called ``received_at`` as if it were when they arrived."""
     return {
         "source": source_of(store),
-        "range": {"since": iso(since_ms), "until": iso(until_ms), "by": "received_at"},
+        "range": {"since": iso(since_ms), "until": iso(until_ms), "by": "event_time"},
         "sites": [asdict(s) for s in stats],
     }
 

@@ -406,6 +406,16 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     assert titles[-2:] == ["limited %", "failed %"]
     cells = row.split()
     assert cells[:2] == ["acme", "2"]  # fail-1 and pub-2: received in [3 s, 5 s)
+    # and so --json says it: the range of the event times (it said "by": "received_at")
+    as_json = talkstream(
+        "stats", "--since", since, "--until", until, "--site", "acme", "--database-url", projected,
+        "--json",
+    )  # fmt: skip
+    assert json.loads(as_json.output)["range"] == {
+        "since": "2026-01-01T00:00:03.000+00:00",
+        "until": "2026-01-01T00:00:05.000+00:00",
+        "by": "event_time",
+    }
     assert cells[-2:] == ["0.0%", "50.0%"]
     assert "why requests failed" in result.output and "acme: AuthenticationError 1" in result.output
     assert "waited: requests that waited 1 s or more in their upstream targets' queues" in (
