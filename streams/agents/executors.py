@@ -341,7 +341,8 @@ class Executor:
             unsent = await self.handover.send_back(
                 self.consumer, queued, lambda unsent: self.commits.marks({}, {})
             )
-            await self.handover.send_held()  # those Kafka may hold, once more (never told lost)
+            # those Kafka may hold, once more (never told lost), answered before the stop goes on
+            await self.handover.send_held(wait=True)
             sent = len(queued) - len(unsent)
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),

@@ -53,7 +53,9 @@ forwarding's next send), named by no mark.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -140,12 +142,13 @@ class HandOver:
         self._commits = commits
         self._forwarding = forwarding  # the executor's: the forwards it holds
         self._held: list[Job[Any]] = []  # handed back, Kafka may hold them: to send again
+        self._sending: list[tuple[Job[Any], asyncio.Future[Any]]] = []  # (sent again)
 
     @property
     def held(self) -> int:
         """The commands handed back whose delivery failed (Kafka may hold them), to send
-        again (:meth:`send_held`)."""
-        return len(self._held)
+        again (:meth:`send_held`), or sent again and not answered yet."""
+        return len(self._held) + len(self._sending)
 
     async def send_back(
         self,
@@ -222,36 +225,47 @@ class HandOver:
             log.warning(NOT_NAMED, self._name, waiting, type(failed).__name__)
         return named + [out.job for out in again]
 
-    async def send_held(self) -> None:
+    async def send_held(self, *, wait: bool = False) -> None:
         """The commands handed back whose delivery failed sent again, the same record to the
-        same partition, until Kafka acknowledges them (the executor's loop, and its stop, once
-        more). No mark of this run names them (their partition was handed over, or the stop's
-        last mark left them out): a run that ends first leaves them to their deadline, and a
-        copy Kafka holds to whoever takes it. One that has waited past the most a command
-        waits for its target is sent no more (its deadline, that wait and its call's, is near:
-        it is re-issued then, and a copy written that late could be called beside the
-        re-issue; sent again for good, one Kafka refuses for good, its authorization gone,
-        was sent at every turn of the loop)."""
-        if not self._held:
-            return
+        same partition, until Kafka acknowledges them (the executor's loop, and its stop once
+        more, ``wait``-ing for Kafka's answers). The loop does not wait for them: each send's
+        outcome is read at its next turn (a delivery Kafka gives up on after the producer's
+        request timeout, 20 minutes, would have stalled every partition the executor reads,
+        and had its consumer leave the group past its poll interval). No mark of this run
+        names them (their partition was handed over, or the stop's last mark left them out): a
+        run that ends first leaves them to their deadline, and a copy Kafka holds to whoever
+        takes it. One that has waited past the most a command waits for its target is sent no
+        more (its deadline, that wait and its call's, is near: it is re-issued then, and a
+        copy written that late could be called beside the re-issue; sent again for good, one
+        Kafka refuses for good, its authorization gone, was sent at every turn of the loop)."""
+        self._settle()
         held, self._held = self._held, []
         topic = self._topics.generate if self._name == "generator" else self._topics.completions
-        deliveries = []
-        now, most = self._scheduler.now(), self._scheduler.max_wait_s
+        now, most = (self._scheduler.now(), self._scheduler.max_wait_s) if held else (0.0, 0.0)
         for job in held:
             if now - job.issued_s > most:
                 log.info(PAST_ITS_WAIT, self._name, job.key, job.attempt, most)
                 continue
             try:
-                deliveries.append((job, await topic.send(key=job.record[0], value=job.record[1])))
+                delivery = await topic.send(key=job.record[0], value=job.record[1])
             except Exception as exc:  # an earlier copy may be there: sent again
                 _not_sent_on(exc, self._name, _Out(job), again=True)
                 self._held.append(job)
-        for job, delivery in deliveries:
-            try:
-                await delivery
-            except Exception as exc:
-                _not_sent_on(exc, self._name, _Out(job), again=True)
+                continue
+            self._sending.append((job, delivery))
+        if wait and self._sending:
+            await asyncio.wait([delivery for _, delivery in self._sending])
+        self._settle()
+
+    def _settle(self) -> None:
+        """The sends again that Kafka answered: acknowledged, done; failed, held again."""
+        sending, self._sending = self._sending, []
+        for job, delivery in sending:
+            if not delivery.done():
+                self._sending.append((job, delivery))
+            elif delivery.cancelled() or delivery.exception() is not None:
+                failed = CancelledError() if delivery.cancelled() else delivery.exception()
+                _not_sent_on(failed or CancelledError(), self._name, _Out(job), again=True)
                 self._held.append(job)
 
     async def _commit(
@@ -392,7 +406,7 @@ class OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._handover.recover(self._consumer, assigned)
 
 
-def _not_sent_on(exc: Exception, name: str, out: _Out, *, again: bool) -> None:
+def _not_sent_on(exc: BaseException, name: str, out: _Out, *, again: bool) -> None:
     """A hand-over's send Kafka did not acknowledge: told lost by the partition's next reader
     (the producer refused it: surely not written), or (``again``: Kafka may hold it) sent
     again, named lost by no mark. A WARNING (a stop's ``GivenUp`` is counted in its own

@@ -7,6 +7,7 @@ the commit a crash would leave."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -243,13 +244,15 @@ async def test_a_hand_back_kafka_may_hold_is_sent_again_only_until_its_wait_is_p
     g = watched(give_up=3)
     a = await queued(g, Ledger(), "a", 1)
     await g.executor.handover.hand_back(g.consumer, {KEY_TP})
-    await g.executor.handover.send_held()
-    assert len(g.generate.sent) == 2 and g.executor.handover.held == 1
-    [job] = g.executor.handover._held
+    handover = g.executor.handover
+    await handover.send_held()  # a loop's turn: sent, its answer read at the next
+    assert len(g.generate.sent) == 2 and handover.held == 1
+    await asyncio.sleep(0)  # Kafka gives up on it again
+    [job] = [job for job, _ in handover._sending]
     job.issued_s -= g.scheduler.max_wait_s  # (waited that long more)
     caplog.set_level(logging.INFO, logger="streams.agents.executors")
-    await g.executor.handover.send_held()
-    assert g.generate.sent == [(KEY_ID.encode(), a)] * 2 and g.executor.handover.held == 0
+    await handover.send_held()
+    assert g.generate.sent == [(KEY_ID.encode(), a)] * 2 and handover.held == 0
     said = [r.getMessage() for r in caplog.records if "no longer sent" in r.msg]
     assert said == [f"generator: request_id=a attempt=1, handed back and not acknowledged, has "
                     f"waited past {g.scheduler.max_wait_s}s for its target: no longer sent "
@@ -417,3 +420,29 @@ async def test_a_forward_a_hand_over_could_not_send_is_named_lost_or_sent_again(
         assert generate.sent == [(ORG.encode(), a)] * 2 and g.executor.forwarding.held == 0
         await calls(g)
         assert g.work.called == ["first"], "not called here"
+
+
+async def test_the_loop_does_not_wait_for_kafkas_answer_to_a_hand_back_sent_again() -> None:
+    """Kafka answers a delivery it gives up on after the producer's request timeout (20
+    minutes): the executor's loop, waiting for it, would take nothing of any partition
+    meanwhile, and its consumer would leave the group past its poll interval. A turn sends
+    the held hand-back again and goes on; the next reads the answer."""
+
+    class Unanswered(Watched):
+        async def send(self, *, key: bytes, value: bytes) -> Any:
+            self.sent.append((key, value))
+            self.delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return self.delivery
+
+    g = watched(give_up=1)
+    a = await queued(g, Ledger(), "a", 1)
+    await g.executor.handover.hand_back(g.consumer, {KEY_TP})
+    assert g.executor.handover.held == 1
+    unanswered = Unanswered()
+    topics = g.executor.handover._topics
+    g.executor.handover._topics = dataclasses.replace(topics, generate=unanswered)
+    await g.executor.handover.send_held()  # (waiting, it hung: pytest's timeout)
+    assert unanswered.sent == [(KEY_ID.encode(), a)] and g.executor.handover.held == 1
+    unanswered.delivery.set_result(None)  # acknowledged: read at the next turn
+    await g.executor.handover.send_held()
+    assert g.executor.handover.held == 0 and len(unanswered.sent) == 1
