@@ -76,6 +76,9 @@ REPEATED: dict[str, frozenset[str]] = {
             "the partition's next reader, or re-issued at its deadline",
             "%s could not hand back request_id=%s (%s: %s): Kafka did not take it; told lost "
             "by the partition's next reader, or re-issued at its deadline",
+            # a hand-back Kafka may hold, sent again at each turn (``handover.SENT_AGAIN``)
+            "%s could not %s request_id=%s (%s: %s): Kafka may hold it: sent again until it "
+            "takes it, not told lost",
             # a commit that fails for as long as it lasts (``executors.NOT_COMMITTED``)
             "%s could not commit (%s): what it took since its last commit is read again, none "
             "of it called",

@@ -18,9 +18,11 @@ again (``Executor._read_again``). A command then waits in its target's queue
 of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
 partition away, the commands of it that are still queued are handed back to the topic for the
 new owner, each once a commit no longer names it (calls already running finish here, and the
-hand-over's mark lists them: ``streams.agents.handover``). A generator that knows a command's
-OpenAI organisation forwards it to the organisation's own partition when another executor owns
-that, so one executor paces each organisation: ``streams.agents.forwarding``.
+hand-over's mark lists them: ``streams.agents.handover``); so are the forwards it holds of
+them sent on, to their organisation's partition. One Kafka may hold though it did not
+acknowledge it is named lost by no mark, and sent again until it does. A generator that knows a
+command's OpenAI organisation forwards it to the organisation's own partition when another
+executor owns that, so one executor paces each organisation: ``streams.agents.forwarding``.
 
 What another run took and did not report (this instance's previous run, a worker that died, or
 one that gave a partition up and left the group before its calls ended) is read again from
@@ -144,16 +146,6 @@ class Executor:
             unreported=self._unreported,
             lost=self.lost,
         )
-        self.handover = HandOver(  # its side of its group's rebalances
-            name=config.name,
-            run_id=self.run_id,
-            scheduler=scheduler,
-            topics=topics,
-            called=self._called,
-            unreported=self._unreported,
-            lost=self.lost,
-            commits=self.commits,
-        )
         self.forwarding = Forwarding(  # commands to the executor pacing their organisation
             name=config.name,
             topics=topics,
@@ -163,6 +155,17 @@ class Executor:
             unreported=self._unreported,
             commits=self.commits,
             consumer=lambda: self.consumer,
+        )
+        self.handover = HandOver(  # its side of its group's rebalances
+            name=config.name,
+            run_id=self.run_id,
+            scheduler=scheduler,
+            topics=topics,
+            called=self._called,
+            unreported=self._unreported,
+            lost=self.lost,
+            commits=self.commits,
+            forwarding=self.forwarding,
         )
         scheduler.on_organization = self.forwarding.named  # its queued commands go at once
         self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
@@ -204,6 +207,7 @@ class Executor:
                         return
                     await self._take_batch(consumer, batch)
                     await self.forwarding.send()  # (those queued when an answer named it)
+                    await self.handover.send_held()  # (handed back, Kafka may hold them)
                     await self.lost.check_elsewhere(consumer, self.taken)
         finally:
             if dispatcher is not None:
@@ -309,8 +313,10 @@ class Executor:
         report, those cut short are told to the ledger as lost, and the commands still queued
         go back to the topic as they are (the next run takes them without spending an
         attempt), each once a commit whose mark no longer names it has passed
-        (``HandOver.send_back``): the last mark leaves nothing to tell but what Kafka did not
-        take (told lost by the next run)."""
+        (``HandOver.send_back``): the last mark leaves nothing to tell but what Kafka surely did
+        not take (told lost by the next run). One whose delivery failed (Kafka may hold it) is
+        sent once more, and if Kafka still does not acknowledge it, named by no mark: left to
+        whoever takes the copy Kafka may hold, or else to its deadline (a WARNING counts them)."""
         async with self._taking:
             self._stopping = True
             if self.consumer is None or not self.taken:
@@ -335,10 +341,16 @@ class Executor:
             unsent = await self.handover.send_back(
                 self.consumer, queued, lambda unsent: self.commits.marks({}, {})
             )
+            # those Kafka may hold, once more (never told lost), answered before the stop goes on
+            await self.handover.send_held(wait=True)
             sent = len(queued) - len(unsent)
             log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
                      "cut short after %ss and told lost", self.config.name, sent, len(told),
                      drain_s)  # fmt: skip
+            if self.handover.held:  # named by no mark: a copy Kafka holds is called once
+                log.warning("%s stopping: %s commands handed back that Kafka did not "
+                            "acknowledge (it may hold them) are left to their deadline",
+                            self.config.name, self.handover.held)  # fmt: skip
             if self.forwarding.held:  # unreported: the partition's next owner tells them lost
                 log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
                             "the next run to tell lost", self.config.name,

@@ -32,8 +32,11 @@ takes it where it went (``streams.agents.called``: a copy of it in its key's par
 called).
 
 A command is called once, wherever its forward's fate is unknown. Only a forward the producer
-refused outright (its ``send`` raised: it never held the record, so Kafka never wrote it) is
-called here, as before the organisation was known, and is this run's to report again. One whose
+refused outright (its ``send`` raised: it never held the record, so Kafka never wrote it), and
+no earlier send of which failed once the producer held it, is called here, as before the
+organisation was known, and is this run's to report again (refused after such a failure, it
+was called here while the organisation's executor called the copy Kafka held: it is held to
+send again instead). One whose
 delivery failed may be in the organisation's partition all the same (a leader that wrote it and
 stepped down before it acknowledged, then no leader until the producer gave up: the case
 ``streams.agents.called`` describes for the ledger's commands): calling it here too had the
@@ -46,6 +49,13 @@ again (from the next commit; it is taken out once more before each send): a run 
 (a crash, a stop while Kafka still fails) leaves it in its marks, told lost by the partition's
 next owner, and re-issued (the copy Kafka may hold is then called too: the one case left with
 two calls). One sent again and acknowledged before a crash is named lost by no mark.
+
+The forwards held for a partition a rebalance revokes are sent by its hand-over
+(``streams.agents.handover``: :meth:`Forwarding.take`), after the hand-over's mark, which lists
+them neither lost nor running here: listed as running in this run and sent by the loop after,
+they were told lost by the partition's next owner once this run left the group, while the
+organisation's executor still had them to call. One whose delivery fails there is held again
+(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it.
 """
 
 from __future__ import annotations
@@ -53,8 +63,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -78,6 +88,17 @@ NOT_UNMARKED = (
     "%s could not commit its marks before forwarding (%s): the forwards are held, sent once a "
     "commit no longer names them"
 )
+
+
+class Held(NamedTuple):
+    """A forward held to send: the command's job (with the record it was read as), its
+    organisation and the partition it goes to, and whether Kafka may hold a copy of it already
+    (``written``: a delivery of it failed; a later refusal does not make it surely unwritten)."""
+
+    job: Job[Any]
+    organization: str
+    to: TopicPartition
+    written: bool = False
 
 
 def organization_partition(organization: str, partitions: Collection[int]) -> int:
@@ -130,7 +151,7 @@ class Forwarding:
         self._unreported = unreported  # the executor's: what this run took and did not report
         self._commits = commits  # the executor's: its partitions' marks, committed before a send
         self._consumer = consumer  # the executor's (None before its run)
-        self._held: list[tuple[Job[Any], str, TopicPartition]] = []
+        self._held: list[Held] = []
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
         self._said_at: float | None = None  # the last summary's time
@@ -180,7 +201,7 @@ class Forwarding:
                 owned=owned,
             )
             if to is not None:
-                self._held.append((job, organization, TopicPartition(topic, to)))
+                self._held.append(Held(job, organization, TopicPartition(topic, to)))
             return to is not None
 
         return forwarded
@@ -217,47 +238,70 @@ class Forwarding:
         """The forwards held, not sent yet or sent again (their delivery's outcome unknown)."""
         return len(self._held)
 
+    def take(self, partitions: Collection[TopicPartition]) -> list[Held]:
+        """The held forwards of commands taken from ``partitions`` (a revoke's), no longer
+        held: the hand-over sends them (``streams.agents.handover``), after its mark, which
+        then lists them neither as lost nor as running in this run."""
+        taken = [entry for entry in self._held if entry.job.origin in partitions]
+        self._held = [entry for entry in self._held if entry.job.origin not in partitions]
+        return taken
+
+    def hold(self, entries: Iterable[Held]) -> None:
+        """Forwards to send again (the next :meth:`send`)."""
+        self._held.extend(entries)
+
+    def acknowledged(self, entry: Held) -> None:
+        """Kafka took the forward: the command is called where it went (a copy of it anywhere
+        else is not), and counted in the next summary."""
+        job, organization, to, _ = entry
+        self._called.forwarded(job.key, job.attempt, to)  # called where it went
+        log.debug("%s forwarded request_id=%s attempt=%s to partition %s, organization=%s's",
+                  self._name, job.key, job.attempt, to.partition, organization)  # fmt: skip
+        self._sent[(organization, to.partition)] += 1
+
     async def send(self) -> None:
         """The held commands sent to their organisation's partition, keyed by it, and
         acknowledged, each once the last commit of its partition no longer names it (the
         commit of the marks is made first, :meth:`_unmarked`; one still named is held). One
-        the producer refused (it never held it) is queued here instead, and one whose delivery
-        failed (Kafka may hold it) is held again, to be sent again, never called here (see the
-        module doc): either is this run's to report again."""
+        the producer refused (it never held it) is queued here instead, unless an earlier
+        copy's delivery failed; one whose delivery failed (Kafka may hold it) is held again,
+        to be sent again, never called here (see the module doc): either is this run's to
+        report again."""
         if not self._held:
             return
         held, self._held = self._held, []
         # not this run's to report from here: the marks committed now no longer name them
-        settled = [(entry, self._unreported.reported(entry[0].key, entry[0].attempt))
+        settled = [(entry, self._unreported.reported(entry.job.key, entry.job.attempt))
                    for entry in held]  # fmt: skip
         await self._unmarked()
         deliveries, unsent = [], []
         topic = self._topics.generate
-        for (job, organization, to), taken in settled:
+        for entry, taken in settled:
+            job = entry.job
             if self._commits.named(taken):  # a crash would have it told lost: not sent yet
                 self._unreported.restore(job.key, taken)
-                self._held.append((job, organization, to))
+                self._held.append(entry)
                 continue
             try:
-                delivery = await topic.send(key=organization.encode(), value=job.record[1])
-            except Exception as exc:  # not held by the producer: surely not written
-                _not_forwarded(exc, self._name, job.key)
-                self._unreported.restore(job.key, taken)  # called here: this run's to report
-                unsent.append(job)
+                delivery = await topic.send(key=entry.organization.encode(), value=job.record[1])
+            except Exception as exc:  # not held by the producer: this copy surely not written
+                _not_forwarded(exc, self._name, job.key, again=entry.written)
+                self._unreported.restore(job.key, taken)  # this run's to report
+                if entry.written:  # an earlier copy may be there: sent again, not called here
+                    self._held.append(entry)
+                else:
+                    unsent.append(job)
                 continue
-            deliveries.append((job, organization, to, taken, delivery))
-        for job, organization, to, taken, delivery in deliveries:
+            deliveries.append((entry, taken, delivery))
+        for entry, taken, delivery in deliveries:
             try:
                 await delivery
             except Exception as exc:  # perhaps written: forwarded again, not called here
-                _not_forwarded(exc, self._name, job.key, again=True)
-                self._unreported.restore(job.key, taken)  # (told lost if the run ends first)
-                self._held.append((job, organization, to))
+                _not_forwarded(exc, self._name, entry.job.key, again=True)
+                self._unreported.restore(entry.job.key, taken)  # (told lost if the run ends first)
+                self._held.append(entry._replace(written=True))
                 continue
-            self._called.forwarded(job.key, job.attempt, to)  # called where it went
-            log.debug("%s forwarded request_id=%s attempt=%s to partition %s, organization=%s's",
-                      self._name, job.key, job.attempt, to.partition, organization)  # fmt: skip
-            self._sent[(organization, to.partition)] += 1
+            self.acknowledged(entry)
         self.summarise()
         for job in unsent:  # never written: called here, as before it knew the organisation
             self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
@@ -269,9 +313,9 @@ class Forwarding:
         second) had a crash meanwhile leave the partition's next owner telling the ledger it
         was lost, and the ledger, its attempt current, re-issued it while it was called at the
         organisation's executor: one OpenAI call made twice, billed twice. A commit that fails
-        leaves them held (``Commits.named``), sent after the next that passes. (A partition
-        given up since is its hand-over's mark's, which lists this run's calls of it as running
-        here, as before.)"""
+        leaves them held (``Commits.named``), sent after the next that passes. (The forwards
+        of a partition given up are sent by its hand-over, after its mark; one held again since
+        is named by no mark of this run.)"""
         try:
             await self._commits.commit(self._consumer(), self._commits.marks({}, {}))
         except Exception as exc:

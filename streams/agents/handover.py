@@ -22,26 +22,52 @@ commit leaves them named (never handed back: told lost, re-issued, called once);
 each handed back, or, if Kafka had not taken it yet, left to its deadline. A commit that fails
 hands back none of the commands its last mark names (sent, each would be told lost by the
 partition's next reader and called from its copy too); they stay named, told lost by it. A
-command Kafka did not take back is named by a commit made after the sends, told lost by the
-next reader; if that commit fails too, it waits for its deadline (a WARNING counts them).
-(Kafka may hold one whose delivery failed all the same: named lost, it is then called twice, as
-before this order; ``streams.agents.forwarding`` sends a forward again instead.)
+command Kafka surely did not take back (the producer refused it, or failed it before it held it:
+a stop that gave up on Kafka) is named by a commit made after the sends, told lost by the next
+reader; if that commit fails too, it waits for its deadline (a WARNING counts them).
+
+A command whose delivery failed once the producer held it may be in Kafka all the same (a
+leader that wrote it and stepped down before it acknowledged it answers NotLeaderForPartition;
+the producer retries until no leader is left and gives up: the case ``streams.agents.called``
+describes for the ledger's commands). Named lost, the next reader told the ledger, which
+re-issued it while the copy Kafka held was read and called too: one OpenAI call made twice.
+It is named by no mark now, and sent again (:meth:`HandOver.send_held`: the executor's loop,
+and its stop once more), the same record to the same partition, until Kafka acknowledges it;
+whoever owns the partition calls the first copy it takes (``streams.agents.called``). A run
+that ends first leaves it to whoever takes the copy Kafka may hold (at once: its partition's
+owner reads it within seconds), or else to its deadline. One not acknowledged once it has
+waited past the most a command waits for its target is sent no more: its deadline is near. A
+stop counts those left in a WARNING.
+
+The forwards held for a revoked partition (``streams.agents.forwarding``: those an answer took
+out of their queue, or whose commit or delivery failed, not sent yet) go the same way, to their
+organisation's partition, after the hand-over's mark: it lists them neither as lost nor as
+running here. Listed as running in this run and forwarded by the loop after, they were told
+lost by the partition's next owner once this run left the group (a crash; a stop) while the
+organisation's executor still had them to call, and re-issued: one call made twice (a call
+running here reports its result to the person's partition before any such news, which then
+changes nothing; a forward reports nothing here). One the producer refuses is named lost by the
+commit after, as a hand-back; one whose delivery fails is held to forward again (the
+forwarding's next send), named by no mark.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from asyncio import CancelledError
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.agents.called import Called
 from streams.agents.commits import Commits
+from streams.agents.forwarding import Forwarding, Held
 from streams.agents.lost import LostWork
 from streams.agents.marks import Mark, Unreported, listed
 from streams.agents.results import NOT_HANDED_BACK, log_unsent
-from streams.kafka_options import committed_with_metadata
+from streams.kafka_options import GivenUp, committed_with_metadata
 from streams.runtime import Topics
 from streams.upstream.scheduler import Job, Scheduler
 
@@ -53,11 +79,41 @@ NOT_UNMARKED = (
     "%s could not commit its marks before handing back (%s): the queued commands its last "
     "commit names are not handed back; told lost by the partition's next reader"
 )
+# a held forward a hand-over could not send (the producer refused it): named lost after it
+NOT_FORWARDED = "%s could not forward request_id=%s"
+# a hand-back (or a hand-over's forward) whose delivery failed: Kafka may hold it (in an
+# outage, one per command and send: ``streams.logs.REPEATED``)
+SENT_AGAIN = (
+    "%s could not %s request_id=%s (%s: %s): Kafka may hold it: sent again until it takes it, "
+    "not told lost"
+)
+# one sent again for so long that a copy taken now would not be called any more
+PAST_ITS_WAIT = (
+    "%s: request_id=%s attempt=%s, handed back and not acknowledged, has waited past %ss for "
+    "its target: no longer sent again; re-issued at its deadline"
+)
 # nor the commit naming those Kafka did not take back: their deadline re-issues them
 NOT_NAMED = (
     "%s could not commit the marks naming %s commands it could not hand back (%s): re-issued "
     "at their deadline"
 )
+
+
+class _Out(NamedTuple):
+    """A command a hand-over sends on: a queued one back to its topic (``forward`` None), or a
+    held forward to its organisation's partition."""
+
+    job: Job[Any]
+    forward: Held | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.forward.organization.encode() if self.forward else self.job.record[0]
+
+    @property
+    def written(self) -> bool:
+        """Whether Kafka may hold a copy already (an earlier delivery of it failed)."""
+        return self.forward is not None and self.forward.written
 
 
 class HandOver:
@@ -74,6 +130,7 @@ class HandOver:
         unreported: Unreported,
         lost: LostWork,
         commits: Commits,
+        forwarding: Forwarding,
     ) -> None:
         self._name = name  # the executor's (generator | publisher), in its log lines
         self._run_id = run_id
@@ -83,54 +140,133 @@ class HandOver:
         self._unreported = unreported  # the executor's: what this run took and did not report
         self._lost = lost
         self._commits = commits
+        self._forwarding = forwarding  # the executor's: the forwards it holds
+        self._held: list[Job[Any]] = []  # handed back, Kafka may hold them: to send again
+        self._sending: list[tuple[Job[Any], asyncio.Future[Any]]] = []  # (sent again)
+
+    @property
+    def held(self) -> int:
+        """The commands handed back whose delivery failed (Kafka may hold them), to send
+        again (:meth:`send_held`), or sent again and not answered yet."""
+        return len(self._held) + len(self._sending)
 
     async def send_back(
         self,
         consumer: AIOKafkaConsumer | None,
         jobs: list[Job[Any]],
         marks: Callable[[list[Job[Any]]], Marks],
+        forwards: Sequence[Held] = (),
     ) -> list[Job[Any]]:
-        """Queued commands back to their topic, in order, acknowledged, each once the last
-        commit of its partition no longer names it. Each is taken out of what is unreported
-        and the marks that follow (``marks([])``) are committed first; then only those the
-        last commit does not name lost are sent (one sent while a mark still named it had a
-        crash before the next commit leave the partition's next owner telling the ledger it
-        was lost: re-issued while the copy handed back was called too, one call made twice).
-        One still named (that commit failed) is not sent: told lost by the partition's next
-        reader, re-issued, called once. One Kafka did not take back is this run's to report
-        again, and the marks are committed again naming it (``marks(unsent)``): told lost by
-        the next reader; if that commit fails too, a command the last commit does not name
-        waits for its deadline (a WARNING says how many). Returns those not handed back."""
-        settled = [(job, self._unreported.reported(job.key, job.attempt)) for job in jobs]
+        """Queued commands back to their topic, in order (and ``forwards``, held, to their
+        organisation's partition), acknowledged, each once the last commit of its partition no
+        longer names it. Each is taken out of what is unreported and the marks that follow
+        (``marks([])``) are committed first; then only those the last commit does not name
+        lost are sent (one sent while a mark still named it had a crash before the next commit
+        leave the partition's next owner telling the ledger it was lost: re-issued while the
+        copy sent was called too, one call made twice). One still named (that commit failed)
+        is not sent: told lost by the partition's next reader, re-issued, called once. One
+        Kafka surely did not take (the producer refused it, or failed it before it held it: a
+        stop that gave up on Kafka) is this run's to report again, and the marks are committed
+        again naming it (``marks(unsent)``): told lost by the next reader; if that commit fails
+        too, a command the last commit does not name waits for its deadline (a WARNING says
+        how many). One whose delivery failed may be in Kafka all the same (a leader that wrote
+        it and stepped down before it acknowledged): named lost, it was re-issued while that
+        copy was called too. No mark names it: it is sent again (:meth:`send_held`, a forward
+        by the forwarding's next send) until Kafka acknowledges it, and whoever takes its
+        copies calls the first (``streams.agents.called``); a run that ends first leaves it to
+        its deadline. Returns those not sent on (named, or held to send again)."""
+        outs = [_Out(job) for job in jobs] + [_Out(entry.job, entry) for entry in forwards]
+        settled = [(out, self._unreported.reported(out.job.key, out.job.attempt)) for out in outs]
         failed = await self._commit(consumer, marks, [])
         if failed is not None:
             log.warning(NOT_UNMARKED, self._name, type(failed).__name__)
         topic = self._topics.generate if self._name == "generator" else self._topics.completions
-        deliveries, unsent = [], []
-        for job, taken in settled:
+        deliveries, unsent, again = [], [], []
+        for out, taken in settled:
             if self._commits.named(taken):  # a crash would have it told lost: not sent
-                unsent.append((job, taken))
+                unsent.append((out, taken))
                 continue
-            self._called.forget(job.key, job.attempt)  # whoever takes it back calls it
-            key, value = job.record
+            if out.forward is None:
+                self._called.forget(out.job.key, out.job.attempt)  # whoever takes it calls it
             try:
-                deliveries.append((job, taken, await topic.send(key=key, value=value)))
-            except Exception as exc:
-                log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
-                unsent.append((job, taken))
-        for job, taken, delivery in deliveries:
+                delivery = await topic.send(key=out.key, value=out.job.record[1])
+                if delivery.done() and delivery.exception() is not None:  # never held
+                    raise delivery.exception()  # (a stop's: the producer gave up on Kafka)
+            except Exception as exc:  # this copy surely not written
+                _not_sent_on(exc, self._name, out, again=out.written)
+                if out.written:  # an earlier copy may be there: sent again
+                    again.append(out)
+                else:
+                    unsent.append((out, taken))
+                continue
+            deliveries.append((out, delivery))
+        for out, delivery in deliveries:
             try:
                 await delivery
-            except Exception as exc:
-                log_unsent(exc, NOT_HANDED_BACK, self._name, job.key)
-                unsent.append((job, taken))
-        for job, taken in unsent:  # this run's to report again: named by the next commit
-            self._unreported.restore(job.key, taken)
-        failed = await self._commit(consumer, marks, [job for job, _ in unsent]) if unsent else None
+            except Exception as exc:  # perhaps written: sent again, named lost by no mark
+                _not_sent_on(exc, self._name, out, again=True)
+                again.append(out)
+                continue
+            if out.forward is not None:
+                self._forwarding.acknowledged(out.forward)
+        if forwards:
+            self._forwarding.summarise()
+        for out in again:
+            if out.forward is None:
+                self._held.append(out.job)
+        self._forwarding.hold(out.forward._replace(written=True)
+                              for out in again if out.forward is not None)  # fmt: skip
+        for out, taken in unsent:  # this run's to report again: named by the next commit
+            self._unreported.restore(out.job.key, taken)
+        named = [out.job for out, _ in unsent]
+        failed = await self._commit(consumer, marks, named) if unsent else None
         waiting = sum(not self._commits.named(taken) for _, taken in unsent)
         if failed is not None and waiting:
             log.warning(NOT_NAMED, self._name, waiting, type(failed).__name__)
-        return [job for job, _ in unsent]
+        return named + [out.job for out in again]
+
+    async def send_held(self, *, wait: bool = False) -> None:
+        """The commands handed back whose delivery failed sent again, the same record to the
+        same partition, until Kafka acknowledges them (the executor's loop, and its stop once
+        more, ``wait``-ing for Kafka's answers). The loop does not wait for them: each send's
+        outcome is read at its next turn (a delivery Kafka gives up on after the producer's
+        request timeout, 20 minutes, would have stalled every partition the executor reads,
+        and had its consumer leave the group past its poll interval). No mark of this run
+        names them (their partition was handed over, or the stop's last mark left them out): a
+        run that ends first leaves them to their deadline, and a copy Kafka holds to whoever
+        takes it. One that has waited past the most a command waits for its target is sent no
+        more (its deadline, that wait and its call's, is near: it is re-issued then, and a
+        copy written that late could be called beside the re-issue; sent again for good, one
+        Kafka refuses for good, its authorization gone, was sent at every turn of the loop)."""
+        self._settle()
+        held, self._held = self._held, []
+        topic = self._topics.generate if self._name == "generator" else self._topics.completions
+        now, most = (self._scheduler.now(), self._scheduler.max_wait_s) if held else (0.0, 0.0)
+        for job in held:
+            if now - job.issued_s > most:
+                log.info(PAST_ITS_WAIT, self._name, job.key, job.attempt, most)
+                continue
+            try:
+                delivery = await topic.send(key=job.record[0], value=job.record[1])
+            except Exception as exc:  # an earlier copy may be there: sent again
+                _not_sent_on(exc, self._name, _Out(job), again=True)
+                self._held.append(job)
+                continue
+            self._sending.append((job, delivery))
+        if wait and self._sending:
+            await asyncio.wait([delivery for _, delivery in self._sending])
+        self._settle()
+
+    def _settle(self) -> None:
+        """The sends again that Kafka answered: acknowledged, done; failed, held again."""
+        sending, self._sending = self._sending, []
+        for job, delivery in sending:
+            if not delivery.done():
+                self._sending.append((job, delivery))
+            elif delivery.cancelled() or delivery.exception() is not None:
+                failed = CancelledError() if delivery.cancelled() else delivery.exception()
+                _not_sent_on(failed or CancelledError(), self._name, _Out(job), again=True)
+                self._held.append(job)
 
     async def _commit(
         self,
@@ -153,6 +289,7 @@ class HandOver:
         not see them otherwise), each once the partitions' hand-over marks no longer name it
         (:meth:`send_back`). Calls already running finish here and report."""
         jobs = self._scheduler.take_back(set(revoked))
+        forwards = self._forwarding.take(revoked)  # sent after the mark too, never listed
         taken = self._commits.taken
 
         def handed(unsent: list[Job[Any]]) -> Marks:
@@ -170,10 +307,10 @@ class HandOver:
                         marks[tp] = (taken[tp], mark)
             return marks
 
-        unsent = await self.send_back(consumer, jobs, handed)
+        unsent = await self.send_back(consumer, jobs, handed, forwards)
         if jobs:
             log.info("%s handed back %s queued commands of revoked partitions",
-                     self._name, len(jobs) - len(unsent))  # fmt: skip
+                     self._name, len(set(map(id, jobs)) - set(map(id, unsent))))  # fmt: skip
         # the calls still running here stay listed: a rebalance revokes every partition and
         # may give this worker some of them back (``recover``), whose marks must then list
         # those calls again, or a crash before they end would lose them to their deadline
@@ -267,3 +404,19 @@ class OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._handover.recover(self._consumer, assigned)
+
+
+def _not_sent_on(exc: BaseException, name: str, out: _Out, *, again: bool) -> None:
+    """A hand-over's send Kafka did not acknowledge: told lost by the partition's next reader
+    (the producer refused it: surely not written), or (``again``: Kafka may hold it) sent
+    again, named lost by no mark. A WARNING (a stop's ``GivenUp`` is counted in its own
+    WARNING: DEBUG; anything but Kafka's refusal an ERROR, ``log_unsent``)."""
+    what = "forward" if out.forward is not None else "hand back"
+    if not again:
+        log_unsent(exc, NOT_HANDED_BACK if out.forward is None else NOT_FORWARDED, name,
+                   out.job.key)  # fmt: skip
+    elif isinstance(exc, GivenUp):
+        log.debug("%s could not %s request_id=%s (the stop gave up on Kafka): sent again",
+                  name, what, out.job.key)  # fmt: skip
+    else:
+        log.warning(SENT_AGAIN, name, what, out.job.key, type(exc).__name__, exc)

@@ -76,7 +76,7 @@ class Results:
         return True
 
 
-def log_unsent(exc: Exception, message: str, *args: Any) -> None:
+def log_unsent(exc: BaseException, message: str, *args: Any) -> None:
     """A record Kafka did not take (its partition without a leader for the producer's request
     timeout): a WARNING naming the error and what becomes of the call (an outage the worker
     rides out is no bug; its traceback, an ERROR at every call, said nothing more); one a

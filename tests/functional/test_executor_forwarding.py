@@ -83,9 +83,9 @@ class Topic:
             raise KafkaTimeoutError("no room in the producer's buffer")
         done = asyncio.get_running_loop().create_future()
         self.sent.append((key, value))
-        if self.give_up:
+        if self.give_up:  # (once the producer held it: its delivery fails after the send)
             self.give_up -= 1
-            done.set_exception(NotLeaderForPartitionError())
+            asyncio.get_running_loop().call_soon(done.set_exception, NotLeaderForPartitionError())
         else:
             done.set_result(None)
         return done
@@ -514,3 +514,37 @@ async def test_forwards_are_summarised_in_an_info_line_a_minute_each_a_debug_lin
         f"generator forwarded request_id={request_id}" for request_id in "abcdefgh"
     ]
     assert len(g.generate.sent) == 8 and g.work.called == ["first"]
+
+
+class Sequenced(Topic):
+    """[generate] answering each forward as ``outcomes`` say, one by one: "give_up" (written,
+    its delivery failed), "refuse" (the producer refused it: this copy not written), "take"."""
+
+    def __init__(self, *outcomes: str) -> None:
+        super().__init__()
+        self.outcomes = list(outcomes)
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        outcome = self.outcomes.pop(0) if self.outcomes else "take"
+        self.refuse, self.give_up = outcome == "refuse", int(outcome == "give_up")
+        return await super().send(key=key, value=value)
+
+
+async def test_a_forward_kafka_may_hold_is_not_called_here_when_its_next_send_is_refused() -> None:
+    """Kafka gave up on a forward it may hold, and the producer refused the next send of it
+    outright: that copy was never written, but the first may be, and the executor owning the
+    organisation's partition calls it. It was called here too (two calls); it is held and
+    forwarded again instead, never called here."""
+    g = generator(KEY_TP, generate=Sequenced("give_up", "refuse"))
+    await learned(g)
+    a = command("a")
+    # written, its delivery failed; then (the loop's send) refused outright
+    await take(g, KEY_TP, (1, a), key=KEY_ID.encode())
+    await calls(g)
+    assert g.work.called == ["first"], "called here while Kafka may hold a copy"
+    assert g.generate.sent == [(ORG.encode(), a)] and g.executor.forwarding.held == 1
+    assert g.executor._unreported.ranges(KEY_TP) == ((1, 2),)  # still this run's to report
+    await g.executor.forwarding.send()  # taken
+    assert g.generate.sent == [(ORG.encode(), a)] * 2 and g.executor.forwarding.held == 0
+    await calls(g)
+    assert g.work.called == ["first"] and g.executor._unreported.ranges(KEY_TP) == ()

@@ -6,6 +6,8 @@ the commit a crash would leave."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -16,26 +18,34 @@ from aiokafka.errors import CommitFailedError
 
 from models.events import GenerateText
 from streams.agents.handover import OnRebalance
+from streams.agents.marks import Mark
 from streams.codecs import encode
+from streams.kafka_options import GivenUp
+from streams.runtime import SystemClock
 from tests.functional.test_executor_forwarding import (
     KEY_ID,
     KEY_TP,
+    ORG,
     Consumer,
     Generator,
     Topic,
+    calls,
     generator,
     lost_in,
     next_owner_told,
+    take,
 )
 from tests.unit.domain_builders import Ledger, received
+from tests.unit.test_executor_marks import Marked, Requests
+from tests.unit.test_executor_marks import generator as marks_generator
 
 
 class Watched(Topic):
     """[generate] as an executor hands back to it, noting at each send the last commit of the
     command's partition (what a crash once Kafka took it leaves its next owner)."""
 
-    def __init__(self, *, refuse: bool = False) -> None:
-        super().__init__(refuse=refuse)
+    def __init__(self, *, refuse: bool = False, give_up: int = 0) -> None:
+        super().__init__(refuse=refuse, give_up=give_up)
         self.consumer: Consumer | None = None
         self.at_send: list[tuple[int, str]] = []  # the last commit of KEY_TP, at each send
 
@@ -63,8 +73,10 @@ def last_commit(consumer: Consumer) -> tuple[int, str]:
     return next(c[KEY_TP] for c in reversed(consumer.commits) if KEY_TP in c)
 
 
-def watched(consumer: Consumer | None = None, *, refuse: bool = False) -> Generator:
-    generate = Watched(refuse=refuse)
+def watched(
+    consumer: Consumer | None = None, *, refuse: bool = False, give_up: int = 0
+) -> Generator:
+    generate = Watched(refuse=refuse, give_up=give_up)
     g = generator(KEY_TP, generate=generate)
     if consumer is not None:
         g.consumer = g.executor.consumer = consumer
@@ -74,10 +86,11 @@ def watched(consumer: Consumer | None = None, *, refuse: bool = False) -> Genera
 
 async def queued(g: Generator, person: Ledger, request_id: str, offset: int) -> bytes:
     """``person``'s command of ``request_id`` taken at ``offset`` of KEY_TP (committed as
-    taken) and queued, not called yet."""
+    taken) and queued, not called yet (issued now)."""
     [issued] = person.send(received(request_id)).commands
     assert isinstance(issued, GenerateText)
-    value = encode(issued.model_copy(update={"openai_key_id": KEY_ID}))
+    now_ms = SystemClock().now_ms()
+    value = encode(issued.model_copy(update={"openai_key_id": KEY_ID, "issued_at_ms": now_ms}))
     record = SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=offset,
                              key=KEY_ID.encode(), value=value)  # fmt: skip
     await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]
@@ -186,3 +199,250 @@ async def test_a_stop_whose_commit_fails_hands_back_nothing_its_mark_names(
     assert [(lost.request_id, lost.attempt) for lost in told] == [("a", 1)]
     said = [r.getMessage() for r in caplog.records if "stopping:" in r.msg]
     assert said[0].startswith("generator stopping: 0 queued commands handed back"), said
+
+
+async def test_a_hand_back_kafka_may_hold_is_sent_again_and_told_lost_by_no_mark(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kafka gave up on a command handed back at a revoke, yet the partition's leader had
+    written it before it stepped down: the commit after the hand-back named it lost, the next
+    owner told the ledger, and the ledger, its attempt current, re-issued it while the copy
+    Kafka held was called too: one OpenAI call made twice. No mark names it now: it is sent
+    again (the loop's next turn) until Kafka acknowledges it, and whoever owns the partition
+    calls the first copy it takes, once."""
+    g = watched(give_up=1)
+    person = Ledger()
+    a = await queued(g, person, "a", 1)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    await OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    assert g.generate.sent == [(KEY_ID.encode(), a)], "written, its delivery failed"
+    # the worker dies now: the next owner reads the last commit, and the copy Kafka holds
+    told = await next_owner_told(last_commit(g.consumer), (1, a), (2, a))
+    for lost in told:  # its ledger: attempt 1 is the copy Kafka holds, called there
+        assert person.send(lost).commands == [], "re-issued while its copy is called"
+    assert told == [] and lost_in(last_commit(g.consumer)[1]) == []
+    said = [r.getMessage() for r in caplog.records if "request_id=a" in r.getMessage()]
+    assert said == ["generator could not hand back request_id=a (NotLeaderForPartitionError: "
+                    "[Error 6] NotLeaderForPartitionError): Kafka may hold it: sent again "
+                    "until it takes it, not told lost"], said  # fmt: skip
+
+    await g.executor.handover.send_held()  # the loop's next turn: acknowledged
+    assert g.generate.sent == [(KEY_ID.encode(), a)] * 2 and g.executor.handover.held == 0
+    await g.executor.handover.send_held()  # nothing more
+    assert len(g.generate.sent) == 2
+    owner = generator(KEY_TP)  # the partition's next owner takes both copies
+    await take(owner, KEY_TP, (2, a), (3, a), key=KEY_ID.encode())
+    assert owner.work.called == ["a"], "called once"
+
+
+async def test_a_hand_back_kafka_may_hold_is_sent_again_only_until_its_wait_is_past(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hand-back Kafka never acknowledges is sent again at each turn, until it has waited
+    past the most a command waits for its target: its deadline is near, which re-issues it. It
+    is sent no more, and an INFO line says so."""
+    g = watched(give_up=3)
+    a = await queued(g, Ledger(), "a", 1)
+    await g.executor.handover.hand_back(g.consumer, {KEY_TP})
+    handover = g.executor.handover
+    await handover.send_held()  # a loop's turn: sent, its answer read at the next
+    assert len(g.generate.sent) == 2 and handover.held == 1
+    await asyncio.sleep(0)  # Kafka gives up on it again
+    [job] = [job for job, _ in handover._sending]
+    job.issued_s -= g.scheduler.max_wait_s  # (waited that long more)
+    caplog.set_level(logging.INFO, logger="streams.agents.executors")
+    await handover.send_held()
+    assert g.generate.sent == [(KEY_ID.encode(), a)] * 2 and handover.held == 0
+    said = [r.getMessage() for r in caplog.records if "no longer sent" in r.msg]
+    assert said == [f"generator: request_id=a attempt=1, handed back and not acknowledged, has "
+                    f"waited past {g.scheduler.max_wait_s}s for its target: no longer sent "
+                    "again; re-issued at its deadline"]  # fmt: skip
+
+
+async def test_a_stop_leaves_a_hand_back_kafka_may_hold_to_its_deadline_not_told_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop's hand-back written and given up on, and again once more: the stop's last
+    commit does not name it (named, the next run told the ledger it was lost while the copy
+    Kafka held was called too); a WARNING counts it; its deadline re-issues it if Kafka holds
+    none. One the producer refused outright (never written) is still named: told lost."""
+    g = watched(give_up=2)
+    person = Ledger()
+    a = await queued(g, person, "a", 1)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    await g.executor.stop(0.0)
+    told = await next_owner_told(last_commit(g.consumer), (1, a), (2, a), (3, a))
+    assert told == [] and lost_in(last_commit(g.consumer)[1]) == []
+    assert g.generate.sent == [(KEY_ID.encode(), a)] * 2, "sent again once in the stop"
+    said = [r.getMessage() for r in caplog.records if "left to their deadline" in r.msg]
+    assert said == ["generator stopping: 1 commands handed back that Kafka did not acknowledge "
+                    "(it may hold them) are left to their deadline"]  # fmt: skip
+
+    g = watched(give_up=1)
+    b = await queued(g, Ledger(), "b", 1)
+    await g.executor.stop(0.0)
+    assert g.generate.sent == [(KEY_ID.encode(), b)] * 2 and g.executor.handover.held == 0
+    assert lost_in(last_commit(g.consumer)[1]) == []
+
+    g = watched(refuse=True)
+    c = await queued(g, Ledger(), "c", 1)
+    await g.executor.stop(0.0)
+    told = await next_owner_told(last_commit(g.consumer), (1, c))
+    assert [(lost.request_id, lost.attempt) for lost in told] == [("c", 1)]
+
+
+async def test_a_hand_back_the_stopping_producer_never_held_is_told_lost() -> None:
+    """A stop that gave up on Kafka fails every later send at once (the producer holds
+    nothing more: ``IdempotentProducer.give_up``): such a hand-back was surely not written,
+    so the commit after names it, and the next run tells the ledger at once, not at its
+    deadline."""
+
+    class GaveUp(Watched):
+        async def send(self, *, key: bytes, value: bytes) -> Any:
+            assert self.consumer is not None
+            self.at_send.append(last_commit(self.consumer))
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_exception(GivenUp("the worker stopped before Kafka took it"))
+            return refused
+
+    generate = GaveUp()
+    g = generator(KEY_TP, generate=generate)
+    generate.consumer = g.consumer
+    a = await queued(g, Ledger(), "a", 1)
+    await g.executor.stop(0.0)
+    told = await next_owner_told(last_commit(g.consumer), (1, a))
+    assert [(lost.request_id, lost.attempt) for lost in told] == [("a", 1)]
+
+
+class Member(Consumer):
+    """A consumer that is a member of its group (a hand-over's mark lists the calls still
+    running here with its member id)."""
+
+    def __init__(self, *owned: TopicPartition) -> None:
+        super().__init__(*owned)
+        self._coordinator = SimpleNamespace(member_id="worker-generator-1")
+
+
+class Gone(Marked):
+    """The partition's next owner's consumer: the last commit, and a group its previous
+    owner's run has left (a crash, and its session ended; or a stop)."""
+
+    coordinator_id = 1
+
+    def __init__(self, committed: dict[TopicPartition, tuple[int, Mark]]) -> None:
+        super().__init__(committed)
+        self._client = self
+
+    async def send(self, node: int, request: Any) -> Any:
+        return SimpleNamespace(groups=[(0, "g", "Stable", "consumer", "roundrobin", [])])
+
+
+async def told_once_gone(commit: tuple[int, str], *values: tuple[int, bytes]) -> list[Any]:
+    """What the partition's next owner tells the ledger was lost, reading ``commit`` and the
+    partition's records ``values``, once the run that handed it over left the group: what the
+    mark names lost, and what it lists as running in that run."""
+    at, metadata = commit
+    mark = Mark.parse(metadata)
+    assert mark is not None
+    requests = Requests()
+    owner = marks_generator(requests)
+    owner.consumer = Gone({KEY_TP: (at, mark)})  # type: ignore[assignment]
+    await owner.handover.recover(owner.consumer, {KEY_TP})
+    await owner.lost.check_elsewhere(owner.consumer, owner.taken)  # type: ignore[arg-type]
+    await owner.lost.past_lost({KEY_TP: [SimpleNamespace(offset=o, value=v) for o, v in values]})
+    return requests.sent
+
+
+async def held_to_forward(generate: Watched) -> tuple[Generator, Ledger, bytes, bytes]:
+    """A generator owning KEY_TP (a member of its group) took commands ``first`` and ``a``
+    of one key in one batch and called ``first``, whose answer named the key's organisation,
+    paced elsewhere: ``a``, queued, is taken out of its queue and held to forward (its loop's
+    next turn would send it)."""
+    g = generator(KEY_TP, generate=generate)
+    g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+    person = Ledger()
+    first, a = (
+        encode(command.model_copy(update={"openai_key_id": KEY_ID}))
+        for request_id in ("first", "a")
+        for command in person.send(received(request_id)).commands
+    )
+    batch = [SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=offset,
+                             key=KEY_ID.encode(), value=value)
+             for offset, value in ((0, first), (1, a))]  # fmt: skip
+    await g.executor._take_batch(g.consumer, {KEY_TP: batch})  # type: ignore[arg-type]
+    await calls(g)
+    assert g.work.called == ["first"] and g.executor.forwarding.held == 1, "a: held to forward"
+    assert generate.sent == []
+    return g, person, first, a
+
+
+async def test_a_forward_held_at_a_revoke_is_sent_after_a_mark_listing_it_nowhere() -> None:
+    """An answer named the key's organisation while a command of it waited in its queue: it
+    is held to forward, and a rebalance revokes its partition before the loop sends it. The
+    hand-over's mark listed it as running in this run, and the loop forwarded it after: once
+    this run left the group (a crash, or a stop before the organisation's executor reported
+    it), the partition's next owner told the ledger it was lost, and the ledger, its attempt
+    current, re-issued it while the organisation's executor called it: one call made twice.
+    The hand-over now sends it, once a mark that lists it neither lost nor running is
+    committed."""
+    g, person, first, a = await held_to_forward(Watched())
+    await OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    await g.executor.forwarding.send()  # the loop's next turn
+    assert g.generate.sent == [(ORG.encode(), a)] and g.executor.forwarding.held == 0
+    [at_send] = g.generate.at_send  # what a crash as Kafka takes it leaves the next owner
+    told = await told_once_gone(at_send, (0, first), (1, a))
+    for lost in told:  # its ledger: attempt 1 is called at the organisation's executor
+        assert person.send(lost).commands == [], "re-issued while called there"
+    assert told == []
+    handed = Mark.parse(last_commit(g.consumer)[1])
+    assert handed is not None and handed.running == () and lost_in(at_send[1]) == []
+    await calls(g)
+    assert g.work.called == ["first"], "not called here"
+
+
+async def test_a_forward_a_hand_over_could_not_send_is_named_lost_or_sent_again() -> None:
+    """A hand-over's held forward the producer refused (never written) is named lost by the
+    commit after, as a hand-back is: the next owner tells the ledger, called once. One whose
+    delivery failed (Kafka may hold it) is named by no mark and forwarded again by the loop,
+    never called here."""
+    for refuse, give_up in ((True, 0), (False, 1)):
+        generate = Watched(refuse=refuse, give_up=give_up)
+        g, _, first, a = await held_to_forward(generate)
+        await OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+        told = await told_once_gone(last_commit(g.consumer), (0, first), (1, a))
+        if refuse:
+            assert generate.sent == [] and g.executor.forwarding.held == 0
+            assert [(lost.request_id, lost.attempt) for lost in told] == [("a", 1)]
+            continue
+        assert told == [] and generate.sent == [(ORG.encode(), a)]
+        assert g.executor.forwarding.held == 1
+        await g.executor.forwarding.send()  # the loop's next turn: acknowledged
+        assert generate.sent == [(ORG.encode(), a)] * 2 and g.executor.forwarding.held == 0
+        await calls(g)
+        assert g.work.called == ["first"], "not called here"
+
+
+async def test_the_loop_does_not_wait_for_kafkas_answer_to_a_hand_back_sent_again() -> None:
+    """Kafka answers a delivery it gives up on after the producer's request timeout (20
+    minutes): the executor's loop, waiting for it, would take nothing of any partition
+    meanwhile, and its consumer would leave the group past its poll interval. A turn sends
+    the held hand-back again and goes on; the next reads the answer."""
+
+    class Unanswered(Watched):
+        async def send(self, *, key: bytes, value: bytes) -> Any:
+            self.sent.append((key, value))
+            self.delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return self.delivery
+
+    g = watched(give_up=1)
+    a = await queued(g, Ledger(), "a", 1)
+    await g.executor.handover.hand_back(g.consumer, {KEY_TP})
+    assert g.executor.handover.held == 1
+    unanswered = Unanswered()
+    topics = g.executor.handover._topics
+    g.executor.handover._topics = dataclasses.replace(topics, generate=unanswered)
+    await g.executor.handover.send_held()  # (waiting, it hung: pytest's timeout)
+    assert unanswered.sent == [(KEY_ID.encode(), a)] and g.executor.handover.held == 1
+    unanswered.delivery.set_result(None)  # acknowledged: read at the next turn
+    await g.executor.handover.send_held()
+    assert g.executor.handover.held == 0 and len(unanswered.sent) == 1

@@ -14,6 +14,7 @@ from aiokafka.errors import (
     CommitFailedError,
     GroupAuthorizationFailedError,
     KafkaError,
+    KafkaTimeoutError,
     OffsetMetadataTooLargeError,
 )
 
@@ -299,19 +300,18 @@ def test_what_any_other_run_left_unreported_is_read_again_to_be_told_lost() -> N
 
 class Generate_:
     """The [generate] topic as a hand-back sends to it: the commands of ``refused`` are not
-    taken (Kafka gave up on them)."""
+    taken (the producer refused them: surely not written)."""
 
     def __init__(self, refused: set[bytes]) -> None:
         self.refused = refused
         self.sent: list[bytes] = []
 
     async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
-        done = asyncio.get_running_loop().create_future()
         if key in self.refused:
-            done.set_exception(ConnectionError("no leader"))
-        else:
-            self.sent.append(key)
-            done.set_result(None)
+            raise KafkaTimeoutError("no room in the producer's buffer")
+        done = asyncio.get_running_loop().create_future()
+        self.sent.append(key)
+        done.set_result(None)
         return done
 
 
