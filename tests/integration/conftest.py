@@ -400,6 +400,38 @@ def system(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> It
     deployment.stop()
 
 
+@pytest.fixture(scope="module")
+def _module_system(
+    kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[System, Any, Any]]:
+    deployment = System(kafka, tmp_path_factory.mktemp("module-system")).start()
+    # the stand-ins' settings as they start: what each test finds them set to
+    defaults = deployment.openai("GET", "/_control"), deployment.talkable("GET", "/_control")
+    yield deployment, *defaults
+    deployment.stop()
+
+
+@pytest.fixture
+def module_system(_module_system: tuple[System, Any, Any]) -> System:
+    """The module's one deployment on default settings, as ``make_system()`` starts one, for
+    its tests that only send webhooks and read what became of them: started once for the
+    module, not once a test (a start and a stop take 10 to 30 s). Each test finds its
+    stand-ins as new (their settings back to their defaults, no call or event recorded), so
+    what it sets and counts there is its own; what the worker learned of earlier tests' keys,
+    sites and models stays, so each test uses people, keys, sites and models of its own. A
+    test that stops, kills or adds a process, or counts what the whole deployment holds (a
+    topic's records, its dead letters, every target's metrics), starts its own."""
+    system, openai, talkable = _module_system
+    for name, proc in system.procs.items():
+        assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{system.log(name)}"
+    system.openai("POST", "/_control", openai)
+    system.openai("DELETE", "/_calls")
+    system.talkable("POST", "/_control", talkable)
+    system.talkable("DELETE", "/_calls")
+    system.talkable("DELETE", "/_events")
+    return system
+
+
 def samples(metrics: str, name: str) -> list[Any]:
     """The samples named ``name`` (a counter's ``..._total``, a gauge's own name) on a
     ``/metrics`` page, each with its ``labels`` and ``value``."""

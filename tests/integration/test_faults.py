@@ -32,8 +32,8 @@ def talkable_events(system: System, email_part: str) -> list[dict]:
     return [e for e in system.talkable("GET", "/_events") if email_part in e["email"]]
 
 
-def test_openai_throttling_half_the_calls_still_publishes_everything(make_system) -> None:
-    system = make_system()
+def test_openai_throttling_half_the_calls_still_publishes_everything(module_system) -> None:
+    system = module_system
     system.openai("POST", "/_control", {"rate_limit_fraction": 0.5, "retry_after": "0.2"})
     ids = post_all(system, [seed_params(f"throttled{i}@example.com") for i in range(20)])
     rows = system.wait_terminal(ids, timeout=120)
@@ -43,8 +43,8 @@ def test_openai_throttling_half_the_calls_still_publishes_everything(make_system
     assert len(talkable_events(system, "throttled")) == 20
 
 
-def test_openai_401_fails_generation_and_gives_the_slot_back(make_system) -> None:
-    system = make_system()
+def test_openai_401_fails_generation_and_gives_the_slot_back(module_system) -> None:
+    system = module_system
     system.openai("POST", "/_control", {"unauthorized_keys": ["sk-revoked-key-0001"]})
     now = now_s()
     limit = usage(1, now=now)
@@ -70,8 +70,8 @@ def test_openai_401_fails_generation_and_gives_the_slot_back(make_system) -> Non
     assert event["custom_properties"]["__current_usage_amount"] == "1"
 
 
-def test_talkable_down_for_30s_publishes_everything_once_it_recovers(make_system) -> None:
-    system = make_system()
+def test_talkable_down_for_30s_publishes_everything_once_it_recovers(module_system) -> None:
+    system = module_system
     system.talkable("POST", "/_control", {"down_until": time.time() + 30})
     ids = post_all(system, [seed_params(f"outage{i}@example.com") for i in range(20)])
     rows = system.wait_terminal(ids, timeout=180)
@@ -191,7 +191,7 @@ def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make
     assert len(system.openai("GET", "/_calls")) == 48, "one OpenAI call each"
 
 
-def test_a_command_kafka_holds_twice_is_called_once(make_system) -> None:
+def test_a_command_kafka_holds_twice_is_called_once(module_system) -> None:
     """The ledger sends a command again when Kafka gave up on it (its batch decided again,
     ``Ledger._undecided``), yet Kafka may have written it: a node that stopped leading the
     partition between writing the record and acknowledging it answered NotLeaderForPartition,
@@ -200,7 +200,9 @@ def test_a_command_kafka_holds_twice_is_called_once(make_system) -> None:
     the command twice, and the publisher called Talkable twice for one attempt. Here the copy
     is written by hand behind the command it repeats, and the same site's next command behind
     it: it is published, and each event number was sent once."""
-    system = make_system()
+    system = module_system
+    log = system.root / "worker.log"
+    logged = log.stat().st_size  # what the worker logged for the module's tests before this one
     first, second = (
         system.post(seed_params(f"copied{i}@example.com"))[1]["request_id"] for i in (1, 2)
     )
@@ -218,7 +220,7 @@ def test_a_command_kafka_holds_twice_is_called_once(make_system) -> None:
         if call["path"].endswith("/origins/event")
     ]
     assert sorted(sent) == sorted(f"generate_text_complete-{r}" for r in rows), "each once"
-    assert "is a copy of the command it took" in (system.root / "worker.log").read_text()
+    assert b"is a copy of the command it took" in log.read_bytes()[logged:]
 
 
 def test_poison_message_is_dead_lettered_and_the_partition_keeps_flowing(make_system) -> None:

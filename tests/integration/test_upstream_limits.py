@@ -67,9 +67,9 @@ def answered_429(calls: list[dict]) -> int:
 
 
 def test_a_blast_on_a_limited_key_is_paced_and_a_quiet_site_is_served_meanwhile(
-    make_system,
+    module_system,
 ) -> None:
-    system = make_system()
+    system = module_system
     system.openai(
         "POST",
         "/_control",
@@ -123,11 +123,11 @@ def test_a_key_answered_without_limit_headers_is_paced_at_the_limit_its_429s_nam
     assert [float(rate) for rate in rates] == [pytest.approx(4.5)]  # 90% of the 5/s it named
 
 
-def test_one_key_is_paced_per_model_as_openai_limits_it(make_system) -> None:
+def test_one_key_is_paced_per_model_as_openai_limits_it(module_system) -> None:
     """OpenAI's limits are per model: one key may send 1 request a second to one model and 100
     to another, each answer's headers saying its own model's. A campaign on the scarce model
     must not slow the key's other campaign to its pace, nor be sent at the plentiful one's."""
-    system = make_system()
+    system = module_system
     key = "sk-two-models-0011"
     system.openai(
         "POST",
@@ -172,8 +172,8 @@ def system_metrics(system: System) -> str:
     return text
 
 
-def test_a_key_without_quota_is_called_once_and_redriven_once_topped_up(make_system) -> None:
-    system = make_system()
+def test_a_key_without_quota_is_called_once_and_redriven_once_topped_up(module_system) -> None:
+    system = module_system
     broke = "sk-no-quota-left-0042"
     system.openai("POST", "/_control", {"insufficient_quota_keys": [broke]})
     now = now_s()
@@ -253,13 +253,13 @@ def test_a_model_a_compatible_api_does_not_serve_is_called_once(make_system, ser
 
 
 def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_no_one(
-    make_system,
+    module_system,
 ) -> None:
     """OpenAI refuses a call larger than the key's tokens a minute however long it waits (its
     429 "Request too large"): such a webhook ends RequestTooLarge at once, and the tokens it
     was counted for go back, so the key's other webhooks are not held; once the limit is known,
     one whose max_tokens alone is more is not even called."""
-    system = make_system()
+    system = module_system
     system.wait_ready()  # each request's 30 s below is its own, not the worker's start's
     key = "sk-small-tpm-key-0007"
     system.openai("POST", "/_control", {"key_limits": {key: {"rpm": 600, "tpm": 20_000}}})
@@ -293,11 +293,11 @@ def test_a_webhook_asking_more_than_a_minute_of_tokens_fails_at_once_and_holds_n
     assert len(calls_with(system, key)) == called + len(fair)
 
 
-def test_webhooks_a_key_cannot_serve_within_the_maximum_wait_end_at_once(make_system) -> None:
+def test_webhooks_a_key_cannot_serve_within_the_maximum_wait_end_at_once(module_system) -> None:
     """A key whose limit is spent for hours (a daily limit: a 429 asking to wait 2 hours): its
     webhooks end QueueTimeout at once, saying what the upstream asked, rather than each
     waiting the maximum wait (15 minutes) for nothing; the key is not called again meanwhile."""
-    system = make_system()
+    system = module_system
     key = "sk-daily-limit-spent-0013"
     system.openai("POST", "/_control", {"fail_next": [429], "retry_after": "7200"})
     [first] = post_all(system, [seed_params("day0@example.com", site="daily", openai_key=key)])
@@ -385,19 +385,29 @@ def test_a_talkable_outage_loses_no_event_and_causes_no_storm(make_system) -> No
     system = make_system(circuit_max_open_seconds="5")
     back_at = time.time() + 25  # the stand-in answers 503 until then
     system.talkable("POST", "/_control", {"down_until": back_at})
-    ids = post_all(system, [seed_params(f"outage{i}@example.com") for i in range(30)])
+    people = [f"outage{i}@example.com" for i in range(30)]
+    ids = post_all(system, [seed_params(email) for email in people])
     rows = system.wait_terminal(ids, timeout=150)
     assert {row.state for row in rows.values()} == {"published"}
     events = system.talkable("GET", "/_events")
     assert len({e["event_number"] for e in events}) == 30 == len(events)
-    posts = [c for c in system.talkable("GET", "/_calls") if c["path"].endswith("/origins/event")]
-    assert len(posts) <= 2 * 30, Counter(c["status"] for c in posts)
+    # the POSTs of this test's requests, each by its person (one request each): every one
+    # landed once, and all of them together, probes included, stayed few. (The bound is on
+    # the whole: the circuit probes the site one call at a time, whichever request's turn
+    # it is, so one request may meet a few 503s; the storm would be every request's.)
+    posts = [
+        c
+        for c in system.talkable("GET", "/_calls")
+        if c["path"].endswith("/origins/event") and c["email"] in people
+    ]
+    assert Counter(c["email"] for c in posts if c["status"] == 201) == dict.fromkeys(people, 1)
+    assert len(posts) <= 2 * 30, Counter((c["email"], c["status"]) for c in posts)
     assert any(c["status"] == 503 for c in posts)  # the outage was met
     assert min(c["at"] for c in posts if c["status"] == 201) >= back_at  # none got in before
 
 
 def test_a_site_talkable_does_not_know_is_called_once_and_its_requests_say_what_to_do(
-    make_system,
+    module_system,
 ) -> None:
     """Talkable answers a ``site_slug`` it does not know 404 (its envelope, whatever the key).
     That was a ``BadRequest`` of the request alone: every webhook of the site called Talkable
@@ -405,7 +415,7 @@ def test_a_site_talkable_does_not_know_is_called_once_and_its_requests_say_what_
     the site a while: its other publications, with any key, end ``publish_failed``
     ``SiteNotFound`` without a call, each dead-lettered with a reason saying what to do, and
     another site is served meanwhile."""
-    system = make_system()
+    system = module_system
     system.talkable("POST", "/_control", {"unknown_sites": ["typo-site"]})
     keys = ("talkable-key-typo-0001", "talkable-key-typo-0002")
     bodies = [
@@ -458,14 +468,14 @@ def test_two_workers_share_one_limited_key_within_its_limit(make_system) -> None
 
 
 def test_two_sites_whose_keys_share_an_organization_are_paced_to_its_one_limit(
-    make_system,
+    module_system,
 ) -> None:
     """OpenAI limits an organisation, not a key: an agency's two sites, each with its own key of
     the agency's organisation, share its 5 calls a second. Paced as two targets of 5 a second
     each, they sent twice that, and half their calls were 429s. Each answer names the key's
     organisation (``openai-organization``): once it is known, both keys are paced to its one
     limit, and served in turn."""
-    system = make_system()
+    system = module_system
     first, second = "sk-agency-site-one-0101", "sk-agency-site-two-0202"
     system.openai(
         "POST",

@@ -19,6 +19,7 @@ tell the producer at its next look.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -69,12 +70,14 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
     # does from the broker's answers
     system.env["PRODUCER_METADATA_MAX_AGE_MS"] = "100"
     system.start()
-    traffic = Traffic(
-        system,
-        lambda client, i: seed_params(
-            f"outage{client}-{i % 40}@example.com", content=f"outage {i}"
-        ),
-    )
+
+    def webhook(client: int, i: int) -> dict:
+        body = seed_params(f"outage{client}-{i % 40}@example.com", content=f"outage {i}")
+        # OpenAI's end-user id, passed through: the stand-in's tag of each call, its webhook's
+        body["openai"]["user"] = f"outage{client}-{i}"
+        return body
+
+    traffic = Traffic(system, webhook)
     log = tmp_path / "worker.log"
 
     def given_up() -> int:
@@ -119,8 +122,24 @@ def test_the_worker_writes_again_after_an_outage_longer_than_its_producer_timeou
             if calls > started[request_id, "PublicationStarted"]
         }
         assert twice == {}, "Talkable calls, publication attempts"
-        generations = sum(n for (_, kind), n in started.items() if kind == "GenerationStarted")
-        assert len(system.openai("GET", "/_calls")) <= generations
+        # and so for OpenAI, request by request (each call tagged with its webhook, whose
+        # request [generate]'s commands name): no request called more often than it was
+        # started, however many calls other requests' attempts made
+        request_of = {
+            command["chat"]["extra"]["user"]: command["request_id"]
+            for command in (
+                json.loads(value)
+                for *_, value in read_topic(cluster.bootstrap, f"{system.app_id}-generate")
+            )
+            if "chat" in command
+        }
+        calls = Counter(call["user"] for call in system.openai("GET", "/_calls"))
+        over = {
+            tag: (n, started[request_of.get(tag), "GenerationStarted"])
+            for tag, n in calls.items()
+            if n > started[request_of.get(tag), "GenerationStarted"]
+        }
+        assert over == {}, "OpenAI calls, generation attempts (by webhook)"
         # [lifecycle] holds each request's transitions in the order the ledger decided them,
         # each from the state the one before it left (a transition written twice, as one Kafka
         # gave up on and wrote all the same, counted once): a batch decided again had sent
