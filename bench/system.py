@@ -211,6 +211,7 @@ class Deployment:
             # bench reads none of their HTTP endpoints
             "TALKSTREAM_WORKER_HTTP_PORT": "0",
             "TALKSTREAM_PROJECTOR_HTTP_PORT": "0",
+            "TALKSTREAM_EXECUTORS_HTTP_PORT": "0",
         }
 
     @property
