@@ -115,6 +115,12 @@ def _preset(field: str) -> str:
 @click.option(
     "--partitions", type=POSITIVE, help=f"partitions of every topic {_preset('partitions')}"
 )
+@click.option(
+    "--executors",
+    type=click.Choice(["worker", "process"]),
+    help="where each worker runs its generator and publisher (TALKSTREAM_EXECUTORS): in it, "
+    "or in a child process of their own [default: worker, whatever the shell sets]",
+)
 @click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
 @click.option(
     "--baselines/--no-baselines",
@@ -155,6 +161,7 @@ def bench(
     neighbour_rps: float | None,
     workers: int | None,
     partitions: int | None,
+    executors: str | None,
     bootstrap: str | None,
     baselines: bool,
     results_dir: Path | None,
@@ -211,6 +218,7 @@ def bench(
         neighbour_rps=neighbour_rps,
         workers=workers,
         partitions=partitions,
+        executors=executors,
         bootstrap=bootstrap,
         baselines=baselines,
     )

@@ -62,7 +62,7 @@ def run_bench(
         say("starting Kafka" if broker.embedded else f"using Kafka at {broker.bootstrap}")
         broker.start()
         meter.watch("kafka", broker.pid)
-        system = Deployment(root, settings, workers=config.workers)
+        system = Deployment(root, settings, workers=config.workers, executors=config.executors)
         asyncio.run(ensure_topics(settings))
         made = True  # one request makes them all
         if config.baselines:

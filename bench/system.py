@@ -184,7 +184,9 @@ class Processes:
 class Deployment:
     """One talkstream deployment on a private app id, plus the stand-ins both sides share."""
 
-    def __init__(self, root: Path, settings: Settings, *, workers: int) -> None:
+    def __init__(
+        self, root: Path, settings: Settings, *, workers: int, executors: str = "worker"
+    ) -> None:
         """``settings``: the broker (bootstrap and TLS/SASL options), app id and partitions;
         the processes get them through the environment."""
         self.root = root
@@ -211,6 +213,9 @@ class Deployment:
             # bench reads none of their HTTP endpoints
             "TALKSTREAM_WORKER_HTTP_PORT": "0",
             "TALKSTREAM_PROJECTOR_HTTP_PORT": "0",
+            "TALKSTREAM_EXECUTORS_HTTP_PORT": "0",
+            # as the run says, not as the shell may (the results record the run's)
+            "TALKSTREAM_EXECUTORS": executors,
         }
 
     @property

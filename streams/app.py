@@ -91,6 +91,8 @@ HELD_BY = {
     "worker": "its table store's folder, and its member id in the consumer groups",
     "projector": "its member id in the projector's consumer group, the worker's own projector's"
     " too (TALKSTREAM_PROJECTOR process or worker)",
+    "executors": "their member ids in the generator's and the publisher's consumer groups, "
+    "the worker's own executors' too (TALKSTREAM_EXECUTORS process or worker)",
 }
 
 
@@ -120,8 +122,9 @@ def hold_table_dir(
         if lock is not None and new:
             made.append(path)
     if lock is None:
+        who = "executors process" if role == "executors" else role
         raise ConfigError(
-            f"another {role} runs on {folder} (pid {holder}): give each {role} on a host its "
+            f"another {who} runs on {folder} (pid {holder}): give each {who} on a host its "
             f"own TALKSTREAM_WORKER_NAME (this one's is {settings.worker_name!r}: "
             f"{HELD_BY[role]})"
         )
@@ -247,6 +250,51 @@ def _executor(
     return ExecutorParts(config, scheduler, work)
 
 
+def build_executors(
+    settings: Settings,
+    topics: Topics,
+    dead_letters: DeadLetters,
+    clock: Clock,
+    secrets: SecretBox,
+    *,
+    chat: ChatClient | None = None,
+    talkable: TalkableClient | None = None,
+) -> list[Executor]:
+    """The generator and the publisher: in the worker (``TALKSTREAM_EXECUTORS=worker``) or in a
+    process of their own (``streams.executors_process``)."""
+    chat = chat or ChatClient(
+        settings.openai_base_url,
+        settings.openai_timeout_seconds,
+        max_connections=settings.generator_max_in_flight,
+    )
+    talkable = talkable or TalkableClient(
+        settings.talkable_base_url,
+        settings.talkable_timeout_seconds,
+        max_connections=settings.publisher_max_in_flight,
+    )
+    return [
+        Executor(*parts, topics=topics, dead_letters=dead_letters, clock=clock)
+        for parts in (
+            _executor(
+                settings,
+                "generator",
+                BY_NAME["generate"].full_name(settings),
+                Generate(chat, secrets, settings.max_text_bytes),
+                settings.generator_max_in_flight,
+                settings.openai_initial_window,
+            ),
+            _executor(
+                settings,
+                "publisher",
+                BY_NAME["completions"].full_name(settings),
+                Publish(talkable, secrets),
+                settings.publisher_max_in_flight,
+                settings.talkable_initial_window,
+            ),
+        )
+    ]
+
+
 def build(
     settings: Settings,
     *,
@@ -269,17 +317,6 @@ def build(
     metrics = WorkerMetrics()
     dead_letters = DeadLetters(topics.deadletter, metrics.dead_letters, clock)
     secrets = secrets or load_secret_box(settings)
-    chat = chat or ChatClient(
-        settings.openai_base_url,
-        settings.openai_timeout_seconds,
-        max_connections=settings.generator_max_in_flight,
-    )
-    talkable = talkable or TalkableClient(
-        settings.talkable_base_url,
-        settings.talkable_timeout_seconds,
-        max_connections=settings.publisher_max_in_flight,
-    )
-
     read_range = functools.partial(topics_module.read_range, settings)
 
     ledger.register(
@@ -299,27 +336,13 @@ def build(
         metrics=metrics,
         clock=clock,
     )
-    running = [
-        Executor(*parts, topics=topics, dead_letters=dead_letters, clock=clock)
-        for parts in (
-            _executor(
-                settings,
-                "generator",
-                BY_NAME["generate"].full_name(settings),
-                Generate(chat, secrets, settings.max_text_bytes),
-                settings.generator_max_in_flight,
-                settings.openai_initial_window,
-            ),
-            _executor(
-                settings,
-                "publisher",
-                BY_NAME["completions"].full_name(settings),
-                Publish(talkable, secrets),
-                settings.publisher_max_in_flight,
-                settings.talkable_initial_window,
-            ),
+    running = []
+    if settings.executors == "worker":  # else a process of their own (``talkstream executors``)
+        running = build_executors(
+            settings, topics, dead_letters, clock, secrets, chat=chat, talkable=talkable
         )
-    ]
+    else:  # whose own /metrics serve their series
+        metrics.without_upstream()
     executors.register(app, executors=running, metrics=metrics, drain_s=settings.stop_drain_seconds)
     own_projector = None
     if settings.projector == "worker":  # else a process of its own (see ``talkstream worker``)

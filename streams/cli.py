@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,7 +142,7 @@ def _refuse_repeats(
 # the commands that find Kafka at TALKSTREAM_KAFKA_BOOTSTRAP (bench has --bootstrap, or starts
 # its own broker; kafka and dev start theirs)
 _KAFKA_FROM_SETTINGS = frozenset(
-    {"topics", "replay", "redrive", "worker", "ingress", "projector", "console"}
+    {"topics", "replay", "redrive", "worker", "ingress", "projector", "executors", "console"}
 )
 
 
@@ -414,7 +415,8 @@ LOG_FORMAT = click.option(
 @main.command()
 @LOG_FORMAT
 def worker(log_format: str | None) -> None:
-    """Run the faust worker: ledger, generator, publisher, projector."""
+    """Run the faust worker: ledger, generator, publisher, projector (TALKSTREAM_PROJECTOR and
+    TALKSTREAM_EXECUTORS say where the projector and the executors run)."""
     import faust
 
     from streams.app import build, give_back, hold_table_dir
@@ -441,6 +443,8 @@ def worker(log_format: str | None) -> None:
         held.append(hold_table_dir(settings, made=made))
         if settings.projector == "worker":  # its projector's member id is its own
             held.append(hold_table_dir(settings, "projector", made=made))
+        if settings.executors == "worker":  # so are its executors'
+            held.append(hold_table_dir(settings, "executors", made=made))
         secrets = load_secret_box(settings)
         asyncio.run(ready())
     except TalkstreamError as exc:  # no keys, Kafka out of reach, credentials refused: say why
@@ -450,7 +454,11 @@ def worker(log_format: str | None) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     runtime = build(settings, secrets=secrets)
     if settings.projector == "process":
-        _projector_child(runtime.app)
+        _child(runtime.app, "projector")
+    if settings.executors == "process":  # their drain, then Kafka's time, then a margin
+        from streams.faust_transport import KAFKA_STOP_SECONDS
+
+        _child(runtime.app, "executors", settings.stop_drain_seconds + KAFKA_STOP_SECONDS + 5)
     heap.settle()
     faust.Worker(
         runtime.app,
@@ -476,18 +484,20 @@ def _database_url_usable(url: str) -> None:
         engine.dispose()
 
 
-def _projector_child(app: Any) -> None:
-    """The projector in a child process, so that its SQL work and its reading of [lifecycle]
-    do not share the worker's GIL: started now, watched every second, told to stop as the
-    worker starts to stop (so both stop at once), waited for at exit."""
+def _child(app: Any, name: str, stop_seconds: float = 15.0) -> None:
+    """The projector (or the executors) in a child process, so that its SQL work and its
+    reading of [lifecycle] (their upstream calls) do not share the worker's GIL: started now,
+    watched every second, told to stop as the worker starts to stop (so both stop at once),
+    waited for at exit (``stop_seconds``, then killed)."""
     import atexit
+    import functools
 
     from streams.agents.projector import ProjectorProcess
 
-    child = ProjectorProcess()
+    child = ProjectorProcess(name=name)
     child.start()
-    atexit.register(child.stop)
-    app.timer(interval=1.0, name="projector_process")(child.watch)
+    atexit.register(functools.partial(child.stop, stop_seconds))
+    app.timer(interval=1.0, name=f"{name}_process")(child.watch)
 
     async def stopping() -> None:  # as the worker starts to stop
         child.terminate()
@@ -541,6 +551,79 @@ def projector(log_format: str | None) -> None:
     except TalkstreamError as exc:  # Kafka out of reach, credentials refused: say why
         give_back([held], made)  # and leave no folder of its own behind
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@LOG_FORMAT
+def executors(log_format: str | None) -> None:
+    """Run the executors alone: [generate] → OpenAI and [completions] → Talkable, their
+    results → [requests]. The worker runs them itself unless TALKSTREAM_EXECUTORS=off (then
+    run this; =process: the worker starts this as its child)."""
+    from streams.agents.projector import stop_signals
+    from streams.app import give_back
+    from streams.errors import TalkstreamError
+    from streams.executors_process import serve
+    from streams.logs import setup as setup_logging
+    from streams.secrets import load_secret_box
+    from streams.topics import consumer_group, coordinators_ready, ensure_topics
+
+    signals = stop_signals()
+    settings = _settings()
+    setup_logging(settings.log_level, log_format or settings.log_format)
+    heap.settle()
+    made: list[Path] = []
+    held: list[IO[str]] = []
+    try:  # refused when a worker of its name runs its own, or another of its name runs
+        held.append(_executors_hold(settings, made))
+        secrets = load_secret_box(settings)
+    except TalkstreamError as exc:
+        give_back(held, made)
+        raise click.ClickException(str(exc)) from None
+    _HELD.extend(held)
+    groups = [consumer_group(settings, role) for role in ("generator", "publisher")]
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in signals:
+            loop.add_signal_handler(signum, stopping.set)
+        await ensure_topics(settings)
+        await coordinators_ready(settings, groups)
+        await serve(settings, secrets, stopping)
+
+    try:
+        asyncio.run(run())
+    except TalkstreamError as exc:  # Kafka out of reach, credentials refused: say why
+        give_back(held, made)
+        raise click.ClickException(str(exc)) from None
+
+
+def _executors_hold(settings: Settings, made: list[Path]) -> IO[str]:
+    """The executors' hold on the worker's folder. The worker's child waits for it while
+    another holds it: the child of the worker's run before this one (killed, its child
+    stopped by the kernel) ending its calls. Started at once beside it, it took the same
+    member ids, and told that run's calls lost while they ran: each called twice."""
+    from streams.agents.projector import PARENT_ENV
+    from streams.app import hold_table_dir
+    from streams.errors import ConfigError
+
+    said = False
+    while True:
+        try:
+            return hold_table_dir(settings, "executors", made=made)
+        except ConfigError as held:
+            if os.environ.get(PARENT_ENV) is None:
+                raise
+            if not said:
+                logging.getLogger(__name__).info(
+                    "executors wait for the executors before them to stop (%s)", held
+                )
+                said = True
+            time.sleep(EXECUTORS_WAIT_SECONDS)
+
+
+# how often the worker's executors child asks again for the hold of the one before it
+EXECUTORS_WAIT_SECONDS = 0.5
 
 
 @main.command()

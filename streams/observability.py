@@ -51,7 +51,51 @@ class ProcessMetrics:
         )
 
 
-class WorkerMetrics(ProcessMetrics):
+class ExecutorMetrics(ProcessMetrics):
+    """What the executors measure (their upstream calls, waits and targets): served by the
+    worker that runs them, or by their own process (``TALKSTREAM_EXECUTORS=process``), which
+    serves only these: a worker's series there, always 0, would read as a worker that does
+    nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.upstream_calls = Counter(
+            "talkstream_upstream_calls",
+            "Upstream calls by what their answer meant: answered, throttled (429), failed "
+            "(outage: 5xx, connection, timeout), refused (no retry fixes it), resent (refused "
+            "as sent, sent again as the answer asked: max_completion_tokens)",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_wait = Histogram(
+            "talkstream_upstream_wait_seconds",
+            "Time a command waited for its target (queue, pacing, circuit) before its outcome",
+            ["upstream"],
+            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+            registry=r,
+        )
+        self.targets = UpstreamTargets()
+        r.register(self.targets)
+
+    def without_upstream(self) -> None:
+        """No executor series here (a worker whose executors run in a process of their own,
+        which serves them): at 0 they would read as executors that call nothing."""
+        for collector in (self.upstream_calls, self.upstream_wait, self.targets):
+            self.registry.unregister(collector)
+
+    def watch(self, executor: Any) -> None:
+        """Per-target gauges of this executor's scheduler at scrape time; its calls counted."""
+        upstream = UPSTREAM[executor.config.name]
+        self.targets.executors.append(executor)
+        self.consumers.append(executor)
+        calls = self.upstream_calls
+        executor.scheduler.on_call = lambda _, outcome: calls.labels(upstream, outcome).inc()
+        wait = self.upstream_wait.labels(upstream)
+        executor.on_outcome = lambda outcome: wait.observe(outcome.waited_s)
+
+
+class WorkerMetrics(ExecutorMetrics):
     def __init__(self) -> None:
         super().__init__()
         r = self.registry
@@ -74,38 +118,11 @@ class WorkerMetrics(ProcessMetrics):
             registry=r,
         )
         self.tokens = Counter("talkstream_tokens", "Tokens used", ["kind"], registry=r)
-        self.upstream_calls = Counter(
-            "talkstream_upstream_calls",
-            "Upstream calls by what their answer meant: answered, throttled (429), failed "
-            "(outage: 5xx, connection, timeout), refused (no retry fixes it), resent (refused "
-            "as sent, sent again as the answer asked: max_completion_tokens)",
-            ["upstream", "outcome"],
-            registry=r,
-        )
-        self.upstream_wait = Histogram(
-            "talkstream_upstream_wait_seconds",
-            "Time a command waited for its target (queue, pacing, circuit) before its outcome",
-            ["upstream"],
-            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
-            registry=r,
-        )
-        self.targets = UpstreamTargets()
-        r.register(self.targets)
         self.gaps_repaired = Counter(
             "talkstream_gap_messages_repaired",
             "Messages the consumer skipped (rebalance) that the ledger read back and processed",
             registry=r,
         )
-
-    def watch(self, executor: Any) -> None:
-        """Per-target gauges of this executor's scheduler at scrape time; its calls counted."""
-        upstream = UPSTREAM[executor.config.name]
-        self.targets.executors.append(executor)
-        self.consumers.append(executor)
-        calls = self.upstream_calls
-        executor.scheduler.on_call = lambda _, outcome: calls.labels(upstream, outcome).inc()
-        wait = self.upstream_wait.labels(upstream)
-        executor.on_outcome = lambda outcome: wait.observe(outcome.waited_s)
 
     def observe(self, event: LifecycleEvent) -> None:
         self.transitions.labels(state=event.state.value).inc()
@@ -299,7 +316,10 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
         failing = [why for own in consumers if (why := getattr(own, "database_error", None))]
         if failing:  # first: a projector waiting for its database has no consumer yet
             return False, failing[0]
-    unreachable = kafka_unreachable((own.consumer for own in consumers), now)
+    readers = [own.consumer for own in consumers]
+    if app is not None and not readers:  # a worker whose executors run elsewhere: faust's
+        readers = [_faust_consumer(app)]  # own consumer (its thread's) says it
+    unreachable = kafka_unreachable(readers, now)
     if unreachable is not None:
         return False, unreachable
     if app is None:
@@ -316,6 +336,13 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
         if added or apart:
             return False, "; and ".join(why for why in (added, apart) if why)
     return True, "ready"
+
+
+def _faust_consumer(app: Any) -> Any:
+    """The aiokafka consumer of faust's consumer thread (None until it has one): its
+    connections, read as :func:`kafka_unreachable` reads the executors'."""
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    return getattr(thread, "_consumer", None)
 
 
 async def serve_or_log(

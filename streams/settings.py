@@ -40,6 +40,7 @@ LISTEN_FIELDS = {
     "console": ("console_host", "console_port"),
     "worker": ("worker_http_host", "worker_http_port"),
     "projector": ("worker_http_host", "projector_http_port"),
+    "executors": ("worker_http_host", "executors_http_port"),
 }
 LISTENS_AT = {
     server: f"TALKSTREAM_{host.upper()} and TALKSTREAM_{port.upper()}"
@@ -233,6 +234,12 @@ class Settings(BaseSettings):
         description="where the worker runs the projector: a child process of its own (SQL off "
         "the worker's GIL), a task inside it, or nowhere (`talkstream projector` runs it)",
     )
+    executors: Literal["worker", "process", "off"] = Field(
+        "worker",
+        description="where the worker runs the generator and the publisher: tasks inside it, "
+        "a child process of their own (their upstream calls off the ledger's event loop), or "
+        "nowhere (`talkstream executors` runs them)",
+    )
     session_timeout_seconds: float = Field(
         30.0,
         # below a broker's group.min.session.timeout.ms (6 s by default) the worker's join is
@@ -250,6 +257,13 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="`talkstream projector` (and the worker's projector process) /healthz "
+        "/readyz /metrics on WORKER_HTTP_HOST; 0 = any free port",
+    )
+    executors_http_port: int = Field(
+        9103,
+        ge=0,
+        le=65535,
+        description="`talkstream executors` (and the worker's executors process) /healthz "
         "/readyz /metrics on WORKER_HTTP_HOST; 0 = any free port",
     )
     table_store: str = Field("rocksdb://", description="faust table store: rocksdb:// or memory://")

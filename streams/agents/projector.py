@@ -801,17 +801,19 @@ CHILD_RESTART_MAX_SECONDS = 60.0
 
 
 class ProjectorProcess:
-    """The worker's projector as a child process: started with the worker, started again if
-    it exits while the worker runs (less and less often while it keeps exiting soon after
-    its start: ``CHILD_RESTART_*``), stopped with the worker. ``command`` and ``clock``: what a
-    test runs and measures it by."""
+    """The worker's projector (or, ``name`` "executors", its executors) as a child process:
+    started with the worker, started again if it exits while the worker runs (less and less
+    often while it keeps exiting soon after its start: ``CHILD_RESTART_*``), stopped with the
+    worker. ``command`` and ``clock``: what a test runs and measures it by."""
 
     def __init__(
         self,
         command: list[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "projector",
     ) -> None:
-        self._command = command or child_process("projector")
+        self.name = name
+        self._command = command or child_process(name)
         self._clock = clock
         self._child: subprocess.Popen[bytes] | None = None
         self._stopping = False
@@ -844,7 +846,8 @@ class ProjectorProcess:
                 self._pause = min(longer, CHILD_RESTART_MAX_SECONDS)
             self._due = now + self._pause
             log.error(
-                "the projector process exited (%s) after %.0f s; starting it again%s",
+                "the %s process exited (%s) after %.0f s; starting it again%s",
+                self.name,
                 child.returncode,
                 ran,
                 f" in {self._pause:.0f} s" if self._pause else "",
@@ -861,7 +864,7 @@ class ProjectorProcess:
         if child is not None and child.poll() is None:
             child.terminate()
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:  # (the executors': their drain and more)
         self.terminate()
         child = self._child
         if child is None or child.poll() is not None:

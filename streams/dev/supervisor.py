@@ -257,6 +257,10 @@ def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list
         found.append(
             (settings.worker_http_host, settings.projector_http_port, LISTENS_AT["projector"])
         )
+    if settings.executors == "process":  # so does its executors child
+        found.append(
+            (settings.worker_http_host, settings.executors_http_port, LISTENS_AT["executors"])
+        )
     if stands_in(settings, "openai_base_url"):
         found.append(("127.0.0.1", openai_port, "--openai-port"))
     if stands_in(settings, "talkable_base_url"):
@@ -538,9 +542,14 @@ def _run(
             if settings.projector == "process" and settings.projector_http_port
             else ""
         )
+        executors = (
+            f"; its executors': {worker_http}:{settings.executors_http_port}/metrics"
+            if settings.executors == "process" and settings.executors_http_port
+            else ""
+        )
         lines.append(
             f"worker     {worker_http}:{settings.worker_http_port}/metrics   "
-            f"(and /readyz{projector})"
+            f"(and /readyz{projector}{executors})"
         )
     database, look = database_hints(settings.resolved_database_url)
     lines.append(f"database   {database}")

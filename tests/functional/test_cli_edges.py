@@ -506,6 +506,8 @@ def test_dev_checks_the_servers_it_will_start_and_no_other(
         "worker_http_port": 9101,
         "projector_http_port": 9102,
         "projector": "process",
+        "executors_http_port": 9103,
+        "executors": "worker",
     }
     for upstream in ("OPENAI", "TALKABLE"):  # not set: stand-ins
         monkeypatch.delenv(f"TALKSTREAM_{upstream}_BASE_URL", raising=False)
@@ -515,6 +517,8 @@ def test_dev_checks_the_servers_it_will_start_and_no_other(
         return [port for _, port, _ in servers(chosen, openai_port=1081, talkable_port=1082)]
 
     assert ports() == [8080, 8090, 9101, 9102, 1081, 1082]
+    # the executors in the worker's child serve their own
+    assert ports(executors="process") == [8080, 8090, 9101, 9102, 9103, 1081, 1082]
     # real upstreams: no stand-ins; the projector inside the worker, or on its own: no child
     real = {"openai_base_url": "https://example.test/v1", "talkable_base_url": "https://t.test"}
     assert ports(**real, projector="worker") == [8080, 8090, 9101]

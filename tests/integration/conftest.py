@@ -280,6 +280,9 @@ class System:
             # its projector child's (by default), unless the test chose one
             "TALKSTREAM_PROJECTOR_HTTP_PORT": self.env.get("TALKSTREAM_PROJECTOR_HTTP_PORT")
             or str(free_port()),
+            # its executors child's, when a test runs them so
+            "TALKSTREAM_EXECUTORS_HTTP_PORT": self.env.get("TALKSTREAM_EXECUTORS_HTTP_PORT")
+            or str(free_port()),
         }
         self.spawn(name, "worker", env=env)
 

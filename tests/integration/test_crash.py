@@ -111,12 +111,21 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; whoever adopted it may not have reaped it yet
 
 
-@pytest.mark.parametrize("projector", ["worker", "process", "off"])
-def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str) -> None:
+@pytest.mark.parametrize(
+    ("projector", "executors"),
+    [("worker", "worker"), ("process", "worker"), ("off", "worker"), ("process", "process")],
+)
+def test_worker_killed_mid_burst_recovers_everything(
+    make_system, projector: str, executors: str
+) -> None:
     """The projector in the worker, in its child process (which dies with it), or on its own
-    (``talkstream projector``, which outlives it): the projection ends complete either way."""
+    (``talkstream projector``, which outlives it): the projection ends complete either way.
+    So it does with the executors in a child process of their own (which stops with the
+    worker: its calls end and report, its queued commands go back)."""
     port = free_port()  # the projector's own /metrics, when it runs outside the worker
-    system = make_system(**FAST_FAILOVER, projector=projector, projector_http_port=str(port))
+    system = make_system(
+        **FAST_FAILOVER, projector=projector, projector_http_port=str(port), executors=executors
+    )
     if projector == "off":
         system.spawn("projector", "projector")
     system.openai("POST", "/_control", {"latency_seconds": 0.05})
@@ -124,10 +133,10 @@ def test_worker_killed_mid_burst_recovers_everything(make_system, projector: str
     wait_until(lambda: terminal_count(system) >= 60, 120, what="the burst to be under way")
     worker = system.procs["worker"].pid
     children = _children(worker)
-    assert len(children) == (1 if projector == "process" else 0)
+    assert len(children) == [projector, executors].count("process")
     system.kill("worker")  # SIGKILL: in-flight generations and uncommitted offsets are lost
-    # the worker's projector process ends with it (nothing else reads as its group member)
-    wait_until(lambda: not any(_alive(c) for c in children), 30, what="its child to end")
+    # the worker's child processes end with it (nothing else reads as its group members)
+    wait_until(lambda: not any(_alive(c) for c in children), 60, what="its children to end")
     system.start_worker()
     thread.join(timeout=240)
     check_outcome(system, answers)

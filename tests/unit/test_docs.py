@@ -240,16 +240,17 @@ def _served_metrics() -> dict[str, tuple[str, set[str]]]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from streams.ingress import Metrics
-    from streams.observability import ConsumerLag, ProcessMetrics, WorkerMetrics
+    from streams.observability import ConsumerLag, ExecutorMetrics, ProcessMetrics, WorkerMetrics
 
-    worker, projector = WorkerMetrics(), ProcessMetrics()
-    for metrics in (worker, projector):  # as serve_worker_http registers it
+    worker, projector, executors = WorkerMetrics(), ProcessMetrics(), ExecutorMetrics()
+    for metrics in (worker, projector, executors):  # as serve_worker_http registers it
         metrics.registry.register(ConsumerLag(None, metrics.consumers))
     served: dict[str, tuple[str, set[str]]] = {}
     for server, registry in (
         ("ingress", Metrics().registry),
         ("worker", worker.registry),
         ("projector", projector.registry),
+        ("executors", executors.registry),
     ):
         for collector in list(registry._collector_to_names):
             if isinstance(collector, MetricWrapperBase):

@@ -109,6 +109,7 @@ def app(
     recovered: bool = True,
     assigned: tuple[int, ...] = (0, 3),
     unpaired: str | None = None,
+    reader: Consumer | None = None,
 ) -> Any:
     """faust's app: its rebalance and recovery flags, and its consumer's partitions of
     [requests] among the 8 its topics were created with (or past them: added since), and what
@@ -120,7 +121,11 @@ def app(
         in_recovery=False,
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)),
         conf=SimpleNamespace(topic_partitions=8),
-        _consumer=SimpleNamespace(assignment=lambda: partitions, unpaired=unpaired),
+        _consumer=SimpleNamespace(
+            assignment=lambda: partitions,
+            unpaired=unpaired,
+            _thread=SimpleNamespace(_consumer=reader),  # its consumer thread's aiokafka one
+        ),
     )
 
 
@@ -175,6 +180,11 @@ REFUSED = SimpleNamespace(consumer=ANSWERING, stopping=False, refused=REFUSING)
         # decides none of them (it said "ready", deciding them without their state)
         (app(unpaired=APART), owners(ANSWERING), (False, APART)),
         (app(assigned=(3, 9), unpaired=APART), owners(ANSWERING), (False, f"{ADDED}; and {APART}")),
+        # a worker whose executors run in a process of their own: faust's consumer says it
+        # (it said "connecting to Kafka" for ever: nothing of its own to read)
+        (app(reader=ANSWERING), [], (True, "ready")),
+        (app(reader=GONE), [], (False, "Kafka unreachable: no connection to a broker")),
+        (app(), [], (False, "connecting to Kafka")),
     ],
 )
 def test_ready_puts_kafka_out_of_reach_first(

@@ -1,0 +1,137 @@
+"""The generator and the publisher in a process of their own (``talkstream executors``, which
+is also the worker's child when ``TALKSTREAM_EXECUTORS=process``).
+
+The executors are plain aiokafka consumers in groups of their own, committing by themselves
+(``streams.agents.executors``): nothing in them needs faust. Run here, their upstream calls
+(the OpenAI SDK's work for each call, most of a busy worker's event loop) leave the ledger's
+loop to the ledger, and the two use two cores. Everything else is as in the worker: the same
+consumer groups and member ids (a worker switched between the two modes takes its partitions
+back), the same marks, hand-overs and stop; the results go to [requests] through a producer of
+this process's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from streams import topics as topics_module
+from streams.agents.executors import Executor
+from streams.clients.openai_chat import ChatClient
+from streams.clients.talkable import TalkableClient
+from streams.faust_transport import KAFKA_STOP_SECONDS
+from streams.kafka_options import IdempotentProducer, client_options
+from streams.observability import ExecutorMetrics, serve_or_log
+from streams.runtime import DeadLetters, SystemClock, Topics
+from streams.secrets import SecretBox
+from streams.settings import PRODUCER_MAX_REQUEST_SIZE, Settings
+from streams.topics import BY_NAME
+
+log = logging.getLogger(__name__)
+
+
+class ProducerTopic:
+    """A topic the executors write through this process's producer: what they use of a faust
+    topic (``send``, which returns the record's delivery, and ``get_topic_name``). A keyed
+    record goes to ``partition_of(key)`` when set ([requests]: the ledger's partition of the
+    person, by the count the topics were created with)."""
+
+    def __init__(self, producer: Any, name: str, partition_of: Any = None) -> None:
+        self._producer, self._name = producer, name
+        self.partition_of = partition_of
+
+    def get_topic_name(self) -> str:
+        return self._name
+
+    async def send(
+        self, *, key: bytes | None = None, value: bytes, partition: int | None = None
+    ) -> Any:
+        if partition is None and key is not None and self.partition_of is not None:
+            partition = self.partition_of(key)
+        return await self._producer.send(self._name, value, key=key, partition=partition)
+
+
+def producer_topics(settings: Settings, producer: Any) -> Topics:
+    def topic(name: str, partition_of: Any = None) -> ProducerTopic:
+        return ProducerTopic(producer, BY_NAME[name].full_name(settings), partition_of)
+
+    return Topics(
+        requests=topic("requests", topics_module.partition_of(settings.partitions)),
+        generate=topic("generate"),
+        completions=topic("completions"),
+        lifecycle=topic("lifecycle"),
+        deadletter=topic("deadletter"),
+    )
+
+
+async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event) -> None:
+    """Run the executors until ``stopping`` is set; then stop them as a worker does (the calls
+    running get ``STOP_DRAIN_SECONDS`` to end, the queued commands go back to their topic), and
+    give Kafka ``KAFKA_STOP_SECONDS`` to take what this process holds. An executor that fails
+    ends the process the same way, its error raised."""
+    from streams.app import build_executors
+
+    producer = IdempotentProducer(
+        **client_options(settings),
+        linger_ms=settings.producer_linger_ms,
+        max_request_size=PRODUCER_MAX_REQUEST_SIZE,
+    )
+    chat = ChatClient(
+        settings.openai_base_url,
+        settings.openai_timeout_seconds,
+        max_connections=settings.generator_max_in_flight,
+    )
+    talkable = TalkableClient(
+        settings.talkable_base_url,
+        settings.talkable_timeout_seconds,
+        max_connections=settings.publisher_max_in_flight,
+    )
+    metrics = ExecutorMetrics()
+    http = None
+    running: list[Executor] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await producer.start()
+        topics = producer_topics(settings, producer)
+        clock = SystemClock()
+        letters = DeadLetters(topics.deadletter, metrics.dead_letters, clock)
+        running = build_executors(
+            settings, topics, letters, clock, secrets, chat=chat, talkable=talkable
+        )
+        for executor in running:
+            metrics.watch(executor)
+        http = await serve_or_log(None, metrics, settings, "executors")
+        tasks = [asyncio.ensure_future(executor.run()) for executor in running]
+        told = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait([*tasks, told], return_when=asyncio.FIRST_COMPLETED)
+        told.cancel()
+        failed = next((t.exception() for t in tasks if t.done() and t.exception()), None)
+        if failed is not None:
+            raise failed
+    finally:
+        await _stop(running, tasks, settings.stop_drain_seconds)
+        if http is not None:
+            await http.cleanup()
+        await chat.close()
+        await talkable.close()
+        try:
+            await asyncio.wait_for(producer.stop(), KAFKA_STOP_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "executors stopping: Kafka did not take what they held within %ss",
+                KAFKA_STOP_SECONDS,
+            )
+
+
+async def _stop(running: list[Executor], tasks: list[asyncio.Task[None]], drain_s: float) -> None:
+    """Both executors stopped at once (each drains its own calls), then their loops ended."""
+    stops = await asyncio.gather(
+        *(executor.stop(drain_s) for executor in running), return_exceptions=True
+    )
+    for executor, stopped in zip(running, stops, strict=True):
+        if isinstance(stopped, BaseException):
+            log.warning("%s did not stop cleanly: %r", executor.config.name, stopped)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
