@@ -109,7 +109,7 @@ class OpenAIStandinConfig:
     # organisation id -> its keys, which share its limits (a key not listed: its own)
     organizations: dict[str, set[str]] = field(default_factory=dict)
     model_limits: dict[str, dict[str, float]] = field(default_factory=dict)
-    default_rpm: float = 1_000_000.0
+    default_rpm: float = 1_000_000.0  # (these and the limits: above 0, RATES)
     default_tpm: float = 1_000_000_000.0
     burst_seconds: float = 1.0  # what a bucket holds, in seconds of its rate
     limit_retry_after: bool = False  # send retry-after on a rate-limit 429 (OpenAI often does not)
@@ -626,6 +626,11 @@ async def chat_completions(request: web.Request) -> web.Response:
     return response
 
 
+# the settings that are rates (requests or tokens a minute): a bucket of 0 divided by zero at
+# the next call, a 500 of the stand-in's own
+RATES = frozenset({"key_limits", "model_limits", "default_rpm", "default_tpm"})
+
+
 def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
     state = _State(config or OpenAIStandinConfig(), CallLog())
     app = new_app()
@@ -641,7 +646,7 @@ def build_app(config: OpenAIStandinConfig | None = None) -> web.Application:
             "organizations",
         }
     )
-    add_control_routes(app, state.config, state.calls, secret, frozenset({"fail_next"}))
+    add_control_routes(app, state.config, state.calls, secret, frozenset({"fail_next"}), RATES)
     return app
 
 

@@ -180,10 +180,16 @@ class ControlRefused(ValueError):
         self.field = field
 
 
-def apply_updates(config: Any, updates: JSON, statuses: frozenset[str] = frozenset()) -> None:
+def apply_updates(
+    config: Any,
+    updates: JSON,
+    statuses: frozenset[str] = frozenset(),
+    rates: frozenset[str] = frozenset(),
+) -> None:
     """Update fields of a dataclass config from JSON values; :class:`ControlRefused` on
     unknown or bad fields, and nothing updated. Fields in ``statuses`` hold HTTP statuses
-    (one, or a list), 100 to 599."""
+    (one, or a list), 100 to 599; fields in ``rates`` hold rates (one, or a mapping of them),
+    above 0: a rate of 0 divided by zero at the next call (a 500 of the stand-in's own)."""
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     coerced: JSON = {}
@@ -194,10 +200,24 @@ def apply_updates(config: Any, updates: JSON, statuses: frozenset[str] = frozens
             coerced[name] = _coerce(value, hints[name])
             if name in statuses:
                 _statuses(coerced[name])
+            if name in rates:
+                _rates(coerced[name])
         except (ValueError, IndexError, StopIteration) as exc:
             raise ControlRefused(name, f"bad value for {name!r}: {exc}") from exc
     for name, value in coerced.items():
         setattr(config, name, value)
+
+
+def _rates(value: Any) -> None:
+    for rate in _numbers(value):
+        if not rate > 0:
+            raise ValueError(f"expected a rate above 0, got {rate!r}")
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    return [value]
 
 
 def _statuses(value: Any) -> None:
@@ -237,9 +257,11 @@ def add_control_routes(
     calls: CallLog,
     secret_fields: frozenset[str],
     statuses: frozenset[str] = frozenset(),
+    rates: frozenset[str] = frozenset(),
 ) -> None:
     """``GET|POST /_control``, ``GET|DELETE /_calls``, ``GET /_stats``. A setting refused is
-    a 400 ``{"error": ..., "field": NAME}`` (``statuses``: the fields holding HTTP statuses)."""
+    a 400 ``{"error": ..., "field": NAME}`` (``statuses``: the fields holding HTTP statuses;
+    ``rates``: those holding rates, above 0)."""
 
     async def get_control(_: web.Request) -> web.Response:
         return web.json_response(config_view(config, secret_fields))
@@ -249,7 +271,7 @@ def add_control_routes(
         if not isinstance(body, dict):
             return web.json_response({"error": "expected a JSON object"}, status=400)
         try:
-            apply_updates(config, body, statuses)
+            apply_updates(config, body, statuses, rates)
         except ControlRefused as exc:
             return web.json_response({"error": str(exc), "field": exc.field}, status=400)
         logger.info("standin reconfigured fields=%s", sorted(body))

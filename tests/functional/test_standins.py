@@ -483,6 +483,8 @@ async def test_calls_record_event_fields_and_key_tail_only(tk, http) -> None:
         ("openai", "hang_every", -3, "expected a whole number, 0 or more, got -3"),
         ("openai", "key_limits", {"k": {"rpm": -5}}, "expected a number, 0 or more, got -5"),
         ("openai", "fail_next", [429, 1000], "expected an HTTP status, 100 to 599, got 1000"),
+        ("openai", "default_rpm", 0, "expected a rate above 0, got 0.0"),
+        ("openai", "model_limits", {"m": {"rpm": 60, "tpm": 0}}, "a rate above 0, got 0.0"),
         ("talkable", "latency_seconds", -0.5, "expected a number, 0 or more, got -0.5"),
         ("talkable", "site_rate_limits", {"s": float("nan")}, "0 or more, got nan"),
         ("talkable", "fail_status", 42, "expected an HTTP status, 100 to 599, got 42"),
