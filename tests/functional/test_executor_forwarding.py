@@ -318,16 +318,21 @@ def lost_in(metadata: str, offsets: range = range(8)) -> list[int]:
     return [offset for offset in offsets if mark.lost(offset)]
 
 
-async def next_owner_told(commit: tuple[int, str], *values: tuple[int, bytes]) -> list[Any]:
+async def next_owner_told(
+    commit: tuple[int, str], *values: tuple[int, bytes], consumer: type[Marked] = Marked
+) -> list[Any]:
     """What the partition's next owner tells the ledger was lost, reading ``commit`` (the last
-    one a crash left) and the partition's records ``values``."""
+    one a crash left) and the partition's records ``values``; with a ``consumer`` whose group
+    the previous run has left, what the mark lists as running in that run too."""
     at, metadata = commit
     mark = Mark.parse(metadata)
     assert mark is not None
     requests = Requests()
     owner = marks_generator(requests)
-    owner.consumer = Marked({KEY_TP: (at, mark)})  # type: ignore[assignment]
+    owner.consumer = consumer({KEY_TP: (at, mark)})  # type: ignore[assignment]
     await owner.handover.recover(owner.consumer, {KEY_TP})
+    if consumer is not Marked:
+        await owner.lost.check_elsewhere(owner.consumer, owner.taken)  # type: ignore[arg-type]
     batch = {KEY_TP: [SimpleNamespace(offset=o, value=v) for o, v in values]}
     await owner.lost.past_lost(batch)
     return requests.sent

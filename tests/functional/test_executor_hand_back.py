@@ -36,8 +36,7 @@ from tests.functional.test_executor_forwarding import (
     take,
 )
 from tests.unit.domain_builders import Ledger, received
-from tests.unit.test_executor_marks import Marked, Requests
-from tests.unit.test_executor_marks import generator as marks_generator
+from tests.unit.test_executor_marks import Marked
 
 
 class Watched(Topic):
@@ -341,16 +340,7 @@ async def told_once_gone(commit: tuple[int, str], *values: tuple[int, bytes]) ->
     """What the partition's next owner tells the ledger was lost, reading ``commit`` and the
     partition's records ``values``, once the run that handed it over left the group: what the
     mark names lost, and what it lists as running in that run."""
-    at, metadata = commit
-    mark = Mark.parse(metadata)
-    assert mark is not None
-    requests = Requests()
-    owner = marks_generator(requests)
-    owner.consumer = Gone({KEY_TP: (at, mark)})  # type: ignore[assignment]
-    await owner.handover.recover(owner.consumer, {KEY_TP})
-    await owner.lost.check_elsewhere(owner.consumer, owner.taken)  # type: ignore[arg-type]
-    await owner.lost.past_lost({KEY_TP: [SimpleNamespace(offset=o, value=v) for o, v in values]})
-    return requests.sent
+    return await next_owner_told(commit, *values, consumer=Gone)
 
 
 async def held_to_forward(generate: Watched) -> tuple[Generator, Ledger, bytes, bytes]:
