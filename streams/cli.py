@@ -492,9 +492,9 @@ def _child(app: Any, name: str, stop_seconds: float = 15.0) -> None:
     import atexit
     import functools
 
-    from streams.agents.projector import ProjectorProcess
+    from streams.children import ChildProcess
 
-    child = ProjectorProcess(name=name)
+    child = ChildProcess(name)
     child.start()
     atexit.register(functools.partial(child.stop, stop_seconds))
     app.timer(interval=1.0, name=f"{name}_process")(child.watch)
@@ -510,8 +510,9 @@ def _child(app: Any, name: str, stop_seconds: float = 15.0) -> None:
 def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
-    from streams.agents.projector import PARENT_ENV, serve, stop_signals, until_topics_fit
+    from streams.agents.projector import serve, until_topics_fit
     from streams.app import give_back, hold_table_dir
+    from streams.children import PARENT_ENV, stop_signals
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
@@ -559,8 +560,8 @@ def executors(log_format: str | None) -> None:
     """Run the executors alone: [generate] → OpenAI and [completions] → Talkable, their
     results → [requests]. The worker runs them itself unless TALKSTREAM_EXECUTORS=off (then
     run this; =process: the worker starts this as its child)."""
-    from streams.agents.projector import stop_signals
     from streams.app import give_back
+    from streams.children import stop_signals
     from streams.errors import TalkstreamError
     from streams.executors_process import serve
     from streams.logs import setup as setup_logging
@@ -603,8 +604,8 @@ def _executors_hold(settings: Settings, made: list[Path]) -> IO[str]:
     another holds it: the child of the worker's run before this one (killed, its child
     stopped by the kernel) ending its calls. Started at once beside it, it took the same
     member ids, and told that run's calls lost while they ran: each called twice."""
-    from streams.agents.projector import PARENT_ENV
     from streams.app import hold_table_dir
+    from streams.children import PARENT_ENV
     from streams.errors import ConfigError
 
     said = False

@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from streams.agents.projector import CHILD_RAN_SECONDS, ProjectorProcess
+from streams.children import CHILD_RAN_SECONDS, ChildProcess
 from streams.runtime import child_process
 
 SHADOW = "raise SystemExit('imported from the working directory: {}')\n"
@@ -82,7 +82,7 @@ class _Clock:
 def _restarts(command: list[str], clock: _Clock, seconds: int) -> list[float]:
     """The worker's watch of its projector child, once a second for ``seconds`` (each child
     waited for before the watch that may see it exited): the times it was started again."""
-    child = ProjectorProcess(command=command, clock=clock)
+    child = ChildProcess("projector", command=command, clock=clock)
     child.start()
     started: list[float] = []
     try:
@@ -114,7 +114,7 @@ def test_a_projector_child_that_ran_a_while_is_started_again_at_once() -> None:
     """A crash after a minute or more of work: started again at the next watch, and its pause
     starts over (a child that then keeps exiting waits 1 s, 2 s, ... again)."""
     clock = _Clock()  # the child exits at once: the clock says how long it ran
-    child = ProjectorProcess(command=EXITS, clock=clock)
+    child = ChildProcess("projector", command=EXITS, clock=clock)
     child.start()
     try:
         for _ in range(3):  # three quick exits: 1 s, then 2 s, 4 s

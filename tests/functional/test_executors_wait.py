@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from streams.agents.projector import PARENT_ENV
 from streams.app import hold_table_dir
+from streams.children import PARENT_ENV
 from streams.settings import Settings
 from tests.support import free_port
 
