@@ -250,28 +250,33 @@ def _executor(
     return ExecutorParts(config, scheduler, work)
 
 
+def upstream_clients(
+    settings: Settings, chat: ChatClient | None = None, talkable: TalkableClient | None = None
+) -> tuple[ChatClient, TalkableClient]:
+    """The OpenAI and Talkable adapters (those given, else made), each with as many
+    connections as its executor calls at once."""
+    return chat or ChatClient(
+        settings.openai_base_url,
+        settings.openai_timeout_seconds,
+        max_connections=settings.generator_max_in_flight,
+    ), talkable or TalkableClient(
+        settings.talkable_base_url,
+        settings.talkable_timeout_seconds,
+        max_connections=settings.publisher_max_in_flight,
+    )
+
+
 def build_executors(
     settings: Settings,
     topics: Topics,
     dead_letters: DeadLetters,
     clock: Clock,
     secrets: SecretBox,
-    *,
-    chat: ChatClient | None = None,
-    talkable: TalkableClient | None = None,
+    chat: ChatClient,
+    talkable: TalkableClient,
 ) -> list[Executor]:
     """The generator and the publisher: in the worker (``TALKSTREAM_EXECUTORS=worker``) or in a
     process of their own (``streams.executors_process``)."""
-    chat = chat or ChatClient(
-        settings.openai_base_url,
-        settings.openai_timeout_seconds,
-        max_connections=settings.generator_max_in_flight,
-    )
-    talkable = talkable or TalkableClient(
-        settings.talkable_base_url,
-        settings.talkable_timeout_seconds,
-        max_connections=settings.publisher_max_in_flight,
-    )
     return [
         Executor(*parts, topics=topics, dead_letters=dead_letters, clock=clock)
         for parts in (
@@ -338,9 +343,8 @@ def build(
     )
     running = []
     if settings.executors == "worker":  # else a process of their own (``talkstream executors``)
-        running = build_executors(
-            settings, topics, dead_letters, clock, secrets, chat=chat, talkable=talkable
-        )
+        clients = upstream_clients(settings, chat, talkable)
+        running = build_executors(settings, topics, dead_letters, clock, secrets, *clients)
     else:  # whose own /metrics serve their series
         metrics.without_upstream()
     executors.register(app, executors=running, metrics=metrics, drain_s=settings.stop_drain_seconds)

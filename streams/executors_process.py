@@ -18,8 +18,7 @@ from typing import Any
 
 from streams import topics as topics_module
 from streams.agents.executors import Executor
-from streams.clients.openai_chat import ChatClient
-from streams.clients.talkable import TalkableClient
+from streams.app import build_executors, upstream_clients
 from streams.faust_transport import KAFKA_STOP_SECONDS
 from streams.kafka_options import IdempotentProducer, client_options
 from streams.observability import ExecutorMetrics, serve_or_log
@@ -70,23 +69,12 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
     running get ``STOP_DRAIN_SECONDS`` to end, the queued commands go back to their topic), and
     give Kafka ``KAFKA_STOP_SECONDS`` to take what this process holds. An executor that fails
     ends the process the same way, its error raised."""
-    from streams.app import build_executors
-
     producer = IdempotentProducer(
         **client_options(settings),
         linger_ms=settings.producer_linger_ms,
         max_request_size=PRODUCER_MAX_REQUEST_SIZE,
     )
-    chat = ChatClient(
-        settings.openai_base_url,
-        settings.openai_timeout_seconds,
-        max_connections=settings.generator_max_in_flight,
-    )
-    talkable = TalkableClient(
-        settings.talkable_base_url,
-        settings.talkable_timeout_seconds,
-        max_connections=settings.publisher_max_in_flight,
-    )
+    chat, talkable = upstream_clients(settings)  # closed when it stops
     metrics = ExecutorMetrics()
     http = None
     running: list[Executor] = []
@@ -96,9 +84,7 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
         topics = producer_topics(settings, producer)
         clock = SystemClock()
         letters = DeadLetters(topics.deadletter, metrics.dead_letters, clock)
-        running = build_executors(
-            settings, topics, letters, clock, secrets, chat=chat, talkable=talkable
-        )
+        running = build_executors(settings, topics, letters, clock, secrets, chat, talkable)
         for executor in running:
             metrics.watch(executor)
         http = await serve_or_log(None, metrics, settings, "executors")
