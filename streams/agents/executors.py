@@ -53,7 +53,7 @@ from aiokafka.errors import (
 
 from streams.agents.called import CALLED_REMEMBERED, LETTERED_REMEMBERED, Called, Lettered
 from streams.agents.commits import TOO_LONG, Commits
-from streams.agents.forwarding import Forwarding
+from streams.agents.forwarding import STOP_WAIT_SECONDS, Forwarding
 from streams.agents.handover import HandOver, OnRebalance
 from streams.agents.lost import LostWork
 from streams.agents.marks import Unreported
@@ -323,7 +323,8 @@ class Executor:
                 return
             await self.forwarding.send()
             cut = await self.scheduler.drain(drain_s)
-            await self.forwarding.send()  # those Kafka may hold, once more (never called here)
+            # those Kafka may hold, once more (never called here), and Kafka's answers read
+            await self.forwarding.send(wait=STOP_WAIT_SECONDS)
             self.forwarding.summarise(final=True)
             queued = self.scheduler.take_back(set(self.taken))
             try:
@@ -351,10 +352,16 @@ class Executor:
                 log.warning("%s stopping: %s commands handed back that Kafka did not "
                             "acknowledge (it may hold them) are left to their deadline",
                             self.config.name, self.handover.held)  # fmt: skip
-            if self.forwarding.held:  # unreported: the partition's next owner tells them lost
+            unanswered = self.forwarding.unanswered  # named by no mark: Kafka's to take
+            if self.forwarding.held > unanswered:  # unreported: the next owner tells them lost
                 log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
                             "the next run to tell lost", self.config.name,
-                            self.forwarding.held)  # fmt: skip
+                            self.forwarding.held - unanswered)  # fmt: skip
+            if unanswered:
+                log.warning("%s stopping: %s forwards Kafka has not answered after %ss are "
+                            "called where they went if it takes them, else re-issued at their "
+                            "deadline", self.config.name, unanswered,
+                            STOP_WAIT_SECONDS)  # fmt: skip
 
     async def _take(self, tp: TopicPartition, record: Any, command: Any) -> None:
         first = self._called.took(command.request_id, command.attempt, (tp, record.offset))

@@ -50,6 +50,16 @@ again (from the next commit; it is taken out once more before each send): a run 
 next owner, and re-issued (the copy Kafka may hold is then called too: the one case left with
 two calls). One sent again and acknowledged before a crash is named lost by no mark.
 
+The executor's loop does not wait for Kafka's answer to a forward: :meth:`Forwarding.send`
+reads it at a later turn. Kafka gives up on a delivery only after the producer's request
+timeout (20 minutes), and the loop, waiting, took nothing of any partition, reported nothing,
+and held its stop as long. Until its answer is read a forward is named by no mark (as from the
+commit before its send) and not sent again; from its send on it is called where it went (this
+run too, given that partition before it read the answer: it was a copy of a command taken
+before, not called). A stop waits :data:`STOP_WAIT_SECONDS` at most for the answers: one
+still unanswered is left to Kafka (called where it went), or else to its deadline, and a
+WARNING counts it.
+
 The forwards held for a partition a rebalance revokes are sent by its hand-over
 (``streams.agents.handover``: :meth:`Forwarding.take`), after the hand-over's mark, which lists
 them neither lost nor running here: listed as running in this run and sent by the loop after,
@@ -60,9 +70,11 @@ organisation's executor still had them to call. One whose delivery fails there i
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
+from asyncio import CancelledError
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple
 
@@ -82,6 +94,10 @@ log = logging.getLogger("streams.agents.executors")  # the executors' lines
 
 _PARTITIONER = DefaultPartitioner()
 SUMMARY_SECONDS = 60.0  # the forwards are said in one INFO line at most this often
+# how long a stop waits for Kafka's answers to the forwards it sent (Kafka answers within
+# milliseconds; in an outage the stop goes on: a worker's gives Kafka ``KAFKA_STOP_SECONDS``
+# in all, and its hand-back needs them too)
+STOP_WAIT_SECONDS = 2.0
 # the commit before a send failed: the forwards wait (in a lasting failure, one line a send:
 # ``streams.logs.REPEATED``)
 NOT_UNMARKED = (
@@ -99,6 +115,9 @@ class Held(NamedTuple):
     organization: str
     to: TopicPartition
     written: bool = False
+
+
+Settled = list[tuple[TopicPartition, int, int]]  # what ``Unreported.reported`` settled of one
 
 
 def organization_partition(organization: str, partitions: Collection[int]) -> int:
@@ -152,6 +171,9 @@ class Forwarding:
         self._commits = commits  # the executor's: its partitions' marks, committed before a send
         self._consumer = consumer  # the executor's (None before its run)
         self._held: list[Held] = []
+        # handed to the producer, Kafka's answer not read yet: with what they settled of the
+        # unreported (restored if Kafka does not take them)
+        self._sending: list[tuple[Held, Settled, asyncio.Future[Any]]] = []
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
         self._said_at: float | None = None  # the last summary's time
@@ -235,8 +257,14 @@ class Forwarding:
 
     @property
     def held(self) -> int:
-        """The forwards held, not sent yet or sent again (their delivery's outcome unknown)."""
-        return len(self._held)
+        """The forwards held, not sent yet or to send again, and those sent that Kafka has not
+        answered yet."""
+        return len(self._held) + len(self._sending)
+
+    @property
+    def unanswered(self) -> int:
+        """The forwards sent that Kafka has not answered yet (of :attr:`held`)."""
+        return len(self._sending)
 
     def take(self, partitions: Collection[TopicPartition]) -> list[Held]:
         """The held forwards of commands taken from ``partitions`` (a revoke's), no longer
@@ -259,22 +287,39 @@ class Forwarding:
                   self._name, job.key, job.attempt, to.partition, organization)  # fmt: skip
         self._sent[(organization, to.partition)] += 1
 
-    async def send(self) -> None:
-        """The held commands sent to their organisation's partition, keyed by it, and
-        acknowledged, each once the last commit of its partition no longer names it (the
-        commit of the marks is made first, :meth:`_unmarked`; one still named is held). One
-        the producer refused (it never held it) is queued here instead, unless an earlier
-        copy's delivery failed; one whose delivery failed (Kafka may hold it) is held again,
-        to be sent again, never called here (see the module doc): either is this run's to
-        report again."""
-        if not self._held:
-            return
+    async def send(self, *, wait: float = 0.0) -> None:
+        """The held commands sent to their organisation's partition, keyed by it, each once the
+        last commit of its partition no longer names it (the commit of the marks is made first,
+        :meth:`_unmarked`; one still named is held). One the producer refused (it never held
+        it) is queued here instead, unless an earlier copy's delivery failed; one whose
+        delivery failed (Kafka may hold it) is held again, to be sent again, never called here
+        (see the module doc): either is this run's to report again.
+
+        Kafka's answers are read as they come, each at the next send (the executor's loop's
+        next turn), not waited for (``wait``: at most that many seconds, a stop's): Kafka
+        gives up on a delivery only after the producer's request timeout (20 minutes), and the
+        loop, waiting, took nothing of any partition meanwhile, said nothing, and held its
+        stop. Until its answer a forward is neither held nor this run's to report (as from
+        the commit before it was sent), nor sent again; it is counted among the
+        :attr:`held`."""
+        self._settle()
+        unsent = await self._send_held() if self._held else []
+        if wait and self._sending:
+            await asyncio.wait([delivery for *_, delivery in self._sending], timeout=wait)
+        self._settle()
+        self.summarise()
+        for job in unsent:  # never written: called here, as before it knew the organisation
+            self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
+
+    async def _send_held(self) -> list[Job[Any]]:
+        """The held forwards handed to the producer (:meth:`send`); returns those it refused
+        that no earlier copy of was written, to call here."""
         held, self._held = self._held, []
         # not this run's to report from here: the marks committed now no longer name them
         settled = [(entry, self._unreported.reported(entry.job.key, entry.job.attempt))
                    for entry in held]  # fmt: skip
         await self._unmarked()
-        deliveries, unsent = [], []
+        unsent = []
         topic = self._topics.generate
         for entry, taken in settled:
             job = entry.job
@@ -292,19 +337,27 @@ class Forwarding:
                 else:
                     unsent.append(job)
                 continue
-            deliveries.append((entry, taken, delivery))
-        for entry, taken, delivery in deliveries:
-            try:
-                await delivery
-            except Exception as exc:  # perhaps written: forwarded again, not called here
-                _not_forwarded(exc, self._name, entry.job.key, again=True)
-                self._unreported.restore(entry.job.key, taken)  # (told lost if the run ends first)
+            # called where it went, and nowhere else, from now on: this run, given that
+            # partition before Kafka's answer is read, calls the forward when it takes it there
+            self._called.forwarded(job.key, job.attempt, entry.to)
+            self._sending.append((entry, taken, delivery))
+        return unsent
+
+    def _settle(self) -> None:
+        """The forwards Kafka answered: acknowledged, counted; failed (perhaps written),
+        held to forward again, never called here, and this run's to report again (told lost
+        if the run ends first)."""
+        sending, self._sending = self._sending, []
+        for entry, taken, delivery in sending:
+            if not delivery.done():
+                self._sending.append((entry, taken, delivery))
+            elif delivery.cancelled() or delivery.exception() is not None:
+                failed = delivery.exception() if not delivery.cancelled() else None
+                _not_forwarded(failed or CancelledError(), self._name, entry.job.key, again=True)
+                self._unreported.restore(entry.job.key, taken)
                 self._held.append(entry._replace(written=True))
-                continue
-            self.acknowledged(entry)
-        self.summarise()
-        for job in unsent:  # never written: called here, as before it knew the organisation
-            self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
+            else:
+                self.acknowledged(entry)
 
     async def _unmarked(self) -> None:
         """The marks that changed since their last commit (the held forwards' offsets out of
@@ -322,7 +375,7 @@ class Forwarding:
             log.warning(NOT_UNMARKED, self._name, type(exc).__name__)
 
 
-def _not_forwarded(exc: Exception, name: str, request_id: str, *, again: bool = False) -> None:
+def _not_forwarded(exc: BaseException, name: str, request_id: str, *, again: bool = False) -> None:
     """A forward Kafka did not acknowledge: the command is called here, or (``again``: Kafka
     may hold it) forwarded again (a WARNING; a stop's ``GivenUp`` is counted in its own
     WARNING: DEBUG)."""

@@ -439,6 +439,7 @@ async def test_a_forward_kafka_gave_up_on_is_forwarded_again_and_called_once(
     await calls(g)
     assert g.generate.sent == [(ORG.encode(), a)]  # written, and not acknowledged
     assert g.work.called == ["first"] and g.scheduler.queued == 0
+    g.executor.forwarding._settle()  # Kafka's answer, read first at the loop's next turn
     assert g.executor._unreported.ranges(KEY_TP) == ((1, 2),)  # still this run's to report
     [said] = [r.getMessage() for r in caplog.records if "forward" in r.msg]
     assert said.endswith("): Kafka may hold it: forwarded again, not called here"), said
@@ -457,15 +458,17 @@ async def test_a_forward_kafka_gave_up_on_is_forwarded_again_and_called_once(
 async def test_a_stop_leaves_a_forward_kafka_may_hold_to_be_told_lost_not_called(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A stop while Kafka keeps giving up on a forward: it is sent again once more after the
-    drain, never called here, and left unreported in the stop's last mark (the next run tells
-    the ledger it was lost: nothing accepted is lost); a WARNING counts it."""
-    g = generator(KEY_TP, generate=Topic(give_up=4))
+    """A stop while Kafka keeps giving up on a forward: it is sent again once more, Kafka's
+    answer waited for after the drain, never called here, and left unreported in the stop's
+    last mark (the next run tells the ledger it was lost: nothing accepted is lost); a
+    WARNING counts it."""
+    g = generator(KEY_TP, generate=Topic(give_up=3))
     await learned(g)
     await take(g, KEY_TP, (1, command("a")), key=KEY_ID.encode())  # (sent twice: given up)
+    await asyncio.sleep(0)  # (Kafka gives up on the second copy too)
     caplog.set_level(logging.WARNING, logger="streams.agents.executors")
     await g.executor.stop(0.0)
-    assert len(g.generate.sent) == 4 and g.work.called == ["first"]  # twice more in the stop
+    assert len(g.generate.sent) == 3 and g.work.called == ["first"]  # once more in the stop
     at, mark = g.consumer.commits[-1][KEY_TP]  # the stop's last commit
     assert at == 2 and Mark.parse(mark).oldest == 1, mark  # (a: the next run tells it lost)
     said = [r.getMessage() for r in caplog.records if "to tell lost" in r.msg]
@@ -553,3 +556,77 @@ async def test_a_forward_kafka_may_hold_is_not_called_here_when_its_next_send_is
     assert g.generate.sent == [(ORG.encode(), a)] * 2 and g.executor.forwarding.held == 0
     await calls(g)
     assert g.work.called == ["first"] and g.executor._unreported.ranges(KEY_TP) == ()
+
+
+class Unanswered(Topic):
+    """[generate] as an executor forwards to it while Kafka does not answer: each delivery
+    stays open until the test answers it (Kafka gives up after the producer's request
+    timeout, 20 minutes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[asyncio.Future[None]] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        self.sent.append((key, value))
+        self.deliveries.append(asyncio.get_running_loop().create_future())
+        return self.deliveries[-1]
+
+
+async def test_the_loop_does_not_wait_for_kafkas_answer_to_a_forward(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor's loop waited for Kafka's answer to each forward: while Kafka did not
+    answer (it gives up after the producer's request timeout, 20 minutes) it took nothing of
+    any partition, reported nothing, and its stop waited as long. A turn now sends the
+    forward and goes on; a later turn reads the answer: acknowledged, counted; given up on,
+    forwarded again, never called here. A stop waits for the answers a bounded time; a
+    forward still unanswered is named by no mark (called where it went if Kafka takes it,
+    else re-issued at its deadline), and a WARNING counts it."""
+    generate = Unanswered()
+    g = generator(KEY_TP, generate=generate)
+    forwarding = g.executor.forwarding
+    await learned(g)
+    a, b = command("a"), command("b")
+    await take(g, KEY_TP, (1, a), key=KEY_ID.encode())  # (waiting, it hung: pytest's timeout)
+    assert generate.sent == [(ORG.encode(), a)] and forwarding.held == 1
+    await take(g, KEY_TP, (2, b), key=KEY_ID.encode())  # the loop goes on
+    assert generate.sent == [(ORG.encode(), a), (ORG.encode(), b)] and forwarding.held == 2
+    assert g.executor._unreported.ranges(KEY_TP) == ()  # (as from the commit before a send)
+
+    generate.deliveries[0].set_exception(NotLeaderForPartitionError())  # Kafka gave up on a
+    generate.deliveries[1].set_result(None)  # and took b
+    await forwarding.send()  # the next turn reads the answers: a forwarded again
+    assert generate.sent == [(ORG.encode(), a), (ORG.encode(), b), (ORG.encode(), a)]
+    assert forwarding.held == 1 and forwarding.unanswered == 1
+    await calls(g)
+    assert g.work.called == ["first"] and reported(g) == ["first"]
+
+    monkeypatch.setattr("streams.agents.executors.STOP_WAIT_SECONDS", 0.01)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    await g.executor.stop(0.0)  # a's third copy never answered
+    assert len(generate.sent) == 3 and g.work.called == ["first"]
+    assert lost_in(g.consumer.commits[-1][KEY_TP][1]) == []  # Kafka's to take, or the deadline's
+    said = [r.getMessage() for r in caplog.records if "stopping" in r.msg]
+    assert said == ["generator stopping: 1 forwards Kafka has not answered after 0.01s are "
+                    "called where they went if it takes them, else re-issued at their "
+                    "deadline"]  # fmt: skip
+
+
+async def test_a_forward_taken_where_it_went_before_kafkas_answer_is_read_is_called() -> None:
+    """The loop no longer waits for Kafka's answer to a forward: a rebalance may give this
+    executor the organisation's partition, and it may read the forward there, before a turn
+    reads the answer. Called where it went from the send on (not a copy of the command taken
+    in the key's partition), it is called."""
+    generate = Unanswered()
+    g = generator(KEY_TP, generate=generate)
+    await learned(g)
+    a = command("a")
+    await take(g, KEY_TP, (1, a), key=KEY_ID.encode())
+    assert generate.sent == [(ORG.encode(), a)] and g.executor.forwarding.unanswered == 1
+    g.consumer.owned.add(ORG_TP)  # a rebalance gave it the organisation's partition
+    await take(g, ORG_TP, (7, a), key=ORG.encode())  # Kafka wrote it, its answer unread
+    assert g.work.called == ["first", "a"] and reported(g) == ["first", "a"]
+    generate.deliveries[0].set_result(None)
+    await take(g, ORG_TP, (8, a), key=ORG.encode())  # a copy there: called once
+    assert g.work.called == ["first", "a"] and g.executor.forwarding.held == 0
