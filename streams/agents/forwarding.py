@@ -65,7 +65,12 @@ The forwards held for a partition a rebalance revokes are sent by its hand-over
 them neither lost nor running here: listed as running in this run and sent by the loop after,
 they were told lost by the partition's next owner once this run left the group, while the
 organisation's executor still had them to call. One whose delivery fails there is held again
-(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it.
+(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it. The
+hand-over waits for a send in progress, and no send starts until it ends
+(:attr:`Forwarding.lock`): one the loop began before the revoke had the forwards it took, not
+held then, and, its commit failing as the group rebalanced, sent one its partition's last
+commit still named lost, the partition's marks forgotten by the hand-over meanwhile: told lost
+by the next owner, and called where it went too.
 """
 
 from __future__ import annotations
@@ -174,6 +179,10 @@ class Forwarding:
         # handed to the producer, Kafka's answer not read yet: with what they settled of the
         # unreported (restored if Kafka does not take them)
         self._sending: list[tuple[Held, Settled, asyncio.Future[Any]]] = []
+        # held by each send and by a revoke's hand-over (``HandOver.hand_back``): a hand-over
+        # while a send waited on a commit, or on the producer, named lost what the send then
+        # forwarded, or took what the send still had to report
+        self.lock = asyncio.Lock()
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
         self._said_at: float | None = None  # the last summary's time
@@ -301,15 +310,16 @@ class Forwarding:
         loop, waiting, took nothing of any partition meanwhile, said nothing, and held its
         stop. Until its answer a forward is neither held nor this run's to report (as from
         the commit before it was sent), nor sent again; it is counted among the
-        :attr:`held`."""
-        self._settle()
-        unsent = await self._send_held() if self._held else []
-        if wait and self._sending:
-            await asyncio.wait([delivery for *_, delivery in self._sending], timeout=wait)
-        self._settle()
-        self.summarise()
-        for job in unsent:  # never written: called here, as before it knew the organisation
-            self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
+        :attr:`held`. A revoke's hand-over waits for a send in progress (:attr:`lock`)."""
+        async with self.lock:
+            self._settle()
+            unsent = await self._send_held() if self._held else []
+            if wait and self._sending:
+                await asyncio.wait([delivery for *_, delivery in self._sending], timeout=wait)
+            self._settle()
+            self.summarise()
+            for job in unsent:  # never written: called here, as before it knew the organisation
+                self._scheduler.submit(self._work.target(self._work.decode(job.record[1])), job)
 
     async def _send_held(self) -> list[Job[Any]]:
         """The held forwards handed to the producer (:meth:`send`); returns those it refused

@@ -287,7 +287,17 @@ class HandOver:
         """Commands of partitions this worker lost that it took but did not start go back to
         their topic, in order, for the new owner (they were committed as taken, so it would
         not see them otherwise), each once the partitions' hand-over marks no longer name it
-        (:meth:`send_back`). Calls already running finish here and report."""
+        (:meth:`send_back`). Calls already running finish here and report. A forwarding's send
+        in progress ends first (``Forwarding.lock``), and none starts until this ends: one the
+        executor's loop began before the revoke, waiting on its commit, held a forward this did
+        not take, named lost by its mark, and forwarded it once that commit had failed (its
+        partition forgotten here): told lost by the next owner, and called where it went too."""
+        async with self._forwarding.lock:
+            await self._hand_back(consumer, revoked)
+
+    async def _hand_back(
+        self, consumer: AIOKafkaConsumer | None, revoked: set[TopicPartition]
+    ) -> None:
         jobs = self._scheduler.take_back(set(revoked))
         forwards = self._forwarding.take(revoked)  # sent after the mark too, never listed
         taken = self._commits.taken

@@ -436,3 +436,43 @@ async def test_the_loop_does_not_wait_for_kafkas_answer_to_a_hand_back_sent_agai
     unanswered.delivery.set_result(None)  # acknowledged: read at the next turn
     await g.executor.handover.send_held()
     assert g.executor.handover.held == 0 and len(unanswered.sent) == 1
+
+
+async def test_a_revoke_waits_for_the_forwarding_send_in_progress() -> None:
+    """A rebalance revoked the partition of a held forward while the executor's loop was
+    sending it, its commit of the marks not answered yet: the hand-over found nothing held
+    (the send had it), and forgot the partition. The group rebalancing, both commits failed,
+    so the partition's last commit still named the forward lost; the send, its partition's
+    marks forgotten, forwarded it all the same. The partition's next owner told the ledger it
+    was lost, re-issued while the organisation's executor called it: one call made twice. The
+    hand-over now waits for the send (which, its commit failed, holds the forward again),
+    takes the forward, and, its own commit failing too, sends it nowhere: told lost by the
+    next owner, called once."""
+    g, person, first, a = await held_to_forward(Watched())
+    named = last_commit(g.consumer)  # the batch's: first and a taken, not reported
+    assert lost_in(named[1]) == [0, 1]
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def rebalancing(offsets: Any) -> None:  # every commit fails: the group rebalances
+        if not asked.is_set():  # the send's, answered once the revoke came
+            asked.set()
+            await answer.wait()
+        raise CommitFailedError("the group is rebalancing")
+
+    g.consumer.commit = rebalancing  # type: ignore[method-assign]
+    sending = asyncio.create_task(g.executor.forwarding.send())  # the loop's turn
+    await asked.wait()
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    await asyncio.sleep(0)  # (the revoke goes as far as it may before the send's commit fails)
+    answer.set()
+    await asyncio.gather(sending, revoking)
+    await g.executor.forwarding.send()  # the loop's next turn
+    assert g.generate.sent == [], "forwarded while its partition's last commit named it lost"
+    assert g.executor.forwarding.held == 0 and last_commit(g.consumer) == named
+    told = await next_owner_told(named, (0, first), (1, a))
+    [lost] = [lost for lost in told if lost.request_id == "a"]
+    assert lost.attempt == 1 and person.send(lost).commands != [], "re-issued: called once"
+    await calls(g)
+    assert g.work.called == ["first"], "not called here"
