@@ -66,11 +66,11 @@ them neither lost nor running here: listed as running in this run and sent by th
 they were told lost by the partition's next owner once this run left the group, while the
 organisation's executor still had them to call. One whose delivery fails there is held again
 (:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it. The
-hand-over waits for a send in progress, and no send starts until it ends
-(:attr:`Forwarding.lock`): one the loop began before the revoke had the forwards it took, not
-held then, and, its commit failing as the group rebalanced, sent one its partition's last
-commit still named lost, the partition's marks forgotten by the hand-over meanwhile: told lost
-by the next owner, and called where it went too.
+hand-over waits for a send in progress, and a send while it runs sends nothing, its forwards
+left to the next (:attr:`Forwarding.lock`): one the loop began before the revoke had the
+forwards it took, not held then, and, its commit failing as the group rebalanced, sent one its
+partition's last commit still named lost, the partition's marks forgotten by the hand-over
+meanwhile: told lost by the next owner, and called where it went too.
 """
 
 from __future__ import annotations
@@ -310,7 +310,12 @@ class Forwarding:
         loop, waiting, took nothing of any partition meanwhile, said nothing, and held its
         stop. Until its answer a forward is neither held nor this run's to report (as from
         the commit before it was sent), nor sent again; it is counted among the
-        :attr:`held`. A revoke's hand-over waits for a send in progress (:attr:`lock`)."""
+        :attr:`held`. A revoke's hand-over waits for a send in progress (:attr:`lock`); a send
+        while a hand-over runs sends nothing, its forwards left to the next (a hand-over waits
+        for Kafka's answers to what it sends on, and in an outage the loop, waiting for the
+        hand-over, took nothing meanwhile and held its stop)."""
+        if self.lock.locked():  # a revoke's hand-over runs (sends are the loop's, or its stop's)
+            return
         async with self.lock:
             self._settle()
             unsent = await self._send_held() if self._held else []

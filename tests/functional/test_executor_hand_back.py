@@ -476,3 +476,17 @@ async def test_a_revoke_waits_for_the_forwarding_send_in_progress() -> None:
     assert lost.attempt == 1 and person.send(lost).commands != [], "re-issued: called once"
     await calls(g)
     assert g.work.called == ["first"], "not called here"
+
+
+async def test_a_send_while_a_hand_over_runs_leaves_its_forwards_to_the_next_turn() -> None:
+    """A revoke's hand-over holds the forwarding's lock while it runs, and waits for Kafka's
+    answers to what it sends on (the producer's request timeout, 20 minutes, in an outage):
+    the loop's send, waiting for the lock meanwhile, took nothing and held the executor's
+    stop. It now sends nothing while a hand-over runs; the next turn sends the forwards."""
+    g, _, _, a = await held_to_forward(Watched())
+    forwarding = g.executor.forwarding
+    async with forwarding.lock:  # a hand-over runs
+        await forwarding.send()  # the loop's turn (waiting, it hung: pytest's timeout)
+        assert g.generate.sent == [] and forwarding.held == 1
+    await forwarding.send()  # the next turn
+    assert g.generate.sent == [(ORG.encode(), a)] and forwarding.held == 0
