@@ -17,7 +17,9 @@
      │    ├── GenerationError        OpenAI Chat Completions
      │    ├── PublishError           Talkable API v2
      │    └── QueueTimeout           waited longer than the maximum wait for its target
-     ├── BrokerUnavailable (retriable = True)   Kafka did not acknowledge in time
+     ├── BrokerUnavailable (retriable = True)   Kafka did not take the record (``written``:
+     │    │                          False, never will be; None, perhaps: its producer failed
+     │    │                          after taking it)
      │    └── PartitionsAdded        [requests] and the ledger's changelog have other
      │                               partition counts: nothing is written until an operator
      │                               redeploys (a new TALKSTREAM_APP_ID)
@@ -65,7 +67,20 @@ class SecretError(TalkstreamError):
 
 
 class BrokerUnavailable(TalkstreamError):
+    """Kafka did not take a record, or did not say it has. The message is the operator's (the
+    log's: it may name the brokers' addresses); ``told`` is what the webhook's sender is told
+    of it (the ingress's 503), naming no address. ``written``: False when the record was not
+    written, nor ever will be (never handed to the producer, or refused by the broker); None
+    when it may have been (the producer failed after taking it)."""
+
     retriable = True
+
+    def __init__(
+        self, message: str, *, told: str = "Kafka is unavailable", written: bool | None = False
+    ) -> None:
+        super().__init__(message)
+        self.told = told
+        self.written = written
 
 
 class PartitionsAdded(BrokerUnavailable):
@@ -75,7 +90,7 @@ class PartitionsAdded(BrokerUnavailable):
     sender may retry (a 503). ``cause``: what differs, and the fix."""
 
     def __init__(self, cause: str) -> None:
-        super().__init__(f"{cause}; nothing was sent")
+        super().__init__(f"{cause}; nothing was sent", told=cause)
         self.cause = cause
 
 

@@ -80,6 +80,13 @@ READY_TIMEOUT_SECONDS = 2.0  # /readyz answers within this, ready or not
 IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# what a broker answers a record it did not write (a produce request's error code, or the
+# producer id fenced): any other failure of a delivery is the producer's own, after it took the
+# record, perhaps sent (aiokafka's sender, failing, fails every record in flight with a bare
+# KafkaError: "Unexpected error during batch delivery")
+REFUSALS = (errors.BrokerResponseError, errors.ProducerFenced)
+# what a sender is told when the producer could not start (the log says why, and where)
+UNREACHABLE = "Kafka could not be reached"
 RESEND_PAUSE_S = 1.0  # between tries to hand such a record over again, while it is refused
 # how old the producer's metadata may grow before it asks again (aiokafka's default: 5 minutes):
 # partitions added to [requests] are seen, and webhooks refused, within this (``split``), not
@@ -134,7 +141,10 @@ class KafkaSink:
     refused for its size (larger than the producer's ``max_request_size`` or the topic's
     ``max.message.bytes``) raises :class:`RecordTooLarge`, naming what Kafka takes: sent again,
     it would be refused again (a 503 had Talkable retry it for good). A record that Kafka
-    refused otherwise was not written: 503.
+    refused otherwise (the broker's answer: ``REFUSALS``) was not written: 503. One that the
+    producer failed holding, on an error of its own (its sender crashed), may have been
+    written, and cannot be sent again on that producer: a :class:`BrokerUnavailable` with
+    ``written=None``, whose 503 does not say it was not.
     """
 
     def __init__(
@@ -177,7 +187,9 @@ class KafkaSink:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    raise BrokerUnavailable(await self._why_not_started(exc)) from exc
+                    raise BrokerUnavailable(
+                        await self._why_not_started(exc), told=UNREACHABLE
+                    ) from exc
                 if self._changelog is not None:  # its partitions known with the topic's
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
@@ -267,7 +279,13 @@ class KafkaSink:
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         producer = await self._producer_now()
         if self.stalled():
-            raise BrokerUnavailable("Kafka is not acknowledging; nothing was sent")
+            raise BrokerUnavailable(
+                "Kafka is not acknowledging; nothing was sent",
+                told=(
+                    f"Kafka has not acknowledged a write for more than {self._stall_seconds:g} "
+                    "seconds, so new ones are refused until it does"
+                ),
+            )
         split = self.split(producer, topic)
         if split is not None:
             raise PartitionsAdded(split)
@@ -283,7 +301,8 @@ class KafkaSink:
             ) from exc
         except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
             raise BrokerUnavailable(
-                f"Kafka unavailable: {type(exc).__name__}; nothing was sent"
+                f"Kafka unavailable: {type(exc).__name__}; nothing was sent",
+                told=f"Kafka did not take the record ({type(exc).__name__})",
             ) from exc
         self._sends += 1
         ticket = self._sends
@@ -303,9 +322,17 @@ class KafkaSink:
                         size=len(value),
                         limit=limit,
                     ) from exc
-                except KafkaError as exc:  # refused: not written
+                except REFUSALS as exc:  # the broker's answer refused it: not written
                     raise BrokerUnavailable(
-                        f"Kafka refused the record: {type(exc).__name__}"
+                        f"Kafka refused the record: {type(exc).__name__}",
+                        told=f"Kafka refused the record ({type(exc).__name__})",
+                    ) from exc
+                except KafkaError as exc:  # the producer failed holding it: perhaps written
+                    failed = (
+                        f"Kafka's producer failed after taking the record ({type(exc).__name__})"
+                    )
+                    raise BrokerUnavailable(
+                        f"{failed}, which may be written", told=failed, written=None
                     ) from exc
         finally:
             del self._pending[ticket]
@@ -507,6 +534,7 @@ def build_ingress(
     limit = settings.max_body_bytes
     logs.redact_aiohttp_server_log()
     topic = settings.topic("requests")
+    dedupe = settings.dedupe_window_seconds  # a retry within it is the same request (503)
 
     def must_sign(site: str) -> bool:
         return settings.require_signature or site.lower() in keys
@@ -614,8 +642,8 @@ def build_ingress(
             log.warning("ingress could not produce request_id=%s: %s", received.request_id, exc)
             return web.json_response(
                 {
-                    "errors": [{"field": "kafka", "message": "temporarily unavailable, retry"}],
-                    "request_id": received.request_id,  # not accepted: nothing was written
+                    "errors": [{"field": "kafka", "message": _unavailable(exc, dedupe)}],
+                    "request_id": received.request_id,  # not accepted (2xx) either way
                 },
                 status=503,
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
@@ -695,6 +723,22 @@ def build_ingress(
     app.on_cleanup.append(close_sink)
     app[REFUSED] = lambda status: metrics.refused.labels(status=str(status)).inc()
     return app
+
+
+def _unavailable(exc: BrokerUnavailable, dedupe_seconds: int) -> str:
+    """The 503's message: whether the record was written, what Kafka did, and what to do.
+    "temporarily unavailable, retry" said neither which service nor whether the webhook had
+    been written; a record the producer failed holding may have been, and is not said not to
+    be (its retry is the same request, taken once)."""
+    retry = f"retry after {RETRY_AFTER_SECONDS} seconds"
+    if exc.written is not None:
+        return f"nothing was written: {exc.told}; {retry}"
+    if dedupe_seconds > 0:  # a window of 0 takes every webhook as new
+        retry += (
+            f": the same webhook within {dedupe_seconds} seconds is the same request, "
+            "processed once"
+        )
+    return f"perhaps written: {exc.told}; {retry}"
 
 
 def _not_post() -> web.Response:

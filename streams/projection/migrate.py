@@ -6,7 +6,9 @@ advisory lock, a SQLite file through ``flock`` on a lock file beside it (``<file
 Never on the database file itself: closing any descriptor of a file drops every POSIX lock
 the process holds on it, SQLite's included, and a WAL-mode connection that has lost its
 shared lock lets another process's last close delete the WAL it is still writing to (its
-later commits vanish). A database already at head costs one query.
+later commits vanish). A database already at head costs one query. A run is one
+transaction, on SQLite too (:func:`_transaction`): one that fails halfway leaves the
+projection as it was, and is run again as if it had never started.
 
 The history is kept in a table of its own, ``talkstream_alembic_version``, so that the projection
 can share a database with other applications (Alembic's default ``alembic_version`` is
@@ -26,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import shlex
+import sqlite3
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -139,7 +142,7 @@ def _migrating(engine: Engine) -> Iterator[tuple[Connection, str | None]]:
     an earlier version kept it; refused when a newer version migrated it, or when it has tables
     but no history (Alembic would create the tables over them: "table requests already
     exists")."""
-    with _file_lock(engine), engine.begin() as connection:
+    with _file_lock(engine), _transaction(engine) as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
         if current(connection) is None:
@@ -149,6 +152,38 @@ def _migrating(engine: Engine) -> Iterator[tuple[Connection, str | None]]:
         if refused is not None:
             raise SchemaRefused(refused)
         yield connection, revision
+
+
+@contextlib.contextmanager
+def _transaction(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()``, whose DDL is in the transaction on SQLite too. pysqlite (Python's
+    sqlite3 before 3.12's ``autocommit``) opens a transaction only before an INSERT, UPDATE,
+    DELETE or REPLACE: every ``CREATE TABLE`` before the first of them was committed by
+    itself, so a migration that failed halfway left some tables and no history (refused from
+    then on: "tables but no migration history"), and a reader saw tables appear one by one.
+    Here the driver opens none of its own (``isolation_level = None``) and the connection
+    begins one with ``BEGIN IMMEDIATE`` (the write lock taken at once: a write later in a
+    deferred one can fail at once, not wait, when another wrote meanwhile), committed or
+    rolled back by SQLAlchemy as any other; the SQLAlchemy "pysqlite: serializable isolation,
+    transactional DDL" recipe, for this connection only, which goes back to the pool as it
+    came (the projector's writes keep pysqlite's own handling). PostgreSQL's DDL is
+    transactional as it is."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        legacy = driver.isolation_level
+        driver.isolation_level = None  # pysqlite begins and commits nothing by itself
+        try:
+            with connection.begin():
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                yield connection
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed by a failure: gone
+                driver.isolation_level = legacy
 
 
 def _refused(engine: Engine, connection: Connection, revision: str | None) -> str | None:
@@ -278,9 +313,10 @@ def not_current(engine: Engine) -> str | None:
 
 def migrating(engine: Engine) -> bool:
     """Whether a SQLite projection is being migrated now (a projector holds the migration's
-    lock, :func:`_file_lock`): SQLite makes a table visible as it is created, before the
-    migration that creates it ends, so a reader meanwhile finds a projection with tables and
-    no history. False for any other database (PostgreSQL's migration is one transaction)."""
+    lock, :func:`_file_lock`): a reader meanwhile finds a file with no history, its tables
+    made once the migration commits (one transaction, :func:`_transaction`; a version before
+    this one made each table visible as it was created). False for any other database
+    (PostgreSQL's migration is one transaction too, and makes no lock file)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
         return False

@@ -8,7 +8,8 @@ for the queue is decided here, what it means for the request is the ledger's:
 - an answer (success, or a refusal no retry fixes) is reported;
 - a 429 (rate limited) or an outage (5xx, connection error, timeout) sends the command back to
   the head of its queue: it waits, it does not spend an attempt. A command that waited past
-  ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it;
+  ``max_wait`` is reported as a failure (``QueueTimeout``) with the last thing that held it,
+  by a look once a second and, between two looks, in place of its call;
   so is, at once, one that the target asked to wait for longer than its ``max_wait`` allows
   (a daily limit's "try again in 3h"): waiting for nothing is not waiting;
 - a command that costs more tokens at the least (its ``max_tokens``) than the target allows in
@@ -267,6 +268,10 @@ class Scheduler:
             head = target.queue[0] if target.queue else None
             if head is not None:
                 ended = verdicts.unasked(target, head, now, self.max_wait_s, self.refusal_s)
+                if ended is None and now - head.issued_s > self.max_wait_s:
+                    # past its maximum since the last look for long waits (once a second):
+                    # told as that look tells it, not called
+                    ended = verdicts.timed_out(target, head, now, self.max_wait_s)
                 if ended is not None:
                     target.queue.popleft()  # queued before what ends it was known
                     del target.queued[head.key]

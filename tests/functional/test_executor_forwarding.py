@@ -21,7 +21,7 @@ from streams.agents.marks import Mark
 from streams.agents.work import Generate, Report, Timed
 from streams.clients.openai_chat import Completion
 from streams.codecs import decode_requests, encode
-from streams.runtime import SystemClock, Topics
+from streams.runtime import SystemClock, Topics, now_ms
 from streams.upstream.limits import Limits
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Scheduler
@@ -167,10 +167,13 @@ def generator(*owned: TopicPartition, generate: Topic | None = None) -> Generato
 
 
 def command(request_id: str) -> bytes:
-    """A GenerateText command as the ledger issues it, with its key's fingerprint."""
+    """A GenerateText command as the ledger issues it, with its key's fingerprint, issued now
+    (the executor's clock: a command issued at the builders' T0 has waited past any maximum,
+    and is told so, not called)."""
     [generate] = Ledger().send(received(request_id)).commands
     assert isinstance(generate, GenerateText)
-    return encode(generate.model_copy(update={"openai_key_id": KEY_ID}))
+    update = {"openai_key_id": KEY_ID, "issued_at_ms": SystemClock().now_ms()}
+    return encode(generate.model_copy(update=update))
 
 
 async def take(g: Generator, tp: TopicPartition, *values: tuple[int, bytes], key: bytes) -> None:
@@ -352,7 +355,7 @@ async def test_a_forward_kafka_acknowledged_is_told_lost_by_no_mark_a_crash_leav
     await learned(g)
     person = Ledger()
     [issued] = person.send(received("a")).commands  # its ledger: generating, attempt 1
-    a = encode(issued.model_copy(update={"openai_key_id": KEY_ID}))
+    a = encode(issued.model_copy(update={"openai_key_id": KEY_ID, "issued_at_ms": now_ms()}))
     record = SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=1,
                              key=KEY_ID.encode(), value=a)  # fmt: skip
     await g.executor._take_batch(g.consumer, {KEY_TP: [record]})  # type: ignore[arg-type]

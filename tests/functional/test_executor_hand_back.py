@@ -351,8 +351,9 @@ async def held_to_forward(generate: Watched) -> tuple[Generator, Ledger, bytes, 
     g = generator(KEY_TP, generate=generate)
     g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
     person = Ledger()
+    issued = {"openai_key_id": KEY_ID, "issued_at_ms": SystemClock().now_ms()}  # (as queued)
     first, a = (
-        encode(command.model_copy(update={"openai_key_id": KEY_ID}))
+        encode(command.model_copy(update=issued))
         for request_id in ("first", "a")
         for command in person.send(received(request_id)).commands
     )

@@ -779,18 +779,56 @@ async def test_when_signatures_are_required_a_site_without_a_key_is_refused(
 # --- the broker ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("outage", "message"),
+    [
+        (
+            BrokerUnavailable(
+                "Kafka unavailable: cannot connect to a broker at 10.0.0.7:9092 "
+                "(KafkaConnectionError)",
+                told="Kafka could not be reached",
+            ),
+            "nothing was written: Kafka could not be reached; retry after 5 seconds",
+        ),
+        (
+            BrokerUnavailable(
+                "Kafka is not acknowledging; nothing was sent",
+                told="Kafka has not acknowledged a write for more than 5 seconds, so new ones "
+                "are refused until it does",
+            ),
+            "nothing was written: Kafka has not acknowledged a write for more than 5 seconds, "
+            "so new ones are refused until it does; retry after 5 seconds",
+        ),
+        (
+            BrokerUnavailable(
+                "Kafka's producer failed after taking the record (KafkaError), which may be "
+                "written",
+                told="Kafka's producer failed after taking the record (KafkaError)",
+                written=None,
+            ),
+            "perhaps written: Kafka's producer failed after taking the record (KafkaError); "
+            "retry after 5 seconds: the same webhook within 86400 seconds is the same request, "
+            "processed once",
+        ),
+    ],
+    ids=["unreachable", "not-acknowledging", "perhaps-written"],
+)
 async def test_a_broker_outage_is_a_503_talkable_retries_and_nothing_is_lost(
-    ingress: Ingress,
+    ingress: Ingress, outage: BrokerUnavailable, message: str
 ) -> None:
-    ingress.sink.outage = BrokerUnavailable("Kafka did not acknowledge: KafkaTimeoutError")
+    """The 503 says whether the webhook was written, what Kafka did, and when to retry: it
+    said "temporarily unavailable, retry" whatever happened, naming no service, and said
+    nothing was written of a record the producer may have written. It names no broker."""
+    ingress.sink.outage = outage
 
     refused = await send(ingress, SHAPES["legacy form"])
     text = await refused.text()
 
     assert refused.status == 503
-    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.headers["Retry-After"] == "5"
     answer = json.loads(text)
-    assert answer["errors"] == [{"field": "kafka", "message": "temporarily unavailable, retry"}]
+    assert answer["errors"] == [{"field": "kafka", "message": message}]
+    assert "9092" not in text  # the log's detail, not the sender's
     assert leaked(text) == []
     assert ingress.sink.produced == []
 

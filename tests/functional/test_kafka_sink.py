@@ -189,11 +189,34 @@ async def test_a_record_refused_is_a_503_and_the_next_is_written_under_a_new_pro
     [producer] = made
     await sink.send("t-requests", b"person", b"first")
     producer.refuse = TopicAuthorizationFailedError()  # refused: its number is spent all the same
-    with pytest.raises(BrokerUnavailable, match="TopicAuthorizationFailedError"):
+    with pytest.raises(BrokerUnavailable, match="TopicAuthorizationFailedError") as refused:
         await sink.send("t-requests", b"person", b"refused")
     await sink.send("t-requests", b"person", b"after")
     assert made == [producer]
     assert producer.written == [(1, b"first"), (2, b"after")]
+    # the broker's answer: not written, and the 503 says so, and why
+    assert refused.value.written is False
+    assert refused.value.told == "Kafka refused the record (TopicAuthorizationFailedError)"
+    await sink.close()
+
+
+async def test_a_record_the_producer_failed_holding_is_not_said_to_be_unwritten(
+    made: list[AsTheBrokerSeesIt],
+) -> None:
+    """aiokafka's sender, failing on an error of its own, fails every record in flight with a
+    bare KafkaError ("Unexpected error during batch delivery"), whether or not the broker had
+    written it. The sink said "Kafka refused the record", and the 503 that nothing was written:
+    here the broker wrote it before the producer failed. It is a 503 that says it may be."""
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [producer] = made
+    producer.give_up = KafkaError("Unexpected error during batch delivery")
+    producer.written_anyway = True
+    with pytest.raises(BrokerUnavailable) as failed:
+        await sink.send("t-requests", b"person", b"held")
+    assert producer.written == [(1, b"held")]
+    assert failed.value.written is None  # perhaps written: not "nothing was written"
+    assert failed.value.told == "Kafka's producer failed after taking the record (KafkaError)"
     await sink.close()
 
 
@@ -212,8 +235,15 @@ async def test_a_record_in_doubt_waits_for_kafka_and_new_records_are_refused_mea
     await asyncio.wait_for(producer.tried_again.wait(), 5)
 
     assert not in_doubt.done()
-    with pytest.raises(BrokerUnavailable, match="Kafka is not acknowledging; nothing was sent"):
+    with pytest.raises(
+        BrokerUnavailable, match="Kafka is not acknowledging; nothing was sent"
+    ) as stalled:
         await sink.send("t-requests", b"other", b"new")  # not handed over: nothing written
+    assert stalled.value.written is False
+    assert stalled.value.told == (
+        "Kafka has not acknowledged a write for more than 0 seconds, so new ones are refused "
+        "until it does"
+    )
     reachable.set()
     await asyncio.wait_for(in_doubt, 5)
     assert producer.handed == [b"first", b"first"]
@@ -325,3 +355,5 @@ async def test_a_bootstrap_at_a_controllers_port_is_named_so_by_readiness_and_se
         "the broker's?)"
     )
     assert (status, str(refused.value)) == (said, said)
+    # the webhook's sender is told what happened, not where the brokers are
+    assert (refused.value.told, refused.value.written) == ("Kafka could not be reached", False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, Table, create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from models.events import LifecycleEvent, PublicationAttemptFailed, RedriveRequested
@@ -660,6 +660,53 @@ def test_a_fresh_database_is_migrated_to_head_and_matches_the_models(store: Proj
         )
         assert compare_metadata(context, Base.metadata) == []
     assert store.is_current()
+
+
+class Fault(Exception):
+    """Injected into a migration."""
+
+
+def test_a_migration_that_fails_halfway_leaves_nothing_and_runs_again(
+    database_url: str,  # noqa: F811
+):
+    """SQLite through pysqlite committed each CREATE TABLE by itself (the driver opens a
+    transaction before a DML statement only): a first migration that failed after its first
+    table (a crash, a full disk) left that table, and the history table, without a history
+    row, which every start refused from then on as "tables but no migration history"; a reader
+    meanwhile (the console, ``talkstream stats``) saw tables appear one by one. Now all of it
+    or nothing, as on PostgreSQL."""
+    engine = create_engine(database_url)
+    made: list[str] = []
+
+    def fail_at_the_second_table(_conn, _cursor, statement: str, *_args) -> None:
+        words = statement.split()
+        if words[:2] == ["CREATE", "TABLE"] and words[2] != migrate.VERSION_TABLE:
+            made.append(words[2])
+            if len(made) == 2:
+                raise Fault(f"injected before {words[2]}")
+
+    event.listen(engine, "before_cursor_execute", fail_at_the_second_table)
+    try:
+        with pytest.raises(Fault):
+            migrate.upgrade(engine)
+        event.remove(engine, "before_cursor_execute", fail_at_the_second_table)
+        assert len(made) == 2  # the first table was made before the fault
+        reader = create_engine(database_url)  # another connection: what a reader sees
+        try:
+            assert inspect(reader).get_table_names() == []
+        finally:
+            reader.dispose()
+
+        migrate.upgrade(engine)  # run again: not refused, all of it made
+
+        with engine.connect() as connection:
+            assert migrate.current(connection) == migrate.head()
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "version_table": migrate.VERSION_TABLE}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
 
 
 def test_each_migration_run_is_logged_on_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):

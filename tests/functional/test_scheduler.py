@@ -915,6 +915,34 @@ async def test_a_command_that_waits_past_the_maximum_ends_with_why_it_waited() -
     assert up.reports["w1"].waited_s == pytest.approx(31.0)
 
 
+async def test_a_command_past_its_maximum_wait_between_two_looks_is_told_not_called() -> None:
+    """The look for long waits runs once a second: a slot that freed in between went to a
+    head of its queue that had waited past its maximum since the last look, and it was
+    called (the ledger may have given up on it, and the call billed). It is told, as the look
+    tells it, when it would start. Issued at 1000, maximum 30 s: the last look at 1029.9 found
+    it in time; the slot frees at 1030.5, 0.6 s later."""
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=1, max_wait=30.0)
+    s.submit("site", up.job("busy"))
+    s.dispatch()  # the only slot
+    await settle()
+    s.submit("site", up.job("late", issued=1000.0))
+    clock.t = 1029.9
+    s.dispatch()  # the look: 29.9 s waited, in time
+    await settle()
+    assert "late" not in up.reports
+    clock.t = 1030.5
+    up.answer("busy")  # the slot frees
+    await settle()
+    s.dispatch()
+    await settle()
+    assert up.calls == ["busy"]  # "late" not called
+    error = up.reports["late"].error
+    assert error is not None and error.reason == "QueueTimeout" and not error.retriable
+    assert str(error).startswith("waited 30s for site, longer than the maximum wait (30s)")
+    assert s.in_flight == 0 and s.queued == 0
+
+
 async def test_a_timed_out_command_says_how_much_of_its_time_went_to_calls() -> None:
     """The maximum wait counts from the command's issue, its calls included; the message
     said all of it was "in the queue". Issued at 1000, called 20 s (an outage's timeout),
