@@ -71,7 +71,7 @@ class BrokerUnavailable(TalkstreamError):
     log's: it may name the brokers' addresses); ``told`` is what the webhook's sender is told
     of it (the ingress's 503), naming no address. ``written``: False when the record was not
     written, nor ever will be (never handed to the producer, or refused by the broker); None
-    when it may have been (the producer failed after taking it)."""
+    when it may have been (the ingress stopped while its producer held it)."""
 
     retriable = True
 

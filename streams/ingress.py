@@ -29,7 +29,6 @@ from aiokafka.errors import (
     LeaderNotAvailableError,
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
-    ProducerClosed,
     RecordListTooLargeError,
 )
 from aiokafka.protocol.admin import DescribeConfigsRequest
@@ -81,9 +80,10 @@ IN_DOUBT = (LeaderNotAvailableError, NotLeaderForPartitionError)
 # what Kafka refuses a record for, however often it is sent: its size (KafkaSink)
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # what a broker answers a record it did not write (a produce request's error code, or the
-# producer id fenced): any other failure of a delivery is the producer's own, after it took the
-# record, perhaps sent (aiokafka's sender, failing, fails every record in flight with a bare
-# KafkaError: "Unexpected error during batch delivery")
+# producer id fenced), from a producer still sending: any other failure of a delivery is the
+# producer's own, after it took the record, perhaps sent, and so is every failure once its
+# sender has ended (aiokafka's sender, failing, fails every record in flight with its error, a
+# bare KafkaError "Unexpected error during batch delivery" or a fencing, written or not)
 REFUSALS = (errors.BrokerResponseError, errors.ProducerFenced)
 # what a sender is told when the producer could not start (the log says why, and where)
 UNREACHABLE = "Kafka could not be reached"
@@ -141,10 +141,17 @@ class KafkaSink:
     refused for its size (larger than the producer's ``max_request_size`` or the topic's
     ``max.message.bytes``) raises :class:`RecordTooLarge`, naming what Kafka takes: sent again,
     it would be refused again (a 503 had Talkable retry it for good). A record that Kafka
-    refused otherwise (the broker's answer: ``REFUSALS``) was not written: 503. One that the
-    producer failed holding, on an error of its own (its sender crashed), may have been
-    written, and cannot be sent again on that producer: a :class:`BrokerUnavailable` with
-    ``written=None``, whose 503 does not say it was not.
+    refused otherwise (the broker's answer: ``REFUSALS``) was not written: 503.
+
+    A record that the producer failed holding, on an error of its own, may have been written,
+    and is sent again too: on the same producer (under its new producer id) while it still
+    sends, and on a new one once its sender task has ended (aiokafka's sender, failing, fails
+    every record in flight, written or not, and then every later ``send``: the ingress answered
+    503 to each webhook until it was restarted). A producer whose sender has ended is replaced
+    by the next caller that finds it so (a send, a record sent again, a readiness probe, which
+    says it until the new one has started). Only a sink closed while such a record waits to be
+    sent again gives it up: a :class:`BrokerUnavailable` with ``written=None``, whose 503 does
+    not say it was not written.
     """
 
     def __init__(
@@ -171,11 +178,18 @@ class KafkaSink:
             None  # the one start its callers wait for
         )
         self._lock = asyncio.Lock()
+        self._closed = False  # ``close`` called: no producer is started any more
         self._pending: dict[int, float] = {}  # sends handed over, not acknowledged: since when
         self._sends = 0
 
     async def _started(self) -> IdempotentProducer:
         async with self._lock:
+            if self._closed:
+                raise BrokerUnavailable(
+                    "the ingress is stopping; nothing was sent", told="the ingress is stopping"
+                )
+            if self._producer is not None and self._producer.ended() is not None:
+                await self._replace(self._producer)
             if self._producer is None:
                 producer = IdempotentProducer(
                     **self._options,
@@ -194,6 +208,21 @@ class KafkaSink:
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
             return self._producer
+
+    async def _replace(self, producer: IdempotentProducer) -> None:
+        """A producer whose sender has ended (``IdempotentProducer.ended``) dropped and stopped,
+        for a new one to take its place: it sends nothing more, and every ``send`` raised, so
+        the ingress answered 503 to every webhook until it was restarted. The records it failed
+        holding are sent again on the new one by their own ``send``s."""
+        log.warning(
+            "ingress: Kafka's producer stopped sending (%s): a new one takes its place, and "
+            "the records it held are sent again",
+            producer.ended(),
+        )
+        self._producer = None
+        stopping = asyncio.ensure_future(producer.stop())  # its sender done: nothing to wait for
+        stopping.add_done_callback(_read)
+        await asyncio.wait([stopping], timeout=self._timeout)
 
     async def _why_not_started(self, exc: BaseException) -> str:
         """What the readiness status and the 503's log line say of a start that failed: the
@@ -219,8 +248,10 @@ class KafkaSink:
         or a network dropping everything) fails them all together, within ``timeout``. Each
         webhook started a producer of its own, one after another behind the lock: a burst's
         k-th webhook was answered 503 after k timeouts (the 20th of 20 after 196 s)."""
-        if self._producer is not None:
-            return self._producer
+        producer = self._producer
+        if producer is not None and producer.ended() is None:
+            return producer
+        # none yet, or one whose sender has ended: a start (``_started`` replaces that one)
         if self._starting is None or self._starting.done():
             self._starting = asyncio.ensure_future(self._started())
             self._starting.add_done_callback(_read)  # failed with no caller left: not an ERROR
@@ -312,8 +343,6 @@ class KafkaSink:
                 try:
                     await delivery  # the definitive outcome: acknowledged, or an error
                     return
-                except IN_DOUBT:  # given up for want of a leader: perhaps written
-                    delivery = await self._again(producer, topic, key, value, partition)
                 except TOO_LARGE as exc:  # over the topic's max.message.bytes: not written
                     limit = await _topic_limit(producer.client, topic)
                     raise RecordTooLarge(
@@ -322,18 +351,31 @@ class KafkaSink:
                         size=len(value),
                         limit=limit,
                     ) from exc
-                except REFUSALS as exc:  # the broker's answer refused it: not written
-                    raise BrokerUnavailable(
-                        f"Kafka refused the record: {type(exc).__name__}",
-                        told=f"Kafka refused the record ({type(exc).__name__})",
-                    ) from exc
-                except KafkaError as exc:  # the producer failed holding it: perhaps written
-                    failed = (
-                        f"Kafka's producer failed after taking the record ({type(exc).__name__})"
+                except KafkaError as exc:
+                    ended = producer.ended()
+                    if isinstance(exc, REFUSALS) and not isinstance(exc, IN_DOUBT) and not ended:
+                        # the broker's answer refused it: not written
+                        raise BrokerUnavailable(
+                            f"Kafka refused the record: {type(exc).__name__}",
+                            told=f"Kafka refused the record ({type(exc).__name__})",
+                        ) from exc
+                    # perhaps written: given up for want of a leader, or failed by the producer
+                    # holding it (its sender ended: every record it held failed, with that
+                    # sender's error, the broker's refusals too)
+                    if isinstance(exc, IN_DOUBT) and not ended:
+                        log.warning(
+                            "ingress sends again a record Kafka gave up for want of a leader"
+                        )
+                    else:
+                        log.warning(
+                            "ingress sends again a record Kafka's producer failed holding "
+                            "(%s), which may be written",
+                            f"its sender ended: {ended}" if ended else type(exc).__name__,
+                        )
+                    pause = not ended and not isinstance(exc, IN_DOUBT)
+                    producer, delivery = await self._again(
+                        producer, topic, key, value, partition, pause
                     )
-                    raise BrokerUnavailable(
-                        f"{failed}, which may be written", told=failed, written=None
-                    ) from exc
         finally:
             del self._pending[ticket]
 
@@ -344,33 +386,52 @@ class KafkaSink:
         key: bytes,
         value: bytes,
         partition: int | None,
-    ) -> asyncio.Future[Any]:
-        """A record that may be written handed to the producer again (under the new producer
-        id it has taken), once it takes it: while Kafka is down it may refuse to (no metadata,
-        buffer full), tried again every ``RESEND_PAUSE_S``; a closed producer never will."""
-        log.warning("ingress sends again a record Kafka gave up for want of a leader")
+        pause: bool,
+    ) -> tuple[IdempotentProducer, asyncio.Future[Any]]:
+        """A record that may be written handed over again, and the producer that took it: the
+        same one (under the new producer id it has taken), or, once its sender has ended, the
+        new one that replaced it (``_replace``). While Kafka is down it may not be taken (no
+        metadata, buffer full, no new producer could start), tried again every
+        ``RESEND_PAUSE_S`` (first after one, with ``pause``: a failure the producer did not wait
+        for, which could repeat at once). Only a sink stopping meanwhile gives it up: that
+        record may be written, and is said so (a ``ProducerClosed`` escaped, and was a 500)."""
+        if pause:
+            await asyncio.sleep(RESEND_PAUSE_S)
         while True:
+            if self._closed:
+                stopped = "the ingress stopped before Kafka acknowledged the record"
+                raise BrokerUnavailable(
+                    f"{stopped}, which may be written", told=stopped, written=None
+                )
             try:
-                return await producer.send(topic, value=value, key=key, partition=partition)
-            except ProducerClosed:
-                raise
-            except KafkaError:
-                await asyncio.sleep(RESEND_PAUSE_S)
+                producer = await self._producer_now()  # a new one, if its sender has ended
+                taken = await producer.send(topic, value=value, key=key, partition=partition)
+            except BrokerUnavailable:  # no producer could start (or the sink stopped)
+                pass
+            except KafkaError:  # not taken: its sender has ended (or it closed), or Kafka is down
+                if producer.ended() is not None or producer is not self._producer:
+                    continue  # on its replacement, at once
+            else:
+                return producer, taken
+            await asyncio.sleep(RESEND_PAUSE_S)
 
     async def ready(self, topic: str, timeout: float) -> str | None:
         """Asks a broker now (one metadata request): None when it answered and every partition
         of ``topic`` has a leader; otherwise why a webhook would be refused. Answers within
         ``timeout``: a producer still starting goes on starting for the next probe."""
         deadline = time.monotonic() + timeout
-        if self._producer is None:
+        ended = None if self._producer is None else self._producer.ended()
+        if self._producer is None or ended is not None:  # none yet, or its sender has ended
             try:
-                await asyncio.wait_for(self._producer_now(), timeout)
+                producer = await asyncio.wait_for(self._producer_now(), timeout)
             except TimeoutError:
+                if ended is not None:
+                    return f"Kafka's producer failed ({ended}); a new one is connecting"
                 return "connecting to Kafka"
             except BrokerUnavailable as exc:
                 return str(exc)
-        producer = self._producer
-        assert producer is not None
+        else:
+            producer = self._producer
         if self.stalled():
             return "Kafka is not acknowledging"
         client = producer.client
@@ -409,7 +470,9 @@ class KafkaSink:
         may be down (a stop waits for every record handed over, and a producer that gave one
         up waits for a new producer id first): past the timeout the records left are dropped.
         None of them was answered 2xx (a webhook is answered only once Kafka has its record),
-        so Talkable retries them."""
+        so Talkable retries them. No producer is started from now on: a record sent again
+        meanwhile (``_again``) is given up, and a new one refused."""
+        self._closed = True
         if self._starting is not None and not self._starting.done():
             await asyncio.wait([self._starting], timeout=self._timeout)
         producer, self._producer = self._producer, None
@@ -728,8 +791,8 @@ def build_ingress(
 def _unavailable(exc: BrokerUnavailable, dedupe_seconds: int) -> str:
     """The 503's message: whether the record was written, what Kafka did, and what to do.
     "temporarily unavailable, retry" said neither which service nor whether the webhook had
-    been written; a record the producer failed holding may have been, and is not said not to
-    be (its retry is the same request, taken once)."""
+    been written; a record given up while it may have been (the sink stopped while it was to
+    be sent again) is not said not to be (its retry is the same request, taken once)."""
     retry = f"retry after {RETRY_AFTER_SECONDS} seconds"
     if exc.written is not None:
         return f"nothing was written: {exc.told}; {retry}"

@@ -377,6 +377,21 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
         accumulator.reenqueue = reenqueue
         return dropped
 
+    def ended(self) -> str | None:
+        """Why its sender task has ended, once it has (None while it runs, or before the start):
+        from then on it sends nothing. aiokafka's sender, failing on an error of its own, fails
+        every record it holds with that error (a bare ``KafkaError``, "Unexpected error during
+        batch delivery", whether or not the broker had written them), and every later ``send``
+        raises it: such a producer never sends again. Its owner takes a new one."""
+        task = self._sender.sender_task
+        if task is None or not task.done():
+            return None
+        failed = None if task.cancelled() else task.exception()
+        if failed is None:
+            return "stopped"
+        said, kind = str(failed), type(failed).__name__
+        return said if said.startswith(kind) else f"{kind}: {said}"  # as KafkaError says itself
+
     def _delivered(self, delivery: asyncio.Future[Any]) -> None:
         """Every delivery's failure is read here (its sender may have stopped waiting for it:
         asyncio would report it unread once collected) and, unless the producer gave up,

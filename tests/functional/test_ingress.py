@@ -801,12 +801,11 @@ async def test_when_signatures_are_required_a_site_without_a_key_is_refused(
         ),
         (
             BrokerUnavailable(
-                "Kafka's producer failed after taking the record (KafkaError), which may be "
-                "written",
-                told="Kafka's producer failed after taking the record (KafkaError)",
+                "the ingress stopped before Kafka acknowledged the record, which may be written",
+                told="the ingress stopped before Kafka acknowledged the record",
                 written=None,
             ),
-            "perhaps written: Kafka's producer failed after taking the record (KafkaError); "
+            "perhaps written: the ingress stopped before Kafka acknowledged the record; "
             "retry after 5 seconds: the same webhook within 86400 seconds is the same request, "
             "processed once",
         ),

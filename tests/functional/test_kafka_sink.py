@@ -14,6 +14,7 @@ record again on it rather than answer 503 for what may be written.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import struct
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from aiokafka.errors import (
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
     OutOfOrderSequenceNumber,
+    ProducerClosed,
     TopicAuthorizationFailedError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -46,9 +48,15 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
     a record after ``send`` has returned, and answers later. ``give_up`` fails the next record
     with that error, its number spent (``written_anyway``: after the broker wrote it, as a broker
     killed before answering); ``refuse`` has the broker refuse the next one. With ``reachable``,
-    a record given up takes Kafka down: ``send`` itself fails until ``reachable`` is set."""
+    a record given up takes Kafka down: ``send`` itself fails until ``reachable`` is set.
+    ``crash``: its sender task fails with that error while it holds the next record (written
+    first with ``written_anyway``), as aiokafka's on an error of its own: that record and every
+    other it holds fail with it, and so does every later ``send`` (``die``: with none held). A
+    stopped producer's ``send`` raises ProducerClosed. With ``starts`` (every producer made
+    from then on), ``start`` waits for it."""
 
     made: ClassVar[list[AsTheBrokerSeesIt]] = []
+    starts: ClassVar[asyncio.Event | None] = None
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -57,6 +65,7 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
         self.partitions_now = list(range(10))  # the topic's in the broker's metadata
         self.written: list[tuple[int, bytes]] = []  # (producer id, value), as the broker has them
         self.give_up: KafkaError | None = None
+        self.crash: KafkaError | None = None
         self.written_anyway = False
         self.refuse: KafkaError | None = None
         self.reachable: asyncio.Event | None = None
@@ -67,11 +76,29 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
         AsTheBrokerSeesIt.made.append(self)
 
     async def start(self) -> None:
+        if self.starts is not None:
+            await self.starts.wait()
         self._txn_manager.set_pid_and_epoch(next(self._ids), 0)
+
+    def die(self, error: KafkaError) -> None:
+        """Its sender task ends with ``error`` (aiokafka's ``Sender._fail_all`` then fails
+        what it holds, as ``_answer`` does)."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ended.set_exception(error)
+        ended.exception()  # read: nobody awaits it
+        self._sender._sender_task = ended
+
+    def _sender_error(self) -> BaseException | None:
+        ended = self._sender.sender_task
+        return None if ended is None or not ended.done() else ended.exception()
 
     async def send(
         self, topic: str, value: bytes, key: bytes, partition: int | None = None
     ) -> asyncio.Future[Any]:
+        if self._closed:  # as aiokafka's accumulator, closed by ``stop``
+            raise ProducerClosed()
+        if (failed := self._sender_error()) is not None:  # as its accumulator after fail_all
+            raise copy.copy(failed)
         if self.reachable is not None and not self.reachable.is_set():
             self.refused_sends += 1
             if self.refused_sends > 1:
@@ -92,7 +119,16 @@ class AsTheBrokerSeesIt(AIOKafkaProducer):
             txn.set_pid_and_epoch(next(self._ids), 0)
         pid, sequence = txn.producer_id, txn.sequence_number(tp)
         txn.increment_sequence_number(tp, 1)
-        if self.give_up is not None and not self.written_anyway:
+        if (failed := self._sender_error()) is not None:  # held when the sender failed
+            delivery.set_exception(copy.copy(failed))
+        elif self.crash is not None:
+            if self.written_anyway and sequence == self._next_sequence.get(pid, 0):
+                self._next_sequence[pid] = sequence + 1
+                self.written.append((pid, value))
+            self.die(self.crash)
+            self.crash = None
+            delivery.set_exception(copy.copy(self._sender_error()))
+        elif self.give_up is not None and not self.written_anyway:
             delivery.set_exception(self.give_up)
             self.give_up = None
             if self.reachable is not None:
@@ -119,6 +155,7 @@ class SinksProducer(IdempotentProducer, AsTheBrokerSeesIt):
 @pytest.fixture
 def made(monkeypatch: pytest.MonkeyPatch) -> list[AsTheBrokerSeesIt]:
     AsTheBrokerSeesIt.made = []
+    AsTheBrokerSeesIt.starts = None
     monkeypatch.setattr(ingress, "IdempotentProducer", SinksProducer)
     return AsTheBrokerSeesIt.made
 
@@ -200,24 +237,108 @@ async def test_a_record_refused_is_a_503_and_the_next_is_written_under_a_new_pro
     await sink.close()
 
 
-async def test_a_record_the_producer_failed_holding_is_not_said_to_be_unwritten(
-    made: list[AsTheBrokerSeesIt],
+async def test_a_record_the_producer_failed_holding_is_sent_again_not_answered_503(
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
 ) -> None:
-    """aiokafka's sender, failing on an error of its own, fails every record in flight with a
-    bare KafkaError ("Unexpected error during batch delivery"), whether or not the broker had
-    written it. The sink said "Kafka refused the record", and the 503 that nothing was written:
-    here the broker wrote it before the producer failed. It is a 503 that says it may be."""
+    """A delivery failed by the producer on an error of its own (not the broker's refusal: a
+    transport error no retry of aiokafka's covers) may have been written. The sink said "Kafka
+    refused the record", and the 503 that nothing was written; then a 503 "perhaps written":
+    either way Talkable was told to retry a webhook Kafka may hold. It is sent again, on the
+    same producer (still sending, under its new producer id), and answered once Kafka has it."""
+    monkeypatch.setattr(ingress, "RESEND_PAUSE_S", 0)
     sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
     await sink._started()
     [producer] = made
-    producer.give_up = KafkaError("Unexpected error during batch delivery")
+    producer.give_up = KafkaError("a transport error")
     producer.written_anyway = True
-    with pytest.raises(BrokerUnavailable) as failed:
-        await sink.send("t-requests", b"person", b"held")
-    assert producer.written == [(1, b"held")]
-    assert failed.value.written is None  # perhaps written: not "nothing was written"
-    assert failed.value.told == "Kafka's producer failed after taking the record (KafkaError)"
+    await sink.send("t-requests", b"person", b"held")  # not a 503: answered once Kafka has it
+    assert made == [producer]
+    assert producer.handed == [b"held", b"held"]
+    # the same delivery twice (the ledger takes one), the second under the new producer id
+    assert producer.written == [(1, b"held"), (2, b"held")]
     await sink.close()
+
+
+@pytest.mark.parametrize("written_anyway", [False, True], ids=["unwritten", "written"])
+async def test_a_producer_whose_sender_failed_is_replaced_and_what_it_held_sent_on_the_new_one(
+    made: list[AsTheBrokerSeesIt], written_anyway: bool
+) -> None:
+    """aiokafka's sender, failing on an error of its own, fails every record in flight with a
+    bare KafkaError ("Unexpected error during batch delivery"), whether or not the broker had
+    written it, and the producer never sends again: every later send raises that error. The
+    ingress answered those records 503 ("perhaps written"), and every webhook after them 503
+    ("Kafka did not take the record") until it was restarted. The sink takes a new producer,
+    one for all the webhooks that find the old one so, and sends the records it held on it."""
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [first] = made
+    first.crash = KafkaError("Unexpected error during batch delivery")
+    first.written_anyway = written_anyway
+    # both held when the sender fails: neither is a 503
+    await asyncio.gather(
+        sink.send("t-requests", b"person", b"held"), sink.send("t-requests", b"other", b"also")
+    )
+    await sink.send("t-requests", b"person", b"after")  # the ingress goes on
+    [first, second] = made
+    assert first.written == ([(1, b"held")] if written_anyway else [])  # taken once by the ledger
+    assert sorted(second.written[:2]) == [(1, b"also"), (1, b"held")]
+    assert second.written[2:] == [(1, b"after")]
+    assert first._closed  # stopped, its connections closed
+    await sink.close()
+    assert second._closed
+
+
+async def test_readiness_says_a_producer_whose_sender_failed_until_its_replacement_starts(
+    made: list[AsTheBrokerSeesIt],
+) -> None:
+    """A producer whose sender failed with no webhook in flight: /readyz said ready (or no
+    broker answered) while every webhook would be refused; a load balancer taking the ingress
+    out then left it so, with no webhook to find the producer dead. The probe replaces it, and
+    says so until the new one has started."""
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [first] = made
+    first.die(KafkaError("Unexpected error during batch delivery"))
+    AsTheBrokerSeesIt.starts = starts = asyncio.Event()  # the new producer's start waits
+    status = await sink.ready("t-requests", 0.01)
+    assert status == (
+        "Kafka's producer failed (KafkaError: Unexpected error during batch delivery); a new "
+        "one is connecting"
+    )
+    starts.set()
+    await sink.send("t-requests", b"person", b"after")  # on the one the probe started
+    [first, second] = made
+    assert second.written == [(1, b"after")]
+    assert first.written == []
+    await sink.close()
+
+
+async def test_a_record_sent_again_when_the_sink_closes_is_a_503_that_says_perhaps_written(
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
+) -> None:
+    """A record given up for want of a leader, waiting for Kafka to take it again, when the
+    ingress stops: its send raised ProducerClosed, a KafkaError no handler catches (a 500). It
+    may be written, and is said so. A webhook after the close is refused, no producer started
+    for it (one was, and left running)."""
+    monkeypatch.setattr(ingress, "RESEND_PAUSE_S", 0.01)
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [producer] = made
+    producer.give_up = LeaderNotAvailableError()
+    producer.reachable = reachable = asyncio.Event()
+    reachable.set()
+    in_doubt = asyncio.ensure_future(sink.send("t-requests", b"person", b"first"))
+    await asyncio.wait_for(producer.tried_again.wait(), 5)
+    await sink.close()
+    with pytest.raises(BrokerUnavailable) as stopped:
+        await asyncio.wait_for(in_doubt, 5)
+    assert stopped.value.written is None  # the ingress's 503: "perhaps written"
+    assert stopped.value.told == "the ingress stopped before Kafka acknowledged the record"
+    with pytest.raises(BrokerUnavailable) as refused:
+        await sink.send("t-requests", b"person", b"after")
+    assert (refused.value.written, refused.value.told) == (False, "the ingress is stopping")
+    assert made == [producer]
+    assert producer.written == []
 
 
 async def test_a_record_in_doubt_waits_for_kafka_and_new_records_are_refused_meanwhile(
