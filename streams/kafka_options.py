@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import ssl
 from collections import Counter
@@ -18,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from aiokafka.protocol.admin import ApiVersionRequest, DescribeGroupsRequest
@@ -281,6 +283,23 @@ class Withdrawn(KafkaError):  # type: ignore[misc]
     """A record its sender took back before the producer sent it (:func:`withdraw`)."""
 
 
+class KeyPartitioner:
+    """aiokafka's default partitioner (the Java client's: a key's murmur2 over every partition
+    of the topic, a record without a key on any partition available), each key's murmur2
+    remembered for the latest keys. aiokafka's murmur2 is Python, and a webhook's records share
+    its person's key (its commands, its lifecycle events): worked out for each record, it was
+    3% of a busy worker's time."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._hash = functools.lru_cache(maxsize=size)(murmur2)
+
+    def __call__(self, key: bytes | None, every: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, every, available))
+        hashed: int = self._hash(key)
+        return every[(hashed & 0x7FFFFFFF) % len(every)]
+
+
 class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     """aiokafka's producer, ``acks=all`` and idempotent, that takes a new producer id once it
     has given up on a record: the worker's (``streams.faust_transport``) and the ingress's
@@ -317,6 +336,8 @@ class IdempotentProducer(AIOKafkaProducer):  # type: ignore[misc]
     a loop without pause."""
 
     def __init__(self, **options: Any) -> None:
+        if type(options.get("partitioner", DefaultPartitioner())) is DefaultPartitioner:
+            options["partitioner"] = KeyPartitioner()  # the same partitions, found sooner
         super().__init__(**{**options, "acks": "all", "enable_idempotence": True})
         kafka_reconnect.space_metadata_updates(self.client)  # no metadata flood (its doc)
         self._given_up: BaseException | None = None

@@ -292,7 +292,7 @@ class Ledger:
         now = self._clock.now_ms()
         for partition, event in latest.items():
             for person in self._forgetting.due(partition, now):
-                raw = self._table.get(person)
+                raw = stored(self._table, person)
                 if raw is None:
                     continue
                 state = self._states.load(person, raw)
@@ -396,7 +396,7 @@ class Ledger:
         try:
             person = message.person.encode()
             newest = batch.states.get(person)
-            state = newest[0] if newest else self._states.load(person, self._table.get(person))
+            state = newest[0] if newest else self._states.load(person, stored(self._table, person))
             outcome = handle(state, message, self._policy, self._clock.now_ms())
             await self._emit(outcome, source, batch, sent)
             batch.transitions += outcome.events
@@ -529,8 +529,18 @@ class _Record:
         self.key, self.value = key, value
 
 
+def stored(table: Any, key: bytes) -> bytes | None:
+    """The table's value for ``key``, or None, in one read of its store: faust's ``Table.get``
+    asks the store whether it holds the key and then reads it (two reads of RocksDB, 7% of a
+    busy ledger's time). Only the table's sensors, which this app does not run, miss it."""
+    try:
+        return table.data[key]  # type: ignore[no-any-return]
+    except KeyError:
+        return None
+
+
 async def _mark(table: Any, partition: int) -> int | None:
-    raw = table.get(OFFSET_MARK + str(partition).encode())
+    raw = stored(table, OFFSET_MARK + str(partition).encode())
     return int(raw) if raw else None
 
 

@@ -275,6 +275,14 @@ class Requests(Sent):
         return await super().send(key=key, value=value)
 
 
+class Store(dict[bytes, bytes]):
+    """The ledger's table without a changelog: faust's keeps its store as ``data``."""
+
+    @property
+    def data(self) -> dict[bytes, bytes]:
+        return self
+
+
 class Quiet:
     """A ledger on partition 3 of a fake log of webhooks, faust's taken offsets set by hand."""
 
@@ -296,7 +304,7 @@ class Quiet:
         self.generate = generate or Sent()
         metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
-            {} if table is None else table,
+            Store() if table is None else table,
             POLICY,
             Topics(
                 requests=self.requests,

@@ -13,11 +13,21 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from cryptography.fernet import Fernet
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.agents.projector import ProjectorConfig
 from streams.app import build
-from streams.kafka_options import _cause, client_options, faust_credentials, group_consumer
+from streams.kafka_options import (
+    IdempotentProducer,
+    KeyPartitioner,
+    _cause,
+    client_options,
+    faust_credentials,
+    group_consumer,
+)
 from streams.settings import Settings
 from streams.topics import CATALOGUE, _new_topic
 
@@ -163,3 +173,43 @@ def test_a_refused_connection_is_one_line_that_says_why_and_no_password(error, s
     line = _cause(s, "b-1.example:9096", error)
     assert says in line
     assert "\n" not in line and "s3cret-pw" not in line
+
+
+@given(key=st.binary(min_size=0, max_size=64), count=st.integers(min_value=1, max_value=64))
+def test_the_key_partitioner_puts_a_key_where_aiokafkas_default_does(
+    key: bytes, count: int
+) -> None:
+    every = list(range(count))
+    assert KeyPartitioner()(key, every, every) == DefaultPartitioner()(key, every, every)
+
+
+def test_the_key_partitioner_works_out_a_keys_hash_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[bytes] = []
+
+    def counted(key: bytes) -> int:
+        hashed.append(key)
+        return murmur2(key)
+
+    monkeypatch.setattr("streams.kafka_options.murmur2", counted)
+    partitioner = KeyPartitioner()
+    every = list(range(12))
+    assert {partitioner(b"person-1", every, every) for _ in range(8)} == {
+        DefaultPartitioner()(b"person-1", every, every)
+    }
+    assert hashed == [b"person-1"]
+    assert partitioner(None, every, [5]) == 5  # no key: any partition available, as aiokafka's
+
+
+async def test_the_producers_take_the_key_partitioner_unless_given_another() -> None:
+    faust_default = IdempotentProducer(
+        bootstrap_servers="127.0.0.1:1", partitioner=DefaultPartitioner()
+    )
+    assert isinstance(faust_default._partitioner, KeyPartitioner)
+    assert isinstance(
+        IdempotentProducer(bootstrap_servers="127.0.0.1:1")._partitioner, KeyPartitioner
+    )
+
+    def own(key: bytes | None, every: list[int], available: list[int]) -> int:
+        return every[0]
+
+    assert IdempotentProducer(bootstrap_servers="127.0.0.1:1", partitioner=own)._partitioner is own

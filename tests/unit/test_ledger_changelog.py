@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiokafka.errors import NotLeaderForPartitionError
+from cryptography.fernet import Fernet
 
 from models.events import DeadLetter, GenerateText, LifecycleEvent
-from streams.agents.ledger import OFFSET_MARK
+from streams.agents.ledger import OFFSET_MARK, stored
+from streams.app import build
 from streams.codecs import decode
+from streams.settings import Settings
+from streams.topics import LEDGER_TABLE
 from tests.unit.domain_builders import PERSON
 from tests.unit.test_gaps import TOPIC, Event, Quiet
 
@@ -63,6 +68,11 @@ class Table(dict[bytes, bytes]):
     def __init__(self, changelog: Changelog) -> None:
         super().__init__()
         self.changelog = changelog
+
+    @property
+    def data(self) -> dict[bytes, bytes]:
+        """faust's table reads its store here (``streams.agents.ledger.stored``)."""
+        return self
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         super().__setitem__(key, value)
@@ -172,3 +182,27 @@ def test_a_batch_whose_changelog_write_kafka_gave_up_on_is_decided_again_then_ma
     assert commands == ["req-50", "req-52"]
     assert [decode(DeadLetter, raw).offset for raw in quiet.deadletter.values] == [51]
     assert quiet.decided() == {"req-50", "req-52"}
+
+
+def test_a_persons_entry_is_one_read_of_the_tables_store(tmp_path: Path) -> None:
+    """faust's ``Table.get`` asks its store whether it holds the key, then reads it: the
+    ledger reads each person's entry once (``stored``), at every webhook and result."""
+    settings = Settings(
+        data_dir=tmp_path, secret_keys=Fernet.generate_key().decode(), table_store="memory://"
+    )
+    table = build(settings).app.tables[LEDGER_TABLE]
+    reads: Counter[str] = Counter()
+
+    class Counted(dict[bytes, bytes]):
+        def __contains__(self, key: object) -> bool:
+            reads["contains"] += 1
+            return super().__contains__(key)
+
+        def __getitem__(self, key: bytes) -> bytes:
+            reads["get"] += 1
+            return super().__getitem__(key)
+
+    table.data.data = Counted({PERSON.encode(): b"entry"})
+    assert stored(table, PERSON.encode()) == b"entry"
+    assert stored(table, b"nobody") is None
+    assert reads == Counter(get=2)
