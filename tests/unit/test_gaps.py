@@ -275,14 +275,6 @@ class Requests(Sent):
         return await super().send(key=key, value=value)
 
 
-class Store(dict[bytes, bytes]):
-    """The ledger's table without a changelog: faust's keeps its store as ``data``."""
-
-    @property
-    def data(self) -> dict[bytes, bytes]:
-        return self
-
-
 class Quiet:
     """A ledger on partition 3 of a fake log of webhooks, faust's taken offsets set by hand."""
 
@@ -304,7 +296,7 @@ class Quiet:
         self.generate = generate or Sent()
         metrics = self.metrics = WorkerMetrics()
         self.ledger = Ledger(
-            Store() if table is None else table,
+            {} if table is None else table,
             POLICY,
             Topics(
                 requests=self.requests,

@@ -69,11 +69,6 @@ class Table(dict[bytes, bytes]):
         super().__init__()
         self.changelog = changelog
 
-    @property
-    def data(self) -> dict[bytes, bytes]:
-        """faust's table reads its store here (``streams.agents.ledger.stored``)."""
-        return self
-
     def __setitem__(self, key: bytes, value: bytes) -> None:
         super().__setitem__(key, value)
         self.changelog.write(key, value)
