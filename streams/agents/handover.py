@@ -143,6 +143,9 @@ class HandOver:
         self._forwarding = forwarding  # the executor's: the forwards it holds
         self._held: list[Job[Any]] = []  # handed back, Kafka may hold them: to send again
         self._sending: list[tuple[Job[Any], asyncio.Future[Any]]] = []  # (sent again)
+        # the revokes this run began: a batch the executor's loop fetched before one is not
+        # taken (``Executor._handed_over``)
+        self.revokes = 0
 
     @property
     def held(self) -> int:
@@ -291,7 +294,14 @@ class HandOver:
         in progress ends first (``Forwarding.lock``), and none starts until this ends: one the
         executor's loop began before the revoke, waiting on its commit, held a forward this did
         not take, named lost by its mark, and forwarded it once that commit had failed (its
-        partition forgotten here): told lost by the next owner, and called where it went too."""
+        partition forgotten here): told lost by the next owner, and called where it went too.
+        So does a batch the loop is committing (held by the same lock until its commands are
+        queued: taken back here), and the loop takes none it fetched before the revoke
+        (:attr:`revokes`, ``Executor._handed_over``): committed after this mark, its mark
+        listed the calls running here as the run's, not reported (told lost by the next owner,
+        and re-issued while they ran), and its commands queued after the queues were taken
+        back were called here too."""
+        self.revokes += 1
         async with self._forwarding.lock:
             await self._hand_back(consumer, revoked)
 
