@@ -65,7 +65,9 @@ The forwards held for a partition a rebalance revokes are sent by its hand-over
 them neither lost nor running here: listed as running in this run and sent by the loop after,
 they were told lost by the partition's next owner once this run left the group, while the
 organisation's executor still had them to call. One whose delivery fails there is held again
-(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it. The
+(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it; one
+Kafka did not answer while the hand-over waited is read at the next send
+(:meth:`Forwarding.sending`). The
 hand-over waits for a send in progress, and a send while it runs sends nothing, its forwards
 left to the next (:attr:`Forwarding.lock`): one the loop began before the revoke had the
 forwards it took, not held then, and, its commit failing as the group rebalanced, sent one its
@@ -287,6 +289,13 @@ class Forwarding:
     def hold(self, entries: Iterable[Held]) -> None:
         """Forwards to send again (the next :meth:`send`)."""
         self._held.extend(entries)
+
+    def sending(self, entry: Held, delivery: asyncio.Future[Any]) -> None:
+        """A forward a hand-over sent whose answer it did not wait for (``HandOver.send_back``):
+        called where it went from now on, and read at the next :meth:`send` as one of its own
+        (its partition given up, it settled nothing of this run's to report again)."""
+        self._called.forwarded(entry.job.key, entry.job.attempt, entry.to)
+        self._sending.append((entry, [], delivery))
 
     def acknowledged(self, entry: Held) -> None:
         """Kafka took the forward: the command is called where it went (a copy of it anywhere

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, NotLeaderForPartitionError
 
 from models.events import GenerateText
+from streams.agents import handover as handover_module
 from streams.agents.handover import OnRebalance
 from streams.agents.marks import Mark
 from streams.agents.work import Timed
@@ -648,3 +649,43 @@ async def test_a_revoke_waits_for_the_batch_the_loop_is_committing() -> None:
     assert [lost.request_id for lost in told] == [], "told lost while queued here"
     await calls(g)
     assert g.work.called == [], "called here and by the partition's next owner"
+
+
+async def test_a_hand_over_leaves_kafkas_answers_it_waited_for_too_long_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revoke's hand-over waited for Kafka's answer to each command it handed back and each
+    forward it sent on, inside the consumer's rebalance listener: in an outage, up to the
+    producer's request timeout (20 minutes), the rebalance held as long. It now waits
+    ``HAND_OVER_WAIT_SECONDS`` at most (here none), and leaves the answers to the loop's next
+    turns: acknowledged, done; failed, sent again (Kafka may hold it), named lost by no mark,
+    never called here."""
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    for forward, failed in ((False, False), (False, True), (True, False), (True, True)):
+        generate = Answered()
+        if forward:  # a forward held (``a``), after ``first`` called
+            g, _, first, a = await held_to_forward(generate)
+            values, sent = [(0, first), (1, a)], (ORG.encode(), a)
+        else:  # a command queued (``a``)
+            g = generator(KEY_TP, generate=generate)
+            g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+            a = await queued(g, Ledger(), "a", 1)
+            values, sent = [(1, a)], (KEY_ID.encode(), a)
+        handover, forwarding = g.executor.handover, g.executor.forwarding
+        await OnRebalance(handover, g.consumer).on_partitions_revoked({KEY_TP})
+        assert generate.sent == [sent] and handover.held + forwarding.held == 1, "unanswered"
+        handed = last_commit(g.consumer)
+        told = await told_once_gone(handed, *values)
+        assert told == [], "told lost while Kafka may hold it"
+        [delivery] = generate.deliveries
+        if failed:
+            delivery.set_exception(NotLeaderForPartitionError())
+        else:
+            delivery.set_result(None)
+        await handover.send_held()  # the loop's next turn
+        await forwarding.send()
+        assert generate.sent == [sent] * (2 if failed else 1), "sent again if Kafka failed it"
+        assert handover.held + forwarding.held == (1 if failed else 0)
+        assert last_commit(g.consumer) == handed, "named by no mark"
+        await calls(g)
+        assert g.work.called == (["first"] if forward else []), "called here"
