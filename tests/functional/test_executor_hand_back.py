@@ -689,3 +689,15 @@ async def test_a_hand_over_leaves_kafkas_answers_it_waited_for_too_long_to_the_l
         assert last_commit(g.consumer) == handed, "named by no mark"
         await calls(g)
         assert g.work.called == (["first"] if forward else []), "called here"
+
+
+async def test_the_loop_takes_nothing_while_a_hand_over_runs() -> None:
+    """A batch the loop takes while a revoke's hand-over runs (it holds the forwarding's lock)
+    is neither committed nor queued, and the loop does not wait for the hand-over (which waits
+    for Kafka's answers): the partitions' next owner reads it from the hand-over's commit."""
+    g = watched()
+    await queued(g, Ledger(), "a", 1)
+    commits = len(g.consumer.commits)
+    async with g.executor.forwarding.lock:  # a hand-over runs
+        await g.executor._take_batch(g.consumer, records((2, command("c"))))  # type: ignore[arg-type]
+    assert len(g.consumer.commits) == commits and g.scheduler.queued == 1, "c taken"
