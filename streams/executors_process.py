@@ -19,7 +19,7 @@ from typing import Any
 from streams import topics as topics_module
 from streams.agents.executors import Executor
 from streams.app import build_executors, upstream_clients
-from streams.faust_transport import KAFKA_STOP_SECONDS
+from streams.faust_transport import KAFKA_STOP_SECONDS, give_up_on_kafka
 from streams.kafka_options import IdempotentProducer, client_options
 from streams.observability import ExecutorMetrics, serve_or_log
 from streams.runtime import DeadLetters, SystemClock, Topics
@@ -67,8 +67,8 @@ def producer_topics(settings: Settings, producer: Any) -> Topics:
 async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event) -> None:
     """Run the executors until ``stopping`` is set; then stop them as a worker does (the calls
     running get ``STOP_DRAIN_SECONDS`` to end, the queued commands go back to their topic), and
-    give Kafka ``KAFKA_STOP_SECONDS`` to take what this process holds. An executor that fails
-    ends the process the same way, its error raised."""
+    give Kafka ``KAFKA_STOP_SECONDS`` to take what this process holds (:func:`_stop`). An
+    executor that fails ends the process the same way, its error raised."""
     producer = IdempotentProducer(
         **client_options(settings),
         linger_ms=settings.producer_linger_ms,
@@ -96,7 +96,7 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
         if failed is not None:
             raise failed
     finally:
-        await _stop(running, tasks, settings.stop_drain_seconds)
+        await _stop(running, tasks, settings.stop_drain_seconds, producer)
         if http is not None:
             await http.cleanup()
         await chat.close()
@@ -110,13 +110,35 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
             )
 
 
-async def _stop(running: list[Executor], tasks: list[asyncio.Task[None]], drain_s: float) -> None:
-    """Both executors stopped at once (each drains its own calls), then their loops ended."""
-    stops = await asyncio.gather(
-        *(executor.stop(drain_s) for executor in running), return_exceptions=True
-    )
+async def _stop(
+    running: list[Executor], tasks: list[asyncio.Task[None]], drain_s: float, producer: Any
+) -> None:
+    """Both executors stopped at once (each drains its own calls), then their loops ended.
+
+    As a worker's stop (``App.on_stop``), they get ``drain_s`` and then
+    ``KAFKA_STOP_SECONDS`` for Kafka: past that the process gives up on Kafka (every record
+    ``producer`` still holds fails, said in one WARNING counting them by topic:
+    ``give_up_on_kafka``), and a stop still waiting (for Kafka's answers to the commands it
+    hands back, or for a commit, which aiokafka retries for as long as it finds no
+    coordinator) ends there. Without that, in a Kafka outage the stop waited until the worker
+    killed this process, saying nothing of what it held: what it had not reported is told lost
+    by the next run, a command it handed back not acknowledged is left to its deadline, as
+    in the worker."""
+    loop = asyncio.get_running_loop()
+    began, bound = loop.time(), drain_s + KAFKA_STOP_SECONDS
+    stopping = [asyncio.ensure_future(executor.stop(drain_s)) for executor in running]
+    if stopping:
+        _, left = await asyncio.wait(stopping, timeout=bound)
+        if left:  # what they wait for does not come: they end here
+            give_up_on_kafka(producer, loop.time() - began, "executors process", log)
+            for stop in left:
+                stop.cancel()
+    stops = await asyncio.gather(*stopping, return_exceptions=True)
     for executor, stopped in zip(running, stops, strict=True):
-        if isinstance(stopped, BaseException):
+        if isinstance(stopped, asyncio.CancelledError):
+            log.warning("%s stopping: cut short after %.0fs without Kafka",
+                        executor.config.name, bound)  # fmt: skip
+        elif isinstance(stopped, BaseException):
             log.warning("%s did not stop cleanly: %r", executor.config.name, stopped)
     for task in tasks:
         task.cancel()

@@ -646,28 +646,7 @@ class App(faust.App):
             return
         self.kafka_given_up.set()
         waited = asyncio.get_running_loop().time() - self._stop_began
-        producer = getattr(self._producer, "_producer", None)
-        dropped = (
-            producer.give_up(GivenUp(f"the worker stopped before Kafka took it ({waited:.0f}s)"))
-            if isinstance(producer, IdempotentProducer)
-            else {}
-        )
-        held = (
-            f"{sum(dropped.values())} records it held unacknowledged ("
-            + ", ".join(f"{topic}: {count}" for topic, count in sorted(dropped.items()))
-            + ")"
-            if dropped
-            else "no record held unacknowledged"
-        )
-        log.warning(
-            "stopping without Kafka: %.0fs into the stop, it has not acknowledged everything; "
-            "the worker ends with %s and its consumer offsets not committed since. Nothing is "
-            "lost: a batch whose outputs Kafka did not acknowledge is not stored and a call "
-            "whose result it did not acknowledge is not reported, so the next worker decides "
-            "and calls them again",
-            waited,
-            held,
-        )
+        give_up_on_kafka(getattr(self._producer, "_producer", None), waited, "worker", log)
 
     def on_rebalance_start(self) -> None:
         """faust keeps what each sensor noted at a rebalance's start for its return and end,
@@ -681,3 +660,32 @@ class App(faust.App):
 class Transport(driver.Transport):
     Producer = Producer
     Consumer = Consumer
+
+
+def give_up_on_kafka(producer: Any, waited: float, who: str, said_by: logging.Logger) -> None:
+    """A stop that goes on without Kafka, ``waited`` seconds into it: every record
+    ``producer`` still holds fails, and one WARNING says so, with the records left by topic
+    (a worker's, :meth:`App.give_up_on_kafka`; the executors' process's,
+    ``streams.executors_process``)."""
+    dropped = (
+        producer.give_up(GivenUp(f"the {who} stopped before Kafka took it ({waited:.0f}s)"))
+        if isinstance(producer, IdempotentProducer)
+        else {}
+    )
+    held = (
+        f"{sum(dropped.values())} records it held unacknowledged ("
+        + ", ".join(f"{topic}: {count}" for topic, count in sorted(dropped.items()))
+        + ")"
+        if dropped
+        else "no record held unacknowledged"
+    )
+    said_by.warning(
+        "stopping without Kafka: %.0fs into the stop, it has not acknowledged everything; "
+        "the %s ends with %s and its consumer offsets not committed since. Nothing is "
+        "lost: a batch whose outputs Kafka did not acknowledge is not stored and a call "
+        "whose result it did not acknowledge is not reported, so the next worker decides "
+        "and calls them again",
+        waited,
+        who,
+        held,
+    )

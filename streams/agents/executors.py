@@ -168,7 +168,9 @@ class Executor:
             forwarding=self.forwarding,
         )
         scheduler.on_organization = self.forwarding.named  # its queued commands go at once
-        self._taking = asyncio.Lock()  # held from a batch's commit until its jobs are queued
+        # held from a batch's commit until its jobs are queued (against a stop; against a
+        # revoke's hand-over, ``Forwarding.lock``)
+        self._taking = asyncio.Lock()
         self._stopping = False
         self.refused: str | None = None  # why Kafka refuses its commits for good, if it does
         self._results = Results(name=config.name, work=work, topics=topics, clock=clock)
@@ -220,30 +222,57 @@ class Executor:
     async def _take_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
+        revokes = self.handover.revokes  # (fetched before any revoke since)
         ended = await self.lost.past_lost(batch)
         commands, again = await self._decoded(batch)
         offsets = {**ended, **{tp: again.get(tp, rs[-1].offset + 1) for tp, rs in batch.items()}}
         marks = self.commits.marks(offsets, {tp: rs[0].offset for tp, rs in batch.items()})
         if not marks:
             return
-        try:  # taken, before any work: at most one call per delivery
-            await self.commits.commit(self.consumer, marks)
-        except Exception as exc:  # not taken: read again, none of it called
-            self._not_committed(exc)
-            self._read_again(consumer, {**{tp: rs[0].offset for tp, rs in batch.items()}, **ended})
+        if self.handover.revokes != revokes or self.forwarding.lock.locked():
+            self._handed_over(batch)
+            return
+        async with self.forwarding.lock:  # (a revoke's hand-over waits for the batch queued)
+            try:  # taken, before any work: at most one call per delivery
+                await self.commits.commit(self.consumer, marks)
+            except Exception as exc:  # not taken: read again, none of it called
+                self._not_committed(exc)
+                first = {tp: rs[0].offset for tp, rs in batch.items()}
+                self._read_again(consumer, {**first, **ended})
+                failed = True
+            else:
+                failed = False
+                self.refused = None
+                self.taken.update(offsets)
+                for tp, offset in again.items():  # its letter not written: read again from it
+                    with contextlib.suppress(IllegalStateError):  # no longer assigned
+                        consumer.seek(tp, offset)
+                for tp, taken in commands.items():
+                    for record, command in taken:
+                        await self._take(tp, record, command)
+        if failed:
             await asyncio.sleep(COMMIT_AGAIN_SECONDS)  # (not committed again without pause)
             return
-        self.refused = None
-        self.taken.update(offsets)
-        for tp, offset in again.items():  # its letter not written: read again from it
-            with contextlib.suppress(IllegalStateError):  # no longer assigned: the owner's
-                consumer.seek(tp, offset)
-        for tp, taken in commands.items():
-            for record, command in taken:
-                await self._take(tp, record, command)
         await self.forwarding.send()
         if again:  # (not sent again without pause)
             await asyncio.sleep(LETTER_AGAIN_SECONDS)
+
+    def _handed_over(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """A batch whose partitions a revoke's hand-over gives up since it was fetched (it
+        runs, or ran while the batch was decoded, or the lost ranges read again were told):
+        not committed, none of it queued. The hand-over committed each partition with its
+        mark (what it could not hand back as lost, the calls still running here as running
+        elsewhere); the loop's commit after it had the batch's offsets and a mark listing those
+        calls as this run's not reported: the partition's next owner told the ledger they were
+        lost and had them re-issued while they ran here, and the batch's commands, queued
+        after the hand-over took the queues back, were called here while that mark named them
+        lost. Not read again from here either: the group's next assignment reads each
+        partition from its last commit (a seek now could be into an assignment given since,
+        and read again what another owner took)."""
+        if batch:
+            log.info("%s: a batch of %s records fetched before a revoke is left to the "
+                     "partitions' next owner", self.config.name,
+                     sum(map(len, batch.values())))  # fmt: skip
 
     def _not_committed(self, exc: Exception) -> None:
         """A commit that failed: a WARNING for what passes (a rebalance, the coordinator), an

@@ -65,7 +65,9 @@ The forwards held for a partition a rebalance revokes are sent by its hand-over
 them neither lost nor running here: listed as running in this run and sent by the loop after,
 they were told lost by the partition's next owner once this run left the group, while the
 organisation's executor still had them to call. One whose delivery fails there is held again
-(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it. The
+(:meth:`Forwarding.hold`), named by no mark: forwarded again until Kafka acknowledges it; one
+Kafka did not answer while the hand-over waited is read at the next send
+(:meth:`Forwarding.sending`). The
 hand-over waits for a send in progress, and a send while it runs sends nothing, its forwards
 left to the next (:attr:`Forwarding.lock`): one the loop began before the revoke had the
 forwards it took, not held then, and, its commit failing as the group rebalanced, sent one its
@@ -179,9 +181,10 @@ class Forwarding:
         # handed to the producer, Kafka's answer not read yet: with what they settled of the
         # unreported (restored if Kafka does not take them)
         self._sending: list[tuple[Held, Settled, asyncio.Future[Any]]] = []
-        # held by each send and by a revoke's hand-over (``HandOver.hand_back``): a hand-over
-        # while a send waited on a commit, or on the producer, named lost what the send then
-        # forwarded, or took what the send still had to report
+        # held by each send, by the executor's loop from a batch's commit until it is queued
+        # (``Executor._take_batch``), and by a revoke's hand-over (``HandOver.hand_back``): a
+        # hand-over while a send waited on a commit, or on the producer, named lost what the
+        # send then forwarded, or took what the send still had to report
         self.lock = asyncio.Lock()
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
@@ -286,6 +289,13 @@ class Forwarding:
     def hold(self, entries: Iterable[Held]) -> None:
         """Forwards to send again (the next :meth:`send`)."""
         self._held.extend(entries)
+
+    def sending(self, entry: Held, delivery: asyncio.Future[Any]) -> None:
+        """A forward a hand-over sent whose answer it did not wait for (``HandOver.send_back``):
+        called where it went from now on, and read at the next :meth:`send` as one of its own
+        (its partition given up, it settled nothing of this run's to report again)."""
+        self._called.forwarded(entry.job.key, entry.job.attempt, entry.to)
+        self._sending.append((entry, [], delivery))
 
     def acknowledged(self, entry: Held) -> None:
         """Kafka took the forward: the command is called where it went (a copy of it anywhere

@@ -92,6 +92,11 @@ PAST_ITS_WAIT = (
     "%s: request_id=%s attempt=%s, handed back and not acknowledged, has waited past %ss for "
     "its target: no longer sent again; re-issued at its deadline"
 )
+# how long a hand-over waits for Kafka's answers to what it sends on (Kafka answers within
+# milliseconds): it runs in the consumer's rebalance listener, and in an outage the producer's
+# request timeout (20 minutes) held the rebalance, and the group's other members, as long;
+# those not answered by then are read at the executor's loop's next turns
+HAND_OVER_WAIT_SECONDS = 2.0
 # nor the commit naming those Kafka did not take back: their deadline re-issues them
 NOT_NAMED = (
     "%s could not commit the marks naming %s commands it could not hand back (%s): re-issued "
@@ -143,6 +148,9 @@ class HandOver:
         self._forwarding = forwarding  # the executor's: the forwards it holds
         self._held: list[Job[Any]] = []  # handed back, Kafka may hold them: to send again
         self._sending: list[tuple[Job[Any], asyncio.Future[Any]]] = []  # (sent again)
+        # the revokes this run began: a batch the executor's loop fetched before one is not
+        # taken (``Executor._handed_over``)
+        self.revokes = 0
 
     @property
     def held(self) -> int:
@@ -174,7 +182,11 @@ class HandOver:
         copy was called too. No mark names it: it is sent again (:meth:`send_held`, a forward
         by the forwarding's next send) until Kafka acknowledges it, and whoever takes its
         copies calls the first (``streams.agents.called``); a run that ends first leaves it to
-        its deadline. Returns those not sent on (named, or held to send again)."""
+        its deadline. Kafka's answers are waited for :data:`HAND_OVER_WAIT_SECONDS` at most
+        (a revoke's hand-over runs in the rebalance listener, which an outage held for the
+        producer's request timeout, 20 minutes): one not answered by then is read at the loop's
+        next turns, as one sent again is (:meth:`_unanswered`), named lost by no mark: counted
+        as sent on. Returns those not sent on (named, or held to send again)."""
         outs = [_Out(job) for job in jobs] + [_Out(entry.job, entry) for entry in forwards]
         settled = [(out, self._unreported.reported(out.job.key, out.job.attempt)) for out in outs]
         failed = await self._commit(consumer, marks, [])
@@ -200,7 +212,13 @@ class HandOver:
                     unsent.append((out, taken))
                 continue
             deliveries.append((out, delivery))
+        if deliveries:  # (in the rebalance listener: an outage held the rebalance 20 minutes)
+            await asyncio.wait([delivery for _, delivery in deliveries],
+                               timeout=HAND_OVER_WAIT_SECONDS)  # fmt: skip
         for out, delivery in deliveries:
+            if not delivery.done():  # Kafka's answer read at the loop's next turns
+                self._unanswered(out, delivery)
+                continue
             try:
                 await delivery
             except Exception as exc:  # perhaps written: sent again, named lost by no mark
@@ -224,6 +242,16 @@ class HandOver:
         if failed is not None and waiting:
             log.warning(NOT_NAMED, self._name, waiting, type(failed).__name__)
         return named + [out.job for out in again]
+
+    def _unanswered(self, out: _Out, delivery: asyncio.Future[Any]) -> None:
+        """A hand-over's send Kafka has not answered within :data:`HAND_OVER_WAIT_SECONDS`:
+        its answer is read as a send again's is, at the loop's next turns (a queued command's
+        by :meth:`send_held`, a forward's by the forwarding's next send): acknowledged, done;
+        failed, held and sent again, named lost by no mark (Kafka may hold it)."""
+        if out.forward is None:
+            self._sending.append((out.job, delivery))
+        else:
+            self._forwarding.sending(out.forward, delivery)
 
     async def send_held(self, *, wait: bool = False) -> None:
         """The commands handed back whose delivery failed sent again, the same record to the
@@ -291,7 +319,14 @@ class HandOver:
         in progress ends first (``Forwarding.lock``), and none starts until this ends: one the
         executor's loop began before the revoke, waiting on its commit, held a forward this did
         not take, named lost by its mark, and forwarded it once that commit had failed (its
-        partition forgotten here): told lost by the next owner, and called where it went too."""
+        partition forgotten here): told lost by the next owner, and called where it went too.
+        So does a batch the loop is committing (held by the same lock until its commands are
+        queued: taken back here), and the loop takes none it fetched before the revoke
+        (:attr:`revokes`, ``Executor._handed_over``): committed after this mark, its mark
+        listed the calls running here as the run's, not reported (told lost by the next owner,
+        and re-issued while they ran), and its commands queued after the queues were taken
+        back were called here too."""
+        self.revokes += 1
         async with self._forwarding.lock:
             await self._hand_back(consumer, revoked)
 

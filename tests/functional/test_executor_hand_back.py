@@ -14,22 +14,28 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, NotLeaderForPartitionError
 
 from models.events import GenerateText
+from streams.agents import handover as handover_module
 from streams.agents.handover import OnRebalance
 from streams.agents.marks import Mark
+from streams.agents.work import Timed
+from streams.clients.openai_chat import Completion
 from streams.codecs import encode
 from streams.kafka_options import GivenUp
 from streams.runtime import SystemClock
+from streams.upstream.limits import Limits
 from tests.functional.test_executor_forwarding import (
     KEY_ID,
     KEY_TP,
     ORG,
     Consumer,
+    Decoding,
     Generator,
     Topic,
     calls,
+    command,
     generator,
     lost_in,
     next_owner_told,
@@ -491,3 +497,207 @@ async def test_a_send_while_a_hand_over_runs_leaves_its_forwards_to_the_next_tur
         assert g.generate.sent == [] and forwarding.held == 1
     await forwarding.send()  # the next turn
     assert g.generate.sent == [(ORG.encode(), a)] and forwarding.held == 0
+
+
+class Answered(Watched):
+    """[generate] whose deliveries Kafka answers only when told (:meth:`answer`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()  # a delivery waits for Kafka's answer
+        self.deliveries: list[asyncio.Future[None]] = []
+
+    async def send(self, *, key: bytes, value: bytes) -> Any:
+        await super().send(key=key, value=value)
+        self.deliveries.append(asyncio.get_running_loop().create_future())
+        self.asked.set()
+        return self.deliveries[-1]
+
+    def answer(self) -> None:
+        for delivery in self.deliveries:
+            delivery.set_result(None)
+
+
+class Gated(Decoding):
+    """The dead letters, each record's decoding waiting until told (``go``): a poison record's
+    letter waits for Kafka's acknowledgement."""
+
+    def __init__(self) -> None:
+        self.decoding, self.go = asyncio.Event(), asyncio.Event()
+
+    async def decoded(self, decoder: Any, *, value: bytes | None, **_: Any) -> Any:
+        self.decoding.set()
+        await self.go.wait()
+        return decoder(value)
+
+
+def running(g: Generator) -> tuple[asyncio.Event, asyncio.Event]:
+    """``g``'s calls start (the first event) and end only when told (the second)."""
+    started, end = asyncio.Event(), asyncio.Event()
+    job_of = g.work.job
+
+    def job(command: GenerateText, **kwargs: Any) -> Any:
+        job = job_of(command, **kwargs)
+
+        async def call() -> tuple[Timed[Completion], Limits]:
+            g.work.called.append(command.request_id)
+            started.set()
+            await end.wait()
+            return Timed(Completion("A verse.", "gpt-4o-mini", 3, 3), 5), Limits()
+
+        job.call = call
+        return job
+
+    g.work.job = job  # type: ignore[method-assign]
+    return started, end
+
+
+def records(*values: tuple[int, bytes]) -> dict[TopicPartition, list[Any]]:
+    """A batch of KEY_TP, keyed as the ledger keys its commands."""
+    return {KEY_TP: [SimpleNamespace(topic=KEY_TP.topic, partition=KEY_TP.partition, offset=o,
+                                     key=KEY_ID.encode(), value=v) for o, v in values]}  # fmt: skip
+
+
+async def test_a_batch_the_loop_takes_while_a_hand_over_runs_leaves_its_mark_as_it_is() -> None:
+    """The executor's loop was decoding a batch (a poison record's letter waiting for Kafka)
+    as a rebalance revoked its partition: the hand-over committed its mark, listing the call
+    still running here as running elsewhere, and waited for Kafka to take back the queued
+    command; the loop then committed the batch over it, with a mark listing that call as this
+    run's, not reported. The partition's next owner told the ledger it was lost, re-issued
+    while it ran here (one call made twice), and so was the batch's command, queued here
+    after the hand-over took the queues back (and called here). The loop now leaves a batch
+    fetched before a revoke to the partition's next owner, whether the hand-over still runs
+    (its deliveries not answered) or is over."""
+    for answered_first in (False, True):
+        generate = Answered()
+        g = generator(KEY_TP, generate=generate)
+        g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+        started, end = running(g)
+        a, b, c = (command(request_id) for request_id in "abc")
+        await g.executor._take_batch(g.consumer, records((0, a), (1, b)))  # type: ignore[arg-type]
+        g.scheduler.dispatch()
+        await started.wait()
+        assert g.work.called == ["a"] and g.scheduler.queued == 1, "a runs, b is queued"
+        letters = g.executor._dead_letters = Gated()  # type: ignore[assignment]
+        loop_turn = asyncio.create_task(g.executor._take_batch(g.consumer, records((2, c))))  # type: ignore[arg-type]
+        await letters.decoding.wait()
+        revoking = asyncio.create_task(
+            OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+        )
+        await generate.asked.wait()  # b handed back after the hand-over's mark
+        handed = last_commit(g.consumer)
+        if answered_first:
+            generate.answer()
+            await revoking
+        letters.go.set()
+        await loop_turn
+        if not answered_first:
+            generate.answer()
+            await revoking
+        assert generate.sent == [(KEY_ID.encode(), b)]
+        assert last_commit(g.consumer) == handed, "the loop committed over the hand-over's mark"
+        # the worker is still in the group (a runs): its next owner reads the last commit
+        told = await next_owner_told(last_commit(g.consumer), (0, a), (1, b), (2, c), (3, b))
+        assert [lost.request_id for lost in told] == [], "told lost while it ran here"
+        end.set()
+        await calls(g)
+        assert g.work.called == ["a"], "c: called here and by the partition's next owner"
+
+
+class Waited(asyncio.Lock):
+    """The forwarding's lock, setting ``told`` when one waits for it."""
+
+    def __init__(self, told: asyncio.Event) -> None:
+        super().__init__()
+        self.told = told
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.told.set()
+        return await super().acquire()
+
+
+async def test_a_revoke_waits_for_the_batch_the_loop_is_committing() -> None:
+    """A rebalance revoked a partition while the executor's loop committed a batch of it: the
+    hand-over took back the queues before the batch's command was queued, committed its mark
+    (the offset before the batch), and forgot the partition; the loop's commit landed after,
+    naming the command as taken and not reported, and queued it here. The partition's next
+    owner told the ledger it was lost, re-issued while it was called here. The hand-over now
+    waits for the batch being committed to be queued, and hands it back."""
+    g = watched()
+    c = command("c")
+    asked, answer = asyncio.Event(), asyncio.Event()
+    commit = g.consumer.commit
+
+    async def committing(offsets: Any) -> None:
+        if not asked.is_set():  # the loop's: answered once the revoke waits, or is over
+            asked.set()
+            await answer.wait()
+        await commit(offsets)
+
+    g.consumer.commit = committing  # type: ignore[method-assign]
+    g.executor.forwarding.lock = Waited(answer)
+    loop_turn = asyncio.create_task(g.executor._take_batch(g.consumer, records((0, c))))  # type: ignore[arg-type]
+    await asked.wait()
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    revoking.add_done_callback(lambda _: answer.set())
+    await asyncio.gather(loop_turn, revoking)
+    assert g.generate.sent == [(KEY_ID.encode(), c)], "queued after the hand-over took it back"
+    told = await next_owner_told(last_commit(g.consumer), (0, c), (1, c))
+    assert [lost.request_id for lost in told] == [], "told lost while queued here"
+    await calls(g)
+    assert g.work.called == [], "called here and by the partition's next owner"
+
+
+async def test_a_hand_over_leaves_kafkas_answers_it_waited_for_too_long_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revoke's hand-over waited for Kafka's answer to each command it handed back and each
+    forward it sent on, inside the consumer's rebalance listener: in an outage, up to the
+    producer's request timeout (20 minutes), the rebalance held as long. It now waits
+    ``HAND_OVER_WAIT_SECONDS`` at most (here none), and leaves the answers to the loop's next
+    turns: acknowledged, done; failed, sent again (Kafka may hold it), named lost by no mark,
+    never called here."""
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    for forward, failed in ((False, False), (False, True), (True, False), (True, True)):
+        generate = Answered()
+        if forward:  # a forward held (``a``), after ``first`` called
+            g, _, first, a = await held_to_forward(generate)
+            values, sent = [(0, first), (1, a)], (ORG.encode(), a)
+        else:  # a command queued (``a``)
+            g = generator(KEY_TP, generate=generate)
+            g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+            a = await queued(g, Ledger(), "a", 1)
+            values, sent = [(1, a)], (KEY_ID.encode(), a)
+        handover, forwarding = g.executor.handover, g.executor.forwarding
+        await OnRebalance(handover, g.consumer).on_partitions_revoked({KEY_TP})
+        assert generate.sent == [sent] and handover.held + forwarding.held == 1, "unanswered"
+        handed = last_commit(g.consumer)
+        told = await told_once_gone(handed, *values)
+        assert told == [], "told lost while Kafka may hold it"
+        [delivery] = generate.deliveries
+        if failed:
+            delivery.set_exception(NotLeaderForPartitionError())
+        else:
+            delivery.set_result(None)
+        await handover.send_held()  # the loop's next turn
+        await forwarding.send()
+        assert generate.sent == [sent] * (2 if failed else 1), "sent again if Kafka failed it"
+        assert handover.held + forwarding.held == (1 if failed else 0)
+        assert last_commit(g.consumer) == handed, "named by no mark"
+        await calls(g)
+        assert g.work.called == (["first"] if forward else []), "called here"
+
+
+async def test_the_loop_takes_nothing_while_a_hand_over_runs() -> None:
+    """A batch the loop takes while a revoke's hand-over runs (it holds the forwarding's lock)
+    is neither committed nor queued, and the loop does not wait for the hand-over (which waits
+    for Kafka's answers): the partitions' next owner reads it from the hand-over's commit."""
+    g = watched()
+    await queued(g, Ledger(), "a", 1)
+    commits = len(g.consumer.commits)
+    async with g.executor.forwarding.lock:  # a hand-over runs
+        await g.executor._take_batch(g.consumer, records((2, command("c"))))  # type: ignore[arg-type]
+    assert len(g.consumer.commits) == commits and g.scheduler.queued == 1, "c taken"
