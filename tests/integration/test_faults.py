@@ -118,7 +118,10 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
         # the ledger took the webhook, passed before the kill: the call was re-issued as
         # overdue, and no mark listed it any more.)
         generation_deadline_seconds="600",
-        max_wait_seconds="2",
+        # the re-issued call is taken once the restarted worker's executors have joined their
+        # groups, seconds after its ledger issued it: past a shorter maximum wait it is ended
+        # (QueueTimeout) uncalled, as the ledger's deadline counts that wait
+        max_wait_seconds="60",
         openai_timeout_seconds="120",
         session_timeout_seconds="6",  # the stopped instance's partitions move on this soon
         rebalance_grace_seconds="3" if how == "stopped" else "60",  # killed: the mark, at once
