@@ -313,6 +313,21 @@ async def test_readiness_says_a_producer_whose_sender_failed_until_its_replaceme
     await sink.close()
 
 
+async def in_doubt_of(
+    made: list[AsTheBrokerSeesIt], sink: KafkaSink
+) -> tuple[KafkaSink, AsTheBrokerSeesIt, asyncio.Future[None]]:
+    """``sink``'s first record given up for want of a leader and being sent again (every
+    RESEND_PAUSE_S), its producer's ``reachable`` set."""
+    await sink._started()
+    [producer] = made
+    producer.give_up = LeaderNotAvailableError()
+    producer.reachable = asyncio.Event()
+    producer.reachable.set()
+    in_doubt = asyncio.ensure_future(sink.send("t-requests", b"person", b"first"))
+    await asyncio.wait_for(producer.tried_again.wait(), 5)
+    return sink, producer, in_doubt
+
+
 async def test_a_record_sent_again_when_the_sink_closes_is_a_503_that_says_perhaps_written(
     monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
 ) -> None:
@@ -321,14 +336,9 @@ async def test_a_record_sent_again_when_the_sink_closes_is_a_503_that_says_perha
     may be written, and is said so. A webhook after the close is refused, no producer started
     for it (one was, and left running)."""
     monkeypatch.setattr(ingress, "RESEND_PAUSE_S", 0.01)
-    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
-    await sink._started()
-    [producer] = made
-    producer.give_up = LeaderNotAvailableError()
-    producer.reachable = reachable = asyncio.Event()
-    reachable.set()
-    in_doubt = asyncio.ensure_future(sink.send("t-requests", b"person", b"first"))
-    await asyncio.wait_for(producer.tried_again.wait(), 5)
+    sink, producer, in_doubt = await in_doubt_of(
+        made, KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    )
     await sink.close()
     with pytest.raises(BrokerUnavailable) as stopped:
         await asyncio.wait_for(in_doubt, 5)
@@ -346,14 +356,8 @@ async def test_a_record_in_doubt_waits_for_kafka_and_new_records_are_refused_mea
 ) -> None:
     monkeypatch.setattr(ingress, "RESEND_PAUSE_S", 0.01)
     sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"}, stall_seconds=0.0)
-    await sink._started()
-    [producer] = made
-    producer.give_up = LeaderNotAvailableError()
-    producer.reachable = reachable = asyncio.Event()
-    reachable.set()
-    in_doubt = asyncio.ensure_future(sink.send("t-requests", b"person", b"first"))
-    # given up, and Kafka cannot take it again: tried every RESEND_PAUSE_S
-    await asyncio.wait_for(producer.tried_again.wait(), 5)
+    sink, producer, in_doubt = await in_doubt_of(made, sink)
+    reachable = producer.reachable
 
     assert not in_doubt.done()
     with pytest.raises(
