@@ -19,7 +19,6 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.metadata import MetadataRequest
 
 from models.events import (
@@ -32,6 +31,7 @@ from models.events import (
 from models.state import PersonState
 from streams.errors import ConfigError
 from streams.kafka_options import (
+    KeyPartitioner,
     broker_error,
     client_options,
     stop_consumer,
@@ -254,8 +254,8 @@ def partition_of(partitions: int) -> Callable[[bytes], int]:
     to the topic since (``kafka-topics.sh --alter``) stay empty and a person's records keep
     meeting the ledger state of that person."""
     every = list(range(partitions))
-    partitioner = DefaultPartitioner()
-    return lambda key: int(partitioner(key, every, every))
+    partitioner = KeyPartitioner()  # the producers' (each key's murmur2 remembered)
+    return lambda key: partitioner(key, every, every)
 
 
 def unpaired(actives: Iterable[Any], partitions: int, app_id: str) -> tuple[set[Any], str | None]:

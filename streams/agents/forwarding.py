@@ -86,20 +86,19 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from streams.agents.called import Called
 from streams.agents.commits import Commits
 from streams.agents.marks import Unreported
 from streams.agents.outputs import target_key
 from streams.agents.work import Work
-from streams.kafka_options import GivenUp
+from streams.kafka_options import GivenUp, KeyPartitioner
 from streams.runtime import Topics
 from streams.upstream.scheduler import Job, Scheduler
 
 log = logging.getLogger("streams.agents.executors")  # the executors' lines
 
-_PARTITIONER = DefaultPartitioner()
+_PARTITIONER = KeyPartitioner()  # the producers' (each key's murmur2 remembered)
 SUMMARY_SECONDS = 60.0  # the forwards are said in one INFO line at most this often
 # how long a stop waits for Kafka's answers to the forwards it sent (Kafka answers within
 # milliseconds; in an outage the stop goes on: a worker's gives Kafka ``KAFKA_STOP_SECONDS``

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
 from models.events import (
     DeadLetter,
@@ -48,6 +47,7 @@ from streams.kafka_options import broker_error, reading_consumer, start_reading,
 from streams.ops.redrive import does_not_decode, parked_work
 from streams.ops.replay import ReplayError, partitions_of
 from streams.settings import Settings
+from streams.topics import partition_of
 
 LETTERS_PER_PARTITION = 500  # the page lists at most this many letters per partition
 SCAN_RECORDS = 20_000  # records of the person's partition read to find a request's own
@@ -236,8 +236,9 @@ async def read_content(
     async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:
             return Content(notes=[f"no topic {topic}"])
-        number = DefaultPartitioner()(person.encode(), [tp.partition for tp in partitions], [])
-        tp = TopicPartition(topic, number)
+        # where every producer of [requests] writes the person's records: over the partitions
+        # the topics were created with, not those Kafka has since partitions were added
+        tp = TopicPartition(topic, partition_of(settings.partitions)(person.encode()))
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         received = await _find(

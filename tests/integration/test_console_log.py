@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+from aiokafka.partitioner import DefaultPartitioner
 
 from models.events import ChatRequest, DeadLetter, GenerateText
 from streams.codecs import encode
@@ -18,8 +20,9 @@ from streams.console.app import KafkaLog
 from streams.console.log import READER_LOGGERS, read_content, read_letters, reading
 from streams.dev.kafka import EmbeddedKafka
 from streams.ops.redrive import Selection, redrive
+from streams.ops.replay import partitions_of
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, partition_of
 from tests.unit.domain_builders import PERSON, SEALED_OPENAI, SITE, received
 
 pytestmark = pytest.mark.integration
@@ -203,3 +206,61 @@ def test_a_redrive_from_the_console_logs_no_consumer_group_chatter(
             assert asyncio.run(log.redrive(selection, dry_run=dry_run)).examined == 1
     said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert [x for x in said if x[0].startswith("aiokafka") and x[1] == "INFO"] == []
+
+
+def test_a_webhook_is_found_in_its_person_s_partition_after_partitions_were_added(
+    kafka: EmbeddedKafka,
+) -> None:
+    # every producer writes a person's [requests] records to the person's partition over the
+    # count the topics were created with (``partition_of``), not over the partitions Kafka has
+    # since ``kafka-topics.sh --alter`` added some: the console reads the webhook there
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"tadded{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(add_partitions(settings, settings.topic("requests"), 5))
+    every, now = list(range(2)), list(range(5))
+    person = next(  # a person whose partition over five is not the one over two
+        p
+        for p in (f"site:person-{i}@example.com" for i in range(100))
+        if DefaultPartitioner()(p.encode(), now, now) != partition_of(2)(p.encode())
+    )
+    assert partition_of(2)(person.encode()) in every
+    arrived_ms = int(time.time() * 1000) - 1000
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            webhook = received("beef", delivery_id="d1", event_number="added")
+            await producer.send_and_wait(
+                settings.topic("requests"),
+                encode(webhook),
+                key=person.encode(),
+                partition=partition_of(2)(person.encode()),
+            )
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+    found = asyncio.run(
+        read_content(
+            settings, request_id="beef", person=person, arrived_ms=arrived_ms, generated_ms=None
+        )
+    )
+    assert (found.event_number, found.notes) == ("added", [])
+
+
+async def add_partitions(settings: Settings, topic: str, total: int) -> None:
+    """Partitions added to ``topic`` until it has ``total``, as an operator's admin tool adds
+    them; returns once the broker's metadata names them (the console reads it there)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_partitions({topic: NewPartitions(total_count=total)})
+    finally:
+        await admin.close()
+    for _ in range(200):
+        if len(await partitions_of(settings, topic)) == total:
+            return
+    raise AssertionError(f"the broker's metadata never named {total} partitions of {topic}")
