@@ -28,6 +28,16 @@ from tests.unit.domain_builders import PERSON, SEALED_OPENAI, SITE, received
 pytestmark = pytest.mark.integration
 
 
+def deployed(kafka: EmbeddedKafka, name: str) -> Settings:
+    """Settings of a deployment of its own (``name`` and a random suffix), two partitions a
+    topic, its topics created."""
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"{name}{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
 async def write_letters(settings: Settings, counts: dict[int, int]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
@@ -51,10 +61,7 @@ async def write_letters(settings: Settings, counts: dict[int, int]) -> None:
 def test_the_newest_letters_of_each_partition_are_read_and_the_older_counted(
     kafka: EmbeddedKafka,
 ) -> None:
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tletters{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tletters")
     asyncio.run(write_letters(settings, {0: 5, 1: 2}))
     read = asyncio.run(read_letters(settings, most=3))
     assert sorted(x.reason for x in read.found) == [
@@ -71,10 +78,7 @@ def test_the_newest_letters_of_each_partition_are_read_and_the_older_counted(
 def test_a_request_named_after_its_fingerprint_finds_its_own_webhook(kafka: EmbeddedKafka) -> None:
     # the ledger names a repeat of the same params (and the same params once the dedupe window
     # passed) <fingerprint>~<delivery>; its [requests] record names the fingerprint
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tcontent{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tcontent")
     arrived_ms = int(time.time() * 1000) - 1000
 
     async def write() -> None:
@@ -112,10 +116,7 @@ def test_a_redrive_says_when_the_letter_it_sent_was_written(kafka: EmbeddedKafka
     """The console links a redriven request to the request of its id the letter was written
     of (the ledger names the same params by the same id again once it has forgotten the
     person): the report carries the letter's time."""
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tredrive{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tredrive")
     written_ms = int(time.time() * 1000) - 60_000
     command = GenerateText(
         request_id="req-1",
@@ -160,10 +161,7 @@ def test_a_page_read_logs_no_kafka_client_chatter(
     """Each dead-letter page and content frame logged aiokafka's INFO lines of its reader's
     life ("Updating subscribed topics to: ...", two a read): a page view is no event of the
     log. What aiokafka says at WARNING is kept."""
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tquiet{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tquiet")
     asyncio.run(write_letters(settings, {0: 1}))
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -193,10 +191,7 @@ def test_a_redrive_from_the_console_logs_no_consumer_group_chatter(
     """A redrive from the console, its preview too, logged aiokafka's INFO lines of redrive's
     consumer group ("Updating subscribed topics to: ...", "Discovered coordinator 1 for group
     ...-redrive") in the console's log: an operator's click is no event of the log."""
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tquietr{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tquietr")
     asyncio.run(write_letters(settings, {0: 1}))
     log = KafkaLog(settings, now_ms=lambda: int(time.time() * 1000))
     caplog.clear()
@@ -214,10 +209,7 @@ def test_a_webhook_is_found_in_its_person_s_partition_after_partitions_were_adde
     # every producer writes a person's [requests] records to the person's partition over the
     # count the topics were created with (``partition_of``), not over the partitions Kafka has
     # since ``kafka-topics.sh --alter`` added some: the console reads the webhook there
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, app_id=f"tadded{uuid.uuid4().hex[:8]}", partitions=2
-    )
-    asyncio.run(ensure_topics(settings))
+    settings = deployed(kafka, "tadded")
     asyncio.run(add_partitions(settings, settings.topic("requests"), 5))
     every, now = list(range(2)), list(range(5))
     person = next(  # a person whose partition over five is not the one over two
