@@ -182,9 +182,10 @@ class Forwarding:
         # unreported (restored if Kafka does not take them)
         self._sending: list[tuple[Held, Settled, asyncio.Future[Any]]] = []
         # held by each send, by the executor's loop from a batch's commit until it is queued
-        # (``Executor._take_batch``), and by a revoke's hand-over (``HandOver.hand_back``): a
-        # hand-over while a send waited on a commit, or on the producer, named lost what the
-        # send then forwarded, or took what the send still had to report
+        # (``Executor._take_batch``), by a revoke's hand-over (``HandOver.hand_back``), and by
+        # a stop's hand-back (``Executor._hand_back``): a hand-over while a send waited on a
+        # commit, or on the producer, named lost what the send then forwarded, or took what
+        # the send still had to report
         self.lock = asyncio.Lock()
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold

@@ -22,7 +22,7 @@ from streams.agents.handover import OnRebalance
 from streams.agents.marks import Mark
 from streams.agents.work import Timed
 from streams.clients.openai_chat import Completion
-from streams.codecs import encode
+from streams.codecs import decode_requests, encode
 from streams.kafka_options import GivenUp
 from streams.runtime import SystemClock
 from streams.upstream.limits import Limits
@@ -701,3 +701,49 @@ async def test_the_loop_takes_nothing_while_a_hand_over_runs() -> None:
     async with g.executor.forwarding.lock:  # a hand-over runs
         await g.executor._take_batch(g.consumer, records((2, command("c"))))  # type: ignore[arg-type]
     assert len(g.consumer.commits) == commits and g.scheduler.queued == 1, "c taken"
+
+
+async def test_a_stop_and_a_revoke_hand_each_queued_command_back_once() -> None:
+    """A rebalance revoked a partition while a stop handed its queued commands back (here as
+    it told the ledger of the call its drain cut short): the hand-over took back nothing (the
+    stop had the queued command), committed a mark listing it as still running in this run,
+    and forgot the partition; the stop then handed it back, named by no commit of its own.
+    Once the run left the group, the partition's next owner told the ledger it was lost, and
+    the ledger re-issued it while the copy handed back was called too. The stop's hand-back
+    now holds the forwarding's lock, as a revoke's hand-over does: the hand-over runs after
+    it, and the command is handed back once, told lost by no one."""
+    g = generator(KEY_TP)
+    g.consumer = g.executor.consumer = Member(KEY_TP)
+    started, _ = running(g)
+    x, a = command("x"), command("a")
+    await g.executor._take_batch(g.consumer, records((0, x), (1, a)))  # type: ignore[arg-type]
+    g.scheduler.dispatch()
+    await started.wait()
+    assert g.work.called == ["x"] and g.scheduler.queued == 1, "x runs, a is queued"
+    telling, told = asyncio.Event(), asyncio.Event()
+    send = g.requests.send
+
+    async def gated(*, key: bytes, value: bytes) -> Any:  # the stop tells the ledger of x
+        telling.set()
+        await told.wait()
+        return await send(key=key, value=value)
+
+    g.requests.send = gated  # type: ignore[method-assign]
+    waited = asyncio.Event()
+    g.executor.forwarding.lock = Waited(waited)
+    stopping = asyncio.create_task(g.executor.stop(0.0))  # x cut short, a handed back
+    await telling.wait()
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    waiting = asyncio.create_task(waited.wait())
+    await asyncio.wait({revoking, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    told.set()
+    await asyncio.gather(stopping, revoking)
+    waiting.cancel()
+    assert g.generate.sent == [(KEY_ID.encode(), a)], "handed back once"
+    lost = await told_once_gone(last_commit(g.consumer), (0, x), (1, a), (2, a))
+    assert [lost.request_id for lost in lost] == [], "told lost while its copy is called"
+    assert [lost.request_id for lost in (decode_requests(v) for _, v in g.requests.sent)] == [
+        "x"
+    ], "the call cut short, told lost by the stop"
