@@ -212,6 +212,7 @@ class Executor:
                     await self.handover.send_held()  # (handed back, Kafka may hold them)
                     await self.lost.check_elsewhere(consumer, self.taken)
         finally:
+            self._leave()
             if dispatcher is not None:
                 dispatcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -350,31 +351,46 @@ class Executor:
             self._stopping = True
             if self.consumer is None or not self.taken:
                 return
-            await self.forwarding.send()
-            cut = await self.scheduler.drain(drain_s)
-            # those Kafka may hold, once more (never called here), and Kafka's answers read
-            await self.forwarding.send(wait=STOP_WAIT_SECONDS)
-            self.forwarding.summarise(final=True)
-            async with self.forwarding.lock:  # (a revoke's hand-over waits: ``_hand_back``)
-                queued, told, unsent = await self._hand_back(cut)
-            sent = len(queued) - len(unsent)
-            log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
-                     "cut short after %ss and told lost", self.config.name, sent, len(told),
-                     drain_s)  # fmt: skip
-            if self.handover.held:  # named by no mark: a copy Kafka holds is called once
-                log.warning("%s stopping: %s commands handed back that Kafka did not "
-                            "acknowledge (it may hold them) are left to their deadline",
-                            self.config.name, self.handover.held)  # fmt: skip
-            unanswered = self.forwarding.unanswered  # named by no mark: Kafka's to take
-            if self.forwarding.held > unanswered:  # unreported: the next owner tells them lost
-                log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
-                            "the next run to tell lost", self.config.name,
-                            self.forwarding.held - unanswered)  # fmt: skip
-            if unanswered:
-                log.warning("%s stopping: %s forwards Kafka has not answered after %ss are "
-                            "called where they went if it takes them, else re-issued at their "
-                            "deadline", self.config.name, unanswered,
-                            STOP_WAIT_SECONDS)  # fmt: skip
+            try:
+                await self._stop(drain_s)
+            finally:  # (also cut short: the executors' process bounds its stop)
+                self._leave()
+
+    async def _stop(self, drain_s: float) -> None:
+        """:meth:`stop`'s work, under ``_taking``."""
+        await self.forwarding.send()
+        cut = await self.scheduler.drain(drain_s)
+        # those Kafka may hold, once more (never called here), and Kafka's answers read
+        await self.forwarding.send(wait=STOP_WAIT_SECONDS)
+        self.forwarding.summarise(final=True)
+        async with self.forwarding.lock:  # (a revoke's hand-over waits: ``_hand_back``)
+            queued, told, unsent = await self._hand_back(cut)
+        sent = len(queued) - len(unsent)
+        log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
+                 "cut short after %ss and told lost", self.config.name, sent, len(told),
+                 drain_s)  # fmt: skip
+        if self.handover.held:  # named by no mark: a copy Kafka holds is called once
+            log.warning("%s stopping: %s commands handed back that Kafka did not "
+                        "acknowledge (it may hold them) are left to their deadline",
+                        self.config.name, self.handover.held)  # fmt: skip
+        unanswered = self.forwarding.unanswered  # named by no mark: Kafka's to take
+        if self.forwarding.held > unanswered:  # unreported: the next owner tells them lost
+            log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
+                        "the next run to tell lost", self.config.name,
+                        self.forwarding.held - unanswered)  # fmt: skip
+        if unanswered:
+            log.warning("%s stopping: %s forwards Kafka has not answered after %ss are "
+                        "called where they went if it takes them, else re-issued at their "
+                        "deadline", self.config.name, unanswered,
+                        STOP_WAIT_SECONDS)  # fmt: skip
+
+    def _leave(self) -> None:
+        """The run ends (its stop, or its loop's end, a crash's too): the forwards and the
+        hand-backs Kafka has not answered are read when it answers, each failure said
+        (``forwarding.read_late``); unread, one that failed later (the producer's stop
+        waiting for Kafka) was only asyncio's ERROR "Future exception was never retrieved"."""
+        self.forwarding.leave()
+        self.handover.leave()
 
     async def _hand_back(self, cut: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
         """The stop's hand-back (:meth:`stop`): the calls ``cut`` short told lost, the commands

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, NotLeaderForPartitionError
 
 from models.events import GenerateText
+from streams.agents import executors as executors_module
 from streams.agents import handover as handover_module
 from streams.agents.handover import OnRebalance
 from streams.agents.marks import Mark
@@ -747,3 +749,80 @@ async def test_a_stop_and_a_revoke_hand_each_queued_command_back_once() -> None:
     assert [lost.request_id for lost in (decode_requests(v) for _, v in g.requests.sent)] == [
         "x"
     ], "the call cut short, told lost by the stop"
+
+
+class Idle(Member):
+    """An executor's consumer as its loop runs it: started, and fetching nothing until the
+    run ends (``fetching`` set once it fetches)."""
+
+    def __init__(self, *owned: TopicPartition) -> None:
+        super().__init__(*owned)
+        self.fetching = asyncio.Event()
+
+    def subscribe(self, topics: Any, listener: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        self.fetching.set()
+        await asyncio.Event().wait()
+        return {}
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_delivery_unanswered_when_the_run_ends_is_read_when_kafka_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forward a stop left to Kafka (unanswered after its wait), and a hand-back a revoke
+    left to the loop's next turns when the run ended first (its loop's end, a crash; a stop
+    cut short): nobody read their delivery any more. One that failed after (the producer's
+    stop waiting for Kafka, failing it) was said only by asyncio's ERROR "Future exception
+    was never retrieved" once collected, with nothing of the command. Each is now read as
+    Kafka answers it: a WARNING names the command and what becomes of it."""
+    monkeypatch.setattr(executors_module, "STOP_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+
+    generate = Answered()  # a forward held, sent by the stop and never answered there
+    g, *_ = await held_to_forward(generate)
+    await g.executor.stop(0.0)
+    assert [key for key, _ in generate.sent] == [ORG.encode()], "forwarded, unanswered"
+    [forward] = generate.deliveries
+
+    generate = Answered()  # a command handed back at a revoke, unanswered as the run ends
+    h = generator(KEY_TP, generate=generate)
+    idle = h.consumer = h.executor.consumer = generate.consumer = Idle(KEY_TP)
+    await queued(h, Ledger(), "b", 1)
+    await OnRebalance(h.executor.handover, idle).on_partitions_revoked({KEY_TP})
+    assert h.executor.handover.held == 1, "unanswered: read at the loop's next turns"
+    monkeypatch.setattr(executors_module, "group_consumer", lambda *_, **__: idle)
+    run = asyncio.create_task(h.executor.run())
+    await idle.fetching.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    [hand_back] = generate.deliveries
+
+    caplog.clear()
+    for delivery in (forward, hand_back):  # the producer's stop: Kafka gave up on them
+        delivery.set_exception(NotLeaderForPartitionError())
+    for _ in range(2):
+        await asyncio.sleep(0)  # (the deliveries' callbacks)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"generator could not {what} request_id={request_id} (NotLeaderForPartitionError: "
+        "[Error 6] NotLeaderForPartitionError), answered after its run ended: Kafka may hold "
+        "it; if it does not, it is re-issued at its deadline"
+        for what, request_id in (("forward", "a"), ("hand back", "b"))
+    ], said
+    del g, h, generate, forward, hand_back, delivery  # (the consumer holds none of them)
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert [c["message"] for c in unretrieved] == [], "never read"
