@@ -826,3 +826,34 @@ async def test_a_delivery_unanswered_when_the_run_ends_is_read_when_kafka_answer
     gc.collect()
     loop.set_exception_handler(None)
     assert [c["message"] for c in unretrieved] == [], "never read"
+
+
+async def test_a_hand_over_cut_short_leaves_its_deliveries_to_the_runs_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoke's hand-over cancelled while it waited for Kafka's answers to what it handed
+    back (a stop cut short by the executors' process, the worker's tasks cancelled): its
+    deliveries were in no list, never read. They are now the run's, read when Kafka answers."""
+    generate = Answered()
+    g = generator(KEY_TP, generate=generate)
+    g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+    await queued(g, Ledger(), "a", 1)
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    await generate.asked.wait()  # handed back, waiting for Kafka's answer
+    revoking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await revoking
+    assert g.executor.handover.held == 1, "the run's to read"
+    g.executor._leave()  # the run ends
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    [delivery] = generate.deliveries
+    delivery.set_exception(NotLeaderForPartitionError())
+    await asyncio.sleep(0)  # (the delivery's callback)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "generator could not hand back request_id=a (NotLeaderForPartitionError: "
+        "[Error 6] NotLeaderForPartitionError), answered after its run ended: "
+        "Kafka may hold it; if it does not, it is re-issued at its deadline"
+    ], said
