@@ -206,6 +206,12 @@ class KafkaSink:
                     raise BrokerUnavailable(
                         await self._why_not_started(exc), told=UNREACHABLE
                     ) from exc
+                if self._closed:  # the sink closed while it started (``close``)
+                    await producer.stop()
+                    raise BrokerUnavailable(
+                        "the ingress is stopping; nothing was sent",
+                        told="the ingress is stopping",
+                    )
                 if self._changelog is not None:  # its partitions known with the topic's
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
@@ -505,7 +511,9 @@ class KafkaSink:
         up waits for a new producer id first): past the timeout the records left are dropped.
         None of them was answered 2xx (a webhook is answered only once Kafka has its record),
         so Talkable retries them. No producer is started from now on: a record sent again
-        meanwhile (``_again``) is given up, and a new one refused."""
+        meanwhile (``_again``) is given up, and a new one refused. A start in progress is
+        waited for up to the timeout too; one that ends after stops the producer it started
+        (``_started``): it was left running, connected to the brokers, its sender task too."""
         self._closed = True
         if self._starting is not None and not self._starting.done():
             await asyncio.wait([self._starting], timeout=self._timeout)

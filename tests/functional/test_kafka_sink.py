@@ -358,6 +358,39 @@ async def test_a_record_the_producer_failed_to_take_as_its_sender_ended_goes_to_
     await sink.close()
 
 
+class Starting(SinksProducer):
+    """The sink's producer, ``began`` set as its start begins."""
+
+    began: ClassVar[asyncio.Event]
+
+    async def start(self) -> None:
+        self.began.set()
+        await super().start()
+
+
+async def test_a_producer_whose_start_ends_after_the_sink_closed_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
+) -> None:
+    """``close`` waits for a producer's start in progress at most the sink's timeout: a start
+    that ended after (a broker slow to answer, a replacement's start after its predecessor's
+    stop) left its producer running, connected to the brokers, its sender too, though the
+    sink was closed. The start stops it, and refuses its callers."""
+    monkeypatch.setattr(ingress, "IdempotentProducer", Starting)
+    Starting.began = asyncio.Event()
+    AsTheBrokerSeesIt.starts = starts = asyncio.Event()  # the start waits
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    starting = asyncio.ensure_future(sink._producer_now())  # (a webhook's, or a probe's)
+    await Starting.began.wait()  # (within the timeout it began with)
+    sink._timeout = 0.0  # the close waits for it no more: as past its timeout
+    await sink.close()
+    assert not starting.done() and made[0]._closed is False, "still starting"
+    starts.set()  # the start ends, after the close
+    with pytest.raises(BrokerUnavailable, match="stopping"):
+        await starting
+    [producer] = made
+    assert producer._closed and sink._producer is None, "left running"
+
+
 async def in_doubt_of(
     made: list[AsTheBrokerSeesIt], sink: KafkaSink
 ) -> tuple[KafkaSink, AsTheBrokerSeesIt, asyncio.Future[None]]:
