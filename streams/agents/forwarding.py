@@ -196,6 +196,7 @@ class Forwarding:
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
         self._said_at: float | None = None  # the last summary's time
+        self.left = False  # the run has ended (:meth:`leave`): no later turn reads an answer
 
     def to(self, job: Job[Any], command: Any) -> bool:
         """Whether the command just taken (its ``job``, with the record it was read as) is
@@ -303,11 +304,14 @@ class Forwarding:
         (its partition given up, it settled nothing of this run's to report again)."""
         self._called.forwarded(entry.job.key, entry.job.attempt, entry.to)
         self._sending.append((entry, [], delivery))
+        if self.left:  # (a hand-over that ended after the run: no next send reads it)
+            self.leave()
 
     def leave(self) -> None:
         """The run ends (its stop, or its loop's end): the forwards Kafka has not answered are
         no longer this run's to read at a next send; each answer is read when it comes
-        (:func:`read_late`)."""
+        (:func:`read_late`), as is any a hand-over ending after the run leaves."""
+        self.left = True
         sending, self._sending = self._sending, []
         for entry, _, delivery in sending:
             read_late(delivery, self._name, "forward", entry.job.key)

@@ -255,6 +255,8 @@ class HandOver:
         failed, held and sent again, named lost by no mark (Kafka may hold it)."""
         if out.forward is None:
             self._sending.append((out.job, delivery))
+            if self._forwarding.left:  # (the run ended first: no next turn reads it)
+                self.leave()
         else:
             self._forwarding.sending(out.forward, delivery)
 
@@ -293,7 +295,7 @@ class HandOver:
     def leave(self) -> None:
         """The run ends (its stop, or its loop's end): the hand-backs Kafka has not answered
         are no longer this run's to send again; each answer is read when it comes
-        (``forwarding.read_late``)."""
+        (``forwarding.read_late``), as is any of a hand-over ending after the run."""
         sending, self._sending = self._sending, []
         for job, delivery in sending:
             read_late(delivery, self._name, "hand back", job.key)

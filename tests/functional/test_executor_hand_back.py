@@ -857,3 +857,33 @@ async def test_a_hand_over_cut_short_leaves_its_deliveries_to_the_runs_end(
         "[Error 6] NotLeaderForPartitionError), answered after its run ended: "
         "Kafka may hold it; if it does not, it is re-issued at its deadline"
     ], said
+
+
+async def test_a_hand_over_ending_after_the_run_leaves_its_deliveries_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoke's hand-over that ends after the run (it waited for the forwarding's lock
+    while the stop handed back, and then for Kafka): what it left unanswered to the loop's
+    next turns, a hand-back and a forward, is read when Kafka answers: no turn comes."""
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    for forward in (False, True):
+        generate = Answered()
+        if forward:  # a forward held (``a``), after ``first`` called
+            g, *_ = await held_to_forward(generate)
+        else:  # a command queued (``a``)
+            g = generator(KEY_TP, generate=generate)
+            g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+            await queued(g, Ledger(), "a", 1)
+        g.executor._leave()  # the run ends
+        await OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+        [delivery] = generate.deliveries
+        caplog.clear()
+        delivery.set_exception(NotLeaderForPartitionError())
+        await asyncio.sleep(0)  # (the delivery's callback)
+        what = "forward" if forward else "hand back"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"generator could not {what} request_id=a (NotLeaderForPartitionError: [Error 6] "
+            "NotLeaderForPartitionError), answered after its run ended: Kafka may hold it; if "
+            "it does not, it is re-issued at its deadline"
+        ], what
