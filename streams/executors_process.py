@@ -19,7 +19,7 @@ from typing import Any
 from streams import topics as topics_module
 from streams.agents.executors import Executor
 from streams.app import build_executors, upstream_clients
-from streams.faust_transport import KAFKA_STOP_SECONDS, give_up_on_kafka
+from streams.faust_transport import CLOSE_SECONDS, KAFKA_STOP_SECONDS, give_up_on_kafka
 from streams.kafka_options import IdempotentProducer, client_options
 from streams.observability import ExecutorMetrics, serve_or_log
 from streams.runtime import DeadLetters, SystemClock, Topics
@@ -67,8 +67,10 @@ def producer_topics(settings: Settings, producer: Any) -> Topics:
 async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event) -> None:
     """Run the executors until ``stopping`` is set; then stop them as a worker does (the calls
     running get ``STOP_DRAIN_SECONDS`` to end, the queued commands go back to their topic), and
-    give Kafka ``KAFKA_STOP_SECONDS`` to take what this process holds (:func:`_stop`). An
-    executor that fails ends the process the same way, its error raised."""
+    give Kafka ``KAFKA_STOP_SECONDS`` more to take what this process holds: one deadline for
+    the executors' stops (:func:`_stop`) and the producer's (:func:`_stop_producer`), which the
+    worker waits for and a margin before it kills this process. An executor that fails ends
+    the process the same way, its error raised."""
     producer = IdempotentProducer(
         **client_options(settings),
         linger_ms=settings.producer_linger_ms,
@@ -96,23 +98,51 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
         if failed is not None:
             raise failed
     finally:
-        await _stop(running, tasks, settings.stop_drain_seconds, producer)
+        began = asyncio.get_running_loop().time()
+        until = began + settings.stop_drain_seconds + KAFKA_STOP_SECONDS  # (the whole stop's)
+        gave_up = await _stop(running, tasks, settings.stop_drain_seconds, producer, until)
         if http is not None:
             await http.cleanup()
         await chat.close()
         await talkable.close()
-        try:
-            await asyncio.wait_for(producer.stop(), KAFKA_STOP_SECONDS)
-        except TimeoutError:
-            log.warning(
-                "executors stopping: Kafka did not take what they held within %ss",
-                KAFKA_STOP_SECONDS,
-            )
+        await _stop_producer(producer, began, until, gave_up=gave_up)
+
+
+async def _stop_producer(
+    producer: Any, began: float, until: float, *, gave_up: bool = False
+) -> None:
+    """The producer stopped (what it holds sent, Kafka's answers waited for) by ``until``, the
+    deadline of the stop that ``began`` then (the loop's clock), which the executors' stops
+    had too (:func:`_stop`). Past it, the process gives up on Kafka (every record still held
+    fails, said in the worker's WARNING), unless their stops did already (``gave_up``), and
+    the producer's stop gets ``CLOSE_SECONDS`` more (its requests in flight, to a broker that
+    answers nothing), then is cut short, as a worker's producer's is. It had
+    ``KAFKA_STOP_SECONDS`` of its own after the executors' stops, which could take all of
+    theirs: the process's stop outlasted the margin the worker waits for it (the drain,
+    Kafka's time and 5 s) and was killed."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.ensure_future(producer.stop())
+    await asyncio.wait([stopping], timeout=max(until - loop.time(), 0.0))
+    if not stopping.done():
+        if not gave_up:  # (by the executors' stops)
+            give_up_on_kafka(producer, loop.time() - began, "executors process", log)
+        await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+    if not stopping.done():
+        stopping.cancel()
+        await asyncio.wait([stopping], timeout=CLOSE_SECONDS)
+        log.warning("executors stopping: the producer's stop cut short (Kafka does not answer)")
+    elif not stopping.cancelled() and stopping.exception() is not None:
+        log.warning("executors stopping: the producer did not stop cleanly: %r",
+                    stopping.exception())  # fmt: skip
 
 
 async def _stop(
-    running: list[Executor], tasks: list[asyncio.Task[None]], drain_s: float, producer: Any
-) -> None:
+    running: list[Executor],
+    tasks: list[asyncio.Task[None]],
+    drain_s: float,
+    producer: Any,
+    until: float | None = None,
+) -> bool:
     """Both executors stopped at once (each drains its own calls), then their loops ended.
 
     As a worker's stop (``App.on_stop``), they get ``drain_s`` and then
@@ -123,13 +153,17 @@ async def _stop(
     coordinator) ends there. Without that, in a Kafka outage the stop waited until the worker
     killed this process, saying nothing of what it held: what it had not reported is told lost
     by the next run, a command it handed back not acknowledged is left to its deadline, as
-    in the worker."""
+    in the worker. (``until``: the process's stop's deadline, by the loop's clock; by default
+    that drain and ``KAFKA_STOP_SECONDS`` from now.) Returns whether it gave up on Kafka."""
     loop = asyncio.get_running_loop()
-    began, bound = loop.time(), drain_s + KAFKA_STOP_SECONDS
+    began = loop.time()
+    bound = drain_s + KAFKA_STOP_SECONDS if until is None else max(until - began, 0.0)
     stopping = [asyncio.ensure_future(executor.stop(drain_s)) for executor in running]
+    gave_up = False
     if stopping:
         _, left = await asyncio.wait(stopping, timeout=bound)
         if left:  # what they wait for does not come: they end here
+            gave_up = True
             give_up_on_kafka(producer, loop.time() - began, "executors process", log)
             for stop in left:
                 stop.cancel()
@@ -143,3 +177,4 @@ async def _stop(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    return gave_up

@@ -149,7 +149,9 @@ class KafkaSink:
     every record in flight, written or not, and then every later ``send``: the ingress answered
     503 to each webhook until it was restarted). A producer whose sender has ended is replaced
     by the next caller that finds it so (a send, a record sent again, a readiness probe, which
-    says it until the new one has started). Only a sink closed while such a record waits to be
+    says it until the new one has started). A record whose ``send`` failed as the sender ended
+    (never held: surely not written) is handed once to the new one before any 503
+    (``_hand_over``). Only a sink closed while such a record waits to be
     sent again gives it up: a :class:`BrokerUnavailable` with ``written=None``, whose 503 does
     not say it was not written.
     """
@@ -204,6 +206,12 @@ class KafkaSink:
                     raise BrokerUnavailable(
                         await self._why_not_started(exc), told=UNREACHABLE
                     ) from exc
+                if self._closed:  # the sink closed while it started (``close``)
+                    await producer.stop()
+                    raise BrokerUnavailable(
+                        "the ingress is stopping; nothing was sent",
+                        told="the ingress is stopping",
+                    )
                 if self._changelog is not None:  # its partitions known with the topic's
                     producer.client.add_topic(self._changelog)
                 self._producer = producer
@@ -321,20 +329,7 @@ class KafkaSink:
         if split is not None:
             raise PartitionsAdded(split)
         partition = self._partition_of(key) if self._partition_of else None
-        try:
-            delivery = await producer.send(topic, value=value, key=key, partition=partition)
-        except TOO_LARGE as exc:  # over the producer's max_request_size
-            limit = producer._max_request_size
-            raise RecordTooLarge(
-                f"{len(value)} bytes, more than the producer takes ({limit}: its max_request_size)",
-                size=len(value),
-                limit=limit,
-            ) from exc
-        except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
-            raise BrokerUnavailable(
-                f"Kafka unavailable: {type(exc).__name__}; nothing was sent",
-                told=f"Kafka did not take the record ({type(exc).__name__})",
-            ) from exc
+        producer, delivery = await self._hand_over(producer, topic, key, value, partition)
         self._sends += 1
         ticket = self._sends
         self._pending[ticket] = time.monotonic()
@@ -378,6 +373,51 @@ class KafkaSink:
                     )
         finally:
             del self._pending[ticket]
+
+    async def _hand_over(
+        self,
+        producer: IdempotentProducer,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        partition: int | None,
+    ) -> tuple[IdempotentProducer, asyncio.Future[Any]]:
+        """The record handed to the producer: the producer that took it, and its delivery.
+        A ``send`` that raises never held it (aiokafka appends a record to a batch, and
+        returns its delivery, only after every wait): surely not written, a 503 saying so.
+        One that raised because the producer's sender ended while it ran (waiting for the
+        topic's metadata, or for room: aiokafka's sender, failing on an error of its own,
+        fails every later ``send`` with its error) is handed once more, to the producer that
+        replaces it (``_replace``), before any 503: that webhook was answered 503 "nothing was
+        written", and the producer replaced only at the next call."""
+        again = True
+        while True:
+            try:
+                delivery = await producer.send(topic, value=value, key=key, partition=partition)
+            except TOO_LARGE as exc:  # over the producer's max_request_size
+                limit = producer._max_request_size
+                raise RecordTooLarge(
+                    f"{len(value)} bytes, more than the producer takes ({limit}: its "
+                    "max_request_size)",
+                    size=len(value),
+                    limit=limit,
+                ) from exc
+            except KafkaError as exc:  # no metadata for the topic, buffer full: not handed over
+                ended = producer.ended()
+                if again and ended is not None and not self._closed:
+                    again = False
+                    log.warning(
+                        "ingress: Kafka's producer stopped sending while a record was handed "
+                        "to it (%s): nothing was written; handed to its replacement",
+                        ended,
+                    )
+                    producer = await self._producer_now()  # (its replacement, started)
+                    continue
+                raise BrokerUnavailable(
+                    f"Kafka unavailable: {type(exc).__name__}; nothing was sent",
+                    told=f"Kafka did not take the record ({type(exc).__name__})",
+                ) from exc
+            return producer, delivery
 
     async def _again(
         self,
@@ -471,7 +511,9 @@ class KafkaSink:
         up waits for a new producer id first): past the timeout the records left are dropped.
         None of them was answered 2xx (a webhook is answered only once Kafka has its record),
         so Talkable retries them. No producer is started from now on: a record sent again
-        meanwhile (``_again``) is given up, and a new one refused."""
+        meanwhile (``_again``) is given up, and a new one refused. A start in progress is
+        waited for up to the timeout too; one that ends after stops the producer it started
+        (``_started``): it was left running, connected to the brokers, its sender task too."""
         self._closed = True
         if self._starting is not None and not self._starting.done():
             await asyncio.wait([self._starting], timeout=self._timeout)

@@ -212,6 +212,7 @@ class Executor:
                     await self.handover.send_held()  # (handed back, Kafka may hold them)
                     await self.lost.check_elsewhere(consumer, self.taken)
         finally:
+            self._leave()
             if dispatcher is not None:
                 dispatcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -350,47 +351,79 @@ class Executor:
             self._stopping = True
             if self.consumer is None or not self.taken:
                 return
-            await self.forwarding.send()
-            cut = await self.scheduler.drain(drain_s)
-            # those Kafka may hold, once more (never called here), and Kafka's answers read
-            await self.forwarding.send(wait=STOP_WAIT_SECONDS)
-            self.forwarding.summarise(final=True)
-            queued = self.scheduler.take_back(set(self.taken))
             try:
-                told = await self.lost.tell_lost([job.record[1] for job in cut])
-            except Exception as exc:  # still unreported: the next run tells them
-                log.warning("%s could not tell the ledger of the calls it cut short (%s)",
-                            self.config.name, type(exc).__name__)  # fmt: skip
-                told = []
-            for command in told:
-                self._unreported.reported(command.request_id, command.attempt)
-            # committed without the queued commands before they are sent: the last mark named
-            # them, and a crash between Kafka taking them back and the stop's commit had the
-            # next run tell the ledger they were lost, re-issued while the copies were called
-            # (those not handed back are unreported again: the changed marks name them)
-            unsent = await self.handover.send_back(
-                self.consumer, queued, lambda unsent: self.commits.marks({}, {})
-            )
-            # those Kafka may hold, once more (never told lost), answered before the stop goes on
-            await self.handover.send_held(wait=True)
-            sent = len(queued) - len(unsent)
-            log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
-                     "cut short after %ss and told lost", self.config.name, sent, len(told),
-                     drain_s)  # fmt: skip
-            if self.handover.held:  # named by no mark: a copy Kafka holds is called once
-                log.warning("%s stopping: %s commands handed back that Kafka did not "
-                            "acknowledge (it may hold them) are left to their deadline",
-                            self.config.name, self.handover.held)  # fmt: skip
-            unanswered = self.forwarding.unanswered  # named by no mark: Kafka's to take
-            if self.forwarding.held > unanswered:  # unreported: the next owner tells them lost
-                log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
-                            "the next run to tell lost", self.config.name,
-                            self.forwarding.held - unanswered)  # fmt: skip
-            if unanswered:
-                log.warning("%s stopping: %s forwards Kafka has not answered after %ss are "
-                            "called where they went if it takes them, else re-issued at their "
-                            "deadline", self.config.name, unanswered,
-                            STOP_WAIT_SECONDS)  # fmt: skip
+                await self._stop(drain_s)
+            finally:  # (also cut short: the executors' process bounds its stop)
+                self._leave()
+
+    async def _stop(self, drain_s: float) -> None:
+        """:meth:`stop`'s work, under ``_taking``."""
+        await self.forwarding.send()
+        cut = await self.scheduler.drain(drain_s)
+        # those Kafka may hold, once more (never called here), and Kafka's answers read
+        await self.forwarding.send(wait=STOP_WAIT_SECONDS)
+        self.forwarding.summarise(final=True)
+        async with self.forwarding.lock:  # (a revoke's hand-over waits: ``_hand_back``)
+            queued, told, unsent = await self._hand_back(cut)
+        sent = len(queued) - len(unsent)
+        log.info("%s stopping: %s queued commands handed back for the next run, %s calls "
+                 "cut short after %ss and told lost", self.config.name, sent, len(told),
+                 drain_s)  # fmt: skip
+        if self.handover.held:  # named by no mark: a copy Kafka holds is called once
+            log.warning("%s stopping: %s commands handed back that Kafka did not "
+                        "acknowledge (it may hold them) are left to their deadline",
+                        self.config.name, self.handover.held)  # fmt: skip
+        unanswered = self.forwarding.unanswered  # named by no mark: Kafka's to take
+        if self.forwarding.held > unanswered:  # unreported: the next owner tells them lost
+            log.warning("%s stopping: %s forwards Kafka did not acknowledge are left to "
+                        "the next run to tell lost", self.config.name,
+                        self.forwarding.held - unanswered)  # fmt: skip
+        if unanswered:
+            log.warning("%s stopping: %s forwards Kafka has not answered after %ss are "
+                        "called where they went if it takes them, else re-issued at their "
+                        "deadline", self.config.name, unanswered,
+                        STOP_WAIT_SECONDS)  # fmt: skip
+
+    def _leave(self) -> None:
+        """The run ends (its stop, or its loop's end, a crash's too): the forwards and the
+        hand-backs Kafka has not answered are read when it answers, each failure said
+        (``forwarding.read_late``); unread, one that failed later (the producer's stop
+        waiting for Kafka) was only asyncio's ERROR "Future exception was never retrieved"."""
+        self.forwarding.leave()
+        self.handover.leave()
+
+    async def _hand_back(self, cut: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+        """The stop's hand-back (:meth:`stop`): the calls ``cut`` short told lost, the commands
+        still queued sent back to their topic, and those Kafka may hold sent once more; returns
+        the commands queued, the calls told lost, and the commands not handed back. Run under
+        ``Forwarding.lock``, as a revoke's hand-over (``HandOver.hand_back``) is: one that ran
+        beside it (a rebalance while the stop told the ledger of its cut calls, or waited for
+        a commit or for Kafka) took back nothing (the stop had the queued commands), committed
+        a mark listing them as still running in this run, and forgot their partition; the
+        stop then handed them back, named by no commit of its own: once this run left the
+        group the partition's next owner told the ledger they were lost, re-issued while the
+        copies handed back were called too. (And one the producer refused was named by no
+        mark: left to its deadline.) The hand-over now runs after it, its mark listing what
+        the stop left unreported."""
+        queued = self.scheduler.take_back(set(self.taken))
+        try:
+            told = await self.lost.tell_lost([job.record[1] for job in cut])
+        except Exception as exc:  # still unreported: the next run tells them
+            log.warning("%s could not tell the ledger of the calls it cut short (%s)",
+                        self.config.name, type(exc).__name__)  # fmt: skip
+            told = []
+        for command in told:
+            self._unreported.reported(command.request_id, command.attempt)
+        # committed without the queued commands before they are sent: the last mark named
+        # them, and a crash between Kafka taking them back and the stop's commit had the
+        # next run tell the ledger they were lost, re-issued while the copies were called
+        # (those not handed back are unreported again: the changed marks name them)
+        unsent = await self.handover.send_back(
+            self.consumer, queued, lambda unsent: self.commits.marks({}, {})
+        )
+        # those Kafka may hold, once more (never told lost), answered before the stop goes on
+        await self.handover.send_held(wait=True)
+        return queued, told, unsent
 
     async def _take(self, tp: TopicPartition, record: Any, command: Any) -> None:
         first = self._called.took(command.request_id, command.attempt, (tp, record.offset))

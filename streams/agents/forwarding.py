@@ -104,6 +104,12 @@ SUMMARY_SECONDS = 60.0  # the forwards are said in one INFO line at most this of
 # milliseconds; in an outage the stop goes on: a worker's gives Kafka ``KAFKA_STOP_SECONDS``
 # in all, and its hand-back needs them too)
 STOP_WAIT_SECONDS = 2.0
+# a forward or a hand-back Kafka had not answered when the executor's run ended, failed since
+# (``read_late``)
+FAILED_LATE = (
+    "%s could not %s request_id=%s (%s: %s), answered after its run ended: Kafka may hold it; "
+    "if it does not, it is re-issued at its deadline"
+)
 # the commit before a send failed: the forwards wait (in a lasting failure, one line a send:
 # ``streams.logs.REPEATED``)
 NOT_UNMARKED = (
@@ -181,13 +187,15 @@ class Forwarding:
         # unreported (restored if Kafka does not take them)
         self._sending: list[tuple[Held, Settled, asyncio.Future[Any]]] = []
         # held by each send, by the executor's loop from a batch's commit until it is queued
-        # (``Executor._take_batch``), and by a revoke's hand-over (``HandOver.hand_back``): a
-        # hand-over while a send waited on a commit, or on the producer, named lost what the
-        # send then forwarded, or took what the send still had to report
+        # (``Executor._take_batch``), by a revoke's hand-over (``HandOver.hand_back``), and by
+        # a stop's hand-back (``Executor._hand_back``): a hand-over while a send waited on a
+        # commit, or on the producer, named lost what the send then forwarded, or took what
+        # the send still had to report
         self.lock = asyncio.Lock()
         self._clock = clock  # (monotonic seconds) when the forwards are summarised
         self._sent: collections.Counter[tuple[str, int]] = collections.Counter()  # untold
         self._said_at: float | None = None  # the last summary's time
+        self.left = False  # the run has ended (:meth:`leave`): no later turn reads an answer
 
     def to(self, job: Job[Any], command: Any) -> bool:
         """Whether the command just taken (its ``job``, with the record it was read as) is
@@ -295,6 +303,17 @@ class Forwarding:
         (its partition given up, it settled nothing of this run's to report again)."""
         self._called.forwarded(entry.job.key, entry.job.attempt, entry.to)
         self._sending.append((entry, [], delivery))
+        if self.left:  # (a hand-over that ended after the run: no next send reads it)
+            self.leave()
+
+    def leave(self) -> None:
+        """The run ends (its stop, or its loop's end): the forwards Kafka has not answered are
+        no longer this run's to read at a next send; each answer is read when it comes
+        (:func:`read_late`), as is any a hand-over ending after the run leaves."""
+        self.left = True
+        sending, self._sending = self._sending, []
+        for entry, _, delivery in sending:
+            read_late(delivery, self._name, "forward", entry.job.key)
 
     def acknowledged(self, entry: Held) -> None:
         """Kafka took the forward: the command is called where it went (a copy of it anywhere
@@ -397,6 +416,27 @@ class Forwarding:
             await self._commits.commit(self._consumer(), self._commits.marks({}, {}))
         except Exception as exc:
             log.warning(NOT_UNMARKED, self._name, type(exc).__name__)
+
+
+def read_late(delivery: asyncio.Future[Any], name: str, what: str, request_id: str) -> None:
+    """A delivery (``what``: a forward, a hand-back) Kafka had not answered when its
+    executor's run ended: its answer is read when it comes, and a failure said (a WARNING;
+    a stop's ``GivenUp``, counted in its own WARNING, a DEBUG line). Left unread, a delivery
+    that failed after the run (the producer's stop, waiting for Kafka, failing it) was said
+    only by asyncio's ERROR "Future exception was never retrieved" once collected, with a
+    traceback and nothing of the command or of what becomes of it."""
+
+    def answered(delivery: asyncio.Future[Any]) -> None:
+        failed = None if delivery.cancelled() else delivery.exception()
+        if failed is None:
+            return
+        if isinstance(failed, GivenUp):
+            log.debug("%s could not %s request_id=%s (the stop gave up on Kafka)",
+                      name, what, request_id)  # fmt: skip
+        else:
+            log.warning(FAILED_LATE, name, what, request_id, type(failed).__name__, failed)
+
+    delivery.add_done_callback(answered)
 
 
 def _not_forwarded(exc: BaseException, name: str, request_id: str, *, again: bool = False) -> None:

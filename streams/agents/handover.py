@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.agents.called import Called
 from streams.agents.commits import Commits
-from streams.agents.forwarding import Forwarding, Held
+from streams.agents.forwarding import Forwarding, Held, read_late
 from streams.agents.lost import LostWork
 from streams.agents.marks import Mark, Unreported, listed
 from streams.agents.results import NOT_HANDED_BACK, log_unsent
@@ -213,8 +213,13 @@ class HandOver:
                 continue
             deliveries.append((out, delivery))
         if deliveries:  # (in the rebalance listener: an outage held the rebalance 20 minutes)
-            await asyncio.wait([delivery for _, delivery in deliveries],
-                               timeout=HAND_OVER_WAIT_SECONDS)  # fmt: skip
+            try:
+                await asyncio.wait([delivery for _, delivery in deliveries],
+                                   timeout=HAND_OVER_WAIT_SECONDS)  # fmt: skip
+            except CancelledError:  # (a stop cut short): each answer read at the run's end
+                for out, delivery in deliveries:
+                    self._unanswered(out, delivery)
+                raise
         for out, delivery in deliveries:
             if not delivery.done():  # Kafka's answer read at the loop's next turns
                 self._unanswered(out, delivery)
@@ -250,6 +255,8 @@ class HandOver:
         failed, held and sent again, named lost by no mark (Kafka may hold it)."""
         if out.forward is None:
             self._sending.append((out.job, delivery))
+            if self._forwarding.left:  # (the run ended first: no next turn reads it)
+                self.leave()
         else:
             self._forwarding.sending(out.forward, delivery)
 
@@ -284,6 +291,14 @@ class HandOver:
         if wait and self._sending:
             await asyncio.wait([delivery for _, delivery in self._sending])
         self._settle()
+
+    def leave(self) -> None:
+        """The run ends (its stop, or its loop's end): the hand-backs Kafka has not answered
+        are no longer this run's to send again; each answer is read when it comes
+        (``forwarding.read_late``), as is any of a hand-over ending after the run."""
+        sending, self._sending = self._sending, []
+        for job, delivery in sending:
+            read_late(delivery, self._name, "hand back", job.key)
 
     def _settle(self) -> None:
         """The sends again that Kafka answered: acknowledged, done; failed, held again."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -17,12 +18,13 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, NotLeaderForPartitionError
 
 from models.events import GenerateText
+from streams.agents import executors as executors_module
 from streams.agents import handover as handover_module
 from streams.agents.handover import OnRebalance
 from streams.agents.marks import Mark
 from streams.agents.work import Timed
 from streams.clients.openai_chat import Completion
-from streams.codecs import encode
+from streams.codecs import decode_requests, encode
 from streams.kafka_options import GivenUp
 from streams.runtime import SystemClock
 from streams.upstream.limits import Limits
@@ -701,3 +703,187 @@ async def test_the_loop_takes_nothing_while_a_hand_over_runs() -> None:
     async with g.executor.forwarding.lock:  # a hand-over runs
         await g.executor._take_batch(g.consumer, records((2, command("c"))))  # type: ignore[arg-type]
     assert len(g.consumer.commits) == commits and g.scheduler.queued == 1, "c taken"
+
+
+async def test_a_stop_and_a_revoke_hand_each_queued_command_back_once() -> None:
+    """A rebalance revoked a partition while a stop handed its queued commands back (here as
+    it told the ledger of the call its drain cut short): the hand-over took back nothing (the
+    stop had the queued command), committed a mark listing it as still running in this run,
+    and forgot the partition; the stop then handed it back, named by no commit of its own.
+    Once the run left the group, the partition's next owner told the ledger it was lost, and
+    the ledger re-issued it while the copy handed back was called too. The stop's hand-back
+    now holds the forwarding's lock, as a revoke's hand-over does: the hand-over runs after
+    it, and the command is handed back once, told lost by no one."""
+    g = generator(KEY_TP)
+    g.consumer = g.executor.consumer = Member(KEY_TP)
+    started, _ = running(g)
+    x, a = command("x"), command("a")
+    await g.executor._take_batch(g.consumer, records((0, x), (1, a)))  # type: ignore[arg-type]
+    g.scheduler.dispatch()
+    await started.wait()
+    assert g.work.called == ["x"] and g.scheduler.queued == 1, "x runs, a is queued"
+    telling, told = asyncio.Event(), asyncio.Event()
+    send = g.requests.send
+
+    async def gated(*, key: bytes, value: bytes) -> Any:  # the stop tells the ledger of x
+        telling.set()
+        await told.wait()
+        return await send(key=key, value=value)
+
+    g.requests.send = gated  # type: ignore[method-assign]
+    waited = asyncio.Event()
+    g.executor.forwarding.lock = Waited(waited)
+    stopping = asyncio.create_task(g.executor.stop(0.0))  # x cut short, a handed back
+    await telling.wait()
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    waiting = asyncio.create_task(waited.wait())
+    await asyncio.wait({revoking, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    told.set()
+    await asyncio.gather(stopping, revoking)
+    waiting.cancel()
+    assert g.generate.sent == [(KEY_ID.encode(), a)], "handed back once"
+    lost = await told_once_gone(last_commit(g.consumer), (0, x), (1, a), (2, a))
+    assert [lost.request_id for lost in lost] == [], "told lost while its copy is called"
+    assert [lost.request_id for lost in (decode_requests(v) for _, v in g.requests.sent)] == [
+        "x"
+    ], "the call cut short, told lost by the stop"
+
+
+class Idle(Member):
+    """An executor's consumer as its loop runs it: started, and fetching nothing until the
+    run ends (``fetching`` set once it fetches)."""
+
+    def __init__(self, *owned: TopicPartition) -> None:
+        super().__init__(*owned)
+        self.fetching = asyncio.Event()
+
+    def subscribe(self, topics: Any, listener: Any) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        self.fetching.set()
+        await asyncio.Event().wait()
+        return {}
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_delivery_unanswered_when_the_run_ends_is_read_when_kafka_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forward a stop left to Kafka (unanswered after its wait), and a hand-back a revoke
+    left to the loop's next turns when the run ended first (its loop's end, a crash; a stop
+    cut short): nobody read their delivery any more. One that failed after (the producer's
+    stop waiting for Kafka, failing it) was said only by asyncio's ERROR "Future exception
+    was never retrieved" once collected, with nothing of the command. Each is now read as
+    Kafka answers it: a WARNING names the command and what becomes of it."""
+    monkeypatch.setattr(executors_module, "STOP_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+
+    generate = Answered()  # a forward held, sent by the stop and never answered there
+    g, *_ = await held_to_forward(generate)
+    await g.executor.stop(0.0)
+    assert [key for key, _ in generate.sent] == [ORG.encode()], "forwarded, unanswered"
+    [forward] = generate.deliveries
+
+    generate = Answered()  # a command handed back at a revoke, unanswered as the run ends
+    h = generator(KEY_TP, generate=generate)
+    idle = h.consumer = h.executor.consumer = generate.consumer = Idle(KEY_TP)
+    await queued(h, Ledger(), "b", 1)
+    await OnRebalance(h.executor.handover, idle).on_partitions_revoked({KEY_TP})
+    assert h.executor.handover.held == 1, "unanswered: read at the loop's next turns"
+    monkeypatch.setattr(executors_module, "group_consumer", lambda *_, **__: idle)
+    run = asyncio.create_task(h.executor.run())
+    await idle.fetching.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    [hand_back] = generate.deliveries
+
+    caplog.clear()
+    for delivery in (forward, hand_back):  # the producer's stop: Kafka gave up on them
+        delivery.set_exception(NotLeaderForPartitionError())
+    for _ in range(2):
+        await asyncio.sleep(0)  # (the deliveries' callbacks)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"generator could not {what} request_id={request_id} (NotLeaderForPartitionError: "
+        "[Error 6] NotLeaderForPartitionError), answered after its run ended: Kafka may hold "
+        "it; if it does not, it is re-issued at its deadline"
+        for what, request_id in (("forward", "a"), ("hand back", "b"))
+    ], said
+    del g, h, generate, forward, hand_back, delivery  # (the consumer holds none of them)
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert [c["message"] for c in unretrieved] == [], "never read"
+
+
+async def test_a_hand_over_cut_short_leaves_its_deliveries_to_the_runs_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoke's hand-over cancelled while it waited for Kafka's answers to what it handed
+    back (a stop cut short by the executors' process, the worker's tasks cancelled): its
+    deliveries were in no list, never read. They are now the run's, read when Kafka answers."""
+    generate = Answered()
+    g = generator(KEY_TP, generate=generate)
+    g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+    await queued(g, Ledger(), "a", 1)
+    revoking = asyncio.create_task(
+        OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+    )
+    await generate.asked.wait()  # handed back, waiting for Kafka's answer
+    revoking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await revoking
+    assert g.executor.handover.held == 1, "the run's to read"
+    g.executor._leave()  # the run ends
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    [delivery] = generate.deliveries
+    delivery.set_exception(NotLeaderForPartitionError())
+    await asyncio.sleep(0)  # (the delivery's callback)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "generator could not hand back request_id=a (NotLeaderForPartitionError: "
+        "[Error 6] NotLeaderForPartitionError), answered after its run ended: "
+        "Kafka may hold it; if it does not, it is re-issued at its deadline"
+    ], said
+
+
+async def test_a_hand_over_ending_after_the_run_leaves_its_deliveries_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoke's hand-over that ends after the run (it waited for the forwarding's lock
+    while the stop handed back, and then for Kafka): what it left unanswered to the loop's
+    next turns, a hand-back and a forward, is read when Kafka answers: no turn comes."""
+    monkeypatch.setattr(handover_module, "HAND_OVER_WAIT_SECONDS", 0.0)
+    caplog.set_level(logging.WARNING, logger="streams.agents.executors")
+    for forward in (False, True):
+        generate = Answered()
+        if forward:  # a forward held (``a``), after ``first`` called
+            g, *_ = await held_to_forward(generate)
+        else:  # a command queued (``a``)
+            g = generator(KEY_TP, generate=generate)
+            g.consumer = g.executor.consumer = generate.consumer = Member(KEY_TP)
+            await queued(g, Ledger(), "a", 1)
+        g.executor._leave()  # the run ends
+        await OnRebalance(g.executor.handover, g.consumer).on_partitions_revoked({KEY_TP})
+        [delivery] = generate.deliveries
+        caplog.clear()
+        delivery.set_exception(NotLeaderForPartitionError())
+        await asyncio.sleep(0)  # (the delivery's callback)
+        what = "forward" if forward else "hand back"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"generator could not {what} request_id=a (NotLeaderForPartitionError: [Error 6] "
+            "NotLeaderForPartitionError), answered after its run ended: Kafka may hold it; if "
+            "it does not, it is re-issued at its deadline"
+        ], what

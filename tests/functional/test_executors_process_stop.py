@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 
 from streams import executors_process
 from streams.kafka_options import GivenUp, IdempotentProducer
+from tests.functional.conftest import make_settings, secret_box
 
 
 class Holding(IdempotentProducer):
@@ -65,3 +68,72 @@ async def test_the_executors_process_gives_up_on_kafka_as_a_worker_does(
                               "records it held unacknowledged (talkstream-generate: 2, "
                               "talkstream-requests: 1)"), said  # fmt: skip
     assert said[1:] == ["generator stopping: cut short after 0s without Kafka"], said
+
+
+class Hung(Holding):
+    """A producer whose stop waits for Kafka for good (a broker that takes connections and
+    answers nothing: its requests in flight), given up on or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cut = True
+            raise
+
+
+class Closing:
+    """An upstream client, closed at the stop."""
+
+    async def close(self) -> None:
+        pass
+
+
+class Idle(Waiting):
+    """An executor that runs until its run is cancelled."""
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_the_executors_process_stops_within_one_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The process's stop gave its executors' stops the drain and ``KAFKA_STOP_SECONDS``,
+    and then its producer's stop ``KAFKA_STOP_SECONDS`` of its own: with Kafka hung, twice
+    Kafka's time, past the margin the worker waits for it (the drain, Kafka's time and 5 s)
+    before it kills it. One deadline now holds for both: past it, the producer's stop gets
+    ``CLOSE_SECONDS`` (here none) and is cut short, as a worker's producer's is."""
+    kafka_s = 1.0
+    monkeypatch.setattr(executors_process, "KAFKA_STOP_SECONDS", kafka_s)
+    monkeypatch.setattr(executors_process, "CLOSE_SECONDS", 0.0)
+    producer, executor = Hung(), Idle()
+    monkeypatch.setattr(executors_process, "IdempotentProducer", lambda **_: producer)
+    monkeypatch.setattr(executors_process, "upstream_clients", lambda _: (Closing(), Closing()))
+    monkeypatch.setattr(executors_process, "build_executors", lambda *_: [executor])
+    monkeypatch.setattr(executors_process, "serve_or_log", AsyncMock(return_value=None))
+    monkeypatch.setattr(executors_process, "ExecutorMetrics", MagicMock)
+    stopping = asyncio.Event()
+    stopping.set()  # (told to stop as it starts)
+    settings = make_settings(tmp_path, stop_drain_seconds=0.0)
+    caplog.set_level(logging.WARNING, logger="streams.executors_process")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await executors_process.serve(settings, secret_box(), stopping)
+    took = loop.time() - began
+    assert executor.cut and isinstance(producer.given_up, GivenUp), "given up on Kafka"
+    assert took < 2 * kafka_s, f"its stop took {took:.1f}s: Kafka's time twice"
+    await asyncio.sleep(0)  # (the producer's stop, cancelled, ends)
+    assert producer.cut, "the producer's stop cut short"
+    said = [r.getMessage() for r in caplog.records]
+    assert said[1:] == [
+        "generator stopping: cut short after 1s without Kafka",
+        "executors stopping: the producer's stop cut short (Kafka does not answer)",
+    ], said

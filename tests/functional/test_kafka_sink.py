@@ -313,6 +313,84 @@ async def test_readiness_says_a_producer_whose_sender_failed_until_its_replaceme
     await sink.close()
 
 
+class DiesInSend(SinksProducer):
+    """The sink's producer whose sender task ends while its ``send`` runs (waiting for the
+    topic's metadata, or for room): that send raises the sender's error, never holding the
+    record (``dies``: every producer made from then on, until cleared)."""
+
+    dies: ClassVar[KafkaError | None] = None
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        if self.dies is not None and self._sender_error() is None:
+            self.die(copy.copy(self.dies))
+        return await super().send(topic, value, key, partition)
+
+
+async def test_a_record_the_producer_failed_to_take_as_its_sender_ended_goes_to_its_replacement(
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
+) -> None:
+    """The producer's sender ended while the webhook's ``send`` ran: that send raised the
+    sender's error, the record never held (surely not written), and the webhook was answered
+    503 "nothing was written", the producer replaced only at the next call. It is handed
+    once to the replacement, and answered once Kafka has it; a replacement that fails the
+    same way is a 503 (nothing written), no third producer started for it."""
+    monkeypatch.setattr(ingress, "IdempotentProducer", DiesInSend)
+    DiesInSend.dies = KafkaError("Unexpected error during batch delivery")
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    await sink._started()
+    [first] = made
+    DiesInSend.dies = None  # (the replacement sends)
+    first.dies = KafkaError("Unexpected error during batch delivery")
+    await sink.send("t-requests", b"person", b"webhook")  # not a 503
+    [first, second] = made
+    assert first.handed == [] and first.written == [] and first._closed
+    assert second.written == [(1, b"webhook")]
+
+    DiesInSend.dies = KafkaError("Unexpected error during batch delivery")  # each one dies
+    second.dies = DiesInSend.dies
+    with pytest.raises(BrokerUnavailable, match="nothing was sent") as refused:
+        await sink.send("t-requests", b"person", b"refused")
+    assert refused.value.written is False
+    assert len(made) == 3 and made[2].handed == [], "handed once to a replacement"
+    DiesInSend.dies = None
+    await sink.close()
+
+
+class Starting(SinksProducer):
+    """The sink's producer, ``began`` set as its start begins."""
+
+    began: ClassVar[asyncio.Event]
+
+    async def start(self) -> None:
+        self.began.set()
+        await super().start()
+
+
+async def test_a_producer_whose_start_ends_after_the_sink_closed_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, made: list[AsTheBrokerSeesIt]
+) -> None:
+    """``close`` waits for a producer's start in progress at most the sink's timeout: a start
+    that ended after (a broker slow to answer, a replacement's start after its predecessor's
+    stop) left its producer running, connected to the brokers, its sender too, though the
+    sink was closed. The start stops it, and refuses its callers."""
+    monkeypatch.setattr(ingress, "IdempotentProducer", Starting)
+    Starting.began = asyncio.Event()
+    AsTheBrokerSeesIt.starts = starts = asyncio.Event()  # the start waits
+    sink = KafkaSink({"bootstrap_servers": "127.0.0.1:1"})
+    starting = asyncio.ensure_future(sink._producer_now())  # (a webhook's, or a probe's)
+    await Starting.began.wait()  # (within the timeout it began with)
+    sink._timeout = 0.0  # the close waits for it no more: as past its timeout
+    await sink.close()
+    assert not starting.done() and made[0]._closed is False, "still starting"
+    starts.set()  # the start ends, after the close
+    with pytest.raises(BrokerUnavailable, match="stopping"):
+        await starting
+    [producer] = made
+    assert producer._closed and sink._producer is None, "left running"
+
+
 async def in_doubt_of(
     made: list[AsTheBrokerSeesIt], sink: KafkaSink
 ) -> tuple[KafkaSink, AsTheBrokerSeesIt, asyncio.Future[None]]:
