@@ -111,7 +111,7 @@ async def test_the_executors_process_stops_within_one_deadline(
     Kafka's time, past the margin the worker waits for it (the drain, Kafka's time and 5 s)
     before it kills it. One deadline now holds for both: past it, the producer's stop gets
     ``CLOSE_SECONDS`` (here none) and is cut short, as a worker's producer's is."""
-    kafka_s = 1.0
+    kafka_s = 3.0  # (a margin of Kafka's time: the stop takes it once, twice before)
     monkeypatch.setattr(executors_process, "KAFKA_STOP_SECONDS", kafka_s)
     monkeypatch.setattr(executors_process, "CLOSE_SECONDS", 0.0)
     producer, executor = Hung(), Idle()
@@ -134,6 +134,6 @@ async def test_the_executors_process_stops_within_one_deadline(
     assert producer.cut, "the producer's stop cut short"
     said = [r.getMessage() for r in caplog.records]
     assert said[1:] == [
-        "generator stopping: cut short after 1s without Kafka",
+        "generator stopping: cut short after 3s without Kafka",
         "executors stopping: the producer's stop cut short (Kafka does not answer)",
     ], said
