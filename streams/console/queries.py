@@ -318,6 +318,11 @@ class ConsoleQueries:
             folded = [site for site in self._sites(session) if site.casefold() == name.casefold()]
         return folded[0] if len(folded) == 1 else name
 
+    def sites_spelled_as(self, name: str) -> list[str]:
+        """Every site whose name differs from ``name`` only in case (itself included)."""
+        with self._session() as session:
+            return [site for site in self._sites(session) if site.casefold() == name.casefold()]
+
     @staticmethod
     def _sites(session: Session, limit: int | None = None) -> list[str]:
         """Every site by name (``limit``: the first ones only, the scan stopped there)."""
