@@ -304,7 +304,11 @@ class ConsoleQueries:
             folded = typed.casefold()
             found = [site for site in self._sites(session) if folded in site.casefold()]
         found.sort(key=lambda site: (site.casefold() != folded, site))
-        named = found[0] if found and found[0].casefold() == folded else None
+        # the site typed, else the one site typed in another case: of several (``Shop``,
+        # ``shop``, sites the ledger keeps apart) a name typed as none spells it is none of
+        # them, and is told so with their links (it was taken for the first: "no requests")
+        alike = [site for site in found if site.casefold() == folded]
+        named = typed if typed in alike else alike[0] if len(alike) == 1 else None
         return Suggestions(found[:limit], len(found), named=named)
 
     def site_named(self, name: str) -> str:
@@ -317,6 +321,11 @@ class ConsoleQueries:
                 return name
             folded = [site for site in self._sites(session) if site.casefold() == name.casefold()]
         return folded[0] if len(folded) == 1 else name
+
+    def sites_spelled_as(self, name: str) -> list[str]:
+        """Every site whose name differs from ``name`` only in case (itself included)."""
+        with self._session() as session:
+            return [site for site in self._sites(session) if site.casefold() == name.casefold()]
 
     @staticmethod
     def _sites(session: Session, limit: int | None = None) -> list[str]:

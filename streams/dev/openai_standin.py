@@ -7,7 +7,8 @@ deterministic: derived from the model and messages, cut to ``max_tokens`` whites
 Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in this order:
 ``latency_seconds`` → ``fail_next`` → ``hang_every`` → auth (missing key, ``unauthorized_keys``)
 → ``insufficient_quota_keys`` → ``unknown_models`` → the key's rate limits → ``rate_limit_every``
-/``rate_limit_fraction`` → ``fail_500_every`` → body validation → the generation's own time
+/``rate_limit_fraction`` → ``fail_500_every`` (every N-th of the calls no fault before it
+answered, so it fires beside the 429s) → body validation → the generation's own time
 (``seconds_per_token`` for each token of its ``max_tokens``: a long one outlasts a client's
 timeout while short ones do not).
 
@@ -97,7 +98,7 @@ class OpenAIStandinConfig:
     rate_limit_every: int = 0  # 429 every N-th call; 0 = off
     rate_limit_fraction: float = 0.0  # 429 on this fraction of calls, evenly spread
     retry_after: str = "1"  # seconds, sent as the retry-after header of a 429
-    fail_500_every: int = 0
+    fail_500_every: int = 0  # 500 every N-th call the faults before it left; 0 = off
     hang_every: int = 0  # never answer every N-th call (well: after hang_seconds)
     hang_seconds: float = 600.0
     unauthorized_keys: set[str] = field(default_factory=set)
@@ -563,7 +564,7 @@ def _completion(body: JSON, refused: bool = False, filtered: bool = False) -> JS
 
 
 async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -> web.Response:
-    config, n = app[STATE].config, rec["n"]
+    config, calls, n = app[STATE].config, app[STATE].calls, rec["n"]
     injected = await common_faults(app, config, rec, lambda s: _status_error(s, config))
     if injected is not None:
         return injected
@@ -590,7 +591,9 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
     if every(config.rate_limit_every, n) or fraction_hit(config.rate_limit_fraction, n):
         rec["fault"] = "rate_limit"
         return _status_error(429, config)
-    if every(config.fail_500_every, n):
+    # the calls the faults before it left, not every call: rate_limit_fraction 0.5 answers
+    # the even calls, and fail_500_every 2 or 4, counting every call, fell on those alone
+    if every(config.fail_500_every, calls.reach("fail_500")):
         rec["fault"] = "fail_500"
         return _status_error(500, config)
     invalid = _validate(body, config.reasoning_deployments)

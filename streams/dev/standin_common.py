@@ -59,11 +59,13 @@ def fraction_hit(fraction: float, call_no: int) -> bool:
 
 
 class CallLog:
-    """Every API call in arrival order (bounded), with a counter driving the fault schedule."""
+    """Every API call in arrival order (bounded), with the counters driving the fault schedule:
+    every call's (``n``), and those of the calls that reached a stage of it (:meth:`reach`)."""
 
     def __init__(self, max_records: int = 100_000) -> None:
         self.records: collections.deque[JSON] = collections.deque(maxlen=max_records)
         self.count = 0
+        self.reached: collections.Counter[str] = collections.Counter()
         self.by_status: collections.Counter[str] = collections.Counter()
         self.by_fault: collections.Counter[str] = collections.Counter()
 
@@ -79,6 +81,12 @@ class CallLog:
         self.records.append(record)
         return record
 
+    def reach(self, stage: str) -> int:
+        """This call's number among the calls that reached ``stage`` of the fault schedule:
+        those no fault before it answered."""
+        self.reached[stage] += 1
+        return self.reached[stage]
+
     def finish(self, record: JSON, status: int) -> None:
         record["status"] = status
         self.by_status[str(status)] += 1
@@ -88,6 +96,7 @@ class CallLog:
     def reset(self) -> None:
         self.records.clear()
         self.count = 0
+        self.reached.clear()
         self.by_status.clear()
         self.by_fault.clear()
 

@@ -163,9 +163,23 @@ def _which_projection(settings: Settings | None) -> str:
 
 def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
     """``--site`` as the projection spells it: typed in another case (``acme`` for ``Acme``),
-    it is that site, as the console takes it; a name no site has is kept (it finds nothing)."""
+    it is that site, as the console takes it; a name no site has is kept (it finds nothing).
+    A name that sites spelled apart only in case share (``Shop``, ``shop``: the ledger keeps
+    each apart), typed as none of them spells it, is refused naming them: it found nothing,
+    said as "no requests of site", while each had some."""
     if site is None:
         return None
     from streams.console.queries import ConsoleQueries
 
-    return ConsoleQueries(store.engine).site_named(site.strip())
+    queries = ConsoleQueries(store.engine)
+    named = queries.site_named(site.strip())
+    if named == site.strip():
+        spellings = queries.sites_spelled_as(named)
+        if len(spellings) > 1 and named not in spellings:
+            shown = ", ".join(repr(spelling) for spelling in spellings)
+            raise click.BadParameter(
+                f"{named!r} is {len(spellings)} sites, spelled apart only in case ({shown}),"
+                " which the ledger keeps apart: give one as it is spelled",
+                param_hint="'--site'",
+            )
+    return named

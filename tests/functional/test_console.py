@@ -804,6 +804,25 @@ def suggested(body: str) -> list[str]:
     return re.findall(r'<option value="([^"]+)">', found.group(1))
 
 
+async def test_a_site_typed_as_none_of_several_spellings_lists_them(tmp_path: Path):
+    """`Shop` and `shop` are two sites (the ledger keeps them apart): a search for `SHOP` was
+    taken for the first, found no request and said only "no requests"; it now says no site is
+    named so and links each spelling, which finds its own."""
+    people = (("Shop", "ann@example.com"), ("shop", "bob@example.com"))
+    console = await start(tmp_path, people=people)
+    try:
+        await console.login()
+        typed = await console.page("/requests?site=SHOP")
+        assert "No site is named “SHOP”. 2 sites have it in their name:" in typed
+        links = re.findall(r'<li><a href="/requests\?([^"]+)">(\w+)</a></li>', typed)
+        assert [site for _, site in links] == ["Shop", "shop"]
+        exact = await console.page("/requests?site=shop")
+        assert 'id="site-unknown"' not in exact
+        assert re.findall(r'<td class="value">(\w+)</td>', exact)[:1] == ["shop"]
+    finally:
+        await console.client.close()
+
+
 async def test_the_search_form_suggests_a_few_sites_and_finds_any_by_a_part_of_its_name(
     many_sites: Console,
 ):

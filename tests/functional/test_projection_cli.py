@@ -446,6 +446,36 @@ def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(proje
     assert "no requests of site 'ACMEX' in this range" in nobody.output
 
 
+def test_a_site_several_sites_spell_apart_in_case_is_refused_naming_them(tmp_path: Path):
+    """`Shop` and `shop` are two sites to the ledger (two usage windows): `stats --site SHOP`
+    said "no requests of site 'SHOP'", `audit` "no request of SHOP:..." and `redrive` selected
+    nothing, while both had requests; each spelling as it is still finds its own."""
+    log = Log()
+    log.received("upper-1", site="Shop")
+    log.received("lower-1", site="shop")
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    for command in (
+        ["stats", "--site", "SHOP", "--database-url", url],
+        ["audit", "--site", "SHOP", "--email", "ada@example.com", "--database-url", url],
+        ["redrive", "--site", "SHOP", "--database-url", url, "--dry-run"],
+    ):
+        result = talkstream(*command)
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert "Invalid value for '--site': 'SHOP' is 2 sites, spelled apart only in case" in said
+        assert "('Shop', 'shop')" in said and "give one as it is spelled" in said
+    as_spelled = talkstream("stats", "--site", "Shop", "--database-url", url, "--json")
+    assert [s["site"] for s in json.loads(as_spelled.output)["sites"]] == ["Shop"]
+    audit = talkstream(
+        "audit", "--site", "shop", "--email", "ada@example.com", "--database-url", url
+    )
+    assert audit.exit_code == 0 and "request lower-1" in audit.output
+    assert "upper-1" not in audit.output
+
+
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
     result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
     assert result.exit_code == 2 and "ISO-8601" in result.output

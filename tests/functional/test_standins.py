@@ -174,6 +174,24 @@ async def test_fail_500_every(oai, client) -> None:
         await complete(client)
 
 
+async def test_each_periodic_fault_counts_the_calls_that_reach_it(oai, client) -> None:
+    # the 429s answer every even call; the 500s count the calls the 429s left: counted over
+    # every call, fail_500_every 2 (even calls) fell on 429s only, and no 500 ever came
+    oai.config.rate_limit_fraction = 0.5
+    oai.config.fail_500_every = 2
+    outcomes = []
+    for _ in range(8):
+        try:
+            await complete(client)
+            outcomes.append("ok")
+        except openai.RateLimitError:
+            outcomes.append("429")
+        except openai.InternalServerError:
+            outcomes.append("500")
+    assert outcomes == ["ok", "429", "500", "429"] * 2
+    assert oai.calls.stats()["by_fault"] == {"rate_limit": 4, "fail_500": 2}
+
+
 async def test_hang_makes_client_time_out_and_close_is_prompt(oai) -> None:
     oai.config.hang_every = 1
     async with openai.AsyncOpenAI(base_url=oai.url, api_key=KEY, max_retries=0, timeout=0.3) as sdk:
