@@ -14,11 +14,13 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from models.params import from_mapping, request_fingerprint
+from streams.dev.kafka import EmbeddedKafka
 from streams.errors import BrokerUnavailable
 from streams.ingress import KafkaSink
 from streams.kafka_options import client_options, diagnose
@@ -243,22 +245,6 @@ def test_partitions_added_to_requests_are_refused_without_a_readiness_probe(kafk
     ), f"{accepted} webhooks accepted"
 
 
-def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(system: System) -> None:
-    before = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
-    started = time.monotonic()
-    status, body = system.post(seed_params("crlf@example.com", talkable_key="tk-abc\r\nX: y"))
-    assert status == 422, body
-    assert body["errors"] == [
-        {
-            "field": "api_key",
-            "message": "must be printable ASCII without spaces or control characters (at most "
-            "1024 characters): it is sent as a header",
-        }
-    ]
-    print(f"\nCRLF key answered {status} in {time.monotonic() - started:.3f} s")
-    assert read_topic(system.kafka.bootstrap, f"{system.app_id}-requests") == before
-
-
 def test_a_restarted_worker_repeats_no_call_and_takes_its_partitions_back_at_once(
     make_system,
 ) -> None:
@@ -345,8 +331,36 @@ def issued_by_person(system: System, topic: str, person: dict[str, str]) -> Coun
     )
 
 
-def test_a_slow_client_is_cut_off(make_system) -> None:
-    system = make_system(ingress_idle_timeout_seconds="2", ingress_body_timeout_seconds="2")
+@pytest.fixture(scope="module")
+def impatient(kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """A deployment whose ingress gives a client 2 s for its headers and its body, for the
+    tests at its door, started once for them: each sends its own webhooks."""
+    root = tmp_path_factory.mktemp("impatient")
+    timeouts = {"ingress_idle_timeout_seconds": "2", "ingress_body_timeout_seconds": "2"}
+    deployment = System(kafka, root, **timeouts).start()
+    yield deployment
+    deployment.stop()
+
+
+def test_a_key_that_cannot_be_a_header_is_refused_at_the_door(impatient: System) -> None:
+    system = impatient
+    before = read_topic(system.kafka.bootstrap, f"{system.app_id}-requests")
+    started = time.monotonic()
+    status, body = system.post(seed_params("crlf@example.com", talkable_key="tk-abc\r\nX: y"))
+    assert status == 422, body
+    assert body["errors"] == [
+        {
+            "field": "api_key",
+            "message": "must be printable ASCII without spaces or control characters (at most "
+            "1024 characters): it is sent as a header",
+        }
+    ]
+    print(f"\nCRLF key answered {status} in {time.monotonic() - started:.3f} s")
+    assert read_topic(system.kafka.bootstrap, f"{system.app_id}-requests") == before
+
+
+def test_a_slow_client_is_cut_off(impatient: System) -> None:
+    system = impatient
     with socket.create_connection(("127.0.0.1", system.ingress_port), timeout=30) as headers:
         headers.sendall(b"POST /chat-gpt/generate HTTP/1.1\r\nHost: x\r\n")  # and no more
         started = time.monotonic()

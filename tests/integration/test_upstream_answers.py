@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from streams.dev.kafka import EmbeddedKafka
 from tests.integration.conftest import System, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
 from tests.tls import self_signed
@@ -51,6 +52,14 @@ class EdgeUpstreams:
 
     def release(self) -> None:
         self.loop.call_soon_threadsafe(self.released.set)
+
+    def reset(self) -> None:
+        """As new: no call recorded, ``HELD_KEY`` held again."""
+        asyncio.run_coroutine_threadsafe(self._reset(), self.loop).result(30)
+
+    async def _reset(self) -> None:
+        self.calls.clear()
+        self.released = asyncio.Event()
 
     async def _start(self) -> web.AppRunner:
         self.released = asyncio.Event()
@@ -100,19 +109,47 @@ class EdgeUpstreams:
         self.loop.close()
 
 
-@pytest.fixture
-def edges() -> Iterator[EdgeUpstreams]:
+@pytest.fixture(scope="module")
+def _edges() -> Iterator[EdgeUpstreams]:
     upstreams = EdgeUpstreams()
     yield upstreams
     upstreams.close()
 
 
+@pytest.fixture
+def edges(_edges: EdgeUpstreams) -> EdgeUpstreams:
+    """The module's one edge server, found as new by each test (no call recorded, its held
+    key held again): what a test counts there is its own."""
+    _edges.reset()
+    return _edges
+
+
+@pytest.fixture(scope="module")
+def _on_edges(
+    _edges: EdgeUpstreams, kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    root = tmp_path_factory.mktemp("on-edges")
+    urls = {"openai_base_url": f"{_edges.url}/v1", "talkable_base_url": f"{_edges.url}/api/v2"}
+    deployment = System(kafka, root, **urls).start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def on_edges(_on_edges: System, edges: EdgeUpstreams) -> System:
+    """The module's one deployment whose OpenAI and Talkable are the edge server, started once
+    for the tests that only send webhooks to it and read what became of them (a start and a
+    stop take 10 to 30 s), as ``module_system``: each test's people, keys and request ids are
+    its own, and what it counts (calls, dead letters) it counts of its own requests."""
+    for name, proc in _on_edges.procs.items():
+        assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{_on_edges.log(name)}"
+    return _on_edges
+
+
 def test_answers_without_a_usable_body_end_truthfully_and_a_text_lands_unchanged(
-    make_system, edges: EdgeUpstreams
+    on_edges: System, edges: EdgeUpstreams
 ) -> None:
-    system: System = make_system(
-        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
-    )
+    system = on_edges
     bodies = {
         "empty": seed_params("empty@example.com", openai_key=EMPTY_KEY),
         "proxied": seed_params("proxied@example.com", site="proxied", openai_key=GOOD_KEY),
@@ -250,15 +287,13 @@ def test_a_base_url_without_v1_ends_at_once_naming_what_to_check(
 
 
 def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
-    make_system, edges: EdgeUpstreams
+    on_edges: System, edges: EdgeUpstreams
 ) -> None:
     """Two texts of 600 kB for one person, their publications in flight: the person's ledger
     entry (which holds each one's text) became a 1.2 MB record, faust's producer refused it
     (MessageSizeTooLargeError) and the worker crashed (``make dev`` stopped everything), and
     would again at each start. A text over ``MAX_TEXT_BYTES`` now ends its request."""
-    system: System = make_system(
-        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
-    )
+    system = on_edges
     ids = []
     for content in ("a long verse", "a longer verse"):
         body = seed_params("big@example.com", site="slow", openai_key=BIG_KEY, content=content)
@@ -281,16 +316,14 @@ def test_texts_too_large_for_the_ledger_end_and_the_worker_stays_up(
 
 
 def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
-    make_system, edges: EdgeUpstreams
+    on_edges: System, edges: EdgeUpstreams
 ) -> None:
     """Five webhooks of one person with prompts of 230 kB, their generations in flight: the
     person's ledger entry holds each one's params, became a record of 1.15 MB, faust's
     producer refused it and the worker crashed, and again at each start (it decides the same
     records again). The entry now stays within ``MAX_ENTRY_BYTES`` (768 KiB by default): the
     webhooks that do not fit end ``EntryTooLarge``, dead-lettered, and the rest go on."""
-    system: System = make_system(
-        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
-    )
+    system = on_edges
     ids = []
     for n in range(5):
         content = f"verse {n}: " + "a" * 230_000
@@ -307,7 +340,11 @@ def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
         )
         assert "of MAX_ENTRY_BYTES (786,432) left for them" in (row.error_message or "")
     deadletter = f"{system.app_id}-deadletter"
-    letters = [json.loads(v) for _, _, _, v in read_topic(system.kafka.bootstrap, deadletter)]
+    letters = [
+        letter
+        for letter in (json.loads(v) for *_, v in read_topic(system.kafka.bootstrap, deadletter))
+        if letter["request_id"] in ids  # (the deployment's other tests' are theirs)
+    ]
     assert sorted(letter["request_id"] for letter in letters) == sorted(ids[2:])
     assert all(letter["reason"].startswith("EntryTooLarge: ") for letter in letters)
     # the two that fit are called (the key's first call goes alone for up to a second)
@@ -320,15 +357,13 @@ def test_webhooks_too_large_for_the_ledger_entry_end_and_the_worker_stays_up(
 
 
 def test_a_result_larger_than_a_kafka_record_ends_at_once_saying_so(
-    make_system, edges: EdgeUpstreams
+    on_edges: System, edges: EdgeUpstreams
 ) -> None:
     """The generator could not report such a result (MessageSizeTooLargeError, logged): the
     request waited out its deadline, was generated again, billed each time, and ended
     ``DeadlineExpired`` ("the work was lost") after every attempt. (A text that large ends
     ``TextTooLarge`` first: here an OpenAI-compatible server's model name is the bulk.)"""
-    system: System = make_system(
-        openai_base_url=f"{edges.url}/v1", talkable_base_url=f"{edges.url}/api/v2"
-    )
+    system = on_edges
     status, answer = system.post(seed_params("odd@example.com", openai_key=ODD_KEY))
     assert status == 202, answer
     request_id = answer["request_id"]
