@@ -144,16 +144,23 @@ async def test_every_nth_call_is_rate_limited_with_retry_after(oai, client) -> N
     assert await complete(client)
 
 
-async def test_rate_limit_fraction_is_deterministic(oai, client) -> None:
-    oai.config.rate_limit_fraction = 0.5
+async def outcomes_of(client: openai.AsyncOpenAI, calls: int) -> list[str]:
+    """What each of ``calls`` calls in a row was answered: ok, 429 or 500."""
     outcomes = []
-    for _ in range(6):
+    for _ in range(calls):
         try:
             await complete(client)
             outcomes.append("ok")
         except openai.RateLimitError:
             outcomes.append("429")
-    assert outcomes == ["ok", "429"] * 3
+        except openai.InternalServerError:
+            outcomes.append("500")
+    return outcomes
+
+
+async def test_rate_limit_fraction_is_deterministic(oai, client) -> None:
+    oai.config.rate_limit_fraction = 0.5
+    assert await outcomes_of(client, 6) == ["ok", "429"] * 3
 
 
 async def test_fail_next_queue_then_recovers(oai, client) -> None:
@@ -179,16 +186,7 @@ async def test_each_periodic_fault_counts_the_calls_that_reach_it(oai, client) -
     # every call, fail_500_every 2 (even calls) fell on 429s only, and no 500 ever came
     oai.config.rate_limit_fraction = 0.5
     oai.config.fail_500_every = 2
-    outcomes = []
-    for _ in range(8):
-        try:
-            await complete(client)
-            outcomes.append("ok")
-        except openai.RateLimitError:
-            outcomes.append("429")
-        except openai.InternalServerError:
-            outcomes.append("500")
-    assert outcomes == ["ok", "429", "500", "429"] * 2
+    assert await outcomes_of(client, 8) == ["ok", "429", "500", "429"] * 2
     assert oai.calls.stats()["by_fault"] == {"rate_limit": 4, "fail_500": 2}
 
 

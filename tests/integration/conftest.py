@@ -11,6 +11,7 @@ broker, the other Kafka version); they run last (:func:`pytest_collection_modify
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.exc import DBAPIError
 
 from streams.dev.kafka import DEFAULT_KAFKA_VERSION, EmbeddedKafka
@@ -455,6 +457,24 @@ def consumer_lags(metrics: str, topic: str) -> dict[str, float]:
         for sample in samples(metrics, "talkstream_consumer_lag")
         if sample.labels.get("topic") == topic
     }
+
+
+def described_group(bootstrap: str, group: str) -> tuple[str, list[Any]]:
+    """Consumer group ``group`` as its coordinator describes it: its state, and its members
+    (member id, client id, host, metadata, assignment; the assignments said of a stable
+    group only)."""
+
+    async def ask() -> tuple[str, list[Any]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            [response] = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        described = response.groups[0]
+        return str(described[2]), list(described[5])
+
+    return asyncio.run(ask())
 
 
 def now_s() -> int:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from streams.agents.ledger import partition_of
 from streams.agents.marks import Mark
@@ -17,6 +18,7 @@ from streams.secrets import key_fingerprint
 from tests.integration.conftest import (
     System,
     consumer_lags,
+    described_group,
     group_commits,
     http,
     now_s,
@@ -196,6 +198,17 @@ NO_GRACE = {
 }
 
 
+def projectors_holding(bootstrap: str, group: str) -> int:
+    """How many members of the projector ``group`` hold partitions, as its coordinator says it
+    (none while it rebalances)."""
+    state, members = described_group(bootstrap, group)
+    if state != "Stable":
+        return 0
+    return sum(
+        1 for member in members if ConsumerProtocolMemberAssignment.decode(member[4]).partitions()
+    )
+
+
 def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
     """Both workers' generators holding some of [generate], then 64 slow webhooks (one OpenAI
     key per four people: the targets spread over both), until worker-b has calls in flight."""
@@ -211,6 +224,18 @@ def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
     for name in ("worker", "worker-b"):  # both serving (the first may start after the second)
         system.wait_ready(name)
     wait_until(generate_shared, 120, what="both workers' generators holding partitions")
+    # and both projectors in their group: a worker killed while its projector's first join
+    # was pending, and started again within the session, left the projector group
+    # rebalancing for minutes (the projection, which these tests read, stalled: noted for an
+    # issue of its own; these tests are of the executors)
+    group = f"{system.app_id}-projector"
+    bootstrap = system.env["TALKSTREAM_KAFKA_BOOTSTRAP"]
+    wait_until(
+        lambda: projectors_holding(bootstrap, group) == 2,
+        120,
+        0.5,
+        what="both projectors in their group",
+    )
     system.openai("POST", "/_control", {"latency_seconds": 3})
     bodies = [
         seed_params(f"back{p}@example.com", openai_key=f"sk-test-openai-{p // 4:04d}")

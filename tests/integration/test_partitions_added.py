@@ -30,7 +30,7 @@ from streams.kafka_options import IdempotentProducer, client_options
 from streams.secrets import load_secret_box
 from streams.settings import Settings
 from streams.topics import ensure_topics, partition_of
-from tests.integration.conftest import System, http, now_s, read_topic
+from tests.integration.conftest import System, described_group, http, now_s, read_topic
 from tests.support import seed_params, usage, wait_until
 
 
@@ -169,27 +169,17 @@ def _group(bootstrap: str, group: str) -> tuple[str, dict[str, dict[str, set[int
     """The state of consumer group ``group`` as its coordinator says it, and what faust's
     assignor gave each member (by worker name) to hold actively: partitions by topic."""
 
-    async def ask() -> tuple[str, dict[str, dict[str, set[int]]]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            [response] = await admin.describe_consumer_groups([group])
-        finally:
-            await admin.close()
-        described = response.groups[0]
-        members: dict[str, dict[str, set[int]]] = {}
-        if described[2] != "Stable":  # the assignments are said of a stable group only
-            return str(described[2]), members
-        for member in described[5]:
-            given = ConsumerProtocolMemberAssignment.decode(member[4])
-            faust_said = ClientMetadata.loads(zlib.decompress(given.user_data))
-            members[str(member[0]).split("@")[0]] = {
-                topic: set(partitions)
-                for topic, partitions in faust_said.assignment.actives.items()
-            }
-        return str(described[2]), members
-
-    return asyncio.run(ask())
+    state, described = described_group(bootstrap, group)
+    members: dict[str, dict[str, set[int]]] = {}
+    if state != "Stable":  # the assignments are said of a stable group only
+        return state, members
+    for member in described:
+        given = ConsumerProtocolMemberAssignment.decode(member[4])
+        faust_said = ClientMetadata.loads(zlib.decompress(given.user_data))
+        members[str(member[0]).split("@")[0]] = {
+            topic: set(partitions) for topic, partitions in faust_said.assignment.actives.items()
+        }
+    return state, members
 
 
 def _stable(bootstrap: str, group: str, members: int) -> dict[str, dict[str, set[int]]] | None:
