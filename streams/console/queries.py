@@ -315,16 +315,17 @@ class ConsoleQueries:
         """The site as the projection spells it: ``name`` itself when it has requests, else
         the one site that differs from it only in case (``Acme`` for ``acme``), else ``name``
         (which finds nothing)."""
+        spelled = self.spellings(name)
+        return spelled[0] if len(spelled) == 1 else name
+
+    def spellings(self, name: str) -> list[str]:
+        """The sites ``name`` may mean: itself alone when it has requests, else every site
+        whose name differs from it only in case (none, one, or several the ledger keeps
+        apart: ``Shop``, ``shop``)."""
         with self._session() as session:
             found = session.scalar(select(RequestRow.site).where(RequestRow.site == name).limit(1))
             if found is not None:
-                return name
-            folded = [site for site in self._sites(session) if site.casefold() == name.casefold()]
-        return folded[0] if len(folded) == 1 else name
-
-    def sites_spelled_as(self, name: str) -> list[str]:
-        """Every site whose name differs from ``name`` only in case (itself included)."""
-        with self._session() as session:
+                return [name]
             return [site for site in self._sites(session) if site.casefold() == name.casefold()]
 
     @staticmethod

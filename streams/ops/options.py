@@ -171,15 +171,13 @@ def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
         return None
     from streams.console.queries import ConsoleQueries
 
-    queries = ConsoleQueries(store.engine)
-    named = queries.site_named(site.strip())
-    if named == site.strip():
-        spellings = queries.sites_spelled_as(named)
-        if len(spellings) > 1 and named not in spellings:
-            shown = ", ".join(repr(spelling) for spelling in spellings)
-            raise click.BadParameter(
-                f"{named!r} is {len(spellings)} sites, spelled apart only in case ({shown}),"
-                " which the ledger keeps apart: give one as it is spelled",
-                param_hint="'--site'",
-            )
-    return named
+    typed = site.strip()
+    spellings = ConsoleQueries(store.engine).spellings(typed)
+    if len(spellings) > 1:
+        shown = ", ".join(repr(spelling) for spelling in spellings)
+        raise click.BadParameter(
+            f"{typed!r} is {len(spellings)} sites, spelled apart only in case ({shown}),"
+            " which the ledger keeps apart: give one as it is spelled",
+            param_hint="'--site'",
+        )
+    return spellings[0] if spellings else typed
