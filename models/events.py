@@ -40,8 +40,13 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # ``attempted_event_number`` (the number the attempt writes the event under: what joins a
 # failed publication with the Talkable event it attempted). 10: ``not_called`` on attempt
 # failures (the attempt failed before its call was made: the webhook's key could not be opened;
-# the lifecycle event's cause then says so). Fields are only ever added, optional.
-SCHEMA_VERSION = 10
+# the lifecycle event's cause then says so). 11: no field added; ``person`` (the key of
+# [requests], the ledger's table and every value's ``person``) folds the site's case
+# (``models.params.person_key``: ``Shop:ada@x.io`` is ``shop:ada@x.io``, one usage window
+# for the site in any case); a record written before carries the key as its site was typed,
+# which the ledger and a replay read as recorded. ``spec.site`` and ``site`` stay as the
+# webhook typed them (what Talkable is called with). Fields are only ever added, optional.
+SCHEMA_VERSION = 11
 
 # a field a lifecycle event of a type says from a schema version on, though the ledger could
 # have derived it before: a recorded event an earlier version wrote does not say it, and
@@ -96,12 +101,17 @@ class SealedSecrets(BaseModel):
 
 # --- [requests] -----------------------------------------------------------------------------
 
+PERSON_KEY = (
+    "the person: site:email, the site lower-cased from schema 11 (one person for the site in"
+    " any case), as the site was typed before; the key of [requests] and the ledger's table"
+)
+
 
 class RequestReceived(_Wire):
     kind: Literal["request_received"] = "request_received"
     request_id: str
     delivery_id: str
-    person: str
+    person: str = Field(description=PERSON_KEY)
     at_ms: int = Field(ge=0, description="ingress receive time")
     spec: RequestSpec
     secrets: SealedSecrets
@@ -317,8 +327,8 @@ class LifecycleEvent(_Wire):
 
     type: EventType
     request_id: str
-    person: str
-    site: str
+    person: str = Field(description=PERSON_KEY)
+    site: str = Field(description="the site as the webhook typed it (what Talkable is called with)")
     state: State
     previous_state: State | None
     at_ms: int = Field(ge=0, description="the event time the decision used")

@@ -400,13 +400,35 @@ class GenerateParams(BaseModel):
 
     @property
     def person(self) -> str:
-        """The key of all per-person state: site and normalized email."""
+        """The key of all per-person state: the site in any case and the normalized email
+        (:func:`person_key`)."""
         return person_key(self.site, self.email)
 
 
 def person_key(site: str, email: str) -> str:
-    """``site:email``: one key per person, as the site holds no ``:`` (the first one ends it)."""
-    return f"{site}:{email}"
+    """``site:email``, the site lower-cased: one key per person, as the site holds no ``:``
+    (the first one ends it).
+
+    A Talkable site slug is one site in any case (the ingress checks a webhook's signature
+    with its site's key so, and the operator's tools take a site so): ``Shop``, ``shop`` and
+    ``SHOP`` are one person's site, one usage window, one partition. (A key as the site was
+    typed split a person into one window a spelling, and a limit of 1 admitted three.) The
+    email is lower-cased already (``GenerateParams``); a site slug is ASCII
+    (``SITE_SLUG``), so lower-casing it is its whole case fold.
+
+    Records carry the key they were keyed by (``person`` on every value of [requests] and
+    [lifecycle]): the ledger, a replay and ``replay --verify`` read it there and never derive
+    it again, so a record written before this rule (schema 10 and earlier: the site as typed)
+    keeps its own. :func:`person_keys` names both for a look-up.
+    """
+    return f"{site.lower()}:{email}"
+
+
+def person_keys(site: str, email: str) -> list[str]:
+    """Every key a person's records may carry: :func:`person_key`'s, and, before schema 11,
+    the site as typed (``Shop:ada@x.io`` beside ``shop:ada@x.io``), the first once when they
+    are one. For looking a person up in the projection, which holds records of both."""
+    return list(dict.fromkeys((person_key(site, email), f"{site}:{email}")))
 
 
 def trigger_met(trigger_criteria: str | None) -> bool:

@@ -70,7 +70,10 @@ class Log:
         trigger: str | None = "true",
         delivery: str = "d1",
         event_number: str | None = None,
+        person: str | None = None,
     ) -> RequestReceived:
+        """``person``: the key the record carries, if not ``person_key``'s (one written by an
+        earlier version: before schema 11, the site as typed)."""
         usage = (
             UsageLimit(
                 amount=limit,
@@ -85,7 +88,7 @@ class Log:
         message = RequestReceived(
             request_id=request_id,
             delivery_id=f"{request_id}/{delivery}",
-            person=person_key(site, email),
+            person=person or person_key(site, email),
             at_ms=at_ms,
             spec=RequestSpec(
                 site=site,

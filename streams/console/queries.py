@@ -49,7 +49,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.lifecycle import TERMINAL, State
-from models.params import person_key
+from models.params import person_keys
 from streams.ops.clocks import Timeline, timeline_of
 from streams.projection.tables import EndedMinuteRow, RequestRow, TransitionRow
 
@@ -267,7 +267,9 @@ class ConsoleQueries:
             if states:
                 query = query.where(RequestRow.state.in_(states))
             sites = [f.site] if f.site else self._sites(session)
-            persons = [person_key(s, f.email) for s in sites]
+            # each site's person as the ledger keys them, and as it keyed them before schema
+            # 11 (the site as typed): one person, whichever spelling their webhooks used
+            persons = list(dict.fromkeys(k for s in sites for k in person_keys(s, f.email)))
             return [
                 query.where(RequestRow.person.in_(persons[at : at + PERSONS_PER_QUERY]))
                 for at in range(0, len(persons), PERSONS_PER_QUERY)
@@ -305,8 +307,9 @@ class ConsoleQueries:
             found = [site for site in self._sites(session) if folded in site.casefold()]
         found.sort(key=lambda site: (site.casefold() != folded, site))
         # the site typed, else the one site typed in another case: of several (``Shop``,
-        # ``shop``, sites the ledger keeps apart) a name typed as none spells it is none of
-        # them, and is told so with their links (it was taken for the first: "no requests")
+        # ``shop``, spellings the projection records apart, as their webhooks typed them) a
+        # name typed as none spells it is none of them, and is told so with their links (it
+        # was taken for the first: "no requests")
         alike = [site for site in found if site.casefold() == folded]
         named = typed if typed in alike else alike[0] if len(alike) == 1 else None
         return Suggestions(found[:limit], len(found), named=named)
@@ -320,8 +323,8 @@ class ConsoleQueries:
 
     def spellings(self, name: str) -> list[str]:
         """The sites ``name`` may mean: itself alone when it has requests, else every site
-        whose name differs from it only in case (none, one, or several the ledger keeps
-        apart: ``Shop``, ``shop``)."""
+        whose name differs from it only in case (none, one, or several the projection records
+        apart, as their webhooks typed them: ``Shop``, ``shop``)."""
         with self._session() as session:
             found = session.scalar(select(RequestRow.site).where(RequestRow.site == name).limit(1))
             if found is not None:
@@ -455,18 +458,21 @@ class ConsoleQueries:
 
     # a person --------------------------------------------------------------------------------
 
-    def person(self, person: str) -> PersonSummary:
+    def person(self, person: str, *before: str) -> PersonSummary:
+        """The summary of the person ``person`` keys, with their requests under the keys
+        ``before`` (the site as typed, before schema 11: ``models.params.person_keys``)."""
+        keys = (person, *before)
         with self._session() as session:
             counts = session.execute(
                 select(RequestRow.state, func.count())
-                .where(RequestRow.person == person)
+                .where(RequestRow.person.in_(keys))
                 .group_by(RequestRow.state)
             )
             by_state = {state: count for state, count in counts}
             first, last = session.execute(
                 select(
                     func.min(RequestRow.received_at_ms), func.max(RequestRow.received_at_ms)
-                ).where(RequestRow.person == person)
+                ).where(RequestRow.person.in_(keys))
             ).one()
             windowed = session.execute(
                 select(
@@ -475,13 +481,13 @@ class ConsoleQueries:
                     RequestRow.request_id,
                     RequestRow.received_at_ms,
                 )
-                .where(RequestRow.person == person, RequestRow.window_start.is_not(None))
+                .where(RequestRow.person.in_(keys), RequestRow.window_start.is_not(None))
                 .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
                 .limit(1)
             ).first()
             latest = session.scalar(
                 select(RequestRow.request_id)
-                .where(RequestRow.person == person)
+                .where(RequestRow.person.in_(keys))
                 .order_by(RequestRow.received_at_ms.desc(), RequestRow.request_id.desc())
                 .limit(1)
             )

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from models.params import person_key
+from models.params import person_keys
 from streams.console import schema
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters
@@ -300,7 +300,8 @@ async def request_page(request: web.Request) -> web.Response:
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, status=404)
     row = timeline.request
-    site, _, email = row.person.partition(":")
+    # the site as its webhook typed it (the person's key folds its case: schema 11)
+    site, email = row.site, row.person.partition(":")[2]
     # its text was cut at its token cap: said beside its tokens and on its (last) generated
     # step, by no name (``max_tokens`` or ``max_completion_tokens``: the request does not
     # record which it was sent as; its content frame names the campaign's)
@@ -415,7 +416,7 @@ async def person_page(request: web.Request) -> web.Response:
             request, "missing.html", {"what": "person", "name": "", "error": "; ".join(said)}, 400
         )
     site = await run_query(s.queries.site_named, site)
-    key = person_key(site, email)
+    key, *as_typed = person_keys(site, email)  # and as keyed before schema 11 (site as typed)
     try:
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")
@@ -424,7 +425,7 @@ async def person_page(request: web.Request) -> web.Response:
         before = after = None
         cursor_error = str(exc)
     summary, page = await asyncio.gather(
-        run_query(s.queries.person, key),
+        run_query(s.queries.person, key, *as_typed),
         run_query(s.queries.search, Filters(site=site, email=email), before=before, after=after),
     )
     if not summary.by_state:

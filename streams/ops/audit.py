@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.lifecycle import TERMINAL, State
-from models.params import LATEST_EPOCH_S, person_key
+from models.params import LATEST_EPOCH_S, person_key, person_keys
 from streams.ops import clocks
 from streams.projection.store import ProjectionStore, StatsRow
 from streams.projection.tables import RequestRow
@@ -255,7 +255,9 @@ def find_histories(
         if "~" not in request_id:
             rows += store.repeats_of(request_id, MAX_REPEATS)
     elif site is not None and email is not None:
-        rows = store.requests_of(person_key(site.strip(), email.strip().lower()))
+        # under the key the ledger keys them by, and the site as typed (records before
+        # schema 11, whose key did not fold the site's case)
+        rows = store.requests_of(*person_keys(site.strip(), email.strip().lower()))
     else:
         raise ValueError("give a request id, or a site and an email")
     return [history(store, row) for row in rows]

@@ -164,9 +164,10 @@ def _which_projection(settings: Settings | None) -> str:
 def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
     """``--site`` as the projection spells it: typed in another case (``acme`` for ``Acme``),
     it is that site, as the console takes it; a name no site has is kept (it finds nothing).
-    A name that sites spelled apart only in case share (``Shop``, ``shop``: the ledger keeps
-    each apart), typed as none of them spells it, is refused naming them: it found nothing,
-    said as "no requests of site", while each had some."""
+    A name that sites spelled apart only in case share (``Shop``, ``shop``: the projection
+    records each as its webhooks typed it, though the ledger, from schema 11, counts them one
+    site), typed as none of them spells it, is refused naming them: it found nothing, said as
+    "no requests of site", while each had some."""
     if site is None:
         return None
     from streams.console.queries import ConsoleQueries
@@ -177,7 +178,7 @@ def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
         shown = ", ".join(repr(spelling) for spelling in spellings)
         raise click.BadParameter(
             f"{typed!r} is {len(spellings)} sites, spelled apart only in case ({shown}),"
-            " which the ledger keeps apart: give one as it is spelled",
+            " as their webhooks typed them: give one as it is spelled",
             param_hint="'--site'",
         )
     return spellings[0] if spellings else typed

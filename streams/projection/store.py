@@ -407,12 +407,13 @@ class ProjectionStore:
             )
         )
 
-    def requests_of(self, person: str) -> list[RequestRow]:
-        """A person's requests (``site:email``), newest first: by event time (whole seconds,
-        as Talkable renders it), then by arrival."""
+    def requests_of(self, *persons: str) -> list[RequestRow]:
+        """A person's requests (``site:email``; several keys: ``models.params.person_keys``,
+        the keys records before schema 11 carry too), newest first: by event time (whole
+        seconds, as Talkable renders it), then by arrival."""
         r = RequestRow
         return self._whole(
-            lambda q: q.where(r.person == person).order_by(
+            lambda q: q.where(r.person.in_(persons)).order_by(
                 r.received_at_ms.desc(),
                 r.arrived_at_ms.desc().nulls_last(),
                 r.request_id,

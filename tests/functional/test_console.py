@@ -805,9 +805,10 @@ def suggested(body: str) -> list[str]:
 
 
 async def test_a_site_typed_as_none_of_several_spellings_lists_them(tmp_path: Path):
-    """`Shop` and `shop` are two sites (the ledger keeps them apart): a search for `SHOP` was
-    taken for the first, found no request and said only "no requests"; it now says no site is
-    named so and links each spelling, which finds its own."""
+    """`Shop` and `shop` are two sites to the projection (each webhook's spelling, though one
+    to the ledger's limits): a search for `SHOP` was taken for the first, found no request and
+    said only "no requests"; it now says no site is named so and links each spelling, which
+    finds its own."""
     people = (("Shop", "ann@example.com"), ("shop", "bob@example.com"))
     console = await start(tmp_path, people=people)
     try:
@@ -1052,6 +1053,33 @@ async def test_a_persons_limit_is_that_of_the_request_that_reported_the_window(
     body = await signed_in.page("/person?site=again&email=ada@example.com")
     assert re.search(r'<span class="big">1 of 3</span>', body)
     assert signed_in.log.contents == [("same-id", T0_MS)]  # not T0_MS + month_ms
+
+
+async def test_a_persons_requests_under_their_key_and_as_keyed_before_are_one_person(
+    signed_in: Console,
+    database_url: str,  # noqa: F811
+):
+    """The person's key folds the site's case from schema 11 (``casey:...`` for ``Casey`` and
+    ``CASEY``); a request written before carries it as its site was typed (``Casey:...``).
+    The person's page and search find both, and each request links to its person by the site
+    its webhook typed (the key's own site part, lower-cased, is no spelling it had)."""
+    log = Log(_next=dict.fromkeys(range(4), 1000))  # offsets after the fixture's
+    log.full("case-old", site="Casey", person="Casey:ada@example.com", at_ms=T0_MS, limit=5)
+    log.full("case-new", site="Casey", at_ms=T0_MS + 1000, limit=5)
+    log.received("case-caps", site="CASEY", at_ms=T0_MS + 2000, limit=5)
+    store = ProjectionStore.from_url(database_url, migrate_schema=False)
+    store.apply(log.records)
+    store.close()
+
+    person = await signed_in.page("/person?site=Casey&email=ada@example.com")
+    assert re.findall(RID, person) == ["case-caps", "case-new", "case-old"]
+    assert re.search(r'<span class="label">requests</span><span class="big">3</span>', person)
+    search = await signed_in.page("/requests?site=Casey&email=ada@example.com")
+    assert re.findall(RID, search) == ["case-caps", "case-new", "case-old"]  # one person
+    links = re.findall(r'href="/person\?site=(\w+)&amp;email=ada%40example.com"', person)
+    assert links == ["CASEY", "Casey", "Casey"]
+    request = await signed_in.page("/request?id=case-caps")
+    assert re.findall(r'id="person-link" href="/person\?site=(\w+)&amp;', request) == ["CASEY"]
 
 
 DAY_MS = 86_400_000

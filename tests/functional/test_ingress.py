@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from models.events import ChatRequest, RequestReceived, RequestSpec
-from models.params import GenerateParams, OpenAIParams, UsageLimit
+from models.params import GenerateParams, OpenAIParams, UsageLimit, person_key
 from streams.clients.openai_chat import chat_body
 from streams.errors import BrokerUnavailable, PartitionsAdded
 from streams.projection.tables import EndedMinuteRow, RequestRow
@@ -571,6 +571,27 @@ async def test_a_site_named_in_another_case_needs_its_signature_too(
 
     assert [e["field"] for e in errors] == ["x-talkable-signature"]
     assert received.spec.site == sent
+
+
+async def test_a_signed_webhook_and_a_legacy_one_in_another_case_are_one_person(
+    ingress_with: StartIngress,
+) -> None:
+    """The signature check took ``SIGNED-STORE`` for ``signed-store``, and the ledger took them
+    for two sites: a signed webhook in capitals and a legacy one with the site's key landed as
+    two people, two usage windows. One person now, each keeping its site as typed."""
+    ingress = await ingress_with(site_security_keys=SITE_KEYS)
+    signed = json_body(changed(site=SIGNED_SITE.upper()))
+    fields = {**envelope(SIGNED_SITE), "key": SITE_KEY}
+    legacy = form_body({**fields, "extras": json.dumps(changed(site=...))})
+
+    capitals = await accepted(
+        ingress, Body(JSON, signed), headers={"x-talkable-signature": sign(SITE_KEY, signed)}
+    )
+    lower = await accepted(ingress, Body(FORM, legacy))
+
+    assert capitals.person == lower.person == person_key(SIGNED_SITE, capitals.spec.email)
+    assert {item.key for item in ingress.sink.produced} == {lower.person.encode()}
+    assert (capitals.spec.site, lower.spec.site) == (SIGNED_SITE.upper(), SIGNED_SITE)
 
 
 async def test_a_correct_signature_over_the_raw_body_is_accepted(

@@ -99,6 +99,22 @@ async def test_a_site_slug_of_printable_ascii_is_taken(ingress: Ingress, site: s
     assert received.spec.site == site
 
 
+async def test_a_site_in_any_case_is_written_under_one_person(ingress: Ingress) -> None:
+    """``Shop``, ``shop`` and ``SHOP`` went to [requests] as three people (three keys: three
+    usage windows, perhaps three partitions); one key now, each request keeping its site as
+    typed, which Talkable is called with."""
+    sites = ["Shop", "shop", "SHOP"]
+    for site in sites:
+        await taken(ingress, changed(site=site, email="Ada@Example.com"))
+    keys = {item.key for item in ingress.sink.produced[-3:]}
+    received = ingress.sink.received()[-3:]
+
+    assert keys == {b"shop:ada@example.com"}
+    assert {r.person for r in received} == {"shop:ada@example.com"}
+    assert [r.spec.site for r in received] == sites
+    assert len({r.request_id for r in received}) == 3  # three webhooks, each judged
+
+
 @pytest.mark.parametrize(
     "number",
     [

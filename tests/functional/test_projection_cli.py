@@ -447,12 +447,17 @@ def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(proje
 
 
 def test_a_site_several_sites_spell_apart_in_case_is_refused_naming_them(tmp_path: Path):
-    """`Shop` and `shop` are two sites to the ledger (two usage windows): `stats --site SHOP`
-    said "no requests of site 'SHOP'", `audit` "no request of SHOP:..." and `redrive` selected
-    nothing, while both had requests; each spelling as it is still finds its own."""
+    """`Shop` and `shop`, as the projection records each webhook's spelling: `stats --site
+    SHOP` said "no requests of site 'SHOP'", `audit` "no request of SHOP:..." and `redrive`
+    selected nothing, while both had requests; each spelling as it is still finds its own
+    site's rows. Their person is one to the ledger (schema 11: the key folds the site's case),
+    so `audit` of either spelling finds both requests, and of a spelling whose key a record
+    written before carries (``Shop:...``), that one too."""
     log = Log()
     log.received("upper-1", site="Shop")
     log.received("lower-1", site="shop")
+    # written before schema 11: keyed by the site as typed, another person to the ledger then
+    log.received("legacy-1", site="Shop", person="Shop:ada@example.com", delivery="d0")
     url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
     store = ProjectionStore.from_url(url)
     store.apply(log.records)
@@ -473,7 +478,14 @@ def test_a_site_several_sites_spell_apart_in_case_is_refused_naming_them(tmp_pat
         "audit", "--site", "shop", "--email", "ada@example.com", "--database-url", url
     )
     assert audit.exit_code == 0 and "request lower-1" in audit.output
-    assert "upper-1" not in audit.output
+    # the assertion before schema 11 was ``"upper-1" not in``: two people then, one now
+    assert "request upper-1" in audit.output and "legacy-1" not in audit.output
+    as_typed = talkstream(
+        "audit", "--site", "Shop", "--email", "ada@example.com", "--database-url", url
+    )
+    assert as_typed.exit_code == 0, as_typed.output
+    found = {r for r in ("upper-1", "lower-1", "legacy-1") if f"request {r}" in as_typed.output}
+    assert found == {"upper-1", "lower-1", "legacy-1"}
 
 
 def test_stats_refuses_a_time_it_cannot_read(projected: str):

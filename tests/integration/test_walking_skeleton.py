@@ -195,6 +195,31 @@ def test_a_burst_for_one_person_admits_exactly_the_limit(system: System) -> None
     assert len(events) == 3
 
 
+def test_a_site_in_any_case_is_one_person_for_the_limit(system: System) -> None:
+    """QA: the same email with a usage limit of 1 under ``Shop``, ``shop`` and ``SHOP`` was
+    generated and published three times (three keys: three windows). Talkable's site slugs
+    are one site in any case: one is published, the two others are limited, and Talkable is
+    called with the site as the webhook typed it."""
+    now = now_s()
+    sites = ["Shop", "shop", "SHOP"]
+    ids = []
+    for site in sites:  # one after the other: the first is the one admitted
+        status, body = system.post(
+            seed_params("Case@Example.com", site=site, usage_limit=usage(1, now=now))
+        )
+        assert status == 202, body
+        ids.append(body["request_id"])
+    rows = system.wait_terminal(ids, timeout=120)
+
+    assert [rows[i].state for i in ids] == ["published", "limited", "limited"]
+    assert {rows[i].person for i in ids} == {"shop:case@example.com"}
+    assert [rows[i].site for i in ids] == sites
+    events = [e for e in system.talkable("GET", "/_events") if e["email"] == "case@example.com"]
+    assert [(e["site_slug"], e["custom_properties"]["__current_usage_amount"]) for e in events] == [
+        ("Shop", "1")
+    ]
+
+
 def test_talkable_retry_of_the_same_webhook_is_processed_once(system: System) -> None:
     body = seed_params("retry@example.com", usage_limit=usage(5, now=now_s()))
     first = system.post(body)

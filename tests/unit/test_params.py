@@ -28,6 +28,7 @@ from models.params import (
     from_mapping,
     parse_request,
     person_key,
+    person_keys,
     request_fingerprint,
     trigger_met,
 )
@@ -546,6 +547,37 @@ def test_two_sites_people_never_share_a_person_key() -> None:
         except ParamsError:
             continue
     assert len(set(people)) == len(people) == 1
+
+
+def test_a_site_in_any_case_is_one_person() -> None:
+    """Talkable's site slugs are one site in any case (the signature check and the tools read
+    them so): the same email under ``Shop``, ``shop`` and ``SHOP`` was three people, three
+    usage windows, and a limit of 1 admitted three webhooks. The person is one; the site stays
+    as typed (what Talkable is called with)."""
+    parsed = [from_mapping(seed(site=site, email="Ada@X.io")) for site in ("Shop", "shop", "SHOP")]
+
+    assert {p.person for p in parsed} == {"shop:ada@x.io"}
+    assert [p.site for p in parsed] == ["Shop", "shop", "SHOP"]
+    assert from_mapping(seed(site="Shop2", email="ada@x.io")).person != parsed[0].person
+
+
+@settings(max_examples=200)
+@given(
+    site=st.from_regex(r"[\x21-\x39\x3b-\x7e]{1,20}", fullmatch=True),
+    other=st.from_regex(r"[\x21-\x39\x3b-\x7e]{1,20}", fullmatch=True),
+)
+def test_the_person_key_is_the_site_s_case_and_nothing_else(site: str, other: str) -> None:
+    """Two site slugs are one person's site exactly when they differ only in case."""
+    same = person_key(site, "c@x.io") == person_key(other, "c@x.io")
+    assert same == (site.lower() == other.lower())
+    assert person_key(site.swapcase(), "c@x.io") == person_key(site, "c@x.io")
+
+
+def test_a_person_is_looked_up_by_the_key_and_as_records_before_schema_11_keyed_them() -> None:
+    """Records carry their key; those written before the key folded the site's case carry it
+    as the site was typed, and a look-up of the person finds both."""
+    assert person_keys("Shop", "ada@x.io") == ["shop:ada@x.io", "Shop:ada@x.io"]
+    assert person_keys("shop", "ada@x.io") == ["shop:ada@x.io"]
 
 
 # --- usage_limit: all or nothing ------------------------------------------------------------

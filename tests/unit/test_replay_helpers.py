@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from models.events import GapProbe, LifecycleEvent, State
-from models.ledger import Policy
+from models.ledger import PersonState, Policy, handle
 from streams.codecs import encode
 from streams.ops.helpers import Channel, Helper, HelperError, answers, run_all, shares
 from streams.ops.replay import Record
 from streams.ops.verify import Rederivation, VerifySummary, _comparable, _compare
+from tests.unit.domain_builders import EMAIL, limit, received
 
 
 def test_shares_balance_the_partitions_that_have_records() -> None:
@@ -273,3 +274,38 @@ def test_verify_names_a_message_it_skipped_as_its_dead_letter_does() -> None:
     check.request(Record("requests", 3, 92, 1_700_000_000_000, b"{not json"))
     [skipped] = check.summary.skipped
     assert skipped.reason.startswith("does not decode: value: Invalid JSON"), skipped.reason
+
+
+def test_records_written_before_the_key_folded_the_sites_case_verify_as_they_were() -> None:
+    """Before schema 11 the person's key kept the site as typed: ``Shop`` and ``shop`` were two
+    people, and with a limit of 1 both webhooks were admitted. ``replay --verify`` reads the key
+    each record carries, never derives it again from the site, so what was decided then is what
+    it derives (deriving the key anew would find the second webhook limited: a difference)."""
+    window = limit(amount=1)
+    old = [
+        received(f"req-{site}", usage_limit=window).model_copy(
+            update={
+                "schema_version": 10,
+                "person": f"{site}:{EMAIL}",
+                "spec": received(usage_limit=window).spec.model_copy(update={"site": site}),
+            }
+        )
+        for site in ("Shop", "shop")
+    ]
+    states: dict[str, PersonState] = {}  # the ledger of the version that wrote them
+    recorded: list[LifecycleEvent] = []
+    for message in old:
+        outcome = handle(states.get(message.person), message, Policy(), message.at_ms)
+        states[message.person] = outcome.state
+        recorded += outcome.events
+    assert [e.type for e in recorded].count("RequestAdmitted") == 2
+
+    check = Rederivation(Policy(), VerifySummary("requests", "lifecycle"))
+    for offset, message in enumerate(old):
+        check.request(Record("requests", 0, offset, message.at_ms, encode(message)))
+    for offset, event in enumerate(recorded):
+        check.recorded(Record("lifecycle", 0, offset, event.at_ms, encode(event)))
+    summary = check.compare()
+
+    assert summary.differences == [] and summary.skipped == []
+    assert summary.matched == len(recorded)
