@@ -25,13 +25,14 @@ from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER
 from aiokafka.protocol.admin import ApiVersionRequest, DescribeGroupsRequest
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from streams import kafka_reconnect
+from streams import kafka_join, kafka_reconnect
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 kafka_reconnect.install()  # every client made with these options, faust's too
+kafka_join.install()  # one JoinGroup per join, whatever the assignors (its doc)
 
 
 def _ssl_context(settings: Settings) -> Any:

@@ -224,10 +224,10 @@ def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
     for name in ("worker", "worker-b"):  # both serving (the first may start after the second)
         system.wait_ready(name)
     wait_until(generate_shared, 120, what="both workers' generators holding partitions")
-    # and both projectors in their group: a worker killed while its projector's first join
-    # was pending, and started again within the session, left the projector group
-    # rebalancing for minutes (the projection, which these tests read, stalled: noted for an
-    # issue of its own; these tests are of the executors)
+    # and both projectors in their group: these tests are of the executors. (A worker killed
+    # while its projector's first join was pending, and started again within the session,
+    # left the projector group rebalancing for minutes, the projection these tests read
+    # stalled: ``streams.kafka_join``, and test_projector_group.py's test of it.)
     group = f"{system.app_id}-projector"
     bootstrap = system.env["TALKSTREAM_KAFKA_BOOTSTRAP"]
     wait_until(

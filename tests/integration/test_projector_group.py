@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +28,8 @@ from streams.projection import engine, migrate
 from streams.projection.engine import database_identity, make_engine, url_identity
 from streams.projection.store import ProjectionStore
 from streams.runtime import DeadLetters, SystemClock
-from tests.integration.conftest import System, create_topic, http
+from tests.integration.conftest import System, create_topic, described_group, http
+from tests.integration.test_crash import _alive, _children, projectors_holding
 from tests.integration.test_projector import _Letters, _on, _produce
 from tests.postgres import fresh_postgres_database, postgres_server  # noqa: F401 (fixture)
 from tests.projection_support import T0_MS, Log
@@ -348,6 +351,42 @@ def test_projectors_on_one_database_share_the_partitions(
     same.close()
 
 
+def _generation(projector: Projector) -> int:
+    """The generation of its group its projector last joined (-1 before its first)."""
+    consumer = projector.consumer
+    return -1 if consumer is None else int(consumer._coordinator.generation)
+
+
+def test_each_projector_joining_its_group_rebalances_it_once(
+    kafka: EmbeddedKafka, tmp_path: Path
+) -> None:
+    """A projector alone in its group holds every partition from the group's first generation,
+    and a second joining has both hold some from the second: one rebalance a join. aiokafka
+    sent one JoinGroup per assignor (``streams.kafka_join``), the second naming
+    ``roundrobin`` too: a change of the member's protocols, which the coordinator rebalanced
+    the group again for (each join two generations, each a pause of the projection)."""
+    topic, _ = _seeded(kafka)
+    url = f"sqlite:///{tmp_path / 'group.sqlite3'}"
+    one, same = ProjectionStore.from_url(url), ProjectionStore.from_url(url)
+
+    async def scenario() -> None:
+        first = _projector(kafka.bootstrap, topic, "first", one)
+        second = _projector(kafka.bootstrap, topic, "second", same)
+        async with _running(first) as first_task:
+            await _until(lambda: _assigned(first) == PARTITIONS, first_task)
+            assert _generation(first) == 1
+            async with _running(second) as second_task:
+                await _until(
+                    lambda: _assigned(first) > 0 and _assigned(second) > 0, first_task, second_task
+                )
+                assert _generation(first) == _generation(second) == 2
+                assert _assigned(first) + _assigned(second) == PARTITIONS
+
+    asyncio.run(scenario())
+    one.close()
+    same.close()
+
+
 _fresh = contextlib.contextmanager(fresh_postgres_database)
 
 
@@ -528,3 +567,58 @@ def test_a_workers_projector_child_on_another_database_says_so_once_and_waits(
     ids = [system.post(seed_params(f"c{i}@example.com"))[1]["request_id"] for i in range(8)]
     system.wait_terminal(ids)
     assert not other.exists()
+
+
+def test_a_worker_killed_while_its_projector_joins_is_back_in_the_group_at_once(
+    make_system: Any,
+) -> None:
+    """A worker killed while its projector's first JoinGroup is pending (the group waits for
+    the other projector's next heartbeat: every 6 s with a 60 s session) and started again at
+    once under the same static instance id: the group is stable again within seconds, both
+    projectors holding partitions, and the projection gets every request. It rebalanced for
+    minutes instead, the two projectors joining alternate generations, each one's SyncGroup
+    failing (aiokafka sent one JoinGroup per assignor, the second naming one protocol more:
+    each member's second JoinGroup rebalanced the group again under the other). Whether the
+    two fell out of step so depends on when the coordinator hears each: without
+    ``streams.kafka_join`` this failed 4 runs in 6; the rebalance a join costs, every time:
+    ``test_each_projector_joining_its_group_rebalances_it_once``."""
+    system: System = make_system(session_timeout_seconds="60")
+    bootstrap = system.env["TALKSTREAM_KAFKA_BOOTSTRAP"]
+    group = f"{system.app_id}-projector"
+    system.wait_ready()
+    first = [system.post(seed_params(f"a{i}@example.com"))[1]["request_id"] for i in range(4)]
+    system.wait_terminal(first)
+    wait_until(
+        lambda: projectors_holding(bootstrap, group) == 1, 60, 0.5, what="worker's projector"
+    )
+    system.start_worker("worker-b")
+
+    def b_joining() -> bool:  # its projector joined: the group waits for worker's to rejoin
+        state, members = described_group(bootstrap, group)
+        return state == "PreparingRebalance" and any(m[0].startswith("worker-b@") for m in members)
+
+    wait_until(b_joining, 120, 0.05, what="worker-b's projector joining its group")
+    children = _children(system.procs["worker-b"].pid)
+    # its projector child too, at once: the worker's death sends it a SIGTERM, and its stop
+    # could see the pending join answered first
+    for child in children:
+        os.kill(child, signal.SIGKILL)
+    system.kill("worker-b")
+    wait_until(lambda: not any(_alive(c) for c in children), 60, what="its children to end")
+    system.start_worker("worker-b")
+    # well within the session (60 s): nothing waits it out, and a rebalance takes seconds
+    wait_until(
+        lambda: projectors_holding(bootstrap, group) == 2, 40, 0.5, what="both projectors holding"
+    )
+    later = [system.post(seed_params(f"b{i}@example.com"))[1]["request_id"] for i in range(8)]
+    system.wait_terminal(first + later, timeout=40)
+    assert projectors_holding(bootstrap, group) == 2
+    # the executors' groups settled too before the deployment stops: worker-b stopped with
+    # their joins still pending did not end within the fixture's 30 s (each run's teardown)
+    for executor in ("generator", "publisher"):
+        wait_until(
+            lambda e=executor: projectors_holding(bootstrap, f"{system.app_id}-{e}") == 2,
+            60,
+            0.5,
+            what=f"both {executor}s holding partitions",
+        )
