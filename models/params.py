@@ -421,7 +421,15 @@ def person_key(site: str, email: str) -> str:
     it again, so a record written before this rule (schema 10 and earlier: the site as typed)
     keeps its own. :func:`person_keys` names both for a look-up.
     """
-    return f"{site.lower()}:{email}"
+    return f"{site_identity(site)}:{email}"
+
+
+def site_identity(site: str) -> str:
+    """The site as one site in any case (lower-cased: a slug is ASCII): what the person's key
+    holds, and what paces, backs off from and remembers a refusal of a Talkable site (the
+    publisher's target, the key of [completions]); ``Shop``, ``shop`` and ``SHOP`` are one.
+    Talkable is called with the site as each webhook typed it, which is what is recorded."""
+    return site.lower()
 
 
 def person_keys(site: str, email: str) -> list[str]:

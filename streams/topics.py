@@ -86,7 +86,10 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         GenerateText,
         "internal: generator commands",
     ),
-    TopicSpec("completions", "site", PublishCompletion, "internal: publisher commands"),
+    # the site lower-cased: a site in any case is one target (models.params.site_identity)
+    TopicSpec(
+        "completions", "site (lower-cased)", PublishCompletion, "internal: publisher commands"
+    ),
     TopicSpec(
         "lifecycle",
         "request_id",

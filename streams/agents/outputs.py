@@ -37,6 +37,7 @@ from models.events import (
     PublishCompletion,
 )
 from models.ledger import Outcome, PersonState
+from models.params import site_identity
 from streams.codecs import encode
 from streams.runtime import REFUSED, DeadLetters, Source, Topics, refusal
 
@@ -73,12 +74,15 @@ Output = tuple[Source, Identity, Awaitable[Any], "Instead | None"]
 
 def target_key(command: GenerateText | PublishCompletion) -> bytes:
     """A command's record key: its upstream target (the OpenAI key's fingerprint, the
-    Talkable site), so all calls to one target meet in one executor, whichever worker owns
-    the partition, and its pacing holds across workers (the keys of one OpenAI organisation
-    meet in the executor that owns the organisation's partition: ``streams.agents.forwarding``)."""
+    Talkable site in any case: ``Shop`` and ``shop`` are one site), so all calls to one target
+    meet in one executor, whichever worker owns the partition, and its pacing holds across
+    workers (the keys of one OpenAI organisation meet in the executor that owns the
+    organisation's partition: ``streams.agents.forwarding``). A publication written keyed by
+    its site as typed (before the key folded the case) is called where it is: nothing orders
+    a site's publications (each is its own request's event, under its own number)."""
     if isinstance(command, GenerateText):
         return (command.openai_key_id or command.request_id).encode()
-    return command.site.encode()
+    return site_identity(command.site).encode()
 
 
 class Batch:

@@ -23,6 +23,7 @@ from models.events import (
     PublicationAttemptSucceeded,
     PublishCompletion,
 )
+from models.params import site_identity
 from streams.clients.openai_chat import ChatClient, Completion, token_cost
 from streams.clients.talkable import Publication, TalkableClient
 from streams.codecs import decode
@@ -139,7 +140,9 @@ class Publish(Work[PublishCompletion]):
         self._secrets = secrets
 
     def target(self, command: PublishCompletion) -> str:
-        return f"talkable:{command.site}"
+        """The site in any case (``Shop``, ``shop``: one site, one pace, one circuit, one
+        refusal remembered); the call names it as the webhook typed it."""
+        return f"talkable:{site_identity(command.site)}"
 
     def job(
         self, command: PublishCompletion, *, issued_s: float, origin: Any, report: Report

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from models.params import site_identity
 from models.state import never_parked
 from streams.console.log import LETTERS_PER_PARTITION, Letter
 from streams.console.pages import render
@@ -78,7 +79,7 @@ class LetterFilters:
             and (self.reason is None or self.reason.lower() in letter.reason.lower())
             and (self.since_ms is None or letter.at_ms >= self.since_ms)
             and (self.until_ms is None or letter.at_ms <= self.until_ms)
-            and (self.site is None or (row is not None and row.site == self.site))
+            and (self.site is None or (row is not None and _one_site(row.site, self.site)))
         )
 
     def selection(self, request_ids: frozenset[str]) -> Selection:
@@ -173,9 +174,15 @@ def _joined(letter: Letter, requests: list[RequestRow]) -> LetterRow:
     return LetterRow(letter, row, latest=row is None or row is requests[-1])
 
 
+def _one_site(site: str, named: str) -> bool:
+    """Whether a request's site is the site named, in any case (``Shop``, ``shop``: one)."""
+    return site_identity(site) == site_identity(named)
+
+
 async def _named(s: Services, filters: LetterFilters, given: dict[str, str]) -> LetterFilters:
     """The filters with their site as the projection spells it ("acme" finds "Acme"), shown so
-    on the page and carried so into the actions."""
+    on the page and carried so into the actions; a site spelled several ways (``Shop``,
+    ``shop``) as typed: it selects every spelling of it, here and in a redrive."""
     if filters.site is None:
         return filters
     given["site"] = await run_query(s.queries.site_named, filters.site)

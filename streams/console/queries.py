@@ -10,8 +10,9 @@ adds the console's), so pages stay fast on millions of requests:
   states ("failed", "in flight") is a query a state, merged; an email
   without a site becomes the persons of every site (``site:email``), the sites read by a loose
   index scan, asked for ``PERSONS_PER_QUERY`` at a time (each query a page of its own, merged);
-- a site is named as the projection spells it; one typed in another case is read as the site
-  that differs only in case (when just one does);
+- a site is read in any case, as every spelling the projection records of it (``Shop``,
+  ``shop``: one site, as the ledger counts it), found by one loose index scan of the sites,
+  then a query a spelling (a range of an index leading with the site), merged;
 - a timeline is one request row and its transitions (``ix_transitions_request``); whether its
   text was cut (``truncated``, migration 0006), the number Talkable holds its event under
   (``event_number``, migration 0009) and its publications' numbers (``transitions
@@ -49,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.lifecycle import TERMINAL, State
-from models.params import person_keys
+from models.params import person_keys, site_identity
 from streams.ops.clocks import Timeline, timeline_of
 from streams.projection.tables import EndedMinuteRow, RequestRow, TransitionRow
 
@@ -266,7 +267,7 @@ class ConsoleQueries:
         if f.email:
             if states:
                 query = query.where(RequestRow.state.in_(states))
-            sites = [f.site] if f.site else self._sites(session)
+            sites = self._spelled(session, f.site) if f.site else self._sites(session)
             # each site's person as the ledger keys them, and as it keyed them before schema
             # 11 (the site as typed): one person, whichever spelling their webhooks used
             persons = list(dict.fromkeys(k for s in sites for k in person_keys(s, f.email)))
@@ -274,12 +275,19 @@ class ConsoleQueries:
                 query.where(RequestRow.person.in_(persons[at : at + PERSONS_PER_QUERY]))
                 for at in range(0, len(persons), PERSONS_PER_QUERY)
             ]
-        if f.site:
-            query = query.where(RequestRow.site == f.site)
         # a group of states: a query a state, each a range of an index that leads with the
         # state, never ``state IN (...)``, which SQLite without statistics (a projection before
-        # the projector first gathers them) met by sorting every failed request ever
-        return [query.where(RequestRow.state == state) for state in states] or [query]
+        # the projector first gathers them) met by sorting every failed request ever; a site
+        # spelled several ways (``Shop``, ``shop``: one site), a query a spelling likewise, each
+        # a range of ``ix_requests_site_received`` (or ``_site_state_received``), not ``IN``
+        queries = [query.where(RequestRow.state == state) for state in states] or [query]
+        if not f.site:
+            return queries
+        return [
+            each.where(RequestRow.site == site)
+            for site in self._spelled(session, f.site)
+            for each in queries
+        ]
 
     def sites(self) -> list[str]:
         """Every site of the projection, in order."""
@@ -306,30 +314,39 @@ class ConsoleQueries:
             folded = typed.casefold()
             found = [site for site in self._sites(session) if folded in site.casefold()]
         found.sort(key=lambda site: (site.casefold() != folded, site))
-        # the site typed, else the one site typed in another case: of several (``Shop``,
-        # ``shop``, spellings the projection records apart, as their webhooks typed them) a
-        # name typed as none spells it is none of them, and is told so with their links (it
-        # was taken for the first: "no requests")
+        # the site typed in any case: its one spelling, else (``Shop``, ``shop``, spellings
+        # the projection records apart, as their webhooks typed them: one site) as typed
         alike = [site for site in found if site.casefold() == folded]
-        named = typed if typed in alike else alike[0] if len(alike) == 1 else None
+        named = alike[0] if len(alike) == 1 else typed if alike else None
         return Suggestions(found[:limit], len(found), named=named)
 
     def site_named(self, name: str) -> str:
-        """The site as the projection spells it: ``name`` itself when it has requests, else
-        the one site that differs from it only in case (``Acme`` for ``acme``), else ``name``
-        (which finds nothing)."""
+        """The site as the projection spells it: the one spelling its webhooks gave it
+        (``Acme`` for ``acme``), else ``name`` as typed (a site spelled several ways, which
+        the filters read as every one of them; or none, which finds nothing)."""
         spelled = self.spellings(name)
         return spelled[0] if len(spelled) == 1 else name
 
     def spellings(self, name: str) -> list[str]:
-        """The sites ``name`` may mean: itself alone when it has requests, else every site
-        whose name differs from it only in case (none, one, or several the projection records
-        apart, as their webhooks typed them: ``Shop``, ``shop``)."""
+        """Every spelling of the site ``name`` names in any case, as the projection records
+        them (each webhook's: ``Shop``, ``shop``), by name; none when it has no requests. One
+        site, as the ledger counts it (``models.params.site_identity``): a filter by site
+        reads them all."""
         with self._session() as session:
-            found = session.scalar(select(RequestRow.site).where(RequestRow.site == name).limit(1))
-            if found is not None:
-                return [name]
-            return [site for site in self._sites(session) if site.casefold() == name.casefold()]
+            return self._spellings(session, name)
+
+    def _spelled(self, session: Session, name: str) -> list[str]:
+        """What a filter by the site ``name`` reads: its spellings, or ``name`` itself (no
+        site has it: nothing found)."""
+        return self._spellings(session, name) or [name]
+
+    @classmethod
+    def _spellings(cls, session: Session, name: str) -> list[str]:
+        # one query, the sites' loose index scan (a probe a site): a site's spellings are
+        # not together in a collation's order, and no index holds lower(site); each spelling
+        # is then read by equality, a range of the indexes that lead with the site
+        folded = site_identity(name)
+        return [site for site in cls._sites(session) if site_identity(site) == folded]
 
     @staticmethod
     def _sites(session: Session, limit: int | None = None) -> list[str]:

@@ -203,10 +203,13 @@ async def search(request: web.Request) -> web.Response:
     s = services_of(request)
     given = {k: request.query.get(k, "") for k in ("site", "email", "state", "since", "until")}
     error = None
+    spellings: list[str] = []
     try:
         filters = _filters(request.query, s.now_ms())
-        if filters.site:  # as the projection spells it: "acme" finds "Acme"
-            given["site"] = await run_query(s.queries.site_named, filters.site)
+        if filters.site:  # in any case, every spelling of it: "acme" finds "Acme", "SHOP"
+            # finds Shop and shop (one site); its one spelling is shown as the projection has it
+            spellings = await run_query(s.queries.spellings, filters.site)
+            given["site"] = spellings[0] if len(spellings) == 1 else filters.site
             filters = replace(filters, site=given["site"])
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")
@@ -227,6 +230,7 @@ async def search(request: web.Request) -> web.Response:
             "given": given,
             "suggestions": suggestions,
             "unknown": unknown,
+            "spellings": spellings if len(spellings) > 1 else [],
             "site_links": [
                 (site, _query({**given, "site": site})) for site in suggestions.sites if unknown
             ],
@@ -415,8 +419,11 @@ async def person_page(request: web.Request) -> web.Response:
         return render(
             request, "missing.html", {"what": "person", "name": "", "error": "; ".join(said)}, 400
         )
-    site = await run_query(s.queries.site_named, site)
-    key, *as_typed = person_keys(site, email)  # and as keyed before schema 11 (site as typed)
+    # the site in any case: every spelling of it (one site, one person); and each keyed as
+    # typed before schema 11
+    spellings = await run_query(s.queries.spellings, site)
+    site = spellings[0] if len(spellings) == 1 else site
+    key, *as_typed = dict.fromkeys(k for at in spellings or [site] for k in person_keys(at, email))
     try:
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")

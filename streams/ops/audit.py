@@ -245,11 +245,14 @@ def find_histories(
     request_id: str | None = None,
     site: str | None = None,
     email: str | None = None,
+    spellings: Sequence[str] = (),
 ) -> list[History]:
     """The requests of an id, oldest first (one, unless the ledger named the same params by it
     again after it forgot the person), with the requests of the same params the ledger named
     after it (:data:`MAX_REPEATS` at most: the ingress answered them the same id), or every
-    request of a person (site + email, normalized), newest first."""
+    request of a person (site + email, normalized), newest first: ``spellings``, the site as
+    each of its webhooks typed it (``Shop``, ``shop``: one site), for the keys written before
+    schema 11."""
     if request_id is not None:
         rows = store.occurrences(request_id)
         if "~" not in request_id:
@@ -257,7 +260,9 @@ def find_histories(
     elif site is not None and email is not None:
         # under the key the ledger keys them by, and the site as typed (records before
         # schema 11, whose key did not fold the site's case)
-        rows = store.requests_of(*person_keys(site.strip(), email.strip().lower()))
+        normalized = email.strip().lower()
+        keys = (k for at in (*spellings, site.strip()) for k in person_keys(at, normalized))
+        rows = store.requests_of(*dict.fromkeys(keys))
     else:
         raise ValueError("give a request id, or a site and an email")
     return [history(store, row) for row in rows]
@@ -411,15 +416,18 @@ def percentile(values: Sequence[int], p: float) -> int | None:
     return ordered[rank - 1]
 
 
-def site_stats(rows: Iterable[StatsRow]) -> list[SiteStats]:
+def site_stats(rows: Iterable[StatsRow], one_site: str | None = None) -> list[SiteStats]:
     """Per site (sorted), then ``*`` for all sites together when there is more than one;
-    counted as the rows stream by (only the latencies and waits are kept, for percentiles)."""
+    counted as the rows stream by (only the latencies and waits are kept, for percentiles).
+    ``one_site``: every row is of that site (its spellings, ``Shop`` and ``shop``: one site),
+    counted together under that name."""
     by_site: dict[str, _Tally] = {}
     everything = _Tally()
     for row in rows:
-        tally = by_site.get(row.site)
+        site = one_site if one_site is not None else row.site
+        tally = by_site.get(site)
         if tally is None:
-            tally = by_site[row.site] = _Tally()
+            tally = by_site[site] = _Tally()
         tally.add(row)
         everything.add(row)
     stats = [tally.stats(site) for site, tally in sorted(by_site.items())]

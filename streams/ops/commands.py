@@ -24,7 +24,8 @@ from streams.ops.options import (
     opening,
     projection_reader,
     run_async,
-    site_as_spelled,
+    site_shown,
+    site_spellings,
     with_bar,
 )
 from streams.ops.redrive_command import redrive
@@ -371,8 +372,10 @@ def audit(
         raise click.UsageError("give --request-id, or both --site and --email")
     store = projection_reader(database_url)
     try:
-        site = site_as_spelled(store, site)
-        found = find_histories(store, request_id=request_id, site=site, email=email)
+        spellings = site_spellings(store, site) if site is not None else []
+        found = find_histories(
+            store, request_id=request_id, site=site, email=email, spellings=spellings
+        )
         if as_json:
             click.echo(json.dumps(histories_json(store, found), indent=2))
         else:
@@ -419,10 +422,16 @@ def stats(
     in_order(since_ms, until_ms)
     store = projection_reader(database_url)
     try:
-        site = site_as_spelled(store, site)
-        result = site_stats(store.stats_rows(since_ms, until_ms, site))
+        # in any case, every spelling of the site (Shop, shop: one site), counted as one
+        spellings = site_spellings(store, site) if site is not None else None
+        if site is not None and spellings is not None:
+            site = site_shown(site, spellings)
+        result = site_stats(store.stats_rows(since_ms, until_ms, spellings), one_site=site)
         if as_json:
-            click.echo(json.dumps(stats_json(store, result, since_ms, until_ms), indent=2))
+            found = stats_json(store, result, since_ms, until_ms)
+            if spellings is not None:  # as its webhooks typed it, each
+                found["spellings"] = spellings
+            click.echo(json.dumps(found, indent=2))
             return
         # by event time (``usage_limit.current_time``), which may be ahead of the clock
         span = (
@@ -430,6 +439,11 @@ def stats(
             f"{f'until {iso(until_ms)}' if until_ms is not None else 'to the last'}"
         )
         click.echo(f"source: SQL projection {store.url}; {span}")
+        if spellings is not None and len(spellings) > 1:
+            click.echo(
+                f"site {site!r}: its webhooks spelled it {len(spellings)} ways"
+                f" ({', '.join(spellings)}), counted as one site"
+            )
         click.echo()
         if not result and site is not None:
             click.echo(f"no requests of site {site!r} in this range")

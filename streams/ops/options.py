@@ -161,24 +161,19 @@ def _which_projection(settings: Settings | None) -> str:
     )
 
 
-def site_as_spelled(store: ProjectionStore, site: str | None) -> str | None:
-    """``--site`` as the projection spells it: typed in another case (``acme`` for ``Acme``),
-    it is that site, as the console takes it; a name no site has is kept (it finds nothing).
-    A name that sites spelled apart only in case share (``Shop``, ``shop``: the projection
-    records each as its webhooks typed it, though the ledger, from schema 11, counts them one
-    site), typed as none of them spells it, is refused naming them: it found nothing, said as
-    "no requests of site", while each had some."""
-    if site is None:
-        return None
+def site_spellings(store: ProjectionStore, site: str) -> list[str]:
+    """``--site`` in any case: every spelling of the site the projection records (``acme``
+    finds ``Acme``; ``shop`` finds ``Shop``, ``shop`` and ``SHOP``, each as its webhooks typed
+    it, one site as the ledger counts it: ``models.params.site_identity``), as the console
+    reads it; a name no site has, alone (it finds nothing). One query for the spellings, then
+    each read by equality (``site IN``: the indexes that lead with the site)."""
     from streams.console.queries import ConsoleQueries
 
     typed = site.strip()
-    spellings = ConsoleQueries(store.engine).spellings(typed)
-    if len(spellings) > 1:
-        shown = ", ".join(repr(spelling) for spelling in spellings)
-        raise click.BadParameter(
-            f"{typed!r} is {len(spellings)} sites, spelled apart only in case ({shown}),"
-            " as their webhooks typed them: give one as it is spelled",
-            param_hint="'--site'",
-        )
-    return spellings[0] if spellings else typed
+    return ConsoleQueries(store.engine).spellings(typed) or [typed]
+
+
+def site_shown(typed: str, spellings: list[str]) -> str:
+    """The site as output names it: its one spelling (``Acme`` for ``acme``), else (several:
+    ``Shop``, ``shop``) as the operator typed it."""
+    return spellings[0] if len(spellings) == 1 else typed.strip()

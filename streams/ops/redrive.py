@@ -46,6 +46,7 @@ from models.events import (
     PublishCompletion,
     RedriveRequested,
 )
+from models.params import site_identity
 from models.state import Policy, never_parked
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
@@ -176,7 +177,7 @@ class Selection:
     request_id: str | None = None
     topic: str | None = None
     reason_contains: str | None = None
-    site: str | None = None  # the site of the request (parked work only)
+    site: str | None = None  # the site of the request, in any case (parked work only)
     since_ms: int | None = None  # when the letter was written
     until_ms: int | None = None
     # only these requests' letters (the console redrives what its preview showed)
@@ -483,7 +484,10 @@ def _one(
         report.skipped += 1
         return _Left.NOT_SELECTED
     if command is not None and parking is not None:
-        if selection.site is not None and command.site != selection.site:
+        # the site in any case: ``Shop`` and ``shop`` are one site (``site_identity``)
+        if selection.site is not None and site_identity(command.site) != site_identity(
+            selection.site
+        ):
             report.skipped += 1
             return _Left.NOT_SELECTED
         if never_parked(letter.reason):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, projection_reader, run_async, site_as_spelled
+from streams.ops.options import TIME, in_order, projection_reader, run_async
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def redrive(
         request_id=request_id,
         topic=topic,
         reason_contains=reason_contains,
-        site=parked_by.site_named(site),
+        site=site.strip() if site is not None else None,  # in any case: every spelling
         since_ms=since_ms,
         until_ms=until_ms,
     )
@@ -153,10 +153,10 @@ def redrive(
 
 
 class _ParkedBy:
-    """The projection, to leave alone requests no longer parked and to read ``--site`` as it
-    spells the site: opened once there are letters to redrive, or a site to read. Without
-    one, every selected letter goes to the ledger, which re-issues only what is still
-    parked."""
+    """The projection, to leave alone requests no longer parked: opened once there are
+    letters to redrive. Without one, every selected letter goes to the ledger, which
+    re-issues only what is still parked. (``--site`` needs none: a letter's command names its
+    site, compared in any case, every spelling of the site selected.)"""
 
     def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
@@ -166,14 +166,6 @@ class _ParkedBy:
     def states_of(self, request_ids: list[str]) -> dict[str, str]:
         store = self._opened()
         return store.states_of(request_ids) if store is not None else {}
-
-    def site_named(self, site: str | None) -> str | None:
-        """``--site`` as the projection spells it (``acme`` for ``Acme``), as the console
-        takes it; without a projection, as typed."""
-        if site is None:
-            return None
-        store = self._opened()
-        return site_as_spelled(store, site) if store is not None else site
 
     def _opened(self) -> ProjectionStore | None:
         if not self.tried:

@@ -422,9 +422,13 @@ class ProjectionStore:
         )
 
     def stats_rows(
-        self, since_ms: int | None = None, until_ms: int | None = None, site: str | None = None
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        sites: Sequence[str] | None = None,
     ) -> Iterator[StatsRow]:
         """What ``stats`` needs of each request received in ``[since_ms, until_ms)`` (of one
+        site: ``sites``, its spellings, each read by equality on the indexes leading with the
         site), as plain tuples fetched in batches: a projection of millions of requests is
         never in memory at once (PostgreSQL streams them through a server-side cursor)."""
         r = RequestRow
@@ -445,8 +449,8 @@ class ProjectionStore:
             query = query.where(r.received_at_ms >= since_ms)
         if until_ms is not None:
             query = query.where(r.received_at_ms < until_ms)
-        if site is not None:
-            query = query.where(r.site == site)
+        if sites is not None:
+            query = query.where(r.site.in_(sites))
         with self.engine.connect() as connection:
             result = connection.execution_options(yield_per=STATS_BATCH).execute(query)
             for row in result:

@@ -501,6 +501,33 @@ def test_a_redrive_line_tells_the_letters_reason_site_and_source_and_no_key() ->
     assert SEALED_TALKABLE not in line
 
 
+def test_a_site_selects_parked_work_of_every_spelling_of_it() -> None:
+    """``redrive --site`` (and the console's) compared a letter's site as typed: ``shop``
+    left ``Shop``'s parked publication alone (and a name several spellings shared was refused,
+    exit 2, naming them). A site in any case is one site (the ledger's, the publisher's), so
+    any case selects every spelling of it; another site is still left."""
+    ledger = parked_ledger()
+    [given_up] = ledger.history[-1][1].dead_letters
+    command = given_up.command.model_copy(update={"site": "Shop"})
+    letter = DeadLetter(
+        topic="talkstream-completions",
+        partition=-1,
+        offset=-1,
+        reason=given_up.reason,
+        key="req-1",
+        value_b64=base64.b64encode(encode(command)).decode(),
+        request_id="req-1",
+        at_ms=T0 * 1000,
+    )
+    settings = Settings(app_id="talkstream")
+    for typed in ("Shop", "shop", "SHOP"):
+        send = _one(encode(letter), Selection(site=typed), RedriveReport(), settings, int, {})
+        assert isinstance(send, _Send), typed
+        assert "site=Shop " in str(send.shown)  # as its webhook typed it
+    other = _one(encode(letter), Selection(site="shop-2"), RedriveReport(), settings, int, {})
+    assert other.name == "NOT_SELECTED"
+
+
 def commands() -> tuple[bytes, bytes]:
     """A [generate] and a [completions] value this version decodes (a command the ledger
     gave up on, as an earlier version's executor may not have read it)."""
