@@ -203,12 +203,13 @@ MODEL_CHARS = 64  # of an OpenAI target's model, in its label
 
 def _labels(upstream: str, target: str) -> list[str]:
     """``openai:<fingerprint>/<model>`` → the fingerprint and the model (which may hold a
-    "/" itself); ``talkable:<site>`` → the site's first 16 characters."""
+    "/" itself); ``talkable:<site>`` → the site, whole (at most 200 characters: two sites
+    alike in their first 16, an agency's ``brand-store-us`` and ``-eu``, were one label set)."""
     name = target.split(":", 1)[-1]
     if upstream == "openai":
         fingerprint, _, model = name.partition("/")
         return [upstream, fingerprint[:16], model[:MODEL_CHARS]]
-    return [upstream, name[:16], ""]
+    return [upstream, name, ""]
 
 
 class ConsumerLag(Collector):

@@ -6,7 +6,7 @@ in flight and 429s. A target's pace and circuit are one executor's (its topic is
 target, so one worker calls it at a time; another may still report what it learned before a
 rebalance moved the partition): those of the worker where it has work, else the highest rate
 and the worst circuit, never a sum. Talkable targets are sites
-(the metric label holds the first 16 characters of the slug); OpenAI targets are a key's
+(the metric label holds the whole slug); OpenAI targets are a key's
 fingerprint (never the key) and a model (OpenAI limits each model of a key apart). A worker that
 does not answer is named, and its figures are "—". A site that the workers which answered do
 not report was sent nothing since they started (their figures live in memory), unless one of
@@ -25,14 +25,13 @@ from yarl import URL
 
 TIMEOUT_SECONDS = 1.5
 CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
-LABEL_CHARS = 16  # the workers label a target by its first 16 characters
 REPORTED_TARGETS = 50  # a worker's busiest targets of an upstream it names (the rest: "other")
 
 
 @dataclass
 class Target:
     upstream: str  # "talkable" or "openai"
-    target: str  # a site (first 16 characters) or an OpenAI key's fingerprint
+    target: str  # a site or an OpenAI key's fingerprint
     model: str = ""  # an OpenAI target's model
     queue_depth: float = 0
     in_flight: float = 0
@@ -53,7 +52,7 @@ class Pacing:
 
     def site(self, site: str) -> Target | None:
         """The site's Talkable target, when a worker that answered knows it."""
-        return self.targets.get(("talkable", site[:LABEL_CHARS], ""))
+        return self.targets.get(("talkable", site, ""))
 
     def unreported(self) -> str | None:
         """Why a site no worker reports has no 429s, queue or circuit to show; None when no

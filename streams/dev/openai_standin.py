@@ -29,7 +29,9 @@ a minute, with OpenAI's 429 "Request too large ... The input or output tokens mu
 org-agency on requests per min (RPM) ..."). Every answer carries the organisation's
 ``x-ratelimit-*`` headers and its id in ``openai-organization``, unless ``limit_headers`` is
 off (a compatible server or a proxy that drops them: the 429 bodies alone say the limit, the
-wait and the organisation). A key in
+wait and the organisation); so do the 429s of ``rate_limit_every`` and ``rate_limit_fraction``
+(requests left: 0), a 429 no pace of the key's foresees (another client of the organisation's),
+where ``fail_next``'s, given before the key is read, say generic ones. A key in
 ``insufficient_quota_keys`` gets OpenAI's 429 ``insufficient_quota``, or another of its answers
 for an account no wait lets call (``quota_answer``: a spend limit's or the credit's 429 code,
 ``billing_not_active``, ``access_terminated``, the older 400 ``billing_hard_limit_reached``); a
@@ -415,11 +417,19 @@ def _over_limit(state: _State, key: str, body: Any, model: Any) -> web.Response 
     return _error(429, message, kind, code="rate_limit_exceeded", headers=headers)
 
 
-def _status_error(status: int, config: OpenAIStandinConfig) -> web.Response:
-    """The error OpenAI sends for ``status`` (used by ``fail_next`` and the schedules)."""
+def _status_error(
+    status: int, config: OpenAIStandinConfig, limits: dict[str, str] | None = None
+) -> web.Response:
+    """The error OpenAI sends for ``status`` (used by ``fail_next`` and the schedules); a 429
+    with the key's organisation's ``limits`` headers (``_limit_headers``) when given, its
+    requests left at 0, else generic ones."""
     if status == 429:
         message = "Rate limit reached for requests (stand-in). Please try again later."
         headers = _rate_headers(0, config.retry_after)
+        if limits is not None:
+            headers = {**limits, "retry-after": config.retry_after}
+            if "x-ratelimit-remaining-requests" in headers:
+                headers["x-ratelimit-remaining-requests"] = "0"
         return _error(429, message, "requests", code="rate_limit_exceeded", headers=headers)
     if status == 401:
         return _error(401, "Incorrect API key provided.", code="invalid_api_key")
@@ -590,7 +600,10 @@ async def _answer(app: web.Application, key: str | None, body: Any, rec: JSON) -
         return throttled
     if every(config.rate_limit_every, n) or fraction_hit(config.rate_limit_fraction, n):
         rec["fault"] = "rate_limit"
-        return _status_error(429, config)
+        # the organisation's limits, as every answer says them, nothing left: its generic
+        # headers said 10,000 a minute whatever the key's, which a pacer took as the limit
+        limits = _limit_headers(app[STATE].limits_of(key, str(model)), config.limit_headers)
+        return _status_error(429, config, limits)
     # the calls the faults before it left, not every call: rate_limit_fraction 0.5 answers
     # the even calls, and fail_500_every 2 or 4, counting every call, fell on those alone
     if every(config.fail_500_every, calls.reach("fail_500")):

@@ -238,11 +238,18 @@ def url_host(host: str, *, to_reach: bool = False) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def own_worker_url(settings: Settings) -> str:
-    """The worker this run starts, for its console's pacing (``CONSOLE_WORKER_URLS`` not set:
-    its default is the default worker port, maybe another run's worker)."""
+def own_worker_url(settings: Settings) -> str | None:
+    """The process this run starts whose ``/metrics`` has the upstream targets, for its
+    console's pacing (``CONSOLE_WORKER_URLS`` not set: its default is the default worker port,
+    maybe another run's worker): the worker, or its executors' child with
+    ``EXECUTORS=process``, where the calls are made (the worker's has none of their figures).
+    None when that one listens on any free port (0): not known here."""
+    apart = settings.executors == "process"
+    port = settings.executors_http_port if apart else settings.worker_http_port
+    if not port:
+        return None
     host = url_host(settings.worker_http_host, to_reach=True)
-    return f"http://{host}:{settings.worker_http_port}"
+    return f"http://{host}:{port}"
 
 
 def servers(settings: Settings, *, openai_port: int, talkable_port: int) -> list[Address]:
@@ -527,8 +534,9 @@ def _run(
     if settings.console_token is None:
         env["TALKSTREAM_CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
     console = f"http://{url_host(settings.console_host)}:{settings.console_port}"
-    if "console_worker_urls" not in settings.model_fields_set and settings.worker_http_port:
-        env["TALKSTREAM_CONSOLE_WORKER_URLS"] = own_worker_url(settings)
+    pacing = own_worker_url(settings)
+    if "console_worker_urls" not in settings.model_fields_set and pacing is not None:
+        env["TALKSTREAM_CONSOLE_WORKER_URLS"] = pacing
     procs["console"] = _spawn("console", ["console"], env, logs, copiers)
     lines.append(
         f"console    {console}/   (token: {env['TALKSTREAM_CONSOLE_TOKEN']})"

@@ -706,6 +706,19 @@ def test_dev_points_its_console_at_its_own_worker() -> None:
     assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
 
 
+def test_dev_points_its_console_at_its_executors_where_they_run_apart() -> None:
+    """With ``EXECUTORS=process`` the calls, and so every target's 429s, queue and circuit, are
+    on the executors' child's ``/metrics``, not the worker's: ``make dev``'s console read the
+    worker's, and said of every site "no calls since the worker started" (a site paced to 2
+    calls a second, 7 of its calls answered 429, showed none)."""
+    moved = {"worker_http_port": 19101, "executors_http_port": 19104}
+    assert own_worker_url(Settings(executors="process", **moved)) == "http://127.0.0.1:19104"
+    assert own_worker_url(Settings(executors="worker", **moved)) == "http://127.0.0.1:19101"
+    # on any free port (0): not known, so not set (the default port may be another run's)
+    assert own_worker_url(Settings(executors="process", executors_http_port=0)) is None
+    assert own_worker_url(Settings(worker_http_port=0)) is None
+
+
 @pytest.mark.parametrize("projector", ["process", "worker"])
 def test_a_database_url_that_can_never_work_stops_the_worker_before_it_starts(
     projector: str, monkeypatch: pytest.MonkeyPatch, tmp_path

@@ -144,6 +144,31 @@ async def test_every_nth_call_is_rate_limited_with_retry_after(oai, client) -> N
     assert await complete(client)
 
 
+async def test_an_injected_429_says_the_keys_own_limits(oai, http) -> None:
+    """``rate_limit_every``'s and ``rate_limit_fraction``'s 429s said a limit of 10,000
+    requests a minute whatever the key's: a pacer takes the limit an answer says, so a key of
+    60 a minute, 30% of its calls answered so, was sent 203 calls for 30 texts, 161 of them
+    refused by its own limit. They say the organisation's limits, as every answer does, and
+    that nothing is left."""
+    oai.config.key_limits = {KEY: {"rpm": 600, "tpm": 60000}}  # 10 calls a second: room
+    oai.config.rate_limit_every = 2
+
+    async def call() -> tuple[int, dict[str, str]]:
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 5}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(f"{oai.url}/chat/completions", json=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status, {name.lower(): value for name, value in resp.headers.items()}
+
+    (ok, answered), (refused, injected) = await call(), await call()
+    assert (ok, refused) == (200, 429)
+    limits = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "openai-organization")
+    assert [injected[name] for name in limits] == [answered[name] for name in limits]
+    assert injected["x-ratelimit-limit-requests"] == "600"
+    assert injected["x-ratelimit-remaining-requests"] == "0"
+    assert injected["retry-after"] == oai.config.retry_after
+
+
 async def outcomes_of(client: openai.AsyncOpenAI, calls: int) -> list[str]:
     """What each of ``calls`` calls in a row was answered: ok, 429 or 500."""
     outcomes = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from streams.console.pacing import Pacing, parse
 from streams.observability import MAX_TARGETS, UpstreamTargets
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
@@ -19,13 +20,15 @@ class Held:
     """A generator's scheduler whose calls all wait for ``release``, and the collector of its
     targets' metrics."""
 
-    def __init__(self, max_in_flight: int, pacer_config: PacerConfig) -> None:
-        self.scheduler = Scheduler("generator", max_in_flight=max_in_flight, max_wait_s=600,
+    def __init__(
+        self, max_in_flight: int, pacer_config: PacerConfig, executor: str = "generator"
+    ) -> None:
+        self.scheduler = Scheduler(executor, max_in_flight=max_in_flight, max_wait_s=600,
                                    refusal_s=60, pacer_config=pacer_config)  # fmt: skip
         self.release = asyncio.Event()
         self.registry = CollectorRegistry()
         collector = UpstreamTargets()
-        collector.executors.append(SimpleNamespace(config=SimpleNamespace(name="generator"),
+        collector.executors.append(SimpleNamespace(config=SimpleNamespace(name=executor),
                                                    scheduler=self.scheduler))  # fmt: skip
         self.registry.register(collector)
 
@@ -103,4 +106,29 @@ async def test_one_busy_target_holds_the_generator_at_the_in_flight_level_the_al
     alerts = README.read_text(encoding="utf-8").split("**Alerts**", 1)[1]
     [row] = [line for line in alerts.splitlines() if line.startswith("| `talkstream_in_flight")]
     assert "15/16 of `GENERATOR_MAX_IN_FLIGHT`" in row
+    await held.end()
+
+
+async def test_two_sites_alike_in_their_first_16_characters_are_two_targets() -> None:
+    """A Talkable target was labelled by its site's first 16 characters, so an agency's
+    ``agency-brand-store-us`` and ``agency-brand-store-eu`` were two series of one label set
+    (a scrape Prometheus refuses as duplicates), and the console, reading each site by those
+    16 characters, showed both sites the two's queues and 429s summed."""
+    held = Held(64, PacerConfig(initial_window=1), executor="publisher")
+    us, eu = "agency-brand-store-us", "agency-brand-store-eu"
+    for n in range(3):  # one in flight (the window), two queued
+        held.submit(f"talkable:{us}", f"us-{n}")
+    held.submit(f"talkable:{eu}", "eu-0")
+    await held.dispatch()
+
+    text = generate_latest(held.registry).decode()
+    samples = [line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")]
+    assert len(samples) == len(set(samples)), text  # no two series of one label set
+    pacing = Pacing()
+    parse(text, pacing)
+    shown = {site: pacing.site(site) for site in (us, eu)}
+    assert {site: (t.queue_depth, t.in_flight) for site, t in shown.items() if t} == {
+        us: (2, 1),
+        eu: (0, 1),
+    }
     await held.end()
