@@ -5,9 +5,9 @@ with prometheus_client's parser) and sums the workers' figures per target: queue
 in flight and 429s. A target's pace and circuit are one executor's (its topic is keyed by
 target, so one worker calls it at a time; another may still report what it learned before a
 rebalance moved the partition): those of the worker where it has work, else the highest rate
-and the worst circuit, never a sum. Talkable targets are sites
-(the metric label holds the whole slug); OpenAI targets are a key's
-fingerprint (never the key) and a model (OpenAI limits each model of a key apart). A worker that
+and the worst circuit, never a sum. Talkable targets are sites (the metric label holds the
+whole slug, lower-cased: one site in any case); OpenAI targets are a key's fingerprint (never
+the key) and a model (OpenAI limits each model of a key apart). A worker that
 does not answer is named, and its figures are "—". A site that the workers which answered do
 not report was sent nothing since they started (their figures live in memory), unless one of
 them has more sites than it names (:meth:`Pacing.unreported` says which).
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
+
+from models.params import site_identity
 
 TIMEOUT_SECONDS = 1.5
 CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
@@ -51,8 +53,9 @@ class Pacing:
     unreachable: list[str] = field(default_factory=list)
 
     def site(self, site: str) -> Target | None:
-        """The site's Talkable target, when a worker that answered knows it."""
-        return self.targets.get(("talkable", site, ""))
+        """The site's Talkable target, when a worker that answered knows it: the site in any
+        case (the workers pace and label ``Shop`` and ``shop`` as one: ``site_identity``)."""
+        return self.targets.get(("talkable", site_identity(site), ""))
 
     def unreported(self) -> str | None:
         """Why a site no worker reports has no 429s, queue or circuit to show; None when no

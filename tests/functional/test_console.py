@@ -2129,6 +2129,9 @@ def test_pacing_is_read_from_the_workers_metrics():
     acme = pacing.site("acme")
     assert acme is not None
     assert (acme.queue_depth, acme.throttled, acme.circuit_name) == (14, 8, "open")
+    # the workers label a site in any case as one (lower-cased): a site its webhooks spelled
+    # "ACME" is that target, not "no calls"
+    assert pacing.site("ACME") == acme
     # one key, two models: each its own row (OpenAI limits them apart), the busiest first
     assert [(k.target, k.model, k.queue_depth) for k in pacing.openai()] == [
         ("0123456789abcdef", "gpt-4o-mini", 10),
