@@ -14,10 +14,14 @@ for the other's heartbeat, and started again at once under its static instance i
 group rebalanced for minutes, its projection stalled). So the JoinGroups before the last
 are not sent: only the last, naming them all, is, and what it is answered is what aiokafka
 acts on (as it did: the earlier answers were dropped).
+
+And a join ends as its consumer closes (:meth:`_JoinOnce.perform_group_join`): aiokafka's
+close waited for a pending JoinGroup's answer, up to the group's rebalance timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,6 +38,31 @@ class _JoinOnce(_Rebalance):  # type: ignore[misc]
     _assignors: Any
 
     async def perform_group_join(self) -> Any:
+        """The join, given up as its consumer closes (``None``: not joined, and aiokafka's
+        coordination routine then sees the close and ends). A JoinGroup is answered once the
+        group's join phase ends: once every member rejoined, or missed the rebalance timeout
+        (the session, ``streams.kafka_options``). aiokafka's close waits for its routine,
+        and so for that answer: a worker told to stop while its executors' joins waited for
+        a member that never came back (a deployment stopped at once: a static member leaves
+        no group) waited up to the session, 30 s and more, and its supervisor killed it.
+        Given up so, a static member is in the group as after any stop of it (its partitions
+        wait for its session), and a dynamic one that had joined before leaves it (aiokafka's
+        close sends its LeaveGroup)."""
+        closing = getattr(self._coordinator, "_closing", None)
+        if closing is None:
+            return await self._join()
+        if closing.done():
+            return None
+        join = asyncio.ensure_future(self._join())
+        try:
+            await asyncio.wait([join, closing], return_when=asyncio.FIRST_COMPLETED)
+        finally:  # (its routine cancelled, too)
+            if not join.done():
+                join.cancel()
+                await asyncio.gather(join, return_exceptions=True)
+        return None if join.cancelled() else join.result()
+
+    async def _join(self) -> Any:
         if len(self._assignors) < 2:
             return await super().perform_group_join()
         coordinator = self._coordinator
