@@ -136,7 +136,10 @@ class WorkerMetrics(ExecutorMetrics):
 
 
 UPSTREAM = {"generator": "openai", "publisher": "talkable"}
-MAX_TARGETS = 50  # labelled targets per upstream; the rest are summed as target="other"
+MAX_TARGETS = 50  # labelled targets per upstream; the rest are summed as target=":other"
+# the rest's label: a value no target's can be (a site slug has no ":", a key's fingerprint is
+# hex), so a Talkable site named ``other`` is not read as the bucket, nor summed into it
+OTHER_TARGETS = ":other"
 
 
 class UpstreamTargets(Collector):
@@ -144,7 +147,7 @@ class UpstreamTargets(Collector):
 
     Labels are bounded: the ``MAX_TARGETS`` busiest targets of each executor by name (an OpenAI
     key's short fingerprint, never the key, and the model: OpenAI limits each model apart; a
-    Talkable site, its model ""), the rest summed as ``other``.
+    Talkable site, its model ""), the rest summed as ``OTHER_TARGETS`` (``:other``).
     """
 
     def __init__(self) -> None:
@@ -188,7 +191,7 @@ class UpstreamTargets(Collector):
                 if snap["rate"] is not None:
                     rate.add_metric(name, snap["rate"])
             if len(scheduler.targets) > MAX_TARGETS:
-                other = [upstream, "other", ""]
+                other = [upstream, OTHER_TARGETS, ""]
                 queued.add_metric(other, rest["queued"])
                 in_flight.add_metric(other, rest["in_flight"])
                 throttled.add_metric(other, rest["throttled"])

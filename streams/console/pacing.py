@@ -24,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from models.params import site_identity
+from streams.observability import OTHER_TARGETS
 
 TIMEOUT_SECONDS = 1.5
 CIRCUIT = {0: "closed", 1: "half open", 2: "open"}
-REPORTED_TARGETS = 50  # a worker's busiest targets of an upstream it names (the rest: "other")
+REPORTED_TARGETS = 50  # a worker's busiest targets of an upstream it names (the rest: ":other")
 
 
 @dataclass
@@ -63,13 +64,14 @@ class Pacing:
         from the first command for it on, so after a restart a site no one has sent anything
         since is absent: that is no 429 and no queue since then, not an outage of ours. A
         worker past ``REPORTED_TARGETS`` Talkable targets names its busiest only (the others
-        summed as ``other``); a worker that did not answer may be the one calling it."""
+        summed as ``:other``, a label no site has); a worker that did not answer may be the
+        one calling it."""
         if not self.reached:
             return None
         workers = "worker" if len(self.reached) == 1 else "workers"
         if self.unreachable:
             workers += " that answered"
-        if ("talkable", "other", "") in self.targets:
+        if ("talkable", OTHER_TARGETS, "") in self.targets:
             return (
                 f"not reported: no calls since the {workers} started, or not among the "
                 f"{REPORTED_TARGETS} busiest sites each names"

@@ -2196,13 +2196,21 @@ def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
         (
             pacing_of(
                 ACME_ONLY
-                + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
+                + 'talkstream_upstream_queue_depth{upstream="talkable",target=":other",model=""}'
+                + " 9\n"
             ),
             "not reported: no calls since the worker started, or not among the 50 busiest sites"
             " each names",
         ),
+        (  # a site named other is a site, not the rest past the 50 busiest
+            pacing_of(
+                ACME_ONLY
+                + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
+            ),
+            "no calls since the worker started",
+        ),
     ],
-    ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites"],
+    ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites", "a-site-named-other"],
 )
 async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     tmp_path: Path, pacing: Pacing, said: str

@@ -1,5 +1,5 @@
 """The upstream targets on /metrics: the busiest ``MAX_TARGETS`` of each executor by name, the
-rest summed as ``other``, and every call in flight counted once."""
+rest summed as ``:other``, and every call in flight counted once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from streams.console.pacing import Pacing, parse
-from streams.observability import MAX_TARGETS, UpstreamTargets
+from streams.observability import MAX_TARGETS, OTHER_TARGETS, UpstreamTargets
 from streams.upstream.pacer import PacerConfig
 from streams.upstream.scheduler import Job, Outcome, Scheduler
 
@@ -55,6 +55,32 @@ class Held:
             await asyncio.sleep(0)
 
 
+async def test_a_site_named_other_is_not_the_rest_of_the_targets() -> None:
+    """The targets past the busiest were labelled ``target="other"``, the very label of a
+    Talkable site named ``other``: the console read that site as the bucket (its figures the
+    rest's), and a site named ``other`` among the busiest beside the bucket was two series of
+    one label set. The bucket's label is one no site slug can have (it has no ":")."""
+    held = Held(1024, PacerConfig(initial_window=1), executor="publisher")
+    for n in range(3):  # the busiest: 1 in flight, 2 queued
+        held.submit("talkable:other", f"other-{n}")
+    for i in range(MAX_TARGETS):  # a command each: the site named other is among the busiest
+        held.submit(f"talkable:site{i:04d}", f"s{i}")
+    await held.dispatch()
+    text = generate_latest(held.registry).decode()
+    lines = text.splitlines()
+    depth = 'talkstream_upstream_queue_depth{model="",target="%s",upstream="talkable"} '
+    [site] = [line for line in lines if line.startswith(depth % "other")]
+    [rest] = [line for line in lines if line.startswith(depth % OTHER_TARGETS)]
+    assert (float(site.split()[-1]), float(rest.split()[-1])) == (2.0, 0.0)
+    pacing = Pacing()
+    parse(text, pacing)
+    pacing.reached.append("http://127.0.0.1:9101/metrics")
+    found = pacing.site("other")
+    assert found is not None and found.queue_depth == 2
+    assert pacing.targets[("talkable", OTHER_TARGETS, "")].queue_depth == 0
+    await held.end()
+
+
 async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
     held = Held(1024, PacerConfig(initial_window=1))
     # target i has i + 1 commands: one in flight (its first call), the others queued
@@ -74,10 +100,10 @@ async def test_the_busiest_targets_by_name_and_the_rest_as_other() -> None:
     named = {line.split('target="')[1].split('"')[0] for line in lines
              if line.startswith("talkstream_upstream_queue_depth{")}  # fmt: skip
     busiest = {f"key{i:04d}" for i in range(targets - MAX_TARGETS, targets)}
-    assert named == busiest | {"other"}
+    assert named == busiest | {":other"}
     quiet = range(targets - MAX_TARGETS)  # the 30 least busy: i queued and 1 in flight each
-    assert value("talkstream_upstream_queue_depth", "other", "") == sum(quiet)
-    assert value("talkstream_upstream_in_flight", "other", "") == len(quiet)
+    assert value("talkstream_upstream_queue_depth", ":other", "") == sum(quiet)
+    assert value("talkstream_upstream_in_flight", ":other", "") == len(quiet)
     busiest_model = f"gpt-{(targets - 1) % 2}"  # a target is a key and a model, both labelled
     assert value("talkstream_upstream_in_flight", f"key{targets - 1:04d}", busiest_model) == 1
     assert (
