@@ -161,6 +161,8 @@ class SiteRow:
     tokens: int = 0
     # the failed requests by their error's class (a class names no key: never the message)
     reasons: dict[str, int] = field(default_factory=dict)
+    # the site as its webhooks typed it, each spelling (``Shop``, ``shop``: one site, one row)
+    spellings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -578,7 +580,7 @@ class ConsoleQueries:
             published=published,
             p50_ms=p50,
             p95_ms=p95,
-            sites=sorted(sites.values(), key=lambda r: r.site),
+            sites=_one_a_site(sites.values()),
         )
 
     @staticmethod
@@ -603,6 +605,33 @@ class ConsoleQueries:
 _TOKENS = func.coalesce(RequestRow.prompt_tokens, 0) + func.coalesce(
     RequestRow.completion_tokens, 0
 )
+
+
+def _one_a_site(spelled: Iterable[SiteRow]) -> list[SiteRow]:
+    """A site's spellings (``Shop``, ``shop``: one site, as the ledger counts it and the
+    publisher paces it, ``models.params.site_identity``) as one row, by name, as ``talkstream
+    stats`` counts them: named by its one spelling, else lower-cased. Its counts add up (the
+    overview keeps no percentile a site)."""
+    by_identity: dict[str, list[SiteRow]] = {}
+    for row in spelled:
+        by_identity.setdefault(site_identity(row.site), []).append(row)
+    rows = []
+    for identity, spellings in by_identity.items():
+        if len(spellings) == 1:
+            [one] = spellings
+            one.spellings = [one.site]
+            rows.append(one)
+            continue
+        merged = SiteRow(identity, spellings=sorted(r.site for r in spellings))
+        for row in spellings:
+            for state, count in row.by_state.items():
+                merged.by_state[state] = merged.by_state.get(state, 0) + count
+            for reason, count in row.reasons.items():
+                merged.reasons[reason] = merged.reasons.get(reason, 0) + count
+            merged.in_flight += row.in_flight
+            merged.tokens += row.tokens
+        rows.append(merged)
+    return sorted(rows, key=lambda r: r.site)
 
 
 def _ended_in(low: int, high: int) -> ColumnElement[bool]:

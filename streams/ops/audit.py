@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.lifecycle import TERMINAL, State
-from models.params import LATEST_EPOCH_S, person_key, person_keys
+from models.params import LATEST_EPOCH_S, person_key, person_keys, site_identity
 from streams.ops import clocks
 from streams.projection.store import ProjectionStore, StatsRow
 from streams.projection.tables import RequestRow
@@ -405,6 +405,9 @@ class SiteStats:
     wait_max_ms: int | None = None
     failures: dict[str, int] = field(default_factory=dict)  # why: error class → requests
     truncated: int = 0  # requests whose text was cut at its token cap (published as it was)
+    # the site as its webhooks typed it, each spelling (``Shop``, ``shop``: one site, as the
+    # ledger counts it); none for ``*``
+    spellings: list[str] = field(default_factory=list)
 
 
 def percentile(values: Sequence[int], p: float) -> int | None:
@@ -419,21 +422,41 @@ def percentile(values: Sequence[int], p: float) -> int | None:
 def site_stats(rows: Iterable[StatsRow], one_site: str | None = None) -> list[SiteStats]:
     """Per site (sorted), then ``*`` for all sites together when there is more than one;
     counted as the rows stream by (only the latencies and waits are kept, for percentiles).
-    ``one_site``: every row is of that site (its spellings, ``Shop`` and ``shop``: one site),
-    counted together under that name."""
+    A site is its spellings together (``Shop``, ``shop``: one site, as the ledger counts it,
+    ``models.params.site_identity``), named by its one spelling, else by the lower-cased
+    site (the ledger's and the pacing's name of it), its ``spellings`` said; its percentiles
+    are of all its requests, never merged from each spelling's. ``one_site``: every row is of
+    that site (its spellings), counted together under that name."""
     by_site: dict[str, _Tally] = {}
     everything = _Tally()
     for row in rows:
-        site = one_site if one_site is not None else row.site
+        site = one_site if one_site is not None else site_identity(row.site)
         tally = by_site.get(site)
         if tally is None:
             tally = by_site[site] = _Tally()
         tally.add(row)
         everything.add(row)
-    stats = [tally.stats(site) for site, tally in sorted(by_site.items())]
+    named = {_name(site, tally, one_site): tally for site, tally in by_site.items()}
+    stats = [tally.stats(site) for site, tally in sorted(named.items())]
     if len(stats) > 1:
         stats.append(everything.stats("*"))
     return stats
+
+
+def _name(identity: str, tally: _Tally, one_site: str | None) -> str:
+    if one_site is not None:
+        return one_site
+    return next(iter(tally.spellings)) if len(tally.spellings) == 1 else identity
+
+
+def spelled_apart(stats: Sequence[SiteStats]) -> str:
+    """The sites whose webhooks spelled them several ways, each counted as one; "" if none."""
+    several = [s for s in stats if len(s.spellings) > 1]
+    if not several:
+        return ""
+    return "sites their webhooks spelled several ways, each counted as one site: " + "; ".join(
+        f"{s.site} ({', '.join(s.spellings)})" for s in several
+    )
 
 
 @dataclass
@@ -451,9 +474,11 @@ class _Tally:
     waits: list[int] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    spellings: set[str] = field(default_factory=set)
 
     def add(self, row: StatsRow) -> None:
         self.requests += 1
+        self.spellings.add(row.site)
         self.by_state[row.state if row.terminal else "in_flight"] += 1
         self.admitted += row.admitted
         self.prompt_tokens += row.prompt_tokens or 0
@@ -486,6 +511,7 @@ class _Tally:
             wait_max_ms=max(waits, default=None),
             failures=dict(sorted(self.failures.items(), key=lambda item: (-item[1], item[0]))),
             truncated=self.truncated,
+            spellings=sorted(self.spellings) if site != "*" else [],
         )
 
 

@@ -417,7 +417,14 @@ def stats(
     limited % = limited / requests; failed % = (generation_failed + publish_failed) / admitted;
     latency: OpenAI call time of generated requests (nearest-rank percentiles).
     """
-    from streams.ops.audit import WAITED_MS, iso, render_stats, site_stats, stats_json
+    from streams.ops.audit import (
+        WAITED_MS,
+        iso,
+        render_stats,
+        site_stats,
+        spelled_apart,
+        stats_json,
+    )
 
     in_order(since_ms, until_ms)
     store = projection_reader(database_url)
@@ -444,6 +451,8 @@ def stats(
                 f"site {site!r}: its webhooks spelled it {len(spellings)} ways"
                 f" ({', '.join(spellings)}), counted as one site"
             )
+        elif site is None and (apart := spelled_apart(result)):
+            click.echo(apart)
         click.echo()
         if not result and site is not None:
             click.echo(f"no requests of site {site!r} in this range")

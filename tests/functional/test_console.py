@@ -838,6 +838,33 @@ async def test_a_site_its_webhooks_spelled_several_ways_is_found_in_any_case(tmp
         await console.client.close()
 
 
+async def test_the_overview_lists_a_site_its_webhooks_spelled_several_ways_once(tmp_path: Path):
+    """The overview's sites table had a row a spelling (``Shop`` and ``shop``, each its
+    requests in flight), as ``talkstream stats`` did, though they are one site to the ledger,
+    the publisher's pace and the console's own search (its link finds both). Now one row, as
+    ``stats`` names it: lower-cased when spelled several ways, the spellings said."""
+    people = (("Shop", "ann@example.com"), ("shop", "bob@example.com"), ("shop", "cy@example.com"))
+    console = await start(tmp_path, people=people)
+    try:
+        await console.login()
+        body = await console.page("/")
+        table = re.search(r'<table class="grid" id="sites">(.*?)</table>', body, re.S)
+        assert table
+        rows = re.findall(r'<td class="value"><a href="([^"]*)">([^<]+)</a>(.*?)</td>', table[1])
+        named = [name for _, name, _ in rows]
+        # before: [..., 'Shop', 'shop']
+        assert "Shop" not in named and named.count("shop") == 1, named
+        [(link, _, said)] = [row for row in rows if row[1] == "shop"]
+        assert link == "/requests?site=shop" and "(Shop, shop)" in said
+        shop = re.search(r'requests\?site=shop">.*?</tr>', table[1], re.S)
+        assert shop
+        # published, limited, skipped, duplicate, failed, then in flight: both spellings' three
+        counts = [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', shop[0])]
+        assert counts[:6] == [0, 0, 0, 0, 0, 3], shop[0]
+    finally:
+        await console.client.close()
+
+
 async def test_the_search_form_suggests_a_few_sites_and_finds_any_by_a_part_of_its_name(
     many_sites: Console,
 ):

@@ -488,6 +488,50 @@ def test_a_site_its_webhooks_spelled_several_ways_is_one_site_in_any_case(tmp_pa
         assert shown == {"upper-1", "lower-1", "legacy-1"}, (typed, audit.output)
 
 
+def test_stats_counts_a_sites_spellings_as_one_row_without_site_too(tmp_path: Path):
+    """`stats --site shop` counted `Shop` and `shop` as one site, while `stats` alone gave each
+    spelling a row of its own, as if they were two sites (the ledger counts them one, the
+    publisher paces them one). Now a site is one row either way: named by its one spelling
+    (``Acme``), else lower-cased, as the ledger and the pacing name it (``shop``), the
+    spellings said; its percentiles are of all its requests, not merged from each spelling's
+    (``Shop``'s p50 is 200 and ``shop``'s 900: together 300)."""
+    log = Log()
+    for i, (site, latency) in enumerate(
+        (("Shop", 100), ("Shop", 200), ("Shop", 300), ("shop", 900), ("shop", 1000), ("Acme", 700))
+    ):
+        log.full(f"r-{i}", site=site, email=f"p{i}@example.com", latency_ms=latency)
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    result = talkstream("stats", "--database-url", url, "--json")
+    assert result.exit_code == 0, result.output
+    sites = json.loads(result.output)["sites"]
+    # before: [('Acme', 1, ...), ('Shop', 3, ...), ('shop', 2, ...), ('*', 6, ...)]
+    assert [(s["site"], s["requests"], s.get("spellings")) for s in sites] == [
+        ("Acme", 1, ["Acme"]),
+        ("shop", 5, ["Shop", "shop"]),
+        ("*", 6, []),
+    ]
+    shop = sites[1]
+    assert shop["by_state"]["published"] == 5
+    assert (shop["latency_p50_ms"], shop["latency_p95_ms"]) == (300, 1000)
+    table = talkstream("stats", "--database-url", url)
+    assert table.exit_code == 0, table.output
+    assert (
+        "sites their webhooks spelled several ways, each counted as one site: shop (Shop, shop)"
+        in table.output
+    )
+    rows = [line.split()[:2] for line in table.output.splitlines()]
+    assert ["shop", "5"] in rows and ["Acme", "1"] in rows
+    assert not any(row and row[0] == "Shop" for row in rows), table.output
+    # the same site as --site reads it: one row, its p50 the same
+    one = json.loads(talkstream("stats", "--site", "SHOP", "--database-url", url, "--json").output)
+    assert [(s["site"], s["requests"], s["latency_p50_ms"]) for s in one["sites"]] == [
+        ("SHOP", 5, 300)
+    ]
+
+
 def test_stats_refuses_a_time_it_cannot_read(projected: str):
     result = talkstream("stats", "--since", "yesterday-ish", "--database-url", projected)
     assert result.exit_code == 2 and "ISO-8601" in result.output
