@@ -91,6 +91,9 @@ class Filters:
     state: str | None = None  # a state, or a group of STATE_GROUPS
     since_ms: int | None = None  # event time, inclusive
     until_ms: int | None = None  # event time, exclusive
+    # the site's spellings (``ConsoleQueries.spellings``), when the page has read them: a
+    # search reads them from here, not the sites again
+    spellings: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in SEARCHABLE_STATES:
@@ -269,7 +272,7 @@ class ConsoleQueries:
         if f.email:
             if states:
                 query = query.where(RequestRow.state.in_(states))
-            sites = self._spelled(session, f.site) if f.site else self._sites(session)
+            sites = self._spelled(session, f.site, f.spellings) if f.site else self._sites(session)
             # each site's person as the ledger keys them, and as it keyed them before schema
             # 11 (the site as typed): one person, whichever spelling their webhooks used
             persons = list(dict.fromkeys(k for s in sites for k in person_keys(s, f.email)))
@@ -287,7 +290,7 @@ class ConsoleQueries:
             return queries
         return [
             each.where(RequestRow.site == site)
-            for site in self._spelled(session, f.site)
+            for site in self._spelled(session, f.site, f.spellings)
             for each in queries
         ]
 
@@ -337,10 +340,11 @@ class ConsoleQueries:
         with self._session() as session:
             return self._spellings(session, name)
 
-    def _spelled(self, session: Session, name: str) -> list[str]:
-        """What a filter by the site ``name`` reads: its spellings, or ``name`` itself (no
-        site has it: nothing found)."""
-        return self._spellings(session, name) or [name]
+    def _spelled(self, session: Session, site: str, known: tuple[str, ...] | None) -> list[str]:
+        """What a filter by ``site`` reads: its spellings (``known``, as the filters carry
+        them, else read), or ``site`` as named (no site has it: nothing found)."""
+        spelled = known if known is not None else self._spellings(session, site)
+        return list(spelled) or [site]
 
     @classmethod
     def _spellings(cls, session: Session, name: str) -> list[str]:

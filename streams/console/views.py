@@ -210,7 +210,7 @@ async def search(request: web.Request) -> web.Response:
             # finds Shop and shop (one site); its one spelling is shown as the projection has it
             spellings = await run_query(s.queries.spellings, filters.site)
             given["site"] = spellings[0] if len(spellings) == 1 else filters.site
-            filters = replace(filters, site=given["site"])
+            filters = replace(filters, site=given["site"], spellings=tuple(spellings))
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")
         page = await run_query(s.queries.search, filters, before=before, after=after)
@@ -433,7 +433,12 @@ async def person_page(request: web.Request) -> web.Response:
         cursor_error = str(exc)
     summary, page = await asyncio.gather(
         run_query(s.queries.person, key, *as_typed),
-        run_query(s.queries.search, Filters(site=site, email=email), before=before, after=after),
+        run_query(
+            s.queries.search,
+            Filters(site=site, email=email, spellings=tuple(spellings)),
+            before=before,
+            after=after,
+        ),
     )
     if not summary.by_state:
         return render(request, "missing.html", {"what": "person", "name": key}, 404)

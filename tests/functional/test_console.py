@@ -838,6 +838,34 @@ async def test_a_site_its_webhooks_spelled_several_ways_is_found_in_any_case(tmp
         await console.client.close()
 
 
+async def test_a_site_s_spellings_are_read_once_a_page(tmp_path: Path, monkeypatch: Any):
+    """The person page and the search read every site (a probe a site: thousands) to find a
+    site's spellings, then the search read them all again for its filter: twice a page. The
+    page now hands the search the spellings it read (the search form's suggestions, which
+    look for the name in every site's, are the search page's other read)."""
+    people = (("Shop", "ann@example.com"), ("shop", "ann@example.com"))
+    console = await start(tmp_path, people=people)
+    scans: list[str] = []
+    every_site = ConsoleQueries._sites
+
+    def counted(session: Any, limit: int | None = None) -> list[str]:
+        scans.append("sites")
+        return every_site(session, limit)
+
+    monkeypatch.setattr(ConsoleQueries, "_sites", staticmethod(counted))
+    try:
+        await console.login()
+        person = await console.page("/person?site=SHOP&email=ann@example.com")
+        assert sorted(re.findall(r'<td class="value">(\w+)</td>', person)) == ["Shop", "shop"]
+        assert len(scans) == 1  # 2 before
+        scans.clear()
+        found = await console.page("/requests?site=SHOP")
+        assert sorted(re.findall(r'<td class="value">(\w+)</td>', found)) == ["Shop", "shop"]
+        assert len(scans) == 2  # the spellings and the suggestions; 3 before
+    finally:
+        await console.client.close()
+
+
 async def test_the_overview_lists_a_site_its_webhooks_spelled_several_ways_once(tmp_path: Path):
     """The overview's sites table had a row a spelling (``Shop`` and ``shop``, each its
     requests in flight), as ``talkstream stats`` did, though they are one site to the ledger,
