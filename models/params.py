@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, get_origin
 
 from pydantic import (
@@ -432,11 +432,14 @@ def site_identity(site: str) -> str:
     return site.lower()
 
 
-def person_keys(site: str, email: str) -> list[str]:
-    """Every key a person's records may carry: :func:`person_key`'s, and, before schema 11,
-    the site as typed (``Shop:ada@x.io`` beside ``shop:ada@x.io``), the first once when they
-    are one. For looking a person up in the projection, which holds records of both."""
-    return list(dict.fromkeys((person_key(site, email), f"{site}:{email}")))
+def person_keys(sites: Iterable[str], email: str) -> list[str]:
+    """Every key a person of these sites (a site's spellings: one key) may carry, each once:
+    :func:`person_key`'s first, and, before schema 11, each site as typed (``Shop:ada@x.io``
+    beside ``shop:ada@x.io``). For looking a person up in the projection, which holds records
+    of both."""
+    sites = list(sites)
+    now = (person_key(site, email) for site in sites)
+    return list(dict.fromkeys((*now, *(f"{site}:{email}" for site in sites))))
 
 
 def trigger_met(trigger_criteria: str | None) -> bool:

@@ -275,7 +275,7 @@ class ConsoleQueries:
             sites = self._spelled(session, f.site, f.spellings) if f.site else self._sites(session)
             # each site's person as the ledger keys them, and as it keyed them before schema
             # 11 (the site as typed): one person, whichever spelling their webhooks used
-            persons = list(dict.fromkeys(k for s in sites for k in person_keys(s, f.email)))
+            persons = person_keys(sites, f.email)
             return [
                 query.where(RequestRow.person.in_(persons[at : at + PERSONS_PER_QUERY]))
                 for at in range(0, len(persons), PERSONS_PER_QUERY)

@@ -423,7 +423,7 @@ async def person_page(request: web.Request) -> web.Response:
     # typed before schema 11
     spellings = await run_query(s.queries.spellings, site)
     site = spellings[0] if len(spellings) == 1 else site
-    key, *as_typed = dict.fromkeys(k for at in spellings or [site] for k in person_keys(at, email))
+    key, *as_typed = person_keys(spellings or [site], email)
     try:
         before = Cursor.decode(request.query.get("before"), "before")
         after = Cursor.decode(request.query.get("after"), "after")

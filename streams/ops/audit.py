@@ -261,8 +261,7 @@ def find_histories(
         # under the key the ledger keys them by, and the site as typed (records before
         # schema 11, whose key did not fold the site's case)
         normalized = email.strip().lower()
-        keys = (k for at in (*spellings, site.strip()) for k in person_keys(at, normalized))
-        rows = store.requests_of(*dict.fromkeys(keys))
+        rows = store.requests_of(*person_keys((*spellings, site.strip()), normalized))
     else:
         raise ValueError("give a request id, or a site and an email")
     return [history(store, row) for row in rows]

@@ -576,8 +576,14 @@ def test_the_person_key_is_the_site_s_case_and_nothing_else(site: str, other: st
 def test_a_person_is_looked_up_by_the_key_and_as_records_before_schema_11_keyed_them() -> None:
     """Records carry their key; those written before the key folded the site's case carry it
     as the site was typed, and a look-up of the person finds both."""
-    assert person_keys("Shop", "ada@x.io") == ["shop:ada@x.io", "Shop:ada@x.io"]
-    assert person_keys("shop", "ada@x.io") == ["shop:ada@x.io"]
+    assert person_keys(["Shop"], "ada@x.io") == ["shop:ada@x.io", "Shop:ada@x.io"]
+    assert person_keys(["shop"], "ada@x.io") == ["shop:ada@x.io"]
+    # a site's spellings: one key now, each as typed before, the key first
+    assert person_keys(["Shop", "shop", "SHOP"], "ada@x.io") == [
+        "shop:ada@x.io",
+        "Shop:ada@x.io",
+        "SHOP:ada@x.io",
+    ]
 
 
 # --- usage_limit: all or nothing ------------------------------------------------------------
