@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from models.params import person_keys
+from models.params import person_keys, site_identity
 from streams.console import schema
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters
@@ -231,9 +231,7 @@ async def search(request: web.Request) -> web.Response:
             "suggestions": suggestions,
             "unknown": unknown,
             "spellings": spellings if len(spellings) > 1 else [],
-            "site_links": [
-                (site, _query({**given, "site": site})) for site in suggestions.sites if unknown
-            ],
+            "site_links": _site_links(suggestions.sites, given) if unknown else [],
             "states": SEARCHABLE_STATES,
             "page": page,
             "error": error,
@@ -242,6 +240,21 @@ async def search(request: web.Request) -> web.Response:
         },
         status=400 if error else 200,
     )
+
+
+def _site_links(sites: list[str], given: Mapping[str, str]) -> list[tuple[str, list[str], str]]:
+    """The sites suggested for a site no site is named, each once: a site its webhooks spelled
+    several ways (``Shop``, ``shop``) is one link, named lower-cased as the overview names it,
+    its spellings beside it (each spelling was a link of its own, "2 sites", though either
+    finds the requests of both); with the search's query on that site."""
+    grouped: dict[str, list[str]] = {}
+    for site in sites:
+        grouped.setdefault(site_identity(site), []).append(site)
+    links = []
+    for identity, spelled in grouped.items():
+        named = spelled[0] if len(spelled) == 1 else identity
+        links.append((named, spelled if len(spelled) > 1 else [], _query({**given, "site": named})))
+    return links
 
 
 # --- a request --------------------------------------------------------------------------------

@@ -834,6 +834,13 @@ async def test_a_site_its_webhooks_spelled_several_ways_is_found_in_any_case(tmp
                 "Shop",
                 "shop",
             ]
+        # a part of its name lists it once, its spellings beside it: it said "2 sites have it
+        # in their name", a link a spelling (each finding the requests of both)
+        part = await console.page("/requests?site=HO")
+        assert "No site is named “HO”. 1 site has it in its name:" in part
+        links = re.findall(r'<li><a href="/requests\?([^"]+)">(\w+)</a>(.*?)</li>', part)
+        assert [(link, site) for link, site, _ in links] == [("site=shop", "shop")]
+        assert "(Shop, shop)" in links[0][2]
     finally:
         await console.client.close()
 
@@ -1540,7 +1547,8 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
         (
             2,
             2,
-            "(attempt 2, its call 2: the worker retried the 1 before it, which failed or were"
+            # one call before it: "the one ..., which ... was", not "the 1 ..., which ... were"
+            "(attempt 2, its call 2: the worker retried the one before it, which failed or was"
             " throttled)",
         ),
     ],
@@ -1793,6 +1801,10 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     bad_page = await signed_in.page("/deadletters?page=x", status=400)
     assert "page: &#39;x&#39; is not a page number" in bad_page
     assert 'id="letter-count"' not in bad_page and "no dead letters" not in bad_page
+    # a digit that is not an ASCII one ("²": isdigit, and int() refuses it) is named too: it
+    # said "invalid literal for int() with base 10: '²'", naming no field
+    superscript = await signed_in.page("/deadletters?page=%C2%B2", status=400)
+    assert "page: &#39;²&#39; is not a page number" in superscript
 
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"topic": "completions", "csrf": csrf})
@@ -2242,11 +2254,11 @@ def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
 @pytest.mark.parametrize(
     ("pacing", "said"),
     [
-        (pacing_of(ACME_ONLY), "no calls since the worker started"),
-        (pacing_of(ACME_ONLY, ACME_ONLY), "no calls since the workers started"),
+        (pacing_of(ACME_ONLY), "no Talkable calls since the worker started"),
+        (pacing_of(ACME_ONLY, ACME_ONLY), "no Talkable calls since the workers started"),
         (
             pacing_of(ACME_ONLY, unreachable=("http://127.0.0.1:1/metrics",)),
-            "no calls since the worker that answered started",
+            "no Talkable calls since the worker that answered started",
         ),
         (
             pacing_of(
@@ -2254,15 +2266,15 @@ def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
                 + 'talkstream_upstream_queue_depth{upstream="talkable",target=":other",model=""}'
                 + " 9\n"
             ),
-            "not reported: no calls since the worker started, or not among the 50 busiest sites"
-            " each names",
+            "not reported: no Talkable calls since the worker started, or not among the 50"
+            " busiest sites each names",
         ),
         (  # a site named other is a site, not the rest past the 50 busiest
             pacing_of(
                 ACME_ONLY
                 + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
             ),
-            "no calls since the worker started",
+            "no Talkable calls since the worker started",
         ),
     ],
     ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites", "a-site-named-other"],
@@ -2284,6 +2296,10 @@ async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     assert f'<td colspan="3" class="muted unreported">{said}</td>' in rows["globex"]
     assert "—" not in rows["globex"]
     assert "A worker keeps these in memory from the first command for a site on" in body
+    # the three columns are the site's Talkable target's, said above them: a site whose
+    # requests all failed at OpenAI read "no calls since the worker started" under bare "429s,
+    # queue, circuit", though OpenAI had been called for each of them
+    assert '<th colspan="3" id="talkable-group">Talkable</th>' in body
     # every site reported: no such note
     parse(ACME_ONLY.replace("acme", "globex"), pacing)
     engine = make_engine(url)
