@@ -60,7 +60,14 @@ class Log(Protocol):
     async def letters(self) -> Letters: ...
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content: ...
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport: ...
@@ -387,7 +394,22 @@ async def request_content(request: web.Request) -> web.Response:
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, 404)
     generated = [step.wall_ms for step in timeline.steps if step.state == "generated"]
-    content, error = await _content(s, timeline.request, timeline.arrived_ms, generated)
+    # the last result of each upstream: a generation that failed (none after it succeeded),
+    # a publication published or not; their records say how many calls each made
+    generations = [x for x in timeline.steps if x.state in ("generated", "generation_failed")]
+    publications = [x for x in timeline.steps if x.state in ("published", "publish_failed")]
+    failed = (
+        generations[-1].wall_ms if generations and generations[-1].state != "generated" else None
+    )
+    published = publications[-1].wall_ms if publications else None
+    content, error = await _content(
+        s,
+        timeline.request,
+        timeline.arrived_ms,
+        generated,
+        failed_ms=failed,
+        published_ms=published,
+    )
     return render(
         request,
         "content.html",
@@ -397,7 +419,13 @@ async def request_content(request: web.Request) -> web.Response:
 
 
 async def _content(
-    s: Services, row: RequestRow, arrived_ms: int, generated: list[int]
+    s: Services,
+    row: RequestRow,
+    arrived_ms: int,
+    generated: list[int],
+    *,
+    failed_ms: int | None = None,
+    published_ms: int | None = None,
 ) -> tuple[Content | None, str | None]:
     try:
         content = await asyncio.wait_for(
@@ -406,6 +434,8 @@ async def _content(
                 person=row.person,
                 arrived_ms=arrived_ms,
                 generated_ms=generated[-1] if generated else None,
+                failed_ms=failed_ms,
+                published_ms=published_ms,
             ),
             LOG_TIMEOUT_SECONDS,
         )

@@ -28,6 +28,7 @@ from models.events import (
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
     PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
     SealedSecrets,
@@ -87,6 +88,9 @@ class FakeLog:
     contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
     received: dict[str, RequestReceived] = field(default_factory=dict)  # webhooks of the log
     generated: dict[str, GenerationAttemptSucceeded] = field(default_factory=dict)  # their texts
+    # their last failed generation's and last publication's results
+    failures: dict[str, GenerationAttemptFailed] = field(default_factory=dict)
+    publications: dict[str, Any] = field(default_factory=dict)
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -97,12 +101,25 @@ class FakeLog:
             raise BrokerUnavailable("Kafka at 127.0.0.1:1 is not reachable: connection refused")
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content:
         self._reachable()
         self.contents.append((request_id, arrived_ms))
-        if request_id in self.received:
-            return content_of(request_id, self.received[request_id], self.generated.get(request_id))
+        if request_id in self.received:  # each result found only when looked for (its time)
+            return content_of(
+                request_id,
+                self.received[request_id],
+                self.generated.get(request_id),
+                failed=self.failures.get(request_id) if failed_ms is not None else None,
+                published=self.publications.get(request_id) if published_ms is not None else None,
+            )
         return Content(
             received=True,
             messages=[Message("user", f"A verse for {SCRIPT}")],
@@ -1573,6 +1590,73 @@ async def test_the_generated_text_says_the_call_of_its_attempt_it_came_from(
     )
     body = await signed_in.page("/request/content?id=pub-1")
     assert f'<span class="muted small" id="text-attempt">{said}</span>' in body
+
+
+def _result(kind: Any, request_id: str, calls: int, attempt: int = 1, **more: Any) -> Any:
+    """A generation's failure or a publication's result of ``request_id`` after ``calls``."""
+    person = person_key("globex" if request_id == "pub-3" else "acme", "ada@example.com")
+    if kind is GenerationAttemptFailed or kind is PublicationAttemptFailed:
+        more = {"error_class": "ServerError", "error_message": "500", **more}
+    return kind(
+        request_id=request_id, person=person, attempt=attempt, at_ms=T0_MS, tries=calls, **more
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        (
+            _result(PublicationAttemptSucceeded, "pub-1", 9),
+            'Talkable calls (published)</dt><dd id="talkable-calls">attempt 1: 9 calls <span'
+            ' class="muted">(the worker retried the 8 before the last, which failed or were'
+            " throttled)</span></dd>",
+        ),
+        (
+            _result(PublicationAttemptSucceeded, "pub-1", 2, attempt=2),
+            '<dd id="talkable-calls">attempt 2: 2 calls <span class="muted">(the worker retried'
+            " the one before the last, which failed or was throttled)</span></dd>",
+        ),
+        (
+            _result(PublicationAttemptFailed, "pub-1", 1, status=400),
+            "Talkable calls (its publication failed)</dt><dd"
+            ' id="talkable-calls">attempt 1: 1 call</dd>',
+        ),
+        (  # a refusal that still covered it (schema 10 says so; before, its tries were 0)
+            _result(PublicationAttemptFailed, "pub-1", 1, not_called=True),
+            '<dd id="talkable-calls">attempt 1: not called</dd>',
+        ),
+        (
+            _result(GenerationAttemptFailed, "fail-1", 3),
+            'OpenAI calls (its generation failed)</dt><dd id="openai-calls">attempt 1: 3'
+            ' calls <span class="muted">(the worker retried the 2 before the last, which failed'
+            " or were throttled)</span></dd>",
+        ),
+    ],
+    ids=["published-at-call-9", "re-issued-call-2", "refused", "not-called", "generation"],
+)
+async def test_the_content_frame_says_the_calls_of_the_last_attempt_at_each_upstream(
+    signed_in: Console, result: Any, said: str
+):
+    """A request Talkable refused after eight 500s the worker retried within one attempt read
+    "attempts 1", "attempt 1" on each step, and nothing of its calls: as if Talkable had been
+    called once (the lifecycle counts the ledger's attempts, not the calls of one). The frame
+    says the calls of its last publication, and of a generation that failed, from the
+    attempt's result on the log, as it says the generated text's."""
+    request_id = result.request_id
+    webhook = _adas_webhook(ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60))
+    signed_in.log.received[request_id] = webhook.model_copy(update={"request_id": request_id})
+    if isinstance(result, GenerationAttemptFailed):
+        signed_in.log.failures[request_id] = result
+    else:
+        signed_in.log.publications[request_id] = result
+    body = await signed_in.page(f"/request/content?id={request_id}")
+    assert said in body
+    # a generation that failed, then succeeded (retry-1, re-issued): its text says its call,
+    # and no failed generation's calls are looked for
+    signed_in.log.received["retry-1"] = webhook.model_copy(update={"request_id": "retry-1"})
+    signed_in.log.failures["retry-1"] = _result(GenerationAttemptFailed, "retry-1", 3)
+    retried = await signed_in.page("/request/content?id=retry-1")
+    assert 'id="openai-calls"' not in retried
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
