@@ -503,6 +503,10 @@ async def person_page(request: web.Request) -> web.Response:
         {
             "nav": "search",
             "site": site,
+            # a site spelled several ways is named as the overview names it, its spellings
+            # beside it (it said "on SHOP", as typed, a spelling no webhook gave)
+            "shown_site": site_identity(site) if len(spellings) > 1 else site,
+            "spellings": spellings if len(spellings) > 1 else [],
             "email": email,
             "p": summary,
             "limit": limit,

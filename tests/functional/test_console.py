@@ -851,6 +851,12 @@ async def test_a_site_its_webhooks_spelled_several_ways_is_found_in_any_case(tmp
                 "Shop",
                 "shop",
             ]
+            # named as the overview names it, its spellings beside it (it said "on SHOP")
+            assert re.search(
+                r'<h1>ann@example.com <span class="muted">on shop <span class="spellings"'
+                r' id="person-spellings"[^>]*>\(Shop, shop\)</span></span></h1>',
+                person,
+            ), typed
         # a part of its name lists it once, its spellings beside it: it said "2 sites have it
         # in their name", a link a spelling (each finding the requests of both)
         part = await console.page("/requests?site=HO")
@@ -1333,6 +1339,16 @@ async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console)
     assert listed["pub-1"] == ("published", "")
     person = reasons(await signed_in.page("/person?site=acme&email=ada@example.com"))
     assert person["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+    # its step says the count once: it read "usage window full: 2 of 2 used (window 2 used)"
+    page = await signed_in.page("/request?id=lim-1")
+    [cause] = re.findall(
+        r'<span class="state s-limited">limited</span>.*?<td>(.*?)</td>\s*<td>', page, re.S
+    )
+    assert cause == "usage window full: 2 of 2 used", cause
+    # an admission's count is its own: said
+    assert 'admitted <span class="muted">(window 1 used)</span>' in await signed_in.page(
+        "/request?id=pub-1"
+    )
 
 
 async def test_a_request_in_flight_says_how_long_it_has_been(signed_in: Console):
