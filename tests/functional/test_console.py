@@ -1667,6 +1667,11 @@ async def test_the_content_frame_says_the_calls_of_the_last_attempt_at_each_upst
         signed_in.log.publications[request_id] = result
     body = await signed_in.page(f"/request/content?id={request_id}")
     assert said in body
+    # the attempts the page and a search count say whose they are, and where the calls are
+    page = await signed_in.page(f"/request?id={request_id}")
+    assert "(the ledger's; the calls of each upstream's last: below)" in page
+    found = await signed_in.page("/requests")
+    assert "the worker's own retries of a 5xx, a timeout or a 429 within one are not" in found
     # a generation that failed, then succeeded (retry-1, re-issued): its text says its call,
     # and no failed generation's calls are looked for
     signed_in.log.received["retry-1"] = webhook.model_copy(update={"request_id": "retry-1"})
