@@ -63,7 +63,14 @@ class NoKafka:
         return Letters([])
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content:
         return Content()
 

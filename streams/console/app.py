@@ -57,7 +57,14 @@ class KafkaLog:
         return await read_letters(self.settings)
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content:
         return await read_content(
             self.settings,
@@ -65,6 +72,8 @@ class KafkaLog:
             person=person,
             arrived_ms=arrived_ms,
             generated_ms=generated_ms,
+            failed_ms=failed_ms,
+            published_ms=published_ms,
         )
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:

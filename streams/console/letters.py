@@ -211,7 +211,9 @@ def _page_number(value: str | None) -> int:
     """The page of letters asked for (1, the newest, when none)."""
     if value is None or not value.strip():
         return 1
-    if not value.strip().isdigit() or int(value) < 1:
+    # ASCII digits only: "²" is a digit to isdigit() that int() refuses (its ValueError, which
+    # named no field, was the page's message)
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < 1:
         raise ValueError(f"page: {value!r} is not a page number (1, 2, ...)")
     return int(value)
 

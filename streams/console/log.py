@@ -7,7 +7,8 @@ other reader disturbed), manually assigned, up to the end offsets captured when 
   ``talkstream redrive``'s consumer group (which offers each letter once): the page shows every
   letter, and the projection says what became of its request since.
 - :func:`read_content` finds one request's webhook (``RequestReceived``: its messages, model,
-  usage limit and event number) and its generated text (``GenerationAttemptSucceeded``) on the
+  usage limit and event number), its generated text (``GenerationAttemptSucceeded``) and the
+  results of its last generation that failed and its last publication (their calls) on the
   person's partition of [requests], seeking by time to where they were written. The projection
   keeps neither (it is the lifecycle's), and the log is the source of truth.
 
@@ -37,7 +38,10 @@ from aiokafka.errors import KafkaError
 from models.events import (
     DeadLetter,
     GapProbe,
+    GenerationAttemptFailed,
     GenerationAttemptSucceeded,
+    PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     RequestReceived,
 )
 from models.params import completion_event_number
@@ -129,6 +133,17 @@ class Message(NamedTuple):
     name: str | None = None  # OpenAI's optional name of its participant
 
 
+class Calls(NamedTuple):
+    """The calls one attempt made to an upstream, as its result says (``tries``): the worker
+    retries a 5xx, a timeout or a 429 itself within the attempt, and the lifecycle (so the
+    projection's attempts, the timeline's) does not count them. 0: it was not called (a
+    refusal that still covered it, a key that could not be opened)."""
+
+    attempt: int
+    calls: int
+    failed: bool  # the attempt ended failed (its last call too, unless not called)
+
+
 @dataclass(frozen=True)
 class Content:
     """A request's own records, as far as they were found."""
@@ -149,6 +164,11 @@ class Content:
     # worker retries a 5xx, a timeout or a 429 within the attempt, which the lifecycle (and
     # so the projection's attempts) does not count
     text_calls: int | None = None
+    # the calls of the request's last generation attempt when it failed (no text), and of
+    # its last publication attempt, published or not: a request that failed at Talkable after
+    # eight 500s the worker retried read "attempt 1", as if Talkable had been called once
+    openai_calls: Calls | None = None
+    talkable_calls: Calls | None = None
     # the fingerprints of the webhook's keys (never a key), as the overview's OpenAI keys
     # table and the worker's metrics name their targets; "" for a webhook from before
     # the ingress wrote them
@@ -229,9 +249,13 @@ async def read_content(
     person: str,
     arrived_ms: int,
     generated_ms: int | None,
+    failed_ms: int | None = None,
+    published_ms: int | None = None,
 ) -> Content:
-    """The request's webhook, written when it arrived, and its text, written when it was
-    generated: each looked for from just before that time on the person's partition."""
+    """The request's webhook, written when it arrived, its text, written when it was
+    generated, and the results of its last failed generation (``failed_ms``) and its last
+    publication (``published_ms``, published or not): each looked for from just before that
+    time on the person's partition."""
     topic = settings.topic("requests")
     async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:
@@ -254,19 +278,46 @@ async def read_content(
                 lambda m: isinstance(m, GenerationAttemptSucceeded),
                 request_id,
             )
-    return content_of(request_id, received, text)
+        failed = published = None
+        if failed_ms is not None:
+            failed = await _find(
+                consumer,
+                tp,
+                end,
+                failed_ms,
+                lambda m: isinstance(m, GenerationAttemptFailed),
+                request_id,
+            )
+        if published_ms is not None:
+            published = await _find(
+                consumer,
+                tp,
+                end,
+                published_ms,
+                lambda m: isinstance(m, PublicationAttemptSucceeded | PublicationAttemptFailed),
+                request_id,
+            )
+    return content_of(request_id, received, text, failed=failed, published=published)
 
 
-def content_of(request_id: str, received: Any, generated: Any) -> Content:
-    """What the console shows of a request's webhook (``received``, if it is one) and of its
-    generated text (``generated``, if it is one)."""
+def content_of(
+    request_id: str, received: Any, generated: Any, *, failed: Any = None, published: Any = None
+) -> Content:
+    """What the console shows of a request's webhook (``received``, if it is one), of its
+    generated text (``generated``, if it is one), and of the calls of its last failed
+    generation (``failed``) and of its last publication (``published``), if they are such
+    results."""
     text = generated if isinstance(generated, GenerationAttemptSucceeded) else None
+    openai_calls = _calls(failed, GenerationAttemptFailed)
+    talkable_calls = _calls(published, PublicationAttemptSucceeded | PublicationAttemptFailed)
     if not isinstance(received, RequestReceived):
         return Content(
             text=text.text if text else None,
             text_attempt=text.attempt if text else None,
             text_calls=text.tries if text else None,
             notes=["the webhook was not found on [requests] near its arrival (retention?)"],
+            openai_calls=openai_calls,
+            talkable_calls=talkable_calls,
         )
     spec = received.spec
     limit = spec.usage_limit
@@ -285,7 +336,18 @@ def content_of(request_id: str, received: Any, generated: Any) -> Content:
         text_calls=text.tries if text else None,
         openai_key_id=received.openai_key_id,
         talkable_key_id=received.talkable_key_id,
+        openai_calls=openai_calls,
+        talkable_calls=talkable_calls,
     )
+
+
+def _calls(result: Any, kinds: Any) -> Calls | None:
+    """The calls of an attempt's result, if it is one of ``kinds``."""
+    if not isinstance(result, kinds):
+        return None
+    failed = isinstance(result, GenerationAttemptFailed | PublicationAttemptFailed)
+    not_called = failed and result.not_called  # said so from schema 10 on; else tries 0
+    return Calls(result.attempt, 0 if not_called else result.tries, failed)
 
 
 def _message(message: dict[str, str]) -> Message:

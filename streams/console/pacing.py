@@ -73,10 +73,12 @@ class Pacing:
             workers += " that answered"
         if ("talkable", OTHER_TARGETS, "") in self.targets:
             return (
-                f"not reported: no calls since the {workers} started, or not among the "
+                f"not reported: no Talkable calls since the {workers} started, or not among the "
                 f"{REPORTED_TARGETS} busiest sites each names"
             )
-        return f"no calls since the {workers} started"
+        # "Talkable": a site whose requests all failed at OpenAI (or were limited) was never
+        # sent to Talkable, though OpenAI was called for it ("no calls" read as none at all)
+        return f"no Talkable calls since the {workers} started"
 
     def openai(self) -> list[Target]:
         """An OpenAI key's models, each its own row: the busiest first."""

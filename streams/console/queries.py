@@ -148,8 +148,8 @@ class Page:
 
 @dataclass(frozen=True)
 class Suggestions:
-    sites: list[str]  # at most SUGGESTED_SITES of them
-    found: int  # how many sites there were to suggest
+    sites: list[str]  # at most SUGGESTED_SITES of them (each spelling: ``Shop``, ``shop``)
+    found: int  # how many sites there were to suggest (a site's spellings: one site)
     named: str | None  # the site named as typed (in any case), when one is
 
 
@@ -323,7 +323,8 @@ class ConsoleQueries:
         # the projection records apart, as their webhooks typed them: one site) as typed
         alike = [site for site in found if site.casefold() == folded]
         named = alike[0] if len(alike) == 1 else typed if alike else None
-        return Suggestions(found[:limit], len(found), named=named)
+        # counted as sites, a site's spellings one ("2 sites have it" was Shop and shop)
+        return Suggestions(found[:limit], len({site_identity(s) for s in found}), named=named)
 
     def site_named(self, name: str) -> str:
         """The site as the projection spells it: the one spelling its webhooks gave it

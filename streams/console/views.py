@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from models.params import person_keys
+from models.params import person_keys, site_identity
 from streams.console import schema
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters
@@ -60,7 +60,14 @@ class Log(Protocol):
     async def letters(self) -> Letters: ...
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content: ...
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport: ...
@@ -231,9 +238,7 @@ async def search(request: web.Request) -> web.Response:
             "suggestions": suggestions,
             "unknown": unknown,
             "spellings": spellings if len(spellings) > 1 else [],
-            "site_links": [
-                (site, _query({**given, "site": site})) for site in suggestions.sites if unknown
-            ],
+            "site_links": _site_links(suggestions.sites, given) if unknown else [],
             "states": SEARCHABLE_STATES,
             "page": page,
             "error": error,
@@ -242,6 +247,21 @@ async def search(request: web.Request) -> web.Response:
         },
         status=400 if error else 200,
     )
+
+
+def _site_links(sites: list[str], given: Mapping[str, str]) -> list[tuple[str, list[str], str]]:
+    """The sites suggested for a site no site is named, each once: a site its webhooks spelled
+    several ways (``Shop``, ``shop``) is one link, named lower-cased as the overview names it,
+    its spellings beside it (each spelling was a link of its own, "2 sites", though either
+    finds the requests of both); with the search's query on that site."""
+    grouped: dict[str, list[str]] = {}
+    for site in sites:
+        grouped.setdefault(site_identity(site), []).append(site)
+    links = []
+    for identity, spelled in grouped.items():
+        named = spelled[0] if len(spelled) == 1 else identity
+        links.append((named, spelled if len(spelled) > 1 else [], _query({**given, "site": named})))
+    return links
 
 
 # --- a request --------------------------------------------------------------------------------
@@ -374,7 +394,22 @@ async def request_content(request: web.Request) -> web.Response:
     if timeline is None:
         return render(request, "missing.html", {"what": "request", "name": request_id}, 404)
     generated = [step.wall_ms for step in timeline.steps if step.state == "generated"]
-    content, error = await _content(s, timeline.request, timeline.arrived_ms, generated)
+    # the last result of each upstream: a generation that failed (none after it succeeded),
+    # a publication published or not; their records say how many calls each made
+    generations = [x for x in timeline.steps if x.state in ("generated", "generation_failed")]
+    publications = [x for x in timeline.steps if x.state in ("published", "publish_failed")]
+    failed = (
+        generations[-1].wall_ms if generations and generations[-1].state != "generated" else None
+    )
+    published = publications[-1].wall_ms if publications else None
+    content, error = await _content(
+        s,
+        timeline.request,
+        timeline.arrived_ms,
+        generated,
+        failed_ms=failed,
+        published_ms=published,
+    )
     return render(
         request,
         "content.html",
@@ -384,7 +419,13 @@ async def request_content(request: web.Request) -> web.Response:
 
 
 async def _content(
-    s: Services, row: RequestRow, arrived_ms: int, generated: list[int]
+    s: Services,
+    row: RequestRow,
+    arrived_ms: int,
+    generated: list[int],
+    *,
+    failed_ms: int | None = None,
+    published_ms: int | None = None,
 ) -> tuple[Content | None, str | None]:
     try:
         content = await asyncio.wait_for(
@@ -393,6 +434,8 @@ async def _content(
                 person=row.person,
                 arrived_ms=arrived_ms,
                 generated_ms=generated[-1] if generated else None,
+                failed_ms=failed_ms,
+                published_ms=published_ms,
             ),
             LOG_TIMEOUT_SECONDS,
         )
@@ -460,6 +503,10 @@ async def person_page(request: web.Request) -> web.Response:
         {
             "nav": "search",
             "site": site,
+            # a site spelled several ways is named as the overview names it, its spellings
+            # beside it (it said "on SHOP", as typed, a spelling no webhook gave)
+            "shown_site": site_identity(site) if len(spellings) > 1 else site,
+            "spellings": spellings if len(spellings) > 1 else [],
             "email": email,
             "p": summary,
             "limit": limit,

@@ -28,6 +28,7 @@ from models.events import (
     GenerationAttemptFailed,
     GenerationAttemptSucceeded,
     PublicationAttemptFailed,
+    PublicationAttemptSucceeded,
     RequestReceived,
     RequestSpec,
     SealedSecrets,
@@ -87,6 +88,9 @@ class FakeLog:
     contents: list[tuple[str, int]] = field(default_factory=list)  # (request, arrived) read
     received: dict[str, RequestReceived] = field(default_factory=dict)  # webhooks of the log
     generated: dict[str, GenerationAttemptSucceeded] = field(default_factory=dict)  # their texts
+    # their last failed generation's and last publication's results
+    failures: dict[str, GenerationAttemptFailed] = field(default_factory=dict)
+    publications: dict[str, Any] = field(default_factory=dict)
 
     async def letters(self) -> Letters:
         self._reachable()
@@ -97,12 +101,25 @@ class FakeLog:
             raise BrokerUnavailable("Kafka at 127.0.0.1:1 is not reachable: connection refused")
 
     async def content(
-        self, *, request_id: str, person: str, arrived_ms: int, generated_ms: int | None
+        self,
+        *,
+        request_id: str,
+        person: str,
+        arrived_ms: int,
+        generated_ms: int | None,
+        failed_ms: int | None = None,
+        published_ms: int | None = None,
     ) -> Content:
         self._reachable()
         self.contents.append((request_id, arrived_ms))
-        if request_id in self.received:
-            return content_of(request_id, self.received[request_id], self.generated.get(request_id))
+        if request_id in self.received:  # each result found only when looked for (its time)
+            return content_of(
+                request_id,
+                self.received[request_id],
+                self.generated.get(request_id),
+                failed=self.failures.get(request_id) if failed_ms is not None else None,
+                published=self.publications.get(request_id) if published_ms is not None else None,
+            )
         return Content(
             received=True,
             messages=[Message("user", f"A verse for {SCRIPT}")],
@@ -834,6 +851,19 @@ async def test_a_site_its_webhooks_spelled_several_ways_is_found_in_any_case(tmp
                 "Shop",
                 "shop",
             ]
+            # named as the overview names it, its spellings beside it (it said "on SHOP")
+            assert re.search(
+                r'<h1>ann@example.com <span class="muted">on shop <span class="spellings"'
+                r' id="person-spellings"[^>]*>\(Shop, shop\)</span></span></h1>',
+                person,
+            ), typed
+        # a part of its name lists it once, its spellings beside it: it said "2 sites have it
+        # in their name", a link a spelling (each finding the requests of both)
+        part = await console.page("/requests?site=HO")
+        assert "No site is named “HO”. 1 site has it in its name:" in part
+        links = re.findall(r'<li><a href="/requests\?([^"]+)">(\w+)</a>(.*?)</li>', part)
+        assert [(link, site) for link, site, _ in links] == [("site=shop", "shop")]
+        assert "(Shop, shop)" in links[0][2]
     finally:
         await console.client.close()
 
@@ -1309,6 +1339,16 @@ async def test_a_listed_request_ended_by_a_decision_says_why(signed_in: Console)
     assert listed["pub-1"] == ("published", "")
     person = reasons(await signed_in.page("/person?site=acme&email=ada@example.com"))
     assert person["lim-1"] == ("limited", "usage window full: 2 of 2 used")
+    # its step says the count once: it read "usage window full: 2 of 2 used (window 2 used)"
+    page = await signed_in.page("/request?id=lim-1")
+    [cause] = re.findall(
+        r'<span class="state s-limited">limited</span>.*?<td>(.*?)</td>\s*<td>', page, re.S
+    )
+    assert cause == "usage window full: 2 of 2 used", cause
+    # an admission's count is its own: said
+    assert 'admitted <span class="muted">(window 1 used)</span>' in await signed_in.page(
+        "/request?id=pub-1"
+    )
 
 
 async def test_a_request_in_flight_says_how_long_it_has_been(signed_in: Console):
@@ -1540,7 +1580,8 @@ async def test_the_content_frame_names_the_webhooks_keys_by_their_fingerprints(
         (
             2,
             2,
-            "(attempt 2, its call 2: the worker retried the 1 before it, which failed or were"
+            # one call before it: "the one ..., which ... was", not "the 1 ..., which ... were"
+            "(attempt 2, its call 2: the worker retried the one before it, which failed or was"
             " throttled)",
         ),
     ],
@@ -1565,6 +1606,78 @@ async def test_the_generated_text_says_the_call_of_its_attempt_it_came_from(
     )
     body = await signed_in.page("/request/content?id=pub-1")
     assert f'<span class="muted small" id="text-attempt">{said}</span>' in body
+
+
+def _result(kind: Any, request_id: str, calls: int, attempt: int = 1, **more: Any) -> Any:
+    """A generation's failure or a publication's result of ``request_id`` after ``calls``."""
+    person = person_key("globex" if request_id == "pub-3" else "acme", "ada@example.com")
+    if kind is GenerationAttemptFailed or kind is PublicationAttemptFailed:
+        more = {"error_class": "ServerError", "error_message": "500", **more}
+    return kind(
+        request_id=request_id, person=person, attempt=attempt, at_ms=T0_MS, tries=calls, **more
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        (
+            _result(PublicationAttemptSucceeded, "pub-1", 9),
+            'Talkable calls (published)</dt><dd id="talkable-calls">attempt 1: 9 calls <span'
+            ' class="muted">(the worker retried the 8 before the last, which failed or were'
+            " throttled)</span></dd>",
+        ),
+        (
+            _result(PublicationAttemptSucceeded, "pub-1", 2, attempt=2),
+            '<dd id="talkable-calls">attempt 2: 2 calls <span class="muted">(the worker retried'
+            " the one before the last, which failed or was throttled)</span></dd>",
+        ),
+        (
+            _result(PublicationAttemptFailed, "pub-1", 1, status=400),
+            "Talkable calls (its publication failed)</dt><dd"
+            ' id="talkable-calls">attempt 1: 1 call</dd>',
+        ),
+        (  # a refusal that still covered it (schema 10 says so; before, its tries were 0)
+            _result(PublicationAttemptFailed, "pub-1", 1, not_called=True),
+            '<dd id="talkable-calls">attempt 1: not called</dd>',
+        ),
+        (
+            _result(GenerationAttemptFailed, "fail-1", 3),
+            'OpenAI calls (its generation failed)</dt><dd id="openai-calls">attempt 1: 3'
+            ' calls <span class="muted">(the worker retried the 2 before the last, which failed'
+            " or were throttled)</span></dd>",
+        ),
+    ],
+    ids=["published-at-call-9", "re-issued-call-2", "refused", "not-called", "generation"],
+)
+async def test_the_content_frame_says_the_calls_of_the_last_attempt_at_each_upstream(
+    signed_in: Console, result: Any, said: str
+):
+    """A request Talkable refused after eight 500s the worker retried within one attempt read
+    "attempts 1", "attempt 1" on each step, and nothing of its calls: as if Talkable had been
+    called once (the lifecycle counts the ledger's attempts, not the calls of one). The frame
+    says the calls of its last publication, and of a generation that failed, from the
+    attempt's result on the log, as it says the generated text's."""
+    request_id = result.request_id
+    webhook = _adas_webhook(ChatRequest(model="gpt-4o-mini", messages=[], max_tokens=60))
+    signed_in.log.received[request_id] = webhook.model_copy(update={"request_id": request_id})
+    if isinstance(result, GenerationAttemptFailed):
+        signed_in.log.failures[request_id] = result
+    else:
+        signed_in.log.publications[request_id] = result
+    body = await signed_in.page(f"/request/content?id={request_id}")
+    assert said in body
+    # the attempts the page and a search count say whose they are, and where the calls are
+    page = await signed_in.page(f"/request?id={request_id}")
+    assert "(the ledger's; the calls of each upstream's last: below)" in page
+    found = await signed_in.page("/requests")
+    assert "the worker's own retries of a 5xx, a timeout or a 429 within one are not" in found
+    # a generation that failed, then succeeded (retry-1, re-issued): its text says its call,
+    # and no failed generation's calls are looked for
+    signed_in.log.received["retry-1"] = webhook.model_copy(update={"request_id": "retry-1"})
+    signed_in.log.failures["retry-1"] = _result(GenerationAttemptFailed, "retry-1", 3)
+    retried = await signed_in.page("/request/content?id=retry-1")
+    assert 'id="openai-calls"' not in retried
 
 
 async def test_a_persons_usage_window_against_its_limit(signed_in: Console):
@@ -1793,6 +1906,10 @@ async def test_dead_letters_by_the_topic_they_came_from(signed_in: Console):
     bad_page = await signed_in.page("/deadletters?page=x", status=400)
     assert "page: &#39;x&#39; is not a page number" in bad_page
     assert 'id="letter-count"' not in bad_page and "no dead letters" not in bad_page
+    # a digit that is not an ASCII one ("²": isdigit, and int() refuses it) is named too: it
+    # said "invalid literal for int() with base 10: '²'", naming no field
+    superscript = await signed_in.page("/deadletters?page=%C2%B2", status=400)
+    assert "page: &#39;²&#39; is not a page number" in superscript
 
     csrf = await signed_in.csrf()
     preview = await signed_in.post("/deadletters/preview", {"topic": "completions", "csrf": csrf})
@@ -2242,11 +2359,11 @@ def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
 @pytest.mark.parametrize(
     ("pacing", "said"),
     [
-        (pacing_of(ACME_ONLY), "no calls since the worker started"),
-        (pacing_of(ACME_ONLY, ACME_ONLY), "no calls since the workers started"),
+        (pacing_of(ACME_ONLY), "no Talkable calls since the worker started"),
+        (pacing_of(ACME_ONLY, ACME_ONLY), "no Talkable calls since the workers started"),
         (
             pacing_of(ACME_ONLY, unreachable=("http://127.0.0.1:1/metrics",)),
-            "no calls since the worker that answered started",
+            "no Talkable calls since the worker that answered started",
         ),
         (
             pacing_of(
@@ -2254,15 +2371,15 @@ def pacing_of(*texts: str, unreachable: tuple[str, ...] = ()) -> Pacing:
                 + 'talkstream_upstream_queue_depth{upstream="talkable",target=":other",model=""}'
                 + " 9\n"
             ),
-            "not reported: no calls since the worker started, or not among the 50 busiest sites"
-            " each names",
+            "not reported: no Talkable calls since the worker started, or not among the 50"
+            " busiest sites each names",
         ),
         (  # a site named other is a site, not the rest past the 50 busiest
             pacing_of(
                 ACME_ONLY
                 + 'talkstream_upstream_queue_depth{upstream="talkable",target="other",model=""} 9\n'
             ),
-            "no calls since the worker started",
+            "no Talkable calls since the worker started",
         ),
     ],
     ids=["one-worker", "two-workers", "one-unreachable", "past-50-sites", "a-site-named-other"],
@@ -2284,6 +2401,10 @@ async def test_a_site_no_worker_reports_says_why_not_a_bare_dash(
     assert f'<td colspan="3" class="muted unreported">{said}</td>' in rows["globex"]
     assert "—" not in rows["globex"]
     assert "A worker keeps these in memory from the first command for a site on" in body
+    # the three columns are the site's Talkable target's, said above them: a site whose
+    # requests all failed at OpenAI read "no calls since the worker started" under bare "429s,
+    # queue, circuit", though OpenAI had been called for each of them
+    assert '<th colspan="3" id="talkable-group">Talkable</th>' in body
     # every site reported: no such note
     parse(ACME_ONLY.replace("acme", "globex"), pacing)
     engine = make_engine(url)

@@ -235,6 +235,9 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     assert element(browser, By.ID, "token-cap").text == "token cap 150"
     assert SCRIPT in element(browser, By.ID, "generated").text
     assert element(browser, By.ID, "event-number").text == (f"generate_text_complete-{refused}")
+    # the calls of its publication, read from its result on the log (Talkable refused the key:
+    # no retry within the attempt)
+    assert element(browser, By.ID, "talkable-calls").text == "attempt 1: 1 call"
     assert browser.execute_script("return document.scripts.length") == 0
     browser.switch_to.default_content()
     assert browser.execute_script("return document.scripts.length") == 0
@@ -280,6 +283,9 @@ def test_an_operator_finds_a_refused_request_and_redrives_it_from_the_page(
     wait_until(published, 60, 0.5, what="the redriven request published, on its timeline")
     timeline = element(browser, By.ID, "timeline").text
     assert "redriven by an operator" in timeline
+    browser.switch_to.frame(element(browser, By.ID, "content"))
+    assert element(browser, By.ID, "talkable-calls").text == "attempt 2: 1 call"  # the redrive's
+    browser.switch_to.default_content()
     pages.seen("timeline-published")
     [event] = [e for e in system.talkable("GET", "/_events") if e["email"] == EMAIL]
     assert event["event_number"] == f"generate_text_complete-{refused}"
