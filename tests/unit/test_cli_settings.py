@@ -452,6 +452,23 @@ def test_a_folder_name_that_points_elsewhere_is_refused(
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("WORKER_NAME", "worker 2"), ("WORKER_NAME", "a/b"), ("APP_ID", "")]
+)
+def test_a_name_with_other_characters_says_which_it_may_hold(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not pydantic's "String should match pattern '^[A-Za-z0-9._-]+$'": the value (no
+    secret: README's "a WORKER_NAME that is no folder name" is repeated) and what it may be."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: must be letters, digits, '.', '_' or '-' "
+        f"(it names a folder), not {value!r}\n"
+    )
+
+
 def test_a_folder_name_may_hold_dots() -> None:
     from streams.settings import Settings
 
