@@ -766,7 +766,8 @@ def _standin_host(host: str) -> Iterator[None]:
     help="the Talkable stand-in's port on 127.0.0.1 (unless TALKSTREAM_TALKABLE_BASE_URL is set)",
 )
 def dev(openai_port: int, talkable_port: int) -> None:
-    """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
+    """Everything at once: Kafka, worker, ingress, the console, and stand-ins unless real URLs
+    are set."""
     from streams.dev.supervisor import run_dev
 
     sys.exit(run_dev(_settings(), openai_port=openai_port, talkable_port=talkable_port))
