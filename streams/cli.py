@@ -363,7 +363,7 @@ def kafka_stop() -> None:
 @kafka.command("status")
 def kafka_status() -> None:
     """Say whether the broker (each node of a cluster) runs, where, with which pid, and
-    where its data and log are."""
+    where its data and log are: exit 0 while it runs, 3 when it does not."""
     with _launcher_errors():
         status = _broker(_settings()).status()
     click.echo(status.describe())
@@ -766,7 +766,8 @@ def _standin_host(host: str) -> Iterator[None]:
     help="the Talkable stand-in's port on 127.0.0.1 (unless TALKSTREAM_TALKABLE_BASE_URL is set)",
 )
 def dev(openai_port: int, talkable_port: int) -> None:
-    """Everything at once: Kafka, worker, ingress, and stand-ins unless real URLs are set."""
+    """Everything at once: Kafka, worker, ingress, the console, and stand-ins unless real URLs
+    are set."""
     from streams.dev.supervisor import run_dev
 
     sys.exit(run_dev(_settings(), openai_port=openai_port, talkable_port=talkable_port))

@@ -69,11 +69,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
-    app_id: str = Field(
-        "talkstream",
-        pattern=r"^[A-Za-z0-9._-]+$",
-        description="faust app id and the prefix of every topic name",
-    )
+    app_id: str = Field("talkstream", description="faust app id and the prefix of every topic name")
     partitions: int = Field(8, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int | None = Field(
@@ -217,11 +213,7 @@ class Settings(BaseSettings):
     )
 
     # worker
-    worker_name: str = Field(
-        "worker",
-        pattern=r"^[A-Za-z0-9._-]+$",
-        description="local state dir of this worker",
-    )
+    worker_name: str = Field("worker", description="local state dir of this worker")
     producer_linger_ms: int = Field(
         5,
         ge=0,
@@ -438,8 +430,14 @@ class Settings(BaseSettings):
     @field_validator("app_id", "worker_name")
     @classmethod
     def _folder_name(cls, value: str) -> str:
-        """Each names a folder under DATA_DIR: "." or ".." would be another's (every app's,
-        every worker's) or one outside it."""
+        """Each names a folder under DATA_DIR (and the app id every topic and group): letters,
+        digits, ``.``, ``_`` and ``-``, said so (pydantic's "String should match pattern
+        '^[A-Za-z0-9._-]+$'" named neither the value nor the characters); "." or ".." would
+        be another's (every app's, every worker's) or one outside it."""
+        if _FOLDER_NAME.fullmatch(value) is None:
+            raise ValueError(
+                f"must be letters, digits, '.', '_' or '-' (it names a folder), not {value!r}"
+            )
         if value in (".", ".."):
             raise ValueError(f"{value!r} is not a folder name of its own: give a name")
         return value
@@ -529,6 +527,7 @@ class Settings(BaseSettings):
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _is_http_url(url: str) -> bool:

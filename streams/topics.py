@@ -18,7 +18,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 
 from models.events import (
@@ -343,6 +348,22 @@ def partitions_added(assigned: Iterable[Any], partitions: int) -> str | None:
     )
 
 
+def _refused_topics(settings: Settings, refused: list[tuple[str, int, str | None]]) -> str:
+    """Kafka's refusals of the topics it would not create, once per reason with the topics it
+    gave it for (a replication factor above the brokers' count said the same long sentence
+    six times, one per topic), and what to set when it is the replication factor."""
+    reasons: dict[str, list[str]] = {}
+    for name, code, message in refused:
+        reasons.setdefault(message or for_code(code).__name__, []).append(name)
+    said = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
+    if any(code == InvalidReplicationFactorError.errno for _, code, _ in refused):
+        said += (
+            f" (TALKSTREAM_REPLICATION_FACTOR is {settings.replication_factor}: give at most "
+            "the number of brokers, 1 for a single broker)"
+        )
+    return f"Kafka refused to create topics {said}"
+
+
 class _AskAgain(Exception):
     """The cluster answered, one broker of it did not: another attempt may reach another."""
 
@@ -394,12 +415,12 @@ async def _ensure_once(settings: Settings, timeout: float) -> list[str]:
         except (KafkaError, TimeoutError, OSError) as exc:
             raise _AskAgain() from exc
         refused = [
-            f"{name}: {message or code}"
+            (name, code, message)
             for name, code, message, *_ in getattr(response, "topic_errors", [])
             if code not in (0, TopicAlreadyExistsError.errno)  # another process raced us
         ]
         if refused:
-            raise ConfigError("Kafka refused to create topics: " + "; ".join(refused))
+            raise ConfigError(_refused_topics(settings, refused))
         if missing:
             await _until_every_broker_knows(
                 settings, [spec.full_name(settings) for spec in missing], timeout

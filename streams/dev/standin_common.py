@@ -178,7 +178,25 @@ def _coerce(value: Any, hint: Any) -> Any:
         raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ValueError(f"expected {hint}, got {value!r}")
+    raise ValueError(f"expected {_expected(hint)}, got {value!r}")
+
+
+# what a knob of each type takes, as a 400 says it (it said "expected <class 'float'>")
+_EXPECTED = {
+    float: "a number, 0 or more",
+    int: "a whole number, 0 or more",
+    str: "a string",
+    bool: "true or false",
+}
+
+
+def _expected(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (list, set):
+        return "a list"
+    if origin is dict:
+        return "an object"
+    return _EXPECTED.get(hint, str(hint))
 
 
 class ControlRefused(ValueError):

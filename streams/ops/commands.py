@@ -366,6 +366,8 @@ def audit(
     judgement is placed at the arrival, and every step is measured from the arrival."""
     from streams.ops.audit import find_histories, histories_json, not_found, render_histories
 
+    if request_id is not None:  # copied with a space or a line's end, as --site and --email
+        request_id = request_id.strip()
     if request_id is not None and (site is not None or email is not None):
         raise click.UsageError("give --request-id, or --site and --email: not both")
     if request_id is None and (site is None or email is None):

@@ -73,6 +73,8 @@ def redrive(
     from streams.runtime import now_ms
 
     in_order(since_ms, until_ms)
+    if request_id is not None:  # copied with a space or a line's end, as --site may be
+        request_id = request_id.strip()
     settings = Settings()
     topic = _letters_from(settings, topic)
     parked_by = _ParkedBy(database_url)

@@ -94,11 +94,22 @@ def remove_new(paths: list[Path]) -> None:
 def parse_url(url: str) -> URL:
     """``make_url``, with the ValueError it lets through (a port that is not a number:
     ``...@host:notaport/db``) said as the ``ArgumentError`` of any other URL that does not
-    parse; the URL is not repeated (it holds the password)."""
+    parse; the URL is not repeated (it holds the password).
+
+    A password holding an ``@`` not written ``%40`` is refused too: SQLAlchemy ends the
+    password at its first ``@`` and reads the rest as the host, so ``user:pa@ss@host/db`` was
+    shown as ``user:***@ss@host/db``, and the driver's "failed to resolve host 'ss@host'"
+    said the rest of the password again, in every command's error and every log line."""
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ValueError:
         raise ArgumentError("its port is not a number") from None
+    if parsed.host is not None and "@" in parsed.host:
+        raise ArgumentError(
+            "its password holds an '@': write it %40 in the URL (user:pa%40ss@host), or the "
+            "password ends at the '@' and the rest of it is read as the host"
+        )
+    return parsed
 
 
 def _create_engine(url: URL, **options: Any) -> Engine:

@@ -123,6 +123,14 @@ def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
     assert "cut at its token cap" not in out
 
 
+def test_audit_reads_a_request_id_pasted_with_spaces_around_it(projected: str):
+    """--site and --email were read trimmed; an id copied with a space or a line's end was
+    "no request  retry-1 in this projection"."""
+    result = talkstream("audit", "--request-id", " retry-1\n", "--database-url", projected)
+    assert result.exit_code == 0, result.output
+    assert "request retry-1\n" in result.output
+
+
 def redriven_log() -> Log:
     """A text Talkable refused (SiteNotFound: publish_failed), redriven once the site was
     fixed: one published, the other still publishing."""

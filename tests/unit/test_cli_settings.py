@@ -404,6 +404,39 @@ def test_a_database_url_with_a_port_that_is_no_number_is_one_line_without_the_pa
 
 
 @pytest.mark.parametrize(
+    "command", [["stats"], ["audit", "--request-id", "r1"], ["migrate"], ["worker"]]
+)
+def test_a_password_with_an_unencoded_at_sign_is_refused_without_any_of_it(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SQLAlchemy ends a password at its first '@' and reads the rest as the host: the error
+    showed `u:***@cr3t@h` and the driver's "failed to resolve host 'cr3t@h'", half the
+    password, in every command's error (and the projector's log, every few seconds). The
+    worker says it before it asks Kafka (none listens at port 1) or holds a folder."""
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", "postgresql+psycopg://u:s3@cr3t@h/db")
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert "cr3t" not in result.output
+    assert result.output == (
+        "Error: the database URL cannot be used (its password holds an '@': write it %40 in "
+        "the URL (user:pa%40ss@host), or the password ends at the '@' and the rest of it is "
+        "read as the host): set TALKSTREAM_DATABASE_URL"
+        + (" or --database-url" if command[0] != "worker" else "")
+        + " to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+    )
+
+
+def test_a_password_with_its_at_sign_encoded_is_taken() -> None:
+    from streams.projection.engine import parse_url, safe_url
+
+    url = "postgresql+psycopg://u:s3%40cr3t@h/db"
+    assert parse_url(url).password == "s3@cr3t"
+    assert safe_url(url) == "postgresql+psycopg://u:***@h/db"
+
+
+@pytest.mark.parametrize(
     ("name", "value"), [("WORKER_NAME", "."), ("WORKER_NAME", ".."), ("APP_ID", "..")]
 )
 def test_a_folder_name_that_points_elsewhere_is_refused(
@@ -416,6 +449,23 @@ def test_a_folder_name_that_points_elsewhere_is_refused(
     assert result.output == (
         f"Error: invalid settings: TALKSTREAM_{name}: {value!r} is not a folder name of its "
         "own: give a name\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WORKER_NAME", "worker 2"), ("WORKER_NAME", "a/b"), ("APP_ID", "")]
+)
+def test_a_name_with_other_characters_says_which_it_may_hold(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not pydantic's "String should match pattern '^[A-Za-z0-9._-]+$'": the value (no
+    secret: README's "a WORKER_NAME that is no folder name" is repeated) and what it may be."""
+    monkeypatch.setenv(f"TALKSTREAM_{name}", value)
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: invalid settings: TALKSTREAM_{name}: must be letters, digits, '.', '_' or '-' "
+        f"(it names a folder), not {value!r}\n"
     )
 
 

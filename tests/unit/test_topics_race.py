@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
 from streams import topics
 from streams.errors import ConfigError
@@ -97,4 +97,39 @@ def test_partitions_added_to_a_topic_since_are_named_as_such() -> None:
         "their key maps to, so every topic must keep the count it was created with, and Kafka "
         "takes no partition away: give this deployment a TALKSTREAM_APP_ID of its own (README, "
         "Operations: Scale out)"
+    )
+
+
+class RefusingAdmin(LateAdmin):
+    """A single broker's controller: no topic exists, and every one asked for with a
+    replication factor of 3 is refused, as Kafka 4.4 words it."""
+
+    existing: dict[str, int] = {}
+    listed_from = 1
+    WHY = (
+        "Unable to replicate the partition 3 time(s): The target replication factor of 3 "
+        "cannot be reached because only 1 broker(s) are registered or some brokers have all "
+        "their log directories cordoned."
+    )
+
+    async def create_topics(self, new: list[Any], validate_only: bool = False) -> Any:
+        errors = [(t.name, InvalidReplicationFactorError.errno, self.WHY) for t in new]
+        return SimpleNamespace(topic_errors=errors)
+
+
+def test_a_replication_factor_above_the_brokers_is_said_once_with_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`TALKSTREAM_REPLICATION_FACTOR=3` (README's production value) against the embedded
+    broker: Kafka's sentence was said once a topic, six times in one line, and what to set
+    not at all."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", app_id="rf", replication_factor=3)
+    monkeypatch.setattr(topics, "AIOKafkaAdminClient", RefusingAdmin)
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(ensure_topics(settings, timeout=5.0))
+    names = ", ".join(settings.topic(spec.name) for spec in topics.CATALOGUE)
+    assert str(refused.value) == (
+        f"Kafka refused to create topics {names}: {RefusingAdmin.WHY} "
+        "(TALKSTREAM_REPLICATION_FACTOR is 3: give at most the number of brokers, 1 for a "
+        "single broker)"
     )

@@ -97,7 +97,8 @@ def test_the_ingress_stops_while_kafka_is_down(cluster: KafkaCluster, tmp_path) 
             assert ingress.wait(timeout=90) == 0  # it hung here, for as long as Kafka was down
             took = time.monotonic() - signalled
             # the wait for webhooks in progress and then the sink's 10 s (it ends unacknowledged,
-            # below): ~12 s with 1 s; at least 25 s with the default's wait (41.6 s measured)
+            # below): ~12 s with 1 s; at least 25 s with the default's wait (41.6 s measured
+            # when aiohttp waited twice the setting: tests/functional/test_ingress_stop.py)
             default = Settings.model_fields["ingress_shutdown_seconds"].default
             assert took < default + 10, f"the stop took {took:.1f}s: the setting was not used"
         late = [a.status for a in traffic.answers if a.at > down + 1]
