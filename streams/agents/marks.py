@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 
-MARK_OFFSETS = 256  # a mark lists at most this many unreported offsets (the oldest),
-MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
+MARK_RANGES = 32  # a mark lists the unreported offsets in at most this many ranges (the
+# oldest), however many offsets they hold (far below offset.metadata.max.bytes)
 
 MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
 # a broker that refuses a commit for its mark's size (a cluster's offset.metadata.max.bytes set
@@ -116,11 +116,15 @@ def listed(spans: Iterable[tuple[int, int]]) -> Ranges:
     return _joined(spans)[:MARK_RANGES]
 
 
-def _joined(spans: Iterable[tuple[int, int]]) -> Ranges:
+def _joined(spans: Iterable[tuple[int, int]], most: int | None = None) -> Ranges:
+    """Ascending ``spans``, adjacent ones joined; read no further than a range past the
+    ``most``-th (``most`` ranges at most: whether there are more is all a mark needs)."""
     ranges: list[list[int]] = []
     for start, stop in spans:
         if ranges and ranges[-1][1] == start:
             ranges[-1][1] = stop
+        elif most is not None and len(ranges) >= most:
+            break
         else:
             ranges.append([start, stop])
     return tuple((a, b) for a, b in ranges)
@@ -175,8 +179,8 @@ class Unreported:
         self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
     ) -> Ranges:
         """The offsets of ``tp`` not reported (but those in ``but``), and those being
-        ``taking`` now, as ranges: all of them while they are at most :data:`MARK_OFFSETS` in
-        at most :data:`MARK_RANGES` ranges, else the oldest that are, and ``taking`` in the
+        ``taking`` now, as ranges: all of them while they make at most :data:`MARK_RANGES`
+        ranges (however many offsets those hold), else the oldest ranges, and ``taking`` the
         last of them (:meth:`listing`)."""
         return self.listing(tp, taking, but)[0]
 
@@ -187,14 +191,19 @@ class Unreported:
         out a mark does not name lost (the ledger re-issues it at its deadline): a mark naming
         every offset from the oldest had the next owner tell the ledger that commands this run
         forwarded to their organisation's partition, or handed back, were lost while they were
-        called there; the ledger, their attempt current, re-issued them (two calls)."""
-        offsets = [offset for offset in self._offsets.get(tp, {}) if offset not in but]
-        spans = [(offset, offset + 1) for offset in offsets[:MARK_OFFSETS]]  # ascending
+        called there; the ledger, their attempt current, re-issued them (two calls). They were
+        also cut at the oldest 256 offsets: a campaign's blast on a paced key, hundreds of
+        commands queued in one run of offsets, had those past the 256th wait for their
+        deadline (the queue wait and the call: 17 minutes by default) when the worker was
+        killed, though one range named them all. The offsets are read up to a range one too
+        many, no further."""
+        offsets = (offset for offset in self._offsets.get(tp, {}) if offset not in but)
+        spans = _joined(((offset, offset + 1) for offset in offsets), MARK_RANGES + 1)
         last = [(taking.start, taking.stop)] if taking else []
         ranges = _joined([*spans, *last])
-        whole = len(offsets) <= MARK_OFFSETS and len(ranges) <= MARK_RANGES
-        if len(ranges) > MARK_RANGES:
-            ranges = _joined([*_joined(spans)[: MARK_RANGES - len(last)], *last])
+        whole = len(ranges) <= MARK_RANGES
+        if not whole:
+            ranges = _joined([*spans[: MARK_RANGES - len(last)], *last])
         return ranges, whole
 
     def offsets(self, tp: TopicPartition, request_id: str, attempt: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +23,7 @@ from models.events import DeadlineExpired, GenerateText
 from streams.agents import commits as commits_module
 from streams.agents import executors, marks
 from streams.agents.executors import Executor, ExecutorConfig
-from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
+from streams.agents.marks import MARK_BYTES, MARK_RANGES, Mark, Running, Unreported
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
 from streams.errors import UpstreamError
@@ -34,6 +35,7 @@ from tests.unit.domain_builders import Ledger, received
 
 TP = TopicPartition("generate", 0)
 OTHER = TopicPartition("generate", 1)
+MANY = 1000  # offsets not reported: more than a mark listed before (its oldest 256)
 
 
 def test_a_mark_reads_back_as_written_and_anything_else_is_no_mark() -> None:
@@ -79,12 +81,44 @@ def test_the_unreported_offsets_are_listed_as_ranges_while_they_are_few() -> Non
     )
     assert scattered.ranges(TP, range(1000, 1001)) == (*oldest, (1000, 1001))
 
-    many = Unreported()
-    for offset in range(MARK_OFFSETS + 1):
+    many = Unreported()  # a blast queued for a paced key: one run of offsets, however long
+    for offset in range(MANY + 1):
         many.took(TP, offset, f"m{offset}", 1)
-    assert many.listing(TP) == (((0, MARK_OFFSETS),), False), "too many offsets: the oldest"
+    assert many.listing(TP) == (((0, MANY + 1),), True), "every offset: one range names them"
     many.reported("m0", 1)
-    assert many.listing(TP) == (((1, MARK_OFFSETS + 1),), True)
+    assert many.listing(TP) == (((1, MANY + 1),), True)
+    many.reported("m5", 1)
+    assert many.listing(TP, range(MANY + 1, MANY + 9)) == (((1, 5), (6, MANY + 9)), True)
+
+
+def test_a_listing_reads_the_offsets_up_to_a_range_too_many_and_no_further() -> None:
+    """What a mark lists costs the ranges it lists, not the offsets past them (a commit is
+    due at every report): the unreported offsets are read up to the first of a range past
+    :data:`MARK_RANGES`, however many follow it."""
+    unreported = Unreported()
+    for offset in range(0, 2 * MARK_RANGES + 2, 2):  # one range too many
+        unreported.took(TP, offset, f"s{offset}", 1)
+    for offset in range(1000, 1000 + MANY):
+        unreported.took(TP, offset, f"m{offset}", 1)
+    read: list[int] = []
+    offsets = unreported._offsets[TP]
+    unreported._offsets[TP] = _Counting(offsets, read)
+    ranges, whole = unreported.listing(TP)
+    assert not whole and ranges == tuple((o, o + 1) for o in range(0, 2 * MARK_RANGES, 2))
+    assert read == [*range(0, 2 * MARK_RANGES + 2, 2), 1000], "up to a range too many"
+
+
+class _Counting(dict[int, None]):
+    """The offsets of a partition, noting which of them are read."""
+
+    def __init__(self, offsets: dict[int, None], read: list[int]) -> None:
+        super().__init__(offsets)
+        self._read = read
+
+    def __iter__(self) -> Iterator[int]:
+        for offset in super().__iter__():
+            self._read.append(offset)
+            yield offset
 
 
 def test_the_oldest_unreported_offset_follows_the_reports() -> None:
@@ -929,7 +963,7 @@ def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() ->
     person = Ledger()
     [issued] = person.send(received("forwarded")).commands  # its ledger: generating, attempt 1
     assert isinstance(issued, GenerateText)
-    values = [(o, keyed(f"r{o}")) for o in range(MARK_OFFSETS + 10)]
+    values = [(o, keyed(f"r{o}")) for o in range(MANY + 10)]
     values[5] = (5, encode(issued.model_copy(update={"openai_key_id": "key-fp"})))
     taking(executor, *values)
     executor._unreported.reported("forwarded", 1)  # forwarded, acknowledged: called elsewhere
@@ -948,4 +982,4 @@ def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() ->
         if lost.request_id == "forwarded":
             assert person.send(lost).commands == [], "re-issued while called elsewhere"
     told = [m.request_id for m in requests.sent]
-    assert told == [f"r{o}" for o in range(MARK_OFFSETS + 1) if o != 5], "the oldest listed"
+    assert told == [f"r{o}" for o in range(MANY + 10) if o != 5], "every one not reported"
