@@ -450,8 +450,8 @@ class Executor:
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        if await self._results.send(command, outcome):
-            self._unreported.reported(command.request_id, command.attempt)
+        if await self._results.send(command, outcome):  # (a mark may name it lost: stale)
+            self._unreported.reported(command.request_id, command.attempt, resulted=True)
 
 
 def register(

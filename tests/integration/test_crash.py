@@ -474,9 +474,13 @@ def _executors_child(worker: int) -> int:
     return child
 
 
-@pytest.mark.parametrize("killed", ["worker", "executors child"])
+@pytest.mark.parametrize(
+    ("killed", "quick"),
+    [("worker", False), ("executors child", False), ("worker", True)],
+    ids=["worker", "executors child", "between a quick key's"],
+)
 def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_lost(
-    make_system, killed: str
+    make_system, killed: str, quick: bool
 ) -> None:
     """A campaign's blast on one OpenAI key paced at 5 calls a second: hundreds of its
     commands wait in the generator's queue, taken (committed) and not reported, in one run of
@@ -489,18 +493,27 @@ def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_
     request is published minutes before any deadline, none called more often than the ledger
     issued it (a call reported before the kill is not made again). (A worker killed outright
     with its executors in a child has the kernel stop the child, which hands its queued
-    commands back: no mark is read for them.)"""
+    commands back: no mark is read for them.) ``quick``: each of the blast's webhooks
+    followed by one on a key unpaced whose commands share its partition: those end at once,
+    and the blast's queued offsets are one range each, hundreds: a mark's 32 ranges named the
+    oldest 32, the rest waited for their deadline. The gaps of the calls reported by their
+    result are joined now (the ledger ignores news of their loss: it has their result)."""
     executors = "process" if killed == "executors child" else "worker"
     system = make_system(session_timeout_seconds="60", executors=executors)
     system.openai(
         "POST", "/_control", {"latency_seconds": 0.05, "key_limits": {PACED_KEY: {"rpm": 300}}}
     )
-    emails = [f"queued{i}@example.com" for i in range(BLAST)]
-    bodies = [seed_params(email, openai_key=PACED_KEY) for email in emails]
+    partition = partition_of(4)(key_fingerprint(PACED_KEY).encode())
+    keys = [PACED_KEY, _key_of_partition(partition)] if quick else [PACED_KEY]
+    emails, bodies, paced = [], [], set()
+    for i in range(BLAST):
+        for k, key in enumerate(keys):
+            emails.append(email := f"queued{i}-{k}@example.com")
+            bodies.append(seed_params(email, openai_key=key))
+            paced |= {email} if key == PACED_KEY else set()
     for body in bodies:  # OpenAI's end-user id, passed through: the stand-in's tag of each call
         body["openai"]["user"] = body["email"]
     thread, answers = post_in_background(system, bodies)
-    partition = partition_of(4)(key_fingerprint(PACED_KEY).encode())
 
     def taken() -> Mark | None:  # the mark of the key's partition, once it took the blast
         try:
@@ -508,7 +521,7 @@ def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_
         except KafkaError:  # (its group not made yet)
             return None
         offset, metadata = commits.get(partition, (0, ""))
-        return Mark.parse(metadata) if offset >= BLAST else None
+        return Mark.parse(metadata) if offset >= len(emails) else None
 
     first = wait_until(taken, 120, 0.2, what="the generator to take the whole blast")
     # and a call reported since: the mark its commit then made is of the commands not
@@ -526,7 +539,7 @@ def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_
         os.kill(child, signal.SIGKILL)
         wait_until(lambda: not _alive(child), 60, what="the executors' child to end")
     called = {c["user"] for c in system.openai("GET", "/_calls")}  # made or begun
-    queued = set(emails) - called
+    queued = paced - called
     assert len(queued) > 300, f"only {len(queued)} commands queued at the kill"
     system.openai("POST", "/_control", {"key_limits": {}})  # the rest at once: a short test
     if killed == "worker":
@@ -549,7 +562,7 @@ def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_
         "lost: left to their deadline (17 minutes)"
     )
     rows = system.wait_terminal(ids, timeout=120)  # far below the deadline (1020 s)
-    assert Counter(row.state for row in rows.values()) == {"published": BLAST}
+    assert Counter(row.state for row in rows.values()) == {"published": len(emails)}
     events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("queued")]
     assert Counter(e["event_number"] for e in events) == Counter(
         {f"generate_text_complete-{rid}": 1 for rid in ids}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -91,34 +90,57 @@ def test_the_unreported_offsets_are_listed_as_ranges_while_they_are_few() -> Non
     assert many.listing(TP, range(MANY + 1, MANY + 9)) == (((1, 5), (6, MANY + 9)), True)
 
 
-def test_a_listing_reads_the_offsets_up_to_a_range_too_many_and_no_further() -> None:
-    """What a mark lists costs the ranges it lists, not the offsets past them (a commit is
-    due at every report): the unreported offsets are read up to the first of a range past
-    :data:`MARK_RANGES`, however many follow it."""
+def test_ranges_a_resulted_gap_parts_are_joined_past_the_most_a_mark_lists() -> None:
+    """A paced key's commands queued in a partition they share with a quick key's, which end
+    between them: the offsets not reported are as many ranges as commands. Past the most a
+    mark lists, the gaps whose every offset was reported by its result (Kafka acknowledged it
+    in [requests], before any news of its loss: the ledger ignores the news) are joined, the
+    shortest first, so that the mark names every command not reported; a gap holding a
+    command forwarded (reported here, its result to come from where it was called) is never
+    joined, nor one holding an offset this run did not report by a result."""
     unreported = Unreported()
-    for offset in range(0, 2 * MARK_RANGES + 2, 2):  # one range too many
-        unreported.took(TP, offset, f"s{offset}", 1)
-    for offset in range(1000, 1000 + MANY):
-        unreported.took(TP, offset, f"m{offset}", 1)
-    read: list[int] = []
-    offsets = unreported._offsets[TP]
-    unreported._offsets[TP] = _Counting(offsets, read)
+    for offset in range(4 * MARK_RANGES):
+        unreported.took(TP, offset, f"r{offset}", 1)
+    forwarded = 2 * MARK_RANGES + 1
+    for offset in range(1, 4 * MARK_RANGES, 2):  # the quick key's, ended
+        unreported.reported(f"r{offset}", 1, resulted=offset != forwarded)
+    unreported.reported("r3", 1)  # (again: nothing more)
     ranges, whole = unreported.listing(TP)
-    assert not whole and ranges == tuple((o, o + 1) for o in range(0, 2 * MARK_RANGES, 2))
-    assert read == [*range(0, 2 * MARK_RANGES + 2, 2), 1000], "up to a range too many"
+    named = {o for a, b in ranges for o in range(a, b)}
+    paced = set(range(0, 4 * MARK_RANGES, 2))
+    assert whole and len(ranges) <= MARK_RANGES and paced <= named, ranges
+    assert forwarded not in named, "a forward named lost: called twice"
+    singles = ((o, o + 1) for o in range(forwarded + 1, 4 * MARK_RANGES, 2))
+    assert ranges == ((0, forwarded), *singles), "as many joined as it takes, no more"
+
+    few = Unreported()  # within the most a mark lists: as they are, none joined
+    for offset in range(6):
+        few.took(TP, offset, f"f{offset}", 1)
+    few.reported("f1", 1, resulted=True)
+    assert few.listing(TP) == (((0, 1), (2, 6)), True)
+
+    blocked = Unreported()  # gaps of offsets not reported by a result: the oldest ranges
+    for offset in range(0, 4 * MARK_RANGES, 2):
+        blocked.took(TP, offset, f"b{offset}", 1)
+    ranges, whole = blocked.listing(TP, range(1000, 1001))
+    assert not whole and ranges == (*((o, o + 1) for o in range(0, 2 * MARK_RANGES - 2, 2)),
+                                    (1000, 1001))  # fmt: skip
 
 
-class _Counting(dict[int, None]):
-    """The offsets of a partition, noting which of them are read."""
-
-    def __init__(self, offsets: dict[int, None], read: list[int]) -> None:
-        super().__init__(offsets)
-        self._read = read
-
-    def __iter__(self) -> Iterator[int]:
-        for offset in super().__iter__():
-            self._read.append(offset)
-            yield offset
+def test_the_offsets_resulted_are_kept_only_while_a_gap_may_hold_them() -> None:
+    unreported = Unreported()
+    unreported.took(TP, 0, "hung", 1)  # a call that does not end: the oldest for a while
+    many = 2 * marks.PRUNED_LEAST + 1
+    for offset in range(1, many + 1):
+        unreported.took(TP, offset, f"q{offset}", 1)
+        unreported.reported(f"q{offset}", 1, resulted=True)
+    assert len(unreported._resulted[TP]) == many, "each above the oldest: kept"
+    unreported.reported("hung", 1, resulted=True)
+    assert TP not in unreported._resulted, "none left to part: none kept"
+    unreported.took(TP, many + 1, "next", 1)
+    assert unreported.listing(TP) == (((many + 1, many + 2),), True)
+    unreported.forget({TP})
+    assert unreported._resulted == {} and unreported.ranges(TP) == ()
 
 
 def test_the_oldest_unreported_offset_follows_the_reports() -> None:
@@ -983,3 +1005,47 @@ def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() ->
             assert person.send(lost).commands == [], "re-issued while called elsewhere"
     told = [m.request_id for m in requests.sent]
     assert told == [f"r{o}" for o in range(MANY + 10) if o != 5], "every one not reported"
+
+
+def test_a_next_owner_tells_lost_every_command_queued_among_others_ended_not_a_forward() -> None:
+    """A paced key's commands queued between a quick key's in one partition, more ranges than
+    a mark lists: its ranges named the oldest 32, and the rest waited for their deadline. The
+    mark now joins the gaps whose commands were reported by their result (the ledger reads
+    that result before the news of its loss, and ignores the news), never one holding a
+    command forwarded: the partition's next owner tells the ledger every queued command was
+    lost, and not the forward."""
+    queue = Queue()
+    results = Requests()
+    executor = generator(results, scheduler=queue, dead_letters=Decoding())
+    executor.consumer = Committing()  # type: ignore[assignment]
+    values = [(o, keyed(f"r{o}")) for o in range(4 * MARK_RANGES)]
+    taking(executor, *values)
+    forwarded = "r65"
+    for job in queue.jobs:
+        if int(job.key[1:]) % 2 and job.key != forwarded:  # the quick key's calls end
+            failed = UpstreamError("refused", reason="T")
+            asyncio.run(job.report(Outcome(value=None, error=failed, waited_s=0, tries=1)))
+    executor._unreported.reported(forwarded, 1)  # forwarded, acknowledged: called elsewhere
+    asyncio.run(executor.commits.commit(executor.consumer, executor.commits.marks({}, {})))
+    [(at, metadata)] = executor.consumer.commits[-1].values()  # its last commit: it dies
+    mark = Mark.parse(metadata)  # type: ignore[arg-type]
+    assert mark is not None and len(mark.unreported or ()) <= MARK_RANGES
+
+    requests = Requests()
+    owner = generator(requests)  # the partition's next owner
+    owner.consumer = Marked({TP: (at, mark)})  # type: ignore[assignment]
+    asyncio.run(owner.handover.recover(owner.consumer, {TP}))
+    assert asyncio.run(owner.lost.past_lost({TP: records(*values)})) == {TP: at}
+    told = {m.request_id for m in requests.sent}
+    queued = {f"r{o}" for o in range(0, 4 * MARK_RANGES, 2)}
+    assert queued <= told, f"left to their deadline: {sorted(queued - told)}"
+    assert forwarded not in told, "told lost while called elsewhere: called twice"
+    reported = {m.request_id for m in results.sent}  # in [requests] before the news
+    assert told - queued and told - queued <= reported
+    for request_id in told - queued:  # their ledger: the result, then the news: ignored
+        person = Ledger()
+        person.send(received(request_id))
+        [result] = [m for m in results.sent if m.request_id == request_id]
+        person.send(result)
+        [lost] = [m for m in requests.sent if m.request_id == request_id]
+        assert person.send(lost).commands == [], "a call reported re-issued"
