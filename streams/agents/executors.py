@@ -9,13 +9,13 @@ starts**: a command is called at most once per delivery, even across a crash, an
 it took lately (the topic holding a command twice: ``streams.agents.called``) is not called.
 Each commit also notes (its mark, ``streams.agents.commits`` and ``streams.agents.marks``)
 which run of this instance took the records and which of them are not reported yet (the oldest,
-and each of them while they are few). A record that does not decode is committed only once
-Kafka acknowledged its dead letter (``Executor._decoded``). A batch whose commit fails is read
-again from its first offset, none of it called, and a record of it lettered is not lettered
-again (``Executor._read_again``). A command then waits in its target's queue
-(``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its call's result goes to
-[requests] (``streams.agents.results``). The topics are keyed by target, so all
-of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
+and the ranges they make, the oldest 32, however many offsets those hold). A record that does
+not decode is committed only once Kafka acknowledged its dead letter (``Executor._decoded``).
+A batch whose commit fails is read again from its first offset, none of it called, and a
+record of it lettered is not lettered again (``Executor._read_again``). A command then waits
+in its target's queue (``streams.upstream.scheduler``): an OpenAI key, a Talkable site, and its
+call's result goes to [requests] (``streams.agents.results``). The topics are keyed by target,
+so all of a target's calls meet in one scheduler, whichever worker runs it; when a rebalance moves a
 partition away, the commands of it that are still queued are handed back to the topic for the
 new owner, each once a commit no longer names it (calls already running finish here, and the
 hand-over's mark lists them: ``streams.agents.handover``); so are the forwards it holds of
@@ -450,8 +450,8 @@ class Executor:
     async def _report(self, command: Any, outcome: Outcome[Any]) -> None:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        if await self._results.send(command, outcome):
-            self._unreported.reported(command.request_id, command.attempt)
+        if await self._results.send(command, outcome):  # (a mark may name it lost: stale)
+            self._unreported.reported(command.request_id, command.attempt, resulted=True)
 
 
 def register(

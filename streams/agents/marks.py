@@ -11,6 +11,7 @@ still calling, which its owner tells the ledger were lost once that run left the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 
-MARK_OFFSETS = 256  # a mark lists at most this many unreported offsets (the oldest),
-MARK_RANGES = 32  # in at most this many ranges (far below offset.metadata.max.bytes)
+MARK_RANGES = 32  # a mark lists the unreported offsets in at most this many ranges (the
+# oldest), however many offsets they hold (far below offset.metadata.max.bytes)
 
 MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
 # a broker that refuses a commit for its mark's size (a cluster's offset.metadata.max.bytes set
@@ -27,6 +28,9 @@ MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 40
 MARK_LEAST_BYTES = 64
 
 Ranges = tuple[tuple[int, int], ...]  # half-open offset ranges, ascending
+# a partition's offsets resulted are pruned of those below its oldest not reported once they
+# are twice as many as the last pruning kept, or as this
+PRUNED_LEAST = 1024
 
 
 class Running(NamedTuple):
@@ -100,7 +104,9 @@ class Mark:
             return None
 
     def lost(self, offset: int) -> bool:
-        """Whether the record at ``offset`` (below the committed one) was left unreported."""
+        """Whether the record at ``offset`` (below the committed one) was left unreported (or
+        was reported by its result, in a gap a mark joined: news of its loss the ledger
+        ignores)."""
         if offset < self.oldest:
             return False
         return self.unreported is None or any(a <= offset < b for a, b in self.unreported)
@@ -130,13 +136,18 @@ class Unreported:
     """The offsets an executor took and has not reported, per partition in ascending order
     (the oldest first, even if a partition were read again from further back), and by request:
     a report of an attempt settles every earlier attempt of the request taken here (a newer
-    attempt takes the place of one still queued)."""
+    attempt takes the place of one still queued). And of each partition, the offsets above the
+    oldest not reported whose result Kafka acknowledged (:meth:`reported`, ``resulted``): a
+    mark may name them lost with those around them (:meth:`listing`)."""
 
     def __init__(self) -> None:
         self._offsets: dict[TopicPartition, dict[int, None]] = {}
         self._requests: dict[str, list[tuple[TopicPartition, int, int]]] = {}
+        self._resulted: dict[TopicPartition, set[int]] = {}
+        self._kept: dict[TopicPartition, int] = {}  # how many the last pruning kept
 
     def took(self, tp: TopicPartition, offset: int, request_id: str, attempt: int) -> None:
+        self._resulted.get(tp, set()).discard(offset)  # (taken again: not reported now)
         offsets = self._offsets.setdefault(tp, {})
         if offsets and offset < next(reversed(offsets)):  # read again from further back
             self._offsets[tp] = dict.fromkeys(sorted([*offsets, offset]))
@@ -144,10 +155,16 @@ class Unreported:
             offsets[offset] = None
         self._requests.setdefault(request_id, []).append((tp, offset, attempt))
 
-    def reported(self, request_id: str, attempt: int) -> list[tuple[TopicPartition, int, int]]:
+    def reported(
+        self, request_id: str, attempt: int, *, resulted: bool = False
+    ) -> list[tuple[TopicPartition, int, int]]:
         """``request_id``'s ``attempt`` (and its earlier attempts taken here) no longer this
         run's to report; returns what it settles (partition, offset, attempt) of the partitions
-        this run still holds, to :meth:`restore` if it is this run's to report again."""
+        this run still holds, to :meth:`restore` if it is this run's to report again.
+        ``resulted``: reported by its result, which Kafka acknowledged in the person's
+        partition of [requests], before any news of its loss a later run writes there (the
+        ledger reads the result first: the news changes nothing). Not so a command forwarded
+        or handed back: called elsewhere, its result to come."""
         later, settled = [], []
         for tp, offset, taken_attempt in self._requests.pop(request_id, []):
             if taken_attempt > attempt:
@@ -157,9 +174,28 @@ class Unreported:
             if offset in offsets:  # (not of a partition given up since)
                 del offsets[offset]
                 settled.append((tp, offset, taken_attempt))
+                if resulted:
+                    self._resulted.setdefault(tp, set()).add(offset)
+                self._prune(tp)
         if later:
             self._requests[request_id] = later
         return settled
+
+    def _prune(self, tp: TopicPartition) -> None:
+        """``tp``'s offsets resulted that no gap between offsets not reported holds any more:
+        all of them once none is left, else those below the oldest once they are twice as
+        many as the last pruning kept (each pruned offset read once, or about)."""
+        resulted = self._resulted.get(tp)
+        if resulted is None:
+            return
+        offsets = self._offsets.get(tp)
+        if not offsets:
+            self._resulted.pop(tp, None)
+            self._kept.pop(tp, None)
+        elif len(resulted) > 2 * self._kept.get(tp, PRUNED_LEAST):
+            oldest = next(iter(offsets))
+            self._resulted[tp] = kept = {offset for offset in resulted if offset > oldest}
+            self._kept[tp] = max(len(kept), PRUNED_LEAST)
 
     def restore(self, request_id: str, settled: list[tuple[TopicPartition, int, int]]) -> None:
         """What :meth:`reported` settled of ``request_id`` this run's to report again (a forward
@@ -175,27 +211,61 @@ class Unreported:
         self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
     ) -> Ranges:
         """The offsets of ``tp`` not reported (but those in ``but``), and those being
-        ``taking`` now, as ranges: all of them while they are at most :data:`MARK_OFFSETS` in
-        at most :data:`MARK_RANGES` ranges, else the oldest that are, and ``taking`` in the
-        last of them (:meth:`listing`)."""
+        ``taking`` now, as ranges: all of them while they make at most :data:`MARK_RANGES`
+        ranges (however many offsets those hold, gaps of offsets reported by their result
+        joined where it takes that), else the oldest ranges, and ``taking`` the last of them
+        (:meth:`listing`)."""
         return self.listing(tp, taking, but)[0]
 
     def listing(
         self, tp: TopicPartition, taking: range = range(0), but: Collection[int] = ()
     ) -> tuple[Ranges, bool]:
-        """:meth:`ranges`, and whether they are all the offsets not reported. What they leave
-        out a mark does not name lost (the ledger re-issues it at its deadline): a mark naming
-        every offset from the oldest had the next owner tell the ledger that commands this run
-        forwarded to their organisation's partition, or handed back, were lost while they were
-        called there; the ledger, their attempt current, re-issued them (two calls)."""
-        offsets = [offset for offset in self._offsets.get(tp, {}) if offset not in but]
-        spans = [(offset, offset + 1) for offset in offsets[:MARK_OFFSETS]]  # ascending
+        """:meth:`ranges`, and whether they name all the offsets not reported (past
+        :data:`MARK_RANGES`, with the gaps between them that hold only offsets reported by
+        their result joined: :meth:`_bridged`). What they leave out a mark does not name lost
+        (the ledger re-issues it at its deadline): a mark naming every offset from the oldest
+        had the next owner tell the ledger that commands this run forwarded to their
+        organisation's partition, or handed back, were lost while they were called there; the
+        ledger, their attempt current, re-issued them (two calls). They were
+        also cut at the oldest 256 offsets: a campaign's blast on a paced key, hundreds of
+        commands queued in one run of offsets, had those past the 256th wait for their
+        deadline (the queue wait and the call: 17 minutes by default) when the worker was
+        killed, though one range named them all."""
+        offsets = (offset for offset in self._offsets.get(tp, {}) if offset not in but)
         last = [(taking.start, taking.stop)] if taking else []
-        ranges = _joined([*spans, *last])
-        whole = len(offsets) <= MARK_OFFSETS and len(ranges) <= MARK_RANGES
-        if len(ranges) > MARK_RANGES:
-            ranges = _joined([*_joined(spans)[: MARK_RANGES - len(last)], *last])
-        return ranges, whole
+        ranges = _joined([*((offset, offset + 1) for offset in offsets), *last])
+        if len(ranges) > MARK_RANGES:  # those a resulted gap parts, joined
+            ranges = self._bridged(tp, ranges)
+        if len(ranges) <= MARK_RANGES:
+            return ranges, True
+        if last:  # the oldest, and the batch being taken the last of them
+            return (*ranges[: MARK_RANGES - 1], ranges[-1]), False
+        return ranges[:MARK_RANGES], False
+
+    def _bridged(self, tp: TopicPartition, ranges: Ranges) -> Ranges:
+        """``ranges`` (of ``tp``'s offsets not reported, more than :data:`MARK_RANGES`) with as
+        many of the gaps between them joined as it takes, the shortest first, of the gaps whose
+        every offset is resulted (:meth:`reported`): a mark names those lost too, which the
+        ledger ignores (it has their results), so that it names every offset not reported
+        where the commands of other targets that ended between them parted them into more
+        ranges than it lists (a paced key's blast in a partition it shares with a quick one).
+        A gap holding anything else (a command forwarded or handed back, the copy of one
+        called elsewhere, a record that did not decode, an offset another run took) is never
+        joined: named lost, a command forwarded was called twice."""
+        resulted = self._resulted.get(tp, set())
+        gaps = sorted(
+            (after[0] - before[1], i)
+            for i, (before, after) in enumerate(itertools.pairwise(ranges))
+            if all(offset in resulted for offset in range(before[1], after[0]))
+        )
+        joined = {i for _, i in gaps[: len(ranges) - MARK_RANGES]}
+        bridged: list[tuple[int, int]] = []
+        for i, (start, stop) in enumerate(ranges):
+            if i - 1 in joined:
+                bridged[-1] = (bridged[-1][0], stop)
+            else:
+                bridged.append((start, stop))
+        return tuple(bridged)
 
     def offsets(self, tp: TopicPartition, request_id: str, attempt: int) -> list[int]:
         """The offsets of ``tp`` at which this run took ``request_id``'s ``attempt`` and has
@@ -213,6 +283,8 @@ class Unreported:
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._offsets.pop(tp, None)
+            self._resulted.pop(tp, None)
+            self._kept.pop(tp, None)
 
 
 class Elsewhere:

@@ -4,6 +4,9 @@ and every limit holds."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 
 from streams.agents.ledger import partition_of
 from streams.agents.marks import Mark
@@ -24,6 +28,7 @@ from tests.integration.conftest import (
     now_s,
     samples,
 )
+from tests.integration.test_truthful_edges import issued_by_person, values_of
 from tests.support import free_port, poll, seed_params, usage, wait_until
 
 pytestmark = pytest.mark.integration
@@ -453,3 +458,120 @@ def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_tol
     log = (system.root / "worker-b.log").read_text(errors="replace")
     assert "6 offsets between" in log and "were still being called by worker@" in log
     assert "6 attempts of the previous run told lost" in log
+
+
+BLAST = 400  # a campaign's webhooks, one person each, on one paced key
+PACED_KEY = "sk-blast-paced-5rps"
+
+
+def _executors_child(worker: int) -> int:
+    """The pid of ``worker``'s executors child (``TALKSTREAM_EXECUTORS=process``)."""
+    [child] = [
+        pid
+        for pid in _children(worker)
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2:] == [b"executors", b""]
+    ]
+    return child
+
+
+@pytest.mark.parametrize(
+    ("killed", "quick"),
+    [("worker", False), ("executors child", False), ("worker", True)],
+    ids=["worker", "executors child", "between a quick key's"],
+)
+def test_a_worker_killed_under_a_blast_tells_the_ledger_every_queued_command_it_lost(
+    make_system, killed: str, quick: bool
+) -> None:
+    """A campaign's blast on one OpenAI key paced at 5 calls a second: hundreds of its
+    commands wait in the generator's queue, taken (committed) and not reported, in one run of
+    offsets of the key's partition. A mark listed only the oldest 256 of them: the worker
+    killed outright (SIGKILL) and started again at once, or its executors' child killed so
+    (``TALKSTREAM_EXECUTORS=process``: the OOM killer's pick; the worker starts it again), the
+    next run told the ledger those were lost, and every command past them waited for its
+    deadline, the queue wait and the call (17 minutes by default, as here), though one range
+    named them all. Every command queued at the kill is told lost at once now, and every
+    request is published minutes before any deadline, none called more often than the ledger
+    issued it (a call reported before the kill is not made again). (A worker killed outright
+    with its executors in a child has the kernel stop the child, which hands its queued
+    commands back: no mark is read for them.) ``quick``: each of the blast's webhooks
+    followed by one on a key unpaced whose commands share its partition: those end at once,
+    and the blast's queued offsets are one range each, hundreds: a mark's 32 ranges named the
+    oldest 32, the rest waited for their deadline. The gaps of the calls reported by their
+    result are joined now (the ledger ignores news of their loss: it has their result)."""
+    executors = "process" if killed == "executors child" else "worker"
+    system = make_system(session_timeout_seconds="60", executors=executors)
+    system.openai(
+        "POST", "/_control", {"latency_seconds": 0.05, "key_limits": {PACED_KEY: {"rpm": 300}}}
+    )
+    partition = partition_of(4)(key_fingerprint(PACED_KEY).encode())
+    keys = [PACED_KEY, _key_of_partition(partition)] if quick else [PACED_KEY]
+    emails, bodies, paced = [], [], set()
+    for i in range(BLAST):
+        for k, key in enumerate(keys):
+            emails.append(email := f"queued{i}-{k}@example.com")
+            bodies.append(seed_params(email, openai_key=key))
+            paced |= {email} if key == PACED_KEY else set()
+    for body in bodies:  # OpenAI's end-user id, passed through: the stand-in's tag of each call
+        body["openai"]["user"] = body["email"]
+    thread, answers = post_in_background(system, bodies)
+
+    def taken() -> Mark | None:  # the mark of the key's partition, once it took the blast
+        try:
+            commits = group_commits(system.kafka.bootstrap, f"{system.app_id}-generator")
+        except KafkaError:  # (its group not made yet)
+            return None
+        offset, metadata = commits.get(partition, (0, ""))
+        return Mark.parse(metadata) if offset >= len(emails) else None
+
+    first = wait_until(taken, 120, 0.2, what="the generator to take the whole blast")
+    # and a call reported since: the mark its commit then made is of the commands not
+    # reported (the one of the batch taken named the batch whole, however long)
+    wait_until(
+        lambda: (mark := taken()) is not None and mark.oldest > first.oldest,
+        60,
+        0.2,
+        what="a commit after a report",
+    )
+    if killed == "worker":
+        system.kill("worker")  # SIGKILL: its queued commands and its calls running are lost
+    else:
+        child = _executors_child(system.procs["worker"].pid)
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: not _alive(child), 60, what="the executors' child to end")
+    called = {c["user"] for c in system.openai("GET", "/_calls")}  # made or begun
+    queued = paced - called
+    assert len(queued) > 300, f"only {len(queued)} commands queued at the kill"
+    system.openai("POST", "/_control", {"key_limits": {}})  # the rest at once: a short test
+    if killed == "worker":
+        system.start_worker()  # the same name: its partitions straight back, no rebalance
+    thread.join(timeout=120)
+    assert all(status == 202 for status, _ in answers)
+    ids = [body["request_id"] for _, body in answers]
+    person = dict(zip(ids, emails, strict=True))
+
+    def told_lost() -> set[str]:  # the people whose attempt the ledger was told was lost
+        return {
+            person[v["request_id"]]
+            for v in values_of(system, "requests")
+            if v.get("kind") == "deadline_expired" and v.get("lost") and v["request_id"] in person
+        }
+
+    every_one = poll(lambda: queued <= told_lost(), 90, 0.5)  # seconds after the restart
+    assert every_one, (
+        f"{len(queued - told_lost())} of the {len(queued)} commands queued at the kill not told "
+        "lost: left to their deadline (17 minutes)"
+    )
+    rows = system.wait_terminal(ids, timeout=120)  # far below the deadline (1020 s)
+    assert Counter(row.state for row in rows.values()) == {"published": len(emails)}
+    events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("queued")]
+    assert Counter(e["event_number"] for e in events) == Counter(
+        {f"generate_text_complete-{rid}": 1 for rid in ids}
+    )
+    # no request called more often than [generate] holds its commands: a call reported
+    # before the kill is not made again (told lost, the ledger ignores it: it has its result)
+    calls = Counter(c["user"] for c in system.openai("GET", "/_calls") if c["status"] == 200)
+    over = calls - issued_by_person(system, "generate", person)
+    assert over == Counter(), f"called more often than issued: {over}"
+    log = (system.root / "worker.log").read_text(errors="replace")
+    told = [int(n) for n in re.findall(r"(\d+) attempts of the previous run told lost", log)]
+    assert told and max(told) >= len(queued), told

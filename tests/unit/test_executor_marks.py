@@ -22,7 +22,7 @@ from models.events import DeadlineExpired, GenerateText
 from streams.agents import commits as commits_module
 from streams.agents import executors, marks
 from streams.agents.executors import Executor, ExecutorConfig
-from streams.agents.marks import MARK_BYTES, MARK_OFFSETS, MARK_RANGES, Mark, Running, Unreported
+from streams.agents.marks import MARK_BYTES, MARK_RANGES, Mark, Running, Unreported
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
 from streams.errors import UpstreamError
@@ -34,6 +34,7 @@ from tests.unit.domain_builders import Ledger, received
 
 TP = TopicPartition("generate", 0)
 OTHER = TopicPartition("generate", 1)
+MANY = 1000  # offsets not reported: more than a mark listed before (its oldest 256)
 
 
 def test_a_mark_reads_back_as_written_and_anything_else_is_no_mark() -> None:
@@ -79,12 +80,67 @@ def test_the_unreported_offsets_are_listed_as_ranges_while_they_are_few() -> Non
     )
     assert scattered.ranges(TP, range(1000, 1001)) == (*oldest, (1000, 1001))
 
-    many = Unreported()
-    for offset in range(MARK_OFFSETS + 1):
+    many = Unreported()  # a blast queued for a paced key: one run of offsets, however long
+    for offset in range(MANY + 1):
         many.took(TP, offset, f"m{offset}", 1)
-    assert many.listing(TP) == (((0, MARK_OFFSETS),), False), "too many offsets: the oldest"
+    assert many.listing(TP) == (((0, MANY + 1),), True), "every offset: one range names them"
     many.reported("m0", 1)
-    assert many.listing(TP) == (((1, MARK_OFFSETS + 1),), True)
+    assert many.listing(TP) == (((1, MANY + 1),), True)
+    many.reported("m5", 1)
+    assert many.listing(TP, range(MANY + 1, MANY + 9)) == (((1, 5), (6, MANY + 9)), True)
+
+
+def test_ranges_a_resulted_gap_parts_are_joined_past_the_most_a_mark_lists() -> None:
+    """A paced key's commands queued in a partition they share with a quick key's, which end
+    between them: the offsets not reported are as many ranges as commands. Past the most a
+    mark lists, the gaps whose every offset was reported by its result (Kafka acknowledged it
+    in [requests], before any news of its loss: the ledger ignores the news) are joined, the
+    shortest first, so that the mark names every command not reported; a gap holding a
+    command forwarded (reported here, its result to come from where it was called) is never
+    joined, nor one holding an offset this run did not report by a result."""
+    unreported = Unreported()
+    for offset in range(4 * MARK_RANGES):
+        unreported.took(TP, offset, f"r{offset}", 1)
+    forwarded = 2 * MARK_RANGES + 1
+    for offset in range(1, 4 * MARK_RANGES, 2):  # the quick key's, ended
+        unreported.reported(f"r{offset}", 1, resulted=offset != forwarded)
+    unreported.reported("r3", 1)  # (again: nothing more)
+    ranges, whole = unreported.listing(TP)
+    named = {o for a, b in ranges for o in range(a, b)}
+    paced = set(range(0, 4 * MARK_RANGES, 2))
+    assert whole and len(ranges) <= MARK_RANGES and paced <= named, ranges
+    assert forwarded not in named, "a forward named lost: called twice"
+    singles = ((o, o + 1) for o in range(forwarded + 1, 4 * MARK_RANGES, 2))
+    assert ranges == ((0, forwarded), *singles), "as many joined as it takes, no more"
+
+    few = Unreported()  # within the most a mark lists: as they are, none joined
+    for offset in range(6):
+        few.took(TP, offset, f"f{offset}", 1)
+    few.reported("f1", 1, resulted=True)
+    assert few.listing(TP) == (((0, 1), (2, 6)), True)
+
+    blocked = Unreported()  # gaps of offsets not reported by a result: the oldest ranges
+    for offset in range(0, 4 * MARK_RANGES, 2):
+        blocked.took(TP, offset, f"b{offset}", 1)
+    ranges, whole = blocked.listing(TP, range(1000, 1001))
+    assert not whole and ranges == (*((o, o + 1) for o in range(0, 2 * MARK_RANGES - 2, 2)),
+                                    (1000, 1001))  # fmt: skip
+
+
+def test_the_offsets_resulted_are_kept_only_while_a_gap_may_hold_them() -> None:
+    unreported = Unreported()
+    unreported.took(TP, 0, "hung", 1)  # a call that does not end: the oldest for a while
+    many = 2 * marks.PRUNED_LEAST + 1
+    for offset in range(1, many + 1):
+        unreported.took(TP, offset, f"q{offset}", 1)
+        unreported.reported(f"q{offset}", 1, resulted=True)
+    assert len(unreported._resulted[TP]) == many, "each above the oldest: kept"
+    unreported.reported("hung", 1, resulted=True)
+    assert TP not in unreported._resulted, "none left to part: none kept"
+    unreported.took(TP, many + 1, "next", 1)
+    assert unreported.listing(TP) == (((many + 1, many + 2),), True)
+    unreported.forget({TP})
+    assert unreported._resulted == {} and unreported.ranges(TP) == ()
 
 
 def test_the_oldest_unreported_offset_follows_the_reports() -> None:
@@ -929,7 +985,7 @@ def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() ->
     person = Ledger()
     [issued] = person.send(received("forwarded")).commands  # its ledger: generating, attempt 1
     assert isinstance(issued, GenerateText)
-    values = [(o, keyed(f"r{o}")) for o in range(MARK_OFFSETS + 10)]
+    values = [(o, keyed(f"r{o}")) for o in range(MANY + 10)]
     values[5] = (5, encode(issued.model_copy(update={"openai_key_id": "key-fp"})))
     taking(executor, *values)
     executor._unreported.reported("forwarded", 1)  # forwarded, acknowledged: called elsewhere
@@ -948,4 +1004,48 @@ def test_a_forwarded_command_is_never_told_lost_even_among_too_many_to_list() ->
         if lost.request_id == "forwarded":
             assert person.send(lost).commands == [], "re-issued while called elsewhere"
     told = [m.request_id for m in requests.sent]
-    assert told == [f"r{o}" for o in range(MARK_OFFSETS + 1) if o != 5], "the oldest listed"
+    assert told == [f"r{o}" for o in range(MANY + 10) if o != 5], "every one not reported"
+
+
+def test_a_next_owner_tells_lost_every_command_queued_among_others_ended_not_a_forward() -> None:
+    """A paced key's commands queued between a quick key's in one partition, more ranges than
+    a mark lists: its ranges named the oldest 32, and the rest waited for their deadline. The
+    mark now joins the gaps whose commands were reported by their result (the ledger reads
+    that result before the news of its loss, and ignores the news), never one holding a
+    command forwarded: the partition's next owner tells the ledger every queued command was
+    lost, and not the forward."""
+    queue = Queue()
+    results = Requests()
+    executor = generator(results, scheduler=queue, dead_letters=Decoding())
+    executor.consumer = Committing()  # type: ignore[assignment]
+    values = [(o, keyed(f"r{o}")) for o in range(4 * MARK_RANGES)]
+    taking(executor, *values)
+    forwarded = "r65"
+    for job in queue.jobs:
+        if int(job.key[1:]) % 2 and job.key != forwarded:  # the quick key's calls end
+            failed = UpstreamError("refused", reason="T")
+            asyncio.run(job.report(Outcome(value=None, error=failed, waited_s=0, tries=1)))
+    executor._unreported.reported(forwarded, 1)  # forwarded, acknowledged: called elsewhere
+    asyncio.run(executor.commits.commit(executor.consumer, executor.commits.marks({}, {})))
+    [(at, metadata)] = executor.consumer.commits[-1].values()  # its last commit: it dies
+    mark = Mark.parse(metadata)  # type: ignore[arg-type]
+    assert mark is not None and len(mark.unreported or ()) <= MARK_RANGES
+
+    requests = Requests()
+    owner = generator(requests)  # the partition's next owner
+    owner.consumer = Marked({TP: (at, mark)})  # type: ignore[assignment]
+    asyncio.run(owner.handover.recover(owner.consumer, {TP}))
+    assert asyncio.run(owner.lost.past_lost({TP: records(*values)})) == {TP: at}
+    told = {m.request_id for m in requests.sent}
+    queued = {f"r{o}" for o in range(0, 4 * MARK_RANGES, 2)}
+    assert queued <= told, f"left to their deadline: {sorted(queued - told)}"
+    assert forwarded not in told, "told lost while called elsewhere: called twice"
+    reported = {m.request_id for m in results.sent}  # in [requests] before the news
+    assert told - queued and told - queued <= reported
+    for request_id in told - queued:  # their ledger: the result, then the news: ignored
+        person = Ledger()
+        person.send(received(request_id))
+        [result] = [m for m in results.sent if m.request_id == request_id]
+        person.send(result)
+        [lost] = [m for m in requests.sent if m.request_id == request_id]
+        assert person.send(lost).commands == [], "a call reported re-issued"
