@@ -22,6 +22,11 @@ from aiokafka import TopicPartition
 MARK_RANGES = 32  # a mark lists the unreported offsets in at most this many ranges (the
 # oldest), however many offsets they hold (far below offset.metadata.max.bytes)
 
+# a commit lists its marks: past this many ranges of offsets not reported (a paced key's blast
+# parted by the calls of quicker keys that ended between its commands), those after them are
+# neither read nor joined, and left to their deadline (each commit's cost bounded: a few ms)
+BRIDGED_RANGES = 1024
+
 MARK_BYTES = 3072  # a mark's most (the broker's offset.metadata.max.bytes is 4096 by default)
 # a broker that refuses a commit for its mark's size (a cluster's offset.metadata.max.bytes set
 # below the default) has an executor halve its marks' most, down to this (``Commits.commit``)
@@ -120,6 +125,33 @@ def listed(spans: Iterable[tuple[int, int]]) -> Ranges:
     """Ascending half-open ``spans`` as a mark lists them (adjacent ones joined): the oldest
     :data:`MARK_RANGES` ranges they make (a mark names lost no offset it leaves out)."""
     return _joined(spans)[:MARK_RANGES]
+
+
+def _runs(offsets: list[int], most: int) -> tuple[list[tuple[int, int]], bool]:
+    """Ascending offsets, each once, as half-open ranges of consecutive ones, at most ``most``
+    of them (the oldest), and whether they are all. Each range's end is found by galloping,
+    then bisection (``offsets[j] - offsets[i] == j - i`` holds exactly while the offsets from
+    ``i`` to ``j`` are consecutive), so a blast's thousands of commands queued in one run of
+    offsets cost a few dozen steps, not one each: a mark is listed at every commit."""
+    runs: list[tuple[int, int]] = []
+    i, count = 0, len(offsets)
+    while i < count:
+        if len(runs) == most:
+            return runs, False
+        start, low, step = offsets[i], i, 1  # ``low``: in the run from ``i``
+        while low + step < count and offsets[low + step] - start == low + step - i:
+            low += step
+            step *= 2
+        high = min(low + step, count) - 1
+        while low < high:  # the last index of the run, between them
+            middle = (low + high + 1) // 2
+            if offsets[middle] - start == middle - i:
+                low = middle
+            else:
+                high = middle - 1
+        runs.append((start, offsets[low] + 1))
+        i = low + 1
+    return runs, True
 
 
 def _joined(spans: Iterable[tuple[int, int]]) -> Ranges:
@@ -230,14 +262,18 @@ class Unreported:
         also cut at the oldest 256 offsets: a campaign's blast on a paced key, hundreds of
         commands queued in one run of offsets, had those past the 256th wait for their
         deadline (the queue wait and the call: 17 minutes by default) when the worker was
-        killed, though one range named them all."""
-        offsets = (offset for offset in self._offsets.get(tp, {}) if offset not in but)
+        killed, though one range named them all. Past :data:`BRIDGED_RANGES` ranges, those
+        after them are not read (each commit lists its marks: its cost stays bounded)."""
+        offsets = list(self._offsets.get(tp, {}))
+        if but:
+            offsets = [offset for offset in offsets if offset not in but]
         last = [(taking.start, taking.stop)] if taking else []
-        ranges = _joined([*((offset, offset + 1) for offset in offsets), *last])
+        runs, complete = _runs(offsets, BRIDGED_RANGES)
+        ranges = _joined([*runs, *last]) if complete else (*runs, *last)
         if len(ranges) > MARK_RANGES:  # those a resulted gap parts, joined
             ranges = self._bridged(tp, ranges)
         if len(ranges) <= MARK_RANGES:
-            return ranges, True
+            return ranges, complete
         if last:  # the oldest, and the batch being taken the last of them
             return (*ranges[: MARK_RANGES - 1], ranges[-1]), False
         return ranges[:MARK_RANGES], False

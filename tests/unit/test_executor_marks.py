@@ -22,7 +22,14 @@ from models.events import DeadlineExpired, GenerateText
 from streams.agents import commits as commits_module
 from streams.agents import executors, marks
 from streams.agents.executors import Executor, ExecutorConfig
-from streams.agents.marks import MARK_BYTES, MARK_RANGES, Mark, Running, Unreported
+from streams.agents.marks import (
+    BRIDGED_RANGES,
+    MARK_BYTES,
+    MARK_RANGES,
+    Mark,
+    Running,
+    Unreported,
+)
 from streams.agents.work import Generate
 from streams.codecs import decode_requests, encode
 from streams.errors import UpstreamError
@@ -125,6 +132,55 @@ def test_ranges_a_resulted_gap_parts_are_joined_past_the_most_a_mark_lists() -> 
     ranges, whole = blocked.listing(TP, range(1000, 1001))
     assert not whole and ranges == (*((o, o + 1) for o in range(0, 2 * MARK_RANGES - 2, 2)),
                                     (1000, 1001))  # fmt: skip
+
+
+def test_a_listing_reads_the_oldest_ranges_it_may_join_and_leaves_the_rest_to_the_deadlines() -> (
+    None
+):
+    """Each commit lists its marks: a paced key's blast parted by a quicker key's calls into
+    thousands of ranges would have each commit read and join all of them (tens of ms a commit
+    at 20,000 commands queued). Past BRIDGED_RANGES ranges those after are not read: the mark
+    names the oldest, joined, and the batch being taken; the rest wait for their deadline."""
+    unreported = Unreported()
+    paced = range(0, 2 * 2 * BRIDGED_RANGES, 2)  # twice as many ranges as it reads
+    for offset in range(2 * 2 * BRIDGED_RANGES):
+        unreported.took(TP, offset, f"r{offset}", 1)
+    for offset in range(1, 2 * 2 * BRIDGED_RANGES, 2):  # the quick key's, ended between
+        unreported.reported(f"r{offset}", 1, resulted=True)
+    taking = range(10**6, 10**6 + 3)
+    ranges, whole = unreported.listing(TP, taking)
+    assert not whole, "the ranges past those it reads are not named: not the whole"
+    assert ranges[-1] == (taking.start, taking.stop), "the batch being taken is named"
+    named = {o for a, b in ranges[:-1] for o in range(a, b)}
+    read = set(paced[:BRIDGED_RANGES])
+    assert read <= named, "the oldest it read are named, their gaps joined"
+    assert not named & set(paced[BRIDGED_RANGES:]), "those past it are not read"
+    assert len(ranges) <= MARK_RANGES
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_of_offsets_are_the_consecutive_ones_found_by_galloping(seed: int) -> None:
+    """marks._runs finds each run's end by galloping and bisection: the same runs as reading
+    every offset would, for runs of any length, and at most ``most`` of them."""
+    import random
+
+    chance = random.Random(seed)
+    offsets: list[int] = []
+    at = chance.randrange(100)
+    for _ in range(chance.randrange(1, 60)):
+        length = chance.choice((1, 1, 2, 3, chance.randrange(1, 400)))
+        offsets.extend(range(at, at + length))
+        at += length + chance.randrange(1, 5)
+    expected: list[tuple[int, int]] = []
+    for offset in offsets:
+        if expected and expected[-1][1] == offset:
+            expected[-1] = (expected[-1][0], offset + 1)
+        else:
+            expected.append((offset, offset + 1))
+    assert marks._runs(offsets, len(offsets) + 1) == (expected, True)
+    most = chance.randrange(1, len(expected) + 1)
+    assert marks._runs(offsets, most) == (expected[:most], most == len(expected))
+    assert marks._runs([], 5) == ([], True)
 
 
 def test_the_offsets_resulted_are_kept_only_while_a_gap_may_hold_them() -> None:
