@@ -20,7 +20,7 @@ from streams import topics as topics_module
 from streams.agents.executors import Executor
 from streams.app import build_executors, upstream_clients
 from streams.faust_transport import CLOSE_SECONDS, KAFKA_STOP_SECONDS, give_up_on_kafka
-from streams.kafka_options import IdempotentProducer, client_options
+from streams.kafka_options import IdempotentProducer, client_options, lingering_no_more
 from streams.observability import ExecutorMetrics, serve_or_log
 from streams.runtime import DeadLetters, SystemClock, Topics
 from streams.secrets import SecretBox
@@ -98,6 +98,9 @@ async def serve(settings: Settings, secrets: SecretBox, stopping: asyncio.Event)
         if failed is not None:
             raise failed
     finally:
+        # what the producer holds back for its linger goes now, as a worker's does: a stop
+        # that waited it out (up to a minute) gave up on Kafka first, its results unsent
+        lingering_no_more(producer)
         began = asyncio.get_running_loop().time()
         until = began + settings.stop_drain_seconds + KAFKA_STOP_SECONDS  # (the whole stop's)
         gave_up = await _stop(running, tasks, settings.stop_drain_seconds, producer, until)

@@ -701,13 +701,16 @@ def _taken_apart(accumulator: Any, batch: Any, wanted: set[int], failure: Withdr
 
 
 def lingering_no_more(producer: Any) -> None:
-    """A worker stopping: what ``producer`` (faust's, on aiokafka) holds back for its linger
-    goes with its next request, and so does every record sent from now on.
+    """A worker stopping: what ``producer`` (faust's, on aiokafka, or an aiokafka one: the
+    executors' process's) holds back for its linger goes with its next request, and so does
+    every record sent from now on.
 
     A stopping worker waits until its outputs are acknowledged (faust commits its offsets only
     after them): with a long linger (the settings allow a minute) it waited that long, and a
     supervisor that gives a stop less time kills it with those outputs, a call's result among
-    them, unsent."""
+    them, unsent. (The executors' process, ``EXECUTORS=process``, did not stop lingering: past
+    its stop's bound it gave up on a Kafka that answered, "stopping without Kafka", and the
+    results it held were called again by the next run.)"""
     accumulator = _accumulator(producer)
     if accumulator is not None:
         accumulator._linger_time = 0  # the batches opened from now on
@@ -732,6 +735,10 @@ def without_linger(producer: Any, topic: str, partition: int | None) -> None:
 
 
 def _accumulator(producer: Any) -> Any:
+    """The aiokafka accumulator of ``producer``: faust's (``_producer``) or aiokafka's own."""
+    own = getattr(producer, "_message_accumulator", None)
+    if own is not None:
+        return own
     return getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
 
 

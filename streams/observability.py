@@ -321,8 +321,12 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
         if failing:  # first: a projector waiting for its database has no consumer yet
             return False, failing[0]
     readers = [own.consumer for own in consumers]
-    if app is not None and not readers:  # a worker whose executors run elsewhere: faust's
-        readers = [_faust_consumer(app)]  # own consumer (its thread's) says it
+    if app is not None:  # a worker: those of its own consumers made so far say it, or else
+        # faust's (its thread's): its executors run elsewhere (``EXECUTORS=process``, ``off``)
+        # and its projector, if any, has none yet while it waits for its database (its None
+        # read as "connecting to Kafka" for as long as it waited: the worker, deciding all the
+        # same, was never ready)
+        readers = [reader for reader in readers if reader is not None] or [_faust_consumer(app)]
     unreachable = kafka_unreachable(readers, now)
     if unreachable is not None:
         return False, unreachable

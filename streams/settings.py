@@ -514,12 +514,19 @@ class Settings(BaseSettings):
 
     @property
     def worker_metrics_urls(self) -> list[str]:
-        """The workers' metrics endpoints the console scrapes (``/metrics`` appended)."""
-        return [
-            url.strip().rstrip("/") + "/metrics"
-            for url in self.console_worker_urls.split(",")
-            if url.strip()
-        ]
+        """The workers' metrics endpoints the console scrapes (``/metrics`` appended).
+        ``CONSOLE_WORKER_URLS`` not set with ``EXECUTORS=process``: the local worker's
+        executors' child (``EXECUTORS_HTTP_PORT``), where the calls are made and counted; the
+        default worker port's /metrics has none of their series (every site's row said "no
+        Talkable calls since the worker started")."""
+        urls = self.console_worker_urls
+        if (
+            "console_worker_urls" not in self.model_fields_set
+            and self.executors == "process"
+            and self.executors_http_port
+        ):
+            urls = f"http://127.0.0.1:{self.executors_http_port}"
+        return [url.strip().rstrip("/") + "/metrics" for url in urls.split(",") if url.strip()]
 
     def topic(self, name: str) -> str:
         """The full name of one of our topics (app id as prefix, so deployments can share)."""

@@ -318,8 +318,18 @@ def test_a_worker_never_decides_a_person_without_their_ledger_state(kafka, tmp_p
 
 
 def _children(pid: int) -> list[int]:
+    """The worker's projector children (not its executors', ``EXECUTORS=process``)."""
     with open(f"/proc/{pid}/task/{pid}/children") as children:
-        return [int(child) for child in children.read().split()]
+        pids = [int(child) for child in children.read().split()]
+    return [child for child in pids if _command(child)[-1:] == [b"projector"]]
+
+
+def _command(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().split(b"\0")[:-1]
+    except FileNotFoundError:  # ended meanwhile
+        return []
 
 
 def test_a_projector_child_started_after_partitions_were_added_says_so_once(

@@ -17,8 +17,8 @@ from models.events import GenerationAttemptSucceeded
 from streams.codecs import decode_requests
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import sending_now
-from tests.integration.conftest import System, create_topic, http, read_topic, samples
-from tests.support import seed_params, wait_until
+from tests.integration.conftest import create_topic, http, read_topic, samples
+from tests.support import free_port, seed_params, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +75,23 @@ def test_the_ledger_sends_its_commands_without_waiting_out_the_linger(make_syste
     )
 
 
+@pytest.mark.parametrize("executors", ["worker", "process"])
 def test_a_stopping_worker_sends_at_once_what_it_held_back(
-    make_system, kafka: EmbeddedKafka
+    make_system, kafka: EmbeddedKafka, executors: str
 ) -> None:
+    """(``EXECUTORS=process``: the executors' child, stopped with the worker, sends what its
+    own producer held back at once too.)"""
     # a minute of linger: the generator's result waits in the producer after its call answers
-    system = make_system(producer_linger_ms=str(A_MINUTE_MS))
+    port = free_port()  # where the calls are counted: the worker's, or its executors' child's
+    system = make_system(
+        producer_linger_ms=str(A_MINUTE_MS), executors=executors, executors_http_port=str(port)
+    )
     system.wait_ready()
     status, body = system.post(seed_params("stopping@example.com"))
     assert status == 202, body
     request_id = body["request_id"]
-    wait_until(lambda: _answered_calls(system) or None, 45, what="the generator's answered call")
+    counted = system.worker_url() if executors == "worker" else f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answered_calls(counted) or None, 45, what="the generator's answered call")
 
     worker = system.procs["worker"]
     worker.send_signal(signal.SIGTERM)
@@ -104,9 +111,12 @@ def test_a_stopping_worker_sends_at_once_what_it_held_back(
     ), results
 
 
-def _answered_calls(system: System) -> float:
-    """``talkstream_upstream_calls_total`` answered by OpenAI, from the worker's /metrics."""
-    status, text = http("GET", f"{system.worker_url()}/metrics")
+def _answered_calls(url: str) -> float:
+    """``talkstream_upstream_calls_total`` answered by OpenAI, from the /metrics at ``url``."""
+    try:
+        status, text = http("GET", f"{url}/metrics")
+    except OSError:  # not serving yet (the executors' child starting)
+        return 0
     answered = {"upstream": "openai", "outcome": "answered"}
     return sum(
         sample.value

@@ -557,21 +557,31 @@ def test_a_worker_on_a_new_database_under_the_same_app_id_fills_it_from_the_log(
     )
 
 
-@pytest.mark.parametrize("where", ["process", "worker"])
+@pytest.mark.parametrize(
+    ("where", "executors"),
+    [("process", "worker"), ("worker", "worker"), ("worker", "process")],
+    ids=["process", "worker", "worker-executors-process"],
+)
 def test_a_projector_started_before_its_database_waits_for_it_and_says_why(
     make_system: Any,
     postgres_server: str,  # noqa: F811
     where: str,
+    executors: str,
 ) -> None:
     """The database is not there when the deployment starts (a server still restoring, a
     database not created yet): the worker decides all the same, the projector waits saying
     what the database said (its log, and its /readyz on its own) instead of exiting (its child
     process was started again once a second; in the worker it stopped the worker), and fills
-    the database from the log once it is there."""
+    the database from the log once it is there. (The worker's /readyz says it is ready
+    meanwhile, its executors in it or not: with ``EXECUTORS=process`` it read Kafka's answers
+    from its projector alone, which has no consumer while it waits, and said "connecting to
+    Kafka" until the database came.)"""
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
     port = free_port()
-    system: System = make_system(database_url=url, projector=where, projector_http_port=str(port))
+    system: System = make_system(
+        database_url=url, projector=where, projector_http_port=str(port), executors=executors
+    )
     system.wait_ready()
     posted = [system.post(seed_params(f"wait{i}@example.com")) for i in range(3)]
     assert all(status == 202 for status, _ in posted), posted

@@ -152,6 +152,26 @@ def test_a_console_worker_url_that_is_not_http_is_named(monkeypatch: pytest.Monk
     ]
 
 
+def test_the_consoles_default_workers_follow_executors_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``EXECUTORS=process`` in the console's environment (one env file for every command):
+    the calls are counted in the executors' child, on ``EXECUTORS_HTTP_PORT``; the console read
+    the default worker port, whose /metrics has none of their series, and every site's row said
+    "no Talkable calls since the worker started". Named, ``CONSOLE_WORKER_URLS`` is read as set."""
+    from streams.settings import Settings
+
+    monkeypatch.setenv("TALKSTREAM_EXECUTORS", "process")
+    assert Settings().worker_metrics_urls == ["http://127.0.0.1:9103/metrics"]
+    monkeypatch.setenv("TALKSTREAM_EXECUTORS_HTTP_PORT", "19403")
+    assert Settings().worker_metrics_urls == ["http://127.0.0.1:19403/metrics"]
+    monkeypatch.setenv("TALKSTREAM_CONSOLE_WORKER_URLS", "http://127.0.0.1:9101")
+    assert Settings().worker_metrics_urls == ["http://127.0.0.1:9101/metrics"]
+    monkeypatch.delenv("TALKSTREAM_CONSOLE_WORKER_URLS")
+    monkeypatch.setenv("TALKSTREAM_EXECUTORS", "worker")
+    assert Settings().worker_metrics_urls == ["http://127.0.0.1:9101/metrics"]
+
+
 def test_an_upstream_url_is_read_without_surrounding_spaces() -> None:
     from streams.settings import Settings
 

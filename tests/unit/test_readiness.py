@@ -194,17 +194,23 @@ def test_ready_puts_kafka_out_of_reach_first(
 
 
 DOWN = "database unreachable: OperationalError: connection failed: ... Connection refused"
+WAITING = SimpleNamespace(consumer=None, database_error=DOWN)  # no consumer until it is there
 
 
 @pytest.mark.parametrize(
     ("faust", "consumers", "answer"),
     [
         # the projector on its own waits for its database before it makes its consumer
-        (None, [SimpleNamespace(consumer=None, database_error=DOWN)], (False, DOWN)),
+        (None, [WAITING], (False, DOWN)),
         (None, [SimpleNamespace(consumer=GONE, database_error=DOWN)], (False, DOWN)),
         (None, [SimpleNamespace(consumer=ANSWERING, database_error=None)], (True, "ready")),
         # in the worker it is the projector's alone: the worker's decisions go on
         (app(), [SimpleNamespace(consumer=ANSWERING, database_error=DOWN)], (True, "ready")),
+        # ... and with its executors elsewhere (``EXECUTORS=process``), its projector waiting
+        # for its database before it makes its consumer: faust's consumer says Kafka answers
+        # (it said "connecting to Kafka" for as long as the projector waited)
+        (app(reader=ANSWERING), [WAITING], (True, "ready")),
+        (app(reader=GONE), [WAITING], (False, "Kafka unreachable: no connection to a broker")),
     ],
 )
 def test_a_projector_whose_database_takes_nothing_is_not_ready(
