@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from bench.console_data import DAY_MS, fill
 from streams.console.app import build_console
-from streams.console.log import Content, Letters
+from streams.console.log import Content, Letters, Sought
 from streams.console.pacing import Pacing
 from streams.console.queries import ConsoleQueries
 from streams.ops.redrive import RedriveReport, Selection
@@ -62,16 +62,7 @@ class NoKafka:
     async def letters(self) -> Letters:
         return Letters([])
 
-    async def content(
-        self,
-        *,
-        request_id: str,
-        person: str,
-        arrived_ms: int,
-        generated_ms: int | None,
-        failed_ms: int | None = None,
-        published_ms: int | None = None,
-    ) -> Content:
+    async def content(self, sought: Sought) -> Content:
         return Content()
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:

@@ -29,6 +29,7 @@ from streams.console.log import (
     LETTERS_PER_PARTITION,
     Content,
     Letters,
+    Sought,
     read_content,
     read_letters,
     reading,
@@ -56,25 +57,8 @@ class KafkaLog:
     async def letters(self) -> Letters:
         return await read_letters(self.settings)
 
-    async def content(
-        self,
-        *,
-        request_id: str,
-        person: str,
-        arrived_ms: int,
-        generated_ms: int | None,
-        failed_ms: int | None = None,
-        published_ms: int | None = None,
-    ) -> Content:
-        return await read_content(
-            self.settings,
-            request_id=request_id,
-            person=person,
-            arrived_ms=arrived_ms,
-            generated_ms=generated_ms,
-            failed_ms=failed_ms,
-            published_ms=published_ms,
-        )
+    async def content(self, sought: Sought) -> Content:
+        return await read_content(self.settings, sought)
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport:
         # every letter is reconsidered (redrive's own group offers each once): the console

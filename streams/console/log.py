@@ -133,6 +133,21 @@ class Message(NamedTuple):
     name: str | None = None  # OpenAI's optional name of its participant
 
 
+class Sought(NamedTuple):
+    """A request's own records as the console looks for them on the person's partition of
+    [requests]: its webhook from when it arrived, its text from when it was generated, the
+    result of its last failed generation (``failed_ms``) and of its last publication
+    (``published_ms``, published or not), each from just before that time (None: not looked
+    for)."""
+
+    request_id: str
+    person: str
+    arrived_ms: int
+    generated_ms: int | None = None
+    failed_ms: int | None = None
+    published_ms: int | None = None
+
+
 class Calls(NamedTuple):
     """The calls one attempt made to an upstream, as its result says (``tries``): the worker
     retries a 5xx, a timeout or a 429 itself within the attempt, and the lifecycle (so the
@@ -242,20 +257,11 @@ def _letter(record: Any, settings: Settings) -> Letter | None:
     )
 
 
-async def read_content(
-    settings: Settings,
-    *,
-    request_id: str,
-    person: str,
-    arrived_ms: int,
-    generated_ms: int | None,
-    failed_ms: int | None = None,
-    published_ms: int | None = None,
-) -> Content:
+async def read_content(settings: Settings, sought: Sought) -> Content:
     """The request's webhook, written when it arrived, its text, written when it was
-    generated, and the results of its last failed generation (``failed_ms``) and its last
-    publication (``published_ms``, published or not): each looked for from just before that
-    time on the person's partition."""
+    generated, and the results of its last failed generation and its last publication, each
+    looked for from just before that time on the person's partition (:class:`Sought`)."""
+    request_id, person, arrived_ms, generated_ms, failed_ms, published_ms = sought
     topic = settings.topic("requests")
     async with _consumer(settings, topic) as (consumer, partitions):
         if not partitions:

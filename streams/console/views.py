@@ -20,7 +20,7 @@ from aiohttp import web
 from models.params import person_keys, site_identity
 from streams.console import schema
 from streams.console.chart import COLORS, chart
-from streams.console.log import Content, Letters
+from streams.console.log import Content, Letters, Sought
 from streams.console.pacing import Pacing
 from streams.console.pages import REVISION, render
 from streams.console.queries import (
@@ -59,16 +59,7 @@ class Log(Protocol):
 
     async def letters(self) -> Letters: ...
 
-    async def content(
-        self,
-        *,
-        request_id: str,
-        person: str,
-        arrived_ms: int,
-        generated_ms: int | None,
-        failed_ms: int | None = None,
-        published_ms: int | None = None,
-    ) -> Content: ...
+    async def content(self, sought: Sought) -> Content: ...
 
     async def redrive(self, selection: Selection, *, dry_run: bool) -> RedriveReport: ...
 
@@ -430,12 +421,14 @@ async def _content(
     try:
         content = await asyncio.wait_for(
             s.log.content(
-                request_id=row.request_id,
-                person=row.person,
-                arrived_ms=arrived_ms,
-                generated_ms=generated[-1] if generated else None,
-                failed_ms=failed_ms,
-                published_ms=published_ms,
+                Sought(
+                    row.request_id,
+                    row.person,
+                    arrived_ms,
+                    generated[-1] if generated else None,
+                    failed_ms,
+                    published_ms,
+                )
             ),
             LOG_TIMEOUT_SECONDS,
         )

@@ -43,6 +43,7 @@ from streams.console.log import (
     Letter,
     Letters,
     Message,
+    Sought,
     content_of,
 )
 from streams.console.pacing import Pacing, parse
@@ -100,16 +101,8 @@ class FakeLog:
         if self.down:
             raise BrokerUnavailable("Kafka at 127.0.0.1:1 is not reachable: connection refused")
 
-    async def content(
-        self,
-        *,
-        request_id: str,
-        person: str,
-        arrived_ms: int,
-        generated_ms: int | None,
-        failed_ms: int | None = None,
-        published_ms: int | None = None,
-    ) -> Content:
+    async def content(self, sought: Sought) -> Content:
+        request_id, _, arrived_ms, generated_ms, failed_ms, published_ms = sought
         self._reachable()
         self.contents.append((request_id, arrived_ms))
         if request_id in self.received:  # each result found only when looked for (its time)

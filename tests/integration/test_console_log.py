@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from models.events import ChatRequest, DeadLetter, GenerateText
 from streams.codecs import encode
 from streams.console.app import KafkaLog
-from streams.console.log import READER_LOGGERS, read_content, read_letters, reading
+from streams.console.log import READER_LOGGERS, Sought, read_content, read_letters, reading
 from streams.dev.kafka import EmbeddedKafka
 from streams.ops.redrive import Selection, redrive
 from streams.ops.replay import partitions_of
@@ -96,15 +96,7 @@ def test_a_request_named_after_its_fingerprint_finds_its_own_webhook(kafka: Embe
     asyncio.run(write())
 
     def content(request_id: str) -> tuple[str | None, list[str]]:
-        found = asyncio.run(
-            read_content(
-                settings,
-                request_id=request_id,
-                person=PERSON,
-                arrived_ms=arrived_ms,
-                generated_ms=None,
-            )
-        )
+        found = asyncio.run(read_content(settings, Sought(request_id, PERSON, arrived_ms)))
         return found.event_number, found.notes
 
     assert content("f00d") == ("first", [])
@@ -166,9 +158,7 @@ def test_a_page_read_logs_no_kafka_client_chatter(
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert len(asyncio.run(read_letters(settings)).found) == 1
-        content = read_content(
-            settings, request_id="r", person=PERSON, arrived_ms=0, generated_ms=0
-        )
+        content = read_content(settings, Sought("r", PERSON, arrived_ms=0, generated_ms=0))
         assert not asyncio.run(content).received
         with reading():  # what the reader's loggers say of a fault
             logging.getLogger(READER_LOGGERS[0]).warning("a fault")
@@ -235,11 +225,7 @@ def test_a_webhook_is_found_in_its_person_s_partition_after_partitions_were_adde
             await producer.stop()
 
     asyncio.run(write())
-    found = asyncio.run(
-        read_content(
-            settings, request_id="beef", person=person, arrived_ms=arrived_ms, generated_ms=None
-        )
-    )
+    found = asyncio.run(read_content(settings, Sought("beef", person, arrived_ms)))
     assert (found.event_number, found.notes) == ("added", [])
 
 
