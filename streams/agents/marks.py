@@ -269,7 +269,7 @@ class Unreported:
             offsets = [offset for offset in offsets if offset not in but]
         last = [(taking.start, taking.stop)] if taking else []
         runs, complete = _runs(offsets, BRIDGED_RANGES)
-        ranges = _joined([*runs, *last]) if complete else (*runs, *last)
+        ranges = _joined([*runs, *last])
         if len(ranges) > MARK_RANGES:  # those a resulted gap parts, joined
             ranges = self._bridged(tp, ranges)
         if len(ranges) <= MARK_RANGES:

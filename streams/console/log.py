@@ -271,38 +271,20 @@ async def read_content(settings: Settings, sought: Sought) -> Content:
         tp = TopicPartition(topic, partition_of(settings.partitions)(person.encode()))
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        received = await _find(
-            consumer, tp, end, arrived_ms, lambda m: isinstance(m, RequestReceived), request_id
+
+        async def found(at_ms: int | None, kinds: Any) -> Any:
+            """The request's record of ``kinds`` from just before ``at_ms`` (None: not
+            looked for)."""
+            if at_ms is None:
+                return None
+            return await _find(consumer, tp, end, at_ms, lambda m: isinstance(m, kinds), request_id)
+
+        received = await found(arrived_ms, RequestReceived)
+        text = await found(generated_ms, GenerationAttemptSucceeded)
+        failed = await found(failed_ms, GenerationAttemptFailed)
+        published = await found(
+            published_ms, PublicationAttemptSucceeded | PublicationAttemptFailed
         )
-        text = None
-        if generated_ms is not None:
-            text = await _find(
-                consumer,
-                tp,
-                end,
-                generated_ms,
-                lambda m: isinstance(m, GenerationAttemptSucceeded),
-                request_id,
-            )
-        failed = published = None
-        if failed_ms is not None:
-            failed = await _find(
-                consumer,
-                tp,
-                end,
-                failed_ms,
-                lambda m: isinstance(m, GenerationAttemptFailed),
-                request_id,
-            )
-        if published_ms is not None:
-            published = await _find(
-                consumer,
-                tp,
-                end,
-                published_ms,
-                lambda m: isinstance(m, PublicationAttemptSucceeded | PublicationAttemptFailed),
-                request_id,
-            )
     return content_of(request_id, received, text, failed=failed, published=published)
 
 
