@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, get_origin
 
 from pydantic import (
@@ -430,6 +430,15 @@ def site_identity(site: str) -> str:
     publisher's target, the key of [completions]); ``Shop``, ``shop`` and ``SHOP`` are one.
     Talkable is called with the site as each webhook typed it, which is what is recorded."""
     return site.lower()
+
+
+def site_named(spellings: Collection[str]) -> str:
+    """What the tools and the console call a site its webhooks spelled these ways (one site,
+    :func:`site_identity`): its one spelling as typed, else lower-cased, as the ledger names
+    it (``Shop`` alone stays ``Shop``; ``Shop`` and ``shop`` are ``shop``)."""
+    if len(spellings) == 1:
+        return next(iter(spellings))
+    return site_identity(next(iter(spellings)))
 
 
 def person_keys(sites: Iterable[str], email: str) -> list[str]:

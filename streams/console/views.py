@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from models.params import person_keys, site_identity
+from models.params import person_keys, site_identity, site_named
 from streams.console import schema
 from streams.console.chart import COLORS, chart
 from streams.console.log import Content, Letters, Sought
@@ -249,8 +249,8 @@ def _site_links(sites: list[str], given: Mapping[str, str]) -> list[tuple[str, l
     for site in sites:
         grouped.setdefault(site_identity(site), []).append(site)
     links = []
-    for identity, spelled in grouped.items():
-        named = spelled[0] if len(spelled) == 1 else identity
+    for spelled in grouped.values():
+        named = site_named(spelled)
         links.append((named, spelled if len(spelled) > 1 else [], _query({**given, "site": named})))
     return links
 
@@ -393,14 +393,10 @@ async def request_content(request: web.Request) -> web.Response:
         generations[-1].wall_ms if generations and generations[-1].state != "generated" else None
     )
     published = publications[-1].wall_ms if publications else None
-    content, error = await _content(
-        s,
-        timeline.request,
-        timeline.arrived_ms,
-        generated,
-        failed_ms=failed,
-        published_ms=published,
-    )
+    row = timeline.request
+    last_text = generated[-1] if generated else None
+    sought = Sought(row.request_id, row.person, timeline.arrived_ms, last_text, failed, published)
+    content, error = await _content(s, sought)
     return render(
         request,
         "content.html",
@@ -409,29 +405,9 @@ async def request_content(request: web.Request) -> web.Response:
     )
 
 
-async def _content(
-    s: Services,
-    row: RequestRow,
-    arrived_ms: int,
-    generated: list[int],
-    *,
-    failed_ms: int | None = None,
-    published_ms: int | None = None,
-) -> tuple[Content | None, str | None]:
+async def _content(s: Services, sought: Sought) -> tuple[Content | None, str | None]:
     try:
-        content = await asyncio.wait_for(
-            s.log.content(
-                Sought(
-                    row.request_id,
-                    row.person,
-                    arrived_ms,
-                    generated[-1] if generated else None,
-                    failed_ms,
-                    published_ms,
-                )
-            ),
-            LOG_TIMEOUT_SECONDS,
-        )
+        content = await asyncio.wait_for(s.log.content(sought), LOG_TIMEOUT_SECONDS)
     except TimeoutError:
         return None, f"Kafka did not answer within {LOG_TIMEOUT_SECONDS:.0f} s"
     except TalkstreamError as exc:
@@ -487,7 +463,9 @@ async def person_page(request: web.Request) -> web.Response:
             occurrences=schema.has(request.get(REVISION), "0008"),
         )
         if windowed is not None:
-            content, error = await _content(s, windowed.request, windowed.arrived_ms, [])
+            row = windowed.request
+            sought = Sought(row.request_id, row.person, windowed.arrived_ms)
+            content, error = await _content(s, sought)
             limit = content.usage_limit if content is not None else None
     who = {"site": site, "email": email}
     return render(
@@ -498,7 +476,7 @@ async def person_page(request: web.Request) -> web.Response:
             "site": site,
             # a site spelled several ways is named as the overview names it, its spellings
             # beside it (it said "on SHOP", as typed, a spelling no webhook gave)
-            "shown_site": site_identity(site) if len(spellings) > 1 else site,
+            "shown_site": site_named(spellings or [site]),
             "spellings": spellings if len(spellings) > 1 else [],
             "email": email,
             "p": summary,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.lifecycle import TERMINAL, State
-from models.params import LATEST_EPOCH_S, person_key, person_keys, site_identity
+from models.params import LATEST_EPOCH_S, person_key, person_keys, site_identity, site_named
 from streams.ops import clocks
 from streams.projection.store import ProjectionStore, StatsRow
 from streams.projection.tables import RequestRow
@@ -445,7 +445,7 @@ def site_stats(rows: Iterable[StatsRow], one_site: str | None = None) -> list[Si
 def _name(identity: str, tally: _Tally, one_site: str | None) -> str:
     if one_site is not None:
         return one_site
-    return next(iter(tally.spellings)) if len(tally.spellings) == 1 else identity
+    return site_named(tally.spellings) if tally.spellings else identity
 
 
 def spelled_apart(stats: Sequence[SiteStats]) -> str:

@@ -30,6 +30,7 @@ from models.params import (
     person_key,
     person_keys,
     request_fingerprint,
+    site_named,
     trigger_met,
 )
 from models.values import SITE_SLUG_RULE
@@ -1532,3 +1533,9 @@ def test_a_start_time_in_the_future_is_read_as_the_current_time() -> None:
     # a start in the past is the window the person is in: kept
     past = from_mapping(seed(usage_limit__start_time="1699990000"))
     assert past.usage_limit is not None and past.usage_limit.start_time == 1699990000
+
+
+def test_a_site_is_named_by_its_one_spelling_else_lower_cased() -> None:
+    assert site_named(["Shop"]) == "Shop", "one spelling: as its webhooks typed it"
+    assert site_named(["Shop", "shop"]) == "shop"
+    assert site_named({"SHOP", "Shop"}) == "shop", "several, none lower-cased: the ledger's name"
