@@ -165,12 +165,42 @@ def site_spellings(store: ProjectionStore, site: str) -> list[str]:
     """``--site`` in any case: every spelling of the site the projection records (``acme``
     finds ``Acme``; ``shop`` finds ``Shop``, ``shop`` and ``SHOP``, each as its webhooks typed
     it, one site as the ledger counts it: ``models.params.site_identity``), as the console
-    reads it; a name no site has, alone (it finds nothing). One query for the spellings, then
-    each read by equality (``site IN``: the indexes that lead with the site)."""
+    reads it; a name no site has is refused, naming the sites it has. One query for the
+    spellings, then each read by equality (``site IN``: the indexes that lead with the site)."""
     from streams.console.queries import ConsoleQueries
 
     typed = site.strip()
-    return ConsoleQueries(store.engine).spellings(typed) or [typed]
+    queries = ConsoleQueries(store.engine)
+    spelled = queries.spellings(typed)
+    if not spelled:  # said as a ``--to`` migration it has not is: the site, the ones it has
+        raise click.BadParameter(unknown_site(typed, queries.sites()), param_hint="'--site'")
+    return spelled
+
+
+SITES_NAMED = 20  # the sites an unknown ``--site`` names, at most (a deployment has thousands)
+
+
+def unknown_site(typed: str, sites: list[str]) -> str:
+    """A ``--site`` no request of the projection has: the name given and the sites it has,
+    those whose name contains it first (a site's spellings: one site, named as the console
+    names it), ``SITES_NAMED`` at most. It was an empty range (exit 0) for ``stats``, and for
+    ``audit`` a person not found, as a mistyped site's are."""
+    from models.params import site_identity, site_named
+
+    grouped: dict[str, list[str]] = {}
+    for spelling in sites:
+        grouped.setdefault(site_identity(spelling), []).append(spelling)
+    if not grouped:
+        return f"no site {typed!r} in this projection: it has no requests yet"
+    folded = typed.casefold()
+    named = sorted(
+        (site_named(spelled) for spelled in grouped.values()),
+        key=lambda name: (folded not in name.casefold(), name),
+    )
+    shown = ", ".join(named[:SITES_NAMED])
+    more = f", and {len(named) - SITES_NAMED} more" if len(named) > SITES_NAMED else ""
+    many = "site" if len(named) == 1 else "sites"
+    return f"no site {typed!r} in this projection (it has {len(named)} {many}: {shown}{more})"
 
 
 def site_shown(typed: str, spellings: list[str]) -> str:

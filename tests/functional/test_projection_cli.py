@@ -429,11 +429,64 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
     assert "waited: requests that waited 1 s or more in their upstream targets' queues" in (
         " ".join(result.output.split())
     )
-    nobody = talkstream("stats", "--site", "nosuch", "--database-url", projected)
-    assert nobody.exit_code == 0 and "no requests of site 'nosuch' in this range" in nobody.output
+    # a site the projection has, with no request in the range: an empty range, said so
+    nobody = talkstream("stats", "--site", "acme", "--until", "1", "--database-url", projected)
+    assert nobody.exit_code == 0 and "no requests of site 'acme' in this range" in nobody.output
     assert nobody.output.splitlines()[0].endswith(
+        "; judged (event time) from the first until 1970-01-01T00:00:01.000+00:00"
+    )
+    anytime = talkstream("stats", "--site", "acme", "--database-url", projected)
+    assert anytime.output.splitlines()[0].endswith(
         "; judged (event time) from the first to the last"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("stats",), ("stats", "--json"), ("audit", "--email", "ada@example.com")],
+)
+def test_a_site_the_projection_has_not_is_refused_naming_the_sites_it_has(
+    projected: str, command: tuple[str, ...]
+):
+    """`stats --site nosuch` said "no requests of site 'nosuch' in this range" and exited 0,
+    as for a site with nothing in the range, where `audit` said no such person and exited 1:
+    a mistyped site looked like a quiet one. Both refuse it as `migrate --to` refuses a
+    migration it has not: the option, the name, the sites there are (exit 2)."""
+    refused = talkstream(*command, "--site", " Acmex", "--database-url", projected)
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.splitlines()[-1] == (
+        "Error: Invalid value for '--site': no site 'Acmex' in this projection (it has 2 "
+        "sites: acme, globex)"
+    )
+
+
+def test_an_unknown_site_names_the_sites_like_it_first_and_a_few_of_the_rest(tmp_path: Path):
+    """Thousands of sites are not listed: those whose name contains what was typed first, a
+    site spelled several ways once (named as the console names it), then the count of the
+    rest; an empty projection says it has none."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    store = ProjectionStore.from_url(url)
+    store.close()
+    empty = talkstream("stats", "--site", "shop", "--database-url", url)
+    assert empty.exit_code == 2
+    assert "no site 'shop' in this projection: it has no requests yet" in empty.output
+    log = Log()
+    for n in range(30):
+        log.received(f"r-{n}", site=f"site-{n:02d}")
+    log.received("upper", site="Shop")
+    log.received("lower", site="shop")
+    log.received("other", site="my-shop-2")
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    refused = talkstream("stats", "--site", "SHOPS", "--database-url", url)
+    assert refused.exit_code == 2
+    said = " ".join(refused.output.split())
+    assert "no site 'SHOPS' in this projection (it has 32 sites: " in said
+    listed = said.split("sites: ")[1].removesuffix(")").split(", ")
+    assert listed[:2] == ["my-shop-2", "shop"], listed  # named like it, then by name
+    assert len(listed) == 21 and listed[-1] == "and 12 more", listed
+    assert "Shop" not in listed
 
 
 def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(projected: str):
@@ -451,7 +504,7 @@ def test_a_site_typed_in_another_case_is_that_site_as_the_console_takes_it(proje
     assert audit.exit_code == 0, audit.output
     assert "request pub-1" in audit.output
     nobody = talkstream("stats", "--site", "ACMEX", "--database-url", projected)
-    assert "no requests of site 'ACMEX' in this range" in nobody.output
+    assert "no site 'ACMEX' in this projection" in nobody.output
 
 
 def test_a_site_its_webhooks_spelled_several_ways_is_one_site_in_any_case(tmp_path: Path):
