@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeGuard
 import click
 
 from streams import heap
-from streams.errors import BrokerUnavailable, TalkstreamError
+from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.ops.options import DATABASE_URL_META
 from streams.settings import LISTEN_FIELDS, LISTENS_AT, Settings
@@ -46,8 +46,9 @@ class _Main(click.Group):
     values are not repeated: a secret's would be), not with pydantic's traceback; so does a
     database that cannot be reached or is not one, a database URL that cannot be used (its
     driver not installed, its SQLite directory not made), and a server whose address cannot be
-    had (naming the address and what sets it). Kafka out of reach is said with where its
-    address came from (TALKSTREAM_KAFKA_BOOTSTRAP, or its default when not set)."""
+    had (naming the address and what sets it). Kafka out of reach, or a TLS handshake with it
+    that failed, is said with where its address came from (TALKSTREAM_KAFKA_BOOTSTRAP, or its
+    default when not set)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -58,9 +59,13 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except click.ClickException as exc:
             # a command says a TalkstreamError as `ClickException(str(exc)) from None`
-            if isinstance(exc.__context__, BrokerUnavailable) and (
-                ctx.invoked_subcommand in _KAFKA_FROM_SETTINGS
-            ):
+            # out of reach, or a TLS handshake that failed (a plain listener's address, or
+            # another host's): where the address came from, as the security settings are said
+            kafka = exc.__context__
+            if (
+                isinstance(kafka, BrokerUnavailable)
+                or (isinstance(kafka, KafkaAuthError) and kafka.tls)
+            ) and ctx.invoked_subcommand in _KAFKA_FROM_SETTINGS:
                 exc.message = f"{exc.message}; {_kafka_address_source()}"
             raise
         except ValidationError as exc:

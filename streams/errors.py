@@ -47,7 +47,14 @@ class ConfigError(TalkstreamError):
 
 
 class KafkaAuthError(ConfigError):
-    """Kafka refused our credentials (SASL) or the TLS handshake failed: no retry fixes it."""
+    """Kafka refused our credentials (SASL) or the TLS handshake failed: no retry fixes it.
+    ``tls``: the handshake failed, where the address may be another listener's (a plain one,
+    or another host's certificate): the CLI then names TALKSTREAM_KAFKA_BOOTSTRAP too, as it
+    does for a broker out of reach."""
+
+    def __init__(self, message: str, *, tls: bool = False) -> None:
+        super().__init__(message)
+        self.tls = tls
 
 
 class SchemaRefused(ConfigError):

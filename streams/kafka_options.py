@@ -264,12 +264,9 @@ async def broker_error(settings: Settings, exc: BaseException) -> TalkstreamErro
     brokers refuse our credentials or TLS, :class:`BrokerUnavailable` otherwise; the message
     says why, on one line, without a secret."""
     cause = await diagnose(settings)
-    if cause is not None and (
-        "authentication failed" in cause
-        or cause.startswith("TLS")
-        or "refused the SASL" in cause
-        or "during the TLS handshake" in cause
-    ):
+    if cause is not None and (cause.startswith("TLS") or "during the TLS handshake" in cause):
+        return KafkaAuthError(cause, tls=True)  # the address may be another listener's
+    if cause is not None and ("authentication failed" in cause or "refused the SASL" in cause):
         return KafkaAuthError(cause)
     where = f"Kafka at {settings.kafka_bootstrap}"
     return BrokerUnavailable(cause or f"{where} is not reachable: {type(exc).__name__}")

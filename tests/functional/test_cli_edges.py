@@ -10,8 +10,10 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -471,6 +473,74 @@ def test_kafka_out_of_reach_is_the_commands_one_line_and_nothing_above_it(args: 
         f"Error: Kafka at 127.0.0.1:{port}: nothing listens there (connection refused); "
         f"Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n"
     )
+
+
+@contextlib.contextmanager
+def _listener(tls: ssl.SSLContext | None) -> Iterator[int]:
+    """A listener that is not the one TLS was set for, on loopback: a plain Kafka listener's
+    way with a TLS hello (it reads it as a request's size, past any it takes, and closes), or,
+    with ``tls``, one that presents a certificate no CA file given trusts."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                if tls is None:
+                    conn.recv(4)
+                    continue
+                with contextlib.suppress(OSError):
+                    tls.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("listener", "says"),
+    [
+        ("plain", "reset the connection during the TLS handshake: does its listener take TLS "
+         "(TALKSTREAM_KAFKA_SECURITY_PROTOCOL is SASL_SSL)?"),
+        ("tls", "failed: self-signed certificate; check TALKSTREAM_KAFKA_SSL_CAFILE and "
+         "TALKSTREAM_KAFKA_SECURITY_PROTOCOL"),
+    ],
+)  # fmt: skip
+def test_a_tls_handshake_that_fails_names_the_address_setting_too(
+    listener: str, says: str, tmp_path: Path
+) -> None:
+    """TLS set for a plain listener (or a listener whose certificate is not trusted: another
+    host's) was said naming the security settings only, where Kafka out of reach names
+    TALKSTREAM_KAFKA_BOOTSTRAP too: the address may be the wrong listener's. No password."""
+    from tests.tls import self_signed
+
+    tls = self_signed(tmp_path / "certs").server_context() if listener == "tls" else None
+    with _listener(tls) as port:
+        env = {
+            **os.environ,
+            "TALKSTREAM_DATA_DIR": str(tmp_path),
+            "TALKSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+            "TALKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "TALKSTREAM_KAFKA_SASL_USERNAME": "talkstream",
+            "TALKSTREAM_KAFKA_SASL_PASSWORD": "s3cret-pw",
+        }
+        ran = streams_run("topics", env=env)
+    assert (ran.returncode, ran.stdout) == (1, ""), ran.stderr
+    where = "TLS with Kafka at" if listener == "tls" else "Error: Kafka at"
+    assert where in ran.stderr and says in ran.stderr, ran.stderr
+    assert ran.stderr.endswith(
+        f"; Kafka's address is TALKSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:{port}\n"
+    ), ran.stderr
+    assert "s3cret-pw" not in ran.stderr
 
 
 def test_kafka_out_of_reach_at_the_default_address_says_the_variable_was_not_set(
