@@ -166,19 +166,40 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ValueError(f"expected one of {list(args)}, got {value!r}")
+        other = "a string not one of them" if isinstance(value, str) else _kind(value)
+        raise ValueError(f"expected one of {list(args)}, got {other}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         # every number of a stand-in's config is a duration, a count, a rate or a fraction:
         # a negative latency (or NaN, which JSON from Python may carry) was taken, and ended
         # as a stand-in that answered at once, or a 500 at the next call
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"expected a number, 0 or more, got {value!r}")
+            raise ValueError(f"expected a number, 0 or more, got {_kind(value)}")
         return float(value)
     if hint is int and type(value) is int and value < 0:
-        raise ValueError(f"expected a whole number, 0 or more, got {value!r}")
+        raise ValueError(f"expected a whole number, 0 or more, got {_kind(value)}")
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ValueError(f"expected {_expected(hint)}, got {value!r}")
+    raise ValueError(f"expected {_expected(hint)}, got {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    """What a refused value is, never the value: a knob may hold a key (``unauthorized_keys``,
+    ``api_keys``), and a 400 that echoed what was sent put it in a client's log."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            return "a number that is not finite"
+        if value < 0:
+            return "a negative number"
+        return "a fraction" if value != int(value) else "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null" if value is None else type(value).__name__
 
 
 # what a knob of each type takes, as a 400 says it (it said "expected <class 'float'>")
@@ -222,7 +243,8 @@ def apply_updates(
     coerced: JSON = {}
     for name, value in updates.items():
         if name not in names:
-            raise ControlRefused(name, f"unknown config field {name!r}")
+            known = ", ".join(sorted(names))
+            raise ControlRefused(name, f"unknown config field {name!r} (it takes {known})")
         try:
             coerced[name] = _coerce(value, hints[name])
             if name in statuses:
@@ -238,7 +260,7 @@ def apply_updates(
 def _rates(value: Any) -> None:
     for rate in _numbers(value):
         if not rate > 0:
-            raise ValueError(f"expected a rate above 0, got {rate!r}")
+            raise ValueError("expected a rate above 0, got 0")
 
 
 def _numbers(value: Any) -> list[float]:
@@ -250,7 +272,7 @@ def _numbers(value: Any) -> list[float]:
 def _statuses(value: Any) -> None:
     for status in value if isinstance(value, list) else [value]:
         if not 100 <= status <= 599:
-            raise ValueError(f"expected an HTTP status, 100 to 599, got {status!r}")
+            raise ValueError("expected an HTTP status, 100 to 599, got a number outside it")
 
 
 def config_view(config: Any, secret_fields: frozenset[str]) -> JSON:

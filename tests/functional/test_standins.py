@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -517,27 +518,27 @@ async def test_calls_record_event_fields_and_key_tail_only(tk, http) -> None:
 @pytest.mark.parametrize(
     ("which", "field", "value", "said"),
     [
-        ("openai", "latency_seconds", -1, "expected a number, 0 or more, got -1"),
-        ("openai", "latency_seconds", float("nan"), "expected a number, 0 or more, got nan"),
-        ("openai", "hang_seconds", float("inf"), "expected a number, 0 or more, got inf"),
-        ("openai", "latency_seconds", "2", "expected a number, 0 or more, got '2'"),
-        ("openai", "latency_seconds", "NaN", "expected a number, 0 or more, got 'NaN'"),
-        ("openai", "hang_every", 1.5, "expected a whole number, 0 or more, got 1.5"),
+        ("openai", "latency_seconds", -1, "expected a number, 0 or more, got a negative number"),
+        ("openai", "latency_seconds", float("nan"), "0 or more, got a number that is not finite"),
+        ("openai", "hang_seconds", float("inf"), "0 or more, got a number that is not finite"),
+        ("openai", "latency_seconds", "2", "expected a number, 0 or more, got a string"),
+        ("openai", "latency_seconds", "NaN", "expected a number, 0 or more, got a string"),
+        ("openai", "hang_every", 1.5, "expected a whole number, 0 or more, got a fraction"),
         ("openai", "quota_answer", 3, "expected one of "),
-        ("openai", "unauthorized_keys", "sk-1", "expected a list, got 'sk-1'"),
-        ("talkable", "down", "yes", "expected true or false, got 'yes'"),
-        ("talkable", "site_rate_limits", [1], "expected an object, got [1]"),
-        ("openai", "hang_every", -3, "expected a whole number, 0 or more, got -3"),
-        ("openai", "key_limits", {"k": {"rpm": -5}}, "expected a number, 0 or more, got -5"),
-        ("openai", "fail_next", [429, 1000], "expected an HTTP status, 100 to 599, got 1000"),
-        ("openai", "default_rpm", 0, "expected a rate above 0, got 0.0"),
-        ("openai", "model_limits", {"m": {"rpm": 60, "tpm": 0}}, "a rate above 0, got 0.0"),
-        ("talkable", "latency_seconds", -0.5, "expected a number, 0 or more, got -0.5"),
-        ("talkable", "site_rate_limits", {"s": float("nan")}, "0 or more, got nan"),
-        ("talkable", "fail_status", 42, "expected an HTTP status, 100 to 599, got 42"),
-        ("talkable", "duplicate_status", 600, "expected an HTTP status, 100 to 599, got 600"),
+        ("openai", "unauthorized_keys", "sk-1", "expected a list, got a string"),
+        ("talkable", "down", "yes", "expected true or false, got a string"),
+        ("talkable", "site_rate_limits", [1], "expected an object, got a list"),
+        ("openai", "hang_every", -3, "expected a whole number, 0 or more, got a negative number"),
+        ("openai", "key_limits", {"k": {"rpm": -5}}, "0 or more, got a negative number"),
+        ("openai", "fail_next", [429, 1000], "an HTTP status, 100 to 599, got a number outside it"),
+        ("openai", "default_rpm", 0, "expected a rate above 0, got 0"),
+        ("openai", "model_limits", {"m": {"rpm": 60, "tpm": 0}}, "a rate above 0, got 0"),
+        ("talkable", "latency_seconds", -0.5, "a number, 0 or more, got a negative number"),
+        ("talkable", "site_rate_limits", {"s": float("nan")}, "got a number that is not finite"),
+        ("talkable", "fail_status", 42, "an HTTP status, 100 to 599, got a number outside it"),
+        ("talkable", "duplicate_status", 600, "100 to 599, got a number outside it"),
     ],
-)
+)  # fmt: skip
 async def test_control_refuses_a_value_no_knob_takes_naming_the_field(
     which: str, field: str, value: object, said: str, oai, tk, http
 ) -> None:
@@ -554,3 +555,40 @@ async def test_control_refuses_a_value_no_knob_takes_naming_the_field(
     assert answer["error"].startswith(f"bad value for {field!r}: ") and said in answer["error"]
     async with http.get(f"{root}/_control") as resp:
         assert await resp.json() == before
+
+
+@pytest.mark.parametrize(
+    ("which", "body", "field", "said"),
+    [
+        ("openai", {"unauthorized_keys": "sk-live-0123456789abcdef"}, "unauthorized_keys",
+         "bad value for 'unauthorized_keys': expected a list, got a string"),
+        ("openai", {"unauthorized_keys": [["sk-live-0123456789abcdef"]]}, "unauthorized_keys",
+         "bad value for 'unauthorized_keys': expected a string, got a list"),
+        ("talkable", {"api_keys": {"acme": ["sk-live-0123456789abcdef"]}}, "api_keys",
+         "bad value for 'api_keys': expected a string, got a list"),
+        ("openai", {"quota_answer": "sk-live-0123456789abcdef"}, "quota_answer",
+         "got a string not one of them"),
+    ],
+)  # fmt: skip
+async def test_control_names_the_field_and_what_it_takes_never_the_value_sent(
+    which: str, body: dict, field: str, said: str, oai, tk, http
+) -> None:
+    """A refused value was echoed in the 400 (``got 'sk-live-...'``): a key sent to the wrong
+    knob, or in the wrong shape, ended in the client's log. The field and what it takes are
+    said, and what kind of value came; not the value."""
+    root = (oai if which == "openai" else tk).root_url
+    async with http.post(f"{root}/_control", json=body) as resp:
+        assert resp.status == 400
+        text = await resp.text()
+    answer = json.loads(text)
+    assert answer["field"] == field and said in answer["error"], answer
+    assert "0123456789abcdef" not in text
+
+
+async def test_control_refuses_an_unknown_field_naming_those_it_takes(oai, http) -> None:
+    async with http.post(f"{oai.root_url}/_control", json={"latency": 1}) as resp:
+        assert resp.status == 400
+        answer = await resp.json()
+    assert answer["field"] == "latency"
+    assert answer["error"].startswith("unknown config field 'latency' (it takes ")
+    assert "latency_seconds" in answer["error"] and "hang_every" in answer["error"]
