@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard, cast
@@ -151,11 +152,13 @@ def sqlite_directory(engine: Engine, *, make: bool) -> None:
     (``make``: the migration, which makes the file), or checked that it could be, nothing made
     (a projector's engine: one its group refuses leaves no directory behind, and one whose
     directory can never be made, a file in the way, is said at its start as ``make_engine``
-    says it: an ``ArgumentError``)."""
+    says it: an ``ArgumentError``); so is a file that could not be written there (a folder
+    that takes no file, ``/proc``; a file there that is not writable, or a directory)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
         return
-    directory = Path(str(database)).parent
+    path = Path(str(database))
+    directory = path.parent
     if make:
         _make_directory(directory)
         return
@@ -165,8 +168,42 @@ def sqlite_directory(engine: Engine, *, make: bool) -> None:
     elif existing != directory and not os.access(existing, os.W_OK | os.X_OK):
         why = "Permission denied"
     else:
+        _sqlite_file_writable(path, existing)
         return
     raise ArgumentError(f"cannot create the directory {directory} of the SQLite file: {why}")
+
+
+def _sqlite_file_writable(path: Path, existing: Path) -> None:
+    """The SQLite file at ``path`` could be written: the file, if it is there, opened for
+    writing (nothing written), and a file made in ``existing`` (its directory, or the nearest
+    one there is, where it and its ``-wal`` and ``-shm`` go) and removed at once. Tried, not
+    asked of ``os.access``, which says yes to root for ``/proc`` and to anyone on a read-only
+    mount: the projector's migration then failed at every try, forever, as a database merely
+    down."""
+    if path.is_dir():
+        raise ArgumentError(f"cannot use the SQLite file {path}: it is a directory")
+    there = path.exists()
+    if there:
+        try:
+            path.open("r+b").close()
+        except OSError as exc:
+            raise ArgumentError(
+                f"cannot write the SQLite file {path}: {exc.strerror or type(exc).__name__}"
+            ) from exc
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".talkstream-probe-", dir=existing)
+    except OSError as exc:
+        what = (
+            f"write beside the SQLite file {path} (its -wal and -shm)"
+            if there
+            else (f"create the SQLite file {path}")
+        )
+        raise ArgumentError(
+            f"cannot {what}: no file can be made in {existing} "
+            f"({exc.strerror or type(exc).__name__})"
+        ) from exc
+    os.close(handle)
+    os.unlink(probe)
 
 
 def _make_directory(directory: Path) -> None:

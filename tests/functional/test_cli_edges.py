@@ -836,6 +836,37 @@ def test_a_worker_makes_no_directory_for_its_projectors_sqlite_file(
     ), result.output
 
 
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        ("/proc/talkstream/p.sqlite3", "create the SQLite file /proc/talkstream/p.sqlite3: no "
+         "file can be made in /proc (No such file or directory)"),
+        ("/proc/p.sqlite3", "create the SQLite file /proc/p.sqlite3: no file can be made in "
+         "/proc (No such file or directory)"),
+        ("{tmp}", "use the SQLite file {tmp}: it is a directory"),
+    ],
+)  # fmt: skip
+def test_a_sqlite_file_that_cannot_be_written_stops_the_worker_naming_the_setting(
+    database: str, said: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """``sqlite:////proc/...`` passed the worker's check (``/proc`` is a directory, and
+    ``os.access`` says root may write it), and its projector then failed its migration at
+    every try, forever, as a database merely down. A file that cannot be made or written
+    there is said at the start, as a directory that cannot be made is, naming the setting;
+    nothing is left behind."""
+    monkeypatch.setenv("TALKSTREAM_SECRET_KEYS", Fernet.generate_key().decode())
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("TALKSTREAM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TALKSTREAM_DATABASE_URL", f"sqlite:///{database.format(tmp=tmp_path)}")
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: the database URL cannot be used (cannot {said.format(tmp=tmp_path)}): set "
+        "TALKSTREAM_DATABASE_URL to sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no probe, no data directory
+
+
 def test_a_database_merely_down_does_not_stop_the_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
