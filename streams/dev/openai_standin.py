@@ -2,7 +2,9 @@
 
 Speaks the real wire format (response object, ``{"error": {...}}`` envelope, ``retry-after`` and
 ``x-ratelimit-*`` headers), so the official ``openai`` SDK works against it unchanged. The text is
-deterministic: derived from the model and messages, cut to ``max_tokens`` whitespace-split words.
+deterministic: derived from the model and messages, cut to ``max_tokens`` whitespace-split words;
+its ``usage`` counts about a token for every 4 characters (the prompt: of the messages' content,
+at least 1; the completion: at most its ``max_tokens``).
 
 Faults come from a mutable :class:`OpenAIStandinConfig`, applied per call in this order:
 ``latency_seconds`` → ``fail_next`` → ``hang_every`` → auth (missing key, ``unauthorized_keys``)
@@ -536,6 +538,13 @@ def completion_text(model: str, messages: list[JSON], max_tokens: int | None) ->
     return text, False
 
 
+def _tokens(text: str) -> int:
+    """About as many tokens as OpenAI's usage counts for ``text``: one for every 4 characters
+    or so of English, never fewer than its words. Its words alone undercounted: a
+    6,000-character prompt with few spaces was 2 prompt tokens."""
+    return max(len(text.split()), -(-len(text) // 4))
+
+
 def _completion(body: JSON, refused: bool = False, filtered: bool = False) -> JSON:
     model: str = body["model"]
     messages: list[JSON] = body["messages"]
@@ -549,8 +558,9 @@ def _completion(body: JSON, refused: bool = False, filtered: bool = False) -> JS
     elif filtered:
         text = " ".join(text.split()[:2])
         message, finish = {**message, "content": text}, "content_filter"
-    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
-    completion_tokens = len(text.split())
+    prompt_tokens = max(1, _tokens("".join(_content_text(m.get("content")) for m in messages)))
+    # a text cut at its cap used every token of it, as OpenAI's (finish_reason "length")
+    completion_tokens = min(_tokens(text), max_tokens) if max_tokens else _tokens(text)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",

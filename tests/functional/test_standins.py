@@ -61,12 +61,32 @@ async def test_sdk_gets_deterministic_text_and_usage(oai, client) -> None:
     assert first.id.startswith("chatcmpl-") and first.model == "gpt-4o-mini"
     assert first.choices[0].finish_reason == "stop"
     assert first.usage is not None
-    assert first.usage.completion_tokens == len(text.split())
-    assert first.usage.prompt_tokens == 13
+    # about a token for every 4 characters (it counted words: 11 and 13)
+    assert (len(text), first.usage.completion_tokens) == (69, 18)
+    assert first.usage.prompt_tokens == 20  # of the messages' 79 characters
     assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
     other = [{"role": "user", "content": "Write a greeting for Bob"}]
     different = await client.chat.completions.create(model="gpt-4o-mini", messages=other)
     assert different.choices[0].message.content != text
+
+
+@pytest.mark.parametrize(
+    ("content", "prompt_tokens"),
+    [("x" * 6000, 1500), ("word " * 1200, 1500), ("ab", 1), ("", 1)],
+)
+async def test_usage_counts_about_a_token_for_every_four_characters(
+    client, content: str, prompt_tokens: int
+) -> None:
+    """A 6,000-character prompt was 2 prompt tokens (its whitespace-split words): what the
+    worker's metrics, the projection, `stats` and the console's token columns add up was a
+    fraction of what OpenAI would have billed for it. At least 1, as OpenAI's."""
+    response = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+    )
+    assert response.usage is not None
+    assert response.usage.prompt_tokens == prompt_tokens
+    text = response.choices[0].message.content
+    assert response.usage.completion_tokens == max(len(text.split()), -(-len(text) // 4))
 
 
 async def test_max_tokens_cuts_text_and_reports_length(client) -> None:
