@@ -52,6 +52,18 @@ class Job(Generic[R]):
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A refusal that covers a scope of a target (a key, a model, a site) a while: the
+    answer, until when, and the request whose call it answered, when (said to each job it
+    ends without a call: that request's answer, not theirs)."""
+
+    until: float
+    error: UpstreamError
+    request: str  # the answered job's key (its request id)
+    at: float
+
+
+@dataclass(frozen=True)
 class Outcome(Generic[R]):
     """What is reported for a job: a value, or the error that ends the attempt."""
 
@@ -75,7 +87,7 @@ class Target:
     queue: collections.deque[Job[Any]] = field(default_factory=collections.deque)
     queued: dict[str, Job[Any]] = field(default_factory=dict)  # the queue's jobs by key
     # scope → until when, and why; shared by the targets of one family
-    refused: dict[str, tuple[float, UpstreamError]] = field(default_factory=dict)
+    refused: dict[str, Refused] = field(default_factory=dict)
     throttled: int = 0  # 429s answered to this target's calls
     calls: int = 0
     last_error: str = ""  # the last 429 or outage, for whoever waits on it
@@ -115,5 +127,5 @@ def describe(t: Target, now: float) -> dict[str, Any]:
         "throttled": t.throttled,
         "calls": t.calls,
         "circuit": t.pacer.circuit.name.lower(),
-        "refused": sorted(s for s, (until, _) in t.refused.items() if until > now),
+        "refused": sorted(s for s, r in t.refused.items() if r.until > now),
     }

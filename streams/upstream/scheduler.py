@@ -69,7 +69,7 @@ from typing import Any
 
 from streams.errors import UpstreamError
 from streams.upstream import verdicts
-from streams.upstream.jobs import Job, Outcome, Target, describe, load, take_over
+from streams.upstream.jobs import Job, Outcome, Refused, Target, describe, load, take_over
 from streams.upstream.pacer import Pacer, PacerConfig
 
 __all__ = ["Job", "Outcome", "Scheduler", "Target"]
@@ -106,7 +106,7 @@ class Scheduler:
         self._pacer_config = pacer_config
         self._clock = clock
         self.targets: dict[str, Target] = {}
-        self._families: dict[str, dict[str, tuple[float, UpstreamError]]] = {}  # their refusals
+        self._families: dict[str, dict[str, Refused]] = {}  # their refusals
         self._organizations: dict[str, str] = {}  # a family (an OpenAI key) → its organisation
         self._pools: dict[str, set[Target]] = {}  # "<organisation> <scope>" → one pacer's targets
         # the targets with queued work, least recently served first (round-robin); only they
@@ -356,7 +356,7 @@ class Scheduler:
         for job in target.queue:
             refused = verdicts.refusal(target, job, now)
             if refused is not None:
-                self._finish(job, None, verdicts.refused_again(refused), now)
+                self._finish(job, None, verdicts.refused_again(refused, job, now), now)
             elif now - job.issued_s > self.max_wait_s:
                 self._finish(job, None, verdicts.timed_out(target, job, now, self.max_wait_s), now)
             else:
@@ -557,7 +557,7 @@ class Scheduler:
                 self._note(target, "refused")
                 if error.refuses in ("key", "model", "site"):  # model, site: the job's scope
                     scope = job.key_scope if error.refuses == "key" else job.scope
-                    target.refused[scope] = (now + self.refusal_s, error)
+                    target.refused[scope] = Refused(now + self.refusal_s, error, job.key, now)
                     self._refused_since = True  # end the scope's queued calls at once
                 self._finish(job, None, error, now)
         finally:

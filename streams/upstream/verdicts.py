@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from streams.errors import PublishError, QueueTimeout, UpstreamError
-from streams.upstream.jobs import Job, Target
+from streams.upstream.jobs import Job, Refused, Target
 from streams.upstream.pacer import Circuit
 
 log = logging.getLogger(__name__)
@@ -30,25 +30,40 @@ def unasked(
     and at the head of its queue: a job behind the head meets it there)."""
     refused = refusal(target, job, now)
     if refused is not None:
-        return refused_again(refused)
+        return refused_again(refused, job, now)
     return too_large(target, job, now, refusal_s) or held_too_long(target, job, now, max_wait_s)
 
 
-def refusal(target: Target, job: Job[Any], now: float) -> UpstreamError | None:
+def refusal(target: Target, job: Job[Any], now: float) -> Refused | None:
     """The refusal that still covers the job's scope (never for a probe: a redrive)."""
     if job.probe:
         return None
     for scope in (job.key_scope, job.scope):
         found = target.refused.get(scope)
-        if found is not None and found[0] > now:
-            return found[1]
+        if found is not None and found.until > now:
+            return found
     return None
 
 
-def refused_again(error: UpstreamError) -> UpstreamError:
-    """A refusal that still covers a job, as its own answer: ``not called``, no try spent."""
+# what a refusal covers, as a job it ends without a call is told
+_COVERS = {"site": "site", "key": "key", "model": "model"}
+
+
+def refused_again(refused: Refused, job: Job[Any], now: float) -> UpstreamError:
+    """A refusal that still covers a job, as its own answer: ``not called``, no try spent;
+    saying whose call was answered so (it read "not called: Talkable answered 404 ...", as
+    if this request's had been), when, and for how long its scope is not called."""
+    error = refused.error
+    covers = _COVERS.get(error.refuses or "", "target")
+    whose = (
+        "an earlier attempt of this request"
+        if refused.request == job.key
+        else f"request {refused.request} (the same {covers})"
+    )
     again = type(error)(
-        f"not called: {error}",
+        f"not called: {whose} was refused {said_wait(now - refused.at)} ago, and its "
+        f"{covers} is not called for {said_wait(refused.until - refused.at)} after it (a "
+        f"redrive is): {error}",
         status=error.status,
         retriable=False,
         reason=error.reason,

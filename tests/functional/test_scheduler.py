@@ -492,13 +492,23 @@ async def test_a_site_talkable_does_not_know_is_called_once_whatever_the_key() -
     assert {k: up.reports[k].error.reason for k in ("a1", "a2", "b1")} == dict.fromkeys(
         ("a1", "a2", "b1"), "SiteNotFound"
     )
-    assert str(up.reports["b1"].error).startswith("not called: Talkable answered 404")
+    # whose call was answered 404: not b1's (it read "not called: Talkable answered 404 ...",
+    # as if b1's had been)
+    assert str(up.reports["b1"].error) == (
+        "not called: request a1 (the same site) was refused 0s ago, and its site is not called "
+        "for 60s (1 min) after it (a redrive is): Talkable answered 404 (it has no site `typo` "
+        "...)"
+    )
     assert up.reports["o1"].value == "ok"  # another site is another target
     assert {t["target"]: t["refused"] for t in s.snapshot()}["talkable:typo"] == ["site"]
+    clock.t += 12
     s.submit("talkable:typo", up.job("a3", scope="site", key_scope="key:a"))
     s.dispatch()
     await settle()
     assert up.reports["a3"].error.reason == "SiteNotFound" and "a3" not in up.calls
+    assert str(up.reports["a3"].error).startswith(
+        "not called: request a1 (the same site) was refused 12s ago"
+    )
     s.submit("talkable:typo", up.job("a4", scope="site", key_scope="key:a", probe=True))
     s.dispatch()
     await settle()

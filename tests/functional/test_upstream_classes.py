@@ -390,7 +390,12 @@ async def test_a_refused_key_saying_to_try_again_is_refused_at_once_with_its_oth
     assert first is not None and (first.reason, first.refuses) == ("Unauthorized", "key")
     assert reports["first"].tries == 1
     assert second is not None and second.reason == "Unauthorized"
-    assert str(second).startswith("not called: OpenAI answered 401 invalid_api_key")
+    # whose call was answered 401 (it read "not called: OpenAI answered 401 ...")
+    assert str(second).startswith("not called: request first (the same key) was refused ")
+    assert (
+        " ago, and its key is not called for 60s (1 min) after it (a redrive is): OpenAI "
+        "answered 401 invalid_api_key"
+    ) in str(second)
     assert calls["/v1/chat/completions"] == 1
 
 
