@@ -396,6 +396,49 @@ async def test_the_overviews_cards_are_of_one_width(
     assert await measured(tmp_path, lambda base: uneven_cards(browser, base, width)) == {}
 
 
+def heading_rows(chrome: webdriver.Chrome, base: str, width: int) -> tuple[list[int], list[str]]:
+    """The overview's sites table: its heading rows shown with no heading in the table's box
+    (each by its index), and how its last three columns are named, "Talkable" included when
+    a heading over them or their own says it."""
+    signed_in(chrome, base, width)
+    chrome.get(base + "/")
+    found: tuple[list[int], list[str]] = chrome.execute_script(
+        """
+        const table = document.getElementById('sites'), box = table.getBoundingClientRect();
+        const rows = [...table.tHead.rows];
+        const seen = cell => {
+          const r = cell.getBoundingClientRect();
+          return cell.textContent.trim() && r.right > box.left && r.left < box.right;
+        };
+        const empty = rows.filter(row => row.getBoundingClientRect().height > 0)
+          .filter(row => ![...row.cells].some(seen)).map(row => row.rowIndex);
+        const over = rows.find(row => row.classList.contains('group'));
+        const grouped = over.getBoundingClientRect().height > 0 ? 'Talkable ' : '';
+        const named = [...rows.at(-1).cells].slice(-3).map(cell => {
+          const before = getComputedStyle(cell, '::before').content;
+          const own = before.startsWith('"') ? before.slice(1, -1) : '';
+          return grouped + own + cell.textContent.trim();
+        });
+        return [empty, named];
+        """
+    )
+    return found
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+async def test_the_overviews_sites_headings_leave_no_empty_band(
+    browser: webdriver.Chrome,  # noqa: F811
+    tmp_path: Path,
+    width: int,
+):
+    """At 390 px the sites table scrolls in its own box, and the heading "Talkable" over its
+    last three columns was past its edge: its row was an empty band above the column names.
+    Those columns say it themselves there; in a wide window the heading is over them."""
+    empty, named = await measured(tmp_path, lambda base: heading_rows(browser, base, width))
+    assert empty == []
+    assert named == ["Talkable 429s", "Talkable queue", "Talkable circuit"]
+
+
 def reasons_squeezed(
     chrome: webdriver.Chrome,
     base: str,
