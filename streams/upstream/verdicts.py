@@ -45,16 +45,12 @@ def refusal(target: Target, job: Job[Any], now: float) -> Refused | None:
     return None
 
 
-# what a refusal covers, as a job it ends without a call is told
-_COVERS = {"site": "site", "key": "key", "model": "model"}
-
-
 def refused_again(refused: Refused, job: Job[Any], now: float) -> UpstreamError:
     """A refusal that still covers a job, as its own answer: ``not called``, no try spent;
     saying whose call was answered so (it read "not called: Talkable answered 404 ...", as
     if this request's had been), when, and for how long its scope is not called."""
     error = refused.error
-    covers = _COVERS.get(error.refuses or "", "target")
+    covers = error.refuses if error.refuses in ("site", "key", "model") else "target"
     whose = (
         "an earlier attempt of this request"
         if refused.request == job.key
