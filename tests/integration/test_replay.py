@@ -372,22 +372,27 @@ def test_audit_shows_a_real_requests_history_from_the_projection(traffic: Traffi
     assert "AuthenticationError" in result.stdout or "401" in result.stdout
 
 
-def test_the_documented_consumer_counts_what_the_projection_shows(traffic: Traffic, system: System):
+def documented_consumer_counts(bootstrap: str, topic: str) -> dict[str, int]:
+    """What docs/consumers.md's example prints, run as it is, on ``topic``."""
     doc = (ROOT / "docs" / "consumers.md").read_text()
     code = doc.split("### Example: count the states in the log", 1)[1]
     code = code.split("```python\n", 1)[1].split("```", 1)[0]
     env = {
         **os.environ,
-        "TALKSTREAM_KAFKA_BOOTSTRAP": system.kafka.bootstrap,
-        "TALKSTREAM_LIFECYCLE_TOPIC": traffic.lifecycle,
+        "TALKSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "TALKSTREAM_LIFECYCLE_TOPIC": topic,
     }
     run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stderr
     printed = dict(line.split() for line in run.stdout.splitlines())
+    return {state: int(n) for state, n in printed.items()}
+
+
+def test_the_documented_consumer_counts_what_the_projection_shows(traffic: Traffic, system: System):
     expected = Counter(t.state for t in system.projection.all_transitions())
-    assert {state: int(n) for state, n in printed.items()} == expected
+    assert documented_consumer_counts(system.kafka.bootstrap, traffic.lifecycle) == expected
 
 
 def _forged(kafka: EmbeddedKafka, forge: Any) -> tuple[dict[str, str], list[Any]]:
@@ -895,6 +900,39 @@ def test_a_request_the_ledger_named_by_an_earlier_ones_id_is_a_row_of_its_own(
         verified = talkstream(env, "replay", "--verify", "--processes", processes)
         assert verified.exit_code == 0, verified.stdout
         assert "no differences" in verified.stdout
+
+
+def test_the_documented_consumer_counts_a_request_named_by_an_earlier_ones_id(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """docs/consumers.md said (``request_id``, ``type``, ``state``, ``attempt``) identifies a
+    transition, and its example counted distinct ones: the same params a month on, the
+    person forgotten by the ledger, are a request of their own under the earlier one's id,
+    whose received, admitted and generating share that identity with the earlier request's.
+    The example dropped them as re-emissions (2 requests received, it printed 1), where the
+    projection keeps both (``occurrence``); the ledger's own re-emission still counts once."""
+    day = 86_400_000
+    app_id = f"tnamesake{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
+    asyncio.run(ensure_topics(settings))
+    log = Log(partitions=2)
+    first = log.full("same-id", limit=5)
+    again = log.received("same-id", at_ms=first.at_ms + 32 * day, limit=5, delivery="d2")
+    log.failed(again, at_ms=again.at_ms + 500)
+    events = [s.event for s in log.records]
+    received_again = next(e for e in events[6:] if e.type == "RequestReceived")
+    asyncio.run(write_log(kafka.bootstrap, settings, log.messages, [*events, received_again]))
+
+    url = f"sqlite:///{tmp_path / 'rebuilt.sqlite3'}"
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": app_id}
+    assert talkstream(env, "replay", "--database-url", url).exit_code == 0
+    rebuilt = ProjectionStore.from_url(url)
+    try:
+        expected = Counter(t.state for t in rebuilt.all_transitions())
+    finally:
+        rebuilt.close()
+    assert expected["received"] == 2 and sum(expected.values()) == len(events)
+    assert documented_consumer_counts(kafka.bootstrap, settings.topic("lifecycle")) == expected
 
 
 def test_a_request_whose_earlier_namesakes_end_was_lost_is_a_row_of_its_own_and_verify_says_so(
