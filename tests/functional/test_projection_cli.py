@@ -102,6 +102,41 @@ def test_the_consumer_guides_daily_query_counts_utc_days_in_any_session_time_zon
     ]
 
 
+def test_the_consumer_guides_daily_query_counts_a_site_in_any_case_as_one(
+    postgres_server: str,  # noqa: F811
+):
+    """docs/consumers.md's "published requests and tokens per site and day" grouped by
+    ``site`` as each webhook typed it: a Talkable site's webhooks spelling it ``Acme`` and
+    ``acme`` (one site for talkstream, its usage limits, ``stats`` and the console) were two
+    rows of one published request each."""
+    import datetime
+
+    from sqlalchemy import create_engine
+
+    from tests.postgres import fresh_postgres_database
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
+    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
+    log = Log()
+    log.full("typed-up", site="Acme")
+    log.full("typed-down", site="acme", email="bob@example.com", at_ms=T0_MS + 60_000)
+    databases = fresh_postgres_database(postgres_server)
+    url = next(databases)
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text(query)).all()
+    finally:
+        engine.dispose()
+        next(databases, None)
+    assert [(r.site, r.day, r.published, r.tokens) for r in rows] == [
+        ("acme", datetime.datetime(2026, 1, 1), 2, 84)
+    ]
+
+
 def test_audit_shows_a_requests_history_and_where_it_came_from(projected: str):
     result = talkstream("audit", "--request-id", "retry-1", "--database-url", projected)
     assert result.exit_code == 0, result.output
