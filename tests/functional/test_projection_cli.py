@@ -209,6 +209,52 @@ def test_audit_tells_an_earlier_failure_from_the_outcome(projected: str, tmp_pat
     assert (request["state"], request["error_class"]) == ("published", "SiteNotFound")
 
 
+def test_a_failed_attempt_re_issued_is_in_its_re_issues_cause_not_in_error_class(
+    tmp_path: Path,
+):
+    """docs/consumers.md said the latest failure (``error_class``) is kept when a retry or
+    a redrive then succeeded, and that ``audit`` says ``earlier error X`` of a failure a
+    retry moved past. A retriable failure the ledger re-issues (attempts remaining) ends no
+    step: no ``GenerationFailed``, so no ``error_class`` on [lifecycle] nor in the
+    projection, and ``audit`` names no earlier error; the re-issue's cause says it. The
+    guide says so now, quoting that cause."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
+    log = Log()
+    r = log.received("retried", at_ms=T0_MS)
+    log.failed(r, at_ms=T0_MS + 500, retriable=True)
+    log.generated(r, at_ms=T0_MS + 900, attempt=2)
+    log.published(r, at_ms=T0_MS + 1000)
+    store = ProjectionStore.from_url(url)
+    try:
+        store.apply(log.records)
+        row = store.request("retried")
+        assert row is not None
+        assert (row.state, row.attempts, row.error_class, row.error_message) == (
+            "published",
+            2,
+            None,
+            None,
+        )
+        [reissue] = [
+            t
+            for t in store.transitions("retried", 0)
+            if (t.type, t.attempt) == ("GenerationStarted", 2)
+        ]
+    finally:
+        store.close()
+    assert reissue.error_class is None
+    assert reissue.cause == "attempt 1 failed (RateLimitError); re-issued"
+    out = talkstream("audit", "--request-id", "retried", "--database-url", url).output
+    [summary] = [line for line in out.splitlines() if "attempts" in line]
+    assert summary.endswith("attempts 2")  # no "earlier error X"
+
+    guide = " ".join(
+        (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text().split()
+    )
+    assert "kept when a retry" not in guide and "a retry or a redrive runs" not in guide
+    assert guide.count(f"`{reissue.cause}`") >= 2  # the topic's field table, the projection's
+
+
 def test_audit_and_stats_say_which_texts_were_cut_at_their_token_cap(projected: str):
     """A text cut at the completion's cap is published as it is, and its TextGenerated says
     so (lifecycle schema 5): neither `audit` nor `stats` could tell the operator. The cap is
