@@ -296,6 +296,61 @@ def test_the_consumer_guide_names_every_lifecycle_field_and_type() -> None:
     assert set(re.findall(r"`([A-Z]\w+)`", types)) == set(typing.get_args(annotation))
 
 
+def test_the_consumer_guide_names_every_event_type_that_carries_a_field() -> None:
+    """A row of docs/consumers.md's field table that names the event types a field is on
+    names each the rules set it on: ``model`` was "on ``TextGenerated``", while every
+    ``GenerationStarted`` of a first attempt or a redrive says the model asked for (a team
+    reading the requested model from it, or taking ``model`` for the answered one
+    anywhere), and ``latency_ms`` is on ``GenerationFailed`` too."""
+    import typing
+
+    from models.events import LifecycleEvent, PublicationAttemptFailed
+    from tests.projection_support import T0_MS, Log
+
+    log = Log()
+    log.full("published", limit=3, truncated=True)
+    log.full("campaign", email="cy@example.com", event_number="campaign-42")
+    log.received("limited", email="dan@example.com", limit=0)
+    log.received("skipped", email="eve@example.com", trigger="false")
+    log.received("repeated", email="fay@example.com")
+    log.received("repeated", email="fay@example.com", delivery="d2")
+    failed = log.received("failed", email="gus@example.com", limit=3)
+    log.failed(failed, at_ms=T0_MS + 500)
+    retried = log.received("retried", email="hal@example.com")
+    log.failed(retried, at_ms=T0_MS + 500, retriable=True)
+    log.generated(retried, at_ms=T0_MS + 900, attempt=2)
+    refused = log.received("refused", email="ivy@example.com")
+    log.generated(refused, at_ms=T0_MS + 700)
+    log.send(PublicationAttemptFailed(
+        request_id="refused", person=refused.person, attempt=1, at_ms=T0_MS + 900,
+        error_class="DuplicateEventNumber", error_message="Talkable answered 400",
+    ))  # fmt: skip
+    log.redriven("redriven", email="jo@example.com", lands=True)
+    events = [sourced.event for sourced in log.records]
+    optional = [  # the fields some events carry (null on the others)
+        name
+        for name, info in LifecycleEvent.model_fields.items()
+        if not info.is_required() and info.default is None
+    ]
+    carried: dict[str, set[str]] = {name: set() for name in optional}
+    for event in events:
+        for name in optional:
+            if getattr(event, name) is not None:
+                carried[name].add(event.type)
+    annotation = LifecycleEvent.model_fields["type"].annotation
+    types = set(typing.get_args(annotation))
+    assert {event.type for event in events} == types  # every type made above
+
+    rows = table_rows(section(CONSUMERS, "The lifecycle topic").split("\n\nTerminal states")[0])
+    for row in rows[1:]:  # (the first, ``type``, lists every type)
+        named = set(re.findall(r"`([A-Z]\w+)`", row[1])) & types
+        if not named:
+            continue  # a row that names no type ("on failures", "every event")
+        for field in set(re.findall(r"`([a-z_]+)`", row[0])) & set(optional):
+            missing = carried[field] - named
+            assert not missing, f"`{field}` is on {sorted(missing)} too; its row names them not"
+
+
 def test_the_consumer_guide_calls_public_only_the_topics_the_catalogue_does() -> None:
     """docs/consumers.md called the dead-letter topic public beside the lifecycle topic, while
     the catalogue (and topology.md) give it to operators: its letters keep the commands they
