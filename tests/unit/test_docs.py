@@ -385,6 +385,29 @@ def test_the_consumer_guide_names_every_column_of_the_projection() -> None:
         assert columns <= named, f"{name}: {columns - named} not in docs/consumers.md"
 
 
+def test_the_consumer_guide_says_how_long_each_bounded_column_is() -> None:
+    """A warehouse loader sizes its columns by docs/consumers.md's "Bounded text columns":
+    each column of a bounded length is named there with that length (``topic``, 255, of
+    ``transitions`` and ``projected_offsets``, was not)."""
+    from streams.projection.tables import Base
+
+    text = " ".join(section(CONSUMERS, "The SQL projection").split())
+    said = text.split("Bounded text columns:", 1)[1].split(" are unbounded", 1)[0]
+    parts = re.split(r"\b(\d+)\b", said)  # names, their length, names, their length, ...
+    documented = {
+        name: int(length)
+        for names, length in zip(parts[0::2], parts[1::2], strict=False)
+        for name in re.findall(r"`([a-z_]+)`", names)
+    }
+    bounded = {
+        column.name: column.type.length
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if getattr(column.type, "length", None)
+    }
+    assert {name: documented.get(name) for name in bounded} == bounded
+
+
 def test_the_layout_names_every_module_of_the_package() -> None:
     """README's Layout is where a newcomer looks for a module: ``observability.py`` (the
     metrics), ``errors.py``, ``logs.py``, ``kafka_options.py`` and five more were not in it,
