@@ -164,6 +164,24 @@ def test_topology_topics_match_the_catalogue() -> None:
         assert row[5].startswith(spec.retention), f"{name}: retention"
 
 
+def test_topology_says_which_topics_values_carry_no_schema_version() -> None:
+    """topology.md said every value carries ``schema_version``; the ledger table's changelog
+    holds ``PersonState`` entries, which carry none (and ASCII offsets). A reader that
+    refuses a value without a version, as the sentence invites, refused every entry."""
+    from typing import get_args, get_origin
+
+    settings = Settings(app_id="talkstream")
+    text = " ".join(section(TOPOLOGY, "Topics").split())
+    said = text.split("Values are JSON", 1)[1].split("The JSON Schema of each topic", 1)[0]
+    for spec in CATALOGUE:
+        union = get_args(get_args(spec.values)[0]) if get_origin(spec.values) else ()
+        models = union or (spec.values,)
+        unversioned = [m.__name__ for m in models if "schema_version" not in m.model_fields]
+        if unversioned:
+            name = spec.full_name(settings).replace("talkstream-", "<app>-")
+            assert f"`{name}`" in said and all(m in said for m in unversioned), name
+
+
 def test_topology_agents_and_tables_match_the_app(runtime) -> None:
     rows = table_rows(section(TOPOLOGY, "Agents"))
     agents = {row[0] for row in rows if "(" not in row[0]}
