@@ -362,7 +362,9 @@ class LifecycleEvent(_Wire):
     truncated: bool | None = Field(
         None,
         description="on TextGenerated: true when OpenAI cut the text at the campaign's "
-        "max_tokens (finish_reason length); it is published as it is. Absent otherwise",
+        "token cap (max_tokens, sent as max_completion_tokens to a reasoning model, or the "
+        "campaign's max_completion_tokens; finish_reason length); it is published as it is. "
+        "Absent otherwise, and on events written before schema 5",
     )
     event_number: str | None = Field(
         None,

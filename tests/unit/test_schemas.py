@@ -71,6 +71,15 @@ def test_the_lifecycle_schema_describes_every_field_consumers_read():
     assert not [name for name in schema["properties"] if "key" in name or "secret" in name]
 
 
+def test_the_lifecycle_schema_names_the_token_cap_by_both_its_names():
+    """``truncated`` said OpenAI cut the text at the campaign's ``max_tokens``; a campaign
+    capping by ``max_completion_tokens`` (a reasoning model's) is cut there as well, as
+    docs/consumers.md says: a team generating its reader from the schema was told less."""
+    schema = json.loads(schemas.path_for("lifecycle").read_text())
+    said = schema["properties"]["truncated"]["description"]
+    assert "max_tokens" in said and "max_completion_tokens" in said
+
+
 def _v1(topic: str) -> list[dict[str, Any]]:
     return json.loads((V1 / f"{topic}.json").read_text())
 
