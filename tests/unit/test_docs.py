@@ -369,6 +369,30 @@ def test_the_consumer_guide_names_every_event_type_that_carries_a_field() -> Non
             assert not missing, f"`{field}` is on {sorted(missing)} too; its row names them not"
 
 
+def test_the_consumer_guide_says_a_repeats_request_id_is_not_the_one_answered() -> None:
+    """The ingress answers a repeat of a webhook (Talkable's retry) with the original's
+    ``request_id``, while the ledger names the repeat's transitions ``<id>~<delivery>``: a
+    team joining the ingress's answers to [lifecycle] by ``request_id`` found the original
+    under it, and the rejected repeat under no id it knew; the guide's ``request_id`` row
+    said only "who"."""
+    from tests.projection_support import Log
+
+    log = Log()
+    original = log.received("fingerprint")
+    repeat = log.received("fingerprint", delivery="d2")
+    assert original.request_id == repeat.request_id  # what the ingress answers both
+    events = [sourced.event for sourced in log.records]
+    assert [
+        (e.type, e.request_id) for e in events if e.state in ("received", "rejected_duplicate")
+    ][-2:] == [
+        ("RequestReceived", f"fingerprint~{repeat.delivery_id}"),
+        ("DuplicateRejected", f"fingerprint~{repeat.delivery_id}"),
+    ]
+    rows = table_rows(section(CONSUMERS, "The lifecycle topic").split("\n\nTerminal states")[0])
+    (said,) = [row[1] for row in rows if row[0].startswith("`request_id`")]
+    assert "`<request_id>~<delivery>`" in said and "answered" in said
+
+
 def test_the_consumer_guide_calls_public_only_the_topics_the_catalogue_does() -> None:
     """docs/consumers.md called the dead-letter topic public beside the lifecycle topic, while
     the catalogue (and topology.md) give it to operators: its letters keep the commands they
