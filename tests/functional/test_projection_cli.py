@@ -255,6 +255,37 @@ def test_a_failed_attempt_re_issued_is_in_its_re_issues_cause_not_in_error_class
     assert guide.count(f"`{reissue.cause}`") >= 2  # the topic's field table, the projection's
 
 
+def test_a_request_redriven_and_in_flight_keeps_its_end_and_counts_in_its_state_now(
+    tmp_path: Path,
+):
+    """docs/consumers.md said a request in flight again after a redrive "stays where it
+    ended" in ``ended_minutes``: it stays in the minute it failed in, but counted under the
+    state it is in (``publishing``), not ``publish_failed``; and its ``terminal_at_ms``
+    stays while ``terminal`` is false. A team summing ``ended_minutes`` by state, or
+    counting ended requests by ``terminal_at_ms``, counted it as ended; the guide says
+    which states to sum now."""
+    from tests.projection_support import ended_minutes
+
+    log = Log()
+    log.redriven("redo", lands=False)  # failed at T0 + 900 ms, redriven, publishing again
+    store = ProjectionStore.from_url(f"sqlite:///{tmp_path / 'p.sqlite3'}")
+    try:
+        store.apply(log.records)
+        row = store.request("redo")
+        assert row is not None
+        assert (row.state, row.terminal, row.terminal_at_ms) == ("publishing", False, T0_MS + 900)
+        assert ended_minutes(store) == [(T0_MS // 60_000, "acme", "publishing", 1, 42)]
+    finally:
+        store.close()
+    guide = " ".join(
+        (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text().split()
+    )
+    ended = guide.split("`ended_minutes` (migration 0007)", 1)[1].split("For example", 1)[0]
+    assert "stays where it ended" not in ended
+    assert "`publishing`, `admitted` or `generating`" in ended
+    assert "keeps it while the redrive runs" in guide  # terminal_at_ms, among the columns
+
+
 def test_audit_and_stats_say_which_texts_were_cut_at_their_token_cap(projected: str):
     """A text cut at the completion's cap is published as it is, and its TextGenerated says
     so (lifecycle schema 5): neither `audit` nor `stats` could tell the operator. The cap is
