@@ -161,7 +161,9 @@ class GenerationAttemptFailed(_Wire):
     not_called: bool = Field(
         False,
         description="it failed before its call was made (the webhook's key could not be "
-        "opened: SealedKey): the upstream was not called (schema 10)",
+        "opened: SealedKey; from a later version, also a refusal of its key, model or site "
+        "remembered, or a RequestTooLarge decided without a call): the upstream was not "
+        "called (schema 10)",
     )
 
 
@@ -206,7 +208,9 @@ class PublicationAttemptFailed(_Wire):
     not_called: bool = Field(
         False,
         description="it failed before its call was made (the webhook's key could not be "
-        "opened: SealedKey): the upstream was not called (schema 10)",
+        "opened: SealedKey; from a later version, also a refusal of its key, model or site "
+        "remembered, or a RequestTooLarge decided without a call): the upstream was not "
+        "called (schema 10)",
     )
 
 

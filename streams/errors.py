@@ -126,7 +126,8 @@ class UpstreamError(TalkstreamError):
     way the answer asks (OpenAI's 400 for ``max_tokens`` to a model that takes
     ``max_completion_tokens`` only): the upstream generated nothing, and the call is made
     again at once, as the same try (once: refused so again, it is the refusal it says).
-    ``called``: False for a failure before the call was made (its key could not be opened):
+    ``called``: False for a failure before the call was made (its key could not be opened, a
+    refusal of its key, model or site remembered, a request larger than its target's minute):
     the request's lifecycle says the upstream was not called.
     """
 

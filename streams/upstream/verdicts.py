@@ -48,7 +48,8 @@ def refusal(target: Target, job: Job[Any], now: float) -> Refused | None:
 def refused_again(refused: Refused, job: Job[Any], now: float) -> UpstreamError:
     """A refusal that still covers a job, as its own answer: ``not called``, no try spent;
     saying whose call was answered so (it read "not called: Talkable answered 404 ...", as
-    if this request's had been), when, and for how long its scope is not called."""
+    if this request's had been), when, and for how long its scope is not called (``called``
+    False: the request's lifecycle says the upstream was not called)."""
     error = refused.error
     covers = error.refuses if error.refuses in ("site", "key", "model") else "target"
     whose = (
@@ -64,6 +65,7 @@ def refused_again(refused: Refused, job: Job[Any], now: float) -> UpstreamError:
         retriable=False,
         reason=error.reason,
         refuses=error.refuses,
+        called=False,
     )
     again.tries = 0
     return again
@@ -80,6 +82,7 @@ def too_large(target: Target, job: Job[Any], now: float, refusal_s: float) -> Up
         f"the {target.pacer.tokens_per_minute:.0f} a minute {target.name} allows; no "
         "wait lets it run: lower max_tokens",
         reason="RequestTooLarge",
+        called=False,
     )
     error.tries = 0
     return error
