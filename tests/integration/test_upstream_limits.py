@@ -440,6 +440,11 @@ def test_a_site_talkable_does_not_know_is_called_once_and_its_requests_say_what_
     assert all("it has no site `typo-site`, the webhook's site" in m for m in said)
     assert all("resend its webhooks" in m for m in said)
     assert sum(m.startswith("not called: ") for m in said) == 5
+    # and their lifecycle says so: no call was made for the five (it said Talkable refused it)
+    assert sorted(r.cause for r in typo) == [
+        "Talkable did not accept the event",
+        *["Talkable not called: the attempt failed before its call"] * 5,
+    ]
     preview = system.talkstream("redrive", "--dry-run", "--site", "typo-site")
     assert preview.count("reason=SiteNotFound: ") == 6
     for key in keys:
