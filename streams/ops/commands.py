@@ -218,8 +218,9 @@ def report_rebuilt(summary: RebuildSummary, until_ms: int | None, show: int = SH
     from streams.ops.audit import iso
 
     cut = f" up to {iso(until_ms)} (Kafka record time)" if until_ms is not None else ""
+    skipped = len(summary.skipped)  # read, but no lifecycle event: not replayed
     click.echo(
-        f"replayed {summary.records} lifecycle events from {summary.topic} "
+        f"replayed {summary.records - skipped} lifecycle events from {summary.topic} "
         f"({summary.partitions} partitions){cut} into {summary.database} "
         f"in {summary.seconds:.1f}s"
     )
@@ -231,7 +232,8 @@ def report_rebuilt(summary: RebuildSummary, until_ms: int | None, show: int = SH
             "it was in flight): rebuilt again in one process"
         )
     if summary.skipped:
-        click.echo(f"  {len(summary.skipped)} records did not decode (dead-lettered live):")
+        records = "record" if skipped == 1 else "records"
+        click.echo(f"  {skipped} {records} did not decode (dead-lettered live):")
         lines = [f"  {s.topic}/{s.partition}/{s.offset}: {s.reason}" for s in summary.skipped]
         _capped(lines, show, "records that did not decode", every="")
 

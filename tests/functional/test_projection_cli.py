@@ -1151,6 +1151,25 @@ def test_a_differences_file_that_cannot_be_written_is_said_before_the_work(
         report_verified(summary, 20, missing)
 
 
+def test_a_rebuild_counts_as_replayed_only_the_events_it_could_read(capsys):
+    """A rebuild of 98 records of which one did not decode said "replayed 98 lifecycle
+    events", then "97 transitions" and "1 records did not decode" (seen on a running system
+    with a record that is no lifecycle event on the topic)."""
+    from streams.ops.commands import report_rebuilt
+    from streams.ops.replay import RebuildSummary, Skipped
+
+    summary = RebuildSummary(topic="t-lifecycle", database="sqlite://", partitions=8)
+    summary.records, summary.transitions = 98, 97
+    summary.skipped = [Skipped("t-lifecycle", 5, 20, "does not decode")]
+    report_rebuilt(summary, None)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("replayed 97 lifecycle events from t-lifecycle (8 partitions)")
+    assert printed[2:] == [
+        "  1 record did not decode (dead-lettered live):",
+        "    t-lifecycle/5/20: does not decode",
+    ]
+
+
 def test_a_rebuild_prints_the_first_records_that_did_not_decode_and_how_many_more(capsys):
     """A rebuild listed every record of [lifecycle] that did not decode, however many."""
     from streams.ops.commands import report_rebuilt
