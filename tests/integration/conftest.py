@@ -12,6 +12,7 @@ broker, the other Kafka version); they run last (:func:`pytest_collection_modify
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -238,6 +239,7 @@ class System:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.worker_ports: dict[str, int] = {}
+        self.executors_ports: dict[str, int] = {}  # each worker's executors child's, if any
         self._projection: ProjectionStore | None = None
 
     # --- processes ----------------------------------------------------------------------------
@@ -273,8 +275,18 @@ class System:
         wait_until(lambda: self._up(f"{self.ingress}/{probe}"), 60, what=f"ingress {probe}")
         return self
 
+    @property
+    def executors_mode(self) -> str:
+        """Where the workers run their executors (``TALKSTREAM_EXECUTORS``: ``worker``, the
+        default, or ``process``, a child of each worker with its own HTTP server)."""
+        return self.env.get("TALKSTREAM_EXECUTORS", "worker")
+
     def start_worker(self, name: str = "worker") -> None:
         self.worker_ports[name] = free_port()
+        # its executors child's, when they run so: kept, to read their /metrics and /readyz
+        self.executors_ports[name] = int(
+            self.env.get("TALKSTREAM_EXECUTORS_HTTP_PORT") or free_port()
+        )
         env = {
             **self.env,
             "TALKSTREAM_WORKER_NAME": name,
@@ -282,14 +294,43 @@ class System:
             # its projector child's (by default), unless the test chose one
             "TALKSTREAM_PROJECTOR_HTTP_PORT": self.env.get("TALKSTREAM_PROJECTOR_HTTP_PORT")
             or str(free_port()),
-            # its executors child's, when a test runs them so
-            "TALKSTREAM_EXECUTORS_HTTP_PORT": self.env.get("TALKSTREAM_EXECUTORS_HTTP_PORT")
-            or str(free_port()),
+            "TALKSTREAM_EXECUTORS_HTTP_PORT": str(self.executors_ports[name]),
         }
         self.spawn(name, "worker", env=env)
 
     def worker_url(self, name: str = "worker") -> str:
         return f"http://127.0.0.1:{self.worker_ports[name]}"
+
+    def executors_url(self, name: str = "worker") -> str:
+        """Where worker ``name``'s executors answer (``/metrics``: the upstream series, the
+        lag of ``[generate]`` and ``[completions]``; ``/readyz``): the worker's own server,
+        or its executors child's with ``TALKSTREAM_EXECUTORS=process``."""
+        if self.executors_mode == "process":
+            return f"http://127.0.0.1:{self.executors_ports[name]}"
+        return self.worker_url(name)
+
+    def executors_metrics(self, name: str = "worker") -> str:
+        """The ``/metrics`` page of worker ``name``'s executors (:meth:`executors_url`)."""
+        status, text = http("GET", f"{self.executors_url(name)}/metrics")
+        assert status == 200, (status, text)
+        return str(text)
+
+    def child_pid(self, command: str, name: str = "worker") -> int | None:
+        """The pid of worker ``name``'s child running ``talkstream <command>`` (``executors``,
+        ``projector``), None while it has none."""
+        worker = self.procs[name].pid
+        found = []
+        for task in Path(f"/proc/{worker}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in (task / "children").read_text().split()]
+        for pid in found:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2:] == [
+                    command.encode(),
+                    b"",
+                ]:
+                    return pid
+        return None
 
     def wait_ready(self, name: str = "worker", timeout: float = 120) -> None:
         """Until the worker's ``/readyz`` says ready (a broker answers it, partitions assigned,

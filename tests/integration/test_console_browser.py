@@ -150,7 +150,7 @@ def start_console(system: System) -> str:
         **system.env,
         "TALKSTREAM_CONSOLE_TOKEN": TOKEN,
         "TALKSTREAM_CONSOLE_PORT": str(port),
-        "TALKSTREAM_CONSOLE_WORKER_URLS": system.worker_url(),
+        "TALKSTREAM_CONSOLE_WORKER_URLS": system.executors_url(),  # where calls are counted
     }
     system.spawn("console", "console", env=env)
     base = f"http://127.0.0.1:{port}"

@@ -222,7 +222,7 @@ def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
     def generate_shared() -> bool:  # each generator holds some of [generate], none both
         held = []
         for name in ("worker", "worker-b"):
-            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            status, text = http("GET", f"{system.executors_url(name)}/metrics")
             held.append(set(consumer_lags(text if status == 200 else "", generate)))
         return all(held) and not held[0] & held[1]
 
@@ -249,7 +249,7 @@ def calling_on_both_workers(system: System) -> tuple[threading.Thread, list]:
     thread, answers = post_in_background(system, bodies)
 
     def b_calling() -> bool:
-        status, text = http("GET", f"{system.worker_url('worker-b')}/metrics")
+        status, text = http("GET", f"{system.executors_url('worker-b')}/metrics")
         calls = [
             sample.value
             for sample in samples(text if status == 200 else "", "talkstream_in_flight")
@@ -371,7 +371,7 @@ def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_call
     def shared() -> dict[str, set[str]] | None:  # each generator holds some, none both
         held = {}
         for name in ("worker", "worker-b"):
-            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            status, text = http("GET", f"{system.executors_url(name)}/metrics")
             held[name] = set(consumer_lags(text if status == 200 else "", generate))
         return held if all(held.values()) and not held["worker"] & held["worker-b"] else None
 
@@ -438,7 +438,7 @@ def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_tol
     def moved() -> bool:  # worker-b's generator holds the key's partition, worker's not
         held = {}
         for name in ("worker", "worker-b"):
-            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            status, text = http("GET", f"{system.executors_url(name)}/metrics")
             held[name] = set(consumer_lags(text if status == 200 else "", generate))
         return "0" in held["worker-b"] and bool(held["worker"]) and "0" not in held["worker"]
 

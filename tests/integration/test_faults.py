@@ -166,7 +166,19 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
                 errors="replace"
             ),
         )
-        assert [int(n) for n in told] == [1], told
+        if system.executors_mode == "process":
+            # the killed worker's executors child is stopped by the kernel (SIGTERM), as a
+            # graceful stop: it cuts the call short after its drain and tells the ledger
+            # itself (README, EXECUTORS), leaving the next run nothing to tell
+            stopped = (system.root / "worker.log").read_text(errors="replace")
+            assert re.search(
+                r"generator stopping: \d+ queued commands handed back for the next run, 1 "
+                r"calls cut short after \S+s and told lost",
+                stopped,
+            ), stopped[-3000:]
+            assert told == [], told
+        else:
+            assert [int(n) for n in told] == [1], told
 
 
 def test_a_graceful_restart_hands_back_what_it_queued_and_spends_no_attempt(make_system) -> None:

@@ -17,7 +17,7 @@ from streams.dev.kafka import EmbeddedKafka
 from streams.faust_transport import App, Topic
 from streams.kafka_options import consumer_lag, group_consumer
 from streams.observability import ConsumerLag
-from tests.integration.conftest import System, create_topic, http, samples
+from tests.integration.conftest import System, create_topic, samples
 from tests.support import seed_params, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def worker_samples(system: System, name: str) -> list[tuple[dict[str, str], float]]:
-    status, text = http("GET", f"{system.worker_url()}/metrics")
-    assert status == 200
-    return [(sample.labels, sample.value) for sample in samples(text, name)]
+def executors_samples(system: System, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples ``name`` where the worker's executors are measured: the worker's
+    ``/metrics``, or its executors child's (``TALKSTREAM_EXECUTORS=process``)."""
+    return [(sample.labels, sample.value) for sample in samples(system.executors_metrics(), name)]
 
 
 async def five_records(bootstrap: str, topic: str) -> None:
@@ -59,14 +59,14 @@ def test_a_slow_openai_shows_in_flight_and_not_as_consumer_lag(system: System) -
             found = sum(
                 value
                 for name in ("talkstream_upstream_in_flight", "talkstream_upstream_queue_depth")
-                for labels, value in worker_samples(system, name)
+                for labels, value in executors_samples(system, name)
                 if labels["upstream"] == "openai"
             )
             return found if found == 6 else None
 
         wait_until(waiting, 60, what="the six slow calls in the generator")
         generate = f"{system.app_id}-generate"
-        lags = [v for labels, v in worker_samples(system, "talkstream_consumer_lag")
+        lags = [v for labels, v in executors_samples(system, "talkstream_consumer_lag")
                 if labels["topic"] == generate]  # fmt: skip
         assert lags and all(lag == 0 for lag in lags)
     finally:

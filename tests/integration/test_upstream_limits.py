@@ -167,7 +167,7 @@ def test_one_key_is_paced_per_model_as_openai_limits_it(module_system) -> None:
 def system_metrics(system: System) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(f"{system.worker_url()}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"{system.executors_url()}/metrics", timeout=10) as response:
         text = response.read().decode()
     assert LIMITED_KEY not in text and QUIET_KEY not in text  # fingerprints, never keys
     return text
@@ -535,7 +535,7 @@ def test_an_organizations_two_keys_on_two_workers_are_paced_by_one_to_its_limit(
     def held() -> dict[str, set[int]] | None:  # each generator holds some of [generate]
         found = {}
         for name in workers:
-            status, text = http("GET", f"{system.worker_url(name)}/metrics")
+            status, text = http("GET", f"{system.executors_url(name)}/metrics")
             found[name] = {int(p) for p in consumer_lags(text if status == 200 else "", generate)}
         return found if all(found.values()) and not found["worker"] & found["worker2"] else None
 
