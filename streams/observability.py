@@ -1,6 +1,7 @@
 """Worker metrics (Prometheus) and health: ``/healthz`` (alive), ``/readyz`` (a Kafka broker
-answers, partitions assigned and tables recovered, so the worker is taking decisions; the
-projector on its own: a broker answers and its database takes its writes), ``/metrics``.
+answers, partitions assigned and tables recovered, so the worker is taking decisions, and its
+executors' child ready too where they run in one; the projector on its own: a broker answers
+and its database takes its writes), ``/metrics``.
 
 Every metric name starts with ``talkstream_``. Nothing here ever carries a secret: labels are
 states, stages, services and topics only.
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -353,16 +355,56 @@ def _faust_consumer(app: Any) -> Any:
     return getattr(thread, "_consumer", None)
 
 
+# how long the worker's /readyz waits for its executors child's (``EXECUTORS=process``): a
+# load balancer's probe waits 2 s (the ingress's and the console's /readyz answer within it)
+CHILD_READY_SECONDS = 1.0
+
+
+def executors_child_readyz(settings: Settings) -> str | None:
+    """The ``/readyz`` of the worker's executors child (``EXECUTORS=process``), which the
+    worker's own includes; None where they run in the worker, nowhere (``off``: another
+    process's, not this worker's), or on any free port (``EXECUTORS_HTTP_PORT`` 0: not known
+    here)."""
+    if settings.executors != "process" or not settings.executors_http_port:
+        return None
+    host = settings.worker_http_host
+    if host in ("", "0.0.0.0", "::"):  # every interface: the loopback reaches it
+        host = "127.0.0.1"
+    elif ":" in host:  # an IPv6 address, as a URL writes it
+        host = f"[{host}]"
+    return f"http://{host}:{settings.executors_http_port}/readyz"
+
+
+async def child_unready(url: str, timeout: float = CHILD_READY_SECONDS) -> str | None:
+    """None while the child's ``/readyz`` at ``url`` says ready; otherwise why not: its own
+    status (``stopping``, ``Kafka unreachable: ...``), or that it does not answer (starting,
+    started again after an exit, frozen) within ``timeout``."""
+    limit = aiohttp.ClientTimeout(total=timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=limit) as http, http.get(url) as response:
+            if response.status == 200:
+                return None
+            try:
+                said = (await response.json(content_type=None))["status"]
+            except (ValueError, KeyError, TypeError, aiohttp.ClientError):
+                said = None
+            return str(said) if said else f"its /readyz answered {response.status}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"its /readyz does not answer ({type(exc).__name__})"
+
+
 async def serve_or_log(
     app: Any, metrics: ProcessMetrics, settings: Settings, server: str
 ) -> web.AppRunner | None:
     """:func:`serve_worker_http` on ``server``'s address (``worker``, ``projector``); one it
     cannot have (a second one on this host) is logged with the setting to change, and the
-    process keeps working, unobserved: None."""
+    process keeps working, unobserved: None. A worker's ``/readyz`` includes its executors
+    child's (:func:`executors_child_readyz`)."""
     host_field, port_field = LISTEN_FIELDS[server]
     host, port = getattr(settings, host_field), getattr(settings, port_field)
+    child = executors_child_readyz(settings) if server == "worker" else None
     try:
-        return await serve_worker_http(app, metrics, host, port, name=server)
+        return await serve_worker_http(app, metrics, host, port, name=server, child=child)
     except OSError as exc:
         # a host that is no address of this machine's: not the port's fault
         field = host_field if isinstance(exc, socket.gaierror) else port_field
@@ -378,11 +420,20 @@ async def serve_or_log(
 
 
 async def serve_worker_http(
-    app: Any, metrics: ProcessMetrics, host: str, port: int, *, name: str = "worker"
+    app: Any,
+    metrics: ProcessMetrics,
+    host: str,
+    port: int,
+    *,
+    name: str = "worker",
+    child: str | None = None,
 ) -> web.AppRunner:
     """``/healthz``, ``/readyz`` and ``/metrics``; ``app`` None: a process without faust (the
     projector on its own), ready while a broker answers its consumer and its database takes
-    its writes."""
+    its writes. ``child``: the ``/readyz`` of the worker's executors child, asked once the
+    worker is ready itself: until it says ready, neither is the worker (``executors not ready:
+    <why>``), its commands taken by no one here (it said ready before its executors' consumers
+    had a broker, and while the child was down)."""
     metrics.registry.register(ConsumerLag(app, metrics.consumers))
 
     async def healthz(_: web.Request) -> web.Response:
@@ -390,6 +441,10 @@ async def serve_worker_http(
 
     async def readyz(_: web.Request) -> web.Response:
         ok, why = ready(app, metrics.consumers)
+        if ok and child is not None:
+            unready = await child_unready(child)
+            if unready is not None:
+                ok, why = False, f"executors not ready: {unready}"
         return web.json_response({"ready": ok, "status": why}, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:

@@ -202,3 +202,58 @@ async def test_what_aiohttp_refuses_is_answered_in_json_quoting_nothing() -> Non
         }
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        ({}, None),  # the executors in the worker
+        ({"executors": "off"}, None),  # another process's, not this worker's
+        ({"executors": "process", "executors_http_port": 0}, None),  # any free port: unknown
+        ({"executors": "process"}, "http://127.0.0.1:9103/readyz"),
+        ({"executors": "process", "worker_http_host": "0.0.0.0"}, "http://127.0.0.1:9103/readyz"),
+        ({"executors": "process", "worker_http_host": "::1"}, "http://[::1]:9103/readyz"),
+    ],
+)
+def test_the_worker_asks_its_executors_childs_readyz_where_it_listens(
+    settings: dict[str, Any], url: str | None
+) -> None:
+    from streams.observability import executors_child_readyz
+    from streams.settings import Settings
+
+    assert executors_child_readyz(Settings(**settings)) == url
+
+
+async def test_a_child_not_ready_or_not_answering_is_said_by_the_worker(
+    broker: SilentBroker,
+) -> None:
+    """``EXECUTORS=process``: the worker, ready itself, says its child's status as its reason
+    (``executors not ready: ...``), or that the child does not answer when nothing listens."""
+    import socket
+
+    from streams.observability import child_unready
+
+    consumer, conn = await consumer_on(broker)  # the worker's own: a broker answers it
+    metrics = WorkerMetrics()
+    metrics.consumers.append(SimpleNamespace(consumer=consumer, lag=dict))
+    child = await serve_worker_http(None, WorkerMetrics(), "127.0.0.1", 0, name="executors")
+    child_url = f"http://127.0.0.1:{child.addresses[0][1]}/readyz"
+    with socket.socket() as nothing:  # a port nothing listens on
+        nothing.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{nothing.getsockname()[1]}/readyz"
+    worker = await serve_worker_http(None, metrics, "127.0.0.1", 0, child=child_url)
+    try:
+        assert await child_unready(child_url) == "connecting to Kafka"  # (no consumer yet)
+        assert await child_unready(gone) == "its /readyz does not answer (ClientConnectorError)"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+            url = f"http://127.0.0.1:{worker.addresses[0][1]}/readyz"
+            async with http.get(url) as answer:
+                assert (answer.status, await answer.json()) == (
+                    503,
+                    {"ready": False, "status": "executors not ready: connecting to Kafka"},
+                )
+    finally:
+        await worker.cleanup()
+        await child.cleanup()
+        conn.close()
+        await consumer._client.close()

@@ -98,3 +98,46 @@ def test_worker_and_projector_are_unready_while_kafka_is_out_of_reach(
             wait_until(lambda u=url: readyz(u) == READY, 120, 0.2, what=f"{name} ready again")
     finally:
         system.stop()
+
+
+def test_a_worker_is_not_ready_while_its_executors_child_is_not(make_system: Any) -> None:
+    """With ``EXECUTORS=process`` the worker's commands are called by its executors child: the
+    worker is ready only while the child is (its ``/readyz`` asked within the probe's time),
+    saying why not meanwhile. It said ready while the child answered nothing (frozen here;
+    starting, or started again after an exit), its commands taken by no one."""
+    system: System = make_system(executors="process")
+    worker, child = system.worker_url(), system.executors_url()
+    assert child != worker
+    system.wait_ready()
+    wait_until(lambda: listening(child) and readyz(child) == READY, 60, 0.2, what="the child")
+    assert readyz(worker) == READY
+    pid = system.child_pid("executors")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # its server answers nothing; its Kafka sessions go on a while
+    try:
+
+        def unready() -> Any:
+            status, body = readyz(worker)
+            return body if status == 503 else None
+
+        body = wait_until(unready, 30, 0.2, what="the worker's /readyz 503")
+        assert body == {
+            "ready": False,
+            "status": "executors not ready: its /readyz does not answer (TimeoutError)",
+        }
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: readyz(worker) == READY, 60, 0.2, what="the worker ready again")
+    # the child's own reason, said as its own: stopped, it is started again by the worker,
+    # which is not ready until the new one is
+    os.kill(pid, signal.SIGKILL)
+    said = set()
+
+    def back() -> bool:
+        status, body = readyz(worker)
+        said.add(body["status"])
+        return status == 200 and system.child_pid("executors") not in (None, pid)
+
+    wait_until(back, 90, 0.1, what="the worker ready with a new executors child")
+    assert "executors not ready: its /readyz does not answer (ClientConnectorError)" in said
+    assert readyz(child) == READY
