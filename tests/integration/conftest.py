@@ -342,6 +342,22 @@ class System:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
 
+    def kill_with_executors(self, name: str) -> None:
+        """Worker ``name`` killed (SIGKILL) with its executors, as a host lost or a container's
+        OOM kill ends both: what they were calling and had queued is lost, for the next run
+        (or the partition's next owner) to tell. With ``TALKSTREAM_EXECUTORS=process`` its
+        executors child is killed too, the worker frozen first so that it starts no other:
+        killed alone, the worker has its child stopped by the kernel (SIGTERM, a stop that
+        ends or hands back its work and tells the ledger itself: README, ``EXECUTORS``)."""
+        if self.executors_mode != "process":
+            self.kill(name)
+            return
+        child = self.child_pid("executors", name)
+        assert child is not None, f"{name} has no executors child"
+        os.kill(self.procs[name].pid, signal.SIGSTOP)
+        os.kill(child, signal.SIGKILL)
+        self.kill(name)
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

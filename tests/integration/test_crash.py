@@ -288,7 +288,7 @@ def test_a_worker_back_at_once_tells_the_ledger_what_it_lost_not_its_deadline(ma
     system = make_system(session_timeout_seconds="60", **NO_GRACE)
     system.start_worker("worker-b")
     thread, answers = calling_on_both_workers(system)
-    system.kill("worker-b")  # its calls in flight and its queued commands are lost
+    system.kill_with_executors("worker-b")  # its calls in flight and queued commands lost
     system.start_worker("worker-b")
     published_with_lost_attempts(system, thread, answers)
     log = (system.root / "worker-b.log").read_text(errors="replace")
@@ -307,7 +307,7 @@ def test_a_worker_gone_for_good_the_one_taking_its_executors_partitions_tells_wh
     system = make_system(session_timeout_seconds="6", **NO_GRACE)
     system.start_worker("worker-b")
     thread, answers = calling_on_both_workers(system)
-    system.kill("worker-b")  # not started again
+    system.kill_with_executors("worker-b")  # not started again
     published_with_lost_attempts(system, thread, answers)
     log = (system.root / "worker.log").read_text(errors="replace")
     assert "were taken by worker-b" in log and "telling the ledger they were lost" in log
@@ -386,7 +386,7 @@ def test_a_worker_given_its_partition_back_by_a_rebalance_marks_its_running_call
         return mark is not None and sum(b - a for a, b in mark.unreported or ()) == 6
 
     wait_until(marked_its_own, 30, what="the partition's mark listing its six calls again")
-    system.kill("worker")  # its six calls still running
+    system.kill_with_executors("worker")  # its six calls still running
     system.start_worker("worker")  # at once: the same partitions, no rebalance
     system.openai("POST", "/_control", {"latency_seconds": 0.05})
     thread.join(timeout=60)
