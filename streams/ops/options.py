@@ -79,12 +79,24 @@ def in_order(since_ms: int | None, until_ms: int | None) -> None:
 
 
 def run_async(coro: Any) -> Any:
+    """Run a command's coroutine; Ctrl-C ends it with ``KeyboardInterrupt`` (asyncio cancels
+    the coroutine at its next wait), even where a library swallows that cancellation on its way
+    out: aiokafka's stop, awaiting its own tasks, took it for theirs, the command went on and
+    exited 0 (an interrupted ``replay`` reported a whole rebuild)."""
     from streams.errors import TalkstreamError
 
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_heeding_ctrl_c(coro))
     except TalkstreamError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+async def _heeding_ctrl_c(coro: Any) -> Any:
+    result = await coro
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():  # asked to stop, and the request swallowed
+        raise asyncio.CancelledError  # asyncio.run says it as the KeyboardInterrupt it was
+    return result
 
 
 def with_bar(label: str, work: Callable[[Callable[[int], None], Callable[[int], None]], T]) -> T:

@@ -1371,3 +1371,28 @@ def test_a_count_replay_cannot_use_is_refused_saying_what_the_option_takes(
     assert error.startswith(f"Error: Invalid value for '{option}': '{args[-1]}': {takes}"), error
     assert "integer range" not in error and "in the range" not in error
     assert list(tmp_path.iterdir()) == []  # nothing was opened or made
+
+
+def test_ctrl_c_ends_a_command_whose_library_swallowed_its_cancellation() -> None:
+    """Ctrl-C is asyncio's cancellation of the command's coroutine at its next wait; aiokafka's
+    stop, awaiting its own tasks, swallows one that reaches it there. An interrupted replay whose
+    last wait was its consumer's stop went on and exited 0, reporting a whole rebuild (seen in
+    the integration tier: `assert replay.returncode == 1`, 0)."""
+    import asyncio
+    import signal
+
+    from streams.ops.options import run_async
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # asyncio.run's to take
+    try:
+
+        async def stopping_as_aiokafka_does() -> str:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: handled before the wait below
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)  # a task of its own awaited, the cancellation taken
+            return "rebuilt whole"
+
+        with pytest.raises(KeyboardInterrupt):
+            run_async(stopping_as_aiokafka_does())
+    finally:
+        signal.signal(signal.SIGINT, previous)
