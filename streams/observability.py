@@ -10,6 +10,7 @@ states, stages, services and topics only.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -382,12 +383,22 @@ async def child_unready(url: str, timeout: float = CHILD_READY_SECONDS) -> str |
     limit = aiohttp.ClientTimeout(total=timeout)
     try:
         async with aiohttp.ClientSession(timeout=limit) as http, http.get(url) as response:
+            try:
+                body = await response.json(content_type=None)
+            except (ValueError, aiohttp.ClientError):
+                body = None
+            body = body if isinstance(body, dict) else {}
+            parent = body.get("parent")
+            if parent is not None and parent != os.getpid():
+                # its port taken by another worker's child (two workers on one host, the
+                # default port each): that one's readiness said as this one's
+                return (
+                    f"{url} answers for another worker's executors (pid {parent}'s), not this "
+                    "one's: give each worker on a host its own TALKSTREAM_EXECUTORS_HTTP_PORT"
+                )
             if response.status == 200:
                 return None
-            try:
-                said = (await response.json(content_type=None))["status"]
-            except (ValueError, KeyError, TypeError, aiohttp.ClientError):
-                said = None
+            said = body.get("status")
             return str(said) if said else f"its /readyz answered {response.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         return f"its /readyz does not answer ({type(exc).__name__})"
@@ -445,7 +456,10 @@ async def serve_worker_http(
             unready = await child_unready(child)
             if unready is not None:
                 ok, why = False, f"executors not ready: {unready}"
-        return web.json_response({"ready": ok, "status": why}, status=200 if ok else 503)
+        said: dict[str, Any] = {"ready": ok, "status": why}
+        if name == "executors":  # whose: a worker asks its own child's (child_unready)
+            said["parent"] = os.getppid()
+        return web.json_response(said, status=200 if ok else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -226,13 +227,16 @@ def test_the_worker_asks_its_executors_childs_readyz_where_it_listens(
 
 
 async def test_a_child_not_ready_or_not_answering_is_said_by_the_worker(
-    broker: SilentBroker,
+    broker: SilentBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``EXECUTORS=process``: the worker, ready itself, says its child's status as its reason
     (``executors not ready: ...``), or that the child does not answer when nothing listens."""
     import socket
 
     from streams.observability import child_unready
+
+    # the "child" serves in this process: its parent, as a child of this one says
+    monkeypatch.setattr(os, "getppid", os.getpid)
 
     consumer, conn = await consumer_on(broker)  # the worker's own: a broker answers it
     metrics = WorkerMetrics()
@@ -258,3 +262,28 @@ async def test_a_child_not_ready_or_not_answering_is_said_by_the_worker(
         await child.cleanup()
         conn.close()
         await consumer._client.close()
+
+
+async def test_a_worker_does_not_take_another_workers_executors_child_for_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers on one host, each with the default ``EXECUTORS_HTTP_PORT``: the second one's
+    child cannot listen there (logged, it keeps working), and the second worker's ``/readyz``
+    asked the first one's child, and said its readiness as its own. A child says whose it is
+    (its parent); a worker that finds another's says so, naming the setting."""
+    from streams.observability import child_unready
+
+    other_worker = os.getpid() + 1
+    monkeypatch.setattr(os, "getppid", lambda: other_worker)
+    child = await serve_worker_http(None, WorkerMetrics(), "127.0.0.1", 0, name="executors")
+    url = f"http://127.0.0.1:{child.addresses[0][1]}/readyz"
+    try:
+        said = await child_unready(url)
+        assert said == (
+            f"{url} answers for another worker's executors (pid {other_worker}'s), not this "
+            "one's: give each worker on a host its own TALKSTREAM_EXECUTORS_HTTP_PORT"
+        )
+        monkeypatch.setattr(os, "getppid", os.getpid)  # its own child
+        assert await child_unready(url) == "connecting to Kafka"  # its own status again
+    finally:
+        await child.cleanup()

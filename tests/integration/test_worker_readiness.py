@@ -114,7 +114,9 @@ def test_a_worker_is_not_ready_while_its_executors_child_is_not(make_system: Any
     worker, child = system.worker_url(), system.executors_url()
     assert child != worker
     system.wait_ready()
-    wait_until(lambda: listening(child) and readyz(child) == READY, 60, 0.2, what="the child")
+    # the child says whose it is: its worker's (its parent's) pid, which the worker checks
+    ready_child = (200, {**READY[1], "parent": system.procs["worker"].pid})
+    wait_until(lambda: listening(child) and readyz(child) == ready_child, 60, 0.2, what="child")
     assert readyz(worker) == READY
     pid = system.child_pid("executors")
     assert pid is not None
@@ -145,4 +147,4 @@ def test_a_worker_is_not_ready_while_its_executors_child_is_not(make_system: Any
 
     wait_until(back, 90, 0.1, what="the worker ready with a new executors child")
     assert "executors not ready: its /readyz does not answer (ClientConnectorError)" in said
-    assert readyz(child) == READY
+    assert readyz(child) == ready_child
