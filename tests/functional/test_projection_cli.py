@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -68,6 +69,31 @@ def test_a_persons_requests_judged_in_one_second_are_listed_by_arrival(
     store.close()
 
 
+def _guides_daily_query(server: str, log: Log, *before: str) -> list[Any]:
+    """The rows of docs/consumers.md's daily query on a fresh PostgreSQL database holding
+    ``log``'s projection, after the session statements ``before``."""
+    from sqlalchemy import create_engine
+
+    from tests.postgres import fresh_postgres_database
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
+    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
+    databases = fresh_postgres_database(server)
+    url = next(databases)
+    store = ProjectionStore.from_url(url)
+    store.apply(log.records)
+    store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            for statement in before:
+                connection.execute(text(statement))
+            return list(connection.execute(text(query)).all())
+    finally:
+        engine.dispose()
+        next(databases, None)
+
+
 def test_the_consumer_guides_daily_query_counts_utc_days_in_any_session_time_zone(
     postgres_server: str,  # noqa: F811
 ):
@@ -76,27 +102,9 @@ def test_the_consumer_guides_daily_query_counts_utc_days_in_any_session_time_zon
     01:00 UTC on January 1st in December 31st."""
     import datetime
 
-    from sqlalchemy import create_engine
-
-    from tests.postgres import fresh_postgres_database
-
-    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
-    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
     log = Log()
     log.full("early-utc", at_ms=T0_MS + 3_600_000)  # 2026-01-01T01:00:00Z
-    databases = fresh_postgres_database(postgres_server)
-    url = next(databases)
-    store = ProjectionStore.from_url(url)
-    store.apply(log.records)
-    store.close()
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SET TIME ZONE 'America/Los_Angeles'"))
-            rows = connection.execute(text(query)).all()
-    finally:
-        engine.dispose()
-        next(databases, None)
+    rows = _guides_daily_query(postgres_server, log, "SET TIME ZONE 'America/Los_Angeles'")
     assert [(r.site, r.day, r.published) for r in rows] == [
         ("acme", datetime.datetime(2026, 1, 1), 1)
     ]
@@ -111,27 +119,10 @@ def test_the_consumer_guides_daily_query_counts_a_site_in_any_case_as_one(
     rows of one published request each."""
     import datetime
 
-    from sqlalchemy import create_engine
-
-    from tests.postgres import fresh_postgres_database
-
-    guide = (Path(__file__).resolve().parents[2] / "docs" / "consumers.md").read_text()
-    [query] = re.findall(r"```sql\n(.*?)```", guide, re.S)
     log = Log()
     log.full("typed-up", site="Acme")
     log.full("typed-down", site="acme", email="bob@example.com", at_ms=T0_MS + 60_000)
-    databases = fresh_postgres_database(postgres_server)
-    url = next(databases)
-    store = ProjectionStore.from_url(url)
-    store.apply(log.records)
-    store.close()
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text(query)).all()
-    finally:
-        engine.dispose()
-        next(databases, None)
+    rows = _guides_daily_query(postgres_server, log)
     assert [(r.site, r.day, r.published, r.tokens) for r in rows] == [
         ("acme", datetime.datetime(2026, 1, 1), 2, 84)
     ]

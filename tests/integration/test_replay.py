@@ -163,6 +163,16 @@ def replay_into(system: System, url: str, *extra: str) -> Result:
     return result
 
 
+def _two_partitions(kafka: EmbeddedKafka, prefix: str) -> tuple[Settings, Log]:
+    """Settings of an app id of its own (``prefix`` and a random tail) whose topics have two
+    partitions, created, and a log to write them."""
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, app_id=f"{prefix}{uuid.uuid4().hex[:8]}", partitions=2
+    )
+    asyncio.run(ensure_topics(settings))
+    return settings, Log(partitions=2)
+
+
 def test_replay_rebuilds_the_live_projection_and_touches_nothing(
     traffic: Traffic, system: System, tmp_path: Path
 ):
@@ -258,10 +268,8 @@ def test_a_request_in_two_shares_is_rebuilt_in_one_process(
     it was in flight): the shares rebuilt beside each other cannot be joined (the second write
     of its row is refused, by SQLite as by PostgreSQL); the replay starts again in one process
     and gives the tables the log gives."""
-    app_id = f"tsplit{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
-    asyncio.run(ensure_topics(settings))
-    log = Log(partitions=2)
+    settings, log = _two_partitions(kafka, "tsplit")
+    app_id = settings.app_id
     for n in range(6):
         r = log.received(f"r-{n}", email=f"p{n}@example.com", limit=2)
         log.generated(r, at_ms=r.at_ms + 500)
@@ -400,10 +408,8 @@ def _forged(kafka: EmbeddedKafka, forge: Any) -> tuple[dict[str, str], list[Any]
     makes of the events the rules derived (``forge(events, others)``: the four of the
     ``r-ok`` and ``r-limited`` webhooks, then those of six other people); the environment
     to verify it, and the events."""
-    app_id = f"tverify{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
-    asyncio.run(ensure_topics(settings))
-    log = Log(partitions=2)
+    settings, log = _two_partitions(kafka, "tverify")
+    app_id = settings.app_id
     r = log.received("r-ok", limit=1)
     log.generated(r, at_ms=r.at_ms + 500)
     log.published(r, at_ms=r.at_ms + 700)
@@ -843,10 +849,8 @@ def test_a_request_the_ledger_named_by_an_earlier_ones_id_is_a_row_of_its_own(
     from tests.integration.test_projector import _project_until, holds
 
     day = 86_400_000
-    app_id = f"tagain{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
-    asyncio.run(ensure_topics(settings))
-    log = Log(partitions=2)
+    settings, log = _two_partitions(kafka, "tagain")
+    app_id = settings.app_id
     first = log.full("same-id", limit=5)
     log.full("other-id", email="bob@example.com", at_ms=first.at_ms + 1000)
     again = log.received("same-id", at_ms=first.at_ms + 32 * day, limit=5, delivery="d2")
@@ -912,10 +916,8 @@ def test_the_documented_consumer_counts_a_request_named_by_an_earlier_ones_id(
     The example dropped them as re-emissions (2 requests received, it printed 1), where the
     projection keeps both (``occurrence``); the ledger's own re-emission still counts once."""
     day = 86_400_000
-    app_id = f"tnamesake{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
-    asyncio.run(ensure_topics(settings))
-    log = Log(partitions=2)
+    settings, log = _two_partitions(kafka, "tnamesake")
+    app_id = settings.app_id
     first = log.full("same-id", limit=5)
     again = log.received("same-id", at_ms=first.at_ms + 32 * day, limit=5, delivery="d2")
     log.failed(again, at_ms=again.at_ms + 500)
@@ -946,10 +948,8 @@ def test_a_request_whose_earlier_namesakes_end_was_lost_is_a_row_of_its_own_and_
     from tests.integration.test_projector import _project_until
 
     day = 86_400_000
-    app_id = f"tlost{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=app_id, partitions=2)
-    asyncio.run(ensure_topics(settings))
-    log = Log(partitions=2)
+    settings, log = _two_partitions(kafka, "tlost")
+    app_id = settings.app_id
     first = log.full("lost-end", limit=5)
     lost = log.records.pop().event
     assert (lost.request_id, lost.type) == ("lost-end", "CompletionPublished")
