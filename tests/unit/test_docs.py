@@ -51,7 +51,6 @@ def runtime(tmp_path_factory: pytest.TempPathFactory):
         data_dir=tmp_path_factory.mktemp("docs"),
         secret_keys=Fernet.generate_key().decode(),
         table_store="memory://",
-        executors="worker",  # built here, to be named (by default in the worker's child)
     )
     return build(settings)
 
