@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from models.events import LifecycleEvent
 from streams import logs
-from streams.settings import LISTEN_FIELDS, Settings
+from streams.settings import LISTEN_FIELDS, Settings, url_host
 from streams.topics import partitions_added
 
 log = logging.getLogger(__name__)
@@ -368,11 +368,7 @@ def executors_child_readyz(settings: Settings) -> str | None:
     here)."""
     if settings.executors != "process" or not settings.executors_http_port:
         return None
-    host = settings.worker_http_host
-    if host in ("", "0.0.0.0", "::"):  # every interface: the loopback reaches it
-        host = "127.0.0.1"
-    elif ":" in host:  # an IPv6 address, as a URL writes it
-        host = f"[{host}]"
+    host = url_host(settings.worker_http_host, to_reach=True)
     return f"http://{host}:{settings.executors_http_port}/readyz"
 
 

@@ -34,7 +34,16 @@ PRODUCER_MAX_REQUEST_SIZE = 1_000_000
 # a person's ledger entry at most: the changelog record also holds the key and its framing
 MAX_ENTRY_BYTES = PRODUCER_MAX_REQUEST_SIZE - 65536
 
+
 # the settings each server listens on, (host, port): named by the error when it cannot be had
+def url_host(host: str, *, to_reach: bool = False) -> str:
+    """A listening host as a URL writes it (an IPv6 address in brackets); ``to_reach``: the one
+    a client on this machine calls (every interface, ``0.0.0.0`` or ``::``: the loopback)."""
+    if to_reach and host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 LISTEN_FIELDS = {
     "ingress": ("ingress_host", "ingress_port"),
     "console": ("console_host", "console_port"),

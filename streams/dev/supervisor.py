@@ -38,6 +38,7 @@ from streams.secrets import dev_key, load_secret_box
 from streams.settings import (
     LISTENS_AT,
     Settings,
+    url_host,
 )
 from streams.topics import ensure_topics
 
@@ -228,14 +229,6 @@ def stands_in(settings: Settings, upstream: str) -> bool:
     ``talkable_base_url``): unless its URL is set (``TALKSTREAM_OPENAI_BASE_URL``, ...), to
     anything, the real API's own included."""
     return upstream not in settings.model_fields_set
-
-
-def url_host(host: str, *, to_reach: bool = False) -> str:
-    """A listening host as a URL writes it (an IPv6 address in brackets); ``to_reach``: the one
-    a client on this machine calls (every interface, ``0.0.0.0`` or ``::``: the loopback)."""
-    if to_reach and host in ("", "0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def own_worker_url(settings: Settings) -> str | None:
