@@ -107,12 +107,21 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
     consumer = group_consumer({"bootstrap_servers": module_broker.bootstrap}, f"g-{topic}", "r")
     consumer.subscribe([topic])
     await consumer.start()
+    fetcher = consumer._fetcher
+    stopping: asyncio.Future[None] | None = None
     try:
-        await asyncio.wait_for(consumer.getmany(timeout_ms=2000), 60)  # joined and fetching
-        await asyncio.to_thread(module_broker.stop)
+        # joined and fetching: a fetch in flight for its partition (a getmany's own timeout can
+        # return before the group is joined on a loaded host, and a consumer with no partition
+        # fetches nothing; nor does one holding a record not yet taken)
+        deadline = time.monotonic() + 60
+        while not (consumer.assignment() and fetcher._in_flight):
+            assert time.monotonic() < deadline, "the consumer neither joined nor fetched"
+            await asyncio.sleep(0.005)
         caplog.set_level(logging.ERROR, logger="aiokafka.consumer.fetcher")
         caplog.clear()
-        fetcher = consumer._fetcher
+        # watched while the broker stops: its fetch fails when its connection closes, during the
+        # stop as often as after it, and sleeps its back-off only 100 ms
+        stopping = asyncio.ensure_future(asyncio.to_thread(module_broker.stop))
 
         def failed_fetch_asleep() -> bool:
             # a fetch that failed logs it, then sleeps aiokafka's retry back-off (100 ms)
@@ -129,6 +138,8 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
         assert consumer._client._sync_task is None  # the client closed: no metadata refresh
     finally:
         await stop_consumer(consumer)
+        if stopping is not None:
+            await stopping
 
 
 # a stop with Kafka down: the drain, the wait for Kafka, and faust's own shutdown (~14 s
