@@ -80,6 +80,7 @@ from streams.dev.standin_common import (
     read_json,
     run_blocking,
     start,
+    value_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -476,8 +477,13 @@ def _validate(body: Any, reasoning_deployments: set[str]) -> web.Response | None
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            # the field and what it takes, never the value sent (a key pasted into a
+            # message's role ended in the client's log), as the /_control 400 says it
             role = msg.get("role") if isinstance(msg, dict) else None
-            message = f"Invalid value: {role!r}. Supported values are: {', '.join(ROLES)}."
+            message = (
+                f"Invalid value for '{param}.role': expected one of {', '.join(ROLES)}, "
+                f"got {value_kind(role)}."
+            )
             return _error(400, message, param=f"{param}.role", code="invalid_value")
         content = msg.get("content")
         if content is None and msg["role"] != "assistant":

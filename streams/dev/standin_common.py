@@ -166,23 +166,23 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
-        other = "a string not one of them" if isinstance(value, str) else _kind(value)
+        other = "a string not one of them" if isinstance(value, str) else value_kind(value)
         raise ValueError(f"expected one of {list(args)}, got {other}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         # every number of a stand-in's config is a duration, a count, a rate or a fraction:
         # a negative latency (or NaN, which JSON from Python may carry) was taken, and ended
         # as a stand-in that answered at once, or a 500 at the next call
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"expected a number, 0 or more, got {_kind(value)}")
+            raise ValueError(f"expected a number, 0 or more, got {value_kind(value)}")
         return float(value)
     if hint is int and type(value) is int and value < 0:
-        raise ValueError(f"expected a whole number, 0 or more, got {_kind(value)}")
+        raise ValueError(f"expected a whole number, 0 or more, got {value_kind(value)}")
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ValueError(f"expected {_expected(hint)}, got {_kind(value)}")
+    raise ValueError(f"expected {_expected(hint)}, got {value_kind(value)}")
 
 
-def _kind(value: Any) -> str:
+def value_kind(value: Any) -> str:
     """What a refused value is, never the value: a knob may hold a key (``unauthorized_keys``,
     ``api_keys``), and a 400 that echoed what was sent put it in a client's log."""
     if isinstance(value, bool):

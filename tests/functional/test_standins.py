@@ -132,6 +132,24 @@ async def test_a_messages_name_is_taken_as_openai_takes_it(client) -> None:
         assert (caught.value.code, caught.value.param) == (code, "messages[1].name")
 
 
+async def test_a_bad_role_is_refused_naming_the_field_and_what_it_takes_never_the_value(
+    client,
+) -> None:
+    """The 400 for a message's role echoed it (``Invalid value: 'sk-live-...'``): a key pasted
+    into the wrong field ended in the client's log. It names the field, the roles it takes and
+    what kind of value came, as the ``/_control`` 400 does; not the value."""
+    for role, kind in [("sk-live-0123456789abcdef", "a string"), (7, "a number")]:
+        bad = [MESSAGES[0], {**MESSAGES[1], "role": role}]
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=bad)  # type: ignore[arg-type]
+        error = caught.value
+        assert (error.code, error.param) == ("invalid_value", "messages[1].role")
+        said = error.message
+        assert "'messages[1].role'" in said and "expected one of system, developer, user" in said
+        assert f"got {kind}" in said
+        assert "0123456789abcdef" not in said and "0123456789abcdef" not in str(error.body)
+
+
 async def test_unauthorized_key_raises_authentication_error(oai, client) -> None:
     oai.config.unauthorized_keys.add(KEY)
     with pytest.raises(openai.AuthenticationError) as caught:
