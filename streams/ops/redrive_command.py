@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from streams.ops.options import TIME, in_order, projection_reader, run_async
+from streams.ops.options import TIME, in_order, projection_reader, run_async, site_spellings
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ def redrive(
     settings = Settings()
     topic = _letters_from(settings, topic)
     parked_by = _ParkedBy(database_url)
+    if site is not None:  # a site no request of the projection has: refused as stats does
+        parked_by.check_site(site)
     selection = Selection(
         request_id=request_id,
         topic=topic,
@@ -157,13 +159,28 @@ def redrive(
 class _ParkedBy:
     """The projection, to leave alone requests no longer parked: opened once there are
     letters to redrive. Without one, every selected letter goes to the ledger, which
-    re-issues only what is still parked. (``--site`` needs none: a letter's command names its
-    site, compared in any case, every spelling of the site selected.)"""
+    re-issues only what is still parked. (``--site`` is checked against it when there is one;
+    a letter's command names its site, compared in any case, every spelling of the site
+    selected.)"""
 
     def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
         self.store: ProjectionStore | None = None
         self.tried = False
+
+    def check_site(self, site: str) -> None:
+        """``--site`` as ``stats`` and ``audit`` take it: a site no request of the projection
+        has is refused (exit 2), naming the sites it has (it redrove none and exited 0, as
+        for a site with nothing parked: a mistyped site looked done). Without a projection,
+        the letters alone say (each names its command's site)."""
+        store = self._opened()
+        if store is None:
+            return
+        try:
+            site_spellings(store, site)
+        except click.BadParameter:
+            self.close()
+            raise
 
     def states_of(self, request_ids: list[str]) -> dict[str, str]:
         store = self._opened()

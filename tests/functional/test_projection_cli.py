@@ -546,15 +546,24 @@ def test_stats_over_a_time_range_and_as_a_table(projected: str):
 
 @pytest.mark.parametrize(
     "command",
-    [("stats",), ("stats", "--json"), ("audit", "--email", "ada@example.com")],
+    [
+        ("stats",),
+        ("stats", "--json"),
+        ("audit", "--email", "ada@example.com"),
+        ("redrive",),
+        ("redrive", "--dry-run"),
+    ],
 )
 def test_a_site_the_projection_has_not_is_refused_naming_the_sites_it_has(
-    projected: str, command: tuple[str, ...]
+    projected: str, command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
 ):
     """`stats --site nosuch` said "no requests of site 'nosuch' in this range" and exited 0,
-    as for a site with nothing in the range, where `audit` said no such person and exited 1:
-    a mistyped site looked like a quiet one. Both refuse it as `migrate --to` refuses a
-    migration it has not: the option, the name, the sites there are (exit 2)."""
+    as for a site with nothing in the range, where `audit` said no such person and exited 1,
+    and `redrive` read every letter to redrive none (exit 0): a mistyped site looked like a
+    quiet one. Each refuses it as `migrate --to` refuses a migration it has not: the option,
+    the name, the sites there are (exit 2), `redrive` before it reads a letter (no broker
+    here: one it reached would fail otherwise)."""
+    monkeypatch.setenv("TALKSTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
     refused = talkstream(*command, "--site", " Acmex", "--database-url", projected)
     assert refused.exit_code == 2, refused.output
     assert refused.output.splitlines()[-1] == (
