@@ -264,15 +264,15 @@ Snapshot = tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[Any, ...
 
 def ended_minutes(store: ProjectionStore) -> list[tuple[Any, ...]]:
     """The overview's counts a minute (migration 0007) as (minute, site, state, requests,
-    tokens), in key order; a row of noughts (its requests all moved on) is not told apart from
-    none, as the overview does not."""
+    tokens), in key order, every row of the table (a row its requests all moved out of is
+    deleted: it stayed, requests 0, and a projection differed with how its batches fell)."""
     with store.engine.connect() as connection:
         return [
             tuple(row)
             for row in connection.execute(
                 text(
                     "SELECT minute, site, state, requests, tokens FROM ended_minutes"
-                    " WHERE requests <> 0 OR tokens <> 0 ORDER BY minute, site, state"
+                    " ORDER BY minute, site, state"
                 )
             )
         ]

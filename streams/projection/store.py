@@ -26,6 +26,8 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
+    delete,
     exists,
     func,
     inspect,
@@ -558,7 +560,10 @@ def _count_ended(
 ) -> None:
     """Move the touched requests in ``ended_minutes`` from where they counted to where they
     count now: one upsert of the sums that changed, in key order (two projectors' batches
-    lock the same rows in the same order)."""
+    lock the same rows in the same order), and the rows a move emptied deleted (a minute
+    whose requests all moved on, a redriven request's failure: they stayed, requests 0, so
+    the table differed with how its batches fell, the live projector's from a replay's and
+    from the migration's fill, and a consumer counting its rows counted noughts)."""
     moved: dict[tuple[int, str, str], list[int]] = {}
     for key in touched:
         was, now = before.get(key), _ended(rows[key])
@@ -588,6 +593,21 @@ def _count_ended(
         ),
         changed,
     )
+    emptied = [row for row in changed if row["requests"] < 0]  # the rows that may be noughts
+    if emptied:
+        connection.execute(
+            delete(_ENDED).where(
+                _ENDED.c.minute == bindparam("at_minute"),
+                _ENDED.c.site == bindparam("of_site"),
+                _ENDED.c.state == bindparam("in_state"),
+                _ENDED.c.requests == 0,
+                _ENDED.c.tokens == 0,
+            ),
+            [
+                {"at_minute": r["minute"], "of_site": r["site"], "in_state": r["state"]}
+                for r in emptied
+            ],
+        )
 
 
 def _chunks(values: list[str], size: int = 500) -> list[list[str]]:

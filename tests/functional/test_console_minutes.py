@@ -167,3 +167,23 @@ def test_the_overview_from_minutes_shows_what_the_requests_say(
     assert ended_minutes(store) == live
     assert_overviews_agree(database_url)
     store.close()
+
+
+def test_a_minute_its_requests_all_moved_out_of_keeps_no_row(
+    database_url: str,  # noqa: F811
+) -> None:
+    """A publication refused in one minute and redriven to published in the next moves its
+    request between the minutes' rows: the row it left stayed, requests 0, where a replay
+    of the same log in one batch (or the migration's fill) has none, and a consumer counting
+    the minutes something failed in counted it. The row is deleted as it empties."""
+    log = Log()
+    log.redriven("moved", lands=True, limit=3)
+    store = ProjectionStore.from_url(database_url)
+    for record in log.records:  # the live projector's batches: one a record
+        store.apply([record])
+    published = [(T0_MS // MINUTE + 1, "acme", "published", 1, 42)]
+    assert ended_minutes(store) == published
+    store.reset()
+    store.apply(log.records, set())  # a replay's one batch
+    assert ended_minutes(store) == published
+    store.close()
