@@ -22,6 +22,7 @@ rendered ``current_time``, which says when the decision applies, not when it was
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -294,20 +295,33 @@ async def _apply_all(
     alone: bool = True,
 ) -> None:
     """Apply the reader's records (of the partitions ``only``, default all) to the store
-    (``alone``: no other process shares the rebuild)."""
+    (``alone``: no other process shares the rebuild), each batch with the next offset of
+    every partition it read, as the live projector records them (``projected_offsets``),
+    and the last with the end of every partition read (the end captured at start, or
+    ``--until``'s cut; an empty partition's too): where a projector started on the rebuilt
+    database resumes, past the records that did not decode (a projector read them again
+    and dead-lettered them twice) and not before a cut (nothing after it is skipped)."""
     sourced: list[Sourced] = []
+    read: dict[tuple[str, int], int] = {}
     async with _Applier(store, rebuilt, alone=alone) as applier:
         async for batch in reader.batches(only):
             sourced += _sourced(batch, summary.skipped)
+            for record in batch:  # in offset order within each partition
+                read[(record.topic, record.partition)] = record.offset + 1
             summary.records += len(batch)
             if progress:
                 progress(len(batch))
             for helper in helpers:
                 helper.drain(progress)
             if len(sourced) >= APPLY_BATCH:
-                await applier.apply(sourced)
-                sourced = []
-        await applier.apply(sourced)
+                await applier.apply(sourced, read)
+                sourced, read = [], {}
+        ends = {
+            (reader.topic, partition): end
+            for partition, (_, end) in reader.bounds.items()
+            if only is None or partition in only
+        }
+        await applier.apply(sourced, read | ends)
     summary.applied += applier.applied
 
 
@@ -416,14 +430,17 @@ class _Applier:
         )
         self._writing: asyncio.Future[int] | None = None
 
-    async def apply(self, batch: list[Sourced]) -> None:
+    async def apply(
+        self, batch: list[Sourced], read: dict[tuple[str, int], int] | None = None
+    ) -> None:
+        """``read``: the next offset of each partition the batch was read from, recorded with
+        it (``ProjectionStore.apply``)."""
         await self._written()
+        write = functools.partial(self.store.apply, batch, self.rebuilt, read=read)
         if self._writer is None:
-            self.applied += self.store.apply(batch, self.rebuilt)
+            self.applied += write()
         else:
-            self._writing = asyncio.get_running_loop().run_in_executor(
-                self._writer, self.store.apply, batch, self.rebuilt
-            )
+            self._writing = asyncio.get_running_loop().run_in_executor(self._writer, write)
 
     async def _written(self) -> None:
         if self._writing is not None:

@@ -14,6 +14,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -565,9 +566,11 @@ async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(datab
         if store.in_process:
             release.set()  # SQLite's batches are applied inline
 
-        def held_apply(batch: list[Sourced], rebuilt: set[str] | None = None) -> int:
+        def held_apply(
+            batch: list[Sourced], rebuilt: set[str] | None = None, **read: Any
+        ) -> int:
             release.wait(30)
-            written.append(ProjectionStore.apply(store, batch, rebuilt))
+            written.append(ProjectionStore.apply(store, batch, rebuilt, **read))
             return written[-1]
 
         store.apply = held_apply  # type: ignore[method-assign]

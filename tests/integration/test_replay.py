@@ -323,6 +323,67 @@ def test_a_request_in_two_shares_is_rebuilt_in_one_process(
         beside.close()
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_replayed_projection_says_where_it_is_built_to_and_a_projector_goes_on_from_there(
+    kafka: EmbeddedKafka, tmp_path: Path, processes: str
+):
+    """``replay`` wrote no ``projected_offsets`` (the live projector records them with each
+    batch): the projection could not say up to which offsets it was built, and a projector
+    started on it resumed each partition after the last event it held, before the records
+    there that did not decode, and dead-lettered them again. A rebuild records the end of
+    every partition it read (in one process, or in shares beside each other); a projector
+    started on it letters nothing again and skips nothing written since."""
+    from tests.integration.test_projector import (
+        _caught_up,
+        _on,
+        _produce,
+        _produce_poison,
+        _project_until,
+    )
+
+    settings, log = _two_partitions(kafka, "tmarks")
+    topic = settings.topic("lifecycle")
+    for n in range(4):
+        log.full(f"r-{n}", email=f"p{n}@example.com")
+    assert {r.partition for r in log.records} == {0, 1}
+    asyncio.run(_produce(kafka.bootstrap, _on(topic, log.records)))
+    asyncio.run(_produce_poison(kafka.bootstrap, topic, partition=0, count=2))  # its last two
+    ends = dict(enumerate(topic_sizes_by_partition(kafka.bootstrap, topic)))
+
+    env = {"TALKSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap, "TALKSTREAM_APP_ID": settings.app_id}
+    url = f"sqlite:///{tmp_path / 'replayed.sqlite3'}"
+    result = talkstream(env, "replay", "--database-url", url, "--processes", processes)
+    assert result.exit_code == 0, result.output
+    assert "2 records did not decode" in result.output
+    store = ProjectionStore.from_url(url)
+    try:
+        with store.engine.connect() as connection:
+            marks = connection.exec_driver_sql(
+                "SELECT topic, partition, next_offset FROM projected_offsets"
+            ).all()
+        assert sorted(marks) == [(topic, p, end) for p, end in sorted(ends.items())]
+        assert {p: store.next_offset(topic, p) for p in ends} == ends
+
+        # what is written after the replay, behind the records that did not decode
+        held = store.counts()[1]
+        later = log.full("later", email="later@example.com")
+        added = _on(topic, [r for r in log.records if r.event.request_id == later.request_id])
+        asyncio.run(_produce(kafka.bootstrap, added))
+        letters = asyncio.run(
+            _project_until(
+                kafka.bootstrap,
+                topic,
+                store,
+                lambda p: store.counts()[1] >= held + len(added) and _caught_up(p),
+            )
+        )
+        assert letters.sent == []  # the records that did not decode, not lettered again
+        assert store.counts()[1] == held + len(added)
+        assert store.request(later.request_id).state == "published"  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
 def test_replay_into_postgresql_gives_the_same_tables(
     traffic: Traffic,
     system: System,
