@@ -464,6 +464,37 @@ def test_the_documented_consumer_counts_what_the_projection_shows(traffic: Traff
     assert documented_consumer_counts(system.kafka.bootstrap, traffic.lifecycle) == expected
 
 
+def test_the_documented_consumer_passes_over_a_record_that_is_not_a_lifecycle_event(
+    kafka: EmbeddedKafka,
+):
+    """docs/consumers.md's example read every value as a lifecycle event: a record that is not
+    one (not JSON, another JSON shape, no value), which the projector dead-letters and passes
+    over, ended it with a KeyError (or a JSONDecodeError, a TypeError) and counted nothing.
+    It passes over them, and counts the events around them."""
+    from tests.integration.test_projector import _on, _produce
+
+    settings, log = _two_partitions(kafka, "tconsumer")
+    topic = settings.topic("lifecycle")
+    log.full("r-before", email="ada@example.com")
+    first = len(log.records)
+    log.full("r-after", email="bob@example.com")
+    records = _on(topic, log.records)
+    asyncio.run(_produce(kafka.bootstrap, records[:first]))
+    others = [
+        b"not a lifecycle event",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"RequestReceived"',
+        json.dumps({"request_id": "r-x", "kind": "request_received"}).encode(),
+        None,
+    ]
+    for value in others:
+        produce(kafka.bootstrap, topic, b"r-before", value)
+    asyncio.run(_produce(kafka.bootstrap, records[first:]))
+    expected = Counter(r.event.state.value for r in records)
+    assert documented_consumer_counts(kafka.bootstrap, topic) == expected
+
+
 def _forged(kafka: EmbeddedKafka, forge: Any) -> tuple[dict[str, str], list[Any]]:
     """A log whose [requests] are real decisions and whose [lifecycle] is what ``forge``
     makes of the events the rules derived (``forge(events, others)``: the four of the
