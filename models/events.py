@@ -45,8 +45,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # (``models.params.person_key``: ``Shop:ada@x.io`` is ``shop:ada@x.io``, one usage window
 # for the site in any case); a record written before carries the key as its site was typed,
 # which the ledger and a replay read as recorded. ``spec.site`` and ``site`` stay as the
-# webhook typed them (what Talkable is called with). Fields are only ever added, optional.
-SCHEMA_VERSION = 11
+# webhook typed them (what Talkable is called with). 12: no field added; a re-issued
+# generation's GenerationStarted says its ``model`` (the one asked for, as a first attempt's and
+# a redrive's do: it said none). Fields are only ever added, optional.
+SCHEMA_VERSION = 12
 
 # a field a lifecycle event of a type says from a schema version on, though the ledger could
 # have derived it before: a recorded event an earlier version wrote does not say it, and
@@ -54,6 +56,7 @@ SCHEMA_VERSION = 11
 SAID_FROM: dict[tuple[str, str], int] = {
     ("PublicationStarted", "attempted_event_number"): 9,
     ("PublicationFailed", "attempted_event_number"): 9,
+    ("GenerationStarted", "model"): 12,  # a re-issue's (a first attempt's said it before)
 }
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]

@@ -448,6 +448,9 @@ def _reissue(ctx: Context, flight: InFlight, at_ms: int, cause: str) -> Decision
         at_ms=at_ms,
         cause=cause,
         attempt=retried.attempt,
+        # the model asked for, as on a first attempt's and a redrive's (schema 12: a re-issue's
+        # said none)
+        model=flight.request.spec.chat.model if generating else None,
         attempted_event_number=None if isinstance(command, GenerateText) else command.event_number,
     )
     return Decision(facts=[FlightTracked(retried)], events=[event], commands=[command])

@@ -656,6 +656,28 @@ def test_retriable_generation_failures_are_reissued_up_to_max_attempts(max_attem
     assert final.state.window == Window(start=T0, count=0)
 
 
+def test_every_generation_started_says_the_model_asked_for_a_reissue_too() -> None:
+    """A re-issued generation's ``GenerationStarted`` (a retriable failure, a lost attempt, a
+    deadline passed) said no ``model`` where the first attempt's and a redrive's say it: a
+    consumer reading the model asked for from it found null on every retry. Each says the
+    webhook's model; a re-issued publication's says none (it asks no model)."""
+    ledger = Ledger(policy=Policy(max_attempts=4))
+    [first] = [e for e in admit(ledger, "req-1", model="gpt-4.1").events if e.state == "generating"]
+    assert first.model == "gpt-4.1"
+    retried = ledger.send(generation_failed("req-1", 1, retriable=True))
+    lost = ledger.send(expired("req-1", 2, "generating", lost=True))
+    overdue = ledger.send(expired("req-1", 3, "generating"))
+    reissued = [e for outcome in (retried, lost, overdue) for e in outcome.events]
+    assert [(e.type, e.attempt, e.model) for e in reissued] == [
+        ("GenerationStarted", 2, "gpt-4.1"),
+        ("GenerationStarted", 3, "gpt-4.1"),
+        ("GenerationStarted", 4, "gpt-4.1"),
+    ]
+    ledger.send(generated("req-1", 4))
+    [publication] = ledger.send(expired("req-1", 1, "publishing")).events
+    assert (publication.type, publication.model) == ("PublicationStarted", None)
+
+
 def test_a_non_retriable_generation_failure_is_final_at_once() -> None:
     ledger = Ledger(policy=Policy(max_attempts=5))
     admit(ledger, "req-1")
@@ -1026,6 +1048,42 @@ def test_verify_agrees_with_a_log_written_before_the_attempted_number_and_after(
     assert (difference.type, difference.fields) == (
         "PublicationFailed",
         {"attempted_event_number": ("order-42-complete", "another-number")},
+    )
+
+
+def test_verify_agrees_with_a_reissue_written_before_it_said_its_model_and_after() -> None:
+    """A re-issued generation's ``GenerationStarted`` says its model from schema 12 on; one
+    an earlier version recorded says none, and ``replay --verify`` agrees with both. From
+    schema 12 on, a re-issue that says another model is a difference."""
+    ledger = Ledger(policy=Policy(max_attempts=2))
+    admit(ledger, "req-1", model="gpt-4.1")
+    ledger.send(generation_failed("req-1", 1, retriable=True))
+    messages = [encode(message) for message, _ in ledger.history]
+    events = [encode(e) for e in ledger.events]
+    [reissue] = [n for n, e in enumerate(ledger.events) if e.attempt == 2]
+
+    def written_at_11(value: bytes) -> bytes:
+        fields = json.loads(value)
+        if fields["attempt"] == 2:  # a re-issue's said no model
+            fields["model"] = None
+        return json.dumps(fields | {"schema_version": 11}).encode()
+
+    def verified(recorded: list[bytes]) -> VerifySummary:
+        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
+        for offset, message in enumerate(messages):
+            check.request(Record("requests", 0, offset, ledger.now_ms, message))
+        for offset, event in enumerate(recorded):
+            check.recorded(Record("lifecycle", 0, offset, 0, event))
+        return check.compare()
+
+    for recorded in (events, [written_at_11(e) for e in events]):
+        clean = verified(recorded)
+        assert (clean.differences, clean.matched) == ([], len(events))
+    forged = encode(ledger.events[reissue].model_copy(update={"model": "gpt-4o"}))
+    [difference] = verified([*events[:reissue], forged, *events[reissue + 1 :]]).differences
+    assert (difference.type, difference.fields) == (
+        "GenerationStarted",
+        {"model": ("gpt-4.1", "gpt-4o")},
     )
 
 
