@@ -47,7 +47,10 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # which the ledger and a replay read as recorded. ``spec.site`` and ``site`` stay as the
 # webhook typed them (what Talkable is called with). 12: no field added; a re-issued
 # generation's GenerationStarted says its ``model`` (the one asked for, as a first attempt's and
-# a redrive's do: it said none). Fields are only ever added, optional.
+# a redrive's do: it said none), and a failed generation's ``latency_ms`` (on
+# GenerationAttemptFailed and its GenerationFailed lifecycle event) is its last call's time,
+# where it was 0 (not measured); 0 still when it made no call. Fields are only ever added,
+# optional.
 SCHEMA_VERSION = 12
 
 # a field a lifecycle event of a type says from a schema version on, though the ledger could
@@ -153,7 +156,11 @@ class GenerationAttemptFailed(_Wire):
     error_class: str
     error_message: str
     retriable: bool = False
-    latency_ms: int = 0
+    latency_ms: int = Field(
+        0,
+        description="its last call's time (schema 12; 0 before, not measured), 0 when it made "
+        "none (not_called, or a wait that ended before any call)",
+    )
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
     waited_out: bool = Field(

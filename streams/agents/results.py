@@ -63,7 +63,9 @@ class Results:
                     self._name, command.request_id, command.attempt, why,
                 )  # fmt: skip
                 error = UpstreamError(why, reason=RECORD_TOO_LARGE)
-                failed: Outcome[Any] = Outcome(None, error, outcome.waited_s, outcome.tries)
+                failed: Outcome[Any] = Outcome(
+                    None, error, outcome.waited_s, outcome.tries, outcome.call_s
+                )
                 result = self._work.result(command, failed, self._clock.now_ms())
                 await (
                     await self._topics.requests.send(

@@ -118,7 +118,9 @@ class Generate(Work[GenerateText]):
     def result(self, command: GenerateText, outcome: Outcome[Any], now_ms: int) -> BaseModel:
         common = _reported(command, outcome, now_ms)
         if outcome.error is not None:
-            return GenerationAttemptFailed(**common, **_failure(outcome.error))
+            return GenerationAttemptFailed(
+                **common, **_failure(outcome.error), latency_ms=_failed_call_ms(outcome)
+            )
         done: Timed[Completion] = _value(outcome)
         return GenerationAttemptSucceeded(
             **common,
@@ -275,6 +277,16 @@ def text_too_large(text: str, max_bytes: int, limits: Limits | None = None) -> U
         reason="TextTooLarge",
         limits=limits,
     )
+
+
+def _failed_call_ms(outcome: Outcome[Any]) -> int:
+    """A failed attempt's latency: its last call's time (schema 12: it was 0, not measured),
+    0 when it made none (``not_called``: a refusal remembered, a key that cannot be opened,
+    a request too large for its target; a wait that ended before any call)."""
+    error = outcome.error
+    if outcome.call_s is None or (error is not None and not error.called):
+        return 0
+    return int(outcome.call_s * 1000)
 
 
 def _since(started: float) -> int:

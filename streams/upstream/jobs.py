@@ -45,6 +45,7 @@ class Job(Generic[R]):
     seq: int = 0  # the order it arrived in
     started_s: float = 0.0  # when its latest call started
     in_calls_s: float = 0.0  # its calls' time so far (what it did not spend waiting)
+    last_call_s: float | None = None  # its latest call's time (None: never called)
     timeouts: int = 0  # its calls that timed out
     unusable: int = 0  # its calls answered with nothing usable (no text; not JSON)
     resent: bool = False  # called again once after a refusal of the call as it was sent
@@ -71,6 +72,9 @@ class Outcome(Generic[R]):
     error: UpstreamError | None
     waited_s: float  # in its target's queue: from its issue to its outcome, less its calls
     tries: int
+    # its last call's time, from its start to its answer (None: it made none): what a failed
+    # generation reports as its latency (a success reports its own, timed by the call)
+    call_s: float | None = None
 
 
 @dataclass(eq=False)  # one per name: the same target is the same object

@@ -501,7 +501,8 @@ class Scheduler:
             self._share(target, job, limits.organization)
         self.in_flight -= 1
         target.in_flight -= 1
-        job.in_calls_s += max(now - job.started_s, 0.0)
+        job.last_call_s = max(now - job.started_s, 0.0)
+        job.in_calls_s += job.last_call_s
         paused = target.pacer.paused_until
         try:
             if error is None or error.answered or not (error.throttle or error.retriable):
@@ -598,7 +599,7 @@ class Scheduler:
     def _finish(self, job: Job[Any], value: Any, error: UpstreamError | None, now: float) -> None:
         """Report the job's outcome (in its own task: reports never hold the dispatcher)."""
         waited = max(now - job.issued_s - job.in_calls_s, 0.0)
-        outcome = Outcome(value, error, waited, job.tries)
+        outcome = Outcome(value, error, waited, job.tries, job.last_call_s)
         task = asyncio.ensure_future(job.report(outcome))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1419,3 +1419,40 @@ async def test_the_busiest_targets_are_described_and_the_others_summed() -> None
 async def test_the_scrape_benchmark_finds_the_same_busiest_targets_both_ways() -> None:
     described, busiest = await scrape_ms(300, count=50, looks=2)  # asserts the same top 50
     assert described > 0 and busiest > 0
+
+
+async def test_a_failed_call_reports_how_long_it_took_and_one_not_made_reports_none() -> None:
+    """A failed generation's ``latency_ms`` was 0 whatever its call took (docs/consumers.md:
+    "a failed call's time is not measured"): the executor knows it. The call refused after
+    2.5 s reports it (schema 12), on its result and on the request's ``GenerationFailed``; an
+    attempt ended without a call (``not_called``: the key refused a moment ago) keeps 0."""
+    from streams.agents.work import Generate
+    from tests.functional.test_sealed_keys import commands
+    from tests.unit.domain_builders import Ledger, received
+
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("openai:key", up.job("called"))
+    s.dispatch()
+    await settle()
+    clock.t += 2.5
+    refused = UpstreamError("OpenAI answered 401 invalid_api_key", reason="Unauthorized",
+                            status=401, refuses="key")  # fmt: skip
+    up.answer("called", refused)
+    await settle()
+    s.submit("openai:key", up.job("after"))
+    s.dispatch()
+    await settle()
+    assert "after" not in up.calls  # ended by the refusal of the key, without a call
+    assert up.reports["called"].call_s == pytest.approx(2.5)
+    assert up.reports["after"].call_s is None
+
+    generate, _ = commands()
+    generator = Generate(None, None)  # type: ignore[arg-type]
+    results = {key: generator.result(generate, up.reports[key], now_ms=1) for key in up.reports}
+    assert {key: r.latency_ms for key, r in results.items()} == {"called": 2500, "after": 0}
+    for key, latency in (("called", 2500), ("after", 0)):
+        ledger = Ledger()
+        ledger.send(received(generate.request_id))
+        [failed] = ledger.send(results[key]).events
+        assert (failed.type, failed.latency_ms) == ("GenerationFailed", latency)
