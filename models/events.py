@@ -68,7 +68,11 @@ Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(
+        SCHEMA_VERSION,
+        description="the version of the contract the value was written at; readers ignore "
+        "fields they do not know and do not refuse a higher version",
+    )
 
 
 class ChatRequest(BaseModel):
@@ -339,22 +343,71 @@ class PublishCompletion(_Wire):
 class LifecycleEvent(_Wire):
     """One state transition; past-tense ``type``, no secrets. The analytics contract."""
 
-    type: EventType
-    request_id: str
+    type: EventType = Field(
+        description="the transition, in the past tense (RequestReceived, ..., PublicationFailed)"
+    )
+    request_id: str = Field(
+        description="the id the ingress answered (a fingerprint of the webhook's params), or "
+        "<request_id>~<delivery> for a repeat of the same params (duplicate_of names the "
+        "fingerprint); with person, who"
+    )
     person: str = Field(description=PERSON_KEY)
     site: str = Field(description="the site as the webhook typed it (what Talkable is called with)")
-    state: State
-    previous_state: State | None
-    at_ms: int = Field(ge=0, description="the event time the decision used")
-    cause: str
-    attempt: int = 0
-    duplicate_of: str | None = None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    latency_ms: int | None = None
-    error_class: str | None = None
-    error_message: str | None = None
+    state: State = Field(description="the state the request reached (topology.md, State machine)")
+    previous_state: State | None = Field(
+        description="the state it left; null on a request's first transition (RequestReceived)"
+    )
+    at_ms: int = Field(
+        ge=0,
+        description="the event time the decision used, epoch ms: Talkable's "
+        "usage_limit.current_time when the webhook carried one, else its arrival; for results, "
+        "when the executor finished; for a re-issue, when the deadline timer fired or the "
+        "failed attempt ended; for a redrive, when the operator asked. It need not grow along "
+        "a request's transitions: read them in the topic's order",
+    )
+    cause: str = Field(
+        description="why, in words: a re-issue says the failed attempt "
+        "('attempt 1 failed (RateLimitError); re-issued'), a failure made without a call "
+        "'OpenAI (Talkable) not called: ...'"
+    )
+    attempt: int = Field(
+        0,
+        description="which attempt of a step (re-issues and redrives count up, from 1); 0 for "
+        "the webhook's RequestReceived and its judgement",
+    )
+    duplicate_of: str | None = Field(
+        None,
+        description="on a rejected duplicate (its DuplicateRejected and RequestReceived): the "
+        "original request's fingerprint",
+    )
+    model: str | None = Field(
+        None,
+        description="on TextGenerated: the model OpenAI answered with (e.g. a dated "
+        "gpt-4o-mini-2024-07-18); on GenerationStarted: the model the webhook asked for (a "
+        "re-issue's from schema 12 on)",
+    )
+    prompt_tokens: int | None = Field(
+        None, description="on TextGenerated: the prompt's tokens, as OpenAI counted them"
+    )
+    completion_tokens: int | None = Field(
+        None, description="on TextGenerated: the text's tokens, as OpenAI counted them"
+    )
+    latency_ms: int | None = Field(
+        None,
+        description="on TextGenerated: the OpenAI call's time; on GenerationFailed: the "
+        "attempt's last call's time (schema 12; 0 before, not measured), 0 when it made no "
+        "call, null when no call's result came (DeadlineExpired, AttemptLost)",
+    )
+    error_class: str | None = Field(
+        None,
+        description="on GenerationFailed and PublicationFailed (the step given up on): why, as "
+        "README's terminal states table names it; an attempt re-issued carries none",
+    )
+    error_message: str | None = Field(
+        None,
+        description="on GenerationFailed and PublicationFailed: what the upstream (or the "
+        "executor) said, no secret in it",
+    )
     window_start: int | None = Field(
         None,
         description="the usage window the decision saw: its start in epoch seconds (Talkable's "

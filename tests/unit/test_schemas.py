@@ -71,6 +71,23 @@ def test_the_lifecycle_schema_describes_every_field_consumers_read():
     assert not [name for name in schema["properties"] if "key" in name or "secret" in name]
 
 
+def test_the_lifecycle_schema_describes_every_field():
+    """A team generating its reader from the schema got a description for the fields added
+    later (window_start, truncated, ...) and none for the older ones (type, state, cause,
+    attempt, model, latency_ms, error_class, ...), which docs/consumers.md explains: every
+    property says what it holds, where it is said, and since which schema when it came later."""
+    schema = json.loads(schemas.path_for("lifecycle").read_text())
+    undescribed = [
+        name
+        for name, prop in schema["properties"].items()
+        if not prop.get("description", "").strip()
+    ]
+    assert undescribed == []
+    said = {name: prop["description"] for name, prop in schema["properties"].items()}
+    assert "schema 12" in said["latency_ms"] and "GenerationFailed" in said["latency_ms"]
+    assert "GenerationStarted" in said["model"] and "TextGenerated" in said["model"]
+
+
 def test_the_lifecycle_schema_names_the_token_cap_by_both_its_names():
     """``truncated`` said OpenAI cut the text at the campaign's ``max_tokens``; a campaign
     capping by ``max_completion_tokens`` (a reasoning model's) is cut there as well, as
