@@ -569,8 +569,9 @@ class ConsoleQueries:
             if state in series and 0 <= index < len(buckets):
                 series[state][index] = count
         for (site, state), (count, used) in by_site.items():
-            if count:  # a row of noughts: its requests all moved on (a projection before
-            # the projector deleted such rows keeps them until it is rebuilt)
+            # no row of noughts (its requests all moved on): a projection written before the
+            # projector deleted such rows keeps them until it is rebuilt
+            if count:
                 row = sites.setdefault(site, SiteRow(site))
                 row.by_state[state] = count
                 row.tokens += used

@@ -593,7 +593,11 @@ def _count_ended(
         ),
         changed,
     )
-    emptied = [row for row in changed if row["requests"] < 0]  # the rows that may be noughts
+    emptied = [  # the rows that may be noughts now: those requests moved out of
+        {"at_minute": k[0], "of_site": k[1], "in_state": k[2]}
+        for k, (n, _) in sorted(moved.items())
+        if n < 0
+    ]
     if emptied:
         connection.execute(
             delete(_ENDED).where(
@@ -603,10 +607,7 @@ def _count_ended(
                 _ENDED.c.requests == 0,
                 _ENDED.c.tokens == 0,
             ),
-            [
-                {"at_minute": r["minute"], "of_site": r["site"], "in_state": r["state"]}
-                for r in emptied
-            ],
+            emptied,
         )
 
 

@@ -566,9 +566,7 @@ async def test_a_rebuild_that_fails_waits_for_its_write_and_loses_no_error(datab
         if store.in_process:
             release.set()  # SQLite's batches are applied inline
 
-        def held_apply(
-            batch: list[Sourced], rebuilt: set[str] | None = None, **read: Any
-        ) -> int:
+        def held_apply(batch: list[Sourced], rebuilt: set[str] | None = None, **read: Any) -> int:
             release.wait(30)
             written.append(ProjectionStore.apply(store, batch, rebuilt, **read))
             return written[-1]
