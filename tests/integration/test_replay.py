@@ -780,6 +780,15 @@ def test_redrive_reads_a_site_typed_in_another_case_as_the_projection_spells_it(
             ),
             {"site": SITE, "person": f"{SITE}:alice@example.com"},
         )
+        # a site the projection has, with nothing parked: selected, none of its letters
+        # (a site it has not is refused: test_projection_cli)
+        connection.execute(
+            text(
+                "INSERT INTO requests (request_id, site, person, state, terminal,"
+                " received_at_ms, updated_at_ms, attempts)"
+                " VALUES ('o1', 'other', 'other:bob@example.com', 'published', true, 1, 1, 1)"
+            )
+        )
     store.close()
 
     typed = talkstream(env, "redrive", "--dry-run", "--site", SITE.upper(), "--database-url", url)
@@ -787,6 +796,7 @@ def test_redrive_reads_a_site_typed_in_another_case_as_the_projection_spells_it(
     assert f"would redrive: p1 → the ledger  site={SITE}  " in typed.output
     assert "1 to redrive, 0 not selected" in typed.output
     other = talkstream(env, "redrive", "--dry-run", "--site", "other", "--database-url", url)
+    assert other.exit_code == 0, other.output
     assert "0 to redrive, 1 not selected" in other.output
 
 
