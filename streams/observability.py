@@ -312,7 +312,9 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     database must take its writes too (the worker's decisions go on without it). A worker
     told to stop says so first: its executors take nothing more, then close their consumers,
     which would read as Kafka out of reach. An executor whose commits Kafka refuses for good
-    (``Executor.refused``) says so next: its partitions are stalled while the broker answers."""
+    (``Executor.refused``) says so next: its partitions are stalled while the broker answers.
+    An executor whose group has not given it its partitions yet (``Executor.joining``) is not
+    ready either, once Kafka answers: the commands in its topic wait for it."""
     consumers = list(consumers)
     if any(getattr(own, "stopping", False) for own in consumers):
         return False, "stopping"
@@ -333,6 +335,9 @@ def ready(app: Any, consumers: Iterable[Any], now: float | None = None) -> tuple
     unreachable = kafka_unreachable(readers, now)
     if unreachable is not None:
         return False, unreachable
+    joining = [why for own in consumers if (why := getattr(own, "joining", None))]
+    if joining:  # an executor its group has not given its partitions yet: it takes nothing
+        return False, joining[0]
     if app is None:
         return True, "ready"
     if getattr(app, "rebalancing", False):

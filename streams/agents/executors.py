@@ -182,6 +182,16 @@ class Executor:
         return self._stopping
 
     @property
+    def joining(self) -> str | None:
+        """Why it takes no command yet, for ``/readyz``: its group has not given it its
+        partitions since it started (a worker, or its executors' child, said ready while the
+        commands waited in the topic for the group's join, seconds on a loaded host, past a
+        request's ``MAX_WAIT_SECONDS``); None once it has."""
+        if self.handover.assigned:
+            return None
+        return f"the {self.config.name} joining its consumer group"
+
+    @property
     def taken(self) -> dict[TopicPartition, int]:
         """The next offset of each partition this run holds (what its commits carry)."""
         return self.commits.taken

@@ -151,6 +151,11 @@ class HandOver:
         # the revokes this run began: a batch the executor's loop fetched before one is not
         # taken (``Executor._handed_over``)
         self.revokes = 0
+        # its group has given this run its partitions (none, too, where the group has more
+        # members than the topic partitions) and what other runs left of them was read: until
+        # then the commands in its topic wait for it, and ``/readyz`` says so
+        # (``Executor.joining``)
+        self.assigned = False
 
     @property
     def held(self) -> int:
@@ -415,6 +420,14 @@ class HandOver:
         within its session timeout after its executors' partitions moved). The calls a mark
         lists as running elsewhere (a hand-over's) are carried on in this run's marks and
         told lost once their run has left the group (``LostWork.check_elsewhere``)."""
+        try:
+            await self._recover(consumer, assigned)
+        finally:  # (its marks not read: the deadlines re-issue what was lost)
+            self.assigned = True
+
+    async def _recover(
+        self, consumer: AIOKafkaConsumer | None, assigned: set[TopicPartition]
+    ) -> None:
         self._unreported.forget(self._unreported.partitions() - assigned)  # others' now
         if consumer is None or not assigned:
             return

@@ -88,6 +88,9 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
     system = make_system(
         generation_deadline_seconds="3", max_wait_seconds="2", openai_timeout_seconds="120"
     )
+    # its executors in their groups (the worker's /readyz, its child's with them: a command
+    # waiting for their join past MAX_WAIT_SECONDS failed, on a loaded host)
+    system.wait_ready()
     system.openai("POST", "/_control", {"hang_every": 2})
     ids = post_all(system, [seed_params(f"hang{i}@example.com") for i in range(2)])
     rows = system.wait_terminal(ids, timeout=90)

@@ -6,6 +6,7 @@ and connection (tests/functional/test_worker_http.py checks the real ones have i
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -217,3 +218,54 @@ def test_a_projector_whose_database_takes_nothing_is_not_ready(
     faust: Any, consumers: list[Any], answer: tuple[bool, str]
 ) -> None:
     assert ready(faust, consumers, NOW) == answer
+
+
+JOINING = "the generator joining its consumer group"
+
+
+@pytest.mark.parametrize(
+    ("faust", "consumers", "answer"),
+    [
+        # the executors' child (no faust): its executors' groups have not given them their
+        # partitions yet; it said ready, and the commands waited in their topic meanwhile
+        # (seconds on a loaded host: a request past its MAX_WAIT_SECONDS failed)
+        (None, [SimpleNamespace(consumer=ANSWERING, joining=JOINING)], (False, JOINING)),
+        (None, [SimpleNamespace(consumer=ANSWERING, joining=None)], (True, "ready")),
+        # the executors in the worker: the same, whatever faust says
+        (
+            app(),
+            [*owners(ANSWERING), SimpleNamespace(consumer=ANSWERING, joining=JOINING)],
+            (False, JOINING),
+        ),
+        # Kafka out of reach, or a stop, is said first
+        (
+            None,
+            [SimpleNamespace(consumer=GONE, joining=JOINING)],
+            (False, "Kafka unreachable: no connection to a broker"),
+        ),
+        (
+            None,
+            [SimpleNamespace(consumer=GONE, joining=JOINING, stopping=True)],
+            (False, "stopping"),
+        ),
+    ],
+)
+def test_an_executor_its_group_has_not_given_its_partitions_is_not_ready(
+    faust: Any, consumers: list[Any], answer: tuple[bool, str]
+) -> None:
+    assert ready(faust, consumers, NOW) == answer
+
+
+def test_an_executor_is_ready_once_its_group_has_given_it_its_partitions() -> None:
+    """A real executor (its consumer's connections answering): joining until its rebalance
+    listener is given its assignment, none too (a group with more members than partitions),
+    and its partitions' marks read; ready from then on."""
+    from streams.agents.handover import OnRebalance
+    from tests.unit.test_executor_marks import Requests, generator
+
+    executor = generator(Requests())
+    executor.consumer = ANSWERING  # type: ignore[assignment]
+    assert ready(None, [executor], NOW) == (False, JOINING)
+    listener = OnRebalance(executor.handover, ANSWERING)  # type: ignore[arg-type]
+    asyncio.run(listener.on_partitions_assigned(set()))
+    assert ready(None, [executor], NOW) == (True, "ready")
