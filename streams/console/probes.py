@@ -57,6 +57,18 @@ def projection_readiness(engine: Engine) -> Why | None:
         )
     try:
         found = schema.check(engine)
+        if found.revision is None:  # a first start's migration under way, as a rule: asked,
+            # and read again while none can start (one that committed since it was read is
+            # not said as no history: a WARNING at a clean start, on a loaded host)
+            with migrate.no_migration_meanwhile(engine) as migrating:
+                if migrating:
+                    return Why(
+                        "the projection is being migrated: a worker's projector migrates it "
+                        "as it starts",
+                        f"the projection at {safe_url(engine)} is being migrated by a projector",
+                        logging.INFO,
+                    )
+                found = schema.check(engine)
     except SQLAlchemyError as exc:
         kind = "database unreachable" if database_unusable(exc) else "database error"
         return Why(kind, f"the projection cannot be read: {database_said(exc)}")
@@ -65,12 +77,6 @@ def projection_readiness(engine: Engine) -> Why | None:
             "the projection is newer than this console",
             f"no page will be served: {found.refused}",
             logging.ERROR,
-        )
-    if found.revision is None and migrate.migrating(engine):  # a first start's, as a rule
-        return Why(
-            "the projection is being migrated: a worker's projector migrates it as it starts",
-            f"the projection at {safe_url(engine)} is being migrated by a projector",
-            logging.INFO,
         )
     if found.revision is None:
         return Why(

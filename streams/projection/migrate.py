@@ -311,26 +311,39 @@ def not_current(engine: Engine) -> str | None:
     )
 
 
-def migrating(engine: Engine) -> bool:
+@contextlib.contextmanager
+def no_migration_meanwhile(engine: Engine) -> Iterator[bool]:
     """Whether a SQLite projection is being migrated now (a projector holds the migration's
     lock, :func:`_file_lock`): a reader meanwhile finds a file with no history, its tables
     made once the migration commits (one transaction, :func:`_transaction`; a version before
-    this one made each table visible as it was created). False for any other database
-    (PostgreSQL's migration is one transaction too, and makes no lock file)."""
+    this one made each table visible as it was created). If not, none starts until the block
+    ends (the lock held shared): what the block reads is the projection as the last migration
+    left it. A reader that found no history and then asked whether a migration ran found one
+    that had committed meanwhile, and said no history (the console's WARNING at a clean
+    start, ``talkstream dev`` on a loaded host). False for any other database (PostgreSQL's
+    migration is one transaction too, and makes no lock file), and for a file no migration
+    has run on (no lock file: none is made here)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
-        return False
+        yield False
+        return
     try:
         handle = open(f"{database}.lock", "rb")  # noqa: SIM115  (closed below)
     except OSError:  # none there: no migration has ever run on it
-        return False
+        yield False
+        return
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+            migrating = True
+        else:
+            migrating = False
+        try:
+            yield migrating
+        finally:
+            if not migrating:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

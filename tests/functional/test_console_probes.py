@@ -174,6 +174,43 @@ async def test_a_projection_being_migrated_is_not_ready_and_no_alarm(
         engine.dispose()
 
 
+async def test_a_migration_that_commits_while_a_probe_reads_is_no_alarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe read the file as a projector's first migration went on (no history yet), and
+    asked whether a migration ran only after it had committed and let its lock go: it said
+    "no migration history" in a WARNING at a clean start (``talkstream dev`` on a loaded
+    host). Read again while no migration can start, it is the projection as migrated."""
+    from streams.console import schema
+    from streams.projection import migrate
+
+    caplog.set_level(logging.INFO, logger="streams.console.app")
+    database = tmp_path / "first.sqlite3"
+    url = f"sqlite:///{database}"
+    engine = make_engine(url)
+    with engine.begin() as connection:  # the file made, nothing committed in it yet
+        connection.execute(text("SELECT 1"))
+    read = schema.check
+
+    def migrated_meanwhile(checked: Any) -> Any:
+        found = read(checked)  # no history: the migration has not committed
+        monkeypatch.setattr(schema, "check", read)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        migrate.upgrade(engine)  # ... and now has, its lock let go
+        return found
+
+    client = await on_engine(tmp_path, engine, url)
+    try:
+        with _migration_lock(database) as lock:  # as migrate._file_lock holds it
+            monkeypatch.setattr(schema, "check", migrated_meanwhile)
+            assert await probed(client) == (200, READY)
+        alarms = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert alarms == []
+    finally:
+        await client.close()
+        engine.dispose()
+
+
 async def test_a_projection_a_newer_version_migrated_is_not_ready(tmp_path: Path) -> None:
     console = await start(tmp_path, revision="9999")
     try:
