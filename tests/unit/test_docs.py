@@ -51,6 +51,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory):
         data_dir=tmp_path_factory.mktemp("docs"),
         secret_keys=Fernet.generate_key().decode(),
         table_store="memory://",
+        executors="worker",  # built here, to be named, whatever TALKSTREAM_EXECUTORS says
     )
     return build(settings)
 

@@ -86,6 +86,7 @@ async def test_every_group_of_a_worker_has_its_session_timeout(tmp_path: Path) -
         secret_keys=Fernet.generate_key().decode(),
         table_store="memory://",
         session_timeout_seconds=45,
+        executors="worker",  # built here, whatever TALKSTREAM_EXECUTORS says
     )
     worker = build(s)
     assert worker.app.conf.broker_session_timeout == 45
