@@ -934,6 +934,17 @@ def _as_written_at_7(value: Any, dropped: str) -> bytes:
     return json.dumps(fields | {"schema_version": 7}).encode()
 
 
+def _verified(ledger: Ledger, messages: list[bytes], recorded: list[bytes]) -> VerifySummary:
+    """What ``replay --verify`` says of the lifecycle ``recorded`` beside the ledger's
+    requests ``messages``."""
+    check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
+    for offset, message in enumerate(messages):
+        check.request(Record("requests", 0, offset, ledger.now_ms, message))
+    for offset, event in enumerate(recorded):
+        check.recorded(Record("lifecycle", 0, offset, 0, event))
+    return check.compare()
+
+
 @pytest.mark.parametrize("written_at", [7, 8])
 def test_verify_agrees_with_a_log_written_before_the_event_number_and_after(
     written_at: int,
@@ -953,19 +964,11 @@ def test_verify_agrees_with_a_log_written_before_the_event_number_and_after(
         messages[-1] = _as_written_at_7(ledger.history[-1][0], "landed_event_number")
         events = [_as_written_at_7(e, "event_number") for e in ledger.events]
 
-    def verified(recorded: list[bytes]) -> VerifySummary:
-        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
-        for offset, message in enumerate(messages):
-            check.request(Record("requests", 0, offset, ledger.now_ms, message))
-        for offset, event in enumerate(recorded):
-            check.recorded(Record("lifecycle", 0, offset, 0, event))
-        return check.compare()
-
-    clean = verified(events)
+    clean = _verified(ledger, messages, events)
     assert (clean.differences, clean.matched) == ([], len(events))
     [last] = [e for e in ledger.events if e.type == "CompletionPublished"]
     forged = encode(last.model_copy(update={"event_number": "another-number"}))
-    [difference] = verified([*events[:-1], forged]).differences
+    [difference] = _verified(ledger, messages, [*events[:-1], forged]).differences
     assert difference.fields == {"event_number": (number, "another-number")}
 
 
@@ -1031,20 +1034,12 @@ def test_verify_agrees_with_a_log_written_before_the_attempted_number_and_after(
         del fields["attempted_event_number"]
         return json.dumps(fields | {"schema_version": 8}).encode()
 
-    def verified(recorded: list[bytes]) -> VerifySummary:
-        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
-        for offset, message in enumerate(messages):
-            check.request(Record("requests", 0, offset, ledger.now_ms, message))
-        for offset, event in enumerate(recorded):
-            check.recorded(Record("lifecycle", 0, offset, 0, event))
-        return check.compare()
-
     for recorded in (events, [written_at_8(e) for e in events]):
-        clean = verified(recorded)
+        clean = _verified(ledger, messages, recorded)
         assert (clean.differences, clean.matched) == ([], len(events))
     [last] = ledger.events[-1:]
     forged = encode(last.model_copy(update={"attempted_event_number": "another-number"}))
-    [difference] = verified([*events[:-1], forged]).differences
+    [difference] = _verified(ledger, messages, [*events[:-1], forged]).differences
     assert (difference.type, difference.fields) == (
         "PublicationFailed",
         {"attempted_event_number": ("order-42-complete", "another-number")},
@@ -1068,19 +1063,12 @@ def test_verify_agrees_with_a_reissue_written_before_it_said_its_model_and_after
             fields["model"] = None
         return json.dumps(fields | {"schema_version": 11}).encode()
 
-    def verified(recorded: list[bytes]) -> VerifySummary:
-        check = Rederivation(ledger.policy, VerifySummary("requests", "lifecycle"))
-        for offset, message in enumerate(messages):
-            check.request(Record("requests", 0, offset, ledger.now_ms, message))
-        for offset, event in enumerate(recorded):
-            check.recorded(Record("lifecycle", 0, offset, 0, event))
-        return check.compare()
-
     for recorded in (events, [written_at_11(e) for e in events]):
-        clean = verified(recorded)
+        clean = _verified(ledger, messages, recorded)
         assert (clean.differences, clean.matched) == ([], len(events))
     forged = encode(ledger.events[reissue].model_copy(update={"model": "gpt-4o"}))
-    [difference] = verified([*events[:reissue], forged, *events[reissue + 1 :]]).differences
+    recorded = [*events[:reissue], forged, *events[reissue + 1 :]]
+    [difference] = _verified(ledger, messages, recorded).differences
     assert (difference.type, difference.fields) == (
         "GenerationStarted",
         {"model": ("gpt-4.1", "gpt-4o")},
