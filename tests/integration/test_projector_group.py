@@ -376,8 +376,16 @@ def test_each_projector_joining_its_group_rebalances_it_once(
             await _until(lambda: _assigned(first) == PARTITIONS, first_task)
             assert _generation(first) == 1
             async with _running(second) as second_task:
+                # settled: each has its share, and the first has given up the second's (its
+                # generation can read 2 before its listener has run on the new assignment)
                 await _until(
-                    lambda: _assigned(first) > 0 and _assigned(second) > 0, first_task, second_task
+                    lambda: (
+                        _assigned(first) > 0
+                        and _assigned(second) > 0
+                        and _assigned(first) + _assigned(second) == PARTITIONS
+                    ),
+                    first_task,
+                    second_task,
                 )
                 assert _generation(first) == _generation(second) == 2
                 assert _assigned(first) + _assigned(second) == PARTITIONS
