@@ -424,10 +424,11 @@ def worker(log_format: str | None) -> None:
     TALKSTREAM_EXECUTORS say where the projector and the executors run)."""
     import faust
 
-    from streams.app import build, give_back, hold_table_dir
+    from streams.app import build
     from streams.errors import TalkstreamError
     from streams.logs import logging_config
     from streams.secrets import load_secret_box
+    from streams.tabledir import give_back, hold_table_dir
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     settings = _settings()
@@ -516,10 +517,10 @@ def projector(log_format: str | None) -> None:
     """Run the projector alone: [lifecycle] → SQL. The worker runs it itself unless
     TALKSTREAM_PROJECTOR=off (then run this; =process: the worker starts this as its child)."""
     from streams.agents.projector import serve, until_topics_fit
-    from streams.app import give_back, hold_table_dir
     from streams.children import PARENT_ENV, stop_signals
     from streams.errors import TalkstreamError
     from streams.logs import setup as setup_logging
+    from streams.tabledir import give_back, hold_table_dir
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     signals = stop_signals()
@@ -565,12 +566,12 @@ def executors(log_format: str | None) -> None:
     """Run the executors alone: [generate] → OpenAI and [completions] → Talkable, their
     results → [requests]. The worker runs them itself unless TALKSTREAM_EXECUTORS=off (then
     run this; =process: the worker starts this as its child)."""
-    from streams.app import give_back
     from streams.children import stop_signals
     from streams.errors import TalkstreamError
     from streams.executors_process import serve
     from streams.logs import setup as setup_logging
     from streams.secrets import load_secret_box
+    from streams.tabledir import give_back
     from streams.topics import consumer_group, coordinators_ready, ensure_topics
 
     signals = stop_signals()
@@ -609,9 +610,9 @@ def _executors_hold(settings: Settings, made: list[Path]) -> IO[str]:
     another holds it: the child of the worker's run before this one (killed, its child
     stopped by the kernel) ending its calls. Started at once beside it, it took the same
     member ids, and told that run's calls lost while they ran: each called twice."""
-    from streams.app import hold_table_dir
     from streams.children import PARENT_ENV
     from streams.errors import ConfigError
+    from streams.tabledir import hold_table_dir
 
     said = False
     while True:

@@ -71,7 +71,7 @@ def dev_holder(data_dir: Path) -> str | None:
 
 
 # the locks a worker and a projector hold in their state folder while they run
-# (``streams.app.hold_table_dir``: ``<data dir>/worker/<app id>/<worker name>/<role>.lock``)
+# (``streams.tabledir.hold_table_dir``: ``<data dir>/worker/<app id>/<worker name>/<role>.lock``)
 ROLES = ("worker", "projector")
 
 

@@ -216,7 +216,7 @@ def test_make_clean_leaves_a_directory_a_worker_started_by_hand_runs_on(
 # closes
 HOLDS_STATE = """
 import sys
-from streams.app import hold_table_dir
+from streams.tabledir import hold_table_dir
 from streams.settings import Settings
 with hold_table_dir(Settings(), sys.argv[1]):
     print("held", flush=True)

@@ -1219,7 +1219,7 @@ def _holding(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     code = (
-        "import sys; from streams.app import hold_table_dir; from streams.settings import "
+        "import sys; from streams.tabledir import hold_table_dir; from streams.settings import "
         f"Settings; held = hold_table_dir(Settings(), {role!r}); print('held', flush=True); "
         "sys.stdin.read()"
     )

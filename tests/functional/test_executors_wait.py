@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from streams.app import hold_table_dir
 from streams.children import PARENT_ENV
 from streams.settings import Settings
+from streams.tabledir import hold_table_dir
 from tests.support import free_port
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.app import table_dir
 from streams.settings import Settings
+from streams.tabledir import table_dir
 
 
 def settings(data_dir: Path, **values: object) -> Settings:
