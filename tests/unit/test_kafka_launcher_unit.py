@@ -308,6 +308,29 @@ def test_kafka_3_refuses_a_log_kafka_4_formatted_before_it_dies_of_it(tmp_path):
     EmbeddedKafka(tmp_path, version="4.4.0")._check_readable()
 
 
+def test_only_a_new_log_directory_is_formatted(tmp_path, monkeypatch):
+    """The storage tool runs (a JVM, a second of CPU) for a log directory not formatted yet,
+    and only then: a restarted node's start skips it, as ``--ignore-formatted`` had the tool
+    do after starting."""
+    ran: list[list[str]] = []
+
+    def tool(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        ran.append(command)
+        (kafka.log_dir / "meta.properties").write_text("formatted\n")
+        return subprocess.CompletedProcess(command, 0, "Formatting done", "")
+
+    kafka = EmbeddedKafka(tmp_path)
+    kafka.log_dir.mkdir(parents=True)
+    monkeypatch.setattr("streams.dev.kafka.subprocess.run", tool)
+    kafka._format("java", tmp_path)
+    assert [command[command.index("format") - 1 :][:3] for command in ran] == [
+        ["kafka.tools.StorageTool", "format", "--ignore-formatted"]
+    ]
+    assert kafka.formatted_by_file.read_text() == f"{kafka.version}\n"
+    kafka._format("java", tmp_path)  # formatted: the tool not run again
+    assert len(ran) == 1
+
+
 def _child(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
