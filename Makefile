@@ -13,14 +13,15 @@ dev: bootstrap
 # which each leases from scripts/postgres.sh), then the integration tier on three: its tests
 # mostly wait (for timeouts, deadlines, retries, brokers: on two processes they kept about one
 # core of two busy), each process has its own broker and ports, and a module runs whole, in
-# order, on one of them (--dist loadfile: its system once).
+# order, on one of them (--dist loadfile: its system once), the costliest modules first
+# (tests/integration/conftest.py; --no-loadscope-reorder: not by their count of tests).
 # With PYTEST_ARGS, a single pytest run with them, every tier in one process.
 test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 ifeq ($(strip $(PYTEST_ARGS)),)
 	.venv/bin/python -m pytest tests/unit tests/functional -n 2
-	.venv/bin/python -m pytest tests/integration -n 3 --dist loadfile
+	.venv/bin/python -m pytest tests/integration -n 3 --dist loadfile --no-loadscope-reorder
 else
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 endif

@@ -129,15 +129,16 @@ def test_every_setting_is_documented() -> None:
 def test_make_test_runs_every_tier_on_its_processes() -> None:
     """The unit and functional tiers are CPU-bound: pytest-xdist runs them on both cores. The
     integration tier mostly waits: three processes, each module whole and in order on one of
-    them (``--dist loadfile``: a module's tests share its ``system``). With PYTEST_ARGS: one
-    run, as given."""
+    them (``--dist loadfile``: a module's tests share its ``system``), the costliest modules
+    first (``--no-loadscope-reorder``: in the order the tier's conftest sorts them, not by
+    their count of tests). With PYTEST_ARGS: one run, as given."""
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^test:.*\n((?:\t.*\n|[a-z].*\n)+)", makefile, re.M)
     assert recipe
     runs = [line.strip() for line in recipe.group(1).splitlines() if "pytest" in line]
     assert runs == [
         ".venv/bin/python -m pytest tests/unit tests/functional -n 2",
-        ".venv/bin/python -m pytest tests/integration -n 3 --dist loadfile",
+        ".venv/bin/python -m pytest tests/integration -n 3 --dist loadfile --no-loadscope-reorder",
         ".venv/bin/python -m pytest $(PYTEST_ARGS)",
     ]
 

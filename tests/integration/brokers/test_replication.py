@@ -245,6 +245,9 @@ def test_no_acknowledged_webhook_is_lost_when_the_leader_is_killed(
         }
 
         def terminal_rows() -> dict[str, Any] | None:
+            terminal = system.terminal_of(accepted)  # (one query: rows read once all are)
+            if not all(terminal.get(rid) for rid in accepted):
+                return None
             rows = {rid: system.projection.request(rid) for rid in accepted}
             done = {rid: row for rid, row in rows.items() if row is not None and row.terminal}
             return done if len(done) == len(accepted) else None
