@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import string
 import subprocess
@@ -139,6 +141,7 @@ class EmbeddedKafka:
         format_args: Sequence[str] = (),
         probe_options: Mapping[str, Any] | None = None,
         cluster_id_file: Path | None = None,
+        class_archive_dir: Path | None = None,
     ) -> None:
         if port == controller_port:
             raise KafkaLauncherError(f"port and controller_port must differ (both {port})")
@@ -162,6 +165,9 @@ class EmbeddedKafka:
         self.pid_file = self.kafka_dir / "kafka.pid"
         self.properties_file = self.kafka_dir / "server.properties"
         self.cluster_id_file = cluster_id_file or self.kafka_dir / "cluster.id"
+        # the JVM's archive of the classes a node loads (see :meth:`_class_archive_args`)
+        self.class_archive_dir = class_archive_dir or self.jars_dir
+        self.class_dump = self.kafka_dir / "classes.jsa.dump"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_read = 0  # how far the log written since our launch has been searched
         self._log_start = 0  # where our launch's part of the log begins
@@ -289,6 +295,7 @@ class EmbeddedKafka:
             )
         )
         self.properties_file.chmod(0o600)  # overrides may hold a keystore password
+        self.class_dump.unlink(missing_ok=True)  # a killed run's, maybe cut short
         self._format(java, jars)
         with self.log_file.open("a") as log:
             self._log_start = log.tell()
@@ -388,6 +395,7 @@ class EmbeddedKafka:
         logger.info("stopping Kafka pid=%s", pid)
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
             if self._signal(pid, sig, wait):
+                self._keep_class_dump(whole=sig == signal.SIGTERM)
                 return True
             logger.warning("Kafka pid=%s still alive %.0fs after %s", pid, wait, sig.name)
         raise KafkaLauncherError(f"Kafka pid={pid} survived SIGKILL")
@@ -401,6 +409,7 @@ class EmbeddedKafka:
         logger.info("killing Kafka node=%s pid=%s", self.node_id, pid)
         if not self._signal(pid, signal.SIGKILL, 10.0):
             raise KafkaLauncherError(f"Kafka pid={pid} survived SIGKILL")
+        self._keep_class_dump(whole=False)
         return pid
 
     def log_tail(self, lines: int = 30) -> str:
@@ -469,6 +478,7 @@ class EmbeddedKafka:
         logging_uri = logging_file.resolve().as_uri()
         return [
             *(java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC"),
+            *self._class_archive_args(java, main),
             # the client compiler only: a node that lives for a dev session, a test run or a
             # benchmark never earns back what the optimizing compiler's threads take from the
             # two cores it shares with the pipeline (bench/PROFILE.md, thirty-third round)
@@ -476,6 +486,49 @@ class EmbeddedKafka:
             *("-Djava.awt.headless=true", f"-D{self.kafka.logging_property}={logging_uri}"),
             *("-cp", str(jars / "*"), main, *args),
         ]
+
+    def class_archive(self, java: str) -> Path:
+        """The archive of the classes a node of this version loads, made by the JVM at hand
+        (one per JDK: another JDK's would be refused)."""
+        binary = Path(shutil.which(java) or java).resolve()
+        jdk = [str(binary)]
+        for part in (binary, binary.parent.parent / "lib" / "server" / "libjvm.so"):
+            with contextlib.suppress(OSError):
+                made = part.stat()
+                jdk.append(f"{made.st_size}:{made.st_mtime_ns}")
+        digest = hashlib.sha256(":".join(jdk).encode()).hexdigest()[:12]
+        return self.class_archive_dir / f"classes-{digest}.jsa"
+
+    def _class_archive_args(self, java: str, main: str) -> list[str]:
+        """The JVM's class data sharing: a node (and the storage tool) maps the classes it
+        loads from an archive made once, rather than loading and checking each from the jars
+        at every start: a node's start took 2.4 s of CPU and 4.5 s before it answered, 1.3 s
+        and 3 s with it (the storage tool 1.0 s, 0.6 s). No archive yet: a node has the JVM
+        write one as it exits (a few seconds more at its stop), which :meth:`stop` keeps once
+        the JVM has taken it. (Another JDK's archive the JVM would leave aside, silently: each
+        JDK has its own.)"""
+        archive = self.class_archive(java)
+        if archive.is_file():
+            return [f"-XX:SharedArchiveFile={archive}"]
+        if main == "kafka.Kafka":  # (the classes it cannot archive, a warning each, unsaid)
+            return [f"-XX:ArchiveClassesAtExit={self.class_dump}", "-Xlog:cds*=error"]
+        return []
+
+    def _keep_class_dump(self, whole: bool) -> None:
+        """The archive the node wrote as it exited, kept for the next starts (the first one
+        kept: nodes started before it write theirs too); one it may have been killed writing
+        (``whole`` False) is not."""
+        if not self.class_dump.exists():
+            return
+        try:
+            java = find_java()
+            archive = self.class_archive(java)
+            if whole and not archive.exists() and _maps(java, self.fetch_jars(), self.class_dump):
+                os.replace(self.class_dump, archive)  # whole or not at all, for a start reading it
+        except (OSError, KafkaLauncherError, subprocess.SubprocessError) as exc:
+            logger.debug("class archive not kept: %s", exc)  # starts go without one
+        finally:
+            self.class_dump.unlink(missing_ok=True)
 
     def _check_readable(self) -> None:
         """Kafka 3 cannot read a log formatted by Kafka 4 (it dies with a stack trace): say so
@@ -514,6 +567,19 @@ class EmbeddedKafka:
             )
         logger.debug("kafka storage format: %s", done.stdout.strip())
         self.formatted_by_file.write_text(f"{self.version}\n")
+
+
+def _maps(java: str, jars: Path, archive: Path) -> bool:
+    """Whether the JVM maps ``archive`` with the jars' class path (``-Xshare:on``: or exits
+    saying why). One cut short would have every JVM given it die of a SIGBUS as it starts;
+    one it cannot use for another reason it would leave aside without a word."""
+    shared = ("-Xshare:on", f"-XX:SharedArchiveFile={archive}")
+    crash = ("-XX:ErrorFile=/dev/null", "-XX:-CreateCoredumpOnCrash")  # no hs_err_pid*.log here
+    command = [java, *shared, *crash, "-cp", str(jars / "*"), "-version"]
+    checked = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    if checked.returncode != 0:
+        logger.info("class archive %s refused: %s", archive, _tail(checked.stdout, 3))
+    return checked.returncode == 0
 
 
 def _tail(text: str, lines: int = 30) -> str:

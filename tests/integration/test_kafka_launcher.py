@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.dev.kafka import EmbeddedKafka, KafkaLauncherError, PortUnavailable
+from streams.dev.kafka import (
+    EmbeddedKafka,
+    KafkaLauncherError,
+    PortUnavailable,
+    _maps,
+    find_java,
+)
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
@@ -41,7 +48,9 @@ async def _round_trip(bootstrap: str, topic: str) -> bytes:
 
 async def test_the_broker_starts_once_serves_a_topic_and_stops(tmp_path):
     port, controller_port = free_port(), free_port()
-    kafka = EmbeddedKafka(tmp_path, port=port, controller_port=controller_port)
+    kafka = EmbeddedKafka(
+        tmp_path, port=port, controller_port=controller_port, class_archive_dir=tmp_path
+    )
     try:
         first = kafka.start(timeout=90)
         assert first.running
@@ -64,6 +73,40 @@ async def test_the_broker_starts_once_serves_a_topic_and_stops(tmp_path):
     assert kafka.status().pid is None
     assert not kafka.pid_file.exists()
     assert kafka.stop() is False
+    # its JVM wrote the archive of the classes it loaded as it exited, kept for the next start,
+    # its warnings of the classes it could not archive unsaid
+    assert kafka.class_archive(find_java()).is_file()
+    assert not kafka.class_dump.exists()
+    assert "[cds" not in kafka.log_file.read_text()
+
+
+def test_a_broker_started_again_maps_its_classes_from_the_archive(tmp_path):
+    """The second start maps the classes the first one's JVM archived as it exited: the
+    JVM takes the archive (it says nothing of it in the node's log) and the node serves."""
+    port, controller_port = free_port(), free_port()
+    kafka = EmbeddedKafka(
+        tmp_path, port=port, controller_port=controller_port, class_archive_dir=tmp_path
+    )
+    try:
+        kafka.start(timeout=90)
+        assert kafka.stop()
+        archive = kafka.class_archive(find_java())
+        assert archive.is_file()
+        # what the JVM would die of (a SIGBUS, cut short) or leave aside is never kept
+        jars = kafka.fetch_jars()
+        assert _maps(find_java(), jars, archive)
+        cut = tmp_path / "cut.jsa"
+        cut.write_bytes(archive.read_bytes()[:100_000])
+        crashes = set(Path.cwd().glob("hs_err_pid*.log"))
+        assert not _maps(find_java(), jars, cut)
+        assert set(Path.cwd().glob("hs_err_pid*.log")) == crashes  # its JVM's crash: no file
+        again = kafka.start(timeout=90)
+        cmdline = Path(f"/proc/{again.pid}/cmdline").read_bytes().split(b"\0")
+        assert f"-XX:SharedArchiveFile={archive}".encode() in cmdline
+        assert "Kafka Server started" in kafka.log_tail(200)
+        assert "cds" not in kafka.log_tail(200).lower()  # no archive refused, nor dumped
+    finally:
+        kafka.stop()
 
 
 def test_a_broker_whose_port_cannot_be_bound_says_which_in_one_line(tmp_path):

@@ -331,6 +331,53 @@ def test_only_a_new_log_directory_is_formatted(tmp_path, monkeypatch):
     assert len(ran) == 1
 
 
+def test_a_node_maps_its_classes_from_an_archive_its_first_run_made(tmp_path):
+    """No archive yet: a node has the JVM write one as it exits (the storage tool does not);
+    once there, both map their classes from it."""
+    kafka = EmbeddedKafka(tmp_path, class_archive_dir=tmp_path / "cds")
+    kafka.class_archive_dir.mkdir()
+
+    def flags(main: str) -> list[str]:
+        return [arg for arg in kafka._java("java", tmp_path, main) if "Archive" in arg]
+
+    dump = f"-XX:ArchiveClassesAtExit={kafka.kafka_dir / 'classes.jsa.dump'}"
+    assert (flags("kafka.Kafka"), flags("kafka.tools.StorageTool")) == ([dump], [])
+    assert "-Xlog:cds*=error" in kafka._java("java", tmp_path, "kafka.Kafka")
+    archive = kafka.class_archive("java")
+    assert archive.parent == tmp_path / "cds" and archive.suffix == ".jsa"
+    archive.write_bytes(b"made")
+    shared = [f"-XX:SharedArchiveFile={archive}"]
+    assert (flags("kafka.Kafka"), flags("kafka.tools.StorageTool")) == (shared, shared)
+
+
+def test_only_a_node_stopped_whole_gives_its_dump_as_the_archive(tmp_path, monkeypatch):
+    """The first whole dump the JVM maps is kept; a later one is not put over it; one of a
+    node killed (maybe while it wrote it), or one the JVM refuses, is thrown away."""
+    mapped: dict[bytes, bool] = {b"refused": False}
+    monkeypatch.setattr("streams.dev.kafka.find_java", lambda: "java")
+    monkeypatch.setattr(
+        "streams.dev.kafka._maps", lambda java, jars, dump: mapped.get(dump.read_bytes(), True)
+    )
+    kafka = EmbeddedKafka(tmp_path, class_archive_dir=tmp_path / "cds")
+    monkeypatch.setattr(kafka, "fetch_jars", lambda: tmp_path)
+    kafka.class_archive_dir.mkdir()
+    kafka.kafka_dir.mkdir(parents=True)
+    archive = kafka.class_archive("java")
+
+    kafka.class_dump.write_bytes(b"killed")
+    kafka._keep_class_dump(whole=False)
+    assert not kafka.class_dump.exists() and not archive.exists()
+    kafka.class_dump.write_bytes(b"refused")
+    kafka._keep_class_dump(whole=True)
+    assert not kafka.class_dump.exists() and not archive.exists()
+    kafka.class_dump.write_bytes(b"first")
+    kafka._keep_class_dump(whole=True)
+    assert not kafka.class_dump.exists() and archive.read_bytes() == b"first"
+    kafka.class_dump.write_bytes(b"second")
+    kafka._keep_class_dump(whole=True)
+    assert not kafka.class_dump.exists() and archive.read_bytes() == b"first"
+
+
 def _child(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
