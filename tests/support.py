@@ -45,6 +45,21 @@ def poll(probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -
     return last
 
 
+def log_excerpt(text: str, end: int = 3000, first_error: int = 3000) -> str:
+    """A process's log as a failure prints it: its end, and before it, when the end does not
+    hold it, its first traceback (with the line that introduced it): a process that crashed
+    logs its stop at length after the error that began it (faust logs each child's stop, and a
+    thread's crash is reported again as each parent stops), and the end alone showed only the
+    stop's own errors, the original one gone with the test's temporary directory."""
+    tail = text[-end:]
+    start = text.find("Traceback (most recent call last):")
+    if start < 0 or start >= len(text) - end:
+        return tail
+    start = text.rfind("\n", 0, max(start - 1, 0)) + 1  # the line that said it, before it
+    first = text[start : start + first_error]
+    return f"{first}\n[... the first error above; the log's end below ...]\n{tail}"
+
+
 class Lines:
     """A process's stdout (or ``stream``, its stderr), line by line, read in a thread (so a
     wait has a deadline)."""

@@ -40,7 +40,7 @@ from streams.dev.kafka_cluster import KafkaCluster
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import RequestRow
 from streams.secrets import generate_key
-from tests.support import free_port, wait_until
+from tests.support import free_port, log_excerpt, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -421,7 +421,7 @@ class System:
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return log_excerpt(path.read_text(errors="replace"), 4000) if path.exists() else ""
 
     # --- talking to it ------------------------------------------------------------------------
 
@@ -514,8 +514,8 @@ class System:
         print("for instance:", sorted(stuck.items())[:5])
         for path in sorted(self.root.glob("*.log")):
             if path.stem not in ("openai", "talkable"):
-                print(f"----- {path.name} (the end) -----")
-                print(path.read_text(errors="replace")[-3000:])
+                print(f"----- {path.name} (its first error, if any, and its end) -----")
+                print(log_excerpt(path.read_text(errors="replace")))
 
 
 @pytest.fixture(scope="module")
