@@ -182,10 +182,17 @@ class LostWork:
     async def past_lost(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Sends the ledger, for each record of ``batch`` below its partition's lost range's
         end, that the attempt was lost, and leaves in ``batch`` only records to take; returns
-        the offsets where lost ranges ended (to commit)."""
+        the offsets where lost ranges ended (to commit).
+
+        A partition revoked while the ledger was told (the group rebalanced meanwhile: a
+        member's session ran out) is its new owner's, which reads its marks: nothing of it is
+        counted, ended or committed here, and a range read again since it came back (another
+        assignment, another mark) is left to its own batches. The worker crashed here, once
+        under load (``KeyError`` on the range forgotten by the revoke, the whole app down)."""
         ended: dict[TopicPartition, int] = {}
         for tp in [tp for tp in batch if tp in self.reading]:
-            (end, mark), records = self.reading[tp], batch.pop(tp)
+            reading, records = self.reading[tp], batch.pop(tp)
+            end, mark = reading
             lost = [r.value for r in records if r.offset < end and mark.lost(r.offset)]
             try:
                 told = len(await self.tell_lost(lost))
@@ -194,6 +201,8 @@ class LostWork:
                             "their deadlines re-issue them", self._name,
                             type(exc).__name__)  # fmt: skip
                 told = 0
+            if self.reading.get(tp) is not reading:  # revoked meanwhile (:meth:`forget`)
+                continue
             self._told[tp] = self._told.get(tp, 0) + told
             if records[-1].offset + 1 < end:
                 continue  # more of the range to come

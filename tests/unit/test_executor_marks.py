@@ -331,6 +331,44 @@ def test_a_lost_range_the_ledger_cannot_be_told_of_is_left_to_the_deadlines() ->
     assert [r.offset for r in batch[TP]] == [2]
 
 
+class Revoking(Requests):
+    """[requests], sent to while the group rebalances: ``during`` runs at the first send."""
+
+    def __init__(self, during: Any) -> None:
+        super().__init__()
+        self.during = during
+
+    async def send(self, *, key: bytes, value: bytes) -> asyncio.Future[None]:
+        during, self.during = self.during, lambda: None
+        during()
+        return await super().send(key=key, value=value)
+
+
+@pytest.mark.parametrize("back", [False, True], ids=["revoked", "revoked-and-read-again"])
+def test_a_lost_range_whose_partition_is_revoked_while_it_is_told_is_left_to_its_owner(
+    back: bool,
+) -> None:
+    """A revoke (a member's session ran out) while the ledger is told of a lost range: the
+    partition is its new owner's, nothing of it ended here (no commit); one assigned back at
+    once and read again keeps its new range. (A worker under load crashed on it: KeyError.)"""
+    again = (9, Mark("i", "r2", 1))
+
+    def rebalance() -> None:
+        executor.lost.forget(TP)
+        if back:
+            executor.lost.reading[TP] = again
+
+    executor = generator(Revoking(rebalance))
+    executor.lost.reading[TP] = (3, Mark("i", "r", 0))
+    executor.lost.reading[OTHER] = (1, Mark("i", "r", 0))
+    batch = {TP: records(*((o, command(f"r{o}")) for o in range(4))),
+             OTHER: records((0, command("e")), (1, command("f")))}  # fmt: skip
+    ended = asyncio.run(executor.lost.past_lost(batch))
+    assert ended == {OTHER: 1}, "the other partition's range ended all the same"
+    assert [r.offset for r in batch[OTHER]] == [1] and TP not in batch
+    assert executor.lost.reading == ({TP: again} if back else {})
+
+
 def test_only_the_attempts_a_mark_lists_are_told_lost() -> None:
     requests = Requests()
     executor = generator(requests)
