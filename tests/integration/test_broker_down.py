@@ -108,20 +108,27 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
     consumer.subscribe([topic])
     await consumer.start()
     fetcher = consumer._fetcher
-    stopping: asyncio.Future[None] | None = None
+    stopping: asyncio.Future[int | None] | None = None
     try:
         # joined and fetching: a fetch in flight for its partition (a getmany's own timeout can
         # return before the group is joined on a loaded host, and a consumer with no partition
-        # fetches nothing; nor does one holding a record not yet taken)
+        # fetches nothing; nor does one holding a record not yet taken), once its position is
+        # known (the fetcher's requests in flight are its asks for offsets too, whose failures
+        # sleep their back-off where a close catches it)
         deadline = time.monotonic() + 60
-        while not (consumer.assignment() and fetcher._in_flight):
-            assert time.monotonic() < deadline, "the consumer neither joined nor fetched"
+        while not consumer.assignment():
+            assert time.monotonic() < deadline, "the consumer did not join"
+            await asyncio.sleep(0.005)
+        [partition] = consumer.assignment()
+        await asyncio.wait_for(consumer.position(partition), 60)
+        while not fetcher._in_flight:
+            assert time.monotonic() < deadline, "the consumer did not fetch"
             await asyncio.sleep(0.005)
         caplog.set_level(logging.ERROR, logger="aiokafka.consumer.fetcher")
         caplog.clear()
-        # watched while the broker stops: its fetch fails when its connection closes, during the
-        # stop as often as after it, and sleeps its back-off only 100 ms
-        stopping = asyncio.ensure_future(asyncio.to_thread(module_broker.stop))
+        # watched while the broker is killed: its fetch fails as its connection is reset, and
+        # sleeps its back-off only 100 ms
+        stopping = asyncio.ensure_future(asyncio.to_thread(module_broker.kill))
 
         def failed_fetch_asleep() -> bool:
             # a fetch that failed logs it, then sleeps aiokafka's retry back-off (100 ms)
