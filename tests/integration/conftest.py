@@ -515,7 +515,7 @@ class System:
         for path in sorted(self.root.glob("*.log")):
             if path.stem not in ("openai", "talkable"):
                 print(f"----- {path.name} (its first error, if any, and its end) -----")
-                print(log_excerpt(path.read_text(errors="replace")))
+                print(self.log(path.stem))
 
 
 @pytest.fixture(scope="module")
