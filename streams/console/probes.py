@@ -56,10 +56,16 @@ def projection_readiness(engine: Engine) -> Why | None:
             logging.INFO,
         )
     try:
-        found = schema.check(engine)
-        if found.revision is None:  # a first start's migration under way, as a rule: asked,
-            # and read again while none can start (one that committed since it was read is
-            # not said as no history: a WARNING at a clean start, on a loaded host)
+        try:
+            found = schema.check(engine)
+            settled = found.revision is not None
+        except SQLAlchemyError as exc:
+            if database_unusable(exc) and engine.dialect.name != "sqlite":
+                raise  # (asked again, an unreachable server's connect timeout twice)
+            settled = False  # a read that fails mid-migration too (a table not there yet)
+        if not settled:  # a first start's migration under way, as a rule: asked, and read
+            # again while none can start (one that committed since it was read is not said
+            # as no history, nor a read it failed: a WARNING at a clean start, on a loaded host)
             with migrate.no_migration_meanwhile(engine) as migrating:
                 if migrating:
                     return Why(

@@ -211,6 +211,44 @@ async def test_a_migration_that_commits_while_a_probe_reads_is_no_alarm(
         engine.dispose()
 
 
+async def test_a_read_that_fails_while_a_migration_runs_is_no_alarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe's read of the SQLite file failed as the projector's first migration went on
+    (``no such table: talkstream_alembic_version``): the console said "cannot be read" in a
+    WARNING at a clean start (``talkstream dev``, found by its test). Asked again while the
+    migration holds its lock, it is "being migrated", at INFO."""
+    from sqlalchemy.exc import OperationalError
+
+    from streams.console import schema
+
+    caplog.set_level(logging.INFO, logger="streams.console.app")
+    database = tmp_path / "first.sqlite3"
+    url = f"sqlite:///{database}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE transitions (x INTEGER)"))
+    missing = OperationalError("SELECT", {}, Exception("no such table: x_alembic_version"))
+
+    def failing(checked: Any) -> Any:
+        raise missing
+
+    client = await on_engine(tmp_path, engine, url)
+    try:
+        with _migration_lock(database):  # as migrate._file_lock holds it
+            monkeypatch.setattr(schema, "check", failing)
+            status, answer = await probed(client)
+        assert (status, answer["status"]) == (
+            503,
+            "the projection is being migrated: a worker's projector migrates it as it starts",
+        )
+        alarms = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert alarms == []
+    finally:
+        await client.close()
+        engine.dispose()
+
+
 async def test_a_projection_a_newer_version_migrated_is_not_ready(tmp_path: Path) -> None:
     console = await start(tmp_path, revision="9999")
     try:
