@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from streams.dev.kafka import DEFAULT_KAFKA_VERSION, EmbeddedKafka
 from streams.dev.kafka_cluster import KafkaCluster
 from streams.projection.store import ProjectionStore
-from streams.projection.tables import RequestRow
+from streams.projection.tables import ProjectedOffsetRow, RequestRow
 from streams.secrets import generate_key
 from tests.support import free_port, log_excerpt, wait_until
 
@@ -231,6 +231,15 @@ def http(
 # ready (then at its start, before joining: the bound was 60 s); as long as a worker may take to
 # be ready (``System.wait_ready``)
 PROJECTOR_START_SECONDS = 120
+
+
+def _kind_of(value: bytes) -> str:
+    """A record's type or kind, as its JSON names it ("?" when it names neither)."""
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return "?"
+    return str(fields.get("type") or fields.get("kind", "?")) if isinstance(fields, dict) else "?"
 
 
 def projection_made(path: Path) -> bool:
@@ -501,6 +510,80 @@ class System:
             self.explain_unfinished(request_ids)
             raise
 
+    async def _in_the_log(self, request_ids: list[str]) -> str:
+        """Where a few unfinished requests are in the log, and how far each group read: which
+        topic's records name each (a request never decided is in [requests] alone), each
+        partition's end beside its group's commit and what the projection has read to."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        bootstrap = self.env["TALKSTREAM_KAFKA_BOOTSTRAP"]
+        names = ("requests", "generate", "completions", "lifecycle")
+        topics = {name: f"{self.app_id}-{name}" for name in names}
+        parts = [
+            TopicPartition(topic, p)
+            for topic in topics.values()
+            for p in await partitions_of(bootstrap, topic)
+        ]
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        found: dict[str, list[str]] = {rid: [] for rid in request_ids}
+        try:
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            left = {tp for tp, end in ends.items() if end}
+            while left:
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    for record in records:
+                        for rid in request_ids:
+                            if record.value and rid.encode() in record.value:
+                                what = _kind_of(record.value)
+                                found[rid].append(
+                                    f"{tp.topic[len(self.app_id) + 1 :]}"
+                                    f"[{tp.partition}]@{record.offset} {what}"
+                                )
+                    if tp in left and await consumer.position(tp) >= ends[tp]:
+                        left.discard(tp)
+            commits = {
+                group: await admin.list_consumer_group_offsets(group)
+                for group in (self.app_id, f"{self.app_id}-projector")
+            }
+        finally:
+            await admin.close()
+            with contextlib.suppress(asyncio.CancelledError):  # (as in read_topic)
+                await consumer.stop()
+        projected: dict[int, int] = {}
+        if self._projection_made():
+            with self.projection.engine.connect() as connection:
+                projected = dict(
+                    connection.execute(
+                        select(ProjectedOffsetRow.partition, ProjectedOffsetRow.next_offset).where(
+                            ProjectedOffsetRow.topic == topics["lifecycle"]
+                        )
+                    ).all()
+                )
+        lines = [f"{rid} in the log: {', '.join(at) or 'nowhere'}" for rid, at in found.items()]
+        for name, group in (("requests", self.app_id), ("lifecycle", f"{self.app_id}-projector")):
+            committed = {
+                tp.partition: o.offset
+                for tp, o in commits[group].items()
+                if tp.topic == topics[name]
+            }
+            lines.append(
+                f"{name} end/committed by {group}"
+                + (" /projected" if name == "lifecycle" else "")
+                + ": "
+                + " ".join(
+                    f"[{tp.partition}] {end}/{committed.get(tp.partition, '-')}"
+                    + (f"/{projected.get(tp.partition, '-')}" if name == "lifecycle" else "")
+                    for tp, end in sorted(ends.items(), key=lambda item: item[0].partition)
+                    if tp.topic == topics[name]
+                )
+            )
+        return "\n".join(lines)
+
     def explain_unfinished(self, request_ids: list[str]) -> None:
         """What a failed wait leaves behind: the requests not terminal (by state, a few of
         them) and the end of every process's log, the dead ones' too."""
@@ -512,6 +595,10 @@ class System:
         stuck = {rid: row and row.state for rid, row in rows.items() if not (row and row.terminal)}
         print(f"not terminal: {len(stuck)} of {len(rows)}, by state {Counter(stuck.values())}")
         print("for instance:", sorted(stuck.items())[:5])
+        try:
+            print(asyncio.run(asyncio.wait_for(self._in_the_log(sorted(stuck)[:3]), 30)))
+        except Exception as exc:  # a broker stopped by the test, for one: the logs still print
+            print(f"(the log not read: {exc!r})")
         for path in sorted(self.root.glob("*.log")):
             if path.stem not in ("openai", "talkable"):
                 print(f"----- {path.name} (its first error, if any, and its end) -----")
