@@ -263,6 +263,7 @@ def build(
         table=table,
         policy=policy_from(settings),
         read_range=read_range,
+        log_start=functools.partial(topics_module.log_start, settings),
         deadline_check_seconds=settings.deadline_check_interval_seconds,
         gap_check_seconds=settings.gap_check_interval_seconds,
         rebalance_grace_ms=(

@@ -11,7 +11,12 @@ is the agent's own *offset mark*: the ledger keeps one in its table (it moves wi
 partition). It writes its mark only every ``mark_every`` offsets (:meth:`GapRepair.processed`
 says when): a new owner that starts up to that many behind only re-reads messages whose
 effects are idempotent (the ledger also writes it past a record it dead-lettered itself: a
-letter is not). (The projector reads with a consumer of its own and seeks to the
+letter is not). A partition with no mark had nothing of it decided (its first batch writes
+one), so the agent expects its *log start*, the earliest offset Kafka holds of it: a partition
+still empty when a rebalance dropped its first messages from the agent's buffer (a new
+deployment's first minutes) had the next ones decided alone, and faust, which has no commit
+of it to check a gap against, committed past the first. (That request was never decided: a
+webhook accepted, and lost.) (The projector reads with a consumer of its own and seeks to the
 marks its SQL rows hold: it needs no repair.)
 """
 
@@ -38,6 +43,7 @@ class Record(Protocol):
 
 
 LoadMark = Callable[[str, int], Awaitable[int | None]]  # (topic, partition) -> next offset
+LogStart = Callable[[str, int], Awaitable[int]]  # (topic, partition) -> its earliest offset
 ReadRange = Callable[[str, int, int, int], Awaitable[Sequence[Any]]]  # topic, part, [start, end)
 
 
@@ -49,24 +55,32 @@ class GapRepair:
         read_range: ReadRange,
         on_repaired: Callable[[int], None],
         mark_every: int | None = None,
+        log_start: LogStart | None = None,
     ) -> None:
         self._agent = agent
         self._load_mark = load_mark
         self._read_range = read_range
         self._on_repaired = on_repaired
         self._mark_every = mark_every
+        self._log_start = log_start
         self._expected: dict[tuple[str, int], int] = {}
+        # the log start of each partition found without a mark, asked once since the last
+        # rebalance
+        self._starts: dict[tuple[str, int], int] = {}
 
     async def skipped(self, topic: str, partition: int, offset: int) -> Sequence[Record]:
         """The records of ``partition`` between the offset expected and ``offset`` (excluded),
         read back from Kafka; none when ``offset`` is the one expected (or nothing is known)."""
         expected = self._expected.get((topic, partition))
         from_mark = expected is None
+        unmarked = False
         if expected is None:
             expected = await self._load_mark(topic, partition)
+            if expected is None:
+                expected, unmarked = await self._start(topic, partition), True
         if expected is None or expected >= offset:
             return []
-        if from_mark and offset - expected <= (self._mark_every or 0):
+        if from_mark and not unmarked and offset - expected <= (self._mark_every or 0):
             # what a restart or a new owner meets: faust committed past the last mark, which
             # trails by up to ``mark_every``; those messages were most likely decided already,
             # and deciding them again changes nothing (a warning at every restart alarms for
@@ -78,18 +92,35 @@ class GapRepair:
             )  # fmt: skip
         else:
             log.warning(
-                "%s gap topic=%s partition=%s offsets=%s..%s: repairing",
+                "%s gap topic=%s partition=%s offsets=%s..%s%s: repairing",
                 self._agent, topic, partition, expected, offset - 1,
+                " (nothing of it decided before: from its log start)" if unmarked else "",
             )  # fmt: skip
             self._on_repaired(offset - expected)
         return await self._read_range(topic, partition, expected, offset)
 
-    async def expectation(self, topic: str, partition: int) -> int | None:
+    async def expectation(
+        self, topic: str, partition: int, *, log_start: bool = True
+    ) -> int | None:
         """The next offset of ``partition`` the agent awaits: as it processed it, or its mark
-        when it has processed nothing of it since it was (re)assigned (not kept: the agent's
-        first message of it decides how a gap from the mark is told)."""
+        when it has processed nothing of it since it was (re)assigned, or (``log_start``) its
+        log start when it has no mark, which Kafka is asked (not kept: the agent's first
+        message of it decides how a gap from the mark is told)."""
         expected = self._expected.get((topic, partition))
-        return expected if expected is not None else await self._load_mark(topic, partition)
+        if expected is None:
+            expected = await self._load_mark(topic, partition)
+        if expected is None and log_start:
+            return await self._start(topic, partition)
+        return expected
+
+    async def _start(self, topic: str, partition: int) -> int | None:
+        """The log start of a partition with no mark (asked of Kafka once), if it can be asked."""
+        if self._log_start is None:
+            return None
+        start = self._starts.get((topic, partition))
+        if start is None:
+            start = self._starts[(topic, partition)] = await self._log_start(topic, partition)
+        return start
 
     def processed(self, topic: str, partition: int, offset: int) -> bool:
         """Record that ``offset`` was processed; True when the durable mark is due: the first
@@ -108,5 +139,7 @@ class GapRepair:
             self._expected[(topic, partition)] = offset
 
     def forget(self) -> None:
-        """After a rebalance: partitions may have moved, so expectations come from marks again."""
+        """After a rebalance: partitions may have moved, so expectations come from marks again
+        (and log starts, which retention may have moved meanwhile, from Kafka)."""
         self._expected.clear()
+        self._starts.clear()

@@ -515,12 +515,27 @@ def _new_topic(settings: Settings, spec: TopicSpec) -> NewTopic:
     )
 
 
+async def log_start(settings: Settings, topic: str, partition: int) -> int:
+    """The earliest offset Kafka holds of one partition (0 until retention deletes a record)."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return int((await consumer.beginning_offsets([tp]))[tp])
+    finally:
+        await stop_consumer(consumer)
+
+
 async def read_range(
     settings: Settings, topic: str, partition: int, start: int, end: int
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Records ``start <= offset < end`` of one partition, read with a group-less consumer."""
+    """Records ``start <= offset < end`` of one partition, read with a group-less consumer
+    (from the partition's log start if retention deleted ``start``: the latest, aiokafka's
+    default, read nothing)."""
     tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -44,7 +44,7 @@ from streams.agents.outputs import (
 )
 from streams.codecs import decode, decode_requests, encode
 from streams.errors import DecodeError
-from streams.gaps import GapRepair, ReadRange, Record
+from streams.gaps import GapRepair, LogStart, ReadRange, Record
 from streams.kafka_options import sending_now, withdraw
 from streams.observability import WorkerMetrics
 from streams.runtime import Clock, DeadLetters, Source, Topics
@@ -84,6 +84,7 @@ def register(
     table: Any,
     policy: Policy,
     read_range: ReadRange,
+    log_start: LogStart,
     deadline_check_seconds: float,
     gap_check_seconds: float,
     rebalance_grace_ms: int | None,
@@ -110,6 +111,7 @@ def register(
         written=table.written,
         hold=lambda topic, partition: app.consumer.hold_commits(TP(topic, partition)),
         release=lambda topic, partition: app.consumer.release_commits(TP(topic, partition)),
+        log_start=log_start,
     )
     app.on_partitions_revoked.connect(ledger.rebalanced)
     app.on_rebalance_complete.connect(ledger.recovered)  # its tables recovered, streams not resumed
@@ -137,6 +139,7 @@ class Ledger:
         written: Written = list,
         hold: Hold | None = None,
         release: Hold | None = None,
+        log_start: LogStart | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -152,6 +155,7 @@ class Ledger:
             read_range=read_range,
             on_repaired=metrics.gaps_repaired.inc,
             mark_every=MARK_EVERY,
+            log_start=log_start,
         )
         self._due = DeadlineIndex(
             {stage: policy.deadline_span_ms(stage) for stage in ("generating", "publishing")},
@@ -347,7 +351,7 @@ class Ledger:
         for event in events:
             starts.setdefault((event.message.topic, event.message.partition), event.message.offset)
         for key, offset in starts.items():
-            if key not in firsts and await self._gaps.expectation(*key) is None:
+            if key not in firsts and await self._gaps.expectation(*key, log_start=False) is None:
                 firsts[key] = offset  # not reached, and nothing expected of it (no offset mark)
         log.warning(
             "ledger: %s (%s): decided again from %s (the %s of its %s outputs sent that "
@@ -462,7 +466,10 @@ class Ledger:
         topic = self._topics.requests.get_topic_name()
         behind: dict[int, tuple[int, int]] = {}
         for partition, taken in self._taken().items():
-            expected = await self._gaps.expectation(topic, partition)
+            try:
+                expected = await self._gaps.expectation(topic, partition)
+            except KafkaError:  # (its log start, with no mark): asked again at the next look
+                continue
             if expected is None or expected > taken:
                 continue  # nothing known of it, or everything taken received
             behind[partition] = (expected, taken)

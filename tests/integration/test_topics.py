@@ -212,3 +212,39 @@ def test_group_coordinators_out_of_reach_leave_the_asking_to_the_consumers(
     with caplog.at_level("INFO", logger="streams.topics"):
         asyncio.run(coordinators_ready(settings, ["tgroups-nobody"], timeout=1.0))
     assert "the consumers will ask" in caplog.text
+
+
+def test_a_partition_log_start_and_a_range_read_from_before_it(kafka: EmbeddedKafka) -> None:
+    """The ledger expects a partition it has no offset mark of from its log start
+    (``streams.gaps``): 0 for a partition of which Kafka deleted nothing, the first offset it
+    still holds once retention (here, deleteRecords) deleted some; and a range read back from
+    before it starts there (aiokafka's default reset, to the latest, read nothing)."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    from streams.topics import log_start, read_range
+
+    settings = Settings(kafka_bootstrap=kafka.bootstrap, app_id=f"tstart{uuid.uuid4().hex[:8]}")
+    topic = settings.topic("requests")
+
+    async def scenario() -> tuple[int, int, int, list[int]]:
+        await create_topic(kafka.bootstrap, topic, 2)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            for n in range(5):
+                await producer.send_and_wait(topic, f"r{n}".encode(), partition=1)
+        finally:
+            await producer.stop()
+        empty, before = await log_start(settings, topic, 0), await log_start(settings, topic, 1)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(topic, 1): RecordsToDelete(3)})
+        finally:
+            await admin.close()
+        after = await log_start(settings, topic, 1)
+        records = await read_range(settings, topic, 1, 0, 5)
+        return empty, before, after, [r.offset for r in records]
+
+    assert asyncio.run(scenario()) == (0, 0, 3, [3, 4])
