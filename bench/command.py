@@ -118,8 +118,8 @@ def _preset(field: str) -> str:
 @click.option(
     "--executors",
     type=click.Choice(["worker", "process"]),
-    help="where each worker runs its generator and publisher (TALKSTREAM_EXECUTORS): in it, "
-    "or in a child process of their own [default: worker, whatever the shell sets]",
+    help="where each worker runs its generator and publisher (TALKSTREAM_EXECUTORS): in a "
+    "child process of their own, or in it [default: process, whatever the shell sets]",
 )
 @click.option("--bootstrap", help="use this Kafka instead of starting an embedded broker")
 @click.option(

@@ -49,7 +49,7 @@ class BenchConfig:
     partitions: int = 8
     workers: int = 1
     # where each worker runs its executors (TALKSTREAM_EXECUTORS): in it, or in its child
-    executors: str = "worker"
+    executors: str = "process"
     bootstrap: str | None = None  # None: start an embedded broker on free ports
     drain_timeout: float = 900.0  # seconds to wait for every accepted request to end
 

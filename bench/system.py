@@ -185,7 +185,7 @@ class Deployment:
     """One talkstream deployment on a private app id, plus the stand-ins both sides share."""
 
     def __init__(
-        self, root: Path, settings: Settings, *, workers: int, executors: str = "worker"
+        self, root: Path, settings: Settings, *, workers: int, executors: str = "process"
     ) -> None:
         """``settings``: the broker (bootstrap and TLS/SASL options), app id and partitions;
         the processes get them through the environment."""

@@ -236,10 +236,11 @@ class Settings(BaseSettings):
         "the worker's GIL), a task inside it, or nowhere (`talkstream projector` runs it)",
     )
     executors: Literal["worker", "process", "off"] = Field(
-        "worker",
-        description="where the worker runs the generator and the publisher: tasks inside it, "
-        "a child process of their own (their upstream calls off the ledger's event loop), or "
-        "nowhere (`talkstream executors` runs them)",
+        "process",
+        description="where the worker runs the generator and the publisher: a child process "
+        "of their own (their upstream calls off the ledger's event loop, on another core), "
+        "tasks inside it (one process: a one-core host), or nowhere (`talkstream executors` "
+        "runs them)",
     )
     session_timeout_seconds: float = Field(
         30.0,

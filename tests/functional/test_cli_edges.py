@@ -768,12 +768,16 @@ def test_the_dev_banner_shows_the_database_and_its_own_shell_without_the_passwor
 
 def test_dev_points_its_console_at_its_own_worker() -> None:
     """CONSOLE_WORKER_URLS not set: the console of a make dev with its worker moved read the
-    default worker port, maybe another run's worker."""
-    assert own_worker_url(Settings(worker_http_port=19101)) == "http://127.0.0.1:19101"
-    assert own_worker_url(Settings(worker_http_host="0.0.0.0", worker_http_port=9)) == (
+    default worker port, maybe another run's worker. (Its executors in it: in their child, the
+    default, the child's port is read, below.)"""
+    inside = {"executors": "worker"}
+    assert own_worker_url(Settings(worker_http_port=19101, **inside)) == "http://127.0.0.1:19101"
+    assert own_worker_url(Settings(worker_http_host="0.0.0.0", worker_http_port=9, **inside)) == (
         "http://127.0.0.1:9"
     )
-    assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9)) == "http://[::1]:9"
+    assert own_worker_url(Settings(worker_http_host="::1", worker_http_port=9, **inside)) == (
+        "http://[::1]:9"
+    )
 
 
 def test_dev_points_its_console_at_its_executors_where_they_run_apart() -> None:
@@ -786,7 +790,9 @@ def test_dev_points_its_console_at_its_executors_where_they_run_apart() -> None:
     assert own_worker_url(Settings(executors="worker", **moved)) == "http://127.0.0.1:19101"
     # on any free port (0): not known, so not set (the default port may be another run's)
     assert own_worker_url(Settings(executors="process", executors_http_port=0)) is None
-    assert own_worker_url(Settings(worker_http_port=0)) is None
+    assert own_worker_url(Settings(executors="worker", worker_http_port=0)) is None
+    # the default: in their child
+    assert own_worker_url(Settings(**moved)) == "http://127.0.0.1:19104"
 
 
 @pytest.mark.parametrize("projector", ["process", "worker"])

@@ -208,7 +208,8 @@ async def test_what_aiohttp_refuses_is_answered_in_json_quoting_nothing() -> Non
 @pytest.mark.parametrize(
     ("settings", "url"),
     [
-        ({}, None),  # the executors in the worker
+        ({"executors": "worker"}, None),  # the executors in the worker
+        ({}, "http://127.0.0.1:9103/readyz"),  # in its child, the default
         ({"executors": "off"}, None),  # another process's, not this worker's
         ({"executors": "process", "executors_http_port": 0}, None),  # any free port: unknown
         ({"executors": "process"}, "http://127.0.0.1:9103/readyz"),

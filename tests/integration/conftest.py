@@ -40,6 +40,7 @@ from streams.dev.kafka_cluster import KafkaCluster
 from streams.projection.store import ProjectionStore
 from streams.projection.tables import ProjectedOffsetRow, RequestRow
 from streams.secrets import generate_key
+from streams.settings import Settings
 from tests.support import free_port, log_excerpt, wait_until
 
 pytestmark = pytest.mark.integration
@@ -326,9 +327,9 @@ class System:
 
     @property
     def executors_mode(self) -> str:
-        """Where the workers run their executors (``TALKSTREAM_EXECUTORS``: ``worker``, the
-        default, or ``process``, a child of each worker with its own HTTP server)."""
-        return self.env.get("TALKSTREAM_EXECUTORS", "worker")
+        """Where the workers run their executors (``TALKSTREAM_EXECUTORS``: ``process``, the
+        default, a child of each worker with its own HTTP server, or ``worker``)."""
+        return self.env.get("TALKSTREAM_EXECUTORS", Settings.model_fields["executors"].default)
 
     def start_worker(self, name: str = "worker") -> None:
         self.worker_ports[name] = free_port()

@@ -156,9 +156,13 @@ async def test_a_consumer_stopped_while_its_broker_is_down_closes_in_full(
 STOP_BOUND_SECONDS = 45.0
 
 
-@pytest.mark.parametrize("outage", ["stopped", "hung"])
+@pytest.mark.parametrize(
+    "outage, executors",
+    [("stopped", "process"), ("hung", "process"), ("stopped", "worker")],
+    ids=["stopped", "hung", "stopped-executors-in-worker"],
+)
 def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_nothing(
-    outage: str, module_broker: EmbeddedKafka, tmp_path
+    outage: str, executors: str, module_broker: EmbeddedKafka, tmp_path
 ) -> None:
     """Calls run when the broker stops (or hangs: SIGSTOP, its connections open and nothing
     answered) and past the drain, so the records telling them lost wait in the worker's
@@ -173,7 +177,7 @@ def test_a_worker_stopped_while_kafka_is_down_ends_in_bounded_time_and_loses_not
     drain = Settings.model_fields["stop_drain_seconds"].default
     pid = module_broker.status().pid
     assert pid is not None
-    system = System(module_broker, tmp_path)
+    system = System(module_broker, tmp_path, executors=executors)
     system.start()
     try:
         system.wait_ready()

@@ -50,8 +50,11 @@ def listening(port: int) -> bool:
 
 
 def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -> None:
-    kafka_port, ingress, console, openai, talkable, worker = (free_port() for _ in range(6))
+    kafka_port, ingress, console, openai, talkable, worker, executors = (
+        free_port() for _ in range(7)
+    )
     env = clean_env(
+        executors_http_port=str(executors),  # its executors' child (EXECUTORS=process, default)
         data_dir=str(tmp_path / "data"),
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",
         kafka_controller_port=str(free_port()),
@@ -76,15 +79,17 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_with_one_line(tmp_path: Path) -
         projector = env["TALKSTREAM_PROJECTOR_HTTP_PORT"]
         assert (
             f"worker     http://127.0.0.1:{worker}/metrics   (and /readyz; its projector's: "
-            f"http://127.0.0.1:{projector}/metrics)"
+            f"http://127.0.0.1:{projector}/metrics; its executors': "
+            f"http://127.0.0.1:{executors}/metrics)"
         ) in printed
-        # its console reads its own worker's pacing, not the default port's
+        # its console reads its own worker's pacing (its executors' child's, where the calls
+        # are made), not the default port's
         console_pid = next(
             int(pid) for pid in os.listdir("/proc")
             if pid.isdigit() and _cmdline(pid).endswith("-m streams console")
             and str(tmp_path) in _environ(pid)
         )  # fmt: skip
-        assert f"TALKSTREAM_CONSOLE_WORKER_URLS=http://127.0.0.1:{worker}" in _environ(
+        assert f"TALKSTREAM_CONSOLE_WORKER_URLS=http://127.0.0.1:{executors}" in _environ(
             str(console_pid)
         )
         database = shlex.quote(str(tmp_path / "data" / "talkstream.sqlite3"))

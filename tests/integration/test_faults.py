@@ -102,9 +102,25 @@ def test_lost_generation_is_reissued_when_its_deadline_passes(make_system) -> No
     assert len(talkable_events(system, "hang")) == 2
 
 
-@pytest.mark.parametrize("how", ["stopped", "killed", "replaced"])
+@pytest.mark.parametrize(
+    "how, executors",
+    [
+        ("stopped", "process"),
+        ("killed", "process"),
+        ("replaced", "process"),
+        ("killed", "worker"),
+        ("replaced", "worker"),
+    ],
+    ids=[
+        "stopped",
+        "killed",
+        "replaced",
+        "killed-executors-in-worker",
+        "replaced-executors-in-worker",
+    ],
+)
 def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_holds(
-    make_system, how: str
+    make_system, how: str, executors: str
 ) -> None:
     """A worker that ends while a call hangs loses that call; nothing of it is read again by
     the ledger after the restart (offsets and the ledger's own marks are past it, as others'
@@ -128,6 +144,7 @@ def test_a_restarted_worker_reissues_the_work_in_flight_that_only_its_table_hold
         openai_timeout_seconds="120",
         session_timeout_seconds="6",  # the stopped instance's partitions move on this soon
         rebalance_grace_seconds="3" if how == "stopped" else "60",  # killed: the mark, at once
+        executors=executors,  # in the worker, killed with it: its mark tells the call lost
     )
     system.openai("POST", "/_control", {"hang_every": 1})
     [stuck] = post_all(system, [seed_params("stuck@example.com")])
