@@ -597,9 +597,12 @@ class System:
         print(f"not terminal: {len(stuck)} of {len(rows)}, by state {Counter(stuck.values())}")
         print("for instance:", sorted(stuck.items())[:5])
         try:
-            print(asyncio.run(asyncio.wait_for(self._in_the_log(sorted(stuck)[:3]), 30)))
-        except Exception as exc:  # a broker stopped by the test, for one: the logs still print
-            print(f"(the log not read: {exc!r})")
+            asyncio.get_running_loop()
+        except RuntimeError:  # (none running: a test's own loop would refuse asyncio.run)
+            try:
+                print(asyncio.run(asyncio.wait_for(self._in_the_log(sorted(stuck)[:3]), 30)))
+            except Exception as exc:  # a broker stopped by the test, for one: logs still print
+                print(f"(the log not read: {exc!r})")
         for path in sorted(self.root.glob("*.log")):
             if path.stem not in ("openai", "talkable"):
                 print(f"----- {path.name} (its first error, if any, and its end) -----")
