@@ -26,6 +26,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -511,50 +512,19 @@ class System:
             self.explain_unfinished(request_ids)
             raise
 
-    async def _in_the_log(self, request_ids: list[str]) -> str:
+    def _in_the_log(self, request_ids: list[str]) -> str:
         """Where a few unfinished requests are in the log, and how far each group read: which
         topic's records name each (a request never decided is in [requests] alone), each
         partition's end beside its group's commit and what the projection has read to."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         bootstrap = self.env["TALKSTREAM_KAFKA_BOOTSTRAP"]
         names = ("requests", "generate", "completions", "lifecycle")
         topics = {name: f"{self.app_id}-{name}" for name in names}
-        parts = [
-            TopicPartition(topic, p)
-            for topic in topics.values()
-            for p in await partitions_of(bootstrap, topic)
-        ]
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await admin.start()
-        await consumer.start()
         found: dict[str, list[str]] = {rid: [] for rid in request_ids}
-        try:
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            ends = await consumer.end_offsets(parts)
-            left = {tp for tp, end in ends.items() if end}
-            while left:
-                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                    for record in records:
-                        for rid in request_ids:
-                            if record.value and rid.encode() in record.value:
-                                what = _kind_of(record.value)
-                                found[rid].append(
-                                    f"{tp.topic[len(self.app_id) + 1 :]}"
-                                    f"[{tp.partition}]@{record.offset} {what}"
-                                )
-                    if tp in left and await consumer.position(tp) >= ends[tp]:
-                        left.discard(tp)
-            commits = {
-                group: await admin.list_consumer_group_offsets(group)
-                for group in (self.app_id, f"{self.app_id}-projector")
-            }
-        finally:
-            await admin.close()
-            with contextlib.suppress(asyncio.CancelledError):  # (as in read_topic)
-                await consumer.stop()
+        for name, topic in topics.items():
+            for partition, offset, _, value in read_topic(bootstrap, topic):
+                for rid in request_ids:
+                    if value and rid.encode() in value:
+                        found[rid].append(f"{name}[{partition}]@{offset} {_kind_of(value)}")
         projected: dict[int, int] = {}
         if self._projection_made():
             with self.projection.engine.connect() as connection:
@@ -567,20 +537,15 @@ class System:
                 )
         lines = [f"{rid} in the log: {', '.join(at) or 'nowhere'}" for rid, at in found.items()]
         for name, group in (("requests", self.app_id), ("lifecycle", f"{self.app_id}-projector")):
-            committed = {
-                tp.partition: o.offset
-                for tp, o in commits[group].items()
-                if tp.topic == topics[name]
-            }
+            committed = group_commits(bootstrap, group)  # (each group commits that topic only)
             lines.append(
                 f"{name} end/committed by {group}"
                 + (" /projected" if name == "lifecycle" else "")
                 + ": "
                 + " ".join(
-                    f"[{tp.partition}] {end}/{committed.get(tp.partition, '-')}"
-                    + (f"/{projected.get(tp.partition, '-')}" if name == "lifecycle" else "")
-                    for tp, end in sorted(ends.items(), key=lambda item: item[0].partition)
-                    if tp.topic == topics[name]
+                    f"[{partition}] {end}/{committed.get(partition, ('-',))[0]}"
+                    + (f"/{projected.get(partition, '-')}" if name == "lifecycle" else "")
+                    for partition, end in sorted(topic_ends(bootstrap, topics[name]).items())
                 )
             )
         return "\n".join(lines)
@@ -596,13 +561,15 @@ class System:
         stuck = {rid: row and row.state for rid, row in rows.items() if not (row and row.terminal)}
         print(f"not terminal: {len(stuck)} of {len(rows)}, by state {Counter(stuck.values())}")
         print("for instance:", sorted(stuck.items())[:5])
+        # in a thread of its own: bounded (a broker the test hung would hold its reads), and
+        # apart from a test's own event loop, which would refuse the reads' asyncio.run
+        pool = ThreadPoolExecutor(1)
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # (none running: a test's own loop would refuse asyncio.run)
-            try:
-                print(asyncio.run(asyncio.wait_for(self._in_the_log(sorted(stuck)[:3]), 30)))
-            except Exception as exc:  # a broker stopped by the test, for one: logs still print
-                print(f"(the log not read: {exc!r})")
+            print(pool.submit(self._in_the_log, sorted(stuck)[:3]).result(timeout=30))
+        except Exception as exc:  # a broker stopped by the test, for one: the logs still print
+            print(f"(the log not read: {exc!r})")
+        finally:
+            pool.shutdown(wait=False)
         for path in sorted(self.root.glob("*.log")):
             if path.stem not in ("openai", "talkable"):
                 print(f"----- {path.name} (its first error, if any, and its end) -----")
