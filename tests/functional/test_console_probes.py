@@ -128,6 +128,17 @@ def _migration_lock(database: Path) -> IO[bytes]:
     return lock
 
 
+def _being_migrated(tmp_path: Path) -> tuple[Path, str, Any]:
+    """A SQLite projection as a first migration makes it: a table there, no history yet (its
+    file, URL and engine)."""
+    database = tmp_path / "first.sqlite3"
+    url = f"sqlite:///{database}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE transitions (x INTEGER)"))
+    return database, url, engine
+
+
 async def test_a_projection_being_migrated_is_not_ready_and_no_alarm(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,11 +147,7 @@ async def test_a_projection_being_migrated_is_not_ready_and_no_alarm(
     found tables and no history, and the console logged a WARNING on a clean start. While a
     projector holds the migration's lock it is said at INFO; without it, as before."""
     caplog.set_level(logging.INFO, logger="streams.console.app")
-    database = tmp_path / "first.sqlite3"
-    url = f"sqlite:///{database}"
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE transitions (x INTEGER)"))
+    database, url, engine = _being_migrated(tmp_path)
     client = await on_engine(tmp_path, engine, url)
     try:
         with _migration_lock(database) as lock:  # as migrate._file_lock holds it
@@ -223,11 +230,7 @@ async def test_a_read_that_fails_while_a_migration_runs_is_no_alarm(
     from streams.console import schema
 
     caplog.set_level(logging.INFO, logger="streams.console.app")
-    database = tmp_path / "first.sqlite3"
-    url = f"sqlite:///{database}"
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE transitions (x INTEGER)"))
+    database, url, engine = _being_migrated(tmp_path)
     missing = OperationalError("SELECT", {}, Exception("no such table: x_alembic_version"))
 
     def failing(checked: Any) -> Any:
