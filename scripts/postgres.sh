@@ -10,6 +10,11 @@
 # test cluster: never expose it) and keeps its data under $TALKSTREAM_PG_DIR (default
 # /tmp/talkstream-postgres). As root it runs as the `postgres` user (PostgreSQL refuses root).
 #
+# It listens on $TALKSTREAM_PG_PORT (default 15432: below the kernel's ephemeral range, where
+# any outgoing connection's local port could hold the address). When that port is taken, it
+# starts on the next free one, says so, and the URL it prints (and `status` prints) is the
+# port the cluster listens on, read from its postmaster.pid.
+#
 # The test sessions (tests/postgres.py) share it through leases, so that one session ending
 # never stops it under another's feet (two pytest runs on one machine, or pytest-xdist's
 # workers):
@@ -25,11 +30,11 @@
 # start or stop it decides on happen as one, with no other command in between.
 set -euo pipefail
 
-PORT=${TALKSTREAM_PG_PORT:-55432}
+PORT=${TALKSTREAM_PG_PORT:-15432}
+PORTS_TRIED=20 # the asked port and the next ones, when taken
 DIR=${TALKSTREAM_PG_DIR:-/tmp/talkstream-postgres}
 DATA=$DIR/data
 DB=${TALKSTREAM_PG_DATABASE:-talkstream}
-URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/$DB"
 LOCK=$DIR.lock
 LEASES=$DIR/leases
 BY_SESSION=$DIR/started-by-a-test-session # while the cluster running is one a session started
@@ -77,6 +82,26 @@ running() {
     && as_owner "$(bindir)/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
 
+url() { # the running cluster's: the port it listens on is line 4 of its postmaster.pid
+  echo "postgresql+psycopg://postgres@127.0.0.1:$(sed -n 4p "$DATA/postmaster.pid")/$DB"
+}
+
+listen() { # start the postmaster on 127.0.0.1:$1; fails with 2 when the address is taken
+  local bin=$1 port=$2 logged
+  logged=$(stat -c %s "$DIR/server.log" 2>/dev/null || echo 0)
+  say "starting on 127.0.0.1:$port"
+  # durability off: a test cluster, rebuilt at will
+  as_owner "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 60 start -o \
+    "-p $port -c listen_addresses=127.0.0.1 -k $DIR -c fsync=off \
+     -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
+    && return 0
+  if tail -c +$((logged + 1)) "$DIR/server.log" | grep -q "could not create any TCP/IP sockets"; then
+    return 2
+  fi
+  tail -n 20 "$DIR/server.log" >&2
+  return 1
+}
+
 start_cluster() {
   install
   local bin
@@ -90,16 +115,23 @@ start_cluster() {
     as_owner "$bin/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --no-sync >/dev/null
   fi
   if ! running; then
-    say "starting on 127.0.0.1:$PORT"
-    # durability off: a test cluster, rebuilt at will
-    as_owner "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 60 start -o \
-      "-p $PORT -c listen_addresses=127.0.0.1 -k $DIR -c fsync=off \
-       -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null \
-      || { tail -n 20 "$DIR/server.log" >&2; exit 1; }
+    local port=$PORT started=1
+    while [ "$port" -lt $((PORT + PORTS_TRIED)) ]; do
+      listen "$bin" "$port" && { started=0; break; }
+      [ $? = 2 ] || exit 1
+      say "127.0.0.1:$port is taken (a server, or an outgoing connection's local port)"
+      port=$((port + 1))
+    done
+    if [ $started != 0 ]; then
+      say "no free port in 127.0.0.1:$PORT..$((port - 1)): set TALKSTREAM_PG_PORT to another"
+      exit 1
+    fi
   fi
-  if ! psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -tAc \
+  local port
+  port=$(sed -n 4p "$DATA/postmaster.pid")
+  if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
-    psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\"" >&2
+    psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\"" >&2
   fi
 }
 
@@ -146,7 +178,7 @@ case "$command" in
   start)
     start_cluster
     rm -f "$BY_SESSION" # started by hand now: no session stops it
-    echo "$URL"
+    url
     ;;
   stop)
     others=$(live_leases)
@@ -156,7 +188,7 @@ case "$command" in
     stop_cluster
     ;;
   status)
-    if running; then echo "$URL"; else exit 3; fi
+    if running; then url; else exit 3; fi
     ;;
   lease)
     pid_argument "${2:-}"
@@ -169,7 +201,7 @@ case "$command" in
     mkdir -p "$LEASES"
     echo "$since" >"$LEASES/.$2" # hidden until whole: a lease is one file, whole or absent
     mv -f "$LEASES/.$2" "$LEASES/$2"
-    echo "$URL"
+    url
     ;;
   release)
     pid_argument "${2:-}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.postgres import SCRIPT
 from tests.support import CHECKOUT, free_port, wait_until
@@ -231,3 +233,25 @@ def test_a_pytest_session_ending_leaves_the_cluster_to_another_still_using_it(
             run.kill()
             run.wait(timeout=30)
     assert not cluster.running(), "the last session stops the cluster a session started"
+
+
+def test_a_taken_port_starts_the_cluster_on_the_next_free_one(
+    cluster: Cluster, sessions: list[subprocess.Popen[bytes]]
+) -> None:
+    """CI's cluster once could not listen on its port (``could not create any TCP/IP sockets``:
+    55432 was in the kernel's ephemeral range, the local port of some outgoing connection): both
+    tests needing PostgreSQL then failed. A taken port is passed over, and the URL every command
+    prints is the port the cluster listens on."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", int(cluster.env["TALKSTREAM_PG_PORT"])))
+    taken.listen()
+    with taken:
+        leased = cluster.run("lease", str(session(sessions).pid))
+        assert leased.returncode == 0, leased.stderr
+        url = leased.stdout.strip().splitlines()[-1]
+        port = make_url(url).port
+        assert port != taken.getsockname()[1]
+        assert f"127.0.0.1:{taken.getsockname()[1]} is taken" in leased.stderr
+        assert answers(url)
+        assert cluster.run("status").stdout.strip() == url
+        assert cluster.lease(session(sessions)) == url
