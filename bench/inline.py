@@ -2,9 +2,10 @@
 
 Per webhook: parse (the same contract code as our ingress) → trigger → usage check against the
 Talkable snapshot *in the request* → OpenAI → Talkable → answer. It uses talkstream's own OpenAI
-and Talkable adapters, so the difference to the pipeline is the architecture, not the client
-code. With no state of its own it cannot see other webhooks in flight: a burst of webhooks for
-one person carrying the same stale snapshot all pass the limit check.
+and Talkable adapters, and its garbage is collected as talkstream's processes' is
+(``streams.heap``), so the difference to the pipeline is the architecture, not the client code
+or the process's settings. With no state of its own it cannot see other webhooks in flight: a
+burst of webhooks for one person carrying the same stale snapshot all pass the limit check.
 
 Run it with ``python -m bench.inline --port N --openai-url U --talkable-url U``.
 """
@@ -24,6 +25,7 @@ from models.params import (
     request_fingerprint,
     trigger_met,
 )
+from streams import heap
 from streams.clients.openai_chat import ChatClient
 from streams.clients.talkable import TalkableClient
 from streams.errors import UpstreamError
@@ -107,6 +109,7 @@ def main() -> None:
     # logs like our ingress does (INFO, aiohttp's access log), so both pay the same
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = build_app(args.openai_url, args.talkable_url)
+    heap.settle()  # collected as talkstream's processes are: the difference is the design
     web.run_app(app, host="127.0.0.1", port=args.port, print=None)
 
 

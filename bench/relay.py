@@ -27,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench import load
 from bench.load import Tick
 from bench.system import Processes
+from streams import heap
 from streams.kafka_options import client_options
 from streams.settings import Settings
 
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=5)
     args = parser.parse_args()
     options = client_options(Settings(kafka_bootstrap=args.bootstrap))
+    heap.settle()  # collected as talkstream's processes are, as the inline handler is
     asyncio.run(relay(options, args.prefix, args.hops))
 
 
