@@ -36,6 +36,10 @@ from streams.topics import partitions_added
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+# a ledger batch's phases: a few ms each on a quiet host; Kafka's acknowledgements run to its
+# request timeout when it is out of reach
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30)
+BATCH_RECORDS = (1, 2, 5, 10, 25, 50, 100, 250, 500)
 
 
 class ProcessMetrics:
@@ -126,6 +130,27 @@ class WorkerMetrics(ExecutorMetrics):
             "Messages the consumer skipped (rebalance) that the ledger read back and processed",
             registry=r,
         )
+        self.batch_seconds = Histogram(
+            "talkstream_ledger_batch_seconds",
+            "A ledger batch stored: deciding its records, then awaiting Kafka's acknowledgement "
+            "of its outputs, then of its changelog writes",
+            ["phase"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_records = Histogram(
+            "talkstream_ledger_batch_records",
+            "Records decided in a ledger batch stored (those read back included)",
+            buckets=BATCH_RECORDS,
+            registry=r,
+        )
+
+    def stored_batch(self, records: int, deciding: float, outputs: float, changelog: float) -> None:
+        """A ledger batch stored, and the seconds each of its phases took."""
+        self.batch_records.observe(records)
+        self.batch_seconds.labels(phase="deciding").observe(deciding)
+        self.batch_seconds.labels(phase="outputs").observe(outputs)
+        self.batch_seconds.labels(phase="changelog").observe(changelog)
 
     def observe(self, event: LifecycleEvent) -> None:
         self.transitions.labels(state=event.state.value).inc()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -201,10 +202,12 @@ class Ledger:
         nothing more of its partitions until a batch of each is stored: the partition's next
         owner decides from that commit, or from the table's mark before it."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
+            began = time.perf_counter()  # (the phases' times: talkstream_ledger_batch_seconds)
             batch = self._deciding = Batch(self._withdraw)
             marks: dict[bytes, tuple[bytes, Any]] = {}
             read_back: list[tuple[str, int, int, int]] = []
             firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
+            read_back_records = 0
             try:
                 for event in events:
                     msg = event.message
@@ -217,6 +220,7 @@ class Ledger:
                         (msg.topic, msg.partition), skipped[0].offset if skipped else msg.offset
                     )
                     if skipped:
+                        read_back_records += len(skipped)
                         first, last = skipped[0].offset, skipped[-1].offset
                         read_back.append((msg.topic, msg.partition, first, last))
                     lettered |= await self.process(batch, _Record(msg, event.key, event.value))
@@ -227,6 +231,7 @@ class Ledger:
                 await batch.delivered(self._send_now, failed=exc)
                 await self._undecided(events, firsts, exc, batch, "a batch was not decided in full")
                 continue
+            decided = time.perf_counter()
             try:
                 await batch.delivered(self._send_now)
             except Exception as exc:  # Kafka gave up on an output (no leader for that long)
@@ -234,6 +239,7 @@ class Ledger:
                     events, firsts, exc, batch, "Kafka did not take every output of a batch"
                 )
                 continue
+            delivered = time.perf_counter()
             latest: dict[int, Any] = {}  # an event of each partition decided
             for person, (state, event) in batch.states.items():
                 with _in_stream_of(event):
@@ -244,7 +250,9 @@ class Ledger:
             for event in events:
                 latest[event.message.partition] = event
             self._forget(latest)
+            storing = time.perf_counter()
             failed = await self._changelog_taken()
+            stored_at = time.perf_counter()
             if failed is not None:  # Kafka gave up on a write of the table: decided again
                 batch.taken()
                 await self._undecided(
@@ -266,6 +274,12 @@ class Ledger:
             for mark, (offset, event) in marks.items():
                 with _in_stream_of(event):
                     self._table[mark] = offset
+            self._metrics.stored_batch(
+                len(events) + read_back_records,
+                decided - began,
+                delivered - decided,
+                stored_at - storing,
+            )
             if self._acknowledge is not None:
                 for topic, partition, first, last in read_back:
                     await self._acknowledge(topic, partition, first, last)

@@ -534,6 +534,30 @@ def test_a_batch_whose_outputs_kafka_gave_up_on_is_decided_again(caplog, refused
     )
 
 
+def test_each_batch_stored_is_timed_by_phase_and_counted_by_its_records() -> None:
+    """``talkstream_ledger_batch_seconds{phase}`` and ``talkstream_ledger_batch_records``: where
+    a batch's time goes (deciding, Kafka's acknowledgement of its outputs, of its changelog
+    writes) and how many records it decided, the ones read back included; a batch not stored
+    (Kafka gave up on an output) is not counted: its records are, in the batch that decides
+    them again."""
+    quiet = Quiet(generate=GivesUp(1))
+
+    async def run() -> None:
+        await quiet.deliver(50)
+        with contextlib.suppress(RuntimeError):  # faust restarted a crashed agent
+            await quiet.deliver(51, 52)
+        await quiet.deliver(53)  # 51 and 52 read back and decided with it
+
+    asyncio.run(run())
+    value = quiet.metrics.registry.get_sample_value
+    assert value("talkstream_ledger_batch_records_count") == 2
+    assert value("talkstream_ledger_batch_records_sum") == 4
+    assert value("talkstream_ledger_batch_records_bucket", {"le": "1.0"}) == 1
+    for phase in ("deciding", "outputs", "changelog"):
+        assert value("talkstream_ledger_batch_seconds_count", {"phase": phase}) == 2
+        assert value("talkstream_ledger_batch_seconds_sum", {"phase": phase}) >= 0
+
+
 @pytest.mark.parametrize("refused", [0, 1], ids=["the first batch", "a later batch"])
 def test_a_batch_decided_again_counts_its_transitions_once(refused: int) -> None:
     """``talkstream_transitions_total`` counts transitions by the state reached: a batch
