@@ -49,9 +49,12 @@ from models.params import COMPLETION_EVENT_CATEGORY, UsageLimit
 # generation's GenerationStarted says its ``model`` (the one asked for, as a first attempt's and
 # a redrive's do: it said none), and a failed generation's ``latency_ms`` (on
 # GenerationAttemptFailed and its GenerationFailed lifecycle event) is its last call's time,
-# where it was 0 (not measured); 0 still when it made no call. Fields are only ever added,
-# optional.
-SCHEMA_VERSION = 12
+# where it was 0 (not measured); 0 still when it made no call. 13: ``latency_ms`` on
+# PublicationAttemptSucceeded and PublicationAttemptFailed (the Talkable call's time: the last
+# call's, 0 when it made none) and on their CompletionPublished and PublicationFailed
+# lifecycle events; a result written before says 0 (not measured). Fields are only ever
+# added, optional.
+SCHEMA_VERSION = 13
 
 # a field a lifecycle event of a type says from a schema version on, though the ledger could
 # have derived it before: a recorded event an earlier version wrote does not say it, and
@@ -60,6 +63,8 @@ SAID_FROM: dict[tuple[str, str], int] = {
     ("PublicationStarted", "attempted_event_number"): 9,
     ("PublicationFailed", "attempted_event_number"): 9,
     ("GenerationStarted", "model"): 12,  # a re-issue's (a first attempt's said it before)
+    ("CompletionPublished", "latency_ms"): 13,
+    ("PublicationFailed", "latency_ms"): 13,
 }
 
 Sealed = Annotated[str, Field(min_length=1, description="Fernet token; never the plaintext")]
@@ -192,6 +197,9 @@ class PublicationAttemptSucceeded(_Wire):
     duplicate: bool = False
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    latency_ms: int = Field(
+        0, ge=0, description="its Talkable call's time (schema 13; 0 before, not measured)"
+    )
     event_number: str | None = Field(
         None, description="the number it landed under, when not the command's (other_event_number)"
     )
@@ -214,6 +222,12 @@ class PublicationAttemptFailed(_Wire):
     status: int | None = None
     tries: int = 1
     waited_ms: int = Field(0, ge=0, description="time in its target's queue")
+    latency_ms: int = Field(
+        0,
+        ge=0,
+        description="its last Talkable call's time (schema 13; 0 before, not measured), 0 when "
+        "it made none (not_called, or a wait that ended before any call)",
+    )
     waited_out: bool = Field(
         False,
         description="it ended waiting for its target (QueueTimeout: longer than the maximum "
@@ -396,7 +410,9 @@ class LifecycleEvent(_Wire):
         None,
         description="on TextGenerated: the OpenAI call's time; on GenerationFailed: the "
         "attempt's last call's time (schema 12; 0 before, not measured), 0 when it made no "
-        "call, null when no call's result came (DeadlineExpired, AttemptLost)",
+        "call, null when no call's result came (DeadlineExpired, AttemptLost); on "
+        "CompletionPublished and PublicationFailed, the same of its Talkable call (schema 13; "
+        "null before, or 0 where its result was written before)",
     )
     error_class: str | None = Field(
         None,

@@ -250,6 +250,7 @@ def _published(ctx: Context, flight: InFlight, p: PublicationAttemptSucceeded) -
         cause=_published_cause(p),
         attempt=flight.attempt,
         waited_ms=p.waited_ms,
+        latency_ms=p.latency_ms,  # (schema 13)
         # as the publisher reported it (None: a result written before schema 8, so that a
         # replay of the log derives what was recorded then)
         event_number=p.landed_event_number,
@@ -279,6 +280,7 @@ def _publication_failure(ctx: Context, flight: InFlight, f: PublicationAttemptFa
         cause=_failed_cause("Talkable did not accept the event", "Talkable", f),
         error_class=f.error_class,
         error_message=f.error_message,
+        latency_ms=f.latency_ms,  # (schema 13)
         waited_ms=f.waited_ms,
     )
 

@@ -172,7 +172,10 @@ class Publish(Work[PublishCompletion]):
         common = _reported(command, outcome, now_ms)
         if outcome.error is not None:
             return PublicationAttemptFailed(
-                **common, **_failure(outcome.error), status=outcome.error.status
+                **common,
+                **_failure(outcome.error),
+                status=outcome.error.status,
+                latency_ms=_failed_call_ms(outcome),
             )
         published: Publication = _value(outcome)
         return PublicationAttemptSucceeded(
@@ -180,6 +183,7 @@ class Publish(Work[PublishCompletion]):
             site=command.site,
             redrive=command.redrive,
             duplicate=published.duplicate,
+            latency_ms=_call_ms(outcome),
             event_number=published.event_number,
             landed_event_number=published.event_number or command.event_number,
         )
@@ -280,13 +284,19 @@ def text_too_large(text: str, max_bytes: int, limits: Limits | None = None) -> U
 
 
 def _failed_call_ms(outcome: Outcome[Any]) -> int:
-    """A failed attempt's latency: its last call's time (schema 12: it was 0, not measured),
-    0 when it made none (``not_called``: a refusal remembered, a key that cannot be opened,
-    a request too large for its target; a wait that ended before any call)."""
+    """A failed attempt's latency: its last call's time (a generation's from schema 12, a
+    publication's from 13: it was 0, not measured), 0 when it made none (``not_called``: a
+    refusal remembered, a key that cannot be opened, a request too large for its target; a
+    wait that ended before any call)."""
     error = outcome.error
-    if outcome.call_s is None or (error is not None and not error.called):
+    if error is not None and not error.called:
         return 0
-    return int(outcome.call_s * 1000)
+    return _call_ms(outcome)
+
+
+def _call_ms(outcome: Outcome[Any]) -> int:
+    """The attempt's last call's time, as the scheduler measured it (0: it made none)."""
+    return 0 if outcome.call_s is None else round(outcome.call_s * 1000)
 
 
 def _since(started: float) -> int:

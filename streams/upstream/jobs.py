@@ -72,8 +72,9 @@ class Outcome(Generic[R]):
     error: UpstreamError | None
     waited_s: float  # in its target's queue: from its issue to its outcome, less its calls
     tries: int
-    # its last call's time, from its start to its answer (None: it made none): what a failed
-    # generation reports as its latency (a success reports its own, timed by the call)
+    # its last call's time, from its start to its answer (None: it made none): what a
+    # publication and a failed generation report as their latency (a generated text reports
+    # its own, timed by the call)
     call_s: float | None = None
 
 

@@ -5,6 +5,7 @@ that stop a key, the maximum wait."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import pytest
 
 from bench.blast_ticks import scheduler_looks
 from bench.known_targets import cpu_per_call, scrape_ms
+from streams.clients.talkable import Publication
 from streams.errors import PublishError, UpstreamError
 from streams.upstream import scheduler as scheduler_module
 from streams.upstream.limits import Limits
@@ -1456,3 +1458,56 @@ async def test_a_failed_call_reports_how_long_it_took_and_one_not_made_reports_n
         ledger.send(received(generate.request_id))
         [failed] = ledger.send(results[key]).events
         assert (failed.type, failed.latency_ms) == ("GenerationFailed", latency)
+
+
+async def test_a_publication_reports_its_talkable_calls_time_answered_or_failed() -> None:
+    """Schema 13: a publication's result and its lifecycle event say how long the Talkable
+    call took, as a generation's say the OpenAI call's (they said nothing: Talkable's time was
+    nowhere to be seen). An answered call (1.2 s) says its time on ``CompletionPublished``; one
+    refused (0.3 s) on ``PublicationFailed``; an attempt ended without a call (the site's key
+    refused a moment ago: ``not_called``) says 0."""
+    from streams.agents.work import Publish
+    from tests.functional.test_sealed_keys import commands
+    from tests.unit.domain_builders import Ledger, generated, received
+
+    clock, up = Clock(), Upstream()
+    s = scheduler(clock, slots=10, window=1)
+    s.submit("talkable:site", up.job("answered"))
+    s.dispatch()
+    await settle()
+    clock.t += 1.2
+    up.answer("answered")
+    await settle()
+    s.submit("talkable:site", up.job("refused"))
+    s.dispatch()
+    await settle()
+    clock.t += 0.3
+    refused = UpstreamError("Talkable answered 401", reason="Unauthorized", status=401,
+                            refuses="key")  # fmt: skip
+    up.answer("refused", refused)
+    await settle()
+    s.submit("talkable:site", up.job("after"))
+    s.dispatch()
+    await settle()
+    assert "after" not in up.calls  # ended by the refusal of the key, without a call
+
+    _, publish = commands()
+    publisher = Publish(None, None)  # type: ignore[arg-type]
+    answered = Publication(duplicate=False)  # (the stand-in upstream answers no Publication)
+    up.reports["answered"] = dataclasses.replace(up.reports["answered"], value=answered)
+    results = {key: publisher.result(publish, up.reports[key], now_ms=1) for key in up.reports}
+    assert {key: r.latency_ms for key, r in results.items()} == {
+        "answered": 1200,
+        "refused": 300,
+        "after": 0,
+    }
+    for key, (kind, latency) in {
+        "answered": ("CompletionPublished", 1200),
+        "refused": ("PublicationFailed", 300),
+        "after": ("PublicationFailed", 0),
+    }.items():
+        ledger = Ledger()
+        ledger.send(received(publish.request_id))
+        ledger.send(generated(publish.request_id))
+        [event] = ledger.send(results[key]).events
+        assert (event.type, event.latency_ms) == (kind, latency)

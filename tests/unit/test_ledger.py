@@ -1075,6 +1075,43 @@ def test_verify_agrees_with_a_reissue_written_before_it_said_its_model_and_after
     )
 
 
+@pytest.mark.parametrize(
+    "result", [published("req-1"), publication_failed("req-1")], ids=["published", "failed"]
+)
+def test_verify_agrees_with_publications_written_before_they_said_their_call_time_and_after(
+    result: PublicationAttemptSucceeded | PublicationAttemptFailed,
+) -> None:
+    """``CompletionPublished`` and ``PublicationFailed`` say their Talkable call's time from
+    schema 13 on. A log an earlier version wrote has results that said none (0 when read now)
+    and events that say none (null): ``replay --verify`` agrees with it, and with one of this
+    version's; from schema 13 on, another time is a difference."""
+    ledger = Ledger()
+    admit(ledger, "req-1")
+    ledger.send(generated("req-1"))
+    [event] = ledger.send(result.model_copy(update={"latency_ms": 420})).events
+    assert event.latency_ms == 420
+    messages = [encode(message) for message, _ in ledger.history]
+    events = [encode(e) for e in ledger.events]
+
+    def written_at_12(value: bytes) -> bytes:
+        fields = json.loads(value)
+        if fields.get("kind", "").startswith("publication_"):
+            del fields["latency_ms"]  # a result said none
+        if fields.get("type") == event.type:
+            fields["latency_ms"] = None  # nor did its event
+        return json.dumps(fields | {"schema_version": 12}).encode()
+
+    for requests, recorded in (
+        (messages, events),
+        ([written_at_12(m) for m in messages], [written_at_12(e) for e in events]),
+    ):
+        clean = _verified(ledger, requests, recorded)
+        assert (clean.differences, clean.matched) == ([], len(events))
+    forged = encode(ledger.events[-1].model_copy(update={"latency_ms": 999}))
+    [difference] = _verified(ledger, messages, [*events[:-1], forged]).differences
+    assert (difference.type, difference.fields) == (event.type, {"latency_ms": (420, 999)})
+
+
 def test_a_readmitted_request_gets_its_own_default_event_number() -> None:
     ledger = Ledger(policy=Policy(dedupe_window_ms=1000))
     admit(ledger, "req-1", delivery_id="d1")
