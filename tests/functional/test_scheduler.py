@@ -72,6 +72,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def answered_after(
+    s: Scheduler, clock: Clock, up: Upstream, target: str, key: str, seconds: float, value: Any
+) -> None:
+    """``key``'s job on ``target`` called, and answered ``value`` (an error ends it) ``seconds``
+    later on the scheduler's clock."""
+    s.submit(target, up.job(key))
+    s.dispatch()
+    await settle()
+    clock.t += seconds
+    up.answer(key, value)
+    await settle()
+
+
 def scheduler(clock: Clock, *, slots: int = 4, window: int = 16, **kw: Any) -> Scheduler:
     # no burst after a rest (the pacer's tests have it): each call's spacing shows its pace
     config = PacerConfig(
@@ -1434,14 +1447,9 @@ async def test_a_failed_call_reports_how_long_it_took_and_one_not_made_reports_n
 
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=10, window=1)
-    s.submit("openai:key", up.job("called"))
-    s.dispatch()
-    await settle()
-    clock.t += 2.5
     refused = UpstreamError("OpenAI answered 401 invalid_api_key", reason="Unauthorized",
                             status=401, refuses="key")  # fmt: skip
-    up.answer("called", refused)
-    await settle()
+    await answered_after(s, clock, up, "openai:key", "called", 2.5, refused)
     s.submit("openai:key", up.job("after"))
     s.dispatch()
     await settle()
@@ -1472,20 +1480,10 @@ async def test_a_publication_reports_its_talkable_calls_time_answered_or_failed(
 
     clock, up = Clock(), Upstream()
     s = scheduler(clock, slots=10, window=1)
-    s.submit("talkable:site", up.job("answered"))
-    s.dispatch()
-    await settle()
-    clock.t += 1.2
-    up.answer("answered")
-    await settle()
-    s.submit("talkable:site", up.job("refused"))
-    s.dispatch()
-    await settle()
-    clock.t += 0.3
+    await answered_after(s, clock, up, "talkable:site", "answered", 1.2, "ok")
     refused = UpstreamError("Talkable answered 401", reason="Unauthorized", status=401,
                             refuses="key")  # fmt: skip
-    up.answer("refused", refused)
-    await settle()
+    await answered_after(s, clock, up, "talkable:site", "refused", 0.3, refused)
     s.submit("talkable:site", up.job("after"))
     s.dispatch()
     await settle()
