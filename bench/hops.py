@@ -28,6 +28,9 @@ PATH = (
     ("publisher to Talkable", "completions/publish_completion", "talkable"),
 )
 
+# the phases of a ledger batch its worker times (``talkstream_ledger_batch_seconds{phase}``)
+BATCH_PHASES = ("deciding", "outputs", "changelog")
+
 
 async def record_times(
     options: Mapping[str, Any],
@@ -113,3 +116,24 @@ def _moment(
     if name == "talkable":
         return published.get(request_id)
     return at.get(name)
+
+
+def ledger_batches(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, Any]:
+    """What the ledgers' batches were in a phase, from the workers' running totals at its start
+    and end (``Deployment.ledger_batches``): how many, their records on average, and the
+    milliseconds each phase of a batch took on average (``talkstream_ledger_batch_seconds``:
+    deciding its records, awaiting Kafka's acknowledgement of its outputs, then of its
+    changelog writes). A record that arrives during a batch waits for it to end."""
+    batches = round(after.get("batches", 0.0) - before.get("batches", 0.0))
+    if batches <= 0:
+        return {"batches": 0}
+
+    def per_batch(name: str, scale: float = 1.0) -> float:
+        return round((after.get(name, 0.0) - before.get(name, 0.0)) * scale / batches, 2)
+
+    return {
+        "batches": batches,
+        "records": round(after.get("records", 0.0) - before.get("records", 0.0)),
+        "records_per_batch": per_batch("records"),
+        **{f"{phase}_ms": per_batch(phase, 1000) for phase in BATCH_PHASES},
+    }

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.hops import PATH
+from bench.hops import BATCH_PHASES, PATH
 from bench.report import COUNTERS
 
 INTRO = """\
@@ -229,6 +229,26 @@ def hops_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def batches_table(result: Mapping[str, Any]) -> str:
+    """The ledgers' batches of the throughput and latency phases ("" when the run did not
+    read them: results written before)."""
+    lines = [
+        "| phase | batches | records a batch | deciding | outputs acknowledged "
+        "| changelog acknowledged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for phase in ("throughput", "latency"):
+        b = result["pipeline"].get(phase, {}).get("ledger_batches")
+        if not b or not b["batches"]:
+            continue
+        lines.append(
+            f"| {phase} | {b['batches']:,} | {b['records_per_batch']} | "
+            + " | ".join(_n(b[f"{name}_ms"], " ms") for name in BATCH_PHASES)
+            + " |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def section(result: Mapping[str, Any]) -> str:
     m, meta, ok = result["machine"], result["meta"], result["summary"]["correctness"]
     latency = result["pipeline"]["latency"]
@@ -265,6 +285,7 @@ def section(result: Mapping[str, Any]) -> str:
             "",
             hops_table(result),
             "",
+            *_batches(result),
             "Noisy neighbours (per-target pacing and fair shares, `streams/upstream/`):",
             "",
             neighbours_table(result),
@@ -279,6 +300,19 @@ def section(result: Mapping[str, Any]) -> str:
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
 OUTAGE = Path(__file__).resolve().parent / "results" / "outage-latest.json"
+
+
+def _batches(result: Mapping[str, Any]) -> list[str]:
+    table = batches_table(result)
+    if not table:
+        return []
+    return [
+        "A ledger batch on average (the workers' `talkstream_ledger_batch_seconds`: a record "
+        "that arrives during a batch waits for it to end):",
+        "",
+        table,
+        "",
+    ]
 
 
 def _machine(m: dict[str, Any]) -> str:

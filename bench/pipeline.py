@@ -185,9 +185,11 @@ class Pipeline:
         cfg = self.ctx.config
         self.system.set_llm_latency(cfg.llm_latency)
         bodies = self.bodies("throughput", cfg.requests)
+        batches = await asyncio.to_thread(self.system.ledger_batches)
         with self.ctx.progress("throughput: sending", len(bodies)) as tick:
             shots = await load.blast(self.system.ingress_url, bodies, cfg.clients, tick)
         done = await self.settle("throughput", shots)
+        batches = hops.ledger_batches(batches, await asyncio.to_thread(self.system.ledger_batches))
         first_sent = min(s.sent_at for s in shots)
         span = max(done.published_at.values(), default=first_sent) - first_sent
         return {
@@ -203,15 +205,18 @@ class Pipeline:
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,
+            "ledger_batches": batches,
         }
 
     async def latency(self, rate: float) -> dict[str, Any]:
         cfg = self.ctx.config
         self.system.set_llm_latency(cfg.llm_latency)
         bodies = self.bodies("latency", cfg.paced_requests)
+        batches = await asyncio.to_thread(self.system.ledger_batches)
         with self.ctx.progress(f"latency: {rate:.0f}/s", len(bodies)) as tick:
             shots = await load.paced(self.system.ingress_url, bodies, rate, tick)
         done = await self.settle("latency", shots)
+        batches = hops.ledger_batches(batches, await asyncio.to_thread(self.system.ledger_batches))
         sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
         times = await hops.record_times(
             self.system.kafka_options,
@@ -228,6 +233,7 @@ class Pipeline:
             "end_to_end": load.ms_summary(end_to_end(done, shots)),
             "overhead": load.ms_summary([t - cfg.llm_latency for t in end_to_end(done, shots)]),
             "hops": hops.breakdown(times, sent, done.published_at, cfg.llm_latency),
+            "ledger_batches": batches,
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,

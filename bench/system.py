@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from streams.dev.kafka import EmbeddedKafka
 from streams.kafka_options import client_options
 from streams.secrets import generate_key
@@ -80,6 +82,14 @@ def _ephemeral_low() -> int:
     except (OSError, ValueError, IndexError):  # not Linux: the IANA range's start
         low = 49_152
     return min(low, 49_152)
+
+
+# the samples of a worker's /metrics that ``Deployment.ledger_batches`` sums, and as what
+LEDGER_BATCH_SAMPLES = {
+    "talkstream_ledger_batch_records_count": "batches",
+    "talkstream_ledger_batch_records_sum": "records",
+    "talkstream_ledger_batch_seconds_sum": "phase",  # by its label: deciding, outputs, ...
+}
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
@@ -197,6 +207,8 @@ class Deployment:
         self.workers = workers
         self.openai_port, self.talkable_port = free_port(), free_port()
         self.ingress_port = free_port()
+        # each worker's /metrics, which the bench reads its ledger's batches from
+        self.worker_ports = [free_port() for _ in range(workers)]
         self.processes = Processes(root)
         self.env = {
             **os.environ,
@@ -210,8 +222,7 @@ class Deployment:
             "TALKSTREAM_TALKABLE_BASE_URL": self.talkable_url,
             "TALKSTREAM_INGRESS_PORT": str(self.ingress_port),
             # any free port: several workers (and their projectors) share this host, and the
-            # bench reads none of their HTTP endpoints
-            "TALKSTREAM_WORKER_HTTP_PORT": "0",
+            # bench reads none of these HTTP endpoints (each worker's own: ``worker_ports``)
             "TALKSTREAM_PROJECTOR_HTTP_PORT": "0",
             "TALKSTREAM_EXECUTORS_HTTP_PORT": "0",
             # as the run says, not as the shell may (the results record the run's)
@@ -251,13 +262,35 @@ class Deployment:
         run("openai", openai, self.env)
         run("talkable", ["-m", "bench.standin", "--port", str(self.talkable_port)], self.env)
         for i in range(self.workers):
-            env = {**self.env, "TALKSTREAM_WORKER_NAME": f"worker{i}"}
+            env = {
+                **self.env,
+                "TALKSTREAM_WORKER_NAME": f"worker{i}",
+                "TALKSTREAM_WORKER_HTTP_PORT": str(self.worker_ports[i]),
+            }
             run(f"worker{i}", ["-m", "streams", "worker"], env)
         run("ingress", ["-m", "streams", "ingress"], self.env)
         self.processes.wait_http(f"{self.openai_root}/_stats", 30, "the OpenAI stand-in")
         self.processes.wait_http(f"{self.talkable_root}/_stats", 30, "the Talkable stand-in")
         healthz = f"http://127.0.0.1:{self.ingress_port}/healthz"
         self.processes.wait_http(healthz, 60, "the ingress")
+
+    def ledger_batches(self) -> dict[str, float]:
+        """The workers' ledgers' batches so far, summed over the workers (running totals,
+        which a phase's figures are the difference of): ``batches``, ``records``, and the
+        seconds of each phase of ``talkstream_ledger_batch_seconds`` (``deciding``,
+        ``outputs``, ``changelog``)."""
+        totals: dict[str, float] = {}
+        for port in self.worker_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as got:
+                text = got.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    name = LEDGER_BATCH_SAMPLES.get(sample.name)
+                    if name == "phase":
+                        name = sample.labels["phase"]
+                    if name is not None:
+                        totals[name] = totals.get(name, 0.0) + sample.value
+        return totals
 
     def set_llm_latency(self, seconds: float) -> None:
         self.configure_openai({"latency_seconds": seconds})

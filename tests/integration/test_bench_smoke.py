@@ -88,6 +88,11 @@ def test_a_tiny_bench_reports_every_section_and_loses_nothing(
     assert {"warm", "throughput", "latency", "burst", "capacity"} <= set(caught_up)
     assert None not in caught_up.values(), caught_up
     assert pipeline["throughput"]["states"] == {"published": config.requests}
+    # the ledgers' batches, read off both workers' /metrics: each webhook's three records
+    # (received, its text generated, published) were decided in the phase
+    batches = pipeline["throughput"]["ledger_batches"]
+    assert batches["batches"] > 0 and batches["records"] >= 3 * config.requests, batches
+    assert pipeline["latency"]["ledger_batches"]["batches"] > 0
     assert pipeline["capacity"]["states"] == {"published": config.capacity_requests}
     burst = pipeline["burst"]
     assert burst["published"] == config.burst_people * config.burst_limit
