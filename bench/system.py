@@ -84,12 +84,13 @@ def _ephemeral_low() -> int:
     return min(low, 49_152)
 
 
-# the samples of a worker's /metrics that ``Deployment.ledger_batches`` sums, and as what
+# the samples of a worker's /metrics that ``Deployment.ledger_batches`` sums, and as what (the
+# seconds' sums, by their ``phase`` label: deciding, outputs, changelog)
 LEDGER_BATCH_SAMPLES = {
     "talkstream_ledger_batch_records_count": "batches",
     "talkstream_ledger_batch_records_sum": "records",
-    "talkstream_ledger_batch_seconds_sum": "phase",  # by its label: deciding, outputs, ...
 }
+LEDGER_BATCH_SECONDS = "talkstream_ledger_batch_seconds_sum"
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
@@ -285,9 +286,10 @@ class Deployment:
                 text = got.read().decode()
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
-                    name = LEDGER_BATCH_SAMPLES.get(sample.name)
-                    if name == "phase":
-                        name = sample.labels["phase"]
+                    if sample.name == LEDGER_BATCH_SECONDS:
+                        name: str | None = sample.labels["phase"]
+                    else:
+                        name = LEDGER_BATCH_SAMPLES.get(sample.name)
                     if name is not None:
                         totals[name] = totals.get(name, 0.0) + sample.value
         return totals

@@ -82,8 +82,12 @@ running() {
     && as_owner "$(bindir)/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
 
-url() { # the running cluster's: the port it listens on is line 4 of its postmaster.pid
-  echo "postgresql+psycopg://postgres@127.0.0.1:$(sed -n 4p "$DATA/postmaster.pid")/$DB"
+listening_port() { # the running cluster's: line 4 of its postmaster.pid
+  sed -n 4p "$DATA/postmaster.pid"
+}
+
+url() {
+  echo "postgresql+psycopg://postgres@127.0.0.1:$(listening_port)/$DB"
 }
 
 listen() { # start the postmaster on 127.0.0.1:$1; fails with 2 when the address is taken
@@ -114,21 +118,19 @@ start_cluster() {
     say "creating a cluster in $DATA"
     as_owner "$bin/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --no-sync >/dev/null
   fi
+  local port=$PORT
   if ! running; then
-    local port=$PORT started=1
-    while [ "$port" -lt $((PORT + PORTS_TRIED)) ]; do
-      listen "$bin" "$port" && { started=0; break; }
+    until listen "$bin" "$port"; do
       [ $? = 2 ] || exit 1
       say "127.0.0.1:$port is taken (a server, or an outgoing connection's local port)"
       port=$((port + 1))
+      if [ "$port" -ge $((PORT + PORTS_TRIED)) ]; then
+        say "no free port in 127.0.0.1:$PORT..$((port - 1)): set TALKSTREAM_PG_PORT to another"
+        exit 1
+      fi
     done
-    if [ $started != 0 ]; then
-      say "no free port in 127.0.0.1:$PORT..$((port - 1)): set TALKSTREAM_PG_PORT to another"
-      exit 1
-    fi
   fi
-  local port
-  port=$(sed -n 4p "$DATA/postmaster.pid")
+  port=$(listening_port)
   if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
     psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE \"$DB\"" >&2

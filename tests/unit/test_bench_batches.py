@@ -10,7 +10,7 @@ from typing import Any
 from bench import markdown
 from bench.hops import ledger_batches
 from bench.report import RESULTS_DIR
-from bench.system import LEDGER_BATCH_SAMPLES
+from bench.system import LEDGER_BATCH_SAMPLES, LEDGER_BATCH_SECONDS
 from streams.observability import WorkerMetrics
 
 BEFORE = {"batches": 10.0, "records": 100.0, "deciding": 1.0, "outputs": 0.5, "changelog": 0.6}
@@ -38,13 +38,13 @@ def test_the_samples_summed_are_what_a_worker_serves() -> None:
     served = {
         sample.name: sample for family in metrics.registry.collect() for sample in family.samples
     }
-    assert set(LEDGER_BATCH_SAMPLES) <= set(served)
+    assert {*LEDGER_BATCH_SAMPLES, LEDGER_BATCH_SECONDS} <= set(served)
     assert served["talkstream_ledger_batch_records_sum"].value == 12
     phases = {
         s.labels["phase"]
         for family in metrics.registry.collect()
         for s in family.samples
-        if s.name == "talkstream_ledger_batch_seconds_sum"
+        if s.name == LEDGER_BATCH_SECONDS
     }
     assert phases == {"deciding", "outputs", "changelog"}
 
