@@ -68,3 +68,15 @@ def test_a_render_refuses_the_options_of_a_run_it_would_ignore(
     assert "runs nothing" in result.output
     assert all(option in result.output for option in options if option.startswith("--"))
     assert doc.read_text() == before
+
+
+def test_the_committed_document_is_what_a_render_writes(doc: Path) -> None:
+    """BENCHMARKS.md is generated: hand-written rounds go to bench/PROFILE.md, which every
+    render includes. Two rounds written into BENCHMARKS.md itself were dropped by the next
+    run's rewrite, unseen."""
+    committed = doc.read_text()
+
+    result = CliRunner().invoke(bench, ["--render"])
+
+    assert result.exit_code == 0, result.output
+    assert doc.read_text() == committed, "edit bench/PROFILE.md (or bench/markdown.py), then render"
