@@ -264,6 +264,7 @@ def section(result: Mapping[str, Any]) -> str:
         else ""
     )
     verdict = "all 0" if all(ok[c] == 0 for c in COUNTERS) else "**NOT all 0**"
+    paced = _paced(result)
     argv = " ".join(meta.get("argv") or ["talkstream", "bench"])
     tree = f" on tree {meta['tree']}" if meta.get("tree") else ""
     return "\n".join(
@@ -278,7 +279,7 @@ def section(result: Mapping[str, Any]) -> str:
             f"re-sent publications deduplicated by Talkable: "
             f"{ok['resent_publications_deduplicated']}; ingress errors: "
             f"{result['summary']['ingress']['errors']}. talkstream's CPU per webhook by "
-            f"process: {by_process}.{cold_start}",
+            f"process: {by_process}.{cold_start}{paced}",
             "",
             f"Where talkstream's end-to-end time goes at {latency['offered_per_second']:,.0f}/s "
             f"(Kafka create times; LLM latency {latency['llm_latency_s']} s):",
@@ -300,6 +301,31 @@ def section(result: Mapping[str, Any]) -> str:
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
 OUTAGE = Path(__file__).resolve().parent / "results" / "outage-latest.json"
+
+
+def _paced(result: Mapping[str, Any]) -> str:
+    """What a webhook of the latency phase cost, beside one at saturation: at the paced rate
+    each process wakes for a few records at a time (results from before this was summarized
+    have none of it)."""
+    cpu = result["summary"]["cpu_ms_per_request"]
+    paced, full = cpu.get("paced"), cpu.get("talkstream")
+    if not paced or not full:
+        return ""
+    rate = result["pipeline"]["latency"]["offered_per_second"]
+    per = cpu.get("paced_by_process") or {}
+    by_process = ", ".join(f"{name} {_n(ms, ' ms')}" for name, ms in per.items())
+    inline, inline_full = cpu.get("inline_paced"), cpu.get("inline")
+    beside = (
+        f"; the inline handler's {_n(inline, ' ms')} ({inline / inline_full:.1f}x its own)"
+        if inline and inline_full
+        else ""
+    )
+    return (
+        f" At the paced rate ({rate:,.0f}/s) a webhook cost talkstream {_n(paced, ' ms')} "
+        f"({by_process}), {paced / full:.1f}x its cost at saturation{beside}: at that rate "
+        f"talkstream's processes alone ask for {paced * rate / 1000:.2f} of the machine's "
+        f"{result['machine']['nproc']} cores."
+    )
 
 
 def _batches(result: Mapping[str, Any]) -> list[str]:

@@ -109,6 +109,13 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
             }
             if warm
             else {},
+            # the latency phase's webhooks, sent at the paced rate: each process wakes for a
+            # few records at a time, and a webhook costs it more than at saturation
+            "paced": _cpu_ms(result, "latency", ("worker", "ingress", "kafka"), lat["requests"]),
+            "paced_by_process": {
+                name: _cpu_ms(result, "latency", (name,), lat["requests"])
+                for name in ("worker", "ingress", "kafka")
+            },
         },
         "baselines": {},
         "ratios": {},
@@ -164,6 +171,9 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         }
         inline_cpu = _cpu_ms(result, "inline_throughput", ("inline",), it["requests"])
         summary["cpu_ms_per_request"]["inline"] = inline_cpu
+        summary["cpu_ms_per_request"]["inline_paced"] = _cpu_ms(
+            result, "inline_latency", ("inline",), il["requests"]
+        )
         summary["ratios"]["cpu_per_request_x_inline"] = _times(ours_cpu, inline_cpu)
         summary["ratios"]["throughput_pct_of_inline"] = _pct(
             ours_tput, it["end_to_end"]["published_per_second"]
