@@ -183,12 +183,15 @@ class Executor:
 
     @property
     def joining(self) -> str | None:
-        """Why it takes no command yet, for ``/readyz``: its group has not given it its
+        """Why it takes no command now, for ``/readyz``: its group has not given it its
         partitions since it started (a worker, or its executors' child, said ready while the
         commands waited in the topic for the group's join, seconds on a loaded host, past a
-        request's ``MAX_WAIT_SECONDS``); None once it has."""
+        request's ``MAX_WAIT_SECONDS``), or since a revoke began a rebalance (another member
+        joined or left, or this one missed its session and rejoins); None once it has."""
         if self.handover.assigned:
             return None
+        if self.handover.rebalances:
+            return f"the {self.config.name} rejoining its consumer group (a rebalance)"
         return f"the {self.config.name} joining its consumer group"
 
     @property

@@ -154,8 +154,11 @@ class HandOver:
         # its group has given this run its partitions (none, too, where the group has more
         # members than the topic partitions) and what other runs left of them was read: until
         # then the commands in its topic wait for it, and ``/readyz`` says so
-        # (``Executor.joining``)
+        # (``Executor.joining``); False again from a revoke until the rebalance it began
+        # assigns (a rebalance, or the group lost and rejoined: ready after the first
+        # assignment, it said so through every later one)
         self.assigned = False
+        self.rebalances = 0  # the revokes its group made after a first assignment
 
     @property
     def held(self) -> int:
@@ -347,6 +350,9 @@ class HandOver:
         and re-issued while they ran), and its commands queued after the queues were taken
         back were called here too."""
         self.revokes += 1
+        if self.assigned:
+            self.rebalances += 1
+        self.assigned = False
         async with self._forwarding.lock:
             await self._hand_back(consumer, revoked)
 

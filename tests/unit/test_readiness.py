@@ -221,6 +221,7 @@ def test_a_projector_whose_database_takes_nothing_is_not_ready(
 
 
 JOINING = "the generator joining its consumer group"
+NOTHING_QUEUED = SimpleNamespace(take_back=lambda origins: [])  # a revoke takes nothing back
 
 
 @pytest.mark.parametrize(
@@ -263,9 +264,33 @@ def test_an_executor_is_ready_once_its_group_has_given_it_its_partitions() -> No
     from streams.agents.handover import OnRebalance
     from tests.unit.test_executor_marks import Requests, generator
 
-    executor = generator(Requests())
+    executor = generator(Requests(), scheduler=NOTHING_QUEUED)
     executor.consumer = ANSWERING  # type: ignore[assignment]
     assert ready(None, [executor], NOW) == (False, JOINING)
     listener = OnRebalance(executor.handover, ANSWERING)  # type: ignore[arg-type]
+    asyncio.run(listener.on_partitions_revoked(set()))  # aiokafka's first join revokes none
+    assert ready(None, [executor], NOW) == (False, JOINING)
+    asyncio.run(listener.on_partitions_assigned(set()))
+    assert ready(None, [executor], NOW) == (True, "ready")
+
+
+def test_an_executor_in_a_later_rebalance_is_not_ready_until_it_is_assigned_again() -> None:
+    """A revoke after the first assignment (a member joined or left, or this one missed its
+    session): the executor takes nothing until its group assigns again, and says so; it said
+    ready through every rebalance after its first assignment."""
+    from streams.agents.handover import OnRebalance
+    from tests.unit.test_executor_marks import Requests, generator
+
+    executor = generator(Requests(), scheduler=NOTHING_QUEUED)
+    executor.consumer = ANSWERING  # type: ignore[assignment]
+    listener = OnRebalance(executor.handover, ANSWERING)  # type: ignore[arg-type]
+    asyncio.run(listener.on_partitions_assigned(set()))
+    assert ready(None, [executor], NOW) == (True, "ready")
+
+    asyncio.run(listener.on_partitions_revoked(set()))
+    assert ready(None, [executor], NOW) == (
+        False,
+        "the generator rejoining its consumer group (a rebalance)",
+    )
     asyncio.run(listener.on_partitions_assigned(set()))
     assert ready(None, [executor], NOW) == (True, "ready")
