@@ -57,6 +57,10 @@ NOTES = """\
   The CPU table shows where the time went, and the load average whether other work shared
   the machine. "CPU per webhook" (CPU seconds of the system's processes over a phase, less
   their idle burn, per webhook) is the ratio least disturbed by such neighbours.
+- A webhook of the latency phase (paced, at half the throughput) costs each process about
+  twice its CPU at saturation: it wakes for a record or two at a time. The run's section says
+  what that asks of the machine's cores; near all of them, the hops queue for CPU, and the
+  overhead's tail is that queueing (bench/PROFILE.md, sixty-sixth round).
 - The inline handler is driven by 256 concurrent clients (its throughput is bound by its CPU,
   not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (1,024) calls at once.
 - A pipeline phase ends when every accepted request is terminal on the lifecycle topic *and*
