@@ -18,6 +18,10 @@ deployment's first minutes) had the next ones decided alone, and faust, which ha
 of it to check a gap against, committed past the first. (That request was never decided: a
 webhook accepted, and lost.) (The projector reads with a consumer of its own and seeks to the
 marks its SQL rows hold: it needs no repair.)
+
+A range is read back ``chunk`` records at most at a time (:meth:`GapRepair.cut_short` says
+when the read did not reach the message that found the gap): a partition with no mark and a
+long log (its changelog lost) was read back whole, into memory, and decided in one batch.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class GapRepair:
         on_repaired: Callable[[int], None],
         mark_every: int | None = None,
         log_start: LogStart | None = None,
+        chunk: int | None = None,
     ) -> None:
         self._agent = agent
         self._load_mark = load_mark
@@ -67,10 +72,18 @@ class GapRepair:
         # the log start of each partition found without a mark, asked once since the last
         # rebalance
         self._starts: dict[tuple[str, int], int] = {}
+        self._chunk = chunk
+        # the partitions whose last read back stopped at ``chunk`` records, before the message
+        # that found the gap: the offset it read up to
+        self._cut: dict[tuple[str, int], int] = {}
 
     async def skipped(self, topic: str, partition: int, offset: int) -> Sequence[Record]:
         """The records of ``partition`` between the offset expected and ``offset`` (excluded),
-        read back from Kafka; none when ``offset`` is the one expected (or nothing is known)."""
+        read back from Kafka; none when ``offset`` is the one expected (or nothing is known).
+        At most ``chunk`` of them: when the range is longer, the next offset expected is the
+        one after the last read, and :meth:`cut_short` says so (the caller leaves ``offset``
+        for a later look, which reads on from there)."""
+        going_on = self._cut.pop((topic, partition), None)  # where the last look stopped
         expected = self._expected.get((topic, partition))
         from_mark = expected is None
         unmarked = False
@@ -80,7 +93,10 @@ class GapRepair:
                 expected, unmarked = await self._start(topic, partition), True
         if expected is None or expected >= offset:
             return []
-        if from_mark and not unmarked and offset - expected <= (self._mark_every or 0):
+        end = offset if self._chunk is None else min(offset, expected + self._chunk)
+        if going_on == expected:  # reading on from where the last look stopped (said then)
+            self._on_repaired(end - expected)
+        elif from_mark and not unmarked and offset - expected <= (self._mark_every or 0):
             # what a restart or a new owner meets: faust committed past the last mark, which
             # trails by up to ``mark_every``; those messages were most likely decided already,
             # and deciding them again changes nothing (a warning at every restart alarms for
@@ -92,12 +108,23 @@ class GapRepair:
             )  # fmt: skip
         else:
             log.warning(
-                "%s gap topic=%s partition=%s offsets=%s..%s%s: repairing",
+                "%s gap topic=%s partition=%s offsets=%s..%s%s: repairing%s",
                 self._agent, topic, partition, expected, offset - 1,
                 " (nothing of it decided before: from its log start)" if unmarked else "",
+                f", {self._chunk} records at a time" if end < offset else "",
             )  # fmt: skip
-            self._on_repaired(offset - expected)
-        return await self._read_range(topic, partition, expected, offset)
+            self._on_repaired(end - expected)
+        records = await self._read_range(topic, partition, expected, end)
+        if end < offset:
+            self._expected[(topic, partition)] = end
+            self._cut[(topic, partition)] = end
+        return records
+
+    def cut_short(self, topic: str, partition: int) -> int | None:
+        """Where the last read back of ``partition`` stopped, when it stopped at ``chunk``
+        records before the message that found the gap (that message, and the partition's
+        others after it, wait for the next look); None when it read the whole range."""
+        return self._cut.get((topic, partition))
 
     async def expectation(
         self, topic: str, partition: int, *, log_start: bool = True
@@ -143,3 +170,4 @@ class GapRepair:
         (and log starts, which retention may have moved meanwhile, from Kafka)."""
         self._expected.clear()
         self._starts.clear()
+        self._cut.clear()

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # persons are "site:email")
 OFFSET_MARK = b"\x00next-offset:"
 MARK_EVERY = 32
+# a skipped range is read back this many records at a time, one batch each (``streams.gaps``):
+# a partition with no mark (its changelog lost) was read back whole, from its log start
+GAP_CHUNK = 5_000
 # a stored state with nothing in flight (pydantic writes an empty field exactly so, and no
 # string in the JSON can hold it unescaped)
 NOTHING_IN_FLIGHT = b'"inflight":{}'
@@ -141,6 +144,7 @@ class Ledger:
         hold: Hold | None = None,
         release: Hold | None = None,
         log_start: LogStart | None = None,
+        gap_chunk: int = GAP_CHUNK,
     ) -> None:
         self._table = table
         self._policy = policy
@@ -157,6 +161,7 @@ class Ledger:
             on_repaired=metrics.gaps_repaired.inc,
             mark_every=MARK_EVERY,
             log_start=log_start,
+            chunk=gap_chunk,
         )
         self._due = DeadlineIndex(
             {stage: policy.deadline_span_ms(stage) for stage in ("generating", "publishing")},
@@ -200,7 +205,10 @@ class Ledger:
         billed once), a letter or a transition is written once. faust acknowledges it all the
         same (held, faust's wait for its streams at a rebalance would wait for it) but commits
         nothing more of its partitions until a batch of each is stored: the partition's next
-        owner decides from that commit, or from the table's mark before it."""
+        owner decides from that commit, or from the table's mark before it. A gap longer than
+        ``GAP_CHUNK`` is read back a chunk a batch: the batch marks its partition where the
+        chunk ended and leaves the message that found the gap, and the partition's messages
+        after it, to the next look (:meth:`_read_on`)."""
         async for events in stream.take_events(BATCH, within=WITHIN_SECONDS):
             began = time.perf_counter()  # (the phases' times: talkstream_ledger_batch_seconds)
             batch = self._deciding = Batch(self._withdraw)
@@ -208,9 +216,15 @@ class Ledger:
             read_back: list[tuple[str, int, int, int]] = []
             firsts: dict[tuple[str, int], int] = {}  # the first offset decided, by partition
             read_back_records = 0
+            # partitions whose gap is read back a chunk a batch: where this one's read stopped,
+            # and the offset of the message that found the gap (it, and the partition's
+            # messages after it in this batch, are read back with the rest)
+            cut: dict[tuple[str, int], tuple[int, int]] = {}
             try:
                 for event in events:
                     msg = event.message
+                    if (msg.topic, msg.partition) in cut:
+                        continue
                     batch.event = event
                     skipped = await self._gaps.skipped(msg.topic, msg.partition, msg.offset)
                     lettered = False  # a record of its own dead-lettered: the mark passes it
@@ -223,6 +237,12 @@ class Ledger:
                         read_back_records += len(skipped)
                         first, last = skipped[0].offset, skipped[-1].offset
                         read_back.append((msg.topic, msg.partition, first, last))
+                    stopped = self._gaps.cut_short(msg.topic, msg.partition)
+                    if stopped is not None:  # marked where it stopped; a probe reads on
+                        cut[(msg.topic, msg.partition)] = (stopped, msg.offset)
+                        mark = OFFSET_MARK + str(msg.partition).encode()
+                        marks[mark] = (str(stopped).encode(), event)
+                        continue
                     lettered |= await self.process(batch, _Record(msg, event.key, event.value))
                     if self._gaps.processed(msg.topic, msg.partition, msg.offset) or lettered:
                         mark = OFFSET_MARK + str(msg.partition).encode()
@@ -287,7 +307,26 @@ class Ledger:
                 self._held.discard(held)
                 if self._release is not None:
                     self._release(*held)
+            for (_, partition), (stopped, found_at) in cut.items():
+                await self._read_on(partition, stopped, found_at)
             self._deciding = Batch()
+
+    async def _read_on(self, partition: int, stopped: int, offset: int) -> None:
+        """A gap read back a chunk at a time, stored and marked up to ``stopped``: a probe to
+        the partition is the next look, which reads on from there (its next message would
+        too, but a quiet partition may have none for hours; the gap timer's probe comes two
+        looks later, and does if this one is not sent)."""
+        probe = GapProbe(
+            partition=partition, expected=stopped, taken=offset, at_ms=self._clock.now_ms()
+        )
+        try:
+            await self._topics.requests.send(value=encode(probe), partition=partition)
+        except KafkaError as exc:  # (not the agent's end: its batch is stored)
+            log.warning(
+                "ledger could not probe partition=%s to read on from offset %s (%s): the gap "
+                "timer's probe will",
+                partition, stopped, type(exc).__name__,
+            )  # fmt: skip
 
     async def _changelog_taken(self) -> BaseException | None:
         """Wait until Kafka acknowledged every changelog write of the table since the batch

@@ -61,14 +61,17 @@ class FakeLog:
         return [Rec(topic, partition, o) for o in range(start, min(end, self.size))]
 
 
-def repair(marks: dict[int, int], log: FakeLog, every: int | None = 4) -> tuple[GapRepair, list]:
+def repair(
+    marks: dict[int, int], log: FakeLog, every: int | None = 4, chunk: int | None = None
+) -> tuple[GapRepair, list]:
     repaired: list[int] = []
 
     async def load(topic: str, partition: int) -> int | None:
         assert topic == TOPIC
         return marks.get(partition)
 
-    return GapRepair("test", load, log.read, repaired.append, mark_every=every), repaired
+    gaps = GapRepair("test", load, log.read, repaired.append, mark_every=every, chunk=chunk)
+    return gaps, repaired
 
 
 def skipped(gaps: GapRepair, partition: int, offset: int) -> list[int]:
@@ -200,6 +203,29 @@ def test_a_restart_behind_its_last_mark_is_no_alarm_but_a_real_gap_is(
     assert repaired == [2, 5]
 
 
+def test_a_range_longer_than_a_chunk_is_read_a_chunk_at_each_look(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each look reads ``chunk`` records at most, expects the next offset after them, and says
+    where it stopped; the message that found the gap waits for the look that reads up to it.
+    The gap is warned of once; each chunk is counted as repaired when read."""
+    log = FakeLog()
+    gaps, repaired = repair({0: 10}, log, chunk=4)
+    with caplog.at_level("INFO", logger="streams.gaps"):
+        assert skipped(gaps, 0, 20) == [10, 11, 12, 13]
+        assert gaps.cut_short(TOPIC, 0) == 14
+        assert skipped(gaps, 0, 21) == [14, 15, 16, 17]  # the next look: a later message
+        assert gaps.cut_short(TOPIC, 0) == 18
+        assert skipped(gaps, 0, 21) == [18, 19, 20]  # (a message left waiting read back too)
+        assert gaps.cut_short(TOPIC, 0) is None  # up to the message: decide it
+    assert log.reads == [(0, 10, 14), (0, 14, 18), (0, 18, 21)]
+    assert repaired == [4, 4, 3]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "test gap topic=t-requests partition=0 offsets=10..19: repairing, "
+                    "4 records at a time"),
+    ]  # fmt: skip
+
+
 # --- the ledger agent: what it read back itself, faust is told is done ---------------------
 
 
@@ -317,6 +343,7 @@ class Quiet:
         lifecycle: Sent | None = None,
         send_now: SendNow = lambda: None,
         log_start: int | None = None,
+        gap_chunk: int = 5_000,
     ) -> None:
         self.webhooks = {
             offset: encode(received(f"req-{offset}", delivery_id=f"d-{offset}"))
@@ -347,6 +374,7 @@ class Quiet:
             acknowledge=self.acknowledge,
             taken=lambda: dict(self.taken),
             log_start=None if log_start is None else self.log_start,
+            gap_chunk=gap_chunk,
         )
         self.start = log_start
 
@@ -413,6 +441,71 @@ def test_offsets_faust_took_and_dropped_on_a_quiet_partition_are_probed_and_deci
     assert quiet.told == [(TOPIC, 3, 53, 54)]
     assert quiet.decided() == {f"req-{offset}" for offset in range(50, 55)}
     assert quiet.deadletter.values == []  # a probe is no poison
+
+
+def test_a_long_gap_is_read_back_a_chunk_a_batch_each_marked_and_probed_on() -> None:
+    """A gap longer than a chunk (a partition with no mark and a long log, its changelog lost,
+    was read back whole, into memory, and decided in one batch): each batch reads one chunk
+    back and decides it, marks the partition where it stopped, and leaves the message that
+    found the gap for later; a probe to the partition is the next look, which reads on. Every
+    request is decided once, in order."""
+    table: dict[bytes, bytes] = {}
+    marks: list[bytes] = []
+
+    async def scenario() -> Quiet:
+        quiet = Quiet(table, gap_chunk=3)
+        await quiet.deliver(50)
+        for found_at in (59, 60, 61, 62):  # the webhook after the gap, then each probe
+            await quiet.deliver(found_at)
+            marks.append(table[OFFSET_MARK + b"3"])
+            if found_at < 62:  # the probe sent is the partition's next record
+                quiet.webhooks[found_at + 1] = quiet.requests.values[-1]
+        return quiet
+
+    quiet = asyncio.run(scenario())
+    assert quiet.told == [(TOPIC, 3, 51, 53), (TOPIC, 3, 54, 56), (TOPIC, 3, 57, 59),
+                          (TOPIC, 3, 60, 61)]  # fmt: skip
+    assert marks == [b"54", b"57", b"60", b"63"]
+    probes = [decode(GapProbe, raw) for raw in quiet.requests.values]
+    assert [(p.partition, p.expected, p.taken) for p in probes] == [(3, 54, 59), (3, 57, 60),
+                                                                    (3, 60, 61)]  # fmt: skip
+    received = Counter(
+        event.request_id
+        for event in map(lambda raw: decode(LifecycleEvent, raw), quiet.lifecycle.values)
+        if event.state == State.RECEIVED
+    )
+    assert received == Counter(f"req-{offset}" for offset in range(50, 60))  # each once
+    assert quiet.metrics.gaps_repaired._value.get() == 11  # 51..61, read back in four looks
+    assert quiet.deadletter.values == []
+
+
+def test_a_chunks_probe_kafka_did_not_take_leaves_the_reading_on_to_the_gap_timer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The probe after a chunk is not taken (Kafka out of reach): the batch stays stored, the
+    agent goes on, and the gap timer's probe reads on two looks later."""
+
+    async def scenario() -> Quiet:
+        quiet = Quiet(gap_chunk=3)
+        await quiet.deliver(50)
+        probing = quiet.requests.send
+
+        async def refused(**_: object) -> asyncio.Future[None]:
+            raise KafkaConnectionError()
+
+        quiet.requests.send = refused  # type: ignore[method-assign]
+        await quiet.deliver(59)
+        quiet.requests.send = probing  # type: ignore[method-assign]
+        assert await quiet.looks(2) == [[], [(3, 54, 59)]]
+        return quiet
+
+    with caplog.at_level("WARNING", logger="streams.agents.ledger"):
+        quiet = asyncio.run(scenario())
+    assert quiet.decided() == {f"req-{offset}" for offset in range(50, 54)}
+    assert [r.getMessage() for r in caplog.records if r.name == "streams.agents.ledger"] == [
+        "ledger could not probe partition=3 to read on from offset 54 (KafkaConnectionError): "
+        "the gap timer's probe will"
+    ]
 
 
 @pytest.mark.parametrize(
