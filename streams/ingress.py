@@ -68,6 +68,14 @@ from streams.topics import partition_of
 
 log = logging.getLogger(__name__)
 
+# a webhook's record goes at once: it waits for its acknowledgement before it is answered, and
+# aiokafka sends a partition's records that arrive while its request is in flight together
+# anyway. Lingering 1 ms made each paced webhook a timer's wake-up dearer and a millisecond
+# later (the ingress alone at 250/s, four runs each: 1.13-1.22 ms of its CPU a webhook and an
+# acknowledgement p50 of 2.9 ms lingering, 1.08-1.14 ms and 1.8-1.9 ms not; 64 clients closed
+# loop: 0.34-0.42 ms against 0.37-0.42 ms)
+INGRESS_LINGER_MS = 0
+
 PATH = "/chat-gpt/generate"
 # the webhook's path with a trailing slash, the same endpoint: a webhook URL configured so
 # was a 404 at every call (and counted nowhere)
@@ -195,7 +203,7 @@ class KafkaSink:
             if self._producer is None:
                 producer = IdempotentProducer(
                     **self._options,
-                    linger_ms=1,
+                    linger_ms=INGRESS_LINGER_MS,
                     request_timeout_ms=int(self._timeout * 1000),
                     metadata_max_age_ms=METADATA_MAX_AGE_MS,
                 )
