@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -20,20 +21,25 @@ ROUNDS = 8
 
 
 async def answering_at_once(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, busy: list[float] | None = None
 ) -> tuple[IdempotentProducer, list[float], list[float]]:
     """A producer whose client's metadata synchronizer runs (as after its start) and whose
     every metadata request is answered at once, still naming no leader; the loop's times at
     which each update was started (aiokafka's ``force_metadata_update`` called: what the spacing
     decides) and at which each request went (the synchronizer's next turn after its start: a
-    loop iteration later, more on a busy host, so requests alone are not exactly spaced)."""
+    loop iteration later, more on a busy host, so requests alone are not exactly spaced).
+    ``busy``: seconds the loop is held right after each update's start, in turn (the host busy
+    elsewhere: that update's request goes that much later)."""
     loop = asyncio.get_running_loop()
     started: list[float] = []
     force = AIOKafkaClient.force_metadata_update
 
     def forced(self: Any) -> Any:
         started.append(loop.time())
-        return force(self)
+        update = force(self)
+        if busy:
+            time.sleep(busy.pop(0))
+        return update
 
     monkeypatch.setattr(AIOKafkaClient, "force_metadata_update", forced)
     producer = IdempotentProducer(bootstrap_servers=f"127.0.0.1:{free_port()}")
@@ -100,3 +106,23 @@ async def test_callers_asking_meanwhile_share_the_next_update(
         spaced(started, asked)
     finally:
         await client.close()
+
+
+async def test_a_request_that_went_late_has_the_next_one_retry_backoff_after_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a busy host an update's request goes a while after the update started (the
+    synchronizer's next turn); the next update starts ``retry_backoff_ms`` after that one was
+    answered, so no two requests go closer than that. (Spaced from the starts, the next went
+    that much sooner after it: two requests 83 ms apart on a loaded host, in the brokers tier's
+    test_producer_metadata_flood.)"""
+    producer, started, asked = await answering_at_once(monkeypatch, busy=[0.03])
+    try:
+        for _ in range(3):  # the sender while a partition has no known leader
+            assert await producer.client.force_metadata_update() is True
+    finally:
+        await producer.client.close()
+    assert asked[0] - started[0] >= 0.03  # the first request went late
+    gaps = [b - a for a, b in itertools.pairwise(asked)]
+    assert min(gaps) >= RETRY_BACKOFF_SECONDS - 0.001, gaps
+    spaced(started, asked)
