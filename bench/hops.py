@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.load import ms_summary
+from streams.observability import BATCH_PHASES
 
 # (hop, record it starts at, record it ends at); "sent"/"talkable" are measured over HTTP
 PATH = (
@@ -27,9 +28,6 @@ PATH = (
     ("ledger: completion", "requests/generation_succeeded", "completions/publish_completion"),
     ("publisher to Talkable", "completions/publish_completion", "talkable"),
 )
-
-# the phases of a ledger batch its worker times (``talkstream_ledger_batch_seconds{phase}``)
-BATCH_PHASES = ("deciding", "outputs", "changelog")
 
 
 async def record_times(

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.hops import BATCH_PHASES, PATH
+from bench.hops import PATH
 from bench.report import COUNTERS
+from streams.observability import BATCH_PHASES
 
 INTRO = """\
 # Benchmarks

@@ -46,6 +46,16 @@ def _cpu_ms(result: Mapping[str, Any], phase: str, names: tuple[str, ...], count
     return round(1000 * spent / count, 2) if spent and count else None
 
 
+# talkstream's processes, as the CPU table names them (prefixes): the workers (their children
+# too), the ingress, the embedded broker; not the stand-ins, not the load generator
+SYSTEM = ("worker", "ingress", "kafka")
+
+
+def _by_process(result: Mapping[str, Any], phase: str, count: int) -> dict[str, Any]:
+    """:func:`_cpu_ms` of each of talkstream's processes apart."""
+    return {name: _cpu_ms(result, phase, (name,), count) for name in SYSTEM}
+
+
 def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
     p, b = result["pipeline"], result.get("baselines", {})
     thr, lat, burst, cap = p["throughput"], p["latency"], p["burst"], p["capacity"]
@@ -91,31 +101,16 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
             ),
         },
         "cpu_ms_per_request": {
-            "talkstream": _cpu_ms(
-                result, "throughput", ("worker", "ingress", "kafka"), thr["requests"]
-            ),
+            "talkstream": _cpu_ms(result, "throughput", SYSTEM, thr["requests"]),
             "processes": "worker(s) + ingress + kafka (if embedded); not stand-ins, not load",
-            "talkstream_by_process": {
-                name: _cpu_ms(result, "throughput", (name,), thr["requests"])
-                for name in ("worker", "ingress", "kafka")
-            },
+            "talkstream_by_process": _by_process(result, "throughput", thr["requests"]),
             # the warm-up's webhooks on freshly started processes (the broker's JIT at work)
-            "cold_start": _cpu_ms(result, "warm", ("worker", "ingress", "kafka"), warm["requests"])
-            if warm
-            else None,
-            "cold_start_by_process": {
-                name: _cpu_ms(result, "warm", (name,), warm["requests"])
-                for name in ("worker", "ingress", "kafka")
-            }
-            if warm
-            else {},
+            "cold_start": _cpu_ms(result, "warm", SYSTEM, warm["requests"]) if warm else None,
+            "cold_start_by_process": _by_process(result, "warm", warm["requests"]) if warm else {},
             # the latency phase's webhooks, sent at the paced rate: each process wakes for a
             # few records at a time, and a webhook costs it more than at saturation
-            "paced": _cpu_ms(result, "latency", ("worker", "ingress", "kafka"), lat["requests"]),
-            "paced_by_process": {
-                name: _cpu_ms(result, "latency", (name,), lat["requests"])
-                for name in ("worker", "ingress", "kafka")
-            },
+            "paced": _cpu_ms(result, "latency", SYSTEM, lat["requests"]),
+            "paced_by_process": _by_process(result, "latency", lat["requests"]),
         },
         "baselines": {},
         "ratios": {},

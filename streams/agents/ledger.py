@@ -316,11 +316,8 @@ class Ledger:
         the partition is the next look, which reads on from there (its next message would
         too, but a quiet partition may have none for hours; the gap timer's probe comes two
         looks later, and does if this one is not sent)."""
-        probe = GapProbe(
-            partition=partition, expected=stopped, taken=offset, at_ms=self._clock.now_ms()
-        )
         try:
-            await self._topics.requests.send(value=encode(probe), partition=partition)
+            await self._probe(partition, stopped, offset)
         except KafkaError as exc:  # (not the agent's end: its batch is stored)
             log.warning(
                 "ledger could not probe partition=%s to read on from offset %s (%s): the gap "
@@ -533,11 +530,16 @@ class Ledger:
                 "received",
                 partition, expected, taken,
             )  # fmt: skip
-            probe = GapProbe(
-                partition=partition, expected=expected, taken=taken, at_ms=self._clock.now_ms()
-            )
-            await self._topics.requests.send(value=encode(probe), partition=partition)
+            await self._probe(partition, expected, taken)
         self._behind = behind
+
+    async def _probe(self, partition: int, expected: int, taken: int) -> None:
+        """A GapProbe to ``partition``: its arrival makes the ledger read back what it has not
+        decided before it, from ``expected``."""
+        probe = GapProbe(
+            partition=partition, expected=expected, taken=taken, at_ms=self._clock.now_ms()
+        )
+        await self._topics.requests.send(value=encode(probe), partition=partition)
 
     def recovered(self, *_: Any, **__: Any) -> None:
         """The rebalance is complete. With a rebalance grace, work issued before now gets only
