@@ -63,7 +63,7 @@ NOTES = """\
   what that asks of the machine's cores; near all of them, the hops queue for CPU, and the
   overhead's tail is that queueing (bench/PROFILE.md, sixty-sixth round).
 - The inline handler is driven by 256 concurrent clients (its throughput is bound by its CPU,
-  not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (1,024) calls at once.
+  not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (2,048) calls at once.
 - A pipeline phase ends when every accepted request is terminal on the lifecycle topic *and*
   the worker's consumer groups have committed everything (its projector's commit follows its SQL),
   so no phase's work spills into the next one's numbers.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import faust
 
 from models.ledger import Policy
+from streams import openfiles
 from streams import topics as topics_module
 from streams.agents import executors, ledger
 from streams.agents.executors import Executor, ExecutorConfig
@@ -209,7 +210,14 @@ def build_executors(
     talkable: TalkableClient,
 ) -> list[Executor]:
     """The generator and the publisher: in the worker (``TALKSTREAM_EXECUTORS=worker``) or in a
-    process of their own (``streams.executors_process``)."""
+    process of their own (``streams.executors_process``). Each call holds a socket: the process
+    may hold as many open files as they call at once (:func:`openfiles.raise_limit`)."""
+    openfiles.raise_limit(
+        openfiles.needed_by_executors(
+            settings.generator_max_in_flight, settings.publisher_max_in_flight
+        ),
+        setting="TALKSTREAM_GENERATOR_MAX_IN_FLIGHT + TALKSTREAM_PUBLISHER_MAX_IN_FLIGHT",
+    )
     return [
         Executor(*parts, topics=topics, dead_letters=dead_letters, clock=clock)
         for parts in (

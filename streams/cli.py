@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeGuard
 
 import click
 
-from streams import heap
+from streams import heap, openfiles
 from streams.errors import BrokerUnavailable, KafkaAuthError, TalkstreamError
 from streams.ops.commands import register as register_ops
 from streams.ops.options import DATABASE_URL_META
@@ -650,6 +650,7 @@ def ingress(log_format: str | None) -> None:
 
     settings = _settings()
     setup_logging(settings.log_level, log_format or settings.log_format)
+    openfiles.raise_limit()  # a socket for each webhook's client, however many come at once
     try:
         secrets = load_secret_box(settings)
     except TalkstreamError as exc:
@@ -747,7 +748,9 @@ def standin_talkable(host: str, port: int, latency: float) -> None:
 @contextlib.contextmanager
 def _standin_host(host: str) -> Iterator[None]:
     """A ``--host`` that is no address (``999.1.1.1``) is one line naming it, as a server's
-    host setting is, not the resolver's traceback."""
+    host setting is, not the resolver's traceback. A stand-in answers as many calls at once as
+    the executors make: it may hold as many open files as its hard limit allows."""
+    openfiles.raise_limit()
     try:
         yield
     except socket.gaierror as exc:

@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     )
 
     # executors and the pacing of upstream targets (an OpenAI key, a Talkable site)
-    generator_max_in_flight: int = Field(1024, ge=1)
+    generator_max_in_flight: int = Field(2048, ge=1)
     publisher_max_in_flight: int = Field(64, ge=1)
     openai_timeout_seconds: float = Field(60.0, gt=0)
     max_text_bytes: int = Field(
