@@ -62,6 +62,10 @@ NOTES = """\
   twice its CPU at saturation: it wakes for a record or two at a time. The run's section says
   what that asks of the machine's cores; near all of them, the hops queue for CPU, and the
   overhead's tail is that queueing (bench/PROFILE.md, sixty-sixth round).
+- The capacity run sends its webhooks faster than the pipeline decides them: they queue before
+  the ledger, and its total time is the pipeline's throughput's. Whether a thousand generations
+  in flight cost each its own time is the generator's hop beyond the LLM, beside the latency
+  phase's (a few dozen in flight) in the ratio column.
 - The inline handler is driven by 256 concurrent clients (its throughput is bound by its CPU,
   not by calls in flight); the worker may run `GENERATOR_MAX_IN_FLIGHT` (2,048) calls at once.
 - A pipeline phase ends when every accepted request is terminal on the lifecycle topic *and*
@@ -155,6 +159,7 @@ def table(result: Mapping[str, Any]) -> str:
             "—",
             "",
         ),
+        *_beyond_the_llm(cap, rate),
         (
             f"burst: {cfg['burst_people']} people x {cfg['burst_size']} webhooks, one stale "
             f"snapshot, limit {cfg['burst_limit']}: limit violations",
@@ -172,6 +177,24 @@ def table(result: Mapping[str, Any]) -> str:
         ),
     ]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _beyond_the_llm(cap: Mapping[str, Any], rate: float) -> list[tuple[str, ...]]:
+    """The capacity row's second line: whether a generation's own time stays flat with its
+    neighbours in flight (none for runs recorded before the capacity phase had its hops)."""
+    if "generation_beyond_llm_p50_ms" not in cap:
+        return []
+    paced = cap["paced_generation_beyond_llm_p50_ms"], cap["paced_generation_beyond_llm_p99_ms"]
+    return [
+        (
+            "capacity: a generation's time beyond the LLM p50 / p99 (the generator's hop, its "
+            "command's creation to its result's)",
+            _ms(cap["generation_beyond_llm_p50_ms"], cap["generation_beyond_llm_p99_ms"]),
+            "—",
+            "—",
+            f"{_ms(*paced)} at {rate:,.0f}/s",
+        )
+    ]
 
 
 def neighbours_table(result: Mapping[str, Any]) -> str:

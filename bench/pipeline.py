@@ -277,6 +277,16 @@ class Pipeline:
             self.system.set_llm_latency(cfg.llm_latency)
         first_sent = min(s.sent_at for s in shots)
         span = max(done.published_at.values(), default=first_sent) - first_sent
+        # whether a generation's own time stays flat with its thousand neighbours in flight
+        # (the webhooks queue before the ledger: end to end is not the measure)
+        sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
+        times = await hops.record_times(
+            self.system.kafka_options,
+            {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
+            cfg.partitions,
+            first_sent - 1,
+            set(sent),
+        )
         return {
             "requests": cfg.capacity_requests,
             "people": cfg.capacity_requests,
@@ -285,6 +295,7 @@ class Pipeline:
             "in_flight_samples": sampler.samples,
             "total_seconds": round(span, 2),
             "published_per_second": load.rate(len(done.published_at), span),
+            "hops": hops.breakdown(times, sent, done.published_at, cfg.capacity_latency),
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,

@@ -51,6 +51,23 @@ def _cpu_ms(result: Mapping[str, Any], phase: str, names: tuple[str, ...], count
 SYSTEM = ("worker", "ingress", "kafka")
 
 
+def _beyond_the_llm(capacity: Mapping[str, Any], latency: Mapping[str, Any]) -> dict[str, Any]:
+    """A generation's time beyond the LLM's (the generator's hop: its command's creation to its
+    result's) in the capacity phase, a thousand or more in flight, and in the latency phase,
+    a few dozen: flat if they are alike. Runs recorded before the capacity phase had its hops
+    have none."""
+    hop = "generator without the LLM"
+    if hop not in capacity.get("hops", {}):
+        return {}
+    ours, paced = capacity["hops"][hop], latency["hops"][hop]
+    return {
+        "generation_beyond_llm_p50_ms": ours["p50_ms"],
+        "generation_beyond_llm_p99_ms": ours["p99_ms"],
+        "paced_generation_beyond_llm_p50_ms": paced["p50_ms"],
+        "paced_generation_beyond_llm_p99_ms": paced["p99_ms"],
+    }
+
+
 def _by_process(result: Mapping[str, Any], phase: str, count: int) -> dict[str, Any]:
     """:func:`_cpu_ms` of each of talkstream's processes apart."""
     return {name: _cpu_ms(result, phase, (name,), count) for name in SYSTEM}
@@ -88,7 +105,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
             k: cap[k]
             for k in ("requests", "llm_latency_s", "max_generations_in_flight", "total_seconds")
         }
-        | {"published_per_second": cap["published_per_second"]},
+        | {"published_per_second": cap["published_per_second"]}
+        | _beyond_the_llm(cap, lat),
         "correctness": {
             "lost": sum(ph["correctness"]["lost"] for ph in phases),
             "duplicate_events": sum(ph["correctness"]["duplicate_events"] for ph in phases),
