@@ -236,12 +236,16 @@ PROJECTOR_START_SECONDS = 120
 
 
 def _kind_of(value: bytes) -> str:
-    """A record's type or kind, as its JSON names it ("?" when it names neither)."""
+    """A record's type or kind, as its JSON names it ("?" when it names neither), and the
+    attempt it is of, when it names one ("generate_text #2")."""
     try:
         fields = json.loads(value)
     except ValueError:
         return "?"
-    return str(fields.get("type") or fields.get("kind", "?")) if isinstance(fields, dict) else "?"
+    if not isinstance(fields, dict):
+        return "?"
+    kind = str(fields.get("type") or fields.get("kind", "?"))
+    return kind if fields.get("attempt") is None else f"{kind} #{fields['attempt']}"
 
 
 def projection_made(path: Path) -> bool:
@@ -548,6 +552,18 @@ class System:
                     for partition, end in sorted(topic_ends(bootstrap, topics[name]).items())
                 )
             )
+        return "\n".join(lines)
+
+    def trace(self, request_ids: list[str]) -> str:
+        """For a failed assertion's message: where each of ``request_ids`` is in the log (its
+        records, :meth:`_in_the_log`) and every line of every process's log naming it, and
+        the stand-in's calls of it: what a test that finds a request other than it expects
+        (an attempt too few, a call too many) needs to say why, when it cannot run again."""
+        lines = [self._in_the_log(request_ids)]
+        for path in sorted(self.root.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()
+            named = [line for line in text if any(rid in line for rid in request_ids)]
+            lines += [f"----- {path.name}: {len(named)} lines naming them -----", *named[-40:]]
         return "\n".join(lines)
 
     def explain_unfinished(self, request_ids: list[str]) -> None:

@@ -452,7 +452,8 @@ def test_a_worker_that_gave_its_partition_up_then_died_has_its_running_calls_tol
     ids = [body["request_id"] for _, body in answers]
     rows = system.wait_terminal(ids, timeout=120)  # far below the deadline (308 s)
     assert {row.state for row in rows.values()} == {"published"}
-    assert [row.attempts for row in rows.values()] == [2] * 6
+    odd = [rid for rid, row in rows.items() if row.attempts != 2]  # (once, under load: one 1)
+    assert not odd, f"attempts {[row.attempts for row in rows.values()]}:\n{system.trace(odd)}"
     events = [e for e in system.talkable("GET", "/_events") if e["email"].startswith("moved")]
     assert sorted(e["email"] for e in events) == sorted(f"moved{p}@example.com" for p in range(6))
     log = (system.root / "worker-b.log").read_text(errors="replace")
