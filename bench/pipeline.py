@@ -96,6 +96,19 @@ class Pipeline:
     def site(self, phase: str) -> str:
         return f"bench-{phase}"
 
+    async def hops(self, done: Settled, shots: list[Shot], llm_latency: float) -> dict[str, Any]:
+        """Where a phase's accepted webhooks spent their time, hop by hop (``bench.hops``),
+        from the create times of their records since the first was sent."""
+        sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
+        times = await hops.record_times(
+            self.system.kafka_options,
+            {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
+            self.ctx.config.partitions,
+            min(sent.values(), default=time.time()) - 1,
+            set(sent),
+        )
+        return hops.breakdown(times, sent, done.published_at, llm_latency)
+
     async def settle(self, phase: str, shots: list[Shot]) -> Settled:
         accepted = {s.request_id: s.index for s in shots if s.status == 202 and s.request_id}
         with self.ctx.progress(f"{phase}: waiting for terminal states", len(accepted)) as tick:
@@ -217,14 +230,6 @@ class Pipeline:
             shots = await load.paced(self.system.ingress_url, bodies, rate, tick)
         done = await self.settle("latency", shots)
         batches = hops.ledger_batches(batches, await asyncio.to_thread(self.system.ledger_batches))
-        sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
-        times = await hops.record_times(
-            self.system.kafka_options,
-            {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
-            cfg.partitions,
-            min(sent.values(), default=time.time()) - 1,
-            set(sent),
-        )
         return {
             "requests": cfg.paced_requests,
             "offered_per_second": round(rate, 1),
@@ -232,7 +237,7 @@ class Pipeline:
             "ingress": load.ingress_summary(shots, 202),
             "end_to_end": load.ms_summary(end_to_end(done, shots)),
             "overhead": load.ms_summary([t - cfg.llm_latency for t in end_to_end(done, shots)]),
-            "hops": hops.breakdown(times, sent, done.published_at, cfg.llm_latency),
+            "hops": await self.hops(done, shots, cfg.llm_latency),
             "ledger_batches": batches,
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
@@ -277,16 +282,6 @@ class Pipeline:
             self.system.set_llm_latency(cfg.llm_latency)
         first_sent = min(s.sent_at for s in shots)
         span = max(done.published_at.values(), default=first_sent) - first_sent
-        # whether a generation's own time stays flat with its thousand neighbours in flight
-        # (the webhooks queue before the ledger: end to end is not the measure)
-        sent = {rid: shots[i].sent_at for rid, i in done.accepted.items()}
-        times = await hops.record_times(
-            self.system.kafka_options,
-            {name: self.system.topic(name) for name in ("requests", "generate", "completions")},
-            cfg.partitions,
-            first_sent - 1,
-            set(sent),
-        )
         return {
             "requests": cfg.capacity_requests,
             "people": cfg.capacity_requests,
@@ -295,7 +290,9 @@ class Pipeline:
             "in_flight_samples": sampler.samples,
             "total_seconds": round(span, 2),
             "published_per_second": load.rate(len(done.published_at), span),
-            "hops": hops.breakdown(times, sent, done.published_at, cfg.capacity_latency),
+            # whether a generation's own time stays flat with its thousand neighbours in flight
+            # (the webhooks queue before the ledger: end to end is not the measure)
+            "hops": await self.hops(done, shots, cfg.capacity_latency),
             "states": dict(done.states),
             "worker_caught_up_s": done.caught_up_s,
             "correctness": done.correctness,
